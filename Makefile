@@ -1,0 +1,40 @@
+# The handful of commands. Everything runs from .venv, which `make install` creates.
+PY := .venv/bin/python
+SERVICES := $(PY) scripts/services.py
+
+.PHONY: install test demo demo-down bench lint model services-up services-down services-status clean
+
+install:
+	bash scripts/bootstrap.sh
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+demo: install
+	$(PY) scripts/demo.py up
+
+demo-down: install
+	$(PY) scripts/demo.py down
+
+bench: install
+	$(PY) bench/run_all.py
+
+model:
+	EXTRAS=edge,server,dev,train bash scripts/bootstrap.sh
+	$(PY) models/train.py --all
+
+services-up: install
+	$(SERVICES) up
+
+services-down: install
+	$(SERVICES) down
+
+services-status: install
+	$(SERVICES) status
+
+clean: services-down
+	rm -rf .state

@@ -1,0 +1,1 @@
+"""Camera calibration: intrinsics from a checkerboard, mounting extrinsics, image-to-ground projection."""

@@ -1,0 +1,30 @@
+"""`edge-agent`: the technician's command line. Each command group lives in edge_agent/commands/."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from edge_agent.commands import calibrate, config, doctor, gps, model, queue, run, sim, status
+
+app = typer.Typer(
+    name="edge-agent",
+    help="road-monitor vehicle agent: detect road damage, geolocate it, store and forward it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+for module in (config, gps, model, sim, calibrate, run, queue, status, doctor):
+    module.register(app)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level")) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("EDGE_AGENT_LOG", "INFO").upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,36 @@
+"""`edge-agent config check|example`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from edge_agent import config as agent_config
+
+config_app = typer.Typer(help="Validate and show agent configuration files.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+@config_app.command("check")
+def check(path: Path = typer.Argument(..., help="TOML config file to validate")) -> None:
+    """Validate FILE; print each problem with its key path; exit 1 when anything is wrong."""
+    try:
+        agent_config.load(path)
+    except agent_config.ConfigError as exc:
+        err.print(f"[red]{exc.path}: {len(exc.problems)} problem(s)[/red]")
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(f"{path}: ok")
+
+
+@config_app.command("example")
+def example() -> None:
+    """Print the documented example config."""
+    typer.echo(agent_config.EXAMPLE.read_text(), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,9 @@
+"""`edge-agent status` (stub: filled in by its issue)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

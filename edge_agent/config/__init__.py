@@ -1,0 +1,72 @@
+"""The agent's configuration: one TOML file, validated at start.
+
+Each section lives in its own module beside this one; `AgentConfig` puts them together. Unknown keys are
+errors, and `load` reports every problem with its key path (`uplink.prot: Extra inputs are not permitted`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+
+from edge_agent.config.base import Section
+from edge_agent.config.calibration import CalibrationConfig
+from edge_agent.config.camera import CameraConfig
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.config.device import DeviceConfig
+from edge_agent.config.gnss import GnssConfig
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.config.tracker import TrackerConfig
+from edge_agent.config.uplink import UplinkConfig
+
+EXAMPLE = Path(__file__).with_name("example.toml")
+
+
+class AgentConfig(Section):
+    device: DeviceConfig = Field(default_factory=DeviceConfig, description="Who this box is and where it keeps state")
+    camera: CameraConfig = Field(default_factory=CameraConfig, description="Where frames come from")
+    gnss: GnssConfig = Field(default_factory=GnssConfig, description="GNSS receiver and position filter")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig,
+                                           description="Camera intrinsics and how it is mounted")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The ONNX detector")
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracks, events and coverage")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The on-disk store-and-forward queue")
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="MQTT connection to the fleet")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; `problems` holds one 'key.path: message' per error."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(file)"
+        out.append(f"{key}: {err['msg']}")
+    return out
+
+
+def parse(data: dict, source: Path | str = "<config>") -> AgentConfig:
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+
+
+def load(path: Path | str) -> AgentConfig:
+    """Read and validate a TOML config; raises ConfigError naming every bad key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse(data, path)

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from edge_agent.config.base import Section
+
+
+class DeviceConfig(Section):
+    id: str = Field("veh-001", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                    description="Device id: the MQTT login, client id and topic segment; unique in the fleet")
+    state_dir: str = Field("/var/lib/edge-agent",
+                           description="Folder for the outbox and the agent's state (systemd StateDirectory)")

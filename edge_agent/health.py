@@ -1,0 +1,49 @@
+"""The agent's live health, shared between threads: the pipeline writes it, the uplink's heartbeat,
+the systemd watchdog and `edge-agent status` read it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Health:
+    camera: str = "starting"          # ok | no_frames | lost | starting
+    gnss: str = "starting"            # ok | no_fix | stale | lost | starting
+    detector: str = "starting"        # ok | failed | starting
+    outbox: str = "starting"          # ok | degraded | full | starting
+    uplink: str = "starting"          # connected | connecting | bad_credentials | not_authorised | offline
+    fps: float | None = None
+    inference_ms: float | None = None
+    frames_dropped: int = 0
+    last_frame_mono: float | None = None
+    fix: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class HealthBoard:
+    """A lock around one Health record."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._health = Health()
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._health, key, value)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._health.counters[name] = self._health.counters.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            snap = asdict(self._health)
+        if snap["last_frame_mono"] is not None:
+            snap["frame_age_s"] = round(time.monotonic() - snap["last_frame_mono"], 3)
+        return snap

@@ -1,0 +1,49 @@
+"""Mosquitto password-file accounts: the one place that writes broker logins.
+
+Used by `fleet-server device add/revoke` and by the project's service script. Passwords are hashed
+by `mosquitto_passwd` (PBKDF2-SHA512), so the broker and this code always agree on the format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def set_password(passwd_file: Path, user: str, password: str) -> None:
+    """Create or update USER in the broker's password file."""
+    if ":" in user or not user:
+        raise ValueError(f"invalid MQTT user name {user!r}")
+    passwd_file.parent.mkdir(parents=True, exist_ok=True)
+    args = ["mosquitto_passwd", "-b", str(passwd_file), user, password]
+    if not passwd_file.exists():
+        args.insert(1, "-c")
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def remove_user(passwd_file: Path, user: str) -> bool:
+    """Remove USER from the password file; False when it was not there."""
+    if not passwd_file.exists():
+        return False
+    lines = passwd_file.read_text().splitlines()
+    kept = [line for line in lines if line.split(":", 1)[0] != user]
+    if len(kept) == len(lines):
+        return False
+    passwd_file.write_text("".join(line + "\n" for line in kept))
+    return True
+
+
+def reload_broker(pid_file: Path) -> bool:
+    """Ask a running Mosquitto to re-read its password and ACL files (SIGHUP)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError) as exc:
+        log.warning("broker not reloaded (%s): %s", pid_file, exc)
+        return False
+    return True

@@ -1,0 +1,97 @@
+"""Shared fixtures: the project-local PostGIS and Mosquitto (real services, started by scripts/services.py),
+private brokers for chaos tests, and the real data in ../shared (skipped when absent)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import services  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def service_info() -> services.ServiceInfo:
+    """PostGIS + Mosquitto on loopback, started once per test session (kept running afterwards)."""
+    return services.up()
+
+
+@pytest.fixture(scope="session")
+def postgres(service_info: services.ServiceInfo) -> services.Postgres:
+    return services.Postgres()
+
+
+@pytest.fixture(scope="session")
+def broker(service_info: services.ServiceInfo) -> services.Mosquitto:
+    return services.Mosquitto()
+
+
+@pytest.fixture
+def fresh_db(postgres: services.Postgres, request: pytest.FixtureRequest) -> str:
+    """An empty PostGIS database of this test's own; returns its DSN."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    return postgres.create_database(name)
+
+
+@pytest.fixture
+def mqtt_device(broker: services.Mosquitto) -> Callable[[str], tuple[str, str]]:
+    """Provision a device login on the shared broker: returns (device_id, password)."""
+
+    def make(device_id: str | None = None) -> tuple[str, str]:
+        device_id = device_id or f"test-{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(12)
+        broker.add_device(device_id, password)
+        return device_id, password
+
+    return make
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Callable[..., services.Mosquitto]]:
+    """A broker of this test's own (another port, own persistence), for kill/restart and quota tests."""
+    started: list[services.Mosquitto] = []
+
+    def make(extra_conf: str = "", start: bool = True) -> services.Mosquitto:
+        mq = services.Mosquitto(state=tmp_path, port=free_port(), name=f"mqtt{len(started)}",
+                                extra_conf=extra_conf)
+        started.append(mq)
+        if start:
+            mq.up()
+        else:
+            mq._write_config()
+        return mq
+
+    yield make
+    for mq in started:
+        mq.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_nmea() -> Path:
+    path = SHARED / "nmea"
+    if not path.is_dir():
+        pytest.skip("real NMEA captures not available: ../shared/nmea is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_potholes() -> Path:
+    path = SHARED / "datasets" / "potholes-chitholian" / "train"
+    if not path.is_dir():
+        pytest.skip("real pothole photos not available: ../shared/datasets/potholes-chitholian is absent")
+    return path

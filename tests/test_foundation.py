@@ -1,0 +1,100 @@
+"""The project's frame: config validation, the services script, the wire contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from edge_agent import config as agent_config
+from edge_agent.cli import app
+from roadmon_contract import topics, validate
+from roadmon_contract.ids import uuid7
+
+
+def test_example_config_is_valid() -> None:
+    cfg = agent_config.load(agent_config.EXAMPLE)
+    assert cfg.device.id
+
+
+def test_misspelt_key_is_named(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[uplink]\nprot = 1\n[device]\nid = "has space"\n')
+    with pytest.raises(agent_config.ConfigError) as info:
+        agent_config.load(bad)
+    joined = "\n".join(info.value.problems)
+    assert "uplink.prot" in joined and "device.id" in joined
+
+
+def test_config_check_cli_exit_codes(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gnss]\nbaud = -3\n")
+    result = CliRunner().invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    assert "gnss.baud" in result.output
+    good = CliRunner().invoke(app, ["config", "check", str(agent_config.EXAMPLE)])
+    assert good.exit_code == 0, good.output
+    missing = CliRunner().invoke(app, ["config", "check", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 1 and "file not found" in missing.output
+
+
+def test_uuid7_is_time_ordered_and_valid() -> None:
+    ids = [uuid7() for _ in range(5000)]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_topics_round_trip() -> None:
+    assert topics.device_of(topics.event("veh-042")) == "veh-042"
+    assert topics.device_of("other/v1/x/event") is None
+    assert topics.shared("event") == "$share/ingest/roadmon/v1/+/event"
+
+
+def test_event_schema_rejects_bad_latitude() -> None:
+    event = {
+        "schema": "roadmon.event/1", "event_id": str(uuid7()), "device_id": "veh-042", "seq": 1,
+        "captured_at": "2026-11-28T13:45:32.120Z", "class": "pothole", "confidence": 0.87,
+        "position": {"lat": 48.1, "lon": 11.5, "h_accuracy_m": 2.1},
+        "vehicle": {"lat": 48.1, "lon": 11.5, "speed_mps": 10.0, "heading_deg": 90.0, "h_accuracy_m": 2.0},
+        "size_m": {"width": 0.6, "length": 0.4}, "severity": 0.5, "frames": 17, "bbox": [1, 2, 3, 4],
+        "model": {"name": "m", "version": "1", "sha256": "0" * 64},
+    }
+    assert validate.errors("event", event) == []
+    event["position"]["lat"] = 95
+    problems = validate.errors("event", event)
+    assert len(problems) == 1 and problems[0].startswith("position/lat")
+
+
+@pytest.mark.services
+def test_services_are_real_and_local(service_info, mqtt_device) -> None:
+    with psycopg.connect(service_info.dsn) as conn:
+        assert conn.execute("SELECT postgis_version()").fetchone()[0].startswith("3")
+    device, password = mqtt_device()
+    # A device may publish under its own id, and the broker refuses a wrong password.
+    ok = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ok.username_pw_set(device, password)
+    assert ok.connect(service_info.mqtt_host, service_info.mqtt_port) == 0
+    bad = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(service_info.mqtt_port), "-u", device, "-P", "wrong",
+         "-t", topics.event(device), "-m", "x"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "not authorised" in (bad.stderr + bad.stdout).lower()
+
+
+@pytest.mark.services
+def test_services_up_is_idempotent_and_names_taken_port(service_info, tmp_path) -> None:
+    script = [sys.executable, "scripts/services.py"]
+    again = subprocess.run([*script, "up", "--json"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["mqtt_port"] == service_info.mqtt_port
+    # Another instance pointed at the port our PostGIS holds must refuse, naming the port.
+    env = {"ROADMON_STATE": str(tmp_path), "ROADMON_PG_PORT": "55432", "PATH": "/usr/sbin:/usr/bin:/bin"}
+    clash = subprocess.run([*script, "up"], capture_output=True, text=True, env=env)
+    assert clash.returncode == 1
+    assert "55432" in clash.stderr and "taken" in clash.stderr
