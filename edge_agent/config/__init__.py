@@ -16,6 +16,7 @@ from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.config.camera import CameraConfig
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.device import DeviceConfig
+from edge_agent.config.events import EventsConfig
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.config.tracker import TrackerConfig
@@ -32,6 +33,7 @@ class AgentConfig(Section):
                                            description="Camera intrinsics and how it is mounted")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="The ONNX detector")
     tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="Tracks, events and coverage")
+    events: EventsConfig = Field(default_factory=EventsConfig, description="Event contents, severity, coverage")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The on-disk store-and-forward queue")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="MQTT connection to the fleet")
 

@@ -1,4 +1,4 @@
-"""Tracker and event settings (owned by the tracker / event modules)."""
+"""Tracker settings (owned by the tracker module): when a run of detections is one defect."""
 
 from __future__ import annotations
 
@@ -9,3 +9,23 @@ from edge_agent.config.base import Section
 
 class TrackerConfig(Section):
     min_frames: int = Field(3, ge=1, description="Frames a track needs before it may become an event")
+    score_window: int = Field(5, ge=1, le=100,
+                              description="Recent frames whose median score (misses count as 0) decides a track")
+    confirm_score: float = Field(0.4, ge=0, le=1,
+                                 description="Median of the recent scores a track must reach to become an event")
+    max_misses: int = Field(8, ge=0, le=1000,
+                            description="Frames a track may go unseen (occlusion, missed detection) before it ends")
+    iou_min: float = Field(0.1, ge=0, le=1,
+                           description="Least IoU with a track's motion-predicted box for a detection to join it")
+    gate_m: float = Field(1.5, gt=0, le=50,
+                          description="Ground distance a detection may be from a track's predicted point, metres")
+    gate_per_m: float = Field(0.15, ge=0, le=5,
+                              description="Extra gate per metre of range (projection error grows with distance)")
+    merge_radius_m: float = Field(
+        2.0, ge=0, le=50,
+        description="An ending track this close to an event of the same class from the last merge_window_s "
+                    "is the same defect seen again, not a new event (0 turns this off)")
+    merge_window_s: float = Field(20.0, ge=0, le=3600, description="How far back merge_radius_m looks, seconds")
+    max_range_m: float = Field(25.0, gt=1, le=200,
+                               description="Detections projecting farther than this (or above the horizon) are "
+                                           "too uncertain to place and are ignored")

@@ -1,0 +1,31 @@
+"""Event and coverage settings (owned by the events / coverage modules)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from edge_agent.config.base import Section
+
+
+class EventsConfig(Section):
+    thumbnail: bool = Field(True, description="Attach a small JPEG crop of the defect (only the defect) to each event")
+    thumbnail_max_px: int = Field(160, ge=16, le=1024, description="Longest side of the thumbnail crop, pixels")
+    thumbnail_quality: int = Field(80, ge=10, le=100, description="JPEG quality of thumbnails (and full frames)")
+    full_frame: bool = Field(False,
+                             description="Also attach the whole best frame (privacy: shows people and plates)")
+    full_frame_max_px: int = Field(1280, ge=64, le=4096, description="Longest side of an attached full frame")
+    class_weights: dict[str, float] = Field(
+        default_factory=lambda: {"pothole": 1.0, "crack": 0.6},
+        description="Severity weight per class, 0-1 (classes not listed use default_class_weight)")
+    default_class_weight: float = Field(0.5, ge=0, le=1, description="Severity weight of classes not listed")
+    severe_area_m2: float = Field(0.5, gt=0, le=100,
+                                  description="Defect area (m²) at which the size part of severity reaches 1")
+    projection_sigma_m: float = Field(0.15, ge=0, le=10,
+                                      description="Projection error at zero range (pixel noise, box fit), metres")
+    pitch_sigma_deg: float = Field(0.5, ge=0, le=10,
+                                   description="Uncertainty of the camera pitch (road slope, vehicle pitch), "
+                                               "which makes the projection error grow with range²")
+    coverage_point_s: float = Field(2.0, gt=0, le=600, description="Seconds between points of the coverage line")
+    coverage_record_s: float = Field(60.0, gt=0, le=3600, description="Longest stretch in one coverage record, s")
+    coverage_footprint_m: float = Field(20.0, gt=0, le=200,
+                                        description="Range up to which the camera footprint counts as covered, m")
