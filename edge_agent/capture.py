@@ -1,0 +1,213 @@
+"""Frames from a camera or a video file, newest first.
+
+A grabber thread reads the source as fast as it delivers and keeps only the newest frame: a detector slower
+than the camera takes the latest one and the skipped frames are counted as dropped, so no backlog builds.
+A video file read "as fast as possible" is the exception: there the grabber waits for the consumer, so
+every frame is processed (replays must be repeatable). A lost camera is reopened with a growing backoff;
+"no frame for N s" is a health state, never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.config.camera import CameraConfig
+from edge_agent.health import HealthBoard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray   # BGR, as OpenCV delivers it
+    t_mono: float       # time.monotonic() when the frame was grabbed
+    index: int          # frames read from the source since it was (re)opened; for a file, the frame number
+
+
+def source_kind(source: str) -> str:
+    """'device' (V4L2 index or /dev path), 'url' (RTSP/HTTP), 'gstreamer' (a pipeline) or 'file'."""
+    text = source.strip()
+    if text.isdigit() or text.startswith("/dev/"):
+        return "device"
+    if "://" in text:
+        return "url"
+    if "!" in text:
+        return "gstreamer"
+    return "file"
+
+
+def open_capture(cfg: CameraConfig) -> cv2.VideoCapture:
+    """Open cfg.source with the backend its kind needs; the caller checks isOpened()."""
+    kind = source_kind(cfg.source)
+    if kind == "device":
+        target: int | str = int(cfg.source) if cfg.source.strip().isdigit() else cfg.source
+        cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
+    elif kind == "gstreamer":
+        if "GStreamer:                   YES" not in cv2.getBuildInformation():
+            log.error("camera source is a GStreamer pipeline, but this OpenCV build has no GStreamer support")
+        cap = cv2.VideoCapture(cfg.source, cv2.CAP_GSTREAMER)
+    else:
+        cap = cv2.VideoCapture(cfg.source, cv2.CAP_FFMPEG)
+    if cap.isOpened() and kind in ("device", "url"):
+        # Capture drivers queue frames of their own; one buffered frame keeps "newest" truly newest.
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    if cap.isOpened() and kind != "file":
+        if cfg.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        if cfg.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        if cfg.fps:
+            cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+    return cap
+
+
+class FrameSource:
+    """A grabber thread with newest-frame hand-off; `latest()` is called from the main loop."""
+
+    def __init__(self, cfg: CameraConfig, health: HealthBoard | None = None) -> None:
+        self.cfg = cfg
+        self.health = health
+        self.kind = source_kind(cfg.source)
+        self.wait_for_consumer = self.kind == "file" and not cfg.file_realtime
+        self.grabbed = 0
+        self.dropped = 0
+        self.reopens = 0
+        self.finished = False            # a video file reached its end (live sources never finish)
+        self.file_fps: float | None = None
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_frame_mono: float | None = None
+        self._started_mono = time.monotonic()
+
+    # -- consumer side -------------------------------------------------------------------------------------
+    def start(self) -> FrameSource:
+        self._started_mono = time.monotonic()
+        self._set_camera("starting")
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+        return self
+
+    def latest(self, timeout: float = 1.0) -> Frame | None:
+        """The newest frame not handed out yet, waiting up to TIMEOUT; None when none came (or the file ended)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frame is None and not self.finished and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()  # a grabber waiting for the consumer may go on
+        if frame is None:
+            self._check_stalled()
+        return frame
+
+    def frame_age_s(self) -> float | None:
+        last = self._last_frame_mono
+        return None if last is None else time.monotonic() - last
+
+    def healthy(self) -> bool:
+        """A frame arrived within no_frame_after_s."""
+        age = self.frame_age_s()
+        return age is not None and age <= self.cfg.no_frame_after_s
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FrameSource:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _check_stalled(self) -> None:
+        if self.finished:
+            return
+        since = self._last_frame_mono or self._started_mono
+        if time.monotonic() - since > self.cfg.no_frame_after_s:
+            self._set_camera("no_frames")
+
+    # -- grabber side --------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = self.cfg.reopen_initial_s
+        while not self._stop.is_set():
+            cap = open_capture(self.cfg)
+            if not cap.isOpened():
+                cap.release()
+                if self.kind == "file" and not Path(self.cfg.source).exists():
+                    log.error("camera source %s: no such file", self.cfg.source)
+                else:
+                    log.warning("camera source %s did not open; retrying in %.1f s", self.cfg.source, backoff)
+                self._set_camera("lost")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.reopen_max_s)
+                continue
+            if self.grabbed or self.reopens:
+                self.reopens += 1
+                if self.health:
+                    self.health.count("camera_reopens")
+            got_any = self._read_until_broken(cap)
+            cap.release()
+            if self.kind == "file":
+                break
+            if got_any:
+                backoff = self.cfg.reopen_initial_s
+            self._set_camera("lost")
+            log.warning("camera source %s stopped delivering; reopening in %.1f s", self.cfg.source, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self.cfg.reopen_max_s)
+        with self._cond:
+            if self.kind == "file":
+                self.finished = True
+                self._set_camera("ended")
+            self._cond.notify_all()
+
+    def _read_until_broken(self, cap: cv2.VideoCapture) -> bool:
+        """Read frames until the source fails, the file ends or stop(); True when at least one came."""
+        fps = cap.get(cv2.CAP_PROP_FPS) if self.kind == "file" else 0.0
+        self.file_fps = fps if fps and fps > 0 else None
+        pace = self.kind == "file" and self.cfg.file_realtime and self.file_fps
+        t0 = time.monotonic()
+        index = 0
+        while not self._stop.is_set():
+            if pace:
+                self._stop.wait(max(0.0, t0 + index / self.file_fps - time.monotonic()))
+            ok, image = cap.read()
+            if not ok or image is None:
+                return index > 0
+            self._deliver(Frame(image=image, t_mono=time.monotonic(), index=index))
+            index += 1
+        return index > 0
+
+    def _deliver(self, frame: Frame) -> None:
+        with self._cond:
+            if self.wait_for_consumer:
+                while self._frame is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
+            elif self._frame is not None:
+                self.dropped += 1
+                if self.health:
+                    self.health.update(frames_dropped=self.dropped)
+            self._frame = frame
+            self.grabbed += 1
+            self._last_frame_mono = frame.t_mono
+            self._cond.notify_all()
+        if self.health:
+            self.health.update(camera="ok", last_frame_mono=frame.t_mono)
+
+    def _set_camera(self, state: str) -> None:
+        if self.health:
+            self.health.update(camera=state)
