@@ -1,0 +1,78 @@
+// Talks to the fleet server's HTTP API with the bearer token kept in sessionStorage (gone when the tab closes).
+
+const TOKEN_KEY = "roadmon.token";
+const API = "api/v1";
+
+export class AuthError extends Error {}
+
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+export function clearToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+// The demo prints a link like /#token=...; a fragment never reaches the server's logs. Move it into
+// sessionStorage and take it out of the address bar.
+export function adoptTokenFromUrl() {
+  const match = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+  if (!match) return;
+  setToken(decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+async function request(path, options = {}) {
+  const token = getToken();
+  if (!token) throw new AuthError("not signed in");
+  const headers = { Authorization: `Bearer ${token}`, ...(options.headers || {}) };
+  const response = await fetch(`${API}/${path}`, { ...options, headers });
+  if (response.status === 401 || response.status === 403) {
+    const text = await response.text();
+    throw new AuthError(`${response.status}: ${text || response.statusText}`);
+  }
+  if (!response.ok) {
+    const text = await response.text();
+    throw new Error(`${options.method || "GET"} ${path}: ${response.status} ${text.slice(0, 200)}`);
+  }
+  return response;
+}
+
+export async function getJson(path) {
+  return (await request(path)).json();
+}
+
+export async function patchJson(path, body) {
+  const response = await request(path, {
+    method: "PATCH",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return response.json();
+}
+
+// <img src> cannot send an Authorization header, so thumbnails come in as blobs.
+export async function imageUrl(path) {
+  const blob = await (await request(path)).blob();
+  return URL.createObjectURL(blob);
+}
+
+export function query(params) {
+  const entries = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== "");
+  return entries.length ? "?" + new URLSearchParams(entries).toString() : "";
+}
+
+// The dashboard's own settings (basemap tiles); served without a token since they hold no data.
+export async function dashboardConfig() {
+  try {
+    const response = await fetch("dashboard-config.json");
+    if (response.ok) return await response.json();
+  } catch (err) {
+    console.warn("dashboard config unavailable, using defaults", err);
+  }
+  return {};
+}

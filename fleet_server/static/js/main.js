@@ -1,0 +1,153 @@
+// Entry point: sign in with a token, then load defects, coverage and devices and keep the views in step.
+import {
+  AuthError, adoptTokenFromUrl, clearToken, dashboardConfig, getJson, getToken, query, setToken,
+} from "./api.js";
+import { DefectMap, legendHtml } from "./map.js";
+import { applyFilters, fillClassOptions, readFilters, renderCounts, renderList } from "./filters.js";
+import { DefectPanel } from "./panel.js";
+import { renderDevices } from "./devices.js";
+import { defectFromFeature, deviceFields } from "./model.js";
+
+const REFRESH_MS = 30000;
+const $ = (id) => document.getElementById(id);
+
+const state = { me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null };
+
+function setStatus(text) {
+  $("status-line").textContent = text || "";
+}
+
+function showLogin(message = "") {
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  $("token").focus();
+}
+
+async function signIn() {
+  try {
+    state.me = await getJson("me");
+  } catch (err) {
+    clearToken();
+    showLogin(err instanceof AuthError ? "That token was not accepted." : `Server unreachable: ${err.message}`);
+    return;
+  }
+  $("login").hidden = true;
+  $("app").hidden = false;
+  await startApp();
+}
+
+async function startApp() {
+  $("whoami").textContent = `${state.me.name} (${state.me.role})`;
+  const config = await dashboardConfig();
+  state.map = new DefectMap($("map"), config, selectDefect);
+  $("legend").innerHTML = legendHtml();
+  state.panel = new DefectPanel($("panel"), $("panel-body"), state.me.role, onStatusChanged);
+  $("panel-close").addEventListener("click", () => { state.panel.close(); state.selected = null; redraw(); });
+  $("filters").addEventListener("change", () => { redraw(); loadCoverage(); });
+  $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
+  $("refresh").addEventListener("click", () => loadAll());
+  document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showView(tab.dataset.view)));
+  await loadAll();
+  state.timer = setInterval(() => loadAll(true), REFRESH_MS);
+}
+
+function showView(view) {
+  document.querySelectorAll(".tab").forEach((tab) => tab.classList.toggle("active", tab.dataset.view === view));
+  $("view-defects").hidden = view !== "defects";
+  $("view-devices").hidden = view !== "devices";
+}
+
+async function guarded(work) {
+  try {
+    return await work();
+  } catch (err) {
+    if (err instanceof AuthError) {
+      clearInterval(state.timer);
+      clearToken();
+      location.reload(); // drop every piece of data from the page
+      return undefined;
+    }
+    setStatus(err.message);
+    console.error(err);
+    return undefined;
+  }
+}
+
+async function loadAll(quiet = false) {
+  if (!quiet) setStatus("loading…");
+  await Promise.all([loadDefects(), loadDevices(), loadCoverage()]);
+  if (!quiet) setStatus("");
+}
+
+async function loadDefects() {
+  await guarded(async () => {
+    const collection = await getJson("defects");
+    state.defects = (collection.features || []).map(defectFromFeature);
+    fillClassOptions($("f-class"), state.defects);
+    redraw();
+  });
+}
+
+async function loadDevices() {
+  await guarded(async () => {
+    const body = await getJson("devices");
+    const list = Array.isArray(body) ? body : body.devices || body.items || [];
+    state.devices = list.map(deviceFields);
+    renderDevices($("device-table").tBodies[0], state.devices, (d) => state.map.focusDevice(d));
+    state.map.showDevices(state.devices);
+  });
+}
+
+async function loadCoverage() {
+  const filters = readFilters($("filters"));
+  const visible = $("f-coverage").checked;
+  if (!visible) {
+    state.map.showCoverage(null, false);
+    return;
+  }
+  await guarded(async () => {
+    const params = {
+      since: filters.since ? `${filters.since}T00:00:00Z` : undefined,
+      until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
+    };
+    state.map.showCoverage(await getJson(`coverage${query(params)}`), true);
+  });
+}
+
+function redraw() {
+  const shown = applyFilters(state.defects, readFilters($("filters")));
+  state.map.showDefects(shown);
+  renderCounts($("counts"), shown, state.defects.length);
+  renderList($("defect-list"), shown, state.selected, selectDefect);
+  document.body.dataset.shownDefects = String(shown.length);
+}
+
+function selectDefect(id) {
+  const defect = state.defects.find((d) => d.id === id);
+  if (!defect) return;
+  state.selected = id;
+  document.querySelectorAll("#defect-list li").forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
+  state.map.focus(defect);
+  guarded(() => state.panel.open(defect));
+}
+
+async function onStatusChanged(id) {
+  await loadDefects();
+  selectDefect(id);
+}
+
+function boot() {
+  adoptTokenFromUrl();
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setToken($("token").value.trim());
+    $("token").value = "";
+    signIn();
+  });
+  $("logout").addEventListener("click", () => { clearToken(); location.reload(); });
+  if (getToken()) signIn();
+  else showLogin();
+}
+
+boot();

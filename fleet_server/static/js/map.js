@@ -1,0 +1,124 @@
+// The Leaflet map: basemap, clustered defect markers, the coverage layer and the vehicles' last fixes.
+/* global L */
+import { markerSvg, severityBand, SEVERITY_BANDS, OPEN_STATUSES, escapeHtml } from "./model.js";
+
+const DEFAULT_TILES = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png";
+const DEFAULT_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
+
+export class DefectMap {
+  constructor(element, config, onSelect) {
+    this.onSelect = onSelect;
+    this.map = L.map(element, { zoomControl: true, preferCanvas: false }).setView([48.137, 11.575], 13);
+    this.addBasemap(config);
+    this.clusters = L.markerClusterGroup({
+      maxClusterRadius: 45,
+      showCoverageOnHover: false,
+      iconCreateFunction: (cluster) => this.clusterIcon(cluster),
+    });
+    this.coverage = L.geoJSON(null, { style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
+    this.devices = L.layerGroup();
+    this.coverage.addTo(this.map);
+    this.clusters.addTo(this.map);
+    this.devices.addTo(this.map);
+    this.markers = new Map();
+    this.fitted = false;
+  }
+
+  // Tiles are optional: when the tile server is unreachable (or tile_url is empty) the markers still draw
+  // on a plain background.
+  addBasemap(config) {
+    const url = config.tile_url === undefined ? DEFAULT_TILES : config.tile_url;
+    if (!url) return;
+    const layer = L.tileLayer(url, {
+      maxZoom: config.max_zoom || 19,
+      attribution: config.tile_attribution || DEFAULT_ATTRIBUTION,
+    });
+    let failures = 0;
+    layer.on("tileerror", () => {
+      failures += 1;
+      if (failures === 1) console.warn("basemap tiles unreachable; markers are drawn without a basemap");
+    });
+    layer.addTo(this.map);
+  }
+
+  clusterIcon(cluster) {
+    const children = cluster.getAllChildMarkers();
+    const worst = Math.max(...children.map((m) => m.options.severity || 0));
+    const colour = severityBand(worst).colour;
+    const n = cluster.getChildCount();
+    const size = n < 10 ? 30 : n < 100 ? 36 : 44;
+    return L.divIcon({
+      html: `<div style="background:${colour};width:${size}px;height:${size}px;border-radius:50%;display:flex;
+        align-items:center;justify-content:center;font-weight:700;color:#101828;border:2px solid #fff;
+        box-shadow:0 1px 4px rgba(0,0,0,.4)">${n}</div>`,
+      className: "defect-cluster",
+      iconSize: [size, size],
+    });
+  }
+
+  showDefects(defects) {
+    this.clusters.clearLayers();
+    this.markers.clear();
+    const markers = [];
+    for (const d of defects) {
+      if (!Number.isFinite(d.lat) || !Number.isFinite(d.lon)) continue;
+      const closed = !OPEN_STATUSES.includes(d.status);
+      const icon = L.divIcon({
+        html: markerSvg(d.className, d.severity),
+        className: `defect-icon defect-${d.className}${closed ? " closed" : ""}`,
+        iconSize: [22, 22],
+        iconAnchor: [11, 11],
+      });
+      const marker = L.marker([d.lat, d.lon], { icon, severity: d.severity, title: `${d.className} ${d.id}` });
+      // Tests and the list find a marker by its defect id.
+      marker.on("add", () => marker.getElement()?.setAttribute("data-defect-id", d.id));
+      marker.on("click", () => this.onSelect(d.id));
+      this.markers.set(d.id, marker);
+      markers.push(marker);
+    }
+    this.clusters.addLayers(markers);
+    if (!this.fitted && markers.length) {
+      this.map.fitBounds(this.clusters.getBounds().pad(0.15), { maxZoom: 17 });
+      this.fitted = true;
+    }
+  }
+
+  focus(defect) {
+    const marker = this.markers.get(defect.id);
+    if (!marker) return;
+    this.clusters.zoomToShowLayer(marker, () => this.map.panTo(marker.getLatLng()));
+  }
+
+  showCoverage(geojson, visible) {
+    this.coverage.clearLayers();
+    if (visible && geojson) this.coverage.addData(geojson);
+  }
+
+  showDevices(devices) {
+    this.devices.clearLayers();
+    for (const d of devices) {
+      if (!d.fix) continue;
+      const marker = L.circleMarker([d.fix.lat, d.fix.lon], {
+        radius: 7, color: "#fff", weight: 2, fillColor: "#101828", fillOpacity: 0.9,
+      }).bindTooltip(`${escapeHtml(d.name)} · ${escapeHtml(d.state)}`);
+      marker.deviceId = d.id;
+      this.devices.addLayer(marker);
+    }
+  }
+
+  focusDevice(device) {
+    if (device.fix) this.map.setView([device.fix.lat, device.fix.lon], Math.max(this.map.getZoom(), 16));
+    this.devices.eachLayer((layer) => {
+      if (layer.deviceId === device.id) layer.openTooltip();
+    });
+  }
+}
+
+export function legendHtml() {
+  const bands = SEVERITY_BANDS.map((b) =>
+    `<span><svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="${b.colour}" stroke="#101828"/></svg>${b.name}</span>`);
+  const shapes = [["pothole", "pothole"], ["crack", "crack"], ["other", "other"]].map(([cls, label]) =>
+    `<span>${markerSvg(cls, 0.5, 13)}${label}</span>`);
+  return `${bands.join("")}<br>${shapes.join("")}<span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
+    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span>`;
+}

@@ -1,0 +1,124 @@
+// How a defect looks (colour by severity, shape by class) and the one place that reads the API's field names.
+
+export const SEVERITY_BANDS = [
+  { name: "high", min: 0.67, colour: "#d92d20" },
+  { name: "medium", min: 0.34, colour: "#f2994a" },
+  { name: "low", min: 0, colour: "#f2c94c" },
+];
+
+export const OPEN_STATUSES = ["new", "confirmed", "scheduled", "likely_repaired"];
+export const WORKFLOW_STATUSES = ["scheduled", "repaired", "dismissed"];
+export const MANAGER_ROLES = ["manager", "admin"];
+
+const SHAPES = {
+  pothole: "circle",
+  crack: "triangle",
+};
+const FALLBACK_SHAPE = "diamond";
+
+export function severityBand(severity) {
+  const s = Number.isFinite(severity) ? severity : 0;
+  return SEVERITY_BANDS.find((band) => s >= band.min);
+}
+
+export function shapeOf(className) {
+  return SHAPES[className] || FALLBACK_SHAPE;
+}
+
+// An SVG marker: the shape says the class, the fill says the severity.
+export function markerSvg(className, severity, size = 22) {
+  const colour = severityBand(severity).colour;
+  const h = size / 2;
+  const stroke = `stroke="#101828" stroke-width="1.5" fill="${colour}"`;
+  let body;
+  switch (shapeOf(className)) {
+    case "circle":
+      body = `<circle cx="${h}" cy="${h}" r="${h - 2}" ${stroke}/>`;
+      break;
+    case "triangle":
+      body = `<polygon points="${h},2 ${size - 2},${size - 3} 2,${size - 3}" ${stroke}/>`;
+      break;
+    default:
+      body = `<polygon points="${h},1 ${size - 1},${h} ${h},${size - 1} 1,${h}" ${stroke}/>`;
+  }
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${size}" height="${size}" viewBox="0 0 ${size} ${size}">${body}</svg>`;
+}
+
+function first(obj, ...keys) {
+  for (const key of keys) {
+    if (obj && obj[key] !== undefined && obj[key] !== null) return obj[key];
+  }
+  return undefined;
+}
+
+// One defect from a GeoJSON feature, whatever spelling of a field the server chose.
+export function defectFromFeature(feature) {
+  const p = feature.properties || {};
+  const [lon, lat] = feature.geometry ? feature.geometry.coordinates : [p.lon, p.lat];
+  return {
+    id: String(first(p, "id", "defect_id") ?? feature.id),
+    className: first(p, "class", "class_name", "defect_class") || "unknown",
+    status: first(p, "status") || "new",
+    severity: Number(first(p, "severity") ?? 0),
+    firstSeen: first(p, "first_seen", "first_seen_at"),
+    lastSeen: first(p, "last_seen", "last_seen_at"),
+    sightings: Number(first(p, "sighting_count", "sightings_count", "sightings", "n_sightings") ?? 0),
+    vehicles: Number(first(p, "vehicle_count", "vehicles_count", "n_vehicles") ?? 0),
+    confidence: first(p, "confidence", "max_confidence"),
+    lat,
+    lon,
+    props: p,
+  };
+}
+
+export function sightingsOf(detail) {
+  const list = first(detail, "sightings") || first(detail.properties || {}, "sightings") || [];
+  return Array.isArray(list) ? list : [];
+}
+
+export function historyOf(detail) {
+  const list = first(detail, "history", "status_history") || first(detail.properties || {}, "history", "status_history");
+  return Array.isArray(list) ? list : [];
+}
+
+export function sightingTime(s) {
+  return first(s, "captured_at", "received_at", "stored_at");
+}
+
+export function sightingDevice(s) {
+  return first(s, "device_id", "device", "vehicle_id");
+}
+
+export function sightingHasThumbnail(s) {
+  const flag = first(s, "has_thumbnail", "thumbnail");
+  return flag === undefined ? true : Boolean(flag);
+}
+
+export function deviceFields(d) {
+  const status = first(d, "last_status", "status_payload") || {};
+  const fix = first(d, "last_fix", "fix") || first(status, "fix") || null;
+  const model = first(d, "model") || first(status, "model");
+  return {
+    id: String(first(d, "id", "device_id")),
+    name: first(d, "name") || first(d, "id", "device_id"),
+    state: first(d, "state", "connection_state") || first(status, "state") || "unknown",
+    lastSeen: first(d, "last_seen", "last_seen_at"),
+    queueDepth: first(d, "queue_depth") ?? first(status, "queue_depth"),
+    fps: first(d, "fps") ?? first(status, "fps"),
+    model: typeof model === "object" && model ? [model.name, model.version].filter(Boolean).join(" ") : model,
+    fix: fix && Number.isFinite(Number(fix.lat)) && Number.isFinite(Number(fix.lon))
+      ? { lat: Number(fix.lat), lon: Number(fix.lon) } : null,
+  };
+}
+
+export function formatTime(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return d.toISOString().replace("T", " ").slice(0, 16) + " UTC";
+}
+
+export function escapeHtml(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => (
+    { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}

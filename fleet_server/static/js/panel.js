@@ -1,0 +1,130 @@
+// The defect panel: thumbnails, sightings timeline, vehicles, status history and, for managers, the workflow.
+import { getJson, patchJson, imageUrl } from "./api.js";
+import {
+  escapeHtml, formatTime, historyOf, sightingsOf, sightingTime, sightingDevice, sightingHasThumbnail,
+  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand,
+} from "./model.js";
+
+const MAX_THUMBNAILS = 6;
+
+export class DefectPanel {
+  constructor(root, body, role, onChanged) {
+    this.root = root;
+    this.body = body;
+    this.role = role;
+    this.onChanged = onChanged;
+    this.current = null;
+    this.objectUrls = [];
+  }
+
+  close() {
+    this.root.hidden = true;
+    this.current = null;
+    this.releaseThumbnails();
+  }
+
+  releaseThumbnails() {
+    this.objectUrls.forEach((url) => URL.revokeObjectURL(url));
+    this.objectUrls = [];
+  }
+
+  async open(defect) {
+    this.current = defect.id;
+    this.root.hidden = false;
+    this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="hint">loading…</p>`;
+    let detail;
+    try {
+      detail = await getJson(`defects/${encodeURIComponent(defect.id)}`);
+    } catch (err) {
+      this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="error">${escapeHtml(err.message)}</p>`;
+      return;
+    }
+    if (this.current !== defect.id) return; // another defect was picked meanwhile
+    this.render(defect, detail);
+  }
+
+  render(defect, detail) {
+    this.releaseThumbnails();
+    const sightings = [...sightingsOf(detail)].sort((a, b) => Date.parse(sightingTime(b)) - Date.parse(sightingTime(a)));
+    const vehicles = [...new Set(sightings.map(sightingDevice).filter(Boolean))];
+    const history = historyOf(detail);
+    const band = severityBand(defect.severity);
+    this.body.innerHTML = `
+      <h2 id="panel-title">${escapeHtml(defect.className)}
+        <span class="badge badge-${escapeHtml(defect.status)}" id="panel-status">${escapeHtml(defect.status)}</span></h2>
+      <dl>
+        <dt>Severity</dt><dd>${defect.severity.toFixed(2)} (${band.name})</dd>
+        <dt>Position</dt><dd>${defect.lat.toFixed(6)}, ${defect.lon.toFixed(6)}</dd>
+        <dt>First seen</dt><dd>${formatTime(defect.firstSeen)}</dd>
+        <dt>Last seen</dt><dd>${formatTime(defect.lastSeen)}</dd>
+        <dt>Sightings</dt><dd>${defect.sightings || sightings.length}</dd>
+        <dt>Id</dt><dd><code>${escapeHtml(defect.id)}</code></dd>
+      </dl>
+      ${this.workflowHtml(defect)}
+      <h3>Thumbnails</h3><div class="thumbs" id="thumbs"><span class="hint">none</span></div>
+      <h3>Vehicles (${vehicles.length || defect.vehicles})</h3>
+      <div>${vehicles.map((v) => `<span class="chip">${escapeHtml(v)}</span>`).join("") || '<span class="hint">–</span>'}</div>
+      <h3>Sightings</h3>
+      <ol class="timeline" id="sightings">${sightings.map((s) => `<li>${formatTime(sightingTime(s))} ·
+        ${escapeHtml(sightingDevice(s) || "?")} · conf ${Number(s.confidence ?? 0).toFixed(2)}
+        ${s.severity !== undefined ? `· sev ${Number(s.severity).toFixed(2)}` : ""}</li>`).join("")
+        || '<li class="hint">none listed</li>'}</ol>
+      <h3>Status history</h3>
+      <ol class="timeline" id="history">${history.map((h) => `<li>${formatTime(h.at || h.changed_at || h.time)} ·
+        ${escapeHtml(h.from ?? h.old_status ?? "")}${h.from || h.old_status ? " → " : ""}<b>${escapeHtml(h.status ?? h.to ?? h.new_status)}</b>
+        ${h.by || h.actor ? `by ${escapeHtml(h.by || h.actor)}` : ""}${h.note ? ` — ${escapeHtml(h.note)}` : ""}</li>`).join("")
+        || '<li class="hint">no changes yet</li>'}</ol>`;
+    this.wireWorkflow(defect);
+    this.loadThumbnails(sightings.filter(sightingHasThumbnail).slice(0, MAX_THUMBNAILS));
+  }
+
+  workflowHtml(defect) {
+    if (!MANAGER_ROLES.includes(this.role)) return "";
+    const buttons = WORKFLOW_STATUSES.map((s) =>
+      `<button type="button" data-status="${s}" id="set-${s}" class="${defect.status === s ? "current" : ""}">${s}</button>`);
+    return `<h3>Workflow</h3><div class="workflow" id="workflow">
+      <input id="status-note" placeholder="note (optional)" maxlength="500">${buttons.join("")}
+      <span class="error" id="workflow-error"></span></div>`;
+  }
+
+  wireWorkflow(defect) {
+    const box = this.body.querySelector("#workflow");
+    if (!box) return;
+    box.querySelectorAll("button[data-status]").forEach((button) => {
+      button.addEventListener("click", async () => {
+        const note = box.querySelector("#status-note").value.trim();
+        box.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+        try {
+          await patchJson(`defects/${encodeURIComponent(defect.id)}`, { status: button.dataset.status, note: note || null });
+          await this.onChanged(defect.id);
+        } catch (err) {
+          box.querySelector("#workflow-error").textContent = err.message;
+          box.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+        }
+      });
+    });
+  }
+
+  async loadThumbnails(sightings) {
+    const box = this.body.querySelector("#thumbs");
+    const id = this.current;
+    const images = [];
+    for (const s of sightings) {
+      const eventId = s.event_id || s.id;
+      if (!eventId) continue;
+      try {
+        const url = await imageUrl(`sightings/${encodeURIComponent(eventId)}/thumbnail.jpg`);
+        if (this.current !== id) { URL.revokeObjectURL(url); return; }
+        this.objectUrls.push(url);
+        const img = new Image();
+        img.src = url;
+        img.alt = `sighting ${eventId}`;
+        img.title = `${formatTime(sightingTime(s))} · ${sightingDevice(s) || ""}`;
+        images.push(img);
+        box.replaceChildren(...images);
+      } catch {
+        // a sighting without a thumbnail (404) is normal: phones and old agents may not send one
+      }
+    }
+  }
+}
