@@ -1,0 +1,100 @@
+"""Keeps the outbox inside its disk budget and above the filesystem's free-space floor.
+
+When either limit is reached, space is freed in a fixed order, cheapest loss first:
+
+1. thumbnails of confirmed events (the server already has them);
+2. confirmed rows older than the retention;
+3. thumbnails of pending low-severity events (the event itself still goes out);
+4. confirmed rows of any age (already on the server; only local history is lost).
+
+A pending row is never deleted. When all of that is not enough, the outbox refuses new low-severity events
+and counts them (see Outbox.add_event).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from edge_agent.config.outbox import OutboxConfig
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+# Free down to this share of the limit, so that one freeing pass buys room for many writes.
+LOW_WATER = 0.9
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    used_mb: float       # live pages of the database (the WAL, capped at 4 MB by the outbox, is not counted)
+    free_mb: float       # free space on the filesystem that holds it
+    over_budget: bool
+    under_floor: bool
+
+    @property
+    def tight(self) -> bool:
+        return self.over_budget or self.under_floor
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class DiskGuard:
+    """Measures the outbox's disk use and frees space in policy order. The caller holds the outbox's lock."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, cfg: OutboxConfig) -> None:
+        self.conn = conn
+        self.path = path
+        self.cfg = cfg
+
+    def measure(self, slack: float = 1.0) -> DiskUse:
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free_pages = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        used_mb = (pages - free_pages) * page_size / MB
+        free_mb = shutil.disk_usage(self.path.parent).free / MB
+        return DiskUse(
+            used_mb=round(used_mb, 3),
+            free_mb=round(free_mb, 1),
+            over_budget=used_mb >= self.cfg.budget_mb * slack,
+            under_floor=free_mb < self.cfg.free_floor_mb / slack if slack else False,
+        )
+
+    def make_room(self) -> list[str]:
+        """Run the freeing steps in order until use is back under the low-water mark; returns what was done."""
+        done: list[str] = []
+        for name, sql, args in self._steps():
+            if not self.measure(LOW_WATER).tight:
+                break
+            n = self.conn.execute(sql, args).rowcount
+            self.conn.commit()
+            if n:
+                self.conn.execute("PRAGMA incremental_vacuum")  # hand freed pages back to the filesystem
+                self.conn.commit()
+                done.append(f"{name}: {n}")
+                log.warning("outbox over its disk limits: %s (%d rows)", name, n)
+        return done
+
+    def _steps(self) -> list[tuple[str, str, tuple]]:
+        cutoff = _iso(datetime.now(UTC) - timedelta(days=self.cfg.retention_days))
+        return [
+            ("dropped thumbnails of confirmed events",
+             "UPDATE events SET media = NULL WHERE state = 'confirmed' AND media IS NOT NULL", ()),
+            ("dropped confirmed events past retention",
+             "DELETE FROM events WHERE state = 'confirmed' AND confirmed_at < ?", (cutoff,)),
+            ("dropped confirmed coverage past retention",
+             "DELETE FROM coverage WHERE state = 'confirmed' AND confirmed_at < ?", (cutoff,)),
+            ("dropped thumbnails of pending low-severity events",
+             "UPDATE events SET media = NULL WHERE state != 'confirmed' AND media IS NOT NULL AND severity < ?",
+             (self.cfg.low_severity,)),
+            ("dropped confirmed events within retention",
+             "DELETE FROM events WHERE state = 'confirmed'", ()),
+            ("dropped confirmed coverage within retention",
+             "DELETE FROM coverage WHERE state = 'confirmed'", ()),
+        ]
