@@ -42,7 +42,8 @@ async function startApp() {
   const config = await dashboardConfig();
   state.map = new DefectMap($("map"), config, selectDefect);
   $("legend").innerHTML = legendHtml();
-  state.panel = new DefectPanel($("panel"), $("panel-body"), state.me.role, onStatusChanged);
+  state.panel = new DefectPanel($("panel"), $("panel-body"), state.me.role, onStatusChanged,
+    () => state.map.map.invalidateSize());
   $("panel-close").addEventListener("click", () => { state.panel.close(); state.selected = null; redraw(); });
   $("filters").addEventListener("change", () => { redraw(); loadCoverage(); });
   $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
@@ -128,8 +129,8 @@ function selectDefect(id) {
   if (!defect) return;
   state.selected = id;
   document.querySelectorAll("#defect-list li").forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
-  state.map.focus(defect);
   guarded(() => state.panel.open(defect));
+  state.map.focus(defect);
 }
 
 async function onStatusChanged(id) {

@@ -7,8 +7,17 @@ import {
 
 const MAX_THUMBNAILS = 6;
 
+function historyItem(h) {
+  const from = h.from_status ?? h.from ?? h.old_status;
+  const to = h.to_status ?? h.status ?? h.to ?? h.new_status;
+  const by = h.actor ?? h.by;
+  return `<li>${formatTime(h.at ?? h.changed_at)} · ${from ? `${escapeHtml(from)} → ` : ""}<b>${escapeHtml(to)}</b>
+    ${by ? ` by ${escapeHtml(by)}` : ""}${h.note ? ` — ${escapeHtml(h.note)}` : ""}</li>`;
+}
+
 export class DefectPanel {
-  constructor(root, body, role, onChanged) {
+  constructor(root, body, role, onChanged, onResize) {
+    this.onResize = onResize;
     this.root = root;
     this.body = body;
     this.role = role;
@@ -19,6 +28,7 @@ export class DefectPanel {
 
   close() {
     this.root.hidden = true;
+    this.onResize();
     this.current = null;
     this.releaseThumbnails();
   }
@@ -30,7 +40,9 @@ export class DefectPanel {
 
   async open(defect) {
     this.current = defect.id;
+    const wasHidden = this.root.hidden;
     this.root.hidden = false;
+    if (wasHidden) this.onResize();
     this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="hint">loading…</p>`;
     let detail;
     try {
@@ -70,9 +82,7 @@ export class DefectPanel {
         ${s.severity !== undefined ? `· sev ${Number(s.severity).toFixed(2)}` : ""}</li>`).join("")
         || '<li class="hint">none listed</li>'}</ol>
       <h3>Status history</h3>
-      <ol class="timeline" id="history">${history.map((h) => `<li>${formatTime(h.at || h.changed_at || h.time)} ·
-        ${escapeHtml(h.from ?? h.old_status ?? "")}${h.from || h.old_status ? " → " : ""}<b>${escapeHtml(h.status ?? h.to ?? h.new_status)}</b>
-        ${h.by || h.actor ? `by ${escapeHtml(h.by || h.actor)}` : ""}${h.note ? ` — ${escapeHtml(h.note)}` : ""}</li>`).join("")
+      <ol class="timeline" id="history">${history.map(historyItem).join("")
         || '<li class="hint">no changes yet</li>'}</ol>`;
     this.wireWorkflow(defect);
     this.loadThumbnails(sightings.filter(sightingHasThumbnail).slice(0, MAX_THUMBNAILS));
