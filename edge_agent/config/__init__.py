@@ -18,6 +18,7 @@ from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.device import DeviceConfig
 from edge_agent.config.events import EventsConfig
 from edge_agent.config.gnss import GnssConfig
+from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.config.uplink import UplinkConfig
@@ -36,6 +37,8 @@ class AgentConfig(Section):
     events: EventsConfig = Field(default_factory=EventsConfig, description="Event contents, severity, coverage")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="The on-disk store-and-forward queue")
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="MQTT connection to the fleet")
+    model_update: ModelUpdateConfig = Field(default_factory=ModelUpdateConfig,
+                                            description="Remote model updates: download, verify, swap")
 
 
 class ConfigError(ValueError):
