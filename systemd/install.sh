@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# Installs road-monitor as systemd services, from this checkout.
+#
+#   sudo systemd/install.sh agent  --device-id veh-042 --broker mqtt.example.org:8883 \
+#        --mqtt-password-file ./veh-042.password --ca-file ./fleet-ca.pem
+#   sudo systemd/install.sh server --workers 2
+#   systemd/install.sh agent --dry-run ...      # print every step, change nothing (no root needed)
+#
+# Agent (Raspberry Pi OS bookworm, Jetson with JetPack 5/6, or any Debian/Ubuntu with systemd):
+#   Debian packages, a system user `edge-agent` (groups dialout, video), a venv under /opt/road-monitor,
+#   /etc/edge-agent/agent.toml (written once, never overwritten), the MQTT password as a systemd credential,
+#   the model under /var/lib/edge-agent/models (current.onnx -> <sha256>.onnx, what remote updates swap),
+#   and edge-agent.service enabled.
+# Server: the venv, /etc/fleet-server/server.toml, credentials, fleet-server.service and N ingest workers.
+#
+# Safe to run again: existing config, credentials and a newer (remotely updated) model are kept.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PREFIX=/opt/road-monitor
+UNIT_DIR=/etc/systemd/system
+ROLE=""
+DRY_RUN=0
+START=1
+DEVICE_ID=""
+BROKER=""
+MQTT_PASSWORD_FILE=""
+CA_FILE=""
+MODEL=""
+PYTHON=""
+ORT_WHEEL=""
+WORKERS=2
+DB_PASSWORD_FILE=""
+PLATFORM="${ROADMON_PLATFORM:-}"
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'EOF'
+Options:
+  --device-id ID              agent: the device id (its MQTT login); default: the host name
+  --broker HOST[:PORT]        agent: the fleet's MQTT broker (default port 8883, TLS)
+  --mqtt-password-file FILE   agent/server: the MQTT password (from `fleet-server device add`)
+  --ca-file FILE              agent: CA certificate of the broker and of the fleet server's HTTPS
+  --model FILE                agent: the .onnx model to place (default: the bundled model)
+  --onnxruntime-wheel FILE    agent: an onnxruntime(-gpu) wheel to use instead of PyPI's (Jetson)
+  --python PATH               Python 3.11+ for the venv (default: the newest python3.1x found)
+  --workers N                 server: ingest workers (default 2)
+  --db-password-file FILE     server: the PostgreSQL password
+  --prefix DIR                where the venv and docs go (default /opt/road-monitor)
+  --no-start                  enable the units but do not start them now
+  --dry-run                   print each step instead of doing it
+EOF
+}
+
+die() { echo "install.sh: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    agent|server) ROLE="$1" ;;
+    --device-id) DEVICE_ID="$2"; shift ;;
+    --broker) BROKER="$2"; shift ;;
+    --mqtt-password-file) MQTT_PASSWORD_FILE="$2"; shift ;;
+    --ca-file) CA_FILE="$2"; shift ;;
+    --model) MODEL="$2"; shift ;;
+    --onnxruntime-wheel) ORT_WHEEL="$2"; shift ;;
+    --python) PYTHON="$2"; shift ;;
+    --workers) WORKERS="$2"; shift ;;
+    --db-password-file) DB_PASSWORD_FILE="$2"; shift ;;
+    --prefix) PREFIX="$2"; shift ;;
+    --no-start) START=0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+[ -n "$ROLE" ] || { usage >&2; die "say what to install: agent or server"; }
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, not '$WORKERS'"
+if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
+  die "run as root (sudo), or add --dry-run to see what it would do"
+fi
+
+# ------------------------------------------------------------------------------------------ helpers
+# Every change goes through one of these, so that --dry-run shows exactly what a real run does.
+run() {
+  if [ "$DRY_RUN" = 1 ]; then echo "+ $*"; else "$@"; fi
+}
+
+# write_file PATH MODE OWNER < content: atomically, keeping an existing file when KEEP=1.
+write_file() {
+  local path="$1" mode="$2" owner="$3" content
+  content="$(cat)"
+  if [ "${KEEP:-0}" = 1 ] && [ -e "$path" ]; then
+    echo "= keep $path (exists)"
+    return
+  fi
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "+ write $path (mode $mode, owner $owner)"
+    printf '%s\n' "$content" | sed 's/^/|   /'
+    return
+  fi
+  local tmp
+  tmp="$(mktemp "$(dirname "$path")/.install.XXXXXX")"
+  printf '%s\n' "$content" >"$tmp"
+  chmod "$mode" "$tmp"
+  chown "$owner" "$tmp"
+  mv -f "$tmp" "$path"
+}
+
+# copy_secret SRC DEST: root-only file that systemd hands to the service with LoadCredential=.
+copy_secret() {
+  local src="$1" dest="$2"
+  if [ -z "$src" ]; then
+    if [ -e "$dest" ] || [ "$DRY_RUN" = 1 ]; then echo "= keep $dest"; return; fi
+    echo "install.sh: WARNING: no secret given for $dest; the service will not authenticate until it exists" >&2
+    return
+  fi
+  [ -r "$src" ] || die "cannot read $src"
+  run install -m 0600 -o root -g root "$src" "$dest"
+}
+
+detect_platform() {
+  [ -n "$PLATFORM" ] && { echo "$PLATFORM"; return; }
+  local model=""
+  [ -r /proc/device-tree/model ] && model="$(tr -d '\0' </proc/device-tree/model)"
+  if [ -e /etc/nv_tegra_release ] || [[ "$model" == *Jetson* ]]; then
+    echo jetson
+  elif [[ "$model" == *"Raspberry Pi"* ]]; then
+    echo raspberry-pi
+  else
+    echo generic
+  fi
+}
+
+pick_python() {
+  if [ -n "$PYTHON" ]; then echo "$PYTHON"; return; fi
+  local candidate
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      command -v "$candidate"
+      return
+    fi
+  done
+  echo ""
+}
+
+install_debian_packages() {
+  local packages=("$@") missing=() p
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "= Debian packages present: ${packages[*]}"
+  fi
+}
+
+make_venv() {
+  local extra="$1" python
+  python="$(pick_python)"
+  if [ -z "$python" ]; then
+    if [ "$DRY_RUN" = 1 ]; then python=python3.11; else
+      die "no Python 3.11+ found; on Jetson (Ubuntu 22.04): apt-get install python3.11 python3.11-venv, or --python"
+    fi
+  fi
+  echo "= python: $python"
+  run install -d -m 0755 "$PREFIX"
+  [ -x "$PREFIX/venv/bin/python" ] || run "$python" -m venv "$PREFIX/venv"
+  run "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
+  if [ -n "$ORT_WHEEL" ]; then
+    run "$PREFIX/venv/bin/python" -m pip install -q "$ORT_WHEEL"
+  fi
+  run "$PREFIX/venv/bin/python" -m pip install -q "$ROOT[$extra]"
+  run install -d -m 0755 "$PREFIX/docs"
+  run cp -r "$ROOT/docs/." "$PREFIX/docs/"
+}
+
+install_unit() {
+  local name="$1"
+  run install -m 0644 -o root -g root "$ROOT/systemd/$name" "$UNIT_DIR/$name"
+}
+
+enable_units() {
+  run systemctl daemon-reload
+  if [ "$START" = 1 ]; then
+    run systemctl enable --now "$@"
+  else
+    run systemctl enable "$@"
+  fi
+}
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ------------------------------------------------------------------------------------------- agent
+place_model() {
+  local state=/var/lib/edge-agent models sha
+  models="$state/models"
+  [ -n "$MODEL" ] || MODEL="$ROOT/models/bundled/model.onnx"
+  [ -r "$MODEL" ] || die "model not found: $MODEL (build it with 'make model' or pass --model FILE)"
+  sha="$(sha256_of "$MODEL")"
+  run install -d -m 0750 -o edge-agent -g edge-agent "$state" "$models"
+  # A model that came later by remote update stays; the installer only provides the first one.
+  if [ -e "$models/current.onnx" ]; then
+    echo "= keep $models/current.onnx -> $(readlink "$models/current.onnx" 2>/dev/null || echo '?')"
+    return
+  fi
+  run install -m 0640 -o edge-agent -g edge-agent "$MODEL" "$models/$sha.onnx"
+  local manifest
+  manifest="$(dirname "$MODEL")/manifest.json"
+  if [ -r "$manifest" ]; then
+    run install -m 0640 -o edge-agent -g edge-agent "$manifest" "$models/$sha.json"
+  fi
+  run ln -sfn "$sha.onnx" "$models/current.onnx"
+  run chown -h edge-agent:edge-agent "$models/current.onnx"
+}
+
+agent_config() {
+  local host="${BROKER%%:*}" port="8883"
+  [[ "$BROKER" == *:* ]] && port="${BROKER##*:}"
+  [ -n "$host" ] || host="localhost"
+  local ca_line="# ca_file = \"/etc/edge-agent/ca.pem\""
+  [ -n "$CA_FILE" ] && ca_line="ca_file = \"/etc/edge-agent/ca.pem\""
+  cat <<EOF
+# road-monitor edge agent. Written by systemd/install.sh; edit freely, it is never overwritten.
+# All keys: edge-agent config example. Check: edge-agent config check /etc/edge-agent/agent.toml
+
+[device]
+id = "$DEVICE_ID"
+state_dir = "/var/lib/edge-agent"
+
+[detector]
+# install.sh placed the model here; remote model updates swap this link atomically.
+model = "/var/lib/edge-agent/models/current.onnx"
+
+[uplink]
+host = "$host"
+port = $port
+# The password comes from the systemd credential mqtt-password (LoadCredential= in edge-agent.service).
+
+[model_update]
+$ca_line
+EOF
+}
+
+install_agent() {
+  local platform
+  platform="$(detect_platform)"
+  echo "= platform: $platform"
+  [ -n "$DEVICE_ID" ] || DEVICE_ID="$(hostname -s)"
+  [[ "$DEVICE_ID" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "device id '$DEVICE_ID': use letters, digits, . _ - (max 64)"
+
+  local packages=(python3-venv python3-pip libgl1 v4l-utils gpsd-clients)
+  [ "$platform" = jetson ] && packages+=(python3.11 python3.11-venv)
+  install_debian_packages "${packages[@]}"
+
+  if ! id -u edge-agent >/dev/null 2>&1; then
+    run useradd --system --no-create-home --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin \
+      --groups dialout,video edge-agent
+  else
+    echo "= user edge-agent exists"
+  fi
+  make_venv edge
+
+  run install -d -m 0755 -o root -g root /etc/edge-agent
+  run install -d -m 0700 -o root -g root /etc/edge-agent/credentials
+  agent_config | KEEP=1 write_file /etc/edge-agent/agent.toml 0644 root:root
+  copy_secret "$MQTT_PASSWORD_FILE" /etc/edge-agent/credentials/mqtt-password
+  if [ -n "$CA_FILE" ]; then
+    run install -m 0644 -o root -g root "$CA_FILE" /etc/edge-agent/ca.pem
+  fi
+  place_model
+
+  install_unit edge-agent.service
+  if [ "$platform" = jetson ]; then
+    # The GPU's device nodes, for the CUDA/TensorRT execution providers.
+    run install -d -m 0755 "$UNIT_DIR/edge-agent.service.d"
+    write_file "$UNIT_DIR/edge-agent.service.d/jetson.conf" 0644 root:root <<'EOF'
+[Service]
+DeviceAllow=/dev/nvmap rw
+DeviceAllow=char-nvhost* rw
+DeviceAllow=char-nvgpu* rw
+DeviceAllow=char-nvidia* rw
+SupplementaryGroups=render
+EOF
+  fi
+  run "$PREFIX/venv/bin/edge-agent" config check /etc/edge-agent/agent.toml
+  enable_units edge-agent.service
+  echo "done: check the box with: sudo -u edge-agent $PREFIX/venv/bin/edge-agent doctor --config /etc/edge-agent/agent.toml"
+}
+
+# ------------------------------------------------------------------------------------------ server
+install_server() {
+  install_debian_packages python3-venv python3-pip
+  make_venv server
+  run install -d -m 0755 -o root -g root /etc/fleet-server
+  run install -d -m 0700 -o root -g root /etc/fleet-server/credentials
+  if [ -r "$ROOT/fleet_server/example.toml" ]; then
+    KEEP=1 write_file /etc/fleet-server/server.toml 0644 root:root <"$ROOT/fleet_server/example.toml"
+  fi
+  copy_secret "$DB_PASSWORD_FILE" /etc/fleet-server/credentials/db-password
+  copy_secret "$MQTT_PASSWORD_FILE" /etc/fleet-server/credentials/mqtt-password
+  install_unit fleet-server.service
+  install_unit fleet-server-ingest@.service
+  local units=(fleet-server.service) i
+  for i in $(seq 1 "$WORKERS"); do units+=("fleet-server-ingest@$i.service"); done
+  enable_units "${units[@]}"
+}
+
+[ "$DRY_RUN" = 1 ] && echo "= dry run: nothing is changed"
+case "$ROLE" in
+  agent) install_agent ;;
+  server) install_server ;;
+esac

@@ -1,0 +1,230 @@
+"""systemd units, the installer, and the agent's notify/watchdog protocol against a real datagram socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent import config as agent_config
+from edge_agent import sdnotify
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ROOT / "systemd"
+VENV_BIN = Path(sys.executable).parent
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
+                                   reason="systemd-analyze missing (Debian package systemd; bootstrap installs it)")
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """KEY -> every value it is given (systemd allows repeats), across sections."""
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@pytest.fixture(scope="module")
+def runnable_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The units with ExecStart pointed at this checkout's venv, so verify can check the commands exist."""
+    out = tmp_path_factory.mktemp("units")
+    for unit in UNITS.glob("*.service"):
+        text = unit.read_text().replace("/opt/road-monitor/venv/bin", str(VENV_BIN))
+        (out / unit.name).write_text(text)
+    shutil.copy(out / "fleet-server-ingest@.service", out / "fleet-server-ingest@1.service")
+    return out
+
+
+# ------------------------------------------------------------------------------------- unit files
+@needs_analyze
+@pytest.mark.parametrize("unit", ["edge-agent.service", "fleet-server.service", "fleet-server-ingest@1.service"])
+def test_units_pass_systemd_analyze_verify(runnable_units: Path, unit: str) -> None:
+    # verify exits 0 even for unknown keys and bad values, but says so on stderr: any output is a failure.
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", f"./{unit}"], cwd=runnable_units,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+@needs_analyze
+def test_verify_would_catch_a_misspelt_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.service"
+    bad.write_text("[Service]\nExecStart=/bin/true\nWatchdogSecc=3\n")
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", "./bad.service"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert "WatchdogSecc" in result.stderr
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", ["edge-agent.service", "fleet-server.service", "fleet-server-ingest@1.service"])
+def test_units_are_sandboxed(runnable_units: Path, unit: str) -> None:
+    # Exposure is systemd's 0 (locked down) .. 10 (unprotected) score; --threshold is in tenths.
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=25", f"./{unit}"],
+                            cwd=runnable_units, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+def test_agent_unit_has_the_operational_contract() -> None:
+    s = unit_settings(UNITS / "edge-agent.service")
+    assert s["Type"] == ["notify"]
+    assert s["Restart"] == ["always"]
+    assert s["StartLimitIntervalSec"] == ["0"]
+    assert int(s["WatchdogSec"][0]) >= 10
+    assert s["ProtectSystem"] == ["strict"]
+    assert s["StateDirectory"] == ["edge-agent"]
+    assert s["DevicePolicy"] == ["closed"]
+    assert "PrivateDevices" not in s, "PrivateDevices hides the serial port and the camera"
+    allowed = " ".join(s["DeviceAllow"])
+    for device in ("video4linux", "ttyACM", "ttyUSB", "ttyAMA"):
+        assert device in allowed
+    assert set(s["SupplementaryGroups"][0].split()) >= {"dialout", "video"}
+    assert "User" in s or s.get("DynamicUser") == ["yes"]
+    assert any(v.startswith("mqtt-password:") for v in s["LoadCredential"])
+    assert "--config" in s["ExecStart"][0]
+
+
+def test_ingest_is_a_template_with_the_instance_in_the_command() -> None:
+    s = unit_settings(UNITS / "fleet-server-ingest@.service")
+    assert "%i" in s["ExecStart"][0]
+    assert s["Restart"] == ["always"]
+
+
+# ------------------------------------------------------------------------------------ notify protocol
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A real AF_UNIX datagram socket standing in for systemd's; NOTIFY_SOCKET points at it."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+def test_ready_watchdog_status_reach_the_socket(notify_socket: socket.socket) -> None:
+    assert sdnotify.ready("camera, gnss, model, outbox up")
+    assert notify_socket.recv(4096) == b"READY=1\nSTATUS=camera, gnss, model, outbox up"
+    assert sdnotify.watchdog_ping()
+    assert notify_socket.recv(4096) == b"WATCHDOG=1"
+    assert sdnotify.status("3 events queued")
+    assert notify_socket.recv(4096) == b"STATUS=3 events queued"
+    assert sdnotify.stopping()
+    assert notify_socket.recv(4096) == b"STOPPING=1"
+
+
+def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"roadmon-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sdnotify.watchdog_ping()
+        assert sock.recv(64) == b"WATCHDOG=1"
+
+
+def test_outside_systemd_every_call_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.ready() is False
+    assert sdnotify.watchdog_ping() is False
+
+
+def test_a_vanished_socket_is_reported_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    assert sdnotify.watchdog_ping() is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_sec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval_s() == pytest.approx(15.0)
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # armed for another process (a parent shell)
+    assert sdnotify.watchdog_interval_s() is None
+    monkeypatch.delenv("WATCHDOG_USEC")
+    assert sdnotify.watchdog_interval_s() is None
+
+
+# ---------------------------------------------------------------------------------------- installer
+def dry_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(UNITS / "install.sh"), *args, "--dry-run"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def written_file(plan: str, path: str) -> str:
+    """The content a dry run shows for `+ write PATH`."""
+    lines = plan.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"+ write {path} "))
+    body = []
+    for line in lines[start + 1:]:
+        if not line.startswith("|"):
+            break
+        body.append(line[4:] if len(line) > 4 else "")
+    return "\n".join(body) + "\n"
+
+
+def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not really a model")
+    result = dry_run("agent", "--device-id", "veh-042", "--broker", "mqtt.example.org:8884", "--model", str(model),
+                     env={"ROADMON_PLATFORM": "raspberry-pi"})
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout
+    assert "= platform: raspberry-pi" in plan
+    assert "useradd --system" in plan and "dialout,video" in plan
+    assert "-m venv /opt/road-monitor/venv" in plan
+    assert "/etc/systemd/system/edge-agent.service" in plan
+    assert "systemctl enable --now edge-agent.service" in plan
+    import hashlib
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert f"/var/lib/edge-agent/models/{sha}.onnx" in plan
+    assert f"ln -sfn {sha}.onnx /var/lib/edge-agent/models/current.onnx" in plan
+    # The config it would write is one the agent accepts.
+    toml = written_file(plan, "/etc/edge-agent/agent.toml")
+    cfg = agent_config.parse(tomllib.loads(toml))
+    assert cfg.device.id == "veh-042"
+    assert cfg.uplink.host == "mqtt.example.org" and cfg.uplink.port == 8884
+    assert cfg.detector.model == "/var/lib/edge-agent/models/current.onnx"
+
+
+def test_installer_dry_run_changes_nothing(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = dry_run("agent", "--model", str(model), "--prefix", str(tmp_path / "opt"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_installer_jetson_gets_gpu_devices(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    result = dry_run("agent", "--model", str(model), env={"ROADMON_PLATFORM": "jetson"})
+    assert result.returncode == 0, result.stderr
+    dropin = written_file(result.stdout, "/etc/systemd/system/edge-agent.service.d/jetson.conf")
+    assert "DeviceAllow=/dev/nvmap rw" in dropin
+
+
+def test_installer_server_plan_enables_n_workers() -> None:
+    result = dry_run("server", "--workers", "3")
+    assert result.returncode == 0, result.stderr
+    assert ("systemctl enable --now fleet-server.service fleet-server-ingest@1.service "
+            "fleet-server-ingest@2.service fleet-server-ingest@3.service") in result.stdout
+
+
+def test_installer_rejects_bad_input() -> None:
+    assert dry_run("agent", "--device-id", "bad id!").returncode != 0
+    assert dry_run("server", "--workers", "zero").returncode != 0
+    result = dry_run("frobnicate")
+    assert result.returncode != 0 and "unknown argument" in result.stderr
