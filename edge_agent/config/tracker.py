@@ -26,6 +26,9 @@ class TrackerConfig(Section):
         description="An ending track this close to an event of the same class from the last merge_window_s "
                     "is the same defect seen again, not a new event (0 turns this off)")
     merge_window_s: float = Field(20.0, ge=0, le=3600, description="How far back merge_radius_m looks, seconds")
+    emit_after_s: float = Field(30.0, gt=0, le=3600,
+                                description="A confirmed track still in view after this many seconds (a parked "
+                                            "vehicle) becomes its event now rather than when it ends")
     max_range_m: float = Field(25.0, gt=1, le=200,
                                description="Detections projecting farther than this (or above the horizon) are "
                                            "too uncertain to place and are ignored")

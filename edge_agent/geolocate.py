@@ -1,0 +1,169 @@
+"""Where on the ground a detected defect lies, in metres from the camera and in lat/lon.
+
+A road defect is flat, so its whole box lies on the road plane: the calibration projects the box's bottom
+edge (its near side) and top edge (its far side) to (forward, left) metres; the defect's centre is midway,
+its width is the projected bottom edge, its length the distance between the two edges. The ground point is
+rotated by the filtered heading and added to the filtered vehicle position at the frame's time. A track's
+frames are combined with inverse-variance weights, so close, sharp views count more than far ones.
+
+Uncertainty of one view (1 sigma, metres), growing with range d from a camera at height h:
+    sigma_proj = sqrt(projection_sigma_m² + (2 px · ground metres per pixel at the box's bottom)²
+                      + ((h² + d²) / h · pitch_sigma)²)
+the last term being how far a pitch error (road slope, the vehicle nodding) moves a ground point.
+h_accuracy_m of the combined position = sqrt(gnss_sigma² + 1 / Σ(1/sigma_proj²)), where gnss_sigma is the
+weighted mean of the filter's h_std over the views: GNSS errors are correlated over the seconds a defect is
+in view, so averaging views does not shrink them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from calibration.projector import GroundProjector
+from edge_agent.config.events import EventsConfig
+
+EARTH_RADIUS_M = 6_378_137.0    # WGS84 equatorial; a local tangent plane is exact to mm over tens of metres
+BOX_EDGE_SIGMA_PX = 2.0         # how well a detector's box edge sits on the defect's edge, pixels
+
+
+class PoseLike(Protocol):
+    """What geolocation needs of the filter's Pose (edge_agent.kalman.Pose)."""
+
+    lat: float
+    lon: float
+    speed_mps: float
+    heading_deg: float | None
+    h_std_m: float
+
+
+@dataclass(frozen=True)
+class GroundBox:
+    """A detection's box on the road, in the vehicle frame at the frame's time."""
+
+    forward_m: float          # centre of the defect
+    left_m: float
+    width_m: float            # across the road (the projected bottom edge)
+    length_m: float           # along the line of sight (near edge to far edge)
+    range_m: float            # distance from the camera to the near edge, what the error grows with
+    sigma_m: float            # 1-sigma horizontal projection error of the centre
+    corners: np.ndarray       # 4x2 (forward, left): bottom-left, bottom-right, top-right, top-left
+
+
+@dataclass(frozen=True)
+class Located:
+    lat: float
+    lon: float
+    h_accuracy_m: float
+    width_m: float
+    length_m: float
+
+
+def offset_latlon(lat: float, lon: float, east_m: float, north_m: float) -> tuple[float, float]:
+    """The point EAST_M, NORTH_M metres from (lat, lon) on a local tangent plane."""
+    dlat = math.degrees(north_m / EARTH_RADIUS_M)
+    dlon = math.degrees(east_m / (EARTH_RADIUS_M * math.cos(math.radians(lat))))
+    return lat + dlat, lon + dlon
+
+
+def enu_offset(lat0: float, lon0: float, lat: float, lon: float) -> tuple[float, float]:
+    """(east, north) metres of (lat, lon) from (lat0, lon0); the inverse of offset_latlon."""
+    north = math.radians(lat - lat0) * EARTH_RADIUS_M
+    east = math.radians(lon - lon0) * EARTH_RADIUS_M * math.cos(math.radians(lat0))
+    return east, north
+
+
+def vehicle_to_enu(forward_m: float, left_m: float, heading_deg: float) -> tuple[float, float]:
+    """A vehicle-frame offset as (east, north) for a vehicle heading HEADING_DEG (clockwise from north)."""
+    h = math.radians(heading_deg)
+    east = forward_m * math.sin(h) - left_m * math.cos(h)
+    north = forward_m * math.cos(h) + left_m * math.sin(h)
+    return east, north
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    return math.hypot(*enu_offset(lat1, lon1, lat2, lon2))
+
+
+class Geolocator:
+    """Boxes to ground boxes, ground boxes plus poses to lat/lon, and a track's views combined."""
+
+    def __init__(self, projector: GroundProjector, cfg: EventsConfig | None = None, max_range_m: float = 25.0):
+        self.projector = projector
+        self.cfg = cfg or EventsConfig()
+        self.max_range_m = max_range_m
+        self._pitch_sigma = math.radians(self.cfg.pitch_sigma_deg)
+
+    def ground_box(self, bbox: Sequence[float]) -> GroundBox | None:
+        """Project a pixel box onto the road; None when its near edge misses the road or lies beyond range."""
+        x1, y1, x2, y2 = (float(c) for c in bbox)
+        xm = (x1 + x2) / 2
+        pts = self.projector.pixels_to_ground(np.array([[x1, y2], [x2, y2], [x2, y1], [x1, y1], [xm, y2], [xm, y1]]))
+        near = pts[4]
+        if np.isnan(near).any() or near[0] > self.max_range_m or near[0] <= 0:
+            return None
+        far = pts[5]
+        if np.isnan(far).any() or far[0] - near[0] > self.max_range_m:
+            # The top edge touches the horizon: too little to tell the length, so keep the near edge only.
+            far = near
+        corners = pts[:4].copy()
+        bad = np.isnan(corners).any(axis=1)
+        for k in np.flatnonzero(bad):
+            corners[k] = near if k < 2 else far
+        centre = (near + far) / 2
+        width = float(np.hypot(*(corners[1] - corners[0])))
+        length = float(np.hypot(*(far - near)))
+        return GroundBox(forward_m=float(centre[0]), left_m=float(centre[1]), width_m=width, length_m=length,
+                         range_m=float(math.hypot(near[0], near[1] - self.projector.mount.lateral_m)),
+                         sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners)
+
+    def sigma_m(self, u: float, v: float, forward_m: float) -> float:
+        """1-sigma projection error of a ground point seen at (u, v) FORWARD_M ahead (see module doc)."""
+        h = self.projector.mount.height_m
+        per_px = self.projector.ground_sigma_m(u, v, pixel_sigma=BOX_EDGE_SIGMA_PX) or 0.0
+        pitch = (h * h + forward_m * forward_m) / h * self._pitch_sigma
+        return math.sqrt(self.cfg.projection_sigma_m ** 2 + per_px ** 2 + pitch ** 2)
+
+    @staticmethod
+    def to_world(box: GroundBox, pose: PoseLike, heading_deg: float) -> tuple[float, float]:
+        """The defect centre's (lat, lon), from the vehicle's pose and heading at the frame's time."""
+        east, north = vehicle_to_enu(box.forward_m, box.left_m, heading_deg)
+        return offset_latlon(pose.lat, pose.lon, east, north)
+
+    @staticmethod
+    def combine(views: Sequence[tuple[GroundBox, PoseLike, float]]) -> Located | None:
+        """Inverse-variance mean of a track's views (ground box, pose, heading); None without any view."""
+        if not views:
+            return None
+        lat0, lon0 = Geolocator.to_world(*views[0])
+        east = north = wsum = gnss = proj_w = width = length = 0.0
+        for box, pose, heading in views:
+            lat, lon = Geolocator.to_world(box, pose, heading)
+            e, n = enu_offset(lat0, lon0, lat, lon)
+            gnss_sigma = max(float(pose.h_std_m), 0.0)
+            w = 1.0 / (box.sigma_m ** 2 + gnss_sigma ** 2 + 1e-6)
+            east += w * e
+            north += w * n
+            width += w * box.width_m
+            length += w * box.length_m
+            gnss += w * gnss_sigma
+            proj_w += 1.0 / (box.sigma_m ** 2 + 1e-6)
+            wsum += w
+        lat, lon = offset_latlon(lat0, lon0, east / wsum, north / wsum)
+        h_acc = math.sqrt((gnss / wsum) ** 2 + 1.0 / proj_w)
+        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / wsum, length_m=length / wsum)
+
+
+def severity(class_name: str, width_m: float, length_m: float, cfg: EventsConfig) -> float:
+    """0-1: the class weight times how big the defect is, sqrt(area / severe_area_m2) capped at 1.
+
+    The square root makes severity follow the defect's linear size (a 0.5 m pothole is not four times less
+    severe than a 1 m one); the class weight ranks kinds of damage (a pothole over a crack by default).
+    """
+    weight = cfg.class_weights.get(class_name, cfg.default_class_weight)
+    size = min(1.0, math.sqrt(max(width_m, 0.0) * max(length_m, 0.0) / cfg.severe_area_m2))
+    return round(min(1.0, max(0.0, weight * size)), 3)

@@ -1,0 +1,249 @@
+"""Detections across frames become tracks; one physical defect is one track.
+
+Tracks live in the vehicle frame (forward, left metres on the road). Between frames each track is moved by
+the vehicle's own motion (distance driven, heading change), so a defect's predicted place in the next frame
+is known both on the ground and, projected back through the calibration, as a box in the image. A detection
+joins a track when it lies within a ground gate of the prediction (the gate widens with range, as the
+projection gets coarser) or overlaps the predicted box (IoU); pairs are chosen by the Hungarian method.
+
+A track is confirmed once it has min_frames detections and the median of its last score_window scores,
+a missed frame counting 0, reaches confirm_score. It ends when it has been missed max_misses frames in a row
+or its prediction has left the picture under the bonnet; a confirmed track then yields one finished track,
+from which the pipeline makes one event. A track that stays in view longer than emit_after_s (a parked
+vehicle) is emitted while still alive, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import count
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from edge_agent.config.tracker import TrackerConfig
+from edge_agent.geolocate import Geolocator, GroundBox
+
+log = logging.getLogger(__name__)
+
+_NO_PAIR = 1e6
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How the vehicle moved since the previous frame: metres forward, degrees turned right (clockwise)."""
+
+    forward_m: float = 0.0
+    yaw_deg: float = 0.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One frame in which a track's defect was detected."""
+
+    t_mono: float
+    bbox: tuple[float, float, float, float]
+    score: float
+    ground: GroundBox
+    pose: Any = None                 # the filter's Pose at the frame's time (None without a fix)
+    heading_deg: float | None = None
+    utc: datetime | None = None
+
+
+@dataclass
+class Track:
+    id: int
+    class_id: int
+    class_name: str
+    first_mono: float
+    observations: list[Observation] = field(default_factory=list)
+    recent: deque = field(default_factory=deque)     # last score_window scores, misses as 0
+    misses: int = 0
+    confirmed: bool = False
+    emitted: bool = False
+    pred: np.ndarray | None = None                   # predicted ground corners (4x2) in the current frame
+    best: Observation | None = None
+    best_crop: np.ndarray | None = None              # the defect only, from the best frame
+    best_frame: np.ndarray | None = None             # only when full frames are configured
+
+    @property
+    def hits(self) -> int:
+        return len(self.observations)
+
+    @property
+    def score(self) -> float:
+        """The track's confidence: the median of its detection scores."""
+        return float(statistics.median(o.score for o in self.observations))
+
+    def recent_median(self) -> float:
+        return float(statistics.median(self.recent)) if self.recent else 0.0
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def move(points: np.ndarray, motion: Motion) -> np.ndarray:
+    """Ground points fixed on the road, seen from the vehicle after MOTION: shifted back, turned against."""
+    shifted = points - [motion.forward_m, 0.0]
+    psi = math.radians(motion.yaw_deg)  # the vehicle turned right by psi: the world turns left (CCW) by psi
+    c, s = math.cos(psi), math.sin(psi)
+    return np.column_stack([shifted[:, 0] * c - shifted[:, 1] * s, shifted[:, 0] * s + shifted[:, 1] * c])
+
+
+def crop(image: np.ndarray, bbox: Sequence[float], max_px: int, pad: float = 0.15) -> np.ndarray:
+    """The box (plus a small margin) cut from IMAGE, scaled so its longest side is at most MAX_PX."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = bbox
+    px, py = (x2 - x1) * pad, (y2 - y1) * pad
+    c1, r1 = max(0, int(x1 - px)), max(0, int(y1 - py))
+    c2, r2 = min(w, math.ceil(x2 + px)), min(h, math.ceil(y2 + py))
+    out = image[r1:max(r2, r1 + 1), c1:max(c2, c1 + 1)]
+    scale = max_px / max(out.shape[:2])
+    if scale < 1:
+        out = cv2.resize(out, (max(1, round(out.shape[1] * scale)), max(1, round(out.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return out.copy()
+
+
+class Tracker:
+    """Feed it every processed frame with `step`; it returns the tracks that are ready to become events."""
+
+    def __init__(self, cfg: TrackerConfig, geolocator: Geolocator, thumbnail_px: int = 160,
+                 keep_full_frame: bool = False) -> None:
+        self.cfg = cfg
+        self.geo = geolocator
+        self.projector = geolocator.projector
+        self.thumbnail_px = thumbnail_px
+        self.keep_full_frame = keep_full_frame
+        intr = self.projector.intrinsics
+        bottom = self.projector.pixel_to_ground(intr.cx, intr.height - 1)
+        self._bottom_forward_m = bottom[0] if bottom is not None else 0.0
+        self.tracks: list[Track] = []
+        self._ids = count(1)
+        self.stats = {"detections": 0, "out_of_range": 0, "tracks": 0, "confirmed": 0, "unconfirmed_ended": 0}
+
+    def step(self, t_mono: float, detections: Sequence[Any], motion: Motion = Motion(),
+             image: np.ndarray | None = None, pose: Any = None, heading_deg: float | None = None,
+             utc: datetime | None = None) -> list[Track]:
+        """Advance by one frame; returns confirmed tracks that ended (or aged) in it, to emit."""
+        self.stats["detections"] += len(detections)
+        for track in self.tracks:
+            track.pred = move(track.pred, motion)
+        dets = []
+        for det in detections:
+            box = self.geo.ground_box((det.x1, det.y1, det.x2, det.y2))
+            if box is None:
+                self.stats["out_of_range"] += 1
+                continue
+            dets.append((det, box))
+
+        matched_tracks, matched_dets = self._associate(dets)
+        for ti, di in zip(matched_tracks, matched_dets, strict=True):
+            det, box = dets[di]
+            self._add(self.tracks[ti], det, box, t_mono, image, pose, heading_deg, utc)
+        for ti, track in enumerate(self.tracks):
+            if ti not in matched_tracks:
+                track.misses += 1
+                self._push(track, 0.0)
+        for di, (det, box) in enumerate(dets):
+            if di not in matched_dets:
+                track = Track(id=next(self._ids), class_id=int(det.class_id), class_name=det.class_name,
+                              first_mono=t_mono)
+                self.tracks.append(track)
+                self.stats["tracks"] += 1
+                self._add(track, det, box, t_mono, image, pose, heading_deg, utc)
+
+        ready: list[Track] = []
+        alive: list[Track] = []
+        for track in self.tracks:
+            if not track.confirmed and track.hits >= self.cfg.min_frames \
+                    and track.recent_median() >= self.cfg.confirm_score:
+                track.confirmed = True
+                self.stats["confirmed"] += 1
+            if self._ended(track):
+                if track.confirmed and not track.emitted:
+                    ready.append(track)
+                elif not track.confirmed:
+                    self.stats["unconfirmed_ended"] += 1
+                continue
+            if track.confirmed and not track.emitted and t_mono - track.first_mono >= self.cfg.emit_after_s:
+                track.emitted = True
+                ready.append(track)
+            alive.append(track)
+        self.tracks = alive
+        return ready
+
+    def flush(self) -> list[Track]:
+        """End every track (the drive is over); returns the confirmed ones not emitted yet."""
+        ready = [t for t in self.tracks if t.confirmed and not t.emitted]
+        self.stats["unconfirmed_ended"] += sum(1 for t in self.tracks if not t.confirmed)
+        self.tracks = []
+        return ready
+
+    # -- association ---------------------------------------------------------------------------------------
+    def _associate(self, dets: list[tuple[Any, GroundBox]]) -> tuple[list[int], list[int]]:
+        if not self.tracks or not dets:
+            return [], []
+        cost = np.full((len(self.tracks), len(dets)), _NO_PAIR)
+        for ti, track in enumerate(self.tracks):
+            pred_centre = track.pred.mean(axis=0)
+            pred_box = self._pixel_box(track.pred)
+            for di, (det, box) in enumerate(dets):
+                if int(det.class_id) != track.class_id:
+                    continue
+                gate = self.cfg.gate_m + self.cfg.gate_per_m * box.range_m
+                dist = float(np.hypot(*(pred_centre - [box.forward_m, box.left_m])))
+                overlap = iou(pred_box, (det.x1, det.y1, det.x2, det.y2)) if pred_box is not None else 0.0
+                if dist <= gate or (overlap >= self.cfg.iou_min and dist <= 3 * gate):
+                    cost[ti, di] = min(dist / gate, 3.0) + (1.0 - overlap)
+        rows, cols = linear_sum_assignment(cost)
+        keep = cost[rows, cols] < _NO_PAIR
+        return rows[keep].tolist(), cols[keep].tolist()
+
+    def _pixel_box(self, ground: np.ndarray) -> tuple[float, float, float, float] | None:
+        uv = self.projector.ground_to_pixels(ground)
+        if np.isnan(uv).any():
+            return None
+        return float(uv[:, 0].min()), float(uv[:, 1].min()), float(uv[:, 0].max()), float(uv[:, 1].max())
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+    def _add(self, track: Track, det: Any, box: GroundBox, t_mono: float, image: np.ndarray | None, pose: Any,
+             heading_deg: float | None, utc: datetime | None) -> None:
+        bbox = (float(det.x1), float(det.y1), float(det.x2), float(det.y2))
+        obs = Observation(t_mono=t_mono, bbox=bbox, score=float(det.score), ground=box, pose=pose,
+                          heading_deg=heading_deg, utc=utc)
+        track.observations.append(obs)
+        track.misses = 0
+        track.pred = box.corners.copy()
+        self._push(track, obs.score)
+        if track.best is None or obs.score > track.best.score:
+            track.best = obs
+            if image is not None:
+                track.best_crop = crop(image, bbox, self.thumbnail_px)
+                track.best_frame = image if self.keep_full_frame else None
+
+    def _push(self, track: Track, score: float) -> None:
+        track.recent.append(score)
+        while len(track.recent) > self.cfg.score_window:
+            track.recent.popleft()
+
+    def _ended(self, track: Track) -> bool:
+        if track.misses > self.cfg.max_misses:
+            return True
+        if track.misses == 0:
+            return False
+        # Passed under the camera: even the prediction's far edge is nearer than the image's bottom row sees.
+        return float(track.pred[:, 0].max()) < self._bottom_forward_m

@@ -1,0 +1,124 @@
+"""Geolocation: boxes on the road plane, vehicle frame to lat/lon, views combined, severity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from calibration.camera import Intrinsics, Mount
+from calibration.projector import GroundProjector
+from edge_agent.config.events import EventsConfig
+from edge_agent.geolocate import (
+    Geolocator,
+    distance_m,
+    enu_offset,
+    offset_latlon,
+    severity,
+    vehicle_to_enu,
+)
+
+LAT0, LON0 = 48.137, 11.575
+
+
+@dataclass(frozen=True)
+class Pose:
+    lat: float
+    lon: float
+    speed_mps: float = 10.0
+    heading_deg: float | None = 0.0
+    h_std_m: float = 0.5
+
+
+@pytest.fixture(scope="module")
+def projector() -> GroundProjector:
+    return GroundProjector(Intrinsics.from_hfov(1280, 720, 90.0), Mount(height_m=1.4, pitch_deg=12.0))
+
+
+def box_of(projector: GroundProjector, forward: float, left: float, length: float, width: float) -> tuple:
+    """The pixel box of a flat rectangle on the road centred at (forward, left)."""
+    corners = np.array([[forward + df, left + dl]
+                        for df in (-length / 2, length / 2) for dl in (-width / 2, width / 2)])
+    uv = projector.ground_to_pixels(corners)
+    return float(uv[:, 0].min()), float(uv[:, 1].min()), float(uv[:, 0].max()), float(uv[:, 1].max())
+
+
+def test_local_plane_round_trip() -> None:
+    lat, lon = offset_latlon(LAT0, LON0, east_m=30.0, north_m=-40.0)
+    east, north = enu_offset(LAT0, LON0, lat, lon)
+    assert east == pytest.approx(30.0, abs=1e-3) and north == pytest.approx(-40.0, abs=1e-3)
+    assert distance_m(LAT0, LON0, lat, lon) == pytest.approx(50.0, abs=1e-2)
+
+
+@pytest.mark.parametrize(("heading", "forward", "left", "east", "north"), [
+    (0, 10, 0, 0, 10),      # north-bound: ahead is north
+    (0, 0, 2, -2, 0),       # and left is west
+    (90, 10, 0, 10, 0),     # east-bound: ahead is east
+    (90, 0, 2, 0, 2),       # and left is north
+    (180, 5, 1, 1, -5),
+])
+def test_vehicle_frame_rotated_by_heading(heading, forward, left, east, north) -> None:
+    e, n = vehicle_to_enu(forward, left, heading)
+    assert (e, n) == (pytest.approx(east, abs=1e-9), pytest.approx(north, abs=1e-9))
+
+
+@pytest.mark.parametrize(("forward", "left"), [(6.0, 0.0), (10.0, -1.5), (15.0, 2.0)])
+def test_ground_box_recovers_a_flat_defect(projector: GroundProjector, forward: float, left: float) -> None:
+    geo = Geolocator(projector)
+    box = geo.ground_box(box_of(projector, forward, left, length=0.6, width=0.8))
+    assert box is not None
+    assert box.forward_m == pytest.approx(forward, abs=0.05)
+    assert box.left_m == pytest.approx(left, abs=0.05)
+    # The pixel box of a rectangle seen off-axis is a little wider than the rectangle itself.
+    assert box.width_m == pytest.approx(0.8, rel=0.2)
+    assert box.length_m == pytest.approx(0.6, rel=0.05)
+
+
+def test_projection_sigma_grows_with_range_and_far_boxes_are_refused(projector: GroundProjector) -> None:
+    geo = Geolocator(projector, max_range_m=25.0)
+    sigmas = [geo.ground_box(box_of(projector, f, 0, 0.5, 0.5)).sigma_m for f in (5, 10, 20)]
+    assert sigmas[0] < sigmas[1] < sigmas[2]
+    assert sigmas[2] > 3 * sigmas[0]
+    assert geo.ground_box(box_of(projector, 40, 0, 0.5, 0.5)) is None
+    assert geo.ground_box((100, 10, 200, 60)) is None  # above the horizon: not on the road
+
+
+def test_views_combine_to_the_true_point(projector: GroundProjector) -> None:
+    """A defect 30 m north of the start, seen from a vehicle driving north with exact poses."""
+    geo = Geolocator(projector)
+    truth = offset_latlon(LAT0, LON0, 3.0, 30.0)  # 3 m east of the lane centre: on the vehicle's right
+    views = []
+    for driven in np.arange(12.0, 24.0, 1.0):
+        pose = Pose(*offset_latlon(LAT0, LON0, 0.0, driven), h_std_m=0.8)
+        box = geo.ground_box(box_of(projector, 30.0 - driven, -3.0, 0.5, 0.5))
+        views.append((box, pose, 0.0))
+    located = Geolocator.combine(views)
+    assert distance_m(located.lat, located.lon, *truth) < 0.1
+    assert located.h_accuracy_m >= 0.8          # GNSS error does not average out over one pass
+    assert located.h_accuracy_m < 1.5
+    assert located.width_m == pytest.approx(0.5, rel=0.35)  # off-axis, a pixel box overstates the width
+
+
+def test_combined_views_weight_near_views_more(projector: GroundProjector) -> None:
+    """A far view with a pitch error is pulled in by near views rather than averaged half and half."""
+    geo = Geolocator(projector)
+    near = geo.ground_box(box_of(projector, 6.0, 0.0, 0.5, 0.5))
+    far = geo.ground_box(box_of(projector, 22.0, 0.0, 0.5, 0.5))
+    pose = Pose(LAT0, LON0, h_std_m=0.0)
+    far_pose = Pose(*offset_latlon(LAT0, LON0, 0.0, -16.0 - 4.0), h_std_m=0.0)  # 4 m wrong along track
+    located = Geolocator.combine([(near, pose, 0.0), (far, far_pose, 0.0)])
+    _east, north = enu_offset(LAT0, LON0, located.lat, located.lon)
+    assert north == pytest.approx(6.0, abs=0.5)
+
+
+def test_severity_formula() -> None:
+    cfg = EventsConfig()
+    small, big, huge = severity("pothole", 0.2, 0.2, cfg), severity("pothole", 0.5, 0.6, cfg), \
+        severity("pothole", 2, 2, cfg)
+    assert 0 < small < big < huge == 1.0
+    assert severity("pothole", 0.2, 0.2, cfg) == pytest.approx(math.sqrt(0.04 / 0.5), abs=1e-3)
+    assert severity("crack", 0.5, 0.6, cfg) == pytest.approx(0.6 * big, abs=2e-3)
+    assert severity("unknown-class", 2, 2, cfg) == cfg.default_class_weight
+    assert severity("pothole", 0, 3, cfg) == 0.0
