@@ -145,7 +145,7 @@ class Tracker:
         dets = []
         for det in detections:
             box = self.geo.ground_box((det.x1, det.y1, det.x2, det.y2))
-            if box is None:
+            if box is None or box.range_m > self.cfg.max_range_m:
                 self.stats["out_of_range"] += 1
                 continue
             dets.append((det, box))
