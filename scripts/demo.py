@@ -1,0 +1,543 @@
+"""The one-command demo: a simulated drive goes through the whole system and ends up on the dashboard.
+
+    python scripts/demo.py up [--seed N] [--port P]     (make demo)
+    python scripts/demo.py down [--keep-services]       (make demo-down)
+
+`up` starts the project-local PostGIS and Mosquitto (scripts/services.py), makes a fresh demo database,
+migrates it, provisions a demo vehicle and viewer/manager tokens, generates a simulated drive (cached under
+.state/demo/ for the next run), starts the fleet server (API + ingest, in the background, logs in
+.state/demo/), replays the drive through the real agent pipeline with the uplink to the broker, waits until the
+server has confirmed every event, and prints a summary with the geolocation error against the simulator's
+truth and the dashboard URL. Running it again starts over with a fresh database; the drive is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import services  # noqa: E402
+import tomli_w  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console()
+
+DEMO = services.STATE / "demo"
+DEVICE_ID = "demo-veh-1"
+DB_NAME = "roadmon_demo"
+DEFAULT_PORT = int(os.environ.get("ROADMON_DEMO_PORT", "8765"))
+DEFAULT_SEED = 7
+DRIVE_SECONDS = 120
+DRIVE_POTHOLES = 12
+# A defect on the map farther than this from every true pothole counts as a false one; the median error is
+# far below it (see the summary), so the gate only separates matches from strays.
+MATCH_GATE_M = 8.0
+EARTH_RADIUS_M = 6_371_008.8
+
+
+class DemoError(RuntimeError):
+    """A step failed; the message says which and where its log is."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+@dataclass
+class Paths:
+    root: Path = DEMO
+
+    @property
+    def server_toml(self) -> Path:
+        return self.root / "server.toml"
+
+    @property
+    def dsn_file(self) -> Path:
+        return self.root / "database.dsn"
+
+    @property
+    def agent_toml(self) -> Path:
+        return self.root / "agent.toml"
+
+    @property
+    def agent_state(self) -> Path:
+        return self.root / "agent"
+
+    @property
+    def outbox(self) -> Path:
+        return self.agent_state / "outbox.db"
+
+    @property
+    def mqtt_password(self) -> Path:
+        return self.root / "device.secret"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens.json"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids.json"
+
+    def drive(self, seed: int) -> Path:
+        return self.root / f"drive-seed{seed}"
+
+    def log(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+
+def tool(name: str) -> str:
+    """A console script of this project, from the same environment as this interpreter."""
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise DemoError(f"`{name}` is not installed: run `make install` first")
+    return found
+
+
+def run_logged(args: Sequence[str], log: Path, timeout_s: float, what: str) -> str:
+    """Run a command to the end, append its output to LOG, and return its stdout."""
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"\n$ {' '.join(args)}\n")
+        fh.flush()
+        try:
+            result = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+        except subprocess.TimeoutExpired as exc:
+            raise DemoError(f"{what} took longer than {timeout_s:.0f} s; log: {log}") from exc
+        fh.write(result.stdout)
+        fh.write(result.stderr)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-15:]
+        raise DemoError(f"{what} failed (exit {result.returncode}); log: {log}\n" + "\n".join(tail))
+    return result.stdout
+
+
+def last_json(text: str) -> Any:
+    """The last JSON document in TEXT that starts at the beginning of a line (commands may log before it)."""
+    lines = text.splitlines(keepends=True)
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i][:1] in ("{", "["):
+            with contextlib.suppress(json.JSONDecodeError):
+                return json.loads("".join(lines[i:]))
+    raise ValueError("no JSON in the output")
+
+
+def http_json(url: str, token: str | None = None, timeout_s: float = 5.0) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+# ------------------------------------------------------------------------------- background server
+@dataclass
+class Background:
+    """The server processes the demo leaves running; their pids are kept in pids.json for `down`."""
+
+    paths: Paths
+    procs: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.paths.log(name).open("a", encoding="utf-8")
+        log.write(f"\n$ {' '.join(args)}\n")
+        log.flush()
+        # A session of its own: the server outlives this script, and `down` can stop its whole group.
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+        self.procs[name] = proc.pid
+        self.paths.pids.write_text(json.dumps(self.procs))
+
+    def alive(self, name: str) -> bool:
+        pid = self.procs.get(name)
+        return pid is not None and _is_ours(pid, self.paths)
+
+    def stop_all(self) -> list[str]:
+        """Stop every process recorded in pids.json that is still ours; returns their names."""
+        try:
+            recorded = json.loads(self.paths.pids.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            recorded = {}
+        stopped = []
+        for name, pid in recorded.items():
+            if _is_ours(pid, self.paths):
+                _stop_group(pid)
+                stopped.append(name)
+        self.paths.pids.unlink(missing_ok=True)
+        self.procs.clear()
+        return stopped
+
+
+def _is_ours(pid: int, paths: Paths) -> bool:
+    """True when PID runs and is one of ours (its command line names our config), not a recycled pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(paths.root) in cmdline
+
+
+def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------- the steps
+def server_config(paths: Paths, info: services.ServiceInfo, port: int) -> dict[str, Any]:
+    mq = services.Mosquitto()
+    return {
+        "database": {"dsn_file": str(paths.dsn_file)},
+        "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.server_user,
+                 "password_file": str(mq.server_secret)},
+        "broker_files": {"passwd_file": info.passwd_file, "acl_file": info.acl_file,
+                         "pid_file": info.broker_pid_file},
+        "api": {"host": "127.0.0.1", "port": port},
+        "models": {"dir": str(paths.root / "models"), "url_base": f"http://127.0.0.1:{port}"},
+    }
+
+
+def prepare_database(paths: Paths) -> str:
+    dsn = services.Postgres().create_database(DB_NAME)
+    paths.dsn_file.write_text(dsn + "\n", encoding="utf-8")
+    paths.dsn_file.chmod(0o600)
+    return dsn
+
+
+def provision_device(paths: Paths) -> str:
+    """Register the demo vehicle with the server and the broker; returns its MQTT password."""
+    out = run_logged([tool("fleet-server"), "device", "add", DEVICE_ID, "--config", str(paths.server_toml)],
+                     paths.log("provision"), 60, "fleet-server device add")
+    password = _password_from(out)
+    paths.mqtt_password.write_text(password + "\n", encoding="utf-8")
+    paths.mqtt_password.chmod(0o600)
+    return password
+
+
+def _password_from(output: str) -> str:
+    with contextlib.suppress(ValueError):
+        doc = last_json(output)
+        if isinstance(doc, dict):
+            for key in ("password", "mqtt_password"):
+                if doc.get(key):
+                    return str(doc[key])
+    for line in output.splitlines():
+        key, _, value = line.partition(":") if ":" in line else line.partition("=")
+        if key.strip().lower() in ("password", "mqtt password", "mqtt_password") and value.strip():
+            return value.strip().strip("'\"")
+    raise DemoError(f"could not read the MQTT password from `fleet-server device add`:\n{output}")
+
+
+def create_token(paths: Paths, role: str, name: str) -> str:
+    out = run_logged([tool("fleet-server"), "token", "create", "--role", role, "--name", name,
+                      "--config", str(paths.server_toml)], paths.log("provision"), 60, "fleet-server token create")
+    with contextlib.suppress(ValueError):
+        doc = last_json(out)
+        if isinstance(doc, dict) and doc.get("token"):
+            return str(doc["token"])
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise DemoError("`fleet-server token create` printed no token")
+    return lines[-1].split()[-1]
+
+
+def ensure_drive(paths: Paths, seed: int) -> Path:
+    """The simulated drive for SEED, generated once and reused (it is deterministic for a seed)."""
+    out = paths.drive(seed)
+    if (out / "drive.json").exists() and (out / "video.mp4").exists():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run_logged([tool("edge-agent"), "sim", "drive", "--out", str(tmp), "--seed", str(seed),
+                "--duration", str(DRIVE_SECONDS), "--potholes", str(DRIVE_POTHOLES)],
+               paths.log("sim"), 600, "edge-agent sim drive")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def agent_config(paths: Paths, drive: Path, info: services.ServiceInfo) -> Path:
+    """The sim's agent config (its camera calibration matches the video) pointed at the local broker."""
+    cfg = tomllib.loads((drive / "agent.toml").read_text(encoding="utf-8"))
+    cfg.setdefault("device", {}).update({"id": DEVICE_ID, "state_dir": str(paths.agent_state)})
+    cfg.setdefault("outbox", {})["file"] = str(paths.outbox)
+    uplink = cfg.setdefault("uplink", {})
+    uplink.update({"enabled": True, "host": info.mqtt_host, "port": info.mqtt_port})
+    uplink.update(_uplink_login(uplink, paths))
+    paths.agent_toml.write_text(tomli_w.dumps(cfg), encoding="utf-8")
+    return paths.agent_toml
+
+
+def _uplink_login(uplink: dict[str, Any], paths: Paths) -> dict[str, Any]:
+    """Plain MQTT on loopback with the device's own login; only keys the uplink section knows are set."""
+    from edge_agent.config.uplink import UplinkConfig
+
+    known = UplinkConfig.model_fields
+    wanted = {"tls": False, "username": DEVICE_ID, "password_file": str(paths.mqtt_password)}
+    return {k: v for k, v in wanted.items() if k in known}
+
+
+def wait_for_api(port: int, token: str, background: Background, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{port}/api/v1/me"
+    while time.monotonic() < deadline:
+        if not background.alive("server"):
+            raise DemoError(f"the fleet server exited; log: {background.paths.log('server')}")
+        with contextlib.suppress(OSError, urllib.error.URLError, json.JSONDecodeError):
+            http_json(url, token, timeout_s=2)
+            return
+        time.sleep(0.3)
+    raise DemoError(f"the fleet server did not answer on port {port} within {timeout_s:.0f} s; "
+                    f"log: {background.paths.log('server')}")
+
+
+def replay(paths: Paths, drive: Path) -> dict[str, Any]:
+    out = run_logged([tool("edge-agent"), "replay", "--video", str(drive / "video.mp4"),
+                      "--nmea", str(drive / "drive.nmea"), "--config", str(paths.agent_toml),
+                      "--outbox", str(paths.outbox), "--uplink", "--json"],
+                     paths.log("agent"), 600, "edge-agent replay")
+    with contextlib.suppress(ValueError):
+        doc = last_json(out)
+        if isinstance(doc, dict):
+            return doc
+    return {}
+
+
+def outbox_counts(outbox: Path) -> dict[str, dict[str, int]]:
+    from edge_agent.outbox import Outbox
+
+    with Outbox(outbox) as box:
+        stats = box.stats()
+    return {"event": stats["events"], "coverage": stats["coverage"]}
+
+
+def wait_confirmed(outbox: Path, timeout_s: float, poll_s: float = 0.5) -> dict[str, dict[str, int]]:
+    """Poll the agent's outbox until nothing is pending or in flight (the server confirmed it all)."""
+    deadline = time.monotonic() + timeout_s
+    counts = outbox_counts(outbox)
+    while time.monotonic() < deadline:
+        if all(c.get("pending", 0) + c.get("sent", 0) == 0 for c in counts.values()):
+            return counts
+        time.sleep(poll_s)
+        counts = outbox_counts(outbox)
+    return counts
+
+
+# ------------------------------------------------------------------------------- geolocation error
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine); exact enough at the metre scale of a street."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
+
+
+def points_of(collection: dict[str, Any], cls: str) -> list[tuple[float, float]]:
+    """(lat, lon) of the Point features of class CLS in a GeoJSON FeatureCollection."""
+    out = []
+    for feature in collection.get("features", []):
+        props = feature.get("properties") or {}
+        geometry = feature.get("geometry") or {}
+        if props.get("class", props.get("class_name")) != cls or geometry.get("type") != "Point":
+            continue
+        lon, lat = geometry["coordinates"][:2]
+        out.append((float(lat), float(lon)))
+    return out
+
+
+@dataclass
+class GeoScore:
+    truth: int
+    found: int
+    errors_m: list[float]
+    strays: int
+
+    @property
+    def median_m(self) -> float | None:
+        return statistics.median(self.errors_m) if self.errors_m else None
+
+    @property
+    def max_m(self) -> float | None:
+        return max(self.errors_m) if self.errors_m else None
+
+
+def score_geolocation(truth: Iterable[tuple[float, float]], found: Iterable[tuple[float, float]],
+                      gate_m: float = MATCH_GATE_M) -> GeoScore:
+    """Match each true defect to its nearest found one (each used once, closest pairs first)."""
+    truth, found = list(truth), list(found)
+    pairs = sorted((distance_m(*t, *f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found))
+    used_t, used_f, errors = set(), set(), []
+    for d, i, j in pairs:
+        if d > gate_m:
+            break
+        if i in used_t or j in used_f:
+            continue
+        used_t.add(i)
+        used_f.add(j)
+        errors.append(d)
+    return GeoScore(truth=len(truth), found=len(used_t), errors_m=errors, strays=len(found) - len(used_f))
+
+
+# ------------------------------------------------------------------------------------------ up/down
+def up(seed: int, port: int) -> int:
+    started = time.monotonic()
+    paths = Paths()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    background = Background(paths)
+    timings: list[tuple[str, float]] = []
+
+    def step(title: str):
+        console.print(f"[bold cyan]›[/] {title}")
+        timings.append((title, time.monotonic()))
+
+    step("starting PostGIS and Mosquitto (scripts/services.py)")
+    info = services.up()
+    if stopped := background.stop_all():
+        console.print(f"  stopped the previous demo's {', '.join(stopped)}")
+    if not services.port_is_free(port):
+        raise DemoError(f"port {port} is taken by another program: free it or run with --port / ROADMON_DEMO_PORT")
+
+    step(f"fresh database {DB_NAME}, migrations")
+    prepare_database(paths)
+    paths.server_toml.write_text(tomli_w.dumps(server_config(paths, info, port)), encoding="utf-8")
+    run_logged([tool("fleet-server"), "migrate", "--config", str(paths.server_toml)], paths.log("provision"), 120,
+               "fleet-server migrate")
+
+    step(f"provisioning vehicle {DEVICE_ID} and viewer/manager tokens")
+    provision_device(paths)
+    tokens = {role: create_token(paths, role, f"demo-{role}") for role in ("viewer", "manager")}
+    paths.tokens.write_text(json.dumps(tokens, indent=2))
+    paths.tokens.chmod(0o600)
+
+    step(f"simulated drive (seed {seed}; generated once, then reused)")
+    drive = ensure_drive(paths, seed)
+
+    step(f"fleet server on http://127.0.0.1:{port} (API + ingest; logs in {paths.root.relative_to(ROOT)})")
+    server_cfg = str(paths.server_toml)
+    background.start("server", [tool("fleet-server"), "serve", "--config", server_cfg])
+    if _has_command("fleet-server", "ingest"):
+        background.start("ingest", [tool("fleet-server"), "ingest", "--config", server_cfg, "--worker", "0"])
+    wait_for_api(port, tokens["viewer"], background)
+
+    step("replaying the drive through the agent pipeline, uplink to the broker")
+    shutil.rmtree(paths.agent_state, ignore_errors=True)
+    paths.agent_state.mkdir(parents=True)
+    agent_config(paths, drive, info)
+    report = replay(paths, drive)
+
+    step("waiting until the server has confirmed every event")
+    counts = wait_confirmed(paths.outbox, timeout_s=120)
+    defects = wait_for_defects(port, tokens["viewer"])
+
+    timings.append(("done", time.monotonic()))
+    truth = json.loads((drive / "defects.geojson").read_text(encoding="utf-8"))
+    score = score_geolocation(points_of(truth, "pothole"), points_of(defects, "pothole"))
+    print_summary(counts, defects, score, report, port, tokens, time.monotonic() - started)
+    unconfirmed = sum(c.get("pending", 0) + c.get("sent", 0) for c in counts.values())
+    return 0 if unconfirmed == 0 else 1
+
+
+def _has_command(program: str, command: str) -> bool:
+    result = subprocess.run([tool(program), command, "--help"], capture_output=True, text=True, cwd=ROOT)
+    return result.returncode == 0
+
+
+def wait_for_defects(port: int, token: str, settle_s: float = 3.0, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The defect map once it stops changing (aggregation may trail the acknowledgements a little)."""
+    url = f"http://127.0.0.1:{port}/api/v1/defects?limit=5000"
+    deadline = time.monotonic() + timeout_s
+    last, stable_since = None, time.monotonic()
+    while True:
+        current = http_json(url, token)
+        signature = json.dumps(current.get("features", []), sort_keys=True)
+        if signature != last:
+            last, stable_since = signature, time.monotonic()
+        if time.monotonic() - stable_since >= settle_s or time.monotonic() > deadline:
+            return current
+        time.sleep(0.5)
+
+
+def print_summary(counts: dict[str, dict[str, int]], defects: dict[str, Any], score: GeoScore,
+                  report: dict[str, Any], port: int, tokens: dict[str, str], elapsed_s: float) -> None:
+    events = counts["event"]
+    sent = sum(events.values())
+    by_class: dict[str, int] = {}
+    for feature in defects.get("features", []):
+        cls = (feature.get("properties") or {}).get("class", "?")
+        by_class[cls] = by_class.get(cls, 0) + 1
+
+    table = Table(title="road-monitor demo", show_header=False, title_style="bold")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("events written by the agent", str(sent))
+    table.add_row("events confirmed by the server", f"{events.get('confirmed', 0)} of {sent}")
+    table.add_row("coverage records confirmed", f"{counts['coverage'].get('confirmed', 0)} of "
+                                                f"{sum(counts['coverage'].values())}")
+    table.add_row("defects on the map", ", ".join(f"{n} {c}" for c, n in sorted(by_class.items())) or "0")
+    table.add_row("true potholes found", f"{score.found} of {score.truth} (within {MATCH_GATE_M:.0f} m)")
+    if score.errors_m:
+        table.add_row("geolocation error", f"median {score.median_m:.2f} m, max {score.max_m:.2f} m")
+    table.add_row("pothole defects with no true pothole near", str(score.strays))
+    if report.get("frames"):
+        table.add_row("frames processed", str(report["frames"]))
+    table.add_row("demo took", f"{elapsed_s:.0f} s")
+    console.print(table)
+    console.print(f"\nDashboard (viewer):  [bold]http://127.0.0.1:{port}/#token={tokens['viewer']}[/]")
+    console.print(f"Dashboard (manager): http://127.0.0.1:{port}/#token={tokens['manager']}")
+    console.print("Tokens are in .state/demo/tokens.json; logs in .state/demo/*.log; stop with `make demo-down`.")
+
+
+def down(keep_services: bool) -> int:
+    stopped = Background(Paths()).stop_all()
+    console.print(f"stopped the demo's {', '.join(stopped)}" if stopped else "no demo server was running")
+    if not keep_services:
+        services.down()
+        console.print("stopped PostGIS and Mosquitto")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p_up = sub.add_parser("up", help="run the demo (idempotent)")
+    p_up.add_argument("--seed", type=int, default=DEFAULT_SEED, help="simulated drive's seed")
+    p_up.add_argument("--port", type=int, default=DEFAULT_PORT, help="dashboard/API port")
+    p_down = sub.add_parser("down", help="stop the demo server and the local services")
+    p_down.add_argument("--keep-services", action="store_true", help="leave PostGIS and Mosquitto running")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "up":
+            return up(args.seed, args.port)
+        return down(args.keep_services)
+    except (DemoError, services.ServiceError) as exc:
+        console.print(f"[bold red]demo:[/] {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
