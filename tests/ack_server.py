@@ -1,0 +1,115 @@
+"""A stand-in for the fleet server's ingest, for uplink tests and benchmarks: it subscribes to every device's
+events and coverage as `roadmon-server`, records what arrives (distinct ids and total deliveries) and answers
+on roadmon/v1/<device>/ack, in batches, as the real server does after its PostGIS commit.
+
+`delay_s` makes it a slow subscriber (it sleeps in its network loop, so the broker has to queue for it);
+`ack=False` makes it record without confirming.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from roadmon_contract import topics
+
+
+class AckServer:
+    def __init__(self, host: str, port: int, user: str, password: str, *, delay_s: float = 0.0,
+                 ack: bool = True, flush_s: float = 0.02, client_id: str = "ack-server") -> None:
+        self.host, self.port = host, port
+        self.delay_s = delay_s
+        self.ack = ack
+        self.flush_s = flush_s
+        self.events: Counter[str] = Counter()     # event_id -> deliveries
+        self.coverage: Counter[str] = Counter()
+        self.statuses: list[dict] = []
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(user, password)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self._flusher = threading.Thread(target=self._flush_loop, name="ack-flush", daemon=True)
+
+    # ------------------------------------------------------------------------------------------ control
+    def start(self, timeout_s: float = 10) -> AckServer:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600  # keep our queue across our own reconnects, like the real ingest
+        self.client.connect_async(self.host, self.port, keepalive=10, clean_start=False, properties=props)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            raise TimeoutError(f"ack server could not subscribe on {self.host}:{self.port}")
+        self._flusher.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._flush()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------------------------------------- figures
+    @property
+    def distinct(self) -> int:
+        with self._lock:
+            return len(self.events)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.events.values())
+
+    def status_states(self) -> list[str]:
+        with self._lock:
+            return [s.get("state") for s in self.statuses]
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            return
+        client.subscribe([(f"{topics.PREFIX}/+/event", 1), (f"{topics.PREFIX}/+/coverage", 1),
+                          (f"{topics.PREFIX}/+/status", 1)])
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        device = topics.device_of(msg.topic)
+        kind = msg.topic.rsplit("/", 1)[-1]
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self._lock:
+            if kind == "status":
+                self.statuses.append(body)
+            elif kind == "event":
+                self.events[body["event_id"]] += 1
+                self._pending[device]["event_ids"].append(body["event_id"])
+            elif kind == "coverage":
+                self.coverage[body["coverage_id"]] += 1
+                self._pending[device]["coverage_ids"].append(body["coverage_id"])
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
+        if not self.ack:
+            return
+        for device, ack in pending.items():
+            self.client.publish(topics.ack(device), json.dumps(ack), qos=1)
