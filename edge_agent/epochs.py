@@ -1,0 +1,397 @@
+"""Sentences of one receiver epoch -> one `Fix`.
+
+A receiver sends several sentences per measurement epoch (RMC, GGA, GSA, VTG, ...). Sentences that carry a
+time of day open and close epochs: a new time closes the open epoch. Sentences without a time (GSA, VTG) join
+the open epoch while it still lacks sentence types it had last time, and otherwise wait for the next timed
+sentence, because receivers differ on whether they send them before or after the timed ones.
+
+Dates come from RMC and ZDA; an epoch before any date has no UTC. Midnight is crossed by the time of day
+wrapping; two-digit years pivot at 1980; dates before `date_floor` are a GPS week rollover. Every value is
+checked strictly: a field that does not parse or is out of range is unknown (None), never a guess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import dataclass
+
+import pynmea2
+
+log = logging.getLogger(__name__)
+
+KNOT_MPS = 1852.0 / 3600.0
+GPS_ROLLOVER = dt.timedelta(weeks=1024)
+UTC_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_DAY_S = 86400.0
+MAX_SPEED_MPS = 600.0  # faster than any road vehicle by far; beyond it a speed field is garbage
+TIMED_TYPES = frozenset({"RMC", "GGA", "GLL", "GNS", "ZDA", "GST"})
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One receiver epoch. Unknown values are None; lat/lon are None when mode is 0 (no fix)."""
+
+    utc: dt.datetime | None
+    t_mono: float
+    mode: int  # 0 no fix, 2 = 2D, 3 = 3D
+    lat: float | None
+    lon: float | None
+    alt_m: float | None
+    speed_mps: float | None
+    track_deg: float | None
+    eph_m: float | None  # horizontal 1-sigma (DRMS) error estimate in metres
+    hdop: float | None
+    sats: int | None
+
+
+def virtual_mono(utc: dt.datetime) -> float:
+    """The virtual monotonic clock of recordings: seconds of UTC since 2000-01-01."""
+    return (utc - UTC_EPOCH_2000).total_seconds()
+
+
+# --- strict field converters: return None for anything that is not a valid value
+
+
+def _get(data: list[str], i: int) -> str:
+    return data[i] if i < len(data) else ""
+
+
+def to_float(text: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def to_int(text: str) -> int | None:
+    if not text or not text.isdigit():
+        return None
+    return int(text)
+
+
+def time_of_day(text: str) -> float | None:
+    """hhmmss[.sss] -> seconds of the day."""
+    if len(text) < 6 or not text[:6].isdigit():
+        return None
+    hh, mm, ss = int(text[0:2]), int(text[2:4]), int(text[4:6])
+    frac = 0.0
+    if len(text) > 6:
+        if text[6] != "." or (len(text) > 7 and not text[7:].isdigit()):
+            return None
+        frac = float("0" + text[6:]) if len(text) > 7 else 0.0
+    if hh > 23 or mm > 59 or ss > 59:
+        return None
+    return round(hh * 3600 + mm * 60 + ss + frac, 3)
+
+
+def coordinate(text: str, hemisphere: str, max_deg: int) -> float | None:
+    """(d)ddmm.mmmm + N/S/E/W -> signed degrees."""
+    if hemisphere not in ("N", "S", "E", "W") or len(text) < 4:
+        return None
+    dot = text.find(".")
+    if dot < 0:
+        dot = len(text)
+    whole, frac = text[:dot], text[dot + 1:]
+    if dot < 3 or not whole.isdigit() or (frac and not frac.isdigit()):
+        return None
+    degrees = int(whole[:-2])
+    minutes = float(text[dot - 2:]) if frac else float(whole[-2:])
+    if minutes >= 60.0:
+        return None
+    value = degrees + minutes / 60.0
+    if value > max_deg:
+        return None
+    return -value if hemisphere in ("S", "W") else value
+
+
+def latitude(text: str, hemisphere: str) -> float | None:
+    return coordinate(text, hemisphere, 90) if hemisphere in ("N", "S") else None
+
+
+def longitude(text: str, hemisphere: str) -> float | None:
+    return coordinate(text, hemisphere, 180) if hemisphere in ("E", "W") else None
+
+
+def speed_mps(value: float | None, per_mps: float) -> float | None:
+    if value is None or value < 0:
+        return None
+    mps = value / per_mps
+    return mps if mps <= MAX_SPEED_MPS else None
+
+
+def track(text: str) -> float | None:
+    value = to_float(text)
+    if value is None or not 0.0 <= value <= 360.0:
+        return None
+    return value % 360.0
+
+
+def dop(text: str) -> float | None:
+    value = to_float(text)
+    # 0 is what some receivers send for "unknown"; a real DOP is at least ~0.5.
+    return value if value is not None and 0.0 < value < 100.0 else None
+
+
+def make_date(day: int, month: int, year: int, floor: dt.date) -> dt.date | None:
+    try:
+        date = dt.date(year, month, day)
+    except ValueError:
+        return None
+    while date < floor:  # GPS week rollover: a receiver counting from an old 1024-week window
+        date += GPS_ROLLOVER
+    return date
+
+
+def two_digit_year(yy: int) -> int:
+    return 1900 + yy if yy >= 80 else 2000 + yy  # GPS began in 1980
+
+
+@dataclass
+class _Epoch:
+    tod: float
+    t_arrival: float
+    date: dt.date | None = None
+    lat: float | None = None
+    lon: float | None = None
+    alt: float | None = None
+    speed: float | None = None
+    track: float | None = None
+    hdop: float | None = None
+    gsa_hdop: float | None = None
+    sats: int | None = None
+    gsa_mode: int | None = None
+    sigma_lat: float | None = None
+    sigma_lon: float | None = None
+    no_fix: bool = False
+    seen_fix: bool = False
+
+    def __post_init__(self) -> None:
+        self.types: set[str] = set()
+
+
+@dataclass
+class EpochStats:
+    epochs: int = 0
+    fixes: int = 0
+    no_date: int = 0
+    time_backwards: int = 0
+    midnight_rollovers: int = 0
+    week_rollovers: int = 0
+
+
+class EpochAssembler:
+    """Feed pynmea2 sentences in order with their arrival time; get one Fix per completed epoch."""
+
+    def __init__(self, uere_m: float = 4.0, date_floor: dt.date = dt.date(2000, 1, 1),
+                 virtual_clock: bool = False) -> None:
+        self.uere_m = uere_m
+        self.date_floor = date_floor
+        # Recordings stamp fixes on a clock made of their own UTC; live sources use arrival times.
+        self.virtual_clock = virtual_clock
+        self.stats = EpochStats()
+        self._open: _Epoch | None = None
+        self._pending: list[pynmea2.TalkerSentence] = []
+        self._last_types: set[str] = set()
+        self._date: dt.date | None = None
+        self._last_tod: float | None = None
+        self._last_utc: dt.datetime | None = None
+
+    # --- input
+
+    def feed(self, sentence: pynmea2.TalkerSentence, t_arrival: float = 0.0) -> Fix | None:
+        """Add one sentence; returns the previous epoch's Fix when this sentence starts a new epoch."""
+        kind = sentence.sentence_type
+        data = sentence.data
+        tod = self._sentence_tod(kind, data)
+        if tod is None:
+            if self._open is not None and not self._open.types >= self._last_types:
+                self._apply(self._open, kind, data)
+            else:
+                self._pending.append(sentence)
+            return None
+        done = None
+        if self._open is None or tod != self._open.tod:
+            done = self.close()
+            self._open = self._start_epoch(tod, t_arrival)
+        epoch = self._open
+        for waiting in self._pending:
+            self._apply(epoch, waiting.sentence_type, waiting.data)
+        self._pending.clear()
+        self._apply(epoch, kind, data)
+        return done
+
+    def close(self) -> Fix | None:
+        """Finish the open epoch (at a new time, on an idle line, or at the end of input)."""
+        epoch, self._open = self._open, None
+        if epoch is None:
+            return None
+        self._last_types = epoch.types
+        return self._finish(epoch)
+
+    # --- epochs
+
+    @staticmethod
+    def _sentence_tod(kind: str, data: list[str]) -> float | None:
+        if kind not in TIMED_TYPES:
+            return None
+        index = 4 if kind == "GLL" else 0
+        return time_of_day(_get(data, index))
+
+    def _start_epoch(self, tod: float, t_arrival: float) -> _Epoch:
+        epoch = _Epoch(tod=tod, t_arrival=t_arrival)
+        if self._date is not None and self._last_tod is not None and tod < self._last_tod - _DAY_S / 2:
+            self._date += dt.timedelta(days=1)  # UTC midnight; an RMC/ZDA of this epoch may still correct it
+            self.stats.midnight_rollovers += 1
+        epoch.date = self._date
+        self._last_tod = tod
+        return epoch
+
+    def _set_date(self, epoch: _Epoch, date: dt.date | None) -> None:
+        if date is None:
+            return
+        epoch.date = date
+        self._date = date
+
+    def _apply(self, epoch: _Epoch, kind: str, data: list[str]) -> None:
+        epoch.types.add(kind)
+        apply = getattr(self, "_apply_" + kind)
+        apply(epoch, data)
+
+    def _position(self, epoch: _Epoch, lat_text: str, lat_hemi: str, lon_text: str, lon_hemi: str) -> None:
+        lat, lon = latitude(lat_text, lat_hemi), longitude(lon_text, lon_hemi)
+        if lat is not None and lon is not None:
+            epoch.lat, epoch.lon = lat, lon
+
+    def _apply_RMC(self, epoch: _Epoch, data: list[str]) -> None:
+        status, faa = _get(data, 1), _get(data, 11)
+        if status != "A" or faa == "N":
+            epoch.no_fix = True
+        else:
+            epoch.seen_fix = True
+            self._position(epoch, _get(data, 2), _get(data, 3), _get(data, 4), _get(data, 5))
+        speed = speed_mps(to_float(_get(data, 6)), 1 / KNOT_MPS)
+        if speed is not None:
+            epoch.speed = speed
+        course = track(_get(data, 7))
+        if course is not None:
+            epoch.track = course
+        ddmmyy = _get(data, 8)
+        if len(ddmmyy) == 6 and ddmmyy.isdigit():
+            date = make_date(int(ddmmyy[0:2]), int(ddmmyy[2:4]), two_digit_year(int(ddmmyy[4:6])), self.date_floor)
+            self._note_rollover(date, two_digit_year(int(ddmmyy[4:6])))
+            self._set_date(epoch, date)
+
+    def _apply_ZDA(self, epoch: _Epoch, data: list[str]) -> None:
+        day, month, year = to_int(_get(data, 1)), to_int(_get(data, 2)), to_int(_get(data, 3))
+        if day is None or month is None or year is None or len(_get(data, 3)) != 4:
+            return
+        date = make_date(day, month, year, self.date_floor)
+        self._note_rollover(date, year)
+        self._set_date(epoch, date)
+
+    def _note_rollover(self, date: dt.date | None, year: int) -> None:
+        if date is not None and date.year != year and date.year - year > 1:
+            self.stats.week_rollovers += 1
+
+    def _apply_GGA(self, epoch: _Epoch, data: list[str]) -> None:
+        quality = to_int(_get(data, 5))
+        if not quality:
+            epoch.no_fix = True
+        else:
+            epoch.seen_fix = True
+            self._position(epoch, _get(data, 1), _get(data, 2), _get(data, 3), _get(data, 4))
+            alt = to_float(_get(data, 8))
+            if alt is not None and -1000.0 < alt < 100000.0:
+                epoch.alt = alt
+        sats = to_int(_get(data, 6))
+        if sats is not None and sats < 256:
+            epoch.sats = sats
+        hdop = dop(_get(data, 7))
+        if hdop is not None:
+            epoch.hdop = hdop
+
+    def _apply_GNS(self, epoch: _Epoch, data: list[str]) -> None:
+        modes = _get(data, 5)
+        if not modes or set(modes) <= {"N"}:
+            epoch.no_fix = True
+        else:
+            epoch.seen_fix = True
+            self._position(epoch, _get(data, 1), _get(data, 2), _get(data, 3), _get(data, 4))
+            alt = to_float(_get(data, 8))
+            if alt is not None and -1000.0 < alt < 100000.0:
+                epoch.alt = alt
+        sats = to_int(_get(data, 6))
+        if sats is not None and sats < 256:
+            epoch.sats = sats
+        hdop = dop(_get(data, 7))
+        if hdop is not None and epoch.hdop is None:
+            epoch.hdop = hdop
+
+    def _apply_GLL(self, epoch: _Epoch, data: list[str]) -> None:
+        if _get(data, 5) != "A" or _get(data, 6) == "N":
+            epoch.no_fix = True
+        else:
+            epoch.seen_fix = True
+            self._position(epoch, _get(data, 0), _get(data, 1), _get(data, 2), _get(data, 3))
+
+    def _apply_GSA(self, epoch: _Epoch, data: list[str]) -> None:
+        mode = to_int(_get(data, 1))
+        if mode in (1, 2, 3):
+            epoch.gsa_mode = mode
+        hdop = dop(_get(data, 15))
+        if hdop is not None:
+            epoch.gsa_hdop = hdop
+
+    def _apply_VTG(self, epoch: _Epoch, data: list[str]) -> None:
+        if _get(data, 8) == "N":
+            return
+        course = track(_get(data, 0))
+        if course is not None and epoch.track is None:
+            epoch.track = course
+        if epoch.speed is None:
+            kmh = speed_mps(to_float(_get(data, 6)), 3.6)
+            epoch.speed = kmh if kmh is not None else speed_mps(to_float(_get(data, 4)), 1 / KNOT_MPS)
+
+    def _apply_GST(self, epoch: _Epoch, data: list[str]) -> None:
+        sigma_lat, sigma_lon = to_float(_get(data, 5)), to_float(_get(data, 6))
+        if sigma_lat is not None and sigma_lon is not None and sigma_lat >= 0 and sigma_lon >= 0:
+            epoch.sigma_lat, epoch.sigma_lon = sigma_lat, sigma_lon
+
+    # --- output
+
+    def _finish(self, epoch: _Epoch) -> Fix:
+        self.stats.epochs += 1
+        utc = None
+        if epoch.date is not None:
+            utc = dt.datetime.combine(epoch.date, dt.time(), tzinfo=dt.UTC) + dt.timedelta(seconds=epoch.tod)
+            if self._last_utc is not None and utc < self._last_utc:
+                self.stats.time_backwards += 1
+                log.info("GNSS time went backwards (%s -> %s): receiver reset", self._last_utc, utc)
+            self._last_utc = utc
+        else:
+            self.stats.no_date += 1
+        has_fix = epoch.seen_fix and not epoch.no_fix and epoch.lat is not None
+        mode = 0
+        if has_fix:
+            mode = epoch.gsa_mode if epoch.gsa_mode in (2, 3) else (3 if epoch.alt is not None else 2)
+            self.stats.fixes += 1
+        hdop = epoch.hdop if epoch.hdop is not None else epoch.gsa_hdop
+        if epoch.sigma_lat is not None:
+            eph = math.hypot(epoch.sigma_lat, epoch.sigma_lon)
+        else:
+            eph = hdop * self.uere_m if hdop is not None else None
+        t_mono = epoch.t_arrival
+        if self.virtual_clock:
+            t_mono = virtual_mono(utc) if utc is not None else math.nan
+        return Fix(
+            utc=utc, t_mono=t_mono, mode=mode,
+            lat=epoch.lat if has_fix else None, lon=epoch.lon if has_fix else None,
+            alt_m=epoch.alt if has_fix else None,
+            speed_mps=epoch.speed if has_fix else None, track_deg=epoch.track if has_fix else None,
+            eph_m=eph if has_fix else None, hdop=hdop, sats=epoch.sats,
+        )
