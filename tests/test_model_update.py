@@ -1,0 +1,329 @@
+"""Remote model update against a real HTTPS server (self-signed CA made here), real files and real ONNX models."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from onnx import TensorProto, helper
+
+from edge_agent.config.model_update import ModelUpdateConfig
+from edge_agent.health import HealthBoard
+from edge_agent.model_update import ModelStore, ModelUpdater, sign_file
+
+# ---------------------------------------------------------------------------------------- fixtures
+
+
+def tiny_onnx(scale: float) -> bytes:
+    """A real, loadable ONNX model (images -> images * scale); different scales give different files."""
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])
+    k = helper.make_tensor("k", TensorProto.FLOAT, [], [scale])
+    graph = helper.make_graph([helper.make_node("Mul", ["images", "k"], ["out"])], "tiny", [x], [y], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def ort_sanity_check(path: Path) -> dict[str, Any]:
+    """Load in ONNX Runtime and run one inference, as the detector's sanity check does."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"images": np.ones((1, 3, 32, 32), np.float32)})[0]
+    if not np.isfinite(out).all():
+        raise ValueError("non-finite output")
+    return {"provider": sess.get_providers()[0], "name": path.name}
+
+
+def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1/localhost signed by it: (ca.pem, cert.pem, key.pem)."""
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("roadmon test CA")).issuer_name(name("roadmon test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(san, critical=False).sign(ca_key, hashes.SHA256()))
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@dataclass
+class ModelServer:
+    """HTTPS file server like the fleet server's GET /api/v1/models/{sha256}.onnx, with Range support and
+    a switch to cut connections part-way (`cut_after` bytes, for the first `cuts` responses)."""
+
+    base: str
+    ca: Path
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut_after: int = 0
+    cuts: int = 0
+    requests: list[str | None] = field(default_factory=list)
+
+    def publish(self, data: bytes) -> tuple[str, str]:
+        sha = hashlib.sha256(data).hexdigest()
+        self.files[f"/api/v1/models/{sha}.onnx"] = data
+        return f"{self.base}/api/v1/models/{sha}.onnx", sha
+
+
+@pytest.fixture
+def model_server(tmp_path: Path) -> Iterator[ModelServer]:
+    ca, cert, key = make_tls(tmp_path)
+    state = ModelServer(base="", ca=ca)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            state.requests.append(self.headers.get("Range"))
+            data = state.files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            start = 0
+            if rng := self.headers.get("Range"):
+                start = int(rng.removeprefix("bytes=").split("-")[0])
+                if start >= len(data):
+                    self.send_error(416)
+                    return
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            body = data[start:]
+            if state.cuts > 0:
+                state.cuts -= 1
+                self.wfile.write(body[: state.cut_after])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    state.base = f"https://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    """A models folder whose current model is tiny_onnx(1.0), as install.sh leaves it."""
+    st = ModelStore(tmp_path / "models")
+    st.ensure()
+    data = tiny_onnx(1.0)
+    sha = hashlib.sha256(data).hexdigest()
+    st.path_of(sha).write_bytes(data)
+    st.swap(sha)
+    return st
+
+
+def updater(store: ModelStore, server: ModelServer, activate: Any = None, **cfg: Any) -> ModelUpdater:
+    config = ModelUpdateConfig(ca_file=str(server.ca), attempts=cfg.pop("attempts", 3), **cfg)
+    return ModelUpdater(config, store, ort_sanity_check, activate=activate, health=HealthBoard())
+
+
+def assert_untouched(store: ModelStore, sha_before: str) -> None:
+    assert store.current_sha() == sha_before
+    assert store.current_link.resolve().read_bytes() == tiny_onnx(1.0)
+    assert list(store.incoming.iterdir()) == [], "partial downloads must not be left behind"
+
+
+# ------------------------------------------------------------------------------------------- tests
+def test_good_update_swaps_and_keeps_previous(store: ModelStore, model_server: ModelServer) -> None:
+    old = store.current_sha()
+    url, sha = model_server.publish(tiny_onnx(2.0))
+    activated: list[str] = []
+    result = updater(store, model_server, activate=activated.append).handle(
+        {"url": url, "sha256": sha, "name": "potholes", "version": "2.0", "request_id": "r1"})
+    assert result["ok"] is True and result["status"] == "installed", result
+    assert result["sha256"] == sha and result["previous_sha256"] == old and result["request_id"] == "r1"
+    assert store.current_sha() == sha and store.previous_sha() == old
+    assert store.current_link.resolve().read_bytes() == tiny_onnx(2.0)
+    assert store.previous_link.resolve().read_bytes() == tiny_onnx(1.0)
+    assert activated == [str(store.current_link)]
+    assert json.loads((store.root / f"{sha}.json").read_text())["version"] == "2.0"
+    # A repeated command is harmless.
+    again = updater(store, model_server).handle({"url": url, "sha256": sha})
+    assert again["ok"] and again["status"] == "already_current"
+
+
+def test_wrong_sha_is_refused_and_nothing_changes(store: ModelStore, model_server: ModelServer) -> None:
+    old = store.current_sha()
+    url, _ = model_server.publish(tiny_onnx(3.0))
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    model_server.files[url.removeprefix(model_server.base).replace(url.rsplit("/", 1)[1], f"{wrong}.onnx")] = (
+        tiny_onnx(3.0))
+    result = updater(store, model_server).handle({"url": url.rsplit("/", 1)[0] + f"/{wrong}.onnx", "sha256": wrong})
+    assert result["ok"] is False and result["status"] == "failed"
+    assert "sha256 mismatch" in result["reason"]
+    assert_untouched(store, old)
+
+
+def test_signature_required_when_a_key_is_configured(store: ModelStore, model_server: ModelServer,
+                                                     tmp_path: Path) -> None:
+    old = store.current_sha()
+    release_key = ed25519.Ed25519PrivateKey.generate()
+    other_key = ed25519.Ed25519PrivateKey.generate()
+    pub = tmp_path / "release.pub.pem"
+    pub.write_bytes(release_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    data = tiny_onnx(4.0)
+    url, sha = model_server.publish(data)
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(data)
+
+    def pem(key: ed25519.Ed25519PrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    up = updater(store, model_server, public_key=str(pub))
+    forged = up.handle({"url": url, "sha256": sha, "signature": sign_file(pem(other_key), model_file)})
+    assert forged["status"] == "failed" and "bad signature" in forged["reason"]
+    assert_untouched(store, old)
+    unsigned = up.handle({"url": url, "sha256": sha})
+    assert unsigned["status"] == "failed" and "signature is required" in unsigned["reason"]
+    garbage = up.handle({"url": url, "sha256": sha, "signature": "!!not base64!!"})
+    assert garbage["status"] == "failed" and "base64" in garbage["reason"]
+    assert_untouched(store, old)
+
+    good = up.handle({"url": url, "sha256": sha, "signature": sign_file(pem(release_key), model_file)})
+    assert good["ok"], good
+    assert store.current_sha() == sha
+
+
+def test_model_failing_the_sanity_check_is_not_swapped_in(store: ModelStore, model_server: ModelServer) -> None:
+    old = store.current_sha()
+    url, sha = model_server.publish(b"\x08\x07 this is not an ONNX model" * 50)
+    result = updater(store, model_server).handle({"url": url, "sha256": sha})
+    assert result["status"] == "failed" and "sanity check" in result["reason"]
+    assert_untouched(store, old)
+    assert not store.path_of(sha).exists()
+
+
+def test_model_that_fails_to_start_is_rolled_back(store: ModelStore, model_server: ModelServer) -> None:
+    old = store.current_sha()
+    previous_before = store.previous_sha()
+    url, sha = model_server.publish(tiny_onnx(5.0))
+    calls: list[bytes] = []
+
+    def activate(path: str) -> None:
+        calls.append(Path(path).resolve().read_bytes())
+        if len(calls) == 1:
+            raise RuntimeError("TensorRT engine build failed")
+
+    result = updater(store, model_server, activate=activate).handle({"url": url, "sha256": sha})
+    assert result["ok"] is False and result["status"] == "rolled_back"
+    assert "TensorRT engine build failed" in result["reason"]
+    assert store.current_sha() == old and store.previous_sha() == previous_before
+    assert calls == [tiny_onnx(5.0), tiny_onnx(1.0)], "the new model was tried, then the old one reloaded"
+    assert "failure" in json.loads((store.root / f"{sha}.json").read_text())
+
+
+def test_interrupted_download_resumes_with_range(store: ModelStore, model_server: ModelServer) -> None:
+    data = tiny_onnx(6.0)
+    url, sha = model_server.publish(data)
+    model_server.cut_after, model_server.cuts = len(data) // 3, 2
+    result = updater(store, model_server, attempts=4).handle({"url": url, "sha256": sha})
+    assert result["ok"], result
+    assert store.current_link.resolve().read_bytes() == data
+    assert model_server.requests[0] is None
+    assert model_server.requests[1:] == [f"bytes={len(data) // 3}-", f"bytes={2 * (len(data) // 3)}-"]
+
+
+def test_download_interrupted_every_time_fails_cleanly(store: ModelStore, model_server: ModelServer) -> None:
+    old = store.current_sha()
+    url, sha = model_server.publish(tiny_onnx(7.0))
+    model_server.cut_after, model_server.cuts = 10, 100
+    result = updater(store, model_server, attempts=2).handle({"url": url, "sha256": sha})
+    assert result["status"] == "failed" and "interrupted 2 times" in result["reason"]
+    assert_untouched(store, old)
+
+
+def test_untrusted_server_certificate(store: ModelStore, model_server: ModelServer) -> None:
+    old = store.current_sha()
+    url, sha = model_server.publish(tiny_onnx(8.0))
+    up = ModelUpdater(ModelUpdateConfig(attempts=1), store, ort_sanity_check)  # system CAs only
+    result = up.handle({"url": url, "sha256": sha})
+    assert result["status"] == "failed" and "not trusted" in result["reason"]
+    assert_untouched(store, old)
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    ({"url": "http://example.org/m.onnx", "sha256": "a" * 64}, "https"),
+    ({"url": "https://example.org/m.onnx", "sha256": "xyz"}, "64 hex"),
+    ({"sha256": "a" * 64}, "missing 'url'"),
+    ("not an object", "JSON object"),
+])
+def test_bad_commands_are_refused(store: ModelStore, model_server: ModelServer, payload: Any, reason: str) -> None:
+    result = updater(store, model_server).handle(payload)
+    assert result["status"] == "refused" and reason in result["reason"]
+
+
+def test_url_prefix_and_pinned_model(store: ModelStore, model_server: ModelServer) -> None:
+    url, sha = model_server.publish(tiny_onnx(9.0))
+    outside = updater(store, model_server, url_prefix="https://fleet.example.org/").handle({"url": url, "sha256": sha})
+    assert outside["status"] == "refused" and "url_prefix" in outside["reason"]
+    pinned = ModelUpdater(ModelUpdateConfig(), store, ort_sanity_check, pinned_model="/opt/m.onnx")
+    result = pinned.handle({"url": url, "sha256": sha})
+    assert result["status"] == "refused" and "pinned" in result["reason"]
+
+
+def test_old_models_are_pruned_but_current_and_previous_stay(store: ModelStore, model_server: ModelServer) -> None:
+    shas = []
+    for scale in (10.0, 11.0, 12.0, 13.0):
+        url, sha = model_server.publish(tiny_onnx(scale))
+        assert updater(store, model_server, keep=2).handle({"url": url, "sha256": sha})["ok"]
+        shas.append(sha)
+    files = {p.stem for p in store.root.glob("*.onnx") if not p.is_symlink()}
+    assert files == {shas[-1], shas[-2]}
+    assert store.current_sha() == shas[-1] and store.previous_sha() == shas[-2]
+
+
+def test_signature_helper_matches_openssl_format(tmp_path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"model bytes")
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    key.public_key().verify(base64.b64decode(sign_file(pem, f)), b"model bytes")
+    assert onnx.load_from_string(tiny_onnx(1.0)).graph.node[0].op_type == "Mul"
