@@ -1,0 +1,118 @@
+"""`edge-agent run`: camera + GNSS + detector + outbox (+ uplink) in one process, under systemd.
+
+READY=1 goes to systemd once the camera delivered a frame (or startup_wait_s passed), the GNSS reader runs, the
+model is loaded and the outbox is open. The main loop pings the watchdog only while frames arrive, inference
+works and the outbox accepts writes, so a wedged camera or a full disk gets the agent restarted by systemd
+rather than running blind. SIGTERM/SIGINT end the loop; open tracks become events before the agent exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from edge_agent import sdnotify
+from edge_agent.capture import FrameSource
+from edge_agent.config import AgentConfig
+from edge_agent.health import HealthBoard
+from edge_agent.pipeline import Pipeline, outbox_path
+
+log = logging.getLogger(__name__)
+
+STARTUP_WAIT_S = 30.0    # longest wait for the first frame before READY is sent anyway (health says why)
+STATUS_EVERY_S = 10.0
+
+
+class LiveAgent:
+    """Builds the parts from the config, runs the main loop until stop() (or a signal)."""
+
+    def __init__(self, cfg: AgentConfig, *, uplink: bool | None = None, health: HealthBoard | None = None) -> None:
+        self.cfg = cfg
+        self.health = health or HealthBoard()
+        self.use_uplink = cfg.uplink.enabled if uplink is None else uplink
+        self.stop_event = threading.Event()
+        self.parts: dict[str, Any] = {}
+
+    def stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def start(self) -> Pipeline:
+        """Open outbox, model, GNSS, camera and uplink; raises with a clear message when one cannot start."""
+        from edge_agent.detector import load_detector
+        from edge_agent.gnss_source import GnssReader
+        from edge_agent.kalman import PositionFilter
+        from edge_agent.outbox import Outbox
+        from edge_agent.replay import load_projector
+
+        cfg = self.cfg
+        outbox = self.parts["outbox"] = Outbox(outbox_path(cfg), cfg.outbox, self.health)
+        detector = self.parts["detector"] = load_detector(cfg.detector)
+        self.health.update(detector="ok")
+        projector = load_projector(cfg)
+        position_filter = PositionFilter(cfg.gnss)
+        self.parts["gnss"] = GnssReader(cfg.gnss, position_filter, self.health)
+        self.parts["gnss"].start()
+        self.parts["camera"] = FrameSource(cfg.camera, self.health).start()
+        if self.use_uplink:
+            from edge_agent.uplink import Uplink
+
+            self.parts["uplink"] = Uplink(cfg.uplink, cfg.device.id, outbox, self.health)
+            self.parts["uplink"].start()
+        return Pipeline(cfg, detector, position_filter, projector, outbox, self.health)
+
+    def run(self) -> dict[str, Any]:
+        """The main loop; returns the pipeline's summary when stopped."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        pipeline = self.start()
+        camera: FrameSource = self.parts["camera"]
+        ready_sent = False
+        ping_every = sdnotify.watchdog_interval_s()
+        last_ping = last_status = started = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                frame = camera.latest(timeout=0.5)
+                if frame is not None:
+                    pipeline.process(frame.image, frame.t_mono)
+                now = time.monotonic()
+                if not ready_sent and (frame is not None or now - started > STARTUP_WAIT_S):
+                    sdnotify.ready(self.status_line())
+                    ready_sent = True
+                if ping_every and now - last_ping >= ping_every and self.healthy(camera, pipeline):
+                    sdnotify.watchdog_ping()
+                    last_ping = now
+                if now - last_status >= STATUS_EVERY_S:
+                    sdnotify.status(self.status_line())
+                    last_status = now
+        finally:
+            sdnotify.stopping()
+            pipeline.finish()
+            self.close()
+        summary = pipeline.summary()
+        summary["dropped"] = camera.dropped
+        return summary
+
+    def healthy(self, camera: FrameSource, pipeline: Pipeline) -> bool:
+        """Frames arrive, the detector works, the outbox takes writes: only then is the watchdog fed."""
+        snap = self.health.snapshot()
+        return camera.healthy() and snap["detector"] == "ok" and snap["outbox"] in ("ok", "degraded")
+
+    def status_line(self) -> str:
+        snap = self.health.snapshot()
+        fps = snap.get("fps")
+        return (f"camera {snap['camera']}, gnss {snap['gnss']}, detector {snap['detector']}, "
+                f"outbox {snap['outbox']}, uplink {snap['uplink']}, fps {fps if fps is not None else '-'}")
+
+    def close(self) -> None:
+        for name in ("camera", "gnss", "uplink"):
+            part = self.parts.get(name)
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:
+                    log.exception("stopping %s failed", name)
+        if "outbox" in self.parts:
+            self.parts["outbox"].close()

@@ -1,0 +1,210 @@
+"""The agent's main job: frame -> detections -> tracks -> located events in the outbox, plus coverage.
+
+One `Pipeline` serves both `edge-agent run` (live camera, GNSS reader thread) and `edge-agent replay`
+(recordings, fixes fed by frame time): the caller hands it frames with their time on the position filter's
+clock; everything after that is the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.projector import GroundProjector
+from edge_agent.config import AgentConfig
+from edge_agent.coverage import CoverageRecorder, footprint_summary
+from edge_agent.events import ModelRef, build_event
+from edge_agent.geolocate import Geolocator, distance_m
+from edge_agent.health import HealthBoard
+from edge_agent.tracker import Motion, Track, Tracker
+
+log = logging.getLogger(__name__)
+
+FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
+
+
+def outbox_path(cfg: AgentConfig) -> Path:
+    """The outbox file: outbox.file, inside device.state_dir unless it is absolute."""
+    path = Path(cfg.outbox.file)
+    return path if path.is_absolute() else Path(cfg.device.state_dir) / path
+
+
+@dataclass
+class Emitted:
+    """An event recently written, for recognising the same defect seen again by a split track."""
+
+    class_name: str
+    lat: float
+    lon: float
+    t_mono: float
+
+
+class Pipeline:
+    """Wires detector, position filter, tracker, geolocator, outbox and coverage; see `process`."""
+
+    def __init__(self, cfg: AgentConfig, detector: Any, position_filter: Any, projector: GroundProjector,
+                 outbox: Any, health: HealthBoard | None = None) -> None:
+        self.cfg = cfg
+        self.detector = detector
+        self.filter = position_filter
+        self.projector = projector
+        self.outbox = outbox
+        self.health = health or HealthBoard()
+        self.model = ModelRef.of(detector.info)
+        self.geo = Geolocator(projector, cfg.events, max_range_m=cfg.tracker.max_range_m)
+        self.tracker = Tracker(cfg.tracker, self.geo, thumbnail_px=cfg.events.thumbnail_max_px,
+                               keep_full_frame=cfg.events.full_frame)
+        footprint = footprint_summary(projector.footprint(cfg.events.coverage_footprint_m), projector.mount.lateral_m)
+        self.coverage = CoverageRecorder(cfg.device.id, cfg.events, outbox.add_coverage, self.model.sha256, footprint)
+        self._recent: deque[Emitted] = deque()
+        self._prev_mono: float | None = None
+        self._prev_pose: Any = None
+        self._heading: float | None = None
+        self._fps: float | None = None
+        self._inference_ms: float | None = None
+        self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
+                       "events_refused": 0, "detector_errors": 0}
+        self.started = time.monotonic()
+        self.health.update(model={"name": self.model.name, "version": self.model.version,
+                                  "sha256": self.model.sha256})
+
+    # -- per frame -----------------------------------------------------------------------------------------
+    def process(self, image: np.ndarray, t_mono: float, utc: datetime | None = None) -> list[dict[str, Any]]:
+        """Run one frame taken at T_MONO (the position filter's clock); returns the events written.
+
+        UTC is the frame's wall-clock time when the caller knows it (a recording); otherwise it comes from
+        the position filter (GNSS time)."""
+        self.counts["frames"] += 1
+        detections, detector_ok = self._detect(image)
+        pose = self.filter.position_at(t_mono)
+        if utc is None:
+            utc = self.filter.utc_at(t_mono)
+        heading = self._heading_of(pose)
+        finished = self.tracker.step(t_mono, detections, self._motion(t_mono, pose, heading), image=image,
+                                     pose=pose, heading_deg=heading, utc=utc)
+        events = [e for track in finished if (e := self._emit(track, t_mono)) is not None]
+        self.coverage.update(t_mono, utc, pose, detector_active=detector_ok)
+        self._note_frame(t_mono, pose)
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The drive (or the agent) ends: every confirmed track becomes its event, coverage is closed."""
+        now = self._prev_mono or time.monotonic()
+        events = [e for track in self.tracker.flush() if (e := self._emit(track, now)) is not None]
+        self.coverage.flush()
+        return events
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        stats = self.tracker.stats
+        return {"frames": self.counts["frames"], "detections": self.counts["detections"],
+                "tracks": stats["tracks"], "confirmed_tracks": stats["confirmed"], "events": self.counts["events"],
+                "events_merged": self.counts["events_merged"], "events_no_fix": self.counts["events_no_fix"],
+                "events_refused": self.counts["events_refused"], "coverage_records": self.coverage.records,
+                "detector_errors": self.counts["detector_errors"],
+                "fps": round(self.counts["frames"] / elapsed, 2),
+                "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2)}
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _detect(self, image: np.ndarray) -> tuple[list[Any], bool]:
+        t0 = time.perf_counter()
+        try:
+            detections = self.detector.detect(image)
+        except Exception:  # a bad frame or a runtime hiccup must not stop the agent
+            log.exception("detector failed on a frame")
+            self.counts["detector_errors"] += 1
+            self.health.count("detector_errors")
+            self.health.update(detector="failed")
+            return [], False
+        ms = (time.perf_counter() - t0) * 1000
+        self._inference_ms = ms if self._inference_ms is None else \
+            (1 - FPS_SMOOTHING) * self._inference_ms + FPS_SMOOTHING * ms
+        self.health.update(detector="ok")
+        threshold = self.cfg.detector.score_threshold
+        kept = [d for d in detections if d.score >= threshold]
+        self.counts["detections"] += len(kept)
+        return kept, True
+
+    def _heading_of(self, pose: Any) -> float | None:
+        """The filtered heading; when the vehicle stands (no heading) the last one it had."""
+        if pose is not None and pose.heading_deg is not None:
+            self._heading = float(pose.heading_deg)
+        return self._heading
+
+    def _motion(self, t_mono: float, pose: Any, heading: float | None) -> Motion:
+        """The vehicle's motion since the previous frame, from the filter's speed and heading: smooth, where
+        the filtered position itself steps at each GNSS update."""
+        if self._prev_mono is None or pose is None or self._prev_pose is None:
+            return Motion()
+        dt = max(0.0, t_mono - self._prev_mono)
+        speed = (float(pose.speed_mps or 0.0) + float(self._prev_pose.speed_mps or 0.0)) / 2
+        yaw = 0.0
+        prev_heading = self._prev_pose.heading_deg
+        if heading is not None and prev_heading is not None:
+            yaw = (heading - float(prev_heading) + 180.0) % 360.0 - 180.0
+        return Motion(forward_m=speed * dt, yaw_deg=yaw)
+
+    def _views(self, track: Track) -> list[tuple[Any, Any, float]]:
+        """Each observation's ground box with the vehicle's pose at its frame's time. The filter is asked
+        again now: fixes that came after the frame let it interpolate instead of extrapolate."""
+        views = []
+        for obs in track.observations:
+            pose = self.filter.position_at(obs.t_mono) or obs.pose
+            if pose is None or pose.lat is None:
+                continue
+            heading = pose.heading_deg if pose.heading_deg is not None else obs.heading_deg
+            if heading is not None:
+                views.append((obs.ground, pose, float(heading)))
+        return views
+
+    def _emit(self, track: Track, t_mono: float) -> dict[str, Any] | None:
+        located = self.geo.combine(self._views(track))
+        if located is None:
+            self.counts["events_no_fix"] += 1
+            self.health.count("events_no_fix")
+            log.info("track %d (%s, %d frames) had no position fix; no event", track.id, track.class_name,
+                     track.hits)
+            return None
+        if self._seen_recently(track.class_name, located.lat, located.lon, t_mono):
+            self.counts["events_merged"] += 1
+            return None
+        captured = track.best.utc if track.best and track.best.utc else datetime.now(UTC)
+        event = build_event(track, located, device_id=self.cfg.device.id, seq=self.outbox.next_seq(),
+                            model=self.model, captured_at=captured, cfg=self.cfg.events)
+        if not self.outbox.add_event(event):
+            self.counts["events_refused"] += 1
+            log.warning("outbox refused event %s (disk guard)", event["event_id"])
+            return None
+        self.counts["events"] += 1
+        self.health.count("events")
+        self._recent.append(Emitted(track.class_name, located.lat, located.lon, t_mono))
+        return event
+
+    def _seen_recently(self, class_name: str, lat: float, lon: float, t_mono: float) -> bool:
+        window, radius = self.cfg.tracker.merge_window_s, self.cfg.tracker.merge_radius_m
+        while self._recent and t_mono - self._recent[0].t_mono > window:
+            self._recent.popleft()
+        return radius > 0 and any(e.class_name == class_name and distance_m(e.lat, e.lon, lat, lon) <= radius
+                                  for e in self._recent)
+
+    def _note_frame(self, t_mono: float, pose: Any) -> None:
+        if self._prev_mono is not None and t_mono > self._prev_mono:
+            fps = 1.0 / (t_mono - self._prev_mono)
+            self._fps = fps if self._fps is None else (1 - FPS_SMOOTHING) * self._fps + FPS_SMOOTHING * fps
+        self._prev_mono, self._prev_pose = t_mono, pose
+        fix = None
+        if pose is not None and pose.lat is not None:
+            fix = {"lat": round(pose.lat, 7), "lon": round(pose.lon, 7), "h_std_m": round(pose.h_std_m, 2),
+                   "speed_mps": None if pose.speed_mps is None else round(pose.speed_mps, 2),
+                   "heading_deg": None if pose.heading_deg is None else round(pose.heading_deg, 1),
+                   "state": pose.state}
+        self.health.update(fps=None if self._fps is None else round(self._fps, 2),
+                           inference_ms=None if self._inference_ms is None else round(self._inference_ms, 2),
+                           fix=fix)
