@@ -185,6 +185,7 @@ class Outbox:
         self.dropped: dict[str, int] = self._load_counters()
         self._seq = self._load_seq()
         self._requeue_in_flight()
+        self._set_sync(self.cfg.synchronous)
         self._set_health("ok")
 
     # ------------------------------------------------------------------------------------------ writes
@@ -371,7 +372,8 @@ class Outbox:
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLITE_FULL and friends have already rolled back
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")

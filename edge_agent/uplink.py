@@ -62,10 +62,6 @@ class LoginRefused(Exception):
         self.state = state
 
 
-def refusal_state(code: int) -> str:
-    return "bad_credentials" if code == BAD_CREDENTIALS else "not_authorised"
-
-
 class Uplink:
     """Drains OUTBOX to the broker for DEVICE_ID. start() / stop(); on_command(name, handler)."""
 
@@ -79,7 +75,7 @@ class Uplink:
         self.state = "stopped"
         self.last_error: str | None = None
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
-                         "bad_acks": 0, "connects": 0}
+                         "bad_acks": 0, "connects": 0, "refused_logins": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
@@ -118,6 +114,9 @@ class Uplink:
         if not name or "/" in name or "+" in name or "#" in name:
             raise ValueError(f"invalid command name {name!r}")
         self._handlers[name] = handler
+
+    def _user(self) -> str:
+        return self.cfg.username or self.device_id
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": self.state, "last_error": self.last_error, "outstanding": len(self._outstanding),
@@ -186,7 +185,10 @@ class Uplink:
         if code.is_failure:
             self._drop_connection(client)
             if code.value in (BAD_CREDENTIALS, NOT_AUTHORISED):
-                raise LoginRefused(refusal_state(code.value), f"broker refused the login: {code}")
+                # Mosquitto answers a wrong password with 135 (not authorised): at CONNECT both mean the login.
+                self.counters["refused_logins"] += 1
+                raise LoginRefused("bad_credentials", f"broker refused the login of {self._user()!r}: {code}; "
+                                                      f"check the device id and the password file")
             self._set_state("offline", f"broker refused the connection: {code}")
             raise ConnectFailed(f"broker refused the connection: {code}")
         return client
@@ -360,15 +362,17 @@ class Uplink:
         if reason_code.is_failure:
             # The broker refused this message (ACL): the row stays pending; stop and ask again slowly.
             self.counters["publish_refused"] += 1
-            self._refused = LoginRefused(refusal_state(reason_code.value),
-                                         f"broker refused a publish on the {key[0]} topic: {reason_code}")
+            self._refused = LoginRefused("not_authorised",
+                                         f"broker refused a publish on the {key[0]} topic of {self.device_id!r}: "
+                                         f"{reason_code}; the broker's ACL does not let this login write there")
             return
         self._acked.append(key)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Any) -> None:
         if any(rc.is_failure for rc in reason_codes):
-            # Without the ack topic nothing can ever be confirmed: treat it as a refusal.
+            # Without the ack topic nothing can ever be confirmed: treat it as a refusal. (Mosquitto grants
+            # any subscription and filters on delivery instead, so there a refused publish is what shows it.)
             self._refused = LoginRefused("not_authorised", "broker refused the subscription to the ack topic")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -1,0 +1,172 @@
+"""The outbox on its own: row life cycle, send order, sequence numbers, migrations, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.health import HealthBoard
+from edge_agent.outbox import SCHEMA_VERSION, Outbox
+from roadmon_contract import validate
+from roadmon_contract.ids import uuid7
+
+
+def make_event(outbox: Outbox, severity: float = 0.5, **extra) -> dict:
+    """A schema-valid event, as the pipeline writes it."""
+    event = {
+        "schema": "roadmon.event/1", "event_id": str(uuid7()), "device_id": "veh-t", "seq": outbox.next_seq(),
+        "captured_at": "2026-11-28T13:45:32.120Z", "class": "pothole", "confidence": 0.8,
+        "position": {"lat": 48.1, "lon": 11.5, "h_accuracy_m": 2.0},
+        "vehicle": {"lat": 48.1, "lon": 11.5, "speed_mps": 10.0, "heading_deg": 90.0, "h_accuracy_m": 2.0},
+        "size_m": {"width": 0.5, "length": 0.4}, "severity": severity, "frames": 5, "bbox": [1, 2, 30, 40],
+        "model": {"name": "m", "version": "1", "sha256": "0" * 64},
+    }
+    event.update(extra)
+    return event
+
+
+def make_coverage() -> dict:
+    return {"coverage_id": str(uuid7()), "device_id": "veh-t", "started_at": "2026-11-28T13:45:00.000Z",
+            "ended_at": "2026-11-28T13:46:00.000Z", "line": [[11.5, 48.1], [11.51, 48.1]],
+            "detector_active": True, "model_sha256": None}
+
+
+@pytest.fixture
+def outbox(tmp_path: Path):
+    with Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")) as ob:
+        yield ob
+
+
+def test_life_cycle_pending_sent_confirmed_once(outbox: Outbox) -> None:
+    event = make_event(outbox, thumbnail_jpeg_b64="QUJD")
+    assert outbox.add_event(event)
+    [msg] = outbox.due(10, resend_after_s=60)
+    body = json.loads(msg.body)
+    assert body == event and validate.errors("event", body) == []   # the thumbnail travels with it
+    assert (msg.kind, msg.attempts) == ("event", 1)
+    assert outbox.due(10, resend_after_s=60) == []                   # in flight: not due again yet
+    key = [("event", event["event_id"])]
+    assert outbox.mark_sent(key) == 1 and outbox.states()[event["event_id"]] == "sent"
+    assert outbox.mark_confirmed(key) == 1
+    assert outbox.mark_confirmed(key) == 0                           # a second ack changes nothing
+    assert outbox.mark_sent(key) == 0                                # a late PUBACK cannot go backwards
+    stats = outbox.stats()
+    assert stats["queue_depth"] == 0 and stats["events"]["confirmed"] == 1
+    assert stats["last_confirmed_at"] and stats["oldest_pending_at"] is None
+
+
+def test_unconfirmed_rows_are_due_again_after_the_timeout(outbox: Outbox) -> None:
+    event = make_event(outbox)
+    outbox.add_event(event)
+    assert len(outbox.due(10, resend_after_s=0.0)) == 1
+    outbox.mark_sent([("event", event["event_id"])])                  # PUBACK, but no server ack
+    [again] = outbox.due(10, resend_after_s=60)
+    assert again.id == event["event_id"] and again.attempts == 2
+
+
+def test_drain_order_is_severity_then_age_then_coverage(outbox: Outbox) -> None:
+    cov = make_coverage()
+    outbox.add_coverage(cov)
+    low_old, high, low_new = (make_event(outbox, s) for s in (0.1, 0.9, 0.1))
+    for event in (low_old, high, low_new):
+        outbox.add_event(event)
+    order = [(m.kind, m.id) for m in outbox.due(10, 60)]
+    assert order == [("event", high["event_id"]), ("event", low_old["event_id"]),
+                     ("event", low_new["event_id"]), ("coverage", cov["coverage_id"])]
+    assert validate.errors("coverage", cov) == []
+
+
+def test_duplicate_event_is_stored_once(outbox: Outbox) -> None:
+    event = make_event(outbox)
+    assert outbox.add_event(event) and outbox.add_event(dict(event))
+    assert outbox.stats()["events"]["pending"] == 1
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("not a dict", "JSON object"),
+    ({"severity": 0.2}, "event_id"),
+    ({"event_id": "x", "severity": "high"}, "severity"),
+    ({"event_id": "x", "severity": 0.1, "when": object()}, "JSON"),
+])
+def test_bad_events_get_a_clear_error_and_change_nothing(outbox: Outbox, bad, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        outbox.add_event(bad)
+    assert outbox.stats()["queue_depth"] == 0
+
+
+def test_seq_survives_restart_and_rows_are_due_again(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as ob:
+        for _ in range(3):
+            ob.add_event(make_event(ob))
+        assert len(ob.due(10, resend_after_s=3600)) == 3             # "in flight" when the process dies
+        ob.next_seq()                                                 # taken, never stored: may be reused
+    with Outbox(path) as ob:
+        assert ob.next_seq() == 4
+        assert len(ob.due(10, resend_after_s=3600)) == 3             # a new process resends at once
+
+
+def test_synchronous_mode_is_configurable(tmp_path: Path) -> None:
+    for mode, value in (("FULL", 2), ("NORMAL", 1)):
+        with Outbox(tmp_path / f"{mode}.db", OutboxConfig(synchronous=mode)) as ob:
+            ob.due(1, 1)                                              # state changes run at NORMAL...
+            ob.add_event(make_event(ob))                              # ...new events at the configured mode
+            assert ob.conn.execute("PRAGMA synchronous").fetchone()[0] == value
+            assert ob.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_schema_version_is_recorded_and_a_newer_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as ob:
+        assert ob.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        Outbox(path)
+
+
+def test_retry_and_purge(outbox: Outbox) -> None:
+    a, b = make_event(outbox), make_event(outbox)
+    outbox.add_event(a)
+    outbox.add_event(b)
+    outbox.due(10, 3600)
+    outbox.mark_confirmed([("event", a["event_id"])])
+    assert outbox.due(10, 3600) == []
+    assert outbox.retry() == 1
+    assert [m.id for m in outbox.due(10, 3600)] == [b["event_id"]]
+    assert outbox.purge_confirmed() == 1
+    assert set(outbox.states()) == {b["event_id"]}
+
+
+def test_garbage_file_is_moved_aside_and_a_new_one_started(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 500)
+    health = HealthBoard()
+    with caplog.at_level(logging.ERROR), Outbox(path, health=health) as ob:
+        assert ob.moved_aside is not None and ob.moved_aside.exists()
+        assert ob.add_event(make_event(ob))
+    assert "corrupt" in caplog.text and str(ob.moved_aside) in caplog.text
+    assert health.snapshot()["counters"]["outbox_corrupt_moved_aside"] == 1
+
+
+def test_damaged_pages_fail_quick_check_and_are_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as ob:
+        for _ in range(300):
+            ob.add_event(make_event(ob, thumbnail_jpeg_b64="A" * 2000))
+        ob.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for n in range(3, len(data) // page, 7):                         # scribble over interior pages
+        data[n * page + 8: n * page + 200] = b"\xff" * 192
+    path.write_bytes(bytes(data))
+    with Outbox(path) as ob:
+        assert ob.moved_aside is not None
+        assert ob.stats()["queue_depth"] == 0
+        assert ob.add_event(make_event(ob))
