@@ -70,7 +70,8 @@ class CoverageRecorder:
         self._points.append(point)
         self._times.append(utc)
         self._last_point_mono = t_mono
-        if t_mono - (self._started_mono or t_mono) >= self.cfg.coverage_record_s or len(self._points) >= MAX_POINTS:
+        started = t_mono if self._started_mono is None else self._started_mono
+        if t_mono - started >= self.cfg.coverage_record_s or len(self._points) >= MAX_POINTS:
             self.flush(keep_last=True)
 
     def flush(self, keep_last: bool = False) -> dict[str, Any] | None:

@@ -1,0 +1,146 @@
+"""Events and coverage records follow the wire schemas; thumbnails are small crops; full frames only on request."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import cv2
+import numpy as np
+import pytest
+
+from calibration.camera import Intrinsics, Mount
+from calibration.projector import GroundProjector
+from edge_agent.config.events import EventsConfig
+from edge_agent.config.tracker import TrackerConfig
+from edge_agent.coverage import CoverageRecorder, footprint_summary
+from edge_agent.events import ModelRef, build_event, iso_utc
+from edge_agent.geolocate import Geolocator, Located, offset_latlon
+from edge_agent.tracker import Motion, Tracker
+from roadmon_contract.validate import errors
+
+W, H = 1280, 720
+MODEL = ModelRef(name="roadmon-pothole", version="1.0.0", sha256="ab" * 32)
+T0 = datetime(2026, 11, 28, 13, 45, 32, 120000, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Det:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int = 0
+    class_name: str = "pothole"
+
+
+@dataclass(frozen=True)
+class Pose:
+    lat: float
+    lon: float
+    speed_mps: float | None = 11.0
+    heading_deg: float | None = 359.99
+    h_std_m: float = 1.2
+    state: str = "ok"
+    t_mono: float = 0.0
+
+
+@pytest.fixture(scope="module")
+def projector() -> GroundProjector:
+    return GroundProjector(Intrinsics.from_hfov(W, H, 90.0), Mount(height_m=1.4, pitch_deg=12.0))
+
+
+def finished_track(projector: GroundProjector, keep_full_frame: bool = False):
+    """A track of one defect seen in 6 frames of a textured image, the best frame in the middle."""
+    tracker = Tracker(TrackerConfig(min_frames=3), Geolocator(projector), thumbnail_px=160,
+                      keep_full_frame=keep_full_frame)
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    pose = Pose(48.1, 11.5)
+    for k, score in enumerate([0.6, 0.7, 0.95, 0.8, 0.7, 0.6]):
+        y = 450 + 8 * k
+        tracker.step(k / 15, [Det(600, y, 720, y + 40, score)], Motion(0.0, 0.0), image=image, pose=pose,
+                     heading_deg=pose.heading_deg, utc=T0 + timedelta(seconds=k / 15))
+    (track,) = tracker.flush()
+    return track
+
+
+def test_event_follows_the_schema(projector: GroundProjector) -> None:
+    track = finished_track(projector)
+    located = Located(lat=48.10012, lon=11.50003, h_accuracy_m=1.9, width_m=0.7, length_m=0.4)
+    event = build_event(track, located, device_id="veh-042", seq=17, model=MODEL, captured_at=track.best.utc,
+                        cfg=EventsConfig())
+    assert errors("event", event) == []
+    assert event["captured_at"] == "2026-11-28T13:45:32.253Z"   # the best frame (score 0.95, frame 2)
+    assert event["bbox"] == [600.0, 466.0, 720.0, 506.0]
+    assert event["frames"] == 6 and event["seq"] == 17
+    assert event["confidence"] == pytest.approx(0.7)            # the track's median, not the best frame's 0.95
+    assert event["event_id"][14] == "7"                          # UUIDv7
+    assert event["vehicle"]["heading_deg"] in (0.0, 360.0)       # 359.99 rounds within the schema's range
+    assert "frame_jpeg_b64" not in event                         # privacy: no full frame unless configured
+    assert 0 < event["severity"] <= 1
+
+
+def test_thumbnail_is_a_small_crop_of_the_defect(projector: GroundProjector) -> None:
+    track = finished_track(projector)
+    located = Located(48.1, 11.5, 2.0, 0.7, 0.4)
+    event = build_event(track, located, device_id="veh-042", seq=1, model=MODEL, captured_at=T0,
+                        cfg=EventsConfig(thumbnail_max_px=96))
+    jpeg = base64.b64decode(event["thumbnail_jpeg_b64"])
+    assert jpeg[:2] == b"\xff\xd8"
+    thumb = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert max(thumb.shape[:2]) <= 96
+    # the crop's aspect is the box's (120 x 40 plus margins), not the frame's
+    assert thumb.shape[1] / thumb.shape[0] == pytest.approx(120 / 40, rel=0.2)
+    assert len(jpeg) < 20_000
+    no_thumb = build_event(track, located, device_id="veh-042", seq=2, model=MODEL, captured_at=T0,
+                           cfg=EventsConfig(thumbnail=False))
+    assert "thumbnail_jpeg_b64" not in no_thumb and errors("event", no_thumb) == []
+
+
+def test_full_frame_only_when_configured(projector: GroundProjector) -> None:
+    track = finished_track(projector, keep_full_frame=True)
+    event = build_event(track, Located(48.1, 11.5, 2.0, 0.7, 0.4), device_id="veh-042", seq=3, model=MODEL,
+                        captured_at=T0, cfg=EventsConfig(full_frame=True, full_frame_max_px=640))
+    assert errors("event", event) == []
+    frame = cv2.imdecode(np.frombuffer(base64.b64decode(event["frame_jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
+    assert frame.shape[:2] == (360, 640)
+
+
+def test_iso_utc_is_milliseconds_with_z() -> None:
+    assert iso_utc(datetime(2026, 1, 2, 3, 4, 5, 678999, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
+
+
+def test_coverage_records_follow_the_schema_and_split_on_detector_state(projector: GroundProjector) -> None:
+    records: list[dict] = []
+    footprint = footprint_summary(projector.footprint(20.0))
+    rec = CoverageRecorder("veh-042", EventsConfig(coverage_point_s=2.0, coverage_record_s=20.0), records.append,
+                           MODEL.sha256, footprint)
+    for k in range(0, 600):             # 60 s at 10 Hz, 10 m/s north; detector down from 30 s to 40 s
+        t = k / 10
+        lat, lon = offset_latlon(48.1, 11.5, 0.0, 10.0 * t)
+        rec.update(t, T0 + timedelta(seconds=t), Pose(lat, lon), detector_active=not 30 <= t < 40)
+    rec.flush()
+    assert all(errors("coverage", r) == [] for r in records), [errors("coverage", r) for r in records]
+    assert [r["detector_active"] for r in records] == [True, True, False, True]  # 20 s, 10 s, 10 s, 20 s
+    assert all(len(r["line"]) >= 2 for r in records)
+    # consecutive records share their joint so the driven line has no holes
+    for a, b in itertools.pairwise(records):
+        assert a["line"][-1] == b["line"][0]
+    assert records[0]["footprint_m"]["far"] == pytest.approx(20.0, abs=0.5)
+    assert records[0]["model_sha256"] == MODEL.sha256
+
+
+def test_coverage_stops_at_a_gap_in_position() -> None:
+    records: list[dict] = []
+    rec = CoverageRecorder("veh-042", EventsConfig(coverage_point_s=1.0), records.append, None)
+    for k in range(30):
+        lat, lon = offset_latlon(48.1, 11.5, 0.0, 10.0 * k)
+        pose = None if 10 <= k < 15 else Pose(lat, lon)
+        rec.update(float(k), T0 + timedelta(seconds=k), pose, detector_active=True)
+    rec.flush()
+    assert len(records) == 2
+    assert len(records[0]["line"]) == 10 and len(records[1]["line"]) == 15
+    assert all(errors("coverage", r) == [] for r in records)
