@@ -403,6 +403,54 @@ def score_geolocation(truth: Iterable[tuple[float, float]], found: Iterable[tupl
     return GeoScore(truth=len(truth), found=len(used_t), errors_m=errors, strays=len(found) - len(used_f))
 
 
+# ------------------------------------------------------------------------------------------ browser
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--hide-scrollbars")
+
+
+def headless_chrome(user_data_dir: Path, width: int = 1440, height: int = 900):
+    """Debian's chromium driven by selenium through Debian's chromedriver (nothing downloaded at run time)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (Path(binary).exists() and Path(driver_path).exists()):
+        raise DemoError("chromium and chromium-driver are needed: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (*CHROME_FLAGS, f"--window-size={width},{height}", f"--user-data-dir={user_data_dir}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver_path))
+
+
+def screenshot(port: int, out: Path) -> Path:
+    """A picture of the running demo's dashboard (the README's screenshot), signed in as the manager, with the
+    most severe defect's panel open."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tokens = json.loads(Paths().tokens.read_text())
+    profile = Paths().root / "chrome-profile"
+    shutil.rmtree(profile, ignore_errors=True)
+    driver = headless_chrome(profile)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/#token={tokens['manager']}")
+        wait = WebDriverWait(driver, 20)
+        first = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li")))
+        first.click()
+        wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
+        time.sleep(1.5)  # thumbnails and the map's zoom animation
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+    return out
+
+
 # ------------------------------------------------------------------------------------------ up/down
 def up(seed: int, port: int) -> int:
     started = time.monotonic()
@@ -527,12 +575,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="run the demo (idempotent)")
     p_up.add_argument("--seed", type=int, default=DEFAULT_SEED, help="simulated drive's seed")
     p_up.add_argument("--port", type=int, default=DEFAULT_PORT, help="dashboard/API port")
+    p_shot = sub.add_parser("screenshot", help="save a picture of the running demo's dashboard")
+    p_shot.add_argument("--port", type=int, default=DEFAULT_PORT, help="dashboard/API port")
+    p_shot.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "dashboard.png")
     p_down = sub.add_parser("down", help="stop the demo server and the local services")
     p_down.add_argument("--keep-services", action="store_true", help="leave PostGIS and Mosquitto running")
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
             return up(args.seed, args.port)
+        if args.action == "screenshot":
+            console.print(f"saved {screenshot(args.port, args.out)}")
+            return 0
         return down(args.keep_services)
     except (DemoError, services.ServiceError) as exc:
         console.print(f"[bold red]demo:[/] {exc}")

@@ -9,6 +9,7 @@ import { renderDevices } from "./devices.js";
 import { defectFromFeature, deviceFields } from "./model.js";
 
 const REFRESH_MS = 30000;
+const PAGE_SIZE = 5000;
 const $ = (id) => document.getElementById(id);
 
 const state = { me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null };
@@ -83,11 +84,23 @@ async function loadAll(quiet = false) {
 
 async function loadDefects() {
   await guarded(async () => {
-    const collection = await getJson("defects");
-    state.defects = (collection.features || []).map(defectFromFeature);
+    state.defects = (await allDefectFeatures()).map(defectFromFeature);
     fillClassOptions($("f-class"), state.defects);
     redraw();
   });
+}
+
+// The defect list is paginated by cursor; the map wants all of it.
+async function allDefectFeatures() {
+  const features = [];
+  let cursor = null;
+  for (let page = 0; page < 200; page += 1) {
+    const collection = await getJson(`defects${query({ limit: PAGE_SIZE, cursor })}`);
+    features.push(...(collection.features || []));
+    cursor = collection.next_cursor;
+    if (cursor === null || cursor === undefined) break;
+  }
+  return features;
 }
 
 async function loadDevices() {

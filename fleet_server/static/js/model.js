@@ -90,8 +90,16 @@ export function sightingDevice(s) {
 }
 
 export function sightingHasThumbnail(s) {
+  if ("thumbnail_url" in s) return Boolean(s.thumbnail_url);
   const flag = first(s, "has_thumbnail", "thumbnail");
   return flag === undefined ? true : Boolean(flag);
+}
+
+// Vehicle ids that saw a defect: the server's per-vehicle summary when it sends one, else from the sightings.
+export function vehiclesOf(detail, sightings) {
+  const list = first(detail, "vehicles") || first(detail.properties || {}, "vehicles");
+  if (Array.isArray(list) && list.length) return list.map((v) => (typeof v === "object" ? sightingDevice(v) : v));
+  return [...new Set(sightings.map(sightingDevice).filter(Boolean))];
 }
 
 export function deviceFields(d) {

@@ -2,7 +2,7 @@
 import { getJson, patchJson, imageUrl } from "./api.js";
 import {
   escapeHtml, formatTime, historyOf, sightingsOf, sightingTime, sightingDevice, sightingHasThumbnail,
-  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand,
+  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, vehiclesOf,
 } from "./model.js";
 
 const MAX_THUMBNAILS = 6;
@@ -58,7 +58,7 @@ export class DefectPanel {
   render(defect, detail) {
     this.releaseThumbnails();
     const sightings = [...sightingsOf(detail)].sort((a, b) => Date.parse(sightingTime(b)) - Date.parse(sightingTime(a)));
-    const vehicles = [...new Set(sightings.map(sightingDevice).filter(Boolean))];
+    const vehicles = vehiclesOf(detail, sightings);
     const history = historyOf(detail);
     const band = severityBand(defect.severity);
     this.body.innerHTML = `
