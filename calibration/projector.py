@@ -107,13 +107,13 @@ class GroundProjector:
         return 0 <= u < self.intrinsics.width and 0 <= v < self.intrinsics.height
 
     def horizon_v(self, u: float | None = None) -> float:
-        """Image row of the horizon at column u (the centre by default); rows below it see the road."""
+        """Image row of the horizon at column u (the centre by default); rows below it see the road. Exact for an
+        ideal lens: the row where the pixel's ray turns level."""
         u = self.intrinsics.cx if u is None else u
-        far = self.ground_to_pixel(MAX_GROUND_RANGE_M, self.mount.lateral_m)
-        if far is None:
+        m = self._r.T @ self._k_inv  # ray_vehicle = m @ (u, v, 1)
+        if abs(m[2, 1]) < 1e-12:
             return -math.inf
-        # A point 1 km ahead is within a fraction of a pixel of the true horizon for realistic mounts.
-        return far[1]
+        return float(-(m[2, 0] * u + m[2, 2]) / m[2, 1])
 
     # -- homography for painting on a flat road ----------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""Camera intrinsics from checkerboard photos (cv2.findChessboardCorners + cv2.calibrateCamera)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calibration.camera import Intrinsics
+from calibration.config import CalibrationError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+MIN_VIEWS = 3
+
+
+@dataclass
+class CalibrationResult:
+    intrinsics: Intrinsics
+    rms_px: float                                    # cv2.calibrateCamera's RMS reprojection error
+    per_image_px: dict[str, float]                   # RMS reprojection error of each used image
+    rejected: list[str] = field(default_factory=list)  # images where the board was not found
+
+
+def parse_board(text: str) -> tuple[int, int]:
+    """'9x6' -> (9, 6): inner corners per row and per column."""
+    try:
+        cols, rows = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise CalibrationError(f"board {text!r}: expected inner corners as COLSxROWS, e.g. 9x6") from None
+    if cols < 2 or rows < 2:
+        raise CalibrationError(f"board {text!r}: needs at least 2x2 inner corners")
+    return cols, rows
+
+
+def board_points(board: tuple[int, int], square_mm: float) -> np.ndarray:
+    """The board's inner corners in its own plane, metres, in OpenCV's corner order (row by row)."""
+    cols, rows = board
+    grid = np.mgrid[0:cols, 0:rows].T.reshape(-1, 2).astype(np.float32)
+    return np.column_stack([grid * (square_mm / 1000.0), np.zeros(len(grid), np.float32)]).astype(np.float32)
+
+
+def find_corners(gray: np.ndarray, board: tuple[int, int]) -> np.ndarray | None:
+    flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
+    found, corners = cv2.findChessboardCorners(gray, board, flags=flags)
+    if not found:
+        return None
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 40, 1e-3)
+    return cv2.cornerSubPix(gray, corners, (5, 5), (-1, -1), criteria)
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise CalibrationError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: float) -> CalibrationResult:
+    """Intrinsics (with k1, k2, p1, p2, k3) from photos of a board with `board` inner corners of `square_mm`."""
+    obj = board_points(board, square_mm)
+    object_points, image_points, used, rejected = [], [], [], []
+    size: tuple[int, int] | None = None
+    for path in paths:
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            rejected.append(f"{path.name} (unreadable)")
+            continue
+        if size is None:
+            size = (gray.shape[1], gray.shape[0])
+        elif size != (gray.shape[1], gray.shape[0]):
+            rejected.append(f"{path.name} (size {gray.shape[1]}x{gray.shape[0]}, expected {size[0]}x{size[1]})")
+            continue
+        corners = find_corners(gray, board)
+        if corners is None:
+            rejected.append(f"{path.name} (board not found)")
+            continue
+        object_points.append(obj)
+        image_points.append(corners)
+        used.append(path.name)
+    if len(used) < MIN_VIEWS or size is None:
+        raise CalibrationError(f"the board was found in {len(used)} image(s); at least {MIN_VIEWS} are needed "
+                               f"(rejected: {', '.join(rejected) or 'none'})")
+    rms, k, dist, rvecs, tvecs = cv2.calibrateCamera(object_points, image_points, size, None, None)
+    per_image = {}
+    for name, o, i, r, t in zip(used, object_points, image_points, rvecs, tvecs, strict=True):
+        proj, _ = cv2.projectPoints(o, r, t, k, dist)
+        per_image[name] = float(np.sqrt(np.mean(np.sum((proj - i) ** 2, axis=2))))
+    intr = Intrinsics(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), size[0], size[1],
+                      tuple(float(c) for c in dist.ravel()))
+    log.info("calibrated from %d images: rms %.3f px", len(used), rms)
+    return CalibrationResult(intr, float(rms), per_image, rejected)

@@ -1,0 +1,94 @@
+"""From the agent's [calibration] section to a GroundProjector, and the intrinsics file format."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from calibration.camera import Intrinsics, Mount
+from calibration.projector import GroundProjector
+
+if TYPE_CHECKING:
+    from edge_agent.config.calibration import CalibrationConfig
+
+
+class CalibrationError(ValueError):
+    """A calibration that cannot be used (missing or malformed intrinsics file, nonsense values)."""
+
+
+def intrinsics_to_dict(intr: Intrinsics, rms_px: float | None = None, images: int | None = None) -> dict:
+    out: dict = {"width": intr.width, "height": intr.height, "fx": intr.fx, "fy": intr.fy, "cx": intr.cx,
+                 "cy": intr.cy, "dist": list(intr.dist)}
+    if rms_px is not None:
+        out["rms_reprojection_px"] = rms_px
+    if images is not None:
+        out["images"] = images
+    return out
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return json.dumps(v)
+
+
+def write_intrinsics(path: Path, intr: Intrinsics, rms_px: float | None = None, images: int | None = None) -> None:
+    """Write TOML (a [calibration]-compatible table of keys) or JSON, by the file's suffix."""
+    data = intrinsics_to_dict(intr, rms_px, images)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        return
+    lines = ["# camera intrinsics written by `edge-agent calibrate intrinsics`"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_intrinsics(path: Path | str) -> Intrinsics:
+    """Read a file written by `write_intrinsics` (TOML or JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: intrinsics file not found") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CalibrationError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
+    missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy") if k not in data]
+    if missing:
+        raise CalibrationError(f"{path}: missing {', '.join(missing)}")
+    try:
+        intr = Intrinsics(float(data["fx"]), float(data["fy"]), float(data["cx"]), float(data["cy"]),
+                          int(data["width"]), int(data["height"]), tuple(float(c) for c in data.get("dist", [])))
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{path}: bad value: {exc}") from None
+    if intr.fx <= 0 or intr.fy <= 0 or intr.width <= 0 or intr.height <= 0:
+        raise CalibrationError(f"{path}: focal lengths and image size must be positive")
+    return intr
+
+
+def intrinsics_from_config(cfg: CalibrationConfig) -> Intrinsics:
+    if cfg.intrinsics_file:
+        return read_intrinsics(cfg.intrinsics_file)
+    fx = cfg.fx or (cfg.width / 2) / math.tan(math.radians(cfg.hfov_deg) / 2)
+    fy = cfg.fy or fx
+    cx = cfg.width / 2 if cfg.cx is None else cfg.cx
+    cy = cfg.height / 2 if cfg.cy is None else cfg.cy
+    return Intrinsics(fx, fy, cx, cy, cfg.width, cfg.height, tuple(cfg.dist))
+
+
+def mount_from_config(cfg: CalibrationConfig) -> Mount:
+    return Mount(cfg.height_m, cfg.pitch_deg, cfg.roll_deg, cfg.yaw_deg, cfg.lateral_m)
+
+
+def projector_from_config(cfg: CalibrationConfig, frame_size: tuple[int, int] | None = None) -> GroundProjector:
+    """The projector for the configured camera; `frame_size` (width, height) rescales the intrinsics when the
+    camera delivers another resolution than the one it was calibrated at (same aspect ratio assumed)."""
+    intr = intrinsics_from_config(cfg)
+    if frame_size is not None and tuple(frame_size) != (intr.width, intr.height):
+        intr = intr.scaled(*frame_size)
+    return GroundProjector(intr, mount_from_config(cfg))

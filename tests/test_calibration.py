@@ -1,0 +1,220 @@
+"""Calibration: the camera model, pixel <-> ground round trips, hand-checked geometry, calibrateCamera on
+rendered checkerboards, the config section and the grid overlay."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from calibration import GroundProjector, Intrinsics, Mount, projector_from_config
+from calibration.checkerboard import calibrate_images, parse_board
+from calibration.config import CalibrationError, read_intrinsics, write_intrinsics
+from calibration.grid import draw_ground_grid
+from edge_agent import config as agent_config
+from edge_agent.cli import app
+
+CAM = Intrinsics.from_hfov(640, 360, 70)
+
+
+def test_straight_ahead_by_hand() -> None:
+    # 1.5 m high, 20 deg down: the image centre sees the road at 1.5 / tan(20 deg) ahead, on the centre line.
+    p = GroundProjector(CAM, Mount(height_m=1.5, pitch_deg=20))
+    f, left = p.pixel_to_ground(CAM.cx, CAM.cy)
+    assert f == pytest.approx(1.5 / math.tan(math.radians(20)), rel=1e-9)
+    assert left == pytest.approx(0.0, abs=1e-9)
+    # A point 1 m to the left at 10 m appears left of centre, below the horizon, at u = cx - fx * 1 / depth.
+    u, v = p.ground_to_pixel(10.0, 1.0)
+    depth = 10 * math.cos(math.radians(20)) + 1.5 * math.sin(math.radians(20))
+    assert u == pytest.approx(CAM.cx - CAM.fx * 1.0 / depth, rel=1e-9)
+    assert v > p.horizon_v()
+    assert p.horizon_v() == pytest.approx(CAM.cy - CAM.fy * math.tan(math.radians(20)), abs=0.1)
+
+
+def test_lateral_offset_and_yaw() -> None:
+    p = GroundProjector(CAM, Mount(height_m=1.2, pitch_deg=15, lateral_m=0.5))
+    # The camera sits 0.5 m left, so the image centre column sees the line 0.5 m left of the vehicle's centre.
+    assert p.pixel_to_ground(CAM.cx, 300)[1] == pytest.approx(0.5)
+    yawed = GroundProjector(CAM, Mount(height_m=1.2, pitch_deg=15, yaw_deg=10))
+    f, left = yawed.pixel_to_ground(CAM.cx, 300)
+    assert math.degrees(math.atan2(left, f)) == pytest.approx(10.0, abs=1e-6)
+
+
+def test_roll_tilts_the_horizon() -> None:
+    p = GroundProjector(CAM, Mount(height_m=1.4, pitch_deg=5, roll_deg=3))
+    left_edge = p.ground_to_pixel(500, 60)
+    right_edge = p.ground_to_pixel(500, -60)
+    # Right side down (head tilted right): the horizon rises towards the right of the image.
+    assert right_edge[1] < left_edge[1]
+    assert p.horizon_v(600) < p.horizon_v(40)
+
+
+@pytest.mark.parametrize("mount", [Mount(1.4, 10), Mount(2.2, 25, 1.5, -4, 0.3), Mount(1.1, 5, -2, 3, -0.4)])
+@pytest.mark.parametrize("dist", [(), (-0.12, 0.03, 0.001, -0.0005, 0.0)])
+def test_round_trip_pixel_ground_pixel(mount: Mount, dist: tuple[float, ...]) -> None:
+    intr = Intrinsics(CAM.fx, CAM.fy * 1.01, 322.0, 178.5, 640, 360, dist)
+    p = GroundProjector(intr, mount)
+    horizon = p.horizon_v()
+    rng = np.random.default_rng(1)
+    uv = np.column_stack([rng.uniform(0, 639, 300), rng.uniform(max(horizon, 0) + 5, 359, 300)])
+    ground = p.pixels_to_ground(uv)
+    ok = np.isfinite(ground).all(axis=1)
+    assert ok.mean() > 0.95
+    back = p.ground_to_pixels(ground[ok])
+    assert np.abs(back - uv[ok]).max() < 1e-3
+    # and ground -> pixel -> ground
+    g = np.column_stack([rng.uniform(3, 40, 200), rng.uniform(-6, 6, 200)])
+    pix = p.ground_to_pixels(g)
+    assert np.abs(p.pixels_to_ground(pix) - g).max() < 1e-4
+
+
+def test_above_horizon_and_behind_are_none() -> None:
+    p = GroundProjector(CAM, Mount(1.4, 10))
+    assert p.pixel_to_ground(320, 10) is None
+    assert p.ground_to_pixel(-5, 0) is None
+
+
+def test_ground_map_matches_pointwise() -> None:
+    p = GroundProjector(CAM, Mount(1.6, 12, 1, 2, 0.2))
+    f, left = p.ground_map()
+    for u, v in ((10, 350), (320, 200), (600, 250)):
+        assert (f[v, u], left[v, u]) == pytest.approx(p.pixel_to_ground(u, v), rel=1e-4)
+    assert np.isnan(f[0, 320])
+
+
+def test_footprint_is_a_trapezoid_ahead() -> None:
+    p = GroundProjector(CAM, Mount(1.4, 10))
+    poly = np.array(p.footprint(max_range_m=30))
+    assert len(poly) > 8
+    assert poly[:, 0].max() == pytest.approx(30, abs=0.01)
+    near = p.pixel_to_ground(320, 359)[0]
+    assert poly[:, 0].min() == pytest.approx(near, rel=0.02)
+    # wider far away than near
+    far_width = np.ptp(poly[poly[:, 0] > 29.9][:, 1])
+    near_width = np.ptp(poly[poly[:, 0] < near + 0.05][:, 1])
+    assert far_width > 3 * near_width
+
+
+def test_ground_error_grows_with_distance() -> None:
+    p = GroundProjector(CAM, Mount(1.4, 10))
+    errors = [p.ground_error_per_pixel(320, v) for v in (350, 250, 150, 110)]
+    along = [e[0] for e in errors]
+    assert along == sorted(along)
+    # Along-track error per pixel ~ d^2 / (fy * h) roughly: check the order of magnitude at 10 m.
+    v10 = p.ground_to_pixel(10, 0)[1]
+    e10 = p.ground_error_per_pixel(320, v10)[0]
+    assert e10 == pytest.approx(10**2 / (CAM.fy * 1.4), rel=0.35)
+    assert p.ground_sigma_m(320, v10, 2.0) > p.ground_sigma_m(320, 350, 2.0)
+    assert p.ground_error_per_pixel(320, 5) is None
+
+
+def _render_board(intr: Intrinsics, board: tuple[int, int], square_m: float, rvec: np.ndarray, tvec: np.ndarray,
+                  ) -> np.ndarray:
+    """A camera image of a (cols+1) x (rows+1) square checkerboard with a white margin, at pose (rvec, tvec)."""
+    cols, rows = board
+    px = 40  # texture pixels per square
+    tex = np.full(((rows + 3) * px, (cols + 3) * px), 255, np.uint8)
+    for r in range(rows + 1):
+        for c in range(cols + 1):
+            if (r + c) % 2 == 0:
+                tex[(r + 1) * px:(r + 2) * px, (c + 1) * px:(c + 2) * px] = 0
+    # texture pixel (x, y) -> board plane (X, Y) = ((x / px) - 2, (y / px) - 2) squares: inner corner (0,0) at
+    # texture (2px, 2px).
+    rot, _ = cv2.Rodrigues(rvec)
+    h = intr.matrix @ np.column_stack([rot[:, 0], rot[:, 1], tvec])
+    to_board = np.array([[square_m / px, 0, -2 * square_m], [0, square_m / px, -2 * square_m], [0, 0, 1]])
+    img = cv2.warpPerspective(tex, h @ to_board, (intr.width, intr.height), flags=cv2.INTER_AREA,
+                              borderValue=200)
+    return cv2.GaussianBlur(img, (3, 3), 0.6)
+
+
+def test_calibrate_camera_on_rendered_boards(tmp_path: Path) -> None:
+    truth = Intrinsics(820.0, 818.0, 652.0, 355.0, 1280, 720)
+    board = parse_board("9x6")
+    square = 0.025
+    rng = np.random.default_rng(4)
+    for i in range(10):
+        rvec = np.array([rng.uniform(-0.45, 0.45), rng.uniform(-0.45, 0.45), rng.uniform(-0.2, 0.2)])
+        tvec = np.array([rng.uniform(-0.12, 0.0), rng.uniform(-0.08, 0.0), rng.uniform(0.45, 0.7)])
+        cv2.imwrite(str(tmp_path / f"view{i:02d}.png"), _render_board(truth, board, square, rvec, tvec))
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((720, 1280), 128, np.uint8))
+    result = calibrate_images(sorted(tmp_path.glob("*.png")), board, square * 1000)
+    assert len(result.per_image_px) >= 8
+    assert any("blank.png" in r for r in result.rejected)
+    assert result.intrinsics.fx == pytest.approx(truth.fx, rel=0.03)
+    assert result.intrinsics.fy == pytest.approx(truth.fy, rel=0.03)
+    assert result.intrinsics.cx == pytest.approx(truth.cx, abs=25)
+    assert result.rms_px < 0.5
+
+    # The CLI writes a file that the config can point at.
+    out = tmp_path / "cam.toml"
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--board", "9x6",
+                                   "--square-mm", "25", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "RMS reprojection error" in res.output
+    cfg = agent_config.parse({"calibration": {"intrinsics_file": str(out), "height_m": 1.3}})
+    p = projector_from_config(cfg.calibration)
+    assert p.intrinsics.fx == pytest.approx(truth.fx, rel=0.03)
+    assert p.mount.height_m == 1.3
+
+
+def test_calibrate_intrinsics_fails_clearly(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((100, 100), np.uint8))
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "at least 3" in res.output
+    with pytest.raises(CalibrationError):
+        parse_board("9by6")
+
+
+def test_intrinsics_file_round_trip_and_errors(tmp_path: Path) -> None:
+    intr = Intrinsics(500.5, 501.0, 320.2, 240.1, 640, 480, (-0.1, 0.01, 0.0, 0.0, 0.0))
+    for name in ("a.toml", "a.json"):
+        write_intrinsics(tmp_path / name, intr, 0.3, 12)
+        assert read_intrinsics(tmp_path / name) == intr
+    (tmp_path / "bad.json").write_text(json.dumps({"fx": 1}))
+    with pytest.raises(CalibrationError, match="missing"):
+        read_intrinsics(tmp_path / "bad.json")
+    with pytest.raises(CalibrationError, match="not found"):
+        read_intrinsics(tmp_path / "nope.toml")
+
+
+def test_config_section_defaults_and_validation() -> None:
+    cfg = agent_config.parse({"calibration": {"width": 640, "height": 360, "hfov_deg": 90, "pitch_deg": 12}})
+    p = projector_from_config(cfg.calibration)
+    assert p.intrinsics.fx == pytest.approx(320.0)
+    assert (p.intrinsics.cx, p.intrinsics.cy) == (320.0, 180.0)
+    # a camera streaming half resolution gets scaled intrinsics
+    half = projector_from_config(cfg.calibration, (320, 180))
+    assert half.intrinsics.fx == pytest.approx(160.0)
+    with pytest.raises(agent_config.ConfigError, match=r"calibration\.pitch_dgr"):
+        agent_config.parse({"calibration": {"pitch_dgr": 3}})
+    with pytest.raises(agent_config.ConfigError, match="cx"):
+        agent_config.parse({"calibration": {"width": 640, "cx": 900}})
+
+
+def test_grid_overlay_lands_on_projected_points(tmp_path: Path) -> None:
+    p = GroundProjector(CAM, Mount(1.4, 12))
+    blank = np.zeros((360, 640, 3), np.uint8)
+    grid = draw_ground_grid(blank, p, max_forward_m=20, half_width_m=3)
+    drawn = grid.max(axis=2) > 0
+    assert drawn[:int(p.horizon_v()) - 2].sum() == 0, "nothing above the horizon"
+    # The 5 m and 10 m cross lines (red) pass through their projected centre points.
+    for f in (5.0, 10.0):
+        u, v = p.ground_to_pixel(f, 0.0)
+        patch = grid[int(v) - 1:int(v) + 2, int(u) - 1:int(u) + 2]
+        assert patch[..., 2].max() > 100
+    # CLI: an image and a config in, grid.png out.
+    img_path, out_path = tmp_path / "road.png", tmp_path / "grid.png"
+    cv2.imwrite(str(img_path), blank)
+    cfg_path = tmp_path / "agent.toml"
+    cfg_path.write_text("[calibration]\nwidth = 640\nheight = 360\nhfov_deg = 70\npitch_deg = 12\n")
+    res = CliRunner().invoke(app, ["calibrate", "check", "--image", str(img_path), "--out", str(out_path),
+                                   "--config", str(cfg_path), "--max-forward", "20", "--half-width", "3"])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(cv2.imread(str(out_path)), grid)
