@@ -1,0 +1,225 @@
+"""The pipeline end to end with the real position filter, tracker, geolocator and outbox.
+
+The detector here sees the truth: it projects known ground defects through the calibration from the vehicle's
+true pose at each frame (with pixel noise, misses and false alarms). The bundled model is exercised by
+tests/test_acceptance_drive.py on rendered video; this test pins down what the pipeline adds around a model.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.camera import Intrinsics, Mount
+from calibration.projector import GroundProjector
+from edge_agent.config import AgentConfig
+from edge_agent.epochs import Fix, virtual_mono
+from edge_agent.geolocate import distance_m, offset_latlon
+from edge_agent.health import HealthBoard
+from edge_agent.kalman import PositionFilter
+from edge_agent.outbox import Outbox
+from edge_agent.pipeline import Pipeline
+from edge_agent.replay import FixFeed
+from roadmon_contract.validate import errors
+
+W, H, FPS = 1280, 720, 15.0
+LAT0, LON0 = 47.3769, 8.5417
+START = datetime(2026, 11, 28, 9, 0, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Det:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int = 0
+    class_name: str = "pothole"
+
+
+@dataclass(frozen=True)
+class Info:
+    name: str = "truth"
+    version: str = "0"
+    sha256: str = "0" * 64
+
+
+@dataclass
+class TruthDetector:
+    """Sees the defects (east, north, size) from `pose` = (east, north, heading) set before each frame."""
+
+    projector: GroundProjector
+    defects: list[tuple[float, float, float]]
+    rng: np.random.Generator
+    miss: float = 0.15
+    false_alarm: float = 0.05
+    fail_frames: set[int] = field(default_factory=set)
+    info: Info = field(default_factory=Info)
+    pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    calls: int = 0
+
+    def detect(self, image: np.ndarray) -> list[Det]:
+        self.calls += 1
+        if self.calls in self.fail_frames:
+            raise RuntimeError("simulated inference failure")
+        east, north, heading = self.pose
+        h = math.radians(heading)
+        out = []
+        for de, dn, size in self.defects:
+            corners = np.array([[de + a, dn + b] for a in (-size / 2, size / 2) for b in (-size / 2, size / 2)])
+            d = corners - [east, north]
+            ego = np.column_stack([d[:, 0] * math.sin(h) + d[:, 1] * math.cos(h),
+                                   -d[:, 0] * math.cos(h) + d[:, 1] * math.sin(h)])
+            if ego[:, 0].min() < 2.0 or ego[:, 0].max() > 22.0 or self.rng.random() < self.miss:
+                continue
+            uv = self.projector.ground_to_pixels(ego) + self.rng.normal(0, 1.5, (4, 2))
+            x1, y1 = uv.min(axis=0)
+            x2, y2 = uv.max(axis=0)
+            if x1 < 0 or x2 >= W or y2 >= H:
+                continue
+            out.append(Det(x1, y1, x2, y2, float(np.clip(self.rng.normal(0.8, 0.08), 0, 1))))
+        if self.rng.random() < self.false_alarm:
+            x, y = self.rng.uniform(100, W - 200), self.rng.uniform(H * 0.6, H - 80)
+            out.append(Det(x, y, x + 50, y + 25, 0.5))
+        return out
+
+
+def route(t: float) -> tuple[float, float, float, float]:
+    """(east, north, heading, speed) at T: 12 m/s north for 20 s, then a gentle right-hand curve."""
+    speed = 12.0
+    if t <= 20:
+        return 0.0, speed * t, 0.0, speed
+    rate = 4.0  # degrees per second
+    radius = speed / math.radians(rate)
+    psi = math.radians(rate * (t - 20))
+    return radius * (1 - math.cos(psi)), 240 + radius * math.sin(psi), math.degrees(psi), speed
+
+
+def fixes(seconds: float, noise_m: float, rng: np.random.Generator) -> list[Fix]:
+    out = []
+    for k in range(int(seconds) + 2):
+        east, north, heading, speed = route(float(k))
+        lat, lon = offset_latlon(LAT0, LON0, east + rng.normal(0, noise_m / math.sqrt(2)),
+                                 north + rng.normal(0, noise_m / math.sqrt(2)))
+        utc = START + timedelta(seconds=k)
+        out.append(Fix(utc=utc, t_mono=virtual_mono(utc), mode=3, lat=lat, lon=lon, alt_m=400.0,
+                       speed_mps=speed + rng.normal(0, 0.1), track_deg=(heading + rng.normal(0, 0.5)) % 360,
+                       eph_m=noise_m, hdop=1.0, sats=9))
+    return out
+
+
+def defects_along_route(n: int, seconds: float, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    out = []
+    for t in np.linspace(3.0, seconds - 3.0, n):
+        east, north, heading, _ = route(float(t))
+        lateral = rng.uniform(-2.0, 2.0)
+        h = math.radians(heading)
+        out.append((east - lateral * math.cos(h), north + lateral * math.sin(h), float(rng.uniform(0.3, 0.8))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def projector() -> GroundProjector:
+    return GroundProjector(Intrinsics.from_hfov(W, H, 90.0), Mount(height_m=1.4, pitch_deg=12.0))
+
+
+def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noise_m: float = 3.0, seed: int = 3,
+          fail_frames: set[int] | None = None):
+    rng = np.random.default_rng(seed)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    defects = defects_along_route(8, seconds, rng)
+    detector = TruthDetector(projector, defects, rng, fail_frames=fail_frames or set())
+    position_filter = PositionFilter(cfg.gnss)
+    health = HealthBoard()
+    outbox = Outbox(tmp_path / "outbox.db", cfg.outbox, health)
+    pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, health)
+    feed = FixFeed(iter(fixes(seconds, noise_m, rng)), position_filter)
+    image = np.full((H, W, 3), 90, np.uint8)
+    events = []
+    for k in range(int(seconds * FPS)):
+        utc = START + timedelta(seconds=k / FPS)
+        t = virtual_mono(utc)
+        feed.until(t)
+        east, north, heading, _ = route(k / FPS)
+        detector.pose = (east, north, heading)
+        events += pipeline.process(image, t, utc=utc)
+    events += pipeline.finish()
+    return events, defects, pipeline, outbox, health
+
+
+def match(events: list[dict], defects: list[tuple[float, float, float]], radius: float = 5.0):
+    """Greedy nearest matching; a second event for a defect is a false positive."""
+    truth = [offset_latlon(LAT0, LON0, e, n) for e, n, _ in defects]
+    taken: set[int] = set()
+    errors_m, false_pos = [], 0
+    for ev in events:
+        d = [distance_m(ev["position"]["lat"], ev["position"]["lon"], *p) for p in truth]
+        best = int(np.argmin(d))
+        if d[best] <= radius and best not in taken:
+            taken.add(best)
+            errors_m.append(d[best])
+        else:
+            false_pos += 1
+    return len(taken), false_pos, errors_m
+
+
+def test_every_defect_becomes_one_located_event(projector: GroundProjector, tmp_path: Path) -> None:
+    events, defects, pipeline, outbox, health = drive(projector, tmp_path)
+    found, false_pos, errs = match(events, defects)
+    assert found == len(defects), (found, false_pos, [round(e, 2) for e in errs])
+    assert false_pos == 0
+    assert statistics.median(errs) <= 2.0, errs
+    for ev in events:
+        assert errors("event", ev) == []
+        assert ev["frames"] >= 3
+        assert ev["position"]["h_accuracy_m"] >= 0.5
+    assert [ev["seq"] for ev in events] == sorted(ev["seq"] for ev in events)
+    stats = outbox.stats()
+    assert stats["events"]["pending"] == len(events)
+    assert stats["coverage"]["pending"] >= 1
+    summary = pipeline.summary()
+    assert summary["events"] == len(events) and summary["frames"] == int(36.0 * FPS)
+    snap = health.snapshot()
+    assert snap["detector"] == "ok" and snap["fix"]["state"] in ("ok", "predicting")
+    assert snap["model"]["sha256"] == "0" * 64
+    outbox.close()
+
+
+def test_event_positions_beat_the_raw_gnss_noise(projector: GroundProjector, tmp_path: Path) -> None:
+    """With 3 m of GNSS noise, combining the filter and many views lands closer than one raw fix would."""
+    events, defects, *_rest, outbox, _ = drive(projector, tmp_path, noise_m=3.0, seed=11)
+    _, _, errs = match(events, defects)
+    assert statistics.median(errs) < 3.0 * 0.8
+    outbox.close()
+
+
+def test_detector_failures_do_not_stop_the_pipeline(projector: GroundProjector, tmp_path: Path) -> None:
+    events, defects, pipeline, outbox, health = drive(projector, tmp_path, seconds=20.0,
+                                                      fail_frames=set(range(40, 60)))
+    assert pipeline.summary()["detector_errors"] == 20
+    assert health.snapshot()["counters"]["detector_errors"] == 20
+    assert health.snapshot()["detector"] == "ok"  # recovered once inference worked again
+    assert len(events) >= len(defects) - 1
+    outbox.close()
+
+
+def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    detector = TruthDetector(projector, [(0.0, 30.0, 0.6)], rng, miss=0.0, false_alarm=0.0)
+    with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
+        pipeline = Pipeline(cfg, detector, PositionFilter(cfg.gnss), projector, outbox)
+        for k in range(60):
+            detector.pose = (0.0, 12.0 * k / FPS, 0.0)
+            pipeline.process(np.zeros((H, W, 3), np.uint8), 1000.0 + k / FPS)
+        assert pipeline.finish() == []
+        assert pipeline.summary()["events_no_fix"] == 1
+        assert outbox.stats()["events"]["pending"] == 0
+
