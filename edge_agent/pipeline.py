@@ -58,9 +58,7 @@ class Pipeline:
         self.outbox = outbox
         self.health = health or HealthBoard()
         self.model = ModelRef.of(detector.info)
-        self.geo = Geolocator(projector, cfg.events, max_range_m=cfg.tracker.max_range_m)
-        self.tracker = Tracker(cfg.tracker, self.geo, thumbnail_px=cfg.events.thumbnail_max_px,
-                               keep_full_frame=cfg.events.full_frame)
+        self._use_projector(projector)
         footprint = footprint_summary(projector.footprint(cfg.events.coverage_footprint_m), projector.mount.lateral_m)
         self.coverage = CoverageRecorder(cfg.device.id, cfg.events, outbox.add_coverage, self.model.sha256, footprint)
         self._recent: deque[Emitted] = deque()
@@ -75,12 +73,30 @@ class Pipeline:
         self.health.update(model={"name": self.model.name, "version": self.model.version,
                                   "sha256": self.model.sha256})
 
+    def _use_projector(self, projector: GroundProjector) -> None:
+        self.projector = projector
+        self.geo = Geolocator(projector, self.cfg.events, max_range_m=self.cfg.tracker.max_range_m)
+        self.tracker = Tracker(self.cfg.tracker, self.geo, thumbnail_px=self.cfg.events.thumbnail_max_px,
+                               keep_full_frame=self.cfg.events.full_frame)
+
+    def _check_frame_size(self, image: np.ndarray) -> None:
+        """On the first frame: a camera streaming another resolution than the calibration's gets the
+        intrinsics scaled to it (same lens, same aspect assumed), with a warning."""
+        height, width = image.shape[:2]
+        intr = self.projector.intrinsics
+        if (width, height) != (intr.width, intr.height):
+            log.warning("frames are %dx%d but the calibration is for %dx%d; scaling the intrinsics",
+                        width, height, intr.width, intr.height)
+            self._use_projector(GroundProjector(intr.scaled(width, height), self.projector.mount))
+
     # -- per frame -----------------------------------------------------------------------------------------
     def process(self, image: np.ndarray, t_mono: float, utc: datetime | None = None) -> list[dict[str, Any]]:
         """Run one frame taken at T_MONO (the position filter's clock); returns the events written.
 
         UTC is the frame's wall-clock time when the caller knows it (a recording); otherwise it comes from
         the position filter (GNSS time)."""
+        if self.counts["frames"] == 0:
+            self._check_frame_size(image)
         self.counts["frames"] += 1
         detections, detector_ok = self._detect(image)
         pose = self.filter.position_at(t_mono)

@@ -93,7 +93,7 @@ def replay_drive(cfg: AgentConfig, video: Path, nmea: Path, outbox: Any, detecto
         raise ReplayError(str(exc)) from None
     if feed.first is None:
         log.warning("%s holds no dated fix: events need a position, so this replay cannot produce any", nmea)
-    projector = projector_for(cfg, info.width, info.height)
+    projector = load_projector(cfg)
     pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, health)
     health.update(gnss="ok" if feed.first is not None else "no_fix")
     source = FrameSource(CameraConfig(source=str(video), file_realtime=realtime, no_frame_after_s=30.0), health)
@@ -119,25 +119,11 @@ def replay_drive(cfg: AgentConfig, video: Path, nmea: Path, outbox: Any, detecto
     return summary
 
 
-def projector_for(cfg: AgentConfig, width: int, height: int) -> Any:
-    """The calibration's projector, its intrinsics scaled when the video has another resolution."""
-    from calibration.projector import GroundProjector
-
-    projector = load_projector(cfg)
-    intr = projector.intrinsics
-    if width and height and (intr.width, intr.height) != (width, height):
-        log.warning("video is %dx%d but the calibration is for %dx%d; scaling the intrinsics", width, height,
-                    intr.width, intr.height)
-        projector = GroundProjector(intr.scaled(width, height), projector.mount)
-    return projector
-
-
 def load_projector(cfg: AgentConfig) -> Any:
-    try:
-        from calibration import projector_from_config
-    except ImportError:
-        from calibration.projector import projector_from_config  # type: ignore[no-redef]
+    """The calibration's projector (the pipeline scales it if the frames have another resolution)."""
+    from calibration import projector_from_config
+
     return projector_from_config(cfg.calibration)
 
 
-__all__ = ["FixFeed", "ReplayClock", "ReplayError", "probe_video", "projector_for", "replay_drive"]
+__all__ = ["FixFeed", "ReplayClock", "ReplayError", "load_projector", "probe_video", "replay_drive"]
