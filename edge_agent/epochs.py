@@ -44,6 +44,8 @@ class Fix:
     eph_m: float | None  # horizontal 1-sigma (DRMS) error estimate in metres
     hdop: float | None
     sats: int | None
+    # Dead reckoning (FAA mode E, GGA quality 6): the receiver's own guess, not a measurement.
+    estimated: bool = False
 
 
 def virtual_mono(utc: dt.datetime) -> float:
@@ -169,6 +171,7 @@ class _Epoch:
     sigma_lon: float | None = None
     no_fix: bool = False
     seen_fix: bool = False
+    estimated: bool = False
 
     def __post_init__(self) -> None:
         self.types: set[str] = set()
@@ -273,6 +276,7 @@ class EpochAssembler:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
+            epoch.estimated |= faa == "E"
             self._position(epoch, _get(data, 2), _get(data, 3), _get(data, 4), _get(data, 5))
         speed = speed_mps(to_float(_get(data, 6)), 1 / KNOT_MPS)
         if speed is not None:
@@ -304,6 +308,7 @@ class EpochAssembler:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
+            epoch.estimated |= quality == 6
             self._position(epoch, _get(data, 1), _get(data, 2), _get(data, 3), _get(data, 4))
             alt = to_float(_get(data, 8))
             if alt is not None and -1000.0 < alt < 100000.0:
@@ -321,6 +326,7 @@ class EpochAssembler:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
+            epoch.estimated |= set(modes) <= {"E", "N"}
             self._position(epoch, _get(data, 1), _get(data, 2), _get(data, 3), _get(data, 4))
             alt = to_float(_get(data, 8))
             if alt is not None and -1000.0 < alt < 100000.0:
@@ -337,6 +343,7 @@ class EpochAssembler:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
+            epoch.estimated |= _get(data, 6) == "E"
             self._position(epoch, _get(data, 0), _get(data, 1), _get(data, 2), _get(data, 3))
 
     def _apply_GSA(self, epoch: _Epoch, data: list[str]) -> None:
@@ -393,5 +400,5 @@ class EpochAssembler:
             lat=epoch.lat if has_fix else None, lon=epoch.lon if has_fix else None,
             alt_m=epoch.alt if has_fix else None,
             speed_mps=epoch.speed if has_fix else None, track_deg=epoch.track if has_fix else None,
-            eph_m=eph if has_fix else None, hdop=hdop, sats=epoch.sats,
+            eph_m=eph if has_fix else None, hdop=hdop, sats=epoch.sats, estimated=has_fix and epoch.estimated,
         )

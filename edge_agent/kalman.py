@@ -102,6 +102,7 @@ class FilterStats:
     updates: int = 0
     outliers: int = 0
     no_fix: int = 0
+    estimated: int = 0
     resets: dict[str, int] = field(default_factory=dict)
 
 
@@ -161,6 +162,9 @@ class PositionFilter:
                 self._utc_ref = (t, fix.utc)
         if fix.mode == 0 or fix.lat is None or fix.lon is None:
             self.stats.no_fix += 1
+            return self._position_at(t)
+        if fix.estimated:
+            self.stats.estimated += 1  # the receiver coasting: our own prediction is as good
             return self._position_at(t)
         self.stats.fixes += 1
         if self._kf is not None and self._last_fix_t is not None:

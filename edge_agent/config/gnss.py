@@ -42,15 +42,16 @@ class GnssConfig(Section):
         4.0, gt=0, description="User equivalent range error: horizontal error = HDOP x this when no GST is sent")
     # --- Kalman filter
     process_accel_mps2: float = Field(
-        1.5, gt=0, description="Process noise: standard deviation of the vehicle's unmodelled acceleration")
+        3.0, gt=0, description="Process noise: standard deviation of the vehicle's unmodelled acceleration")
     use_receiver_velocity: bool = Field(
         True, description="Feed the receiver's speed and track (Doppler) to the filter as a velocity measurement")
     velocity_sigma_mps: float = Field(
-        0.5, gt=0, description="Standard deviation of the receiver's speed over ground, per axis")
+        1.0, gt=0, description="Standard deviation of the receiver's speed over ground, per axis")
     gate_chi2: float = Field(
-        13.8, gt=0, description="Mahalanobis gate (chi-square, 2 degrees of freedom): fixes beyond are outliers")
+        18.4, gt=0,
+        description="Mahalanobis gate (chi-square, 2 degrees of freedom; 18.4 = 99.99 %): fixes beyond are outliers")
     max_rejections: int = Field(
-        5, ge=1, description="This many outliers in a row mean the filter is wrong, not the receiver: reset")
+        3, ge=1, description="This many outliers in a row mean the filter is wrong, not the receiver: reset")
     reset_jump_m: float = Field(100.0, gt=0, description="A fix this far from the prediction resets the filter")
     reset_gap_s: float = Field(10.0, gt=0, description="A gap without fixes longer than this resets the filter")
     stale_after_s: float = Field(
