@@ -281,24 +281,25 @@ def ensure_drive(paths: Paths, seed: int) -> Path:
     return out
 
 
-def agent_config(paths: Paths, drive: Path, info: services.ServiceInfo) -> Path:
+def agent_config(paths: Paths, drive: Path, info: services.ServiceInfo, device_id: str = DEVICE_ID) -> Path:
     """The sim's agent config (its camera calibration matches the video) pointed at the local broker."""
     cfg = tomllib.loads((drive / "agent.toml").read_text(encoding="utf-8"))
-    cfg.setdefault("device", {}).update({"id": DEVICE_ID, "state_dir": str(paths.agent_state)})
+    cfg.setdefault("device", {}).update({"id": device_id, "state_dir": str(paths.agent_state)})
     cfg.setdefault("outbox", {})["file"] = str(paths.outbox)
     uplink = cfg.setdefault("uplink", {})
     uplink.update({"enabled": True, "host": info.mqtt_host, "port": info.mqtt_port})
-    uplink.update(_uplink_login(uplink, paths))
+    uplink.update(_uplink_login(paths, device_id))
     paths.agent_toml.write_text(tomli_w.dumps(cfg), encoding="utf-8")
     return paths.agent_toml
 
 
-def _uplink_login(uplink: dict[str, Any], paths: Paths) -> dict[str, Any]:
+def _uplink_login(paths: Paths, device_id: str) -> dict[str, Any]:
     """Plain MQTT on loopback with the device's own login; only keys the uplink section knows are set."""
     from edge_agent.config.uplink import UplinkConfig
 
     known = UplinkConfig.model_fields
-    wanted = {"tls": False, "username": DEVICE_ID, "password_file": str(paths.mqtt_password)}
+    wanted = {"tls": False, "username": device_id, "password_file": str(paths.mqtt_password),
+              "heartbeat_s": 5.0, "ack_timeout_s": 20.0}
     return {k: v for k, v in wanted.items() if k in known}
 
 
@@ -316,11 +317,13 @@ def wait_for_api(port: int, token: str, background: Background, timeout_s: float
                     f"log: {background.paths.log('server')}")
 
 
-def replay(paths: Paths, drive: Path) -> dict[str, Any]:
+def replay(paths: Paths, drive: Path, drain_s: float = 120) -> dict[str, Any]:
+    """Run the agent's pipeline on the drive; with the uplink it exits once the server confirmed everything
+    (or after DRAIN_S). Returns the replay's JSON summary."""
     out = run_logged([tool("edge-agent"), "replay", "--video", str(drive / "video.mp4"),
                       "--nmea", str(drive / "drive.nmea"), "--config", str(paths.agent_toml),
-                      "--outbox", str(paths.outbox), "--uplink", "--json"],
-                     paths.log("agent"), 600, "edge-agent replay")
+                      "--outbox", str(paths.outbox), "--uplink", "--drain-s", str(drain_s), "--json"],
+                     paths.log("agent"), 600 + drain_s, "edge-agent replay")
     with contextlib.suppress(ValueError):
         doc = last_json(out)
         if isinstance(doc, dict):

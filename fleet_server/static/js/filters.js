@@ -50,6 +50,10 @@ export function renderCounts(element, shown, total) {
     ${chips(countBy(shown, (d) => d.status))}`;
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 export function renderList(element, defects, selectedId, onSelect) {
   const sorted = [...defects].sort((a, b) => b.severity - a.severity || b.sightings - a.sightings);
   element.replaceChildren(...sorted.map((d) => {
@@ -58,7 +62,7 @@ export function renderList(element, defects, selectedId, onSelect) {
     li.className = d.id === selectedId ? "selected" : "";
     li.innerHTML = `${markerSvg(d.className, d.severity, 18)}
       <div><div>${escapeHtml(d.className)} · <span class="badge badge-${escapeHtml(d.status)}">${escapeHtml(d.status)}</span></div>
-      <div class="meta">${d.sightings} sightings · ${d.vehicles} vehicles · last ${formatTime(d.lastSeen)}</div></div>
+      <div class="meta">${plural(d.sightings, "sighting")} · ${plural(d.vehicles, "vehicle")} · last ${formatTime(d.lastSeen)}</div></div>
       <span class="sev" title="severity">${d.severity.toFixed(2)}</span>`;
     li.addEventListener("click", () => onSelect(d.id));
     return li;

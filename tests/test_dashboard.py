@@ -1,0 +1,318 @@
+"""The dashboard in a real headless Chromium against a real fleet server on real PostGIS.
+
+Data goes in through the server's own ingest path (validated like an MQTT message, stored by `store_batch`,
+aggregated into defects); the browser signs in with tokens made by the server's auth module. The basemap
+tiles are unreachable here (no internet), which is the case the dashboard must survive: markers on a plain
+background. Each run saves a screenshot in .state/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import demo
+import httpx
+import numpy as np
+import psycopg
+import pytest
+import uvicorn
+from conftest import ROOT, free_port
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from fleet_server import auth
+from fleet_server.api import create_app
+from fleet_server.config import ApiConfig, DatabaseConfig, ServerConfig
+from fleet_server.dashboard import dashboard_router, dashboard_settings
+from fleet_server.migrate import migrate
+from fleet_server.store import Batch, store_batch
+from fleet_server.validate import check_message
+from roadmon_contract.ids import uuid7
+
+pytestmark = pytest.mark.services
+
+ARTIFACTS = ROOT / ".state" / "test-artifacts"
+BASE = (48.1372, 11.5756)  # lat, lon
+M_PER_DEG_LAT = 111_320.0
+MODEL = {"name": "test-detector", "version": "1", "sha256": "0" * 64}
+
+
+# ------------------------------------------------------------------------------------------- seeding
+def offset(north_m: float, east_m: float) -> tuple[float, float]:
+    lat = BASE[0] + north_m / M_PER_DEG_LAT
+    lon = BASE[1] + east_m / (M_PER_DEG_LAT * np.cos(np.radians(BASE[0])))
+    return float(lat), float(lon)
+
+
+def thumbnail_b64(seed: int) -> str:
+    """A small grey road crop with a dark blob, as a JPEG (what an agent sends)."""
+    rng = np.random.default_rng(seed)
+    img = (rng.normal(110, 12, (96, 128, 3))).clip(0, 255).astype(np.uint8)
+    cv2.ellipse(img, (64, 50), (30 + seed % 10, 16), 0, 0, 360, (35, 35, 40), -1)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert ok
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def event(device: str, seq: int, cls: str, north_m: float, east_m: float, severity: float, at: datetime) -> dict:
+    lat, lon = offset(north_m, east_m)
+    vlat, vlon = offset(north_m - 8, east_m)
+    return {
+        "schema": "roadmon.event/1", "event_id": str(uuid7()), "device_id": device, "seq": seq,
+        "captured_at": at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "class": cls,
+        "confidence": 0.8, "position": {"lat": lat, "lon": lon, "h_accuracy_m": 1.5},
+        "vehicle": {"lat": vlat, "lon": vlon, "h_accuracy_m": 1.2, "speed_mps": 9.0, "heading_deg": 0.0},
+        "size_m": {"width": 0.5, "length": 0.4}, "severity": severity, "frames": 12, "bbox": [300, 400, 380, 450],
+        "model": MODEL, "thumbnail_jpeg_b64": thumbnail_b64(seq),
+    }
+
+
+@dataclass
+class Seeded:
+    potholes: int
+    cracks: int
+    offline_device: str
+    online_device: str
+
+
+# (class, metres north, metres east, severity); spread along a street so that some cluster when zoomed out.
+LAYOUT = [
+    ("pothole", 0, 0, 0.92), ("pothole", 40, 3, 0.75), ("pothole", 85, -2, 0.55), ("pothole", 130, 1, 0.30),
+    ("pothole", 180, 2, 0.81), ("pothole", 240, -1, 0.15), ("pothole", 300, 0, 0.66),
+    ("crack", 60, 2, 0.40), ("crack", 200, -3, 0.20), ("crack", 270, 1, 0.50),
+]
+
+
+def seed(dsn: str, cfg: ServerConfig) -> Seeded:
+    """Two vehicles pass the same street; both see the first three defects (merged into one defect each)."""
+    now = datetime.now(UTC)
+    events, seq = [], {"veh-a": 0, "veh-b": 0}
+    for device, start in (("veh-a", now - timedelta(hours=3)), ("veh-b", now - timedelta(hours=1))):
+        for i, (cls, n, e, sev) in enumerate(LAYOUT):
+            if device == "veh-b" and i >= 3:
+                break
+            seq[device] += 1
+            events.append(event(device, seq[device], cls, n + 0.4, e, sev, start + timedelta(seconds=n / 9)))
+    line = [list(reversed(offset(n, 0))) for n in range(-20, 320, 20)]
+    coverage = [{"schema": "roadmon.coverage/1", "coverage_id": str(uuid7()), "device_id": "veh-a",
+                 "started_at": (now - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "ended_at": (now - timedelta(hours=3) + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "line": line, "detector_active": True, "model_sha256": MODEL["sha256"]}]
+    fix_lat, fix_lon = offset(320, 0)
+    statuses = [
+        ("veh-a", {"state": "online", "device_id": "veh-a", "queue_depth": 2, "fps": 9.6, "version": "0.1.0",
+                   "model": MODEL, "fix": {"lat": fix_lat, "lon": fix_lon, "mode": 3}}),
+        ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0}),
+    ]
+    received = datetime.now(UTC)
+    batch = Batch(
+        events=[(check_message("event", e["device_id"], json.dumps(e).encode(), received, cfg.ingest), received)
+                for e in events],
+        coverage=[(check_message("coverage", c["device_id"], json.dumps(c).encode(), received, cfg.ingest), received)
+                  for c in coverage],
+        statuses=[(d, check_message("status", d, json.dumps(s).encode(), received, cfg.ingest), received)
+                  for d, s in statuses],
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_batch(conn, batch, cfg.aggregate)
+    return Seeded(potholes=sum(c == "pothole" for c, *_ in LAYOUT), cracks=sum(c == "crack" for c, *_ in LAYOUT),
+                  offline_device="veh-b", online_device="veh-a")
+
+
+# ------------------------------------------------------------------------------------------- server
+@dataclass
+class Server:
+    url: str
+    tokens: dict[str, str]
+    seeded: Seeded
+    dsn: str
+
+
+@pytest.fixture
+def server(fresh_db: str) -> Iterator[Server]:
+    migrate(fresh_db)
+    port = free_port()
+    cfg = ServerConfig(database=DatabaseConfig(dsn=fresh_db), api=ApiConfig(port=port))
+    seeded = seed(fresh_db, cfg)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        tokens = {role: auth.create_token(conn, role, f"test-{role}") for role in ("viewer", "manager")}
+    app = create_app(cfg)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uv.started, "the API server did not start"
+    yield Server(f"http://127.0.0.1:{port}", tokens, seeded, fresh_db)
+    uv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    driver = demo.headless_chrome(tmp_path_factory.mktemp("chrome-profile"), 1440, 900)
+    yield driver
+    driver.quit()
+
+
+def sign_in(browser, server: Server, role: str) -> WebDriverWait:
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 20)
+    field = wait.until(ec.visibility_of_element_located((By.ID, "token")))
+    field.send_keys(server.tokens[role])
+    browser.find_element(By.ID, "login-button").click()
+    wait.until(lambda d: d.execute_script("return document.body.dataset.shownDefects !== undefined"))
+    return wait
+
+
+def shown(browser) -> int:
+    return int(browser.execute_script("return document.body.dataset.shownDefects"))
+
+
+def markers_on_map(browser) -> int:
+    """Defects the map shows: single markers plus the counts written on cluster bubbles."""
+    return browser.execute_script("""
+        const singles = document.querySelectorAll('.leaflet-marker-pane .defect-icon').length;
+        const clustered = [...document.querySelectorAll('.leaflet-marker-pane .defect-cluster')]
+            .reduce((n, el) => n + parseInt(el.textContent, 10), 0);
+        return singles + clustered;""")
+
+
+def save_screenshot(browser, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    browser.save_screenshot(str(path))
+    return path
+
+
+# -------------------------------------------------------------------------------------------- tests
+def test_nothing_visible_without_a_token(server: Server, browser) -> None:
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.visibility_of_element_located((By.ID, "login-form")))
+    assert not browser.find_element(By.ID, "app").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-marker-icon") == []
+
+    browser.find_element(By.ID, "token").send_keys("rm_not_a_real_token")
+    browser.find_element(By.ID, "login-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "not accepted"))
+    assert not browser.find_element(By.ID, "app").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('roadmon.token')") is None
+    # The data itself is guarded by the API, not only hidden by the page.
+    assert httpx.get(server.url + "/api/v1/defects").status_code == 401
+
+
+def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> None:
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    total = server.seeded.potholes + server.seeded.cracks
+    wait.until(lambda d: markers_on_map(d) == total)
+    assert shown(browser) == total
+    assert browser.find_element(By.ID, "whoami").text == "test-viewer (viewer)"
+
+    # The list is sorted by severity, most severe first, and counts every defect.
+    severities = [float(el.text) for el in browser.find_elements(By.CSS_SELECTOR, "#defect-list .sev")]
+    assert len(severities) == total
+    assert severities == sorted(severities, reverse=True)
+
+    # The first three defects were seen by both vehicles: merged, not doubled.
+    collection = httpx.get(server.url + "/api/v1/defects",
+                           headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    assert sorted(f["properties"]["vehicle_count"] for f in collection["features"]) == [1] * (total - 3) + [2] * 3
+
+    Select(browser.find_element(By.ID, "f-class")).select_by_value("crack")
+    wait.until(lambda d: shown(d) == server.seeded.cracks)
+    wait.until(lambda d: markers_on_map(d) == server.seeded.cracks)
+    items = browser.find_elements(By.CSS_SELECTOR, "#defect-list li")
+    assert len(items) == server.seeded.cracks and all("crack" in li.text for li in items)
+
+    Select(browser.find_element(By.ID, "f-class")).select_by_value("")
+    Select(browser.find_element(By.ID, "f-severity")).select_by_value("0.67")
+    wait.until(lambda d: shown(d) == sum(sev >= 0.67 for *_, sev in LAYOUT))
+    tomorrow = (datetime.now(UTC) + timedelta(days=2)).strftime("%m%d%Y")
+    Select(browser.find_element(By.ID, "f-severity")).select_by_value("0")
+    browser.find_element(By.ID, "f-since").send_keys(tomorrow)
+    wait.until(lambda d: shown(d) == 0)
+    browser.find_element(By.ID, "f-reset").click()
+    wait.until(lambda d: shown(d) == total)
+
+    # The coverage layer draws the driven street (an SVG path in Leaflet's overlay pane).
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".leaflet-overlay-pane path"))
+    save_screenshot(browser, "dashboard-defects.png")
+
+    browser.find_element(By.ID, "tab-devices").click()
+    rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#device-table tbody tr[data-device-id]"))
+    states = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".state").text for r in rows}
+    assert states == {"veh-a": "online", "veh-b": "offline"}
+    assert "9.6" in rows[0].text and "test-detector" in rows[0].text
+    rows[0].click()  # centres the map on veh-a's last fix
+    save_screenshot(browser, "dashboard-devices.png")
+
+
+def test_manager_status_change_persists(server: Server, browser) -> None:
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li"))).click()
+    wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
+    assert browser.find_elements(By.ID, "workflow") == []  # a viewer gets no workflow buttons
+
+    browser.find_element(By.ID, "logout").click()
+    wait = sign_in(browser, server, "manager")
+    first = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li")))
+    defect_id = first.get_attribute("data-defect-id")
+    first.click()
+    wait.until(ec.element_to_be_clickable((By.ID, "set-scheduled")))
+    # Thumbnails come from the sightings (fetched with the token, shown as blob: URLs).
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#thumbs img"))
+    assert browser.find_element(By.CSS_SELECTOR, "#thumbs img").get_attribute("src").startswith("blob:")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#sightings li")) == 2
+    browser.find_element(By.ID, "status-note").send_keys("crew A, Tuesday")
+    browser.find_element(By.ID, "set-scheduled").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "panel-status"), "scheduled"))
+    save_screenshot(browser, "dashboard-panel.png")
+
+    browser.refresh()  # the token survives a reload (sessionStorage); the status comes from the database
+    wait = WebDriverWait(browser, 20)
+    item = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{defect_id}"]')))
+    assert "scheduled" in item.text
+    item.click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "history"), "crew A, Tuesday"))
+    assert "test-manager" in browser.find_element(By.ID, "history").text
+
+    detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
+                       headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    assert detail["properties"]["status"] == "scheduled"
+    assert detail["history"][-1]["to_status"] == "scheduled"
+
+
+def test_dashboard_settings_come_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    monkeypatch.delenv(demo_tile_env := "ROADMON_TILE_URL", raising=False)
+    assert dashboard_settings(None)["tile_url"].startswith("https://{s}.tile.openstreetmap.org/")
+    monkeypatch.setenv(demo_tile_env, "")
+    assert dashboard_settings(None)["tile_url"] == ""  # no basemap at all
+
+    class Section:
+        tile_url = "http://tiles.example.internal/{z}/{x}/{y}.png"
+        tile_attribution = "our tiles"
+
+    class Cfg:
+        dashboard = Section()
+
+    app = FastAPI()
+    app.include_router(dashboard_router(Cfg()))
+    body = TestClient(app).get("/dashboard-config.json").json()
+    assert body["tile_url"] == Section.tile_url and body["tile_attribution"] == "our tiles"
