@@ -7,6 +7,7 @@ tests/test_acceptance_drive.py on rendered video; this test pins down what the p
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from edge_agent.kalman import PositionFilter
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Pipeline
 from edge_agent.replay import FixFeed
+from edge_agent.replay_clock import ClockError, clock_for
 from roadmon_contract.validate import errors
 
 W, H, FPS = 1280, 720, 15.0
@@ -223,3 +225,52 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
 
+
+
+def test_frames_of_another_resolution_scale_the_calibration(projector: GroundProjector, tmp_path: Path) -> None:
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    detector = TruthDetector(projector, [], np.random.default_rng(0), false_alarm=0.0)
+    with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
+        pipeline = Pipeline(cfg, detector, PositionFilter(cfg.gnss), projector, outbox)
+        pipeline.process(np.zeros((360, 640, 3), np.uint8), 1.0)
+        intr = pipeline.projector.intrinsics
+        assert (intr.width, intr.height) == (640, 360)
+        assert intr.fx == pytest.approx(projector.intrinsics.fx / 2)
+
+
+def test_replay_clock_sources(tmp_path: Path) -> None:
+    video = tmp_path / "video.mp4"
+    first_fix = datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC)
+    clock = clock_for(video, 30.0, None, first_fix)
+    assert clock.source == "nmea" and clock.frame_utc(30) == first_fix + timedelta(seconds=1)
+    clock = clock_for(video, 30.0, "2026-11-28T08:00:05Z", first_fix)
+    assert clock.source == "option" and clock.frame_utc(0) == first_fix + timedelta(seconds=5)
+    (tmp_path / "drive.json").write_text(json.dumps({"start_utc": "2026-11-28T07:59:59.500Z", "fps": 15}))
+    clock = clock_for(video, 30.0, "2026-11-28T08:00:05Z", first_fix)
+    assert clock.source == "drive.json" and clock.fps == 15
+    assert clock.frame_utc(15) == datetime(2026, 11, 28, 8, 0, 0, 500000, tzinfo=UTC)
+    assert clock.frame_mono(15) == virtual_mono(clock.frame_utc(15))
+    with pytest.raises(ClockError):
+        clock_for(tmp_path / "elsewhere" / "v.mp4", 30.0, None, None)
+    with pytest.raises(ClockError):
+        clock_for(tmp_path / "elsewhere" / "v.mp4", 30.0, "yesterday", None)
+
+
+def test_fix_feed_hands_over_fixes_up_to_the_frame_time() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def update(self, fix: Fix) -> None:
+            self.seen.append(fix.t_mono)
+
+    rec = Recorder()
+    recorded = fixes(5.0, 0.0, np.random.default_rng(0))
+    feed = FixFeed(iter(recorded), rec)
+    t0 = recorded[0].t_mono
+    feed.until(t0 - 0.1)
+    assert rec.seen == []
+    feed.until(t0 + 2.5)
+    assert rec.seen == [t0, t0 + 1, t0 + 2]
+    feed.until(t0 + 100)
+    assert feed.fed == len(recorded)

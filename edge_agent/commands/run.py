@@ -82,6 +82,10 @@ def register(app: typer.Typer) -> None:
         from edge_agent.replay import ReplayError, replay_drive
 
         cfg = _load_config(config)
+        for what, path in (("video", video), ("NMEA", nmea)):
+            if not path.is_file():
+                err.print(f"[red]cannot replay[/red]: {what} file {path} not found")
+                raise typer.Exit(2)
         detector = _load_detector(cfg)
         health = HealthBoard()
         path = outbox or outbox_path(cfg)
