@@ -185,6 +185,7 @@ class Uplink:
         if code.is_failure:
             self._drop_connection(client)
             if code.value in (BAD_CREDENTIALS, NOT_AUTHORISED):
+                self._client = None  # read the credential files again next time: the technician may fix them
                 # Mosquitto answers a wrong password with 135 (not authorised): at CONNECT both mean the login.
                 self.counters["refused_logins"] += 1
                 raise LoginRefused("bad_credentials", f"broker refused the login of {self._user()!r}: {code}; "

@@ -23,9 +23,11 @@ from roadmon_contract import topics
 
 class AckServer:
     def __init__(self, host: str, port: int, user: str, password: str, *, delay_s: float = 0.0,
-                 ack: bool = True, flush_s: float = 0.02, client_id: str = "ack-server") -> None:
+                 ack: bool = True, flush_s: float = 0.02, client_id: str = "ack-server",
+                 session_expiry_s: int = 0) -> None:
         self.host, self.port = host, port
         self.delay_s = delay_s
+        self.session_expiry_s = session_expiry_s
         self.ack = ack
         self.flush_s = flush_s
         self.events: Counter[str] = Counter()     # event_id -> deliveries
@@ -47,7 +49,9 @@ class AckServer:
     # ------------------------------------------------------------------------------------------ control
     def start(self, timeout_s: float = 10) -> AckServer:
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600  # keep our queue across our own reconnects, like the real ingest
+        # > 0 keeps our queue across our own reconnects, like the real ingest (private brokers only, so that
+        # the shared broker does not keep queues of finished tests)
+        props.SessionExpiryInterval = self.session_expiry_s
         self.client.connect_async(self.host, self.port, keepalive=10, clean_start=False, properties=props)
         self.client.loop_start()
         if not self._subscribed.wait(timeout_s):

@@ -1,0 +1,245 @@
+"""The uplink against a real Mosquitto, with tests/ack_server.py playing the fleet server's confirmation."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.config.uplink import UplinkConfig
+from edge_agent.health import HealthBoard
+from edge_agent.heartbeat import read_status_file
+from edge_agent.outbox import Outbox
+from edge_agent.uplink import Uplink
+from roadmon_contract import topics, validate
+from tests.ack_server import AckServer
+from tests.test_outbox import make_coverage, make_event
+
+pytestmark = pytest.mark.services
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def uplink_cfg(port: int, password_file: Path, **changes) -> UplinkConfig:
+    base = dict(host="127.0.0.1", port=port, tls=False, password_file=str(password_file), backoff_initial_s=0.1,
+                backoff_max_s=1.0, auth_retry_s=1.0, ack_timeout_s=3.0, heartbeat_s=0.5, session_expiry_s=120)
+    return UplinkConfig(**(base | changes))
+
+
+def fill(outbox: Outbox, n: int, pad: int = 200) -> list[str]:
+    ids = []
+    for i in range(n):
+        event = make_event(outbox, severity=(i % 10) / 10, thumbnail_jpeg_b64="A" * pad)
+        assert outbox.add_event(event)
+        ids.append(event["event_id"])
+    return ids
+
+
+def confirmed(outbox: Outbox) -> int:
+    return outbox.stats()["events"]["confirmed"]
+
+
+class ServerClient:
+    """A plain roadmon-server login for reading retained status and sending commands."""
+
+    def __init__(self, port: int, password: str) -> None:
+        self.messages: list[tuple[str, dict]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"srv-{secrets.token_hex(4)}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.username_pw_set("roadmon-server", password)
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, json.loads(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def last(self, topic: str) -> dict | None:
+        found = [body for t, body in list(self.messages) if t == topic]
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def login(tmp_path: Path, password: str) -> Path:
+    path = tmp_path / "mqtt-password"
+    path.write_text(password + "\n")
+    return path
+
+
+def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tmp_path: Path) -> None:
+    device, password = mqtt_device()
+    server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
+                       service_info.server_password, client_id=f"ack-{device}").start()
+    watcher = ServerClient(service_info.mqtt_port, service_info.server_password)
+    watcher.client.subscribe([(topics.status(device), 1), (topics.cmd_result(device, "echo"), 1)])
+    health = HealthBoard()
+    health.update(fps=9.5, fix={"lat": 48.1, "lon": 11.5, "mode": 3})
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"), health)
+    ids = fill(outbox, 200)
+    cov = make_coverage()
+    outbox.add_coverage(cov)
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device, outbox, health)
+    seen_threads: list[str] = []
+
+    def echo(payload: dict) -> dict:
+        seen_threads.append(threading.current_thread().name)
+        return {"ok": True, "echo": payload}
+
+    uplink.on_command("echo", echo)
+    try:
+        uplink.start()
+        wait_for(lambda: outbox.stats()["queue_depth"] == 0, what="every row confirmed")
+        assert set(server.events) == set(ids) and server.coverage[cov["coverage_id"]] >= 1
+        assert uplink.counters["confirmed"] == 201
+        wait_for(lambda: (watcher.last(topics.status(device)) or {}).get("queue_depth") == 0, what="heartbeat")
+        status = watcher.last(topics.status(device))
+        assert validate.errors("status", status) == []
+        assert status["state"] == "online" and status["fps"] == 9.5 and status["fix"]["mode"] == 3
+        watcher.client.publish(topics.cmd(device, "echo"), json.dumps({"x": 1}), qos=1)
+        wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")) is not None, 10, "command result")
+        assert watcher.last(topics.cmd_result(device, "echo")) == {"ok": True, "echo": {"x": 1}}
+        assert seen_threads and seen_threads[0].startswith("uplink-cmd")
+        file_status = read_status_file(tmp_path / "agent-status.json")
+        assert file_status["health"]["broker"] == "connected"
+    finally:
+        uplink.stop()
+        server.stop()
+    wait_for(lambda: (watcher.last(topics.status(device)) or {}).get("state") == "stopped", 10, "stopped status")
+    watcher.close()
+    assert health.snapshot()["uplink"] == "stopped"
+
+
+def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
+    mq = private_broker(start=False)
+    mq.add_device("veh-late", "pw-late")
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    ids = fill(outbox, 300)
+    health = HealthBoard()
+    uplink = Uplink(uplink_cfg(mq.port, login(tmp_path, "pw-late")), "veh-late", outbox, health)
+    uplink.start()
+    try:
+        wait_for(lambda: health.snapshot()["uplink"] == "offline", 10, "offline state")
+        assert "cannot reach" in (uplink.last_error or "") or uplink.last_error
+        time.sleep(1.5)                                                # a few backoff rounds against nothing
+        mq.up()
+        server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-late").start()
+        wait_for(lambda: confirmed(outbox) == 300, 30, "all confirmed after the broker came up")
+        assert set(server.events) == set(ids)
+        server.stop()
+    finally:
+        uplink.stop()
+
+
+def test_broker_killed_and_restarted_mid_drain(private_broker, tmp_path: Path) -> None:
+    mq = private_broker()
+    mq.add_device("veh-chaos", "pw-chaos")
+    server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-chaos",
+                       session_expiry_s=3600).start()
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    n = 3000
+    ids = fill(outbox, n)
+    uplink = Uplink(uplink_cfg(mq.port, login(tmp_path, "pw-chaos"), window=300, ack_timeout_s=2.0),
+                    "veh-chaos", outbox, HealthBoard())
+    uplink.start()
+    try:
+        for k in range(1, 4):
+            wait_for(lambda k=k: confirmed(outbox) >= k * n // 5, 30, f"progress before kill {k}")
+            assert confirmed(outbox) < n, "the drain finished before the broker could be killed"
+            mq.kill()
+            time.sleep(0.3)
+            mq.up()
+        wait_for(lambda: confirmed(outbox) == n, 60, "all confirmed after three broker crashes")
+    finally:
+        uplink.stop()
+        server.stop()
+    distinct, total = server.distinct, server.total
+    print(f"broker crashes: {n} events, received distinct {distinct}, total {total}, "
+          f"resent {uplink.counters['resent']}, connects {uplink.counters['connects']}")
+    assert distinct == n and set(server.events) == set(ids)
+    assert total >= n
+    assert uplink.counters["confirmed"] == n, "each event became confirmed exactly once"
+    assert uplink.counters["connects"] >= 4
+
+
+def test_silent_drops_of_a_slow_subscriber_lose_nothing(private_broker, tmp_path: Path) -> None:
+    mq = private_broker(extra_conf="max_queued_messages 5\nmax_inflight_messages 5")
+    mq.add_device("veh-slow", "pw-slow")
+    server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-slow",
+                       delay_s=0.002).start()
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    n = 300
+    ids = fill(outbox, n)
+    uplink = Uplink(uplink_cfg(mq.port, login(tmp_path, "pw-slow"), window=100, ack_timeout_s=1.0),
+                    "veh-slow", outbox, HealthBoard())
+    uplink.start()
+    try:
+        wait_for(lambda: confirmed(outbox) == n, 60, "all confirmed despite the broker's drops")
+    finally:
+        uplink.stop()
+        server.stop()
+    # The broker PUBACKed every publish, yet dropped some: only the server's confirmation made it whole.
+    assert uplink.counters["resent"] > 0, "the broker dropped nothing: the scenario did not happen"
+    assert set(server.events) == set(ids)
+    assert uplink.counters["confirmed"] == n
+
+
+def test_wrong_password_is_its_own_state_and_retried_slowly(service_info, mqtt_device, tmp_path: Path) -> None:
+    device, password = mqtt_device()
+    server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
+                       service_info.server_password, client_id=f"ack-{device}").start()
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    ids = fill(outbox, 50)
+    pw_file = login(tmp_path, "wrong-" + password)
+    health = HealthBoard()
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, pw_file, auth_retry_s=1.0), device, outbox, health)
+    uplink.start()
+    try:
+        wait_for(lambda: health.snapshot()["uplink"] == "bad_credentials", 10, "bad_credentials")
+        time.sleep(2.5)
+        assert uplink.counters["refused_logins"] <= 3, "a refusing broker must not be hammered"
+        assert outbox.stats()["events"]["pending"] == 50
+        status = read_status_file(tmp_path / "agent-status.json")
+        assert status["health"]["broker"] == "bad_credentials" and status["queue_depth"] == 50
+        assert "password file" in uplink.last_error
+        pw_file.write_text(password)                                   # the technician fixes the file
+        # The password is read when the client is made; the slow retry picks the fix up with a new client.
+        wait_for(lambda: confirmed(outbox) == 50, 15, "drained after the password was fixed")
+        assert set(server.events) == set(ids)
+    finally:
+        uplink.stop()
+        server.stop()
+
+
+def test_acl_denial_is_not_authorised_and_keeps_the_events(service_info, mqtt_device, tmp_path: Path) -> None:
+    login_id, password = mqtt_device()
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    fill(outbox, 20)
+    health = HealthBoard()
+    # Logged in as one device but publishing as another: the broker's ACL refuses every publish.
+    cfg = uplink_cfg(service_info.mqtt_port, login(tmp_path, password), username=login_id)
+    uplink = Uplink(cfg, f"other-{login_id}", outbox, health)
+    uplink.start()
+    try:
+        wait_for(lambda: health.snapshot()["uplink"] == "not_authorised", 10, "not_authorised")
+        time.sleep(1.5)
+        assert uplink._thread is not None and uplink._thread.is_alive()
+        assert "ACL" in uplink.last_error
+        assert outbox.stats()["events"]["pending"] == 20 and confirmed(outbox) == 0
+        assert uplink.counters["connects"] <= 3
+    finally:
+        uplink.stop()
