@@ -1,17 +1,285 @@
-"""`fleet-server`: migrate, serve, ingest, provision devices and tokens."""
+"""`fleet-server`: migrate, serve, ingest, provision devices and tokens, send commands and models."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleet_server import auth, commands, mqtt_accounts
+from fleet_server.config import ConfigError, ServerConfig, load
+from fleet_server.db import connect
+from fleet_server.migrate import migrate as run_migrations
 
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
+device_app = typer.Typer(help="Provision and revoke devices.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for people and programs.", no_args_is_help=True)
+cmd_app = typer.Typer(help="Commands to devices.", no_args_is_help=True)
+model_app = typer.Typer(help="Remote model updates.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+app.add_typer(token_app, name="token")
+app.add_typer(cmd_app, name="cmd")
+app.add_typer(model_app, name="model")
+console = Console()
+err = Console(stderr=True)
+DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ConfigOpt = typer.Option(None, "--config", "-c", envvar="ROADMON_SERVER_CONFIG",
+                         help="Server TOML config (defaults when absent; secrets come from files or env)")
+
+
+class _State:
+    cfg: ServerConfig | None = None
+
+
+state = _State()
 
 
 @app.callback()
-def _root() -> None:
-    pass
+def _root(config: Path | None = ConfigOpt, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        state.cfg = load(config)
+    except ConfigError as exc:
+        err.print(f"[red]config {exc.source}:[/red]")
+        for problem in exc.problems:
+            err.print(f"  {problem}")
+        raise typer.Exit(1) from None
+
+
+def cfg() -> ServerConfig:
+    assert state.cfg is not None
+    return state.cfg
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]{message}[/red]")
+    raise typer.Exit(1)
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Apply pending database migrations."""
+    try:
+        done = run_migrations(cfg().database.resolve_dsn())
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"applied {len(done)} migration(s)" + (": " + ", ".join(f"{m.version:03d}_{m.name}" for m in done)
+                                                          if done else " (schema up to date)"))
+
+
+def _start_workers(n: int) -> list:
+    from fleet_server.ingest import IngestWorker
+
+    return [IngestWorker(cfg(), index=i).start() for i in range(n)]
+
+
+@app.command("serve")
+def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest workers in this process"),
+          host: str | None = typer.Option(None, help="Listen address (default api.host)"),
+          port: int | None = typer.Option(None, help="Port (default api.port)")) -> None:
+    """HTTP API plus N ingest workers (one shared-subscription group)."""
+    import uvicorn
+
+    from fleet_server.api import create_app
+
+    c = cfg()
+    run_migrations(c.database.resolve_dsn())
+    running = _start_workers(workers)
+    try:
+        uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port or c.api.port,
+                    log_level="info")
+    finally:
+        for w in running:
+            w.stop()
+
+
+@app.command("ingest")
+def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Workers in this process")) -> None:
+    """Ingest workers only (no HTTP)."""
+    running = _start_workers(workers)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    console.print(f"{workers} ingest worker(s) running; Ctrl-C stops")
+    done.wait()
+    for w in running:
+        w.stop()
+
+
+# ------------------------------------------------------------------------------------------- devices
+@device_app.command("add")
+def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login = topic segment"),
+               name: str | None = typer.Option(None, help="Display name"),
+               as_json: bool = typer.Option(False, "--json", help="Print the credentials as JSON")) -> None:
+    """Create a device: broker login (password file + ACL), HTTP device token. Credentials print ONCE."""
+    if not DEVICE_ID.match(device_id):
+        _fail(f"invalid device id {device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
+    c = cfg()
+    password = secrets.token_urlsafe(24)
+    with connect(c.database) as conn, conn.transaction():
+        conn.execute("""INSERT INTO devices (id, name) VALUES (%s, %s) ON CONFLICT (id)
+                        DO UPDATE SET revoked_at = NULL, name = COALESCE(EXCLUDED.name, devices.name)""",
+                     (device_id, name))
+        token = auth.create_token(conn, "device", f"device {device_id}", device_id=device_id)
+    broker_note = _write_broker_login(c, device_id, password)
+    creds = {"device_id": device_id, "mqtt_host": c.mqtt.host, "mqtt_port": c.mqtt.port,
+             "mqtt_username": device_id, "mqtt_password": password, "http_token": token}
+    if as_json:
+        print(json.dumps(creds))
+        return
+    console.print(f"[bold]device {device_id}[/bold]: credentials shown once, store them now")
+    for key, value in creds.items():
+        print(f"  {key:14s} {value}")  # plain print: a secret must never be wrapped or cut by the terminal
+    console.print(broker_note)
+
+
+def _write_broker_login(c: ServerConfig, device_id: str, password: str) -> str:
+    files = c.broker_files
+    if files.passwd_file is None:
+        return "[yellow]broker_files.passwd_file not set: add the MQTT login to the broker yourself[/yellow]"
+    mqtt_accounts.set_password(files.passwd_file, device_id, password)
+    if files.acl_file is not None:
+        mqtt_accounts.ensure_device_patterns(files.acl_file, server_user=c.mqtt.username)
+    reloaded = files.pid_file is not None and mqtt_accounts.reload_broker(files.pid_file)
+    return f"broker login written to {files.passwd_file}" + ("; broker reloaded" if reloaded else
+                                                              "; reload the broker to apply it")
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: str) -> None:
+    """Remove a device's broker login and revoke its tokens (its data stays)."""
+    c = cfg()
+    with connect(c.database) as conn, conn.transaction():
+        found = conn.execute("UPDATE devices SET revoked_at = now() WHERE id = %s RETURNING id",
+                             (device_id,)).fetchone()
+        tokens = auth.revoke_tokens(conn, device_id=device_id)
+    if found is None:
+        _fail(f"no device {device_id!r}")
+    removed = False
+    if c.broker_files.passwd_file is not None:
+        removed = mqtt_accounts.remove_user(c.broker_files.passwd_file, device_id)
+        if c.broker_files.pid_file is not None:
+            mqtt_accounts.reload_broker(c.broker_files.pid_file)
+    console.print(f"device {device_id} revoked: {tokens} token(s), broker login "
+                  f"{'removed' if removed else 'not found in the password file'}")
+
+
+@device_app.command("ls")
+def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List devices with their last status."""
+    with connect(cfg().database) as conn:
+        rows = conn.execute("""SELECT id, name, state, last_seen, queue_depth, revoked_at FROM devices
+                               ORDER BY id""").fetchall()
+    if as_json:
+        print(json.dumps([{"id": r[0], "name": r[1], "state": "revoked" if r[5] else r[2],
+                           "last_seen": r[3].isoformat() if r[3] else None, "queue_depth": r[4]} for r in rows]))
+        return
+    table = Table("id", "name", "state", "last seen (UTC)", "queue")
+    for r in rows:
+        table.add_row(r[0], r[1] or "", "revoked" if r[5] else r[2], f"{r[3]:%Y-%m-%d %H:%M:%S}" if r[3] else "-",
+                      "" if r[4] is None else str(r[4]))
+    console.print(table)
+
+
+# -------------------------------------------------------------------------------------------- tokens
+@token_app.command("create")
+def token_create(role: str = typer.Option(..., "--role", help="viewer, manager or admin"),
+                 name: str = typer.Option(..., "--name", help="Who or what uses it"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Create an API token; it is printed once (only its hash is stored)."""
+    if role not in auth.ROLES:
+        _fail(f"unknown role {role!r}: use one of {', '.join(auth.ROLES)}")
+    with connect(cfg().database) as conn:
+        token = auth.create_token(conn, role, name)
+    if as_json:
+        print(json.dumps({"name": name, "role": role, "token": token}))
+    else:
+        console.print(f"[bold]{role}[/bold] token for {name} (shown once):")
+        print(token)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int) -> None:
+    """Revoke a token by its id (see `token ls`)."""
+    with connect(cfg().database) as conn:
+        n = auth.revoke_tokens(conn, token_id=token_id)
+    if not n:
+        _fail(f"no active token {token_id}")
+    console.print(f"token {token_id} revoked")
+
+
+@token_app.command("ls")
+def token_ls() -> None:
+    """List tokens (never their secrets)."""
+    with connect(cfg().database) as conn:
+        rows = conn.execute("SELECT id, name, role, device_id, created_at, revoked_at FROM api_tokens "
+                            "ORDER BY id").fetchall()
+    table = Table("id", "name", "role", "device", "created", "revoked")
+    for r in rows:
+        table.add_row(str(r[0]), r[1], r[2], r[3] or "", f"{r[4]:%Y-%m-%d %H:%M}",
+                      f"{r[5]:%Y-%m-%d %H:%M}" if r[5] else "")
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------------ commands
+@cmd_app.command("send")
+def cmd_send(device_id: str, name: str, payload: str = typer.Argument("{}", help="JSON object")) -> None:
+    """Publish roadmon/v1/<device>/cmd/<name> with a JSON payload."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _fail(f"payload is not JSON: {exc}")
+    if not isinstance(body, dict):
+        _fail("payload must be a JSON object")
+    try:
+        topic = commands.send(cfg(), device_id, name, body)
+    except commands.CommandError as exc:
+        _fail(str(exc))
+    console.print(f"sent on {topic}")
+
+
+@cmd_app.command("results")
+def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """A device's latest command results (stored by the ingest workers)."""
+    with connect(cfg().database) as conn:
+        rows = conn.execute("""SELECT received_at, name, payload FROM command_results WHERE device_id = %s
+                               ORDER BY received_at DESC, id DESC LIMIT %s""", (device_id, limit)).fetchall()
+    if as_json:
+        print(json.dumps([{"received_at": r[0].isoformat(), "name": r[1], "payload": r[2]} for r in rows]))
+        return
+    table = Table("received (UTC)", "command", "result")
+    for r in rows:
+        table.add_row(f"{r[0]:%Y-%m-%d %H:%M:%S}", r[1], json.dumps(r[2])[:200])
+    console.print(table)
+
+
+@model_app.command("push")
+def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir_okay=False),
+               url_base: str | None = typer.Option(None, "--url-base", help="Public base URL of this server"),
+               name: str | None = typer.Option(None), version: str | None = typer.Option(None)) -> None:
+    """Offer an ONNX model to a device: stage it by sha256, publish cmd/model-update."""
+    try:
+        payload = commands.push_model(cfg(), device_id, file, url_base, name, version)
+    except commands.CommandError as exc:
+        _fail(str(exc))
+    console.print(f"model-update sent to {device_id}: {json.dumps(payload)}")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        sys.exit(1)

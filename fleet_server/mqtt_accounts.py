@@ -47,3 +47,30 @@ def reload_broker(pid_file: Path) -> bool:
         log.warning("broker not reloaded (%s): %s", pid_file, exc)
         return False
     return True
+
+
+# The broker ACL limits every device to its own id with patterns (%u = the login = the device id), so adding
+# a device needs no per-device ACL line; this list is what `ensure_device_patterns` makes sure is present.
+DEVICE_PATTERNS = (
+    "pattern write roadmon/v1/%u/event",
+    "pattern write roadmon/v1/%u/coverage",
+    "pattern readwrite roadmon/v1/%u/status",
+    "pattern read roadmon/v1/%u/ack",
+    "pattern read roadmon/v1/%u/cmd/#",
+    "pattern write roadmon/v1/%u/cmd/+/result",
+)
+
+
+def ensure_device_patterns(acl_file: Path, server_user: str | None = None) -> list[str]:
+    """Append any missing per-device pattern to ACL_FILE (a new file also gets SERVER_USER's roadmon/# line);
+    returns the lines added."""
+    exists = acl_file.exists()
+    have = set(acl_file.read_text().splitlines()) if exists else set()
+    missing = [line for line in DEVICE_PATTERNS if line not in have]
+    if missing:
+        acl_file.parent.mkdir(parents=True, exist_ok=True)
+        head = f"user {server_user}\ntopic readwrite roadmon/#\n" if server_user and not exists else ""
+        with acl_file.open("a") as f:
+            f.write(head + "\n# per-device limits (added by fleet-server device add)\n" + "\n".join(missing) + "\n")
+        acl_file.chmod(0o600)
+    return missing

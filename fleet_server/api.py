@@ -1,0 +1,75 @@
+"""The HTTP API: `create_app(cfg)` builds the FastAPI app (OpenAPI at /docs and /openapi.json)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from fleet_server import __version__, api_defects, api_fleet, auth, metrics
+from fleet_server.config import ServerConfig
+from fleet_server.db import make_pool
+
+log = logging.getLogger(__name__)
+BUNDLED_STATIC = Path(__file__).with_name("static")
+
+
+def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
+    """The API over CFG's database. WORKERS (ingest workers in this process) feed /health's broker check."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.pool.close()
+
+    app = FastAPI(title="road-monitor fleet server", version=__version__, lifespan=lifespan,
+                  description="Road defects merged from a fleet's sightings; devices; coverage; workflow.")
+    app.state.cfg = cfg
+    app.state.pool = make_pool(cfg.database)
+    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s)
+    app.state.workers = workers or []
+    metrics.register_device_collector(_fetcher(app))
+
+    if cfg.api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next):
+        t0 = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "other")
+        metrics.API_LATENCY.labels(request.method, path).observe(time.monotonic() - t0)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Malformed parameters are the client's mistake: 400 with every problem, as the issue asks.
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        if request.url.path.endswith("/detections"):
+            metrics.SUBMISSIONS.labels("400").inc()
+        return JSONResponse({"detail": problems}, status_code=400)
+
+    app.include_router(api_fleet.router)
+    app.include_router(api_fleet.api)
+    app.include_router(api_defects.router)
+    static = cfg.api.static_dir or BUNDLED_STATIC
+    if Path(static).is_dir():
+        app.mount("/", StaticFiles(directory=static, html=True), name="dashboard")
+    return app
+
+
+def _fetcher(app: FastAPI):
+    def fetch(sql: str) -> list[tuple]:
+        with app.state.pool.connection(timeout=2) as conn:
+            return conn.execute(sql).fetchall()
+
+    return fetch

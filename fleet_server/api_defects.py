@@ -1,0 +1,202 @@
+"""Defect routes: the map (GeoJSON, filtered, paginated), one defect with its evidence, the manager workflow,
+exports, and sighting thumbnails."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from fleet_server import aggregate
+from fleet_server.api_deps import db, require
+
+router = APIRouter(prefix="/api/v1")
+STATUSES = ("new", "confirmed", "scheduled", "likely_repaired", "repaired", "dismissed")
+MANAGER_STATUSES = ("confirmed", "scheduled", "repaired", "dismissed")
+
+DEFECT_COLUMNS = """d.id, ST_X(d.geom::geometry), ST_Y(d.geom::geometry), d.class, d.status, d.severity, d.confidence,
+    d.sighting_count, d.vehicle_count, d.pass_count, d.miss_count, d.first_seen, d.last_seen, d.h_accuracy_m,
+    d.size_width_m, d.size_length_m, d.status_changed_at"""
+PROPERTY_NAMES = ("id", "lon", "lat", "class", "status", "severity", "confidence", "sighting_count", "vehicle_count",
+                  "pass_count", "miss_count", "first_seen", "last_seen", "h_accuracy_m", "size_width_m",
+                  "size_length_m", "status_changed_at")
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def defect_feature(row: tuple) -> dict:
+    props = {k: _jsonable(v) for k, v in zip(PROPERTY_NAMES, row, strict=True)}
+    return {"type": "Feature", "id": row[0], "geometry": {"type": "Point", "coordinates": [row[1], row[2]]},
+            "properties": props}
+
+
+def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
+    """'min_lon,min_lat,max_lon,max_lat' -> floats, or 400."""
+    if bbox is None:
+        return None
+    try:
+        values = [float(v) for v in bbox.split(",")]
+    except ValueError:
+        raise HTTPException(400, "bbox: four numbers min_lon,min_lat,max_lon,max_lat") from None
+    if len(values) != 4 or not all(abs(v) <= 180 for v in values) or values[0] > values[2] or values[1] > values[3]:
+        raise HTTPException(400, "bbox: four numbers min_lon,min_lat,max_lon,max_lat within range")
+    return values[0], values[1], values[2], values[3]
+
+
+def defect_filters(bbox: str | None, klass: str | None, status: str | None, since: datetime | None,
+                   min_severity: float | None) -> tuple[list[str], dict]:
+    """WHERE clauses (fixed SQL text) and their bound values; user input only ever travels as a parameter."""
+    where, params = [], {}
+    box = parse_bbox(bbox)
+    if box is not None:
+        where.append("d.geom::geometry && ST_MakeEnvelope(%(x1)s, %(y1)s, %(x2)s, %(y2)s, 4326)")
+        params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+    if klass is not None:
+        where.append("d.class = %(class)s")
+        params["class"] = klass
+    if status is not None:
+        wanted = [s.strip() for s in status.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in STATUSES]
+        if unknown:
+            raise HTTPException(400, f"status: unknown {unknown[0][:40]!r}; one or more of {', '.join(STATUSES)}")
+        where.append("d.status = ANY(%(status)s)")
+        params["status"] = wanted
+    if since is not None:
+        where.append("d.last_seen >= %(since)s")
+        params["since"] = since
+    if min_severity is not None:
+        where.append("d.severity >= %(min_severity)s")
+        params["min_severity"] = min_severity
+    return where, params
+
+
+def query_defects(conn: psycopg.Connection, where: list[str], params: dict, after: int | None,
+                  limit: int | None) -> list[tuple]:
+    clauses = list(where)
+    if after is not None:
+        clauses.append("d.id > %(after)s")
+        params["after"] = after
+    sql = f"SELECT {DEFECT_COLUMNS} FROM defects d"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += " ORDER BY d.id"
+    if limit is not None:
+        sql += " LIMIT %(limit)s"
+        params["limit"] = limit
+    return conn.execute(sql, params).fetchall()
+
+
+class Filters:
+    """The query parameters shared by the list and the exports."""
+
+    def __init__(self, bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
+                 klass: str | None = Query(None, alias="class", max_length=64, description="Defect class"),
+                 status: str | None = Query(None, max_length=200, description="Comma-separated statuses"),
+                 since: datetime | None = Query(None, description="Seen at or after this UTC time"),
+                 min_severity: float | None = Query(None, ge=0, le=1, description="Lowest severity")) -> None:
+        self.where, self.params = defect_filters(bbox, klass, status, since, min_severity)
+
+
+@router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
+def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
+                 limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(db),
+                 _who=Depends(require("viewer"))) -> dict:
+    api = request.app.state.cfg.api
+    page = min(limit or api.page_size, api.max_page_size)
+    rows = query_defects(conn, filters.where, dict(filters.params), cursor, page + 1)
+    more = len(rows) > page
+    rows = rows[:page]
+    return {"type": "FeatureCollection", "features": [defect_feature(r) for r in rows],
+            "next_cursor": rows[-1][0] if more else None}
+
+
+@router.get("/defects.geojson", summary="Every matching defect as a GeoJSON file")
+def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depends(db),
+                   _who=Depends(require("viewer"))) -> Response:
+    rows = query_defects(conn, filters.where, dict(filters.params), None, None)
+    body = json.dumps({"type": "FeatureCollection", "features": [defect_feature(r) for r in rows]})
+    return Response(body, media_type="application/geo+json",
+                    headers={"Content-Disposition": 'attachment; filename="defects.geojson"'})
+
+
+@router.get("/defects.csv", summary="Every matching defect as CSV")
+def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(db),
+               _who=Depends(require("viewer"))) -> Response:
+    rows = query_defects(conn, filters.where, dict(filters.params), None, None)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(PROPERTY_NAMES)
+    for row in rows:
+        writer.writerow([_jsonable(v) for v in row])
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="defects.csv"'})
+
+
+def load_defect(conn: psycopg.Connection, defect_id: int) -> dict:
+    row = conn.execute(f"SELECT {DEFECT_COLUMNS} FROM defects d WHERE d.id = %s", (defect_id,)).fetchone()
+    if row is None:
+        raise HTTPException(404, f"no defect {defect_id}")
+    return defect_feature(row)
+
+
+@router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history")
+def get_defect(defect_id: int, conn: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:
+    feature = load_defect(conn, defect_id)
+    sightings = [
+        {"event_id": str(r[0]), "device_id": r[1], "captured_at": _jsonable(r[2]), "confidence": r[3],
+         "severity": r[4], "lon": r[5], "lat": r[6], "h_accuracy_m": r[7], "source": r[8],
+         "thumbnail_url": f"/api/v1/sightings/{r[0]}/thumbnail.jpg" if r[9] else None}
+        for r in conn.execute("""
+            SELECT event_id, device_id, captured_at, confidence, severity, ST_X(geom::geometry), ST_Y(geom::geometry),
+                   h_accuracy_m, source, thumbnail IS NOT NULL
+            FROM sightings WHERE defect_id = %s ORDER BY captured_at DESC LIMIT 1000""", (defect_id,))]
+    vehicles = [{"device_id": r[0], "sightings": r[1], "first_seen": _jsonable(r[2]), "last_seen": _jsonable(r[3])}
+                for r in conn.execute("""SELECT device_id, count(*), min(captured_at), max(captured_at) FROM sightings
+                                         WHERE defect_id = %s GROUP BY device_id ORDER BY 4 DESC""", (defect_id,))]
+    history = [{"at": _jsonable(r[0]), "actor": r[1], "from_status": r[2], "to_status": r[3], "note": r[4]}
+               for r in conn.execute("""SELECT at, actor, from_status, to_status, note FROM defect_history
+                                        WHERE defect_id = %s ORDER BY at, id""", (defect_id,))]
+    misses = [{"coverage_id": str(r[0]), "device_id": r[1], "started_at": _jsonable(r[2]), "ended_at": _jsonable(r[3])}
+              for r in conn.execute("""SELECT coverage_id, device_id, started_at, ended_at FROM defect_misses
+                                       WHERE defect_id = %s ORDER BY started_at""", (defect_id,))]
+    feature["sightings"] = sightings
+    feature["vehicles"] = vehicles
+    feature["history"] = history
+    feature["misses"] = misses
+    return feature
+
+
+class DefectPatch(BaseModel):
+    status: Literal["confirmed", "scheduled", "repaired", "dismissed"] = Field(
+        description="The manager's decision")
+    note: str | None = Field(None, max_length=2000, description="Why (kept in the defect's history)")
+
+
+@router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm")
+def patch_defect(defect_id: int, change: DefectPatch, conn: psycopg.Connection = Depends(db),
+                 who=Depends(require("manager"))) -> dict:
+    with conn.transaction():
+        row = conn.execute("SELECT status FROM defects WHERE id = %s FOR UPDATE", (defect_id,)).fetchone()
+        if row is None:
+            raise HTTPException(404, f"no defect {defect_id}")
+        aggregate.set_status(conn, defect_id, row[0], change.status, who.name, change.note)
+    return load_defect(conn, defect_id)
+
+
+@router.get("/sightings/{event_id}/thumbnail.jpg", summary="The crop a vehicle sent with its sighting",
+            response_class=Response)
+def thumbnail(event_id: uuid.UUID, conn: psycopg.Connection = Depends(db),
+              _who=Depends(require("viewer"))) -> Response:
+    row = conn.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()
+    if row is None or row[0] is None:
+        raise HTTPException(404, "no thumbnail for this sighting")
+    return Response(bytes(row[0]), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})

@@ -1,0 +1,106 @@
+"""Bearer tokens: roles viewer < manager < admin, plus per-device tokens for POST /detections.
+
+A token reads `rmt_<lookup>_<secret>`. Only an argon2id hash is stored; `lookup` (not secret) finds the row
+and argon2 compares in constant time. Verified tokens are remembered for `api.token_cache_s` under the
+SHA-256 of the token, so the map does not pay an argon2 hash per request; a revoked token stops working
+within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ROLES = ("viewer", "manager", "admin")
+RANK = {"device": 0, "viewer": 1, "manager": 2, "admin": 3}
+PREFIX = "rmt"
+# OWASP's minimum argon2id settings: the tokens are long random strings, a slow hash only guards a stolen table.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+_DUMMY_HASH = _hasher.hash("not-a-token")
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: int
+    name: str
+    role: str
+    device_id: str | None
+
+    def at_least(self, role: str) -> bool:
+        return self.role != "device" and RANK[self.role] >= RANK[role]
+
+
+def new_token() -> tuple[str, str]:
+    """(token, lookup) for a fresh token."""
+    lookup = secrets.token_hex(8)
+    return f"{PREFIX}_{lookup}_{secrets.token_urlsafe(32)}", lookup
+
+
+def create_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None = None) -> str:
+    """Store a new token's hash and return the token (shown once, never stored in clear)."""
+    if role not in (*ROLES, "device"):
+        raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    token, lookup = new_token()
+    conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role, device_id) VALUES (%s, %s, %s, %s, %s)",
+                 (lookup, _hasher.hash(token), name, role, device_id))
+    return token
+
+
+def revoke_tokens(conn: psycopg.Connection, *, device_id: str | None = None, token_id: int | None = None) -> int:
+    if device_id is not None:
+        cur = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE device_id = %s AND revoked_at IS NULL",
+                           (device_id,))
+    else:
+        cur = conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
+                           (token_id,))
+    return cur.rowcount
+
+
+def verify(conn: psycopg.Connection, token: str) -> Principal | None:
+    """The principal of TOKEN, or None when it is unknown, revoked or wrong."""
+    parts = token.split("_", 2)
+    lookup = parts[1] if len(parts) == 3 and parts[0] == PREFIX else ""
+    row = conn.execute("SELECT id, token_hash, name, role, device_id FROM api_tokens "
+                       "WHERE lookup = %s AND revoked_at IS NULL", (lookup,)).fetchone()
+    try:
+        if row is None:
+            _hasher.verify(_DUMMY_HASH, token)  # same work as a real check: no timing hint that lookup missed
+            return None
+        _hasher.verify(row[1], token)
+    except (VerificationError, InvalidHashError):
+        return None
+    return Principal(row[0], row[2], row[3], row[4])
+
+
+class TokenCache:
+    """Verified tokens by SHA-256, for a few seconds."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[bytes, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> Principal | None:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None or time.monotonic() - hit[0] > self.ttl_s:
+                self._items.pop(key, None)
+                return None
+            return hit[1]
+
+    def put(self, token: str, principal: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            if len(self._items) > 10000:
+                self._items.clear()
+            self._items[key] = (time.monotonic(), principal)

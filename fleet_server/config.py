@@ -1,0 +1,161 @@
+"""The fleet server's configuration: one TOML file, validated at start (unknown keys are errors).
+
+Secrets never come from the command line: the database DSN and the MQTT password are read from files
+(systemd `LoadCredential=`) or from the environment (`ROADMON_DATABASE_DSN`, `ROADMON_MQTT_PASSWORD`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+
+from edge_agent.config.base import Section
+
+EXAMPLE = Path(__file__).with_name("example.toml")
+DSN_ENV = "ROADMON_DATABASE_DSN"
+MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `problems` holds one 'key.path: message' per error."""
+
+    def __init__(self, source: Path | str, problems: list[str]) -> None:
+        self.source = str(source)
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class DatabaseConfig(Section):
+    dsn_file: Path | None = Field(None, description="File holding the PostGIS connection string (with password)")
+    dsn: str | None = Field(None, description="Connection string without a secret (e.g. peer auth); prefer dsn_file "
+                                              f"or the {DSN_ENV} environment variable when it holds a password")
+    pool_min: int = Field(1, ge=1, le=100, description="API connection pool: connections kept open")
+    pool_max: int = Field(8, ge=1, le=200, description="API connection pool: most connections at once")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a new database connection")
+
+    def resolve_dsn(self) -> str:
+        if self.dsn_file is not None:
+            return self.dsn_file.read_text(encoding="utf-8").strip()
+        if os.environ.get(DSN_ENV):
+            return os.environ[DSN_ENV].strip()
+        if self.dsn:
+            return self.dsn
+        raise ConfigError("database", [f"no database DSN: set database.dsn_file or {DSN_ENV}"])
+
+
+class MqttConfig(Section):
+    host: str = Field("127.0.0.1", description="Broker host name")
+    port: int = Field(1883, gt=0, lt=65536, description="Broker port")
+    username: str = Field("roadmon-server", description="The server's broker login (reads/writes roadmon/#)")
+    password_file: Path | None = Field(None, description=f"File holding the broker password; else {MQTT_PASSWORD_ENV}")
+    tls: bool = Field(False, description="Connect with TLS")
+    ca_file: Path | None = Field(None, description="CA bundle for TLS; the system store when empty")
+    client_id_prefix: str = Field("roadmon-ingest", description="Worker client ids are <prefix>-<host>-<n>")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps a worker's session while it "
+                                                          "is away, so its share of QoS 1 messages waits for it")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after a broker outage")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (doubling backoff)")
+
+    def resolve_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return os.environ.get(MQTT_PASSWORD_ENV) or None
+
+
+class BrokerFilesConfig(Section):
+    passwd_file: Path | None = Field(None, description="Mosquitto password file that `device add` writes")
+    acl_file: Path | None = Field(None, description="Mosquitto ACL file; `device add` makes sure the per-device "
+                                                    "patterns are in it")
+    pid_file: Path | None = Field(None, description="Mosquitto pid file, to reload the broker (SIGHUP) after a change")
+
+
+class IngestConfig(Section):
+    share_group: str = Field("ingest", pattern=r"^[A-Za-z0-9_-]+$",
+                             description="Shared-subscription group: workers in one group split the messages")
+    devices: list[str] = Field(["+"], min_length=1, description="Device ids to subscribe to; '+' means all")
+    batch_size: int = Field(500, ge=1, le=20000, description="Most messages stored in one transaction")
+    batch_wait_s: float = Field(0.1, ge=0, le=10, description="How long a batch waits to fill before it is stored")
+    queue_max: int = Field(20000, ge=100, description="Messages held in memory before the worker stops reading "
+                                                      "(the broker keeps the rest)")
+    max_message_bytes: int = Field(2_500_000, ge=1024, description="Larger messages are rejected")
+    horizon_days: float = Field(30.0, gt=0, description="Events captured longer ago than this are rejected")
+    future_tolerance_s: float = Field(86400.0, ge=0, description="Events from further in the future are rejected")
+    stale_after_s: float = Field(600.0, gt=0, description="An online device not heard from this long is 'stale'")
+    db_retry_max_s: float = Field(30.0, gt=0, description="Longest wait between retries while PostGIS is down")
+
+
+class AggregateConfig(Section):
+    merge_radius_m: float = Field(5.0, gt=0, le=100, description="A sighting joins the nearest open defect of its "
+                                                                 "class within this distance")
+    accuracy_gate: float = Field(2.0, ge=0, le=10, description="...or within this many times the sighting's "
+                                                               "h_accuracy_m, when that is larger")
+    max_gate_m: float = Field(10.0, gt=0, le=200, description="Upper bound of the accuracy-widened radius")
+    pass_gap_s: float = Field(600.0, gt=0, description="Sightings of one device further apart than this are "
+                                                       "separate passes")
+    confirm_sightings: int = Field(2, ge=1, description="Sightings needed for new -> confirmed")
+    confirm_passes: int = Field(2, ge=1, description="Distinct passes needed for new -> confirmed")
+    repair_misses: int = Field(3, ge=1, description="Misses since the last sighting for -> likely_repaired")
+    repair_vehicles: int = Field(2, ge=1, description="Distinct vehicles among those misses")
+    footprint_half_width_m: float = Field(3.5, gt=0, description="Half width of the camera's view on the road "
+                                                                 "when a coverage record does not say")
+    outlier_sigma: float = Field(3.0, gt=0, description="Sightings further than this many accuracies from the "
+                                                        "mean are left out of a defect's position")
+    max_sightings_for_position: int = Field(500, ge=10, description="Newest sightings used for the position")
+
+
+class ApiConfig(Section):
+    host: str = Field("127.0.0.1", description="HTTP listen address")
+    port: int = Field(8080, gt=0, lt=65536, description="HTTP port")
+    cors_origins: list[str] = Field([], description="Browser origins allowed to call the API (CORS); empty = none")
+    rate_limit_per_hour: int = Field(100, ge=1, description="POST /detections per device per hour before 429")
+    page_size: int = Field(100, ge=1, le=5000, description="Default page size of list endpoints")
+    max_page_size: int = Field(5000, ge=1, le=100000, description="Largest page a client may ask for")
+    token_cache_s: float = Field(60.0, ge=0, description="Seconds a verified token is remembered (a revoked token "
+                                                         "stops working within this time)")
+    static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")
+
+
+class ModelsConfig(Section):
+    dir: Path = Field(Path("/var/lib/fleet-server/models"), description="Folder of ONNX models offered to devices "
+                                                                         "(<sha256>.onnx)")
+    url_base: str = Field("http://127.0.0.1:8080", description="Public base URL devices fetch models from")
+
+
+class ServerConfig(Section):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig, description="PostGIS")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The broker the ingest workers read")
+    broker_files: BrokerFilesConfig = Field(default_factory=BrokerFilesConfig,
+                                            description="Broker files written by device provisioning")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="MQTT ingest workers")
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig, description="Sightings -> defects")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()]
+
+
+def parse(data: dict, source: Path | str = "<config>") -> ServerConfig:
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+
+
+def load(path: Path | str | None) -> ServerConfig:
+    """Read and validate a TOML config (defaults when PATH is None); raises ConfigError naming every bad key."""
+    if path is None:
+        return ServerConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse(data, path)

@@ -1,0 +1,295 @@
+"""MQTT ingest worker: shared subscription -> validate -> one transaction per batch -> ack after commit.
+
+Each worker is one MQTT 5 client in the shared group `$share/<group>/roadmon/v1/+/...`, so several workers
+(threads, processes or machines) split the load. The worker acknowledges the broker's delivery (PUBACK,
+paho's manual_ack) only after the batch is committed, and publishes the committed ids on the device's ack
+topic only then too. A worker that dies mid-batch therefore loses nothing: the broker re-delivers what it
+never acknowledged (persistent session), and the agent re-sends what the server never acked.
+
+The server cannot see who published a message on a shared subscription; the broker's ACL guarantees that a
+device writes only under roadmon/v1/<its login>/..., so the topic's device is the login, and the worker
+checks that the payload's device_id agrees with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fleet_server import metrics
+from fleet_server.config import ServerConfig
+from fleet_server.store import Batch, Stored, store_batch
+from fleet_server.validate import Invalid, Rejection, check_message
+from roadmon_contract import topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: datetime
+
+
+def subscriptions(cfg: ServerConfig) -> list[str]:
+    group = cfg.ingest.share_group
+    out = []
+    for device in cfg.ingest.devices:
+        base = f"$share/{group}/{topics.PREFIX}/{device}"
+        out += [f"{base}/event", f"{base}/coverage", f"{base}/status", f"{base}/cmd/+/result"]
+    return out
+
+
+def kind_of(topic: str) -> tuple[str, str | None, str | None]:
+    """(kind, device, command name) of a roadmon/v1 topic; kind 'unknown' for anything else."""
+    parts = topic.split("/")
+    device = topics.device_of(topic)
+    if len(parts) == 4 and parts[3] in ("event", "coverage", "status"):
+        return parts[3], device, None
+    if len(parts) == 6 and parts[3] == "cmd" and parts[5] == "result":
+        return "result", device, parts[4]
+    return "unknown", device, None
+
+
+def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") -> Batch:
+    """Sort messages into a Batch; anything invalid becomes a rejection with its reason."""
+    batch = Batch(source=source)
+    now = datetime.now(UTC)
+    for msg in messages:
+        kind, device, name = kind_of(msg.topic)
+        try:
+            if kind == "unknown" or device is None:
+                raise Invalid(f"unexpected topic {msg.topic!r}")
+            if kind == "result":
+                try:
+                    payload = json.loads(msg.payload)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    payload = {"raw": msg.payload.decode("utf-8", "replace")}
+                batch.results.append((device, name or "", payload))
+                continue
+            obj = check_message(kind, device, msg.payload, now, cfg.ingest)
+        except Invalid as exc:
+            batch.rejected.append(Rejection(source, msg.topic, device, str(exc), msg.payload))
+            metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
+            continue
+        if kind == "event":
+            batch.events.append((obj, msg.received_at))
+        elif kind == "coverage":
+            batch.coverage.append((obj, msg.received_at))
+        else:
+            batch.statuses.append((device, obj, msg.received_at))
+    return batch
+
+
+class IngestWorker:
+    """One ingest worker: an MQTT client plus a thread that stores batches."""
+
+    def __init__(self, cfg: ServerConfig, index: int = 0) -> None:
+        self.cfg = cfg
+        self.dsn = cfg.database.resolve_dsn()
+        self.client_id = f"{cfg.mqtt.client_id_prefix}-{socket.gethostname()}-{cfg.ingest.share_group}-{index}"
+        self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
+        self.stopping = threading.Event()
+        self.connected = threading.Event()
+        self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
+        self._conn: psycopg.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{index}", daemon=True)
+        self.client = self._make_client()
+
+    # ------------------------------------------------------------------------------------------ MQTT
+    def _make_client(self) -> mqtt.Client:
+        m = self.cfg.mqtt
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        password = m.resolve_password()
+        client.username_pw_set(m.username, password)
+        if m.tls:
+            client.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.reconnect_delay_set(min_delay=max(1, int(m.reconnect_min_s)), max_delay=int(m.reconnect_max_s))
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.mqtt.session_expiry_s
+        # Enough unacknowledged deliveries in flight to fill a batch (we PUBACK only after commit).
+        props.ReceiveMaximum = min(65535, max(100, 2 * self.cfg.ingest.batch_size))
+        return props
+
+    def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
+            return
+        metrics.INGEST_BROKER_CONNECTS.inc()
+        client.subscribe([(f, 1) for f in subscriptions(self.cfg)])
+        self.connected.set()
+        log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg)))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self.stopping.is_set():
+            log.warning("%s: disconnected from the broker (%s); reconnecting", self.client_id, reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        item = Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC))
+        # Blocking here when the worker lags is the back-pressure: the broker keeps the rest.
+        while not self.stopping.is_set():
+            try:
+                self.inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> IngestWorker:
+        m = self.cfg.mqtt
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
+                                  properties=self._connect_properties())
+        self.client.loop_start()
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stopping.set()
+        self._thread.join(timeout_s)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._conn is not None:
+            self._conn.close()
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        return self.connected.wait(timeout_s)
+
+    # ------------------------------------------------------------------------------------ batch loop
+    def _take_batch(self) -> list[Incoming]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        items = [first]
+        deadline = time.monotonic() + self.cfg.ingest.batch_wait_s
+        while len(items) < self.cfg.ingest.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                items.append(self.inbox.get(timeout=max(0.0, remaining)) if remaining > 0
+                             else self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            items = self._take_batch()
+            if items:
+                self._handle(items)
+        # Whatever is still queued was never PUBACKed: the broker delivers it again after a restart.
+
+    def _handle(self, items: list[Incoming]) -> None:
+        batch = classify(items, self.cfg)
+        stored = self._store_with_retry(batch)
+        if stored is None:
+            return  # stopping while PostGIS is down: nothing acknowledged, the broker keeps it all
+        self._count(batch, stored)
+        for device, ids in stored.acks.items():
+            self.client.publish(topics.ack(device), json.dumps(ids), qos=1)
+            metrics.INGEST_ACKS.inc()
+        for item in items:
+            if item.qos > 0:
+                self.client.ack(item.mid, item.qos)
+
+    def _store_with_retry(self, batch: Batch) -> Stored | None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                t0 = time.monotonic()
+                stored = self._store(batch)
+                metrics.INGEST_BATCH_SECONDS.observe(time.monotonic() - t0)
+                return stored
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                metrics.INGEST_DB_ERRORS.inc()
+                self.stats["db_errors"] += 1
+                log.warning("%s: storing a batch of %d failed (%s); retrying in %.1f s",
+                            self.client_id, len(batch), exc, delay)
+                self._drop_connection()
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.cfg.ingest.db_retry_max_s)
+        return None
+
+    def _store(self, batch: Batch) -> Stored:
+        try:
+            return store_batch(self._connection(), batch, self.cfg.aggregate)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            # Valid JSON the database still refuses (a value out of a column's range): find the culprits
+            # one by one so the rest is stored and the worker keeps going.
+            log.warning("%s: batch refused by PostGIS (%s); storing one message at a time", self.client_id, exc)
+            return self._store_one_by_one(batch)
+
+    def _store_one_by_one(self, batch: Batch) -> Stored:
+        total = Stored()
+        singles = [Batch(events=[e], source=batch.source) for e in batch.events]
+        singles += [Batch(coverage=[c], source=batch.source) for c in batch.coverage]
+        for single in singles:
+            try:
+                part = store_batch(self._connection(), single, self.cfg.aggregate)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except psycopg.Error as exc:
+                obj, kind = (single.events[0][0], "event") if single.events else (single.coverage[0][0], "coverage")
+                batch.rejected.append(Rejection(batch.source, None, obj.get("device_id"),
+                                                f"database refused: {exc}"[:2000], json.dumps(obj).encode()))
+                metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
+                continue
+            total.new_events |= part.new_events
+            total.new_coverage |= part.new_coverage
+            for device, ids in part.acks.items():
+                into = total.acks.setdefault(device, {"event_ids": [], "coverage_ids": []})
+                into["event_ids"] += ids["event_ids"]
+                into["coverage_ids"] += ids["coverage_ids"]
+        rest = Batch(statuses=batch.statuses, results=batch.results, rejected=batch.rejected, source=batch.source)
+        store_batch(self._connection(), rest, self.cfg.aggregate)
+        return total
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.dsn, autocommit=True,
+                                         connect_timeout=int(self.cfg.database.connect_timeout_s))
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def _count(self, batch: Batch, stored: Stored) -> None:
+        self.stats["batches"] += 1
+        self.stats["stored"] += len(stored.new_events)
+        self.stats["duplicates"] += stored.duplicates
+        self.stats["rejected"] += len(batch.rejected)
+        metrics.INGEST_MESSAGES.labels("event", "stored").inc(len(stored.new_events))
+        metrics.INGEST_MESSAGES.labels("event", "duplicate").inc(stored.duplicates)
+        metrics.INGEST_MESSAGES.labels("coverage", "stored").inc(len(stored.new_coverage))
+        metrics.INGEST_MESSAGES.labels("status", "stored").inc(len(batch.statuses))
+        metrics.INGEST_MESSAGES.labels("result", "stored").inc(len(batch.results))

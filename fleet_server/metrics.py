@@ -1,0 +1,73 @@
+"""Prometheus metrics: the names agreed in DESIGN.md plus the ingest counters.
+
+Device-reported figures (queue depth, inference time) live in PostGIS, so they are read at scrape time
+and every API process reports the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+SUBMISSIONS = Counter("road_detection_submissions", "POST /api/v1/detections by response status", ["status"])
+API_LATENCY = Histogram("road_api_latency_seconds", "HTTP API latency", ["method", "route"],
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+INGEST_MESSAGES = Counter("road_ingest_messages", "Messages handled by ingest workers", ["kind", "outcome"])
+INGEST_BATCH_SECONDS = Histogram("road_ingest_batch_seconds", "Time to store and commit one batch",
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+INGEST_ACKS = Counter("road_ingest_acks", "Ack messages published after commit")
+INGEST_DB_ERRORS = Counter("road_ingest_db_errors", "Failed batch transactions (retried)")
+INGEST_BROKER_CONNECTS = Counter("road_ingest_broker_connects", "Ingest worker (re)connections to the broker")
+
+INFERENCE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class DeviceCollector(Collector):
+    """road_queue_depth, road_inference_latency_seconds and road_devices{state}, from the devices table."""
+
+    def __init__(self, fetch: Callable[[str], list[tuple]]) -> None:
+        self.fetch = fetch
+
+    def collect(self) -> Iterator:
+        try:
+            rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen FROM devices "
+                              "WHERE revoked_at IS NULL")
+        except Exception as exc:  # a scrape must not fail because PostGIS is away
+            log.warning("device metrics unavailable: %s", exc)
+            return
+        depth = GaugeMetricFamily("road_queue_depth", "Sum of the devices' outbox queue depths (last status)")
+        depth.add_metric([], float(sum(r[1] or 0 for r in rows if r[0] != "offline")))
+        yield depth
+        states = GaugeMetricFamily("road_devices", "Devices by last reported state", labels=["state"])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r[0]] = counts.get(r[0], 0) + 1
+        for state, n in sorted(counts.items()):
+            states.add_metric([state], n)
+        yield states
+        values = [r[2] / 1000.0 for r in rows if r[2] is not None]
+        buckets = [(str(b), float(sum(v <= b for v in values))) for b in INFERENCE_BUCKETS_S]
+        buckets.append(("+Inf", float(len(values))))
+        hist = HistogramMetricFamily("road_inference_latency_seconds",
+                                     "Detector inference time per frame, latest status of each device")
+        hist.add_metric([], buckets, sum_value=sum(values))
+        yield hist
+
+
+_registered: DeviceCollector | None = None
+
+
+def register_device_collector(fetch: Callable[[str], list[tuple]]) -> None:
+    """Point the device collector at a database (the latest app wins; tests create several apps)."""
+    global _registered
+    if _registered is None:
+        _registered = DeviceCollector(fetch)
+        REGISTRY.register(_registered)
+    else:
+        _registered.fetch = fetch

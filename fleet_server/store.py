@@ -1,0 +1,158 @@
+"""Stores one batch of validated messages in ONE transaction, idempotently on event_id / coverage_id.
+
+Shared by the MQTT ingest workers and POST /api/v1/detections, so both paths write the same rows.
+The caller publishes acks only after `store_batch` returned (the transaction is committed by then).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from fleet_server import aggregate
+from fleet_server.config import AggregateConfig
+from fleet_server.validate import Rejection
+
+
+@dataclass
+class Batch:
+    events: list[tuple[dict, datetime]] = field(default_factory=list)      # (event, received_at)
+    coverage: list[tuple[dict, datetime]] = field(default_factory=list)
+    statuses: list[tuple[str, dict, datetime]] = field(default_factory=list)  # (device, status, received_at)
+    results: list[tuple[str, str, Any]] = field(default_factory=list)       # (device, command name, payload)
+    rejected: list[Rejection] = field(default_factory=list)
+    source: str = "mqtt"
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.coverage) + len(self.statuses) + len(self.results) + len(self.rejected)
+
+
+@dataclass
+class Stored:
+    new_events: set[str] = field(default_factory=set)
+    new_coverage: set[str] = field(default_factory=set)
+    acks: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # device -> {event_ids, coverage_ids}
+
+    @property
+    def duplicates(self) -> int:
+        return sum(len(a["event_ids"]) for a in self.acks.values()) - len(self.new_events)
+
+
+def _event_row(event: dict, received_at: datetime, source: str) -> dict:
+    pos, veh = event["position"], event["vehicle"]
+    slim = {k: v for k, v in event.items() if k not in ("thumbnail_jpeg_b64", "frame_jpeg_b64")}
+    return {
+        "event_id": event["event_id"], "device_id": event["device_id"], "seq": event["seq"],
+        "captured_at": event["captured_at"], "received_at": received_at.isoformat(), "source": source,
+        "class": event["class"], "confidence": event["confidence"],
+        "lat": pos["lat"], "lon": pos["lon"], "h": pos["h_accuracy_m"],
+        "vlat": veh["lat"], "vlon": veh["lon"], "vh": veh["h_accuracy_m"],
+        "speed": veh.get("speed_mps"), "heading": veh.get("heading_deg"),
+        "width": event["size_m"]["width"], "length": event["size_m"]["length"], "severity": event["severity"],
+        "frames": event["frames"], "bbox": event["bbox"], "model": event["model"],
+        "thumb": event.get("thumbnail_jpeg_b64"), "payload": slim,
+    }
+
+
+INSERT_EVENTS = """
+INSERT INTO sightings (event_id, device_id, seq, captured_at, received_at, source, class, confidence, geom,
+                       h_accuracy_m, vehicle_geom, vehicle_h_accuracy_m, speed_mps, heading_deg, size_width_m,
+                       size_length_m, severity, frames, bbox, model, thumbnail, payload)
+SELECT r.event_id, r.device_id, r.seq, r.captured_at, r.received_at, r.source, r.class, r.confidence,
+       ST_SetSRID(ST_MakePoint(r.lon, r.lat), 4326)::geography, r.h,
+       ST_SetSRID(ST_MakePoint(r.vlon, r.vlat), 4326)::geography, r.vh, r.speed, r.heading, r.width, r.length,
+       r.severity, r.frames, r.bbox, r.model, decode(r.thumb, 'base64'), r.payload
+FROM jsonb_to_recordset(%s::jsonb) AS r(
+    event_id uuid, device_id text, seq bigint, captured_at timestamptz, received_at timestamptz, source text,
+    class text, confidence real, lat float8, lon float8, h real, vlat float8, vlon float8, vh real, speed real,
+    heading real, width real, length real, severity real, frames integer, bbox real[], model jsonb, thumb text,
+    payload jsonb)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id::text
+"""
+
+INSERT_COVERAGE = """
+INSERT INTO coverage (coverage_id, device_id, started_at, ended_at, received_at, line, detector_active,
+                      model_sha256, half_width_m, payload)
+SELECT r.coverage_id, r.device_id, r.started_at, r.ended_at, r.received_at,
+       ST_SetSRID(ST_GeomFromGeoJSON(jsonb_build_object('type', 'LineString', 'coordinates', r.line)), 4326)
+         ::geography,
+       r.detector_active, r.model_sha256, r.half_width, r.payload
+FROM jsonb_to_recordset(%s::jsonb) AS r(
+    coverage_id uuid, device_id text, started_at timestamptz, ended_at timestamptz, received_at timestamptz,
+    line jsonb, detector_active boolean, model_sha256 text, half_width real, payload jsonb)
+ON CONFLICT (coverage_id) DO NOTHING
+RETURNING coverage_id::text
+"""
+
+UPSERT_DEVICES = """
+INSERT INTO devices (id, last_seen) SELECT unnest(%s::text[]), now()
+ON CONFLICT (id) DO UPDATE SET last_seen = now()
+"""
+
+UPDATE_STATUS = """
+UPDATE devices SET state = %(state)s, state_at = now(), last_seen = now(), last_status = %(status)s,
+       queue_depth = %(queue_depth)s, inference_ms = %(inference_ms)s, last_fix = %(fix)s
+WHERE id = %(device)s
+"""
+
+
+def _coverage_row(cov: dict, received_at: datetime) -> dict:
+    footprint = cov.get("footprint_m") or {}
+    return {
+        "coverage_id": cov["coverage_id"], "device_id": cov["device_id"], "started_at": cov["started_at"],
+        "ended_at": cov["ended_at"], "received_at": received_at.isoformat(), "line": cov["line"],
+        "detector_active": cov["detector_active"], "model_sha256": cov.get("model_sha256"),
+        "half_width": footprint.get("half_width"), "payload": cov,
+    }
+
+
+def store_rejected(conn: psycopg.Connection, rejected: list[Rejection]) -> None:
+    if not rejected:
+        return
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO rejected (source, topic, device_id, reason, raw) VALUES (%s, %s, %s, %s, %s)",
+                        [(r.source, r.topic, r.device_id, r.reason[:2000], r.raw) for r in rejected])
+
+
+def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) -> Stored:
+    """Write BATCH and aggregate its new sightings, all in one committed transaction."""
+    out = Stored()
+    acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
+    with conn.transaction():
+        devices = sorted({e["device_id"] for e, _ in batch.events} | {c["device_id"] for c, _ in batch.coverage}
+                         | {d for d, _, _ in batch.statuses} | {d for d, _, _ in batch.results})
+        if devices:
+            conn.execute(UPSERT_DEVICES, (devices,))
+        if batch.events:
+            rows = [_event_row(e, at, batch.source) for e, at in batch.events]
+            out.new_events = {r[0] for r in conn.execute(INSERT_EVENTS, (json.dumps(rows),)).fetchall()}
+            for e, _ in batch.events:
+                acks[e["device_id"]]["event_ids"].append(e["event_id"])
+        if batch.coverage:
+            rows = [_coverage_row(c, at) for c, at in batch.coverage]
+            out.new_coverage = {r[0] for r in conn.execute(INSERT_COVERAGE, (json.dumps(rows),)).fetchall()}
+            for c, _ in batch.coverage:
+                acks[c["device_id"]]["coverage_ids"].append(c["coverage_id"])
+        with conn.cursor() as cur:
+            if batch.statuses:
+                cur.executemany(UPDATE_STATUS, [_status_params(d, s) for d, s, _ in batch.statuses])
+            if batch.results:
+                cur.executemany("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
+                                [(d, n, Jsonb(p)) for d, n, p in batch.results])
+        store_rejected(conn, batch.rejected)
+        aggregate.aggregate_new(conn, sorted(out.new_events), sorted(out.new_coverage), agg)
+    out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
+    return out
+
+
+def _status_params(device: str, status: dict) -> dict:
+    return {"device": device, "state": status["state"], "status": Jsonb(status),
+            "queue_depth": status.get("queue_depth"), "inference_ms": status.get("inference_ms"),
+            "fix": Jsonb(status["fix"]) if status.get("fix") is not None else None}

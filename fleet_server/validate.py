@@ -1,0 +1,124 @@
+"""Checks every incoming message: size, JSON, schema, ranges, time window, and that the device agrees.
+
+A message that fails becomes a `Rejection` (stored with its raw bytes in the `rejected` table), never an
+exception: the ingest loop must keep running whatever a device sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fleet_server.config import IngestConfig
+from roadmon_contract import validate as contract
+
+KINDS = ("event", "coverage", "status")
+
+
+class Invalid(ValueError):
+    """The message cannot be stored; the text says why."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    topic: str | None
+    device_id: str | None
+    reason: str
+    raw: bytes
+
+
+def _no_constants(name: str) -> Any:
+    raise Invalid(f"not finite: {name}")
+
+
+def parse_json(raw: bytes, max_bytes: int) -> Any:
+    if len(raw) > max_bytes:
+        raise Invalid(f"too large: {len(raw)} bytes > {max_bytes}")
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Invalid(f"not JSON: {exc}") from None
+
+
+def parse_utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise Invalid(f"time without zone: {text}")
+    return value.astimezone(UTC)
+
+
+def _check_point(where: str, point: dict) -> None:
+    lat, lon = point["lat"], point["lon"]
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        raise Invalid(f"{where}: not finite")
+    if abs(lat) > 90 or abs(lon) > 180:
+        raise Invalid(f"{where}: out of range ({lat}, {lon})")
+    if lat == 0 and lon == 0:
+        raise Invalid(f"{where}: (0, 0) is no position (a receiver without a fix)")
+
+
+def _check_time(where: str, text: str, now: datetime, cfg: IngestConfig) -> datetime:
+    value = parse_utc(text)
+    if value > now + timedelta(seconds=cfg.future_tolerance_s):
+        raise Invalid(f"{where}: {text} is in the future")
+    if value < now - timedelta(days=cfg.horizon_days):
+        raise Invalid(f"{where}: {text} is older than {cfg.horizon_days:g} days")
+    return value
+
+
+def check_schema(kind: str, obj: Any) -> None:
+    problems = contract.errors(kind, obj)
+    if problems:
+        raise Invalid("schema: " + "; ".join(problems[:5]))
+
+
+def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:
+    check_schema("event", obj)
+    _check_point("position", obj["position"])
+    _check_point("vehicle", obj["vehicle"])
+    _check_time("captured_at", obj["captured_at"], now, cfg)
+    thumb = obj.get("thumbnail_jpeg_b64")
+    if thumb:
+        try:
+            base64.b64decode(thumb, validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid("thumbnail_jpeg_b64: not base64") from None
+
+
+def check_coverage(obj: dict, now: datetime, cfg: IngestConfig) -> None:
+    check_schema("coverage", obj)
+    for i, (lon, lat) in enumerate(obj["line"]):
+        _check_point(f"line/{i}", {"lat": lat, "lon": lon})
+    start = _check_time("started_at", obj["started_at"], now, cfg)
+    end = _check_time("ended_at", obj["ended_at"], now, cfg)
+    if end < start:
+        raise Invalid("ended_at is before started_at")
+
+
+def check_status(obj: dict) -> None:
+    check_schema("status", obj)
+
+
+def check_message(kind: str, topic_device: str | None, raw: bytes, now: datetime, cfg: IngestConfig) -> dict:
+    """The parsed message when it may be stored; raises Invalid with the reason otherwise."""
+    if kind not in KINDS:
+        raise Invalid(f"unknown message kind {kind!r}")
+    obj = parse_json(raw, cfg.max_message_bytes)
+    if not isinstance(obj, dict):
+        raise Invalid("schema: (root): not a JSON object")
+    if kind == "event":
+        check_event(obj, now, cfg)
+    elif kind == "coverage":
+        check_coverage(obj, now, cfg)
+    else:
+        check_status(obj)
+    payload_device = obj.get("device_id")
+    if topic_device is not None and payload_device is not None and payload_device != topic_device:
+        raise Invalid(f"device mismatch: topic says {topic_device!r}, payload says {payload_device!r}")
+    return obj

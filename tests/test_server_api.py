@@ -1,0 +1,161 @@
+"""HTTP API on a real PostGIS: status codes of POST /detections, auth and roles, filters (with injection
+strings), defect detail, workflow, exports, devices, coverage, metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from server_fixtures import count, make_cfg, make_event, offset, token
+
+from fleet_server.api import create_app
+from fleet_server.config import ServerConfig
+
+__all__ = ["make_cfg"]
+
+
+@pytest.fixture
+def api(make_cfg) -> tuple[TestClient, ServerConfig, str]:
+    cfg = make_cfg(api={"rate_limit_per_hour": 100, "token_cache_s": 0})
+    client = TestClient(create_app(cfg))
+    yield client, cfg, cfg.database.resolve_dsn()
+    client.app.state.pool.close()
+
+
+def bearer(tok: str) -> dict:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def test_detection_status_codes(api) -> None:
+    client, _cfg, dsn = api
+    dev = bearer(token(dsn, "device", "phone-1", device_id="phone-1"))
+    event = make_event("phone-1", 48.1, 11.5)
+    ok = client.post("/api/v1/detections", json=event, headers=dev)
+    assert ok.status_code == 202 and ok.json() == {"event_id": event["event_id"], "status": "queued"}
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE source = 'http'") == 1
+    assert client.post("/api/v1/detections", json=event, headers=dev).status_code == 409
+    assert client.post("/api/v1/detections", json=make_event("phone-1", 95, 11.5), headers=dev).status_code == 400
+    assert client.post("/api/v1/detections", content=b"{nope", headers=dev).status_code == 400
+    assert client.post("/api/v1/detections", json=event).status_code == 401
+    assert client.post("/api/v1/detections", json=event, headers=bearer("rmt_0000_forged")).status_code == 401
+    other = make_event("phone-2", 48.1, 11.5)
+    assert client.post("/api/v1/detections", json=other, headers=dev).status_code == 403
+    viewer = bearer(token(dsn, "viewer"))
+    assert client.post("/api/v1/detections", json=make_event("phone-1", 48.1, 11.5), headers=viewer).status_code == 403
+    # A phone may leave out the ids; the server fills them in.
+    minimal = {k: v for k, v in make_event("phone-1", 48.2, 11.5).items()
+               if k not in ("schema", "event_id", "device_id", "seq")}
+    assert client.post("/api/v1/detections", json=minimal, headers=dev).status_code == 202
+    assert count(dsn, "SELECT count(*) FROM rejected WHERE source = 'http'") >= 2
+    metrics = client.get("/metrics").text
+    assert 'road_detection_submissions_total{status="202"}' in metrics
+
+
+def test_rate_limit_429_on_the_101st(api) -> None:
+    client, _cfg, dsn = api
+    dev = bearer(token(dsn, "device", "phone-9", device_id="phone-9"))
+    codes = [client.post("/api/v1/detections", json=make_event("phone-9", 48.1, 11.5 + i * 1e-3), headers=dev)
+             .status_code for i in range(101)]
+    assert codes[:100] == [202] * 100
+    assert codes[100] == 429
+    # Another device has its own budget.
+    dev2 = bearer(token(dsn, "device", "phone-10", device_id="phone-10"))
+    assert client.post("/api/v1/detections", json=make_event("phone-10", 48.1, 11.5), headers=dev2).status_code == 202
+
+
+def _seed(client: TestClient, dsn: str) -> dict:
+    dev = bearer(token(dsn, "device", "veh-a", device_id="veh-a"))
+    for i, (lat, lon) in enumerate([(48.1, 11.5), (48.2, 11.6), (48.3, 11.7)]):
+        r = client.post("/api/v1/detections", json=make_event("veh-a", lat, lon, severity=0.2 + 0.3 * i,
+                                                              thumbnail_jpeg_b64="/9j/4AAQSkZJRg=="), headers=dev)
+        assert r.status_code == 202
+    return dev
+
+
+def test_me_roles_and_defect_listing(api) -> None:
+    client, _cfg, dsn = api
+    _seed(client, dsn)
+    viewer = bearer(token(dsn, "viewer", "vera"))
+    assert client.get("/api/v1/me", headers=viewer).json()["role"] == "viewer"
+    assert client.get("/api/v1/defects").status_code == 401
+    fc = client.get("/api/v1/defects", headers=viewer).json()
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 3
+    lon, lat = fc["features"][0]["geometry"]["coordinates"]
+    assert (round(lat, 6), round(lon, 6)) == (48.1, 11.5)
+    box = client.get("/api/v1/defects", params={"bbox": "11.45,48.05,11.55,48.15"}, headers=viewer).json()
+    assert len(box["features"]) == 1
+    sev = client.get("/api/v1/defects", params={"min_severity": 0.6}, headers=viewer).json()
+    assert len(sev["features"]) == 1
+    page = client.get("/api/v1/defects", params={"limit": 2}, headers=viewer).json()
+    assert len(page["features"]) == 2 and page["next_cursor"] is not None
+    rest = client.get("/api/v1/defects", params={"limit": 2, "cursor": page["next_cursor"]}, headers=viewer).json()
+    assert len(rest["features"]) == 1 and rest["next_cursor"] is None
+    assert client.get("/api/v1/defects", params={"status": "new"}, headers=viewer).json()["features"]
+    assert not client.get("/api/v1/defects", params={"class": "crack"}, headers=viewer).json()["features"]
+
+
+INJECTIONS = ["'; DROP TABLE defects; --", "1 OR 1=1", "pothole' OR '1'='1", "1); DELETE FROM sightings; --",
+              "new,confirmed') OR 1=1 --", "\\x00", "%' UNION SELECT token_hash FROM api_tokens --"]
+
+
+def test_sql_injection_strings_in_every_filter(api) -> None:
+    client, _cfg, dsn = api
+    _seed(client, dsn)
+    viewer = bearer(token(dsn, "viewer"))
+    for text in INJECTIONS:
+        for param in ("bbox", "class", "status", "since", "min_severity", "cursor", "limit"):
+            for path in ("/api/v1/defects", "/api/v1/defects.csv", "/api/v1/defects.geojson"):
+                r = client.get(path, params={param: text}, headers=viewer)
+                assert r.status_code in (200, 400), (path, param, text, r.status_code)
+                if r.status_code == 200 and path == "/api/v1/defects":
+                    assert r.json()["features"] == []
+        for param in ("since", "until", "bbox", "device"):
+            r = client.get("/api/v1/coverage", params={param: text}, headers=viewer)
+            assert r.status_code in (200, 400)
+        assert client.get(f"/api/v1/defects/{text}", headers=viewer).status_code in (400, 404)
+        assert client.get(f"/api/v1/sightings/{text}/thumbnail.jpg", headers=viewer).status_code in (400, 404)
+    assert count(dsn, "SELECT count(*) FROM defects") == 3
+    assert count(dsn, "SELECT count(*) FROM sightings") == 3
+
+
+def test_defect_detail_workflow_and_exports(api) -> None:
+    client, _cfg, dsn = api
+    _seed(client, dsn)
+    viewer = bearer(token(dsn, "viewer", "vera"))
+    manager = bearer(token(dsn, "manager", "maria"))
+    first = client.get("/api/v1/defects", headers=viewer).json()["features"][0]
+    detail = client.get(f"/api/v1/defects/{first['id']}", headers=viewer).json()
+    assert len(detail["sightings"]) == 1 and detail["vehicles"][0]["device_id"] == "veh-a"
+    thumb = client.get(detail["sightings"][0]["thumbnail_url"], headers=viewer)
+    assert thumb.status_code == 200 and thumb.content.startswith(b"\xff\xd8")
+    change = {"status": "scheduled", "note": "crew on Monday"}
+    assert client.patch(f"/api/v1/defects/{first['id']}", json=change, headers=viewer).status_code == 403
+    assert client.patch(f"/api/v1/defects/{first['id']}", json={"status": "gone"}, headers=manager).status_code == 400
+    assert client.patch("/api/v1/defects/999999", json=change, headers=manager).status_code == 404
+    done = client.patch(f"/api/v1/defects/{first['id']}", json=change, headers=manager)
+    assert done.status_code == 200 and done.json()["properties"]["status"] == "scheduled"
+    history = client.get(f"/api/v1/defects/{first['id']}", headers=viewer).json()["history"]
+    assert history[-1]["actor"] == "maria" and history[-1]["note"] == "crew on Monday"
+    assert history[-1]["from_status"] == "new" and history[-1]["to_status"] == "scheduled"
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/v1/defects.csv", headers=viewer).text)))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"new", "scheduled"}
+    gj = client.get("/api/v1/defects.geojson", params={"status": "scheduled"}, headers=viewer).json()
+    assert [f["id"] for f in gj["features"]] == [first["id"]]
+
+
+def test_devices_health_openapi_and_metrics(api) -> None:
+    client, _cfg, dsn = api
+    _seed(client, dsn)
+    viewer = bearer(token(dsn, "viewer"))
+    devices = client.get("/api/v1/devices", headers=viewer).json()
+    assert [d["id"] for d in devices] == ["veh-a"] and devices[0]["sightings"] == 3
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["database"] == "ok"
+    assert "/api/v1/defects" in client.get("/openapi.json").json()["paths"]
+    text = client.get("/metrics").text
+    for name in ("road_api_latency_seconds", "road_queue_depth", "road_inference_latency_seconds"):
+        assert name in text
+    lat, lon = offset(48.1, 11.5, 10, 0)
+    assert abs(lat - 48.1 - 10 / 111_320) < 1e-9 and lon == 11.5

@@ -1,0 +1,117 @@
+"""MQTT ingest on the real broker and PostGIS: store, ack after commit, idempotency, dead letters, two workers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from server_fixtures import DeviceClient, count, make_cfg, make_coverage, make_event, wait_for, workers
+
+from fleet_server.migrate import available, migrate
+
+__all__ = ["make_cfg", "workers"]
+
+
+def test_migrate_is_idempotent(fresh_db: str) -> None:
+    first = migrate(fresh_db)
+    assert [m.version for m in first] == [m.version for m in available()]
+    assert migrate(fresh_db) == []
+    assert count(fresh_db, "SELECT max(version) FROM schema_version") == available()[-1].version
+
+
+def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device])
+    workers(cfg)
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:
+        event = make_event(device, 48.1, 11.5)
+        dev.publish("event", event)
+        assert wait_for(lambda: event["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings WHERE event_id = %s", (event["event_id"],)) == 1
+        # The same event again: still one row, but acked again (the agent may have missed the first ack).
+        dev.acks.clear()
+        dev.publish("event", event)
+        assert wait_for(lambda: event["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 1
+        assert count(fresh_db, "SELECT count(*) FROM defects") == 1
+        cov = make_coverage(device, [(48.1, 11.5), (48.101, 11.5)], *_times())
+        dev.publish("coverage", cov)
+        assert wait_for(lambda: cov["coverage_id"] in dev.acked_coverage())
+        assert count(fresh_db, "SELECT count(*) FROM coverage") == 1
+    finally:
+        dev.close()
+
+
+def _times():
+    from server_fixtures import hours_ago
+
+    return hours_ago(0.1), hours_ago(0.09)
+
+
+def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device], ingest={"max_message_bytes": 50_000})
+    workers(cfg)
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:
+        bad_schema = make_event(device, 48.1, 11.5)
+        del bad_schema["confidence"]
+        nan_text = json.dumps(make_event(device, 48.1, 11.5)).replace('"confidence": 0.8', '"confidence": NaN')
+        huge = make_event(device, 48.1, 11.5, thumbnail_jpeg_b64="A" * 60_000)
+        other = make_event("someone-else", 48.1, 11.5)
+        cases = {
+            b"this is not json": "not JSON",
+            json.dumps(bad_schema).encode(): "schema",
+            nan_text.encode(): "not finite",
+            json.dumps(huge).encode(): "too large",
+            json.dumps(make_event(device, 0.0, 0.0)).encode(): "(0, 0)",
+            json.dumps(other).encode(): "device mismatch",
+            json.dumps(make_event(device, 48.1, 11.5, captured_at="2099-01-01T00:00:00Z")).encode(): "future",
+            json.dumps(make_event(device, 48.1, 11.5, seq=2**70)).encode(): "database refused",
+        }
+        for raw in cases:
+            dev.publish("event", raw)
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM rejected") == len(cases)), \
+            count(fresh_db, "SELECT count(*) FROM rejected")
+        import psycopg
+
+        with psycopg.connect(fresh_db) as conn:
+            rows = {bytes(r[1]): r[0] for r in conn.execute("SELECT reason, raw FROM rejected")}
+        for raw, reason in cases.items():
+            if reason == "database refused":
+                assert any(reason in v for v in rows.values())
+                continue
+            assert reason in rows[raw], (reason, rows[raw])
+        # The worker is still alive and stores the next good event.
+        good = make_event(device, 48.1, 11.5)
+        dev.publish("event", good)
+        assert wait_for(lambda: good["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 1
+    finally:
+        dev.close()
+
+
+def test_two_workers_split_without_loss_or_doubles(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    devices = [mqtt_device() for _ in range(3)]
+    cfg = make_cfg(devices=[d for d, _ in devices], ingest={"batch_size": 50})
+    pair = workers(cfg, 2)
+    clients = [DeviceClient(service_info.mqtt_host, service_info.mqtt_port, d, p) for d, p in devices]
+    sent: set[str] = set()
+    try:
+        for i in range(400):
+            client = clients[i % 3]
+            event = make_event(client.device_id, 48.1 + (i % 40) * 0.001, 11.5 + secrets.randbelow(100) * 1e-6,
+                               seq=i)
+            sent.add(event["event_id"])
+            client.publish("event", event)
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sightings") >= len(sent), timeout_s=60)
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == len(sent)
+        assert all(w.stats["stored"] > 0 for w in pair), [w.stats for w in pair]
+        assert sum(w.stats["stored"] for w in pair) == len(sent)
+        acked = set().union(*(c.acked_events() for c in clients))
+        assert wait_for(lambda: set().union(*(c.acked_events() for c in clients)) >= sent)
+        assert acked <= sent
+    finally:
+        for c in clients:
+            c.close()
