@@ -1,9 +1,63 @@
-"""`edge-agent doctor` (stub: filled in by its issue)."""
+"""`edge-agent doctor [--config C] [--json] [--only camera,gnss]`: check every part of the box and explain."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import typer
+
+DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
+STYLE = {"green": "bold green", "yellow": "bold yellow", "red": "bold red", "skipped": "dim"}
+MARK = {"green": "OK", "yellow": "WARN", "red": "FAIL", "skipped": "SKIP"}
+
+
+def doctor(
+    config: str = typer.Option(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG), "--config", "-c",
+                               help="Agent config file (env EDGE_AGENT_CONFIG)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table"),
+    only: str = typer.Option("", "--only", help="Comma-separated checks to run: config,camera,gnss,clock,model,"
+                                                "outbox,broker (config always runs)"),
+    camera_seconds: float = typer.Option(3.0, help="Longest time spent reading camera frames"),
+    gnss_seconds: float = typer.Option(5.0, help="Longest time spent listening to the GNSS receiver"),
+) -> None:
+    """Check config, camera, GNSS, clock, model, outbox and broker; exit 1 when anything is red."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge_agent.doctor import Level, run_checks
+    from edge_agent.doctor.result import Options
+
+    console = Console(stderr=as_json)
+    names = [n.strip() for n in only.split(",") if n.strip()] or None
+    options = Options(camera_seconds=camera_seconds, gnss_seconds=gnss_seconds)
+    try:
+        with console.status("checking...") as status:
+            results = run_checks(config, names, options, progress=lambda n: status.update(f"checking {n}..."))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    failed = any(r.level is Level.RED for r in results)
+
+    if as_json:
+        typer.echo(json.dumps({"ok": not failed, "config": config, "checks": [r.as_dict() for r in results]},
+                              indent=2, default=str))
+    else:
+        table = Table(title=f"edge-agent doctor ({config})", show_lines=True, expand=True)
+        table.add_column("check", style="bold", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("result", ratio=3)
+        table.add_column("what it means / what to do", ratio=3)
+        for r in results:
+            advice = "\n".join(x for x in (r.explanation, f"[bold]hint:[/bold] {r.hint}" if r.hint else "") if x)
+            table.add_row(r.name, f"[{STYLE[r.level.value]}]{MARK[r.level.value]}[/]", r.summary, advice)
+        console.print(table)
+        counts = {lv: sum(r.level is lv for r in results) for lv in Level}
+        console.print(f"{counts[Level.GREEN]} ok, {counts[Level.YELLOW]} warnings, {counts[Level.RED]} failed, "
+                      f"{counts[Level.SKIPPED]} skipped")
+    if failed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("doctor")(doctor)

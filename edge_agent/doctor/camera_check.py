@@ -1,0 +1,75 @@
+"""Does the camera open and deliver frames, how fast, and do the frames show anything?"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edge_agent.doctor.result import CheckResult, Context, Level
+
+DARK_STD = 2.0  # a frame whose pixels vary less than this is black, covered or frozen grey
+
+
+def _open_hint(kind: str, source: str) -> str:
+    if kind == "device":
+        return ("check the cable and `v4l2-ctl --list-devices`; the user needs the 'video' group; a running agent "
+                "holds the camera: `sudo systemctl stop edge-agent` before this check")
+    if kind == "file":
+        return f"the video file {source} does not exist or is not a format FFmpeg reads"
+    if kind == "url":
+        return "check the camera's address, credentials and network (`ffprobe URL` shows the error)"
+    return "check the GStreamer pipeline with `gst-launch-1.0`; OpenCV must be built with GStreamer"
+
+
+def check_camera(ctx: Context) -> CheckResult:
+    from edge_agent.capture import open_capture, source_kind
+
+    assert ctx.cfg is not None
+    cam = ctx.cfg.camera
+    kind = source_kind(cam.source)
+    opts = ctx.options
+    cap = open_capture(cam)
+    try:
+        if not cap.isOpened():
+            return CheckResult("camera", Level.RED, f"cannot open {kind} source {cam.source!r}",
+                               "without frames the agent detects nothing", _open_hint(kind, cam.source),
+                               {"source": cam.source, "kind": kind})
+        stamps, last = [], None
+        deadline = time.monotonic() + opts.camera_seconds
+        while len(stamps) < opts.camera_frames and time.monotonic() < deadline:
+            ok, frame = cap.read()
+            if not ok:
+                if kind == "file":
+                    break
+                continue
+            stamps.append(time.monotonic())
+            last = frame
+        nominal = cap.get(5) or None  # CAP_PROP_FPS
+    finally:
+        cap.release()
+
+    data = {"source": cam.source, "kind": kind, "frames": len(stamps), "nominal_fps": nominal}
+    if last is None:
+        return CheckResult("camera", Level.RED, f"{kind} {cam.source!r} opened but gave no frame in "
+                           f"{opts.camera_seconds:.0f} s", "the camera is there but not streaming",
+                           _open_hint(kind, cam.source), data)
+    height, width = last.shape[:2]
+    ctx.frame_shape = (height, width)
+    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
+    std = float(np.asarray(last, dtype=np.float32).std())
+    data.update(width=width, height=height, fps=round(fps, 2) if fps else None, pixel_std=round(std, 2))
+    summary = f"{width}x{height}, {len(stamps)} frames" + (f" at {fps:.1f} fps" if fps else "")
+    if kind == "file":
+        summary += f" (video file, nominal {nominal:.1f} fps)" if nominal else " (video file)"
+    if std < DARK_STD:
+        return CheckResult("camera", Level.YELLOW, summary + f"; the image is uniform (pixel std {std:.1f})",
+                           "a black or flat image: lens cap, a covered lens, night without light, or a dead sensor",
+                           "look at a frame: `edge-agent calibrate` or `ffplay` on the device", data)
+    wanted = cam.fps or (nominal if kind != "file" else None)
+    if kind != "file" and fps and wanted and fps < 0.5 * wanted:
+        return CheckResult("camera", Level.YELLOW, summary + f", below half the expected {wanted:.0f} fps",
+                           "a slow camera means fewer looks at each defect",
+                           "check the USB bus (USB 3 port), exposure (long exposure in the dark caps fps) and "
+                           "camera.width/height/fps", data)
+    return CheckResult("camera", Level.GREEN, summary, data=data)

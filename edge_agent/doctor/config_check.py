@@ -1,0 +1,33 @@
+"""Is the config file there, valid, and free of settings that only belong in a lab?"""
+
+from __future__ import annotations
+
+from edge_agent import config as agent_config
+from edge_agent.doctor.result import CheckResult, Context, Level
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def check_config(ctx: Context) -> CheckResult:
+    try:
+        cfg = agent_config.load(ctx.config_path)
+    except agent_config.ConfigError as exc:
+        return CheckResult(
+            "config", Level.RED, f"{ctx.config_path}: {len(exc.problems)} problem(s): " + "; ".join(exc.problems[:5]),
+            "the agent refuses to start with an invalid config, so nothing else can run",
+            "fix the keys named above; `edge-agent config example` shows every key with its meaning",
+            data={"path": ctx.config_path, "problems": exc.problems})
+    ctx.cfg = cfg
+    warnings = []
+    if cfg.uplink.enabled and not cfg.uplink.tls and cfg.uplink.host not in LOOPBACK:
+        warnings.append(f"uplink.tls is off for a remote broker ({cfg.uplink.host}): the password travels in clear")
+    if cfg.model_update.allow_http:
+        warnings.append("model_update.allow_http is on: models could be replaced in transit")
+    if not cfg.uplink.enabled:
+        warnings.append("uplink.enabled is false: events stay on this box")
+    data = {"path": ctx.config_path, "device_id": cfg.device.id, "warnings": warnings}
+    summary = f"{ctx.config_path} is valid (device {cfg.device.id})"
+    if warnings:
+        return CheckResult("config", Level.YELLOW, summary + "; " + "; ".join(warnings),
+                           "the agent runs, but not as a production box should", "change the settings named", data)
+    return CheckResult("config", Level.GREEN, summary, data=data)

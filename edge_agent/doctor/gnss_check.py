@@ -1,0 +1,141 @@
+"""Does the GNSS port open, does NMEA arrive, and how good is the fix?"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+
+from edge_agent.config.gnss import GnssConfig
+from edge_agent.doctor.result import CheckResult, Context, Level
+from edge_agent.epochs import Fix
+from edge_agent.gnss_source import NmeaDecoder, fixes_from_file
+
+GOOD_HDOP = 2.5
+MODE_NAMES = {0: "no fix", 2: "2D fix", 3: "3D fix"}
+SERIAL_HINT = ("check `ls -l /dev/serial/by-id/` for the receiver's port and set gnss.port to it; the user needs "
+               "the 'dialout' group; a running agent holds the port: `sudo systemctl stop edge-agent` first")
+
+
+class _Silent(Exception):
+    pass
+
+
+def _listen(read: Callable[[], bytes], cfg: GnssConfig, seconds: float) -> tuple[NmeaDecoder, list[Fix], int]:
+    """Read until the fix is known or SECONDS passed; (decoder, fixes, bytes)."""
+    decoder = NmeaDecoder(cfg)
+    fixes: list[Fix] = []
+    got = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        data = read()
+        now = time.monotonic() - cfg.receiver_latency_s
+        if data:
+            got += len(data)
+            fixes += decoder.feed(data, now)
+        else:
+            fixes += decoder.close_epoch()
+        if (len(fixes) >= 2 and fixes[-1].mode >= 2) or (len(fixes) >= 3 and all(f.mode < 2 for f in fixes)):
+            break  # a located fix, or three epochs in a row without one: a snapshot is all doctor gives
+    fixes += decoder.close_epoch()
+    return decoder, fixes, got
+
+
+def _read_serial(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
+    import serial
+
+    cfg = ctx.cfg.gnss  # type: ignore[union-attr]
+    with serial.serial_for_url(cfg.port, cfg.baud, timeout=0.2) as port:
+        return _listen(lambda: port.read(4096), cfg, ctx.options.gnss_seconds)
+
+
+def _read_gpsd(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
+    cfg = ctx.cfg.gnss  # type: ignore[union-attr]
+    with socket.create_connection((cfg.gpsd_host, cfg.gpsd_port), timeout=3) as sock:
+        # gpsd relays the receiver's raw NMEA when asked, so the same decoder judges it.
+        sock.sendall(b'?WATCH=' + json.dumps({"enable": True, "nmea": True}).encode() + b";\n")
+        sock.settimeout(0.3)
+
+        def read() -> bytes:
+            try:
+                return sock.recv(4096)
+            except TimeoutError:
+                return b""
+
+        return _listen(read, cfg, ctx.options.gnss_seconds)
+
+
+def _quality(fix: Fix) -> str:
+    parts = [MODE_NAMES.get(fix.mode, f"mode {fix.mode}")]
+    if fix.sats is not None:
+        parts.append(f"{fix.sats} sats")
+    if fix.hdop is not None:
+        parts.append(f"HDOP {fix.hdop:.1f}")
+    if fix.eph_m is not None:
+        parts.append(f"±{fix.eph_m:.1f} m")
+    return ", ".join(parts)
+
+
+def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: bool, ctx: Context) -> CheckResult:
+    stats = decoder.summary()
+    data = {"source": where, "bytes": got, **stats}
+    if got == 0:
+        return CheckResult("gnss", Level.RED, f"{where}: opened, but not one byte in {ctx.options.gnss_seconds:.0f} s",
+                           "the receiver is silent: unpowered, wrong port, or it talks on another interface",
+                           SERIAL_HINT, data)
+    if stats["sentences"] == 0:
+        return CheckResult("gnss", Level.RED, f"{where}: {got} bytes but no valid NMEA sentence",
+                           "bytes without valid sentences: the baud rate is wrong, or the receiver sends only a "
+                           "binary protocol (UBX, SiRF)",
+                           "try gnss.baud = 9600, 38400 or 115200; enable NMEA output in the receiver's tool", data)
+    if not fixes:
+        return CheckResult("gnss", Level.YELLOW, f"{where}: {stats['sentences']} NMEA sentences, no complete epoch",
+                           "NMEA arrives, but no epoch with a time was seen yet", "wait a minute and run again", data)
+    fix = fixes[-1]
+    data.update(mode=fix.mode, sats=fix.sats, hdop=fix.hdop, eph_m=fix.eph_m, lat=fix.lat, lon=fix.lon,
+                utc=fix.utc.isoformat() if fix.utc else None)
+    if live and fix.utc is not None:
+        ctx.gnss_utc, ctx.gnss_utc_mono = fix.utc, fix.t_mono
+    summary = f"{where}: {stats['sentences']} NMEA sentences, {_quality(fix)}"
+    if stats["bad_checksums"]:
+        summary += f", {stats['bad_checksums']} bad checksums"
+    if fix.mode < 2 or fix.lat is None:
+        return CheckResult("gnss", Level.YELLOW, summary,
+                           "the receiver talks but has no position: no sky view, or a cold start (up to a minute, "
+                           "longer indoors)", "put the antenna where it sees the sky (roof, windscreen) and wait",
+                           data)
+    if fix.mode == 2 or (fix.hdop is not None and fix.hdop > GOOD_HDOP):
+        return CheckResult("gnss", Level.YELLOW, summary,
+                           "a weak fix places defects metres off", "give the antenna a clearer view of the sky", data)
+    return CheckResult("gnss", Level.GREEN, summary, data=data)
+
+
+def check_gnss(ctx: Context) -> CheckResult:
+    assert ctx.cfg is not None
+    cfg = ctx.cfg.gnss
+    if cfg.source == "stdin":
+        return CheckResult("gnss", Level.YELLOW, "gnss.source is stdin: nothing to open",
+                           "stdin is for piping a recording in by hand", "use source = serial, gpsd or file")
+    if cfg.source == "file":
+        try:
+            decoder = NmeaDecoder(cfg, virtual_clock=True)
+            fixes = list(fixes_from_file(cfg.file, cfg, decoder))
+        except OSError as exc:
+            return CheckResult("gnss", Level.RED, f"cannot read the NMEA recording {cfg.file!r}: {exc.strerror}",
+                               "the agent has no positions to give its detections", "set gnss.file to a recording")
+        return _judge(f"recording {cfg.file}", decoder, fixes, 1 if decoder.summary()["sentences"] else 0, False, ctx)
+    try:
+        if cfg.source == "gpsd":
+            where = f"gpsd {cfg.gpsd_host}:{cfg.gpsd_port}"
+            decoder, fixes, got = _read_gpsd(ctx)
+        else:
+            where = f"{cfg.port} @ {cfg.baud} baud"
+            decoder, fixes, got = _read_serial(ctx)
+    except OSError as exc:  # serial.SerialException is an OSError too
+        hint = "start gpsd (`systemctl status gpsd`) or check gnss.gpsd_host/port" if cfg.source == "gpsd" else (
+            SERIAL_HINT)
+        where = f"gpsd {cfg.gpsd_host}:{cfg.gpsd_port}" if cfg.source == "gpsd" else cfg.port
+        return CheckResult("gnss", Level.RED, f"cannot open {where}: {exc}",
+                           "the agent has no positions to give its detections", hint, {"source": where})
+    return _judge(where, decoder, fixes, got, True, ctx)

@@ -1,0 +1,275 @@
+"""`edge-agent doctor` against real things: video files as cameras, a pty as the GNSS receiver, real SQLite files,
+the shared test broker, and the CLI itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pynmea2
+import pytest
+
+from edge_agent.doctor import Level, run_checks
+from edge_agent.doctor.result import Options
+
+EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
+FAST = Options(camera_seconds=2.0, camera_frames=15, gnss_seconds=4.0, model_runs=2)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def write_config(tmp: Path, **sections: dict[str, Any]) -> Path:
+    """An agent config in TMP with a state dir of its own; SECTIONS override/extend tables."""
+    tables: dict[str, dict[str, Any]] = {"device": {"id": "veh-doc", "state_dir": str(tmp / "state")},
+                                         "uplink": {"enabled": False}}
+    for name, values in sections.items():
+        tables.setdefault(name, {}).update(values)
+    (tmp / "state").mkdir(exist_ok=True)
+    lines = []
+    for name, values in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_video(path: Path, frames: int = 20, flat: bool = False, size: tuple[int, int] = (320, 240)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    rng = np.random.default_rng(1)
+    for i in range(frames):
+        img = np.zeros((size[1], size[0], 3), np.uint8) if flat else rng.integers(0, 255, (size[1], size[0], 3),
+                                                                                    dtype=np.uint8)
+        if not flat:
+            cv2.putText(img, str(i), (20, 60), cv2.FONT_HERSHEY_SIMPLEX, 2, (255, 255, 255), 3)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def nmea_epoch(utc: datetime, fix: bool = True, hdop: float = 0.9) -> bytes:
+    """One receiver epoch (GGA + RMC) at UTC, rendered and checksummed by pynmea2."""
+    hms = utc.strftime("%H%M%S.") + f"{utc.microsecond // 10000:02d}"
+    if fix:
+        gga = pynmea2.GGA("GP", "GGA", (hms, "4807.0380", "N", "01131.0000", "E", "1", "09", f"{hdop:.1f}",
+                                        "545.4", "M", "46.9", "M", "", ""))
+        rmc = pynmea2.RMC("GP", "RMC", (hms, "A", "4807.0380", "N", "01131.0000", "E", "22.4", "84.4",
+                                        utc.strftime("%d%m%y"), "", "", "A"))
+    else:
+        gga = pynmea2.GGA("GP", "GGA", (hms, "", "", "", "", "0", "00", "", "", "", "", "", "", ""))
+        rmc = pynmea2.RMC("GP", "RMC", (hms, "V", "", "", "", "", "", "", utc.strftime("%d%m%y"), "", "", "N"))
+    return f"{gga}\r\n{rmc}\r\n".encode()
+
+
+class FakeReceiver:
+    """A pseudo-terminal the doctor opens like /dev/ttyACM0; a thread writes what a receiver would."""
+
+    def __init__(self, payload: Any, every_s: float = 0.2) -> None:
+        self.master, self.slave = os.openpty()
+        self.port = os.ttyname(self.slave)
+        self.payload = payload          # callable(epoch_index) -> bytes
+        self.every_s = every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            data = self.payload(i)
+            if data:
+                try:
+                    os.write(self.master, data)
+                except OSError:
+                    return
+            i += 1
+            time.sleep(self.every_s)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    made: list[FakeReceiver] = []
+
+    def make(payload: Any) -> FakeReceiver:
+        r = FakeReceiver(payload)
+        r.thread.start()
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def by_name(results: list[Any]) -> dict[str, Any]:
+    return {r.name: r for r in results}
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_invalid_config_is_red_and_the_rest_skipped(tmp_path: Path) -> None:
+    path = write_config(tmp_path, uplink={"prot": 1883})
+    results = by_name(run_checks(str(path), options=FAST))
+    assert results["config"].level is Level.RED
+    assert "uplink.prot" in results["config"].summary
+    for name in ("camera", "gnss", "model", "outbox", "broker"):
+        assert results[name].level is Level.SKIPPED
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    results = by_name(run_checks(str(tmp_path / "nope.toml"), only=["outbox"], options=FAST))
+    assert results["config"].level is Level.RED and "file not found" in results["config"].summary
+
+
+# ------------------------------------------------------------------------------------------------ camera
+def test_camera_from_a_video_file_delivers_frames(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "road.mp4")
+    path = write_config(tmp_path, camera={"source": str(video)})
+    cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
+    assert cam.level is Level.GREEN, cam
+    assert cam.data["width"] == 320 and cam.data["height"] == 240
+    assert cam.data["frames"] == 15 and cam.data["fps"] > 0
+    assert "320x240" in cam.summary
+
+
+def test_black_camera_is_yellow(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "black.mp4", flat=True)
+    path = write_config(tmp_path, camera={"source": str(video)})
+    cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
+    assert cam.level is Level.YELLOW and "uniform" in cam.summary
+
+
+def test_camera_that_does_not_open_is_red(tmp_path: Path) -> None:
+    path = write_config(tmp_path, camera={"source": str(tmp_path / "missing.mp4")})
+    cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
+    assert cam.level is Level.RED and "cannot open" in cam.summary and cam.hint
+
+
+# -------------------------------------------------------------------------------------------------- GNSS
+def test_gnss_on_a_pty_with_a_fix(tmp_path: Path, receiver: Any) -> None:
+    rx = receiver(lambda i: nmea_epoch(datetime.now(UTC)))  # a receiver on true time, sending as it goes
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port, "baud": 9600})
+    results = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))
+    gnss = results["gnss"]
+    assert gnss.level is Level.GREEN, gnss
+    assert gnss.data["mode"] == 3 and gnss.data["sats"] == 9 and gnss.data["hdop"] == pytest.approx(0.9)
+    assert gnss.data["lat"] == pytest.approx(48.1173, abs=1e-4)
+    # The receiver's UTC is "now", so the clock check compares and finds them close.
+    clock = results["clock"]
+    assert "offset_vs_gnss_s" in clock.data
+    assert abs(clock.data["offset_vs_gnss_s"]) < 1.0
+    assert clock.level is Level.GREEN, clock
+
+
+def test_clock_far_from_gnss_time_is_red(tmp_path: Path, receiver: Any) -> None:
+    rx = receiver(lambda i: nmea_epoch(datetime.now(UTC) - timedelta(hours=3)))
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    clock = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))["clock"]
+    assert clock.level is Level.RED
+    assert clock.data["offset_vs_gnss_s"] == pytest.approx(3 * 3600, abs=5)
+
+
+def test_gnss_without_a_fix_is_yellow(tmp_path: Path, receiver: Any) -> None:
+    start = datetime.now(UTC).replace(microsecond=0)
+    rx = receiver(lambda i: nmea_epoch(start + timedelta(seconds=i), fix=False))
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.YELLOW and "no fix" in gnss.summary and "sky" in gnss.hint
+
+
+def test_gnss_garbage_means_wrong_baud(tmp_path: Path, receiver: Any) -> None:
+    rx = receiver(lambda i: bytes(np.random.default_rng(i).integers(0, 256, 120, dtype=np.uint8)))
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=Options(gnss_seconds=1.5)))["gnss"]
+    assert gnss.level is Level.RED and "no valid NMEA" in gnss.summary and "baud" in gnss.explanation
+
+
+def test_silent_port_and_missing_port_are_red(tmp_path: Path, receiver: Any) -> None:
+    rx = receiver(lambda i: b"")
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    silent = by_name(run_checks(str(path), only=["gnss"], options=Options(gnss_seconds=1.0)))["gnss"]
+    assert silent.level is Level.RED and "not one byte" in silent.summary
+    path = write_config(tmp_path, gnss={"source": "serial", "port": str(tmp_path / "ttyNOPE")})
+    missing = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert missing.level is Level.RED and "cannot open" in missing.summary and "dialout" in missing.hint
+
+
+def test_gnss_recording_file(tmp_path: Path) -> None:
+    start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    rec = tmp_path / "drive.nmea"
+    rec.write_bytes(b"".join(nmea_epoch(start + timedelta(seconds=i)) for i in range(5)))
+    path = write_config(tmp_path, gnss={"source": "file", "file": str(rec)})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.GREEN and gnss.data["sentences"] == 10
+
+
+# ------------------------------------------------------------------------------------------------ outbox
+def test_outbox_green_then_damaged_file_red(tmp_path: Path) -> None:
+    from edge_agent.config.outbox import OutboxConfig
+    from edge_agent.outbox import Outbox
+
+    path = write_config(tmp_path, outbox={"budget_mb": 1, "free_floor_mb": 1})
+    with Outbox(tmp_path / "state" / "outbox.db", OutboxConfig()) as ob:
+        ob.add_coverage({"schema": "roadmon.coverage/1", "coverage_id": "0190a0b0-0000-7000-8000-000000000001",
+                         "device_id": "veh-doc", "started_at": "2026-11-28T10:00:00.000Z",
+                         "ended_at": "2026-11-28T10:01:00.000Z", "line": [[11.5, 48.1], [11.51, 48.1]],
+                         "detector_active": True, "model_sha256": "0" * 64})
+    good = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert good.level is Level.GREEN, good
+    assert good.data["unconfirmed"]["coverage"] == 1
+    (tmp_path / "state" / "outbox.db").write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{tmp_path / 'state' / 'outbox.db'}{suffix}").unlink(missing_ok=True)
+    bad = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert bad.level is Level.RED and "damaged" in bad.summary
+
+
+def test_outbox_without_room_is_red(tmp_path: Path) -> None:
+    path = write_config(tmp_path, outbox={"free_floor_mb": 1e9})
+    ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert ob.level is Level.RED and "free_floor_mb" in ob.explanation
+
+
+def test_outbox_folder_missing_is_red(tmp_path: Path) -> None:
+    path = write_config(tmp_path, outbox={"file": str(tmp_path / "gone" / "outbox.db")})
+    ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert ob.level is Level.RED and "does not exist" in ob.summary
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def test_cli_json_and_exit_code(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "road.mp4")
+    path = write_config(tmp_path, camera={"source": str(video)}, uplink={"enabled": True, "tls": False})
+    ok = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--json", "--only", "camera,outbox",
+                         "--camera-seconds", "2"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] is True
+    assert [c["name"] for c in report["checks"]] == ["config", "camera", "outbox"]
+    assert {c["level"] for c in report["checks"]} == {"green"}
+
+    path = write_config(tmp_path, camera={"source": str(tmp_path / "none.mp4")})
+    bad = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--only", "camera"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert bad.returncode == 1
+    assert "FAIL" in bad.stdout and "cannot open" in bad.stdout and "hint:" in bad.stdout
+
+
+def test_cli_unknown_check_name(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--only", "camra"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "camra" in out.stdout + out.stderr
