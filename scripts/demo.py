@@ -115,6 +115,11 @@ def tool(name: str) -> str:
     return found
 
 
+def fleet_server(paths: Paths, *args: str) -> list[str]:
+    """A `fleet-server` command line with the demo's config (a global option, before the command)."""
+    return [tool("fleet-server"), "--config", str(paths.server_toml), *args]
+
+
 def run_logged(args: Sequence[str], log: Path, timeout_s: float, what: str) -> str:
     """Run a command to the end, append its output to LOG, and return its stdout."""
     with log.open("a", encoding="utf-8") as fh:
@@ -209,12 +214,17 @@ def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
 
 
 # ------------------------------------------------------------------------------------- the steps
-def server_config(paths: Paths, info: services.ServiceInfo, port: int) -> dict[str, Any]:
-    mq = services.Mosquitto()
+def server_config(paths: Paths, info: services.ServiceInfo, port: int, device_id: str = DEVICE_ID,
+                  broker: services.Mosquitto | None = None) -> dict[str, Any]:
+    """The server's config for the demo. Its ingest subscribes to the demo vehicle only, in a share group of
+    its own, so another server on the same broker (a developer's tests) never takes the demo's messages."""
+    broker = broker or services.Mosquitto()
     return {
         "database": {"dsn_file": str(paths.dsn_file)},
         "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.server_user,
-                 "password_file": str(mq.server_secret)},
+                 "password_file": str(broker.server_secret)},
+        "ingest": {"devices": [device_id], "share_group": f"demo-{device_id}".replace(".", "-"),
+                   "batch_wait_s": 0.05},
         "broker_files": {"passwd_file": info.passwd_file, "acl_file": info.acl_file,
                          "pid_file": info.broker_pid_file},
         "api": {"host": "127.0.0.1", "port": port},
@@ -231,7 +241,7 @@ def prepare_database(paths: Paths) -> str:
 
 def provision_device(paths: Paths) -> str:
     """Register the demo vehicle with the server and the broker; returns its MQTT password."""
-    out = run_logged([tool("fleet-server"), "device", "add", DEVICE_ID, "--config", str(paths.server_toml)],
+    out = run_logged(fleet_server(paths, "device", "add", DEVICE_ID, "--name", "demo vehicle", "--json"),
                      paths.log("provision"), 60, "fleet-server device add")
     password = _password_from(out)
     paths.mqtt_password.write_text(password + "\n", encoding="utf-8")
@@ -254,8 +264,8 @@ def _password_from(output: str) -> str:
 
 
 def create_token(paths: Paths, role: str, name: str) -> str:
-    out = run_logged([tool("fleet-server"), "token", "create", "--role", role, "--name", name,
-                      "--config", str(paths.server_toml)], paths.log("provision"), 60, "fleet-server token create")
+    out = run_logged(fleet_server(paths, "token", "create", "--role", role, "--name", name, "--json"),
+                     paths.log("provision"), 60, "fleet-server token create")
     with contextlib.suppress(ValueError):
         doc = last_json(out)
         if isinstance(doc, dict) and doc.get("token"):
@@ -476,8 +486,7 @@ def up(seed: int, port: int) -> int:
     step(f"fresh database {DB_NAME}, migrations")
     prepare_database(paths)
     paths.server_toml.write_text(tomli_w.dumps(server_config(paths, info, port)), encoding="utf-8")
-    run_logged([tool("fleet-server"), "migrate", "--config", str(paths.server_toml)], paths.log("provision"), 120,
-               "fleet-server migrate")
+    run_logged(fleet_server(paths, "migrate"), paths.log("provision"), 120, "fleet-server migrate")
 
     step(f"provisioning vehicle {DEVICE_ID} and viewer/manager tokens")
     provision_device(paths)
@@ -489,10 +498,7 @@ def up(seed: int, port: int) -> int:
     drive = ensure_drive(paths, seed)
 
     step(f"fleet server on http://127.0.0.1:{port} (API + ingest; logs in {paths.root.relative_to(ROOT)})")
-    server_cfg = str(paths.server_toml)
-    background.start("server", [tool("fleet-server"), "serve", "--config", server_cfg])
-    if _has_command("fleet-server", "ingest"):
-        background.start("ingest", [tool("fleet-server"), "ingest", "--config", server_cfg, "--worker", "0"])
+    background.start("server", fleet_server(paths, "serve", "--workers", "1"))
     wait_for_api(port, tokens["viewer"], background)
 
     step("replaying the drive through the agent pipeline, uplink to the broker")
@@ -511,11 +517,6 @@ def up(seed: int, port: int) -> int:
     print_summary(counts, defects, score, report, port, tokens, time.monotonic() - started)
     unconfirmed = sum(c.get("pending", 0) + c.get("sent", 0) for c in counts.values())
     return 0 if unconfirmed == 0 else 1
-
-
-def _has_command(program: str, command: str) -> bool:
-    result = subprocess.run([tool(program), command, "--help"], capture_output=True, text=True, cwd=ROOT)
-    return result.returncode == 0
 
 
 def wait_for_defects(port: int, token: str, settle_s: float = 3.0, timeout_s: float = 30.0) -> dict[str, Any]:
