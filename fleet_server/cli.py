@@ -78,10 +78,10 @@ def migrate_cmd() -> None:
                                                           if done else " (schema up to date)"))
 
 
-def _start_workers(n: int) -> list:
+def _start_workers(n: int, first: int = 0) -> list:
     from fleet_server.ingest import IngestWorker
 
-    return [IngestWorker(cfg(), index=i).start() for i in range(n)]
+    return [IngestWorker(cfg(), index=first + i).start() for i in range(n)]
 
 
 @app.command("serve")
@@ -105,9 +105,12 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
 
 
 @app.command("ingest")
-def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Workers in this process")) -> None:
+def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Workers in this process"),
+           instance: int = typer.Option(0, "--instance", envvar="ROADMON_INGEST_INSTANCE", min=0,
+                                        help="Number of this process among several on one host (systemd %i), "
+                                             "so that MQTT client ids stay unique")) -> None:
     """Ingest workers only (no HTTP)."""
-    running = _start_workers(workers)
+    running = _start_workers(workers, first=instance * workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
