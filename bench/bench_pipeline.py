@@ -1,0 +1,132 @@
+"""Perception pipeline benchmark: accuracy on a simulated drive, pipeline overhead, memory.
+
+1. `edge-agent sim drive` with 3 m GNSS noise at 1 Hz (3 minutes; --quick: 1 minute).
+2. `edge-agent replay --json` on it, in a fresh wrapper process so that the peak RSS of the replay alone is
+   measured (target <= 300 MB).
+3. Events matched to the true potholes within 5 m: precision >= 0.9, recall >= 0.85, median error <= 2.0 m.
+4. Bare detector FPS on the same frames (decoded beforehand, only `detect` timed) against the replay's
+   end-to-end FPS: target ratio >= 0.85 (the pipeline around the model costs at most 15 %).
+
+Usage: python bench/bench_pipeline.py [--quick] [--minutes M] [--seed N] [--keep DIR]
+Exit code 1 when a target is missed, 2 when the bench cannot run (no bundled model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+EDGE_AGENT = Path(sys.executable).with_name("edge-agent")
+BUNDLED = ROOT / "models" / "bundled" / "model.onnx"
+
+# Runs `edge-agent replay` as its only child and reports the child's peak RSS (ru_maxrss is in KiB on Linux).
+RSS_WRAPPER = """
+import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def bare_detector_fps(drive: Path, max_frames: int | None = None) -> tuple[float, int]:
+    """Detector-only FPS over the video's frames: decoding is not timed, only `detect`."""
+    import cv2
+
+    from edge_agent import config as agent_config
+    from edge_agent.detector import load_detector
+
+    cfg = agent_config.load(drive / "agent.toml")
+    detector = load_detector(cfg.detector)
+    cap = cv2.VideoCapture(str(drive / "video.mp4"))
+    spent, frames = 0.0, 0
+    while max_frames is None or frames < max_frames:
+        ok, image = cap.read()
+        if not ok:
+            break
+        t0 = time.perf_counter()
+        detector.detect(image)
+        spent += time.perf_counter() - t0
+        frames += 1
+    cap.release()
+    return frames / max(spent, 1e-9), frames
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 1-minute drive instead of 3")
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--defects", type=int, default=None, help="defects on the drive (default 12 per minute)")
+    parser.add_argument("--keep", type=Path, default=None, help="write the drive and outbox here and keep them")
+    args = parser.parse_args()
+    if not BUNDLED.exists():
+        print(f"bench_pipeline: no bundled model at {BUNDLED.relative_to(ROOT)}; nothing to measure")
+        return 2
+    minutes = args.minutes or (1.0 if args.quick else 3.0)
+    defects = args.defects or max(4, round(12 * minutes))
+
+    from edge_agent.drive_eval import score, true_defects
+    from edge_agent.outbox import Outbox
+
+    with tempfile.TemporaryDirectory() as tmp:
+        drive = args.keep or Path(tmp)
+        drive.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        sim = run([str(EDGE_AGENT), "sim", "drive", "--out", str(drive), "--seed", str(args.seed), "--minutes",
+                   str(minutes), "--gps-noise-m", "3", "--nmea-hz", "1", "--defects", str(defects), "--fps", "15"],
+                  timeout=3600)
+        if sim.returncode != 0:
+            print(sim.stderr[-3000:])
+            return 2
+        print(f"sim drive: {minutes:g} min, {defects} defects, seed {args.seed}, {time.monotonic() - t0:.0f} s")
+        outbox = drive / "outbox.db"
+        outbox.unlink(missing_ok=True)
+        replay = run([sys.executable, "-c", RSS_WRAPPER, str(EDGE_AGENT), "replay", "--video",
+                      str(drive / "video.mp4"), "--nmea", str(drive / "drive.nmea"), "--config",
+                      str(drive / "agent.toml"), "--outbox", str(outbox), "--json"], timeout=3600)
+        if replay.returncode != 0:
+            print(replay.stderr[-3000:])
+            return 1
+        summary = json.loads(replay.stdout.strip().splitlines()[-1])
+        peak_mb = int(replay.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
+        with Outbox(outbox) as box:
+            events = [event for _, event in box.iter_events()]
+        result = score(events, true_defects(drive / "defects.geojson"), radius_m=5.0)
+        bare_fps, bare_frames = bare_detector_fps(drive)
+
+    ratio = summary["fps"] / bare_fps
+    figures = {
+        "precision": round(result.precision, 3), "recall": round(result.recall, 3),
+        "median_error_m": None if result.median_error_m is None else round(result.median_error_m, 2),
+        "p90_error_m": None if result.p90_error_m is None else round(result.p90_error_m, 2),
+        "events": result.events, "potholes": result.defects, "matched": result.matched,
+        "frames": summary["frames"], "dropped": summary["dropped"], "tracks": summary["tracks"],
+        "replay_fps": summary["fps"], "bare_detector_fps": round(bare_fps, 2), "bare_frames": bare_frames,
+        "fps_ratio": round(ratio, 3), "peak_rss_mb": round(peak_mb, 1),
+    }
+    targets = {
+        "precision >= 0.9": result.precision >= 0.9,
+        "recall >= 0.85": result.recall >= 0.85,
+        "median error <= 2.0 m": result.median_error_m is not None and result.median_error_m <= 2.0,
+        "replay fps / bare detector fps >= 0.85": ratio >= 0.85,
+        "peak RSS of edge-agent replay <= 300 MB": peak_mb <= 300,
+    }
+    print(json.dumps(figures))
+    for name, ok in targets.items():
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
