@@ -243,3 +243,22 @@ def test_acl_denial_is_not_authorised_and_keeps_the_events(service_info, mqtt_de
         assert uplink.counters["connects"] <= 3
     finally:
         uplink.stop()
+
+
+def test_broker_probe_says_which_step_breaks(service_info, mqtt_device, tmp_path: Path) -> None:
+    from edge_agent.broker_probe import probe_broker
+
+    device, password = mqtt_device()
+    good = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device)
+    assert [(s.name, s.ok) for s in good] == [("dns", True), ("tcp", True), ("tls", None), ("auth", True),
+                                               ("publish", True)]
+    bad = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, "nope")), device)
+    assert [(s.name, s.ok) for s in bad][3:] == [("auth", False), ("publish", None)]
+    assert "refused" in bad[3].detail and bad[3].hint
+    acl = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), username=device),
+                       f"x-{device}")
+    assert (acl[4].ok, "ACL" in (acl[4].hint or "")) == (False, True)
+    closed = probe_broker(uplink_cfg(1, login(tmp_path, password)), device)
+    assert [(s.name, s.ok) for s in closed][:3] == [("dns", True), ("tcp", False), ("tls", None)]
+    tls = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), tls=True), device)
+    assert tls[2].ok is False and "TLS" in tls[2].detail
