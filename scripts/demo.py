@@ -223,8 +223,10 @@ def server_config(paths: Paths, info: services.ServiceInfo, port: int, device_id
         "database": {"dsn_file": str(paths.dsn_file)},
         "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.server_user,
                  "password_file": str(broker.server_secret)},
+        # The simulator dates its drives on a fixed day (reproducible), which may be older than the
+        # production horizon for late data; the demo accepts it.
         "ingest": {"devices": [device_id], "share_group": f"demo-{device_id}".replace(".", "-"),
-                   "batch_wait_s": 0.05},
+                   "batch_wait_s": 0.05, "horizon_days": 3650},
         "broker_files": {"passwd_file": info.passwd_file, "acl_file": info.acl_file,
                          "pid_file": info.broker_pid_file},
         "api": {"host": "127.0.0.1", "port": port},

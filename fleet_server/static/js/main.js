@@ -10,6 +10,7 @@ import { defectFromFeature, deviceFields } from "./model.js";
 
 const REFRESH_MS = 30000;
 const PAGE_SIZE = 5000;
+const DAY_MS = 24 * 3600 * 1000;
 const $ = (id) => document.getElementById(id);
 
 const state = { me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null };
@@ -78,7 +79,8 @@ async function guarded(work) {
 
 async function loadAll(quiet = false) {
   if (!quiet) setStatus("loading…");
-  await Promise.all([loadDefects(), loadDevices(), loadCoverage()]);
+  await Promise.all([loadDefects(), loadDevices()]);
+  await loadCoverage(); // its default period follows the defects
   if (!quiet) setStatus("");
 }
 
@@ -122,11 +124,19 @@ async function loadCoverage() {
   }
   await guarded(async () => {
     const params = {
-      since: filters.since ? `${filters.since}T00:00:00Z` : undefined,
+      since: filters.since ? `${filters.since}T00:00:00Z` : defaultCoverageSince(),
       until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
     };
     state.map.showCoverage(await getJson(`coverage${query(params)}`), true);
   });
+}
+
+// Without a date range: from a day before the latest sighting on, so that a fleet that did not drive today
+// still shows its roads, and a long history does not load years of lines.
+function defaultCoverageSince() {
+  const latest = Math.max(...state.defects.map((d) => Date.parse(d.lastSeen)).filter(Number.isFinite));
+  const end = Number.isFinite(latest) ? latest : Date.now();
+  return new Date(end - DAY_MS).toISOString();
 }
 
 function redraw() {
