@@ -30,7 +30,8 @@ MODEL=""
 PYTHON=""
 ORT_WHEEL=""
 WORKERS=2
-DB_PASSWORD_FILE=""
+DSN_FILE=""
+URL_BASE="https://fleet.example.org"
 PLATFORM="${ROADMON_PLATFORM:-}"
 
 usage() {
@@ -45,7 +46,8 @@ Options:
   --onnxruntime-wheel FILE    agent: an onnxruntime(-gpu) wheel to use instead of PyPI's (Jetson)
   --python PATH               Python 3.11+ for the venv (default: the newest python3.1x found)
   --workers N                 server: ingest workers (default 2)
-  --db-password-file FILE     server: the PostgreSQL password
+  --database-dsn-file FILE    server: the PostGIS connection string (with its password)
+  --url-base URL              server: public HTTPS address devices fetch models from
   --prefix DIR                where the venv and docs go (default /opt/road-monitor)
   --no-start                  enable the units but do not start them now
   --dry-run                   print each step instead of doing it
@@ -65,7 +67,8 @@ while [ $# -gt 0 ]; do
     --onnxruntime-wheel) ORT_WHEEL="$2"; shift ;;
     --python) PYTHON="$2"; shift ;;
     --workers) WORKERS="$2"; shift ;;
-    --db-password-file) DB_PASSWORD_FILE="$2"; shift ;;
+    --database-dsn-file) DSN_FILE="$2"; shift ;;
+    --url-base) URL_BASE="$2"; shift ;;
     --prefix) PREFIX="$2"; shift ;;
     --no-start) START=0 ;;
     --dry-run) DRY_RUN=1 ;;
@@ -238,6 +241,7 @@ model = "/var/lib/edge-agent/models/current.onnx"
 [uplink]
 host = "$host"
 port = $port
+$ca_line
 # The password comes from the systemd credential mqtt-password (LoadCredential= in edge-agent.service).
 
 [model_update]
@@ -292,15 +296,43 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------ server
+server_config() {
+  cat <<EOF
+# road-monitor fleet server. Written by systemd/install.sh; edit freely, it is never overwritten.
+# All keys: fleet_server/example.toml. Secrets are systemd credentials: the units run in their credentials
+# directory, so the relative names below are /run/credentials/<unit>/<name>.
+
+[database]
+dsn_file = "database-dsn"
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+username = "roadmon-server"
+password_file = "mqtt-password"
+
+[broker_files]
+passwd_file = "/etc/mosquitto/passwd"
+acl_file = "/etc/mosquitto/acl"
+pid_file = "/run/mosquitto/mosquitto.pid"
+
+[api]
+host = "127.0.0.1"             # behind the TLS reverse proxy
+port = 8080
+
+[models]
+dir = "/var/lib/fleet-server/models"
+url_base = "$URL_BASE"
+EOF
+}
+
 install_server() {
   install_debian_packages python3-venv python3-pip
   make_venv server
   run install -d -m 0755 -o root -g root /etc/fleet-server
   run install -d -m 0700 -o root -g root /etc/fleet-server/credentials
-  if [ -r "$ROOT/fleet_server/example.toml" ]; then
-    KEEP=1 write_file /etc/fleet-server/server.toml 0644 root:root <"$ROOT/fleet_server/example.toml"
-  fi
-  copy_secret "$DB_PASSWORD_FILE" /etc/fleet-server/credentials/db-password
+  server_config | KEEP=1 write_file /etc/fleet-server/server.toml 0644 root:root
+  copy_secret "$DSN_FILE" /etc/fleet-server/credentials/database-dsn
   copy_secret "$MQTT_PASSWORD_FILE" /etc/fleet-server/credentials/mqtt-password
   install_unit fleet-server.service
   install_unit fleet-server-ingest@.service

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -186,7 +187,6 @@ def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     assert "-m venv /opt/road-monitor/venv" in plan
     assert "/etc/systemd/system/edge-agent.service" in plan
     assert "systemctl enable --now edge-agent.service" in plan
-    import hashlib
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     assert f"/var/lib/edge-agent/models/{sha}.onnx" in plan
     assert f"ln -sfn {sha}.onnx /var/lib/edge-agent/models/current.onnx" in plan
@@ -196,6 +196,20 @@ def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     assert cfg.device.id == "veh-042"
     assert cfg.uplink.host == "mqtt.example.org" and cfg.uplink.port == 8884
     assert cfg.detector.model == "/var/lib/edge-agent/models/current.onnx"
+    assert cfg.uplink.password_file == "mqtt-password", "read from $CREDENTIALS_DIRECTORY (LoadCredential=)"
+    assert cfg.uplink.ca_file is None
+
+
+def test_installer_ca_goes_to_uplink_and_model_update(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    result = dry_run("agent", "--model", str(model), "--ca-file", str(ca))
+    assert result.returncode == 0, result.stderr
+    cfg = agent_config.parse(tomllib.loads(written_file(result.stdout, "/etc/edge-agent/agent.toml")))
+    assert cfg.uplink.ca_file == cfg.model_update.ca_file == "/etc/edge-agent/ca.pem"
+    assert f"install -m 0644 -o root -g root {ca} /etc/edge-agent/ca.pem" in result.stdout
 
 
 def test_installer_dry_run_changes_nothing(tmp_path: Path) -> None:
@@ -216,9 +230,16 @@ def test_installer_jetson_gets_gpu_devices(tmp_path: Path) -> None:
     assert "DeviceAllow=/dev/nvmap rw" in dropin
 
 
-def test_installer_server_plan_enables_n_workers() -> None:
-    result = dry_run("server", "--workers", "3")
+def test_installer_server_plan_enables_n_workers(tmp_path: Path) -> None:
+    from fleet_server.config import load as load_server_config
+
+    result = dry_run("server", "--workers", "3", "--url-base", "https://fleet.example.net")
     assert result.returncode == 0, result.stderr
+    server_toml = tmp_path / "server.toml"
+    server_toml.write_text(written_file(result.stdout, "/etc/fleet-server/server.toml"))
+    server_cfg = load_server_config(server_toml)
+    assert server_cfg.models.url_base == "https://fleet.example.net"
+    assert str(server_cfg.database.dsn_file) == "database-dsn"  # relative: the unit runs in its credentials dir
     assert ("systemctl enable --now fleet-server.service fleet-server-ingest@1.service "
             "fleet-server-ingest@2.service fleet-server-ingest@3.service") in result.stdout
 
