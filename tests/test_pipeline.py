@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -274,3 +275,136 @@ def test_fix_feed_hands_over_fixes_up_to_the_frame_time() -> None:
     assert rec.seen == [t0, t0 + 1, t0 + 2]
     feed.until(t0 + 100)
     assert feed.fed == len(recorded)
+
+
+# -- the commands, with a toy ONNX model (the bundled model is exercised by test_acceptance_drive.py) ----------
+
+def toy_model(path: Path) -> Path:
+    """An end-to-end-layout ONNX model that 'detects' the same box in every 64x64 input (bottom centre)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    box = np.array([[[24.0, 38.0, 40.0, 48.0, 0.9, 0.0]]], np.float32)  # inside a 16:9 letterbox
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
+         helper.make_node("Mul", ["m", "zero"], ["z"]),
+         helper.make_node("Add", ["box", "z"], ["output0"])],
+        "toy", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 1, 6])],
+        initializer=[helper.make_tensor("box", TensorProto.FLOAT, box.shape, box.ravel()),
+                     helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def nmea_deg(value: float, width: int) -> str:
+    deg = int(abs(value))
+    return f"{deg:0{width}d}{(abs(value) - deg) * 60:07.4f}"
+
+
+def write_recording(folder: Path, seconds: int = 4, fps: float = 15.0, size=(320, 180)) -> Path:
+    """video.mp4 (+ drive.json) and drive.nmea of a vehicle driving north at 10 m/s."""
+    import cv2
+    import pynmea2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(folder / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for k in range(int(seconds * fps)):
+        writer.write(np.full((size[1], size[0], 3), 80 + k % 50, np.uint8))
+    writer.release()
+    (folder / "drive.json").write_text(json.dumps({"start_utc": START.isoformat().replace("+00:00", "Z"),
+                                                   "fps": fps, "frames": int(seconds * fps)}))
+    lines = []
+    for k in range(-2, seconds + 3):
+        utc = START + timedelta(seconds=k)
+        lat, lon = offset_latlon(LAT0, LON0, 0.0, 10.0 * k)
+        hms, dmy = utc.strftime("%H%M%S.00"), utc.strftime("%d%m%y")
+        ll = (nmea_deg(lat, 2), "N", nmea_deg(lon, 3), "E")
+        lines.append(str(pynmea2.RMC("GP", "RMC", (hms, "A", *ll, "19.44", "0.0", dmy, "", "", "A"))))
+        lines.append(str(pynmea2.GGA("GP", "GGA", (hms, *ll, "1", "09", "0.9", "400.0", "M", "47.0", "M", "", ""))))
+    (folder / "drive.nmea").write_text("\r\n".join(lines) + "\r\n")
+    return folder
+
+
+def agent_toml(folder: Path, model: Path, camera: str = "0", extra: str = "") -> Path:
+    path = folder / "agent.toml"
+    path.write_text(f'[device]\nid = "veh-cli"\nstate_dir = "{folder}"\n'
+                    f'[detector]\nmodel = "{model}"\n'
+                    f'[calibration]\nwidth = 1280\nheight = 720\nhfov_deg = 90.0\npitch_deg = 12.0\n'
+                    f'[camera]\nsource = "{camera}"\n' + extra)
+    return path
+
+
+def test_replay_command_writes_events_and_coverage(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    drive = write_recording(tmp_path / "drive")
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"))
+    result = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
+                                      str(drive / "drive.nmea"), "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == summary["video_frames"] == 60
+    assert summary["dropped"] == 0 and summary["clock"] == "drive.json"
+    assert summary["detections"] == 60 and summary["events"] >= 1
+    assert summary["outbox"] == str(tmp_path / "outbox.db")
+    with Outbox(tmp_path / "outbox.db") as box:
+        events = [e for _, e in box.iter_events()]
+        stats = box.stats()
+    assert len(events) == summary["events"]
+    assert all(errors("event", e) == [] for e in events)
+    assert stats["coverage"]["pending"] >= 1
+    first = events[0]
+    assert first["captured_at"].startswith("2026-11-28T09:00:0")
+    assert first["model"]["name"] == "toy"
+
+
+def test_replay_command_explains_bad_input(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    drive = write_recording(tmp_path / "drive", seconds=1)
+    missing = CliRunner().invoke(app, ["replay", "--video", str(tmp_path / "nope.mp4"), "--nmea",
+                                       str(drive / "drive.nmea")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    (drive / "drive.json").unlink()
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"))
+    empty = tmp_path / "empty.nmea"
+    empty.write_text("")
+    no_time = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea", str(empty),
+                                       "--config", str(config)])
+    assert no_time.exit_code == 2 and "--video-start" in no_time.output
+    bad_model = agent_toml(tmp_path, tmp_path / "missing.onnx")
+    refused = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
+                                       str(drive / "drive.nmea"), "--config", str(bad_model)])
+    assert refused.exit_code == 2 and "model error" in refused.output
+
+
+def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> None:
+    import threading
+
+    from edge_agent import config as agent_config
+    from edge_agent.live import LiveAgent
+
+    drive = write_recording(tmp_path / "drive", seconds=3)
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), camera=str(drive / "video.mp4"),
+                        extra=f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
+    health = HealthBoard()
+    agent = LiveAgent(agent_config.load(config), health=health)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(agent.run()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("signal.signal", lambda *a: None)  # signal handlers belong to the main thread only
+        runner.start()
+        time.sleep(4.0)
+        agent.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    assert result["frames"] > 10 and result["detections"] > 10
+    snap = health.snapshot()
+    assert snap["camera"] in ("ok", "ended") and snap["detector"] == "ok" and snap["fps"]
