@@ -2,8 +2,9 @@
 
 A receiver sends several sentences per measurement epoch (RMC, GGA, GSA, VTG, ...). Sentences that carry a
 time of day open and close epochs: a new time closes the open epoch. Sentences without a time (GSA, VTG) join
-the open epoch while it still lacks sentence types it had last time, and otherwise wait for the next timed
-sentence, because receivers differ on whether they send them before or after the timed ones.
+the open epoch while it still lacks sentence types it had last time; otherwise they wait, and go to the epoch
+that is closing if it lacks their type, else to the next one, because receivers differ on whether they send
+them before or after the timed ones (u-blox after, SiRF before).
 
 Dates come from RMC and ZDA; an epoch before any date has no UTC. Midnight is crossed by the time of day
 wrapping; two-digit years pivot at 1980; dates before `date_floor` are a GPS week rollover. Every value is
@@ -233,6 +234,13 @@ class EpochAssembler:
         epoch, self._open = self._open, None
         if epoch is None:
             return None
+        # Timeless sentences of a type the epoch still lacks were sent after its timed ones: they are its own.
+        waiting, self._pending = self._pending, []
+        for sentence in waiting:
+            if sentence.sentence_type in epoch.types:
+                self._pending.append(sentence)
+            else:
+                self._apply(epoch, sentence.sentence_type, sentence.data)
         self._last_types = epoch.types
         return self._finish(epoch)
 

@@ -8,15 +8,23 @@ arrival of the epoch's first sentence, minus the configured receiver latency.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import math
+import socket
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.epochs import EpochAssembler, Fix
+from edge_agent.health import HealthBoard
+from edge_agent.kalman import Pose, PositionFilter
 from edge_agent.nmea import LineSplitter, NmeaParser, ParseStats
 
 log = logging.getLogger(__name__)
@@ -104,3 +112,242 @@ def fixes_from_file(path: str | Path, cfg: GnssConfig | None = None,
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+# --- gpsd
+
+
+def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
+    """A gpsd TPV report -> Fix (None for other classes). eph: gpsd's eph, else epx/epy combined."""
+    if report.get("class") != "TPV":
+        return None
+
+    def number(key: str, low: float, high: float) -> float | None:
+        value = report.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        value = float(value)
+        return value if math.isfinite(value) and low <= value <= high else None
+
+    mode = report.get("mode") if report.get("mode") in (2, 3) else 0
+    lat, lon = number("lat", -90, 90), number("lon", -180, 180)
+    if lat is None or lon is None:
+        mode = 0
+    utc = None
+    if isinstance(report.get("time"), str):
+        try:
+            utc = dt.datetime.fromisoformat(report["time"].replace("Z", "+00:00")).astimezone(dt.UTC)
+        except ValueError:
+            utc = None
+    eph = number("eph", 0, 1e5)
+    epx, epy = number("epx", 0, 1e5), number("epy", 0, 1e5)
+    if eph is None and epx is not None and epy is not None:
+        eph = math.hypot(epx, epy)
+    track = number("track", 0, 360)
+    return Fix(
+        utc=utc, t_mono=t_mono, mode=mode, lat=lat if mode else None, lon=lon if mode else None,
+        alt_m=(number("altMSL", -1000, 1e5) or number("alt", -1000, 1e5)) if mode == 3 else None,
+        speed_mps=number("speed", 0, 600) if mode else None, track_deg=track % 360 if mode and track is not None
+        else None, eph_m=eph if mode else None, hdop=None, sats=None,
+        estimated=report.get("status") == 6,
+    )
+
+
+# --- live reader
+
+
+class _Lost(Exception):
+    """The source went away (unplugged, closed, silent); reopen it."""
+
+
+class GnssReader:
+    """A thread that reads the configured source, feeds the filter and reports on the health board.
+
+    Serial ports and gpsd are reopened with a doubling backoff when they fail or fall silent; stdin and a file
+    end at EOF. Live fixes are stamped time.monotonic() at the arrival of the epoch's first bytes minus
+    `receiver_latency_s`; a file replayed in real time is stamped when each fix is released, a file replayed
+    as fast as possible keeps the recording's virtual clock.
+    """
+
+    def __init__(self, cfg: GnssConfig, position_filter: PositionFilter, health: HealthBoard | None = None,
+                 on_fix: Callable[[Fix, Pose | None], None] | None = None) -> None:
+        self.cfg = cfg
+        self.filter = position_filter
+        self.health = health
+        self.on_fix = on_fix
+        self.decoder = NmeaDecoder(cfg)
+        self.reconnects = 0
+        self.last_fix: Fix | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._port: Any = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the loop
+
+    def _run(self) -> None:
+        source = {"serial": self._serial_session, "gpsd": self._gpsd_session,
+                  "stdin": self._stdin_session, "file": self._file_session}[self.cfg.source]
+        endless = self.cfg.source in ("serial", "gpsd")
+        delay = self.cfg.reconnect_min_s
+        while not self._stop.is_set():
+            try:
+                source()
+                if not endless:
+                    break
+            except Exception as exc:  # a reader must outlive any source failure
+                self._set_health("lost")
+                self._count("gnss_source_errors")
+                log.warning("GNSS %s: %s; retrying in %.1f s", self._where(), exc, delay)
+            if not endless or self._stop.wait(delay):
+                break
+            self.reconnects += 1
+            self._count("gnss_reconnects")
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+        self._emit(self.decoder.flush())
+
+    def _where(self) -> str:
+        return {"serial": self.cfg.port, "gpsd": f"gpsd {self.cfg.gpsd_host}:{self.cfg.gpsd_port}",
+                "stdin": "stdin", "file": self.cfg.file}[self.cfg.source]
+
+    def _serial_session(self) -> None:
+        import serial  # pyserial: only the serial source needs it
+
+        try:
+            port = serial.serial_for_url(self.cfg.port, self.cfg.baud, timeout=0.05)
+        except (serial.SerialException, OSError) as exc:
+            raise _Lost(f"cannot open: {exc}") from None
+        log.info("GNSS %s open at %d baud", self.cfg.port, self.cfg.baud)
+        with port:
+            self._pump(lambda: port.read(4096))
+
+    def _stdin_session(self) -> None:
+        stream = sys.stdin.buffer
+        self._pump(lambda: stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096), eof_ends=True)
+
+    def _pump(self, read: Callable[[], bytes], eof_ends: bool = False) -> None:
+        """Read until stopped; close epochs on idle lines; raise _Lost on silence or a dead port."""
+        cfg = self.cfg
+        last_data = time.monotonic()
+        self._set_health("starting")
+        while not self._stop.is_set():
+            try:
+                data = read()
+            except OSError as exc:  # serial.SerialException is an OSError: unplugged
+                raise _Lost(str(exc)) from None
+            now = time.monotonic()
+            if data:
+                last_data = now
+                self._emit(self.decoder.feed(data, now - cfg.receiver_latency_s))
+                continue
+            if eof_ends:
+                return
+            if now - last_data >= cfg.epoch_idle_s:
+                self._emit(self.decoder.close_epoch())
+            if now - last_data >= cfg.no_data_timeout_s:
+                raise _Lost(f"no data for {cfg.no_data_timeout_s:.0f} s")
+
+    def _file_session(self) -> None:
+        decoder = NmeaDecoder(self.cfg, virtual_clock=True)
+        self.decoder = decoder
+        wall0 = virtual0 = None
+        for fix in fixes_from_file(self.cfg.file, self.cfg, decoder):
+            if self._stop.is_set():
+                return
+            if self.cfg.realtime:
+                if wall0 is None:
+                    wall0, virtual0 = time.monotonic(), fix.t_mono
+                if self._stop.wait(max(0.0, (fix.t_mono - virtual0) - (time.monotonic() - wall0))):
+                    return
+                fix = replace(fix, t_mono=time.monotonic())
+            self._emit([fix])
+
+    def _gpsd_session(self) -> None:
+        cfg = self.cfg
+        try:
+            sock = socket.create_connection((cfg.gpsd_host, cfg.gpsd_port), timeout=3)
+        except OSError as exc:
+            raise _Lost(f"cannot connect: {exc}") from None
+        with sock:
+            sock.sendall(b'?WATCH={"enable":true,"json":true};\n')
+            sock.settimeout(0.2)
+            buffer = b""
+            last_data = time.monotonic()
+            self._set_health("starting")
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise _Lost("gpsd closed the connection")
+                except TimeoutError:
+                    data = b""
+                now = time.monotonic()
+                if not data:
+                    if now - last_data >= cfg.no_data_timeout_s:
+                        raise _Lost(f"no data for {cfg.no_data_timeout_s:.0f} s")
+                    continue
+                last_data = now
+                *lines, buffer = (buffer + data).split(b"\n")
+                for line in lines:
+                    self._gpsd_line(line, now - cfg.receiver_latency_s)
+                if len(buffer) > 1 << 20:
+                    buffer = b""
+
+    def _gpsd_line(self, line: bytes, t_mono: float) -> None:
+        try:
+            report = json.loads(line)
+        except ValueError:
+            self._count("gpsd_bad_json")
+            return
+        fix = fix_from_tpv(report, t_mono) if isinstance(report, dict) else None
+        if fix is not None:
+            self._emit([fix])
+
+    # --- results
+
+    def _emit(self, fixes: list[Fix]) -> None:
+        for fix in fixes:
+            pose = self.filter.update(fix)
+            self.last_fix = fix
+            self._report(fix, pose)
+            if self.on_fix is not None:
+                try:
+                    self.on_fix(fix, pose)
+                except Exception:
+                    log.exception("GNSS on_fix callback failed")
+
+    def _report(self, fix: Fix, pose: Pose | None) -> None:
+        if self.health is None:
+            return
+        if fix.mode > 0 and not fix.estimated:
+            state = "ok"
+        elif pose is not None and pose.state == "stale":
+            state = "stale"
+        else:
+            state = "no_fix"
+        self.health.update(gnss=state, fix={
+            "mode": fix.mode, "lat": fix.lat, "lon": fix.lon, "eph_m": fix.eph_m, "hdop": fix.hdop,
+            "sats": fix.sats, "utc": fix.utc.isoformat() if fix.utc else None,
+            "filter_state": pose.state if pose else None,
+        })
+        self.health.count("gnss_epochs")
+
+    def _set_health(self, state: str) -> None:
+        if self.health is not None:
+            self.health.update(gnss=state)
+
+    def _count(self, name: str) -> None:
+        if self.health is not None:
+            self.health.count(name)

@@ -123,6 +123,7 @@ class PositionFilter:
         self._last_utc: dt.datetime | None = None
         self._utc_ref: tuple[float, dt.datetime] | None = None
         self._rejections = 0
+        self._started = False
 
     # --- public API
 
@@ -173,7 +174,7 @@ class PositionFilter:
             if t - self._last_fix_t > self.cfg.reset_gap_s:
                 self._reset("gap")
         if self._kf is None:
-            return self._start(fix, "reset" if self._segment > 0 else "ok")
+            return self._start(fix, "reset" if self._started else "ok")
         return self._measure(fix)
 
     def _went_backwards(self, fix: Fix) -> bool:
@@ -227,8 +228,8 @@ class PositionFilter:
             kf.x[2:] = z[2:]
             kf.P[2, 2] = kf.P[3, 3] = r[2, 2]
         self._kf = kf
-        if state == "reset":
-            self._segment += 1
+        self._started = True
+        self._segment += 1
         return self._commit(fix.t_mono, state)
 
     def _measure(self, fix: Fix) -> Pose:

@@ -1,0 +1,262 @@
+"""Epoch assembly rules, from hand-written sentences, plus fuzzing of parser + assembler together."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.config.gnss import GnssConfig
+from edge_agent.epochs import KNOT_MPS, EpochAssembler, Fix, virtual_mono
+from edge_agent.gnss_source import NmeaDecoder
+from edge_agent.nmea import checksum
+
+
+def sentence(body: str) -> str:
+    return f"${body}*{checksum(body.encode()):02X}"
+
+
+def epochs(*bodies: str, virtual: bool = False, **cfg) -> tuple[list[Fix], NmeaDecoder]:
+    decoder = NmeaDecoder(GnssConfig(**cfg), virtual_clock=virtual)
+    data = "".join(sentence(b) + "\r\n" for b in bodies).encode()
+    return decoder.feed(data) + decoder.flush(), decoder
+
+
+def rmc(time="123519.00", status="A", date="230394", speed="022.4", course="084.4", faa="A",
+        lat="4807.038", ns="N", lon="01131.000", ew="E"):
+    return f"GPRMC,{time},{status},{lat},{ns},{lon},{ew},{speed},{course},{date},003.1,W,{faa}"
+
+
+def gga(time="123519.00", quality="1", sats="08", hdop="0.9", alt="545.4", lat="4807.038", lon="01131.000"):
+    return f"GPGGA,{time},{lat},N,{lon},E,{quality},{sats},{hdop},{alt},M,46.9,M,,"
+
+
+def test_one_epoch_from_rmc_gga_gsa():
+    fixes, decoder = epochs(rmc(), gga(), "GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1")
+    assert len(fixes) == 1
+    fix = fixes[0]
+    assert fix.utc == dt.datetime(1994, 3, 23, 12, 35, 19, tzinfo=dt.UTC) + 1024 * dt.timedelta(weeks=1) \
+        or fix.utc.year == 2013  # 1994 < default floor 2000: rolled forward by 1024 weeks
+    assert fix.mode == 3
+    assert fix.lat == pytest.approx(48 + 7.038 / 60)
+    assert fix.lon == pytest.approx(11 + 31.0 / 60)
+    assert fix.alt_m == pytest.approx(545.4)
+    assert fix.speed_mps == pytest.approx(22.4 * KNOT_MPS)
+    assert fix.track_deg == pytest.approx(84.4)
+    assert fix.sats == 8 and fix.hdop == pytest.approx(0.9)
+    assert fix.eph_m == pytest.approx(0.9 * GnssConfig().uere_m)
+    assert decoder.summary()["epochs"] == 1 and decoder.summary()["fixes"] == 1
+
+
+def test_date_floor_off_keeps_1994():
+    fixes, _ = epochs(rmc(), date_floor=dt.date(1980, 1, 6))
+    assert fixes[0].utc == dt.datetime(1994, 3, 23, 12, 35, 19, tzinfo=dt.UTC)
+
+
+def test_southern_western_hemispheres_are_negative():
+    fixes, _ = epochs(rmc(ns="S", ew="W", date="230326"))
+    assert fixes[0].lat < 0 and fixes[0].lon < 0
+
+
+@pytest.mark.parametrize("body", [
+    rmc(status="V"),
+    rmc(faa="N"),
+])
+def test_rmc_void_or_faa_n_is_no_fix(body):
+    fix = epochs(body)[0][0]
+    assert fix.mode == 0 and fix.lat is None and fix.lon is None and fix.speed_mps is None
+
+
+@pytest.mark.parametrize("quality", ["0", ""])
+def test_gga_quality_0_or_empty_is_no_fix(quality):
+    fix = epochs(gga(quality=quality))[0][0]
+    assert fix.mode == 0 and fix.lat is None
+
+
+def test_no_fix_wins_over_a_fix_in_the_same_epoch():
+    fix = epochs(rmc(), gga(quality="0"))[0][0]
+    assert fix.mode == 0
+
+
+def test_gst_sigmas_give_eph_in_metres():
+    fix = epochs(rmc(), gga(), "GPGST,123519.00,1.2,3.0,2.0,45.0,1.5,2.0,3.1")[0][0]
+    assert fix.eph_m == pytest.approx(math.hypot(1.5, 2.0))
+
+
+def test_hdop_times_uere_without_gst():
+    fix = epochs(rmc(), gga(hdop="2.0"), uere_m=5.0)[0][0]
+    assert fix.eph_m == pytest.approx(10.0)
+
+
+def test_gsa_gives_2d():
+    fix = epochs(rmc(), gga(), "GPGSA,A,2,04,05,09,,,,,,,,,,2.5,1.3,2.1")[0][0]
+    assert fix.mode == 2
+
+
+def test_mode_without_gsa_depends_on_altitude():
+    assert epochs(rmc())[0][0].mode == 2
+    assert epochs(rmc(), gga())[0][0].mode == 3
+
+
+def test_vtg_gives_speed_and_track_when_rmc_does_not():
+    fix = epochs(rmc(speed="", course=""), "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A")[0][0]
+    assert fix.speed_mps == pytest.approx(10.2 / 3.6)
+    assert fix.track_deg == pytest.approx(54.7)
+
+
+def test_zda_gives_the_date_for_a_gga_only_receiver():
+    fix = epochs(gga(), "GPZDA,123519.00,05,08,2026,00,00")[0][0]
+    assert fix.utc == dt.datetime(2026, 8, 5, 12, 35, 19, tzinfo=dt.UTC)
+
+
+def test_gga_before_any_date_has_no_utc():
+    fixes, decoder = epochs(gga(time="235958"), rmc(time="235959", date="010626"))
+    assert fixes[0].utc is None and fixes[0].mode == 3
+    assert fixes[1].utc == dt.datetime(2026, 6, 1, 23, 59, 59, tzinfo=dt.UTC)
+    assert decoder.summary()["no_date"] == 1
+
+
+def test_undated_epochs_are_not_on_the_virtual_clock():
+    fixes, _ = epochs(gga(time="235958"), rmc(time="235959", date="010626"), virtual=True)
+    assert math.isnan(fixes[0].t_mono)
+    assert fixes[1].t_mono == virtual_mono(fixes[1].utc)
+
+
+def test_utc_midnight_rollover_without_a_new_date():
+    fixes, _ = epochs(rmc(time="235959.50", date="311226"), gga(time="000000.50"), gga(time="000001.50"))
+    assert [f.utc.isoformat() for f in fixes] == [
+        "2026-12-31T23:59:59.500000+00:00", "2027-01-01T00:00:00.500000+00:00", "2027-01-01T00:00:01.500000+00:00"]
+
+
+def test_midnight_rollover_agrees_with_the_next_rmc():
+    fixes, _ = epochs(rmc(time="235959", date="280226"), gga(time="000000"), rmc(time="000000", date="010326"))
+    assert fixes[1].utc == dt.datetime(2026, 3, 1, 0, 0, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(("yy", "year"), [("26", 2026), ("79", 2079), ("00", 2000)])
+def test_two_digit_year_pivot(yy, year):
+    fix = epochs(rmc(date="0106" + yy))[0][0]
+    assert fix.utc.year == year
+
+
+def test_gps_week_rollover_1999_after_2019():
+    # A receiver with an old 1024-week window reports 1999-08-22 when it is really 2019-04-07.
+    fix = epochs(rmc(date="220899"))[0][0]
+    assert fix.utc.date() == dt.date(2019, 4, 7)
+    fix = epochs(gga(), "GPZDA,123519.00,22,08,1999,00,00")[0][0]
+    assert fix.utc.date() == dt.date(2019, 4, 7)
+
+
+def test_week_rollover_floor_is_configurable():
+    fix = epochs(rmc(date="010105"), date_floor=dt.date(2019, 4, 7))[0][0]
+    assert fix.utc.date() == dt.date(2005, 1, 1) + dt.timedelta(weeks=1024)
+
+
+def test_time_going_backwards_is_counted():
+    fixes, decoder = epochs(rmc(time="120000", date="010626"), rmc(time="120001", date="010626"),
+                            rmc(time="110000", date="010626"))
+    assert fixes[2].utc < fixes[1].utc
+    assert decoder.summary()["time_backwards"] == 1
+
+
+def test_timeless_sentences_before_their_epoch_sirf_order():
+    # SiRF: GSA then RMC for each epoch; the GSA must not land in the previous epoch.
+    fixes, _ = epochs("GPGSA,A,2,04,05,09,,,,,,,,,,2.5,1.3,2.1", rmc(time="120000", date="010626"),
+                      "GPGSA,A,3,04,05,09,12,,,,,,,,,2.5,1.3,2.1", rmc(time="120001", date="010626"),
+                      "GPGSA,A,2,04,05,09,,,,,,,,,,2.5,1.3,2.1", rmc(time="120002", date="010626"))
+    assert [f.mode for f in fixes] == [2, 3, 2]
+
+
+def test_timeless_sentences_inside_their_epoch_ublox_order():
+    # u-blox: RMC VTG GGA GSA GSV GLL; GSA belongs to the epoch it follows.
+    def cycle(t, mode):
+        return [rmc(time=t, date="010626"), "GPVTG,054.7,T,,M,005.5,N,010.2,K,A", gga(time=t),
+                f"GPGSA,A,{mode},04,05,09,,,,,,,,,,2.5,1.3,2.1", "GPGSV,1,1,00",
+                f"GPGLL,4807.038,N,01131.000,E,{t},A,A"]
+    fixes, _ = epochs(*cycle("120000", 3), *cycle("120001", 2), *cycle("120002", 3))
+    assert [f.mode for f in fixes] == [3, 2, 3]
+
+
+def test_dead_reckoning_is_flagged_estimated():
+    assert epochs(rmc(faa="E"))[0][0].estimated
+    assert epochs(gga(quality="6"))[0][0].estimated
+    assert not epochs(rmc())[0][0].estimated
+
+
+@pytest.mark.parametrize("lat", ["9100.000", "4860.000", "48x7.038", "48.07038", "nan", ""])
+def test_invalid_coordinates_are_unknown_not_guessed(lat):
+    fix = epochs(rmc(lat=lat))[0][0]
+    assert fix.lat is None and fix.mode == 0
+
+
+@pytest.mark.parametrize("speed", ["-1.0", "nan", "inf", "99999"])
+def test_invalid_speed_is_unknown(speed):
+    assert epochs(rmc(speed=speed))[0][0].speed_mps is None
+
+
+@pytest.mark.parametrize("time", ["246000", "125960", "12:35:19", "1235", ""])
+def test_invalid_time_makes_no_epoch(time):
+    fixes, decoder = epochs(rmc(time=time))
+    assert fixes == [] and decoder.summary()["sentences"] == 1
+
+
+def test_real_u_blox_epoch_from_a_capture_line():
+    # From the u-blox ZED-F9P capture (gpsd test data): NMEA 4.1 RMC with a nav-status field.
+    fixes, _ = epochs("GNRMC,003956.00,A,4552.65403,S,17030.00668,E,0.025,,120419,,,A,V",
+                      "GNGGA,003956.00,4552.65403,S,17030.00668,E,1,12,0.64,14.2,M,1.8,M,,")
+    fix = fixes[0]
+    assert fix.utc == dt.datetime(2019, 4, 12, 0, 39, 56, tzinfo=dt.UTC)
+    assert fix.lat == pytest.approx(-45.8775672, abs=1e-7) and fix.lon == pytest.approx(170.5001113, abs=1e-7)
+    assert fix.track_deg is None and fix.sats == 12
+
+
+# --- fuzzing: the assembler never raises and never emits values outside their ranges
+
+FIELD = st.text(alphabet="0123456789.-+NSEWAVMKTne", max_size=12)
+TYPES = st.sampled_from(["RMC", "GGA", "GLL", "GNS", "GSA", "VTG", "ZDA", "GST"])
+
+
+def check_ranges(fix: Fix) -> None:
+    assert fix.mode in (0, 2, 3)
+    if fix.mode:
+        assert fix.lat is not None and -90 <= fix.lat <= 90
+        assert fix.lon is not None and -180 <= fix.lon <= 180
+    else:
+        assert fix.lat is None and fix.lon is None
+    for value in (fix.lat, fix.lon, fix.alt_m, fix.speed_mps, fix.track_deg, fix.eph_m, fix.hdop):
+        assert value is None or math.isfinite(value)
+    assert fix.speed_mps is None or 0 <= fix.speed_mps <= 600
+    assert fix.track_deg is None or 0 <= fix.track_deg < 360
+    assert fix.eph_m is None or fix.eph_m >= 0
+    assert fix.hdop is None or fix.hdop > 0
+    assert fix.sats is None or 0 <= fix.sats < 256
+    assert fix.utc is None or fix.utc.tzinfo is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["GP", "GN", "BD"]), TYPES, st.lists(FIELD, max_size=14)), max_size=25))
+def test_fuzz_assembler_emits_only_valid_fixes(sentences):
+    decoder = NmeaDecoder(GnssConfig(), virtual_clock=True)
+    data = "".join(sentence(talker + kind + "," + ",".join(fields)) + "\r\n" for talker, kind, fields in sentences)
+    for fix in decoder.feed(data.encode()) + decoder.flush():
+        check_ranges(fix)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.sampled_from(["A", "V"]),
+    st.floats(0, 9000, allow_nan=False), st.floats(0, 17999, allow_nan=False), st.floats(0, 999),
+    st.integers(1, 31), st.integers(1, 12), st.integers(0, 99)), max_size=20))
+def test_fuzz_plausible_rmc_streams(rows):
+    assembler = EpochAssembler()
+    decoder = NmeaDecoder(GnssConfig())
+    decoder.assembler = assembler
+    lines = []
+    for hh, mm, ss, status, lat, lon, speed, day, month, yy in rows:
+        lines.append(sentence(f"GPRMC,{hh:02d}{mm:02d}{ss:02d}.00,{status},{lat:09.4f},N,{lon:010.4f},E,"
+                              f"{speed:.1f},12.0,{day:02d}{month:02d}{yy:02d},,,A"))
+    for fix in decoder.feed(("\r\n".join(lines) + "\r\n").encode()) + decoder.flush():
+        check_ranges(fix)

@@ -1,0 +1,151 @@
+"""Strict NMEA framing and parsing, from hand-written sentences, plus fuzzing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.nmea import LineSplitter, NmeaParser, ParseStats, checksum
+
+
+def sentence(body: str, lower: bool = False, prefix: str = "$") -> str:
+    digits = f"{checksum(body.encode()):02X}"
+    return f"{prefix}{body}*{digits.lower() if lower else digits}"
+
+
+GGA = "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
+RMC = "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
+
+
+def test_valid_sentence_is_parsed_with_its_fields():
+    parser = NmeaParser()
+    msg = parser.parse_line(sentence(GGA).encode())
+    assert msg is not None
+    assert (msg.talker, msg.sentence_type) == ("GP", "GGA")
+    assert msg.data[1] == "4807.038"
+    assert parser.stats.sentences == 1 and parser.stats.used == 1
+
+
+def test_checksum_is_required():
+    parser = NmeaParser()
+    assert parser.parse_line(("$" + GGA).encode()) is None
+    assert parser.stats.no_checksum == 1 and parser.stats.sentences == 0
+
+
+def test_wrong_checksum_is_rejected_and_counted():
+    parser = NmeaParser()
+    good = sentence(GGA)
+    bad = good[:-2] + f"{(int(good[-2:], 16) ^ 0x01):02X}"
+    assert parser.parse_line(bad.encode()) is None
+    assert parser.stats.bad_checksum == 1
+
+
+def test_checksum_hex_in_lower_case_is_accepted():
+    parser = NmeaParser()
+    body = "GPRMC,205150.00,V,,,,,,,,,,,V"  # checksum 4A: has a letter
+    line = sentence(body, lower=True)
+    assert line.endswith("*4a")
+    assert parser.parse_line(line.encode()) is not None
+
+
+@pytest.mark.parametrize("junk", ["*4Z", "*", "*4", "*4A junk"])
+def test_malformed_checksum_fields_are_bad_checksums(junk):
+    parser = NmeaParser()
+    assert parser.parse_line(("$" + GGA + junk).encode()) is None
+    assert parser.stats.bad_checksum == 1
+
+
+def test_checksum_is_taken_after_the_last_star():
+    body = "GPTXT,01,01,02,a*star*inside"
+    parser = NmeaParser()
+    parser.parse_line(sentence(body).encode())
+    assert parser.stats.sentences == 1 and parser.stats.bad_checksum == 0
+
+
+@pytest.mark.parametrize("talker", ["GP", "GN", "GL", "GA", "GB", "BD", "GQ", "IN", "QZ"])
+def test_any_talker_is_accepted(talker):
+    msg = NmeaParser().parse_line(sentence(talker + GGA[2:]).encode())
+    assert msg is not None and msg.talker == talker and msg.sentence_type == "GGA"
+
+
+def test_double_dollar_prefix_is_accepted():
+    msg = NmeaParser().parse_line(sentence(GGA, prefix="$$").encode())
+    assert msg is not None and msg.sentence_type == "GGA"
+
+
+def test_binary_junk_before_a_sentence_is_skipped():
+    ubx = bytes([0xB5, 0x62, 0x01, 0x07, 0x5C, 0x00, 0x24, 0x2A, 0xFF, 0x00])  # contains '$' and '*' bytes
+    parser = NmeaParser()
+    msg = parser.parse_line(ubx + sentence(GGA).encode())
+    assert msg is not None and msg.sentence_type == "GGA"
+    assert parser.stats.junk_bytes > 0
+
+
+def test_truncated_sentence_followed_by_a_whole_one_on_one_line():
+    parser = NmeaParser()
+    msg = parser.parse_line(("$GPRMC,123519,A,48" + sentence(GGA)).encode())
+    assert msg is not None and msg.sentence_type == "GGA"
+
+
+def test_truncated_line_is_counted_not_raised():
+    parser = NmeaParser()
+    assert parser.parse_line(b"$GPGGA,123519,4807.03") is None
+    assert parser.stats.no_checksum == 1
+
+
+def test_length_cap():
+    parser = NmeaParser(max_chars=82)
+    long_body = "GPTXT,01,01,02," + "x" * 80
+    assert parser.parse_line(sentence(long_body).encode()) is None
+    assert parser.stats.too_long == 1
+    assert NmeaParser(max_chars=200).parse_line(sentence(long_body).encode()) is None  # a TXT: counted, unused
+    assert parser.parse_line(sentence(GGA).encode()) is not None
+
+
+def test_unknown_types_and_proprietary_are_counted_and_ignored():
+    parser = NmeaParser()
+    assert parser.parse_line(sentence("GPFOO,1,2,3").encode()) is None
+    assert parser.parse_line(sentence("PUBX,00,1,2").encode()) is None
+    assert parser.parse_line(sentence("GPGSV,1,1,00").encode()) is None
+    s = parser.stats
+    assert (s.unknown_type, s.proprietary, s.other_types, s.sentences) == (1, 1, 1, 3)
+    assert s.unknown_names == {"FOO": 1}
+
+
+def test_line_splitter_handles_any_chunking_and_line_ending():
+    data = (sentence(GGA) + "\r\n" + sentence(RMC) + "\r" + sentence(GGA) + "\n").encode()
+    for size in (1, 3, 7, 64, len(data)):
+        splitter = LineSplitter(ParseStats())
+        lines = []
+        for i in range(0, len(data), size):
+            lines += splitter.feed(data[i:i + size])
+        lines += splitter.flush()
+        assert [line.decode() for line in lines] == [sentence(GGA), sentence(RMC), sentence(GGA)]
+
+
+def test_line_splitter_bounds_memory_on_binary_junk():
+    stats = ParseStats()
+    splitter = LineSplitter(stats, max_buffer=1000)
+    for _ in range(100):
+        assert splitter.feed(b"\xb5\x62" * 500) == []
+    assert stats.junk_bytes > 90_000
+    lines = splitter.feed(sentence(GGA).encode() + b"\r\n")
+    assert NmeaParser().parse_line(lines[-1]) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_parser_never_raises_on_bytes(data):
+    parser = NmeaParser()
+    splitter = LineSplitter(parser.stats)
+    for line in splitter.feed(data) + splitter.flush():
+        parser.parse_line(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="$*,.0123456789ABCDEFNSEWGPRMCVa \r\n", max_size=200))
+def test_fuzz_parser_never_raises_on_nmea_like_text(text):
+    parser = NmeaParser()
+    for line in text.splitlines():
+        parser.parse_line(line)
