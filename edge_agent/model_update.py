@@ -5,7 +5,8 @@ when a public key is configured, its Ed25519 signature, runs the detector's load
 then swaps it in. Models live in one folder:
 
     <models_dir>/<sha256>.onnx   every model kept (the newest `keep` of them)
-    <models_dir>/<sha256>.json   what we know about it (name, version, source, installed_at, failure)
+    <models_dir>/<sha256>.manifest.json   its manifest: name and version from the command (the detector reads
+                                 them, and finds it through the link), source, installed_at, failure
     <models_dir>/current.onnx    -> <sha256>.onnx, what the detector loads
     <models_dir>/previous.onnx   -> <sha256>.onnx, what a rollback goes back to
 
@@ -133,15 +134,18 @@ class ModelStore:
         _fsync_dir(self.root)
         return final
 
+    def meta_path(self, sha: str) -> Path:
+        return self.root / f"{sha}.manifest.json"
+
     def meta(self, sha: str) -> dict[str, Any]:
         try:
-            return json.loads((self.root / f"{sha}.json").read_text())
+            return json.loads(self.meta_path(sha).read_text())
         except (FileNotFoundError, ValueError):
             return {}
 
     def write_meta(self, sha: str, meta: dict[str, Any]) -> None:
-        path = self.root / f"{sha}.json"
-        tmp = path.with_suffix(".json.tmp")
+        path = self.meta_path(sha)
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(tmp, path)
 
@@ -170,7 +174,7 @@ class ModelStore:
             if path.stem in pinned:
                 continue
             path.unlink(missing_ok=True)
-            (self.root / f"{path.stem}.json").unlink(missing_ok=True)
+            self.meta_path(path.stem).unlink(missing_ok=True)
             removed.append(path.stem)
         return removed
 

@@ -212,9 +212,10 @@ place_model() {
   fi
   run install -m 0640 -o edge-agent -g edge-agent "$MODEL" "$models/$sha.onnx"
   local manifest
-  manifest="$(dirname "$MODEL")/manifest.json"
+  # The detector finds <stem>.manifest.json beside the link's target: name, version, classes, sha256.
+  manifest="${MODEL%.onnx}.manifest.json"
   if [ -r "$manifest" ]; then
-    run install -m 0640 -o edge-agent -g edge-agent "$manifest" "$models/$sha.json"
+    run install -m 0640 -o edge-agent -g edge-agent "$manifest" "$models/$sha.manifest.json"
   fi
   run ln -sfn "$sha.onnx" "$models/current.onnx"
   run chown -h edge-agent:edge-agent "$models/current.onnx"

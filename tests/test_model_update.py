@@ -181,7 +181,7 @@ def test_good_update_swaps_and_keeps_previous(store: ModelStore, model_server: M
     assert store.current_link.resolve().read_bytes() == tiny_onnx(2.0)
     assert store.previous_link.resolve().read_bytes() == tiny_onnx(1.0)
     assert activated == [str(store.current_link)]
-    assert json.loads((store.root / f"{sha}.json").read_text())["version"] == "2.0"
+    assert json.loads(store.meta_path(sha).read_text())["version"] == "2.0"
     # A repeated command is harmless.
     again = updater(store, model_server).handle({"url": url, "sha256": sha})
     assert again["ok"] and again["status"] == "already_current"
@@ -256,7 +256,7 @@ def test_model_that_fails_to_start_is_rolled_back(store: ModelStore, model_serve
     assert "TensorRT engine build failed" in result["reason"]
     assert store.current_sha() == old and store.previous_sha() == previous_before
     assert calls == [tiny_onnx(5.0), tiny_onnx(1.0)], "the new model was tried, then the old one reloaded"
-    assert "failure" in json.loads((store.root / f"{sha}.json").read_text())
+    assert "failure" in json.loads(store.meta_path(sha).read_text())
 
 
 def test_interrupted_download_resumes_with_range(store: ModelStore, model_server: ModelServer) -> None:

@@ -178,6 +178,7 @@ def written_file(plan: str, path: str) -> str:
 def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not really a model")
+    (tmp_path / "model.manifest.json").write_text("{}")
     result = dry_run("agent", "--device-id", "veh-042", "--broker", "mqtt.example.org:8884", "--model", str(model),
                      env={"ROADMON_PLATFORM": "raspberry-pi"})
     assert result.returncode == 0, result.stderr
@@ -190,6 +191,7 @@ def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     assert f"/var/lib/edge-agent/models/{sha}.onnx" in plan
     assert f"ln -sfn {sha}.onnx /var/lib/edge-agent/models/current.onnx" in plan
+    assert f"/var/lib/edge-agent/models/{sha}.manifest.json" in plan  # the detector finds it beside the target
     # The config it would write is one the agent accepts.
     toml = written_file(plan, "/etc/edge-agent/agent.toml")
     cfg = agent_config.parse(tomllib.loads(toml))
