@@ -29,6 +29,7 @@ from edge_agent.config.events import EventsConfig
 
 EARTH_RADIUS_M = 6_378_137.0    # WGS84 equatorial; a local tangent plane is exact to mm over tens of metres
 BOX_EDGE_SIGMA_PX = 2.0         # how well a detector's box edge sits on the defect's edge, pixels
+BORDER_PX = 2.0                 # a box this close to the image border is cut off by it
 
 
 class PoseLike(Protocol):
@@ -52,6 +53,7 @@ class GroundBox:
     range_m: float            # distance from the camera to the near edge, what the error grows with
     sigma_m: float            # 1-sigma horizontal projection error of the centre
     corners: np.ndarray       # 4x2 (forward, left): bottom-left, bottom-right, top-right, top-left
+    truncated: bool = False   # the box touches the image border: part of the defect is outside the picture
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,12 @@ class Geolocator:
         centre = (near + far) / 2
         width = float(np.hypot(*(corners[1] - corners[0])))
         length = float(np.hypot(*(far - near)))
+        intr = self.projector.intrinsics
+        truncated = x1 <= BORDER_PX or y1 <= BORDER_PX or x2 >= intr.width - 1 - BORDER_PX \
+            or y2 >= intr.height - 1 - BORDER_PX
         return GroundBox(forward_m=float(centre[0]), left_m=float(centre[1]), width_m=width, length_m=length,
                          range_m=float(math.hypot(near[0], near[1] - self.projector.mount.lateral_m)),
-                         sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners)
+                         sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners, truncated=truncated)
 
     def sigma_m(self, u: float, v: float, forward_m: float) -> float:
         """1-sigma projection error of a ground point seen at (u, v) FORWARD_M ahead (see module doc)."""
@@ -136,7 +141,11 @@ class Geolocator:
 
     @staticmethod
     def combine(views: Sequence[tuple[GroundBox, PoseLike, float]]) -> Located | None:
-        """Inverse-variance mean of a track's views (ground box, pose, heading); None without any view."""
+        """Inverse-variance mean of a track's views (ground box, pose, heading); None without any view.
+        Views cut off by the image border place the defect wrongly (their box edge is the border) and are
+        left out unless there is nothing else."""
+        whole = [v for v in views if not v[0].truncated]
+        views = whole or views
         if not views:
             return None
         lat0, lon0 = Geolocator.to_world(*views[0])

@@ -229,7 +229,7 @@ class Tracker:
         track.misses = 0
         track.pred = box.corners.copy()
         self._push(track, obs.score)
-        if track.best is None or obs.score > track.best.score:
+        if track.best is None or (box.truncated, -obs.score) < (track.best.ground.truncated, -track.best.score):
             track.best = obs
             if image is not None:
                 track.best_crop = crop(image, bbox, self.thumbnail_px)

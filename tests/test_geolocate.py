@@ -122,3 +122,17 @@ def test_severity_formula() -> None:
     assert severity("crack", 0.5, 0.6, cfg) == pytest.approx(0.6 * big, abs=2e-3)
     assert severity("unknown-class", 2, 2, cfg) == cfg.default_class_weight
     assert severity("pothole", 0, 3, cfg) == 0.0
+
+
+def test_boxes_cut_by_the_image_border_are_left_out_of_the_position(projector: GroundProjector) -> None:
+    geo = Geolocator(projector)
+    whole = geo.ground_box(box_of(projector, 8.0, 0.0, 0.6, 0.6))
+    x1, y1, x2, _ = box_of(projector, 3.0, 0.0, 1.0, 0.6)
+    cut = geo.ground_box((x1, y1, x2, 719.0))  # the near part is below the picture
+    assert not whole.truncated and cut.truncated
+    pose = Pose(LAT0, LON0, h_std_m=0.5)
+    located = Geolocator.combine([(whole, pose, 0.0), (cut, Pose(*offset_latlon(LAT0, LON0, 0, 5.0)), 0.0)])
+    _east, north = enu_offset(LAT0, LON0, located.lat, located.lon)
+    assert north == pytest.approx(8.0, abs=0.05)
+    alone = Geolocator.combine([(cut, pose, 0.0)])
+    assert alone is not None  # better a rough place than none
