@@ -159,7 +159,10 @@ class Outbox:
     """The store-and-forward queue. Thread-safe; see the module docstring for the row life cycle."""
 
     def __init__(self, path: Path | str, cfg: OutboxConfig | None = None, health: HealthBoard | None = None,
-                 *, check: bool = True) -> None:
+                 *, agent: bool = True) -> None:
+        """AGENT: this process drains the queue, so check the file's integrity (moving a corrupt one aside) and
+        make rows an earlier process had in flight due again. Tools that look at a running agent's queue (the
+        CLI) pass False and change nothing behind its back."""
         self.path = Path(path)
         self.cfg = cfg or OutboxConfig()
         self.health = health
@@ -167,7 +170,7 @@ class Outbox:
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: Path | None = None
-        if check and (problem := _quick_check(self.path)):
+        if agent and (problem := _quick_check(self.path)):
             self.moved_aside = move_aside(self.path, problem)
             self._count("outbox_corrupt_moved_aside")
         self.conn = _connect(self.path)
@@ -184,7 +187,8 @@ class Outbox:
         self._tight = False
         self.dropped: dict[str, int] = self._load_counters()
         self._seq = self._load_seq()
-        self._requeue_in_flight()
+        if agent:
+            self._requeue_in_flight()
         self._set_sync(self.cfg.synchronous)
         self._set_health("ok")
 

@@ -1,0 +1,97 @@
+"""`edge-agent queue ...` and `edge-agent status` against a real outbox file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_agent.cli import app
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.health import HealthBoard
+from edge_agent.heartbeat import build_status, write_status_file
+from edge_agent.outbox import Outbox
+from tests.test_outbox import make_coverage, make_event
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> dict:
+    """A config whose state_dir holds an outbox with 3 events (1 confirmed) and 1 coverage record."""
+    state = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[device]\nid = "veh-cli"\nstate_dir = "{state}"\n')
+    with Outbox(state / "outbox.db", OutboxConfig(synchronous="NORMAL")) as ob:
+        events = [make_event(ob, s, thumbnail_jpeg_b64="QQ==") for s in (0.2, 0.9, 0.5)]
+        for e in events:
+            ob.add_event(e)
+        ob.add_coverage(make_coverage())
+        ob.due(10, 3600)
+        ob.mark_confirmed([("event", events[0]["event_id"])])
+    return {"config": str(config), "state": state, "events": events}
+
+
+def run(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_stats_and_ls(box) -> None:
+    stats = json.loads(run("queue", "stats", "--config", box["config"], "--json"))
+    assert stats["queue_depth"] == 3 and stats["events"] == {"pending": 2, "sent": 0, "confirmed": 1}
+    table = run("queue", "stats", "--config", box["config"])
+    assert "queue depth 3" in table and "events" in table
+    rows = json.loads(run("queue", "ls", "--config", box["config"], "--json"))
+    assert [r["id"] for r in rows] == [box["events"][1]["event_id"], box["events"][2]["event_id"],
+                                       box["events"][0]["event_id"]]      # send order, confirmed last
+    pending = json.loads(run("queue", "ls", "--config", box["config"], "--state", "pending", "--json"))
+    assert len(pending) == 2
+    assert "coverage rows" in run("queue", "ls", "--config", box["config"], "--kind", "coverage")
+    bad = runner.invoke(app, ["queue", "ls", "--config", box["config"], "--state", "lost"])
+    assert bad.exit_code == 2 and "--state" in bad.output
+
+
+def test_retry_purge_and_export(box, tmp_path: Path) -> None:
+    assert "3 unconfirmed rows are due now" in run("queue", "retry", "--config", box["config"])
+    refused = runner.invoke(app, ["queue", "purge", "--config", box["config"]])
+    assert refused.exit_code == 2 and "--confirmed" in refused.output
+    assert "deleted 1 confirmed rows" in run("queue", "purge", "--confirmed", "--config", box["config"])
+    out = tmp_path / "events.geojson"
+    # --outbox alone is enough, even without a config file.
+    run("queue", "export", "--geojson", str(out), "--outbox", str(box["state"] / "outbox.db"),
+        "--config", str(tmp_path / "none.toml"))
+    collection = json.loads(out.read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 2
+    feature = collection["features"][0]
+    assert feature["geometry"] == {"type": "Point", "coordinates": [11.5, 48.1]}
+    assert feature["properties"]["class"] == "pothole" and feature["properties"]["queue_state"] == "pending"
+
+
+def test_missing_outbox_or_config_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["queue", "stats", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "file not found" in result.output
+    result = runner.invoke(app, ["queue", "stats", "--outbox", str(tmp_path / "none.db")])
+    assert result.exit_code == 2 and "no outbox" in result.output
+
+
+def test_status_shows_queue_fix_and_broker(box) -> None:
+    health = HealthBoard()
+    health.update(uplink="connected", fix={"lat": 48.1, "lon": 11.5, "mode": 3}, fps=8.0)
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        write_status_file(box["state"] / "agent-status.json",
+                          build_status("online", "veh-cli", ob, health, broker="connected"))
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["broker"] == "connected" and info["queue_depth"] == 3
+    assert info["last_fix"]["mode"] == 3 and info["last_confirmed_at"]
+    table = run("status", "--config", box["config"])
+    for words in ("broker", "connected", "queue depth", "oldest pending", "last confirmed", "last fix"):
+        assert words in table
+
+
+def test_status_without_a_running_agent(box) -> None:
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["broker"].startswith("unknown") and info["queue_depth"] == 3
