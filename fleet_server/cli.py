@@ -108,8 +108,15 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
 def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Workers in this process"),
            instance: int = typer.Option(0, "--instance", envvar="ROADMON_INGEST_INSTANCE", min=0,
                                         help="Number of this process among several on one host (systemd %i), "
-                                             "so that MQTT client ids stay unique")) -> None:
-    """Ingest workers only (no HTTP)."""
+                                             "so that MQTT client ids stay unique"),
+           metrics_port: int = typer.Option(0, "--metrics-port", envvar="ROADMON_METRICS_PORT", min=0, max=65535,
+                                            help="Serve this process's Prometheus metrics (road_ingest_*) on "
+                                                 "this port; 0 = off")) -> None:
+    """Ingest workers only (no HTTP API)."""
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
     running = _start_workers(workers, first=instance * workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
