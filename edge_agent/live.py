@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STARTUP_WAIT_S = 30.0    # longest wait for the first frame before READY is sent anyway (health says why)
 STATUS_EVERY_S = 10.0
+MAX_FAILURES_IN_A_ROW = 25  # frames the pipeline may fail on in a row before the watchdog is starved
 
 
 class LiveAgent:
@@ -35,6 +36,7 @@ class LiveAgent:
         self.use_uplink = cfg.uplink.enabled if uplink is None else uplink
         self.stop_event = threading.Event()
         self.parts: dict[str, Any] = {}
+        self._failures = 0
 
     def stop(self, *_: object) -> None:
         self.stop_event.set()
@@ -67,7 +69,11 @@ class LiveAgent:
         """The main loop; returns the pipeline's summary when stopped."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
-        pipeline = self.start()
+        try:
+            pipeline = self.start()
+        except BaseException:
+            self.close()
+            raise
         camera: FrameSource = self.parts["camera"]
         ready_sent = False
         ping_every = sdnotify.watchdog_interval_s()
@@ -76,7 +82,7 @@ class LiveAgent:
             while not self.stop_event.is_set():
                 frame = camera.latest(timeout=0.5)
                 if frame is not None:
-                    pipeline.process(frame.image, frame.t_mono)
+                    self.process(pipeline, frame)
                 now = time.monotonic()
                 if not ready_sent and (frame is not None or now - started > STARTUP_WAIT_S):
                     sdnotify.ready(self.status_line())
@@ -95,10 +101,23 @@ class LiveAgent:
         summary["dropped"] = camera.dropped
         return summary
 
+    def process(self, pipeline: Pipeline, frame: Any) -> None:
+        """One frame; a failure is logged and counted, never the end of the agent (the watchdog notices a
+        pipeline that keeps failing, because the health it checks stops being 'ok')."""
+        try:
+            pipeline.process(frame.image, frame.t_mono)
+        except Exception:
+            log.exception("pipeline failed on a frame")
+            self.health.count("pipeline_errors")
+            self._failures += 1
+        else:
+            self._failures = 0
+
     def healthy(self, camera: FrameSource, pipeline: Pipeline) -> bool:
         """Frames arrive, the detector works, the outbox takes writes: only then is the watchdog fed."""
         snap = self.health.snapshot()
-        return camera.healthy() and snap["detector"] == "ok" and snap["outbox"] in ("ok", "degraded")
+        return camera.healthy() and snap["detector"] == "ok" and snap["outbox"] in ("ok", "degraded") \
+            and self._failures < MAX_FAILURES_IN_A_ROW
 
     def status_line(self) -> str:
         snap = self.health.snapshot()

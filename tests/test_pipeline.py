@@ -408,3 +408,13 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     assert result["frames"] > 10 and result["detections"] > 10
     snap = health.snapshot()
     assert snap["camera"] in ("ok", "ended") and snap["detector"] == "ok" and snap["fps"]
+
+
+def test_run_command_refuses_a_missing_model_clearly(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    config = agent_toml(tmp_path, tmp_path / "missing.onnx")
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "model error" in result.output

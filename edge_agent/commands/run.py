@@ -137,5 +137,9 @@ def register(app: typer.Typer) -> None:
         cfg = _load_config(config)
         _load_detector(cfg)  # fail fast with a clear message before anything starts
         agent = LiveAgent(cfg, uplink=uplink)
-        summary = agent.run()
+        try:
+            summary = agent.run()
+        except (OSError, ValueError, RuntimeError) as exc:  # outbox path, calibration, GNSS port set-up
+            err.print(f"[red]cannot start the agent[/red]: {exc}")
+            raise typer.Exit(2) from None
         err.print(f"stopped: {summary['frames']} frames, {summary['events']} events, {summary['dropped']} dropped")
