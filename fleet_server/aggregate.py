@@ -218,9 +218,9 @@ def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: s
 
 
 def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig) -> set[int]:
-    """Fold defects that drifted within the merge radius of each other into the older one.
-
-    Early sightings can start two defects for one pothole before the positions settle; this undoes that.
+    """Fold defects that lie within each other's gate (the merge radius, widened by their combined accuracy)
+    into the older one. Early sightings can start two defects for one pothole before the positions settle;
+    this undoes that.
     Returns the surviving defects that changed.
     """
     changed: set[int] = set()
@@ -232,10 +232,13 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
             SELECT DISTINCT ON (drop_id) keep_id, drop_id FROM (
                 SELECT LEAST(a.id, b.id) AS keep_id, GREATEST(a.id, b.id) AS drop_id, a.geom <-> b.geom AS dist
                 FROM defects a JOIN defects b
-                  ON b.class = a.class AND b.id <> a.id AND ST_DWithin(a.geom, b.geom, %s)
-                WHERE a.id = ANY(%s) AND a.status NOT IN ('repaired', 'dismissed')
+                  ON b.class = a.class AND b.id <> a.id AND ST_DWithin(a.geom, b.geom, LEAST(GREATEST(%(radius)s,
+                     %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
+                     GREATEST(%(max_gate)s, %(radius)s)))
+                WHERE a.id = ANY(%(ids)s) AND a.status NOT IN ('repaired', 'dismissed')
                   AND b.status NOT IN ('repaired', 'dismissed')) p
-            ORDER BY drop_id, dist""", (cfg.merge_radius_m, sorted(pending))).fetchall()
+            ORDER BY drop_id, dist""", {"radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
+                                        "max_gate": cfg.max_gate_m, "ids": sorted(pending)}).fetchall()
         if not pairs:
             break
         dropped: set[int] = set()

@@ -91,9 +91,9 @@ class IngestConfig(Section):
 class AggregateConfig(Section):
     merge_radius_m: float = Field(5.0, gt=0, le=100, description="A sighting joins the nearest open defect of its "
                                                                  "class within this distance")
-    accuracy_gate: float = Field(2.0, ge=0, le=10, description="...or within this many times the sighting's "
+    accuracy_gate: float = Field(3.0, ge=0, le=10, description="...or within this many times the sighting's "
                                                                "h_accuracy_m, when that is larger")
-    max_gate_m: float = Field(10.0, gt=0, le=200, description="Upper bound of the accuracy-widened radius")
+    max_gate_m: float = Field(12.0, gt=0, le=200, description="Upper bound of the accuracy-widened radius")
     pass_gap_s: float = Field(600.0, gt=0, description="Sightings of one device further apart than this are "
                                                        "separate passes")
     confirm_sightings: int = Field(2, ge=1, description="Sightings needed for new -> confirmed")

@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fleet_server import metrics
-from fleet_server.config import ServerConfig
+from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.store import Batch, Stored, store_batch
 from fleet_server.validate import Invalid, Rejection, check_message
 from roadmon_contract import topics
@@ -103,7 +103,6 @@ class IngestWorker:
 
     def __init__(self, cfg: ServerConfig, index: int = 0) -> None:
         self.cfg = cfg
-        self.dsn = cfg.database.resolve_dsn()
         self.client_id = f"{cfg.mqtt.client_id_prefix}-{socket.gethostname()}-{cfg.ingest.share_group}-{index}"
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
@@ -225,7 +224,7 @@ class IngestWorker:
                 stored = self._store(batch)
                 metrics.INGEST_BATCH_SECONDS.observe(time.monotonic() - t0)
                 return stored
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError, ConfigError) as exc:
                 metrics.INGEST_DB_ERRORS.inc()
                 self.stats["db_errors"] += 1
                 log.warning("%s: storing a batch of %d failed (%s); retrying in %.1f s",
@@ -273,7 +272,8 @@ class IngestWorker:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.dsn, autocommit=True,
+            # Read the DSN again on every reconnect: a rotated credential file takes effect without a restart.
+            self._conn = psycopg.connect(self.cfg.database.resolve_dsn(), autocommit=True,
                                          connect_timeout=int(self.cfg.database.connect_timeout_s))
         return self._conn
 

@@ -1,0 +1,118 @@
+"""Aggregation on a real PostGIS: many vehicles and passes -> one defect per pothole, in the right place;
+coverage misses -> likely_repaired; automatic status changes in the history."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from server_fixtures import count, make_cfg, make_coverage, make_event, offset
+
+from fleet_server.config import ServerConfig
+from fleet_server.store import Batch, store_batch
+
+__all__ = ["make_cfg"]
+BASE = (48.137, 11.575)
+
+
+def store(cfg: ServerConfig, events: list[dict] = (), coverage: list[dict] = ()) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        store_batch(conn, Batch(events=[(e, now) for e in events], coverage=[(c, now) for c in coverage]),
+                    cfg.aggregate)
+
+
+def defects(cfg: ServerConfig) -> list[tuple]:
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:
+        return conn.execute("""SELECT id, ST_Y(geom::geometry), ST_X(geom::geometry), status, sighting_count,
+                                      vehicle_count, pass_count, miss_count FROM defects ORDER BY id""").fetchall()
+
+
+def metres(a: tuple[float, float], b: tuple[float, float]) -> float:
+    dy = (a[0] - b[0]) * 111_320
+    dx = (a[1] - b[1]) * 111_320 * math.cos(math.radians(a[0]))
+    return math.hypot(dx, dy)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_three_vehicles_four_passes_give_ten_defects(make_cfg, seed: int) -> None:
+    """10 potholes 40 m apart; 3 vehicles x 4 passes; each sighting off by 3 m RMS (h_accuracy 3 m)."""
+    cfg = make_cfg()
+    rng = random.Random(seed)
+    truth = [offset(*BASE, 40.0 * i, 3.0 * (i % 2)) for i in range(10)]
+    sigma = 3.0 / math.sqrt(2)  # per axis, so the radial RMS error is 3 m
+    start = datetime.now(UTC) - timedelta(days=2)
+    for p in range(4):
+        for v in range(3):
+            t0 = start + timedelta(hours=6 * p, minutes=20 * v)
+            events = [make_event(f"veh-{v}", *offset(*pos, rng.gauss(0, sigma), rng.gauss(0, sigma)), h=3.0,
+                                 at=t0 + timedelta(seconds=4 * i), seq=p * 100 + i) for i, pos in enumerate(truth)]
+            rng.shuffle(events)
+            store(cfg, events)
+    found = defects(cfg)
+    assert len(found) == 10, [(round(r[1], 6), round(r[2], 6), r[4]) for r in found]
+    for row in found:
+        nearest = min(truth, key=lambda t: metres(t, (row[1], row[2])))
+        assert metres(nearest, (row[1], row[2])) <= 2.0
+        assert row[3] == "confirmed" and row[4] == 12 and row[5] == 3 and row[6] == 12
+    assert count(cfg.database.resolve_dsn(), "SELECT count(*) FROM sightings WHERE defect_id IS NULL") == 0
+
+
+def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    pothole = offset(*BASE, 100, 0)
+    line = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]  # the road passes right over it
+    start = datetime.now(UTC) - timedelta(days=1)
+
+    def pass_at(hours: float) -> tuple[datetime, datetime]:
+        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+
+    # Seen by two vehicles in two passes: confirmed.
+    for hours, dev in ((0, "veh-a"), (1, "veh-b")):
+        t0, t1 = pass_at(hours)
+        store(cfg, [make_event(dev, *pothole, at=t0 + timedelta(seconds=15))], [make_coverage(dev, line, t0, t1)])
+    [(defect_id, *_rest, status, _s, _v, _p, misses)] = defects(cfg)
+    assert status == "confirmed" and misses == 0
+    # Passes with the detector off are no evidence; a coverage record off to the side neither.
+    t0, t1 = pass_at(2)
+    side = [offset(*BASE, 0, 30), offset(*BASE, 200, 30)]
+    store(cfg, coverage=[make_coverage("veh-a", line, t0, t1, detector_active=False),
+                         make_coverage("veh-b", side, t0, t1)])
+    assert defects(cfg)[0][7] == 0
+    # Three passes over it that saw nothing, but all from one vehicle: not enough vehicles.
+    for hours in (3, 4, 5):
+        store(cfg, coverage=[make_coverage("veh-a", line, *pass_at(hours))])
+    assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 3
+    # A second vehicle misses it too: likely repaired.
+    store(cfg, coverage=[make_coverage("veh-b", line, *pass_at(6))])
+    assert defects(cfg)[0][3] == "likely_repaired"
+    # Then someone sees it again: back to confirmed, the old misses no longer count.
+    store(cfg, [make_event("veh-c", *pothole, at=pass_at(7)[0])])
+    assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 0
+    # A coverage record that arrives before its own pass's event is a miss only until the event comes.
+    t0, t1 = pass_at(8)
+    store(cfg, coverage=[make_coverage("veh-c", line, t0, t1)])
+    assert defects(cfg)[0][7] == 1
+    store(cfg, [make_event("veh-c", *pothole, at=t0 + timedelta(seconds=10))])
+    assert defects(cfg)[0][7] == 0
+    with psycopg.connect(dsn) as conn:
+        history = conn.execute("SELECT actor, from_status, to_status FROM defect_history WHERE defect_id = %s "
+                               "ORDER BY id", (defect_id,)).fetchall()
+    assert history == [("aggregator", "new", "confirmed"), ("aggregator", "confirmed", "likely_repaired"),
+                       ("aggregator", "likely_repaired", "confirmed")]
+
+
+def test_classes_and_repaired_defects_stay_apart(make_cfg) -> None:
+    cfg = make_cfg()
+    at = datetime.now(UTC) - timedelta(hours=3)
+    store(cfg, [make_event("veh-a", *BASE, at=at), make_event("veh-a", *BASE, at=at, cls="crack")])
+    assert len(defects(cfg)) == 2
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        conn.execute("UPDATE defects SET status = 'repaired' WHERE class = 'pothole'")
+    store(cfg, [make_event("veh-b", *offset(*BASE, 1, 0), at=at + timedelta(hours=1))])
+    rows = defects(cfg)
+    assert len(rows) == 3 and [r[3] for r in rows] == ["repaired", "new", "new"]

@@ -1,0 +1,112 @@
+"""Outages and device state: PostGIS away (nothing acked until committed), broker restarts, status and the
+Last Will, command results, the CLI on real services."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from server_fixtures import DeviceClient, count, make_cfg, make_event, server_config, wait_for, workers
+from typer.testing import CliRunner
+
+from fleet_server.cli import app
+from roadmon_contract import topics
+
+__all__ = ["make_cfg", "workers"]
+
+
+def test_nothing_acked_while_postgis_is_down(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device], ingest={"db_retry_max_s": 0.5})
+    dsn_file = cfg.database.dsn_file
+    dsn_file.write_text("postgresql://roadmon:x@127.0.0.1:9/nowhere?connect_timeout=1")  # nothing listens on 9
+    [worker] = workers(cfg)
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:
+        event = make_event(device, 48.1, 11.5)
+        dev.publish("event", event)
+        assert wait_for(lambda: worker.stats["db_errors"] >= 2)
+        assert dev.acked_events() == set()
+        dsn_file.write_text(fresh_db)  # PostGIS is back
+        assert wait_for(lambda: event["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 1
+    finally:
+        dev.close()
+
+
+def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> None:
+    from fleet_server.ingest import IngestWorker
+    from fleet_server.migrate import migrate
+
+    migrate(fresh_db)
+    mq = private_broker()
+    mq.add_device("veh-r", "pw-r")
+    cfg = server_config(fresh_db, "127.0.0.1", mq.port, "roadmon-server", mq.server_password, tmp_path,
+                        mqtt={"reconnect_min_s": 0.5, "reconnect_max_s": 1.0})
+    worker = IngestWorker(cfg).start()
+    try:
+        assert worker.wait_connected(10)
+        time.sleep(0.3)
+        dev = DeviceClient("127.0.0.1", mq.port, "veh-r", "pw-r")
+        first = make_event("veh-r", 48.1, 11.5)
+        dev.publish("event", first)
+        assert wait_for(lambda: first["event_id"] in dev.acked_events())
+        dev.close()
+        mq.kill()
+        assert wait_for(lambda: not worker.connected.is_set(), timeout_s=10)
+        mq.up()
+        assert worker.wait_connected(20), "worker did not reconnect"
+        time.sleep(0.5)
+        dev = DeviceClient("127.0.0.1", mq.port, "veh-r", "pw-r")
+        second = make_event("veh-r", 48.2, 11.5)
+        dev.publish("event", second)
+        assert wait_for(lambda: second["event_id"] in dev.acked_events())
+        dev.close()
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 2
+    finally:
+        worker.stop()
+
+
+def test_status_last_will_and_command_results(make_cfg, workers, mqtt_device, service_info, fresh_db,
+                                              monkeypatch) -> None:
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device])
+    workers(cfg)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"will-{device}", protocol=mqtt.MQTTv5)
+    client.username_pw_set(device, password)
+    client.will_set(topics.status(device), json.dumps({"state": "offline"}), qos=1, retain=True)
+    commands: list[mqtt.MQTTMessage] = []
+    client.on_message = lambda c, u, m: commands.append(m)
+    client.connect(service_info.mqtt_host, service_info.mqtt_port, keepalive=5)
+    client.loop_start()
+    client.subscribe(f"{topics.PREFIX}/{device}/cmd/#", qos=1)
+    status = {"state": "online", "device_id": device, "queue_depth": 7, "inference_ms": 42.0, "fps": 9.5,
+              "fix": {"lat": 48.1, "lon": 11.5, "mode": 3}, "version": "0.1.0"}
+    client.publish(topics.status(device), json.dumps(status), qos=1, retain=True).wait_for_publish(5)
+
+    def state() -> tuple:
+        with psycopg.connect(fresh_db) as conn:
+            return conn.execute("SELECT state, queue_depth, inference_ms FROM devices WHERE id = %s",
+                                (device,)).fetchone() or (None, None, None)
+
+    assert wait_for(lambda: state() == ("online", 7, 42.0)), state()
+    # The CLI on the same config: send a command, the device answers, the answer is stored and listed.
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
+    conf = cfg.database.dsn_file.parent / "server.toml"
+    conf.write_text(f'[mqtt]\nport = {service_info.mqtt_port}\n')
+    runner = CliRunner()
+    sent = runner.invoke(app, ["-c", str(conf), "cmd", "send", device, "ping", '{"n": 1}'])
+    assert sent.exit_code == 0, sent.output
+    assert wait_for(lambda: any(m.topic.endswith("/cmd/ping") for m in commands))
+    client.publish(topics.cmd_result(device, "ping"), json.dumps({"ok": True, "n": 1}), qos=1).wait_for_publish(5)
+    assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM command_results") == 1)
+    listed = runner.invoke(app, ["-c", str(conf), "cmd", "results", device, "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.output)[0]["payload"] == {"ok": True, "n": 1}
+    # Vanish without a goodbye: the broker publishes the Last Will, the device turns offline.
+    client.loop_stop()
+    client.socket().close()
+    assert wait_for(lambda: state()[0] == "offline", timeout_s=20), state()
