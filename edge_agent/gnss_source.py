@@ -180,7 +180,7 @@ class GnssReader:
         self.last_fix: Fix | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._port: Any = None
+        self._session_had_data = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
@@ -202,15 +202,20 @@ class GnssReader:
                   "stdin": self._stdin_session, "file": self._file_session}[self.cfg.source]
         endless = self.cfg.source in ("serial", "gpsd")
         delay = self.cfg.reconnect_min_s
+        failures = 0
         while not self._stop.is_set():
+            self._session_had_data = False
             try:
                 source()
-                if not endless:
-                    break
             except Exception as exc:  # a reader must outlive any source failure
                 self._set_health("lost")
                 self._count("gnss_source_errors")
-                log.warning("GNSS %s: %s; retrying in %.1f s", self._where(), exc, delay)
+                if self._session_had_data:  # it worked for a while: start the backoff over
+                    delay, failures = self.cfg.reconnect_min_s, 0
+                failures += 1
+                # Say it once loudly, then only now and then: an unplugged receiver must not flood the journal.
+                level = logging.WARNING if failures == 1 or failures % 100 == 0 else logging.DEBUG
+                log.log(level, "GNSS %s: %s; retrying in %.1f s (attempt %d)", self.where, exc, delay, failures)
             if not endless or self._stop.wait(delay):
                 break
             self.reconnects += 1
@@ -218,7 +223,8 @@ class GnssReader:
             delay = min(delay * 2, self.cfg.reconnect_max_s)
         self._emit(self.decoder.flush())
 
-    def _where(self) -> str:
+    @property
+    def where(self) -> str:
         return {"serial": self.cfg.port, "gpsd": f"gpsd {self.cfg.gpsd_host}:{self.cfg.gpsd_port}",
                 "stdin": "stdin", "file": self.cfg.file}[self.cfg.source]
 
@@ -250,6 +256,7 @@ class GnssReader:
             now = time.monotonic()
             if data:
                 last_data = now
+                self._session_had_data = True
                 self._emit(self.decoder.feed(data, now - cfg.receiver_latency_s))
                 continue
             if eof_ends:
@@ -299,6 +306,7 @@ class GnssReader:
                         raise _Lost(f"no data for {cfg.no_data_timeout_s:.0f} s")
                     continue
                 last_data = now
+                self._session_had_data = True
                 *lines, buffer = (buffer + data).split(b"\n")
                 for line in lines:
                     self._gpsd_line(line, now - cfg.receiver_latency_s)

@@ -5,18 +5,29 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
+from edge_agent import config as agent_config
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.epochs import Fix
-from edge_agent.gnss_source import NmeaDecoder, decode_stream, open_input
+from edge_agent.gnss_source import GnssReader, NmeaDecoder, decode_stream, open_input
+from edge_agent.health import HealthBoard
 from edge_agent.kalman import Pose, PositionFilter
 
 gps_app = typer.Typer(help="GNSS: replay NMEA recordings, watch a live receiver.", no_args_is_help=True)
 err = Console(stderr=True)
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1."""
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -75,8 +86,7 @@ def replay(
     try:
         stream = open_input(path)
     except OSError as exc:
-        err.print(f"gps replay: cannot read {path}: {exc.strerror or exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _fail(f"gps replay: cannot read {path}: {exc.strerror or exc}")
     decoder = NmeaDecoder(cfg, virtual_clock=True)
     try:
         for fix, pose in replay_records(stream, cfg, decoder, realtime):
@@ -84,14 +94,88 @@ def replay(
     except BrokenPipeError:
         raise typer.Exit(0) from None  # the reader of stdout went away (| head): not an error
     except OSError as exc:
-        err.print(f"gps replay: reading {path} failed: {exc.strerror or exc}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _fail(f"gps replay: reading {path} failed: {exc.strerror or exc}")
     finally:
         if path != "-":
             stream.close()
     summary = decoder.summary()
     err.print("summary: " + " ".join(f"{k}={v}" for k, v in summary.items()), markup=False, highlight=False,
               soft_wrap=True)
+
+
+def _monitor_table(reader: GnssReader, health: HealthBoard, fix: Fix | None, pose: Pose | None) -> Table:
+    table = Table(title=f"GNSS {reader.where}  ({health.snapshot()['gnss']})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    summary = reader.decoder.summary()
+    rows = [
+        ("UTC", fix.utc.isoformat(timespec="milliseconds") if fix and fix.utc else "-"),
+        ("mode", {0: "no fix", 2: "2D", 3: "3D"}.get(fix.mode, "?") + (" (dead reckoning)" if fix and fix.estimated
+                                                                    else "") if fix else "-"),
+        ("satellites / HDOP", f"{num(fix.sats if fix else None, 'd')} / {num(fix.hdop if fix else None, '.1f')}"),
+        ("receiver lat, lon", f"{num(fix.lat if fix else None, '.7f')}, {num(fix.lon if fix else None, '.7f')}"),
+        ("receiver ±m (eph)", num(fix.eph_m if fix else None, ".1f")),
+        ("speed m/s / track", f"{num(fix.speed_mps if fix else None, '.2f')} / "
+                              f"{num(fix.track_deg if fix else None, '.1f')}"),
+        ("filtered lat, lon", f"{num(pose.lat if pose else None, '.7f')}, {num(pose.lon if pose else None, '.7f')}"),
+        ("filtered ±m, heading", f"{num(pose.h_std_m if pose else None, '.1f')}, "
+                                 f"{num(pose.heading_deg if pose else None, '.1f')}"),
+        ("filter state", pose.state if pose else "-"),
+        ("sentences / bad checksums", f"{summary['sentences']} / {summary['bad_checksums']}"),
+        ("unknown types / malformed", f"{summary['unknown_types']} / {summary['malformed']}"),
+        ("epochs / fixes", f"{summary['epochs']} / {summary['fixes']}"),
+        ("reconnects", str(reader.reconnects)),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+@gps_app.command("monitor")
+def monitor(
+    port: str = typer.Option(None, "--port", help="Serial device of the receiver (default: the config's)"),
+    baud: int = typer.Option(None, "--baud", help="Baud rate (default: the config's)"),
+    gpsd: str = typer.Option(None, "--gpsd", help="Read gpsd's JSON at HOST:PORT instead of a serial port"),
+    config: Path = typer.Option(None, "--config", "-c", help="Agent config to take the [gnss] section from"),
+    seconds: float = typer.Option(0.0, "--seconds", help="Stop after this long (0 = until Ctrl-C)"),
+) -> None:
+    """Live fixes for a technician: the receiver's view and the filter's, refreshed in a table."""
+    cfg = GnssConfig()
+    if config is not None:
+        try:
+            cfg = agent_config.load(config).gnss
+        except agent_config.ConfigError as exc:
+            _fail(str(exc))
+    updates: dict[str, Any] = {"source": "serial"}
+    if port:
+        updates["port"] = port
+    if baud:
+        updates["baud"] = baud
+    if gpsd:
+        host, _, gpsd_port = gpsd.rpartition(":")
+        if not host or not gpsd_port.isdigit():
+            _fail(f"--gpsd wants HOST:PORT, got {gpsd!r}")
+        updates.update(source="gpsd", gpsd_host=host, gpsd_port=int(gpsd_port))
+    cfg = GnssConfig.model_validate({**cfg.model_dump(), **updates})
+    health = HealthBoard()
+    latest: dict[str, Any] = {"fix": None, "pose": None}
+    reader = GnssReader(cfg, PositionFilter(cfg), health,
+                        on_fix=lambda fix, pose: latest.update(fix=fix, pose=pose))
+    reader.start()
+    deadline = time.monotonic() + seconds if seconds > 0 else math.inf
+    try:
+        with Live(_monitor_table(reader, health, None, None), console=Console(), refresh_per_second=4) as live:
+            while time.monotonic() < deadline and reader.alive:
+                time.sleep(0.25)
+                live.update(_monitor_table(reader, health, latest["fix"], latest["pose"]))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.stop()
 
 
 def register(app: typer.Typer) -> None:

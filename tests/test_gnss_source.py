@@ -1,0 +1,347 @@
+"""Sources of fixes: recordings, a serial port through a pseudo-terminal (unplug and replug), stdin, gpsd's JSON
+stream over a real socket, and the `edge-agent gps replay` command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import itertools
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_agent.cli import app
+from edge_agent.config.gnss import GnssConfig
+from edge_agent.epochs import virtual_mono
+from edge_agent.gnss_source import GnssReader, fix_from_tpv, fixes_from_file
+from edge_agent.health import HealthBoard
+from edge_agent.kalman import PositionFilter
+from edge_agent.nmea import checksum
+
+
+def sentence(body: str) -> str:
+    return f"${body}*{checksum(body.encode()):02X}\r\n"
+
+
+def epoch_text(t: dt.datetime, east_m: float = 0.0) -> str:
+    lon = 11.5 + east_m / 74000.0
+    hhmmss = t.strftime("%H%M%S") + f".{t.microsecond // 10000:02d}"
+    lon_text = f"{int(lon):03d}{(lon - int(lon)) * 60:08.5f}"
+    return (sentence(f"GPRMC,{hhmmss},A,4807.03800,N,{lon_text},E,19.4,90.0,{t.strftime('%d%m%y')},,,A")
+            + sentence(f"GPGGA,{hhmmss},4807.03800,N,{lon_text},E,1,09,0.9,545.4,M,46.9,M,,")
+            + sentence("GPGSA,A,3,04,05,09,12,24,,,,,,,,1.8,0.9,1.5"))
+
+
+T_START = dt.datetime(2026, 6, 1, 8, 0, 0, tzinfo=dt.UTC)
+
+
+def recording(path: Path, epochs: int, step_s: float = 1.0) -> Path:
+    path.write_text("".join(epoch_text(T_START + dt.timedelta(seconds=k * step_s), 10.0 * k * step_s)
+                            for k in range(epochs)))
+    return path
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# --- recordings
+
+
+def test_fixes_from_file_on_the_virtual_utc_clock(tmp_path):
+    fixes = list(fixes_from_file(recording(tmp_path / "drive.nmea", 5)))
+    assert len(fixes) == 5
+    assert [f.t_mono for f in fixes] == [virtual_mono(T_START) + k for k in range(5)]
+    assert all(f.mode == 3 for f in fixes)
+
+
+def test_unreadable_recording_raises_oserror(tmp_path):
+    with pytest.raises(OSError):
+        list(fixes_from_file(tmp_path / "missing.nmea"))
+
+
+def test_file_source_in_real_time_paces_and_stamps_monotonic(tmp_path):
+    cfg = GnssConfig(source="file", file=str(recording(tmp_path / "d.nmea", 4, step_s=0.2)), realtime=True)
+    got = []
+    reader = GnssReader(cfg, PositionFilter(cfg), on_fix=lambda fix, pose: got.append((time.monotonic(), fix)))
+    t0 = time.monotonic()
+    reader.start()
+    assert wait_for(lambda: not reader.alive)
+    assert len(got) == 4
+    assert time.monotonic() - t0 >= 0.55
+    stamps = [fix.t_mono for _, fix in got]
+    assert all(0.1 < b - a < 0.4 for a, b in itertools.pairwise(stamps))
+
+
+def test_stdin_source(tmp_path, monkeypatch):
+    data = recording(tmp_path / "d.nmea", 3).read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data))))
+    cfg = GnssConfig(source="stdin")
+    pf = PositionFilter(cfg)
+    health = HealthBoard()
+    reader = GnssReader(cfg, pf, health)
+    reader.start()
+    assert wait_for(lambda: not reader.alive)
+    assert reader.decoder.summary()["fixes"] == 3
+    assert health.snapshot()["gnss"] == "ok"
+    assert pf.position_at(time.monotonic()) is not None
+
+
+# --- serial through a pseudo-terminal pair
+
+
+class FakeReceiver:
+    """The master side of a pty, reachable through a stable symlink like /dev/serial/by-id/..."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master: int | None = None
+        self.sent = 0
+
+    def plug(self) -> None:
+        master, slave = os.openpty()
+        name = os.ttyname(slave)
+        os.close(slave)  # the reader opens the slave by name; the master keeps it alive
+        tmp = self.link.with_suffix(".new")
+        os.symlink(name, tmp)
+        os.replace(tmp, self.link)
+        self.master = master
+
+    def unplug(self) -> None:
+        os.close(self.master)
+        self.master = None
+
+    def send_epoch(self) -> float:
+        t = T_START + dt.timedelta(seconds=self.sent * 0.1)
+        before = time.monotonic()
+        os.write(self.master, epoch_text(t, 1.4 * self.sent).encode())
+        self.sent += 1
+        return before
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    rx = FakeReceiver(tmp_path / "gps0")
+    rx.plug()
+    yield rx
+    if rx.master is not None:
+        rx.unplug()
+
+
+def serial_cfg(port: Path, **extra) -> GnssConfig:
+    settings = {"source": "serial", "port": str(port), "baud": 115200, "reconnect_min_s": 0.05,
+                "reconnect_max_s": 0.2, "epoch_idle_s": 0.05, "no_data_timeout_s": 2.0, "receiver_latency_s": 0.1}
+    return GnssConfig(**{**settings, **extra})
+
+
+def test_serial_unplug_and_replug(receiver):
+    cfg = serial_cfg(receiver.link)
+    health = HealthBoard()
+    fixes = []
+    states = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        assert wait_for(lambda: health.snapshot()["gnss"] == "starting")
+        time.sleep(0.2)  # let the reader finish opening the port
+        for _ in range(5):
+            receiver.send_epoch()
+            time.sleep(0.1)
+        assert wait_for(lambda: len(fixes) >= 5), fixes
+        assert health.snapshot()["gnss"] == "ok"
+
+        receiver.unplug()
+        assert wait_for(lambda: health.snapshot()["gnss"] == "lost")
+        states.append(health.snapshot()["gnss"])
+        time.sleep(0.5)  # a few failed reopen attempts against a vanished device
+        before = reader.reconnects
+        assert before >= 1
+
+        receiver.plug()
+        assert wait_for(lambda: health.snapshot()["gnss"] == "starting")
+        time.sleep(0.2)
+        for _ in range(5):
+            receiver.send_epoch()
+            time.sleep(0.1)
+        assert wait_for(lambda: len(fixes) >= 9), len(fixes)
+        assert fixes[-1].utc > fixes[4].utc
+        assert health.snapshot()["counters"]["gnss_reconnects"] >= 1
+    finally:
+        reader.stop()
+    assert not reader.alive
+
+
+def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
+    cfg = serial_cfg(receiver.link, receiver_latency_s=0.3)
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        time.sleep(0.3)
+        sent_at = [receiver.send_epoch() for _ in range(1)]
+        time.sleep(0.2)
+        sent_at.append(receiver.send_epoch())
+        assert wait_for(lambda: len(fixes) >= 2)
+    finally:
+        reader.stop()
+    for fix, sent in zip(fixes, sent_at, strict=False):
+        assert sent - 0.3 <= fix.t_mono <= sent - 0.3 + 0.15
+
+
+def test_silent_port_is_reopened(receiver):
+    cfg = serial_cfg(receiver.link, no_data_timeout_s=0.3)
+    health = HealthBoard()
+    reader = GnssReader(cfg, PositionFilter(cfg), health)
+    reader.start()
+    try:
+        assert wait_for(lambda: reader.reconnects >= 2, timeout=5)
+    finally:
+        reader.stop()
+
+
+def test_missing_port_keeps_retrying_without_crashing(tmp_path):
+    cfg = serial_cfg(tmp_path / "no-such-tty")
+    health = HealthBoard()
+    reader = GnssReader(cfg, PositionFilter(cfg), health)
+    reader.start()
+    try:
+        assert wait_for(lambda: reader.reconnects >= 2)
+        assert reader.alive and health.snapshot()["gnss"] == "lost"
+    finally:
+        reader.stop()
+
+
+# --- gpsd JSON
+
+
+def test_fix_from_tpv():
+    fix = fix_from_tpv({"class": "TPV", "mode": 3, "time": "2026-06-01T08:00:01.000Z", "lat": 48.1, "lon": 11.5,
+                        "altMSL": 520.0, "speed": 12.5, "track": 91.0, "epx": 3.0, "epy": 4.0}, 5.0)
+    assert fix.mode == 3 and fix.lat == 48.1 and fix.eph_m == pytest.approx(5.0)
+    assert fix.utc == T_START + dt.timedelta(seconds=1)
+    assert fix_from_tpv({"class": "SKY"}, 0.0) is None
+    no_fix = fix_from_tpv({"class": "TPV", "mode": 1, "lat": 48.1, "lon": 11.5}, 0.0)
+    assert no_fix.mode == 0 and no_fix.lat is None
+    bad = fix_from_tpv({"class": "TPV", "mode": 3, "lat": 95.0, "lon": "x", "time": "yesterday"}, 0.0)
+    assert bad.mode == 0 and bad.utc is None
+
+
+def tpv(k: int) -> bytes:
+    t = (T_START + dt.timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
+    return (json.dumps({"class": "TPV", "mode": 3, "time": t, "lat": 48.1, "lon": 11.5 + k * 1e-4, "speed": 7.4,
+                        "track": 90.0, "eph": 5.0}) + "\n").encode()
+
+
+def test_gpsd_json_stream_and_reconnect():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    watches = []
+
+    def serve():
+        for session in range(2):
+            conn, _ = server.accept()
+            with conn:
+                watches.append(conn.recv(1024))
+                conn.sendall(b'{"class":"VERSION","release":"3.25"}\nnot json\n')
+                for k in range(3):
+                    conn.sendall(tpv(session * 10 + k))
+                    time.sleep(0.02)
+            # closing the connection = gpsd restarted
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    cfg = GnssConfig(source="gpsd", gpsd_port=port, reconnect_min_s=0.05)
+    fixes = []
+    health = HealthBoard()
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        assert wait_for(lambda: len(fixes) >= 6)
+    finally:
+        reader.stop()
+        server.close()
+    assert b"WATCH" in watches[0] and b'"json":true' in watches[0]
+    assert reader.reconnects >= 1
+    assert fixes[-1].utc == T_START + dt.timedelta(seconds=12)
+    assert health.snapshot()["counters"]["gpsd_bad_json"] >= 1
+
+
+# --- CLI
+
+
+def run_cli(*args: str, stdin: bytes | None = None):
+    return CliRunner().invoke(app, ["gps", *args], input=stdin)
+
+
+def test_gps_replay_json_format(tmp_path):
+    res = run_cli("replay", "--json", str(recording(tmp_path / "d.nmea", 3)))
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(records) == 3
+    assert set(records[0]) == {"time", "mode", "lat", "lon", "speed_mps", "track_deg", "eph_m", "sats", "filtered"}
+    assert set(records[0]["filtered"]) == {"lat", "lon", "speed_mps", "heading_deg", "h_std_m", "state"}
+    assert records[0]["time"] == "2026-06-01T08:00:00.000Z"
+    assert records[2]["filtered"]["state"] == "ok" and records[2]["mode"] == 3
+    assert "sentences=9" in res.stderr and "epochs=3" in res.stderr and "fixes=3" in res.stderr
+
+
+def test_gps_replay_from_stdin_with_garbage_exits_zero(tmp_path):
+    data = os.urandom(3000) + recording(tmp_path / "d.nmea", 2).read_bytes() + b"$GPGGA,12*00\r\n\x00\xff"
+    res = run_cli("replay", "--json", "-", stdin=data)
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) == 2
+    assert "bad_checksums=" in res.stderr
+
+
+def test_gps_replay_unreadable_path_exits_nonzero_with_one_line(tmp_path):
+    res = run_cli("replay", str(tmp_path / "missing.nmea"))
+    assert res.exit_code == 1
+    assert len(res.stderr.strip().splitlines()) == 1 and "missing.nmea" in res.stderr
+
+
+def test_gps_replay_text_output(tmp_path):
+    res = run_cli("replay", str(recording(tmp_path / "d.nmea", 2)))
+    assert res.exit_code == 0
+    assert "2026-06-01 08:00:01.000" in res.stdout and "ok" in res.stdout
+
+
+def test_gps_replay_realtime_paces(tmp_path):
+    t0 = time.monotonic()
+    res = run_cli("replay", "--realtime", "--json", str(recording(tmp_path / "d.nmea", 3, step_s=0.25)))
+    assert res.exit_code == 0
+    assert time.monotonic() - t0 >= 0.45
+    assert not math.isnan(json.loads(res.stdout.splitlines()[-1])["lat"])
+
+
+def test_gps_monitor_shows_live_fixes(receiver):
+    def feed():
+        time.sleep(0.4)
+        for _ in range(12):
+            receiver.send_epoch()
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    res = run_cli("monitor", "--port", str(receiver.link), "--baud", "115200", "--seconds", "2.5")
+    feeder.join()
+    assert res.exit_code == 0, res.output
+    assert "48.1173000" in res.stdout  # 4807.038 N
+    assert "3D" in res.stdout and "ok" in res.stdout
+
+
+def test_gps_monitor_rejects_a_bad_gpsd_address():
+    res = run_cli("monitor", "--gpsd", "nohostport", "--seconds", "1")
+    assert res.exit_code == 1 and "HOST:PORT" in res.stderr
