@@ -1,0 +1,93 @@
+"""End to end, the way the demo runs it: a short simulated drive -> `edge-agent replay --uplink` (detector,
+tracker, geolocation, outbox, MQTT) -> a broker -> `fleet-server serve` (ingest + API) -> PostGIS.
+
+Every event the agent wrote must be confirmed by the server, stored exactly once, and the potholes on the map
+must lie near the simulator's true ones. The broker is one of the test's own, so no other server on the shared
+broker can take (and acknowledge) this test's messages. Uses the bundled detector; skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import demo
+import psycopg
+import pytest
+import services
+import tomli_w
+from conftest import ROOT, free_port
+
+from edge_agent.outbox import Outbox
+from fleet_server import auth
+
+pytestmark = pytest.mark.services
+
+BUNDLED = ROOT / "models" / "bundled" / "model.onnx"
+DEVICE_ID = "e2e-veh-1"
+MINUTES = 0.4          # 24 s of driving, 360 frames
+POTHOLES, CRACKS = 4, 1
+MEDIAN_ERROR_M = 3.0   # the agent's geolocation with 3 m GNSS noise, after the server merged the sightings
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not BUNDLED.exists():
+        pytest.skip("the bundled detector (models/bundled/model.onnx) is not there yet")
+    paths = demo.Paths(root=tmp_path_factory.mktemp("drive"))
+    return demo.ensure_drive(paths, seed=11, minutes=MINUTES, potholes=POTHOLES, cracks=CRACKS)
+
+
+def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, private_broker, tmp_path: Path) -> None:
+    broker = private_broker()
+    info = services.ServiceInfo(
+        dsn=fresh_db, mqtt_host="127.0.0.1", mqtt_port=broker.port, server_user=services.SERVER_USER,
+        server_password=broker.server_password, passwd_file=str(broker.passwd_file), acl_file=str(broker.acl_file),
+        broker_pid_file=str(broker.pid_file))
+    paths = demo.Paths(root=tmp_path)
+    paths.dsn_file.write_text(fresh_db)
+    port = free_port()
+    paths.server_toml.write_text(tomli_w.dumps(demo.server_config(paths, info, port, DEVICE_ID, broker)))
+    password = "e2e-" + DEVICE_ID
+    broker.add_device(DEVICE_ID, password)
+    paths.mqtt_password.write_text(password)
+
+    demo.run_logged(demo.fleet_server(paths, "migrate"), paths.log("provision"), 60, "migrate")
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        token = auth.create_token(conn, "viewer", "e2e")
+    server = demo.Background(paths)
+    server.start("server", demo.fleet_server(paths, "serve", "--workers", "1"))
+    try:
+        demo.wait_for_api(port, token, server)
+        paths.agent_state.mkdir()
+        demo.agent_config(paths, drive, info, DEVICE_ID)
+        report = demo.replay(paths, drive, drain_s=60)
+        counts = demo.wait_confirmed(paths.outbox, timeout_s=30)
+        defects = demo.wait_for_defects(port, token, settle_s=1.5)
+    finally:
+        server.stop_all()
+
+    # Every event and coverage record the agent wrote is confirmed by the server ...
+    events = counts["event"]
+    written = sum(events.values())
+    assert written >= 1, f"the agent wrote no events: {report}"
+    assert events["confirmed"] == written, counts
+    assert counts["coverage"]["confirmed"] == sum(counts["coverage"].values()) >= 1, counts
+
+    # ... and stored exactly once, with nothing dead-lettered.
+    with Outbox(paths.outbox, agent=False) as box:
+        agent_ids = set(box.states("event"))
+    with psycopg.connect(fresh_db) as conn:
+        stored = [str(r[0]) for r in conn.execute("SELECT event_id FROM sightings WHERE device_id = %s",
+                                                  (DEVICE_ID,))]
+        rejected = conn.execute("SELECT count(*), min(reason) FROM rejected").fetchone()
+    assert sorted(stored) == sorted(agent_ids)
+    assert rejected[0] == 0, f"dead-lettered: {rejected[1]}"
+
+    # The potholes on the map lie near the true ones in the camera's view.
+    truth = json.loads((drive / "defects.geojson").read_text())
+    score = demo.score_geolocation(demo.points_of(truth, "pothole", visible_only=True),
+                                   demo.points_of(defects, "pothole"))
+    assert score.truth >= 2, "the drive should pass at least two potholes"
+    assert score.found >= score.truth - 1, f"found {score.found} of {score.truth} potholes: {score}"
+    assert score.median_m is not None and score.median_m < MEDIAN_ERROR_M, score
