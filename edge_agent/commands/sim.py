@@ -1,10 +1,69 @@
-"""`edge-agent sim ...` (stub: filled in by its issue)."""
+"""`edge-agent sim drive`: a deterministic synthetic drive with ground truth (video, NMEA, truth, defects)."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-sim_app = typer.Typer(help="sim commands.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+sim_app = typer.Typer(help="Simulator: synthetic drives with ground truth for tests, demos and benchmarks.",
+                      no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+@sim_app.command("drive")
+def drive(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the drive into (created)"),
+    seed: int = typer.Option(1, "--seed", help="Same seed, same drive (byte for byte)"),
+    minutes: float = typer.Option(2.0, "--minutes", min=0.05, max=120, help="Length of the video, minutes"),
+    duration: float | None = typer.Option(None, "--duration", min=3, help="Length in seconds (overrides --minutes)"),
+    gps_noise_m: float = typer.Option(3.0, "--gps-noise-m", min=0, max=100,
+                                      help="1-sigma GNSS error per horizontal axis, metres"),
+    nmea_hz: float = typer.Option(1.0, "--nmea-hz", min=0.1, max=20, help="GNSS epochs per second"),
+    defects: int = typer.Option(12, "--defects", min=0, max=10000,
+                                help="Defects painted on the driven lane (2/3 potholes, 1/3 cracks)"),
+    potholes: int | None = typer.Option(None, "--potholes", min=0,
+                                        help="Exact number of potholes (the rest of --defects are cracks)"),
+    fps: float = typer.Option(15.0, "--fps", min=1, max=60, help="Video frame rate"),
+    width: int = typer.Option(640, "--width", min=64, max=3840, help="Frame width, pixels"),
+    height: int = typer.Option(360, "--height", min=48, max=2160, help="Frame height, pixels"),
+) -> None:
+    """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, agent.toml, drive.json."""
+    from edge_agent.sim.drive import DriveSpec, simulate_drive
+
+    spec = DriveSpec(out=out_dir, seed=seed, minutes=(duration / 60.0) if duration else minutes,
+                     gps_noise_m=gps_noise_m, nmea_hz=nmea_hz, defects=defects, potholes=potholes, fps=fps,
+                     width=width, height=height)
+    columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("render", total=None)
+
+        def progress(done: int, total: int) -> None:
+            if done == 1 or done % 15 == 0 or done == total:
+                bar.update(task, completed=done, total=total)
+
+        try:
+            result = simulate_drive(spec, progress)
+        except (OSError, RuntimeError) as exc:
+            err.print(f"[red]sim drive failed:[/red] {exc}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"Simulated drive (seed {seed}) in {out_dir}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    n_pot = sum(f["properties"]["class"] == "pothole" for f in result.defects)
+    for key, value in (("frames", f"{result.frames} at {fps:g} fps, {width}x{height}"),
+                       ("distance", f"{result.distance_m:.0f} m"),
+                       ("defects", f"{len(result.defects)} ({n_pot} potholes)"),
+                       ("GNSS", f"{nmea_hz:g} Hz, sigma {gps_noise_m:g} m"),
+                       ("render time", f"{result.seconds_rendering:.1f} s "
+                                       f"({result.frames / max(result.seconds_rendering, 1e-9):.0f} fps)")):
+        table.add_row(key, value)
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -104,11 +104,11 @@ def sprite_to_ground(sprite: Sprite, forward_m: float, left_m: float, yaw_rad: f
     return rot @ a
 
 
-def paint_sprite(img: np.ndarray, sprite: Sprite, ground_h: np.ndarray, forward_m: float, left_m: float,
+def paint_sprite(planes: list[np.ndarray], sprite: Sprite, ground_h: np.ndarray, forward_m: float, left_m: float,
                  yaw_rad: float = 0.0) -> tuple[float, float, float, float] | None:
-    """Darken/lighten float image `img` in place with the sprite at the ground position; returns its tight
-    image box (x1, y1, x2, y2) clipped to the image, or None when nothing of it is visible."""
-    h_img, w_img = img.shape[:2]
+    """Darken/lighten the float colour planes (B, G, R) in place with the sprite at the ground position;
+    returns its tight image box (x1, y1, x2, y2) clipped to the image, or None when nothing of it is visible."""
+    h_img, w_img = planes[0].shape[:2]
     a = sprite_to_ground(sprite, forward_m, left_m, yaw_rad)
     n = sprite.size_px
     corners_ground = a @ np.array([[0, 0, 1], [n - 1, 0, 1], [n - 1, n - 1, 1], [0, n - 1, 1]], float).T
@@ -137,8 +137,9 @@ def paint_sprite(img: np.ndarray, sprite: Sprite, ground_h: np.ndarray, forward_
     size = (x1 - x0, y1 - y0)
     w_shade = cv2.warpPerspective(shade, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     w_alpha = cv2.warpPerspective(alpha, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    roi = img[y0:y1, x0:x1]
-    roi *= 1.0 + w_shade
+    w_shade += 1.0
+    for c, plane in enumerate(planes):
+        plane[y0:y1, x0:x1] *= w_shade[..., c]
     ys, xs = np.nonzero(w_alpha > _BOX_ALPHA)
     if len(xs) == 0:
         return None
@@ -183,11 +184,11 @@ def random_crack(rng: np.random.Generator, length_m: float | None = None) -> Cra
                  cell_m=float(cell_m))
 
 
-def paint_crack(img: np.ndarray, crack: Crack, ground_h: np.ndarray, forward_m: float, left_m: float,
+def paint_crack(planes: list[np.ndarray], crack: Crack, ground_h: np.ndarray, forward_m: float, left_m: float,
                 yaw_rad: float = 0.0) -> bool:
-    """Darken the crack's lines into `img` (float, in place); False when it is out of view."""
+    """Darken the crack's lines into the float colour planes (in place); False when it is out of view."""
     cy, sy = math.cos(yaw_rad), math.sin(yaw_rad)
-    h_img, w_img = img.shape[:2]
+    h_img, w_img = planes[0].shape[:2]
     polys = []
     for line in crack.lines:
         f = forward_m + line[:, 0] * cy - line[:, 1] * sy
@@ -205,9 +206,8 @@ def paint_crack(img: np.ndarray, crack: Crack, ground_h: np.ndarray, forward_m: 
         return False
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     offset = np.array([x0, y0]) * 16
-    dist = float(forward_m)
-    thickness = 2 if dist < 6 and w_img >= 480 else 1
-    cv2.polylines(mask, [p - offset for p in polys], False, 255, thickness, cv2.LINE_AA, shift=4)
-    roi = img[y0:y1, x0:x1]
-    roi *= 1.0 - (crack.darkness * mask.astype(np.float32) / 255.0)[..., None]
+    cv2.polylines(mask, [p - offset for p in polys], False, 255, 1, cv2.LINE_AA, shift=4)
+    factor = 1.0 - mask.astype(np.float32) * np.float32(crack.darkness / 255.0)
+    for plane in planes:
+        plane[y0:y1, x0:x1] *= factor
     return True

@@ -16,8 +16,9 @@ import numpy as np
 
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
-from edge_agent.sim.paint import paint_crack, paint_sprite, pothole_sprite, random_crack
-from edge_agent.sim.surface import RoadStyle, random_style, shade_surface, shadow_factor
+from edge_agent.sim.paint import Crack, Sprite, paint_crack, paint_sprite, pothole_sprite, random_crack
+from edge_agent.sim.route import Route
+from edge_agent.sim.surface import RoadStyle, grain_gain, random_style, shade_surface, shadow_factor
 
 MAX_RENDER_RANGE_M = 120.0
 POTHOLE = "pothole"
@@ -41,6 +42,9 @@ class CameraView:
         self.left = np.where(self.ground_mask, left, -fallback_left)
         self.inv_fp_along = 1.0 / np.maximum(np.abs(np.gradient(self.forward, axis=0)), np.float32(1e-3))
         self.inv_fp_across = 1.0 / np.maximum(np.abs(np.gradient(self.left, axis=1)), np.float32(1e-3))
+        rows = np.flatnonzero(self.ground_mask.any(axis=1))
+        # Rows above the first that sees road are pure sky: the surface is not computed there.
+        self.row0 = int(rows[0]) if len(rows) else h
         self.homography = projector.ground_homography()
         self.horizon_v = projector.horizon_v()
         self.width, self.height = w, h
@@ -73,34 +77,49 @@ class Exposure:
         return np.clip(255.0 * np.power(x, self.gamma), 0, 255).astype(np.uint8)
 
 
-def backdrop(view: CameraView, style: RoadStyle, sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def backdrop(view: CameraView, style: RoadStyle, sky: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """What does not depend on the road texture: per pixel, surface weight (1 - haze, 0 for sky) and the
-    additive haze/sky colour. A frame is surface * weight + add."""
+    additive haze/sky colour planes. A frame is surface * weight + add."""
     haze = 1.0 - np.exp(-view.forward / np.float32(style.haze_range_m))
     weight = np.where(view.ground_mask, 1.0 - haze, 0.0).astype(np.float32)
-    add = np.where(view.ground_mask[..., None], haze[..., None] * style.haze_bgr, sky).astype(np.float32)
+    add = [np.where(view.ground_mask, haze * style.haze_bgr[c], sky[..., c]).astype(np.float32) for c in range(3)]
     return weight, add
 
 
 def compose(view: CameraView, style: RoadStyle, s: np.ndarray, d: np.ndarray, weight: np.ndarray,
-            add: np.ndarray, paint: Callable[[np.ndarray], None], exposure: Exposure,
-            rng: np.random.Generator) -> np.ndarray:
-    """Finish a frame: surface at (s, d), `paint(img)` draws defects on it, then shadows, haze and sky (the
-    backdrop's weight/add), exposure and sensor noise; returns uint8 BGR."""
-    img = shade_surface(style, s, d, view.inv_fp_across, view.inv_fp_along)
-    paint(img)
+            add: list[np.ndarray], paint: Callable[[list[np.ndarray]], None], exposure: Exposure,
+            rng: np.random.Generator, noise: np.ndarray | None = None, gain: np.ndarray | None = None
+            ) -> np.ndarray:
+    """Finish a frame: surface planes at (s, d) (for rows from view.row0 down), `paint(planes)` draws defects on
+    them, then shadows, haze and sky (the backdrop's weight/add), exposure and sensor noise (`noise`, a
+    unit-sigma HxW field, or fresh); returns uint8 BGR."""
+    r0 = view.row0
+    low = shade_surface(style, s, d, view.inv_fp_across[r0:], view.inv_fp_along[r0:], gain)
+    planes = []
+    for plane in low:
+        full = np.zeros((view.height, view.width), np.float32)
+        full[r0:] = plane
+        planes.append(full)
+    paint(planes)
     w = weight
     shadow = shadow_factor(style, s, d)
     if shadow is not None:
-        w = w * shadow
+        w = w.copy()
+        w[r0:] *= shadow
     if exposure.noise_sigma > 0:
-        noise = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(exposure.noise_sigma)
-        img = img * w[..., None] + (add + noise[..., None])
-    else:
-        img = img * w[..., None] + add
-    out = cv2.convertScaleAbs(img, alpha=exposure.gain)
+        if noise is None:
+            noise = rng.standard_normal(w.shape, dtype=np.float32)
+        noise = noise * np.float32(exposure.noise_sigma)
+    out = []
+    for plane, extra in zip(planes, add, strict=True):
+        plane *= w
+        plane += extra
+        if noise is not None:
+            plane += noise
+        out.append(cv2.convertScaleAbs(plane, alpha=exposure.gain))
+    frame = cv2.merge(out)
     lut = exposure.lut()
-    return out if lut is None else cv2.LUT(out, lut)
+    return frame if lut is None else cv2.LUT(frame, lut)
 
 
 def random_camera(rng: np.random.Generator, width: int, height: int) -> GroundProjector:
@@ -157,8 +176,8 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
     def d_of(f, left):
         return d_vehicle + left - psi * f - 0.5 * kappa * f * f
 
-    s = view.forward + s0
-    d = d_of(view.forward, view.left)
+    s = view.forward[view.row0:] + s0
+    d = d_of(view.forward[view.row0:], view.left[view.row0:])
     potholes = _place_potholes(rng, view, style, d_of, int(rng.integers(0, 5)))
     sprites = [pothole_sprite(rng, dia) for _, _, dia in potholes]
     cracks = []
@@ -174,7 +193,7 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
         cracks.append((crack, f, left, float(rng.uniform(0, math.pi))))
     boxes: list[tuple[float, float, float, float]] = []
 
-    def paint(img: np.ndarray) -> None:
+    def paint(img: list[np.ndarray]) -> None:
         for crack, f, left, yaw in cracks:
             paint_crack(img, crack, view.homography, f, left, yaw)
         for (f, left, _), sprite in zip(potholes, sprites, strict=True):
@@ -189,3 +208,100 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
         frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(0.5, 1.2))
     box_arr = np.array(boxes, np.float32).reshape(-1, 4)
     return frame, box_arr, [POTHOLE] * len(box_arr)
+
+
+DRIVE_RANGE_M = 90.0
+_GRID_STEP_M = 0.25
+
+
+@dataclass
+class PaintedDefect:
+    """One defect to draw: its sprite (pothole) or crack, where it lies on the road and how it is turned."""
+
+    index: int
+    east: float
+    north: float
+    yaw: float                      # orientation, radians from east
+    sprite: Sprite | None = None    # potholes
+    crack: Crack | None = None      # cracks
+
+
+class DriveRenderer:
+    """Frames of one drive: a fixed camera and road style, the vehicle's pose changing per frame.
+
+    Road coordinates per pixel come from the centre line ahead expressed in the vehicle frame and tabulated
+    over forward distance; each pixel's fixed forward distance indexes that table (one cv2.remap), so a frame
+    costs a few vector operations whatever the route's shape.
+    """
+
+    def __init__(self, projector: GroundProjector, style: RoadStyle, route: Route, rng: np.random.Generator,
+                 exposure: Exposure) -> None:
+        self.view = CameraView(projector, DRIVE_RANGE_M)
+        self.style = style
+        self.route = route
+        self.exposure = exposure
+        self.weight, self.add = backdrop(self.view, style, _sky(self.view, style, rng))
+        self.grid_f = np.arange(0.0, DRIVE_RANGE_M + 2 * _GRID_STEP_M, _GRID_STEP_M)
+        r0 = self.view.row0
+        self.map_x = (self.view.forward[r0:] / np.float32(_GRID_STEP_M)).astype(np.float32)
+        self.map_y = np.zeros_like(self.map_x)
+        self.left = self.view.left[r0:]
+        self.gain = grain_gain(style, self.view.inv_fp_along[r0:])
+        # Sensor noise from a small bank of fields: drawing 230k normals per frame would cost more than the road.
+        self.noise_bank = [rng.standard_normal(self.view.forward.shape, dtype=np.float32) for _ in range(6)]
+
+    def road_coordinates(self, east: float, north: float, heading: float, s_vehicle: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(s, d) per pixel (rows from view.row0 down) for the vehicle at (east, north) heading `heading`
+        (radians from east)."""
+        ss = np.arange(s_vehicle - 5.0, s_vehicle + DRIVE_RANGE_M * 1.3 + 10.0, 0.5)
+        e, n, th = self.route.at(ss)
+        ch, sh = math.cos(heading), math.sin(heading)
+        dx, dy = e - east, n - north
+        f = dx * ch + dy * sh
+        left = -dx * sh + dy * ch
+        phi = th - heading
+        # Past a hairpin the centre line would fold back; keep the part where forward distance still grows.
+        bad = np.flatnonzero(np.diff(f) <= 1e-3)
+        end = bad[0] + 1 if len(bad) else len(f)
+        f, left, phi, ss = f[:end], left[:end], phi[:end], ss[:end]
+        c = np.interp(self.grid_f, f, left)
+        cos_t = np.interp(self.grid_f, f, np.cos(phi))
+        sin_t = np.interp(self.grid_f, f, np.sin(phi))
+        s_rel = np.interp(self.grid_f, f, ss - s_vehicle)
+        beyond = self.grid_f > f[-1]
+        s_rel[beyond] += self.grid_f[beyond] - f[-1]
+        table = np.stack([c, cos_t, sin_t, s_rel], axis=-1).astype(np.float32)[None]
+        per_px = cv2.remap(table, self.map_x, self.map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        delta = self.left - per_px[..., 0]
+        d = delta * per_px[..., 1]
+        s = per_px[..., 3] + delta * per_px[..., 2] + np.float32(s_vehicle)
+        return s, d
+
+    def render(self, east: float, north: float, heading: float, s_vehicle: float, defects: list[PaintedDefect],
+               rng: np.random.Generator) -> tuple[np.ndarray, dict[int, tuple[float, float, float, float]]]:
+        """The frame (uint8 BGR) and the image boxes of the potholes drawn in it, by defect index."""
+        s, d = self.road_coordinates(east, north, heading, s_vehicle)
+        ch, sh = math.cos(heading), math.sin(heading)
+        boxes: dict[int, tuple[float, float, float, float]] = {}
+        hom = self.view.homography
+
+        def paint(img: list[np.ndarray]) -> None:
+            for defect in defects:
+                dx, dy = defect.east - east, defect.north - north
+                f = dx * ch + dy * sh
+                left = -dx * sh + dy * ch
+                if not 0.5 < f < DRIVE_RANGE_M or abs(left) > 30:
+                    continue
+                yaw = defect.yaw - heading
+                if defect.crack is not None:
+                    paint_crack(img, defect.crack, hom, f, left, yaw)
+                elif defect.sprite is not None:
+                    box = paint_sprite(img, defect.sprite, hom, f, left, yaw)
+                    if box is not None:
+                        boxes[defect.index] = box
+
+        noise = self.noise_bank[int(rng.integers(len(self.noise_bank)))]
+        frame = compose(self.view, self.style, s, d, self.weight, self.add, paint, self.exposure, rng, noise,
+                        self.gain)
+        return frame, boxes

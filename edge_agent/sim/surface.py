@@ -128,15 +128,20 @@ def random_style(rng: np.random.Generator) -> RoadStyle:
     )
 
 
+def _wrap(x: np.ndarray, period: int) -> np.ndarray:
+    """x mod period for float32 arrays (np.mod is several times slower than floor arithmetic)."""
+    p = np.float32(period)
+    x -= np.floor(x * (1 / p)) * p
+    return x
+
+
 def _lookup(tex: np.ndarray, s: np.ndarray, d: np.ndarray, scale_m: float) -> np.ndarray:
-    """Sample a tileable texture at road coordinates (metres), wrapping."""
-    w = tex.shape[1]
-    inv = 1.0 / scale_m
-    # remap wraps by itself but keeps coordinates in 16 bits: shift s by whole texture periods to stay small
-    # (a frame spans far less than 2**15 texels along the road); np.mod would cost more than the lookup.
-    s_shift = math.floor(float(s.flat[0]) * inv / w) * w
-    mx = s * np.float32(inv) - np.float32(s_shift)
-    my = d * np.float32(inv)
+    """Sample a tileable texture at road coordinates (metres), wrapping. Coordinates are wrapped into the texture
+    first: remap's own BORDER_WRAP takes a slow path for every pixel outside it."""
+    h, w = tex.shape[:2]
+    inv = np.float32(1.0 / scale_m)
+    mx = _wrap(s * inv, w)
+    my = _wrap(d * inv, h)
     return cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
 
 
@@ -156,15 +161,30 @@ def _dashes(s: np.ndarray, style: RoadStyle, inv_footprint: np.ndarray) -> np.nd
     return np.clip(dist * inv_footprint + np.float32(0.5), 0.0, 1.0)
 
 
+def grain_gain(style: RoadStyle, inv_fp_along: np.ndarray) -> np.ndarray:
+    """Per-pixel strength of the fine grain: it fades where a pixel covers many texels, as a real camera would
+    average it away. Depends only on the camera, so a drive computes it once."""
+    return np.clip(inv_fp_along * np.float32(3 * style.grain_scale_m), 0.25, 1.0) * np.float32(style.grain_amp)
+
+
+def _sparse(cover: np.ndarray, fn) -> np.ndarray:
+    """cover * fn(indices) evaluated only where cover > 0 (lines cover a few percent of the image)."""
+    idx = np.flatnonzero(cover)
+    flat = cover.reshape(-1)
+    flat[idx] *= fn(idx)
+    return cover
+
+
 def shade_surface(style: RoadStyle, s: np.ndarray, d: np.ndarray, inv_fp_across: np.ndarray,
-                  inv_fp_along: np.ndarray) -> np.ndarray:
-    """HxWx3 float32 colour of the road surface at each pixel's (s, d) (float32 metres); the inverse footprints
-    (pixels per metre across and along the road) anti-alias the markings."""
+                  inv_fp_along: np.ndarray, gain: np.ndarray | None = None) -> list[np.ndarray]:
+    """The road surface's colour at each pixel's (s, d) (float32 metres) as three float32 planes (B, G, R);
+    the inverse footprints (pixels per metre across and along the road) anti-alias the markings; `gain` is
+    `grain_gain` when precomputed. Planes, not an HxWx3 array: numpy broadcasting over a trailing axis of 3 is
+    several times slower."""
     grain = _lookup(style.grain, s, d, style.grain_scale_m)
     patches = _lookup(style.patches, s, d, style.patch_scale_m)
-    # Fine grain fades out where a pixel covers many texels, as a real camera would average it away.
-    grain_gain = np.clip(inv_fp_along * np.float32(3 * style.grain_scale_m), 0.25, 1.0) * np.float32(style.grain_amp)
-    lum = grain * grain_gain + patches * np.float32(style.patch_amp) + np.float32(1.0)
+    gain = grain_gain(style, inv_fp_along) if gain is None else gain
+    lum = grain * gain + patches * np.float32(style.patch_amp) + np.float32(1.0)
 
     half = style.road_half_width
     abs_d = np.abs(d)
@@ -183,23 +203,30 @@ def shade_surface(style: RoadStyle, s: np.ndarray, d: np.ndarray, inv_fp_across:
     lw = style.line_width_m / 2
     white = _band(abs_d - edge_d, lw, inv_fp_across)
     centre = _band(d, lw, inv_fp_across)
-    if style.centre_dashed:
-        centre *= _dashes(s, style, inv_fp_along)
-    for k in range(1, style.lanes_per_side):
-        lane_line = _band(abs_d - np.float32(k * style.lane_width), lw, inv_fp_across)
-        white = np.maximum(white, lane_line * _dashes(s, style, inv_fp_along))
-    # Colour: asphalt blended with the verge (the verge weight is not a coverage once curb-modulated, so blend on
-    # the base colours), then the paint.
-    v_base = np.clip(verge, 0, 1)[..., None]
-    img = (style.asphalt_bgr + v_base * (style.verge_bgr - style.asphalt_bgr)) * lum[..., None]
-    paint_white = white * wear
-    if np.array_equal(style.centre_colour, _WHITE):
-        paint_white = np.maximum(paint_white, centre * wear)
-    else:
-        img += (centre * wear)[..., None] * (style.centre_colour - img)
-    img += paint_white[..., None] * (_WHITE - img)
-    return img
+    s_flat, fp_flat = s.reshape(-1), inv_fp_along.reshape(-1)
 
+    def dashes(idx: np.ndarray) -> np.ndarray:
+        return _dashes(s_flat[idx], style, fp_flat[idx])
+
+    if style.centre_dashed:
+        centre = _sparse(centre, dashes)
+    for k in range(1, style.lanes_per_side):
+        lane_line = _sparse(_band(abs_d - np.float32(k * style.lane_width), lw, inv_fp_across), dashes)
+        white = np.maximum(white, lane_line)
+    yellow_centre = not np.array_equal(style.centre_colour, _WHITE)
+    if not yellow_centre:
+        white = np.maximum(white, centre)
+    white *= wear
+    centre *= wear
+    planes = []
+    for c in range(3):
+        asphalt, verge_c = style.asphalt_bgr[c], style.verge_bgr[c]
+        plane = (verge * np.float32(verge_c - asphalt) + np.float32(asphalt)) * lum
+        if yellow_centre:
+            plane += centre * (np.float32(style.centre_colour[c]) - plane)
+        plane += white * (np.float32(_WHITE[c]) - plane)
+        planes.append(plane)
+    return planes
 
 
 def shadow_factor(style: RoadStyle, s: np.ndarray, d: np.ndarray) -> np.ndarray | None:
