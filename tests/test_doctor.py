@@ -273,3 +273,56 @@ def test_cli_unknown_check_name(tmp_path: Path) -> None:
     out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--only", "camra"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "camra" in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ broker
+@pytest.mark.services
+def test_broker_green_with_the_right_password(tmp_path: Path, service_info: Any, mqtt_device: Any) -> None:
+    device_id, password = mqtt_device()
+    (tmp_path / "pw").write_text(password + "\n")
+    path = write_config(tmp_path, device={"id": device_id}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": service_info.mqtt_port, "tls": False,
+        "password_file": str(tmp_path / "pw")})
+    broker = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
+    assert broker.level is Level.GREEN, broker
+    assert [s["name"] for s in broker.data["steps"]] == ["dns", "tcp", "tls", "auth", "publish"]
+    assert "publish ok" in broker.summary
+
+
+@pytest.mark.services
+def test_broker_wrong_password_is_red_with_a_clear_message(tmp_path: Path, service_info: Any,
+                                                           mqtt_device: Any) -> None:
+    device_id, _ = mqtt_device()
+    (tmp_path / "pw").write_text("not-the-password\n")
+    path = write_config(tmp_path, device={"id": device_id}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": service_info.mqtt_port, "tls": False,
+        "password_file": str(tmp_path / "pw")})
+    out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--only", "broker", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    broker = json.loads(out.stdout)["checks"][-1]
+    assert broker["level"] == "red"
+    assert "auth failed" in broker["summary"] and "refused" in broker["summary"]
+    assert "password" in broker["hint"]
+
+
+@pytest.mark.services
+def test_broker_tls_against_a_plain_port_is_red(tmp_path: Path, service_info: Any, mqtt_device: Any) -> None:
+    device_id, password = mqtt_device()
+    (tmp_path / "pw").write_text(password)
+    path = write_config(tmp_path, device={"id": device_id}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": service_info.mqtt_port, "tls": True,
+        "password_file": str(tmp_path / "pw")})
+    broker = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
+    assert broker.level is Level.RED and "tls failed" in broker.summary
+
+
+def test_broker_nobody_listening_is_red(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nobody listens there
+    path = write_config(tmp_path, uplink={"enabled": True, "host": "127.0.0.1", "port": port, "tls": False})
+    broker = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
+    assert broker.level is Level.RED and "tcp failed" in broker.summary

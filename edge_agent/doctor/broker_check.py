@@ -1,9 +1,37 @@
-"""Broker reachable, TLS, login: placeholder until the step-by-step probe lands."""
+"""Can this box reach its broker: DNS, TCP, TLS, login, and a publish under its own id? The steps come from
+edge_agent/broker_probe.py, which logs in with its own client id so a running agent is not disturbed."""
 
 from __future__ import annotations
 
 from edge_agent.doctor.result import CheckResult, Context, Level
 
+WHY = {
+    "dns": "the broker's name does not resolve: no network, or a wrong uplink.host",
+    "tcp": "the broker does not answer on its port: down, firewalled, or a wrong uplink.port",
+    "tls": "the encrypted connection cannot be set up, so the agent will not send anything",
+    "auth": "the broker refuses this box's login: events stay queued on the box until it is fixed",
+    "publish": "logged in, but the broker does not accept messages under this device id",
+}
+
 
 def check_broker(ctx: Context) -> CheckResult:
-    return CheckResult("broker", Level.SKIPPED, "not implemented yet")
+    from edge_agent.broker_probe import probe_broker
+
+    assert ctx.cfg is not None
+    cfg = ctx.cfg.uplink
+    where = f"{cfg.host}:{cfg.port}"
+    if not cfg.enabled:
+        return CheckResult("broker", Level.SKIPPED, f"uplink.enabled is false: {where} not checked",
+                           "events stay on this box", "set uplink.enabled = true to send them")
+    steps = probe_broker(cfg, ctx.cfg.device.id)
+    data = {"broker": where, "tls": cfg.tls, "steps": [s.as_dict() for s in steps]}
+    failed = next((s for s in steps if s.ok is False), None)
+    if failed is not None:
+        return CheckResult("broker", Level.RED, f"{where}: {failed.name} failed: {failed.detail}",
+                           WHY.get(failed.name, ""), failed.hint or "", data)
+    summary = f"{where}: " + "; ".join(f"{s.name} {s.detail}" if s.name in ("tls", "auth") else f"{s.name} ok"
+                                       for s in steps)
+    if not cfg.tls and cfg.host not in ("localhost", "127.0.0.1", "::1"):
+        return CheckResult("broker", Level.YELLOW, summary, "works, but without TLS the password travels in clear",
+                           "set uplink.tls = true and port 8883", data)
+    return CheckResult("broker", Level.GREEN, summary, data=data)
