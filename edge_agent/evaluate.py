@@ -7,9 +7,16 @@ AP is the area under the precision envelope (precision made monotonically non-in
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,3 +120,141 @@ def class_metrics(rec: ClassRecord, score_threshold: float) -> ClassMetrics:
 
 def summarize(records: dict[int, ClassRecord], score_threshold: float) -> dict[int, ClassMetrics]:
     return {c: class_metrics(rec, score_threshold) for c, rec in sorted(records.items())}
+
+
+# ------------------------------------------------------------------------------------- datasets and models
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+EVAL_SCORE_FLOOR = 0.001  # AP needs the whole ranking, not only what passes the working threshold
+
+
+def list_dataset_images(root: Path) -> list[Path]:
+    """Images of a YOLO-layout folder (root/images/...), or of a plain folder of images."""
+    folder = root / "images" if (root / "images").is_dir() else root
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        log.warning("skipping unreadable image %s", path)
+    return img
+
+
+def label_path(root: Path, image: Path) -> Path:
+    rel = image.relative_to(root / "images")
+    return (root / "labels" / rel).with_suffix(".txt")
+
+
+def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """`class cx cy w h` normalised lines -> (xyxy pixel boxes [M,4], class ids [M]); no file = no objects."""
+    rows = []
+    if path.exists():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                rows.append([float(p) for p in parts[:5]])
+            except ValueError:
+                log.warning("%s:%d: not a YOLO label line: %r", path, n, line)
+    rows = [r for r in rows if len(r) == 5]
+    if not rows:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    arr = np.array(rows, np.float32)
+    cx, cy, w, h = arr[:, 1] * width, arr[:, 2] * height, arr[:, 3] * width, arr[:, 4] * height
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    return boxes.clip(0, [width, height, width, height]).astype(np.float32), arr[:, 0].astype(np.int64)
+
+
+def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = None,
+                     pseudo_labels_from: Any = None, progress: Any = None) -> dict:
+    """Run the detector over a YOLO-layout folder: AP50 per class and overall, P/R/F1 at the working
+    threshold, latency (letterbox + inference + decoding) median and p95.
+
+    With pseudo_labels_from (another detector), its detections at its own threshold are the ground truth:
+    how quantization is judged on a folder without labels.
+    """
+    root = Path(root)
+    thr = detector.score_threshold if score_threshold is None else score_threshold
+    images = list_dataset_images(root)
+    if not images:
+        raise ValueError(f"no images in {root}/images")
+    has_labels = (root / "labels").is_dir()
+    if not has_labels and pseudo_labels_from is None:
+        raise ValueError(f"{root} has no labels/ folder (YOLO layout: images/ + labels/)")
+    records: dict[int, ClassRecord] = {}
+    latencies = []
+    n_used = 0
+    for path in images:
+        img = read_image(path)
+        if img is None:
+            continue
+        n_used += 1
+        h, w = img.shape[:2]
+        if pseudo_labels_from is not None:
+            ref = pseudo_labels_from.detect(img)
+            gt_boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in ref], np.float32).reshape(-1, 4)
+            gt_cls = np.array([d.class_id for d in ref], np.int64)
+        else:
+            gt_boxes, gt_cls = read_yolo_labels(label_path(root, path), w, h)
+        t0 = time.monotonic()
+        dets = detector.detect(img, score_threshold=EVAL_SCORE_FLOOR)
+        latencies.append(1000 * (time.monotonic() - t0))
+        add_image(records, np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float32).reshape(-1, 4),
+                  np.array([d.score for d in dets]), np.array([d.class_id for d in dets], np.int64), gt_boxes, gt_cls)
+        if progress:
+            progress()
+    metrics = summarize(records, thr)
+    names = list(getattr(detector.info, "classes", ()))
+    per_class = {}
+    for c, m in metrics.items():
+        name = names[c] if 0 <= c < len(names) else str(c)
+        per_class[name] = {"ap50": m.ap50, "precision": m.precision, "recall": m.recall, "f1": m.f1,
+                           "n_gt": m.n_gt, "n_det": m.n_det}
+    with_gt = [m for m in metrics.values() if m.n_gt > 0]
+    n_tp = sum(round(m.recall * m.n_gt) for m in with_gt)
+    n_gt = sum(m.n_gt for m in with_gt)
+    n_det = sum(m.n_det for m in metrics.values())
+    precision = n_tp / n_det if n_det else 0.0
+    recall = n_tp / n_gt if n_gt else 0.0
+    return {
+        "ap50": float(np.mean([m.ap50 for m in with_gt])) if with_gt else 0.0,
+        "per_class": per_class,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "score_threshold": thr,
+        "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95)),
+                       "runs": len(latencies)},
+        "images": n_used,
+        "curves": {(names[c] if 0 <= c < len(names) else str(c)): (m.curve_recall, m.curve_precision)
+                   for c, m in metrics.items()},
+    }
+
+
+def plot_pr(result: dict, out: Path, title: str = "") -> Path:
+    """PR curve per class (PNG), AP50 in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for name, (rec, prec) in result["curves"].items():
+        ap = result["per_class"].get(name, {}).get("ap50", 0.0)
+        ax.plot(np.concatenate([[0], rec]), np.concatenate([[1], np.maximum.accumulate(prec[::-1])[::-1]])
+                if len(prec) else [1], label=f"{name} AP50 {ap:.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title(title or f"PR curve, IoU 0.5 (AP50 {result['ap50']:.3f})")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -132,7 +132,7 @@ class Augmenter:
             log.warning("synthetic scenes unavailable: %s", exc)
             return False
         self._render = random_training_scene
-        self.refresh_synthetic(SYNTH_POOL // 2)
+        self.refresh_synthetic(SYNTH_POOL // 3)
         log.info("synthetic road scenes enabled for %.0f%% of samples", 100 * self.synth_fraction)
         return True
 

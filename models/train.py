@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="YOLO-layout folder (images/, labels/)")
     ap.add_argument("--run", default="bundled", help="run name under models/runs/")
     ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--small-size", type=int, default=256,
+                    help="input size for the first --small-until of the schedule (0.64x the compute of 320)")
+    ap.add_argument("--small-until", type=float, default=0.6)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--minutes", type=float, default=60.0, help="training-time budget the schedule spans")
@@ -51,9 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synth-fraction", type=float, default=0.3,
                     help="share of samples rendered by edge_agent.sim.render (when present)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads; 0 = keep switching between 1 and 2, whichever steps faster now "
+                         "(on a shared 2-core box two threads collapse when another job takes a core)")
     ap.add_argument("--ckpt-every", type=float, default=180.0, help="seconds between checkpoints")
-    ap.add_argument("--eval-every", type=float, default=300.0, help="seconds between validation runs")
+    ap.add_argument("--eval-every", type=float, default=480.0, help="seconds between validation runs")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--all", action="store_true", help="train, export, quantize, evaluate, write the card")
     return ap.parse_args(argv)
@@ -123,6 +128,35 @@ class Ema:
                 v.copy_(msd[k])
 
 
+class ThreadTuner:
+    """Fixed thread count, or (auto) mostly the faster of 1 and 2 threads, re-measured every 150 steps."""
+
+    def __init__(self, fixed: int) -> None:
+        self.fixed = fixed
+        self.current = fixed or 2
+        self.times: dict[int, list[float]] = {1: [], 2: []}
+        self.steps = 0
+        torch.set_num_threads(self.current)
+
+    def observe(self, seconds: float) -> None:
+        if self.fixed:
+            return
+        self.steps += 1
+        self.times[self.current].append(seconds)
+        phase = self.steps % 150
+        if phase == 0:  # try the other setting for 12 steps
+            self._set(3 - self.current)
+        elif phase == 12:
+            med = {k: float(np.median(v[-12:])) if v else float("inf") for k, v in self.times.items()}
+            best = min(med, key=med.get)
+            log.info("thread check: %s -> using %d", {k: round(v, 2) for k, v in med.items()}, best)
+            self._set(best)
+
+    def _set(self, n: int) -> None:
+        self.current = n
+        torch.set_num_threads(n)
+
+
 def lr_at(progress: float, base: float, step: int, warmup: int = 300) -> float:
     cos = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return base * cos * min(1.0, (step + 1) / warmup)
@@ -137,7 +171,7 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def train(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
+    threads = ThreadTuner(args.threads)
     run_dir = HERE / "runs" / args.run
     run_dir.mkdir(parents=True, exist_ok=True)
     samples = load_dataset(args.data, HERE / "cache")
@@ -197,6 +231,7 @@ def train(args: argparse.Namespace) -> Path:
         t0 = time.monotonic()
         # The last 10% of the schedule sees whole photos only, like the validation images (no mosaic seams).
         aug.mosaic_p = 0.5 if progress() < 0.9 else 0.0
+        aug.size = args.small_size if progress() < args.small_until else args.size
         batch = [aug() for _ in range(args.batch)]
         images = to_tensor([b[0] for b in batch])
         targets = [(torch.from_numpy(b[1]), torch.from_numpy(b[2])) for b in batch]
@@ -211,6 +246,7 @@ def train(args: argparse.Namespace) -> Path:
         ema.update(model)
         state["step"] += 1
         state["train_s"] += time.monotonic() - t0
+        threads.observe(time.monotonic() - t0)
         losses.append([float(loss.detach()), parts["cls"], parts["box"], parts["pos"]])
         now = time.monotonic()
         if now - t_log > 60:
@@ -221,7 +257,7 @@ def train(args: argparse.Namespace) -> Path:
             t_log, losses = now, []
         if now - last_eval > args.eval_every:
             if aug.try_enable_synthetic():
-                aug.refresh_synthetic(60)
+                aug.refresh_synthetic(30)
             run_validation()
             last_eval = time.monotonic()
         if now - last_ckpt > args.ckpt_every:

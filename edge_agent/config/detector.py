@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from edge_agent.config.base import Section
 
+DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider",
+                     "CPUExecutionProvider"]
+
 
 class DetectorConfig(Section):
     model: str = Field("bundled", description="Path of the .onnx model, or 'bundled' for the shipped one")
+    manifest: str | None = Field(None, description="Sidecar manifest JSON (classes, sha256, card data); default: "
+                                                   "<model stem>.manifest.json beside the model, when present")
     score_threshold: float = Field(0.35, ge=0, le=1, description="Minimum detection score kept")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU above which NMS drops the weaker box (per class)")
+    max_detections: int = Field(100, ge=1, le=10000, description="At most this many detections per frame")
+    providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS),
+                                 description="ONNX Runtime execution providers in order of preference; the "
+                                             "ones not installed are skipped, CPU is always the last resort")
+    threads: int = Field(0, ge=0, le=64, description="Intra-op threads for inference; 0 lets ONNX Runtime decide")
+    input_size: int = Field(0, ge=0, le=4096, description="Square input size for models with a dynamic input "
+                                                          "shape; 0 = the model's metadata (imgsz), else 640")
+    layout: Literal["auto", "yolov5", "yolov8", "end2end"] = Field(
+        "auto", description="Output layout; auto recognises it from the output shape and metadata")
+    sanity_check: bool = Field(True, description="Refuse a model whose scores are all zero on a test pattern "
+                                                 "and a sample image at load (broken INT8 exports do that)")

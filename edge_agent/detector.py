@@ -1,0 +1,236 @@
+"""The detector: an ONNX model of the YOLO family (or the bundled one) behind `detect(frame) -> [Detection]`.
+
+`load_detector(cfg)` resolves the model ("bundled" or a path), checks its manifest's sha256, opens an ONNX
+Runtime session (provider fallback, see detect_session), reads input size and class names, recognises the
+output layout, and runs the load check (which is also the warm-up): a model whose scores are all zero on a
+test pattern and on a sample road image is refused. Every problem is a `ModelError` with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.detect_decode import Layout, LayoutError, candidates, decode, detect_layout
+from edge_agent.detect_manifest import (
+    ModelError,
+    check_manifest_sha,
+    manifest_path_for,
+    parse_imgsz,
+    parse_names,
+    read_manifest,
+    resolve_model_path,
+    sha256_file,
+)
+from edge_agent.detect_session import open_session
+from edge_agent.letterbox import letterbox, to_blob
+
+__all__ = ["Detection", "Detector", "ModelError", "ModelInfo", "load_detector", "sample_road_image",
+           "test_pattern"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INPUT = 640
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
+@dataclass(frozen=True)
+class Detection:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int
+    class_name: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]  # (width, height)
+    provider: str
+    path: str
+    layout: str = ""
+    input_dtype: str = "float32"
+    quantization: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class Detector:
+    def __init__(self, session: Any, info: ModelInfo, layout: Layout, dtype: np.dtype, cfg: DetectorConfig) -> None:
+        self.session = session
+        self.info = info
+        self.layout = layout
+        self.dtype = np.dtype(dtype)
+        self.cfg = cfg
+        self.score_threshold = cfg.score_threshold
+        self._input_name = session.get_inputs()[0].name
+        self._output_name = session.get_outputs()[0].name
+
+    def infer(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Raw model output for one frame, and the letterbox that placed it."""
+        frame = _as_bgr(frame_bgr)
+        w, h = self.info.input_size
+        canvas, placement = letterbox(frame, w, h)
+        out = self.session.run([self._output_name], {self._input_name: to_blob(canvas, self.dtype)})[0]
+        return out, placement
+
+    def detect(self, frame_bgr: np.ndarray, score_threshold: float | None = None) -> list[Detection]:
+        out, placement = self.infer(frame_bgr)
+        thr = self.score_threshold if score_threshold is None else score_threshold
+        found = decode(out, self.layout, thr, self.cfg.iou_threshold, self.cfg.max_detections)
+        boxes = placement.to_frame(found.boxes)
+        names = self.info.classes
+        dets = []
+        for (x1, y1, x2, y2), score, cls in zip(boxes, found.scores, found.classes, strict=True):
+            if x2 <= x1 or y2 <= y1:
+                continue  # entirely in the padding
+            name = names[cls] if 0 <= cls < len(names) else str(cls)
+            dets.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score), int(cls), name))
+        return dets
+
+    def max_score(self, frame_bgr: np.ndarray) -> float:
+        out, _ = self.infer(frame_bgr)
+        scores = candidates(out, self.layout).scores
+        return float(np.max(scores)) if scores.size and np.isfinite(scores).all() else float("nan")
+
+
+def _as_bgr(frame: np.ndarray) -> np.ndarray:
+    if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
+        raise ValueError(f"expected an HxWx3 BGR image, got {getattr(frame, 'shape', type(frame))}")
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.dtype != np.uint8:
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    return frame
+
+
+def load_detector(cfg: DetectorConfig) -> Detector:
+    t0 = time.monotonic()
+    path = resolve_model_path(cfg.model)
+    digest = sha256_file(path)
+    manifest_file = manifest_path_for(path, cfg.manifest)
+    manifest = read_manifest(manifest_file) if manifest_file else {}
+    if manifest_file:
+        check_manifest_sha(manifest, manifest_file, digest)
+    session = open_session(path, cfg.providers, cfg.threads)
+    meta = session.get_modelmeta().custom_metadata_map or {}
+
+    inp = session.get_inputs()[0]
+    if len(inp.shape) != 4:
+        raise ModelError(f"{path}: input '{inp.name}' has rank {len(inp.shape)} ({inp.shape}); "
+                         "a detector takes one NCHW image, rank 4")
+    if isinstance(inp.shape[1], int) and inp.shape[1] != 3:
+        raise ModelError(f"{path}: input has {inp.shape[1]} channels; expected 3 (RGB)")
+    dtype = ONNX_DTYPES.get(inp.type)
+    if dtype is None:
+        raise ModelError(f"{path}: input type {inp.type} is not supported (float32, float16 or uint8)")
+    input_size = _input_size(inp.shape, meta, manifest, cfg)
+
+    names = parse_names(manifest.get("classes")) or parse_names(meta.get("names"))
+    layout, classes = _layout_and_classes(session, path, input_size, dtype, names, meta, cfg)
+    info = ModelInfo(
+        name=str(manifest.get("name") or meta.get("description") or path.stem),
+        version=str(manifest.get("version") or meta.get("version") or "unknown"),
+        sha256=digest, classes=tuple(classes), input_size=input_size,
+        provider=session.get_providers()[0], path=str(path), layout=str(layout),
+        input_dtype=np.dtype(dtype).name, quantization=str(manifest.get("quantization", {}).get("format", "")
+                                                            if isinstance(manifest.get("quantization"), dict)
+                                                            else manifest.get("quantization", "")),
+        manifest=manifest)
+    detector = Detector(session, info, layout, dtype, cfg)
+    _load_check(detector, path, cfg.sanity_check)
+    log.info("detector %s %s (%s, %dx%d, %s, classes %s) ready in %.2f s", info.name, info.version, layout,
+             *input_size, info.provider, ",".join(classes), time.monotonic() - t0)
+    return detector
+
+
+def _input_size(shape: list, meta: dict, manifest: dict, cfg: DetectorConfig) -> tuple[int, int]:
+    h, w = shape[2], shape[3]
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        return w, h
+    if cfg.input_size:
+        return cfg.input_size, cfg.input_size
+    size = parse_imgsz(manifest.get("input_size")) or parse_imgsz(meta.get("imgsz"))
+    return size or (DEFAULT_INPUT, DEFAULT_INPUT)
+
+
+def _layout_and_classes(session: Any, path: Path, input_size: tuple[int, int], dtype: Any, names: list[str] | None,
+                        meta: dict, cfg: DetectorConfig) -> tuple[Layout, list[str]]:
+    """Run the zero image once to see the concrete output shape (dynamic exports hide it in the graph)."""
+    w, h = input_size
+    blob = np.zeros((1, 3, h, w), dtype)
+    try:
+        out = session.run(None, {session.get_inputs()[0].name: blob})[0]
+    except Exception as exc:
+        raise ModelError(f"{path}: inference failed on a {w}x{h} input: {exc}") from None
+    shape = tuple(int(d) for d in np.shape(out))
+    end2end = str(meta.get("end2end", "")).lower() == "true"
+    try:
+        if cfg.layout != "auto":
+            layout = Layout(cfg.layout)
+        else:
+            layout = detect_layout(shape, len(names) if names else None, input_size, end2end)
+    except LayoutError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    if names:
+        return layout, names
+    if layout is Layout.YOLOV8:
+        nc = shape[1] - 4
+    elif layout is Layout.YOLOV5:
+        nc = shape[2] - 5
+    else:
+        nc = 1 + int(np.max(out[0][:, 5])) if out.size else 1
+    log.warning("%s names no classes (no 'names' metadata, no manifest); using class ids", path)
+    return layout, [str(i) for i in range(nc)]
+
+
+def _load_check(detector: Detector, path: Path, enabled: bool) -> None:
+    """Warm-up inferences; with the check enabled, all-zero or non-finite scores refuse the model."""
+    images = (test_pattern(*detector.info.input_size), sample_road_image(*detector.info.input_size))
+    scores = [detector.max_score(img) for img in images]
+    if not enabled:
+        return
+    if not all(np.isfinite(s) for s in scores):
+        raise ModelError(f"{path}: the model outputs NaN/inf scores on a test pattern and a sample image")
+    if max(scores) <= 1e-6:
+        raise ModelError(f"{path}: degenerate outputs: every class score is 0 on a test pattern and a sample road "
+                         "image (a broken INT8 export looks like this); refusing it")
+
+
+def test_pattern(width: int, height: int) -> np.ndarray:
+    """Colour bars, a gradient and a checkerboard: wakes every kind of filter in a conv net."""
+    img = np.zeros((height, width, 3), np.uint8)
+    bars = np.array([[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0], [255, 0, 255], [0, 0, 255],
+                     [255, 0, 0], [0, 0, 0]], np.uint8)
+    img[: height // 2] = bars[(np.arange(width) * len(bars) // width)][None]
+    img[height // 2:, : width // 2] = np.linspace(0, 255, width // 2, dtype=np.uint8)[None, :, None]
+    yy, xx = np.mgrid[height // 2:height, width // 2:width]
+    img[height // 2:, width // 2:] = (((yy // 16 + xx // 16) % 2) * 255).astype(np.uint8)[..., None]
+    return img
+
+
+def sample_road_image(width: int, height: int, seed: int = 7) -> np.ndarray:
+    """A grey asphalt texture with a dark irregular hole in it, drawn procedurally (no files needed)."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(118, 14, (height, width, 1)), 0, 255).astype(np.uint8).repeat(3, 2)
+    img[: height // 3] = (200, 170, 150)  # sky
+    cx, cy = width // 2, int(height * 0.7)
+    ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    rad = rng.uniform(0.7, 1.0, 24)
+    pts = np.stack([cx + np.cos(ang) * rad * width * 0.12, cy + np.sin(ang) * rad * height * 0.07], 1)
+    cv2.fillPoly(img, [pts.astype(np.int32)], (45, 45, 50))
+    return cv2.GaussianBlur(img, (3, 3), 0)
