@@ -27,6 +27,7 @@ GPS_ROLLOVER = dt.timedelta(weeks=1024)
 UTC_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _DAY_S = 86400.0
 MAX_SPEED_MPS = 600.0  # faster than any road vehicle by far; beyond it a speed field is garbage
+_GSA_KEEP_EPOCHS = 3
 TIMED_TYPES = frozenset({"RMC", "GGA", "GLL", "GNS", "ZDA", "GST"})
 
 
@@ -204,6 +205,7 @@ class EpochAssembler:
         self._date: dt.date | None = None
         self._last_tod: float | None = None
         self._last_utc: dt.datetime | None = None
+        self._gsa_recent: tuple[int | None, float | None, int] = (None, None, _GSA_KEEP_EPOCHS)
 
     # --- input
 
@@ -379,6 +381,18 @@ class EpochAssembler:
 
     # --- output
 
+    def _gsa_values(self, epoch: _Epoch) -> tuple[int | None, float | None]:
+        """GSA mode and HDOP for an epoch. DOP and 2D/3D change slowly, so an epoch whose GSA was sent with a
+        neighbour (see the module doc) uses the latest GSA of the last few epochs instead of flickering."""
+        if epoch.gsa_mode is not None or epoch.gsa_hdop is not None:
+            self._gsa_recent = (epoch.gsa_mode, epoch.gsa_hdop, 0)
+            return epoch.gsa_mode, epoch.gsa_hdop
+        mode, hdop, age = self._gsa_recent
+        if age >= _GSA_KEEP_EPOCHS:
+            return None, None
+        self._gsa_recent = (mode, hdop, age + 1)
+        return mode, hdop
+
     def _finish(self, epoch: _Epoch) -> Fix:
         self.stats.epochs += 1
         utc = None
@@ -390,12 +404,13 @@ class EpochAssembler:
             self._last_utc = utc
         else:
             self.stats.no_date += 1
+        gsa_mode, gsa_hdop = self._gsa_values(epoch)
         has_fix = epoch.seen_fix and not epoch.no_fix and epoch.lat is not None
         mode = 0
         if has_fix:
-            mode = epoch.gsa_mode if epoch.gsa_mode in (2, 3) else (3 if epoch.alt is not None else 2)
+            mode = gsa_mode if gsa_mode in (2, 3) else (3 if epoch.alt is not None else 2)
             self.stats.fixes += 1
-        hdop = epoch.hdop if epoch.hdop is not None else epoch.gsa_hdop
+        hdop = epoch.hdop if epoch.hdop is not None else gsa_hdop
         if epoch.sigma_lat is not None:
             eph = math.hypot(epoch.sigma_lat, epoch.sigma_lon)
         else:
