@@ -3,10 +3,17 @@
 One-to-one matching within a radius (Hungarian on distance), so a second event for the same defect is a false
 positive. Precision = matched events / events; recall = matched defects / defects; the geolocation error is
 the distance of each matched pair.
+
+With the drive's true path (truth.csv) the error splits in two: the GNSS part (where the filter put the vehicle
+at the event's best frame, against where it was) and the camera side's own part (`without_gnss_error`: each
+event moved back by its vehicle's error, leaving projection, tracking and the combination of views). No
+pipeline removes the first from one pass: a receiver's error wanders slowly (multipath, atmosphere) and is
+nearly the same over the seconds a defect is in view.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 from collections.abc import Iterable
@@ -17,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from edge_agent.geolocate import distance_m
+from edge_agent.geolocate import distance_m, enu_offset, offset_latlon
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Score:
     median_error_m: float | None
     p90_error_m: float | None
     errors_m: tuple[float, ...]
+    gnss_median_m: float | None = None      # the filtered vehicle position's error at the matched events
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -50,15 +58,59 @@ def true_defects(geojson: Path, classes: Iterable[str] = ("pothole",)) -> list[t
     return out
 
 
-def score(events: list[dict[str, Any]], defects: list[tuple[float, float]], radius_m: float = 5.0) -> Score:
+class TruthTrack:
+    """The simulator's true vehicle path (truth.csv: utc, lat, lon every 0.1 s), looked up by UTC."""
+
+    def __init__(self, path: Path) -> None:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        self.utc = [r["utc"] for r in rows]
+        self.lat = np.array([float(r["lat"]) for r in rows])
+        self.lon = np.array([float(r["lon"]) for r in rows])
+        self._t = np.array([float(r["t"]) for r in rows])
+        self._t0 = self._seconds(self.utc[0]) - self._t[0]
+
+    @staticmethod
+    def _seconds(iso: str) -> float:
+        from datetime import datetime
+
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+    def at(self, iso_utc: str) -> tuple[float, float]:
+        t = self._seconds(iso_utc) - self._t0
+        return float(np.interp(t, self._t, self.lat)), float(np.interp(t, self._t, self.lon))
+
+
+def vehicle_error(event: dict[str, Any], truth: TruthTrack) -> tuple[float, float]:
+    """(east, north) metres from where the vehicle was at the event's best frame to where the filter put it."""
+    true_lat, true_lon = truth.at(event["captured_at"])
+    return enu_offset(true_lat, true_lon, event["vehicle"]["lat"], event["vehicle"]["lon"])
+
+
+def without_gnss_error(events: list[dict[str, Any]], truth: TruthTrack) -> list[dict[str, Any]]:
+    """EVENTS with each position moved back by its vehicle's GNSS error: what the camera side alone did."""
+    out = []
+    for event in events:
+        east, north = vehicle_error(event, truth)
+        lat, lon = offset_latlon(event["position"]["lat"], event["position"]["lon"], -east, -north)
+        out.append({**event, "position": {**event["position"], "lat": lat, "lon": lon}})
+    return out
+
+
+def score(events: list[dict[str, Any]], defects: list[tuple[float, float]], radius_m: float = 5.0,
+          truth: TruthTrack | None = None) -> Score:
     """Match EVENTS (wire-format dicts) to DEFECTS (lat, lon) one to one within RADIUS_M."""
     pairs: list[float] = []
+    gnss: list[float] = []
     if events and defects:
         dist = np.array([[distance_m(e["position"]["lat"], e["position"]["lon"], lat, lon) for lat, lon in defects]
                          for e in events])
         cost = np.where(dist <= radius_m, dist, 1e6)
         rows, cols = linear_sum_assignment(cost)
-        pairs = [float(dist[r, c]) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= radius_m]
+        keep = [(r, c) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= radius_m]
+        pairs = [float(dist[r, c]) for r, c in keep]
+        if truth is not None:
+            gnss = [float(np.hypot(*vehicle_error(events[r], truth))) for r, _ in keep]
     matched = len(pairs)
     ordered = sorted(pairs)
     return Score(events=len(events), defects=len(defects), matched=matched,
@@ -66,4 +118,5 @@ def score(events: list[dict[str, Any]], defects: list[tuple[float, float]], radi
                  recall=matched / len(defects) if defects else 1.0,
                  median_error_m=statistics.median(pairs) if pairs else None,
                  p90_error_m=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else None,
-                 errors_m=tuple(pairs))
+                 errors_m=tuple(pairs),
+                 gnss_median_m=statistics.median(gnss) if gnss else None)

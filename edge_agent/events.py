@@ -65,10 +65,13 @@ def _vehicle(pose: Any, heading_deg: float | None) -> dict[str, Any]:
 
 
 def build_event(track: Track, located: Located, *, device_id: str, seq: int, model: ModelRef,
-                captured_at: datetime, cfg: EventsConfig) -> dict[str, Any]:
-    """The event for TRACK: the defect at LOCATED, the vehicle and box of the track's best frame."""
+                captured_at: datetime, cfg: EventsConfig, vehicle_pose: Any = None) -> dict[str, Any]:
+    """The event for TRACK: the defect at LOCATED, the vehicle and box of the track's best frame.
+    VEHICLE_POSE is the vehicle at the best frame when known better than at the time (see Pipeline._emit)."""
     best = track.best
     assert best is not None, "a track without observations cannot be an event"
+    pose = vehicle_pose or best.pose
+    heading = best.heading_deg  # the pipeline's heading at that frame: held while the vehicle was slow
     width, length = _clamp(located.width_m, 0, 50), _clamp(located.length_m, 0, 50)
     event: dict[str, Any] = {
         "schema": SCHEMA,
@@ -80,7 +83,7 @@ def build_event(track: Track, located: Located, *, device_id: str, seq: int, mod
         "confidence": round(_clamp(track.score, 0, 1), 3),
         "position": {"lat": round(located.lat, 7), "lon": round(located.lon, 7),
                      "h_accuracy_m": round(_clamp(located.h_accuracy_m, 0, 10000), 2)},
-        "vehicle": _vehicle(best.pose, best.heading_deg),
+        "vehicle": _vehicle(pose, heading),
         "size_m": {"width": round(width, 2), "length": round(length, 2)},
         "severity": severity(track.class_name, width, length, cfg),
         "frames": track.hits,

@@ -65,6 +65,7 @@ class Pipeline:
         self._prev_mono: float | None = None
         self._prev_pose: Any = None
         self._heading: float | None = None
+        self._prev_heading: float | None = None
         self._fps: float | None = None
         self._inference_ms: float | None = None
         self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
@@ -148,10 +149,17 @@ class Pipeline:
         self.counts["detections"] += len(kept)
         return kept, True
 
+    def _trusted_heading(self, pose: Any) -> float | None:
+        """The pose's heading when the vehicle moves fast enough for it to mean something, else None."""
+        if pose is None or pose.heading_deg is None or (pose.speed_mps or 0.0) < self.cfg.tracker.heading_min_speed_mps:
+            return None
+        return float(pose.heading_deg)
+
     def _heading_of(self, pose: Any) -> float | None:
-        """The filtered heading; when the vehicle stands (no heading) the last one it had."""
-        if pose is not None and pose.heading_deg is not None:
-            self._heading = float(pose.heading_deg)
+        """The filtered heading; when the vehicle is slow or stands, the last trustworthy one it had."""
+        heading = self._trusted_heading(pose)
+        if heading is not None:
+            self._heading = heading
         return self._heading
 
     def _motion(self, t_mono: float, pose: Any, heading: float | None) -> Motion:
@@ -162,9 +170,8 @@ class Pipeline:
         dt = max(0.0, t_mono - self._prev_mono)
         speed = (float(pose.speed_mps or 0.0) + float(self._prev_pose.speed_mps or 0.0)) / 2
         yaw = 0.0
-        prev_heading = self._prev_pose.heading_deg
-        if heading is not None and prev_heading is not None:
-            yaw = (heading - float(prev_heading) + 180.0) % 360.0 - 180.0
+        if heading is not None and self._prev_heading is not None:
+            yaw = (heading - self._prev_heading + 180.0) % 360.0 - 180.0
         return Motion(forward_m=speed * dt, yaw_deg=yaw)
 
     def _views(self, track: Track) -> list[tuple[Any, Any, float]]:
@@ -175,7 +182,8 @@ class Pipeline:
             pose = self.filter.position_at(obs.t_mono) or obs.pose
             if pose is None or pose.lat is None:
                 continue
-            heading = pose.heading_deg if pose.heading_deg is not None else obs.heading_deg
+            heading = self._trusted_heading(pose)
+            heading = heading if heading is not None else obs.heading_deg
             if heading is not None:
                 views.append((obs.ground, pose, float(heading)))
         return views
@@ -192,8 +200,9 @@ class Pipeline:
             self.counts["events_merged"] += 1
             return None
         captured = track.best.utc if track.best and track.best.utc else datetime.now(UTC)
+        vehicle = self.filter.position_at(track.best.t_mono) if track.best else None
         event = build_event(track, located, device_id=self.cfg.device.id, seq=self.outbox.next_seq(),
-                            model=self.model, captured_at=captured, cfg=self.cfg.events)
+                            model=self.model, captured_at=captured, cfg=self.cfg.events, vehicle_pose=vehicle)
         if not self.outbox.add_event(event):
             self.counts["events_refused"] += 1
             log.warning("outbox refused event %s (disk guard)", event["event_id"])
@@ -214,7 +223,7 @@ class Pipeline:
         if self._prev_mono is not None and t_mono > self._prev_mono:
             fps = 1.0 / (t_mono - self._prev_mono)
             self._fps = fps if self._fps is None else (1 - FPS_SMOOTHING) * self._fps + FPS_SMOOTHING * fps
-        self._prev_mono, self._prev_pose = t_mono, pose
+        self._prev_mono, self._prev_pose, self._prev_heading = t_mono, pose, self._heading
         fix = None
         if pose is not None and pose.lat is not None:
             fix = {"lat": round(pose.lat, 7), "lon": round(pose.lon, 7), "h_std_m": round(pose.h_std_m, 2),

@@ -29,6 +29,10 @@ class TrackerConfig(Section):
     emit_after_s: float = Field(30.0, gt=0, le=3600,
                                 description="A confirmed track still in view after this many seconds (a parked "
                                             "vehicle) becomes its event now rather than when it ends")
+    heading_min_speed_mps: float = Field(
+        2.5, ge=0, le=50,
+        description="Below this speed the filtered heading is mostly GNSS noise: the last heading from above it "
+                    "is held (a stopped vehicle does not turn)")
     max_range_m: float = Field(25.0, gt=1, le=200,
                                description="Detections projecting farther than this (or above the horizon) are "
                                            "too uncertain to place and are ignored")
