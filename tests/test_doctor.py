@@ -70,6 +70,28 @@ def nmea_epoch(utc: datetime, fix: bool = True, hdop: float = 0.9) -> bytes:
     return f"{gga}\r\n{rmc}\r\n".encode()
 
 
+def tiny_detector(score: float = 0.6, size: int = 64, version: str = "1") -> bytes:
+    """A real YOLOv8-layout ONNX detector: [1,3,S,S] -> [1,5,A], one class 'pothole', a fixed box per anchor
+    scored SCORE (0 gives the degenerate model the detector's load check refuses)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    anchors = sum((size // s) ** 2 for s in (8, 16, 32))
+    const = np.zeros((1, 5, anchors), np.float32)
+    const[0, :4] = np.array([size / 2, size / 2, size / 4, size / 4], np.float32)[:, None]
+    const[0, 4] = score
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),  # ties the output to the input
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Add", ["c", "z"], ["output0"])]
+    inits = [numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"names": "{0: 'pothole'}", "imgsz": f"[{size}, {size}]", "version": version})
+    return model.SerializeToString()
+
+
 class FakeReceiver:
     """A pseudo-terminal the doctor opens like /dev/ttyACM0; a thread writes what a receiver would."""
 
@@ -326,3 +348,25 @@ def test_broker_nobody_listening_is_red(tmp_path: Path) -> None:
     path = write_config(tmp_path, uplink={"enabled": True, "host": "127.0.0.1", "port": port, "tls": False})
     broker = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
     assert broker.level is Level.RED and "tcp failed" in broker.summary
+
+
+# ------------------------------------------------------------------------------------------------- model
+def test_model_loads_with_latency_and_provider(tmp_path: Path) -> None:
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_detector(0.6, version="7"))
+    video = make_video(tmp_path / "road.mp4")
+    path = write_config(tmp_path, detector={"model": str(model)}, camera={"source": str(video)})
+    results = by_name(run_checks(str(path), only=["camera", "model"], options=FAST))
+    m = results["model"]
+    assert m.level is Level.GREEN, m
+    assert m.data["provider"] == "CPUExecutionProvider" and m.data["version"] == "7"
+    assert m.data["latency_ms_median"] > 0 and m.data["frame"] == [320, 240]  # timed at the camera's size
+    assert "ms per 320x240 frame" in m.summary
+
+
+def test_model_that_fails_its_check_is_red(tmp_path: Path) -> None:
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(tiny_detector(0.0))
+    path = write_config(tmp_path, detector={"model": str(model)})
+    m = by_name(run_checks(str(path), only=["model"], options=FAST))["model"]
+    assert m.level is Level.RED and "degenerate" in m.summary and m.hint

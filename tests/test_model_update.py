@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from onnx import TensorProto, helper
 
+from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.health import HealthBoard
-from edge_agent.model_update import ModelStore, ModelUpdater, sign_file
+from edge_agent.model_update import ModelStore, ModelUpdater, detector_sanity_check, effective_model, sign_file
 
 # ---------------------------------------------------------------------------------------- fixtures
 
@@ -39,6 +40,28 @@ def tiny_onnx(scale: float) -> bytes:
     graph = helper.make_graph([helper.make_node("Mul", ["images", "k"], ["out"])], "tiny", [x], [y], [k])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    return model.SerializeToString()
+
+
+def tiny_detector(score: float = 0.6, size: int = 64, version: str = "1") -> bytes:
+    """A real YOLOv8-layout ONNX detector: [1,3,S,S] -> [1,5,A], one class 'pothole', a fixed box per anchor
+    scored SCORE (0 gives the degenerate model the detector's load check refuses)."""
+    from onnx import numpy_helper
+
+    anchors = sum((size // s) ** 2 for s in (8, 16, 32))
+    const = np.zeros((1, 5, anchors), np.float32)
+    const[0, :4] = np.array([size / 2, size / 2, size / 4, size / 4], np.float32)[:, None]
+    const[0, 4] = score
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),  # ties the output to the input
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Add", ["c", "z"], ["output0"])]
+    inits = [numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"names": "{0: 'pothole'}", "imgsz": f"[{size}, {size}]", "version": version})
     return model.SerializeToString()
 
 
@@ -327,3 +350,43 @@ def test_signature_helper_matches_openssl_format(tmp_path: Path) -> None:
                             serialization.NoEncryption())
     key.public_key().verify(base64.b64decode(sign_file(pem, f)), b"model bytes")
     assert onnx.load_from_string(tiny_onnx(1.0)).graph.node[0].op_type == "Mul"
+
+
+def test_real_detector_check_gates_the_swap_and_reads_the_manifest(tmp_path: Path,
+                                                                   model_server: ModelServer) -> None:
+    """With the detector's own load check: a degenerate model is refused, a good one is swapped in, and the
+    detector loading current.onnx reports the name and version the command gave."""
+    from edge_agent.detector import load_detector
+
+    store = ModelStore(tmp_path / "models")
+    store.ensure()
+    first = tiny_detector(0.6, version="1")
+    first_sha = hashlib.sha256(first).hexdigest()
+    store.path_of(first_sha).write_bytes(first)
+    store.swap(first_sha)
+    detector_cfg = DetectorConfig(model=str(store.current_link))
+    up = ModelUpdater(ModelUpdateConfig(ca_file=str(model_server.ca), attempts=1), store,
+                      detector_sanity_check(detector_cfg))
+
+    url, sha = model_server.publish(tiny_detector(0.0))
+    refused = up.handle({"url": url, "sha256": sha, "name": "broken-int8", "version": "9"})
+    assert refused["status"] == "failed" and "degenerate" in refused["reason"]
+    assert store.current_sha() == first_sha
+
+    url, sha = model_server.publish(tiny_detector(0.7, version="2"))
+    result = up.handle({"url": url, "sha256": sha, "name": "potholes-tiny", "version": "2.0"})
+    assert result["ok"], result
+    assert result["provider"] == "CPUExecutionProvider"
+    info = load_detector(detector_cfg).info
+    assert (info.name, info.version, info.sha256) == ("potholes-tiny", "2.0", sha)
+
+
+def test_effective_model_prefers_an_installed_update_over_bundled(tmp_path: Path) -> None:
+    cfg = ModelUpdateConfig(models_dir=str(tmp_path / "models"))
+    assert effective_model(DetectorConfig(model="bundled"), cfg, str(tmp_path)) == "bundled"
+    store = ModelStore(tmp_path / "models")
+    store.ensure()
+    store.path_of("ab" * 32).write_bytes(tiny_detector())
+    store.swap("ab" * 32)
+    assert effective_model(DetectorConfig(model="bundled"), cfg, str(tmp_path)) == str(store.current_link)
+    assert effective_model(DetectorConfig(model="/opt/pinned.onnx"), cfg, str(tmp_path)) == "/opt/pinned.onnx"
