@@ -191,9 +191,9 @@ def shade_surface(style: RoadStyle, s: np.ndarray, d: np.ndarray, inv_fp_across:
     verge = _band(abs_d - np.float32(half + 50.0), 50.0, inv_fp_across)
     if style.verge == "curb":
         verge *= _band(abs_d - np.float32(half + 0.1), 0.1, inv_fp_across) * np.float32(0.15) + np.float32(0.85)
-        verge_lum = grain * np.float32(0.1) + np.float32(1.0)
+        verge_lum = grain * gain + np.float32(1.0)
     else:
-        verge_lum = grain * np.float32(0.25) + patches * np.float32(0.2) + np.float32(1.0)
+        verge_lum = grain * (gain * np.float32(2.0)) + patches * np.float32(0.2) + np.float32(1.0)
     lum += verge * (verge_lum - lum)
 
     # Markings: edge lines (solid, white) and the centre line (dashed or solid), worn by a noise mask.
