@@ -158,6 +158,7 @@ class Background:
 
     paths: Paths
     procs: dict[str, int] = field(default_factory=dict)
+    children: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = self.paths.log(name).open("a", encoding="utf-8")
@@ -167,11 +168,13 @@ class Background:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
                                 env={**os.environ, **(env or {})})
         self.procs[name] = proc.pid
+        self.children[name] = proc
         self.paths.pids.write_text(json.dumps(self.procs))
 
     def alive(self, name: str) -> bool:
-        pid = self.procs.get(name)
-        return pid is not None and _is_ours(pid, self.paths)
+        """Whether the process this object started as NAME is still running."""
+        proc = self.children.get(name)
+        return proc is not None and proc.poll() is None
 
     def stop_all(self) -> list[str]:
         """Stop every process recorded in pids.json that is still ours; returns their names."""
@@ -186,16 +189,23 @@ class Background:
                 stopped.append(name)
         self.paths.pids.unlink(missing_ok=True)
         self.procs.clear()
+        for proc in self.children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)  # reap our own children
+        self.children.clear()
         return stopped
+
+
+def _cmdline(pid: int | None) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def _is_ours(pid: int, paths: Paths) -> bool:
     """True when PID runs and is one of ours (its command line names our config), not a recycled pid."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return str(paths.root) in cmdline
+    return str(paths.root) in _cmdline(pid)
 
 
 def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
@@ -293,11 +303,14 @@ def ensure_drive(paths: Paths, seed: int, minutes: float = DRIVE_MINUTES, pothol
     return out
 
 
-def agent_config(paths: Paths, drive: Path, info: services.ServiceInfo, device_id: str = DEVICE_ID) -> Path:
+def agent_config(paths: Paths, drive: Path, info: services.ServiceInfo, device_id: str = DEVICE_ID,
+                 model: Path | None = None) -> Path:
     """The sim's agent config (its camera calibration matches the video) pointed at the local broker."""
     cfg = tomllib.loads((drive / "agent.toml").read_text(encoding="utf-8"))
     cfg.setdefault("device", {}).update({"id": device_id, "state_dir": str(paths.agent_state)})
     cfg.setdefault("outbox", {})["file"] = str(paths.outbox)
+    if model is not None:
+        cfg.setdefault("detector", {})["model"] = str(Path(model).resolve())
     uplink = cfg.setdefault("uplink", {})
     uplink.update({"enabled": True, "host": info.mqtt_host, "port": info.mqtt_port})
     uplink.update(_uplink_login(paths, device_id))
@@ -320,7 +333,8 @@ def wait_for_api(port: int, token: str, background: Background, timeout_s: float
     url = f"http://127.0.0.1:{port}/api/v1/me"
     while time.monotonic() < deadline:
         if not background.alive("server"):
-            raise DemoError(f"the fleet server exited; log: {background.paths.log('server')}")
+            code = background.children["server"].returncode
+            raise DemoError(f"the fleet server exited (status {code}); log: {background.paths.log('server')}")
         with contextlib.suppress(OSError, urllib.error.URLError, json.JSONDecodeError):
             http_json(url, token, timeout_s=2)
             return
@@ -470,7 +484,7 @@ def screenshot(port: int, out: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ up/down
-def up(seed: int, port: int) -> int:
+def up(seed: int, port: int, model: Path | None = None) -> int:
     started = time.monotonic()
     paths = Paths()
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -509,7 +523,7 @@ def up(seed: int, port: int) -> int:
     step("replaying the drive through the agent pipeline, uplink to the broker")
     shutil.rmtree(paths.agent_state, ignore_errors=True)
     paths.agent_state.mkdir(parents=True)
-    agent_config(paths, drive, info)
+    agent_config(paths, drive, info, model=model)
     report = replay(paths, drive)
 
     step("waiting until the server has confirmed every event")
@@ -564,8 +578,9 @@ def print_summary(counts: dict[str, dict[str, int]], defects: dict[str, Any], sc
         table.add_row("frames processed", str(report["frames"]))
     table.add_row("demo took", f"{elapsed_s:.0f} s")
     console.print(table)
-    console.print(f"\nDashboard (viewer):  [bold]http://127.0.0.1:{port}/#token={tokens['viewer']}[/]")
-    console.print(f"Dashboard (manager): http://127.0.0.1:{port}/#token={tokens['manager']}")
+    # Links are printed whole (no wrapping), so that a terminal can open them.
+    console.print(f"\nDashboard (viewer):  [bold]http://127.0.0.1:{port}/#token={tokens['viewer']}[/]", soft_wrap=True)
+    console.print(f"Dashboard (manager): http://127.0.0.1:{port}/#token={tokens['manager']}", soft_wrap=True)
     console.print("Tokens are in .state/demo/tokens.json; logs in .state/demo/*.log; stop with `make demo-down`.")
 
 
@@ -584,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="run the demo (idempotent)")
     p_up.add_argument("--seed", type=int, default=DEFAULT_SEED, help="simulated drive's seed")
     p_up.add_argument("--port", type=int, default=DEFAULT_PORT, help="dashboard/API port")
+    p_up.add_argument("--model", type=Path, default=None, help="ONNX detector to use instead of the bundled one")
     p_shot = sub.add_parser("screenshot", help="save a picture of the running demo's dashboard")
     p_shot.add_argument("--port", type=int, default=DEFAULT_PORT, help="dashboard/API port")
     p_shot.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "dashboard.png")
@@ -592,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
-            return up(args.seed, args.port)
+            return up(args.seed, args.port, args.model)
         if args.action == "screenshot":
             console.print(f"saved {screenshot(args.port, args.out)}")
             return 0
