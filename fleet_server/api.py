@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from fleet_server import __version__, api_defects, api_fleet, auth, metrics
+from fleet_server import __version__, api_defects, api_fleet, auth, dashboard, metrics
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 
@@ -61,6 +61,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.include_router(api_fleet.router)
     app.include_router(api_fleet.api)
     app.include_router(api_defects.router)
+    app.include_router(dashboard.dashboard_router(cfg))  # /dashboard-config.json (basemap tiles)
     static = cfg.api.static_dir or BUNDLED_STATIC
     if Path(static).is_dir():
         app.mount("/", StaticFiles(directory=static, html=True), name="dashboard")
