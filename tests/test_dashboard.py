@@ -137,8 +137,13 @@ class Server:
     dsn: str
 
 
+# Tiles from a port where nothing listens: the basemap fails at once, as it does offline.
+UNREACHABLE_TILES = "http://127.0.0.1:9/{z}/{x}/{y}.png"
+
+
 @pytest.fixture
-def server(fresh_db: str) -> Iterator[Server]:
+def server(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
     migrate(fresh_db)
     port = free_port()
     cfg = ServerConfig(database=DatabaseConfig(dsn=fresh_db), api=ApiConfig(port=port))
@@ -217,7 +222,10 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     browser.execute_script("sessionStorage.clear()")
     wait = sign_in(browser, server, "viewer")
     total = server.seeded.potholes + server.seeded.cracks
+    # The basemap is unreachable, yet every defect is on the map.
+    assert httpx.get(server.url + "/dashboard-config.json").json()["tile_url"] == UNREACHABLE_TILES
     wait.until(lambda d: markers_on_map(d) == total)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".leaflet-tile-pane img"))
     assert shown(browser) == total
     assert browser.find_element(By.ID, "whoami").text == "test-viewer (viewer)"
 
