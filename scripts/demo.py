@@ -514,7 +514,8 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
     paths.tokens.chmod(0o600)
 
     step(f"simulated drive (seed {seed}; generated once, then reused)")
-    drive = ensure_drive(paths, seed)
+    with console.status("rendering the drive (a minute or three, once)…"):
+        drive = ensure_drive(paths, seed)
 
     step(f"fleet server on http://127.0.0.1:{port} (API + ingest; logs in {paths.root.relative_to(ROOT)})")
     background.start("server", fleet_server(paths, "serve", "--workers", "1"))
@@ -524,7 +525,8 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
     shutil.rmtree(paths.agent_state, ignore_errors=True)
     paths.agent_state.mkdir(parents=True)
     agent_config(paths, drive, info, model=model)
-    report = replay(paths, drive)
+    with console.status("detecting, tracking, geolocating, sending (a minute or two)…"):
+        report = replay(paths, drive)
 
     step("waiting until the server has confirmed every event")
     counts = wait_confirmed(paths.outbox, timeout_s=120)
