@@ -88,6 +88,10 @@ class Detector:
 
     def detect(self, frame_bgr: np.ndarray, score_threshold: float | None = None) -> list[Detection]:
         out, placement = self.infer(frame_bgr)
+        return self.decode(out, placement, score_threshold)
+
+    def decode(self, out: np.ndarray, placement: Any, score_threshold: float | None = None) -> list[Detection]:
+        """Raw output -> detections in frame pixels, best first."""
         thr = self.score_threshold if score_threshold is None else score_threshold
         found = decode(out, self.layout, thr, self.cfg.iou_threshold, self.cfg.max_detections)
         boxes = placement.to_frame(found.boxes)

@@ -1,10 +1,191 @@
-"""`edge-agent model ...` (stub: filled in by its issue)."""
+"""`edge-agent model info|eval|quantize|bench`: inspect, measure and quantize detector models."""
 
 from __future__ import annotations
 
-import typer
+import json
+import time
+from pathlib import Path
 
-model_app = typer.Typer(help="model commands.", no_args_is_help=True)
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edge_agent.config.detector import DetectorConfig
+
+model_app = typer.Typer(help="Inspect, evaluate, quantize and benchmark detector models.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+MODEL_HELP = "Model .onnx path, or 'bundled'"
+
+
+def _load(model: str, threads: int = 0, **overrides: object):
+    from edge_agent.detector import ModelError, load_detector
+
+    try:
+        return load_detector(DetectorConfig(model=model, threads=threads, **overrides))
+    except ModelError as exc:
+        err.print(f"[red]model not usable:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@model_app.command("info")
+def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
+    """Load a model (with its load checks) and show what it is."""
+    det = _load(model)
+    i = det.info
+    data = {"name": i.name, "version": i.version, "path": i.path, "sha256": i.sha256, "classes": list(i.classes),
+            "input_size": list(i.input_size), "input_dtype": i.input_dtype, "layout": i.layout,
+            "provider": i.provider, "quantization": i.quantization}
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    table = Table(show_header=False)
+    for k, v in data.items():
+        table.add_row(k, str(v))
+    out.print(table)
+
+
+@model_app.command("eval")
+def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
+             data: Path = typer.Option(..., "--data", "-d", help="YOLO-layout folder: images/ + labels/"),
+             threshold: float = typer.Option(-1.0, "--threshold",
+                                             help="Score threshold for P/R/F1; default: the model's own "
+                                                  "(manifest), else detector.score_threshold"),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+             plot: Path | None = typer.Option(None, "--plot", help="Write the PR curve to this PNG"),
+             threads: int = typer.Option(0, "--threads", help="Inference threads (0 = ONNX Runtime default)")
+             ) -> None:
+    """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
+    from edge_agent.evaluate import evaluate_dataset, list_dataset_images, plot_pr
+
+    det = _load(model, threads)
+    if threshold < 0:
+        threshold = float(det.info.manifest.get("score_threshold", DetectorConfig().score_threshold))
+    n = len(list_dataset_images(data))
+    if n == 0 or not (data / "labels").is_dir():
+        err.print(f"[red]{data}: expected a YOLO-layout folder with images/ and labels/[/red]")
+        raise typer.Exit(2)
+    with _progress(as_json) as bar:
+        task = bar.add_task("evaluating", total=n)
+        result = evaluate_dataset(det, data, threshold, progress=lambda: bar.advance(task))
+    if plot:
+        plot_pr(result, plot, f"{det.info.name} on {data.name}: AP50 {result['ap50']:.3f}")
+    result.pop("curves")
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    table = Table(title=f"{det.info.name} {det.info.version} on {data} ({result['images']} images)")
+    for col in ("class", "AP50", "P", "R", "F1", "boxes", "detections"):
+        table.add_column(col, justify="right" if col != "class" else "left")
+    for name, m in result["per_class"].items():
+        table.add_row(name, f"{m['ap50']:.3f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                      str(m["n_gt"]), str(m["n_det"]))
+    table.add_row("[b]all[/b]", f"[b]{result['ap50']:.3f}[/b]", f"{result['precision']:.3f}",
+                  f"{result['recall']:.3f}", f"{result['f1']:.3f}", "", "")
+    out.print(table)
+    lat = result["latency_ms"]
+    out.print(f"P/R/F1 at score >= {threshold:.2f}; latency per image (letterbox + inference + decoding): "
+              f"median {lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms")
+    if plot:
+        out.print(f"PR curve: {plot}")
+
+
+@model_app.command("quantize")
+def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
+             dst: Path = typer.Argument(..., help="Where to write the chosen model"),
+             calib: Path = typer.Option(..., "--calib", help="Folder of real images (or YOLO layout) to calibrate on"),
+             eval_dir: Path | None = typer.Option(None, "--eval",
+                                                  help="Labelled YOLO-layout folder for AP50 (default: --calib; "
+                                                       "without labels, FP32's detections are the reference)"),
+             max_ap_drop: float = typer.Option(0.01, "--max-ap-drop", help="Largest AP50 loss accepted vs FP32"),
+             calib_images: int = typer.Option(64, "--calib-images", help="How many images to calibrate on"),
+             threads: int = typer.Option(0, "--threads", help="Inference threads for the timing"),
+             runs: int = typer.Option(30, "--runs", help="Timed inferences per format"),
+             as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object")) -> None:
+    """Static INT8 quantization: try the formats, keep the fastest within --max-ap-drop AP50 of FP32."""
+    from edge_agent.quantize import quantize_model
+
+    say = (lambda msg: None) if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]", highlight=False))
+    try:
+        report = quantize_model(src, dst, calib, eval_dir=eval_dir, max_ap_drop=max_ap_drop,
+                                calib_images=calib_images, threads=threads, runs=runs, progress=say)
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    table = Table(title=f"INT8 formats for {src.name} ({report.accuracy_source})")
+    for col in ("format", "AP50", "latency ms", "vs FP32", "kept?"):
+        table.add_column(col)
+    rows = [report.fp32, *report.trials]
+    for t in rows:
+        ap = "-" if t.ap50 is None else f"{t.ap50:.3f}"
+        lat = "-" if t.latency_ms != t.latency_ms else f"{t.latency_ms:.1f}"
+        mark = "[green]chosen[/green]" if t.format == report.chosen else t.note
+        table.add_row(t.format, ap, lat, f"{t.speedup:.2f}x", mark)
+    out.print(table)
+    out.print(report.reason)
+    out.print(f"wrote {dst}")
+
+
+@model_app.command("bench")
+def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
+          fp32: str | None = typer.Option(None, "--fp32", help="FP32 counterpart; default: the manifest's "
+                                                                "'fp32_model' beside the model"),
+          runs: int = typer.Option(50, "--runs", help="Timed inferences per model"),
+          threads: int = typer.Option(0, "--threads", help="Inference threads (0 = ONNX Runtime default)"),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
+    """FP32 vs INT8 latency of a model on this box, so an installer picks whichever is faster here."""
+    from edge_agent.detector import sample_road_image
+
+    det = _load(model, threads)
+    models = {det.info.quantization or "model": det}
+    ref = fp32 or det.info.manifest.get("fp32_model")
+    if ref:
+        ref_path = Path(ref) if Path(ref).is_absolute() or fp32 else Path(det.info.path).parent / ref
+        w, _ = det.info.input_size
+        models["fp32"] = _load(str(ref_path), threads, input_size=w)
+    frame = sample_road_image(1280, 720)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for d in models.values():
+        d.infer(frame)
+    with _progress(as_json) as bar:
+        task = bar.add_task("timing", total=runs)
+        for _ in range(runs):
+            for name, d in models.items():  # taking turns, so background load hits all alike
+                t0 = time.monotonic()
+                d.infer(frame)
+                times[name].append(1000 * (time.monotonic() - t0))
+            bar.advance(task)
+    result = {name: {"median_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
+                     "path": models[name].info.path} for name, t in times.items()}
+    if "fp32" in result and len(result) == 2:
+        other = next(k for k in result if k != "fp32")
+        result["speedup_vs_fp32"] = result["fp32"]["median_ms"] / result[other]["median_ms"]
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    table = Table(title=f"latency on this machine, {det.info.input_size[0]}x{det.info.input_size[1]} input")
+    for col in ("model", "median ms", "p95 ms", "file"):
+        table.add_column(col)
+    for name, r in result.items():
+        if isinstance(r, dict):
+            table.add_row(name, f"{r['median_ms']:.1f}", f"{r['p95_ms']:.1f}", r["path"])
+    out.print(table)
+    if "speedup_vs_fp32" in result:
+        s = result["speedup_vs_fp32"]
+        verdict = "use the INT8 model" if s > 1.05 else "use the FP32 model (INT8 does not pay here)"
+        out.print(f"INT8 is {s:.2f}x FP32 speed here: {verdict}")
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, disable=quiet, transient=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,201 @@
+"""Detector runtime: layout decoding from tiny ONNX models with known outputs, NMS, letterbox, load checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.detect_decode import Layout, LayoutError, anchor_count, detect_layout
+from edge_agent.detect_manifest import parse_names, sha256_file
+from edge_agent.detector import ModelError, load_detector
+from edge_agent.letterbox import letterbox, to_blob
+from edge_agent.nms import nms
+
+
+def constant_model(path, output: np.ndarray, *, size: int = 320, names: str | None = None,
+                   input_type: int = TensorProto.FLOAT, input_rank: int = 4, meta: dict | None = None):
+    """An ONNX model whose output is `output` whatever the image (the input only feeds a x0 term)."""
+    shape = [1, 3, size, size][:input_rank] if input_rank <= 4 else [1, 1, 3, size, size]
+    inp = helper.make_tensor_value_info("images", input_type, shape)
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))
+    nodes = [
+        helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        helper.make_node("Add", ["const", "z"], ["output0"]),
+    ]
+    inits = [numpy_helper.from_array(output.astype(np.float32), "const"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero")]
+    graph = helper.make_graph(nodes, "const", [inp], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    props = dict(meta or {})
+    if names is not None:
+        props["names"] = names
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+def v8_output(size: int = 320, nc: int = 2) -> np.ndarray:
+    n = anchor_count(size, size)
+    out = np.zeros((1, 4 + nc, n), np.float32)
+    out[0, :4, :] = 10.0  # every other location: a tiny box with score 0
+    # (cx, cy, w, h, class scores...)
+    rows = [
+        (100, 100, 40, 20, 0.9, 0.0),   # A: class 0
+        (100, 100, 40, 20, 0.0, 0.8),   # B: same place, class 1: class-aware NMS keeps it
+        (102, 101, 40, 20, 0.7, 0.0),   # C: overlaps A in class 0: suppressed
+        (250, 200, 30, 30, 0.5, 0.0),   # D: separate
+        (250, 300, 30, 30, 0.2, 0.0),   # E: below threshold
+    ]
+    for i, r in enumerate(rows):
+        out[0, :, i] = r[: 4 + nc]
+    return out
+
+
+def test_yolov8_layout_decodes_maps_back_and_is_class_aware(tmp_path):
+    path = constant_model(tmp_path / "v8.onnx", v8_output(), names="{0: 'pothole', 1: 'crack'}")
+    det = load_detector(DetectorConfig(model=str(path), score_threshold=0.3))
+    assert det.info.layout == "yolov8"
+    assert det.info.classes == ("pothole", "crack")
+    assert det.info.input_size == (320, 320)
+    # 640x480 frame -> scale 0.5, 40 px of padding top and bottom in the 320x320 input.
+    found = det.detect(np.zeros((480, 640, 3), np.uint8))
+    got = [(d.class_name, round(d.score, 2), round(d.x1), round(d.y1), round(d.x2), round(d.y2)) for d in found]
+    assert got == [
+        ("pothole", 0.9, 160, 100, 240, 140),
+        ("crack", 0.8, 160, 100, 240, 140),
+        ("pothole", 0.5, 470, 290, 530, 350),
+    ]
+
+
+def test_yolov5_layout_multiplies_objectness(tmp_path):
+    n = 3 * anchor_count(320, 320)
+    out = np.zeros((1, n, 6), np.float32)
+    out[0, :, :4] = 10.0
+    out[0, 0] = (160, 160, 64, 32, 0.8, 0.5)    # score 0.4
+    out[0, 1] = (40, 40, 20, 20, 0.9, 0.9)      # score 0.81
+    out[0, 2] = (200, 40, 20, 20, 0.5, 0.5)     # score 0.25: below 0.3
+    path = constant_model(tmp_path / "v5.onnx", out, names="{0: 'pothole'}")
+    det = load_detector(DetectorConfig(model=str(path), score_threshold=0.3))
+    assert det.info.layout == "yolov5"
+    found = det.detect(np.zeros((320, 320, 3), np.uint8))
+    assert [(round(d.score, 2), round(d.x1), round(d.y1)) for d in found] == [(0.81, 30, 30), (0.4, 128, 144)]
+
+
+def test_end2end_layout_skips_nms(tmp_path):
+    out = np.zeros((1, 300, 6), np.float32)
+    out[0, 0] = (10, 20, 110, 70, 0.95, 1)
+    out[0, 1] = (12, 20, 110, 70, 0.85, 1)   # heavy overlap, same class: an NMS-free model meant it
+    out[0, 2] = (200, 200, 300, 300, 0.6, 0)
+    path = constant_model(tmp_path / "e2e.onnx", out, names="{0: 'pothole', 1: 'crack'}")
+    det = load_detector(DetectorConfig(model=str(path), score_threshold=0.5))
+    assert det.info.layout == "end2end"
+    found = det.detect(np.zeros((320, 320, 3), np.uint8))
+    assert [(d.class_name, round(d.score, 2), round(d.x2)) for d in found] == [
+        ("crack", 0.95, 110), ("crack", 0.85, 110), ("pothole", 0.6, 300)]
+
+
+def test_layout_recognition_rules():
+    assert detect_layout((1, 84, 8400), 80, (640, 640)) is Layout.YOLOV8
+    assert detect_layout((1, 25200, 85), 80, (640, 640)) is Layout.YOLOV5
+    assert detect_layout((1, 25200, 6), 1, (640, 640)) is Layout.YOLOV5
+    assert detect_layout((1, 300, 6), 80, (640, 640)) is Layout.END2END
+    with pytest.raises(LayoutError, match="names 3"):
+        detect_layout((1, 6, 8400), 3, (640, 640))
+    with pytest.raises(LayoutError):
+        detect_layout((1, 84), None, (640, 640))
+
+
+def test_names_from_manifest_and_ultralytics_metadata(tmp_path):
+    assert parse_names("{0: 'pothole', 1: 'alligator crack'}") == ["pothole", "alligator crack"]
+    assert parse_names('["a", "b"]') == ["a", "b"]
+    assert parse_names("{1: 'x'}") is None  # ids must be 0..n-1
+    path = constant_model(tmp_path / "m.onnx", v8_output())
+    (tmp_path / "m.manifest.json").write_text(json.dumps({"name": "mine", "version": "7",
+                                                          "classes": ["p", "c"], "sha256": sha256_file(path)}))
+    det = load_detector(DetectorConfig(model=str(path)))
+    assert (det.info.name, det.info.version, det.info.classes) == ("mine", "7", ("p", "c"))
+
+
+def test_manifest_sha256_mismatch_is_refused(tmp_path):
+    path = constant_model(tmp_path / "m.onnx", v8_output(), names="{0: 'a', 1: 'b'}")
+    (tmp_path / "m.manifest.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        load_detector(DetectorConfig(model=str(path)))
+
+
+def test_non_model_file_and_missing_file_are_refused(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model")
+    with pytest.raises(ModelError, match="could not be loaded as an ONNX model"):
+        load_detector(DetectorConfig(model=str(bad)))
+    with pytest.raises(ModelError, match="not found"):
+        load_detector(DetectorConfig(model=str(tmp_path / "nope.onnx")))
+
+
+def test_wrong_input_rank_is_refused(tmp_path):
+    path = constant_model(tmp_path / "r3.onnx", v8_output(), input_rank=3, names="{0: 'a', 1: 'b'}")
+    with pytest.raises(ModelError, match="rank 3"):
+        load_detector(DetectorConfig(model=str(path)))
+
+
+def test_degenerate_outputs_are_refused_unless_check_disabled(tmp_path):
+    out = v8_output()
+    out[0, 4:, :] = 0.0  # every score zero: what a broken INT8 export produces
+    path = constant_model(tmp_path / "dead.onnx", out, names="{0: 'a', 1: 'b'}")
+    with pytest.raises(ModelError, match="degenerate"):
+        load_detector(DetectorConfig(model=str(path)))
+    det = load_detector(DetectorConfig(model=str(path), sanity_check=False))
+    assert det.detect(np.zeros((100, 100, 3), np.uint8)) == []
+
+
+def test_uint8_input_and_provider_fallback(tmp_path):
+    path = constant_model(tmp_path / "u8.onnx", v8_output(), input_type=TensorProto.UINT8, names="{0: 'a', 1: 'b'}")
+    cfg = DetectorConfig(model=str(path), providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    det = load_detector(cfg)
+    assert det.info.input_dtype == "uint8"
+    assert det.info.provider == "CPUExecutionProvider"  # nothing else is installed here; CPU is the last resort
+    assert len(det.detect(np.full((240, 320, 3), 90, np.uint8))) == 3
+
+
+def test_nms_is_class_aware_and_sorted():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    keep = nms(boxes, np.array([0.5, 0.9, 0.7, 0.1]), np.array([0, 0, 1, 0]), 0.5)
+    assert keep.tolist() == [1, 2, 3]
+    assert nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).tolist() == []
+
+
+@pytest.mark.parametrize("frame_shape", [(480, 640), (720, 1280), (300, 200), (320, 320)])
+def test_letterbox_round_trip(frame_shape):
+    h, w = frame_shape
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    canvas, lb = letterbox(frame, 320, 320)
+    assert canvas.shape == (320, 320, 3)
+    xy = rng.uniform(0, 1, (20, 2)) * [w, h]
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 50, (20, 2))], 1).clip(0, [w, h, w, h])
+    np.testing.assert_allclose(lb.to_frame(lb.to_input(boxes)), boxes, atol=1e-3)
+    # The frame's centre pixel lands at the canvas centre (padding is split evenly).
+    cx, cy = lb.to_input(np.array([[w / 2, h / 2, w / 2, h / 2]]))[0, :2]
+    assert abs(cx - 160) <= 1 and abs(cy - 160) <= 1
+    blob = to_blob(canvas, np.float32)
+    assert blob.shape == (1, 3, 320, 320) and blob.max() <= 1.0
+    assert blob[0, 0, 160, 160] == pytest.approx(canvas[160, 160, 2] / 255)  # channel 0 is red
+
+
+def test_bundled_resolves_to_models_bundled():
+    from edge_agent.detect_manifest import REPO_ROOT, resolve_model_path
+
+    if not (REPO_ROOT / "models" / "bundled" / "model.onnx").exists():
+        with pytest.raises(ModelError, match="bundled model is not installed"):
+            resolve_model_path("bundled")
+    else:
+        assert resolve_model_path("bundled") == REPO_ROOT / "models" / "bundled" / "model.onnx"
