@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 import socket
@@ -11,6 +13,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,3 +254,73 @@ def test_installer_rejects_bad_input() -> None:
     assert dry_run("server", "--workers", "zero").returncode != 0
     result = dry_run("frobnicate")
     assert result.returncode != 0 and "unknown argument" in result.stderr
+
+
+# ------------------------------------------------------------------- the agent itself under a fake systemd
+def test_edge_agent_run_speaks_the_notify_protocol(tmp_path: Path) -> None:
+    """`edge-agent run` with a 5 s video as camera: READY once up, WATCHDOG=1 at half of WatchdogSec while frames
+    flow, silence once they stop (systemd would restart it), STOPPING=1 and a clean exit on SIGTERM."""
+    import importlib.util
+    import signal
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    spec = importlib.util.spec_from_file_location("doctor_helpers", Path(__file__).with_name("test_doctor.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+    (tmp_path / "tiny.onnx").write_bytes(helpers.tiny_detector(0.6))
+    helpers.make_video(tmp_path / "road.mp4", frames=50)  # 10 fps: 5 s of frames
+    start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    (tmp_path / "drive.nmea").write_bytes(b"".join(helpers.nmea_epoch(start + timedelta(seconds=i))
+                                                   for i in range(30)))
+    (tmp_path / "state").mkdir()
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[device]
+id = "veh-notify"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+source = "{tmp_path / 'road.mp4'}"
+no_frame_after_s = 1.0
+[gnss]
+source = "file"
+file = "{tmp_path / 'drive.nmea'}"
+[detector]
+model = "{tmp_path / 'tiny.onnx'}"
+[uplink]
+enabled = false
+""")
+    sock_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.2)
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}  # WatchdogSec=2
+        proc = subprocess.Popen([str(VENV_BIN / "edge-agent"), "run", "--config", str(config)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        messages: list[tuple[float, str]] = []
+
+        def listen_until(done: Any, timeout_s: float) -> None:
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end and not done() and proc.poll() is None:
+                with contextlib.suppress(TimeoutError):
+                    messages.append((time.monotonic(), sock.recv(4096).decode()))
+
+        def pings() -> list[float]:
+            return [t for t, m in messages if m == "WATCHDOG=1"]
+
+        listen_until(lambda: any(m.startswith("READY=1") for _, m in messages), 60)
+        # The video runs out after 5 s; wait until the watchdog has been silent for longer than WatchdogSec.
+        listen_until(lambda: len(pings()) >= 2 and time.monotonic() - pings()[-1] > 3.0, 30)
+        proc.send_signal(signal.SIGTERM)
+        listen_until(lambda: any(m == "STOPPING=1" for _, m in messages), 10)
+        out, _ = proc.communicate(timeout=20)
+
+    kinds = [m.split("\n")[0].split("=")[0] for _, m in messages]
+    assert proc.returncode == 0, out[-2000:]
+    assert kinds[0] == "READY", messages
+    assert "camera ok" in messages[0][1] and "detector ok" in messages[0][1]
+    ping_times = pings()
+    assert len(ping_times) >= 2, messages
+    assert max(b - a for a, b in itertools.pairwise(ping_times)) < 2.0, "gaps above WatchdogSec while healthy"
+    assert kinds[-1] == "STOPPING"
+    assert messages[-1][0] - ping_times[-1] > 2.0, "pings must stop once frames stop, so systemd restarts the agent"
