@@ -72,10 +72,13 @@ class LineSplitter:
 
 
 def checksum(body: bytes) -> int:
-    """XOR of the bytes between `$` and `*`."""
-    value = 0
-    for byte in body:
-        value ^= byte
+    """XOR of the bytes between `$` and `*`: the body as one big integer, folded in halves down to a byte
+    (a handful of C-speed big-integer operations instead of a Python loop over every byte)."""
+    value = int.from_bytes(body, "little")
+    bits = len(body) * 8
+    while bits > 8:
+        bits = (bits // 16 + (bits % 16 > 0)) * 8  # half the bytes, rounded up
+        value = (value & ((1 << bits) - 1)) ^ (value >> bits)
     return value
 
 

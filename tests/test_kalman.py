@@ -225,3 +225,47 @@ def test_accuracy_on_a_synthetic_drive(rate_hz):
     figures = accuracy(rate_hz)
     assert figures["ratio"] <= 0.7, figures
     assert figures["tunnel_10s_max_m"] < 20.0, figures
+
+
+def test_axis_filter_equals_filterpy_kalman_filter():
+    """The per-axis float filter is the 4-state [e, n, ve, vn] filterpy KalmanFilter, step for step."""
+    import numpy as np
+    from filterpy.common import Q_continuous_white_noise
+    from filterpy.kalman import KalmanFilter
+
+    cfg = GnssConfig(gate_chi2=1e9, reset_jump_m=1e9)
+    pf = PositionFilter(cfg)
+    rng = np.random.default_rng(7)
+    kf = KalmanFilter(dim_x=4, dim_z=4)
+    q = cfg.process_accel_mps2**2
+    rv = cfg.velocity_sigma_mps**2
+    t = T0
+    for k in range(60):
+        dt_s = 1.0 if k % 7 else 0.5
+        t += dt_s
+        east, north = 12.0 * (t - T0) + rng.normal(0, 3), 3.0 * (t - T0) + rng.normal(0, 3)
+        ve, vn = 12.0 + rng.normal(0, 0.3), 3.0 + rng.normal(0, 0.3)
+        fix = fix_at(t, east, north, ve, vn, eph=2.0 + k % 3)
+        pose = pf.update(fix)
+        if k == 0:
+            frame = LocalFrame(fix.lat, fix.lon)  # the filter's frame starts at the first fix
+        z_e, z_n = frame.to_enu(fix.lat, fix.lon)
+        v_e = fix.speed_mps * math.sin(math.radians(fix.track_deg))
+        v_n = fix.speed_mps * math.cos(math.radians(fix.track_deg))
+        r = (fix.eph_m / math.sqrt(2)) ** 2
+        if k == 0:
+            kf.x = np.array([0.0, 0.0, v_e, v_n])
+            kf.P = np.diag([r, r, rv, rv])
+        else:
+            kf.F = np.array([[1, 0, dt_s, 0], [0, 1, 0, dt_s], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+            block = Q_continuous_white_noise(dim=2, dt=dt_s, spectral_density=q)
+            kf.Q = np.zeros((4, 4))
+            kf.Q[np.ix_([0, 2], [0, 2])] = block
+            kf.Q[np.ix_([1, 3], [1, 3])] = block
+            kf.predict()
+            kf.update(np.array([z_e, z_n, v_e, v_n]), R=np.diag([r, r, rv, rv]), H=np.eye(4))
+        e, n = frame.to_enu(pose.lat, pose.lon)
+        assert e == pytest.approx(kf.x[0], abs=1e-6)
+        assert n == pytest.approx(kf.x[1], abs=1e-6)
+        assert pose.speed_mps == pytest.approx(math.hypot(kf.x[2], kf.x[3]), abs=1e-9)
+        assert pose.h_std_m == pytest.approx(math.sqrt(kf.P[0, 0] + kf.P[1, 1]), rel=1e-9)

@@ -149,3 +149,12 @@ def test_fuzz_parser_never_raises_on_nmea_like_text(text):
     parser = NmeaParser()
     for line in text.splitlines():
         parser.parse_line(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_checksum_is_the_xor_of_all_bytes(body):
+    expected = 0
+    for byte in body:
+        expected ^= byte
+    assert checksum(body) == expected
