@@ -18,6 +18,7 @@ from edge_agent import sdnotify
 from edge_agent.capture import FrameSource
 from edge_agent.config import AgentConfig
 from edge_agent.health import HealthBoard
+from edge_agent.model_update import attach_to_agent, effective_model
 from edge_agent.pipeline import Pipeline, outbox_path
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class LiveAgent:
 
         cfg = self.cfg
         outbox = self.parts["outbox"] = Outbox(outbox_path(cfg), cfg.outbox, self.health)
-        detector = self.parts["detector"] = load_detector(cfg.detector)
+        # A model installed by a remote update (models/current.onnx) supersedes "bundled".
+        model = effective_model(cfg.detector, cfg.model_update, cfg.device.state_dir)
+        detector = self.parts["detector"] = load_detector(cfg.detector.model_copy(update={"model": model}))
         self.health.update(detector="ok")
         projector = load_projector(cfg)
         position_filter = PositionFilter(cfg.gnss)
@@ -63,7 +66,10 @@ class LiveAgent:
 
             self.parts["uplink"] = Uplink(cfg.uplink, cfg.device.id, outbox, self.health)
             self.parts["uplink"].start()
-        return Pipeline(cfg, detector, position_filter, projector, outbox, self.health)
+        pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, self.health)
+        if self.use_uplink:
+            attach_to_agent(cfg, self.parts["uplink"], pipeline, self.health)  # cmd/model-update
+        return pipeline
 
     def run(self) -> dict[str, Any]:
         """The main loop; returns the pipeline's summary when stopped."""

@@ -437,3 +437,26 @@ class ModelUpdater:
             except Exception as again:  # the old model worked a minute ago; say so loudly, keep running
                 reason += f"; reloading the previous model also failed: {again}"
         return self._result(payload, t0, ok=False, status="rolled_back", reason=reason, previous_sha256=before[0])
+
+
+# ------------------------------------------------------------------------------------ the live agent
+def attach_to_agent(cfg: Any, uplink: Any, pipeline: Any, health: HealthBoard | None = None) -> ModelUpdater:
+    """Serve cmd/model-update in `edge-agent run`: a model that passed its checks is loaded in the uplink's
+    worker thread and handed to PIPELINE between two frames (the main loop never waits for a load)."""
+
+    def activate(model: str) -> None:
+        from edge_agent.detector import load_detector
+        from edge_agent.events import ModelRef
+
+        detector = load_detector(cfg.detector.model_copy(update={"model": model}))
+        ref = ModelRef.of(detector.info)
+        pipeline.detector = detector  # one reference assignment: the next frame uses the new model
+        pipeline.model = ref
+        pipeline.coverage.model_sha256 = ref.sha256
+        if health is not None:
+            health.update(detector="ok", model={"name": ref.name, "version": ref.version, "sha256": ref.sha256})
+        log.info("now detecting with %s %s (%s)", ref.name, ref.version, ref.sha256[:12])
+
+    updater = ModelUpdater.from_config(cfg, activate=activate, health=health)
+    updater.register(uplink)
+    return updater
