@@ -9,6 +9,7 @@ import ipaddress
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -390,3 +391,99 @@ def test_effective_model_prefers_an_installed_update_over_bundled(tmp_path: Path
     store.swap("ab" * 32)
     assert effective_model(DetectorConfig(model="bundled"), cfg, str(tmp_path)) == str(store.current_link)
     assert effective_model(DetectorConfig(model="/opt/pinned.onnx"), cfg, str(tmp_path)) == "/opt/pinned.onnx"
+
+
+# ------------------------------------------------------------------------------ end to end, agent running
+@pytest.mark.services
+def test_running_agent_takes_a_model_update_over_mqtt(tmp_path: Path, model_server: ModelServer,
+                                                      service_info: Any, mqtt_device: Any) -> None:
+    """`edge-agent run` on the shared broker: the server publishes cmd/model-update, the agent downloads over
+    HTTPS, checks, swaps, starts detecting with the new model, and answers on cmd/model-update/result."""
+    import importlib.util
+    import queue
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from roadmon_contract import topics
+
+    spec = importlib.util.spec_from_file_location("doctor_helpers", Path(__file__).with_name("test_doctor.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+    device_id, password = mqtt_device()
+    (tmp_path / "pw").write_text(password)
+    store = ModelStore(tmp_path / "state" / "models")  # as install.sh leaves it
+    store.ensure()
+    first = tiny_detector(0.6, version="1")
+    store.path_of(hashlib.sha256(first).hexdigest()).write_bytes(first)
+    store.swap(hashlib.sha256(first).hexdigest())
+    helpers.make_video(tmp_path / "road.mp4", frames=600)  # a minute of frames at 10 fps
+    start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    (tmp_path / "drive.nmea").write_bytes(b"".join(helpers.nmea_epoch(start + timedelta(seconds=i))
+                                                   for i in range(90)))
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[device]
+id = "{device_id}"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+source = "{tmp_path / 'road.mp4'}"
+[gnss]
+source = "file"
+file = "{tmp_path / 'drive.nmea'}"
+[detector]
+model = "{store.current_link}"
+[uplink]
+host = "127.0.0.1"
+port = {service_info.mqtt_port}
+tls = false
+password_file = "{tmp_path / 'pw'}"
+heartbeat_s = 1
+[model_update]
+ca_file = "{model_server.ca}"
+""")
+    url, sha = model_server.publish(tiny_detector(0.8, version="2"))
+    messages: queue.Queue[tuple[str, dict]] = queue.Queue()
+    server = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-server-{device_id}")
+    server.username_pw_set(service_info.server_user, service_info.server_password)
+    server.on_message = lambda c, u, m: messages.put((m.topic, json.loads(m.payload)))
+    server.connect("127.0.0.1", service_info.mqtt_port)
+    server.subscribe([(topics.cmd_result(device_id, "model-update"), 1), (topics.status(device_id), 1)])
+    server.loop_start()
+    agent = subprocess.Popen([str(Path(sys.executable).parent / "edge-agent"), "run", "--config", str(config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(pred: Any, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                topic, payload = messages.get(timeout=0.5)
+            except queue.Empty:
+                assert agent.poll() is None, agent.stdout.read()  # type: ignore[union-attr]
+                continue
+            if pred(topic, payload):
+                return payload
+        raise AssertionError("timed out")
+
+    try:
+        wait_for(lambda t, p: t.endswith("/status") and p.get("state") == "online", 60)
+        server.publish(topics.cmd(device_id, "model-update"),
+                       json.dumps({"url": url, "sha256": sha, "name": "potholes-tiny", "version": "2"}), qos=1)
+        result = wait_for(lambda t, p: t.endswith("/result"), 60)
+        assert result["ok"] is True and result["status"] == "installed", result
+        assert result["sha256"] == sha
+        status = wait_for(lambda t, p: t.endswith("/status") and (p.get("model") or {}).get("sha256") == sha, 30)
+        assert status["model"]["version"] == "2", "the running agent now detects with the new model"
+        server.publish(topics.cmd(device_id, "model-update"),
+                       json.dumps({"url": url, "sha256": "0" * 64, "name": "x", "version": "3"}), qos=1)
+        bad = wait_for(lambda t, p: t.endswith("/result"), 60)
+        assert bad["ok"] is False and "sha256 mismatch" in bad["reason"]
+        assert store.current_sha() == sha
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        server.loop_stop()
+        server.disconnect()
