@@ -237,7 +237,8 @@ class GnssReader:
             raise _Lost(f"cannot open: {exc}") from None
         log.info("GNSS %s open at %d baud", self.cfg.port, self.cfg.baud)
         with port:
-            self._pump(lambda: port.read(4096))
+            # Whatever is waiting, else block until the first byte: stamps then follow arrival within a few ms.
+            self._pump(lambda: port.read(min(max(1, port.in_waiting), 4096)))
 
     def _stdin_session(self) -> None:
         stream = sys.stdin.buffer

@@ -345,3 +345,29 @@ def test_gps_monitor_shows_live_fixes(receiver):
 def test_gps_monitor_rejects_a_bad_gpsd_address():
     res = run_cli("monitor", "--gpsd", "nohostport", "--seconds", "1")
     assert res.exit_code == 1 and "HOST:PORT" in res.stderr
+
+
+# --- config
+
+
+def test_every_gnss_setting_is_described_and_in_the_example():
+    import tomllib
+
+    from edge_agent.config import EXAMPLE
+
+    for name, field in GnssConfig.model_fields.items():
+        assert field.description, name
+    example = tomllib.loads(EXAMPLE.read_text())["gnss"]
+    assert set(example) == set(GnssConfig.model_fields)
+    assert GnssConfig(**example) == GnssConfig()
+
+
+def test_gnss_config_rejects_unknown_keys_and_bad_values():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        GnssConfig(sorce="serial")
+    with pytest.raises(ValidationError):
+        GnssConfig(source="bluetooth")
+    with pytest.raises(ValidationError):
+        GnssConfig(baud=0)

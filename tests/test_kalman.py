@@ -269,3 +269,13 @@ def test_axis_filter_equals_filterpy_kalman_filter():
         assert n == pytest.approx(kf.x[1], abs=1e-6)
         assert pose.speed_mps == pytest.approx(math.hypot(kf.x[2], kf.x[3]), abs=1e-9)
         assert pose.h_std_m == pytest.approx(math.sqrt(kf.P[0, 0] + kf.P[1, 1]), rel=1e-9)
+
+
+def test_non_finite_fix_values_do_not_poison_the_filter():
+    pf = PositionFilter()
+    drive_east(pf, 10)
+    pose = pf.update(replace(fix_at(T0 + 11, 110.0, 0.0, 10.0, 0.0), lat=math.nan))
+    assert pose.state == "ok" and math.isfinite(pose.lat)
+    pose = pf.update(replace(fix_at(T0 + 12, 120.0, 0.0, 10.0, 0.0), eph_m=math.inf, hdop=None))
+    assert pose.state == "ok" and error_m(pose, 120.0, 0.0) < 1.0
+    assert not pf.stats.resets
