@@ -176,18 +176,7 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
 
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        fixed = fix_input_shape(src, Path(tmp) / "fixed.onnx", size)
-        try:
-            quant_pre_process(str(fixed), str(pre), skip_symbolic_shape=False)
-        except Exception as exc:  # pre-processing is an optimisation; quantization works without it
-            log.warning("quant_pre_process failed (%s); quantizing the model as it is", exc)
-            shutil.copy(fixed, pre)
-        model = onnx.load(str(pre))
-        ensure_node_names(model)
-        onnx.save(model, str(pre))
-        exclude = tail_nodes(model)
-        input_name = model.graph.input[0].name
+        pre, exclude = prepare(src, Path(tmp), size)
         # FP32 is timed in the same fixed-shape, pre-processed form, so the comparison is like for like.
         fp32 = load_detector(base_cfg.model_copy(update={"model": str(pre)}))
         say(f"FP32: measuring accuracy ({accuracy_source}) and latency")
@@ -198,11 +187,7 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
             out = Path(tmp) / f"{spec.name}.onnx"
             say(f"{spec.name}: calibrating on {len(calib)} images")
             try:
-                quantize_static(str(pre), str(out), ImageReader(calib, input_name, size),
-                                quant_format=spec.quant_format, activation_type=spec.activation_type,
-                                weight_type=spec.weight_type, per_channel=spec.per_channel,
-                                reduce_range=spec.reduce_range, nodes_to_exclude=exclude,
-                                calibrate_method=CalibrationMethod.MinMax)
+                quantize_one(pre, out, spec, calib, size, exclude)
                 det = load_detector(base_cfg.model_copy(update={"model": str(out), "sanity_check": True}))
             except Exception as exc:
                 trials.append(Trial(spec.name, None, float("nan"), note=f"failed: {exc}"[:300]))
@@ -227,6 +212,31 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
         shutil.copy(src if chosen == "fp32" else Path(tmp) / f"{chosen}.onnx", dst)
     say(reason)
     return QuantReport(chosen, reason, fp32_trial, trials, accuracy_source, str(dst))
+
+
+def prepare(src: Path, workdir: Path, size: tuple[int, int]) -> tuple[Path, list[str]]:
+    """Fixed input shape + quant_pre_process; returns the prepared model and the float-only tail nodes."""
+    pre = workdir / "pre.onnx"
+    fixed = fix_input_shape(src, workdir / "fixed.onnx", size)
+    try:
+        quant_pre_process(str(fixed), str(pre), skip_symbolic_shape=False)
+    except Exception as exc:  # pre-processing is an optimisation; quantization works without it
+        log.warning("quant_pre_process failed (%s); quantizing the model as it is", exc)
+        shutil.copy(fixed, pre)
+    model = onnx.load(str(pre))
+    ensure_node_names(model)
+    onnx.save(model, str(pre))
+    return pre, tail_nodes(model)
+
+
+def quantize_one(pre: Path, out: Path, spec: QuantFormatSpec, calib: list[Path], size: tuple[int, int],
+                 exclude: list[str]) -> Path:
+    input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+    quantize_static(str(pre), str(out), ImageReader(calib, input_name, size), quant_format=spec.quant_format,
+                    activation_type=spec.activation_type, weight_type=spec.weight_type,
+                    per_channel=spec.per_channel, reduce_range=spec.reduce_range, nodes_to_exclude=exclude,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
 
 
 def fix_input_shape(src: Path, dst: Path, size: tuple[int, int]) -> Path:
