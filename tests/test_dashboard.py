@@ -193,6 +193,11 @@ def markers_on_map(browser) -> int:
         return singles + clustered;""")
 
 
+def script_errors(browser) -> list[str]:
+    """JavaScript errors logged by the page (failed tile and thumbnail requests are expected, not errors)."""
+    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"]
+
+
 def save_screenshot(browser, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -266,6 +271,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     assert "9.6" in rows[0].text and "test-detector" in rows[0].text
     rows[0].click()  # centres the map on veh-a's last fix
     save_screenshot(browser, "dashboard-devices.png")
+    assert script_errors(browser) == []
 
 
 def test_manager_status_change_persists(server: Server, browser) -> None:
@@ -302,6 +308,7 @@ def test_manager_status_change_persists(server: Server, browser) -> None:
                        headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
     assert detail["properties"]["status"] == "scheduled"
     assert detail["history"][-1]["to_status"] == "scheduled"
+    assert script_errors(browser) == []
 
 
 def test_dashboard_settings_come_from_config(monkeypatch: pytest.MonkeyPatch) -> None:

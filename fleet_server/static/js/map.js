@@ -13,6 +13,7 @@ export class DefectMap {
     this.clusters = L.markerClusterGroup({
       maxClusterRadius: 45,
       showCoverageOnHover: false,
+      chunkedLoading: true, // a big fleet's thousands of markers go in without freezing the page
       iconCreateFunction: (cluster) => this.clusterIcon(cluster),
     });
     this.coverage = L.geoJSON(null, { style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
