@@ -58,10 +58,9 @@ def test_same_seed_same_scene_and_varied_scenes() -> None:
 def test_scene_is_fast_enough_for_online_training() -> None:
     rng = np.random.default_rng(0)
     random_training_scene(rng, 320, 320)
-    times = []
+    # CPU time of this process: wall time on the shared test machine mostly measures the neighbours. 20 ms is
+    # the target on an idle core (bench/bench_sim.py measures it); the bound here leaves room for a busy one.
+    cpu0 = time.process_time()
     for _ in range(15):
-        t = time.perf_counter()
         random_training_scene(rng, 320, 320)
-        times.append(time.perf_counter() - t)
-    # 20 ms is the target on an idle core; the shared test machine is busy, so assert a loose bound on the best.
-    assert min(times) < 0.04
+    assert (time.process_time() - cpu0) / 15 < 0.04

@@ -105,9 +105,11 @@ def sprite_to_ground(sprite: Sprite, forward_m: float, left_m: float, yaw_rad: f
 
 
 def paint_sprite(planes: list[np.ndarray], sprite: Sprite, ground_h: np.ndarray, forward_m: float, left_m: float,
-                 yaw_rad: float = 0.0) -> tuple[float, float, float, float] | None:
+                 yaw_rad: float = 0.0, min_box_px: float = 0.0) -> tuple[float, float, float, float] | None:
     """Darken/lighten the float colour planes (B, G, R) in place with the sprite at the ground position;
-    returns its tight image box (x1, y1, x2, y2) clipped to the image, or None when nothing of it is visible."""
+    returns its tight image box (x1, y1, x2, y2) clipped to the image, or None when nothing of it is visible.
+    With `min_box_px`, a sprite whose box would be narrower or lower than that is not painted at all (a
+    training image must not hold a pothole without its label)."""
     h_img, w_img = planes[0].shape[:2]
     a = sprite_to_ground(sprite, forward_m, left_m, yaw_rad)
     n = sprite.size_px
@@ -137,13 +139,17 @@ def paint_sprite(planes: list[np.ndarray], sprite: Sprite, ground_h: np.ndarray,
     size = (x1 - x0, y1 - y0)
     w_shade = cv2.warpPerspective(shade, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     w_alpha = cv2.warpPerspective(alpha, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    ys, xs = np.nonzero(w_alpha > _BOX_ALPHA)
+    if len(xs) == 0:
+        box = None
+    else:
+        box = float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)
+    if min_box_px > 0 and (box is None or min(box[2] - box[0], box[3] - box[1]) < min_box_px):
+        return None
     w_shade += 1.0
     for c, plane in enumerate(planes):
         plane[y0:y1, x0:x1] *= w_shade[..., c]
-    ys, xs = np.nonzero(w_alpha > _BOX_ALPHA)
-    if len(xs) == 0:
-        return None
-    return float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)
+    return box
 
 
 @dataclass
@@ -163,12 +169,26 @@ def random_crack(rng: np.random.Generator, length_m: float | None = None) -> Cra
     lines: list[np.ndarray] = []
     cell_m = 0.5
     if rng.random() < 0.3:
-        # Alligator cracking: a jittered grid of cells.
+        # Alligator cracking: a strongly jittered grid whose edges are drawn as separate, partly missing segments,
+        # so the cells come out as irregular polygons rather than a neat net.
         cells = max(2, int(length_m / 0.25))
         cell_m = length_m / cells
         g = np.stack(np.meshgrid(np.arange(cells + 1), np.arange(cells + 1), indexing="ij"), -1).astype(float)
-        g = (g / cells - 0.5) * length_m + rng.normal(0, 0.04, g.shape)
-        lines += [g[i] for i in range(cells + 1)] + [g[:, j] for j in range(cells + 1)]
+        g = (g / cells - 0.5) * length_m + rng.normal(0, 0.25 * cell_m, g.shape)
+        centre_dist = np.hypot(g[..., 0], g[..., 1]) / (length_m / 2)
+        for i in range(cells + 1):
+            for j in range(cells + 1):
+                for di, dj in ((1, 0), (0, 1)):
+                    a, b = (i, j), (i + di, j + dj)
+                    if b[0] > cells or b[1] > cells:
+                        continue
+                    # Fewer segments towards the edge of the patch: it frays out instead of ending in a square.
+                    if rng.random() < 0.15 + 0.6 * max(centre_dist[a], centre_dist[b]) ** 2:
+                        continue
+                    mid = (g[a] + g[b]) / 2 + rng.normal(0, 0.12 * cell_m, 2)
+                    lines.append(np.array([g[a], mid, g[b]]))
+        if not lines:
+            lines.append(np.array([g[0, 0], g[cells, cells]]))
     else:
         heading = rng.uniform(0, 2 * math.pi)
         for _ in range(int(rng.integers(1, 4))):
@@ -210,4 +230,29 @@ def paint_crack(planes: list[np.ndarray], crack: Crack, ground_h: np.ndarray, fo
     factor = 1.0 - mask.astype(np.float32) * np.float32(crack.darkness / 255.0)
     for plane in planes:
         plane[y0:y1, x0:x1] *= factor
+    return True
+
+
+def paint_patch(planes: list[np.ndarray], ground_h: np.ndarray, forward_m: float, left_m: float, yaw_rad: float,
+                width_m: float, length_m: float, factor: float) -> bool:
+    """A repaired (re-surfaced) rectangle: uniformly darker or lighter with straight edges, a distractor that
+    is dark like a pothole but has neither its ragged outline nor its rim. False when out of view."""
+    cy, sy = math.cos(yaw_rad), math.sin(yaw_rad)
+    half = np.array([[length_m, width_m], [length_m, -width_m], [-length_m, -width_m], [-length_m, width_m]]) / 2
+    f = forward_m + half[:, 0] * cy - half[:, 1] * sy
+    left = left_m + half[:, 0] * sy + half[:, 1] * cy
+    if np.any(f < MIN_FORWARD_M):
+        return False
+    p = ground_h @ np.vstack([f, left, np.ones(4)])
+    uv = (p[:2] / p[2]).T
+    h_img, w_img = planes[0].shape[:2]
+    x0, y0 = np.maximum(np.floor(uv.min(axis=0)).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(uv.max(axis=0)).astype(int) + 2, [w_img, h_img])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return False
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(mask, [np.round((uv - [x0, y0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    gain = 1.0 - mask.astype(np.float32) * np.float32((1.0 - factor) / 255.0)
+    for plane in planes:
+        plane[y0:y1, x0:x1] *= gain
     return True

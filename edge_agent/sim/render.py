@@ -16,12 +16,21 @@ import numpy as np
 
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
-from edge_agent.sim.paint import Crack, Sprite, paint_crack, paint_sprite, pothole_sprite, random_crack
+from edge_agent.sim.paint import (
+    Crack,
+    Sprite,
+    paint_crack,
+    paint_patch,
+    paint_sprite,
+    pothole_sprite,
+    random_crack,
+)
 from edge_agent.sim.route import Route
 from edge_agent.sim.surface import RoadStyle, grain_gain, random_style, shade_surface, shadow_factor
 
 MAX_RENDER_RANGE_M = 120.0
 POTHOLE = "pothole"
+MIN_BOX_PX = 3.0   # training potholes smaller than this (either side) are not painted
 
 
 class CameraView:
@@ -184,21 +193,30 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
     for _ in range(int(rng.integers(0, 4))):
         crack = random_crack(rng)
         # Far away a crack net would melt into a dark blob that looks like an unlabelled pothole: keep its cells
-        # (or a lone crack's bends) at least a few pixels apart.
-        max_f = min(25.0, view.projector.intrinsics.fx * crack.cell_m / 3.0)
+        # (or a lone crack's bends) at least 5 pixels apart.
+        max_f = min(25.0, view.projector.intrinsics.fx * crack.cell_m / 5.0)
         if max_f <= 2.0:
             continue
         f = float(rng.uniform(2, max_f))
         left = float(-d_vehicle + rng.uniform(-style.road_half_width, style.road_half_width))
         cracks.append((crack, f, left, float(rng.uniform(0, math.pi))))
+    patches = []
+    if rng.random() < 0.3:
+        for _ in range(int(rng.integers(1, 3))):
+            patches.append((float(rng.uniform(3, 30)),
+                            float(-d_vehicle + rng.uniform(-style.road_half_width, style.road_half_width) * 0.7),
+                            float(rng.normal(0, 0.05)), float(rng.uniform(0.8, 3.5)), float(rng.uniform(1.0, 6.0)),
+                            float(rng.choice([rng.uniform(0.72, 0.9), rng.uniform(1.08, 1.2)]))))
     boxes: list[tuple[float, float, float, float]] = []
 
     def paint(img: list[np.ndarray]) -> None:
+        for patch in patches:
+            paint_patch(img, view.homography, *patch)
         for crack, f, left, yaw in cracks:
             paint_crack(img, crack, view.homography, f, left, yaw)
         for (f, left, _), sprite in zip(potholes, sprites, strict=True):
-            box = paint_sprite(img, sprite, view.homography, f, left, float(rng.uniform(-0.3, 0.3)))
-            if box is not None and box[2] - box[0] >= 3 and box[3] - box[1] >= 3:
+            box = paint_sprite(img, sprite, view.homography, f, left, float(rng.uniform(-0.3, 0.3)), MIN_BOX_PX)
+            if box is not None:
                 boxes.append(box)
 
     weight, add = backdrop(view, style, _sky(view, style, rng))
