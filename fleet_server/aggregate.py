@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-import numpy as np
 import psycopg
 
 from fleet_server.config import AggregateConfig
@@ -30,7 +26,7 @@ _LOCK_KEY = 0x526D4167
 OPEN_FOR_MISSES = ("new", "confirmed", "scheduled", "likely_repaired")
 AUTO_STATES = ("new", "confirmed", "likely_repaired")  # states the aggregator may change by itself
 MISS_SLACK = timedelta(seconds=30)
-EARTH_M_PER_DEG = 111_320.0
+M_PER_DEG = 111_320.0
 
 
 def lock(conn: psycopg.Connection) -> None:
@@ -42,7 +38,11 @@ def _gate_sql() -> str:
 
 
 def assign(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> set[int]:
-    """Give each new sighting a defect; returns the defects touched."""
+    """Give each new sighting still without a defect one; returns the defects touched.
+
+    `store` matches sightings to existing defects as it inserts them; this catches the rest, and also the
+    case of two workers each inserting a first sighting of one new pothole (the lock orders them, and the
+    second sees the first's defect here or in `merge_neighbours`)."""
     if not event_ids:
         return set()
     params = {"ids": event_ids, "radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
@@ -51,29 +51,11 @@ def assign(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig)
         UPDATE sightings t SET defect_id = m.id FROM (
             SELECT s.event_id, d.id FROM sightings s CROSS JOIN LATERAL (
                 SELECT d.id FROM defects d
-                WHERE d.class = s.class AND d.status <> 'repaired' AND ST_DWithin(d.geom, s.geom, {_gate_sql()})
+                WHERE d.class = s.class AND d.status <> 'repaired' AND ST_DWithin(d.geom, s.geom, {_gate_sql()}, false)
                 ORDER BY d.geom <-> s.geom LIMIT 1) d
-            WHERE s.event_id = ANY(%(ids)s::uuid[])) m
+            WHERE s.event_id = ANY(%(ids)s::uuid[]) AND s.defect_id IS NULL) m
         WHERE t.event_id = m.event_id RETURNING t.defect_id""", params)}
-    # Sightings with no defect yet: one at a time, in capture order, so the first of a new pothole
-    # creates it and the next ones of the same batch join it.
-    loose = conn.execute("""SELECT event_id FROM sightings WHERE event_id = ANY(%s::uuid[]) AND defect_id IS NULL
-                            ORDER BY captured_at""", (event_ids,)).fetchall()
-    for (event_id,) in loose:
-        params["id"] = event_id
-        row = conn.execute(f"""
-            SELECT d.id FROM sightings s JOIN defects d
-              ON d.class = s.class AND d.status <> 'repaired' AND ST_DWithin(d.geom, s.geom, {_gate_sql()})
-            WHERE s.event_id = %(id)s ORDER BY d.geom <-> s.geom LIMIT 1""", params).fetchone()
-        if row is None:
-            row = conn.execute("""
-                INSERT INTO defects (class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, vehicle_count,
-                                     pass_count, severity, confidence, size_width_m, size_length_m)
-                SELECT class, geom, h_accuracy_m, captured_at, captured_at, 1, 1, 1, severity, confidence,
-                       size_width_m, size_length_m
-                FROM sightings WHERE event_id = %s RETURNING id""", (event_id,)).fetchone()
-        conn.execute("UPDATE sightings SET defect_id = %s WHERE event_id = %s", (row[0], event_id))
-        touched.add(row[0])
+    touched |= create_defects(conn, event_ids, cfg)
     # A pass that saw the defect is no miss, even when its coverage record arrived before its event.
     conn.execute("""
         DELETE FROM defect_misses m USING sightings s
@@ -82,84 +64,109 @@ def assign(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig)
     return touched
 
 
-@dataclass
-class Sighting:
-    lat: float
-    lon: float
-    h: float
-    device: str
-    at: datetime
-    severity: float | None
-    confidence: float
-    width: float | None
-    length: float | None
+def _gate(h: float, cfg: AggregateConfig) -> float:
+    return min(max(cfg.merge_radius_m, cfg.accuracy_gate * h), max(cfg.max_gate_m, cfg.merge_radius_m))
 
 
-def robust_position(rows: list[Sighting], outlier_sigma: float) -> tuple[float, float, float]:
-    """(lat, lon, accuracy_m): mean weighted by 1/h^2, re-done without sightings far outside their accuracy."""
-    lat = np.array([r.lat for r in rows])
-    lon = np.array([r.lon for r in rows])
-    h = np.maximum(np.array([r.h for r in rows]), 0.1)
-    w = 1.0 / h**2
-    keep = np.ones(len(rows), dtype=bool)
-    for _ in range(3):
-        mlat = np.average(lat[keep], weights=w[keep])
-        mlon = np.average(lon[keep], weights=w[keep])
-        dy = (lat - mlat) * EARTH_M_PER_DEG
-        dx = (lon - mlon) * EARTH_M_PER_DEG * math.cos(math.radians(mlat))
-        dist = np.hypot(dx, dy)
-        new_keep = dist <= outlier_sigma * np.maximum(h, 1.0)
-        if new_keep.sum() < max(1, len(rows) // 2) or (new_keep == keep).all():
-            break
-        keep = new_keep
-    accuracy = float(1.0 / math.sqrt(w[keep].sum()))
-    return float(mlat), float(mlon), accuracy
+def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> set[int]:
+    """New defects for the batch's sightings that matched none: grouped in capture order, so the first
+    sighting of a new pothole starts it and the batch's later ones within its gate join it."""
+    loose = conn.execute("""SELECT event_id, class, ST_Y(geom::geometry), ST_X(geom::geometry), h_accuracy_m
+                            FROM sightings WHERE event_id = ANY(%s::uuid[]) AND defect_id IS NULL
+                            ORDER BY captured_at""", (event_ids,)).fetchall()
+    if not loose:
+        return set()
+    cell_m = max(cfg.max_gate_m, cfg.merge_radius_m)
+    cells: dict[tuple, list[int]] = {}
+    leaders: list[tuple] = []  # (event_id, lat, lon) of the sighting that starts each new defect
+    member_of: list[int] = []  # index into leaders, per loose sighting
+    for event_id, klass, lat, lon, h in loose:
+        x, y = lon * M_PER_DEG * math.cos(math.radians(lat)), lat * M_PER_DEG
+        cx, cy = int(x // cell_m), int(y // cell_m)
+        best, best_d = None, _gate(h, cfg)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for i in cells.get((klass, cx + dx, cy + dy), ()):
+                    d = math.hypot(leaders[i][1] - x, leaders[i][2] - y)
+                    if d <= best_d:
+                        best, best_d = i, d
+        if best is None:
+            best = len(leaders)
+            leaders.append((event_id, x, y))
+            cells.setdefault((klass, cx, cy), []).append(best)
+        member_of.append(best)
+    ids = [r[0] for r in conn.execute("SELECT nextval('defects_id_seq') FROM generate_series(1, %s)",
+                                      (len(leaders),))]
+    conn.execute("""
+        INSERT INTO defects (id, class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, vehicle_count,
+                             pass_count, severity, confidence, size_width_m, size_length_m)
+        SELECT n.id, s.class, s.geom, s.h_accuracy_m, s.captured_at, s.captured_at, 1, 1, 1, s.severity,
+               s.confidence, s.size_width_m, s.size_length_m
+        FROM unnest(%s::bigint[], %s::uuid[]) AS n(id, event_id) JOIN sightings s USING (event_id)""",
+                 (ids, [leader[0] for leader in leaders]))
+    conn.execute("""UPDATE sightings s SET defect_id = n.id FROM unnest(%s::uuid[], %s::bigint[]) AS n(event_id, id)
+                    WHERE s.event_id = n.event_id""", ([r[0] for r in loose], [ids[i] for i in member_of]))
+    return set(ids)
 
 
-def count_passes(rows: Iterable[Sighting], gap_s: float) -> int:
-    passes = 0
-    last: dict[str, datetime] = {}
-    for r in sorted(rows, key=lambda r: (r.device, r.at)):
-        prev = last.get(r.device)
-        if prev is None or (r.at - prev).total_seconds() > gap_s:
-            passes += 1
-        last[r.device] = r.at
-    return passes
-
-
-def _median(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.median(vals)) if vals else None
+REFRESH = """
+WITH s AS (
+    SELECT defect_id, ST_Y(geom::geometry) AS lat, ST_X(geom::geometry) AS lon, GREATEST(h_accuracy_m, 0.1) AS h,
+           device_id, captured_at, severity, confidence, size_width_m, size_length_m,
+           row_number() OVER (PARTITION BY defect_id ORDER BY captured_at DESC) AS rn
+    FROM sightings WHERE defect_id = ANY(%(ids)s)
+), recent AS (SELECT * FROM s WHERE rn <= %(cap)s),
+first_mean AS (   -- weighted by 1/h^2
+    SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(lon / (h * h)) / sum(1 / (h * h)) AS lon,
+           1 / sqrt(sum(1 / (h * h))) AS acc, count(*) AS n
+    FROM recent GROUP BY defect_id
+), kept AS (      -- robust: leave out sightings far outside their own accuracy, then average again
+    SELECT r.* FROM recent r JOIN first_mean m USING (defect_id)
+    WHERE sqrt(((r.lat - m.lat) * 111320) ^ 2 + ((r.lon - m.lon) * 111320 * cos(radians(m.lat))) ^ 2)
+          <= %(sigma)s * GREATEST(r.h, 1)
+), second_mean AS (
+    SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(lon / (h * h)) / sum(1 / (h * h)) AS lon,
+           1 / sqrt(sum(1 / (h * h))) AS acc, count(*) AS n
+    FROM kept GROUP BY defect_id
+), pos AS (
+    SELECT f.defect_id,
+           CASE WHEN 2 * s2.n >= f.n THEN s2.lat ELSE f.lat END AS lat,
+           CASE WHEN 2 * s2.n >= f.n THEN s2.lon ELSE f.lon END AS lon,
+           CASE WHEN 2 * s2.n >= f.n THEN s2.acc ELSE f.acc END AS acc
+    FROM first_mean f LEFT JOIN second_mean s2 USING (defect_id)
+), gaps AS (      -- a pass: one device's sightings with no gap longer than pass_gap_s
+    SELECT defect_id, captured_at - lag(captured_at) OVER (PARTITION BY defect_id, device_id ORDER BY captured_at)
+           AS gap
+    FROM s
+), passes AS (
+    SELECT defect_id, count(*) FILTER (WHERE gap IS NULL OR gap > %(gap)s) AS n FROM gaps GROUP BY defect_id
+), totals AS (
+    SELECT defect_id, min(captured_at) AS first_seen, max(captured_at) AS last_seen, count(*) AS n,
+           count(DISTINCT device_id) AS vehicles FROM s GROUP BY defect_id
+), looks AS (
+    SELECT defect_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY severity) AS severity,
+           max(confidence) AS confidence,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY size_width_m) AS width,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY size_length_m) AS length
+    FROM recent GROUP BY defect_id
+)
+UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
+       first_seen = t.first_seen, last_seen = t.last_seen, sighting_count = t.n, vehicle_count = t.vehicles,
+       pass_count = p.n, severity = l.severity, confidence = l.confidence, size_width_m = l.width,
+       size_length_m = l.length, updated_at = now()
+FROM pos JOIN totals t USING (defect_id) JOIN passes p USING (defect_id) JOIN looks l USING (defect_id)
+WHERE d.id = pos.defect_id
+"""
 
 
 def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig) -> None:
-    """Recompute position, counts and automatic status of DEFECT_IDS from their sightings and misses."""
+    """Recompute position, counts and automatic status of DEFECT_IDS from their sightings and misses
+    (one statement for all of them, whatever the batch size)."""
     if not defect_ids:
         return
     ids = sorted(defect_ids)
-    by_defect: dict[int, list[Sighting]] = defaultdict(list)
-    for row in conn.execute("""
-            SELECT defect_id, ST_Y(geom::geometry), ST_X(geom::geometry), h_accuracy_m, device_id, captured_at,
-                   severity, confidence, size_width_m, size_length_m
-            FROM sightings WHERE defect_id = ANY(%s) ORDER BY captured_at DESC""", (ids,)):
-        by_defect[row[0]].append(Sighting(*row[1:]))
-    updates = []
-    for defect_id in ids:
-        rows = by_defect.get(defect_id)
-        if not rows:
-            continue
-        recent = rows[: cfg.max_sightings_for_position]
-        lat, lon, acc = robust_position(recent, cfg.outlier_sigma)
-        updates.append((lon, lat, acc, min(r.at for r in rows), max(r.at for r in rows), len(rows),
-                        len({r.device for r in rows}), count_passes(rows, cfg.pass_gap_s),
-                        _median([r.severity for r in recent]), max(r.confidence for r in recent),
-                        _median([r.width for r in recent]), _median([r.length for r in recent]), defect_id))
-    with conn.cursor() as cur:
-        cur.executemany("""
-            UPDATE defects SET geom = ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, h_accuracy_m = %s,
-                   first_seen = %s, last_seen = %s, sighting_count = %s, vehicle_count = %s, pass_count = %s,
-                   severity = %s, confidence = %s, size_width_m = %s, size_length_m = %s, updated_at = now()
-            WHERE id = %s""", updates)
+    conn.execute(REFRESH, {"ids": ids, "cap": cfg.max_sightings_for_position, "sigma": cfg.outlier_sigma,
+                           "gap": timedelta(seconds=cfg.pass_gap_s)})
     update_status(conn, ids, cfg)
 
 
@@ -171,7 +178,7 @@ def record_misses(conn: psycopg.Connection, coverage_ids: list[str], cfg: Aggreg
         INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at)
         SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at
         FROM coverage c JOIN defects d
-          ON ST_DWithin(d.geom, c.line, COALESCE(c.half_width_m, %(hw)s))
+          ON ST_DWithin(d.geom, c.line, COALESCE(c.half_width_m, %(hw)s), false)
         WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
           AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
           AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
@@ -188,11 +195,16 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
     """The automatic transitions, each written to defect_history by 'aggregator'."""
     if not ids:
         return
-    conn.execute("SELECT id FROM defects WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
     rows = conn.execute("""
-        SELECT d.id, d.status, d.sighting_count, d.pass_count, count(m.coverage_id), count(DISTINCT m.device_id)
-        FROM defects d LEFT JOIN defect_misses m ON m.defect_id = d.id AND m.started_at > d.last_seen
-        WHERE d.id = ANY(%s) GROUP BY d.id""", (ids,)).fetchall()
+        WITH locked AS (SELECT id FROM defects WHERE id = ANY(%s) ORDER BY id FOR UPDATE),
+        counted AS (
+            SELECT d.id, count(m.coverage_id) AS misses, count(DISTINCT m.device_id) AS vehicles
+            FROM defects d JOIN locked USING (id)
+            LEFT JOIN defect_misses m ON m.defect_id = d.id AND m.started_at > d.last_seen
+            GROUP BY d.id)
+        UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
+        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""", (ids,)).fetchall()
+    changes: list[tuple[int, str, str, str]] = []
     for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
         repaired = misses >= cfg.repair_misses and miss_vehicles >= cfg.repair_vehicles
         confirmed = sightings >= cfg.confirm_sightings and passes >= cfg.confirm_passes
@@ -203,10 +215,17 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
             target = "confirmed" if confirmed else "new"  # seen again
         elif status == "new" and confirmed:
             target = "confirmed"
-        conn.execute("UPDATE defects SET miss_count = %s WHERE id = %s", (misses, defect_id))
         if target != status:
-            set_status(conn, defect_id, status, target, "aggregator",
-                       f"{sightings} sightings in {passes} passes; {misses} misses from {miss_vehicles} vehicles")
+            changes.append((defect_id, status, target,
+                            f"{sightings} sightings in {passes} passes; {misses} misses from {miss_vehicles} vehicles"))
+    if changes:
+        conn.execute("""UPDATE defects d SET status = c.status, status_changed_at = now(), updated_at = now()
+                        FROM unnest(%s::bigint[], %s::text[]) AS c(id, status) WHERE d.id = c.id""",
+                     ([c[0] for c in changes], [c[2] for c in changes]))
+        conn.execute("""INSERT INTO defect_history (defect_id, actor, from_status, to_status, note)
+                        SELECT id, 'aggregator', old, new, note
+                        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS c(id, old, new, note)""",
+                     tuple(list(col) for col in zip(*changes, strict=True)))
 
 
 def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: str, actor: str,
@@ -232,9 +251,11 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
             SELECT DISTINCT ON (drop_id) keep_id, drop_id FROM (
                 SELECT LEAST(a.id, b.id) AS keep_id, GREATEST(a.id, b.id) AS drop_id, a.geom <-> b.geom AS dist
                 FROM defects a JOIN defects b
-                  ON b.class = a.class AND b.id <> a.id AND ST_DWithin(a.geom, b.geom, LEAST(GREATEST(%(radius)s,
+                  ON b.class = a.class AND b.id <> a.id
+                 AND ST_DWithin(a.geom, b.geom, GREATEST(%(max_gate)s, %(radius)s), false)  -- constant: uses the index
+                 AND ST_DWithin(a.geom, b.geom, LEAST(GREATEST(%(radius)s,
                      %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
-                     GREATEST(%(max_gate)s, %(radius)s)))
+                     GREATEST(%(max_gate)s, %(radius)s)), false)
                 WHERE a.id = ANY(%(ids)s) AND a.status NOT IN ('repaired', 'dismissed')
                   AND b.status NOT IN ('repaired', 'dismissed')) p
             ORDER BY drop_id, dist""", {"radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
@@ -263,13 +284,14 @@ def _deleted(conn: psycopg.Connection, ids: set[int]) -> set[int]:
     return set(ids) - have
 
 
-def aggregate_new(conn: psycopg.Connection, event_ids: list[str], coverage_ids: list[str],
+def aggregate_new(conn: psycopg.Connection, event_ids: list[str], matched: set[int], coverage_ids: list[str],
                   cfg: AggregateConfig) -> None:
-    """Everything aggregation does for one committed batch (call inside its transaction)."""
+    """Everything aggregation does for one batch, inside its transaction: EVENT_IDS are the new sightings,
+    MATCHED the defects they joined on insert, COVERAGE_IDS the new coverage records."""
     if not event_ids and not coverage_ids:
         return
     lock(conn)
-    touched = assign(conn, event_ids, cfg)
+    touched = matched | assign(conn, event_ids, cfg)
     refresh(conn, touched, cfg)
     merge_neighbours(conn, touched, cfg)
     record_misses(conn, coverage_ids, cfg)

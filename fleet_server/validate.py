@@ -12,7 +12,11 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
 from typing import Any
+
+import jsonschema_rs
 
 from fleet_server.config import IngestConfig
 from roadmon_contract import validate as contract
@@ -72,10 +76,18 @@ def _check_time(where: str, text: str, now: datetime, cfg: IngestConfig) -> date
     return value
 
 
+@cache
+def _fast_validator(kind: str) -> Any:
+    text = resources.files("roadmon_contract.schemas").joinpath(f"{kind}.schema.json").read_text()
+    return jsonschema_rs.validator_for(json.loads(text), validate_formats=True)
+
+
 def check_schema(kind: str, obj: Any) -> None:
-    problems = contract.errors(kind, obj)
-    if problems:
-        raise Invalid("schema: " + "; ".join(problems[:5]))
+    # The Rust validator answers yes/no ~100x faster; the contract's own validator then words the reasons.
+    if _fast_validator(kind).is_valid(obj):
+        return
+    problems = contract.errors(kind, obj) or ["rejected by the schema"]
+    raise Invalid("schema: " + "; ".join(problems[:5]))
 
 
 def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:

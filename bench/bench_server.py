@@ -1,0 +1,230 @@
+"""Fleet server benchmark, as ratios measured in one run on the project's real PostGIS and Mosquitto.
+
+1. Ingest: sightings/s through MQTT -> ingest worker -> PostGIS (validated, aggregated into defects, committed,
+   acked back to the device) against a bare COPY of the same rows into a table like `sightings`.
+   Target: ratio >= 0.3.
+2. Map query: GET /api/v1/defects p95 for a 2 km bbox with 1M sightings / 100k defects in the database.
+   Target: p95 <= 50 ms.
+
+    python bench/bench_server.py [--quick] [--events N] [--workers N] [--defects N] [--queries N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
+
+import psycopg  # noqa: E402
+import services  # noqa: E402
+from server_fixtures import DeviceClient, make_event, offset, server_config, token  # noqa: E402
+
+from fleet_server.migrate import migrate  # noqa: E402
+from fleet_server.store import _event_row  # noqa: E402
+
+CENTRE = (48.137, 11.575)
+
+
+def fresh_database(name: str) -> str:
+    dsn = services.Postgres().create_database(name)
+    migrate(dsn)
+    return dsn
+
+
+def synthetic_events(n: int, devices: list[str], potholes: int, rng: random.Random) -> list[dict]:
+    """N events from DEVICES over POTHOLES spots along 20 km of road, with 3 m noise, in pass order."""
+    spots = [offset(*CENTRE, rng.uniform(-10_000, 10_000), rng.uniform(-10_000, 10_000)) for _ in range(potholes)]
+    start = datetime.now(UTC) - timedelta(days=3)
+    out = []
+    for i in range(n):
+        lat, lon = spots[i % potholes]
+        device = devices[i % len(devices)]
+        at = start + timedelta(seconds=i * 2)
+        out.append(make_event(device, *offset(lat, lon, rng.gauss(0, 2), rng.gauss(0, 2)), h=3.0, at=at, seq=i))
+    return out
+
+
+def bare_copy(dsn: str, events: list[dict]) -> float:
+    """Rows/s of a plain COPY of the same sightings into a table with the same columns and indexes."""
+    now = datetime.now(UTC)
+    rows = [_event_row(e, now, "bench") for e in events]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute("CREATE TABLE bench_copy (LIKE sightings INCLUDING DEFAULTS INCLUDING INDEXES)")
+        t0 = time.monotonic()
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                "COPY bench_copy (event_id, device_id, seq, captured_at, received_at, source, class, confidence, geom, "
+                "h_accuracy_m, vehicle_geom, vehicle_h_accuracy_m, speed_mps, heading_deg, size_width_m, "
+                "size_length_m, severity, frames, bbox, model, payload) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row((r["event_id"], r["device_id"], r["seq"], r["captured_at"], r["received_at"],
+                                r["source"], r["class"], r["confidence"], f"SRID=4326;POINT({r['lon']} {r['lat']})",
+                                r["h"], f"SRID=4326;POINT({r['vlon']} {r['vlat']})", r["vh"], r["speed"],
+                                r["heading"], r["width"], r["length"], r["severity"], r["frames"],
+                                "{" + ",".join(str(v) for v in r["bbox"]) + "}", json.dumps(r["model"]),
+                                json.dumps(r["payload"])))
+        elapsed = time.monotonic() - t0
+        conn.execute("DROP TABLE bench_copy")
+    return len(rows) / elapsed
+
+
+def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], devices: list[str], workers: int,
+                tmp: Path) -> tuple[float, dict]:
+    """Sightings/s from the first publish until every event is acked back to its device. The workers run
+    as `fleet-server ingest` in a process of their own, as in production."""
+    broker = services.Mosquitto()
+    passwords = {d: secrets.token_urlsafe(12) for d in devices}
+    for d, password in passwords.items():
+        broker.add_device(d, password)
+    conf = tmp / "ingest.toml"
+    conf.write_text(f"""[mqtt]\nport = {info.mqtt_port}\nclient_id_prefix = "bench-{secrets.token_hex(3)}"
+[ingest]\nshare_group = "bench{secrets.token_hex(3)}"\ndevices = {json.dumps(devices)}\n""")
+    env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
+    server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "ingest", "--workers",
+                               str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    clients: dict[str, DeviceClient] = {}
+    try:
+        time.sleep(3)  # workers connect and subscribe
+        clients = {d: DeviceClient(info.mqtt_host, info.mqtt_port, d, passwords[d]) for d in devices}
+        payloads = [(e["device_id"], json.dumps(e).encode()) for e in events]
+        wanted = {e["event_id"] for e in events}
+        t0 = time.monotonic()
+        pending = [clients[device].client.publish(f"roadmon/v1/{device}/event", body, qos=1)
+                   for device, body in payloads]
+        for p in pending:
+            p.wait_for_publish(60)
+        published_s = time.monotonic() - t0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if set().union(*(c.acked_events() for c in clients.values())) >= wanted:
+                break
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        acked = set().union(*(c.acked_events() for c in clients.values()))
+        if not acked >= wanted:
+            raise SystemExit(f"only {len(acked & wanted)} of {len(wanted)} events acked")
+    finally:
+        for c in clients.values():
+            c.close()
+        server.terminate()
+        server.wait(15)
+    return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed}
+
+
+def seed_map(dsn: str, defects: int, per_defect: int, rng: random.Random) -> None:
+    """DEFECTS defects spread over a 60 x 60 km region, PER_DEFECT sightings each, written with COPY."""
+    start = datetime.now(UTC) - timedelta(days=20)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY defects (id, class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, "
+                          "vehicle_count, pass_count, severity, confidence, status) FROM STDIN") as copy:
+                for i in range(1, defects + 1):
+                    lat, lon = offset(*CENTRE, rng.uniform(-30_000, 30_000), rng.uniform(-30_000, 30_000))
+                    copy.write_row((i, "pothole", f"SRID=4326;POINT({lon} {lat})", 1.0, start, start, per_defect, 3,
+                                    per_defect, rng.random(), 0.8, rng.choice(["new", "confirmed", "scheduled"])))
+            buf = io.StringIO()
+            with cur.copy("COPY sightings (event_id, device_id, seq, captured_at, received_at, class, confidence, "
+                          "geom, h_accuracy_m, payload, defect_id) FROM STDIN") as copy:
+                for i in range(1, defects + 1):
+                    for k in range(per_defect):
+                        copy.write_row((str(uuid4_like(rng)), f"veh-{k % 7}", i * per_defect + k, start, start,
+                                        "pothole", 0.8, f"SRID=4326;POINT({CENTRE[1]} {CENTRE[0]})", 3.0, "{}", i))
+            del buf
+        conn.execute("SELECT setval('defects_id_seq', %s)", (defects,))
+        conn.execute("ANALYZE defects")
+        conn.execute("ANALYZE sightings")
+
+
+def uuid4_like(rng: random.Random) -> str:
+    import uuid
+
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def map_query_latency(dsn: str, info: services.ServiceInfo, queries: int, rng: random.Random,
+                      tmp: Path) -> tuple[float, float, float]:
+    from fastapi.testclient import TestClient
+
+    from fleet_server.api import create_app
+
+    cfg = server_config(dsn, info.mqtt_host, info.mqtt_port, info.server_user, info.server_password, tmp)
+    viewer = token(dsn, "viewer", "bench")
+    client = TestClient(create_app(cfg))
+    headers = {"Authorization": f"Bearer {viewer}"}
+    half_lat = 1000 / 111_320
+    times, sizes = [], []
+    for i in range(queries + 10):
+        lat, lon = offset(*CENTRE, rng.uniform(-28_000, 28_000), rng.uniform(-28_000, 28_000))
+        half_lon = 1000 / (111_320 * math.cos(math.radians(lat)))
+        bbox = f"{lon - half_lon},{lat - half_lat},{lon + half_lon},{lat + half_lat}"
+        t0 = time.monotonic()
+        r = client.get("/api/v1/defects", params={"bbox": bbox, "limit": 5000}, headers=headers)
+        dt = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        if i >= 10:  # the first requests warm the pool and the token cache
+            times.append(dt)
+            sizes.append(len(r.json()["features"]))
+    client.app.state.pool.close()
+    times.sort()
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))], statistics.mean(sizes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small numbers (a minute)")
+    parser.add_argument("--events", type=int, help="sightings sent through MQTT (default 20000, quick 3000)")
+    parser.add_argument("--workers", type=int, default=2, help="ingest workers in one shared group")
+    parser.add_argument("--defects", type=int, help="defects for the map query (default 100000, quick 10000)")
+    parser.add_argument("--per-defect", type=int, default=10, help="sightings per defect for the map query")
+    parser.add_argument("--queries", type=int, help="map queries timed (default 300, quick 100)")
+    args = parser.parse_args()
+    n_events = args.events or (3000 if args.quick else 20000)
+    n_defects = args.defects or (10_000 if args.quick else 100_000)
+    n_queries = args.queries or (100 if args.quick else 300)
+    rng = random.Random(7)
+    info = services.up()
+    tmp = ROOT / ".state" / "bench-server"
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    devices = [f"bench-{secrets.token_hex(3)}-{i}" for i in range(5)]
+    events = synthetic_events(n_events, devices, max(10, n_events // 12), rng)
+    dsn = fresh_database("bench_server_ingest")
+    copy_rate = bare_copy(dsn, events)
+    rate, stats = ingest_rate(dsn, info, events, devices, args.workers, tmp)
+    with psycopg.connect(dsn) as conn:
+        n_def = conn.execute("SELECT count(*) FROM defects").fetchone()[0]
+        n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
+    print(f"ingest: {n_events} sightings, {args.workers} worker(s), {n_rows} rows, {n_def} defects; "
+          f"all published after {stats['published_s']:.1f} s, all acked after {stats['elapsed_s']:.1f} s")
+    print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s")
+    print(f"  bare COPY of the same rows:       {copy_rate:,.0f} rows/s")
+    ratio = rate / copy_rate
+    print(f"  ratio {ratio:.2f} (target >= 0.3) {'PASS' if ratio >= 0.3 else 'FAIL'}")
+
+    dsn = fresh_database("bench_server_map")
+    t0 = time.monotonic()
+    seed_map(dsn, n_defects, args.per_defect, rng)
+    print(f"map: {n_defects:,} defects, {n_defects * args.per_defect:,} sightings seeded in "
+          f"{time.monotonic() - t0:.0f} s")
+    p50, p95, mean_size = map_query_latency(dsn, info, n_queries, rng, tmp)
+    print(f"  GET /api/v1/defects 2 km bbox: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms "
+          f"({mean_size:.0f} defects per answer, {n_queries} queries) "
+          f"{'PASS' if p95 <= 0.050 else 'FAIL'} (target p95 <= 50 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
