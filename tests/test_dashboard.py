@@ -193,6 +193,11 @@ def markers_on_map(browser) -> int:
         return singles + clustered;""")
 
 
+def set_date(browser, element_id: str, iso_date: str) -> None:
+    browser.execute_script("""const el = document.getElementById(arguments[0]); el.value = arguments[1];
+        el.dispatchEvent(new Event('change', {bubbles: true}));""", element_id, iso_date)
+
+
 def script_errors(browser) -> list[str]:
     """JavaScript errors logged by the page (failed tile and thumbnail requests are expected, not errors)."""
     return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"]
@@ -253,10 +258,13 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     Select(browser.find_element(By.ID, "f-class")).select_by_value("")
     Select(browser.find_element(By.ID, "f-severity")).select_by_value("0.67")
     wait.until(lambda d: shown(d) == sum(sev >= 0.67 for *_, sev in LAYOUT))
-    tomorrow = (datetime.now(UTC) + timedelta(days=2)).strftime("%m%d%Y")
     Select(browser.find_element(By.ID, "f-severity")).select_by_value("0")
-    browser.find_element(By.ID, "f-since").send_keys(tomorrow)
+    # A date input's typing order follows the browser's locale; set its ISO value as a picker would.
+    set_date(browser, "f-since", (datetime.now(UTC) + timedelta(days=2)).date().isoformat())
     wait.until(lambda d: shown(d) == 0)
+    set_date(browser, "f-since", (datetime.now(UTC) - timedelta(days=1)).date().isoformat())
+    set_date(browser, "f-until", (datetime.now(UTC) + timedelta(days=1)).date().isoformat())
+    wait.until(lambda d: shown(d) == total)
     browser.find_element(By.ID, "f-reset").click()
     wait.until(lambda d: shown(d) == total)
 
