@@ -28,6 +28,7 @@ from edge_agent.tracker import Motion, Track, Tracker
 log = logging.getLogger(__name__)
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
+YAW_WINDOW_S = 1.0   # the turn rate is the heading change over this long (the filter's heading moves per fix)
 
 
 def outbox_path(cfg: AgentConfig) -> Path:
@@ -65,7 +66,7 @@ class Pipeline:
         self._prev_mono: float | None = None
         self._prev_pose: Any = None
         self._heading: float | None = None
-        self._prev_heading: float | None = None
+        self._headings: deque[tuple[float, float]] = deque()
         self._fps: float | None = None
         self._inference_ms: float | None = None
         self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
@@ -163,15 +164,23 @@ class Pipeline:
         return self._heading
 
     def _motion(self, t_mono: float, pose: Any, heading: float | None) -> Motion:
-        """The vehicle's motion since the previous frame, from the filter's speed and heading: smooth, where
-        the filtered position itself steps at each GNSS update."""
+        """The vehicle's motion since the previous frame, from the filter's speed and turn rate: smooth, where
+        the filtered position steps at each GNSS update. Between fixes the filter's heading stands still and
+        then jumps by a second's turn, so the turn rate is taken over the last YAW_WINDOW_S instead of from
+        frame to frame."""
+        if heading is not None:
+            self._headings.append((t_mono, heading))
+            while len(self._headings) > 2 and t_mono - self._headings[1][0] >= YAW_WINDOW_S:
+                self._headings.popleft()
         if self._prev_mono is None or pose is None or self._prev_pose is None:
             return Motion()
         dt = max(0.0, t_mono - self._prev_mono)
         speed = (float(pose.speed_mps or 0.0) + float(self._prev_pose.speed_mps or 0.0)) / 2
         yaw = 0.0
-        if heading is not None and self._prev_heading is not None:
-            yaw = (heading - self._prev_heading + 180.0) % 360.0 - 180.0
+        if len(self._headings) >= 2:
+            (t0, h0), (t1, h1) = self._headings[0], self._headings[-1]
+            if t1 > t0:
+                yaw = ((h1 - h0 + 180.0) % 360.0 - 180.0) / (t1 - t0) * dt
         return Motion(forward_m=speed * dt, yaw_deg=yaw)
 
     def _views(self, track: Track) -> list[tuple[Any, Any, float]]:
@@ -223,7 +232,7 @@ class Pipeline:
         if self._prev_mono is not None and t_mono > self._prev_mono:
             fps = 1.0 / (t_mono - self._prev_mono)
             self._fps = fps if self._fps is None else (1 - FPS_SMOOTHING) * self._fps + FPS_SMOOTHING * fps
-        self._prev_mono, self._prev_pose, self._prev_heading = t_mono, pose, self._heading
+        self._prev_mono, self._prev_pose = t_mono, pose
         fix = None
         if pose is not None and pose.lat is not None:
             fix = {"lat": round(pose.lat, 7), "lon": round(pose.lon, 7), "h_std_m": round(pose.h_std_m, 2),

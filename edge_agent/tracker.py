@@ -4,7 +4,8 @@ Tracks live in the vehicle frame (forward, left metres on the road). Between fra
 the vehicle's own motion (distance driven, heading change), so a defect's predicted place in the next frame
 is known both on the ground and, projected back through the calibration, as a box in the image. A detection
 joins a track when it lies within a ground gate of the prediction (the gate widens with range, as the
-projection gets coarser) or overlaps the predicted box (IoU); pairs are chosen by the Hungarian method.
+projection gets coarser) or overlaps the predicted box (IoU), and in any case its box centre is within
+pixel_gate box diagonals of the predicted box's; pairs are chosen by the Hungarian method.
 
 A track is confirmed once it has min_frames detections and the median of its last score_window scores,
 a missed frame counting 0, reaches confirm_score. It ends when it has been missed max_misses frames in a row
@@ -93,6 +94,14 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def near_in_image(a: Sequence[float], b: Sequence[float], factor: float) -> bool:
+    """Box centres no farther apart than FACTOR times the larger box diagonal."""
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    diag = max(math.hypot(a[2] - a[0], a[3] - a[1]), math.hypot(b[2] - b[0], b[3] - b[1]))
+    return math.hypot(dx, dy) <= factor * diag
 
 
 def move(points: np.ndarray, motion: Motion) -> np.ndarray:
@@ -206,7 +215,10 @@ class Tracker:
                     continue
                 gate = self.cfg.gate_m + self.cfg.gate_per_m * box.range_m
                 dist = float(np.hypot(*(pred_centre - [box.forward_m, box.left_m])))
-                overlap = iou(pred_box, (det.x1, det.y1, det.x2, det.y2)) if pred_box is not None else 0.0
+                det_box = (det.x1, det.y1, det.x2, det.y2)
+                overlap = iou(pred_box, det_box) if pred_box is not None else 0.0
+                if pred_box is not None and not near_in_image(pred_box, det_box, self.cfg.pixel_gate):
+                    continue  # close to the bonnet a metre gate spans half the picture; the image says no
                 if dist <= gate or (overlap >= self.cfg.iou_min and dist <= 3 * gate):
                     cost[ti, di] = min(dist / gate, 3.0) + (1.0 - overlap)
         rows, cols = linear_sum_assignment(cost)

@@ -105,10 +105,26 @@ def route(t: float) -> tuple[float, float, float, float]:
     return radius * (1 - math.cos(psi)), 240 + radius * math.sin(psi), math.degrees(psi), speed
 
 
-def fixes(seconds: float, noise_m: float, rng: np.random.Generator) -> list[Fix]:
+def route_with_stop(t: float) -> tuple[float, float, float, float]:
+    """North at 12 m/s; brakes at 2 m/s² from t=10 s, stands from 16 s to 26 s at 156 m, then drives on."""
+    if t <= 10:
+        return 0.0, 12.0 * t, 0.0, 12.0
+    if t <= 16:
+        dt = t - 10
+        return 0.0, 120 + 12 * dt - dt * dt, 0.0, 12.0 - 2 * dt
+    if t <= 26:
+        return 0.0, 156.0, 0.0, 0.0
+    dt = min(t - 26, 6.0)
+    north = 156 + dt * dt + 12.0 * max(0.0, t - 32)
+    return 0.0, north, 0.0, 2 * dt
+
+
+def fixes(seconds: float, noise_m: float, rng: np.random.Generator, path=route) -> list[Fix]:
     out = []
     for k in range(int(seconds) + 2):
-        east, north, heading, speed = route(float(k))
+        east, north, heading, speed = path(float(k))
+        if speed < 0.1:
+            heading = rng.uniform(0, 360)  # a standing receiver's course is noise
         lat, lon = offset_latlon(LAT0, LON0, east + rng.normal(0, noise_m / math.sqrt(2)),
                                  north + rng.normal(0, noise_m / math.sqrt(2)))
         utc = START + timedelta(seconds=k)
@@ -118,10 +134,11 @@ def fixes(seconds: float, noise_m: float, rng: np.random.Generator) -> list[Fix]
     return out
 
 
-def defects_along_route(n: int, seconds: float, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+def defects_along_route(n: int, seconds: float, rng: np.random.Generator,
+                        path=route) -> list[tuple[float, float, float]]:
     out = []
     for t in np.linspace(3.0, seconds - 3.0, n):
-        east, north, heading, _ = route(float(t))
+        east, north, heading, _ = path(float(t))
         lateral = rng.uniform(-2.0, 2.0)
         h = math.radians(heading)
         out.append((east - lateral * math.cos(h), north + lateral * math.sin(h), float(rng.uniform(0.3, 0.8))))
@@ -134,23 +151,23 @@ def projector() -> GroundProjector:
 
 
 def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noise_m: float = 3.0, seed: int = 3,
-          fail_frames: set[int] | None = None):
+          fail_frames: set[int] | None = None, path=route, defects: list | None = None):
     rng = np.random.default_rng(seed)
     cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
-    defects = defects_along_route(8, seconds, rng)
+    defects = defects if defects is not None else defects_along_route(8, seconds, rng, path)
     detector = TruthDetector(projector, defects, rng, fail_frames=fail_frames or set())
     position_filter = PositionFilter(cfg.gnss)
     health = HealthBoard()
     outbox = Outbox(tmp_path / "outbox.db", cfg.outbox, health)
     pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, health)
-    feed = FixFeed(iter(fixes(seconds, noise_m, rng)), position_filter)
+    feed = FixFeed(iter(fixes(seconds, noise_m, rng, path)), position_filter)
     image = np.full((H, W, 3), 90, np.uint8)
     events = []
     for k in range(int(seconds * FPS)):
         utc = START + timedelta(seconds=k / FPS)
         t = virtual_mono(utc)
         feed.until(t)
-        east, north, heading, _ = route(k / FPS)
+        east, north, heading, _ = path(k / FPS)
         detector.pose = (east, north, heading)
         events += pipeline.process(image, t, utc=utc)
     events += pipeline.finish()
@@ -200,6 +217,18 @@ def test_event_positions_beat_the_raw_gnss_noise(projector: GroundProjector, tmp
     events, defects, *_rest, outbox, _ = drive(projector, tmp_path, noise_m=3.0, seed=11)
     _, _, errs = match(events, defects)
     assert statistics.median(errs) < 3.0 * 0.8
+    outbox.close()
+
+
+def test_a_stop_in_front_of_a_defect_keeps_one_event_in_place(projector: GroundProjector, tmp_path: Path) -> None:
+    """Standing 10 s with a pothole 8 m ahead: the filtered heading is noise then, and must not spin the
+    defect around the vehicle; it stays one event."""
+    defects = [(0.5, 60.0, 0.6), (-1.0, 164.0, 0.6), (1.0, 190.0, 0.5), (0.0, 250.0, 0.7)]
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path, seconds=40.0, noise_m=1.0, seed=5,
+                                           path=route_with_stop, defects=defects)
+    found, false_pos, errs = match(events, defects, radius=3.0)
+    assert (found, false_pos) == (4, 0), (found, false_pos, errs, pipeline.summary())
+    assert max(errs) < 2.0, errs
     outbox.close()
 
 

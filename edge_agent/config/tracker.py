@@ -21,6 +21,9 @@ class TrackerConfig(Section):
                           description="Ground distance a detection may be from a track's predicted point, metres")
     gate_per_m: float = Field(0.15, ge=0, le=5,
                               description="Extra gate per metre of range (projection error grows with distance)")
+    pixel_gate: float = Field(1.0, gt=0, le=20,
+                              description="A detection's box centre must be within this many box diagonals of the "
+                                          "track's predicted box (near the bonnet a metre gate spans the picture)")
     merge_radius_m: float = Field(
         2.0, ge=0, le=50,
         description="An ending track this close to an event of the same class from the last merge_window_s "
