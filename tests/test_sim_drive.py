@@ -23,7 +23,7 @@ from edge_agent.sim.gnss_noise import gnss_errors
 from edge_agent.sim.nmea_writer import checksum
 from edge_agent.sim.route import metres_per_degree
 
-FILES = ["video.mp4", "drive.nmea", "truth.csv", "defects.geojson", "agent.toml", "drive.json"]
+FILES = ["video.mp4", "drive.nmea", "truth.csv", "defects.geojson", "boxes.csv", "agent.toml", "drive.json"]
 
 
 def _run(out: Path, *args: str) -> None:

@@ -32,7 +32,7 @@ def drive(
     width: int = typer.Option(640, "--width", min=64, max=3840, help="Frame width, pixels"),
     height: int = typer.Option(360, "--height", min=48, max=2160, help="Frame height, pixels"),
 ) -> None:
-    """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, agent.toml, drive.json."""
+    """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, boxes.csv, agent.toml, drive.json."""
     from edge_agent.sim.drive import DriveSpec, simulate_drive
 
     spec = DriveSpec(out=out_dir, seed=seed, minutes=(duration / 60.0) if duration else minutes,

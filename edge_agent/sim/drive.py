@@ -1,8 +1,9 @@
 """`edge-agent sim drive`: a deterministic synthetic drive with ground truth.
 
 Writes into OUT: video.mp4 (frame k captured at start_utc + k/fps), drive.nmea (RMC+VTG+GGA+GST at nmea_hz,
-starting LEAD_S before the video so a position filter is settled), truth.csv, defects.geojson, agent.toml
-(an agent config with the camera used) and drive.json.
+starting LEAD_S before the video so a position filter is settled), truth.csv, defects.geojson, boxes.csv
+(each pothole's image box in each frame it was drawn in), agent.toml (an agent config with the camera used)
+and drive.json.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write mp4v video to {out / 'video.mp4'}")
     seen: dict[int, list[int]] = {}
+    box_rows: list[tuple[int, int, tuple[float, float, float, float]]] = []
     started = time.monotonic()
     try:
         for k in range(frames):
@@ -204,8 +206,9 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
             east, north, heading, _ = truth_at(t)
             frame, boxes = renderer.render(float(east), float(north), float(heading), float(s), painted,
                                            rngs["render"])
-            for idx in boxes:
+            for idx, box in boxes.items():
                 seen.setdefault(idx, []).append(k)
+                box_rows.append((k, idx, box))
             writer.write(frame)
             if progress:
                 progress(k + 1, frames)
@@ -219,6 +222,11 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
             fh.write("".join(line + "\r\n" for line in epoch_sentences(e)))
 
     _write_truth(out / "truth.csv", geo, truth_at, t0, duration)
+    with (out / "boxes.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["frame", "id", "class", "x1", "y1", "x2", "y2"])
+        for k, idx, (x1, y1, x2, y2) in box_rows:
+            w.writerow([k, f"d{idx + 1:03d}", "pothole", f"{x1:.0f}", f"{y1:.0f}", f"{x2:.0f}", f"{y2:.0f}"])
     features = []
     for p in placed:
         lat, lon = geo.to_latlon(p["east"], p["north"])
