@@ -338,6 +338,8 @@ class GnssReader:
                     log.exception("GNSS on_fix callback failed")
 
     def _report(self, fix: Fix, pose: Pose | None) -> None:
+        """The GNSS state on the health board. The `fix` field there is the pipeline's (the filtered pose at
+        each frame), so the reader leaves it alone."""
         if self.health is None:
             return
         if fix.mode > 0 and not fix.estimated:
@@ -346,12 +348,10 @@ class GnssReader:
             state = "stale"
         else:
             state = "no_fix"
-        self.health.update(gnss=state, fix={
-            "mode": fix.mode, "lat": fix.lat, "lon": fix.lon, "eph_m": fix.eph_m, "hdop": fix.hdop,
-            "sats": fix.sats, "utc": fix.utc.isoformat() if fix.utc else None,
-            "filter_state": pose.state if pose else None,
-        })
+        self.health.update(gnss=state)
         self.health.count("gnss_epochs")
+        if fix.mode > 0:
+            self.health.count("gnss_fixes")
 
     def _set_health(self, state: str) -> None:
         if self.health is not None:
