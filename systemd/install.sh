@@ -293,7 +293,7 @@ EOF
   fi
   run "$PREFIX/venv/bin/edge-agent" config check /etc/edge-agent/agent.toml
   enable_units edge-agent.service
-  echo "done: check the box with: sudo -u edge-agent $PREFIX/venv/bin/edge-agent doctor --config /etc/edge-agent/agent.toml"
+  echo "done: check the box with: sudo $PREFIX/venv/bin/edge-agent doctor --config /etc/edge-agent/agent.toml"
 }
 
 # ------------------------------------------------------------------------------------------ server

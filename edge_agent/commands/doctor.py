@@ -8,6 +8,9 @@ import os
 import typer
 
 DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
+# Where install.sh keeps the files that the unit's LoadCredential= hands to the service; doctor runs outside
+# the unit, so it looks there itself (readable by root only).
+INSTALLED_CREDENTIALS = "/etc/edge-agent/credentials"
 STYLE = {"green": "bold green", "yellow": "bold yellow", "red": "bold red", "skipped": "dim"}
 MARK = {"green": "OK", "yellow": "WARN", "red": "FAIL", "skipped": "SKIP"}
 
@@ -29,6 +32,8 @@ def doctor(
     from edge_agent.doctor.result import Options
 
     console = Console(stderr=as_json)
+    if "CREDENTIALS_DIRECTORY" not in os.environ and os.access(INSTALLED_CREDENTIALS, os.R_OK | os.X_OK):
+        os.environ["CREDENTIALS_DIRECTORY"] = INSTALLED_CREDENTIALS
     names = [n.strip() for n in only.split(",") if n.strip()] or None
     options = Options(camera_seconds=camera_seconds, gnss_seconds=gnss_seconds)
     try:
