@@ -35,6 +35,7 @@ def draw_ground_grid(image: np.ndarray, projector: GroundProjector, max_forward_
         line = _polyline(projector, np.column_stack([dense_f, np.full_like(dense_f, left)]))
         if line is not None:
             cv2.polylines(out, [line], False, colour, thick, cv2.LINE_AA, shift=4)
+    last_label_v = np.inf
     for f in forwards:
         major = abs(f / 5 - round(f / 5)) < 1e-6
         line = _polyline(projector, np.column_stack([np.full_like(dense_l, f), dense_l]))
@@ -43,7 +44,9 @@ def draw_ground_grid(image: np.ndarray, projector: GroundProjector, max_forward_
         cv2.polylines(out, [line], False, (0, 0, 255) if major else (0, 160, 0), thick, cv2.LINE_AA, shift=4)
         if major:
             pix = projector.ground_to_pixel(f, -half_width_m)
-            if pix is not None and projector.in_image(*pix):
+            # Far labels crowd towards the horizon: keep those at least a text line apart.
+            if pix is not None and projector.in_image(*pix) and last_label_v - pix[1] >= 14 * thick:
+                last_label_v = pix[1]
                 cv2.putText(out, f"{f:.0f} m", (int(pix[0]) + 3, int(pix[1]) - 3), cv2.FONT_HERSHEY_SIMPLEX,
                             0.4 * thick, (0, 0, 255), thick, cv2.LINE_AA)
     return out

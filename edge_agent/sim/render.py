@@ -26,7 +26,7 @@ from edge_agent.sim.paint import (
     random_crack,
 )
 from edge_agent.sim.route import Route
-from edge_agent.sim.surface import RoadStyle, grain_gain, random_style, shade_surface, shadow_factor
+from edge_agent.sim.surface import RoadStyle, random_style, shade_surface, shadow_factor, texture_gains
 
 MAX_RENDER_RANGE_M = 120.0
 POTHOLE = "pothole"
@@ -97,13 +97,14 @@ def backdrop(view: CameraView, style: RoadStyle, sky: np.ndarray) -> tuple[np.nd
 
 def compose(view: CameraView, style: RoadStyle, s: np.ndarray, d: np.ndarray, weight: np.ndarray,
             add: list[np.ndarray], paint: Callable[[list[np.ndarray]], None], exposure: Exposure,
-            rng: np.random.Generator, noise: np.ndarray | None = None, gain: np.ndarray | None = None
+            rng: np.random.Generator, noise: np.ndarray | None = None,
+            gains: tuple[np.ndarray, np.ndarray] | None = None
             ) -> np.ndarray:
     """Finish a frame: surface planes at (s, d) (for rows from view.row0 down), `paint(planes)` draws defects on
     them, then shadows, haze and sky (the backdrop's weight/add), exposure and sensor noise (`noise`, a
     unit-sigma HxW field, or fresh); returns uint8 BGR."""
     r0 = view.row0
-    low = shade_surface(style, s, d, view.inv_fp_across[r0:], view.inv_fp_along[r0:], gain)
+    low = shade_surface(style, s, d, view.inv_fp_across[r0:], view.inv_fp_along[r0:], gains)
     planes = []
     for plane in low:
         full = np.zeros((view.height, view.width), np.float32)
@@ -264,7 +265,7 @@ class DriveRenderer:
         self.map_x = (self.view.forward[r0:] / np.float32(_GRID_STEP_M)).astype(np.float32)
         self.map_y = np.zeros_like(self.map_x)
         self.left = self.view.left[r0:]
-        self.gain = grain_gain(style, self.view.inv_fp_along[r0:])
+        self.gains = texture_gains(style, self.view.inv_fp_along[r0:])
         # Sensor noise from a small bank of fields: drawing 230k normals per frame would cost more than the road.
         self.noise_bank = [rng.standard_normal(self.view.forward.shape, dtype=np.float32) for _ in range(6)]
 
@@ -321,5 +322,5 @@ class DriveRenderer:
 
         noise = self.noise_bank[int(rng.integers(len(self.noise_bank)))]
         frame = compose(self.view, self.style, s, d, self.weight, self.add, paint, self.exposure, rng, noise,
-                        self.gain)
+                        self.gains)
         return frame, boxes

@@ -161,10 +161,13 @@ def _dashes(s: np.ndarray, style: RoadStyle, inv_footprint: np.ndarray) -> np.nd
     return np.clip(dist * inv_footprint + np.float32(0.5), 0.0, 1.0)
 
 
-def grain_gain(style: RoadStyle, inv_fp_along: np.ndarray) -> np.ndarray:
-    """Per-pixel strength of the fine grain: it fades where a pixel covers many texels, as a real camera would
-    average it away. Depends only on the camera, so a drive computes it once."""
-    return np.clip(inv_fp_along * np.float32(3 * style.grain_scale_m), 0.25, 1.0) * np.float32(style.grain_amp)
+def texture_gains(style: RoadStyle, inv_fp_along: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel strength of the fine grain and of the verge's blotches: texture fades where a pixel covers many
+    texels, as a real camera would average it away (and as point-sampling it would alias into noise). Depends
+    only on the camera, so a drive computes it once."""
+    grain = np.clip(inv_fp_along * np.float32(3 * style.grain_scale_m), 0.25, 1.0) * np.float32(style.grain_amp)
+    blotch = np.clip(inv_fp_along * np.float32(2 * style.patch_scale_m), 0.1, 1.0) * np.float32(0.2)
+    return grain, blotch
 
 
 def _sparse(cover: np.ndarray, fn) -> np.ndarray:
@@ -176,14 +179,15 @@ def _sparse(cover: np.ndarray, fn) -> np.ndarray:
 
 
 def shade_surface(style: RoadStyle, s: np.ndarray, d: np.ndarray, inv_fp_across: np.ndarray,
-                  inv_fp_along: np.ndarray, gain: np.ndarray | None = None) -> list[np.ndarray]:
+                  inv_fp_along: np.ndarray, gains: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> list[np.ndarray]:
     """The road surface's colour at each pixel's (s, d) (float32 metres) as three float32 planes (B, G, R);
-    the inverse footprints (pixels per metre across and along the road) anti-alias the markings; `gain` is
-    `grain_gain` when precomputed. Planes, not an HxWx3 array: numpy broadcasting over a trailing axis of 3 is
+    the inverse footprints (pixels per metre across and along the road) anti-alias the markings; `gains` are
+    `texture_gains` when precomputed. Planes, not an HxWx3 array: numpy broadcasting over a trailing axis of 3 is
     several times slower."""
     grain = _lookup(style.grain, s, d, style.grain_scale_m)
     patches = _lookup(style.patches, s, d, style.patch_scale_m)
-    gain = grain_gain(style, inv_fp_along) if gain is None else gain
+    gain, blotch = texture_gains(style, inv_fp_along) if gains is None else gains
     lum = grain * gain + patches * np.float32(style.patch_amp) + np.float32(1.0)
 
     half = style.road_half_width
@@ -193,7 +197,7 @@ def shade_surface(style: RoadStyle, s: np.ndarray, d: np.ndarray, inv_fp_across:
         verge *= _band(abs_d - np.float32(half + 0.1), 0.1, inv_fp_across) * np.float32(0.15) + np.float32(0.85)
         verge_lum = grain * gain + np.float32(1.0)
     else:
-        verge_lum = grain * (gain * np.float32(2.0)) + patches * np.float32(0.2) + np.float32(1.0)
+        verge_lum = grain * (gain * np.float32(2.0)) + patches * blotch + np.float32(1.0)
     lum += verge * (verge_lum - lum)
 
     # Markings: edge lines (solid, white) and the centre line (dashed or solid), worn by a noise mask.
