@@ -11,13 +11,10 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, so that a code change does not re-download them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p edge_agent fleet_server calibration roadmon_contract \
- && python - <<'PY'
-import subprocess, sys, tomllib
-meta = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = meta["dependencies"] + meta["optional-dependencies"]["server"]
-subprocess.run([sys.executable, "-m", "pip", "install", *deps], check=True)
-PY
+RUN python -c "import subprocess, sys, tomllib; \
+p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+subprocess.run([sys.executable, '-m', 'pip', 'install', *p['dependencies'], *p['optional-dependencies']['server']], \
+               check=True)"
 COPY edge_agent edge_agent
 COPY fleet_server fleet_server
 COPY calibration calibration
