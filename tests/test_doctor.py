@@ -370,3 +370,50 @@ def test_model_that_fails_its_check_is_red(tmp_path: Path) -> None:
     path = write_config(tmp_path, detector={"model": str(model)})
     m = by_name(run_checks(str(path), only=["model"], options=FAST))["model"]
     assert m.level is Level.RED and "degenerate" in m.summary and m.hint
+
+
+def test_gnss_through_gpsd_nmea_watch(tmp_path: Path) -> None:
+    """A gpsd-speaking TCP server: doctor asks ?WATCH with nmea:true and judges the NMEA it relays."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    asked: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b'{"class":"VERSION","release":"3.22","proto_major":3,"proto_minor":14}\r\n')
+            asked.append(conn.recv(200))
+            for _ in range(10):
+                try:
+                    conn.sendall(nmea_epoch(datetime.now(UTC)))
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    path = write_config(tmp_path, gnss={"source": "gpsd", "gpsd_host": "127.0.0.1",
+                                        "gpsd_port": server.getsockname()[1]})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    server.close()
+    assert asked and b'"nmea": true' in asked[0]
+    assert gnss.level is Level.GREEN, gnss
+    assert gnss.data["source"].startswith("gpsd 127.0.0.1:")
+
+
+def test_ntp_state_from_chronyc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chronyd does not run in the test machine: a stand-in chronyc prints what the real one prints."""
+    from edge_agent.doctor.clock_check import ntp_state
+
+    stub = tmp_path / "chronyc"
+    for leap, expected in (("Normal", True), ("Not synchronised", False)):
+        stub.write_text("#!/bin/sh\ncat <<'EOF'\nReference ID    : C0A80101 (192.168.1.1)\nStratum         : 3\n"
+                        "System time     : 0.000123 seconds fast of NTP time\n"
+                        f"Leap status     : {leap}\nEOF\n")
+        stub.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+        synced, source = ntp_state()
+        assert synced is expected
+        assert source.startswith("chrony")
