@@ -189,3 +189,6 @@ def test_bad_output_folder_fails_cleanly(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["sim", "drive", "--out", str(blocker / "sub"), "--duration", "3"])
     assert res.exit_code == 1
     assert "sim drive failed" in res.output
+    res = CliRunner().invoke(app, ["sim", "drive", "--out", str(tmp_path / "odd"), "--width", "101"])
+    assert res.exit_code == 1
+    assert "must be even" in res.output

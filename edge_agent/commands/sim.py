@@ -49,7 +49,7 @@ def drive(
 
         try:
             result = simulate_drive(spec, progress)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             err.print(f"[red]sim drive failed:[/red] {exc}")
             raise typer.Exit(1) from None
     table = Table(title=f"Simulated drive (seed {seed}) in {out_dir}")

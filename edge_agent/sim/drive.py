@@ -149,6 +149,9 @@ def _agent_toml(spec: DriveSpec, projector: GroundProjector, out: Path) -> str:
 
 def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None = None) -> DriveResult:
     """Render the drive described by `spec` into spec.out; `progress(done, total)` after each frame."""
+    if spec.width % 2 or spec.height % 2:
+        raise ValueError(f"frame size {spec.width}x{spec.height}: width and height must be even "
+                         "(the MPEG-4 encoder drops an odd last row/column)")
     out = spec.out
     out.mkdir(parents=True, exist_ok=True)
     rngs = _streams(spec.seed)
@@ -215,6 +218,7 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
     finally:
         writer.release()
     rendering_s = time.monotonic() - started
+    _check_video(out / "video.mp4", frames, spec.width, spec.height)
 
     epochs = _nmea_epochs(spec, geo, truth_at, rngs["gnss"], t0)
     with (out / "drive.nmea").open("w", encoding="ascii", newline="") as fh:
@@ -251,6 +255,19 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
     (out / "drive.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log.info("rendered %d frames in %.1f s", frames, rendering_s)
     return DriveResult(frames, rendering_s, s_video1 - s_video0, features)
+
+
+def _check_video(path: Path, frames: int, width: int, height: int) -> None:
+    """The container must say what we wrote: a codec that silently failed leaves a short or empty file."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        got = (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+               int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    finally:
+        cap.release()
+    if got != (frames, width, height):
+        raise RuntimeError(f"{path}: the video holds {got[0]} frames of {got[1]}x{got[2]}, expected {frames} of "
+                           f"{width}x{height}")
 
 
 def _write_truth(path: Path, geo: LocalFrame, truth_at: Callable, t0: dt.datetime, duration: float) -> None:
