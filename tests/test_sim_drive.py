@@ -108,11 +108,11 @@ def test_nmea_has_valid_checksums_and_noise_around_truth(drive: Path) -> None:
             lon_t = np.interp(t, truth["t"], truth["lon"])
             errors.append(((msg.latitude - lat_t) * m_lat, (msg.longitude - lon_t) * m_lon))
         if msg.sentence_type == "GST":
-            assert float(msg.std_dev_latitude) == pytest.approx(3.0)
+            assert float(msg.std_dev_latitude) == pytest.approx(3.0 / math.sqrt(2), abs=0.01)
     n_epochs = (12 + 5) * 5 + 1  # 5 s lead-in, 5 Hz
     assert kinds == {"RMC": n_epochs, "VTG": n_epochs, "GGA": n_epochs, "GST": n_epochs}
     err = np.array(errors)
-    assert np.all(np.abs(err) < 5 * 3.0)
+    assert np.all(np.abs(err) < 5 * 3.0 / math.sqrt(2))
     assert 0.2 < np.hypot(err[:, 0], err[:, 1]).mean() < 12
 
 
@@ -120,8 +120,10 @@ def test_noise_model_has_the_asked_sigma_and_is_correlated() -> None:
     rng = np.random.default_rng(0)
     times = np.arange(0, 20000.0, 1.0)
     e = gnss_errors(rng, times, 3.0)
-    assert np.std(e.east_m) == pytest.approx(3.0, rel=0.15)
-    assert np.std(e.north_m) == pytest.approx(3.0, rel=0.15)
+    # 3 m horizontal RMS: 3 / sqrt(2) per axis
+    assert np.std(e.east_m) == pytest.approx(3.0 / math.sqrt(2), rel=0.15)
+    assert np.std(e.north_m) == pytest.approx(3.0 / math.sqrt(2), rel=0.15)
+    assert np.sqrt(np.mean(e.east_m**2 + e.north_m**2)) == pytest.approx(3.0, rel=0.15)
     lag1 = np.corrcoef(e.east_m[:-1], e.east_m[1:])[0, 1]
     assert 0.6 < lag1 < 0.8  # 75 % of the variance wanders (tau 45 s), 25 % is white
     assert np.all((e.hdop >= 0.6) & (e.hdop <= 3.0))

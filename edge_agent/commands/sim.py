@@ -22,7 +22,7 @@ def drive(
     minutes: float = typer.Option(2.0, "--minutes", min=0.05, max=120, help="Length of the video, minutes"),
     duration: float | None = typer.Option(None, "--duration", min=3, help="Length in seconds (overrides --minutes)"),
     gps_noise_m: float = typer.Option(3.0, "--gps-noise-m", min=0, max=100,
-                                      help="1-sigma GNSS error per horizontal axis, metres"),
+                                      help="GNSS horizontal RMS error, metres (per axis: this / sqrt 2)"),
     nmea_hz: float = typer.Option(1.0, "--nmea-hz", min=0.1, max=20, help="GNSS epochs per second"),
     defects: int = typer.Option(12, "--defects", min=0, max=10000,
                                 help="Defects painted on the driven lane (2/3 potholes, 1/3 cracks)"),

@@ -53,7 +53,7 @@ class DriveSpec:
     out: Path
     seed: int = 1
     minutes: float = 2.0
-    gps_noise_m: float = 3.0
+    gps_noise_m: float = 3.0       # horizontal RMS error (each axis gets gps_noise_m / sqrt(2))
     nmea_hz: float = 1.0
     defects: int = 12
     potholes: int | None = None    # exact pothole count (cracks: defects - potholes); None = 2/3 of defects
@@ -109,6 +109,7 @@ def _nmea_epochs(spec: DriveSpec, frame: LocalFrame, truth_at: Callable, rng: np
                  t0: dt.datetime) -> list[Epoch]:
     times = np.arange(-LEAD_S, spec.minutes * 60 + 1e-9, 1.0 / spec.nmea_hz)
     err = gnss_errors(rng, times, spec.gps_noise_m)
+    axis_sigma = spec.gps_noise_m / math.sqrt(2)  # GST reports the honest per-axis sigma
     east, north, heading, speed = truth_at(times)
     lat, lon = frame.to_latlon(east + err.east_m, north + err.north_m)
     course = compass_deg(heading)
@@ -120,7 +121,7 @@ def _nmea_epochs(spec: DriveSpec, frame: LocalFrame, truth_at: Callable, rng: np
             alt_m=ALTITUDE_M + float(err.alt_err_m[i]), speed_mps=v,
             course_deg=float(course[i] + rng.normal(0, min(20.0, math.degrees(0.1 / max(v, 0.1))))),
             sats=int(err.sats[i]), hdop=float(err.hdop[i]),
-            sigma_lat_m=spec.gps_noise_m, sigma_lon_m=spec.gps_noise_m, sigma_alt_m=spec.gps_noise_m * 1.6))
+            sigma_lat_m=axis_sigma, sigma_lon_m=axis_sigma, sigma_alt_m=axis_sigma * 1.6))
     return epochs
 
 

@@ -22,13 +22,15 @@ class GnssErrors:
     alt_err_m: np.ndarray
 
 
-def gnss_errors(rng: np.random.Generator, times: np.ndarray, sigma_m: float) -> GnssErrors:
-    """Errors at the given epoch times (seconds, increasing). `sigma_m` is the 1-sigma error per horizontal axis:
-    sqrt(CORRELATED_SHARE) of it wanders with CORRELATION_S, the rest is white."""
+def gnss_errors(rng: np.random.Generator, times: np.ndarray, horizontal_sigma_m: float) -> GnssErrors:
+    """Errors at the given epoch times (seconds, increasing). `horizontal_sigma_m` is the horizontal RMS error
+    (the usual "3 m accuracy" of a receiver): each of east and north gets horizontal_sigma_m / sqrt(2), of which
+    CORRELATED_SHARE of the variance wanders with CORRELATION_S and the rest is white."""
     n = len(times)
     dts = np.diff(times, prepend=times[0])
-    sig_c = sigma_m * math.sqrt(CORRELATED_SHARE)
-    sig_w = sigma_m * math.sqrt(1 - CORRELATED_SHARE)
+    axis_sigma = horizontal_sigma_m / math.sqrt(2)
+    sig_c = axis_sigma * math.sqrt(CORRELATED_SHARE)
+    sig_w = axis_sigma * math.sqrt(1 - CORRELATED_SHARE)
 
     def wander(scale: float, tau: float) -> np.ndarray:
         out = np.empty(n)
@@ -43,4 +45,4 @@ def gnss_errors(rng: np.random.Generator, times: np.ndarray, sigma_m: float) -> 
     north = wander(sig_c, CORRELATION_S) + rng.normal(0, sig_w, n)
     hdop = np.clip(0.9 + np.abs(wander(0.35, 90.0)), 0.6, 3.0)
     sats = np.clip(np.round(12 - 2.5 * (hdop - 0.9) + wander(1.0, 120.0)), 5, 16).astype(int)
-    return GnssErrors(east, north, hdop, sats, rng.normal(0, 0.08, n), wander(sigma_m * 1.5, 60.0))
+    return GnssErrors(east, north, hdop, sats, rng.normal(0, 0.08, n), wander(axis_sigma * 1.5, 60.0))
