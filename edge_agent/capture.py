@@ -2,9 +2,9 @@
 
 A grabber thread reads the source as fast as it delivers and keeps only the newest frame: a detector slower
 than the camera takes the latest one and the skipped frames are counted as dropped, so no backlog builds.
-A video file read "as fast as possible" is the exception: there the grabber waits for the consumer, so
-every frame is processed (replays must be repeatable). A lost camera is reopened with a growing backoff;
-"no frame for N s" is a health state, never an exception.
+A video file read "as fast as possible" is the exception: there the grabber decodes a few frames ahead and
+then waits for the consumer, so every frame is processed (replays must be repeatable). A lost camera is
+reopened with a growing backoff; "no frame for N s" is a health state, never an exception.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from edge_agent.config.camera import CameraConfig
 from edge_agent.health import HealthBoard
 
 log = logging.getLogger(__name__)
+
+FILE_PREFETCH = 4  # frames a file read flat out may decode ahead, to ride out slow frames (keyframes)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class FrameSource:
         self.finished = False            # a video file reached its end (live sources never finish)
         self.file_fps: float | None = None
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frames: deque[Frame] = deque()   # live: at most the newest one; a file read flat out: a few ahead
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_frame_mono: float | None = None
@@ -100,12 +103,12 @@ class FrameSource:
         """The newest frame not handed out yet, waiting up to TIMEOUT; None when none came (or the file ended)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._frame is None and not self.finished and not self._stop.is_set():
+            while not self._frames and not self.finished and not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            frame, self._frame = self._frame, None
+            frame = self._frames.popleft() if self._frames else None
             self._cond.notify_all()  # a grabber waiting for the consumer may go on
         if frame is None:
             self._check_stalled()
@@ -195,13 +198,14 @@ class FrameSource:
     def _deliver(self, frame: Frame) -> None:
         with self._cond:
             if self.wait_for_consumer:
-                while self._frame is not None and not self._stop.is_set():
+                while len(self._frames) >= FILE_PREFETCH and not self._stop.is_set():
                     self._cond.wait(0.5)
-            elif self._frame is not None:
+            elif self._frames:
+                self._frames.clear()
                 self.dropped += 1
                 if self.health:
                     self.health.update(frames_dropped=self.dropped)
-            self._frame = frame
+            self._frames.append(frame)
             self.grabbed += 1
             self._last_frame_mono = frame.t_mono
             self._cond.notify_all()
