@@ -459,8 +459,8 @@ def headless_chrome(user_data_dir: Path, width: int = 1440, height: int = 900):
 
 
 def screenshot(port: int, out: Path) -> Path:
-    """A picture of the running demo's dashboard (the README's screenshot), signed in as the manager, with the
-    most severe defect's panel open."""
+    """A picture of the running demo's dashboard (the README's screenshot), signed in as the manager, with one
+    defect's panel open."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -468,12 +468,19 @@ def screenshot(port: int, out: Path) -> Path:
     tokens = json.loads(Paths().tokens.read_text())
     profile = Paths().root / "chrome-profile"
     shutil.rmtree(profile, ignore_errors=True)
-    driver = headless_chrome(profile)
+    driver = headless_chrome(profile, 1440, 1000)
     try:
         driver.get(f"http://127.0.0.1:{port}/#token={tokens['manager']}")
         wait = WebDriverWait(driver, 20)
-        first = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li")))
-        first.click()
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li")))
+        time.sleep(1.0)  # clusters settle at the fitted zoom
+        # A marker clicked on the map opens its panel without zooming in, so the whole drive stays in view.
+        markers = driver.find_elements(By.CSS_SELECTOR, ".leaflet-marker-pane .defect-icon")
+        if markers:
+            driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+                                  markers[len(markers) // 2])
+        else:
+            driver.find_element(By.CSS_SELECTOR, "#defect-list li").click()
         wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
         time.sleep(1.5)  # thumbnails and the map's zoom animation
         out.parent.mkdir(parents=True, exist_ok=True)

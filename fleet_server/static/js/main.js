@@ -81,6 +81,7 @@ async function loadAll(quiet = false) {
   if (!quiet) setStatus("loading…");
   await Promise.all([loadDefects(), loadDevices()]);
   await loadCoverage(); // its default period follows the defects
+  state.map.fitOnce();
   if (!quiet) setStatus("");
 }
 
@@ -147,13 +148,13 @@ function redraw() {
   document.body.dataset.shownDefects = String(shown.length);
 }
 
-function selectDefect(id) {
+function selectDefect(id, focusMap = true) {
   const defect = state.defects.find((d) => d.id === id);
   if (!defect) return;
   state.selected = id;
   document.querySelectorAll("#defect-list li").forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
   guarded(() => state.panel.open(defect));
-  state.map.focus(defect);
+  if (focusMap) state.map.focus(defect);
 }
 
 async function onStatusChanged(id) {

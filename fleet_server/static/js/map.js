@@ -73,15 +73,23 @@ export class DefectMap {
       const marker = L.marker([d.lat, d.lon], { icon, severity: d.severity, title: `${d.className} ${d.id}` });
       // Tests and the list find a marker by its defect id.
       marker.on("add", () => marker.getElement()?.setAttribute("data-defect-id", d.id));
-      marker.on("click", () => this.onSelect(d.id));
+      marker.on("click", () => this.onSelect(d.id, false)); // already in view: keep the map where it is
       this.markers.set(d.id, marker);
       markers.push(marker);
     }
     this.clusters.addLayers(markers);
-    if (!this.fitted && markers.length) {
-      this.map.fitBounds(this.clusters.getBounds().pad(0.15), { maxZoom: 17 });
-      this.fitted = true;
+  }
+
+  // Once, after the first load: everything there is to see (defects, roads driven, vehicles) in view.
+  fitOnce() {
+    if (this.fitted) return;
+    const bounds = L.latLngBounds([]);
+    for (const layer of [this.clusters, this.coverage, this.devices]) {
+      if (layer.getLayers().length) bounds.extend(layer.getBounds ? layer.getBounds() : L.featureGroup(layer.getLayers()).getBounds());
     }
+    if (!bounds.isValid()) return;
+    this.map.fitBounds(bounds.pad(0.08), { maxZoom: 17 });
+    this.fitted = true;
   }
 
   focus(defect) {
