@@ -69,6 +69,7 @@ class Pipeline:
         self._headings: deque[tuple[float, float]] = deque()
         self._fps: float | None = None
         self._inference_ms: float | None = None
+        self._detect_s = 0.0
         self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
                        "events_refused": 0, "detector_errors": 0}
         self.started = time.monotonic()
@@ -128,7 +129,8 @@ class Pipeline:
                 "events_refused": self.counts["events_refused"], "coverage_records": self.coverage.records,
                 "detector_errors": self.counts["detector_errors"],
                 "fps": round(self.counts["frames"] / elapsed, 2),
-                "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2)}
+                "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
+                "detect_s": round(self._detect_s, 3)}
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _detect(self, image: np.ndarray) -> tuple[list[Any], bool]:
@@ -142,6 +144,7 @@ class Pipeline:
             self.health.update(detector="failed")
             return [], False
         ms = (time.perf_counter() - t0) * 1000
+        self._detect_s += ms / 1000
         self._inference_ms = ms if self._inference_ms is None else \
             (1 - FPS_SMOOTHING) * self._inference_ms + FPS_SMOOTHING * ms
         self.health.update(detector="ok")
