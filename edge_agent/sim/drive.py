@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 LEAD_S = 5.0                       # GNSS (and truth) start this long before the first frame
 START_UTC = dt.datetime(2026, 5, 12, 7, 30, tzinfo=dt.UTC)
 DRIVE_HFOV_DEG = 70.0
-DRIVE_MOUNT = Mount(height_m=1.45, pitch_deg=11.0, roll_deg=0.5, yaw_deg=-1.0, lateral_m=0.0)
+# A fleet vehicle's camera (van, bus, refuse truck) behind the windscreen, 2 m up: higher than a car's dash cam,
+# which shows potholes less foreshortened and for longer. Small roll/yaw exercise the calibration.
+DRIVE_MOUNT = Mount(height_m=2.0, pitch_deg=14.0, roll_deg=0.5, yaw_deg=-1.0, lateral_m=0.0)
 ALTITUDE_M = 519.0                 # Munich
 POTHOLE_SHARE = 2 / 3
 MIN_DEFECT_GAP_M = 20.0

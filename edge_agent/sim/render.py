@@ -30,7 +30,7 @@ from edge_agent.sim.surface import RoadStyle, random_style, shade_surface, shado
 
 MAX_RENDER_RANGE_M = 120.0
 POTHOLE = "pothole"
-MIN_BOX_PX = 3.0   # training potholes smaller than this (either side) are not painted
+MIN_BOX_PX = 4.0   # training potholes smaller than this (either side) are not painted
 
 
 class CameraView:
@@ -157,7 +157,8 @@ def _place_potholes(rng: np.random.Generator, view: CameraView, style: RoadStyle
             break
         diameter = float(rng.uniform(0.3, 1.2))
         u = rng.uniform(0, view.width - 1)
-        v = rng.uniform(top, view.height - 1)
+        # More of them near than far: far ones are thin slivers, and the agent judges defects up close anyway.
+        v = top + (view.height - 1 - top) * math.sqrt(rng.random())
         if not view.ground_mask[int(v), int(u)]:
             continue
         f, left = float(view.forward[int(v), int(u)]), float(view.left[int(v), int(u)])
