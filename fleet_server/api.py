@@ -6,20 +6,17 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 
 from fleet_server import __version__, api_defects, api_fleet, auth, dashboard, metrics
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 
 log = logging.getLogger(__name__)
-BUNDLED_STATIC = Path(__file__).with_name("static")
 
 
 def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
@@ -62,9 +59,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.include_router(api_fleet.api)
     app.include_router(api_defects.router)
     app.include_router(dashboard.dashboard_router(cfg))  # /dashboard-config.json (basemap tiles)
-    static = cfg.api.static_dir or BUNDLED_STATIC
-    if Path(static).is_dir():
-        app.mount("/", StaticFiles(directory=static, html=True), name="dashboard")
+    # Last: the dashboard's static mount at `/` matches every path, so routes added after it are unreachable.
+    dashboard.mount_dashboard(app, cfg, cfg.api.static_dir)
     return app
 
 

@@ -119,6 +119,13 @@ class ApiConfig(Section):
     static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")
 
 
+class DashboardConfig(Section):
+    tile_url: str | None = Field(None, description="Basemap tile URL template; ROADMON_TILE_URL or OpenStreetMap "
+                                                   "when unset, empty for no basemap")
+    tile_attribution: str | None = Field(None, description="Basemap attribution (HTML); OpenStreetMap's by default")
+    tile_max_zoom: int | None = Field(None, ge=1, le=24, description="Deepest zoom of the basemap (19 by default)")
+
+
 class ModelsConfig(Section):
     dir: Path = Field(Path("/var/lib/fleet-server/models"), description="Folder of ONNX models offered to devices "
                                                                          "(<sha256>.onnx)")
@@ -134,6 +141,7 @@ class ServerConfig(Section):
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig, description="Sightings -> defects")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
 
 
 def format_errors(exc: ValidationError) -> list[str]:

@@ -18,7 +18,7 @@ __all__ = ["make_cfg"]
 
 @pytest.fixture
 def api(make_cfg) -> tuple[TestClient, ServerConfig, str]:
-    cfg = make_cfg(api={"rate_limit_per_hour": 100, "token_cache_s": 0})
+    cfg = make_cfg(api={"rate_limit_per_hour": 100, "cors_origins": ["https://fleet.example.org"]})
     client = TestClient(create_app(cfg))
     yield client, cfg, cfg.database.resolve_dsn()
     client.app.state.pool.close()
@@ -159,3 +159,44 @@ def test_devices_health_openapi_and_metrics(api) -> None:
         assert name in text
     lat, lon = offset(48.1, 11.5, 10, 0)
     assert abs(lat - 48.1 - 10 / 111_320) < 1e-9 and lon == 11.5
+
+
+def test_coverage_stale_devices_models_and_cors(api) -> None:
+    client, cfg, dsn = api
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+    from server_fixtures import make_coverage
+
+    from fleet_server.commands import stage_model
+    from fleet_server.store import Batch, store_batch
+
+    now = datetime.now(UTC)
+    cov = make_coverage("veh-c", [(48.1, 11.5), (48.101, 11.5)], now - timedelta(minutes=5), now - timedelta(minutes=4))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_batch(conn, Batch(coverage=[(cov, now)]), cfg.aggregate)
+        conn.execute("UPDATE devices SET state = 'online', last_seen = now() - interval '11 minutes'")
+    viewer = bearer(token(dsn, "viewer"))
+    lines = client.get("/api/v1/coverage", headers=viewer).json()["features"]
+    assert len(lines) == 1 and lines[0]["geometry"]["type"] == "LineString"
+    assert lines[0]["properties"]["device_id"] == "veh-c"
+    assert lines[0]["geometry"]["coordinates"][0] == [11.5, 48.1]
+    assert client.get("/api/v1/coverage", params={"since": now.isoformat()}, headers=viewer).json()["features"] == []
+    assert client.get("/api/v1/coverage", params={"bbox": "0,0,1,1"}, headers=viewer).json()["features"] == []
+    assert client.get("/api/v1/devices", headers=viewer).json()[0]["state"] == "stale"
+    # Model download: any valid token, by sha256 only.
+    model = cfg.database.dsn_file.parent / "m.onnx"
+    model.write_bytes(b"onnx-bytes")
+    sha = stage_model(cfg, model)
+    device = bearer(token(dsn, "device", "veh-c", device_id="veh-c"))
+    got = client.get(f"/api/v1/models/{sha}.onnx", headers=device)
+    assert got.status_code == 200 and got.content == b"onnx-bytes"
+    assert client.get(f"/api/v1/models/{sha}.onnx").status_code == 401
+    assert client.get("/api/v1/models/..%2F..%2Fetc%2Fpasswd", headers=device).status_code == 404
+    assert client.get(f"/api/v1/models/{'0' * 64}.onnx", headers=device).status_code == 404
+    # CORS: only the configured origin is let in.
+    allowed = client.options("/api/v1/defects", headers={"Origin": "https://fleet.example.org",
+                                                         "Access-Control-Request-Method": "GET"})
+    assert allowed.headers.get("access-control-allow-origin") == "https://fleet.example.org"
+    other = client.get("/api/v1/me", headers={"Origin": "https://evil.example", **viewer})
+    assert "access-control-allow-origin" not in other.headers

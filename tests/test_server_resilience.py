@@ -37,6 +37,31 @@ def test_nothing_acked_while_postgis_is_down(make_cfg, workers, mqtt_device, ser
         dev.close()
 
 
+def test_worker_restart_loses_nothing(make_cfg, mqtt_device, service_info, fresh_db) -> None:
+    """A worker away for a while: the broker keeps its share (persistent session) until it is back."""
+    from fleet_server.ingest import IngestWorker
+
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device])
+    worker = IngestWorker(cfg).start()
+    assert worker.wait_connected(10)
+    time.sleep(0.3)
+    worker.stop()
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    again = IngestWorker(cfg)
+    try:
+        event = make_event(device, 48.1, 11.5)
+        dev.publish("event", event)
+        time.sleep(0.5)
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 0
+        again.start()
+        assert wait_for(lambda: event["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 1
+    finally:
+        dev.close()
+        again.stop()
+
+
 def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> None:
     from fleet_server.ingest import IngestWorker
     from fleet_server.migrate import migrate
