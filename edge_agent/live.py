@@ -61,14 +61,14 @@ class LiveAgent:
         self.parts["gnss"] = GnssReader(cfg.gnss, position_filter, self.health)
         self.parts["gnss"].start()
         self.parts["camera"] = FrameSource(cfg.camera, self.health).start()
+        pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, self.health)
         if self.use_uplink:
             from edge_agent.uplink import Uplink
 
             self.parts["uplink"] = Uplink(cfg.uplink, cfg.device.id, outbox, self.health)
-            self.parts["uplink"].start()
-        pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, self.health)
-        if self.use_uplink:
+            # Handlers before the connection: a command queued for us by the broker arrives right at connect.
             attach_to_agent(cfg, self.parts["uplink"], pipeline, self.health)  # cmd/model-update
+            self.parts["uplink"].start()
         return pipeline
 
     def run(self) -> dict[str, Any]:

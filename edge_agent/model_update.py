@@ -386,16 +386,29 @@ class ModelUpdater:
         if self.store.current_sha() == sha:
             return self._result(payload, t0, ok=True, status="already_current")
 
-        candidate = self._fetch_and_verify(url, sha, payload.get("signature"))
+        self._drop_stale_partials(keep=sha)
+        kept = self.store.path_of(sha)
+        if kept.is_file() and sha256_file(kept) == sha:
+            # Still on disk (an earlier model, e.g. going back to the previous one): no download needed.
+            candidate, downloaded = kept, False
+            if self._public_key is not None:
+                verify_signature(self._public_key, kept, payload.get("signature"))
+        else:
+            candidate, downloaded = self._fetch_and_verify(url, sha, payload.get("signature")), True
         try:
             info = self.sanity_check(candidate)
         except Exception as exc:
-            candidate.unlink(missing_ok=True)
+            if downloaded:
+                candidate.unlink(missing_ok=True)
             raise UpdateFailed(f"model failed the load sanity check: {exc}") from None
 
         meta = {"sha256": sha, "name": payload.get("name"), "version": payload.get("version"), "url": url,
                 "installed_at": utc_now(), "check": info}
-        self.store.add(candidate, sha, meta)
+        if downloaded:
+            self.store.add(candidate, sha, meta)
+        else:
+            self.store.write_meta(sha, meta)
+            os.utime(candidate)  # newest again, so pruning keeps it
         before = (self.store.current_sha(), self.store.previous_sha())
         self.store.swap(sha)
         if self.activate:
@@ -409,6 +422,12 @@ class ModelUpdater:
         return self._result(payload, t0, ok=True, status="installed", previous_sha256=before[0],
                             bytes=self.store.path_of(sha).stat().st_size, provider=info.get("provider"),
                             pruned=removed)
+
+    def _drop_stale_partials(self, keep: str) -> None:
+        """A download cut off by a crash is resumed when the same model is asked for again; others go."""
+        for partial in self.store.incoming.glob("*.part"):
+            if partial.name != f"{keep}.part":
+                partial.unlink(missing_ok=True)
 
     def _fetch_and_verify(self, url: str, sha: str, signature: str | None) -> Path:
         partial = self.store.incoming / f"{sha}.part"

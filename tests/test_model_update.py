@@ -487,3 +487,27 @@ ca_file = "{model_server.ca}"
         agent.wait(30)
         server.loop_stop()
         server.disconnect()
+
+
+def test_going_back_to_a_kept_model_needs_no_download(store: ModelStore, model_server: ModelServer) -> None:
+    first = store.current_sha()
+    url, sha = model_server.publish(tiny_onnx(14.0))
+    up = updater(store, model_server)
+    assert up.handle({"url": url, "sha256": sha})["ok"]
+    asked = len(model_server.requests)
+    back = up.handle({"url": f"{model_server.base}/api/v1/models/{first}.onnx", "sha256": first, "version": "1"})
+    assert back["ok"] and back["status"] == "installed", back
+    assert len(model_server.requests) == asked, "the kept file was used, nothing downloaded"
+    assert store.current_sha() == first and store.previous_sha() == sha
+
+
+def test_partial_download_left_by_a_crash_is_resumed(store: ModelStore, model_server: ModelServer) -> None:
+    data = tiny_onnx(15.0)
+    url, sha = model_server.publish(data)
+    store.ensure()
+    (store.incoming / f"{sha}.part").write_bytes(data[:50])       # the agent died here last time
+    (store.incoming / f"{'e' * 64}.part").write_bytes(b"stale")  # a different model, abandoned
+    result = updater(store, model_server).handle({"url": url, "sha256": sha})
+    assert result["ok"], result
+    assert model_server.requests == ["bytes=50-"]
+    assert list(store.incoming.iterdir()) == []
