@@ -417,3 +417,19 @@ def test_ntp_state_from_chronyc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         synced, source = ntp_state()
         assert synced is expected
         assert source.startswith("chrony")
+
+
+@pytest.mark.services
+def test_broker_login_from_the_systemd_credentials_directory(tmp_path: Path, service_info: Any, mqtt_device: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the unit does: LoadCredential=mqtt-password:... puts the file in $CREDENTIALS_DIRECTORY, and the
+    config's default password_file = "mqtt-password" is found there."""
+    device_id, password = mqtt_device()
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text(password)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = write_config(tmp_path, device={"id": device_id}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": service_info.mqtt_port, "tls": False})
+    broker = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
+    assert broker.level is Level.GREEN, broker
