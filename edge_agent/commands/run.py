@@ -132,13 +132,16 @@ def register(app: typer.Typer) -> None:
                                            help="Override uplink.enabled from the config"),
     ) -> None:
         """Run the agent: live camera and GNSS, detect, track, geolocate, store and forward."""
+        from edge_agent.detector import ModelError
         from edge_agent.live import LiveAgent
 
         cfg = _load_config(config)
-        _load_detector(cfg)  # fail fast with a clear message before anything starts
         agent = LiveAgent(cfg, uplink=uplink)
         try:
             summary = agent.run()
+        except ModelError as exc:  # the effective model (a remote update supersedes the configured one)
+            err.print(f"[red]model error[/red]: {exc}")
+            raise typer.Exit(2) from None
         except (OSError, ValueError, RuntimeError) as exc:  # outbox path, calibration, GNSS port set-up
             err.print(f"[red]cannot start the agent[/red]: {exc}")
             raise typer.Exit(2) from None
