@@ -47,6 +47,7 @@ DRIVE_HFOV_DEG = 70.0
 DRIVE_MOUNT = Mount(height_m=2.0, pitch_deg=14.0, roll_deg=0.5, yaw_deg=-1.0, lateral_m=0.0)
 ALTITUDE_M = 519.0                 # Munich
 POTHOLE_SHARE = 2 / 3
+DRIVE_SPRITE_PX = 128              # potholes pass close to the camera: sharper sprites than training's
 MIN_DEFECT_GAP_M = 20.0
 
 
@@ -185,7 +186,7 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
         p["north"] = float(n + math.cos(th) * p["offset_m"])
         p["yaw"] = float(th + p["yaw_rel"])
         if p["class"] == "pothole":
-            sprite = pothole_sprite(rngs["defects"], p["size"])
+            sprite = pothole_sprite(rngs["defects"], p["size"], DRIVE_SPRITE_PX)
             p["width_m"], p["length_m"] = sprite.width_m, sprite.length_m
             painted.append(PaintedDefect(p["index"], p["east"], p["north"], p["yaw"], sprite=sprite))
         else:

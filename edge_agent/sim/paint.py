@@ -44,9 +44,11 @@ def _noise(rng: np.random.Generator, n: int, blur: float) -> np.ndarray:
     return z / (z.std() + 1e-6)
 
 
-def pothole_sprite(rng: np.random.Generator, diameter_m: float) -> Sprite:
-    """An irregular pothole about `diameter_m` across (its longer side), with a lighter rim."""
-    n = _SPRITE_PX
+def pothole_sprite(rng: np.random.Generator, diameter_m: float, size_px: int = _SPRITE_PX) -> Sprite:
+    """An irregular pothole about `diameter_m` across (its longer side), with a lighter rim, drawn on a
+    size_px square (64 is plenty for small training images; a drive seen at 640+ px close up wants ~128)."""
+    n = size_px
+    k = n / _SPRITE_PX  # blur radii below are tuned for 64 px
     aspect = rng.uniform(0.55, 1.0)                 # potholes are usually elongated
     radius = diameter_m / 2
     extent = radius * 1.35                          # room for the rim
@@ -62,11 +64,11 @@ def pothole_sprite(rng: np.random.Generator, diameter_m: float) -> Sprite:
     wobble = np.ones_like(r)
     for k in range(2, 8):
         wobble += rng.uniform(0, 0.28 / k) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
-    rho = r / wobble + 0.12 * _noise(rng, n, 2.5)   # <1 inside; the noise frays the outline
+    rho = r / wobble + 0.12 * _noise(rng, n, 2.5 * k)   # <1 inside; the noise frays the outline
 
     inside = _smoothstep(1.0 + 0.06, 1.0 - 0.06, rho)
     rim_w = rng.uniform(0.12, 0.3)
-    rim_noise = _noise(rng, n, 1.2)
+    rim_noise = _noise(rng, n, 1.2 * k)
     rim = _smoothstep(1.0 + rim_w, 1.0, rho) * (1 - inside) * np.clip(0.6 + 0.5 * rim_noise, 0, 1)
 
     # Inside: dark, darker at the depth-shadowed side, gravel speckles, sometimes a puddle.
@@ -74,11 +76,11 @@ def pothole_sprite(rng: np.random.Generator, diameter_m: float) -> Sprite:
     light_dir = rng.uniform(0, 2 * math.pi)
     side = (xr * math.cos(light_dir) + yr * math.sin(light_dir)) / np.maximum(wobble, 1e-3)
     depth_shade = 1.0 + 0.3 * side * np.clip(1.2 - rho, 0, 1)
-    gravel = 0.12 * _noise(rng, n, 0.6) + 0.1 * _noise(rng, n, 1.5)
-    stones = (rng.random((n, n)) < 0.04).astype(np.float32) * rng.uniform(0.2, 0.6)
+    gravel = 0.12 * _noise(rng, n, 0.6) + 0.1 * _noise(rng, n, 1.5 * k)
+    stones = (rng.random((n, n)) < 0.04 / k).astype(np.float32) * rng.uniform(0.2, 0.6)
     factor_in = darkness * depth_shade * (1 + gravel) + stones * darkness
     if rng.random() < 0.15:  # standing water: smoother, darker, slightly bluish
-        factor_in = np.full_like(factor_in, darkness * 0.8) + 0.03 * _noise(rng, n, 3)
+        factor_in = np.full_like(factor_in, darkness * 0.8) + 0.03 * _noise(rng, n, 3 * k)
     rim_gain = rng.uniform(0.2, 0.55)
     factor_rim = 1.0 + rim_gain * (1 + 0.3 * rim_noise)
 

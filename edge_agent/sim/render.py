@@ -190,7 +190,8 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
     s = view.forward[view.row0:] + s0
     d = d_of(view.forward[view.row0:], view.left[view.row0:])
     potholes = _place_potholes(rng, view, style, d_of, int(rng.integers(0, 5)))
-    sprites = [pothole_sprite(rng, dia) for _, _, dia in potholes]
+    sprite_px = 64 if max(width, height) <= 400 else 128
+    sprites = [pothole_sprite(rng, dia, sprite_px) for _, _, dia in potholes]
     cracks = []
     for _ in range(int(rng.integers(0, 4))):
         crack = random_crack(rng)
