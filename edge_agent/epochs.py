@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pynmea2
 
@@ -28,6 +28,8 @@ UTC_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _DAY_S = 86400.0
 MAX_SPEED_MPS = 600.0  # faster than any road vehicle by far; beyond it a speed field is garbage
 _GSA_KEEP_EPOCHS = 3
+_MIN_FIELDS = 16  # the highest field index read is 15 (GSA's HDOP)
+_PAD = [""] * _MIN_FIELDS
 TIMED_TYPES = frozenset({"RMC", "GGA", "GLL", "GNS", "ZDA", "GST"})
 
 
@@ -56,10 +58,6 @@ def virtual_mono(utc: dt.datetime) -> float:
 
 
 # --- strict field converters: return None for anything that is not a valid value
-
-
-def _get(data: list[str], i: int) -> str:
-    return data[i] if i < len(data) else ""
 
 
 def to_float(text: str) -> float | None:
@@ -155,7 +153,7 @@ def two_digit_year(yy: int) -> int:
     return 1900 + yy if yy >= 80 else 2000 + yy  # GPS began in 1980
 
 
-@dataclass
+@dataclass(slots=True)
 class _Epoch:
     tod: float
     t_arrival: float
@@ -174,9 +172,7 @@ class _Epoch:
     no_fix: bool = False
     seen_fix: bool = False
     estimated: bool = False
-
-    def __post_init__(self) -> None:
-        self.types: set[str] = set()
+    types: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -200,12 +196,19 @@ class EpochAssembler:
         self.virtual_clock = virtual_clock
         self.stats = EpochStats()
         self._open: _Epoch | None = None
-        self._pending: list[pynmea2.TalkerSentence] = []
+        self._pending: list[tuple[str, list[str]]] = []
         self._last_types: set[str] = set()
         self._date: dt.date | None = None
         self._last_tod: float | None = None
         self._last_utc: dt.datetime | None = None
         self._gsa_recent: tuple[int | None, float | None, int] = (None, None, _GSA_KEEP_EPOCHS)
+        self._tod_text, self._tod_value = "", None
+        self._position_key: tuple[str, ...] = ()
+        self._position_value: tuple[float | None, float | None] = (None, None)
+        self._ddmmyy_text, self._ddmmyy_date = "", None
+        self._appliers = {"RMC": self._apply_RMC, "GGA": self._apply_GGA, "GLL": self._apply_GLL,
+                          "GNS": self._apply_GNS, "GSA": self._apply_GSA, "VTG": self._apply_VTG,
+                          "ZDA": self._apply_ZDA, "GST": self._apply_GST}
 
     # --- input
 
@@ -213,20 +216,22 @@ class EpochAssembler:
         """Add one sentence; returns the previous epoch's Fix when this sentence starts a new epoch."""
         kind = sentence.sentence_type
         data = sentence.data
+        if len(data) < _MIN_FIELDS:  # short sentences read as empty fields, without a bounds check per field
+            data = data + _PAD[len(data):]
         tod = self._sentence_tod(kind, data)
         if tod is None:
             if self._open is not None and not self._open.types >= self._last_types:
                 self._apply(self._open, kind, data)
             else:
-                self._pending.append(sentence)
+                self._pending.append((kind, data))
             return None
         done = None
         if self._open is None or tod != self._open.tod:
             done = self.close()
             self._open = self._start_epoch(tod, t_arrival)
         epoch = self._open
-        for waiting in self._pending:
-            self._apply(epoch, waiting.sentence_type, waiting.data)
+        for waiting_kind, waiting_data in self._pending:
+            self._apply(epoch, waiting_kind, waiting_data)
         self._pending.clear()
         self._apply(epoch, kind, data)
         return done
@@ -238,22 +243,23 @@ class EpochAssembler:
             return None
         # Timeless sentences of a type the epoch still lacks were sent after its timed ones: they are its own.
         waiting, self._pending = self._pending, []
-        for sentence in waiting:
-            if sentence.sentence_type in epoch.types:
-                self._pending.append(sentence)
+        for kind, data in waiting:
+            if kind in epoch.types:
+                self._pending.append((kind, data))
             else:
-                self._apply(epoch, sentence.sentence_type, sentence.data)
+                self._apply(epoch, kind, data)
         self._last_types = epoch.types
         return self._finish(epoch)
 
     # --- epochs
 
-    @staticmethod
-    def _sentence_tod(kind: str, data: list[str]) -> float | None:
+    def _sentence_tod(self, kind: str, data: list[str]) -> float | None:
         if kind not in TIMED_TYPES:
             return None
-        index = 4 if kind == "GLL" else 0
-        return time_of_day(_get(data, index))
+        text = data[4] if kind == "GLL" else data[0]
+        if text != self._tod_text:  # several sentences of an epoch carry the same time: parse it once
+            self._tod_text, self._tod_value = text, time_of_day(text)
+        return self._tod_value
 
     def _start_epoch(self, tod: float, t_arrival: float) -> _Epoch:
         epoch = _Epoch(tod=tod, t_arrival=t_arrival)
@@ -272,37 +278,43 @@ class EpochAssembler:
 
     def _apply(self, epoch: _Epoch, kind: str, data: list[str]) -> None:
         epoch.types.add(kind)
-        apply = getattr(self, "_apply_" + kind)
-        apply(epoch, data)
+        self._appliers[kind](epoch, data)
 
     def _position(self, epoch: _Epoch, lat_text: str, lat_hemi: str, lon_text: str, lon_hemi: str) -> None:
-        lat, lon = latitude(lat_text, lat_hemi), longitude(lon_text, lon_hemi)
+        key = (lat_text, lat_hemi, lon_text, lon_hemi)
+        if key != self._position_key:  # RMC, GGA and GLL of one epoch repeat the same text: parse it once
+            self._position_key = key
+            self._position_value = latitude(lat_text, lat_hemi), longitude(lon_text, lon_hemi)
+        lat, lon = self._position_value
         if lat is not None and lon is not None:
             epoch.lat, epoch.lon = lat, lon
 
     def _apply_RMC(self, epoch: _Epoch, data: list[str]) -> None:
-        status, faa = _get(data, 1), _get(data, 11)
+        status, faa = data[1], data[11]
         if status != "A" or faa == "N":
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
             epoch.estimated |= faa == "E"
-            self._position(epoch, _get(data, 2), _get(data, 3), _get(data, 4), _get(data, 5))
-        speed = speed_mps(to_float(_get(data, 6)), 1 / KNOT_MPS)
+            self._position(epoch, data[2], data[3], data[4], data[5])
+        speed = speed_mps(to_float(data[6]), 1 / KNOT_MPS)
         if speed is not None:
             epoch.speed = speed
-        course = track(_get(data, 7))
+        course = track(data[7])
         if course is not None:
             epoch.track = course
-        ddmmyy = _get(data, 8)
-        if len(ddmmyy) == 6 and ddmmyy.isdigit():
-            date = make_date(int(ddmmyy[0:2]), int(ddmmyy[2:4]), two_digit_year(int(ddmmyy[4:6])), self.date_floor)
-            self._note_rollover(date, two_digit_year(int(ddmmyy[4:6])))
-            self._set_date(epoch, date)
+        ddmmyy = data[8]
+        if ddmmyy != self._ddmmyy_text and len(ddmmyy) == 6 and ddmmyy.isdigit():  # a new date: parse it once
+            year = two_digit_year(int(ddmmyy[4:6]))
+            self._ddmmyy_text, self._ddmmyy_date = ddmmyy, make_date(int(ddmmyy[0:2]), int(ddmmyy[2:4]), year,
+                                                                     self.date_floor)
+            self._note_rollover(self._ddmmyy_date, year)
+        if ddmmyy == self._ddmmyy_text:
+            self._set_date(epoch, self._ddmmyy_date)
 
     def _apply_ZDA(self, epoch: _Epoch, data: list[str]) -> None:
-        day, month, year = to_int(_get(data, 1)), to_int(_get(data, 2)), to_int(_get(data, 3))
-        if day is None or month is None or year is None or len(_get(data, 3)) != 4:
+        day, month, year = to_int(data[1]), to_int(data[2]), to_int(data[3])
+        if day is None or month is None or year is None or len(data[3]) != 4:
             return
         date = make_date(day, month, year, self.date_floor)
         self._note_rollover(date, year)
@@ -313,69 +325,69 @@ class EpochAssembler:
             self.stats.week_rollovers += 1
 
     def _apply_GGA(self, epoch: _Epoch, data: list[str]) -> None:
-        quality = to_int(_get(data, 5))
+        quality = to_int(data[5])
         if not quality:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
             epoch.estimated |= quality == 6
-            self._position(epoch, _get(data, 1), _get(data, 2), _get(data, 3), _get(data, 4))
-            alt = to_float(_get(data, 8))
+            self._position(epoch, data[1], data[2], data[3], data[4])
+            alt = to_float(data[8])
             if alt is not None and -1000.0 < alt < 100000.0:
                 epoch.alt = alt
-        sats = to_int(_get(data, 6))
+        sats = to_int(data[6])
         if sats is not None and sats < 256:
             epoch.sats = sats
-        hdop = dop(_get(data, 7))
+        hdop = dop(data[7])
         if hdop is not None:
             epoch.hdop = hdop
 
     def _apply_GNS(self, epoch: _Epoch, data: list[str]) -> None:
-        modes = _get(data, 5)
+        modes = data[5]
         if not modes or set(modes) <= {"N"}:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
             epoch.estimated |= set(modes) <= {"E", "N"}
-            self._position(epoch, _get(data, 1), _get(data, 2), _get(data, 3), _get(data, 4))
-            alt = to_float(_get(data, 8))
+            self._position(epoch, data[1], data[2], data[3], data[4])
+            alt = to_float(data[8])
             if alt is not None and -1000.0 < alt < 100000.0:
                 epoch.alt = alt
-        sats = to_int(_get(data, 6))
+        sats = to_int(data[6])
         if sats is not None and sats < 256:
             epoch.sats = sats
-        hdop = dop(_get(data, 7))
+        hdop = dop(data[7])
         if hdop is not None and epoch.hdop is None:
             epoch.hdop = hdop
 
     def _apply_GLL(self, epoch: _Epoch, data: list[str]) -> None:
-        if _get(data, 5) != "A" or _get(data, 6) == "N":
+        if data[5] != "A" or data[6] == "N":
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
-            epoch.estimated |= _get(data, 6) == "E"
-            self._position(epoch, _get(data, 0), _get(data, 1), _get(data, 2), _get(data, 3))
+            epoch.estimated |= data[6] == "E"
+            self._position(epoch, data[0], data[1], data[2], data[3])
 
     def _apply_GSA(self, epoch: _Epoch, data: list[str]) -> None:
-        mode = to_int(_get(data, 1))
+        mode = to_int(data[1])
         if mode in (1, 2, 3):
             epoch.gsa_mode = mode
-        hdop = dop(_get(data, 15))
+        hdop = dop(data[15])
         if hdop is not None:
             epoch.gsa_hdop = hdop
 
     def _apply_VTG(self, epoch: _Epoch, data: list[str]) -> None:
-        if _get(data, 8) == "N":
+        if data[8] == "N":
             return
-        course = track(_get(data, 0))
+        course = track(data[0])
         if course is not None and epoch.track is None:
             epoch.track = course
         if epoch.speed is None:
-            kmh = speed_mps(to_float(_get(data, 6)), 3.6)
-            epoch.speed = kmh if kmh is not None else speed_mps(to_float(_get(data, 4)), 1 / KNOT_MPS)
+            kmh = speed_mps(to_float(data[6]), 3.6)
+            epoch.speed = kmh if kmh is not None else speed_mps(to_float(data[4]), 1 / KNOT_MPS)
 
     def _apply_GST(self, epoch: _Epoch, data: list[str]) -> None:
-        sigma_lat, sigma_lon = to_float(_get(data, 5)), to_float(_get(data, 6))
+        sigma_lat, sigma_lon = to_float(data[5]), to_float(data[6])
         if sigma_lat is not None and sigma_lon is not None and sigma_lat >= 0 and sigma_lon >= 0:
             epoch.sigma_lat, epoch.sigma_lon = sigma_lat, sigma_lon
 

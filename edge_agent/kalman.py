@@ -69,7 +69,7 @@ class LocalFrame:
         return max(-90.0, min(90.0, lat)), (lon + 180.0) % 360.0 - 180.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Axis:
     """One axis of the constant-velocity filter: position p, velocity v, covariance [[a, b], [b, c]].
 

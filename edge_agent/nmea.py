@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from functools import reduce
+from operator import xor
 
 import pynmea2
 
@@ -72,14 +74,8 @@ class LineSplitter:
 
 
 def checksum(body: bytes) -> int:
-    """XOR of the bytes between `$` and `*`: the body as one big integer, folded in halves down to a byte
-    (a handful of C-speed big-integer operations instead of a Python loop over every byte)."""
-    value = int.from_bytes(body, "little")
-    bits = len(body) * 8
-    while bits > 8:
-        bits = (bits // 16 + (bits % 16 > 0)) * 8  # half the bytes, rounded up
-        value = (value & ((1 << bits) - 1)) ^ (value >> bits)
-    return value
+    """XOR of the bytes between `$` and `*`."""
+    return reduce(xor, body, 0)
 
 
 class NmeaParser:
@@ -108,7 +104,8 @@ class NmeaParser:
             stats.too_long += 1
             return None
         digits = line[star + 1:star + 3]
-        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX or line[star + 3:].strip():
+        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX or (
+                len(line) > star + 3 and line[star + 3:].strip()):
             stats.bad_checksum += 1  # missing, cut short or not hex
             return None
         body = line[start + 1:star]
@@ -119,7 +116,8 @@ class NmeaParser:
             stats.malformed += 1
             return None
         stats.sentences += 1
-        stats.junk_bytes += start
+        if start:
+            stats.junk_bytes += start
         return self._build(body.decode("ascii"))
 
     def _build(self, text: str) -> pynmea2.TalkerSentence | None:
