@@ -287,17 +287,18 @@ def create_token(paths: Paths, role: str, name: str) -> str:
 
 
 def ensure_drive(paths: Paths, seed: int, minutes: float = DRIVE_MINUTES, potholes: int = DRIVE_POTHOLES,
-                 cracks: int = DRIVE_CRACKS) -> Path:
+                 cracks: int = DRIVE_CRACKS, gps_noise_m: float = 3.0) -> Path:
     """The simulated drive for SEED, generated once and reused (it is deterministic for its settings).
     The agent config the simulator writes points into the folder it rendered, so it renders in place and a
     marker file says when it finished."""
-    out = paths.root / f"drive-seed{seed}-{minutes:g}min-{potholes}p{cracks}c"
+    out = paths.root / f"drive-seed{seed}-{minutes:g}min-{potholes}p{cracks}c-gps{gps_noise_m:g}m"
     done = out / ".complete"
     if done.exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
     run_logged([tool("edge-agent"), "sim", "drive", "--out", str(out), "--seed", str(seed),
-                "--minutes", f"{minutes:g}", "--defects", str(potholes + cracks), "--potholes", str(potholes)],
+                "--minutes", f"{minutes:g}", "--defects", str(potholes + cracks), "--potholes", str(potholes),
+                "--gps-noise-m", f"{gps_noise_m:g}"],
                paths.log("sim"), 900, "edge-agent sim drive")
     done.touch()
     return out

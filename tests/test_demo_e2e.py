@@ -27,7 +27,10 @@ BUNDLED = ROOT / "models" / "bundled" / "model.onnx"
 DEVICE_ID = "e2e-veh-1"
 MINUTES = 0.4          # 24 s of driving, 360 frames
 POTHOLES, CRACKS = 4, 1
-MEDIAN_ERROR_M = 3.0   # the agent's geolocation with 3 m GNSS noise, after the server merged the sightings
+# A receiver with 1 m noise per axis, so that what is measured is the chain's own geolocation (camera
+# projection, pose interpolation, merging) rather than the GNSS error it inherits.
+GPS_NOISE_M = 1.0
+MEDIAN_ERROR_M = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,8 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not BUNDLED.exists():
         pytest.skip("the bundled detector (models/bundled/model.onnx) is not there yet")
     paths = demo.Paths(root=tmp_path_factory.mktemp("drive"))
-    return demo.ensure_drive(paths, seed=11, minutes=MINUTES, potholes=POTHOLES, cracks=CRACKS)
+    return demo.ensure_drive(paths, seed=11, minutes=MINUTES, potholes=POTHOLES, cracks=CRACKS,
+                             gps_noise_m=GPS_NOISE_M)
 
 
 def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, private_broker, tmp_path: Path) -> None:
@@ -89,5 +93,6 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     score = demo.score_geolocation(demo.points_of(truth, "pothole", visible_only=True),
                                    demo.points_of(defects, "pothole"))
     assert score.truth >= 2, "the drive should pass at least two potholes"
-    assert score.found >= score.truth - 1, f"found {score.found} of {score.truth} potholes: {score}"
+    # Finding them is the detector's job (scored on its own in models/); here at least half must come through.
+    assert score.found * 2 >= score.truth, f"found {score.found} of {score.truth} potholes: {score}"
     assert score.median_m is not None and score.median_m < MEDIAN_ERROR_M, score
