@@ -74,13 +74,17 @@ def test_camera_side_finds_each_pothole_once_in_place(replayed: tuple[Path, dict
 def test_issue_acceptance_end_to_end(replayed: tuple[Path, dict]) -> None:
     drive, _ = replayed
     events = stored_events(drive / "outbox.db")
-    result = score(events, true_defects(drive / "defects.geojson"), radius_m=5.0,
-                   truth=TruthTrack(drive / "truth.csv"))
+    truth, potholes = TruthTrack(drive / "truth.csv"), true_defects(drive / "defects.geojson")
+    result = score(events, potholes, radius_m=5.0, truth=truth)
+    camera = score(without_gnss_error(events, truth), potholes, radius_m=5.0, truth=truth)
     print("end to end:", json.dumps(result.as_dict()))
     met = result.precision >= 0.9 and result.recall >= 0.85 \
         and result.median_error_m is not None and result.median_error_m <= 2.0
-    if not met and result.gnss_median_m is not None and result.gnss_median_m > GNSS_SHARE_OF_BUDGET_M:
-        pytest.xfail(f"the drive's filtered GNSS position alone is {result.gnss_median_m:.2f} m off at the events "
+    camera_met = camera.precision >= 0.9 and camera.recall >= 0.85
+    # Only a drive whose camera side is right and whose GNSS alone is off by more than the budget is excused.
+    if not met and camera_met and camera.gnss_median_m is not None \
+            and camera.gnss_median_m > GNSS_SHARE_OF_BUDGET_M:
+        pytest.xfail(f"the drive's filtered GNSS position alone is {camera.gnss_median_m:.2f} m off at the events "
                      f"(median); end to end: precision {result.precision:.2f}, recall {result.recall:.2f}, "
                      f"median error {result.median_error_m} m")
     assert met, result
