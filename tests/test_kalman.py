@@ -8,6 +8,8 @@ import threading
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.epochs import Fix
@@ -279,3 +281,25 @@ def test_non_finite_fix_values_do_not_poison_the_filter():
     pose = pf.update(replace(fix_at(T0 + 12, 120.0, 0.0, 10.0, 0.0), eph_m=math.inf, hdop=None))
     assert pose.state == "ok" and error_m(pose, 120.0, 0.0) < 1.0
     assert not pf.stats.resets
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.floats(0.0, 30.0), st.sampled_from([0, 2, 3]), st.floats(-89.9, 89.9), st.floats(-180.0, 180.0),
+    st.one_of(st.none(), st.floats(0.0, 80.0)), st.one_of(st.none(), st.floats(0.0, 359.99)),
+    st.one_of(st.none(), st.floats(0.01, 500.0)), st.booleans()), max_size=40))
+def test_fuzz_filter_never_raises_and_stays_in_range(steps):
+    pf = PositionFilter()
+    t = T0
+    for dt_s, mode, lat, lon, speed, track, eph, estimated in steps:
+        t += dt_s
+        fix = Fix(utc=UTC0 + dt.timedelta(seconds=t - T0), t_mono=t, mode=mode, lat=lat if mode else None,
+                  lon=lon if mode else None, alt_m=None, speed_mps=speed, track_deg=track, eph_m=eph, hdop=None,
+                  sats=None, estimated=estimated)
+        for pose in (pf.update(fix), pf.position_at(t + 0.5), pf.position_at(t - 0.3)):
+            if pose is None:
+                continue
+            assert -90 <= pose.lat <= 90 and -180 <= pose.lon <= 180
+            assert math.isfinite(pose.speed_mps) and math.isfinite(pose.h_std_m) and pose.h_std_m >= 0
+            assert pose.heading_deg is None or 0 <= pose.heading_deg < 360
+            assert pose.state in ("ok", "predicting", "stale", "reset")
