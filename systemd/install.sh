@@ -7,7 +7,7 @@
 #   systemd/install.sh agent --dry-run ...      # print every step, change nothing (no root needed)
 #
 # Agent (Raspberry Pi OS bookworm, Jetson with JetPack 5/6, or any Debian/Ubuntu with systemd):
-#   Debian packages, a system user `edge-agent` (groups dialout, video), a venv under /opt/road-monitor,
+#   Debian packages, a system user `edge-agent` (sysusers.d; groups dialout, video), a venv under /opt/road-monitor,
 #   /etc/edge-agent/agent.toml (written once, never overwritten), the MQTT password as a systemd credential,
 #   the model under /var/lib/edge-agent/models (current.onnx -> <sha256>.onnx, what remote updates swap),
 #   and edge-agent.service enabled.
@@ -33,6 +33,8 @@ WORKERS=2
 DSN_FILE=""
 URL_BASE="https://fleet.example.org"
 PLATFORM="${ROADMON_PLATFORM:-}"
+DESTDIR=""      # --destdir: stage the files under this folder (an SD-card image) instead of /
+NO_VENV=0
 
 usage() {
   sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
@@ -50,6 +52,9 @@ Options:
   --url-base URL              server: public HTTPS address devices fetch models from
   --prefix DIR                where the venv and docs go (default /opt/road-monitor)
   --no-start                  enable the units but do not start them now
+  --destdir DIR               write every file under DIR (building an image): no packages, users,
+                              ownership or systemctl; the paths inside the files stay the real ones
+  --no-venv                   skip the venv (with --destdir: build it on the box, or in the image chroot)
   --dry-run                   print each step instead of doing it
 EOF
 }
@@ -71,6 +76,8 @@ while [ $# -gt 0 ]; do
     --url-base) URL_BASE="$2"; shift ;;
     --prefix) PREFIX="$2"; shift ;;
     --no-start) START=0 ;;
+    --destdir) DESTDIR="$(realpath -m "$2")"; shift ;;
+    --no-venv) NO_VENV=1 ;;
     --dry-run) DRY_RUN=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -79,21 +86,52 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$ROLE" ] || { usage >&2; die "say what to install: agent or server"; }
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, not '$WORKERS'"
-if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
+if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
   die "run as root (sudo), or add --dry-run to see what it would do"
 fi
 
 # ------------------------------------------------------------------------------------------ helpers
 # Every change goes through one of these, so that --dry-run shows exactly what a real run does.
+# Paths given to them are the box's real paths; with --destdir they land under that folder instead.
 run() {
   if [ "$DRY_RUN" = 1 ]; then echo "+ $*"; else "$@"; fi
 }
+
+# A change to the running system (packages, users, ownership, systemd): not made into a --destdir image.
+sys_run() {
+  if [ -n "$DESTDIR" ]; then echo "= skipped with --destdir: $*"; else run "$@"; fi
+}
+
+# inst [install options] SRC... DEST: coreutils install; owners are dropped for --destdir (no such users there).
+inst() {
+  local args=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -o|-g) if [ -z "$DESTDIR" ]; then args+=("$1" "$2"); fi; shift ;;
+      *) args+=("$1") ;;
+    esac
+    shift
+  done
+  if [ -n "$DESTDIR" ]; then  # every path argument that is absolute and not a source goes under DESTDIR
+    local out=() a i=0 n=${#args[@]} dir_mode=0
+    for a in "${args[@]}"; do [ "$a" = -d ] && dir_mode=1; done
+    for a in "${args[@]}"; do
+      i=$((i + 1))
+      if [[ "$a" == /* ]] && { [ "$dir_mode" = 1 ] || [ "$i" = "$n" ]; }; then out+=("$DESTDIR$a"); else out+=("$a"); fi
+    done
+    args=("${out[@]}")
+  fi
+  run install "${args[@]}"
+}
+
+# exists PATH: does the box (or the image) have it?
+exists() { [ -e "$DESTDIR$1" ] || [ -L "$DESTDIR$1" ]; }
 
 # write_file PATH MODE OWNER < content: atomically, keeping an existing file when KEEP=1.
 write_file() {
   local path="$1" mode="$2" owner="$3" content
   content="$(cat)"
-  if [ "${KEEP:-0}" = 1 ] && [ -e "$path" ]; then
+  if [ "${KEEP:-0}" = 1 ] && exists "$path"; then
     echo "= keep $path (exists)"
     return
   fi
@@ -103,23 +141,23 @@ write_file() {
     return
   fi
   local tmp
-  tmp="$(mktemp "$(dirname "$path")/.install.XXXXXX")"
+  tmp="$(mktemp "$(dirname "$DESTDIR$path")/.install.XXXXXX")"
   printf '%s\n' "$content" >"$tmp"
   chmod "$mode" "$tmp"
-  chown "$owner" "$tmp"
-  mv -f "$tmp" "$path"
+  [ -n "$DESTDIR" ] || chown "$owner" "$tmp"
+  mv -f "$tmp" "$DESTDIR$path"
 }
 
 # copy_secret SRC DEST: root-only file that systemd hands to the service with LoadCredential=.
 copy_secret() {
   local src="$1" dest="$2"
   if [ -z "$src" ]; then
-    if [ -e "$dest" ] || [ "$DRY_RUN" = 1 ]; then echo "= keep $dest"; return; fi
+    if exists "$dest" || [ "$DRY_RUN" = 1 ]; then echo "= keep $dest"; return; fi
     echo "install.sh: WARNING: no secret given for $dest; the service will not authenticate until it exists" >&2
     return
   fi
   [ -r "$src" ] || die "cannot read $src"
-  run install -m 0600 -o root -g root "$src" "$dest"
+  inst -m 0600 -o root -g root "$src" "$dest"
 }
 
 detect_platform() {
@@ -154,15 +192,21 @@ install_debian_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    run apt-get update -qq
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    sys_run apt-get update -qq
+    sys_run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   else
     echo "= Debian packages present: ${packages[*]}"
   fi
 }
 
 make_venv() {
-  local extra="$1" python
+  local extra="$1" python venv="$PREFIX/venv"
+  inst -d -m 0755 "$PREFIX" "$PREFIX/docs"
+  run cp -r "$ROOT/docs/." "$DESTDIR$PREFIX/docs/"
+  if [ "$NO_VENV" = 1 ]; then
+    echo "= no venv (--no-venv): create $venv with the [$extra] extra before starting the service"
+    return
+  fi
   python="$(pick_python)"
   if [ -z "$python" ]; then
     if [ "$DRY_RUN" = 1 ]; then python=python3.11; else
@@ -170,26 +214,30 @@ make_venv() {
     fi
   fi
   echo "= python: $python"
-  run install -d -m 0755 "$PREFIX"
-  [ -x "$PREFIX/venv/bin/python" ] || run "$python" -m venv "$PREFIX/venv"
-  run "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
+  [ -x "$DESTDIR$venv/bin/python" ] || run "$python" -m venv "$DESTDIR$venv"
+  run "$DESTDIR$venv/bin/python" -m pip install -q --upgrade pip
   if [ -n "$ORT_WHEEL" ]; then
-    run "$PREFIX/venv/bin/python" -m pip install -q "$ORT_WHEEL"
+    run "$DESTDIR$venv/bin/python" -m pip install -q "$ORT_WHEEL"
   fi
-  run "$PREFIX/venv/bin/python" -m pip install -q "$ROOT[$extra]"
-  run install -d -m 0755 "$PREFIX/docs"
-  run cp -r "$ROOT/docs/." "$PREFIX/docs/"
+  run "$DESTDIR$venv/bin/python" -m pip install -q "${ROOT}[${extra}]"
 }
 
 install_unit() {
   local name="$1"
-  run install -m 0644 -o root -g root "$ROOT/systemd/$name" "$UNIT_DIR/$name"
+  inst -D -m 0644 -o root -g root "$ROOT/systemd/$name" "$UNIT_DIR/$name"
 }
 
 enable_units() {
-  run systemctl daemon-reload
-  if [ "$START" = 1 ]; then
+  sys_run systemctl daemon-reload
+  if [ "$START" = 1 ] && [ -z "$DESTDIR" ]; then
     run systemctl enable --now "$@"
+  elif [ -n "$DESTDIR" ]; then
+    local unit
+    for unit in "$@"; do  # what `systemctl enable` does, for an image that has not booted yet
+      local template="${unit/@*./@.}"
+      run mkdir -p "$DESTDIR$UNIT_DIR/multi-user.target.wants"
+      run ln -sfn "$UNIT_DIR/$template" "$DESTDIR$UNIT_DIR/multi-user.target.wants/$unit"
+    done
   else
     run systemctl enable "$@"
   fi
@@ -199,26 +247,25 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 # ------------------------------------------------------------------------------------------- agent
 place_model() {
-  local state=/var/lib/edge-agent models sha
+  local state=/var/lib/edge-agent models sha manifest
   models="$state/models"
   [ -n "$MODEL" ] || MODEL="$ROOT/models/bundled/model.onnx"
   [ -r "$MODEL" ] || die "model not found: $MODEL (build it with 'make model' or pass --model FILE)"
   sha="$(sha256_of "$MODEL")"
-  run install -d -m 0750 -o edge-agent -g edge-agent "$state" "$models"
+  inst -d -m 0750 -o edge-agent -g edge-agent "$state" "$models"
   # A model that came later by remote update stays; the installer only provides the first one.
-  if [ -e "$models/current.onnx" ]; then
-    echo "= keep $models/current.onnx -> $(readlink "$models/current.onnx" 2>/dev/null || echo '?')"
+  if exists "$models/current.onnx"; then
+    echo "= keep $models/current.onnx -> $(readlink "$DESTDIR$models/current.onnx" 2>/dev/null || echo '?')"
     return
   fi
-  run install -m 0640 -o edge-agent -g edge-agent "$MODEL" "$models/$sha.onnx"
-  local manifest
+  inst -m 0640 -o edge-agent -g edge-agent "$MODEL" "$models/$sha.onnx"
   # The detector finds <stem>.manifest.json beside the link's target: name, version, classes, sha256.
   manifest="${MODEL%.onnx}.manifest.json"
   if [ -r "$manifest" ]; then
-    run install -m 0640 -o edge-agent -g edge-agent "$manifest" "$models/$sha.manifest.json"
+    inst -m 0640 -o edge-agent -g edge-agent "$manifest" "$models/$sha.manifest.json"
   fi
-  run ln -sfn "$sha.onnx" "$models/current.onnx"
-  run chown -h edge-agent:edge-agent "$models/current.onnx"
+  run ln -sfn "$sha.onnx" "$DESTDIR$models/current.onnx"
+  sys_run chown -h edge-agent:edge-agent "$models/current.onnx"
 }
 
 agent_config() {
@@ -261,27 +308,24 @@ install_agent() {
   [ "$platform" = jetson ] && packages+=(python3.11 python3.11-venv)
   install_debian_packages "${packages[@]}"
 
-  if ! id -u edge-agent >/dev/null 2>&1; then
-    run useradd --system --no-create-home --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin \
-      --groups dialout,video edge-agent
-  else
-    echo "= user edge-agent exists"
-  fi
+  # The user (groups dialout, video) comes from a sysusers.d file: created now, or at an image's first boot.
+  inst -D -m 0644 -o root -g root "$ROOT/systemd/edge-agent.sysusers.conf" /etc/sysusers.d/edge-agent.conf
+  sys_run systemd-sysusers /etc/sysusers.d/edge-agent.conf
   make_venv edge
 
-  run install -d -m 0755 -o root -g root /etc/edge-agent
-  run install -d -m 0700 -o root -g root /etc/edge-agent/credentials
+  inst -d -m 0755 -o root -g root /etc/edge-agent
+  inst -d -m 0700 -o root -g root /etc/edge-agent/credentials
   agent_config | KEEP=1 write_file /etc/edge-agent/agent.toml 0644 root:root
   copy_secret "$MQTT_PASSWORD_FILE" /etc/edge-agent/credentials/mqtt-password
   if [ -n "$CA_FILE" ]; then
-    run install -m 0644 -o root -g root "$CA_FILE" /etc/edge-agent/ca.pem
+    inst -m 0644 -o root -g root "$CA_FILE" /etc/edge-agent/ca.pem
   fi
   place_model
 
   install_unit edge-agent.service
   if [ "$platform" = jetson ]; then
     # The GPU's device nodes, for the CUDA/TensorRT execution providers.
-    run install -d -m 0755 "$UNIT_DIR/edge-agent.service.d"
+    inst -d -m 0755 "$UNIT_DIR/edge-agent.service.d"
     write_file "$UNIT_DIR/edge-agent.service.d/jetson.conf" 0644 root:root <<'EOF'
 [Service]
 DeviceAllow=/dev/nvmap rw
@@ -291,7 +335,9 @@ DeviceAllow=char-nvidia* rw
 SupplementaryGroups=render
 EOF
   fi
-  run "$PREFIX/venv/bin/edge-agent" config check /etc/edge-agent/agent.toml
+  if [ "$NO_VENV" = 0 ]; then
+    run "$DESTDIR$PREFIX/venv/bin/edge-agent" config check "$DESTDIR/etc/edge-agent/agent.toml"
+  fi
   enable_units edge-agent.service
   echo "done: check the box with: sudo $PREFIX/venv/bin/edge-agent doctor --config /etc/edge-agent/agent.toml"
 }
@@ -330,8 +376,8 @@ EOF
 install_server() {
   install_debian_packages python3-venv python3-pip
   make_venv server
-  run install -d -m 0755 -o root -g root /etc/fleet-server
-  run install -d -m 0700 -o root -g root /etc/fleet-server/credentials
+  inst -d -m 0755 -o root -g root /etc/fleet-server
+  inst -d -m 0700 -o root -g root /etc/fleet-server/credentials
   server_config | KEEP=1 write_file /etc/fleet-server/server.toml 0644 root:root
   copy_secret "$DSN_FILE" /etc/fleet-server/credentials/database-dsn
   copy_secret "$MQTT_PASSWORD_FILE" /etc/fleet-server/credentials/mqtt-password
@@ -343,6 +389,7 @@ install_server() {
 }
 
 [ "$DRY_RUN" = 1 ] && echo "= dry run: nothing is changed"
+[ -n "$DESTDIR" ] && echo "= staging into $DESTDIR"
 case "$ROLE" in
   agent) install_agent ;;
   server) install_server ;;

@@ -187,7 +187,7 @@ def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     plan = result.stdout
     assert "= platform: raspberry-pi" in plan
-    assert "useradd --system" in plan and "dialout,video" in plan
+    assert "systemd-sysusers /etc/sysusers.d/edge-agent.conf" in plan
     assert "-m venv /opt/road-monitor/venv" in plan
     assert "/etc/systemd/system/edge-agent.service" in plan
     assert "systemctl enable --now edge-agent.service" in plan
@@ -324,3 +324,64 @@ enabled = false
     assert max(b - a for a, b in itertools.pairwise(ping_times)) < 2.0, "gaps above WatchdogSec while healthy"
     assert kinds[-1] == "STOPPING"
     assert messages[-1][0] - ping_times[-1] > 2.0, "pings must stop once frames stop, so systemd restarts the agent"
+
+
+def test_installer_destdir_stages_a_box_and_is_safe_to_rerun(tmp_path: Path) -> None:
+    """A real (not dry) run into --destdir, as for an SD-card image: every file where the box expects it,
+    secrets root-only, the model behind current.onnx loadable by the detector; a second run keeps edits."""
+    import importlib.util
+
+    from edge_agent.config.detector import DetectorConfig
+    from edge_agent.detector import load_detector
+    from edge_agent.model_update import ModelStore
+
+    spec = importlib.util.spec_from_file_location("doctor_helpers", Path(__file__).with_name("test_doctor.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+    model, newer = tmp_path / "model.onnx", tmp_path / "newer.onnx"
+    model.write_bytes(helpers.tiny_detector(0.6, version="1"))
+    newer.write_bytes(helpers.tiny_detector(0.7, version="2"))
+    (tmp_path / "pw").write_text("s3cret")
+    root = tmp_path / "image"
+
+    def install(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(UNITS / "install.sh"), "agent", "--destdir", str(root), "--no-venv",
+                               "--device-id", "veh-img", "--broker", "mqtt.example.org", *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    first = install("--model", str(model), "--mqtt-password-file", str(tmp_path / "pw"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    cfg = agent_config.load(root / "etc/edge-agent/agent.toml")
+    assert cfg.device.id == "veh-img" and cfg.uplink.host == "mqtt.example.org"
+    secret = root / "etc/edge-agent/credentials/mqtt-password"
+    assert secret.read_text() == "s3cret" and oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert oct((root / "etc/edge-agent/credentials").stat().st_mode & 0o777) == "0o700"
+    store = ModelStore(root / "var/lib/edge-agent/models")
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert store.current_sha() == sha and os.readlink(store.current_link) == f"{sha}.onnx"  # relative link
+    assert load_detector(DetectorConfig(model=str(store.current_link))).info.sha256 == sha
+    unit = root / "etc/systemd/system/edge-agent.service"
+    assert unit.read_text() == (UNITS / "edge-agent.service").read_text()
+    wants = root / "etc/systemd/system/multi-user.target.wants/edge-agent.service"
+    assert os.readlink(wants) == "/etc/systemd/system/edge-agent.service"
+    if SYSTEMD_ANALYZE:  # the sysusers file creates the user with its groups at first boot
+        users = subprocess.run(["systemd-sysusers", f"--root={root}", "--dry-run",
+                                str(root / "etc/sysusers.d/edge-agent.conf")], capture_output=True, text=True)
+        assert "Creating user 'edge-agent'" in users.stdout + users.stderr
+
+    with (root / "etc/edge-agent/agent.toml").open("a") as f:
+        f.write('\n[camera]\nsource = "/dev/video2"\n')  # the technician's edit
+    again = install("--model", str(newer))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "= keep /etc/edge-agent/agent.toml" in again.stdout
+    assert agent_config.load(root / "etc/edge-agent/agent.toml").camera.source == "/dev/video2"
+    assert store.current_sha() == sha, "a model already in place (maybe remotely updated) is never replaced"
+    assert secret.read_text() == "s3cret"
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing (Debian package shellcheck; "
+                                                               "scripts/bootstrap.sh installs it)")
+def test_installer_passes_shellcheck() -> None:
+    result = subprocess.run(["shellcheck", "-x", str(UNITS / "install.sh")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout
