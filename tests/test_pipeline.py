@@ -447,3 +447,18 @@ def test_run_command_refuses_a_missing_model_clearly(tmp_path: Path) -> None:
     config = agent_toml(tmp_path, tmp_path / "missing.onnx")
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 2 and "model error" in result.output
+
+
+def test_replay_in_real_time_keeps_the_file_rate(tmp_path: Path) -> None:
+    from edge_agent import config as agent_config
+    from edge_agent.detector import load_detector
+    from edge_agent.replay import replay_drive
+
+    drive = write_recording(tmp_path / "drive", seconds=2)
+    cfg = agent_config.load(agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx")))
+    with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
+        summary = replay_drive(cfg, drive / "video.mp4", drive / "drive.nmea", outbox, load_detector(cfg.detector),
+                               realtime=True)
+    assert 1.7 <= summary["wall_s"] <= 4.0                       # 30 frames at 15 fps, not flat out
+    assert summary["frames"] + summary["dropped"] == 30
+    assert summary["video_frames"] == 30
