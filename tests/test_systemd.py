@@ -233,6 +233,15 @@ def test_installer_jetson_gets_gpu_devices(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     dropin = written_file(result.stdout, "/etc/systemd/system/edge-agent.service.d/jetson.conf")
     assert "DeviceAllow=/dev/nvmap rw" in dropin
+    if SYSTEMD_ANALYZE:  # the unit with its drop-in, as systemd would load them from its search path
+        units = tmp_path / "units"
+        (units / "edge-agent.service.d").mkdir(parents=True)
+        (units / "edge-agent.service").write_text(
+            (UNITS / "edge-agent.service").read_text().replace("/opt/road-monitor/venv/bin", str(VENV_BIN)))
+        (units / "edge-agent.service.d" / "jetson.conf").write_text(dropin)
+        verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", "edge-agent.service"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+        assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
 def test_installer_server_plan_enables_n_workers(tmp_path: Path) -> None:
