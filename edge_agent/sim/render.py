@@ -59,18 +59,18 @@ class CameraView:
         self.width, self.height = w, h
 
 
-def _sky(view: CameraView, style: RoadStyle, rng: np.random.Generator) -> np.ndarray:
-    """Sky gradient with a ragged band of distant trees/buildings standing on the horizon."""
+def _sky(view: CameraView, style: RoadStyle, rng: np.random.Generator) -> list[np.ndarray]:
+    """Sky gradient with a ragged band of distant trees/buildings standing on the horizon, as B, G, R planes."""
     h, w = view.height, view.width
     rows = np.arange(h, dtype=np.float32)[:, None]
-    t = np.clip((view.horizon_v - rows) / max(h, 1), 0, 1)[..., None]
+    t = np.clip((view.horizon_v - rows) / max(h, 1), 0, 1)
     top = np.array([rng.uniform(200, 250), rng.uniform(170, 220), rng.uniform(130, 200)], np.float32)
-    sky_rows = style.haze_bgr * (1 - t) + top * t                      # Hx1x3
     profile = cv2.GaussianBlur(rng.random((1, w)).astype(np.float32), (0, 0), rng.uniform(2, 12)).ravel()
     profile = (profile - profile.min()) / (np.ptp(profile) + 1e-6) * rng.uniform(0.03, 0.2) * h
-    clutter_col = np.array([rng.uniform(40, 110), rng.uniform(60, 120), rng.uniform(40, 110)], np.float32)
-    above = ((view.horizon_v - rows) < profile[None, :])[..., None]
-    return np.where(above, clutter_col, sky_rows).astype(np.float32)
+    clutter = np.array([rng.uniform(40, 110), rng.uniform(60, 120), rng.uniform(40, 110)], np.float32)
+    above = (view.horizon_v - rows) < profile[None, :]
+    return [np.where(above, clutter[c], style.haze_bgr[c] * (1 - t) + top[c] * t).astype(np.float32)
+            for c in range(3)]
 
 
 @dataclass
@@ -86,12 +86,12 @@ class Exposure:
         return np.clip(255.0 * np.power(x, self.gamma), 0, 255).astype(np.uint8)
 
 
-def backdrop(view: CameraView, style: RoadStyle, sky: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def backdrop(view: CameraView, style: RoadStyle, sky: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     """What does not depend on the road texture: per pixel, surface weight (1 - haze, 0 for sky) and the
     additive haze/sky colour planes. A frame is surface * weight + add."""
     haze = 1.0 - np.exp(-view.forward / np.float32(style.haze_range_m))
     weight = np.where(view.ground_mask, 1.0 - haze, 0.0).astype(np.float32)
-    add = [np.where(view.ground_mask, haze * style.haze_bgr[c], sky[..., c]).astype(np.float32) for c in range(3)]
+    add = [np.where(view.ground_mask, haze * style.haze_bgr[c], sky[c]).astype(np.float32) for c in range(3)]
     return weight, add
 
 
