@@ -51,7 +51,7 @@ def write_card(path: Path, m: dict, state: dict) -> Path:
     ]
     syn = m["metrics"].get("synthetic")
     if syn:
-        lines.append(f"| shipped, on 60 rendered drive-simulator scenes | {_pct(syn['ap50'])} | "
+        lines.append(f"| shipped, on {syn['images']} rendered drive-simulator scenes | {_pct(syn['ap50'])} | "
                      f"{_pct(syn['precision'])} | {_pct(syn['recall'])} | {_pct(syn['f1'])} | {syn['images']} |")
     lines += [
         "",

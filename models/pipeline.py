@@ -31,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 BUNDLE = HERE / "bundled"
 CACHE = HERE / "cache"
 DEFAULT_THRESHOLD = DetectorConfig().score_threshold
+SYNTH_EVAL_SCENES = 60
+TIMING_RUNS = 40
 
 
 def link_split(data: Path, names: list[str], dest: Path) -> Path:
@@ -88,6 +90,16 @@ def latency_table(model: Path, fp32: Path, sizes: tuple[int, ...] = (320,), thre
     return rows
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     from export import export_onnx
 
@@ -100,16 +112,17 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     log.info("exporting %s", run_dir / "best.pt")
     export_onnx(run_dir / "best.pt", fp32, version=version)
 
+    (BUNDLE / "split.json").write_text(json.dumps({"seed": args.seed, "val": split["val"]}, indent=1) + "\n")
     val_dir = link_split(args.data, split["val"], CACHE / "val")
     rng = np.random.default_rng(1)
     calib_names = [split["train"][i] for i in sorted(rng.permutation(len(split["train"]))[:64])]
     calib_dir = link_split(args.data, calib_names, CACHE / "calib")
-    synth_dir = render_scenes(CACHE / "synthetic_val", 60, seed=12345)
+    synth_dir = render_scenes(CACHE / "synthetic_val", SYNTH_EVAL_SCENES, seed=12345)
 
     log.info("quantizing (calibration: %d training photos; accuracy: %d validation photos)", len(calib_names),
              len(split["val"]))
     report = quantize_model(fp32, BUNDLE / "model.onnx", calib_dir, eval_dir=val_dir, threads=args.threads or 0,
-                            runs=40)
+                            runs=TIMING_RUNS)
     log.info("%s", report.reason)
     chosen = BUNDLE / "model.onnx"
 
@@ -122,7 +135,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     val = results["chosen"]["val"]
     plot_pr(val, BUNDLE / "pr_curve.png", f"bundled model, held-out photos at {args.size} px: "
                                           f"AP50 {val['ap50']:.3f}")
-    latency = latency_table(chosen, fp32)
+    latency = latency_table(chosen, fp32, runs=TIMING_RUNS)
 
     def strip(res: dict) -> dict:
         return {k: v for k, v in res.items() if k != "curves"}
@@ -147,7 +160,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
             "from_scratch": True, "hardware": f"{platform.machine()} CPU, 2 shared cores",
         },
         "metrics": {"val": strip(results["chosen"]["val"]), "val_fp32": strip(results["fp32"]["val"])},
-        "latency": {"platform": f"{platform.machine()} {platform.processor() or ''} (build machine)".strip(),
+        "latency": {"platform": f"{cpu_name()} ({platform.machine()}, the build machine, shared)",
                     "rows": latency},
         "quantization": {"format": report.chosen, "reason": report.reason, "trials": report.as_dict()["trials"],
                          "fp32": report.as_dict()["fp32"]},
