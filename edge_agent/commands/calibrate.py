@@ -50,7 +50,11 @@ def intrinsics(
         err.print(f"[yellow]skipped[/yellow] {name}")
     if result.rms_px > 1.0:
         err.print("[yellow]RMS above 1 px: retake blurred images or check --board/--square-mm[/yellow]")
-    write_intrinsics(output, intr, result.rms_px, len(result.per_image_px))
+    try:
+        write_intrinsics(output, intr, result.rms_px, len(result.per_image_px))
+    except OSError as exc:
+        err.print(f"[red]could not write {output}:[/red] {exc}")
+        raise typer.Exit(1) from None
     out.print(f"wrote {output}")
 
 
