@@ -20,6 +20,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 BAD_CREDENTIALS = 134   # MQTT 5 reason codes
 NOT_AUTHORISED = 135
 EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overdue
+# State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
+# many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
+WRITE_EVERY_S = 0.1
+SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -84,7 +89,8 @@ class Uplink:
         # Filled by paho callbacks, which run on the uplink thread inside client.loop().
         self._mids: dict[int, tuple[str, str]] = {}
         self._outstanding: dict[tuple[str, str], float] = {}
-        self._acked: list[tuple[str, str]] = []
+        self._acked: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of PUBACKs not yet written
+        self._next_write = 0.0
         self._confirmed: list[tuple[str, str]] = []
         self._connack: ReasonCode | None = None
         self._connected = False
@@ -202,7 +208,9 @@ class Uplink:
             self.last_error = str(exc)
             log.error("uplink: %s", exc)
             return None
-        client.max_inflight_messages_set(min(self.cfg.window, 65535))
+        # Our window bounds what is in flight; paho's own limit rescans every queued message on each PUBACK
+        # (quadratic in the window), so it is switched off.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         will = {"state": "offline", "device_id": self.device_id, "version": __version__}
         client.will_set(topics.status(self.device_id), json.dumps(will), qos=1, retain=True)
@@ -226,14 +234,16 @@ class Uplink:
         next_expiry = time.monotonic() + EXPIRE_EVERY_S
         more = True
         while self._connected and not self._stop.is_set():
-            busy = more and len(self._outstanding) < self.cfg.window
+            busy = more and self._room() >= min(self.cfg.batch, max(1, self.cfg.window // 4))
             if client.loop(0.0 if busy else 0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if self._refused is not None:
                 refused, self._refused = self._refused, None
                 raise refused
-            self._apply_marks()
             now = time.monotonic()
+            if now >= self._next_write or len(self._confirmed) >= self.cfg.window // 2:
+                self._apply_marks()
+                self._next_write = now + WRITE_EVERY_S
             if now >= next_expiry:
                 self._expire(now)
                 next_expiry = now + EXPIRE_EVERY_S
@@ -241,7 +251,7 @@ class Uplink:
             if self.outbox.changed.is_set():
                 self.outbox.changed.clear()
                 more = True
-            if more and len(self._outstanding) < self.cfg.window:
+            if more and self._room() >= min(self.cfg.batch, max(1, self.cfg.window // 4)):
                 more = self._publish_due(client)
             self._publish_results(client)
             if now >= next_beat:
@@ -250,9 +260,12 @@ class Uplink:
         if not self._stop.is_set():
             self._set_state("offline", self.last_error or "connection lost")
 
+    def _room(self) -> int:
+        return self.cfg.window - len(self._outstanding)
+
     def _publish_due(self, client: mqtt.Client) -> bool:
         """Send up to one batch of due rows; True when the outbox may have more."""
-        room = min(self.cfg.batch, self.cfg.window - len(self._outstanding))
+        room = min(self.cfg.batch, self._room())
         messages = self.outbox.due(room, self.cfg.ack_timeout_s)
         deadline = time.monotonic() + self.cfg.ack_timeout_s
         topic = {"event": topics.event(self.device_id), "coverage": topics.coverage(self.device_id)}
@@ -269,15 +282,23 @@ class Uplink:
                 self.counters["resent"] += 1
         return len(messages) == room
 
-    def _apply_marks(self) -> None:
-        if self._acked:
-            acked, self._acked = self._acked, []
-            self.counters["sent"] += self.outbox.mark_sent(acked)
-        if self._confirmed:
-            confirmed, self._confirmed = self._confirmed, []
+    def _apply_marks(self, final: bool = False) -> None:
+        """Write server acks (-> confirmed) and PUBACKs (-> sent). A PUBACK is written only when its row is
+        still unconfirmed SENT_AFTER_S later: usually the server's ack comes first and 'sent' is never stored,
+        which halves the drain's writes. (Losing a 'sent' costs nothing: such a row is sent again.)"""
+        confirmed, self._confirmed = self._confirmed, []
+        if confirmed:
             self.counters["confirmed"] += self.outbox.mark_confirmed(confirmed)
             for key in confirmed:
                 self._outstanding.pop(key, None)
+        cutoff = float("inf") if final else time.monotonic() - SENT_AFTER_S
+        sent = []
+        while self._acked and self._acked[0][0] <= cutoff:
+            key = self._acked.popleft()[1]
+            if key in self._outstanding:
+                sent.append(key)
+        if sent:
+            self.counters["sent"] += self.outbox.mark_sent(sent)
 
     def _expire(self, now: float) -> None:
         overdue = [key for key, deadline in self._outstanding.items() if deadline <= now]
@@ -315,7 +336,7 @@ class Uplink:
             deadline = time.monotonic() + 2
             while not info.is_published() and time.monotonic() < deadline and self._connected:
                 client.loop(0.05)
-            self._apply_marks()
+            self._apply_marks(final=True)
             client.disconnect()
             client.loop(0.1)
         except Exception:  # stopping must always finish
@@ -367,7 +388,7 @@ class Uplink:
                                          f"broker refused a publish on the {key[0]} topic of {self.device_id!r}: "
                                          f"{reason_code}; the broker's ACL does not let this login write there")
             return
-        self._acked.append(key)
+        self._acked.append((time.monotonic(), key))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Any) -> None:

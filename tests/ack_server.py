@@ -117,3 +117,32 @@ class AckServer:
             return
         for device, ack in pending.items():
             self.client.publish(topics.ack(device), json.dumps(ack), qos=1)
+
+
+def main() -> None:
+    """Run as a process of its own (benchmarks): until stdin closes, then print its figures as JSON."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--client-id", default="ack-server")
+    args = parser.parse_args()
+    server = AckServer("127.0.0.1", args.port, "roadmon-server", args.password, client_id=args.client_id).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    server.stop()
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"distinct": server.distinct, "total": server.total,
+                      "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
