@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.evaluate import read_yolo_labels
+
 log = logging.getLogger(__name__)
 
 CACHE_SIDE = 448
@@ -35,22 +37,6 @@ class Sample:
     image: np.ndarray  # BGR uint8
     boxes: np.ndarray  # [M, 4] xyxy pixels of `image`
     classes: np.ndarray  # [M] int
-
-
-def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """`class cx cy w h` normalised lines -> (xyxy pixel boxes, class ids); a missing file means no objects."""
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 5:
-                rows.append([float(p) for p in parts[:5]])
-    if not rows:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    arr = np.array(rows, np.float32)
-    cx, cy, w, h = arr[:, 1] * width, arr[:, 2] * height, arr[:, 3] * width, arr[:, 4] * height
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).clip(0, [width, height, width, height])
-    return boxes.astype(np.float32), arr[:, 0].astype(np.int64)
 
 
 def list_images(root: Path) -> list[Path]:
