@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import math
+import select
 import socket
 import sys
 import threading
@@ -242,10 +243,22 @@ class GnssReader:
 
     def _stdin_session(self) -> None:
         stream = sys.stdin.buffer
-        self._pump(lambda: stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096), eof_ends=True)
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # not a real file (an in-memory stream): reads never block for long
+            fd = None
 
-    def _pump(self, read: Callable[[], bytes], eof_ends: bool = False) -> None:
-        """Read until stopped; close epochs on idle lines; raise _Lost on silence or a dead port."""
+        def read() -> bytes | None:
+            if fd is not None and not select.select([fd], [], [], 0.05)[0]:
+                return None  # nothing yet: lets the loop close idle epochs and notice stop()
+            return stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+
+        self._pump(read, eof_ends=True)
+
+    def _pump(self, read: Callable[[], bytes | None], eof_ends: bool = False) -> None:
+        """Read until stopped (or EOF when EOF_ENDS); close epochs on idle lines. A port that raises, or stays
+        silent for `no_data_timeout_s`, raises _Lost. READ returns b"" or None when nothing came; with EOF_ENDS,
+        b"" is the end of the input and None a quiet moment."""
         cfg = self.cfg
         last_data = time.monotonic()
         self._set_health("starting")
@@ -260,11 +273,11 @@ class GnssReader:
                 self._session_had_data = True
                 self._emit(self.decoder.feed(data, now - cfg.receiver_latency_s))
                 continue
-            if eof_ends:
+            if eof_ends and data is not None:
                 return
             if now - last_data >= cfg.epoch_idle_s:
                 self._emit(self.decoder.close_epoch())
-            if now - last_data >= cfg.no_data_timeout_s:
+            if not eof_ends and now - last_data >= cfg.no_data_timeout_s:
                 raise _Lost(f"no data for {cfg.no_data_timeout_s:.0f} s")
 
     def _file_session(self) -> None:

@@ -100,6 +100,26 @@ def test_stdin_source(tmp_path, monkeypatch):
     assert pf.position_at(time.monotonic()) is not None
 
 
+def test_stdin_pipe_survives_silence_and_ends_at_eof(monkeypatch):
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(read_fd, "rb")))  # noqa: SIM115 - closed at EOF
+    cfg = GnssConfig(source="stdin", no_data_timeout_s=0.2, epoch_idle_s=0.05)
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        os.write(write_fd, epoch_text(T_START).encode())
+        # An idle pipe closes the epoch (no need to wait for the next one) and does not end the reader.
+        assert wait_for(lambda: len(fixes) == 1, timeout=3)
+        time.sleep(0.5)
+        assert reader.alive
+        os.write(write_fd, epoch_text(T_START + dt.timedelta(seconds=1)).encode())
+        assert wait_for(lambda: len(fixes) == 2, timeout=3)
+    finally:
+        os.close(write_fd)
+    assert wait_for(lambda: not reader.alive, timeout=3)
+
+
 # --- serial through a pseudo-terminal pair
 
 
@@ -371,3 +391,15 @@ def test_gnss_config_rejects_unknown_keys_and_bad_values():
         GnssConfig(source="bluetooth")
     with pytest.raises(ValidationError):
         GnssConfig(baud=0)
+
+
+def test_gps_replay_takes_filter_settings_from_an_agent_config(tmp_path):
+    conf = tmp_path / "agent.toml"
+    conf.write_text('[gnss]\ndate_floor = 2030-01-01\n')
+    res = run_cli("replay", "--json", "--config", str(conf), str(recording(tmp_path / "d.nmea", 1)))
+    assert res.exit_code == 0, res.output
+    rolled = T_START + dt.timedelta(weeks=1024)  # 2026 is before the floor: a week rollover
+    assert json.loads(res.stdout)["time"] == rolled.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    conf.write_text('[gnss]\nbogus = 1\n')
+    res = run_cli("replay", "--config", str(conf), str(tmp_path / "d.nmea"))
+    assert res.exit_code == 1 and "gnss.bogus" in res.stderr

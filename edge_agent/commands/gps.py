@@ -30,6 +30,17 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _gnss_config(path: Path | None, overrides: dict[str, Any]) -> GnssConfig:
+    """The [gnss] section of an agent config (defaults without one), with command-line overrides."""
+    cfg = GnssConfig()
+    if path is not None:
+        try:
+            cfg = agent_config.load(path).gnss
+        except agent_config.ConfigError as exc:
+            _fail(str(exc))
+    return GnssConfig.model_validate({**cfg.model_dump(), **overrides})
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -80,9 +91,10 @@ def replay(
     path: str = typer.Argument(..., help="NMEA recording, or - for stdin"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per epoch (the stable format)"),
     realtime: bool = typer.Option(False, "--realtime", help="Pace the output by the recording's UTC times"),
+    config: Path = typer.Option(None, "--config", "-c", help="Agent config whose [gnss] filter settings to use"),
 ) -> None:
     """Parse a recording strictly, assemble epochs, filter them; one line per epoch, a summary on stderr."""
-    cfg = GnssConfig(source="stdin" if path == "-" else "file", file="" if path == "-" else path)
+    cfg = _gnss_config(config, {"source": "stdin" if path == "-" else "file", "file": "" if path == "-" else path})
     try:
         stream = open_input(path)
     except OSError as exc:
@@ -129,6 +141,8 @@ def _monitor_table(reader: GnssReader, health: HealthBoard, fix: Fix | None, pos
         ("unknown types / malformed", f"{summary['unknown_types']} / {summary['malformed']}"),
         ("epochs / fixes", f"{summary['epochs']} / {summary['fixes']}"),
         ("reconnects", str(reader.reconnects)),
+        ("filter outliers / resets", f"{reader.filter.stats.outliers} / "
+                                     f"{sum(reader.filter.stats.resets.values())}"),
     ]
     for what, value in rows:
         table.add_row(what, value)
@@ -144,12 +158,6 @@ def monitor(
     seconds: float = typer.Option(0.0, "--seconds", help="Stop after this long (0 = until Ctrl-C)"),
 ) -> None:
     """Live fixes for a technician: the receiver's view and the filter's, refreshed in a table."""
-    cfg = GnssConfig()
-    if config is not None:
-        try:
-            cfg = agent_config.load(config).gnss
-        except agent_config.ConfigError as exc:
-            _fail(str(exc))
     updates: dict[str, Any] = {"source": "serial"}
     if port:
         updates["port"] = port
@@ -160,7 +168,7 @@ def monitor(
         if not host or not gpsd_port.isdigit():
             _fail(f"--gpsd wants HOST:PORT, got {gpsd!r}")
         updates.update(source="gpsd", gpsd_host=host, gpsd_port=int(gpsd_port))
-    cfg = GnssConfig.model_validate({**cfg.model_dump(), **updates})
+    cfg = _gnss_config(config, updates)
     health = HealthBoard()
     latest: dict[str, Any] = {"fix": None, "pose": None}
     reader = GnssReader(cfg, PositionFilter(cfg), health,
