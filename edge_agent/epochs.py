@@ -35,7 +35,10 @@ TIMED_TYPES = frozenset({"RMC", "GGA", "GLL", "GNS", "ZDA", "GST"})
 
 @dataclass(frozen=True)
 class Fix:
-    """One receiver epoch. Unknown values are None; lat/lon are None when mode is 0 (no fix)."""
+    """One receiver epoch. Unknown values are None; lat/lon are None when mode is 0 (no fix).
+
+    t_mono: live, time.monotonic() at the epoch's arrival minus the receiver latency; from a recording, the
+    virtual clock `virtual_mono(utc)` (NaN for an epoch before the recording's first date)."""
 
     utc: dt.datetime | None
     t_mono: float

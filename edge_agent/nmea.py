@@ -10,7 +10,6 @@ few types the epoch assembler uses are built, other known types are only counted
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from functools import reduce
 from operator import xor
@@ -139,11 +138,3 @@ class NmeaParser:
             return None
         stats.used += 1
         return self._talker_types[kind](address[:2], kind, rest.split(","))
-
-    def parse_bytes(self, data: bytes) -> Iterator[pynmea2.TalkerSentence]:
-        """All sentences of a complete byte string (a file's contents)."""
-        splitter = LineSplitter(self.stats)
-        for line in [*splitter.feed(data), *splitter.flush()]:
-            sentence = self.parse_line(line)
-            if sentence is not None:
-                yield sentence
