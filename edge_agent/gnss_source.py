@@ -145,9 +145,12 @@ def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
     if eph is None and epx is not None and epy is not None:
         eph = math.hypot(epx, epy)
     track = number("track", 0, 360)
+    altitude = number("altMSL", -1000, 1e5)
+    if altitude is None:
+        altitude = number("alt", -1000, 1e5)  # gpsd before 3.20 only sends alt
     return Fix(
         utc=utc, t_mono=t_mono, mode=mode, lat=lat if mode else None, lon=lon if mode else None,
-        alt_m=(number("altMSL", -1000, 1e5) or number("alt", -1000, 1e5)) if mode == 3 else None,
+        alt_m=altitude if mode == 3 else None,
         speed_mps=number("speed", 0, 600) if mode else None, track_deg=track % 360 if mode and track is not None
         else None, eph_m=eph if mode else None, hdop=None, sats=None,
         estimated=report.get("status") == 6,
