@@ -33,7 +33,7 @@ import services  # noqa: E402
 from server_fixtures import DeviceClient, make_event, offset, server_config, token  # noqa: E402
 
 from fleet_server.migrate import migrate  # noqa: E402
-from fleet_server.store import _event_row  # noqa: E402
+from fleet_server.store import event_row  # noqa: E402
 
 CENTRE = (48.137, 11.575)
 
@@ -60,7 +60,7 @@ def synthetic_events(n: int, devices: list[str], potholes: int, rng: random.Rand
 def bare_copy(dsn: str, events: list[dict]) -> float:
     """Rows/s of a plain COPY of the same sightings into a table with the same columns and indexes."""
     now = datetime.now(UTC)
-    rows = [_event_row(e, now, "bench") for e in events]
+    rows = [event_row(e, now, "bench") for e in events]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_copy")
         conn.execute("CREATE TABLE bench_copy (LIKE sightings INCLUDING DEFAULTS INCLUDING INDEXES)")
@@ -190,6 +190,7 @@ def main() -> int:
     parser.add_argument("--defects", type=int, help="defects for the map query (default 100000, quick 10000)")
     parser.add_argument("--per-defect", type=int, default=10, help="sightings per defect for the map query")
     parser.add_argument("--queries", type=int, help="map queries timed (default 300, quick 100)")
+    parser.add_argument("--part", choices=["ingest", "map", "both"], default="both", help="which measurement")
     args = parser.parse_args()
     n_events = args.events or (3000 if args.quick else 20000)
     n_defects = args.defects or (10_000 if args.quick else 100_000)
@@ -199,31 +200,41 @@ def main() -> int:
     tmp = ROOT / ".state" / "bench-server"
     tmp.mkdir(parents=True, exist_ok=True)
 
+    if args.part in ("ingest", "both"):
+        bench_ingest(info, n_events, args.workers, rng, tmp)
+    if args.part in ("map", "both"):
+        bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp)
+    return 0
+
+
+def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: random.Random, tmp: Path) -> None:
     devices = [f"bench-{secrets.token_hex(3)}-{i}" for i in range(5)]
     events = synthetic_events(n_events, devices, max(10, n_events // 12), rng)
     dsn = fresh_database("bench_server_ingest")
     copy_rate = bare_copy(dsn, events)
-    rate, stats = ingest_rate(dsn, info, events, devices, args.workers, tmp)
+    rate, stats = ingest_rate(dsn, info, events, devices, workers, tmp)
     with psycopg.connect(dsn) as conn:
         n_def = conn.execute("SELECT count(*) FROM defects").fetchone()[0]
         n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
-    print(f"ingest: {n_events} sightings, {args.workers} worker(s), {n_rows} rows, {n_def} defects; "
+    print(f"ingest: {n_events} sightings, {workers} worker(s), {n_rows} rows, {n_def} defects; "
           f"all published after {stats['published_s']:.1f} s, all acked after {stats['elapsed_s']:.1f} s")
     print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s")
     print(f"  bare COPY of the same rows:       {copy_rate:,.0f} rows/s")
     ratio = rate / copy_rate
     print(f"  ratio {ratio:.2f} (target >= 0.3) {'PASS' if ratio >= 0.3 else 'FAIL'}")
 
+
+def bench_map(info: services.ServiceInfo, n_defects: int, per_defect: int, n_queries: int, rng: random.Random,
+              tmp: Path) -> None:
     dsn = fresh_database("bench_server_map")
     t0 = time.monotonic()
-    seed_map(dsn, n_defects, args.per_defect, rng)
-    print(f"map: {n_defects:,} defects, {n_defects * args.per_defect:,} sightings seeded in "
+    seed_map(dsn, n_defects, per_defect, rng)
+    print(f"map: {n_defects:,} defects, {n_defects * per_defect:,} sightings seeded in "
           f"{time.monotonic() - t0:.0f} s")
     p50, p95, mean_size = map_query_latency(dsn, info, n_queries, rng, tmp)
     print(f"  GET /api/v1/defects 2 km bbox: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms "
           f"({mean_size:.0f} defects per answer, {n_queries} queries) "
           f"{'PASS' if p95 <= 0.050 else 'FAIL'} (target p95 <= 50 ms)")
-    return 0
 
 
 if __name__ == "__main__":

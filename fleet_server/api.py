@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 
 from fleet_server import __version__, api_defects, api_fleet, auth, dashboard, metrics
 from fleet_server.config import ServerConfig
@@ -46,6 +48,13 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
         path = getattr(route, "path", "other")
         metrics.API_LATENCY.labels(request.method, path).observe(time.monotonic() - t0)
         return response
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_away(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "database unavailable, try again"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -278,10 +278,14 @@ def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
 @model_app.command("push")
 def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir_okay=False),
                url_base: str | None = typer.Option(None, "--url-base", help="Public base URL of this server"),
-               name: str | None = typer.Option(None), version: str | None = typer.Option(None)) -> None:
+               name: str | None = typer.Option(None), version: str | None = typer.Option(None),
+               signature_file: Path | None = typer.Option(
+                   None, "--signature-file", exists=True, dir_okay=False,
+                   help="Base64 Ed25519 signature of FILE (openssl pkeyutl -sign -rawin ... | base64 -w0)")) -> None:
     """Offer an ONNX model to a device: stage it by sha256, publish cmd/model-update."""
+    signature = signature_file.read_text().strip() if signature_file else None
     try:
-        payload = commands.push_model(cfg(), device_id, file, url_base, name, version)
+        payload = commands.push_model(cfg(), device_id, file, url_base, name, version, signature)
     except commands.CommandError as exc:
         _fail(str(exc))
     console.print(f"model-update sent to {device_id}: {json.dumps(payload)}")

@@ -76,11 +76,15 @@ def stage_model(cfg: ServerConfig, file: Path) -> str:
 
 
 def push_model(cfg: ServerConfig, device_id: str, file: Path, url_base: str | None = None,
-               name: str | None = None, version: str | None = None) -> dict[str, Any]:
-    """Offer FILE to DEVICE_ID: stage it, then publish cmd/model-update {url, sha256, name, version}."""
+               name: str | None = None, version: str | None = None,
+               signature: str | None = None) -> dict[str, Any]:
+    """Offer FILE to DEVICE_ID: stage it, then publish cmd/model-update {url, sha256, name, version[, signature]}
+    (signature: base64 Ed25519 over the file's bytes, checked by devices that have model_update.public_key)."""
     sha = stage_model(cfg, file)
     base = (url_base or cfg.models.url_base).rstrip("/")
     payload = {"url": f"{base}/api/v1/models/{sha}.onnx", "sha256": sha, "name": name or file.stem,
                "version": version or sha[:12]}
+    if signature:
+        payload["signature"] = signature
     send(cfg, device_id, "model-update", payload)
     return payload

@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 
 from fleet_server import metrics
 from fleet_server.config import ConfigError, ServerConfig
+from fleet_server.db import UTC_OPTIONS
 from fleet_server.store import Batch, Stored, store_batch
 from fleet_server.validate import Invalid, Rejection, check_message
 from roadmon_contract import topics
@@ -91,6 +92,8 @@ def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") 
             continue
         if kind == "event":
             batch.events.append((obj, msg.received_at))
+            with contextlib.suppress(UnicodeDecodeError):
+                batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")
         elif kind == "coverage":
             batch.coverage.append((obj, msg.received_at))
         else:
@@ -247,7 +250,7 @@ class IngestWorker:
 
     def _store_one_by_one(self, batch: Batch) -> Stored:
         total = Stored()
-        singles = [Batch(events=[e], source=batch.source) for e in batch.events]
+        singles = [Batch(events=[e], source=batch.source, raw=batch.raw) for e in batch.events]
         singles += [Batch(coverage=[c], source=batch.source) for c in batch.coverage]
         for single in singles:
             try:
@@ -273,7 +276,7 @@ class IngestWorker:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             # Read the DSN again on every reconnect: a rotated credential file takes effect without a restart.
-            self._conn = psycopg.connect(self.cfg.database.resolve_dsn(), autocommit=True,
+            self._conn = psycopg.connect(self.cfg.database.resolve_dsn(), autocommit=True, options=UTC_OPTIONS,
                                          connect_timeout=int(self.cfg.database.connect_timeout_s))
         return self._conn
 

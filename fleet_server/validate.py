@@ -90,8 +90,21 @@ def check_schema(kind: str, obj: Any) -> None:
     raise Invalid("schema: " + "; ".join(problems[:5]))
 
 
+def _all_finite(value: Any) -> bool:
+    # json turns 1e999 into inf without complaint; PostgreSQL would refuse it later.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
 def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:
     check_schema("event", obj)
+    if not _all_finite(obj):
+        raise Invalid("not finite: a number overflows")
     _check_point("position", obj["position"])
     _check_point("vehicle", obj["vehicle"])
     _check_time("captured_at", obj["captured_at"], now, cfg)

@@ -200,3 +200,19 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     assert allowed.headers.get("access-control-allow-origin") == "https://fleet.example.org"
     other = client.get("/api/v1/me", headers={"Origin": "https://evil.example", **viewer})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_database_away_gives_503_not_500(tmp_path) -> None:
+    from fleet_server.config import parse
+
+    (tmp_path / "dsn").write_text("postgresql://roadmon:x@127.0.0.1:9/nowhere?connect_timeout=1")
+    cfg = parse({"database": {"dsn_file": str(tmp_path / "dsn"), "connect_timeout_s": 1},
+                 "mqtt": {"port": 9}})
+    client = TestClient(create_app(cfg))
+    try:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["database"].startswith("error")
+        r = client.get("/api/v1/me", headers=bearer("rmt_x_y"))
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    finally:
+        client.app.state.pool.close()
