@@ -260,3 +260,23 @@ def test_fuzz_plausible_rmc_streams(rows):
                               f"{speed:.1f},12.0,{day:02d}{month:02d}{yy:02d},,,A"))
     for fix in decoder.feed(("\r\n".join(lines) + "\r\n").encode()) + decoder.flush():
         check_ranges(fix)
+
+
+PIECES = [sentence(rmc()) + "\r\n", sentence(gga()) + "\r\n", sentence(rmc(time="123520.00")) + "\r\n",
+          sentence(gga(time="000001")) + "\r\n", sentence("GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1") + "\r\n",
+          sentence("GPZDA,235959.99,31,12,1999,00,00") + "\r\n", "$GPGGA,1235", "\r\n", "$$", "*7F"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=30), st.sampled_from(PIECES).map(str.encode)), max_size=30),
+       st.integers(1, 64))
+def test_fuzz_decoder_on_junk_mixed_with_sentences(pieces, chunk):
+    decoder = NmeaDecoder(GnssConfig(), virtual_clock=True)
+    data = b"".join(pieces)
+    fixes = []
+    for i in range(0, len(data), chunk):
+        fixes += decoder.feed(data[i:i + chunk])
+    fixes += decoder.flush()
+    for fix in fixes:
+        check_ranges(fix)
+    assert decoder.summary()["epochs"] == len(fixes)
