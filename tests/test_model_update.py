@@ -511,3 +511,58 @@ def test_partial_download_left_by_a_crash_is_resumed(store: ModelStore, model_se
     assert result["ok"], result
     assert model_server.requests == ["bytes=50-"]
     assert list(store.incoming.iterdir()) == []
+
+
+@pytest.mark.services
+def test_signed_push_from_the_fleet_server_is_accepted(tmp_path: Path, model_server: ModelServer,
+                                                       service_info: Any, mqtt_device: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fleet-server model push --signature-file` -> broker -> the device's cmd topic -> ModelUpdater with the
+    release public key: the wire contract for signed models, through the real server code and broker."""
+    import queue
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from fleet_server import commands
+    from fleet_server.config import ServerConfig
+    from roadmon_contract import topics
+
+    device_id, password = mqtt_device()
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    (tmp_path / "release.pub.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    model = tmp_path / "new.onnx"
+    model.write_bytes(tiny_onnx(21.0))
+    url, sha = model_server.publish(model.read_bytes())  # what the API serves from models.dir
+    monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
+    server_cfg = ServerConfig.model_validate({
+        "mqtt": {"host": "127.0.0.1", "port": service_info.mqtt_port, "username": service_info.server_user},
+        "models": {"dir": str(tmp_path / "staged"), "url_base": model_server.base}})
+
+    received: queue.Queue[dict] = queue.Queue()
+    subscribed = threading.Event()
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+    device.username_pw_set(device_id, password)
+    device.on_message = lambda c, u, m: received.put(json.loads(m.payload))
+    device.on_subscribe = lambda *a: subscribed.set()
+    device.connect("127.0.0.1", service_info.mqtt_port)
+    device.subscribe(topics.cmd(device_id, "model-update"), qos=1)
+    device.loop_start()
+    try:
+        assert subscribed.wait(5)
+        sent = commands.push_model(server_cfg, device_id, model, name="potholes", version="3",
+                                   signature=sign_file(pem, model))
+        payload = received.get(timeout=10)
+    finally:
+        device.loop_stop()
+        device.disconnect()
+    assert payload == sent and payload["url"] == url and payload["sha256"] == sha
+    store = ModelStore(tmp_path / "models")
+    up = ModelUpdater(ModelUpdateConfig(ca_file=str(model_server.ca), public_key=str(tmp_path / "release.pub.pem")),
+                      store, ort_sanity_check)
+    result = up.handle(payload)
+    assert result["ok"], result
+    assert store.current_sha() == sha
