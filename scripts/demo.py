@@ -483,6 +483,7 @@ def screenshot(port: int, out: Path) -> Path:
         else:
             driver.find_element(By.CSS_SELECTOR, "#defect-list li").click()
         wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
+        driver.find_element(By.ID, "fit-all").click()  # the panel took room from the map: fit again
         time.sleep(1.5)  # thumbnails and the map's zoom animation
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))

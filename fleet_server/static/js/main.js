@@ -50,6 +50,7 @@ async function startApp() {
   $("filters").addEventListener("change", () => { redraw(); loadCoverage(); });
   $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
   $("refresh").addEventListener("click", () => loadAll());
+  $("fit-all").addEventListener("click", () => state.map.fitAll());
   document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showView(tab.dataset.view)));
   await loadAll();
   state.timer = setInterval(() => loadAll(true), REFRESH_MS);

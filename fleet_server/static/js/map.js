@@ -8,7 +8,7 @@ const DEFAULT_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyr
 export class DefectMap {
   constructor(element, config, onSelect) {
     this.onSelect = onSelect;
-    this.map = L.map(element, { zoomControl: true, preferCanvas: false }).setView([48.137, 11.575], 13);
+    this.map = L.map(element, { zoomControl: true, zoomSnap: 0.25 }).setView([48.137, 11.575], 13);
     this.addBasemap(config);
     this.clusters = L.markerClusterGroup({
       maxClusterRadius: 45,
@@ -82,14 +82,17 @@ export class DefectMap {
 
   // Once, after the first load: everything there is to see (defects, roads driven, vehicles) in view.
   fitOnce() {
-    if (this.fitted) return;
+    if (!this.fitted) this.fitted = this.fitAll();
+  }
+
+  fitAll() {
     const bounds = L.latLngBounds([]);
     for (const layer of [this.clusters, this.coverage, this.devices]) {
       if (layer.getLayers().length) bounds.extend(layer.getBounds ? layer.getBounds() : L.featureGroup(layer.getLayers()).getBounds());
     }
-    if (!bounds.isValid()) return;
+    if (!bounds.isValid()) return false;
     this.map.fitBounds(bounds.pad(0.08), { maxZoom: 17 });
-    this.fitted = true;
+    return true;
   }
 
   focus(defect) {
