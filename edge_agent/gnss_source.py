@@ -236,7 +236,8 @@ class GnssReader:
         import serial  # pyserial: only the serial source needs it
 
         try:
-            port = serial.serial_for_url(self.cfg.port, self.cfg.baud, timeout=0.05)
+            # exclusive: a second program on the same port would steal half of every sentence.
+            port = serial.serial_for_url(self.cfg.port, self.cfg.baud, timeout=0.05, exclusive=True)
         except (serial.SerialException, OSError) as exc:
             raise _Lost(f"cannot open: {exc}") from None
         log.info("GNSS %s open at %d baud", self.cfg.port, self.cfg.baud)

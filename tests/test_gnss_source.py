@@ -221,6 +221,21 @@ def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
         assert sent - 0.3 <= fix.t_mono <= sent - 0.3 + 0.15
 
 
+def test_the_reader_holds_the_port_exclusively(receiver):
+    import serial
+
+    cfg = serial_cfg(receiver.link)
+    health = HealthBoard()
+    reader = GnssReader(cfg, PositionFilter(cfg), health)
+    reader.start()
+    try:
+        assert wait_for(lambda: health.snapshot()["gnss"] == "starting")
+        with pytest.raises(serial.SerialException):
+            serial.Serial(str(receiver.link), 115200, exclusive=True)
+    finally:
+        reader.stop()
+
+
 def test_silent_port_is_reopened(receiver):
     cfg = serial_cfg(receiver.link, no_data_timeout_s=0.3)
     health = HealthBoard()
