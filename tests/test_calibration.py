@@ -133,6 +133,43 @@ def _render_board(intr: Intrinsics, board: tuple[int, int], square_m: float, rve
     return cv2.GaussianBlur(img, (3, 3), 0.6)
 
 
+def _render_board_distorted(intr: Intrinsics, board: tuple[int, int], square_m: float, rvec: np.ndarray,
+                            tvec: np.ndarray) -> np.ndarray:
+    """As _render_board, through a lens with intr.dist: each output pixel is undistorted to find the ideal
+    pixel it shows, which is then looked up in the ideal rendering (made on a margin-padded canvas)."""
+    pad = 200
+    ideal = Intrinsics(intr.fx, intr.fy, intr.cx + pad, intr.cy + pad, intr.width + 2 * pad, intr.height + 2 * pad)
+    flat = _render_board(ideal, board, square_m, rvec, tvec)
+    uu, vv = np.meshgrid(np.arange(intr.width, dtype=np.float64), np.arange(intr.height, dtype=np.float64))
+    pts = np.column_stack([uu.ravel(), vv.ravel()]).reshape(-1, 1, 2)
+    und = cv2.undistortPoints(pts, intr.matrix, intr.dist_coeffs, P=ideal.matrix).reshape(intr.height, intr.width, 2)
+    return cv2.remap(flat, und[..., 0].astype(np.float32), und[..., 1].astype(np.float32), cv2.INTER_LINEAR,
+                     borderValue=200)
+
+
+def test_calibrate_camera_recovers_lens_distortion(tmp_path: Path) -> None:
+    truth = Intrinsics(700.0, 700.0, 640.0, 360.0, 1280, 720, (-0.25, 0.08, 0.0, 0.0, 0.0))
+    board = (9, 6)
+    rng = np.random.default_rng(8)
+    for i in range(16):
+        rvec = np.array([rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2)])
+        # Spread the board over the frame, corners included, where distortion shows most (as a technician must:
+        # without views near the corners the fitted polynomial is free to run off there).
+        tvec = np.array([rng.uniform(-0.45, 0.22), rng.uniform(-0.26, 0.12), rng.uniform(0.45, 0.6)])
+        cv2.imwrite(str(tmp_path / f"v{i:02d}.png"), _render_board_distorted(truth, board, 0.025, rvec, tvec))
+    result = calibrate_images(sorted(tmp_path.glob("*.png")), board, 25.0)
+    assert len(result.per_image_px) >= 8
+    assert result.intrinsics.fx == pytest.approx(truth.fx, rel=0.03)
+    assert result.intrinsics.dist[0] == pytest.approx(-0.25, abs=0.02)
+    assert result.rms_px < 0.3
+    # What matters downstream: pixels map to the same rays as with the true lens.
+    p_true = GroundProjector(truth, Mount(1.5, 12))
+    p_cal = GroundProjector(result.intrinsics, Mount(1.5, 12))
+    for u, v in ((100, 650), (640, 500), (1180, 690)):
+        g_true, g_cal = p_true.pixel_to_ground(u, v), p_cal.pixel_to_ground(u, v)
+        assert math.dist(g_true, g_cal) < 0.01 * math.hypot(*g_true)
+
+
 def test_calibrate_camera_on_rendered_boards(tmp_path: Path) -> None:
     truth = Intrinsics(820.0, 818.0, 652.0, 355.0, 1280, 720)
     board = parse_board("9x6")
