@@ -160,6 +160,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
                          | {d for d, _, _ in batch.statuses} | {d for d, _, _ in batch.results})
         if devices:
             conn.execute(UPSERT_DEVICES, (devices,))
+            batch = drop_revoked(conn, batch, devices)
         if batch.events:
             texts = [batch.raw.get(e["event_id"]) or json.dumps(e) for e, _ in batch.events]
             inserted = conn.execute(INSERT_EVENTS, {
@@ -185,6 +186,37 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
         aggregate.aggregate_new(conn, sorted(out.new_events), matched, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
     return out
+
+
+def drop_revoked(conn: psycopg.Connection, batch: Batch, devices: list[str]) -> Batch:
+    """BATCH without the messages of revoked devices, which become rejections instead. (The broker refuses a
+    revoked login at its next connect; a session already open may still publish until then.)"""
+    revoked = {r[0] for r in conn.execute("SELECT id FROM devices WHERE id = ANY(%s) AND revoked_at IS NOT NULL",
+                                          (devices,))}
+    if not revoked:
+        return batch
+
+    def reject(device: str, obj: dict, raw: str | None = None) -> Rejection:
+        return Rejection(batch.source, None, device, "device revoked", (raw or json.dumps(obj)).encode())
+
+    kept = Batch(source=batch.source, raw=batch.raw, rejected=list(batch.rejected))
+    for e, at in batch.events:
+        if e["device_id"] in revoked:
+            kept.rejected.append(reject(e["device_id"], e, batch.raw.get(e["event_id"])))
+        else:
+            kept.events.append((e, at))
+    for c, at in batch.coverage:
+        if c["device_id"] in revoked:
+            kept.rejected.append(reject(c["device_id"], c))
+        else:
+            kept.coverage.append((c, at))
+    for d, st, at in batch.statuses:
+        if d in revoked:
+            kept.rejected.append(reject(d, st))
+        else:
+            kept.statuses.append((d, st, at))
+    kept.results = [r for r in batch.results if r[0] not in revoked]
+    return kept
 
 
 def _status_params(device: str, status: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 
+import psycopg
 from server_fixtures import DeviceClient, count, make_cfg, make_coverage, make_event, wait_for, workers
 
 from fleet_server.migrate import available, migrate
@@ -74,8 +75,6 @@ def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device,
             dev.publish("event", raw)
         assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM rejected") == len(cases)), \
             count(fresh_db, "SELECT count(*) FROM rejected")
-        import psycopg
-
         with psycopg.connect(fresh_db) as conn:
             rows = {bytes(r[1]): r[0] for r in conn.execute("SELECT reason, raw FROM rejected")}
         for raw, reason in cases.items():
@@ -88,6 +87,14 @@ def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device,
         dev.publish("event", good)
         assert wait_for(lambda: good["event_id"] in dev.acked_events())
         assert count(fresh_db, "SELECT count(*) FROM sightings") == 1
+        # A revoked device whose session is still open: its messages are dead letters, not sightings.
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("UPDATE devices SET revoked_at = now() WHERE id = %s", (device,))
+        late = make_event(device, 48.1, 11.5)
+        dev.publish("event", late)
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM rejected WHERE reason = 'device revoked'") == 1)
+        assert count(fresh_db, "SELECT count(*) FROM sightings") == 1
+        assert late["event_id"] not in dev.acked_events()
     finally:
         dev.close()
 
