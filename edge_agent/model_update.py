@@ -294,7 +294,8 @@ def download(url: str, dest: Path, cfg: ModelUpdateConfig) -> int:
             last_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         got = dest.stat().st_size if dest.exists() else 0
         log.warning("model download attempt %d/%d broke off at %d bytes: %s", attempt, cfg.attempts, got, last_error)
-        time.sleep(min(0.2 * 2**attempt, 5))
+        if attempt < cfg.attempts:
+            time.sleep(min(0.2 * 2**attempt, 5))
     raise UpdateFailed(f"download interrupted {cfg.attempts} times, last: {last_error}")
 
 
@@ -313,7 +314,14 @@ class ModelUpdater:
         self.pinned_model = pinned_model
         self.fallback_model = fallback_model
         self._busy = threading.Lock()
-        self._public_key = load_public_key(cfg.public_key) if cfg.public_key else None
+        self._public_key: Any = None
+        self._key_error: str | None = None
+        if cfg.public_key:
+            try:
+                self._public_key = load_public_key(cfg.public_key)
+            except Exception as exc:  # a bad key must not stop the agent: only updates are refused, with the reason
+                self._key_error = f"model_update.public_key is unusable: {exc}"
+                log.error("%s; remote model updates are refused until it is fixed", self._key_error)
 
     @classmethod
     def from_config(cls, agent_cfg: Any, activate: Activate | None = None,
@@ -364,6 +372,8 @@ class ModelUpdater:
     def _check_command(self, payload: Any) -> tuple[str, str]:
         if not self.cfg.enabled:
             raise UpdateRefused("remote model updates are disabled on this device (model_update.enabled)")
+        if self._key_error:
+            raise UpdateRefused(self._key_error)
         if self.pinned_model:
             raise UpdateRefused(f"detector.model is pinned to {self.pinned_model}; set it to "
                                 f"{self.store.current_link} or 'bundled' to allow remote updates")

@@ -566,3 +566,14 @@ def test_signed_push_from_the_fleet_server_is_accepted(tmp_path: Path, model_ser
     result = up.handle(payload)
     assert result["ok"], result
     assert store.current_sha() == sha
+
+
+def test_unusable_public_key_refuses_updates_but_does_not_crash(store: ModelStore, model_server: ModelServer,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    for key in (str(tmp_path / "missing.pem"), str(tmp_path / "bad.pem")):
+        up = updater(store, model_server, public_key=key)  # constructing must not raise: the agent starts
+        url, sha = model_server.publish(tiny_onnx(22.0))
+        result = up.handle({"url": url, "sha256": sha})
+        assert result["status"] == "refused" and "public_key is unusable" in result["reason"]
+        assert model_server.requests == [], "nothing is downloaded without a usable key"
