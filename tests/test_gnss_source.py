@@ -227,13 +227,20 @@ def test_the_reader_holds_the_port_exclusively(receiver):
     cfg = serial_cfg(receiver.link)
     health = HealthBoard()
     reader = GnssReader(cfg, PositionFilter(cfg), health)
+    def locked() -> bool:
+        try:
+            serial.Serial(str(receiver.link), 115200, exclusive=True).close()
+        except serial.SerialException:
+            return True
+        return False
+
+    assert not locked()
     reader.start()
     try:
-        assert wait_for(lambda: health.snapshot()["gnss"] == "starting")
-        with pytest.raises(serial.SerialException):
-            serial.Serial(str(receiver.link), 115200, exclusive=True)
+        assert wait_for(locked)
     finally:
         reader.stop()
+    assert wait_for(lambda: not locked())
 
 
 def test_silent_port_is_reopened(receiver):
