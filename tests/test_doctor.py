@@ -433,3 +433,10 @@ def test_broker_login_from_the_systemd_credentials_directory(tmp_path: Path, ser
         "enabled": True, "host": "127.0.0.1", "port": service_info.mqtt_port, "tls": False})
     broker = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
     assert broker.level is Level.GREEN, broker
+
+
+def test_config_warns_about_unreadable_update_files(tmp_path: Path) -> None:
+    path = write_config(tmp_path, uplink={"enabled": True, "tls": False},
+                        model_update={"ca_file": str(tmp_path / "no-ca.pem")})
+    cfg = by_name(run_checks(str(path), only=["config"], options=FAST))["config"]
+    assert cfg.level is Level.YELLOW and "model_update.ca_file" in cfg.summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from edge_agent import config as agent_config
 from edge_agent.doctor.result import CheckResult, Context, Level
 
@@ -25,6 +27,10 @@ def check_config(ctx: Context) -> CheckResult:
         warnings.append("model_update.allow_http is on: models could be replaced in transit")
     if not cfg.uplink.enabled:
         warnings.append("uplink.enabled is false: events stay on this box")
+    update = cfg.model_update
+    for key, value in (("model_update.ca_file", update.ca_file), ("model_update.public_key", update.public_key)):
+        if value and "-----BEGIN" not in value and not os.access(value, os.R_OK):
+            warnings.append(f"{key} {value} cannot be read: remote model updates will fail")
     data = {"path": ctx.config_path, "device_id": cfg.device.id, "warnings": warnings}
     summary = f"{ctx.config_path} is valid (device {cfg.device.id})"
     if warnings:
