@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import socket
@@ -264,6 +265,22 @@ def test_missing_port_keeps_retrying_without_crashing(tmp_path):
         assert reader.alive and health.snapshot()["gnss"] == "lost"
     finally:
         reader.stop()
+
+
+def test_reopen_backoff_doubles_up_to_the_limit(tmp_path, caplog):
+    cfg = serial_cfg(tmp_path / "no-such-tty", reconnect_min_s=0.1, reconnect_max_s=0.4)
+    caplog.set_level(logging.DEBUG, logger="edge_agent.gnss_source")
+    reader = GnssReader(cfg, PositionFilter(cfg))
+    reader.start()
+    try:
+        assert wait_for(lambda: reader.reconnects >= 5)
+    finally:
+        reader.stop()
+    delays = [float(r.getMessage().split("retrying in ")[1].split(" s")[0])
+              for r in caplog.records if "retrying in" in r.getMessage()]
+    assert delays[:5] == [0.1, 0.2, 0.4, 0.4, 0.4]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1  # said once, not on every attempt
 
 
 # --- gpsd JSON
