@@ -32,6 +32,7 @@ class GroundProjector:
         self._c = mount.centre()
         self._rvec, _ = cv2.Rodrigues(self._r)
         self._tvec = -self._r @ self._c
+        self._radius_limit: float | None = None
 
     # -- vectorised core -------------------------------------------------------------------------------------
 
@@ -56,7 +57,9 @@ class GroundProjector:
         return ground
 
     def ground_to_pixels(self, ground: np.ndarray) -> np.ndarray:
-        """Nx2 (forward, left) -> Nx2 pixels; points behind the camera are NaN."""
+        """Nx2 (forward, left) -> Nx2 pixels; points behind the camera are NaN, and so, with lens distortion, are
+        points so far outside the field of view that the distortion polynomial no longer holds (it folds back and
+        would put them inside the image)."""
         ground = np.asarray(ground, dtype=np.float64).reshape(-1, 2)
         pts = np.column_stack([ground, np.zeros(len(ground))])
         cam = (pts - self._c) @ self._r.T
@@ -64,12 +67,32 @@ class GroundProjector:
         if self.intrinsics.has_distortion:
             uv, _ = cv2.projectPoints(pts, self._rvec, self._tvec, self._k, self.intrinsics.dist_coeffs)
             uv = uv.reshape(-1, 2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                radius = np.hypot(cam[:, 0], cam[:, 1]) / cam[:, 2]
+            behind |= ~(radius <= self._valid_radius())
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 uv = (cam[:, :2] / cam[:, 2:3]) * [self.intrinsics.fx, self.intrinsics.fy]
             uv = uv + np.array([self.intrinsics.cx, self.intrinsics.cy])
         uv[behind] = np.nan
         return uv
+
+    def _valid_radius(self) -> float:
+        """Largest ideal (undistorted) image radius, in normalised units, where the model is trusted: 1.25 x the
+        image corners' (calibration data cannot reach further), capped where the radial term stops growing."""
+        if self._radius_limit is None:
+            w, h = self.intrinsics.width, self.intrinsics.height
+            corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64).reshape(-1, 1, 2)
+            norm = cv2.undistortPoints(corners, self._k, self.intrinsics.dist_coeffs, R=_EYE, P=_EYE,
+                                       criteria=_UNDISTORT_CRITERIA).reshape(-1, 2)
+            limit = 1.25 * float(np.hypot(norm[:, 0], norm[:, 1]).max())
+            k = list(self.intrinsics.dist) + [0.0] * 5
+            k1, k2, k3 = k[0], k[1], k[4]
+            r = np.linspace(0, limit, 2000)
+            slope = 1 + 3 * k1 * r**2 + 5 * k2 * r**4 + 7 * k3 * r**6  # d/dr of r * (1 + k1 r^2 + k2 r^4 + k3 r^6)
+            folds = np.flatnonzero(slope <= 0)
+            self._radius_limit = float(r[folds[0]]) if len(folds) else limit
+        return self._radius_limit
 
     def ground_map(self) -> tuple[np.ndarray, np.ndarray]:
         """(forward, left) float32 HxW for every pixel centre of the image; NaN where the ray misses the road.
@@ -102,8 +125,8 @@ class GroundProjector:
         return None if math.isnan(f) else (float(f), float(left))
 
     def ground_to_pixel(self, forward_m: float, left_m: float) -> tuple[float, float] | None:
-        """Pixel where the road point appears, or None when it lies behind the camera. The pixel may lie outside
-        the image; see `in_image`."""
+        """Pixel where the road point appears, or None when it lies behind the camera (or, with lens distortion,
+        far outside the field of view). The pixel may lie outside the image; see `in_image`."""
         u, v = self.ground_to_pixels(np.array([[forward_m, left_m]]))[0]
         return None if math.isnan(u) else (float(u), float(v))
 
