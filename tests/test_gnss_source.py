@@ -84,7 +84,8 @@ def test_file_source_in_real_time_paces_and_stamps_monotonic(tmp_path):
     assert len(got) == 4
     assert time.monotonic() - t0 >= 0.55
     stamps = [fix.t_mono for _, fix in got]
-    assert all(0.1 < b - a < 0.4 for a, b in itertools.pairwise(stamps))
+    assert all(b - a > 0.05 for a, b in itertools.pairwise(stamps))  # paced, not all at once
+    assert 0.55 <= stamps[-1] - stamps[0] < 3.0  # 3 x 0.2 s, with room for a loaded machine
 
 
 def test_stdin_source(tmp_path, monkeypatch):
@@ -206,7 +207,7 @@ def test_serial_unplug_and_replug(receiver):
 
 
 def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
-    cfg = serial_cfg(receiver.link, receiver_latency_s=0.3)
+    cfg = serial_cfg(receiver.link, receiver_latency_s=1.0)
     fixes = []
     reader = GnssReader(cfg, PositionFilter(cfg), on_fix=lambda fix, pose: fixes.append(fix))
     reader.start()
@@ -219,7 +220,8 @@ def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
     finally:
         reader.stop()
     for fix, sent in zip(fixes, sent_at, strict=False):
-        assert sent - 0.3 <= fix.t_mono <= sent - 0.3 + 0.15
+        # Never before it was sent minus the latency; the slack is the reader thread's scheduling.
+        assert sent - 1.0 <= fix.t_mono <= sent - 1.0 + 0.5
 
 
 def test_the_reader_holds_the_port_exclusively(receiver):
@@ -387,14 +389,14 @@ def test_gps_replay_realtime_paces(tmp_path):
 
 def test_gps_monitor_shows_live_fixes(receiver):
     def feed():
-        time.sleep(0.4)
-        for _ in range(12):
+        time.sleep(0.5)
+        for _ in range(20):
             receiver.send_epoch()
             time.sleep(0.1)
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    res = run_cli("monitor", "--port", str(receiver.link), "--baud", "115200", "--seconds", "2.5")
+    res = run_cli("monitor", "--port", str(receiver.link), "--baud", "115200", "--seconds", "3.5")
     feeder.join()
     assert res.exit_code == 0, res.output
     assert "48.1173000" in res.stdout  # 4807.038 N
