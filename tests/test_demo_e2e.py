@@ -96,3 +96,14 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     # Finding them is the detector's job (scored on its own in models/); here at least half must come through.
     assert score.found * 2 >= score.truth, f"found {score.found} of {score.truth} potholes: {score}"
     assert score.median_m is not None and score.median_m < MEDIAN_ERROR_M, score
+
+
+def test_geolocation_score_pairs_closest_first_and_counts_strays() -> None:
+    north = 1 / 111_195  # degrees of latitude per metre (the haversine's sphere)
+    truth = [(48.0, 11.0), (48.0 + 30 * north, 11.0), (48.0 + 60 * north, 11.0)]
+    found = [(48.0 + 1 * north, 11.0), (48.0 + 2 * north, 11.0), (48.0 + 33 * north, 11.0), (48.5, 11.0)]
+    score = demo.score_geolocation(truth, found, gate_m=8.0)
+    # The first truth takes the 1 m defect (closest pair first), the 2 m one is then a stray like the far one.
+    assert (score.truth, score.found, score.strays) == (3, 2, 2)
+    assert score.errors_m == pytest.approx([1.0, 3.0], abs=0.01)
+    assert score.median_m == pytest.approx(2.0, abs=0.01) and score.max_m == pytest.approx(3.0, abs=0.01)
