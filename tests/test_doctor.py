@@ -192,7 +192,7 @@ def test_gnss_on_a_pty_with_a_fix(tmp_path: Path, receiver: Any) -> None:
     # The receiver's UTC is "now", so the clock check compares and finds them close.
     clock = results["clock"]
     assert "offset_vs_gnss_s" in clock.data
-    assert abs(clock.data["offset_vs_gnss_s"]) < 1.0
+    assert abs(clock.data["offset_vs_gnss_s"]) < 1.9  # within AGREE_S, with room for a loaded machine
     assert clock.level is Level.GREEN, clock
 
 
