@@ -64,3 +64,12 @@ def test_scene_is_fast_enough_for_online_training() -> None:
     for _ in range(15):
         random_training_scene(rng, 320, 320)
     assert (time.process_time() - cpu0) / 15 < 0.04
+
+
+def test_odd_and_tiny_sizes_work() -> None:
+    rng = np.random.default_rng(2)
+    for w, h in ((32, 32), (97, 61), (161, 400)):
+        for _ in range(10):
+            img, boxes, _ = random_training_scene(rng, w, h)
+            assert img.shape == (h, w, 3)
+            assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= w) and np.all(boxes[:, 3] <= h)
