@@ -165,8 +165,14 @@ class Background:
         log.write(f"\n$ {' '.join(args)}\n")
         log.flush()
         # A session of its own: the server outlives this script, and `down` can stop its whole group.
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         self.procs[name] = proc.pid
         self.children[name] = proc
         self.paths.pids.write_text(json.dumps(self.procs))
@@ -222,21 +228,33 @@ def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
 
 
 # ------------------------------------------------------------------------------------- the steps
-def server_config(paths: Paths, info: services.ServiceInfo, port: int, device_id: str = DEVICE_ID,
-                  broker: services.Mosquitto | None = None) -> dict[str, Any]:
+def server_config(
+    paths: Paths,
+    info: services.ServiceInfo,
+    port: int,
+    device_id: str = DEVICE_ID,
+    broker: services.Mosquitto | None = None,
+) -> dict[str, Any]:
     """The server's config for the demo. Its ingest subscribes to the demo vehicle only, in a share group of
     its own, so another server on the same broker (a developer's tests) never takes the demo's messages."""
     broker = broker or services.Mosquitto()
     return {
         "database": {"dsn_file": str(paths.dsn_file)},
-        "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.server_user,
-                 "password_file": str(broker.server_secret)},
+        "mqtt": {
+            "host": info.mqtt_host,
+            "port": info.mqtt_port,
+            "username": info.server_user,
+            "password_file": str(broker.server_secret),
+        },
         # The simulator dates its drives on a fixed day (reproducible), which may be older than the
         # production horizon for late data; the demo accepts it.
-        "ingest": {"devices": [device_id], "share_group": f"demo-{device_id}".replace(".", "-"),
-                   "batch_wait_s": 0.05, "horizon_days": 3650},
-        "broker_files": {"passwd_file": info.passwd_file, "acl_file": info.acl_file,
-                         "pid_file": info.broker_pid_file},
+        "ingest": {
+            "devices": [device_id],
+            "share_group": f"demo-{device_id}".replace(".", "-"),
+            "batch_wait_s": 0.05,
+            "horizon_days": 3650,
+        },
+        "broker_files": {"passwd_file": info.passwd_file, "acl_file": info.acl_file, "pid_file": info.broker_pid_file},
         "api": {"host": "127.0.0.1", "port": port},
         "models": {"dir": str(paths.root / "models"), "url_base": f"http://127.0.0.1:{port}"},
     }
@@ -251,8 +269,12 @@ def prepare_database(paths: Paths) -> str:
 
 def provision_device(paths: Paths) -> str:
     """Register the demo vehicle with the server and the broker; returns its MQTT password."""
-    out = run_logged(fleet_server(paths, "device", "add", DEVICE_ID, "--name", "demo vehicle", "--json"),
-                     paths.log("provision"), 60, "fleet-server device add")
+    out = run_logged(
+        fleet_server(paths, "device", "add", DEVICE_ID, "--name", "demo vehicle", "--json"),
+        paths.log("provision"),
+        60,
+        "fleet-server device add",
+    )
     password = _password_from(out)
     paths.mqtt_password.write_text(password + "\n", encoding="utf-8")
     paths.mqtt_password.chmod(0o600)
@@ -274,8 +296,12 @@ def _password_from(output: str) -> str:
 
 
 def create_token(paths: Paths, role: str, name: str) -> str:
-    out = run_logged(fleet_server(paths, "token", "create", "--role", role, "--name", name, "--json"),
-                     paths.log("provision"), 60, "fleet-server token create")
+    out = run_logged(
+        fleet_server(paths, "token", "create", "--role", role, "--name", name, "--json"),
+        paths.log("provision"),
+        60,
+        "fleet-server token create",
+    )
     with contextlib.suppress(ValueError):
         doc = last_json(out)
         if isinstance(doc, dict) and doc.get("token"):
@@ -286,8 +312,14 @@ def create_token(paths: Paths, role: str, name: str) -> str:
     return lines[-1].split()[-1]
 
 
-def ensure_drive(paths: Paths, seed: int, minutes: float = DRIVE_MINUTES, potholes: int = DRIVE_POTHOLES,
-                 cracks: int = DRIVE_CRACKS, gps_noise_m: float = 3.0) -> Path:
+def ensure_drive(
+    paths: Paths,
+    seed: int,
+    minutes: float = DRIVE_MINUTES,
+    potholes: int = DRIVE_POTHOLES,
+    cracks: int = DRIVE_CRACKS,
+    gps_noise_m: float = 3.0,
+) -> Path:
     """The simulated drive for SEED, generated once and reused (it is deterministic for its settings).
     The agent config the simulator writes points into the folder it rendered, so it renders in place and a
     marker file says when it finished."""
@@ -296,16 +328,35 @@ def ensure_drive(paths: Paths, seed: int, minutes: float = DRIVE_MINUTES, pothol
     if done.exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
-    run_logged([tool("edge-agent"), "sim", "drive", "--out", str(out), "--seed", str(seed),
-                "--minutes", f"{minutes:g}", "--defects", str(potholes + cracks), "--potholes", str(potholes),
-                "--gps-noise-m", f"{gps_noise_m:g}"],
-               paths.log("sim"), 900, "edge-agent sim drive")
+    run_logged(
+        [
+            tool("edge-agent"),
+            "sim",
+            "drive",
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            "--minutes",
+            f"{minutes:g}",
+            "--defects",
+            str(potholes + cracks),
+            "--potholes",
+            str(potholes),
+            "--gps-noise-m",
+            f"{gps_noise_m:g}",
+        ],
+        paths.log("sim"),
+        900,
+        "edge-agent sim drive",
+    )
     done.touch()
     return out
 
 
-def agent_config(paths: Paths, drive: Path, info: services.ServiceInfo, device_id: str = DEVICE_ID,
-                 model: Path | None = None) -> Path:
+def agent_config(
+    paths: Paths, drive: Path, info: services.ServiceInfo, device_id: str = DEVICE_ID, model: Path | None = None
+) -> Path:
     """The sim's agent config (its camera calibration matches the video) pointed at the local broker."""
     cfg = tomllib.loads((drive / "agent.toml").read_text(encoding="utf-8"))
     cfg.setdefault("device", {}).update({"id": device_id, "state_dir": str(paths.agent_state)})
@@ -324,8 +375,13 @@ def _uplink_login(paths: Paths, device_id: str) -> dict[str, Any]:
     from edge_agent.config.uplink import UplinkConfig
 
     known = UplinkConfig.model_fields
-    wanted = {"tls": False, "username": device_id, "password_file": str(paths.mqtt_password),
-              "heartbeat_s": 5.0, "ack_timeout_s": 20.0}
+    wanted = {
+        "tls": False,
+        "username": device_id,
+        "password_file": str(paths.mqtt_password),
+        "heartbeat_s": 5.0,
+        "ack_timeout_s": 20.0,
+    }
     return {k: v for k, v in wanted.items() if k in known}
 
 
@@ -340,17 +396,36 @@ def wait_for_api(port: int, token: str, background: Background, timeout_s: float
             http_json(url, token, timeout_s=2)
             return
         time.sleep(0.3)
-    raise DemoError(f"the fleet server did not answer on port {port} within {timeout_s:.0f} s; "
-                    f"log: {background.paths.log('server')}")
+    raise DemoError(
+        f"the fleet server did not answer on port {port} within {timeout_s:.0f} s; "
+        f"log: {background.paths.log('server')}"
+    )
 
 
 def replay(paths: Paths, drive: Path, drain_s: float = 120) -> dict[str, Any]:
     """Run the agent's pipeline on the drive; with the uplink it exits once the server confirmed everything
     (or after DRAIN_S). Returns the replay's JSON summary."""
-    out = run_logged([tool("edge-agent"), "replay", "--video", str(drive / "video.mp4"),
-                      "--nmea", str(drive / "drive.nmea"), "--config", str(paths.agent_toml),
-                      "--outbox", str(paths.outbox), "--uplink", "--drain-s", str(drain_s), "--json"],
-                     paths.log("agent"), 600 + drain_s, "edge-agent replay")
+    out = run_logged(
+        [
+            tool("edge-agent"),
+            "replay",
+            "--video",
+            str(drive / "video.mp4"),
+            "--nmea",
+            str(drive / "drive.nmea"),
+            "--config",
+            str(paths.agent_toml),
+            "--outbox",
+            str(paths.outbox),
+            "--uplink",
+            "--drain-s",
+            str(drain_s),
+            "--json",
+        ],
+        paths.log("agent"),
+        600 + drain_s,
+        "edge-agent replay",
+    )
     with contextlib.suppress(ValueError):
         doc = last_json(out)
         if isinstance(doc, dict):
@@ -419,8 +494,9 @@ class GeoScore:
         return max(self.errors_m) if self.errors_m else None
 
 
-def score_geolocation(truth: Iterable[tuple[float, float]], found: Iterable[tuple[float, float]],
-                      gate_m: float = MATCH_GATE_M) -> GeoScore:
+def score_geolocation(
+    truth: Iterable[tuple[float, float]], found: Iterable[tuple[float, float]], gate_m: float = MATCH_GATE_M
+) -> GeoScore:
     """Match each true defect to its nearest found one (each used once, closest pairs first)."""
     truth, found = list(truth), list(found)
     pairs = sorted((distance_m(*t, *f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found))
@@ -437,9 +513,18 @@ def score_geolocation(truth: Iterable[tuple[float, float]], found: Iterable[tupl
 
 
 # ------------------------------------------------------------------------------------------ browser
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--hide-scrollbars")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
 
 
 def headless_chrome(user_data_dir: Path, width: int = 1440, height: int = 900):
@@ -478,8 +563,9 @@ def screenshot(port: int, out: Path) -> Path:
         # A marker clicked on the map opens its panel without zooming in, so the whole drive stays in view.
         markers = driver.find_elements(By.CSS_SELECTOR, ".leaflet-marker-pane .defect-icon")
         if markers:
-            driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
-                                  markers[len(markers) // 2])
+            driver.execute_script(
+                "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", markers[len(markers) // 2]
+            )
         else:
             driver.find_element(By.CSS_SELECTOR, "#defect-list li").click()
         wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
@@ -564,8 +650,15 @@ def wait_for_defects(port: int, token: str, settle_s: float = 3.0, timeout_s: fl
         time.sleep(0.5)
 
 
-def print_summary(counts: dict[str, dict[str, int]], defects: dict[str, Any], score: GeoScore,
-                  report: dict[str, Any], port: int, tokens: dict[str, str], elapsed_s: float) -> None:
+def print_summary(
+    counts: dict[str, dict[str, int]],
+    defects: dict[str, Any],
+    score: GeoScore,
+    report: dict[str, Any],
+    port: int,
+    tokens: dict[str, str],
+    elapsed_s: float,
+) -> None:
     events = counts["event"]
     sent = sum(events.values())
     by_class: dict[str, int] = {}
@@ -578,8 +671,9 @@ def print_summary(counts: dict[str, dict[str, int]], defects: dict[str, Any], sc
     table.add_column()
     table.add_row("events written by the agent", str(sent))
     table.add_row("events confirmed by the server", f"{events.get('confirmed', 0)} of {sent}")
-    table.add_row("coverage records confirmed", f"{counts['coverage'].get('confirmed', 0)} of "
-                                                f"{sum(counts['coverage'].values())}")
+    table.add_row(
+        "coverage records confirmed", f"{counts['coverage'].get('confirmed', 0)} of {sum(counts['coverage'].values())}"
+    )
     table.add_row("defects on the map", ", ".join(f"{n} {c}" for c, n in sorted(by_class.items())) or "0")
     table.add_row("true potholes found", f"{score.found} of {score.truth} in view (within {MATCH_GATE_M:.0f} m)")
     if score.errors_m:

@@ -67,12 +67,21 @@ def event(device: str, seq: int, cls: str, north_m: float, east_m: float, severi
     lat, lon = offset(north_m, east_m)
     vlat, vlon = offset(north_m - 8, east_m)
     return {
-        "schema": "roadmon.event/1", "event_id": str(uuid7()), "device_id": device, "seq": seq,
-        "captured_at": at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "class": cls,
-        "confidence": 0.8, "position": {"lat": lat, "lon": lon, "h_accuracy_m": 1.5},
+        "schema": "roadmon.event/1",
+        "event_id": str(uuid7()),
+        "device_id": device,
+        "seq": seq,
+        "captured_at": at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "class": cls,
+        "confidence": 0.8,
+        "position": {"lat": lat, "lon": lon, "h_accuracy_m": 1.5},
         "vehicle": {"lat": vlat, "lon": vlon, "h_accuracy_m": 1.2, "speed_mps": 9.0, "heading_deg": 0.0},
-        "size_m": {"width": 0.5, "length": 0.4}, "severity": severity, "frames": 12, "bbox": [300, 400, 380, 450],
-        "model": MODEL, "thumbnail_jpeg_b64": thumbnail_b64(seq),
+        "size_m": {"width": 0.5, "length": 0.4},
+        "severity": severity,
+        "frames": 12,
+        "bbox": [300, 400, 380, 450],
+        "model": MODEL,
+        "thumbnail_jpeg_b64": thumbnail_b64(seq),
     }
 
 
@@ -86,9 +95,16 @@ class Seeded:
 
 # (class, metres north, metres east, severity); spread along a street so that some cluster when zoomed out.
 LAYOUT = [
-    ("pothole", 0, 0, 0.92), ("pothole", 40, 3, 0.75), ("pothole", 85, -2, 0.55), ("pothole", 130, 1, 0.30),
-    ("pothole", 180, 2, 0.81), ("pothole", 240, -1, 0.15), ("pothole", 300, 0, 0.66),
-    ("crack", 60, 2, 0.40), ("crack", 200, -3, 0.20), ("crack", 270, 1, 0.50),
+    ("pothole", 0, 0, 0.92),
+    ("pothole", 40, 3, 0.75),
+    ("pothole", 85, -2, 0.55),
+    ("pothole", 130, 1, 0.30),
+    ("pothole", 180, 2, 0.81),
+    ("pothole", 240, -1, 0.15),
+    ("pothole", 300, 0, 0.66),
+    ("crack", 60, 2, 0.40),
+    ("crack", 200, -3, 0.20),
+    ("crack", 270, 1, 0.50),
 ]
 
 
@@ -103,29 +119,56 @@ def seed(dsn: str, cfg: ServerConfig) -> Seeded:
             seq[device] += 1
             events.append(event(device, seq[device], cls, n + 0.4, e, sev, start + timedelta(seconds=n / 9)))
     line = [list(reversed(offset(n, 0))) for n in range(-20, 320, 20)]
-    coverage = [{"schema": "roadmon.coverage/1", "coverage_id": str(uuid7()), "device_id": "veh-a",
-                 "started_at": (now - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "ended_at": (now - timedelta(hours=3) + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "line": line, "detector_active": True, "model_sha256": MODEL["sha256"]}]
+    coverage = [
+        {
+            "schema": "roadmon.coverage/1",
+            "coverage_id": str(uuid7()),
+            "device_id": "veh-a",
+            "started_at": (now - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ended_at": (now - timedelta(hours=3) + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "line": line,
+            "detector_active": True,
+            "model_sha256": MODEL["sha256"],
+        }
+    ]
     fix_lat, fix_lon = offset(320, 0)
     statuses = [
-        ("veh-a", {"state": "online", "device_id": "veh-a", "queue_depth": 2, "fps": 9.6, "version": "0.1.0",
-                   "model": MODEL, "fix": {"lat": fix_lat, "lon": fix_lon, "mode": 3}}),
+        (
+            "veh-a",
+            {
+                "state": "online",
+                "device_id": "veh-a",
+                "queue_depth": 2,
+                "fps": 9.6,
+                "version": "0.1.0",
+                "model": MODEL,
+                "fix": {"lat": fix_lat, "lon": fix_lon, "mode": 3},
+            },
+        ),
         ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0}),
     ]
     received = datetime.now(UTC)
     batch = Batch(
-        events=[(check_message("event", e["device_id"], json.dumps(e).encode(), received, cfg.ingest), received)
-                for e in events],
-        coverage=[(check_message("coverage", c["device_id"], json.dumps(c).encode(), received, cfg.ingest), received)
-                  for c in coverage],
-        statuses=[(d, check_message("status", d, json.dumps(s).encode(), received, cfg.ingest), received)
-                  for d, s in statuses],
+        events=[
+            (check_message("event", e["device_id"], json.dumps(e).encode(), received, cfg.ingest), received)
+            for e in events
+        ],
+        coverage=[
+            (check_message("coverage", c["device_id"], json.dumps(c).encode(), received, cfg.ingest), received)
+            for c in coverage
+        ],
+        statuses=[
+            (d, check_message("status", d, json.dumps(s).encode(), received, cfg.ingest), received) for d, s in statuses
+        ],
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, batch, cfg.aggregate)
-    return Seeded(potholes=sum(c == "pothole" for c, *_ in LAYOUT), cracks=sum(c == "crack" for c, *_ in LAYOUT),
-                  offline_device="veh-b", online_device="veh-a")
+    return Seeded(
+        potholes=sum(c == "pothole" for c, *_ in LAYOUT),
+        cracks=sum(c == "crack" for c, *_ in LAYOUT),
+        offline_device="veh-b",
+        online_device="veh-a",
+    )
 
 
 # ------------------------------------------------------------------------------------------- server
@@ -194,8 +237,12 @@ def markers_on_map(browser) -> int:
 
 
 def set_date(browser, element_id: str, iso_date: str) -> None:
-    browser.execute_script("""const el = document.getElementById(arguments[0]); el.value = arguments[1];
-        el.dispatchEvent(new Event('change', {bubbles: true}));""", element_id, iso_date)
+    browser.execute_script(
+        """const el = document.getElementById(arguments[0]); el.value = arguments[1];
+        el.dispatchEvent(new Event('change', {bubbles: true}));""",
+        element_id,
+        iso_date,
+    )
 
 
 def script_errors(browser) -> list[str]:
@@ -245,8 +292,9 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     assert severities == sorted(severities, reverse=True)
 
     # The first three defects were seen by both vehicles: merged, not doubled.
-    collection = httpx.get(server.url + "/api/v1/defects",
-                           headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    collection = httpx.get(
+        server.url + "/api/v1/defects", headers={"Authorization": f"Bearer {server.tokens['viewer']}"}
+    ).json()
     assert sorted(f["properties"]["vehicle_count"] for f in collection["features"]) == [1] * (total - 3) + [2] * 3
 
     Select(browser.find_element(By.ID, "f-class")).select_by_value("crack")
@@ -312,8 +360,9 @@ def test_manager_status_change_persists(server: Server, browser) -> None:
     wait.until(ec.text_to_be_present_in_element((By.ID, "history"), "crew A, Tuesday"))
     assert "test-manager" in browser.find_element(By.ID, "history").text
 
-    detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
-                       headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    detail = httpx.get(
+        f"{server.url}/api/v1/defects/{defect_id}", headers={"Authorization": f"Bearer {server.tokens['viewer']}"}
+    ).json()
     assert detail["properties"]["status"] == "scheduled"
     assert detail["history"][-1]["to_status"] == "scheduled"
     assert script_errors(browser) == []

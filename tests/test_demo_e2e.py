@@ -25,7 +25,7 @@ pytestmark = pytest.mark.services
 
 BUNDLED = ROOT / "models" / "bundled" / "model.onnx"
 DEVICE_ID = "e2e-veh-1"
-MINUTES = 0.4          # 24 s of driving, 360 frames
+MINUTES = 0.4  # 24 s of driving, 360 frames
 POTHOLES, CRACKS = 4, 1
 # A receiver with 1 m noise per axis, so that what is measured is the chain's own geolocation (camera
 # projection, pose interpolation, merging) rather than the GNSS error it inherits.
@@ -38,16 +38,21 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not BUNDLED.exists():
         pytest.skip("the bundled detector (models/bundled/model.onnx) is not there yet")
     paths = demo.Paths(root=tmp_path_factory.mktemp("drive"))
-    return demo.ensure_drive(paths, seed=11, minutes=MINUTES, potholes=POTHOLES, cracks=CRACKS,
-                             gps_noise_m=GPS_NOISE_M)
+    return demo.ensure_drive(paths, seed=11, minutes=MINUTES, potholes=POTHOLES, cracks=CRACKS, gps_noise_m=GPS_NOISE_M)
 
 
 def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, private_broker, tmp_path: Path) -> None:
     broker = private_broker()
     info = services.ServiceInfo(
-        dsn=fresh_db, mqtt_host="127.0.0.1", mqtt_port=broker.port, server_user=services.SERVER_USER,
-        server_password=broker.server_password, passwd_file=str(broker.passwd_file), acl_file=str(broker.acl_file),
-        broker_pid_file=str(broker.pid_file))
+        dsn=fresh_db,
+        mqtt_host="127.0.0.1",
+        mqtt_port=broker.port,
+        server_user=services.SERVER_USER,
+        server_password=broker.server_password,
+        passwd_file=str(broker.passwd_file),
+        acl_file=str(broker.acl_file),
+        broker_pid_file=str(broker.pid_file),
+    )
     paths = demo.Paths(root=tmp_path)
     paths.dsn_file.write_text(fresh_db)
     port = free_port()
@@ -82,16 +87,16 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     with Outbox(paths.outbox, agent=False) as box:
         agent_ids = set(box.states("event"))
     with psycopg.connect(fresh_db) as conn:
-        stored = [str(r[0]) for r in conn.execute("SELECT event_id FROM sightings WHERE device_id = %s",
-                                                  (DEVICE_ID,))]
+        stored = [str(r[0]) for r in conn.execute("SELECT event_id FROM sightings WHERE device_id = %s", (DEVICE_ID,))]
         rejected = conn.execute("SELECT count(*), min(reason) FROM rejected").fetchone()
     assert sorted(stored) == sorted(agent_ids)
     assert rejected[0] == 0, f"dead-lettered: {rejected[1]}"
 
     # The potholes on the map lie near the true ones in the camera's view.
     truth = json.loads((drive / "defects.geojson").read_text())
-    score = demo.score_geolocation(demo.points_of(truth, "pothole", visible_only=True),
-                                   demo.points_of(defects, "pothole"))
+    score = demo.score_geolocation(
+        demo.points_of(truth, "pothole", visible_only=True), demo.points_of(defects, "pothole")
+    )
     assert score.truth >= 2, "the drive should pass at least two potholes"
     # Finding them is the detector's job (scored on its own in models/); here at least half must come through.
     assert score.found * 2 >= score.truth, f"found {score.found} of {score.truth} potholes: {score}"
