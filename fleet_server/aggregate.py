@@ -30,6 +30,7 @@ M_PER_DEG = 111_320.0
 
 
 def lock(conn: psycopg.Connection) -> None:
+    """Serialise aggregation across workers until the transaction ends (taking it twice is harmless)."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
 
 

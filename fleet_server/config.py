@@ -19,6 +19,15 @@ DSN_ENV = "ROADMON_DATABASE_DSN"
 MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
 
 
+def read_secret(path: Path) -> str:
+    """The secret in PATH; a relative name is looked up in systemd's $CREDENTIALS_DIRECTORY first
+    (LoadCredential=), then relative to the working directory."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and creds and (Path(creds) / path).is_file():
+        path = Path(creds) / path
+    return path.read_text(encoding="utf-8").strip()
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; `problems` holds one 'key.path: message' per error."""
 
@@ -38,7 +47,7 @@ class DatabaseConfig(Section):
 
     def resolve_dsn(self) -> str:
         if self.dsn_file is not None:
-            return self.dsn_file.read_text(encoding="utf-8").strip()
+            return read_secret(self.dsn_file)
         if os.environ.get(DSN_ENV):
             return os.environ[DSN_ENV].strip()
         if self.dsn:
@@ -62,7 +71,7 @@ class MqttConfig(Section):
 
     def resolve_password(self) -> str | None:
         if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").strip()
+            return read_secret(self.password_file)
         return os.environ.get(MQTT_PASSWORD_ENV) or None
 
 

@@ -161,6 +161,10 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
         if devices:
             conn.execute(UPSERT_DEVICES, (devices,))
             batch = drop_revoked(conn, batch, devices)
+        if batch.events or batch.coverage:
+            # Before the insert: it matches sightings to defects that a concurrent worker's aggregation may be
+            # merging away; holding the aggregation lock from here on avoids that race (and its deadlock).
+            aggregate.lock(conn)
         if batch.events:
             texts = [batch.raw.get(e["event_id"]) or json.dumps(e) for e, _ in batch.events]
             inserted = conn.execute(INSERT_EVENTS, {
