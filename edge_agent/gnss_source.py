@@ -345,7 +345,12 @@ class GnssReader:
 
     def _emit(self, fixes: list[Fix]) -> None:
         for fix in fixes:
-            pose = self.filter.update(fix)
+            try:
+                pose = self.filter.update(fix)
+            except Exception:  # a filter bug must not take the receiver down with it
+                log.exception("position filter failed on %s", fix)
+                self._count("gnss_filter_errors")
+                pose = None
             self.last_fix = fix
             self._report(fix, pose)
             if self.on_fix is not None:

@@ -183,7 +183,10 @@ class PositionFilter:
             if self._utc_ref is None or not math.isfinite(t_mono):
                 return None
             t_ref, utc_ref = self._utc_ref
-            return utc_ref + dt.timedelta(seconds=t_mono - t_ref)
+            try:
+                return utc_ref + dt.timedelta(seconds=t_mono - t_ref)
+            except OverflowError:  # a time millennia away from the last fix has no calendar date
+                return None
 
     def reset(self, reason: str = "manual") -> None:
         with self._lock:

@@ -195,6 +195,12 @@ def test_utc_at_maps_the_monotonic_clock():
     assert pf.utc_at(T0 + 10.25) == UTC0 + dt.timedelta(seconds=10.25)
 
 
+def test_utc_at_far_from_any_fix_is_none_not_an_error():
+    pf = PositionFilter()
+    drive_east(pf, 3)
+    assert pf.utc_at(1e15) is None
+
+
 def test_position_at_older_than_the_history_is_none():
     pf = PositionFilter(GnssConfig(history_s=10.0))
     drive_east(pf, 30)
