@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "sent_at": utc_now_iso(),
         "queue_depth": stats.get("queue_depth"),
         "oldest_pending_at": stats.get("oldest_pending_at"),
+        "oldest_pending_age_s": _age_s(stats.get("oldest_pending_at")),
         "last_confirmed_at": stats.get("last_confirmed_at"),
         "fix": snap.get("fix"),
         "fps": snap.get("fps"),
@@ -48,6 +50,16 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "dropped": dropped,
         "health": {k: snap.get(k) for k in HEALTH_KEYS if k in snap} | ({"broker": broker} if broker else {}),
     }
+
+
+def _age_s(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((datetime.now(UTC) - when).total_seconds(), 1)
 
 
 def write_status_file(path: Path, status: dict[str, Any]) -> None:

@@ -289,8 +289,6 @@ class Uplink:
         confirmed, self._confirmed = self._confirmed, []
         if confirmed:
             self.counters["confirmed"] += self.outbox.mark_confirmed(confirmed)
-            for key in confirmed:
-                self._outstanding.pop(key, None)
         cutoff = float("inf") if final else time.monotonic() - SENT_AFTER_S
         sent = []
         while self._acked and self._acked[0][0] <= cutoff:
@@ -417,6 +415,8 @@ class Uplink:
             log.warning("uplink: ignoring an ack that is not {event_ids, coverage_ids}: %s", exc)
             return
         self._confirmed.extend(items)
+        for key in items:  # the window opens at once; the rows are marked in the next write (<= WRITE_EVERY_S)
+            self._outstanding.pop(key, None)
 
     def _on_cmd(self, name: str, payload: bytes) -> None:
         handler = self._handlers.get(name)

@@ -13,6 +13,7 @@ from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
 from edge_agent.heartbeat import build_status, write_status_file
 from edge_agent.outbox import Outbox
+from roadmon_contract import validate
 from tests.test_outbox import make_coverage, make_event
 
 runner = CliRunner()
@@ -82,8 +83,10 @@ def test_status_shows_queue_fix_and_broker(box) -> None:
     health = HealthBoard()
     health.update(uplink="connected", fix={"lat": 48.1, "lon": 11.5, "mode": 3}, fps=8.0)
     with Outbox(box["state"] / "outbox.db", agent=False) as ob:
-        write_status_file(box["state"] / "agent-status.json",
-                          build_status("online", "veh-cli", ob, health, broker="connected"))
+        beat = build_status("online", "veh-cli", ob, health, broker="connected")
+        write_status_file(box["state"] / "agent-status.json", beat)
+    assert validate.errors("status", beat) == []
+    assert beat["queue_depth"] == 3 and beat["oldest_pending_age_s"] >= 0 and beat["disk_free_mb"] > 0
     info = json.loads(run("status", "--config", box["config"], "--json"))
     assert info["broker"] == "connected" and info["queue_depth"] == 3
     assert info["last_fix"]["mode"] == 3 and info["last_confirmed_at"]
