@@ -38,8 +38,8 @@ def test_one_epoch_from_rmc_gga_gsa():
     fixes, decoder = epochs(rmc(), gga(), "GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1")
     assert len(fixes) == 1
     fix = fixes[0]
-    assert fix.utc == dt.datetime(1994, 3, 23, 12, 35, 19, tzinfo=dt.UTC) + 1024 * dt.timedelta(weeks=1) \
-        or fix.utc.year == 2013  # 1994 < default floor 2000: rolled forward by 1024 weeks
+    # 1994 is before the default date floor (2000): a GPS week rollover, moved forward by 1024 weeks.
+    assert fix.utc == dt.datetime(1994, 3, 23, 12, 35, 19, tzinfo=dt.UTC) + dt.timedelta(weeks=1024)
     assert fix.mode == 3
     assert fix.lat == pytest.approx(48 + 7.038 / 60)
     assert fix.lon == pytest.approx(11 + 31.0 / 60)
