@@ -176,6 +176,14 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, Batch(coverage=[(cov, now)]), cfg.aggregate)
         conn.execute("UPDATE devices SET state = 'online', last_seen = now() - interval '11 minutes'")
+    statuses = [(d, {"state": "online", "queue_depth": q, "inference_ms": ms}, now)
+                for d, q, ms in (("veh-x", 7, 40.0), ("veh-y", 5, 120.0))]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_batch(conn, Batch(statuses=statuses), cfg.aggregate)
+    text = client.get("/metrics").text
+    assert "road_queue_depth 12.0" in text
+    assert 'road_inference_latency_seconds_bucket{le="0.05"} 1.0' in text
+    assert 'road_inference_latency_seconds_bucket{le="0.25"} 2.0' in text
     viewer = bearer(token(dsn, "viewer"))
     lines = client.get("/api/v1/coverage", headers=viewer).json()["features"]
     assert len(lines) == 1 and lines[0]["geometry"]["type"] == "LineString"
@@ -183,7 +191,8 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     assert lines[0]["geometry"]["coordinates"][0] == [11.5, 48.1]
     assert client.get("/api/v1/coverage", params={"since": now.isoformat()}, headers=viewer).json()["features"] == []
     assert client.get("/api/v1/coverage", params={"bbox": "0,0,1,1"}, headers=viewer).json()["features"] == []
-    assert client.get("/api/v1/devices", headers=viewer).json()[0]["state"] == "stale"
+    states = {d["id"]: d["state"] for d in client.get("/api/v1/devices", headers=viewer).json()}
+    assert states == {"veh-c": "stale", "veh-x": "online", "veh-y": "online"}
     # Model download: any valid token, by sha256 only.
     model = cfg.database.dsn_file.parent / "m.onnx"
     model.write_bytes(b"onnx-bytes")

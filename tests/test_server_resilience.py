@@ -3,6 +3,7 @@ Last Will, command results, the CLI on real services."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -122,7 +123,7 @@ def test_status_last_will_and_command_results(make_cfg, workers, mqtt_device, se
     monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
     monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
     conf = cfg.database.dsn_file.parent / "server.toml"
-    conf.write_text(f'[mqtt]\nport = {service_info.mqtt_port}\n')
+    conf.write_text(f'[mqtt]\nport = {service_info.mqtt_port}\n[models]\ndir = "{cfg.models.dir}"\n')
     runner = CliRunner()
     sent = runner.invoke(app, ["-c", str(conf), "cmd", "send", device, "ping", '{"n": 1}'])
     assert sent.exit_code == 0, sent.output
@@ -131,6 +132,17 @@ def test_status_last_will_and_command_results(make_cfg, workers, mqtt_device, se
     assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM command_results") == 1)
     listed = runner.invoke(app, ["-c", str(conf), "cmd", "results", device, "--json"])
     assert listed.exit_code == 0 and json.loads(listed.output)[0]["payload"] == {"ok": True, "n": 1}
+    # A model update: staged by sha256, announced with the URL the device fetches it from.
+    model = conf.parent / "candidate.onnx"
+    model.write_bytes(b"not really onnx")
+    pushed = runner.invoke(app, ["-c", str(conf), "model", "push", device, str(model), "--url-base",
+                                 "https://fleet.example.org"])
+    assert pushed.exit_code == 0, pushed.output
+    assert wait_for(lambda: any(m.topic.endswith("/cmd/model-update") for m in commands))
+    update = json.loads(next(m for m in commands if m.topic.endswith("/cmd/model-update")).payload)
+    sha = hashlib.sha256(b"not really onnx").hexdigest()
+    assert update["sha256"] == sha and update["url"] == f"https://fleet.example.org/api/v1/models/{sha}.onnx"
+    assert (cfg.models.dir / f"{sha}.onnx").read_bytes() == b"not really onnx"
     # Vanish without a goodbye: the broker publishes the Last Will, the device turns offline.
     client.loop_stop()
     client.socket().close()
