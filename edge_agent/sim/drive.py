@@ -35,7 +35,7 @@ from edge_agent.sim.route import (
     simulate_motion,
     vehicle_pose,
 )
-from edge_agent.sim.surface import random_style
+from edge_agent.sim.surface import RoadStyle, random_style
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ def drive_camera(width: int, height: int) -> GroundProjector:
 
 
 def _place_defects(rng: np.random.Generator, spec: DriveSpec, s_first: float, s_last: float,
-                   lane_centre: float) -> list[dict]:
-    """Defects along the driven stretch, in or beside the ego lane so the camera passes over or next to them."""
+                   style: RoadStyle) -> list[dict]:
+    """Defects along the driven stretch, in the ego lane so the camera passes over or next to them, clear of
+    the lane's painted lines."""
+    lane_centre = style.ego_lane_centre
     n = spec.defects if spec.potholes is None else max(spec.defects, spec.potholes)
     n_potholes = round(n * POTHOLE_SHARE) if spec.potholes is None else spec.potholes
     if n == 0 or s_last <= s_first:
@@ -101,10 +103,12 @@ def _place_defects(rng: np.random.Generator, spec: DriveSpec, s_first: float, s_
     rng.shuffle(classes)
     out = []
     for i, (s, cls) in enumerate(zip(slots, classes, strict=True)):
+        size = float(rng.uniform(0.3, 1.2) if cls == "pothole" else rng.uniform(0.8, 2.5))
+        # Keep the whole defect inside the lane: half its size plus the paint and a margin from each line.
+        room = max(0.0, style.lane_width / 2 - size / 2 - style.line_width_m / 2 - 0.1)
         out.append({"index": i, "class": cls, "s_m": float(s),
-                    "offset_m": float(lane_centre + rng.uniform(-1.0, 1.0)),
-                    "yaw_rel": float(rng.uniform(-math.pi / 2, math.pi / 2)),
-                    "size": float(rng.uniform(0.3, 1.2) if cls == "pothole" else rng.uniform(0.8, 2.5))})
+                    "offset_m": float(lane_centre + rng.uniform(-min(1.0, room), min(1.0, room))),
+                    "yaw_rel": float(rng.uniform(-math.pi / 2, math.pi / 2)), "size": size})
     return out
 
 
@@ -178,7 +182,7 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
     # Defects on the stretch the camera sees while the video runs (from a little ahead at the start).
     s_video0 = float(motion.at(0.0)[0])
     s_video1 = float(motion.at(duration)[0])
-    placed = _place_defects(rngs["defects"], spec, s_video0 + 15.0, s_video1 + 2.0, lane)
+    placed = _place_defects(rngs["defects"], spec, s_video0 + 15.0, s_video1 + 2.0, style)
     painted = []
     for p in placed:
         e, n, th = route.at(p["s_m"])
@@ -186,7 +190,8 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
         p["north"] = float(n + math.cos(th) * p["offset_m"])
         p["yaw"] = float(th + p["yaw_rel"])
         if p["class"] == "pothole":
-            sprite = pothole_sprite(rngs["defects"], p["size"], DRIVE_SPRITE_PX)
+            # The drive keeps to the classic dark hollow: the kind every detector must find.
+            sprite = pothole_sprite(rngs["defects"], p["size"], DRIVE_SPRITE_PX, kind="dark")
             p["width_m"], p["length_m"] = sprite.width_m, sprite.length_m
             painted.append(PaintedDefect(p["index"], p["east"], p["north"], p["yaw"], sprite=sprite))
         else:

@@ -44,11 +44,21 @@ def _noise(rng: np.random.Generator, n: int, blur: float) -> np.ndarray:
     return z / (z.std() + 1e-6)
 
 
-def pothole_sprite(rng: np.random.Generator, diameter_m: float, size_px: int = _SPRITE_PX) -> Sprite:
-    """An irregular pothole about `diameter_m` across (its longer side), with a lighter rim, drawn on a
-    size_px square (64 is plenty for small training images; a drive seen at 640+ px close up wants ~128)."""
+POTHOLE_KINDS = ("dark", "gravel", "muddy")
+_KIND_P = (0.6, 0.25, 0.15)
+
+
+def pothole_sprite(rng: np.random.Generator, diameter_m: float, size_px: int = _SPRITE_PX,
+                   kind: str | None = None) -> Sprite:
+    """An irregular pothole about `diameter_m` across (its longer side) with a lighter broken rim, drawn on a
+    size_px square (64 is plenty for small training images; a drive seen at 640+ px close up wants ~128).
+
+    kind: "dark" (a dark hollow with gravel, sometimes a dark puddle), "gravel" (dry, dusty, coarse, only a
+    little darker than the road), "muddy" (brown water reflecting the sky), or None for a random one.
+    """
+    kind = kind or str(rng.choice(POTHOLE_KINDS, p=_KIND_P))
     n = size_px
-    k = n / _SPRITE_PX  # blur radii below are tuned for 64 px
+    scale = n / _SPRITE_PX  # blur radii below are tuned for 64 px
     aspect = rng.uniform(0.55, 1.0)                 # potholes are usually elongated
     radius = diameter_m / 2
     extent = radius * 1.35                          # room for the rim
@@ -62,36 +72,52 @@ def pothole_sprite(rng: np.random.Generator, diameter_m: float, size_px: int = _
     r = np.hypot(xr, yr)
     theta = np.arctan2(yr, xr)
     wobble = np.ones_like(r)
-    for k in range(2, 8):
-        wobble += rng.uniform(0, 0.28 / k) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
-    rho = r / wobble + 0.12 * _noise(rng, n, 2.5 * k)   # <1 inside; the noise frays the outline
+    for harmonic in range(2, 8):
+        wobble += rng.uniform(0, 0.28 / harmonic) * np.cos(harmonic * theta + rng.uniform(0, 2 * math.pi))
+    rho = r / wobble + 0.12 * _noise(rng, n, 2.5 * scale)   # <1 inside; the noise frays the outline
 
     inside = _smoothstep(1.0 + 0.06, 1.0 - 0.06, rho)
     rim_w = rng.uniform(0.12, 0.3)
-    rim_noise = _noise(rng, n, 1.2 * k)
+    rim_noise = _noise(rng, n, 1.2 * scale)
     rim = _smoothstep(1.0 + rim_w, 1.0, rho) * (1 - inside) * np.clip(0.6 + 0.5 * rim_noise, 0, 1)
 
-    # Inside: dark, darker at the depth-shadowed side, gravel speckles, sometimes a puddle.
-    darkness = rng.uniform(0.3, 0.62)
+    # The hollow's walls: darker on the side away from the light, lighter on the lit side.
     light_dir = rng.uniform(0, 2 * math.pi)
     side = (xr * math.cos(light_dir) + yr * math.sin(light_dir)) / np.maximum(wobble, 1e-3)
     depth_shade = 1.0 + 0.3 * side * np.clip(1.2 - rho, 0, 1)
-    gravel = 0.12 * _noise(rng, n, 0.6) + 0.1 * _noise(rng, n, 1.5 * k)
-    stones = (rng.random((n, n)) < 0.04 / k).astype(np.float32) * rng.uniform(0.2, 0.6)
-    factor_in = darkness * depth_shade * (1 + gravel) + stones * darkness
-    if rng.random() < 0.15:  # standing water: smoother, darker, slightly bluish
-        factor_in = np.full_like(factor_in, darkness * 0.8) + 0.03 * _noise(rng, n, 3 * k)
+    fine = _noise(rng, n, 0.6)
+    coarse = _noise(rng, n, 1.5 * scale)
+    stones = (rng.random((n, n)) < 0.04 / scale).astype(np.float32)
+    tint = np.zeros(3, np.float32)                  # per-channel (B, G, R) factor offsets inside
+    if kind == "gravel":
+        level = rng.uniform(0.62, 0.9)
+        factor_in = level * depth_shade * (1 + 0.16 * fine + 0.22 * coarse) + stones * rng.uniform(0.3, 0.7)
+        tint = np.array([-0.05, -0.01, 0.04], np.float32) * rng.uniform(0.5, 1.5)
+    elif kind == "muddy":
+        # Brown water: smooth, the far half catching the sky's light, a dark gravel ring at the water line.
+        level = rng.uniform(0.5, 0.85)
+        sky = np.clip(0.5 + 0.5 * yr / np.maximum(wobble, 1e-3), 0, 1)
+        factor_in = level * (1 + rng.uniform(0.1, 0.4) * sky) + 0.03 * _noise(rng, n, 3 * scale)
+        factor_in -= 0.25 * _smoothstep(0.75, 0.95, rho) * level
+        tint = np.array([-0.18, -0.06, 0.05], np.float32) * rng.uniform(0.5, 1.2)
+    else:
+        level = rng.uniform(0.3, 0.62)
+        factor_in = level * depth_shade * (1 + 0.12 * fine + 0.1 * coarse) + stones * rng.uniform(0.2, 0.6) * level
+        if rng.random() < 0.15:  # standing water: smoother, darker
+            factor_in = np.full_like(factor_in, level * 0.8) + 0.03 * _noise(rng, n, 3 * scale)
     rim_gain = rng.uniform(0.2, 0.55)
     factor_rim = 1.0 + rim_gain * (1 + 0.3 * rim_noise)
+    # Loose chippings thrown out around the hole: light specks, too faint to widen the labelled box.
+    debris = ((rng.random((n, n)) < 0.02 / scale) & (rho > 1.0) & (rho < 1.5)).astype(np.float32) * 0.3
 
     alpha = np.clip(inside + rim, 0.0, 1.0)
     shade = (inside * (factor_in - 1) + rim * (factor_rim - 1)).astype(np.float32)
-    shade3 = np.repeat(shade[..., None], 3, axis=2)
-    if rng.random() < 0.15:
-        shade3[..., 0] += inside * 0.05  # bluish water / wet gravel
+    shade3 = np.repeat(shade[..., None], 3, axis=2) + (inside[..., None] * tint)
+    shade3 += (debris * rng.uniform(0.3, 0.8))[..., None]
+    alpha = np.maximum(alpha, debris)
     width = 2 * radius * max(abs(math.cos(rot)), aspect * abs(math.sin(rot)))
     length = 2 * radius * max(abs(math.sin(rot)), aspect * abs(math.cos(rot)))
-    return Sprite(shade3, alpha.astype(np.float32), mpp, float(width), float(length))
+    return Sprite(shade3.astype(np.float32), alpha.astype(np.float32), mpp, float(width), float(length))
 
 
 def sprite_to_ground(sprite: Sprite, forward_m: float, left_m: float, yaw_rad: float = 0.0) -> np.ndarray:

@@ -162,7 +162,8 @@ def _place_potholes(rng: np.random.Generator, view: CameraView, style: RoadStyle
         if not view.ground_mask[int(v), int(u)]:
             continue
         f, left = float(view.forward[int(v), int(u)]), float(view.left[int(v), int(u)])
-        if abs(d_of(f, left)) > style.road_half_width - diameter / 2:
+        d = d_of(f, left)
+        if abs(d) > style.road_half_width - diameter / 2 or not style.clear_of_markings(d, diameter / 2):
             continue
         if view.projector.intrinsics.fx * diameter / math.hypot(f, view.projector.mount.height_m) < 9:
             continue

@@ -89,6 +89,19 @@ class RoadStyle:
     def ego_lane_centre(self) -> float:
         return -self.lane_width / 2
 
+    def marking_offsets(self) -> list[float]:
+        """d of every painted line: centre, lane dividers, edge lines."""
+        edge = self.road_half_width - self.shoulder_m
+        lines = [0.0, edge, -edge]
+        for k in range(1, self.lanes_per_side):
+            lines += [k * self.lane_width, -k * self.lane_width]
+        return lines
+
+    def clear_of_markings(self, d: float, radius: float) -> bool:
+        """True when a disc of `radius` at d touches no painted line (a pothole there would leave the paint
+        showing through it, darkened, which real ones never do)."""
+        return all(abs(d - line) > radius + self.line_width_m / 2 + 0.05 for line in self.marking_offsets())
+
 
 def random_style(rng: np.random.Generator) -> RoadStyle:
     gray = rng.uniform(60, 140)
