@@ -90,14 +90,14 @@ def pothole_sprite(rng: np.random.Generator, diameter_m: float, size_px: int = _
     stones = (rng.random((n, n)) < 0.04 / scale).astype(np.float32)
     tint = np.zeros(3, np.float32)                  # per-channel (B, G, R) factor offsets inside
     if kind == "gravel":
-        level = rng.uniform(0.62, 0.9)
-        factor_in = level * depth_shade * (1 + 0.16 * fine + 0.22 * coarse) + stones * rng.uniform(0.3, 0.7)
+        level = rng.uniform(0.5, 0.75)
+        factor_in = level * depth_shade * (1 + 0.18 * fine + 0.25 * coarse) + stones * rng.uniform(0.3, 0.7)
         tint = np.array([-0.05, -0.01, 0.04], np.float32) * rng.uniform(0.5, 1.5)
     elif kind == "muddy":
         # Brown water: smooth, the far half catching the sky's light, a dark gravel ring at the water line.
         level = rng.uniform(0.5, 0.85)
         sky = np.clip(0.5 + 0.5 * yr / np.maximum(wobble, 1e-3), 0, 1)
-        factor_in = level * (1 + rng.uniform(0.1, 0.4) * sky) + 0.03 * _noise(rng, n, 3 * scale)
+        factor_in = level * (1 + rng.uniform(0.05, 0.25) * sky) + 0.03 * _noise(rng, n, 3 * scale)
         factor_in -= 0.25 * _smoothstep(0.75, 0.95, rho) * level
         tint = np.array([-0.18, -0.06, 0.05], np.float32) * rng.uniform(0.5, 1.2)
     else:
@@ -226,10 +226,12 @@ def random_crack(rng: np.random.Generator, length_m: float | None = None) -> Cra
             start = lines[0][rng.integers(len(lines[0]))] if lines else -pts[len(pts) // 2]
             lines.append(pts + start)
             heading += rng.normal(0, 1.0)
+    darkness = float(rng.uniform(0.35, 0.65))
+    if cell_m < 0.5:
+        darkness *= 0.7  # a dense net darkens a whole area: keep it grey, not a black blob like a hole
     allpts = np.concatenate(lines)
     ext = allpts.max(axis=0) - allpts.min(axis=0)
-    return Crack(lines, width_m=float(ext[1]), length_m=float(ext[0]), darkness=float(rng.uniform(0.35, 0.65)),
-                 cell_m=float(cell_m))
+    return Crack(lines, width_m=float(ext[1]), length_m=float(ext[0]), darkness=darkness, cell_m=float(cell_m))
 
 
 def paint_crack(planes: list[np.ndarray], crack: Crack, ground_h: np.ndarray, forward_m: float, left_m: float,

@@ -197,8 +197,8 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
     for _ in range(int(rng.integers(0, 4))):
         crack = random_crack(rng)
         # Far away a crack net would melt into a dark blob that looks like an unlabelled pothole: keep its cells
-        # (or a lone crack's bends) at least 5 pixels apart.
-        max_f = min(25.0, view.projector.intrinsics.fx * crack.cell_m / 5.0)
+        # (or a lone crack's bends) at least 7 pixels apart.
+        max_f = min(25.0, view.projector.intrinsics.fx * crack.cell_m / 7.0)
         if max_f <= 2.0:
             continue
         f = float(rng.uniform(2, max_f))
