@@ -66,8 +66,8 @@ class MqttConfig(Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps a worker's session while it "
                                                           "is away, so its share of QoS 1 messages waits for it")
-    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after a broker outage")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (doubling backoff)")
+    reconnect_min_s: float = Field(1.0, ge=1, description="First reconnect delay after a broker outage (whole seconds)")
+    reconnect_max_s: float = Field(30.0, ge=1, description="Longest reconnect delay (doubling backoff, whole seconds)")
 
     def resolve_password(self) -> str | None:
         if self.password_file is not None:

@@ -34,7 +34,7 @@ from fleet_server import metrics
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import UTC_OPTIONS
 from fleet_server.store import Batch, Stored, store_batch
-from fleet_server.validate import Invalid, Rejection, check_message
+from fleet_server.validate import Invalid, Rejection, check_message, message_ref
 from roadmon_contract import topics
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") 
                 continue
             obj = check_message(kind, device, msg.payload, now, cfg.ingest)
         except Invalid as exc:
-            batch.rejected.append(Rejection(source, msg.topic, device, str(exc), msg.payload))
+            ref = message_ref(msg.payload) if kind in ("event", "coverage") else None
+            batch.rejected.append(Rejection(source, msg.topic, device, str(exc), msg.payload, ref))
             metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
             continue
         if kind == "event":
@@ -99,6 +100,18 @@ def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") 
         else:
             batch.statuses.append((device, obj, msg.received_at))
     return batch
+
+
+def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
+    """Per device: the committed ids, plus `rejected` [{id, reason}] for its messages that will never be
+    accepted (they are kept in the dead-letter table), so an agent may stop re-sending them."""
+    out = {device: dict(ids) for device, ids in stored.acks.items()}
+    for r in batch.rejected:
+        if r.ref is None or r.device_id is None:
+            continue
+        message = out.setdefault(r.device_id, {"event_ids": [], "coverage_ids": []})
+        message.setdefault("rejected", []).append({"id": r.ref, "reason": r.reason[:300]})
+    return out
 
 
 class IngestWorker:
@@ -212,8 +225,8 @@ class IngestWorker:
         if stored is None:
             return  # stopping while PostGIS is down: nothing acknowledged, the broker keeps it all
         self._count(batch, stored)
-        for device, ids in stored.acks.items():
-            self.client.publish(topics.ack(device), json.dumps(ids), qos=1)
+        for device, message in ack_messages(stored, batch).items():
+            self.client.publish(topics.ack(device), json.dumps(message), qos=1)
             metrics.INGEST_ACKS.inc()
         for item in items:
             if item.qos > 0:

@@ -35,6 +35,19 @@ class Rejection:
     device_id: str | None
     reason: str
     raw: bytes
+    ref: str | None = None  # the event_id / coverage_id, when the message had a readable one
+
+
+def message_ref(raw: bytes) -> str | None:
+    """The event_id or coverage_id of a raw message, if it has a readable one (for telling the device)."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    ref = obj.get("event_id", obj.get("coverage_id"))
+    return ref if isinstance(ref, str) and 0 < len(ref) <= 64 else None
 
 
 def _no_constants(name: str) -> Any:

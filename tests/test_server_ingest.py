@@ -82,6 +82,11 @@ def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device,
                 assert any(reason in v for v in rows.values())
                 continue
             assert reason in rows[raw], (reason, rows[raw])
+        # The device hears which of its messages will never be accepted, and why.
+        zero = json.loads(next(raw for raw, reason in cases.items() if reason == "(0, 0)"))
+        told = {r["id"]: r["reason"] for a in dev.acks for r in a.get("rejected", [])}
+        assert "(0, 0)" in told[zero["event_id"]]
+        assert not dev.acked_events()
         # The worker is still alive and stores the next good event.
         good = make_event(device, 48.1, 11.5)
         dev.publish("event", good)

@@ -71,7 +71,7 @@ def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> N
     mq = private_broker()
     mq.add_device("veh-r", "pw-r")
     cfg = server_config(fresh_db, "127.0.0.1", mq.port, "roadmon-server", mq.server_password, tmp_path,
-                        mqtt={"reconnect_min_s": 0.5, "reconnect_max_s": 1.0})
+                        mqtt={"reconnect_min_s": 1.0, "reconnect_max_s": 2.0})
     worker = IngestWorker(cfg).start()
     try:
         assert worker.wait_connected(10)
