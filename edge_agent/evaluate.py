@@ -38,6 +38,8 @@ class ClassMetrics:
     n_det: int
     curve_recall: np.ndarray
     curve_precision: np.ndarray
+    best_f1: float = 0.0
+    best_f1_threshold: float = 0.0
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,7 +117,10 @@ def class_metrics(rec: ClassRecord, score_threshold: float) -> ClassMetrics:
     p = n_tp / n_det if n_det else 0.0
     r = n_tp / rec.n_gt if rec.n_gt else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return ClassMetrics(ap, p, r, f1, rec.n_gt, n_det, recall, precision)
+    f1s = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1s)) if len(f1s) else 0
+    return ClassMetrics(ap, p, r, f1, rec.n_gt, n_det, recall, precision,
+                        float(f1s[best]) if len(f1s) else 0.0, float(scores[best]) if len(scores) else 0.0)
 
 
 def summarize(records: dict[int, ClassRecord], score_threshold: float) -> dict[int, ClassMetrics]:
@@ -215,7 +220,8 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
     for c, m in metrics.items():
         name = names[c] if 0 <= c < len(names) else str(c)
         per_class[name] = {"ap50": m.ap50, "precision": m.precision, "recall": m.recall, "f1": m.f1,
-                           "n_gt": m.n_gt, "n_det": m.n_det}
+                           "n_gt": m.n_gt, "n_det": m.n_det, "best_f1": m.best_f1,
+                           "best_f1_threshold": m.best_f1_threshold}
     with_gt = [m for m in metrics.values() if m.n_gt > 0]
     n_tp = sum(round(m.recall * m.n_gt) for m in with_gt)
     n_gt = sum(m.n_gt for m in with_gt)
@@ -255,7 +261,7 @@ def plot_pr(result: dict, out: Path, title: str = "") -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    ax.set_title(title or f"PR curve, IoU 0.5 (AP50 {result['ap50']:.3f})")
+    ax.set_title(title or f"PR curve, IoU 0.5 (AP50 {result['ap50']:.3f})", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

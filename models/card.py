@@ -27,7 +27,9 @@ def write_card(path: Path, m: dict, state: dict) -> Path:
         f"| input | {m['input_size'][0]}x{m['input_size'][1]}, {m['input']} |",
         f"| output | {m['output_layout']} |",
         f"| architecture | {m['architecture']} |",
-        f"| default score threshold | {m['score_threshold']} |",
+        f"| default score threshold | {m['score_threshold']} (scores recalibrated so this is the best-F1 point on "
+        f"the held-out photos: class logit shifted by {m['score_calibration']['logit_shift']:+.2f}; rankings "
+        "and AP unchanged) |",
         f"| licence | {m['licence']} |",
         "",
         "## Training data",

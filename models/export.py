@@ -33,8 +33,12 @@ def load_weights(ckpt_path: Path) -> tuple[PotholeNet, dict]:
 
 
 def export_onnx(ckpt_path: Path, out_path: Path, *, name: str = "roadmon-pothole", version: str = "1",
-                opset: int = 17) -> Path:
+                opset: int = 17, logit_shift: float = 0.0) -> Path:
+    """logit_shift is added to the class logits (through the bias of the last class conv): a monotonic
+    recalibration of the scores that leaves rankings and AP untouched but moves the operating point."""
     net, ck = load_weights(ckpt_path)
+    with torch.no_grad():
+        net.head.cls.bias += logit_shift
     classes = ck.get("classes", ["pothole"])
     size = int(ck.get("size", 320))
     dummy = torch.zeros(1, 3, size, size)
