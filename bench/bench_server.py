@@ -82,7 +82,7 @@ def bare_copy(dsn: str, events: list[dict]) -> float:
 
 
 def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], devices: list[str], workers: int,
-                tmp: Path) -> tuple[float, dict]:
+                tmp: Path, batch_size: int | None = None) -> tuple[float, dict]:
     """Sightings/s from the first publish until every event is acked back to its device. The workers run
     as `fleet-server ingest` in a process of their own, as in production."""
     broker = services.Mosquitto()
@@ -92,6 +92,8 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     conf = tmp / "ingest.toml"
     conf.write_text(f"""[mqtt]\nport = {info.mqtt_port}\nclient_id_prefix = "bench-{secrets.token_hex(3)}"
 [ingest]\nshare_group = "bench{secrets.token_hex(3)}"\ndevices = {json.dumps(devices)}\n""")
+    if batch_size:
+        conf.write_text(conf.read_text() + f"batch_size = {batch_size}\n")
     env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
     server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "ingest", "--workers",
                                str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -186,10 +188,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small numbers (a minute)")
     parser.add_argument("--events", type=int, help="sightings sent through MQTT (default 20000, quick 3000)")
-    parser.add_argument("--workers", type=int, default=2, help="ingest workers in one shared group")
+    parser.add_argument("--workers", type=int, default=1, help="ingest workers in one shared group")
     parser.add_argument("--defects", type=int, help="defects for the map query (default 100000, quick 10000)")
     parser.add_argument("--per-defect", type=int, default=10, help="sightings per defect for the map query")
     parser.add_argument("--queries", type=int, help="map queries timed (default 300, quick 100)")
+    parser.add_argument("--batch-size", type=int, default=None, help="ingest.batch_size (default: the config's)")
     parser.add_argument("--part", choices=["ingest", "map", "both"], default="both", help="which measurement")
     args = parser.parse_args()
     n_events = args.events or (3000 if args.quick else 20000)
@@ -201,18 +204,19 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
 
     if args.part in ("ingest", "both"):
-        bench_ingest(info, n_events, args.workers, rng, tmp)
+        bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size)
     if args.part in ("map", "both"):
         bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp)
     return 0
 
 
-def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: random.Random, tmp: Path) -> None:
+def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: random.Random, tmp: Path,
+                 batch_size: int | None) -> None:
     devices = [f"bench-{secrets.token_hex(3)}-{i}" for i in range(5)]
     events = synthetic_events(n_events, devices, max(10, n_events // 12), rng)
     dsn = fresh_database("bench_server_ingest")
     copy_rate = bare_copy(dsn, events)
-    rate, stats = ingest_rate(dsn, info, events, devices, workers, tmp)
+    rate, stats = ingest_rate(dsn, info, events, devices, workers, tmp, batch_size)
     with psycopg.connect(dsn) as conn:
         n_def = conn.execute("SELECT count(*) FROM defects").fetchone()[0]
         n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
