@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import random
+import sqlite3
 import ssl
 import threading
 import time
@@ -140,6 +141,12 @@ class Uplink:
                 continue
             except (ConnectFailed, RetryError):
                 continue  # only when stopping: tenacity gives up then
+            except Exception as exc:  # a bug must not end the uplink; the outbox keeps everything
+                log.exception("uplink: unexpected error while connecting")
+                self._set_state("offline", f"unexpected error: {exc}")
+                self._client = None
+                self._stop.wait(self.cfg.backoff_max_s)
+                continue
             try:
                 self._serve(client)
             except LoginRefused as exc:
@@ -176,7 +183,7 @@ class Uplink:
         try:
             client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=False,
                            properties=props)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, ValueError) as exc:
             self._set_state("offline", f"{self.cfg.host}:{self.cfg.port}: {exc}")
             raise ConnectFailed(f"cannot reach {self.cfg.host}:{self.cfg.port}: {exc}") from None
         deadline = time.monotonic() + self.cfg.connect_timeout_s
@@ -266,7 +273,11 @@ class Uplink:
     def _publish_due(self, client: mqtt.Client) -> bool:
         """Send up to one batch of due rows; True when the outbox may have more."""
         room = min(self.cfg.batch, self._room())
-        messages = self.outbox.due(room, self.cfg.ack_timeout_s)
+        try:
+            messages = self.outbox.due(room, self.cfg.ack_timeout_s)
+        except sqlite3.OperationalError as exc:  # disk full or locked: the next expiry tick tries again
+            log.warning("uplink: could not read the outbox: %s", exc)
+            return False
         deadline = time.monotonic() + self.cfg.ack_timeout_s
         topic = {"event": topics.event(self.device_id), "coverage": topics.coverage(self.device_id)}
         for msg in messages:
@@ -288,7 +299,12 @@ class Uplink:
         which halves the drain's writes. (Losing a 'sent' costs nothing: such a row is sent again.)"""
         confirmed, self._confirmed = self._confirmed, []
         if confirmed:
-            self.counters["confirmed"] += self.outbox.mark_confirmed(confirmed)
+            try:
+                self.counters["confirmed"] += self.outbox.mark_confirmed(confirmed)
+            except sqlite3.OperationalError as exc:  # disk full, or locked too long: keep them and try again
+                log.warning("uplink: could not store %d confirmations (%s); retrying", len(confirmed), exc)
+                self._confirmed[:0] = confirmed
+                return
         cutoff = float("inf") if final else time.monotonic() - SENT_AFTER_S
         sent = []
         while self._acked and self._acked[0][0] <= cutoff:
@@ -296,7 +312,10 @@ class Uplink:
             if key in self._outstanding:
                 sent.append(key)
         if sent:
-            self.counters["sent"] += self.outbox.mark_sent(sent)
+            try:
+                self.counters["sent"] += self.outbox.mark_sent(sent)
+            except sqlite3.OperationalError as exc:  # 'sent' is only informative; a confirmation follows
+                log.warning("uplink: could not store %d PUBACKs: %s", len(sent), exc)
 
     def _expire(self, now: float) -> None:
         overdue = [key for key, deadline in self._outstanding.items() if deadline <= now]
