@@ -122,6 +122,13 @@ def test_quantize_cli_reports_every_format_and_writes_a_loadable_model(tmp_path,
     assert report["chosen"] in {"fp32", *(f.name for f in FORMATS)}
     info = CliRunner().invoke(app, ["model", "info", "--model", str(dst), "--json"])
     assert info.exit_code == 0 and json.loads(info.stdout.strip().splitlines()[-1])["classes"] == ["pothole"]
+    bench = CliRunner().invoke(app, ["model", "bench", "--model", str(dst), "--fp32", str(src), "--runs", "3",
+                                     "--json", "--threads", "1"])
+    assert bench.exit_code == 0, bench.output
+    timed = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert timed["fp32"]["median_ms"] > 0
+    if report["chosen"] != "fp32":
+        assert timed["speedup_vs_fp32"] > 0 and timed["model"]["path"] == str(dst)
 
 
 def test_quantize_cli_without_images_fails_clearly(tmp_path):

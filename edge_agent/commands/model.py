@@ -146,6 +146,9 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
     det = _load(model, threads)
     models = {det.info.quantization or "model": det}
     ref = fp32 or det.info.manifest.get("fp32_model")
+    if ref and "fp32" in models:
+        err.print("the model is FP32 itself (INT8 was not faster where it was built); timing it alone")
+        ref = None
     if ref:
         ref_path = Path(ref) if Path(ref).is_absolute() or fp32 else Path(det.info.path).parent / ref
         w, _ = det.info.input_size
