@@ -91,6 +91,8 @@ def _check_db(db: Path) -> set[str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)], "outbox corrupt after a kill"
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None:
+            return set()  # killed before the first migration committed: nothing can have been stored yet
         return {r[0] for r in conn.execute("SELECT event_id FROM events")}
     finally:
         conn.close()
