@@ -175,7 +175,10 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         event = check_message("event", who.device_id, json.dumps(body).encode(), datetime.now(UTC), cfg.ingest)
     except Invalid as exc:
         _reject(conn, who, str(exc), raw, 400)
-    stored = store_batch(conn, Batch(events=[(event, datetime.now(UTC))], source="http"), cfg.aggregate)
+    try:
+        stored = store_batch(conn, Batch(events=[(event, datetime.now(UTC))], source="http"), cfg.aggregate)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:  # valid JSON that PostgreSQL still refuses
+        _reject(conn, who, f"database refused: {exc}", raw, 400)
     if event["event_id"] not in stored.new_events:
         metrics.SUBMISSIONS.labels("409").inc()
         raise HTTPException(409, f"event {event['event_id']} was already received")

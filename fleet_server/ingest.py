@@ -215,8 +215,13 @@ class IngestWorker:
     def _run(self) -> None:
         while not self.stopping.is_set():
             items = self._take_batch()
-            if items:
+            if not items:
+                continue
+            try:
                 self._handle(items)
+            except Exception:  # a bug must not stop ingest; the batch stays un-PUBACKed and comes back
+                log.exception("%s: a batch of %d failed; continuing", self.client_id, len(items))
+                self.stopping.wait(1.0)
         # Whatever is still queued was never PUBACKed: the broker delivers it again after a restart.
 
     def _handle(self, items: list[Incoming]) -> None:
@@ -262,28 +267,32 @@ class IngestWorker:
             return self._store_one_by_one(batch)
 
     def _store_one_by_one(self, batch: Batch) -> Stored:
+        """Each message in its own transaction; what the database refuses becomes a dead letter."""
         total = Stored()
-        singles = [Batch(events=[e], source=batch.source, raw=batch.raw) for e in batch.events]
-        singles += [Batch(coverage=[c], source=batch.source) for c in batch.coverage]
-        for single in singles:
+        singles: list[tuple[Batch, str, str | None, object]] = []
+        singles += [(Batch(events=[e], source=batch.source, raw=batch.raw), "event", e[0].get("device_id"), e[0])
+                    for e in batch.events]
+        singles += [(Batch(coverage=[c], source=batch.source), "coverage", c[0].get("device_id"), c[0])
+                    for c in batch.coverage]
+        singles += [(Batch(statuses=[st], source=batch.source), "status", st[0], st[1]) for st in batch.statuses]
+        singles += [(Batch(results=[r], source=batch.source), "result", r[0], r[2]) for r in batch.results]
+        for single, kind, device, obj in singles:
             try:
                 part = store_batch(self._connection(), single, self.cfg.aggregate)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except psycopg.Error as exc:
-                obj, kind = (single.events[0][0], "event") if single.events else (single.coverage[0][0], "coverage")
-                batch.rejected.append(Rejection(batch.source, None, obj.get("device_id"),
-                                                f"database refused: {exc}"[:2000], json.dumps(obj).encode()))
+                batch.rejected.append(Rejection(batch.source, None, device, f"database refused: {exc}"[:2000],
+                                                json.dumps(obj).encode()))
                 metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
                 continue
             total.new_events |= part.new_events
             total.new_coverage |= part.new_coverage
-            for device, ids in part.acks.items():
-                into = total.acks.setdefault(device, {"event_ids": [], "coverage_ids": []})
+            for dev, ids in part.acks.items():
+                into = total.acks.setdefault(dev, {"event_ids": [], "coverage_ids": []})
                 into["event_ids"] += ids["event_ids"]
                 into["coverage_ids"] += ids["coverage_ids"]
-        rest = Batch(statuses=batch.statuses, results=batch.results, rejected=batch.rejected, source=batch.source)
-        store_batch(self._connection(), rest, self.cfg.aggregate)
+        store_batch(self._connection(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate)
         return total
 
     def _connection(self) -> psycopg.Connection:

@@ -147,7 +147,8 @@ def store_rejected(conn: psycopg.Connection, rejected: list[Rejection]) -> None:
         return
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO rejected (source, topic, device_id, reason, raw) VALUES (%s, %s, %s, %s, %s)",
-                        [(r.source, r.topic, r.device_id, r.reason[:2000], r.raw) for r in rejected])
+                        [(r.source, r.topic, r.device_id, r.reason[:2000].replace("\x00", "\\0"), r.raw)
+                         for r in rejected])
 
 
 def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) -> Stored:

@@ -38,6 +38,8 @@ def test_detection_status_codes(api) -> None:
     assert client.post("/api/v1/detections", json=event, headers=dev).status_code == 409
     assert client.post("/api/v1/detections", json=make_event("phone-1", 95, 11.5), headers=dev).status_code == 400
     assert client.post("/api/v1/detections", content=b"{nope", headers=dev).status_code == 400
+    nul = make_event("phone-1", 48.1, 11.5, cls="pot\u0000hole")
+    assert client.post("/api/v1/detections", json=nul, headers=dev).status_code == 400
     assert client.post("/api/v1/detections", json=event).status_code == 401
     assert client.post("/api/v1/detections", json=event, headers=bearer("rmt_0000_forged")).status_code == 401
     other = make_event("phone-2", 48.1, 11.5)

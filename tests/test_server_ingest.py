@@ -73,6 +73,9 @@ def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device,
         }
         for raw in cases:
             dev.publish("event", raw)
+        # Valid JSON that PostgreSQL's jsonb refuses (a NUL character), on the status topic.
+        dev.publish("status", b'{"state": "online", "version": "x\\u0000y"}')
+        cases[b"status"] = "database refused"
         assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM rejected") == len(cases)), \
             count(fresh_db, "SELECT count(*) FROM rejected")
         with psycopg.connect(fresh_db) as conn:
