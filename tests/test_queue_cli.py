@@ -77,6 +77,11 @@ def test_missing_outbox_or_config_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "file not found" in result.output
     result = runner.invoke(app, ["queue", "stats", "--outbox", str(tmp_path / "none.db")])
     assert result.exit_code == 2 and "no outbox" in result.output
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 300)
+    result = runner.invoke(app, ["queue", "stats", "--outbox", str(junk)])
+    assert result.exit_code == 1 and "cannot read the outbox" in result.output
+    assert junk.exists(), "the CLI never moves a queue aside"
 
 
 def test_status_shows_queue_fix_and_broker(box) -> None:

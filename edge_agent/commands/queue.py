@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,12 @@ def open_outbox(config: str, outbox: Path | None):  # -> Outbox
     if not path.exists():
         err.print(f"[red]no outbox at {path}[/red] (the agent creates it on its first start)")
         raise typer.Exit(2)
-    return Outbox(path, cfg.outbox if cfg else None, agent=False)
+    try:
+        return Outbox(path, cfg.outbox if cfg else None, agent=False)
+    except (sqlite3.DatabaseError, RuntimeError) as exc:
+        err.print(f"[red]cannot read the outbox {path}: {exc}[/red] (a damaged queue is moved aside by the agent "
+                  "at its next start; copy it off the box first)")
+        raise typer.Exit(1) from None
 
 
 def stats_table(stats: dict[str, Any]) -> Table:
