@@ -115,7 +115,9 @@ def ls_cmd(
         columns[1:1] = ["seq"]
         columns += ["thumbnail"]
     for col in columns:
-        table.add_column(col)
+        # Ids are what a technician copies into a server query: never cut them short.
+        table.add_column(col, no_wrap=col in ("id", "created_at", "confirmed_at"),
+                         min_width=36 if col == "id" else None)
     for row in rows:
         row["thumbnail"] = "yes" if row.get("has_thumbnail") else "-"
         table.add_row(*("-" if row.get(c) is None else str(row.get(c)) for c in columns))
