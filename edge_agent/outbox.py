@@ -99,8 +99,15 @@ def _v1(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX {table}_queue ON {table} (priority DESC, id, due_at) WHERE state != 'confirmed'")
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    # The server's ack may reject a message for good (it keeps it as a dead letter): the row is done, and
+    # carries the reason instead of being sent again forever.
+    for table in ("events", "coverage"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN rejected TEXT")
+
+
 # Append only: the outbox's schema version is the number of migrations applied (PRAGMA user_version).
-MIGRATIONS = [_v1]
+MIGRATIONS = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -287,6 +294,23 @@ class Outbox:
         """The server committed these (kind, id) rows; returns how many became confirmed (each only once)."""
         return self._mark(items, "confirmed", "state != 'confirmed'")
 
+    def mark_rejected(self, items: Iterable[tuple[str, str]]) -> int:
+        """The server refused these (id, reason) for good and keeps them as dead letters: the rows are done
+        (state confirmed, the reason in `rejected`) and counted as `rejected_by_server`. Returns how many."""
+        now = utc_now_iso()
+        n = 0
+        with self._lock:
+            with self._transaction("NORMAL"):
+                for item_id, reason in items:
+                    for kind, table in TABLE.items():
+                        n += self.conn.execute(
+                            f"UPDATE {table} SET state = 'confirmed', confirmed_at = ?, rejected = ?"
+                            f" WHERE {ID_COLUMN[kind]} = ? AND state != 'confirmed'",
+                            (now, str(reason)[:500], item_id)).rowcount
+            for _ in range(n):
+                self._drop("rejected_by_server")
+        return n
+
     def retry(self) -> int:
         """Make every unconfirmed row due now (e.g. after fixing the broker); returns how many."""
         with self._lock, self._transaction("NORMAL"):
@@ -342,7 +366,7 @@ class Outbox:
     def rows(self, kind: str = "event", state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Rows for display (without their payload), in send order."""
         table = TABLE[kind]
-        cols = (f"{ID_COLUMN[kind]} AS id, state, priority, attempts, created_at, sent_at, confirmed_at"
+        cols = (f"{ID_COLUMN[kind]} AS id, state, priority, attempts, created_at, sent_at, confirmed_at, rejected"
                 + (", seq, severity, media IS NOT NULL AS has_thumbnail" if kind == "event" else ""))
         where, args = ("WHERE state = ?", (state,)) if state else ("", ())
         with self._lock:

@@ -81,7 +81,7 @@ class Uplink:
         self.state = "stopped"
         self.last_error: str | None = None
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
-                         "bad_acks": 0, "connects": 0, "refused_logins": 0}
+                         "bad_acks": 0, "connects": 0, "refused_logins": 0, "rejected": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
@@ -93,6 +93,7 @@ class Uplink:
         self._acked: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of PUBACKs not yet written
         self._next_write = 0.0
         self._confirmed: list[tuple[str, str]] = []
+        self._rejected: list[tuple[str, str]] = []   # (id, reason) the server will never accept
         self._connack: ReasonCode | None = None
         self._connected = False
         self._refused: LoginRefused | None = None
@@ -297,6 +298,13 @@ class Uplink:
         """Write server acks (-> confirmed) and PUBACKs (-> sent). A PUBACK is written only when its row is
         still unconfirmed SENT_AFTER_S later: usually the server's ack comes first and 'sent' is never stored,
         which halves the drain's writes. (Losing a 'sent' costs nothing: such a row is sent again.)"""
+        if self._rejected:
+            rejected, self._rejected = self._rejected, []
+            try:
+                self.counters["rejected"] += self.outbox.mark_rejected(rejected)
+            except sqlite3.OperationalError as exc:
+                log.warning("uplink: could not store %d rejections (%s); retrying", len(rejected), exc)
+                self._rejected[:0] = rejected
         confirmed, self._confirmed = self._confirmed, []
         if confirmed:
             try:
@@ -429,11 +437,17 @@ class Uplink:
             ack = json.loads(payload)
             items = [("event", str(i)) for i in ack.get("event_ids", [])]
             items += [("coverage", str(i)) for i in ack.get("coverage_ids", [])]
-        except (ValueError, AttributeError, TypeError) as exc:
+            rejected = [(str(r["id"]), str(r.get("reason", ""))) for r in ack.get("rejected", [])]
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:
             self.counters["bad_acks"] += 1
-            log.warning("uplink: ignoring an ack that is not {event_ids, coverage_ids}: %s", exc)
+            log.warning("uplink: ignoring an ack that is not {event_ids, coverage_ids, rejected}: %s", exc)
             return
         self._confirmed.extend(items)
+        if rejected:
+            self._rejected.extend(rejected)
+            for item_id, reason in rejected:
+                log.warning("uplink: the server rejected %s for good: %s", item_id, reason)
+                items += [("event", item_id), ("coverage", item_id)]
         for key in items:  # the window opens at once; the rows are marked in the next write (<= WRITE_EVERY_S)
             self._outstanding.pop(key, None)
 

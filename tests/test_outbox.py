@@ -170,3 +170,33 @@ def test_damaged_pages_fail_quick_check_and_are_moved_aside(tmp_path: Path) -> N
         assert ob.moved_aside is not None
         assert ob.stats()["queue_depth"] == 0
         assert ob.add_event(make_event(ob))
+
+
+def test_rows_the_server_rejects_for_good_are_done_and_counted(outbox: Outbox) -> None:
+    bad, good = make_event(outbox), make_event(outbox)
+    outbox.add_event(bad)
+    outbox.add_event(good)
+    assert outbox.mark_rejected([(bad["event_id"], "position/lat: 95 is greater than the maximum of 90")]) == 1
+    assert [m.id for m in outbox.due(10, 0.0)] == [good["event_id"]]     # never sent again
+    [row] = [r for r in outbox.rows("event") if r["id"] == bad["event_id"]]
+    assert row["state"] == "confirmed" and "lat" in row["rejected"]
+    assert outbox.stats()["dropped"] == {"rejected_by_server": 1}
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
+    import sqlite_utils
+
+    from edge_agent.outbox import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO events (event_id, priority, severity, created_at, payload) "
+               "VALUES ('old-1', 50, 0.5, '2026-01-01T00:00:00.000Z', '{\"event_id\":\"old-1\"}')")
+    db.conn.commit()
+    db.conn.close()
+    with Outbox(path) as ob:
+        assert ob.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 2
+        assert ob.states() == {"old-1": "pending"}
+        assert ob.mark_rejected([("old-1", "test")]) == 1

@@ -182,7 +182,7 @@ def test_silent_drops_of_a_slow_subscriber_lose_nothing(private_broker, tmp_path
     server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-slow",
                        delay_s=0.002).start()
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
-    n = 300
+    n = 120
     ids = fill(outbox, n)
     uplink = Uplink(uplink_cfg(mq.port, login(tmp_path, "pw-slow"), window=100, ack_timeout_s=1.0),
                     "veh-slow", outbox, HealthBoard())
