@@ -114,6 +114,8 @@ def ls_cmd(
     if kind == "event":
         columns[1:1] = ["seq"]
         columns += ["thumbnail"]
+    if any(row.get("rejected") for row in rows):
+        columns += ["rejected"]
     for col in columns:
         # Ids are what a technician copies into a server query: never cut them short.
         table.add_column(col, no_wrap=col in ("id", "created_at", "confirmed_at"),
