@@ -49,6 +49,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def set_window(window: int) -> None:
+    global WINDOW
+    WINDOW = window
+
+
 def bare_publish(port: int, password: str, bodies: list[bytes], threaded: bool) -> float:
     """Seconds for plain paho to publish BODIES at QoS 1 and get every PUBACK, at most WINDOW unacknowledged
     (the uplink's window; paho slows down more than linearly with more in flight). Either with paho's network
@@ -122,7 +127,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 000 events instead of 100 000")
     parser.add_argument("--events", type=int, default=None)
+    parser.add_argument("--window", type=int, default=WINDOW, help="in-flight window (default: the config's)")
     args = parser.parse_args()
+    set_window(args.window)
     n = args.events or (10_000 if args.quick else 100_000)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
@@ -146,7 +153,8 @@ def main() -> int:
         for e in events:
             outbox.add_event(e)
         fill_s = time.monotonic() - t0
-        print(f"backlog: {n} events of ~{sum(map(len, bodies)) // n} B written in {fill_s:.1f} s", flush=True)
+        print(f"backlog: {n} events of ~{sum(map(len, bodies)) // n} B written in {fill_s:.1f} s; "
+              f"window {WINDOW}", flush=True)
 
         bare = {}
         for threaded in (True, False):
