@@ -177,8 +177,9 @@ class Uplink:
         client = self._client or self._make_client()
         if client is None:
             raise LoginRefused("bad_credentials", self.last_error or "credentials unavailable")
+        # No state change here: a box that is offline or refused stays so until a connection succeeds, so the
+        # status (and the log) does not flap on every retry.
         self._connack, self._connected = None, False
-        self._set_state("connecting")
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         try:

@@ -1,6 +1,7 @@
-"""A stand-in for the fleet server's ingest, for uplink tests and benchmarks: it subscribes to every device's
-events and coverage as `roadmon-server`, records what arrives (distinct ids and total deliveries) and answers
-on roadmon/v1/<device>/ack, in batches, as the real server does after its PostGIS commit.
+"""A stand-in for the fleet server's ingest, for uplink tests and benchmarks: it subscribes to the events and
+coverage of the given devices (default: all) as `roadmon-server`, records what arrives (distinct ids and
+total deliveries) and answers on roadmon/v1/<device>/ack, in batches, as the real server does after its
+PostGIS commit.
 
 `delay_s` makes it a slow subscriber (it sleeps in its network loop, so the broker has to queue for it);
 `ack=False` makes it record without confirming.
@@ -24,10 +25,12 @@ from roadmon_contract import topics
 class AckServer:
     def __init__(self, host: str, port: int, user: str, password: str, *, delay_s: float = 0.0,
                  ack: bool = True, flush_s: float = 0.02, client_id: str = "ack-server",
-                 session_expiry_s: int = 0) -> None:
+                 session_expiry_s: int = 0, devices: list[str] | None = None) -> None:
         self.host, self.port = host, port
         self.delay_s = delay_s
         self.session_expiry_s = session_expiry_s
+        # On the shared broker, listen to (and confirm for) only this test's devices, never other tests'.
+        self.devices = devices or ["+"]
         self.ack = ack
         self.flush_s = flush_s
         self.events: Counter[str] = Counter()     # event_id -> deliveries
@@ -84,8 +87,8 @@ class AckServer:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             return
-        client.subscribe([(f"{topics.PREFIX}/+/event", 1), (f"{topics.PREFIX}/+/coverage", 1),
-                          (f"{topics.PREFIX}/+/status", 1)])
+        client.subscribe([(f"{topics.PREFIX}/{device}/{kind}", 1) for device in self.devices
+                          for kind in ("event", "coverage", "status")])
 
     def _on_message(self, client, userdata, msg) -> None:
         if self.delay_s:

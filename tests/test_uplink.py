@@ -84,7 +84,7 @@ def login(tmp_path: Path, password: str) -> Path:
 def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tmp_path: Path) -> None:
     device, password = mqtt_device()
     server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
-                       service_info.server_password, client_id=f"ack-{device}").start()
+                       service_info.server_password, client_id=f"ack-{device}", devices=[device]).start()
     watcher = ServerClient(service_info.mqtt_port, service_info.server_password)
     watcher.client.subscribe([(topics.status(device), 1), (topics.cmd_result(device, "echo"), 1)])
     health = HealthBoard()
@@ -201,7 +201,7 @@ def test_silent_drops_of_a_slow_subscriber_lose_nothing(private_broker, tmp_path
 def test_wrong_password_is_its_own_state_and_retried_slowly(service_info, mqtt_device, tmp_path: Path) -> None:
     device, password = mqtt_device()
     server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
-                       service_info.server_password, client_id=f"ack-{device}").start()
+                       service_info.server_password, client_id=f"ack-{device}", devices=[device]).start()
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
     ids = fill(outbox, 50)
     pw_file = login(tmp_path, "wrong-" + password)
@@ -211,7 +211,8 @@ def test_wrong_password_is_its_own_state_and_retried_slowly(service_info, mqtt_d
     try:
         wait_for(lambda: health.snapshot()["uplink"] == "bad_credentials", 10, "bad_credentials")
         time.sleep(2.5)
-        assert uplink.counters["refused_logins"] <= 3, "a refusing broker must not be hammered"
+        assert uplink.counters["refused_logins"] <= 4, "a refusing broker must not be hammered"
+        assert health.snapshot()["uplink"] == "bad_credentials", "the state holds between slow retries"
         assert outbox.stats()["events"]["pending"] == 50
         status = read_status_file(tmp_path / "agent-status.json")
         assert status["health"]["broker"] == "bad_credentials" and status["queue_depth"] == 50
