@@ -85,7 +85,7 @@ class Uplink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
-        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="uplink-cmd")
+        self._workers: ThreadPoolExecutor | None = None   # command handlers run here, from start() to stop()
         self._results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         # Filled by paho callbacks, which run on the uplink thread inside client.loop().
         self._mids: dict[int, tuple[str, str]] = {}
@@ -103,6 +103,7 @@ class Uplink:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="uplink-cmd")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self._thread.start()
@@ -114,7 +115,9 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        self._workers.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers = None
 
     def on_command(self, name: str, handler: CommandHandler) -> None:
         """Call HANDLER(payload) in a worker thread for each message on roadmon/v1/<id>/cmd/<NAME>; the dict it
@@ -464,7 +467,10 @@ class Uplink:
         except ValueError as exc:
             self._results.put((name, {"ok": False, "error": f"bad payload: {exc}"}))
             return
-        future = self._workers.submit(handler, args)
+        workers = self._workers
+        if workers is None:
+            return  # stopping: no result is sent, so the server sees the command unanswered and may repeat it
+        future = workers.submit(handler, args)
         future.add_done_callback(lambda f: self._results.put((name, _result_of(name, f))))
 
 
