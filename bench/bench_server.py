@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import resource
 import secrets
 import statistics
 import subprocess
@@ -95,20 +96,24 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     if batch_size:
         conf.write_text(conf.read_text() + f"batch_size = {batch_size}\n")
     env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
+    # The worker's log goes to a file: an unread pipe would stall it once full.
+    log_file = (tmp / "ingest.log").open("w")
+    children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
     server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "ingest", "--workers",
-                               str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
     clients: dict[str, DeviceClient] = {}
     try:
         time.sleep(3)  # workers connect and subscribe
         clients = {d: DeviceClient(info.mqtt_host, info.mqtt_port, d, passwords[d]) for d in devices}
         payloads = [(e["device_id"], json.dumps(e).encode()) for e in events]
         wanted = {e["event_id"] for e in events}
-        t0 = time.monotonic()
+        t0, own_cpu = time.monotonic(), _cpu_s(resource.RUSAGE_SELF)
         pending = [clients[device].client.publish(f"roadmon/v1/{device}/event", body, qos=1)
                    for device, body in payloads]
         for p in pending:
             p.wait_for_publish(60)
         published_s = time.monotonic() - t0
+        publish_cpu = _cpu_s(resource.RUSAGE_SELF) - own_cpu
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if set().union(*(c.acked_events() for c in clients.values())) >= wanted:
@@ -123,7 +128,14 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
             c.close()
         server.terminate()
         server.wait(15)
-    return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed}
+        log_file.close()
+    return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed, "publish_cpu_s": publish_cpu,
+                                   "worker_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - children_cpu}
+
+
+def _cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def seed_map(dsn: str, defects: int, per_defect: int, rng: random.Random) -> None:
@@ -222,7 +234,8 @@ def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: r
         n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
     print(f"ingest: {n_events} sightings, {workers} worker(s), {n_rows} rows, {n_def} defects; "
           f"all published after {stats['published_s']:.1f} s, all acked after {stats['elapsed_s']:.1f} s")
-    print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s")
+    print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s (CPU: worker process "
+          f"{stats['worker_cpu_s']:.1f} s, publishing devices {stats['publish_cpu_s']:.1f} s)")
     print(f"  bare COPY of the same rows:       {copy_rate:,.0f} rows/s")
     ratio = rate / copy_rate
     print(f"  ratio {ratio:.2f} (target >= 0.3) {'PASS' if ratio >= 0.3 else 'FAIL'}")

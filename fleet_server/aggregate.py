@@ -34,35 +34,22 @@ def lock(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
 
 
-def _gate_sql() -> str:
-    return "LEAST(GREATEST(%(radius)s, %(gate)s * s.h_accuracy_m), GREATEST(%(max_gate)s, %(radius)s))"
+def assign(conn: psycopg.Connection, event_ids: list[str], loose: list[str], cfg: AggregateConfig) -> set[int]:
+    """Give the batch's sightings that matched no defect on insert (LOOSE) new defects; returns them.
 
-
-def assign(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> set[int]:
-    """Give each new sighting still without a defect one; returns the defects touched.
-
-    `store` matches sightings to existing defects as it inserts them; this catches the rest, and also the
-    case of two workers each inserting a first sighting of one new pothole (the lock orders them, and the
-    second sees the first's defect here or in `merge_neighbours`)."""
-    if not event_ids:
-        return set()
-    params = {"ids": event_ids, "radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
-              "max_gate": cfg.max_gate_m}
-    touched = {row[0] for row in conn.execute(f"""
-        UPDATE sightings t SET defect_id = m.id FROM (
-            SELECT s.event_id, d.id FROM sightings s CROSS JOIN LATERAL (
-                SELECT d.id FROM defects d
-                WHERE d.class = s.class AND d.status <> 'repaired' AND ST_DWithin(d.geom, s.geom, {_gate_sql()}, false)
-                ORDER BY d.geom <-> s.geom LIMIT 1) d
-            WHERE s.event_id = ANY(%(ids)s::uuid[]) AND s.defect_id IS NULL) m
-        WHERE t.event_id = m.event_id RETURNING t.defect_id""", params)}
-    touched |= create_defects(conn, event_ids, cfg)
-    # A pass that saw the defect is no miss, even when its coverage record arrived before its event.
-    conn.execute("""
-        DELETE FROM defect_misses m USING sightings s
-        WHERE s.event_id = ANY(%s::uuid[]) AND m.defect_id = s.defect_id AND m.device_id = s.device_id
-          AND s.captured_at BETWEEN m.started_at - %s AND m.ended_at + %s""", (event_ids, MISS_SLACK, MISS_SLACK))
-    return touched
+    `store` matches each new sighting to the nearest open defect as it inserts it, holding the aggregation
+    lock already, so every defect a concurrent worker created is visible to that match: what it left loose
+    matches nothing that exists, and only needs grouping among itself (two first sightings of one new pothole
+    in one batch start one defect). EVENT_IDS are all the batch's new sightings."""
+    created = create_defects(conn, loose, cfg) if loose else set()
+    if event_ids:
+        # A pass that saw the defect is no miss, even when its coverage record arrived before its event.
+        conn.execute("""
+            DELETE FROM defect_misses m USING sightings s
+            WHERE s.event_id = ANY(%s::uuid[]) AND m.defect_id = s.defect_id AND m.device_id = s.device_id
+              AND s.captured_at BETWEEN m.started_at - %s AND m.ended_at + %s""",
+                     (event_ids, MISS_SLACK, MISS_SLACK))
+    return created
 
 
 def _gate(h: float, cfg: AggregateConfig) -> float:
@@ -150,25 +137,29 @@ first_mean AS (   -- weighted by 1/h^2
            percentile_cont(0.5) WITHIN GROUP (ORDER BY size_width_m) AS width,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY size_length_m) AS length
     FROM recent GROUP BY defect_id
+), misses AS (    -- misses since the (new) last sighting
+    SELECT m.defect_id, count(*) AS n, count(DISTINCT m.device_id) AS vehicles
+    FROM defect_misses m JOIN totals t USING (defect_id) WHERE m.started_at > t.last_seen GROUP BY m.defect_id
 )
 UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
        first_seen = t.first_seen, last_seen = t.last_seen, sighting_count = t.n, vehicle_count = t.vehicles,
        pass_count = p.n, severity = l.severity, confidence = l.confidence, size_width_m = l.width,
-       size_length_m = l.length, updated_at = now()
+       size_length_m = l.length, miss_count = coalesce(mi.n, 0), updated_at = now()
 FROM pos JOIN totals t USING (defect_id) JOIN passes p USING (defect_id) JOIN looks l USING (defect_id)
+     LEFT JOIN misses mi USING (defect_id)
 WHERE d.id = pos.defect_id
+RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0)
 """
 
 
 def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig) -> None:
-    """Recompute position, counts and automatic status of DEFECT_IDS from their sightings and misses
-    (one statement for all of them, whatever the batch size)."""
+    """Recompute position, counts, misses and automatic status of DEFECT_IDS from their sightings and misses
+    (one statement for all of them, whatever the batch size, then the few status changes)."""
     if not defect_ids:
         return
-    ids = sorted(defect_ids)
-    conn.execute(REFRESH, {"ids": ids, "cap": cfg.max_sightings_for_position, "sigma": cfg.outlier_sigma,
-                           "gap": timedelta(seconds=cfg.pass_gap_s)})
-    update_status(conn, ids, cfg)
+    rows = conn.execute(REFRESH, {"ids": sorted(defect_ids), "cap": cfg.max_sightings_for_position,
+                                  "sigma": cfg.outlier_sigma, "gap": timedelta(seconds=cfg.pass_gap_s)}).fetchall()
+    apply_transitions(conn, rows, cfg)
 
 
 def record_misses(conn: psycopg.Connection, coverage_ids: list[str], cfg: AggregateConfig) -> set[int]:
@@ -205,6 +196,12 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
             GROUP BY d.id)
         UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
         RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""", (ids,)).fetchall()
+    apply_transitions(conn, rows, cfg)
+
+
+def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: AggregateConfig) -> None:
+    """ROWS: (id, status, sightings, passes, misses, miss vehicles) of fresh defects; write the automatic status
+    changes they call for, each with its defect_history row."""
     changes: list[tuple[int, str, str, str]] = []
     for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
         repaired = misses >= cfg.repair_misses and miss_vehicles >= cfg.repair_vehicles
@@ -285,14 +282,15 @@ def _deleted(conn: psycopg.Connection, ids: set[int]) -> set[int]:
     return set(ids) - have
 
 
-def aggregate_new(conn: psycopg.Connection, event_ids: list[str], matched: set[int], coverage_ids: list[str],
-                  cfg: AggregateConfig) -> None:
-    """Everything aggregation does for one batch, inside its transaction: EVENT_IDS are the new sightings,
-    MATCHED the defects they joined on insert, COVERAGE_IDS the new coverage records."""
+def aggregate_new(conn: psycopg.Connection, event_ids: list[str], matched: set[int], loose: list[str],
+                  coverage_ids: list[str], cfg: AggregateConfig) -> None:
+    """Everything aggregation does for one batch, inside its transaction (the caller took `lock` before it
+    inserted and matched the sightings): EVENT_IDS are the new sightings, MATCHED the defects they joined on
+    insert, LOOSE those that joined none, COVERAGE_IDS the new coverage records."""
     if not event_ids and not coverage_ids:
         return
     lock(conn)
-    touched = matched | assign(conn, event_ids, cfg)
+    touched = matched | assign(conn, event_ids, loose, cfg)
     refresh(conn, touched, cfg)
     merge_neighbours(conn, touched, cfg)
     record_misses(conn, coverage_ids, cfg)

@@ -11,18 +11,20 @@ from psycopg_pool import ConnectionPool
 from fleet_server.config import DatabaseConfig
 
 # Times without a zone (an API client's `since=2026-11-28T10:00`) are read as UTC, whatever the server's zone.
-UTC_OPTIONS = "-c TimeZone=UTC"
+# No JIT: ingest's batch statements have cost estimates high enough to trigger it, and compiling them took a
+# sizeable part of their run (18 ms of 110 ms for the merge query of a 1000-defect batch).
+SESSION_OPTIONS = "-c TimeZone=UTC -c jit=off"
 
 
 @contextmanager
 def connect(cfg: DatabaseConfig) -> Iterator[psycopg.Connection]:
     with psycopg.connect(cfg.resolve_dsn(), autocommit=True, connect_timeout=int(cfg.connect_timeout_s),
-                         options=UTC_OPTIONS) as conn:
+                         options=SESSION_OPTIONS) as conn:
         yield conn
 
 
 def make_pool(cfg: DatabaseConfig) -> ConnectionPool:
     return ConnectionPool(cfg.resolve_dsn(), min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
                           kwargs={"autocommit": True, "connect_timeout": int(cfg.connect_timeout_s),
-                                  "options": UTC_OPTIONS},
+                                  "options": SESSION_OPTIONS},
                           timeout=cfg.connect_timeout_s, name="fleet-api")

@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from fleet_server import metrics
 from fleet_server.config import ConfigError, ServerConfig
-from fleet_server.db import UTC_OPTIONS
+from fleet_server.db import SESSION_OPTIONS
 from fleet_server.store import Batch, Stored, store_batch
 from fleet_server.validate import Invalid, Rejection, check_message, message_ref
 from roadmon_contract import topics
@@ -114,6 +114,51 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
     return out
 
 
+PREPARE_CHUNK = 200  # messages classified at a time; small, so the store stage never waits long for them
+
+
+class _Pending:
+    """Classified messages waiting for the store stage, with the time the oldest of them arrived."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._items: list[Incoming] = []
+        self._batch = Batch()
+        self._since = 0.0
+
+    def wait_for_room(self, size: int, stopping: threading.Event) -> int:
+        """How many more messages fit in the pending batch, once at least one does."""
+        with self._cond:
+            while len(self._items) >= size and not stopping.is_set():
+                self._cond.wait(0.2)
+            return max(1, size - len(self._items))
+
+    def add(self, items: list[Incoming], batch: Batch) -> None:
+        with self._cond:
+            if not self._items:
+                self._since = time.monotonic()
+            self._items += items
+            self._batch.extend(batch)
+            self._cond.notify_all()
+
+    def take(self, size: int, wait_s: float, stopping: threading.Event) -> tuple[list[Incoming], Batch] | None:
+        """The pending batch once it is full or its oldest message has waited WAIT_S; None after 0.2 s idle."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(0.2)
+                if not self._items:
+                    return None
+            while len(self._items) < size and not stopping.is_set():
+                remaining = self._since + wait_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            taken = (self._items, self._batch)
+            self._items, self._batch = [], Batch()
+            self._cond.notify_all()
+            return taken
+
+
 class IngestWorker:
     """One ingest worker: an MQTT client plus a thread that stores batches."""
 
@@ -125,6 +170,10 @@ class IngestWorker:
         self.connected = threading.Event()
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
         self._conn: psycopg.Connection | None = None
+        # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
+        # stage takes whatever was classified meanwhile as its next batch (group commit), at most batch_size.
+        self._pending = _Pending()
+        self._prepare_thread = threading.Thread(target=self._prepare, name=f"ingest-prepare-{index}", daemon=True)
         self._thread = threading.Thread(target=self._run, name=f"ingest-{index}", daemon=True)
         self.client = self._make_client()
 
@@ -181,11 +230,13 @@ class IngestWorker:
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False,
                                   properties=self._connect_properties())
         self.client.loop_start()
+        self._prepare_thread.start()
         self._thread.start()
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stopping.set()
+        self._prepare_thread.join(timeout_s)
         self._thread.join(timeout_s)
         self.client.disconnect()
         self.client.loop_stop()
@@ -196,36 +247,51 @@ class IngestWorker:
         return self.connected.wait(timeout_s)
 
     # ------------------------------------------------------------------------------------ batch loop
-    def _take_batch(self) -> list[Incoming]:
+    def _take_available(self, most: int) -> list[Incoming]:
+        """What the inbox holds now, up to MOST (waiting a little for the first message)."""
         try:
-            first = self.inbox.get(timeout=0.2)
+            items = [self.inbox.get(timeout=0.2)]
         except queue.Empty:
             return []
-        items = [first]
-        deadline = time.monotonic() + self.cfg.ingest.batch_wait_s
-        while len(items) < self.cfg.ingest.batch_size:
-            remaining = deadline - time.monotonic()
+        while len(items) < most:
             try:
-                items.append(self.inbox.get(timeout=max(0.0, remaining)) if remaining > 0
-                             else self.inbox.get_nowait())
+                items.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
         return items
 
-    def _run(self) -> None:
+    def _prepare(self) -> None:
+        """Stage 1: classify messages (JSON, schema, ranges) as they come, into the pending batch."""
+        size = self.cfg.ingest.batch_size
         while not self.stopping.is_set():
-            items = self._take_batch()
+            room = self._pending.wait_for_room(size, self.stopping)
+            items = self._take_available(min(room, PREPARE_CHUNK))
             if not items:
                 continue
             try:
-                self._handle(items)
+                batch = classify(items, self.cfg)
+            except Exception:  # a bug must not stop ingest; the messages stay un-PUBACKed and come back
+                log.exception("%s: classifying %d messages failed; continuing", self.client_id, len(items))
+                self.stopping.wait(1.0)
+                continue
+            self._pending.add(items, batch)
+
+    def _run(self) -> None:
+        """Stage 2: store each batch in one transaction, then acknowledge it."""
+        ing = self.cfg.ingest
+        while not self.stopping.is_set():
+            taken = self._pending.take(ing.batch_size, ing.batch_wait_s, self.stopping)
+            if taken is None:
+                continue
+            items, batch = taken
+            try:
+                self._handle(items, batch)
             except Exception:  # a bug must not stop ingest; the batch stays un-PUBACKed and comes back
                 log.exception("%s: a batch of %d failed; continuing", self.client_id, len(items))
                 self.stopping.wait(1.0)
-        # Whatever is still queued was never PUBACKed: the broker delivers it again after a restart.
+        # Whatever is still pending was never PUBACKed: the broker delivers it again after a restart.
 
-    def _handle(self, items: list[Incoming]) -> None:
-        batch = classify(items, self.cfg)
+    def _handle(self, items: list[Incoming], batch: Batch) -> None:
         stored = self._store_with_retry(batch)
         if stored is None:
             return  # stopping while PostGIS is down: nothing acknowledged, the broker keeps it all
@@ -298,7 +364,7 @@ class IngestWorker:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             # Read the DSN again on every reconnect: a rotated credential file takes effect without a restart.
-            self._conn = psycopg.connect(self.cfg.database.resolve_dsn(), autocommit=True, options=UTC_OPTIONS,
+            self._conn = psycopg.connect(self.cfg.database.resolve_dsn(), autocommit=True, options=SESSION_OPTIONS,
                                          connect_timeout=int(self.cfg.database.connect_timeout_s))
         return self._conn
 

@@ -33,6 +33,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.events) + len(self.coverage) + len(self.statuses) + len(self.results) + len(self.rejected)
 
+    def extend(self, other: Batch) -> None:
+        """Add OTHER's messages (same source) to this batch."""
+        self.events += other.events
+        self.coverage += other.coverage
+        self.statuses += other.statuses
+        self.results += other.results
+        self.rejected += other.rejected
+        self.raw.update(other.raw)
+
 
 @dataclass
 class Stored:
@@ -156,6 +165,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
     out = Stored()
     acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
     matched: set[int] = set()
+    loose: list[str] = []
     with conn.transaction():
         devices = sorted({e["device_id"] for e, _ in batch.events} | {c["device_id"] for c, _ in batch.coverage}
                          | {d for d, _, _ in batch.statuses} | {d for d, _, _ in batch.results})
@@ -174,6 +184,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
                 "max_gate": agg.max_gate_m}).fetchall()
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
+            loose = [r[0] for r in inserted if r[1] is None]
             for e, _ in batch.events:
                 acks[e["device_id"]]["event_ids"].append(e["event_id"])
         if batch.coverage:
@@ -188,7 +199,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
                 cur.executemany("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
                                 [(d, n, Jsonb(p)) for d, n, p in batch.results])
         store_rejected(conn, batch.rejected)
-        aggregate.aggregate_new(conn, sorted(out.new_events), matched, sorted(out.new_coverage), agg)
+        aggregate.aggregate_new(conn, sorted(out.new_events), matched, loose, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
     return out
 
