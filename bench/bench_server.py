@@ -99,7 +99,7 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     # The worker's log goes to a file: an unread pipe would stall it once full.
     log_file = (tmp / "ingest.log").open("w")
     children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
-    server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "ingest", "--workers",
+    server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "-v", "ingest", "--workers",
                                str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
     clients: dict[str, DeviceClient] = {}
     try:
@@ -120,6 +120,7 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
                 break
             time.sleep(0.02)
         elapsed = time.monotonic() - t0
+        backend_cpu = _backend_cpu_s(dsn)
         acked = set().union(*(c.acked_events() for c in clients.values()))
         if not acked >= wanted:
             raise SystemExit(f"only {len(acked & wanted)} of {len(wanted)} events acked")
@@ -130,7 +131,24 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
         server.wait(15)
         log_file.close()
     return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed, "publish_cpu_s": publish_cpu,
-                                   "worker_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - children_cpu}
+                                   "worker_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - children_cpu,
+                                   "backend_cpu_s": backend_cpu}
+
+
+def _backend_cpu_s(dsn: str) -> float | None:
+    """CPU seconds of the other PostgreSQL backends on DSN's database (the workers'), when they run here."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                               "AND pid <> pg_backend_pid()")]
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+    except (OSError, ValueError, psycopg.Error):
+        return None
 
 
 def _cpu_s(who: int) -> float:
@@ -234,8 +252,10 @@ def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: r
         n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
     print(f"ingest: {n_events} sightings, {workers} worker(s), {n_rows} rows, {n_def} defects; "
           f"all published after {stats['published_s']:.1f} s, all acked after {stats['elapsed_s']:.1f} s")
+    backend = f"{stats['backend_cpu_s']:.1f} s" if stats["backend_cpu_s"] is not None else "?"
     print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s (CPU: worker process "
-          f"{stats['worker_cpu_s']:.1f} s, publishing devices {stats['publish_cpu_s']:.1f} s)")
+          f"{stats['worker_cpu_s']:.1f} s, its PostgreSQL backend {backend}, publishing devices "
+          f"{stats['publish_cpu_s']:.1f} s)")
     print(f"  bare COPY of the same rows:       {copy_rate:,.0f} rows/s")
     ratio = rate / copy_rate
     print(f"  ratio {ratio:.2f} (target >= 0.3) {'PASS' if ratio >= 0.3 else 'FAIL'}")

@@ -115,6 +115,7 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
 
 
 PREPARE_CHUNK = 200  # messages classified at a time; small, so the store stage never waits long for them
+BATCH_MAX_BYTES = 64 * 1024 * 1024  # a batch also closes at this much payload (thumbnails make messages large)
 
 
 class _Pending:
@@ -124,12 +125,16 @@ class _Pending:
         self._cond = threading.Condition()
         self._items: list[Incoming] = []
         self._batch = Batch()
+        self._bytes = 0
         self._since = 0.0
+
+    def _full(self, size: int) -> bool:
+        return len(self._items) >= size or self._bytes >= BATCH_MAX_BYTES
 
     def wait_for_room(self, size: int, stopping: threading.Event) -> int:
         """How many more messages fit in the pending batch, once at least one does."""
         with self._cond:
-            while len(self._items) >= size and not stopping.is_set():
+            while self._full(size) and not stopping.is_set():
                 self._cond.wait(0.2)
             return max(1, size - len(self._items))
 
@@ -138,6 +143,7 @@ class _Pending:
             if not self._items:
                 self._since = time.monotonic()
             self._items += items
+            self._bytes += sum(len(i.payload) for i in items)
             self._batch.extend(batch)
             self._cond.notify_all()
 
@@ -148,13 +154,13 @@ class _Pending:
                 self._cond.wait(0.2)
                 if not self._items:
                     return None
-            while len(self._items) < size and not stopping.is_set():
+            while not self._full(size) and not stopping.is_set():
                 remaining = self._since + wait_s - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             taken = (self._items, self._batch)
-            self._items, self._batch = [], Batch()
+            self._items, self._batch, self._bytes = [], Batch(), 0
             self._cond.notify_all()
             return taken
 
@@ -292,9 +298,11 @@ class IngestWorker:
         # Whatever is still pending was never PUBACKed: the broker delivers it again after a restart.
 
     def _handle(self, items: list[Incoming], batch: Batch) -> None:
+        t0 = time.monotonic()
         stored = self._store_with_retry(batch)
         if stored is None:
             return  # stopping while PostGIS is down: nothing acknowledged, the broker keeps it all
+        log.debug("%s: stored a batch of %d messages in %.3f s", self.client_id, len(items), time.monotonic() - t0)
         self._count(batch, stored)
         for device, message in ack_messages(stored, batch).items():
             self.client.publish(topics.ack(device), json.dumps(message), qos=1)

@@ -96,7 +96,8 @@ WITH incoming AS (
            (p->>'frames')::integer AS frames,
            ARRAY(SELECT b::real FROM jsonb_array_elements_text(p->'bbox') AS b) AS bbox, p->'model' AS model,
            decode(p->>'thumbnail_jpeg_b64', 'base64') AS thumbnail,
-           p - 'thumbnail_jpeg_b64' - 'frame_jpeg_b64' AS payload
+           CASE WHEN p ?| ARRAY['thumbnail_jpeg_b64', 'frame_jpeg_b64'] THEN p - 'thumbnail_jpeg_b64' - 'frame_jpeg_b64'
+                ELSE p END AS payload  -- (each '-' copies the object)
     FROM incoming
 )
 INSERT INTO sightings (event_id, device_id, seq, captured_at, received_at, source, class, confidence, geom,
