@@ -83,7 +83,7 @@ def bare_copy(dsn: str, events: list[dict]) -> float:
 
 
 def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], devices: list[str], workers: int,
-                tmp: Path, batch_size: int | None = None) -> tuple[float, dict]:
+                tmp: Path, batch_size: int | None = None, processes: int = 1) -> tuple[float, dict]:
     """Sightings/s from the first publish until every event is acked back to its device. The workers run
     as `fleet-server ingest` in a process of their own, as in production."""
     broker = services.Mosquitto()
@@ -96,11 +96,12 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     if batch_size:
         conf.write_text(conf.read_text() + f"batch_size = {batch_size}\n")
     env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
-    # The worker's log goes to a file: an unread pipe would stall it once full.
-    log_file = (tmp / "ingest.log").open("w")
+    # The workers' logs go to files: an unread pipe would stall them once full.
+    logs = [(tmp / f"ingest-{i}.log").open("w") for i in range(processes)]
     children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
-    server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "-v", "ingest", "--workers",
-                               str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    servers = [subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "-v", "ingest", "--workers",
+                                 str(workers), "--instance", str(i)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=logs[i], text=True) for i in range(processes)]
     clients: dict[str, DeviceClient] = {}
     try:
         time.sleep(3)  # workers connect and subscribe
@@ -127,9 +128,11 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     finally:
         for c in clients.values():
             c.close()
-        server.terminate()
-        server.wait(15)
-        log_file.close()
+        for server in servers:
+            server.terminate()
+        for server, log_file in zip(servers, logs, strict=True):
+            server.wait(15)
+            log_file.close()
     return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed, "publish_cpu_s": publish_cpu,
                                    "worker_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - children_cpu,
                                    "backend_cpu_s": backend_cpu}
@@ -218,7 +221,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small numbers (a minute)")
     parser.add_argument("--events", type=int, help="sightings sent through MQTT (default 20000, quick 3000)")
-    parser.add_argument("--workers", type=int, default=1, help="ingest workers in one shared group")
+    parser.add_argument("--workers", type=int, default=1, help="ingest workers (threads) per process")
+    parser.add_argument("--processes", type=int, default=1, help="`fleet-server ingest` processes, one shared group")
     parser.add_argument("--defects", type=int, help="defects for the map query (default 100000, quick 10000)")
     parser.add_argument("--per-defect", type=int, default=10, help="sightings per defect for the map query")
     parser.add_argument("--queries", type=int, help="map queries timed (default 300, quick 100)")
@@ -234,19 +238,19 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
 
     if args.part in ("ingest", "both"):
-        bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size)
+        bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size, args.processes)
     if args.part in ("map", "both"):
         bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp)
     return 0
 
 
 def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: random.Random, tmp: Path,
-                 batch_size: int | None) -> None:
+                 batch_size: int | None, processes: int = 1) -> None:
     devices = [f"bench-{secrets.token_hex(3)}-{i}" for i in range(5)]
     events = synthetic_events(n_events, devices, max(10, n_events // 12), rng)
     dsn = fresh_database("bench_server_ingest")
     copy_rate = bare_copy(dsn, events)
-    rate, stats = ingest_rate(dsn, info, events, devices, workers, tmp, batch_size)
+    rate, stats = ingest_rate(dsn, info, events, devices, workers, tmp, batch_size, processes)
     with psycopg.connect(dsn) as conn:
         n_def = conn.execute("SELECT count(*) FROM defects").fetchone()[0]
         n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]

@@ -21,8 +21,8 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -40,8 +40,7 @@ from roadmon_contract import topics
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Incoming:
+class Incoming(NamedTuple):  # a tuple: one is made per message on the MQTT thread, so it should be cheap
     topic: str
     payload: bytes
     mid: int

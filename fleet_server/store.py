@@ -80,7 +80,7 @@ INSERT_EVENTS = """
 WITH incoming AS (
     SELECT e.p, t.received_at
     FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(p, n)
-    JOIN unnest(%(received)s::timestamptz[]) WITH ORDINALITY AS t(received_at, n) USING (n)
+    JOIN unnest(%(received)s::text::timestamptz[]) WITH ORDINALITY AS t(received_at, n) USING (n)
 ), r AS (
     SELECT (p->>'event_id')::uuid AS event_id, p->>'device_id' AS device_id, (p->>'seq')::bigint AS seq,
            (p->>'captured_at')::timestamptz AS captured_at, received_at, p->>'class' AS class,
@@ -180,7 +180,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
         if batch.events:
             texts = [batch.raw.get(e["event_id"]) or json.dumps(e) for e, _ in batch.events]
             inserted = conn.execute(INSERT_EVENTS, {
-                "events": "[" + ",".join(texts) + "]", "received": [at for _, at in batch.events],
+                "events": "[" + ",".join(texts) + "]", "received": _timestamp_array([at for _, at in batch.events]),
                 "source": batch.source, "radius": agg.merge_radius_m, "gate": agg.accuracy_gate,
                 "max_gate": agg.max_gate_m}).fetchall()
             out.new_events = {r[0] for r in inserted}
@@ -203,6 +203,11 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
         aggregate.aggregate_new(conn, sorted(out.new_events), matched, loose, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
     return out
+
+
+def _timestamp_array(times: list[datetime]) -> str:
+    """TIMES as a PostgreSQL array literal: parsed by the server in one go, where psycopg would dump each."""
+    return "{" + ",".join(t.isoformat() for t in times) + "}"
 
 
 def drop_revoked(conn: psycopg.Connection, batch: Batch, devices: list[str]) -> Batch:
