@@ -16,7 +16,7 @@ from edge_agent.sim.drive import DriveSpec, simulate_drive
 
 def test_bundled_model_finds_painted_potholes(tmp_path: Path) -> None:
     try:
-        detector = load_detector(DetectorConfig(model="bundled", score_threshold=0.25))
+        detector = load_detector(DetectorConfig(model="bundled"))  # the threshold the agent runs with
     except ModelError as exc:
         pytest.skip(f"bundled model unavailable: {exc}")
     out = tmp_path / "d"
