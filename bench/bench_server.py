@@ -6,7 +6,8 @@
 2. Map query: GET /api/v1/defects p95 for a 2 km bbox with 1M sightings / 100k defects in the database.
    Target: p95 <= 50 ms.
 
-    python bench/bench_server.py [--quick] [--events N] [--workers N] [--defects N] [--queries N]
+    python bench/bench_server.py [--quick] [--part ingest|map] [--events N] [--batch-size N] [--workers N]
+                                 [--processes N] [--defects N] [--queries N]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import psycopg  # noqa: E402
 import services  # noqa: E402
 from server_fixtures import DeviceClient, make_event, offset, server_config, token  # noqa: E402
 
+from fleet_server.config import ServerConfig  # noqa: E402
 from fleet_server.migrate import migrate  # noqa: E402
 from fleet_server.store import event_row  # noqa: E402
 
@@ -254,7 +256,9 @@ def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: r
     with psycopg.connect(dsn) as conn:
         n_def = conn.execute("SELECT count(*) FROM defects").fetchone()[0]
         n_rows = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
-    print(f"ingest: {n_events} sightings, {workers} worker(s), {n_rows} rows, {n_def} defects; "
+    size = batch_size or ServerConfig().ingest.batch_size
+    print(f"ingest: {n_events} sightings, {processes} process(es) x {workers} worker(s), ingest.batch_size {size}, "
+          f"{n_rows} rows, {n_def} defects; "
           f"all published after {stats['published_s']:.1f} s, all acked after {stats['elapsed_s']:.1f} s")
     backend = f"{stats['backend_cpu_s']:.1f} s" if stats["backend_cpu_s"] is not None else "?"
     print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s (CPU: worker process "
