@@ -262,7 +262,7 @@ def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: r
           f"all published after {stats['published_s']:.1f} s, all acked after {stats['elapsed_s']:.1f} s")
     backend = f"{stats['backend_cpu_s']:.1f} s" if stats["backend_cpu_s"] is not None else "?"
     print(f"  MQTT -> worker -> PostGIS -> ack: {rate:,.0f} sightings/s (CPU: worker process "
-          f"{stats['worker_cpu_s']:.1f} s, its PostgreSQL backend {backend}, publishing devices "
+          f"{stats['worker_cpu_s']:.1f} s, its PostgreSQL backends {backend}, publishing devices "
           f"{stats['publish_cpu_s']:.1f} s)")
     print(f"  bare COPY of the same rows:       {copy_rate:,.0f} rows/s")
     ratio = rate / copy_rate
