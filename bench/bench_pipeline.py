@@ -7,7 +7,7 @@
    end to end and for the camera side alone (each event moved back by its vehicle's GNSS error, see
    edge_agent.drive_eval), with the GNSS error at the events for comparison.
 4. Bare detector FPS on the same frames (decoded, only `detect` timed; once before and once after the replay,
-   averaged, since the machine is shared) against the replay's end-to-end FPS: target ratio >= 0.85 (the
+   the faster of the two, since the machine is shared) against the replay's end-to-end FPS: target ratio >= 0.85 (the
    pipeline around the model costs at most 15 %). Also printed: the same ratio within the replay run
    (time in `detect` / wall time), which is immune to load changes between runs.
 
@@ -109,10 +109,11 @@ def main() -> int:
         truth, potholes = TruthTrack(drive / "truth.csv"), true_defects(drive / "defects.geojson")
         result = score(events, potholes, radius_m=5.0, truth=truth)
         camera = score(without_gnss_error(events, truth), potholes, radius_m=5.0)
-        # The machine is shared: bare runs before and after the replay, averaged, bracket its conditions.
+        # The machine is shared: bare runs before and after the replay bracket its conditions; the faster
+        # of the two is the bare figure (load only ever slows a run down, so this is the conservative ratio).
         before, bare_frames = bare_detector_fps(drive)
         after, _ = bare_detector_fps(drive)
-        bare_fps = (before + after) / 2
+        bare_fps = max(before, after)
 
     ratio = summary["fps"] / bare_fps
     # The same figure within the replay run: frames per second of wall time against per second of detect.
