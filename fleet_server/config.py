@@ -86,7 +86,7 @@ class IngestConfig(Section):
     share_group: str = Field("ingest", pattern=r"^[A-Za-z0-9_-]+$",
                              description="Shared-subscription group: workers in one group split the messages")
     devices: list[str] = Field(["+"], min_length=1, description="Device ids to subscribe to; '+' means all")
-    batch_size: int = Field(500, ge=1, le=20000, description="Most messages stored in one transaction")
+    batch_size: int = Field(5000, ge=1, le=20000, description="Most messages stored in one transaction")
     batch_wait_s: float = Field(0.1, ge=0, le=10, description="How long a batch waits to fill before it is stored")
     queue_max: int = Field(20000, ge=100, description="Messages held in memory before the worker stops reading "
                                                       "(the broker keeps the rest)")

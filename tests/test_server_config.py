@@ -14,7 +14,7 @@ def test_example_is_valid_and_documents_every_section() -> None:
     text = config.EXAMPLE.read_text()
     for name in config.ServerConfig.model_fields:
         assert f"[{name}]" in text, name
-    assert cfg.ingest.batch_size == 500 and cfg.api.rate_limit_per_hour == 100
+    assert cfg.ingest.batch_size == 5000 and cfg.api.rate_limit_per_hour == 100
 
 
 def test_every_field_has_a_description() -> None:
