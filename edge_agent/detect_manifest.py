@@ -9,7 +9,6 @@ caught at load rather than producing silent nonsense.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -63,14 +62,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"manifest {path} must hold a JSON object")
     return data
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_manifest_sha(manifest: dict[str, Any], manifest_file: Path, actual: str) -> None:

@@ -27,10 +27,10 @@ from edge_agent.detect_manifest import (
     parse_names,
     read_manifest,
     resolve_model_path,
-    sha256_file,
 )
 from edge_agent.detect_session import open_session
 from edge_agent.letterbox import letterbox, to_blob
+from roadmon_contract.digest import sha256_file
 
 __all__ = ["Detection", "Detector", "ModelError", "ModelInfo", "load_detector", "sample_road_image",
            "test_pattern"]

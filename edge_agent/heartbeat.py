@@ -38,7 +38,7 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "sent_at": utc_now_iso(),
         "queue_depth": stats.get("queue_depth"),
         "oldest_pending_at": stats.get("oldest_pending_at"),
-        "oldest_pending_age_s": _age_s(stats.get("oldest_pending_at")),
+        "oldest_pending_age_s": age_s(stats.get("oldest_pending_at")),
         "last_confirmed_at": stats.get("last_confirmed_at"),
         "fix": snap.get("fix"),
         "fps": snap.get("fps"),
@@ -52,7 +52,7 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
     }
 
 
-def _age_s(stamp: str | None) -> float | None:
+def age_s(stamp: str | None) -> float | None:
     if not stamp:
         return None
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import http.client
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.health import HealthBoard
+from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,6 @@ class UpdateFailed(Exception):
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

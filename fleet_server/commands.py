@@ -5,7 +5,6 @@ Devices answer on .../cmd/<name>/result; the ingest workers store those answers 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -18,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet_server.config import ServerConfig
 from roadmon_contract import topics
+from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,9 @@ def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) 
     return topic
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def stage_model(cfg: ServerConfig, file: Path) -> str:
     """Copy FILE into the model folder as <sha256>.onnx; returns the sha256."""
-    sha = sha256_of(file)
+    sha = sha256_file(file)
     folder = Path(cfg.models.dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{sha}.onnx"

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detect_manifest import sha256_file
 from edge_agent.detector import load_detector, sample_road_image
 from edge_agent.evaluate import evaluate_dataset, plot_pr
 from edge_agent.quantize import quantize_model
+from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger("pipeline")
 

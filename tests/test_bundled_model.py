@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detect_manifest import REPO_ROOT, sha256_file
+from edge_agent.detect_manifest import REPO_ROOT
 from edge_agent.detector import load_detector
 from edge_agent.evaluate import box_iou
+from roadmon_contract.digest import sha256_file
 
 BUNDLE = REPO_ROOT / "models" / "bundled"
 

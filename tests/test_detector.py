@@ -11,10 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detect_decode import Layout, LayoutError, anchor_count, detect_layout
-from edge_agent.detect_manifest import parse_names, sha256_file
+from edge_agent.detect_manifest import parse_names
 from edge_agent.detector import ModelError, load_detector
 from edge_agent.letterbox import letterbox, to_blob
 from edge_agent.nms import nms
+from roadmon_contract.digest import sha256_file
 
 
 def constant_model(path, output: np.ndarray, *, size: int = 320, names: str | None = None,

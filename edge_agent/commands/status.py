@@ -7,7 +7,6 @@ change; the queue figures are read from the outbox itself, so they are current e
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
+from edge_agent.heartbeat import age_s
 
 out = Console()
 
 
-def _age_s(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (datetime.now(UTC) - when).total_seconds()
-
-
 def _ago(stamp: str | None) -> str:
-    age = _age_s(stamp)
+    age = age_s(stamp)
     if age is None:
         return "-"
     if age < 120:
@@ -56,7 +46,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     broker = "unknown (no status file: is the agent running?)"
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
-        age = _age_s(agent.get("sent_at"))
+        age = age_s(agent.get("sent_at"))
         if broker != "stopped" and age is not None and age > 3 * heartbeat_s:
             broker = f"{broker} (stale: status is {age:.0f} s old; is the agent running?)"
     return {
