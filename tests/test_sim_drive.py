@@ -53,8 +53,9 @@ def test_writes_every_file_with_consistent_metadata(drive: Path) -> None:
     for name in FILES:
         assert (drive / name).stat().st_size > 0, name
     meta = json.loads((drive / "drive.json").read_text())
-    assert {"start_utc", "fps", "frames", "width", "height", "seed", "minutes", "gps_noise_m", "nmea_hz",
-            "defects"} <= set(meta)
+    assert {"start_utc", "fps", "frames", "width", "height", "seed", "minutes", "gps_noise_m", "gps_noise_model",
+            "nmea_hz", "defects"} <= set(meta)
+    assert meta["gps_noise_model"] == "white"  # the default: the issues' synthetic receiver
     assert meta["frames"] == 180 and meta["fps"] == 15 and (meta["width"], meta["height"]) == (640, 360)
     frames = _read_video(drive / "video.mp4")
     assert len(frames) == meta["frames"]
@@ -116,10 +117,35 @@ def test_nmea_has_valid_checksums_and_noise_around_truth(drive: Path) -> None:
     assert 0.2 < np.hypot(err[:, 0], err[:, 1]).mean() < 12
 
 
-def test_noise_model_has_the_asked_sigma_and_is_correlated() -> None:
+@pytest.mark.parametrize("model", ["white", "drift"])
+def test_noise_models_have_the_asked_horizontal_rms(model: str) -> None:
+    e = gnss_errors(np.random.default_rng(0), np.arange(0, 20000.0, 1.0), 3.0, model)
+    assert np.std(e.east_m) == pytest.approx(3.0 / math.sqrt(2), rel=0.1)
+    assert np.std(e.north_m) == pytest.approx(3.0 / math.sqrt(2), rel=0.1)
+    assert np.sqrt(np.mean(e.east_m**2 + e.north_m**2)) == pytest.approx(3.0, rel=0.1)
+
+
+def test_white_noise_is_independent_per_epoch() -> None:
+    e = gnss_errors(np.random.default_rng(1), np.arange(0, 20000.0, 1.0), 3.0, "white")
+    assert abs(np.corrcoef(e.east_m[:-1], e.east_m[1:])[0, 1]) < 0.05
+    assert abs(np.corrcoef(e.north_m[:-1], e.north_m[1:])[0, 1]) < 0.05
+    # Averaging 9 epochs divides it by 3: what a filter and a track's views can exploit.
+    means = e.east_m[: 20000 // 9 * 9].reshape(-1, 9).mean(axis=1)
+    assert np.std(means) == pytest.approx(3.0 / math.sqrt(2) / 3, rel=0.15)
+
+
+def test_unknown_noise_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="noise model"):
+        gnss_errors(np.random.default_rng(0), np.arange(0, 10.0), 3.0, "pink")  # type: ignore[arg-type]
+    res = CliRunner().invoke(app, ["sim", "drive", "--out", str(tmp_path / "x"), "--gps-noise-model", "pink"])
+    assert res.exit_code == 2 and "white, drift" in res.output, res.output
+    assert not (tmp_path / "x" / "video.mp4").exists()
+
+
+def test_drift_noise_model_has_the_asked_sigma_and_is_correlated() -> None:
     rng = np.random.default_rng(0)
     times = np.arange(0, 20000.0, 1.0)
-    e = gnss_errors(rng, times, 3.0)
+    e = gnss_errors(rng, times, 3.0, "drift")
     # 3 m horizontal RMS: 3 / sqrt(2) per axis
     assert np.std(e.east_m) == pytest.approx(3.0 / math.sqrt(2), rel=0.15)
     assert np.std(e.north_m) == pytest.approx(3.0 / math.sqrt(2), rel=0.15)

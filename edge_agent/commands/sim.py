@@ -23,6 +23,10 @@ def drive(
     duration: float | None = typer.Option(None, "--duration", min=3, help="Length in seconds (overrides --minutes)"),
     gps_noise_m: float = typer.Option(3.0, "--gps-noise-m", min=0, max=100,
                                       help="GNSS horizontal RMS error, metres (per axis: this / sqrt 2)"),
+    gps_noise_model: str = typer.Option(
+        "white", "--gps-noise-model",
+        help="white: independent Gaussian error each epoch (the issues' synthetic receiver); drift: a real "
+             "receiver's error, 75 % wandering with a 45 s time constant"),
     nmea_hz: float = typer.Option(1.0, "--nmea-hz", min=0.1, max=20, help="GNSS epochs per second"),
     defects: int = typer.Option(12, "--defects", min=0, max=10000,
                                 help="Defects painted on the driven lane (2/3 potholes, 1/3 cracks)"),
@@ -34,10 +38,14 @@ def drive(
 ) -> None:
     """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, boxes.csv, agent.toml, drive.json."""
     from edge_agent.sim.drive import DriveSpec, simulate_drive
+    from edge_agent.sim.gnss_noise import NOISE_MODELS
 
+    if gps_noise_model not in NOISE_MODELS:
+        err.print(f"[red]--gps-noise-model {gps_noise_model!r}:[/red] expected one of {', '.join(NOISE_MODELS)}")
+        raise typer.Exit(2)
     spec = DriveSpec(out=out_dir, seed=seed, minutes=(duration / 60.0) if duration else minutes,
-                     gps_noise_m=gps_noise_m, nmea_hz=nmea_hz, defects=defects, potholes=potholes, fps=fps,
-                     width=width, height=height)
+                     gps_noise_m=gps_noise_m, gps_noise_model=gps_noise_model, nmea_hz=nmea_hz, defects=defects,
+                     potholes=potholes, fps=fps, width=width, height=height)
     columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
@@ -59,7 +67,7 @@ def drive(
     for key, value in (("frames", f"{result.frames} at {fps:g} fps, {width}x{height}"),
                        ("distance", f"{result.distance_m:.0f} m"),
                        ("defects", f"{len(result.defects)} ({n_pot} potholes)"),
-                       ("GNSS", f"{nmea_hz:g} Hz, sigma {gps_noise_m:g} m"),
+                       ("GNSS", f"{nmea_hz:g} Hz, {gps_noise_m:g} m RMS, {gps_noise_model}"),
                        ("render time", f"{result.seconds_rendering:.1f} s "
                                        f"({result.frames / max(result.seconds_rendering, 1e-9):.0f} fps)")):
         table.add_row(key, value)

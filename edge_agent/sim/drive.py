@@ -23,7 +23,7 @@ import numpy as np
 
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
-from edge_agent.sim.gnss_noise import gnss_errors
+from edge_agent.sim.gnss_noise import NoiseModel, gnss_errors
 from edge_agent.sim.nmea_writer import Epoch, epoch_sentences
 from edge_agent.sim.paint import pothole_sprite, random_crack
 from edge_agent.sim.render import DriveRenderer, Exposure, PaintedDefect
@@ -57,6 +57,7 @@ class DriveSpec:
     seed: int = 1
     minutes: float = 2.0
     gps_noise_m: float = 3.0       # horizontal RMS error (each axis gets gps_noise_m / sqrt(2))
+    gps_noise_model: NoiseModel = "white"  # white: independent per epoch; drift: a real receiver's wander
     nmea_hz: float = 1.0
     defects: int = 12
     potholes: int | None = None    # exact pothole count (cracks: defects - potholes); None = 2/3 of defects
@@ -115,7 +116,7 @@ def _place_defects(rng: np.random.Generator, spec: DriveSpec, s_first: float, s_
 def _nmea_epochs(spec: DriveSpec, frame: LocalFrame, truth_at: Callable, rng: np.random.Generator,
                  t0: dt.datetime) -> list[Epoch]:
     times = np.arange(-LEAD_S, spec.minutes * 60 + 1e-9, 1.0 / spec.nmea_hz)
-    err = gnss_errors(rng, times, spec.gps_noise_m)
+    err = gnss_errors(rng, times, spec.gps_noise_m, spec.gps_noise_model)
     axis_sigma = spec.gps_noise_m / math.sqrt(2)  # GST reports the honest per-axis sigma
     east, north, heading, speed = truth_at(times)
     lat, lon = frame.to_latlon(east + err.east_m, north + err.north_m)
@@ -258,7 +259,8 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
     (out / "agent.toml").write_text(_agent_toml(spec, projector, out), encoding="utf-8")
     meta = {"start_utc": t0.isoformat().replace("+00:00", "Z"), "fps": spec.fps, "frames": frames,
             "width": spec.width, "height": spec.height, "seed": spec.seed, "minutes": spec.minutes,
-            "gps_noise_m": spec.gps_noise_m, "nmea_hz": spec.nmea_hz, "defects": len(placed),
+            "gps_noise_m": spec.gps_noise_m,
+            "gps_noise_model": spec.gps_noise_model, "nmea_hz": spec.nmea_hz, "defects": len(placed),
             "potholes": sum(p["class"] == "pothole" for p in placed), "nmea_lead_s": LEAD_S,
             "distance_m": round(s_video1 - s_video0, 1), "origin": {"lat": geo.lat0, "lon": geo.lon0}}
     (out / "drive.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
