@@ -171,7 +171,11 @@ def severity(class_name: str, width_m: float, length_m: float, cfg: EventsConfig
     """0-1: the class weight times how big the defect is, sqrt(area / severe_area_m2) capped at 1.
 
     The square root makes severity follow the defect's linear size (a 0.5 m pothole is not four times less
-    severe than a 1 m one); the class weight ranks kinds of damage (a pothole over a crack by default).
+    severe than a 1 m one); the class weight ranks kinds of damage (a pothole over a crack by default). With
+    the default severe_area_m2 of 1 m² the size part is simply the defect's size in metres: a hole about a
+    metre across fills a wheel track and cannot be steered around within the lane, which is where the scale
+    tops out, while 0.3-0.6 m holes stay in the lower half. (A monocular camera cannot see depth, which
+    road-condition standards also use; size is what it measures.)
     """
     weight = cfg.class_weights.get(class_name, cfg.default_class_weight)
     size = min(1.0, math.sqrt(max(width_m, 0.0) * max(length_m, 0.0) / cfg.severe_area_m2))

@@ -118,10 +118,26 @@ def test_severity_formula() -> None:
     small, big, huge = severity("pothole", 0.2, 0.2, cfg), severity("pothole", 0.5, 0.6, cfg), \
         severity("pothole", 2, 2, cfg)
     assert 0 < small < big < huge == 1.0
-    assert severity("pothole", 0.2, 0.2, cfg) == pytest.approx(math.sqrt(0.04 / 0.5), abs=1e-3)
+    assert severity("pothole", 0.2, 0.2, cfg) == pytest.approx(math.sqrt(0.04 / cfg.severe_area_m2), abs=1e-3)
     assert severity("crack", 0.5, 0.6, cfg) == pytest.approx(0.6 * big, abs=2e-3)
     assert severity("unknown-class", 2, 2, cfg) == cfg.default_class_weight
     assert severity("pothole", 0, 3, cfg) == 0.0
+
+
+def test_default_severity_spreads_typical_potholes_over_the_range() -> None:
+    """With the defaults, a small and a large pothole are clearly apart, and the simulator's potholes (their
+    measured sizes run ~20 % above the true ones) do not all land at the top of the scale."""
+    cfg = EventsConfig()
+    small, medium, large = (severity("pothole", s, s, cfg) for s in (0.3, 0.6, 1.0))
+    assert small <= 0.35 and large >= 0.95 and large - small >= 0.6, (small, medium, large)
+    assert small < medium - 0.2 < large - 0.4
+    from edge_agent.sim.paint import pothole_sprite
+
+    rng = np.random.default_rng(0)
+    sprites = [pothole_sprite(rng, float(rng.uniform(0.3, 1.2)), 64, kind="dark") for _ in range(200)]
+    sev = np.array([severity("pothole", 1.2 * p.width_m, 1.2 * p.length_m, cfg) for p in sprites])
+    assert np.mean(sev >= 1.0) < 0.3, "most potholes saturate: the map would be all red"
+    assert np.percentile(sev, 10) < 0.45 and np.percentile(sev, 50) < 0.85
 
 
 def test_boxes_cut_by_the_image_border_are_left_out_of_the_position(projector: GroundProjector) -> None:

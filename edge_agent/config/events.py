@@ -18,8 +18,10 @@ class EventsConfig(Section):
         default_factory=lambda: {"pothole": 1.0, "crack": 0.6},
         description="Severity weight per class, 0-1 (classes not listed use default_class_weight)")
     default_class_weight: float = Field(0.5, ge=0, le=1, description="Severity weight of classes not listed")
-    severe_area_m2: float = Field(0.5, gt=0, le=100,
-                                  description="Defect area (m²) at which the size part of severity reaches 1")
+    severe_area_m2: float = Field(1.0, gt=0, le=100,
+                                  description="Defect area (m²) at which the size part of severity reaches 1; "
+                                              "at 1.0 the size part is the defect's size in metres "
+                                              "(sqrt of its area), so 0.3-1.2 m potholes spread over 0.3-1")
     projection_sigma_m: float = Field(0.15, ge=0, le=10,
                                       description="Projection error at zero range (pixel noise, box fit), metres")
     pitch_sigma_deg: float = Field(0.5, ge=0, le=10,
