@@ -186,13 +186,22 @@ class Pipeline:
                 yaw = ((h1 - h0 + 180.0) % 360.0 - 180.0) / (t1 - t0) * dt
         return Motion(forward_m=speed * dt, yaw_deg=yaw)
 
+    def _placeable(self, pose: Any) -> bool:
+        """Whether POSE may place a defect. A 'stale' pose (a long GNSS dropout) is a frozen position while the
+        vehicle drove on: it would put the defect wherever the outage began. A pose whose 1-sigma exceeds
+        events.max_pose_h_std_m is too uncertain to tell one defect from the next."""
+        if pose is None or pose.lat is None or getattr(pose, "state", None) == "stale":
+            return False
+        return float(pose.h_std_m) <= self.cfg.events.max_pose_h_std_m
+
     def _views(self, track: Track) -> list[tuple[Any, Any, float]]:
         """Each observation's ground box with the vehicle's pose at its frame's time. The filter is asked
-        again now: fixes that came after the frame let it interpolate instead of extrapolate."""
+        again now: fixes that came after the frame let it interpolate instead of extrapolate. Frames without
+        a placeable pose (see _placeable) are left out; a track left with none writes no event."""
         views = []
         for obs in track.observations:
             pose = self.filter.position_at(obs.t_mono) or obs.pose
-            if pose is None or pose.lat is None:
+            if not self._placeable(pose):
                 continue
             heading = self._trusted_heading(pose)
             heading = heading if heading is not None else obs.heading_deg
@@ -205,8 +214,8 @@ class Pipeline:
         if located is None:
             self.counts["events_no_fix"] += 1
             self.health.count("events_no_fix")
-            log.info("track %d (%s, %d frames) had no position fix; no event", track.id, track.class_name,
-                     track.hits)
+            log.info("track %d (%s, %d frames) had no usable position (no fix, stale or too uncertain); no event",
+                     track.id, track.class_name, track.hits)
             return None
         if self._seen_recently(track.class_name, located.lat, located.lon, t_mono):
             self.counts["events_merged"] += 1

@@ -151,16 +151,23 @@ def projector() -> GroundProjector:
 
 
 def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noise_m: float = 3.0, seed: int = 3,
-          fail_frames: set[int] | None = None, path=route, defects: list | None = None):
+          fail_frames: set[int] | None = None, path=route, defects: list | None = None,
+          gnss_until_s: float | None = None, events_cfg: dict | None = None, miss: float = 0.15,
+          false_alarm: float = 0.05):
+    """Run the pipeline over SECONDS of PATH; GNSS_UNTIL_S ends the fixes there (a dropout to the end)."""
     rng = np.random.default_rng(seed)
-    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)},
+                                      "events": events_cfg or {}})
     defects = defects if defects is not None else defects_along_route(8, seconds, rng, path)
-    detector = TruthDetector(projector, defects, rng, fail_frames=fail_frames or set())
+    detector = TruthDetector(projector, defects, rng, miss=miss, false_alarm=false_alarm,
+                             fail_frames=fail_frames or set())
     position_filter = PositionFilter(cfg.gnss)
     health = HealthBoard()
     outbox = Outbox(tmp_path / "outbox.db", cfg.outbox, health)
     pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, health)
-    feed = FixFeed(iter(fixes(seconds, noise_m, rng, path)), position_filter)
+    recorded = [f for f in fixes(seconds, noise_m, rng, path)
+                if gnss_until_s is None or f.utc <= START + timedelta(seconds=gnss_until_s)]
+    feed = FixFeed(iter(recorded), position_filter)
     image = np.full((H, W, 3), 90, np.uint8)
     events = []
     for k in range(int(seconds * FPS)):
@@ -255,6 +262,34 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
 
+
+
+# GNSS ends 8 s into the drive. Defects the vehicle passes at 5 s (fixes), 17 s (8-9 s of dead reckoning:
+# 'predicting', h_std ~40-70 m) and 28 s (18-20 s after the last fix: 'stale', the position frozen).
+DROPOUT_DEFECTS = [(*route(t)[:2], 0.6) for t in (5.0, 17.0, 28.0)]
+
+
+def test_a_stale_pose_places_no_event(projector: GroundProjector, tmp_path: Path) -> None:
+    """With no h_std limit, only the 'stale' rule stands between a frozen position and a misplaced event."""
+    events, defects, pipeline, outbox, _ = drive(projector, tmp_path, seconds=30.0, noise_m=1.0, seed=4,
+                                                 defects=DROPOUT_DEFECTS, gnss_until_s=8.0, miss=0.0,
+                                                 false_alarm=0.0, events_cfg={"max_pose_h_std_m": 100000})
+    found, false_pos, errs = match(events, defects[:2], radius=15.0)
+    assert (found, false_pos) == (2, 0), (found, false_pos, errs, pipeline.summary())
+    assert pipeline.summary()["events_no_fix"] == 1, pipeline.summary()
+    assert outbox.stats()["events"]["pending"] == 2
+    outbox.close()
+
+
+def test_too_uncertain_poses_place_no_event(projector: GroundProjector, tmp_path: Path) -> None:
+    """The default h_std limit also keeps the long dead-reckoning stretch from placing its defect."""
+    events, defects, pipeline, outbox, _ = drive(projector, tmp_path, seconds=30.0, noise_m=1.0, seed=4,
+                                                 defects=DROPOUT_DEFECTS, gnss_until_s=8.0, miss=0.0,
+                                                 false_alarm=0.0)
+    found, false_pos, errs = match(events, defects[:1], radius=3.0)
+    assert (found, false_pos) == (1, 0), (found, false_pos, errs, pipeline.summary())
+    assert pipeline.summary()["events_no_fix"] == 2, pipeline.summary()
+    outbox.close()
 
 
 def test_frames_of_another_resolution_scale_the_calibration(projector: GroundProjector, tmp_path: Path) -> None:

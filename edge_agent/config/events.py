@@ -22,6 +22,10 @@ class EventsConfig(Section):
                                   description="Defect area (m²) at which the size part of severity reaches 1; "
                                               "at 1.0 the size part is the defect's size in metres "
                                               "(sqrt of its area), so 0.3-1.2 m potholes spread over 0.3-1")
+    max_pose_h_std_m: float = Field(25.0, gt=0, le=100000,
+                                    description="A frame whose vehicle position is more uncertain than this "
+                                                "(1-sigma, m; about 4-5 s of dead reckoning after the last fix) "
+                                                "does not place its defect; 'stale' positions never do")
     projection_sigma_m: float = Field(0.15, ge=0, le=10,
                                       description="Projection error at zero range (pixel noise, box fit), metres")
     pitch_sigma_deg: float = Field(0.5, ge=0, le=10,
