@@ -319,11 +319,12 @@ def ensure_drive(
     potholes: int = DRIVE_POTHOLES,
     cracks: int = DRIVE_CRACKS,
     gps_noise_m: float = 3.0,
+    gps_noise_model: str = "white",
 ) -> Path:
     """The simulated drive for SEED, generated once and reused (it is deterministic for its settings).
     The agent config the simulator writes points into the folder it rendered, so it renders in place and a
     marker file says when it finished."""
-    out = paths.root / f"drive-seed{seed}-{minutes:g}min-{potholes}p{cracks}c-gps{gps_noise_m:g}m"
+    out = paths.root / f"drive-seed{seed}-{minutes:g}min-{potholes}p{cracks}c-gps{gps_noise_m:g}m-{gps_noise_model}"
     done = out / ".complete"
     if done.exists():
         return out
@@ -345,6 +346,8 @@ def ensure_drive(
             str(potholes),
             "--gps-noise-m",
             f"{gps_noise_m:g}",
+            "--gps-noise-model",
+            gps_noise_model,
         ],
         paths.log("sim"),
         900,
