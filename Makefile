@@ -12,7 +12,6 @@ test: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
 
 demo: install
 	$(PY) scripts/demo.py up
