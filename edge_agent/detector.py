@@ -29,7 +29,7 @@ from edge_agent.detect_manifest import (
     resolve_model_path,
 )
 from edge_agent.detect_session import open_session
-from edge_agent.letterbox import letterbox, to_blob
+from edge_agent.letterbox import Preprocessor
 from roadmon_contract.digest import sha256_file
 
 __all__ = ["Detection", "Detector", "ModelError", "ModelInfo", "load_detector", "sample_road_image",
@@ -77,13 +77,13 @@ class Detector:
         self.score_threshold = cfg.score_threshold
         self._input_name = session.get_inputs()[0].name
         self._output_name = session.get_outputs()[0].name
+        # Canvas and blob reused from frame to frame: one Detector serves one pipeline (one thread) at a time.
+        self._preprocess = Preprocessor(*info.input_size, self.dtype)
 
     def infer(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Any]:
         """Raw model output for one frame, and the letterbox that placed it."""
-        frame = _as_bgr(frame_bgr)
-        w, h = self.info.input_size
-        canvas, placement = letterbox(frame, w, h)
-        out = self.session.run([self._output_name], {self._input_name: to_blob(canvas, self.dtype)})[0]
+        blob, placement = self._preprocess(_as_bgr(frame_bgr))
+        out = self.session.run([self._output_name], {self._input_name: blob})[0]
         return out, placement
 
     def detect(self, frame_bgr: np.ndarray, score_threshold: float | None = None) -> list[Detection]:

@@ -200,3 +200,19 @@ def test_bundled_resolves_to_models_bundled():
             resolve_model_path("bundled")
     else:
         assert resolve_model_path("bundled") == REPO_ROOT / "models" / "bundled" / "model.onnx"
+
+
+def test_preprocessor_reuses_buffers_and_matches_letterbox():
+    from edge_agent.letterbox import Preprocessor
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.uint8):
+        pre = Preprocessor(320, 320, dtype)
+        # A change of frame size repaints the padding: no stale pixels from a frame of another aspect ratio.
+        for shape in [(360, 640), (480, 360), (360, 640), (320, 320)]:
+            frame = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+            canvas, lb = letterbox(frame, 320, 320)
+            blob, placement = pre(frame)
+            assert placement == lb
+            assert blob is pre.blob and blob.dtype == dtype
+            np.testing.assert_array_equal(blob, to_blob(canvas, dtype))
