@@ -124,7 +124,8 @@ class Pipeline:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         stats = self.tracker.stats
         return {"frames": self.counts["frames"], "detections": self.counts["detections"],
-                "tracks": stats["tracks"], "confirmed_tracks": stats["confirmed"], "events": self.counts["events"],
+                "tracks": stats["tracks"], "confirmed_tracks": stats["confirmed"],
+                "tracks_not_fixed": stats["not_fixed"], "events": self.counts["events"],
                 "events_merged": self.counts["events_merged"], "events_no_fix": self.counts["events_no_fix"],
                 "events_refused": self.counts["events_refused"], "coverage_records": self.coverage.records,
                 "detector_errors": self.counts["detector_errors"],

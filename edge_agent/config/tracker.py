@@ -8,7 +8,8 @@ from edge_agent.config.base import Section
 
 
 class TrackerConfig(Section):
-    min_frames: int = Field(3, ge=1, description="Frames a track needs before it may become an event")
+    min_frames: int = Field(3, ge=1, description="Frames a track needs before it may become an event; only boxes "
+                                                  "clear of the image border count (a cut box shows an unknown part)")
     score_window: int = Field(5, ge=1, le=100,
                               description="Recent frames whose median score (misses count as 0) decides a track")
     confirm_score: float = Field(0.4, ge=0, le=1,
@@ -24,6 +25,15 @@ class TrackerConfig(Section):
     pixel_gate: float = Field(1.0, gt=0, le=20,
                               description="A detection's box centre must be within this many box diagonals of the "
                                           "track's predicted box (near the bonnet a metre gate spans the picture)")
+    approach_min_m: float = Field(
+        1.0, gt=0, le=100,
+        description="Distance the vehicle must drive while a track is seen (whole) before its approach is judged: "
+                    "its near edge must come closer by about the distance driven, as a point fixed on the road does")
+    approach_tolerance: float = Field(
+        0.0, ge=0, le=10,
+        description="How far the near edge's metres-closer-per-metre-driven may be from 1 (a track at 0 kept its "
+                    "distance: not a defect in the road); 0 turns the check off. 0.5 separates them with a wide "
+                    "margin on simulated drives (defects: 0.75-1.25)")
     merge_radius_m: float = Field(
         2.0, ge=0, le=50,
         description="An ending track this close to an event of the same class from the last merge_window_s "
