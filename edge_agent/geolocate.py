@@ -1,10 +1,20 @@
 """Where on the ground a detected defect lies, in metres from the camera and in lat/lon.
 
 A road defect is flat, so its whole box lies on the road plane: the calibration projects the box's bottom
-edge (its near side) and top edge (its far side) to (forward, left) metres; the defect's centre is midway,
-its width is the projected bottom edge, its length the distance between the two edges. The ground point is
-rotated by the filtered heading and added to the filtered vehicle position at the frame's time. A track's
-frames are combined with inverse-variance weights, so close, sharp views count more than far ones.
+edge (its near side) and top edge (its far side) to (forward, left) metres; the defect's centre is midway.
+The ground point is rotated by the filtered heading and added to the filtered vehicle position at the frame's
+time. A track's frames are combined with inverse-variance weights, so close, sharp views count more than far
+ones.
+
+Size. Its length is the forward distance between the near and the far edge. Its width is the across-track
+extent, not the box's bottom edge: an image column is a line on the road through the point below the camera,
+so a defect off to one side reaches the box's outer side with its near corner and its inner side with its far
+corner, and the bottom edge's projection (the old width) is too wide by the defect's lateral offset times
+(1 - near / far). Each side of the box is projected at both edges and the inner of the two taken; for a
+rectangle aligned with the road this is its width exactly. Sizes are combined over a track's views with
+weights 1 / size_sigma², size_sigma being BOX_EDGE_SIGMA_PX of box edge on the road at the far edge: it grows
+with range², so the near views decide (a detector's box is a few pixels too large everywhere, which is
+centimetres near the camera and decimetres at 10 m; GNSS error, which weighs the position, does not touch size).
 
 Uncertainty of one view (1 sigma, metres), growing with range d from a camera at height h:
     sigma_proj = sqrt(projection_sigma_m² + (2 px · ground metres per pixel at the box's bottom)²
@@ -48,12 +58,13 @@ class GroundBox:
 
     forward_m: float          # centre of the defect
     left_m: float
-    width_m: float            # across the road (the projected bottom edge)
-    length_m: float           # along the line of sight (near edge to far edge)
+    width_m: float            # across the road (the across-track extent, see the module doc)
+    length_m: float           # along the road (forward distance from the near edge to the far edge)
     range_m: float            # distance from the camera to the near edge, what the error grows with
     sigma_m: float            # 1-sigma horizontal projection error of the centre
     corners: np.ndarray       # 4x2 (forward, left): bottom-left, bottom-right, top-right, top-left
     truncated: bool = False   # the box touches the image border: part of the defect is outside the picture
+    size_sigma_m: float = 0.0  # 1-sigma of width and length: a box edge's error on the road at the far edge
 
 
 @dataclass(frozen=True)
@@ -117,14 +128,18 @@ class Geolocator:
         for k in np.flatnonzero(bad):
             corners[k] = near if k < 2 else far
         centre = (near + far) / 2
-        width = float(np.hypot(*(corners[1] - corners[0])))
-        length = float(np.hypot(*(far - near)))
+        # Left side of the box (x1) at the near and far edge, right side (x2) likewise: the inner one bounds it.
+        width = max(0.0, float(min(corners[0, 1], corners[3, 1]) - max(corners[1, 1], corners[2, 1])))
+        length = max(0.0, float(far[0] - near[0]))
         intr = self.projector.intrinsics
         truncated = x1 <= BORDER_PX or y1 <= BORDER_PX or x2 >= intr.width - 1 - BORDER_PX \
             or y2 >= intr.height - 1 - BORDER_PX
+        edge = self.projector.ground_sigma_m(xm, y1, pixel_sigma=BOX_EDGE_SIGMA_PX) if far is not near else None
+        size_sigma = edge if edge is not None else self.max_range_m
         return GroundBox(forward_m=float(centre[0]), left_m=float(centre[1]), width_m=width, length_m=length,
                          range_m=float(math.hypot(near[0], near[1] - self.projector.mount.lateral_m)),
-                         sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners, truncated=truncated)
+                         sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners, truncated=truncated,
+                         size_sigma_m=float(size_sigma))
 
     def sigma_m(self, u: float, v: float, forward_m: float) -> float:
         """1-sigma projection error of a ground point seen at (u, v) FORWARD_M ahead (see module doc)."""
@@ -149,7 +164,7 @@ class Geolocator:
         if not views:
             return None
         lat0, lon0 = Geolocator.to_world(*views[0])
-        east = north = wsum = gnss = proj_w = width = length = 0.0
+        east = north = wsum = gnss = proj_w = width = length = size_w = 0.0
         for box, pose, heading in views:
             lat, lon = Geolocator.to_world(box, pose, heading)
             e, n = enu_offset(lat0, lon0, lat, lon)
@@ -157,14 +172,16 @@ class Geolocator:
             w = 1.0 / (box.sigma_m ** 2 + gnss_sigma ** 2 + 1e-6)
             east += w * e
             north += w * n
-            width += w * box.width_m
-            length += w * box.length_m
             gnss += w * gnss_sigma
             proj_w += 1.0 / (box.sigma_m ** 2 + 1e-6)
             wsum += w
+            ws = 1.0 / (box.size_sigma_m ** 2 + 1e-6)
+            width += ws * box.width_m
+            length += ws * box.length_m
+            size_w += ws
         lat, lon = offset_latlon(lat0, lon0, east / wsum, north / wsum)
         h_acc = math.sqrt((gnss / wsum) ** 2 + 1.0 / proj_w)
-        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / wsum, length_m=length / wsum)
+        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length / size_w)
 
 
 def severity(class_name: str, width_m: float, length_m: float, cfg: EventsConfig) -> float:

@@ -71,9 +71,9 @@ def test_ground_box_recovers_a_flat_defect(projector: GroundProjector, forward: 
     assert box is not None
     assert box.forward_m == pytest.approx(forward, abs=0.05)
     assert box.left_m == pytest.approx(left, abs=0.05)
-    # The pixel box of a rectangle seen off-axis is a little wider than the rectangle itself.
-    assert box.width_m == pytest.approx(0.8, rel=0.2)
-    assert box.length_m == pytest.approx(0.6, rel=0.05)
+    # Across-track extent from both edges of the box: exact for a rectangle aligned with the road, off-axis too.
+    assert box.width_m == pytest.approx(0.8, rel=0.02)
+    assert box.length_m == pytest.approx(0.6, rel=0.02)
 
 
 def test_projection_sigma_grows_with_range_and_far_boxes_are_refused(projector: GroundProjector) -> None:
@@ -98,7 +98,7 @@ def test_views_combine_to_the_true_point(projector: GroundProjector) -> None:
     assert distance_m(located.lat, located.lon, *truth) < 0.1
     assert located.h_accuracy_m >= 0.8          # GNSS error does not average out over one pass
     assert located.h_accuracy_m < 1.5
-    assert located.width_m == pytest.approx(0.5, rel=0.35)  # off-axis, a pixel box overstates the width
+    assert located.width_m == pytest.approx(0.5, rel=0.03) and located.length_m == pytest.approx(0.5, rel=0.03)
 
 
 def test_combined_views_weight_near_views_more(projector: GroundProjector) -> None:
@@ -152,3 +152,34 @@ def test_boxes_cut_by_the_image_border_are_left_out_of_the_position(projector: G
     assert north == pytest.approx(8.0, abs=0.05)
     alone = Geolocator.combine([(cut, pose, 0.0)])
     assert alone is not None  # better a rough place than none
+
+
+@pytest.mark.parametrize(("forward", "left"), [(4.0, -2.5), (7.0, 3.0), (12.0, -3.5)])
+def test_known_size_defect_off_axis_is_measured_at_its_size(projector: GroundProjector, forward: float,
+                                                              left: float) -> None:
+    """A 1.0 m (across) x 0.5 m (along) defect to the side: its pixel box is wider than the defect (its near
+    corner reaches the outer side, its far corner the inner side), so the box's bottom edge on the road is
+    10-40 % too wide; the across-track extent from both edges is the defect's width."""
+    geo = Geolocator(projector)
+    bbox = box_of(projector, forward, left, length=0.5, width=1.0)
+    box = geo.ground_box(bbox)
+    bottom = projector.pixels_to_ground(np.array([[bbox[0], bbox[3]], [bbox[2], bbox[3]]]))
+    assert float(np.hypot(*(bottom[1] - bottom[0]))) > 1.1  # what the bottom edge says
+    assert box.width_m == pytest.approx(1.0, rel=0.02)
+    assert box.length_m == pytest.approx(0.5, rel=0.02)
+
+
+def test_sizes_combine_with_near_views_weighted_more(projector: GroundProjector) -> None:
+    """A detector's box is a few pixels too large everywhere: centimetres near the camera, decimetres far away.
+    Over a track's views the near ones must decide the size (GNSS error, which weighs the position, must not)."""
+    geo = Geolocator(projector)
+    views = []
+    for forward in (4.0, 5.0, 6.0, 14.0, 16.0, 18.0, 20.0, 22.0):
+        x1, y1, x2, y2 = box_of(projector, forward, 0.0, length=0.6, width=0.6)
+        box = geo.ground_box((x1 - 3, y1 - 3, x2 + 3, y2 + 3))
+        views.append((box, Pose(LAT0, LON0, h_std_m=3.0), 0.0))
+    lengths = [v[0].length_m for v in views]
+    located = Geolocator.combine(views)
+    assert float(np.mean(lengths)) > 3 * 0.6                       # equal weights: three times too long
+    assert 0.6 < located.length_m <= max(lengths[:3])              # no worse than the near views' own error
+    assert located.width_m == pytest.approx(0.6, rel=0.1)
