@@ -21,6 +21,7 @@ import pytest
 
 from edge_agent.doctor import Level, run_checks
 from edge_agent.doctor.result import Options
+from tests.onnx_models import tiny_detector
 
 EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
 FAST = Options(camera_seconds=2.0, camera_frames=15, gnss_seconds=4.0, model_runs=2)
@@ -68,28 +69,6 @@ def nmea_epoch(utc: datetime, fix: bool = True, hdop: float = 0.9) -> bytes:
         gga = pynmea2.GGA("GP", "GGA", (hms, "", "", "", "", "0", "00", "", "", "", "", "", "", ""))
         rmc = pynmea2.RMC("GP", "RMC", (hms, "V", "", "", "", "", "", "", utc.strftime("%d%m%y"), "", "", "N"))
     return f"{gga}\r\n{rmc}\r\n".encode()
-
-
-def tiny_detector(score: float = 0.6, size: int = 64, version: str = "1") -> bytes:
-    """A real YOLOv8-layout ONNX detector: [1,3,S,S] -> [1,5,A], one class 'pothole', a fixed box per anchor
-    scored SCORE (0 gives the degenerate model the detector's load check refuses)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    anchors = sum((size // s) ** 2 for s in (8, 16, 32))
-    const = np.zeros((1, 5, anchors), np.float32)
-    const[0, :4] = np.array([size / 2, size / 2, size / 4, size / 4], np.float32)[:, None]
-    const[0, 4] = score
-    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
-    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])
-    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),  # ties the output to the input
-             helper.make_node("Mul", ["m", "zero"], ["z"]),
-             helper.make_node("Add", ["c", "z"], ["output0"])]
-    inits = [numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"names": "{0: 'pothole'}", "imgsz": f"[{size}, {size}]", "version": version})
-    return model.SerializeToString()
 
 
 class FakeReceiver:

@@ -20,21 +20,11 @@ from edge_agent.events import ModelRef, build_event, iso_utc
 from edge_agent.geolocate import Geolocator, Located, offset_latlon
 from edge_agent.tracker import Motion, Tracker
 from roadmon_contract.validate import errors
+from tests.detections import Det
 
 W, H = 1280, 720
 MODEL = ModelRef(name="roadmon-pothole", version="1.0.0", sha256="ab" * 32)
 T0 = datetime(2026, 11, 28, 13, 45, 32, 120000, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Det:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int = 0
-    class_name: str = "pothole"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.health import HealthBoard
 from edge_agent.model_update import ModelStore, ModelUpdater, detector_sanity_check, effective_model, sign_file
+from tests.onnx_models import tiny_detector
 
 # ---------------------------------------------------------------------------------------- fixtures
 
@@ -41,28 +42,6 @@ def tiny_onnx(scale: float) -> bytes:
     graph = helper.make_graph([helper.make_node("Mul", ["images", "k"], ["out"])], "tiny", [x], [y], [k])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return model.SerializeToString()
-
-
-def tiny_detector(score: float = 0.6, size: int = 64, version: str = "1") -> bytes:
-    """A real YOLOv8-layout ONNX detector: [1,3,S,S] -> [1,5,A], one class 'pothole', a fixed box per anchor
-    scored SCORE (0 gives the degenerate model the detector's load check refuses)."""
-    from onnx import numpy_helper
-
-    anchors = sum((size // s) ** 2 for s in (8, 16, 32))
-    const = np.zeros((1, 5, anchors), np.float32)
-    const[0, :4] = np.array([size / 2, size / 2, size / 4, size / 4], np.float32)[:, None]
-    const[0, 4] = score
-    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
-    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])
-    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),  # ties the output to the input
-             helper.make_node("Mul", ["m", "zero"], ["z"]),
-             helper.make_node("Add", ["c", "z"], ["output0"])]
-    inits = [numpy_helper.from_array(const, "c"), numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"names": "{0: 'pothole'}", "imgsz": f"[{size}, {size}]", "version": version})
     return model.SerializeToString()
 
 

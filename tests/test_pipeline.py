@@ -21,6 +21,7 @@ import pytest
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.config import AgentConfig
+from edge_agent.detector import Detection
 from edge_agent.epochs import Fix, virtual_mono
 from edge_agent.geolocate import distance_m, offset_latlon
 from edge_agent.health import HealthBoard
@@ -30,21 +31,11 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.replay import FixFeed
 from edge_agent.replay_clock import ClockError, clock_for
 from roadmon_contract.validate import errors
+from tests.detections import Det
 
 W, H, FPS = 1280, 720, 15.0
 LAT0, LON0 = 47.3769, 8.5417
 START = datetime(2026, 11, 28, 9, 0, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Det:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int = 0
-    class_name: str = "pothole"
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ class TruthDetector:
     pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
     calls: int = 0
 
-    def detect(self, image: np.ndarray) -> list[Det]:
+    def detect(self, image: np.ndarray) -> list[Detection]:
         self.calls += 1
         if self.calls in self.fail_frames:
             raise RuntimeError("simulated inference failure")
@@ -261,7 +252,6 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         assert pipeline.finish() == []
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
-
 
 
 # GNSS ends 8 s into the drive. Defects the vehicle passes at 5 s (fixes), 17 s (8-9 s of dead reckoning:

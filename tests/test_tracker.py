@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,24 +10,13 @@ import pytest
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.config.tracker import TrackerConfig
+from edge_agent.detector import Detection
 from edge_agent.geolocate import Geolocator
 from edge_agent.tracker import Motion, Tracker, iou, move
+from tests.detections import Det
 
 FPS = 15.0
 W, H = 1280, 720
-
-
-@dataclass(frozen=True)
-class Det:
-    """Fields of edge_agent.detector.Detection."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int = 0
-    class_name: str = "pothole"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +35,7 @@ def ego_of(world_xy: np.ndarray, veh_xy: np.ndarray, heading_deg: float) -> np.n
 
 def detections_for(projector: GroundProjector, defects: list[tuple[float, float, float]], veh_xy: np.ndarray,
                    heading: float, rng: np.random.Generator, miss: float = 0.1, px_noise: float = 1.5,
-                   score: float = 0.8) -> list[Det]:
+                   score: float = 0.8) -> list[Detection]:
     """Boxes of square defects (east, north, size) that are in view, with misses and pixel noise."""
     out = []
     for east, north, size in defects:
@@ -113,7 +101,7 @@ def test_tracks_hold_through_a_curve_and_dropouts(projector: GroundProjector) ->
 
 
 def test_sporadic_false_positives_never_become_events(projector: GroundProjector) -> None:
-    def flicker(k: int, rng: np.random.Generator) -> list[Det]:
+    def flicker(k: int, rng: np.random.Generator) -> list[Detection]:
         if k % 4:
             return []
         x, y = rng.uniform(100, W - 200), rng.uniform(H * 0.6, H - 100)
@@ -159,7 +147,7 @@ def test_defects_beyond_range_are_ignored(projector: GroundProjector) -> None:
 def test_border_clipped_flicker_at_the_road_edge_is_no_event(projector: GroundProjector) -> None:
     # What made false events on simulated drives: a few frames of a box running into the right-hand border,
     # at 0.4-0.6 confidence, keeping its place in the picture. Enough hits and score for the old rule.
-    def edge(k: int, rng: np.random.Generator) -> list[Det]:
+    def edge(k: int, rng: np.random.Generator) -> list[Detection]:
         if k % 20 >= 5:
             return []
         x1, y1 = 1000 + rng.normal(0, 4), 430 + rng.normal(0, 4)
@@ -173,7 +161,7 @@ def test_border_clipped_flicker_at_the_road_edge_is_no_event(projector: GroundPr
 def test_something_that_keeps_its_distance_is_not_a_defect_in_the_road(projector: GroundProjector) -> None:
     # A whole box with a steady high score that stays at the same place in the picture while the vehicle drives
     # 12 m/s (a glare, a mark on the windscreen): the near edge does not come closer, so it is no defect.
-    def steady(k: int, rng: np.random.Generator) -> list[Det]:
+    def steady(k: int, rng: np.random.Generator) -> list[Detection]:
         x1, y1 = 500 + rng.normal(0, 2), 480 + rng.normal(0, 2)
         return [Det(x1, y1, x1 + 150, y1 + 60, 0.9)] if k < 30 else []
 
