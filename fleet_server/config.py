@@ -7,14 +7,14 @@ Secrets never come from the command line: the database DSN and the MQTT password
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from edge_agent.config.base import Section
+from edge_agent.config.base import ConfigError, Section, load_toml, validate
 
 EXAMPLE = Path(__file__).with_name("example.toml")
+__all__ = ["ConfigError", "ServerConfig", "load", "parse"]
 DSN_ENV = "ROADMON_DATABASE_DSN"
 MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
 
@@ -27,14 +27,6 @@ def read_secret(path: Path) -> str:
         path = Path(creds) / path
     return path.read_text(encoding="utf-8").strip()
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; `problems` holds one 'key.path: message' per error."""
-
-    def __init__(self, source: Path | str, problems: list[str]) -> None:
-        self.source = str(source)
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
 
 
 class DatabaseConfig(Section):
@@ -153,26 +145,10 @@ class ServerConfig(Section):
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
 
 
-def format_errors(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()]
-
-
 def parse(data: dict, source: Path | str = "<config>") -> ServerConfig:
-    try:
-        return ServerConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+    return validate(ServerConfig, data, source)
 
 
 def load(path: Path | str | None) -> ServerConfig:
     """Read and validate a TOML config (defaults when PATH is None); raises ConfigError naming every bad key."""
-    if path is None:
-        return ServerConfig()
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(path, ["file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
-    return parse(data, path)
+    return ServerConfig() if path is None else load_toml(ServerConfig, path)

@@ -19,7 +19,7 @@ def check(path: Path = typer.Argument(..., help="TOML config file to validate"))
     try:
         agent_config.load(path)
     except agent_config.ConfigError as exc:
-        err.print(f"[red]{exc.path}: {len(exc.problems)} problem(s)[/red]")
+        err.print(f"[red]{exc.source}: {len(exc.problems)} problem(s)[/red]")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(1) from None

@@ -21,7 +21,7 @@ def _load_config(path: Path | None) -> Any:
     try:
         return agent_config.load(path) if path else agent_config.AgentConfig()
     except agent_config.ConfigError as exc:
-        err.print(f"[red]config error[/red] {exc.path}:")
+        err.print(f"[red]config error[/red] {exc.source}:")
         for problem in exc.problems:
             err.print(f"  {problem}")
         raise typer.Exit(2) from None

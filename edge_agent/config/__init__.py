@@ -6,12 +6,11 @@ errors, and `load` reports every problem with its key path (`uplink.prot: Extra 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from edge_agent.config.base import Section
+from edge_agent.config.base import ConfigError, Section, load_toml, validate
 from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.config.camera import CameraConfig
 from edge_agent.config.detector import DetectorConfig
@@ -24,6 +23,7 @@ from edge_agent.config.tracker import TrackerConfig
 from edge_agent.config.uplink import UplinkConfig
 
 EXAMPLE = Path(__file__).with_name("example.toml")
+__all__ = ["EXAMPLE", "AgentConfig", "ConfigError", "load", "parse"]
 
 
 class AgentConfig(Section):
@@ -41,37 +41,10 @@ class AgentConfig(Section):
                                             description="Remote model updates: download, verify, swap")
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used; `problems` holds one 'key.path: message' per error."""
-
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
-
-
-def format_errors(exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(file)"
-        out.append(f"{key}: {err['msg']}")
-    return out
-
-
 def parse(data: dict, source: Path | str = "<config>") -> AgentConfig:
-    try:
-        return AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+    return validate(AgentConfig, data, source)
 
 
 def load(path: Path | str) -> AgentConfig:
     """Read and validate a TOML config; raises ConfigError naming every bad key."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(path, ["file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
-    return parse(data, path)
+    return load_toml(AgentConfig, path)
