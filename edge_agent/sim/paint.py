@@ -235,8 +235,9 @@ def random_crack(rng: np.random.Generator, length_m: float | None = None) -> Cra
 
 
 def paint_crack(planes: list[np.ndarray], crack: Crack, ground_h: np.ndarray, forward_m: float, left_m: float,
-                yaw_rad: float = 0.0) -> bool:
-    """Darken the crack's lines into the float colour planes (in place); False when it is out of view."""
+                yaw_rad: float = 0.0) -> tuple[float, float, float, float] | None:
+    """Darken the crack's lines into the float colour planes (in place). Returns the box of the drawn lines
+    (x1, y1, x2, y2 in pixels, clipped to the image), or None when it is out of view."""
     cy, sy = math.cos(yaw_rad), math.sin(yaw_rad)
     h_img, w_img = planes[0].shape[:2]
     polys = []
@@ -248,19 +249,21 @@ def paint_crack(planes: list[np.ndarray], crack: Crack, ground_h: np.ndarray, fo
         p = ground_h @ np.vstack([f, left, np.ones_like(f)])
         polys.append(np.round((p[:2] / p[2]).T * 16).astype(np.int32))  # 4 fractional bits for LINE_AA
     if not polys:
-        return False
+        return None
     allp = np.concatenate(polys) / 16
     x0, y0 = np.maximum(np.floor(allp.min(axis=0)).astype(int) - 2, 0)
     x1, y1 = np.minimum(np.ceil(allp.max(axis=0)).astype(int) + 3, [w_img, h_img])
     if x1 - x0 < 1 or y1 - y0 < 1:
-        return False
+        return None
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     offset = np.array([x0, y0]) * 16
     cv2.polylines(mask, [p - offset for p in polys], False, 255, 1, cv2.LINE_AA, shift=4)
     factor = 1.0 - mask.astype(np.float32) * np.float32(crack.darkness / 255.0)
     for plane in planes:
         plane[y0:y1, x0:x1] *= factor
-    return True
+    lo = np.clip(allp.min(axis=0), 0, [w_img, h_img])
+    hi = np.clip(allp.max(axis=0) + 1, 0, [w_img, h_img])
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
 def paint_patch(planes: list[np.ndarray], ground_h: np.ndarray, forward_m: float, left_m: float, yaw_rad: float,

@@ -30,6 +30,7 @@ from edge_agent.sim.surface import RoadStyle, random_style, shade_surface, shado
 
 MAX_RENDER_RANGE_M = 120.0
 POTHOLE = "pothole"
+CRACK = "crack"
 MIN_BOX_PX = 4.0   # training potholes smaller than this (either side) are not painted
 
 
@@ -173,10 +174,11 @@ def _place_potholes(rng: np.random.Generator, view: CameraView, style: RoadStyle
     return placed
 
 
-def random_training_scene(rng: np.random.Generator, width: int, height: int
+def random_training_scene(rng: np.random.Generator, width: int, height: int, box_cracks: bool = False
                           ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A random road view as the drive simulator renders it, with 0-4 potholes (boxed, class "pothole") and
-    some cracks (unboxed distractors). Returns (image_bgr uint8 HxWx3, boxes_xyxy float32 Nx4, class_names)."""
+    some cracks: boxed as class "crack" with box_cracks, else unboxed distractors for a pothole-only model.
+    Returns (image_bgr uint8 HxWx3, boxes_xyxy float32 Nx4, class_names)."""
     view = CameraView(random_camera(rng, width, height))
     style = random_style(rng)
     # The road relative to the vehicle: lateral place in the lane, a small heading error, maybe a curve.
@@ -212,24 +214,28 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int
                             float(rng.normal(0, 0.05)), float(rng.uniform(0.8, 3.5)), float(rng.uniform(1.0, 6.0)),
                             float(rng.choice([rng.uniform(0.72, 0.9), rng.uniform(1.08, 1.2)]))))
     boxes: list[tuple[float, float, float, float]] = []
+    names: list[str] = []
 
     def paint(img: list[np.ndarray]) -> None:
         for patch in patches:
             paint_patch(img, view.homography, *patch)
         for crack, f, left, yaw in cracks:
-            paint_crack(img, crack, view.homography, f, left, yaw)
+            box = paint_crack(img, crack, view.homography, f, left, yaw)
+            if box_cracks and box is not None and max(box[2] - box[0], box[3] - box[1]) >= 4 * MIN_BOX_PX:
+                boxes.append(box)
+                names.append(CRACK)
         for (f, left, _), sprite in zip(potholes, sprites, strict=True):
             box = paint_sprite(img, sprite, view.homography, f, left, float(rng.uniform(-0.3, 0.3)), MIN_BOX_PX)
             if box is not None:
                 boxes.append(box)
+                names.append(POTHOLE)
 
     weight, add = backdrop(view, style, _sky(view, style, rng))
     exposure = Exposure(float(rng.uniform(0.65, 1.35)), float(rng.uniform(0.8, 1.25)), float(rng.uniform(1, 6)))
     frame = compose(view, style, s, d, weight, add, paint, exposure, rng)
     if rng.random() < 0.3:  # motion / focus blur
         frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(0.5, 1.2))
-    box_arr = np.array(boxes, np.float32).reshape(-1, 4)
-    return frame, box_arr, [POTHOLE] * len(box_arr)
+    return frame, np.array(boxes, np.float32).reshape(-1, 4), names
 
 
 DRIVE_RANGE_M = 90.0
