@@ -139,3 +139,20 @@ def contact_sheet(root: Path, stems: list[str], out: Path, columns: int = 4, til
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
     return out
+
+
+def write_yolo_split(root: Path, stems: list[str], dest: Path) -> Path:
+    """A YOLO-layout folder (images/ as symlinks, labels/ from the masks) for `edge-agent model eval`."""
+    import shutil
+
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "images").mkdir(parents=True)
+    (dest / "labels").mkdir()
+    for stem in stems:
+        img = (root / "images" / f"{stem}.jpg").resolve()
+        (dest / "images" / img.name).symlink_to(img)
+        h, w = cv2.imread(str(img), cv2.IMREAD_GRAYSCALE).shape[:2]
+        lines = [f"{b.cls} {(b.box[0] + b.box[2]) / 2 / w:.6f} {(b.box[1] + b.box[3]) / 2 / h:.6f} "
+                 f"{(b.box[2] - b.box[0]) / w:.6f} {(b.box[3] - b.box[1]) / h:.6f}" for b in boxes_for(root, stem)]
+        (dest / "labels" / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
+    return dest

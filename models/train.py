@@ -152,6 +152,7 @@ def validate(model: PotholeNet, val: list[Sample], shape: tuple[int, int], score
         logits, boxes, _ = model(to_tensor([b[0] for b in boxed], device))
         scores = logits.float().sigmoid()
         for i, s in enumerate(chunk):
+            kept_boxes, kept_scores, kept_classes = [], [], []
             for c in range(scores.shape[-1]):
                 sc = scores[i, :, c]
                 m = sc > 0.001
@@ -159,8 +160,12 @@ def validate(model: PotholeNet, val: list[Sample], shape: tuple[int, int], score
                 top = sc.argsort(descending=True)[:300]
                 b, sc = b[top], sc[top]
                 keep = nms(b, sc, 0.5)
-                evaluate.add_image(records, b[keep].cpu().numpy(), sc[keep].cpu().numpy(),
-                                   np.full(len(keep), c, int), boxed[i][1], s.classes)
+                kept_boxes.append(b[keep].cpu().numpy())
+                kept_scores.append(sc[keep].cpu().numpy())
+                kept_classes.append(np.full(len(keep), c, int))
+            # One call per image: add_image counts the image's ground truth once per call.
+            evaluate.add_image(records, np.concatenate(kept_boxes), np.concatenate(kept_scores),
+                               np.concatenate(kept_classes), boxed[i][1], s.classes)
     summary = evaluate.summarize(records, score_threshold)
     model.train()
     out = {}
