@@ -40,7 +40,7 @@ def test_token(server) -> str:
 def valid_detection():
     return {
         "device_id": "VEH_TEST",
-        "timestamp": datetime.utcnow().isoformat() + "Z",  # noqa: DTZ003 (the guide's own line)
+        "timestamp": datetime.utcnow().isoformat() + "Z",
         "gps": {
             "lat": 12.9716,
             "lon": 77.5946,
