@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -23,7 +24,7 @@ DEFAULT_BASE_URL = "https://api.roadquality-monitor.io/v1"
 class Receipt:
     """`queued`: the server stored it; `duplicate`: it had it already; `offline`: it waits in the queue."""
     status: str
-    event_id: Optional[str] = None
+    event_id: str | None = None
 
 
 class Refused(Exception):
