@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -85,12 +86,14 @@ def _responses() -> dict:
             400: text("invalid input, e.g. gps.lat: Input should be less than or equal to 90"),
             401: text("invalid, expired or revoked token"),
             403: text("Not authenticated: send Authorization: Bearer <token>"),
-            409: text("this submission was already received"),
+            409: {"description": "this submission was already received", "content": {"application/json": {
+                "example": {"detail": "submission ... was already received", **GUIDE_RESPONSE,
+                            "status": "duplicate"}}}},
             429: text("more than 100 detections within the hour")}
 
 
 async def submit(request: Request, who: Principal = Depends(principal),
-                 conn: psycopg.Connection = Depends(db)) -> Accepted:
+                 conn: psycopg.Connection = Depends(db)) -> Accepted | JSONResponse:
     raw = await request.body()
     return await run_in_threadpool(_submit, request, who, conn, raw)
 
@@ -102,7 +105,7 @@ for _path in PATHS:
                          operation_id="submit_detections" + ("_v1" if _path.startswith("/v1") else ""))
 
 
-def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: bytes) -> Accepted:
+def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: bytes) -> Accepted | JSONResponse:
     cfg = request.app.state.cfg
     if who.role != "device":
         raise HTTPException(403, "detections need a device token")
@@ -122,8 +125,9 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))}) from None
     ids = [e["event_id"] for e in events]
-    if not stored & set(ids):
-        raise HTTPException(409, f"submission {submission_id} was already received")
+    if not stored & set(ids):  # with its id, so that a client retrying after a lost answer learns it
+        return JSONResponse({"detail": f"submission {submission_id} was already received",
+                             "event_id": submission_id, "status": "duplicate", "event_ids": ids}, status_code=409)
     return Accepted(event_id=submission_id, status="queued", event_ids=ids)
 
 

@@ -139,7 +139,7 @@ class RoadMonitorAPI:
         if response.status_code == 202:
             return Receipt("queued", response.json().get("event_id"))
         if response.status_code == 409:
-            return Receipt("duplicate")
+            return Receipt("duplicate", response.json().get("event_id"))
         if response.status_code == 429 or response.status_code >= 500:
             raise _Retry(f"HTTP {response.status_code}", _retry_after(response))
         raise Refused(response.status_code, _detail(response))
