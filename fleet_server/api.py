@@ -14,7 +14,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
-from fleet_server import __version__, api_audit, api_defects, api_detections, api_fleet, audit, auth, dashboard, metrics
+from fleet_server import (
+    __version__,
+    api_audit,
+    api_defects,
+    api_detections,
+    api_fleet,
+    audit,
+    auth,
+    dashboard,
+    http_writer,
+    metrics,
+)
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 
@@ -26,6 +37,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        app.state.http_writer.close()
         app.state.audit.close()
         app.state.pool.close()
 
@@ -36,6 +48,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.state.tokens = auth.TokenCache(cfg.api.token_cache_s)
     app.state.workers = workers or []
     app.state.audit = audit.AuditLog(app.state.pool, cfg.api.audit_flush_s)
+    app.state.http_writer = http_writer.SubmissionWriter(cfg)
     metrics.register_device_collector(_fetcher(app))
 
     if cfg.api.cors_origins:

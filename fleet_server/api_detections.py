@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from fleet_server import phone_body
 from fleet_server.api_deps import db, principal
 from fleet_server.auth import Principal
-from fleet_server.store import Batch, store_batch, store_rejected
+from fleet_server.http_writer import OverRate
+from fleet_server.store import store_rejected
 from fleet_server.validate import Invalid, Rejection, _check_time, check_message, parse_json
 from roadmon_contract import validate as contract
 from roadmon_contract.ids import uuid7
@@ -38,10 +39,6 @@ class Accepted(BaseModel):
     event_id: str = Field(description="The submission's id (a phone body) or the event's id (roadmon.event/1)")
     status: str = Field(description="Always 'queued': stored, and merged into the defect map")
     event_ids: list[str] = Field(description="The sightings stored, one per detection")
-
-
-class _OverRate(Exception):
-    pass
 
 
 GUIDE_REQUEST = {
@@ -116,16 +113,16 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         if body.get("device_id", who.device_id) != who.device_id:
             raise HTTPException(403, f"this token belongs to device {who.device_id!r}")
         submission_id, events = _events(body, who, raw, cfg)
-        stored = _store(conn, who.device_id, events, cfg)
+        stored = request.app.state.http_writer.store(who.device_id, events)
     except Invalid as exc:
         _reject(conn, who, str(exc), raw)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:  # valid JSON that PostgreSQL still refuses
         _reject(conn, who, f"database refused: {exc}", raw)
-    except _OverRate:
+    except OverRate:
         raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))}) from None
     ids = [e["event_id"] for e in events]
-    if not stored & set(ids):  # with its id, so that a client retrying after a lost answer learns it
+    if not stored:  # with its id, so that a client retrying after a lost answer learns it
         return JSONResponse({"detail": f"submission {submission_id} was already received",
                              "event_id": submission_id, "status": "duplicate", "event_ids": ids}, status_code=409)
     return Accepted(event_id=submission_id, status="queued", event_ids=ids)
@@ -149,23 +146,6 @@ def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict
     body.setdefault("seq", 0)
     event = check_message("event", who.device_id, json.dumps(body).encode(), now, cfg.ingest)
     return event["event_id"], [event]
-
-
-def _store(conn: psycopg.Connection, device_id: str, events: list[dict], cfg) -> set[str]:
-    """Stores EVENTS unless the device is over its rate; the ids that were new. Raises _OverRate."""
-    now = datetime.now(UTC)
-    with conn.transaction():
-        # One device's submissions one at a time, so the count cannot be raced past the limit.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device_id,))
-        n = conn.execute("SELECT count(*) FROM http_submissions WHERE device_id = %s AND at > now() - interval "
-                         "'1 hour'", (device_id,)).fetchone()[0]
-        if n >= cfg.api.rate_limit_per_hour:
-            raise _OverRate
-        stored = store_batch(conn, Batch(events=[(e, now) for e in events], source="http"), cfg.aggregate)
-        if n == 0:  # the device's window restarts: forget its old rows
-            conn.execute("DELETE FROM http_submissions WHERE device_id = %s", (device_id,))
-        conn.execute("INSERT INTO http_submissions (device_id) VALUES (%s)", (device_id,))
-    return stored.new_events
 
 
 def _retry_after(conn: psycopg.Connection, device_id: str) -> int:

@@ -53,6 +53,7 @@ class AuditLog:
         self.flush_s = flush_s
         self._pending: deque[Entry] = deque(maxlen=max_pending)
         self._cond = threading.Condition()
+        self._flushing = threading.Lock()  # one flush at a time: a reader's flush waits for one in progress
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
         self._thread.start()
@@ -65,6 +66,10 @@ class AuditLog:
 
     def flush(self) -> bool:
         """Write what is pending now; False when PostGIS refused (the rows stay queued)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
         if self.pool.closed:  # the app is shutting down without close() (a test's bare TestClient)
             return False
         with self._cond:

@@ -184,3 +184,27 @@ def test_audit_log_records_every_call_with_a_token(server) -> None:
     assert all(r["at"] and r["client"] for r in rows)
     assert client.get("/api/v1/audit", params={"who": "nobody"},
                       headers=bearer(token(dsn, "manager", "boss2"))).json() == []
+
+
+def test_concurrent_posts_share_commits_without_doubling_or_passing_the_limit(make_cfg) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from server_fixtures import serve_api
+
+    cfg = make_cfg(api={"rate_limit_per_hour": 5})
+    dsn = cfg.database.resolve_dsn()
+    same = bearer(token(dsn, "device", "phone-9", device_id="phone-9"))
+    many = bearer(token(dsn, "device", "phone-10", device_id="phone-10"))
+    one_body = body("phone-9")
+    bodies = [body("phone-10", lat=48.1 + i * 1e-3) for i in range(12)]
+    with serve_api(cfg) as url, httpx.Client(timeout=30) as http, ThreadPoolExecutor(12) as pool:
+        repeats = list(pool.map(lambda _: http.post(f"{url}/v1/detections", json=one_body, headers=same), range(5)))
+        distinct = list(pool.map(lambda b: http.post(f"{url}/v1/detections", json=b, headers=many), bodies))
+    # The same body five times at once: stored once; one 202, the rest 409 with the same id.
+    assert sorted(r.status_code for r in repeats) == [202, 409, 409, 409, 409]
+    assert len({r.json()["event_id"] for r in repeats}) == 1
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-9'") == 1
+    # Twelve at once against a budget of five (the 409s above were phone-9's, its own budget).
+    assert sorted(r.status_code for r in distinct) == [202] * 5 + [429] * 7
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-10'") == 5
