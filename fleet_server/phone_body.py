@@ -32,7 +32,8 @@ PHONE_MODEL = {"name": "client-sdk", "version": "unknown", "sha256": "0" * 64}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
+    # strict: a number must be a JSON number ("48.1" and true are refused), a string a JSON string.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Gps(_Strict):
@@ -64,10 +65,17 @@ class PhoneDetection(_Strict):
 
 class PhoneSubmission(_Strict):
     device_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="The submitting device's id")
-    timestamp: datetime = Field(description="ISO 8601 time of capture, with a zone (Z or +hh:mm)")
+    timestamp: datetime = Field(strict=False, description="ISO 8601 time of capture, with a zone (Z or +hh:mm)")
     gps: Gps = Field(description="Where the phone was")
     detections: list[PhoneDetection] = Field(min_length=1, max_length=100, description="What it saw in the image")
     image_base64: str | None = Field(None, description="The image as base64 JPEG (optional, size-capped)")
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if not isinstance(value, str):  # not a Unix time: the guide's clients send ISO 8601 text
+            raise ValueError("must be an ISO 8601 string, e.g. 2026-11-28T13:45:32.120Z")
+        return value
 
     @field_validator("timestamp")
     @classmethod

@@ -87,6 +87,9 @@ def test_image_becomes_the_thumbnail_and_bad_images_are_refused(server) -> None:
     ({"gps": {"lat": 48.1, "lon": 11.5}}, "gps.accuracy"),
     ({"gps": {"lat": 48.1, "lon": 190, "accuracy": 3}}, "gps.lon"),
     ({"gps": {"lat": 0, "lon": 0, "accuracy": 3}}, "gps"),
+    ({"gps": {"lat": "48.1", "lon": 11.5, "accuracy": 3}}, "gps.lat"),  # numbers are JSON numbers
+    ({"gps": {"lat": 48.1, "lon": 11.5, "accuracy": True}}, "gps.accuracy"),
+    ({"timestamp": 1764337532}, "timestamp"),  # ISO 8601 text, as the guide's clients send
     ({"timestamp": "2026-11-28T13:45:32"}, "timestamp"),
     ({"timestamp": "yesterday"}, "timestamp"),
     ({"timestamp": "2001-01-01T00:00:00Z"}, "timestamp"),
