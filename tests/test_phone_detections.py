@@ -211,3 +211,23 @@ def test_concurrent_posts_share_commits_without_doubling_or_passing_the_limit(ma
     # Twelve at once against a budget of five (the 409s above were phone-9's, its own budget).
     assert sorted(r.status_code for r in distinct) == [202] * 5 + [429] * 7
     assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-10'") == 5
+
+
+def test_a_body_postgresql_refuses_fails_alone_in_a_shared_commit(make_cfg) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from server_fixtures import serve_api
+
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    dev = bearer(token(dsn, "device", "veh-11", device_id="veh-11"))
+    # A NUL in a string passes JSON and the schema, but jsonb refuses it: only the database can say no.
+    events = [make_event("veh-11", 48.1 + i * 1e-3, 11.5, cls="pot\u0000hole" if i == 7 else "pothole")
+              for i in range(16)]
+    with serve_api(cfg) as url, httpx.Client(timeout=30) as http, ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda e: http.post(f"{url}/api/v1/detections", json=e, headers=dev).status_code,
+                              events))
+    assert codes == [202] * 7 + [400] + [202] * 8
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'veh-11'") == 15
+    assert count(dsn, "SELECT count(*) FROM rejected WHERE reason LIKE 'database refused%%'") == 1
