@@ -17,6 +17,7 @@ from psycopg_pool import PoolTimeout
 from fleet_server import __version__, api_defects, api_fleet, auth, dashboard, metrics
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
+from fleet_server.http_guard import HttpGuard
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
                   description="Road defects merged from a fleet's sightings; devices; coverage; workflow.")
     app.state.cfg = cfg
     app.state.pool = make_pool(cfg.database)
-    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s)
+    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s, cfg.api.max_concurrent_verifications)
     app.state.workers = workers or []
     metrics.register_device_collector(_fetcher(app))
 
@@ -48,6 +49,10 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
         path = getattr(route, "path", "other")
         metrics.API_LATENCY.labels(request.method, path).observe(time.monotonic() - t0)
         return response
+
+    # Outermost: limits apply before any other work is done for a request.
+    app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes,
+                       auth_failures_per_minute=cfg.api.auth_failures_per_minute)
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)

@@ -29,12 +29,9 @@ def principal(request: Request, conn: psycopg.Connection = Depends(db)) -> auth.
     if token is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     cache: auth.TokenCache = request.app.state.tokens
-    who = cache.get(token)
+    who = cache.verify(conn, token)
     if who is None:
-        who = auth.verify(conn, token)
-        if who is None:
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        cache.put(token, who)
+        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return who
 
 

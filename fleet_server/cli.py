@@ -78,10 +78,10 @@ def migrate_cmd() -> None:
                                                           if done else " (schema up to date)"))
 
 
-def _start_workers(n: int, first: int = 0) -> list:
+def _start_workers(n: int, role: str, first: int = 0) -> list:
     from fleet_server.ingest import IngestWorker
 
-    return [IngestWorker(cfg(), index=first + i).start() for i in range(n)]
+    return [IngestWorker(cfg(), index=first + i, role=role).start() for i in range(n)]
 
 
 @app.command("serve")
@@ -95,7 +95,7 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
 
     c = cfg()
     run_migrations(c.database.resolve_dsn())
-    running = _start_workers(workers)
+    running = _start_workers(workers, "serve")
     try:
         uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port or c.api.port,
                     log_level="info")
@@ -117,7 +117,7 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    running = _start_workers(workers, first=instance * workers)
+    running = _start_workers(workers, "ingest", first=instance * workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -17,10 +17,10 @@ import contextlib
 import json
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
+import weakref
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -33,8 +33,8 @@ from paho.mqtt.properties import Properties
 from fleet_server import metrics
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import SESSION_OPTIONS
-from fleet_server.store import Batch, Stored, store_batch
-from fleet_server.validate import Invalid, Rejection, check_message, message_ref
+from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
+from fleet_server.validate import Invalid, Rejection, check_message, message_ref, parse_json
 from roadmon_contract import topics
 
 log = logging.getLogger(__name__)
@@ -69,36 +69,42 @@ def kind_of(topic: str) -> tuple[str, str | None, str | None]:
 
 
 def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") -> Batch:
-    """Sort messages into a Batch; anything invalid becomes a rejection with its reason."""
+    """Sort messages into a Batch; anything invalid becomes a rejection with its reason. Whatever goes wrong
+    with one message (a bug included) rejects that message alone, never the others of its chunk."""
     batch = Batch(source=source)
     now = datetime.now(UTC)
     for msg in messages:
         kind, device, name = kind_of(msg.topic)
         try:
-            if kind == "unknown" or device is None:
-                raise Invalid(f"unexpected topic {msg.topic!r}")
-            if kind == "result":
-                try:
-                    payload = json.loads(msg.payload)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    payload = {"raw": msg.payload.decode("utf-8", "replace")}
-                batch.results.append((device, name or "", payload))
-                continue
-            obj = check_message(kind, device, msg.payload, now, cfg.ingest)
-        except Invalid as exc:
+            _classify_one(batch, msg, kind, device, name, now, cfg)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, Invalid) else f"could not be checked: {type(exc).__name__}"
+            if not isinstance(exc, Invalid):
+                log.exception("classifying a message on %s failed; rejecting it alone", msg.topic)
             ref = message_ref(msg.payload) if kind in ("event", "coverage") else None
-            batch.rejected.append(Rejection(source, msg.topic, device, str(exc), msg.payload, ref))
+            batch.rejected.append(Rejection(source, msg.topic, device, reason, msg.payload, ref))
             metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
-            continue
-        if kind == "event":
-            batch.events.append((obj, msg.received_at))
-            with contextlib.suppress(UnicodeDecodeError):
-                batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")
-        elif kind == "coverage":
-            batch.coverage.append((obj, msg.received_at))
-        else:
-            batch.statuses.append((device, obj, msg.received_at))
     return batch
+
+
+def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, name: str | None, now: datetime,
+                  cfg: ServerConfig) -> None:
+    if kind == "unknown" or device is None:
+        raise Invalid(f"unexpected topic {msg.topic!r}")
+    if kind == "result":
+        payload = parse_json(msg.payload, cfg.ingest.max_result_bytes)
+        if not isinstance(payload, dict):
+            raise Invalid("command result: not a JSON object")
+        batch.results.append((device, name or "", payload))
+        return
+    obj = check_message(kind, device, msg.payload, now, cfg.ingest)
+    if kind == "event":
+        batch.events.append((obj, msg.received_at))
+        batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")  # the decoder has checked it is UTF-8
+    elif kind == "coverage":
+        batch.coverage.append((obj, msg.received_at))
+    else:
+        batch.statuses.append((device, obj, msg.received_at))
 
 
 def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
@@ -114,6 +120,7 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
 
 
 PREPARE_CHUNK = 200  # messages classified at a time; small, so the store stage never waits long for them
+PURGE_EVERY_S = 600.0  # how often a worker deletes dead letters past their retention
 BATCH_MAX_BYTES = 64 * 1024 * 1024  # a batch also closes at this much payload (thumbnails make messages large)
 
 
@@ -129,6 +136,10 @@ class _Pending:
 
     def _full(self, size: int) -> bool:
         return len(self._items) >= size or self._bytes >= BATCH_MAX_BYTES
+
+    def size(self) -> int:
+        with self._cond:
+            return len(self._items)
 
     def wait_for_room(self, size: int, stopping: threading.Event) -> int:
         """How many more messages fit in the pending batch, once at least one does."""
@@ -164,12 +175,23 @@ class _Pending:
             return taken
 
 
+_live: weakref.WeakSet[IngestWorker] = weakref.WeakSet()  # started, not stopped: read at each metrics scrape
+metrics.INGEST_WAITING.set_function(lambda: sum(w.waiting() for w in list(_live)))
+metrics.INGEST_STALLED.set_function(lambda: max((w.stalled_s() for w in list(_live)), default=0.0))
+
+
 class IngestWorker:
     """One ingest worker: an MQTT client plus a thread that stores batches."""
 
-    def __init__(self, cfg: ServerConfig, index: int = 0) -> None:
+    def __init__(self, cfg: ServerConfig, index: int = 0, role: str = "ingest") -> None:
+        """ROLE ('serve' or 'ingest') and INDEX keep client ids apart between the processes of one instance:
+        two clients with one id take the broker's session from each other."""
         self.cfg = cfg
-        self.client_id = f"{cfg.mqtt.client_id_prefix}-{socket.gethostname()}-{cfg.ingest.share_group}-{index}"
+        self.client_id = (f"{cfg.mqtt.client_id_prefix}-{role}-{cfg.mqtt.resolve_instance()}-"
+                          f"{cfg.ingest.share_group}-{index}")
+        self.reject_policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
+        self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
+        self._next_purge = 0.0
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
         self.connected = threading.Event()
@@ -237,9 +259,11 @@ class IngestWorker:
         self.client.loop_start()
         self._prepare_thread.start()
         self._thread.start()
+        _live.add(self)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        _live.discard(self)
         self.stopping.set()
         self._prepare_thread.join(timeout_s)
         self._thread.join(timeout_s)
@@ -281,12 +305,23 @@ class IngestWorker:
                 continue
             self._pending.add(items, batch)
 
+    def waiting(self) -> int:
+        """Messages received and not yet committed (in the inbox or the pending batch)."""
+        return self.inbox.qsize() + self._pending.size()
+
+    def stalled_s(self) -> float:
+        """Seconds ingest has not committed while messages wait; 0 when nothing waits."""
+        return time.monotonic() - self.last_progress if self.waiting() else 0.0
+
     def _run(self) -> None:
         """Stage 2: store each batch in one transaction, then acknowledge it."""
         ing = self.cfg.ingest
         while not self.stopping.is_set():
+            self._purge_when_due()
             taken = self._pending.take(ing.batch_size, ing.batch_wait_s, self.stopping)
             if taken is None:
+                if not self.inbox.qsize():
+                    self.last_progress = time.monotonic()  # idle is not stalled
                 continue
             items, batch = taken
             try:
@@ -301,6 +336,7 @@ class IngestWorker:
         stored = self._store_with_retry(batch)
         if stored is None:
             return  # stopping while PostGIS is down: nothing acknowledged, the broker keeps it all
+        self.last_progress = time.monotonic()
         log.debug("%s: stored a batch of %d messages in %.3f s", self.client_id, len(items), time.monotonic() - t0)
         self._count(batch, stored)
         for device, message in ack_messages(stored, batch).items():
@@ -309,6 +345,22 @@ class IngestWorker:
         for item in items:
             if item.qos > 0:
                 self.client.ack(item.mid, item.qos)
+
+    def _purge_when_due(self) -> None:
+        """Dead letters past their retention go, every PURGE_EVERY_S (each worker; the DELETE is idempotent)."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY_S
+        try:
+            n = purge_rejected(self._connection(), self.cfg.ingest.rejected_retention_days)
+        except (psycopg.Error, OSError, ConfigError) as exc:  # PostGIS away: the next round tries again
+            log.warning("%s: purging old dead letters failed: %s", self.client_id, exc)
+            self._drop_connection()
+            return
+        if n:
+            log.info("%s: deleted %d dead letters older than %g days", self.client_id, n,
+                     self.cfg.ingest.rejected_retention_days)
 
     def _store_with_retry(self, batch: Batch) -> Stored | None:
         delay = 0.5
@@ -330,7 +382,7 @@ class IngestWorker:
 
     def _store(self, batch: Batch) -> Stored:
         try:
-            return store_batch(self._connection(), batch, self.cfg.aggregate)
+            return store_batch(self._connection(), batch, self.cfg.aggregate, self.reject_policy)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -355,8 +407,9 @@ class IngestWorker:
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except psycopg.Error as exc:
-                batch.rejected.append(Rejection(batch.source, None, device, f"database refused: {exc}"[:2000],
-                                                json.dumps(obj).encode()))
+                raw = json.dumps(obj).encode()
+                batch.rejected.append(Rejection(batch.source, None, device, f"database refused: {exc}"[:2000], raw,
+                                                message_ref(raw) if kind in ("event", "coverage") else None))
                 metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
                 continue
             total.new_events |= part.new_events
@@ -365,7 +418,8 @@ class IngestWorker:
                 into = total.acks.setdefault(dev, {"event_ids": [], "coverage_ids": []})
                 into["event_ids"] += ids["event_ids"]
                 into["coverage_ids"] += ids["coverage_ids"]
-        store_batch(self._connection(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate)
+        store_batch(self._connection(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate,
+                    self.reject_policy)
         return total
 
     def _connection(self) -> psycopg.Connection:

@@ -19,13 +19,10 @@ from typing import Any
 import jsonschema_rs
 
 from fleet_server.config import IngestConfig
+from fleet_server.decode import Invalid, Limits, decode_json
 from roadmon_contract import validate as contract
 
 KINDS = ("event", "coverage", "status")
-
-
-class Invalid(ValueError):
-    """The message cannot be stored; the text says why."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,8 @@ class Rejection:
 def message_ref(raw: bytes) -> str | None:
     """The event_id or coverage_id of a raw message, if it has a readable one (for telling the device)."""
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = decode_json(raw)
+    except Invalid:
         return None
     if not isinstance(obj, dict):
         return None
@@ -50,17 +47,9 @@ def message_ref(raw: bytes) -> str | None:
     return ref if isinstance(ref, str) and 0 < len(ref) <= 64 else None
 
 
-def _no_constants(name: str) -> Any:
-    raise Invalid(f"not finite: {name}")
-
-
 def parse_json(raw: bytes, max_bytes: int) -> Any:
-    if len(raw) > max_bytes:
-        raise Invalid(f"too large: {len(raw)} bytes > {max_bytes}")
-    try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Invalid(f"not JSON: {exc}") from None
+    """RAW through the bounded decoder (size, nesting, number length, NUL, UTF-8); Invalid otherwise."""
+    return decode_json(raw, Limits(max_bytes=max_bytes))
 
 
 def parse_utc(text: str) -> datetime:
