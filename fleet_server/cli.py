@@ -136,6 +136,9 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
     if not DEVICE_ID.match(device_id):
         _fail(f"invalid device id {device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
     c = cfg()
+    if mqtt_accounts.reserved(device_id, c.mqtt.username):
+        _fail(f"device id {device_id!r} is reserved: {c.mqtt.username!r} and names beginning with "
+              f"{mqtt_accounts.RESERVED_PREFIX!r} belong to the server")
     password = secrets.token_urlsafe(24)
     with connect(c.database) as conn, conn.transaction():
         conn.execute("""INSERT INTO devices (id, name) VALUES (%s, %s) ON CONFLICT (id)

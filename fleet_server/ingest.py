@@ -111,7 +111,7 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
     """Per device: the committed ids, plus `rejected` [{id, reason}] for its messages that will never be
     accepted (they are kept in the dead-letter table), so an agent may stop re-sending them."""
     out = {device: dict(ids) for device, ids in stored.acks.items()}
-    for r in batch.rejected:
+    for r in batch.rejected + stored.conflicts:
         if r.ref is None or r.device_id is None:
             continue
         message = out.setdefault(r.device_id, {"event_ids": [], "coverage_ids": []})
@@ -192,6 +192,7 @@ class IngestWorker:
         self.reject_policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
+        self._storing = 0  # messages of the batch being stored now
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
         self.connected = threading.Event()
@@ -307,7 +308,7 @@ class IngestWorker:
 
     def waiting(self) -> int:
         """Messages received and not yet committed (in the inbox or the pending batch)."""
-        return self.inbox.qsize() + self._pending.size()
+        return self.inbox.qsize() + self._pending.size() + self._storing
 
     def stalled_s(self) -> float:
         """Seconds ingest has not committed while messages wait; 0 when nothing waits."""
@@ -324,11 +325,14 @@ class IngestWorker:
                     self.last_progress = time.monotonic()  # idle is not stalled
                 continue
             items, batch = taken
+            self._storing = len(items)
             try:
                 self._handle(items, batch)
             except Exception:  # a bug must not stop ingest; the batch stays un-PUBACKed and comes back
                 log.exception("%s: a batch of %d failed; continuing", self.client_id, len(items))
                 self.stopping.wait(1.0)
+            finally:
+                self._storing = 0
         # Whatever is still pending was never PUBACKed: the broker delivers it again after a restart.
 
     def _handle(self, items: list[Incoming], batch: Batch) -> None:
@@ -414,6 +418,7 @@ class IngestWorker:
                 continue
             total.new_events |= part.new_events
             total.new_coverage |= part.new_coverage
+            total.conflicts += part.conflicts
             for dev, ids in part.acks.items():
                 into = total.acks.setdefault(dev, {"event_ids": [], "coverage_ids": []})
                 into["event_ids"] += ids["event_ids"]

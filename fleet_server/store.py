@@ -48,6 +48,7 @@ class Stored:
     new_events: set[str] = field(default_factory=set)
     new_coverage: set[str] = field(default_factory=set)
     acks: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # device -> {event_ids, coverage_ids}
+    conflicts: list[Rejection] = field(default_factory=list)  # event_ids already stored with other content
 
     @property
     def duplicates(self) -> int:
@@ -223,8 +224,11 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]
+            out.conflicts = _conflicting(conn, batch, out.new_events)
+            clashing = {r.ref for r in out.conflicts}
             for e, _ in batch.events:
-                acks[e["device_id"]]["event_ids"].append(e["event_id"])
+                if e["event_id"] not in clashing:
+                    acks[e["device_id"]]["event_ids"].append(e["event_id"])
         if batch.coverage:
             rows = [_coverage_row(c, at) for c, at in batch.coverage]
             out.new_coverage = {r[0] for r in conn.execute(INSERT_COVERAGE, (json.dumps(rows),)).fetchall()}
@@ -236,10 +240,31 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             if batch.results:
                 cur.executemany("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
                                 [(d, n, Jsonb(p)) for d, n, p in batch.results])
-        store_rejected(conn, batch.rejected, reject)
+        store_rejected(conn, batch.rejected + out.conflicts, reject)
         aggregate.aggregate_new(conn, sorted(out.new_events), matched, loose, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
     return out
+
+
+# The stored payload is the message without its media; a re-sent event must equal it to count as the same.
+CONFLICTING = """
+SELECT e.p->>'event_id'
+FROM jsonb_array_elements(%s::jsonb) AS e(p)
+JOIN sightings s ON s.event_id = (e.p->>'event_id')::uuid
+WHERE s.payload <> e.p - 'thumbnail_jpeg_b64' - 'frame_jpeg_b64'
+"""
+
+
+def _conflicting(conn: psycopg.Connection, batch: Batch, new_events: set[str]) -> list[Rejection]:
+    """Rejections for events of BATCH whose event_id is already stored with other content: the first one
+    stays, the other is a dead letter the device is told about (not acked as if it had been stored)."""
+    repeated = [(e, batch.raw.get(e["event_id"]) or json.dumps(e)) for e, _ in batch.events
+                if e["event_id"] not in new_events]
+    if not repeated:
+        return []
+    clashing = {r[0] for r in conn.execute(CONFLICTING, ("[" + ",".join(t for _, t in repeated) + "]",))}
+    return [Rejection(batch.source, None, e["device_id"], "event_id already used by an event with other content",
+                      text.encode(), e["event_id"]) for e, text in repeated if e["event_id"] in clashing]
 
 
 def _timestamp_array(times: list[datetime]) -> str:
