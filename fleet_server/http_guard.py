@@ -23,10 +23,6 @@ AUTH_WINDOW_S = 60.0
 MAX_TRACKED = 10_000  # source addresses remembered; beyond that the oldest entries are forgotten
 
 
-class BodyTooLarge(Exception):
-    """The request body passed the cap while it was being read."""
-
-
 class AuthFailures:
     """Failed authentications per source address within the last AUTH_WINDOW_S."""
 
@@ -101,18 +97,24 @@ class HttpGuard:
 
     async def _forward(self, scope: Scope, receive: Any, send: Any, source: str) -> None:
         read = 0
-        started = False
+        started = refused = False
 
         async def capped_receive() -> dict:
-            nonlocal read
+            # Past the cap the client gets 413 at once and the route sees a disconnect, so it stops reading.
+            nonlocal read, refused
             message = await receive()
             read += len(message.get("body", b""))
-            if read > self.max_body_bytes:
-                raise BodyTooLarge
+            if read > self.max_body_bytes and not refused:
+                refused = True
+                if not started:
+                    await _answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
+                return {"type": "http.disconnect"}
             return message
 
         async def watched_send(message: dict) -> None:
             nonlocal started
+            if refused:
+                return  # the 413 has been sent; whatever the route answers after the disconnect goes nowhere
             if message["type"] == "http.response.start":
                 started = True
                 if message["status"] == 401:
@@ -121,10 +123,10 @@ class HttpGuard:
 
         try:
             await self.app(scope, capped_receive, watched_send)
-        except BodyTooLarge:
-            if started:
-                raise
-            await _answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
+        except Exception:
+            if not refused:
+                raise  # a real error: the server's error handling answers it
+            log.info("request body over %d bytes from %s refused", self.max_body_bytes, source)
 
 
 async def _answer(send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
