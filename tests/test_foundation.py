@@ -114,6 +114,11 @@ def test_postgres_data_is_keyed_by_the_state_folder(tmp_path) -> None:
     assert services.Postgres(state=a).data != services.Postgres(state=b).data
 
 
+def test_local_broker_refuses_oversized_packets(broker) -> None:
+    conf = broker.conf.read_text().splitlines()
+    assert "max_packet_size 3000000" in conf  # above ingest.max_message_bytes (2.5 MB), far below unbounded
+
+
 def test_services_json_is_readable_by_its_owner_only(service_info) -> None:
     assert (services.STATE / "services.json").stat().st_mode & 0o777 == 0o600
     assert (services.STATE / "pg-password").stat().st_mode & 0o777 == 0o600

@@ -127,13 +127,13 @@ def test_a_rotated_database_password_is_picked_up_without_a_restart(make_cfg, po
     client = TestClient(create_app(cfg))
     viewer = bearer(token(dsn, "viewer"))
     try:
-        assert client.get("/api/v1/me", headers=viewer).status_code == 200
+        assert client.get("/api/v1/devices", headers=viewer).status_code == 200
         # Rotate: new password in the database and in the DSN file; the old sessions end.
         postgres._psql(f"ALTER ROLE {role} PASSWORD 'second'")
         cfg.database.dsn_file.write_text(f"postgresql://{role}:second@127.0.0.1:{postgres.port}/{db}")
         postgres._psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
         t0 = time.monotonic()
-        assert wait_for(lambda: client.get("/api/v1/me", headers=viewer).status_code == 200, timeout_s=20)
+        assert wait_for(lambda: client.get("/api/v1/devices", headers=viewer).status_code == 200, timeout_s=20)
         assert time.monotonic() - t0 < 10
     finally:
         client.app.state.pool.close()
