@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 import weakref
+from collections import deque
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -124,6 +125,43 @@ PURGE_EVERY_S = 600.0  # how often a worker deletes dead letters past their rete
 BATCH_MAX_BYTES = 64 * 1024 * 1024  # a batch also closes at this much payload (thumbnails make messages large)
 
 
+class _ByDevice:
+    """Received messages by device, handed out round-robin: a device that floods the worker waits behind its own
+    messages, not in front of every other device's (the broker delivers one worker's share in one queue)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Incoming]] = {}
+        self.size = 0
+
+    def fill(self, inbox: queue.Queue[Incoming], most: int) -> None:
+        """Move what INBOX holds (up to MOST in all here), waiting a little for the first message."""
+        try:
+            if not self.size:
+                self._put(inbox.get(timeout=0.2))
+            while self.size < most:
+                self._put(inbox.get_nowait())
+        except queue.Empty:
+            pass
+
+    def take(self, most: int) -> list[Incoming]:
+        out: list[Incoming] = []
+        while len(out) < most and self._queues:
+            for device in list(self._queues):
+                waiting = self._queues[device]
+                out.append(waiting.popleft())
+                if not waiting:
+                    del self._queues[device]
+                if len(out) >= most:
+                    break
+        self.size -= len(out)
+        return out
+
+    def _put(self, item: Incoming) -> None:
+        parts = item.topic.split("/", 3)
+        self._queues.setdefault(parts[2] if len(parts) > 2 else "", deque()).append(item)
+        self.size += 1
+
+
 class _Pending:
     """Classified messages waiting for the store stage, with the time the oldest of them arrived."""
 
@@ -201,6 +239,7 @@ class IngestWorker:
         # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
         # stage takes whatever was classified meanwhile as its next batch (group commit), at most batch_size.
         self._pending = _Pending()
+        self._received = _ByDevice()  # taken from the inbox, not yet classified (the prepare stage's own)
         self._prepare_thread = threading.Thread(target=self._prepare, name=f"ingest-prepare-{index}", daemon=True)
         self._thread = threading.Thread(target=self._run, name=f"ingest-{index}", daemon=True)
         self.client = self._make_client()
@@ -277,25 +316,13 @@ class IngestWorker:
         return self.connected.wait(timeout_s)
 
     # ------------------------------------------------------------------------------------ batch loop
-    def _take_available(self, most: int) -> list[Incoming]:
-        """What the inbox holds now, up to MOST (waiting a little for the first message)."""
-        try:
-            items = [self.inbox.get(timeout=0.2)]
-        except queue.Empty:
-            return []
-        while len(items) < most:
-            try:
-                items.append(self.inbox.get_nowait())
-            except queue.Empty:
-                break
-        return items
-
     def _prepare(self) -> None:
         """Stage 1: classify messages (JSON, schema, ranges) as they come, into the pending batch."""
         size = self.cfg.ingest.batch_size
         while not self.stopping.is_set():
             room = self._pending.wait_for_room(size, self.stopping)
-            items = self._take_available(min(room, PREPARE_CHUNK))
+            self._received.fill(self.inbox, self.cfg.ingest.queue_max)
+            items = self._received.take(min(room, PREPARE_CHUNK))
             if not items:
                 continue
             try:
@@ -308,7 +335,7 @@ class IngestWorker:
 
     def waiting(self) -> int:
         """Messages received and not yet committed (in the inbox or the pending batch)."""
-        return self.inbox.qsize() + self._pending.size() + self._storing
+        return self.inbox.qsize() + self._received.size + self._pending.size() + self._storing
 
     def stalled_s(self) -> float:
         """Seconds ingest has not committed while messages wait; 0 when nothing waits."""
@@ -321,7 +348,7 @@ class IngestWorker:
             self._purge_when_due()
             taken = self._pending.take(ing.batch_size, ing.batch_wait_s, self.stopping)
             if taken is None:
-                if not self.inbox.qsize():
+                if not self.inbox.qsize() and not self._received.size:
                     self.last_progress = time.monotonic()  # idle is not stalled
                 continue
             items, batch = taken

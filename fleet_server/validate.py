@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -35,16 +36,15 @@ class Rejection:
     ref: str | None = None  # the event_id / coverage_id, when the message had a readable one
 
 
+# The id of an event or coverage record, found without parsing: a rejected message may be too deep or too big
+# to parse twice, and its id is only used to tell its own device which message was refused.
+_REF = re.compile(rb'"(?:event_id|coverage_id)"\s*:\s*"([0-9A-Za-z-]{1,64})"')
+
+
 def message_ref(raw: bytes) -> str | None:
     """The event_id or coverage_id of a raw message, if it has a readable one (for telling the device)."""
-    try:
-        obj = decode_json(raw)
-    except Invalid:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    ref = obj.get("event_id", obj.get("coverage_id"))
-    return ref if isinstance(ref, str) and 0 < len(ref) <= 64 else None
+    found = _REF.search(raw)
+    return found.group(1).decode() if found else None
 
 
 def parse_json(raw: bytes, max_bytes: int) -> Any:
