@@ -236,13 +236,15 @@ def test_accuracy_on_a_synthetic_drive(rate_hz):
 
 
 def test_axis_filter_equals_filterpy_kalman_filter():
-    """The per-axis float filter is the 4-state [e, n, ve, vn] filterpy KalmanFilter, step for step."""
+    """The per-axis float filter is the 4-state [e, n, ve, vn] filterpy KalmanFilter, step for step, and the
+    smoothed positions at the fixes are filterpy's Rauch-Tung-Striebel smoother over the same steps."""
     import numpy as np
     from filterpy.common import Q_continuous_white_noise
     from filterpy.kalman import KalmanFilter
 
-    cfg = GnssConfig(gate_chi2=1e9, reset_jump_m=1e9)
+    cfg = GnssConfig(gate_chi2=1e9, reset_jump_m=1e9, adapt_fix_noise=False)
     pf = PositionFilter(cfg)
+    xs, ps, fs, qs, times = [], [], [np.eye(4)], [np.zeros((4, 4))], []
     rng = np.random.default_rng(7)
     kf = KalmanFilter(dim_x=4, dim_z=4)
     q = cfg.process_accel_mps2**2
@@ -272,11 +274,24 @@ def test_axis_filter_equals_filterpy_kalman_filter():
             kf.Q[np.ix_([1, 3], [1, 3])] = block
             kf.predict()
             kf.update(np.array([z_e, z_n, v_e, v_n]), R=np.diag([r, r, rv, rv]), H=np.eye(4))
+            fs.append(kf.F.copy())
+            qs.append(kf.Q.copy())
+        xs.append(kf.x.copy())
+        ps.append(kf.P.copy())
+        times.append(t)
         e, n = frame.to_enu(pose.lat, pose.lon)
         assert e == pytest.approx(kf.x[0], abs=1e-6)
         assert n == pytest.approx(kf.x[1], abs=1e-6)
         assert pose.speed_mps == pytest.approx(math.hypot(kf.x[2], kf.x[3]), abs=1e-9)
         assert pose.h_std_m == pytest.approx(math.sqrt(kf.P[0, 0] + kf.P[1, 1]), rel=1e-9)
+    smoothed, covariances, _, _ = kf.rts_smoother(np.array(xs), np.array(ps), np.array(fs), np.array(qs))
+    for t, x, cov in zip(times, smoothed, covariances, strict=True):
+        pose = pf.position_at(t)
+        e, n = frame.to_enu(pose.lat, pose.lon)
+        assert e == pytest.approx(x[0], abs=1e-4)
+        assert n == pytest.approx(x[1], abs=1e-4)
+        assert pose.speed_mps == pytest.approx(math.hypot(x[2], x[3]), abs=1e-6)
+        assert pose.h_std_m == pytest.approx(math.sqrt(cov[0, 0] + cov[1, 1]), rel=1e-6)
 
 
 def test_non_finite_fix_values_do_not_poison_the_filter():
