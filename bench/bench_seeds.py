@@ -125,7 +125,8 @@ def main() -> int:
         print(f"size measured / true (median over {len(ratios)} events): width {w:.2f}, length {length:.2f}, "
               f"sqrt(area) {area:.2f}")
     print(json.dumps({"bench": "seeds", "seeds": seeds, "noise_model": args.noise_model,
-                      "median_error_m": None if median_all is None else round(median_all, 3), "precision": round(precision, 3), "recall": round(recall, 3),
+                      "median_error_m": None if median_all is None else round(median_all, 3),
+                      "precision": round(precision, 3), "recall": round(recall, 3),
                       **total}))
     return 0 if precision >= 0.9 and recall >= 0.85 else 1
 

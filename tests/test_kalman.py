@@ -324,3 +324,65 @@ def test_fuzz_filter_never_raises_and_stays_in_range(steps):
             assert math.isfinite(pose.speed_mps) and math.isfinite(pose.h_std_m) and pose.h_std_m >= 0
             assert pose.heading_deg is None or 0 <= pose.heading_deg < 360
             assert pose.state in ("ok", "predicting", "stale", "reset")
+
+
+def test_smoothed_past_position_uses_the_fixes_after_it():
+    """position_at for a past fix is the RTS-smoothed state: closer to the truth than the filter was then, and
+    with a smaller h_std; without `smooth` it is the filter's own state."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    smoothed, plain = PositionFilter(), PositionFilter(GnssConfig(smooth=False))
+    filtered_err, smoothed_err, plain_err, h_filtered, h_smoothed = [], [], [], [], []
+    for k in range(60):
+        t = T0 + k
+        fix = fix_at(t, 10.0 * k + rng.normal(0, 3), rng.normal(0, 3), 10.0 + rng.normal(0, 0.2), 0.0)
+        pose = smoothed.update(fix)
+        plain.update(fix)
+        if 10 <= k <= 50:
+            filtered_err.append(error_m(pose, 10.0 * k, 0.0))
+            h_filtered.append(pose.h_std_m)
+    for k in range(10, 51):
+        smoothed_err.append(error_m(smoothed.position_at(T0 + k), 10.0 * k, 0.0))
+        h_smoothed.append(smoothed.position_at(T0 + k).h_std_m)
+        plain_err.append(error_m(plain.position_at(T0 + k), 10.0 * k, 0.0))
+    rms = lambda xs: math.sqrt(sum(x * x for x in xs) / len(xs))  # noqa: E731
+    assert rms(smoothed_err) < 0.8 * rms(filtered_err)
+    assert rms(plain_err) == pytest.approx(rms(filtered_err))
+    assert max(h_smoothed) < min(h_filtered)
+    # The newest state is the filtered one: nothing after it yet.
+    assert smoothed.position_at(T0 + 59) == plain.position_at(T0 + 59)
+
+
+def test_fix_noise_scale_learns_how_noisy_the_fixes_really_are():
+    """A receiver claiming eph 6 m whose fixes scatter 1 m per axis: the filter's variance shrinks to match;
+    one claiming 2 m that scatters 4 m per axis: it grows."""
+    import numpy as np
+
+    for claimed, true_sigma in ((6.0, 1.0), (2.0, 4.0)):
+        rng = np.random.default_rng(5)
+        pf = PositionFilter(GnssConfig(gate_chi2=1e9, reset_jump_m=1e9))
+        for k in range(200):
+            pf.update(fix_at(T0 + k, 10.0 * k + rng.normal(0, true_sigma), rng.normal(0, true_sigma), 10.0, 0.0,
+                             eph=claimed))
+        expected = true_sigma**2 / (claimed**2 / 2)
+        assert pf.fix_noise_scale == pytest.approx(expected, rel=0.35)
+    assert PositionFilter(GnssConfig(adapt_fix_noise=False)).fix_noise_scale == 1.0
+
+
+def test_a_turn_at_half_a_hertz_is_not_an_outlier():
+    """A 90 degree turn at 20 m/s between fixes 2 s apart, fixes good to 1 m: a constant velocity misses the fix
+    by ~15 m, but the fix's own velocity says where the vehicle went, so the gate keeps it."""
+    pf = PositionFilter(GnssConfig(process_accel_mps2=1.5))
+    speed, step = 20.0, 2.0
+    for k in range(10):
+        pf.update(fix_at(T0 + step * k, speed * step * k, 0.0, speed, 0.0, eph=1.0))
+    corner_t, corner_e = T0 + step * 9, speed * step * 9
+    radius = speed * step / (math.pi / 2)  # a quarter circle between two fixes
+    pose = pf.update(fix_at(corner_t + step, corner_e + radius, -radius, 0.0, -speed, eph=1.0))
+    for k in range(2, 6):
+        pose = pf.update(fix_at(corner_t + step * k, corner_e + radius, -radius - speed * step * (k - 1), 0.0, -speed,
+                                eph=1.0))
+    assert pf.stats.outliers == 0
+    assert not pf.stats.resets
+    assert pose.state == "ok" and error_m(pose, corner_e + radius, -radius - speed * step * 4) < 2.0
