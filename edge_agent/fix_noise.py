@@ -17,21 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 MIN_SAMPLES = 10        # below this many pairs the receiver's own figures stand
 MAX_STEP_S = 2.5        # beyond this the velocities at both ends no longer trace the path between them
 SCALE_LIMITS = (1 / 25, 25.0)  # variance scale: the figures are trusted to within a factor of 5 in sigma
-
-
-@dataclass(frozen=True)
-class _Sample:
-    t: float
-    lat: float
-    lon: float
-    ve: float
-    vn: float
-    r: float
 
 
 class FixNoiseScale:
@@ -41,7 +30,7 @@ class FixNoiseScale:
         self.window = window
         self.samples = 0
         self._mean = 1.0
-        self._last: _Sample | None = None
+        self._last: tuple[float, float, float, float, float, float] | None = None  # t, lat, lon, ve, vn, r
 
     @property
     def scale(self) -> float:
@@ -53,16 +42,16 @@ class FixNoiseScale:
         if velocity is None:
             self._last = None
             return
-        now = _Sample(t, lat, lon, velocity[0], velocity[1], r)
-        last, self._last = self._last, now
-        if last is None or not 0.0 < t - last.t <= MAX_STEP_S:
+        last, self._last = self._last, (t, lat, lon, velocity[0], velocity[1], r)
+        if last is None or not 0.0 < t - last[0] <= MAX_STEP_S:
             return
-        dt = t - last.t
-        e0, n0 = to_enu(last.lat, last.lon)
+        t0, lat0, lon0, ve0, vn0, r0 = last
+        dt = t - t0
+        e0, n0 = to_enu(lat0, lon0)
         e1, n1 = to_enu(lat, lon)
-        de = e1 - e0 - (last.ve + now.ve) / 2 * dt
-        dn = n1 - n0 - (last.vn + now.vn) / 2 * dt
-        ratio = (de * de + dn * dn) / (2.0 * (last.r + r))
+        de = e1 - e0 - (ve0 + velocity[0]) / 2 * dt
+        dn = n1 - n0 - (vn0 + velocity[1]) / 2 * dt
+        ratio = (de * de + dn * dn) / (2.0 * (r0 + r))
         if not math.isfinite(ratio):
             return
         # One wild fix (multipath) must not throw the scale off for a minute: a sample counts at most as the limit.

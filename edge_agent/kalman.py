@@ -284,14 +284,13 @@ class PositionFilter:
             self._last_t = None
             self._last_utc = None
 
-    def _variance(self, fix: Fix) -> float:
-        """Per-axis variance of a fix's position: the receiver's figure times the learned scale."""
-        return self._sigma_m(fix) ** 2 * self._noise.scale
-
-    def _observe_noise(self, fix: Fix) -> None:
+    def _variance(self, fix: Fix, velocity: tuple[float, float] | None) -> float:
+        """Per-axis variance of a fix's position: the receiver's figure times the scale learned so far (this fix
+        with its VELOCITY included)."""
+        stated = self._sigma_m(fix) ** 2
         if self.cfg.adapt_fix_noise:
-            self._noise.observe(fix.t_mono, fix.lat, fix.lon, self._receiver_velocity(fix), self._sigma_m(fix) ** 2,
-                                self._frame.to_enu)
+            self._noise.observe(fix.t_mono, fix.lat, fix.lon, velocity, stated, self._frame.to_enu)
+        return stated * self._noise.scale
 
     def _sigma_m(self, fix: Fix) -> float:
         """Per-axis standard deviation of a fix's position, as the receiver states it."""
@@ -312,9 +311,8 @@ class PositionFilter:
 
     def _start(self, fix: Fix, state: PoseState) -> Pose:
         self._frame = LocalFrame(fix.lat, fix.lon)
-        self._observe_noise(fix)
-        r = self._variance(fix)
         velocity = self._receiver_velocity(fix)
+        r = self._variance(fix, velocity)
         if velocity is None:
             east, north = Axis(0.0, 0.0, r, 0.0, _UNKNOWN_SPEED_VAR), Axis(0.0, 0.0, r, 0.0, _UNKNOWN_SPEED_VAR)
         else:
@@ -331,12 +329,11 @@ class PositionFilter:
         east, north = (axis.predicted(dt_s, q) for axis in self._axes)
         prior = (Axis(east.p, east.v, east.a, east.b, east.c), Axis(north.p, north.v, north.a, north.b, north.c))
         z_east, z_north = self._frame.to_enu(fix.lat, fix.lon)
-        self._observe_noise(fix)
-        r = self._variance(fix)
+        velocity = self._receiver_velocity(fix)
+        r = self._variance(fix, velocity)
         # The same epoch's velocity first (the order of two independent updates does not change the result):
         # it carries the turn or the braking since the last fix into the predicted position, so the position
         # is judged against where the vehicle went, not where a constant velocity would have taken it.
-        velocity = self._receiver_velocity(fix)
         if velocity is not None:
             rv = self.cfg.velocity_sigma_mps**2
             east.update_velocity(velocity[0], rv)
@@ -369,9 +366,9 @@ class PositionFilter:
         east, north = self._axes
         self._last_fix_t = t
         lat, lon = self._frame.to_geodetic(east.p, north.p)
-        if prior is not None:  # relative to this posterior, like its axes
-            prior = (Axis(prior[0].p - east.p, prior[0].v, prior[0].a, prior[0].b, prior[0].c),
-                     Axis(prior[1].p - north.p, prior[1].v, prior[1].a, prior[1].b, prior[1].c))
+        if prior is not None:  # relative to this posterior, like its axes (the prior is _measure's own copy)
+            prior[0].p -= east.p
+            prior[1].p -= north.p
         if math.hypot(east.p, north.p) > self.cfg.reanchor_m:
             self._frame = LocalFrame(lat, lon)
             east.p = north.p = 0.0
