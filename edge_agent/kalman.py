@@ -157,6 +157,11 @@ class _Posterior:
     state: PoseState
     segment: int
     prior: tuple[Axis, Axis] | None = None
+    slow_var: float = 0.0  # per axis: the receiver's stated error that fix-to-fix scatter does not show
+
+    @property
+    def h_std(self) -> float:
+        return math.sqrt(max(self.east.a + self.north.a + 2.0 * self.slow_var, 0.0))
 
     @property
     def ve(self) -> float:
@@ -201,6 +206,7 @@ class PositionFilter:
         self._rejections = 0
         self._started = False
         self._noise = FixNoiseScale(self.cfg.fix_noise_window)
+        self._slow_var = 0.0
         self._smoothed: list[_Posterior | None] = []  # aligned with _history, filled from the newest back
 
     # --- public API
@@ -284,13 +290,16 @@ class PositionFilter:
             self._last_t = None
             self._last_utc = None
 
-    def _variance(self, fix: Fix, velocity: tuple[float, float] | None) -> float:
-        """Per-axis variance of a fix's position: the receiver's figure times the scale learned so far (this fix
-        with its VELOCITY included)."""
+    def _variance(self, fix: Fix, velocity: tuple[float, float] | None) -> tuple[float, float]:
+        """Per-axis variances of a fix's position: (the part that scatters from fix to fix, the receiver's stated
+        total). The first is the stated figure times the scale learned so far (this fix with its VELOCITY
+        included); it is what the filter can average away. The rest of the stated error, when the scale is
+        below 1, changes too slowly to show between fixes (multipath, atmosphere): no filtering removes it,
+        so it stays in h_std and widens the gate (a receiver's slow error does step when satellites change)."""
         stated = self._sigma_m(fix) ** 2
         if self.cfg.adapt_fix_noise:
             self._noise.observe(fix.t_mono, fix.lat, fix.lon, velocity, stated, self._frame.to_enu)
-        return stated * self._noise.scale
+        return stated * self._noise.scale, stated
 
     def _sigma_m(self, fix: Fix) -> float:
         """Per-axis standard deviation of a fix's position, as the receiver states it."""
@@ -312,7 +321,8 @@ class PositionFilter:
     def _start(self, fix: Fix, state: PoseState) -> Pose:
         self._frame = LocalFrame(fix.lat, fix.lon)
         velocity = self._receiver_velocity(fix)
-        r = self._variance(fix, velocity)
+        r, stated = self._variance(fix, velocity)
+        self._slow_var = max(stated - r, 0.0)
         if velocity is None:
             east, north = Axis(0.0, 0.0, r, 0.0, _UNKNOWN_SPEED_VAR), Axis(0.0, 0.0, r, 0.0, _UNKNOWN_SPEED_VAR)
         else:
@@ -330,7 +340,7 @@ class PositionFilter:
         prior = (Axis(east.p, east.v, east.a, east.b, east.c), Axis(north.p, north.v, north.a, north.b, north.c))
         z_east, z_north = self._frame.to_enu(fix.lat, fix.lon)
         velocity = self._receiver_velocity(fix)
-        r = self._variance(fix, velocity)
+        r, stated = self._variance(fix, velocity)
         # The same epoch's velocity first (the order of two independent updates does not change the result):
         # it carries the turn or the braking since the last fix into the predicted position, so the position
         # is judged against where the vehicle went, not where a constant velocity would have taken it.
@@ -343,7 +353,8 @@ class PositionFilter:
             self._reset("jump")
             return self._start(fix, "reset")
         # Mahalanobis distance of the position innovation; the axes are uncorrelated, so S is diagonal.
-        d2 = y_east * y_east / (east.a + r) + y_north * y_north / (north.a + r)
+        r_gate = max(r, stated)
+        d2 = y_east * y_east / (east.a + r_gate) + y_north * y_north / (north.a + r_gate)
         if d2 > self.cfg.gate_chi2:
             self.stats.outliers += 1
             self._rejections += 1
@@ -354,6 +365,7 @@ class PositionFilter:
             return self._position_at(fix.t_mono)
         east.update_position(z_east, r)
         north.update_position(z_north, r)
+        self._slow_var = max(stated - r, 0.0)
         if not (east.finite() and north.finite()):
             self._reset("non_finite")
             return self._start(fix, "reset")
@@ -372,14 +384,14 @@ class PositionFilter:
         if math.hypot(east.p, north.p) > self.cfg.reanchor_m:
             self._frame = LocalFrame(lat, lon)
             east.p = north.p = 0.0
-        post = _Posterior(t, lat, lon, east.relative(), north.relative(), state, self._segment, prior)
+        post = _Posterior(t, lat, lon, east.relative(), north.relative(), state, self._segment, prior, self._slow_var)
         self._history.append(post)
         self._times.append(t)
         while self._times and self._times[0] < t - self.cfg.history_s:
             self._history.popleft()
             self._times.popleft()
         self._smoothed.clear()
-        return self._pose(post.lat, post.lon, post.ve, post.vn, self._h_std(post.east, post.north), state, t)
+        return self._pose(post.lat, post.lon, post.ve, post.vn, post.h_std, state, t)
 
     # --- queries
 
@@ -391,7 +403,7 @@ class PositionFilter:
             return None  # older than the history kept
         a = self._smoothed_at(i - 1) if smoothed else self._history[i - 1]
         if t == a.t:
-            return self._pose(a.lat, a.lon, a.ve, a.vn, self._h_std(a.east, a.north), a.state, t)
+            return self._pose(a.lat, a.lon, a.ve, a.vn, a.h_std, a.state, t)
         if i < len(self._history) and self._history[i].segment == a.segment:
             return self._interpolate(a, self._smoothed_at(i) if smoothed else self._history[i], t)
         return self._extrapolate(a, t)
@@ -430,7 +442,7 @@ class PositionFilter:
                 continue
             lat, lon = frame.to_geodetic(east.p, north.p)
             cache[j] = _Posterior(post.t, lat, lon, east.relative(), north.relative(), post.state, post.segment,
-                                  post.prior)
+                                  post.prior, post.slow_var)
         return cache[i]
 
     def _state_after(self, since_fix_s: float) -> PoseState:
@@ -443,8 +455,9 @@ class PositionFilter:
         moving_s = min(dt_s, self.cfg.stale_after_s)  # past the stale limit the position stops running away
         frame = LocalFrame(a.lat, a.lon)
         lat, lon = frame.to_geodetic(a.ve * moving_s, a.vn * moving_s)
-        q = self.cfg.process_accel_mps2**2
-        h_std = self._h_std(a.east.predicted(dt_s, q), a.north.predicted(dt_s, q))
+        q = self.cfg.coast_accel_mps2**2
+        east, north = a.east.predicted(dt_s, q), a.north.predicted(dt_s, q)
+        h_std = math.sqrt(max(east.a + north.a + 2.0 * a.slow_var, 0.0))
         return self._pose(lat, lon, a.ve, a.vn, h_std, self._state_after(dt_s), t)
 
     def _interpolate(self, a: _Posterior, b: _Posterior, t: float) -> Pose:
@@ -460,13 +473,9 @@ class PositionFilter:
         ve = d10 * a.ve + d01 * e1 + d11 * b.ve
         vn = d10 * a.vn + d01 * n1 + d11 * b.vn
         lat, lon = frame.to_geodetic(east, north)
-        h_std = (1 - s) * self._h_std(a.east, a.north) + s * self._h_std(b.east, b.north)
+        h_std = (1 - s) * a.h_std + s * b.h_std
         state = self._state_after(min(t - a.t, b.t - t))
         return self._pose(lat, lon, ve, vn, h_std, state, t)
-
-    @staticmethod
-    def _h_std(east: Axis, north: Axis) -> float:
-        return math.sqrt(max(east.a + north.a, 0.0))
 
     def _pose(self, lat: float, lon: float, ve: float, vn: float, h_std: float,
               state: PoseState, t: float) -> Pose:

@@ -44,6 +44,9 @@ class GnssConfig(Section):
     process_accel_mps2: float = Field(
         1.5, gt=0, description="Process noise: standard deviation of the vehicle's unmodelled acceleration (with the "
                                "receiver's velocity measured, turns and braking show up there, so this stays small)")
+    coast_accel_mps2: float = Field(
+        3.0, gt=0, description="Process noise for the uncertainty of a position predicted past the last fix (a "
+                               "tunnel): over seconds without fixes the vehicle's manoeuvres are not measured")
     use_receiver_velocity: bool = Field(
         True, description="Feed the receiver's speed and track (Doppler) to the filter as a velocity measurement")
     velocity_sigma_mps: float = Field(
