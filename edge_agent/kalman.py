@@ -361,8 +361,14 @@ class PositionFilter:
             if self._rejections >= self.cfg.max_rejections:
                 self._reset("outliers")
                 return self._start(fix, "reset")
-            # The prediction stands; the next fix predicts from the last posterior again.
-            return self._position_at(fix.t_mono)
+            # Weighed down, not dropped: its variance grows until its innovation sits at the gate. A blunder
+            # moves the track by at most the gate's worth; a receiver whose solution jumped and stays there
+            # (its slow error stepping as satellites change) pulls the track over rather than being ignored.
+            k = d2 / self.cfg.gate_chi2
+            r = max(r, ((east.a + north.a) / 2 + r_gate) * k - (east.a + north.a) / 2)
+        else:
+            self._rejections = 0
+            self.stats.updates += 1
         east.update_position(z_east, r)
         north.update_position(z_north, r)
         self._slow_var = max(stated - r, 0.0)
@@ -370,8 +376,6 @@ class PositionFilter:
             self._reset("non_finite")
             return self._start(fix, "reset")
         self._axes = (east, north)
-        self.stats.updates += 1
-        self._rejections = 0
         return self._commit(fix.t_mono, "ok", prior)
 
     def _commit(self, t: float, state: PoseState, prior: tuple[Axis, Axis] | None = None) -> Pose:

@@ -43,10 +43,13 @@ def test_three_metres_white_noise_filtered_and_smoothed(drives, path, step):
     assert 0.9 <= result.filtered_within_2h <= 0.995, result
 
 
-@pytest.mark.parametrize("model", ["white", "drift"])
-@pytest.mark.parametrize("sigma", [3.0, 5.0])
+@pytest.mark.parametrize(("model", "sigma"), [("white", 1.0), ("white", 3.0), ("white", 5.0), ("drift", 3.0),
+                                              ("drift", 5.0)])
 @pytest.mark.parametrize(("path", "step"), CASES, ids=["swiss-1Hz", "swiss-0.5Hz", "regensburg-0.5Hz"])
 def test_never_worse_than_the_raw_fixes(drives, path, step, sigma, model):
+    """Every case of the table but 1 m of drift: there 75 % of the error wanders (nothing removes it) and the
+    white rest, 0.5 m per axis, is as small as the recorded track's own disagreement with its velocity
+    (0.3-0.9 m per fix), so the filtered track comes out within a few per cent of raw, either side."""
     truth = thinned(drives[path], step)
     result = evaluate(truth, with_error(truth, sigma, model))
     assert result.filtered_ratio < 1.0, result
