@@ -317,7 +317,7 @@ def test_fuzz_filter_never_raises_and_stays_in_range(steps):
         fix = Fix(utc=UTC0 + dt.timedelta(seconds=t - T0), t_mono=t, mode=mode, lat=lat if mode else None,
                   lon=lon if mode else None, alt_m=None, speed_mps=speed, track_deg=track, eph_m=eph, hdop=None,
                   sats=None, estimated=estimated)
-        for pose in (pf.update(fix), pf.position_at(t + 0.5), pf.position_at(t - 0.3)):
+        for pose in (pf.update(fix), pf.position_at(t + 0.5), pf.position_at(t - 0.3), pf.position_at(t - 40.0)):
             if pose is None:
                 continue
             assert -90 <= pose.lat <= 90 and -180 <= pose.lon <= 180
