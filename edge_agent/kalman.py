@@ -3,9 +3,11 @@
 The state is [east, north, v_east, v_north] in a local ENU frame anchored at the first good fix and moved when
 the vehicle is far from it. Measurement noise comes from the fix's `eph_m` (GST sigmas, else HDOP x UERE),
 scaled by how much the fixes really scatter (edge_agent.fix_noise); the receiver's Doppler speed and track are
-a second, much more precise measurement of velocity. A fix that
-fails the Mahalanobis gate is an outlier and is skipped; a jump beyond `reset_jump_m`, a gap beyond
-`reset_gap_s`, time going backwards, too many outliers in a row or a non-finite state restart the filter.
+a second, much more precise measurement of velocity, applied first so that the gate judges the position
+against where the vehicle went. A fix that fails the Mahalanobis gate is an outlier and is weighed down to
+the gate; a jump beyond `reset_jump_m`, a gap beyond `reset_gap_s`, time going backwards, too many outliers in
+a row or a non-finite state restart the filter. h_std is the filter's covariance plus the "slow part" of the
+stated error, the part the scatter check does not see and no filtering removes.
 
 The filter is filterpy's 4-state constant-velocity KalmanFilter, computed as two independent float axis
 filters (east and north never couple here): ten times faster, and checked against filterpy step by step in
