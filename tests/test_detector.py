@@ -321,3 +321,31 @@ def test_a_model_without_names_warns_and_takes_names_from_the_config(tmp_path, c
     assert named.info.classes == ("pothole", "crack")
     with pytest.raises(ModelError, match="has 2 classes, but there are 3 class names"):
         load_detector(DetectorConfig(model=str(path), class_names=["a", "b", "c"]))
+
+
+def test_a_real_network_converted_tensorflow_style_gives_the_same_detections(tmp_path):
+    """The bundled network behind an NHWC input and with fraction boxes (tests/onnx_models.tensorflow_style):
+    its output, once the detector has scaled it, and its detections are the original's."""
+    from edge_agent.detect_manifest import bundled_model_path
+    from edge_agent.detector import sample_road_image
+    from tests.onnx_models import tensorflow_style
+
+    try:
+        src = bundled_model_path()
+    except ModelError as exc:
+        pytest.skip(f"needs the bundled model: {exc}")
+    ref = load_detector(DetectorConfig(model=str(src), score_threshold=0.01))
+    if ref.info.layout != "yolov8":
+        pytest.skip(f"the twin is built for a yolov8-layout model; the bundled one is {ref.info.layout}")
+    width, _ = ref.info.input_size
+    twin_path = tensorflow_style(src, tmp_path / "tf.onnx", width, len(ref.info.classes))
+    twin = load_detector(DetectorConfig(model=str(twin_path), score_threshold=0.01,
+                                        class_names=list(ref.info.classes)))
+    assert (twin.info.input_layout, twin.info.box_units, twin.info.input_size) == ("NHWC", "fractions",
+                                                                                   ref.info.input_size)
+    for frame in (sample_road_image(1280, 720), sample_road_image(640, 640, seed=3)):
+        np.testing.assert_allclose(twin.infer(frame)[0], ref.infer(frame)[0], rtol=1e-4, atol=1e-3)
+        want, got = ref.detect(frame), twin.detect(frame)
+        assert want and [d.class_name for d in got] == [d.class_name for d in want]
+        np.testing.assert_allclose([(d.score, d.x1, d.y1, d.x2, d.y2) for d in got],
+                                   [(d.score, d.x1, d.y1, d.x2, d.y2) for d in want], atol=1e-2)
