@@ -90,11 +90,14 @@ def candidates(output: np.ndarray, layout: Layout) -> Candidates:
 
 
 def box_extent(outputs: list[np.ndarray], layout: Layout) -> float:
-    """The largest finite box coordinate in these raw outputs: about the input size for boxes in pixels, at most
-    about 1 for boxes given as fractions of the input, 0 when there is no box to judge by."""
+    """How far the box coordinates of these raw outputs reach: about the input size for boxes in pixels, about 1
+    for boxes given as fractions of the input, 0 when there is no box to judge by.
+
+    The 99th percentile of the non-zero coordinates: a few junk locations of a YOLO head reach well past the
+    image (x2 up to ~1.8 in fractions), and end-to-end heads pad their rows with zeros."""
     coords = np.concatenate([np.abs(candidates(out, layout).boxes).ravel() for out in outputs])
-    coords = coords[np.isfinite(coords)]
-    return float(coords.max()) if coords.size else 0.0
+    coords = coords[np.isfinite(coords) & (coords > 0)]
+    return float(np.percentile(coords, 99)) if coords.size else 0.0
 
 
 def fractions_to_pixels(output: np.ndarray, layout: Layout, input_wh: tuple[int, int]) -> np.ndarray:

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INPUT = 640
 ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 # Boxes in pixels reach across the input (tens to hundreds of pixels); boxes as fractions of it stay within
-# about 0..1 (a little over at the edges).
+# about 0..1 (a little over at the edges). Compared with detect_decode.box_extent.
 FRACTION_EXTENT = 1.5
 
 
@@ -245,8 +245,8 @@ def _box_units(outputs: list[np.ndarray], layout: Layout, path: Path, configured
         return configured
     extent = box_extent(outputs, layout)
     if 0 < extent <= FRACTION_EXTENT:
-        log.info("%s gives its boxes as fractions of the input (largest coordinate %.2f); scaling them to pixels",
-                 path, extent)
+        log.info("%s gives its boxes as fractions of the input (99%% of coordinates within %.2f); scaling them to "
+                 "pixels", path, extent)
         return "fractions"
     return "pixels"  # includes "no box to judge by": YOLO exports, the common case
 
