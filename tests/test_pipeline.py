@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -252,6 +252,51 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         assert pipeline.finish() == []
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
+
+
+@dataclass
+class EarlyBestDetector(TruthDetector):
+    """Scores its first BEFORE frames' detections highest, so a track's best frame is one of them."""
+
+    before: int = 0
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        score = 0.95 if self.calls < self.before else 0.6
+        return [replace(d, score=score) for d in super().detect(image)]
+
+
+def test_a_defect_first_seen_before_the_first_fix_becomes_one_event(projector: GroundProjector,
+                                                                     tmp_path: Path) -> None:
+    """The first fix comes 1 s into the drive; a pothole 20 m ahead is in view from the first frame, and its
+    best frame is one of those before the fix: the event takes the vehicle from the nearest frame that has a
+    position instead of failing on the one that has none."""
+    rng = np.random.default_rng(6)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    defect = (0.0, 20.0, 0.6)
+    detector = EarlyBestDetector(projector, [defect], rng, miss=0.0, false_alarm=0.0, before=int(FPS))
+    position_filter = PositionFilter(cfg.gnss)
+    feed = FixFeed(iter(fixes(4.0, 0.5, rng)[1:]), position_filter)
+    first_fix = START + timedelta(seconds=1)
+    with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
+        pipeline = Pipeline(cfg, detector, position_filter, projector, outbox)
+        events = []
+        for k in range(int(4.0 * FPS)):
+            utc = START + timedelta(seconds=k / FPS)
+            feed.until(virtual_mono(utc))
+            east, north, heading, _ = route(k / FPS)
+            detector.pose = (east, north, heading)
+            events += pipeline.process(np.zeros((H, W, 3), np.uint8), virtual_mono(utc), utc=utc)
+        events += pipeline.finish()
+        assert len(events) == 1, pipeline.summary()
+        event = events[0]
+        assert errors("event", event) == []
+        assert datetime.fromisoformat(event["captured_at"]) < first_fix  # the best frame: before the fix
+        assert event["confidence"] == 0.95
+        assert distance_m(event["position"]["lat"], event["position"]["lon"],
+                          *offset_latlon(LAT0, LON0, defect[0], defect[1])) < 2.0
+        # the vehicle of the first frame with a position: at the first fix, 12 m up the road
+        assert distance_m(event["vehicle"]["lat"], event["vehicle"]["lon"], LAT0, LON0) == pytest.approx(12.0, abs=1.5)
+        assert outbox.stats()["events"]["pending"] == 1
 
 
 # GNSS ends 8 s into the drive. Defects the vehicle passes at 5 s (fixes), 17 s (8-9 s of dead reckoning:
