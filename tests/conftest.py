@@ -3,6 +3,7 @@ private brokers for chaos tests, and the real data in ../shared (skipped when ab
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import socket
 import sys
@@ -43,8 +44,10 @@ def broker(service_info: services.ServiceInfo) -> services.Mosquitto:
 
 @pytest.fixture
 def fresh_db(postgres: services.Postgres, request: pytest.FixtureRequest) -> str:
-    """An empty PostGIS database of this test's own; returns its DSN."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    """An empty PostGIS database of this test's own; returns its DSN. The name ends in a hash of the test's
+    full id: a readable prefix alone would let parametrised cases (and long names) share one database."""
+    readable = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    name = f"t_{readable}_{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]}"
     return postgres.create_database(name)
 
 
