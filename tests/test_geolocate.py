@@ -122,6 +122,16 @@ def test_severity_formula() -> None:
     assert severity("crack", 0.5, 0.6, cfg) == pytest.approx(0.6 * big, abs=2e-3)
     assert severity("unknown-class", 2, 2, cfg) == cfg.default_class_weight
     assert severity("pothole", 0, 3, cfg) == 0.0
+    assert severity("pothole", 3, 0, cfg) == 0.0
+
+
+@pytest.mark.parametrize(("width", "length", "expected"), [(0.4, 0.9, 0.6), (0.9, 0.4, 0.6), (0.25, 1.0, 0.5),
+                                                           (1.0, 0.25, 0.5), (0.2, 1.8, 0.6)])
+def test_severity_of_oblong_defects_follows_their_area(width: float, length: float, expected: float) -> None:
+    """sqrt(width x length): an oblong defect is as severe as the square of the same area, either way round."""
+    assert severity("pothole", width, length, EventsConfig()) == expected
+    assert severity("crack", width, length, EventsConfig()) == round(0.6 * expected, 3)
+    assert severity("pothole", width, length, EventsConfig(severe_area_m2=4.0)) == round(expected / 2, 3)
 
 
 def test_default_severity_spreads_typical_potholes_over_the_range() -> None:

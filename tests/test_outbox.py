@@ -81,6 +81,22 @@ def test_drain_order_is_severity_then_age_then_coverage(outbox: Outbox) -> None:
     assert validate.errors("coverage", cov) == []
 
 
+def test_due_hands_out_at_most_limit_rows_across_kinds(outbox: Outbox) -> None:
+    """The uplink's in-flight window is the limit: never a row more, also when coverage fills the rest."""
+    events = [make_event(outbox) for _ in range(5)]
+    for event in events:
+        outbox.add_event(event)
+    covs = [make_coverage() for _ in range(3)]
+    for cov in covs:
+        outbox.add_coverage(cov)
+    assert [m.id for m in outbox.due(3, 60)] == [e["event_id"] for e in events[:3]]
+    assert [m.id for m in outbox.due(3, 60)] == [events[3]["event_id"], events[4]["event_id"],
+                                                 covs[0]["coverage_id"]]
+    assert [m.id for m in outbox.due(1, 60)] == [covs[1]["coverage_id"]]
+    assert outbox.due(0, 60) == []
+    assert [m.id for m in outbox.due(5, 60)] == [covs[2]["coverage_id"]]
+
+
 def test_duplicate_event_is_stored_once(outbox: Outbox) -> None:
     event = make_event(outbox)
     assert outbox.add_event(event) and outbox.add_event(dict(event))

@@ -171,3 +171,22 @@ def test_something_that_keeps_its_distance_is_not_a_defect_in_the_road(projector
     assert tracker.stats["not_fixed"] == 1
     finished, tracker = drive(projector, [(0.5, 30.0, 0.6)], seconds=4.0, extra=steady)   # off by default
     assert len(finished) == 2 and tracker.stats["not_fixed"] == 0
+
+
+@pytest.mark.parametrize("min_frames", [3, 5])
+def test_a_track_confirms_at_exactly_min_frames(projector: GroundProjector, min_frames: int) -> None:
+    """A pothole seen whole in min_frames - 1 consecutive frames is no event; in min_frames it is one."""
+    cfg = TrackerConfig(min_frames=min_frames)
+    for seen, events in ((min_frames - 1, 0), (min_frames, 1)):
+        rng = np.random.default_rng(3)
+        tracker = Tracker(cfg, Geolocator(projector))
+        finished = []
+        for k in range(40):
+            veh = np.array([0.0, 12.0 * k / FPS])
+            dets = detections_for(projector, [(0.0, 20.0, 0.6)], veh, 0.0, rng, miss=0.0, px_noise=0.5)
+            finished += tracker.step(k / FPS, dets if 5 <= k < 5 + seen else [], Motion(12.0 / FPS, 0.0))
+        finished += tracker.flush()
+        assert len(finished) == events, (seen, tracker.stats)
+        assert tracker.stats["confirmed"] == events
+        if events:
+            assert finished[0].hits == min_frames
