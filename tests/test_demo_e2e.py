@@ -112,3 +112,9 @@ def test_geolocation_score_pairs_closest_first_and_counts_strays() -> None:
     assert (score.truth, score.found, score.strays) == (3, 2, 2)
     assert score.errors_m == pytest.approx([1.0, 3.0], abs=0.01)
     assert score.median_m == pytest.approx(2.0, abs=0.01) and score.max_m == pytest.approx(3.0, abs=0.01)
+
+
+def test_demo_messages_show_state_folders_inside_and_outside_the_checkout(tmp_path: Path) -> None:
+    """ROADMON_STATE may lie anywhere: a folder outside the checkout is shown as it is, not a traceback."""
+    assert demo.shown(ROOT / ".state" / "demo") == ".state/demo"
+    assert demo.shown(tmp_path / "demo") == str(tmp_path / "demo")
