@@ -56,6 +56,28 @@ def test_malformed_checksum_fields_are_bad_checksums(junk):
     assert parser.stats.bad_checksum == 1
 
 
+@pytest.mark.parametrize("after", [" junk", "x", "*", " 00"])
+def test_a_right_checksum_with_anything_after_it_is_a_bad_checksum(after):
+    """Trailing bytes after the two digits mean a cut or merged line, even when the digits themselves match."""
+    parser = NmeaParser()
+    assert parser.parse_line((sentence(GGA) + after).encode()) is None
+    assert parser.stats.bad_checksum == 1 and parser.stats.sentences == 0
+
+
+@pytest.mark.parametrize("end", ["", "\r\n", "\n", "  \r\n"])
+def test_line_endings_and_trailing_blanks_after_the_checksum_are_fine(end):
+    parser = NmeaParser()
+    assert parser.parse_line((sentence(GGA) + end).encode()) is not None
+    assert parser.stats.sentences == 1 and parser.stats.bad_checksum == 0
+
+
+@pytest.mark.parametrize("digits", ["Z4", "G1", "-1", " 4", "0x"])
+def test_a_checksum_that_is_not_two_hex_digits_is_counted_not_raised(digits):
+    parser = NmeaParser()
+    assert parser.parse_line(f"${GGA}*{digits}".encode()) is None
+    assert parser.stats.bad_checksum == 1
+
+
 def test_checksum_is_taken_after_the_last_star():
     body = "GPTXT,01,01,02,a*star*inside"
     parser = NmeaParser()
