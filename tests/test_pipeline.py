@@ -529,6 +529,6 @@ def test_replay_in_real_time_keeps_the_file_rate(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
         summary = replay_drive(cfg, drive / "video.mp4", drive / "drive.nmea", outbox, load_detector(cfg.detector),
                                realtime=True)
-    assert 1.7 <= summary["wall_s"] <= 4.0                       # 30 frames at 15 fps, not flat out
+    assert summary["wall_s"] >= 29 / 15.0                       # 30 frames at 15 fps: paced, not flat out
     assert summary["frames"] + summary["dropped"] == 30
     assert summary["video_frames"] == 30
