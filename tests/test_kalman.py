@@ -227,12 +227,14 @@ def test_concurrent_update_and_query():
     assert not errors
 
 
-@pytest.mark.parametrize("rate_hz", [1.0, 10.0])
-def test_accuracy_on_a_synthetic_drive(rate_hz):
-    """3 m noise per axis; target filtered RMS <= 0.6 x raw and < 15 m for 10 s into a tunnel (looser here)."""
+# Measured on this seeded drive (docs/gnss.md): 1 Hz ratio 0.44, tunnel 3.7 m; 10 Hz ratio 0.14, tunnel 0.7 m.
+# Each gets ~15 % (at least 0.3 m) of margin, so a regression shows long before the targets are missed.
+@pytest.mark.parametrize(("rate_hz", "ratio_max", "tunnel_max_m"), [(1.0, 0.51, 4.3), (10.0, 0.17, 1.0)])
+def test_accuracy_on_a_synthetic_drive(rate_hz, ratio_max, tunnel_max_m):
+    """3 m noise per axis; the targets: filtered RMS <= 0.6 x raw and < 15 m for 10 s into a tunnel."""
     figures = accuracy(rate_hz)
-    assert figures["ratio"] <= 0.7, figures
-    assert figures["tunnel_10s_max_m"] < 20.0, figures
+    assert figures["ratio"] <= 0.6 and figures["tunnel_10s_max_m"] < 15.0, figures
+    assert figures["ratio"] <= ratio_max and figures["tunnel_10s_max_m"] <= tunnel_max_m, figures
 
 
 def test_axis_filter_equals_filterpy_kalman_filter():
