@@ -280,3 +280,43 @@ def test_fuzz_decoder_on_junk_mixed_with_sentences(pieces, chunk):
     for fix in fixes:
         check_ranges(fix)
     assert decoder.summary()["epochs"] == len(fixes)
+
+
+def test_gga_satellite_count_is_kept_when_plausible():
+    assert epochs(rmc(), gga(sats="12"))[0][0].sats == 12
+    assert epochs(rmc(), gga(sats="255"))[0][0].sats == 255
+    assert epochs(rmc(), gga(sats="256"))[0][0].sats is None
+
+
+def test_vtg_speed_in_knots_when_it_has_no_kmh():
+    fix = epochs(rmc(speed="", course=""), "GPVTG,054.7,T,034.4,M,005.5,N,,K,A")[0][0]
+    assert fix.speed_mps == pytest.approx(5.5 * KNOT_MPS)
+
+
+def test_vtg_does_not_override_the_rmc_course_and_speed():
+    fix = epochs(rmc(speed="010.0", course="084.4"), "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A")[0][0]
+    assert fix.track_deg == pytest.approx(84.4)
+    assert fix.speed_mps == pytest.approx(10.0 * KNOT_MPS)
+
+
+@pytest.mark.parametrize("sigmas", ["-1.5,2.0", "1.5,-2.0", ",2.0", "1.5,"])
+def test_gst_with_a_negative_or_missing_sigma_is_ignored(sigmas):
+    fix = epochs(rmc(), gga(hdop="2.0"), f"GPGST,123519.00,1.2,3.0,2.0,45.0,{sigmas},3.1", uere_m=5.0)[0][0]
+    assert fix.eph_m == pytest.approx(10.0)  # HDOP x UERE, as without GST
+
+
+def test_coordinates_stop_at_the_poles_and_the_antimeridian():
+    from edge_agent.epochs import latitude, longitude
+
+    assert longitude("18000.000", "W") == -180.0 and longitude("18000.006", "E") is None
+    assert latitude("9000.000", "N") == 90.0 and latitude("9000.006", "S") is None
+    assert longitude("9000.000", "N") is None and latitude("4807.038", "E") is None
+
+
+def test_fixes_are_immutable_values():
+    import dataclasses
+
+    fix = epochs(rmc(), gga())[0][0]
+    assert fix == dataclasses.replace(fix) and hash(fix) == hash(dataclasses.replace(fix))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fix.lat = 0.0  # type: ignore[misc]
