@@ -1,4 +1,4 @@
-"""The bundled model finds the potholes the simulator paints (skipped only while the bundled model file is absent)."""
+"""The bundled model finds the potholes the simulator paints (skipped only while its file is absent)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detector import load_detector
 from edge_agent.sim.drive import DriveSpec, simulate_drive
-
 
 BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled" / "model.onnx"
 
