@@ -236,7 +236,8 @@ def test_detector_failures_do_not_stop_the_pipeline(projector: GroundProjector, 
     assert pipeline.summary()["detector_errors"] == 20
     assert health.snapshot()["counters"]["detector_errors"] == 20
     assert health.snapshot()["detector"] == "ok"  # recovered once inference worked again
-    assert len(events) >= len(defects) - 1
+    found, false_pos, _ = match(events, defects)
+    assert (found, false_pos) == (len(defects), 0)  # 20 lost frames (1.3 s) cost no defect and add no stray
     outbox.close()
 
 
@@ -449,7 +450,8 @@ def test_replay_command_writes_events_and_coverage(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["frames"] == summary["video_frames"] == 60
     assert summary["dropped"] == 0 and summary["clock"] == "drive.json"
-    assert summary["detections"] == 60 and summary["events"] >= 1
+    # the toy model's one box in every frame is one track, so one event
+    assert summary["detections"] == 60 and (summary["tracks"], summary["events"]) == (1, 1)
     assert summary["outbox"] == str(tmp_path / "outbox.db")
     with Outbox(tmp_path / "outbox.db") as box:
         events = [e for _, e in box.iter_events()]
