@@ -97,6 +97,16 @@ def test_due_hands_out_at_most_limit_rows_across_kinds(outbox: Outbox) -> None:
     assert [m.id for m in outbox.due(5, 60)] == [covs[2]["coverage_id"]]
 
 
+def test_one_at_a_time_the_most_severe_leaves_first_and_equals_keep_their_order(outbox: Outbox) -> None:
+    events = [make_event(outbox, s) for s in (0.2, 0.9, 0.5, 0.9, 0.2)]
+    for event in events:
+        outbox.add_event(event)
+    outbox.add_coverage(cov := make_coverage())
+    drained = [outbox.due(1, 60)[0].id for _ in range(6)]
+    assert drained == [events[i]["event_id"] for i in (1, 3, 2, 0, 4)] + [cov["coverage_id"]]
+    assert outbox.due(1, 60) == []
+
+
 def test_duplicate_event_is_stored_once(outbox: Outbox) -> None:
     event = make_event(outbox)
     assert outbox.add_event(event) and outbox.add_event(dict(event))
