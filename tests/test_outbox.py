@@ -107,6 +107,38 @@ def test_one_at_a_time_the_most_severe_leaves_first_and_equals_keep_their_order(
     assert outbox.due(1, 60) == []
 
 
+def test_one_severity_point_decides_the_order(outbox: Outbox) -> None:
+    events = [make_event(outbox, s) for s in (0.52, 0.53, 0.0, 0.01, 1.0, 0.99)]
+    for event in events:
+        outbox.add_event(event)
+    assert [m.id for m in outbox.due(10, 60)] == [events[i]["event_id"] for i in (4, 5, 1, 0, 3, 2)]
+
+
+def test_a_window_of_zero_or_less_hands_out_nothing(outbox: Outbox) -> None:
+    outbox.add_event(make_event(outbox))
+    outbox.add_coverage(make_coverage())
+    assert outbox.due(0, 60) == [] and outbox.due(-1, 60) == []
+    assert len(outbox.due(2, 60)) == 2  # nothing was counted as sent by the empty calls
+
+
+def test_queue_depth_is_pending_plus_sent(outbox: Outbox) -> None:
+    events = [make_event(outbox) for _ in range(3)]
+    for event in events:
+        outbox.add_event(event)
+    outbox.add_coverage(make_coverage())
+    [first] = outbox.due(1, 60)
+    outbox.mark_sent([("event", first.id)])
+    stats = outbox.stats()
+    assert (stats["events"]["pending"], stats["events"]["sent"], stats["queue_depth"]) == (2, 1, 4)
+    outbox.mark_confirmed([("event", first.id)])
+    assert outbox.stats()["queue_depth"] == 3
+
+
+def test_a_new_outbox_file_hands_freed_pages_back_incrementally(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "new.db") as ob:
+        assert ob.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL, for the disk guard
+
+
 def test_duplicate_event_is_stored_once(outbox: Outbox) -> None:
     event = make_event(outbox)
     assert outbox.add_event(event) and outbox.add_event(dict(event))
