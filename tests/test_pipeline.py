@@ -493,8 +493,10 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     from edge_agent.live import LiveAgent
 
     drive = write_recording(tmp_path / "drive", seconds=3)
+    # file_realtime off: the file waits for the agent, so every frame is processed however loaded the machine
     config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), camera=str(drive / "video.mp4"),
-                        extra=f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
+                        extra='file_realtime = false\n'
+                              f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
     health = HealthBoard()
     agent = LiveAgent(agent_config.load(config), health=health)
     result: dict = {}
@@ -502,7 +504,10 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("signal.signal", lambda *a: None)  # signal handlers belong to the main thread only
         runner.start()
-        time.sleep(4.0)
+        deadline = time.monotonic() + 120
+        while health.snapshot().get("camera") != "ended" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health.snapshot().get("camera") == "ended", health.snapshot()
         agent.stop()
         runner.join(timeout=20)
     assert not runner.is_alive()
