@@ -320,3 +320,35 @@ def test_fixes_are_immutable_values():
     assert fix == dataclasses.replace(fix) and hash(fix) == hash(dataclasses.replace(fix))
     with pytest.raises(dataclasses.FrozenInstanceError):
         fix.lat = 0.0  # type: ignore[misc]
+
+
+def gns(modes: str = "AN", alt: str = "545.4") -> str:
+    return f"GNGNS,123519.00,4807.038,N,01131.000,E,{modes},08,0.9,{alt},46.9,,,V"
+
+
+def test_a_gns_only_receiver_gives_position_altitude_and_satellites():
+    fix = epochs(rmc(), gns(alt="-10.5"))[0][0]
+    assert fix.lat == pytest.approx(48 + 7.038 / 60) and fix.lon == pytest.approx(11 + 31.0 / 60)
+    assert fix.alt_m == pytest.approx(-10.5) and fix.sats == 8 and not fix.estimated
+    assert epochs(rmc(), gns(alt="-1000.0"))[0][0].alt_m is None  # below the Dead Sea: not an altitude
+
+
+@pytest.mark.parametrize(("modes", "estimated"), [("EN", True), ("E", True), ("AE", False), ("DN", False)])
+def test_gns_dead_reckoning_on_every_system_is_estimated(modes, estimated):
+    assert epochs(rmc(), gns(modes=modes))[0][0].estimated is estimated
+
+
+@pytest.mark.parametrize(("hdop", "expected"), [("0.0", None), ("0", None), ("0.5", 0.5), ("99.9", 99.9),
+                                                ("100.0", None)])
+def test_dop_zero_means_unknown(hdop, expected):
+    from edge_agent.epochs import dop
+
+    assert dop(hdop) == expected
+
+
+def test_coordinates_without_decimal_minutes():
+    from edge_agent.epochs import latitude, longitude
+
+    assert latitude("4807", "N") == pytest.approx(48 + 7 / 60)
+    assert longitude("01131", "W") == pytest.approx(-(11 + 31 / 60))
+    assert latitude("4860", "N") is None  # 60 minutes is the next degree
