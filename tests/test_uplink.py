@@ -286,3 +286,12 @@ def test_broker_probe_says_which_step_breaks(service_info, mqtt_device, tmp_path
     assert [(s.name, s.ok) for s in closed][:3] == [("dns", True), ("tcp", False), ("tls", None)]
     tls = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), tls=True), device)
     assert tls[2].ok is False and "TLS" in tls[2].detail
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a+", "#", "cmd/+/x"])
+def test_command_names_that_are_not_one_topic_level_are_refused(name: str, tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        uplink = Uplink(uplink_cfg(1, login(tmp_path, "pw")), "veh-x", outbox, HealthBoard())
+        with pytest.raises(ValueError, match="invalid command name"):
+            uplink.on_command(name, lambda payload: {})
+        uplink.on_command("echo", lambda payload: {})  # one level, no wildcard: fine
