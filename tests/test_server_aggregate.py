@@ -183,3 +183,17 @@ def test_defects_that_settle_within_the_merge_radius_are_merged(make_cfg) -> Non
     assert [(r[0], r[4]) for r in rows] == [(1, 5)], rows
     # the mean of 0, 7, 4, 4, 4 m is 3.8 m; 0 and 7 m lie more than 3 x max(h, 1 m) from it and are left out
     assert metres((rows[0][1], rows[0][2]), offset(*BASE, 4.0, 0.0)) < 0.1
+
+
+def test_confirmation_needs_two_passes_not_only_two_sightings(make_cfg) -> None:
+    """Two sightings a minute apart from one vehicle are one pass: the defect stays new; a second pass (after
+    pass_gap_s) confirms it."""
+    cfg = make_cfg()
+    at = datetime.now(UTC) - timedelta(hours=3)
+    store(cfg, [make_event("veh-a", *BASE, at=at, seq=1), make_event("veh-a", *BASE, at=at + timedelta(minutes=1),
+                                                                       seq=2)])
+    [(_, _, _, status, sightings, _, passes, _)] = defects(cfg)
+    assert (status, sightings, passes) == ("new", 2, 1)
+    store(cfg, [make_event("veh-a", *BASE, at=at + timedelta(hours=1), seq=3)])
+    [(_, _, _, status, sightings, _, passes, _)] = defects(cfg)
+    assert (status, sightings, passes) == ("confirmed", 3, 2)
