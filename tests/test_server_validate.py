@@ -59,7 +59,7 @@ def test_the_size_limit_is_exact() -> None:
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
-    (b"not json", "not JSON"), (b"\xff\xfe", "not JSON"), (b"[1, 2]", "not a JSON object"),
+    (b"not json", "not JSON"), (b"\xff\xfe", "not UTF-8"), (b"[1, 2]", "not a JSON object"),
     (b'{"confidence": NaN}', "not finite: NaN"), (b'{"confidence": -Infinity}', "not finite: -Infinity"),
 ])
 def test_what_is_not_a_json_object_is_refused(raw: bytes, reason: str) -> None:
