@@ -42,7 +42,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from edge_agent.config.tracker import TrackerConfig
-from edge_agent.geolocate import Geolocator, GroundBox
+from edge_agent.geolocate import LINE_CLASSES, Geolocator, GroundBox
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,8 @@ class Tracker:
             if box is None or box.range_m > self.cfg.max_range_m:
                 self.stats["out_of_range"] += 1
                 continue
+            if det.class_name in LINE_CLASSES:
+                box = self.geo.line_box(box, image, (det.x1, det.y1, det.x2, det.y2))
             dets.append((det, box))
 
         matched_tracks, matched_dets = self._associate(dets)
