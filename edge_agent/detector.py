@@ -74,7 +74,9 @@ class Detector:
         self.layout = layout
         self.dtype = np.dtype(dtype)
         self.cfg = cfg
-        self.score_threshold = cfg.score_threshold
+        self.thresholds = working_thresholds(info.classes, info.manifest, cfg)
+        # The decoding floor: detections under their own class's threshold are dropped after it.
+        self.score_threshold = min(self.thresholds, default=cfg.score_threshold)
         self._input_name = session.get_inputs()[0].name
         self._output_name = session.get_outputs()[0].name
         # Canvas and blob reused from frame to frame: one Detector serves one pipeline (one thread) at a time.
@@ -90,8 +92,13 @@ class Detector:
         out, placement = self.infer(frame_bgr)
         return self.decode(out, placement, score_threshold)
 
+    def threshold_for(self, class_id: int) -> float:
+        """The working score threshold of a class (ids the model names; others get score_threshold)."""
+        return self.thresholds[class_id] if 0 <= class_id < len(self.thresholds) else self.cfg.score_threshold
+
     def decode(self, out: np.ndarray, placement: Any, score_threshold: float | None = None) -> list[Detection]:
-        """Raw output -> detections in frame pixels, best first."""
+        """Raw output -> detections in frame pixels, best first. Without score_threshold each class is cut at
+        its own working threshold; with it, every class at that one score (evaluation floors)."""
         thr = self.score_threshold if score_threshold is None else score_threshold
         found = decode(out, self.layout, thr, self.cfg.iou_threshold, self.cfg.max_detections)
         boxes = placement.to_frame(found.boxes)
@@ -100,6 +107,8 @@ class Detector:
         for (x1, y1, x2, y2), score, cls in zip(boxes, found.scores, found.classes, strict=True):
             if x2 <= x1 or y2 <= y1:
                 continue  # entirely in the padding
+            if score_threshold is None and score < self.threshold_for(int(cls)):
+                continue
             name = names[cls] if 0 <= cls < len(names) else str(cls)
             dets.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score), int(cls), name))
         return dets
@@ -108,6 +117,19 @@ class Detector:
         out, _ = self.infer(frame_bgr)
         scores = candidates(out, self.layout).scores
         return float(np.max(scores)) if scores.size and np.isfinite(scores).all() else float("nan")
+
+
+def working_thresholds(classes: tuple[str, ...], manifest: dict, cfg: DetectorConfig) -> tuple[float, ...]:
+    """Per class: detector.class_thresholds, else the manifest's class_thresholds (unless the operator set
+    detector.score_threshold, which then applies to every class), else score_threshold."""
+    from_manifest = manifest.get("class_thresholds") or {}
+    if "score_threshold" in cfg.model_fields_set or not isinstance(from_manifest, dict):
+        from_manifest = {}
+    out = []
+    for name in classes:
+        t = cfg.class_thresholds.get(name, from_manifest.get(name, cfg.score_threshold))
+        out.append(float(t) if isinstance(t, int | float) and 0 <= t <= 1 else cfg.score_threshold)
+    return tuple(out)
 
 
 def _as_bgr(frame: np.ndarray) -> np.ndarray:

@@ -123,7 +123,11 @@ def class_metrics(rec: ClassRecord, score_threshold: float) -> ClassMetrics:
                         float(f1s[best]) if len(f1s) else 0.0, float(scores[best]) if len(scores) else 0.0)
 
 
-def summarize(records: dict[int, ClassRecord], score_threshold: float) -> dict[int, ClassMetrics]:
+def summarize(records: dict[int, ClassRecord], score_threshold: float | dict[int, float]) -> dict[int, ClassMetrics]:
+    """score_threshold: one for all classes, or per class id (classes not in it use the lowest given)."""
+    if isinstance(score_threshold, dict):
+        floor = min(score_threshold.values(), default=0.0)
+        return {c: class_metrics(rec, score_threshold.get(c, floor)) for c, rec in sorted(records.items())}
     return {c: class_metrics(rec, score_threshold) for c, rec in sorted(records.items())}
 
 
@@ -182,7 +186,11 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
     how quantization is judged on a folder without labels.
     """
     root = Path(root)
-    thr = detector.score_threshold if score_threshold is None else score_threshold
+    thresholds = getattr(detector, "thresholds", ())
+    if score_threshold is None and thresholds:
+        thr: float | dict[int, float] = dict(enumerate(thresholds))  # each class at its working threshold
+    else:
+        thr = detector.score_threshold if score_threshold is None else score_threshold
     images = list_dataset_images(root)
     if not images:
         raise ValueError(f"no images in {root}/images")
@@ -207,7 +215,7 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
         # Latency is the working path (threshold thr); AP decodes the same output again down to the floor.
         t0 = time.monotonic()
         out, placement = detector.infer(img)
-        detector.decode(out, placement, thr)
+        detector.decode(out, placement)
         latencies.append(1000 * (time.monotonic() - t0))
         dets = detector.decode(out, placement, EVAL_SCORE_FLOOR)
         add_image(records, np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float32).reshape(-1, 4),
@@ -220,6 +228,7 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
     for c, m in metrics.items():
         name = names[c] if 0 <= c < len(names) else str(c)
         per_class[name] = {"ap50": m.ap50, "precision": m.precision, "recall": m.recall, "f1": m.f1,
+                           "threshold": thr.get(c, 0.0) if isinstance(thr, dict) else thr,
                            "n_gt": m.n_gt, "n_det": m.n_det, "best_f1": m.best_f1,
                            "best_f1_threshold": m.best_f1_threshold}
     with_gt = [m for m in metrics.values() if m.n_gt > 0]
@@ -234,7 +243,8 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "score_threshold": thr,
+        "score_threshold": ({(names[c] if 0 <= c < len(names) else str(c)): t for c, t in thr.items()}
+                            if isinstance(thr, dict) else thr),
         "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95)),
                        "runs": len(latencies)},
         "images": n_used,

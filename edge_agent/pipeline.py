@@ -80,7 +80,14 @@ class Pipeline:
         self.projector = projector
         self.geo = Geolocator(projector, self.cfg.events, max_range_m=self.cfg.tracker.max_range_m)
         self.tracker = Tracker(self.cfg.tracker, self.geo, thumbnail_px=self.cfg.events.thumbnail_max_px,
-                               keep_full_frame=self.cfg.events.full_frame)
+                               keep_full_frame=self.cfg.events.full_frame, confirm_scores=self._confirm_scores())
+
+    def _confirm_scores(self) -> dict[int, float]:
+        """Each class's track confirmation score: its working threshold plus the margin that the settings put
+        between tracker.confirm_score and detector.score_threshold (0.05 by default)."""
+        margin = self.cfg.tracker.confirm_score - self.cfg.detector.score_threshold
+        thresholds = getattr(self.detector, "thresholds", ())
+        return {c: float(min(1.0, max(0.0, t + margin))) for c, t in enumerate(thresholds)}
 
     def _check_frame_size(self, image: np.ndarray) -> None:
         """On the first frame: a camera streaming another resolution than the calibration's gets the
@@ -149,10 +156,8 @@ class Pipeline:
         self._inference_ms = ms if self._inference_ms is None else \
             (1 - FPS_SMOOTHING) * self._inference_ms + FPS_SMOOTHING * ms
         self.health.update(detector="ok")
-        threshold = self.cfg.detector.score_threshold
-        kept = [d for d in detections if d.score >= threshold]
-        self.counts["detections"] += len(kept)
-        return kept, True
+        self.counts["detections"] += len(detections)  # each class already cut at its working threshold
+        return detections, True
 
     def _trusted_heading(self, pose: Any) -> float | None:
         """The pose's heading when the vehicle moves fast enough for it to mean something, else None."""

@@ -158,8 +158,11 @@ class Tracker:
     """Feed it every processed frame with `step`; it returns the tracks that are ready to become events."""
 
     def __init__(self, cfg: TrackerConfig, geolocator: Geolocator, thumbnail_px: int = 160,
-                 keep_full_frame: bool = False) -> None:
+                 keep_full_frame: bool = False, confirm_scores: dict[int, float] | None = None) -> None:
+        """confirm_scores: per class id, the recent median a track needs (classes score on different scales);
+        classes not in it use cfg.confirm_score."""
         self.cfg = cfg
+        self.confirm_scores = dict(confirm_scores or {})
         self.geo = geolocator
         self.projector = geolocator.projector
         self.thumbnail_px = thumbnail_px
@@ -211,7 +214,7 @@ class Tracker:
         alive: list[Track] = []
         for track in self.tracks:
             if not track.confirmed and track.whole_hits >= self.cfg.min_frames \
-                    and track.recent_median() >= self.cfg.confirm_score:
+                    and track.recent_median() >= self.confirm_scores.get(track.class_id, self.cfg.confirm_score):
                 track.confirmed = True
                 self.stats["confirmed"] += 1
             if self._ended(track):

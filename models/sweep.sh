@@ -19,11 +19,11 @@ python3 models/train.py "${common[@]}" --run smoke --iters 5 --workers 1 --shape
 echo "smoke run passed"
 
 declare -A runs=(
-  [lite0-640]="--backbone lite0 --shape 640x384 --lr 1.5e-3"
-  [lite0-512]="--backbone lite0 --shape 512x320 --lr 1.5e-3"
-  [lite0-416]="--backbone lite0 --shape 416x256 --lr 1.5e-3"
-  [lite0-320]="--backbone lite0 --shape 320x192 --lr 1.5e-3"
-  [scratch-640]="--backbone scratch --width 64 --shape 640x384 --lr 2e-3"
+  [lite0-640]="--backbone lite0 --shape 640x384 --lr 1.5e-3 --synth-weight 0"
+  [lite0-512]="--backbone lite0 --shape 512x320 --lr 1.5e-3 --synth-weight 0"
+  [lite0-416]="--backbone lite0 --shape 416x256 --lr 1.5e-3 --synth-weight 0"
+  [lite0-320]="--backbone lite0 --shape 320x192 --lr 1.5e-3 --synth-weight 0"
+  [scratch-640]="--backbone scratch --width 64 --shape 640x384 --lr 2e-3 --synth-weight 0"
   [lite0-640-synth]="--backbone lite0 --shape 640x384 --lr 1.5e-3 --synth-weight 0.15"
 )
 budget_s=$(python3 -c "print(int($minutes * 60 + 150))")  # step time + validations + start-up

@@ -74,15 +74,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shape", default="640x384", help="training canvas WxH (multiples of 32), camera-shaped")
     ap.add_argument("--small-until", type=float, default=0.0,
                     help="train the first part of the schedule at 0.8x the canvas (in-process data only)")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--minutes", type=float, default=60.0, help="training-time budget the schedule spans")
     ap.add_argument("--iters", type=int, default=0, help="use a step budget instead of --minutes")
     ap.add_argument("--val-fraction", type=float, default=0.17, help="share of the handheld photos held out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--survey-weight", type=float, default=0.65, help="share of samples from survey frames")
     ap.add_argument("--handheld-weight", type=float, default=0.35, help="share of samples from handheld photos")
-    ap.add_argument("--synth-weight", type=float, default=0.0, help="share of samples from rendered scenes")
+    ap.add_argument("--synth-weight", type=float, default=0.15, help="share of samples from rendered scenes")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--workers", type=int, default=0, help="data-loader processes (0: build batches in-process)")
     ap.add_argument("--threads", type=int, default=0,

@@ -95,3 +95,11 @@ def shared_potholes() -> Path:
     if not path.is_dir():
         pytest.skip("real pothole photos not available: ../shared/datasets/potholes-chitholian is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_survey() -> Path:
+    path = SHARED / "datasets" / "cracks-potholes-passos2020"
+    if not path.is_dir():
+        pytest.skip("real survey-vehicle frames not available: ../shared/datasets/cracks-potholes-passos2020 is absent")
+    return path

@@ -53,8 +53,9 @@ def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
 def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
              data: Path = typer.Option(..., "--data", "-d", help="YOLO-layout folder: images/ + labels/"),
              threshold: float = typer.Option(-1.0, "--threshold",
-                                             help="Score threshold for P/R/F1; default: the model's own "
-                                                  "(manifest), else detector.score_threshold"),
+                                             help="Score threshold for P/R/F1; default: each class's working "
+                                                  "threshold (manifest class_thresholds), else "
+                                                  "detector.score_threshold"),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
              plot: Path | None = typer.Option(None, "--plot", help="Write the PR curve to this PNG"),
              threads: int = typer.Option(0, "--threads", help="Inference threads (0 = ONNX Runtime default)")
@@ -63,15 +64,14 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
     from edge_agent.evaluate import evaluate_dataset, list_dataset_images, plot_pr
 
     det = _load(model, threads)
-    if threshold < 0:
-        threshold = float(det.info.manifest.get("score_threshold", DetectorConfig().score_threshold))
+    thr = None if threshold < 0 else threshold
     n = len(list_dataset_images(data))
     if n == 0 or not (data / "labels").is_dir():
         err.print(f"[red]{data}: expected a YOLO-layout folder with images/ and labels/[/red]")
         raise typer.Exit(2)
     with _progress(as_json) as bar:
         task = bar.add_task("evaluating", total=n)
-        result = evaluate_dataset(det, data, threshold, progress=lambda: bar.advance(task))
+        result = evaluate_dataset(det, data, thr, progress=lambda: bar.advance(task))
     if plot:
         plot_pr(result, plot, f"{det.info.name} on {data.name}: AP50 {result['ap50']:.3f}")
     result.pop("curves")
@@ -79,16 +79,16 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
         typer.echo(json.dumps(result))
         return
     table = Table(title=f"{det.info.name} {det.info.version} on {data} ({result['images']} images)")
-    for col in ("class", "AP50", "P", "R", "F1", "boxes", "detections"):
+    for col in ("class", "AP50", "threshold", "P", "R", "F1", "boxes", "detections"):
         table.add_column(col, justify="right" if col != "class" else "left")
     for name, m in result["per_class"].items():
-        table.add_row(name, f"{m['ap50']:.3f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                      str(m["n_gt"]), str(m["n_det"]))
-    table.add_row("[b]all[/b]", f"[b]{result['ap50']:.3f}[/b]", f"{result['precision']:.3f}",
+        table.add_row(name, f"{m['ap50']:.3f}", f"{m['threshold']:.2f}", f"{m['precision']:.3f}",
+                      f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["n_gt"]), str(m["n_det"]))
+    table.add_row("[b]all[/b]", f"[b]{result['ap50']:.3f}[/b]", "", f"{result['precision']:.3f}",
                   f"{result['recall']:.3f}", f"{result['f1']:.3f}", "", "")
     out.print(table)
     lat = result["latency_ms"]
-    out.print(f"P/R/F1 at score >= {threshold:.2f}; latency per image (letterbox + inference + decoding): "
+    out.print("P/R/F1 at each class's threshold; latency per image (letterbox + inference + decoding): "
               f"median {lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms")
     if plot:
         out.print(f"PR curve: {plot}")

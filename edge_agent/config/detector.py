@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edge_agent.config.base import Section
 
@@ -16,7 +16,13 @@ class DetectorConfig(Section):
     model: str = Field("bundled", description="Path of the .onnx model, or 'bundled' for the shipped one")
     manifest: str | None = Field(None, description="Sidecar manifest JSON (classes, sha256, card data); default: "
                                                    "<model stem>.manifest.json beside the model, when present")
-    score_threshold: float = Field(0.35, ge=0, le=1, description="Minimum detection score kept")
+    score_threshold: float = Field(0.35, ge=0, le=1,
+                                   description="Minimum detection score kept, for classes without a working "
+                                               "threshold of their own; set here, it overrides the model "
+                                               "manifest's class_thresholds")
+    class_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Minimum score per class name (e.g. {crack = 0.3}); overrides both "
+                                          "score_threshold and the manifest's class_thresholds for that class")
     iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU above which NMS drops the weaker box (per class)")
     max_detections: int = Field(100, ge=1, le=10000, description="At most this many detections per frame")
     providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS),
@@ -29,3 +35,11 @@ class DetectorConfig(Section):
         "auto", description="Output layout; auto recognises it from the output shape and metadata")
     sanity_check: bool = Field(True, description="Refuse a model whose scores are all zero on a test pattern "
                                                  "and a sample image at load (broken INT8 exports do that)")
+
+    @field_validator("class_thresholds")
+    @classmethod
+    def _scores_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not 0 <= t <= 1}
+        if bad:
+            raise ValueError(f"class thresholds must lie in 0..1: {bad}")
+        return v
