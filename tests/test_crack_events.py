@@ -1,17 +1,15 @@
 """Cracks through the whole agent pipeline, without waiting for a model that finds them: a rendered drive is
-replayed with the simulator's own boxes as the detections (real `Detection`s, pothole and crack), so what is
-judged is the tracker, the crack geometry (edge_agent.geolocate: a line, not a blob) and the events."""
+replayed with the simulator's own boxes as the detections (edge_agent.sim.truth_detector: real `Detection`s,
+pothole and crack), so what is judged is the tracker, the crack geometry (edge_agent.geolocate: a line, not a
+blob) and the events."""
 
 from __future__ import annotations
 
-import csv
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-from detections import Det
 
 from edge_agent import config as agent_config
 from edge_agent.drive_eval import TruthTrack, crack_truth, score_by_class, without_gnss_error
@@ -19,26 +17,8 @@ from edge_agent.geolocate import Geolocator, distance_m
 from edge_agent.outbox import Outbox
 from edge_agent.replay import replay_drive
 from edge_agent.sim.drive import DriveSpec, drive_camera, simulate_drive
+from edge_agent.sim.truth_detector import TruthDetector
 from roadmon_contract.validate import errors
-
-
-class BoxesDetector:
-    """Detections from the simulator's boxes.csv, frame by frame (replay hands every frame of a file over)."""
-
-    def __init__(self, boxes_csv: Path) -> None:
-        self.boxes: dict[int, list[dict]] = defaultdict(list)
-        with boxes_csv.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                self.boxes[int(row["frame"])].append(row)
-        self.info = type("Info", (), {"name": "sim-boxes", "version": "1", "sha256": "0" * 64,
-                                      "classes": ("pothole", "crack")})()
-        self.frame = 0
-
-    def detect(self, image: np.ndarray) -> list:
-        rows = self.boxes.get(self.frame, [])
-        self.frame += 1
-        return [Det(float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"]), 0.9,
-                    class_id=0 if r["class"] == "pothole" else 1, class_name=r["class"]) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +27,7 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     simulate_drive(DriveSpec(out=out, seed=7, minutes=0.75, defects=15, potholes=10, gps_noise_m=3.0))
     cfg = agent_config.load(out / "agent.toml")
     with Outbox(out / "outbox.db") as box:
-        replay_drive(cfg, out / "video.mp4", out / "drive.nmea", box, BoxesDetector(out / "boxes.csv"))
+        replay_drive(cfg, out / "video.mp4", out / "drive.nmea", box, TruthDetector(out / "boxes.csv"))
         events = [event for _, event in box.iter_events()]
     return out, events
 
