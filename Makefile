@@ -2,13 +2,17 @@
 PY := .venv/bin/python
 SERVICES := $(PY) scripts/services.py
 
-.PHONY: install test demo demo-down bench lint model services-up services-down services-status clean
+.PHONY: install test demo demo-down bench lint model services-up services-down services-status clean sdk-kotlin
 
 install:
 	bash scripts/bootstrap.sh
 
 test: install
 	$(PY) -m pytest -q
+
+# The Kotlin/JVM client SDK against the real server (also part of `make test` when kotlinc and JUnit 5 are there).
+sdk-kotlin: install
+	$(PY) -m pytest -q tests/test_client_kotlin.py
 
 lint: install
 	.venv/bin/ruff check .

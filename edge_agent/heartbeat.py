@@ -43,6 +43,8 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "fix": snap.get("fix"),
         "fps": snap.get("fps"),
         "inference_ms": snap.get("inference_ms"),
+        # Cumulative since start: the server's road_inference_latency_seconds_count{status="error"}.
+        "inference_errors": snap.get("counters", {}).get("detector_errors", 0),
         "model": snap.get("model"),
         "version": __version__,
         "disk_free_mb": stats.get("disk_free_mb"),

@@ -14,7 +14,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
-from fleet_server import __version__, api_defects, api_fleet, auth, dashboard, metrics
+from fleet_server import (
+    __version__,
+    api_audit,
+    api_defects,
+    api_detections,
+    api_fleet,
+    audit,
+    auth,
+    dashboard,
+    http_writer,
+    metrics,
+)
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 
@@ -26,6 +37,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        app.state.http_writer.close()
+        app.state.audit.close()
         app.state.pool.close()
 
     app = FastAPI(title="road-monitor fleet server", version=__version__, lifespan=lifespan,
@@ -34,6 +47,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.state.pool = make_pool(cfg.database)
     app.state.tokens = auth.TokenCache(cfg.api.token_cache_s)
     app.state.workers = workers or []
+    app.state.audit = audit.AuditLog(app.state.pool, cfg.api.audit_flush_s)
+    app.state.http_writer = http_writer.SubmissionWriter(cfg)
     metrics.register_device_collector(_fetcher(app))
 
     if cfg.api.cors_origins:
@@ -47,6 +62,12 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
         route = request.scope.get("route")
         path = getattr(route, "path", "other")
         metrics.API_LATENCY.labels(request.method, path).observe(time.monotonic() - t0)
+        if path in api_detections.PATHS and request.method == "POST":
+            metrics.count_submission(response.status_code)
+        if "authorization" in request.headers:  # every call that presented a token, whatever came of it
+            client = request.client.host if request.client else None
+            app.state.audit.add(audit.entry(getattr(request.state, "principal", audit.UNCHECKED), request.method,
+                                            request.url.path, response.status_code, client))
         return response
 
     @app.exception_handler(psycopg.OperationalError)
@@ -60,12 +81,12 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Malformed parameters are the client's mistake: 400 with every problem, as the issue asks.
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        if request.url.path.endswith("/detections"):
-            metrics.SUBMISSIONS.labels("400").inc()
         return JSONResponse({"detail": problems}, status_code=400)
 
     app.include_router(api_fleet.router)
     app.include_router(api_fleet.api)
+    app.include_router(api_detections.router)
+    app.include_router(api_audit.router)
     app.include_router(api_defects.router)
     app.include_router(dashboard.dashboard_router(cfg))  # /dashboard-config.json (basemap tiles)
     # Last: the dashboard's static mount at `/` matches every path, so routes added after it are unreachable.

@@ -24,17 +24,21 @@ def bearer(request: Request) -> str | None:
 
 
 def principal(request: Request, conn: psycopg.Connection = Depends(db)) -> auth.Principal:
-    """The caller, or 401."""
+    """The caller. No credentials at all: 403, as FastAPI's HTTPBearer answers and the deployment guide's
+    tests assert; a token that is present but unknown, revoked or expired: 401 with WWW-Authenticate (RFC 6750),
+    so a client can tell "log in" from "your key is no longer valid"."""
     token = bearer(request)
     if token is None:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(403, "Not authenticated: send Authorization: Bearer <token>")
     cache: auth.TokenCache = request.app.state.tokens
     who = cache.get(token)
     if who is None:
         who = auth.verify(conn, token)
         if who is None:
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+            request.state.principal = None
+            raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
         cache.put(token, who)
+    request.state.principal = who  # for the audit log
     return who
 
 

@@ -1,8 +1,7 @@
-"""Fleet routes: who am I, devices, coverage, the HTTP detection path, model downloads, health and metrics."""
+"""Fleet routes: who am I, devices, coverage, model downloads, health and metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import socket
@@ -13,15 +12,10 @@ import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from starlette.concurrency import run_in_threadpool
 
-from fleet_server import metrics
 from fleet_server.api_defects import _jsonable, parse_bbox
 from fleet_server.api_deps import db, principal, require
 from fleet_server.auth import Principal
-from fleet_server.store import Batch, store_batch, store_rejected
-from fleet_server.validate import Invalid, Rejection, check_message, parse_json
-from roadmon_contract.ids import uuid7
 
 router = APIRouter()
 api = APIRouter(prefix="/api/v1")
@@ -114,76 +108,6 @@ def coverage(request: Request, since: datetime | None = None, until: datetime | 
                  "properties": {"coverage_id": str(r[0]), "device_id": r[1], "started_at": _jsonable(r[2]),
                                 "ended_at": _jsonable(r[3]), "detector_active": r[4]}} for r in rows]
     return {"type": "FeatureCollection", "features": features}
-
-
-def _reject(conn: psycopg.Connection, who: Principal, reason: str, raw: bytes, status: int) -> None:
-    with contextlib.suppress(psycopg.Error):
-        store_rejected(conn, [Rejection("http", None, who.device_id, reason, raw)])
-    metrics.SUBMISSIONS.labels(str(status)).inc()
-    raise HTTPException(status, reason)
-
-
-def _over_rate(conn: psycopg.Connection, device_id: str, per_hour: int) -> bool:
-    """Counts this request; True when the device already made PER_HOUR of them within the hour."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device_id,))
-        n = conn.execute("SELECT count(*) FROM http_submissions "
-                         "WHERE device_id = %s AND at > now() - interval '1 hour'", (device_id,)).fetchone()[0]
-        if n >= per_hour:
-            return True
-        conn.execute("INSERT INTO http_submissions (device_id) VALUES (%s)", (device_id,))
-        if n == 0:  # the device's window restarts: forget its old rows
-            conn.execute("DELETE FROM http_submissions WHERE device_id = %s AND at <= now() - interval '1 hour'",
-                         (device_id,))
-    return False
-
-
-@api.post("/detections", status_code=202, summary="Submit one event (phones, SDKs): the same path as MQTT",
-          responses={400: {"description": "invalid"}, 401: {"description": "no valid token"},
-                     403: {"description": "not this device's token"}, 409: {"description": "duplicate event_id"},
-                     429: {"description": "over the device's hourly rate"}})
-async def submit_detection(request: Request, who: Principal = Depends(principal),
-                           conn: psycopg.Connection = Depends(db)) -> dict:
-    raw = await request.body()
-    return await run_in_threadpool(_submit, request, who, conn, raw)
-
-
-def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: bytes) -> dict:
-    cfg = request.app.state.cfg
-    if who.role != "device":
-        metrics.SUBMISSIONS.labels("403").inc()
-        raise HTTPException(403, "detections need a device token")
-    try:
-        body = parse_json(raw, cfg.ingest.max_message_bytes)
-    except Invalid as exc:
-        _reject(conn, who, str(exc), raw, 400)
-    if not isinstance(body, dict):
-        _reject(conn, who, "schema: (root): not a JSON object", raw, 400)
-    if body.get("device_id", who.device_id) != who.device_id:
-        metrics.SUBMISSIONS.labels("403").inc()
-        raise HTTPException(403, f"this token belongs to device {who.device_id!r}")
-    if _over_rate(conn, who.device_id, cfg.api.rate_limit_per_hour):
-        metrics.SUBMISSIONS.labels("429").inc()
-        raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
-                            headers={"Retry-After": "60"})
-    # Phones may leave out what the server can fill in.
-    body.setdefault("schema", "roadmon.event/1")
-    body.setdefault("event_id", str(uuid7()))
-    body.setdefault("device_id", who.device_id)
-    body.setdefault("seq", 0)
-    try:
-        event = check_message("event", who.device_id, json.dumps(body).encode(), datetime.now(UTC), cfg.ingest)
-    except Invalid as exc:
-        _reject(conn, who, str(exc), raw, 400)
-    try:
-        stored = store_batch(conn, Batch(events=[(event, datetime.now(UTC))], source="http"), cfg.aggregate)
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:  # valid JSON that PostgreSQL still refuses
-        _reject(conn, who, f"database refused: {exc}", raw, 400)
-    if event["event_id"] not in stored.new_events:
-        metrics.SUBMISSIONS.labels("409").inc()
-        raise HTTPException(409, f"event {event['event_id']} was already received")
-    metrics.SUBMISSIONS.labels("202").inc()
-    return {"event_id": event["event_id"], "status": "queued"}
 
 
 @api.get("/models/{filename}", summary="Download a model offered to devices, by its sha256",

@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from argon2 import PasswordHasher
@@ -32,6 +33,10 @@ class Principal:
     name: str
     role: str
     device_id: str | None
+    expires_at: datetime | None = None
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(UTC)
 
     def at_least(self, role: str) -> bool:
         return self.role != "device" and RANK[self.role] >= RANK[role]
@@ -43,14 +48,38 @@ def new_token() -> tuple[str, str]:
     return f"{PREFIX}_{lookup}_{secrets.token_urlsafe(32)}", lookup
 
 
-def create_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None = None) -> str:
-    """Store a new token's hash and return the token (shown once, never stored in clear)."""
+def create_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None = None,
+                 expires_in: timedelta | None = None) -> str:
+    """Store a new token's hash and return the token (shown once, never stored in clear). EXPIRES_IN None:
+    the token does not expire."""
+    return _insert_token(conn, role, name, device_id, expires_in)[0]
+
+
+def _insert_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None,
+                  expires_in: timedelta | None) -> tuple[str, int]:
     if role not in (*ROLES, "device"):
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     token, lookup = new_token()
-    conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role, device_id) VALUES (%s, %s, %s, %s, %s)",
-                 (lookup, _hasher.hash(token), name, role, device_id))
-    return token
+    expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
+    row = conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role, device_id, expires_at) "
+                       "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                       (lookup, _hasher.hash(token), name, role, device_id, expires_at)).fetchone()
+    return token, row[0]
+
+
+def rotate_token(conn: psycopg.Connection, token_id: int, overlap: timedelta, expires_in: timedelta | None
+                 ) -> tuple[str, int]:
+    """A new token with TOKEN_ID's name, role and device; the old one keeps working for OVERLAP (so clients
+    can switch over) and then expires. Returns (new token, its id); LookupError when TOKEN_ID is not active."""
+    with conn.transaction():
+        row = conn.execute("SELECT name, role, device_id FROM api_tokens WHERE id = %s AND revoked_at IS NULL "
+                           "AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE", (token_id,)).fetchone()
+        if row is None:
+            raise LookupError(f"no active token {token_id}")
+        token, new_id = _insert_token(conn, row[1], row[0], row[2], expires_in)
+        conn.execute("UPDATE api_tokens SET replaced_by = %s, expires_at = LEAST(coalesce(expires_at, 'infinity'), "
+                     "now() + %s) WHERE id = %s", (new_id, overlap, token_id))
+    return token, new_id
 
 
 def revoke_tokens(conn: psycopg.Connection, *, device_id: str | None = None, token_id: int | None = None) -> int:
@@ -67,8 +96,9 @@ def verify(conn: psycopg.Connection, token: str) -> Principal | None:
     """The principal of TOKEN, or None when it is unknown, revoked or wrong."""
     parts = token.split("_", 2)
     lookup = parts[1] if len(parts) == 3 and parts[0] == PREFIX else ""
-    row = conn.execute("SELECT id, token_hash, name, role, device_id FROM api_tokens "
-                       "WHERE lookup = %s AND revoked_at IS NULL", (lookup,)).fetchone()
+    row = conn.execute("SELECT id, token_hash, name, role, device_id, expires_at FROM api_tokens "
+                       "WHERE lookup = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+                       (lookup,)).fetchone()
     try:
         if row is None:
             _hasher.verify(_DUMMY_HASH, token)  # same work as a real check: no timing hint that lookup missed
@@ -76,7 +106,7 @@ def verify(conn: psycopg.Connection, token: str) -> Principal | None:
         _hasher.verify(row[1], token)
     except (VerificationError, InvalidHashError):
         return None
-    return Principal(row[0], row[2], row[3], row[4])
+    return Principal(row[0], row[2], row[3], row[4], row[5])
 
 
 class TokenCache:
@@ -91,7 +121,7 @@ class TokenCache:
         key = hashlib.sha256(token.encode()).digest()
         with self._lock:
             hit = self._items.get(key)
-            if hit is None or time.monotonic() - hit[0] > self.ttl_s:
+            if hit is None or time.monotonic() - hit[0] > self.ttl_s or hit[1].expired():
                 self._items.pop(key, None)
                 return None
             return hit[1]

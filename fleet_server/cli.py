@@ -9,6 +9,7 @@ import secrets
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import typer
@@ -141,7 +142,8 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
         conn.execute("""INSERT INTO devices (id, name) VALUES (%s, %s) ON CONFLICT (id)
                         DO UPDATE SET revoked_at = NULL, name = COALESCE(EXCLUDED.name, devices.name)""",
                      (device_id, name))
-        token = auth.create_token(conn, "device", f"device {device_id}", device_id=device_id)
+        token = auth.create_token(conn, "device", f"device {device_id}", device_id=device_id,
+                                  expires_in=timedelta(days=c.api.device_token_days))
     broker_note = _write_broker_login(c, device_id, password)
     creds = {"device_id": device_id, "mqtt_host": c.mqtt.host, "mqtt_port": c.mqtt.port,
              "mqtt_username": device_id, "mqtt_password": password, "http_token": token}
@@ -206,16 +208,41 @@ def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 @token_app.command("create")
 def token_create(role: str = typer.Option(..., "--role", help="viewer, manager or admin"),
                  name: str = typer.Option(..., "--name", help="Who or what uses it"),
+                 days: int | None = typer.Option(None, "--days", min=1,
+                                                 help="Lifetime; api.user_token_days when not given"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Create an API token; it is printed once (only its hash is stored)."""
     if role not in auth.ROLES:
         _fail(f"unknown role {role!r}: use one of {', '.join(auth.ROLES)}")
-    with connect(cfg().database) as conn:
-        token = auth.create_token(conn, role, name)
+    c = cfg()
+    with connect(c.database) as conn:
+        token = auth.create_token(conn, role, name, expires_in=timedelta(days=days or c.api.user_token_days))
     if as_json:
         print(json.dumps({"name": name, "role": role, "token": token}))
     else:
         console.print(f"[bold]{role}[/bold] token for {name} (shown once):")
+        print(token)
+
+
+@token_app.command("rotate")
+def token_rotate(token_id: int,
+                 overlap_hours: float = typer.Option(24.0, "--overlap-hours", min=0,
+                                                     help="How long the old token keeps working"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """A new token for TOKEN_ID's holder (same name, role, device); the old one expires after the overlap.
+    The new token is printed once."""
+    c = cfg()
+    with connect(c.database) as conn:
+        role = conn.execute("SELECT role FROM api_tokens WHERE id = %s", (token_id,)).fetchone()
+        days = c.api.device_token_days if role and role[0] == "device" else c.api.user_token_days
+        try:
+            token, new_id = auth.rotate_token(conn, token_id, timedelta(hours=overlap_hours), timedelta(days=days))
+        except LookupError as exc:
+            _fail(str(exc))
+    if as_json:
+        print(json.dumps({"id": new_id, "replaces": token_id, "token": token}))
+    else:
+        console.print(f"token {new_id} replaces {token_id}, which stops working in {overlap_hours:g} h (shown once):")
         print(token)
 
 
@@ -233,12 +260,13 @@ def token_revoke(token_id: int) -> None:
 def token_ls() -> None:
     """List tokens (never their secrets)."""
     with connect(cfg().database) as conn:
-        rows = conn.execute("SELECT id, name, role, device_id, created_at, revoked_at FROM api_tokens "
-                            "ORDER BY id").fetchall()
-    table = Table("id", "name", "role", "device", "created", "revoked")
+        rows = conn.execute("SELECT id, name, role, device_id, created_at, revoked_at, expires_at, replaced_by "
+                            "FROM api_tokens ORDER BY id").fetchall()
+    table = Table("id", "name", "role", "device", "created", "revoked", "expires", "replaced by")
     for r in rows:
         table.add_row(str(r[0]), r[1], r[2], r[3] or "", f"{r[4]:%Y-%m-%d %H:%M}",
-                      f"{r[5]:%Y-%m-%d %H:%M}" if r[5] else "")
+                      f"{r[5]:%Y-%m-%d %H:%M}" if r[5] else "", f"{r[6]:%Y-%m-%d %H:%M}" if r[6] else "never",
+                      "" if r[7] is None else str(r[7]))
     console.print(table)
 
 

@@ -115,7 +115,17 @@ class ApiConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP listen address")
     port: int = Field(8080, gt=0, lt=65536, description="HTTP port")
     cors_origins: list[str] = Field([], description="Browser origins allowed to call the API (CORS); empty = none")
-    rate_limit_per_hour: int = Field(100, ge=1, description="POST /detections per device per hour before 429")
+    rate_limit_per_hour: int = Field(100, ge=1, description="Accepted or duplicate POST /detections per device per "
+                                                            "hour before 429 (refused ones do not count)")
+    max_image_bytes: int = Field(150_000, ge=1024, le=1_500_000,
+                                 description="Largest image_base64 (decoded JPEG) a phone may send with detections")
+    unprojected_sigma_m: float = Field(10.0, ge=0, le=100,
+                                       description="Added (in quadrature) to a phone's GPS accuracy: it reports "
+                                                   "its own position, the defect lies somewhere ahead of it")
+    device_token_days: int = Field(90, ge=1, description="Lifetime of a device's HTTP token (`device add`, "
+                                                         "`token rotate`)")
+    user_token_days: int = Field(365, ge=1, description="Default lifetime of a person's token (`token create`)")
+    audit_flush_s: float = Field(0.5, gt=0, le=60, description="How often queued audit-log rows are written")
     page_size: int = Field(100, ge=1, le=5000, description="Default page size of list endpoints")
     max_page_size: int = Field(5000, ge=1, le=100000, description="Largest page a client may ask for")
     token_cache_s: float = Field(60.0, ge=0, description="Seconds a verified token is remembered (a revoked token "

@@ -15,7 +15,9 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
-SUBMISSIONS = Counter("road_detection_submissions", "POST /api/v1/detections by response status", ["status"])
+SUBMISSIONS = Counter("road_detection_submissions", "POST /detections: status queued, duplicate or failed "
+                      "(everything else: invalid, unauthorised, rate-limited, server error); code: the HTTP status",
+                      ["status", "code"])
 API_LATENCY = Histogram("road_api_latency_seconds", "HTTP API latency", ["method", "route"],
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 INGEST_MESSAGES = Counter("road_ingest_messages", "Messages handled by ingest workers", ["kind", "outcome"])
@@ -26,6 +28,11 @@ INGEST_DB_ERRORS = Counter("road_ingest_db_errors", "Failed batch transactions (
 INGEST_BROKER_CONNECTS = Counter("road_ingest_broker_connects", "Ingest worker (re)connections to the broker")
 
 INFERENCE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SUBMISSION_STATUS = {202: "queued", 409: "duplicate"}
+
+
+def count_submission(code: int) -> None:
+    SUBMISSIONS.labels(SUBMISSION_STATUS.get(code, "failed"), str(code)).inc()
 
 
 class DeviceCollector(Collector):
@@ -36,7 +43,9 @@ class DeviceCollector(Collector):
 
     def collect(self) -> Iterator:
         try:
-            rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen FROM devices "
+            rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen, "
+                              "CASE WHEN jsonb_typeof(last_status->'inference_errors') = 'number' "
+                              "THEN (last_status->>'inference_errors')::float8 END FROM devices "
                               "WHERE revoked_at IS NULL")
         except Exception as exc:  # a scrape must not fail because PostGIS is away
             log.warning("device metrics unavailable: %s", exc)
@@ -55,8 +64,13 @@ class DeviceCollector(Collector):
         buckets = [(str(b), float(sum(v <= b for v in values))) for b in INFERENCE_BUCKETS_S]
         buckets.append(("+Inf", float(len(values))))
         hist = HistogramMetricFamily("road_inference_latency_seconds",
-                                     "Detector inference time per frame, latest status of each device")
-        hist.add_metric([], buckets, sum_value=sum(values))
+                                     "Detector inference time per frame: status ok = latest of each device; "
+                                     "status error = failed inferences the devices counted since they started",
+                                     labels=["status"])
+        hist.add_metric(["ok"], buckets, sum_value=sum(values))
+        # Failures have no duration: every one falls in every bucket, so _count is the failure count.
+        errors = float(sum(r[4] or 0 for r in rows))
+        hist.add_metric(["error"], [(b, errors) for b, _ in buckets], sum_value=0.0)
         yield hist
 
 

@@ -91,14 +91,18 @@ WITH incoming AS (
            ST_SetSRID(ST_MakePoint((p->'vehicle'->>'lon')::float8, (p->'vehicle'->>'lat')::float8), 4326)
              ::geography AS vgeog,
            (p->'vehicle'->>'h_accuracy_m')::real AS vh, (p->'vehicle'->>'speed_mps')::real AS speed,
-           (p->'vehicle'->>'heading_deg')::real AS heading, (p->'size_m'->>'width')::real AS width,
-           (p->'size_m'->>'length')::real AS length, (p->>'severity')::real AS severity,
+           (p->'vehicle'->>'heading_deg')::real AS heading,
+           -- A sighting that was not projected onto the road (a phone's) has no size: NULL, which the
+           -- aggregator's medians leave out.
+           CASE WHEN projected THEN (p->'size_m'->>'width')::real END AS width,
+           CASE WHEN projected THEN (p->'size_m'->>'length')::real END AS length,
+           CASE WHEN projected THEN (p->>'severity')::real END AS severity,
            (p->>'frames')::integer AS frames,
            ARRAY(SELECT b::real FROM jsonb_array_elements_text(p->'bbox') AS b) AS bbox, p->'model' AS model,
            decode(p->>'thumbnail_jpeg_b64', 'base64') AS thumbnail,
            CASE WHEN p ?| ARRAY['thumbnail_jpeg_b64', 'frame_jpeg_b64'] THEN p - 'thumbnail_jpeg_b64' - 'frame_jpeg_b64'
                 ELSE p END AS payload  -- (each '-' copies the object)
-    FROM incoming
+    FROM incoming, LATERAL (SELECT coalesce((p->>'ground_projected')::boolean, true) AS projected) g
 ), r_axis AS (  -- a line's (a crack's) long axis: LENGTH along orientation_deg, centred on its position
     SELECT r.*, CASE WHEN p_orient IS NOT NULL AND r.length > 0 THEN ST_MakeLine(
                ST_Project(r.geog, r.length / 2, radians(p_orient + 180))::geometry,

@@ -65,7 +65,8 @@ def write_card(path: Path, m: dict, state: dict) -> Path:
         f"| architecture | {m['architecture']} |",
         "| working thresholds | " + ", ".join(f"{c} {t:.2f}" for c, t in m["class_thresholds"].items())
         + " (`class_thresholds` in the manifest: each class's best-F1 score on the vehicle-view validation "
-          "highways; the detector, the tracker and `model eval` use them) |",
+          "highways; the detector, the tracker and `model eval` use them; the FP32 twin has its own, since "
+          "INT8 moves the scores) |",
         f"| licence | {m['licence']} |",
         "",
         "## Training data",

@@ -123,9 +123,15 @@ def eval_sets(args: argparse.Namespace, split: dict) -> dict[str, Path]:
 
     survey_val = sorted(p.stem for p in (args.survey / "images").iterdir()
                         if highway_of(p.name) in SURVEY_VAL_HIGHWAYS)
-    sets = {"vehicle": write_yolo_split(args.survey, survey_val, CACHE / "survey_val"),
-            "handheld": link_split(args.data, split["handheld_val"], CACHE / "val")}
-    synth = render_scenes(CACHE / "synthetic_val", SYNTH_EVAL_SCENES, seed=12345)
+
+    def ready(dest: Path, count: int) -> bool:  # made by an earlier run (folders are rewritten whole)
+        return (dest / "labels").is_dir() and len(list((dest / "labels").iterdir())) == count
+
+    sv, hv, syn = CACHE / "survey_val", CACHE / "val", CACHE / "synthetic_val"
+    sets = {"vehicle": sv if ready(sv, len(survey_val)) else write_yolo_split(args.survey, survey_val, sv),
+            "handheld": hv if ready(hv, len(split["handheld_val"])) else link_split(args.data, split["handheld_val"],
+                                                                                      hv)}
+    synth = syn if ready(syn, SYNTH_EVAL_SCENES) else render_scenes(syn, SYNTH_EVAL_SCENES, seed=12345)
     if synth:
         sets["synthetic"] = synth
     return sets
@@ -173,22 +179,25 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
 
     log.info("exporting %s", run_dir / "best.pt")
     export_onnx(run_dir / "best.pt", fp32, version=version)
-    fp32_val = evaluate_dataset(load_detector(DetectorConfig(model=str(fp32), manifest=None)), sets["vehicle"],
-                                EVAL_FLOOR)
-    thresholds = working_thresholds(fp32_val)
-    log.info("working thresholds (best F1 on the vehicle-view validation highways): %s", thresholds)
-    (CACHE / "fp32.manifest.json").write_text(json.dumps({"class_thresholds": thresholds}))
-
     log.info("quantizing")
     report = quantize_model(fp32, BUNDLE / "model.onnx", calibration_set(args), eval_dir=sets["vehicle"],
                             threads=args.threads or 0, runs=TIMING_RUNS)
     log.info("%s", report.reason)
     chosen = BUNDLE / "model.onnx"
 
+    # Each model gets its own working thresholds: INT8 moves the scores (not their order) enough that FP32's
+    # best-F1 points would cut the quantized model's potholes almost entirely.
+    thresholds: dict[str, dict[str, float]] = {}
     results: dict[str, dict] = {}
     for label, path in (("chosen", chosen), ("fp32", fp32)):
-        det = load_detector(DetectorConfig(model=str(path), manifest=str(CACHE / "fp32.manifest.json"),
-                                           threads=1))
+        raw = evaluate_dataset(load_detector(DetectorConfig(model=str(path), manifest=None)), sets["vehicle"],
+                               EVAL_FLOOR)
+        thresholds[label] = working_thresholds(raw)
+        log.info("%s: working thresholds (best F1 on the vehicle-view validation highways): %s", label,
+                 thresholds[label])
+        sidecar = CACHE / f"{label}.manifest.json"
+        sidecar.write_text(json.dumps({"class_thresholds": thresholds[label]}))
+        det = load_detector(DetectorConfig(model=str(path), manifest=str(sidecar), threads=1))
         results[label] = {name: evaluate_dataset(det, folder) for name, folder in sets.items()}
     vehicle = results["chosen"]["vehicle"]
     plot_pr(vehicle, BUNDLE / "pr_curve.png", "bundled model on vehicle-view validation highways: "
@@ -213,8 +222,8 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
         "input_size": [width, height],
         "input": "RGB float 0..1, NCHW, letterboxed (centred, grey 114)",
         "output_layout": "yolov8 [1, 4+nc, N]: cx, cy, w, h (input pixels), class scores after sigmoid",
-        "score_threshold": min(thresholds.values()),
-        "class_thresholds": thresholds,
+        "score_threshold": min(thresholds["chosen"].values()),
+        "class_thresholds": thresholds["chosen"],
         "architecture": ARCHITECTURES[arch.get("backbone", "scratch")],
         "training": {
             "data": [SURVEY_CREDIT, HANDHELD_CREDIT],
@@ -242,7 +251,8 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     manifest = common | {"file": "model.onnx", "sha256": sha256_file(chosen)}
     (BUNDLE / "model.manifest.json").write_text(json.dumps(manifest, indent=1, default=float) + "\n")
     fp32_manifest = common | {"file": "model-fp32.onnx", "sha256": sha256_file(fp32),
-                              "quantization": {"format": "fp32"}}
+                              "quantization": {"format": "fp32"}, "class_thresholds": thresholds["fp32"],
+                              "score_threshold": min(thresholds["fp32"].values())}
     fp32_manifest.pop("fp32_model")
     (BUNDLE / "model-fp32.manifest.json").write_text(json.dumps(fp32_manifest, indent=1, default=float) + "\n")
     write_card(BUNDLE / "MODEL_CARD.md", manifest, state)

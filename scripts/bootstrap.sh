@@ -17,6 +17,10 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# The Kotlin/JVM client SDK (clients/kotlin) is built and tested with Debian's compiler, JDK and JUnit 5.
+command -v kotlinc >/dev/null 2>&1 || need_apt+=(kotlin)
+command -v javac >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
+[ -f /usr/share/java/junit-platform-console-standalone.jar ] || need_apt+=(junit5)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: missing Debian packages: ${need_apt[*]} (run as root or: sudo apt-get install ${need_apt[*]})" >&2
@@ -37,3 +41,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
   touch "$stamp"
 fi
+# The Python client SDK (its own small package), tested against the server.
+.venv/bin/python -c "import road_monitor_client" 2>/dev/null || .venv/bin/python -m pip install -q -e clients/python

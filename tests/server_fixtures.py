@@ -3,9 +3,12 @@ in-process (API via TestClient, ingest workers as threads), events and coverage 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -162,3 +165,29 @@ def count(dsn: str, sql: str, params: tuple = ()) -> int:
 
 def hours_ago(h: float) -> datetime:
     return datetime.now(UTC) - timedelta(hours=h)
+
+
+@contextlib.contextmanager
+def serve_api(cfg: ServerConfig) -> Iterator[str]:
+    """The HTTP API of CFG on a free loopback port (uvicorn in a thread, as `fleet-server serve` runs it);
+    yields its base URL."""
+    import uvicorn
+
+    from fleet_server.api import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the API server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -274,7 +274,7 @@ def test_nothing_visible_without_a_token(server: Server, browser) -> None:
     assert not browser.find_element(By.ID, "app").is_displayed()
     assert browser.execute_script("return sessionStorage.getItem('roadmon.token')") is None
     # The data itself is guarded by the API, not only hidden by the page.
-    assert httpx.get(server.url + "/api/v1/defects").status_code == 401
+    assert httpx.get(server.url + "/api/v1/defects").status_code == 403
 
 
 def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> None:

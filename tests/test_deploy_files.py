@@ -251,7 +251,7 @@ def exported_metric_names() -> set[str]:
     for metric in REGISTRY.collect():
         names.update(sample.name for sample in metric.samples)
         names.add(metric.name)
-    collector = m.DeviceCollector(lambda sql: [("online", 3, 120.0, None)])
+    collector = m.DeviceCollector(lambda sql: [("online", 3, 120.0, None, 2.0)])
     for metric in collector.collect():
         names.update(sample.name for sample in metric.samples)
     for counter in ("road_detection_submissions", "road_ingest_messages", "road_ingest_acks",
@@ -277,6 +277,22 @@ def test_alerts_and_dashboard_use_real_metric_names() -> None:
     assert {"road_detection_submissions_total", "road_api_latency_seconds_bucket",
             "road_inference_latency_seconds_bucket", "road_queue_depth"} <= used, "DESIGN.md's names are all shown"
     assert used <= known, f"unknown metric names: {sorted(used - known)}"
+
+
+GUIDE_ALERTS = ("HighLatency", "HighErrorRate", "QueueBacklog", "ModelInferenceFailed")
+GUIDE_PANELS = ("Detections Per Hour", "API Latency P95", "Inference Latency", "Queue Depth", "Error Rate")
+
+
+def test_the_deployment_guides_alerts_and_panels_exist_and_each_alert_is_fired_by_a_test() -> None:
+    rules = {r["alert"]: r for g in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    assert set(GUIDE_ALERTS) <= set(rules)
+    assert 'status="failed"' in rules["HighErrorRate"]["expr"]
+    assert 'status="error"' in rules["ModelInferenceFailed"]["expr"]
+    fired = {case["alertname"] for t in yaml.safe_load((DEPLOY / "alerts.test.yml").read_text())["tests"]
+             for case in t["alert_rule_test"] if case["exp_alerts"]}
+    assert set(GUIDE_ALERTS) <= fired  # promtool (test_prometheus_config_and_rules) checks that they do fire
+    dashboard = json.loads((DEPLOY / "grafana" / "road-monitor.json").read_text())
+    assert set(GUIDE_PANELS) <= {p["title"] for p in dashboard["panels"]}
 
 
 def test_dashboard_is_importable_grafana_json() -> None:

@@ -33,14 +33,15 @@ def test_detection_status_codes(api) -> None:
     dev = bearer(token(dsn, "device", "phone-1", device_id="phone-1"))
     event = make_event("phone-1", 48.1, 11.5)
     ok = client.post("/api/v1/detections", json=event, headers=dev)
-    assert ok.status_code == 202 and ok.json() == {"event_id": event["event_id"], "status": "queued"}
+    assert ok.status_code == 202
+    assert ok.json() == {"event_id": event["event_id"], "status": "queued", "event_ids": [event["event_id"]]}
     assert count(dsn, "SELECT count(*) FROM sightings WHERE source = 'http'") == 1
     assert client.post("/api/v1/detections", json=event, headers=dev).status_code == 409
     assert client.post("/api/v1/detections", json=make_event("phone-1", 95, 11.5), headers=dev).status_code == 400
     assert client.post("/api/v1/detections", content=b"{nope", headers=dev).status_code == 400
     nul = make_event("phone-1", 48.1, 11.5, cls="pot\u0000hole")
     assert client.post("/api/v1/detections", json=nul, headers=dev).status_code == 400
-    assert client.post("/api/v1/detections", json=event).status_code == 401
+    assert client.post("/api/v1/detections", json=event).status_code == 403  # no credentials (the guide's test)
     assert client.post("/api/v1/detections", json=event, headers=bearer("rmt_0000_forged")).status_code == 401
     other = make_event("phone-2", 48.1, 11.5)
     assert client.post("/api/v1/detections", json=other, headers=dev).status_code == 403
@@ -52,7 +53,9 @@ def test_detection_status_codes(api) -> None:
     assert client.post("/api/v1/detections", json=minimal, headers=dev).status_code == 202
     assert count(dsn, "SELECT count(*) FROM rejected WHERE source = 'http'") >= 2
     metrics = client.get("/metrics").text
-    assert 'road_detection_submissions_total{status="202"}' in metrics
+    assert 'road_detection_submissions_total{code="202",status="queued"}' in metrics
+    assert 'road_detection_submissions_total{code="409",status="duplicate"}' in metrics
+    assert 'road_detection_submissions_total{code="400",status="failed"}' in metrics
 
 
 def test_rate_limit_429_on_the_101st(api) -> None:
@@ -81,7 +84,7 @@ def test_me_roles_and_defect_listing(api) -> None:
     _seed(client, dsn)
     viewer = bearer(token(dsn, "viewer", "vera"))
     assert client.get("/api/v1/me", headers=viewer).json()["role"] == "viewer"
-    assert client.get("/api/v1/defects").status_code == 401
+    assert client.get("/api/v1/defects").status_code == 403
     fc = client.get("/api/v1/defects", headers=viewer).json()
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 3
     lon, lat = fc["features"][0]["geometry"]["coordinates"]
@@ -178,14 +181,16 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, Batch(coverage=[(cov, now)]), cfg.aggregate)
         conn.execute("UPDATE devices SET state = 'online', last_seen = now() - interval '11 minutes'")
-    statuses = [(d, {"state": "online", "queue_depth": q, "inference_ms": ms}, now)
-                for d, q, ms in (("veh-x", 7, 40.0), ("veh-y", 5, 120.0))]
+    statuses = [(d, {"state": "online", "queue_depth": q, "inference_ms": ms, "inference_errors": n}, now)
+                for d, q, ms, n in (("veh-x", 7, 40.0, 3), ("veh-y", 5, 120.0, 4))]
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, Batch(statuses=statuses), cfg.aggregate)
     text = client.get("/metrics").text
     assert "road_queue_depth 12.0" in text
-    assert 'road_inference_latency_seconds_bucket{le="0.05"} 1.0' in text
-    assert 'road_inference_latency_seconds_bucket{le="0.25"} 2.0' in text
+    assert 'road_inference_latency_seconds_bucket{le="0.05",status="ok"} 1.0' in text
+    assert 'road_inference_latency_seconds_bucket{le="0.25",status="ok"} 2.0' in text
+    # The devices' own counts of failed inferences (the guide's ModelInferenceFailed alert reads this).
+    assert 'road_inference_latency_seconds_count{status="error"} 7.0' in text
     viewer = bearer(token(dsn, "viewer"))
     lines = client.get("/api/v1/coverage", headers=viewer).json()["features"]
     assert len(lines) == 1 and lines[0]["geometry"]["type"] == "LineString"
@@ -202,7 +207,7 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     device = bearer(token(dsn, "device", "veh-c", device_id="veh-c"))
     got = client.get(f"/api/v1/models/{sha}.onnx", headers=device)
     assert got.status_code == 200 and got.content == b"onnx-bytes"
-    assert client.get(f"/api/v1/models/{sha}.onnx").status_code == 401
+    assert client.get(f"/api/v1/models/{sha}.onnx").status_code == 403
     assert client.get("/api/v1/models/..%2F..%2Fetc%2Fpasswd", headers=device).status_code == 404
     assert client.get(f"/api/v1/models/{'0' * 64}.onnx", headers=device).status_code == 404
     # CORS: only the configured origin is let in.

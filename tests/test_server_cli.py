@@ -88,3 +88,34 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_cli_tokens_expire_and_rotate(fresh_db, service_info, broker, tmp_path, monkeypatch) -> None:
+    import psycopg
+
+    from fleet_server import auth
+
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    conf = _config(tmp_path, service_info, broker, free_port())
+    runner = CliRunner()
+    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
+    device = json.loads(runner.invoke(app, ["-c", conf, "device", "add", "cli-rot", "--json"]).output)
+    weekly = json.loads(runner.invoke(app, ["-c", conf, "token", "create", "--role", "viewer", "--name", "w",
+                                            "--days", "7", "--json"]).output)["token"]
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        days = dict(conn.execute("SELECT role, round(extract(epoch FROM expires_at - created_at) / 86400) "
+                                 "FROM api_tokens").fetchall())
+        assert days == {"device": 90, "viewer": 7}
+        device_token_id = conn.execute("SELECT id FROM api_tokens WHERE role = 'device'").fetchone()[0]
+        assert auth.verify(conn, weekly) is not None
+    rotated = runner.invoke(app, ["-c", conf, "token", "rotate", str(device_token_id), "--overlap-hours", "0",
+                                  "--json"])
+    assert rotated.exit_code == 0, rotated.output
+    new = json.loads(rotated.output)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        assert auth.verify(conn, device["http_token"]) is None  # no overlap: the old one is gone at once
+        who = auth.verify(conn, new["token"])
+        assert who is not None and who.device_id == "cli-rot" and who.role == "device"
+    assert runner.invoke(app, ["-c", conf, "token", "rotate", str(device_token_id)]).exit_code == 1
+    listing = runner.invoke(app, ["-c", conf, "token", "ls"]).output
+    assert "expires" in listing and "replaced" in listing

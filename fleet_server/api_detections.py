@@ -1,0 +1,161 @@
+"""POST /api/v1/detections and POST /v1/detections: phones and other HTTP clients, the same path as MQTT.
+
+Two bodies are accepted, told apart by shape and each validated strictly: our own `roadmon.event/1` (one
+event; a client may leave out schema, event_id, device_id and seq) and the deployment guide's SDK body
+(`fleet_server.phone_body`, one event per detection). Answers: 202 `{event_id, status: "queued"}`; 400 naming
+the field; 403 without credentials or for another device's data; 401 for a refused token; 409 when every
+event of the body was stored before; 429 with Retry-After after `api.rate_limit_per_hour` accepted or
+duplicate submissions of one device within the hour (refused ones do not count: a client fixing its bodies
+is not punished for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from fleet_server import phone_body
+from fleet_server.api_deps import db, principal
+from fleet_server.auth import Principal
+from fleet_server.http_writer import OverRate
+from fleet_server.store import store_rejected
+from fleet_server.validate import Invalid, Rejection, _check_time, check_message, parse_json
+from roadmon_contract import validate as contract
+from roadmon_contract.ids import uuid7
+
+router = APIRouter()
+PATHS = ("/api/v1/detections", "/v1/detections")  # ours, and the guide's SDKs' base URL + /detections
+
+
+class Accepted(BaseModel):
+    event_id: str = Field(description="The submission's id (a phone body) or the event's id (roadmon.event/1)")
+    status: str = Field(description="Always 'queued': stored, and merged into the defect map")
+    event_ids: list[str] = Field(description="The sightings stored, one per detection")
+
+
+GUIDE_REQUEST = {
+    "device_id": "VEH_TEST", "timestamp": "2026-11-28T13:45:32.120Z",
+    "gps": {"lat": 12.9716, "lon": 77.5946, "accuracy": 5.0},
+    "detections": [{"bbox": [100, 150, 250, 300], "class": "pothole", "confidence": 0.87}],
+}
+GUIDE_RESPONSE = {"event_id": "019ad0b4-8b38-7f3e-9a40-6c1b0f1e2d3c", "status": "queued",
+                  "event_ids": ["019ad0b4-8b38-7a51-8e44-0d2b5b7c9e10"]}
+
+
+def _inline(schema: dict) -> dict:
+    """SCHEMA with its $defs substituted, so it can sit inside the OpenAPI document as is."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def _request_body() -> dict:
+    phone = _inline(phone_body.PhoneSubmission.model_json_schema(by_alias=True))
+    event = {k: v for k, v in contract.validator("event").schema.items() if k not in ("$schema", "$id")}
+    return {"required": True, "content": {"application/json": {
+        "schema": {"oneOf": [phone, {**_inline(event), "title": "roadmon.event/1"}]},
+        "examples": {"guide": {"summary": "The deployment guide's SDK body", "value": GUIDE_REQUEST}}}}}
+
+
+def _responses() -> dict:
+    def text(why: str) -> dict:
+        return {"description": why, "content": {"application/json": {"example": {"detail": why}}}}
+
+    return {202: {"description": "stored", "content": {"application/json": {"example": GUIDE_RESPONSE}}},
+            400: text("invalid input, e.g. gps.lat: Input should be less than or equal to 90"),
+            401: text("invalid, expired or revoked token"),
+            403: text("Not authenticated: send Authorization: Bearer <token>"),
+            409: {"description": "this submission was already received", "content": {"application/json": {
+                "example": {"detail": "submission ... was already received", **GUIDE_RESPONSE,
+                            "status": "duplicate"}}}},
+            429: text("more than 100 detections within the hour")}
+
+
+async def submit(request: Request, who: Principal = Depends(principal),
+                 conn: psycopg.Connection = Depends(db)) -> Accepted | JSONResponse:
+    raw = await request.body()
+    return await run_in_threadpool(_submit, request, who, conn, raw)
+
+
+for _path in PATHS:
+    router.add_api_route(_path, submit, methods=["POST"], status_code=202, response_model=Accepted,
+                         summary="Submit detections (phones, SDKs, other clients): the same path as MQTT",
+                         openapi_extra={"requestBody": _request_body()}, responses=_responses(),
+                         operation_id="submit_detections" + ("_v1" if _path.startswith("/v1") else ""))
+
+
+def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: bytes) -> Accepted | JSONResponse:
+    cfg = request.app.state.cfg
+    if who.role != "device":
+        raise HTTPException(403, "detections need a device token")
+    try:
+        body = parse_json(raw, cfg.ingest.max_message_bytes)
+        if not isinstance(body, dict):
+            raise Invalid("(root): not a JSON object")
+        if body.get("device_id", who.device_id) != who.device_id:
+            raise HTTPException(403, f"this token belongs to device {who.device_id!r}")
+        submission_id, events = _events(body, who, raw, cfg)
+        stored = request.app.state.http_writer.store(who.device_id, events)
+    except Invalid as exc:
+        _reject(conn, who, str(exc), raw)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:  # valid JSON that PostgreSQL still refuses
+        _reject(conn, who, f"database refused: {exc}", raw)
+    except OverRate:
+        raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
+                            headers={"Retry-After": str(_retry_after(conn, who.device_id))}) from None
+    ids = [e["event_id"] for e in events]
+    if not stored:  # with its id, so that a client retrying after a lost answer learns it
+        return JSONResponse({"detail": f"submission {submission_id} was already received",
+                             "event_id": submission_id, "status": "duplicate", "event_ids": ids}, status_code=409)
+    return Accepted(event_id=submission_id, status="queued", event_ids=ids)
+
+
+def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict]]:
+    """(the id to answer with, the events of BODY), each checked as an MQTT event would be."""
+    now = datetime.now(UTC)
+    if phone_body.is_phone_body(body):
+        sub, image = phone_body.parse_submission(body, cfg.api.max_image_bytes)
+        _check_time("timestamp", body["timestamp"], now, cfg.ingest)
+        submission_id, events = phone_body.to_events(sub, image, phone_body.submission_key(body),
+                                                     cfg.api.unprojected_sigma_m)
+        for event in events:
+            check_message("event", who.device_id, json.dumps(event).encode(), now, cfg.ingest)
+        return submission_id, events
+    # Our own event; a client may leave out what the server can fill in.
+    body.setdefault("schema", "roadmon.event/1")
+    body.setdefault("event_id", str(uuid7()))
+    body.setdefault("device_id", who.device_id)
+    body.setdefault("seq", 0)
+    event = check_message("event", who.device_id, json.dumps(body).encode(), now, cfg.ingest)
+    return event["event_id"], [event]
+
+
+def _retry_after(conn: psycopg.Connection, device_id: str) -> int:
+    """Seconds until the device's oldest submission of the hour leaves the window."""
+    row = conn.execute("SELECT extract(epoch FROM min(at) + interval '1 hour' - now()) FROM http_submissions "
+                       "WHERE device_id = %s AND at > now() - interval '1 hour'", (device_id,)).fetchone()
+    return max(1, int(row[0] or 0) + 1)
+
+
+def _reject(conn: psycopg.Connection, who: Principal, reason: str, raw: bytes) -> None:
+    with contextlib.suppress(psycopg.Error):
+        store_rejected(conn, [Rejection("http", None, who.device_id, reason, raw)])
+    raise HTTPException(400, reason)

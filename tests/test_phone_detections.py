@@ -1,0 +1,233 @@
+"""Phones and other HTTP clients on the real server: the guide's body at both URLs, one sighting per detection,
+resends, images, strict validation, weighting in aggregation, the OpenAPI contract, token expiry and
+rotation, and the audit log."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from server_fixtures import count, iso, make_cfg, make_event, offset, token
+
+from fleet_server import auth
+from fleet_server.api import create_app
+from fleet_server.phone_body import PhoneSubmission
+
+__all__ = ["make_cfg"]
+
+# The smallest JPEG a phone might send: start and end markers around a real (1x1, grey) image.
+JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAAMCAgICAgMCAgIDAwMDBAYEBAQEBAgGBgUGCQgKCgkICQkKDA8MCgsOCwkJDRENDg8QEBEQCgwS"
+    "ExIQEw8QEBD/yQALCAABAAEBAREA/8wABgAQEAX/2gAIAQEAAD8A0s8g/9k=")
+
+
+@pytest.fixture
+def server(make_cfg):
+    cfg = make_cfg(api={"token_cache_s": 0, "max_image_bytes": 2048})
+    with TestClient(create_app(cfg)) as client:
+        yield client, cfg.database.resolve_dsn()
+
+
+def bearer(tok: str) -> dict:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def body(device: str = "phone-1", lat: float = 48.1, lon: float = 11.5, **extra) -> dict:
+    out = {"device_id": device, "timestamp": iso(datetime.now(UTC) - timedelta(seconds=5)),
+           "gps": {"lat": lat, "lon": lon, "accuracy": 4.0},
+           "detections": [{"bbox": [100, 150, 250, 300], "class": "pothole", "confidence": 0.87}]}
+    out.update(extra)
+    return out
+
+
+def test_both_urls_one_sighting_per_detection_and_resends(server) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-1", device_id="phone-1"))
+    two = body(detections=[{"bbox": [1, 2, 30, 40], "class": "pothole", "confidence": 0.9},
+                           {"bbox": [50, 60, 90, 99], "class": "crack", "confidence": 0.6}])
+    first = client.post("/v1/detections", json=two, headers=dev)
+    assert first.status_code == 202, first.text
+    assert first.json()["status"] == "queued" and len(first.json()["event_ids"]) == 2
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE source = 'http'") == 2
+    assert count(dsn, "SELECT count(DISTINCT payload->>'submission_id') FROM sightings") == 1
+    # The same submission again, keys in another order, at the other URL: same ids, nothing doubled.
+    shuffled = json.loads(json.dumps(dict(reversed(list(two.items())))))
+    again = client.post("/api/v1/detections", json=shuffled, headers=dev)
+    assert again.status_code == 409
+    assert count(dsn, "SELECT count(*) FROM sightings") == 2
+    # A different submission (other time) is new.
+    later = dict(two, timestamp=iso(datetime.now(UTC)))
+    assert client.post("/v1/detections", json=later, headers=dev).json()["event_id"] != first.json()["event_id"]
+    assert count(dsn, "SELECT count(*) FROM sightings") == 4
+
+
+def test_image_becomes_the_thumbnail_and_bad_images_are_refused(server) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-2", device_id="phone-2"))
+    ok = client.post("/v1/detections", json=body("phone-2", image_base64=base64.b64encode(JPEG).decode()),
+                     headers=dev)
+    assert ok.status_code == 202, ok.text
+    viewer = bearer(token(dsn, "viewer"))
+    thumb = client.get(f"/api/v1/sightings/{ok.json()['event_ids'][0]}/thumbnail.jpg", headers=viewer)
+    assert thumb.status_code == 200 and thumb.content == JPEG
+    cases = {"image_base64: not base64": "not base64!",
+             "image_base64: not a JPEG image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 64).decode(),
+             "image_base64: larger than 2048 bytes": base64.b64encode(JPEG[:-2] + b"0" * 4096 + JPEG[-2:]).decode()}
+    for reason, image in cases.items():
+        refused = client.post("/v1/detections", json=body("phone-2", lat=48.2, image_base64=image), headers=dev)
+        assert refused.status_code == 400 and refused.json()["detail"].startswith(reason), refused.text
+    assert count(dsn, "SELECT count(*) FROM sightings") == 1
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"gps": {"lat": 48.1, "lon": 11.5}}, "gps.accuracy"),
+    ({"gps": {"lat": 48.1, "lon": 190, "accuracy": 3}}, "gps.lon"),
+    ({"gps": {"lat": 0, "lon": 0, "accuracy": 3}}, "gps"),
+    ({"gps": {"lat": "48.1", "lon": 11.5, "accuracy": 3}}, "gps.lat"),  # numbers are JSON numbers
+    ({"gps": {"lat": 48.1, "lon": 11.5, "accuracy": True}}, "gps.accuracy"),
+    ({"timestamp": 1764337532}, "timestamp"),  # ISO 8601 text, as the guide's clients send
+    ({"timestamp": "2026-11-28T13:45:32"}, "timestamp"),
+    ({"timestamp": "yesterday"}, "timestamp"),
+    ({"timestamp": "2001-01-01T00:00:00Z"}, "timestamp"),
+    ({"detections": []}, "detections"),
+    ({"detections": [{"bbox": [250, 150, 100, 300], "class": "pothole", "confidence": 0.8}]}, "detections.0.bbox"),
+    ({"detections": [{"bbox": [1, 2, 3], "class": "pothole", "confidence": 0.8}]}, "detections.0.bbox"),
+    ({"detections": [{"bbox": [1, 2, 3, 4], "class": "pothole", "confidence": 1.5}]}, "detections.0.confidence"),
+    ({"detections": [{"bbox": [1, 2, 3, 4], "confidence": 0.5}]}, "detections.0.class"),
+    ({"detections": [{"bbox": [1, 2, 3, 4], "class": "pot\u0000hole", "confidence": 0.5}]}, "detections.0.class"),
+    ({"speed": 12}, "speed"),
+])
+def test_every_refusal_is_a_400_naming_the_field(server, change: dict, field: str) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-3", device_id="phone-3"))
+    r = client.post("/v1/detections", json=body("phone-3", **change), headers=dev)
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith(field), r.json()
+    assert count(dsn, "SELECT count(*) FROM sightings") == 0
+
+
+def test_other_devices_data_and_user_tokens_are_403(server) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-4", device_id="phone-4"))
+    assert client.post("/v1/detections", json=body("phone-5"), headers=dev).status_code == 403
+    assert client.post("/v1/detections", json=body("phone-4"), headers=bearer(token(dsn, "admin"))).status_code == 403
+    assert client.post("/v1/detections", json=body("phone-4"), headers=bearer("rmt_00_forged")).status_code == 401
+
+
+def test_a_phone_sighting_weighs_less_than_a_projected_one(server) -> None:
+    client, dsn = server
+    vehicle = make_event("veh-1", 48.1, 11.5, h=1.0, severity=0.6)
+    assert client.post("/api/v1/detections", json=vehicle,
+                       headers=bearer(token(dsn, "device", "veh-1", device_id="veh-1"))).status_code == 202
+    lat, lon = offset(48.1, 11.5, 8.0, 0.0)  # the phone stood 8 m short of the pothole
+    phone = body("phone-6", lat=lat, lon=lon)
+    assert client.post("/v1/detections", json=phone,
+                       headers=bearer(token(dsn, "device", "phone-6", device_id="phone-6"))).status_code == 202
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT sighting_count, ST_Distance(geom, ST_MakePoint(11.5, 48.1)::geography), "
+                           "severity FROM defects").fetchall()
+    assert len(row) == 1 and row[0][0] == 2  # one pothole, both sightings
+    # Weighted by 1/h^2 with h 1 m against hypot(4, 10) m: the phone moves it ~8 m / 117, not half-way.
+    assert row[0][1] < 0.2
+    assert row[0][2] == pytest.approx(0.6)  # the phone has no size: the vehicle's severity stands
+
+
+def test_openapi_publishes_the_guides_contract(server) -> None:
+    client, _dsn = server
+    doc = client.get("/openapi.json").json()
+    for path in ("/api/v1/detections", "/v1/detections"):
+        post = doc["paths"][path]["post"]
+        content = post["requestBody"]["content"]["application/json"]
+        example = content["examples"]["guide"]["value"]
+        assert set(example) == {"device_id", "timestamp", "gps", "detections"}
+        PhoneSubmission.model_validate(example)  # the example is a valid body
+        phone_schema = content["schema"]["oneOf"][0]
+        assert "$defs" not in json.dumps(phone_schema)
+        assert phone_schema["properties"]["gps"]["properties"]["lat"]["maximum"] == 90
+        assert phone_schema["additionalProperties"] is False
+        assert post["responses"]["202"]["content"]["application/json"]["example"]["status"] == "queued"
+        assert {"400", "401", "403", "409", "429"} <= set(post["responses"])
+
+
+def test_tokens_expire_and_rotate_with_an_overlap(server) -> None:
+    client, dsn = server
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id) VALUES ('phone-7')")
+        old = auth.create_token(conn, "device", "device phone-7", "phone-7", expires_in=timedelta(days=90))
+        old_id = conn.execute("SELECT max(id) FROM api_tokens").fetchone()[0]
+        expired = auth.create_token(conn, "viewer", "gone", expires_in=timedelta(seconds=-1))
+        new, new_id = auth.rotate_token(conn, old_id, timedelta(hours=1), timedelta(days=90))
+    assert client.get("/api/v1/me", headers=bearer(expired)).status_code == 401
+    # During the overlap both work, for the same device.
+    assert client.get("/api/v1/me", headers=bearer(old)).json()["device_id"] == "phone-7"
+    assert client.get("/api/v1/me", headers=bearer(new)).json()["device_id"] == "phone-7"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        newer, _ = auth.rotate_token(conn, new_id, timedelta(0), timedelta(days=90))
+        with pytest.raises(LookupError):
+            auth.rotate_token(conn, new_id, timedelta(0), timedelta(days=90))  # already expired
+    assert client.get("/api/v1/me", headers=bearer(new)).status_code == 401
+    assert client.get("/api/v1/me", headers=bearer(newer)).status_code == 200
+
+
+def test_audit_log_records_every_call_with_a_token(server) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "device phone-8", device_id="phone-8"))
+    assert client.post("/v1/detections", json=body("phone-8"), headers=dev).status_code == 202
+    assert client.post("/v1/detections", json=body("phone-8", gps={}), headers=dev).status_code == 400
+    assert client.get("/api/v1/me", headers=bearer("rmt_00_forged")).status_code == 401
+    assert client.get("/api/v1/audit", headers=bearer(token(dsn, "viewer", "v"))).status_code == 403
+    rows = client.get("/api/v1/audit", headers=bearer(token(dsn, "manager", "boss"))).json()
+    seen = {(r["who"], r["method"], r["path"], r["status"]) for r in rows}
+    assert {("device phone-8", "POST", "/v1/detections", 202), ("device phone-8", "POST", "/v1/detections", 400),
+            ("invalid token", "GET", "/api/v1/me", 401), ("v", "GET", "/api/v1/audit", 403)} <= seen
+    assert all(r["at"] and r["client"] for r in rows)
+    assert client.get("/api/v1/audit", params={"who": "nobody"},
+                      headers=bearer(token(dsn, "manager", "boss2"))).json() == []
+
+
+def test_concurrent_posts_share_commits_without_doubling_or_passing_the_limit(make_cfg) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from server_fixtures import serve_api
+
+    cfg = make_cfg(api={"rate_limit_per_hour": 5})
+    dsn = cfg.database.resolve_dsn()
+    same = bearer(token(dsn, "device", "phone-9", device_id="phone-9"))
+    many = bearer(token(dsn, "device", "phone-10", device_id="phone-10"))
+    one_body = body("phone-9")
+    bodies = [body("phone-10", lat=48.1 + i * 1e-3) for i in range(12)]
+    with serve_api(cfg) as url, httpx.Client(timeout=30) as http, ThreadPoolExecutor(12) as pool:
+        repeats = list(pool.map(lambda _: http.post(f"{url}/v1/detections", json=one_body, headers=same), range(5)))
+        distinct = list(pool.map(lambda b: http.post(f"{url}/v1/detections", json=b, headers=many), bodies))
+    # The same body five times at once: stored once; one 202, the rest 409 with the same id.
+    assert sorted(r.status_code for r in repeats) == [202, 409, 409, 409, 409]
+    assert len({r.json()["event_id"] for r in repeats}) == 1
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-9'") == 1
+    # Twelve at once against a budget of five (the 409s above were phone-9's, its own budget).
+    assert sorted(r.status_code for r in distinct) == [202] * 5 + [429] * 7
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-10'") == 5
+
+
+def test_a_body_postgresql_refuses_fails_alone_in_a_shared_commit(make_cfg) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from server_fixtures import serve_api
+
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    dev = bearer(token(dsn, "device", "veh-11", device_id="veh-11"))
+    # A NUL in a string passes JSON and the schema, but jsonb refuses it: only the database can say no.
+    events = [make_event("veh-11", 48.1 + i * 1e-3, 11.5, cls="pot\u0000hole" if i == 7 else "pothole")
+              for i in range(16)]
+    with serve_api(cfg) as url, httpx.Client(timeout=30) as http, ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda e: http.post(f"{url}/api/v1/detections", json=e, headers=dev).status_code,
+                              events))
+    assert codes == [202] * 7 + [400] + [202] * 8
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'veh-11'") == 15
+    assert count(dsn, "SELECT count(*) FROM rejected WHERE reason LIKE 'database refused%%'") == 1
