@@ -136,17 +136,33 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# Result codes that say the disk or the system is in trouble (full, I/O error, locked, no memory), not that
+# the file is damaged: such a queue is healthy and must never be moved aside.
+_TROUBLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY,
+            sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM}
+
+
+def disk_trouble(exc: BaseException) -> bool:
+    """Whether EXC is SQLite failing because of the disk or the system rather than the file's contents."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _TROUBLE
+
+
 def _quick_check(path: Path) -> str | None:
-    """None when PATH is a sound SQLite file (or absent), else what is wrong with it."""
+    """None when PATH is a sound SQLite file (or absent), else what is wrong with it. Disk trouble (full,
+    I/O errors) is raised, not returned: it says nothing about the file."""
     if not path.exists():
         return None
     try:
         conn = _connect(path)
         try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # no -shm file needed: works on a full disk
             rows = conn.execute("PRAGMA quick_check").fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        if disk_trouble(exc):
+            raise
         return str(exc)
     verdict = "; ".join(str(r[0]) for r in rows)
     return None if verdict == "ok" else verdict
@@ -179,10 +195,46 @@ class Outbox:
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: Path | None = None
-        if agent and (problem := _quick_check(self.path)):
+        # Rows handed out or confirmed while the disk refused to record it: kept in memory, so a full disk
+        # never stops the uplink (which is what frees space) and is written once the disk has room again.
+        self._held: dict[tuple[str, str], float] = {}
+        self._unsaved_confirmed: set[tuple[str, str]] = set()
+        self._stored_due_stale = False
+        self.exclusive = False
+        if agent:
+            self._check_integrity()
+        try:
+            self._open()
+        except sqlite3.OperationalError as exc:
+            if not disk_trouble(exc):
+                raise
+            # A full disk cannot hold the -shm file WAL readers need; in exclusive mode SQLite keeps that
+            # index in memory, so the queue can still be read and drained (other processes wait meanwhile).
+            log.error("outbox %s: %s; opened it in exclusive mode until the disk has room", self.path, exc)
+            self.conn.close()
+            self.exclusive = True
+            self._open()
+        if agent:
+            self._requeue_in_flight()
+            self._import_moved_aside()
+        self._set_sync(self.cfg.synchronous)
+        self._set_health("full" if self.exclusive else "ok")
+
+    def _check_integrity(self) -> None:
+        try:
+            problem = _quick_check(self.path)
+        except sqlite3.DatabaseError as exc:
+            log.error("outbox %s could not be checked (%s); keeping it: a full or failing disk is not corruption",
+                      self.path, exc)
+            return
+        if problem:
             self.moved_aside = move_aside(self.path, problem)
             self._count("outbox_corrupt_moved_aside")
+
+    def _open(self) -> None:
         self.conn = _connect(self.path)
+        if self.exclusive:
+            self.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         self.db = sqlite_utils.Database(self.conn)
         if self.conn.execute("PRAGMA user_version").fetchone()[0] == 0:
             # Must precede the first table: lets the disk guard hand freed pages back to the filesystem.
@@ -199,10 +251,6 @@ class Outbox:
         self._tight = False
         self.dropped: dict[str, int] = self._load_counters()
         self._seq = self._load_seq()
-        if agent:
-            self._requeue_in_flight()
-        self._set_sync(self.cfg.synchronous)
-        self._set_health("ok")
 
     # ------------------------------------------------------------------------------------------ writes
     def next_seq(self) -> int:
@@ -265,26 +313,35 @@ class Outbox:
         events by priority then age, then coverage. Each returned row counts one attempt and is not due again
         for RESEND_AFTER_S."""
         now = time.monotonic()
-        skip = set(exclude)
-        out: list[Message] = []
-        with self._lock, self._transaction("NORMAL"):
+        with self._lock:
+            self._held = {k: until for k, until in self._held.items() if until > now}
+            skip = set(exclude) | set(self._held) | self._unsaved_confirmed
+            picked: dict[str, list[tuple]] = {}
             for kind in KINDS:
-                want = limit - len(out)
+                want = limit - sum(len(p) for p in picked.values())
                 if want <= 0:
                     break
                 table, media = TABLE[kind], ("media" if kind == "event" else "NULL")
                 rows = self.conn.execute(
                     f"SELECT id, {ID_COLUMN[kind]}, payload, {media}, attempts FROM {table}"
-                    f" WHERE state != 'confirmed' AND due_at <= ? ORDER BY priority DESC, id LIMIT ?",
-                    (now, want + len(skip)),
+                    f" WHERE state != 'confirmed' AND (due_at <= ? OR ?) ORDER BY priority DESC, id LIMIT ?",
+                    (now, self._stored_due_stale, want + len(skip)),
                 ).fetchall()
-                picked = [r for r in rows if (kind, r[1]) not in skip][:want]
-                self.conn.executemany(
-                    f"UPDATE {table} SET attempts = attempts + 1, due_at = ? WHERE id = ?",
-                    [(now + resend_after_s, r[0]) for r in picked],
-                )
-                out.extend(Message(kind, r[1], _body(r[2], r[3]), r[4] + 1) for r in picked)
-        return out
+                picked[kind] = [r for r in rows if (kind, r[1]) not in skip][:want]
+            try:
+                with self._transaction("NORMAL"):
+                    for kind, rows in picked.items():
+                        self.conn.executemany(
+                            f"UPDATE {TABLE[kind]} SET attempts = attempts + 1, due_at = ? WHERE id = ?",
+                            [(now + resend_after_s, r[0]) for r in rows])
+            except sqlite3.OperationalError as exc:
+                if not disk_trouble(exc):
+                    raise
+                # Sending frees space (confirmed rows can go): hand the rows out anyway, remembered here.
+                log.warning("outbox: could not record %d rows as sent (%s); tracking them in memory",
+                            sum(len(r) for r in picked.values()), exc)
+                self._held.update({(kind, r[1]): now + resend_after_s for kind, rows in picked.items() for r in rows})
+        return [Message(kind, r[1], _body(r[2], r[3]), r[4] + 1) for kind, rows in picked.items() for r in rows]
 
     def mark_sent(self, items: Iterable[tuple[str, str]]) -> int:
         """The broker acknowledged these (kind, id) rows; returns how many moved pending -> sent."""
@@ -428,16 +485,25 @@ class Outbox:
         now = utc_now_iso()
         column = "sent_at" if state == "sent" else "confirmed_at"
         n = 0
-        with self._lock, self._transaction("NORMAL"):
-            for kind, ids in by_kind.items():
-                if ids:
-                    cur = self.conn.executemany(
-                        f"UPDATE {TABLE[kind]} SET state = ?, {column} = ? WHERE {ID_COLUMN[kind]} = ? AND {allowed}",
-                        [(state, now, i) for i in ids],
-                    )
-                    n += cur.rowcount
-            if state == "confirmed" and n:
-                self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_confirmed_at', ?)", (now,))
+        keys = {(kind, i) for kind, ids in by_kind.items() for i in ids}
+        with self._lock:
+            try:
+                with self._transaction("NORMAL"):
+                    for kind, ids in by_kind.items():
+                        if ids:
+                            cur = self.conn.executemany(
+                                f"UPDATE {TABLE[kind]} SET state = ?, {column} = ? WHERE {ID_COLUMN[kind]} = ?"
+                                f" AND {allowed}", [(state, now, i) for i in ids])
+                            n += cur.rowcount
+                    if state == "confirmed" and n:
+                        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_confirmed_at', ?)",
+                                          (now,))
+            except sqlite3.OperationalError as exc:
+                if state == "confirmed" and disk_trouble(exc):
+                    self._unsaved_confirmed |= keys  # not sent again meanwhile; the caller retries the write
+                raise
+            if state == "confirmed":
+                self._unsaved_confirmed -= keys
         return n
 
     def _room_for(self, low_severity: bool, counter: str) -> bool:
@@ -457,7 +523,7 @@ class Outbox:
         return True
 
     def _write_failed(self, exc: sqlite3.OperationalError, counter: str) -> bool:
-        if "full" not in str(exc).lower():
+        if not disk_trouble(exc):
             raise exc
         log.error("outbox write failed, the disk is full: %s", exc)
         self._tight = True
@@ -485,9 +551,55 @@ class Outbox:
 
     def _requeue_in_flight(self) -> None:
         # A new process has nothing in flight: whatever an earlier one had published is due again now.
-        with self._transaction("NORMAL"):
-            for table in TABLE.values():
-                self.conn.execute(f"UPDATE {table} SET due_at = 0 WHERE state != 'confirmed' AND due_at != 0")
+        try:
+            with self._transaction("NORMAL"):
+                for table in TABLE.values():
+                    self.conn.execute(f"UPDATE {table} SET due_at = 0 WHERE state != 'confirmed' AND due_at != 0")
+        except sqlite3.OperationalError as exc:
+            if not disk_trouble(exc):
+                raise
+            log.warning("outbox: could not make earlier in-flight rows due (%s); ignoring their stored times", exc)
+            self._stored_due_stale = True  # their due_at is another process's monotonic clock
+
+    def _import_moved_aside(self) -> None:
+        """Take back the unconfirmed rows of queues an earlier run moved aside although they are sound (older
+        agents moved a queue aside on a full disk), then rename them *.imported-<stamp>."""
+        for old in sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*")):
+            if old.name.endswith(("-wal", "-shm")):
+                continue
+            try:
+                if _quick_check(old) is not None:
+                    continue  # really damaged: left for a person to look at
+                n = self._import_rows(old)
+            except sqlite3.DatabaseError as exc:
+                log.warning("outbox: could not re-import %s (%s); trying again at the next start", old, exc)
+                continue
+            target = old.with_name(old.name.replace(".corrupt-", ".imported-"))
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{old}{suffix}")
+                if src.exists():
+                    src.rename(Path(f"{target}{suffix}"))
+            log.warning("outbox: re-imported %d unconfirmed rows from %s (sound, moved aside by an earlier run)",
+                        n, old)
+            self._count("outbox_reimported")
+
+    def _import_rows(self, old: Path) -> int:
+        # Columns of the first schema version, so any older sound file can be read.
+        events = ("event_id, seq, state, priority, severity, attempts, created_at, sent_at, confirmed_at, payload, "
+                  "media")
+        coverage = "coverage_id, state, priority, attempts, created_at, sent_at, confirmed_at, payload"
+        n = 0
+        self.conn.execute("ATTACH DATABASE ? AS moved", (str(old),))
+        try:
+            with self._transaction("NORMAL"):
+                for table, cols in (("events", events), ("coverage", coverage)):
+                    n += self.conn.execute(f"INSERT OR IGNORE INTO main.{table} ({cols}) SELECT {cols} "
+                                           f"FROM moved.{table} WHERE state != 'confirmed'").rowcount
+        finally:
+            self.conn.execute("DETACH DATABASE moved")
+        self._seq = self._load_seq()
+        self.changed.set()
+        return n
 
     def _set_health(self, state: str) -> None:
         if self.health is not None:

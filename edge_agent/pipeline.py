@@ -202,7 +202,8 @@ class Pipeline:
 
     def _views(self, track: Track) -> list[tuple[Any, Any, float]]:
         """Each observation's ground box with the vehicle's pose at its frame's time. The filter is asked
-        again now: fixes that came after the frame let it interpolate instead of extrapolate. Frames without
+        again now: its position_at smooths with the fixes that came after the frame (GnssConfig.smooth), which
+        is the reason events are placed only when their track ends. Frames without
         a placeable pose (see _placeable) are left out; a track left with none writes no event."""
         views = []
         for obs in track.observations:

@@ -28,6 +28,7 @@ from fleet_server import (
 )
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
+from fleet_server.http_guard import HttpGuard
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
                   description="Road defects merged from a fleet's sightings; devices; coverage; workflow.")
     app.state.cfg = cfg
     app.state.pool = make_pool(cfg.database)
-    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s)
+    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s, cfg.api.max_concurrent_verifications)
     app.state.workers = workers or []
     app.state.audit = audit.AuditLog(app.state.pool, cfg.api.audit_flush_s)
     app.state.http_writer = http_writer.SubmissionWriter(cfg)
@@ -69,6 +70,10 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
             app.state.audit.add(audit.entry(getattr(request.state, "principal", audit.UNCHECKED), request.method,
                                             request.url.path, response.status_code, client))
         return response
+
+    # Outermost: limits apply before any other work is done for a request.
+    app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes,
+                       auth_failures_per_minute=cfg.api.auth_failures_per_minute)
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)

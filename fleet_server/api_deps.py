@@ -31,13 +31,10 @@ def principal(request: Request, conn: psycopg.Connection = Depends(db)) -> auth.
     if token is None:
         raise HTTPException(403, "Not authenticated: send Authorization: Bearer <token>")
     cache: auth.TokenCache = request.app.state.tokens
-    who = cache.get(token)
+    who = cache.verify(conn, token)
     if who is None:
-        who = auth.verify(conn, token)
-        if who is None:
-            request.state.principal = None
-            raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        cache.put(token, who)
+        request.state.principal = None
+        raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = who  # for the audit log
     return who
 

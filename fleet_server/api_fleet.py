@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,37 +15,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from fleet_server.api_defects import _jsonable, parse_bbox
 from fleet_server.api_deps import db, principal, require
 from fleet_server.auth import Principal
+from fleet_server.health import checks as health_checks
 
 router = APIRouter()
 api = APIRouter(prefix="/api/v1")
 _SHA256 = re.compile(r"^([0-9a-f]{64})\.onnx$")
 
 
-@router.get("/health", summary="Database and broker reachability")
+@router.get("/health", summary="Database, broker and ingest: ok, or degraded (503) with a short reason")
 def health(request: Request) -> JSONResponse:
-    checks: dict[str, str] = {}
-    try:
-        with request.app.state.pool.connection(timeout=2) as conn:
-            conn.execute("SELECT 1")
-        checks["database"] = "ok"
-    except Exception as exc:  # any failure means "not healthy", with the reason
-        checks["database"] = f"error: {exc}"[:300]
-    checks["broker"] = broker_check(request)
+    checks = health_checks(request.app.state)
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "degraded", **checks}, status_code=200 if ok else 503)
-
-
-def broker_check(request: Request) -> str:
-    workers = getattr(request.app.state, "workers", None)
-    if workers:
-        up = sum(w.connected.is_set() for w in workers)
-        return "ok" if up == len(workers) else f"error: {len(workers) - up} of {len(workers)} workers disconnected"
-    m = request.app.state.cfg.mqtt
-    try:
-        with socket.create_connection((m.host, m.port), timeout=1):
-            return "ok"
-    except OSError as exc:
-        return f"error: {exc}"
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

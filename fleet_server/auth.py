@@ -2,8 +2,9 @@
 
 A token reads `rmt_<lookup>_<secret>`. Only an argon2id hash is stored; `lookup` (not secret) finds the row
 and argon2 compares in constant time. Verified tokens are remembered for `api.token_cache_s` under the
-SHA-256 of the token, so the map does not pay an argon2 hash per request; a revoked token stops working
-within that time.
+SHA-256 of the token, so the map does not pay an argon2 hash per request; a remembered token is still looked
+up by id on every request (an index hit, no hash), so a revoked token stops working at once. At most
+`api.max_concurrent_verifications` argon2 checks run at a time, which bounds their memory and CPU.
 """
 
 from __future__ import annotations
@@ -109,13 +110,31 @@ def verify(conn: psycopg.Connection, token: str) -> Principal | None:
     return Principal(row[0], row[2], row[3], row[4], row[5])
 
 
-class TokenCache:
-    """Verified tokens by SHA-256, for a few seconds."""
+def still_active(conn: psycopg.Connection, who: Principal) -> bool:
+    """Whether WHO's token is still unrevoked (a primary-key lookup, no hashing)."""
+    row = conn.execute("SELECT revoked_at IS NULL FROM api_tokens WHERE id = %s", (who.token_id,)).fetchone()
+    return bool(row and row[0])
 
-    def __init__(self, ttl_s: float) -> None:
+
+class TokenCache:
+    """Verified tokens by SHA-256, for a few seconds, and the gate that bounds concurrent argon2 checks."""
+
+    def __init__(self, ttl_s: float, max_concurrent: int = 2) -> None:
         self.ttl_s = ttl_s
         self._items: dict[bytes, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
+        self.verifying = threading.BoundedSemaphore(max_concurrent)
+
+    def verify(self, conn: psycopg.Connection, token: str) -> Principal | None:
+        """The principal of TOKEN: remembered (and checked for revocation), else verified with argon2."""
+        who = self.get(token)
+        if who is not None:
+            return who if still_active(conn, who) else None
+        with self.verifying:
+            who = verify(conn, token)
+        if who is not None:
+            self.put(token, who)
+        return who
 
     def get(self, token: str) -> Principal | None:
         key = hashlib.sha256(token.encode()).digest()

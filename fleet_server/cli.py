@@ -79,10 +79,10 @@ def migrate_cmd() -> None:
                                                           if done else " (schema up to date)"))
 
 
-def _start_workers(n: int, first: int = 0) -> list:
+def _start_workers(n: int, role: str, first: int = 0) -> list:
     from fleet_server.ingest import IngestWorker
 
-    return [IngestWorker(cfg(), index=first + i).start() for i in range(n)]
+    return [IngestWorker(cfg(), index=first + i, role=role).start() for i in range(n)]
 
 
 @app.command("serve")
@@ -96,7 +96,7 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
 
     c = cfg()
     run_migrations(c.database.resolve_dsn())
-    running = _start_workers(workers)
+    running = _start_workers(workers, "serve")
     try:
         uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port or c.api.port,
                     log_level="info")
@@ -118,7 +118,7 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    running = _start_workers(workers, first=instance * workers)
+    running = _start_workers(workers, "ingest", first=instance * workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -137,6 +137,9 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
     if not DEVICE_ID.match(device_id):
         _fail(f"invalid device id {device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
     c = cfg()
+    if mqtt_accounts.reserved(device_id, c.mqtt.username):
+        _fail(f"device id {device_id!r} is reserved: {c.mqtt.username!r} and names beginning with "
+              f"{mqtt_accounts.RESERVED_PREFIX!r} belong to the server")
     password = secrets.token_urlsafe(24)
     with connect(c.database) as conn, conn.transaction():
         conn.execute("""INSERT INTO devices (id, name) VALUES (%s, %s) ON CONFLICT (id)

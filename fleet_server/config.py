@@ -7,6 +7,7 @@ Secrets never come from the command line: the database DSN and the MQTT password
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -17,6 +18,7 @@ EXAMPLE = Path(__file__).with_name("example.toml")
 __all__ = ["ConfigError", "ServerConfig", "load", "parse"]
 DSN_ENV = "ROADMON_DATABASE_DSN"
 MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
+INSTANCE_ENV = "ROADMON_INSTANCE"
 
 
 def read_secret(path: Path) -> str:
@@ -54,12 +56,22 @@ class MqttConfig(Section):
     password_file: Path | None = Field(None, description=f"File holding the broker password; else {MQTT_PASSWORD_ENV}")
     tls: bool = Field(False, description="Connect with TLS")
     ca_file: Path | None = Field(None, description="CA bundle for TLS; the system store when empty")
-    client_id_prefix: str = Field("roadmon-ingest", description="Worker client ids are <prefix>-<host>-<n>")
+    client_id_prefix: str = Field("roadmon-ingest", description="Worker client ids are "
+                                                                "<prefix>-<role>-<instance>-<group>-<n>")
+    instance: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                 description=f"This process's name among the fleet server's processes, part of its "
+                                             f"workers' client ids; else {INSTANCE_ENV} (a pod name), else the host "
+                                             "name. Two processes must never share one")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
-    session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps a worker's session while it "
-                                                          "is away, so its share of QoS 1 messages waits for it")
+    session_expiry_s: int = Field(60, ge=0, description="How long the broker keeps a worker's session while it is "
+                                                        "away: long enough for a restart, short, since the broker "
+                                                        "keeps routing that worker's share of messages to it")
     reconnect_min_s: float = Field(1.0, ge=1, description="First reconnect delay after a broker outage (whole seconds)")
     reconnect_max_s: float = Field(30.0, ge=1, description="Longest reconnect delay (doubling backoff, whole seconds)")
+
+    def resolve_instance(self) -> str:
+        """INSTANCE, else $ROADMON_INSTANCE, else the host name: stable across restarts, unique per process."""
+        return self.instance or os.environ.get(INSTANCE_ENV) or socket.gethostname()
 
     def resolve_password(self) -> str | None:
         if self.password_file is not None:
@@ -83,6 +95,13 @@ class IngestConfig(Section):
     queue_max: int = Field(20000, ge=100, description="Messages held in memory before the worker stops reading "
                                                       "(the broker keeps the rest)")
     max_message_bytes: int = Field(2_500_000, ge=1024, description="Larger messages are rejected")
+    max_result_bytes: int = Field(65_536, ge=1024, description="Larger command results are rejected")
+    rejected_keep_bytes: int = Field(4096, ge=0, description="Raw bytes kept of each rejected message (dead letter)")
+    rejected_per_device_hour: int = Field(100, ge=0, description="Dead letters kept per device per hour; the rest "
+                                                                  "are only counted (the device still gets the reason)")
+    rejected_retention_days: float = Field(30.0, gt=0, description="Dead letters older than this are deleted")
+    stall_after_s: float = Field(60.0, gt=0, description="/health is degraded when messages wait and ingest has not "
+                                                         "committed for this long")
     horizon_days: float = Field(30.0, gt=0, description="Events captured longer ago than this are rejected")
     future_tolerance_s: float = Field(86400.0, ge=0, description="Events from further in the future are rejected")
     stale_after_s: float = Field(600.0, gt=0, description="An online device not heard from this long is 'stale'")
@@ -128,8 +147,14 @@ class ApiConfig(Section):
     audit_flush_s: float = Field(0.5, gt=0, le=60, description="How often queued audit-log rows are written")
     page_size: int = Field(100, ge=1, le=5000, description="Default page size of list endpoints")
     max_page_size: int = Field(5000, ge=1, le=100000, description="Largest page a client may ask for")
-    token_cache_s: float = Field(60.0, ge=0, description="Seconds a verified token is remembered (a revoked token "
-                                                         "stops working within this time)")
+    token_cache_s: float = Field(60.0, ge=0, description="Seconds a verified token's argon2 check is remembered "
+                                                         "(revocation still takes effect at once)")
+    max_body_bytes: int = Field(2_500_000, ge=1024, description="Larger request bodies are refused (413) before "
+                                                                "they are read")
+    auth_failures_per_minute: int = Field(20, ge=1, description="Failed authentications one source address may make "
+                                                                "per minute; then 429 with Retry-After")
+    max_concurrent_verifications: int = Field(2, ge=1, description="argon2 token checks running at once (each takes "
+                                                                   "~20 MB and a core for ~25 ms)")
     static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")
 
 

@@ -24,7 +24,9 @@ def connect(cfg: DatabaseConfig) -> Iterator[psycopg.Connection]:
 
 
 def make_pool(cfg: DatabaseConfig) -> ConnectionPool:
-    return ConnectionPool(cfg.resolve_dsn(), min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
+    # The DSN is a callable, read again for every new connection: a rotated password (dsn_file) is used from
+    # the next connection on, without a restart.
+    return ConnectionPool(cfg.resolve_dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
                           kwargs={"autocommit": True, "connect_timeout": int(cfg.connect_timeout_s),
                                   "options": SESSION_OPTIONS},
                           timeout=cfg.connect_timeout_s, name="fleet-api")

@@ -17,10 +17,11 @@ import contextlib
 import json
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
+import weakref
+from collections import deque
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -33,8 +34,8 @@ from paho.mqtt.properties import Properties
 from fleet_server import metrics
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import SESSION_OPTIONS
-from fleet_server.store import Batch, Stored, store_batch
-from fleet_server.validate import Invalid, Rejection, check_message, message_ref
+from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
+from fleet_server.validate import Invalid, Rejection, check_message, message_ref, parse_json
 from roadmon_contract import topics
 
 log = logging.getLogger(__name__)
@@ -69,43 +70,49 @@ def kind_of(topic: str) -> tuple[str, str | None, str | None]:
 
 
 def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") -> Batch:
-    """Sort messages into a Batch; anything invalid becomes a rejection with its reason."""
+    """Sort messages into a Batch; anything invalid becomes a rejection with its reason. Whatever goes wrong
+    with one message (a bug included) rejects that message alone, never the others of its chunk."""
     batch = Batch(source=source)
     now = datetime.now(UTC)
     for msg in messages:
         kind, device, name = kind_of(msg.topic)
         try:
-            if kind == "unknown" or device is None:
-                raise Invalid(f"unexpected topic {msg.topic!r}")
-            if kind == "result":
-                try:
-                    payload = json.loads(msg.payload)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    payload = {"raw": msg.payload.decode("utf-8", "replace")}
-                batch.results.append((device, name or "", payload))
-                continue
-            obj = check_message(kind, device, msg.payload, now, cfg.ingest)
-        except Invalid as exc:
+            _classify_one(batch, msg, kind, device, name, now, cfg)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, Invalid) else f"could not be checked: {type(exc).__name__}"
+            if not isinstance(exc, Invalid):
+                log.exception("classifying a message on %s failed; rejecting it alone", msg.topic)
             ref = message_ref(msg.payload) if kind in ("event", "coverage") else None
-            batch.rejected.append(Rejection(source, msg.topic, device, str(exc), msg.payload, ref))
+            batch.rejected.append(Rejection(source, msg.topic, device, reason, msg.payload, ref))
             metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
-            continue
-        if kind == "event":
-            batch.events.append((obj, msg.received_at))
-            with contextlib.suppress(UnicodeDecodeError):
-                batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")
-        elif kind == "coverage":
-            batch.coverage.append((obj, msg.received_at))
-        else:
-            batch.statuses.append((device, obj, msg.received_at))
     return batch
+
+
+def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, name: str | None, now: datetime,
+                  cfg: ServerConfig) -> None:
+    if kind == "unknown" or device is None:
+        raise Invalid(f"unexpected topic {msg.topic!r}")
+    if kind == "result":
+        payload = parse_json(msg.payload, cfg.ingest.max_result_bytes)
+        if not isinstance(payload, dict):
+            raise Invalid("command result: not a JSON object")
+        batch.results.append((device, name or "", payload))
+        return
+    obj = check_message(kind, device, msg.payload, now, cfg.ingest)
+    if kind == "event":
+        batch.events.append((obj, msg.received_at))
+        batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")  # the decoder has checked it is UTF-8
+    elif kind == "coverage":
+        batch.coverage.append((obj, msg.received_at))
+    else:
+        batch.statuses.append((device, obj, msg.received_at))
 
 
 def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
     """Per device: the committed ids, plus `rejected` [{id, reason}] for its messages that will never be
     accepted (they are kept in the dead-letter table), so an agent may stop re-sending them."""
     out = {device: dict(ids) for device, ids in stored.acks.items()}
-    for r in batch.rejected:
+    for r in batch.rejected + stored.conflicts:
         if r.ref is None or r.device_id is None:
             continue
         message = out.setdefault(r.device_id, {"event_ids": [], "coverage_ids": []})
@@ -114,7 +121,45 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
 
 
 PREPARE_CHUNK = 200  # messages classified at a time; small, so the store stage never waits long for them
+PURGE_EVERY_S = 600.0  # how often a worker deletes dead letters past their retention
 BATCH_MAX_BYTES = 64 * 1024 * 1024  # a batch also closes at this much payload (thumbnails make messages large)
+
+
+class _ByDevice:
+    """Received messages by device, handed out round-robin: a device that floods the worker waits behind its own
+    messages, not in front of every other device's (the broker delivers one worker's share in one queue)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Incoming]] = {}
+        self.size = 0
+
+    def fill(self, inbox: queue.Queue[Incoming], most: int) -> None:
+        """Move what INBOX holds (up to MOST in all here), waiting a little for the first message."""
+        try:
+            if not self.size:
+                self._put(inbox.get(timeout=0.2))
+            while self.size < most:
+                self._put(inbox.get_nowait())
+        except queue.Empty:
+            pass
+
+    def take(self, most: int) -> list[Incoming]:
+        out: list[Incoming] = []
+        while len(out) < most and self._queues:
+            for device in list(self._queues):
+                waiting = self._queues[device]
+                out.append(waiting.popleft())
+                if not waiting:
+                    del self._queues[device]
+                if len(out) >= most:
+                    break
+        self.size -= len(out)
+        return out
+
+    def _put(self, item: Incoming) -> None:
+        parts = item.topic.split("/", 3)
+        self._queues.setdefault(parts[2] if len(parts) > 2 else "", deque()).append(item)
+        self.size += 1
 
 
 class _Pending:
@@ -129,6 +174,10 @@ class _Pending:
 
     def _full(self, size: int) -> bool:
         return len(self._items) >= size or self._bytes >= BATCH_MAX_BYTES
+
+    def size(self) -> int:
+        with self._cond:
+            return len(self._items)
 
     def wait_for_room(self, size: int, stopping: threading.Event) -> int:
         """How many more messages fit in the pending batch, once at least one does."""
@@ -164,12 +213,24 @@ class _Pending:
             return taken
 
 
+_live: weakref.WeakSet[IngestWorker] = weakref.WeakSet()  # started, not stopped: read at each metrics scrape
+metrics.INGEST_WAITING.set_function(lambda: sum(w.waiting() for w in list(_live)))
+metrics.INGEST_STALLED.set_function(lambda: max((w.stalled_s() for w in list(_live)), default=0.0))
+
+
 class IngestWorker:
     """One ingest worker: an MQTT client plus a thread that stores batches."""
 
-    def __init__(self, cfg: ServerConfig, index: int = 0) -> None:
+    def __init__(self, cfg: ServerConfig, index: int = 0, role: str = "ingest") -> None:
+        """ROLE ('serve' or 'ingest') and INDEX keep client ids apart between the processes of one instance:
+        two clients with one id take the broker's session from each other."""
         self.cfg = cfg
-        self.client_id = f"{cfg.mqtt.client_id_prefix}-{socket.gethostname()}-{cfg.ingest.share_group}-{index}"
+        self.client_id = (f"{cfg.mqtt.client_id_prefix}-{role}-{cfg.mqtt.resolve_instance()}-"
+                          f"{cfg.ingest.share_group}-{index}")
+        self.reject_policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
+        self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
+        self._next_purge = 0.0
+        self._storing = 0  # messages of the batch being stored now
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
         self.connected = threading.Event()
@@ -178,6 +239,7 @@ class IngestWorker:
         # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
         # stage takes whatever was classified meanwhile as its next batch (group commit), at most batch_size.
         self._pending = _Pending()
+        self._received = _ByDevice()  # taken from the inbox, not yet classified (the prepare stage's own)
         self._prepare_thread = threading.Thread(target=self._prepare, name=f"ingest-prepare-{index}", daemon=True)
         self._thread = threading.Thread(target=self._run, name=f"ingest-{index}", daemon=True)
         self.client = self._make_client()
@@ -237,9 +299,11 @@ class IngestWorker:
         self.client.loop_start()
         self._prepare_thread.start()
         self._thread.start()
+        _live.add(self)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        _live.discard(self)
         self.stopping.set()
         self._prepare_thread.join(timeout_s)
         self._thread.join(timeout_s)
@@ -252,25 +316,13 @@ class IngestWorker:
         return self.connected.wait(timeout_s)
 
     # ------------------------------------------------------------------------------------ batch loop
-    def _take_available(self, most: int) -> list[Incoming]:
-        """What the inbox holds now, up to MOST (waiting a little for the first message)."""
-        try:
-            items = [self.inbox.get(timeout=0.2)]
-        except queue.Empty:
-            return []
-        while len(items) < most:
-            try:
-                items.append(self.inbox.get_nowait())
-            except queue.Empty:
-                break
-        return items
-
     def _prepare(self) -> None:
         """Stage 1: classify messages (JSON, schema, ranges) as they come, into the pending batch."""
         size = self.cfg.ingest.batch_size
         while not self.stopping.is_set():
             room = self._pending.wait_for_room(size, self.stopping)
-            items = self._take_available(min(room, PREPARE_CHUNK))
+            self._received.fill(self.inbox, self.cfg.ingest.queue_max)
+            items = self._received.take(min(room, PREPARE_CHUNK))
             if not items:
                 continue
             try:
@@ -281,19 +333,33 @@ class IngestWorker:
                 continue
             self._pending.add(items, batch)
 
+    def waiting(self) -> int:
+        """Messages received and not yet committed (in the inbox or the pending batch)."""
+        return self.inbox.qsize() + self._received.size + self._pending.size() + self._storing
+
+    def stalled_s(self) -> float:
+        """Seconds ingest has not committed while messages wait; 0 when nothing waits."""
+        return time.monotonic() - self.last_progress if self.waiting() else 0.0
+
     def _run(self) -> None:
         """Stage 2: store each batch in one transaction, then acknowledge it."""
         ing = self.cfg.ingest
         while not self.stopping.is_set():
+            self._purge_when_due()
             taken = self._pending.take(ing.batch_size, ing.batch_wait_s, self.stopping)
             if taken is None:
+                if not self.inbox.qsize() and not self._received.size:
+                    self.last_progress = time.monotonic()  # idle is not stalled
                 continue
             items, batch = taken
+            self._storing = len(items)
             try:
                 self._handle(items, batch)
             except Exception:  # a bug must not stop ingest; the batch stays un-PUBACKed and comes back
                 log.exception("%s: a batch of %d failed; continuing", self.client_id, len(items))
                 self.stopping.wait(1.0)
+            finally:
+                self._storing = 0
         # Whatever is still pending was never PUBACKed: the broker delivers it again after a restart.
 
     def _handle(self, items: list[Incoming], batch: Batch) -> None:
@@ -301,6 +367,7 @@ class IngestWorker:
         stored = self._store_with_retry(batch)
         if stored is None:
             return  # stopping while PostGIS is down: nothing acknowledged, the broker keeps it all
+        self.last_progress = time.monotonic()
         log.debug("%s: stored a batch of %d messages in %.3f s", self.client_id, len(items), time.monotonic() - t0)
         self._count(batch, stored)
         for device, message in ack_messages(stored, batch).items():
@@ -309,6 +376,22 @@ class IngestWorker:
         for item in items:
             if item.qos > 0:
                 self.client.ack(item.mid, item.qos)
+
+    def _purge_when_due(self) -> None:
+        """Dead letters past their retention go, every PURGE_EVERY_S (each worker; the DELETE is idempotent)."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY_S
+        try:
+            n = purge_rejected(self._connection(), self.cfg.ingest.rejected_retention_days)
+        except (psycopg.Error, OSError, ConfigError) as exc:  # PostGIS away: the next round tries again
+            log.warning("%s: purging old dead letters failed: %s", self.client_id, exc)
+            self._drop_connection()
+            return
+        if n:
+            log.info("%s: deleted %d dead letters older than %g days", self.client_id, n,
+                     self.cfg.ingest.rejected_retention_days)
 
     def _store_with_retry(self, batch: Batch) -> Stored | None:
         delay = 0.5
@@ -330,7 +413,7 @@ class IngestWorker:
 
     def _store(self, batch: Batch) -> Stored:
         try:
-            return store_batch(self._connection(), batch, self.cfg.aggregate)
+            return store_batch(self._connection(), batch, self.cfg.aggregate, self.reject_policy)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -355,17 +438,20 @@ class IngestWorker:
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except psycopg.Error as exc:
-                batch.rejected.append(Rejection(batch.source, None, device, f"database refused: {exc}"[:2000],
-                                                json.dumps(obj).encode()))
+                raw = json.dumps(obj).encode()
+                batch.rejected.append(Rejection(batch.source, None, device, f"database refused: {exc}"[:2000], raw,
+                                                message_ref(raw) if kind in ("event", "coverage") else None))
                 metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
                 continue
             total.new_events |= part.new_events
             total.new_coverage |= part.new_coverage
+            total.conflicts += part.conflicts
             for dev, ids in part.acks.items():
                 into = total.acks.setdefault(dev, {"event_ids": [], "coverage_ids": []})
                 into["event_ids"] += ids["event_ids"]
                 into["coverage_ids"] += ids["coverage_ids"]
-        store_batch(self._connection(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate)
+        store_batch(self._connection(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate,
+                    self.reject_policy)
         return total
 
     def _connection(self) -> psycopg.Connection:

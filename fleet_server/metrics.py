@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,11 +20,19 @@ SUBMISSIONS = Counter("road_detection_submissions", "POST /detections: status qu
                       ["status", "code"])
 API_LATENCY = Histogram("road_api_latency_seconds", "HTTP API latency", ["method", "route"],
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+API_AUTH_THROTTLED = Counter("road_api_auth_throttled", "Requests refused (429) because their source address failed "
+                             "authentication too often")
 INGEST_MESSAGES = Counter("road_ingest_messages", "Messages handled by ingest workers", ["kind", "outcome"])
 INGEST_BATCH_SECONDS = Histogram("road_ingest_batch_seconds", "Time to store and commit one batch",
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 INGEST_ACKS = Counter("road_ingest_acks", "Ack messages published after commit")
 INGEST_DB_ERRORS = Counter("road_ingest_db_errors", "Failed batch transactions (retried)")
+INGEST_REJECTED_DROPPED = Counter("road_ingest_rejected_dropped", "Rejected messages not kept as dead letters "
+                                  "(over the per-device hourly cap); their devices still get the reason")
+INGEST_WAITING = Gauge("road_ingest_waiting_messages", "Messages received by this process's ingest workers and not "
+                       "yet committed")
+INGEST_STALLED = Gauge("road_ingest_stalled_seconds", "Seconds this process's ingest workers have not committed while "
+                       "messages wait (0 while they keep up)")
 INGEST_BROKER_CONNECTS = Counter("road_ingest_broker_connects", "Ingest worker (re)connections to the broker")
 
 INFERENCE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

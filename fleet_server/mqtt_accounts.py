@@ -15,6 +15,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# Broker logins a device may never take: the server's own (it reads every device's topics and publishes
+# acks) and the project's prefix, kept for the server's logins.
+RESERVED_PREFIX = "roadmon"
+
+
+def reserved(device_id: str, server_user: str) -> bool:
+    """Whether DEVICE_ID would take (or could later clash with) a login the server needs."""
+    name = device_id.lower()
+    return name == server_user.lower() or name.startswith(RESERVED_PREFIX)
+
+
 def set_password(passwd_file: Path, user: str, password: str) -> None:
     """Create or update USER in the broker's password file."""
     if ":" in user or not user:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fleet_server import aggregate
+from fleet_server import aggregate, metrics
 from fleet_server.config import AggregateConfig
 from fleet_server.validate import Rejection
 
@@ -48,6 +48,7 @@ class Stored:
     new_events: set[str] = field(default_factory=set)
     new_coverage: set[str] = field(default_factory=set)
     acks: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # device -> {event_ids, coverage_ids}
+    conflicts: list[Rejection] = field(default_factory=list)  # event_ids already stored with other content
 
     @property
     def duplicates(self) -> int:
@@ -166,16 +167,53 @@ def _coverage_row(cov: dict, received_at: datetime) -> dict:
     }
 
 
-def store_rejected(conn: psycopg.Connection, rejected: list[Rejection]) -> None:
+@dataclass(frozen=True)
+class RejectPolicy:
+    """How much of what devices send wrong is kept: a dead letter is for diagnosis, not an archive."""
+
+    keep_bytes: int = 4096          # raw bytes kept per rejected message (the rest is cut off)
+    per_device_hour: int = 100      # rejected rows kept per device per hour; the rest only counted
+
+
+def store_rejected(conn: psycopg.Connection, rejected: list[Rejection], policy: RejectPolicy = RejectPolicy()) -> int:
+    """Insert REJECTED as dead letters, truncated and capped per device per hour; returns how many were left
+    out by the cap (counted in road_ingest_rejected_dropped)."""
     if not rejected:
-        return
+        return 0
+    devices = sorted({r.device_id for r in rejected if r.device_id is not None})
+    used = dict(conn.execute(
+        "SELECT device_id, count(*) FROM rejected WHERE (device_id = ANY(%s) OR device_id IS NULL) "
+        "AND received_at > now() - interval '1 hour' GROUP BY device_id", (devices,)).fetchall())
+    kept: list[Rejection] = []
+    for r in rejected:
+        n = used.get(r.device_id, 0)
+        if n < policy.per_device_hour:
+            used[r.device_id] = n + 1
+            kept.append(r)
+    dropped = len(rejected) - len(kept)
+    if dropped:
+        metrics.INGEST_REJECTED_DROPPED.inc(dropped)
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO rejected (source, topic, device_id, reason, raw) VALUES (%s, %s, %s, %s, %s)",
-                        [(r.source, r.topic, r.device_id, r.reason[:2000].replace("\x00", "\\0"), r.raw)
-                         for r in rejected])
+                        [(r.source, _text(r.topic), _text(r.device_id), _text(r.reason[:2000]),
+                          r.raw[:policy.keep_bytes]) for r in kept])
+    return dropped
 
 
-def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) -> Stored:
+def purge_rejected(conn: psycopg.Connection, retention_days: float) -> int:
+    """Delete dead letters older than RETENTION_DAYS; returns how many."""
+    cur = conn.execute("DELETE FROM rejected WHERE received_at < now() - make_interval(secs => %s)",
+                       (retention_days * 86400.0,))
+    return cur.rowcount
+
+
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text refuses NUL; a reason or topic may quote one from the message.
+    return None if value is None else value.replace("\x00", "\\0")
+
+
+def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
+                reject: RejectPolicy = RejectPolicy()) -> Stored:
     """Write BATCH and aggregate its new sightings, all in one committed transaction."""
     out = Stored()
     acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
@@ -200,8 +238,11 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]
+            out.conflicts = _conflicting(conn, batch, out.new_events)
+            clashing = {r.ref for r in out.conflicts}
             for e, _ in batch.events:
-                acks[e["device_id"]]["event_ids"].append(e["event_id"])
+                if e["event_id"] not in clashing:
+                    acks[e["device_id"]]["event_ids"].append(e["event_id"])
         if batch.coverage:
             rows = [_coverage_row(c, at) for c, at in batch.coverage]
             out.new_coverage = {r[0] for r in conn.execute(INSERT_COVERAGE, (json.dumps(rows),)).fetchall()}
@@ -213,10 +254,31 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) ->
             if batch.results:
                 cur.executemany("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
                                 [(d, n, Jsonb(p)) for d, n, p in batch.results])
-        store_rejected(conn, batch.rejected)
+        store_rejected(conn, batch.rejected + out.conflicts, reject)
         aggregate.aggregate_new(conn, sorted(out.new_events), matched, loose, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
     return out
+
+
+# The stored payload is the message without its media; a re-sent event must equal it to count as the same.
+CONFLICTING = """
+SELECT e.p->>'event_id'
+FROM jsonb_array_elements(%s::jsonb) AS e(p)
+JOIN sightings s ON s.event_id = (e.p->>'event_id')::uuid
+WHERE s.payload <> e.p - 'thumbnail_jpeg_b64' - 'frame_jpeg_b64'
+"""
+
+
+def _conflicting(conn: psycopg.Connection, batch: Batch, new_events: set[str]) -> list[Rejection]:
+    """Rejections for events of BATCH whose event_id is already stored with other content: the first one
+    stays, the other is a dead letter the device is told about (not acked as if it had been stored)."""
+    repeated = [(e, batch.raw.get(e["event_id"]) or json.dumps(e)) for e, _ in batch.events
+                if e["event_id"] not in new_events]
+    if not repeated:
+        return []
+    clashing = {r[0] for r in conn.execute(CONFLICTING, ("[" + ",".join(t for _, t in repeated) + "]",))}
+    return [Rejection(batch.source, None, e["device_id"], "event_id already used by an event with other content",
+                      text.encode(), e["event_id"]) for e, text in repeated if e["event_id"] in clashing]
 
 
 def _timestamp_array(times: list[datetime]) -> str:

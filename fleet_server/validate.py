@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -19,13 +20,10 @@ from typing import Any
 import jsonschema_rs
 
 from fleet_server.config import IngestConfig
+from fleet_server.decode import Invalid, Limits, decode_json
 from roadmon_contract import validate as contract
 
 KINDS = ("event", "coverage", "status")
-
-
-class Invalid(ValueError):
-    """The message cannot be stored; the text says why."""
 
 
 @dataclass(frozen=True)
@@ -38,29 +36,20 @@ class Rejection:
     ref: str | None = None  # the event_id / coverage_id, when the message had a readable one
 
 
+# The id of an event or coverage record, found without parsing: a rejected message may be too deep or too big
+# to parse twice, and its id is only used to tell its own device which message was refused.
+_REF = re.compile(rb'"(?:event_id|coverage_id)"\s*:\s*"([0-9A-Za-z-]{1,64})"')
+
+
 def message_ref(raw: bytes) -> str | None:
     """The event_id or coverage_id of a raw message, if it has a readable one (for telling the device)."""
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    ref = obj.get("event_id", obj.get("coverage_id"))
-    return ref if isinstance(ref, str) and 0 < len(ref) <= 64 else None
-
-
-def _no_constants(name: str) -> Any:
-    raise Invalid(f"not finite: {name}")
+    found = _REF.search(raw)
+    return found.group(1).decode() if found else None
 
 
 def parse_json(raw: bytes, max_bytes: int) -> Any:
-    if len(raw) > max_bytes:
-        raise Invalid(f"too large: {len(raw)} bytes > {max_bytes}")
-    try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Invalid(f"not JSON: {exc}") from None
+    """RAW through the bounded decoder (size, nesting, number length, NUL, UTF-8); Invalid otherwise."""
+    return decode_json(raw, Limits(max_bytes=max_bytes))
 
 
 def parse_utc(text: str) -> datetime:

@@ -158,3 +158,22 @@ def write_card(path: Path, m: dict, state: dict) -> Path:
     ]
     path.write_text("\n".join(lines))
     return path
+
+
+def main() -> int:
+    """Rewrite MODEL_CARD.md from the manifests beside it (after models/sweep_eval.py updated sweep.json)."""
+    import json
+
+    bundle = Path(__file__).resolve().parent / "bundled"
+    sweep = bundle / "sweep.json"
+    for name in ("model.manifest.json", "model-fp32.manifest.json"):
+        manifest = json.loads((bundle / name).read_text())
+        if sweep.exists():
+            manifest["sweep"] = json.loads(sweep.read_text())
+        (bundle / name).write_text(json.dumps(manifest, indent=1, default=float) + "\n")
+    write_card(bundle / "MODEL_CARD.md", json.loads((bundle / "model.manifest.json").read_text()), {})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

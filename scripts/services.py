@@ -87,8 +87,9 @@ class Postgres:
 
     @staticmethod
     def _pick_base(wanted: Path) -> Path:
-        # The postgres user must reach its data folder; a checkout under /root is not traversable,
-        # so fall back to a folder named after the checkout under /var/tmp.
+        # The postgres user must reach its data folder; a state folder under /root or a mode-700 temp folder
+        # is not traversable, so fall back to a folder under /var/tmp named after the STATE folder (not the
+        # checkout): every ROADMON_STATE keeps its own cluster, whatever its permissions.
         if not _as_root():
             return wanted
         probe = wanted.parent
@@ -96,7 +97,7 @@ class Postgres:
         ok = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(probe)]).returncode == 0
         if ok:
             return wanted
-        tag = hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(str(probe.resolve()).encode()).hexdigest()[:10]
         return Path(f"/var/tmp/roadmon-pg-{tag}")
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -108,9 +109,7 @@ class Postgres:
     @property
     def password(self) -> str:
         if not self.password_file.exists():
-            self.password_file.parent.mkdir(parents=True, exist_ok=True)
-            self.password_file.write_text(secrets.token_urlsafe(18))
-            self.password_file.chmod(0o600)
+            write_secret(self.password_file, secrets.token_urlsafe(18))
         return self.password_file.read_text().strip()
 
     @property
@@ -235,8 +234,7 @@ class Mosquitto:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "data").mkdir(exist_ok=True)
         if not self.server_secret.exists():
-            self.server_secret.write_text(secrets.token_urlsafe(18))
-            self.server_secret.chmod(0o600)
+            write_secret(self.server_secret, secrets.token_urlsafe(18))
             set_password(self.passwd_file, SERVER_USER, self.server_password)
         self.acl_file.write_text(ACL.format(server=SERVER_USER))
         lines = [
@@ -254,6 +252,8 @@ class Mosquitto:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
+            # Above the server's ingest.max_message_bytes (2.5 MB): a larger packet is refused by the broker.
+            "max_packet_size 3000000",
         ]
         if _as_root():
             lines.insert(0, "user root")
@@ -322,8 +322,22 @@ def up() -> ServiceInfo:
         server_password=mq.server_password, passwd_file=str(mq.passwd_file), acl_file=str(mq.acl_file),
         broker_pid_file=str(mq.pid_file),
     )
-    (STATE / "services.json").write_text(json.dumps(asdict(info), indent=2))
+    write_secret(STATE / "services.json", json.dumps(asdict(info), indent=2))
     return info
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write TEXT to PATH readable by its owner only (it holds passwords), whatever the umask."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def running() -> bool:
+    """Whether both services already run from this state folder."""
+    return Postgres().running() and Mosquitto().running()
 
 
 def down() -> None:

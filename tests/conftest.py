@@ -26,9 +26,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def service_info() -> services.ServiceInfo:
-    """PostGIS + Mosquitto on loopback, started once per test session (kept running afterwards)."""
-    return services.up()
+def service_info() -> Iterator[services.ServiceInfo]:
+    """PostGIS + Mosquitto on loopback, started once per test session and stopped afterwards, unless they
+    were already running (a `make services-up` or a demo keeps its services)."""
+    already = services.running()
+    yield services.up()
+    if not already:
+        services.down()
 
 
 @pytest.fixture(scope="session")

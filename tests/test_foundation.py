@@ -10,6 +10,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+import services
 from typer.testing import CliRunner
 
 from edge_agent import config as agent_config
@@ -93,8 +94,31 @@ def test_services_up_is_idempotent_and_names_taken_port(service_info, tmp_path) 
     again = subprocess.run([*script, "up", "--json"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["mqtt_port"] == service_info.mqtt_port
-    # Another instance pointed at the port our PostGIS holds must refuse, naming the port.
-    env = {"ROADMON_STATE": str(tmp_path), "ROADMON_PG_PORT": "55432", "PATH": "/usr/sbin:/usr/bin:/bin"}
+    # Another instance (its own state folder, mode 700 like a fresh `mktemp -d`) pointed at the port our PostGIS
+    # holds must refuse, naming the port, and not mistake our cluster for its own.
+    state = tmp_path / "other-state"
+    state.mkdir(mode=0o700)
+    port = str(services.PG_PORT)
+    env = {"ROADMON_STATE": str(state), "ROADMON_PG_PORT": port, "ROADMON_MQTT_PORT": str(services.MQTT_PORT),
+           "PATH": "/usr/sbin:/usr/bin:/bin"}
     clash = subprocess.run([*script, "up"], capture_output=True, text=True, env=env)
-    assert clash.returncode == 1
-    assert "55432" in clash.stderr and "taken" in clash.stderr
+    assert clash.returncode == 1, clash.stdout
+    assert port in clash.stderr and "taken" in clash.stderr
+
+
+def test_postgres_data_is_keyed_by_the_state_folder(tmp_path) -> None:
+    """Two state folders the postgres user cannot traverse still get two clusters (not one per checkout)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir(mode=0o700)
+    assert services.Postgres(state=a).data != services.Postgres(state=b).data
+
+
+def test_local_broker_refuses_oversized_packets(broker) -> None:
+    conf = broker.conf.read_text().splitlines()
+    assert "max_packet_size 3000000" in conf  # above ingest.max_message_bytes (2.5 MB), far below unbounded
+
+
+def test_services_json_is_readable_by_its_owner_only(service_info) -> None:
+    assert (services.STATE / "services.json").stat().st_mode & 0o777 == 0o600
+    assert (services.STATE / "pg-password").stat().st_mode & 0o777 == 0o600

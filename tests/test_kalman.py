@@ -236,13 +236,15 @@ def test_accuracy_on_a_synthetic_drive(rate_hz):
 
 
 def test_axis_filter_equals_filterpy_kalman_filter():
-    """The per-axis float filter is the 4-state [e, n, ve, vn] filterpy KalmanFilter, step for step."""
+    """The per-axis float filter is the 4-state [e, n, ve, vn] filterpy KalmanFilter, step for step, and the
+    smoothed positions at the fixes are filterpy's Rauch-Tung-Striebel smoother over the same steps."""
     import numpy as np
     from filterpy.common import Q_continuous_white_noise
     from filterpy.kalman import KalmanFilter
 
-    cfg = GnssConfig(gate_chi2=1e9, reset_jump_m=1e9)
+    cfg = GnssConfig(gate_chi2=1e9, reset_jump_m=1e9, adapt_fix_noise=False)
     pf = PositionFilter(cfg)
+    xs, ps, fs, qs, times = [], [], [np.eye(4)], [np.zeros((4, 4))], []
     rng = np.random.default_rng(7)
     kf = KalmanFilter(dim_x=4, dim_z=4)
     q = cfg.process_accel_mps2**2
@@ -272,11 +274,24 @@ def test_axis_filter_equals_filterpy_kalman_filter():
             kf.Q[np.ix_([1, 3], [1, 3])] = block
             kf.predict()
             kf.update(np.array([z_e, z_n, v_e, v_n]), R=np.diag([r, r, rv, rv]), H=np.eye(4))
+            fs.append(kf.F.copy())
+            qs.append(kf.Q.copy())
+        xs.append(kf.x.copy())
+        ps.append(kf.P.copy())
+        times.append(t)
         e, n = frame.to_enu(pose.lat, pose.lon)
         assert e == pytest.approx(kf.x[0], abs=1e-6)
         assert n == pytest.approx(kf.x[1], abs=1e-6)
         assert pose.speed_mps == pytest.approx(math.hypot(kf.x[2], kf.x[3]), abs=1e-9)
         assert pose.h_std_m == pytest.approx(math.sqrt(kf.P[0, 0] + kf.P[1, 1]), rel=1e-9)
+    smoothed, covariances, _, _ = kf.rts_smoother(np.array(xs), np.array(ps), np.array(fs), np.array(qs))
+    for t, x, cov in zip(times, smoothed, covariances, strict=True):
+        pose = pf.position_at(t)
+        e, n = frame.to_enu(pose.lat, pose.lon)
+        assert e == pytest.approx(x[0], abs=1e-4)
+        assert n == pytest.approx(x[1], abs=1e-4)
+        assert pose.speed_mps == pytest.approx(math.hypot(x[2], x[3]), abs=1e-6)
+        assert pose.h_std_m == pytest.approx(math.sqrt(cov[0, 0] + cov[1, 1]), rel=1e-6)
 
 
 def test_non_finite_fix_values_do_not_poison_the_filter():
@@ -302,10 +317,72 @@ def test_fuzz_filter_never_raises_and_stays_in_range(steps):
         fix = Fix(utc=UTC0 + dt.timedelta(seconds=t - T0), t_mono=t, mode=mode, lat=lat if mode else None,
                   lon=lon if mode else None, alt_m=None, speed_mps=speed, track_deg=track, eph_m=eph, hdop=None,
                   sats=None, estimated=estimated)
-        for pose in (pf.update(fix), pf.position_at(t + 0.5), pf.position_at(t - 0.3)):
+        for pose in (pf.update(fix), pf.position_at(t + 0.5), pf.position_at(t - 0.3), pf.position_at(t - 40.0)):
             if pose is None:
                 continue
             assert -90 <= pose.lat <= 90 and -180 <= pose.lon <= 180
             assert math.isfinite(pose.speed_mps) and math.isfinite(pose.h_std_m) and pose.h_std_m >= 0
             assert pose.heading_deg is None or 0 <= pose.heading_deg < 360
             assert pose.state in ("ok", "predicting", "stale", "reset")
+
+
+def test_smoothed_past_position_uses_the_fixes_after_it():
+    """position_at for a past fix is the RTS-smoothed state: closer to the truth than the filter was then, and
+    with a smaller h_std; without `smooth` it is the filter's own state."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    smoothed, plain = PositionFilter(), PositionFilter(GnssConfig(smooth=False))
+    filtered_err, smoothed_err, plain_err, h_filtered, h_smoothed = [], [], [], [], []
+    for k in range(60):
+        t = T0 + k
+        fix = fix_at(t, 10.0 * k + rng.normal(0, 3), rng.normal(0, 3), 10.0 + rng.normal(0, 0.2), 0.0)
+        pose = smoothed.update(fix)
+        plain.update(fix)
+        if 10 <= k <= 50:
+            filtered_err.append(error_m(pose, 10.0 * k, 0.0))
+            h_filtered.append(pose.h_std_m)
+    for k in range(10, 51):
+        smoothed_err.append(error_m(smoothed.position_at(T0 + k), 10.0 * k, 0.0))
+        h_smoothed.append(smoothed.position_at(T0 + k).h_std_m)
+        plain_err.append(error_m(plain.position_at(T0 + k), 10.0 * k, 0.0))
+    rms = lambda xs: math.sqrt(sum(x * x for x in xs) / len(xs))  # noqa: E731
+    assert rms(smoothed_err) < 0.8 * rms(filtered_err)
+    assert rms(plain_err) == pytest.approx(rms(filtered_err))
+    assert max(h_smoothed) < min(h_filtered)
+    # The newest state is the filtered one: nothing after it yet.
+    assert smoothed.position_at(T0 + 59) == plain.position_at(T0 + 59)
+
+
+def test_fix_noise_scale_learns_how_noisy_the_fixes_really_are():
+    """A receiver claiming eph 6 m whose fixes scatter 1 m per axis: the filter's variance shrinks to match;
+    one claiming 2 m that scatters 4 m per axis: it grows."""
+    import numpy as np
+
+    for claimed, true_sigma in ((6.0, 1.0), (2.0, 4.0)):
+        rng = np.random.default_rng(5)
+        pf = PositionFilter(GnssConfig(gate_chi2=1e9, reset_jump_m=1e9))
+        for k in range(200):
+            pf.update(fix_at(T0 + k, 10.0 * k + rng.normal(0, true_sigma), rng.normal(0, true_sigma), 10.0, 0.0,
+                             eph=claimed))
+        expected = true_sigma**2 / (claimed**2 / 2)
+        assert pf.fix_noise_scale == pytest.approx(expected, rel=0.35)
+    assert PositionFilter(GnssConfig(adapt_fix_noise=False)).fix_noise_scale == 1.0
+
+
+def test_a_turn_at_half_a_hertz_is_not_an_outlier():
+    """A 90 degree turn at 20 m/s between fixes 2 s apart, fixes good to 1 m: a constant velocity misses the fix
+    by ~15 m, but the fix's own velocity says where the vehicle went, so the gate keeps it."""
+    pf = PositionFilter(GnssConfig(process_accel_mps2=1.5))
+    speed, step = 20.0, 2.0
+    for k in range(10):
+        pf.update(fix_at(T0 + step * k, speed * step * k, 0.0, speed, 0.0, eph=1.0))
+    corner_t, corner_e = T0 + step * 9, speed * step * 9
+    radius = speed * step / (math.pi / 2)  # a quarter circle between two fixes
+    pose = pf.update(fix_at(corner_t + step, corner_e + radius, -radius, 0.0, -speed, eph=1.0))
+    for k in range(2, 6):
+        pose = pf.update(fix_at(corner_t + step * k, corner_e + radius, -radius - speed * step * (k - 1), 0.0, -speed,
+                                eph=1.0))
+    assert pf.stats.outliers == 0
+    assert not pf.stats.resets
+    assert pose.state == "ok" and error_m(pose, corner_e + radius, -radius - speed * step * 4) < 2.0

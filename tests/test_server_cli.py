@@ -45,6 +45,13 @@ def test_cli_provisions_a_device_that_can_publish(fresh_db, service_info, broker
     assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
     bad = runner.invoke(app, ["-c", conf, "device", "add", "has space"])
     assert bad.exit_code == 1
+    # The server's own broker login (and the names kept for it) can never become a device's.
+    server_line = next(line for line in broker.passwd_file.read_text().splitlines()
+                       if line.startswith("roadmon-server:"))
+    for reserved in ("roadmon-server", "ROADMON-server", "roadmon-ingest-2"):
+        refused = runner.invoke(app, ["-c", conf, "device", "add", reserved])
+        assert refused.exit_code == 1 and "reserved" in refused.output, refused.output
+    assert server_line in broker.passwd_file.read_text().splitlines()
     device = f"cli-{port}"
     added = runner.invoke(app, ["-c", conf, "device", "add", device, "--json"])
     assert added.exit_code == 0, added.output

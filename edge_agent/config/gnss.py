@@ -42,16 +42,29 @@ class GnssConfig(Section):
         4.0, gt=0, description="User equivalent range error: horizontal error = HDOP x this when no GST is sent")
     # --- Kalman filter
     process_accel_mps2: float = Field(
-        3.0, gt=0, description="Process noise: standard deviation of the vehicle's unmodelled acceleration")
+        1.5, gt=0, description="Process noise: standard deviation of the vehicle's unmodelled acceleration (with the "
+                               "receiver's velocity measured, turns and braking show up there, so this stays small)")
+    coast_accel_mps2: float = Field(
+        3.0, gt=0, description="Process noise for the uncertainty of a position predicted past the last fix (a "
+                               "tunnel): over seconds without fixes the vehicle's manoeuvres are not measured")
     use_receiver_velocity: bool = Field(
         True, description="Feed the receiver's speed and track (Doppler) to the filter as a velocity measurement")
     velocity_sigma_mps: float = Field(
-        1.0, gt=0, description="Standard deviation of the receiver's speed over ground, per axis")
+        0.5, gt=0, description="Standard deviation of the receiver's speed over ground, per axis")
+    adapt_fix_noise: bool = Field(
+        True, description="Scale the receiver's own position error figures (GST, HDOP x uere_m) by how far its fixes "
+                          "really scatter around the path its velocity traces (needs use_receiver_velocity)")
+    fix_noise_window: int = Field(
+        60, ge=2, description="Fixes the position noise scale averages over (adapt_fix_noise)")
+    smooth: bool = Field(
+        True, description="position_at(t) for a time in the past also uses the fixes after it (a Rauch-Tung-Striebel "
+                          "smoother over the filter's history, so at most history_s back)")
     gate_chi2: float = Field(
         18.4, gt=0,
         description="Mahalanobis gate (chi-square, 2 degrees of freedom; 18.4 = 99.99 %): fixes beyond are outliers")
     max_rejections: int = Field(
-        3, ge=1, description="This many outliers in a row mean the filter is wrong, not the receiver: reset")
+        2, ge=1, description="This many outliers in a row mean the filter is wrong, not the receiver: reset (a "
+                             "receiver whose solution jumps and stays is followed after this many fixes)")
     reset_jump_m: float = Field(100.0, gt=0, description="A fix this far from the prediction resets the filter")
     reset_gap_s: float = Field(10.0, gt=0, description="A gap without fixes longer than this resets the filter")
     stale_after_s: float = Field(

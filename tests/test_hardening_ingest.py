@@ -1,0 +1,266 @@
+"""One device must never stop the fleet: the bounded decoder, per-message rejection, capped dead letters,
+command results, the database's reasons in acks, conflicting event ids, client ids and /health on a stall."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from server_fixtures import DeviceClient, count, make_cfg, make_event, wait_for, workers
+
+from fleet_server import ingest
+from fleet_server.api import create_app
+from fleet_server.config import parse
+from fleet_server.decode import Invalid, Limits, decode_json
+from fleet_server.ingest import Incoming, IngestWorker, classify
+from roadmon_contract import topics
+
+__all__ = ["make_cfg", "workers"]
+
+DEEP = b"[" * 1100 + b"]" * 1100          # RecursionError in json.loads
+LONG_INT = b'{"seq": ' + b"7" * 5000 + b"}"  # ValueError: exceeds the integer string limit
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (DEEP, "nested too deep"),
+    (b'{"a": ' * 40 + b"1" + b"}" * 40, "nested too deep"),
+    (LONG_INT, "number too long"),
+    (b'{"x": 1.' + b"5" * 100 + b"}", "number too long"),
+    (b'{"class": "pot\\u0000hole"}', "NUL"),
+    (b'{"class": "pot\x00hole"}', "NUL"),
+    (b'{"class": "\xff\xfe"}', "not UTF-8"),
+    (b'{"confidence": NaN}', "not finite"),
+    (b"x" * 30_000, "too large"),
+    (b"{nope", "not JSON"),
+])
+def test_decoder_refuses_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(Invalid) as info:
+        decode_json(raw, Limits(max_bytes=20_000))
+    assert reason in str(info.value)
+
+
+def test_decoder_keeps_brackets_inside_strings_out_of_the_depth() -> None:
+    text = json.dumps({"note": "[" * 500 + "{" * 500, "bbox": [1, 2, 3, 4]}).encode()
+    assert decode_json(text)["bbox"] == [1, 2, 3, 4]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_decoder_fuzz_any_bytes_give_a_value_or_invalid(raw: bytes) -> None:
+    with contextlib.suppress(Invalid):
+        decode_json(raw)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON_VALUES)
+def test_decoder_fuzz_valid_json_round_trips_or_is_refused_for_a_limit(value) -> None:
+    raw = json.dumps(value).encode()
+    try:
+        assert decode_json(raw) == value
+    except Invalid as exc:  # only the documented limits may refuse valid JSON
+        assert any(word in str(exc) for word in ("NUL", "number too long", "nested too deep")), exc
+
+
+def _msg(topic: str, payload: bytes, mid: int = 1) -> Incoming:
+    return Incoming(topic, payload, mid, 1, datetime.now(UTC))
+
+
+def test_anything_that_goes_wrong_with_one_message_rejects_it_alone(monkeypatch) -> None:
+    cfg = parse({})
+    good = make_event("veh-1", 48.1, 11.5)
+    boom = make_event("veh-1", 48.2, 11.5)
+    real = ingest.check_message
+
+    def exploding(kind, device, raw, now, ingest_cfg):
+        if boom["event_id"].encode() in raw:
+            raise KeyError("a bug")  # not Invalid: what a bug in a check would raise
+        return real(kind, device, raw, now, ingest_cfg)
+
+    monkeypatch.setattr(ingest, "check_message", exploding)
+    batch = classify([_msg(topics.event("veh-1"), DEEP), _msg(topics.event("veh-1"), LONG_INT),
+                      _msg(topics.event("veh-1"), json.dumps(boom).encode()),
+                      _msg(topics.event("veh-1"), json.dumps(good).encode()),
+                      _msg("roadmon/v1/veh-1/cmd/x/result", b"[1]"),
+                      _msg("roadmon/v1/veh-1/cmd/x/result", b'{"ok": true}')], cfg)
+    assert [e["event_id"] for e, _ in batch.events] == [good["event_id"]]
+    assert batch.results == [("veh-1", "x", {"ok": True})]
+    reasons = [r.reason for r in batch.rejected]
+    assert len(reasons) == 4
+    assert "nested too deep" in reasons[0] and "number too long" in reasons[1]
+    assert reasons[2] == "could not be checked: KeyError" and batch.rejected[2].ref == boom["event_id"]
+    assert "not a JSON object" in reasons[3]
+
+
+def test_client_ids_are_stable_and_unique_per_role_and_instance(monkeypatch) -> None:
+    cfg = parse({"mqtt": {"instance": "api-0"}})
+    serve = IngestWorker(cfg, index=0, role="serve").client_id
+    ingest_id = IngestWorker(cfg, index=0, role="ingest").client_id
+    assert serve != ingest_id and "api-0" in serve
+    assert IngestWorker(cfg, index=0, role="serve").client_id == serve  # stable across restarts
+    monkeypatch.setenv("ROADMON_INSTANCE", "ingest-7f9c")
+    assert "ingest-7f9c" in IngestWorker(parse({}), index=1).client_id
+
+
+def _flood(host: str, port: int, device: str, password: str, lines: list[bytes]) -> None:
+    # mosquitto_pub -l publishes each stdin line as one message: far faster than a Python client.
+    subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), "-u", device, "-P", password, "-q", "1",
+                    "-t", topics.event(device), "-l"], input=b"\n".join(lines) + b"\n", check=True, timeout=300)
+
+
+@pytest.mark.services
+def test_poison_flood_from_one_device_never_stops_the_others(make_cfg, workers, mqtt_device, service_info,
+                                                             fresh_db) -> None:
+    """20,000 poison messages from one device; another device's events are still acked within 2 s each."""
+    attacker, attacker_pw = mqtt_device()
+    victim, victim_pw = mqtt_device()
+    cfg = make_cfg(devices=[attacker, victim])
+    workers(cfg)
+    poison = [DEEP, LONG_INT, b'{"class": "\xff"}', b'{"a": "x\\u0000"}'] * 5000
+    flood = threading.Thread(target=_flood, args=(service_info.mqtt_host, service_info.mqtt_port, attacker,
+                                                  attacker_pw, poison))
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, victim, victim_pw)
+    try:
+        started = time.monotonic()
+        flood.start()
+        waits = []
+        while flood.is_alive() or len(waits) < 10:
+            event = make_event(victim, 48.1, 11.5 + len(waits) * 1e-3)
+            t0 = time.monotonic()
+            dev.publish("event", event)
+            assert wait_for(lambda e=event: e["event_id"] in dev.acked_events(), timeout_s=30.0, step_s=0.02), \
+                f"event {len(waits)} of the other device never acked during the flood"
+            waits.append(time.monotonic() - t0)
+            time.sleep(0.1)
+        flood.join()
+        print(f"{len(poison)} poison messages in {time.monotonic() - started:.1f} s; a victim's event acked after "
+              f"{max(waits):.2f} s at worst (median {sorted(waits)[len(waits) // 2]:.2f} s, {len(waits)} events): "
+              f"{[round(w, 2) for w in waits]}")
+        # 2 s on a machine with a core to spare; this one is often shared several times over, and every step
+        # (broker, worker, device) waits for a CPU, so the bound scales with the load (never below 2 s).
+        oversubscribed = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        assert max(waits) < 2.0 * oversubscribed, f"acks took {max(waits):.2f} s (load x{oversubscribed:.1f})"
+        # The attacker's dead letters are capped; every poison message was still answered (PUBACKed): a good
+        # event from the attacker itself, queued behind the whole flood, is acked.
+        last = make_event(attacker, 48.3, 11.5)
+        DeviceClient(service_info.mqtt_host, service_info.mqtt_port, attacker, attacker_pw).publish("event", last)
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM sightings WHERE event_id = %s",
+                                      (last["event_id"],)) == 1, timeout_s=60)
+        assert count(fresh_db, "SELECT count(*) FROM rejected WHERE device_id = %s", (attacker,)) == 100
+        assert count(fresh_db, "SELECT max(length(raw)) FROM rejected") <= 4096
+        assert count(fresh_db, "SELECT count(*) FROM sightings WHERE device_id = %s", (victim,)) == len(waits)
+    finally:
+        dev.close()
+
+
+@pytest.mark.services
+def test_results_reasons_conflicts_and_retention(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device], ingest={"max_result_bytes": 4096, "rejected_retention_days": 1})
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # an old dead letter, past the retention
+        conn.execute("INSERT INTO rejected (received_at, source, reason, raw) "
+                     "VALUES (now() - interval '2 days', 'mqtt', 'old', '\\x00')")
+    workers(cfg)
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM rejected WHERE reason = 'old'") == 0)
+        result = f"{topics.PREFIX}/{device}/cmd/config-reload/result"
+        dev.publish("result", json.dumps({"ok": True, "blob": "x" * 10_000}).encode(), topic=result)
+        dev.publish("result", b'"just a string"', topic=result)
+        dev.publish("result", b'{"ok": true}', topic=result)
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM command_results") == 1)
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM rejected WHERE topic = %s", (result,)) == 2)
+        # PostgreSQL refuses seq 2^70: the device hears why, so its agent stops re-sending it.
+        refused = make_event(device, 48.1, 11.5, seq=2**70)
+        dev.publish("event", refused)
+        told = lambda: {r["id"]: r["reason"] for a in list(dev.acks) for r in a.get("rejected", [])}  # noqa: E731
+        assert wait_for(lambda: refused["event_id"] in told())
+        assert "database refused" in told()[refused["event_id"]]
+        # The same event_id with other content is not acked as stored: the device is told, the first stays.
+        first = make_event(device, 48.1, 11.5)
+        dev.publish("event", first)
+        assert wait_for(lambda: first["event_id"] in dev.acked_events())
+        dev.acks.clear()
+        dev.publish("event", {**first, "class": "crack"})
+        assert wait_for(lambda: first["event_id"] in told())
+        assert "other content" in told()[first["event_id"]] and first["event_id"] not in dev.acked_events()
+        dev.publish("event", first)  # the same content again is a plain duplicate: acked
+        assert wait_for(lambda: first["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings WHERE class = 'pothole'") == 1
+    finally:
+        dev.close()
+
+
+@pytest.mark.services
+def test_health_turns_degraded_when_ingest_stalls(make_cfg, workers, mqtt_device, service_info, fresh_db,
+                                                  tmp_path) -> None:
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device], ingest={"stall_after_s": 1.0, "db_retry_max_s": 1.0})
+    running = workers(cfg)
+    app = create_app(cfg, workers=running)
+    client = TestClient(app)
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    dsn_file = cfg.database.dsn_file
+    try:
+        assert client.get("/health").json() == {"status": "ok", "database": "ok", "broker": "ok", "ingest": "ok"}
+        # The ingest workers lose the database (the API's pool keeps its open connection).
+        good = dsn_file.read_text()
+        dsn_file.write_text("postgresql://roadmon:x@127.0.0.1:9/nowhere?connect_timeout=1")
+        running[0]._drop_connection()
+        dev.publish("event", make_event(device, 48.1, 11.5))
+        assert wait_for(lambda: client.get("/health").status_code == 503, timeout_s=10)
+        body = client.get("/health").json()
+        assert body["ingest"].startswith("stalled: 1 messages waiting"), body
+        assert "127.0.0.1:9" not in json.dumps(body)
+        assert "road_ingest_stalled_seconds" in client.get("/metrics").text
+        dsn_file.write_text(good)
+        assert wait_for(lambda: client.get("/health").status_code == 200, timeout_s=15)
+    finally:
+        dev.close()
+        app.state.pool.close()
+
+
+@pytest.mark.services
+def test_a_gone_workers_share_returns_after_the_session_expiry(make_cfg, workers, mqtt_device, service_info,
+                                                               fresh_db) -> None:
+    """After scaling 2 -> 1 the broker still routes part of the messages to the gone worker's session until
+    that session expires (mqtt.session_expiry_s); then every message reaches the remaining worker."""
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device], mqtt={"session_expiry_s": 3})
+    _staying, leaving = workers(cfg, 2)
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:
+        leaving.stop()
+        gone_at = time.monotonic()
+        sent: list[tuple[float, str]] = []
+        while time.monotonic() - gone_at < 7.0:
+            event = make_event(device, 48.1, 11.5 + len(sent) * 1e-4)
+            dev.publish("event", event)
+            sent.append((time.monotonic() - gone_at, event["event_id"]))
+            time.sleep(0.1)
+        time.sleep(1.0)
+        acked = dev.acked_events()
+        stranded = [t for t, eid in sent if eid not in acked]
+        assert stranded, "the gone worker's session took no share (the broker routes to it until it expires)"
+        returned_after = max(stranded)
+        print(f"share of the gone worker returned after {returned_after:.1f} s (session_expiry_s 3); "
+              f"{len(stranded)} of {len(sent)} messages went to its session")
+        assert returned_after <= 3.0 + 1.5
+        assert all(eid in acked for t, eid in sent if t > 3.0 + 1.5)
+    finally:
+        dev.close()
