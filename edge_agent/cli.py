@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import typer
 
@@ -27,4 +28,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DE
 
 
 def main() -> None:
+    if not sys.stderr.isatty():
+        # A log, a pipe, a script: usage errors as click's plain "Error: ..." line, not a panel wrapped at 80 columns.
+        app.rich_markup_mode = None
     app()

@@ -4,7 +4,9 @@
 - yolov8:  [1, 4 + nc, N]  cx, cy, w, h, class scores (YOLOv8/11 and this project's own model)
 - end2end: [1, K, 6]       x1, y1, x2, y2, score, class (NMS-free YOLOv10 / YOLO26 exports)
 
-Boxes come out in model-input pixels; the caller maps them back through the letterbox.
+Boxes come out in model-input pixels; the caller maps them back through the letterbox. Models converted from
+TensorFlow/TFLite give their boxes as fractions of the input instead: `box_extent` tells them apart at load and
+`fractions_to_pixels` scales their output.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def detect_layout(shape: tuple[int, ...], num_classes: int | None, input_wh: tup
     if len(shape) != 3 or shape[0] != 1:
         raise LayoutError(f"output shape {list(shape)} is not [1, A, B]")
     _, a, b = shape
+    if 4 in (a, b):
+        raise LayoutError(f"output shape {list(shape)} holds boxes only, the class scores are in another output "
+                          "(a TensorFlow Object Detection API / TFLite SSD export?); export one YOLO-style output "
+                          "with boxes and class scores together")
     if end2end_hint and b == 6:
         return Layout.END2END
     # [1, K, 6] is also a one-class YOLOv5 head; those have 3 anchors per location of a P5 or P6 head.
@@ -62,8 +68,8 @@ def detect_layout(shape: tuple[int, ...], num_classes: int | None, input_wh: tup
     if nc < 1:
         raise LayoutError(f"output shape {list(shape)} leaves {nc} class columns")
     if num_classes is not None and nc != num_classes:
-        raise LayoutError(f"output shape {list(shape)} read as {layout} has {nc} classes, but the model "
-                          f"names {num_classes}")
+        raise LayoutError(f"output shape {list(shape)} read as {layout} has {nc} classes, but there are "
+                          f"{num_classes} class names")
     return layout
 
 
@@ -81,6 +87,30 @@ def candidates(output: np.ndarray, layout: Layout) -> Candidates:
     scores = cls[np.arange(len(cls)), classes]
     xy, half = box[:, :2], box[:, 2:4] / 2
     return Candidates(np.concatenate([xy - half, xy + half], 1), scores, classes)
+
+
+def box_extent(outputs: list[np.ndarray], layout: Layout) -> float:
+    """How far the box coordinates of these raw outputs reach: about the input size for boxes in pixels, about 1
+    for boxes given as fractions of the input, 0 when there is no box to judge by.
+
+    The 99th percentile of the non-zero coordinates: a few junk locations of a YOLO head reach well past the
+    image (x2 up to ~1.8 in fractions), and end-to-end heads pad their rows with zeros."""
+    coords = np.concatenate([np.abs(candidates(out, layout).boxes).ravel() for out in outputs])
+    coords = coords[np.isfinite(coords) & (coords > 0)]
+    return float(np.percentile(coords, 99)) if coords.size else 0.0
+
+
+def fractions_to_pixels(output: np.ndarray, layout: Layout, input_wh: tuple[int, int]) -> np.ndarray:
+    """Raw output with boxes as fractions of the input -> the same with boxes in input pixels (in place when the
+    output is already float32: it is a fresh array from the session)."""
+    out = np.asarray(output, np.float32)
+    w, h = input_wh
+    scale = np.array([w, h, w, h], np.float32)  # x and y alternate in both cx,cy,w,h and x1,y1,x2,y2
+    if layout is Layout.YOLOV8:
+        out[:, :4, :] *= scale[None, :, None]
+    else:
+        out[..., :4] *= scale
+    return out
 
 
 MAX_NMS_INPUT = 3000  # a low threshold on a 640 YOLOv5 head passes 25200 rows; NMS only needs the best

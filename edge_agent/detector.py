@@ -1,16 +1,18 @@
 """The detector: an ONNX model of the YOLO family (or the bundled one) behind `detect(frame) -> [Detection]`.
 
 `load_detector(cfg)` resolves the model ("bundled" or a path), checks its manifest's sha256, opens an ONNX
-Runtime session (provider fallback, see detect_session), reads input size and class names, recognises the
-output layout, and runs the load check (which is also the warm-up): a model whose scores are all zero on a
-test pattern and on a sample road image is refused. Every problem is a `ModelError` with a clear message.
+Runtime session (provider fallback, see detect_session), reads the input's layout (NCHW, or NHWC from
+TensorFlow/TFLite conversions), size and class names, recognises the output layout, and runs the load check
+(which is also the warm-up) on a test pattern and a sample road image: a model whose scores are all zero there
+is refused, and boxes given as fractions of the input are recognised and scaled to pixels from then on. Every
+problem is a `ModelError` with a clear message.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,15 @@ import cv2
 import numpy as np
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detect_decode import Layout, LayoutError, candidates, decode, detect_layout
+from edge_agent.detect_decode import (
+    Layout,
+    LayoutError,
+    box_extent,
+    candidates,
+    decode,
+    detect_layout,
+    fractions_to_pixels,
+)
 from edge_agent.detect_manifest import (
     ModelError,
     check_manifest_sha,
@@ -29,7 +39,7 @@ from edge_agent.detect_manifest import (
     resolve_model_path,
 )
 from edge_agent.detect_session import open_session
-from edge_agent.letterbox import Preprocessor
+from edge_agent.letterbox import Preprocessor, blob_shape
 from roadmon_contract.digest import sha256_file
 
 __all__ = ["Detection", "Detector", "ModelError", "ModelInfo", "load_detector", "sample_road_image",
@@ -39,6 +49,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INPUT = 640
 ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+# Boxes in pixels reach across the input (tens to hundreds of pixels); boxes as fractions of it stay within
+# about 0..1 (a little over at the edges). Compared with detect_decode.box_extent.
+FRACTION_EXTENT = 1.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class ModelInfo:
     layout: str = ""
     input_dtype: str = "float32"
     quantization: str = ""
+    input_layout: str = "NCHW"  # or "NHWC" (TensorFlow/TFLite conversions)
+    box_units: str = "pixels"  # or "fractions" of the input, scaled to pixels after inference
     manifest: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -80,12 +95,14 @@ class Detector:
         self._input_name = session.get_inputs()[0].name
         self._output_name = session.get_outputs()[0].name
         # Canvas and blob reused from frame to frame: one Detector serves one pipeline (one thread) at a time.
-        self._preprocess = Preprocessor(*info.input_size, self.dtype)
+        self._preprocess = Preprocessor(*info.input_size, self.dtype, channels_last=info.input_layout == "NHWC")
 
     def infer(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Raw model output for one frame, and the letterbox that placed it."""
+        """Raw model output for one frame (boxes in input pixels), and the letterbox that placed it."""
         blob, placement = self._preprocess(_as_bgr(frame_bgr))
         out = self.session.run([self._output_name], {self._input_name: blob})[0]
+        if self.info.box_units == "fractions":
+            out = fractions_to_pixels(out, self.layout, self.info.input_size)
         return out, placement
 
     def detect(self, frame_bgr: np.ndarray, score_threshold: float | None = None) -> list[Detection]:
@@ -115,8 +132,7 @@ class Detector:
 
     def max_score(self, frame_bgr: np.ndarray) -> float:
         out, _ = self.infer(frame_bgr)
-        scores = candidates(out, self.layout).scores
-        return float(np.max(scores)) if scores.size and np.isfinite(scores).all() else float("nan")
+        return _max_score(out, self.layout)
 
 
 def working_thresholds(classes: tuple[str, ...], manifest: dict, cfg: DetectorConfig) -> tuple[float, ...]:
@@ -156,18 +172,14 @@ def load_detector(cfg: DetectorConfig) -> Detector:
     meta = session.get_modelmeta().custom_metadata_map or {}
 
     inp = session.get_inputs()[0]
-    if len(inp.shape) != 4:
-        raise ModelError(f"{path}: input '{inp.name}' has rank {len(inp.shape)} ({inp.shape}); "
-                         "a detector takes one NCHW image, rank 4")
-    if isinstance(inp.shape[1], int) and inp.shape[1] != 3:
-        raise ModelError(f"{path}: input has {inp.shape[1]} channels; expected 3 (RGB)")
+    channels_last = _channels_last(inp.name, list(inp.shape), path)
     dtype = ONNX_DTYPES.get(inp.type)
     if dtype is None:
         raise ModelError(f"{path}: input type {inp.type} is not supported (float32, float16 or uint8)")
-    input_size = _input_size(inp.shape, meta, manifest, cfg)
+    input_size = _input_size(inp.shape, channels_last, meta, manifest, cfg)
 
-    names = parse_names(manifest.get("classes")) or parse_names(meta.get("names"))
-    layout, classes = _layout_and_classes(session, path, input_size, dtype, names, meta, cfg)
+    names = cfg.class_names or parse_names(manifest.get("classes")) or parse_names(meta.get("names"))
+    layout, classes = _layout_and_classes(session, path, input_size, dtype, channels_last, names, meta, cfg)
     info = ModelInfo(
         name=str(manifest.get("name") or meta.get("description") or path.stem),
         version=str(manifest.get("version") or meta.get("version") or "unknown"),
@@ -176,16 +188,35 @@ def load_detector(cfg: DetectorConfig) -> Detector:
         input_dtype=np.dtype(dtype).name, quantization=str(manifest.get("quantization", {}).get("format", "")
                                                             if isinstance(manifest.get("quantization"), dict)
                                                             else manifest.get("quantization", "")),
-        manifest=manifest)
+        input_layout="NHWC" if channels_last else "NCHW", manifest=manifest)
     detector = Detector(session, info, layout, dtype, cfg)
-    _load_check(detector, path, cfg.sanity_check)
-    log.info("detector %s %s (%s, %dx%d, %s, classes %s) ready in %.2f s", info.name, info.version, layout,
-             *input_size, info.provider, ",".join(classes), time.monotonic() - t0)
+    probes = [detector.infer(img)[0] for img in _probe_images(*input_size)]  # also the warm-up
+    detector.info = replace(info, box_units=_box_units(probes, layout, path, cfg.box_units))
+    _load_check(probes, layout, path, cfg.sanity_check)
+    log.info("detector %s %s (%s, %s %dx%d, boxes in %s, %s, classes %s) ready in %.2f s", info.name, info.version,
+             layout, info.input_layout, *input_size, detector.info.box_units, info.provider, ",".join(classes),
+             time.monotonic() - t0)
     return detector
 
 
-def _input_size(shape: list, meta: dict, manifest: dict, cfg: DetectorConfig) -> tuple[int, int]:
-    h, w = shape[2], shape[3]
+def _channels_last(name: str, shape: list, path: Path) -> bool:
+    """Whether the image input is NHWC (TensorFlow/TFLite conversions) rather than NCHW (PyTorch exports)."""
+    if len(shape) != 4:
+        raise ModelError(f"{path}: input '{name}' has rank {len(shape)} ({shape}); a detector takes one image, "
+                         "rank 4: NCHW [1, 3, H, W] or NHWC [1, H, W, 3]")
+    if shape[1] == 3:
+        return False
+    if shape[3] == 3:
+        return True
+    if not isinstance(shape[1], int):
+        return False  # channels left dynamic: PyTorch exporters write NCHW
+    raise ModelError(f"{path}: input '{name}' has shape {shape}, neither NCHW [1, 3, H, W] nor NHWC [1, H, W, 3]; "
+                     "a detector takes one 3-channel (RGB) image")
+
+
+def _input_size(shape: list, channels_last: bool, meta: dict, manifest: dict,
+                cfg: DetectorConfig) -> tuple[int, int]:
+    h, w = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
     if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
         return w, h
     if cfg.input_size:
@@ -194,11 +225,11 @@ def _input_size(shape: list, meta: dict, manifest: dict, cfg: DetectorConfig) ->
     return size or (DEFAULT_INPUT, DEFAULT_INPUT)
 
 
-def _layout_and_classes(session: Any, path: Path, input_size: tuple[int, int], dtype: Any, names: list[str] | None,
-                        meta: dict, cfg: DetectorConfig) -> tuple[Layout, list[str]]:
+def _layout_and_classes(session: Any, path: Path, input_size: tuple[int, int], dtype: Any, channels_last: bool,
+                        names: list[str] | None, meta: dict, cfg: DetectorConfig) -> tuple[Layout, list[str]]:
     """Run the zero image once to see the concrete output shape (dynamic exports hide it in the graph)."""
     w, h = input_size
-    blob = np.zeros((1, 3, h, w), dtype)
+    blob = np.zeros(blob_shape(w, h, channels_last), dtype)
     try:
         out = session.run(None, {session.get_inputs()[0].name: blob})[0]
     except Exception as exc:
@@ -220,14 +251,31 @@ def _layout_and_classes(session: Any, path: Path, input_size: tuple[int, int], d
         nc = shape[2] - 5
     else:
         nc = 1 + int(np.max(out[0][:, 5])) if out.size else 1
-    log.warning("%s names no classes (no 'names' metadata, no manifest); using class ids", path)
+    log.warning("%s names no classes (no 'names' in its ONNX metadata, no manifest 'classes'): its %d classes "
+                "are reported as %s; name them with --names on the command line or detector.class_names in the "
+                "config", path, nc, ", ".join(str(i) for i in range(min(nc, 3))) + (", ..." if nc > 3 else ""))
     return layout, [str(i) for i in range(nc)]
 
 
-def _load_check(detector: Detector, path: Path, enabled: bool) -> None:
-    """Warm-up inferences; with the check enabled, all-zero or non-finite scores refuse the model."""
-    images = (test_pattern(*detector.info.input_size), sample_road_image(*detector.info.input_size))
-    scores = [detector.max_score(img) for img in images]
+def _probe_images(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    return test_pattern(width, height), sample_road_image(width, height)
+
+
+def _box_units(outputs: list[np.ndarray], layout: Layout, path: Path, configured: str) -> str:
+    """Pixels or fractions of the input, as configured or as the probe outputs' box coordinates show."""
+    if configured != "auto":
+        return configured
+    extent = box_extent(outputs, layout)
+    if 0 < extent <= FRACTION_EXTENT:
+        log.info("%s gives its boxes as fractions of the input (99%% of coordinates within %.2f); scaling them to "
+                 "pixels", path, extent)
+        return "fractions"
+    return "pixels"  # includes "no box to judge by": YOLO exports, the common case
+
+
+def _load_check(outputs: list[np.ndarray], layout: Layout, path: Path, enabled: bool) -> None:
+    """With the check enabled, all-zero or non-finite scores on the probe images refuse the model."""
+    scores = [_max_score(out, layout) for out in outputs]
     if not enabled:
         return
     if not all(np.isfinite(s) for s in scores):
@@ -235,6 +283,11 @@ def _load_check(detector: Detector, path: Path, enabled: bool) -> None:
     if max(scores) <= 1e-6:
         raise ModelError(f"{path}: degenerate outputs: every class score is 0 on a test pattern and a sample road "
                          "image (a broken INT8 export looks like this); refusing it")
+
+
+def _max_score(output: np.ndarray, layout: Layout) -> float:
+    scores = candidates(output, layout).scores
+    return float(np.max(scores)) if scores.size and np.isfinite(scores).all() else float("nan")
 
 
 def test_pattern(width: int, height: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 The padding is split evenly on both sides (as the Ultralytics exporters and our own training do), with the
 grey value 114, so models trained either way see what they were trained on.
+
+Blobs are NCHW (PyTorch/ONNX exports) or, with `channels_last`, NHWC (models converted from TensorFlow/TFLite).
 """
 
 from __future__ import annotations
@@ -67,14 +69,28 @@ def _resize_into(frame: np.ndarray, canvas: np.ndarray, placement: Letterbox) ->
         region[...] = cv2.resize(frame, (nw, nh), interpolation=interp)
 
 
-def to_blob(canvas_bgr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """HxWx3 BGR uint8 -> a new 1x3xHxW RGB blob, 0..1 for float inputs, raw 0..255 for uint8 inputs."""
-    blob = np.empty((1, 3, *canvas_bgr.shape[:2]), dtype)
-    _fill_blob(canvas_bgr, blob)
+def blob_shape(width: int, height: int, channels_last: bool = False) -> tuple[int, int, int, int]:
+    """The model input's shape for one image: 1x3xHxW, or 1xHxWx3 for a channels-last (NHWC) model."""
+    return (1, height, width, 3) if channels_last else (1, 3, height, width)
+
+
+def to_blob(canvas_bgr: np.ndarray, dtype: np.dtype, channels_last: bool = False) -> np.ndarray:
+    """HxWx3 BGR uint8 -> a new RGB blob (1x3xHxW, or 1xHxWx3 channels-last), 0..1 for float inputs, raw 0..255
+    for uint8 inputs."""
+    blob = np.empty(blob_shape(canvas_bgr.shape[1], canvas_bgr.shape[0], channels_last), dtype)
+    _fill_blob(canvas_bgr, blob, channels_last)
     return blob
 
 
-def _fill_blob(canvas_bgr: np.ndarray, blob: np.ndarray) -> None:
+def _fill_blob(canvas_bgr: np.ndarray, blob: np.ndarray, channels_last: bool = False) -> None:
+    if channels_last:
+        # Interleaved RGB is the canvas's own memory order: one colour conversion, no transpose.
+        rgb = cv2.cvtColor(canvas_bgr, cv2.COLOR_BGR2RGB)
+        if blob.dtype == np.uint8:
+            blob[0] = rgb
+        else:
+            np.divide(rgb, blob.dtype.type(255), out=blob[0], casting="unsafe")
+        return
     # Splitting into contiguous planes first is ~3x faster than one strided BGR->RGB, HWC->CHW numpy copy;
     # the arithmetic is unchanged (uint8 -> float, then / 255), so blobs are bit-identical to before.
     for channel, plane in enumerate(cv2.split(canvas_bgr)):
@@ -93,14 +109,14 @@ class Preprocessor:
     The returned blob is overwritten by the next call: not thread-safe, one Preprocessor per detector/pipeline.
     """
 
-    def __init__(self, width: int, height: int, dtype: np.dtype) -> None:
-        self.width, self.height = width, height
+    def __init__(self, width: int, height: int, dtype: np.dtype, channels_last: bool = False) -> None:
+        self.width, self.height, self.channels_last = width, height, channels_last
         self.canvas = np.full((height, width, 3), PAD_VALUE, np.uint8)
-        self.blob = np.empty((1, 3, height, width), np.dtype(dtype))
+        self.blob = np.empty(blob_shape(width, height, channels_last), np.dtype(dtype))
         self._placement: Letterbox | None = None
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """Frame (HxWx3 BGR uint8) -> (1x3xHxW blob, placement); the blob is this object's buffer."""
+        """Frame (HxWx3 BGR uint8) -> (1x3xHxW or 1xHxWx3 blob, placement); the blob is this object's buffer."""
         fh, fw = frame.shape[:2]
         placement = self._placement
         if placement is None or (placement.frame_width, placement.frame_height) != (fw, fh):
@@ -108,5 +124,5 @@ class Preprocessor:
             self.canvas[...] = PAD_VALUE  # the padding differs with the frame's aspect ratio
             self._placement = placement
         _resize_into(frame, self.canvas, placement)
-        _fill_blob(self.canvas, self.blob)
+        _fill_blob(self.canvas, self.blob, self.channels_last)
         return self.blob, placement

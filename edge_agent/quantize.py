@@ -35,7 +35,7 @@ from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_sha
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detector import Detector, load_detector
 from edge_agent.evaluate import evaluate_dataset, list_dataset_images, read_image
-from edge_agent.letterbox import letterbox, to_blob
+from edge_agent.letterbox import blob_shape, letterbox, to_blob
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class QuantReport:
 class ImageReader(CalibrationDataReader):
     """Feeds letterboxed real images to the calibrator, exactly as the detector would."""
 
-    def __init__(self, images: list[Path], input_name: str, size: tuple[int, int]) -> None:
-        self.images, self.input_name, self.size = images, input_name, size
+    def __init__(self, images: list[Path], input_name: str, size: tuple[int, int], channels_last: bool = False) -> None:
+        self.images, self.input_name, self.size, self.channels_last = images, input_name, size, channels_last
         self._it: Iterator[Path] = iter(images)
 
     def get_next(self) -> dict | None:
@@ -99,7 +99,7 @@ class ImageReader(CalibrationDataReader):
             if img is None:
                 continue
             canvas, _ = letterbox(img, *self.size)
-            return {self.input_name: to_blob(canvas, np.float32)}
+            return {self.input_name: to_blob(canvas, np.float32, self.channels_last)}
         return None
 
     def rewind(self) -> None:
@@ -113,7 +113,9 @@ def tail_nodes(model: onnx.ModelProto) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     tail: set[str] = set()
-    stack = [n for n in model.graph.node if n.op_type in TAIL_START_OPS]
+    # A Transpose fed by the image input itself is an NHWC model's layout change, not decoding.
+    inputs = {i.name for i in model.graph.input}
+    stack = [n for n in model.graph.node if n.op_type in TAIL_START_OPS and not inputs & set(n.input)]
     while stack:
         node = stack.pop()
         if node.name in tail:
@@ -166,6 +168,7 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
     base_cfg = DetectorConfig(model=str(src), threads=threads, input_size=input_size, manifest=None)
     fp32 = load_detector(base_cfg)
     size = fp32.info.input_size
+    channels_last = fp32.info.input_layout == "NHWC"
 
     def accuracy(det: Detector) -> float | None:
         res = evaluate_dataset(det, eval_dir, pseudo_labels_from=None if has_labels else fp32)
@@ -176,7 +179,7 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
 
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
-        pre, exclude = prepare(src, Path(tmp), size)
+        pre, exclude = prepare(src, Path(tmp), size, channels_last)
         # FP32 is timed in the same fixed-shape, pre-processed form, so the comparison is like for like.
         fp32 = load_detector(base_cfg.model_copy(update={"model": str(pre)}))
         say(f"FP32: measuring accuracy ({accuracy_source}) and latency")
@@ -187,7 +190,7 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
             out = Path(tmp) / f"{spec.name}.onnx"
             say(f"{spec.name}: calibrating on {len(calib)} images")
             try:
-                quantize_one(pre, out, spec, calib, size, exclude)
+                quantize_one(pre, out, spec, calib, size, exclude, channels_last)
                 det = load_detector(base_cfg.model_copy(update={"model": str(out), "sanity_check": True}))
             except Exception as exc:
                 trials.append(Trial(spec.name, None, float("nan"), note=f"failed: {exc}"[:300]))
@@ -214,10 +217,10 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
     return QuantReport(chosen, reason, fp32_trial, trials, accuracy_source, str(dst))
 
 
-def prepare(src: Path, workdir: Path, size: tuple[int, int]) -> tuple[Path, list[str]]:
+def prepare(src: Path, workdir: Path, size: tuple[int, int], channels_last: bool = False) -> tuple[Path, list[str]]:
     """Fixed input shape + quant_pre_process; returns the prepared model and the float-only tail nodes."""
     pre = workdir / "pre.onnx"
-    fixed = fix_input_shape(src, workdir / "fixed.onnx", size)
+    fixed = fix_input_shape(src, workdir / "fixed.onnx", size, channels_last)
     try:
         quant_pre_process(str(fixed), str(pre), skip_symbolic_shape=False)
     except Exception as exc:  # pre-processing is an optimisation; quantization works without it
@@ -230,18 +233,19 @@ def prepare(src: Path, workdir: Path, size: tuple[int, int]) -> tuple[Path, list
 
 
 def quantize_one(pre: Path, out: Path, spec: QuantFormatSpec, calib: list[Path], size: tuple[int, int],
-                 exclude: list[str]) -> Path:
+                 exclude: list[str], channels_last: bool = False) -> Path:
     input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
-    quantize_static(str(pre), str(out), ImageReader(calib, input_name, size), quant_format=spec.quant_format,
+    reader = ImageReader(calib, input_name, size, channels_last)
+    quantize_static(str(pre), str(out), reader, quant_format=spec.quant_format,
                     activation_type=spec.activation_type, weight_type=spec.weight_type,
                     per_channel=spec.per_channel, reduce_range=spec.reduce_range, nodes_to_exclude=exclude,
                     calibrate_method=CalibrationMethod.MinMax)
     return out
 
 
-def fix_input_shape(src: Path, dst: Path, size: tuple[int, int]) -> Path:
-    """A copy with a static [1, 3, H, W] input: shape inference, pre-processing and the QOperator
-    quantizer need concrete shapes, and constant folding then removes the grid computation."""
+def fix_input_shape(src: Path, dst: Path, size: tuple[int, int], channels_last: bool = False) -> Path:
+    """A copy with a static [1, 3, H, W] (or [1, H, W, 3]) input: shape inference, pre-processing and the
+    QOperator quantizer need concrete shapes, and constant folding then removes the grid computation."""
     model = onnx.load(str(src))
     inp = model.graph.input[0]
     dims = inp.type.tensor_type.shape.dim
@@ -249,7 +253,7 @@ def fix_input_shape(src: Path, dst: Path, size: tuple[int, int]) -> Path:
         shutil.copy(src, dst)
         return dst
     w, h = size
-    make_input_shape_fixed(model.graph, inp.name, [1, 3, h, w])
+    make_input_shape_fixed(model.graph, inp.name, list(blob_shape(w, h, channels_last)))
     fix_output_shapes(model)
     onnx.save(model, str(dst))
     return dst

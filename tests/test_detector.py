@@ -19,9 +19,11 @@ from roadmon_contract.digest import sha256_file
 
 
 def constant_model(path, output: np.ndarray, *, size: int = 320, names: str | None = None,
-                   input_type: int = TensorProto.FLOAT, input_rank: int = 4, meta: dict | None = None):
+                   input_type: int = TensorProto.FLOAT, input_rank: int = 4, meta: dict | None = None,
+                   input_shape: list | None = None):
     """An ONNX model whose output is `output` whatever the image (the input only feeds a x0 term)."""
     shape = [1, 3, size, size][:input_rank] if input_rank <= 4 else [1, 1, 3, size, size]
+    shape = input_shape or shape
     inp = helper.make_tensor_value_info("images", input_type, shape)
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))
     nodes = [
@@ -98,7 +100,7 @@ def test_end2end_layout_skips_nms(tmp_path):
     out[0, 2] = (200, 200, 300, 300, 0.6, 0)
     path = constant_model(tmp_path / "e2e.onnx", out, names="{0: 'pothole', 1: 'crack'}")
     det = load_detector(DetectorConfig(model=str(path), score_threshold=0.5))
-    assert det.info.layout == "end2end"
+    assert (det.info.layout, det.info.box_units) == ("end2end", "pixels")  # 297 zero rows do not make fractions
     found = det.detect(np.zeros((320, 320, 3), np.uint8))
     assert [(d.class_name, round(d.score, 2), round(d.x2)) for d in found] == [
         ("crack", 0.95, 110), ("crack", 0.85, 110), ("pothole", 0.6, 300)]
@@ -109,7 +111,7 @@ def test_layout_recognition_rules():
     assert detect_layout((1, 25200, 85), 80, (640, 640)) is Layout.YOLOV5
     assert detect_layout((1, 25200, 6), 1, (640, 640)) is Layout.YOLOV5
     assert detect_layout((1, 300, 6), 80, (640, 640)) is Layout.END2END
-    with pytest.raises(LayoutError, match="names 3"):
+    with pytest.raises(LayoutError, match="3 class names"):
         detect_layout((1, 6, 8400), 3, (640, 640))
     with pytest.raises(LayoutError):
         detect_layout((1, 84), None, (640, 640))
@@ -216,3 +218,134 @@ def test_preprocessor_reuses_buffers_and_matches_letterbox():
             assert placement == lb
             assert blob is pre.blob and blob.dtype == dtype
             np.testing.assert_array_equal(blob, to_blob(canvas, dtype))
+
+
+def colour_model(path, *, channels_last: bool, size: int | str = 320):
+    """A YOLOv8-layout model with classes 'red', 'green', 'blue', each scored by the mean of that input channel,
+    and one fixed box at every location: which class wins shows which channel the detector fed where."""
+    n = anchor_count(320, 320)
+    dims = [1, size, size, 3] if channels_last else [1, 3, size, size]
+    boxes = np.tile(np.array([40, 40, 32, 32], np.float32)[None, :, None], (1, 1, n))
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["means"], axes=[1, 2] if channels_last else [2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["means", "last"], ["column"]),
+        helper.make_node("Mul", ["column", "ones"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1),
+    ]
+    inits = [numpy_helper.from_array(boxes, "boxes"), numpy_helper.from_array(np.ones((1, 3, n), np.float32), "ones"),
+             numpy_helper.from_array(np.array([2], np.int64), "last")]
+    graph = helper.make_graph(nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="names", value="['red', 'green', 'blue']")
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_input_layout_is_read_and_fed_rgb(tmp_path, channels_last):
+    det = load_detector(DetectorConfig(model=str(colour_model(tmp_path / "c.onnx", channels_last=channels_last))))
+    assert det.info.input_layout == ("NHWC" if channels_last else "NCHW")
+    assert det.info.input_size == (320, 320)
+    for bgr, name in (((0, 0, 255), "red"), ((255, 0, 0), "blue"), ((0, 255, 0), "green")):
+        found = det.detect(np.full((320, 320, 3), bgr, np.uint8))
+        assert [(d.class_name, round(d.score, 3)) for d in found] == [(name, 1.0)]
+
+
+def test_nhwc_input_with_a_dynamic_size(tmp_path):
+    path = colour_model(tmp_path / "c.onnx", channels_last=True, size="s")
+    det = load_detector(DetectorConfig(model=str(path), input_size=96))
+    assert (det.info.input_layout, det.info.input_size) == ("NHWC", (96, 96))
+    assert det.detect(np.full((96, 96, 3), (0, 0, 255), np.uint8))[0].class_name == "red"
+
+
+def test_nhwc_static_input_is_no_longer_read_as_256_channels(tmp_path):
+    out = v8_output(256)
+    path = constant_model(tmp_path / "tf.onnx", out, input_shape=[1, 256, 256, 3], names="{0: 'a', 1: 'b'}")
+    det = load_detector(DetectorConfig(model=str(path)))
+    assert (det.info.input_layout, det.info.input_size) == ("NHWC", (256, 256))
+
+
+def test_input_neither_nchw_nor_nhwc_is_refused_naming_its_shape(tmp_path):
+    path = constant_model(tmp_path / "rgba.onnx", v8_output(), input_shape=[1, 4, 320, 320], names="{0: 'a', 1: 'b'}")
+    with pytest.raises(ModelError, match=r"shape \[1, 4, 320, 320\], neither NCHW \[1, 3, H, W\] nor NHWC"):
+        load_detector(DetectorConfig(model=str(path)))
+
+
+PIXEL_DETECTIONS = [("pothole", 0.9, 160, 100, 240, 140), ("crack", 0.8, 160, 100, 240, 140),
+                    ("pothole", 0.5, 470, 290, 530, 350)]  # test_yolov8_layout_decodes_maps_back_and_is_class_aware
+
+
+def test_boxes_as_fractions_of_the_input_are_scaled_to_pixels(tmp_path):
+    out = v8_output()
+    out[0, :4] /= 320  # what a TensorFlow/TFLite export gives
+    out[0, :4, -10:] = np.array([1.5, 0.5, 0.6, 0.4])[:, None]  # junk locations reaching past the image, score 0
+    path = constant_model(tmp_path / "frac.onnx", out, names="{0: 'pothole', 1: 'crack'}")
+    det = load_detector(DetectorConfig(model=str(path), score_threshold=0.3))
+    assert det.info.box_units == "fractions"
+    found = det.detect(np.zeros((480, 640, 3), np.uint8))
+    got = [(d.class_name, round(d.score, 2), round(d.x1), round(d.y1), round(d.x2), round(d.y2)) for d in found]
+    assert got == PIXEL_DETECTIONS
+    # Configured units are taken as they are: read as pixels, these boxes are sub-pixel specks.
+    as_pixels = load_detector(DetectorConfig(model=str(path), score_threshold=0.3, box_units="pixels"))
+    assert as_pixels.info.box_units == "pixels"
+    assert all(d.x2 - d.x1 < 1 for d in as_pixels.detect(np.zeros((480, 640, 3), np.uint8)))
+
+
+def test_end2end_fraction_boxes_and_pixel_models_keep_their_units(tmp_path):
+    out = np.zeros((1, 300, 6), np.float32)
+    out[0, 0] = (10 / 320, 20 / 320, 110 / 320, 70 / 320, 0.95, 1)
+    path = constant_model(tmp_path / "e2e.onnx", out, names="{0: 'pothole', 1: 'crack'}")
+    det = load_detector(DetectorConfig(model=str(path)))
+    assert det.info.box_units == "fractions"
+    assert [(round(d.x1), round(d.y1), round(d.x2), round(d.y2)) for d in det.detect(np.zeros((320, 320, 3),
+                                                                                              np.uint8))] == [
+        (10, 20, 110, 70)]
+    pixels = load_detector(DetectorConfig(model=str(constant_model(tmp_path / "px.onnx", v8_output(),
+                                                                   names="{0: 'a', 1: 'b'}"))))
+    assert pixels.info.box_units == "pixels"
+
+
+def test_a_boxes_only_output_is_refused_naming_the_problem(tmp_path):
+    path = constant_model(tmp_path / "ssd.onnx", np.full((1, 100, 4), 0.5, np.float32))
+    with pytest.raises(ModelError, match="holds boxes only, the class scores are in another output"):
+        load_detector(DetectorConfig(model=str(path)))
+
+
+def test_a_model_without_names_warns_and_takes_names_from_the_config(tmp_path, caplog):
+    path = constant_model(tmp_path / "anon.onnx", v8_output())
+    with caplog.at_level("WARNING", logger="edge_agent.detector"):
+        assert load_detector(DetectorConfig(model=str(path))).info.classes == ("0", "1")
+    assert "names no classes" in caplog.text and "--names" in caplog.text and "detector.class_names" in caplog.text
+    named = load_detector(DetectorConfig(model=str(path), class_names=["pothole", "crack"]))
+    assert named.info.classes == ("pothole", "crack")
+    with pytest.raises(ModelError, match="has 2 classes, but there are 3 class names"):
+        load_detector(DetectorConfig(model=str(path), class_names=["a", "b", "c"]))
+
+
+def test_a_real_network_converted_tensorflow_style_gives_the_same_detections(tmp_path):
+    """The bundled network behind an NHWC input and with fraction boxes (tests/onnx_models.tensorflow_style):
+    its output, once the detector has scaled it, and its detections are the original's."""
+    from edge_agent.detect_manifest import bundled_model_path
+    from edge_agent.detector import sample_road_image
+    from tests.onnx_models import tensorflow_style
+
+    try:
+        src = bundled_model_path()
+    except ModelError as exc:
+        pytest.skip(f"needs the bundled model: {exc}")
+    ref = load_detector(DetectorConfig(model=str(src), score_threshold=0.01))
+    if ref.info.layout != "yolov8":
+        pytest.skip(f"the twin is built for a yolov8-layout model; the bundled one is {ref.info.layout}")
+    twin_path = tensorflow_style(src, tmp_path / "tf.onnx", ref.info.input_size, len(ref.info.classes))
+    twin = load_detector(DetectorConfig(model=str(twin_path), score_threshold=0.01,
+                                        class_names=list(ref.info.classes)))
+    assert (twin.info.input_layout, twin.info.box_units, twin.info.input_size) == ("NHWC", "fractions",
+                                                                                   ref.info.input_size)
+    for frame in (sample_road_image(1280, 720), sample_road_image(640, 640, seed=3)):
+        np.testing.assert_allclose(twin.infer(frame)[0], ref.infer(frame)[0], rtol=1e-4, atol=1e-3)
+        want, got = ref.detect(frame), twin.detect(frame)
+        assert want and [d.class_name for d in got] == [d.class_name for d in want]
+        np.testing.assert_allclose([(d.score, d.x1, d.y1, d.x2, d.y2) for d in got],
+                                   [(d.score, d.x1, d.y1, d.x2, d.y2) for d in want], atol=1e-2)

@@ -49,28 +49,41 @@ def test_all_point_ap_edge_cases():
     assert m.ap50 == 0.0 and m.recall == 0.0
 
 
-def test_model_eval_cli_on_a_set_with_known_ap(tmp_path):
-    """A model that always outputs three boxes; two images each labelled with two of them.
+KNOWN_AP = 0.5 + 0.5 * 4 / 6
+
+
+def three_boxes() -> np.ndarray:
+    """A model output with three boxes at 320 px; on known_ap_set it scores KNOWN_AP.
     Sorted: 0.9 TP, 0.9 TP, 0.8 FP, 0.8 FP, 0.7 TP, 0.7 TP over 4 boxes -> AP = 0.5*1 + 0.5*(4/6) = 0.8333."""
     out = np.zeros((1, 5, anchor_count(320, 320)), np.float32)
     out[0, :4] = 5.0
     out[0, :, 0] = (60, 60, 40, 40, 0.9)     # on label 1
     out[0, :, 1] = (160, 160, 40, 40, 0.8)   # on nothing
     out[0, :, 2] = (260, 260, 40, 40, 0.7)   # on label 2
-    model = constant_model(tmp_path / "m.onnx", out, names="{0: 'pothole'}")
-    data = tmp_path / "set"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
+    return out
+
+
+def known_ap_set(folder):
+    """Two images, each labelled with two of three_boxes' boxes."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
     for i in range(2):
-        cv2.imwrite(str(data / "images" / f"{i}.png"), np.full((320, 320, 3), 100, np.uint8))
-        (data / "labels" / f"{i}.txt").write_text("0 0.1875 0.1875 0.125 0.125\n0 0.8125 0.8125 0.125 0.125\n")
+        cv2.imwrite(str(folder / "images" / f"{i}.png"), np.full((320, 320, 3), 100, np.uint8))
+        (folder / "labels" / f"{i}.txt").write_text("0 0.1875 0.1875 0.125 0.125\n0 0.8125 0.8125 0.125 0.125\n")
+    return folder
+
+
+def test_model_eval_cli_on_a_set_with_known_ap(tmp_path):
+    """A model that always outputs three boxes; two images each labelled with two of them."""
+    model = constant_model(tmp_path / "m.onnx", three_boxes(), names="{0: 'pothole'}")
+    data = known_ap_set(tmp_path / "set")
     plot = tmp_path / "pr.png"
     res = CliRunner().invoke(app, ["model", "eval", "--model", str(model), "--data", str(data), "--json",
                                    "--threshold", "0.75", "--plot", str(plot)])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(result) >= {"ap50", "per_class", "precision", "recall", "f1", "latency_ms"}
-    assert result["ap50"] == pytest.approx(0.5 + 0.5 * 4 / 6)
+    assert result["ap50"] == pytest.approx(KNOWN_AP)
     assert result["per_class"]["pothole"]["ap50"] == pytest.approx(result["ap50"])
     # At 0.75: the 0.9 and 0.8 boxes of both images -> 2 TP of 4 detections, 2 of 4 labels.
     assert (result["precision"], result["recall"]) == (pytest.approx(0.5), pytest.approx(0.5))
@@ -78,6 +91,24 @@ def test_model_eval_cli_on_a_set_with_known_ap(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = CliRunner().invoke(app, ["model", "eval", "--model", str(model), "--data", str(data)])
     assert table.exit_code == 0 and "0.833" in table.output
+
+
+def test_model_eval_cli_scores_a_tensorflow_style_model_like_its_pixel_twin(tmp_path):
+    """NHWC input, boxes as fractions of the input, no class names: the AP is the pixel model's, not 0."""
+    out = three_boxes()
+    out[0, :4] /= 320
+    model = constant_model(tmp_path / "tf.onnx", out, input_shape=[1, 320, 320, 3])
+    data = known_ap_set(tmp_path / "set")
+    res = CliRunner().invoke(app, ["model", "eval", "--model", str(model), "--data", str(data), "--json",
+                                   "--names", "pothole"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["ap50"] == pytest.approx(KNOWN_AP)
+    assert list(result["per_class"]) == ["pothole"]
+    info = CliRunner().invoke(app, ["model", "info", "--model", str(model), "--json"])
+    assert info.exit_code == 0, info.output
+    described = json.loads(info.stdout.strip().splitlines()[-1])
+    assert (described["input_layout"], described["box_units"], described["classes"]) == ("NHWC", "fractions", ["0"])
 
 
 def test_model_eval_cli_rejects_a_folder_without_labels(tmp_path):

@@ -14,14 +14,17 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from edge_agent.cli import app
-from edge_agent.quantize import FORMATS, Trial, choose, prepare, quantize_one, tail_nodes
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.detector import load_detector
+from edge_agent.quantize import FORMATS, Trial, choose, prepare, quantize_model, quantize_one, tail_nodes
 
 SIZE = 64
 
 
-def tiny_detector(path, seed: int = 0):
+def tiny_detector(path, seed: int = 0, channels_last: bool = False):
     """conv3x3+relu -> conv3x3 s2+relu -> conv1x1 (5 ch) -> reshape [1,5,N] -> sigmoid -> scale to pixels:
-    the YOLOv8 layout with one class, like the bundled model's graph in miniature."""
+    the YOLOv8 layout with one class, like the bundled model's graph in miniature. channels_last: an NHWC
+    input transposed first, as models converted from TensorFlow have it."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
@@ -33,8 +36,9 @@ def tiny_detector(path, seed: int = 0):
     inits += [numpy_helper.from_array(np.array([1, 5, -1], np.int64), "shape"),
               numpy_helper.from_array(np.array([SIZE, SIZE, SIZE / 2, SIZE / 2, 1], np.float32).reshape(1, 5, 1),
                                       "scale")]
+    image = "nchw" if channels_last else "images"
     nodes = [
-        helper.make_node("Conv", ["images", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", [image, "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["c2"], ["r2"]),
@@ -43,8 +47,10 @@ def tiny_detector(path, seed: int = 0):
         helper.make_node("Sigmoid", ["flat"], ["sig"]),
         helper.make_node("Mul", ["sig", "scale"], ["output0"]),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                                                           [1, 3, SIZE, SIZE])],
+    if channels_last:
+        nodes.insert(0, helper.make_node("Transpose", ["images"], ["nchw"], perm=[0, 3, 1, 2]))
+    dims = [1, SIZE, SIZE, 3] if channels_last else [1, 3, SIZE, SIZE]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1024])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -94,6 +100,24 @@ def test_tail_detection_keeps_backbone_quantizable(tmp_path):
     for i, n in enumerate(model.graph.node):
         n.name = f"{n.op_type}_{i}"
     assert tail_nodes(model) == ["Mul_7", "Reshape_5", "Sigmoid_6"]
+
+
+def test_nhwc_model_quantizes_its_backbone_and_calibrates_on_nhwc_images(tmp_path, calib_dir):
+    src = tiny_detector(tmp_path / "nhwc.onnx", channels_last=True)
+    pre, exclude = prepare(src, tmp_path, (SIZE, SIZE), channels_last=True)
+    model = onnx.load(str(pre))
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    assert len(convs) == 3 and not convs & set(exclude)  # the leading Transpose is layout, not decoding
+    spec = next(f for f in FORMATS if f.name == "qdq-u8s8-perchannel")
+    out = quantize_one(pre, tmp_path / "int8.onnx", spec, sorted(calib_dir.iterdir()), (SIZE, SIZE), exclude,
+                       channels_last=True)
+    img = cv2.resize(cv2.imread(str(calib_dir / "3.png")), (SIZE, SIZE))
+    x = (img[..., ::-1][None] / 255).astype(np.float32)
+    ref, got = run(src, x), run(out, x)
+    assert np.corrcoef(ref[0, 4], got[0, 4])[0, 1] > 0.95
+    report = quantize_model(src, tmp_path / "chosen.onnx", calib_dir, runs=3, max_ap_drop=1.0, threads=1)
+    assert all(t.ap50 is not None for t in report.trials), [t.note for t in report.trials]
+    assert load_detector(DetectorConfig(model=report.output)).info.input_layout == "NHWC"
 
 
 def test_choice_rules():

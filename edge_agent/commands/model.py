@@ -5,27 +5,52 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edge_agent.config.detector import DetectorConfig
+from edge_agent.config.base import format_errors
+from edge_agent.config.detector import MAX_THREADS, DetectorConfig
 
 model_app = typer.Typer(help="Inspect, evaluate, quantize and benchmark detector models.", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line, also in logs and pipes
 
 MODEL_HELP = "Model .onnx path, or 'bundled'"
 
 
-def _load(model: str, threads: int = 0, **overrides: object):
+def _names(value: str | None) -> str | None:
+    if value is not None and not all(n.strip() for n in value.split(",")):
+        raise typer.BadParameter(f"{value!r}: give every class a name, comma-separated in class-id order "
+                                 "(e.g. pothole,crack)")
+    return value
+
+
+def _threads() -> Any:
+    return typer.Option(0, "--threads", min=0, max=MAX_THREADS, help="Inference threads (0 = ONNX Runtime default)")
+
+
+def _names_option() -> Any:
+    return typer.Option(None, "--names", callback=_names,
+                        help="Class names in class-id order, comma-separated, for a model that names none "
+                             "(overrides its metadata and manifest)")
+
+
+def _load(model: str, threads: int = 0, names: str | None = None, **overrides: object):
     from edge_agent.detector import ModelError, load_detector
 
+    if names:
+        overrides["class_names"] = [n.strip() for n in names.split(",")]
     try:
         return load_detector(DetectorConfig(model=model, threads=threads, **overrides))
+    except ValidationError as exc:
+        err.print(f"[red]invalid detector settings:[/red] {'; '.join(format_errors(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     except ModelError as exc:
         err.print(f"[red]model not usable:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -33,13 +58,14 @@ def _load(model: str, threads: int = 0, **overrides: object):
 
 @model_app.command("info")
 def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
+         names: str | None = _names_option(),
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """Load a model (with its load checks) and show what it is."""
-    det = _load(model)
+    det = _load(model, names=names)
     i = det.info
     data = {"name": i.name, "version": i.version, "path": i.path, "sha256": i.sha256, "classes": list(i.classes),
-            "input_size": list(i.input_size), "input_dtype": i.input_dtype, "layout": i.layout,
-            "provider": i.provider, "quantization": i.quantization}
+            "input_size": list(i.input_size), "input_dtype": i.input_dtype, "input_layout": i.input_layout,
+            "layout": i.layout, "box_units": i.box_units, "provider": i.provider, "quantization": i.quantization}
     if as_json:
         typer.echo(json.dumps(data))
         return
@@ -51,20 +77,24 @@ def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
 
 @model_app.command("eval")
 def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
-             data: Path = typer.Option(..., "--data", "-d", help="YOLO-layout folder: images/ + labels/"),
-             threshold: float = typer.Option(-1.0, "--threshold",
-                                             help="Score threshold for P/R/F1; default: each class's working "
-                                                  "threshold (manifest class_thresholds), else "
-                                                  "detector.score_threshold"),
+             data: Path = typer.Option(..., "--data", "-d", exists=True, file_okay=False,
+                                       help="YOLO-layout folder: images/ + labels/"),
+             threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                                    help="Score threshold for P/R/F1; default: each class's "
+                                                         "working threshold (manifest class_thresholds), else "
+                                                         "detector.score_threshold"),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
-             plot: Path | None = typer.Option(None, "--plot", help="Write the PR curve to this PNG"),
-             threads: int = typer.Option(0, "--threads", help="Inference threads (0 = ONNX Runtime default)")
-             ) -> None:
+             plot: Path | None = typer.Option(None, "--plot", help="Write the PR curve to this PNG (its folder "
+                                                                   "must exist)"),
+             threads: int = _threads(),
+             names: str | None = _names_option()) -> None:
     """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
     from edge_agent.evaluate import evaluate_dataset, list_dataset_images, plot_pr
 
-    det = _load(model, threads)
-    thr = None if threshold < 0 else threshold
+    if plot is not None and not plot.parent.is_dir():  # found out now, not after minutes of evaluation
+        raise typer.BadParameter(f"folder {plot.parent} does not exist", param_hint="'--plot'")
+    det = _load(model, threads, names)
+    thr = threshold  # None: each class at its own working threshold
     n = len(list_dataset_images(data))
     if n == 0 or not (data / "labels").is_dir():
         err.print(f"[red]{data}: expected a YOLO-layout folder with images/ and labels/[/red]")
@@ -101,10 +131,11 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
              eval_dir: Path | None = typer.Option(None, "--eval",
                                                   help="Labelled YOLO-layout folder for AP50 (default: --calib; "
                                                        "without labels, FP32's detections are the reference)"),
-             max_ap_drop: float = typer.Option(0.01, "--max-ap-drop", help="Largest AP50 loss accepted vs FP32"),
-             calib_images: int = typer.Option(64, "--calib-images", help="How many images to calibrate on"),
-             threads: int = typer.Option(0, "--threads", help="Inference threads for the timing"),
-             runs: int = typer.Option(30, "--runs", help="Timed inferences per format"),
+             max_ap_drop: float = typer.Option(0.01, "--max-ap-drop", min=0.0, max=1.0,
+                                               help="Largest AP50 loss accepted vs FP32"),
+             calib_images: int = typer.Option(64, "--calib-images", min=1, help="How many images to calibrate on"),
+             threads: int = _threads(),
+             runs: int = typer.Option(30, "--runs", min=1, help="Timed inferences per format"),
              as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object")) -> None:
     """Static INT8 quantization: try the formats, keep the fastest within --max-ap-drop AP50 of FP32."""
     from edge_agent.quantize import quantize_model
@@ -137,13 +168,14 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
 def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
           fp32: str | None = typer.Option(None, "--fp32", help="FP32 counterpart; default: the manifest's "
                                                                 "'fp32_model' beside the model"),
-          runs: int = typer.Option(50, "--runs", help="Timed inferences per model"),
-          threads: int = typer.Option(0, "--threads", help="Inference threads (0 = ONNX Runtime default)"),
+          runs: int = typer.Option(50, "--runs", min=1, help="Timed inferences per model"),
+          threads: int = _threads(),
+          names: str | None = _names_option(),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """FP32 vs INT8 latency of a model on this box, so an installer picks whichever is faster here."""
     from edge_agent.detector import sample_road_image
 
-    det = _load(model, threads)
+    det = _load(model, threads, names)
     models = {det.info.quantization or "model": det}
     ref = fp32 or det.info.manifest.get("fp32_model")
     if ref and "fp32" in models:
@@ -152,7 +184,7 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
     if ref:
         ref_path = Path(ref) if Path(ref).is_absolute() or fp32 else Path(det.info.path).parent / ref
         w, _ = det.info.input_size
-        models["fp32"] = _load(str(ref_path), threads, input_size=w)
+        models["fp32"] = _load(str(ref_path), threads, names, input_size=w)
     frame = sample_road_image(1280, 720)
     times: dict[str, list[float]] = {k: [] for k in models}
     for d in models.values():

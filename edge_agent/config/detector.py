@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from edge_agent.config.base import Section
 
+MAX_THREADS = 64
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider",
                      "CPUExecutionProvider"]
 
@@ -28,11 +29,18 @@ class DetectorConfig(Section):
     providers: list[str] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS),
                                  description="ONNX Runtime execution providers in order of preference; the "
                                              "ones not installed are skipped, CPU is always the last resort")
-    threads: int = Field(0, ge=0, le=64, description="Intra-op threads for inference; 0 lets ONNX Runtime decide")
+    threads: int = Field(0, ge=0, le=MAX_THREADS,
+                         description="Intra-op threads for inference; 0 lets ONNX Runtime decide")
     input_size: int = Field(0, ge=0, le=4096, description="Square input size for models with a dynamic input "
                                                           "shape; 0 = the model's metadata (imgsz), else 640")
     layout: Literal["auto", "yolov5", "yolov8", "end2end"] = Field(
         "auto", description="Output layout; auto recognises it from the output shape and metadata")
+    box_units: Literal["auto", "pixels", "fractions"] = Field(
+        "auto", description="Units of the model's output boxes: input pixels (YOLO exports) or fractions of the "
+                            "input (TensorFlow/TFLite conversions); auto tells them apart at load")
+    class_names: list[str] | None = Field(None, min_length=1,
+                                          description="Class names in class-id order for a model that names "
+                                                      "none (overrides the manifest and the ONNX metadata)")
     sanity_check: bool = Field(True, description="Refuse a model whose scores are all zero on a test pattern "
                                                  "and a sample image at load (broken INT8 exports do that)")
 
