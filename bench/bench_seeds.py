@@ -64,6 +64,7 @@ def drive_and_replay(seed: int, folder: Path, truth_boxes: bool = False, noise_m
                "--defects", "10", "--potholes", "7", "--gps-noise-m", "3", "--gps-noise-model", noise_model])
     if sim.returncode != 0:
         raise RuntimeError(f"sim drive seed {seed}: {sim.stderr[-2000:]}")
+    (folder / "outbox.db").unlink(missing_ok=True)  # a kept folder's earlier run would add its events
     if truth_boxes:
         return replay_truth_boxes(folder)
     replay = run([str(EDGE_AGENT), "replay", "--video", str(folder / "video.mp4"), "--nmea", str(folder / "drive.nmea"),
@@ -80,7 +81,6 @@ def replay_truth_boxes(folder: Path) -> list[dict]:
     from edge_agent.replay import replay_drive
     from edge_agent.sim.truth_detector import TruthDetector
 
-    (folder / "outbox.db").unlink(missing_ok=True)
     with Outbox(folder / "outbox.db") as box:
         replay_drive(agent_config.load(folder / "agent.toml"), folder / "video.mp4", folder / "drive.nmea", box,
                      TruthDetector(folder / "boxes.csv"))
