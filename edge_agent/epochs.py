@@ -324,7 +324,7 @@ class EpochAssembler:
         self._set_date(epoch, date)
 
     def _note_rollover(self, date: dt.date | None, year: int) -> None:
-        if date is not None and date.year != year and date.year - year > 1:
+        if date is not None and date.year - year > 1:
             self.stats.week_rollovers += 1
 
     def _apply_GGA(self, epoch: _Epoch, data: list[str]) -> None:

@@ -65,13 +65,19 @@ def _vehicle(pose: Any, heading_deg: float | None) -> dict[str, Any]:
 
 
 def build_event(track: Track, located: Located, *, device_id: str, seq: int, model: ModelRef,
-                captured_at: datetime, cfg: EventsConfig, vehicle_pose: Any = None) -> dict[str, Any]:
+                captured_at: datetime, cfg: EventsConfig, vehicle_pose: Any = None,
+                vehicle_heading_deg: float | None = None) -> dict[str, Any]:
     """The event for TRACK: the defect at LOCATED, the vehicle and box of the track's best frame.
-    VEHICLE_POSE is the vehicle at the best frame when known better than at the time (see Pipeline._emit)."""
+    VEHICLE_POSE (with VEHICLE_HEADING_DEG) is the vehicle at the best frame when known better than at the
+    time, or at the nearest frame with a position when the best one had none (see Pipeline._emit)."""
     best = track.best
-    assert best is not None, "a track without observations cannot be an event"
+    if best is None:
+        raise ValueError("a track without observations cannot be an event")
     pose = vehicle_pose or best.pose
-    heading = best.heading_deg  # the pipeline's heading at that frame: held while the vehicle was slow
+    if pose is None or pose.lat is None:
+        raise ValueError(f"track {track.id} has no vehicle position to put in its event")
+    # the pipeline's heading at that frame: held while the vehicle was slow
+    heading = vehicle_heading_deg if vehicle_heading_deg is not None else best.heading_deg
     width, length = _clamp(located.width_m, 0, 50), _clamp(located.length_m, 0, 50)
     event: dict[str, Any] = {
         "schema": SCHEMA,

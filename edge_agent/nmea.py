@@ -103,8 +103,7 @@ class NmeaParser:
             stats.too_long += 1
             return None
         digits = line[star + 1:star + 3]
-        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX or (
-                len(line) > star + 3 and line[star + 3:].strip()):
+        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX or line[star + 3:].strip():
             stats.bad_checksum += 1  # missing, cut short or not hex
             return None
         body = line[start + 1:star]

@@ -228,9 +228,10 @@ class Pipeline:
             self.counts["events_merged"] += 1
             return None
         captured = track.best.utc if track.best and track.best.utc else datetime.now(UTC)
-        vehicle = self.filter.position_at(track.best.t_mono) if track.best else None
+        vehicle, heading = self._vehicle_near_best(track)
         event = build_event(track, located, device_id=self.cfg.device.id, seq=self.outbox.next_seq(),
-                            model=self.model, captured_at=captured, cfg=self.cfg.events, vehicle_pose=vehicle)
+                            model=self.model, captured_at=captured, cfg=self.cfg.events, vehicle_pose=vehicle,
+                            vehicle_heading_deg=heading)
         if not self.outbox.add_event(event):
             self.counts["events_refused"] += 1
             log.warning("outbox refused event %s (disk guard)", event["event_id"])
@@ -239,6 +240,20 @@ class Pipeline:
         self.health.count("events")
         self._recent.append(Emitted(track.class_name, located.lat, located.lon, t_mono))
         return event
+
+    def _vehicle_near_best(self, track: Track) -> tuple[Any, float | None]:
+        """The vehicle's pose and heading at the track's best frame, asked of the filter again (later fixes
+        interpolate). A best frame taken before the first fix has no position: the frame nearest to it in
+        time that has one stands in, so the event still says where the vehicle was."""
+        best = track.best
+        if best is None:
+            return None, None
+        nearest = sorted(track.observations, key=lambda o: abs(o.t_mono - best.t_mono))
+        for obs in [best, *nearest]:
+            pose = self.filter.position_at(obs.t_mono) or obs.pose
+            if pose is not None and pose.lat is not None:
+                return pose, obs.heading_deg
+        return None, best.heading_deg
 
     def _seen_recently(self, class_name: str, lat: float, lon: float, t_mono: float) -> bool:
         window, radius = self.cfg.tracker.merge_window_s, self.cfg.tracker.merge_radius_m

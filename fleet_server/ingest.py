@@ -234,6 +234,8 @@ class IngestWorker:
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker's SUBACK came: from now on nothing published is missed
+        self._subscribe_mid: int | None = None
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
         self._conn: psycopg.Connection | None = None
         # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
@@ -258,6 +260,7 @@ class IngestWorker:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_properties(self) -> Properties:
@@ -272,12 +275,22 @@ class IngestWorker:
             log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         metrics.INGEST_BROKER_CONNECTS.inc()
-        client.subscribe([(f, 1) for f in subscriptions(self.cfg)])
+        _, self._subscribe_mid = client.subscribe([(f, 1) for f in subscriptions(self.cfg)])
         self.connected.set()
         log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg)))
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.warning("%s: the broker refused subscriptions: %s", self.client_id, ", ".join(refused))
+            return
+        self.subscribed.set()
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self.stopping.is_set():
             log.warning("%s: disconnected from the broker (%s); reconnecting", self.client_id, reason_code)
 
@@ -314,6 +327,11 @@ class IngestWorker:
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self.connected.wait(timeout_s)
+
+    def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
+        """Whether the broker confirmed every subscription within TIMEOUT_S (callers that publish right after
+        starting a worker wait for this, not for a fixed time)."""
+        return self.subscribed.wait(timeout_s)
 
     # ------------------------------------------------------------------------------------ batch loop
     def _prepare(self) -> None:

@@ -43,7 +43,7 @@ from rich.table import Table  # noqa: E402
 
 console = Console()
 
-DEMO = services.STATE / "demo"
+DEMO = services.STATE.resolve() / "demo"  # absolute: its commands run with the checkout as cwd
 DEVICE_ID = "demo-veh-1"
 DB_NAME = "roadmon_demo"
 DEFAULT_PORT = int(os.environ.get("ROADMON_DEMO_PORT", "8765"))
@@ -55,6 +55,12 @@ DRIVE_CRACKS = 4  # painted distractors: the detector should leave them alone
 # far below it (see the summary), so the gate only separates matches from strays.
 MATCH_GATE_M = 8.0
 EARTH_RADIUS_M = 6_371_008.8
+
+
+def shown(path: Path) -> str:
+    """PATH for a message: relative to the checkout when inside it (short), else as it is (ROADMON_STATE
+    may point anywhere)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 class DemoError(RuntimeError):
@@ -615,7 +621,7 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
     with console.status("rendering the drive (a minute or three, once)…"):
         drive = ensure_drive(paths, seed)
 
-    step(f"fleet server on http://127.0.0.1:{port} (API + ingest; logs in {paths.root.relative_to(ROOT)})")
+    step(f"fleet server on http://127.0.0.1:{port} (API + ingest; logs in {shown(paths.root)})")
     background.start("server", fleet_server(paths, "serve", "--workers", "1"))
     wait_for_api(port, tokens["viewer"], background)
 

@@ -3,11 +3,13 @@ private brokers for chaos tests, and the real data in ../shared (skipped when ab
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -17,12 +19,28 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import services  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
+T = TypeVar("T")
 
 
 def free_port() -> int:
+    """A port the OS just handed out on loopback. It is free again once this returns, so another program may
+    take it before the caller binds it: callers that start a server on it use `on_a_free_port`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def on_a_free_port(start: Callable[[int], T], attempts: int = 5) -> T:
+    """START(port) on a port from free_port(), again on a fresh one when that port was taken in between
+    (START raises OSError or services.ServiceError then)."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            return start(port)
+        except (OSError, services.ServiceError):
+            if attempt == attempts - 1 or services.port_is_free(port):
+                raise  # not a lost race for the port: a real failure
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +65,10 @@ def broker(service_info: services.ServiceInfo) -> services.Mosquitto:
 
 @pytest.fixture
 def fresh_db(postgres: services.Postgres, request: pytest.FixtureRequest) -> str:
-    """An empty PostGIS database of this test's own; returns its DSN."""
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    """An empty PostGIS database of this test's own; returns its DSN. The name ends in a hash of the test's
+    full id: a readable prefix alone would let parametrised cases (and long names) share one database."""
+    readable = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    name = f"t_{readable}_{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]}"
     return postgres.create_database(name)
 
 
@@ -71,13 +91,18 @@ def private_broker(tmp_path: Path) -> Iterator[Callable[..., services.Mosquitto]
     started: list[services.Mosquitto] = []
 
     def make(extra_conf: str = "", start: bool = True) -> services.Mosquitto:
-        mq = services.Mosquitto(state=tmp_path, port=free_port(), name=f"mqtt{len(started)}",
-                                extra_conf=extra_conf)
+        name = f"mqtt{len(started)}"
+
+        def broker_on(port: int) -> services.Mosquitto:
+            mq = services.Mosquitto(state=tmp_path, port=port, name=name, extra_conf=extra_conf)
+            if start:
+                mq.up()
+            else:
+                mq._write_config()
+            return mq
+
+        mq = on_a_free_port(broker_on)
         started.append(mq)
-        if start:
-            mq.up()
-        else:
-            mq._write_config()
         return mq
 
     yield make

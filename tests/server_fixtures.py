@@ -69,8 +69,7 @@ def workers() -> Iterator[Callable[..., list[IngestWorker]]]:
         new = [IngestWorker(cfg, index=len(started) + i).start() for i in range(n)]
         started.extend(new)
         for w in new:
-            assert w.wait_connected(15), "ingest worker did not connect to the broker"
-        time.sleep(0.3)  # let the SUBACKs land before anyone publishes
+            assert w.wait_subscribed(30), "ingest worker did not connect and subscribe at the broker"
         return new
 
     yield start
@@ -128,10 +127,12 @@ class DeviceClient:
                                   protocol=mqtt.MQTTv5)
         self.client.username_pw_set(device_id, password)
         self.client.on_message = lambda c, u, m: self.acks.append(json.loads(m.payload))
+        subacked = threading.Event()
+        self.client.on_subscribe = lambda c, u, mid, codes, p: subacked.set()
         self.client.connect(host, port)
         self.client.loop_start()
         self.client.subscribe(topics.ack(device_id), qos=1)
-        time.sleep(0.2)
+        assert subacked.wait(30), f"{device_id}: no SUBACK for its ack topic"
 
     def publish(self, kind: str, payload: bytes | dict, topic: str | None = None) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

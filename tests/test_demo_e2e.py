@@ -97,9 +97,12 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     score = demo.score_geolocation(
         demo.points_of(truth, "pothole", visible_only=True), demo.points_of(defects, "pothole")
     )
-    assert score.truth >= 2, "the drive should pass at least two potholes"
-    # Finding them is the detector's job (scored on its own in models/); here at least half must come through.
-    assert score.found * 2 >= score.truth, f"found {score.found} of {score.truth} potholes: {score}"
+    assert score.truth == POTHOLES, "the drive should pass every pothole it was given"
+    # Measured: 4 of 4 found, no stray. The allowance of one: a pothole whose best frames score near the
+    # detector's threshold may fall either side of it on another CPU's floating point (the detector's recall
+    # is scored on its own in models/). A defect on the map where there is none is never allowed.
+    assert score.found >= score.truth - 1, f"found {score.found} of {score.truth} potholes: {score}"
+    assert score.strays == 0, score
     assert score.median_m is not None and score.median_m < MEDIAN_ERROR_M, score
 
 
@@ -112,3 +115,9 @@ def test_geolocation_score_pairs_closest_first_and_counts_strays() -> None:
     assert (score.truth, score.found, score.strays) == (3, 2, 2)
     assert score.errors_m == pytest.approx([1.0, 3.0], abs=0.01)
     assert score.median_m == pytest.approx(2.0, abs=0.01) and score.max_m == pytest.approx(3.0, abs=0.01)
+
+
+def test_demo_messages_show_state_folders_inside_and_outside_the_checkout(tmp_path: Path) -> None:
+    """ROADMON_STATE may lie anywhere: a folder outside the checkout is shown as it is, not a traceback."""
+    assert demo.shown(ROOT / ".state" / "demo") == ".state/demo"
+    assert demo.shown(tmp_path / "demo") == str(tmp_path / "demo")

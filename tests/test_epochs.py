@@ -280,3 +280,75 @@ def test_fuzz_decoder_on_junk_mixed_with_sentences(pieces, chunk):
     for fix in fixes:
         check_ranges(fix)
     assert decoder.summary()["epochs"] == len(fixes)
+
+
+def test_gga_satellite_count_is_kept_when_plausible():
+    assert epochs(rmc(), gga(sats="12"))[0][0].sats == 12
+    assert epochs(rmc(), gga(sats="255"))[0][0].sats == 255
+    assert epochs(rmc(), gga(sats="256"))[0][0].sats is None
+
+
+def test_vtg_speed_in_knots_when_it_has_no_kmh():
+    fix = epochs(rmc(speed="", course=""), "GPVTG,054.7,T,034.4,M,005.5,N,,K,A")[0][0]
+    assert fix.speed_mps == pytest.approx(5.5 * KNOT_MPS)
+
+
+def test_vtg_does_not_override_the_rmc_course_and_speed():
+    fix = epochs(rmc(speed="010.0", course="084.4"), "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A")[0][0]
+    assert fix.track_deg == pytest.approx(84.4)
+    assert fix.speed_mps == pytest.approx(10.0 * KNOT_MPS)
+
+
+@pytest.mark.parametrize("sigmas", ["-1.5,2.0", "1.5,-2.0", ",2.0", "1.5,"])
+def test_gst_with_a_negative_or_missing_sigma_is_ignored(sigmas):
+    fix = epochs(rmc(), gga(hdop="2.0"), f"GPGST,123519.00,1.2,3.0,2.0,45.0,{sigmas},3.1", uere_m=5.0)[0][0]
+    assert fix.eph_m == pytest.approx(10.0)  # HDOP x UERE, as without GST
+
+
+def test_coordinates_stop_at_the_poles_and_the_antimeridian():
+    from edge_agent.epochs import latitude, longitude
+
+    assert longitude("18000.000", "W") == -180.0 and longitude("18000.006", "E") is None
+    assert latitude("9000.000", "N") == 90.0 and latitude("9000.006", "S") is None
+    assert longitude("9000.000", "N") is None and latitude("4807.038", "E") is None
+
+
+def test_fixes_are_immutable_values():
+    import dataclasses
+
+    fix = epochs(rmc(), gga())[0][0]
+    assert fix == dataclasses.replace(fix) and hash(fix) == hash(dataclasses.replace(fix))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fix.lat = 0.0  # type: ignore[misc]
+
+
+def gns(modes: str = "AN", alt: str = "545.4") -> str:
+    return f"GNGNS,123519.00,4807.038,N,01131.000,E,{modes},08,0.9,{alt},46.9,,,V"
+
+
+def test_a_gns_only_receiver_gives_position_altitude_and_satellites():
+    fix = epochs(rmc(), gns(alt="-10.5"))[0][0]
+    assert fix.lat == pytest.approx(48 + 7.038 / 60) and fix.lon == pytest.approx(11 + 31.0 / 60)
+    assert fix.alt_m == pytest.approx(-10.5) and fix.sats == 8 and not fix.estimated
+    assert epochs(rmc(), gns(alt="-1000.0"))[0][0].alt_m is None  # below the Dead Sea: not an altitude
+
+
+@pytest.mark.parametrize(("modes", "estimated"), [("EN", True), ("E", True), ("AE", False), ("DN", False)])
+def test_gns_dead_reckoning_on_every_system_is_estimated(modes, estimated):
+    assert epochs(rmc(), gns(modes=modes))[0][0].estimated is estimated
+
+
+@pytest.mark.parametrize(("hdop", "expected"), [("0.0", None), ("0", None), ("0.5", 0.5), ("99.9", 99.9),
+                                                ("100.0", None)])
+def test_dop_zero_means_unknown(hdop, expected):
+    from edge_agent.epochs import dop
+
+    assert dop(hdop) == expected
+
+
+def test_coordinates_without_decimal_minutes():
+    from edge_agent.epochs import latitude, longitude
+
+    assert latitude("4807", "N") == pytest.approx(48 + 7 / 60)
+    assert longitude("01131", "W") == pytest.approx(-(11 + 31 / 60))
+    assert latitude("4860", "N") is None  # 60 minutes is the next degree

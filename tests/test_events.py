@@ -16,8 +16,8 @@ from calibration.projector import GroundProjector
 from edge_agent.config.events import EventsConfig
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.coverage import CoverageRecorder, footprint_summary
-from edge_agent.events import ModelRef, build_event, iso_utc
-from edge_agent.geolocate import Geolocator, Located, offset_latlon
+from edge_agent.events import ModelRef, build_event, iso_utc, jpeg_b64
+from edge_agent.geolocate import Geolocator, Located, offset_latlon, severity
 from edge_agent.tracker import Motion, Tracker
 from roadmon_contract.validate import errors
 from tests.detections import Det
@@ -43,13 +43,14 @@ def projector() -> GroundProjector:
     return GroundProjector(Intrinsics.from_hfov(W, H, 90.0), Mount(height_m=1.4, pitch_deg=12.0))
 
 
-def finished_track(projector: GroundProjector, keep_full_frame: bool = False):
+def finished_track(projector: GroundProjector, keep_full_frame: bool = False, pose: Pose | None = None,
+                   scores: tuple[float, ...] = (0.6, 0.7, 0.95, 0.8, 0.7, 0.6)):
     """A track of one defect seen in 6 frames of a textured image, the best frame in the middle."""
     tracker = Tracker(TrackerConfig(min_frames=3), Geolocator(projector), thumbnail_px=160,
                       keep_full_frame=keep_full_frame)
     image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    pose = Pose(48.1, 11.5)
-    for k, score in enumerate([0.6, 0.7, 0.95, 0.8, 0.7, 0.6]):
+    pose = pose or Pose(48.1, 11.5)
+    for k, score in enumerate(scores):
         y = 450 + 8 * k
         tracker.step(k / 15, [Det(600, y, 720, y + 40, score)], Motion(0.0, 0.0), image=image, pose=pose,
                      heading_deg=pose.heading_deg, utc=T0 + timedelta(seconds=k / 15))
@@ -134,3 +135,55 @@ def test_coverage_stops_at_a_gap_in_position() -> None:
     assert len(records) == 2
     assert len(records[0]["line"]) == 10 and len(records[1]["line"]) == 15
     assert all(errors("coverage", r) == [] for r in records)
+
+
+def test_event_numbers_are_rounded_and_clamped_to_the_contract(projector: GroundProjector) -> None:
+    track = finished_track(projector, pose=Pose(48.1234567891, 11.9876543219, speed_mps=123.456, h_std_m=-2.0),
+                           scores=(0.61234, 0.71234, 0.91234))
+    huge = Located(lat=48.123456789, lon=11.987654321, h_accuracy_m=12345.678, width_m=60.0, length_m=-1.0)
+    event = build_event(track, huge, device_id="veh-042", seq=1, model=MODEL, captured_at=T0, cfg=EventsConfig())
+    assert errors("event", event) == []
+    assert event["position"] == {"lat": 48.1234568, "lon": 11.9876543, "h_accuracy_m": 10000.0}
+    assert event["size_m"] == {"width": 50.0, "length": 0.0}
+    assert event["confidence"] == 0.712
+    assert event["vehicle"] == {"lat": 48.1234568, "lon": 11.9876543, "h_accuracy_m": 0.0, "speed_mps": 100.0,
+                                "heading_deg": 360.0}
+    small = Located(lat=48.1, lon=11.5, h_accuracy_m=-3.0, width_m=0.123456, length_m=49.999)
+    event = build_event(track, small, device_id="veh-042", seq=2, model=MODEL, captured_at=T0, cfg=EventsConfig())
+    assert event["position"]["h_accuracy_m"] == 0.0
+    assert event["size_m"] == {"width": 0.12, "length": 50.0}
+    assert event["severity"] == severity("pothole", 0.123456, 49.999, EventsConfig())
+
+
+def test_a_vehicle_without_speed_says_so_and_one_without_a_position_is_an_error(projector: GroundProjector) -> None:
+    located = Located(48.1, 11.5, 2.0, 0.5, 0.5)
+    still = finished_track(projector, pose=Pose(48.1, 11.5, speed_mps=None, heading_deg=None))
+    event = build_event(still, located, device_id="veh-042", seq=1, model=MODEL, captured_at=T0, cfg=EventsConfig())
+    assert (event["vehicle"]["speed_mps"], event["vehicle"]["heading_deg"]) == (None, None)
+    assert errors("event", event) == []
+    nowhere = Pose(None, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no vehicle position"):
+        build_event(still, located, device_id="veh-042", seq=1, model=MODEL, captured_at=T0, cfg=EventsConfig(),
+                    vehicle_pose=nowhere)
+    with pytest.raises(ValueError, match="no vehicle position"):
+        build_event(finished_track(projector, pose=nowhere), located, device_id="veh-042", seq=1, model=MODEL,
+                    captured_at=T0, cfg=EventsConfig())
+
+
+def test_small_images_are_not_scaled_up_and_large_ones_fit() -> None:
+    image = np.random.default_rng(1).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    small = cv2.imdecode(np.frombuffer(base64.b64decode(jpeg_b64(image, 90, max_px=96)), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert small.shape == (30, 50, 3)
+    fitted = cv2.imdecode(np.frombuffer(base64.b64decode(jpeg_b64(image, 90, max_px=25)), np.uint8),
+                          cv2.IMREAD_COLOR)
+    assert fitted.shape == (15, 25, 3)
+
+
+def test_model_refs_are_values() -> None:
+    import dataclasses
+
+    ref = ModelRef.of(ModelRef(name="m", version="2", sha256="AB" * 32))
+    assert ref == ModelRef("m", "2", "ab" * 32) and hash(ref) == hash(ModelRef("m", "2", "ab" * 32))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ref.name = "x"  # type: ignore[misc]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -78,10 +80,39 @@ def test_services_are_real_and_local(service_info, mqtt_device) -> None:
     with psycopg.connect(service_info.dsn) as conn:
         assert conn.execute("SELECT postgis_version()").fetchone()[0].startswith("3")
     device, password = mqtt_device()
-    # A device may publish under its own id, and the broker refuses a wrong password.
+    # A device may publish under its own id (the server receives it), not under another's (the broker's
+    # PUBACK says not authorised and nothing is delivered), and the broker refuses a wrong password.
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    server = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    server.username_pw_set(service_info.server_user, service_info.server_password)
+    subacked = threading.Event()
+    server.on_subscribe = lambda *args: subacked.set()
+    server.on_message = lambda c, u, m: received.put((m.topic, bytes(m.payload)))
+    server.connect(service_info.mqtt_host, service_info.mqtt_port)
+    server.loop_start()
     ok = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     ok.username_pw_set(device, password)
-    assert ok.connect(service_info.mqtt_host, service_info.mqtt_port) == 0
+    pubacks: dict[int, mqtt.ReasonCode] = {}
+    ok.on_publish = lambda c, u, mid, reason, props: pubacks.__setitem__(mid, reason)
+    try:
+        server.subscribe(f"{topics.PREFIX}/+/event", qos=1)
+        assert subacked.wait(30), "no SUBACK for the server's subscription"
+        assert ok.connect(service_info.mqtt_host, service_info.mqtt_port) == 0
+        ok.loop_start()
+        denied = ok.publish(topics.event(f"other-{device}"), b"not mine", qos=1)
+        mine = ok.publish(topics.event(device), b"mine", qos=1)
+        denied.wait_for_publish(30)
+        mine.wait_for_publish(30)
+        assert pubacks[denied.mid].is_failure and "authori" in str(pubacks[denied.mid]).lower()
+        assert not pubacks[mine.mid].is_failure
+        # the broker delivers one client's messages in order: the first to arrive must be our own
+        assert received.get(timeout=30) == (topics.event(device), b"mine")
+        assert received.empty()
+    finally:
+        ok.loop_stop()
+        ok.disconnect()
+        server.loop_stop()
+        server.disconnect()
     bad = subprocess.run(
         ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(service_info.mqtt_port), "-u", device, "-P", "wrong",
          "-t", topics.event(device), "-m", "x"], capture_output=True, text=True)

@@ -13,6 +13,7 @@ from calibration.projector import GroundProjector
 from edge_agent.config.events import EventsConfig
 from edge_agent.geolocate import (
     Geolocator,
+    GroundBox,
     distance_m,
     enu_offset,
     offset_latlon,
@@ -122,6 +123,16 @@ def test_severity_formula() -> None:
     assert severity("crack", 0.5, 0.6, cfg) == pytest.approx(0.6 * big, abs=2e-3)
     assert severity("unknown-class", 2, 2, cfg) == cfg.default_class_weight
     assert severity("pothole", 0, 3, cfg) == 0.0
+    assert severity("pothole", 3, 0, cfg) == 0.0
+
+
+@pytest.mark.parametrize(("width", "length", "expected"), [(0.4, 0.9, 0.6), (0.9, 0.4, 0.6), (0.25, 1.0, 0.5),
+                                                           (1.0, 0.25, 0.5), (0.2, 1.8, 0.6)])
+def test_severity_of_oblong_defects_follows_their_area(width: float, length: float, expected: float) -> None:
+    """sqrt(width x length): an oblong defect is as severe as the square of the same area, either way round."""
+    assert severity("pothole", width, length, EventsConfig()) == expected
+    assert severity("crack", width, length, EventsConfig()) == round(0.6 * expected, 3)
+    assert severity("pothole", width, length, EventsConfig(severe_area_m2=4.0)) == round(expected / 2, 3)
 
 
 def test_default_severity_spreads_typical_potholes_over_the_range() -> None:
@@ -183,3 +194,42 @@ def test_sizes_combine_with_near_views_weighted_more(projector: GroundProjector)
     assert float(np.mean(lengths)) > 3 * 0.6                       # equal weights: three times too long
     assert 0.6 < located.length_m <= max(lengths[:3])              # no worse than the near views' own error
     assert located.width_m == pytest.approx(0.6, rel=0.1)
+
+
+def ground(sigma: float, size_sigma: float, width: float, length: float, truncated: bool = False) -> GroundBox:
+    return GroundBox(forward_m=10.0, left_m=0.0, width_m=width, length_m=length, range_m=9.5, sigma_m=sigma,
+                     corners=np.zeros((4, 2)), truncated=truncated, size_sigma_m=size_sigma)
+
+
+def test_views_combine_with_inverse_variance_weights() -> None:
+    """Two views 3 m apart. Position weights 1/(sigma² + h_std²): 1/1.25 = 0.8 and 1/5 = 0.2, so 0.6 m from
+    the first; accuracy sqrt(weighted GNSS sigma² + 1/sum(1/sigma²)) = sqrt(1.2² + 1/5); sizes weighted by
+    1/size_sigma²: 25 and 6.25."""
+    near = (ground(0.5, 0.2, 0.4, 0.6), Pose(LAT0, LON0, h_std_m=1.0), 0.0)
+    far = (ground(1.0, 0.4, 0.8, 1.0), Pose(*offset_latlon(LAT0, LON0, 0.0, 3.0), h_std_m=2.0), 0.0)
+    located = Geolocator.combine([near, far])
+    east, north = enu_offset(LAT0, LON0, located.lat, located.lon)
+    assert (east, north) == (pytest.approx(0.0, abs=1e-4), pytest.approx(10.6, abs=1e-4))
+    assert located.h_accuracy_m == pytest.approx(math.sqrt(1.2 ** 2 + 0.2), abs=1e-4)
+    assert (located.width_m, located.length_m) == (pytest.approx(0.48, abs=1e-4), pytest.approx(0.68, abs=1e-4))
+
+
+def test_views_cut_by_the_border_count_only_when_there_is_nothing_else() -> None:
+    whole = (ground(0.5, 0.2, 0.4, 0.6), Pose(LAT0, LON0, h_std_m=1.0), 0.0)
+    cut = (ground(0.1, 0.1, 2.0, 2.0, truncated=True), Pose(*offset_latlon(LAT0, LON0, 0.0, 3.0)), 0.0)
+    located = Geolocator.combine([cut, whole])
+    assert (located.width_m, located.length_m) == (pytest.approx(0.4), pytest.approx(0.6))
+    assert enu_offset(LAT0, LON0, located.lat, located.lon)[1] == pytest.approx(10.0, abs=1e-4)
+    alone = Geolocator.combine([cut])
+    assert alone.width_m == pytest.approx(2.0) and Geolocator.combine([]) is None
+
+
+def test_a_box_at_the_image_border_is_truncated(projector: GroundProjector) -> None:
+    geo = Geolocator(projector)
+    inside = geo.ground_box((600.0, 500.0, 700.0, 560.0))
+    assert inside is not None and not inside.truncated
+    # within 2 px of the last pixel (1279, 719) or of the first: cut off; 2.5 px away: whole
+    for box in ((2.0, 500.0, 100.0, 560.0), (600.0, 500.0, 1277.0, 560.0), (600.0, 500.0, 700.0, 717.0)):
+        assert geo.ground_box(box).truncated, box
+    for box in ((2.5, 500.0, 100.0, 560.0), (600.0, 500.0, 1276.5, 560.0), (600.0, 500.0, 700.0, 716.5)):
+        assert not geo.ground_box(box).truncated, box

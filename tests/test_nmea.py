@@ -56,6 +56,28 @@ def test_malformed_checksum_fields_are_bad_checksums(junk):
     assert parser.stats.bad_checksum == 1
 
 
+@pytest.mark.parametrize("after", [" junk", "x", "*", " 00"])
+def test_a_right_checksum_with_anything_after_it_is_a_bad_checksum(after):
+    """Trailing bytes after the two digits mean a cut or merged line, even when the digits themselves match."""
+    parser = NmeaParser()
+    assert parser.parse_line((sentence(GGA) + after).encode()) is None
+    assert parser.stats.bad_checksum == 1 and parser.stats.sentences == 0
+
+
+@pytest.mark.parametrize("end", ["", "\r\n", "\n", "  \r\n"])
+def test_line_endings_and_trailing_blanks_after_the_checksum_are_fine(end):
+    parser = NmeaParser()
+    assert parser.parse_line((sentence(GGA) + end).encode()) is not None
+    assert parser.stats.sentences == 1 and parser.stats.bad_checksum == 0
+
+
+@pytest.mark.parametrize("digits", ["Z4", "G1", "-1", " 4", "0x"])
+def test_a_checksum_that_is_not_two_hex_digits_is_counted_not_raised(digits):
+    parser = NmeaParser()
+    assert parser.parse_line(f"${GGA}*{digits}".encode()) is None
+    assert parser.stats.bad_checksum == 1
+
+
 def test_checksum_is_taken_after_the_last_star():
     body = "GPTXT,01,01,02,a*star*inside"
     parser = NmeaParser()
@@ -158,3 +180,74 @@ def test_checksum_is_the_xor_of_all_bytes(body):
     for byte in body:
         expected ^= byte
     assert checksum(body) == expected
+
+
+def txt_of_length(n: int) -> str:
+    """A valid GPTXT sentence of exactly N characters, '$' to the checksum digits."""
+    head = "GPTXT,01,01,02,"
+    return sentence(head + "x" * (n - 4 - len(head)))
+
+
+@pytest.mark.parametrize("max_chars", [82, 160, None])
+def test_the_length_cap_is_exact(max_chars):
+    """A sentence of exactly the cap is read; one character more is too long (the documented default: 160)."""
+    cap = max_chars or 160
+    parser = NmeaParser() if max_chars is None else NmeaParser(max_chars=max_chars)
+    assert len(txt_of_length(cap)) == cap
+    parser.parse_line(txt_of_length(cap).encode())
+    assert (parser.stats.sentences, parser.stats.too_long) == (1, 0)
+    parser.parse_line(txt_of_length(cap + 1).encode())
+    assert (parser.stats.sentences, parser.stats.too_long) == (1, 1)
+
+
+def test_unknown_sentence_names_are_counted_each():
+    parser = NmeaParser()
+    for body in ("GPFOO,1", "GNFOO,2", "GPBAR,3"):
+        parser.parse_line(sentence(body).encode())
+    assert parser.stats.unknown_names == {"FOO": 2, "BAR": 1}
+    assert parser.stats.unknown_type == 3
+
+
+@pytest.mark.parametrize("address", ["GPGGAX", "GPGG", "GP-GA", "G"])
+def test_an_address_that_is_not_five_letters_is_malformed(address):
+    parser = NmeaParser()
+    assert parser.parse_line(sentence(address + GGA[5:]).encode()) is None
+    assert (parser.stats.malformed, parser.stats.unknown_type, parser.stats.sentences) == (1, 0, 1)
+
+
+def test_a_non_ascii_body_with_a_right_checksum_is_malformed_once():
+    parser = NmeaParser()
+    body = "GPTXT,01,01,02,caf\xe9".encode("latin-1")
+    line = b"$" + body + f"*{checksum(body):02X}".encode()
+    assert parser.parse_line(line) is None
+    assert (parser.stats.malformed, parser.stats.bad_checksum, parser.stats.sentences) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 0x10, -0x10])
+def test_checksums_above_and_below_the_right_one_are_rejected(delta):
+    right = checksum(GGA.encode())
+    parser = NmeaParser()
+    assert parser.parse_line(f"${GGA}*{(right + delta) % 256:02X}".encode()) is None
+    assert parser.stats.bad_checksum == 1
+
+
+def test_stats_as_dict_are_the_counters():
+    parser = NmeaParser()
+    parser.parse_line(sentence(GGA).encode())
+    parser.parse_line(sentence("GPFOO,1").encode())
+    assert parser.stats.as_dict() == {
+        "lines": 2, "sentences": 2, "used": 1, "bad_checksum": 0, "no_checksum": 0, "too_long": 0,
+        "malformed": 0, "unknown_type": 1, "proprietary": 0, "other_types": 0, "junk_bytes": 0}
+
+
+def test_line_splitter_keeps_a_long_line_whole_up_to_its_buffer_then_only_the_tail():
+    stats = ParseStats()
+    splitter = LineSplitter(stats, max_buffer=1000)
+    no_newline = bytes(b for b in range(256) if b not in b"\r\n")
+    whole = (no_newline * 4)[:1000]                  # exactly the buffer: still kept whole
+    assert splitter.feed(whole) == [] and stats.junk_bytes == 0
+    assert splitter.feed(b"\n") == [whole]
+    junk = (no_newline * 6)[:1500]                   # 1500 bytes with no newline: the last 500 stay
+    assert splitter.feed(junk) == []
+    assert stats.junk_bytes == 1000
+    assert splitter.feed(b"\n") == [junk[-500:]]

@@ -81,6 +81,64 @@ def test_drain_order_is_severity_then_age_then_coverage(outbox: Outbox) -> None:
     assert validate.errors("coverage", cov) == []
 
 
+def test_due_hands_out_at_most_limit_rows_across_kinds(outbox: Outbox) -> None:
+    """The uplink's in-flight window is the limit: never a row more, also when coverage fills the rest."""
+    events = [make_event(outbox) for _ in range(5)]
+    for event in events:
+        outbox.add_event(event)
+    covs = [make_coverage() for _ in range(3)]
+    for cov in covs:
+        outbox.add_coverage(cov)
+    assert [m.id for m in outbox.due(3, 60)] == [e["event_id"] for e in events[:3]]
+    assert [m.id for m in outbox.due(3, 60)] == [events[3]["event_id"], events[4]["event_id"],
+                                                 covs[0]["coverage_id"]]
+    assert [m.id for m in outbox.due(1, 60)] == [covs[1]["coverage_id"]]
+    assert outbox.due(0, 60) == []
+    assert [m.id for m in outbox.due(5, 60)] == [covs[2]["coverage_id"]]
+
+
+def test_one_at_a_time_the_most_severe_leaves_first_and_equals_keep_their_order(outbox: Outbox) -> None:
+    events = [make_event(outbox, s) for s in (0.2, 0.9, 0.5, 0.9, 0.2)]
+    for event in events:
+        outbox.add_event(event)
+    outbox.add_coverage(cov := make_coverage())
+    drained = [outbox.due(1, 60)[0].id for _ in range(6)]
+    assert drained == [events[i]["event_id"] for i in (1, 3, 2, 0, 4)] + [cov["coverage_id"]]
+    assert outbox.due(1, 60) == []
+
+
+def test_one_severity_point_decides_the_order(outbox: Outbox) -> None:
+    events = [make_event(outbox, s) for s in (0.52, 0.53, 0.0, 0.01, 1.0, 0.99)]
+    for event in events:
+        outbox.add_event(event)
+    assert [m.id for m in outbox.due(10, 60)] == [events[i]["event_id"] for i in (4, 5, 1, 0, 3, 2)]
+
+
+def test_a_window_of_zero_or_less_hands_out_nothing(outbox: Outbox) -> None:
+    outbox.add_event(make_event(outbox))
+    outbox.add_coverage(make_coverage())
+    assert outbox.due(0, 60) == [] and outbox.due(-1, 60) == []
+    assert len(outbox.due(2, 60)) == 2  # nothing was counted as sent by the empty calls
+
+
+def test_queue_depth_is_pending_plus_sent(outbox: Outbox) -> None:
+    events = [make_event(outbox) for _ in range(3)]
+    for event in events:
+        outbox.add_event(event)
+    outbox.add_coverage(make_coverage())
+    [first] = outbox.due(1, 60)
+    outbox.mark_sent([("event", first.id)])
+    stats = outbox.stats()
+    assert (stats["events"]["pending"], stats["events"]["sent"], stats["queue_depth"]) == (2, 1, 4)
+    outbox.mark_confirmed([("event", first.id)])
+    assert outbox.stats()["queue_depth"] == 3
+
+
+def test_a_new_outbox_file_hands_freed_pages_back_incrementally(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "new.db") as ob:
+        assert ob.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL, for the disk guard
+
+
 def test_duplicate_event_is_stored_once(outbox: Outbox) -> None:
     event = make_event(outbox)
     assert outbox.add_event(event) and outbox.add_event(dict(event))

@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -236,7 +236,8 @@ def test_detector_failures_do_not_stop_the_pipeline(projector: GroundProjector, 
     assert pipeline.summary()["detector_errors"] == 20
     assert health.snapshot()["counters"]["detector_errors"] == 20
     assert health.snapshot()["detector"] == "ok"  # recovered once inference worked again
-    assert len(events) >= len(defects) - 1
+    found, false_pos, _ = match(events, defects)
+    assert (found, false_pos) == (len(defects), 0)  # 20 lost frames (1.3 s) cost no defect and add no stray
     outbox.close()
 
 
@@ -252,6 +253,51 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         assert pipeline.finish() == []
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
+
+
+@dataclass
+class EarlyBestDetector(TruthDetector):
+    """Scores its first BEFORE frames' detections highest, so a track's best frame is one of them."""
+
+    before: int = 0
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        score = 0.95 if self.calls < self.before else 0.6
+        return [replace(d, score=score) for d in super().detect(image)]
+
+
+def test_a_defect_first_seen_before_the_first_fix_becomes_one_event(projector: GroundProjector,
+                                                                     tmp_path: Path) -> None:
+    """The first fix comes 1 s into the drive; a pothole 20 m ahead is in view from the first frame, and its
+    best frame is one of those before the fix: the event takes the vehicle from the nearest frame that has a
+    position instead of failing on the one that has none."""
+    rng = np.random.default_rng(6)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    defect = (0.0, 20.0, 0.6)
+    detector = EarlyBestDetector(projector, [defect], rng, miss=0.0, false_alarm=0.0, before=int(FPS))
+    position_filter = PositionFilter(cfg.gnss)
+    feed = FixFeed(iter(fixes(4.0, 0.5, rng)[1:]), position_filter)
+    first_fix = START + timedelta(seconds=1)
+    with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
+        pipeline = Pipeline(cfg, detector, position_filter, projector, outbox)
+        events = []
+        for k in range(int(4.0 * FPS)):
+            utc = START + timedelta(seconds=k / FPS)
+            feed.until(virtual_mono(utc))
+            east, north, heading, _ = route(k / FPS)
+            detector.pose = (east, north, heading)
+            events += pipeline.process(np.zeros((H, W, 3), np.uint8), virtual_mono(utc), utc=utc)
+        events += pipeline.finish()
+        assert len(events) == 1, pipeline.summary()
+        event = events[0]
+        assert errors("event", event) == []
+        assert datetime.fromisoformat(event["captured_at"]) < first_fix  # the best frame: before the fix
+        assert event["confidence"] == 0.95
+        assert distance_m(event["position"]["lat"], event["position"]["lon"],
+                          *offset_latlon(LAT0, LON0, defect[0], defect[1])) < 2.0
+        # the vehicle of the first frame with a position: at the first fix, 12 m up the road
+        assert distance_m(event["vehicle"]["lat"], event["vehicle"]["lon"], LAT0, LON0) == pytest.approx(12.0, abs=1.5)
+        assert outbox.stats()["events"]["pending"] == 1
 
 
 # GNSS ends 8 s into the drive. Defects the vehicle passes at 5 s (fixes), 17 s (8-9 s of dead reckoning:
@@ -404,7 +450,8 @@ def test_replay_command_writes_events_and_coverage(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["frames"] == summary["video_frames"] == 60
     assert summary["dropped"] == 0 and summary["clock"] == "drive.json"
-    assert summary["detections"] == 60 and summary["events"] >= 1
+    # the toy model's one box in every frame is one track, so one event
+    assert summary["detections"] == 60 and (summary["tracks"], summary["events"]) == (1, 1)
     assert summary["outbox"] == str(tmp_path / "outbox.db")
     with Outbox(tmp_path / "outbox.db") as box:
         events = [e for _, e in box.iter_events()]
@@ -446,8 +493,10 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     from edge_agent.live import LiveAgent
 
     drive = write_recording(tmp_path / "drive", seconds=3)
+    # file_realtime off: the file waits for the agent, so every frame is processed however loaded the machine
     config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), camera=str(drive / "video.mp4"),
-                        extra=f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
+                        extra='file_realtime = false\n'
+                              f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
     health = HealthBoard()
     agent = LiveAgent(agent_config.load(config), health=health)
     result: dict = {}
@@ -455,7 +504,10 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("signal.signal", lambda *a: None)  # signal handlers belong to the main thread only
         runner.start()
-        time.sleep(4.0)
+        deadline = time.monotonic() + 120
+        while health.snapshot().get("camera") != "ended" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health.snapshot().get("camera") == "ended", health.snapshot()
         agent.stop()
         runner.join(timeout=20)
     assert not runner.is_alive()
@@ -484,6 +536,6 @@ def test_replay_in_real_time_keeps_the_file_rate(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
         summary = replay_drive(cfg, drive / "video.mp4", drive / "drive.nmea", outbox, load_detector(cfg.detector),
                                realtime=True)
-    assert 1.7 <= summary["wall_s"] <= 4.0                       # 30 frames at 15 fps, not flat out
+    assert summary["wall_s"] >= 29 / 15.0                       # 30 frames at 15 fps: paced, not flat out
     assert summary["frames"] + summary["dropped"] == 30
     assert summary["video_frames"] == 30

@@ -144,6 +144,16 @@ def test_quantize_cli_reports_every_format_and_writes_a_loadable_model(tmp_path,
     for t in report["trials"]:
         assert t["ap50"] is not None and t["latency_ms"] > 0
     assert report["chosen"] in {"fp32", *(f.name for f in FORMATS)}
+    # The file written is the chosen model: FP32's own outputs, or quantized ones that stay close to them.
+    img = cv2.resize(cv2.imread(str(calib_dir / "3.png")), (SIZE, SIZE))
+    x = (img[..., ::-1].transpose(2, 0, 1)[None] / 255).astype(np.float32)
+    ref, got = run(src, x), run(dst, x)
+    ops = {n.op_type for n in onnx.load(str(dst)).graph.node}
+    if report["chosen"] == "fp32":
+        assert np.array_equal(got, ref) and not ops & {"QuantizeLinear", "QLinearConv"}
+    else:
+        assert ops & {"QuantizeLinear", "QLinearConv"}, ops
+        assert np.abs(got[0, 4] - ref[0, 4]).mean() < 0.03
     info = CliRunner().invoke(app, ["model", "info", "--model", str(dst), "--json"])
     assert info.exit_code == 0 and json.loads(info.stdout.strip().splitlines()[-1])["classes"] == ["pothole"]
     bench = CliRunner().invoke(app, ["model", "bench", "--model", str(dst), "--fp32", str(src), "--runs", "3",

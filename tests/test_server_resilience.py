@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -45,15 +44,13 @@ def test_worker_restart_loses_nothing(make_cfg, mqtt_device, service_info, fresh
     device, password = mqtt_device()
     cfg = make_cfg(devices=[device])
     worker = IngestWorker(cfg).start()
-    assert worker.wait_connected(10)
-    time.sleep(0.3)
+    assert worker.wait_subscribed(30)  # the persistent session now holds the subscription
     worker.stop()
     dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
     again = IngestWorker(cfg)
     try:
         event = make_event(device, 48.1, 11.5)
-        dev.publish("event", event)
-        time.sleep(0.5)
+        dev.publish("event", event)  # returns on the broker's PUBACK: the broker holds it for the worker
         assert count(fresh_db, "SELECT count(*) FROM sightings") == 0
         again.start()
         assert wait_for(lambda: event["event_id"] in dev.acked_events())
@@ -74,8 +71,7 @@ def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> N
                         mqtt={"reconnect_min_s": 1.0, "reconnect_max_s": 2.0})
     worker = IngestWorker(cfg).start()
     try:
-        assert worker.wait_connected(10)
-        time.sleep(0.3)
+        assert worker.wait_subscribed(30)
         dev = DeviceClient("127.0.0.1", mq.port, "veh-r", "pw-r")
         first = make_event("veh-r", 48.1, 11.5)
         dev.publish("event", first)
@@ -84,8 +80,7 @@ def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> N
         mq.kill()
         assert wait_for(lambda: not worker.connected.is_set(), timeout_s=10)
         mq.up()
-        assert worker.wait_connected(20), "worker did not reconnect"
-        time.sleep(0.5)
+        assert worker.wait_subscribed(30), "worker did not reconnect and subscribe again"
         dev = DeviceClient("127.0.0.1", mq.port, "veh-r", "pw-r")
         second = make_event("veh-r", 48.2, 11.5)
         dev.publish("event", second)

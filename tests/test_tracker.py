@@ -12,7 +12,7 @@ from calibration.projector import GroundProjector
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.detector import Detection
 from edge_agent.geolocate import Geolocator
-from edge_agent.tracker import Motion, Tracker, iou, move
+from edge_agent.tracker import Motion, Tracker, crop, iou, move, near_in_image
 from tests.detections import Det
 
 FPS = 15.0
@@ -171,3 +171,39 @@ def test_something_that_keeps_its_distance_is_not_a_defect_in_the_road(projector
     assert tracker.stats["not_fixed"] == 1
     finished, tracker = drive(projector, [(0.5, 30.0, 0.6)], seconds=4.0, extra=steady)   # off by default
     assert len(finished) == 2 and tracker.stats["not_fixed"] == 0
+
+
+@pytest.mark.parametrize("min_frames", [3, 5])
+def test_a_track_confirms_at_exactly_min_frames(projector: GroundProjector, min_frames: int) -> None:
+    """A pothole seen whole in min_frames - 1 consecutive frames is no event; in min_frames it is one."""
+    cfg = TrackerConfig(min_frames=min_frames)
+    for seen, events in ((min_frames - 1, 0), (min_frames, 1)):
+        rng = np.random.default_rng(3)
+        tracker = Tracker(cfg, Geolocator(projector))
+        finished = []
+        for k in range(40):
+            veh = np.array([0.0, 12.0 * k / FPS])
+            dets = detections_for(projector, [(0.0, 20.0, 0.6)], veh, 0.0, rng, miss=0.0, px_noise=0.5)
+            finished += tracker.step(k / FPS, dets if 5 <= k < 5 + seen else [], Motion(12.0 / FPS, 0.0))
+        finished += tracker.flush()
+        assert len(finished) == events, (seen, tracker.stats)
+        assert (tracker.stats["tracks"], tracker.stats["confirmed"]) == (1, events)
+        assert tracker.stats["detections"] == seen
+        if events:
+            assert finished[0].hits == min_frames
+
+
+def test_crop_is_the_box_with_its_margin_scaled_to_fit() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    out = crop(image, (100.0, 50.0, 200.0, 90.0), max_px=160)      # 15 % margin: 15 px and 6 px
+    assert out.shape == (52, 130, 3) and np.array_equal(out, image[44:96, 85:215])
+    assert crop(image, (100.0, 50.0, 200.0, 90.0), max_px=65).shape == (26, 65, 3)
+    assert crop(image, (100.0, 50.0, 100.0, 50.0), max_px=160).shape == (1, 1, 3)   # a point is one pixel
+    assert crop(image, (1270.0, 700.0, 1290.0, 730.0), max_px=160).shape == (25, 13, 3)  # cut at the edges
+
+
+def test_near_in_image_compares_centres_with_the_box_diagonal() -> None:
+    a = (0.0, 0.0, 10.0, 10.0)                        # diagonal 14.14
+    assert near_in_image(a, (0.0, 30.0, 10.0, 40.0), 2.2) and not near_in_image(a, (0.0, 30.0, 10.0, 40.0), 2.0)
+    assert near_in_image(a, (30.0, 0.0, 40.0, 10.0), 2.2) and not near_in_image(a, (30.0, 0.0, 40.0, 10.0), 2.0)
+    assert near_in_image(a, (18.0, 24.0, 28.0, 34.0), 2.13) and not near_in_image(a, (18.0, 24.0, 28.0, 34.0), 2.1)

@@ -124,6 +124,29 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
     assert health.snapshot()["uplink"] == "stopped"
 
 
+def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:
+    """A server that never confirms: a window of 30 in batches of 10 puts exactly 30 events in flight, and no
+    more while heartbeats show the uplink's loop still turning (nothing is resent before ack_timeout_s)."""
+    device, password = mqtt_device()
+    server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
+                       service_info.server_password, client_id=f"ack-{device}", devices=[device], ack=False).start()
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    fill(outbox, 100)
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), window=30, batch=10,
+                               ack_timeout_s=600.0), device, outbox, HealthBoard())
+    try:
+        uplink.start()
+        wait_for(lambda: server.distinct >= 30, what="a full window")
+        beats = len(server.statuses)
+        wait_for(lambda: len(server.statuses) >= beats + 3, what="three more heartbeats")
+        assert (server.distinct, server.total) == (30, 30)
+        events = outbox.stats()["events"]
+        assert (events["pending"], events["sent"], events["confirmed"]) == (70, 30, 0)
+    finally:
+        uplink.stop()
+        server.stop()
+
+
 def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
     mq = private_broker(start=False)
     mq.add_device("veh-late", "pw-late")
@@ -263,3 +286,12 @@ def test_broker_probe_says_which_step_breaks(service_info, mqtt_device, tmp_path
     assert [(s.name, s.ok) for s in closed][:3] == [("dns", True), ("tcp", False), ("tls", None)]
     tls = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), tls=True), device)
     assert tls[2].ok is False and "TLS" in tls[2].detail
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a+", "#", "cmd/+/x"])
+def test_command_names_that_are_not_one_topic_level_are_refused(name: str, tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        uplink = Uplink(uplink_cfg(1, login(tmp_path, "pw")), "veh-x", outbox, HealthBoard())
+        with pytest.raises(ValueError, match="invalid command name"):
+            uplink.on_command(name, lambda payload: {})
+        uplink.on_command("echo", lambda payload: {})  # one level, no wildcard: fine
