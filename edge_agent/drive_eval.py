@@ -2,7 +2,7 @@
 
 One-to-one matching within a radius (Hungarian on distance), so a second event for the same defect is a false
 positive. Precision = matched events / events; recall = matched defects / defects; the geolocation error is
-the distance of each matched pair.
+the distance of each matched pair. `score_by_class` does that per class (pothole, crack).
 
 With the drive's true path (truth.csv) the error splits in two: the GNSS part (where the filter put the vehicle
 at the event's best frame, against where it was) and the camera side's own part (`without_gnss_error`: each
@@ -94,6 +94,27 @@ def without_gnss_error(events: list[dict[str, Any]], truth: TruthTrack) -> list[
         east, north = vehicle_error(event, truth)
         lat, lon = offset_latlon(event["position"]["lat"], event["position"]["lon"], -east, -north)
         out.append({**event, "position": {**event["position"], "lat": lat, "lon": lon}})
+    return out
+
+
+def score_by_class(events: list[dict[str, Any]], geojson: Path, classes: Iterable[str] = ("pothole", "crack"),
+                   radius_m: float = 5.0, truth: TruthTrack | None = None) -> dict[str, Score]:
+    """`score` per class: each class's events against that class's true defects (a crack event on a pothole is
+    a false positive of `crack` and leaves the pothole missed)."""
+    return {cls: score([e for e in events if e.get("class") == cls], true_defects(geojson, (cls,)), radius_m, truth)
+            for cls in classes}
+
+
+def crack_truth(geojson: Path) -> list[dict[str, Any]]:
+    """The simulator's cracks: (lat, lon), length_m, width_m and orientation_deg (their long axis)."""
+    doc = json.loads(geojson.read_text(encoding="utf-8"))
+    out = []
+    for feature in doc.get("features", []):
+        props = feature.get("properties") or {}
+        if props.get("class") == "crack" and "line" in props:
+            lon, lat = feature["geometry"]["coordinates"][:2]
+            out.append({"lat": float(lat), "lon": float(lon), "length_m": float(props["length_m"]),
+                        "width_m": float(props["width_m"]), "orientation_deg": float(props["orientation_deg"])})
     return out
 
 

@@ -90,7 +90,8 @@ def build_event(track: Track, located: Located, *, device_id: str, seq: int, mod
         "position": {"lat": round(located.lat, 7), "lon": round(located.lon, 7),
                      "h_accuracy_m": round(_clamp(located.h_accuracy_m, 0, 10000), 2)},
         "vehicle": _vehicle(pose, heading),
-        "size_m": {"width": round(width, 2), "length": round(length, 2)},
+        "size_m": {"width": round(width, 2), "length": round(length, 2)}
+        | ({} if located.orientation_deg is None else {"orientation_deg": round(located.orientation_deg % 180.0, 1)}),
         "severity": severity(track.class_name, width, length, cfg),
         "frames": track.hits,
         "bbox": [round(max(0.0, c), 1) for c in best.bbox],

@@ -16,6 +16,16 @@ weights 1 / size_sigma², size_sigma being BOX_EDGE_SIGMA_PX of box edge on the 
 with range², so the near views decide (a detector's box is a few pixels too large everywhere, which is
 centimetres near the camera and decimetres at 10 m; GNSS error, which weighs the position, does not touch size).
 
+Cracks are lines, not blobs (LINE_CLASSES). A box around a crack says where it is but not which diagonal it
+follows nor how thin it is, so a crack's view is measured from the image: the dark thin strokes inside its box
+(a morphological black-hat, thresholded robustly against the asphalt's own texture) are projected onto the road
+and their principal axis taken. Length and width are the strokes' extent along and across that axis (1st-99th
+percentile, so a speck of noise does not stretch it), the position is the middle of that extent, and the axis's
+angle in the vehicle frame becomes, with the heading, the crack's compass orientation (0-180°). Views are
+combined as above, the orientation as a weighted axial mean. Without the image, or with too few stroke pixels,
+the view keeps the box's extent with its diagonal as the length (a crack's box is spanned by its ends) and no
+orientation.
+
 Uncertainty of one view (1 sigma, metres), growing with range d from a camera at height h:
     sigma_proj = sqrt(projection_sigma_m² + (2 px · ground metres per pixel at the box's bottom)²
                       + ((h² + d²) / h · pitch_sigma)²)
@@ -29,9 +39,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from calibration.projector import GroundProjector
@@ -40,6 +51,11 @@ from edge_agent.config.events import EventsConfig
 EARTH_RADIUS_M = 6_378_137.0    # WGS84 equatorial; a local tangent plane is exact to mm over tens of metres
 BOX_EDGE_SIGMA_PX = 2.0         # how well a detector's box edge sits on the defect's edge, pixels
 BORDER_PX = 2.0                 # a box this close to the image border is cut off by it
+LINE_CLASSES = frozenset({"crack"})  # defects measured as lines along their long axis (module doc)
+STROKE_KERNEL_PX = 9            # black-hat kernel: wider than a crack's stroke, narrower than a pothole
+STROKE_MIN_CONTRAST = 8.0       # grey levels a stroke pixel must be darker than its surroundings, at least
+STROKE_MIN_PIXELS = 8           # fewer stroke pixels than this measure nothing
+STROKE_MAX_PIXELS = 4000        # enough for the axis; more only costs time
 
 
 class PoseLike(Protocol):
@@ -65,6 +81,7 @@ class GroundBox:
     corners: np.ndarray       # 4x2 (forward, left): bottom-left, bottom-right, top-right, top-left
     truncated: bool = False   # the box touches the image border: part of the defect is outside the picture
     size_sigma_m: float = 0.0  # 1-sigma of width and length: a box edge's error on the road at the far edge
+    axis_deg: float | None = None  # a line's long axis, degrees from forward towards the left, [0, 180)
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class Located:
     h_accuracy_m: float
     width_m: float
     length_m: float
+    orientation_deg: float | None = None  # a line's long axis, compass degrees [0, 180); None for blobs
 
 
 def offset_latlon(lat: float, lon: float, east_m: float, north_m: float) -> tuple[float, float]:
@@ -141,6 +159,56 @@ class Geolocator:
                          sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners, truncated=truncated,
                          size_sigma_m=float(size_sigma))
 
+    def line_box(self, box: GroundBox, image: np.ndarray | None, bbox: Sequence[float]) -> GroundBox:
+        """BOX measured as a line (a crack) from the strokes inside BBOX in IMAGE (module doc)."""
+        strokes = self._stroke_points(image, bbox) if image is not None else None
+        if strokes is None:
+            return replace(box, length_m=math.hypot(box.length_m, box.width_m),
+                           width_m=min(box.length_m, box.width_m))
+        points, weights = strokes
+        mean = np.average(points, axis=0, weights=weights)
+        cov = np.cov((points - mean).T, aweights=weights)
+        _, vecs = np.linalg.eigh(cov)
+        major = vecs[:, -1]
+        minor = np.array([-major[1], major[0]])
+        along_lo, along_hi = np.percentile((points - mean) @ major, [1, 99])
+        across_lo, across_hi = np.percentile((points - mean) @ minor, [1, 99])
+        centre = mean + major * (along_lo + along_hi) / 2 + minor * (across_lo + across_hi) / 2
+        return replace(box, forward_m=float(centre[0]), left_m=float(centre[1]),
+                       length_m=float(along_hi - along_lo), width_m=float(across_hi - across_lo),
+                       axis_deg=math.degrees(math.atan2(major[1], major[0])) % 180.0)
+
+    def _stroke_points(self, image: np.ndarray, bbox: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Ground points (forward, left) of the dark thin strokes inside BBOX, with their contrast as weights;
+        None when there are too few to measure a line."""
+        h, w = image.shape[:2]
+        x1, y1 = max(0, math.floor(bbox[0])), max(0, math.floor(bbox[1]))
+        x2, y2 = min(w, math.ceil(bbox[2])), min(h, math.ceil(bbox[3]))
+        if x2 - x1 < 3 or y2 - y1 < 3:
+            return None
+        pad = STROKE_KERNEL_PX  # the black-hat needs background around the box's edge strokes
+        c1, r1, c2, r2 = max(0, x1 - pad), max(0, y1 - pad), min(w, x2 + pad), min(h, y2 + pad)
+        grey = image[r1:r2, c1:c2]
+        if grey.ndim == 3:
+            grey = cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (STROKE_KERNEL_PX, STROKE_KERNEL_PX))
+        hat = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
+        hat = hat[y1 - r1:y2 - r1, x1 - c1:x2 - c1]
+        median = float(np.median(hat))
+        spread = 1.4826 * float(np.median(np.abs(hat - median)))
+        rows, cols = np.nonzero(hat > max(STROKE_MIN_CONTRAST, median + 4 * spread))
+        if len(rows) < STROKE_MIN_PIXELS:
+            return None
+        if len(rows) > STROKE_MAX_PIXELS:
+            keep = np.linspace(0, len(rows) - 1, STROKE_MAX_PIXELS).astype(int)
+            rows, cols = rows[keep], cols[keep]
+        weights = hat[rows, cols]
+        ground = self.projector.pixels_to_ground(np.column_stack([cols + x1 + 0.5, rows + y1 + 0.5]))
+        ok = ~np.isnan(ground).any(axis=1) & (ground[:, 0] > 0) & (ground[:, 0] <= self.max_range_m)
+        if ok.sum() < STROKE_MIN_PIXELS:
+            return None
+        return ground[ok], weights[ok]
+
     def sigma_m(self, u: float, v: float, forward_m: float) -> float:
         """1-sigma projection error of a ground point seen at (u, v) FORWARD_M ahead (see module doc)."""
         h = self.projector.mount.height_m
@@ -165,6 +233,7 @@ class Geolocator:
             return None
         lat0, lon0 = Geolocator.to_world(*views[0])
         east = north = wsum = gnss = proj_w = width = length = size_w = 0.0
+        axial = np.zeros(2)  # a line's orientation: doubled angles, so that 179° and 1° average to 0°
         for box, pose, heading in views:
             lat, lon = Geolocator.to_world(box, pose, heading)
             e, n = enu_offset(lat0, lon0, lat, lon)
@@ -179,9 +248,14 @@ class Geolocator:
             width += ws * box.width_m
             length += ws * box.length_m
             size_w += ws
+            if box.axis_deg is not None:
+                bearing = math.radians(2 * (heading - box.axis_deg))  # the axis as a compass bearing, doubled
+                axial += ws * np.array([math.cos(bearing), math.sin(bearing)])
         lat, lon = offset_latlon(lat0, lon0, east / wsum, north / wsum)
         h_acc = math.sqrt((gnss / wsum) ** 2 + 1.0 / proj_w)
-        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length / size_w)
+        orientation = math.degrees(math.atan2(axial[1], axial[0])) / 2 % 180.0 if axial.any() else None
+        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length / size_w,
+                       orientation_deg=orientation)
 
 
 def severity(class_name: str, width_m: float, length_m: float, cfg: EventsConfig) -> float:

@@ -213,7 +213,7 @@ class Pipeline:
             heading = self._trusted_heading(pose)
             heading = heading if heading is not None else obs.heading_deg
             if heading is not None:
-                views.append((obs.ground, pose, float(heading)))
+                views.append((track.ground_of(obs), pose, float(heading)))
         return views
 
     def _emit(self, track: Track, t_mono: float) -> dict[str, Any] | None:

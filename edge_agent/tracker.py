@@ -7,6 +7,17 @@ joins a track when it lies within a ground gate of the prediction (the gate wide
 projection gets coarser) or overlaps the predicted box (IoU), and in any case its box centre is within
 pixel_gate box diagonals of the predicted box's; pairs are chosen by the Hungarian method.
 
+Tracks are one per physical defect, whatever class single frames give it: far away a model may call a pothole
+a crack for a few frames before it calls it a pothole for twenty. A detection of another class may join a track
+(at a cost of CLASS_SWITCH_COST, so a same-class pair wins a tie), and the track's class is the one with the
+highest summed score over its detections. The model may also box one defect twice in a frame, once per class:
+such boxes (IoU >= DUPLICATE_IOU) are one detection, the higher-scored box, voting for both classes. Or it may
+switch class between two runs of frames: a track that ends while a track of another class is alive on the same spot
+(within the ground gate) is folded into that one instead of becoming an event, so the defect is reported once,
+as the class with the most score. (Two defects of different classes within a gate of each other are reported as
+one.) Each detection is also measured as a line (edge_agent.geolocate
+line_box), so a track that ends as a crack has its line geometry in every view (`Track.ground_of`).
+
 A track is confirmed once min_frames of its detections are whole (their box clear of the image border) and
 the median of its last score_window scores, a missed frame counting 0, reaches confirm_score. A box cut by the
 border shows an unknown part of something: its place and size are wrong (the geolocator leaves such views out),
@@ -42,11 +53,13 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from edge_agent.config.tracker import TrackerConfig
-from edge_agent.geolocate import Geolocator, GroundBox
+from edge_agent.geolocate import LINE_CLASSES, Geolocator, GroundBox
 
 log = logging.getLogger(__name__)
 
 _NO_PAIR = 1e6
+CLASS_SWITCH_COST = 0.5   # added to a pair whose detection's class is not the track's (module doc)
+DUPLICATE_IOU = 0.5       # boxes of different classes overlapping this much in one frame are one detection
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class Observation:
     heading_deg: float | None = None
     utc: datetime | None = None
     odometer_m: float = 0.0          # distance the vehicle had driven when the frame was taken
+    line: GroundBox | None = None    # the same view measured as a line (a crack; see Geolocator.line_box)
 
 
 @dataclass
@@ -86,6 +100,33 @@ class Track:
     best: Observation | None = None
     best_crop: np.ndarray | None = None              # the defect only, from the best frame
     best_frame: np.ndarray | None = None             # only when full frames are configured
+    class_scores: dict[int, float] = field(default_factory=dict)  # summed detection score per class id
+    class_names: dict[int, str] = field(default_factory=dict)
+
+    def vote(self, class_id: int, class_name: str, score: float) -> None:
+        """Count a detection's class; the track takes the class with the highest summed score."""
+        self.class_scores[class_id] = self.class_scores.get(class_id, 0.0) + score
+        self.class_names[class_id] = class_name
+        self.class_id = max(self.class_scores, key=self.class_scores.__getitem__)
+        self.class_name = self.class_names[self.class_id]
+
+    def absorb(self, other: Track) -> None:
+        """Take OTHER's detections and class votes (the same defect, tracked as another class)."""
+        self.observations = sorted(self.observations + other.observations, key=lambda o: o.t_mono)
+        self.first_mono = min(self.first_mono, other.first_mono)
+        for class_id, score in other.class_scores.items():
+            self.class_scores[class_id] = self.class_scores.get(class_id, 0.0) + score
+            self.class_names[class_id] = other.class_names[class_id]
+        self.class_id = max(self.class_scores, key=self.class_scores.__getitem__)
+        self.class_name = self.class_names[self.class_id]
+        self.confirmed = self.confirmed or other.confirmed
+        if other.best is not None and (self.best is None or (other.best.ground.truncated, -other.best.score)
+                                       < (self.best.ground.truncated, -self.best.score)):
+            self.best, self.best_crop, self.best_frame = other.best, other.best_crop, other.best_frame
+
+    def ground_of(self, obs: Observation) -> GroundBox:
+        """OBS's ground geometry for this track's class: measured as a line for a line class (a crack)."""
+        return obs.line if self.class_name in LINE_CLASSES and obs.line is not None else obs.ground
 
     @property
     def hits(self) -> int:
@@ -174,7 +215,7 @@ class Tracker:
         self._ids = count(1)
         self._odometer_m = 0.0
         self.stats = {"detections": 0, "out_of_range": 0, "tracks": 0, "confirmed": 0, "unconfirmed_ended": 0,
-                      "not_fixed": 0}
+                      "not_fixed": 0, "folded": 0}
 
     def step(self, t_mono: float, detections: Sequence[Any], motion: Motion = Motion(),
              image: np.ndarray | None = None, pose: Any = None, heading_deg: float | None = None,
@@ -191,11 +232,12 @@ class Tracker:
                 self.stats["out_of_range"] += 1
                 continue
             dets.append((det, box))
+        dets, votes = self._merge_duplicates(dets)
 
         matched_tracks, matched_dets = self._associate(dets)
         for ti, di in zip(matched_tracks, matched_dets, strict=True):
             det, box = dets[di]
-            self._add(self.tracks[ti], det, box, t_mono, image, pose, heading_deg, utc)
+            self._add(self.tracks[ti], det, box, t_mono, image, pose, heading_deg, utc, votes[di])
         for ti, track in enumerate(self.tracks):
             if ti not in matched_tracks:
                 track.misses += 1
@@ -206,7 +248,7 @@ class Tracker:
                               first_mono=t_mono)
                 self.tracks.append(track)
                 self.stats["tracks"] += 1
-                self._add(track, det, box, t_mono, image, pose, heading_deg, utc)
+                self._add(track, det, box, t_mono, image, pose, heading_deg, utc, votes[di])
 
         ready: list[Track] = []
         alive: list[Track] = []
@@ -216,6 +258,11 @@ class Tracker:
                 track.confirmed = True
                 self.stats["confirmed"] += 1
             if self._ended(track):
+                host = self._host_for(track)
+                if host is not None:
+                    host.absorb(track)
+                    self.stats["folded"] += 1
+                    continue
                 if track.confirmed and not track.emitted:
                     if self._fixed_on_road(track):
                         ready.append(track)
@@ -250,6 +297,43 @@ class Tracker:
                       track.hits, -rate)
         return False
 
+    @staticmethod
+    def _merge_duplicates(dets: list[tuple[Any, GroundBox]]) -> tuple[list[tuple[Any, GroundBox]], list[list]]:
+        """One detection per object: boxes of different classes that overlap (DUPLICATE_IOU) become the
+        higher-scored one; returns the kept detections and, per kept one, the other classes' (id, name, score)."""
+        order = sorted(range(len(dets)), key=lambda i: -float(dets[i][0].score))
+        kept: list[int] = []
+        votes: dict[int, list] = {}
+        for i in order:
+            det = dets[i][0]
+            box = (det.x1, det.y1, det.x2, det.y2)
+            twin = next((k for k in kept if int(dets[k][0].class_id) != int(det.class_id)
+                         and iou((dets[k][0].x1, dets[k][0].y1, dets[k][0].x2, dets[k][0].y2), box) >= DUPLICATE_IOU),
+                        None)
+            if twin is None:
+                kept.append(i)
+                votes[i] = []
+            else:
+                votes[twin].append((int(det.class_id), det.class_name, float(det.score)))
+        kept.sort()
+        return [dets[i] for i in kept], [votes[i] for i in kept]
+
+    def _host_for(self, track: Track) -> Track | None:
+        """An alive track of another class on the same spot as the ending TRACK, to fold it into (module doc)."""
+        if track.emitted or track.pred is None:
+            return None
+        centre = track.pred.mean(axis=0)
+        gate = self.cfg.gate_m + self.cfg.gate_per_m * abs(float(centre[0]))
+        best, best_d = None, gate
+        for other in self.tracks:
+            if other is track or other.class_id == track.class_id or other.emitted or other.pred is None \
+                    or self._ended(other):
+                continue
+            d = float(np.hypot(*(other.pred.mean(axis=0) - centre)))
+            if d <= best_d:
+                best, best_d = other, d
+        return best
+
     # -- association ---------------------------------------------------------------------------------------
     def _associate(self, dets: list[tuple[Any, GroundBox]]) -> tuple[list[int], list[int]]:
         if not self.tracks or not dets:
@@ -259,8 +343,7 @@ class Tracker:
             pred_centre = track.pred.mean(axis=0)
             pred_box = self._pixel_box(track.pred)
             for di, (det, box) in enumerate(dets):
-                if int(det.class_id) != track.class_id:
-                    continue
+                switch = 0.0 if int(det.class_id) == track.class_id else CLASS_SWITCH_COST
                 gate = self.cfg.gate_m + self.cfg.gate_per_m * box.range_m
                 dist = float(np.hypot(*(pred_centre - [box.forward_m, box.left_m])))
                 det_box = (det.x1, det.y1, det.x2, det.y2)
@@ -268,7 +351,7 @@ class Tracker:
                 if pred_box is not None and not near_in_image(pred_box, det_box, self.cfg.pixel_gate):
                     continue  # close to the bonnet a metre gate spans half the picture; the image says no
                 if dist <= gate or (overlap >= self.cfg.iou_min and dist <= 3 * gate):
-                    cost[ti, di] = min(dist / gate, 3.0) + (1.0 - overlap)
+                    cost[ti, di] = min(dist / gate, 3.0) + (1.0 - overlap) + switch
         rows, cols = linear_sum_assignment(cost)
         keep = cost[rows, cols] < _NO_PAIR
         return rows[keep].tolist(), cols[keep].tolist()
@@ -281,11 +364,15 @@ class Tracker:
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
     def _add(self, track: Track, det: Any, box: GroundBox, t_mono: float, image: np.ndarray | None, pose: Any,
-             heading_deg: float | None, utc: datetime | None) -> None:
+             heading_deg: float | None, utc: datetime | None, votes: Sequence[tuple[int, str, float]] = ()) -> None:
         bbox = (float(det.x1), float(det.y1), float(det.x2), float(det.y2))
+        line = self.geo.line_box(box, image, bbox)
         obs = Observation(t_mono=t_mono, bbox=bbox, score=float(det.score), ground=box, pose=pose,
-                          heading_deg=heading_deg, utc=utc, odometer_m=self._odometer_m)
+                          heading_deg=heading_deg, utc=utc, odometer_m=self._odometer_m, line=line)
         track.observations.append(obs)
+        track.vote(int(det.class_id), det.class_name, obs.score)
+        for class_id, class_name, score in votes:  # the same object's box of another class in this frame
+            track.vote(class_id, class_name, score)
         track.misses = 0
         track.pred = box.corners.copy()
         self._push(track, obs.score)

@@ -6,6 +6,11 @@ create two defects for one pothole at the same moment. Definitions:
 - a sighting joins the nearest open defect of its class within `merge_radius_m` (widened to
   `accuracy_gate` x its h_accuracy_m, at most `max_gate_m`); `repaired` defects are closed, a new sighting
   there starts a new defect; `dismissed` ones still absorb sightings so a false positive stays dismissed;
+- lines (cracks: sightings that give their orientation) are merged along the line: a crack sighting's axis
+  is a segment through its position, a crack defect's `line` spans the axes of its sightings, and the gate is
+  measured between the two lines, so the pieces of a long crack and the passes over it make one defect. The
+  defect's line runs through its position along the mean orientation of its sightings, as far as their axes
+  reach (so its ends carry the sightings' GNSS error); its length stays the median measured length;
 - a pass is a run of one device's sightings with no gap longer than `pass_gap_s`;
 - a miss is a coverage record (detector active) whose footprint covered the defect after its last sighting
   while the same device reported no sighting of it in that time.
@@ -59,37 +64,39 @@ def _gate(h: float, cfg: AggregateConfig) -> float:
 def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> set[int]:
     """New defects for the batch's sightings that matched none: grouped in capture order, so the first
     sighting of a new pothole starts it and the batch's later ones within its gate join it."""
-    loose = conn.execute("""SELECT event_id, class, ST_Y(geom::geometry), ST_X(geom::geometry), h_accuracy_m
+    loose = conn.execute("""SELECT event_id, class, ST_Y(geom::geometry), ST_X(geom::geometry), h_accuracy_m,
+                                   CASE WHEN axis IS NULL THEN 0 ELSE size_length_m / 2 END
                             FROM sightings WHERE event_id = ANY(%s::uuid[]) AND defect_id IS NULL
                             ORDER BY captured_at""", (event_ids,)).fetchall()
     if not loose:
         return set()
     cell_m = max(cfg.max_gate_m, cfg.merge_radius_m)
     cells: dict[tuple, list[int]] = {}
-    leaders: list[tuple] = []  # (event_id, lat, lon) of the sighting that starts each new defect
+    leaders: list[tuple] = []  # (event_id, x, y, half length) of the sighting that starts each new defect
     member_of: list[int] = []  # index into leaders, per loose sighting
-    for event_id, klass, lat, lon, h in loose:
+    for event_id, klass, lat, lon, h, half in loose:
         x, y = lon * M_PER_DEG * math.cos(math.radians(lat)), lat * M_PER_DEG
         cx, cy = int(x // cell_m), int(y // cell_m)
         best, best_d = None, _gate(h, cfg)
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
                 for i in cells.get((klass, cx + dx, cy + dy), ()):
-                    d = math.hypot(leaders[i][1] - x, leaders[i][2] - y)
+                    # Lines reach half their length from their centre (merge_neighbours measures them exactly).
+                    d = max(0.0, math.hypot(leaders[i][1] - x, leaders[i][2] - y) - leaders[i][3] - half)
                     if d <= best_d:
                         best, best_d = i, d
         if best is None:
             best = len(leaders)
-            leaders.append((event_id, x, y))
+            leaders.append((event_id, x, y, half))
             cells.setdefault((klass, cx, cy), []).append(best)
         member_of.append(best)
     ids = [r[0] for r in conn.execute("SELECT nextval('defects_id_seq') FROM generate_series(1, %s)",
                                       (len(leaders),))]
     conn.execute("""
         INSERT INTO defects (id, class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, vehicle_count,
-                             pass_count, severity, confidence, size_width_m, size_length_m)
+                             pass_count, severity, confidence, size_width_m, size_length_m, line)
         SELECT n.id, s.class, s.geom, s.h_accuracy_m, s.captured_at, s.captured_at, 1, 1, 1, s.severity,
-               s.confidence, s.size_width_m, s.size_length_m
+               s.confidence, s.size_width_m, s.size_length_m, s.axis
         FROM unnest(%s::bigint[], %s::uuid[]) AS n(id, event_id) JOIN sightings s USING (event_id)""",
                  (ids, [leader[0] for leader in leaders]))
     conn.execute("""UPDATE sightings s SET defect_id = n.id FROM unnest(%s::uuid[], %s::bigint[]) AS n(event_id, id)
@@ -100,7 +107,8 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
 REFRESH = """
 WITH s AS (
     SELECT defect_id, ST_Y(geom::geometry) AS lat, ST_X(geom::geometry) AS lon, GREATEST(h_accuracy_m, 0.1) AS h,
-           device_id, captured_at, severity, confidence, size_width_m, size_length_m,
+           device_id, captured_at, severity, confidence, size_width_m, size_length_m, axis,
+           (payload->'size_m'->>'orientation_deg')::float8 AS orientation,
            row_number() OVER (PARTITION BY defect_id ORDER BY captured_at DESC) AS rn
     FROM sightings WHERE defect_id = ANY(%(ids)s)
 ), recent AS (SELECT * FROM s WHERE rn <= %(cap)s),
@@ -137,6 +145,24 @@ first_mean AS (   -- weighted by 1/h^2
            percentile_cont(0.5) WITHIN GROUP (ORDER BY size_width_m) AS width,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY size_length_m) AS length
     FROM recent GROUP BY defect_id
+), orient AS (    -- a line defect's bearing (radians from north): the axial mean of its sightings' orientations
+    SELECT defect_id, atan2(sum(sin(2 * radians(orientation))), sum(cos(2 * radians(orientation)))) / 2 AS theta
+    FROM recent WHERE axis IS NOT NULL GROUP BY defect_id
+), span AS (      -- how far its sightings' axes reach along that bearing, from its position
+    SELECT r.defect_id, o.theta,
+           min((ST_X(e.geom) - p.lon) * 111320 * cos(radians(p.lat)) * sin(o.theta)
+               + (ST_Y(e.geom) - p.lat) * 111320 * cos(o.theta)) AS lo,
+           max((ST_X(e.geom) - p.lon) * 111320 * cos(radians(p.lat)) * sin(o.theta)
+               + (ST_Y(e.geom) - p.lat) * 111320 * cos(o.theta)) AS hi
+    FROM recent r CROSS JOIN LATERAL ST_DumpPoints(r.axis::geometry) e JOIN orient o USING (defect_id)
+         JOIN pos p USING (defect_id)
+    WHERE r.axis IS NOT NULL GROUP BY r.defect_id, o.theta
+), lines AS (     -- the line through its position along its bearing, over that reach
+    SELECT s.defect_id, ST_MakeLine(
+               ST_Project(c.g, abs(s.lo), CASE WHEN s.lo < 0 THEN s.theta + pi() ELSE s.theta END)::geometry,
+               ST_Project(c.g, abs(s.hi), CASE WHEN s.hi < 0 THEN s.theta + pi() ELSE s.theta END)::geometry) AS line
+    FROM span s JOIN (SELECT defect_id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography AS g FROM pos) c
+         USING (defect_id)
 ), misses AS (    -- misses since the (new) last sighting
     SELECT m.defect_id, count(*) AS n, count(DISTINCT m.device_id) AS vehicles
     FROM defect_misses m JOIN totals t USING (defect_id) WHERE m.started_at > t.last_seen GROUP BY m.defect_id
@@ -144,9 +170,9 @@ first_mean AS (   -- weighted by 1/h^2
 UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
        first_seen = t.first_seen, last_seen = t.last_seen, sighting_count = t.n, vehicle_count = t.vehicles,
        pass_count = p.n, severity = l.severity, confidence = l.confidence, size_width_m = l.width,
-       size_length_m = l.length, miss_count = coalesce(mi.n, 0), updated_at = now()
+       size_length_m = l.length, miss_count = coalesce(mi.n, 0), line = ln.line::geography, updated_at = now()
 FROM pos JOIN totals t USING (defect_id) JOIN passes p USING (defect_id) JOIN looks l USING (defect_id)
-     LEFT JOIN misses mi USING (defect_id)
+     LEFT JOIN misses mi USING (defect_id) LEFT JOIN lines ln USING (defect_id)
 WHERE d.id = pos.defect_id
 RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0)
 """
@@ -170,7 +196,7 @@ def record_misses(conn: psycopg.Connection, coverage_ids: list[str], cfg: Aggreg
         INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at)
         SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at
         FROM coverage c JOIN defects d
-          ON ST_DWithin(d.geom, c.line, COALESCE(c.half_width_m, %(hw)s), false)
+          ON ST_DWithin(coalesce(d.line, d.geom), c.line, COALESCE(c.half_width_m, %(hw)s), false)
         WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
           AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
           AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
@@ -247,17 +273,20 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
             break
         pairs = conn.execute("""
             SELECT DISTINCT ON (drop_id) keep_id, drop_id FROM (
-                SELECT LEAST(a.id, b.id) AS keep_id, GREATEST(a.id, b.id) AS drop_id, a.geom <-> b.geom AS dist
+                SELECT LEAST(a.id, b.id) AS keep_id, GREATEST(a.id, b.id) AS drop_id,
+                       coalesce(a.line, a.geom) <-> coalesce(b.line, b.geom) AS dist
                 FROM defects a JOIN defects b
                   ON b.class = a.class AND b.id <> a.id
-                 AND ST_DWithin(a.geom, b.geom, GREATEST(%(max_gate)s, %(radius)s), false)  -- constant: uses the index
-                 AND ST_DWithin(a.geom, b.geom, LEAST(GREATEST(%(radius)s,
+                 AND ST_DWithin(a.geom, b.geom, GREATEST(%(max_gate)s, %(radius)s)  -- constant: uses the index
+                                + CASE WHEN a.line IS NULL THEN 0 ELSE %(max_line)s END, false)
+                 AND ST_DWithin(coalesce(a.line, a.geom), coalesce(b.line, b.geom), LEAST(GREATEST(%(radius)s,
                      %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
                      GREATEST(%(max_gate)s, %(radius)s)), false)
                 WHERE a.id = ANY(%(ids)s) AND a.status NOT IN ('repaired', 'dismissed')
                   AND b.status NOT IN ('repaired', 'dismissed')) p
             ORDER BY drop_id, dist""", {"radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
-                                        "max_gate": cfg.max_gate_m, "ids": sorted(pending)}).fetchall()
+                                        "max_gate": cfg.max_gate_m, "max_line": cfg.max_line_m,
+                                        "ids": sorted(pending)}).fetchall()
         if not pairs:
             break
         dropped: set[int] = set()

@@ -23,10 +23,11 @@ MANAGER_STATUSES = ("confirmed", "scheduled", "repaired", "dismissed")
 
 DEFECT_COLUMNS = """d.id, ST_X(d.geom::geometry), ST_Y(d.geom::geometry), d.class, d.status, d.severity, d.confidence,
     d.sighting_count, d.vehicle_count, d.pass_count, d.miss_count, d.first_seen, d.last_seen, d.h_accuracy_m,
-    d.size_width_m, d.size_length_m, d.status_changed_at"""
+    d.size_width_m, d.size_length_m, d.status_changed_at,
+    (ST_AsGeoJSON(d.line::geometry, 7)::jsonb -> 'coordinates')"""
 PROPERTY_NAMES = ("id", "lon", "lat", "class", "status", "severity", "confidence", "sighting_count", "vehicle_count",
                   "pass_count", "miss_count", "first_seen", "last_seen", "h_accuracy_m", "size_width_m",
-                  "size_length_m", "status_changed_at")
+                  "size_length_m", "status_changed_at", "line")  # line: [[lon, lat], ...] of a crack, else null
 
 
 def _jsonable(value: Any) -> Any:
@@ -136,7 +137,7 @@ def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(
     writer = csv.writer(out)
     writer.writerow(PROPERTY_NAMES)
     for row in rows:
-        writer.writerow([_jsonable(v) for v in row])
+        writer.writerow([json.dumps(v) if isinstance(v, list) else _jsonable(v) for v in row])
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="defects.csv"'})
 

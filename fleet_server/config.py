@@ -125,6 +125,9 @@ class AggregateConfig(Section):
     outlier_sigma: float = Field(3.0, gt=0, description="Sightings further than this many accuracies from the "
                                                         "mean are left out of a defect's position")
     max_sightings_for_position: int = Field(500, ge=10, description="Newest sightings used for the position")
+    max_line_m: float = Field(50.0, gt=0, le=500, description="Longest line defect (a crack) looked for along its "
+                                                             "line: a sighting this far from a crack defect's "
+                                                             "centre can still join it")
 
 
 class ApiConfig(Section):

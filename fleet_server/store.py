@@ -104,19 +104,29 @@ WITH incoming AS (
            CASE WHEN p ?| ARRAY['thumbnail_jpeg_b64', 'frame_jpeg_b64'] THEN p - 'thumbnail_jpeg_b64' - 'frame_jpeg_b64'
                 ELSE p END AS payload  -- (each '-' copies the object)
     FROM incoming, LATERAL (SELECT coalesce((p->>'ground_projected')::boolean, true) AS projected) g
+), r_axis AS (  -- a line's (a crack's) long axis: LENGTH along orientation_deg, centred on its position
+    SELECT r.*, CASE WHEN p_orient IS NOT NULL AND r.length > 0 THEN ST_MakeLine(
+               ST_Project(r.geog, r.length / 2, radians(p_orient + 180))::geometry,
+               ST_Project(r.geog, r.length / 2, radians(p_orient))::geometry)::geography END AS axis
+    FROM (SELECT *, (payload->'size_m'->>'orientation_deg')::float8 AS p_orient FROM r) r
 )
 INSERT INTO sightings (event_id, device_id, seq, captured_at, received_at, source, class, confidence, geom,
                        h_accuracy_m, vehicle_geom, vehicle_h_accuracy_m, speed_mps, heading_deg, size_width_m,
-                       size_length_m, severity, frames, bbox, model, thumbnail, payload, defect_id)
+                       size_length_m, severity, frames, bbox, model, thumbnail, payload, axis, defect_id)
 SELECT r.event_id, r.device_id, r.seq, r.captured_at, r.received_at, %(source)s, r.class, r.confidence, r.geog,
        r.h, r.vgeog, r.vh, r.speed, r.heading, r.width, r.length, r.severity, r.frames, r.bbox, r.model,
-       r.thumbnail, r.payload, m.id
-FROM r LEFT JOIN LATERAL (
+       r.thumbnail, r.payload, r.axis, m.id
+FROM r_axis r LEFT JOIN LATERAL (
+    -- A point joins within its gate of the defect's point; a line (crack) within its gate of the defect's line,
+    -- anywhere along it (the first condition only narrows the search to the index).
     SELECT d.id FROM defects d
     WHERE d.class = r.class AND d.status <> 'repaired'
-      AND ST_DWithin(d.geom, r.geog,
+      AND ST_DWithin(d.geom, r.geog, CASE WHEN r.axis IS NULL
+          THEN LEAST(GREATEST(%(radius)s, %(gate)s * r.h), GREATEST(%(max_gate)s, %(radius)s))
+          ELSE GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s END, false)
+      AND ST_DWithin(coalesce(d.line, d.geom), coalesce(r.axis, r.geog),
                      LEAST(GREATEST(%(radius)s, %(gate)s * r.h), GREATEST(%(max_gate)s, %(radius)s)), false)
-    ORDER BY d.geom <-> r.geog LIMIT 1) m ON true
+    ORDER BY coalesce(d.line, d.geom) <-> coalesce(r.axis, r.geog) LIMIT 1) m ON true
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id::text, defect_id
 """
@@ -224,7 +234,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             inserted = conn.execute(INSERT_EVENTS, {
                 "events": "[" + ",".join(texts) + "]", "received": _timestamp_array([at for _, at in batch.events]),
                 "source": batch.source, "radius": agg.merge_radius_m, "gate": agg.accuracy_gate,
-                "max_gate": agg.max_gate_m}).fetchall()
+                "max_gate": agg.max_gate_m, "max_line": agg.max_line_m}).fetchall()
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]

@@ -76,7 +76,9 @@ def event(device: str, seq: int, cls: str, north_m: float, east_m: float, severi
         "confidence": 0.8,
         "position": {"lat": lat, "lon": lon, "h_accuracy_m": 1.5},
         "vehicle": {"lat": vlat, "lon": vlon, "h_accuracy_m": 1.2, "speed_mps": 9.0, "heading_deg": 0.0},
-        "size_m": {"width": 0.5, "length": 0.4},
+        # A crack is a line: 4 m along the street (north), which the map draws.
+        "size_m": {"width": 0.05, "length": 4.0, "orientation_deg": 0.0} if cls == "crack"
+        else {"width": 0.5, "length": 0.4},
         "severity": severity,
         "frames": 12,
         "bbox": [300, 400, 380, 450],
@@ -297,9 +299,17 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     ).json()
     assert sorted(f["properties"]["vehicle_count"] for f in collection["features"]) == [1] * (total - 3) + [2] * 3
 
+    # Cracks are drawn distinctly: a line along each, besides its marker, and in the legend.
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.defect-line-crack")) == server.seeded.cracks)
+    assert "crack line" in browser.find_element(By.ID, "legend").text
+    lines = [f["properties"]["line"] for f in collection["features"] if f["properties"]["class"] == "crack"]
+    assert len(lines) == server.seeded.cracks and all(len(line) == 2 for line in lines)
+    Select(browser.find_element(By.ID, "f-class")).select_by_value("pothole")
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "path.defect-line"))
     Select(browser.find_element(By.ID, "f-class")).select_by_value("crack")
     wait.until(lambda d: shown(d) == server.seeded.cracks)
     wait.until(lambda d: markers_on_map(d) == server.seeded.cracks)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "path.defect-line-crack")) == server.seeded.cracks
     items = browser.find_elements(By.CSS_SELECTOR, "#defect-list li")
     assert len(items) == server.seeded.cracks and all("crack" in li.text for li in items)
 

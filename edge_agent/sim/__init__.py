@@ -4,4 +4,5 @@
 - `paint`: pothole and crack sprites drawn on the road in perspective.
 - `render`: whole frames, and `random_training_scene` for the detector's training data.
 - `route`, `gnss_noise`, `nmea_writer`, `drive`: the drive itself and the files it writes.
+- `truth_detector`: a drive's own boxes as a perfect detector, to judge what comes after the model.
 """

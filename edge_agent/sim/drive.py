@@ -197,7 +197,11 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
             painted.append(PaintedDefect(p["index"], p["east"], p["north"], p["yaw"], sprite=sprite))
         else:
             crack = random_crack(rngs["defects"], p["size"])
-            p["width_m"], p["length_m"] = crack.width_m, crack.length_m
+            # The truth of a crack is a line: its principal axis, as long as the drawn crack and centred on it.
+            centre, p["length_m"], p["width_m"], angle = crack.axis()
+            c, s_ = math.cos(p["yaw"]), math.sin(p["yaw"])
+            p["centre"] = (p["east"] + centre[0] * c - centre[1] * s_, p["north"] + centre[0] * s_ + centre[1] * c)
+            p["axis_yaw"] = p["yaw"] + angle
             painted.append(PaintedDefect(p["index"], p["east"], p["north"], p["yaw"], crack=crack))
 
     projector = drive_camera(spec.width, spec.height)
@@ -240,17 +244,24 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
         w = csv.writer(fh)
         w.writerow(["frame", "id", "class", "x1", "y1", "x2", "y2"])
         for k, idx, (x1, y1, x2, y2) in box_rows:
-            w.writerow([k, f"d{idx + 1:03d}", "pothole", f"{x1:.0f}", f"{y1:.0f}", f"{x2:.0f}", f"{y2:.0f}"])
+            w.writerow([k, f"d{idx + 1:03d}", placed[idx]["class"], f"{x1:.0f}", f"{y1:.0f}", f"{x2:.0f}", f"{y2:.0f}"])
     features = []
     for p in placed:
-        lat, lon = geo.to_latlon(p["east"], p["north"])
+        east, north = p.get("centre", (p["east"], p["north"]))
+        lat, lon = geo.to_latlon(east, north)
         frames_seen = seen.get(p["index"], [])
+        line = {}
+        if "axis_yaw" in p:  # a crack: its long axis, end to end ([lon, lat] pairs) and as a compass bearing
+            half = np.array([math.cos(p["axis_yaw"]), math.sin(p["axis_yaw"])]) * p["length_m"] / 2
+            ends = [geo.to_latlon(east + sign * half[0], north + sign * half[1]) for sign in (-1, 1)]
+            line = {"line": [[round(float(lo), 8), round(float(la), 8)] for la, lo in ends],
+                    "orientation_deg": round(float(compass_deg(p["axis_yaw"])) % 180.0, 1)}
         features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(lon), float(lat)]},
                          "properties": {
                              "id": f"d{p['index'] + 1:03d}", "class": p["class"],
                              "width_m": round(p["width_m"], 3), "length_m": round(p["length_m"], 3),
                              "route_s_m": round(p["s_m"], 2), "offset_m": round(p["offset_m"], 3),
-                             "orientation_deg": round(float(compass_deg(p["yaw"])), 1),
+                             "orientation_deg": round(float(compass_deg(p["yaw"])), 1), **line,
                              "first_frame": frames_seen[0] if frames_seen else None,
                              "last_frame": frames_seen[-1] if frames_seen else None,
                              "frames_boxed": len(frames_seen)}})

@@ -190,6 +190,21 @@ class Crack:
     darkness: float
     cell_m: float = 0.5       # typical spacing between neighbouring lines (alligator cells are small)
 
+    def axis(self) -> tuple[np.ndarray, float, float, float]:
+        """The crack as a line: (centre (forward, left), length, width, angle). The long axis is the principal
+        axis of its drawn points; length and width are its extent along and across that axis, the centre is
+        the middle of that extent and the angle (radians, from the crack frame's forward axis towards its left)
+        is that of the long axis, in [0, pi). This is what the agent measures (edge_agent.geolocate)."""
+        pts = np.concatenate(self.lines)
+        mean = pts.mean(axis=0)
+        _, vecs = np.linalg.eigh(np.cov((pts - mean).T))
+        major = vecs[:, -1]
+        minor = np.array([-major[1], major[0]])
+        along, across = (pts - mean) @ major, (pts - mean) @ minor
+        centre = mean + major * (along.max() + along.min()) / 2 + minor * (across.max() + across.min()) / 2
+        angle = math.atan2(major[1], major[0]) % math.pi
+        return centre, float(np.ptp(along)), float(np.ptp(across)), float(angle)
+
 
 def random_crack(rng: np.random.Generator, length_m: float | None = None) -> Crack:
     """A meandering crack with a few branches, or an alligator patch (a net of short cells)."""

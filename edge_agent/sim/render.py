@@ -308,7 +308,8 @@ class DriveRenderer:
 
     def render(self, east: float, north: float, heading: float, s_vehicle: float, defects: list[PaintedDefect],
                rng: np.random.Generator) -> tuple[np.ndarray, dict[int, tuple[float, float, float, float]]]:
-        """The frame (uint8 BGR) and the image boxes of the potholes drawn in it, by defect index."""
+        """The frame (uint8 BGR) and the image boxes of the defects drawn in it (potholes, and cracks big enough to
+        tell from a mark), by defect index."""
         s, d = self.road_coordinates(east, north, heading, s_vehicle)
         ch, sh = math.cos(heading), math.sin(heading)
         boxes: dict[int, tuple[float, float, float, float]] = {}
@@ -323,7 +324,9 @@ class DriveRenderer:
                     continue
                 yaw = defect.yaw - heading
                 if defect.crack is not None:
-                    paint_crack(img, defect.crack, hom, f, left, yaw)
+                    box = paint_crack(img, defect.crack, hom, f, left, yaw)
+                    if box is not None and max(box[2] - box[0], box[3] - box[1]) >= 4 * MIN_BOX_PX:
+                        boxes[defect.index] = box
                 elif defect.sprite is not None:
                     box = paint_sprite(img, defect.sprite, hom, f, left, yaw)
                     if box is not None:

@@ -18,7 +18,9 @@ export class DefectMap {
     });
     this.coverage = L.geoJSON(null, { style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
     this.devices = L.layerGroup();
+    this.lines = L.layerGroup(); // cracks: the line along each, under its marker
     this.coverage.addTo(this.map);
+    this.lines.addTo(this.map);
     this.clusters.addTo(this.map);
     this.devices.addTo(this.map);
     this.markers = new Map();
@@ -59,11 +61,18 @@ export class DefectMap {
 
   showDefects(defects) {
     this.clusters.clearLayers();
+    this.lines.clearLayers();
     this.markers.clear();
     const markers = [];
     for (const d of defects) {
       if (!Number.isFinite(d.lat) || !Number.isFinite(d.lon)) continue;
       const closed = !OPEN_STATUSES.includes(d.status);
+      if (d.line) {
+        const line = L.polyline(d.line, { color: severityBand(d.severity).colour, weight: 5, opacity: closed ? 0.4 : 0.9,
+          dashArray: "8 4", className: `defect-line defect-line-${d.className}` });
+        line.on("click", () => this.onSelect(d.id, false));
+        this.lines.addLayer(line);
+      }
       const icon = L.divIcon({
         html: markerSvg(d.className, d.severity),
         className: `defect-icon defect-${d.className}${closed ? " closed" : ""}`,
@@ -87,7 +96,7 @@ export class DefectMap {
 
   fitAll() {
     const bounds = L.latLngBounds([]);
-    for (const layer of [this.clusters, this.coverage, this.devices]) {
+    for (const layer of [this.clusters, this.coverage, this.devices, this.lines]) {
       if (layer.getLayers().length) bounds.extend(layer.getBounds ? layer.getBounds() : L.featureGroup(layer.getLayers()).getBounds());
     }
     if (!bounds.isValid()) return false;
@@ -132,5 +141,6 @@ export function legendHtml() {
   const shapes = [["pothole", "pothole"], ["crack", "crack"], ["other", "other"]].map(([cls, label]) =>
     `<span>${markerSvg(cls, 0.5, 13)}${label}</span>`);
   return `${bands.join("")}<br>${shapes.join("")}<span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
+    stroke="#101828" stroke-width="3" stroke-dasharray="5 2"/></svg>crack line</span><span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
     stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span>`;
 }

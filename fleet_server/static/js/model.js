@@ -67,6 +67,8 @@ export function defectFromFeature(feature) {
     confidence: first(p, "confidence", "max_confidence"),
     lat,
     lon,
+    // A crack's line, [[lon, lat], ...] in the API, as Leaflet's [lat, lon]; null for a point defect.
+    line: Array.isArray(p.line) && p.line.length >= 2 ? p.line.map(([x, y]) => [y, x]) : null,
     props: p,
   };
 }

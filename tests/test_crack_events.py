@@ -1,0 +1,78 @@
+"""Cracks through the whole agent pipeline, without waiting for a model that finds them: a rendered drive is
+replayed with the simulator's own boxes as the detections (edge_agent.sim.truth_detector: real `Detection`s,
+pothole and crack), so what is judged is the tracker, the crack geometry (edge_agent.geolocate: a line, not a
+blob) and the events."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent import config as agent_config
+from edge_agent.drive_eval import TruthTrack, crack_truth, score_by_class, without_gnss_error
+from edge_agent.geolocate import Geolocator, distance_m
+from edge_agent.outbox import Outbox
+from edge_agent.replay import replay_drive
+from edge_agent.sim.drive import DriveSpec, drive_camera, simulate_drive
+from edge_agent.sim.truth_detector import TruthDetector
+from roadmon_contract.validate import errors
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("cracks")
+    simulate_drive(DriveSpec(out=out, seed=7, minutes=0.75, defects=15, potholes=10, gps_noise_m=3.0))
+    cfg = agent_config.load(out / "agent.toml")
+    with Outbox(out / "outbox.db") as box:
+        replay_drive(cfg, out / "video.mp4", out / "drive.nmea", box, TruthDetector(out / "boxes.csv"))
+        events = [event for _, event in box.iter_events()]
+    return out, events
+
+
+def test_each_crack_is_one_crack_event_in_place(drive: tuple[Path, list[dict]]) -> None:
+    out, events = drive
+    assert all(errors("event", e) == [] for e in events)
+    camera = without_gnss_error(events, TruthTrack(out / "truth.csv"))
+    scores = score_by_class(camera, out / "defects.geojson")
+    assert scores["crack"].defects == 5 and scores["pothole"].defects == 10
+    for cls, result in scores.items():
+        assert result.precision == 1.0 and result.recall == 1.0, (cls, result)
+        assert result.median_error_m is not None and result.median_error_m <= 2.0, (cls, result)
+    assert all("orientation_deg" not in e["size_m"] for e in events if e["class"] == "pothole")
+
+
+def test_a_crack_event_measures_a_line(drive: tuple[Path, list[dict]]) -> None:
+    """Length along the crack's long axis, width across it, orientation of that axis, against the simulator's
+    principal axis of the drawn crack; alligator patches (about as wide as long) are areas and only checked for
+    length."""
+    out, events = drive
+    truth = crack_truth(out / "defects.geojson")
+    camera = without_gnss_error([e for e in events if e["class"] == "crack"], TruthTrack(out / "truth.csv"))
+    lines = 0
+    for event in camera:
+        lat, lon = event["position"]["lat"], event["position"]["lon"]
+        crack = min(truth, key=lambda c: distance_m(lat, lon, c["lat"], c["lon"]))
+        size = event["size_m"]
+        assert 0.6 <= size["length"] / crack["length_m"] <= 1.4, (size, crack)
+        if crack["width_m"] < 0.5 * crack["length_m"]:
+            lines += 1
+            assert size["width"] < 0.5 * size["length"], (size, crack)
+            turn = abs(size["orientation_deg"] - crack["orientation_deg"]) % 180.0
+            assert min(turn, 180.0 - turn) <= 20.0, (size, crack)
+    assert lines >= 3
+
+
+def test_without_the_image_a_crack_keeps_its_box_diagonal() -> None:
+    geo = Geolocator(drive_camera(640, 360))
+    box = geo.ground_box((300, 250, 360, 280))
+    assert box is not None
+    line = geo.line_box(box, None, (300, 250, 360, 280))
+    assert line.axis_deg is None
+    assert math.isclose(line.length_m, math.hypot(box.length_m, box.width_m))
+    assert line.width_m == min(box.length_m, box.width_m)
+    # A plain road has no strokes to measure: the same fallback, not a made-up line.
+    grey = np.full((360, 640, 3), 110, np.uint8)
+    assert geo.line_box(box, grey, (300, 250, 360, 280)).axis_deg is None

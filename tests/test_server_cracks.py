@@ -1,0 +1,88 @@
+"""Cracks on the server, on a real PostGIS: sightings that say their orientation are lines, merged along the
+line, so the pieces of a long crack seen over two passes are one defect with one line (issue 11)."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from server_fixtures import make_cfg, make_event, offset
+from test_server_aggregate import BASE, metres, store
+
+from fleet_server.api_defects import DEFECT_COLUMNS, defect_feature
+
+__all__ = ["make_cfg"]
+
+
+def crack_pieces(start: tuple[float, float], length_m: float, pieces: int, rng: random.Random, device: str,
+                 at: datetime, oriented: bool = True, noise_m: float = 1.5) -> list[dict]:
+    """A crack running north from START seen as PIECES sightings along it, each off by NOISE_M (per axis)."""
+    piece = length_m / pieces
+    events = []
+    for i in range(pieces):
+        lat, lon = offset(*start, (i + 0.5) * piece + rng.gauss(0, noise_m), rng.gauss(0, noise_m))
+        size = {"width": 0.1, "length": piece} | ({"orientation_deg": rng.uniform(175, 185) % 180} if oriented else {})
+        events.append(make_event(device, lat, lon, at=at + timedelta(seconds=i), seq=i, cls="crack", h=2.0,
+                                 severity=0.2, size_m=size))
+    return events
+
+
+def crack_defects(cfg) -> list[tuple]:
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:
+        return conn.execute(f"SELECT {DEFECT_COLUMNS} FROM defects d WHERE class = 'crack' ORDER BY id").fetchall()
+
+
+def line_bearing_and_length(coords: list[list[float]]) -> tuple[float, float]:
+    (lon1, lat1), (lon2, lat2) = coords[0], coords[-1]
+    north = (lat2 - lat1) * 111_320
+    east = (lon2 - lon1) * 111_320 * math.cos(math.radians(lat1))
+    return math.degrees(math.atan2(east, north)) % 180.0, math.hypot(east, north)
+
+
+def test_a_long_crack_seen_in_pieces_over_two_passes_is_one_defect(make_cfg) -> None:
+    cfg = make_cfg()
+    rng = random.Random(3)
+    start = offset(*BASE, 0, 2.0)
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    for p, device in enumerate(("veh-a", "veh-b")):
+        events = crack_pieces(start, 20.0, 5, rng, device, t0 + timedelta(hours=p))
+        rng.shuffle(events)
+        store(cfg, events)
+    rows = crack_defects(cfg)
+    assert len(rows) == 1, [(r[0], r[7], r[-1]) for r in rows]
+    feature = defect_feature(rows[0])
+    props = feature["properties"]
+    assert props["sighting_count"] == 10 and props["vehicle_count"] == 2 and props["status"] == "confirmed"
+    bearing, length = line_bearing_and_length(props["line"])
+    assert min(bearing, 180 - bearing) <= 15, bearing          # runs north-south, as the crack does
+    assert 16.0 <= length <= 30.0, length                      # spans the crack (plus the sightings' noise)
+    # Its position is on the crack, near the middle.
+    assert metres((props["lat"], props["lon"]), offset(*start, 10.0, 0)) <= 3.0
+
+
+def test_without_orientation_the_same_pieces_stay_apart(make_cfg) -> None:
+    """The line is what merges them: the same sightings as points (an agent that does not say the orientation)
+    are several defects, as 4 m pieces 4 m apart are beyond the 5 m point gate once noise spreads them."""
+    cfg = make_cfg()
+    rng = random.Random(3)
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    store(cfg, crack_pieces(offset(*BASE, 0, 2.0), 40.0, 5, rng, "veh-a", t0, oriented=False, noise_m=0.3))
+    rows = crack_defects(cfg)
+    assert len(rows) >= 3 and all(r[-1] is None for r in rows)
+
+
+def test_separate_cracks_and_a_pothole_on_a_crack_stay_apart(make_cfg) -> None:
+    cfg = make_cfg()
+    rng = random.Random(5)
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    first, second = offset(*BASE, 0, 0), offset(*BASE, 30.0, 0)   # two 8 m cracks 22 m apart along one road
+    events = crack_pieces(first, 8.0, 2, rng, "veh-a", t0, noise_m=0.5) \
+        + crack_pieces(second, 8.0, 2, rng, "veh-a", t0 + timedelta(seconds=5), noise_m=0.5)
+    pothole = make_event("veh-a", *offset(*first, 4.0, 0), at=t0 + timedelta(seconds=9), seq=9)
+    store(cfg, [*events, pothole])
+    rows = crack_defects(cfg)
+    assert len(rows) == 2, [(r[0], r[7], r[-1]) for r in rows]
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:
+        assert conn.execute("SELECT count(*), count(line) FROM defects WHERE class = 'pothole'").fetchone() == (1, 0)

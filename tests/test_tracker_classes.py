@@ -1,0 +1,57 @@
+"""One track per physical defect whatever class single frames give it (edge_agent.tracker, module doc): a pothole
+the model calls `crack` while it is far and `pothole` once near, or boxes twice (once per class), is one track and
+one finished track of the class with the most score; two defects of different classes far apart stay two."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_tracker import FPS, H, W, detections_for, projector
+
+from edge_agent.config.tracker import TrackerConfig
+from edge_agent.geolocate import Geolocator
+from edge_agent.tracker import Motion, Tracker
+
+__all__ = ["projector"]
+SPEED = 12.0
+
+
+def run(projector, label, defects, seconds: float = 3.0) -> list:
+    """Drive north over DEFECTS (east, north, size); LABEL(k, det) gives each detection's (class_id, name) list."""
+    rng = np.random.default_rng(5)
+    tracker = Tracker(TrackerConfig(), Geolocator(projector))
+    pos, image, found = np.zeros(2), np.full((H, W, 3), 110, np.uint8), []
+    for k in range(int(seconds * FPS)):
+        dets = []
+        for det in detections_for(projector, defects, pos, 0.0, rng, miss=0.0, score=0.7):
+            dets += [det.__class__(det.x1, det.y1, det.x2, det.y2, det.score, cid, name) for cid, name in label(k, det)]
+        found += tracker.step(k / FPS, dets, Motion(SPEED / FPS, 0.0), image=image)
+        pos = pos + np.array([0.0, SPEED / FPS])
+    return found + tracker.flush()
+
+
+def test_a_pothole_called_crack_while_far_is_one_pothole(projector) -> None:
+    far = int(0.8 * FPS)  # the first 0.8 s (about 10 m of approach) the model says crack
+
+    def label(k, det):
+        return [(1, "crack")] if k < far else [(0, "pothole")]
+
+    found = run(projector, label, [(0.0, 22.0, 0.8)])
+    assert [t.class_name for t in found] == ["pothole"]
+    assert set(found[0].class_scores) == {0, 1}
+
+
+def test_a_pothole_boxed_once_per_class_is_one_track(projector) -> None:
+    def label(k, det):
+        both = [(0, "pothole"), (1, "crack")]
+        return both if k % 3 else [(0, "pothole")]  # a second, crack box on two frames of three
+
+    found = run(projector, label, [(0.0, 20.0, 0.8)])
+    assert [t.class_name for t in found] == ["pothole"], [(t.class_name, t.class_scores) for t in found]
+
+
+def test_defects_of_two_classes_apart_stay_two(projector) -> None:
+    def label(k, det):
+        return [(0, "pothole")] if det.x1 < W / 2 - 100 else [(1, "crack")]
+
+    found = run(projector, label, [(-2.5, 18.0, 0.8), (2.5, 18.0, 0.8)])
+    assert sorted(t.class_name for t in found) == ["crack", "pothole"]
