@@ -340,6 +340,12 @@ def running() -> bool:
     return Postgres().running() and Mosquitto().running()
 
 
+def running_broker_died() -> bool:
+    """PostgreSQL runs from this state folder but its broker does not: the broker died (the two are only ever
+    started and stopped together)."""
+    return Postgres().running() and not Mosquitto().running()
+
+
 def down() -> None:
     Mosquitto().stop()
     Postgres().down()

@@ -53,6 +53,17 @@ def service_info() -> Iterator[services.ServiceInfo]:
         services.down()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Debian 12's Mosquitto 2.0.11 has segfaulted a few times in a full random-order run (kernel log: a
+    segfault in mosquitto or libc, no last line in its own log). One crash must not fail every later test:
+    a test that uses the session's services finds the broker started again, and the warning says so."""
+    if "service_info" in getattr(item, "fixturenames", ()) and services.running_broker_died():
+        import warnings
+
+        warnings.warn("the local Mosquitto had died (see the kernel log); started it again", stacklevel=1)
+        services.up()
+
+
 @pytest.fixture(scope="session")
 def postgres(service_info: services.ServiceInfo) -> services.Postgres:
     return services.Postgres()
