@@ -1,9 +1,10 @@
-"""Database connections: one-off connections for the CLI and a pool for the API."""
+"""Database connections: one-off connections for the CLI, a pool for the API, and one reconnecting connection
+for each long-running writer (ingest workers, the HTTP group-commit writer)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -30,3 +31,24 @@ def make_pool(cfg: DatabaseConfig) -> ConnectionPool:
                           kwargs={"autocommit": True, "connect_timeout": int(cfg.connect_timeout_s),
                                   "options": SESSION_OPTIONS},
                           timeout=cfg.connect_timeout_s, name="fleet-api")
+
+
+class Reconnecting:
+    """One connection for a long-running loop, opened on first use and again after it broke or was dropped.
+    The DSN is read again on every reconnect: a rotated credential file takes effect without a restart."""
+
+    def __init__(self, cfg: DatabaseConfig) -> None:
+        self.cfg = cfg
+        self._conn: psycopg.Connection | None = None
+
+    def get(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.cfg.resolve_dsn(), autocommit=True, options=SESSION_OPTIONS,
+                                         connect_timeout=int(self.cfg.connect_timeout_s))
+        return self._conn
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            with suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None

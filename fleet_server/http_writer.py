@@ -8,7 +8,6 @@ events in ONE `store_batch` and answers each request with the ids that were new 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -19,7 +18,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from fleet_server.config import ServerConfig
-from fleet_server.db import SESSION_OPTIONS
+from fleet_server.db import Reconnecting
 from fleet_server.store import Batch, store_batch
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class SubmissionWriter:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         # Its own connection, not one of the pool's: every waiting request holds a pool connection.
-        self._conn: psycopg.Connection | None = None
+        self._db = Reconnecting(cfg.database)
         self._inbox: queue.Queue[Submission | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="http-writer", daemon=True)
         self._thread.start()
@@ -55,7 +54,7 @@ class SubmissionWriter:
     def close(self) -> None:
         self._inbox.put(None)
         self._thread.join(10)
-        self._drop_connection()
+        self._db.drop()
 
     def _run(self) -> None:
         while True:
@@ -76,7 +75,7 @@ class SubmissionWriter:
 
     def _write(self, subs: list[Submission]) -> None:
         try:
-            self._store(self._connection(), subs)
+            self._store(self._db.get(), subs)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if len(subs) == 1:
                 subs[0].done.set_exception(exc)
@@ -87,23 +86,11 @@ class SubmissionWriter:
                 self._write([sub])
         except Exception as exc:  # the database away, or a bug: every waiting request hears of it
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-                self._drop_connection()
+                self._db.drop()
             for sub in subs:
                 if not sub.done.done():
                     sub.done.set_exception(exc)
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            db = self.cfg.database
-            self._conn = psycopg.connect(db.resolve_dsn(), autocommit=True, options=SESSION_OPTIONS,
-                                         connect_timeout=int(db.connect_timeout_s))
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-        self._conn = None
 
     def _store(self, conn: psycopg.Connection, subs: list[Submission]) -> None:
         limit = self.cfg.api.rate_limit_per_hour

@@ -13,7 +13,6 @@ checks that the payload's device_id agrees with it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -33,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from fleet_server import metrics
 from fleet_server.config import ConfigError, ServerConfig
-from fleet_server.db import SESSION_OPTIONS
+from fleet_server.db import Reconnecting
 from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
 from fleet_server.validate import Invalid, Rejection, check_message, message_ref, parse_json
 from roadmon_contract import topics
@@ -237,7 +236,7 @@ class IngestWorker:
         self.subscribed = threading.Event()  # the broker's SUBACK came: from now on nothing published is missed
         self._subscribe_mid: int | None = None
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
-        self._conn: psycopg.Connection | None = None
+        self._db = Reconnecting(cfg.database)
         # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
         # stage takes whatever was classified meanwhile as its next batch (group commit), at most batch_size.
         self._pending = _Pending()
@@ -322,8 +321,7 @@ class IngestWorker:
         self._thread.join(timeout_s)
         self.client.disconnect()
         self.client.loop_stop()
-        if self._conn is not None:
-            self._conn.close()
+        self._db.drop()
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self.connected.wait(timeout_s)
@@ -402,10 +400,10 @@ class IngestWorker:
             return
         self._next_purge = now + PURGE_EVERY_S
         try:
-            n = purge_rejected(self._connection(), self.cfg.ingest.rejected_retention_days)
+            n = purge_rejected(self._db.get(), self.cfg.ingest.rejected_retention_days)
         except (psycopg.Error, OSError, ConfigError) as exc:  # PostGIS away: the next round tries again
             log.warning("%s: purging old dead letters failed: %s", self.client_id, exc)
-            self._drop_connection()
+            self._db.drop()
             return
         if n:
             log.info("%s: deleted %d dead letters older than %g days", self.client_id, n,
@@ -424,14 +422,14 @@ class IngestWorker:
                 self.stats["db_errors"] += 1
                 log.warning("%s: storing a batch of %d failed (%s); retrying in %.1f s",
                             self.client_id, len(batch), exc, delay)
-                self._drop_connection()
+                self._db.drop()
                 self.stopping.wait(delay)
                 delay = min(delay * 2, self.cfg.ingest.db_retry_max_s)
         return None
 
     def _store(self, batch: Batch) -> Stored:
         try:
-            return store_batch(self._connection(), batch, self.cfg.aggregate, self.reject_policy)
+            return store_batch(self._db.get(), batch, self.cfg.aggregate, self.reject_policy)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -452,7 +450,7 @@ class IngestWorker:
         singles += [(Batch(results=[r], source=batch.source), "result", r[0], r[2]) for r in batch.results]
         for single, kind, device, obj in singles:
             try:
-                part = store_batch(self._connection(), single, self.cfg.aggregate)
+                part = store_batch(self._db.get(), single, self.cfg.aggregate)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except psycopg.Error as exc:
@@ -468,22 +466,10 @@ class IngestWorker:
                 into = total.acks.setdefault(dev, {"event_ids": [], "coverage_ids": []})
                 into["event_ids"] += ids["event_ids"]
                 into["coverage_ids"] += ids["coverage_ids"]
-        store_batch(self._connection(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate,
+        store_batch(self._db.get(), Batch(rejected=batch.rejected, source=batch.source), self.cfg.aggregate,
                     self.reject_policy)
         return total
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            # Read the DSN again on every reconnect: a rotated credential file takes effect without a restart.
-            self._conn = psycopg.connect(self.cfg.database.resolve_dsn(), autocommit=True, options=SESSION_OPTIONS,
-                                         connect_timeout=int(self.cfg.database.connect_timeout_s))
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-        self._conn = None
 
     def _count(self, batch: Batch, stored: Stored) -> None:
         self.stats["batches"] += 1

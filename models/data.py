@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +61,12 @@ def split_names(names: list[str], val_fraction: float, seed: int) -> tuple[list[
     return sorted(ranked[n_val:]), sorted(ranked[:n_val])
 
 
-def load_dataset(root: Path, cache_dir: Path) -> list[Sample]:
-    files = list_images(root)
-    key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}" for p in files).encode()).hexdigest()[:16]
-    cache = cache_dir / f"photos_{CACHE_SIDE}_{key}.pkl"
+def _cached_samples(files: list[Path], cache_dir: Path, kind: str,
+                    labels: Callable[[Path, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Sample]:
+    """Every readable image of FILES as a Sample with LABELS(path, image) -> (image, boxes, classes), pickled
+    under cache_dir keyed by KIND and the files' names and sizes (a resumed run starts in seconds)."""
+    key = hashlib.sha256((kind + "|".join(f"{p.name}:{p.stat().st_size}" for p in files)).encode()).hexdigest()
+    cache = cache_dir / f"{kind}_{key[:16]}.pkl"
     if cache.exists():
         with cache.open("rb") as fh:
             return pickle.load(fh)
@@ -73,44 +76,39 @@ def load_dataset(root: Path, cache_dir: Path) -> list[Sample]:
         if img is None:
             log.warning("skipping unreadable image %s", path)
             continue
+        samples.append(Sample(path.name, *labels(path, img)))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with cache.open("wb") as fh:
+        pickle.dump(samples, fh)
+    return samples
+
+
+def load_dataset(root: Path, cache_dir: Path) -> list[Sample]:
+    """The photos of a YOLO-layout folder, shrunk to at most CACHE_SIDE pixels."""
+
+    def labels(path: Path, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = img.shape[:2]
         boxes, classes = read_yolo_labels(root / "labels" / f"{path.stem}.txt", w, h)
         scale = min(1.0, CACHE_SIDE / max(h, w))
         if scale < 1.0:
             img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
             boxes = boxes * scale
-        samples.append(Sample(path.name, img, boxes, classes))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with cache.open("wb") as fh:
-        pickle.dump(samples, fh)
-    return samples
+        return img, boxes, classes
+
+    return _cached_samples(list_images(root), cache_dir, f"photos{CACHE_SIDE}", labels)
 
 
 def load_survey(root: Path, cache_dir: Path) -> list[Sample]:
     """The survey frames with their mask-derived boxes (classes index CLASSES), cached like the photos."""
     from masks import CRACK_GAP, CRACK_MIN_LENGTH, POTHOLE_GAP, POTHOLE_MIN_AREA, boxes_for
 
-    files = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    rules = f"{POTHOLE_GAP}-{POTHOLE_MIN_AREA}-{CRACK_GAP}-{CRACK_MIN_LENGTH}"
-    key = hashlib.sha256((rules + "|".join(f"{p.name}:{p.stat().st_size}" for p in files)).encode()).hexdigest()
-    cache = cache_dir / f"survey_{key[:16]}.pkl"
-    if cache.exists():
-        with cache.open("rb") as fh:
-            return pickle.load(fh)
-    samples = []
-    for path in files:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            log.warning("skipping unreadable image %s", path)
-            continue
+    def labels(path: Path, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         found = boxes_for(root, path.stem)
-        boxes = np.array([b.box for b in found], np.float32).reshape(-1, 4)
-        classes = np.array([b.cls for b in found], np.int64)
-        samples.append(Sample(path.name, img, boxes, classes))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with cache.open("wb") as fh:
-        pickle.dump(samples, fh)
-    return samples
+        return (img, np.array([b.box for b in found], np.float32).reshape(-1, 4),
+                np.array([b.cls for b in found], np.int64))
+
+    rules = f"survey{POTHOLE_GAP}-{POTHOLE_MIN_AREA}-{CRACK_GAP}-{CRACK_MIN_LENGTH}"  # new rules, new cache
+    return _cached_samples(list_images(root), cache_dir, rules, labels)
 
 
 def split_survey(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:

@@ -154,7 +154,7 @@ def calibration_set(args: argparse.Namespace) -> Path:
     return dest
 
 
-def working_thresholds(result: dict) -> dict[str, float]:
+def best_f1_thresholds(result: dict) -> dict[str, float]:
     """Each class's best-F1 score on the vehicle-view validation highways, the view the agent works in."""
     return {name: round(float(np.clip(m["best_f1_threshold"], 0.05, 0.95)), 3)
             for name, m in result["per_class"].items() if name in CLASSES}
@@ -192,7 +192,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     for label, path in (("chosen", chosen), ("fp32", fp32)):
         raw = evaluate_dataset(load_detector(DetectorConfig(model=str(path), manifest=None)), sets["vehicle"],
                                EVAL_FLOOR)
-        thresholds[label] = working_thresholds(raw)
+        thresholds[label] = best_f1_thresholds(raw)
         log.info("%s: working thresholds (best F1 on the vehicle-view validation highways): %s", label,
                  thresholds[label])
         sidecar = CACHE / f"{label}.manifest.json"

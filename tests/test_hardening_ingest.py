@@ -221,7 +221,7 @@ def test_health_turns_degraded_when_ingest_stalls(make_cfg, workers, mqtt_device
         # The ingest workers lose the database (the API's pool keeps its open connection).
         good = dsn_file.read_text()
         dsn_file.write_text("postgresql://roadmon:x@127.0.0.1:9/nowhere?connect_timeout=1")
-        running[0]._drop_connection()
+        running[0]._db.drop()
         dev.publish("event", make_event(device, 48.1, 11.5))
         assert wait_for(lambda: client.get("/health").status_code == 503, timeout_s=10)
         body = client.get("/health").json()
