@@ -15,9 +15,8 @@ RUN python -c "import subprocess, sys, tomllib; \
 p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 subprocess.run([sys.executable, '-m', 'pip', 'install', *p['dependencies'], *p['optional-dependencies']['server']], \
                check=True)"
-COPY edge_agent edge_agent
+# The server and the contract only: the server imports nothing of the agent (tests/test_layout.py).
 COPY fleet_server fleet_server
-COPY calibration calibration
 COPY roadmon_contract roadmon_contract
 RUN pip install --no-deps . \
  && fleet-server --help >/dev/null

@@ -1,6 +1,6 @@
 # The handful of commands. Everything runs from .venv, which `make install` creates.
 PY := .venv/bin/python
-SERVICES := $(PY) scripts/services.py
+SERVICES := $(PY) -m scripts.services
 
 .PHONY: install test demo demo-down bench lint model services-up services-down services-status clean sdk-kotlin
 
@@ -18,17 +18,17 @@ lint: install
 	.venv/bin/ruff check .
 
 demo: install
-	$(PY) scripts/demo.py up
+	$(PY) -m scripts.demo up
 
 demo-down: install
-	$(PY) scripts/demo.py down
+	$(PY) -m scripts.demo down
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 model:
 	EXTRAS=edge,server,dev,train bash scripts/bootstrap.sh
-	$(PY) models/train.py --all
+	$(PY) -m models.train --all
 
 services-up: install
 	$(SERVICES) up

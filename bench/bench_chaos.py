@@ -3,7 +3,7 @@ Mosquitto into a `fleet-server ingest` process on the project-local PostGIS, whi
 twice, the broker SIGKILLed twice and PostgreSQL stopped (20 s; 4 s with --quick). Prints what was lost and
 what was doubled (both must be 0).
 
-    python bench/bench_chaos.py [--quick] [--events N]
+    python -m bench.bench_chaos [--quick] [--events N]
 
 Lost: events an agent generated that are not in `sightings` once every queue has drained. Doubled: rows
 stored twice (event_id is the key, so only the aggregation could double: the defects' sighting counts against
@@ -26,18 +26,15 @@ from pathlib import Path
 
 import psycopg
 
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.config.uplink import UplinkConfig
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.uplink import Uplink
+from fleet_server.migrate import migrate
+from scripts import services
+from tests.server_fixtures import make_event, offset
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import services  # noqa: E402
-
-from edge_agent.config.outbox import OutboxConfig  # noqa: E402
-from edge_agent.config.uplink import UplinkConfig  # noqa: E402
-from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.uplink import Uplink  # noqa: E402
-from fleet_server.migrate import migrate  # noqa: E402
-from tests.server_fixtures import make_event, offset  # noqa: E402
 
 AGENTS = 3
 RATE_PER_AGENT = 20.0  # new events per second per agent while the chaos runs

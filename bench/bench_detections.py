@@ -5,7 +5,7 @@ phone of its own, post the guide's body (one detection, a new submission each ti
 answers. Prints p50 / p95 / p99 latency, throughput, the server's CPU per request, and p95 as a ratio of
 the guide's 200 ms.
 
-    python bench/bench_detections.py [--quick] [--clients 20] [--posts 100]
+    python -m bench.bench_detections [--quick] [--clients 20] [--posts 100]
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import tomli_w
+
+from fleet_server.migrate import migrate
+from scripts import services
+from tests.server_fixtures import iso, token
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
-
-import httpx  # noqa: E402
-import services  # noqa: E402
-import tomli_w  # noqa: E402
-from server_fixtures import iso, token  # noqa: E402
-
-from fleet_server.migrate import migrate  # noqa: E402
 
 TARGET_P95_S = 0.200
 

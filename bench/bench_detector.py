@@ -4,7 +4,7 @@ The shipped model and its FP32 twin take turns run by run on a 1280x720 frame, s
 alike; the figure that matters is the ratio. (Accuracy and latency at other input sizes: the sweep table in
 models/bundled/MODEL_CARD.md.)
 
-    python bench/bench_detector.py [--quick]
+    python -m bench.bench_detector [--quick]
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.detect.detector import load_detector, sample_road_image
+from edge_agent.detect.manifest import bundled_model_path
 
-from edge_agent.config.detector import DetectorConfig  # noqa: E402
-from edge_agent.detect_manifest import bundled_model_path  # noqa: E402
-from edge_agent.detector import load_detector, sample_road_image  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def time_pair(fp32: Path, int8: Path, threads: int, runs: int) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Mutation score of the core modules: how many small injected bugs the tests that cover each module catch.
 
-    .venv/bin/python bench/bench_mutation.py [--quick] [--sample N] [--modules nmea,outbox] [--seed S]
+    .venv/bin/python -m bench.bench_mutation [--quick] [--sample N] [--modules nmea,outbox] [--seed S]
 
 Cosmic Ray (PyPI: cosmic-ray) makes the mutants: one operator at one place each (a `<` that becomes `<=`, a
 number that changes, an `and` that becomes `or`, ...). Each module is mutated in its own copy of the checkout
@@ -42,16 +42,16 @@ class Module:
 
 
 MODULES = (
-    Module("nmea", "edge_agent/nmea.py", ("tests/test_nmea.py", "tests/test_epochs.py")),
-    Module("epochs", "edge_agent/epochs.py", ("tests/test_epochs.py", "tests/test_gnss_golden.py")),
-    Module("kalman", "edge_agent/kalman.py", ("tests/test_kalman.py",)),
-    Module("tracker", "edge_agent/tracker.py", ("tests/test_tracker.py", "tests/test_events.py")),
-    Module("geolocate", "edge_agent/geolocate.py",
+    Module("nmea", "edge_agent/gnss/nmea.py", ("tests/test_nmea.py", "tests/test_epochs.py")),
+    Module("epochs", "edge_agent/gnss/epochs.py", ("tests/test_epochs.py", "tests/test_gnss_golden.py")),
+    Module("kalman", "edge_agent/gnss/kalman.py", ("tests/test_kalman.py",)),
+    Module("tracker", "edge_agent/perception/tracker.py", ("tests/test_tracker.py", "tests/test_events.py")),
+    Module("geolocate", "edge_agent/perception/geolocate.py",
            ("tests/test_geolocate.py", "tests/test_events.py", "tests/test_tracker.py")),
-    Module("events", "edge_agent/events.py", ("tests/test_events.py", "tests/test_pipeline.py")),
-    Module("outbox", "edge_agent/outbox.py",
+    Module("events", "edge_agent/perception/events.py", ("tests/test_events.py", "tests/test_pipeline.py")),
+    Module("outbox", "edge_agent/link/outbox.py",
            ("tests/test_outbox.py", "tests/test_outbox_disk.py", "tests/test_queue_cli.py")),
-    Module("uplink", "edge_agent/uplink.py", ("tests/test_uplink_server.py", "tests/test_uplink.py"), True),
+    Module("uplink", "edge_agent/link/uplink.py", ("tests/test_uplink_server.py", "tests/test_uplink.py"), True),
     Module("validate", "fleet_server/validate.py",
            ("tests/test_server_validate.py", "tests/test_server_ingest.py"), True),
     Module("ingest", "fleet_server/ingest.py",
@@ -206,8 +206,7 @@ def main() -> int:
         parser.error(f"unknown modules {sorted(unknown)}; known: {', '.join(m.name for m in MODULES)}")
     modules = [m for m in MODULES if not wanted or m.name in wanted]
     if any(m.services for m in modules):
-        sys.path.insert(0, str(ROOT / "scripts"))
-        import services
+        from scripts import services
 
         services.up()
     scores = []

@@ -2,7 +2,7 @@
 filter's accuracy on the synthetic drive. Figures are ratios measured in one run on the same input.
 
 Input: every capture in ../shared/nmea (or a synthetic drive when that folder is absent).
-Usage: python bench/bench_nmea.py [--quick]
+Usage: python -m bench.bench_nmea [--quick]
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pynmea2
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge_agent.config.gnss import GnssConfig
+from edge_agent.gnss.kalman import PositionFilter
+from edge_agent.gnss.source import NmeaDecoder
+from tests import gnss_truth
 
-from edge_agent.config.gnss import GnssConfig  # noqa: E402
-from edge_agent.gnss_source import NmeaDecoder  # noqa: E402
-from edge_agent.kalman import PositionFilter  # noqa: E402
-from tests import gnss_truth  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED_NMEA = ROOT.parent / "shared" / "nmea"
 
@@ -34,7 +33,7 @@ def load_input() -> tuple[bytes, str]:
 
 
 def synthetic_nmea() -> bytes:
-    from edge_agent.nmea import checksum
+    from edge_agent.gnss.nmea import checksum
 
     lines = []
     for _, fix in gnss_truth.noisy_fixes(gnss_truth.truth_track(0.05), 1.0):

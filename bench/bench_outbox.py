@@ -1,7 +1,7 @@
 """Outbox insert rate with synchronous FULL against NORMAL (same run, same events), then the crash-safety
 test with more SIGKILLs than the test suite uses.
 
-    python bench/bench_outbox.py [--quick] [--events N] [--kills N] [--no-crash]
+    python -m bench.bench_outbox [--quick] [--events N] [--kills N] [--no-crash]
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.link.outbox import Outbox
+from tests.test_outbox import make_event
 
-from edge_agent.config.outbox import OutboxConfig  # noqa: E402
-from edge_agent.outbox import Outbox  # noqa: E402
-from tests.test_outbox import make_event  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def insert_rate(path: Path, mode: str, events: list[dict]) -> float:

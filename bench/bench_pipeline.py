@@ -9,7 +9,7 @@
    median error <= 2.0 m. Drift: the same figures are printed as the realistic one-pass result, not as
    targets: one pass cannot average out an error that is nearly constant over the seconds a defect is in view;
    the fleet server's aggregation of several passes (of different times and vehicles) is what reduces it.
-   Both: the camera side alone (each event moved back by its vehicle's GNSS error, see edge_agent.drive_eval)
+   Both: the camera side alone (each event moved back by its vehicle's GNSS error, see edge_agent.lab.drive_eval)
    must meet precision >= 0.9, recall >= 0.85, median <= 1.0 m; the GNSS error at the events is printed too.
 4. Speed, in this process with one detector, over the same clip (the drive's first --speed-frames frames):
    `replay` (the whole pipeline) against `decode+detect` (read the video with OpenCV, `detect` each frame: the
@@ -20,7 +20,7 @@
    video decoding), and so are CPU milliseconds per frame of each (process CPU time over all threads), which do
    not depend on other load; the CPU ratios are the load-free cross-check.
 
-Usage: python bench/bench_pipeline.py [--quick] [--minutes M] [--seed N] [--models white,drift] [--keep DIR]
+Usage: python -m bench.bench_pipeline [--quick] [--minutes M] [--seed N] [--models white,drift] [--keep DIR]
        [--speed-frames 300] [--speed-repeats 5]
 Exit code 1 when a target is missed, 2 when the bench cannot run (no bundled model).
 """
@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 EDGE_AGENT = Path(sys.executable).with_name("edge-agent")
 BUNDLED = ROOT / "models" / "bundled" / "model.onnx"
 
@@ -114,9 +113,9 @@ def speed_runs(drive: Path, work_dir: Path, frames: int, repeats: int) -> dict:
     over repeats is the figure. CPU time per frame (whole process) is printed too: it does not depend on load.
     """
     from edge_agent import config as agent_config
-    from edge_agent.detector import load_detector
-    from edge_agent.outbox import Outbox
-    from edge_agent.replay import replay_drive as run_replay
+    from edge_agent.detect.detector import load_detector
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.runtime.replay import replay_drive as run_replay
 
     cfg = agent_config.load(drive / "agent.toml")
     detector = load_detector(cfg.detector)
@@ -187,8 +186,8 @@ def _round(value: float | None, digits: int = 2) -> float | None:
 
 def replay_drive(drive: Path, args: argparse.Namespace, minutes: float, defects: int, model: str) -> dict | None:
     """Render the drive with noise MODEL into DRIVE, replay it; the replay's summary, peak RSS and accuracy."""
-    from edge_agent.drive_eval import TruthTrack, score, true_defects, without_gnss_error
-    from edge_agent.outbox import Outbox
+    from edge_agent.lab.drive_eval import TruthTrack, score, true_defects, without_gnss_error
+    from edge_agent.link.outbox import Outbox
 
     drive.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

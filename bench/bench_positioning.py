@@ -4,9 +4,9 @@ For each real vehicle drive in ../shared/nmea (the Swiss 3 h drive at 1 Hz, the 
 each noise model (white, drift), each error (1, 3, 5 m per axis) and each rate (the drive's own, thinned to 0.5 Hz):
 raw / filtered / smoothed RMS and 95th percentile of the horizontal error, the ratios to raw, and the share of
 errors within 2 h_std and 1 h_std (calibration; the receiver states the error added, see gnss_eval).
-Smoothed = position_at(fix time) asked 5 s later (edge_agent.gnss_eval).
+Smoothed = position_at(fix time) asked 5 s later (edge_agent.lab.gnss_eval).
 
-Usage: python bench/bench_positioning.py [--quick] [--seeds N]
+Usage: python -m bench.bench_positioning [--quick] [--seeds N]
 Exit code 1 when the filter or the smoother is worse than raw with white error or with 3 m or more of drift,
 or the filtered ratio at 3 m white exceeds 0.6; 0 with a note when ../shared/nmea is absent.
 """
@@ -18,10 +18,9 @@ import itertools
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edge_agent.lab.gnss_eval import evaluate, recorded_fixes, thinned, with_error
 
-from edge_agent.gnss_eval import evaluate, recorded_fixes, thinned, with_error  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED_NMEA = ROOT.parent / "shared" / "nmea"
 DRIVES = {"switzerland": "genivi__20100403_Z205_Switzerland.nmea",

@@ -2,7 +2,7 @@
 
 For each seed: `edge-agent sim drive` (45 s, 10 defects of which 7 potholes, 3 m white GNSS noise at 1 Hz),
 `edge-agent replay --json` with the drive's own agent.toml, and the events matched to the true potholes within
-5 m (edge_agent.drive_eval). One drive says little about precision (7 potholes: one false event is 0.88), so the
+5 m (edge_agent.lab.drive_eval). One drive says little about precision (7 potholes: one false event is 0.88), so the
 seeds are summed. Sizes: each event that lies within 2 m of a true pothole once its vehicle's GNSS error is taken
 out is compared with that pothole's width_m / length_m in defects.geojson: the median ratio of width, length and
 sqrt(width x length). Note that the simulator's sizes are the nominal ellipse of the painted pothole, without its
@@ -10,18 +10,18 @@ wobbly outline and light rim; the image box around what is painted (the simulato
 is already ~1.26x those in sqrt(area) (docs/pipeline.md, Geolocation).
 
 Per class: each seed's drive has 3 cracks besides the 7 potholes; events of each class are matched to the true
-defects of that class (edge_agent.drive_eval.score_by_class) and precision, recall and the median geolocation
+defects of that class (edge_agent.lab.drive_eval.score_by_class) and precision, recall and the median geolocation
 error are summed over the seeds per class. For cracks also the median measured / true length and width and the
 median orientation error of the matched events (the truth is the crack's principal axis, see docs/simulator.md).
 A model without a `crack` class finds no cracks: its crack line says so.
 
-With --truth-boxes the model is replaced by the drive's own boxes (edge_agent.sim.truth_detector), replayed in
+With --truth-boxes the model is replaced by the drive's own boxes (edge_agent.lab.sim.truth_detector), replayed in
 this process: what the pipeline after the model does with perfect detections, per class.
 
 The GNSS noise model is `white` by default; `--noise-model drift` gives the receiver's slowly wandering error
-(edge_agent.sim.gnss_noise). The median geolocation error over all matched potholes is printed for either.
+(edge_agent.lab.sim.gnss_noise). The median geolocation error over all matched potholes is printed for either.
 
-Usage: python bench/bench_seeds.py [--seeds 1-8] [--quick] [--keep DIR] [--truth-boxes] [--noise-model white|drift]
+Usage: python -m bench.bench_seeds [--seeds 1-8] [--quick] [--keep DIR] [--truth-boxes] [--noise-model white|drift]
 Exit code 1 when the summed pothole precision < 0.9 or recall < 0.85, 2 when the bench cannot run (no bundled
 model).
 """
@@ -38,7 +38,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 EDGE_AGENT = Path(sys.executable).with_name("edge-agent")
 BUNDLED = ROOT / "models" / "bundled" / "model.onnx"
 
@@ -58,7 +57,7 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 def drive_and_replay(seed: int, folder: Path, truth_boxes: bool = False, noise_model: str = "white") -> list[dict]:
     """Render seed's drive into FOLDER, replay it (with the bundled model, or the drive's own boxes); the events
     written."""
-    from edge_agent.outbox import Outbox
+    from edge_agent.link.outbox import Outbox
 
     sim = run([str(EDGE_AGENT), "sim", "drive", "--out", str(folder), "--seed", str(seed), "--minutes", "0.75",
                "--defects", "10", "--potholes", "7", "--gps-noise-m", "3", "--gps-noise-model", noise_model])
@@ -77,20 +76,19 @@ def drive_and_replay(seed: int, folder: Path, truth_boxes: bool = False, noise_m
 
 def replay_truth_boxes(folder: Path) -> list[dict]:
     from edge_agent import config as agent_config
-    from edge_agent.outbox import Outbox
-    from edge_agent.replay import replay_drive
-    from edge_agent.sim.truth_detector import TruthDetector
+    from edge_agent.lab.sim.truth_detector import TruthDetector
+    from edge_agent.runtime.assemble import build_agent
+    from edge_agent.runtime.replay import replay_drive
 
-    with Outbox(folder / "outbox.db") as box:
-        replay_drive(agent_config.load(folder / "agent.toml"), folder / "video.mp4", folder / "drive.nmea", box,
-                     TruthDetector(folder / "boxes.csv"))
-        return [event for _, event in box.iter_events()]
+    cfg = agent_config.load(folder / "agent.toml")
+    with build_agent(cfg, outbox=folder / "outbox.db", detector=TruthDetector(folder / "boxes.csv")) as agent:
+        replay_drive(agent, folder / "video.mp4", folder / "drive.nmea")
+        return [event for _, event in agent.outbox.iter_events()]
 
 
 def size_ratios(events: list[dict], folder: Path) -> list[tuple[float, float, float]]:
     """(width, length, sqrt area) ratios measured / true for events within 2 m of a true pothole (camera side)."""
-    from edge_agent.drive_eval import TruthTrack, without_gnss_error
-    from edge_agent.geolocate import distance_m
+    from edge_agent.lab.drive_eval import TruthTrack, match, without_gnss_error
 
     potholes = []
     for feature in json.loads((folder / "defects.geojson").read_text(encoding="utf-8"))["features"]:
@@ -99,11 +97,9 @@ def size_ratios(events: list[dict], folder: Path) -> list[tuple[float, float, fl
             lon, lat = feature["geometry"]["coordinates"][:2]
             potholes.append((lat, lon, props["width_m"], props["length_m"]))
     out = []
-    for event in without_gnss_error([e for e in events if e["class"] == "pothole"], TruthTrack(folder / "truth.csv")):
-        lat, lon = event["position"]["lat"], event["position"]["lon"]
-        near = min(potholes, key=lambda p: distance_m(lat, lon, p[0], p[1]), default=None)
-        if near is None or distance_m(lat, lon, near[0], near[1]) > 2.0:
-            continue
+    placed = without_gnss_error([e for e in events if e["class"] == "pothole"], TruthTrack(folder / "truth.csv"))
+    for i, j, _ in match([(e["position"]["lat"], e["position"]["lon"]) for e in placed], potholes, 2.0):
+        event, near = placed[i], potholes[j]
         width, length = event["size_m"]["width"], event["size_m"]["length"]
         out.append((width / near[2], length / near[3], math.sqrt(width * length / (near[2] * near[3]))))
     return out
@@ -112,16 +108,14 @@ def size_ratios(events: list[dict], folder: Path) -> list[tuple[float, float, fl
 def crack_looks(events: list[dict], folder: Path) -> list[tuple[float, float, float]]:
     """(length ratio, width ratio, orientation error in degrees) of crack events within 2 m of a true crack
     once their vehicle's GNSS error is taken out (the camera side)."""
-    from edge_agent.drive_eval import TruthTrack, crack_truth, without_gnss_error
-    from edge_agent.geolocate import distance_m
+    from edge_agent.lab.drive_eval import TruthTrack, crack_truth, match, without_gnss_error
 
     cracks = crack_truth(folder / "defects.geojson")
     out = []
-    for event in without_gnss_error([e for e in events if e["class"] == "crack"], TruthTrack(folder / "truth.csv")):
-        lat, lon = event["position"]["lat"], event["position"]["lon"]
-        near = min(cracks, key=lambda c: distance_m(lat, lon, c["lat"], c["lon"]), default=None)
-        if near is None or distance_m(lat, lon, near["lat"], near["lon"]) > 2.0:
-            continue
+    placed = without_gnss_error([e for e in events if e["class"] == "crack"], TruthTrack(folder / "truth.csv"))
+    for i, j, _ in match([(e["position"]["lat"], e["position"]["lon"]) for e in placed],
+                         [(c["lat"], c["lon"]) for c in cracks], 2.0):
+        event, near = placed[i], cracks[j]
         size = event["size_m"]
         turn = abs(size.get("orientation_deg", math.nan) - near["orientation_deg"]) % 180.0
         out.append((size["length"] / near["length_m"], size["width"] / near["width_m"], min(turn, 180.0 - turn)))
@@ -130,7 +124,7 @@ def crack_looks(events: list[dict], folder: Path) -> list[tuple[float, float, fl
 
 def model_classes() -> tuple[str, ...]:
     from edge_agent.config.detector import DetectorConfig
-    from edge_agent.detector import load_detector
+    from edge_agent.detect.detector import load_detector
 
     return tuple(load_detector(DetectorConfig(model="bundled")).info.classes)
 
@@ -147,7 +141,7 @@ def main() -> int:
     if not BUNDLED.exists() and not args.truth_boxes:
         print("bench_seeds: no bundled model (models/bundled/model.onnx)", file=sys.stderr)
         return 2
-    from edge_agent.drive_eval import score_by_class
+    from edge_agent.lab.drive_eval import score_by_class
 
     seeds = [1, 2, 3] if args.quick else seed_list(args.seeds)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_seeds_"))

@@ -6,7 +6,7 @@
 2. Map query: GET /api/v1/defects p95 for a 2 km bbox with 1M sightings / 100k defects in the database.
    Target: p95 <= 50 ms.
 
-    python bench/bench_server.py [--quick] [--part ingest|map] [--events N] [--batch-size N] [--workers N]
+    python -m bench.bench_server [--quick] [--part ingest|map] [--events N] [--batch-size N] [--workers N]
                                  [--processes N] [--defects N] [--queries N]
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import random
 import resource
@@ -27,16 +26,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
+
+from fleet_server.config import ServerConfig
+from fleet_server.migrate import migrate
+from fleet_server.store import event_row
+from roadmon_contract.geodesy import metres_per_degree
+from scripts import services
+from tests.server_fixtures import DeviceClient, make_event, offset, server_config, token
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
-
-import psycopg  # noqa: E402
-import services  # noqa: E402
-from server_fixtures import DeviceClient, make_event, offset, server_config, token  # noqa: E402
-
-from fleet_server.config import ServerConfig  # noqa: E402
-from fleet_server.migrate import migrate  # noqa: E402
-from fleet_server.store import event_row  # noqa: E402
 
 CENTRE = (48.137, 11.575)
 
@@ -201,11 +200,11 @@ def map_query_latency(dsn: str, info: services.ServiceInfo, queries: int, rng: r
     viewer = token(dsn, "viewer", "bench")
     client = TestClient(create_app(cfg))
     headers = {"Authorization": f"Bearer {viewer}"}
-    half_lat = 1000 / 111_320
     times, sizes = [], []
     for i in range(queries + 10):
         lat, lon = offset(*CENTRE, rng.uniform(-28_000, 28_000), rng.uniform(-28_000, 28_000))
-        half_lon = 1000 / (111_320 * math.cos(math.radians(lat)))
+        m_lat, m_lon = metres_per_degree(lat)
+        half_lat, half_lon = 1000 / m_lat, 1000 / m_lon
         bbox = f"{lon - half_lon},{lat - half_lat},{lon + half_lon},{lat + half_lat}"
         t0 = time.monotonic()
         r = client.get("/api/v1/defects", params={"bbox": bbox, "limit": 5000}, headers=headers)

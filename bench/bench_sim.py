@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.sim.drive import DriveSpec, simulate_drive
-from edge_agent.sim.render import random_training_scene
+from edge_agent.lab.sim.drive import DriveSpec, simulate_drive
+from edge_agent.lab.sim.render import random_training_scene
 
 
 def bench_training(n: int) -> None:

@@ -2,7 +2,7 @@
 confirmation (PUBACK -> sent, server ack -> confirmed, every state change in SQLite), against bare paho
 publishing the same payloads at QoS 1 (PUBACKs only, nothing stored) in the same run. Target ratio >= 0.5.
 
-    python bench/bench_uplink.py [--quick] [--events N]
+    python -m bench.bench_uplink [--quick] [--events N]
 
 A private broker on a free port and, during the drain, an ack server (tests/ack_server.py) in a process of its
 own play the fleet side; each bare run happens before and after the drain and the two are averaged (the
@@ -25,18 +25,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.config.uplink import UplinkConfig
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.uplink import Uplink
+from roadmon_contract import topics
+from scripts import services
+from tests.test_outbox import make_event
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import services  # noqa: E402
-
-from edge_agent.config.outbox import OutboxConfig  # noqa: E402
-from edge_agent.config.uplink import UplinkConfig  # noqa: E402
-from edge_agent.outbox import Outbox  # noqa: E402
-from edge_agent.uplink import Uplink  # noqa: E402
-from roadmon_contract import topics  # noqa: E402
-from tests.test_outbox import make_event  # noqa: E402
 
 DEVICE = "veh-bench"
 WINDOW = UplinkConfig().window  # the default config's window, for the drain and the bare runs alike
@@ -160,9 +157,9 @@ def main() -> int:
         for threaded in (True, False):
             bare[threaded] = [bare_publish(mq.port, password, bodies, threaded)]
         # The ack server runs only for the drain: the bare runs publish with nobody subscribed, as bare as it gets.
-        acker = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ack_server.py"), "--port", str(mq.port),
+        acker = subprocess.Popen([sys.executable, "-m", "tests.ack_server", "--port", str(mq.port),
                                   "--password", mq.server_password, "--client-id", "bench-ack"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert acker.stdout.readline().strip() == "ready"
         drain_s, snap, drain_cpu = confirmed_drain(mq.port, tmp / "pw", outbox, n)
         acker.stdin.close()

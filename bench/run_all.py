@@ -1,4 +1,4 @@
-"""Runs every bench/bench_*.py in turn and prints their figures (`make bench`).
+"""Runs every bench/bench_*.py in turn (as `python -m bench.NAME`) and prints their figures (`make bench`).
 
 Benchmarks measure speed and memory as ratios within one run, since the machines are shared and noisy.
 Pass --quick to ask each benchmark for a short run.
@@ -20,7 +20,7 @@ def main() -> int:
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"\n=== {script.name} ===", flush=True)
         t0 = time.monotonic()
-        rc = subprocess.run([sys.executable, str(script), *extra], cwd=HERE.parent).returncode
+        rc = subprocess.run([sys.executable, "-m", f"bench.{script.stem}", *extra], cwd=HERE.parent).returncode
         print(f"--- {script.name}: exit {rc}, {time.monotonic() - t0:.0f} s", flush=True)
         if rc != 0:
             failed.append(script.name)

@@ -6,13 +6,30 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 
-if TYPE_CHECKING:
-    from edge_agent.config.calibration import CalibrationConfig
+
+class CalibrationConfig(Protocol):
+    """The settings read here: the agent's [calibration] section (edge_agent.config.calibration) has them. A
+    Protocol, so that this package, which the agent and the tools share, does not import the agent."""
+
+    intrinsics_file: str
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float | None
+    cy: float | None
+    dist: list[float]
+    hfov_deg: float
+    height_m: float
+    pitch_deg: float
+    roll_deg: float
+    yaw_deg: float
+    lateral_m: float
 
 
 class CalibrationError(ValueError):

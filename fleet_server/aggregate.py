@@ -25,13 +25,13 @@ from datetime import timedelta
 import psycopg
 
 from fleet_server.config import AggregateConfig
+from roadmon_contract.geodesy import LocalFrame
 
 log = logging.getLogger(__name__)
 _LOCK_KEY = 0x526D4167
 OPEN_FOR_MISSES = ("new", "confirmed", "scheduled", "likely_repaired")
 AUTO_STATES = ("new", "confirmed", "likely_repaired")  # states the aggregator may change by itself
 MISS_SLACK = timedelta(seconds=30)
-M_PER_DEG = 111_320.0
 
 
 def lock(conn: psycopg.Connection) -> None:
@@ -71,11 +71,12 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
     if not loose:
         return set()
     cell_m = max(cfg.max_gate_m, cfg.merge_radius_m)
+    frame = LocalFrame(loose[0][2], loose[0][3])  # metres around the batch's first sighting
     cells: dict[tuple, list[int]] = {}
     leaders: list[tuple] = []  # (event_id, x, y, half length) of the sighting that starts each new defect
     member_of: list[int] = []  # index into leaders, per loose sighting
     for event_id, klass, lat, lon, h, half in loose:
-        x, y = lon * M_PER_DEG * math.cos(math.radians(lat)), lat * M_PER_DEG
+        x, y = frame.to_enu(lat, lon)
         cx, cy = int(x // cell_m), int(y // cell_m)
         best, best_d = None, _gate(h, cfg)
         for dx in (-1, 0, 1):
@@ -118,7 +119,7 @@ first_mean AS (   -- weighted by 1/h^2
     FROM recent GROUP BY defect_id
 ), kept AS (      -- robust: leave out sightings far outside their own accuracy, then average again
     SELECT r.* FROM recent r JOIN first_mean m USING (defect_id)
-    WHERE sqrt(((r.lat - m.lat) * 111320) ^ 2 + ((r.lon - m.lon) * 111320 * cos(radians(m.lat))) ^ 2)
+    WHERE sqrt(((r.lat - m.lat) * m_per_deg_lat(m.lat)) ^ 2 + ((r.lon - m.lon) * m_per_deg_lon(m.lat)) ^ 2)
           <= %(sigma)s * GREATEST(r.h, 1)
 ), second_mean AS (
     SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(lon / (h * h)) / sum(1 / (h * h)) AS lon,
@@ -150,10 +151,10 @@ first_mean AS (   -- weighted by 1/h^2
     FROM recent WHERE axis IS NOT NULL GROUP BY defect_id
 ), span AS (      -- how far its sightings' axes reach along that bearing, from its position
     SELECT r.defect_id, o.theta,
-           min((ST_X(e.geom) - p.lon) * 111320 * cos(radians(p.lat)) * sin(o.theta)
-               + (ST_Y(e.geom) - p.lat) * 111320 * cos(o.theta)) AS lo,
-           max((ST_X(e.geom) - p.lon) * 111320 * cos(radians(p.lat)) * sin(o.theta)
-               + (ST_Y(e.geom) - p.lat) * 111320 * cos(o.theta)) AS hi
+           min((ST_X(e.geom) - p.lon) * m_per_deg_lon(p.lat) * sin(o.theta)
+               + (ST_Y(e.geom) - p.lat) * m_per_deg_lat(p.lat) * cos(o.theta)) AS lo,
+           max((ST_X(e.geom) - p.lon) * m_per_deg_lon(p.lat) * sin(o.theta)
+               + (ST_Y(e.geom) - p.lat) * m_per_deg_lat(p.lat) * cos(o.theta)) AS hi
     FROM recent r CROSS JOIN LATERAL ST_DumpPoints(r.axis::geometry) e JOIN orient o USING (defect_id)
          JOIN pos p USING (defect_id)
     WHERE r.axis IS NOT NULL GROUP BY r.defect_id, o.theta

@@ -69,7 +69,7 @@ def _inline(schema: dict) -> dict:
 
 def _request_body() -> dict:
     phone = _inline(phone_body.PhoneSubmission.model_json_schema(by_alias=True))
-    event = {k: v for k, v in contract.validator("event").schema.items() if k not in ("$schema", "$id")}
+    event = {k: v for k, v in contract.schema("event").items() if k not in ("$schema", "$id")}
     return {"required": True, "content": {"application/json": {
         "schema": {"oneOf": [phone, {**_inline(event), "title": "roadmon.event/1"}]},
         "examples": {"guide": {"summary": "The deployment guide's SDK body", "value": GUIDE_REQUEST}}}}}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from edge_agent.config.base import ConfigError, Section, load_toml, validate
+from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 __all__ = ["ConfigError", "ServerConfig", "load", "parse"]

@@ -58,14 +58,12 @@ def subscriptions(cfg: ServerConfig) -> list[str]:
 
 
 def kind_of(topic: str) -> tuple[str, str | None, str | None]:
-    """(kind, device, command name) of a roadmon/v1 topic; kind 'unknown' for anything else."""
-    parts = topic.split("/")
-    device = topics.device_of(topic)
-    if len(parts) == 4 and parts[3] in ("event", "coverage", "status"):
-        return parts[3], device, None
-    if len(parts) == 6 and parts[3] == "cmd" and parts[5] == "result":
-        return "result", device, parts[4]
-    return "unknown", device, None
+    """(kind, device, command name) of a topic the ingest workers take: event, coverage, status or a command's
+    result; kind 'unknown' for anything else (an ack or a command is the server's own, never ingested)."""
+    kind, device, command = topics.parse(topic)
+    if kind in ("ack", "cmd"):
+        return "unknown", device, None
+    return kind, device, command
 
 
 def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") -> Batch:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import jsonschema_rs
@@ -80,8 +78,7 @@ def _check_time(where: str, text: str, now: datetime, cfg: IngestConfig) -> date
 
 @cache
 def _fast_validator(kind: str) -> Any:
-    text = resources.files("roadmon_contract.schemas").joinpath(f"{kind}.schema.json").read_text()
-    return jsonschema_rs.validator_for(json.loads(text), validate_formats=True)
+    return jsonschema_rs.validator_for(contract.schema(kind), validate_formats=True)
 
 
 def check_schema(kind: str, obj: Any) -> None:

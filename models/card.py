@@ -95,7 +95,7 @@ def write_card(path: Path, m: dict, state: dict) -> Path:
         "",
         *accuracy_table(m["metrics"]["fp32"], None),
         "",
-        "AP50 is all-point interpolated (`edge_agent/evaluate.py`, checked against a hand-worked case in "
+        "AP50 is all-point interpolated (`edge_agent/lab/evaluate.py`, checked against a hand-worked case in "
         "tests/test_evaluate.py). PR curves on the vehicle view: `pr_curve.png`.",
         "",
     ]

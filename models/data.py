@@ -3,7 +3,7 @@
 - survey: frames of a highway survey vehicle's forward camera with crack and pothole masks, turned into
   boxes by models/masks.py; split by highway (neighbouring frames show the same defects).
 - handheld: pothole photos with boxes (YOLO layout); a seeded hash split.
-- synthetic: road scenes rendered by edge_agent.sim.render, potholes and cracks boxed (optional).
+- synthetic: road scenes rendered by edge_agent.lab.sim.render, potholes and cracks boxed (optional).
 
 Images are decoded once, kept in memory and pickled under models/cache/, so a resumed run starts in seconds;
 `write_pack` stores all of it as one compact file (WebP-encoded) that a training machine without the data
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.evaluate import read_yolo_labels
+from edge_agent.lab.evaluate import read_yolo_labels
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def load_dataset(root: Path, cache_dir: Path) -> list[Sample]:
 
 def load_survey(root: Path, cache_dir: Path) -> list[Sample]:
     """The survey frames with their mask-derived boxes (classes index CLASSES), cached like the photos."""
-    from masks import CRACK_GAP, CRACK_MIN_LENGTH, POTHOLE_GAP, POTHOLE_MIN_AREA, boxes_for
+    from models.masks import CRACK_GAP, CRACK_MIN_LENGTH, POTHOLE_GAP, POTHOLE_MIN_AREA, boxes_for
 
     def labels(path: Path, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         found = boxes_for(root, path.stem)
@@ -112,7 +112,7 @@ def load_survey(root: Path, cache_dir: Path) -> list[Sample]:
 
 
 def split_survey(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
-    from masks import highway_of
+    from models.masks import highway_of
 
     val = [s for s in samples if highway_of(s.name) in SURVEY_VAL_HIGHWAYS]
     return [s for s in samples if highway_of(s.name) not in SURVEY_VAL_HIGHWAYS], val
@@ -151,7 +151,7 @@ def letterbox_sample(img: np.ndarray, boxes: np.ndarray, width: int,
 
 def synthetic_available() -> bool:
     try:
-        return importlib.util.find_spec("edge_agent.sim.render") is not None
+        return importlib.util.find_spec("edge_agent.lab.sim.render") is not None
     except ModuleNotFoundError:
         return False
 
@@ -184,7 +184,7 @@ class Augmenter:
         if self._render is not None or self.synth_weight <= 0 or not synthetic_available():
             return self._render is not None
         try:
-            from edge_agent.sim.render import random_training_scene
+            from edge_agent.lab.sim.render import random_training_scene
         except Exception as exc:  # a half-written module must not stop training
             log.warning("synthetic scenes unavailable: %s", exc)
             return False

@@ -4,7 +4,7 @@ The input is `images` [1, 3, H, W] float RGB 0..1 with H and W dynamic (multiple
 metadata says the size it was trained and evaluated at. Metadata also carries `names` in the Ultralytics
 format ("{0: 'pothole'}"), so any YOLO-aware tool reads the classes.
 
-    python models/export.py models/runs/bundled/best.pt out.onnx
+    python -m models.export models/runs/bundled/best.pt out.onnx
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from pathlib import Path
 import onnx
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from models.net import ExportWrapper, PotholeNet
 
-from net import ExportWrapper, PotholeNet  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def load_weights(ckpt_path: Path) -> tuple[PotholeNet, dict]:

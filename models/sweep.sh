@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The size/backbone/data sweep behind docs/model.md, run in parallel on one CUDA GPU from a data pack.
 #
-#   python models/train.py --pack-only PACK                  # on a machine with ../shared/datasets
+#   python -m models.train --pack-only PACK                  # on a machine with ../shared/datasets
 #   bash models/sweep.sh PACK LITE0_WEIGHTS OUT_DIR [MINUTES] [SET] # on the GPU machine (torch, torchvision, cv2)
 #
 # SET "size" (default) compares input sizes and backbones; "small" compares ways to see far potholes
@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1
 common=(--pack "$pack" --pretrained "$weights" --device cuda --batch 32 --fresh --ckpt-every 1e9)
 mkdir -p "$out" models/runs
 
-python3 models/train.py "${common[@]}" --run smoke --iters 5 --workers 1 --shape 320x192 --eval-every 1e9 \
+python3 -m models.train "${common[@]}" --run smoke --iters 5 --workers 1 --shape 320x192 --eval-every 1e9 \
   > models/runs/smoke.log 2>&1 || { tail -40 models/runs/smoke.log; exit 1; }
 echo "smoke run passed"
 
@@ -43,7 +43,7 @@ fi
 budget_s=$(python3 -c "print(int($minutes * 60 + 150))")  # step time + validations + start-up
 for name in "${!runs[@]}"; do
   # shellcheck disable=SC2086  # the options are words
-  timeout "$budget_s" python3 models/train.py "${common[@]}" --run "$name" ${runs[$name]} --workers 4 \
+  timeout "$budget_s" python3 -m models.train "${common[@]}" --run "$name" ${runs[$name]} --workers 4 \
     --minutes "$minutes" --eval-every 45 > "models/runs/$name.log" 2>&1 &
 done
 wait

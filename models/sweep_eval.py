@@ -1,7 +1,7 @@
 """Judge the checkpoints of a sweep (models/sweep.sh) on the held-out data: AP50 per domain and class against
 latency on one thread, as models/bundled/sweep.json (the model card's size/architecture/data table).
 
-    python models/sweep_eval.py DIR_OF_CHECKPOINTS [--out models/bundled/sweep.json]
+    python -m models.sweep_eval DIR_OF_CHECKPOINTS [--out models/bundled/sweep.json]
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.detect.detector import load_detector, sample_road_image
+from edge_agent.lab.evaluate import evaluate_dataset
+from models.export import export_onnx
+from models.pipeline import CACHE, eval_sets
+from models.train import DEFAULT_DATA, DEFAULT_SURVEY
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
-
-from export import export_onnx  # noqa: E402
-from pipeline import CACHE, eval_sets  # noqa: E402
-from train import DEFAULT_DATA, DEFAULT_SURVEY  # noqa: E402
-
-from edge_agent.config.detector import DetectorConfig  # noqa: E402
-from edge_agent.detector import load_detector, sample_road_image  # noqa: E402
-from edge_agent.evaluate import evaluate_dataset  # noqa: E402
 
 TIMING_RUNS = 30
 

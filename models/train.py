@@ -1,9 +1,9 @@
 """Train the bundled two-class detector (pothole, crack), then export, quantize, evaluate and write its card.
 
-    python models/train.py --minutes 60            # train (resumes from models/runs/<run>/last.pt)
-    python models/train.py --all                   # train if unfinished, then export -> quantize -> eval -> card
-    python models/train.py --pack-only PACK        # write the training data as one file for another machine
-    python models/train.py --pack PACK --device cuda --workers 6 ...   # train from that file
+    python -m models.train --minutes 60            # train (resumes from models/runs/<run>/last.pt)
+    python -m models.train --all                   # train if unfinished, then export -> quantize -> eval -> card
+    python -m models.train --pack-only PACK        # write the training data as one file for another machine
+    python -m models.train --pack PACK --device cuda --workers 6 ...   # train from that file
 
 The learning-rate schedule runs on a training-time budget (--minutes) or a step count (--iters), so a run
 that is stopped and resumed ends where an uninterrupted one would. Checkpoints go to models/runs/ every few
@@ -27,12 +27,9 @@ import cv2
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT)]
-
-from assign import detection_loss  # noqa: E402
-from data import (  # noqa: E402
+from edge_agent.lab import evaluate
+from models.assign import detection_loss
+from models.data import (
     CLASSES,
     Augmenter,
     Sample,
@@ -46,9 +43,10 @@ from data import (  # noqa: E402
     synthetic_available,
     write_pack,
 )
-from net import PotholeNet, pretrained_lite0_path  # noqa: E402
+from models.net import PotholeNet, pretrained_lite0_path
 
-from edge_agent import evaluate  # noqa: E402
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 log = logging.getLogger("train")
 
@@ -128,7 +126,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
         return tv_nms(boxes, scores, iou)
     except ImportError:
         pass
-    from assign import box_iou
+    from models.assign import box_iou
 
     order = scores.argsort(descending=True)
     boxes = boxes[order]
@@ -418,7 +416,7 @@ def pack_data(args: argparse.Namespace) -> Path:
     """The training data as one file, with PACKED_SYNTHETIC rendered scenes, for a machine without ../shared."""
     sets = load_sets(args)
     if synthetic_available():
-        from edge_agent.sim.render import random_training_scene
+        from edge_agent.lab.sim.render import random_training_scene
 
         rng = np.random.default_rng(args.seed + 7)
         sets["synthetic"] = [render_sample(random_training_scene, rng) for _ in range(PACKED_SYNTHETIC)]
@@ -442,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         train(args)
     if args.all:
-        from pipeline import build_bundle
+        from models.pipeline import build_bundle
 
         build_bundle(run_dir, args)
     return 0

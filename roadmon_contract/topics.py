@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 PREFIX = "roadmon/v1"
 
 
@@ -40,3 +42,27 @@ def device_of(topic: str) -> str | None:
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != PREFIX:
         return None
     return parts[2]
+
+
+class Parsed(NamedTuple):
+    """What a topic says: kind is 'event', 'coverage', 'status', 'ack', 'cmd', 'result' or 'unknown'; command
+    is the name of a cmd/<name> or cmd/<name>/result topic."""
+
+    kind: str
+    device_id: str | None
+    command: str | None = None
+
+
+def parse(topic: str) -> Parsed:
+    """The inverse of the builders above; anything they cannot have built is kind 'unknown'."""
+    device = device_of(topic)
+    parts = topic.split("/")
+    if device is None or not device:
+        return Parsed("unknown", None)
+    if len(parts) == 4 and parts[3] in ("event", "coverage", "status", "ack"):
+        return Parsed(parts[3], device)
+    if len(parts) == 5 and parts[3] == "cmd" and parts[4]:
+        return Parsed("cmd", device, parts[4])
+    if len(parts) == 6 and parts[3] == "cmd" and parts[4] and parts[5] == "result":
+        return Parsed("result", device, parts[4])
+    return Parsed("unknown", device)

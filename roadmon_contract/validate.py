@@ -13,11 +13,16 @@ KINDS = ("event", "coverage", "status", "ack")
 
 
 @cache
-def validator(kind: str) -> Draft202012Validator:
+def schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a message kind, read once from the package (both halves use this copy)."""
     if kind not in KINDS:
         raise ValueError(f"unknown message kind {kind!r}")
-    text = resources.files("roadmon_contract.schemas").joinpath(f"{kind}.schema.json").read_text()
-    return Draft202012Validator(json.loads(text), format_checker=FormatChecker())
+    return json.loads(resources.files("roadmon_contract.schemas").joinpath(f"{kind}.schema.json").read_text())
+
+
+@cache
+def validator(kind: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(kind), format_checker=FormatChecker())
 
 
 def errors(kind: str, message: Any) -> list[str]:

@@ -1,7 +1,7 @@
 """The one-command demo: a simulated drive goes through the whole system and ends up on the dashboard.
 
-    python scripts/demo.py up [--seed N] [--port P]     (make demo)
-    python scripts/demo.py down [--keep-services]       (make demo-down)
+    python -m scripts.demo up [--seed N] [--port P]     (make demo)
+    python -m scripts.demo down [--keep-services]       (make demo-down)
 
 `up` starts the project-local PostGIS and Mosquitto (scripts/services.py), makes a fresh demo database,
 migrates it, provisions a demo vehicle and viewer/manager tokens, generates a simulated drive (cached under
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -32,14 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+import tomli_w
+from rich.console import Console
+from rich.table import Table
 
-import services  # noqa: E402
-import tomli_w  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from scripts import services
+
+ROOT = Path(__file__).resolve().parent.parent
 
 console = Console()
 
@@ -54,7 +52,6 @@ DRIVE_CRACKS = 4  # painted distractors: the detector should leave them alone
 # A defect on the map farther than this from every true pothole counts as a false one; the median error is
 # far below it (see the summary), so the gate only separates matches from strays.
 MATCH_GATE_M = 8.0
-EARTH_RADIUS_M = 6_371_008.8
 
 
 def shown(path: Path) -> str:
@@ -443,7 +440,7 @@ def replay(paths: Paths, drive: Path, drain_s: float = 120) -> dict[str, Any]:
 
 
 def outbox_counts(outbox: Path) -> dict[str, dict[str, int]]:
-    from edge_agent.outbox import Outbox
+    from edge_agent.link.outbox import Outbox
 
     with Outbox(outbox, agent=False) as box:  # look only: never touch a queue an agent may drain
         stats = box.stats()
@@ -463,14 +460,6 @@ def wait_confirmed(outbox: Path, timeout_s: float, poll_s: float = 0.5) -> dict[
 
 
 # ------------------------------------------------------------------------------- geolocation error
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance (haversine); exact enough at the metre scale of a street."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
-
-
 def points_of(collection: dict[str, Any], cls: str, visible_only: bool = False) -> list[tuple[float, float]]:
     """(lat, lon) of the Point features of class CLS in a GeoJSON FeatureCollection. VISIBLE_ONLY keeps the
     simulator's true defects that came into the camera's view (it says so with `frames_boxed`)."""
@@ -506,19 +495,12 @@ class GeoScore:
 def score_geolocation(
     truth: Iterable[tuple[float, float]], found: Iterable[tuple[float, float]], gate_m: float = MATCH_GATE_M
 ) -> GeoScore:
-    """Match each true defect to its nearest found one (each used once, closest pairs first)."""
+    """Match true defects and found ones one to one within GATE_M, as every bench scores a drive."""
+    from edge_agent.lab.drive_eval import match
+
     truth, found = list(truth), list(found)
-    pairs = sorted((distance_m(*t, *f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found))
-    used_t, used_f, errors = set(), set(), []
-    for d, i, j in pairs:
-        if d > gate_m:
-            break
-        if i in used_t or j in used_f:
-            continue
-        used_t.add(i)
-        used_f.add(j)
-        errors.append(d)
-    return GeoScore(truth=len(truth), found=len(used_t), errors_m=errors, strays=len(found) - len(used_f))
+    errors = [d for _, _, d in match(found, truth, gate_m)]
+    return GeoScore(truth=len(truth), found=len(errors), errors_m=errors, strays=len(found) - len(errors))
 
 
 # ------------------------------------------------------------------------------------------ browser

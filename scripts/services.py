@@ -1,6 +1,6 @@
 """Project-local PostGIS and Mosquitto on loopback, for tests, the demo and development.
 
-    python scripts/services.py up|down|status [--json]
+    python -m scripts.services up|down|status [--json]
 
 Both run from data folders under the project's ignored `.state/` folder on non-default ports, so they never
 touch a system-wide service. `up` is idempotent: a server that already runs from our folder is kept.
@@ -26,10 +26,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from fleet_server.mqtt_accounts import reload_broker, set_password
 
-from fleet_server.mqtt_accounts import reload_broker, set_password  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STATE = Path(os.environ.get("ROADMON_STATE", ROOT / ".state"))
 PG_PORT = int(os.environ.get("ROADMON_PG_PORT", "55432"))

@@ -6,17 +6,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import services
 
-import services  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = ROOT.parent / "shared"
 T = TypeVar("T")
@@ -51,6 +49,15 @@ def service_info() -> Iterator[services.ServiceInfo]:
     yield services.up()
     if not already:
         services.down()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses the local services must say so (`@pytest.mark.services`), so that
+    `pytest -m "not services"` never starts PostGIS or Mosquitto: an unmarked one stops the run, named."""
+    unmarked = [item.nodeid for item in items
+                if "service_info" in getattr(item, "fixturenames", ()) and item.get_closest_marker("services") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use the local services lack @pytest.mark.services: " + ", ".join(unmarked))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_agent.detector import Detection
+from edge_agent.detect.detector import Detection
 
 
 def Det(x1: float, y1: float, x2: float, y2: float, score: float,

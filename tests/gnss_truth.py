@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.epochs import Fix, virtual_mono
-from edge_agent.kalman import LocalFrame
+from edge_agent.gnss.epochs import Fix, virtual_mono
+from edge_agent.gnss.kalman import LocalFrame
 
 CRUISE_MPS = 50 / 3.6
 START_UTC = dt.datetime(2026, 6, 1, 8, 0, 0, tzinfo=dt.UTC)
@@ -100,7 +100,7 @@ def horizontal_error(frame: LocalFrame, truth: Truth, t: float, lat: float, lon:
 
 def accuracy(rate_hz: float, cfg=None, seed: int = 1) -> dict[str, float]:
     """Raw and filtered RMS error outside the tunnel, and the worst error in the tunnel's first 10 s."""
-    from edge_agent.kalman import PositionFilter
+    from edge_agent.gnss.kalman import PositionFilter
 
     truth = truth_track()
     frame = LocalFrame(*ORIGIN)

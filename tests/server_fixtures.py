@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import secrets
 import socket
 import threading
@@ -24,6 +23,7 @@ from fleet_server.config import ServerConfig, parse
 from fleet_server.ingest import IngestWorker
 from fleet_server.migrate import migrate
 from roadmon_contract import topics
+from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.ids import uuid7
 
 SHA = "ab" * 32
@@ -113,8 +113,8 @@ def make_coverage(device: str, line: list[tuple[float, float]], start: datetime,
 
 
 def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
-    """The point NORTH_M / EAST_M metres from (lat, lon) (flat-earth, fine over a few km)."""
-    return lat + north_m / 111_320.0, lon + east_m / (111_320.0 * math.cos(math.radians(lat)))
+    """The point NORTH_M / EAST_M metres from (lat, lon)."""
+    return offset_latlon(lat, lon, east_m, north_m)
 
 
 class DeviceClient:

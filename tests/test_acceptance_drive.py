@@ -5,7 +5,7 @@ the synthetic receiver the GNSS and perception issues define) is replayed throug
 events are matched to the true potholes within 5 m. The issue's literal targets are asserted, with no excuse:
 precision >= 0.9 (a second event for one defect is a false positive), recall >= 0.85, median geolocation error
 <= 2.0 m. The camera side is also judged on its own, with each event moved back by its vehicle's GNSS error
-(edge_agent.drive_eval.without_gnss_error): median <= 1.0 m. bench/bench_pipeline.py runs the same on a longer
+(edge_agent.lab.drive_eval.without_gnss_error): median <= 1.0 m. bench/bench_pipeline.py runs the same on a longer
 drive, and also with the `drift` model (a real receiver's slowly wandering error, which one pass cannot
 average out).
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.drive_eval import TruthTrack, crack_truth, score, score_by_class, true_defects, without_gnss_error
-from edge_agent.geolocate import distance_m
+from edge_agent.lab.drive_eval import TruthTrack, crack_truth, score, score_by_class, true_defects, without_gnss_error
+from roadmon_contract.geodesy import distance_m
 from roadmon_contract.validate import errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def stored_events(outbox: Path) -> list[dict]:
-    from edge_agent.outbox import Outbox
+    from edge_agent.link.outbox import Outbox
 
     with Outbox(outbox) as box:
         return [event for _, event in box.iter_events()]
@@ -101,7 +101,7 @@ def test_replayed_events_and_coverage_are_valid(replayed: tuple[Path, dict]) -> 
 
 def bundled_classes() -> tuple[str, ...]:
     from edge_agent.config.detector import DetectorConfig
-    from edge_agent.detector import load_detector
+    from edge_agent.detect.detector import load_detector
 
     return tuple(load_detector(DetectorConfig(model="bundled")).info.classes)
 

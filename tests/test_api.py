@@ -12,9 +12,11 @@ from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from server_fixtures import count, make_cfg, token
 
 from fleet_server.api import create_app
+from tests.server_fixtures import count, make_cfg, token
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg"]
 

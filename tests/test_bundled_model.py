@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detect_manifest import REPO_ROOT
-from edge_agent.detector import load_detector
-from edge_agent.evaluate import box_iou
+from edge_agent.detect.detector import load_detector
+from edge_agent.detect.manifest import REPO_ROOT
+from edge_agent.lab.evaluate import box_iou
 from roadmon_contract.digest import sha256_file
 
 BUNDLE = REPO_ROOT / "models" / "bundled"
@@ -52,7 +52,7 @@ def scenes(count: int, seed: int):
     """Road views with potholes: the simulator's renderer when present, else a drawing of our own."""
     rng = np.random.default_rng(seed)
     try:
-        from edge_agent.sim.render import random_training_scene
+        from edge_agent.lab.sim.render import random_training_scene
     except ImportError:
         random_training_scene = None
     made = 0
@@ -102,7 +102,7 @@ def test_bundled_model_is_quiet_on_an_empty_road(detector):
 
 @pytest.mark.shared
 def test_bundled_model_reproduces_its_card_on_the_held_out_photos(shared_potholes, detector, manifest, tmp_path):
-    from edge_agent.evaluate import evaluate_dataset
+    from edge_agent.lab.evaluate import evaluate_dataset
 
     split = json.loads((BUNDLE / "split.json").read_text())
     folder = tmp_path / "val"
@@ -121,12 +121,9 @@ def test_bundled_model_reproduces_its_card_on_the_held_out_photos(shared_pothole
 @pytest.mark.shared
 def test_bundled_model_reproduces_its_card_on_the_held_out_highways(shared_survey, detector, manifest, tmp_path):
     """The vehicle view on highways never trained on: the figures the card publishes, per class."""
-    import sys
 
-    from edge_agent.evaluate import evaluate_dataset
-
-    sys.path.insert(0, str(REPO_ROOT / "models"))
-    from masks import write_yolo_split
+    from edge_agent.lab.evaluate import evaluate_dataset
+    from models.masks import write_yolo_split
 
     split = json.loads((BUNDLE / "split.json").read_text())
     folder = write_yolo_split(shared_survey, [n.rsplit(".", 1)[0] for n in split["survey_val"]], tmp_path / "hw")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.capture import FrameSource, source_kind
+from edge_agent.camera.capture import FrameSource, source_kind
 from edge_agent.config.camera import CameraConfig
 from edge_agent.health import HealthBoard
 

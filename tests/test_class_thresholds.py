@@ -12,10 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.tracker import TrackerConfig
-from edge_agent.detector import load_detector
-from edge_agent.evaluate import ClassRecord, summarize
-from edge_agent.geolocate import Geolocator
-from edge_agent.tracker import Motion, Tracker
+from edge_agent.detect.detector import load_detector
+from edge_agent.gnss.motion import Motion
+from edge_agent.lab.evaluate import ClassRecord, summarize
+from edge_agent.perception.geolocate import Geolocator
+from edge_agent.perception.tracker import Tracker
 from tests.test_tracker import FPS, H, W, detections_for, projector  # noqa: F401 (fixture)
 
 SIZE = 64

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from server_fixtures import count, make_cfg, serve_api, token
-from test_phone_detections import JPEG
+
+from tests.server_fixtures import count, make_cfg, serve_api, token
+from tests.test_phone_detections import JPEG
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "clients" / "kotlin"
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"Kotlin toolchain missing
                                                       "Debian packages kotlin, junit5, openjdk-17-jdk-headless")
 
 
+@pytest.mark.services
 def test_kotlin_sdk_against_the_real_server(make_cfg, tmp_path: Path) -> None:
     classes = tmp_path / "classes"
     build = subprocess.run([KOTLINC, str(SDK / "src" / "main" / "kotlin"), str(SDK / "src" / "test" / "kotlin"),

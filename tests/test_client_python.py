@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_fixtures import count, make_cfg, serve_api, token
 
 from fleet_server.config import ServerConfig
+from tests.server_fixtures import count, make_cfg, serve_api, token
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 road_monitor_client = pytest.importorskip("road_monitor_client", reason="pip install -e clients/python "
                                                                         "(make install does)")

@@ -1,6 +1,6 @@
 """Cracks through the whole agent pipeline, without waiting for a model that finds them: a rendered drive is
-replayed with the simulator's own boxes as the detections (edge_agent.sim.truth_detector: real `Detection`s,
-pothole and crack), so what is judged is the tracker, the crack geometry (edge_agent.geolocate: a line, not a
+replayed with the simulator's own boxes as the detections (edge_agent.lab.sim.truth_detector: real `Detection`s,
+pothole and crack), so what is judged is the tracker, the crack geometry (edge_agent.perception.geolocate: a line, not a
 blob) and the events."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from edge_agent import config as agent_config
-from edge_agent.drive_eval import TruthTrack, crack_truth, score_by_class, without_gnss_error
-from edge_agent.geolocate import Geolocator, distance_m
-from edge_agent.outbox import Outbox
-from edge_agent.replay import replay_drive
-from edge_agent.sim.drive import DriveSpec, drive_camera, simulate_drive
-from edge_agent.sim.truth_detector import TruthDetector
+from edge_agent.lab.drive_eval import TruthTrack, crack_truth, score_by_class, without_gnss_error
+from edge_agent.lab.sim.drive import DriveSpec, drive_camera, simulate_drive
+from edge_agent.lab.sim.truth_detector import TruthDetector
+from edge_agent.perception.geolocate import Geolocator
+from edge_agent.runtime.assemble import build_agent
+from edge_agent.runtime.replay import replay_drive
+from roadmon_contract.geodesy import distance_m
 from roadmon_contract.validate import errors
 
 
@@ -26,9 +27,9 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("cracks")
     simulate_drive(DriveSpec(out=out, seed=7, minutes=0.75, defects=15, potholes=10, gps_noise_m=3.0))
     cfg = agent_config.load(out / "agent.toml")
-    with Outbox(out / "outbox.db") as box:
-        replay_drive(cfg, out / "video.mp4", out / "drive.nmea", box, TruthDetector(out / "boxes.csv"))
-        events = [event for _, event in box.iter_events()]
+    with build_agent(cfg, outbox=out / "outbox.db", detector=TruthDetector(out / "boxes.csv")) as agent:
+        replay_drive(agent, out / "video.mp4", out / "drive.nmea")
+        events = [event for _, event in agent.outbox.iter_events()]
     return out, events
 
 

@@ -30,8 +30,8 @@ def _child(mode: str, state: Path, port: int, round_no: int) -> None:
     """Write events forever (and drain them in 'drain' mode) until killed."""
     from edge_agent.config.outbox import OutboxConfig
     from edge_agent.config.uplink import UplinkConfig
-    from edge_agent.outbox import Outbox
-    from edge_agent.uplink import Uplink
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.link.uplink import Uplink
     from tests.test_outbox import make_event
 
     fd = os.open(state / f"committed-{round_no:04d}.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -52,7 +52,7 @@ def _child(mode: str, state: Path, port: int, round_no: int) -> None:
 
 def _zygote(state: Path, port: int) -> None:
     """Read 'write N' / 'drain N' lines; fork a child for each and answer with its pid."""
-    import edge_agent.uplink  # noqa: F401  imported once here, so that each forked child starts at once
+    import edge_agent.link.uplink  # noqa: F401  imported once here, so that each forked child starts at once
     import tests.test_outbox  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps killed children
@@ -102,8 +102,8 @@ def _check_db(db: Path) -> set[str]:
 def test_sigkill_while_writing_and_draining_loses_nothing(private_broker, tmp_path: Path) -> None:
     from edge_agent.config.outbox import OutboxConfig
     from edge_agent.config.uplink import UplinkConfig
-    from edge_agent.outbox import Outbox
-    from edge_agent.uplink import Uplink
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.link.uplink import Uplink
     from tests.ack_server import AckServer
     from tests.test_uplink import wait_for
 
@@ -113,7 +113,7 @@ def test_sigkill_while_writing_and_draining_loses_nothing(private_broker, tmp_pa
     server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-crash",
                        session_expiry_s=3600).start()
     zygote = subprocess.Popen(
-        [sys.executable, __file__, "zygote", str(tmp_path), str(mq.port)], cwd=ROOT,
+        [sys.executable, "-m", "tests.test_crash_safety", "zygote", str(tmp_path), str(mq.port)], cwd=ROOT,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     rng = random.Random(1234)
     db = tmp_path / "outbox.db"
@@ -159,6 +159,5 @@ def test_sigkill_while_writing_and_draining_loses_nothing(private_broker, tmp_pa
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     if sys.argv[1] == "zygote":
         _zygote(Path(sys.argv[2]), int(sys.argv[3]))

@@ -18,13 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
-import demo
 import httpx
 import numpy as np
 import psycopg
 import pytest
 import uvicorn
-from conftest import ROOT, free_port
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -36,20 +34,21 @@ from fleet_server.dashboard import dashboard_router, dashboard_settings
 from fleet_server.migrate import migrate
 from fleet_server.store import Batch, store_batch
 from fleet_server.validate import check_message
+from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.ids import uuid7
+from scripts import demo
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.services
 
 ARTIFACTS = ROOT / ".state" / "test-artifacts"
 BASE = (48.1372, 11.5756)  # lat, lon
-M_PER_DEG_LAT = 111_320.0
 MODEL = {"name": "test-detector", "version": "1", "sha256": "0" * 64}
 
 
 # ------------------------------------------------------------------------------------------- seeding
 def offset(north_m: float, east_m: float) -> tuple[float, float]:
-    lat = BASE[0] + north_m / M_PER_DEG_LAT
-    lon = BASE[1] + east_m / (M_PER_DEG_LAT * np.cos(np.radians(BASE[0])))
+    lat, lon = offset_latlon(BASE[0], BASE[1], east_m, north_m)
     return float(lat), float(lon)
 
 

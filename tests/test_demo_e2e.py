@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import demo
 import psycopg
 import pytest
-import services
 import tomli_w
-from conftest import ROOT, free_port
 
-from edge_agent.outbox import Outbox
+from edge_agent.link.outbox import Outbox
 from fleet_server import auth
+from scripts import demo, services
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.services
 

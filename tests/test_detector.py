@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detect_decode import Layout, LayoutError, anchor_count, detect_layout
-from edge_agent.detect_manifest import parse_names
-from edge_agent.detector import ModelError, load_detector
-from edge_agent.letterbox import letterbox, to_blob
-from edge_agent.nms import nms
+from edge_agent.detect.decode import Layout, LayoutError, anchor_count, detect_layout
+from edge_agent.detect.detector import ModelError, load_detector
+from edge_agent.detect.letterbox import letterbox, to_blob
+from edge_agent.detect.manifest import parse_names
+from edge_agent.detect.nms import nms
 from roadmon_contract.digest import sha256_file
 
 
@@ -195,7 +195,7 @@ def test_letterbox_round_trip(frame_shape):
 
 
 def test_bundled_resolves_to_models_bundled():
-    from edge_agent.detect_manifest import REPO_ROOT, resolve_model_path
+    from edge_agent.detect.manifest import REPO_ROOT, resolve_model_path
 
     if not (REPO_ROOT / "models" / "bundled" / "model.onnx").exists():
         with pytest.raises(ModelError, match="bundled model is not installed"):
@@ -205,7 +205,7 @@ def test_bundled_resolves_to_models_bundled():
 
 
 def test_preprocessor_reuses_buffers_and_matches_letterbox():
-    from edge_agent.letterbox import Preprocessor
+    from edge_agent.detect.letterbox import Preprocessor
 
     rng = np.random.default_rng(1)
     for dtype in (np.float32, np.uint8):
@@ -315,7 +315,7 @@ def test_a_boxes_only_output_is_refused_naming_the_problem(tmp_path):
 
 def test_a_model_without_names_warns_and_takes_names_from_the_config(tmp_path, caplog):
     path = constant_model(tmp_path / "anon.onnx", v8_output())
-    with caplog.at_level("WARNING", logger="edge_agent.detector"):
+    with caplog.at_level("WARNING", logger="edge_agent.detect.detector"):
         assert load_detector(DetectorConfig(model=str(path))).info.classes == ("0", "1")
     assert "names no classes" in caplog.text and "--names" in caplog.text and "detector.class_names" in caplog.text
     named = load_detector(DetectorConfig(model=str(path), class_names=["pothole", "crack"]))
@@ -327,8 +327,8 @@ def test_a_model_without_names_warns_and_takes_names_from_the_config(tmp_path, c
 def test_a_real_network_converted_tensorflow_style_gives_the_same_detections(tmp_path):
     """The bundled network behind an NHWC input and with fraction boxes (tests/onnx_models.tensorflow_style):
     its output, once the detector has scaled it, and its detections are the original's."""
-    from edge_agent.detect_manifest import bundled_model_path
-    from edge_agent.detector import sample_road_image
+    from edge_agent.detect.detector import sample_road_image
+    from edge_agent.detect.manifest import bundled_model_path
     from tests.onnx_models import tensorflow_style
 
     try:

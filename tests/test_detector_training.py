@@ -3,7 +3,6 @@ ONNX with class names that the runtime loads at any input size. Skipped where to
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,15 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is in the train extra (make model installs it); make test does not")
 
+from edge_agent.config.detector import DetectorConfig  # noqa: E402  (after the torch skip)
+from edge_agent.detect.detector import load_detector  # noqa: E402
+from models.assign import assign, detection_loss  # noqa: E402
+from models.export import export_onnx  # noqa: E402
+from models.net import PotholeNet  # noqa: E402
+
 MODELS = Path(__file__).resolve().parent.parent / "models"
-sys.path.insert(0, str(MODELS))
-
-from assign import assign, detection_loss  # noqa: E402
-from export import export_onnx  # noqa: E402
-from net import PotholeNet  # noqa: E402
-
-from edge_agent.config.detector import DetectorConfig  # noqa: E402
-from edge_agent.detector import load_detector  # noqa: E402
 
 
 def one_image(size: int = 96):

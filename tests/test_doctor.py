@@ -220,7 +220,7 @@ def test_gnss_recording_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ outbox
 def test_outbox_green_then_damaged_file_red(tmp_path: Path) -> None:
     from edge_agent.config.outbox import OutboxConfig
-    from edge_agent.outbox import Outbox
+    from edge_agent.link.outbox import Outbox
 
     path = write_config(tmp_path, outbox={"budget_mb": 1, "free_floor_mb": 1})
     with Outbox(tmp_path / "state" / "outbox.db", OutboxConfig()) as ob:

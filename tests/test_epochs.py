@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.epochs import KNOT_MPS, EpochAssembler, Fix, virtual_mono
-from edge_agent.gnss_source import NmeaDecoder
-from edge_agent.nmea import checksum
+from edge_agent.gnss.epochs import KNOT_MPS, EpochAssembler, Fix, virtual_mono
+from edge_agent.gnss.nmea import checksum
+from edge_agent.gnss.source import NmeaDecoder
 
 
 def sentence(body: str) -> str:
@@ -306,7 +306,7 @@ def test_gst_with_a_negative_or_missing_sigma_is_ignored(sigmas):
 
 
 def test_coordinates_stop_at_the_poles_and_the_antimeridian():
-    from edge_agent.epochs import latitude, longitude
+    from edge_agent.gnss.epochs import latitude, longitude
 
     assert longitude("18000.000", "W") == -180.0 and longitude("18000.006", "E") is None
     assert latitude("9000.000", "N") == 90.0 and latitude("9000.006", "S") is None
@@ -341,13 +341,13 @@ def test_gns_dead_reckoning_on_every_system_is_estimated(modes, estimated):
 @pytest.mark.parametrize(("hdop", "expected"), [("0.0", None), ("0", None), ("0.5", 0.5), ("99.9", 99.9),
                                                 ("100.0", None)])
 def test_dop_zero_means_unknown(hdop, expected):
-    from edge_agent.epochs import dop
+    from edge_agent.gnss.epochs import dop
 
     assert dop(hdop) == expected
 
 
 def test_coordinates_without_decimal_minutes():
-    from edge_agent.epochs import latitude, longitude
+    from edge_agent.gnss.epochs import latitude, longitude
 
     assert latitude("4807", "N") == pytest.approx(48 + 7 / 60)
     assert longitude("01131", "W") == pytest.approx(-(11 + 31 / 60))

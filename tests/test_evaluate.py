@@ -7,12 +7,12 @@ import json
 import cv2
 import numpy as np
 import pytest
-from test_detector import constant_model
 from typer.testing import CliRunner
 
 from edge_agent.cli import app
-from edge_agent.detect_decode import anchor_count
-from edge_agent.evaluate import ClassRecord, add_image, all_point_ap, box_iou, class_metrics
+from edge_agent.detect.decode import anchor_count
+from edge_agent.lab.evaluate import ClassRecord, add_image, all_point_ap, box_iou, class_metrics
+from tests.test_detector import constant_model
 
 
 def test_ap50_hand_checked_case():

@@ -15,10 +15,12 @@ from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.config.events import EventsConfig
 from edge_agent.config.tracker import TrackerConfig
-from edge_agent.coverage import CoverageRecorder, footprint_summary
-from edge_agent.events import ModelRef, build_event, iso_utc, jpeg_b64
-from edge_agent.geolocate import Geolocator, Located, offset_latlon, severity
-from edge_agent.tracker import Motion, Tracker
+from edge_agent.gnss.motion import Motion
+from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
+from edge_agent.perception.events import ModelRef, build_event, iso_utc, jpeg_b64
+from edge_agent.perception.geolocate import Geolocator, Located, severity
+from edge_agent.perception.tracker import Tracker
+from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.validate import errors
 from tests.detections import Det
 

@@ -12,13 +12,13 @@ import uuid
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-import services
 from typer.testing import CliRunner
 
 from edge_agent import config as agent_config
 from edge_agent.cli import app
 from roadmon_contract import topics, validate
 from roadmon_contract.ids import uuid7
+from scripts import services
 
 
 def test_example_config_is_valid() -> None:
@@ -121,7 +121,7 @@ def test_services_are_real_and_local(service_info, mqtt_device) -> None:
 
 @pytest.mark.services
 def test_services_up_is_idempotent_and_names_taken_port(service_info, tmp_path) -> None:
-    script = [sys.executable, "scripts/services.py"]
+    script = [sys.executable, "-m", "scripts.services"]
     again = subprocess.run([*script, "up", "--json"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["mqtt_port"] == service_info.mqtt_port
@@ -145,11 +145,13 @@ def test_postgres_data_is_keyed_by_the_state_folder(tmp_path) -> None:
     assert services.Postgres(state=a).data != services.Postgres(state=b).data
 
 
+@pytest.mark.services
 def test_local_broker_refuses_oversized_packets(broker) -> None:
     conf = broker.conf.read_text().splitlines()
     assert "max_packet_size 3000000" in conf  # above ingest.max_message_bytes (2.5 MB), far below unbounded
 
 
+@pytest.mark.services
 def test_services_json_is_readable_by_its_owner_only(service_info) -> None:
     assert (services.STATE / "services.json").stat().st_mode & 0o777 == 0o600
     assert (services.STATE / "pg-password").stat().st_mode & 0o777 == 0o600

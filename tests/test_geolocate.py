@@ -11,15 +11,8 @@ import pytest
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.config.events import EventsConfig
-from edge_agent.geolocate import (
-    Geolocator,
-    GroundBox,
-    distance_m,
-    enu_offset,
-    offset_latlon,
-    severity,
-    vehicle_to_enu,
-)
+from edge_agent.perception.geolocate import Geolocator, GroundBox, severity, vehicle_to_enu
+from roadmon_contract.geodesy import distance_m, enu_offset, offset_latlon
 
 LAT0, LON0 = 48.137, 11.575
 
@@ -142,7 +135,7 @@ def test_default_severity_spreads_typical_potholes_over_the_range() -> None:
     small, medium, large = (severity("pothole", s, s, cfg) for s in (0.3, 0.6, 1.0))
     assert small <= 0.35 and large >= 0.95 and large - small >= 0.6, (small, medium, large)
     assert small < medium - 0.2 < large - 0.4
-    from edge_agent.sim.paint import pothole_sprite
+    from edge_agent.lab.sim.paint import pothole_sprite
 
     rng = np.random.default_rng(0)
     sprites = [pothole_sprite(rng, float(rng.uniform(0.3, 1.2)), 64, kind="dark") for _ in range(200)]

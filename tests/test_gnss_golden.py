@@ -20,7 +20,7 @@ import pytest
 
 from edge_agent.commands.gps import fix_record, replay_records
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss_source import NmeaDecoder, open_input
+from edge_agent.gnss.source import NmeaDecoder, open_input
 
 GOLDEN = Path(__file__).parent / "golden" / "nmea"
 REGOLD = os.environ.get("ROADMON_REGOLD") == "1"

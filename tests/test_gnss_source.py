@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from edge_agent.cli import app
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.epochs import virtual_mono
-from edge_agent.gnss_source import GnssReader, fix_from_tpv, fixes_from_file
+from edge_agent.gnss.epochs import virtual_mono
+from edge_agent.gnss.kalman import PositionFilter
+from edge_agent.gnss.nmea import checksum
+from edge_agent.gnss.source import GnssReader, fix_from_tpv, fixes_from_file
 from edge_agent.health import HealthBoard
-from edge_agent.kalman import PositionFilter
-from edge_agent.nmea import checksum
 
 
 def sentence(body: str) -> str:
@@ -271,7 +271,7 @@ def test_missing_port_keeps_retrying_without_crashing(tmp_path):
 
 def test_reopen_backoff_doubles_up_to_the_limit(tmp_path, caplog):
     cfg = serial_cfg(tmp_path / "no-such-tty", reconnect_min_s=0.1, reconnect_max_s=0.4)
-    caplog.set_level(logging.DEBUG, logger="edge_agent.gnss_source")
+    caplog.set_level(logging.DEBUG, logger="edge_agent.gnss.source")
     reader = GnssReader(cfg, PositionFilter(cfg))
     reader.start()
     try:

@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_fixtures import count, make_cfg, make_event, token, wait_for
 
 from fleet_server import auth
 from fleet_server.api import create_app
+from tests.server_fixtures import count, make_cfg, make_event, token, wait_for
 
 __all__ = ["make_cfg"]
 

@@ -16,7 +16,6 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_fixtures import DeviceClient, count, make_cfg, make_event, wait_for, workers
 
 from fleet_server import ingest
 from fleet_server.api import create_app
@@ -24,6 +23,7 @@ from fleet_server.config import parse
 from fleet_server.decode import Invalid, Limits, decode_json
 from fleet_server.ingest import Incoming, IngestWorker, classify
 from roadmon_contract import topics
+from tests.server_fixtures import DeviceClient, count, make_cfg, make_event, wait_for, workers
 
 __all__ = ["make_cfg", "workers"]
 

@@ -4,7 +4,7 @@ road_inference_latency_seconds_count{status="error"} (tests/test_server_api.py).
 from __future__ import annotations
 
 from edge_agent.health import HealthBoard
-from edge_agent.heartbeat import build_status
+from edge_agent.link.heartbeat import build_status
 from roadmon_contract import validate
 
 

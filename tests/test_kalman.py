@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.epochs import Fix
-from edge_agent.kalman import LocalFrame, PositionFilter
+from edge_agent.gnss.epochs import Fix
+from edge_agent.gnss.kalman import LocalFrame, PositionFilter
 from tests.gnss_truth import accuracy
 
 ORIGIN = (48.137, 11.575)

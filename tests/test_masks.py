@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
-
-from masks import (
+from models.masks import (
     CRACK_GAP,
     CRACK_MIN_LENGTH,
     boxes_for,

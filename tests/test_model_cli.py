@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from test_detector import constant_model, v8_output
 from typer.testing import CliRunner
 
 from edge_agent.cli import app
+from tests.test_detector import constant_model, v8_output
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from onnx import TensorProto, helper
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
+from edge_agent.detect.model_update import ModelStore, ModelUpdater, detector_sanity_check, effective_model, sign_file
 from edge_agent.health import HealthBoard
-from edge_agent.model_update import ModelStore, ModelUpdater, detector_sanity_check, effective_model, sign_file
 from tests.onnx_models import tiny_detector
 
 # ---------------------------------------------------------------------------------------- fixtures
@@ -336,7 +336,7 @@ def test_real_detector_check_gates_the_swap_and_reads_the_manifest(tmp_path: Pat
                                                                    model_server: ModelServer) -> None:
     """With the detector's own load check: a degenerate model is refused, a good one is swapped in, and the
     detector loading current.onnx reports the name and version the command gave."""
-    from edge_agent.detector import load_detector
+    from edge_agent.detect.detector import load_detector
 
     store = ModelStore(tmp_path / "models")
     store.ensure()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.nmea import LineSplitter, NmeaParser, ParseStats, checksum
+from edge_agent.gnss.nmea import LineSplitter, NmeaParser, ParseStats, checksum
 
 
 def sentence(body: str, lower: bool = False, prefix: str = "$") -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.outbox import SCHEMA_VERSION, Outbox
+from edge_agent.link.outbox import SCHEMA_VERSION, Outbox
 from roadmon_contract import validate
 from roadmon_contract.ids import uuid7
 
@@ -244,7 +244,7 @@ def test_rows_the_server_rejects_for_good_are_done_and_counted(outbox: Outbox) -
 def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     import sqlite_utils
 
-    from edge_agent.outbox import MIGRATIONS
+    from edge_agent.link.outbox import MIGRATIONS
 
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(path)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.heartbeat import build_status
-from edge_agent.outbox import Outbox
+from edge_agent.link.heartbeat import build_status
+from edge_agent.link.outbox import Outbox
 from tests.test_outbox import make_coverage, make_event
 
 THUMB = "Q" * 40_000   # a 40 kB thumbnail

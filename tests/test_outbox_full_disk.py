@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.outbox import OutboxConfig
-from edge_agent.outbox import Outbox, disk_trouble
+from edge_agent.link.outbox import Outbox, disk_trouble
 from tests.ack_server import AckServer
 from tests.test_outbox import make_event
 from tests.test_uplink import login, uplink_cfg, wait_for
@@ -95,7 +95,7 @@ def test_a_restart_on_a_full_disk_keeps_the_queue_and_drains_it(small_disk: Path
 @pytest.mark.services
 def test_the_uplink_sends_and_confirms_while_the_disk_is_full(small_disk: Path, service_info, mqtt_device,
                                                                tmp_path: Path) -> None:
-    from edge_agent.uplink import Uplink
+    from edge_agent.link.uplink import Uplink
 
     device, password = mqtt_device()
     path = small_disk / "outbox.db"

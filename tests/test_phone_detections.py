@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from server_fixtures import count, iso, make_cfg, make_event, offset, token
 
 from fleet_server import auth
 from fleet_server.api import create_app
 from fleet_server.phone_body import PhoneSubmission
+from tests.server_fixtures import count, iso, make_cfg, make_event, offset, token
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg"]
 
@@ -193,7 +195,8 @@ def test_concurrent_posts_share_commits_without_doubling_or_passing_the_limit(ma
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    from server_fixtures import serve_api
+
+    from tests.server_fixtures import serve_api
 
     cfg = make_cfg(api={"rate_limit_per_hour": 5})
     dsn = cfg.database.resolve_dsn()
@@ -217,7 +220,8 @@ def test_a_body_postgresql_refuses_fails_alone_in_a_shared_commit(make_cfg) -> N
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    from server_fixtures import serve_api
+
+    from tests.server_fixtures import serve_api
 
     cfg = make_cfg()
     dsn = cfg.database.resolve_dsn()

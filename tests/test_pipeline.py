@@ -21,15 +21,17 @@ import pytest
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.config import AgentConfig
-from edge_agent.detector import Detection
-from edge_agent.epochs import Fix, virtual_mono
-from edge_agent.geolocate import distance_m, offset_latlon
+from edge_agent.detect.detector import Detection
+from edge_agent.gnss.epochs import Fix, virtual_mono
+from edge_agent.gnss.kalman import PositionFilter
 from edge_agent.health import HealthBoard
-from edge_agent.kalman import PositionFilter
-from edge_agent.outbox import Outbox
-from edge_agent.pipeline import Pipeline
-from edge_agent.replay import FixFeed
-from edge_agent.replay_clock import ClockError, clock_for
+from edge_agent.lab.drive_eval import match as match_points
+from edge_agent.link.outbox import Outbox
+from edge_agent.runtime.assemble import build_agent
+from edge_agent.runtime.pipeline import Pipeline
+from edge_agent.runtime.replay import FixFeed
+from edge_agent.runtime.replay_clock import ClockError, clock_for
+from roadmon_contract.geodesy import distance_m, offset_latlon
 from roadmon_contract.validate import errors
 from tests.detections import Det
 
@@ -152,10 +154,8 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
     defects = defects if defects is not None else defects_along_route(8, seconds, rng, path)
     detector = TruthDetector(projector, defects, rng, miss=miss, false_alarm=false_alarm,
                              fail_frames=fail_frames or set())
-    position_filter = PositionFilter(cfg.gnss)
-    health = HealthBoard()
-    outbox = Outbox(tmp_path / "outbox.db", cfg.outbox, health)
-    pipeline = Pipeline(cfg, detector, position_filter, projector, outbox, health)
+    agent = build_agent(cfg, outbox=tmp_path / "outbox.db", detector=detector, projector=projector)
+    position_filter, pipeline, outbox, health = agent.position_filter, agent.pipeline, agent.outbox, agent.health
     recorded = [f for f in fixes(seconds, noise_m, rng, path)
                 if gnss_until_s is None or f.utc <= START + timedelta(seconds=gnss_until_s)]
     feed = FixFeed(iter(recorded), position_filter)
@@ -173,19 +173,11 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
 
 
 def match(events: list[dict], defects: list[tuple[float, float, float]], radius: float = 5.0):
-    """Greedy nearest matching; a second event for a defect is a false positive."""
+    """(found, false positives, errors): one-to-one within RADIUS, as the demo and the benches score a drive; a
+    second event for a defect is a false positive."""
     truth = [offset_latlon(LAT0, LON0, e, n) for e, n, _ in defects]
-    taken: set[int] = set()
-    errors_m, false_pos = [], 0
-    for ev in events:
-        d = [distance_m(ev["position"]["lat"], ev["position"]["lon"], *p) for p in truth]
-        best = int(np.argmin(d))
-        if d[best] <= radius and best not in taken:
-            taken.add(best)
-            errors_m.append(d[best])
-        else:
-            false_pos += 1
-    return len(taken), false_pos, errors_m
+    pairs = match_points([(ev["position"]["lat"], ev["position"]["lon"]) for ev in events], truth, radius)
+    return len(pairs), len(events) - len(pairs), [d for _, _, d in pairs]
 
 
 def test_every_defect_becomes_one_located_event(projector: GroundProjector, tmp_path: Path) -> None:
@@ -490,7 +482,7 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     import threading
 
     from edge_agent import config as agent_config
-    from edge_agent.live import LiveAgent
+    from edge_agent.runtime.live import LiveAgent
 
     drive = write_recording(tmp_path / "drive", seconds=3)
     # file_realtime off: the file waits for the agent, so every frame is processed however loaded the machine
@@ -528,14 +520,13 @@ def test_run_command_refuses_a_missing_model_clearly(tmp_path: Path) -> None:
 
 def test_replay_in_real_time_keeps_the_file_rate(tmp_path: Path) -> None:
     from edge_agent import config as agent_config
-    from edge_agent.detector import load_detector
-    from edge_agent.replay import replay_drive
+    from edge_agent.runtime.assemble import build_agent
+    from edge_agent.runtime.replay import replay_drive
 
     drive = write_recording(tmp_path / "drive", seconds=2)
     cfg = agent_config.load(agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx")))
-    with Outbox(tmp_path / "outbox.db", cfg.outbox) as outbox:
-        summary = replay_drive(cfg, drive / "video.mp4", drive / "drive.nmea", outbox, load_detector(cfg.detector),
-                               realtime=True)
+    with build_agent(cfg, outbox=tmp_path / "outbox.db") as agent:
+        summary = replay_drive(agent, drive / "video.mp4", drive / "drive.nmea", realtime=True)
     assert summary["wall_s"] >= 29 / 15.0                       # 30 frames at 15 fps: paced, not flat out
     assert summary["frames"] + summary["dropped"] == 30
     assert summary["video_frames"] == 30

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss_eval import evaluate, is_measurement, recorded_fixes, thinned, with_error
+from edge_agent.lab.gnss_eval import evaluate, is_measurement, recorded_fixes, thinned, with_error
 
 SHARED_NMEA = Path(__file__).resolve().parent.parent.parent / "shared" / "nmea"
 SWISS = SHARED_NMEA / "genivi__20100403_Z205_Switzerland.nmea"

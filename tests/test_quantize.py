@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from edge_agent.cli import app
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detector import load_detector
-from edge_agent.quantize import FORMATS, Trial, choose, prepare, quantize_model, quantize_one, tail_nodes
+from edge_agent.detect.detector import load_detector
+from edge_agent.lab.quantize import FORMATS, Trial, choose, prepare, quantize_model, quantize_one, tail_nodes
 
 SIZE = 64
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from edge_agent.cli import app
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.heartbeat import build_status, write_status_file
-from edge_agent.outbox import Outbox
+from edge_agent.link.heartbeat import build_status, write_status_file
+from edge_agent.link.outbox import Outbox
 from roadmon_contract import validate
 from tests.test_outbox import make_coverage, make_event
 

@@ -9,10 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from server_fixtures import count, make_cfg, make_coverage, make_event, offset
 
 from fleet_server.config import ServerConfig
 from fleet_server.store import Batch, store_batch
+from roadmon_contract.geodesy import distance_m
+from tests.server_fixtures import count, make_cfg, make_coverage, make_event, offset
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg"]
 BASE = (48.137, 11.575)
@@ -32,9 +35,7 @@ def defects(cfg: ServerConfig) -> list[tuple]:
 
 
 def metres(a: tuple[float, float], b: tuple[float, float]) -> float:
-    dy = (a[0] - b[0]) * 111_320
-    dx = (a[1] - b[1]) * 111_320 * math.cos(math.radians(a[0]))
-    return math.hypot(dx, dy)
+    return distance_m(a[0], a[1], b[0], b[1])
 
 
 @pytest.mark.parametrize("seed", [1, 2])

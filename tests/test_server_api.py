@@ -8,10 +8,11 @@ import io
 
 import pytest
 from fastapi.testclient import TestClient
-from server_fixtures import count, make_cfg, make_event, offset, token
 
 from fleet_server.api import create_app
 from fleet_server.config import ServerConfig
+from roadmon_contract.geodesy import distance_m
+from tests.server_fixtures import count, make_cfg, make_event, offset, token
 
 __all__ = ["make_cfg"]
 
@@ -28,6 +29,7 @@ def bearer(tok: str) -> dict:
     return {"Authorization": f"Bearer {tok}"}
 
 
+@pytest.mark.services
 def test_detection_status_codes(api) -> None:
     client, _cfg, dsn = api
     dev = bearer(token(dsn, "device", "phone-1", device_id="phone-1"))
@@ -58,6 +60,7 @@ def test_detection_status_codes(api) -> None:
     assert 'road_detection_submissions_total{code="400",status="failed"}' in metrics
 
 
+@pytest.mark.services
 def test_rate_limit_429_on_the_101st(api) -> None:
     client, _cfg, dsn = api
     dev = bearer(token(dsn, "device", "phone-9", device_id="phone-9"))
@@ -79,6 +82,7 @@ def _seed(client: TestClient, dsn: str) -> dict:
     return dev
 
 
+@pytest.mark.services
 def test_me_roles_and_defect_listing(api) -> None:
     client, _cfg, dsn = api
     _seed(client, dsn)
@@ -105,6 +109,7 @@ INJECTIONS = ["'; DROP TABLE defects; --", "1 OR 1=1", "pothole' OR '1'='1", "1)
               "new,confirmed') OR 1=1 --", "\\x00", "%' UNION SELECT token_hash FROM api_tokens --"]
 
 
+@pytest.mark.services
 def test_sql_injection_strings_in_every_filter(api) -> None:
     client, _cfg, dsn = api
     _seed(client, dsn)
@@ -138,6 +143,7 @@ def test_sql_injection_strings_in_every_filter(api) -> None:
     assert count(dsn, "SELECT count(*) FROM sightings") == 3
 
 
+@pytest.mark.services
 def test_defect_detail_workflow_and_exports(api) -> None:
     client, _cfg, dsn = api
     _seed(client, dsn)
@@ -163,6 +169,7 @@ def test_defect_detail_workflow_and_exports(api) -> None:
     assert [f["id"] for f in gj["features"]] == [first["id"]]
 
 
+@pytest.mark.services
 def test_devices_health_openapi_and_metrics(api) -> None:
     client, _cfg, dsn = api
     _seed(client, dsn)
@@ -176,18 +183,19 @@ def test_devices_health_openapi_and_metrics(api) -> None:
     for name in ("road_api_latency_seconds", "road_queue_depth", "road_inference_latency_seconds"):
         assert name in text
     lat, lon = offset(48.1, 11.5, 10, 0)
-    assert abs(lat - 48.1 - 10 / 111_320) < 1e-9 and lon == 11.5
+    assert abs(distance_m(48.1, 11.5, lat, lon) - 10) < 1e-6 and lon == 11.5
 
 
+@pytest.mark.services
 def test_coverage_stale_devices_models_and_cors(api) -> None:
     client, cfg, dsn = api
     from datetime import UTC, datetime, timedelta
 
     import psycopg
-    from server_fixtures import make_coverage
 
     from fleet_server.commands import stage_model
     from fleet_server.store import Batch, store_batch
+    from tests.server_fixtures import make_coverage
 
     now = datetime.now(UTC)
     cov = make_coverage("veh-c", [(48.1, 11.5), (48.101, 11.5)], now - timedelta(minutes=5), now - timedelta(minutes=4))

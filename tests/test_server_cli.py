@@ -9,11 +9,14 @@ import sys
 import time
 
 import httpx
-from conftest import free_port
-from server_fixtures import DeviceClient, make_event, wait_for
+import pytest
 from typer.testing import CliRunner
 
 from fleet_server.cli import app
+from tests.conftest import free_port
+from tests.server_fixtures import DeviceClient, make_event, wait_for
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 
 def _config(tmp_path, service_info, broker, port: int) -> str:

@@ -8,10 +8,14 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from server_fixtures import make_cfg, make_event, offset
-from test_server_aggregate import BASE, metres, store
+import pytest
 
 from fleet_server.api_defects import DEFECT_COLUMNS, defect_feature
+from roadmon_contract.geodesy import enu_offset
+from tests.server_fixtures import make_cfg, make_event, offset
+from tests.test_server_aggregate import BASE, metres, store
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg"]
 
@@ -36,8 +40,7 @@ def crack_defects(cfg) -> list[tuple]:
 
 def line_bearing_and_length(coords: list[list[float]]) -> tuple[float, float]:
     (lon1, lat1), (lon2, lat2) = coords[0], coords[-1]
-    north = (lat2 - lat1) * 111_320
-    east = (lon2 - lon1) * 111_320 * math.cos(math.radians(lat1))
+    east, north = enu_offset(lat1, lon1, lat2, lon2)
     return math.degrees(math.atan2(east, north)) % 180.0, math.hypot(east, north)
 
 

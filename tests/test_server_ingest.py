@@ -6,9 +6,12 @@ import json
 import secrets
 
 import psycopg
-from server_fixtures import DeviceClient, count, make_cfg, make_coverage, make_event, wait_for, workers
+import pytest
 
 from fleet_server.migrate import available, migrate
+from tests.server_fixtures import DeviceClient, count, make_cfg, make_coverage, make_event, wait_for, workers
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg", "workers"]
 
@@ -45,7 +48,7 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
 
 
 def _times():
-    from server_fixtures import hours_ago
+    from tests.server_fixtures import hours_ago
 
     return hours_ago(0.1), hours_ago(0.09)
 

@@ -8,12 +8,15 @@ import json
 
 import paho.mqtt.client as mqtt
 import psycopg
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from server_fixtures import DeviceClient, count, make_cfg, make_event, server_config, wait_for, workers
 from typer.testing import CliRunner
 
 from fleet_server.cli import app
 from roadmon_contract import topics
+from tests.server_fixtures import DeviceClient, count, make_cfg, make_event, server_config, wait_for, workers
+
+pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg", "workers"]
 

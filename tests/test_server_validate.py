@@ -10,10 +10,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from server_fixtures import iso, make_coverage, make_event
 
 from fleet_server.config import IngestConfig
 from fleet_server.validate import Invalid, check_message, message_ref, parse_utc
+from tests.server_fixtures import iso, make_coverage, make_event
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 CFG = IngestConfig(max_message_bytes=4096, horizon_days=30.0, future_tolerance_s=3600.0)

@@ -10,8 +10,8 @@ import cv2
 import pytest
 
 from edge_agent.config.detector import DetectorConfig
-from edge_agent.detector import load_detector
-from edge_agent.sim.drive import DriveSpec, simulate_drive
+from edge_agent.detect.detector import load_detector
+from edge_agent.lab.sim.drive import DriveSpec, simulate_drive
 
 BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled" / "model.onnx"
 

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from calibration import projector_from_config
 from edge_agent import config as agent_config
 from edge_agent.cli import app
-from edge_agent.sim.gnss_noise import gnss_errors
-from edge_agent.sim.nmea_writer import checksum
-from edge_agent.sim.route import metres_per_degree
+from edge_agent.lab.sim.gnss_noise import gnss_errors
+from edge_agent.lab.sim.nmea_writer import checksum
+from roadmon_contract.geodesy import metres_per_degree
 
 FILES = ["video.mp4", "drive.nmea", "truth.csv", "defects.geojson", "boxes.csv", "agent.toml", "drive.json"]
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from edge_agent.sim.render import random_training_scene
+from edge_agent.lab.sim.render import random_training_scene
 
 
 def test_scene_shapes_and_labels() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from edge_agent import config as agent_config
-from edge_agent import sdnotify
+from edge_agent.runtime import sdnotify
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -341,8 +341,8 @@ def test_installer_destdir_stages_a_box_and_is_safe_to_rerun(tmp_path: Path) -> 
     import importlib.util
 
     from edge_agent.config.detector import DetectorConfig
-    from edge_agent.detector import load_detector
-    from edge_agent.model_update import ModelStore
+    from edge_agent.detect.detector import load_detector
+    from edge_agent.detect.model_update import ModelStore
 
     spec = importlib.util.spec_from_file_location("doctor_helpers", Path(__file__).with_name("test_doctor.py"))
     helpers = importlib.util.module_from_spec(spec)

@@ -10,9 +10,10 @@ import pytest
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.config.tracker import TrackerConfig
-from edge_agent.detector import Detection
-from edge_agent.geolocate import Geolocator
-from edge_agent.tracker import Motion, Tracker, crop, iou, move, near_in_image
+from edge_agent.detect.detector import Detection
+from edge_agent.gnss.motion import Motion
+from edge_agent.perception.geolocate import Geolocator
+from edge_agent.perception.tracker import Tracker, crop, iou, move, near_in_image
 from tests.detections import Det
 
 FPS = 15.0

@@ -1,15 +1,17 @@
-"""One track per physical defect whatever class single frames give it (edge_agent.tracker, module doc): a pothole
-the model calls `crack` while it is far and `pothole` once near, or boxes twice (once per class), is one track and
-one finished track of the class with the most score; two defects of different classes far apart stay two."""
+"""One track per physical defect whatever class single frames give it (edge_agent.perception.tracker, module
+doc): a pothole the model calls `crack` while it is far and `pothole` once near, or boxes twice (once per
+class), is one track and one finished track of the class with the most score; two defects of different classes
+far apart stay two."""
 
 from __future__ import annotations
 
 import numpy as np
-from test_tracker import FPS, H, W, detections_for, projector
 
 from edge_agent.config.tracker import TrackerConfig
-from edge_agent.geolocate import Geolocator
-from edge_agent.tracker import Motion, Tracker
+from edge_agent.gnss.motion import Motion
+from edge_agent.perception.geolocate import Geolocator
+from edge_agent.perception.tracker import Tracker
+from tests.test_tracker import FPS, H, W, detections_for, projector
 
 __all__ = ["projector"]
 SPEED = 12.0

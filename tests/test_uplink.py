@@ -16,9 +16,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
-from edge_agent.heartbeat import read_status_file
-from edge_agent.outbox import Outbox
-from edge_agent.uplink import Uplink
+from edge_agent.link.heartbeat import read_status_file
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.uplink import Uplink
 from roadmon_contract import topics, validate
 from tests.ack_server import AckServer
 from tests.test_outbox import make_coverage, make_event
@@ -270,7 +270,7 @@ def test_acl_denial_is_not_authorised_and_keeps_the_events(service_info, mqtt_de
 
 
 def test_broker_probe_says_which_step_breaks(service_info, mqtt_device, tmp_path: Path) -> None:
-    from edge_agent.broker_probe import probe_broker
+    from edge_agent.link.broker_probe import probe_broker
 
     device, password = mqtt_device()
     good = probe_broker(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device)

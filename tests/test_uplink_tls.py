@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.broker_probe import probe_broker
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.outbox import Outbox
-from edge_agent.uplink import Uplink
+from edge_agent.link.broker_probe import probe_broker
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.uplink import Uplink
 from tests.ack_server import AckServer
 from tests.conftest import free_port
 from tests.test_uplink import fill, login, uplink_cfg, wait_for

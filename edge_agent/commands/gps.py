@@ -15,10 +15,10 @@ from rich.table import Table
 
 from edge_agent import config as agent_config
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.epochs import Fix
-from edge_agent.gnss_source import GnssReader, NmeaDecoder, decode_stream, open_input
+from edge_agent.gnss.epochs import Fix
+from edge_agent.gnss.kalman import Pose, PositionFilter
+from edge_agent.gnss.source import GnssReader, NmeaDecoder, decode_stream, open_input
 from edge_agent.health import HealthBoard
-from edge_agent.kalman import Pose, PositionFilter
 
 gps_app = typer.Typer(help="GNSS: replay NMEA recordings, watch a live receiver.", no_args_is_help=True)
 err = Console(stderr=True)

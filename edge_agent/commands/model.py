@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edge_agent.config.base import format_errors
 from edge_agent.config.detector import MAX_THREADS, DetectorConfig
+from roadmon_contract.config_base import format_errors
 
 model_app = typer.Typer(help="Inspect, evaluate, quantize and benchmark detector models.", no_args_is_help=True)
 out = Console()
@@ -42,7 +42,7 @@ def _names_option() -> Any:
 
 
 def _load(model: str, threads: int = 0, names: str | None = None, **overrides: object):
-    from edge_agent.detector import ModelError, load_detector
+    from edge_agent.detect.detector import ModelError, load_detector
 
     if names:
         overrides["class_names"] = [n.strip() for n in names.split(",")]
@@ -89,7 +89,7 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
              threads: int = _threads(),
              names: str | None = _names_option()) -> None:
     """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
-    from edge_agent.evaluate import evaluate_dataset, list_dataset_images, plot_pr
+    from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, plot_pr
 
     if plot is not None and not plot.parent.is_dir():  # found out now, not after minutes of evaluation
         raise typer.BadParameter(f"folder {plot.parent} does not exist", param_hint="'--plot'")
@@ -138,7 +138,7 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
              runs: int = typer.Option(30, "--runs", min=1, help="Timed inferences per format"),
              as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object")) -> None:
     """Static INT8 quantization: try the formats, keep the fastest within --max-ap-drop AP50 of FP32."""
-    from edge_agent.quantize import quantize_model
+    from edge_agent.lab.quantize import quantize_model
 
     say = (lambda msg: None) if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]", highlight=False))
     try:
@@ -173,7 +173,7 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
           names: str | None = _names_option(),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """FP32 vs INT8 latency of a model on this box, so an installer picks whichever is faster here."""
-    from edge_agent.detector import sample_road_image
+    from edge_agent.detect.detector import sample_road_image
 
     det = _load(model, threads, names)
     models = {det.info.quantization or "model": det}

@@ -39,13 +39,12 @@ def resolve_paths(config: str, outbox: Path | None) -> tuple[Path, Any]:
                 err.print(f"[red]{exc}[/red]\n(pass --outbox PATH to read a queue file directly)")
                 raise typer.Exit(2) from None
     if outbox is None:
-        path = Path(cfg.outbox.file)
-        outbox = path if path.is_absolute() else Path(cfg.device.state_dir) / path
+        outbox = cfg.outbox_path
     return outbox, cfg
 
 
 def open_outbox(config: str, outbox: Path | None):  # -> Outbox
-    from edge_agent.outbox import Outbox
+    from edge_agent.link.outbox import Outbox
 
     path, cfg = resolve_paths(config, outbox)
     if not path.exists():
@@ -96,7 +95,7 @@ def ls_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List rows in send order (unconfirmed first: highest priority, then oldest)."""
-    from edge_agent.outbox import KINDS, STATES
+    from edge_agent.link.outbox import KINDS, STATES
 
     if state is not None and state not in STATES:
         err.print(f"[red]--state must be one of {', '.join(STATES)}[/red]")

@@ -27,16 +27,6 @@ def _load_config(path: Path | None) -> Any:
         raise typer.Exit(2) from None
 
 
-def _load_detector(cfg: Any) -> Any:
-    from edge_agent.detector import ModelError, load_detector
-
-    try:
-        return load_detector(cfg.detector)
-    except ModelError as exc:
-        err.print(f"[red]model error[/red]: {exc}")
-        raise typer.Exit(2) from None
-
-
 def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="replay summary", show_header=False)
     for key in ("frames", "dropped", "detections", "tracks", "events", "events_merged", "events_no_fix",
@@ -76,26 +66,20 @@ def register(app: typer.Typer) -> None:
         """Run the agent's pipeline on a recorded drive: events and coverage go to the outbox."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from edge_agent.health import HealthBoard
-        from edge_agent.outbox import Outbox
-        from edge_agent.pipeline import outbox_path
-        from edge_agent.replay import ReplayError, replay_drive
+        from edge_agent.detect.detector import ModelError
+        from edge_agent.runtime.assemble import build_agent
+        from edge_agent.runtime.replay import ReplayError, replay_drive
 
         cfg = _load_config(config)
         for what, path in (("video", video), ("NMEA", nmea)):
             if not path.is_file():
                 err.print(f"[red]cannot replay[/red]: {what} file {path} not found")
                 raise typer.Exit(2)
-        detector = _load_detector(cfg)
-        health = HealthBoard()
-        path = outbox or outbox_path(cfg)
-        box = Outbox(path, cfg.outbox, health)
-        link = None
-        if uplink:
-            from edge_agent.uplink import Uplink
-
-            link = Uplink(cfg.uplink, cfg.device.id, box, health)
-            link.start()
+        try:
+            agent = build_agent(cfg, outbox=outbox, uplink=uplink)
+        except ModelError as exc:
+            err.print(f"[red]model error[/red]: {exc}")
+            raise typer.Exit(2) from None
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeRemainingColumn())
         try:
@@ -108,18 +92,16 @@ def register(app: typer.Typer) -> None:
                         rate = f"{done / max(time.monotonic() - t0, 1e-9):.1f} fps"
                         bar.update(task, completed=done, total=total, rate=rate)
 
-                summary = replay_drive(cfg, video, nmea, box, detector, realtime=realtime, video_start=video_start,
-                                       health=health, progress=progress)
-            if link is not None:
-                summary["uplink"] = _drain(link, box, drain_s)
+                summary = replay_drive(agent, video, nmea, realtime=realtime, video_start=video_start,
+                                       progress=progress)
+            if agent.uplink is not None:
+                summary["uplink"] = _drain(agent.uplink, agent.outbox, drain_s)
         except ReplayError as exc:
             err.print(f"[red]cannot replay[/red]: {exc}")
             raise typer.Exit(2) from None
         finally:
-            if link is not None:
-                link.stop()
-            box.close()
-        summary["outbox"] = str(path)
+            agent.close()
+        summary["outbox"] = str(outbox or cfg.outbox_path)
         if as_json:
             sys.stdout.write(json.dumps(summary) + "\n")
         else:
@@ -132,8 +114,8 @@ def register(app: typer.Typer) -> None:
                                            help="Override uplink.enabled from the config"),
     ) -> None:
         """Run the agent: live camera and GNSS, detect, track, geolocate, store and forward."""
-        from edge_agent.detector import ModelError
-        from edge_agent.live import LiveAgent
+        from edge_agent.detect.detector import ModelError
+        from edge_agent.runtime.live import LiveAgent
 
         cfg = _load_config(config)
         agent = LiveAgent(cfg, uplink=uplink)

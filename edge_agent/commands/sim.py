@@ -37,8 +37,8 @@ def drive(
     height: int = typer.Option(360, "--height", min=48, max=2160, help="Frame height, pixels"),
 ) -> None:
     """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, boxes.csv, agent.toml, drive.json."""
-    from edge_agent.sim.drive import DriveSpec, simulate_drive
-    from edge_agent.sim.gnss_noise import NOISE_MODELS
+    from edge_agent.lab.sim.drive import DriveSpec, simulate_drive
+    from edge_agent.lab.sim.gnss_noise import NOISE_MODELS
 
     if gps_noise_model not in NOISE_MODELS:
         err.print(f"[red]--gps-noise-model {gps_noise_model!r}:[/red] expected one of {', '.join(NOISE_MODELS)}")

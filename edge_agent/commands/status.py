@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
-from edge_agent.heartbeat import age_s
+from edge_agent.link.heartbeat import age_s
 
 out = Console()
 
@@ -34,7 +34,7 @@ def _ago(stamp: str | None) -> str:
 
 
 def collect(config: str, outbox: Path | None) -> dict[str, Any]:
-    from edge_agent.heartbeat import read_status_file
+    from edge_agent.link.heartbeat import read_status_file
 
     path, cfg = resolve_paths(config, outbox)
     status_name = Path(cfg.uplink.status_file if cfg else "agent-status.json")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pydantic import Field
 
-from edge_agent.config.base import ConfigError, Section, load_toml, validate
 from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.config.camera import CameraConfig
 from edge_agent.config.detector import DetectorConfig
@@ -21,6 +20,7 @@ from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.config.uplink import UplinkConfig
+from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 __all__ = ["EXAMPLE", "AgentConfig", "ConfigError", "load", "parse"]
@@ -39,6 +39,12 @@ class AgentConfig(Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="MQTT connection to the fleet")
     model_update: ModelUpdateConfig = Field(default_factory=ModelUpdateConfig,
                                             description="Remote model updates: download, verify, swap")
+
+    @property
+    def outbox_path(self) -> Path:
+        """The outbox file: outbox.file, inside device.state_dir unless it is absolute."""
+        path = Path(self.outbox.file)
+        return path if path.is_absolute() else Path(self.device.state_dir) / path
 
 
 def parse(data: dict, source: Path | str = "<config>") -> AgentConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from edge_agent.config.base import Section
+from roadmon_contract.config_base import Section
 
 
 class CalibrationConfig(Section):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from edge_agent.config.base import Section
+from roadmon_contract.config_base import Section
 
 
 class DeviceConfig(Section):

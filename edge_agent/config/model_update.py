@@ -1,10 +1,10 @@
-"""Remote model update settings (owned by edge_agent/model_update.py)."""
+"""Remote model update settings (owned by edge_agent/detect/model_update.py)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from edge_agent.config.base import Section
+from roadmon_contract.config_base import Section
 
 
 class ModelUpdateConfig(Section):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from edge_agent.config.base import Section
+from roadmon_contract.config_base import Section
 
 
 class OutboxConfig(Section):

@@ -1,5 +1,5 @@
 """Can this box reach its broker: DNS, TCP, TLS, login, and a publish under its own id? The steps come from
-edge_agent/broker_probe.py, which logs in with its own client id so a running agent is not disturbed."""
+edge_agent/link/broker_probe.py, which logs in with its own client id so a running agent is not disturbed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ WHY = {
 
 
 def check_broker(ctx: Context) -> CheckResult:
-    from edge_agent.broker_probe import probe_broker
+    from edge_agent.link.broker_probe import probe_broker
 
     assert ctx.cfg is not None
     cfg = ctx.cfg.uplink

@@ -23,7 +23,7 @@ def _open_hint(kind: str, source: str) -> str:
 
 
 def check_camera(ctx: Context) -> CheckResult:
-    from edge_agent.capture import open_capture, source_kind
+    from edge_agent.camera.capture import open_capture, source_kind
 
     assert ctx.cfg is not None
     cam = ctx.cfg.camera

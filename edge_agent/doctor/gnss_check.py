@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
-from edge_agent.epochs import Fix
-from edge_agent.gnss_source import NmeaDecoder, fixes_from_file
+from edge_agent.gnss.epochs import Fix
+from edge_agent.gnss.source import NmeaDecoder, fixes_from_file
 
 GOOD_HDOP = 2.5
 MODE_NAMES = {0: "no fix", 2: "2D fix", 3: "3D fix"}

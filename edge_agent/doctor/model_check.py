@@ -7,14 +7,14 @@ import time
 
 import numpy as np
 
+from edge_agent.detect.model_update import effective_model
 from edge_agent.doctor.result import CheckResult, Context, Level
-from edge_agent.model_update import effective_model
 
 SLOW_MS = 1000.0  # slower than this per frame: under one look per second at each defect
 
 
 def check_model(ctx: Context) -> CheckResult:
-    from edge_agent.detector import ModelError, load_detector
+    from edge_agent.detect.detector import ModelError, load_detector
 
     assert ctx.cfg is not None
     cfg = ctx.cfg

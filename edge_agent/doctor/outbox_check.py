@@ -17,13 +17,12 @@ MB = 1024 * 1024
 
 def outbox_file(ctx: Context) -> Path:
     assert ctx.cfg is not None
-    path = Path(ctx.cfg.outbox.file)
-    return path if path.is_absolute() else Path(ctx.cfg.device.state_dir) / path
+    return ctx.cfg.outbox_path
 
 
 def _queue(path: Path) -> tuple[str | None, dict[str, int]]:
     """(problem or None, unconfirmed rows per kind) from a read-only look at the SQLite file."""
-    from edge_agent.outbox import TABLE
+    from edge_agent.link.outbox import TABLE
 
     uri = f"file:{path}?mode=ro"
     try:

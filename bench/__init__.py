@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each prints its figures. Run one as `python -m bench.NAME`."""

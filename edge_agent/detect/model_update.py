@@ -1,0 +1,460 @@
+"""Remote model update: `cmd/model-update` {url, sha256, name, version[, signature]} from the fleet server.
+
+The agent downloads the file over HTTPS (resuming a broken download with HTTP Range), checks its sha256 and,
+when a public key is configured, its Ed25519 signature, runs the detector's load sanity check on it, and only
+then swaps it in. Models live in one folder:
+
+    <models_dir>/<sha256>.onnx   every model kept (the newest `keep` of them)
+    <models_dir>/<sha256>.manifest.json   its manifest: name and version from the command (the detector reads
+                                 them, and finds it through the link), source, installed_at, failure
+    <models_dir>/current.onnx    -> <sha256>.onnx, what the detector loads
+    <models_dir>/previous.onnx   -> <sha256>.onnx, what a rollback goes back to
+
+Links are replaced with rename(2), so a power cut leaves either the old or the new model, never half of one.
+If the pipeline cannot start the new model after the swap, the links go back and the old one is reloaded.
+The handler's returned dict is what the uplink publishes on `cmd/model-update/result`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config.detector import DetectorConfig
+from edge_agent.config.model_update import ModelUpdateConfig
+from edge_agent.health import HealthBoard
+from roadmon_contract.digest import sha256_file
+
+log = logging.getLogger(__name__)
+
+COMMAND = "model-update"
+CHUNK = 1 << 20
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# Loads the model at a path and raises when it is unusable; returns what it learnt (name, provider...).
+SanityCheck = Callable[[Path], dict[str, Any]]
+# Called with the model to run now (the new current.onnx after a swap; after a rollback the previous one, or the
+# configured model when there was none); the pipeline reloads its detector. Raising means "it does not run here".
+Activate = Callable[[str], None]
+
+
+class UpdateRefused(Exception):
+    """The command itself is unacceptable (bad field, disabled, pinned model): nothing was downloaded."""
+
+
+class UpdateFailed(Exception):
+    """Download, verification or sanity check failed: the current model was not touched."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------- the store
+class ModelStore:
+    """The models folder: content-addressed files plus `current` and `previous` links."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.current_link = self.root / "current.onnx"
+        self.previous_link = self.root / "previous.onnx"
+        self.incoming = self.root / ".incoming"
+
+    def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(exist_ok=True)
+
+    def _target(self, link: Path) -> str | None:
+        """The sha256 a link points at, or None."""
+        try:
+            name = os.readlink(link)
+        except OSError:
+            return None
+        return Path(name).stem
+
+    def current_sha(self) -> str | None:
+        return self._target(self.current_link)
+
+    def previous_sha(self) -> str | None:
+        return self._target(self.previous_link)
+
+    def path_of(self, sha: str) -> Path:
+        return self.root / f"{sha}.onnx"
+
+    def _set_link(self, link: Path, sha: str | None) -> None:
+        if sha is None:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            return
+        tmp = self.root / f".{link.name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(f"{sha}.onnx", tmp)  # relative, so the folder can move
+        os.replace(tmp, link)
+
+    def add(self, downloaded: Path, sha: str, meta: dict[str, Any]) -> Path:
+        """Move a verified download in under its sha256 name, with its metadata beside it."""
+        final = self.path_of(sha)
+        with downloaded.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(downloaded, final)
+        self.write_meta(sha, meta)
+        _fsync_dir(self.root)
+        return final
+
+    def meta_path(self, sha: str) -> Path:
+        return self.root / f"{sha}.manifest.json"
+
+    def meta(self, sha: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.meta_path(sha).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def write_meta(self, sha: str, meta: dict[str, Any]) -> None:
+        path = self.meta_path(sha)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def swap(self, sha: str) -> str | None:
+        """Make SHA current and the old current previous; returns the old current sha."""
+        old = self.current_sha()
+        if old and old != sha:
+            self._set_link(self.previous_link, old)
+        self._set_link(self.current_link, sha)
+        _fsync_dir(self.root)
+        return old
+
+    def restore(self, current: str | None, previous: str | None) -> None:
+        """Put both links back as they were (a rollback)."""
+        self._set_link(self.current_link, current)
+        self._set_link(self.previous_link, previous)
+        _fsync_dir(self.root)
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the oldest model files beyond KEEP, never current or previous; returns the removed shas."""
+        pinned = {self.current_sha(), self.previous_sha()}
+        files = sorted((p for p in self.root.glob("*.onnx") if not p.is_symlink()),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        removed = []
+        for path in files[keep:]:
+            if path.stem in pinned:
+                continue
+            path.unlink(missing_ok=True)
+            self.meta_path(path.stem).unlink(missing_ok=True)
+            removed.append(path.stem)
+        return removed
+
+
+def models_dir(cfg: ModelUpdateConfig, state_dir: str) -> Path:
+    return Path(cfg.models_dir) if cfg.models_dir else Path(state_dir) / "models"
+
+
+def effective_model(detector: DetectorConfig, update_cfg: ModelUpdateConfig, state_dir: str) -> str:
+    """The model the detector should load: a remotely installed current.onnx supersedes 'bundled';
+    an explicit path in the config is honoured as it is."""
+    current = ModelStore(models_dir(update_cfg, state_dir)).current_link
+    if detector.model == "bundled" and current.exists():
+        return str(current)
+    return detector.model
+
+
+# ----------------------------------------------------------------------------------- verification
+def load_public_key(text_or_path: str) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    pem = text_or_path if "-----BEGIN" in text_or_path else Path(text_or_path).read_text()
+    key = load_pem_public_key(pem.encode())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("model_update.public_key is not an Ed25519 public key")
+    return key
+
+
+def verify_signature(public_key: Any, path: Path, signature_b64: str | None) -> None:
+    """Raise UpdateFailed unless SIGNATURE_B64 is an Ed25519 signature of the file's bytes by PUBLIC_KEY."""
+    from cryptography.exceptions import InvalidSignature
+
+    if not signature_b64:
+        raise UpdateFailed("a signature is required (model_update.public_key is set) but the command has none")
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise UpdateFailed("signature is not valid base64") from None
+    try:
+        public_key.verify(signature, path.read_bytes())
+    except InvalidSignature:
+        raise UpdateFailed("bad signature: the model was not signed by the configured key") from None
+
+
+def sign_file(private_key_pem: bytes, path: Path) -> str:
+    """Base64 Ed25519 signature of a model file (for the release side; same as
+    `openssl pkeyutl -sign -rawin -inkey key.pem -in model.onnx | base64 -w0`)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(private_key_pem, password=None)
+    return base64.b64encode(key.sign(path.read_bytes())).decode()  # type: ignore[union-attr]
+
+
+def detector_sanity_check(detector: DetectorConfig) -> SanityCheck:
+    """The detector's own load sanity check, run on a candidate file."""
+
+    def check(path: Path) -> dict[str, Any]:
+        from edge_agent.detect.detector import load_detector
+
+        loaded = load_detector(detector.model_copy(update={"model": str(path)}))
+        info = loaded.info
+        return {"name": info.name, "version": info.version, "provider": info.provider, "classes": list(info.classes)}
+
+    return check
+
+
+# -------------------------------------------------------------------------------------- download
+def _ssl_context(cfg: ModelUpdateConfig) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file else ssl.create_default_context()
+
+
+def download(url: str, dest: Path, cfg: ModelUpdateConfig) -> int:
+    """Fetch URL into DEST, resuming a broken transfer with HTTP Range; returns the size in bytes.
+
+    Each attempt continues from what DEST already holds; a server that ignores Range (200 instead of 206)
+    restarts the file. Raises UpdateFailed after cfg.attempts broken attempts.
+    """
+    limit = int(cfg.max_size_mb * 1e6)
+    context = _ssl_context(cfg) if url.startswith("https://") else None
+    last_error = ""
+    for attempt in range(1, cfg.attempts + 1):
+        have = dest.stat().st_size if dest.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=cfg.timeout_s, context=context) as resp:
+                resuming = resp.status == 206
+                length = resp.headers.get("Content-Length")
+                total = (have if resuming else 0) + int(length) if length else None
+                if total is not None and total > limit:
+                    raise UpdateFailed(f"model is {total / 1e6:.1f} MB, over model_update.max_size_mb")
+                if total is not None and shutil.disk_usage(dest.parent).free < total - have + 50e6:
+                    raise UpdateFailed(f"not enough disk space for a {total / 1e6:.1f} MB model")
+                with dest.open("ab" if resuming else "wb") as out:
+                    while block := resp.read(CHUNK):
+                        out.write(block)
+                        if out.tell() > limit:
+                            raise UpdateFailed("download exceeds model_update.max_size_mb")
+            size = dest.stat().st_size
+            # http.client returns a short body without complaint when the connection drops; the length tells.
+            if total is None or size == total:
+                return size
+            last_error = f"connection closed at {size} of {total} bytes"
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # our partial file is already complete, or longer than the model
+                dest.unlink()
+            elif exc.code < 500 and exc.code not in (408, 429):
+                raise UpdateFailed(f"download refused: HTTP {exc.code} {exc.reason} for {url}") from None
+            last_error = f"HTTP {exc.code} {exc.reason}"
+        except (ssl.SSLCertVerificationError, urllib.error.URLError) as exc:
+            cert_error = exc if isinstance(exc, ssl.SSLCertVerificationError) else getattr(exc, "reason", None)
+            if isinstance(cert_error, ssl.SSLCertVerificationError):  # retrying will not help
+                raise UpdateFailed(f"TLS certificate of the model server not trusted: {cert_error.verify_message}"
+                                   " (set model_update.ca_file)") from None
+            last_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        except (http.client.HTTPException, OSError, TimeoutError) as exc:
+            last_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        got = dest.stat().st_size if dest.exists() else 0
+        log.warning("model download attempt %d/%d broke off at %d bytes: %s", attempt, cfg.attempts, got, last_error)
+        if attempt < cfg.attempts:
+            time.sleep(min(0.2 * 2**attempt, 5))
+    raise UpdateFailed(f"download interrupted {cfg.attempts} times, last: {last_error}")
+
+
+# ------------------------------------------------------------------------------------------ updater
+class ModelUpdater:
+    """Handles `cmd/model-update`; one update at a time."""
+
+    def __init__(self, cfg: ModelUpdateConfig, store: ModelStore, sanity_check: SanityCheck,
+                 activate: Activate | None = None, health: HealthBoard | None = None,
+                 pinned_model: str | None = None, fallback_model: str = "bundled") -> None:
+        self.cfg = cfg
+        self.store = store
+        self.sanity_check = sanity_check
+        self.activate = activate
+        self.health = health
+        self.pinned_model = pinned_model
+        self.fallback_model = fallback_model
+        self._busy = threading.Lock()
+        self._public_key: Any = None
+        self._key_error: str | None = None
+        if cfg.public_key:
+            try:
+                self._public_key = load_public_key(cfg.public_key)
+            except Exception as exc:  # a bad key must not stop the agent: only updates are refused, with the reason
+                self._key_error = f"model_update.public_key is unusable: {exc}"
+                log.error("%s; remote model updates are refused until it is fixed", self._key_error)
+
+    @classmethod
+    def from_config(cls, agent_cfg: Any, activate: Activate | None = None,
+                    health: HealthBoard | None = None) -> ModelUpdater:
+        """Build from the whole AgentConfig: models folder, the detector's check, and whether the
+        configured detector.model lets remote updates take effect."""
+        store = ModelStore(models_dir(agent_cfg.model_update, agent_cfg.device.state_dir))
+        model = agent_cfg.detector.model
+        pinned = None if model == "bundled" or Path(model) == store.current_link else model
+        return cls(agent_cfg.model_update, store, detector_sanity_check(agent_cfg.detector), activate, health, pinned)
+
+    def register(self, uplink: Any) -> None:
+        uplink.on_command(COMMAND, self.handle)
+
+    def handle(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The command handler: never raises; the returned dict is published as the result."""
+        t0 = time.monotonic()
+        if not self._busy.acquire(blocking=False):
+            return self._result(payload, t0, ok=False, status="busy", reason="another model update is running")
+        try:
+            result = self._update(payload, t0)
+        except UpdateRefused as exc:
+            result = self._result(payload, t0, ok=False, status="refused", reason=str(exc))
+        except UpdateFailed as exc:
+            result = self._result(payload, t0, ok=False, status="failed", reason=str(exc))
+        except Exception as exc:  # nothing may crash the agent; the current model is untouched here
+            log.exception("model update failed unexpectedly")
+            result = self._result(payload, t0, ok=False, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._busy.release()
+        log.log(logging.INFO if result["ok"] else logging.WARNING, "model update %s: %s %s",
+                result["status"], result.get("sha256"), result.get("reason", ""))
+        if self.health:
+            self.health.count("model_updates_ok" if result["ok"] else "model_updates_failed")
+        return result
+
+    def _result(self, payload: dict[str, Any], t0: float, ok: bool, status: str, **extra: Any) -> dict[str, Any]:
+        out = {"ok": ok, "status": status, "sha256": payload.get("sha256") if isinstance(payload, dict) else None,
+               "name": payload.get("name") if isinstance(payload, dict) else None,
+               "version": payload.get("version") if isinstance(payload, dict) else None,
+               "current_sha256": self.store.current_sha(), "finished_at": utc_now(),
+               "duration_s": round(time.monotonic() - t0, 3)}
+        if isinstance(payload, dict) and "request_id" in payload:
+            out["request_id"] = payload["request_id"]
+        out.update(extra)
+        return out
+
+    def _check_command(self, payload: Any) -> tuple[str, str]:
+        if not self.cfg.enabled:
+            raise UpdateRefused("remote model updates are disabled on this device (model_update.enabled)")
+        if self._key_error:
+            raise UpdateRefused(self._key_error)
+        if self.pinned_model:
+            raise UpdateRefused(f"detector.model is pinned to {self.pinned_model}; set it to "
+                                f"{self.store.current_link} or 'bundled' to allow remote updates")
+        if not isinstance(payload, dict):
+            raise UpdateRefused("payload must be a JSON object {url, sha256, name, version}")
+        url, sha = payload.get("url"), payload.get("sha256")
+        if not isinstance(url, str) or not url:
+            raise UpdateRefused("missing 'url'")
+        if not isinstance(sha, str) or not SHA256_RE.match(sha.lower()):
+            raise UpdateRefused("'sha256' must be 64 hex digits")
+        if not (url.startswith("https://") or (self.cfg.allow_http and url.startswith("http://"))):
+            raise UpdateRefused(f"refusing {url.split('://')[0]}:// download: models come over https")
+        if self.cfg.url_prefix and not url.startswith(self.cfg.url_prefix):
+            raise UpdateRefused(f"url is outside model_update.url_prefix ({self.cfg.url_prefix})")
+        return url, sha.lower()
+
+    def _update(self, payload: dict[str, Any], t0: float) -> dict[str, Any]:
+        url, sha = self._check_command(payload)
+        self.store.ensure()
+        if self.store.current_sha() == sha:
+            return self._result(payload, t0, ok=True, status="already_current")
+
+        self._drop_stale_partials(keep=sha)
+        kept = self.store.path_of(sha)
+        if kept.is_file() and sha256_file(kept) == sha:
+            # Still on disk (an earlier model, e.g. going back to the previous one): no download needed.
+            candidate, downloaded = kept, False
+            if self._public_key is not None:
+                verify_signature(self._public_key, kept, payload.get("signature"))
+        else:
+            candidate, downloaded = self._fetch_and_verify(url, sha, payload.get("signature")), True
+        try:
+            info = self.sanity_check(candidate)
+        except Exception as exc:
+            if downloaded:
+                candidate.unlink(missing_ok=True)
+            raise UpdateFailed(f"model failed the load sanity check: {exc}") from None
+
+        meta = {"sha256": sha, "name": payload.get("name"), "version": payload.get("version"), "url": url,
+                "installed_at": utc_now(), "check": info}
+        if downloaded:
+            self.store.add(candidate, sha, meta)
+        else:
+            self.store.write_meta(sha, meta)
+            os.utime(candidate)  # newest again, so pruning keeps it
+        before = (self.store.current_sha(), self.store.previous_sha())
+        self.store.swap(sha)
+        if self.activate:
+            try:
+                self.activate(str(self.store.current_link))
+            except Exception as exc:
+                return self._roll_back(payload, t0, sha, before, meta, exc)
+        removed = self.store.prune(self.cfg.keep)
+        if self.health:
+            self.health.update(model={"name": meta["name"], "version": meta["version"], "sha256": sha})
+        return self._result(payload, t0, ok=True, status="installed", previous_sha256=before[0],
+                            bytes=self.store.path_of(sha).stat().st_size, provider=info.get("provider"),
+                            pruned=removed)
+
+    def _drop_stale_partials(self, keep: str) -> None:
+        """A download cut off by a crash is resumed when the same model is asked for again; others go."""
+        for partial in self.store.incoming.glob("*.part"):
+            if partial.name != f"{keep}.part":
+                partial.unlink(missing_ok=True)
+
+    def _fetch_and_verify(self, url: str, sha: str, signature: str | None) -> Path:
+        partial = self.store.incoming / f"{sha}.part"
+        try:
+            download(url, partial, self.cfg)
+            got = sha256_file(partial)
+            if got != sha:
+                raise UpdateFailed(f"sha256 mismatch: expected {sha}, downloaded file has {got}")
+            if self._public_key is not None:
+                verify_signature(self._public_key, partial, signature)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return partial
+
+    def _roll_back(self, payload: dict[str, Any], t0: float, sha: str, before: tuple[str | None, str | None],
+                   meta: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        log.error("new model %s failed to start (%s); rolling back to %s", sha, exc, before[0])
+        self.store.restore(*before)
+        self.store.write_meta(sha, {**meta, "failed_at": utc_now(), "failure": str(exc)})
+        reason = f"new model failed to start: {exc}"
+        if self.activate:
+            back = str(self.store.current_link) if before[0] else self.fallback_model
+            try:
+                self.activate(back)
+            except Exception as again:  # the old model worked a minute ago; say so loudly, keep running
+                reason += f"; reloading the previous model also failed: {again}"
+        return self._result(payload, t0, ok=False, status="rolled_back", reason=reason, previous_sha256=before[0])

@@ -1,0 +1,384 @@
+"""Where fixes come from: recordings (`fixes_from_file`) and live sources (`GnssReader`).
+
+Every source ends in the same `NmeaDecoder` (lines -> strict sentences -> epochs -> Fix), except gpsd, whose
+JSON reports are already epochs. Recordings are stamped on a virtual clock (seconds of UTC since 2000-01-01)
+so that a video's frame times map onto them through UTC; live fixes are stamped with time.monotonic() at the
+arrival of the epoch's first sentence, minus the configured receiver latency.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import select
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+from edge_agent.config.gnss import GnssConfig
+from edge_agent.gnss.epochs import EpochAssembler, Fix
+from edge_agent.gnss.kalman import Pose, PositionFilter
+from edge_agent.gnss.nmea import LineSplitter, NmeaParser, ParseStats
+from edge_agent.health import HealthBoard
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 16
+
+
+class NmeaDecoder:
+    """Bytes in, Fixes out: line splitting, strict parsing and epoch assembly, with all their counters."""
+
+    def __init__(self, cfg: GnssConfig | None = None, virtual_clock: bool = False) -> None:
+        cfg = cfg or GnssConfig()
+        self.parse_stats = ParseStats()
+        self._splitter = LineSplitter(self.parse_stats)
+        self._parser = NmeaParser(cfg.max_sentence_chars, self.parse_stats)
+        self.assembler = EpochAssembler(uere_m=cfg.uere_m, date_floor=cfg.date_floor, virtual_clock=virtual_clock)
+
+    def feed(self, data: bytes, t_arrival: float = 0.0) -> list[Fix]:
+        fixes = []
+        parse, add = self._parser.parse_line, self.assembler.feed
+        for line in self._splitter.feed(data):
+            sentence = parse(line)
+            if sentence is not None:
+                fix = add(sentence, t_arrival)
+                if fix is not None:
+                    fixes.append(fix)
+        return fixes
+
+    def close_epoch(self) -> list[Fix]:
+        """The line went idle: the open epoch is complete."""
+        fix = self.assembler.close()
+        return [fix] if fix is not None else []
+
+    def flush(self) -> list[Fix]:
+        """End of input: the unterminated last line and the open epoch."""
+        fixes = []
+        for line in self._splitter.flush():
+            sentence = self._parser.parse_line(line)
+            if sentence is not None:
+                fix = self.assembler.feed(sentence)
+                if fix is not None:
+                    fixes.append(fix)
+        return fixes + self.close_epoch()
+
+    def summary(self) -> dict[str, int]:
+        p, e = self.parse_stats, self.assembler.stats
+        return {
+            "sentences": p.sentences, "bad_checksums": p.bad_checksum, "unknown_types": p.unknown_type,
+            "epochs": e.epochs, "fixes": e.fixes, "malformed": p.malformed + p.no_checksum, "too_long": p.too_long,
+            "proprietary": p.proprietary, "other_types": p.other_types, "junk_bytes": p.junk_bytes,
+            "no_date": e.no_date, "time_backwards": e.time_backwards,
+        }
+
+
+def open_input(path: str | Path) -> IO[bytes]:
+    """A recording, or stdin for '-'. Raises OSError for an unreadable path."""
+    if str(path) == "-":
+        return sys.stdin.buffer
+    return open(path, "rb")
+
+
+def decode_stream(stream: IO[bytes], decoder: NmeaDecoder) -> Iterator[Fix]:
+    """Every epoch of a byte stream in order (including those without a date, t_mono NaN)."""
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        yield from decoder.feed(chunk)
+    yield from decoder.flush()
+
+
+def fixes_from_file(path: str | Path, cfg: GnssConfig | None = None,
+                    decoder: NmeaDecoder | None = None) -> Iterator[Fix]:
+    """The epochs of a recording, stamped on the virtual clock (seconds of UTC since 2000-01-01).
+
+    Epochs before the recording's first date cannot be placed on that clock and are left out (counted in
+    the decoder's `no_date`). '-' reads stdin.
+    """
+    decoder = decoder or NmeaDecoder(cfg, virtual_clock=True)
+    stream = open_input(path)
+    try:
+        for fix in decode_stream(stream, decoder):
+            if math.isfinite(fix.t_mono):
+                yield fix
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+# --- gpsd
+
+
+def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
+    """A gpsd TPV report -> Fix (None for other classes). eph: gpsd's eph, else epx/epy combined."""
+    if report.get("class") != "TPV":
+        return None
+
+    def number(key: str, low: float, high: float) -> float | None:
+        value = report.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        value = float(value)
+        return value if math.isfinite(value) and low <= value <= high else None
+
+    mode = report.get("mode") if report.get("mode") in (2, 3) else 0
+    lat, lon = number("lat", -90, 90), number("lon", -180, 180)
+    if lat is None or lon is None:
+        mode = 0
+    utc = None
+    if isinstance(report.get("time"), str):
+        try:
+            utc = dt.datetime.fromisoformat(report["time"].replace("Z", "+00:00")).astimezone(dt.UTC)
+        except ValueError:
+            utc = None
+    eph = number("eph", 0, 1e5)
+    epx, epy = number("epx", 0, 1e5), number("epy", 0, 1e5)
+    if eph is None and epx is not None and epy is not None:
+        eph = math.hypot(epx, epy)
+    track = number("track", 0, 360)
+    altitude = number("altMSL", -1000, 1e5)
+    if altitude is None:
+        altitude = number("alt", -1000, 1e5)  # gpsd before 3.20 only sends alt
+    return Fix(
+        utc=utc, t_mono=t_mono, mode=mode, lat=lat if mode else None, lon=lon if mode else None,
+        alt_m=altitude if mode == 3 else None,
+        speed_mps=number("speed", 0, 600) if mode else None, track_deg=track % 360 if mode and track is not None
+        else None, eph_m=eph if mode else None, hdop=None, sats=None,
+        estimated=report.get("status") == 6,
+    )
+
+
+# --- live reader
+
+
+class _Lost(Exception):
+    """The source went away (unplugged, closed, silent); reopen it."""
+
+
+class GnssReader:
+    """A thread that reads the configured source, feeds the filter and reports on the health board.
+
+    Serial ports and gpsd are reopened with a doubling backoff when they fail or fall silent; stdin and a file
+    end at EOF. Live fixes are stamped time.monotonic() at the arrival of the epoch's first bytes minus
+    `receiver_latency_s`; a file replayed in real time is stamped when each fix is released, a file replayed
+    as fast as possible keeps the recording's virtual clock.
+    """
+
+    def __init__(self, cfg: GnssConfig, position_filter: PositionFilter, health: HealthBoard | None = None,
+                 on_fix: Callable[[Fix, Pose | None], None] | None = None) -> None:
+        self.cfg = cfg
+        self.filter = position_filter
+        self.health = health
+        self.on_fix = on_fix
+        self.decoder = NmeaDecoder(cfg)
+        self.reconnects = 0
+        self.last_fix: Fix | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._session_had_data = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the loop
+
+    def _run(self) -> None:
+        source = {"serial": self._serial_session, "gpsd": self._gpsd_session,
+                  "stdin": self._stdin_session, "file": self._file_session}[self.cfg.source]
+        endless = self.cfg.source in ("serial", "gpsd")
+        delay = self.cfg.reconnect_min_s
+        failures = 0
+        while not self._stop.is_set():
+            self._session_had_data = False
+            try:
+                source()
+            except Exception as exc:  # a reader must outlive any source failure
+                self._set_health("lost")
+                self._count("gnss_source_errors")
+                if self._session_had_data:  # it worked for a while: start the backoff over
+                    delay, failures = self.cfg.reconnect_min_s, 0
+                failures += 1
+                # Say it once loudly, then only now and then: an unplugged receiver must not flood the journal.
+                level = logging.WARNING if failures == 1 or failures % 100 == 0 else logging.DEBUG
+                log.log(level, "GNSS %s: %s; retrying in %.1f s (attempt %d)", self.where, exc, delay, failures)
+            if not endless or self._stop.wait(delay):
+                break
+            self.reconnects += 1
+            self._count("gnss_reconnects")
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+        self._emit(self.decoder.flush())
+
+    @property
+    def where(self) -> str:
+        return {"serial": self.cfg.port, "gpsd": f"gpsd {self.cfg.gpsd_host}:{self.cfg.gpsd_port}",
+                "stdin": "stdin", "file": self.cfg.file}[self.cfg.source]
+
+    def _serial_session(self) -> None:
+        import serial  # pyserial: only the serial source needs it
+
+        try:
+            # exclusive: a second program on the same port would steal half of every sentence.
+            port = serial.serial_for_url(self.cfg.port, self.cfg.baud, timeout=0.05, exclusive=True)
+        except (serial.SerialException, OSError) as exc:
+            raise _Lost(f"cannot open: {exc}") from None
+        log.info("GNSS %s open at %d baud", self.cfg.port, self.cfg.baud)
+        with port:
+            # Whatever is waiting, else block until the first byte: stamps then follow arrival within a few ms.
+            self._pump(lambda: port.read(min(max(1, port.in_waiting), 4096)))
+
+    def _stdin_session(self) -> None:
+        stream = sys.stdin.buffer
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # not a real file (an in-memory stream): reads never block for long
+            fd = None
+
+        def read() -> bytes | None:
+            if fd is not None and not select.select([fd], [], [], 0.05)[0]:
+                return None  # nothing yet: lets the loop close idle epochs and notice stop()
+            return stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+
+        self._pump(read, eof_ends=True)
+
+    def _pump(self, read: Callable[[], bytes | None], eof_ends: bool = False) -> None:
+        """Read until stopped (or EOF when EOF_ENDS); close epochs on idle lines. A port that raises, or stays
+        silent for `no_data_timeout_s`, raises _Lost. READ returns b"" or None when nothing came; with EOF_ENDS,
+        b"" is the end of the input and None a quiet moment."""
+        cfg = self.cfg
+        last_data = time.monotonic()
+        self._set_health("starting")
+        while not self._stop.is_set():
+            try:
+                data = read()
+            except OSError as exc:  # serial.SerialException is an OSError: unplugged
+                raise _Lost(str(exc)) from None
+            now = time.monotonic()
+            if data:
+                last_data = now
+                self._session_had_data = True
+                self._emit(self.decoder.feed(data, now - cfg.receiver_latency_s))
+                continue
+            if eof_ends and data is not None:
+                return
+            if now - last_data >= cfg.epoch_idle_s:
+                self._emit(self.decoder.close_epoch())
+            if not eof_ends and now - last_data >= cfg.no_data_timeout_s:
+                raise _Lost(f"no data for {cfg.no_data_timeout_s:.0f} s")
+
+    def _file_session(self) -> None:
+        decoder = NmeaDecoder(self.cfg, virtual_clock=True)
+        self.decoder = decoder
+        wall0 = virtual0 = None
+        for fix in fixes_from_file(self.cfg.file, self.cfg, decoder):
+            if self._stop.is_set():
+                return
+            if self.cfg.realtime:
+                if wall0 is None:
+                    wall0, virtual0 = time.monotonic(), fix.t_mono
+                if self._stop.wait(max(0.0, (fix.t_mono - virtual0) - (time.monotonic() - wall0))):
+                    return
+                fix = replace(fix, t_mono=time.monotonic())
+            self._emit([fix])
+
+    def _gpsd_session(self) -> None:
+        cfg = self.cfg
+        try:
+            sock = socket.create_connection((cfg.gpsd_host, cfg.gpsd_port), timeout=3)
+        except OSError as exc:
+            raise _Lost(f"cannot connect: {exc}") from None
+        with sock:
+            sock.sendall(b'?WATCH={"enable":true,"json":true};\n')
+            sock.settimeout(0.2)
+            buffer = b""
+            last_data = time.monotonic()
+            self._set_health("starting")
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise _Lost("gpsd closed the connection")
+                except TimeoutError:
+                    data = b""
+                now = time.monotonic()
+                if not data:
+                    if now - last_data >= cfg.no_data_timeout_s:
+                        raise _Lost(f"no data for {cfg.no_data_timeout_s:.0f} s")
+                    continue
+                last_data = now
+                self._session_had_data = True
+                *lines, buffer = (buffer + data).split(b"\n")
+                for line in lines:
+                    self._gpsd_line(line, now - cfg.receiver_latency_s)
+                if len(buffer) > 1 << 20:
+                    buffer = b""
+
+    def _gpsd_line(self, line: bytes, t_mono: float) -> None:
+        try:
+            report = json.loads(line)
+        except ValueError:
+            self._count("gpsd_bad_json")
+            return
+        fix = fix_from_tpv(report, t_mono) if isinstance(report, dict) else None
+        if fix is not None:
+            self._emit([fix])
+
+    # --- results
+
+    def _emit(self, fixes: list[Fix]) -> None:
+        for fix in fixes:
+            try:
+                pose = self.filter.update(fix)
+            except Exception:  # a filter bug must not take the receiver down with it
+                log.exception("position filter failed on %s", fix)
+                self._count("gnss_filter_errors")
+                pose = None
+            self.last_fix = fix
+            self._report(fix, pose)
+            if self.on_fix is not None:
+                try:
+                    self.on_fix(fix, pose)
+                except Exception:
+                    log.exception("GNSS on_fix callback failed")
+
+    def _report(self, fix: Fix, pose: Pose | None) -> None:
+        """The GNSS state on the health board. The `fix` field there is the pipeline's (the filtered pose at
+        each frame), so the reader leaves it alone."""
+        if self.health is None:
+            return
+        if fix.mode > 0 and not fix.estimated:
+            state = "ok"
+        elif pose is not None and pose.state == "stale":
+            state = "stale"
+        else:
+            state = "no_fix"
+        self.health.update(gnss=state)
+        self.health.count("gnss_epochs")
+        if fix.mode > 0:
+            self.health.count("gnss_fixes")
+
+    def _set_health(self, state: str) -> None:
+        if self.health is not None:
+            self.health.update(gnss=state)
+
+    def _count(self, name: str) -> None:
+        if self.health is not None:
+            self.health.count(name)

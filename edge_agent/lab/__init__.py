@@ -1,0 +1,5 @@
+"""Off the road: measuring and preparing. `evaluate` scores a model on labelled images, `quantize` makes an
+INT8 model, `drive_eval` and `gnss_eval` score a drive's placements and positions against truth, `sim`
+renders drives with known defects and positions.
+May import: any agent subsystem except runtime (the lab measures parts, the benches run the whole agent).
+"""

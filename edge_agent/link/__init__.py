@@ -1,0 +1,5 @@
+"""Store and forward: `outbox` keeps every event and coverage record in SQLite until the server acknowledges
+it, `disk_guard` keeps the disk from filling, `uplink` sends over MQTT 5 (`mqtt_tls` for its TLS settings),
+`heartbeat` publishes the device status, `broker_probe` checks a broker for the doctor.
+May import: edge_agent.config, edge_agent.health, roadmon_contract. Nothing else of the agent.
+"""

@@ -1,0 +1,85 @@
+"""The device's status: one dict built from the HealthBoard and the outbox, published retained on
+roadmon/v1/<id>/status (schema roadmon.status/1) and written to a small file for `edge-agent status`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.health import HealthBoard
+from edge_agent.link.outbox import Outbox, utc_now_iso
+
+log = logging.getLogger(__name__)
+
+HEALTH_KEYS = ("camera", "gnss", "detector", "outbox", "uplink")
+
+
+def build_status(state: str, device_id: str, outbox: Outbox | None, health: HealthBoard | None,
+                 broker: str | None = None) -> dict[str, Any]:
+    """A roadmon.status/1 message; STATE is online, offline or stopped, BROKER the uplink's own state."""
+    snap = health.snapshot() if health else {}
+    stats = outbox.stats() if outbox else {}
+    dropped: dict[str, int] = dict(stats.get("dropped", {}))
+    if snap.get("frames_dropped"):
+        dropped["frames"] = snap["frames_dropped"]
+    for name, n in snap.get("counters", {}).items():
+        if "drop" in name or "refused" in name:
+            dropped.setdefault(name, n)
+    return {
+        "state": state,
+        "device_id": device_id,
+        "sent_at": utc_now_iso(),
+        "queue_depth": stats.get("queue_depth"),
+        "oldest_pending_at": stats.get("oldest_pending_at"),
+        "oldest_pending_age_s": age_s(stats.get("oldest_pending_at")),
+        "last_confirmed_at": stats.get("last_confirmed_at"),
+        "fix": snap.get("fix"),
+        "fps": snap.get("fps"),
+        "inference_ms": snap.get("inference_ms"),
+        # Cumulative since start: the server's road_inference_latency_seconds_count{status="error"}.
+        "inference_errors": snap.get("counters", {}).get("detector_errors", 0),
+        "model": snap.get("model"),
+        "version": __version__,
+        "disk_free_mb": stats.get("disk_free_mb"),
+        "outbox_mb": stats.get("db_mb"),
+        "dropped": dropped,
+        "health": {k: snap.get(k) for k in HEALTH_KEYS if k in snap} | ({"broker": broker} if broker else {}),
+    }
+
+
+def age_s(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((datetime.now(UTC) - when).total_seconds(), 1)
+
+
+def write_status_file(path: Path, status: dict[str, Any]) -> None:
+    """Atomically replace PATH with STATUS as JSON (a reader never sees half a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(status, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk must not stop the uplink
+        log.warning("could not write the status file %s: %s", path, exc)
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
+
+
+def read_status_file(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

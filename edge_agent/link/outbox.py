@@ -1,0 +1,637 @@
+"""The outbox: every event and coverage record, on the box's disk, until the fleet server confirms it.
+
+SQLite in WAL mode (through sqlite-utils). A row moves pending -> sent (the broker's PUBACK) -> confirmed
+(the server's ack on roadmon/v1/<id>/ack). Rows are drained by priority (severity first), then age.
+Writes of new events use the configured synchronous mode (FULL by default: on disk when add_event returns);
+state changes always use NORMAL, since losing one to a power cut only means sending that row again and the
+server is idempotent on event_id.
+
+One connection guarded by a lock serves the pipeline (writes) and the uplink (drain, marks); other processes
+(the CLI) open their own connection, which WAL allows while the agent runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.health import HealthBoard
+from edge_agent.link.disk_guard import DiskGuard
+
+log = logging.getLogger(__name__)
+
+# Large optional fields kept apart from the row's payload, so the disk guard can drop them and keep the event.
+MEDIA_KEYS = ("thumbnail_jpeg_b64", "frame_jpeg_b64")
+KINDS = ("event", "coverage")
+STATES = ("pending", "sent", "confirmed")
+TABLE = {"event": "events", "coverage": "coverage"}
+ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def priority_of(severity: float) -> int:
+    """Severity 0..1 as an integer priority 1..101; coverage has priority 0, so every event goes first."""
+    return 1 + round(max(0.0, min(1.0, severity)) * 100)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One row due for sending: `kind` is 'event' or 'coverage', `body` the JSON bytes to publish."""
+
+    kind: str
+    id: str
+    body: bytes
+    attempts: int
+
+
+# ------------------------------------------------------------------------------------------ migrations
+def _v1(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            seq INTEGER,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'confirmed')),
+            priority INTEGER NOT NULL,
+            severity REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            confirmed_at TEXT,
+            due_at REAL NOT NULL DEFAULT 0,
+            payload TEXT NOT NULL,
+            media TEXT)"""
+    )
+    db.execute(
+        """CREATE TABLE coverage (
+            id INTEGER PRIMARY KEY,
+            coverage_id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'confirmed')),
+            priority INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            confirmed_at TEXT,
+            due_at REAL NOT NULL DEFAULT 0,
+            payload TEXT NOT NULL)"""
+    )
+    for table in ("events", "coverage"):
+        # The drain walks this partial index: only unconfirmed rows, already in send order; due_at in the index
+        # lets it skip the rows in flight without reading them.
+        # No index on state: every state change would move an entry in it, which costs more than the drain
+        # itself; stats() counts through the queue index instead.
+        db.execute(f"CREATE INDEX {table}_queue ON {table} (priority DESC, id, due_at) WHERE state != 'confirmed'")
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    # The server's ack may reject a message for good (it keeps it as a dead letter): the row is done, and
+    # carries the reason instead of being sent again forever.
+    for table in ("events", "coverage"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN rejected TEXT")
+
+
+# Append only: the outbox's schema version is the number of migrations applied (PRAGMA user_version).
+MIGRATIONS = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply the migrations this file has not seen yet, each in its own transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"outbox schema version {version} is newer than this agent knows ({SCHEMA_VERSION})")
+    for number in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[number](db)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        log.info("outbox schema migrated to version %d", number + 1)
+    return SCHEMA_VERSION
+
+
+# ------------------------------------------------------------------------------------- open and check
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+# Result codes that say the disk or the system is in trouble (full, I/O error, locked, no memory), not that
+# the file is damaged: such a queue is healthy and must never be moved aside.
+_TROUBLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY,
+            sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM}
+
+
+def disk_trouble(exc: BaseException) -> bool:
+    """Whether EXC is SQLite failing because of the disk or the system rather than the file's contents."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _TROUBLE
+
+
+def _quick_check(path: Path) -> str | None:
+    """None when PATH is a sound SQLite file (or absent), else what is wrong with it. Disk trouble (full,
+    I/O errors) is raised, not returned: it says nothing about the file."""
+    if not path.exists():
+        return None
+    try:
+        conn = _connect(path)
+        try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # no -shm file needed: works on a full disk
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if disk_trouble(exc):
+            raise
+        return str(exc)
+    verdict = "; ".join(str(r[0]) for r in rows)
+    return None if verdict == "ok" else verdict
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Rename a corrupt outbox (and its WAL/SHM) to <name>.corrupt-<UTC stamp> and return the new name."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{target}{suffix}"))
+    log.error("outbox %s is corrupt (%s); moved it aside to %s and started a new one", path, why, target)
+    return target
+
+
+class Outbox:
+    """The store-and-forward queue. Thread-safe; see the module docstring for the row life cycle."""
+
+    def __init__(self, path: Path | str, cfg: OutboxConfig | None = None, health: HealthBoard | None = None,
+                 *, agent: bool = True) -> None:
+        """AGENT: this process drains the queue, so check the file's integrity (moving a corrupt one aside) and
+        make rows an earlier process had in flight due again. Tools that look at a running agent's queue (the
+        CLI) pass False and change nothing behind its back."""
+        self.path = Path(path)
+        self.cfg = cfg or OutboxConfig()
+        self.health = health
+        self.changed = threading.Event()   # set on every new row; the uplink waits on it when idle
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.moved_aside: Path | None = None
+        # Rows handed out or confirmed while the disk refused to record it: kept in memory, so a full disk
+        # never stops the uplink (which is what frees space) and is written once the disk has room again.
+        self._held: dict[tuple[str, str], float] = {}
+        self._unsaved_confirmed: set[tuple[str, str]] = set()
+        self._stored_due_stale = False
+        self.exclusive = False
+        if agent:
+            self._check_integrity()
+        try:
+            self._open()
+        except sqlite3.OperationalError as exc:
+            if not disk_trouble(exc):
+                raise
+            # A full disk cannot hold the -shm file WAL readers need; in exclusive mode SQLite keeps that
+            # index in memory, so the queue can still be read and drained (other processes wait meanwhile).
+            log.error("outbox %s: %s; opened it in exclusive mode until the disk has room", self.path, exc)
+            self.conn.close()
+            self.exclusive = True
+            self._open()
+        if agent:
+            self._requeue_in_flight()
+            self._import_moved_aside()
+        self._set_sync(self.cfg.synchronous)
+        self._set_health("full" if self.exclusive else "ok")
+
+    def _check_integrity(self) -> None:
+        try:
+            problem = _quick_check(self.path)
+        except sqlite3.DatabaseError as exc:
+            log.error("outbox %s could not be checked (%s); keeping it: a full or failing disk is not corruption",
+                      self.path, exc)
+            return
+        if problem:
+            self.moved_aside = move_aside(self.path, problem)
+            self._count("outbox_corrupt_moved_aside")
+
+    def _open(self) -> None:
+        self.conn = _connect(self.path)
+        if self.exclusive:
+            self.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        self.db = sqlite_utils.Database(self.conn)
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # Must precede the first table: lets the disk guard hand freed pages back to the filesystem.
+            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        self.db.enable_wal()
+        # A larger WAL means fewer checkpoints (each one copies pages back and fsyncs) while draining.
+        self.conn.execute("PRAGMA wal_autocheckpoint = 4000")
+        self.conn.execute("PRAGMA journal_size_limit = 16777216")
+        self.conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the drain's index walks stay in memory
+        self._set_sync(self.cfg.synchronous)
+        migrate(self.db)
+        self.guard = DiskGuard(self.conn, self.path, self.cfg)
+        self._writes = 0
+        self._tight = False
+        self.dropped: dict[str, int] = self._load_counters()
+        self._seq = self._load_seq()
+
+    # ------------------------------------------------------------------------------------------ writes
+    def next_seq(self) -> int:
+        """The next per-device sequence number. It is stored with the event that uses it, so a number taken
+        by an event that never reached the outbox is reused after a restart rather than leaving a gap."""
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def add_event(self, event: dict[str, Any]) -> bool:
+        """Store EVENT durably. False when the disk guard refused it (counted); ValueError for bad input.
+        Adding an event_id that is already stored is a no-op that returns True."""
+        event_id, severity, payload, media = _split_event(event)
+        low = severity < self.cfg.low_severity
+        with self._lock:
+            if not self._room_for(low, "events_refused_low_severity"):
+                return False
+            seq = event.get("seq")
+            try:
+                with self._transaction(self.cfg.synchronous):
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO events (event_id, seq, priority, severity, created_at, payload, media)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (event_id, seq, priority_of(severity), severity, utc_now_iso(), payload, media),
+                    )
+                    if isinstance(seq, int):
+                        self.conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT (key) DO UPDATE"
+                            " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                            (str(seq),),
+                        )
+                        self._seq = max(self._seq, seq)
+            except sqlite3.OperationalError as exc:
+                return self._write_failed(exc, "events_refused_disk_full")
+        self.changed.set()
+        return True
+
+    def add_coverage(self, record: dict[str, Any]) -> bool:
+        """Store a coverage record (a driven stretch). Coverage gives way like a low-severity event."""
+        if not isinstance(record, dict) or not isinstance(record.get("coverage_id"), str):
+            raise ValueError("coverage record must be a JSON object with a string 'coverage_id'")
+        payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        with self._lock:
+            if not self._room_for(True, "coverage_refused"):
+                return False
+            try:
+                with self._transaction(self.cfg.synchronous):
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO coverage (coverage_id, created_at, payload) VALUES (?, ?, ?)",
+                        (record["coverage_id"], utc_now_iso(), payload),
+                    )
+            except sqlite3.OperationalError as exc:
+                return self._write_failed(exc, "coverage_refused_disk_full")
+        self.changed.set()
+        return True
+
+    # ------------------------------------------------------------------------------------------- drain
+    def due(self, limit: int, resend_after_s: float, exclude: Iterable[tuple[str, str]] = ()) -> list[Message]:
+        """Up to LIMIT unconfirmed rows that are due (never sent, or sent longer than RESEND_AFTER_S ago),
+        events by priority then age, then coverage. Each returned row counts one attempt and is not due again
+        for RESEND_AFTER_S."""
+        now = time.monotonic()
+        with self._lock:
+            self._held = {k: until for k, until in self._held.items() if until > now}
+            skip = set(exclude) | set(self._held) | self._unsaved_confirmed
+            picked: dict[str, list[tuple]] = {}
+            for kind in KINDS:
+                want = limit - sum(len(p) for p in picked.values())
+                if want <= 0:
+                    break
+                table, media = TABLE[kind], ("media" if kind == "event" else "NULL")
+                rows = self.conn.execute(
+                    f"SELECT id, {ID_COLUMN[kind]}, payload, {media}, attempts FROM {table}"
+                    f" WHERE state != 'confirmed' AND (due_at <= ? OR ?) ORDER BY priority DESC, id LIMIT ?",
+                    (now, self._stored_due_stale, want + len(skip)),
+                ).fetchall()
+                picked[kind] = [r for r in rows if (kind, r[1]) not in skip][:want]
+            try:
+                with self._transaction("NORMAL"):
+                    for kind, rows in picked.items():
+                        self.conn.executemany(
+                            f"UPDATE {TABLE[kind]} SET attempts = attempts + 1, due_at = ? WHERE id = ?",
+                            [(now + resend_after_s, r[0]) for r in rows])
+            except sqlite3.OperationalError as exc:
+                if not disk_trouble(exc):
+                    raise
+                # Sending frees space (confirmed rows can go): hand the rows out anyway, remembered here.
+                log.warning("outbox: could not record %d rows as sent (%s); tracking them in memory",
+                            sum(len(r) for r in picked.values()), exc)
+                self._held.update({(kind, r[1]): now + resend_after_s for kind, rows in picked.items() for r in rows})
+        return [Message(kind, r[1], _body(r[2], r[3]), r[4] + 1) for kind, rows in picked.items() for r in rows]
+
+    def mark_sent(self, items: Iterable[tuple[str, str]]) -> int:
+        """The broker acknowledged these (kind, id) rows; returns how many moved pending -> sent."""
+        return self._mark(items, "sent", "state = 'pending'")
+
+    def mark_confirmed(self, items: Iterable[tuple[str, str]]) -> int:
+        """The server committed these (kind, id) rows; returns how many became confirmed (each only once)."""
+        return self._mark(items, "confirmed", "state != 'confirmed'")
+
+    def mark_rejected(self, items: Iterable[tuple[str, str]]) -> int:
+        """The server refused these (id, reason) for good and keeps them as dead letters: the rows are done
+        (state confirmed, the reason in `rejected`) and counted as `rejected_by_server`. Returns how many."""
+        now = utc_now_iso()
+        n = 0
+        with self._lock:
+            with self._transaction("NORMAL"):
+                for item_id, reason in items:
+                    for kind, table in TABLE.items():
+                        n += self.conn.execute(
+                            f"UPDATE {table} SET state = 'confirmed', confirmed_at = ?, rejected = ?"
+                            f" WHERE {ID_COLUMN[kind]} = ? AND state != 'confirmed'",
+                            (now, str(reason)[:500], item_id)).rowcount
+            for _ in range(n):
+                self._drop("rejected_by_server")
+        return n
+
+    def retry(self) -> int:
+        """Make every unconfirmed row due now (e.g. after fixing the broker); returns how many."""
+        with self._lock, self._transaction("NORMAL"):
+            n = sum(self.conn.execute(f"UPDATE {t} SET due_at = 0 WHERE state != 'confirmed'").rowcount
+                    for t in TABLE.values())
+        self.changed.set()
+        return n
+
+    def purge_confirmed(self) -> int:
+        """Delete every confirmed row (they are on the server); returns how many."""
+        with self._lock:
+            with self._transaction("NORMAL"):
+                n = sum(self.conn.execute(f"DELETE FROM {t} WHERE state = 'confirmed'").rowcount
+                        for t in TABLE.values())
+            self.conn.execute("PRAGMA incremental_vacuum")
+        return n
+
+    # ------------------------------------------------------------------------------------------- reads
+    def stats(self) -> dict[str, Any]:
+        """Queue depth by state, oldest pending, last confirmed, disk use and drop counters."""
+        with self._lock:
+            counts = {}
+            oldest = []
+            for kind, table in TABLE.items():
+                by_state = dict(self.conn.execute(
+                    f"SELECT state, COUNT(*) FROM {table} WHERE state != 'confirmed' GROUP BY state").fetchall())
+                total = self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                by_state["confirmed"] = total - sum(by_state.values())
+                counts[kind] = {s: by_state.get(s, 0) for s in STATES}
+                oldest.append(self.conn.execute(
+                    f"SELECT created_at FROM {table} WHERE id = "
+                    f"(SELECT MIN(id) FROM {table} INDEXED BY {table}_queue WHERE state != 'confirmed')").fetchone())
+            meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            use = self.guard.measure()
+            dropped = dict(self.dropped)
+        unconfirmed = sum(c["pending"] + c["sent"] for c in counts.values())
+        return {
+            "queue_depth": unconfirmed,
+            "events": counts["event"],
+            "coverage": counts["coverage"],
+            "oldest_pending_at": min((r[0] for r in oldest if r), default=None),
+            "last_confirmed_at": meta.get("last_confirmed_at"),
+            "last_seq": self._seq,
+            "db_mb": use.used_mb,
+            "disk_free_mb": use.free_mb,
+            "budget_mb": self.cfg.budget_mb,
+            "disk_tight": use.tight,
+            "dropped": dropped,
+            "schema_version": SCHEMA_VERSION,
+            "path": str(self.path),
+        }
+
+    def rows(self, kind: str = "event", state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Rows for display (without their payload), in send order."""
+        table = TABLE[kind]
+        cols = (f"{ID_COLUMN[kind]} AS id, state, priority, attempts, created_at, sent_at, confirmed_at, rejected"
+                + (", seq, severity, media IS NOT NULL AS has_thumbnail" if kind == "event" else ""))
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        with self._lock:
+            cur = self.conn.execute(
+                f"SELECT {cols} FROM {table} {where} ORDER BY state = 'confirmed', priority DESC, id LIMIT ?",
+                (*args, limit))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def iter_events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(state, event payload without media) for every stored event, oldest first."""
+        with self._lock:
+            rows = self.conn.execute("SELECT state, payload FROM events ORDER BY id").fetchall()
+        for state, payload in rows:
+            yield state, json.loads(payload)
+
+    def states(self, kind: str = "event") -> dict[str, str]:
+        """id -> state for every row of KIND (tests and tools)."""
+        with self._lock:
+            return dict(self.conn.execute(f"SELECT {ID_COLUMN[kind]}, state FROM {TABLE[kind]}").fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA optimize")
+            self.conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def _transaction(self, sync: str) -> Iterator[None]:
+        if sync != self._sync:
+            self._set_sync(sync)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:  # SQLITE_FULL and friends have already rolled back
+                self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def _set_sync(self, sync: str) -> None:
+        self.conn.execute(f"PRAGMA synchronous = {sync}")
+        self._sync = sync
+
+    def _mark(self, items: Iterable[tuple[str, str]], state: str, allowed: str) -> int:
+        by_kind: dict[str, list[str]] = {k: [] for k in KINDS}
+        for kind, item_id in items:
+            by_kind[kind].append(item_id)
+        if not any(by_kind.values()):
+            return 0
+        now = utc_now_iso()
+        column = "sent_at" if state == "sent" else "confirmed_at"
+        n = 0
+        keys = {(kind, i) for kind, ids in by_kind.items() for i in ids}
+        with self._lock:
+            try:
+                with self._transaction("NORMAL"):
+                    for kind, ids in by_kind.items():
+                        if ids:
+                            cur = self.conn.executemany(
+                                f"UPDATE {TABLE[kind]} SET state = ?, {column} = ? WHERE {ID_COLUMN[kind]} = ?"
+                                f" AND {allowed}", [(state, now, i) for i in ids])
+                            n += cur.rowcount
+                    if state == "confirmed" and n:
+                        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_confirmed_at', ?)",
+                                          (now,))
+            except sqlite3.OperationalError as exc:
+                if state == "confirmed" and disk_trouble(exc):
+                    self._unsaved_confirmed |= keys  # not sent again meanwhile; the caller retries the write
+                raise
+            if state == "confirmed":
+                self._unsaved_confirmed -= keys
+        return n
+
+    def _room_for(self, low_severity: bool, counter: str) -> bool:
+        """Run the disk guard when due; False when a low-severity row must be refused."""
+        self._writes += 1
+        if not self._tight and self._writes % self.cfg.guard_every:
+            return True
+        use = self.guard.measure()
+        if use.tight:
+            self.guard.make_room()
+            use = self.guard.measure()
+        self._tight = use.tight
+        self._set_health("full" if use.tight else "ok")
+        if use.tight and low_severity:
+            self._drop(counter)
+            return False
+        return True
+
+    def _write_failed(self, exc: sqlite3.OperationalError, counter: str) -> bool:
+        if not disk_trouble(exc):
+            raise exc
+        log.error("outbox write failed, the disk is full: %s", exc)
+        self._tight = True
+        self._set_health("full")
+        self._drop(counter)
+        return False
+
+    def _drop(self, counter: str) -> None:
+        self.dropped[counter] = self.dropped.get(counter, 0) + 1
+        self._count(counter)
+        # Best effort: a full disk may refuse even this small update; the in-memory counter still counts.
+        with contextlib.suppress(sqlite3.Error), self._transaction("NORMAL"):
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (f"dropped.{counter}", str(self.dropped[counter])))
+
+    def _load_counters(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'dropped.%'").fetchall()
+        return {k.removeprefix("dropped."): int(v) for k, v in rows}
+
+    def _load_seq(self) -> int:
+        stored = self.conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        in_rows = self.conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        return max(int(stored[0]) if stored else 0, in_rows or 0)
+
+    def _requeue_in_flight(self) -> None:
+        # A new process has nothing in flight: whatever an earlier one had published is due again now.
+        try:
+            with self._transaction("NORMAL"):
+                for table in TABLE.values():
+                    self.conn.execute(f"UPDATE {table} SET due_at = 0 WHERE state != 'confirmed' AND due_at != 0")
+        except sqlite3.OperationalError as exc:
+            if not disk_trouble(exc):
+                raise
+            log.warning("outbox: could not make earlier in-flight rows due (%s); ignoring their stored times", exc)
+            self._stored_due_stale = True  # their due_at is another process's monotonic clock
+
+    def _import_moved_aside(self) -> None:
+        """Take back the unconfirmed rows of queues an earlier run moved aside although they are sound (older
+        agents moved a queue aside on a full disk), then rename them *.imported-<stamp>."""
+        for old in sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*")):
+            if old.name.endswith(("-wal", "-shm")):
+                continue
+            try:
+                if _quick_check(old) is not None:
+                    continue  # really damaged: left for a person to look at
+                n = self._import_rows(old)
+            except sqlite3.DatabaseError as exc:
+                log.warning("outbox: could not re-import %s (%s); trying again at the next start", old, exc)
+                continue
+            target = old.with_name(old.name.replace(".corrupt-", ".imported-"))
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{old}{suffix}")
+                if src.exists():
+                    src.rename(Path(f"{target}{suffix}"))
+            log.warning("outbox: re-imported %d unconfirmed rows from %s (sound, moved aside by an earlier run)",
+                        n, old)
+            self._count("outbox_reimported")
+
+    def _import_rows(self, old: Path) -> int:
+        # Columns of the first schema version, so any older sound file can be read.
+        events = ("event_id, seq, state, priority, severity, attempts, created_at, sent_at, confirmed_at, payload, "
+                  "media")
+        coverage = "coverage_id, state, priority, attempts, created_at, sent_at, confirmed_at, payload"
+        n = 0
+        self.conn.execute("ATTACH DATABASE ? AS moved", (str(old),))
+        try:
+            with self._transaction("NORMAL"):
+                for table, cols in (("events", events), ("coverage", coverage)):
+                    n += self.conn.execute(f"INSERT OR IGNORE INTO main.{table} ({cols}) SELECT {cols} "
+                                           f"FROM moved.{table} WHERE state != 'confirmed'").rowcount
+        finally:
+            self.conn.execute("DETACH DATABASE moved")
+        self._seq = self._load_seq()
+        self.changed.set()
+        return n
+
+    def _set_health(self, state: str) -> None:
+        if self.health is not None:
+            self.health.update(outbox=state)
+
+    def _count(self, name: str) -> None:
+        if self.health is not None:
+            self.health.count(name)
+
+
+def _split_event(event: dict[str, Any]) -> tuple[str, float, str, str | None]:
+    """(event_id, severity, payload JSON without media, media JSON or None); ValueError on bad input."""
+    if not isinstance(event, dict):
+        raise ValueError(f"an event must be a JSON object, not {type(event).__name__}")
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        raise ValueError("an event needs a string 'event_id'")
+    severity = event.get("severity", 0.0)
+    if not isinstance(severity, int | float) or isinstance(severity, bool):
+        raise ValueError(f"event {event_id}: 'severity' must be a number, not {severity!r}")
+    media = {k: event[k] for k in MEDIA_KEYS if k in event}
+    rest = {k: v for k, v in event.items() if k not in MEDIA_KEYS}
+    try:
+        payload = json.dumps(rest, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        media_json = json.dumps(media, separators=(",", ":")) if media else None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"event {event_id} is not JSON-serialisable: {exc}") from None
+    return event_id, float(severity), payload, media_json
+
+
+def _body(payload: str, media: str | None) -> bytes:
+    # Splice the media object's members into the payload object without parsing either.
+    if media:
+        return (payload[:-1] + "," + media[1:]).encode()
+    return payload.encode()

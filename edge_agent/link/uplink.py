@@ -1,0 +1,482 @@
+"""The uplink: drains the outbox to the broker and marks rows confirmed only when the SERVER says so.
+
+One thread owns the paho client (MQTT 5, callback API v2) and does everything in turn: network I/O, reading
+due rows from the outbox, publishing them, applying PUBACKs (-> sent) and server acks (-> confirmed), the
+retained heartbeat and command results. Keeping it on one thread means no locks around paho's callbacks and
+no hidden reconnect logic: connecting is a tenacity loop (exponential backoff with jitter, capped), and a
+broker that refuses the login (bad credentials, not authorised) is asked again only after `auth_retry_s`.
+
+At most `window` rows are out at once (sent, not yet confirmed). A row the server has not confirmed within
+`ack_timeout_s` becomes due again and is sent again; the server is idempotent on event_id, so a broker that
+drops messages (max_queued_messages, a crash without persistence) costs time, never data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import sqlite3
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from tenacity import RetryError, Retrying, retry_if_exception_type, wait_random_exponential
+
+from edge_agent import __version__
+from edge_agent.config.uplink import UplinkConfig
+from edge_agent.health import HealthBoard
+from edge_agent.link.heartbeat import build_status, write_status_file
+from edge_agent.link.mqtt_tls import CredentialError, apply_login
+from edge_agent.link.outbox import Outbox
+from roadmon_contract import topics
+
+log = logging.getLogger(__name__)
+
+BAD_CREDENTIALS = 134   # MQTT 5 reason codes
+NOT_AUTHORISED = 135
+EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overdue
+# State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
+# many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
+WRITE_EVERY_S = 0.1
+SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
+
+CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ConnectFailed(Exception):
+    """The broker could not be reached or did not answer; retried with backoff."""
+
+
+class LoginRefused(Exception):
+    """The broker refused this device (state is 'bad_credentials' or 'not_authorised'); retried slowly."""
+
+    def __init__(self, state: str, detail: str) -> None:
+        super().__init__(detail)
+        self.state = state
+
+
+class Uplink:
+    """Drains OUTBOX to the broker for DEVICE_ID. start() / stop(); on_command(name, handler)."""
+
+    def __init__(self, cfg: UplinkConfig, device_id: str, outbox: Outbox, health: HealthBoard | None = None,
+                 *, status_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.outbox = outbox
+        self.health = health
+        self.status_path = status_path or outbox.path.parent / cfg.status_file
+        self.state = "stopped"
+        self.last_error: str | None = None
+        self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
+                         "bad_acks": 0, "connects": 0, "refused_logins": 0, "rejected": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[str, CommandHandler] = {}
+        self._workers: ThreadPoolExecutor | None = None   # command handlers run here, from start() to stop()
+        self._results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        # Filled by paho callbacks, which run on the uplink thread inside client.loop().
+        self._mids: dict[int, tuple[str, str]] = {}
+        self._outstanding: dict[tuple[str, str], float] = {}
+        self._acked: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of PUBACKs not yet written
+        self._next_write = 0.0
+        self._confirmed: list[tuple[str, str]] = []
+        self._rejected: list[tuple[str, str]] = []   # (id, reason) the server will never accept
+        self._connack: ReasonCode | None = None
+        self._connected = False
+        self._refused: LoginRefused | None = None
+        self._client: mqtt.Client | None = None
+
+    # ------------------------------------------------------------------------------------------ public
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="uplink-cmd")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """Publish 'stopped', disconnect cleanly and end the thread."""
+        self._stop.set()
+        self.outbox.changed.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self._workers is not None:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers = None
+
+    def on_command(self, name: str, handler: CommandHandler) -> None:
+        """Call HANDLER(payload) in a worker thread for each message on roadmon/v1/<id>/cmd/<NAME>; the dict it
+        returns is published on .../cmd/<NAME>/result."""
+        if not name or "/" in name or "+" in name or "#" in name:
+            raise ValueError(f"invalid command name {name!r}")
+        self._handlers[name] = handler
+
+    def _user(self) -> str:
+        return self.cfg.username or self.device_id
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "last_error": self.last_error, "outstanding": len(self._outstanding),
+                **self.counters}
+
+    # -------------------------------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        self._set_state("connecting")
+        while not self._stop.is_set():
+            try:
+                client = self._connect()
+            except LoginRefused as exc:
+                self._set_state(exc.state, str(exc))
+                self._stop.wait(self.cfg.auth_retry_s * random.uniform(1.0, 1.2))
+                continue
+            except (ConnectFailed, RetryError):
+                continue  # only when stopping: tenacity gives up then
+            except Exception as exc:  # a bug must not end the uplink; the outbox keeps everything
+                log.exception("uplink: unexpected error while connecting")
+                self._set_state("offline", f"unexpected error: {exc}")
+                self._client = None
+                self._stop.wait(self.cfg.backoff_max_s)
+                continue
+            try:
+                self._serve(client)
+            except LoginRefused as exc:
+                self._set_state(exc.state, str(exc))
+                client.disconnect()
+                self._stop.wait(self.cfg.auth_retry_s * random.uniform(1.0, 1.2))
+            except Exception:  # a bug must not end the uplink; the outbox keeps everything
+                log.exception("uplink: unexpected error; reconnecting")
+                self._drop_connection(client)
+                self._stop.wait(self.cfg.backoff_initial_s)
+        self._farewell()
+        self._set_state("stopped")
+
+    def _connect(self) -> mqtt.Client:
+        retrying = Retrying(
+            wait=wait_random_exponential(multiplier=self.cfg.backoff_initial_s, max=self.cfg.backoff_max_s),
+            retry=retry_if_exception_type(ConnectFailed),
+            stop=lambda _state: self._stop.is_set(),
+            sleep=self._stop.wait,
+            before_sleep=lambda rs: log.info("uplink: %s; retrying in %.1f s", rs.outcome.exception(),
+                                             rs.next_action.sleep if rs.next_action else 0),
+            reraise=True,
+        )
+        return retrying(self._connect_once)
+
+    def _connect_once(self) -> mqtt.Client:
+        client = self._client or self._make_client()
+        if client is None:
+            raise LoginRefused("bad_credentials", self.last_error or "credentials unavailable")
+        # No state change here: a box that is offline or refused stays so until a connection succeeds, so the
+        # status (and the log) does not flap on every retry.
+        self._connack, self._connected = None, False
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        try:
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=False,
+                           properties=props)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._set_state("offline", f"{self.cfg.host}:{self.cfg.port}: {exc}")
+            raise ConnectFailed(f"cannot reach {self.cfg.host}:{self.cfg.port}: {exc}") from None
+        deadline = time.monotonic() + self.cfg.connect_timeout_s
+        while self._connack is None and time.monotonic() < deadline and not self._stop.is_set():
+            if client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connack is None:
+                break
+        code = self._connack
+        if code is None:
+            self._drop_connection(client)
+            self._set_state("offline", "no CONNACK from the broker")
+            raise ConnectFailed("no CONNACK from the broker")
+        if code.is_failure:
+            self._drop_connection(client)
+            if code.value in (BAD_CREDENTIALS, NOT_AUTHORISED):
+                self._client = None  # read the credential files again next time: the technician may fix them
+                # Mosquitto answers a wrong password with 135 (not authorised): at CONNECT both mean the login.
+                self.counters["refused_logins"] += 1
+                raise LoginRefused("bad_credentials", f"broker refused the login of {self._user()!r}: {code}; "
+                                                      f"check the device id and the password file")
+            self._set_state("offline", f"broker refused the connection: {code}")
+            raise ConnectFailed(f"broker refused the connection: {code}")
+        return client
+
+    def _make_client(self) -> mqtt.Client | None:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5)
+        try:
+            apply_login(client, self.cfg, self.device_id)
+        except CredentialError as exc:
+            self.last_error = str(exc)
+            log.error("uplink: %s", exc)
+            return None
+        # Our window bounds what is in flight; paho's own limit rescans every queued message on each PUBACK
+        # (quadratic in the window), so it is switched off.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        will = {"state": "offline", "device_id": self.device_id, "version": __version__}
+        client.will_set(topics.status(self.device_id), json.dumps(will), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+        return client
+
+    def _serve(self, client: mqtt.Client) -> None:
+        """Drain, confirm and beat while the connection lasts."""
+        self.counters["connects"] += 1
+        sub_opts = SubscribeOptions(qos=1, noLocal=True)
+        client.subscribe([(topics.ack(self.device_id), sub_opts),
+                          (topics.cmd(self.device_id, "+"), sub_opts)])
+        self._set_state("connected")
+        self._publish_status(client, "online")
+        next_beat = time.monotonic() + self.cfg.heartbeat_s
+        next_expiry = time.monotonic() + EXPIRE_EVERY_S
+        more = True
+        while self._connected and not self._stop.is_set():
+            busy = more and self._room() >= min(self.cfg.batch, max(1, self.cfg.window // 4))
+            if client.loop(0.0 if busy else 0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if self._refused is not None:
+                refused, self._refused = self._refused, None
+                raise refused
+            now = time.monotonic()
+            if now >= self._next_write or len(self._confirmed) >= self.cfg.window // 2:
+                self._apply_marks()
+                self._next_write = now + WRITE_EVERY_S
+            if now >= next_expiry:
+                self._expire(now)
+                next_expiry = now + EXPIRE_EVERY_S
+                more = True
+            if self.outbox.changed.is_set():
+                self.outbox.changed.clear()
+                more = True
+            if more and self._room() >= min(self.cfg.batch, max(1, self.cfg.window // 4)):
+                more = self._publish_due(client)
+            self._publish_results(client)
+            if now >= next_beat:
+                self._publish_status(client, "online")
+                next_beat = now + self.cfg.heartbeat_s
+        if not self._stop.is_set():
+            self._set_state("offline", self.last_error or "connection lost")
+
+    def _room(self) -> int:
+        return self.cfg.window - len(self._outstanding)
+
+    def _publish_due(self, client: mqtt.Client) -> bool:
+        """Send up to one batch of due rows; True when the outbox may have more."""
+        room = min(self.cfg.batch, self._room())
+        try:
+            messages = self.outbox.due(room, self.cfg.ack_timeout_s)
+        except sqlite3.OperationalError as exc:  # disk full or locked: the next expiry tick tries again
+            log.warning("uplink: could not read the outbox: %s", exc)
+            return False
+        deadline = time.monotonic() + self.cfg.ack_timeout_s
+        topic = {"event": topics.event(self.device_id), "coverage": topics.coverage(self.device_id)}
+        for msg in messages:
+            info = client.publish(topic[msg.kind], msg.body, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.info("uplink: publish failed (%s); will resend", mqtt.error_string(info.rc))
+                break
+            key = (msg.kind, msg.id)
+            self._mids[info.mid] = key
+            self._outstanding[key] = deadline
+            self.counters["published"] += 1
+            if msg.attempts > 1:
+                self.counters["resent"] += 1
+        return len(messages) == room
+
+    def _apply_marks(self, final: bool = False) -> None:
+        """Write server acks (-> confirmed) and PUBACKs (-> sent). A PUBACK is written only when its row is
+        still unconfirmed SENT_AFTER_S later: usually the server's ack comes first and 'sent' is never stored,
+        which halves the drain's writes. (Losing a 'sent' costs nothing: such a row is sent again.)"""
+        if self._rejected:
+            rejected, self._rejected = self._rejected, []
+            try:
+                self.counters["rejected"] += self.outbox.mark_rejected(rejected)
+            except sqlite3.OperationalError as exc:
+                log.warning("uplink: could not store %d rejections (%s); retrying", len(rejected), exc)
+                self._rejected[:0] = rejected
+        confirmed, self._confirmed = self._confirmed, []
+        if confirmed:
+            try:
+                self.counters["confirmed"] += self.outbox.mark_confirmed(confirmed)
+            except sqlite3.OperationalError as exc:  # disk full, or locked too long: keep them and try again
+                log.warning("uplink: could not store %d confirmations (%s); retrying", len(confirmed), exc)
+                self._confirmed[:0] = confirmed
+                return
+        cutoff = float("inf") if final else time.monotonic() - SENT_AFTER_S
+        sent = []
+        while self._acked and self._acked[0][0] <= cutoff:
+            key = self._acked.popleft()[1]
+            if key in self._outstanding:
+                sent.append(key)
+        if sent:
+            try:
+                self.counters["sent"] += self.outbox.mark_sent(sent)
+            except sqlite3.OperationalError as exc:  # 'sent' is only informative; a confirmation follows
+                log.warning("uplink: could not store %d PUBACKs: %s", len(sent), exc)
+
+    def _expire(self, now: float) -> None:
+        overdue = [key for key, deadline in self._outstanding.items() if deadline <= now]
+        for key in overdue:
+            del self._outstanding[key]
+        if overdue:
+            log.info("uplink: %d rows unconfirmed after %.0f s; sending them again", len(overdue),
+                     self.cfg.ack_timeout_s)
+        if len(self._mids) > 4 * self.cfg.window:  # PUBACKs that never came (a dead connection's messages)
+            live = set(self._outstanding)
+            self._mids = {mid: key for mid, key in self._mids.items() if key in live}
+
+    def _publish_status(self, client: mqtt.Client, state: str) -> dict[str, Any]:
+        status = build_status(state, self.device_id, self.outbox, self.health, broker=self.state)
+        client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
+        write_status_file(self.status_path, status | {"uplink": self.snapshot()})
+        return status
+
+    def _publish_results(self, client: mqtt.Client) -> None:
+        while True:
+            try:
+                name, result = self._results.get_nowait()
+            except queue.Empty:
+                return
+            client.publish(topics.cmd_result(self.device_id, name), json.dumps(result, default=str), qos=1)
+
+    def _farewell(self) -> None:
+        client = self._client
+        if client is None or not self._connected:
+            return
+        try:
+            self._publish_results(client)
+            status = build_status("stopped", self.device_id, self.outbox, self.health, broker="stopped")
+            info = client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
+            deadline = time.monotonic() + 2
+            while not info.is_published() and time.monotonic() < deadline and self._connected:
+                client.loop(0.05)
+            self._apply_marks(final=True)
+            client.disconnect()
+            client.loop(0.1)
+        except Exception:  # stopping must always finish
+            log.exception("uplink: error while saying goodbye")
+
+    def _drop_connection(self, client: mqtt.Client) -> None:
+        self._connected = False
+        try:
+            client.disconnect()
+            client.loop(0.01)
+        except Exception:  # already gone
+            log.debug("uplink: disconnect of a dead connection failed", exc_info=True)
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        changed = state != self.state
+        self.state = state
+        if error is not None:
+            self.last_error = error
+        if self.health is not None:
+            self.health.update(uplink=state)
+        if changed:
+            log.log(logging.WARNING if state in ("bad_credentials", "not_authorised") else logging.INFO,
+                    "uplink: %s%s", state, f" ({error})" if error and state != "connected" else "")
+            status = build_status("online" if state == "connected" else "offline", self.device_id, self.outbox,
+                                  self.health, broker=state)
+            write_status_file(self.status_path, status | {"uplink": self.snapshot()})
+
+    # ------------------------------------------------------------------------------- paho callbacks
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
+                    properties: Any) -> None:
+        self._connack = reason_code
+        self._connected = not reason_code.is_failure
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
+                       properties: Any) -> None:
+        self._connected = False
+        if reason_code.is_failure:
+            self.last_error = f"disconnected: {reason_code}"
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Any) -> None:
+        key = self._mids.pop(mid, None)
+        if key is None:
+            return
+        if reason_code.is_failure:
+            # The broker refused this message (ACL): the row stays pending; stop and ask again slowly.
+            self.counters["publish_refused"] += 1
+            self._refused = LoginRefused("not_authorised",
+                                         f"broker refused a publish on the {key[0]} topic of {self.device_id!r}: "
+                                         f"{reason_code}; the broker's ACL does not let this login write there")
+            return
+        self._acked.append((time.monotonic(), key))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Any) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            # Without the ack topic nothing can ever be confirmed: treat it as a refusal. (Mosquitto grants
+            # any subscription and filters on delivery instead, so there a refused publish is what shows it.)
+            self._refused = LoginRefused("not_authorised", "broker refused the subscription to the ack topic")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        kind, device, command = topics.parse(msg.topic)
+        if device != self.device_id:
+            return
+        if kind == "ack":
+            self._on_ack(msg.payload)
+        elif kind == "cmd" and command:
+            self._on_cmd(command, msg.payload)
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = json.loads(payload)
+            items = [("event", str(i)) for i in ack.get("event_ids", [])]
+            items += [("coverage", str(i)) for i in ack.get("coverage_ids", [])]
+            rejected = [(str(r["id"]), str(r.get("reason", ""))) for r in ack.get("rejected", [])]
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:
+            self.counters["bad_acks"] += 1
+            log.warning("uplink: ignoring an ack that is not {event_ids, coverage_ids, rejected}: %s", exc)
+            return
+        self._confirmed.extend(items)
+        if rejected:
+            self._rejected.extend(rejected)
+            for item_id, reason in rejected:
+                log.warning("uplink: the server rejected %s for good: %s", item_id, reason)
+                items += [("event", item_id), ("coverage", item_id)]
+        for key in items:  # the window opens at once; the rows are marked in the next write (<= WRITE_EVERY_S)
+            self._outstanding.pop(key, None)
+
+    def _on_cmd(self, name: str, payload: bytes) -> None:
+        handler = self._handlers.get(name)
+        if handler is None:
+            self._results.put((name, {"ok": False, "error": f"unknown command {name!r}"}))
+            return
+        try:
+            args = json.loads(payload or b"{}")
+            if not isinstance(args, dict):
+                raise ValueError("the payload must be a JSON object")
+        except ValueError as exc:
+            self._results.put((name, {"ok": False, "error": f"bad payload: {exc}"}))
+            return
+        workers = self._workers
+        if workers is None:
+            return  # stopping: no result is sent, so the server sees the command unanswered and may repeat it
+        future = workers.submit(handler, args)
+        future.add_done_callback(lambda f: self._results.put((name, _result_of(name, f))))
+
+
+def _result_of(name: str, future: Future) -> dict[str, Any]:
+    try:
+        result = future.result()
+    except Exception as exc:
+        log.exception("command %s failed", name)
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return result if isinstance(result, dict) else {"ok": True, "result": result}

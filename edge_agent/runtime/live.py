@@ -1,0 +1,126 @@
+"""`edge-agent run`: camera + GNSS + detector + outbox (+ uplink) in one process, under systemd.
+
+READY=1 goes to systemd once the camera delivered a frame (or startup_wait_s passed), the GNSS reader runs, the
+model is loaded and the outbox is open. The main loop pings the watchdog only while frames arrive, inference
+works and the outbox accepts writes, so a wedged camera or a full disk gets the agent restarted by systemd
+rather than running blind. SIGTERM/SIGINT end the loop; open tracks become events before the agent exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from edge_agent.camera.capture import FrameSource
+from edge_agent.config import AgentConfig
+from edge_agent.health import HealthBoard
+from edge_agent.runtime import sdnotify
+from edge_agent.runtime.assemble import Agent, build_agent
+from edge_agent.runtime.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+STARTUP_WAIT_S = 30.0    # longest wait for the first frame before READY is sent anyway (health says why)
+STATUS_EVERY_S = 10.0
+MAX_FAILURES_IN_A_ROW = 25  # frames the pipeline may fail on in a row before the watchdog is starved
+
+
+class LiveAgent:
+    """The assembled agent (runtime.assemble) plus the live inputs: the GNSS reader and the camera. Runs the
+    main loop until stop() (or a signal)."""
+
+    def __init__(self, cfg: AgentConfig, *, uplink: bool | None = None, health: HealthBoard | None = None) -> None:
+        self.cfg = cfg
+        self.health = health or HealthBoard()
+        self.use_uplink = cfg.uplink.enabled if uplink is None else uplink
+        self.stop_event = threading.Event()
+        self.agent: Agent | None = None
+        self.parts: dict[str, Any] = {}
+        self._failures = 0
+
+    def stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def start(self) -> Pipeline:
+        """Open outbox, model, uplink, GNSS and camera; raises with a clear message when one cannot start."""
+        from edge_agent.gnss.source import GnssReader
+
+        agent = self.agent = build_agent(self.cfg, health=self.health, uplink=self.use_uplink)
+        self.parts["gnss"] = GnssReader(self.cfg.gnss, agent.position_filter, self.health)
+        self.parts["gnss"].start()
+        self.parts["camera"] = FrameSource(self.cfg.camera, self.health).start()
+        return agent.pipeline
+
+    def run(self) -> dict[str, Any]:
+        """The main loop; returns the pipeline's summary when stopped."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        try:
+            pipeline = self.start()
+        except BaseException:
+            self.close()
+            raise
+        camera: FrameSource = self.parts["camera"]
+        ready_sent = False
+        ping_every = sdnotify.watchdog_interval_s()
+        last_ping = last_status = started = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                frame = camera.latest(timeout=0.5)
+                if frame is not None:
+                    self.process(pipeline, frame)
+                now = time.monotonic()
+                if not ready_sent and (frame is not None or now - started > STARTUP_WAIT_S):
+                    sdnotify.ready(self.status_line())
+                    ready_sent = True
+                if ping_every and now - last_ping >= ping_every and self.healthy(camera, pipeline):
+                    sdnotify.watchdog_ping()
+                    last_ping = now
+                if now - last_status >= STATUS_EVERY_S:
+                    sdnotify.status(self.status_line())
+                    last_status = now
+        finally:
+            sdnotify.stopping()
+            pipeline.finish()
+            self.close()
+        summary = pipeline.summary()
+        summary["dropped"] = camera.dropped
+        return summary
+
+    def process(self, pipeline: Pipeline, frame: Any) -> None:
+        """One frame; a failure is logged and counted, never the end of the agent (the watchdog notices a
+        pipeline that keeps failing, because the health it checks stops being 'ok')."""
+        try:
+            pipeline.process(frame.image, frame.t_mono)
+        except Exception:
+            log.exception("pipeline failed on a frame")
+            self.health.count("pipeline_errors")
+            self._failures += 1
+        else:
+            self._failures = 0
+
+    def healthy(self, camera: FrameSource, pipeline: Pipeline) -> bool:
+        """Frames arrive, the detector works, the outbox takes writes: only then is the watchdog fed."""
+        snap = self.health.snapshot()
+        return camera.healthy() and snap["detector"] == "ok" and snap["outbox"] in ("ok", "degraded") \
+            and self._failures < MAX_FAILURES_IN_A_ROW
+
+    def status_line(self) -> str:
+        snap = self.health.snapshot()
+        fps = snap.get("fps")
+        return (f"camera {snap['camera']}, gnss {snap['gnss']}, detector {snap['detector']}, "
+                f"outbox {snap['outbox']}, uplink {snap['uplink']}, fps {fps if fps is not None else '-'}")
+
+    def close(self) -> None:
+        for name in ("camera", "gnss"):
+            part = self.parts.get(name)
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:
+                    log.exception("stopping %s failed", name)
+        if self.agent is not None:
+            self.agent.close()

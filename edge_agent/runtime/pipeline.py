@@ -1,0 +1,236 @@
+"""The agent's main job: frame -> detections -> tracks -> located events in the outbox, plus coverage.
+
+One `Pipeline` serves both `edge-agent run` (live camera, GNSS reader thread) and `edge-agent replay`
+(recordings, fixes fed by frame time): the caller hands it frames with their time on the position filter's
+clock; everything after that is the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from calibration.projector import GroundProjector
+from edge_agent.config import AgentConfig
+from edge_agent.detect.detector import Detection, ModelInfo
+from edge_agent.gnss.kalman import Pose
+from edge_agent.gnss.motion import VehicleMotion
+from edge_agent.health import HealthBoard
+from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
+from edge_agent.perception.events import ModelRef, build_event
+from edge_agent.perception.geolocate import Geolocator, GroundBox
+from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm_scores
+
+log = logging.getLogger(__name__)
+
+FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
+
+
+class FrameDetector(Protocol):
+    """What the pipeline needs of a detector (edge_agent.detect.detector.Detector, or a test's stand-in)."""
+
+    info: ModelInfo
+    thresholds: Sequence[float]
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]: ...
+
+
+class PositionSource(Protocol):
+    """What the pipeline needs of the position filter (edge_agent.gnss.kalman.PositionFilter)."""
+
+    def position_at(self, t_mono: float) -> Pose | None: ...
+
+    def utc_at(self, t_mono: float) -> datetime | None: ...
+
+
+class EventSink(Protocol):
+    """What the pipeline needs of the outbox (edge_agent.link.outbox.Outbox)."""
+
+    def next_seq(self) -> int: ...
+
+    def add_event(self, event: dict[str, Any]) -> bool: ...
+
+    def add_coverage(self, record: dict[str, Any]) -> bool: ...
+
+
+class Pipeline:
+    """Runs each frame through detector, tracker, geolocator and into the outbox and coverage; see `process`.
+    The rules live with the parts (placement in the geolocator, the merge window in the tracker, heading and
+    motion in gnss.motion); the pipeline only hands results from one to the next."""
+
+    def __init__(self, cfg: AgentConfig, detector: FrameDetector, position_filter: PositionSource,
+                 projector: GroundProjector, outbox: EventSink, health: HealthBoard | None = None) -> None:
+        self.cfg = cfg
+        self.detector = detector
+        self.filter = position_filter
+        self.projector = projector
+        self.outbox = outbox
+        self.health = health or HealthBoard()
+        self.model = ModelRef.of(detector.info)
+        self._use_projector(projector)
+        footprint = footprint_summary(projector.footprint(cfg.events.coverage_footprint_m), projector.mount.lateral_m)
+        self.coverage = CoverageRecorder(cfg.device.id, cfg.events, outbox.add_coverage, self.model.sha256, footprint)
+        self.recent = RecentReports(cfg.tracker)
+        self.motion = VehicleMotion(cfg.tracker.heading_min_speed_mps)
+        self._prev_mono: float | None = None
+        self._fps: float | None = None
+        self._inference_ms: float | None = None
+        self._detect_s = 0.0
+        self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
+                       "events_refused": 0, "detector_errors": 0}
+        self.started = time.monotonic()
+        self.health.update(model={"name": self.model.name, "version": self.model.version,
+                                  "sha256": self.model.sha256})
+
+    def _use_projector(self, projector: GroundProjector) -> None:
+        self.projector = projector
+        self.geo = Geolocator(projector, self.cfg.events, max_range_m=self.cfg.tracker.max_range_m)
+        scores = confirm_scores(self.cfg.tracker, self.cfg.detector.score_threshold,
+                                getattr(self.detector, "thresholds", ()))
+        self.tracker = Tracker(self.cfg.tracker, self.geo, thumbnail_px=self.cfg.events.thumbnail_max_px,
+                               keep_full_frame=self.cfg.events.full_frame, confirm_scores=scores)
+
+    def _check_frame_size(self, image: np.ndarray) -> None:
+        """On the first frame: a camera streaming another resolution than the calibration's gets the
+        intrinsics scaled to it (same lens, same aspect assumed), with a warning."""
+        height, width = image.shape[:2]
+        intr = self.projector.intrinsics
+        if (width, height) != (intr.width, intr.height):
+            log.warning("frames are %dx%d but the calibration is for %dx%d; scaling the intrinsics",
+                        width, height, intr.width, intr.height)
+            self._use_projector(GroundProjector(intr.scaled(width, height), self.projector.mount))
+
+    # -- per frame -----------------------------------------------------------------------------------------
+    def process(self, image: np.ndarray, t_mono: float, utc: datetime | None = None) -> list[dict[str, Any]]:
+        """Run one frame taken at T_MONO (the position filter's clock); returns the events written.
+
+        UTC is the frame's wall-clock time when the caller knows it (a recording); otherwise it comes from
+        the position filter (GNSS time)."""
+        if self.counts["frames"] == 0:
+            self._check_frame_size(image)
+        self.counts["frames"] += 1
+        detections, detector_ok = self._detect(image)
+        pose = self.filter.position_at(t_mono)
+        if utc is None:
+            utc = self.filter.utc_at(t_mono)
+        heading, motion = self.motion.step(t_mono, pose)
+        finished = self.tracker.step(t_mono, detections, motion, image=image, pose=pose, heading_deg=heading,
+                                     utc=utc)
+        events = [e for track in finished if (e := self._emit(track, t_mono)) is not None]
+        self.coverage.update(t_mono, utc, pose, detector_active=detector_ok)
+        self._note_frame(t_mono, pose)
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The drive (or the agent) ends: every confirmed track becomes its event, coverage is closed."""
+        now = self._prev_mono or time.monotonic()
+        events = [e for track in self.tracker.flush() if (e := self._emit(track, now)) is not None]
+        self.coverage.flush()
+        return events
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        stats = self.tracker.stats
+        return {"frames": self.counts["frames"], "detections": self.counts["detections"],
+                "tracks": stats["tracks"], "confirmed_tracks": stats["confirmed"],
+                "tracks_not_fixed": stats["not_fixed"], "events": self.counts["events"],
+                "events_merged": self.counts["events_merged"], "events_no_fix": self.counts["events_no_fix"],
+                "events_refused": self.counts["events_refused"], "coverage_records": self.coverage.records,
+                "detector_errors": self.counts["detector_errors"],
+                "fps": round(self.counts["frames"] / elapsed, 2),
+                "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
+                "detect_s": round(self._detect_s, 3)}
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _detect(self, image: np.ndarray) -> tuple[list[Detection], bool]:
+        t0 = time.perf_counter()
+        try:
+            detections = self.detector.detect(image)
+        except Exception:  # a bad frame or a runtime hiccup must not stop the agent
+            log.exception("detector failed on a frame")
+            self.counts["detector_errors"] += 1
+            self.health.count("detector_errors")
+            self.health.update(detector="failed")
+            return [], False
+        ms = (time.perf_counter() - t0) * 1000
+        self._detect_s += ms / 1000
+        self._inference_ms = ms if self._inference_ms is None else \
+            (1 - FPS_SMOOTHING) * self._inference_ms + FPS_SMOOTHING * ms
+        self.health.update(detector="ok")
+        self.counts["detections"] += len(detections)  # each class already cut at its working threshold
+        return detections, True
+
+    def _views(self, track: Track) -> list[tuple[GroundBox, Pose, float]]:
+        """Each observation's ground box with the vehicle's pose at its frame's time. The filter is asked
+        again now: its position_at smooths with the fixes that came after the frame (GnssConfig.smooth), which
+        is the reason events are placed only when their track ends. Frames without a placeable pose
+        (Geolocator.placeable) are left out; a track left with none writes no event."""
+        views = []
+        for obs in track.observations:
+            pose = self.filter.position_at(obs.t_mono) or obs.pose
+            if not self.geo.placeable(pose):
+                continue
+            heading = self.motion.trusted_heading(pose)
+            heading = heading if heading is not None else obs.heading_deg
+            if heading is not None:
+                views.append((track.ground_of(obs), pose, float(heading)))
+        return views
+
+    def _emit(self, track: Track, t_mono: float) -> dict[str, Any] | None:
+        located = self.geo.combine(self._views(track))
+        if located is None:
+            self.counts["events_no_fix"] += 1
+            self.health.count("events_no_fix")
+            log.info("track %d (%s, %d frames) had no usable position (no fix, stale or too uncertain); no event",
+                     track.id, track.class_name, track.hits)
+            return None
+        if self.recent.seen(track.class_name, located.lat, located.lon, t_mono):
+            self.counts["events_merged"] += 1
+            return None
+        captured = track.best.utc if track.best and track.best.utc else datetime.now(UTC)
+        vehicle, heading = self._vehicle_near_best(track)
+        event = build_event(track, located, device_id=self.cfg.device.id, seq=self.outbox.next_seq(),
+                            model=self.model, captured_at=captured, cfg=self.cfg.events, vehicle_pose=vehicle,
+                            vehicle_heading_deg=heading)
+        if not self.outbox.add_event(event):
+            self.counts["events_refused"] += 1
+            log.warning("outbox refused event %s (disk guard)", event["event_id"])
+            return None
+        self.counts["events"] += 1
+        self.health.count("events")
+        self.recent.add(track.class_name, located.lat, located.lon, t_mono)
+        return event
+
+    def _vehicle_near_best(self, track: Track) -> tuple[Pose | None, float | None]:
+        """The vehicle's pose and heading at the track's best frame, asked of the filter again (later fixes
+        interpolate). A best frame taken before the first fix has no position: the frame nearest to it in
+        time that has one stands in, so the event still says where the vehicle was."""
+        best = track.best
+        if best is None:
+            return None, None
+        nearest = sorted(track.observations, key=lambda o: abs(o.t_mono - best.t_mono))
+        for obs in [best, *nearest]:
+            pose = self.filter.position_at(obs.t_mono) or obs.pose
+            if pose is not None and pose.lat is not None:
+                return pose, obs.heading_deg
+        return None, best.heading_deg
+
+    def _note_frame(self, t_mono: float, pose: Pose | None) -> None:
+        if self._prev_mono is not None and t_mono > self._prev_mono:
+            fps = 1.0 / (t_mono - self._prev_mono)
+            self._fps = fps if self._fps is None else (1 - FPS_SMOOTHING) * self._fps + FPS_SMOOTHING * fps
+        self._prev_mono = t_mono
+        fix = None
+        if pose is not None and pose.lat is not None:
+            fix = {"lat": round(pose.lat, 7), "lon": round(pose.lon, 7), "h_std_m": round(pose.h_std_m, 2),
+                   "speed_mps": None if pose.speed_mps is None else round(pose.speed_mps, 2),
+                   "heading_deg": None if pose.heading_deg is None else round(pose.heading_deg, 1),
+                   "state": pose.state}
+        self.health.update(fps=None if self._fps is None else round(self._fps, 2),
+                           inference_ms=None if self._inference_ms is None else round(self._inference_ms, 2),
+                           fix=fix)
