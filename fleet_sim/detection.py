@@ -83,7 +83,7 @@ class DetectionModel:
         out: list[Observation] = []
         rng = self.rng
         for d in self._by_edge.get(p.edge, ()):
-            t_pass, speed = self._travel(p, d.s)
+            t_pass, _ = self._travel(p, d.s)
             if not d.exists(t_pass):
                 continue
             width, length = d.size_at(t_pass)
