@@ -35,7 +35,7 @@ def goals(result: dict) -> dict[str, bool | None]:
 
 
 def print_report(result: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=130)
     t = Table(title="Map quality after k passes over each defect")
     for col in ("k", "defects", "recall", "recall (confirmed)", "duplicates", "median error m", "p95 error m",
                 "precision", "precision (confirmed)"):
