@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("edge_agent", "fleet_server", "calibration", "roadmon_contract", "models", "scripts", "bench", "tests")
+OURS = ("edge_agent", "fleet_server", "fleet_sim", "calibration", "roadmon_contract", "models", "scripts", "bench",
+        "tests")
 
 # Per agent subsystem: the edge_agent packages and other project packages it may import (besides itself).
 AGENT_RULES = {

@@ -1,0 +1,55 @@
+"""One vehicle's uplink: an MQTT 5 client with the device's own login that publishes its outbox (QoS 1) and
+applies the server's acks from roadmon/v1/<device>/ack."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleet_sim.outbox import Outbox
+from roadmon_contract import topics
+
+log = logging.getLogger(__name__)
+
+
+class VehicleLink:
+    def __init__(self, host: str, port: int, device_id: str, password: str, outbox: Outbox) -> None:
+        self.device_id = device_id
+        self.outbox = outbox
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}-sim", protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(device_id, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, port, keepalive=60, clean_start=True)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
+                    props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("%s: broker refused the login: %s", self.device_id, reason)
+            return
+        client.subscribe(topics.ack(self.device_id), qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.outbox.ack(json.loads(msg.payload))
+        except ValueError:
+            log.warning("%s: unreadable ack %r", self.device_id, msg.payload[:200])
+
+    def pump(self) -> int:
+        """Publish what the outbox says is due; returns how many."""
+        due = self.outbox.due(time.monotonic())
+        for _, kind, body in due:
+            self.client.publish(f"{topics.PREFIX}/{self.device_id}/{kind}", body, qos=1)
+        return len(due)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,28 @@
+"""Provisioning the simulated vehicles the way `fleet-server device add` does: a devices row and a broker login
+in the broker's password file (fleet_server.mqtt_accounts), then one broker reload for all of them. HTTP
+tokens are left out: the vehicles only speak MQTT."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+import psycopg
+
+from fleet_server import mqtt_accounts
+
+log = logging.getLogger(__name__)
+
+
+def provision(dsn: str, passwd_file: Path, pid_file: Path | None, device_ids: list[str]) -> dict[str, str]:
+    """Create DEVICE_IDS (rows and broker logins); returns device id -> MQTT password."""
+    creds = {d: secrets.token_urlsafe(18) for d in device_ids}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id, name) SELECT d, 'fleet simulator' FROM unnest(%s::text[]) AS d "
+                     "ON CONFLICT (id) DO UPDATE SET revoked_at = NULL", (device_ids,))
+    for device, password in creds.items():
+        mqtt_accounts.set_password(passwd_file, device, password)
+    if pid_file is not None and not mqtt_accounts.reload_broker(pid_file):
+        log.warning("broker not reloaded: the new logins apply after its next reload")
+    return creds
