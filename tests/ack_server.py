@@ -4,7 +4,8 @@ total deliveries) and answers on roadmon/v1/<device>/ack, in batches, as the rea
 PostGIS commit.
 
 `delay_s` makes it a slow subscriber (it sleeps in its network loop, so the broker has to queue for it);
-`ack=False` makes it record without confirming.
+`ack_after_s` makes it a slow committer (it confirms what arrived that long ago); `ack=False` makes it record
+without confirming.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -24,7 +25,7 @@ from roadmon_contract import topics
 
 class AckServer:
     def __init__(self, host: str, port: int, user: str, password: str, *, delay_s: float = 0.0,
-                 ack: bool = True, flush_s: float = 0.02, client_id: str = "ack-server",
+                 ack: bool = True, ack_after_s: float = 0.0, flush_s: float = 0.02, client_id: str = "ack-server",
                  session_expiry_s: int = 0, devices: list[str] | None = None) -> None:
         self.host, self.port = host, port
         self.delay_s = delay_s
@@ -32,6 +33,8 @@ class AckServer:
         # On the shared broker, listen to (and confirm for) only this test's devices, never other tests'.
         self.devices = devices or ["+"]
         self.ack = ack
+        self.ack_after_s = ack_after_s
+        self._held: deque[tuple[float, dict[str, dict[str, list[str]]]]] = deque()  # (received, acks) not yet due
         self.flush_s = flush_s
         self.events: Counter[str] = Counter()     # event_id -> deliveries
         self.coverage: Counter[str] = Counter()
@@ -64,7 +67,7 @@ class AckServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._flush()
+        self._flush(force=True)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -113,13 +116,16 @@ class AckServer:
         while not self._stop.wait(self.flush_s):
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
         if not self.ack:
             return
-        for device, ack in pending.items():
-            self.client.publish(topics.ack(device), json.dumps(ack), qos=1)
+        now = time.monotonic()
+        self._held.append((now, pending))
+        while self._held and (force or now - self._held[0][0] >= self.ack_after_s):
+            for device, ack in self._held.popleft()[1].items():
+                self.client.publish(topics.ack(device), json.dumps(ack), qos=1)
 
 
 def main() -> None:

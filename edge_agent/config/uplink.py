@@ -28,11 +28,21 @@ class UplinkConfig(Section):
                                               "subscriptions and queued acks/commands) while it is offline, s")
     connect_timeout_s: float = Field(10, gt=0, description="Wait this long for the broker's CONNACK, s")
     window: int = Field(1000, ge=1, le=20000,
-                        description="Most messages sent but not yet confirmed by the server at any time")
+                        description="Most messages sent but not yet confirmed by the server at any time; the "
+                                    "window starts at window_initial and grows as acks return (link/flow.py)")
+    window_initial: int = Field(64, ge=1, le=20000,
+                                description="In-flight window at connect; doubles per round trip up to window, "
+                                            "halves when acks time out")
     batch: int = Field(200, ge=1, le=5000, description="Rows read from the outbox per drain step")
     ack_timeout_s: float = Field(60, gt=0,
-                                 description="Send a row again when the server has not confirmed it this long "
-                                             "after it was sent, s")
+                                 description="Shortest wait for the server's confirmation before a row is sent "
+                                             "again, s; it grows with the measured ack latency and doubles after "
+                                             "each timeout (link/flow.py)")
+    adaptive: bool = Field(True, description="Adapt the in-flight window and the ack timeout to the server's ack "
+                                             "latency; false keeps a fixed window and a fixed ack_timeout_s")
+    ack_timeout_max_s: float = Field(1800, gt=0,
+                                     description="Longest wait for the server's confirmation before a row is sent "
+                                                 "again, s (a server draining a fleet-wide backlog)")
     backoff_initial_s: float = Field(1, gt=0, description="First reconnect delay, s (doubles, with jitter)")
     backoff_max_s: float = Field(60, gt=0, description="Longest reconnect delay, s")
     auth_retry_s: float = Field(300, gt=0,
@@ -41,6 +51,12 @@ class UplinkConfig(Section):
     heartbeat_s: float = Field(30, gt=0, description="Publish the retained status heartbeat every N seconds")
     status_file: str = Field("agent-status.json",
                              description="Status snapshot for `edge-agent status`, written in device.state_dir")
+
+    @model_validator(mode="after")
+    def _timeouts_in_order(self) -> UplinkConfig:
+        if self.ack_timeout_max_s < self.ack_timeout_s:
+            raise ValueError("ack_timeout_max_s must be at least ack_timeout_s")
+        return self
 
     @model_validator(mode="after")
     def _key_with_cert(self) -> UplinkConfig:

@@ -6,9 +6,11 @@ retained heartbeat and command results. Keeping it on one thread means no locks 
 no hidden reconnect logic: connecting is a tenacity loop (exponential backoff with jitter, capped), and a
 broker that refuses the login (bad credentials, not authorised) is asked again only after `auth_retry_s`.
 
-At most `window` rows are out at once (sent, not yet confirmed). A row the server has not confirmed within
-`ack_timeout_s` becomes due again and is sent again; the server is idempotent on event_id, so a broker that
-drops messages (max_queued_messages, a crash without persistence) costs time, never data.
+At most the flow control's window of rows are out at once (sent, not yet confirmed). A row the server has
+not confirmed within its ack timeout becomes due again and is sent again; the server is idempotent on
+event_id, so a broker that drops messages (max_queued_messages, a crash without persistence) costs time, never
+data. Window and timeout adapt to how fast the server confirms (edge_agent/link/flow.py), so a fleet-wide
+backlog on the server does not turn into a storm of copies.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -38,6 +40,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, wait_random_
 from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
+from edge_agent.link.flow import FlowControl
 from edge_agent.link.heartbeat import build_status, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
@@ -54,6 +57,12 @@ WRITE_EVERY_S = 0.1
 SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class InFlight(NamedTuple):
+    deadline: float   # monotonic time after which the row is sent again
+    sent_at: float
+    first: bool       # sent for the first time: its ack latency is a clean sample (Karn's rule)
 
 
 class ConnectFailed(Exception):
@@ -89,7 +98,9 @@ class Uplink:
         self._results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         # Filled by paho callbacks, which run on the uplink thread inside client.loop().
         self._mids: dict[int, tuple[str, str]] = {}
-        self._outstanding: dict[tuple[str, str], float] = {}
+        self.flow = FlowControl(cfg.window, cfg.ack_timeout_s, cfg.ack_timeout_max_s, cfg.window_initial,
+                                cfg.adaptive)
+        self._outstanding: dict[tuple[str, str], InFlight] = {}
         self._acked: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of PUBACKs not yet written
         self._next_write = 0.0
         self._confirmed: list[tuple[str, str]] = []
@@ -131,7 +142,7 @@ class Uplink:
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": self.state, "last_error": self.last_error, "outstanding": len(self._outstanding),
-                **self.counters}
+                **self.counters, "flow": self.flow.snapshot()}
 
     # -------------------------------------------------------------------------------------- the thread
     def _run(self) -> None:
@@ -246,7 +257,7 @@ class Uplink:
         next_expiry = time.monotonic() + EXPIRE_EVERY_S
         more = True
         while self._connected and not self._stop.is_set():
-            busy = more and self._room() >= min(self.cfg.batch, max(1, self.cfg.window // 4))
+            busy = more and self._room() >= min(self.cfg.batch, max(1, self.flow.window // 4))
             if client.loop(0.0 if busy else 0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
             if self._refused is not None:
@@ -263,7 +274,7 @@ class Uplink:
             if self.outbox.changed.is_set():
                 self.outbox.changed.clear()
                 more = True
-            if more and self._room() >= min(self.cfg.batch, max(1, self.cfg.window // 4)):
+            if more and self._room() >= min(self.cfg.batch, max(1, self.flow.window // 4)):
                 more = self._publish_due(client)
             self._publish_results(client)
             if now >= next_beat:
@@ -273,17 +284,21 @@ class Uplink:
             self._set_state("offline", self.last_error or "connection lost")
 
     def _room(self) -> int:
-        return self.cfg.window - len(self._outstanding)
+        return self.flow.window - len(self._outstanding)
 
     def _publish_due(self, client: mqtt.Client) -> bool:
         """Send up to one batch of due rows; True when the outbox may have more."""
         room = min(self.cfg.batch, self._room())
+        if room <= 0:  # the window shrank below what is in flight (a timeout)
+            return True
+        timeout = self.flow.timeout_s
         try:
-            messages = self.outbox.due(room, self.cfg.ack_timeout_s)
+            messages = self.outbox.due(room, timeout)
         except sqlite3.OperationalError as exc:  # disk full or locked: the next expiry tick tries again
             log.warning("uplink: could not read the outbox: %s", exc)
             return False
-        deadline = time.monotonic() + self.cfg.ack_timeout_s
+        now = time.monotonic()
+        deadline = now + timeout
         topic = {"event": topics.event(self.device_id), "coverage": topics.coverage(self.device_id)}
         for msg in messages:
             info = client.publish(topic[msg.kind], msg.body, qos=1)
@@ -292,7 +307,7 @@ class Uplink:
                 break
             key = (msg.kind, msg.id)
             self._mids[info.mid] = key
-            self._outstanding[key] = deadline
+            self._outstanding[key] = InFlight(deadline, now, msg.attempts == 1)
             self.counters["published"] += 1
             if msg.attempts > 1:
                 self.counters["resent"] += 1
@@ -330,12 +345,13 @@ class Uplink:
                 log.warning("uplink: could not store %d PUBACKs: %s", len(sent), exc)
 
     def _expire(self, now: float) -> None:
-        overdue = [key for key, deadline in self._outstanding.items() if deadline <= now]
+        overdue = [key for key, pending in self._outstanding.items() if pending.deadline <= now]
         for key in overdue:
             del self._outstanding[key]
         if overdue:
-            log.info("uplink: %d rows unconfirmed after %.0f s; sending them again", len(overdue),
-                     self.cfg.ack_timeout_s)
+            self.flow.on_timeout()
+            log.info("uplink: %d rows unconfirmed in time; sending them again (window now %d, timeout %.0f s)",
+                     len(overdue), self.flow.window, self.flow.timeout_s)
         if len(self._mids) > 4 * self.cfg.window:  # PUBACKs that never came (a dead connection's messages)
             live = set(self._outstanding)
             self._mids = {mid: key for mid, key in self._mids.items() if key in live}
@@ -446,6 +462,11 @@ class Uplink:
             log.warning("uplink: ignoring an ack that is not {event_ids, coverage_ids, rejected}: %s", exc)
             return
         self._confirmed.extend(items)
+        now = time.monotonic()
+        for key in items:
+            pending = self._outstanding.pop(key, None)
+            if pending is not None:
+                self.flow.on_ack(now - pending.sent_at if pending.first else None)
         if rejected:
             self._rejected.extend(rejected)
             for item_id, reason in rejected:
