@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import threading
 import time
 
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class VehicleLink:
-    def __init__(self, host: str, port: int, device_id: str, password: str, outbox: Outbox) -> None:
+    """THREADED: paho's own network thread per vehicle (a few hundred vehicles); otherwise a Swarm drives
+    the sockets of thousands of vehicles from one thread."""
+
+    def __init__(self, host: str, port: int, device_id: str, password: str, outbox: Outbox,
+                 threaded: bool = True) -> None:
         self.device_id = device_id
         self.outbox = outbox
         self.subscribed = threading.Event()
@@ -27,8 +32,10 @@ class VehicleLink:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.on_message = self._on_message
+        self.threaded = threaded
         self.client.connect(host, port, keepalive=60, clean_start=True)
-        self.client.loop_start()
+        if threaded:
+            self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
                     props: object) -> None:
@@ -52,4 +59,40 @@ class VehicleLink:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        if self.threaded:
+            self.client.loop_stop()
+
+
+class Swarm:
+    """The network I/O of many unthreaded VehicleLinks in one thread, with one selector over their sockets
+    (a thread per vehicle does not scale to a depot of thousands on a small machine)."""
+
+    def __init__(self, links: list[VehicleLink]) -> None:
+        self.links = links
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="swarm", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            poller, by_fd = select.poll(), {}  # poll: no 1,024-descriptor limit as select() has
+            for link in self.links:
+                sock = link.client.socket()
+                if sock is not None:
+                    by_fd[sock.fileno()] = link
+                    poller.register(sock, select.POLLIN | (select.POLLOUT if link.client.want_write() else 0))
+            if not by_fd:
+                time.sleep(0.05)
+                continue
+            for fd, mask in poller.poll(50):
+                link = by_fd[fd]
+                if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    link.client.loop_read()
+                if mask & select.POLLOUT:
+                    link.client.loop_write()
+            for link in self.links:
+                link.client.loop_misc()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -38,12 +38,12 @@ class RunStats:
 
 class Runner:
     def __init__(self, world: World, mqtt_host: str, mqtt_port: int, credentials: dict[str, str], dsn: str,
-                 step_s: float = 1800.0, ack_timeout_s: float = 30.0, step_timeout_s: float = 180.0) -> None:
+                 step_s: float = 1800.0, step_timeout_s: float = 180.0) -> None:
         self.world = world
         self.dsn = dsn
         self.step_s = step_s
         self.step_timeout_s = step_timeout_s
-        self.outboxes = [Outbox(ack_timeout_s=ack_timeout_s) for _ in world.device_ids]
+        self.outboxes = [Outbox() for _ in world.device_ids]
         self.links = [VehicleLink(mqtt_host, mqtt_port, d, credentials[d], box)
                       for d, box in zip(world.device_ids, self.outboxes, strict=True)]
         self.snapshots: list[Snapshot] = []

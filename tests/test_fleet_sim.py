@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from edge_agent.link.flow import FlowControl
 from fleet_sim import calibration as cal
 from fleet_sim.defects import DAY_S, DefectField
 from fleet_sim.detection import Observation, p_detect
@@ -100,15 +101,16 @@ def test_messages_validate_against_the_contract_schemas() -> None:
 
 
 def test_outbox_resends_until_acked() -> None:
-    box = Outbox(window=2, ack_timeout_s=10.0)
+    box = Outbox(FlowControl(max_window=2, min_timeout_s=10.0, max_timeout_s=100.0))
     for i in range(3):
         box.add("event", f"e{i}", {"n": i})
     assert [m[0] for m in box.due(0.0)] == ["e0", "e1"]          # the window
-    assert box.due(5.0) == []                                       # in flight, not yet overdue
-    box.ack({"event_ids": ["e0"], "coverage_ids": []})
+    box.ack({"event_ids": ["e0"], "coverage_ids": []}, now=1.0)     # acked after 1 s: srtt 1, rttvar 0.5
+    assert box.flow.srtt == 1.0 and box.flow.timeout_s == 10.0      # 1 + 4 * 0.5 < the 10 s minimum
     assert [m[0] for m in box.due(6.0)] == ["e2"]
     assert [m[0] for m in box.due(10.0)] == ["e1"]                  # no ack within the timeout: again
-    assert box.resent == 1
+    assert box.resent == 1 and box.flow.timeout_s == 20.0           # ... and the next wait is doubled
+    assert box.due(25.0) == []                                      # e2 (sent at 6) is not overdue at 20 s
     box.ack({"event_ids": ["e1"], "coverage_ids": [], "rejected": [{"id": "e2", "reason": "bad"}]})
     assert len(box) == 0 and box.confirmed == 2 and box.rejected == 1
 

@@ -1,0 +1,143 @@
+"""Reconnect storm: every vehicle comes back from the depot at once with a queue of events.
+
+N simulated vehicles (fleet_sim: own MQTT 5 login each, the agent's outbox rules and flow control) connect to
+the project-local Mosquitto at once, each with EVENTS queued, against one `fleet-server ingest` process and a
+fresh PostGIS database per run. Each size runs twice: with the agent's adaptive flow control (window from 64,
+ack timeout from the measured ack latency) and with the fixed rules (window 1000, ack timeout 60 s). Printed
+per run: drain time (first publish to last ack), events re-sent, lost (queued but never stored), broker drops
+(Mosquitto's "Outgoing messages are being dropped" lines during the run), CPU-s per 1,000 events of the
+ingest process (PostgreSQL's own CPU not included).
+
+    python -m bench.bench_storm [--vehicles 1000,3000] [--events 50] [--modes adaptive,fixed] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from bench.bench_fleet import fresh_database, server_config, services_up
+from bench.bench_server import synthetic_events
+from edge_agent.link.flow import FlowControl
+from fleet_server.migrate import migrate
+from fleet_sim.client import Swarm, VehicleLink
+from fleet_sim.outbox import Outbox
+from fleet_sim.provision import add_logins, add_rows
+from scripts import services
+
+ROOT = Path(__file__).resolve().parent.parent
+DRAIN_LIMIT_S = 1800.0
+PUMP_EVERY_S = 0.02
+
+
+def flow_for(mode: str) -> FlowControl:
+    if mode == "fixed":
+        return FlowControl(max_window=1000, min_timeout_s=60.0, max_timeout_s=60.0, adaptive=False)
+    return FlowControl(max_window=1000, min_timeout_s=60.0, max_timeout_s=1800.0)
+
+
+def broker_drops() -> int:
+    log = services.Mosquitto().logfile
+    return log.read_text(errors="replace").count("Outgoing messages are being dropped") if log.exists() else 0
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int, mode: str, tmp: Path) -> dict:
+    dsn = fresh_database(f"storm_{mode}_{len(devices)}")
+    migrate(dsn)
+    add_rows(dsn, devices)
+    rng = random.Random(len(devices))
+    queued = synthetic_events(events * len(devices), devices, potholes=max(50, len(devices)), rng=rng)
+    boxes = {d: Outbox(flow_for(mode)) for d in devices}
+    for event in queued:
+        boxes[event["device_id"]].add("event", event["event_id"], event)
+    folder = tmp / f"{mode}-{len(devices)}"
+    folder.mkdir()
+    cfg = server_config(folder, dsn, info)
+    cpu0 = children_cpu_s()
+    ingest = subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest"],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(folder / "ingest.log", "w"))  # noqa: SIM115
+    links: list[VehicleLink] = []
+    swarm = None
+    try:
+        time.sleep(2.0)  # the ingest worker subscribes before the storm
+        links = [VehicleLink(info["mqtt_host"], info["mqtt_port"], d, creds[d], boxes[d], threaded=False)
+                 for d in devices]
+        swarm = Swarm(links)
+        for link in links:
+            if not link.subscribed.wait(60):
+                raise RuntimeError(f"{link.device_id} did not connect")
+        drops0, t0 = broker_drops(), time.monotonic()
+        while any(len(b) for b in boxes.values()) and time.monotonic() - t0 < DRAIN_LIMIT_S:
+            for link in links:
+                link.pump()
+            time.sleep(PUMP_EVERY_S)
+        drain_s = time.monotonic() - t0
+        drops = broker_drops() - drops0
+    finally:
+        for link in links:
+            link.close()
+        if swarm is not None:
+            swarm.close()
+        ingest.terminate()
+        ingest.wait(60)
+    with psycopg.connect(dsn) as conn:
+        stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
+    total = events * len(devices)
+    return {"vehicles": len(devices), "mode": mode, "events": total, "drain_s": round(drain_s, 1),
+            "resent": sum(b.resent for b in boxes.values()), "lost": total - stored,
+            "unacked": sum(len(b) for b in boxes.values()), "broker_drops": drops,
+            "ingest_cpu_s_per_1k": round((children_cpu_s() - cpu0) / total * 1000, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vehicles", default="1000,3000", help="comma-separated fleet sizes")
+    parser.add_argument("--events", type=int, default=50, help="events queued per vehicle")
+    parser.add_argument("--modes", default="adaptive,fixed")
+    parser.add_argument("--quick", action="store_true", help="200 vehicles x 20 events")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sizes = [200] if args.quick else [int(v) for v in args.vehicles.split(",")]
+    events = 20 if args.quick else args.events
+    info = services_up()
+    devices = [f"storm-{i:05d}" for i in range(max(sizes))]
+    t0 = time.monotonic()
+    creds = add_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
+    print(f"{len(devices)} broker logins in {time.monotonic() - t0:.0f} s", flush=True)
+    time.sleep(1.0)  # the broker re-reads its password file on the reload signal
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            for mode in args.modes.split(","):
+                print(f"storm: {n} vehicles x {events} events, {mode} flow control", flush=True)
+                results.append(one_storm(info, creds, devices[:n], events, mode, Path(tmp)))
+                print(json.dumps(results[-1]), flush=True)
+    table = Table(title="reconnect storm: every vehicle back at once")
+    for col in ("vehicles", "mode", "events", "drain_s", "resent", "lost", "broker_drops", "ingest_cpu_s_per_1k"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(*(str(r[c]) for c in ("vehicles", "mode", "events", "drain_s", "resent", "lost",
+                                            "broker_drops", "ingest_cpu_s_per_1k")))
+    Console().print(table)
+    return 1 if any(r["lost"] or r["unacked"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
