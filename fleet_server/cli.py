@@ -80,6 +80,26 @@ def migrate_cmd() -> None:
                                                           if done else " (schema up to date)"))
 
 
+@app.command("partitions")
+def partitions_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be dropped"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Monthly partitions of sightings and coverage: make the upcoming ones, drop those past [retention]
+    (run it daily)."""
+    from fleet_server import partitions
+
+    c = cfg()
+    with connect(c.database) as conn:
+        report = partitions.maintain(conn, c.retention, dry_run=dry_run)
+    if as_json:
+        print(json.dumps({"created": report.created, "dropped": report.dropped, "dry_run": dry_run,
+                          "default_rows_deleted": report.default_rows_deleted}))
+        return
+    console.print(f"created {len(report.created)}: {', '.join(report.created) or '-'}")
+    console.print(f"{'would drop' if dry_run else 'dropped'} {len(report.dropped)}: {', '.join(report.dropped) or '-'}")
+    for table, n in report.default_rows_deleted.items():
+        console.print(f"deleted {n} rows past retention from {table}'s default partition")
+
+
 def _start_workers(n: int, role: str, first: int = 0) -> list:
     from fleet_server.ingest import IngestWorker
 

@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import psycopg
@@ -145,9 +146,21 @@ ON CONFLICT (coverage_id) DO NOTHING
 RETURNING coverage_id::text
 """
 
-UPSERT_DEVICES = """
-INSERT INTO devices (id, last_seen) SELECT unnest(%s::text[]), now()
-ON CONFLICT (id) DO UPDATE SET last_seen = now()
+# Devices seen in a batch. Every batch used to upsert last_seen of all its devices, so concurrent workers queued
+# on those row locks until each other's commit (~90 % of their samples at 2 workers). Now a device row is
+# inserted once (DO NOTHING takes no lock on an existing row), and last_seen is moved forward only when older
+# than ingest.last_seen_resolution_s, skipping rows another transaction holds: that one is writing it anyway.
+INSERT_DEVICES = """
+INSERT INTO devices (id, last_seen)
+SELECT i, now() FROM unnest(%s::text[]) AS i WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = i)
+ON CONFLICT (id) DO NOTHING
+"""
+
+TOUCH_DEVICES = """
+UPDATE devices d SET last_seen = now()
+FROM (SELECT id FROM devices WHERE id = ANY(%s) AND (last_seen IS NULL OR last_seen < now() - make_interval(secs => %s))
+      ORDER BY id FOR UPDATE SKIP LOCKED) s
+WHERE d.id = s.id
 """
 
 UPDATE_STATUS = """
@@ -213,7 +226,7 @@ def _text(value: str | None) -> str | None:
 
 
 def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
-                reject: RejectPolicy = RejectPolicy()) -> Stored:
+                reject: RejectPolicy = RejectPolicy(), last_seen_resolution_s: float = 30.0) -> Stored:
     """Write BATCH and aggregate its new sightings, all in one committed transaction."""
     out = Stored()
     acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
@@ -223,12 +236,15 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
         devices = sorted({e["device_id"] for e, _ in batch.events} | {c["device_id"] for c, _ in batch.coverage}
                          | {d for d, _, _ in batch.statuses} | {d for d, _, _ in batch.results})
         if devices:
-            conn.execute(UPSERT_DEVICES, (devices,))
+            conn.execute(INSERT_DEVICES, (devices,))
+            conn.execute(TOUCH_DEVICES, (devices, last_seen_resolution_s))
             batch = drop_revoked(conn, batch, devices)
         if batch.events or batch.coverage:
             # Before the insert: it matches sightings to defects that a concurrent worker's aggregation may be
-            # merging away; holding the aggregation lock from here on avoids that race (and its deadlock).
-            aggregate.lock(conn)
+            # merging away; holding the locks of the batch's areas from here on avoids that race (and its
+            # deadlock), while workers busy elsewhere on the map go on.
+            aggregate.lock_areas(conn, [(e["position"]["lat"], e["position"]["lon"]) for e, _ in batch.events],
+                                 [box for c, _ in batch.coverage for box in _segment_boxes(c["line"])], agg)
         if batch.events:
             texts = [batch.raw.get(e["event_id"]) or json.dumps(e) for e, _ in batch.events]
             inserted = conn.execute(INSERT_EVENTS, {
@@ -279,6 +295,14 @@ def _conflicting(conn: psycopg.Connection, batch: Batch, new_events: set[str]) -
     clashing = {r[0] for r in conn.execute(CONFLICTING, ("[" + ",".join(t for _, t in repeated) + "]",))}
     return [Rejection(batch.source, None, e["device_id"], "event_id already used by an event with other content",
                       text.encode(), e["event_id"]) for e, text in repeated if e["event_id"] in clashing]
+
+
+def _segment_boxes(line: list) -> list[tuple[float, float, float, float]]:
+    """(min_lat, min_lon, max_lat, max_lon) of each segment of a coverage LINE ([[lon, lat], ...])."""
+    pts = [(float(p[1]), float(p[0])) for p in line]
+    if len(pts) == 1:
+        pts = pts * 2
+    return [(min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])) for a, b in pairwise(pts)]
 
 
 def _timestamp_array(times: list[datetime]) -> str:
