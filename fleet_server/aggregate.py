@@ -109,6 +109,34 @@ def area_locks(cells: set[tuple[int, int]], max_locks: int) -> tuple[str, list[t
     return "global", [(_LOCK_KEY, True)]
 
 
+def try_lock_areas(conn: psycopg.Connection, items: list[set[tuple[int, int]]], max_locks: int) -> list[bool]:
+    """Lock, without waiting, the fine cells of each of ITEMS (each item's set of cells, from `area_cells`);
+    returns per item whether it got all of its cells. The ingest worker defers the items that did not to its
+    next batch instead of waiting for the worker that holds them: batches from a whole fleet touch cells all
+    over the map, so two of them nearly always share one, and waiting made the second worker idle. At most
+    MAX_LOCKS fine cells are tried (items needing more are deferred). Never waits, so it cannot deadlock."""
+    wanted: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for cells in items:
+        new = cells - seen
+        if len(seen) + len(new) > max_locks:
+            continue
+        seen |= new
+        wanted += sorted(new)
+    # The whole map (taken by a batch too spread out for its cells) excludes everyone; then the coarse cells.
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_LOCK_KEY,))
+    coarse = sorted({(cx // _COARSE, cy // _COARSE) for cx, cy in wanted})
+    got_coarse = {c for c, ok in zip(coarse, [r[0] for r in conn.execute(
+        "SELECT pg_try_advisory_xact_lock_shared(k) FROM unnest(%s::bigint[]) AS k",
+        ([_key(_LEVEL_COARSE, *c) for c in coarse],))], strict=True) if ok}
+    fine = [c for c in wanted if (c[0] // _COARSE, c[1] // _COARSE) in got_coarse]
+    got = {c for c, ok in zip(fine, [r[0] for r in conn.execute(
+        "SELECT pg_try_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k",
+        ([_key(_LEVEL_FINE, *c) for c in fine],))], strict=True) if ok}
+    metrics.AGGREGATE_LOCKS.labels("try").inc()
+    return [cells <= got for cells in items]
+
+
 def lock_areas(conn: psycopg.Connection, points: list[tuple[float, float]],
                boxes: list[tuple[float, float, float, float]], cfg: AggregateConfig) -> str:
     """Lock the areas POINTS and BOXES touch until the transaction ends; returns the level taken."""

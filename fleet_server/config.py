@@ -118,6 +118,11 @@ class IngestConfig(Section):
     drain_s: float = Field(5.0, ge=0, le=300, description="At a clean stop: seconds a worker keeps storing and "
                                                           "acknowledging what the broker had already delivered to "
                                                           "it, after leaving the shared group")
+    defer_busy_s: float = Field(10.0, ge=0, le=60,
+                                description="Events whose map area another worker's transaction holds go to the "
+                                            "worker's next batch instead of waiting for it, for at most this long "
+                                            "(then the batch waits; keep it well under the agents' ack timeout); "
+                                            "0 = always wait")
     last_seen_resolution_s: float = Field(30.0, ge=0, le=3600,
                                           description="devices.last_seen is moved forward only when it is older "
                                                       "than this: every batch writing the same device rows made "

@@ -102,8 +102,10 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
     if kind == "event":
         batch.events.append((obj, msg.received_at))
         batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")  # the decoder has checked it is UTF-8
+        batch.origin.setdefault(obj["event_id"], []).append(msg)
     elif kind == "coverage":
         batch.coverage.append((obj, msg.received_at))
+        batch.origin.setdefault(obj["coverage_id"], []).append(msg)
     else:
         batch.statuses.append((device, obj, msg.received_at))
 
@@ -430,8 +432,14 @@ class IngestWorker:
         for device, message in ack_messages(stored, batch).items():
             self.client.publish(topics.ack(device), json.dumps(message), qos=1)
             metrics.INGEST_ACKS.inc()
+        later: list[Incoming] = []
+        if stored.deferred is not None:
+            # Their areas were busy in another worker's transaction: they go into the next batch, unacknowledged.
+            later = [m for key in stored.deferred.origin.values() for m in key]
+            self._pending.add(later, stored.deferred)
+        waiting = {id(m) for m in later}
         for item in items:
-            if item.qos > 0:
+            if item.qos > 0 and id(item) not in waiting:
                 self.client.ack(item.mid, item.qos)
 
     def _purge_when_due(self) -> None:
@@ -477,7 +485,7 @@ class IngestWorker:
     def _store(self, batch: Batch) -> Stored:
         try:
             return store_batch(self._db.get(), batch, self.cfg.aggregate, self.reject_policy,
-                               self.cfg.ingest.last_seen_resolution_s)
+                               self.cfg.ingest.last_seen_resolution_s, self.cfg.ingest.defer_busy_s)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:

@@ -7,6 +7,8 @@ The caller publishes acks only after `store_batch` returned (the transaction is 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +32,9 @@ class Batch:
     rejected: list[Rejection] = field(default_factory=list)
     source: str = "mqtt"
     raw: dict[str, str] = field(default_factory=dict)  # event_id -> the message's JSON text as received
+    # event_id / coverage_id -> what the caller needs to acknowledge it (the MQTT deliveries that carried it)
+    origin: dict[str, list] = field(default_factory=dict)
+    deferred_at: dict[str, float] = field(default_factory=dict)  # id -> when it was first deferred (monotonic)
 
     def __len__(self) -> int:
         return len(self.events) + len(self.coverage) + len(self.statuses) + len(self.results) + len(self.rejected)
@@ -42,6 +47,9 @@ class Batch:
         self.results += other.results
         self.rejected += other.rejected
         self.raw.update(other.raw)
+        for key, items in other.origin.items():
+            self.origin.setdefault(key, []).extend(items)
+        self.deferred_at.update(other.deferred_at)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Stored:
     new_coverage: set[str] = field(default_factory=set)
     acks: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # device -> {event_ids, coverage_ids}
     conflicts: list[Rejection] = field(default_factory=list)  # event_ids already stored with other content
+    deferred: Batch | None = None  # events and coverage left for a later batch: their areas were busy
 
     @property
     def duplicates(self) -> int:
@@ -226,8 +235,12 @@ def _text(value: str | None) -> str | None:
 
 
 def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
-                reject: RejectPolicy = RejectPolicy(), last_seen_resolution_s: float = 30.0) -> Stored:
-    """Write BATCH and aggregate its new sightings, all in one committed transaction."""
+                reject: RejectPolicy = RejectPolicy(), last_seen_resolution_s: float = 30.0,
+                defer_busy_s: float = 0.0) -> Stored:
+    """Write BATCH and aggregate its new sightings, all in one committed transaction. DEFER_BUSY_S > 0: events
+    and coverage whose map areas another transaction holds are not stored but returned in `Stored.deferred`,
+    for the caller's next batch, until the first of them has been deferred that long (then the transaction
+    waits for the areas, so none waits forever); 0: the transaction waits for busy areas."""
     out = Stored()
     acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
     matched: set[int] = set()
@@ -243,8 +256,11 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             # Before the insert: it matches sightings to defects that a concurrent worker's aggregation may be
             # merging away; holding the locks of the batch's areas from here on avoids that race (and its
             # deadlock), while workers busy elsewhere on the map go on.
-            aggregate.lock_areas(conn, [(e["position"]["lat"], e["position"]["lon"]) for e, _ in batch.events],
-                                 [box for c, _ in batch.coverage for box in _segment_boxes(c["line"])], agg)
+            if defer_busy_s > 0 and time.monotonic() - min(batch.deferred_at.values(), default=math.inf) < defer_busy_s:
+                batch, out.deferred = _take_free_areas(conn, batch, agg)
+            else:
+                aggregate.lock_areas(conn, [(e["position"]["lat"], e["position"]["lon"]) for e, _ in batch.events],
+                                     [box for c, _ in batch.coverage for box in _segment_boxes(c["line"])], agg)
         if batch.events:
             texts = [batch.raw.get(e["event_id"]) or json.dumps(e) for e, _ in batch.events]
             inserted = conn.execute(INSERT_EVENTS, {
@@ -297,6 +313,43 @@ def _conflicting(conn: psycopg.Connection, batch: Batch, new_events: set[str]) -
                       text.encode(), e["event_id"]) for e, text in repeated if e["event_id"] in clashing]
 
 
+def _take_free_areas(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) -> tuple[Batch, Batch | None]:
+    """(what of BATCH this transaction now holds the areas of, what it must leave for later or None)."""
+    cells = ([aggregate.area_cells([(e["position"]["lat"], e["position"]["lon"])], [], agg) for e, _ in batch.events]
+             + [aggregate.area_cells([], _segment_boxes(c["line"]), agg) for c, _ in batch.coverage])
+    keys = [e["event_id"] for e, _ in batch.events] + [c["coverage_id"] for c, _ in batch.coverage]
+    # The longest deferred first: they get the lock budget before the newcomers.
+    order = sorted(range(len(keys)), key=lambda i: batch.deferred_at.get(keys[i], math.inf))
+    got = aggregate.try_lock_areas(conn, [cells[i] for i in order], agg.max_area_locks)
+    free = [False] * len(keys)
+    for rank, i in enumerate(order):
+        free[i] = got[rank]
+    if all(free):
+        return batch, None
+    n = len(batch.events)
+    go = Batch(source=batch.source, raw=batch.raw, origin=batch.origin, statuses=batch.statuses,
+               results=batch.results, rejected=batch.rejected)
+    later = Batch(source=batch.source)
+    for i, item in enumerate(batch.events):
+        (go if free[i] else later).events.append(item)
+    for i, item in enumerate(batch.coverage):
+        (go if free[n + i] else later).coverage.append(item)
+    for e, _ in later.events:
+        _carry(batch, later, e["event_id"])
+    for c, _ in later.coverage:
+        _carry(batch, later, c["coverage_id"])
+    metrics.INGEST_DEFERRED.inc(len(later.events) + len(later.coverage))
+    return go, later
+
+
+def _carry(batch: Batch, later: Batch, key: str) -> None:
+    if key in batch.raw:
+        later.raw[key] = batch.raw[key]
+    if key in batch.origin:
+        later.origin[key] = batch.origin[key]
+    later.deferred_at[key] = batch.deferred_at.get(key, time.monotonic())
+
+
 def _segment_boxes(line: list) -> list[tuple[float, float, float, float]]:
     """(min_lat, min_lon, max_lat, max_lon) of each segment of a coverage LINE ([[lon, lat], ...])."""
     pts = [(float(p[1]), float(p[0])) for p in line]
@@ -321,7 +374,8 @@ def drop_revoked(conn: psycopg.Connection, batch: Batch, devices: list[str]) -> 
     def reject(device: str, obj: dict, raw: str | None = None) -> Rejection:
         return Rejection(batch.source, None, device, "device revoked", (raw or json.dumps(obj)).encode())
 
-    kept = Batch(source=batch.source, raw=batch.raw, rejected=list(batch.rejected))
+    kept = Batch(source=batch.source, raw=batch.raw, rejected=list(batch.rejected), origin=batch.origin,
+                 deferred_at=batch.deferred_at)
     for e, at in batch.events:
         if e["device_id"] in revoked:
             kept.rejected.append(reject(e["device_id"], e, batch.raw.get(e["event_id"])))

@@ -85,6 +85,37 @@ def test_a_batch_elsewhere_does_not_wait_one_across_the_border_does(make_cfg) ->
     assert _try_lock(dsn, [b]) and _try_lock(dsn, spread)
 
 
+def test_an_ingest_batch_defers_what_lies_in_a_busy_area(make_cfg) -> None:
+    """Ingest workers do not wait for an area another transaction holds: the batch stores the rest and hands
+    back the busy area's messages for its next batch; one deferred for longer than defer_busy_s waits instead."""
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    now = datetime.now(UTC)
+    a, b = _border_pair()
+    busy = make_event("veh-x", *b, at=now)
+    elsewhere = make_event("veh-x", a[0] + 0.05, a[1], at=now)
+    with psycopg.connect(dsn, autocommit=True) as holder, holder.transaction():
+        aggregate.lock_areas(holder, [a], [], AGG)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '1s'")
+            batch = Batch(events=[(busy, now), (elsewhere, now)], origin={busy["event_id"]: ["m1"],
+                                                                          elsewhere["event_id"]: ["m2"]})
+            stored = store_batch(conn, batch, cfg.aggregate, defer_busy_s=10.0)
+            assert stored.new_events == {elsewhere["event_id"]}
+            assert stored.deferred is not None and [e["event_id"] for e, _ in stored.deferred.events] == \
+                [busy["event_id"]]
+            assert stored.deferred.origin == {busy["event_id"]: ["m1"]}
+            assert list(stored.deferred.deferred_at) == [busy["event_id"]]
+            assert busy["event_id"] not in {i for a in stored.acks.values() for i in a["event_ids"]}
+            # Deferred for longer than defer_busy_s: the batch waits for the area (here: into the lock timeout).
+            stored.deferred.deferred_at[busy["event_id"]] -= 11.0
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                store_batch(conn, stored.deferred, cfg.aggregate, defer_busy_s=10.0)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        again = store_batch(conn, Batch(events=[(busy, now)]), cfg.aggregate, defer_busy_s=10.0)
+        assert again.new_events == {busy["event_id"]} and again.deferred is None
+
+
 def test_concurrent_batches_at_a_cell_border_make_one_defect(make_cfg) -> None:
     cfg = make_cfg()
     dsn = cfg.database.resolve_dsn()
