@@ -236,7 +236,9 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
             backends = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
                 "AND backend_type = 'client backend'")]
-        cpu0 = {p.pid: _proc_cpu_s(p.pid) for p in servers} | {b: _proc_cpu_s(b) for b in backends}
+        broker_pid = services.Mosquitto().pid() or 0
+        cpu0 = ({p.pid: _proc_cpu_s(p.pid) for p in servers} | {b: _proc_cpu_s(b) for b in backends}
+                | {broker_pid: _proc_cpu_s(broker_pid)})
         with LockSampler(dsn) as sampler:
             t0 = time.monotonic()
             pending = [clients[device].client.publish(f"roadmon/v1/{device}/event", body, qos=1)
@@ -251,6 +253,7 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
             elapsed = time.monotonic() - t0
             new_backends = sampler.backend_pids - set(cpu0)  # a worker that reconnected meanwhile
             worker_cpu = sum(_proc_cpu_s(p.pid) - cpu0[p.pid] for p in servers)
+            broker_cpu = _proc_cpu_s(broker_pid) - cpu0[broker_pid]
             backend_cpu = sum(_proc_cpu_s(b) - cpu0[b] for b in backends) + sum(_proc_cpu_s(b) for b in new_backends)
         acked = set().union(*(c.acked_events() for c in clients.values()))
         if not acked >= wanted:
@@ -267,6 +270,7 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
     return {"processes": processes, "events": n, "elapsed_s": elapsed, "rate": n / elapsed,
             "worker_cpu_s": worker_cpu, "backend_cpu_s": backend_cpu,
             "cpu_per_1k": 1000 * (worker_cpu + backend_cpu) / n, "lock_share": sampler.share,
+            "broker_cpu_per_1k": 1000 * broker_cpu / n,
             "lock_events": sampler.events, "samples": sampler.active}
 
 
@@ -292,7 +296,8 @@ def bench_scale(info: services.ServiceInfo, n_events: int, n_devices: int, round
             waits = ", ".join(f"{k} {v}" for k, v in sorted(out["lock_events"].items())) or "none"
             print(f"  round {r + 1}, {processes} process(es): {out['rate']:,.0f} events/s, CPU "
                   f"{out['cpu_per_1k']:.2f} s per 1,000 events (workers {out['worker_cpu_s']:.1f} s, their "
-                  f"backends {out['backend_cpu_s']:.1f} s), lock waits {100 * out['lock_share']:.1f} % of "
+                  f"backends {out['backend_cpu_s']:.1f} s; broker {out['broker_cpu_per_1k']:.2f} s per 1,000, its "
+                  f"device clients' acks included), lock waits {100 * out['lock_share']:.1f} % of "
                   f"{out['samples']} active samples ({waits})")
     one = statistics.median(o["cpu_per_1k"] for o in results[1])
     two = statistics.median(o["cpu_per_1k"] for o in results[2])

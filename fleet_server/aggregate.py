@@ -87,11 +87,23 @@ def area_cells(points: list[tuple[float, float]], boxes: list[tuple[float, float
     for lat0, lon0, lat1, lon1 in [(lat, lon, lat, lon) for lat, lon in points] + boxes:
         x0, y0, k0 = _mercator(lat0, lon0)
         x1, y1, k1 = _mercator(lat1, lon1)
-        r = reach * max(k0, k1)
-        for cx in range(int((min(x0, x1) - r) // size), int((max(x0, x1) + r) // size) + 1):
-            for cy in range(int((min(y0, y1) - r) // size), int((max(y0, y1) + r) // size) + 1):
-                cells.add((cx, cy))
+        cells |= _box_cells(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), reach * max(k0, k1), size)
     return cells
+
+
+def point_cells(points: list[tuple[float, float]], cfg: AggregateConfig) -> list[set[tuple[int, int]]]:
+    """`area_cells` of each point on its own (for a batch: computed once per batch, ~2 us a point)."""
+    size, reach = cell_m(cfg), reach_m(cfg)
+    out = []
+    for lat, lon in points:
+        x, y, k = _mercator(lat, lon)
+        out.append(_box_cells(x, y, x, y, reach * k, size))
+    return out
+
+
+def _box_cells(x0: float, y0: float, x1: float, y1: float, r: float, size: float) -> set[tuple[int, int]]:
+    return {(cx, cy) for cx in range(int((x0 - r) // size), int((x1 + r) // size) + 1)
+            for cy in range(int((y0 - r) // size), int((y1 + r) // size) + 1)}
 
 
 def _key(level: int, cx: int, cy: int) -> int:
@@ -109,21 +121,14 @@ def area_locks(cells: set[tuple[int, int]], max_locks: int) -> tuple[str, list[t
     return "global", [(_LOCK_KEY, True)]
 
 
-def try_lock_areas(conn: psycopg.Connection, items: list[set[tuple[int, int]]], max_locks: int) -> list[bool]:
+def try_lock_areas(conn: psycopg.Connection, items: list[set[tuple[int, int]]]) -> list[bool]:
     """Lock, without waiting, the fine cells of each of ITEMS (each item's set of cells, from `area_cells`);
     returns per item whether it got all of its cells. The ingest worker defers the items that did not to its
     next batch instead of waiting for the worker that holds them: batches from a whole fleet touch cells all
-    over the map, so two of them nearly always share one, and waiting made the second worker idle. At most
-    MAX_LOCKS fine cells are tried (items needing more are deferred). Never waits, so it cannot deadlock."""
-    wanted: list[tuple[int, int]] = []
-    seen: set[tuple[int, int]] = set()
-    for cells in items:
-        new = cells - seen
-        if len(seen) + len(new) > max_locks:
-            continue
-        seen |= new
-        wanted += sorted(new)
-    # The whole map (taken by a batch too spread out for its cells) excludes everyone; then the coarse cells.
+    over the map, so two of them nearly always share one, and waiting made the second worker idle. Never waits
+    (but for the whole-map lock, which only a batch too spread out for its cells takes), so it cannot deadlock.
+    The caller keeps the cells within `max_area_locks` (`area_locks` is for more)."""
+    wanted = sorted(set().union(*items)) if items else []
     conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_LOCK_KEY,))
     coarse = sorted({(cx // _COARSE, cy // _COARSE) for cx, cy in wanted})
     got_coarse = {c for c, ok in zip(coarse, [r[0] for r in conn.execute(
@@ -135,6 +140,11 @@ def try_lock_areas(conn: psycopg.Connection, items: list[set[tuple[int, int]]], 
         ([_key(_LEVEL_FINE, *c) for c in fine],))], strict=True) if ok}
     metrics.AGGREGATE_LOCKS.labels("try").inc()
     return [cells <= got for cells in items]
+
+
+def fits_fine(cells: set[tuple[int, int]], max_locks: int) -> bool:
+    """Whether CELLS can be locked at the fine level within MAX_LOCKS (their coarse cells included)."""
+    return len(cells) + len({(cx // _COARSE, cy // _COARSE) for cx, cy in cells}) <= max_locks
 
 
 def lock_areas(conn: psycopg.Connection, points: list[tuple[float, float]],

@@ -149,12 +149,12 @@ class AggregateConfig(Section):
     max_line_m: float = Field(50.0, gt=0, le=500, description="Longest line defect (a crack) looked for along its "
                                                              "line: a sighting this far from a crack defect's "
                                                              "centre can still join it")
-    lock_cell_m: float = Field(500.0, ge=50, le=100_000,
+    lock_cell_m: float = Field(2000.0, ge=50, le=100_000,
                                description="Side of the map cells that concurrent batches lock before they aggregate "
                                            "(raised to twice the reach of one sighting, 3 x (max_gate_m + "
                                            "max_line_m), when smaller): batches in different cells do not wait "
                                            "for each other")
-    max_area_locks: int = Field(512, ge=8, le=4096,
+    max_area_locks: int = Field(1024, ge=8, le=8192,
                                 description="Most cell locks one batch takes; a batch spread wider locks 16x16 "
                                             "coarser cells, then the whole map. Each lock takes a slot of "
                                             "PostgreSQL's shared lock table (max_locks_per_transaction x "

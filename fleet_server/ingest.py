@@ -233,6 +233,7 @@ class IngestWorker:
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
         self._storing = 0  # messages of the batch being stored now
+        self._defer_pause_s = 0.0  # set when a batch left most of itself for later (areas busy elsewhere)
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
         self.connected = threading.Event()
@@ -412,6 +413,9 @@ class IngestWorker:
                 continue
             items, batch = taken
             self._storing = len(items)
+            if self._defer_pause_s:
+                self.stopping.wait(self._defer_pause_s)
+                self._defer_pause_s = 0.0
             try:
                 self._handle(items, batch)
             except Exception:  # a bug must not stop ingest; the batch stays un-PUBACKed and comes back
@@ -437,6 +441,11 @@ class IngestWorker:
             # Their areas were busy in another worker's transaction: they go into the next batch, unacknowledged.
             later = [m for key in stored.deferred.origin.values() for m in key]
             self._pending.add(later, stored.deferred)
+            if len(later) >= len(stored.new_events) + len(stored.new_coverage):
+                # Mostly deferred: the other worker holds most of this batch's areas, for about as long as this
+                # transaction took. Retrying at once only spins through tiny transactions; wait about that
+                # long (without holding anything) while the next batch fills.
+                self._defer_pause_s = min(0.5, time.monotonic() - t0)
         waiting = {id(m) for m in later}
         for item in items:
             if item.qos > 0 and id(item) not in waiting:

@@ -314,16 +314,15 @@ def _conflicting(conn: psycopg.Connection, batch: Batch, new_events: set[str]) -
 
 
 def _take_free_areas(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) -> tuple[Batch, Batch | None]:
-    """(what of BATCH this transaction now holds the areas of, what it must leave for later or None)."""
-    cells = ([aggregate.area_cells([(e["position"]["lat"], e["position"]["lon"])], [], agg) for e, _ in batch.events]
+    """(what of BATCH this transaction now holds the areas of, what it must leave for later or None). A batch
+    spread over more cells than aggregate.max_area_locks waits for its (coarser) areas instead."""
+    cells = (aggregate.point_cells([(e["position"]["lat"], e["position"]["lon"]) for e, _ in batch.events], agg)
              + [aggregate.area_cells([], _segment_boxes(c["line"]), agg) for c, _ in batch.coverage])
-    keys = [e["event_id"] for e, _ in batch.events] + [c["coverage_id"] for c, _ in batch.coverage]
-    # The longest deferred first: they get the lock budget before the newcomers.
-    order = sorted(range(len(keys)), key=lambda i: batch.deferred_at.get(keys[i], math.inf))
-    got = aggregate.try_lock_areas(conn, [cells[i] for i in order], agg.max_area_locks)
-    free = [False] * len(keys)
-    for rank, i in enumerate(order):
-        free[i] = got[rank]
+    if not aggregate.fits_fine(set().union(*cells), agg.max_area_locks):
+        aggregate.lock_areas(conn, [(e["position"]["lat"], e["position"]["lon"]) for e, _ in batch.events],
+                             [box for c, _ in batch.coverage for box in _segment_boxes(c["line"])], agg)
+        return batch, None
+    free = aggregate.try_lock_areas(conn, cells)
     if all(free):
         return batch, None
     n = len(batch.events)

@@ -79,7 +79,7 @@ def test_a_batch_elsewhere_does_not_wait_one_across_the_border_does(make_cfg) ->
         assert aggregate.lock_areas(holder, [a], [], AGG) == "fine"
         assert _try_lock(dsn, [(a[0] + 0.05, a[1])]), "a batch 5 km away waited"
         assert not _try_lock(dsn, [b]), "a batch 1 m away across a cell border did not wait"
-        # A batch spread over the whole region takes the coarse cells, which wait for the fine ones inside.
+        # A batch spread over the whole region waits too: one of its cells is held.
         spread = [(a[0] + i * 0.01, a[1] + j * 0.01) for i in range(-12, 12) for j in range(-12, 12)]
         assert not _try_lock(dsn, spread)
     assert _try_lock(dsn, [b]) and _try_lock(dsn, spread)
