@@ -406,6 +406,9 @@ class IngestWorker:
         ing = self.cfg.ingest
         while not self.stopping.is_set():
             self._purge_when_due()
+            if self._defer_pause_s:  # before taking the next batch, so that it fills meanwhile
+                self.stopping.wait(self._defer_pause_s)
+                self._defer_pause_s = 0.0
             taken = self._pending.take(ing.batch_size, ing.batch_wait_s, self.stopping)
             if taken is None:
                 if not self.inbox.qsize() and not self._received.size:
@@ -413,9 +416,6 @@ class IngestWorker:
                 continue
             items, batch = taken
             self._storing = len(items)
-            if self._defer_pause_s:
-                self.stopping.wait(self._defer_pause_s)
-                self._defer_pause_s = 0.0
             try:
                 self._handle(items, batch)
             except Exception:  # a bug must not stop ingest; the batch stays un-PUBACKed and comes back
