@@ -6,8 +6,13 @@
 2. Map query: GET /api/v1/defects p95 for a 2 km bbox with 1M sightings / 100k defects in the database.
    Target: p95 <= 50 ms.
 
-    python -m bench.bench_server [--quick] [--part ingest|map] [--events N] [--batch-size N] [--workers N]
-                                 [--processes N] [--defects N] [--queries N]
+3. Scale (--part scale): ingest CPU seconds (worker processes + their PostgreSQL backends) per 1,000 events
+   with 1 and 2 `fleet-server ingest` processes, and the share of the backends' active samples that wait on
+   a lock (pg_stat_activity every 50 ms). Targets: 2 processes within 15 % of 1; lock waits < 5 %.
+
+    python -m bench.bench_server [--quick] [--part ingest|map|scale] [--events N] [--batch-size N]
+                                 [--workers N] [--processes N] [--defects N] [--queries N] [--devices N]
+                                 [--rounds N]
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from pathlib import Path
 
 import psycopg
 
+from fleet_server import mqtt_accounts
 from fleet_server.config import ServerConfig
 from fleet_server.migrate import migrate
 from fleet_server.store import event_row
-from roadmon_contract.geodesy import metres_per_degree
+from roadmon_contract.geodesy import enu_offset, metres_per_degree
 from scripts import services
 from tests.server_fixtures import DeviceClient, make_event, offset, server_config, token
 
@@ -46,14 +52,27 @@ def fresh_database(name: str) -> str:
     return dsn
 
 
-def synthetic_events(n: int, devices: list[str], potholes: int, rng: random.Random) -> list[dict]:
-    """N events from DEVICES over POTHOLES spots along 20 km of road, with 3 m noise, in pass order."""
-    spots = [offset(*CENTRE, rng.uniform(-10_000, 10_000), rng.uniform(-10_000, 10_000)) for _ in range(potholes)]
+def synthetic_events(n: int, devices: list[str], potholes: int, rng: random.Random,
+                     local_km: float | None = None, region_km: float = 20.0) -> list[dict]:
+    """N events from DEVICES over POTHOLES spots in a REGION_KM square, with 3 m noise, in pass order. Without
+    LOCAL_KM every device sees every spot (every batch touches the whole region); with it, each device drives in
+    its own LOCAL_KM square of the region (a vehicle on its routes), so a batch's events cluster by vehicle."""
+    half = region_km * 500
+    spots = [offset(*CENTRE, rng.uniform(-half, half), rng.uniform(-half, half)) for _ in range(potholes)]
     start = datetime.now(UTC) - timedelta(days=3)
+    home: dict[str, list[int]] = {}
+    if local_km is not None:
+        for d in devices:
+            cy, cx = rng.uniform(-half, half), rng.uniform(-half, half)
+            near = [i for i, (lat, lon) in enumerate(spots)
+                    if abs(enu_offset(*CENTRE, lat, lon)[1] - cy) < local_km * 500
+                    and abs(enu_offset(*CENTRE, lat, lon)[0] - cx) < local_km * 500]
+            home[d] = near or [rng.randrange(potholes)]
     out = []
     for i in range(n):
-        lat, lon = spots[i % potholes]
         device = devices[i % len(devices)]
+        mine = home.get(device)
+        lat, lon = spots[mine[(i // len(devices)) % len(mine)]] if mine else spots[i % potholes]
         at = start + timedelta(seconds=i * 2)
         out.append(make_event(device, *offset(lat, lon, rng.gauss(0, 2), rng.gauss(0, 2)), h=3.0, at=at, seq=i))
     return out
@@ -137,6 +156,158 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed, "publish_cpu_s": publish_cpu,
                                    "worker_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - children_cpu,
                                    "backend_cpu_s": backend_cpu}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process PID so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class LockSampler:
+    """Samples pg_stat_activity of one database every STEP_S: how many of its active backends wait on a lock
+    (wait_event_type 'Lock': row locks show as transactionid/tuple, advisory locks as advisory)."""
+
+    def __init__(self, dsn: str, step_s: float = 0.05) -> None:
+        import threading
+
+        self.dsn, self.step_s = dsn, step_s
+        self.active = self.waiting = 0
+        self.events: dict[str, int] = {}
+        self.backend_pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for pid, state, kind, event in conn.execute(
+                        "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND backend_type = 'client backend'"):
+                    self.backend_pids.add(pid)
+                    if state != "active":
+                        continue
+                    self.active += 1
+                    if kind == "Lock":
+                        self.waiting += 1
+                        self.events[event] = self.events.get(event, 0) + 1
+                self._stop.wait(self.step_s)
+
+    def __enter__(self) -> LockSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def share(self) -> float:
+        return self.waiting / self.active if self.active else 0.0
+
+
+def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices: list[str],
+              passwords: dict[str, str], processes: int, tmp: Path, batch_size: int | None) -> dict:
+    """One ingest run with PROCESSES `fleet-server ingest` processes (one worker each, one shared group): CPU
+    seconds of the worker processes and of their PostgreSQL backends from the first publish until every event
+    is acked (process start-up left out), and the lock-wait share of the backends' active samples."""
+    conf = tmp / f"scale-{processes}.toml"
+    conf.write_text(f"""[mqtt]\nport = {info.mqtt_port}\nclient_id_prefix = "bench-{secrets.token_hex(3)}"
+[ingest]\nshare_group = "scale{secrets.token_hex(3)}"\ndevices = {json.dumps(devices)}\n""")
+    if batch_size:
+        conf.write_text(conf.read_text() + f"batch_size = {batch_size}\n")
+    env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
+    logs = [(tmp / f"scale-{processes}-{i}.log").open("w") for i in range(processes)]
+    servers = [subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "ingest", "--workers", "1",
+                                 "--instance", str(i)], env=env, stdout=subprocess.DEVNULL, stderr=logs[i])
+               for i in range(processes)]
+    clients: dict[str, DeviceClient] = {}
+    try:
+        time.sleep(4)  # workers start, connect and subscribe
+        clients = {d: DeviceClient(info.mqtt_host, info.mqtt_port, d, passwords[d]) for d in devices}
+        payloads = [(e["device_id"], json.dumps(e).encode()) for e in events]
+        wanted = {e["event_id"] for e in events}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            backends = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'")]
+        broker_pid = services.Mosquitto().pid() or 0
+        cpu0 = ({p.pid: _proc_cpu_s(p.pid) for p in servers} | {b: _proc_cpu_s(b) for b in backends}
+                | {broker_pid: _proc_cpu_s(broker_pid)})
+        with LockSampler(dsn) as sampler:
+            t0 = time.monotonic()
+            pending = [clients[device].client.publish(f"roadmon/v1/{device}/event", body, qos=1)
+                       for device, body in payloads]
+            for p in pending:
+                p.wait_for_publish(120)
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if set().union(*(c.acked_events() for c in clients.values())) >= wanted:
+                    break
+                time.sleep(0.02)
+            elapsed = time.monotonic() - t0
+            new_backends = sampler.backend_pids - set(cpu0)  # a worker that reconnected meanwhile
+            worker_cpu = sum(_proc_cpu_s(p.pid) - cpu0[p.pid] for p in servers)
+            broker_cpu = _proc_cpu_s(broker_pid) - cpu0[broker_pid]
+            backend_cpu = sum(_proc_cpu_s(b) - cpu0[b] for b in backends) + sum(_proc_cpu_s(b) for b in new_backends)
+        acked = set().union(*(c.acked_events() for c in clients.values()))
+        if not acked >= wanted:
+            raise SystemExit(f"only {len(acked & wanted)} of {len(wanted)} events acked")
+    finally:
+        for c in clients.values():
+            c.close()
+        for server in servers:
+            server.terminate()
+        for server, log_file in zip(servers, logs, strict=True):
+            server.wait(30)
+            log_file.close()
+    n = len(events)
+    return {"processes": processes, "events": n, "elapsed_s": elapsed, "rate": n / elapsed,
+            "worker_cpu_s": worker_cpu, "backend_cpu_s": backend_cpu,
+            "cpu_per_1k": 1000 * (worker_cpu + backend_cpu) / n, "lock_share": sampler.share,
+            "broker_cpu_per_1k": 1000 * broker_cpu / n,
+            "lock_events": sampler.events, "samples": sampler.active}
+
+
+def bench_scale(info: services.ServiceInfo, n_events: int, n_devices: int, rounds: int, rng: random.Random,
+                tmp: Path, batch_size: int | None, local_km: float | None = None, region_km: float = 20.0) -> None:
+    """Ingest CPU per 1,000 events and lock waits with 1 and 2 ingest processes, alternating, in one run."""
+    broker = services.Mosquitto()
+    devices = [f"scale-{secrets.token_hex(2)}-{i}" for i in range(n_devices)]
+    passwords = {d: secrets.token_urlsafe(12) for d in devices}
+    for d, password in passwords.items():
+        mqtt_accounts.set_password(broker.passwd_file, d, password)
+    mqtt_accounts.reload_broker(broker.pid_file)
+    time.sleep(0.5)
+    results: dict[int, list[dict]] = {1: [], 2: []}
+    for r in range(rounds):
+        for processes in (1, 2):
+            events = synthetic_events(n_events, devices, max(10, n_events // 12), rng, local_km, region_km)
+            dsn = fresh_database("bench_server_scale")
+            with psycopg.connect(dsn, autocommit=True) as conn:  # provisioned, as `device import` leaves them
+                conn.execute("INSERT INTO devices (id) SELECT unnest(%s::text[])", (devices,))
+            out = scale_run(dsn, info, events, devices, passwords, processes, tmp, batch_size)
+            results[processes].append(out)
+            waits = ", ".join(f"{k} {v}" for k, v in sorted(out["lock_events"].items())) or "none"
+            print(f"  round {r + 1}, {processes} process(es): {out['rate']:,.0f} events/s, CPU "
+                  f"{out['cpu_per_1k']:.2f} s per 1,000 events (workers {out['worker_cpu_s']:.1f} s, their "
+                  f"backends {out['backend_cpu_s']:.1f} s; broker {out['broker_cpu_per_1k']:.2f} s per 1,000, its "
+                  f"device clients' acks included), lock waits {100 * out['lock_share']:.1f} % of "
+                  f"{out['samples']} active samples ({waits})")
+    one = statistics.median(o["cpu_per_1k"] for o in results[1])
+    two = statistics.median(o["cpu_per_1k"] for o in results[2])
+    lock2 = statistics.median(o["lock_share"] for o in results[2])
+    where = (f"each in its own {local_km:g} km square of a {region_km:g} km region" if local_km is not None
+             else f"all over a {region_km:g} km region")
+    print(f"scale: {n_events} events from {n_devices} devices ({where}) per run, medians of {rounds}: "
+          f"CPU per 1,000 events "
+          f"1 process {one:.2f} s, 2 processes {two:.2f} s (ratio {two / one:.2f}, target <= 1.15 "
+          f"{'PASS' if two / one <= 1.15 else 'FAIL'}); lock waits with 2: {100 * lock2:.1f} % (target < 5 % "
+          f"{'PASS' if lock2 < 0.05 else 'FAIL'})")
 
 
 def _backend_cpu_s(dsn: str) -> float | None:
@@ -228,7 +399,13 @@ def main() -> int:
     parser.add_argument("--per-defect", type=int, default=10, help="sightings per defect for the map query")
     parser.add_argument("--queries", type=int, help="map queries timed (default 300, quick 100)")
     parser.add_argument("--batch-size", type=int, default=None, help="ingest.batch_size (default: the config's)")
-    parser.add_argument("--part", choices=["ingest", "map", "both"], default="both", help="which measurement")
+    parser.add_argument("--part", choices=["ingest", "map", "both", "scale"], default="both",
+                        help="which measurement (scale: CPU per event and lock waits, 1 vs 2 ingest processes)")
+    parser.add_argument("--devices", type=int, default=200, help="publishing devices for --part scale")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of 1 and 2 processes for --part scale")
+    parser.add_argument("--region-km", type=float, default=20.0, help="side of the square the events lie in")
+    parser.add_argument("--local-km", type=float, default=None,
+                        help="--part scale: each device drives in its own square of this side (default: everywhere)")
     args = parser.parse_args()
     n_events = args.events or (3000 if args.quick else 20000)
     n_defects = args.defects or (10_000 if args.quick else 100_000)
@@ -242,6 +419,9 @@ def main() -> int:
         bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size, args.processes)
     if args.part in ("map", "both"):
         bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp)
+    if args.part == "scale":
+        bench_scale(info, n_events, args.devices, args.rounds, rng, tmp, args.batch_size, args.local_km,
+                    args.region_km)
     return 0
 
 

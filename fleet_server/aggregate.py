@@ -1,7 +1,8 @@
 """Sightings -> defects: merge, position, counts, status (new -> confirmed -> likely_repaired).
 
-Runs inside the ingest transaction, under a transaction-level advisory lock, so two ingest workers never
-create two defects for one pothole at the same moment. Definitions:
+Runs inside the ingest transaction, under transaction-level advisory locks on the map's areas the batch
+touches (`lock_areas`), so two ingest workers never create two defects for one pothole at the same moment,
+while workers storing sightings in different areas do not wait for each other. Definitions:
 
 - a sighting joins the nearest open defect of its class within `merge_radius_m` (widened to
   `accuracy_gate` x its h_accuracy_m, at most `max_gate_m`); `repaired` defects are closed, a new sighting
@@ -24,6 +25,7 @@ from datetime import timedelta
 
 import psycopg
 
+from fleet_server import metrics
 from fleet_server.config import AggregateConfig
 from roadmon_contract.geodesy import LocalFrame
 
@@ -35,8 +37,129 @@ MISS_SLACK = timedelta(seconds=30)
 
 
 def lock(conn: psycopg.Connection) -> None:
-    """Serialise aggregation across workers until the transaction ends (taking it twice is harmless)."""
+    """Serialise aggregation across workers until the transaction ends, everywhere (taking it twice is
+    harmless). `lock_areas` is the narrow form the ingest path uses."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+
+
+# Area locks. Two batches must not match, create, merge or recount defects of one spot at the same time (two
+# defects for one pothole, lost counts), but batches in different parts of the map need not wait for each other.
+# The map is cut into square cells of a Web-Mercator grid (conformal and continuous, so every worker computes
+# the same cells); a point locks every cell that its box of half-width `reach` overlaps. Two points within
+# `reach` of each other then always share a locked cell, at a cell border too. `reach` covers everything one
+# sighting's aggregation can touch: the defects it may join (gate, plus a crack's length), the neighbours those
+# may merge with, and theirs. A cell at least 2 x reach wide keeps a point to at most 4 cells.
+# The number of locks is bounded (the lock table is shared and small): three levels with intention locks, as
+# databases lock rows, pages and tables. Fine cells are taken exclusively under their coarse cell taken shared;
+# a batch too spread out for `max_area_locks` fine cells takes its coarse cells exclusively instead, and one
+# still too spread out the whole map (the old global lock, _LOCK_KEY). Every lock is taken in one order (level,
+# then key), so advisory locks never deadlock.
+_EARTH_R = 6_378_137.0
+_COARSE = 16        # fine cells per coarse cell, along each axis
+_LEVEL_FINE, _LEVEL_COARSE = 1, 2
+_KEY_TAG = 0x52 << 56  # keeps area keys apart from the project's other advisory locks (small constants, hashtext)
+_MASK = (1 << 26) - 1
+
+
+def reach_m(cfg: AggregateConfig) -> float:
+    """How far one sighting's aggregation can reach: join (gate + a crack's length), then a merge chain of two."""
+    return 3.0 * (max(cfg.max_gate_m, cfg.merge_radius_m) + cfg.max_line_m)
+
+
+def cell_m(cfg: AggregateConfig) -> float:
+    return max(cfg.lock_cell_m, 2.0 * reach_m(cfg))
+
+
+def _mercator(lat: float, lon: float) -> tuple[float, float, float]:
+    """(x, y, scale): Web-Mercator metres and how many of them one metre on the ground is there."""
+    lat = max(-85.0, min(85.0, lat))
+    phi = math.radians(lat)
+    return (_EARTH_R * math.radians(lon), _EARTH_R * math.log(math.tan(math.pi / 4 + phi / 2)),
+            1.0 / math.cos(phi))
+
+
+def area_cells(points: list[tuple[float, float]], boxes: list[tuple[float, float, float, float]],
+               cfg: AggregateConfig) -> set[tuple[int, int]]:
+    """Fine cells (cx, cy) to lock for POINTS (lat, lon) and for BOXES (min_lat, min_lon, max_lat, max_lon,
+    e.g. a coverage segment's bounds), each widened by `reach_m`."""
+    size, reach = cell_m(cfg), reach_m(cfg)
+    cells: set[tuple[int, int]] = set()
+    for lat0, lon0, lat1, lon1 in [(lat, lon, lat, lon) for lat, lon in points] + boxes:
+        x0, y0, k0 = _mercator(lat0, lon0)
+        x1, y1, k1 = _mercator(lat1, lon1)
+        cells |= _box_cells(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), reach * max(k0, k1), size)
+    return cells
+
+
+def point_cells(points: list[tuple[float, float]], cfg: AggregateConfig) -> list[set[tuple[int, int]]]:
+    """`area_cells` of each point on its own (for a batch: computed once per batch, ~2 us a point)."""
+    size, reach = cell_m(cfg), reach_m(cfg)
+    out = []
+    for lat, lon in points:
+        x, y, k = _mercator(lat, lon)
+        out.append(_box_cells(x, y, x, y, reach * k, size))
+    return out
+
+
+def _box_cells(x0: float, y0: float, x1: float, y1: float, r: float, size: float) -> set[tuple[int, int]]:
+    return {(cx, cy) for cx in range(int((x0 - r) // size), int((x1 + r) // size) + 1)
+            for cy in range(int((y0 - r) // size), int((y1 + r) // size) + 1)}
+
+
+def _key(level: int, cx: int, cy: int) -> int:
+    return _KEY_TAG | (level << 52) | ((cx & _MASK) << 26) | (cy & _MASK)
+
+
+def area_locks(cells: set[tuple[int, int]], max_locks: int) -> tuple[str, list[tuple[int, bool]]]:
+    """(level, [(key, exclusive)...] in the order to take them) for CELLS, at most MAX_LOCKS + a few keys."""
+    coarse = sorted({(cx // _COARSE, cy // _COARSE) for cx, cy in cells})
+    if len(cells) + len(coarse) <= max_locks:
+        return "fine", ([(_LOCK_KEY, False)] + [(_key(_LEVEL_COARSE, *c), False) for c in coarse]
+                        + [(_key(_LEVEL_FINE, *c), True) for c in sorted(cells)])
+    if len(coarse) <= max_locks:
+        return "coarse", [(_LOCK_KEY, False)] + [(_key(_LEVEL_COARSE, *c), True) for c in coarse]
+    return "global", [(_LOCK_KEY, True)]
+
+
+def try_lock_areas(conn: psycopg.Connection, items: list[set[tuple[int, int]]]) -> list[bool]:
+    """Lock, without waiting, the fine cells of each of ITEMS (each item's set of cells, from `area_cells`);
+    returns per item whether it got all of its cells. The ingest worker defers the items that did not to its
+    next batch instead of waiting for the worker that holds them: batches from a whole fleet touch cells all
+    over the map, so two of them nearly always share one, and waiting made the second worker idle. Never waits
+    (but for the whole-map lock, which only a batch too spread out for its cells takes), so it cannot deadlock.
+    The caller keeps the cells within `max_area_locks` (`area_locks` is for more)."""
+    wanted = sorted(set().union(*items)) if items else []
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_LOCK_KEY,))
+    coarse = sorted({(cx // _COARSE, cy // _COARSE) for cx, cy in wanted})
+    got_coarse = {c for c, ok in zip(coarse, [r[0] for r in conn.execute(
+        "SELECT pg_try_advisory_xact_lock_shared(k) FROM unnest(%s::bigint[]) AS k",
+        ([_key(_LEVEL_COARSE, *c) for c in coarse],))], strict=True) if ok}
+    fine = [c for c in wanted if (c[0] // _COARSE, c[1] // _COARSE) in got_coarse]
+    got = {c for c, ok in zip(fine, [r[0] for r in conn.execute(
+        "SELECT pg_try_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k",
+        ([_key(_LEVEL_FINE, *c) for c in fine],))], strict=True) if ok}
+    metrics.AGGREGATE_LOCKS.labels("try").inc()
+    return [cells <= got for cells in items]
+
+
+def fits_fine(cells: set[tuple[int, int]], max_locks: int) -> bool:
+    """Whether CELLS can be locked at the fine level within MAX_LOCKS (their coarse cells included)."""
+    return len(cells) + len({(cx // _COARSE, cy // _COARSE) for cx, cy in cells}) <= max_locks
+
+
+def lock_areas(conn: psycopg.Connection, points: list[tuple[float, float]],
+               boxes: list[tuple[float, float, float, float]], cfg: AggregateConfig) -> str:
+    """Lock the areas POINTS and BOXES touch until the transaction ends; returns the level taken."""
+    level, locks = area_locks(area_cells(points, boxes, cfg), cfg.max_area_locks)
+    shared = [k for k, excl in locks if not excl]
+    exclusive = [k for k, excl in locks if excl]
+    # unnest keeps the array's order; shared keys all come before the exclusive ones in area_locks' order.
+    if shared:
+        conn.execute("SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest(%s::bigint[]) AS k", (shared,))
+    if exclusive:
+        conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", (exclusive,))
+    metrics.AGGREGATE_LOCKS.labels(level).inc()
+    return level
 
 
 def assign(conn: psycopg.Connection, event_ids: list[str], loose: list[str], cfg: AggregateConfig) -> set[int]:
@@ -314,12 +437,12 @@ def _deleted(conn: psycopg.Connection, ids: set[int]) -> set[int]:
 
 def aggregate_new(conn: psycopg.Connection, event_ids: list[str], matched: set[int], loose: list[str],
                   coverage_ids: list[str], cfg: AggregateConfig) -> None:
-    """Everything aggregation does for one batch, inside its transaction (the caller took `lock` before it
-    inserted and matched the sightings): EVENT_IDS are the new sightings, MATCHED the defects they joined on
-    insert, LOOSE those that joined none, COVERAGE_IDS the new coverage records."""
+    """Everything aggregation does for one batch, inside its transaction (the caller took `lock_areas` (or
+    `lock`) for the batch's sightings and coverage before it inserted and matched the sightings): EVENT_IDS are
+    the new sightings, MATCHED the defects they joined on insert, LOOSE those that joined none, COVERAGE_IDS the
+    new coverage records."""
     if not event_ids and not coverage_ids:
         return
-    lock(conn)
     touched = matched | assign(conn, event_ids, loose, cfg)
     refresh(conn, touched, cfg)
     merge_neighbours(conn, touched, cfg)

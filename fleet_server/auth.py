@@ -49,6 +49,11 @@ def new_token() -> tuple[str, str]:
     return f"{PREFIX}_{lookup}_{secrets.token_urlsafe(32)}", lookup
 
 
+def hash_token(token: str) -> str:
+    """The stored form of TOKEN (argon2id)."""
+    return _hasher.hash(token)
+
+
 def create_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None = None,
                  expires_in: timedelta | None = None) -> str:
     """Store a new token's hash and return the token (shown once, never stored in clear). EXPIRES_IN None:
@@ -64,7 +69,7 @@ def _insert_token(conn: psycopg.Connection, role: str, name: str, device_id: str
     expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
     row = conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role, device_id, expires_at) "
                        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                       (lookup, _hasher.hash(token), name, role, device_id, expires_at)).fetchone()
+                       (lookup, hash_token(token), name, role, device_id, expires_at)).fetchone()
     return token, row[0]
 
 

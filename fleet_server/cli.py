@@ -9,6 +9,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,6 +78,26 @@ def migrate_cmd() -> None:
         _fail(str(exc))
     console.print(f"applied {len(done)} migration(s)" + (": " + ", ".join(f"{m.version:03d}_{m.name}" for m in done)
                                                           if done else " (schema up to date)"))
+
+
+@app.command("partitions")
+def partitions_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be dropped"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Monthly partitions of sightings and coverage: make the upcoming ones, drop those past [retention]
+    (run it daily)."""
+    from fleet_server import partitions
+
+    c = cfg()
+    with connect(c.database) as conn:
+        report = partitions.maintain(conn, c.retention, dry_run=dry_run)
+    if as_json:
+        print(json.dumps({"created": report.created, "dropped": report.dropped, "dry_run": dry_run,
+                          "default_rows_deleted": report.default_rows_deleted}))
+        return
+    console.print(f"created {len(report.created)}: {', '.join(report.created) or '-'}")
+    console.print(f"{'would drop' if dry_run else 'dropped'} {len(report.dropped)}: {', '.join(report.dropped) or '-'}")
+    for table, n in report.default_rows_deleted.items():
+        console.print(f"deleted {n} rows past retention from {table}'s default partition")
 
 
 def _start_workers(n: int, role: str, first: int = 0) -> list:
@@ -169,6 +190,52 @@ def _write_broker_login(c: ServerConfig, device_id: str, password: str) -> str:
     reloaded = files.pid_file is not None and mqtt_accounts.reload_broker(files.pid_file)
     return f"broker login written to {files.passwd_file}" + ("; broker reloaded" if reloaded else
                                                               "; reload the broker to apply it")
+
+
+@device_app.command("import")
+def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                             help="CSV: device id, then optional group(s) (more cells or a;b)"),
+                  out: Path | None = typer.Option(None, "--out", "-o",
+                                                  help="Credentials CSV to write (mode 600, never overwritten); "
+                                                       "default FILE's name with .credentials.csv"),
+                  skip_existing: bool = typer.Option(False, "--skip-existing",
+                                                     help="Leave ids that already exist as they are (default: "
+                                                          "refuse the whole import, naming their lines)"),
+                  http_tokens: bool = typer.Option(False, "--http-tokens",
+                                                   help="Also create an HTTP device token per device (argon2: "
+                                                        "~25 ms of CPU each)")) -> None:
+    """Create many devices at once: one password-file write, one broker reload, one transaction. Nothing is
+    written when any row is bad."""
+    from fleet_server import provision
+
+    c = cfg()
+    target = out or file.with_name(file.name.removesuffix(".csv") + ".credentials.csv")
+    t0 = time.monotonic()
+    try:
+        rows = provision.parse_rows(file.read_text(encoding="utf-8-sig"), DEVICE_ID, c.mqtt.username)
+        with connect(c.database) as conn:
+            done = provision.import_devices(conn, c, rows, target, skip_existing=skip_existing,
+                                            http_tokens=http_tokens)
+    except provision.ImportRefused as exc:
+        err.print(f"[red]{file}: nothing imported[/red]", soft_wrap=True)
+        for problem in exc.problems:
+            err.print(f"  {problem}", soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+    except UnicodeDecodeError as exc:
+        _fail(f"{file}: not UTF-8 text ({exc})")
+    elapsed = time.monotonic() - t0
+    if done.skipped:
+        console.print(f"skipped {len(done.skipped)} existing device(s)")
+    if not done.created:
+        console.print("no new devices")
+        return
+    console.print(f"imported {len(done.created)} device(s) in {elapsed:.1f} s; credentials (shown nowhere else) "
+                  f"in {target}")
+    if done.passwd_file is None:
+        console.print("[yellow]broker_files.passwd_file not set: add the MQTT logins to the broker yourself[/yellow]")
+    else:
+        console.print(f"broker logins written to {done.passwd_file}" + (
+            "; broker reloaded" if done.broker_reloaded else "; reload the broker to apply them"))
 
 
 @device_app.command("revoke")

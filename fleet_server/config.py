@@ -63,9 +63,18 @@ class MqttConfig(Section):
                                              f"workers' client ids; else {INSTANCE_ENV} (a pod name), else the host "
                                              "name. Two processes must never share one")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
-    session_expiry_s: int = Field(60, ge=0, description="How long the broker keeps a worker's session while it is "
-                                                        "away: long enough for a restart, short, since the broker "
-                                                        "keeps routing that worker's share of messages to it")
+    session_expiry_s: int = Field(10, ge=0, description="How long the broker keeps a worker's session after the "
+                                                        "worker vanished without a clean stop (a crash, a lost "
+                                                        "network): long enough for a quick restart, short, since "
+                                                        "the broker keeps routing that worker's share of messages to "
+                                                        "it (a clean stop ends the session at once)")
+    leave_group_on_stop: bool = Field(True, description="A clean stop leaves the shared group at once: it stores "
+                                                        "what it was delivered (ingest.drain_s) and ends its "
+                                                        "session, so its share goes to the other workers (right with "
+                                                        "several workers, and on Kubernetes, where a restarted pod has "
+                                                        "a new name). false: the session is kept for "
+                                                        "session_expiry_s, so a lone worker restarting under the same "
+                                                        "name gets what arrived meanwhile")
     reconnect_min_s: float = Field(1.0, ge=1, description="First reconnect delay after a broker outage (whole seconds)")
     reconnect_max_s: float = Field(30.0, ge=1, description="Longest reconnect delay (doubling backoff, whole seconds)")
 
@@ -106,6 +115,18 @@ class IngestConfig(Section):
     future_tolerance_s: float = Field(86400.0, ge=0, description="Events from further in the future are rejected")
     stale_after_s: float = Field(600.0, gt=0, description="An online device not heard from this long is 'stale'")
     db_retry_max_s: float = Field(30.0, gt=0, description="Longest wait between retries while PostGIS is down")
+    drain_s: float = Field(5.0, ge=0, le=300, description="At a clean stop: seconds a worker keeps storing and "
+                                                          "acknowledging what the broker had already delivered to "
+                                                          "it, after leaving the shared group")
+    defer_busy_s: float = Field(10.0, ge=0, le=60,
+                                description="Events whose map area another worker's transaction holds go to the "
+                                            "worker's next batch instead of waiting for it, for at most this long "
+                                            "(then the batch waits; keep it well under the agents' ack timeout); "
+                                            "0 = always wait")
+    last_seen_resolution_s: float = Field(30.0, ge=0, le=3600,
+                                          description="devices.last_seen is moved forward only when it is older "
+                                                      "than this: every batch writing the same device rows made "
+                                                      "concurrent workers queue on their row locks")
 
 
 class AggregateConfig(Section):
@@ -128,6 +149,28 @@ class AggregateConfig(Section):
     max_line_m: float = Field(50.0, gt=0, le=500, description="Longest line defect (a crack) looked for along its "
                                                              "line: a sighting this far from a crack defect's "
                                                              "centre can still join it")
+    lock_cell_m: float = Field(2000.0, ge=50, le=100_000,
+                               description="Side of the map cells that concurrent batches lock before they aggregate "
+                                           "(raised to twice the reach of one sighting, 3 x (max_gate_m + "
+                                           "max_line_m), when smaller): batches in different cells do not wait "
+                                           "for each other")
+    max_area_locks: int = Field(1024, ge=8, le=8192,
+                                description="Most cell locks one batch takes; a batch spread wider locks 16x16 "
+                                            "coarser cells, then the whole map. Each lock takes a slot of "
+                                            "PostgreSQL's shared lock table (max_locks_per_transaction x "
+                                            "max_connections)")
+
+
+class RetentionConfig(Section):
+    sightings_months: int = Field(0, ge=0, le=1200,
+                                  description="Monthly partitions of sightings wholly older than this many months "
+                                              "(before the current one) are dropped by `fleet-server partitions`; "
+                                              "0 keeps every sighting. A defect touched later is recounted from "
+                                              "the sightings kept, so keep them longer than defects stay open")
+    coverage_months: int = Field(0, ge=0, le=1200,
+                                 description="The same for coverage (driven stretches; the misses they caused "
+                                             "stay); 0 keeps all")
+    premake_months: int = Field(3, ge=0, le=36, description="Monthly partitions made ahead of the current month")
 
 
 class ApiConfig(Section):
@@ -178,6 +221,8 @@ class ServerConfig(Section):
                                             description="Broker files written by device provisioning")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="MQTT ingest workers")
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig, description="Sightings -> defects")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig,
+                                       description="Monthly partitions of sightings and coverage")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")

@@ -29,8 +29,9 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from fleet_server import metrics
+from fleet_server import metrics, partitions
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import Reconnecting
 from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
@@ -99,8 +100,10 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
     if kind == "event":
         batch.events.append((obj, msg.received_at))
         batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")  # the decoder has checked it is UTF-8
+        batch.origin.setdefault(obj["event_id"], []).append(msg)
     elif kind == "coverage":
         batch.coverage.append((obj, msg.received_at))
+        batch.origin.setdefault(obj["coverage_id"], []).append(msg)
     else:
         batch.statuses.append((device, obj, msg.received_at))
 
@@ -228,11 +231,14 @@ class IngestWorker:
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
         self._storing = 0  # messages of the batch being stored now
+        self._defer_pause_s = 0.0  # set when a batch left most of itself for later (areas busy elsewhere)
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker's SUBACK came: from now on nothing published is missed
         self._subscribe_mid: int | None = None
+        self.unsubscribed = threading.Event()
+        self._unsubscribe_mid: int | None = None
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
         self._db = Reconnecting(cfg.database)
         # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
@@ -258,6 +264,7 @@ class IngestWorker:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def _connect_properties(self) -> Properties:
@@ -272,9 +279,16 @@ class IngestWorker:
             log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         metrics.INGEST_BROKER_CONNECTS.inc()
-        _, self._subscribe_mid = client.subscribe([(f, 1) for f in subscriptions(self.cfg)])
+        # Retained messages are the devices' last statuses: PostGIS has them already, and a new worker would
+        # otherwise get one per vehicle at every start (10,000 at 10k vehicles). Retain handling 2: do not send.
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        _, self._subscribe_mid = client.subscribe([(f, options) for f in subscriptions(self.cfg)])
         self.connected.set()
         log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg)))
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid == self._unsubscribe_mid:
+            self.unsubscribed.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if mid != self._subscribe_mid:
@@ -313,13 +327,43 @@ class IngestWorker:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """With mqtt.leave_group_on_stop (the default), leave the shared group without stranding anything:
+        unsubscribe (the broker routes the group's new messages to the other workers from then on), store and
+        acknowledge what was already delivered for up to ingest.drain_s, then end the broker session at the
+        disconnect (MQTT 5 session expiry 0). A session kept after a worker is gone for good keeps taking its
+        share of new messages until it expires; the messages still unacknowledged then are re-sent by the
+        agents. Without it, the session stays for mqtt.session_expiry_s, for a restart under the same name."""
         _live.discard(self)
+        leave = self.cfg.mqtt.leave_group_on_stop
+        if leave and self.connected.is_set() and self.cfg.ingest.drain_s > 0:
+            self._drain(self.cfg.ingest.drain_s)
         self.stopping.set()
         self._prepare_thread.join(timeout_s)
         self._thread.join(timeout_s)
-        self.client.disconnect()
+        props = Properties(PacketTypes.DISCONNECT)
+        if leave:
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
         self._db.drop()
+
+    def _drain(self, drain_s: float) -> None:
+        deadline = time.monotonic() + drain_s
+        self.unsubscribed.clear()
+        _, self._unsubscribe_mid = self.client.unsubscribe(subscriptions(self.cfg))
+        if not self.unsubscribed.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("%s: no UNSUBACK within %.1f s; stopping anyway", self.client_id, drain_s)
+            return
+        # Deliveries already on their way still arrive after the UNSUBACK; done once nothing came for a while.
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.waiting():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > max(0.3, 2 * self.cfg.ingest.batch_wait_s):
+                return
+            time.sleep(0.05)
+        log.warning("%s: %d messages not stored within ingest.drain_s (%.1f s); the agents re-send them",
+                    self.client_id, self.waiting(), drain_s)
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         return self.connected.wait(timeout_s)
@@ -360,6 +404,9 @@ class IngestWorker:
         ing = self.cfg.ingest
         while not self.stopping.is_set():
             self._purge_when_due()
+            if self._defer_pause_s:  # before taking the next batch, so that it fills meanwhile
+                self.stopping.wait(self._defer_pause_s)
+                self._defer_pause_s = 0.0
             taken = self._pending.take(ing.batch_size, ing.batch_wait_s, self.stopping)
             if taken is None:
                 if not self.inbox.qsize() and not self._received.size:
@@ -387,16 +434,33 @@ class IngestWorker:
         for device, message in ack_messages(stored, batch).items():
             self.client.publish(topics.ack(device), json.dumps(message), qos=1)
             metrics.INGEST_ACKS.inc()
+        later: list[Incoming] = []
+        if stored.deferred is not None:
+            # Their areas were busy in another worker's transaction: they go into the next batch, unacknowledged.
+            later = [m for key in stored.deferred.origin.values() for m in key]
+            self._pending.add(later, stored.deferred)
+            if len(later) >= len(stored.new_events) + len(stored.new_coverage):
+                # Mostly deferred: the other worker holds most of this batch's areas, for about as long as this
+                # transaction took. Retrying at once only spins through tiny transactions; wait about that
+                # long (without holding anything) while the next batch fills.
+                self._defer_pause_s = min(0.5, time.monotonic() - t0)
+        waiting = {id(m) for m in later}
         for item in items:
-            if item.qos > 0:
+            if item.qos > 0 and id(item) not in waiting:
                 self.client.ack(item.mid, item.qos)
 
     def _purge_when_due(self) -> None:
-        """Dead letters past their retention go, every PURGE_EVERY_S (each worker; the DELETE is idempotent)."""
+        """Dead letters past their retention go, and the coming months' partitions are made, every
+        PURGE_EVERY_S (each worker; both are idempotent)."""
         now = time.monotonic()
         if now < self._next_purge:
             return
         self._next_purge = now + PURGE_EVERY_S
+        try:
+            partitions.ensure_upcoming(self._db.get(), self.cfg.retention.premake_months)
+        except (psycopg.Error, OSError, ConfigError) as exc:  # the default partition takes the rows meanwhile
+            log.warning("%s: making the coming months' partitions failed: %s", self.client_id, exc)
+            self._db.drop()
         try:
             n = purge_rejected(self._db.get(), self.cfg.ingest.rejected_retention_days)
         except (psycopg.Error, OSError, ConfigError) as exc:  # PostGIS away: the next round tries again
@@ -427,7 +491,8 @@ class IngestWorker:
 
     def _store(self, batch: Batch) -> Stored:
         try:
-            return store_batch(self._db.get(), batch, self.cfg.aggregate, self.reject_policy)
+            return store_batch(self._db.get(), batch, self.cfg.aggregate, self.reject_policy,
+                               self.cfg.ingest.last_seen_resolution_s, self.cfg.ingest.defer_busy_s)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except psycopg.Error as exc:
@@ -448,7 +513,8 @@ class IngestWorker:
         singles += [(Batch(results=[r], source=batch.source), "result", r[0], r[2]) for r in batch.results]
         for single, kind, device, obj in singles:
             try:
-                part = store_batch(self._db.get(), single, self.cfg.aggregate)
+                part = store_batch(self._db.get(), single, self.cfg.aggregate,
+                                   last_seen_resolution_s=self.cfg.ingest.last_seen_resolution_s)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except psycopg.Error as exc:

@@ -33,6 +33,11 @@ INGEST_WAITING = Gauge("road_ingest_waiting_messages", "Messages received by thi
                        "yet committed")
 INGEST_STALLED = Gauge("road_ingest_stalled_seconds", "Seconds this process's ingest workers have not committed while "
                        "messages wait (0 while they keep up)")
+AGGREGATE_LOCKS = Counter("road_aggregate_area_locks", "Batches by the area-lock level they took: fine (cells), "
+                          "coarse (16x16 cells), global (too spread out for aggregate.max_area_locks), or try "
+                          "(ingest workers: the free cells, without waiting)", ["level"])
+INGEST_DEFERRED = Counter("road_ingest_deferred", "Events and coverage records left for the next batch because "
+                          "another worker held their map area")
 INGEST_BROKER_CONNECTS = Counter("road_ingest_broker_connects", "Ingest worker (re)connections to the broker")
 
 INFERENCE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -40,15 +40,15 @@ def applied(conn: psycopg.Connection) -> set[int]:
     return {row[0] for row in conn.execute("SELECT version FROM schema_version")}
 
 
-def migrate(dsn: str) -> list[Migration]:
-    """Apply every pending migration; returns those applied now."""
+def migrate(dsn: str, up_to: int | None = None) -> list[Migration]:
+    """Apply every pending migration (up to version UP_TO when given); returns those applied now."""
     done: list[Migration] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             have = applied(conn)
             for mig in available():
-                if mig.version in have:
+                if mig.version in have or (up_to is not None and mig.version > up_to):
                     continue
                 log.info("applying migration %03d_%s", mig.version, mig.name)
                 with conn.transaction():

@@ -250,7 +250,10 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
             "log_type information",
-            "max_queued_messages 100000",
+            # A shared subscription's messages queue in ONE worker's session: a depot storm of 10,000 vehicles x
+            # 50 queued events is 500,000 messages there. Past this limit Mosquitto drops them silently (the
+            # agents re-send after their ack timeout). Twice the storm; bytes unlimited on this test broker.
+            "max_queued_messages 1000000",
             # Above the server's ingest.max_message_bytes (2.5 MB): a larger packet is refused by the broker.
             "max_packet_size 3000000",
         ]

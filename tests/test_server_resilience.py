@@ -41,11 +41,12 @@ def test_nothing_acked_while_postgis_is_down(make_cfg, workers, mqtt_device, ser
 
 
 def test_worker_restart_loses_nothing(make_cfg, mqtt_device, service_info, fresh_db) -> None:
-    """A worker away for a while: the broker keeps its share (persistent session) until it is back."""
+    """A lone worker away for a while with its session kept (mqtt.leave_group_on_stop false): the broker keeps
+    its share until it is back."""
     from fleet_server.ingest import IngestWorker
 
     device, password = mqtt_device()
-    cfg = make_cfg(devices=[device])
+    cfg = make_cfg(devices=[device], mqtt={"leave_group_on_stop": False})
     worker = IngestWorker(cfg).start()
     assert worker.wait_subscribed(30)  # the persistent session now holds the subscription
     worker.stop()

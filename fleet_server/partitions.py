@@ -1,0 +1,107 @@
+"""Monthly partitions of `sightings` and `coverage` (migration 015): make upcoming months, drop old ones.
+
+A month's partition holds the rows whose id (UUIDv7) was made in that month (UTC). `maintain` makes the
+partitions of the current month and `retention.premake_months` ahead (the ingest workers do that too, every
+few minutes, so a missed job never sends rows to the default partition), and drops whole months older than
+`retention.sightings_months` / `retention.coverage_months` (0 keeps everything), with the default partition's
+rows of that age. Run it daily: `fleet-server partitions` (k8s/partitions-cronjob.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import psycopg
+
+from fleet_server.config import RetentionConfig
+
+log = logging.getLogger(__name__)
+TABLES = {"sightings": "captured_at", "coverage": "ended_at"}  # table -> the time its default rows age by
+_MONTHLY = re.compile(r"^(?P<table>[a-z]+)_p(?P<year>\d{4})_(?P<month>\d{2})$")
+
+
+@dataclass
+class Report:
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    default_rows_deleted: dict[str, int] = field(default_factory=dict)
+
+
+def add_months(month: date, n: int) -> date:
+    index = month.year * 12 + month.month - 1 + n
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def month_of(t: datetime) -> date:
+    t = t.astimezone(UTC)
+    return date(t.year, t.month, 1)
+
+
+def monthly(conn: psycopg.Connection, table: str) -> dict[date, str]:
+    """TABLE's monthly partitions by their first day."""
+    rows = conn.execute("""SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                           WHERE i.inhparent = %s::regclass""", (table,)).fetchall()
+    out = {}
+    for (name,) in rows:
+        m = _MONTHLY.match(name)
+        if m and m["table"] == table:
+            out[date(int(m["year"]), int(m["month"]), 1)] = name
+    return out
+
+
+def ensure_upcoming(conn: psycopg.Connection, premake_months: int, now: datetime | None = None) -> list[str]:
+    """Make the partitions of this month and PREMAKE_MONTHS ahead that are missing; returns their names."""
+    this = month_of(now or datetime.now(UTC))
+    created = []
+    for table in TABLES:
+        have = monthly(conn, table)
+        for k in range(premake_months + 1):
+            month = add_months(this, k)
+            if month not in have and conn.execute("SELECT roadmon_create_month_partition(%s, %s)",
+                                                  (table, month)).fetchone()[0]:
+                created.append(f"{table}_p{month:%Y_%m}")
+    if created:
+        log.info("created partitions %s", ", ".join(created))
+    return created
+
+
+def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: datetime | None = None,
+                 dry_run: bool = False) -> Report:
+    """Drop the monthly partitions wholly older than the retention (keeping the current month and that many
+    whole months before it), and delete the default partition's rows older than that too."""
+    report = Report()
+    this = month_of(now or datetime.now(UTC))
+    for table, aged_by in TABLES.items():
+        keep = retention.sightings_months if table == "sightings" else retention.coverage_months
+        if keep <= 0:
+            continue
+        cutoff = add_months(this, -keep)  # partitions ending on or before this day go
+        for month, name in sorted(monthly(conn, table).items()):
+            if add_months(month, 1) <= cutoff:
+                report.dropped.append(name)
+                if not dry_run:
+                    with conn.transaction():
+                        conn.execute(f'ALTER TABLE {table} DETACH PARTITION "{name}"')
+                        conn.execute(f'DROP TABLE "{name}"')
+        if not dry_run:
+            n = conn.execute(f"DELETE FROM {table}_pdefault WHERE {aged_by} < %s",
+                             (datetime(cutoff.year, cutoff.month, 1, tzinfo=UTC),)).rowcount
+            if n:
+                report.default_rows_deleted[table] = n
+    if report.dropped and not dry_run:
+        log.info("dropped partitions past retention: %s", ", ".join(report.dropped))
+    return report
+
+
+def maintain(conn: psycopg.Connection, retention: RetentionConfig, now: datetime | None = None,
+             dry_run: bool = False) -> Report:
+    """Upcoming partitions made, expired ones dropped (the daily job)."""
+    report = Report()
+    if not dry_run:
+        report.created = ensure_upcoming(conn, retention.premake_months, now)
+    expired = drop_expired(conn, retention, now, dry_run)
+    report.dropped, report.default_rows_deleted = expired.dropped, expired.default_rows_deleted
+    return report

@@ -1,0 +1,137 @@
+"""`fleet-server device import FILE.csv`: many devices with one password-file write and one broker reload, on
+the project's real PostGIS and Mosquitto; bad files change nothing."""
+
+from __future__ import annotations
+
+import csv
+import secrets
+import stat
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from typer.testing import CliRunner
+
+from fleet_server.cli import app
+from fleet_server.migrate import migrate
+from fleet_server.provision import mosquitto_hash
+from tests.server_fixtures import wait_for
+
+
+def _config(tmp_path, service_info, broker) -> str:
+    conf = tmp_path / "server.toml"
+    conf.write_text(f"""
+[mqtt]
+port = {service_info.mqtt_port}
+[broker_files]
+passwd_file = "{broker.passwd_file}"
+acl_file = "{broker.acl_file}"
+pid_file = "{broker.pid_file}"
+[models]
+dir = "{tmp_path / 'models'}"
+""")
+    return str(conf)
+
+
+def _can_log_in(host: str, port: int, user: str, password: str) -> bool:
+    """Whether the broker accepts USER/PASSWORD (CONNACK success) within a few seconds."""
+    result: list[bool] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"imp-{secrets.token_hex(3)}", protocol=mqtt.MQTTv5)
+    client.username_pw_set(user, password)
+    client.on_connect = lambda c, u, f, rc, p: result.append(not rc.is_failure)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        wait_for(lambda: bool(result), timeout_s=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return result == [True]
+
+
+@pytest.mark.services
+def test_import_creates_working_logins_and_a_private_sheet(fresh_db, service_info, broker, tmp_path,
+                                                           monkeypatch) -> None:
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    migrate(fresh_db)
+    conf = _config(tmp_path, service_info, broker)
+    tag = secrets.token_hex(3)
+    ids = [f"imp-{tag}-{i}" for i in range(25)]
+    src = tmp_path / "fleet.csv"
+    src.write_text("device_id,groups\n# depot north\n" + "".join(
+        f"{d},{'north;buses' if i % 2 else ''}\n" for i, d in enumerate(ids)) + "\n")
+    before = broker.passwd_file.read_text()
+    result = CliRunner().invoke(app, ["-c", conf, "device", "import", str(src), "--http-tokens"])
+    assert result.exit_code == 0, result.output
+    assert "imported 25 device(s)" in result.output and "broker reloaded" in result.output
+
+    sheet = tmp_path / "fleet.credentials.csv"
+    assert stat.S_IMODE(sheet.stat().st_mode) == 0o600
+    rows = list(csv.DictReader(sheet.open()))
+    assert [r["device_id"] for r in rows] == ids
+    assert rows[1]["groups"] == "north;buses" and rows[0]["groups"] == ""
+    assert all(r["mqtt_username"] == r["device_id"] and len(r["mqtt_password"]) >= 24 for r in rows)
+    assert all(r["http_token"].startswith("rmt_") for r in rows)
+
+    # The password file kept every earlier line and gained one per device, in mosquitto_passwd's format.
+    after = broker.passwd_file.read_text().splitlines()
+    assert set(before.splitlines()) <= set(after)
+    lines = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in after}
+    assert set(ids) <= set(lines)
+    assert all(lines[d].startswith("$7$101$") for d in ids)
+    assert stat.S_IMODE(broker.passwd_file.stat().st_mode) == 0o600
+    with psycopg.connect(fresh_db) as conn:
+        got = dict(conn.execute("SELECT id, groups FROM devices").fetchall())
+        assert got[ids[1]] == ["north", "buses"] and got[ids[0]] == []
+        assert conn.execute("SELECT count(*) FROM api_tokens WHERE role = 'device'").fetchone()[0] == 25
+
+    # A device logs in to the real broker with the issued credentials; a wrong password is refused.
+    assert wait_for(lambda: _can_log_in(service_info.mqtt_host, service_info.mqtt_port, ids[3],
+                                        rows[3]["mqtt_password"]), timeout_s=10)
+    assert not _can_log_in(service_info.mqtt_host, service_info.mqtt_port, ids[3], "wrong")
+
+    # Importing an id again: refused naming its line, nothing written; --skip-existing leaves it alone.
+    again = tmp_path / "again.csv"
+    again.write_text(f"imp-{tag}-new\n{ids[2]}\n")
+    snapshot = broker.passwd_file.read_text()
+    refused = CliRunner().invoke(app, ["-c", conf, "device", "import", str(again)])
+    assert refused.exit_code == 1 and "line 2" in refused.output and "already exists" in refused.output
+    assert broker.passwd_file.read_text() == snapshot and not (tmp_path / "again.credentials.csv").exists()
+    skipped = CliRunner().invoke(app, ["-c", conf, "device", "import", str(again), "--skip-existing"])
+    assert skipped.exit_code == 0 and "skipped 1" in skipped.output, skipped.output
+    new_rows = list(csv.DictReader((tmp_path / "again.credentials.csv").open()))
+    assert [r["device_id"] for r in new_rows] == [f"imp-{tag}-new"]
+    # The skipped device's login is the one issued first.
+    assert broker.passwd_file.read_text().count(f"\n{ids[2]}:") + broker.passwd_file.read_text().startswith(
+        f"{ids[2]}:") == 1
+    # The credentials file is never overwritten.
+    twice = CliRunner().invoke(app, ["-c", conf, "device", "import", str(again), "--skip-existing"])
+    assert twice.exit_code == 1 and "never overwritten" in twice.output
+    third = CliRunner().invoke(app, ["-c", conf, "device", "import", str(again), "--skip-existing",
+                                     "--out", str(tmp_path / "third.csv")])
+    assert third.exit_code == 0 and "no new devices" in third.output, third.output
+
+
+@pytest.mark.services
+def test_bad_rows_name_their_lines_and_write_nothing(fresh_db, service_info, broker, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    migrate(fresh_db)
+    conf = _config(tmp_path, service_info, broker)
+    src = tmp_path / "bad.csv"
+    src.write_text("veh-ok-1\nhas space\nveh-ok-2\nroadmon-server\nveh-ok-1\n")
+    snapshot = broker.passwd_file.read_text()
+    result = CliRunner().invoke(app, ["-c", conf, "device", "import", str(src)])
+    assert result.exit_code == 1
+    for expected in ("line 2: invalid device id 'has space'", "line 4: device id 'roadmon-server' is reserved",
+                     "line 5: device id 'veh-ok-1' repeats line 1", "nothing imported"):
+        assert expected in result.output, result.output
+    assert broker.passwd_file.read_text() == snapshot
+    assert not (tmp_path / "bad.credentials.csv").exists()
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
+
+
+def test_hash_is_mosquitto_passwd_format() -> None:
+    salt = bytes(range(12))
+    assert mosquitto_hash("pw", salt).startswith("$7$101$AAECAwQFBgcICQoL$")

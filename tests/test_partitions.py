@@ -1,0 +1,130 @@
+"""Monthly partitions of sightings and coverage (migration 015) on the real PostGIS: existing rows migrate,
+rows of a new month land in its partition, retention drops whole old months."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from fleet_server import partitions
+from fleet_server.cli import app
+from fleet_server.config import AggregateConfig, RetentionConfig
+from fleet_server.migrate import migrate
+from fleet_server.store import Batch, store_batch
+from tests.server_fixtures import make_cfg, make_coverage, make_event
+
+__all__ = ["make_cfg"]
+
+
+def uuid7_at(t: datetime) -> str:
+    """A UUIDv7 made at T."""
+    ms = int(t.timestamp() * 1000)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def where(conn: psycopg.Connection, table: str, key: str, value: str) -> str:
+    return conn.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE {key} = %s", (value,)).fetchone()[0]
+
+
+def _event(at: datetime, device: str = "veh-p", lat: float = 48.1, lon: float = 11.5) -> dict:
+    return make_event(device, lat, lon, at=at, event_id=uuid7_at(at))
+
+
+@pytest.mark.services
+def test_existing_rows_migrate_and_new_months_land_in_their_partition(fresh_db) -> None:
+    migrate(fresh_db, up_to=14)  # the schema before the partitions
+    now = datetime.now(UTC)
+    old_at = now - timedelta(days=70)
+    old_event = _event(old_at)
+    old_cov = make_coverage("veh-p", [(48.1, 11.49), (48.1, 11.51)], old_at, old_at + timedelta(seconds=30))
+    old_cov["coverage_id"] = uuid7_at(old_at)
+    agg = AggregateConfig()
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        store_batch(conn, Batch(events=[(old_event, now)], raw={}), agg)
+        store_batch(conn, Batch(coverage=[(old_cov, now)]), agg)
+        conn.execute("INSERT INTO defect_misses SELECT id, %s, 'veh-p', now(), now() FROM defects",
+                     (old_cov["coverage_id"],))
+        before = conn.execute("SELECT count(*), min(defect_id) FROM sightings").fetchone()
+    migrate(fresh_db)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), min(defect_id) FROM sightings").fetchone() == before
+        old_month = partitions.month_of(old_at)
+        assert where(conn, "sightings", "event_id", old_event["event_id"]) == f"sightings_p{old_month:%Y_%m}"
+        assert where(conn, "coverage", "coverage_id", old_cov["coverage_id"]) == f"coverage_p{old_month:%Y_%m}"
+        assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'sightings'").fetchone()[0] == "p"
+        # Every month from the oldest row to three ahead exists.
+        have = partitions.monthly(conn, "sightings")
+        this = partitions.month_of(now)
+        assert all(partitions.add_months(old_month, k) in have
+                   for k in range((this.year - old_month.year) * 12 + this.month - old_month.month + 4))
+
+        # New rows land in the current month; the same event again is still one row (ON CONFLICT (event_id)).
+        new_event = _event(now, lon=11.50001)
+        stored = store_batch(conn, Batch(events=[(new_event, now)]), agg)
+        again = store_batch(conn, Batch(events=[(new_event, now)]), agg)
+        assert stored.new_events == {new_event["event_id"]} and again.new_events == set()
+        assert where(conn, "sightings", "event_id", new_event["event_id"]) == f"sightings_p{this:%Y_%m}"
+        # It joined the migrated defect (the foreign key and the spatial match work across partitions).
+        assert conn.execute("SELECT count(DISTINCT defect_id) FROM sightings").fetchone()[0] == 1
+
+        # An id from beyond the premade months waits in the default partition until its month is made.
+        far = datetime(this.year + 1, this.month, 15, tzinfo=UTC) + timedelta(days=62)
+        far_event = _event(far, lat=48.3)
+        store_batch(conn, Batch(events=[(far_event, now)]), agg)
+        assert where(conn, "sightings", "event_id", far_event["event_id"]) == "sightings_pdefault"
+        made = partitions.ensure_upcoming(conn, premake_months=20)
+        far_month = partitions.month_of(far)
+        assert f"sightings_p{far_month:%Y_%m}" in made
+        assert where(conn, "sightings", "event_id", far_event["event_id"]) == f"sightings_p{far_month:%Y_%m}"
+        assert partitions.ensure_upcoming(conn, premake_months=20) == []
+
+
+@pytest.mark.services
+def test_retention_drops_whole_old_months(fresh_db) -> None:
+    migrate(fresh_db)
+    now = datetime.now(UTC)
+    this = partitions.month_of(now)
+    at = {k: datetime.combine(partitions.add_months(this, -k), datetime.min.time(), UTC) + timedelta(days=3)
+          for k in (0, 1, 2, 5)}
+    agg = RetentionConfig()
+    events = {k: _event(t, lat=48.1 + k * 0.01) for k, t in at.items()}
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        partitions.ensure_upcoming(conn, 3, now=at[5])  # the months of the older rows
+        store_batch(conn, Batch(events=[(e, now) for e in events.values()]), AggregateConfig())
+        cov = make_coverage("veh-p", [(48.2, 11.49), (48.2, 11.51)], at[5], at[5] + timedelta(seconds=30))
+        cov["coverage_id"] = uuid7_at(at[5])
+        store_batch(conn, Batch(coverage=[(cov, now)]), AggregateConfig())
+        assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 4
+
+        # Keep everything by default.
+        assert partitions.maintain(conn, agg).dropped == []
+        # Keep 2 whole months before this one: the month 5 back goes (and everything older), 2 back stays.
+        dry = partitions.maintain(conn, RetentionConfig(sightings_months=2, coverage_months=2), dry_run=True)
+        assert f"sightings_p{partitions.add_months(this, -5):%Y_%m}" in dry.dropped
+        assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 4
+        report = partitions.maintain(conn, RetentionConfig(sightings_months=2, coverage_months=2))
+        assert report.dropped == dry.dropped
+        assert all(partitions.add_months(m, 1) <= partitions.add_months(this, -2)
+                   for m in (date(int(n[-7:-3]), int(n[-2:]), 1) for n in report.dropped))
+        left = {r[0] for r in conn.execute("SELECT event_id::text FROM sightings")}
+        assert left == {events[k]["event_id"] for k in (0, 1, 2)}
+        assert conn.execute("SELECT count(*) FROM coverage").fetchone()[0] == 0
+        assert f"sightings_p{partitions.add_months(this, -2):%Y_%m}" in partitions.monthly(conn, "sightings").values()
+
+
+@pytest.mark.services
+def test_partitions_command(make_cfg, monkeypatch) -> None:
+    cfg = make_cfg()
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", cfg.database.resolve_dsn())
+    result = CliRunner().invoke(app, ["partitions", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["dropped"] == [] and out["dry_run"] is False
