@@ -30,7 +30,7 @@ class UplinkConfig(Section):
     window: int = Field(1000, ge=1, le=20000,
                         description="Most messages sent but not yet confirmed by the server at any time; the "
                                     "window starts at window_initial and grows as acks return (link/flow.py)")
-    window_initial: int = Field(64, ge=1, le=20000,
+    window_initial: int = Field(10, ge=1, le=20000,
                                 description="In-flight window at connect; doubles per round trip up to window, "
                                             "halves when acks time out")
     batch: int = Field(200, ge=1, le=5000, description="Rows read from the outbox per drain step")

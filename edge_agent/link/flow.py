@@ -27,7 +27,7 @@ class FlowControl:
     max_window: int
     min_timeout_s: float
     max_timeout_s: float
-    initial_window: int = 64
+    initial_window: int = 10  # TCP's initial window (RFC 6928): a fleet-wide storm starts with 10 per vehicle
     adaptive: bool = True  # False: a fixed window of max_window and a fixed timeout of min_timeout_s
 
     def __post_init__(self) -> None:
