@@ -58,11 +58,12 @@ def test_the_window_doubles_per_round_trip_then_grows_by_one_and_halves_on_a_tim
     for _ in range(10):
         flow.on_timeout()
     assert flow.window == MIN_WINDOW                   # never closed completely
-    capped = FlowControl(max_window=20, min_timeout_s=1.0, max_timeout_s=60.0)
-    assert capped.window == 20                         # the configured window bounds the start too
+    capped = FlowControl(max_window=5, min_timeout_s=1.0, max_timeout_s=60.0)
+    assert capped.window == 5                          # the configured window bounds the start too
     for _ in range(50):
         capped.on_ack(0.1)
-    assert capped.window == 20
+    assert capped.window == 5
+    assert FlowControl(max_window=1000, min_timeout_s=1.0, max_timeout_s=60.0).window == 10  # TCP's IW10
     fixed = FlowControl(max_window=20, min_timeout_s=5.0, max_timeout_s=60.0, initial_window=4, adaptive=False)
     fixed.on_timeout()
     fixed.on_ack(30.0)

@@ -132,8 +132,8 @@ def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_pa
                        service_info.server_password, client_id=f"ack-{device}", devices=[device], ack=False).start()
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
     fill(outbox, 100)
-    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), window=30, batch=10,
-                               ack_timeout_s=600.0), device, outbox, HealthBoard())
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), window=30, window_initial=30,
+                               batch=10, ack_timeout_s=600.0), device, outbox, HealthBoard())
     try:
         uplink.start()
         wait_for(lambda: server.distinct >= 30, what="a full window")
