@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fleet_server.migrate import migrate
+from bench.bench_server import fresh_database
 from fleet_sim.calibration import DetectionParams
 from fleet_sim.defects import DAY_S
 from fleet_sim.provision import provision
@@ -34,14 +34,6 @@ from scripts import services
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_fleet")
-
-
-def services_up() -> dict:
-    return asdict(services.up())
-
-
-def fresh_database(name: str) -> str:
-    return services.Postgres().create_database(name)
 
 
 def server_config(folder: Path, dsn: str, info: dict) -> Path:
@@ -86,12 +78,11 @@ def main() -> int:
         print("bench_fleet: --days must be 1-25 (the server refuses events older than 30 days)", file=sys.stderr)
         return 2
     try:
-        info = services_up()
-        dsn = fresh_database("fleet_bench")
+        info = asdict(services.up())
+        dsn = fresh_database("fleet_bench")  # migrated
     except (subprocess.CalledProcessError, OSError) as exc:
         print(f"bench_fleet: services could not start: {exc}", file=sys.stderr)
         return 2
-    migrate(dsn)
     folder = Path(tempfile.mkdtemp(prefix="bench_fleet_"))
     cfg = server_config(folder, dsn, info)
     server = subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest"],

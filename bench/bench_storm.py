@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,10 +30,9 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_fleet import fresh_database, server_config, services_up
-from bench.bench_server import synthetic_events
+from bench.bench_fleet import server_config
+from bench.bench_server import fresh_database, synthetic_events
 from edge_agent.link.flow import FlowControl
-from fleet_server.migrate import migrate
 from fleet_sim.client import Swarm, VehicleLink
 from fleet_sim.outbox import Outbox
 from fleet_sim.provision import add_logins, add_rows
@@ -61,8 +61,7 @@ def children_cpu_s() -> float:
 
 
 def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int, mode: str, tmp: Path) -> dict:
-    dsn = fresh_database(f"storm_{mode}_{len(devices)}")
-    migrate(dsn)
+    dsn = fresh_database(f"storm_{mode}_{len(devices)}")  # migrated
     add_rows(dsn, devices)
     rng = random.Random(len(devices))
     queued = synthetic_events(events * len(devices), devices, potholes=max(50, len(devices)), rng=rng)
@@ -122,7 +121,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sizes = [200] if args.quick else [int(v) for v in args.vehicles.split(",")]
     events = 20 if args.quick else args.events
-    info = services_up()
+    info = asdict(services.up())
     devices = [f"storm-{i:05d}" for i in range(max(sizes))]
     t0 = time.monotonic()
     creds = add_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)

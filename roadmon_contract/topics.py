@@ -57,7 +57,7 @@ def parse(topic: str) -> Parsed:
     """The inverse of the builders above; anything they cannot have built is kind 'unknown'."""
     device = device_of(topic)
     parts = topic.split("/")
-    if device is None or not device:
+    if not device:
         return Parsed("unknown", None)
     if len(parts) == 4 and parts[3] in ("event", "coverage", "status", "ack"):
         return Parsed(parts[3], device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def sources(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def offenders(package: str, allowed: callable) -> list[str]:
+def offenders(package: str, allowed: Callable[[str], bool]) -> list[str]:
     return [f"{p.relative_to(ROOT)} imports {name}" for p in sources(package) for name in sorted(imports_of(p))
             if not allowed(name)]
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from roadmon_contract.geodesy import distance_m, enu_offset, offset_latlon
+from roadmon_contract.geodesy import distances_m, enu_offset, offset_latlon
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ def match(found: Sequence[tuple[float, float]], true: Sequence[tuple[float, floa
     leave both others unmatched). The demo, the benches and the tests all score placements with this."""
     if not found or not true:
         return []
-    dist = np.array([[distance_m(f[0], f[1], t[0], t[1]) for t in true] for f in found])
+    true_lat, true_lon = np.array(true, float).T
+    dist = np.array([distances_m(f[0], f[1], true_lat, true_lon) for f in found])
     rows, cols = linear_sum_assignment(np.where(dist <= radius_m, dist, 1e6))
     return [(int(r), int(c), float(dist[r, c])) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= radius_m]
 

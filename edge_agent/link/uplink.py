@@ -463,7 +463,7 @@ class Uplink:
             return
         self._confirmed.extend(items)
         now = time.monotonic()
-        for key in items:
+        for key in items:  # the window opens at once; the rows are marked in the next write (<= WRITE_EVERY_S)
             pending = self._outstanding.pop(key, None)
             if pending is not None:
                 self.flow.on_ack(now - pending.sent_at if pending.first else None)
@@ -471,9 +471,8 @@ class Uplink:
             self._rejected.extend(rejected)
             for item_id, reason in rejected:
                 log.warning("uplink: the server rejected %s for good: %s", item_id, reason)
-                items += [("event", item_id), ("coverage", item_id)]
-        for key in items:  # the window opens at once; the rows are marked in the next write (<= WRITE_EVERY_S)
-            self._outstanding.pop(key, None)
+                self._outstanding.pop(("event", item_id), None)
+                self._outstanding.pop(("coverage", item_id), None)
 
     def _on_cmd(self, name: str, payload: bytes) -> None:
         handler = self._handlers.get(name)
