@@ -59,12 +59,17 @@ class ServerClient:
 
     def __init__(self, port: int, password: str) -> None:
         self.messages: list[tuple[str, dict]] = []
+        self.qos: dict[str, int] = {}  # topic -> QoS of its last delivery
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"srv-{secrets.token_hex(4)}",
                                   protocol=mqtt.MQTTv5)
         self.client.username_pw_set("roadmon-server", password)
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, json.loads(m.payload)))
+        self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.qos[msg.topic] = msg.qos
+        self.messages.append((msg.topic, json.loads(msg.payload)))
 
     def last(self, topic: str) -> dict | None:
         found = [body for t, body in list(self.messages) if t == topic]
@@ -86,7 +91,8 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
     server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
                        service_info.server_password, client_id=f"ack-{device}", devices=[device]).start()
     watcher = ServerClient(service_info.mqtt_port, service_info.server_password)
-    watcher.client.subscribe([(topics.status(device), 1), (topics.cmd_result(device, "echo"), 1)])
+    # Subscribed at QoS 2: a delivery keeps the QoS it was published with, the contract's 1.
+    watcher.client.subscribe([(topics.status(device), 1), (topics.cmd_result(device, "echo"), 2)])
     health = HealthBoard()
     health.update(fps=9.5, fix={"lat": 48.1, "lon": 11.5, "mode": 3})
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"), health)
@@ -106,6 +112,11 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
         wait_for(lambda: outbox.stats()["queue_depth"] == 0, what="every row confirmed")
         assert set(server.events) == set(ids) and server.coverage[cov["coverage_id"]] >= 1
         assert uplink.counters["confirmed"] == 201
+        # Every row went once, so each ack was a clean latency sample: the window opened and the timeout follows
+        # the measured latency (Karn's rule keeps only first sends).
+        assert uplink.counters["resent"] == 0
+        assert uplink.flow.srtt is not None and 0 < uplink.flow.srtt < 3.0
+        assert uplink.flow.window > uplink.cfg.window_initial
         wait_for(lambda: (watcher.last(topics.status(device)) or {}).get("queue_depth") == 0, what="heartbeat")
         status = watcher.last(topics.status(device))
         assert validate.errors("status", status) == []
@@ -113,6 +124,7 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
         watcher.client.publish(topics.cmd(device, "echo"), json.dumps({"x": 1}), qos=1)
         wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")) is not None, 10, "command result")
         assert watcher.last(topics.cmd_result(device, "echo")) == {"ok": True, "echo": {"x": 1}}
+        assert watcher.qos[topics.cmd_result(device, "echo")] == 1
         assert seen_threads and seen_threads[0].startswith("uplink-cmd")
         file_status = read_status_file(tmp_path / "agent-status.json")
         assert file_status["health"]["broker"] == "connected"
@@ -145,6 +157,53 @@ def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_pa
     finally:
         uplink.stop()
         server.stop()
+
+
+def test_stopping_with_a_frozen_broker_ends_the_thread_in_seconds(private_broker, tmp_path: Path) -> None:
+    """The farewell waits for its 'stopped' status a bounded time: a broker that stopped answering (frozen, not
+    closed: the TCP connection stays up) must not keep the agent from shutting down, and keeps what is queued."""
+    import os
+    import signal
+
+    mq = private_broker()
+    mq.add_device("veh-frozen", "pw-frozen")
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    health = HealthBoard()
+    uplink = Uplink(uplink_cfg(mq.port, login(tmp_path, "pw-frozen"), keepalive_s=60), "veh-frozen", outbox,
+                    health)
+    uplink.start()
+    thread = uplink._thread
+    pid = mq.pid()
+    try:
+        wait_for(lambda: health.snapshot()["uplink"] == "connected", 10, "connected")
+        fill(outbox, 5)
+        os.kill(pid, signal.SIGSTOP)
+        uplink.stop(timeout_s=30)
+        assert not thread.is_alive(), "the uplink thread still waits on a broker that does not answer"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert outbox.stats()["queue_depth"] == 5  # nothing confirmed, nothing lost
+
+
+def test_a_puback_is_stored_as_sent_only_when_the_server_has_not_confirmed_within_a_second(tmp_path: Path) -> None:
+    """Usually the server's ack follows the broker's PUBACK within milliseconds, and 'sent' is never written
+    (half the drain's writes); a row still unconfirmed SENT_AFTER_S after its PUBACK is stored as 'sent'."""
+    from edge_agent.link.uplink import SENT_AFTER_S, InFlight
+
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    old, fresh = fill(outbox, 2)
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-marks", outbox, HealthBoard())
+    assert len(outbox.due(2, 600.0)) == 2
+    now = time.monotonic()
+    for key, acked_at in ((("event", old), now - SENT_AFTER_S - 0.5), (("event", fresh), now)):
+        uplink._outstanding[key] = InFlight(now + 600, now, True)
+        uplink._acked.append((acked_at, key))
+    uplink._apply_marks()
+    assert uplink.counters["sent"] == 1
+    states = dict(outbox.conn.execute("SELECT event_id, state FROM events").fetchall())
+    assert (states[old], states[fresh]) == ("sent", "pending")
+    uplink._apply_marks(final=True)  # stopping: every PUBACK is written
+    assert dict(outbox.conn.execute("SELECT event_id, state FROM events").fetchall())[fresh] == "sent"
 
 
 def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
