@@ -3,6 +3,7 @@ private brokers for chaos tests, and the real data in ../shared (skipped when ab
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import secrets
 import socket
@@ -28,16 +29,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def on_a_free_port(start: Callable[[int], T], attempts: int = 5) -> T:
-    """START(port) on a port from free_port(), again on a fresh one when that port was taken in between
-    (START raises OSError or services.ServiceError then)."""
+def on_a_free_port(start: Callable[..., T], attempts: int = 5, ports: int = 1) -> T:
+    """START(*ports) on PORTS ports from free_port(), again on fresh ones when one was taken in between (START
+    raises OSError or services.ServiceError then, saying "Address already in use" or leaving the port taken)."""
     for attempt in range(attempts):
-        port = free_port()
+        chosen = [free_port() for _ in range(ports)]
         try:
-            return start(port)
-        except (OSError, services.ServiceError):
-            if attempt == attempts - 1 or services.port_is_free(port):
-                raise  # not a lost race for the port: a real failure
+            return start(*chosen)
+        except (OSError, services.ServiceError) as exc:
+            lost_race = (getattr(exc, "errno", None) == errno.EADDRINUSE or "address already in use" in str(exc).lower()
+                         or not all(services.port_is_free(p) for p in chosen))
+            if attempt == attempts - 1 or not lost_race:
+                raise  # a real failure
     raise AssertionError("unreachable")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from fleet_server.validate import check_message
 from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.ids import uuid7
 from scripts import demo
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.services
 
@@ -189,14 +190,16 @@ UNREACHABLE_TILES = "http://127.0.0.1:9/{z}/{x}/{y}.png"
 def server(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
     migrate(fresh_db)
-    port = free_port()
+    sock = socket.socket()  # bound here and handed to uvicorn: the port the OS chose stays ours
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     cfg = ServerConfig(database=DatabaseConfig(dsn=fresh_db), api=ApiConfig(port=port))
     seeded = seed(fresh_db, cfg)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         tokens = {role: auth.create_token(conn, role, f"test-{role}") for role in ("viewer", "manager")}
     app = create_app(cfg)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=uv.run, daemon=True)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uv.started and time.monotonic() < deadline:
@@ -205,6 +208,7 @@ def server(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     yield Server(f"http://127.0.0.1:{port}", tokens, seeded, fresh_db)
     uv.should_exit = True
     thread.join(10)
+    sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import tomli_w
 from edge_agent.link.outbox import Outbox
 from fleet_server import auth
 from scripts import demo, services
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, on_a_free_port
 
 pytestmark = pytest.mark.services
 
@@ -54,8 +54,8 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     )
     paths = demo.Paths(root=tmp_path)
     paths.dsn_file.write_text(fresh_db)
-    port = free_port()
-    paths.server_toml.write_text(tomli_w.dumps(demo.server_config(paths, info, port, DEVICE_ID, broker)))
+    config = demo.server_config(paths, info, 8080, DEVICE_ID, broker)  # migrate binds nothing; serve_on sets the port
+    paths.server_toml.write_text(tomli_w.dumps(config))
     password = "e2e-" + DEVICE_ID
     broker.add_device(DEVICE_ID, password)
     paths.mqtt_password.write_text(password)
@@ -63,10 +63,20 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     demo.run_logged(demo.fleet_server(paths, "migrate"), paths.log("provision"), 60, "migrate")
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         token = auth.create_token(conn, "viewer", "e2e")
-    server = demo.Background(paths)
-    server.start("server", demo.fleet_server(paths, "serve", "--workers", "1"))
+
+    def serve_on(port: int) -> tuple[int, demo.Background]:
+        paths.server_toml.write_text(tomli_w.dumps(demo.server_config(paths, info, port, DEVICE_ID, broker)))
+        server = demo.Background(paths)
+        server.start("server", demo.fleet_server(paths, "serve", "--workers", "1"))
+        try:
+            demo.wait_for_api(port, token, server)
+        except demo.DemoError as exc:
+            server.stop_all()
+            raise OSError(f"{exc}\n{paths.log('server').read_text()[-2000:]}") from exc  # a lost port is retried
+        return port, server
+
+    port, server = on_a_free_port(serve_on)
     try:
-        demo.wait_for_api(port, token, server)
         paths.agent_state.mkdir()
         demo.agent_config(paths, drive, info, DEVICE_ID)
         report = demo.replay(paths, drive, drain_s=60)

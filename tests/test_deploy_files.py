@@ -21,6 +21,8 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.conftest import on_a_free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = ROOT / "k8s"
@@ -33,12 +35,6 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing (
 
 def load_all_yaml(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_jsonschema(schema: str, path: Path) -> subprocess.CompletedProcess[str]:
@@ -142,29 +138,34 @@ def deployed_broker(tmp_path: Path) -> Any:
     shutil.copy(DEPLOY / "mosquitto.acl", tmp_path / "config" / "acl")
     set_password(tmp_path / "auth" / "passwd", "roadmon-server", "server-pw")
     set_password(tmp_path / "auth" / "passwd", "veh-001", "veh1-pw")
-    plain, tls = free_port(), free_port()
-    conf = (DEPLOY / "mosquitto.conf").read_text().replace("/mosquitto/", f"{tmp_path}/")
-    conf = conf.replace("listener 1883", f"listener {plain} 127.0.0.1").replace("listener 8883",
-                                                                               f"listener {tls} 127.0.0.1")
-    conf = conf.replace("log_dest stdout", f"log_dest file {tmp_path}/mosquitto.log")
-    conf = ("user root\n" if os.geteuid() == 0 else "") + conf
     for f in (tmp_path / "config" / "acl", tmp_path / "auth" / "passwd"):
         f.chmod(0o600)
-    (tmp_path / "config" / "mosquitto.conf").write_text(conf)
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "config" / "mosquitto.conf")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", tls), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    if proc.poll() is not None:
-        log = (tmp_path / "mosquitto.log").read_text() if (tmp_path / "mosquitto.log").exists() else ""
-        pytest.fail(f"mosquitto refused deploy/mosquitto.conf: {proc.stdout.read().decode()}\n{log}")
+    log = tmp_path / "mosquitto.log"
+
+    def broker_on(plain: int, tls: int) -> tuple[subprocess.Popen, int, int]:
+        conf = (DEPLOY / "mosquitto.conf").read_text().replace("/mosquitto/", f"{tmp_path}/")
+        conf = conf.replace("listener 1883", f"listener {plain} 127.0.0.1").replace("listener 8883",
+                                                                                   f"listener {tls} 127.0.0.1")
+        conf = conf.replace("log_dest stdout", f"log_dest file {log}")
+        conf = ("user root\n" if os.geteuid() == 0 else "") + conf
+        (tmp_path / "config" / "mosquitto.conf").write_text(conf)
+        log.unlink(missing_ok=True)
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "config" / "mosquitto.conf")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", tls), timeout=0.5).close()
+                return proc, plain, tls
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        proc.kill()
+        said = proc.stdout.read().decode() + (log.read_text() if log.exists() else "")
+        raise OSError(f"mosquitto refused deploy/mosquitto.conf: {said}")  # "Address already in use": retried
+
+    proc, plain, tls = on_a_free_port(broker_on, ports=2)
     yield {"plain": plain, "tls": tls, "ca": tmp_path / "certs" / "ca.crt", "dir": tmp_path}
     proc.terminate()
     proc.wait(10)

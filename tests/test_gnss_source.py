@@ -132,6 +132,7 @@ class FakeReceiver:
         self.link = link
         self.master: int | None = None
         self.sent = 0
+        self.sent_at: list[float] = []  # monotonic time just before each epoch was written
 
     def plug(self) -> None:
         master, slave = os.openpty()
@@ -151,6 +152,7 @@ class FakeReceiver:
         before = time.monotonic()
         os.write(self.master, epoch_text(t, 1.4 * self.sent).encode())
         self.sent += 1
+        self.sent_at.append(before)
         return before
 
 
@@ -169,6 +171,17 @@ def serial_cfg(port: Path, **extra) -> GnssConfig:
     return GnssConfig(**{**settings, **extra})
 
 
+def feed_until(receiver: FakeReceiver, condition, pace_s: float = 0.1, timeout: float = 10.0) -> bool:
+    """Send epochs at the pace of a receiver until CONDITION holds: whatever went out before the reader had
+    the port open is lost, as with a real receiver, and the next epochs arrive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        receiver.send_epoch()
+        if wait_for(condition, pace_s):
+            return True
+    return False
+
+
 def test_serial_unplug_and_replug(receiver):
     cfg = serial_cfg(receiver.link)
     health = HealthBoard()
@@ -177,28 +190,16 @@ def test_serial_unplug_and_replug(receiver):
     reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
     reader.start()
     try:
-        assert wait_for(lambda: health.snapshot()["gnss"] == "starting")
-        time.sleep(0.2)  # let the reader finish opening the port
-        for _ in range(5):
-            receiver.send_epoch()
-            time.sleep(0.1)
-        assert wait_for(lambda: len(fixes) >= 5), fixes
+        assert feed_until(receiver, lambda: len(fixes) >= 5), fixes
         assert health.snapshot()["gnss"] == "ok"
 
         receiver.unplug()
         assert wait_for(lambda: health.snapshot()["gnss"] == "lost")
         states.append(health.snapshot()["gnss"])
-        time.sleep(0.5)  # a few failed reopen attempts against a vanished device
-        before = reader.reconnects
-        assert before >= 1
+        assert wait_for(lambda: reader.reconnects >= 2)  # a few failed reopen attempts against a vanished device
 
         receiver.plug()
-        assert wait_for(lambda: health.snapshot()["gnss"] == "starting")
-        time.sleep(0.2)
-        for _ in range(5):
-            receiver.send_epoch()
-            time.sleep(0.1)
-        assert wait_for(lambda: len(fixes) >= 9), len(fixes)
+        assert feed_until(receiver, lambda: len(fixes) >= 9), len(fixes)
         assert fixes[-1].utc > fixes[4].utc
         assert health.snapshot()["counters"]["gnss_reconnects"] >= 1
     finally:
@@ -212,14 +213,11 @@ def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
     reader = GnssReader(cfg, PositionFilter(cfg), on_fix=lambda fix, pose: fixes.append(fix))
     reader.start()
     try:
-        time.sleep(0.3)
-        sent_at = [receiver.send_epoch() for _ in range(1)]
-        time.sleep(0.2)
-        sent_at.append(receiver.send_epoch())
-        assert wait_for(lambda: len(fixes) >= 2)
+        assert feed_until(receiver, lambda: len(fixes) >= 2, pace_s=0.2)
     finally:
         reader.stop()
-    for fix, sent in zip(fixes, sent_at, strict=False):
+    for fix in fixes:
+        sent = receiver.sent_at[round((fix.utc - T_START).total_seconds() / 0.1)]
         # Never before it was sent minus the latency; the slack is the reader thread's scheduling.
         assert sent - 1.0 <= fix.t_mono <= sent - 1.0 + 0.5
 

@@ -14,7 +14,7 @@ from edge_agent.link.broker_probe import probe_broker
 from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
 from tests.ack_server import AckServer
-from tests.conftest import free_port
+from tests.conftest import on_a_free_port
 from tests.test_uplink import fill, login, uplink_cfg, wait_for
 
 pytestmark = pytest.mark.services
@@ -42,13 +42,17 @@ def make_pki(folder: Path) -> Path:
 @pytest.fixture
 def tls_broker(private_broker, tmp_path: Path):
     pki = make_pki(tmp_path / "pki")
-    pw_port, cert_port = free_port(), free_port()
     tls = f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\nkeyfile {pki / 'server.key'}\n"
-    conf = (f"listener {pw_port} 127.0.0.1\n{tls}"
-            f"listener {cert_port} 127.0.0.1\n{tls}require_certificate true\nuse_identity_as_username true\n")
-    mq = private_broker(extra_conf=conf, start=False)
-    mq.add_device(DEVICE, "pw-tls")
-    mq.up()
+
+    def broker_on(pw_port: int, cert_port: int):
+        conf = (f"listener {pw_port} 127.0.0.1\n{tls}"
+                f"listener {cert_port} 127.0.0.1\n{tls}require_certificate true\nuse_identity_as_username true\n")
+        mq = private_broker(extra_conf=conf, start=False)
+        mq.add_device(DEVICE, "pw-tls")
+        mq.up()
+        return mq, pw_port, cert_port
+
+    mq, pw_port, cert_port = on_a_free_port(broker_on, ports=2)
     server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-tls").start()
     yield {"pki": pki, "pw_port": pw_port, "cert_port": cert_port}
     server.stop()
