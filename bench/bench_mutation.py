@@ -57,7 +57,8 @@ MODULES = (
     Module("ingest", "fleet_server/ingest.py",
            ("tests/test_server_ingest.py", "tests/test_server_resilience.py"), True),
     Module("store", "fleet_server/store.py",
-           ("tests/test_server_store.py", "tests/test_server_aggregate.py", "tests/test_server_ingest.py"), True),
+           ("tests/test_server_store.py", "tests/test_server_aggregate.py", "tests/test_server_ingest.py",
+            "tests/test_server_scale.py"), True),
     Module("aggregate", "fleet_server/aggregate.py", ("tests/test_server_aggregate.py",), True),
 )
 

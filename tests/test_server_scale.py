@@ -16,11 +16,11 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet_server import aggregate
+from fleet_server import aggregate, metrics
 from fleet_server.config import AggregateConfig
 from fleet_server.store import Batch, store_batch
 from roadmon_contract import topics
-from tests.server_fixtures import DeviceClient, count, make_cfg, make_event, wait_for, workers
+from tests.server_fixtures import DeviceClient, count, make_cfg, make_coverage, make_event, offset, wait_for, workers
 
 __all__ = ["make_cfg", "workers"]
 AGG = AggregateConfig()
@@ -116,6 +116,26 @@ def test_an_ingest_batch_defers_what_lies_in_a_busy_area(make_cfg) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         again = store_batch(conn, Batch(events=[(busy, now)]), cfg.aggregate, defer_busy_s=10.0)
         assert again.new_events == {busy["event_id"]} and again.deferred is None
+
+
+@pytest.mark.services
+def test_deferred_events_and_coverage_are_counted_in_the_deferred_metric(make_cfg) -> None:
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    now = datetime.now(UTC)
+    a, b = _border_pair()
+    busy = [make_event("veh-x", *offset(*b, 0.0, east), at=now) for east in (0.0, 0.3)]
+    line = make_coverage("veh-x", [b, offset(*b, 2.0, 0.0)], now - timedelta(seconds=5), now)
+    before = metrics.INGEST_DEFERRED._value.get()
+    with psycopg.connect(dsn, autocommit=True) as holder, holder.transaction():
+        aggregate.lock_areas(holder, [a], [], AGG)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '1s'")
+            stored = store_batch(conn, Batch(events=[(e, now) for e in busy], coverage=[(line, now)]),
+                                 cfg.aggregate, defer_busy_s=10.0)
+    assert stored.deferred is not None
+    assert (len(stored.deferred.events), len(stored.deferred.coverage)) == (2, 1)
+    assert metrics.INGEST_DEFERRED._value.get() - before == 3
 
 
 @pytest.mark.services
