@@ -206,6 +206,29 @@ def test_a_puback_is_stored_as_sent_only_when_the_server_has_not_confirmed_withi
     assert dict(outbox.conn.execute("SELECT event_id, state FROM events").fetchall())[fresh] == "sent"
 
 
+def test_a_refused_login_waits_at_least_auth_retry_s_with_jitter(tmp_path: Path) -> None:
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x"), auth_retry_s=30.0), "veh-pause",
+                    Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
+    pauses = [uplink.auth_pause_s() for _ in range(500)]
+    assert min(pauses) >= 30.0 and max(pauses) <= 36.0
+    assert max(pauses) - min(pauses) > 3.0  # jittered: a fleet refused at once does not retry in step
+
+
+def test_puback_bookkeeping_of_a_dead_connection_is_pruned(tmp_path: Path) -> None:
+    """Message ids whose PUBACK never came (the connection died) are forgotten once there are more than four
+    windows of them; those of rows still in flight are kept."""
+    from edge_agent.link.uplink import InFlight
+
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x"), window=10), "veh-mids",
+                    Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
+    now = time.monotonic()
+    uplink._outstanding[("event", "live")] = InFlight(now + 600, now, True)
+    uplink._mids = {mid: ("event", f"gone-{mid}") for mid in range(40)} | {99: ("event", "live")}
+    uplink._expire(now)
+    assert uplink._mids == {99: ("event", "live")}
+    assert uplink._outstanding == {("event", "live"): InFlight(now + 600, now, True)}  # not overdue: kept
+
+
 def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
     mq = private_broker(start=False)
     mq.add_device("veh-late", "pw-late")
@@ -217,6 +240,8 @@ def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
     try:
         wait_for(lambda: health.snapshot()["uplink"] == "offline", 10, "offline state")
         assert "cannot reach" in (uplink.last_error or "") or uplink.last_error
+        status = read_status_file(tmp_path / "agent-status.json")  # what `edge-agent status` shows
+        assert (status["state"], status["health"]["broker"]) == ("offline", "offline")
         time.sleep(1.5)                                                # a few backoff rounds against nothing
         mq.up()
         server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-late").start()

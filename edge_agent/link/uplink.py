@@ -137,6 +137,11 @@ class Uplink:
             raise ValueError(f"invalid command name {name!r}")
         self._handlers[name] = handler
 
+    def auth_pause_s(self) -> float:
+        """How long to wait after a refused login: auth_retry_s plus up to 20 % jitter, never less (a fleet with
+        a revoked password must not hammer the broker in step)."""
+        return self.cfg.auth_retry_s * random.uniform(1.0, 1.2)
+
     def _user(self) -> str:
         return self.cfg.username or self.device_id
 
@@ -152,7 +157,7 @@ class Uplink:
                 client = self._connect()
             except LoginRefused as exc:
                 self._set_state(exc.state, str(exc))
-                self._stop.wait(self.cfg.auth_retry_s * random.uniform(1.0, 1.2))
+                self._stop.wait(self.auth_pause_s())
                 continue
             except (ConnectFailed, RetryError):
                 continue  # only when stopping: tenacity gives up then
@@ -167,7 +172,7 @@ class Uplink:
             except LoginRefused as exc:
                 self._set_state(exc.state, str(exc))
                 client.disconnect()
-                self._stop.wait(self.cfg.auth_retry_s * random.uniform(1.0, 1.2))
+                self._stop.wait(self.auth_pause_s())
             except Exception:  # a bug must not end the uplink; the outbox keeps everything
                 log.exception("uplink: unexpected error; reconnecting")
                 self._drop_connection(client)
