@@ -59,7 +59,8 @@ MODULES = (
     Module("store", "fleet_server/store.py",
            ("tests/test_server_store.py", "tests/test_server_aggregate.py", "tests/test_server_ingest.py",
             "tests/test_server_scale.py"), True),
-    Module("aggregate", "fleet_server/aggregate.py", ("tests/test_server_aggregate.py",), True),
+    Module("aggregate", "fleet_server/aggregate.py",
+           ("tests/test_server_aggregate.py", "tests/test_server_cracks.py", "tests/test_server_scale.py"), True),
 )
 
 

@@ -49,6 +49,21 @@ def test_cells_of_close_points_meet_at_a_border_and_far_ones_do_not() -> None:
     assert aggregate.cell_m(AGG) >= 2 * 3 * (AGG.max_gate_m + AGG.max_line_m)
 
 
+def test_a_points_cells_cover_its_reach_in_every_direction() -> None:
+    """Whatever lies within reach_m of a sighting (north, south, east or west) is in a cell it locks."""
+    size, reach = aggregate.cell_m(AGG), aggregate.reach_m(AGG)
+    # Points every ~55 m along 8 km north-south and east-west: some lie within reach of every kind of border.
+    places = [(48.10 + i * 0.0005, 11.575) for i in range(150)] + [(48.137, 11.50 + i * 0.0007) for i in range(150)]
+    for lat, lon in [*places, (-33.9, 151.2), (64.1, -21.9)]:
+        locked = aggregate.area_cells([(lat, lon)], [], AGG)
+        for north, east in ((0.99, 0), (-0.99, 0), (0, 0.99), (0, -0.99)):
+            x, y, _ = aggregate._mercator(*offset(lat, lon, north * reach, east * reach))
+            assert (int(x // size), int(y // size)) in locked, (lat, lon, north, east)
+    # A small configured cell still spans twice the reach: two cells apart never share a defect.
+    small = AggregateConfig(lock_cell_m=50.0)
+    assert aggregate.cell_m(small) == 2.0 * aggregate.reach_m(small) > 50.0
+
+
 def test_lock_levels_stay_within_the_budget() -> None:
     few = {(i, 0) for i in range(10)}
     level, locks = aggregate.area_locks(few, 512)
