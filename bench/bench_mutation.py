@@ -8,10 +8,14 @@ number that changes, an `and` that becomes `or`, ...). Each module is mutated in
 that fails kills it. Mutants no test can see by construction are left out before sampling: those inside type
 annotations (the modules use `from __future__ import annotations`, so annotations are never evaluated) and
 inside logging calls (they change only a log line's text). A fixed-seed random sample of the rest is run, so
-a full run stays within the hour on two cores; the score is killed / run per module, with the survivors
+a full run stays within the hour on two cores; the survivors of each module are
 listed (file:line, operator, the mutated line) for a reader to judge: a survivor is a missing test or an
-equivalent mutant. Modules whose tests need PostGIS or Mosquitto use the project-local services
-(scripts/services.py, ROADMON_* ports as for the tests). Exit 1 when a module scores under TARGET.
+equivalent mutant. Survivors judged equivalent (no test, and no user, can tell them from the original: a
+timing or CPU-only change, a flag the code already treats alike) are listed with the reason in
+bench/mutation_equivalents.toml, matched by the original and mutated line's text (line numbers move); they are
+printed apart and left out of the score, killed / (run - equivalent). Modules whose tests need PostGIS or
+Mosquitto use the project-local services (scripts/services.py, ROADMON_* ports as for the tests). Exit 1 when a
+module scores under TARGET.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 TARGET = 0.80
+EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.toml"
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,14 @@ class Score:
     run: int = 0
     killed: int = 0
     survivors: list[str] | None = None
+    equivalent: list[str] | None = None
     baseline_s: float = 0.0
     error: str | None = None
 
     @property
     def ratio(self) -> float:
-        return self.killed / self.run if self.run else 0.0
+        judged = self.run - len(self.equivalent or [])
+        return self.killed / judged if judged else 0.0
 
 
 def unseeable_lines(source: str) -> set[int]:
@@ -153,11 +161,22 @@ def keep_sample(session: Path, source: str, sample: int, seed: int, score: Score
             db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
+def known_equivalents(module: str) -> dict[tuple[str, str], str]:
+    """(original line, mutated line) -> why, for MODULE's judged equivalent mutants."""
+    entries = tomllib.loads(EQUIVALENTS.read_text())["equivalent"] if EQUIVALENTS.exists() else []
+    return {(_squash(e["line"]), _squash(e["becomes"])): e["why"] for e in entries if e["module"] == module}
+
+
+def _squash(code: str) -> str:
+    return "".join(code.split())  # Cosmic Ray's unparsing moves spaces ("qos= 2")
+
+
 def collect(session: Path, source_lines: list[str], score: Score) -> None:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
-    score.survivors = []
+    equivalents = known_equivalents(score.module.name)
+    score.survivors, score.equivalent = [], []
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
@@ -168,8 +187,14 @@ def collect(session: Path, source_lines: list[str], score: Score) -> None:
                 line = mutation.start_pos[0]
                 changed = next((d[1:].strip() for d in (result.diff or "").splitlines()
                                 if d.startswith("+") and not d.startswith("+++")), "?")
-                score.survivors.append(f"{score.module.path}:{line} {mutation.operator_name.removeprefix('core/')}: "
-                                       f"{source_lines[line - 1].strip()}  ->  {changed}")
+                original = source_lines[line - 1].strip()
+                text = f"{score.module.path}:{line} {mutation.operator_name.removeprefix('core/')}: " \
+                       f"{original}  ->  {changed}"
+                why = equivalents.get((_squash(original), _squash(changed)))
+                if why:
+                    score.equivalent.append(f"{text}  ({why})")
+                else:
+                    score.survivors.append(text)
             else:
                 score.killed += 1  # failed tests, a timeout (an endless loop) or an import error
 
@@ -221,10 +246,13 @@ def main() -> int:
                 print(f"{module.name:10s} ERROR {score.error}", flush=True)
                 continue
             print(f"{module.name:10s} {score.ratio:6.1%} killed ({score.killed}/{score.run} sampled of "
-                  f"{score.candidates}; {score.left_out} in annotations/logging left out) "
-                  f"tests {score.baseline_s:.0f} s, {time.monotonic() - t0:.0f} s", flush=True)
+                  f"{score.candidates}, {len(score.equivalent or [])} of them equivalent; {score.left_out} in "
+                  f"annotations/logging left out) tests {score.baseline_s:.0f} s, {time.monotonic() - t0:.0f} s",
+                  flush=True)
             for survivor in score.survivors or []:
-                print(f"    survived  {survivor}", flush=True)
+                print(f"    survived    {survivor}", flush=True)
+            for same in score.equivalent or []:
+                print(f"    equivalent  {same}", flush=True)
     low = [s.module.name for s in scores if s.error or s.ratio < TARGET]
     print(f"\nmutation score per module, target {TARGET:.0%}: "
           + ", ".join(f"{s.module.name} {'ERR' if s.error else f'{s.ratio:.0%}'}" for s in scores))

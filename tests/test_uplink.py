@@ -229,6 +229,32 @@ def test_puback_bookkeeping_of_a_dead_connection_is_pruned(tmp_path: Path) -> No
     assert uplink._outstanding == {("event", "live"): InFlight(now + 600, now, True)}  # not overdue: kept
 
 
+def test_acks_that_could_not_be_written_are_written_at_the_next_try(tmp_path: Path, monkeypatch) -> None:
+    """A full or locked disk while writing the server's acks: nothing is lost, the next write stores them."""
+    import sqlite3
+
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    good, bad = fill(outbox, 2)
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-retry", outbox, HealthBoard())
+    real_confirmed, real_rejected = outbox.mark_confirmed, outbox.mark_rejected
+
+    def full(*_args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(outbox, "mark_confirmed", full)
+    monkeypatch.setattr(outbox, "mark_rejected", full)
+    uplink._confirmed.append(("event", good))
+    uplink._rejected.append((bad, "schema: missing field"))
+    uplink._apply_marks()
+    assert (uplink._confirmed, uplink._rejected) == ([("event", good)], [(bad, "schema: missing field")])
+    monkeypatch.setattr(outbox, "mark_confirmed", real_confirmed)
+    monkeypatch.setattr(outbox, "mark_rejected", real_rejected)
+    uplink._apply_marks()
+    assert (uplink._confirmed, uplink._rejected) == ([], [])
+    assert (uplink.counters["confirmed"], uplink.counters["rejected"]) == (1, 1)
+    assert outbox.stats()["queue_depth"] == 0
+
+
 def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
     mq = private_broker(start=False)
     mq.add_device("veh-late", "pw-late")

@@ -322,20 +322,20 @@ class Uplink:
         """Write server acks (-> confirmed) and PUBACKs (-> sent). A PUBACK is written only when its row is
         still unconfirmed SENT_AFTER_S later: usually the server's ack comes first and 'sent' is never stored,
         which halves the drain's writes. (Losing a 'sent' costs nothing: such a row is sent again.)"""
+        # The lists are only touched in this thread (paho calls back from client.loop): on a failed write they
+        # stay as they are and the next write tries them again.
         if self._rejected:
-            rejected, self._rejected = self._rejected, []
             try:
-                self.counters["rejected"] += self.outbox.mark_rejected(rejected)
+                self.counters["rejected"] += self.outbox.mark_rejected(self._rejected)
+                self._rejected = []
             except sqlite3.OperationalError as exc:
-                log.warning("uplink: could not store %d rejections (%s); retrying", len(rejected), exc)
-                self._rejected[:0] = rejected
-        confirmed, self._confirmed = self._confirmed, []
-        if confirmed:
+                log.warning("uplink: could not store %d rejections (%s); retrying", len(self._rejected), exc)
+        if self._confirmed:
             try:
-                self.counters["confirmed"] += self.outbox.mark_confirmed(confirmed)
+                self.counters["confirmed"] += self.outbox.mark_confirmed(self._confirmed)
+                self._confirmed = []
             except sqlite3.OperationalError as exc:  # disk full, or locked too long: keep them and try again
-                log.warning("uplink: could not store %d confirmations (%s); retrying", len(confirmed), exc)
-                self._confirmed[:0] = confirmed
+                log.warning("uplink: could not store %d confirmations (%s); retrying", len(self._confirmed), exc)
                 return
         cutoff = float("inf") if final else time.monotonic() - SENT_AFTER_S
         sent = []
