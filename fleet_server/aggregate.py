@@ -312,22 +312,43 @@ def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig
     apply_transitions(conn, rows, cfg)
 
 
+# A pass misses an open defect when its line comes within the camera's half width of it, the detector was on,
+# the defect was not seen by that vehicle then, and the vehicle went the way one that saw it went: the camera
+# looks ahead, so a pothole in the far lane, or on a street crossed at a junction, is inside the footprint of
+# passes that cannot see it, and counting those flagged sound defects `likely_repaired` (docs/fleet_sim.md).
+# A defect whose sightings carry no heading counts every pass.
+RECORD_MISSES = """
+INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at)
+SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at
+FROM coverage c JOIN defects d
+  ON ST_DWithin(coalesce(d.line, d.geom), c.line, COALESCE(c.half_width_m, %(hw)s), false)
+CROSS JOIN LATERAL (   -- the pass's bearing where it came closest
+    SELECT degrees(ST_Azimuth(ST_StartPoint(g.geom)::geography, ST_EndPoint(g.geom)::geography)) AS bearing
+    FROM ST_DumpSegments(c.line::geometry) g
+    ORDER BY g.geom <-> d.geom::geometry LIMIT 1) pass
+CROSS JOIN LATERAL (   -- its sightings from vehicles going this way, and going the opposite way
+    SELECT count(*) FILTER (WHERE abs(mod((s.heading_deg - pass.bearing + 540)::numeric, 360) - 180)
+                                  <= %(same_way)s) AS same_way,
+           count(*) FILTER (WHERE abs(mod((s.heading_deg - pass.bearing + 540)::numeric, 360) - 180)
+                                  >= 180 - %(same_way)s) AS other_way
+    FROM sightings s WHERE s.defect_id = d.id AND s.heading_deg IS NOT NULL) seen
+WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
+  AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
+  AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
+                  AND s.captured_at BETWEEN c.started_at - %(slack)s AND c.ended_at + %(slack)s)
+  AND (pass.bearing IS NULL OR (seen.same_way > 0 AND seen.same_way >= seen.other_way)
+       OR seen.same_way + seen.other_way = 0 AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id
+                                                              AND s.heading_deg IS NOT NULL))
+ON CONFLICT DO NOTHING RETURNING defect_id"""
+
+
 def record_misses(conn: psycopg.Connection, coverage_ids: list[str], cfg: AggregateConfig) -> set[int]:
     """Add a miss for every open defect a new coverage record looked at without seeing it."""
     if not coverage_ids:
         return set()
-    rows = conn.execute("""
-        INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at)
-        SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at
-        FROM coverage c JOIN defects d
-          ON ST_DWithin(coalesce(d.line, d.geom), c.line, COALESCE(c.half_width_m, %(hw)s), false)
-        WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
-          AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
-          AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
-                          AND s.captured_at BETWEEN c.started_at - %(slack)s AND c.ended_at + %(slack)s)
-        ON CONFLICT DO NOTHING RETURNING defect_id""",
-                        {"hw": cfg.footprint_half_width_m, "ids": coverage_ids, "open": list(OPEN_FOR_MISSES),
-                         "slack": MISS_SLACK}).fetchall()
+    rows = conn.execute(RECORD_MISSES, {"hw": cfg.footprint_half_width_m, "ids": coverage_ids,
+                                        "open": list(OPEN_FOR_MISSES), "slack": MISS_SLACK,
+                                        "same_way": cfg.miss_same_way_deg}).fetchall()
     touched = {r[0] for r in rows}
     update_status(conn, sorted(touched), cfg)
     return touched

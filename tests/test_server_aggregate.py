@@ -107,6 +107,34 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
                        ("aggregator", "likely_repaired", "confirmed")]
 
 
+def test_only_passes_the_way_its_vehicles_saw_it_count_as_misses(make_cfg) -> None:
+    """The camera looks ahead: a pothole seen by northbound vehicles is in the footprint of southbound passes
+    and of a street crossing there, which cannot see it; only northbound passes without it are misses.
+    Sightings that carry no heading leave every pass a miss."""
+    cfg = make_cfg()
+    pothole = offset(*BASE, 100, 0)
+    north = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
+    south, across = north[::-1], [offset(*BASE, 100, -100), offset(*BASE, 100, 100)]
+    start = datetime.now(UTC) - timedelta(days=1)
+
+    def window(hours: float) -> tuple[datetime, datetime]:
+        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+
+    for hours, dev in ((0, "veh-a"), (1, "veh-b")):
+        store(cfg, [make_event(dev, *pothole, at=window(hours)[0] + timedelta(seconds=15))])
+    for hours, (dev, line) in enumerate([("veh-c", south), ("veh-d", across), ("veh-e", south)], start=2):
+        store(cfg, coverage=[make_coverage(dev, line, *window(hours))])
+    assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 0
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(5))])
+    assert defects(cfg)[0][7] == 1
+    # Another pothole whose sightings have no heading (a vehicle standing still): the crossing street counts.
+    other = offset(*BASE, 1000, 0)
+    store(cfg, [make_event("veh-a", *other, at=window(6)[0], vehicle={"lat": other[0] - 0.0001, "lon": other[1],
+                                                                       "h_accuracy_m": 1.5, "speed_mps": 0.0})])
+    store(cfg, coverage=[make_coverage("veh-d", [offset(*other, 0, -100), offset(*other, 0, 100)], *window(7))])
+    assert [row[7] for row in defects(cfg)] == [1, 1]
+
+
 def test_classes_and_repaired_defects_stay_apart(make_cfg) -> None:
     cfg = make_cfg()
     at = datetime.now(UTC) - timedelta(hours=3)
