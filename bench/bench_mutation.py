@@ -61,7 +61,7 @@ MODULES = (
     Module("validate", "fleet_server/validate.py",
            ("tests/test_server_validate.py", "tests/test_server_ingest.py"), True),
     Module("ingest", "fleet_server/ingest.py",
-           ("tests/test_server_ingest.py", "tests/test_server_resilience.py"), True),
+           ("tests/test_ingest_queues.py", "tests/test_server_ingest.py", "tests/test_server_resilience.py"), True),
     Module("store", "fleet_server/store.py",
            ("tests/test_server_store.py", "tests/test_server_aggregate.py", "tests/test_server_ingest.py",
             "tests/test_server_scale.py"), True),

@@ -7,6 +7,7 @@ import secrets
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from fleet_server.migrate import available, migrate
 from tests.server_fixtures import DeviceClient, count, make_cfg, make_coverage, make_event, wait_for, workers
@@ -28,11 +29,15 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
     cfg = make_cfg(devices=[device])
     workers(cfg)
     dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    batches, seconds = _batch_seconds()
     try:
         event = make_event(device, 48.1, 11.5)
         dev.publish("event", event)
         assert wait_for(lambda: event["event_id"] in dev.acked_events())
         assert count(fresh_db, "SELECT count(*) FROM sightings WHERE event_id = %s", (event["event_id"],)) == 1
+        # Each stored batch's transaction time is in road_ingest_batch_seconds: a fraction of a second here.
+        now_batches, now_seconds = _batch_seconds()
+        assert now_batches > batches and 0 < now_seconds - seconds < 5 * (now_batches - batches)
         # The same event again: still one row, but acked again (the agent may have missed the first ack).
         dev.acks.clear()
         dev.publish("event", event)
@@ -45,6 +50,12 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
         assert count(fresh_db, "SELECT count(*) FROM coverage") == 1
     finally:
         dev.close()
+
+
+def _batch_seconds() -> tuple[float, float]:
+    """(count, sum) of road_ingest_batch_seconds."""
+    return (REGISTRY.get_sample_value("road_ingest_batch_seconds_count") or 0.0,
+            REGISTRY.get_sample_value("road_ingest_batch_seconds_sum") or 0.0)
 
 
 def _times():

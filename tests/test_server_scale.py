@@ -146,10 +146,13 @@ def test_deferred_events_and_coverage_are_counted_in_the_deferred_metric(make_cf
         aggregate.lock_areas(holder, [a], [], AGG)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '1s'")
-            stored = store_batch(conn, Batch(events=[(e, now) for e in busy], coverage=[(line, now)]),
+            origin = {e["event_id"]: [f"m{i}"] for i, e in enumerate(busy)} | {line["coverage_id"]: ["m9"]}
+            stored = store_batch(conn, Batch(events=[(e, now) for e in busy], coverage=[(line, now)], origin=origin),
                                  cfg.aggregate, defer_busy_s=10.0)
     assert stored.deferred is not None
     assert (len(stored.deferred.events), len(stored.deferred.coverage)) == (2, 1)
+    assert stored.deferred.origin == origin  # what acknowledges them travels with them
+    assert set(stored.deferred.deferred_at) == set(origin)
     assert metrics.INGEST_DEFERRED._value.get() - before == 3
 
 

@@ -12,7 +12,7 @@ import pytest
 from fleet_server import metrics
 from fleet_server.config import AggregateConfig
 from fleet_server.migrate import migrate
-from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch, store_rejected
+from fleet_server.store import Batch, RejectPolicy, Stored, _segment_boxes, purge_rejected, store_batch, store_rejected
 from fleet_server.validate import Rejection
 
 AT = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -67,6 +67,15 @@ def test_dead_letters_are_capped_per_device_and_hour_counting_what_is_already_ke
     reasons = [r[0] for r in db.execute("SELECT reason FROM rejected WHERE device_id = 'veh-a' ORDER BY id")]
     assert reasons == ["bad 0", "bad 1", "bad 2"]  # the first ones are kept, not the last
     assert {bytes(r[0]) for r in db.execute("SELECT raw FROM rejected")} == {b"xxxx"}
+    # A cap lowered below what a device already has keeps none of its new ones.
+    assert store_rejected(db, [_rejection("veh-a", 7), _rejection("veh-c", 1)], RejectPolicy(per_device_hour=2)) == 1
+    assert db.execute("SELECT count(*) FROM rejected WHERE device_id = 'veh-a'").fetchone()[0] == 3
+
+
+def test_segment_boxes_bound_each_segment_of_a_coverage_line() -> None:
+    line = [[11.5, 48.1], [11.6, 48.0], [11.55, 48.2]]  # [lon, lat] as sent
+    assert _segment_boxes(line) == [(48.0, 11.5, 48.1, 11.6), (48.0, 11.55, 48.2, 11.6)]
+    assert _segment_boxes([[11.5, 48.1]]) == [(48.1, 11.5, 48.1, 11.5)]  # one point: a box around it
 
 
 @pytest.mark.services

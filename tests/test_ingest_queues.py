@@ -1,0 +1,76 @@
+"""Ingest's in-memory stages on their own: received messages handed out round-robin by device, the pending
+batch that closes by count, by bytes or by age, and the backlog a worker reports (metrics, drain, health)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from datetime import UTC, datetime
+
+from fleet_server import ingest
+from fleet_server.config import ServerConfig
+from fleet_server.ingest import Incoming, IngestWorker, _ByDevice, _Pending
+from fleet_server.store import Batch
+
+AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def msg(device: str, n: int, size: int = 10) -> Incoming:
+    return Incoming(f"roadmon/v1/{device}/event", bytes(size), n, 1, AT)
+
+
+def test_received_messages_go_round_robin_by_device_and_never_more_than_asked() -> None:
+    inbox: queue.Queue[Incoming] = queue.Queue()
+    for m in [msg("flood", n) for n in range(5)] + [msg("b", 10), msg("c", 20), msg("b", 11)]:
+        inbox.put(m)
+    received = _ByDevice()
+    received.fill(inbox, 100)
+    assert received.size == 8 and inbox.qsize() == 0
+    first = received.take(4)
+    assert [(m.topic.split("/")[2], m.mid) for m in first] == [("flood", 0), ("b", 10), ("c", 20), ("flood", 1)]
+    assert received.size == 4
+    rest = received.take(10)
+    assert [m.mid for m in rest] == [2, 11, 3, 4]  # one each in turn: b does not wait behind the flood
+    assert received.size == 0 and received.take(3) == []
+
+
+def test_filling_stops_at_the_limit_and_leaves_the_rest_in_the_inbox() -> None:
+    inbox: queue.Queue[Incoming] = queue.Queue()
+    for n in range(7):
+        inbox.put(msg("a", n))
+    received = _ByDevice()
+    received.fill(inbox, 5)
+    assert (received.size, inbox.qsize()) == (5, 2)
+
+
+def test_the_pending_batch_closes_at_its_size_or_at_the_byte_cap(monkeypatch) -> None:
+    stopping = threading.Event()
+    pending = _Pending()
+    pending.add([msg("a", n) for n in range(3)], Batch())
+    assert pending.wait_for_room(5, stopping) == 2
+    items, _ = pending.take(3, 60.0, stopping)  # full by count: no waiting for the 60 s
+    assert [m.mid for m in items] == [0, 1, 2] and pending.size() == 0
+    monkeypatch.setattr(ingest, "BATCH_MAX_BYTES", 1000)
+    pending.add([msg("a", 1, size=600)], Batch())
+    assert pending.wait_for_room(100, stopping) == 99  # 600 bytes: room left
+    pending.add([msg("a", 2, size=600)], Batch())
+    assert pending._full(100)  # 1,200 bytes is over the cap
+    items, _ = pending.take(100, 60.0, stopping)  # so it is taken without waiting for the 60 s
+    assert [m.mid for m in items] == [1, 2]
+    pending.add([msg("a", 3, size=999)], Batch())  # the byte count started again from zero
+    assert not pending._full(100)
+    pending.add([msg("a", 4, size=1)], Batch())
+    assert pending._full(100)  # exactly at the cap
+
+
+def test_a_workers_backlog_counts_every_stage() -> None:
+    worker = IngestWorker(ServerConfig())
+    for n in range(3):
+        worker.inbox.put(msg("a", n))
+    inbox: queue.Queue[Incoming] = queue.Queue()
+    for n in range(4):
+        inbox.put(msg("b", n))
+    worker._received.fill(inbox, 10)
+    worker._pending.add([msg("c", n) for n in range(5)], Batch())
+    worker._storing = 6
+    assert worker.waiting() == 3 + 4 + 5 + 6
