@@ -312,33 +312,33 @@ def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig
     apply_transitions(conn, rows, cfg)
 
 
-# A pass misses an open defect when its line comes within the camera's half width of it, the detector was on,
-# the defect was not seen by that vehicle then, and the vehicle went the way one that saw it went: the camera
-# looks ahead, so a pothole in the far lane, or on a street crossed at a junction, is inside the footprint of
-# passes that cannot see it, and counting those flagged sound defects `likely_repaired` (docs/fleet_sim.md).
-# A defect whose sightings carry no heading counts every pass.
+# A pass misses an open defect when its line comes within the camera's half width of it and within
+# miss_reach_m, the detector was on, that vehicle did not see it then, and it went the way most of the
+# vehicles that saw it went (within miss_same_way_deg; at least as many as went the opposite way). The
+# footprint is the camera's view 20 m ahead: a pothole in the far lane, on a street crossed at a junction or
+# on the next street over is inside it but out of the detector's reach, and counting those passes flagged
+# sound defects `likely_repaired` (docs/fleet_sim.md). A defect whose sightings carry no heading counts
+# passes either way.
 RECORD_MISSES = """
 INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at)
 SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at
 FROM coverage c JOIN defects d
-  ON ST_DWithin(coalesce(d.line, d.geom), c.line, COALESCE(c.half_width_m, %(hw)s), false)
+  ON ST_DWithin(coalesce(d.line, d.geom), c.line, least(COALESCE(c.half_width_m, %(hw)s), %(reach)s), false)
 CROSS JOIN LATERAL (   -- the pass's bearing where it came closest
     SELECT degrees(ST_Azimuth(ST_StartPoint(g.geom)::geography, ST_EndPoint(g.geom)::geography)) AS bearing
     FROM ST_DumpSegments(c.line::geometry) g
     ORDER BY g.geom <-> d.geom::geometry LIMIT 1) pass
-CROSS JOIN LATERAL (   -- its sightings from vehicles going this way, and going the opposite way
+CROSS JOIN LATERAL (   -- its sightings by vehicles going this way, the opposite way, any way
     SELECT count(*) FILTER (WHERE abs(mod((s.heading_deg - pass.bearing + 540)::numeric, 360) - 180)
                                   <= %(same_way)s) AS same_way,
            count(*) FILTER (WHERE abs(mod((s.heading_deg - pass.bearing + 540)::numeric, 360) - 180)
-                                  >= 180 - %(same_way)s) AS other_way
+                                  >= 180 - %(same_way)s) AS other_way, count(*) AS with_heading
     FROM sightings s WHERE s.defect_id = d.id AND s.heading_deg IS NOT NULL) seen
 WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
   AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
   AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
                   AND s.captured_at BETWEEN c.started_at - %(slack)s AND c.ended_at + %(slack)s)
-  AND (pass.bearing IS NULL OR (seen.same_way > 0 AND seen.same_way >= seen.other_way)
-       OR seen.same_way + seen.other_way = 0 AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id
-                                                              AND s.heading_deg IS NOT NULL))
+  AND (pass.bearing IS NULL OR seen.with_heading = 0 OR (seen.same_way > 0 AND seen.same_way >= seen.other_way))
 ON CONFLICT DO NOTHING RETURNING defect_id"""
 
 
@@ -348,7 +348,7 @@ def record_misses(conn: psycopg.Connection, coverage_ids: list[str], cfg: Aggreg
         return set()
     rows = conn.execute(RECORD_MISSES, {"hw": cfg.footprint_half_width_m, "ids": coverage_ids,
                                         "open": list(OPEN_FOR_MISSES), "slack": MISS_SLACK,
-                                        "same_way": cfg.miss_same_way_deg}).fetchall()
+                                        "same_way": cfg.miss_same_way_deg, "reach": cfg.miss_reach_m}).fetchall()
     touched = {r[0] for r in rows}
     update_status(conn, sorted(touched), cfg)
     return touched

@@ -143,11 +143,16 @@ class AggregateConfig(Section):
     repair_vehicles: int = Field(2, ge=1, description="Distinct vehicles among those misses")
     footprint_half_width_m: float = Field(3.5, gt=0, description="Half width of the camera's view on the road "
                                                                  "when a coverage record does not say")
+    miss_reach_m: float = Field(6.0, gt=0, le=100,
+                                description="A pass counts as a miss only when its line comes this close to the "
+                                            "defect (or the coverage record's footprint half width, when smaller): "
+                                            "the footprint reaches the camera's view 20 m ahead, the detector finds "
+                                            "defects near the vehicle's path")
     miss_same_way_deg: float = Field(60.0, ge=0, le=180,
                                      description="A pass counts as a miss only when it went within this many degrees "
-                                                 "of the way a vehicle that saw the defect went (the far lane and "
-                                                 "crossing streets are in view but out of the detector's reach); "
-                                                 "180 counts every pass")
+                                                 "of the way most vehicles that saw the defect went (the far lane "
+                                                 "and crossing streets are in view but out of the detector's "
+                                                 "reach)")
     outlier_sigma: float = Field(3.0, gt=0, description="Sightings further than this many accuracies from the "
                                                         "mean are left out of a defect's position")
     max_sightings_for_position: int = Field(500, ge=10, description="Newest sightings used for the position")

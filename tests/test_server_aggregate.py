@@ -108,9 +108,9 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
 
 
 def test_only_passes_the_way_its_vehicles_saw_it_count_as_misses(make_cfg) -> None:
-    """The camera looks ahead: a pothole seen by northbound vehicles is in the footprint of southbound passes
-    and of a street crossing there, which cannot see it; only northbound passes without it are misses.
-    Sightings that carry no heading leave every pass a miss."""
+    """The camera looks ahead: a pothole seen by northbound vehicles is in the footprint of southbound passes,
+    of a street crossing there and of one 8 m beside it, which cannot see it; only northbound passes over it
+    without it are misses. Sightings that carry no heading leave every direction a miss."""
     cfg = make_cfg()
     pothole = offset(*BASE, 100, 0)
     north = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
@@ -124,8 +124,11 @@ def test_only_passes_the_way_its_vehicles_saw_it_count_as_misses(make_cfg) -> No
         store(cfg, [make_event(dev, *pothole, at=window(hours)[0] + timedelta(seconds=15))])
     for hours, (dev, line) in enumerate([("veh-c", south), ("veh-d", across), ("veh-e", south)], start=2):
         store(cfg, coverage=[make_coverage(dev, line, *window(hours))])
+    # Northbound, but in the next street over: inside the camera's 14 m footprint, beyond the detector's reach.
+    beside = [offset(*p, 0, 8.0) for p in north]
+    store(cfg, coverage=[make_coverage("veh-f", beside, *window(4.5), half_width=14.43)])
     assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 0
-    store(cfg, coverage=[make_coverage("veh-c", north, *window(5))])
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(5), half_width=14.43)])
     assert defects(cfg)[0][7] == 1
     # Another pothole whose sightings have no heading (a vehicle standing still): the crossing street counts.
     other = offset(*BASE, 1000, 0)
