@@ -74,3 +74,18 @@ def test_a_workers_backlog_counts_every_stage() -> None:
     worker._pending.add([msg("c", n) for n in range(5)], Batch())
     worker._storing = 6
     assert worker.waiting() == 3 + 4 + 5 + 6
+
+
+def test_the_subscription_counts_as_confirmed_only_by_its_own_suback() -> None:
+    """Message ids run to 65535: the SUBACK is matched by value (a large id is a different int object)."""
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    worker = IngestWorker(ServerConfig())
+    worker._subscribe_mid = int("40000")
+    granted = [ReasonCode(9, "Granted QoS 1")]
+    worker._on_subscribe(None, None, int("39999"), granted, None)
+    assert not worker.subscribed.is_set()
+    worker._on_subscribe(None, None, int("40000"), [ReasonCode(9, "Not authorized")], None)
+    assert not worker.subscribed.is_set()  # refused
+    worker._on_subscribe(None, None, int("40000"), granted, None)
+    assert worker.subscribed.is_set()

@@ -255,6 +255,26 @@ def test_acks_that_could_not_be_written_are_written_at_the_next_try(tmp_path: Pa
     assert outbox.stats()["queue_depth"] == 0
 
 
+def test_an_ack_frees_its_rows_and_times_first_sends_only(tmp_path: Path) -> None:
+    """The server's ack: its rows leave the window at once; a first send's ack latency feeds the timeout
+    estimate (Karn: a re-sent row's does not); a malformed ack is counted and ignored."""
+    from edge_agent.link.uplink import InFlight
+
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-ack",
+                    Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
+    now = time.monotonic()
+    uplink._outstanding[("event", "a")] = InFlight(now + 60, now - 0.25, True)
+    uplink._outstanding[("event", "b")] = InFlight(now + 60, now - 5.0, False)  # re-sent: no clean sample
+    uplink._outstanding[("coverage", "c")] = InFlight(now + 60, now - 0.1, True)
+    uplink._on_ack(json.dumps({"event_ids": ["a", "b"], "coverage_ids": []}).encode())
+    assert set(uplink._outstanding) == {("coverage", "c")}
+    assert uplink._confirmed == [("event", "a"), ("event", "b")]
+    assert uplink.flow.srtt is not None and 0.25 <= uplink.flow.srtt < 0.5  # the first send's 0.25 s alone
+    for bad in (b"not json", b"[1, 2]", json.dumps({"rejected": [{"reason": "no id"}]}).encode()):
+        uplink._on_ack(bad)
+    assert uplink.counters["bad_acks"] == 3 and set(uplink._outstanding) == {("coverage", "c")}
+
+
 def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
     mq = private_broker(start=False)
     mq.add_device("veh-late", "pw-late")
