@@ -287,9 +287,11 @@ first_mean AS (   -- weighted by 1/h^2
                ST_Project(c.g, abs(s.hi), CASE WHEN s.hi < 0 THEN s.theta + pi() ELSE s.theta END)::geometry) AS line
     FROM span s JOIN (SELECT defect_id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography AS g FROM pos) c
          USING (defect_id)
-), misses AS (    -- misses since the (new) last sighting
-    SELECT m.defect_id, count(*) AS n, count(DISTINCT m.device_id) AS vehicles
-    FROM defect_misses m JOIN totals t USING (defect_id) WHERE m.started_at > t.last_seen GROUP BY m.defect_id
+), misses AS (    -- misses since the (new) last sighting, and before it (how often it is missed while there)
+    SELECT m.defect_id, count(*) FILTER (WHERE m.started_at > t.last_seen) AS n,
+           count(DISTINCT m.device_id) FILTER (WHERE m.started_at > t.last_seen) AS vehicles,
+           count(*) FILTER (WHERE m.started_at <= t.last_seen) AS before
+    FROM defect_misses m JOIN totals t USING (defect_id) GROUP BY m.defect_id
 )
 UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
        first_seen = t.first_seen, last_seen = t.last_seen, sighting_count = t.n, vehicle_count = t.vehicles,
@@ -298,7 +300,8 @@ UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::ge
 FROM pos JOIN totals t USING (defect_id) JOIN passes p USING (defect_id) JOIN looks l USING (defect_id)
      LEFT JOIN misses mi USING (defect_id) LEFT JOIN lines ln USING (defect_id)
 WHERE d.id = pos.defect_id
-RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0)
+RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0),
+          coalesce(mi.before, 0)
 """
 
 
@@ -361,21 +364,34 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
     rows = conn.execute("""
         WITH locked AS (SELECT id FROM defects WHERE id = ANY(%s) ORDER BY id FOR UPDATE),
         counted AS (
-            SELECT d.id, count(m.coverage_id) AS misses, count(DISTINCT m.device_id) AS vehicles
+            SELECT d.id, count(m.coverage_id) FILTER (WHERE m.started_at > d.last_seen) AS misses,
+                   count(DISTINCT m.device_id) FILTER (WHERE m.started_at > d.last_seen) AS vehicles,
+                   count(m.coverage_id) FILTER (WHERE m.started_at <= d.last_seen) AS before
             FROM defects d JOIN locked USING (id)
-            LEFT JOIN defect_misses m ON m.defect_id = d.id AND m.started_at > d.last_seen
+            LEFT JOIN defect_misses m ON m.defect_id = d.id
             GROUP BY d.id)
         UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
-        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""", (ids,)).fetchall()
+        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles, c.before""",
+                        (ids,)).fetchall()
     apply_transitions(conn, rows, cfg)
 
 
+def still_there_chance(passes: int, missed_before: int, misses: int) -> float:
+    """How likely MISSES misses in a row are while the defect is still there: its own detection rate, from the
+    passes that saw it and those that missed it before its last sighting (Laplace: one unseen miss more), to
+    the power of the misses. A pothole every pass finds is repaired after 2 misses; one vehicles find on two
+    passes in three needs about 5 (docs/fleet_sim.md)."""
+    rate = passes / (passes + missed_before + 1)
+    return (1.0 - rate) ** misses
+
+
 def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: AggregateConfig) -> None:
-    """ROWS: (id, status, sightings, passes, misses, miss vehicles) of fresh defects; write the automatic status
-    changes they call for, each with its defect_history row."""
+    """ROWS: (id, status, sightings, passes, misses, miss vehicles, misses before the last sighting) of fresh
+    defects; write the automatic status changes they call for, each with its defect_history row."""
     changes: list[tuple[int, str, str, str]] = []
-    for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
-        repaired = misses >= cfg.repair_misses and miss_vehicles >= cfg.repair_vehicles
+    for defect_id, status, sightings, passes, misses, miss_vehicles, before in rows:
+        repaired = (misses >= cfg.repair_misses and miss_vehicles >= cfg.repair_vehicles
+                    and still_there_chance(passes, before, misses) <= cfg.repair_chance)
         confirmed = sightings >= cfg.confirm_sightings and passes >= cfg.confirm_passes
         target = status
         if status in ("new", "confirmed", "scheduled") and repaired:

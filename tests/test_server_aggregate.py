@@ -84,18 +84,19 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
     store(cfg, coverage=[make_coverage("veh-a", line, t0, t1, detector_active=False),
                          make_coverage("veh-b", side, t0, t1)])
     assert defects(cfg)[0][7] == 0
-    # Three passes over it that saw nothing, but all from one vehicle: not enough vehicles.
-    for hours in (3, 4, 5):
+    # Passes over it that saw nothing, but all from one vehicle: not enough vehicles.
+    for hours in (3, 4, 5, 6):
         store(cfg, coverage=[make_coverage("veh-a", line, *pass_at(hours))])
-    assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 3
-    # A second vehicle misses it too: likely repaired.
-    store(cfg, coverage=[make_coverage("veh-b", line, *pass_at(6))])
+    assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 4
+    # A second vehicle misses it too: likely repaired, 5 misses being unlikely (1/3 ** 5 < 1 %) for a defect
+    # seen on both of its 2 passes (rate 2/3 with one unseen miss assumed).
+    store(cfg, coverage=[make_coverage("veh-b", line, *pass_at(7))])
     assert defects(cfg)[0][3] == "likely_repaired"
     # Then someone sees it again: back to confirmed, the old misses no longer count.
-    store(cfg, [make_event("veh-c", *pothole, at=pass_at(7)[0])])
+    store(cfg, [make_event("veh-c", *pothole, at=pass_at(8)[0])])
     assert defects(cfg)[0][3] == "confirmed" and defects(cfg)[0][7] == 0
     # A coverage record that arrives before its own pass's event is a miss only until the event comes.
-    t0, t1 = pass_at(8)
+    t0, t1 = pass_at(9)
     store(cfg, coverage=[make_coverage("veh-c", line, t0, t1)])
     assert defects(cfg)[0][7] == 1
     store(cfg, [make_event("veh-c", *pothole, at=t0 + timedelta(seconds=10))])
@@ -105,6 +106,15 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
                                "ORDER BY id", (defect_id,)).fetchall()
     assert history == [("aggregator", "new", "confirmed"), ("aggregator", "confirmed", "likely_repaired"),
                        ("aggregator", "likely_repaired", "confirmed")]
+
+
+def test_the_misses_needed_follow_how_often_the_defect_was_found() -> None:
+    from fleet_server.aggregate import still_there_chance
+
+    assert still_there_chance(2, 0, 3) == pytest.approx((1 / 3) ** 3)
+    assert still_there_chance(9, 0, 2) == pytest.approx(0.01)  # found on all 9 passes: 2 misses are enough
+    # Found on 6 passes, missed on 3 before: rate 0.6, so 5 misses are still 1 % likely, 6 are not.
+    assert still_there_chance(6, 3, 5) == pytest.approx(0.4**5) and 0.4**5 > 0.01 > still_there_chance(6, 3, 6)
 
 
 def test_only_passes_the_way_its_vehicles_saw_it_count_as_misses(make_cfg) -> None:
