@@ -89,3 +89,21 @@ def test_the_subscription_counts_as_confirmed_only_by_its_own_suback() -> None:
     assert not worker.subscribed.is_set()  # refused
     worker._on_subscribe(None, None, int("40000"), granted, None)
     assert worker.subscribed.is_set()
+
+
+def test_a_delivery_waits_for_room_in_a_full_inbox_instead_of_being_dropped() -> None:
+    """Back-pressure: the MQTT thread blocks while the inbox is full (the broker keeps the rest); a delivery
+    is never dropped, or it would stay un-PUBACKed and unstored until the next reconnect."""
+
+    class FullOnce(queue.Queue):
+        def put(self, item, block=True, timeout=None):
+            if not getattr(self, "refused", False):
+                self.refused = True
+                raise queue.Full
+            super().put(item, block, timeout)
+
+    worker = IngestWorker(ServerConfig())
+    worker.inbox = FullOnce()
+    delivery = type("Msg", (), {"topic": "roadmon/v1/veh-1/event", "payload": b"{}", "mid": 7, "qos": 1})()
+    worker._on_message(None, None, delivery)
+    assert worker.inbox.refused and worker.inbox.get_nowait().mid == 7

@@ -35,9 +35,10 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
         dev.publish("event", event)
         assert wait_for(lambda: event["event_id"] in dev.acked_events())
         assert count(fresh_db, "SELECT count(*) FROM sightings WHERE event_id = %s", (event["event_id"],)) == 1
-        # Each stored batch's transaction time is in road_ingest_batch_seconds: a fraction of a second here.
+        # Each stored batch's transaction time is in road_ingest_batch_seconds: milliseconds here (under 0.8 s
+        # on average even on a loaded machine).
         now_batches, now_seconds = _batch_seconds()
-        assert now_batches > batches and 0 < now_seconds - seconds < 5 * (now_batches - batches)
+        assert now_batches > batches and 0 < now_seconds - seconds < 0.8 * (now_batches - batches)
         # The same event again: still one row, but acked again (the agent may have missed the first ack).
         dev.acks.clear()
         dev.publish("event", event)
