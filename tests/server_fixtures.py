@@ -123,16 +123,21 @@ class DeviceClient:
     def __init__(self, host: str, port: int, device_id: str, password: str) -> None:
         self.device_id = device_id
         self.acks: list[dict] = []
+        self.ack_qos: set[int] = set()  # QoS of the acks as delivered (subscribed at 2: they keep what was sent)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}-{secrets.token_hex(2)}",
                                   protocol=mqtt.MQTTv5)
         self.client.username_pw_set(device_id, password)
-        self.client.on_message = lambda c, u, m: self.acks.append(json.loads(m.payload))
+        self.client.on_message = self._on_message
         subacked = threading.Event()
         self.client.on_subscribe = lambda c, u, mid, codes, p: subacked.set()
         self.client.connect(host, port)
         self.client.loop_start()
-        self.client.subscribe(topics.ack(device_id), qos=1)
+        self.client.subscribe(topics.ack(device_id), qos=2)
         assert subacked.wait(30), f"{device_id}: no SUBACK for its ack topic"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.ack_qos.add(msg.qos)
+        self.acks.append(json.loads(msg.payload))
 
     def publish(self, kind: str, payload: bytes | dict, topic: str | None = None) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -49,6 +49,7 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
         dev.publish("coverage", cov)
         assert wait_for(lambda: cov["coverage_id"] in dev.acked_coverage())
         assert count(fresh_db, "SELECT count(*) FROM coverage") == 1
+        assert dev.ack_qos == {1}  # the contract's QoS for acks
     finally:
         dev.close()
 
