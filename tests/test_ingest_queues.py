@@ -65,6 +65,7 @@ def test_the_pending_batch_closes_at_its_size_or_at_the_byte_cap(monkeypatch) ->
 
 def test_a_workers_backlog_counts_every_stage() -> None:
     worker = IngestWorker(ServerConfig())
+    assert (worker.waiting(), worker.stalled_s()) == (0, 0.0)  # a fresh worker has nothing waiting, is not stalled
     for n in range(3):
         worker.inbox.put(msg("a", n))
     inbox: queue.Queue[Incoming] = queue.Queue()
@@ -107,3 +108,12 @@ def test_a_delivery_waits_for_room_in_a_full_inbox_instead_of_being_dropped() ->
     delivery = type("Msg", (), {"topic": "roadmon/v1/veh-1/event", "payload": b"{}", "mid": 7, "qos": 1})()
     worker._on_message(None, None, delivery)
     assert worker.inbox.refused and worker.inbox.get_nowait().mid == 7
+
+
+def test_leaving_the_group_counts_only_its_own_unsuback() -> None:
+    worker = IngestWorker(ServerConfig())
+    worker._unsubscribe_mid = int("40000")
+    worker._on_unsubscribe(None, None, int("39999"), [], None)
+    assert not worker.unsubscribed.is_set()
+    worker._on_unsubscribe(None, None, int("40000"), [], None)
+    assert worker.unsubscribed.is_set()

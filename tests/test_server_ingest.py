@@ -27,7 +27,7 @@ def test_migrate_is_idempotent(fresh_db: str) -> None:
 def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
     device, password = mqtt_device()
     cfg = make_cfg(devices=[device])
-    workers(cfg)
+    [worker] = workers(cfg)
     dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
     batches, seconds = _batch_seconds()
     try:
@@ -50,6 +50,8 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
         assert wait_for(lambda: cov["coverage_id"] in dev.acked_coverage())
         assert count(fresh_db, "SELECT count(*) FROM coverage") == 1
         assert dev.ack_qos == {1}  # the contract's QoS for acks
+        assert worker.stats["batches"] == _batch_seconds()[0] - batches  # each stored batch counted once
+        assert worker.stats["stored"] == 1 and worker.stats["duplicates"] == 1
     finally:
         dev.close()
 
