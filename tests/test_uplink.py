@@ -86,7 +86,7 @@ def login(tmp_path: Path, password: str) -> Path:
     return path
 
 
-def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tmp_path: Path) -> None:
+def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tmp_path: Path, caplog) -> None:
     device, password = mqtt_device()
     server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
                        service_info.server_password, client_id=f"ack-{device}", devices=[device]).start()
@@ -134,6 +134,8 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
     wait_for(lambda: (watcher.last(topics.status(device)) or {}).get("state") == "stopped", 10, "stopped status")
     watcher.close()
     assert health.snapshot()["uplink"] == "stopped"
+    errors = [r.getMessage() for r in caplog.records if r.name.startswith("edge_agent") and r.levelno >= 40]
+    assert errors == [], errors  # the farewell (and everything before it) went without an error
 
 
 def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:
@@ -154,6 +156,44 @@ def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_pa
         assert (server.distinct, server.total) == (30, 30)
         events = outbox.stats()["events"]
         assert (events["pending"], events["sent"], events["confirmed"]) == (70, 30, 0)
+    finally:
+        uplink.stop()
+        server.stop()
+
+
+def test_a_bug_while_serving_reconnects_and_loses_nothing(service_info, mqtt_device, tmp_path: Path) -> None:
+    """An unexpected exception while connecting or in the uplink's loop must not end the uplink: it tries again
+    and drains."""
+    device, password = mqtt_device()
+    server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
+                       service_info.server_password, client_id=f"ack-{device}", devices=[device]).start()
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    ids = fill(outbox, 40)
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device, outbox, HealthBoard())
+    real = uplink._publish_due
+    calls = {"n": 0}
+
+    def buggy_once(client):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug")
+        return real(client)
+
+    uplink._publish_due = buggy_once
+    real_connect = uplink._connect_once
+    connects = {"n": 0}
+
+    def buggy_first_connect():
+        connects["n"] += 1
+        if connects["n"] == 1:
+            raise RuntimeError("a bug while connecting")
+        return real_connect()
+
+    uplink._connect_once = buggy_first_connect
+    try:
+        uplink.start()
+        wait_for(lambda: confirmed(outbox) == 40, 30, "drained after the bug")
+        assert connects["n"] >= 3 and uplink.counters["connects"] >= 2 and set(server.events) == set(ids)
     finally:
         uplink.stop()
         server.stop()
@@ -223,10 +263,44 @@ def test_puback_bookkeeping_of_a_dead_connection_is_pruned(tmp_path: Path) -> No
                     Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
     now = time.monotonic()
     uplink._outstanding[("event", "live")] = InFlight(now + 600, now, True)
-    uplink._mids = {mid: ("event", f"gone-{mid}") for mid in range(40)} | {99: ("event", "live")}
+    uplink._mids = {mid: ("event", f"gone-{mid}") for mid in range(30)} | {99: ("event", "live")}
+    uplink._expire(now)
+    assert len(uplink._mids) == 31  # up to four windows' worth are kept: PUBACKs may still come
+    uplink._mids |= {mid: ("event", f"gone-{mid}") for mid in range(30, 40)}
     uplink._expire(now)
     assert uplink._mids == {99: ("event", "live")}
     assert uplink._outstanding == {("event", "live"): InFlight(now + 600, now, True)}  # not overdue: kept
+
+
+def test_stopping_an_uplink_that_never_started_or_twice_is_harmless(tmp_path: Path) -> None:
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-idle",
+                    Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
+    uplink.stop()
+    uplink.stop()
+    assert uplink._thread is None and uplink._workers is None
+
+
+def test_no_row_is_sent_while_the_window_is_smaller_than_what_is_in_flight(tmp_path: Path) -> None:
+    """After a timeout halves the window below the rows still in flight, nothing more goes out until acks
+    make room (asking the outbox for a negative number of rows would be SQLite's LIMIT -1: all of them)."""
+    from edge_agent.link.uplink import InFlight
+
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    fill(outbox, 30)
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x"), window=10, window_initial=10), "veh-shrunk", outbox,
+                    HealthBoard())
+    now = time.monotonic()
+    for i in range(10):
+        uplink._outstanding[("event", f"flying-{i}")] = InFlight(now + 60, now, True)
+    uplink.flow.on_timeout()  # the window halves to 5; 10 are in flight
+
+    class NoPublishing:
+        def publish(self, *args, **kwargs):
+            raise AssertionError("published while the window was full")
+
+    assert uplink._room() < 0
+    assert uplink._publish_due(NoPublishing()) is True  # more may be due later
+    assert outbox.stats()["events"]["pending"] == 30
 
 
 def test_acks_that_could_not_be_written_are_written_at_the_next_try(tmp_path: Path, monkeypatch) -> None:
@@ -369,6 +443,7 @@ def test_wrong_password_is_its_own_state_and_retried_slowly(service_info, mqtt_d
         assert outbox.stats()["events"]["pending"] == 50
         status = read_status_file(tmp_path / "agent-status.json")
         assert status["health"]["broker"] == "bad_credentials" and status["queue_depth"] == 50
+        assert status["state"] == "offline"
         assert "password file" in uplink.last_error
         pw_file.write_text(password)                                   # the technician fixes the file
         # The password is read when the client is made; the slow retry picks the fix up with a new client.
