@@ -161,10 +161,12 @@ def keep_sample(session: Path, source: str, sample: int, seed: int, score: Score
             db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
-def known_equivalents(module: str) -> dict[tuple[str, str], str]:
-    """(original line, mutated line) -> why, for MODULE's judged equivalent mutants."""
+def known_equivalents(module: str) -> dict[tuple[str, str, str], str]:
+    """(line before, original line, mutated line) -> why, for MODULE's judged equivalent mutants; the line
+    before is "" unless the entry names it (`after`, for lines as short as `break`)."""
     entries = tomllib.loads(EQUIVALENTS.read_text())["equivalent"] if EQUIVALENTS.exists() else []
-    return {(_squash(e["line"]), _squash(e["becomes"])): e["why"] for e in entries if e["module"] == module}
+    return {(_squash(e.get("after", "")), _squash(e["line"]), _squash(e["becomes"])): e["why"]
+            for e in entries if e["module"] == module}
 
 
 def _squash(code: str) -> str:
@@ -190,7 +192,9 @@ def collect(session: Path, source_lines: list[str], score: Score) -> None:
                 original = source_lines[line - 1].strip()
                 text = f"{score.module.path}:{line} {mutation.operator_name.removeprefix('core/')}: " \
                        f"{original}  ->  {changed}"
-                why = equivalents.get((_squash(original), _squash(changed)))
+                before = source_lines[line - 2].strip() if line > 1 else ""
+                why = (equivalents.get(("", _squash(original), _squash(changed)))
+                       or equivalents.get((_squash(before), _squash(original), _squash(changed))))
                 if why:
                     score.equivalent.append(f"{text}  ({why})")
                 else:
