@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from datetime import UTC, datetime
 
 from fleet_server import ingest
@@ -48,6 +49,7 @@ def test_the_pending_batch_closes_at_its_size_or_at_the_byte_cap(monkeypatch) ->
     pending = _Pending()
     pending.add([msg("a", n) for n in range(3)], Batch())
     assert pending.wait_for_room(5, stopping) == 2
+    assert pending.wait_for_room(4, stopping) == 1
     items, _ = pending.take(3, 60.0, stopping)  # full by count: no waiting for the 60 s
     assert [m.mid for m in items] == [0, 1, 2] and pending.size() == 0
     monkeypatch.setattr(ingest, "BATCH_MAX_BYTES", 1000)
@@ -66,6 +68,7 @@ def test_the_pending_batch_closes_at_its_size_or_at_the_byte_cap(monkeypatch) ->
 def test_a_workers_backlog_counts_every_stage() -> None:
     worker = IngestWorker(ServerConfig())
     assert (worker.waiting(), worker.stalled_s()) == (0, 0.0)  # a fresh worker has nothing waiting, is not stalled
+    assert set(worker.stats.values()) == {0}
     for n in range(3):
         worker.inbox.put(msg("a", n))
     inbox: queue.Queue[Incoming] = queue.Queue()
@@ -117,3 +120,11 @@ def test_leaving_the_group_counts_only_its_own_unsuback() -> None:
     assert not worker.unsubscribed.is_set()
     worker._on_unsubscribe(None, None, int("40000"), [], None)
     assert worker.unsubscribed.is_set()
+
+
+def test_a_worker_is_stalled_for_as_long_as_messages_wait_without_a_commit() -> None:
+    worker = IngestWorker(ServerConfig())
+    worker.last_progress = time.monotonic() - 42.0
+    assert worker.stalled_s() == 0.0  # nothing waits: idle, not stalled
+    worker.inbox.put(msg("a", 1))
+    assert 42.0 <= worker.stalled_s() < 43.0
