@@ -153,7 +153,10 @@ def keep_sample(session: Path, source: str, sample: int, seed: int, score: Score
     hidden = unseeable_lines(source)
     with use_db(str(session), WorkDB.Mode.open) as db:
         items = list(db.pending_work_items)
-        seeable = [i for i in items if all(m.start_pos[0] not in hidden for m in i.mutations)]
+        # In source order: Cosmic Ray hands work items out keyed by random ids, so the seed alone would not
+        # fix the sample; sorted, the same source and seed always run the same mutants.
+        seeable = sorted((i for i in items if all(m.start_pos[0] not in hidden for m in i.mutations)),
+                         key=lambda i: [(m.start_pos, m.end_pos, m.operator_name, m.occurrence) for m in i.mutations])
         score.candidates, score.left_out = len(seeable), len(items) - len(seeable)
         chosen = {i.job_id for i in random.Random(seed).sample(seeable, min(sample, len(seeable)))}
         skipped = [i.job_id for i in items if i.job_id not in chosen]

@@ -121,8 +121,11 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
         status = watcher.last(topics.status(device))
         assert validate.errors("status", status) == []
         assert status["state"] == "online" and status["fps"] == 9.5 and status["fix"]["mode"] == 3
+        watcher.client.publish(topics.cmd(device, "echo"), b"not json", qos=1)  # refused, answered, no crash
+        wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")) is not None, 10, "bad command result")
+        assert watcher.last(topics.cmd_result(device, "echo"))["ok"] is False
         watcher.client.publish(topics.cmd(device, "echo"), json.dumps({"x": 1}), qos=1)
-        wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")) is not None, 10, "command result")
+        wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")).get("ok"), 10, "command result")
         assert watcher.last(topics.cmd_result(device, "echo")) == {"ok": True, "echo": {"x": 1}}
         assert watcher.qos[topics.cmd_result(device, "echo")] == 1
         assert seen_threads and seen_threads[0].startswith("uplink-cmd")
@@ -275,6 +278,7 @@ def test_puback_bookkeeping_of_a_dead_connection_is_pruned(tmp_path: Path) -> No
 def test_stopping_an_uplink_that_never_started_or_twice_is_harmless(tmp_path: Path) -> None:
     uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-idle",
                     Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
+    assert set(uplink.counters.values()) == {0}
     uplink.stop()
     uplink.stop()
     assert uplink._thread is None and uplink._workers is None
