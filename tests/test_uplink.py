@@ -159,6 +159,7 @@ def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_pa
         assert (server.distinct, server.total) == (30, 30)
         events = outbox.stats()["events"]
         assert (events["pending"], events["sent"], events["confirmed"]) == (70, 30, 0)
+        assert uplink.counters["connects"] == 1  # the loop's chores (expiry every second) kept one connection
     finally:
         uplink.stop()
         server.stop()
