@@ -36,6 +36,7 @@ from edge_agent.detect.manifest import (
     manifest_path_for,
     parse_imgsz,
     parse_names,
+    parse_size,
     read_manifest,
     resolve_model_path,
 )
@@ -221,7 +222,9 @@ def _input_size(shape: list, channels_last: bool, meta: dict, manifest: dict,
         return w, h
     if cfg.input_size:
         return cfg.input_size, cfg.input_size
-    size = parse_imgsz(manifest.get("input_size")) or parse_imgsz(meta.get("imgsz"))
+    # The manifest says [width, height] (as `model info` prints it); Ultralytics metadata `imgsz` is [height, width].
+    # Reading the manifest's the Ultralytics way once put the bundled FP32 twin on a 384x640 portrait canvas.
+    size = parse_size(manifest.get("input_size")) or parse_imgsz(meta.get("imgsz"))
     return size or (DEFAULT_INPUT, DEFAULT_INPUT)
 
 

@@ -100,6 +100,12 @@ def parse_names(value: Any) -> list[str] | None:
     return None
 
 
+def parse_size(value: Any) -> tuple[int, int] | None:
+    """(width, height) from a manifest's `input_size`: [width, height] or one int for a square."""
+    hw = parse_imgsz(value)
+    return (hw[1], hw[0]) if hw else None
+
+
 def parse_imgsz(value: Any) -> tuple[int, int] | None:
     """(width, height) from metadata `imgsz` ("[640, 640]" or "640"); Ultralytics stores [height, width]."""
     if value is None:
