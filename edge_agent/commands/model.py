@@ -87,13 +87,16 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
              plot: Path | None = typer.Option(None, "--plot", help="Write the PR curve to this PNG (its folder "
                                                                    "must exist)"),
              threads: int = _threads(),
-             names: str | None = _names_option()) -> None:
+             names: str | None = _names_option(),
+             mirror_pass: bool = typer.Option(False, "--mirror-pass",
+                                              help="Look at each image mirrored too and fuse the two passes "
+                                                   "(detector.mirror_pass)")) -> None:
     """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
     from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, plot_pr
 
     if plot is not None and not plot.parent.is_dir():  # found out now, not after minutes of evaluation
         raise typer.BadParameter(f"folder {plot.parent} does not exist", param_hint="'--plot'")
-    det = _load(model, threads, names)
+    det = _load(model, threads, names, mirror_pass=mirror_pass)
     thr = threshold  # None: each class at its own working threshold
     n = len(list_dataset_images(data))
     if n == 0 or not (data / "labels").is_dir():

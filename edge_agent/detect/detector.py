@@ -29,6 +29,7 @@ from edge_agent.detect.decode import (
     detect_layout,
     fractions_to_pixels,
 )
+from edge_agent.detect.fusion import fuse, mirrored
 from edge_agent.detect.letterbox import Preprocessor, blob_shape
 from edge_agent.detect.manifest import (
     ModelError,
@@ -107,8 +108,20 @@ class Detector:
         return out, placement
 
     def detect(self, frame_bgr: np.ndarray, score_threshold: float | None = None) -> list[Detection]:
-        out, placement = self.infer(frame_bgr)
-        return self.decode(out, placement, score_threshold)
+        """Detections in frame pixels, best first: each class cut at its working threshold, or every class at
+        SCORE_THRESHOLD. With detector.mirror_pass the frame is looked at twice (edge_agent.detect.fusion)."""
+        if not self.cfg.mirror_pass:
+            out, placement = self.infer(frame_bgr)
+            return self.decode(out, placement, score_threshold)
+        frame = _as_bgr(frame_bgr)
+        # A box one pass alone finds keeps half its score, so each pass is decoded down to half the cut.
+        floor = (self.score_threshold if score_threshold is None else score_threshold) / 2
+        passes = [self.decode(*self.infer(frame), floor),
+                  mirrored(self.decode(*self.infer(np.ascontiguousarray(frame[:, ::-1])), floor), frame.shape[1])]
+        fused = fuse(passes, self.cfg.iou_threshold)
+        cut = [d for d in fused if d.score >= (self.threshold_for(d.class_id) if score_threshold is None
+                                               else score_threshold)]
+        return cut[:self.cfg.max_detections]
 
     def threshold_for(self, class_id: int) -> float:
         """The working score threshold of a class (ids the model names; others get score_threshold)."""

@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_agent.detect.nms import box_iou
+
 log = logging.getLogger(__name__)
 
 
@@ -40,19 +42,6 @@ class ClassMetrics:
     curve_precision: np.ndarray
     best_f1: float = 0.0
     best_f1_threshold: float = 0.0
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix between [N,4] and [M,4] xyxy boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def match_image(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
@@ -214,10 +203,15 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
             gt_boxes, gt_cls = read_yolo_labels(label_path(root, path), w, h)
         # Latency is the working path (threshold thr); AP decodes the same output again down to the floor.
         t0 = time.monotonic()
-        out, placement = detector.infer(img)
-        detector.decode(out, placement)
-        latencies.append(1000 * (time.monotonic() - t0))
-        dets = detector.decode(out, placement, EVAL_SCORE_FLOOR)
+        if getattr(getattr(detector, "cfg", None), "mirror_pass", False):  # two passes fused: nothing to decode again
+            detector.detect(img)
+            latencies.append(1000 * (time.monotonic() - t0))
+            dets = detector.detect(img, EVAL_SCORE_FLOOR)
+        else:
+            out, placement = detector.infer(img)
+            detector.decode(out, placement)
+            latencies.append(1000 * (time.monotonic() - t0))
+            dets = detector.decode(out, placement, EVAL_SCORE_FLOOR)
         add_image(records, np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float32).reshape(-1, 4),
                   np.array([d.score for d in dets]), np.array([d.class_id for d in dets], np.int64), gt_boxes, gt_cls)
         if progress:
