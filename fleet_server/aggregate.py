@@ -287,10 +287,9 @@ first_mean AS (   -- weighted by 1/h^2
                ST_Project(c.g, abs(s.hi), CASE WHEN s.hi < 0 THEN s.theta + pi() ELSE s.theta END)::geometry) AS line
     FROM span s JOIN (SELECT defect_id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography AS g FROM pos) c
          USING (defect_id)
-), misses AS (    -- misses since the (new) last sighting, and before it (how often it is missed while there)
+), misses AS (    -- misses since the (new) last sighting
     SELECT m.defect_id, count(*) FILTER (WHERE m.started_at > t.last_seen) AS n,
-           count(DISTINCT m.device_id) FILTER (WHERE m.started_at > t.last_seen) AS vehicles,
-           count(*) FILTER (WHERE m.started_at <= t.last_seen) AS before
+           count(DISTINCT m.device_id) FILTER (WHERE m.started_at > t.last_seen) AS vehicles
     FROM defect_misses m JOIN totals t USING (defect_id) GROUP BY m.defect_id
 )
 UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
@@ -301,7 +300,8 @@ FROM pos JOIN totals t USING (defect_id) JOIN passes p USING (defect_id) JOIN lo
      LEFT JOIN misses mi USING (defect_id) LEFT JOIN lines ln USING (defect_id)
 WHERE d.id = pos.defect_id
 RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0),
-          coalesce(mi.before, 0)
+          CASE WHEN d.miss_count >= %(repair_misses)s
+               THEN roadmon_still_there_chance(d.id, t.last_seen, %(same_way)s, %(gap)s) ELSE 1 END
 """
 
 
@@ -311,37 +311,35 @@ def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig
     if not defect_ids:
         return
     rows = conn.execute(REFRESH, {"ids": sorted(defect_ids), "cap": cfg.max_sightings_for_position,
-                                  "sigma": cfg.outlier_sigma, "gap": timedelta(seconds=cfg.pass_gap_s)}).fetchall()
+                                  "sigma": cfg.outlier_sigma, **_chance_args(cfg)}).fetchall()
     apply_transitions(conn, rows, cfg)
 
 
 # A pass misses an open defect when its line comes within the camera's half width of it and within
-# miss_reach_m, the detector was on, that vehicle did not see it then, and it went the way most of the
-# vehicles that saw it went (within miss_same_way_deg; at least as many as went the opposite way). The
-# footprint is the camera's view 20 m ahead: a pothole in the far lane, on a street crossed at a junction or
-# on the next street over is inside it but out of the detector's reach, and counting those passes flagged
-# sound defects `likely_repaired` (docs/fleet_sim.md). A defect whose sightings carry no heading counts
-# passes either way.
+# miss_reach_m, the detector was on, that vehicle did not see it then, and some vehicle going its way (within
+# miss_same_way_deg) has seen it. The footprint is the camera's view 20 m ahead: a pothole on a street crossed
+# at a junction or on the next street over is inside it but out of the detector's reach, and counting those
+# passes flagged sound defects `likely_repaired` (docs/fleet_sim.md). How much a miss proves is the business
+# of roadmon_still_there_chance (migration 016): passes going a way that rarely finds the defect prove little.
+# A defect whose sightings carry no heading counts passes either way.
 RECORD_MISSES = """
-INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at)
-SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at
+INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at, bearing_deg)
+SELECT d.id, c.coverage_id, c.device_id, c.started_at, c.ended_at, pass.bearing
 FROM coverage c JOIN defects d
   ON ST_DWithin(coalesce(d.line, d.geom), c.line, least(COALESCE(c.half_width_m, %(hw)s), %(reach)s), false)
 CROSS JOIN LATERAL (   -- the pass's bearing where it came closest
     SELECT degrees(ST_Azimuth(ST_StartPoint(g.geom)::geography, ST_EndPoint(g.geom)::geography)) AS bearing
     FROM ST_DumpSegments(c.line::geometry) g
     ORDER BY g.geom <-> d.geom::geometry LIMIT 1) pass
-CROSS JOIN LATERAL (   -- its sightings by vehicles going this way, the opposite way, any way
-    SELECT count(*) FILTER (WHERE abs(mod((s.heading_deg - pass.bearing + 540)::numeric, 360) - 180)
-                                  <= %(same_way)s) AS same_way,
-           count(*) FILTER (WHERE abs(mod((s.heading_deg - pass.bearing + 540)::numeric, 360) - 180)
-                                  >= 180 - %(same_way)s) AS other_way, count(*) AS with_heading
+CROSS JOIN LATERAL (   -- its sightings by vehicles going this way, any way
+    SELECT count(*) FILTER (WHERE roadmon_same_way(s.heading_deg, pass.bearing, %(same_way)s)) AS same_way,
+           count(*) AS with_heading
     FROM sightings s WHERE s.defect_id = d.id AND s.heading_deg IS NOT NULL) seen
 WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
   AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
   AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
                   AND s.captured_at BETWEEN c.started_at - %(slack)s AND c.ended_at + %(slack)s)
-  AND (pass.bearing IS NULL OR seen.with_heading = 0 OR (seen.same_way > 0 AND seen.same_way >= seen.other_way))
+  AND (pass.bearing IS NULL OR seen.with_heading = 0 OR seen.same_way > 0)
 ON CONFLICT DO NOTHING RETURNING defect_id"""
 
 
@@ -362,36 +360,35 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
     if not ids:
         return
     rows = conn.execute("""
-        WITH locked AS (SELECT id FROM defects WHERE id = ANY(%s) ORDER BY id FOR UPDATE),
+        WITH locked AS (SELECT id FROM defects WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE),
         counted AS (
             SELECT d.id, count(m.coverage_id) FILTER (WHERE m.started_at > d.last_seen) AS misses,
-                   count(DISTINCT m.device_id) FILTER (WHERE m.started_at > d.last_seen) AS vehicles,
-                   count(m.coverage_id) FILTER (WHERE m.started_at <= d.last_seen) AS before
+                   count(DISTINCT m.device_id) FILTER (WHERE m.started_at > d.last_seen) AS vehicles
             FROM defects d JOIN locked USING (id)
             LEFT JOIN defect_misses m ON m.defect_id = d.id
             GROUP BY d.id)
         UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
-        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles, c.before""",
-                        (ids,)).fetchall()
+        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles,
+                  CASE WHEN c.misses >= %(repair_misses)s
+                       THEN roadmon_still_there_chance(d.id, d.last_seen, %(same_way)s, %(gap)s) ELSE 1 END""",
+                        {"ids": ids, **_chance_args(cfg)}).fetchall()
     apply_transitions(conn, rows, cfg)
 
 
-def still_there_chance(passes: int, missed_before: int, misses: int) -> float:
-    """How likely MISSES misses in a row are while the defect is still there: its own detection rate, from the
-    passes that saw it and those that missed it before its last sighting (Laplace: one unseen miss more), to
-    the power of the misses. A pothole every pass finds is repaired after 2 misses; one vehicles find on two
-    passes in three needs about 5 (docs/fleet_sim.md)."""
-    rate = passes / (passes + missed_before + 1)
-    return (1.0 - rate) ** misses
+def _chance_args(cfg: AggregateConfig) -> dict:
+    """Parameters of roadmon_still_there_chance (migration 016), asked only once a defect has enough misses."""
+    return {"repair_misses": cfg.repair_misses, "same_way": cfg.miss_same_way_deg,
+            "gap": timedelta(seconds=cfg.pass_gap_s)}
 
 
 def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: AggregateConfig) -> None:
-    """ROWS: (id, status, sightings, passes, misses, miss vehicles, misses before the last sighting) of fresh
-    defects; write the automatic status changes they call for, each with its defect_history row."""
+    """ROWS: (id, status, sightings, passes, misses, miss vehicles, how likely those misses are while it is still
+    there) of fresh defects; write the automatic status changes they call for, each with its defect_history
+    row."""
     changes: list[tuple[int, str, str, str]] = []
-    for defect_id, status, sightings, passes, misses, miss_vehicles, before in rows:
+    for defect_id, status, sightings, passes, misses, miss_vehicles, chance in rows:
         repaired = (misses >= cfg.repair_misses and miss_vehicles >= cfg.repair_vehicles
-                    and still_there_chance(passes, before, misses) <= cfg.repair_chance)
+                    and chance <= cfg.repair_chance)
         confirmed = sightings >= cfg.confirm_sightings and passes >= cfg.confirm_passes
         target = status
         if status in ("new", "confirmed", "scheduled") and repaired:

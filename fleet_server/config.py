@@ -153,10 +153,10 @@ class AggregateConfig(Section):
                                             "the footprint reaches the camera's view 20 m ahead, the detector finds "
                                             "defects near the vehicle's path")
     miss_same_way_deg: float = Field(60.0, ge=0, le=180,
-                                     description="A pass counts as a miss only when it went within this many degrees "
-                                                 "of the way most vehicles that saw the defect went (the far lane "
-                                                 "and crossing streets are in view but out of the detector's "
-                                                 "reach)")
+                                     description="A pass counts as a miss only when some vehicle that went within "
+                                                 "this many degrees of its way saw the defect, and weighs as much "
+                                                 "as passes going that way find it (crossing streets are in view "
+                                                 "but out of the detector's reach)")
     outlier_sigma: float = Field(3.0, gt=0, description="Sightings further than this many accuracies from the "
                                                         "mean are left out of a defect's position")
     max_sightings_for_position: int = Field(500, ge=10, description="Newest sightings used for the position")

@@ -108,13 +108,43 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
                        ("aggregator", "likely_repaired", "confirmed")]
 
 
-def test_the_misses_needed_follow_how_often_the_defect_was_found() -> None:
-    from fleet_server.aggregate import still_there_chance
+def test_misses_count_by_the_way_their_vehicles_went(make_cfg) -> None:
+    """A pothole near the centre line is seen from both lanes: a pass either way that saw nothing is a miss, and
+    proves as much as passes going that way find it (Laplace: one unseen miss more). Found on 2 of 2
+    northbound passes and 1 of 1 southbound: a northbound miss is 1/3 likely while it is there, a southbound
+    one 1/2. A pass across it proves nothing."""
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    pothole = offset(*BASE, 100, 0)
+    north = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
+    south, across = north[::-1], [offset(*BASE, 100, -100), offset(*BASE, 100, 100)]
+    start = datetime.now(UTC) - timedelta(days=1)
 
-    assert still_there_chance(2, 0, 3) == pytest.approx((1 / 3) ** 3)
-    assert still_there_chance(9, 0, 2) == pytest.approx(0.01)  # found on all 9 passes: 2 misses are enough
-    # Found on 6 passes, missed on 3 before: rate 0.6, so 5 misses are still 1 % likely, 6 are not.
-    assert still_there_chance(6, 3, 5) == pytest.approx(0.4**5) and 0.4**5 > 0.01 > still_there_chance(6, 3, 6)
+    def window(hours: float) -> tuple[datetime, datetime]:
+        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+
+    def seen(dev: str, hours: float, heading: float) -> dict:
+        vehicle = {"lat": pothole[0], "lon": pothole[1], "h_accuracy_m": 1.5, "speed_mps": 10.0,
+                   "heading_deg": heading}
+        return make_event(dev, *pothole, at=window(hours)[0] + timedelta(seconds=15), vehicle=vehicle)
+
+    def chance() -> float:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute("SELECT roadmon_still_there_chance(id, last_seen, %s, %s) FROM defects",
+                                (cfg.aggregate.miss_same_way_deg, timedelta(seconds=cfg.aggregate.pass_gap_s))
+                                ).fetchone()[0]
+
+    store(cfg, [seen("veh-a", 0, 0.0), seen("veh-b", 1, 0.0), seen("veh-c", 2, 180.0)])
+    assert defects(cfg)[0][3:] == ("confirmed", 3, 3, 3, 0)
+    store(cfg, coverage=[make_coverage("veh-d", north, *window(3)), make_coverage("veh-e", south, *window(4)),
+                         make_coverage("veh-f", across, *window(5))])
+    assert defects(cfg)[0][7] == 2
+    assert chance() == pytest.approx(1 / 3 * 1 / 2)
+    for hours, (dev, line) in enumerate([("veh-g", north), ("veh-h", north)], start=6):
+        store(cfg, coverage=[make_coverage(dev, line, *window(hours))])
+    assert chance() == pytest.approx(1 / 54) and defects(cfg)[0][3] == "confirmed"  # 1.9 %: not yet
+    store(cfg, coverage=[make_coverage("veh-i", south, *window(8))])
+    assert chance() == pytest.approx(1 / 108) and defects(cfg)[0][3] == "likely_repaired"
 
 
 def test_only_passes_the_way_its_vehicles_saw_it_count_as_misses(make_cfg) -> None:
