@@ -108,6 +108,18 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
                        ("aggregator", "likely_repaired", "confirmed")]
 
 
+def street_with_a_pothole():
+    """A pothole 100 m up a north-south street: the pothole, the street's lines northbound, southbound and
+    across it there, and the time window of a 30 s pass H hours after a day ago."""
+    north = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
+    start = datetime.now(UTC) - timedelta(days=1)
+
+    def window(hours: float) -> tuple[datetime, datetime]:
+        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+
+    return offset(*BASE, 100, 0), (north, north[::-1], [offset(*BASE, 100, -100), offset(*BASE, 100, 100)]), window
+
+
 def test_misses_count_by_the_way_their_vehicles_went(make_cfg) -> None:
     """A pothole near the centre line is seen from both lanes: a pass either way that saw nothing is a miss, and
     proves as much as passes going that way find it (Laplace: one unseen miss more). Found on 2 of 2
@@ -115,13 +127,7 @@ def test_misses_count_by_the_way_their_vehicles_went(make_cfg) -> None:
     one 1/2. A pass across it proves nothing."""
     cfg = make_cfg()
     dsn = cfg.database.resolve_dsn()
-    pothole = offset(*BASE, 100, 0)
-    north = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
-    south, across = north[::-1], [offset(*BASE, 100, -100), offset(*BASE, 100, 100)]
-    start = datetime.now(UTC) - timedelta(days=1)
-
-    def window(hours: float) -> tuple[datetime, datetime]:
-        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+    pothole, (north, south, across), window = street_with_a_pothole()
 
     def seen(dev: str, hours: float, heading: float) -> dict:
         vehicle = {"lat": pothole[0], "lon": pothole[1], "h_accuracy_m": 1.5, "speed_mps": 10.0,
@@ -152,13 +158,7 @@ def test_only_passes_the_way_its_vehicles_saw_it_count_as_misses(make_cfg) -> No
     of a street crossing there and of one 8 m beside it, which cannot see it; only northbound passes over it
     without it are misses. Sightings that carry no heading leave every direction a miss."""
     cfg = make_cfg()
-    pothole = offset(*BASE, 100, 0)
-    north = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
-    south, across = north[::-1], [offset(*BASE, 100, -100), offset(*BASE, 100, 100)]
-    start = datetime.now(UTC) - timedelta(days=1)
-
-    def window(hours: float) -> tuple[datetime, datetime]:
-        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+    pothole, (north, south, across), window = street_with_a_pothole()
 
     for hours, dev in ((0, "veh-a"), (1, "veh-b")):
         store(cfg, [make_event(dev, *pothole, at=window(hours)[0] + timedelta(seconds=15))])
