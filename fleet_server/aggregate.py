@@ -299,9 +299,7 @@ UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::ge
 FROM pos JOIN totals t USING (defect_id) JOIN passes p USING (defect_id) JOIN looks l USING (defect_id)
      LEFT JOIN misses mi USING (defect_id) LEFT JOIN lines ln USING (defect_id)
 WHERE d.id = pos.defect_id
-RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0),
-          CASE WHEN d.miss_count >= %(repair_misses)s
-               THEN roadmon_still_there_chance(d.id, t.last_seen, %(same_way)s, %(gap)s) ELSE 1 END
+RETURNING d.id, d.status, d.sighting_count, d.pass_count, d.miss_count, coalesce(mi.vehicles, 0)
 """
 
 
@@ -311,7 +309,7 @@ def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig
     if not defect_ids:
         return
     rows = conn.execute(REFRESH, {"ids": sorted(defect_ids), "cap": cfg.max_sightings_for_position,
-                                  "sigma": cfg.outlier_sigma, **_chance_args(cfg)}).fetchall()
+                                  "sigma": cfg.outlier_sigma, "gap": timedelta(seconds=cfg.pass_gap_s)}).fetchall()
     apply_transitions(conn, rows, cfg)
 
 
@@ -368,27 +366,29 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
             LEFT JOIN defect_misses m ON m.defect_id = d.id
             GROUP BY d.id)
         UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
-        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles,
-                  CASE WHEN c.misses >= %(repair_misses)s
-                       THEN roadmon_still_there_chance(d.id, d.last_seen, %(same_way)s, %(gap)s) ELSE 1 END""",
-                        {"ids": ids, **_chance_args(cfg)}).fetchall()
+        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""",
+                        {"ids": ids}).fetchall()
     apply_transitions(conn, rows, cfg)
 
 
-def _chance_args(cfg: AggregateConfig) -> dict:
-    """Parameters of roadmon_still_there_chance (migration 016), asked only once a defect has enough misses."""
-    return {"repair_misses": cfg.repair_misses, "same_way": cfg.miss_same_way_deg,
-            "gap": timedelta(seconds=cfg.pass_gap_s)}
+def still_there_chances(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig) -> dict[int, float]:
+    """For each of IDS, how likely its misses since its last sighting are while it is still there (SQL
+    roadmon_still_there_chance, migration 016: each miss judged by how often passes going its way find it)."""
+    if not ids:
+        return {}
+    rows = conn.execute("""SELECT id, roadmon_still_there_chance(id, last_seen, %s, %s) FROM defects
+                           WHERE id = ANY(%s)""", (cfg.miss_same_way_deg, timedelta(seconds=cfg.pass_gap_s), ids))
+    return dict(rows.fetchall())
 
 
 def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: AggregateConfig) -> None:
-    """ROWS: (id, status, sightings, passes, misses, miss vehicles, how likely those misses are while it is still
-    there) of fresh defects; write the automatic status changes they call for, each with its defect_history
-    row."""
+    """ROWS: (id, status, sightings, passes, misses, miss vehicles) of fresh defects; write the automatic status
+    changes they call for, each with its defect_history row."""
+    chances = still_there_chances(conn, [r[0] for r in rows if r[4] >= cfg.repair_misses
+                                         and r[5] >= cfg.repair_vehicles], cfg)
     changes: list[tuple[int, str, str, str]] = []
-    for defect_id, status, sightings, passes, misses, miss_vehicles, chance in rows:
-        repaired = (misses >= cfg.repair_misses and miss_vehicles >= cfg.repair_vehicles
-                    and chance <= cfg.repair_chance)
+    for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
+        repaired = chances.get(defect_id, 1.0) <= cfg.repair_chance
         confirmed = sightings >= cfg.confirm_sightings and passes >= cfg.confirm_passes
         target = status
         if status in ("new", "confirmed", "scheduled") and repaired:

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
 from fleet_server import partitions
@@ -49,7 +50,14 @@ def test_existing_rows_migrate_and_new_months_land_in_their_partition(fresh_db) 
     agg = AggregateConfig()
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         store_batch(conn, Batch(events=[(old_event, now)], raw={}), agg)
-        store_batch(conn, Batch(coverage=[(old_cov, now)]), agg)
+        # The coverage row as the server of that schema wrote it (today's store also records misses, with
+        # columns of later migrations).
+        conn.execute("""INSERT INTO coverage (coverage_id, device_id, started_at, ended_at, received_at, line,
+                                               detector_active, model_sha256, payload)
+                        VALUES (%s, %s, %s, %s, now(), ST_GeogFromText('LINESTRING(11.49 48.1, 11.51 48.1)'),
+                                true, %s, %s)""",
+                     (old_cov["coverage_id"], old_cov["device_id"], old_at, old_at + timedelta(seconds=30),
+                      old_cov["model_sha256"], Jsonb(old_cov)))
         conn.execute("INSERT INTO defect_misses SELECT id, %s, 'veh-p', now(), now() FROM defects",
                      (old_cov["coverage_id"],))
         before = conn.execute("SELECT count(*), min(defect_id) FROM sightings").fetchone()
