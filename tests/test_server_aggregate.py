@@ -269,3 +269,23 @@ def test_confirmation_needs_two_passes_not_only_two_sightings(make_cfg) -> None:
     store(cfg, [make_event("veh-a", *BASE, at=at + timedelta(hours=1), seq=3)])
     [(_, _, _, status, sightings, _, passes, _)] = defects(cfg)
     assert (status, sightings, passes) == ("confirmed", 3, 2)
+
+
+@pytest.mark.parametrize(("aggregate", "flagged_at"), [
+    ({"repair_misses": 2, "repair_vehicles": 2, "repair_chance": 0.2}, 2),   # 1/9 <= 0.2 at the second miss
+    ({"repair_misses": 3, "repair_vehicles": 2, "repair_chance": 0.2}, 3),   # ...but 3 misses are asked for
+    ({"repair_misses": 2, "repair_vehicles": 3, "repair_chance": 0.2}, 3),   # ...or 3 vehicles
+    ({"repair_misses": 2, "repair_vehicles": 2, "repair_chance": 0.05}, 3),  # 1/9 too likely, 1/27 not
+])
+def test_likely_repaired_at_exactly_the_misses_vehicles_and_chance_set(make_cfg, aggregate, flagged_at) -> None:
+    """Found on both of 2 northbound passes, then missed by northbound vehicles c, d, e: each miss 1/3 likely
+    while it is there. It is flagged at the first miss that meets all three settings."""
+    cfg = make_cfg(aggregate=aggregate)
+    pothole, (north, _south, _across), window = street_with_a_pothole()
+    store(cfg, [make_event(dev, *pothole, at=window(hours)[0] + timedelta(seconds=15))
+                for hours, dev in ((0, "veh-a"), (1, "veh-b"))])
+    statuses = []
+    for k, dev in enumerate(("veh-c", "veh-d", "veh-e"), start=1):
+        store(cfg, coverage=[make_coverage(dev, north, *window(1 + k))])
+        statuses.append(defects(cfg)[0][3])
+    assert statuses == ["confirmed"] * (flagged_at - 1) + ["likely_repaired"] * (4 - flagged_at), statuses
