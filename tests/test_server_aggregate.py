@@ -3,6 +3,7 @@ coverage misses -> likely_repaired; automatic status changes in the history."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from datetime import UTC, datetime, timedelta
@@ -255,6 +256,38 @@ def test_defects_that_settle_within_the_merge_radius_are_merged(make_cfg) -> Non
     assert [(r[0], r[4]) for r in rows] == [(1, 5)], rows
     # the mean of 0, 7, 4, 4, 4 m is 3.8 m; 0 and 7 m lie more than 3 x max(h, 1 m) from it and are left out
     assert metres((rows[0][1], rows[0][2]), offset(*BASE, 4.0, 0.0)) < 0.1
+
+
+@pytest.mark.parametrize(("first_m", "second_m"), [(23.0, 25.0), (25.0, 23.0)], ids=["northward", "southward"])
+def test_a_batch_groups_new_sightings_across_its_grid_cells(make_cfg, caplog, first_m: float,
+                                                             second_m: float) -> None:
+    """A batch's new sightings are grouped on a grid of max_gate_m (12 m) cells from its first sighting: of two
+    sightings 2 m apart across the line 24 m north of it, the second finds the first in the cell beyond the
+    line, either way, and joins it as it is created (not by a merge afterwards)."""
+    cfg = make_cfg()
+    at = datetime.now(UTC) - timedelta(hours=2)
+    caplog.set_level(logging.INFO, logger="fleet_server.aggregate")
+    store(cfg, [make_event("veh-a", *BASE, h=5.0, at=at),
+                make_event("veh-a", *offset(*BASE, first_m, 0.0), h=5.0, at=at + timedelta(seconds=1), seq=1),
+                make_event("veh-a", *offset(*BASE, second_m, 0.0), h=5.0, at=at + timedelta(seconds=2), seq=2)])
+    assert [r[4] for r in defects(cfg)] == [1, 2]
+    assert "merged" not in caplog.text
+
+
+def test_merging_returns_the_defects_that_remain(make_cfg) -> None:
+    """merge_neighbours reports the defects it was given or changed, less those it merged away."""
+    from fleet_server.aggregate import merge_neighbours
+
+    cfg = make_cfg()
+    at = datetime.now(UTC) - timedelta(hours=2)
+    store(cfg, [make_event("veh-a", *BASE, h=0.5, at=at),
+                make_event("veh-a", *offset(*BASE, 7.0, 0.0), h=0.5, at=at + timedelta(seconds=1), seq=1)])
+    first, second = (r[0] for r in defects(cfg))
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:  # closer than the radius once 3 m moved
+        conn.execute("UPDATE defects SET geom = %s::geography WHERE id = %s",
+                     (f"SRID=4326;POINT({offset(*BASE, 4.0, 0.0)[1]} {offset(*BASE, 4.0, 0.0)[0]})", second))
+        assert merge_neighbours(conn, {first, second}, cfg.aggregate) == {first}
+        assert conn.execute("SELECT count(*) FROM defects").fetchone()[0] == 1
 
 
 def test_confirmation_needs_two_passes_not_only_two_sightings(make_cfg) -> None:

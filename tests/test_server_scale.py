@@ -75,6 +75,21 @@ def test_lock_levels_stay_within_the_budget() -> None:
     assert aggregate.area_locks(everywhere, 512) == ("global", [(aggregate._LOCK_KEY, True)])
 
 
+def test_every_cell_and_level_has_a_lock_key_of_its_own() -> None:
+    """Cells either side of the equator and of Greenwich (negative indices) and both levels: no two share an
+    advisory lock key (a shared key would make unrelated areas wait for each other), every key a bigint."""
+    keys = {aggregate._key(level, cx, cy) for level in (aggregate._LEVEL_FINE, aggregate._LEVEL_COARSE)
+            for cx in range(-40, 40) for cy in range(-40, 40)}
+    assert len(keys) == 2 * 80 * 80
+    assert all(0 < k < 2**63 for k in keys)
+
+
+def test_fine_locks_count_the_coarse_cells_too() -> None:
+    """Three fine cells in one coarse cell take 3 + 1 locks: within a budget of 4, not of 3."""
+    cells = {(0, 0), (1, 0), (2, 0)}
+    assert aggregate.fits_fine(cells, 4) and not aggregate.fits_fine(cells, 3)
+
+
 def _try_lock(dsn: str, points: list[tuple[float, float]]) -> bool:
     """Whether a second transaction gets the area locks of POINTS within 0.5 s."""
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
