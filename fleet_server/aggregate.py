@@ -288,9 +288,8 @@ first_mean AS (   -- weighted by 1/h^2
     FROM span s JOIN (SELECT defect_id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography AS g FROM pos) c
          USING (defect_id)
 ), misses AS (    -- misses since the (new) last sighting
-    SELECT m.defect_id, count(*) FILTER (WHERE m.started_at > t.last_seen) AS n,
-           count(DISTINCT m.device_id) FILTER (WHERE m.started_at > t.last_seen) AS vehicles
-    FROM defect_misses m JOIN totals t USING (defect_id) GROUP BY m.defect_id
+    SELECT m.defect_id, count(*) AS n, count(DISTINCT m.device_id) AS vehicles
+    FROM defect_misses m JOIN totals t USING (defect_id) WHERE m.started_at > t.last_seen GROUP BY m.defect_id
 )
 UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
        first_seen = t.first_seen, last_seen = t.last_seen, sighting_count = t.n, vehicle_count = t.vehicles,
@@ -358,16 +357,14 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
     if not ids:
         return
     rows = conn.execute("""
-        WITH locked AS (SELECT id FROM defects WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE),
+        WITH locked AS (SELECT id FROM defects WHERE id = ANY(%s) ORDER BY id FOR UPDATE),
         counted AS (
-            SELECT d.id, count(m.coverage_id) FILTER (WHERE m.started_at > d.last_seen) AS misses,
-                   count(DISTINCT m.device_id) FILTER (WHERE m.started_at > d.last_seen) AS vehicles
+            SELECT d.id, count(m.coverage_id) AS misses, count(DISTINCT m.device_id) AS vehicles
             FROM defects d JOIN locked USING (id)
-            LEFT JOIN defect_misses m ON m.defect_id = d.id
+            LEFT JOIN defect_misses m ON m.defect_id = d.id AND m.started_at > d.last_seen
             GROUP BY d.id)
         UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
-        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""",
-                        {"ids": ids}).fetchall()
+        RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""", (ids,)).fetchall()
     apply_transitions(conn, rows, cfg)
 
 

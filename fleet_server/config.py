@@ -142,8 +142,8 @@ class AggregateConfig(Section):
     repair_misses: int = Field(2, ge=1, description="Fewest misses since the last sighting for -> likely_repaired")
     repair_chance: float = Field(0.01, gt=0, le=1,
                                  description="...and only once the misses are this unlikely for a defect still "
-                                             "there, judged by its own detection rate (passes that saw it against "
-                                             "misses before its last sighting); 1 = the miss count alone")
+                                             "there, each judged by how often passes going its way found the "
+                                             "defect before; 1 = the miss counts alone")
     repair_vehicles: int = Field(2, ge=1, description="Distinct vehicles among those misses")
     footprint_half_width_m: float = Field(3.5, gt=0, description="Half width of the camera's view on the road "
                                                                  "when a coverage record does not say")
