@@ -450,7 +450,9 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
             if keep_id in dropped or drop_id in dropped:
                 continue
             conn.execute("UPDATE sightings SET defect_id = %s WHERE defect_id = %s", (keep_id, drop_id))
-            conn.execute("""INSERT INTO defect_misses SELECT %s, coverage_id, device_id, started_at, ended_at
+            conn.execute("""INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at,
+                                                       bearing_deg)
+                            SELECT %s, coverage_id, device_id, started_at, ended_at, bearing_deg
                             FROM defect_misses WHERE defect_id = %s ON CONFLICT DO NOTHING""", (keep_id, drop_id))
             conn.execute("DELETE FROM defects WHERE id = %s", (drop_id,))
             log.info("defect %d merged into %d", drop_id, keep_id)

@@ -14,6 +14,7 @@ import pytest
 from fleet_server.config import ServerConfig
 from fleet_server.store import Batch, store_batch
 from roadmon_contract.geodesy import distance_m
+from roadmon_contract.ids import uuid7
 from tests.server_fixtures import count, make_cfg, make_coverage, make_event, offset
 
 pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
@@ -275,7 +276,8 @@ def test_a_batch_groups_new_sightings_across_its_grid_cells(make_cfg, caplog, fi
 
 
 def test_merging_returns_the_defects_that_remain(make_cfg) -> None:
-    """merge_neighbours reports the defects it was given or changed, less those it merged away."""
+    """merge_neighbours reports the defects it was given or changed, less those it merged away; the misses of
+    the one merged away move to the one kept with the way their passes went."""
     from fleet_server.aggregate import merge_neighbours
 
     cfg = make_cfg()
@@ -286,8 +288,10 @@ def test_merging_returns_the_defects_that_remain(make_cfg) -> None:
     with psycopg.connect(cfg.database.resolve_dsn()) as conn:  # closer than the radius once 3 m moved
         conn.execute("UPDATE defects SET geom = %s::geography WHERE id = %s",
                      (f"SRID=4326;POINT({offset(*BASE, 4.0, 0.0)[1]} {offset(*BASE, 4.0, 0.0)[0]})", second))
+        conn.execute("INSERT INTO defect_misses VALUES (%s, %s, 'veh-c', now(), now(), 180)", (second, uuid7()))
         assert merge_neighbours(conn, {first, second}, cfg.aggregate) == {first}
         assert conn.execute("SELECT count(*) FROM defects").fetchone()[0] == 1
+        assert conn.execute("SELECT defect_id, bearing_deg FROM defect_misses").fetchall() == [(first, 180)]
 
 
 def test_confirmation_needs_two_passes_not_only_two_sightings(make_cfg) -> None:
