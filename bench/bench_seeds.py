@@ -98,7 +98,8 @@ def size_ratios(events: list[dict], folder: Path) -> list[tuple[float, float, fl
             potholes.append((lat, lon, props["width_m"], props["length_m"]))
     out = []
     placed = without_gnss_error([e for e in events if e["class"] == "pothole"], TruthTrack(folder / "truth.csv"))
-    for i, j, _ in match([(e["position"]["lat"], e["position"]["lon"]) for e in placed], potholes, 2.0):
+    for i, j, _ in match([(e["position"]["lat"], e["position"]["lon"]) for e in placed],
+                         [(p[0], p[1]) for p in potholes], 2.0):
         event, near = placed[i], potholes[j]
         width, length = event["size_m"]["width"], event["size_m"]["length"]
         out.append((width / near[2], length / near[3], math.sqrt(width * length / (near[2] * near[3]))))
