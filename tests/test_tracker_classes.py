@@ -57,3 +57,53 @@ def test_defects_of_two_classes_apart_stay_two(projector) -> None:
 
     found = run(projector, label, [(-2.5, 18.0, 0.8), (2.5, 18.0, 0.8)])
     assert sorted(t.class_name for t in found) == ["crack", "pothole"]
+
+
+def test_a_far_pothole_boxed_twice_as_crack_is_one_pothole(projector) -> None:
+    """Far away the model boxes the pothole twice as `crack` (the second box lower and narrower, IoU ~0.3, which
+    NMS keeps), then once as `pothole` from closer on: one pothole, not a pothole and a crack."""
+    far = int(1.0 * FPS)
+
+    def label(k, det):
+        if k >= far:
+            return [(0, "pothole", det)]
+        h, w = det.y2 - det.y1, det.x2 - det.x1
+        twin = det.__class__(det.x1 + 0.15 * w, det.y1 + 0.45 * h, det.x2 - 0.1 * w, det.y2 + 0.45 * h, 0.6, 1, "crack")
+        return [(1, "crack", det), (1, "crack", twin)]
+
+    found = run_boxes(projector, label, [(0.0, 24.0, 0.8)])
+    assert [t.class_name for t in found] == ["pothole"], [(t.class_name, t.hits) for t in found]
+
+
+def test_two_potholes_side_by_side_stay_two(projector) -> None:
+    def label(k, det):
+        return [(0, "pothole", det)]
+
+    found = run_boxes(projector, label, [(-0.8, 18.0, 0.8), (0.8, 18.0, 0.8)])
+    assert [t.class_name for t in found] == ["pothole", "pothole"]
+
+
+def test_near_views_outvote_far_ones(projector) -> None:
+    """Twice as many frames call it `crack` while it is far and small as call it `pothole` from close by: a box's
+    vote grows with its size, so it is a pothole."""
+    def label(k, det):
+        return [(1, "crack", det)] if det.y2 - det.y1 < 40 else [(0, "pothole", det)]
+
+    found = run_boxes(projector, label, [(0.0, 22.0, 0.8)])
+    assert [t.class_name for t in found] == ["pothole"]
+    assert found[0].class_scores[1] > 0
+
+
+def run_boxes(projector, label, defects, seconds: float = 3.0) -> list:
+    """As run, but LABEL(k, det) gives (class_id, name, box) triples: the boxes themselves may differ."""
+    rng = np.random.default_rng(5)
+    tracker = Tracker(TrackerConfig(), Geolocator(projector))
+    pos, image, found = np.zeros(2), np.full((H, W, 3), 110, np.uint8), []
+    for k in range(int(seconds * FPS)):
+        dets = []
+        for det in detections_for(projector, defects, pos, 0.0, rng, miss=0.0, score=0.7):
+            dets += [box.__class__(box.x1, box.y1, box.x2, box.y2, box.score, cid, name)
+                     for cid, name, box in label(k, det)]
+        found += tracker.step(k / FPS, dets, Motion(SPEED / FPS, 0.0), image=image)
+        pos = pos + np.array([0.0, SPEED / FPS])
+    return found + tracker.flush()
