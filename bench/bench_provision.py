@@ -61,7 +61,10 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=10_000, help="devices imported")
     parser.add_argument("--add-sample", type=int, default=5, help="devices added one by one with `device add`")
     parser.add_argument("--http-tokens", action="store_true", help="import with --http-tokens too")
+    parser.add_argument("--quick", action="store_true", help="1,000 devices (`make bench` passes it to every bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.devices = 1_000
     services.up()
     pg = services.Postgres()
     dsn = pg.create_database("bench_provision")
