@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from calibration.projector import GroundProjector
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.detect.detector import Detection
 from edge_agent.gnss.motion import Motion
-from edge_agent.perception.geolocate import Geolocator
-from edge_agent.perception.tracker import Tracker, crop, iou, move, near_in_image
+from edge_agent.perception.geolocate import Geolocator, GroundBox
+from edge_agent.perception.tracker import Observation, Track, Tracker, confirm_scores, crop, iou, move, near_in_image
 from tests.detections import Det
 
 FPS = 15.0
@@ -208,3 +209,39 @@ def test_near_in_image_compares_centres_with_the_box_diagonal() -> None:
     assert near_in_image(a, (0.0, 30.0, 10.0, 40.0), 2.2) and not near_in_image(a, (0.0, 30.0, 10.0, 40.0), 2.0)
     assert near_in_image(a, (30.0, 0.0, 40.0, 10.0), 2.2) and not near_in_image(a, (30.0, 0.0, 40.0, 10.0), 2.0)
     assert near_in_image(a, (18.0, 24.0, 28.0, 34.0), 2.13) and not near_in_image(a, (18.0, 24.0, 28.0, 34.0), 2.1)
+
+
+def test_confirm_scores_keep_the_settings_margin_per_class() -> None:
+    """Each class confirms at its working threshold plus the margin between tracker.confirm_score and
+    detector.score_threshold, within 0..1."""
+    cfg = TrackerConfig(confirm_score=0.4)
+    assert confirm_scores(cfg, 0.25, [0.2, 0.1, 0.95]) == pytest.approx({0: 0.35, 1: 0.25, 2: 1.0})
+    assert confirm_scores(TrackerConfig(confirm_score=0.1), 0.25, [0.1]) == {0: 0.0}
+
+
+def test_boxes_of_two_classes_on_one_object_are_one_detection_and_same_class_boxes_stay_apart() -> None:
+    """Overlapping boxes of different classes in one frame are one detection (the higher-scored one, voting for
+    the other class too); overlapping boxes of one class were left apart by NMS and stay apart."""
+    box = GroundBox  # the ground side plays no part here
+    pothole = Det(100, 100, 200, 160, 0.8, 0, "pothole")
+    crack = Det(105, 102, 200, 160, 0.5, 1, "crack")
+    pothole_2 = Det(130, 100, 230, 160, 0.4, 0, "pothole")
+    kept, votes = Tracker._merge_duplicates([(pothole, box), (crack, box), (pothole_2, box)])
+    assert [d for d, _ in kept] == [pothole, pothole_2]
+    assert votes == [[(1, "crack", 0.5)], []]
+
+
+def test_a_folded_track_brings_its_best_view_when_it_scored_higher() -> None:
+    def view(score: float) -> Observation:
+        return Observation(t_mono=0.0, bbox=(0, 0, 10, 10), score=score, ground=SimpleNamespace(truncated=False))
+
+    host, other = Track(1, 0, "pothole", 0.0), Track(2, 1, "crack", 0.0)
+    host.best, other.best = view(0.5), view(0.9)
+    host.class_scores, host.class_names = {0: 2.0}, {0: "pothole"}
+    other.class_scores, other.class_names = {1: 1.0}, {1: "crack"}
+    host.absorb(other)
+    assert host.best is other.best and host.class_name == "pothole"
+    weaker = Track(3, 1, "crack", 0.0)
+    weaker.best, weaker.class_scores, weaker.class_names = view(0.2), {1: 0.5}, {1: "crack"}
+    host.absorb(weaker)
+    assert host.best is other.best
