@@ -213,10 +213,10 @@ def replay_drive(drive: Path, args: argparse.Namespace, minutes: float, defects:
     with Outbox(outbox) as box:
         events = [event for _, event in box.iter_events()]
     truth, potholes = TruthTrack(drive / "truth.csv"), true_defects(drive / "defects.geojson")
-    found = [e for e in events if e["class"] == "pothole"]  # crack events are judged against the cracks
-    cracks = score_by_class(events, drive / "defects.geojson", ("crack",), radius_m=5.0)["crack"]
-    return {"summary": summary, "peak_mb": peak_mb, "result": score(found, potholes, radius_m=5.0, truth=truth),
-            "camera": score(without_gnss_error(found, truth), potholes, radius_m=5.0), "cracks": cracks}
+    by_class = score_by_class(events, drive / "defects.geojson", radius_m=5.0, truth=truth)
+    found = [e for e in events if e["class"] == "pothole"]
+    return {"summary": summary, "peak_mb": peak_mb, "result": by_class["pothole"], "cracks": by_class["crack"],
+            "camera": score(without_gnss_error(found, truth), potholes, radius_m=5.0)}
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ from calibration.projector import GroundProjector
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.detect.detector import Detection
 from edge_agent.gnss.motion import Motion
-from edge_agent.perception.geolocate import Geolocator, GroundBox
+from edge_agent.perception.geolocate import Geolocator
 from edge_agent.perception.tracker import Observation, Track, Tracker, confirm_scores, crop, iou, move, near_in_image
 from tests.detections import Det
 
@@ -222,7 +222,7 @@ def test_confirm_scores_keep_the_settings_margin_per_class() -> None:
 def test_boxes_of_two_classes_on_one_object_are_one_detection_and_same_class_boxes_stay_apart() -> None:
     """Overlapping boxes of different classes in one frame are one detection (the higher-scored one, voting for
     the other class too); overlapping boxes of one class were left apart by NMS and stay apart."""
-    box = GroundBox  # the ground side plays no part here
+    box = None  # the ground side plays no part here
     pothole = Det(100, 100, 200, 160, 0.8, 0, "pothole")
     crack = Det(105, 102, 200, 160, 0.5, 1, "crack")
     pothole_2 = Det(130, 100, 230, 160, 0.4, 0, "pothole")

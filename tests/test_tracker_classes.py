@@ -19,16 +19,7 @@ SPEED = 12.0
 
 def run(projector, label, defects, seconds: float = 3.0) -> list:
     """Drive north over DEFECTS (east, north, size); LABEL(k, det) gives each detection's (class_id, name) list."""
-    rng = np.random.default_rng(5)
-    tracker = Tracker(TrackerConfig(), Geolocator(projector))
-    pos, image, found = np.zeros(2), np.full((H, W, 3), 110, np.uint8), []
-    for k in range(int(seconds * FPS)):
-        dets = []
-        for det in detections_for(projector, defects, pos, 0.0, rng, miss=0.0, score=0.7):
-            dets += [det.__class__(det.x1, det.y1, det.x2, det.y2, det.score, cid, name) for cid, name in label(k, det)]
-        found += tracker.step(k / FPS, dets, Motion(SPEED / FPS, 0.0), image=image)
-        pos = pos + np.array([0.0, SPEED / FPS])
-    return found + tracker.flush()
+    return run_boxes(projector, lambda k, det: [(cid, name, det) for cid, name in label(k, det)], defects, seconds)
 
 
 def test_a_pothole_called_crack_while_far_is_one_pothole(projector) -> None:
