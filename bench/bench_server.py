@@ -146,13 +146,7 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
         if not acked >= wanted:
             raise SystemExit(f"only {len(acked & wanted)} of {len(wanted)} events acked")
     finally:
-        for c in clients.values():
-            c.close()
-        for server in servers:
-            server.terminate()
-        for server, log_file in zip(servers, logs, strict=True):
-            server.wait(15)
-            log_file.close()
+        _stop_all(clients, servers, logs, 15)
     return len(events) / elapsed, {"published_s": published_s, "elapsed_s": elapsed, "publish_cpu_s": publish_cpu,
                                    "worker_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - children_cpu,
                                    "backend_cpu_s": backend_cpu}
@@ -258,13 +252,7 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
         if not acked >= wanted:
             raise SystemExit(f"only {len(acked & wanted)} of {len(wanted)} events acked")
     finally:
-        for c in clients.values():
-            c.close()
-        for server in servers:
-            server.terminate()
-        for server, log_file in zip(servers, logs, strict=True):
-            server.wait(30)
-            log_file.close()
+        _stop_all(clients, servers, logs, 30)
     n = len(events)
     return {"processes": processes, "events": n, "elapsed_s": elapsed, "rate": n / elapsed,
             "worker_cpu_s": worker_cpu, "backend_cpu_s": backend_cpu,
@@ -308,6 +296,17 @@ def bench_scale(info: services.ServiceInfo, n_events: int, n_devices: int, round
           f"1 process {one:.2f} s, 2 processes {two:.2f} s (ratio {two / one:.2f}, target <= 1.15 "
           f"{'PASS' if two / one <= 1.15 else 'FAIL'}); lock waits with 2: {100 * lock2:.1f} % (target < 5 % "
           f"{'PASS' if lock2 < 0.05 else 'FAIL'})")
+
+
+def _stop_all(clients: dict, servers: list, logs: list, wait_s: float) -> None:
+    """Close the vehicles' connections, then stop the ingest processes and close their logs."""
+    for c in clients.values():
+        c.close()
+    for server in servers:
+        server.terminate()
+    for server, log_file in zip(servers, logs, strict=True):
+        server.wait(wait_s)
+        log_file.close()
 
 
 def _backend_cpu_s(dsn: str) -> float | None:

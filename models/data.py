@@ -29,7 +29,11 @@ from edge_agent.lab.evaluate import read_yolo_labels
 log = logging.getLogger(__name__)
 
 CLASSES = ("pothole", "crack")
-# Validation highways of the survey set: every small highway (247 frames, 217 potholes, 520 cracks); the two
+# The labelled sets beside the project checkout (never committed into it): see their READMEs.
+DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+DEFAULT_DATA = DATASETS / "potholes-chitholian" / "train"
+DEFAULT_SURVEY = DATASETS / "cracks-potholes-passos2020"
+# Validation highways of the survey set: every small highway (247 frames, 217 potholes, 280 cracks); the two
 # long ones (RS_290, DF_251: 1,315 frames) train. See docs/model.md.
 SURVEY_VAL_HIGHWAYS = ("DF_010", "DF_020", "DF_060", "DF_070", "ES_101", "ES_259", "ES_482")
 CACHE_SIDE = 448

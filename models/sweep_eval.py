@@ -17,9 +17,9 @@ import numpy as np
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detect.detector import load_detector, sample_road_image
 from edge_agent.lab.evaluate import evaluate_dataset
+from models.data import DEFAULT_DATA, DEFAULT_SURVEY
 from models.export import export_onnx
 from models.pipeline import CACHE, eval_sets
-from models.train import DEFAULT_DATA, DEFAULT_SURVEY
 
 HERE = Path(__file__).resolve().parent
 

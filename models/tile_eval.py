@@ -29,9 +29,9 @@ from edge_agent.lab.evaluate import (
     read_yolo_labels,
     summarize,
 )
+from models.data import DEFAULT_SURVEY
 from models.masks import write_yolo_split
 from models.pipeline import CACHE
-from models.train import DEFAULT_SURVEY
 
 HERE = Path(__file__).resolve().parent
 EDGE_PX = 4  # a crop box this close to an inner crop edge is cut in two: the whole frame judges it

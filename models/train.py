@@ -31,6 +31,8 @@ from edge_agent.lab import evaluate
 from models.assign import detection_loss
 from models.data import (
     CLASSES,
+    DEFAULT_DATA,
+    DEFAULT_SURVEY,
     Augmenter,
     Sample,
     letterbox_sample,
@@ -46,13 +48,9 @@ from models.data import (
 from models.net import PotholeNet, pretrained_lite0_path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 log = logging.getLogger("train")
 
-SHARED = ROOT.parent / "shared" / "datasets"
-DEFAULT_DATA = SHARED / "potholes-chitholian" / "train"
-DEFAULT_SURVEY = SHARED / "cracks-potholes-passos2020"
 CLASS_NAMES = list(CLASSES)
 PACKED_SYNTHETIC = 300
 

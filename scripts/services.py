@@ -51,6 +51,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def require_free_port(port: int, env_var: str) -> None:
+    """Refuse to start a service on a port another program holds, naming the setting that moves it."""
+    if not port_is_free(port):
+        raise ServiceError(f"port {port} on 127.0.0.1 is taken by another program; "
+                           f"free it or set {env_var} to another port")
+
+
 def wait_for_port(port: int, timeout_s: float, host: str = "127.0.0.1") -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -123,11 +130,7 @@ class Postgres:
     def up(self) -> None:
         if self.running():
             return
-        if not port_is_free(self.port):
-            raise ServiceError(
-                f"port {self.port} on 127.0.0.1 is taken by another program; "
-                f"free it or set ROADMON_PG_PORT to another port"
-            )
+        require_free_port(self.port, "ROADMON_PG_PORT")
         self.base.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(parents=True, exist_ok=True)
         if _as_root():
@@ -266,11 +269,7 @@ class Mosquitto:
     def up(self) -> None:
         if self.running():
             return
-        if not port_is_free(self.port):
-            raise ServiceError(
-                f"port {self.port} on 127.0.0.1 is taken by another program; "
-                f"free it or set ROADMON_MQTT_PORT to another port"
-            )
+        require_free_port(self.port, "ROADMON_MQTT_PORT")
         self._write_config()
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         result = subprocess.run([binary, "-c", str(self.conf), "-d"], capture_output=True, text=True)

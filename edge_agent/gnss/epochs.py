@@ -329,29 +329,21 @@ class EpochAssembler:
 
     def _apply_GGA(self, epoch: _Epoch, data: list[str]) -> None:
         quality = to_int(data[5])
-        if not quality:
-            epoch.no_fix = True
-        else:
-            epoch.seen_fix = True
-            epoch.estimated |= quality == 6
-            self._position(epoch, data[1], data[2], data[3], data[4])
-            alt = to_float(data[8])
-            if alt is not None and -1000.0 < alt < 100000.0:
-                epoch.alt = alt
-        sats = to_int(data[6])
-        if sats is not None and sats < 256:
-            epoch.sats = sats
-        hdop = dop(data[7])
-        if hdop is not None:
-            epoch.hdop = hdop
+        self._apply_fix_fields(epoch, data, has_fix=bool(quality), estimated=quality == 6, hdop_wins=True)
 
     def _apply_GNS(self, epoch: _Epoch, data: list[str]) -> None:
-        modes = data[5]
-        if not modes or set(modes) <= {"N"}:
+        modes = set(data[5])
+        self._apply_fix_fields(epoch, data, has_fix=bool(modes - {"N"}), estimated=modes <= {"E", "N"},
+                               hdop_wins=False)
+
+    def _apply_fix_fields(self, epoch: _Epoch, data: list[str], has_fix: bool, estimated: bool,
+                          hdop_wins: bool) -> None:
+        """The fields GGA and GNS share: position (1-4), satellites (6), HDOP (7), altitude (8)."""
+        if not has_fix:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
-            epoch.estimated |= set(modes) <= {"E", "N"}
+            epoch.estimated |= estimated
             self._position(epoch, data[1], data[2], data[3], data[4])
             alt = to_float(data[8])
             if alt is not None and -1000.0 < alt < 100000.0:
@@ -360,7 +352,7 @@ class EpochAssembler:
         if sats is not None and sats < 256:
             epoch.sats = sats
         hdop = dop(data[7])
-        if hdop is not None and epoch.hdop is None:
+        if hdop is not None and (hdop_wins or epoch.hdop is None):
             epoch.hdop = hdop
 
     def _apply_GLL(self, epoch: _Epoch, data: list[str]) -> None:
