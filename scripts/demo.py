@@ -48,10 +48,11 @@ DEFAULT_PORT = int(os.environ.get("ROADMON_DEMO_PORT", "8765"))
 DEFAULT_SEED = 7
 DRIVE_MINUTES = 2.0
 DRIVE_POTHOLES = 12
-DRIVE_CRACKS = 4  # painted distractors: the detector should leave them alone
-# A defect on the map farther than this from every true pothole counts as a false one; the median error is
-# far below it (see the summary), so the gate only separates matches from strays.
+DRIVE_CRACKS = 4  # short cracks painted across the lane: the model's second class
+# A defect on the map farther than this from every true defect of its class counts as a false one; the median
+# error is far below it (see the summary), so the gate only separates matches from strays.
 MATCH_GATE_M = 8.0
+SCORED_CLASSES = ("pothole", "crack")  # the bundled model's classes, each scored against the drive's truth
 
 
 def shown(path: Path) -> str:
@@ -620,8 +621,9 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
 
     timings.append(("done", time.monotonic()))
     truth = json.loads((drive / "defects.geojson").read_text(encoding="utf-8"))
-    score = score_geolocation(points_of(truth, "pothole", visible_only=True), points_of(defects, "pothole"))
-    print_summary(counts, defects, score, report, port, tokens, time.monotonic() - started)
+    scores = {cls: score_geolocation(points_of(truth, cls, visible_only=True), points_of(defects, cls))
+              for cls in SCORED_CLASSES}
+    print_summary(counts, defects, scores, report, port, tokens, time.monotonic() - started)
     unconfirmed = sum(c.get("pending", 0) + c.get("sent", 0) for c in counts.values())
     return 0 if unconfirmed == 0 else 1
 
@@ -644,7 +646,7 @@ def wait_for_defects(port: int, token: str, settle_s: float = 3.0, timeout_s: fl
 def print_summary(
     counts: dict[str, dict[str, int]],
     defects: dict[str, Any],
-    score: GeoScore,
+    scores: dict[str, GeoScore],
     report: dict[str, Any],
     port: int,
     tokens: dict[str, str],
@@ -666,10 +668,13 @@ def print_summary(
         "coverage records confirmed", f"{counts['coverage'].get('confirmed', 0)} of {sum(counts['coverage'].values())}"
     )
     table.add_row("defects on the map", ", ".join(f"{n} {c}" for c, n in sorted(by_class.items())) or "0")
-    table.add_row("true potholes found", f"{score.found} of {score.truth} in view (within {MATCH_GATE_M:.0f} m)")
-    if score.errors_m:
-        table.add_row("geolocation error", f"median {score.median_m:.2f} m, max {score.max_m:.2f} m")
-    table.add_row("pothole defects with no true pothole near", str(score.strays))
+    for cls, score in scores.items():
+        if not score.truth and not score.strays:
+            continue
+        table.add_row(f"true {cls}s found", f"{score.found} of {score.truth} in view (within {MATCH_GATE_M:.0f} m)")
+        if score.errors_m:
+            table.add_row(f"{cls} geolocation error", f"median {score.median_m:.2f} m, max {score.max_m:.2f} m")
+        table.add_row(f"{cls} defects with no true {cls} near", str(score.strays))
     if report.get("frames"):
         table.add_row("frames processed", str(report["frames"]))
     table.add_row("demo took", f"{elapsed_s:.0f} s")

@@ -114,6 +114,12 @@ def test_short_drive_agent_broker_server_postgis(drive: Path, fresh_db: str, pri
     assert score.strays == 0, score
     assert score.median_m is not None and score.median_m < MEDIAN_ERROR_M, score
 
+    # The crack it paints arrives as one crack, where it was painted (the demo's summary scores both classes).
+    cracks = demo.score_geolocation(demo.points_of(truth, "crack", visible_only=True), demo.points_of(defects, "crack"))
+    assert cracks.truth == CRACKS, "the drive should pass every crack it was given"
+    assert (cracks.found, cracks.strays) == (CRACKS, 0), cracks
+    assert cracks.median_m is not None and cracks.median_m < MEDIAN_ERROR_M, cracks
+
 
 def test_geolocation_score_pairs_closest_first_and_counts_strays() -> None:
     north = 1 / 111_195  # degrees of latitude per metre (the haversine's sphere)
