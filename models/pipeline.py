@@ -207,6 +207,12 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
 
     sheet_stems = [s for s in split["survey_val"] if boxes_for(args.survey, Path(s).stem)][::12][:16]
     contact_sheet(args.survey, [Path(s).stem for s in sheet_stems], BUNDLE / "boxes_from_masks.jpg")
+    from models.error_breakdown import breakdown, picture
+
+    chosen_det = load_detector(DetectorConfig(model=str(chosen), manifest=str(CACHE / "chosen.manifest.json")))
+    errors, examples = breakdown(chosen_det, sets["vehicle"])
+    picture(examples, BUNDLE / "errors.jpg")
+    (BUNDLE / "errors.json").write_text(json.dumps(errors, indent=1) + "\n")
     latency = latency_table(chosen, fp32, runs=TIMING_RUNS)
     width, height = load_detector(DetectorConfig(model=str(fp32), manifest=None)).info.input_size
     sweep_file = BUNDLE / "sweep.json"
@@ -248,7 +254,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     }
     if sweep_file.exists():
         common["sweep"] = json.loads(sweep_file.read_text())
-    manifest = common | {"file": "model.onnx", "sha256": sha256_file(chosen)}
+    manifest = common | {"file": "model.onnx", "sha256": sha256_file(chosen), "errors": errors}
     (BUNDLE / "model.manifest.json").write_text(json.dumps(manifest, indent=1, default=float) + "\n")
     fp32_manifest = common | {"file": "model-fp32.onnx", "sha256": sha256_file(fp32),
                               "quantization": {"format": "fp32"}, "class_thresholds": thresholds["fp32"],

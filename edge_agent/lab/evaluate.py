@@ -47,20 +47,26 @@ class ClassMetrics:
 def match_image(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
                 iou_threshold: float = 0.5) -> np.ndarray:
     """True-positive flags for one image and one class, in the order of det_scores sorted descending."""
+    return match_pairs(det_boxes, det_scores, gt_boxes, iou_threshold)[0]
+
+
+def match_pairs(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
+                iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """match_image's flags, and which ground-truth boxes a detection took."""
     order = np.argsort(-np.asarray(det_scores), kind="stable")
     det_boxes = np.asarray(det_boxes).reshape(-1, 4)[order]
     tp = np.zeros(len(order), bool)
-    if len(gt_boxes) == 0 or len(order) == 0:
-        return tp
-    ious = box_iou(det_boxes, gt_boxes)
     taken = np.zeros(len(gt_boxes), bool)
+    if len(gt_boxes) == 0 or len(order) == 0:
+        return tp, taken
+    ious = box_iou(det_boxes, gt_boxes)
     for i in range(len(order)):
         cand = np.where(taken, -1.0, ious[i])
         j = int(np.argmax(cand))
         if cand[j] >= iou_threshold:
             taken[j] = True
             tp[i] = True
-    return tp
+    return tp, taken
 
 
 def add_image(records: dict[int, ClassRecord], det_boxes: np.ndarray, det_scores: np.ndarray,
