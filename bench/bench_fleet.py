@@ -6,6 +6,7 @@ simulated days (each vehicle with its own MQTT 5 login and outbox: re-sent until
 server's defects back after every simulated half hour, and prints the map-quality table (docs/fleet_sim.md).
 
 Usage: python -m bench.bench_fleet [--vehicles 60] [--days 8] [--seed 1] [--quick] [--json-out FILE]
+                                  [--set aggregate.repair_chance=0.005 ...]   (server settings for the run)
 Exit code 0 when it ran (goals are reported, not enforced), 1 when messages stayed unacked, 2 when it could not run.
 """
 
@@ -19,9 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import tomli_w
 
 from bench.bench_server import fresh_database
 from fleet_sim.calibration import DetectionParams
@@ -36,27 +40,36 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench_fleet")
 
 
-def server_config(folder: Path, dsn: str, info: dict) -> Path:
+def server_config(folder: Path, dsn: str, info: dict, settings: dict[str, dict[str, object]] | None = None) -> Path:
+    """The ingest process's config; SETTINGS (from --set) go over it section by section."""
     (folder / "dsn").write_text(dsn)
     (folder / "mqtt-password").write_text(info["server_password"])
+    config: dict[str, dict[str, object]] = {
+        "database": {"dsn_file": str(folder / "dsn")},
+        "mqtt": {"host": info["mqtt_host"], "port": info["mqtt_port"], "username": info["server_user"],
+                 "password_file": str(folder / "mqtt-password"),
+                 "client_id_prefix": f"fleet-bench-{secrets.token_hex(3)}"},
+        "ingest": {"share_group": f"fleetbench{secrets.token_hex(3)}"},
+        "models": {"dir": str(folder / "models")},
+    }
+    for section, values in (settings or {}).items():
+        config.setdefault(section, {}).update(values)
     cfg = folder / "server.toml"
-    cfg.write_text(f"""[database]
-dsn_file = "{folder / 'dsn'}"
-
-[mqtt]
-host = "{info['mqtt_host']}"
-port = {info['mqtt_port']}
-username = "{info['server_user']}"
-password_file = "{folder / 'mqtt-password'}"
-client_id_prefix = "fleet-bench-{secrets.token_hex(3)}"
-
-[ingest]
-share_group = "fleetbench{secrets.token_hex(3)}"
-
-[models]
-dir = "{folder / 'models'}"
-""")
+    cfg.write_text(tomli_w.dumps(config))
     return cfg
+
+
+def parse_settings(items: list[str]) -> dict[str, dict[str, object]]:
+    """SECTION.KEY=VALUE (VALUE in TOML: 0.005, true, "text") -> {section: {key: value}}; the server's own
+    config validation names a misspelt key when it starts."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not (sep and dot and section and key):
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. aggregate.repair_chance=0.005")
+        out.setdefault(section, {})[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+    return out
 
 
 def main() -> int:
@@ -70,10 +83,17 @@ def main() -> int:
                         help="half width (m) the vehicles report in their coverage records' footprint_m; the "
                              "agent's own with the rendered drives' camera by default (14.43)")
     parser.add_argument("--json-out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a server setting for this run, e.g. aggregate.repair_chance=0.005 (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.quick:
         args.vehicles, args.days, args.grid = 20, 4, 14
+    try:
+        settings = parse_settings(args.set)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"bench_fleet: {exc}", file=sys.stderr)
+        return 2
     if not 1 <= args.days <= 25:
         print("bench_fleet: --days must be 1-25 (the server refuses events older than 30 days)", file=sys.stderr)
         return 2
@@ -84,7 +104,7 @@ def main() -> int:
         print(f"bench_fleet: services could not start: {exc}", file=sys.stderr)
         return 2
     folder = Path(tempfile.mkdtemp(prefix="bench_fleet_"))
-    cfg = server_config(folder, dsn, info)
+    cfg = server_config(folder, dsn, info, settings)
     server = subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest"],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(folder / "ingest.log", "w"))  # noqa: SIM115
     try:
@@ -106,6 +126,7 @@ def main() -> int:
         stats = runner.run(args.days, progress=sys.stderr.isatty())
         scorer = runner.scorer()
         result = {"bench": "fleet", "vehicles": args.vehicles, "days": args.days, "seed": args.seed,
+                  "server_settings": settings,
                   "city_km": round(world.net.length_km, 1), "defects_total": len(world.field.defects),
                   "k_passes": scorer.k_passes(), "confirmation": scorer.confirmation(world.truth.first_detected),
                   "repairs": scorer.repairs(), "long_cracks": scorer.long_cracks(),

@@ -177,3 +177,19 @@ def test_small_fleet_against_the_real_server(make_cfg, workers, mqtt_device) -> 
     assert k3["recall"] == 0.9
     assert k3["duplicates"] == 0.0
     assert k3["recall_confirmed"] == 0.8
+
+
+def test_bench_fleet_server_settings_reach_the_server_config(tmp_path):
+    import tomllib
+
+    from bench.bench_fleet import parse_settings, server_config
+    from fleet_server.config import ServerConfig
+
+    settings = parse_settings(["aggregate.repair_chance=0.005", "ingest.batch_size = 200"])
+    info = {"mqtt_host": "127.0.0.1", "mqtt_port": 1883, "server_user": "srv", "server_password": "pw"}
+    cfg = tomllib.loads(server_config(tmp_path, "postgresql://x", info, settings).read_text())
+    assert cfg["aggregate"] == {"repair_chance": 0.005}
+    assert cfg["ingest"]["batch_size"] == 200 and cfg["ingest"]["share_group"].startswith("fleetbench")
+    ServerConfig.model_validate(cfg)  # what the server will read
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        parse_settings(["repair_chance=0.005"])
