@@ -226,6 +226,7 @@ class Scorer:
         flagged_passes, flagged_days, within, eligible, repaired_mapped = [], [], 0, 0, 0
         mapped: set[int] = set()
         false_flags: set[int] = set()
+        false_map_ids: set[int] = set()  # the server's defect ids, to read their histories
         for i, s in enumerate(self.snapshots):
             m = self.matches(i)
             for d in s.defects:
@@ -239,6 +240,7 @@ class Scorer:
                     mapped.add(truth.id)
                 elif d.status == "likely_repaired" and not self.of_truth(i, truth.id):
                     false_flags.add(truth.id)
+                    false_map_ids.add(d.id)
         for did, d in self.truths.items():
             if d.repaired is None:
                 continue
@@ -270,7 +272,8 @@ class Scorer:
                 "p95_days": _pct(flagged_days, 95),
                 "eligible_3_passes_2_vehicles": eligible, "flagged_within": within / eligible if eligible else None,
                 "mapped": len(mapped), "false_likely_repaired": len(false_flags),
-                "false_rate": len(false_flags) / len(mapped) if mapped else None}
+                "false_rate": len(false_flags) / len(mapped) if mapped else None,
+                "false_likely_repaired_ids": sorted(false_map_ids)}
 
     def long_cracks(self, min_length_m: float = 6.0) -> dict:
         """At the last snapshot: map crack defects per long true crack (1 is right; a row of points is not)."""

@@ -146,6 +146,7 @@ def test_map_quality_measures_on_a_hand_made_case() -> None:
     assert rep["median_passes"] == 3 and rep["median_days"] == pytest.approx(150 / 86400)
     assert rep["eligible_3_passes_2_vehicles"] == 1 and rep["flagged_within"] == 1.0
     assert rep["false_likely_repaired"] == 1 and rep["mapped"] == 4 and rep["false_rate"] == 0.25
+    assert rep["false_likely_repaired_ids"] == [7]  # the map's id of E, to read its history
     lc = s.long_cracks()
     assert (lc["long_cracks"], lc["one_defect"], lc["several"]) == (1, 0, 1)
     conf = s.confirmation({0: 10.0, 2: 10.0})
@@ -191,5 +192,5 @@ def test_bench_fleet_server_settings_reach_the_server_config(tmp_path):
     assert cfg["aggregate"] == {"repair_chance": 0.005}
     assert cfg["ingest"]["batch_size"] == 200 and cfg["ingest"]["share_group"].startswith("fleetbench")
     ServerConfig.model_validate(cfg)  # what the server will read
-    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+    with pytest.raises(ValueError, match=r"SECTION\.KEY=VALUE"):
         parse_settings(["repair_chance=0.005"])
