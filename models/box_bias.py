@@ -14,29 +14,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
-from rich.progress import track
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detect.detector import load_detector
 from edge_agent.detect.nms import box_iou
-from edge_agent.lab.evaluate import (
-    EVAL_SCORE_FLOOR,
-    add_image,
-    label_path,
-    list_dataset_images,
-    read_image,
-    read_yolo_labels,
-    summarize,
-)
+from edge_agent.lab.evaluate import EVAL_SCORE_FLOOR, add_image, list_dataset_images, summarize
 from models.data import CLASSES, DEFAULT_SURVEY
 from models.masks import write_yolo_split
-from models.pipeline import CACHE
+from models.pipeline import CACHE, labelled_frames, validation_highways
 
-HERE = Path(__file__).resolve().parent
 FACTORS = (1.0, 1.04, 1.08, 1.12, 1.16)
 MATCH_IOU = 0.3  # pairs for the size ratio: the same object, boxed well or not
 RATIO_SCORE = 0.15  # only detections near the working thresholds speak for the size
@@ -47,14 +36,7 @@ Frame = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 def frames(detector, folder: Path, label: str) -> list[Frame]:
     """(boxes, scores, classes, true boxes, true classes) per frame, decoded down to the evaluation floor."""
-    out = []
-    for path in track(list_dataset_images(folder), description=label):
-        img = read_image(path)
-        gt, gc = read_yolo_labels(label_path(folder, path), img.shape[1], img.shape[0])
-        dets = detector.detect(img, EVAL_SCORE_FLOOR)
-        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
-        out.append((boxes, np.array([d.score for d in dets]), np.array([d.class_id for d in dets], int), gt, gc))
-    return out
+    return [rest for _, *rest in labelled_frames(detector, folder, label, EVAL_SCORE_FLOOR)]
 
 
 def scaled(boxes: np.ndarray, fw: float, fh: float) -> np.ndarray:
@@ -92,10 +74,11 @@ def main() -> None:
     parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY)
     args = parser.parse_args()
     detector = load_detector(DetectorConfig(model=args.model))
-    val_names = {n.rsplit(".", 1)[0] for n in json.loads((HERE / "bundled" / "split.json").read_text())["survey_val"]}
-    train_stems = sorted(p.stem for p in (args.survey / "images").iterdir() if p.stem not in val_names)
+    val_folder = validation_highways(args.survey)
+    val_stems = {p.stem for p in list_dataset_images(val_folder)}
+    train_stems = sorted(p.stem for p in (args.survey / "images").iterdir() if p.stem not in val_stems)
     train = frames(detector, write_yolo_split(args.survey, train_stems, CACHE / "box_bias_train"), "training highways")
-    val = frames(detector, write_yolo_split(args.survey, sorted(val_names), CACHE / "tile_eval"), "validation highways")
+    val = frames(detector, val_folder, "validation highways")
     print("class     true/predicted w, h (train | val)    factor fitted on train   AP50 val before -> after")
     for cls, name in enumerate(CLASSES):
         fit = max(itertools.product(FACTORS, FACTORS), key=lambda f: ap50(train, cls, *f))

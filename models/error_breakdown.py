@@ -21,17 +21,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rich.progress import track
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detect.detector import load_detector
 from edge_agent.detect.nms import box_iou
-from edge_agent.lab.evaluate import label_path, list_dataset_images, match_pairs, read_image, read_yolo_labels
+from edge_agent.lab.evaluate import match_pairs
 from models.data import CLASSES, DEFAULT_SURVEY
-from models.masks import write_yolo_split
-from models.pipeline import CACHE
+from models.pipeline import BUNDLE, labelled_frames, validation_highways
 
-HERE = Path(__file__).resolve().parent
 TOUCH_IOU = 0.1
 HEIGHT_BANDS = ((0, 13, "under 13 px"), (13, 24, "13-24 px"), (24, 10_000, "24 px and over"))
 METRES_PER_FRAME = 5.0  # the survey's frame spacing (its README)
@@ -86,18 +83,12 @@ def classify_frame(boxes, scores, classes, gt, gc, cls: int) -> tuple[list[str],
 
 
 def breakdown(detector, folder: Path) -> tuple[dict, dict[str, list[Example]]]:
-    images = list_dataset_images(folder)
-    result: dict = {"frames": len(images), "km": len(images) * METRES_PER_FRAME / 1000}
+    result: dict = {"frames": 0, "km": 0.0}
     examples: dict[str, list[Example]] = {}
     for name in CLASSES:
         result[name] = {"boxes": Counter(), "truth": {b: Counter() for _, _, b in HEIGHT_BANDS}}
-    for path in track(images, description="validation highways"):
-        img = read_image(path)
-        gt, gc = read_yolo_labels(label_path(folder, path), img.shape[1], img.shape[0])
-        dets = detector.detect(img)  # each class at its working threshold
-        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
-        scores = np.array([d.score for d in dets])
-        classes = np.array([d.class_id for d in dets], int)
+    for path, boxes, scores, classes, gt, gc in labelled_frames(detector, folder, "validation highways"):
+        result["frames"] += 1
         for cls, name in enumerate(CLASSES):
             box_kinds, truth_kinds = classify_frame(boxes, scores, classes, gt, gc, cls)
             result[name]["boxes"].update(box_kinds)
@@ -111,6 +102,7 @@ def breakdown(detector, folder: Path) -> tuple[dict, dict[str, list[Example]]]:
                 result[name]["truth"][band(t)][kind] += 1
                 if kind == "missed":
                     examples.setdefault(f"{name}s missed", []).append(Example(path, t, band(t), t[3] - t[1]))
+    result["km"] = result["frames"] * METRES_PER_FRAME / 1000
     return result, examples
 
 
@@ -160,11 +152,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY)
-    parser.add_argument("--out", type=Path, default=HERE / "bundled" / "errors.jpg")
+    parser.add_argument("--out", type=Path, default=BUNDLE / "errors.jpg")
     args = parser.parse_args()
     detector = load_detector(DetectorConfig(model=args.model))
-    val = sorted(n.rsplit(".", 1)[0] for n in json.loads((HERE / "bundled" / "split.json").read_text())["survey_val"])
-    result, examples = breakdown(detector, write_yolo_split(args.survey, val, CACHE / "tile_eval"))
+    result, examples = breakdown(detector, validation_highways(args.survey))
     report(result)
     print(f"picture: {picture(examples, args.out)}")
     (args.out.parent / "errors.json").write_text(json.dumps(result, indent=1) + "\n")

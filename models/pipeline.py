@@ -137,6 +137,30 @@ def eval_sets(args: argparse.Namespace, split: dict) -> dict[str, Path]:
     return sets
 
 
+def validation_highways(survey: Path) -> Path:
+    """The bundle's vehicle-view validation frames (split.json) as a YOLO-layout folder, for the analysis
+    scripts (tile_eval, box_bias, error_breakdown)."""
+    from models.masks import write_yolo_split
+
+    names = json.loads((BUNDLE / "split.json").read_text())["survey_val"]
+    return write_yolo_split(survey, [n.rsplit(".", 1)[0] for n in names], CACHE / "survey_val")
+
+
+def labelled_frames(detector, folder: Path, label: str, score_threshold: float | None = None):
+    """Per image of a YOLO-layout FOLDER: (path, boxes, scores, classes, true boxes, true classes), the
+    detections cut at SCORE_THRESHOLD (default: each class at its working threshold); LABEL names the progress."""
+    from rich.progress import track
+
+    from edge_agent.lab.evaluate import label_path, list_dataset_images, read_image, read_yolo_labels
+
+    for path in track(list_dataset_images(folder), description=label):
+        img = read_image(path)
+        gt, gc = read_yolo_labels(label_path(folder, path), img.shape[1], img.shape[0])
+        dets = detector.detect(img, score_threshold)
+        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
+        yield path, boxes, np.array([d.score for d in dets]), np.array([d.class_id for d in dets], int), gt, gc
+
+
 def calibration_set(args: argparse.Namespace) -> Path:
     """48 survey training frames and 16 training photos: what INT8 calibration sees, like the agent will."""
     from models.data import SURVEY_VAL_HIGHWAYS
@@ -189,6 +213,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     # best-F1 points would cut the quantized model's potholes almost entirely.
     thresholds: dict[str, dict[str, float]] = {}
     results: dict[str, dict] = {}
+    detectors: dict = {}  # each model at its own working thresholds
     for label, path in (("chosen", chosen), ("fp32", fp32)):
         raw = evaluate_dataset(load_detector(DetectorConfig(model=str(path), manifest=None)), sets["vehicle"],
                                EVAL_FLOOR)
@@ -197,8 +222,8 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
                  thresholds[label])
         sidecar = CACHE / f"{label}.manifest.json"
         sidecar.write_text(json.dumps({"class_thresholds": thresholds[label]}))
-        det = load_detector(DetectorConfig(model=str(path), manifest=str(sidecar), threads=1))
-        results[label] = {name: evaluate_dataset(det, folder) for name, folder in sets.items()}
+        detectors[label] = load_detector(DetectorConfig(model=str(path), manifest=str(sidecar), threads=1))
+        results[label] = {name: evaluate_dataset(detectors[label], folder) for name, folder in sets.items()}
     vehicle = results["chosen"]["vehicle"]
     plot_pr(vehicle, BUNDLE / "pr_curve.png", "bundled model on vehicle-view validation highways: "
                                               + ", ".join(f"{c} AP50 {m['ap50']:.3f}"
@@ -209,8 +234,7 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     contact_sheet(args.survey, [Path(s).stem for s in sheet_stems], BUNDLE / "boxes_from_masks.jpg")
     from models.error_breakdown import breakdown, picture
 
-    chosen_det = load_detector(DetectorConfig(model=str(chosen), manifest=str(CACHE / "chosen.manifest.json")))
-    errors, examples = breakdown(chosen_det, sets["vehicle"])
+    errors, examples = breakdown(detectors["chosen"], sets["vehicle"])
     picture(examples, BUNDLE / "errors.jpg")
     (BUNDLE / "errors.json").write_text(json.dumps(errors, indent=1) + "\n")
     latency = latency_table(chosen, fp32, runs=TIMING_RUNS)

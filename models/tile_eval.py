@@ -12,7 +12,6 @@ model never saw zoomed road texture in training). The result, in docs/model.md, 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +29,8 @@ from edge_agent.lab.evaluate import (
     summarize,
 )
 from models.data import DEFAULT_SURVEY
-from models.masks import write_yolo_split
-from models.pipeline import CACHE
+from models.pipeline import validation_highways
 
-HERE = Path(__file__).resolve().parent
 EDGE_PX = 4  # a crop box this close to an inner crop edge is cut in two: the whole frame judges it
 TWO_AHEAD = ((0.05, 0.10, 0.55, 0.62), (0.45, 0.10, 0.95, 0.62))  # the road ahead, left and right halves
 # (name, crops as fractions x0, y0, x1, y1 of the frame, factor on crop scores, widest crop box kept in px)
@@ -71,8 +68,7 @@ def main() -> None:
     parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY)
     args = parser.parse_args()
     detector = load_detector(DetectorConfig(model=args.model))
-    split = json.loads((HERE / "bundled" / "split.json").read_text())
-    folder = write_yolo_split(args.survey, [n.rsplit(".", 1)[0] for n in split["survey_val"]], CACHE / "tile_eval")
+    folder = validation_highways(args.survey)
     images = list_dataset_images(folder)
     print(f"{len(images)} frames of the validation highways; AP50 pothole / crack")
     for name, crops, damp, widest in VARIANTS:
