@@ -64,6 +64,13 @@ def enu_offset(lat0: float, lon0: float, lat: float, lon: float) -> tuple[float,
     return LocalFrame(lat0, lon0).to_enu(lat, lon)
 
 
+def compass_deg(degrees: float) -> float:
+    """An angle as a compass bearing in [0, 360): Python's % gives 360.0 for a tiny negative angle (-1e-15 % 360
+    rounds up), which the contract's headings exclude."""
+    wrapped = float(degrees) % 360.0
+    return 0.0 if wrapped >= 360.0 else wrapped
+
+
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Ground distance in metres between two nearby points (a street, not a continent)."""
     return math.hypot(*enu_offset(lat1, lon1, lat2, lon2))

@@ -35,7 +35,7 @@ from typing import Literal
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.gnss.epochs import Fix
 from edge_agent.gnss.fix_noise import FixNoiseScale
-from roadmon_contract.geodesy import LocalFrame
+from roadmon_contract.geodesy import LocalFrame, compass_deg
 
 log = logging.getLogger(__name__)
 
@@ -465,5 +465,5 @@ class PositionFilter:
     def _pose(self, lat: float, lon: float, ve: float, vn: float, h_std: float,
               state: PoseState, t: float) -> Pose:
         speed = math.hypot(ve, vn)
-        heading = math.degrees(math.atan2(ve, vn)) % 360.0 if speed > self.cfg.heading_min_speed_mps else None
+        heading = compass_deg(math.degrees(math.atan2(ve, vn))) if speed > self.cfg.heading_min_speed_mps else None
         return Pose(lat=lat, lon=lon, speed_mps=speed, heading_deg=heading, h_std_m=h_std, state=state, t_mono=t)

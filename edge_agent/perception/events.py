@@ -14,6 +14,7 @@ import numpy as np
 from edge_agent.config.events import EventsConfig
 from edge_agent.perception.geolocate import Located, severity
 from edge_agent.perception.tracker import Track
+from roadmon_contract.geodesy import compass_deg
 from roadmon_contract.ids import uuid7
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _clamp(value: float, lo: float, hi: float) -> float:
 
 
 def _vehicle(pose: Any, heading_deg: float | None) -> dict[str, Any]:
-    heading = None if heading_deg is None else float(heading_deg) % 360.0
+    heading = None if heading_deg is None else compass_deg(heading_deg)
     speed = None if pose.speed_mps is None else round(_clamp(pose.speed_mps, 0, 100), 2)
     return {"lat": round(float(pose.lat), 7), "lon": round(float(pose.lon), 7),
             "h_accuracy_m": round(_clamp(pose.h_std_m, 0, 10000), 2),
