@@ -102,6 +102,19 @@ def bare_copy(dsn: str, events: list[dict]) -> float:
     return len(rows) / elapsed
 
 
+def ingest_config(path: Path, info: services.ServiceInfo, devices: list[str], batch_size: int | None) -> Path:
+    """A `fleet-server ingest` config for the local broker: a fresh client id prefix and share group per run, so a
+    run never shares a subscription with a previous one."""
+    batch = f"batch_size = {batch_size}\n" if batch_size else ""
+    path.write_text(f"""[mqtt]\nport = {info.mqtt_port}\nclient_id_prefix = "bench-{secrets.token_hex(3)}"
+[ingest]\nshare_group = "bench{secrets.token_hex(3)}"\ndevices = {json.dumps(devices)}\n{batch}""")
+    return path
+
+
+def ingest_env(dsn: str, info: services.ServiceInfo) -> dict[str, str]:
+    return {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
+
+
 def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], devices: list[str], workers: int,
                 tmp: Path, batch_size: int | None = None, processes: int = 1) -> tuple[float, dict]:
     """Sightings/s from the first publish until every event is acked back to its device. The workers run
@@ -110,12 +123,8 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     passwords = {d: secrets.token_urlsafe(12) for d in devices}
     for d, password in passwords.items():
         broker.add_device(d, password)
-    conf = tmp / "ingest.toml"
-    conf.write_text(f"""[mqtt]\nport = {info.mqtt_port}\nclient_id_prefix = "bench-{secrets.token_hex(3)}"
-[ingest]\nshare_group = "bench{secrets.token_hex(3)}"\ndevices = {json.dumps(devices)}\n""")
-    if batch_size:
-        conf.write_text(conf.read_text() + f"batch_size = {batch_size}\n")
-    env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
+    conf = ingest_config(tmp / "ingest.toml", info, devices, batch_size)
+    env = ingest_env(dsn, info)
     # The workers' logs go to files: an unread pipe would stall them once full.
     logs = [(tmp / f"ingest-{i}.log").open("w") for i in range(processes)]
     children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
@@ -209,12 +218,8 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
     """One ingest run with PROCESSES `fleet-server ingest` processes (one worker each, one shared group): CPU
     seconds of the worker processes and of their PostgreSQL backends from the first publish until every event
     is acked (process start-up left out), and the lock-wait share of the backends' active samples."""
-    conf = tmp / f"scale-{processes}.toml"
-    conf.write_text(f"""[mqtt]\nport = {info.mqtt_port}\nclient_id_prefix = "bench-{secrets.token_hex(3)}"
-[ingest]\nshare_group = "scale{secrets.token_hex(3)}"\ndevices = {json.dumps(devices)}\n""")
-    if batch_size:
-        conf.write_text(conf.read_text() + f"batch_size = {batch_size}\n")
-    env = {**os.environ, "ROADMON_DATABASE_DSN": dsn, "ROADMON_MQTT_PASSWORD": info.server_password}
+    conf = ingest_config(tmp / f"scale-{processes}.toml", info, devices, batch_size)
+    env = ingest_env(dsn, info)
     logs = [(tmp / f"scale-{processes}-{i}.log").open("w") for i in range(processes)]
     servers = [subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", str(conf), "ingest", "--workers", "1",
                                  "--instance", str(i)], env=env, stdout=subprocess.DEVNULL, stderr=logs[i])
