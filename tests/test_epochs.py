@@ -299,8 +299,8 @@ def test_vtg_does_not_override_the_rmc_course_and_speed():
     assert fix.speed_mps == pytest.approx(10.0 * KNOT_MPS)
 
 
-@pytest.mark.parametrize("sigmas", ["-1.5,2.0", "1.5,-2.0", ",2.0", "1.5,"])
-def test_gst_with_a_negative_or_missing_sigma_is_ignored(sigmas):
+@pytest.mark.parametrize("sigmas", ["-1.5,2.0", "1.5,-2.0", ",2.0", "1.5,", "0.0,0.0", "1e200,1e200", "nan,1.0"])
+def test_gst_with_a_negative_zero_absurd_or_missing_sigma_is_ignored(sigmas):
     fix = epochs(rmc(), gga(hdop="2.0"), f"GPGST,123519.00,1.2,3.0,2.0,45.0,{sigmas},3.1", uere_m=5.0)[0][0]
     assert fix.eph_m == pytest.approx(10.0)  # HDOP x UERE, as without GST
 

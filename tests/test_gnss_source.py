@@ -294,6 +294,8 @@ def test_fix_from_tpv():
     assert fix_from_tpv({"class": "SKY"}, 0.0) is None
     no_fix = fix_from_tpv({"class": "TPV", "mode": 1, "lat": 48.1, "lon": 11.5}, 0.0)
     assert no_fix.mode == 0 and no_fix.lat is None
+    unknown = fix_from_tpv({"class": "TPV", "mode": 3, "lat": 48.1, "lon": 11.5, "eph": 0.0}, 0.0)
+    assert unknown.eph_m is None  # 0 m is "no error model", not an exact fix
     bad = fix_from_tpv({"class": "TPV", "mode": 3, "lat": 95.0, "lon": "x", "time": "yesterday"}, 0.0)
     assert bad.mode == 0 and bad.utc is None
 

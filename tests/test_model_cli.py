@@ -50,6 +50,17 @@ def test_names_name_the_classes_of_a_model_that_names_none(tmp_path):
     assert '"classes": ["pothole", "crack"]' in res.stdout
     wrong = CliRunner().invoke(app, ["model", "info", "--model", str(anon), "--names", "pothole"])
     assert wrong.exit_code == 2 and "but there are 1 class names" in wrong.output
+    twice = CliRunner().invoke(app, ["model", "info", "--model", str(anon), "--names", "pothole,pothole"])
+    assert twice.exit_code == 2 and "pothole given more than once" in twice.output  # one class's boxes would vanish
+
+
+@pytest.mark.parametrize("imgsz", ["[0, -5]", "[100000, 100000]"])
+def test_an_absurd_input_size_in_the_metadata_is_refused_in_one_line(tmp_path, imgsz):
+    dynamic = constant_model(tmp_path / "dyn.onnx", v8_output(), names="{0: 'pothole', 1: 'crack'}",
+                             input_shape=[1, 3, "h", "w"], meta={"imgsz": imgsz})
+    res = CliRunner().invoke(app, ["model", "info", "--model", str(dynamic)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert "model not usable" in res.output and "outside 32-4096 px" in res.output
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess:

@@ -120,6 +120,14 @@ def test_nhwc_model_quantizes_its_backbone_and_calibrates_on_nhwc_images(tmp_pat
     assert load_detector(DetectorConfig(model=report.output)).info.input_layout == "NHWC"
 
 
+def test_a_result_without_int8_operators_is_refused(tmp_path, calib_dir):
+    src = tiny_detector(tmp_path / "fp32.onnx")
+    pre, _ = prepare(src, tmp_path, (SIZE, SIZE))
+    everything = [n.name for n in onnx.load(str(pre)).graph.node]
+    with pytest.raises(RuntimeError, match="nothing was quantized"):
+        quantize_one(pre, tmp_path / "int8.onnx", FORMATS[0], sorted(calib_dir.iterdir()), (SIZE, SIZE), everything)
+
+
 def test_choice_rules():
     fp32 = Trial("fp32", 0.60, 10.0)
     trials = [Trial("a", 0.595, 6.0, accepted=True), Trial("b", 0.60, 7.0, accepted=True),
@@ -128,7 +136,8 @@ def test_choice_rules():
     assert chosen == "a" and "6.0 ms vs FP32 10.0 ms" in reason
     slow = [Trial("a", 0.60, 12.0, accepted=True)]
     assert choose(fp32, slow, 0.01)[0] == "fp32"
-    assert "not faster" in choose(fp32, slow, 0.01)[1]
+    assert "not 1.05x faster" in choose(fp32, slow, 0.01)[1]
+    assert choose(fp32, [Trial("a", 0.60, 9.9, accepted=True)], 0.01)[0] == "fp32"  # 1.01x: timing noise
     assert "within 1 AP50 point" in choose(fp32, [Trial("c", 0.3, 2.0)], 0.01)[1]
 
 

@@ -41,13 +41,14 @@ def _names_option() -> Any:
                              "(overrides its metadata and manifest)")
 
 
-def _load(model: str, threads: int = 0, names: str | None = None, **overrides: object):
+def _load(model: str, threads: int = 0, names: str | None = None, canvas: tuple[int, int] | None = None,
+          **overrides: object):
     from edge_agent.detect.detector import ModelError, load_detector
 
     if names:
         overrides["class_names"] = [n.strip() for n in names.split(",")]
     try:
-        return load_detector(DetectorConfig(model=model, threads=threads, **overrides))
+        return load_detector(DetectorConfig(model=model, threads=threads, **overrides), canvas)
     except ValidationError as exc:
         err.print(f"[red]invalid detector settings:[/red] {'; '.join(format_errors(exc))}", highlight=False)
         raise typer.Exit(2) from None
@@ -177,6 +178,7 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """FP32 vs INT8 latency of a model on this box, so an installer picks whichever is faster here."""
     from edge_agent.detect.detector import sample_road_image
+    from edge_agent.lab.quantize import MIN_SPEEDUP
 
     det = _load(model, threads, names)
     models = {det.info.quantization or "model": det}
@@ -186,8 +188,10 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
         ref = None
     if ref:
         ref_path = Path(ref) if Path(ref).is_absolute() or fp32 else Path(det.info.path).parent / ref
-        w, _ = det.info.input_size
-        models["fp32"] = _load(str(ref_path), threads, names, input_size=w)
+        models["fp32"] = _load(str(ref_path), threads, names, canvas=det.info.input_size)
+        if models["fp32"].info.input_size != det.info.input_size:
+            err.print(f"[yellow]the FP32 model's input is fixed at {models['fp32'].info.input_size}, the model's is "
+                      f"{det.info.input_size}: the times are not comparable[/yellow]", highlight=False)
     frame = sample_road_image(1280, 720)
     times: dict[str, list[float]] = {k: [] for k in models}
     for d in models.values():
@@ -217,7 +221,7 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
     out.print(table)
     if "speedup_vs_fp32" in result:
         s = result["speedup_vs_fp32"]
-        verdict = "use the INT8 model" if s > 1.05 else "use the FP32 model (INT8 does not pay here)"
+        verdict = "use the INT8 model" if s >= MIN_SPEEDUP else "use the FP32 model (INT8 does not pay here)"
         out.print(f"INT8 is {s:.2f}x FP32 speed here: {verdict}")
 
 

@@ -47,6 +47,15 @@ class DetectorConfig(Section):
     sanity_check: bool = Field(True, description="Refuse a model whose scores are all zero on a test pattern "
                                                  "and a sample image at load (broken INT8 exports do that)")
 
+    @field_validator("class_names")
+    @classmethod
+    def _names_unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            twice = sorted({n for n in v if v.count(n) > 1})
+            if twice:  # two classes of one name would pool into one and lose the other's boxes
+                raise ValueError(f"class names must differ: {', '.join(twice)} given more than once")
+        return v
+
     @field_validator("class_thresholds")
     @classmethod
     def _scores_in_range(cls, v: dict[str, float]) -> dict[str, float]:

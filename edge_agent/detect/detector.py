@@ -174,7 +174,9 @@ def _as_bgr(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def load_detector(cfg: DetectorConfig) -> Detector:
+def load_detector(cfg: DetectorConfig, canvas: tuple[int, int] | None = None) -> Detector:
+    """CANVAS (width, height) sizes a dynamic input instead of cfg.input_size, for timing a model on another's
+    canvas (`model bench`)."""
     t0 = time.monotonic()
     path = resolve_model_path(cfg.model)
     digest = sha256_file(path)
@@ -190,7 +192,7 @@ def load_detector(cfg: DetectorConfig) -> Detector:
     dtype = ONNX_DTYPES.get(inp.type)
     if dtype is None:
         raise ModelError(f"{path}: input type {inp.type} is not supported (float32, float16 or uint8)")
-    input_size = _input_size(inp.shape, channels_last, meta, manifest, cfg)
+    input_size = _input_size(path, inp.shape, channels_last, meta, manifest, canvas or cfg.input_size)
 
     names = cfg.class_names or parse_names(manifest.get("classes")) or parse_names(meta.get("names"))
     layout, classes = _layout_and_classes(session, path, input_size, dtype, channels_last, names, meta, cfg)
@@ -228,16 +230,19 @@ def _channels_last(name: str, shape: list, path: Path) -> bool:
                      "a detector takes one 3-channel (RGB) image")
 
 
-def _input_size(shape: list, channels_last: bool, meta: dict, manifest: dict,
-                cfg: DetectorConfig) -> tuple[int, int]:
+def _input_size(path: Path, shape: list, channels_last: bool, meta: dict, manifest: dict,
+                wanted: int | tuple[int, int]) -> tuple[int, int]:
     h, w = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
     if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
         return w, h
-    if cfg.input_size:
-        return cfg.input_size, cfg.input_size
+    if wanted:
+        return wanted if isinstance(wanted, tuple) else (wanted, wanted)
     # The manifest says [width, height] (as `model info` prints it); Ultralytics metadata `imgsz` is [height, width].
     # Reading the manifest's the Ultralytics way once put the bundled FP32 twin on a 384x640 portrait canvas.
-    size = parse_size(manifest.get("input_size")) or parse_imgsz(meta.get("imgsz"))
+    try:
+        size = parse_size(manifest.get("input_size")) or parse_imgsz(meta.get("imgsz"))
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc}; give the size with detector.input_size") from None
     return size or (DEFAULT_INPUT, DEFAULT_INPUT)
 
 

@@ -100,6 +100,9 @@ def parse_names(value: Any) -> list[str] | None:
     return None
 
 
+MIN_INPUT, MAX_INPUT = 32, 4096  # as detector.input_size allows
+
+
 def parse_size(value: Any) -> tuple[int, int] | None:
     """(width, height) from a manifest's `input_size`: [width, height] or one int for a square."""
     hw = parse_imgsz(value)
@@ -115,7 +118,9 @@ def parse_imgsz(value: Any) -> tuple[int, int] | None:
     except (ValueError, SyntaxError):
         return None
     if isinstance(v, int):
-        return v, v
-    if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int) for x in v):
-        return int(v[1]), int(v[0])
-    return None
+        v = [v, v]
+    if not (isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int) for x in v)):
+        return None
+    if not all(MIN_INPUT <= x <= MAX_INPUT for x in v):  # a canvas of 0 or 10^5 px is a broken export
+        raise ValueError(f"input size {value!r} in the model's metadata is outside {MIN_INPUT}-{MAX_INPUT} px")
+    return int(v[1]), int(v[0])

@@ -142,6 +142,13 @@ def dop(text: str) -> float | None:
     return value if value is not None and 0.0 < value < 100.0 else None
 
 
+def error_sigma(text: str) -> float | None:
+    value = to_float(text)
+    # 0 is "unknown" on receivers without an error model (a real fix is never exact); beyond 10 km the figure is
+    # garbage, and squaring it overflows the filter's variance.
+    return value if value is not None and 0.0 < value < 1e4 else None
+
+
 def make_date(day: int, month: int, year: int, floor: dt.date) -> dt.date | None:
     try:
         date = dt.date(year, month, day)
@@ -382,8 +389,8 @@ class EpochAssembler:
             epoch.speed = kmh if kmh is not None else speed_mps(to_float(data[4]), 1 / KNOT_MPS)
 
     def _apply_GST(self, epoch: _Epoch, data: list[str]) -> None:
-        sigma_lat, sigma_lon = to_float(data[5]), to_float(data[6])
-        if sigma_lat is not None and sigma_lon is not None and sigma_lat >= 0 and sigma_lon >= 0:
+        sigma_lat, sigma_lon = error_sigma(data[5]), error_sigma(data[6])
+        if sigma_lat is not None and sigma_lon is not None:
             epoch.sigma_lat, epoch.sigma_lon = sigma_lat, sigma_lon
 
     # --- output

@@ -144,6 +144,7 @@ def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
     epx, epy = number("epx", 0, 1e5), number("epy", 0, 1e5)
     if eph is None and epx is not None and epy is not None:
         eph = math.hypot(epx, epy)
+    eph = eph or None  # 0 m: no error model, not a perfect fix
     track = number("track", 0, 360)
     altitude = number("altMSL", -1000, 1e5)
     if altitude is None:

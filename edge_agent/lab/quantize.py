@@ -39,6 +39,9 @@ from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, read_
 
 log = logging.getLogger(__name__)
 
+# INT8 has to beat FP32 by more than timing noise to be worth its accuracy risk (also `model bench`'s verdict).
+MIN_SPEEDUP = 1.05
+QUANT_OPS = {"QuantizeLinear", "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
 TAIL_START_OPS = {"Reshape", "Transpose", "Sigmoid", "Softplus", "Softmax", "Flatten"}
 
 
@@ -240,6 +243,8 @@ def quantize_one(pre: Path, out: Path, spec: QuantFormatSpec, calib: list[Path],
                     activation_type=spec.activation_type, weight_type=spec.weight_type,
                     per_channel=spec.per_channel, reduce_range=spec.reduce_range, nodes_to_exclude=exclude,
                     calibrate_method=CalibrationMethod.MinMax)
+    if not any(n.op_type in QUANT_OPS for n in onnx.load(str(out), load_external_data=False).graph.node):
+        raise RuntimeError("the result holds no INT8 operator: nothing was quantized")
     return out
 
 
@@ -260,10 +265,11 @@ def fix_input_shape(src: Path, dst: Path, size: tuple[int, int], channels_last: 
 
 
 def choose(fp32: Trial, trials: list[Trial], max_ap_drop: float) -> tuple[str, str]:
-    good = [t for t in trials if t.accepted and t.latency_ms < fp32.latency_ms]
+    good = [t for t in trials if t.accepted and fp32.latency_ms >= MIN_SPEEDUP * t.latency_ms]
     if not good:
         slower = [t.format for t in trials if t.accepted]
-        why = (f"accurate INT8 formats ({', '.join(slower)}) were not faster than FP32 here" if slower
+        why = (f"accurate INT8 formats ({', '.join(slower)}) were not {MIN_SPEEDUP:g}x faster than FP32 here"
+               if slower
                else f"no INT8 format stayed within {100 * max_ap_drop:.0f} AP50 point(s) of FP32")
         return "fp32", f"kept FP32 ({fp32.latency_ms:.1f} ms): {why}"
     best = min(good, key=lambda t: t.latency_ms)
