@@ -119,3 +119,26 @@ def test_model_eval_cli_rejects_a_folder_without_labels(tmp_path):
     model = constant_model(tmp_path / "m.onnx", out, names="{0: 'pothole'}")
     res = CliRunner().invoke(app, ["model", "eval", "--model", str(model), "--data", str(tmp_path)])
     assert res.exit_code == 2
+
+
+def test_label_lines_that_are_not_boxes_are_skipped_with_the_file_and_line(tmp_path, caplog):
+    from edge_agent.lab.evaluate import read_yolo_labels
+
+    labels = tmp_path / "a.txt"
+    labels.write_text("0 0.5 0.5 0.2 0.2\n-1 0.5 0.5 0.2 0.2\n0.5 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2\n"
+                      "0 1.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n0 0.5 0.5 0 0.2\n1 0.5 0.5 1.0000001 0.2\n"
+                      "0 0.1 0.1 0.1 0.1 0.2 0.2 0.3 0.3\n")
+    boxes, classes = read_yolo_labels(labels, 100, 100)
+    assert classes.tolist() == [0, 1]
+    assert boxes[0].tolist() == pytest.approx([40, 40, 60, 60])
+    skipped = [r.getMessage() for r in caplog.records if "not a YOLO box line" in r.getMessage()]
+    assert [m.split(":")[1] for m in skipped] == ["2", "3", "4", "5", "6", "7", "9"]
+
+
+def test_model_eval_refuses_labels_of_a_class_the_model_does_not_have(tmp_path):
+    model = constant_model(tmp_path / "m.onnx", three_boxes(), names="{0: 'pothole'}")
+    data = known_ap_set(tmp_path / "set")
+    (data / "labels" / "1.txt").write_text("0 0.1875 0.1875 0.125 0.125\n5 0.8125 0.8125 0.125 0.125\n")
+    res = CliRunner().invoke(app, ["model", "eval", "--model", str(model), "--data", str(data)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert "1.txt: class 5, but the model has 1 classes (pothole)" in " ".join(res.output.split())

@@ -27,6 +27,7 @@ def model(tmp_path):
     (["eval", "--data", "{tmp}", "--threshold", "-0.1"], "'--threshold'"),
     (["eval", "--data", "{tmp}/missing"], "'--data'"),
     (["eval", "--data", "{tmp}", "--plot", "{tmp}/no/such/folder/pr.png"], "'--plot'"),
+    (["eval", "--data", "{tmp}", "--plot", "{tmp}"], "'--plot'"),  # matplotlib would write {tmp}.png
     (["info", "--names", "pothole,,crack"], "'--names'"),
     (["quantize", "{model}", "{tmp}/out.onnx", "--calib", "{tmp}", "--runs", "0"], "'--runs'"),
     (["quantize", "{model}", "{tmp}/out.onnx", "--calib", "{tmp}", "--calib-images", "0"], "'--calib-images'"),

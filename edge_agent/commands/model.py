@@ -95,6 +95,8 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
     """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
     from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, plot_pr
 
+    if plot is not None and plot.suffix.lower() != ".png":  # matplotlib would write PLOT.png and we'd say PLOT
+        raise typer.BadParameter(f"{plot}: give a file name ending in .png", param_hint="'--plot'")
     if plot is not None and not plot.parent.is_dir():  # found out now, not after minutes of evaluation
         raise typer.BadParameter(f"folder {plot.parent} does not exist", param_hint="'--plot'")
     det = _load(model, threads, names, mirror_pass=mirror_pass)
@@ -105,7 +107,11 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
         raise typer.Exit(2)
     with _progress(as_json) as bar:
         task = bar.add_task("evaluating", total=n)
-        result = evaluate_dataset(det, data, thr, progress=lambda: bar.advance(task))
+        try:
+            result = evaluate_dataset(det, data, thr, progress=lambda: bar.advance(task))
+        except ValueError as exc:
+            err.print(f"[red]cannot evaluate:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
     if plot:
         plot_pr(result, plot, f"{det.info.name} on {data.name}: AP50 {result['ap50']:.3f}")
     result.pop("curves")
@@ -116,8 +122,10 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
     for col in ("class", "AP50", "threshold", "P", "R", "F1", "boxes", "detections"):
         table.add_column(col, justify="right" if col != "class" else "left")
     for name, m in result["per_class"].items():
-        table.add_row(name, f"{m['ap50']:.3f}", f"{m['threshold']:.2f}", f"{m['precision']:.3f}",
-                      f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["n_gt"]), str(m["n_det"]))
+        unlabelled = m["n_gt"] == 0  # no true box of this class here: AP and recall say nothing
+        table.add_row(name, "n/a" if unlabelled else f"{m['ap50']:.3f}", f"{m['threshold']:.2f}",
+                      f"{m['precision']:.3f}", "n/a" if unlabelled else f"{m['recall']:.3f}",
+                      "n/a" if unlabelled else f"{m['f1']:.3f}", str(m["n_gt"]), str(m["n_det"]))
     table.add_row("[b]all[/b]", f"[b]{result['ap50']:.3f}[/b]", "", f"{result['precision']:.3f}",
                   f"{result['recall']:.3f}", f"{result['f1']:.3f}", "", "")
     out.print(table)

@@ -152,24 +152,53 @@ def label_path(root: Path, image: Path) -> Path:
 
 
 def read_yolo_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """`class cx cy w h` normalised lines -> (xyxy pixel boxes [M,4], class ids [M]); no file = no objects."""
+    """`class cx cy w h` normalised lines -> (xyxy pixel boxes [M,4], class ids [M]); no file = no objects.
+    A line that is not a box (another field count, a negative or fractional class, a centre outside the image,
+    no size) is skipped with a warning naming the file and line."""
     rows = []
     if path.exists():
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts:
+            if not line.split():
                 continue
-            try:
-                rows.append([float(p) for p in parts[:5]])
-            except ValueError:
-                log.warning("%s:%d: not a YOLO label line: %r", path, n, line)
-    rows = [r for r in rows if len(r) == 5]
+            row = _label_row(line)
+            if row is None:
+                log.warning("%s:%d: not a YOLO box line (class cx cy w h, fractions of the image): %r", path, n,
+                            line)
+            else:
+                rows.append(row)
     if not rows:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     arr = np.array(rows, np.float32)
     cx, cy, w, h = arr[:, 1] * width, arr[:, 2] * height, arr[:, 3] * width, arr[:, 4] * height
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
     return boxes.clip(0, [width, height, width, height]).astype(np.float32), arr[:, 0].astype(np.int64)
+
+
+_LABEL_SLACK = 1e-3  # exporters write 1.0000001 for a box that touches the edge
+
+
+def _label_row(line: str) -> list[float] | None:
+    parts = line.split()
+    if len(parts) != 5:
+        return None
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        return None
+    cls, cx, cy, w, h = values
+    if not all(np.isfinite(values)) or cls < 0 or cls != int(cls):
+        return None
+    inside = all(-_LABEL_SLACK <= v <= 1 + _LABEL_SLACK for v in (cx, cy)) and all(
+        0 < v <= 1 + _LABEL_SLACK for v in (w, h))
+    return values if inside else None
+
+
+def check_label_classes(label_file: Path, gt_cls: np.ndarray, names: list[str]) -> None:
+    """Labels of a class the model does not have would score as a class it never finds: refuse the pairing."""
+    if names and len(gt_cls) and int(gt_cls.max()) >= len(names):
+        raise ValueError(f"{label_file}: class {int(gt_cls.max())}, but the model has {len(names)} classes "
+                         f"({', '.join(names)}): the labels and the model do not match (class ids follow the "
+                         "model's order; --names names them)")
 
 
 def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = None,
@@ -195,6 +224,7 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
     records: dict[int, ClassRecord] = {}
     latencies = []
     n_used = 0
+    names = list(getattr(detector.info, "classes", ()))
     for path in images:
         img = read_image(path)
         if img is None:
@@ -207,6 +237,7 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
             gt_cls = np.array([d.class_id for d in ref], np.int64)
         else:
             gt_boxes, gt_cls = read_yolo_labels(label_path(root, path), w, h)
+            check_label_classes(label_path(root, path), gt_cls, names)
         # Latency is the working path (threshold thr); AP decodes the same output again down to the floor.
         t0 = time.monotonic()
         if getattr(getattr(detector, "cfg", None), "mirror_pass", False):  # two passes fused: nothing to decode again
@@ -223,7 +254,6 @@ def evaluate_dataset(detector: Any, root: Path, score_threshold: float | None = 
         if progress:
             progress()
     metrics = summarize(records, thr)
-    names = list(getattr(detector.info, "classes", ()))
     per_class = {}
     for c, m in metrics.items():
         name = names[c] if 0 <= c < len(names) else str(c)
