@@ -106,6 +106,19 @@ def test_end2end_layout_skips_nms(tmp_path):
         ("crack", 0.95, 110), ("crack", 0.85, 110), ("pothole", 0.6, 300)]
 
 
+def test_end2end_class_ids_outside_the_names_are_dropped_with_one_warning(tmp_path, caplog):
+    out = np.zeros((1, 300, 6), np.float32)
+    out[0, 0] = (10, 20, 110, 70, 0.95, 7)
+    out[0, 1] = (12, 20, 110, 70, 0.85, -1)
+    out[0, 2] = (200, 200, 300, 300, 0.6, 0)
+    path = constant_model(tmp_path / "e2e.onnx", out, names="{0: 'pothole', 1: 'crack'}")
+    det = load_detector(DetectorConfig(model=str(path), score_threshold=0.5))
+    for _ in range(3):
+        assert [d.class_name for d in det.detect(np.zeros((320, 320, 3), np.uint8))] == ["pothole"]
+    said = [r.getMessage() for r in caplog.records if "outside its 2 class names" in r.getMessage()]
+    assert len(said) == 2 and "class id 7" in said[0] and "class id -1" in said[1]  # once per id, not per frame
+
+
 def test_layout_recognition_rules():
     assert detect_layout((1, 84, 8400), 80, (640, 640)) is Layout.YOLOV8
     assert detect_layout((1, 25200, 85), 80, (640, 640)) is Layout.YOLOV5

@@ -288,6 +288,11 @@ def test_gga_satellite_count_is_kept_when_plausible():
     assert epochs(rmc(), gga(sats="256"))[0][0].sats is None
 
 
+def test_numbers_with_python_underscores_are_not_numbers():
+    fix = epochs(rmc(speed="1_0.0"))[0][0]
+    assert fix.speed_mps is None
+
+
 def test_vtg_speed_in_knots_when_it_has_no_kmh():
     fix = epochs(rmc(speed="", course=""), "GPVTG,054.7,T,034.4,M,005.5,N,,K,A")[0][0]
     assert fix.speed_mps == pytest.approx(5.5 * KNOT_MPS)

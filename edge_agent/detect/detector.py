@@ -98,6 +98,7 @@ class Detector:
         self._output_name = session.get_outputs()[0].name
         # Canvas and blob reused from frame to frame: one Detector serves one pipeline (one thread) at a time.
         self._preprocess = Preprocessor(*info.input_size, self.dtype, channels_last=info.input_layout == "NHWC")
+        self._unknown_classes: set[int] = set()
 
     def infer(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Any]:
         """Raw model output for one frame (boxes in input pixels), and the letterbox that placed it."""
@@ -127,6 +128,14 @@ class Detector:
         """The working score threshold of a class (ids the model names; others get score_threshold)."""
         return self.thresholds[class_id] if 0 <= class_id < len(self.thresholds) else self.cfg.score_threshold
 
+    def _warn_unknown_class(self, cls: int) -> None:
+        # End-to-end heads carry the class id as a number, so nothing at load bounds it; once per id, not per frame.
+        if cls not in self._unknown_classes:
+            self._unknown_classes.add(cls)
+            log.warning("%s gave class id %d, outside its %d class names (%s): its boxes are dropped; check the "
+                        "model's names (detector.class_names)", self.info.path, cls, len(self.info.classes),
+                        ", ".join(self.info.classes))
+
     def decode(self, out: np.ndarray, placement: Any, score_threshold: float | None = None) -> list[Detection]:
         """Raw output -> detections in frame pixels, best first. Without score_threshold each class is cut at
         its own working threshold; with it, every class at that one score (evaluation floors)."""
@@ -138,10 +147,12 @@ class Detector:
         for (x1, y1, x2, y2), score, cls in zip(boxes, found.scores, found.classes, strict=True):
             if x2 <= x1 or y2 <= y1:
                 continue  # entirely in the padding
+            if not 0 <= cls < len(names):
+                self._warn_unknown_class(int(cls))
+                continue
             if score_threshold is None and score < self.threshold_for(int(cls)):
                 continue
-            name = names[cls] if 0 <= cls < len(names) else str(cls)
-            dets.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score), int(cls), name))
+            dets.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score), int(cls), names[cls]))
         return dets
 
     def max_score(self, frame_bgr: np.ndarray) -> float:

@@ -64,7 +64,7 @@ def virtual_mono(utc: dt.datetime) -> float:
 
 
 def to_float(text: str) -> float | None:
-    if not text:
+    if not text or "_" in text:  # Python reads "1_0.0" as 10.0; no receiver writes that
         return None
     try:
         value = float(text)
