@@ -4,7 +4,7 @@ Which INT8 format pays depends on the CPU: on x86 with AVX2 but no VNNI, QDQ S8S
 while QOperator U8S8 (with reduce_range against the u8*s8 overflow) runs faster; on ARM only CPUs with
 dot-product instructions gain. So `quantize_model` runs `quant_pre_process`, calibrates every candidate format
 on real images, measures AP50 and latency of each against FP32, and keeps the fastest format whose AP50 is
-within `max_ap_drop` of FP32 (FP32 itself when no INT8 format is both accurate and faster).
+within `max_ap_drop` of FP32 (FP32 itself when no INT8 format is both accurate and MIN_SPEEDUP faster).
 
 The decoding tail of a detector (everything from the first Reshape/Transpose/Sigmoid/Softplus/Softmax on)
 stays in float: quantizing a Concat that mixes pixel coordinates with 0..1 scores would wipe out the scores.
