@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -13,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, Field
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fleet_server import (
     __version__,
@@ -29,6 +30,7 @@ from fleet_server import (
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 from fleet_server.http_guard import HttpGuard
+from fleet_server.http_observe import Observe
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.state.cfg = cfg
     app.state.pool = make_pool(cfg.database)
     app.state.tokens = auth.TokenCache(cfg.api.token_cache_s, cfg.api.max_concurrent_verifications)
+    app.state.auth_failures = auth.AuthFailures(cfg.api.auth_failures_per_minute)
     app.state.workers = workers or []
     app.state.audit = audit.AuditLog(app.state.pool, cfg.api.audit_flush_s)
     app.state.http_writer = http_writer.SubmissionWriter(cfg)
@@ -55,25 +58,12 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     if cfg.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"])
-
-    @app.middleware("http")
-    async def timing(request: Request, call_next):
-        t0 = time.monotonic()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "other")
-        metrics.API_LATENCY.labels(request.method, path).observe(time.monotonic() - t0)
-        if path in api_detections.PATHS and request.method == "POST":
-            metrics.count_submission(response.status_code)
-        if "authorization" in request.headers:  # every call that presented a token, whatever came of it
-            client = request.client.host if request.client else None
-            app.state.audit.add(audit.entry(getattr(request.state, "principal", audit.UNCHECKED), request.method,
-                                            request.url.path, response.status_code, client))
-        return response
-
-    # Outermost: limits apply before any other work is done for a request.
-    app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes,
-                       auth_failures_per_minute=cfg.api.auth_failures_per_minute)
+    # Each added layer wraps the ones before it. Limits apply before any other work is done for a request...
+    app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes)
+    # ...every answer, the guard's refusals and the 500 of an exception included, is measured and audited...
+    app.add_middleware(Observe, audit_log=app.state.audit)
+    # ...and the client is the address a trusted proxy names (X-Forwarded-For), else the connection's own.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(net) for net in cfg.api.trusted_proxies])
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
@@ -88,6 +78,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": problems}, status_code=400)
 
+    app.openapi = _openapi_as_answered(app)
+
     app.include_router(api_fleet.router)
     app.include_router(api_fleet.api)
     app.include_router(api_detections.router)
@@ -97,6 +89,38 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     # Last: the dashboard's static mount at `/` matches every path, so routes added after it are unreachable.
     dashboard.mount_dashboard(app, cfg, cfg.api.static_dir)
     return app
+
+
+class Problem(BaseModel):
+    """The body of every refusal: one reason, or (malformed parameters) every problem, each naming its field."""
+
+    detail: str | list[str] = Field(description="What is wrong, starting with the field it is about")
+
+
+def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
+    """app.openapi, with FastAPI's 422 for validated routes replaced by the 400 (and its body) this server
+    answers: the document is the contract for clients we do not ship."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None or "400" in responses:
+                    answer = responses.setdefault("400", {"description": "Invalid input: the detail names the "
+                                                                         "field"})
+                    answer.setdefault("content", {}).setdefault("application/json", {})["schema"] = {
+                        "$ref": "#/components/schemas/Problem"}
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        schemas["Problem"] = Problem.model_json_schema()
+        return schema
+
+    return openapi
 
 
 def _fetcher(app: FastAPI):

@@ -8,13 +8,13 @@ import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 
 from fleet_server.api_defects import _jsonable
-from fleet_server.api_deps import db, require
+from fleet_server.api_deps import QueryTime, db, require
 
 router = APIRouter(prefix="/api/v1")
 
 
 @router.get("/audit", summary="Who called what, when, and what came of it (every call that presented a token)")
-def audit_log(request: Request, since: datetime | None = None,
+def audit_log(request: Request, since: QueryTime | None = None,
               who: str | None = Query(None, max_length=200, description="a token's name"),
               limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(db),
               _who=Depends(require("manager"))) -> list[dict]:

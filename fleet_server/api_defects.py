@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleet_server import aggregate
-from fleet_server.api_deps import db, require
+from fleet_server.api_deps import QueryTime, db, require
+from fleet_server.validate import fold_class
 
 router = APIRouter(prefix="/api/v1")
 STATUSES = ("new", "confirmed", "scheduled", "likely_repaired", "repaired", "dismissed")
@@ -63,7 +64,7 @@ def defect_filters(bbox: str | None, klass: str | None, status: str | None, sinc
         params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
     if klass is not None:
         where.append("d.class = %(class)s")
-        params["class"] = klass
+        params["class"] = fold_class(klass)  # classes are stored folded: Pothole finds pothole
     if status is not None:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in STATUSES]
@@ -102,7 +103,7 @@ class Filters:
     def __init__(self, bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
                  klass: str | None = Query(None, alias="class", max_length=64, description="Defect class"),
                  status: str | None = Query(None, max_length=200, description="Comma-separated statuses"),
-                 since: datetime | None = Query(None, description="Seen at or after this UTC time"),
+                 since: QueryTime | None = Query(None, description="Seen at or after this UTC time"),
                  min_severity: float | None = Query(None, ge=0, le=1, description="Lowest severity")) -> None:
         self.where, self.params = defect_filters(bbox, klass, status, since, min_severity)
 
@@ -137,9 +138,23 @@ def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(
     writer = csv.writer(out)
     writer.writerow(PROPERTY_NAMES)
     for row in rows:
-        writer.writerow([json.dumps(v) if isinstance(v, list) else _jsonable(v) for v in row])
+        writer.writerow([csv_cell(v) for v in row])
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="defects.csv"'})
+
+
+# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection"): such a text cell gets a leading
+# apostrophe, which the spreadsheet shows as text and does not run. Numbers are left as they are: a negative
+# longitude is a number, not a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """VALUE as a CSV cell: lists as JSON, times as ISO 8601, text that could run as a formula neutralised."""
+    value = json.dumps(value) if isinstance(value, list) else _jsonable(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def load_defect(conn: psycopg.Connection, defect_id: int) -> dict:

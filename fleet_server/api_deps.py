@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Annotated
 
 import psycopg
 from fastapi import Depends, HTTPException, Request
+from pydantic import AfterValidator
 
-from fleet_server import auth
+from fleet_server import auth, metrics
+from fleet_server.validate import as_utc
+
+# A time in a query parameter: without a zone it is UTC (as the API documents); one outside what Python and
+# PostgreSQL can hold is a 400 naming the parameter, not a 500 from the database.
+QueryTime = Annotated[datetime, AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 
 def db(request: Request) -> Iterator[psycopg.Connection]:
@@ -30,12 +38,28 @@ def principal(request: Request, conn: psycopg.Connection = Depends(db)) -> auth.
     token = bearer(request)
     if token is None:
         raise HTTPException(403, "Not authenticated: send Authorization: Bearer <token>")
-    cache: auth.TokenCache = request.app.state.tokens
-    who = cache.verify(conn, token)
+    who = _authenticate(request, conn, token)
     if who is None:
         request.state.principal = None
         raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = who  # for the audit log
+    return who
+
+
+def _authenticate(request: Request, conn: psycopg.Connection, token: str) -> auth.Principal | None:
+    """TOKEN's principal, or None. An address that failed too often gets 429 for tokens that cannot be valid
+    only: behind a proxy every client shares one address, and one phone with a revoked token must not lock
+    out the fleet (the client's own address comes from api.trusted_proxies' X-Forwarded-For)."""
+    failures: auth.AuthFailures = request.app.state.auth_failures
+    source = request.client.host if request.client else "?"
+    try:
+        who = request.app.state.tokens.verify(conn, token, throttled_s=failures.retry_after(source))
+    except auth.Throttled as exc:
+        metrics.API_AUTH_THROTTLED.inc()
+        raise HTTPException(429, "too many failed authentications from this address",
+                            headers={"Retry-After": str(exc.retry_after_s)}) from None
+    if who is None:
+        failures.failed(source)
     return who
 
 

@@ -4,9 +4,10 @@ Two bodies are accepted, told apart by shape and each validated strictly: our ow
 event; a client may leave out schema, event_id, device_id and seq) and the deployment guide's SDK body
 (`fleet_server.phone_body`, one event per detection). Answers: 202 `{event_id, status: "queued"}`; 400 naming
 the field; 403 without credentials or for another device's data; 401 for a refused token; 409 when every
-event of the body was stored before; 429 with Retry-After once a device made `api.rate_limit_per_hour` posts
-within the hour, accepted, duplicate and refused alike (so a device cannot fill the dead letters for free; the
-guide's test, 101 good posts, sees posts 1-100 answered 202/409).
+event of the body was stored before; 429 with Retry-After once a device made `api.rate_limit_per_hour` accepted
+or duplicate posts within the hour (the guide's test, 101 good posts, sees posts 1-100 answered 202/409). Refused
+posts (400) do not count: a device with a bug must not lose an hour of valid uploads, and what its bad posts
+cost is bounded by the dead letters' own cap (ingest.rejected_per_device_hour).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from fleet_server import phone_body
 from fleet_server.api_deps import db, principal
 from fleet_server.auth import Principal
+from fleet_server.config import ServerConfig
 from fleet_server.http_writer import OverRate
-from fleet_server.store import store_rejected
-from fleet_server.validate import Invalid, Rejection, _check_time, check_message, parse_json
+from fleet_server.store import RejectPolicy, store_rejected
+from fleet_server.validate import Invalid, Rejection, check_message, check_window, parse_json
 from roadmon_contract import validate as contract
 from roadmon_contract.ids import uuid7
 
@@ -106,8 +108,8 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
     cfg = request.app.state.cfg
     if who.role != "device":
         raise HTTPException(403, "detections need a device token")
-    # Every post counts, refused ones too (a device cannot fill `rejected` for free): a device at its hourly
-    # rate is turned away before its body is read. Accepted ones are counted by the writer, refused by _reject.
+    # Accepted and duplicate posts count (the writer records them): a device at its hourly rate is turned away
+    # before its body is read. Refused ones do not: their dead letters are capped per device and hour instead.
     if _posts_this_hour(conn, who.device_id) >= cfg.api.rate_limit_per_hour:
         raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))})
@@ -120,9 +122,9 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         submission_id, events = _events(body, who, raw, cfg)
         stored = request.app.state.http_writer.store(who.device_id, events)
     except Invalid as exc:
-        _reject(conn, who, str(exc), raw)
+        _reject(conn, cfg, who, str(exc), raw)
     except (psycopg.DataError, psycopg.IntegrityError) as exc:  # valid JSON that PostgreSQL still refuses
-        _reject(conn, who, f"database refused: {exc}", raw)
+        _reject(conn, cfg, who, f"database refused: {exc}", raw)
     except OverRate:
         raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))}) from None
@@ -138,7 +140,7 @@ def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict
     now = datetime.now(UTC)
     if phone_body.is_phone_body(body):
         sub, image = phone_body.parse_submission(body, cfg.api.max_image_bytes)
-        _check_time("timestamp", body["timestamp"], now, cfg.ingest)
+        check_window("timestamp", sub.timestamp, now, cfg.ingest)
         submission_id, events = phone_body.to_events(sub, image, phone_body.submission_key(body),
                                                      cfg.api.unprojected_sigma_m)
         for event in events:
@@ -165,9 +167,9 @@ def _posts_this_hour(conn: psycopg.Connection, device_id: str) -> int:
                         "'1 hour'", (device_id,)).fetchone()[0]
 
 
-def _reject(conn: psycopg.Connection, who: Principal, reason: str, raw: bytes) -> None:
+def _reject(conn: psycopg.Connection, cfg: ServerConfig, who: Principal, reason: str, raw: bytes) -> None:
+    """Keep RAW as a dead letter (within the per-device cap, as for MQTT) and answer 400 with REASON."""
+    policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
     with contextlib.suppress(psycopg.Error):
-        store_rejected(conn, [Rejection("http", None, who.device_id, reason, raw)])
-    with contextlib.suppress(psycopg.Error), conn.transaction():
-        conn.execute("INSERT INTO http_submissions (device_id) VALUES (%s)", (who.device_id,))
+        store_rejected(conn, [Rejection("http", None, who.device_id, reason, raw)], policy)
     raise HTTPException(400, reason)

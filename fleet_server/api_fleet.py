@@ -6,14 +6,16 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel, Field
 
 from fleet_server.api_defects import _jsonable, parse_bbox
-from fleet_server.api_deps import db, principal, require
+from fleet_server.api_deps import QueryTime, db, principal, require
 from fleet_server.auth import Principal
 from fleet_server.health import checks as health_checks
 
@@ -22,7 +24,20 @@ api = APIRouter(prefix="/api/v1")
 _SHA256 = re.compile(r"^([0-9a-f]{64})\.onnx$")
 
 
-@router.get("/health", summary="Database, broker and ingest: ok, or degraded (503) with a short reason")
+class Health(BaseModel):
+    status: Literal["ok", "degraded"] = Field(description="ok when every check is ok")
+    database: str = Field(description="ok, or a short reason")
+    broker: str = Field(description="ok, or a short reason")
+    ingest: str | None = Field(None, description="ok, or a short reason (only where this process runs ingest "
+                                                 "workers)")
+
+
+@router.get("/health", summary="Database, broker and ingest: ok, or degraded (503) with a short reason",
+            response_model=Health, responses={
+                503: {"model": Health, "description": "Degraded: a check is not ok (the reason, never raw error "
+                                                      "text)",
+                      "content": {"application/json": {"example": {"status": "degraded", "database": "unreachable",
+                                                                   "broker": "ok"}}}}})
 def health(request: Request) -> JSONResponse:
     checks = health_checks(request.app.state)
     ok = all(v == "ok" for v in checks.values())
@@ -64,7 +79,7 @@ def devices(request: Request, conn: psycopg.Connection = Depends(db), _who=Depen
 
 
 @api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time")
-def coverage(request: Request, since: datetime | None = None, until: datetime | None = None,
+def coverage(request: Request, since: QueryTime | None = None, until: QueryTime | None = None,
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
              conn: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:

@@ -5,6 +5,10 @@ and argon2 compares in constant time. Verified tokens are remembered for `api.to
 SHA-256 of the token, so the map does not pay an argon2 hash per request; a remembered token is still looked
 up by id on every request (an index hit, no hash), so a revoked token stops working at once. At most
 `api.max_concurrent_verifications` argon2 checks run at a time, which bounds their memory and CPU.
+
+A source address that keeps failing authentication (`AuthFailures`) is throttled without locking out the valid
+tokens that share its address (every client behind one proxy does): a remembered token, or one whose lookup
+names an active token, is still checked; only the rest, which would fail anyway, get 429 without any hashing.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +31,17 @@ PREFIX = "rmt"
 # OWASP's minimum argon2id settings: the tokens are long random strings, a slow hash only guards a stolen table.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 _DUMMY_HASH = _hasher.hash("not-a-token")
+AUTH_WINDOW_S = 60.0
+MAX_TRACKED = 10_000  # source addresses remembered; beyond that the oldest entries are forgotten
+ACTIVE = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"  # a token that may be used now
+
+
+class Throttled(Exception):
+    """The caller's address failed authentication too often, and its token cannot be valid."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -78,8 +94,8 @@ def rotate_token(conn: psycopg.Connection, token_id: int, overlap: timedelta, ex
     """A new token with TOKEN_ID's name, role and device; the old one keeps working for OVERLAP (so clients
     can switch over) and then expires. Returns (new token, its id); LookupError when TOKEN_ID is not active."""
     with conn.transaction():
-        row = conn.execute("SELECT name, role, device_id FROM api_tokens WHERE id = %s AND revoked_at IS NULL "
-                           "AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE", (token_id,)).fetchone()
+        row = conn.execute(f"SELECT name, role, device_id FROM api_tokens WHERE id = %s AND {ACTIVE} FOR UPDATE",
+                           (token_id,)).fetchone()
         if row is None:
             raise LookupError(f"no active token {token_id}")
         token, new_id = _insert_token(conn, row[1], row[0], row[2], expires_in)
@@ -98,13 +114,22 @@ def revoke_tokens(conn: psycopg.Connection, *, device_id: str | None = None, tok
     return cur.rowcount
 
 
-def verify(conn: psycopg.Connection, token: str) -> Principal | None:
-    """The principal of TOKEN, or None when it is unknown, revoked or wrong."""
+def _lookup(token: str) -> str:
+    """The lookup part of TOKEN (not secret: it finds the row), '' when TOKEN is not shaped like ours."""
     parts = token.split("_", 2)
-    lookup = parts[1] if len(parts) == 3 and parts[0] == PREFIX else ""
-    row = conn.execute("SELECT id, token_hash, name, role, device_id, expires_at FROM api_tokens "
-                       "WHERE lookup = %s AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
-                       (lookup,)).fetchone()
+    return parts[1] if len(parts) == 3 and parts[0] == PREFIX else ""
+
+
+def lookup_active(conn: psycopg.Connection, token: str) -> bool:
+    """Whether TOKEN's lookup names a token that may be used now (an index hit, no hashing)."""
+    return conn.execute(f"SELECT EXISTS (SELECT 1 FROM api_tokens WHERE lookup = %s AND {ACTIVE})",
+                        (_lookup(token),)).fetchone()[0]
+
+
+def verify(conn: psycopg.Connection, token: str) -> Principal | None:
+    """The principal of TOKEN, or None when it is unknown, revoked, expired or wrong."""
+    row = conn.execute(f"SELECT id, token_hash, name, role, device_id, expires_at FROM api_tokens "
+                       f"WHERE lookup = %s AND {ACTIVE}", (_lookup(token),)).fetchone()
     try:
         if row is None:
             _hasher.verify(_DUMMY_HASH, token)  # same work as a real check: no timing hint that lookup missed
@@ -116,8 +141,9 @@ def verify(conn: psycopg.Connection, token: str) -> Principal | None:
 
 
 def still_active(conn: psycopg.Connection, who: Principal) -> bool:
-    """Whether WHO's token is still unrevoked (a primary-key lookup, no hashing)."""
-    row = conn.execute("SELECT revoked_at IS NULL FROM api_tokens WHERE id = %s", (who.token_id,)).fetchone()
+    """Whether WHO's token is still unrevoked and unexpired (a primary-key lookup, no hashing). The expiry is
+    read from the row, not from WHO: `token rotate` shortens it, and that must take effect at once."""
+    row = conn.execute(f"SELECT {ACTIVE} FROM api_tokens WHERE id = %s", (who.token_id,)).fetchone()
     return bool(row and row[0])
 
 
@@ -130,11 +156,18 @@ class TokenCache:
         self._lock = threading.Lock()
         self.verifying = threading.BoundedSemaphore(max_concurrent)
 
-    def verify(self, conn: psycopg.Connection, token: str) -> Principal | None:
-        """The principal of TOKEN: remembered (and checked for revocation), else verified with argon2."""
+    def verify(self, conn: psycopg.Connection, token: str, throttled_s: int = 0) -> Principal | None:
+        """The principal of TOKEN: remembered (and checked for revocation and expiry), else verified with
+        argon2. THROTTLED_S > 0 (the caller's address failed too often): a token whose lookup names no active
+        token raises Throttled without the argon2 check; a valid token is never refused for its address."""
         who = self.get(token)
         if who is not None:
-            return who if still_active(conn, who) else None
+            if still_active(conn, who):
+                return who
+            self.forget(token)
+            return None
+        if throttled_s and not lookup_active(conn, token):
+            raise Throttled(throttled_s)
         with self.verifying:
             who = verify(conn, token)
         if who is not None:
@@ -150,6 +183,10 @@ class TokenCache:
                 return None
             return hit[1]
 
+    def forget(self, token: str) -> None:
+        with self._lock:
+            self._items.pop(hashlib.sha256(token.encode()).digest(), None)
+
     def put(self, token: str, principal: Principal) -> None:
         if self.ttl_s <= 0:
             return
@@ -158,3 +195,31 @@ class TokenCache:
             if len(self._items) > 10000:
                 self._items.clear()
             self._items[key] = (time.monotonic(), principal)
+
+
+class AuthFailures:
+    """Failed authentications per source address within the last AUTH_WINDOW_S."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, source: str) -> int:
+        """Seconds SOURCE must wait before a failing attempt may be checked again; 0 when it may."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._seen.get(source)
+            if times is None:
+                return 0
+            while times and times[0] <= now - AUTH_WINDOW_S:
+                times.popleft()
+            if len(times) < self.limit:
+                return 0
+            return max(1, int(times[0] + AUTH_WINDOW_S - now + 0.999))
+
+    def failed(self, source: str) -> None:
+        with self._lock:
+            if source not in self._seen and len(self._seen) >= MAX_TRACKED:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen.setdefault(source, deque(maxlen=self.limit)).append(time.monotonic())

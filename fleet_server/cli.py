@@ -13,6 +13,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +23,7 @@ from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.migrate import migrate as run_migrations
 
+log = logging.getLogger(__name__)
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 device_app = typer.Typer(help="Provision and revoke devices.", no_args_is_help=True)
@@ -119,8 +121,9 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
     run_migrations(c.database.resolve_dsn())
     running = _start_workers(workers, "serve")
     try:
+        # proxy_headers off: the app itself takes X-Forwarded-For from api.trusted_proxies only (create_app).
         uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port or c.api.port,
-                    log_level="info")
+                    log_level="info", proxy_headers=False)
     finally:
         for w in running:
             w.stop()
@@ -153,8 +156,12 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
 @device_app.command("add")
 def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login = topic segment"),
                name: str | None = typer.Option(None, help="Display name"),
+               reissue: bool = typer.Option(False, "--reissue",
+                                            help="The device exists: give it a new broker password and HTTP token "
+                                                 "and revoke its old tokens (the vehicle needs the new ones)"),
                as_json: bool = typer.Option(False, "--json", help="Print the credentials as JSON")) -> None:
-    """Create a device: broker login (password file + ACL), HTTP device token. Credentials print ONCE."""
+    """Create a device: broker login (password file + ACL), HTTP device token. Credentials print ONCE. An id
+    that exists is an error (as in `device import`), unless --reissue."""
     if not DEVICE_ID.match(device_id):
         _fail(f"invalid device id {device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
     c = cfg()
@@ -163,9 +170,7 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
               f"{mqtt_accounts.RESERVED_PREFIX!r} belong to the server")
     password = secrets.token_urlsafe(24)
     with connect(c.database) as conn, conn.transaction():
-        conn.execute("""INSERT INTO devices (id, name) VALUES (%s, %s) ON CONFLICT (id)
-                        DO UPDATE SET revoked_at = NULL, name = COALESCE(EXCLUDED.name, devices.name)""",
-                     (device_id, name))
+        _add_or_reissue(conn, device_id, name, reissue)
         token = auth.create_token(conn, "device", f"device {device_id}", device_id=device_id,
                                   expires_in=timedelta(days=c.api.device_token_days))
     broker_note = _write_broker_login(c, device_id, password)
@@ -178,6 +183,27 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
     for key, value in creds.items():
         print(f"  {key:14s} {value}")  # plain print: a secret must never be wrapped or cut by the terminal
     console.print(broker_note)
+
+
+def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, reissue: bool) -> None:
+    """Insert DEVICE_ID, or with REISSUE revoke the existing device's tokens. Fails (exit 1) for a device the
+    server knows without REISSUE, for REISSUE of an unknown one, and for a revoked one: resetting a device's
+    broker password unasked locks the vehicle out, and re-adding a revoked id would undo its revocation."""
+    row = conn.execute("SELECT revoked_at FROM devices WHERE id = %s FOR UPDATE", (device_id,)).fetchone()
+    if row is None:
+        if reissue:
+            _fail(f"no device {device_id!r} to re-issue credentials for: add it without --reissue")
+        conn.execute("INSERT INTO devices (id, name) VALUES (%s, %s)", (device_id, name))
+        return
+    if not reissue:
+        _fail(f"device {device_id!r} already exists: `device add --reissue {device_id}` gives it new credentials "
+              "(its current ones stop working)")
+    if row[0] is not None:
+        _fail(f"device {device_id!r} is revoked: a revoked id is not given credentials again")
+    if name is not None:
+        conn.execute("UPDATE devices SET name = %s WHERE id = %s", (name, device_id))
+    revoked = auth.revoke_tokens(conn, device_id=device_id)
+    log.info("device %s: credentials re-issued, %d old token(s) revoked", device_id, revoked)
 
 
 def _write_broker_login(c: ServerConfig, device_id: str, password: str) -> str:

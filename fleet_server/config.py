@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 
 from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
 
@@ -192,7 +192,15 @@ class ApiConfig(Section):
     port: int = Field(8080, gt=0, lt=65536, description="HTTP port")
     cors_origins: list[str] = Field([], description="Browser origins allowed to call the API (CORS); empty = none")
     rate_limit_per_hour: int = Field(100, ge=1, description="Accepted or duplicate POST /detections per device per "
-                                                            "hour before 429 (refused ones do not count)")
+                                                            "hour before 429 (refused ones, 400, do not count: "
+                                                            "their dead letters have their own cap, "
+                                                            "ingest.rejected_per_device_hour)")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        ["127.0.0.1", "::1"],
+        description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client: the "
+                    "audit log and the failed-authentication throttle then see the client's address, not the "
+                    "proxy's. A request from any other address is taken at its own address (the header would "
+                    "be forged). List the ingress controller's or proxy's network, no wider")
     max_image_bytes: int = Field(150_000, ge=1024, le=1_500_000,
                                  description="Largest image_base64 (decoded JPEG) a phone may send with detections")
     unprojected_sigma_m: float = Field(10.0, ge=0, le=100,
@@ -209,7 +217,8 @@ class ApiConfig(Section):
     max_body_bytes: int = Field(2_500_000, ge=1024, description="Larger request bodies are refused (413) before "
                                                                 "they are read")
     auth_failures_per_minute: int = Field(20, ge=1, description="Failed authentications one source address may make "
-                                                                "per minute; then 429 with Retry-After")
+                                                                "per minute; then 429 with Retry-After for tokens "
+                                                                "that cannot be valid (valid ones still get in)")
     max_concurrent_verifications: int = Field(2, ge=1, description="argon2 token checks running at once (each takes "
                                                                    "~20 MB and a core for ~25 ms)")
     static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")

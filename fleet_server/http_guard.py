@@ -1,54 +1,18 @@
 """HTTP input limits in front of every route (an ASGI middleware): bodies larger than the cap are refused
-before they are read (Content-Length) or as soon as they pass it (chunked), query parameters with NUL or
-invalid UTF-8 get 400, and a source address that keeps failing authentication gets 429 with Retry-After, so
-guessing tokens cannot keep the argon2 verifier (and the CPU) busy.
+before they are read (Content-Length) or as soon as they pass it (chunked), and query parameters with NUL or
+invalid UTF-8 get 400. (Failed authentication is throttled where the token is checked: `api_deps.principal`.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from collections import deque
 from typing import Any
 from urllib.parse import unquote_to_bytes
-
-from fleet_server import metrics
 
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
-AUTH_WINDOW_S = 60.0
-MAX_TRACKED = 10_000  # source addresses remembered; beyond that the oldest entries are forgotten
-
-
-class AuthFailures:
-    """Failed authentications per source address within the last AUTH_WINDOW_S."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, source: str) -> int:
-        """Seconds SOURCE must wait before authenticating again; 0 when it may."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._seen.get(source)
-            if times is None:
-                return 0
-            while times and times[0] <= now - AUTH_WINDOW_S:
-                times.popleft()
-            if len(times) < self.limit:
-                return 0
-            return max(1, int(times[0] + AUTH_WINDOW_S - now + 0.999))
-
-    def failed(self, source: str) -> None:
-        with self._lock:
-            if source not in self._seen and len(self._seen) >= MAX_TRACKED:
-                self._seen.pop(next(iter(self._seen)))
-            self._seen.setdefault(source, deque(maxlen=self.limit)).append(time.monotonic())
 
 
 def bad_query(query_string: bytes) -> str | None:
@@ -65,12 +29,11 @@ def bad_query(query_string: bytes) -> str | None:
 
 
 class HttpGuard:
-    """ASGI middleware: body cap, clean query strings, per-address throttling of failed authentication."""
+    """ASGI middleware: body cap, clean query strings."""
 
-    def __init__(self, app: Any, max_body_bytes: int, auth_failures_per_minute: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.failures = AuthFailures(auth_failures_per_minute)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -86,14 +49,7 @@ class HttpGuard:
         if not length.isdigit() or int(length) > self.max_body_bytes:
             await _answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
             return
-        source = (scope.get("client") or ("?", 0))[0]
-        wait = self.failures.retry_after(source) if b"authorization" in headers else 0
-        if wait:
-            metrics.API_AUTH_THROTTLED.inc()
-            await _answer(send, 429, "too many failed authentications from this address",
-                          [(b"retry-after", str(wait).encode())])
-            return
-        await self._forward(scope, receive, send, source)
+        await self._forward(scope, receive, send, (scope.get("client") or ("?", 0))[0])
 
     async def _forward(self, scope: Scope, receive: Any, send: Any, source: str) -> None:
         read = 0
@@ -117,8 +73,6 @@ class HttpGuard:
                 return  # the 413 has been sent; whatever the route answers after the disconnect goes nowhere
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] == 401:
-                    self.failures.failed(source)
             await send(message)
 
         try:
@@ -129,9 +83,8 @@ class HttpGuard:
             log.info("request body over %d bytes from %s refused", self.max_body_bytes, source)
 
 
-async def _answer(send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _answer(send: Any, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

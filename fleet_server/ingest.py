@@ -99,7 +99,8 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
     obj = check_message(kind, device, msg.payload, now, cfg.ingest)
     if kind == "event":
         batch.events.append((obj, msg.received_at))
-        batch.raw[obj["event_id"]] = msg.payload.decode("utf-8-sig")  # the decoder has checked it is UTF-8
+        # The first message of an id keeps its text: a later one is a repeat or a clash (store._first_of_each).
+        batch.raw.setdefault(obj["event_id"], msg.payload.decode("utf-8-sig"))  # the decoder checked the UTF-8
         batch.origin.setdefault(obj["event_id"], []).append(msg)
     elif kind == "coverage":
         batch.coverage.append((obj, msg.received_at))
@@ -539,7 +540,8 @@ class IngestWorker:
         self.stats["batches"] += 1
         self.stats["stored"] += len(stored.new_events)
         self.stats["duplicates"] += stored.duplicates
-        self.stats["rejected"] += len(batch.rejected)
+        self.stats["rejected"] += len(batch.rejected) + len(stored.conflicts)
+        metrics.INGEST_MESSAGES.labels("event", "rejected").inc(len(stored.conflicts))  # the others at classify
         metrics.INGEST_MESSAGES.labels("event", "stored").inc(len(stored.new_events))
         metrics.INGEST_MESSAGES.labels("event", "duplicate").inc(stored.duplicates)
         metrics.INGEST_MESSAGES.labels("coverage", "stored").inc(len(stored.new_coverage))

@@ -18,12 +18,12 @@ import hashlib
 import json
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fleet_server.validate import Invalid
+from fleet_server.validate import Invalid, as_utc, class_name
 
 JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -51,9 +51,15 @@ class Gps(_Strict):
 class PhoneDetection(_Strict):
     bbox: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=4, max_length=4)] = Field(
         description="[x1, y1, x2, y2] in image pixels")
-    class_: str = Field(alias="class", min_length=1, max_length=64, pattern=r"^[^\x00]+$",
-                        description="The model's class name, e.g. pothole")
+    class_: str = Field(alias="class", min_length=1, max_length=64,
+                        description="The model's class name, e.g. pothole: letters, digits, spaces, '_', '-' "
+                                    "and '.', starting with a letter or digit; stored in lower case")
     confidence: float = Field(ge=0, le=1, description="Detector score")
+
+    @field_validator("class_")
+    @classmethod
+    def _class_name(cls, name: str) -> str:
+        return class_name(name)
 
     @field_validator("bbox")
     @classmethod
@@ -80,9 +86,7 @@ class PhoneSubmission(_Strict):
     @field_validator("timestamp")
     @classmethod
     def _zoned(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("time without zone: add Z or an offset")
-        return value.astimezone(UTC)
+        return as_utc(value)  # a ValueError (no zone, out of range) is a 400 naming the field
 
 
 def is_phone_body(body: dict) -> bool:

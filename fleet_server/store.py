@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from fleet_server import aggregate, metrics
 from fleet_server.config import AggregateConfig
-from fleet_server.validate import Rejection
+from fleet_server.validate import Rejection, class_name
 
 
 @dataclass
@@ -31,7 +31,9 @@ class Batch:
     results: list[tuple[str, str, Any]] = field(default_factory=list)       # (device, command name, payload)
     rejected: list[Rejection] = field(default_factory=list)
     source: str = "mqtt"
-    raw: dict[str, str] = field(default_factory=dict)  # event_id -> the message's JSON text as received
+    # event_id -> the JSON text of the FIRST message with that id, as received (a later one with the same id is
+    # a repeat or a clash, never its replacement: see _first_of_each)
+    raw: dict[str, str] = field(default_factory=dict)
     # event_id / coverage_id -> what the caller needs to acknowledge it (the MQTT deliveries that carried it)
     origin: dict[str, list] = field(default_factory=dict)
     deferred_at: dict[str, float] = field(default_factory=dict)  # id -> when it was first deferred (monotonic)
@@ -46,7 +48,8 @@ class Batch:
         self.statuses += other.statuses
         self.results += other.results
         self.rejected += other.rejected
-        self.raw.update(other.raw)
+        for key, text in other.raw.items():
+            self.raw.setdefault(key, text)
         for key, items in other.origin.items():
             self.origin.setdefault(key, []).extend(items)
         self.deferred_at.update(other.deferred_at)
@@ -65,14 +68,22 @@ class Stored:
         return sum(len(a["event_ids"]) for a in self.acks.values()) - len(self.new_events)
 
 
+MEDIA = ("thumbnail_jpeg_b64", "frame_jpeg_b64")  # not part of the stored payload
+
+
+def _content(event: dict) -> dict:
+    """EVENT as its stored payload (without media): what a re-sent event must equal to count as the same."""
+    return {k: v for k, v in event.items() if k not in MEDIA}
+
+
 def event_row(event: dict, received_at: datetime, source: str) -> dict:
     """The sightings columns of EVENT (used by the benchmark's bare COPY of the same rows)."""
     pos, veh = event["position"], event["vehicle"]
-    slim = {k: v for k, v in event.items() if k not in ("thumbnail_jpeg_b64", "frame_jpeg_b64")}
+    slim = _content(event)
     return {
         "event_id": event["event_id"], "device_id": event["device_id"], "seq": event["seq"],
         "captured_at": event["captured_at"], "received_at": received_at.isoformat(), "source": source,
-        "class": event["class"], "confidence": event["confidence"],
+        "class": class_name(event["class"]), "confidence": event["confidence"],
         "lat": pos["lat"], "lon": pos["lon"], "h": pos["h_accuracy_m"],
         "vlat": veh["lat"], "vlon": veh["lon"], "vh": veh["h_accuracy_m"],
         "speed": veh.get("speed_mps"), "heading": veh.get("heading_deg"),
@@ -88,13 +99,14 @@ def event_row(event: dict, received_at: datetime, source: str) -> dict:
 # aggregator afterwards. Distances use the sphere (use_spheroid false): faster, and millimetres apart from the
 # spheroid at these ranges.
 INSERT_EVENTS = """
-WITH incoming AS (
-    SELECT e.p, t.received_at
+WITH incoming AS (  -- class: the message's class folded to its one spelling (validate.class_name)
+    SELECT e.p, t.received_at, t.class
     FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(p, n)
-    JOIN unnest(%(received)s::text::timestamptz[]) WITH ORDINALITY AS t(received_at, n) USING (n)
+    JOIN unnest(%(received)s::text::timestamptz[], %(classes)s::text[]) WITH ORDINALITY AS t(received_at, class, n)
+      USING (n)
 ), r AS (
     SELECT (p->>'event_id')::uuid AS event_id, p->>'device_id' AS device_id, (p->>'seq')::bigint AS seq,
-           (p->>'captured_at')::timestamptz AS captured_at, received_at, p->>'class' AS class,
+           (p->>'captured_at')::timestamptz AS captured_at, received_at, class,
            (p->>'confidence')::real AS confidence,
            ST_SetSRID(ST_MakePoint((p->'position'->>'lon')::float8, (p->'position'->>'lat')::float8), 4326)
              ::geography AS geog,
@@ -245,6 +257,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
     acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
     matched: set[int] = set()
     loose: list[str] = []
+    batch, repeats = _first_of_each(batch)
     with conn.transaction():
         devices = sorted({e["device_id"] for e, _ in batch.events} | {c["device_id"] for c, _ in batch.coverage}
                          | {d for d, _, _ in batch.statuses} | {d for d, _, _ in batch.results})
@@ -265,8 +278,9 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             texts = [batch.raw.get(e["event_id"]) or json.dumps(e) for e, _ in batch.events]
             inserted = conn.execute(INSERT_EVENTS, {
                 "events": "[" + ",".join(texts) + "]", "received": _timestamp_array([at for _, at in batch.events]),
-                "source": batch.source, "radius": agg.merge_radius_m, "gate": agg.accuracy_gate,
-                "max_gate": agg.max_gate_m, "max_line": agg.max_line_m}).fetchall()
+                "classes": [class_name(e["class"]) for e, _ in batch.events], "source": batch.source,
+                "radius": agg.merge_radius_m, "gate": agg.accuracy_gate, "max_gate": agg.max_gate_m,
+                "max_line": agg.max_line_m}).fetchall()
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]
@@ -275,6 +289,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             for e, _ in batch.events:
                 if e["event_id"] not in clashing:
                     acks[e["device_id"]]["event_ids"].append(e["event_id"])
+        out.conflicts += repeats  # after the acks: the first of their id is acked (when it was stored)
         if batch.coverage:
             rows = [_coverage_row(c, at) for c, at in batch.coverage]
             out.new_coverage = {r[0] for r in conn.execute(INSERT_COVERAGE, (json.dumps(rows),)).fetchall()}
@@ -290,6 +305,27 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
         aggregate.aggregate_new(conn, sorted(out.new_events), matched, loose, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}
     return out
+
+
+CLASH = "event_id already used by an event with other content"
+
+
+def _first_of_each(batch: Batch) -> tuple[Batch, list[Rejection]]:
+    """(BATCH with each event_id once, rejections). The first message of an id is the one stored, as across
+    batches: a later one with the same content is a repeat (acked with the first), one with other content a
+    rejection saying so, never a silent replacement."""
+    first: dict[str, dict] = {}
+    kept: list[tuple[dict, datetime]] = []
+    clashes: list[Rejection] = []
+    for e, at in batch.events:
+        seen = first.setdefault(e["event_id"], e)
+        if seen is e:
+            kept.append((e, at))
+        elif _content(seen) != _content(e):
+            clashes.append(Rejection(batch.source, None, e["device_id"], CLASH, json.dumps(e).encode(), e["event_id"]))
+    if len(kept) == len(batch.events):
+        return batch, []
+    return replace(batch, events=kept), clashes
 
 
 # The stored payload is the message without its media; a re-sent event must equal it to count as the same.
@@ -309,8 +345,8 @@ def _conflicting(conn: psycopg.Connection, batch: Batch, new_events: set[str]) -
     if not repeated:
         return []
     clashing = {r[0] for r in conn.execute(CONFLICTING, ("[" + ",".join(t for _, t in repeated) + "]",))}
-    return [Rejection(batch.source, None, e["device_id"], "event_id already used by an event with other content",
-                      text.encode(), e["event_id"]) for e, text in repeated if e["event_id"] in clashing]
+    return [Rejection(batch.source, None, e["device_id"], CLASH, text.encode(), e["event_id"])
+            for e, text in repeated if e["event_id"] in clashing]
 
 
 def _take_free_areas(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig) -> tuple[Batch, Batch | None]:

@@ -50,11 +50,58 @@ def parse_json(raw: bytes, max_bytes: int) -> Any:
     return decode_json(raw, Limits(max_bytes=max_bytes))
 
 
-def parse_utc(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+def as_utc(value: datetime, naive_is_utc: bool = False, leap_second: bool = False) -> datetime:
+    """VALUE (plus a second for LEAP_SECOND) in UTC. Invalid (a ValueError, so pydantic validators may use it
+    too) when it has no zone and NAIVE_IS_UTC is false, or when it lies outside the years 1-9999 once in UTC
+    (Python cannot hold it, and PostgreSQL would refuse it)."""
     if value.tzinfo is None:
-        raise Invalid(f"time without zone: {text}")
-    return value.astimezone(UTC)
+        if not naive_is_utc:
+            raise Invalid("time without zone: add Z or an offset")
+        value = value.replace(tzinfo=UTC)
+    try:
+        return (value + timedelta(seconds=1 if leap_second else 0)).astimezone(UTC)
+    except OverflowError:
+        raise Invalid("time out of range: before the year 1 or after 9999 in UTC") from None
+
+
+# The seconds of a leap second (23:59:60), which RFC 3339 allows and Python's datetime cannot hold.
+_LEAP_SECOND = re.compile(r"(?<=T\d\d:\d\d:)60")
+
+
+def parse_utc(text: str) -> datetime:
+    """An RFC 3339 time in UTC; Invalid, never another exception, when it is not one. RFC 3339 allows a
+    lowercase `t` and `z`, which fromisoformat does not take, and a leap second, which is read as the next
+    minute's first second (as PostgreSQL reads it)."""
+    upper = text.upper()
+    leap = _LEAP_SECOND.search(upper)
+    try:
+        value = datetime.fromisoformat(_LEAP_SECOND.sub("59", upper, count=1) if leap else upper)
+    except ValueError:
+        raise Invalid(f"not an RFC 3339 time: {text[:40]!r}") from None
+    if value.tzinfo is None:
+        raise Invalid(f"time without zone: {text[:40]}")
+    return as_utc(value, leap_second=leap is not None)
+
+
+# A defect class as stored: what the model calls it, folded to one spelling (lower case, single spaces), so that
+# "Pothole" and "pothole " are one class. The contract leaves the set to the model (a pushed model may bring new
+# classes), so any name is taken that starts with a letter or digit and goes on with letters, digits, spaces,
+# "_", "-" and "."; at most 64 characters. Emoji, control characters and formula starts (=, +, -, @) are refused.
+_CLASS_NAME = re.compile(r"\w[\w .-]{0,63}")
+
+
+def fold_class(name: str) -> str:
+    """NAME in the one spelling classes are stored and looked up under (lower case, single spaces)."""
+    return " ".join(name.split()).lower()
+
+
+def class_name(name: str) -> str:
+    """NAME folded (fold_class), when it is a class name; Invalid saying why otherwise."""
+    folded = fold_class(name)
+    if not _CLASS_NAME.fullmatch(folded):
+        raise Invalid(f"{name[:40]!r} is not a class name (1-64 letters, digits, spaces, '_', '-' or '.', "
+                      "starting with a letter or digit)")
+    return folded
 
 
 def _check_point(where: str, point: dict) -> None:
@@ -67,13 +114,21 @@ def _check_point(where: str, point: dict) -> None:
         raise Invalid(f"{where}: (0, 0) is no position (a receiver without a fix)")
 
 
-def _check_time(where: str, text: str, now: datetime, cfg: IngestConfig) -> datetime:
-    value = parse_utc(text)
+def check_window(where: str, value: datetime, now: datetime, cfg: IngestConfig) -> datetime:
+    """VALUE (UTC) when it lies within the accepted window around NOW; Invalid naming WHERE otherwise."""
     if value > now + timedelta(seconds=cfg.future_tolerance_s):
-        raise Invalid(f"{where}: {text} is in the future")
+        raise Invalid(f"{where}: {value.isoformat()} is in the future")
     if value < now - timedelta(days=cfg.horizon_days):
-        raise Invalid(f"{where}: {text} is older than {cfg.horizon_days:g} days")
+        raise Invalid(f"{where}: {value.isoformat()} is older than {cfg.horizon_days:g} days")
     return value
+
+
+def _check_time(where: str, text: str, now: datetime, cfg: IngestConfig) -> datetime:
+    try:
+        value = parse_utc(text)
+    except Invalid as exc:
+        raise Invalid(f"{where}: {exc}") from None
+    return check_window(where, value, now, cfg)
 
 
 @cache
@@ -104,6 +159,10 @@ def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:
     check_schema("event", obj)
     if not _all_finite(obj):
         raise Invalid("not finite: a number overflows")
+    try:
+        class_name(obj["class"])  # stored folded (store.INSERT_EVENTS); the payload keeps what the device sent
+    except Invalid as exc:
+        raise Invalid(f"class: {exc}") from None
     _check_point("position", obj["position"])
     _check_point("vehicle", obj["vehicle"])
     _check_time("captured_at", obj["captured_at"], now, cfg)

@@ -37,12 +37,19 @@ def validate(model: type[M], data: dict, source: Path | str = "<config>") -> M:
 
 
 def load_toml(model: type[M], path: Path | str) -> M:
-    """Read and validate a TOML file as MODEL; raises ConfigError naming every bad key."""
+    """Read and validate a TOML file as MODEL; raises ConfigError naming every bad key, or what is wrong with the
+    file itself (missing, a folder, unreadable, not UTF-8, not TOML)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, ["is a folder, not a config file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text (byte {exc.start}): is it the config file?"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     return validate(model, data, path)

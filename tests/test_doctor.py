@@ -133,6 +133,15 @@ def test_invalid_config_is_red_and_the_rest_skipped(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     results = by_name(run_checks(str(tmp_path / "nope.toml"), only=["outbox"], options=FAST))
     assert results["config"].level is Level.RED and "file not found" in results["config"].summary
+    assert "--config" in results["config"].hint and "keys" not in results["config"].hint
+
+
+def test_config_path_that_is_a_folder_or_binary(tmp_path: Path) -> None:
+    binary = tmp_path / "agent.toml"
+    binary.write_bytes(b"\xff\xfe[device]\n")
+    for path, words in ((tmp_path, "is a folder"), (binary, "not UTF-8")):
+        cfg = by_name(run_checks(str(path), only=["config"], options=FAST))["config"]
+        assert cfg.level is Level.RED and words in cfg.summary and "check itself failed" not in cfg.summary
 
 
 # ------------------------------------------------------------------------------------------------ camera
@@ -157,6 +166,31 @@ def test_camera_that_does_not_open_is_red(tmp_path: Path) -> None:
     path = write_config(tmp_path, camera={"source": str(tmp_path / "missing.mp4")})
     cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
     assert cam.level is Level.RED and "cannot open" in cam.summary and cam.hint
+
+
+# ------------------------------------------------------------------------------------------- calibration
+def test_missing_intrinsics_file_is_red_as_run_refuses_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    path = write_config(tmp_path, calibration={"intrinsics_file": str(tmp_path / "nope" / "cam.toml")})
+    cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
+    assert cal.level is Level.RED and "intrinsics file not found" in cal.summary
+    assert "calibrate intrinsics" in cal.hint
+    run = CliRunner().invoke(app, ["run", "--config", str(path)])
+    assert run.exit_code == 2 and "intrinsics file not found" in run.output  # the same start-up step
+
+
+def test_calibration_green_and_a_camera_of_another_shape_yellow(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
+    assert cal.level is Level.GREEN and "sees the road" in cal.summary, cal
+    assert cal.data["footprint"]["far"] > cal.data["footprint"]["near"] > 0
+    video = make_video(tmp_path / "road.mp4")  # 320x240 (4:3) against the default 1280x720 calibration
+    path = write_config(tmp_path, camera={"source": str(video)})
+    cal = by_name(run_checks(str(path), options=FAST, only=["camera", "calibration"]))["calibration"]
+    assert cal.level is Level.YELLOW and "another shape" in cal.summary
 
 
 # -------------------------------------------------------------------------------------------------- GNSS
@@ -196,6 +230,18 @@ def test_gnss_garbage_means_wrong_baud(tmp_path: Path, receiver: Any) -> None:
     path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
     gnss = by_name(run_checks(str(path), only=["gnss"], options=Options(gnss_seconds=1.5)))["gnss"]
     assert gnss.level is Level.RED and "no valid NMEA" in gnss.summary and "baud" in gnss.explanation
+
+
+def test_gnss_sentences_with_wrong_checksums_are_not_called_a_baud_problem(tmp_path: Path, receiver: Any) -> None:
+    def wrong_checksums(i: int) -> bytes:
+        lines = nmea_epoch(datetime.now(UTC)).decode().split("\r\n")[:-1]
+        return b"".join(f"{line[:-2]}{(int(line[-2:], 16) ^ 0x5A):02X}\r\n".encode() for line in lines)
+
+    rx = receiver(wrong_checksums)
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=Options(gnss_seconds=1.5)))["gnss"]
+    assert gnss.level is Level.RED and "checksum" in gnss.summary and gnss.data["junk_bytes"] == 0
+    assert "baud" not in gnss.explanation.replace("baud rate is right", "") and "wiring" in gnss.explanation
 
 
 def test_silent_port_and_missing_port_are_red(tmp_path: Path, receiver: Any) -> None:
@@ -244,6 +290,27 @@ def test_outbox_without_room_is_red(tmp_path: Path) -> None:
     assert ob.level is Level.RED and "free_floor_mb" in ob.explanation
 
 
+def test_outbox_advice_fits_why_the_folder_refuses_writes(tmp_path: Path) -> None:
+    import errno
+
+    from edge_agent.link.disk_guard import write_trouble
+    from tests.test_outbox_full_disk import fill_disk, remount_read_only, tmpfs
+
+    with tmpfs(tmp_path / "disk") as disk:
+        path = write_config(tmp_path, outbox={"file": str(disk / "outbox.db")})
+        filler = fill_disk(disk)
+        full = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+        assert full.level is Level.RED and "full disk" in full.explanation
+        assert "queue purge --confirmed" in full.hint and "owner" not in full.hint
+        filler.unlink()
+        remount_read_only(disk)
+        ro = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+        assert ro.level is Level.RED and "read-only" in ro.explanation and "remount" in ro.hint
+    # Root writes everywhere, so a missing permission is only shown here by its errno.
+    what, hint = write_trouble(PermissionError(errno.EACCES, "Permission denied"))
+    assert "not writable by this user" in what and "owner" in hint
+
+
 def test_outbox_folder_missing_is_red(tmp_path: Path) -> None:
     path = write_config(tmp_path, outbox={"file": str(tmp_path / "gone" / "outbox.db")})
     ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
@@ -267,6 +334,15 @@ def test_cli_json_and_exit_code(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert bad.returncode == 1
     assert "FAIL" in bad.stdout and "cannot open" in bad.stdout and "hint:" in bad.stdout
+
+
+def test_cli_refuses_a_listening_time_of_zero(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    for option in ("--camera-seconds", "--gnss-seconds"):
+        for value in ("0", "-1"):
+            out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), option, value],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 2 and option in out.stderr
 
 
 def test_cli_unknown_check_name(tmp_path: Path) -> None:

@@ -47,6 +47,17 @@ def test_config_check_cli_exit_codes(tmp_path) -> None:
     assert missing.exit_code == 1 and "file not found" in missing.output
 
 
+def test_a_config_path_that_cannot_be_read_is_one_problem(tmp_path) -> None:
+    binary = tmp_path / "agent.toml"
+    binary.write_bytes(b"\xff\xfe[device]\n")
+    for path, words in ((tmp_path, "is a folder"), (binary, "not UTF-8")):
+        with pytest.raises(agent_config.ConfigError) as info:
+            agent_config.load(path)
+        assert len(info.value.problems) == 1 and words in info.value.problems[0]
+        result = CliRunner().invoke(app, ["config", "check", str(path)])
+        assert result.exit_code == 1 and words in result.output and isinstance(result.exception, SystemExit)
+
+
 def test_uuid7_is_time_ordered_and_valid() -> None:
     ids = [uuid7() for _ in range(5000)]
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)

@@ -1,12 +1,14 @@
 """The HTTP API under hostile input: body caps, NUL in parameters, bodies that break json.loads, throttled
-token guessing, immediate revocation, invalid bodies counting against the rate, a rotated database password,
-and a fuzz of the routes (never a 500)."""
+token guessing that leaves valid tokens alone, client addresses from trusted proxies only, failures in the
+metrics, immediate revocation, rotation and expiry, invalid bodies kept out of the rate, a rotated database
+password, and a fuzz of the routes (never a 500)."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import time
+from datetime import timedelta
 from urllib.parse import quote_from_bytes
 
 import psycopg
@@ -14,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from fleet_server import auth
+from fleet_server import api_detections, auth
 from fleet_server.api import create_app
 from tests.server_fixtures import count, make_cfg, make_event, token, wait_for
 
@@ -68,29 +71,125 @@ def test_nul_and_invalid_utf8_in_query_parameters_are_400(api) -> None:
         assert r.status_code == expected, (url, r.status_code, r.text)
 
 
-def test_invalid_bodies_use_up_the_hourly_rate(api) -> None:
+def test_times_in_query_parameters_are_read_or_refused_by_name(api) -> None:
+    client, _cfg, dsn = api
+    viewer = bearer(token(dsn, "manager"))
+    for path, name, value in (("/api/v1/defects", "since", "0001-01-01T00:00:00+14:00"),
+                              ("/api/v1/coverage", "until", "9999-12-31T23:59:59-14:00"),
+                              ("/api/v1/audit", "since", "yesterday")):
+        r = client.get(path, params={name: value}, headers=viewer)
+        assert r.status_code == 400 and r.json()["detail"][0].startswith(f"query.{name}: "), r.text
+    for value in ("2026-12-05t06:50:31z", "2026-12-05T06:50:31"):  # lower case; no zone: UTC
+        assert client.get("/api/v1/defects", params={"since": value}, headers=viewer).status_code == 200
+
+
+def test_refused_bodies_do_not_use_up_the_hourly_rate(api) -> None:
+    # A device with a bug must not lose an hour of valid uploads: 400s are kept as dead letters (capped per
+    # device and hour on their own), accepted and duplicate posts count towards api.rate_limit_per_hour (5).
     client, _cfg, dsn = api
     dev = bearer(token(dsn, "device", "phone-3", device_id="phone-3"))
-    for _ in range(5):
-        assert client.post("/api/v1/detections", content=b"{nope", headers=dev).status_code == 400
-    r = client.post("/api/v1/detections", json=make_event("phone-3", 48.1, 11.5), headers=dev)
+    for _ in range(6):
+        assert client.post("/api/v1/detections", json=make_event("phone-3", 95, 11.5), headers=dev).status_code == 400
+    assert client.post("/api/v1/detections", content=b"{nope", headers=dev).status_code == 400
+    assert count(dsn, "SELECT count(*) FROM rejected WHERE device_id = 'phone-3'") == 7
+    event = make_event("phone-3", 48.1, 11.5)
+    codes = [client.post("/api/v1/detections", json=event, headers=dev).status_code for _ in range(5)]
+    assert codes == [202, 409, 409, 409, 409]
+    r = client.post("/api/v1/detections", json=make_event("phone-3", 48.2, 11.5), headers=dev)
     assert r.status_code == 429 and r.headers["retry-after"]
-    assert count(dsn, "SELECT count(*) FROM rejected WHERE device_id = 'phone-3'") == 5
 
 
-def test_failed_authentication_is_throttled_per_source_address(api) -> None:
+def test_failed_authentication_is_throttled_without_locking_out_valid_tokens(api) -> None:
     client, _cfg, dsn = api
     good = bearer(token(dsn, "viewer"))
+    unused = bearer(token(dsn, "viewer", "first time from here"))  # valid, but not remembered yet
+    revoked = token(dsn, "device", "phone-r", device_id="phone-r")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        auth.revoke_tokens(conn, device_id="phone-r")
+    assert client.get("/api/v1/me", headers=good).status_code == 200
     for _ in range(10):
-        assert client.get("/api/v1/me", headers=bearer(f"rmt_{secrets.token_hex(8)}_x")).status_code == 401
-    r = client.get("/api/v1/me", headers=bearer("rmt_0000_guess"))
+        assert client.get("/api/v1/me", headers=bearer(revoked)).status_code == 401
+    # The address is throttled for tokens that cannot be valid: unknown and revoked ones, no argon2 check...
+    r = client.get("/api/v1/me", headers=bearer(f"rmt_{secrets.token_hex(8)}_guess"))
     assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
-    # The address is throttled, even with a good token (the guard cannot tell before the argon2 check)...
-    assert client.get("/api/v1/me", headers=good).status_code == 429
-    # ...while another address is not.
+    assert client.post("/api/v1/detections", json={}, headers=bearer(revoked)).status_code == 429
+    # ...while valid tokens from the same address (behind a proxy: the whole fleet) still get in, remembered
+    # or not.
+    assert client.get("/api/v1/me", headers=good).status_code == 200
+    assert client.get("/api/v1/me", headers=unused).status_code == 200
+    # A known lookup with a wrong secret is checked (and fails) rather than waved through.
+    forged = good["Authorization"].rsplit("_", 1)[0] + "_wrong"
+    assert client.get("/api/v1/me", headers={"Authorization": forged}).status_code == 401
     other = TestClient(client.app, client=("10.1.2.3", 5000))
-    assert other.get("/api/v1/me", headers=good).status_code == 200
-    assert "road_api_auth_throttled_total" in client.get("/metrics").text
+    assert other.get("/api/v1/me", headers=bearer(f"rmt_{secrets.token_hex(8)}_guess")).status_code == 401
+    metrics = client.get("/metrics").text
+    assert "road_api_auth_throttled_total" in metrics
+    assert 'road_detection_submissions_total{code="429",status="failed"}' in metrics
+
+
+def test_the_client_address_comes_from_trusted_proxies_only(make_cfg) -> None:
+    cfg = make_cfg(api={"auth_failures_per_minute": 3, "trusted_proxies": ["10.9.0.0/16"]})
+    dsn = cfg.database.resolve_dsn()
+    app = create_app(cfg)
+    ingress = TestClient(app, client=("10.9.0.7", 4000))
+    outsider = TestClient(app, client=("192.0.2.50", 4000))
+    manager = bearer(token(dsn, "manager", "auditor"))
+    try:
+        def guess(client: TestClient, forwarded: str) -> int:
+            return client.get("/api/v1/me", headers={**bearer(f"rmt_{secrets.token_hex(8)}_x"),
+                                                     "X-Forwarded-For": forwarded}).status_code
+
+        # Behind the ingress, each phone is its own address: one that keeps failing is throttled alone.
+        assert [guess(ingress, "203.0.113.5") for _ in range(4)] == [401, 401, 401, 429]
+        assert guess(ingress, "198.51.100.7") == 401
+        # From elsewhere the header is not believed: the connection's own address is throttled.
+        assert [guess(outsider, f"198.51.100.{i}") for i in range(4)] == [401, 401, 401, 429]
+        clients = {r["client"] for r in ingress.get("/api/v1/audit", headers=manager).json()}
+        assert {"203.0.113.5", "198.51.100.7", "192.0.2.50"} <= clients
+        assert not {"10.9.0.7", "198.51.100.0", "198.51.100.1"} & clients
+    finally:
+        app.state.pool.close()
+
+
+def test_server_errors_and_early_refusals_are_measured(api, monkeypatch) -> None:
+    # The guide alerts on road_detection_submissions_total{status="failed"}: a 500 and a 413 must count there
+    # and in the latency histogram, like any other answer.
+    client, _cfg, dsn = api
+    dev = bearer(token(dsn, "device", "phone-5", device_id="phone-5"))
+
+    def failed(code: str) -> float:
+        return REGISTRY.get_sample_value("road_detection_submissions_total", {"status": "failed", "code": code}) or 0
+
+    def timed() -> float:
+        return REGISTRY.get_sample_value("road_api_latency_seconds_count",
+                                         {"method": "POST", "route": "/api/v1/detections"}) or 0
+
+    before = {code: failed(code) for code in ("413", "500")}
+    calls = timed()
+    r = client.post("/api/v1/detections", content=b"x" * 200_000, headers=dev)
+    assert r.status_code == 413
+    monkeypatch.setattr(api_detections, "_events", lambda *a: 1 / 0)  # a bug in the route
+    crashing = TestClient(client.app, raise_server_exceptions=False)
+    assert crashing.post("/api/v1/detections", json={}, headers=dev).status_code == 500
+    assert failed("413") == before["413"] + 1 and failed("500") == before["500"] + 1
+    assert timed() == calls + 2
+    rows = client.get("/api/v1/audit", headers=bearer(token(dsn, "manager", "m"))).json()
+    assert {("phone-5", 500), ("unchecked token", 413)} <= {(r["who"], r["status"]) for r in rows}
+
+
+def test_expired_and_rotated_tokens_stop_working_at_once_although_remembered(api) -> None:
+    client, _cfg, dsn = api
+    tok = token(dsn, "device", "phone-6", device_id="phone-6")
+    other = token(dsn, "viewer", name="short-lived")
+    for t in (tok, other):
+        assert client.get("/api/v1/me", headers=bearer(t)).status_code == 200  # remembered (token_cache_s 60)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        token_id = conn.execute("SELECT id FROM api_tokens WHERE device_id = 'phone-6'").fetchone()[0]
+        new, _ = auth.rotate_token(conn, token_id, timedelta(0), timedelta(days=90))  # no overlap
+        conn.execute("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE name = 'short-lived'")
+    assert client.get("/api/v1/me", headers=bearer(tok)).status_code == 401
+    assert client.get("/api/v1/me", headers=bearer(other)).status_code == 401
+    assert client.get("/api/v1/me", headers=bearer(new)).status_code == 200
 
 
 def test_argon2_checks_are_bounded_and_remembered(api, monkeypatch) -> None:

@@ -21,7 +21,8 @@ from fleet_server import ingest
 from fleet_server.api import create_app
 from fleet_server.config import parse
 from fleet_server.decode import Invalid, Limits, decode_json
-from fleet_server.ingest import Incoming, IngestWorker, classify
+from fleet_server.ingest import Incoming, IngestWorker, ack_messages, classify
+from fleet_server.store import CLASH, store_batch
 from roadmon_contract import topics
 from tests.server_fixtures import DeviceClient, count, make_cfg, make_event, wait_for, workers
 
@@ -201,6 +202,49 @@ def test_results_reasons_conflicts_and_retention(make_cfg, workers, mqtt_device,
         assert "other content" in told()[first["event_id"]] and first["event_id"] not in dev.acked_events()
         dev.publish("event", first)  # the same content again is a plain duplicate: acked
         assert wait_for(lambda: first["event_id"] in dev.acked_events())
+        assert count(fresh_db, "SELECT count(*) FROM sightings WHERE class = 'pothole'") == 1
+    finally:
+        dev.close()
+
+
+@pytest.mark.services
+def test_one_event_id_twice_in_one_batch_is_judged_as_across_batches(make_cfg, fresh_db) -> None:
+    # The first message of an id is stored; a later one with other content is a dead letter the device is
+    # told about (it used to replace the first silently and be acked); an identical one is a plain repeat.
+    cfg = make_cfg()
+    first, again = make_event("veh-9", 48.1, 11.5), make_event("veh-9", 48.2, 11.5)
+    other = {**first, "class": "crack", "confidence": 0.3}
+    topic = topics.event("veh-9")
+    # Two chunks of the prepare stage, joined into one batch by the store stage.
+    batch = classify([_msg(topic, json.dumps(first).encode(), 1), _msg(topic, json.dumps(again).encode(), 2)], cfg)
+    batch.extend(classify([_msg(topic, json.dumps(other).encode(), 3),
+                           _msg(topic, json.dumps(again).encode(), 4)], cfg))
+    with psycopg.connect(fresh_db) as conn:
+        stored = store_batch(conn, batch, cfg.aggregate)
+    told = ack_messages(stored, batch)["veh-9"]
+    assert sorted(told["event_ids"]) == sorted([first["event_id"], again["event_id"]])
+    assert told["rejected"] == [{"id": first["event_id"], "reason": CLASH}]
+    with psycopg.connect(fresh_db) as conn:
+        kept = conn.execute("SELECT class, payload->>'class', confidence FROM sightings WHERE event_id = %s",
+                            (first["event_id"],)).fetchone()
+    assert kept == ("pothole", "pothole", pytest.approx(0.8))
+    assert count(fresh_db, "SELECT count(*) FROM sightings") == 2
+    assert count(fresh_db, "SELECT count(*) FROM rejected WHERE reason = %s", (CLASH,)) == 1
+
+
+@pytest.mark.services
+def test_a_device_hears_of_a_clash_within_one_batch(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    device, password = mqtt_device()
+    workers(make_cfg(devices=[device], ingest={"batch_wait_s": 1.0}))  # both messages land in one batch
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:
+        first = make_event(device, 48.1, 11.5)
+        dev.publish("event", first)
+        dev.publish("event", {**first, "class": "crack"})
+        told = lambda: [r for a in list(dev.acks) for r in a.get("rejected", [])]  # noqa: E731
+        assert wait_for(lambda: told() and first["event_id"] in dev.acked_events())
+        assert told() == [{"id": first["event_id"], "reason": CLASH}]
+        assert len(dev.acks) == 1  # one batch, one ack message
         assert count(fresh_db, "SELECT count(*) FROM sightings WHERE class = 'pothole'") == 1
     finally:
         dev.close()

@@ -1,9 +1,12 @@
 """A really full disk (a small tmpfs filled to the last byte): the outbox tells "full" from "corrupt", never
 moves a healthy queue aside, keeps draining (sending is what frees space) and re-imports sound queues an
-earlier run moved aside."""
+earlier run moved aside. A read-only disk (the same tmpfs remounted read-only): the agent refuses to start in
+one line, the reading commands still read, and the CLI says what is wrong with the disk, never "damaged"."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -11,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
+from edge_agent.cli import app
 from edge_agent.config.outbox import OutboxConfig
-from edge_agent.link.outbox import Outbox, disk_trouble
+from edge_agent.link.outbox import Outbox, OutboxUnavailable, disk_trouble
 from tests.ack_server import AckServer
 from tests.test_outbox import make_event
 from tests.test_uplink import login, uplink_cfg, wait_for
@@ -21,10 +27,9 @@ from tests.test_uplink import login, uplink_cfg, wait_for
 CFG = OutboxConfig(synchronous="NORMAL", budget_mb=100, free_floor_mb=0)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs of this test's own (needs root, as `make test` runs here)."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(mount: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs at MOUNT (needs root, as `make test` runs here); skips the test where it cannot."""
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
@@ -33,6 +38,40 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def remount_read_only(mount: Path) -> None:
+    # Root ignores file modes, so a read-only mount is the only honest read-only disk here.
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "disk") as mount:
+        yield mount
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """A read-only disk holding a sound queue (outbox.db: 3 events, 1 confirmed) and agent.toml naming it."""
+    with tmpfs(tmp_path / "disk") as mount:
+        ids = queue_of(3, mount / "outbox.db")
+        with Outbox(mount / "outbox.db", CFG) as ob:
+            ob.mark_confirmed([("event", ids[0])])
+        write_config(mount)
+        remount_read_only(mount)
+        yield mount
+
+
+def write_config(state: Path) -> Path:
+    config = state / "agent.toml"
+    config.write_text(f'[device]\nid = "veh-disk"\nstate_dir = "{state}"\n[outbox]\nfree_floor_mb = 0\n'
+                      '[uplink]\nenabled = false\n')
+    return config
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
 
 
 def fill_disk(folder: Path) -> Path:
@@ -142,3 +181,59 @@ def test_a_really_corrupt_file_stays_aside(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.db", CFG) as ob:
         assert ob.stats()["queue_depth"] == 0
     assert moved.exists()
+
+
+# ------------------------------------------------------------------------------------------ read-only disk
+def test_a_read_only_disk_is_refused_in_one_line_and_still_read(read_only_disk: Path) -> None:
+    for path in (read_only_disk / "outbox.db", read_only_disk / "new.db"):
+        for agent in (True, False):
+            with pytest.raises(OutboxUnavailable, match="is on a read-only filesystem") as refused:
+                Outbox(path, CFG, agent=agent)
+            assert "remount" in refused.value.hint
+    with Outbox(read_only_disk / "outbox.db", CFG, read_only=True) as ob:
+        assert ob.stats()["events"] == {"pending": 2, "sent": 0, "confirmed": 1}
+    assert sorted(p.name for p in read_only_disk.iterdir()) == ["agent.toml", "outbox.db"]
+
+
+def test_the_agent_does_not_start_on_a_read_only_disk(read_only_disk: Path, tmp_path: Path) -> None:
+    config = str(read_only_disk / "agent.toml")
+    run = cli("run", "--config", config)
+    assert run.exit_code == 2 and "cannot start" in run.output and "read-only filesystem" in run.output
+    assert isinstance(run.exception, SystemExit)  # a clean exit, not a crash
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    (tmp_path / "d.nmea").write_bytes(b"x")
+    replay = cli("replay", "--video", str(tmp_path / "v.mp4"), "--nmea", str(tmp_path / "d.nmea"),
+                 "--outbox", str(read_only_disk / "new.db"))
+    assert replay.exit_code == 2 and "read-only filesystem" in replay.output, replay.output
+
+
+def test_reading_commands_work_on_a_read_only_disk(read_only_disk: Path, tmp_path: Path) -> None:
+    config = str(read_only_disk / "agent.toml")
+    stats = cli("queue", "stats", "--config", config, "--json")
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.stdout)["queue_depth"] == 2
+    for args in (("queue", "ls"), ("status",), ("queue", "export", "--geojson", str(tmp_path / "x.geojson"))):
+        done = cli(*args, "--config", config)
+        assert done.exit_code == 0, (args, done.output)
+    assert len(json.loads((tmp_path / "x.geojson").read_text())["features"]) == 3
+    # A command that must write says why it cannot, and never calls the queue damaged.
+    retry = cli("queue", "retry", "--config", config)
+    assert retry.exit_code == 1 and "read-only filesystem" in retry.output and "damaged" not in retry.output
+
+
+# ----------------------------------------------------------------------------------- full disk, from the CLI
+def test_purge_and_retry_on_a_full_disk_say_so_in_one_line(small_disk: Path) -> None:
+    ids = queue_of(30, small_disk / "outbox.db")
+    with Outbox(small_disk / "outbox.db", CFG) as ob:
+        ob.mark_confirmed([("event", i) for i in ids[:20]])
+    config = str(write_config(small_disk))
+    filler = fill_disk(small_disk)
+    purge = cli("queue", "purge", "--confirmed", "--config", config)
+    assert purge.exit_code == 1 and "nothing deleted" in purge.output and "full disk" in purge.output
+    assert "free space even to delete" in purge.output and isinstance(purge.exception, SystemExit)
+    retry = cli("queue", "retry", "--config", config)
+    assert retry.exit_code == 1 and "full disk" in retry.output and isinstance(retry.exception, SystemExit)
+    stats = cli("queue", "stats", "--config", config, "--json")  # reading still works
+    assert stats.exit_code == 0 and json.loads(stats.stdout)["queue_depth"] == 10
+    filler.unlink()
+    assert "deleted 20 confirmed rows" in cli("queue", "purge", "--confirmed", "--config", config).output

@@ -101,6 +101,11 @@ def test_image_becomes_the_thumbnail_and_bad_images_are_refused(server) -> None:
     ({"detections": [{"bbox": [1, 2, 3, 4], "class": "pothole", "confidence": 1.5}]}, "detections.0.confidence"),
     ({"detections": [{"bbox": [1, 2, 3, 4], "confidence": 0.5}]}, "detections.0.class"),
     ({"detections": [{"bbox": [1, 2, 3, 4], "class": "pot\u0000hole", "confidence": 0.5}]}, "detections.0.class"),
+    ({"detections": [{"bbox": [1, 2, 3, 4], "class": "\U0001f418", "confidence": 0.5}]}, "detections.0.class"),
+    ({"detections": [{"bbox": [1, 2, 3, 4], "class": "=cmd|' /C calc'!A0", "confidence": 0.5}]},
+     "detections.0.class"),
+    ({"timestamp": "0001-01-01T00:00:00+14:00"}, "timestamp"),  # before the year 1 in UTC: was a 500
+    ({"timestamp": "9999-12-31T23:59:59-14:00"}, "timestamp"),
     ({"speed": 12}, "speed"),
 ])
 def test_every_refusal_is_a_400_naming_the_field(server, change: dict, field: str) -> None:
@@ -110,6 +115,43 @@ def test_every_refusal_is_a_400_naming_the_field(server, change: dict, field: st
     assert r.status_code == 400, r.text
     assert r.json()["detail"].startswith(field), r.json()
     assert count(dsn, "SELECT count(*) FROM sightings") == 0
+
+
+def test_times_in_any_rfc_3339_spelling_are_taken(server) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-t", device_id="phone-t"))
+    lower = iso(datetime.now(UTC) - timedelta(seconds=5)).lower()  # "2026-12-05t06:50:31.120z": RFC 3339 too
+    r = client.post("/api/v1/detections", json=body("phone-t", timestamp=lower), headers=dev)
+    assert r.status_code == 202, r.text
+    # A leap second (the schema takes one at 23:59 UTC) in a roadmon.event/1 body was a 500: Python's datetime
+    # has no second 60. It is the next minute's first, as PostgreSQL stores it.
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    leap = (midnight - timedelta(days=1)).strftime("%Y-%m-%dT23:59:60.000Z")
+    event = make_event("phone-t", 48.2, 11.5, captured_at=leap)
+    r = client.post("/api/v1/detections", json=event, headers=dev)
+    assert r.status_code == 202, r.text
+    with psycopg.connect(dsn) as conn:
+        stored = conn.execute("SELECT captured_at FROM sightings WHERE event_id = %s", (event["event_id"],)).fetchone()
+    assert stored[0] == midnight
+
+
+def test_classes_are_folded_into_one_defect_and_odd_ones_refused(server) -> None:
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-c", device_id="phone-c"))
+    for name in ("Pothole", " pothole ", "POTHOLE"):
+        sent = body("phone-c", detections=[{"bbox": [1, 2, 30, 40], "class": name, "confidence": 0.8}])
+        assert client.post("/v1/detections", json=sent, headers=dev).status_code == 202
+    assert count(dsn, "SELECT count(*) FROM defects") == 1
+    assert count(dsn, "SELECT count(*) FROM defects WHERE class = 'pothole' AND sighting_count = 3") == 1
+    # A vehicle's own event too: the sighting's class is folded, its payload keeps what the device sent.
+    event = make_event("phone-c", 48.1, 11.5, cls="Pothole")
+    assert client.post("/api/v1/detections", json=event, headers=dev).status_code == 202
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE payload->>'class' = 'Pothole' AND class = 'pothole'") == 1
+    assert count(dsn, "SELECT count(*) FROM defects") == 1
+    viewer = bearer(token(dsn, "viewer"))
+    assert len(client.get("/api/v1/defects", params={"class": "Pothole"}, headers=viewer).json()["features"]) == 1
+    r = client.post("/api/v1/detections", json=make_event("phone-c", 48.1, 11.5, cls="@SUM(1)"), headers=dev)
+    assert r.status_code == 400 and r.json()["detail"].startswith("class: "), r.text
 
 
 def test_other_devices_data_and_user_tokens_are_403(server) -> None:
@@ -153,6 +195,23 @@ def test_openapi_publishes_the_guides_contract(server) -> None:
         assert phone_schema["additionalProperties"] is False
         assert post["responses"]["202"]["content"]["application/json"]["example"]["status"] == "queued"
         assert {"400", "401", "403", "409", "429"} <= set(post["responses"])
+
+
+def test_openapi_says_what_the_server_answers(server) -> None:
+    client, _dsn = server
+    doc = client.get("/openapi.json").json()
+    operations = [(path, method, op) for path, ops in doc["paths"].items() for method, op in ops.items()]
+    assert not [(path, method) for path, method, op in operations if "422" in op["responses"]]
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path in ("/api/v1/defects", "/api/v1/coverage", "/api/v1/detections"):
+        method = "post" if path.endswith("detections") else "get"
+        assert doc["paths"][path][method]["responses"]["400"]["content"]["application/json"]["schema"] == problem
+    assert doc["components"]["schemas"]["Problem"]["required"] == ["detail"]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    assert {"200", "503"} <= set(doc["paths"]["/health"]["get"]["responses"])
+    # What the document promises is what a malformed parameter gets.
+    r = client.get("/api/v1/defects", params={"limit": "many"}, headers=bearer(token(_dsn, "viewer")))
+    assert r.status_code == 400 and isinstance(r.json()["detail"], list)
 
 
 def test_tokens_expire_and_rotate_with_an_overlap(server) -> None:

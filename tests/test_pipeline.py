@@ -478,6 +478,69 @@ def test_replay_command_explains_bad_input(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "model error" in refused.output
 
 
+def test_replay_uplink_that_delivers_nothing_says_so_and_fails(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+    from edge_agent.commands.run import EXIT_UNCONFIRMED
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: the broker is down
+    drive = write_recording(tmp_path / "drive", seconds=2)
+    (tmp_path / "pw").write_text("secret\n")
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"),
+                        extra=f'[uplink]\nhost = "127.0.0.1"\nport = {port}\ntls = false\n'
+                              f'password_file = "{tmp_path / "pw"}"\n')
+    args = ["replay", "--video", str(drive / "video.mp4"), "--nmea", str(drive / "drive.nmea"), "--config",
+            str(config), "--uplink", "--drain-s", "1"]
+    table = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert table.exit_code == EXIT_UNCONFIRMED, table.output
+    row = next(line for line in table.stdout.splitlines() if line.strip("│ ").startswith("uplink"))
+    assert "0 confirmed" in row and "unconfirmed" in row and ("offline" in row or "connecting" in row)
+    assert "not delivered" in table.stderr
+    for key in ("events_refused", "detector_errors"):
+        assert key in table.stdout
+    as_json = CliRunner().invoke(app, [*args, "--json"])
+    assert as_json.exit_code == EXIT_UNCONFIRMED
+    summary = json.loads(as_json.stdout.strip().splitlines()[-1])
+    assert summary["uplink"]["unconfirmed"] >= 1 and summary["uplink"]["uplink"]["confirmed"] == 0
+
+
+def test_replay_warns_when_the_nmea_is_from_another_time(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    drive = write_recording(tmp_path / "drive", seconds=2)
+    sidecar = json.loads((drive / "drive.json").read_text())
+    sidecar["start_utc"] = (START + timedelta(days=1)).isoformat().replace("+00:00", "Z")  # the next day's video
+    (drive / "drive.json").write_text(json.dumps(sidecar))
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"))
+    result = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
+                                      str(drive / "drive.nmea"), "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["events"] == 0 and summary["events_no_fix"] == 1
+    (warning,) = summary["warnings"]
+    assert "does not overlap" in warning and "2026-11-29T09:00:00Z" in warning and "2026-11-28T08:59:58Z" in warning
+
+
+def test_replay_takes_the_config_from_the_environment(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    drive = write_recording(tmp_path / "drive", seconds=1)
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"))
+    result = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
+                                      str(drive / "drive.nmea"), "--json"], env={"EDGE_AGENT_CONFIG": str(config)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["outbox"] == str(tmp_path / "outbox.db")
+
+
 def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> None:
     import threading
 

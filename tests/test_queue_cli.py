@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -103,3 +104,58 @@ def test_status_shows_queue_fix_and_broker(box) -> None:
 def test_status_without_a_running_agent(box) -> None:
     info = json.loads(run("status", "--config", box["config"], "--json"))
     assert info["broker"].startswith("unknown") and info["queue_depth"] == 3
+
+
+def test_ls_is_readable_on_an_80_column_terminal(box, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from edge_agent.commands import queue
+
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:  # a dead letter, with a long reason
+        ob.mark_rejected([(box["events"][2]["event_id"], "schema: 'bbox' must have 4 numbers " * 3)])
+    screen = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(queue, "out", screen)
+    run("queue", "ls", "--config", box["config"])
+    text = screen.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if line.startswith("id "))
+    for name in ("seq", "state", "pri", "try", "created (UTC)", "img"):
+        assert name in header
+    ids = {e["event_id"] for e in box["events"]}
+    rows = {cells[0]: cells for cells in (line.split() for line in lines) if cells and cells[0] in ids}
+    # One line per event with every column filled in, and the whole id (what goes into a server query).
+    assert set(rows) == ids
+    for cells in rows.values():
+        assert len(cells) == 8 and cells[-1] == "yes", cells  # id seq state pri try date time img
+    assert rows[box["events"][2]["event_id"]][2] == "rejected" and "--json shows why" in text
+
+
+def test_export_refuses_a_missing_folder_and_reports_a_failed_write(box, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["queue", "export", "--geojson", str(tmp_path / "nope" / "x.geojson"),
+                                  "--config", box["config"]], env={"COLUMNS": "200"})
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    not_a_file = runner.invoke(app, ["queue", "export", "--geojson", str(tmp_path), "--config", box["config"]])
+    assert not_a_file.exit_code == 1 and f"cannot write {tmp_path}" in not_a_file.output
+    assert isinstance(not_a_file.exception, SystemExit)
+
+
+def test_a_config_that_is_a_folder_or_not_text_is_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "agent.toml"
+    binary.write_bytes(b"\xff\xfe[device]\n")
+    for config, words in ((tmp_path, "is a folder"), (binary, "not UTF-8")):
+        for args in (("queue", "ls"), ("status",)):
+            result = runner.invoke(app, [*args, "--config", str(config)])
+            assert result.exit_code == 2 and words in result.output, (args, result.output)
+            assert isinstance(result.exception, SystemExit)
+
+
+def test_every_command_takes_the_config_from_the_environment(box) -> None:
+    env = {"EDGE_AGENT_CONFIG": box["config"]}
+    stats = runner.invoke(app, ["queue", "stats", "--json"], env=env)
+    assert stats.exit_code == 0 and json.loads(stats.stdout)["path"] == str(box["state"] / "outbox.db")
+    status = runner.invoke(app, ["status", "--json"], env=env)
+    assert status.exit_code == 0 and json.loads(status.stdout)["queue_depth"] == 3
+    # The option still wins over the environment.
+    other = runner.invoke(app, ["queue", "stats", "--config", "/nowhere.toml"], env=env)
+    assert other.exit_code == 2 and "/nowhere.toml" in other.output

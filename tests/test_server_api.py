@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -167,6 +168,24 @@ def test_defect_detail_workflow_and_exports(api) -> None:
     assert len(rows) == 3 and {r["status"] for r in rows} == {"new", "scheduled"}
     gj = client.get("/api/v1/defects.geojson", params={"status": "scheduled"}, headers=viewer).json()
     assert [f["id"] for f in gj["features"]] == [first["id"]]
+
+
+@pytest.mark.services
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(api) -> None:
+    # New classes cannot start a formula (validate.class_name); rows stored before that rule still could.
+    client, _cfg, dsn = api
+    dev = bearer(token(dsn, "device", "veh-x", device_id="veh-x"))
+    formulas = ['=HYPERLINK("http://x","click")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\r=1"]
+    for i, _ in enumerate(formulas):
+        event = make_event("veh-x", 48.1 + i * 0.01, -0.5)  # a negative longitude is a number: left alone
+        assert client.post("/api/v1/detections", json=event, headers=dev).status_code == 202
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i, formula in enumerate(formulas):
+            conn.execute("UPDATE defects SET class = %s WHERE id = (SELECT min(id) + %s FROM defects)", (formula, i))
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/v1/defects.csv", headers=bearer(token(dsn, "viewer")))
+                                           .text, newline="")))
+    assert [r["class"] for r in rows] == ["'" + f for f in formulas]
+    assert {r["lon"] for r in rows} == {"-0.5"}
 
 
 @pytest.mark.services

@@ -1,4 +1,5 @@
-"""`fleet-server` as a user runs it: migrate, device add (a working broker login), token create, serve."""
+"""`fleet-server` as a user runs it: migrate, device add (a working broker login; an existing id is an error
+unless --reissue), token create, serve."""
 
 from __future__ import annotations
 
@@ -129,3 +130,50 @@ def test_cli_tokens_expire_and_rotate(fresh_db, service_info, broker, tmp_path, 
     assert runner.invoke(app, ["-c", conf, "token", "rotate", str(device_token_id)]).exit_code == 1
     listing = runner.invoke(app, ["-c", conf, "token", "ls"]).output
     assert "expires" in listing and "replaced" in listing
+
+
+def test_cli_device_add_refuses_an_existing_id_unless_reissue(fresh_db, service_info, broker, tmp_path,
+                                                              monkeypatch) -> None:
+    import psycopg
+
+    from fleet_server import auth
+
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    port = free_port()
+    conf = _config(tmp_path, service_info, broker, port)
+    device = f"cli-re-{port}"
+    runner = CliRunner()
+    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
+
+    def login() -> str:
+        return next(line for line in broker.passwd_file.read_text().splitlines() if line.startswith(device + ":"))
+
+    def tokens() -> list[tuple]:
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            return conn.execute("SELECT id, revoked_at IS NOT NULL FROM api_tokens ORDER BY id").fetchall()
+
+    unknown = runner.invoke(app, ["-c", conf, "device", "add", device, "--reissue"])  # nothing to re-issue yet
+    assert unknown.exit_code == 1 and device in unknown.output, unknown.output
+    first = json.loads(runner.invoke(app, ["-c", conf, "device", "add", device, "--json"]).output)
+    # Again: an error naming the id, and nothing changed (the vehicle's login and token keep working).
+    before = login(), tokens()
+    again = runner.invoke(app, ["-c", conf, "device", "add", device])
+    assert again.exit_code == 1 and device in again.output and "--reissue" in again.output, again.output
+    assert (login(), tokens()) == before
+    # Asked for: new credentials, the old token revoked.
+    renewed = runner.invoke(app, ["-c", conf, "device", "add", device, "--reissue", "--json"])
+    assert renewed.exit_code == 0, renewed.output
+    second = json.loads(renewed.output)
+    assert second["mqtt_password"] != first["mqtt_password"] and login() != before[0]
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        assert auth.verify(conn, first["http_token"]) is None
+        assert auth.verify(conn, second["http_token"]).device_id == device
+    # A revoked device stays revoked: neither add nor --reissue gives it credentials again.
+    assert runner.invoke(app, ["-c", conf, "device", "revoke", device]).exit_code == 0
+    for args in ([], ["--reissue"]):
+        refused = runner.invoke(app, ["-c", conf, "device", "add", device, *args])
+        assert refused.exit_code == 1 and device in refused.output, refused.output
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        assert conn.execute("SELECT revoked_at IS NOT NULL FROM devices WHERE id = %s", (device,)).fetchone()[0]
+        assert auth.verify(conn, second["http_token"]) is None
+    assert device not in broker.passwd_file.read_text()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleet_server.config import IngestConfig
-from fleet_server.validate import Invalid, check_message, message_ref, parse_utc
+from fleet_server.validate import Invalid, check_message, class_name, message_ref, parse_utc
 from tests.server_fixtures import iso, make_coverage, make_event
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -140,6 +140,31 @@ def test_times_need_a_zone() -> None:
     assert parse_utc("2026-11-28T13:00:00+01:00") == NOW
     with pytest.raises(Invalid, match="time without zone"):
         parse_utc("2026-11-28T12:00:00")
+
+
+def test_times_are_read_as_rfc_3339_writes_them_and_never_raise_anything_but_invalid() -> None:
+    assert parse_utc("2026-11-28t12:00:00z") == NOW  # RFC 3339 allows lower case
+    assert parse_utc("2026-11-28T11:59:60Z") == NOW  # a leap second: the next minute's first, as PostgreSQL says
+    for text in ("2026-11-28T25:00:00Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:60Z", "yesterday"):
+        with pytest.raises(Invalid):
+            parse_utc(text)
+    # Through the checks of a message (the schema asks for an upper-case Z), the field is named.
+    assert check("event", event(captured_at="2026-11-28t11:55:00.000Z"))
+    assert check("coverage", {**coverage(), "started_at": "2026-11-28t11:58:00Z"})
+    with pytest.raises(Invalid, match=r"^captured_at: .* is in the future"):
+        check("event", event(captured_at="2026-11-28T23:59:60Z"))
+
+
+def test_class_names_are_folded_and_bounded() -> None:
+    assert class_name(" Pothole ") == "pothole"
+    assert class_name("Alligator \t Crack") == "alligator crack"
+    assert class_name("D00") == "d00" and class_name("Schlagloch") == "schlagloch"
+    # Any name the model gives is taken (the contract leaves the set to the model); the message is unchanged,
+    # the sighting's class is stored folded.
+    assert check("event", event(cls="Elephant"))["class"] == "Elephant"
+    for bad in ("\U0001f418", '=HYPERLINK("http://x")', "@SUM(1)", "-1", "+1", "a\x01b", " ", "x" * 65):
+        with pytest.raises(Invalid, match="class: "):
+            check("event", event(cls=bad))
 
 
 def test_message_ref_finds_the_id_to_tell_the_device() -> None:

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge_agent.commands import config_option
+
 calibrate_app = typer.Typer(help="Camera calibration: intrinsics from a checkerboard, check the mount.",
                             no_args_is_help=True)
 out = Console()
@@ -62,7 +64,7 @@ def intrinsics(
 def check(
     image: Path = typer.Option(..., "--image", help="A road image from the mounted camera"),
     output: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the image with the grid"),
-    config: Path | None = typer.Option(None, "--config", help="Agent config whose [calibration] to use"),
+    config: Path | None = config_option(None, "Agent config whose [calibration] to use"),
     max_forward: float = typer.Option(30.0, "--max-forward", min=1, help="Grid reaches this far ahead, metres"),
     half_width: float = typer.Option(5.0, "--half-width", min=0.5, help="Grid reaches this far left/right, metres"),
 ) -> None:

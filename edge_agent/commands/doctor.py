@@ -7,7 +7,8 @@ import os
 
 import typer
 
-DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
+from edge_agent.commands import config_option
+
 # Where install.sh keeps the files that the unit's LoadCredential= hands to the service; doctor runs outside
 # the unit, so it looks there itself (readable by root only).
 INSTALLED_CREDENTIALS = "/etc/edge-agent/credentials"
@@ -16,15 +17,15 @@ MARK = {"green": "OK", "yellow": "WARN", "red": "FAIL", "skipped": "SKIP"}
 
 
 def doctor(
-    config: str = typer.Option(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG), "--config", "-c",
-                               help="Agent config file (env EDGE_AGENT_CONFIG)"),
+    config: str = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table"),
-    only: str = typer.Option("", "--only", help="Comma-separated checks to run: config,camera,gnss,clock,model,"
-                                                "outbox,broker (config always runs)"),
-    camera_seconds: float = typer.Option(3.0, help="Longest time spent reading camera frames"),
-    gnss_seconds: float = typer.Option(5.0, help="Longest time spent listening to the GNSS receiver"),
+    only: str = typer.Option("", "--only", help="Comma-separated checks to run: config,camera,calibration,gnss,"
+                                                "clock,model,outbox,broker (config always runs)"),
+    # Under a tenth of a second no camera or receiver can answer: the check would be red for nothing.
+    camera_seconds: float = typer.Option(3.0, min=0.1, help="Longest time spent reading camera frames"),
+    gnss_seconds: float = typer.Option(5.0, min=0.1, help="Longest time spent listening to the GNSS receiver"),
 ) -> None:
-    """Check config, camera, GNSS, clock, model, outbox and broker; exit 1 when anything is red."""
+    """Check config, camera, calibration, GNSS, clock, model, outbox and broker; exit 1 when anything is red."""
     from rich.console import Console
     from rich.table import Table
 

@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edge_agent import config as agent_config
+from edge_agent.commands import config_option
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.gnss.epochs import Fix
 from edge_agent.gnss.kalman import Pose, PositionFilter
@@ -91,7 +92,7 @@ def replay(
     path: str = typer.Argument(..., help="NMEA recording, or - for stdin"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per epoch (the stable format)"),
     realtime: bool = typer.Option(False, "--realtime", help="Pace the output by the recording's UTC times"),
-    config: Path = typer.Option(None, "--config", "-c", help="Agent config whose [gnss] filter settings to use"),
+    config: Path | None = config_option(None, "Agent config whose [gnss] filter settings to use"),
 ) -> None:
     """Parse a recording strictly, assemble epochs, filter them; one line per epoch, a summary on stderr."""
     cfg = _gnss_config(config, {"source": "stdin" if path == "-" else "file", "file": "" if path == "-" else path})
@@ -154,7 +155,7 @@ def monitor(
     port: str = typer.Option(None, "--port", help="Serial device of the receiver (default: the config's)"),
     baud: int = typer.Option(None, "--baud", help="Baud rate (default: the config's)"),
     gpsd: str = typer.Option(None, "--gpsd", help="Read gpsd's JSON at HOST:PORT instead of a serial port"),
-    config: Path = typer.Option(None, "--config", "-c", help="Agent config to take the [gnss] section from"),
+    config: Path | None = config_option(None, "Agent config to take the [gnss] section from"),
     seconds: float = typer.Option(0.0, "--seconds", help="Stop after this long (0 = until Ctrl-C)"),
 ) -> None:
     """Live fixes for a technician: the receiver's view and the filter's, refreshed in a table."""

@@ -5,9 +5,10 @@ Safe while the agent runs: SQLite's WAL lets this process read and make small ch
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge_agent.commands import config_option
+
 queue_app = typer.Typer(help="Inspect and manage the outbox (the store-and-forward queue).", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-DEFAULT_CONFIG = "/etc/edge-agent/agent.toml"
-CONFIG_OPTION = typer.Option(os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG), "--config", "-c",
-                             help="Agent config file (env EDGE_AGENT_CONFIG); says where the outbox is")
+CONFIG_OPTION = config_option(help="Agent config file; says where the outbox is")
 OUTBOX_OPTION = typer.Option(None, "--outbox", help="Outbox file; overrides the one the config names")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table")
 
@@ -43,19 +44,39 @@ def resolve_paths(config: str, outbox: Path | None) -> tuple[Path, Any]:
     return outbox, cfg
 
 
-def open_outbox(config: str, outbox: Path | None):  # -> Outbox
-    from edge_agent.link.outbox import Outbox
+def fail(message: str, hint: str = "", code: int = 1) -> None:
+    """One line saying what went wrong (and one with what to do), then exit CODE."""
+    err.print(f"[red]{message}[/red]", highlight=False)
+    if hint:
+        err.print(f"hint: {hint}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def open_outbox(config: str, outbox: Path | None, *, read_only: bool = True) -> Iterator[Any]:  # -> Outbox
+    """The outbox, opened read-only unless the command changes it (a reader then works on a read-only disk
+    and never writes beside a running agent). The disk refusing, or a damaged file, ends the command with one
+    line: a refusal inside the block too (a full disk refusing a purge)."""
+    from edge_agent.link.outbox import Outbox, OutboxUnavailable, disk_refusal, disk_trouble
 
     path, cfg = resolve_paths(config, outbox)
     if not path.exists():
-        err.print(f"[red]no outbox at {path}[/red] (the agent creates it on its first start)")
-        raise typer.Exit(2)
+        fail(f"no outbox at {path} (the agent creates it on its first start)", code=2)
     try:
-        return Outbox(path, cfg.outbox if cfg else None, agent=False)
-    except (sqlite3.DatabaseError, RuntimeError) as exc:
-        err.print(f"[red]cannot read the outbox {path}: {exc}[/red] (a damaged queue is moved aside by the agent "
-                  "at its next start; copy it off the box first)")
-        raise typer.Exit(1) from None
+        with Outbox(path, cfg.outbox if cfg else None, agent=False, read_only=read_only) as ob:
+            yield ob
+    except typer.Exit:  # a command's own clear error (click's Exit is a RuntimeError too)
+        raise
+    except OutboxUnavailable as exc:
+        fail(f"cannot open {path}: {exc}", exc.hint)
+    except sqlite3.DatabaseError as exc:
+        if disk_trouble(exc):
+            refusal = disk_refusal(path, exc)
+            fail(f"the disk refused: {refusal}", refusal.hint)
+        fail(f"cannot read the outbox {path}: {exc} (a damaged queue is moved aside by the agent at its next "
+             "start; copy it off the box first)")
+    except RuntimeError as exc:  # a schema newer than this agent
+        fail(f"cannot read the outbox {path}: {exc}")
 
 
 def stats_table(stats: dict[str, Any]) -> Table:
@@ -108,27 +129,41 @@ def ls_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"{kind} rows" + (f" ({state})" if state else ""))
-    columns = ["id", "state", "priority", "attempts", "created_at", "confirmed_at"]
-    if kind == "event":
-        columns[1:1] = ["seq"]
-        columns += ["thumbnail"]
-    if any(row.get("rejected") for row in rows):
-        columns += ["rejected"]
-    for col in columns:
-        # Ids are what a technician copies into a server query: never cut them short.
-        table.add_column(col, no_wrap=col in ("id", "created_at", "confirmed_at"),
-                         min_width=36 if col == "id" else None)
+    out.print(rows_table(rows, kind, state))
+    rejected = sum(1 for row in rows if row.get("rejected"))
+    if rejected:
+        out.print(f"{rejected} rejected by the server (dead letters): --json shows why")
+
+
+# (header, key, fits in): short columns never wrap, so an 80-column terminal shows every row on one line
+# with the id whole (what a technician copies into a server query). --json has every field.
+LS_COLUMNS = (("id", "id", 36), ("seq", "seq", 6), ("state", "state", 9), ("pri", "priority", 3),
+              ("try", "attempts", 3), ("created (UTC)", "created_at", 14), ("img", "thumbnail", 3))
+
+
+def rows_table(rows: list[dict[str, Any]], kind: str, state: str | None) -> Table:
+    columns = [c for c in LS_COLUMNS if kind == "event" or c[1] not in ("seq", "thumbnail")]
+    table = Table(title=f"{kind} rows" + (f" ({state})" if state else ""), box=None, padding=(0, 1, 0, 0),
+                  header_style="bold")
+    for header, _, width in columns:
+        table.add_column(header, no_wrap=True, min_width=min(width, len(header)), overflow="ellipsis")
     for row in rows:
-        row["thumbnail"] = "yes" if row.get("has_thumbnail") else "-"
-        table.add_row(*("-" if row.get(c) is None else str(row.get(c)) for c in columns))
-    out.print(table)
+        shown = dict(row, thumbnail="yes" if row.get("has_thumbnail") else "-",
+                     state="rejected" if row.get("rejected") else row["state"],
+                     created_at=_short_time(row.get("created_at")))
+        table.add_row(*("-" if shown.get(key) is None else str(shown[key]) for _, key, _ in columns))
+    return table
+
+
+def _short_time(stamp: str | None) -> str | None:
+    """'2026-11-28T09:00:01.123Z' -> '11-28 09:00:01': the year and milliseconds cost a column."""
+    return f"{stamp[5:10]} {stamp[11:19]}" if stamp and len(stamp) >= 19 else stamp
 
 
 @queue_app.command("retry")
 def retry_cmd(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION) -> None:
     """Make every unconfirmed row due now (the running agent sends them at its next step)."""
-    with open_outbox(config, outbox) as ob:
+    with open_outbox(config, outbox, read_only=False) as ob:
         n = ob.retry()
     out.print(f"{n} unconfirmed rows are due now")
 
@@ -143,8 +178,20 @@ def purge_cmd(
     if not confirmed:
         err.print("[red]nothing to purge: pass --confirmed (unconfirmed rows are never deleted)[/red]")
         raise typer.Exit(2)
-    with open_outbox(config, outbox) as ob:
-        n = ob.purge_confirmed()
+    from edge_agent.link.outbox import disk_refusal, disk_trouble
+
+    with open_outbox(config, outbox, read_only=False) as ob:
+        try:
+            n = ob.purge_confirmed()
+        except sqlite3.OperationalError as exc:
+            if not disk_trouble(exc):
+                raise
+            refusal = disk_refusal(ob.path, exc)
+            # The usual reason to purge is a full disk, and there even a deletion needs room: SQLite writes
+            # the change to its journal (the WAL) before it frees anything.
+            fail(f"nothing deleted: {refusal}; SQLite needs a little free space even to delete rows",
+                 "free a few MB elsewhere (old logs: `journalctl --vacuum-size=100M`) and purge again; a "
+                 "running agent also drops confirmed rows by itself when over its limits")
     out.print(f"deleted {n} confirmed rows")
 
 
@@ -155,13 +202,19 @@ def export_cmd(
     outbox: Path | None = OUTBOX_OPTION,
 ) -> None:
     """Every event as a GeoJSON Point (the defect's position) with the event's fields and queue state."""
+    to_stdout = str(geojson) == "-"
+    if not to_stdout and not geojson.parent.is_dir():  # found out before reading the whole queue
+        raise typer.BadParameter(f"folder {geojson.parent} does not exist", param_hint="'--geojson'")
     with open_outbox(config, outbox) as ob:
         collection = events_geojson(ob.iter_events())
     text = json.dumps(collection, indent=1)
-    if str(geojson) == "-":
+    if to_stdout:
         typer.echo(text)
         return
-    geojson.write_text(text + "\n", encoding="utf-8")
+    try:
+        geojson.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {geojson}: {exc.strerror or exc}")
     err.print(f"wrote {len(collection['features'])} events to {geojson}")
 
 

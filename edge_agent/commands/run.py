@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -12,10 +13,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge_agent.commands import config_option
+
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 
+# What a part that cannot start raises (the outbox's folder, calibration, the GNSS port, SQLite): one line each.
+STARTUP_ERRORS = (OSError, ValueError, RuntimeError, sqlite3.Error)
+# `replay --uplink` ran, but the server had not confirmed every row when --drain-s ran out.
+EXIT_UNCONFIRMED = 3
 
-def _load_config(path: Path | None) -> Any:
+
+def _load_config(path: str | None) -> Any:
     from edge_agent import config as agent_config
 
     try:
@@ -27,13 +35,33 @@ def _load_config(path: Path | None) -> Any:
         raise typer.Exit(2) from None
 
 
+def _cannot_start(exc: BaseException) -> None:
+    """One line (and a hint when the part has one) for a part that cannot start; exit 2."""
+    err.print(f"[red]cannot start[/red]: {exc}", highlight=False)
+    hint = getattr(exc, "hint", "")
+    if hint:
+        err.print(f"hint: {hint}", markup=False, highlight=False)
+    raise typer.Exit(2) from None
+
+
 def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="replay summary", show_header=False)
     for key in ("frames", "dropped", "detections", "tracks", "events", "events_merged", "events_no_fix",
-                "coverage_records", "fixes", "fps", "inference_ms", "wall_s", "clock", "start_utc", "outbox"):
+                "events_refused", "detector_errors", "coverage_records", "fixes", "fps", "inference_ms", "wall_s",
+                "clock", "start_utc", "outbox"):
         if key in summary:
-            table.add_row(key, str(summary[key]))
+            style = "red" if key in ("events_refused", "detector_errors") and summary[key] else None
+            table.add_row(key, str(summary[key]), style=style)
+    if "uplink" in summary:
+        table.add_row("uplink", _uplink_text(summary["uplink"]),
+                      style="red" if summary["uplink"]["unconfirmed"] else None)
     return table
+
+
+def _uplink_text(drained: dict[str, Any]) -> str:
+    link = drained["uplink"]
+    text = f"{link.get('confirmed', 0)} confirmed, {drained['unconfirmed']} unconfirmed, {link.get('state')}"
+    return text + (f" ({link['last_error']})" if drained["unconfirmed"] and link.get("last_error") else "")
 
 
 def _drain(uplink: Any, outbox: Any, timeout_s: float) -> dict[str, Any]:
@@ -51,7 +79,7 @@ def register(app: typer.Typer) -> None:
     def replay(
         video: Path = typer.Option(..., "--video", help="Recorded video (drive.json beside it gives its start time)"),
         nmea: Path = typer.Option(..., "--nmea", help="NMEA recording of the same drive"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="Agent config (TOML); defaults otherwise"),
+        config: str | None = config_option(None, "Agent config (TOML); built-in defaults otherwise"),
         outbox: Path | None = typer.Option(None, "--outbox",
                                            help="Outbox file to write (default: the config's outbox)"),
         realtime: bool = typer.Option(False, "--realtime",
@@ -59,8 +87,9 @@ def register(app: typer.Typer) -> None:
         video_start: str | None = typer.Option(None, "--video-start",
                                                help="UTC of the first frame (ISO 8601) when there is no drive.json"),
         uplink: bool = typer.Option(False, "--uplink/--no-uplink", help="Also drain the outbox to the broker"),
-        drain_s: float = typer.Option(60.0, "--drain-s", help="With --uplink: wait up to this long for the "
-                                                              "server to confirm everything before exiting"),
+        drain_s: float = typer.Option(60.0, "--drain-s", min=0,
+                                      help="With --uplink: wait up to this long for the server to confirm "
+                                           f"everything; exit {EXIT_UNCONFIRMED} when rows are still unconfirmed"),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     ) -> None:
         """Run the agent's pipeline on a recorded drive: events and coverage go to the outbox."""
@@ -80,6 +109,8 @@ def register(app: typer.Typer) -> None:
         except ModelError as exc:
             err.print(f"[red]model error[/red]: {exc}")
             raise typer.Exit(2) from None
+        except STARTUP_ERRORS as exc:  # the outbox's folder read-only or full, a bad calibration
+            _cannot_start(exc)
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeRemainingColumn())
         try:
@@ -106,10 +137,14 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps(summary) + "\n")
         else:
             Console().print(_summary_table(summary))
+        if summary.get("uplink", {}).get("unconfirmed"):
+            err.print(f"[red]not delivered[/red]: {_uplink_text(summary['uplink'])} after {drain_s:g} s; the rows "
+                      "stay in the outbox (`edge-agent doctor --only broker` checks the link)", highlight=False)
+            raise typer.Exit(EXIT_UNCONFIRMED)
 
     @app.command("run")
     def run(
-        config: Path = typer.Option(..., "--config", "-c", help="Agent config (TOML)"),
+        config: str = config_option(),
         uplink: bool | None = typer.Option(None, "--uplink/--no-uplink",
                                            help="Override uplink.enabled from the config"),
     ) -> None:
@@ -124,7 +159,6 @@ def register(app: typer.Typer) -> None:
         except ModelError as exc:  # the effective model (a remote update supersedes the configured one)
             err.print(f"[red]model error[/red]: {exc}")
             raise typer.Exit(2) from None
-        except (OSError, ValueError, RuntimeError) as exc:  # outbox path, calibration, GNSS port set-up
-            err.print(f"[red]cannot start the agent[/red]: {exc}")
-            raise typer.Exit(2) from None
+        except STARTUP_ERRORS as exc:  # outbox folder, calibration, GNSS port set-up
+            _cannot_start(exc)
         err.print(f"stopped: {summary['frames']} frames, {summary['events']} events, {summary['dropped']} dropped")

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from edge_agent import config as agent_config
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _hint(path: Path) -> str:
+    """What to do about a config that did not load: a wrong path or an unreadable file needs no key changed."""
+    if not path.is_file():
+        return ("no config file there: pass --config PATH or set EDGE_AGENT_CONFIG (the service reads "
+                "/etc/edge-agent/agent.toml); `edge-agent config example` prints a documented one to start from")
+    if not os.access(path, os.R_OK):
+        return "run doctor as the agent's user or root, or fix the file's owner and mode (`ls -l`)"
+    return ("fix what is named above (a key, or the line of a TOML syntax error); `edge-agent config example` "
+            "shows every key with its meaning")
 
 
 def check_config(ctx: Context) -> CheckResult:
@@ -17,8 +29,7 @@ def check_config(ctx: Context) -> CheckResult:
         return CheckResult(
             "config", Level.RED, f"{ctx.config_path}: {len(exc.problems)} problem(s): " + "; ".join(exc.problems[:5]),
             "the agent refuses to start with an invalid config, so nothing else can run",
-            "fix the keys named above; `edge-agent config example` shows every key with its meaning",
-            data={"path": ctx.config_path, "problems": exc.problems})
+            _hint(Path(ctx.config_path)), data={"path": ctx.config_path, "problems": exc.problems})
     ctx.cfg = cfg
     warnings = []
     if cfg.uplink.enabled and not cfg.uplink.tls and cfg.uplink.host not in LOOPBACK:

@@ -13,6 +13,7 @@ from edge_agent.gnss.epochs import Fix
 from edge_agent.gnss.source import NmeaDecoder, fixes_from_file
 
 GOOD_HDOP = 2.5
+JUNK_SHARE = 0.1  # more of the bytes than this outside sentences: not NMEA at this baud rate
 MODE_NAMES = {0: "no fix", 2: "2D fix", 3: "3D fix"}
 SERIAL_HINT = ("check `ls -l /dev/serial/by-id/` for the receiver's port and set gnss.port to it; the user needs "
                "the 'dialout' group; a running agent holds the port: `sudo systemctl stop edge-agent` first")
@@ -77,6 +78,12 @@ def _quality(fix: Fix) -> str:
     return ", ".join(parts)
 
 
+def _only_checksums_fail(stats: dict[str, int], got: int) -> bool:
+    """Sentences arrive ($...*hh lines) and little else, yet no checksum matches. A wrong baud rate gives
+    mostly junk instead: lines without a '$', which the parser counts as junk bytes."""
+    return stats["bad_checksums"] > 0 and stats["junk_bytes"] <= JUNK_SHARE * got
+
+
 def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: bool, ctx: Context) -> CheckResult:
     stats = decoder.summary()
     data = {"source": where, "bytes": got, **stats}
@@ -84,6 +91,12 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
         return CheckResult("gnss", Level.RED, f"{where}: opened, but not one byte in {ctx.options.gnss_seconds:.0f} s",
                            "the receiver is silent: unpowered, wrong port, or it talks on another interface",
                            SERIAL_HINT, data)
+    if stats["sentences"] == 0 and _only_checksums_fail(stats, got):
+        return CheckResult("gnss", Level.RED, f"{where}: {stats['bad_checksums']} NMEA sentences, every checksum "
+                           "wrong", "the sentences are well formed, so the baud rate is right, but their "
+                           "checksums fail: a receiver or firmware fault, or noise on the wiring",
+                           "check the cable and its ground (shielded, short, away from power leads); try another "
+                           "receiver or update its firmware", data)
     if stats["sentences"] == 0:
         return CheckResult("gnss", Level.RED, f"{where}: {got} bytes but no valid NMEA sentence",
                            "bytes without valid sentences: the baud rate is wrong, or the receiver sends only a "

@@ -4,13 +4,12 @@ a running agent keeps using it undisturbed."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from edge_agent.doctor.result import CheckResult, Context, Level
+from edge_agent.link.disk_guard import write_probe, write_trouble
 
 MB = 1024 * 1024
 
@@ -51,16 +50,12 @@ def check_outbox(ctx: Context) -> CheckResult:
                            "the agent cannot store a single event",
                            "create it (systemd's StateDirectory= does, for the service user) or fix device.state_dir",
                            data)
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-") as probe:
-            probe.write(b"x")
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as exc:
-        return CheckResult("outbox", Level.RED, f"cannot write in {folder}: {exc.strerror}",
-                           "the agent cannot store a single event",
-                           "run doctor as the agent's user (`sudo -u edge-agent edge-agent doctor`); check the "
-                           "folder's owner and that the disk is not mounted read-only", data)
+    problem = write_probe(folder)
+    if problem is not None:
+        what, hint = write_trouble(problem)
+        data["errno"] = problem.errno
+        return CheckResult("outbox", Level.RED, f"cannot write in {folder}: {problem.strerror or problem}",
+                           f"the folder {what}: the agent cannot store a single event", hint, data)
     usage = shutil.disk_usage(folder)
     free_mb = usage.free / MB
     data.update(free_mb=round(free_mb, 1), budget_mb=cfg.budget_mb, free_floor_mb=cfg.free_floor_mb)

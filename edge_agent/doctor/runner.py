@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from edge_agent.doctor.broker_check import check_broker
+from edge_agent.doctor.calibration_check import check_calibration
 from edge_agent.doctor.camera_check import check_camera
 from edge_agent.doctor.clock_check import check_clock
 from edge_agent.doctor.config_check import check_config
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 
 Check = Callable[[Context], CheckResult]
 
-# Order matters: GNSS leaves its UTC for the clock check, the camera its frame size for the model's timing.
+# Order matters: GNSS leaves its UTC for the clock check, the camera its frame size for the calibration's
+# shape check and the model's timing.
 CHECKS: dict[str, Check] = {
     "config": check_config,
     "camera": check_camera,
+    "calibration": check_calibration,
     "gnss": check_gnss,
     "clock": check_clock,
     "model": check_model,

@@ -13,9 +13,12 @@ and counts them (see Outbox.add_event).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +42,44 @@ class DiskUse:
     @property
     def tight(self) -> bool:
         return self.over_budget or self.under_floor
+
+
+# What a refused write in the outbox's folder means, by errno: (what is wrong, what to do). SQLite only says
+# "unable to open database file" or "disk I/O error"; the errno of a plain write tells the cases apart.
+_FULL = ("is on a full disk",
+         "free disk space (old logs: `journalctl --vacuum-size=100M`; confirmed rows: `edge-agent queue purge "
+         "--confirmed`) or use a bigger card")
+_READ_ONLY = ("is on a read-only filesystem",
+              "remount it read-write (`mount -o remount,rw ...`); a card that turned read-only by itself is "
+              "failing (`dmesg`): copy the outbox off and replace the card")
+_NO_PERMISSION = ("is not writable by this user",
+                  "run as the agent's user (`sudo -u edge-agent ...`); check the folder's owner (`ls -ld`)")
+WRITE_TROUBLE = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EROFS: _READ_ONLY,
+                 errno.EACCES: _NO_PERMISSION, errno.EPERM: _NO_PERMISSION}
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_probe(folder: Path) -> OSError | None:
+    """The error that writing (and syncing) a small file in FOLDER gives; None when the folder takes writes."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+    except OSError as exc:
+        return exc
+    try:
+        os.write(fd, b"x")  # unbuffered: a full disk answers here, not later in a close
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return None
+
+
+def write_trouble(exc: OSError) -> tuple[str, str]:
+    """(what is wrong with the folder, what to do) for a write that failed with EXC."""
+    return WRITE_TROUBLE.get(exc.errno or 0, (f"cannot be written ({exc.strerror or exc})",
+                                              "check the disk (`dmesg`, `df -h`) and the folder's owner"))
 
 
 def _iso(dt: datetime) -> str:

@@ -13,6 +13,7 @@ One connection guarded by a lock serves the pipeline (writes) and the uplink (dr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sqlite3
@@ -28,7 +29,7 @@ import sqlite_utils
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.disk_guard import DiskGuard
+from edge_agent.link.disk_guard import FULL_ERRNOS, DiskGuard, write_probe, write_trouble
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,42 @@ def migrate(db: sqlite_utils.Database) -> int:
 
 
 # ------------------------------------------------------------------------------------- open and check
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+# How a connection opens the file: read-write; SQLite's mode=ro (it cannot write, not even by mistake);
+# immutable (read-only without locks: only right where nobody can change the file, a read-only mount).
+URI_QUERY = {"rw": "", "ro": "?mode=ro", "immutable": "?mode=ro&immutable=1"}
+
+
+def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
+    target: str | Path = path.absolute().as_uri() + URI_QUERY[mode] if mode != "rw" else path
+    conn = sqlite3.connect(target, check_same_thread=False, timeout=10, isolation_level=None, uri=mode != "rw")
     conn.execute("PRAGMA busy_timeout = 10000")
     return conn
+
+
+class OutboxUnavailable(RuntimeError):
+    """The outbox cannot be opened the way this process needs it (a read-only or full disk, no permission):
+    str() is one line saying why, `hint` what to do about it."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _unavailable(path: Path, exc: OSError) -> OutboxUnavailable:
+    what, hint = write_trouble(exc)
+    return OutboxUnavailable(f"outbox folder {path.parent} {what}", hint)
+
+
+def disk_refusal(path: Path, exc: sqlite3.Error, problem: OSError | None = None) -> OutboxUnavailable:
+    """One line, and what to do, for EXC: SQLite failing on the outbox PATH because of the disk. SQLite's
+    codes do not tell a read-only disk from a permission problem, so the folder's own write error (PROBLEM,
+    probed when not given) names the cause."""
+    if problem is None and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL:
+        problem = OSError(errno.ENOSPC, "No space left on device")
+    problem = problem or write_probe(path.parent)
+    if problem is not None:
+        return _unavailable(path, problem)
+    return OutboxUnavailable(f"cannot use the outbox {path}: {exc}", "check the disk (`dmesg`, `df -h`)")
 
 
 # Result codes that say the disk or the system is in trouble (full, I/O error, locked, no memory), not that
@@ -184,16 +217,25 @@ class Outbox:
     """The store-and-forward queue. Thread-safe; see the module docstring for the row life cycle."""
 
     def __init__(self, path: Path | str, cfg: OutboxConfig | None = None, health: HealthBoard | None = None,
-                 *, agent: bool = True) -> None:
+                 *, agent: bool = True, read_only: bool = False) -> None:
         """AGENT: this process drains the queue, so check the file's integrity (moving a corrupt one aside) and
         make rows an earlier process had in flight due again. Tools that look at a running agent's queue (the
-        CLI) pass False and change nothing behind its back."""
+        CLI) pass False and change nothing behind its back; READ_ONLY (implies not AGENT) opens the file with
+        SQLite's mode=ro, for tools that only read: they work on a read-only disk too. Raises
+        OutboxUnavailable when the disk refuses what this process needs."""
         self.path = Path(path)
         self.cfg = cfg or OutboxConfig()
         self.health = health
         self.changed = threading.Event()   # set on every new row; the uplink waits on it when idle
         self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        self._mode = "ro" if read_only else "rw"
+        self._agent = agent = agent and not read_only
+        if not read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _unavailable(self.path, exc) from None
         self.moved_aside: Path | None = None
         # Rows handed out or confirmed while the disk refused to record it: kept in memory, so a full disk
         # never stops the uplink (which is what frees space) and is written once the disk has room again.
@@ -208,22 +250,48 @@ class Outbox:
         except sqlite3.OperationalError as exc:
             if not disk_trouble(exc):
                 raise
-            # A full disk cannot hold the -shm file WAL readers need; in exclusive mode SQLite keeps that
-            # index in memory, so the queue can still be read and drained (other processes wait meanwhile).
-            log.error("outbox %s: %s; opened it in exclusive mode until the disk has room", self.path, exc)
-            self.conn.close()
-            self.exclusive = True
-            self._open()
+            self._open_despite(exc)
         if agent:
             self._requeue_in_flight()
             self._import_moved_aside()
         self._set_sync(self.cfg.synchronous)
         self._set_health("full" if self.exclusive else "ok")
 
+    def _open_despite(self, exc: sqlite3.OperationalError) -> None:
+        """The disk refused the usual open. A full disk cannot hold the -shm file WAL readers need (not even a
+        mode=ro reader can do without it): in exclusive mode SQLite keeps that index in memory, so the queue can
+        still be read and drained (other processes wait meanwhile); a reader then opens the file read-write
+        but writes nothing. A read-only mount cannot change under a reader, so it reads without locks. Anything
+        else (a read-only disk for a writer, no permission) is refused with one line saying why."""
+        problem = self._probe_disk()
+        if self.read_only and problem is not None and problem.errno == errno.EROFS:
+            self._mode = "immutable"
+        else:
+            # Only the agent's own queue in this state is news; a tool just goes on.
+            log.log(logging.ERROR if self._agent else logging.DEBUG,
+                    "outbox %s: %s; opened it in exclusive mode until the disk has room", self.path, exc)
+            self._mode = "rw"
+            self.exclusive = True
+        try:
+            self._open()
+        except sqlite3.OperationalError as again:
+            if not disk_trouble(again):
+                raise
+            raise disk_refusal(self.path, again, problem) from None
+
+    def _probe_disk(self) -> OSError | None:
+        """Why the folder refuses writes (None: it does not). A writer is refused at once, in one line, unless
+        the disk is only full: that one the outbox works around."""
+        problem = write_probe(self.path.parent)
+        if problem is not None and problem.errno not in FULL_ERRNOS and not self.read_only:
+            raise _unavailable(self.path, problem) from None
+        return problem
+
     def _check_integrity(self) -> None:
         try:
             problem = _quick_check(self.path)
         except sqlite3.DatabaseError as exc:
+            self._probe_disk()
             log.error("outbox %s could not be checked (%s); keeping it: a full or failing disk is not corruption",
                       self.path, exc)
             return
@@ -232,25 +300,47 @@ class Outbox:
             self._count("outbox_corrupt_moved_aside")
 
     def _open(self) -> None:
-        self.conn = _connect(self.path)
+        conn = _connect(self.path, self._mode)
+        try:
+            self._set_up(conn)
+        except BaseException:
+            conn.close()  # a half-opened connection is not left behind (the caller may try another way)
+            raise
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
         if self.exclusive:
-            self.conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        self.db = sqlite_utils.Database(self.conn)
-        if self.conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            # Must precede the first table: lets the disk guard hand freed pages back to the filesystem.
-            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        self.db.enable_wal()
-        # A larger WAL means fewer checkpoints (each one copies pages back and fsyncs) while draining.
-        self.conn.execute("PRAGMA wal_autocheckpoint = 4000")
-        self.conn.execute("PRAGMA journal_size_limit = 16777216")
-        self.conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the drain's index walks stay in memory
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        self.db = sqlite_utils.Database(conn)
+        if self.read_only:
+            self._check_readable_version()
+        else:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                # Must precede the first table: lets the disk guard hand freed pages back to the filesystem.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self.db.enable_wal()
+            # A larger WAL means fewer checkpoints (each one copies pages back and fsyncs) while draining.
+            conn.execute("PRAGMA wal_autocheckpoint = 4000")
+            conn.execute("PRAGMA journal_size_limit = 16777216")
+        conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the drain's index walks stay in memory
         self._set_sync(self.cfg.synchronous)
-        migrate(self.db)
-        self.guard = DiskGuard(self.conn, self.path, self.cfg)
+        if not self.read_only:
+            migrate(self.db)
+        self.guard = DiskGuard(conn, self.path, self.cfg)
         self._writes = 0
         self._tight = False
         self.dropped: dict[str, int] = self._load_counters()
         self._seq = self._load_seq()
+
+    def _check_readable_version(self) -> None:
+        # A reader cannot migrate: the queries here need the current schema, which the agent's next start
+        # writes.
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise OutboxUnavailable(
+                f"outbox {self.path} has schema version {version}; this agent reads version {SCHEMA_VERSION}",
+                "start the agent once (it upgrades the queue in place)" if version < SCHEMA_VERSION
+                else "update this agent: a newer one wrote the queue")
 
     # ------------------------------------------------------------------------------------------ writes
     def next_seq(self) -> int:
@@ -447,8 +537,9 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("PRAGMA optimize")
+            if not self.read_only:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("PRAGMA optimize")
             self.conn.close()
 
     def __enter__(self) -> Outbox:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import cv2
 from edge_agent.camera.capture import FrameSource
 from edge_agent.config.camera import CameraConfig
 from edge_agent.runtime.assemble import Agent
-from edge_agent.runtime.replay_clock import ClockError, ReplayClock, clock_for
+from edge_agent.runtime.replay_clock import SIDECAR, ClockError, ReplayClock, clock_for
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class FixFeed:
         self._filter = position_filter
         self._next: Any = next(self._fixes, None)
         self.fed = 0
+        self.first_utc: datetime | None = None   # the recording's time range, of the fixes read so far
+        self.last_utc: datetime | None = None
+        self._note(self._next)
 
     @property
     def first(self) -> Any:
@@ -70,6 +74,34 @@ class FixFeed:
             self._filter.update(self._next)
             self.fed += 1
             self._next = next(self._fixes, None)
+            self._note(self._next)
+
+    def read_rest(self) -> None:
+        """Read the fixes after the video's end (not fed), so that last_utc is the recording's end."""
+        for fix in self._fixes:
+            self._note(fix)
+
+    def _note(self, fix: Any) -> None:
+        if fix is not None and fix.utc is not None:
+            self.first_utc = self.first_utc or fix.utc
+            self.last_utc = fix.utc
+
+
+def overlap_warning(video_utc: tuple[datetime, datetime], feed: FixFeed, nmea: Path) -> str | None:
+    """A warning when the NMEA's time range misses the video's: no frame then has a position, so no event
+    does either (a recording of another drive or another day, or a wrong --video-start)."""
+    if feed.first_utc is None or feed.last_utc is None:
+        return None  # no dated fix at all: warned about at the start
+    start, end = video_utc
+    if feed.first_utc <= end and feed.last_utc >= start:
+        return None
+    return (f"the NMEA does not overlap the video's time: video {_iso(start)} .. {_iso(end)}, "
+            f"NMEA {nmea.name} {_iso(feed.first_utc)} .. {_iso(feed.last_utc)}; no frame had a position "
+            f"(another drive's recording, or a wrong --video-start or {SIDECAR})")
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def replay_drive(agent: Agent, video: Path, nmea: Path, *, realtime: bool = False, video_start: str | None = None,
@@ -110,6 +142,11 @@ def replay_drive(agent: Agent, video: Path, nmea: Path, *, realtime: bool = Fals
     summary.update(video_frames=last_index + 1, dropped=source.dropped, fixes=feed.fed, wall_s=round(wall, 2),
                    fps=round(summary["frames"] / wall, 2), clock=clock.source,
                    start_utc=clock.start_utc.isoformat().replace("+00:00", "Z"), video_fps=clock.fps)
+    feed.read_rest()
+    warning = overlap_warning((clock.frame_utc(0), clock.frame_utc(max(last_index, 0))), feed, nmea)
+    if warning:
+        log.warning("%s", warning)
+        summary["warnings"] = [warning]
     return summary
 
 

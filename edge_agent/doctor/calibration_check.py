@@ -1,0 +1,46 @@
+"""Does the calibration load, and what road does the camera see with it? It runs the agent's own start-up step
+(runtime.assemble.load_projector), so doctor is red exactly when `edge-agent run` refuses to start."""
+
+from __future__ import annotations
+
+from edge_agent.doctor.result import CheckResult, Context, Level
+
+ASPECT_TOLERANCE = 0.01  # intrinsics scale to another resolution of the same shape, not to another shape
+
+
+def check_calibration(ctx: Context) -> CheckResult:
+    from edge_agent.perception.coverage import footprint_summary
+    from edge_agent.runtime.assemble import load_projector
+
+    assert ctx.cfg is not None
+    cal = ctx.cfg.calibration
+    source = f"intrinsics file {cal.intrinsics_file}" if cal.intrinsics_file else "inline [calibration]"
+    data: dict = {"source": source}
+    try:
+        projector = load_projector(ctx.cfg)
+    except (OSError, ValueError) as exc:  # what `run` reports as "cannot start"
+        return CheckResult("calibration", Level.RED, f"cannot start with this calibration: {exc}",
+                           "the agent refuses to start without a usable calibration",
+                           "write the file with `edge-agent calibrate intrinsics`, fix calibration.intrinsics_file, "
+                           "or empty it to use the inline width/height/fx/hfov_deg", data)
+    intr, mount = projector.intrinsics, projector.mount
+    seen = footprint_summary(projector.footprint(ctx.cfg.events.coverage_footprint_m), mount.lateral_m)
+    data.update(width=intr.width, height=intr.height, fx=round(intr.fx, 1), footprint=seen)
+    summary = (f"{source}: {intr.width}x{intr.height}, fx {intr.fx:.0f} px, camera {mount.height_m:.2f} m high, "
+               f"pitched {mount.pitch_deg:.1f} deg down")
+    if not seen:
+        return CheckResult("calibration", Level.YELLOW, summary + "; the camera sees no road",
+                           "no pixel of the image meets the road: nothing can be placed on the map",
+                           "check calibration.pitch_deg and height_m (`edge-agent calibrate check` draws the "
+                           "ground grid over a photo)", data)
+    summary += f"; sees the road {seen['near']:.1f}-{seen['far']:.1f} m ahead"
+    if ctx.frame_shape is not None:
+        height, width = ctx.frame_shape
+        if abs(width / height - intr.width / intr.height) > ASPECT_TOLERANCE * intr.width / intr.height:
+            return CheckResult("calibration", Level.YELLOW,
+                               summary + f"; the camera delivers {width}x{height}, another shape",
+                               "intrinsics are scaled to the camera's resolution, which is only right for the "
+                               "same aspect ratio: positions will be off",
+                               "set camera.width/height to the calibrated shape, or calibrate at this resolution",
+                               data)
+    return CheckResult("calibration", Level.GREEN, summary, data=data)
