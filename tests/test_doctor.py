@@ -215,6 +215,13 @@ def test_clock_far_from_gnss_time_is_red(tmp_path: Path, receiver: Any) -> None:
     clock = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))["clock"]
     assert clock.level is Level.RED
     assert clock.data["offset_vs_gnss_s"] == pytest.approx(3 * 3600, abs=5)
+    assert "+3.0 h vs GNSS" in clock.summary
+
+
+def test_clock_offsets_read_in_units_a_person_reads():
+    from edge_agent.doctor.clock_check import _offset_text
+
+    assert [_offset_text(s) for s in (0.25, -4000.0, 17882327.87)] == ["+0.25 s", "-1.1 h", "+207.0 days"]
 
 
 def test_gnss_without_a_fix_is_yellow(tmp_path: Path, receiver: Any) -> None:

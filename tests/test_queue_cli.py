@@ -104,6 +104,14 @@ def test_status_shows_queue_fix_and_broker(box) -> None:
 def test_status_without_a_running_agent(box) -> None:
     info = json.loads(run("status", "--config", box["config"], "--json"))
     assert info["broker"].startswith("unknown") and info["queue_depth"] == 3
+    assert "no status file" in info["broker"]
+
+
+@pytest.mark.parametrize("damage", ['{"state": "onl', "[1, 2]"])
+def test_status_with_a_damaged_status_file_says_so(box, damage) -> None:
+    (box["state"] / "agent-status.json").write_text(damage)
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert "status file" in info["broker"] and "cannot be read" in info["broker"] and info["queue_depth"] == 3
 
 
 def test_ls_is_readable_on_an_80_column_terminal(box, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,6 +44,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     with open_outbox(config, outbox) as ob:
         stats = ob.stats()
     broker = "unknown (no status file: is the agent running?)"
+    if agent is None and status_path.exists():  # the agent replaces it atomically: damage means the disk
+        broker = f"unknown (the status file {status_path} cannot be read: check the disk, or delete it)"
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
         age = age_s(agent.get("sent_at"))

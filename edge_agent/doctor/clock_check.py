@@ -38,6 +38,15 @@ def ntp_state() -> tuple[bool | None, str]:
     return None, "neither chronyc nor timedatectl could tell"
 
 
+def _offset_text(offset_s: float) -> str:
+    """Seconds while they read well; a clock months off reads in days (+17882327.87 s says little)."""
+    if abs(offset_s) < 3600:
+        return f"{offset_s:+.2f} s"
+    if abs(offset_s) < 2 * 86400:
+        return f"{offset_s / 3600:+.1f} h"
+    return f"{offset_s / 86400:+.1f} days"
+
+
 def check_clock(ctx: Context) -> CheckResult:
     now = datetime.now(UTC)
     synced, source = ntp_state()
@@ -54,7 +63,7 @@ def check_clock(ctx: Context) -> CheckResult:
     ntp_text = {True: "NTP synchronised", False: "NTP not synchronised", None: "NTP state unknown"}[synced]
     summary = f"{now:%Y-%m-%d %H:%M:%S} UTC, {ntp_text} ({source})"
     if offset is not None:
-        summary += f", {offset:+.2f} s vs GNSS"
+        summary += f", {_offset_text(offset)} vs GNSS"
         if abs(offset) > BROKEN_S:
             return CheckResult("clock", Level.RED, summary, "the system clock is far from GNSS time",
                                "set the clock (`timedatectl set-ntp true`, or chrony with a GNSS refclock)", data)

@@ -79,7 +79,9 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
 
 
 def read_status_file(path: Path) -> dict[str, Any] | None:
+    """The status the agent last wrote; None when there is none or it is not a status (damaged, foreign)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        status = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return status if isinstance(status, dict) else None
