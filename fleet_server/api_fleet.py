@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 
+from fleet_server import commands
 from fleet_server.api_defects import _jsonable, parse_bbox
 from fleet_server.api_deps import QueryTime, db, principal, require
 from fleet_server.auth import Principal
@@ -105,13 +106,35 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryTime 
     return {"type": "FeatureCollection", "features": features}
 
 
-@api.get("/models/{filename}", summary="Download a model offered to devices, by its sha256",
+@api.get("/models/{filename}", summary="Download a model offered to devices, by its sha256: with a bearer token, "
+                                     "or with the signed link `model push` sent (device, expires, sig)",
          response_class=FileResponse)
-def model_file(filename: str, request: Request, _who: Principal = Depends(principal)) -> FileResponse:
+def model_file(filename: str, request: Request,
+               device: str | None = Query(None, max_length=64, description="Signed link: the device it was made for"),
+               expires: int | None = Query(None, description="Signed link: its expiry (Unix seconds)"),
+               sig: str | None = Query(None, max_length=128, description="Signed link: HMAC-SHA256, hex"),
+               conn: psycopg.Connection = Depends(db)) -> FileResponse:
     match = _SHA256.match(filename)
     if not match:
         raise HTTPException(404, "models are named <sha256>.onnx")
+    if sig is None:
+        principal(request, conn)  # any valid token, as before links were signed
+    else:
+        _check_link(request, conn, match.group(1), device, expires, sig)
     path = Path(request.app.state.cfg.models.dir) / filename
     if not path.is_file():
         raise HTTPException(404, "no such model")
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
+
+
+def _check_link(request: Request, conn: psycopg.Connection, sha: str, device: str | None, expires: int | None,
+                sig: str) -> None:
+    """403 unless the link is signed for this model, unexpired, and made for a device that is not revoked."""
+    if device is None or expires is None:
+        raise HTTPException(403, "a signed model link carries device, expires and sig")
+    problem = commands.link_problem(request.app.state.cfg, sha, device, expires, sig)
+    if problem is None:
+        row = conn.execute("SELECT revoked_at FROM devices WHERE id = %s", (device,)).fetchone()
+        problem = "the link's device is unknown or revoked" if row is None or row[0] is not None else None
+    if problem:
+        raise HTTPException(403, problem)

@@ -22,6 +22,7 @@ from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.migrate import migrate as run_migrations
+from roadmon_contract import topics
 
 log = logging.getLogger(__name__)
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
@@ -368,8 +369,11 @@ def token_ls() -> None:
 
 # ------------------------------------------------------------------------------------------ commands
 @cmd_app.command("send")
-def cmd_send(device_id: str, name: str, payload: str = typer.Argument("{}", help="JSON object")) -> None:
-    """Publish roadmon/v1/<device>/cmd/<name> with a JSON payload."""
+def cmd_send(device_id: str,
+             name: str = typer.Argument(..., help=f"One of {', '.join(commands.KNOWN_COMMANDS)}"),
+             payload: str = typer.Argument("{}", help="JSON object")) -> None:
+    """Publish roadmon/v1/<device>/cmd/<name> with a JSON payload (plus command_id, issued_at, expires_at) to a
+    device that exists and is not revoked."""
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -377,10 +381,11 @@ def cmd_send(device_id: str, name: str, payload: str = typer.Argument("{}", help
     if not isinstance(body, dict):
         _fail("payload must be a JSON object")
     try:
-        topic = commands.send(cfg(), device_id, name, body)
+        sent = commands.send(cfg(), device_id, name, body)
     except commands.CommandError as exc:
         _fail(str(exc))
-    console.print(f"sent on {topic}")
+    console.print(f"sent on {topics.cmd(device_id, name)}: command_id {sent['command_id']}, "
+                  f"expires {sent['expires_at']}", markup=False)
 
 
 @cmd_app.command("results")
@@ -406,13 +411,17 @@ def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir
                signature_file: Path | None = typer.Option(
                    None, "--signature-file", exists=True, dir_okay=False,
                    help="Base64 Ed25519 signature of FILE (openssl pkeyutl -sign -rawin ... | base64 -w0)")) -> None:
-    """Offer an ONNX model to a device: stage it by sha256, publish cmd/model-update."""
+    """Offer an ONNX model to a device that exists and is not revoked: check and stage the file by sha256,
+    publish cmd/model-update with a download link signed for that device (valid until the command expires)."""
     signature = signature_file.read_text().strip() if signature_file else None
     try:
         payload = commands.push_model(cfg(), device_id, file, url_base, name, version, signature)
     except commands.CommandError as exc:
         _fail(str(exc))
-    console.print(f"model-update sent to {device_id}: {json.dumps(payload)}")
+    console.print(f"model-update sent to {device_id}: {json.dumps(payload)}", markup=False)
+    if payload["url"].startswith("http://"):
+        err.print("note: the link is plain http://; agents refuse it unless their model_update.allow_http is on "
+                  "(lab only): set models.url_base to the API's https address", markup=False)
 
 
 def main() -> None:

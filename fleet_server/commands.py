@@ -1,25 +1,47 @@
 """Server -> device commands over MQTT (roadmon/v1/<id>/cmd/<name>) and remote model updates.
 
 Devices answer on .../cmd/<name>/result; the ingest workers store those answers in `command_results`.
+
+Every command carries `command_id`, `issued_at` and `expires_at` (`commands.expire_after_h` later): the broker
+keeps a QoS 1 command for a vehicle that is off, and an agent answers `expired` to one that waited too long
+instead of acting on it. A model is offered with a signed download link (`model_link`): HMAC-SHA256 of
+sha256, device and expiry under a server secret, so the agent needs no HTTP token to fetch it, the link works
+for that device only and stops working when the command expires.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
 import shutil
 import ssl
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet_server.config import ServerConfig
+from fleet_server.config import ServerConfig, read_secret
+from fleet_server.db import connect
 from roadmon_contract import topics
 from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
+
+MODEL_UPDATE = "model-update"
+# The commands an agent answers (edge_agent/detect/model_update.py, edge_agent/runtime/config_reload.py): any
+# other name would only come back as "unknown command", and '/', '+' or '#' would not even be one topic.
+KNOWN_COMMANDS = (MODEL_UPDATE, "config-reload")
+SECRET_NAME = ".url-secret"
 
 
 class CommandError(RuntimeError):
@@ -48,10 +70,114 @@ def publish(cfg: ServerConfig, topic: str, payload: dict[str, Any], timeout_s: f
         client.loop_stop()
 
 
-def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) -> str:
-    topic = topics.cmd(device_id, name)
-    publish(cfg, topic, payload)
-    return topic
+# ------------------------------------------------------------------------------------------ checks
+def check_name(name: str) -> None:
+    if name not in KNOWN_COMMANDS:
+        raise CommandError(f"unknown command {name!r}: agents answer {', '.join(KNOWN_COMMANDS)}")
+
+
+def check_device(cfg: ServerConfig, device_id: str) -> None:
+    """Raise CommandError unless DEVICE_ID is a device of this server that is not revoked (a revoked one can
+    no longer log in to take the command; a misspelt one never will)."""
+    try:
+        with connect(cfg.database) as conn:
+            row = conn.execute("SELECT revoked_at FROM devices WHERE id = %s", (device_id,)).fetchone()
+    except psycopg.OperationalError as exc:
+        raise CommandError(f"cannot check device {device_id!r}: database unreachable ({exc})") from None
+    if row is None:
+        raise CommandError(f"no device {device_id!r} (`fleet-server device ls` lists them)")
+    if row[0] is not None:
+        raise CommandError(f"device {device_id!r} is revoked: it takes no commands")
+
+
+def utc_iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def stamp(cfg: ServerConfig, now: datetime | None = None) -> dict[str, str]:
+    """The envelope every command carries: a unique id (echoed in the result), when it was sent, and when the
+    agent must no longer act on it."""
+    now = now or datetime.now(UTC)
+    return {"command_id": uuid.uuid4().hex, "issued_at": utc_iso(now),
+            "expires_at": utc_iso(now + timedelta(hours=cfg.commands.expire_after_h))}
+
+
+def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Publish command NAME to DEVICE_ID (both checked first); returns what was sent. PAYLOAD's own
+    command_id / issued_at / expires_at, when given, win over the envelope's."""
+    check_name(name)
+    check_device(cfg, device_id)
+    body = stamp(cfg) | payload
+    publish(cfg, topics.cmd(device_id, name), body)
+    return body
+
+
+# ----------------------------------------------------------------------------------------- models
+def link_secret(cfg: ServerConfig) -> bytes:
+    """The secret that signs model links: models.url_secret_file, else <models.dir>/.url-secret, made on first
+    use. Made with link(2), so two processes making it at once end up with the same one."""
+    if cfg.models.url_secret_file is not None:
+        return read_secret(cfg.models.url_secret_file).encode()
+    path = Path(cfg.models.dir) / SECRET_NAME
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{SECRET_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process was first: use its secret
+    finally:
+        tmp.unlink()
+    return path.read_bytes().strip()
+
+
+def link_signature(secret: bytes, sha: str, device_id: str, expires: int) -> str:
+    return hmac.new(secret, f"{sha}\n{device_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def model_link(cfg: ServerConfig, base: str, sha: str, device_id: str, expires_at: datetime) -> str:
+    """<base>/api/v1/models/<sha>.onnx?device=..&expires=..&sig=..: a download only DEVICE_ID's link opens,
+    until EXPIRES_AT."""
+    expires = int(expires_at.timestamp())
+    query = urlencode({"device": device_id, "expires": expires,
+                       "sig": link_signature(link_secret(cfg), sha, device_id, expires)})
+    return f"{base.rstrip('/')}/api/v1/models/{sha}.onnx?{query}"
+
+
+def link_problem(cfg: ServerConfig, sha: str, device_id: str, expires: int, sig: str) -> str | None:
+    """Why a signed model link does not open, or None when it does (the device's revocation is the caller's)."""
+    if expires < datetime.now(UTC).timestamp():
+        return "model link expired"
+    if not hmac.compare_digest(link_signature(link_secret(cfg), sha, device_id, expires), sig):
+        return "bad model link signature"
+    return None
+
+
+def onnx_problem(path: Path) -> str | None:
+    """Why PATH is not an ONNX model, or None. The server has no ONNX Runtime (the agent's load check is the
+    real test); parsing the protobuf catches a text file, a truncated copy or the wrong file."""
+    import onnx  # only `model push` needs it
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is not a ModelProto
+        return f"not an ONNX model ({type(exc).__name__})"
+    if not model.ir_version or not model.graph.node:
+        return "not an ONNX model (no ir_version or an empty graph)"
+    return None
+
+
+def check_model_file(cfg: ServerConfig, file: Path) -> None:
+    size_mb = file.stat().st_size / 1e6
+    if size_mb > cfg.models.max_size_mb:
+        raise CommandError(f"{file} is {size_mb:.1f} MB, over models.max_size_mb ({cfg.models.max_size_mb:g})")
+    problem = onnx_problem(file)
+    if problem:
+        raise CommandError(f"{file}: {problem}")
 
 
 def stage_model(cfg: ServerConfig, file: Path) -> str:
@@ -70,13 +196,21 @@ def stage_model(cfg: ServerConfig, file: Path) -> str:
 def push_model(cfg: ServerConfig, device_id: str, file: Path, url_base: str | None = None,
                name: str | None = None, version: str | None = None,
                signature: str | None = None) -> dict[str, Any]:
-    """Offer FILE to DEVICE_ID: stage it, then publish cmd/model-update {url, sha256, name, version[, signature]}
+    """Offer FILE to DEVICE_ID: check the device and the file, stage it, then publish cmd/model-update
+    {command_id, issued_at, expires_at, url, sha256, name, version[, signature]} with a signed link as url
     (signature: base64 Ed25519 over the file's bytes, checked by devices that have model_update.public_key)."""
+    base = url_base or cfg.models.url_base
+    if not base:
+        raise CommandError("no URL for devices to download from: set models.url_base (the API's public https "
+                           "address) or give --url-base")
+    check_device(cfg, device_id)  # before staging: a misspelt or revoked device gets nothing
+    check_model_file(cfg, file)
     sha = stage_model(cfg, file)
-    base = (url_base or cfg.models.url_base).rstrip("/")
-    payload = {"url": f"{base}/api/v1/models/{sha}.onnx", "sha256": sha, "name": name or file.stem,
-               "version": version or sha[:12]}
+    head = stamp(cfg)
+    expires_at = datetime.fromisoformat(head["expires_at"].replace("Z", "+00:00"))
+    payload = head | {"url": model_link(cfg, base, sha, device_id, expires_at), "sha256": sha,
+                      "name": name or file.stem, "version": version or sha[:12]}
     if signature:
         payload["signature"] = signature
-    send(cfg, device_id, "model-update", payload)
+    publish(cfg, topics.cmd(device_id, MODEL_UPDATE), payload)
     return payload

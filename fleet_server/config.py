@@ -234,7 +234,24 @@ class DashboardConfig(Section):
 class ModelsConfig(Section):
     dir: Path = Field(Path("/var/lib/fleet-server/models"), description="Folder of ONNX models offered to devices "
                                                                          "(<sha256>.onnx)")
-    url_base: str = Field("http://127.0.0.1:8080", description="Public base URL devices fetch models from")
+    url_base: str = Field("", pattern=r"^(https?://[^?#\s]+)?$",
+                          description="Public base URL devices fetch models from: the API's https address behind "
+                                      "its TLS proxy. Required by `model push` (or its --url-base); an http:// one "
+                                      "is refused by agents unless their model_update.allow_http is on (lab only)")
+    url_secret_file: Path | None = Field(None, description="File holding the secret that signs model download links "
+                                                           "(a systemd credential or a mounted secret); unset: one is "
+                                                           "made on first use as <dir>/.url-secret, which every API "
+                                                           "process sees through the models folder")
+    max_size_mb: float = Field(500.0, gt=0, description="`model push` refuses a larger file (the agents refuse a "
+                                                        "download over their model_update.max_size_mb, also 500)")
+
+
+class CommandsConfig(Section):
+    expire_after_h: float = Field(24.0, gt=0, le=8760,
+                                  description="Commands carry an expires_at this many hours after they are sent: an "
+                                              "agent answers `expired` instead of acting on an older one (a push "
+                                              "kept by the broker for a vehicle parked for a week). A model's "
+                                              "signed download link lasts as long")
 
 
 class ServerConfig(Section):
@@ -248,6 +265,7 @@ class ServerConfig(Section):
                                        description="Monthly partitions of sightings and coverage")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
+    commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Commands to devices")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
 
 

@@ -30,18 +30,23 @@ from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.detect.model_update import ModelStore, ModelUpdater, detector_sanity_check, effective_model, sign_file
 from edge_agent.health import HealthBoard
 from tests.onnx_models import tiny_detector
+from tests.server_fixtures import make_cfg
+
+__all__ = ["make_cfg"]
 
 # ---------------------------------------------------------------------------------------- fixtures
 
 
-def tiny_onnx(scale: float) -> bytes:
-    """A real, loadable ONNX model (images -> images * scale); different scales give different files."""
+def tiny_onnx(scale: float, pad: int = 0) -> bytes:
+    """A real, loadable ONNX model (images -> images * scale); different scales give different files. PAD bytes
+    of doc string make it bigger than one download chunk."""
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])
     k = helper.make_tensor("k", TensorProto.FLOAT, [], [scale])
     graph = helper.make_graph([helper.make_node("Mul", ["images", "k"], ["out"])], "tiny", [x], [y], [k])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    model.doc_string = "x" * pad
     return model.SerializeToString()
 
 
@@ -85,8 +90,9 @@ def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
 
 @dataclass
 class ModelServer:
-    """HTTPS file server like the fleet server's GET /api/v1/models/{sha256}.onnx, with Range support and
-    a switch to cut connections part-way (`cut_after` bytes, for the first `cuts` responses)."""
+    """HTTPS file server like the fleet server's GET /api/v1/models/{sha256}.onnx, with Range support, a
+    switch to cut connections part-way (`cut_after` bytes, for the first `cuts` responses) and one to stall
+    them (after `stall_at` bytes until `release` is set)."""
 
     base: str
     ca: Path
@@ -94,6 +100,8 @@ class ModelServer:
     cut_after: int = 0
     cuts: int = 0
     requests: list[str | None] = field(default_factory=list)
+    stall_at: int | None = None
+    release: threading.Event = field(default_factory=threading.Event)
 
     def publish(self, data: bytes) -> tuple[str, str]:
         sha = hashlib.sha256(data).hexdigest()
@@ -112,7 +120,7 @@ def model_server(tmp_path: Path) -> Iterator[ModelServer]:
 
         def do_GET(self) -> None:
             state.requests.append(self.headers.get("Range"))
-            data = state.files.get(self.path)
+            data = state.files.get(self.path.split("?")[0])
             if data is None:
                 self.send_error(404)
                 return
@@ -134,6 +142,11 @@ def model_server(tmp_path: Path) -> Iterator[ModelServer]:
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
+            if (stall := state.stall_at) is not None:
+                self.wfile.write(body[:stall])
+                self.wfile.flush()
+                state.release.wait(60)
+                body = body[stall:]
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -160,15 +173,81 @@ def store(tmp_path: Path) -> ModelStore:
     return st
 
 
-def updater(store: ModelStore, server: ModelServer, activate: Any = None, **cfg: Any) -> ModelUpdater:
+def updater(store: ModelStore, server: ModelServer, activate: Any = None, publish: Any = None,
+            **cfg: Any) -> ModelUpdater:
     config = ModelUpdateConfig(ca_file=str(server.ca), attempts=cfg.pop("attempts", 3), **cfg)
-    return ModelUpdater(config, store, ort_sanity_check, activate=activate, health=HealthBoard())
+    return ModelUpdater(config, store, ort_sanity_check, activate=activate, health=HealthBoard(), publish=publish)
+
+
+class Published:
+    """Stands in for the uplink: collects the results an updater publishes, and tells it when the broker has
+    one (which is when its journal entry goes)."""
+
+    def __init__(self) -> None:
+        self.results: list[dict] = []
+        self.updater: ModelUpdater | None = None
+
+    def __call__(self, result: dict) -> None:
+        self.results.append(result)
+        assert self.updater is not None
+        self.updater.published(result)
+
+    def wait(self, status: str, timeout_s: float = 30) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [r for r in self.results if r["status"] == status]
+            if found:
+                return found[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no {status!r} result in {self.results}")
+
+
+def publishing(store: ModelStore, server: ModelServer, **cfg: Any) -> tuple[ModelUpdater, Published]:
+    out = Published()
+    out.updater = updater(store, server, publish=out, **cfg)
+    return out.updater, out
 
 
 def assert_untouched(store: ModelStore, sha_before: str) -> None:
     assert store.current_sha() == sha_before
     assert store.current_link.resolve().read_bytes() == tiny_onnx(1.0)
     assert list(store.incoming.iterdir()) == [], "partial downloads must not be left behind"
+
+
+def add_device(server_cfg: Any, device_id: str) -> None:
+    """The device's row, as `fleet-server device add` makes it (commands go only to known devices)."""
+    import psycopg
+
+    with psycopg.connect(server_cfg.database.resolve_dsn(), autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id) VALUES (%s)", (device_id,))
+
+
+class DeviceCommands:
+    """A device's MQTT login subscribed to its own cmd topics, collecting what the server sends it."""
+
+    def __init__(self, service_info: Any, device_id: str, password: str) -> None:
+        import queue
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.received: queue.Queue[dict] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.username_pw_set(device_id, password)
+        self.client.on_message = lambda c, u, m: self.received.put(json.loads(m.payload))
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.connect("127.0.0.1", service_info.mqtt_port)
+        self.client.subscribe(f"roadmon/v1/{device_id}/cmd/+", qos=1)
+        self.client.loop_start()
+
+    def __enter__(self) -> DeviceCommands:
+        assert self.subscribed.wait(5), "no SUBACK"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 # ------------------------------------------------------------------------------------------- tests
@@ -377,7 +456,10 @@ def test_effective_model_prefers_an_installed_update_over_bundled(tmp_path: Path
 def test_running_agent_takes_a_model_update_over_mqtt(tmp_path: Path, model_server: ModelServer,
                                                       service_info: Any, mqtt_device: Any) -> None:
     """`edge-agent run` on the shared broker: the server publishes cmd/model-update, the agent downloads over
-    HTTPS, checks, swaps, starts detecting with the new model, and answers on cmd/model-update/result."""
+    HTTPS, checks, swaps, starts detecting with the new model, and answers on cmd/model-update/result.
+    It starts although its current model is damaged (on previous.onnx, reported), answers `expired` to a
+    stale command, and takes cmd/config-reload: a bad file is refused naming the key, a good one ends the
+    process with the restart code."""
     import importlib.util
     import queue
     import subprocess
@@ -396,9 +478,9 @@ def test_running_agent_takes_a_model_update_over_mqtt(tmp_path: Path, model_serv
     (tmp_path / "pw").write_text(password)
     store = ModelStore(tmp_path / "state" / "models")  # as install.sh leaves it
     store.ensure()
-    first = tiny_detector(0.6, version="1")
-    store.path_of(hashlib.sha256(first).hexdigest()).write_bytes(first)
-    store.swap(hashlib.sha256(first).hexdigest())
+    first = _install(store, tiny_detector(0.6, version="1"), "1")
+    damaged = _install(store, tiny_detector(0.65, version="1b"), "1b")
+    store.path_of(damaged).write_bytes(b"half a model")
     helpers.make_video(tmp_path / "road.mp4", frames=600)  # a minute of frames at 10 fps
     start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
     (tmp_path / "drive.nmea").write_bytes(b"".join(helpers.nmea_epoch(start + timedelta(seconds=i))
@@ -430,7 +512,7 @@ ca_file = "{model_server.ca}"
     server.username_pw_set(service_info.server_user, service_info.server_password)
     server.on_message = lambda c, u, m: messages.put((m.topic, json.loads(m.payload)))
     server.connect("127.0.0.1", service_info.mqtt_port)
-    server.subscribe([(topics.cmd_result(device_id, "model-update"), 1), (topics.status(device_id), 1)])
+    server.subscribe([(topics.cmd_result(device_id, "+"), 1), (topics.status(device_id), 1)])
     server.loop_start()
     agent = subprocess.Popen([str(Path(sys.executable).parent / "edge-agent"), "run", "--config", str(config)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -447,8 +529,13 @@ ca_file = "{model_server.ca}"
                 return payload
         raise AssertionError("timed out")
 
+    def result_of(status: str) -> dict:
+        return wait_for(lambda t, p: t.endswith("/result") and p.get("status") == status, 60)
+
     try:
-        wait_for(lambda t, p: t.endswith("/status") and p.get("state") == "online", 60)
+        online = wait_for(lambda t, p: t.endswith("/status") and p.get("state") == "online", 60)
+        assert online["model"]["sha256"] == first and "sha256 mismatch" in online["model"]["fallback"]
+        assert "previous" in result_of("fallback")["reason"]
         server.publish(topics.cmd(device_id, "model-update"),
                        json.dumps({"url": url, "sha256": sha, "name": "potholes-tiny", "version": "2"}), qos=1)
         result = wait_for(lambda t, p: t.endswith("/result"), 60)
@@ -461,6 +548,23 @@ ca_file = "{model_server.ca}"
         bad = wait_for(lambda t, p: t.endswith("/result"), 60)
         assert bad["ok"] is False and "sha256 mismatch" in bad["reason"]
         assert store.current_sha() == sha
+        stale = {"url": url, "sha256": first, "command_id": "stale", "expires_at": "2026-01-01T00:00:00Z"}
+        server.publish(topics.cmd(device_id, "model-update"), json.dumps(stale), qos=1)
+        assert result_of("expired")["command_id"] == "stale" and store.current_sha() == sha
+
+        good_config = config.read_text()
+        config.write_text(good_config + "\n[tracker]\nmax_rang_m = 30\n")
+        server.publish(topics.cmd(device_id, "config-reload"), json.dumps({"command_id": "bad"}), qos=1)
+        invalid = result_of("invalid")
+        assert invalid["ok"] is False and invalid["command_id"] == "bad"
+        assert any(p.startswith("tracker.max_rang_m") for p in invalid["problems"]), invalid
+        time.sleep(1)
+        assert agent.poll() is None, "a bad config file must not stop the agent"
+        config.write_text(good_config.replace("heartbeat_s = 1", "heartbeat_s = 2"))
+        server.publish(topics.cmd(device_id, "config-reload"), json.dumps({"command_id": "good"}), qos=1)
+        restarting = result_of("restarting")
+        assert restarting["ok"] and restarting["changed"] == ["uplink"] and restarting["command_id"] == "good"
+        assert agent.wait(30) == 4, "exits for systemd (Restart=always) to start it on the new config"
     finally:
         agent.terminate()
         agent.wait(30)
@@ -494,18 +598,10 @@ def test_partial_download_left_by_a_crash_is_resumed(store: ModelStore, model_se
 
 @pytest.mark.services
 def test_signed_push_from_the_fleet_server_is_accepted(tmp_path: Path, model_server: ModelServer,
-                                                       service_info: Any, mqtt_device: Any,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       service_info: Any, mqtt_device: Any, make_cfg: Any) -> None:
     """`fleet-server model push --signature-file` -> broker -> the device's cmd topic -> ModelUpdater with the
     release public key: the wire contract for signed models, through the real server code and broker."""
-    import queue
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from fleet_server import commands
-    from fleet_server.config import ServerConfig
-    from roadmon_contract import topics
 
     device_id, password = mqtt_device()
     key = ed25519.Ed25519PrivateKey.generate()
@@ -516,29 +612,14 @@ def test_signed_push_from_the_fleet_server_is_accepted(tmp_path: Path, model_ser
     model = tmp_path / "new.onnx"
     model.write_bytes(tiny_onnx(21.0))
     url, sha = model_server.publish(model.read_bytes())  # what the API serves from models.dir
-    monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
-    server_cfg = ServerConfig.model_validate({
-        "mqtt": {"host": "127.0.0.1", "port": service_info.mqtt_port, "username": service_info.server_user},
-        "models": {"dir": str(tmp_path / "staged"), "url_base": model_server.base}})
+    server_cfg = make_cfg(devices=[device_id], models={"url_base": model_server.base})
+    add_device(server_cfg, device_id)
 
-    received: queue.Queue[dict] = queue.Queue()
-    subscribed = threading.Event()
-    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
-    device.username_pw_set(device_id, password)
-    device.on_message = lambda c, u, m: received.put(json.loads(m.payload))
-    device.on_subscribe = lambda *a: subscribed.set()
-    device.connect("127.0.0.1", service_info.mqtt_port)
-    device.subscribe(topics.cmd(device_id, "model-update"), qos=1)
-    device.loop_start()
-    try:
-        assert subscribed.wait(5)
+    with DeviceCommands(service_info, device_id, password) as device:
         sent = commands.push_model(server_cfg, device_id, model, name="potholes", version="3",
                                    signature=sign_file(pem, model))
-        payload = received.get(timeout=10)
-    finally:
-        device.loop_stop()
-        device.disconnect()
-    assert payload == sent and payload["url"] == url and payload["sha256"] == sha
+        payload = device.received.get(timeout=10)
+    assert payload == sent and payload["url"].startswith(url + "?") and payload["sha256"] == sha
     store = ModelStore(tmp_path / "models")
     up = ModelUpdater(ModelUpdateConfig(ca_file=str(model_server.ca), public_key=str(tmp_path / "release.pub.pem")),
                       store, ort_sanity_check)
@@ -556,3 +637,182 @@ def test_unusable_public_key_refuses_updates_but_does_not_crash(store: ModelStor
         result = up.handle({"url": url, "sha256": sha})
         assert result["status"] == "refused" and "public_key is unusable" in result["reason"]
         assert model_server.requests == [], "nothing is downloaded without a usable key"
+
+
+# ---------------------------------------------------------------- the server's own push, end to end over HTTP
+@pytest.mark.services
+def test_push_downloads_from_the_servers_own_api_with_its_signed_link(tmp_path: Path, service_info: Any,
+                                                                       mqtt_device: Any, make_cfg: Any) -> None:
+    """`model push` with the server's own model route: the agent has no HTTP token, the command's signed link
+    is its right to download. Served over plain HTTP on loopback, which the agent takes only with allow_http
+    (and says which setting to change when it lacks it)."""
+    from fleet_server import commands
+    from tests.server_fixtures import serve_api
+
+    device_id, password = mqtt_device()
+    server_cfg = make_cfg(devices=[device_id])
+    add_device(server_cfg, device_id)
+    model = tmp_path / "potholes.onnx"
+    model.write_bytes(tiny_onnx(31.0))
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    store = ModelStore(tmp_path / "agent-models")
+    with serve_api(server_cfg) as base, DeviceCommands(service_info, device_id, password) as device:
+        sent = commands.push_model(server_cfg, device_id, model, url_base=base, name="potholes", version="4")
+        payload = device.received.get(timeout=10)
+        assert payload == sent and payload["url"].startswith(f"{base}/api/v1/models/{sha}.onnx?")
+        assert payload["expires_at"] > payload["issued_at"] and payload["command_id"]
+
+        strict = ModelUpdater(ModelUpdateConfig(), store, ort_sanity_check).handle(payload)
+        assert strict["status"] == "refused" and "model_update.allow_http" in strict["reason"], strict
+
+        lab = ModelUpdater(ModelUpdateConfig(allow_http=True, attempts=1), store, ort_sanity_check)
+        result = lab.handle(payload)
+        assert result["ok"] and result["status"] == "installed", result
+        assert result["command_id"] == payload["command_id"]
+        assert store.current_link.resolve().read_bytes() == model.read_bytes()
+        assert "sig=" not in json.dumps(result) + store.meta_path(sha).read_text(), "the capability stays private"
+
+
+# --------------------------------------------------------------------------- the newest push wins, expiry
+def test_a_push_during_an_update_is_queued_and_the_newest_wins(store: ModelStore,
+                                                                model_server: ModelServer) -> None:
+    first_url, first = model_server.publish(tiny_onnx(40.0))
+    up, out = publishing(store, model_server)
+    model_server.stall_at = 10  # the first download hangs until released
+    done: list[dict] = []
+    worker = threading.Thread(target=lambda: done.append(up.handle({"url": first_url, "sha256": first})))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not model_server.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cmds = []
+    for scale in (41.0, 42.0):
+        url, sha = model_server.publish(tiny_onnx(scale))
+        cmds.append({"url": url, "sha256": sha, "command_id": f"c{int(scale)}"})
+    queued = [up.handle(cmd) for cmd in cmds]
+    assert [q["status"] for q in queued] == ["queued", "queued"] and all(q["ok"] for q in queued)
+    superseded = out.wait("superseded", 5)
+    assert superseded["command_id"] == "c41" and cmds[1]["sha256"] in superseded["reason"]
+    model_server.stall_at = None
+    model_server.release.set()
+    worker.join(30)
+    assert done[0]["status"] == "installed" and done[0]["sha256"] == first
+    up.published(done[0])  # as the uplink does once the broker has it
+    newest = out.wait("installed")
+    assert newest["command_id"] == "c42" and store.current_sha() == cmds[1]["sha256"] == newest["sha256"]
+    assert store.previous_sha() == first
+    assert list(up.journal.entries()) == [], "every command answered"
+
+
+def test_an_expired_command_is_answered_expired_and_not_applied(store: ModelStore,
+                                                                model_server: ModelServer) -> None:
+    old = store.current_sha()
+    url, sha = model_server.publish(tiny_onnx(43.0))
+    result = updater(store, model_server).handle({"url": url, "sha256": sha, "command_id": "week-old",
+                                                  "issued_at": "2026-01-01T00:00:00Z",
+                                                  "expires_at": "2026-01-02T00:00:00Z"})
+    assert result["ok"] is False and result["status"] == "expired" and "2026-01-02" in result["reason"]
+    assert result["command_id"] == "week-old" and model_server.requests == []
+    assert_untouched(store, old)
+
+
+# ------------------------------------------------------------------------- crash in the middle of an update
+def test_an_update_killed_mid_download_is_resumed_at_the_next_start(store: ModelStore,
+                                                                    model_server: ModelServer) -> None:
+    """kill -9 while the model downloads: the command was acked to the broker, so only the journal remembers
+    it. The next start resumes the download where the .part file ends and publishes the result."""
+    import subprocess
+    import sys
+
+    data = tiny_onnx(44.0, pad=1_500_000)  # more than one 1 MB chunk reaches the disk before the stall
+    url, sha = model_server.publish(data)
+    model_server.stall_at = 1_200_000
+    payload = {"url": url, "sha256": sha, "command_id": "killed"}
+    script = ("import json, sys\n"
+              "from edge_agent.config.model_update import ModelUpdateConfig\n"
+              "from edge_agent.detect.model_update import ModelStore, ModelUpdater\n"
+              "ModelUpdater(ModelUpdateConfig(ca_file=sys.argv[2]), ModelStore(sys.argv[1]), lambda p: {})"
+              ".handle(json.loads(sys.argv[3]))\n")
+    agent = subprocess.Popen([sys.executable, "-c", script, str(store.root), str(model_server.ca),
+                              json.dumps(payload)])
+    partial = store.incoming / f"{sha}.part"
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size >= 1 << 20) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    agent.kill()
+    agent.wait(10)
+    model_server.stall_at = None
+    model_server.release.set()
+    got = partial.stat().st_size
+    assert got >= 1 << 20, "the download had not reached the disk"
+
+    up, out = publishing(store, model_server)
+    up.recover()
+    result = out.wait("installed")
+    assert result["command_id"] == "killed" and store.current_sha() == sha
+    assert model_server.requests[-1] == f"bytes={got}-", "resumed where the killed download stopped"
+    assert list(store.incoming.iterdir()) == [] and up.journal.entries() == []
+
+
+def test_unfinished_updates_are_answered_at_start(store: ModelStore, model_server: ModelServer) -> None:
+    """What the journal holds after a crash: a swap that was done is `installed`; one that expired meanwhile,
+    or was cut off by restarts too often, is answered so, and its partial download goes."""
+    installed = store.current_sha()
+    up, out = publishing(store, model_server)
+    up.journal.write("swapped", {"sha256": installed, "url": "https://x/m.onnx", "command_id": "swapped"}, "running")
+    up.journal.write("late", {"sha256": "b" * 64, "url": "https://x/m.onnx", "command_id": "late",
+                              "expires_at": "2026-01-01T00:00:00Z"}, "queued")
+    for _ in range(3):
+        up.journal.write("crashy", {"sha256": "c" * 64, "url": "https://x/m.onnx", "command_id": "crashy"},
+                         "running")
+    (store.incoming / f"{'c' * 64}.part").write_bytes(b"partial")
+    up.recover()
+    by_id = {r["command_id"]: r for r in out.results}
+    assert by_id["swapped"]["status"] == "installed" and by_id["swapped"]["ok"]
+    assert by_id["late"]["status"] == "expired"
+    assert by_id["crashy"]["status"] == "interrupted" and "3 agent restarts" in by_id["crashy"]["reason"]
+    assert list(store.incoming.iterdir()) == [] and up.journal.entries() == []
+    assert model_server.requests == []
+
+
+# ---------------------------------------------------------------------------- a damaged model at start
+def _agent_config(tmp_path: Path, store: ModelStore) -> Any:
+    from edge_agent.config import AgentConfig
+
+    return AgentConfig.model_validate({"device": {"id": "veh-fallback", "state_dir": str(tmp_path / "state")},
+                                       "detector": {"model": str(store.current_link)},
+                                       "model_update": {"models_dir": str(store.root)},
+                                       "uplink": {"enabled": False}})
+
+
+def _install(store: ModelStore, data: bytes, version: str) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    store.path_of(sha).write_bytes(data)
+    store.write_meta(sha, {"sha256": sha, "name": "potholes-tiny", "version": version})
+    store.swap(sha)
+    return sha
+
+
+def test_a_damaged_current_model_falls_back_to_previous_at_start(tmp_path: Path) -> None:
+    """current.onnx no longer matches its manifest (a bad sector, a half-written copy): the agent starts on
+    previous.onnx, says so loudly and in its heartbeat, and keeps the links for a fixed push to repair."""
+    from edge_agent.detect.detector import ModelError
+    from edge_agent.runtime.assemble import build_agent
+
+    store = ModelStore(tmp_path / "models")
+    store.ensure()
+    good = _install(store, tiny_detector(0.6, version="1"), "1")
+    damaged = _install(store, tiny_detector(0.7, version="2"), "2")
+    store.path_of(damaged).write_bytes(tiny_detector(0.7, version="2")[:-40])
+    cfg = _agent_config(tmp_path, store)
+    with build_agent(cfg) as agent:
+        assert agent.pipeline.model.sha256 == good and agent.pipeline.model.version == "1"
+        fallback = agent.health.snapshot()["model"]["fallback"]
+        assert "sha256 mismatch" in fallback and "previous" in fallback, fallback
+        assert agent.model_fallback == fallback
+    assert store.current_sha() == damaged and store.previous_sha() == good
+
+    # A model the operator pinned has nothing else to fall back on: the start fails with its own error.
+    pinned = cfg.model_copy(update={"detector": cfg.detector.model_copy(update={"model": str(store.path_of(damaged))})})
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        build_agent(pinned)

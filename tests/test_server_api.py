@@ -212,7 +212,7 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
 
     import psycopg
 
-    from fleet_server.commands import stage_model
+    from fleet_server.commands import model_link, stage_model
     from fleet_server.store import Batch, store_batch
     from tests.server_fixtures import make_coverage
 
@@ -250,6 +250,23 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     assert client.get(f"/api/v1/models/{sha}.onnx").status_code == 403
     assert client.get("/api/v1/models/..%2F..%2Fetc%2Fpasswd", headers=device).status_code == 404
     assert client.get(f"/api/v1/models/{'0' * 64}.onnx", headers=device).status_code == 404
+    # ...or the link `model push` signs for one device until the command expires: no token needed (the agent
+    # has none), but only for that model, that device, that long, and never for a revoked device.
+    soon = now + timedelta(hours=1)
+    link = model_link(cfg, "", sha, "veh-c", soon)
+    got = client.get(link)
+    assert got.status_code == 200 and got.content == b"onnx-bytes"
+    for bad in (link.replace("device=veh-c", "device=veh-x"),     # another device's
+                link.replace("expires=", "expires=1"),              # a longer life
+                link[:-4] + "0000",                                 # a forged signature
+                link.split("&sig=")[0],                             # none (and no token)
+                f"/api/v1/models/{sha}.onnx?sig=abc"):              # a signature without device and expiry
+        assert client.get(bad).status_code == 403, bad
+    stale = model_link(cfg, "", sha, "veh-c", now - timedelta(seconds=1))
+    assert client.get(stale).status_code == 403 and "expired" in client.get(stale).text
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET revoked_at = now() WHERE id = 'veh-c'")
+    assert client.get(link).status_code == 403
     # CORS: only the configured origin is let in.
     allowed = client.options("/api/v1/defects", headers={"Origin": "https://fleet.example.org",
                                                          "Access-Control-Request-Method": "GET"})

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -177,3 +178,52 @@ def test_cli_device_add_refuses_an_existing_id_unless_reissue(fresh_db, service_
         assert conn.execute("SELECT revoked_at IS NOT NULL FROM devices WHERE id = %s", (device,)).fetchone()[0]
         assert auth.verify(conn, second["http_token"]) is None
     assert device not in broker.passwd_file.read_text()
+
+
+def test_cli_commands_go_only_to_known_devices_and_known_commands(fresh_db, service_info, broker, tmp_path,
+                                                                  monkeypatch) -> None:
+    """`cmd send` and `model push` to a revoked, unknown or malformed device, an unknown command or one with
+    topic characters, or a file that is no ONNX model: one line saying so, exit 1, nothing published or
+    staged (a wildcard used to end in a traceback, the rest in a false "sent")."""
+    from tests.onnx_models import tiny_detector
+
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
+    port = free_port()
+    conf = _config(tmp_path, service_info, broker, port)
+    runner = CliRunner()
+    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
+    live, gone = f"cli-{port}", f"cli-gone-{port}"
+    for device in (live, gone):
+        assert runner.invoke(app, ["-c", conf, "device", "add", device]).exit_code == 0
+    assert runner.invoke(app, ["-c", conf, "device", "revoke", gone]).exit_code == 0
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_detector())
+    text = tmp_path / "notes.onnx"
+    text.write_text("not really onnx")
+
+    def refused(args: list[str], expect: str) -> None:
+        result = runner.invoke(app, ["-c", conf, *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert expect in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
+        assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, no traceback
+
+    refused(["cmd", "send", gone, "model-update", "{}"], "is revoked")
+    refused(["cmd", "send", "ghost-99", "config-reload"], "no device 'ghost-99'")
+    refused(["cmd", "send", "+", "config-reload"], "no device '+'")
+    refused(["cmd", "send", live, "a/b"], "unknown command 'a/b'")
+    refused(["cmd", "send", live, "#"], "unknown command '#'")
+    push = ["model", "push", "--url-base", "https://fleet.example.org"]
+    refused([*push, "ghost-99", str(model)], "no device 'ghost-99'")
+    refused([*push, gone, str(model)], "is revoked")
+    refused([*push, live, str(text)], "not an ONNX model")
+    refused(["model", "push", live, str(model)], "models.url_base")
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("*.onnx")), "nothing staged"
+
+    small = tmp_path / "small.toml"
+    small.write_text(Path(conf).read_text().replace("[models]\n", "[models]\nmax_size_mb = 0.001\n"))
+    result = runner.invoke(app, ["-c", str(small), *push, live, str(model)])
+    assert result.exit_code == 1 and "models.max_size_mb" in result.output, result.output
+
+    sent = runner.invoke(app, ["-c", conf, "cmd", "send", live, "config-reload"])
+    assert sent.exit_code == 0 and "command_id" in sent.output and "expires" in sent.output, sent.output

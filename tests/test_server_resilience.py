@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fleet_server.cli import app
 from roadmon_contract import topics
+from tests.onnx_models import tiny_detector
 from tests.server_fixtures import DeviceClient, count, make_cfg, make_event, server_config, wait_for, workers
 
 pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
@@ -124,24 +125,25 @@ def test_status_last_will_and_command_results(make_cfg, workers, mqtt_device, se
     conf = cfg.database.dsn_file.parent / "server.toml"
     conf.write_text(f'[mqtt]\nport = {service_info.mqtt_port}\n[models]\ndir = "{cfg.models.dir}"\n')
     runner = CliRunner()
-    sent = runner.invoke(app, ["-c", str(conf), "cmd", "send", device, "ping", '{"n": 1}'])
+    sent = runner.invoke(app, ["-c", str(conf), "cmd", "send", device, "config-reload", '{"n": 1}'])
     assert sent.exit_code == 0, sent.output
-    assert wait_for(lambda: any(m.topic.endswith("/cmd/ping") for m in commands))
-    client.publish(topics.cmd_result(device, "ping"), json.dumps({"ok": True, "n": 1}), qos=1).wait_for_publish(5)
+    assert wait_for(lambda: any(m.topic.endswith("/cmd/config-reload") for m in commands))
+    client.publish(topics.cmd_result(device, "config-reload"), json.dumps({"ok": True, "n": 1}),
+                   qos=1).wait_for_publish(5)
     assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM command_results") == 1)
     listed = runner.invoke(app, ["-c", str(conf), "cmd", "results", device, "--json"])
     assert listed.exit_code == 0 and json.loads(listed.output)[0]["payload"] == {"ok": True, "n": 1}
     # A model update: staged by sha256, announced with the URL the device fetches it from.
     model = conf.parent / "candidate.onnx"
-    model.write_bytes(b"not really onnx")
+    model.write_bytes(tiny_detector())
     pushed = runner.invoke(app, ["-c", str(conf), "model", "push", device, str(model), "--url-base",
                                  "https://fleet.example.org"])
     assert pushed.exit_code == 0, pushed.output
     assert wait_for(lambda: any(m.topic.endswith("/cmd/model-update") for m in commands))
     update = json.loads(next(m for m in commands if m.topic.endswith("/cmd/model-update")).payload)
-    sha = hashlib.sha256(b"not really onnx").hexdigest()
-    assert update["sha256"] == sha and update["url"] == f"https://fleet.example.org/api/v1/models/{sha}.onnx"
-    assert (cfg.models.dir / f"{sha}.onnx").read_bytes() == b"not really onnx"
+    sha = hashlib.sha256(tiny_detector()).hexdigest()
+    assert update["sha256"] == sha and update["url"].startswith(f"https://fleet.example.org/api/v1/models/{sha}.onnx?")
+    assert (cfg.models.dir / f"{sha}.onnx").read_bytes() == tiny_detector()
     # Vanish without a goodbye: the broker publishes the Last Will, the device turns offline.
     client.loop_stop()
     client.socket().close()

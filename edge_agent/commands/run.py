@@ -150,10 +150,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the agent: live camera and GNSS, detect, track, geolocate, store and forward."""
         from edge_agent.detect.detector import ModelError
+        from edge_agent.runtime.config_reload import EXIT_CONFIG_RELOAD
         from edge_agent.runtime.live import LiveAgent
 
         cfg = _load_config(config)
-        agent = LiveAgent(cfg, uplink=uplink)
+        agent = LiveAgent(cfg, uplink=uplink, config_path=config)
         try:
             summary = agent.run()
         except ModelError as exc:  # the effective model (a remote update supersedes the configured one)
@@ -162,3 +163,6 @@ def register(app: typer.Typer) -> None:
         except STARTUP_ERRORS as exc:  # outbox folder, calibration, GNSS port set-up
             _cannot_start(exc)
         err.print(f"stopped: {summary['frames']} frames, {summary['events']} events, {summary['dropped']} dropped")
+        if agent.reload_requested:  # cmd/config-reload: the service manager starts us again on the new file
+            err.print(f"config-reload: exiting with {EXIT_CONFIG_RELOAD} to be started again with {config}")
+            raise typer.Exit(EXIT_CONFIG_RELOAD)

@@ -9,10 +9,16 @@ then swaps it in. Models live in one folder:
                                  them, and finds it through the link), source, installed_at, failure
     <models_dir>/current.onnx    -> <sha256>.onnx, what the detector loads
     <models_dir>/previous.onnx   -> <sha256>.onnx, what a rollback goes back to
+    <models_dir>/.commands/      the commands being worked on or waiting (Journal), until their result is out
 
 Links are replaced with rename(2), so a power cut leaves either the old or the new model, never half of one.
 If the pipeline cannot start the new model after the swap, the links go back and the old one is reloaded.
 The handler's returned dict is what the uplink publishes on `cmd/model-update/result`.
+
+The newest command wins: one arriving during an update runs after it (`queued`), replacing any that waited
+(`superseded`); a command past its `expires_at` is answered `expired`. A command cut off by a crash is found
+in the journal at the next start and answered, or resumed (`recover`). At start, a remotely installed model
+that does not load gives way to `previous.onnx`, then to the configured one (`start_candidates`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.health import HealthBoard
+from roadmon_contract.commands import expired_reason
 from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -46,16 +53,25 @@ log = logging.getLogger(__name__)
 COMMAND = "model-update"
 CHUNK = 1 << 20
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INTERIM = ("queued",)  # statuses after which the command is still to be answered
+MAX_ATTEMPTS = 3       # restarts that may cut one update off before it is given up as `interrupted`
 
 # Loads the model at a path and raises when it is unusable; returns what it learnt (name, provider...).
 SanityCheck = Callable[[Path], dict[str, Any]]
 # Called with the model to run now (the new current.onnx after a swap; after a rollback the previous one, or the
 # configured model when there was none); the pipeline reloads its detector. Raising means "it does not run here".
 Activate = Callable[[str], None]
+# Sends a result no command message waits for (queued, resumed, start-up reports) to cmd/model-update/result.
+Publish = Callable[[dict[str, Any]], None]
 
 
 class UpdateRefused(Exception):
     """The command itself is unacceptable (bad field, disabled, pinned model): nothing was downloaded."""
+
+
+class UpdateExpired(UpdateRefused):
+    """The command's expires_at has passed: it is answered `expired` and not carried out."""
 
 
 class UpdateFailed(Exception):
@@ -64,6 +80,11 @@ class UpdateFailed(Exception):
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def shown(url: str) -> str:
+    """URL for logs, results and manifests: without its query, which holds the server's signed capability."""
+    return url.split("?", 1)[0]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -184,6 +205,22 @@ def effective_model(detector: DetectorConfig, update_cfg: ModelUpdateConfig, sta
     return detector.model
 
 
+def start_candidates(detector: DetectorConfig, update_cfg: ModelUpdateConfig, state_dir: str) -> list[tuple[str, str]]:
+    """(what, model) to try at start, in order: the effective model and, when that is a remote update's
+    current.onnx, previous.onnx and then the configured model ('bundled' where the config names current.onnx).
+    A box whose updated model is damaged then still starts, reports it and can take a fixed one remotely."""
+    store = ModelStore(models_dir(update_cfg, state_dir))
+    first = effective_model(detector, update_cfg, state_dir)
+    if Path(first) != store.current_link:
+        return [("configured", first)]  # a pinned model: nothing else was meant to run
+    out = [("current", first)]
+    if store.previous_link.exists():
+        out.append(("previous", str(store.previous_link)))
+    configured = "bundled" if Path(detector.model) == store.current_link else detector.model
+    out.append(("configured" if configured != "bundled" else "bundled", configured))
+    return out
+
+
 # ----------------------------------------------------------------------------------- verification
 def load_public_key(text_or_path: str) -> Any:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -274,7 +311,7 @@ def download(url: str, dest: Path, cfg: ModelUpdateConfig) -> int:
             if exc.code == 416 and have:  # our partial file is already complete, or longer than the model
                 dest.unlink()
             elif exc.code < 500 and exc.code not in (408, 429):
-                raise UpdateFailed(f"download refused: HTTP {exc.code} {exc.reason} for {url}") from None
+                raise UpdateFailed(f"download refused: HTTP {exc.code} {exc.reason} for {shown(url)}") from None
             last_error = f"HTTP {exc.code} {exc.reason}"
         except (ssl.SSLCertVerificationError, urllib.error.URLError) as exc:
             cert_error = exc if isinstance(exc, ssl.SSLCertVerificationError) else getattr(exc, "reason", None)
@@ -291,13 +328,67 @@ def download(url: str, dest: Path, cfg: ModelUpdateConfig) -> int:
     raise UpdateFailed(f"download interrupted {cfg.attempts} times, last: {last_error}")
 
 
+# ------------------------------------------------------------------------------------------ journal
+class Journal:
+    """The model-update commands being worked on or waiting, one file each in <models_dir>/.commands/, written
+    before the work starts and removed once the broker has the command's final result. What a crash or a
+    power cut leaves here is answered (or resumed) at the next start, so no acked command goes unanswered."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(self._path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def write(self, key: str, payload: dict[str, Any], state: str) -> None:
+        before = self.get(key) or {}
+        attempts = int(before.get("attempts", 0)) + (state == "running")
+        entry = {"payload": payload, "state": state, "attempts": attempts, "since": before.get("since", utc_now())}
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w") as f:
+            json.dump(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+
+    def remove(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        """(key, entry) oldest first; unreadable files (a crash while writing one) are dropped."""
+        found = []
+        for path in self.root.glob("*.json") if self.root.is_dir() else ():
+            entry = self.get(path.stem)
+            if entry is None or not isinstance(entry.get("payload"), dict):
+                log.warning("dropping unreadable model-update journal entry %s", path)
+                path.unlink(missing_ok=True)
+                continue
+            found.append((path.stem, entry))
+        return sorted(found, key=lambda item: str(item[1].get("since", "")))
+
+
 # ------------------------------------------------------------------------------------------ updater
 class ModelUpdater:
-    """Handles `cmd/model-update`; one update at a time."""
+    """Handles `cmd/model-update`, one update at a time; the newest command wins.
+
+    A command that arrives while an update runs is answered `queued` and runs after it; a newer one arriving
+    meanwhile takes its place (the older is answered `superseded`). Results of queued and resumed commands go
+    out through `publish` (the uplink's publish_result, set by `register`)."""
 
     def __init__(self, cfg: ModelUpdateConfig, store: ModelStore, sanity_check: SanityCheck,
                  activate: Activate | None = None, health: HealthBoard | None = None,
-                 pinned_model: str | None = None, fallback_model: str = "bundled") -> None:
+                 pinned_model: str | None = None, fallback_model: str = "bundled",
+                 publish: Publish | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.sanity_check = sanity_check
@@ -305,7 +396,14 @@ class ModelUpdater:
         self.health = health
         self.pinned_model = pinned_model
         self.fallback_model = fallback_model
-        self._busy = threading.Lock()
+        self.publish = publish
+        self.journal = Journal(store.root / ".commands")
+        # The sha256 of the model the pipeline runs, when known (set at start and on each activation): after a
+        # start-up fallback it is not current.onnx's, and pushing current's sha again must then not be a no-op.
+        self.running_sha: str | None = None
+        self._mutex = threading.Lock()
+        self._running = False
+        self._next: dict[str, Any] | None = None
         self._public_key: Any = None
         self._key_error: str | None = None
         if cfg.public_key:
@@ -326,29 +424,140 @@ class ModelUpdater:
         return cls(agent_cfg.model_update, store, detector_sanity_check(agent_cfg.detector), activate, health, pinned)
 
     def register(self, uplink: Any) -> None:
-        uplink.on_command(COMMAND, self.handle)
+        uplink.on_command(COMMAND, self.handle, on_published=self.published)
+        self.publish = lambda result: uplink.publish_result(COMMAND, result)
 
+    # -------------------------------------------------------------------------------- entry points
     def handle(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The command handler: never raises; the returned dict is published as the result."""
         t0 = time.monotonic()
-        if not self._busy.acquire(blocking=False):
-            return self._result(payload, t0, ok=False, status="busy", reason="another model update is running")
         try:
+            self._check_command(payload)
+        except UpdateRefused as exc:
+            result = self._refusal(payload, t0, exc)
+            self._settled(result)
+            return result
+        with self._mutex:
+            if self._running:
+                return self._queue(payload, t0)
+            self._running = True
+        result = self._run(payload, t0)
+        self._start_next()
+        self._settled(result)
+        return result
+
+    def published(self, result: dict[str, Any]) -> None:
+        """The broker has RESULT: its command is answered for good, so it leaves the journal."""
+        if result.get("status") in INTERIM:
+            return
+        key = self._key(result)
+        if key:
+            self.journal.remove(key)
+
+    def recover(self) -> None:
+        """At start: answer, or resume, what a crash or power cut interrupted. An update whose swap was done is
+        `installed` (or `failed` when the agent could not start that model); one expired, or cut off by
+        restarts MAX_ATTEMPTS times, is answered so; the newest of the rest is resumed (its download goes on
+        from its .part file), older ones are `superseded`."""
+        entries = self.journal.entries()
+        running = self.running_sha or self.store.current_sha()
+        resumable = []
+        for _key, entry in entries:
+            payload, t0 = entry["payload"], time.monotonic()
+            sha = str(payload.get("sha256", "")).lower()
+            was_running = entry.get("state") == "running"
+            if was_running and sha == running:
+                self._emit(self._result(payload, t0, ok=True, status="installed",
+                                        reason="finished before the agent restarted"))
+            elif was_running and sha == self.store.current_sha():
+                self._emit(self._result(payload, t0, ok=False, status="failed",
+                                        reason=f"swapped in before the agent restarted, but the agent could not "
+                                               f"start it and runs {running or 'another model'}"))
+            elif self._expired(payload):
+                self._emit(self._result(payload, t0, ok=False, status="expired", reason=self._expired(payload)))
+            elif int(entry.get("attempts", 0)) >= MAX_ATTEMPTS:
+                self._emit(self._result(payload, t0, ok=False, status="interrupted",
+                                        reason=f"cut off by {entry['attempts']} agent restarts; push it again"))
+            else:
+                resumable.append(payload)
+        for older in resumable[:-1]:
+            self._emit(self._superseded(older, resumable[-1]))
+        if not resumable:
+            self._drop_stale_partials(keep=None)
+            return
+        newest = resumable[-1]
+        log.warning("resuming model update %s, interrupted by a restart", newest.get("sha256"))
+        with self._mutex:
+            self._running = True
+        threading.Thread(target=self._run_queued, args=(newest,), name="model-update", daemon=True).start()
+
+    def report_fallback(self, reason: str, running: str | None) -> None:
+        """Tell the server (on cmd/model-update/result) that the agent started with a fallback model."""
+        self._emit(self._result({}, time.monotonic(), ok=False, status="fallback", reason=reason,
+                                running_sha256=running))
+
+    # ------------------------------------------------------------------------------------ queueing
+    def _queue(self, payload: dict[str, Any], t0: float) -> dict[str, Any]:
+        """Called with the mutex held: PAYLOAD runs after the update in progress, in place of any waiting one."""
+        older, self._next = self._next, payload
+        self.journal.write(self._key(payload), payload, "queued")
+        if older is not None and self._key(older) != self._key(payload):
+            self._emit(self._superseded(older, payload))
+        log.info("model update %s queued behind the one in progress", payload.get("sha256"))
+        return self._result(payload, t0, ok=True, status="queued",
+                            reason="another model update is running; this one follows it")
+
+    def _superseded(self, older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+        return self._result(older, time.monotonic(), ok=False, status="superseded",
+                            reason=f"a newer model-update ({newer.get('sha256')}) came before this one started")
+
+    def _start_next(self) -> None:
+        with self._mutex:
+            payload, self._next = self._next, None
+            if payload is None:
+                self._running = False
+                return
+        threading.Thread(target=self._run_queued, args=(payload,), name="model-update", daemon=True).start()
+
+    def _run_queued(self, payload: dict[str, Any]) -> None:
+        self._emit(self._run(payload, time.monotonic()))
+        self._start_next()
+
+    def _emit(self, result: dict[str, Any]) -> None:
+        """A result no message waits for: to the server through `publish`, else it is final at once."""
+        if self.publish is not None:
+            self.publish(result)
+        else:
+            self.published(result)
+
+    def _settled(self, result: dict[str, Any]) -> None:
+        """A result HANDLE returns: the uplink publishes it and calls `published`; without one it is final."""
+        if self.publish is None:
+            self.published(result)
+
+    # ------------------------------------------------------------------------------------- the work
+    def _run(self, payload: dict[str, Any], t0: float) -> dict[str, Any]:
+        """One update, journalled first; never raises."""
+        try:
+            self._check_command(payload)  # again: a queued or resumed command may have expired meanwhile
+            self.journal.write(self._key(payload), payload, "running")
             result = self._update(payload, t0)
         except UpdateRefused as exc:
-            result = self._result(payload, t0, ok=False, status="refused", reason=str(exc))
+            result = self._refusal(payload, t0, exc)
         except UpdateFailed as exc:
             result = self._result(payload, t0, ok=False, status="failed", reason=str(exc))
         except Exception as exc:  # nothing may crash the agent; the current model is untouched here
             log.exception("model update failed unexpectedly")
             result = self._result(payload, t0, ok=False, status="failed", reason=f"{type(exc).__name__}: {exc}")
-        finally:
-            self._busy.release()
         log.log(logging.INFO if result["ok"] else logging.WARNING, "model update %s: %s %s",
                 result["status"], result.get("sha256"), result.get("reason", ""))
         if self.health:
             self.health.count("model_updates_ok" if result["ok"] else "model_updates_failed")
         return result
+
+    def _refusal(self, payload: Any, t0: float, exc: UpdateRefused) -> dict[str, Any]:
+        status = "expired" if isinstance(exc, UpdateExpired) else "refused"
+        return self._result(payload, t0, ok=False, status=status, reason=str(exc))
 
     def _result(self, payload: dict[str, Any], t0: float, ok: bool, status: str, **extra: Any) -> dict[str, Any]:
         out = {"ok": ok, "status": status, "sha256": payload.get("sha256") if isinstance(payload, dict) else None,
@@ -356,10 +565,27 @@ class ModelUpdater:
                "version": payload.get("version") if isinstance(payload, dict) else None,
                "current_sha256": self.store.current_sha(), "finished_at": utc_now(),
                "duration_s": round(time.monotonic() - t0, 3)}
-        if isinstance(payload, dict) and "request_id" in payload:
-            out["request_id"] = payload["request_id"]
+        for echoed in ("request_id", "command_id"):
+            if isinstance(payload, dict) and echoed in payload:
+                out[echoed] = payload[echoed]
         out.update(extra)
         return out
+
+    @staticmethod
+    def _key(payload: dict[str, Any]) -> str | None:
+        """The journal's name for a command: the server's command_id, else the model's sha256."""
+        command_id = payload.get("command_id")
+        if isinstance(command_id, str) and COMMAND_ID_RE.match(command_id):
+            return command_id
+        sha = payload.get("sha256")
+        return sha.lower() if isinstance(sha, str) and SHA256_RE.match(sha.lower()) else None
+
+    @staticmethod
+    def _expired(payload: dict[str, Any]) -> str | None:
+        try:
+            return expired_reason(payload)
+        except ValueError as exc:
+            return f"unreadable expires_at: {exc}"
 
     def _check_command(self, payload: Any) -> tuple[str, str]:
         if not self.cfg.enabled:
@@ -371,21 +597,30 @@ class ModelUpdater:
                                 f"{self.store.current_link} or 'bundled' to allow remote updates")
         if not isinstance(payload, dict):
             raise UpdateRefused("payload must be a JSON object {url, sha256, name, version}")
+        expired = self._expired(payload)
+        if expired:
+            raise UpdateExpired(expired)
         url, sha = payload.get("url"), payload.get("sha256")
         if not isinstance(url, str) or not url:
             raise UpdateRefused("missing 'url'")
         if not isinstance(sha, str) or not SHA256_RE.match(sha.lower()):
             raise UpdateRefused("'sha256' must be 64 hex digits")
+        scheme = url.split("://")[0]
         if not (url.startswith("https://") or (self.cfg.allow_http and url.startswith("http://"))):
-            raise UpdateRefused(f"refusing {url.split('://')[0]}:// download: models come over https")
+            raise UpdateRefused(f"refusing {scheme}:// download: models come over https (for a lab server without "
+                                "TLS, set model_update.allow_http = true on the device)")
         if self.cfg.url_prefix and not url.startswith(self.cfg.url_prefix):
             raise UpdateRefused(f"url is outside model_update.url_prefix ({self.cfg.url_prefix})")
         return url, sha.lower()
 
+    def _already_current(self, sha: str) -> bool:
+        """SHA is what current.onnx names and what the pipeline runs (after a start-up fallback it is not)."""
+        return self.store.current_sha() == sha and self.running_sha in (None, sha)
+
     def _update(self, payload: dict[str, Any], t0: float) -> dict[str, Any]:
         url, sha = self._check_command(payload)
         self.store.ensure()
-        if self.store.current_sha() == sha:
+        if self._already_current(sha):
             return self._result(payload, t0, ok=True, status="already_current")
 
         self._drop_stale_partials(keep=sha)
@@ -404,7 +639,7 @@ class ModelUpdater:
                 candidate.unlink(missing_ok=True)
             raise UpdateFailed(f"model failed the load sanity check: {exc}") from None
 
-        meta = {"sha256": sha, "name": payload.get("name"), "version": payload.get("version"), "url": url,
+        meta = {"sha256": sha, "name": payload.get("name"), "version": payload.get("version"), "url": shown(url),
                 "installed_at": utc_now(), "check": info}
         if downloaded:
             self.store.add(candidate, sha, meta)
@@ -418,6 +653,7 @@ class ModelUpdater:
                 self.activate(str(self.store.current_link))
             except Exception as exc:
                 return self._roll_back(payload, t0, sha, before, meta, exc)
+            self.running_sha = sha
         removed = self.store.prune(self.cfg.keep)
         if self.health:
             self.health.update(model={"name": meta["name"], "version": meta["version"], "sha256": sha})
@@ -425,9 +661,9 @@ class ModelUpdater:
                             bytes=self.store.path_of(sha).stat().st_size, provider=info.get("provider"),
                             pruned=removed)
 
-    def _drop_stale_partials(self, keep: str) -> None:
+    def _drop_stale_partials(self, keep: str | None) -> None:
         """A download cut off by a crash is resumed when the same model is asked for again; others go."""
-        for partial in self.store.incoming.glob("*.part"):
+        for partial in self.store.incoming.glob("*.part") if self.store.incoming.is_dir() else ():
             if partial.name != f"{keep}.part":
                 partial.unlink(missing_ok=True)
 
@@ -455,6 +691,7 @@ class ModelUpdater:
             back = str(self.store.current_link) if before[0] else self.fallback_model
             try:
                 self.activate(back)
+                self.running_sha = before[0]
             except Exception as again:  # the old model worked a minute ago; say so loudly, keep running
                 reason += f"; reloading the previous model also failed: {again}"
         return self._result(payload, t0, ok=False, status="rolled_back", reason=reason, previous_sha256=before[0])

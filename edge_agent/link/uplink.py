@@ -45,6 +45,7 @@ from edge_agent.link.heartbeat import build_status, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
+from roadmon_contract.commands import expired_reason
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ WRITE_EVERY_S = 0.1
 SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+# Called on the uplink thread (keep it quick) once the broker has a command's result (PUBACK).
+ResultPublished = Callable[[dict[str, Any]], None]
 
 
 class InFlight(NamedTuple):
@@ -94,6 +97,8 @@ class Uplink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
+        self._on_published: dict[str, ResultPublished] = {}
+        self._result_mids: dict[int, tuple[str, dict[str, Any]]] = {}  # results the broker has not PUBACKed
         self._workers: ThreadPoolExecutor | None = None   # command handlers run here, from start() to stop()
         self._results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         # Filled by paho callbacks, which run on the uplink thread inside client.loop().
@@ -130,12 +135,20 @@ class Uplink:
             self._workers.shutdown(wait=False, cancel_futures=True)
             self._workers = None
 
-    def on_command(self, name: str, handler: CommandHandler) -> None:
+    def on_command(self, name: str, handler: CommandHandler, on_published: ResultPublished | None = None) -> None:
         """Call HANDLER(payload) in a worker thread for each message on roadmon/v1/<id>/cmd/<NAME>; the dict it
-        returns is published on .../cmd/<NAME>/result."""
+        returns is published on .../cmd/<NAME>/result. A command whose expires_at has passed gets an `expired`
+        result without reaching HANDLER. ON_PUBLISHED(result) runs once the broker has each result of NAME."""
         if not name or "/" in name or "+" in name or "#" in name:
             raise ValueError(f"invalid command name {name!r}")
         self._handlers[name] = handler
+        if on_published is not None:
+            self._on_published[name] = on_published
+
+    def publish_result(self, name: str, result: dict[str, Any]) -> None:
+        """Publish RESULT on .../cmd/<NAME>/result although no message asked for it now (an update that was
+        queued, resumed after a restart, or a report from start-up); kept until the broker is reachable."""
+        self._results.put((name, result))
 
     def auth_pause_s(self) -> float:
         """How long to wait after a refused login: auth_retry_s plus up to 20 % jitter, never less (a fleet with
@@ -373,7 +386,9 @@ class Uplink:
                 name, result = self._results.get_nowait()
             except queue.Empty:
                 return
-            client.publish(topics.cmd_result(self.device_id, name), json.dumps(result, default=str), qos=1)
+            info = client.publish(topics.cmd_result(self.device_id, name), json.dumps(result, default=str), qos=1)
+            if name in self._on_published:
+                self._result_mids[info.mid] = (name, result)
 
     def _farewell(self) -> None:
         client = self._client
@@ -430,6 +445,7 @@ class Uplink:
                     properties: Any) -> None:
         key = self._mids.pop(mid, None)
         if key is None:
+            self._result_published(mid, reason_code)
             return
         if reason_code.is_failure:
             # The broker refused this message (ACL): the row stays pending; stop and ask again slowly.
@@ -439,6 +455,16 @@ class Uplink:
                                          f"{reason_code}; the broker's ACL does not let this login write there")
             return
         self._acked.append((time.monotonic(), key))
+
+    def _result_published(self, mid: int, reason_code: ReasonCode) -> None:
+        done = self._result_mids.pop(mid, None)
+        if done is None or reason_code.is_failure:
+            return
+        name, result = done
+        try:
+            self._on_published[name](result)
+        except Exception:  # a handler's bookkeeping must not end the uplink
+            log.exception("uplink: after-publish step of command %s failed", name)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Any) -> None:
@@ -488,14 +514,26 @@ class Uplink:
             args = json.loads(payload or b"{}")
             if not isinstance(args, dict):
                 raise ValueError("the payload must be a JSON object")
+            expired = expired_reason(args)
         except ValueError as exc:
             self._results.put((name, {"ok": False, "error": f"bad payload: {exc}"}))
+            return
+        if expired:
+            log.warning("uplink: command %s not carried out: %s", name, expired)
+            self._results.put((name, _with_id({"ok": False, "status": "expired", "reason": expired}, args)))
             return
         workers = self._workers
         if workers is None:
             return  # stopping: no result is sent, so the server sees the command unanswered and may repeat it
         future = workers.submit(handler, args)
-        future.add_done_callback(lambda f: self._results.put((name, _result_of(name, f))))
+        future.add_done_callback(lambda f: self._results.put((name, _with_id(_result_of(name, f), args))))
+
+
+def _with_id(result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """RESULT naming the command it answers (the server's command_id), so `cmd results` can pair them."""
+    if "command_id" in payload and "command_id" not in result:
+        result["command_id"] = payload["command_id"]
+    return result
 
 
 def _result_of(name: str, future: Future) -> dict[str, Any]:

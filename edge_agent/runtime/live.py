@@ -4,6 +4,8 @@ READY=1 goes to systemd once the camera delivered a frame (or startup_wait_s pas
 model is loaded and the outbox is open. The main loop pings the watchdog only while frames arrive, inference
 works and the outbox accepts writes, so a wedged camera or a full disk gets the agent restarted by systemd
 rather than running blind. SIGTERM/SIGINT end the loop; open tracks become events before the agent exits.
+So does a valid cmd/config-reload (runtime/config_reload.py): `reload_requested` is then set and the caller
+exits with EXIT_CONFIG_RELOAD for the service manager to start the agent again on the new config.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from edge_agent.camera.capture import FrameSource
@@ -19,6 +22,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.health import HealthBoard
 from edge_agent.runtime import sdnotify
 from edge_agent.runtime.assemble import Agent, build_agent
+from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -32,10 +36,13 @@ class LiveAgent:
     """The assembled agent (runtime.assemble) plus the live inputs: the GNSS reader and the camera. Runs the
     main loop until stop() (or a signal)."""
 
-    def __init__(self, cfg: AgentConfig, *, uplink: bool | None = None, health: HealthBoard | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, *, uplink: bool | None = None, health: HealthBoard | None = None,
+                 config_path: Path | str | None = None) -> None:
         self.cfg = cfg
         self.health = health or HealthBoard()
         self.use_uplink = cfg.uplink.enabled if uplink is None else uplink
+        self.config_path = config_path  # where cmd/config-reload reads the config again (None: not served)
+        self.reload_requested = False
         self.stop_event = threading.Event()
         self.agent: Agent | None = None
         self.parts: dict[str, Any] = {}
@@ -44,11 +51,17 @@ class LiveAgent:
     def stop(self, *_: object) -> None:
         self.stop_event.set()
 
+    def request_reload(self) -> None:
+        """A valid new config was announced to the server: stop as on SIGTERM, then exit for a restart."""
+        self.reload_requested = True
+        self.stop_event.set()
+
     def start(self) -> Pipeline:
         """Open outbox, model, uplink, GNSS and camera; raises with a clear message when one cannot start."""
         from edge_agent.gnss.source import GnssReader
 
-        agent = self.agent = build_agent(self.cfg, health=self.health, uplink=self.use_uplink)
+        reload = ConfigReload(self.config_path, self.cfg, self.request_reload) if self.config_path else None
+        agent = self.agent = build_agent(self.cfg, health=self.health, uplink=self.use_uplink, config_reload=reload)
         self.parts["gnss"] = GnssReader(self.cfg.gnss, agent.position_filter, self.health)
         self.parts["gnss"].start()
         self.parts["camera"] = FrameSource(self.cfg.camera, self.health).start()

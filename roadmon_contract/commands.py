@@ -1,0 +1,29 @@
+"""The envelope of every server -> device command (`roadmon/v1/<id>/cmd/<name>`): the fleet server stamps a
+`command_id` (the device echoes it in its result), `issued_at` and `expires_at` (RFC 3339, UTC). A device must
+not act on a command past its `expires_at`: the broker keeps QoS 1 commands for a vehicle that is off, and a
+week-old one would otherwise still be carried out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def expires_at(payload: dict[str, Any]) -> datetime | None:
+    """The command's expiry, None when it has none (an older server); ValueError when it is not a time."""
+    value = payload.get("expires_at")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expires_at must be an RFC 3339 time")
+    when = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def expired_reason(payload: dict[str, Any], now: datetime | None = None) -> str | None:
+    """Why the command in PAYLOAD must no longer be carried out, or None; ValueError for an unreadable
+    expires_at."""
+    expiry = expires_at(payload)
+    if expiry is not None and expiry <= (now or datetime.now(UTC)):
+        return f"the command expired at {payload['expires_at']} (issued {payload.get('issued_at', '?')})"
+    return None
