@@ -302,8 +302,10 @@ def test_signature_required_when_a_key_is_configured(store: ModelStore, model_se
     forged = up.handle({"url": url, "sha256": sha, "signature": sign_file(pem(other_key), model_file)})
     assert forged["status"] == "failed" and "bad signature" in forged["reason"]
     assert_untouched(store, old)
+    asked = len(model_server.requests)
     unsigned = up.handle({"url": url, "sha256": sha})
-    assert unsigned["status"] == "failed" and "signature is required" in unsigned["reason"]
+    assert unsigned["status"] == "refused" and "signature is required" in unsigned["reason"]
+    assert len(model_server.requests) == asked, "refused before downloading"
     garbage = up.handle({"url": url, "sha256": sha, "signature": "!!not base64!!"})
     assert garbage["status"] == "failed" and "base64" in garbage["reason"]
     assert_untouched(store, old)

@@ -611,6 +611,8 @@ class ModelUpdater:
                                 "TLS, set model_update.allow_http = true on the device)")
         if self.cfg.url_prefix and not url.startswith(self.cfg.url_prefix):
             raise UpdateRefused(f"url is outside model_update.url_prefix ({self.cfg.url_prefix})")
+        if self._public_key is not None and not payload.get("signature"):  # before megabytes are fetched for nothing
+            raise UpdateRefused("a signature is required (model_update.public_key is set) but the command has none")
         return url, sha.lower()
 
     def _already_current(self, sha: str) -> bool:
