@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+ASPECT_TOLERANCE = 0.01  # intrinsics scale to another resolution of the same shape, not to another shape
+
 
 @dataclass(frozen=True)
 class Intrinsics:
@@ -42,6 +44,13 @@ class Intrinsics:
     @property
     def hfov_deg(self) -> float:
         return math.degrees(2 * math.atan((self.width / 2) / self.fx))
+
+    def aspect_mismatch(self, width: int, height: int) -> str | None:
+        """Why a WIDTHxHEIGHT frame cannot use these intrinsics by scaling (another shape), or None."""
+        if abs(width / height - self.width / self.height) <= ASPECT_TOLERANCE * self.width / self.height:
+            return None
+        return (f"the camera delivers {width}x{height}, another shape than the {self.width}x{self.height} it was "
+                "calibrated at: scaled intrinsics misplace what it sees")
 
     def scaled(self, width: int, height: int) -> Intrinsics:
         """The same lens at another resolution (a camera streaming a scaled mode)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,19 +61,35 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def common_size(paths: list[Path]) -> tuple[int, int] | None:
+    """The (width, height) most of the images have: one photo from another camera or setting must not decide
+    against all the others. Read from the headers only."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sizes[img.size] += 1
+        except (OSError, UnidentifiedImageError):
+            continue  # reported as unreadable below
+    return sizes.most_common(1)[0][0] if sizes else None
+
+
 def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: float) -> CalibrationResult:
     """Intrinsics (with k1, k2, p1, p2, k3) from photos of a board with `board` inner corners of `square_mm`."""
+    paths = list(paths)
     obj = board_points(board, square_mm)
     object_points, image_points, used, rejected = [], [], [], []
-    size: tuple[int, int] | None = None
+    size = common_size(paths)
+    if not paths:
+        raise CalibrationError("no images to calibrate from (.jpg, .png, .bmp or .tif)")
     for path in paths:
         gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if gray is None:
             rejected.append(f"{path.name} (unreadable)")
             continue
-        if size is None:
-            size = (gray.shape[1], gray.shape[0])
-        elif size != (gray.shape[1], gray.shape[0]):
+        if size != (gray.shape[1], gray.shape[0]):
             rejected.append(f"{path.name} (size {gray.shape[1]}x{gray.shape[0]}, expected {size[0]}x{size[1]})")
             continue
         corners = find_corners(gray, board)
@@ -89,7 +106,9 @@ def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: f
     per_image = {}
     for name, o, i, r, t in zip(used, object_points, image_points, rvecs, tvecs, strict=True):
         proj, _ = cv2.projectPoints(o, r, t, k, dist)
-        per_image[name] = float(np.sqrt(np.mean(np.sum((proj - i) ** 2, axis=2))))
+        # Both as [N, 2]: OpenCV hands corners back as [N, 1, 2] or [N, 2] by version, and [N, 1, 2] - [N, 2]
+        # broadcasts to every corner against every other (hundreds of px for a 0.3 px fit).
+        per_image[name] = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - i.reshape(-1, 2)) ** 2, axis=1))))
     intr = Intrinsics(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), size[0], size[1],
                       tuple(float(c) for c in dist.ravel()))
     log.info("calibrated from %d images: rms %.3f px", len(used), rms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tomllib
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Protocol
 
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
+
+log = logging.getLogger(__name__)
 
 
 class CalibrationConfig(Protocol):
@@ -107,5 +110,8 @@ def projector_from_config(cfg: CalibrationConfig, frame_size: tuple[int, int] | 
     camera delivers another resolution than the one it was calibrated at (same aspect ratio assumed)."""
     intr = intrinsics_from_config(cfg)
     if frame_size is not None and tuple(frame_size) != (intr.width, intr.height):
+        mismatch = intr.aspect_mismatch(*frame_size)
+        if mismatch:
+            log.warning("%s (set camera.width/height to the calibrated shape, or calibrate at this one)", mismatch)
         intr = intr.scaled(*frame_size)
     return GroundProjector(intr, mount_from_config(cfg))

@@ -187,9 +187,15 @@ def test_calibrate_camera_on_rendered_boards(tmp_path: Path) -> None:
         tvec = np.array([rng.uniform(-0.12, 0.0), rng.uniform(-0.08, 0.0), rng.uniform(0.45, 0.7)])
         cv2.imwrite(str(tmp_path / f"view{i:02d}.png"), _render_board(truth, board, square, rvec, tvec))
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((720, 1280), 128, np.uint8))
-    result = calibrate_images(sorted(tmp_path.glob("*.png")), board, square * 1000)
+    # Sorted first, another camera's photo and a broken file must not decide the size for the others.
+    cv2.imwrite(str(tmp_path / "a_other_size.png"), np.full((360, 640), 128, np.uint8))
+    (tmp_path / "a_broken.jpg").write_bytes(b"not a jpeg")
+    result = calibrate_images(sorted(tmp_path.glob("*.*")), board, square * 1000)
     assert len(result.per_image_px) >= 8
     assert any("blank.png" in r for r in result.rejected)
+    assert any("a_other_size.png (size 640x360, expected 1280x720)" in r for r in result.rejected)
+    # Each image's own reprojection error, of the order of the overall RMS (not corners against each other).
+    assert max(result.per_image_px.values()) < 3 * result.rms_px + 0.1
     assert result.intrinsics.fx == pytest.approx(truth.fx, rel=0.03)
     assert result.intrinsics.fy == pytest.approx(truth.fy, rel=0.03)
     assert result.intrinsics.cx == pytest.approx(truth.cx, abs=25)
@@ -262,3 +268,12 @@ def test_grid_overlay_lands_on_projected_points(tmp_path: Path) -> None:
                                    "--config", str(cfg_path), "--max-forward", "20", "--half-width", "3"])
     assert res.exit_code == 0, res.output
     assert np.array_equal(cv2.imread(str(out_path)), grid)
+    assert "another shape" not in res.output
+    # A frame of another shape is drawn but said to be stretched; an output name OpenCV cannot write is refused.
+    cv2.imwrite(str(img_path), np.zeros((400, 640, 3), np.uint8))
+    res = CliRunner().invoke(app, ["calibrate", "check", "--image", str(img_path), "--out", str(out_path),
+                                   "--config", str(cfg_path)])
+    assert res.exit_code == 0 and "640x400, another shape than the 640x360" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["calibrate", "check", "--image", str(img_path), "--out", str(tmp_path / "noext"),
+                                   "--config", str(cfg_path)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and "'--out'" in res.output

@@ -71,7 +71,7 @@ def check(
     """Draw the projected metre grid (forward lines every metre, labels every 5 m) over IMAGE."""
     import cv2
 
-    from calibration.config import CalibrationError, projector_from_config
+    from calibration.config import CalibrationError, intrinsics_from_config, projector_from_config
     from calibration.grid import draw_ground_grid
     from edge_agent import config as agent_config
 
@@ -80,15 +80,23 @@ def check(
     except agent_config.ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    from calibration.checkerboard import IMAGE_SUFFIXES
+
+    if output.suffix.lower() not in IMAGE_SUFFIXES:  # OpenCV picks the format by it, and fails without one
+        raise typer.BadParameter(f"{output}: give an image file name ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                                 param_hint="'--out'")
     frame = cv2.imread(str(image))
     if frame is None:
         err.print(f"[red]{image}: not a readable image[/red]")
         raise typer.Exit(1)
     try:
+        mismatch = intrinsics_from_config(cfg.calibration).aspect_mismatch(frame.shape[1], frame.shape[0])
         projector = projector_from_config(cfg.calibration, (frame.shape[1], frame.shape[0]))
     except CalibrationError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    if mismatch:
+        err.print(f"[yellow]{mismatch}; the grid is stretched[/yellow]", highlight=False)
     if not cv2.imwrite(str(output), draw_ground_grid(frame, projector, max_forward, half_width)):
         err.print(f"[red]could not write {output}[/red]")
         raise typer.Exit(1)

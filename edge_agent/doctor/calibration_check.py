@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from edge_agent.doctor.result import CheckResult, Context, Level
 
-ASPECT_TOLERANCE = 0.01  # intrinsics scale to another resolution of the same shape, not to another shape
-
 
 def check_calibration(ctx: Context) -> CheckResult:
     from edge_agent.perception.coverage import footprint_summary
@@ -36,7 +34,7 @@ def check_calibration(ctx: Context) -> CheckResult:
     summary += f"; sees the road {seen['near']:.1f}-{seen['far']:.1f} m ahead"
     if ctx.frame_shape is not None:
         height, width = ctx.frame_shape
-        if abs(width / height - intr.width / intr.height) > ASPECT_TOLERANCE * intr.width / intr.height:
+        if intr.aspect_mismatch(width, height):
             return CheckResult("calibration", Level.YELLOW,
                                summary + f"; the camera delivers {width}x{height}, another shape",
                                "intrinsics are scaled to the camera's resolution, which is only right for the "
