@@ -583,12 +583,13 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
         console.print(f"[bold cyan]›[/] {title}")
         timings.append((title, time.monotonic()))
 
-    step("starting PostGIS and Mosquitto (scripts/services.py)")
-    info = services.up()
+    # The previous demo's server held the port; another program's is found out before anything starts.
     if stopped := background.stop_all():
         console.print(f"  stopped the previous demo's {', '.join(stopped)}")
     if not services.port_is_free(port):
         raise DemoError(f"port {port} is taken by another program: free it or run with --port / ROADMON_DEMO_PORT")
+    step("starting PostGIS and Mosquitto (scripts/services.py)")
+    info = services.up()
 
     step(f"fresh database {DB_NAME}, migrations")
     prepare_database(paths)

@@ -401,3 +401,33 @@ def test_dashboard_settings_come_from_config(monkeypatch: pytest.MonkeyPatch) ->
     app.include_router(dashboard_router(Cfg()))
     body = TestClient(app).get("/dashboard-config.json").json()
     assert body["tile_url"] == Section.tile_url and body["tile_attribution"] == "our tiles"
+
+
+def test_manager_confirms_and_the_page_says_when_it_lost_the_server_or_the_session(server: Server, browser) -> None:
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "manager")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "updated"))
+    first = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li")))
+    defect_id = first.get_attribute("data-defect-id")
+    first.click()
+    wait.until(ec.element_to_be_clickable((By.ID, "set-confirmed"))).click()  # a new defect confirmed by hand
+    wait.until(ec.text_to_be_present_in_element((By.ID, "panel-status"), "confirmed"))
+    detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
+                       headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    assert detail["properties"]["status"] == "confirmed"
+
+    # The server gone: a refresh keeps the old data but says it is old, instead of an empty status line.
+    browser.execute_script("window.fetch = () => Promise.reject(new TypeError('Failed to fetch'));")
+    browser.find_element(By.ID, "refresh").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "Server unreachable"))
+    assert "showing data from" in browser.find_element(By.ID, "status-line").text
+    assert shown(browser) == server.seeded.potholes + server.seeded.cracks
+
+    # The token revoked while the page is open: back to the login form, told why.
+    browser.refresh()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "updated"))
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = 'test-manager'")
+    browser.find_element(By.ID, "refresh").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "session ended"))
+    browser.get_log("browser")  # the failed fetches above were logged on purpose: not the next test's errors

@@ -13,10 +13,22 @@ const PAGE_SIZE = 5000;
 const DAY_MS = 24 * 3600 * 1000;
 const $ = (id) => document.getElementById(id);
 
-const state = { me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null };
+const SIGNED_OUT_KEY = "roadmon.signedOut";
 
-function setStatus(text) {
-  $("status-line").textContent = text || "";
+const state = {
+  me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null,
+  failure: null, // the last error of the current load; the status line keeps it until a load succeeds
+  loadedAt: null, // when every part last loaded: what the page shows is from then
+};
+
+function setStatus(text, isError = false) {
+  const line = $("status-line");
+  line.textContent = text || "";
+  line.classList.toggle("error", isError);
+}
+
+function clock(date) {
+  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 function showLogin(message = "") {
@@ -24,6 +36,13 @@ function showLogin(message = "") {
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("token").focus();
+}
+
+// A session that ended while the page was open (token expired or revoked) says so on the login form.
+function endedNotice() {
+  const ended = sessionStorage.getItem(SIGNED_OUT_KEY);
+  sessionStorage.removeItem(SIGNED_OUT_KEY);
+  return ended ? "Your session ended: the token expired or was revoked. Sign in again." : "";
 }
 
 async function signIn() {
@@ -69,10 +88,12 @@ async function guarded(work) {
     if (err instanceof AuthError) {
       clearInterval(state.timer);
       clearToken();
+      sessionStorage.setItem(SIGNED_OUT_KEY, "1");
       location.reload(); // drop every piece of data from the page
       return undefined;
     }
-    setStatus(err.message);
+    state.failure = err;
+    setStatus(err.message, true);
     console.error(err);
     return undefined;
   }
@@ -80,10 +101,18 @@ async function guarded(work) {
 
 async function loadAll(quiet = false) {
   if (!quiet) setStatus("loading…");
+  state.failure = null;
   await Promise.all([loadDefects(), loadDevices()]);
   await loadCoverage(); // its default period follows the defects
   state.map.fitOnce();
-  if (!quiet) setStatus("");
+  if (state.failure) {
+    // Old data must not pass for current: say since when it is stale, until a load succeeds again.
+    const since = state.loadedAt ? `showing data from ${clock(state.loadedAt)}` : "no data loaded";
+    setStatus(`Server unreachable (${state.failure.message}); ${since}`, true);
+    return;
+  }
+  state.loadedAt = new Date();
+  setStatus(`updated ${clock(state.loadedAt)}`);
 }
 
 async function loadDefects() {
@@ -173,7 +202,7 @@ function boot() {
   });
   $("logout").addEventListener("click", () => { clearToken(); location.reload(); });
   if (getToken()) signIn();
-  else showLogin();
+  else showLogin(endedNotice());
 }
 
 boot();

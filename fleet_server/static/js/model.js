@@ -7,7 +7,8 @@ export const SEVERITY_BANDS = [
 ];
 
 export const OPEN_STATUSES = ["new", "confirmed", "scheduled", "likely_repaired"];
-export const WORKFLOW_STATUSES = ["scheduled", "repaired", "dismissed"];
+// What a manager may set (the API's DefectPatch): confirming a new defect or re-opening a dismissed one included.
+export const WORKFLOW_STATUSES = ["confirmed", "scheduled", "repaired", "dismissed"];
 export const MANAGER_ROLES = ["manager", "admin"];
 
 const SHAPES = {
