@@ -66,12 +66,21 @@ export function defectFromFeature(feature) {
     sightings: Number(first(p, "sighting_count", "sightings_count", "sightings", "n_sightings") ?? 0),
     vehicles: Number(first(p, "vehicle_count", "vehicles_count", "n_vehicles") ?? 0),
     confidence: first(p, "confidence", "max_confidence"),
+    widthM: Number(first(p, "size_width_m") ?? NaN),
+    lengthM: Number(first(p, "size_length_m") ?? NaN),
     lat,
     lon,
     // A crack's line, [[lon, lat], ...] in the API, as Leaflet's [lat, lon]; null for a point defect.
     line: Array.isArray(p.line) && p.line.length >= 2 ? p.line.map(([x, y]) => [y, x]) : null,
     props: p,
   };
+}
+
+// "0.45 x 1.20 m" (width x length, as sightings measured it on the road), or null when unknown.
+export function sizeText(defect) {
+  const w = defect.widthM, l = defect.lengthM;
+  if (!Number.isFinite(w) || !Number.isFinite(l)) return null;
+  return `${w.toFixed(2)} x ${l.toFixed(2)} m (width x length)`;
 }
 
 export function sightingsOf(detail) {

@@ -2,7 +2,7 @@
 import { getJson, patchJson, imageUrl } from "./api.js";
 import {
   escapeHtml, formatTime, historyOf, sightingsOf, sightingTime, sightingDevice, sightingHasThumbnail,
-  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, vehiclesOf,
+  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, sizeText, vehiclesOf,
 } from "./model.js";
 
 const MAX_THUMBNAILS = 6;
@@ -67,6 +67,7 @@ export class DefectPanel {
       <dl>
         <dt>Severity</dt><dd>${defect.severity.toFixed(2)} (${band.name})</dd>
         <dt>Position</dt><dd>${defect.lat.toFixed(6)}, ${defect.lon.toFixed(6)}</dd>
+        ${sizeText(defect) ? `<dt>Size</dt><dd id="panel-size">${sizeText(defect)}</dd>` : ""}
         <dt>First seen</dt><dd>${formatTime(defect.firstSeen)}</dd>
         <dt>Last seen</dt><dd>${formatTime(defect.lastSeen)}</dd>
         <dt>Sightings</dt><dd>${defect.sightings || sightings.length}</dd>
