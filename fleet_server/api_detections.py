@@ -114,7 +114,7 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))})
     try:
-        body = parse_json(raw, cfg.ingest.max_message_bytes)
+        body = parse_json(raw, cfg.api.max_body_bytes)  # the HTTP cap; ingest.max_message_bytes is MQTT's
         if not isinstance(body, dict):
             raise Invalid("(root): not a JSON object")
         if body.get("device_id", who.device_id) != who.device_id:

@@ -201,8 +201,10 @@ class ApiConfig(Section):
                     "audit log and the failed-authentication throttle then see the client's address, not the "
                     "proxy's. A request from any other address is taken at its own address (the header would "
                     "be forged). List the ingress controller's or proxy's network, no wider")
-    max_image_bytes: int = Field(150_000, ge=1024, le=1_500_000,
-                                 description="Largest image_base64 (decoded JPEG) a phone may send with detections")
+    max_image_bytes: int = Field(6_000_000, ge=1024, le=20_000_000,
+                                 description="Largest image_base64 (decoded) a phone may send with detections: a "
+                                             "camera photo as the guide's SDKs send it; the server keeps a "
+                                             "640 px JPEG thumbnail of it")
     unprojected_sigma_m: float = Field(10.0, ge=0, le=100,
                                        description="Added (in quadrature) to a phone's GPS accuracy: it reports "
                                                    "its own position, the defect lies somewhere ahead of it")
@@ -214,7 +216,7 @@ class ApiConfig(Section):
     max_page_size: int = Field(5000, ge=1, le=100000, description="Largest page a client may ask for")
     token_cache_s: float = Field(60.0, ge=0, description="Seconds a verified token's argon2 check is remembered "
                                                          "(revocation still takes effect at once)")
-    max_body_bytes: int = Field(2_500_000, ge=1024, description="Larger request bodies are refused (413) before "
+    max_body_bytes: int = Field(9_000_000, ge=1024, description="Larger request bodies are refused (413) before "
                                                                 "they are read")
     auth_failures_per_minute: int = Field(20, ge=1, description="Failed authentications one source address may make "
                                                                 "per minute; then 429 with Retry-After for tokens "

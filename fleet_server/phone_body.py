@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import math
 import uuid
@@ -25,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet_server.validate import Invalid, as_utc, class_name
 
-JPEG_START = b"\xff\xd8\xff"
-JPEG_END = b"\xff\xd9"
+THUMBNAIL_PX = 640  # longest side of the thumbnail kept from a phone's photo (the agents send ~this size)
+THUMBNAIL_MAX_BYTES = 140_000  # base64 of it stays within the event schema's 200,000 characters
 # The model fields a sighting must carry; a phone does not say which model it ran.
 PHONE_MODEL = {"name": "client-sdk", "version": "unknown", "sha256": "0" * 64}
 
@@ -105,6 +106,8 @@ def parse_submission(body: dict, max_image_bytes: int) -> tuple[PhoneSubmission,
 
 
 def _image(text: str | None, max_bytes: int) -> bytes | None:
+    """The thumbnail JPEG of a phone's image. The guide's SDKs send the camera's photo as it is (megabytes), so
+    the server keeps a THUMBNAIL_PX one, as the agents send, rather than refusing the detections with it."""
     if not text:
         return None
     if len(text) > 4 * math.ceil(max_bytes / 3) + 4:
@@ -115,9 +118,33 @@ def _image(text: str | None, max_bytes: int) -> bytes | None:
         raise Invalid("image_base64: not base64") from None
     if len(data) > max_bytes:
         raise Invalid(f"image_base64: {len(data)} bytes > {max_bytes}")
-    if not (data.startswith(JPEG_START) and data.rstrip(b"\0").endswith(JPEG_END)):
-        raise Invalid("image_base64: not a JPEG image")
-    return data
+    return thumbnail(data)
+
+
+def thumbnail(data: bytes) -> bytes:
+    """DATA (JPEG, PNG or WebP) as a JPEG no larger than THUMBNAIL_PX and THUMBNAIL_MAX_BYTES (the event schema's
+    thumbnail); a JPEG within both already is kept as sent."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG" and max(img.size) <= THUMBNAIL_PX and len(data) <= THUMBNAIL_MAX_BYTES:
+                return data
+            if img.format not in ("JPEG", "PNG", "WEBP"):
+                raise Invalid(f"image_base64: a {img.format} image; send JPEG, PNG or WebP")
+            img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # a JPEG decodes at 1/2-1/8 scale: fast, little memory
+            small = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise Invalid("image_base64: not an image this server reads (JPEG, PNG or WebP)") from None
+    side = THUMBNAIL_PX
+    while True:  # a busy photo may need a lower quality, then a smaller size, to fit
+        small.thumbnail((side, side))
+        for quality in (80, 60, 40):
+            out = io.BytesIO()
+            small.save(out, "JPEG", quality=quality)
+            if out.tell() <= THUMBNAIL_MAX_BYTES or side <= 80:
+                return out.getvalue()
+        side //= 2
 
 
 def stable_uuid7(ms: int, key: bytes) -> str:

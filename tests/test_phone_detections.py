@@ -77,12 +77,37 @@ def test_image_becomes_the_thumbnail_and_bad_images_are_refused(server) -> None:
     thumb = client.get(f"/api/v1/sightings/{ok.json()['event_ids'][0]}/thumbnail.jpg", headers=viewer)
     assert thumb.status_code == 200 and thumb.content == JPEG
     cases = {"image_base64: not base64": "not base64!",
-             "image_base64: not a JPEG image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 64).decode(),
+             "image_base64: not an image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 64).decode(),
              "image_base64: larger than 2048 bytes": base64.b64encode(JPEG[:-2] + b"0" * 4096 + JPEG[-2:]).decode()}
     for reason, image in cases.items():
         refused = client.post("/v1/detections", json=body("phone-2", lat=48.2, image_base64=image), headers=dev)
         assert refused.status_code == 400 and refused.json()["detail"].startswith(reason), refused.text
     assert count(dsn, "SELECT count(*) FROM sightings") == 1
+
+
+def test_a_camera_photo_is_kept_as_a_thumbnail(make_cfg) -> None:
+    """The guide's SDKs send the camera's photo as it is: the detections are taken, the photo kept small."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    photo = cv2.resize(rng.integers(0, 255, (300, 400, 3), np.uint8), (4032, 3024), interpolation=cv2.INTER_CUBIC)
+    jpeg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    png = cv2.imencode(".png", photo[:800, :1200])[1].tobytes()
+    assert len(jpeg) > 1_000_000  # a 12 MP phone photo
+    cfg = make_cfg(api={"token_cache_s": 0})
+    with TestClient(create_app(cfg)) as client:
+        dsn = cfg.database.resolve_dsn()
+        dev = bearer(token(dsn, "device", "phone-3", device_id="phone-3"))
+        viewer = bearer(token(dsn, "viewer"))
+        for image, lat in ((jpeg, 48.3), (png, 48.4)):
+            ok = client.post("/v1/detections", headers=dev,
+                             json=body("phone-3", lat=lat, image_base64=base64.b64encode(image).decode()))
+            assert ok.status_code == 202, ok.text
+            thumb = client.get(f"/api/v1/sightings/{ok.json()['event_ids'][0]}/thumbnail.jpg", headers=viewer)
+            small = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
+            assert thumb.content[:3] == b"\xff\xd8\xff" and max(small.shape[:2]) == 640
+            assert len(thumb.content) < 200_000  # fits the event schema's thumbnail
 
 
 @pytest.mark.parametrize(("change", "field"), [
