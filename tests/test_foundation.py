@@ -86,6 +86,17 @@ def test_event_schema_rejects_bad_latitude() -> None:
     assert len(problems) == 1 and problems[0].startswith("position/lat")
 
 
+def test_status_schema_checks_what_status_shows() -> None:
+    good = {"state": "online", "sent_at": "2026-12-05T07:14:37.934Z", "oldest_pending_at": None,
+            "fix": {"lat": 48.1, "lon": 11.5, "h_std_m": 2.1, "speed_mps": None, "heading_deg": 359.9,
+                    "state": "tracking"}, "disk_free_mb": 4000.0}
+    assert validate.errors("status", good) == []
+    bad = {"state": "online", "fix": {"lat": "x"}, "oldest_pending_at": "not a time", "disk_free_mb": -1}
+    problems = " ".join(validate.errors("status", bad))
+    for field in ("fix/lat", "'lon' is a required property", "oldest_pending_at", "disk_free_mb"):
+        assert field in problems
+
+
 @pytest.mark.services
 def test_services_are_real_and_local(service_info, mqtt_device) -> None:
     with psycopg.connect(service_info.dsn) as conn:
