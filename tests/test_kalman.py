@@ -124,14 +124,22 @@ def test_gate_threshold_is_what_decides():
     assert pf.stats.outliers == 0
 
 
-def test_a_jump_beyond_the_limit_resets():
+def test_a_lone_jump_is_a_glitch_and_two_in_the_same_place_reset():
     pf = PositionFilter()
     drive_east(pf, 20)
-    pose = pf.update(fix_at(T0 + 21, 210.0, 500.0, 10.0, 0.0))
-    assert pose.state == "reset"
-    assert error_m(pose, 210.0, 500.0) < 1e-6
+    pose = pf.update(fix_at(T0 + 21, 210.0, 500.0, 10.0, 0.0))  # one solution 500 m off, then back on track
+    assert pose.state == "ok" and error_m(pose, 210.0, 0.0) < 3.0
+    assert pf.stats.outliers == 1 and not pf.stats.resets
+    assert error_m(pf.update(fix_at(T0 + 22, 220.0, 0.0, 10.0, 0.0)), 220.0, 0.0) < 2.0
+    assert error_m(pf.position_at(T0 + 21), 210.0, 0.0) < 3.0  # the smoother does not pull the glitch in either
+    pf.update(fix_at(T0 + 23, 230.0, -600.0, 10.0, 0.0))  # two far fixes, far from each other: glitches too
+    assert not pf.stats.resets
+    pf.update(fix_at(T0 + 24, 240.0, 700.0, 10.0, 0.0))
+    assert not pf.stats.resets
+    pose = pf.update(fix_at(T0 + 25, 250.0, 705.0, 10.0, 0.0))  # the second near the same place: it is real
+    assert pose.state == "reset" and error_m(pose, 250.0, 705.0) < 1e-6
     assert pf.stats.resets == {"jump": 1}
-    assert pf.update(fix_at(T0 + 22, 220.0, 500.0, 10.0, 0.0)).state == "ok"
+    assert pf.update(fix_at(T0 + 26, 260.0, 705.0, 10.0, 0.0)).state == "ok"
 
 
 def test_outliers_in_a_row_reset():

@@ -185,6 +185,7 @@ class PositionFilter:
         self._last_utc: dt.datetime | None = None
         self._utc_ref: tuple[float, dt.datetime] | None = None
         self._rejections = 0
+        self._jumped_to: tuple[float, float] | None = None  # the last far fix (lat, lon), until one confirms it
         self._started = False
         self._noise = FixNoiseScale(self.cfg.fix_noise_window)
         self._slow_var = 0.0
@@ -264,6 +265,7 @@ class PositionFilter:
         self._frame = None
         self._last_fix_t = None
         self._rejections = 0
+        self._jumped_to = None
         if reason == "time_backwards":
             self._history.clear()
             self._times.clear()
@@ -331,8 +333,15 @@ class PositionFilter:
             north.update_velocity(velocity[1], rv)
         y_east, y_north = z_east - east.p, z_north - north.p
         if math.hypot(y_east, y_north) > self.cfg.reset_jump_m:
-            self._reset("jump")
-            return self._start(fix, "reset")
+            if self._jump_confirmed(fix, z_east, z_north):
+                self._reset("jump")
+                return self._start(fix, "reset")
+            # A lone jump is a glitch (one bad solution 500 m off) until the next fix lands near it: the
+            # track goes on from the prediction, where restarting at the glitch put a defect there.
+            self.stats.outliers += 1
+            self._axes = (east, north)
+            return self._commit(fix.t_mono, "ok", prior)
+        self._jumped_to = None
         # Mahalanobis distance of the position innovation; the axes are uncorrelated, so S is diagonal.
         r_gate = max(r, stated)
         d2 = y_east * y_east / (east.a + r_gate) + y_north * y_north / (north.a + r_gate)
@@ -358,6 +367,15 @@ class PositionFilter:
             return self._start(fix, "reset")
         self._axes = (east, north)
         return self._commit(fix.t_mono, "ok", prior)
+
+    def _jump_confirmed(self, fix: Fix, z_east: float, z_north: float) -> bool:
+        """True when this far fix is the second in a row near the same place: the receiver (or the vehicle, off a
+        ferry or out of a garage) really is there."""
+        before, self._jumped_to = self._jumped_to, (fix.lat, fix.lon)
+        if before is None:
+            return False
+        b_east, b_north = self._frame.to_enu(*before)
+        return math.hypot(z_east - b_east, z_north - b_north) <= self.cfg.reset_jump_m
 
     def _commit(self, t: float, state: PoseState, prior: tuple[Axis, Axis] | None = None) -> Pose:
         east, north = self._axes
