@@ -369,7 +369,10 @@ def test_broker_down_at_start_then_up(private_broker, tmp_path: Path) -> None:
         wait_for(lambda: read_status_file(tmp_path / "agent-status.json")["health"]["broker"] == "offline", 10,
                  "the status file saying offline")
         assert read_status_file(tmp_path / "agent-status.json")["state"] == "offline"
+        first = read_status_file(tmp_path / "agent-status.json")["sent_at"]
         time.sleep(1.5)                                                # a few backoff rounds against nothing
+        # Rewritten every heartbeat while offline too: a box out of network is offline, not "not running".
+        assert read_status_file(tmp_path / "agent-status.json")["sent_at"] > first
         mq.up()
         server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-late").start()
         wait_for(lambda: confirmed(outbox) == 300, 30, "all confirmed after the broker came up")

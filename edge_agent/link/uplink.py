@@ -108,6 +108,7 @@ class Uplink:
         self._outstanding: dict[tuple[str, str], InFlight] = {}
         self._acked: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of PUBACKs not yet written
         self._next_write = 0.0
+        self._local_status_due = 0.0  # when the status file is next rewritten (also while offline)
         self._confirmed: list[tuple[str, str]] = []
         self._rejected: list[tuple[str, str]] = []   # (id, reason) the server will never accept
         self._connack: ReasonCode | None = None
@@ -170,7 +171,7 @@ class Uplink:
                 client = self._connect()
             except LoginRefused as exc:
                 self._set_state(exc.state, str(exc))
-                self._stop.wait(self.auth_pause_s())
+                self._wait(self.auth_pause_s())
                 continue
             except (ConnectFailed, RetryError):
                 continue  # only when stopping: tenacity gives up then
@@ -178,27 +179,47 @@ class Uplink:
                 log.exception("uplink: unexpected error while connecting")
                 self._set_state("offline", f"unexpected error: {exc}")
                 self._client = None
-                self._stop.wait(self.cfg.backoff_max_s)
+                self._wait(self.cfg.backoff_max_s)
                 continue
             try:
                 self._serve(client)
             except LoginRefused as exc:
                 self._set_state(exc.state, str(exc))
                 client.disconnect()
-                self._stop.wait(self.auth_pause_s())
+                self._wait(self.auth_pause_s())
             except Exception:  # a bug must not end the uplink; the outbox keeps everything
                 log.exception("uplink: unexpected error; reconnecting")
                 self._drop_connection(client)
-                self._stop.wait(self.cfg.backoff_initial_s)
+                self._wait(self.cfg.backoff_initial_s)
         self._farewell()
         self._set_state("stopped")
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait between connection attempts (True once stopping). The local status file stays current meanwhile:
+        `edge-agent status` reads it, and a box out of network for hours is offline, not "not running"."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= self._local_status_due:
+                self._write_local_status()
+            if now >= deadline:
+                return False
+            self._stop.wait(min(deadline, self._local_status_due) - now)
+        return True
+
+    def _write_local_status(self, status: dict[str, Any] | None = None) -> None:
+        if status is None:
+            status = build_status("online" if self.state == "connected" else "offline", self.device_id,
+                                  self.outbox, self.health, broker=self.state)
+        write_status_file(self.status_path, status | {"uplink": self.snapshot()})
+        self._local_status_due = time.monotonic() + self.cfg.heartbeat_s
 
     def _connect(self) -> mqtt.Client:
         retrying = Retrying(
             wait=wait_random_exponential(multiplier=self.cfg.backoff_initial_s, max=self.cfg.backoff_max_s),
             retry=retry_if_exception_type(ConnectFailed),
             stop=lambda _state: self._stop.is_set(),
-            sleep=self._stop.wait,
+            sleep=self._wait,
             before_sleep=lambda rs: log.info("uplink: %s; retrying in %.1f s", rs.outcome.exception(),
                                              rs.next_action.sleep if rs.next_action else 0),
             reraise=True,
@@ -377,7 +398,7 @@ class Uplink:
     def _publish_status(self, client: mqtt.Client, state: str) -> dict[str, Any]:
         status = build_status(state, self.device_id, self.outbox, self.health, broker=self.state)
         client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
-        write_status_file(self.status_path, status | {"uplink": self.snapshot()})
+        self._write_local_status(status)
         return status
 
     def _publish_results(self, client: mqtt.Client) -> None:
@@ -425,9 +446,7 @@ class Uplink:
         if changed:
             log.log(logging.WARNING if state in ("bad_credentials", "not_authorised") else logging.INFO,
                     "uplink: %s%s", state, f" ({error})" if error and state != "connected" else "")
-            status = build_status("online" if state == "connected" else "offline", self.device_id, self.outbox,
-                                  self.health, broker=state)
-            write_status_file(self.status_path, status | {"uplink": self.snapshot()})
+            self._write_local_status()
 
     # ------------------------------------------------------------------------------- paho callbacks
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
