@@ -40,6 +40,10 @@ def test_timeouts_double_the_wait_until_a_clean_sample_and_karn_ignores_copies()
     assert flow.timeout_s == 45.0 and flow.srtt is None
     flow.on_ack(3.0)                                   # a row sent once: sample taken, backoff reset
     assert flow.timeout_s == 10.0 and flow.srtt == 3.0
+    for _ in range(5):                                 # an hour out of coverage...
+        flow.on_timeout()
+    flow.on_reconnect()                                # ...says nothing about the server once back
+    assert flow.timeout_s == 10.0 and flow.window == 4  # the window stays halved: it grows back with acks
 
 
 def test_the_window_doubles_per_round_trip_then_grows_by_one_and_halves_on_a_timeout() -> None:

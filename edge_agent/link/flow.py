@@ -72,6 +72,12 @@ class FlowControl:
         self._window = min(self._window, self._threshold)
         self.backoff = min(self.backoff * 2, 1024)  # timeout_s stops at max_timeout_s anyway
 
+    def on_reconnect(self) -> None:
+        """A new connection: the timeouts before it measured the lost link, not the server. Without this, a van
+        back in coverage after an hour waits out a timeout doubled for every round it was away (up to the cap)
+        before re-sending a row whose copy the broker lost."""
+        self.backoff = 1
+
     def snapshot(self) -> dict[str, float | int | None]:
         return {"window": self.window, "ack_timeout_s": round(self.timeout_s, 2),
                 "ack_latency_s": None if self.srtt is None else round(self.srtt, 3), "timeouts": self.timeouts}

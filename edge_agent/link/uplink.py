@@ -287,6 +287,7 @@ class Uplink:
     def _serve(self, client: mqtt.Client) -> None:
         """Drain, confirm and beat while the connection lasts."""
         self.counters["connects"] += 1
+        self.flow.on_reconnect()
         sub_opts = SubscribeOptions(qos=1, noLocal=True)
         client.subscribe([(topics.ack(self.device_id), sub_opts),
                           (topics.cmd(self.device_id, "+"), sub_opts)])
