@@ -51,6 +51,8 @@ def _summary_table(summary: dict[str, Any]) -> Table:
                 "clock", "start_utc", "outbox"):
         if key in summary:
             style = "red" if key in ("events_refused", "detector_errors") and summary[key] else None
+            if key == "events_no_fix" and summary[key]:  # defects seen but not placed: GNSS gaps or a cold start
+                style = "yellow"
             table.add_row(key, str(summary[key]), style=style)
     if "uplink" in summary:
         table.add_row("uplink", _uplink_text(summary["uplink"]),

@@ -186,8 +186,9 @@ class Pipeline:
         if located is None:
             self.counts["events_no_fix"] += 1
             self.health.count("events_no_fix")
-            log.info("track %d (%s, %d frames) had no usable position (no fix, stale or too uncertain); no event",
-                     track.id, track.class_name, track.hits)
+            # A defect the camera saw that cannot go on the map: worth a technician's eye (GNSS antenna, cold start).
+            log.warning("track %d (%s, %d frames) had no usable position (no fix, stale or too uncertain); no event",
+                        track.id, track.class_name, track.hits)
             return None
         if self.recent.seen(track.class_name, located.lat, located.lon, t_mono):
             self.counts["events_merged"] += 1
