@@ -218,6 +218,12 @@ def test_calibrate_intrinsics_fails_clearly(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path)])
     assert res.exit_code == 1
     assert "at least 3" in res.output
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--out", "cam.yaml"])
+    assert res.exit_code == 2 and "'--out'" in res.output  # it would have written TOML under a YAML name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(empty)])
+    assert res.exit_code == 1 and "no images" in res.output
     with pytest.raises(CalibrationError):
         parse_board("9by6")
 

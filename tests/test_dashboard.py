@@ -323,6 +323,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     # A date input's typing order follows the browser's locale; set its ISO value as a picker would.
     set_date(browser, "f-since", (datetime.now(UTC) + timedelta(days=2)).date().isoformat())
     wait.until(lambda d: shown(d) == 0)
+    assert "No defects match" in browser.find_element(By.ID, "defect-list").text
     set_date(browser, "f-since", (datetime.now(UTC) - timedelta(days=1)).date().isoformat())
     set_date(browser, "f-until", (datetime.now(UTC) + timedelta(days=1)).date().isoformat())
     wait.until(lambda d: shown(d) == total)

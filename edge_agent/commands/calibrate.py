@@ -30,6 +30,8 @@ def intrinsics(
     from calibration.checkerboard import calibrate_images, list_images, parse_board
     from calibration.config import CalibrationError, write_intrinsics
 
+    if output.suffix.lower() not in (".toml", ".json"):  # the format follows the name; cam.yaml got TOML
+        raise typer.BadParameter(f"{output}: give a .toml or .json file name", param_hint="'--out'")
     try:
         paths = list_images(images)
         result = calibrate_images(paths, parse_board(board), square_mm)

@@ -55,6 +55,13 @@ function plural(n, word) {
 }
 
 export function renderList(element, defects, selectedId, onSelect) {
+  if (!defects.length) {  // an empty page reads as broken; say why it is empty
+    const li = document.createElement("li");
+    li.className = "hint empty";
+    li.textContent = "No defects match: none reported yet, or the filters hide them.";
+    element.replaceChildren(li);
+    return;
+  }
   const sorted = [...defects].sort((a, b) => b.severity - a.severity || b.sightings - a.sightings);
   element.replaceChildren(...sorted.map((d) => {
     const li = document.createElement("li");
