@@ -161,9 +161,36 @@ def test_a_gap_beyond_the_limit_resets():
 def test_time_going_backwards_resets_and_forgets_the_old_timeline():
     pf = PositionFilter()
     drive_east(pf, 10)
-    pose = pf.update(fix_at(T0 + 3, 30.0, 0.0, 10.0, 0.0))
+    pose = pf.update(fix_at(T0 + 3, 30.0, 500.0, 10.0, 0.0))
     assert pose.state == "reset" and pf.stats.resets == {"time_backwards": 1}
-    assert pf.position_at(T0 + 2.5) is None
+    # Before the new first fix: carried back from it (a cold start), never the old timeline's 25 m east, 0 north.
+    east, north = FRAME.to_enu(*(lambda p: (p.lat, p.lon))(pf.position_at(T0 + 2.5)))
+    assert east == pytest.approx(25.0, abs=0.5) and north == pytest.approx(500.0, abs=0.5)
+    assert pf.position_at(T0 + 3 - 30.0).state == "stale"  # far before it: frozen there, never placeable
+
+
+def test_before_the_first_fix_the_position_is_carried_back_with_growing_uncertainty():
+    pf = PositionFilter()
+    drive_east(pf, 10)
+    first = pf.position_at(T0)
+    back = [pf.position_at(T0 - s) for s in (0.5, 2.0, 5.0)]
+    for seconds, pose in zip((0.5, 2.0, 5.0), back, strict=True):
+        east, north = FRAME.to_enu(pose.lat, pose.lon)
+        assert east == pytest.approx(-10.0 * seconds, abs=0.5) and north == pytest.approx(0.0, abs=0.5)
+    assert first.h_std_m < back[0].h_std_m < back[1].h_std_m < back[2].h_std_m
+    assert [p.state for p in back] == ["ok", "predicting", "predicting"]
+
+
+def test_in_a_gap_that_reset_the_filter_the_nearer_side_places():
+    """A 14 s tunnel: just before the exit, the first fix after it carries the position back; just after the
+    entry, the last fix before it carries it forward; in the middle both are too old ('stale')."""
+    pf = PositionFilter(GnssConfig(reset_gap_s=10.0))
+    drive_east(pf, 6)
+    assert pf.update(fix_at(T0 + 20, 200.0, 0.0, 10.0, 0.0)).state == "reset"
+    for t, east_m, state in ((T0 + 6.5, 65.0, "ok"), (T0 + 19.0, 190.0, "ok"), (T0 + 18.0, 180.0, "predicting")):
+        pose = pf.position_at(t)
+        assert FRAME.to_enu(pose.lat, pose.lon)[0] == pytest.approx(east_m, abs=0.5) and pose.state == state
+    assert pf.position_at(T0 + 13.0).h_std_m > pf.position_at(T0 + 18.0).h_std_m
 
 
 def test_utc_going_backwards_on_a_monotonic_clock_resets():

@@ -146,8 +146,9 @@ def projector() -> GroundProjector:
 def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noise_m: float = 3.0, seed: int = 3,
           fail_frames: set[int] | None = None, path=route, defects: list | None = None,
           gnss_until_s: float | None = None, events_cfg: dict | None = None, miss: float = 0.15,
-          false_alarm: float = 0.05):
-    """Run the pipeline over SECONDS of PATH; GNSS_UNTIL_S ends the fixes there (a dropout to the end)."""
+          false_alarm: float = 0.05, gnss_gap_s: tuple[float, float] | None = None):
+    """Run the pipeline over SECONDS of PATH; GNSS_UNTIL_S ends the fixes there (a dropout to the end),
+    GNSS_GAP_S = (a, b) leaves out the fixes strictly between a and b seconds (a tunnel, or a cold start from 0)."""
     rng = np.random.default_rng(seed)
     cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)},
                                       "events": events_cfg or {}})
@@ -157,7 +158,9 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
     agent = build_agent(cfg, outbox=tmp_path / "outbox.db", detector=detector, projector=projector)
     position_filter, pipeline, outbox, health = agent.position_filter, agent.pipeline, agent.outbox, agent.health
     recorded = [f for f in fixes(seconds, noise_m, rng, path)
-                if gnss_until_s is None or f.utc <= START + timedelta(seconds=gnss_until_s)]
+                if (gnss_until_s is None or f.utc <= START + timedelta(seconds=gnss_until_s))
+                and (gnss_gap_s is None or not (START + timedelta(seconds=gnss_gap_s[0]) < f.utc
+                                                < START + timedelta(seconds=gnss_gap_s[1])))]
     feed = FixFeed(iter(recorded), position_filter)
     image = np.full((H, W, 3), 90, np.uint8)
     events = []
@@ -261,8 +264,7 @@ class EarlyBestDetector(TruthDetector):
 def test_a_defect_first_seen_before_the_first_fix_becomes_one_event(projector: GroundProjector,
                                                                      tmp_path: Path) -> None:
     """The first fix comes 1 s into the drive; a pothole 20 m ahead is in view from the first frame, and its
-    best frame is one of those before the fix: the event takes the vehicle from the nearest frame that has a
-    position instead of failing on the one that has none."""
+    best frame is one of those before the fix: the event still says where the vehicle was at that frame."""
     rng = np.random.default_rng(6)
     cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
     defect = (0.0, 20.0, 0.6)
@@ -287,8 +289,10 @@ def test_a_defect_first_seen_before_the_first_fix_becomes_one_event(projector: G
         assert event["confidence"] == 0.95
         assert distance_m(event["position"]["lat"], event["position"]["lon"],
                           *offset_latlon(LAT0, LON0, defect[0], defect[1])) < 2.0
-        # the vehicle of the first frame with a position: at the first fix, 12 m up the road
-        assert distance_m(event["vehicle"]["lat"], event["vehicle"]["lon"], LAT0, LON0) == pytest.approx(12.0, abs=1.5)
+        # the vehicle where it was at that frame: carried back from the first fix on the receiver's velocity
+        best_s = (datetime.fromisoformat(event["captured_at"]) - START).total_seconds()
+        assert distance_m(event["vehicle"]["lat"], event["vehicle"]["lon"],
+                          *offset_latlon(LAT0, LON0, *route(best_s)[:2])) < 1.5
         assert outbox.stats()["events"]["pending"] == 1
 
 
@@ -317,6 +321,67 @@ def test_too_uncertain_poses_place_no_event(projector: GroundProjector, tmp_path
     found, false_pos, errs = match(events, defects[:1], radius=3.0)
     assert (found, false_pos) == (1, 0), (found, false_pos, errs, pipeline.summary())
     assert pipeline.summary()["events_no_fix"] == 2, pipeline.summary()
+    outbox.close()
+
+
+def gap_errors(events: list[dict], times: tuple[float, ...]) -> list[float | None]:
+    """For the defects on the route at TIMES: each one's distance to the nearest event within 5 m (None: none)."""
+    out = []
+    for t in times:
+        lat, lon = offset_latlon(LAT0, LON0, *route(t)[:2])
+        near = [d for ev in events if (d := distance_m(ev["position"]["lat"], ev["position"]["lon"], lat, lon)) < 5]
+        out.append(min(near, default=None))
+    return out
+
+
+def test_defects_seen_in_a_short_gnss_gap_wait_for_the_fix_after_it(projector: GroundProjector,
+                                                                    tmp_path: Path) -> None:
+    """8 s without fixes on the curve (a tunnel shorter than reset_gap_s): placed at once, the three defects
+    seen in it were dead reckoning out of the tunnel's entry, 3-14 m off as the road turned; held until the
+    exit's fix, the smoother places them from both ends."""
+    times = (18.0, 24.5, 26.0, 27.5, 34.0)
+    kwargs = dict(seconds=40.0, noise_m=1.0, seed=4, defects=[(*route(t)[:2], 0.6) for t in times],
+                  gnss_gap_s=(22.0, 30.0), miss=0.0, false_alarm=0.0)
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path / "held", **kwargs)
+    held = gap_errors(events, times)
+    assert len(events) == 5 and all(e is not None and e < 1.5 for e in held), (held, pipeline.summary())
+    assert pipeline.summary()["events_held"] >= 3 and pipeline.summary()["events_no_fix"] == 0
+    outbox.close()
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path / "at_once", **kwargs,
+                                           events_cfg={"hold_for_fix_s": 0})
+    at_once = gap_errors(events, times)
+    assert all(e is None or e > 2.5 for e in at_once[1:4]), at_once  # what the hold is for
+    outbox.close()
+
+
+def test_a_gap_that_resets_the_filter_places_what_its_ends_can_reach(projector: GroundProjector,
+                                                                      tmp_path: Path) -> None:
+    """14 s without fixes (the filter restarts at the exit): the defects seen 1-3 s before the exit are
+    placed from the exit's fix carried back; the one in the middle of the tunnel stays unplaced."""
+    times = (18.0, 29.0, 33.0, 35.0, 40.0)
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path, seconds=44.0, noise_m=1.0, seed=4,
+                                           defects=[(*route(t)[:2], 0.6) for t in times], gnss_gap_s=(22.0, 36.0),
+                                           miss=0.0, false_alarm=0.0)
+    errs = gap_errors(events, times)
+    assert errs[1] is None and all(e is not None for e in errs[2:]), (errs, pipeline.summary())
+    assert errs[3] < 1.0 and errs[2] < 4.0, errs
+    assert pipeline.summary()["events_no_fix"] == 1
+    (carried,) = [ev for ev in events if gap_errors([ev], (33.0,))[0] is not None]
+    assert errs[2] < 2 * carried["position"]["h_accuracy_m"]  # its stated accuracy covers the longer carry
+    outbox.close()
+
+
+def test_defects_seen_before_a_cold_start_fix_are_placed(projector: GroundProjector, tmp_path: Path) -> None:
+    """The receiver's first fix comes 6 s into the drive: the two defects passed at 3.5 s and 5 s were lost
+    (no position at all); now they wait for it and are carried back from it along the road."""
+    times = (3.5, 5.0, 10.0)
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path, seconds=20.0, noise_m=1.0, seed=4,
+                                           defects=[(*route(t)[:2], 0.6) for t in times], gnss_gap_s=(-1.0, 6.0),
+                                           miss=0.0, false_alarm=0.0)
+    errs = gap_errors(events, times)
+    assert len(events) == 3 and all(e is not None and e < 3.0 for e in errs), (errs, pipeline.summary())
+    assert pipeline.summary()["events_no_fix"] == 0
+    assert outbox.stats()["events"]["pending"] == 3
     outbox.close()
 
 

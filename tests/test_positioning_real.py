@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.lab.gnss_eval import evaluate, is_measurement, recorded_fixes, thinned, with_error
+from edge_agent.lab.gnss_eval import evaluate, evaluate_gaps, is_measurement, recorded_fixes, thinned, with_error
 
 SHARED_NMEA = Path(__file__).resolve().parent.parent.parent / "shared" / "nmea"
 SWISS = SHARED_NMEA / "genivi__20100403_Z205_Switzerland.nmea"
@@ -44,6 +44,19 @@ def test_three_metres_white_noise_filtered_and_smoothed(drives, path, step):
     # Per axis the 1-sigma is h_std_m / sqrt 2: 2 of those hold 1 - exp(-2) ~ 0.86 of a circular Gaussian error,
     # and the band asked of an honest figure is 0.8-0.95 (three draws: 0.91-0.94, bench_positioning).
     assert 0.8 <= result.filtered_within_2sigma <= 0.95, result
+
+
+@pytest.mark.parametrize("path", [SWISS, REGENSBURG], ids=["swiss", "regensburg"])
+def test_positions_in_a_gnss_gap_are_placed_from_the_fix_after_it(drives, path):
+    """8 s gaps cut into the real drives every minute (3 m white error): asked 1 s after the frame, inside the
+    gap, half of the positions are too uncertain to place a defect; asked after the first fix past the gap (the
+    pipeline's hold), all are placed, closer, and within 2 h_std."""
+    fixes = drives[path]
+    result = evaluate_gaps(fixes, with_error(fixes, 3.0, "white"), gap_s=8.0)
+    assert result.points >= 100, result
+    assert result.at_once_placed < 0.7 and result.held_placed >= 0.99, result
+    assert result.held_median_m < 0.9 * result.at_once_median_m, result
+    assert result.held_within_2h >= 0.9, result
 
 
 @pytest.mark.parametrize(("model", "sigma"), [("white", 1.0), ("white", 3.0), ("white", 5.0), ("drift", 3.0),

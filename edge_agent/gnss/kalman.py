@@ -203,6 +203,11 @@ class PositionFilter:
         with self._lock:
             return self._position_at(t_mono, smoothed=self.cfg.smooth)
 
+    def newest_fix_mono(self) -> float | None:
+        """The time of the newest fix the filter has taken in (None before any)."""
+        with self._lock:
+            return self._times[-1] if self._times else None
+
     @property
     def fix_noise_scale(self) -> float:
         """The factor on the receiver's position variance the filter uses now (1 until learned)."""
@@ -403,13 +408,20 @@ class PositionFilter:
             return None
         i = bisect.bisect_right(self._times, t)
         if i == 0:
-            return None  # older than the history kept
+            if self._history[0].prior is not None:
+                return None  # older than the history kept
+            # Before the first fix (a cold start): carried back from it on its velocity, as far as forwards.
+            return self._extrapolate(self._smoothed_at(0) if smoothed else self._history[0], t)
         a = self._smoothed_at(i - 1) if smoothed else self._history[i - 1]
         if t == a.t:
             return self._pose(a.lat, a.lon, a.ve, a.vn, a.h_std, a.state, t)
-        if i < len(self._history) and self._history[i].segment == a.segment:
-            return self._interpolate(a, self._smoothed_at(i) if smoothed else self._history[i], t)
-        return self._extrapolate(a, t)
+        if i == len(self._history):
+            return self._extrapolate(a, t)
+        b = self._smoothed_at(i) if smoothed else self._history[i]
+        if b.segment == a.segment:
+            return self._interpolate(a, b, t)
+        # In a gap that reset the filter (a tunnel): from whichever side is nearer in uncertainty.
+        return min(self._extrapolate(a, t), self._extrapolate(b, t), key=lambda pose: pose.h_std_m)
 
     def _smoothed_at(self, i: int) -> _Posterior:
         """The smoothed posterior I of the history: the RTS pass runs back from the newest state as far as I
@@ -454,14 +466,18 @@ class PositionFilter:
         return "predicting" if since_fix_s <= self.cfg.stale_after_s else "stale"
 
     def _extrapolate(self, a: _Posterior, t: float) -> Pose:
+        """A's state carried to T on its velocity, forwards or (T before A) backwards in time."""
         dt_s = t - a.t
-        moving_s = min(dt_s, self.cfg.stale_after_s)  # past the stale limit the position stops running away
+        span_s = abs(dt_s)
+        moving_s = math.copysign(min(span_s, self.cfg.stale_after_s), dt_s)  # past the stale limit it stops
         frame = LocalFrame(a.lat, a.lon)
         lat, lon = frame.to_geodetic(a.ve * moving_s, a.vn * moving_s)
         q = self.cfg.coast_accel_mps2**2
-        east, north = a.east.predicted(dt_s, q), a.north.predicted(dt_s, q)
+        # Backwards, F^-1 = [[1, -dt], [0, 1]]: the same growth of the position variance with the cross term negated.
+        sign = 1.0 if dt_s >= 0 else -1.0
+        east, north = (Axis(0.0, 0.0, axis.a, sign * axis.b, axis.c).predicted(span_s, q) for axis in (a.east, a.north))
         h_std = math.sqrt(max(east.a + north.a + 2.0 * a.slow_var, 0.0))
-        return self._pose(lat, lon, a.ve, a.vn, h_std, self._state_after(dt_s), t)
+        return self._pose(lat, lon, a.ve, a.vn, h_std, self._state_after(span_s), t)
 
     def _interpolate(self, a: _Posterior, b: _Posterior, t: float) -> Pose:
         span = b.t - a.t

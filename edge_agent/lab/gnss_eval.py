@@ -146,3 +146,60 @@ def _within(errors: Sequence[float], h_std: Sequence[float], k: float = 2.0) -> 
     if not errors:
         return math.nan
     return float(np.mean(np.asarray(errors) <= k * np.asarray(h_std)))
+
+
+@dataclass(frozen=True)
+class GapResult:
+    """Positions inside cut-out GNSS gaps, asked as a track ending in the gap asks (ASK_AFTER_S later, no fix
+    since: dead reckoning out of the gap's entry) and after the first fix past the gap (what the pipeline's
+    hold waits for). Placed: not stale and h_std within the pipeline's limit."""
+
+    points: int
+    at_once_placed: float
+    at_once_median_m: float
+    held_placed: float
+    held_median_m: float
+    held_within_2h: float
+
+
+def evaluate_gaps(truth: Sequence[Fix], noisy: Sequence[Fix], gap_s: float, every_s: float = 60.0,
+                  cfg: GnssConfig | None = None, max_h_std_m: float = 25.0, ask_after_s: float = 1.0) -> GapResult:
+    """Cut GAP_S without fixes out of NOISY every EVERY_S and score the positions of the recorded track inside
+    the gaps against TRUTH (see GapResult)."""
+    pf = PositionFilter(cfg)
+    start = noisy[0].t_mono
+    at_once: list[tuple[float, Fix]] = []  # (when asked, truth)
+    held: list[Fix] = []
+    once_err: list[float] = []
+    held_err: list[float] = []
+    held_h: list[float] = []
+    points = 0
+
+    def placed(pose: object) -> bool:
+        return pose is not None and pose.state != "stale" and pose.h_std_m <= max_h_std_m
+
+    for true, fix in zip(truth, noisy, strict=True):
+        into = (fix.t_mono - start) % every_s
+        if is_measurement(fix) and every_s / 2 <= into < every_s / 2 + gap_s:
+            points += 1
+            at_once.append((fix.t_mono + ask_after_s, true))
+            held.append(true)
+            continue
+        for _, gap_truth in [q for q in at_once if q[0] < fix.t_mono]:
+            if placed(pose := pf.position_at(gap_truth.t_mono)):
+                once_err.append(_error_m(gap_truth, pose.lat, pose.lon))
+        at_once = [q for q in at_once if q[0] >= fix.t_mono]
+        pf.update(fix)
+        if held and is_measurement(fix):
+            for gap_truth in held:
+                if placed(pose := pf.position_at(gap_truth.t_mono)):
+                    held_err.append(_error_m(gap_truth, pose.lat, pose.lon))
+                    held_h.append(pose.h_std_m)
+            held = []
+    share = 1.0 / points if points else math.nan
+    return GapResult(points, len(once_err) * share, _median(once_err), len(held_err) * share, _median(held_err),
+                     _within(held_err, held_h))
+
+
+def _median(errors: Sequence[float]) -> float:
+    return float(np.median(errors)) if errors else math.nan

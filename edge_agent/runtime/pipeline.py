@@ -29,6 +29,7 @@ from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm
 log = logging.getLogger(__name__)
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
+MAX_HELD_TRACKS = 32  # tracks waiting for a fix hold their crops (full frames too, when configured): bound the memory
 
 
 class FrameDetector(Protocol):
@@ -44,6 +45,8 @@ class PositionSource(Protocol):
     """What the pipeline needs of the position filter (edge_agent.gnss.kalman.PositionFilter)."""
 
     def position_at(self, t_mono: float) -> Pose | None: ...
+
+    def newest_fix_mono(self) -> float | None: ...
 
     def utc_at(self, t_mono: float) -> datetime | None: ...
 
@@ -81,8 +84,9 @@ class Pipeline:
         self._fps: float | None = None
         self._inference_ms: float | None = None
         self._detect_s = 0.0
+        self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
         self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
-                       "events_refused": 0, "detector_errors": 0}
+                       "events_held": 0, "events_refused": 0, "detector_errors": 0}
         self.started = time.monotonic()
         self.health.update(model={"name": self.model.name, "version": self.model.version,
                                   "sha256": self.model.sha256})
@@ -121,7 +125,8 @@ class Pipeline:
         heading, motion = self.motion.step(t_mono, pose)
         finished = self.tracker.step(t_mono, detections, motion, image=image, pose=pose, heading_deg=heading,
                                      utc=utc)
-        events = [e for track in finished if (e := self._emit(track, t_mono)) is not None]
+        events = self._release_held(t_mono)
+        events += [e for track in finished if (e := self._place_or_hold(track, t_mono)) is not None]
         self.coverage.update(t_mono, utc, pose, detector_active=detector_ok)
         self._note_frame(t_mono, pose)
         return events
@@ -129,7 +134,9 @@ class Pipeline:
     def finish(self) -> list[dict[str, Any]]:
         """The drive (or the agent) ends: every confirmed track becomes its event, coverage is closed."""
         now = self._prev_mono or time.monotonic()
-        events = [e for track in self.tracker.flush() if (e := self._emit(track, now)) is not None]
+        held, self._held = self._held, []
+        events = [e for track, _ in held if (e := self._emit(track, now)) is not None]
+        events += [e for track in self.tracker.flush() if (e := self._emit(track, now)) is not None]
         self.coverage.flush()
         return events
 
@@ -140,7 +147,8 @@ class Pipeline:
                 "tracks": stats["tracks"], "confirmed_tracks": stats["confirmed"],
                 "tracks_not_fixed": stats["not_fixed"], "events": self.counts["events"],
                 "events_merged": self.counts["events_merged"], "events_no_fix": self.counts["events_no_fix"],
-                "events_refused": self.counts["events_refused"], "coverage_records": self.coverage.records,
+                "events_held": self.counts["events_held"], "events_refused": self.counts["events_refused"],
+                "coverage_records": self.coverage.records,
                 "detector_errors": self.counts["detector_errors"],
                 "fps": round(self.counts["frames"] / elapsed, 2),
                 "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
@@ -164,6 +172,40 @@ class Pipeline:
         self.health.update(detector="ok")
         self.counts["detections"] += len(detections)  # each class already cut at its working threshold
         return detections, True
+
+    def _place_or_hold(self, track: Track, t_mono: float) -> dict[str, Any] | None:
+        """A track whose frames lack a fix on both sides waits (events.hold_for_fix_s) for the fix after them:
+        placed now it would be dead reckoning out of the gap's start, or nothing before a first fix."""
+        if self._waits_for_fix(track) and self.cfg.events.hold_for_fix_s > 0:
+            if len(self._held) >= MAX_HELD_TRACKS:
+                oldest, _ = self._held.pop(0)
+                self._emit(oldest, t_mono)
+            self._held.append((track, t_mono))
+            self.counts["events_held"] += 1
+            log.info("track %d (%s) seen in a GNSS gap: waiting up to %.0f s for a fix to place it",
+                     track.id, track.class_name, self.cfg.events.hold_for_fix_s)
+            return None
+        return self._emit(track, t_mono)
+
+    def _release_held(self, t_mono: float) -> list[dict[str, Any]]:
+        if not self._held:
+            return []
+        events, still = [], []
+        for track, since in self._held:
+            if self._waits_for_fix(track) and t_mono - since < self.cfg.events.hold_for_fix_s:
+                still.append((track, since))
+            elif (event := self._emit(track, t_mono)) is not None:
+                events.append(event)
+        self._held = still
+        return events
+
+    def _waits_for_fix(self, track: Track) -> bool:
+        """Whether a fix yet to come would place TRACK better: none has come since its last frame, and some
+        frame of it is not within a fix's reach ('ok')."""
+        newest = self.filter.newest_fix_mono()
+        if newest is not None and track.observations and newest > track.observations[-1].t_mono:
+            return False
+        return any(getattr(self.filter.position_at(obs.t_mono), "state", None) != "ok" for obs in track.observations)
 
     def _views(self, track: Track) -> list[tuple[GroundBox, Pose, float]]:
         """Each observation's ground box with the vehicle's pose at its frame's time. The filter is asked
