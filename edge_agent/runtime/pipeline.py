@@ -85,6 +85,7 @@ class Pipeline:
         self._inference_ms: float | None = None
         self._detect_s = 0.0
         self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
+        self._held_seen_fix: float | None = None  # the newest fix when the held tracks were last looked at
         self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
                        "events_held": 0, "events_refused": 0, "detector_errors": 0}
         self.started = time.monotonic()
@@ -190,9 +191,14 @@ class Pipeline:
     def _release_held(self, t_mono: float) -> list[dict[str, Any]]:
         if not self._held:
             return []
+        newest = self.filter.newest_fix_mono()
+        expired = t_mono - self._held[0][1] >= self.cfg.events.hold_for_fix_s
+        if newest == self._held_seen_fix and not expired:
+            return []  # nothing new to place them with: no need to ask the filter every frame
+        self._held_seen_fix = newest
         events, still = [], []
         for track, since in self._held:
-            if self._waits_for_fix(track) and t_mono - since < self.cfg.events.hold_for_fix_s:
+            if t_mono - since < self.cfg.events.hold_for_fix_s and self._waits_for_fix(track):
                 still.append((track, since))
             elif (event := self._emit(track, t_mono)) is not None:
                 events.append(event)
