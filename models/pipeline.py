@@ -1,7 +1,8 @@
 """After training: export ONNX, quantize (keeping only what is faster), evaluate, write manifest and card.
 
-Everything lands in models/bundled/: model.onnx (what "bundled" loads), model-fp32.onnx (its FP32 twin for
-`edge-agent model bench`), a `.manifest.json` beside each, MODEL_CARD.md and pr_curve.png. Intermediate
+The bundle is written to models/runs/<run>/bundle/ and copied to models/bundled/ only when it is not worse there
+than the model it would replace (ship_if_better): model.onnx (what "bundled" loads), model-fp32.onnx (its FP32
+twin for `edge-agent model bench`), a `.manifest.json` beside each, MODEL_CARD.md and the pictures. Intermediate
 files (the validation/calibration folders, which only link to ../shared photos) stay in models/cache/.
 """
 
@@ -184,30 +185,37 @@ def best_f1_thresholds(result: dict) -> dict[str, float]:
             for name, m in result["per_class"].items() if name in CLASSES}
 
 
-def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
+def build_bundle(run_dir: Path, args: argparse.Namespace) -> bool:
+    """Export, quantize, evaluate and write the card into RUN_DIR/bundle, then ship it to models/bundled/ unless
+    the model there scores better on the same validation sets (ship_if_better). Returns whether it shipped."""
+    staged = run_dir / "bundle"
+    shutil.rmtree(staged, ignore_errors=True)
+    _write_bundle(run_dir, args, staged)
+    return ship_if_better(staged, BUNDLE, replace=getattr(args, "replace", False))
+
+
+def _write_bundle(run_dir: Path, args: argparse.Namespace, out: Path) -> None:
     from models.card import write_card
     from models.export import export_onnx
     from models.masks import contact_sheet
 
-    BUNDLE.mkdir(exist_ok=True)
+    out.mkdir(parents=True)
     CACHE.mkdir(exist_ok=True)
-    for stale in BUNDLE.glob("*.manifest.json"):  # rewritten below; a stale one would fail the sha256 check
-        stale.unlink()
     state = json.loads((run_dir / "done.json").read_text())
     split = json.loads((run_dir / "split.json").read_text())
     version = dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
-    fp32 = BUNDLE / "model-fp32.onnx"
-    (BUNDLE / "split.json").write_text(json.dumps({"seed": args.seed, "val": split["handheld_val"],
-                                                   "survey_val": split["survey_val"]}, indent=1) + "\n")
+    fp32 = out / "model-fp32.onnx"
+    (out / "split.json").write_text(json.dumps({"seed": args.seed, "val": split["handheld_val"],
+                                                "survey_val": split["survey_val"]}, indent=1) + "\n")
     sets = eval_sets(args, split)
 
     log.info("exporting %s", run_dir / "best.pt")
     export_onnx(run_dir / "best.pt", fp32, version=version)
     log.info("quantizing")
-    report = quantize_model(fp32, BUNDLE / "model.onnx", calibration_set(args), eval_dir=sets["vehicle"],
+    report = quantize_model(fp32, out / "model.onnx", calibration_set(args), eval_dir=sets["vehicle"],
                             threads=args.threads or 0, runs=TIMING_RUNS)
     log.info("%s", report.reason)
-    chosen = BUNDLE / "model.onnx"
+    chosen = out / "model.onnx"
 
     # Each model gets its own working thresholds: INT8 moves the scores (not their order) enough that FP32's
     # best-F1 points would cut the quantized model's potholes almost entirely.
@@ -225,21 +233,23 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
         detectors[label] = load_detector(DetectorConfig(model=str(path), manifest=str(sidecar), threads=1))
         results[label] = {name: evaluate_dataset(detectors[label], folder) for name, folder in sets.items()}
     vehicle = results["chosen"]["vehicle"]
-    plot_pr(vehicle, BUNDLE / "pr_curve.png", "bundled model on vehicle-view validation highways: "
+    plot_pr(vehicle, out / "pr_curve.png", "bundled model on vehicle-view validation highways: "
                                               + ", ".join(f"{c} AP50 {m['ap50']:.3f}"
                                                           for c, m in vehicle["per_class"].items()))
     from models.masks import boxes_for
 
     sheet_stems = [s for s in split["survey_val"] if boxes_for(args.survey, Path(s).stem)][::12][:16]
-    contact_sheet(args.survey, [Path(s).stem for s in sheet_stems], BUNDLE / "boxes_from_masks.jpg")
+    contact_sheet(args.survey, [Path(s).stem for s in sheet_stems], out / "boxes_from_masks.jpg")
     from models.error_breakdown import breakdown, picture
 
     errors, examples = breakdown(detectors["chosen"], sets["vehicle"])
-    picture(examples, BUNDLE / "errors.jpg")
-    (BUNDLE / "errors.json").write_text(json.dumps(errors, indent=1) + "\n")
+    picture(examples, out / "errors.jpg")
+    (out / "errors.json").write_text(json.dumps(errors, indent=1) + "\n")
     latency = latency_table(chosen, fp32, runs=TIMING_RUNS)
     width, height = load_detector(DetectorConfig(model=str(fp32), manifest=None)).info.input_size
-    sweep_file = BUNDLE / "sweep.json"
+    sweep_file = BUNDLE / "sweep.json"  # the sweep behind the shipped recipe: carried over, not remade here
+    if sweep_file.exists():
+        shutil.copy2(sweep_file, out / "sweep.json")
 
     def strip(res: dict) -> dict:
         return {k: v for k, v in res.items() if k != "curves"}
@@ -279,14 +289,53 @@ def build_bundle(run_dir: Path, args: argparse.Namespace) -> None:
     if sweep_file.exists():
         common["sweep"] = json.loads(sweep_file.read_text())
     manifest = common | {"file": "model.onnx", "sha256": sha256_file(chosen), "errors": errors}
-    (BUNDLE / "model.manifest.json").write_text(json.dumps(manifest, indent=1, default=float) + "\n")
+    (out / "model.manifest.json").write_text(json.dumps(manifest, indent=1, default=float) + "\n")
     fp32_manifest = common | {"file": "model-fp32.onnx", "sha256": sha256_file(fp32),
                               "quantization": {"format": "fp32"}, "class_thresholds": thresholds["fp32"],
                               "score_threshold": min(thresholds["fp32"].values())}
     fp32_manifest.pop("fp32_model")
-    (BUNDLE / "model-fp32.manifest.json").write_text(json.dumps(fp32_manifest, indent=1, default=float) + "\n")
-    write_card(BUNDLE / "MODEL_CARD.md", manifest, state)
-    log.info("bundle written to %s", BUNDLE)
+    (out / "model-fp32.manifest.json").write_text(json.dumps(fp32_manifest, indent=1, default=float) + "\n")
+    write_card(out / "MODEL_CARD.md", manifest, state)
+    log.info("bundle written to %s", out)
+
+
+def selection_score(manifest: dict) -> float:
+    """The training's model selection figure: mean AP50 of vehicle potholes, vehicle cracks and handheld potholes."""
+    metrics = manifest["metrics"]["chosen"]
+    return (metrics["vehicle"]["per_class"]["pothole"]["ap50"] + metrics["vehicle"]["per_class"]["crack"]["ap50"]
+            + metrics["handheld"]["per_class"]["pothole"]["ap50"]) / 3
+
+
+def ship_if_better(staged: Path, bundle: Path, replace: bool = False, margin: float = 0.005) -> bool:
+    """Copy the STAGED bundle over BUNDLE unless BUNDLE's model was judged on the same validation split and
+    scores more than MARGIN higher (a 60-minute CPU run is far short of the shipped GPU-trained weights, and
+    `make model` must not swap a good model for it silently); REPLACE ships it anyway."""
+    new = json.loads((staged / "model.manifest.json").read_text())
+    current_file = bundle / "model.manifest.json"
+    if current_file.exists() and not replace:
+        current = json.loads(current_file.read_text())
+        same_split = (bundle / "split.json").exists() and (
+            json.loads((bundle / "split.json").read_text()) == json.loads((staged / "split.json").read_text()))
+        try:
+            old_score = selection_score(current)
+        except (KeyError, TypeError):
+            old_score = None  # a manifest without these figures (an older layout): nothing to compare with
+        if old_score is not None and not same_split:
+            log.warning("the new model is in %s and NOT shipped: the bundled model was judged on another validation "
+                        "split, so the two cannot be compared; rerun with --replace to ship it", staged)
+            return False
+        if old_score is not None and selection_score(new) < old_score - margin:
+            log.warning("the new model is in %s and NOT shipped: its mean AP50 (vehicle potholes, vehicle cracks, "
+                        "handheld potholes) is %.3f against %.3f for the bundled model; train longer or rerun with "
+                        "--replace to ship it anyway", staged, selection_score(new), old_score)
+            return False
+    for stale in bundle.glob("*.manifest.json"):  # a stale one would fail the sha256 check of the new model
+        stale.unlink()
+    bundle.mkdir(exist_ok=True)
+    for item in staged.iterdir():
+        shutil.copy2(item, bundle / item.name)
+    log.info("shipped to %s (mean AP50 %.3f)", bundle, selection_score(new))
+    return True
 
 
 def torch_arch(run_dir: Path) -> dict:

@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-every", type=float, default=480.0, help="seconds between validation runs")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--all", action="store_true", help="train, export, quantize, evaluate, write the card")
+    ap.add_argument("--replace", action="store_true",
+                    help="with --all: ship the new bundle to models/bundled/ even when the model there scores "
+                         "better on the same validation sets (otherwise it stays in models/runs/<run>/bundle/)")
     return ap.parse_args(argv)
 
 

@@ -221,7 +221,9 @@ def random_training_scene(rng: np.random.Generator, width: int, height: int, box
             paint_patch(img, view.homography, *patch)
         for crack, f, left, yaw in cracks:
             box = paint_crack(img, crack, view.homography, f, left, yaw)
-            if box_cracks and box is not None and max(box[2] - box[0], box[3] - box[1]) >= 4 * MIN_BOX_PX:
+            # A crack running along the image edge clips to a box of no height: not a box to learn or score.
+            if box_cracks and box is not None and max(box[2] - box[0], box[3] - box[1]) >= 4 * MIN_BOX_PX \
+                    and min(box[2] - box[0], box[3] - box[1]) >= 1.0:
                 boxes.append(box)
                 names.append(CRACK)
         for (f, left, _), sprite in zip(potholes, sprites, strict=True):
