@@ -67,8 +67,8 @@ class TruthTrack:
         self.utc = [r["utc"] for r in rows]
         self.lat = np.array([float(r["lat"]) for r in rows])
         self.lon = np.array([float(r["lon"]) for r in rows])
-        self._t = np.array([float(r["t"]) for r in rows])
-        self._t0 = self._seconds(self.utc[0]) - self._t[0]
+        self.t = np.array([float(r["t"]) for r in rows])  # seconds of video time
+        self._t0 = self._seconds(self.utc[0]) - self.t[0]
 
     @staticmethod
     def _seconds(iso: str) -> float:
@@ -78,7 +78,7 @@ class TruthTrack:
 
     def at(self, iso_utc: str) -> tuple[float, float]:
         t = self._seconds(iso_utc) - self._t0
-        return float(np.interp(t, self._t, self.lat)), float(np.interp(t, self._t, self.lon))
+        return float(np.interp(t, self.t, self.lat)), float(np.interp(t, self.t, self.lon))
 
 
 def vehicle_error(event: dict[str, Any], truth: TruthTrack) -> tuple[float, float]:
