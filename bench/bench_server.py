@@ -144,11 +144,7 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
             p.wait_for_publish(60)
         published_s = time.monotonic() - t0
         publish_cpu = _cpu_s(resource.RUSAGE_SELF) - own_cpu
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if set().union(*(c.acked_events() for c in clients.values())) >= wanted:
-                break
-            time.sleep(0.02)
+        wait_acked(clients, wanted)
         elapsed = time.monotonic() - t0
         backend_cpu = _backend_cpu_s(dsn)
         acked = set().union(*(c.acked_events() for c in clients.values()))
@@ -243,11 +239,7 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
                        for device, body in payloads]
             for p in pending:
                 p.wait_for_publish(120)
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                if set().union(*(c.acked_events() for c in clients.values())) >= wanted:
-                    break
-                time.sleep(0.02)
+            wait_acked(clients, wanted)
             elapsed = time.monotonic() - t0
             new_backends = sampler.backend_pids - set(cpu0)  # a worker that reconnected meanwhile
             worker_cpu = sum(_proc_cpu_s(p.pid) - cpu0[p.pid] for p in servers)
@@ -328,6 +320,16 @@ def _backend_cpu_s(dsn: str) -> float | None:
         return total / ticks
     except (OSError, ValueError, psycopg.Error):
         return None
+
+
+def wait_acked(clients: dict, wanted: set[str], timeout_s: float = 600.0) -> bool:
+    """Wait until the devices' clients together hold an ack for every event id in WANTED."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if set().union(*(c.acked_events() for c in clients.values())) >= wanted:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _cpu_s(who: int) -> float:

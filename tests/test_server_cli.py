@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from fleet_server.cli import app
@@ -41,29 +43,46 @@ dir = "{tmp_path / 'models'}"
     return str(conf)
 
 
-def test_cli_provisions_a_device_that_can_publish(fresh_db, service_info, broker, tmp_path, monkeypatch) -> None:
+@dataclass
+class Cli:
+    """`fleet-server -c CONF ...` in this process, on a migrated fresh database; PORT is the API's."""
+
+    conf: str
+    port: int
+    runner: CliRunner
+
+    def run(self, *args: str) -> Result:
+        return self.runner.invoke(app, ["-c", self.conf, *args])
+
+
+@pytest.fixture
+def cli(fresh_db, service_info, broker, tmp_path, monkeypatch) -> Cli:
     monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
     monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
     port = free_port()
-    conf = _config(tmp_path, service_info, broker, port)
-    runner = CliRunner()
-    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
-    bad = runner.invoke(app, ["-c", conf, "device", "add", "has space"])
+    tool = Cli(_config(tmp_path, service_info, broker, port), port, CliRunner())
+    assert tool.run("migrate").exit_code == 0
+    return tool
+
+
+def test_cli_provisions_a_device_that_can_publish(cli, fresh_db, service_info, broker) -> None:
+    conf, port = cli.conf, cli.port
+    bad = cli.run("device", "add", "has space")
     assert bad.exit_code == 1
     # The server's own broker login (and the names kept for it) can never become a device's.
     server_line = next(line for line in broker.passwd_file.read_text().splitlines()
                        if line.startswith("roadmon-server:"))
     for reserved in ("roadmon-server", "ROADMON-server", "roadmon-ingest-2"):
-        refused = runner.invoke(app, ["-c", conf, "device", "add", reserved])
+        refused = cli.run("device", "add", reserved)
         assert refused.exit_code == 1 and "reserved" in refused.output, refused.output
     assert server_line in broker.passwd_file.read_text().splitlines()
     device = f"cli-{port}"
-    added = runner.invoke(app, ["-c", conf, "device", "add", device, "--json"])
+    added = cli.run("device", "add", device, "--json")
     assert added.exit_code == 0, added.output
     creds = json.loads(added.output)
-    manager = runner.invoke(app, ["-c", conf, "token", "create", "--role", "manager", "--name", "maria", "--json"])
+    manager = cli.run("token", "create", "--role", "manager", "--name", "maria", "--json")
     manager_token = json.loads(manager.output)["token"]
-    assert runner.invoke(app, ["-c", conf, "token", "create", "--role", "root", "--name", "x"]).exit_code == 1
+    assert cli.run("token", "create", "--role", "root", "--name", "x").exit_code == 1
 
     env = {**os.environ, "ROADMON_DATABASE_DSN": fresh_db, "ROADMON_MQTT_PASSWORD": service_info.server_password}
     server = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", conf, "serve", "--workers", "1"],
@@ -85,9 +104,9 @@ def test_cli_provisions_a_device_that_can_publish(fresh_db, service_info, broker
         r = httpx.post(base + "/api/v1/detections", json=make_event(device, 48.2, 11.5),
                        headers={"Authorization": f"Bearer {creds['http_token']}"})
         assert r.status_code == 202
-        listed = runner.invoke(app, ["-c", conf, "device", "ls", "--json"])
+        listed = cli.run("device", "ls", "--json")
         assert [d["id"] for d in json.loads(listed.output)] == [device]
-        revoked = runner.invoke(app, ["-c", conf, "device", "revoke", device])
+        revoked = cli.run("device", "revoke", device)
         assert revoked.exit_code == 0 and "removed" in revoked.output
         assert device not in broker.passwd_file.read_text()
     finally:
@@ -102,49 +121,39 @@ def _ok(url: str) -> bool:
         return False
 
 
-def test_cli_tokens_expire_and_rotate(fresh_db, service_info, broker, tmp_path, monkeypatch) -> None:
+def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     import psycopg
 
     from fleet_server import auth
 
-    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
-    conf = _config(tmp_path, service_info, broker, free_port())
-    runner = CliRunner()
-    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
-    device = json.loads(runner.invoke(app, ["-c", conf, "device", "add", "cli-rot", "--json"]).output)
-    weekly = json.loads(runner.invoke(app, ["-c", conf, "token", "create", "--role", "viewer", "--name", "w",
-                                            "--days", "7", "--json"]).output)["token"]
+    device = json.loads(cli.run("device", "add", "cli-rot", "--json").output)
+    weekly = json.loads(cli.run("token", "create", "--role", "viewer", "--name", "w",
+                                            "--days", "7", "--json").output)["token"]
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         days = dict(conn.execute("SELECT role, round(extract(epoch FROM expires_at - created_at) / 86400) "
                                  "FROM api_tokens").fetchall())
         assert days == {"device": 90, "viewer": 7}
         device_token_id = conn.execute("SELECT id FROM api_tokens WHERE role = 'device'").fetchone()[0]
         assert auth.verify(conn, weekly) is not None
-    rotated = runner.invoke(app, ["-c", conf, "token", "rotate", str(device_token_id), "--overlap-hours", "0",
-                                  "--json"])
+    rotated = cli.run("token", "rotate", str(device_token_id), "--overlap-hours", "0",
+                                  "--json")
     assert rotated.exit_code == 0, rotated.output
     new = json.loads(rotated.output)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         assert auth.verify(conn, device["http_token"]) is None  # no overlap: the old one is gone at once
         who = auth.verify(conn, new["token"])
         assert who is not None and who.device_id == "cli-rot" and who.role == "device"
-    assert runner.invoke(app, ["-c", conf, "token", "rotate", str(device_token_id)]).exit_code == 1
-    listing = runner.invoke(app, ["-c", conf, "token", "ls"]).output
+    assert cli.run("token", "rotate", str(device_token_id)).exit_code == 1
+    listing = cli.run("token", "ls").output
     assert "expires" in listing and "replaced" in listing
 
 
-def test_cli_device_add_refuses_an_existing_id_unless_reissue(fresh_db, service_info, broker, tmp_path,
-                                                              monkeypatch) -> None:
+def test_cli_device_add_refuses_an_existing_id_unless_reissue(cli, fresh_db, broker) -> None:
     import psycopg
 
     from fleet_server import auth
 
-    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
-    port = free_port()
-    conf = _config(tmp_path, service_info, broker, port)
-    device = f"cli-re-{port}"
-    runner = CliRunner()
-    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
+    device = f"cli-re-{cli.port}"
 
     def login() -> str:
         return next(line for line in broker.passwd_file.read_text().splitlines() if line.startswith(device + ":"))
@@ -153,16 +162,16 @@ def test_cli_device_add_refuses_an_existing_id_unless_reissue(fresh_db, service_
         with psycopg.connect(fresh_db, autocommit=True) as conn:
             return conn.execute("SELECT id, revoked_at IS NOT NULL FROM api_tokens ORDER BY id").fetchall()
 
-    unknown = runner.invoke(app, ["-c", conf, "device", "add", device, "--reissue"])  # nothing to re-issue yet
+    unknown = cli.run("device", "add", device, "--reissue")  # nothing to re-issue yet
     assert unknown.exit_code == 1 and device in unknown.output, unknown.output
-    first = json.loads(runner.invoke(app, ["-c", conf, "device", "add", device, "--json"]).output)
+    first = json.loads(cli.run("device", "add", device, "--json").output)
     # Again: an error naming the id, and nothing changed (the vehicle's login and token keep working).
     before = login(), tokens()
-    again = runner.invoke(app, ["-c", conf, "device", "add", device])
+    again = cli.run("device", "add", device)
     assert again.exit_code == 1 and device in again.output and "--reissue" in again.output, again.output
     assert (login(), tokens()) == before
     # Asked for: new credentials, the old token revoked.
-    renewed = runner.invoke(app, ["-c", conf, "device", "add", device, "--reissue", "--json"])
+    renewed = cli.run("device", "add", device, "--reissue", "--json")
     assert renewed.exit_code == 0, renewed.output
     second = json.loads(renewed.output)
     assert second["mqtt_password"] != first["mqtt_password"] and login() != before[0]
@@ -170,9 +179,9 @@ def test_cli_device_add_refuses_an_existing_id_unless_reissue(fresh_db, service_
         assert auth.verify(conn, first["http_token"]) is None
         assert auth.verify(conn, second["http_token"]).device_id == device
     # A revoked device stays revoked: neither add nor --reissue gives it credentials again.
-    assert runner.invoke(app, ["-c", conf, "device", "revoke", device]).exit_code == 0
+    assert cli.run("device", "revoke", device).exit_code == 0
     for args in ([], ["--reissue"]):
-        refused = runner.invoke(app, ["-c", conf, "device", "add", device, *args])
+        refused = cli.run("device", "add", device, *args)
         assert refused.exit_code == 1 and device in refused.output, refused.output
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         assert conn.execute("SELECT revoked_at IS NOT NULL FROM devices WHERE id = %s", (device,)).fetchone()[0]
@@ -180,30 +189,24 @@ def test_cli_device_add_refuses_an_existing_id_unless_reissue(fresh_db, service_
     assert device not in broker.passwd_file.read_text()
 
 
-def test_cli_commands_go_only_to_known_devices_and_known_commands(fresh_db, service_info, broker, tmp_path,
-                                                                  monkeypatch) -> None:
+def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, tmp_path) -> None:
     """`cmd send` and `model push` to a revoked, unknown or malformed device, an unknown command or one with
     topic characters, or a file that is no ONNX model: one line saying so, exit 1, nothing published or
     staged (a wildcard used to end in a traceback, the rest in a false "sent")."""
     from tests.onnx_models import tiny_detector
 
-    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
-    monkeypatch.setenv("ROADMON_MQTT_PASSWORD", service_info.server_password)
-    port = free_port()
-    conf = _config(tmp_path, service_info, broker, port)
-    runner = CliRunner()
-    assert runner.invoke(app, ["-c", conf, "migrate"]).exit_code == 0
+    conf, port = cli.conf, cli.port
     live, gone = f"cli-{port}", f"cli-gone-{port}"
     for device in (live, gone):
-        assert runner.invoke(app, ["-c", conf, "device", "add", device]).exit_code == 0
-    assert runner.invoke(app, ["-c", conf, "device", "revoke", gone]).exit_code == 0
+        assert cli.run("device", "add", device).exit_code == 0
+    assert cli.run("device", "revoke", gone).exit_code == 0
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_detector())
     text = tmp_path / "notes.onnx"
     text.write_text("not really onnx")
 
     def refused(args: list[str], expect: str) -> None:
-        result = runner.invoke(app, ["-c", conf, *args])
+        result = cli.run(*args)
         assert result.exit_code == 1, (args, result.output)
         assert expect in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
         assert isinstance(result.exception, SystemExit), result.exception  # a clean exit, no traceback
@@ -222,8 +225,8 @@ def test_cli_commands_go_only_to_known_devices_and_known_commands(fresh_db, serv
 
     small = tmp_path / "small.toml"
     small.write_text(Path(conf).read_text().replace("[models]\n", "[models]\nmax_size_mb = 0.001\n"))
-    result = runner.invoke(app, ["-c", str(small), *push, live, str(model)])
+    result = cli.runner.invoke(app, ["-c", str(small), *push, live, str(model)])
     assert result.exit_code == 1 and "models.max_size_mb" in result.output, result.output
 
-    sent = runner.invoke(app, ["-c", conf, "cmd", "send", live, "config-reload"])
+    sent = cli.run("cmd", "send", live, "config-reload")
     assert sent.exit_code == 0 and "command_id" in sent.output and "expires" in sent.output, sent.output
