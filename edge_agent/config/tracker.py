@@ -22,6 +22,10 @@ class TrackerConfig(Section):
                           description="Ground distance a detection may be from a track's predicted point, metres")
     gate_per_m: float = Field(0.15, ge=0, le=5,
                               description="Extra gate per metre of range (projection error grows with distance)")
+    coast_gate_factor: float = Field(2.0, ge=1, le=10,
+                                     description="The ground gates are this many times wider while the position is "
+                                                 "predicted without fixes (a tunnel): the vehicle's speed and turns "
+                                                 "that move the tracks' predictions are guesses then")
     pixel_gate: float = Field(1.0, gt=0, le=20,
                               description="A detection's box centre must be within this many box diagonals of the "
                                           "track's predicted box (near the bonnet a metre gate spans the picture)")

@@ -25,6 +25,7 @@ class Motion:
 
     forward_m: float = 0.0
     yaw_deg: float = 0.0
+    coasting: bool = False  # from a position predicted without fixes: speed and turn are guesses (a tunnel)
 
 
 class VehicleMotion:
@@ -52,7 +53,12 @@ class VehicleMotion:
         if heading is not None:
             self._heading = heading
         heading = self._heading
-        if heading is not None:
+        coasting = getattr(pose, "state", "ok") in ("predicting", "stale")
+        if coasting:
+            # The coasting heading is frozen and the first fix after the gap turns it by the whole curve at
+            # once: neither is a turn rate, so the window starts afresh after the gap.
+            self._headings.clear()
+        elif heading is not None:
             self._headings.append((t_mono, heading))
             while len(self._headings) > 2 and t_mono - self._headings[1][0] >= YAW_WINDOW_S:
                 self._headings.popleft()
@@ -66,6 +72,6 @@ class VehicleMotion:
                 (t0, h0), (t1, h1) = self._headings[0], self._headings[-1]
                 if t1 > t0:
                     yaw = ((h1 - h0 + 180.0) % 360.0 - 180.0) / (t1 - t0) * dt
-            motion = Motion(forward_m=speed * dt, yaw_deg=yaw)
+            motion = Motion(forward_m=speed * dt, yaw_deg=yaw, coasting=coasting)
         self._prev = (t_mono, pose)
         return heading, motion

@@ -268,6 +268,7 @@ class Tracker:
         self.tracks: list[Track] = []
         self._ids = count(1)
         self._odometer_m = 0.0
+        self._gate_scale = 1.0  # coast_gate_factor while the motion is a guess (Motion.coasting)
         self.stats = {"detections": 0, "out_of_range": 0, "tracks": 0, "confirmed": 0, "unconfirmed_ended": 0,
                       "not_fixed": 0, "folded": 0}
 
@@ -276,6 +277,7 @@ class Tracker:
              utc: datetime | None = None) -> list[Track]:
         """Advance by one frame; returns confirmed tracks that ended (or aged) in it, to emit."""
         self.stats["detections"] += len(detections)
+        self._gate_scale = self.cfg.coast_gate_factor if motion.coasting else 1.0
         self._odometer_m += motion.forward_m
         for track in self.tracks:
             track.pred = move(track.pred, motion)
@@ -389,7 +391,7 @@ class Tracker:
         if track.emitted or track.pred is None:
             return None
         centre = track.pred.mean(axis=0)
-        gate = self.cfg.gate_m + self.cfg.gate_per_m * abs(float(centre[0]))
+        gate = (self.cfg.gate_m + self.cfg.gate_per_m * abs(float(centre[0]))) * self._gate_scale
         best, best_d = None, gate
         for other in self.tracks:
             if other is track or other.emitted or other.folded or other.pred is None \
@@ -410,7 +412,7 @@ class Tracker:
             pred_box = self._pixel_box(track.pred)
             for di, (det, box) in enumerate(dets):
                 switch = 0.0 if int(det.class_id) == track.class_id else CLASS_SWITCH_COST
-                gate = self.cfg.gate_m + self.cfg.gate_per_m * box.range_m
+                gate = (self.cfg.gate_m + self.cfg.gate_per_m * box.range_m) * self._gate_scale
                 dist = float(np.hypot(*(pred_centre - [box.forward_m, box.left_m])))
                 det_box = (det.x1, det.y1, det.x2, det.y2)
                 overlap = iou(pred_box, det_box) if pred_box is not None else 0.0
