@@ -35,8 +35,22 @@ def test_a_gap_neither_turns_nor_spikes_and_is_flagged() -> None:
         t = k / FPS
         pose = P(10.0, 0.0) if t < 2 else P(10.0, 0.0, "predicting") if t < 6 else P(10.0, 20.0)
         told.append(motion.step(t, pose)[1])
-    gap, after = told[int(2 * FPS) + 1:int(6 * FPS)], told[int(6 * FPS):]
+    gap, after = told[int(3 * FPS) + 1:int(6 * FPS)], told[int(6 * FPS):]
     assert all(m.coasting for m in gap) and not any(m.coasting for m in after)
+    assert not any(m.coasting for m in told[:int(3 * FPS)])  # the first second of a gap may be a slow receiver
     assert all(m.yaw_deg == 0.0 for m in gap)
     assert sum(m.yaw_deg for m in after) == pytest.approx(0.0, abs=0.5)
     assert all(m.forward_m == pytest.approx(10.0 / FPS) for m in told[1:])
+
+
+def test_a_half_hertz_receiver_is_not_a_gap() -> None:
+    """At 0.5 Hz every fix is followed by 0.5 s of 'predicting' (ok_window_s is 1.5 s): that is no gap, and the
+    turn rate (2 degrees per second, stepping at each fix) is still told."""
+    motion = VehicleMotion(1.0)
+    told = []
+    for k in range(int(10 * FPS)):
+        t = k / FPS
+        since_fix = t % 2.0
+        told.append(motion.step(t, P(10.0, 2.0 * (t - since_fix), "ok" if since_fix <= 1.5 else "predicting"))[1])
+    assert not any(m.coasting for m in told)
+    assert sum(m.yaw_deg for m in told) == pytest.approx(16.0, abs=2.5)  # 2°/s from the first step at 2 s

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+COAST_AFTER_S = 1.0  # predicted this long in a row: a GNSS gap, not the wait between a 0.5 Hz receiver's fixes
 YAW_WINDOW_S = 1.0  # the turn rate is the heading change over this long (the filter's heading moves per fix)
 
 
@@ -25,7 +26,7 @@ class Motion:
 
     forward_m: float = 0.0
     yaw_deg: float = 0.0
-    coasting: bool = False  # from a position predicted without fixes: speed and turn are guesses (a tunnel)
+    coasting: bool = False  # positions predicted without fixes for COAST_AFTER_S: speed and turn are guesses
 
 
 class VehicleMotion:
@@ -36,6 +37,7 @@ class VehicleMotion:
         self._heading: float | None = None
         self._headings: deque[tuple[float, float]] = deque()
         self._prev: tuple[float, PoseLike | None] | None = None
+        self._unfixed_since: float | None = None  # when the poses began to be predictions without a fix
 
     def trusted_heading(self, pose: PoseLike | None) -> float | None:
         """The pose's heading when the vehicle moves fast enough for it to mean something (a GNSS course over
@@ -53,7 +55,11 @@ class VehicleMotion:
         if heading is not None:
             self._heading = heading
         heading = self._heading
-        coasting = getattr(pose, "state", "ok") in ("predicting", "stale")
+        if getattr(pose, "state", "ok") in ("predicting", "stale"):
+            self._unfixed_since = t_mono if self._unfixed_since is None else self._unfixed_since
+        else:
+            self._unfixed_since = None
+        coasting = self._unfixed_since is not None and t_mono - self._unfixed_since >= COAST_AFTER_S
         if coasting:
             # The coasting heading is frozen and the first fix after the gap turns it by the whole curve at
             # once: neither is a turn rate, so the window starts afresh after the gap.
