@@ -354,6 +354,33 @@ def test_defects_seen_in_a_short_gnss_gap_wait_for_the_fix_after_it(projector: G
     outbox.close()
 
 
+def test_at_most_max_held_tracks_wait_and_every_event_written_is_returned(projector: GroundProjector,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """With room for 2 waiting tracks, the third one held in the tunnel places the first held one as it is (dead
+    reckoning, early in the gap): its event is written and returned like any other, and no more than 2 wait."""
+    import edge_agent.runtime.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "MAX_HELD_TRACKS", 2)
+    most = 0
+    place_or_hold = Pipeline._place_or_hold
+
+    def watched(self, track, t_mono):
+        nonlocal most
+        out = place_or_hold(self, track, t_mono)
+        most = max(most, len(self._held))
+        return out
+
+    monkeypatch.setattr(Pipeline, "_place_or_hold", watched)
+    times = (22.5, 24.0, 25.5, 27.0)
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path, seconds=36.0, noise_m=1.0, seed=4,
+                                           defects=[(*route(t)[:2], 0.6) for t in times], gnss_gap_s=(22.0, 30.0),
+                                           miss=0.0, false_alarm=0.0)
+    assert most == 2 and pipeline.summary()["events_held"] == 3, pipeline.summary()  # the first is seen in reach
+    assert len(events) == outbox.stats()["events"]["pending"] == pipeline.summary()["events"] == 4
+    assert all(e is not None for e in gap_errors(events, times)), gap_errors(events, times)
+    outbox.close()
+
+
 def test_a_gap_that_resets_the_filter_places_what_its_ends_can_reach(projector: GroundProjector,
                                                                       tmp_path: Path) -> None:
     """14 s without fixes (the filter restarts at the exit): the defects seen 1-3 s before the exit are

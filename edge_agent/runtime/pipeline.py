@@ -127,7 +127,8 @@ class Pipeline:
         finished = self.tracker.step(t_mono, detections, motion, image=image, pose=pose, heading_deg=heading,
                                      utc=utc)
         events = self._release_held(t_mono)
-        events += [e for track in finished if (e := self._place_or_hold(track, t_mono)) is not None]
+        for track in finished:
+            events += self._place_or_hold(track, t_mono)
         self.coverage.update(t_mono, utc, pose, detector_active=detector_ok)
         self._note_frame(t_mono, pose)
         return events
@@ -174,19 +175,22 @@ class Pipeline:
         self.counts["detections"] += len(detections)  # each class already cut at its working threshold
         return detections, True
 
-    def _place_or_hold(self, track: Track, t_mono: float) -> dict[str, Any] | None:
+    def _place_or_hold(self, track: Track, t_mono: float) -> list[dict[str, Any]]:
         """A track whose frames lack a fix on both sides waits (events.hold_for_fix_s) for the fix after them:
-        placed now it would be dead reckoning out of the gap's start, or nothing before a first fix."""
-        if self._waits_for_fix(track) and self.cfg.events.hold_for_fix_s > 0:
-            if len(self._held) >= MAX_HELD_TRACKS:
-                oldest, _ = self._held.pop(0)
-                self._emit(oldest, t_mono)
-            self._held.append((track, t_mono))
-            self.counts["events_held"] += 1
-            log.info("track %d (%s) seen in a GNSS gap: waiting up to %.0f s for a fix to place it",
-                     track.id, track.class_name, self.cfg.events.hold_for_fix_s)
-            return None
-        return self._emit(track, t_mono)
+        placed now it would be dead reckoning out of the gap's start, or nothing before a first fix. Returns the
+        events written: the track's, or the oldest waiting one's when MAX_HELD_TRACKS wait already."""
+        if self.cfg.events.hold_for_fix_s <= 0 or not self._waits_for_fix(track):
+            return [event] if (event := self._emit(track, t_mono)) is not None else []
+        written = []
+        if len(self._held) >= MAX_HELD_TRACKS:
+            oldest, _ = self._held.pop(0)
+            if (event := self._emit(oldest, t_mono)) is not None:
+                written.append(event)
+        self._held.append((track, t_mono))
+        self.counts["events_held"] += 1
+        log.info("track %d (%s) seen in a GNSS gap: waiting up to %.0f s for a fix to place it",
+                 track.id, track.class_name, self.cfg.events.hold_for_fix_s)
+        return written
 
     def _release_held(self, t_mono: float) -> list[dict[str, Any]]:
         if not self._held:
