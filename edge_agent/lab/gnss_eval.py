@@ -185,10 +185,10 @@ def evaluate_gaps(truth: Sequence[Fix], noisy: Sequence[Fix], gap_s: float, ever
             at_once.append((fix.t_mono + ask_after_s, true))
             held.append(true)
             continue
-        for _, gap_truth in [q for q in at_once if q[0] < fix.t_mono]:
+        while at_once and at_once[0][0] < fix.t_mono:  # asked before this fix arrives (in time order)
+            gap_truth = at_once.pop(0)[1]
             if placed(pose := pf.position_at(gap_truth.t_mono)):
                 once_err.append(_error_m(gap_truth, pose.lat, pose.lon))
-        at_once = [q for q in at_once if q[0] >= fix.t_mono]
         pf.update(fix)
         if held and is_measurement(fix):
             for gap_truth in held:

@@ -261,8 +261,9 @@ class Pipeline:
 
     def _vehicle_near_best(self, track: Track) -> tuple[Pose | None, float | None]:
         """The vehicle's pose and heading at the track's best frame, asked of the filter again (later fixes
-        interpolate). A best frame taken before the first fix has no position: the frame nearest to it in
-        time that has one stands in, so the event still says where the vehicle was."""
+        interpolate, and before a first fix it is carried back). A best frame the filter has no position for
+        (older than its history_s, as when the vehicle stood minutes with the defect in view) is replaced by the
+        frame nearest to it in time that has one, so the event still says where the vehicle was."""
         best = track.best
         if best is None:
             return None, None
