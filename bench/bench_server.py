@@ -12,7 +12,7 @@
 
     python -m bench.bench_server [--quick] [--part ingest|map|scale] [--events N] [--batch-size N]
                                  [--workers N] [--processes N] [--defects N] [--queries N] [--devices N]
-                                 [--rounds N]
+                                 [--rounds N] [--replica]
 """
 
 from __future__ import annotations
@@ -368,12 +368,17 @@ def uuid4_like(rng: random.Random) -> str:
 
 
 def map_query_latency(dsn: str, info: services.ServiceInfo, queries: int, rng: random.Random,
-                      tmp: Path) -> tuple[float, float, float]:
+                      tmp: Path, read_dsn: str | None = None) -> tuple[float, float, float]:
     from fastapi.testclient import TestClient
 
     from fleet_server.api import create_app
 
-    cfg = server_config(dsn, info.mqtt_host, info.mqtt_port, info.server_user, info.server_password, tmp)
+    database = {}
+    if read_dsn is not None:
+        services.write_secret(tmp / "read-dsn", read_dsn)
+        database = {"read_dsn_file": str(tmp / "read-dsn")}
+    cfg = server_config(dsn, info.mqtt_host, info.mqtt_port, info.server_user, info.server_password, tmp,
+                        database=database)
     viewer = token(dsn, "viewer", "bench")
     client = TestClient(create_app(cfg))
     headers = {"Authorization": f"Bearer {viewer}"}
@@ -390,6 +395,7 @@ def map_query_latency(dsn: str, info: services.ServiceInfo, queries: int, rng: r
         if i >= 10:  # the first requests warm the pool and the token cache
             times.append(dt)
             sizes.append(len(r.json()["features"]))
+    client.app.state.reads.close()
     client.app.state.pool.close()
     times.sort()
     return statistics.median(times), times[int(0.95 * (len(times) - 1))], statistics.mean(sizes)
@@ -409,6 +415,8 @@ def main() -> int:
                         help="which measurement (scale: CPU per event and lock waits, 1 vs 2 ingest processes)")
     parser.add_argument("--devices", type=int, default=200, help="publishing devices for --part scale")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of 1 and 2 processes for --part scale")
+    parser.add_argument("--replica", action="store_true",
+                        help="--part map: time the same queries again with the reads on a streaming replica")
     parser.add_argument("--region-km", type=float, default=20.0, help="side of the square the events lie in")
     parser.add_argument("--local-km", type=float, default=None,
                         help="--part scale: each device drives in its own square of this side (default: everywhere)")
@@ -424,7 +432,7 @@ def main() -> int:
     if args.part in ("ingest", "both"):
         bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size, args.processes)
     if args.part in ("map", "both"):
-        bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp)
+        bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp, replica=args.replica)
     if args.part == "scale":
         bench_scale(info, n_events, args.devices, args.rounds, rng, tmp, args.batch_size, args.local_km,
                     args.region_km)
@@ -455,7 +463,7 @@ def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: r
 
 
 def bench_map(info: services.ServiceInfo, n_defects: int, per_defect: int, n_queries: int, rng: random.Random,
-              tmp: Path) -> None:
+              tmp: Path, replica: bool = False) -> None:
     dsn = fresh_database("bench_server_map")
     t0 = time.monotonic()
     seed_map(dsn, n_defects, per_defect, rng)
@@ -465,6 +473,19 @@ def bench_map(info: services.ServiceInfo, n_defects: int, per_defect: int, n_que
     print(f"  GET /api/v1/defects 2 km bbox: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms "
           f"({mean_size:.0f} defects per answer, {n_queries} queries) "
           f"{'PASS' if p95 <= 0.050 else 'FAIL'} (target p95 <= 50 ms)")
+    if replica:
+        # The same queries read from a streaming replica of the local cluster (copied whole: every database in it).
+        standby = services.Replica()
+        t0 = time.monotonic()
+        standby.up()
+        print(f"  read replica started in {time.monotonic() - t0:.0f} s (pg_basebackup of the local cluster)")
+        try:
+            r50, r95, _ = map_query_latency(dsn, info, n_queries, rng, tmp,
+                                            read_dsn=standby.dsn.rsplit("/", 1)[0] + "/bench_server_map")
+        finally:
+            standby.stop()
+        print(f"  the same from the read replica: p50 {r50 * 1000:.1f} ms, p95 {r95 * 1000:.1f} ms "
+              f"(replica/primary p50 {r50 / p50:.2f}, p95 {r95 / p95:.2f}; the replica shares this machine's cores)")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 from fleet_server.http_guard import HttpGuard
 from fleet_server.http_observe import Observe
+from fleet_server.replica import NoteWrites, Reads
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,14 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
         yield
         app.state.http_writer.close()
         app.state.audit.close()
+        app.state.reads.close()
         app.state.pool.close()
 
     app = FastAPI(title="road-monitor fleet server", version=__version__, lifespan=lifespan,
                   description="Road defects merged from a fleet's sightings; devices; coverage; workflow.")
     app.state.cfg = cfg
     app.state.pool = make_pool(cfg.database)
+    app.state.reads = Reads(cfg.database, app.state.pool)
     app.state.tokens = auth.TokenCache(cfg.api.token_cache_s, cfg.api.max_concurrent_verifications)
     app.state.auth_failures = auth.AuthFailures(cfg.api.auth_failures_per_minute)
     app.state.workers = workers or []
@@ -58,7 +61,10 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     if cfg.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"])
-    # Each added layer wraps the ones before it. Limits apply before any other work is done for a request...
+    # Each added layer wraps the ones before it. A write's position on the primary is noted before its answer
+    # leaves, so that the client's next read includes it...
+    app.add_middleware(NoteWrites, reads=app.state.reads)
+    # ...limits apply before any other work is done for a request...
     app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes)
     # ...every answer, the guard's refusals and the 500 of an exception included, is measured and audited...
     app.add_middleware(Observe, audit_log=app.state.audit)

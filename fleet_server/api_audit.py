@@ -8,7 +8,7 @@ import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 
 from fleet_server.api_defects import _jsonable
-from fleet_server.api_deps import QueryTime, db, require
+from fleet_server.api_deps import QueryTime, read_db, require
 
 router = APIRouter(prefix="/api/v1")
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1")
 @router.get("/audit", summary="Who called what, when, and what came of it (every call that presented a token)")
 def audit_log(request: Request, since: QueryTime | None = None,
               who: str | None = Query(None, max_length=200, description="a token's name"),
-              limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(db),
+              limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(read_db),
               _who=Depends(require("manager"))) -> list[dict]:
     request.app.state.audit.flush()  # what is still queued belongs in the answer
     where, params = ["at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}

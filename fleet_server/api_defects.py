@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleet_server import aggregate
-from fleet_server.api_deps import QueryTime, db, require
+from fleet_server.api_deps import QueryTime, db, read_db, require
 from fleet_server.validate import fold_class
 
 router = APIRouter(prefix="/api/v1")
@@ -110,7 +110,7 @@ class Filters:
 
 @router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
 def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
-                 limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(db),
+                 limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(read_db),
                  _who=Depends(require("viewer"))) -> dict:
     api = request.app.state.cfg.api
     page = min(limit or api.page_size, api.max_page_size)
@@ -122,7 +122,7 @@ def list_defects(request: Request, filters: Filters = Depends(), cursor: int | N
 
 
 @router.get("/defects.geojson", summary="Every matching defect as a GeoJSON file")
-def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depends(db),
+def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
                    _who=Depends(require("viewer"))) -> Response:
     rows = query_defects(conn, filters.where, dict(filters.params), None, None)
     body = json.dumps({"type": "FeatureCollection", "features": [defect_feature(r) for r in rows]})
@@ -131,7 +131,7 @@ def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depe
 
 
 @router.get("/defects.csv", summary="Every matching defect as CSV")
-def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(db),
+def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
                _who=Depends(require("viewer"))) -> Response:
     rows = query_defects(conn, filters.where, dict(filters.params), None, None)
     out = io.StringIO()
@@ -165,7 +165,7 @@ def load_defect(conn: psycopg.Connection, defect_id: int) -> dict:
 
 
 @router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history")
-def get_defect(defect_id: int, conn: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:
+def get_defect(defect_id: int, conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     feature = load_defect(conn, defect_id)
     sightings = [
         {"event_id": str(r[0]), "device_id": r[1], "captured_at": _jsonable(r[2]), "confidence": r[3],
@@ -210,7 +210,7 @@ def patch_defect(defect_id: int, change: DefectPatch, conn: psycopg.Connection =
 
 @router.get("/sightings/{event_id}/thumbnail.jpg", summary="The crop a vehicle sent with its sighting",
             response_class=Response)
-def thumbnail(event_id: uuid.UUID, conn: psycopg.Connection = Depends(db),
+def thumbnail(event_id: uuid.UUID, conn: psycopg.Connection = Depends(read_db),
               _who=Depends(require("viewer"))) -> Response:
     row = conn.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()
     if row is None or row[0] is None:

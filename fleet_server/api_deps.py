@@ -19,7 +19,15 @@ QueryTime = Annotated[datetime, AfterValidator(lambda value: as_utc(value, naive
 
 
 def db(request: Request) -> Iterator[psycopg.Connection]:
+    """A connection to the primary: for writes, and for reads that must see the newest state (logins)."""
     with request.app.state.pool.connection() as conn:
+        yield conn
+
+
+def read_db(request: Request, primary: psycopg.Connection = Depends(db)) -> Iterator[psycopg.Connection]:
+    """A connection for a read-only route: the read replica when one is configured and fit (fleet_server/replica.py),
+    else the request's primary connection (the login check holds one anyway)."""
+    with request.app.state.reads.connection(fallback=primary) as conn:
         yield conn
 
 

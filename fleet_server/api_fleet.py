@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from fleet_server import commands
 from fleet_server.api_defects import _jsonable, parse_bbox
-from fleet_server.api_deps import QueryTime, db, principal, require
+from fleet_server.api_deps import QueryTime, db, principal, read_db, require
 from fleet_server.auth import Principal
 from fleet_server.health import checks as health_checks
 
@@ -31,6 +31,9 @@ class Health(BaseModel):
     broker: str = Field(description="ok, or a short reason")
     ingest: str | None = Field(None, description="ok, or a short reason (only where this process runs ingest "
                                                  "workers)")
+    read_replica: str | None = Field(None, description="Only where a read replica is configured: ok, or why the "
+                                                       "primary serves the reads; not part of status (the API "
+                                                       "still answers)")
 
 
 @router.get("/health", summary="Database, broker and ingest: ok, or degraded (503) with a short reason",
@@ -42,7 +45,10 @@ class Health(BaseModel):
 def health(request: Request) -> JSONResponse:
     checks = health_checks(request.app.state)
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "degraded", **checks}, status_code=200 if ok else 503)
+    body = {"status": "ok" if ok else "degraded", **checks}
+    if (replica := request.app.state.reads.health()) is not None:
+        body["read_replica"] = replica
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -56,7 +62,7 @@ def me(who: Principal = Depends(principal)) -> dict:
 
 
 @api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix")
-def devices(request: Request, conn: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> list:
+def devices(request: Request, conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> list:
     stale_s = request.app.state.cfg.ingest.stale_after_s
     rows = conn.execute("""
         SELECT id, name, state, last_seen, queue_depth, inference_ms, last_fix, last_status, created_at, revoked_at,
@@ -83,7 +89,7 @@ def devices(request: Request, conn: psycopg.Connection = Depends(db), _who=Depen
 def coverage(request: Request, since: QueryTime | None = None, until: QueryTime | None = None,
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
-             conn: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:
+             conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     cfg = request.app.state.cfg.api
     where, params = ["c.ended_at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}
     if until is not None:

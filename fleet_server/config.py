@@ -17,6 +17,7 @@ from roadmon_contract.config_base import ConfigError, Section, load_toml, valida
 EXAMPLE = Path(__file__).with_name("example.toml")
 __all__ = ["ConfigError", "ServerConfig", "load", "parse"]
 DSN_ENV = "ROADMON_DATABASE_DSN"
+READ_DSN_ENV = "ROADMON_READ_DATABASE_DSN"
 MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
 INSTANCE_ENV = "ROADMON_INSTANCE"
 
@@ -38,6 +39,15 @@ class DatabaseConfig(Section):
     pool_min: int = Field(1, ge=1, le=100, description="API connection pool: connections kept open")
     pool_max: int = Field(8, ge=1, le=200, description="API connection pool: most connections at once")
     connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a new database connection")
+    read_dsn_file: Path | None = Field(None, description="File holding a streaming read replica's connection string: "
+                                                         "the API's GET routes read there; writes, logins and "
+                                                         "ingest stay on the primary")
+    read_dsn: str | None = Field(None, description="A read replica's connection string without a secret; prefer "
+                                                   f"read_dsn_file or {READ_DSN_ENV}")
+    read_max_lag_s: float = Field(10.0, gt=0, description="Seconds behind the primary past which the replica serves "
+                                                          "no reads (they go to the primary)")
+    read_retry_s: float = Field(10.0, gt=0, description="Seconds the primary serves reads after the replica failed "
+                                                        "to answer, before the replica is tried again")
 
     def resolve_dsn(self) -> str:
         if self.dsn_file is not None:
@@ -47,6 +57,12 @@ class DatabaseConfig(Section):
         if self.dsn:
             return self.dsn
         raise ConfigError("database", [f"no database DSN: set database.dsn_file or {DSN_ENV}"])
+
+    def resolve_read_dsn(self) -> str | None:
+        """The read replica's DSN, or None when reads go to the primary."""
+        if self.read_dsn_file is not None:
+            return read_secret(self.read_dsn_file)
+        return os.environ.get(READ_DSN_ENV, "").strip() or self.read_dsn or None
 
 
 class MqttConfig(Section):

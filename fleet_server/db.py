@@ -1,9 +1,10 @@
-"""Database connections: one-off connections for the CLI, a pool for the API, and one reconnecting connection
-for each long-running writer (ingest workers, the HTTP group-commit writer)."""
+"""Database connections: one-off connections for the CLI, a pool for the API (and one for its reads on a replica,
+fleet_server/replica.py), and one reconnecting connection for each long-running writer (ingest workers, the HTTP
+group-commit writer)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import psycopg
@@ -24,13 +25,16 @@ def connect(cfg: DatabaseConfig) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def make_pool(cfg: DatabaseConfig) -> ConnectionPool:
+def make_pool(cfg: DatabaseConfig, dsn: Callable[[], str | None] | None = None,
+              name: str = "fleet-api") -> ConnectionPool:
+    """The pool for DSN (default: the primary's). It opens in the background: a database that is down does not
+    keep the API from starting."""
     # The DSN is a callable, read again for every new connection: a rotated password (dsn_file) is used from
     # the next connection on, without a restart.
-    return ConnectionPool(cfg.resolve_dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
+    return ConnectionPool(dsn or cfg.resolve_dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
                           kwargs={"autocommit": True, "connect_timeout": int(cfg.connect_timeout_s),
                                   "options": SESSION_OPTIONS},
-                          timeout=cfg.connect_timeout_s, name="fleet-api")
+                          timeout=cfg.connect_timeout_s, name=name)
 
 
 class Reconnecting:

@@ -20,6 +20,12 @@ SUBMISSIONS = Counter("road_detection_submissions", "POST /detections: status qu
                       ["status", "code"])
 API_LATENCY = Histogram("road_api_latency_seconds", "HTTP API latency", ["method", "route"],
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+API_READS = Counter("road_api_reads", "API reads by the database that served them: replica, or primary (no replica "
+                    "configured, or it was lagging, unreachable or without this process's latest write)",
+                    ["served_by"])
+# Labelled by the pool so that a server without a replica exports no series (and no alert fires for it).
+API_READ_REPLICA_UP = Gauge("road_api_read_replica_up", "1 while the read replica serves the API's reads, 0 while "
+                            "it is unreachable or lagging and the primary serves them", ["pool"])
 API_AUTH_THROTTLED = Counter("road_api_auth_throttled", "Requests refused (429) because their source address failed "
                              "authentication too often")
 INGEST_MESSAGES = Counter("road_ingest_messages", "Messages handled by ingest workers", ["kind", "outcome"])

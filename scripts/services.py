@@ -1,9 +1,11 @@
 """Project-local PostGIS and Mosquitto on loopback, for tests, the demo and development.
 
-    python -m scripts.services up|down|status [--json]
+    python -m scripts.services up|down|status|replica [--json]
 
-Both run from data folders under the project's ignored `.state/` folder on non-default ports, so they never
-touch a system-wide service. `up` is idempotent: a server that already runs from our folder is kept.
+`replica` adds a streaming read replica of the PostGIS cluster (on ROADMON_PG_REPLICA_PORT), for trying the
+API's `database.read_dsn`; `down` stops it too. Both services run from data folders under the project's ignored
+`.state/` folder on non-default ports, so they never touch a system-wide service. `up` is idempotent: a server
+that already runs from our folder is kept.
 PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` system user.
 Mosquitto runs with persistence on, a password file and an ACL that lets a device write only under its own id.
 """
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STATE = Path(os.environ.get("ROADMON_STATE", ROOT / ".state"))
 PG_PORT = int(os.environ.get("ROADMON_PG_PORT", "55432"))
+PG_REPLICA_PORT = int(os.environ.get("ROADMON_PG_REPLICA_PORT", str(PG_PORT + 1)))
 MQTT_PORT = int(os.environ.get("ROADMON_MQTT_PORT", "51883"))
 SERVER_USER = "roadmon-server"
 DB_NAME = DB_USER = "roadmon"
@@ -75,9 +78,12 @@ def _as_root() -> bool:
 class Postgres:
     """A PostgreSQL + PostGIS cluster in its own data folder."""
 
-    def __init__(self, state: Path = STATE, port: int = PG_PORT) -> None:
+    port_env = "ROADMON_PG_PORT"
+
+    def __init__(self, state: Path = STATE, port: int = PG_PORT, folder: str = "pg") -> None:
+        self.state = state
         self.port = port
-        self.base = self._pick_base(state / "pg")
+        self.base = self._pick_base(state / folder)
         self.data = self.base / "data"
         self.sock = self.base / "run"
         self.logfile = self.base / "postgres.log"
@@ -95,7 +101,7 @@ class Postgres:
     def _pick_base(wanted: Path) -> Path:
         # The postgres user must reach its data folder; a state folder under /root or a mode-700 temp folder
         # is not traversable, so fall back to a folder under /var/tmp named after the STATE folder (not the
-        # checkout): every ROADMON_STATE keeps its own cluster, whatever its permissions.
+        # checkout) and the cluster: every ROADMON_STATE keeps its own clusters, whatever its permissions.
         if not _as_root():
             return wanted
         probe = wanted.parent
@@ -104,7 +110,7 @@ class Postgres:
         if ok:
             return wanted
         tag = hashlib.sha1(str(probe.resolve()).encode()).hexdigest()[:10]
-        return Path(f"/var/tmp/roadmon-pg-{tag}")
+        return Path(f"/var/tmp/roadmon-{wanted.name}-{tag}")
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = list(args)
@@ -130,17 +136,24 @@ class Postgres:
     def up(self) -> None:
         if self.running():
             return
-        require_free_port(self.port, "ROADMON_PG_PORT")
+        require_free_port(self.port, self.port_env)
         self.base.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(parents=True, exist_ok=True)
         if _as_root():
             shutil.chown(self.base, "postgres", "postgres")
             shutil.chown(self.sock, "postgres", "postgres")
+        self._create()
+        self._start()
+        self._provision()
+
+    def _create(self) -> None:
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
                 "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions",
             )
+
+    def _start(self) -> None:
         if _as_root():
             subprocess.run(["touch", str(self.logfile)], check=True)
             shutil.chown(self.logfile, "postgres", "postgres")
@@ -152,7 +165,6 @@ class Postgres:
         if result.returncode != 0:
             tail = self.logfile.read_text()[-2000:] if self.logfile.exists() else ""
             raise ServiceError(f"PostgreSQL did not start on port {self.port}:\n{result.stderr}\n{tail}")
-        self._provision()
 
     def _psql(self, sql: str, db: str = "postgres") -> str:
         out = self._run(
@@ -181,6 +193,37 @@ class Postgres:
     def down(self) -> None:
         if self.running():
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+class Replica(Postgres):
+    """A streaming hot standby of the project's cluster: the same roles and databases, read-only, on its own port.
+    Its data is a copy (pg_basebackup) taken afresh at every start, so it always follows the running primary."""
+
+    port_env = "ROADMON_PG_REPLICA_PORT"
+
+    def __init__(self, primary: Postgres | None = None, port: int = PG_REPLICA_PORT) -> None:
+        self.primary = primary or Postgres()
+        super().__init__(self.primary.state, port, folder="pg-replica")
+
+    def _create(self) -> None:
+        if not self.primary.running():
+            raise ServiceError("the primary PostgreSQL is not running: start it first (up)")
+        if self.data.exists():
+            shutil.rmtree(self.data)
+        # Over the primary's socket, where initdb's pg_hba trusts local replication connections.
+        result = self._run(str(self.bindir / "pg_basebackup"), "-h", str(self.primary.sock),
+                           "-p", str(self.primary.port), "-U", "postgres", "-D", str(self.data),
+                           "--write-recovery-conf", "--wal-method=stream", "--checkpoint=fast", check=False)
+        if result.returncode != 0:
+            raise ServiceError(f"pg_basebackup from port {self.primary.port} failed: {result.stderr.strip()}")
+
+    def _provision(self) -> None:
+        pass  # read-only: the roles and databases come from the primary
+
+    def stop(self) -> None:
+        """Stop and forget the copy (the next start takes a fresh one)."""
+        self.down()
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- Mosquitto
@@ -349,12 +392,13 @@ def running_broker_died() -> bool:
 
 def down() -> None:
     Mosquitto().stop()
+    Replica().stop()
     Postgres().down()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "replica"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     try:
@@ -363,11 +407,18 @@ def main() -> int:
             print(json.dumps(asdict(info), indent=2) if args.json else
                   f"PostGIS   {info.dsn.split('@')[1]}  (data in {Postgres().data})\n"
                   f"Mosquitto 127.0.0.1:{info.mqtt_port}  (config {Mosquitto().conf})")
+        elif args.action == "replica":
+            replica = Replica()
+            replica.up()
+            print(json.dumps({"read_dsn": replica.dsn}) if args.json else
+                  f"read replica {replica.dsn.split('@')[1]}  (data in {replica.data}); "
+                  f"set database.read_dsn or ROADMON_READ_DATABASE_DSN to its DSN")
         elif args.action == "down":
             down()
             print("services stopped")
         else:
-            state = {"postgis": Postgres().running(), "mosquitto": Mosquitto().running()}
+            state = {"postgis": Postgres().running(), "mosquitto": Mosquitto().running(),
+                     "read replica": Replica().running()}
             print(json.dumps(state) if args.json else
                   "\n".join(f"{k:10s} {'running' if v else 'stopped'}" for k, v in state.items()))
     except ServiceError as exc:

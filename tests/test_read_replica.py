@@ -1,0 +1,161 @@
+"""The API's reads on a real streaming replica: a primary and a hot standby of our own (pg_basebackup), so the
+replication lag, a paused replay and a replica that is down are real."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet_server import metrics
+from fleet_server.api import create_app
+from fleet_server.migrate import migrate
+from scripts import services
+from tests.conftest import free_port, on_a_free_port
+from tests.server_fixtures import make_event, server_config, token
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[services.Postgres, services.Replica]]:
+    """A small primary (the shared cluster holds every test's database: gigabytes to copy) and its replica."""
+    state = tmp_path_factory.mktemp("replicated")
+
+    def start(cluster: services.Postgres) -> services.Postgres:
+        cluster.up()
+        return cluster
+
+    primary = on_a_free_port(lambda port: start(services.Postgres(state, port)))
+    migrate(primary.dsn)
+    replica = on_a_free_port(lambda port: start(services.Replica(primary, port)))
+    yield primary, replica
+    replica.stop()
+    primary.down()
+    for cluster in (replica, primary):
+        shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def broker_port() -> Iterator[int]:
+    """Something listening where the config's broker is, so that /health's status is about the databases."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def api(primary: services.Postgres, read_dsn: str, tmp: Path, broker_port: int, **database: float) -> TestClient:
+    (tmp / "read-dsn").parent.mkdir(parents=True, exist_ok=True)
+    (tmp / "read-dsn").write_text(read_dsn)
+    cfg = server_config(primary.dsn, "127.0.0.1", broker_port, "server", "-", tmp / "server",
+                        database={"read_dsn_file": str(tmp / "read-dsn"), **database})
+    return TestClient(create_app(cfg))
+
+
+def served(by: str) -> float:
+    return metrics.API_READS.labels(by)._value.get()
+
+
+def caught_up(replica: services.Replica, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if replica._psql("SELECT pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()") == "t":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the replica did not catch up")
+
+
+def severity(client: TestClient, headers: dict, defect_id: int) -> float:
+    return client.get(f"/api/v1/defects/{defect_id}", headers=headers).json()["properties"]["severity"]
+
+
+def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broker_port, tmp_path: Path) -> None:
+    primary, replica = pair
+    client = api(primary, replica.dsn, tmp_path, broker_port, read_max_lag_s=60)
+    viewer = {"Authorization": f"Bearer {token(primary.dsn, 'viewer', 'vera')}"}
+    manager = {"Authorization": f"Bearer {token(primary.dsn, 'manager', 'maria')}"}
+    device = {"Authorization": f"Bearer {token(primary.dsn, 'device', 'veh-r', device_id='veh-r')}"}
+    with client:
+        # A write through this process, read back at once: the replica has it or the primary answers.
+        assert client.post("/api/v1/detections", json=make_event("veh-r", 48.1, 11.5, severity=0.4),
+                           headers=device).status_code == 202
+        features = client.get("/api/v1/defects", headers=viewer).json()["features"]
+        assert len(features) == 1
+        defect_id = features[0]["id"]
+
+        caught_up(replica)
+        before = served("replica")
+        assert severity(client, viewer, defect_id) == pytest.approx(0.4)
+        assert served("replica") == before + 1
+        assert client.get("/health").json()["read_replica"] == "ok"
+
+        # Replay paused, a change made elsewhere (another API process, ingest) is not seen: the read really
+        # came from the replica, stale within read_max_lag_s.
+        replica._psql("SELECT pg_wal_replay_pause()")
+        try:
+            with psycopg.connect(primary.dsn, autocommit=True) as conn:
+                conn.execute("UPDATE defects SET severity = 0.9 WHERE id = %s", (defect_id,))
+            assert severity(client, viewer, defect_id) == pytest.approx(0.4)
+
+            # A manager's change through this process is seen by the next read: the replica has not replayed
+            # it, so the primary answers (and has the other change too).
+            done = client.patch(f"/api/v1/defects/{defect_id}", json={"status": "scheduled"}, headers=manager)
+            assert done.status_code == 200
+            before = served("primary")
+            detail = client.get(f"/api/v1/defects/{defect_id}", headers=viewer).json()
+            assert detail["properties"]["status"] == "scheduled"
+            assert detail["properties"]["severity"] == pytest.approx(0.9)
+            assert served("primary") == before + 1
+
+            # Another API process with a tight lag limit: the paused replica is too far behind for it.
+            time.sleep(1.2)
+            strict = api(primary, replica.dsn, tmp_path / "strict", broker_port, read_max_lag_s=1)
+            with strict:
+                assert severity(strict, viewer, defect_id) == pytest.approx(0.9)
+                assert strict.get("/health").json()["read_replica"].startswith("lagging")
+        finally:
+            replica._psql("SELECT pg_wal_replay_resume()")
+        caught_up(replica)
+        before = served("replica")
+        assert severity(client, viewer, defect_id) == pytest.approx(0.9)
+        assert served("replica") == before + 1
+
+
+def test_a_replica_that_is_down_leaves_the_api_answering(pair, broker_port, tmp_path: Path) -> None:
+    primary, replica = pair
+    viewer = {"Authorization": f"Bearer {token(primary.dsn, 'viewer', 'vic')}"}
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        expected = conn.execute("SELECT count(*) FROM defects").fetchone()[0]
+
+    # Configured but never reachable: the API starts and answers from the primary.
+    nowhere = replica.dsn.replace(f":{replica.port}/", f":{free_port()}/")
+    with api(primary, nowhere, tmp_path / "nowhere", broker_port, read_retry_s=0.3) as client:
+        assert len(client.get("/api/v1/defects", headers=viewer).json()["features"]) == expected
+        assert client.get("/health").json()["read_replica"] == "unreachable"
+
+    client = api(primary, replica.dsn, tmp_path, broker_port, read_retry_s=0.3)
+    with client:
+        caught_up(replica)
+        assert client.get("/health").json()["read_replica"] == "ok"
+        replica.down()
+        try:
+            t0 = time.monotonic()
+            for _ in range(20):
+                assert len(client.get("/api/v1/defects", headers=viewer).json()["features"]) == expected
+            assert time.monotonic() - t0 < 10, "a dead replica slowed every read"
+            health = client.get("/health")
+            assert health.status_code == 200 and health.json()["read_replica"] == "unreachable"
+            assert metrics.API_READ_REPLICA_UP.labels("fleet-api-read")._value.get() == 0
+        finally:
+            replica._start()
+        time.sleep(0.4)  # read_retry_s
+        caught_up(replica)
+        before = served("replica")
+        assert len(client.get("/api/v1/defects", headers=viewer).json()["features"]) == expected
+        assert served("replica") == before + 1
+        assert metrics.API_READ_REPLICA_UP.labels("fleet-api-read")._value.get() == 1
