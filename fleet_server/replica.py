@@ -10,6 +10,7 @@ from before a write made through this one, for at most read_max_lag_s.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -47,6 +48,7 @@ class Reads:
         self.replica = make_pool(cfg, cfg.resolve_read_dsn, "fleet-api-read") if cfg.resolve_read_dsn() else None
         self.state = "none" if self.replica is None else "starting"
         self._written_lsn: str | None = None
+        self._lock = threading.Lock()
         self._down_until = 0.0
 
     @contextmanager
@@ -66,7 +68,10 @@ class Reads:
             return
         try:
             with self.primary.connection() as conn:
-                self._written_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+                lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+            with self._lock:  # two writes' answers may come back in either order: keep the later position
+                if self._written_lsn is None or _lsn_value(lsn) > _lsn_value(self._written_lsn):
+                    self._written_lsn = lsn
         except (psycopg.Error, PoolTimeout) as exc:
             # Without the position a read could miss the write: the primary serves reads for a while.
             log.warning("could not read the primary's write position: %s", exc)
@@ -116,6 +121,11 @@ class Reads:
         self.state = state
         metrics.API_READ_REPLICA_UP.labels(self.replica.name).set(state != "unreachable" and
                                                                   not state.startswith("lagging"))
+
+
+def _lsn_value(lsn: str) -> int:
+    high, low = lsn.split("/")  # PostgreSQL's text form of a WAL position: two hex halves
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 class NoteWrites:

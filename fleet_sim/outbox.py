@@ -30,6 +30,7 @@ class Outbox:
         self.confirmed = 0
         self.rejected = 0
         self.resent = 0
+        self.latencies: list[float] = []  # seconds from publish to ack, of messages acked after their first send
 
     def add(self, kind: str, msg_id: str, payload: dict) -> None:
         with self._lock:
@@ -68,6 +69,8 @@ class Outbox:
                         self.confirmed += 1
                         clean = row.sends == 1 and row.sent_at is not None and row.sent_at >= 0
                         self.flow.on_ack(now - row.sent_at if clean else None)
+                        if clean:
+                            self.latencies.append(now - row.sent_at)
             for r in message.get("rejected", ()):
                 if self._rows.pop(r.get("id"), None) is not None:
                     self.rejected += 1

@@ -159,3 +159,9 @@ def test_a_replica_that_is_down_leaves_the_api_answering(pair, broker_port, tmp_
         assert len(client.get("/api/v1/defects", headers=viewer).json()["features"]) == expected
         assert served("replica") == before + 1
         assert metrics.API_READ_REPLICA_UP.labels("fleet-api-read")._value.get() == 1
+
+
+def test_write_positions_compare_as_numbers_not_text() -> None:
+    from fleet_server.replica import _lsn_value
+
+    assert _lsn_value("1/0") > _lsn_value("0/FFFFFFFF") > _lsn_value("0/A0") > _lsn_value("0/9F")
