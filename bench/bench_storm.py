@@ -1,14 +1,16 @@
 """Reconnect storm: every vehicle comes back from the depot at once with a queue of events.
 
 N simulated vehicles (fleet_sim: own MQTT 5 login each, the agent's outbox rules and flow control) connect to
-the project-local Mosquitto at once, each with EVENTS queued, against one `fleet-server ingest` process and a
-fresh PostGIS database per run. Each size runs twice: with the agent's adaptive flow control (window from 10,
-ack timeout from the measured ack latency) and with the fixed rules (window 1000, ack timeout 60 s). Printed
+the project-local Mosquitto at once, each with EVENTS queued, against PROCESSES `fleet-server ingest` processes
+(one shared group; 1 unless --processes says more) and a fresh PostGIS database per run. Each size runs twice:
+with the agent's adaptive flow control (window from 10, ack timeout from the measured ack latency) and with the
+fixed rules (window 1000, ack timeout 60 s). Printed
 per run: drain time (first publish to last ack), events re-sent, lost (queued but never stored), broker drops
 (Mosquitto's "Outgoing messages are being dropped" lines during the run), CPU-s per 1,000 events of the
-ingest process (PostgreSQL's own CPU not included).
+ingest processes together (PostgreSQL's own CPU not included).
 
-    python -m bench.bench_storm [--vehicles 1000,3000] [--events 50] [--modes adaptive,fixed] [--quick]
+    python -m bench.bench_storm [--vehicles 1000,3000] [--events 50] [--modes adaptive,fixed] [--processes 1,2]
+                                [--quick]
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int, mode: str, tmp: Path) -> dict:
+def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int, mode: str, tmp: Path,
+              processes: int = 1) -> dict:
     dsn = fresh_database(f"storm_{mode}_{len(devices)}")  # migrated
     add_rows(dsn, devices)
     rng = random.Random(len(devices))
@@ -71,12 +74,14 @@ def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int
     boxes = {d: Outbox(flow_for(mode)) for d in devices}
     for event in queued:
         boxes[event["device_id"]].add("event", event["event_id"], event)
-    folder = tmp / f"{mode}-{len(devices)}"
+    folder = tmp / f"{mode}-{len(devices)}-{processes}"
     folder.mkdir()
     cfg = server_config(folder, dsn, info)
     cpu0 = children_cpu_s()
-    ingest = subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(folder / "ingest.log", "w"))  # noqa: SIM115
+    logs = [(folder / f"ingest-{i}.log").open("w") for i in range(processes)]
+    ingest = [subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest",
+                                "--instance", str(i)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[i])
+              for i in range(processes)]
     links: list[VehicleLink] = []
     swarm = None
     try:
@@ -99,13 +104,17 @@ def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int
             link.close()
         if swarm is not None:
             swarm.close()
-        ingest.terminate()
-        ingest.wait(60)
+        for process in ingest:
+            process.terminate()
+        for process, log_file in zip(ingest, logs, strict=True):
+            process.wait(60)
+            log_file.close()
     with psycopg.connect(dsn) as conn:
         stored = conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
     total = events * len(devices)
     rejected = sum(b.rejected for b in boxes.values())
-    return {"vehicles": len(devices), "mode": mode, "events": total, "drain_s": round(drain_s, 1),
+    return {"vehicles": len(devices), "mode": mode, "processes": processes, "events": total,
+            "drain_s": round(drain_s, 1),
             "resent": sum(b.resent for b in boxes.values()), "rejected": rejected, "lost": total - stored - rejected,
             "unacked": sum(len(b) for b in boxes.values()), "broker_drops": drops,
             "ingest_cpu_s_per_1k": round((children_cpu_s() - cpu0) / total * 1000, 2)}
@@ -116,6 +125,7 @@ def main() -> int:
     parser.add_argument("--vehicles", default="1000,3000", help="comma-separated fleet sizes")
     parser.add_argument("--events", type=int, default=50, help="events queued per vehicle")
     parser.add_argument("--modes", default="adaptive,fixed")
+    parser.add_argument("--processes", default="1", help="comma-separated numbers of ingest processes")
     parser.add_argument("--quick", action="store_true", help="200 vehicles x 20 events")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -130,16 +140,19 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            for mode in args.modes.split(","):
-                print(f"storm: {n} vehicles x {events} events, {mode} flow control", flush=True)
-                results.append(one_storm(info, creds, devices[:n], events, mode, Path(tmp)))
-                print(json.dumps(results[-1]), flush=True)
+            for processes in (int(p) for p in args.processes.split(",")):
+                for mode in args.modes.split(","):
+                    print(f"storm: {n} vehicles x {events} events, {mode} flow control, {processes} ingest "
+                          f"process(es)", flush=True)
+                    results.append(one_storm(info, creds, devices[:n], events, mode, Path(tmp), processes))
+                    print(json.dumps(results[-1]), flush=True)
     table = Table(title="reconnect storm: every vehicle back at once")
-    for col in ("vehicles", "mode", "events", "drain_s", "resent", "lost", "broker_drops", "ingest_cpu_s_per_1k"):
+    columns = ("vehicles", "mode", "processes", "events", "drain_s", "resent", "lost", "broker_drops",
+               "ingest_cpu_s_per_1k")
+    for col in columns:
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(*(str(r[c]) for c in ("vehicles", "mode", "events", "drain_s", "resent", "lost",
-                                            "broker_drops", "ingest_cpu_s_per_1k")))
+        table.add_row(*(str(r[c]) for c in columns))
     Console().print(table)
     return 1 if any(r["lost"] or r["unacked"] or r["rejected"] for r in results) else 0
 
