@@ -34,7 +34,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,13 +44,13 @@ from rich.table import Table
 
 from bench.bench_fleet import server_config
 from bench.bench_server import CENTRE, _proc_cpu_s, fresh_database, seed_map
+from bench.bench_storm import local_fleet
 from edge_agent.link.heartbeat import build_status
 from fleet_sim.client import Swarm, VehicleLink
 from fleet_sim.outbox import Outbox
-from fleet_sim.provision import add_logins, add_rows
+from fleet_sim.provision import add_rows
 from roadmon_contract import topics
 from roadmon_contract.geodesy import metres_per_degree
-from scripts import services
 from tests.conftest import free_port
 from tests.server_fixtures import make_coverage, make_event, offset, token
 
@@ -192,7 +191,6 @@ def one_run(info: dict, creds: dict[str, str], devices: list[str], processes: in
     api = subprocess.Popen([exe, "-c", str(api_cfg), "serve", "--workers", "0", "--host", "127.0.0.1",
                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[-1])
     boxes = {d: Outbox() for d in devices}
-    links: list[VehicleLink] = []
     swarm = None
     try:
         base = f"http://127.0.0.1:{port}"
@@ -201,39 +199,30 @@ def one_run(info: dict, creds: dict[str, str], devices: list[str], processes: in
         idle = MapLoad(base, viewer, args.map_rps, seed=1)
         idle_latencies = [idle.one() for _ in range(60)][10:]  # the first warm the pool and the token cache
         time.sleep(2.0)  # the ingest workers subscribe
-        links = [VehicleLink(info["mqtt_host"], info["mqtt_port"], d, creds[d], boxes[d], threaded=False)
-                 for d in devices]
-        swarm = Swarm(links)
-        for link in links:
-            if not link.subscribed.wait(120):
-                raise RuntimeError(f"{link.device_id} did not connect")
+        swarm = Swarm.connect(info["mqtt_host"], info["mqtt_port"], boxes, creds)
         ingest_backends = backend_pids(dsn, "bench-ingest")
         cpu0 = {p.pid: _proc_cpu_s(p.pid) for p in servers} | {b: _proc_cpu_s(b) for b in ingest_backends}
         t0 = time.monotonic()
         schedule = Schedule(devices, args, rng, t0)
-        by_device = {link.device_id: link for link in links}
+        by_device = {link.device_id: link for link in swarm.links}
         offered = 0
         with MapLoad(base, viewer, args.map_rps, seed=2) as loaded, Progress(transient=True) as progress:
             task = progress.add_task(f"{len(devices)} vehicles, {processes} ingest process(es)",
                                      total=args.seconds)
             while (now := time.monotonic()) - t0 < args.seconds:
                 offered += schedule.release(boxes, by_device, now, datetime.now(UTC))
-                for link in links:
-                    link.pump()
+                swarm.pump()
                 progress.update(task, completed=now - t0)
                 time.sleep(PUMP_EVERY_S)
             load_s = time.monotonic() - t0
             while any(len(b) for b in boxes.values()) and time.monotonic() - t0 < load_s + DRAIN_LIMIT_S:
-                for link in links:
-                    link.pump()
+                swarm.pump()
                 time.sleep(PUMP_EVERY_S)
             drained_s = time.monotonic() - t0
         ingest_backends |= backend_pids(dsn, "bench-ingest")  # a worker that reconnected meanwhile
         ingest_cpu = sum(_proc_cpu_s(p.pid) - cpu0[p.pid] for p in servers)
         backend_cpu = sum(_proc_cpu_s(b) - cpu0.get(b, 0.0) for b in ingest_backends)
     finally:
-        for link in links:
-            link.close()
         if swarm is not None:
             swarm.close()
         for server in [*servers, api]:
@@ -288,12 +277,7 @@ def main() -> int:
     process_counts = [1] if args.quick else [int(p) for p in args.processes.split(",")]
     if args.quick:
         args.seconds = 20.0
-    info = asdict(services.up())
-    devices = [f"steady-{i:05d}" for i in range(max(sizes))]
-    t0 = time.monotonic()
-    creds = add_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
-    print(f"{len(devices)} broker logins in {time.monotonic() - t0:.0f} s", flush=True)
-    time.sleep(1.0)  # the broker re-reads its password file on the reload signal
+    info, devices, creds = local_fleet("steady", max(sizes))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:

@@ -35,7 +35,7 @@ from rich.table import Table
 from bench.bench_fleet import server_config
 from bench.bench_server import fresh_database, synthetic_events
 from edge_agent.link.flow import FlowControl
-from fleet_sim.client import Swarm, VehicleLink
+from fleet_sim.client import Swarm
 from fleet_sim.outbox import Outbox
 from fleet_sim.provision import add_logins, add_rows
 from scripts import services
@@ -82,26 +82,17 @@ def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int
     ingest = [subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest",
                                 "--instance", str(i)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[i])
               for i in range(processes)]
-    links: list[VehicleLink] = []
     swarm = None
     try:
         time.sleep(2.0)  # the ingest worker subscribes before the storm
-        links = [VehicleLink(info["mqtt_host"], info["mqtt_port"], d, creds[d], boxes[d], threaded=False)
-                 for d in devices]
-        swarm = Swarm(links)
-        for link in links:
-            if not link.subscribed.wait(60):
-                raise RuntimeError(f"{link.device_id} did not connect")
+        swarm = Swarm.connect(info["mqtt_host"], info["mqtt_port"], boxes, creds, timeout_s=60)
         drops0, t0 = broker_drops(), time.monotonic()
         while any(len(b) for b in boxes.values()) and time.monotonic() - t0 < DRAIN_LIMIT_S:
-            for link in links:
-                link.pump()
+            swarm.pump()
             time.sleep(PUMP_EVERY_S)
         drain_s = time.monotonic() - t0
         drops = broker_drops() - drops0
     finally:
-        for link in links:
-            link.close()
         if swarm is not None:
             swarm.close()
         for process in ingest:
@@ -120,6 +111,17 @@ def one_storm(info: dict, creds: dict[str, str], devices: list[str], events: int
             "ingest_cpu_s_per_1k": round((children_cpu_s() - cpu0) / total * 1000, 2)}
 
 
+def local_fleet(prefix: str, n: int) -> tuple[dict, list[str], dict[str, str]]:
+    """The local services' connection details, and N vehicles PREFIX-00000... with broker logins (their passwords)."""
+    info = asdict(services.up())
+    devices = [f"{prefix}-{i:05d}" for i in range(n)]
+    t0 = time.monotonic()
+    creds = add_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
+    print(f"{len(devices)} broker logins in {time.monotonic() - t0:.0f} s", flush=True)
+    time.sleep(1.0)  # the broker re-reads its password file on the reload signal
+    return info, devices, creds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vehicles", default="1000,3000", help="comma-separated fleet sizes")
@@ -131,12 +133,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sizes = [200] if args.quick else [int(v) for v in args.vehicles.split(",")]
     events = 20 if args.quick else args.events
-    info = asdict(services.up())
-    devices = [f"storm-{i:05d}" for i in range(max(sizes))]
-    t0 = time.monotonic()
-    creds = add_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
-    print(f"{len(devices)} broker logins in {time.monotonic() - t0:.0f} s", flush=True)
-    time.sleep(1.0)  # the broker re-reads its password file on the reload signal
+    info, devices, creds = local_fleet("storm", max(sizes))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:

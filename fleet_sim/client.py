@@ -93,6 +93,30 @@ class Swarm:
             for link in self.links:
                 link.client.loop_misc()
 
+    @classmethod
+    def connect(cls, host: str, port: int, boxes: dict[str, Outbox], passwords: dict[str, str],
+                timeout_s: float = 120.0) -> Swarm:
+        """One unthreaded link per vehicle of BOXES (its outbox) with its password, driven by a new Swarm; returns
+        once every vehicle has connected and subscribed to its acks (RuntimeError naming one that did not)."""
+        swarm = cls([])
+        try:
+            for device, box in boxes.items():
+                swarm.links.append(VehicleLink(host, port, device, passwords[device], box, threaded=False))
+            for link in swarm.links:
+                if not link.subscribed.wait(timeout_s):
+                    raise RuntimeError(f"{link.device_id} did not connect")
+        except BaseException:
+            swarm.close()
+            raise
+        return swarm
+
+    def pump(self) -> int:
+        """Publish what every vehicle's outbox says is due; returns how many."""
+        return sum(link.pump() for link in self.links)
+
     def close(self) -> None:
+        """Disconnect every vehicle and stop the I/O thread."""
+        for link in self.links:
+            link.close()
         self._stop.set()
         self._thread.join(5)
