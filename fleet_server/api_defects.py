@@ -165,8 +165,15 @@ def load_defect(conn: psycopg.Connection, defect_id: int) -> dict:
 
 
 @router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history")
-def get_defect(defect_id: int, conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
-    feature = load_defect(conn, defect_id)
+def get_defect(defect_id: int, conn: psycopg.Connection = Depends(read_db), primary: psycopg.Connection = Depends(db),
+               _who=Depends(require("viewer"))) -> dict:
+    try:
+        feature = load_defect(conn, defect_id)
+    except HTTPException:
+        if conn is primary:
+            raise
+        conn = primary  # a defect made after the replica's last replay (a link from a fresher page): ask the primary
+        feature = load_defect(conn, defect_id)
     sightings = [
         {"event_id": str(r[0]), "device_id": r[1], "captured_at": _jsonable(r[2]), "confidence": r[3],
          "severity": r[4], "lon": r[5], "lat": r[6], "h_accuracy_m": r[7], "source": r[8],
@@ -211,8 +218,10 @@ def patch_defect(defect_id: int, change: DefectPatch, conn: psycopg.Connection =
 @router.get("/sightings/{event_id}/thumbnail.jpg", summary="The crop a vehicle sent with its sighting",
             response_class=Response)
 def thumbnail(event_id: uuid.UUID, conn: psycopg.Connection = Depends(read_db),
-              _who=Depends(require("viewer"))) -> Response:
+              primary: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> Response:
     row = conn.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()
+    if row is None and conn is not primary:  # stored after the replica's last replay
+        row = primary.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()
     if row is None or row[0] is None:
         raise HTTPException(404, "no thumbnail for this sighting")
     return Response(bytes(row[0]), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})

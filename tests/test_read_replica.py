@@ -7,6 +7,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -15,7 +16,9 @@ from fastapi.testclient import TestClient
 
 from fleet_server import metrics
 from fleet_server.api import create_app
+from fleet_server.config import AggregateConfig
 from fleet_server.migrate import migrate
+from fleet_server.store import Batch, store_batch
 from scripts import services
 from tests.conftest import free_port, on_a_free_port
 from tests.server_fixtures import make_event, server_config, token
@@ -101,6 +104,19 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
             with psycopg.connect(primary.dsn, autocommit=True) as conn:
                 conn.execute("UPDATE defects SET severity = 0.9 WHERE id = %s", (defect_id,))
             assert severity(client, viewer, defect_id) == pytest.approx(0.4)
+
+            # Something stored elsewhere after the replica's last replay, linked from a fresher page: a defect
+            # and a sighting's thumbnail the replica does not have yet are read from the primary, not a 404.
+            with psycopg.connect(primary.dsn, autocommit=True) as conn:
+                fresh = make_event("veh-other", 48.3, 11.9, thumbnail_jpeg_b64="/9j/4AAQSkZJRg==")
+                store_batch(conn, Batch(events=[(fresh, datetime.now(UTC))]), AggregateConfig())
+                fresh_defect = conn.execute("SELECT defect_id FROM sightings WHERE event_id = %s",
+                                            (fresh["event_id"],)).fetchone()[0]
+            detail = client.get(f"/api/v1/defects/{fresh_defect}", headers=viewer)
+            assert detail.status_code == 200
+            thumb = client.get(detail.json()["sightings"][0]["thumbnail_url"], headers=viewer)
+            assert thumb.status_code == 200 and thumb.content.startswith(b"\xff\xd8")
+            assert client.get("/api/v1/defects/999999", headers=viewer).status_code == 404
 
             # A manager's change through this process is seen by the next read: the replica has not replayed
             # it, so the primary answers (and has the other change too).
