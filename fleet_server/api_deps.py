@@ -27,7 +27,7 @@ def db(request: Request) -> Iterator[psycopg.Connection]:
 def read_db(request: Request, primary: psycopg.Connection = Depends(db)) -> Iterator[psycopg.Connection]:
     """A connection for a read-only route: the read replica when one is configured and fit (fleet_server/replica.py),
     else the request's primary connection (the login check holds one anyway)."""
-    with request.app.state.reads.connection(fallback=primary) as conn:
+    with request.app.state.reads.connection(primary) as conn:
         yield conn
 
 

@@ -52,15 +52,12 @@ class Reads:
         self._down_until = 0.0
 
     @contextmanager
-    def connection(self, fallback: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
-        """The replica's connection, or FALLBACK (a primary connection the caller holds), or one from the
-        primary's pool."""
+    def connection(self, primary: psycopg.Connection) -> Iterator[psycopg.Connection]:
+        """The replica's connection, or PRIMARY (a primary connection the caller holds)."""
         with ExitStack() as stack:
             conn = self._from_replica(stack)
             metrics.API_READS.labels("primary" if conn is None else "replica").inc()
-            if conn is None:
-                conn = fallback if fallback is not None else stack.enter_context(self.primary.connection())
-            yield conn
+            yield primary if conn is None else conn
 
     def wrote(self) -> None:
         """Note the primary's WAL position after a write, so that this process's later reads include it."""
@@ -99,28 +96,28 @@ class Reads:
         except (psycopg.Error, PoolTimeout) as exc:
             attempt.close()
             self._down_until = time.monotonic() + self.cfg.read_retry_s
-            self._note("unreachable", f"read replica unreachable, the primary serves reads for "
-                                      f"{self.cfg.read_retry_s:g} s: {exc}")
+            self._note("unreachable", False,
+                       f"read replica unreachable, the primary serves reads for {self.cfg.read_retry_s:g} s: {exc}")
             return None
         if in_recovery and behind_s is not None and behind_s > self.cfg.read_max_lag_s:
             attempt.close()
-            self._note(f"lagging {behind_s:.0f} s", f"read replica {behind_s:.1f} s behind the primary (more than "
-                                                    f"read_max_lag_s), the primary serves reads")
+            self._note(f"lagging {behind_s:.0f} s", False,
+                       f"read replica {behind_s:.1f} s behind the primary (more than read_max_lag_s), the primary "
+                       f"serves reads")
             return None
         if not has_writes:
             attempt.close()  # this process wrote something the replica has not replayed yet: the primary answers
             return None
         # A promoted replica is the newest copy there is: reading it is still right, but someone should know.
-        self._note("ok" if in_recovery else "not in recovery (promoted?)", "read replica serves reads")
+        self._note("ok" if in_recovery else "not in recovery (promoted?)", True, "read replica serves reads")
         stack.enter_context(attempt)  # the connection goes back to the replica's pool with the caller's stack
         return conn
 
-    def _note(self, state: str, message: str) -> None:
+    def _note(self, state: str, serving: bool, message: str) -> None:
         if state != self.state:
             (log.info if state == "ok" else log.warning)(message)
         self.state = state
-        metrics.API_READ_REPLICA_UP.labels(self.replica.name).set(state != "unreachable" and
-                                                                  not state.startswith("lagging"))
+        metrics.API_READ_REPLICA_UP.labels(self.replica.name).set(serving)
 
 
 def _lsn_value(lsn: str) -> int:

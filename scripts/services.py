@@ -208,8 +208,7 @@ class Replica(Postgres):
     def _create(self) -> None:
         if not self.primary.running():
             raise ServiceError("the primary PostgreSQL is not running: start it first (up)")
-        if self.data.exists():
-            shutil.rmtree(self.data)
+        shutil.rmtree(self.data, ignore_errors=True)  # a copy of an earlier primary, maybe
         # Over the primary's socket, where initdb's pg_hba trusts local replication connections.
         result = self._run(str(self.bindir / "pg_basebackup"), "-h", str(self.primary.sock),
                            "-p", str(self.primary.port), "-U", "postgres", "-D", str(self.data),
