@@ -54,14 +54,19 @@ def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     return values[0], values[1], values[2], values[3]
 
 
+def bbox_filter(column: str, bbox: str | None, where: list[str], params: dict) -> None:
+    """Adds "COLUMN meets the box" to WHERE when a bbox was given (`column` is fixed SQL text, never input)."""
+    box = parse_bbox(bbox)
+    if box is not None:
+        where.append(f"{column}::geometry && ST_MakeEnvelope(%(x1)s, %(y1)s, %(x2)s, %(y2)s, 4326)")
+        params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+
+
 def defect_filters(bbox: str | None, klass: str | None, status: str | None, since: datetime | None,
                    min_severity: float | None) -> tuple[list[str], dict]:
     """WHERE clauses (fixed SQL text) and their bound values; user input only ever travels as a parameter."""
     where, params = [], {}
-    box = parse_bbox(bbox)
-    if box is not None:
-        where.append("d.geom::geometry && ST_MakeEnvelope(%(x1)s, %(y1)s, %(x2)s, %(y2)s, 4326)")
-        params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+    bbox_filter("d.geom", bbox, where, params)
     if klass is not None:
         where.append("d.class = %(class)s")
         params["class"] = fold_class(klass)  # classes are stored folded: Pothole finds pothole

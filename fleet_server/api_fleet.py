@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 
 from fleet_server import commands
-from fleet_server.api_defects import _jsonable, parse_bbox
+from fleet_server.api_defects import _jsonable, bbox_filter
 from fleet_server.api_deps import QueryTime, db, principal, read_db, require
 from fleet_server.auth import Principal
 from fleet_server.health import checks as health_checks
@@ -95,10 +95,7 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryTime 
     if until is not None:
         where.append("c.started_at <= %(until)s")
         params["until"] = until
-    box = parse_bbox(bbox)
-    if box is not None:
-        where.append("c.line::geometry && ST_MakeEnvelope(%(x1)s, %(y1)s, %(x2)s, %(y2)s, 4326)")
-        params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+    bbox_filter("c.line", bbox, where, params)
     if device is not None:
         where.append("c.device_id = %(device)s")
         params["device"] = device

@@ -238,6 +238,8 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     assert lines[0]["geometry"]["coordinates"][0] == [11.5, 48.1]
     assert client.get("/api/v1/coverage", params={"since": now.isoformat()}, headers=viewer).json()["features"] == []
     assert client.get("/api/v1/coverage", params={"bbox": "0,0,1,1"}, headers=viewer).json()["features"] == []
+    inside = client.get("/api/v1/coverage", params={"bbox": "11.4,48.0,11.6,48.2"}, headers=viewer).json()
+    assert [f["properties"]["device_id"] for f in inside["features"]] == ["veh-c"]
     states = {d["id"]: d["state"] for d in client.get("/api/v1/devices", headers=viewer).json()}
     assert states == {"veh-c": "stale", "veh-x": "online", "veh-y": "online"}
     # Model download: any valid token, by sha256 only.
