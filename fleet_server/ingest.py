@@ -82,7 +82,7 @@ def classify(messages: list[Incoming], cfg: ServerConfig, source: str = "mqtt") 
                 log.exception("classifying a message on %s failed; rejecting it alone", msg.topic)
             ref = message_ref(msg.payload) if kind in ("event", "coverage") else None
             batch.rejected.append(Rejection(source, msg.topic, device, reason, msg.payload, ref))
-            metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
+            metrics.count_ingested(kind, "rejected")
     return batch
 
 
@@ -522,7 +522,7 @@ class IngestWorker:
                 raw = json.dumps(obj).encode()
                 batch.rejected.append(Rejection(batch.source, None, device, f"database refused: {exc}"[:2000], raw,
                                                 message_ref(raw) if kind in ("event", "coverage") else None))
-                metrics.INGEST_MESSAGES.labels(kind, "rejected").inc()
+                metrics.count_ingested(kind, "rejected")
                 continue
             total.new_events |= part.new_events
             total.new_coverage |= part.new_coverage
@@ -541,9 +541,9 @@ class IngestWorker:
         self.stats["stored"] += len(stored.new_events)
         self.stats["duplicates"] += stored.duplicates
         self.stats["rejected"] += len(batch.rejected) + len(stored.conflicts)
-        metrics.INGEST_MESSAGES.labels("event", "rejected").inc(len(stored.conflicts))  # the others at classify
-        metrics.INGEST_MESSAGES.labels("event", "stored").inc(len(stored.new_events))
-        metrics.INGEST_MESSAGES.labels("event", "duplicate").inc(stored.duplicates)
-        metrics.INGEST_MESSAGES.labels("coverage", "stored").inc(len(stored.new_coverage))
-        metrics.INGEST_MESSAGES.labels("status", "stored").inc(len(batch.statuses))
-        metrics.INGEST_MESSAGES.labels("result", "stored").inc(len(batch.results))
+        metrics.count_ingested("event", "rejected", len(stored.conflicts))  # the others at classify
+        metrics.count_ingested("event", "stored", len(stored.new_events))
+        metrics.count_ingested("event", "duplicate", stored.duplicates)
+        metrics.count_ingested("coverage", "stored", len(stored.new_coverage))
+        metrics.count_ingested("status", "stored", len(batch.statuses))
+        metrics.count_ingested("result", "stored", len(batch.results))

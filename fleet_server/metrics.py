@@ -15,9 +15,11 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
-SUBMISSIONS = Counter("road_detection_submissions", "POST /detections: status queued, duplicate or failed "
-                      "(everything else: invalid, unauthorised, rate-limited, server error); code: the HTTP status",
-                      ["status", "code"])
+# The guide's "Detections Per Hour" panel and HighErrorRate alert read this one counter, so a fleet's MQTT events
+# count here too (code "mqtt"), not only the phones' HTTP posts.
+SUBMISSIONS = Counter("road_detection_submissions", "Detections submitted: status queued (stored), duplicate or "
+                      "failed (everything else: invalid, unauthorised, rate-limited, server error); code: the HTTP "
+                      "status of POST /detections, or mqtt for events from the vehicles", ["status", "code"])
 API_LATENCY = Histogram("road_api_latency_seconds", "HTTP API latency", ["method", "route"],
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 API_READS = Counter("road_api_reads", "API reads by the database that served them: replica, or primary (no replica "
@@ -50,8 +52,19 @@ INFERENCE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SUBMISSION_STATUS = {202: "queued", 409: "duplicate"}
 
 
+INGEST_SUBMISSION_STATUS = {"stored": "queued", "duplicate": "duplicate", "rejected": "failed"}
+
+
 def count_submission(code: int) -> None:
     SUBMISSIONS.labels(SUBMISSION_STATUS.get(code, "failed"), str(code)).inc()
+
+
+def count_ingested(kind: str, outcome: str, n: int = 1) -> None:
+    """N messages of KIND (event, coverage, status, result, unknown) handled by ingest with OUTCOME (stored,
+    duplicate, rejected); events count as detection submissions too."""
+    INGEST_MESSAGES.labels(kind, outcome).inc(n)
+    if kind == "event":
+        SUBMISSIONS.labels(INGEST_SUBMISSION_STATUS[outcome], "mqtt").inc(n)
 
 
 class DeviceCollector(Collector):

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from fleet_server.validate import Invalid, as_utc, class_name
 
 THUMBNAIL_PX = 640  # longest side of the thumbnail kept from a phone's photo (the agents send ~this size)
 THUMBNAIL_MAX_BYTES = 140_000  # base64 of it stays within the event schema's 200,000 characters
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # pydantic would read "1796483257" as Unix seconds
 # The model fields a sighting must carry; a phone does not say which model it ran.
 PHONE_MODEL = {"name": "client-sdk", "version": "unknown", "sha256": "0" * 64}
 
@@ -80,7 +82,7 @@ class PhoneSubmission(_Strict):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:
-        if not isinstance(value, str):  # not a Unix time: the guide's clients send ISO 8601 text
+        if not isinstance(value, str) or not ISO_DATE.match(value):  # the guide's clients send ISO 8601 text
             raise ValueError("must be an ISO 8601 string, e.g. 2026-11-28T13:45:32.120Z")
         return value
 

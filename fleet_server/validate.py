@@ -140,7 +140,11 @@ def check_schema(kind: str, obj: Any) -> None:
     # The Rust validator answers yes/no ~100x faster; the contract's own validator then words the reasons.
     if _fast_validator(kind).is_valid(obj):
         return
-    problems = contract.errors(kind, obj) or ["rejected by the schema"]
+    # The contract's validator has no date-time checker (that needs an extra package), so a time the Rust one
+    # refuses is worded from the Rust one's own errors.
+    problems = contract.errors(kind, obj) or [
+        f"{'/'.join(str(p) for p in e.instance_path) or '(root)'}: {e.message}"
+        for e in _fast_validator(kind).iter_errors(obj)]
     raise Invalid("schema: " + "; ".join(problems[:5]))
 
 

@@ -117,6 +117,7 @@ def test_a_camera_photo_is_kept_as_a_thumbnail(make_cfg) -> None:
     ({"gps": {"lat": "48.1", "lon": 11.5, "accuracy": 3}}, "gps.lat"),  # numbers are JSON numbers
     ({"gps": {"lat": 48.1, "lon": 11.5, "accuracy": True}}, "gps.accuracy"),
     ({"timestamp": 1764337532}, "timestamp"),  # ISO 8601 text, as the guide's clients send
+    ({"timestamp": "1764337532"}, "timestamp"),  # not Unix seconds as text either
     ({"timestamp": "2026-11-28T13:45:32"}, "timestamp"),
     ({"timestamp": "yesterday"}, "timestamp"),
     ({"timestamp": "2001-01-01T00:00:00Z"}, "timestamp"),

@@ -197,6 +197,8 @@ def test_devices_health_openapi_and_metrics(api) -> None:
     assert [d["id"] for d in devices] == ["veh-a"] and devices[0]["sightings"] == 3
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["database"] == "ok"
+    head = client.head("/health")  # uptime monitors probe with HEAD
+    assert head.status_code == 200 and head.content == b""
     assert "/api/v1/defects" in client.get("/openapi.json").json()["paths"]
     text = client.get("/metrics").text
     for name in ("road_api_latency_seconds", "road_queue_depth", "road_inference_latency_seconds"):

@@ -30,6 +30,7 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
     [worker] = workers(cfg)
     dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
     batches, seconds = _batch_seconds()
+    queued, duplicate = _submissions("queued"), _submissions("duplicate")
     try:
         event = make_event(device, 48.1, 11.5)
         dev.publish("event", event)
@@ -52,6 +53,8 @@ def test_event_stored_acked_and_deduplicated(make_cfg, workers, mqtt_device, ser
         assert dev.ack_qos == {1}  # the contract's QoS for acks
         assert worker.stats["batches"] == _batch_seconds()[0] - batches  # each stored batch counted once
         assert worker.stats["stored"] == 1 and worker.stats["duplicates"] == 1
+        # The guide's "Detections Per Hour" panel reads road_detection_submissions_total: vehicles count there too.
+        assert (_submissions("queued") - queued, _submissions("duplicate") - duplicate) == (1, 1)
     finally:
         dev.close()
 
@@ -60,6 +63,10 @@ def _batch_seconds() -> tuple[float, float]:
     """(count, sum) of road_ingest_batch_seconds."""
     return (REGISTRY.get_sample_value("road_ingest_batch_seconds_count") or 0.0,
             REGISTRY.get_sample_value("road_ingest_batch_seconds_sum") or 0.0)
+
+
+def _submissions(status: str) -> float:
+    return REGISTRY.get_sample_value("road_detection_submissions_total", {"status": status, "code": "mqtt"}) or 0.0
 
 
 def _times():
@@ -73,6 +80,7 @@ def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device,
     cfg = make_cfg(devices=[device], ingest={"max_message_bytes": 50_000})
     workers(cfg)
     dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    failed = _submissions("failed")
     try:
         bad_schema = make_event(device, 48.1, 11.5)
         del bad_schema["confidence"]
@@ -103,6 +111,7 @@ def test_malformed_messages_become_rejected_rows(make_cfg, workers, mqtt_device,
                 assert any(reason in v for v in rows.values())
                 continue
             assert reason in rows[raw[:4096]], reason  # the raw bytes are kept up to ingest.rejected_keep_bytes
+        assert _submissions("failed") - failed == len(cases) - 1  # every event case, not the status one
         # The device hears which of its messages will never be accepted, and why.
         zero = json.loads(next(raw for raw, reason in cases.items() if reason == "(0, 0)"))
         told = {r["id"]: r["reason"] for a in dev.acks for r in a.get("rejected", [])}

@@ -148,11 +148,17 @@ def test_times_are_read_as_rfc_3339_writes_them_and_never_raise_anything_but_inv
     for text in ("2026-11-28T25:00:00Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:60Z", "yesterday"):
         with pytest.raises(Invalid):
             parse_utc(text)
-    # Through the checks of a message (the schema asks for an upper-case Z), the field is named.
+    # Through the checks of a message (the contract asks for UTC: Z or z, no offset), the field is named.
     assert check("event", event(captured_at="2026-11-28t11:55:00.000Z"))
-    assert check("coverage", {**coverage(), "started_at": "2026-11-28t11:58:00Z"})
+    assert check("event", event(captured_at="2026-11-28t11:55:00.000z"))
+    assert check("coverage", {**coverage(), "started_at": "2026-11-28t11:58:00z"})
     with pytest.raises(Invalid, match=r"^captured_at: .* is in the future"):
         check("event", event(captured_at="2026-11-28T23:59:60Z"))
+    with pytest.raises(Invalid, match=r"^schema: captured_at: .*does not match"):
+        check("event", event(captured_at="2026-11-28T12:55:00.000+01:00"))
+    for unreadable in ("2026-13-45T00:00:00Z", "2026-11-28 11:55:00Z", "2026-11-28Z"):
+        with pytest.raises(Invalid, match=r"^schema: captured_at: .*date-time"):
+            check("event", event(captured_at=unreadable))
 
 
 def test_class_names_are_folded_and_bounded() -> None:
