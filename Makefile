@@ -39,5 +39,7 @@ services-down: install
 services-status: install
 	$(SERVICES) status
 
-clean: services-down
-	rm -rf .state
+# Stops the services and deletes their data: the state folder ($$ROADMON_STATE, .state) and a cluster kept under
+# /var/tmp when the postgres user cannot reach the checkout.
+clean:
+	if [ -x $(PY) ]; then $(SERVICES) purge; else rm -rf .state; fi

@@ -20,9 +20,12 @@ from fleet_server.validate import fold_class
 
 router = APIRouter(prefix="/api/v1")
 STATUSES = ("new", "confirmed", "scheduled", "likely_repaired", "repaired", "dismissed")
+OPEN_STATUSES = ("new", "confirmed", "scheduled", "likely_repaired")  # the dashboard's "open": `status=open`
 MANAGER_STATUSES = ("confirmed", "scheduled", "repaired", "dismissed")
 
-DEFECT_COLUMNS = """d.id, ST_X(d.geom::geometry), ST_Y(d.geom::geometry), d.class, d.status, d.severity, d.confidence,
+# Coordinates to 7 decimals (~1 cm), as the crack line: float noise (11.507596200000002) helps no one.
+DEFECT_COLUMNS = """d.id, round(ST_X(d.geom::geometry)::numeric, 7)::float8,
+    round(ST_Y(d.geom::geometry)::numeric, 7)::float8, d.class, d.status, d.severity, d.confidence,
     d.sighting_count, d.vehicle_count, d.pass_count, d.miss_count, d.first_seen, d.last_seen, d.h_accuracy_m,
     d.size_width_m, d.size_length_m, d.status_changed_at,
     (ST_AsGeoJSON(d.line::geometry, 7)::jsonb -> 'coordinates')"""
@@ -63,7 +66,7 @@ def bbox_filter(column: str, bbox: str | None, where: list[str], params: dict) -
 
 
 def defect_filters(bbox: str | None, klass: str | None, status: str | None, since: datetime | None,
-                   min_severity: float | None) -> tuple[list[str], dict]:
+                   min_severity: float | None, until: datetime | None = None) -> tuple[list[str], dict]:
     """WHERE clauses (fixed SQL text) and their bound values; user input only ever travels as a parameter."""
     where, params = [], {}
     bbox_filter("d.geom", bbox, where, params)
@@ -72,14 +75,19 @@ def defect_filters(bbox: str | None, klass: str | None, status: str | None, sinc
         params["class"] = fold_class(klass)  # classes are stored folded: Pothole finds pothole
     if status is not None:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
+        wanted = [w for s in wanted for w in (OPEN_STATUSES if s == "open" else (s,))]
         unknown = [s for s in wanted if s not in STATUSES]
         if unknown:
-            raise HTTPException(400, f"status: unknown {unknown[0][:40]!r}; one or more of {', '.join(STATUSES)}")
+            raise HTTPException(400, f"status: unknown {unknown[0][:40]!r}; one or more of {', '.join(STATUSES)} "
+                                     "(open: the first four)")
         where.append("d.status = ANY(%(status)s)")
         params["status"] = wanted
     if since is not None:
         where.append("d.last_seen >= %(since)s")
         params["since"] = since
+    if until is not None:
+        where.append("d.first_seen <= %(until)s")
+        params["until"] = until
     if min_severity is not None:
         where.append("d.severity >= %(min_severity)s")
         params["min_severity"] = min_severity
@@ -107,10 +115,12 @@ class Filters:
 
     def __init__(self, bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
                  klass: str | None = Query(None, alias="class", max_length=64, description="Defect class"),
-                 status: str | None = Query(None, max_length=200, description="Comma-separated statuses"),
-                 since: QueryTime | None = Query(None, description="Seen at or after this UTC time"),
+                 status: str | None = Query(None, max_length=200, description="Comma-separated statuses; open = "
+                                            "new, confirmed, scheduled, likely_repaired (as the dashboard's filter)"),
+                 since: QueryTime | None = Query(None, description="Last seen at or after this UTC time"),
+                 until: QueryTime | None = Query(None, description="First seen at or before this UTC time"),
                  min_severity: float | None = Query(None, ge=0, le=1, description="Lowest severity")) -> None:
-        self.where, self.params = defect_filters(bbox, klass, status, since, min_severity)
+        self.where, self.params = defect_filters(bbox, klass, status, since, min_severity, until)
 
 
 @router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
@@ -216,7 +226,8 @@ def patch_defect(defect_id: int, change: DefectPatch, conn: psycopg.Connection =
         row = conn.execute("SELECT status FROM defects WHERE id = %s FOR UPDATE", (defect_id,)).fetchone()
         if row is None:
             raise HTTPException(404, f"no defect {defect_id}")
-        aggregate.set_status(conn, defect_id, row[0], change.status, who.name, change.note)
+        if change.status != row[0] or change.note:  # the same status again, without a note, changes nothing
+            aggregate.set_status(conn, defect_id, row[0], change.status, who.name, change.note)
     return load_defect(conn, defect_id)
 
 

@@ -74,11 +74,12 @@ def create_token(conn: psycopg.Connection, role: str, name: str, device_id: str 
                  expires_in: timedelta | None = None) -> str:
     """Store a new token's hash and return the token (shown once, never stored in clear). EXPIRES_IN None:
     the token does not expire."""
-    return _insert_token(conn, role, name, device_id, expires_in)[0]
+    return insert_token(conn, role, name, device_id, expires_in)[0]
 
 
-def _insert_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None,
-                  expires_in: timedelta | None) -> tuple[str, int]:
+def insert_token(conn: psycopg.Connection, role: str, name: str, device_id: str | None,
+                 expires_in: timedelta | None) -> tuple[str, int]:
+    """As create_token, returning (token, its id) for `token revoke/rotate ID`."""
     if role not in (*ROLES, "device"):
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     token, lookup = new_token()
@@ -98,7 +99,7 @@ def rotate_token(conn: psycopg.Connection, token_id: int, overlap: timedelta, ex
                            (token_id,)).fetchone()
         if row is None:
             raise LookupError(f"no active token {token_id}")
-        token, new_id = _insert_token(conn, row[1], row[0], row[2], expires_in)
+        token, new_id = insert_token(conn, row[1], row[0], row[2], expires_in)
         conn.execute("UPDATE api_tokens SET replaced_by = %s, expires_at = LEAST(coalesce(expires_at, 'infinity'), "
                      "now() + %s) WHERE id = %s", (new_id, overlap, token_id))
     return token, new_id

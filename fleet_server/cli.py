@@ -37,6 +37,12 @@ app.add_typer(cmd_app, name="cmd")
 app.add_typer(model_app, name="model")
 console = Console(soft_wrap=True)  # paths and tokens in messages stay whole (copy-paste)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def print_table(table: Table) -> None:
+    # Piped, a console is 80 columns wide and a table squeezes its cells ("demo-vi…"); a file gets them whole.
+    # (Console.print's width cannot exceed the console's own, hence a wider console.)
+    (console if console.is_terminal else Console(soft_wrap=True, width=250)).print(table)
 DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ConfigOpt = typer.Option(None, "--config", "-c", envvar="ROADMON_SERVER_CONFIG",
                          help="Server TOML config (defaults when absent; secrets come from files or env)")
@@ -298,7 +304,7 @@ def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     for r in rows:
         table.add_row(r[0], r[1] or "", "revoked" if r[5] else r[2], f"{r[3]:%Y-%m-%d %H:%M:%S}" if r[3] else "-",
                       "" if r[4] is None else str(r[4]))
-    console.print(table)
+    print_table(table)
 
 
 # -------------------------------------------------------------------------------------------- tokens
@@ -313,11 +319,11 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
         _fail(f"unknown role {role!r}: use one of {', '.join(auth.ROLES)}")
     c = cfg()
     with connect(c.database) as conn:
-        token = auth.create_token(conn, role, name, expires_in=timedelta(days=days or c.api.user_token_days))
+        token, token_id = auth.insert_token(conn, role, name, None, timedelta(days=days or c.api.user_token_days))
     if as_json:
-        print(json.dumps({"name": name, "role": role, "token": token}))
+        print(json.dumps({"id": token_id, "name": name, "role": role, "token": token}))
     else:
-        console.print(f"[bold]{role}[/bold] token for {name} (shown once):")
+        console.print(f"[bold]{role}[/bold] token {token_id} for {name} (shown once):")
         print(token)
 
 
@@ -364,7 +370,7 @@ def token_ls() -> None:
         table.add_row(str(r[0]), r[1], r[2], r[3] or "", f"{r[4]:%Y-%m-%d %H:%M}",
                       f"{r[5]:%Y-%m-%d %H:%M}" if r[5] else "", f"{r[6]:%Y-%m-%d %H:%M}" if r[6] else "never",
                       "" if r[7] is None else str(r[7]))
-    console.print(table)
+    print_table(table)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -401,7 +407,7 @@ def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
     table = Table("received (UTC)", "command", "result")
     for r in rows:
         table.add_row(f"{r[0]:%Y-%m-%d %H:%M:%S}", r[1], json.dumps(r[2])[:200])
-    console.print(table)
+    print_table(table)
 
 
 @model_app.command("push")

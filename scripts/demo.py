@@ -684,15 +684,18 @@ def print_summary(
     # Links are printed whole (no wrapping), so that a terminal can open them.
     console.print(f"\nDashboard (viewer):  [bold]http://127.0.0.1:{port}/#token={tokens['viewer']}[/]", soft_wrap=True)
     console.print(f"Dashboard (manager): http://127.0.0.1:{port}/#token={tokens['manager']}", soft_wrap=True)
-    console.print("Tokens are in .state/demo/tokens.json; logs in .state/demo/*.log; stop with `make demo-down`.")
+    paths = Paths()
+    console.print(f"Tokens are in {paths.tokens}; logs in {paths.root}/*.log; stop with `make demo-down`"
+                  " (with the same ROADMON_* settings).", soft_wrap=True)
 
 
 def down(keep_services: bool) -> int:
     stopped = Background(Paths()).stop_all()
     console.print(f"stopped the demo's {', '.join(stopped)}" if stopped else "no demo server was running")
     if not keep_services:
-        services.down()
-        console.print("stopped PostGIS and Mosquitto")
+        was_running = services.down()
+        console.print(f"stopped {' and '.join(was_running)}" if was_running else
+                      f"no local services were running for the state folder {services.STATE}")
     return 0
 
 

@@ -389,15 +389,33 @@ def running_broker_died() -> bool:
     return Postgres().running() and not Mosquitto().running()
 
 
-def down() -> None:
-    Mosquitto().stop()
-    Replica().stop()
-    Postgres().down()
+def down(state: Path = STATE) -> list[str]:
+    """Stop whatever of STATE's services runs; returns what was running."""
+    broker, primary = Mosquitto(state), Postgres(state)
+    replica = Replica(primary)
+    found = [name for name, service in (("Mosquitto", broker), ("the read replica", replica), ("PostGIS", primary))
+             if service.running()]
+    broker.stop()
+    replica.stop()
+    primary.down()
+    return found
+
+
+def purge(state: Path = STATE) -> list[Path]:
+    """Stop the services and delete their data, the clusters kept outside the state folder included (the
+    /var/tmp fallback of a folder the postgres user cannot reach); returns the folders deleted."""
+    existed = state.exists()  # finding the clusters creates it
+    down(state)
+    primary = Postgres(state)
+    outside = [f for f in (primary.base, Replica(primary).base) if f.exists() and not f.is_relative_to(state)]
+    for folder in [*outside, state]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return outside + ([state] if existed else [])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status", "replica"])
+    parser.add_argument("action", choices=["up", "down", "status", "replica", "purge"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     try:
@@ -412,9 +430,12 @@ def main() -> int:
             print(json.dumps({"read_dsn": replica.dsn}) if args.json else
                   f"read replica {replica.dsn.split('@')[1]}  (data in {replica.data}); "
                   f"set database.read_dsn or ROADMON_READ_DATABASE_DSN to its DSN")
+        elif args.action == "purge":
+            print("\n".join(f"deleted {f}" for f in purge()) or "nothing to delete")
         elif args.action == "down":
-            down()
-            print("services stopped")
+            was_running = down()
+            print(f"stopped {' and '.join(was_running)}" if was_running else
+                  f"nothing was running for the state folder {STATE}")
         else:
             state = {"postgis": Postgres().running(), "mosquitto": Mosquitto().running(),
                      "read replica": Replica().running()}

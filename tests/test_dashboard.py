@@ -9,6 +9,8 @@ background. Each run saves a screenshot in .state/test-artifacts/.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import socket
 import threading
@@ -315,6 +317,19 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     assert len(browser.find_elements(By.CSS_SELECTOR, "path.defect-line-crack")) == server.seeded.cracks
     items = browser.find_elements(By.CSS_SELECTOR, "#defect-list li")
     assert len(items) == server.seeded.cracks and all("crack" in li.text for li in items)
+    # The export holds what the filters show, in the API's CSV.
+    browser.execute_script("""window.exported = []; const make = URL.createObjectURL;
+        URL.createObjectURL = (b) => { if (b.type.startsWith('text/csv')) b.text().then((t) => exported.push(t));
+                                       return make(b); };""")
+    browser.find_element(By.ID, "export-csv").click()
+    csv_text = wait.until(lambda d: d.execute_script("return window.exported[0]"))
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert len(rows) == server.seeded.cracks and {r["class"] for r in rows} == {"crack"}
+    # A crack's panel open, then the class filter hides it: the panel goes with it.
+    items[0].click()
+    wait.until(lambda d: d.find_element(By.ID, "panel").is_displayed())
+    Select(browser.find_element(By.ID, "f-class")).select_by_value("pothole")
+    wait.until(lambda d: not d.find_element(By.ID, "panel").is_displayed())
 
     Select(browser.find_element(By.ID, "f-class")).select_by_value("")
     Select(browser.find_element(By.ID, "f-severity")).select_by_value("0.67")
@@ -425,11 +440,24 @@ def test_manager_confirms_and_the_page_says_when_it_lost_the_server_or_the_sessi
     assert "showing data from" in browser.find_element(By.ID, "status-line").text
     assert shown(browser) == server.seeded.potholes + server.seeded.cracks
 
-    # The token revoked while the page is open: back to the login form, told why.
-    browser.refresh()
-    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "updated"))
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = 'test-manager'")
-    browser.find_element(By.ID, "refresh").click()
-    wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "session ended"))
+    # ... and a defect's panel says so in the same words, not the browser's bare "Failed to fetch".
+    browser.find_element(By.CSS_SELECTOR, "#defect-list li").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "panel-body"), "Server unreachable (Failed to fetch)"))
+
+    # The token revoked while the page is open: back to the login form, told why, from a refresh and from
+    # the workflow buttons of an open panel alike.
+    for act in ("refresh", "workflow"):
+        browser.refresh()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "updated"))
+        assert browser.find_element(By.ID, "status-line").text.endswith(" UTC")  # as every time on the page
+        if act == "workflow":
+            browser.find_element(By.CSS_SELECTOR, "#defect-list li").click()
+            button = wait.until(ec.element_to_be_clickable((By.ID, "set-scheduled")))
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = 'test-manager'")
+        (button if act == "workflow" else browser.find_element(By.ID, "refresh")).click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "session ended"))
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE api_tokens SET revoked_at = NULL WHERE name = 'test-manager'")
+        sign_in(browser, server, "manager")
     browser.get_log("browser")  # the failed fetches above were logged on purpose: not the next test's errors

@@ -167,6 +167,17 @@ def test_postgres_data_is_keyed_by_the_state_folder(tmp_path) -> None:
     assert services.Postgres(state=a).data != services.Postgres(state=b).data
 
 
+def test_purge_deletes_the_state_folder_and_a_cluster_kept_outside_it(tmp_path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    cluster = services.Postgres(state=state).base  # under /var/tmp when run as root: postgres cannot enter state
+    (cluster / "data").mkdir(parents=True)
+    (state / "mqtt").mkdir()
+    assert services.purge(state) == ([state] if cluster.is_relative_to(state) else [cluster, state])
+    assert not cluster.exists() and not state.exists()
+    assert services.purge(state) == []  # nothing left, nothing running: says so rather than failing
+
+
 @pytest.mark.services
 def test_local_broker_refuses_oversized_packets(broker) -> None:
     conf = broker.conf.read_text().splitlines()

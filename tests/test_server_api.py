@@ -104,6 +104,19 @@ def test_me_roles_and_defect_listing(api) -> None:
     assert len(rest["features"]) == 1 and rest["next_cursor"] is None
     assert client.get("/api/v1/defects", params={"status": "new"}, headers=viewer).json()["features"]
     assert not client.get("/api/v1/defects", params={"class": "crack"}, headers=viewer).json()["features"]
+    # The dashboard's "open" filter and date range, as the exports take them.
+    assert len(client.get("/api/v1/defects", params={"status": "open"}, headers=viewer).json()["features"]) == 3
+    assert not client.get("/api/v1/defects", params={"status": "repaired,dismissed"}, headers=viewer).json()["features"]
+    past = "2020-01-01T00:00:00Z"
+    assert not client.get("/api/v1/defects.csv", params={"until": past}, headers=viewer).text.strip().count("\n")
+    assert len(client.get("/api/v1/defects.geojson", params={"until": "2999-01-01T00:00:00Z"},
+                          headers=viewer).json()["features"]) == 3
+    # Coordinates are given to 7 decimals (~1 cm), not with float noise.
+    dev = bearer(token(dsn, "device", "veh-b", device_id="veh-b"))
+    assert client.post("/api/v1/detections", json=make_event("veh-b", 47.123456789123, 9.987654321987),
+                       headers=dev).status_code == 202
+    far = client.get("/api/v1/defects", params={"bbox": "9.9,47.1,10,47.2"}, headers=viewer).json()["features"]
+    assert far[0]["geometry"]["coordinates"] == [9.9876543, 47.1234568]
 
 
 INJECTIONS = ["'; DROP TABLE defects; --", "1 OR 1=1", "pothole' OR '1'='1", "1); DELETE FROM sightings; --",
@@ -119,7 +132,7 @@ def test_sql_injection_strings_in_every_filter(api) -> None:
     whole_geojson = client.get("/api/v1/defects.geojson", headers=viewer).json()["features"]
     assert len(whole_csv) == len(whole_geojson) == 3
     for text in INJECTIONS:
-        for param in ("bbox", "class", "status", "since", "min_severity", "cursor", "limit"):
+        for param in ("bbox", "class", "status", "since", "until", "min_severity", "cursor", "limit"):
             for path in ("/api/v1/defects", "/api/v1/defects.csv", "/api/v1/defects.geojson"):
                 r = client.get(path, params={param: text}, headers=viewer)
                 assert r.status_code in (200, 400), (path, param, text, r.status_code)
@@ -164,6 +177,11 @@ def test_defect_detail_workflow_and_exports(api) -> None:
     history = client.get(f"/api/v1/defects/{first['id']}", headers=viewer).json()["history"]
     assert history[-1]["actor"] == "maria" and history[-1]["note"] == "crew on Monday"
     assert history[-1]["from_status"] == "new" and history[-1]["to_status"] == "scheduled"
+    # The same status again without a note changes nothing (no history row, no new status time).
+    again = client.patch(f"/api/v1/defects/{first['id']}", json={"status": "scheduled"}, headers=manager)
+    assert again.status_code == 200 and again.json()["properties"]["status_changed_at"] == \
+        done.json()["properties"]["status_changed_at"]
+    assert len(client.get(f"/api/v1/defects/{first['id']}", headers=viewer).json()["history"]) == len(history)
     rows = list(csv.DictReader(io.StringIO(client.get("/api/v1/defects.csv", headers=viewer).text)))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"new", "scheduled"}
     gj = client.get("/api/v1/defects.geojson", params={"status": "scheduled"}, headers=viewer).json()

@@ -127,8 +127,9 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     from fleet_server import auth
 
     device = json.loads(cli.run("device", "add", "cli-rot", "--json").output)
-    weekly = json.loads(cli.run("token", "create", "--role", "viewer", "--name", "w",
-                                            "--days", "7", "--json").output)["token"]
+    created = json.loads(cli.run("token", "create", "--role", "viewer", "--name", "weekly-viewer-of-the-city",
+                                 "--days", "7", "--json").output)
+    weekly = created["token"]
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         days = dict(conn.execute("SELECT role, round(extract(epoch FROM expires_at - created_at) / 86400) "
                                  "FROM api_tokens").fetchall())
@@ -146,6 +147,9 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     assert cli.run("token", "rotate", str(device_token_id)).exit_code == 1
     listing = cli.run("token", "ls").output
     assert "expires" in listing and "replaced" in listing
+    # The id printed at creation is the one `token ls`, `revoke` and `rotate` take; piped, no cell is cut short.
+    row = next(line for line in listing.splitlines() if "weekly-viewer-of-the-city" in line)
+    assert row.split()[1] == str(created["id"]) and "…" not in listing
 
 
 def test_cli_device_add_refuses_an_existing_id_unless_reissue(cli, fresh_db, broker) -> None:

@@ -61,6 +61,21 @@ export async function imageUrl(path) {
   return URL.createObjectURL(blob);
 }
 
+// A failed fetch (server down, network gone) is a TypeError with the browser's own words ("Failed to fetch").
+export function describe(err) {
+  return err instanceof TypeError ? `Server unreachable (${err.message})` : err.message;
+}
+
+// An export of the API (CSV, GeoJSON) saved as a file: a link cannot carry the Authorization header.
+export async function download(path, filename) {
+  const url = URL.createObjectURL(await (await request(path)).blob());
+  const link = Object.assign(document.createElement("a"), { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
 export function query(params) {
   const entries = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== "");
   return entries.length ? "?" + new URLSearchParams(entries).toString() : "";

@@ -1,6 +1,6 @@
 // Entry point: sign in with a token, then load defects, coverage and devices and keep the views in step.
 import {
-  AuthError, adoptTokenFromUrl, clearToken, dashboardConfig, getJson, getToken, query, setToken,
+  AuthError, adoptTokenFromUrl, clearToken, dashboardConfig, describe, download, getJson, getToken, query, setToken,
 } from "./api.js";
 import { DefectMap, legendHtml } from "./map.js";
 import { applyFilters, fillClassOptions, readFilters, renderCounts, renderList } from "./filters.js";
@@ -27,8 +27,9 @@ function setStatus(text, isError = false) {
   line.classList.toggle("error", isError);
 }
 
+// UTC, as every other time on the page.
 function clock(date) {
-  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return `${date.toISOString().slice(11, 19)} UTC`;
 }
 
 function showLogin(message = "") {
@@ -64,12 +65,14 @@ async function startApp() {
   state.map = new DefectMap($("map"), config, selectDefect);
   $("legend").innerHTML = legendHtml();
   state.panel = new DefectPanel($("panel"), $("panel-body"), state.me.role, onStatusChanged,
-    () => state.map.map.invalidateSize());
+    () => state.map.map.invalidateSize(), endSession);
   $("panel-close").addEventListener("click", () => { state.panel.close(); state.selected = null; redraw(); });
   $("filters").addEventListener("change", () => { redraw(); loadCoverage(); });
   $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
   $("refresh").addEventListener("click", () => loadAll());
   $("fit-all").addEventListener("click", () => state.map.fitAll());
+  $("export-csv").addEventListener("click", () => exportShown("csv"));
+  $("export-geojson").addEventListener("click", () => exportShown("geojson"));
   document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showView(tab.dataset.view)));
   await loadAll();
   state.timer = setInterval(() => loadAll(true), REFRESH_MS);
@@ -81,19 +84,23 @@ function showView(view) {
   $("view-devices").hidden = view !== "devices";
 }
 
+function endSession() {
+  clearInterval(state.timer);
+  clearToken();
+  sessionStorage.setItem(SIGNED_OUT_KEY, "1");
+  location.reload(); // drop every piece of data from the page
+}
+
 async function guarded(work) {
   try {
     return await work();
   } catch (err) {
     if (err instanceof AuthError) {
-      clearInterval(state.timer);
-      clearToken();
-      sessionStorage.setItem(SIGNED_OUT_KEY, "1");
-      location.reload(); // drop every piece of data from the page
+      endSession();
       return undefined;
     }
     state.failure = err;
-    setStatus(err.message, true);
+    setStatus(describe(err), true);
     console.error(err);
     return undefined;
   }
@@ -108,7 +115,7 @@ async function loadAll(quiet = false) {
   if (state.failure) {
     // Old data must not pass for current: say since when it is stale, until a load succeeds again.
     const since = state.loadedAt ? `showing data from ${clock(state.loadedAt)}` : "no data loaded";
-    setStatus(`Server unreachable (${state.failure.message}); ${since}`, true);
+    setStatus(`${describe(state.failure)}; ${since}`, true);
     return;
   }
   state.loadedAt = new Date();
@@ -172,6 +179,10 @@ function defaultCoverageSince() {
 
 function redraw() {
   const shown = applyFilters(state.defects, readFilters($("filters")));
+  if (state.selected && !shown.some((d) => d.id === state.selected)) { // filtered away: its panel goes too
+    state.panel.close();
+    state.selected = null;
+  }
   state.map.showDefects(shown);
   renderCounts($("counts"), shown, state.defects.length);
   renderList($("defect-list"), shown, state.selected, selectDefect);
@@ -185,6 +196,16 @@ function selectDefect(id, focusMap = true) {
   document.querySelectorAll("#defect-list li").forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
   guarded(() => state.panel.open(defect));
   if (focusMap) state.map.focus(defect);
+}
+
+// The export holds what the filters show, from the API (its CSV columns are documented for other tools).
+function exportShown(kind) {
+  const f = readFilters($("filters"));
+  const params = {
+    class: f.className, status: f.status, min_severity: f.minSeverity || undefined,
+    since: f.since ? `${f.since}T00:00:00Z` : undefined, until: f.until ? `${f.until}T23:59:59.999Z` : undefined,
+  };
+  guarded(() => download(`defects.${kind}${query(params)}`, `defects.${kind}`));
 }
 
 async function onStatusChanged(id) {

@@ -1,5 +1,5 @@
 // The defect panel: thumbnails, sightings timeline, vehicles, status history and, for managers, the workflow.
-import { getJson, patchJson, imageUrl } from "./api.js";
+import { AuthError, describe, getJson, patchJson, imageUrl } from "./api.js";
 import {
   escapeHtml, formatTime, historyOf, sightingsOf, sightingTime, sightingDevice, sightingHasThumbnail,
   WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, sizeText, vehiclesOf,
@@ -16,8 +16,10 @@ function historyItem(h) {
 }
 
 export class DefectPanel {
-  constructor(root, body, role, onChanged, onResize) {
+  // onAuthLost: the token stopped working (expired, revoked): the page signs out, as for every other request.
+  constructor(root, body, role, onChanged, onResize, onAuthLost) {
     this.onResize = onResize;
+    this.onAuthLost = onAuthLost;
     this.root = root;
     this.body = body;
     this.role = role;
@@ -48,7 +50,8 @@ export class DefectPanel {
     try {
       detail = await getJson(`defects/${encodeURIComponent(defect.id)}`);
     } catch (err) {
-      this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="error">${escapeHtml(err.message)}</p>`;
+      if (err instanceof AuthError) return this.onAuthLost();
+      this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="error">${escapeHtml(describe(err))}</p>`;
       return;
     }
     if (this.current !== defect.id) return; // another defect was picked meanwhile
@@ -109,7 +112,8 @@ export class DefectPanel {
           await patchJson(`defects/${encodeURIComponent(defect.id)}`, { status: button.dataset.status, note: note || null });
           await this.onChanged(defect.id);
         } catch (err) {
-          box.querySelector("#workflow-error").textContent = err.message;
+          if (err instanceof AuthError) return this.onAuthLost();
+          box.querySelector("#workflow-error").textContent = describe(err);
           box.querySelectorAll("button").forEach((b) => { b.disabled = false; });
         }
       });
