@@ -325,9 +325,11 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     csv_text = wait.until(lambda d: d.execute_script("return window.exported[0]"))
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert len(rows) == server.seeded.cracks and {r["class"] for r in rows} == {"crack"}
-    # A crack's panel open, then the class filter hides it: the panel goes with it.
+    # A crack's panel open (its marker stands out), then the class filter hides it: the panel goes with it.
     items[0].click()
     wait.until(lambda d: d.find_element(By.ID, "panel").is_displayed())
+    picked = items[0].get_attribute("data-defect-id")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'.defect-icon.selected[data-defect-id="{picked}"]'))
     Select(browser.find_element(By.ID, "f-class")).select_by_value("pothole")
     wait.until(lambda d: not d.find_element(By.ID, "panel").is_displayed())
 

@@ -66,7 +66,12 @@ async function startApp() {
   $("legend").innerHTML = legendHtml();
   state.panel = new DefectPanel($("panel"), $("panel-body"), state.me.role, onStatusChanged,
     () => state.map.map.invalidateSize(), endSession);
-  $("panel-close").addEventListener("click", () => { state.panel.close(); state.selected = null; redraw(); });
+  $("panel-close").addEventListener("click", () => {
+    state.panel.close();
+    state.selected = null;
+    state.map.highlight(null);
+    redraw();
+  });
   $("filters").addEventListener("change", () => { redraw(); loadCoverage(); });
   $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
   $("refresh").addEventListener("click", () => loadAll());
@@ -182,6 +187,7 @@ function redraw() {
   if (state.selected && !shown.some((d) => d.id === state.selected)) { // filtered away: its panel goes too
     state.panel.close();
     state.selected = null;
+    state.map.highlight(null);
   }
   state.map.showDefects(shown);
   renderCounts($("counts"), shown, state.defects.length);
@@ -193,6 +199,7 @@ function selectDefect(id, focusMap = true) {
   const defect = state.defects.find((d) => d.id === id);
   if (!defect) return;
   state.selected = id;
+  state.map.highlight(id);
   document.querySelectorAll("#defect-list li").forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
   guarded(() => state.panel.open(defect));
   if (focusMap) state.map.focus(defect);

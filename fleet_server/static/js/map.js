@@ -85,7 +85,10 @@ export class DefectMap {
       });
       const marker = L.marker([d.lat, d.lon], { icon, severity: d.severity, title: `${d.className} ${d.id}` });
       // Tests and the list find a marker by its defect id.
-      marker.on("add", () => marker.getElement()?.setAttribute("data-defect-id", d.id));
+      marker.on("add", () => {
+        marker.getElement()?.setAttribute("data-defect-id", d.id);
+        marker.getElement()?.classList.toggle("selected", d.id === this.selectedId);
+      });
       marker.on("click", () => this.onSelect(d.id, false)); // already in view: keep the map where it is
       this.markers.set(d.id, marker);
       markers.push(marker);
@@ -106,6 +109,12 @@ export class DefectMap {
     if (!bounds.isValid()) return false;
     this.map.fitBounds(bounds.pad(0.08), { maxZoom: 17 });
     return true;
+  }
+
+  // The picked defect's marker stands out (its element exists only while it is not in a cluster).
+  highlight(id) {
+    this.selectedId = id;
+    for (const [markerId, marker] of this.markers) marker.getElement()?.classList.toggle("selected", markerId === id);
   }
 
   focus(defect) {
