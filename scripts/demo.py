@@ -580,7 +580,7 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
     timings: list[tuple[str, float]] = []
 
     def step(title: str):
-        console.print(f"[bold cyan]›[/] {title}")
+        console.print(f"[bold cyan]›[/] {title}", soft_wrap=True)  # paths in it stay whole
         timings.append((title, time.monotonic()))
 
     # The previous demo's server held the port; another program's is found out before anything starts.
