@@ -255,6 +255,25 @@ def test_silent_port_is_reopened(receiver):
         reader.stop()
 
 
+def test_a_port_that_sends_only_junk_is_lost_and_says_why(receiver, caplog):
+    # A wrong baud rate reads as a steady stream of junk bytes: the health must not stay "starting" for ever.
+    cfg = serial_cfg(receiver.link, no_data_timeout_s=0.6)
+    health = HealthBoard()
+    reader = GnssReader(cfg, PositionFilter(cfg), health)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.gnss.source"):
+        reader.start()
+        try:
+            deadline = time.monotonic() + 5
+            while health.snapshot().get("gnss") != "lost" and time.monotonic() < deadline:
+                os.write(receiver.master, bytes(range(128, 256)) + b"$GPGGA,junk*00\r\n")
+                time.sleep(0.05)
+            assert health.snapshot()["gnss"] == "lost"
+        finally:
+            reader.stop()
+    assert any("not one valid NMEA sentence" in r.getMessage() and "wrong baud rate" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_missing_port_keeps_retrying_without_crashing(tmp_path):
     cfg = serial_cfg(tmp_path / "no-such-tty")
     health = HealthBoard()

@@ -159,6 +159,19 @@ def test_the_uplink_sends_and_confirms_while_the_disk_is_full(small_disk: Path, 
         ob.close()
 
 
+def test_refusals_on_a_full_disk_are_all_counted_in_the_file_once_there_is_room(small_disk: Path) -> None:
+    # `queue stats` and `status` read the counters from the file: a count the full disk kept out of it must
+    # get there with the next write that works.
+    with Outbox(small_disk / "outbox.db", CFG) as ob:
+        filler = fill_disk(small_disk)
+        refused = sum(not ob.add_event(make_event(ob, 0.9, thumbnail_jpeg_b64="A" * 20_000)) for _ in range(12))
+        assert refused == ob.dropped["events_refused_disk_full"] > 0
+        filler.unlink()
+        assert ob.add_event(make_event(ob, 0.9))
+        with Outbox(small_disk / "outbox.db", CFG, agent=False) as tool:
+            assert tool.stats()["dropped"]["events_refused_disk_full"] == refused
+
+
 def test_a_sound_queue_moved_aside_earlier_is_re_imported(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     ids = queue_of(5, path)

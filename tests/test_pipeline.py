@@ -685,3 +685,43 @@ def test_replay_in_real_time_keeps_the_file_rate(tmp_path: Path) -> None:
     assert summary["wall_s"] >= 29 / 15.0                       # 30 frames at 15 fps: paced, not flat out
     assert summary["frames"] + summary["dropped"] == 30
     assert summary["video_frames"] == 30
+
+
+def test_a_second_agent_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
+    # Two writers would give two events one seq and take each other's MQTT session over and over.
+    import os
+
+    from typer.testing import CliRunner
+
+    from edge_agent import config as agent_config
+    from edge_agent.cli import app
+    from edge_agent.runtime.assemble import build_agent
+
+    drive = write_recording(tmp_path / "drive", seconds=1)
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"))
+    cfg = agent_config.load(config)
+    replay = ["replay", "--video", str(drive / "video.mp4"), "--nmea", str(drive / "drive.nmea"),
+              "--config", str(config)]
+    with build_agent(cfg):
+        for args in (["run", "--config", str(config)], replay):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, result.output
+            assert f"another edge-agent (pid {os.getpid()}) is writing {cfg.outbox_path}" in " ".join(
+                result.output.split())
+        # Another outbox is another writer's own.
+        assert CliRunner().invoke(app, [*replay, "--outbox", str(tmp_path / "other.db")]).exit_code == 0
+    # The first one gone (a crash drops the lock as well), the next one starts.
+    assert CliRunner().invoke(app, replay).exit_code == 0
+
+
+def test_an_outbox_path_that_is_a_folder_is_called_one(tmp_path: Path) -> None:
+    # SQLite's own words ("unable to open database file") sent technicians to check the disk.
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    drive = write_recording(tmp_path / "drive", seconds=1)
+    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"))
+    result = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
+                                      str(drive / "drive.nmea"), "--config", str(config), "--outbox", str(tmp_path)])
+    assert result.exit_code == 2 and f"outbox {tmp_path} is a folder, not a file" in " ".join(result.output.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -308,8 +309,9 @@ def test_no_row_is_sent_while_the_window_is_smaller_than_what_is_in_flight(tmp_p
     assert outbox.stats()["events"]["pending"] == 30
 
 
-def test_acks_that_could_not_be_written_are_written_at_the_next_try(tmp_path: Path, monkeypatch) -> None:
-    """A full or locked disk while writing the server's acks: nothing is lost, the next write stores them."""
+def test_acks_that_could_not_be_written_are_written_at_the_next_try(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A full or locked disk while writing the server's acks: nothing is lost, the next write stores them, and
+    the retries (10 a second) do not flood the log."""
     import sqlite3
 
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
@@ -324,8 +326,11 @@ def test_acks_that_could_not_be_written_are_written_at_the_next_try(tmp_path: Pa
     monkeypatch.setattr(outbox, "mark_rejected", full)
     uplink._confirmed.append(("event", good))
     uplink._rejected.append((bad, "schema: missing field"))
-    uplink._apply_marks()
+    with caplog.at_level(logging.WARNING, logger="edge_agent.link.uplink"):
+        for _ in range(150):
+            uplink._apply_marks()
     assert (uplink._confirmed, uplink._rejected) == ([("event", good)], [(bad, "schema: missing field")])
+    assert len([r for r in caplog.records if "could not store" in r.getMessage()]) <= 4  # 1st and 101st of each
     monkeypatch.setattr(outbox, "mark_confirmed", real_confirmed)
     monkeypatch.setattr(outbox, "mark_rejected", real_rejected)
     uplink._apply_marks()
@@ -510,3 +515,31 @@ def test_command_names_that_are_not_one_topic_level_are_refused(name: str, tmp_p
         with pytest.raises(ValueError, match="invalid command name"):
             uplink.on_command(name, lambda payload: {})
         uplink.on_command("echo", lambda payload: {})  # one level, no wildcard: fine
+
+
+def test_two_boxes_with_one_login_are_named_and_backed_off(service_info, mqtt_device, tmp_path: Path,
+                                                            caplog) -> None:
+    # A copied SD card: two agents with one device id take the broker session from each other. Without a
+    # pause they reconnected ~50 times a second each, flooding the log; now each waits longer every time.
+    device, password = mqtt_device()
+    uplinks = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        outbox = Outbox(folder / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+        uplinks.append(Uplink(uplink_cfg(service_info.mqtt_port, login(folder, password), backoff_max_s=2.0),
+                              device, outbox, HealthBoard()))
+    with caplog.at_level(logging.ERROR, logger="edge_agent.link.uplink"):
+        for uplink in uplinks:
+            uplink.start()
+        try:
+            wait_for(lambda: any("takes the session over" in (u.last_error or "") for u in uplinks), 20,
+                     "the takeover named")
+            time.sleep(6)
+            connects = sum(u.counters["connects"] for u in uplinks)
+            assert connects <= 20, f"{connects} connections in ~6 s: not backed off"
+        finally:
+            for uplink in uplinks:
+                uplink.stop()
+    assert any("a copied SD card" in r.getMessage() for r in caplog.records)
+    assert len([r for r in caplog.records if "takes the session over" in r.getMessage()]) <= 4

@@ -265,7 +265,9 @@ class GnssReader:
         silent for `no_data_timeout_s`, raises _Lost. READ returns b"" or None when nothing came; with EOF_ENDS,
         b"" is the end of the input and None a quiet moment."""
         cfg = self.cfg
-        last_data = time.monotonic()
+        last_data = last_sentence = time.monotonic()
+        stats = self.decoder.parse_stats
+        sentences, junk = stats.sentences, 0
         self._set_health("starting")
         while not self._stop.is_set():
             try:
@@ -275,8 +277,18 @@ class GnssReader:
             now = time.monotonic()
             if data:
                 last_data = now
-                self._session_had_data = True
                 self._emit(self.decoder.feed(data, now - cfg.receiver_latency_s))
+                if stats.sentences > sentences:
+                    sentences, junk, last_sentence = stats.sentences, 0, now
+                    self._session_had_data = True
+                else:
+                    junk += len(data)
+                # Bytes that never make a sentence (a wrong baud rate, another protocol) are no better than
+                # silence: without this the health stayed "starting" for ever and nothing was logged.
+                if not eof_ends and now - last_sentence >= cfg.no_data_timeout_s:
+                    raise _Lost(f"{junk} bytes in {now - last_sentence:.0f} s but not one valid NMEA sentence "
+                                f"({stats.bad_checksum} bad checksums so far): wrong baud rate (gnss.baud "
+                                f"{cfg.baud}), or not an NMEA receiver?")
                 continue
             if eof_ends and data is not None:
                 return

@@ -224,6 +224,9 @@ class Outbox:
         SQLite's mode=ro, for tools that only read: they work on a read-only disk too. Raises
         OutboxUnavailable when the disk refuses what this process needs."""
         self.path = Path(path)
+        if self.path.is_dir():  # SQLite would say "unable to open database file", which reads as a disk fault
+            raise OutboxUnavailable(f"outbox {self.path} is a folder, not a file",
+                                    "name a file in it, e.g. outbox.file = \"<folder>/outbox.db\" (or --outbox)")
         self.cfg = cfg or OutboxConfig()
         self.health = health
         self.changed = threading.Event()   # set on every new row; the uplink waits on it when idle
@@ -330,6 +333,7 @@ class Outbox:
         self._writes = 0
         self._tight = False
         self.dropped: dict[str, int] = self._load_counters()
+        self._unsaved_drops: set[str] = set()
         self._seq = self._load_seq()
 
     def _check_readable_version(self) -> None:
@@ -373,8 +377,10 @@ class Outbox:
                             (str(seq),),
                         )
                         self._seq = max(self._seq, seq)
+                    self._save_drops()
             except sqlite3.OperationalError as exc:
                 return self._write_failed(exc, "events_refused_disk_full")
+            self._unsaved_drops.clear()
         self.changed.set()
         return True
 
@@ -392,8 +398,10 @@ class Outbox:
                         "INSERT OR IGNORE INTO coverage (coverage_id, created_at, payload) VALUES (?, ?, ?)",
                         (record["coverage_id"], utc_now_iso(), payload),
                     )
+                    self._save_drops()
             except sqlite3.OperationalError as exc:
                 return self._write_failed(exc, "coverage_refused_disk_full")
+            self._unsaved_drops.clear()
         self.changed.set()
         return True
 
@@ -539,6 +547,10 @@ class Outbox:
         with self._lock:
             if not self.read_only:
                 with contextlib.suppress(sqlite3.Error):
+                    if self._unsaved_drops:
+                        with self._transaction("NORMAL"):
+                            self._save_drops()
+                        self._unsaved_drops.clear()
                     self.conn.execute("PRAGMA optimize")
             self.conn.close()
 
@@ -625,11 +637,20 @@ class Outbox:
     def _drop(self, counter: str) -> None:
         self.dropped[counter] = self.dropped.get(counter, 0) + 1
         self._count(counter)
-        # Best effort: a full disk may refuse even this small update; the in-memory counter still counts.
-        with contextlib.suppress(sqlite3.Error), self._transaction("NORMAL"):
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                (f"dropped.{counter}", str(self.dropped[counter])))
+        self._unsaved_drops.add(counter)
+        # A full disk may refuse even this small update: the count then goes into the next write that works
+        # (or close), so `queue stats` and `status`, which read the file, show every refusal in the end.
+        with contextlib.suppress(sqlite3.Error):
+            with self._transaction("NORMAL"):
+                self._save_drops()
+            self._unsaved_drops.clear()
+
+    def _save_drops(self) -> None:
+        """Within a transaction: the drop counters not yet in the file (the caller forgets them once it commits:
+        on a full disk the commit is what fails)."""
+        for counter in sorted(self._unsaved_drops):
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                              (f"dropped.{counter}", str(self.dropped[counter])))
 
     def _load_counters(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'dropped.%'").fetchall()

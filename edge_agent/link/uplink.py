@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 
 BAD_CREDENTIALS = 134   # MQTT 5 reason codes
 NOT_AUTHORISED = 135
+SESSION_TAKEN_OVER = 142  # another client connected with our client id (= device id)
+# A connection that ends sooner than this after it was made counts as a failed attempt, so a broker that drops
+# us at once (or another box with our id, taking the session back and forth) is retried with backoff, not in
+# a tight loop that floods the log and the broker.
+SHORT_LIVED_S = 10.0
 EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overdue
 # State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
 # many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
@@ -113,6 +118,9 @@ class Uplink:
         self._rejected: list[tuple[str, str]] = []   # (id, reason) the server will never accept
         self._connack: ReasonCode | None = None
         self._connected = False
+        self._disconnect_code: int | None = None
+        self._short_lived = 0  # connections in a row that ended within SHORT_LIVED_S
+        self._mark_failures = 0  # outbox writes of acks in a row that failed (a full disk)
         self._refused: LoginRefused | None = None
         self._client: mqtt.Client | None = None
 
@@ -181,8 +189,10 @@ class Uplink:
                 self._client = None
                 self._wait(self.cfg.backoff_max_s)
                 continue
+            connected_at = time.monotonic()
             try:
                 self._serve(client)
+                self._pause_after_short_connection(time.monotonic() - connected_at)
             except LoginRefused as exc:
                 self._set_state(exc.state, str(exc))
                 client.disconnect()
@@ -193,6 +203,30 @@ class Uplink:
                 self._wait(self.cfg.backoff_initial_s)
         self._farewell()
         self._set_state("stopped")
+
+    def _pause_after_short_connection(self, lasted_s: float) -> None:
+        if self._stop.is_set():
+            return
+        self._short_lived = self._short_lived + 1 if lasted_s < SHORT_LIVED_S else 0
+        # Mosquitto 2.0.11 closes a taken-over session's socket without the MQTT 5 reason (142), so the pattern
+        # (dropped right after login, again and again) is what names the likely cause.
+        if self._disconnect_code == SESSION_TAKEN_OVER:
+            reason = (f"another client logged in as {self.device_id!r} and took the broker session over: a second "
+                      "agent on this box, or another box with this device's id and password (a copied SD card)")
+        elif self._short_lived >= 3:
+            reason = (f"the broker closed the connection right after login {self._short_lived} times in a row: "
+                      f"most likely another client logs in as {self.device_id!r} and takes the session over (a "
+                      "second agent on this box, or another box with this device's id and password: a copied SD "
+                      "card); the broker's log says 'already connected, closing old connection'")
+        else:
+            reason = None
+        if reason:
+            self._set_state("offline", reason)
+            if self._short_lived in (1, 3, 10) or self._short_lived % 100 == 0:  # now and then, not per retry
+                log.error("uplink: %s", reason)
+        if self._short_lived:
+            pause = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** min(self._short_lived - 1, 16))
+            self._wait(pause * random.uniform(0.5, 1.0))
 
     def _wait(self, seconds: float) -> bool:
         """Wait between connection attempts (True once stopping). The local status file stays current meanwhile:
@@ -232,7 +266,7 @@ class Uplink:
             raise LoginRefused("bad_credentials", self.last_error or "credentials unavailable")
         # No state change here: a box that is offline or refused stays so until a connection succeeds, so the
         # status (and the log) does not flap on every retry.
-        self._connack, self._connected = None, False
+        self._connack, self._connected, self._disconnect_code = None, False, None
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         try:
@@ -364,13 +398,14 @@ class Uplink:
                 self.counters["rejected"] += self.outbox.mark_rejected(self._rejected)
                 self._rejected = []
             except sqlite3.OperationalError as exc:
-                log.warning("uplink: could not store %d rejections (%s); retrying", len(self._rejected), exc)
+                self._mark_failed("could not store %d rejections (%s); retrying", len(self._rejected), exc)
         if self._confirmed:
             try:
                 self.counters["confirmed"] += self.outbox.mark_confirmed(self._confirmed)
                 self._confirmed = []
+                self._mark_failures = 0
             except sqlite3.OperationalError as exc:  # disk full, or locked too long: keep them and try again
-                log.warning("uplink: could not store %d confirmations (%s); retrying", len(self._confirmed), exc)
+                self._mark_failed("could not store %d confirmations (%s); retrying", len(self._confirmed), exc)
                 return
         cutoff = float("inf") if final else time.monotonic() - SENT_AFTER_S
         sent = []
@@ -383,6 +418,13 @@ class Uplink:
                 self.counters["sent"] += self.outbox.mark_sent(sent)
             except sqlite3.OperationalError as exc:  # 'sent' is only informative; a confirmation follows
                 log.warning("uplink: could not store %d PUBACKs: %s", len(sent), exc)
+
+    def _mark_failed(self, message: str, *args: object) -> None:
+        # Retried every WRITE_EVERY_S: on a full disk that was 10 warnings a second into a journal that often
+        # lives on the same disk. Said on the first failure and every 100th while it lasts.
+        self._mark_failures += 1
+        level = logging.WARNING if self._mark_failures % 100 == 1 else logging.DEBUG
+        log.log(level, "uplink: " + message + " (failure %d in a row)", *args, self._mark_failures)
 
     def _expire(self, now: float) -> None:
         overdue = [key for key, pending in self._outstanding.items() if pending.deadline <= now]
@@ -458,6 +500,7 @@ class Uplink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
                        properties: Any) -> None:
         self._connected = False
+        self._disconnect_code = reason_code.value
         if reason_code.is_failure:
             self.last_error = f"disconnected: {reason_code}"
 

@@ -27,6 +27,7 @@ from edge_agent.gnss.kalman import PositionFilter
 from edge_agent.health import HealthBoard
 from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
+from edge_agent.link.writer_lock import WriterLock
 from edge_agent.perception.events import ModelRef
 from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import FrameDetector, Pipeline
@@ -46,6 +47,7 @@ class Agent:
     uplink: Uplink | None = None
     updater: ModelUpdater | None = None
     model_fallback: str | None = None  # why the agent runs a fallback model, when it does
+    writer_lock: WriterLock | None = None
 
     def __enter__(self) -> Agent:
         return self
@@ -60,6 +62,8 @@ class Agent:
             except Exception:
                 log.exception("stopping the uplink failed")
         self.outbox.close()
+        if self.writer_lock is not None:
+            self.writer_lock.release()
 
 
 def load_projector(cfg: AgentConfig) -> GroundProjector:
@@ -97,7 +101,14 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
     broker and serves cmd/model-update (and cmd/config-reload with CONFIG_RELOAD). Raises ModelError, OSError
     or ValueError with a clear message when a part cannot start; whatever was opened before is closed again."""
     health = health or HealthBoard()
-    box = Outbox(outbox or cfg.outbox_path, cfg.outbox, health)
+    path = Path(outbox or cfg.outbox_path)
+    lock = WriterLock(path).acquire() if str(path) != ":memory:" else None
+    try:
+        box = Outbox(path, cfg.outbox, health)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         fallback = None
         if detector is None:
@@ -109,7 +120,7 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
         if fallback:
             ref = pipeline.model
             health.update(model={"name": ref.name, "version": ref.version, "sha256": ref.sha256, "fallback": fallback})
-        agent = Agent(cfg, health, box, position_filter, pipeline, model_fallback=fallback)
+        agent = Agent(cfg, health, box, position_filter, pipeline, model_fallback=fallback, writer_lock=lock)
         if uplink:
             agent.uplink = Uplink(cfg.uplink, cfg.device.id, box, health)
             agent.updater = serve_model_updates(agent)
@@ -118,6 +129,8 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
             agent.uplink.start()
     except BaseException:
         box.close()
+        if lock is not None:
+            lock.release()
         raise
     return agent
 
