@@ -21,6 +21,7 @@ class Health:
     frames_dropped: int = 0
     last_frame_mono: float | None = None
     fix: dict[str, Any] | None = None
+    last_fix_mono: float | None = None  # when the receiver last gave a real fix (the pipeline's `fix` is per frame)
     model: dict[str, Any] | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -46,4 +47,6 @@ class HealthBoard:
             snap = asdict(self._health)
         if snap["last_frame_mono"] is not None:
             snap["frame_age_s"] = round(time.monotonic() - snap["last_frame_mono"], 3)
+        if snap["last_fix_mono"] is not None:
+            snap["fix_age_s"] = round(time.monotonic() - snap["last_fix_mono"], 3)
         return snap

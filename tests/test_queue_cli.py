@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,59 @@ def test_every_command_takes_the_config_from_the_environment(box) -> None:
     # The option still wins over the environment.
     other = runner.invoke(app, ["queue", "stats", "--config", "/nowhere.toml"], env=env)
     assert other.exit_code == 2 and "/nowhere.toml" in other.output
+
+
+def test_ls_refuses_a_limit_sqlite_cannot_take(box) -> None:
+    for limit in ("99999999999999999999", "10000001", "0"):
+        result = runner.invoke(app, ["queue", "ls", "--config", box["config"], "--limit", limit])
+        assert result.exit_code == 2 and "'--limit'" in result.output, result.output
+        assert isinstance(result.exception, SystemExit)  # a usage error, not the OverflowError from SQLite
+    assert len(json.loads(run("queue", "ls", "--config", box["config"], "--limit", "10000000", "--json"))) == 3
+
+
+def status_table(box: dict) -> str:
+    """`edge-agent status` on a wide terminal, as one line: each row's words stay together."""
+    result = runner.invoke(app, ["status", "--config", box["config"]], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def write_beat(box: dict, health: HealthBoard, **extra: object) -> None:
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        beat = build_status("online", "veh-cli", ob, health, broker="connected") | extra
+    assert validate.errors("status", beat) == []
+    write_status_file(box["state"] / "agent-status.json", beat)
+
+
+def test_status_shows_gnss_health_and_defects_without_a_position(box) -> None:
+    """GNSS sending junk: the reader says no_fix, tracks end without a position and no event is sent. The
+    status says both, beside the queue that stays empty (the heartbeat carries the board's counters)."""
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="no_fix", fps=8.0)
+    health.count("events_no_fix", 4)
+    write_beat(box, health)
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["gnss"] == {"state": "no_fix", "last_fix_age_s": None} and info["events_no_fix"] == 4
+    table = status_table(box)
+    assert "GNSS │ no_fix, last fix unknown" in table
+    assert "events without position │ 4 defects seen but not placed (no usable GNSS position)" in table
+
+    # The receiver's last real fix, 90 s ago: its age, whatever the reader's state now.
+    health.update(gnss="lost", last_fix_mono=time.monotonic() - 90)
+    write_beat(box, health)
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["gnss"]["state"] == "lost" and 89 <= info["gnss"]["last_fix_age_s"] < 150
+    assert "GNSS │ lost, last fix" in status_table(box)
+
+    # An older agent's status file (no counters, no last_fix_at): nothing made up.
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", fix={"lat": 48.1, "lon": 11.5, "h_std_m": 2.0})
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        beat = build_status("online", "veh-cli", ob, health, broker="connected")
+    write_status_file(box["state"] / "agent-status.json",
+                      {k: v for k, v in beat.items() if k not in ("counters", "last_fix_at")})
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["gnss"]["state"] == "ok" and 0 <= info["gnss"]["last_fix_age_s"] < 60
+    assert info["events_no_fix"] is None
+    table = status_table(box)
+    assert re.search(r"GNSS │ ok, last fix \d+ s ago", table) and "- (not in this agent's status file)" in table

@@ -7,13 +7,16 @@ import os
 
 import typer
 
-from edge_agent.commands import config_option
+from edge_agent.commands import config_option, finite
 
 # Where install.sh keeps the files that the unit's LoadCredential= hands to the service; doctor runs outside
 # the unit, so it looks there itself (readable by root only).
 INSTALLED_CREDENTIALS = "/etc/edge-agent/credentials"
 STYLE = {"green": "bold green", "yellow": "bold yellow", "red": "bold red", "skipped": "dim"}
 MARK = {"green": "OK", "yellow": "WARN", "red": "FAIL", "skipped": "SKIP"}
+# A receiver sends an epoch a second and a camera many frames a second: a minute is plenty for either to
+# answer, and a longer wait only keeps doctor from answering (--gnss-seconds inf never returned).
+MAX_LISTEN_S = 60.0
 
 
 def doctor(
@@ -22,8 +25,10 @@ def doctor(
     only: str = typer.Option("", "--only", help="Comma-separated checks to run: config,camera,calibration,gnss,"
                                                 "clock,model,outbox,broker (config always runs)"),
     # Under a tenth of a second no camera or receiver can answer: the check would be red for nothing.
-    camera_seconds: float = typer.Option(3.0, min=0.1, help="Longest time spent reading camera frames"),
-    gnss_seconds: float = typer.Option(5.0, min=0.1, help="Longest time spent listening to the GNSS receiver"),
+    camera_seconds: float = typer.Option(3.0, min=0.1, max=MAX_LISTEN_S, callback=finite,
+                                         help="Longest time spent reading camera frames"),
+    gnss_seconds: float = typer.Option(5.0, min=0.1, max=MAX_LISTEN_S, callback=finite,
+                                       help="Longest time spent listening to the GNSS receiver"),
 ) -> None:
     """Check config, camera, calibration, GNSS, clock, model, outbox and broker; exit 1 when anything is red."""
     from rich.console import Console

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from edge_agent import config as agent_config
-from edge_agent.commands import config_option
+from edge_agent.commands import config_option, finite
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.gnss.epochs import Fix
 from edge_agent.gnss.kalman import Pose, PositionFilter
@@ -23,23 +27,38 @@ from edge_agent.health import HealthBoard
 
 gps_app = typer.Typer(help="GNSS: replay NMEA recordings, watch a live receiver.", no_args_is_help=True)
 err = Console(stderr=True)
+# `monitor --seconds`: a day is longer than any technician's session at the receiver; watching for longer is
+# the agent's job (its status file and doctor), and an endless run is --seconds 0 and Ctrl-C.
+MAX_MONITOR_S = 86400.0
+# How long monitor waits for gpsd to accept the connection before it says so.
+GPSD_CONNECT_S = 3.0
 
 
-def _fail(message: str) -> NoReturn:
-    """One line on stderr, exit status 1."""
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr, exit status CODE (1: the receiver or a file; 2: a bad command-line value)."""
     err.print(message, markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
-def _gnss_config(path: Path | None, overrides: dict[str, Any]) -> GnssConfig:
-    """The [gnss] section of an agent config (defaults without one), with command-line overrides."""
+def _gnss_config(path: Path | None, overrides: dict[str, Any], given: dict[str, str] | None = None) -> GnssConfig:
+    """The [gnss] section of an agent config (defaults without one), with command-line overrides. GIVEN maps an
+    overridden setting to the option as typed (`baud` -> `--baud -5`), so that a value the settings refuse is
+    one line naming that option, exit 2, not pydantic's traceback."""
     cfg = GnssConfig()
     if path is not None:
         try:
             cfg = agent_config.load(path).gnss
         except agent_config.ConfigError as exc:
             _fail(str(exc))
-    return GnssConfig.model_validate({**cfg.model_dump(), **overrides})
+    try:
+        return GnssConfig.model_validate({**cfg.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            where = (given or {}).get(field, f"gnss.{field}")
+            problems.append(f"{where}: {error['msg'].lower()} ({field})")
+        _fail("; ".join(problems), code=2)
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -156,20 +175,24 @@ def monitor(
     baud: int = typer.Option(None, "--baud", help="Baud rate (default: the config's)"),
     gpsd: str = typer.Option(None, "--gpsd", help="Read gpsd's JSON at HOST:PORT instead of a serial port"),
     config: Path | None = config_option(None, "Agent config to take the [gnss] section from"),
-    seconds: float = typer.Option(0.0, "--seconds", help="Stop after this long (0 = until Ctrl-C)"),
+    seconds: float = typer.Option(0.0, "--seconds", min=0, max=MAX_MONITOR_S, callback=finite,
+                                  help="Stop after this long (0 = until Ctrl-C)"),
 ) -> None:
     """Live fixes for a technician: the receiver's view and the filter's, refreshed in a table."""
     updates: dict[str, Any] = {"source": "serial"}
+    given: dict[str, str] = {}
     if port:
-        updates["port"] = port
-    if baud:
-        updates["baud"] = baud
+        updates["port"], given["port"] = port, f"--port {port}"
+    if baud is not None:  # --baud 0 is a mistake to name, not "the config's"
+        updates["baud"], given["baud"] = baud, f"--baud {baud}"
     if gpsd:
         host, _, gpsd_port = gpsd.rpartition(":")
         if not host or not gpsd_port.isdigit():
             _fail(f"--gpsd wants HOST:PORT, got {gpsd!r}")
         updates.update(source="gpsd", gpsd_host=host, gpsd_port=int(gpsd_port))
-    cfg = _gnss_config(config, updates)
+        given.update(gpsd_host=f"--gpsd {gpsd}", gpsd_port=f"--gpsd {gpsd}")
+    cfg = _gnss_config(config, updates, given)
+    _check_reachable(cfg)
     health = HealthBoard()
     latest: dict[str, Any] = {"fix": None, "pose": None}
     reader = GnssReader(cfg, PositionFilter(cfg), health,
@@ -185,6 +208,37 @@ def monitor(
         pass
     finally:
         reader.stop()
+
+
+def _check_reachable(cfg: GnssConfig) -> None:
+    """Open the receiver's port (or connect to gpsd) once before watching it. The reader retries a missing port
+    for ever, which is right for the agent (a receiver plugged in later) but left a technician looking at an
+    empty table, and the command exited 0. Exit 1 with the reason instead."""
+    if cfg.source == "gpsd":
+        try:
+            socket.create_connection((cfg.gpsd_host, cfg.gpsd_port), timeout=GPSD_CONNECT_S).close()
+        except OSError as exc:  # refused, no route, unknown host, timed out
+            _fail(f"gps monitor: cannot connect to gpsd at {cfg.gpsd_host}:{cfg.gpsd_port}: {_reason(exc)}")
+        return
+    import serial  # pyserial: only the serial source needs it
+
+    if "://" not in cfg.port and not os.path.exists(cfg.port):  # plainer than pyserial's nested message
+        _fail(f"gps monitor: cannot open {cfg.port}: no such device (is the receiver plugged in? `ls /dev/tty*`)")
+    try:
+        # As the reader opens it (exclusive): a port the running agent holds is refused here too, and says so.
+        serial.serial_for_url(cfg.port, cfg.baud, timeout=0.05, exclusive=True).close()
+    except (serial.SerialException, OSError, ValueError) as exc:
+        _fail(f"gps monitor: cannot open {cfg.port}: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The errno's words (pyserial wraps them in its own), with what to do for the usual two."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.EAGAIN, errno.EBUSY):
+        return "in use by another program (is the agent running? stop it first)"
+    if code == errno.EACCES:
+        return "permission denied (this user needs to be in the port's group, usually dialout)"
+    return os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
 
 
 def register(app: typer.Typer) -> None:

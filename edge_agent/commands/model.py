@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edge_agent.commands import finite
 from edge_agent.config.detector import MAX_THREADS, DetectorConfig
 from roadmon_contract.config_base import format_errors
 
@@ -22,6 +23,11 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)  # one message, one line, also in logs and pipes
 
 MODEL_HELP = "Model .onnx path, or 'bundled'"
+# --runs: on a slow box (~1 s per inference) 10 000 runs are hours per model, and a median or p95 does not
+# settle further after a few hundred; a bigger number is a typo that would keep the box busy for days.
+MAX_RUNS = 10_000
+# --calib-images: calibration ranges settle after a few hundred images; more only costs memory and hours.
+MAX_CALIB_IMAGES = 10_000
 
 
 def _names(value: str | None) -> str | None:
@@ -47,6 +53,10 @@ def _load(model: str, threads: int = 0, names: str | None = None, canvas: tuple[
 
     if names:
         overrides["class_names"] = [n.strip() for n in names.split(",")]
+    if model != "bundled" and Path(model).expanduser().is_dir():  # not "not found": it is there, as a folder
+        err.print(f"[red]model not usable:[/red] {model} is a folder, not a file (give the .onnx file in it)",
+                  highlight=False)
+        raise typer.Exit(2)
     try:
         return load_detector(DetectorConfig(model=model, threads=threads, **overrides), canvas)
     except ValidationError as exc:
@@ -80,7 +90,7 @@ def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
 def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
              data: Path = typer.Option(..., "--data", "-d", exists=True, file_okay=False,
                                        help="YOLO-layout folder: images/ + labels/"),
-             threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0,
+             threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, callback=finite,
                                                     help="Score threshold for P/R/F1; default: each class's "
                                                          "working threshold (manifest class_thresholds), else "
                                                          "detector.score_threshold"),
@@ -143,11 +153,12 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
              eval_dir: Path | None = typer.Option(None, "--eval",
                                                   help="Labelled YOLO-layout folder for AP50 (default: --calib; "
                                                        "without labels, FP32's detections are the reference)"),
-             max_ap_drop: float = typer.Option(0.01, "--max-ap-drop", min=0.0, max=1.0,
+             max_ap_drop: float = typer.Option(0.01, "--max-ap-drop", min=0.0, max=1.0, callback=finite,
                                                help="Largest AP50 loss accepted vs FP32"),
-             calib_images: int = typer.Option(64, "--calib-images", min=1, help="How many images to calibrate on"),
+             calib_images: int = typer.Option(64, "--calib-images", min=1, max=MAX_CALIB_IMAGES,
+                                              help="How many images to calibrate on"),
              threads: int = _threads(),
-             runs: int = typer.Option(30, "--runs", min=1, help="Timed inferences per format"),
+             runs: int = typer.Option(30, "--runs", min=1, max=MAX_RUNS, help="Timed inferences per format"),
              as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object")) -> None:
     """Static INT8 quantization: try the formats, keep the fastest within --max-ap-drop AP50 of FP32."""
     from edge_agent.lab.quantize import quantize_model
@@ -180,7 +191,7 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
 def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
           fp32: str | None = typer.Option(None, "--fp32", help="FP32 counterpart; default: the manifest's "
                                                                 "'fp32_model' beside the model"),
-          runs: int = typer.Option(50, "--runs", min=1, help="Timed inferences per model"),
+          runs: int = typer.Option(50, "--runs", min=1, max=MAX_RUNS, help="Timed inferences per model"),
           threads: int = _threads(),
           names: str | None = _names_option(),
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:

@@ -25,6 +25,9 @@ err = Console(stderr=True, soft_wrap=True)
 CONFIG_OPTION = config_option(help="Agent config file; says where the outbox is")
 OUTBOX_OPTION = typer.Option(None, "--outbox", help="Outbox file; overrides the one the config names")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table")
+# More rows than any outbox holds within a disk budget (coverage rows are a few hundred bytes), and far below
+# SQLite's 64-bit LIMIT: a bigger --limit was an OverflowError from deep inside the query, not "show all".
+MAX_LIST_ROWS = 10_000_000
 
 
 def resolve_paths(config: str, outbox: Path | None) -> tuple[Path, Any]:
@@ -112,7 +115,7 @@ def ls_cmd(
     outbox: Path | None = OUTBOX_OPTION,
     state: str | None = typer.Option(None, "--state", help="Only rows in this state: pending, sent, confirmed"),
     kind: str = typer.Option("event", "--kind", help="event or coverage"),
-    limit: int = typer.Option(50, "--limit", min=1, help="Most rows shown"),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_LIST_ROWS, help="Most rows shown"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List rows in send order (unconfirmed first: highest priority, then oldest)."""

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.commands import config_option
+from edge_agent.commands import config_option, finite
 
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 
@@ -21,6 +21,9 @@ err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy
 STARTUP_ERRORS = (OSError, ValueError, RuntimeError, sqlite3.Error)
 # `replay --uplink` ran, but the server had not confirmed every row when --drain-s ran out.
 EXIT_UNCONFIRMED = 3
+# --drain-s: a link that confirms nothing within an hour will not in the next one, and the rows stay in the
+# outbox for the agent to send anyway; without a max, --drain-s inf waited for ever on a dead broker.
+MAX_DRAIN_S = 3600.0
 
 
 def _load_config(path: str | None) -> Any:
@@ -89,7 +92,7 @@ def register(app: typer.Typer) -> None:
         video_start: str | None = typer.Option(None, "--video-start",
                                                help="UTC of the first frame (ISO 8601) when there is no drive.json"),
         uplink: bool = typer.Option(False, "--uplink/--no-uplink", help="Also drain the outbox to the broker"),
-        drain_s: float = typer.Option(60.0, "--drain-s", min=0,
+        drain_s: float = typer.Option(60.0, "--drain-s", min=0, max=MAX_DRAIN_S, callback=finite,
                                       help="With --uplink: wait up to this long for the server to confirm "
                                            f"everything; exit {EXIT_UNCONFIRMED} when rows are still unconfirmed"),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
@@ -103,6 +106,9 @@ def register(app: typer.Typer) -> None:
 
         cfg = _load_config(config)
         for what, path in (("video", video), ("NMEA", nmea)):
+            if path.is_dir():  # it exists: "not found" sent the technician looking for the wrong thing
+                err.print(f"[red]cannot replay[/red]: {what} {path} is a folder, not a file")
+                raise typer.Exit(2)
             if not path.is_file():
                 err.print(f"[red]cannot replay[/red]: {what} file {path} not found")
                 raise typer.Exit(2)

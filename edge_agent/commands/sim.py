@@ -9,30 +9,38 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from edge_agent.commands import finite
+
 sim_app = typer.Typer(help="Simulator: synthetic drives with ground truth for tests, demos and benchmarks.",
                       no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
+# The classic 32-bit seed range: numpy would take any non-negative integer, but drive.json records the seed and
+# every tool that reads it back (and a person retyping it) handles this range.
+MAX_SEED = 2**32 - 1
 
 
 @sim_app.command("drive")
 def drive(
     out_dir: Path = typer.Option(..., "--out", help="Folder to write the drive into (created)"),
-    seed: int = typer.Option(1, "--seed", help="Same seed, same drive (byte for byte)"),
-    minutes: float = typer.Option(2.0, "--minutes", min=0.05, max=120, help="Length of the video, minutes"),
-    duration: float | None = typer.Option(None, "--duration", min=3, help="Length in seconds (overrides --minutes)"),
-    gps_noise_m: float = typer.Option(3.0, "--gps-noise-m", min=0, max=100,
+    seed: int = typer.Option(1, "--seed", min=0, max=MAX_SEED, help="Same seed, same drive (byte for byte)"),
+    minutes: float = typer.Option(2.0, "--minutes", min=0.05, max=120, callback=finite,
+                                  help="Length of the video, minutes"),
+    # The same longest drive as --minutes (two hours): without a max, --duration inf rendered for ever.
+    duration: float | None = typer.Option(None, "--duration", min=3, max=120 * 60, callback=finite,
+                                          help="Length in seconds (overrides --minutes)"),
+    gps_noise_m: float = typer.Option(3.0, "--gps-noise-m", min=0, max=100, callback=finite,
                                       help="GNSS horizontal RMS error, metres (per axis: this / sqrt 2)"),
     gps_noise_model: str = typer.Option(
         "white", "--gps-noise-model",
         help="white: independent Gaussian error each epoch (the issues' synthetic receiver); drift: a real "
              "receiver's error, 75 % wandering with a 45 s time constant"),
-    nmea_hz: float = typer.Option(1.0, "--nmea-hz", min=0.1, max=20, help="GNSS epochs per second"),
+    nmea_hz: float = typer.Option(1.0, "--nmea-hz", min=0.1, max=20, callback=finite, help="GNSS epochs per second"),
     defects: int = typer.Option(12, "--defects", min=0, max=10000,
                                 help="Defects painted on the driven lane (2/3 potholes, 1/3 cracks)"),
-    potholes: int | None = typer.Option(None, "--potholes", min=0,
+    potholes: int | None = typer.Option(None, "--potholes", min=0, max=10000,  # as many as --defects may
                                         help="Exact number of potholes (the rest of --defects are cracks)"),
-    fps: float = typer.Option(15.0, "--fps", min=1, max=60, help="Video frame rate"),
+    fps: float = typer.Option(15.0, "--fps", min=1, max=60, callback=finite, help="Video frame rate"),
     width: int = typer.Option(640, "--width", min=64, max=3840, help="Frame width, pixels"),
     height: int = typer.Option(360, "--height", min=48, max=2160, help="Frame height, pixels"),
 ) -> None:

@@ -12,25 +12,20 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
 from edge_agent.link.heartbeat import age_s
 
 out = Console()
+# The GNSS reader's states on the health board (edge_agent/health.py): anything but these two means no position.
+GNSS_STYLE = {"ok": "green", "starting": "yellow"}
 
 
 def _ago(stamp: str | None) -> str:
     age = age_s(stamp)
-    if age is None:
-        return "-"
-    if age < 120:
-        text = f"{age:.0f} s ago"
-    elif age < 7200:
-        text = f"{age / 60:.0f} min ago"
-    else:
-        text = f"{age / 3600:.1f} h ago"
-    return f"{stamp} ({text})"
+    return "-" if age is None else f"{stamp} ({_seconds(age)} ago)"
 
 
 def collect(config: str, outbox: Path | None) -> dict[str, Any]:
@@ -40,11 +35,17 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     status_name = Path(cfg.uplink.status_file if cfg else "agent-status.json")
     status_path = status_name if status_name.is_absolute() else path.parent / status_name
     agent = read_status_file(status_path)
+    foreign = _not_a_status(agent)
+    if foreign:
+        agent = None  # parsed, but not the agent's: reading it would fail (or mislead) field by field
     heartbeat_s = cfg.uplink.heartbeat_s if cfg else 30.0
     with open_outbox(config, outbox) as ob:
         stats = ob.stats()
     broker = "unknown (no status file: is the agent running?)"
-    if agent is None and status_path.exists():  # the agent replaces it atomically: damage means the disk
+    if foreign:
+        broker = (f"unknown (the status file {status_path} is not what the agent writes: {foreign}; delete it, "
+                  "a running agent writes it anew)")
+    elif agent is None and status_path.exists():  # the agent replaces it atomically: damage means the disk
         broker = f"unknown (the status file {status_path} cannot be read: check the disk, or delete it)"
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
@@ -59,6 +60,10 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "last_fix": (agent or {}).get("fix"),
         "fps": (agent or {}).get("fps"),
         "health": (agent or {}).get("health"),
+        "gnss": _gnss(agent),
+        # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
+        # sending junk this grows while no event is sent.
+        "events_no_fix": _counter(agent, "events_no_fix"),
         "status_at": (agent or {}).get("sent_at"),
         "disk_free_mb": stats["disk_free_mb"],
         "outbox_mb": stats["db_mb"],
@@ -69,6 +74,44 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "outbox": stats["path"],
         "status_file": str(status_path),
     }
+
+
+def _not_a_status(agent: dict[str, Any] | None) -> str | None:
+    """What is wrong with a status file that parsed as a JSON object but is not a roadmon.status message (a
+    foreign or hand-edited file, `{"health": 5}`); None when it is one, or when there is none."""
+    if agent is None:
+        return None
+    from roadmon_contract import validate
+
+    problems = validate.errors("status", agent)
+    return "; ".join(problems[:3]) or None  # a few name the file well enough; all of them could fill a screen
+
+
+def _counter(agent: dict[str, Any] | None, name: str) -> int | None:
+    """A health-board counter from the status file (under "counters", or at the top level); None when the
+    file does not carry it (no agent, or an agent that does not write it)."""
+    if not agent:
+        return None
+    counters = agent.get("counters")
+    value = counters.get(name) if isinstance(counters, dict) else None
+    value = agent.get(name) if value is None else value
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _gnss(agent: dict[str, Any] | None) -> dict[str, Any]:
+    """The GNSS reader's state on the agent's health board and how old its last fix is. The age comes from
+    the status file's last_fix_at when it has one; else, with the reader "ok" (its latest epoch had a fix),
+    the fix was current when the status was written, so it is as old as the status."""
+    health = (agent or {}).get("health") or {}
+    state = health.get("gnss")
+    fix_age = age_s(stamp) if isinstance(stamp := (agent or {}).get("last_fix_at"), str) else None
+    if fix_age is None and state == "ok":
+        fix_age = age_s((agent or {}).get("sent_at"))
+    return {"state": None if state is None else str(state), "last_fix_age_s": fix_age}
+
+
+def _seconds(age: float) -> str:
+    return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h"
 
 
 def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_json: bool = JSON_OPTION) -> None:
@@ -84,6 +127,17 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     style = "green" if broker == "connected" else "yellow" if broker in ("connecting", "stopped") else "red"
     fix = info["last_fix"]
     fix_text = "-" if not fix else ", ".join(f"{k} {v}" for k, v in fix.items() if v is not None)
+    gnss = info["gnss"]
+    gnss_style = GNSS_STYLE.get(gnss["state"], "red")
+    gnss_text = "-" if gnss["state"] is None else (
+        f"[{gnss_style}]{escape(gnss['state'])}[/{gnss_style}], last fix "
+        + ("unknown" if gnss["last_fix_age_s"] is None else f"{_seconds(gnss['last_fix_age_s'])} ago"))
+    no_fix = info["events_no_fix"]
+    no_fix_text = str(no_fix)
+    if no_fix is None:
+        no_fix_text = "-" if info["status_at"] is None else "- (not in this agent's status file)"
+    if no_fix:  # seen but not placed: the antenna, a cold start, or a receiver sending junk
+        no_fix_text = f"[yellow]{no_fix} defects seen but not placed (no usable GNSS position)[/yellow]"
     rows = [
         ("broker", f"[{style}]{broker}[/{style}]"),
         ("queue depth", f"{info['queue_depth']} unconfirmed "
@@ -91,7 +145,9 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
                         f"coverage {info['coverage']['pending'] + info['coverage']['sent']})"),
         ("oldest pending", _ago(info["oldest_pending_at"])),
         ("last confirmed", _ago(info["last_confirmed_at"])),
+        ("GNSS", gnss_text),
         ("last fix", fix_text),
+        ("events without position", no_fix_text),
         ("fps", "-" if info["fps"] is None else f"{info['fps']:.1f}"),
         ("disk", f"outbox {info['outbox_mb']:.1f} MB of {info['budget_mb']:.0f} MB, "
                  f"{info['disk_free_mb']:.0f} MB free"),

@@ -379,6 +379,7 @@ class GnssReader:
             return
         if fix.mode > 0 and not fix.estimated:
             state = "ok"
+            self.health.update(last_fix_mono=time.monotonic())
         elif pose is not None and pose.state == "stale":
             state = "stale"
         else:

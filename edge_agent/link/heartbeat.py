@@ -41,6 +41,7 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "oldest_pending_age_s": age_s(stats.get("oldest_pending_at")),
         "last_confirmed_at": stats.get("last_confirmed_at"),
         "fix": snap.get("fix"),
+        "last_fix_at": None if snap.get("fix_age_s") is None else utc_now_iso(snap["fix_age_s"]),
         "fps": snap.get("fps"),
         "inference_ms": snap.get("inference_ms"),
         # Cumulative since start: the server's road_inference_latency_seconds_count{status="error"}.
@@ -50,6 +51,9 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "disk_free_mb": stats.get("disk_free_mb"),
         "outbox_mb": stats.get("db_mb"),
         "dropped": dropped,
+        # The health board's counters (events_no_fix, gnss_fixes, detector_errors, ...): `edge-agent status`
+        # shows from them why tracks made no events.
+        "counters": dict(snap.get("counters", {})),
         "health": {k: snap.get(k) for k in HEALTH_KEYS if k in snap} | ({"broker": broker} if broker else {}),
     }
 

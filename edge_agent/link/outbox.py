@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ TABLE = {"event": "events", "coverage": "coverage"}
 ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
 
 
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def utc_now_iso(ago_s: float = 0.0) -> str:
+    """Now (or AGO_S seconds before) in UTC, as the contract writes times."""
+    return (datetime.now(UTC) - timedelta(seconds=ago_s)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def priority_of(severity: float) -> int:
