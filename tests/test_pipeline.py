@@ -431,7 +431,12 @@ def test_replay_clock_sources(tmp_path: Path) -> None:
     clock = clock_for(video, 30.0, "2026-11-28T08:00:05Z", first_fix)
     assert clock.source == "option" and clock.frame_utc(0) == first_fix + timedelta(seconds=5)
     (tmp_path / "drive.json").write_text(json.dumps({"start_utc": "2026-11-28T07:59:59.500Z", "fps": 15}))
-    clock = clock_for(video, 30.0, "2026-11-28T08:00:05Z", first_fix)
+    clock = clock_for(video, 30.0, "2026-11-28T08:00:05Z", first_fix)  # typed on purpose: it wins
+    assert clock.source == "option" and clock.fps == 15
+    assert clock.frame_utc(0) == first_fix + timedelta(seconds=5)
+    with pytest.raises(ClockError):
+        clock_for(video, 30.0, "yesterday", first_fix)  # not ignored because a drive.json is there
+    clock = clock_for(video, 30.0, None, first_fix)
     assert clock.source == "drive.json" and clock.fps == 15
     assert clock.frame_utc(15) == datetime(2026, 11, 28, 8, 0, 0, 500000, tzinfo=UTC)
     assert clock.frame_mono(15) == virtual_mono(clock.frame_utc(15))

@@ -1,7 +1,7 @@
 """Time of a recorded frame: frame k of a recording was captured at start_utc + k / fps.
 
-The start comes from drive.json beside the video when there is one (the simulator and the recorder write
-it), else from an explicit --video-start, else from the first NMEA epoch's UTC. Recorded GNSS fixes run on a
+The start comes from an explicit --video-start (a technician correcting a wrong one wins), else from drive.json
+beside the video (the simulator and the recorder write it), else from the first NMEA epoch's UTC. Recorded GNSS fixes run on a
 virtual monotonic clock (seconds of UTC since 2000-01-01, edge_agent.gnss.epochs.virtual_mono), so a frame's time
 on that same clock says which fixes the position filter may have seen when the frame was taken.
 """
@@ -69,10 +69,10 @@ def clock_for(video: Path, file_fps: float | None, video_start: str | None = Non
     fps = sidecar.get("fps") or file_fps
     if not fps or float(fps) <= 0:
         raise ClockError(f"{video}: frame rate unknown (no fps in {SIDECAR}, none in the file)")
-    if sidecar.get("start_utc"):
-        return ReplayClock(parse_utc(str(sidecar["start_utc"])), float(fps), SIDECAR)
     if video_start:
         return ReplayClock(parse_utc(video_start), float(fps), "option")
+    if sidecar.get("start_utc"):
+        return ReplayClock(parse_utc(str(sidecar["start_utc"])), float(fps), SIDECAR)
     if first_fix_utc is not None:
         log.warning("%s: no %s and no --video-start; assuming the video starts at the first NMEA epoch, %s",
                     video, SIDECAR, first_fix_utc.isoformat())
