@@ -23,14 +23,15 @@ def doctor(
     config: str = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table"),
     only: str = typer.Option("", "--only", help="Comma-separated checks to run: config,camera,calibration,gnss,"
-                                                "clock,model,outbox,broker (config always runs)"),
+                                                "clock,model,outbox,broker,agent,delivery (config always runs)"),
     # Under a tenth of a second no camera or receiver can answer: the check would be red for nothing.
     camera_seconds: float = typer.Option(3.0, min=0.1, max=MAX_LISTEN_S, callback=finite,
                                          help="Longest time spent reading camera frames"),
     gnss_seconds: float = typer.Option(5.0, min=0.1, max=MAX_LISTEN_S, callback=finite,
                                        help="Longest time spent listening to the GNSS receiver"),
 ) -> None:
-    """Check config, camera, calibration, GNSS, clock, model, outbox and broker; exit 1 when anything is red."""
+    """Check config, camera, calibration, GNSS, clock, model, outbox, broker, the running agent and delivery to
+    the server; exit 1 when anything is red."""
     from rich.console import Console
     from rich.table import Table
 

@@ -16,16 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
-from edge_agent.link.heartbeat import age_s
+from edge_agent.link.heartbeat import age_s, ago_text, is_stale, seconds_text
 
 out = Console()
 # The GNSS reader's states on the health board (edge_agent/health.py): anything but these two means no position.
 GNSS_STYLE = {"ok": "green", "starting": "yellow"}
-
-
-def _ago(stamp: str | None) -> str:
-    age = age_s(stamp)
-    return "-" if age is None else f"{stamp} ({_seconds(age)} ago)"
 
 
 def collect(config: str, outbox: Path | None) -> dict[str, Any]:
@@ -49,9 +44,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         broker = f"unknown (the status file {status_path} cannot be read: check the disk, or delete it)"
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
-        age = age_s(agent.get("sent_at"))
-        if broker != "stopped" and age is not None and age > 3 * heartbeat_s:
-            broker = f"{broker} (stale: status is {age:.0f} s old; is the agent running?)"
+        if broker != "stopped" and is_stale(agent, heartbeat_s):
+            broker = f"{broker} (stale: status is {age_s(agent.get('sent_at')):.0f} s old; is the agent running?)"
     return {
         "broker": broker,
         "queue_depth": stats["queue_depth"],
@@ -110,10 +104,6 @@ def _gnss(agent: dict[str, Any] | None) -> dict[str, Any]:
     return {"state": None if state is None else str(state), "last_fix_age_s": fix_age}
 
 
-def _seconds(age: float) -> str:
-    return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h"
-
-
 def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Queue depth, oldest pending, last confirmed, last fix and broker state."""
     info = collect(config, outbox)
@@ -131,7 +121,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     gnss_style = GNSS_STYLE.get(gnss["state"], "red")
     gnss_text = "-" if gnss["state"] is None else (
         f"[{gnss_style}]{escape(gnss['state'])}[/{gnss_style}], last fix "
-        + ("unknown" if gnss["last_fix_age_s"] is None else f"{_seconds(gnss['last_fix_age_s'])} ago"))
+        + ("unknown" if gnss["last_fix_age_s"] is None else f"{seconds_text(gnss['last_fix_age_s'])} ago"))
     no_fix = info["events_no_fix"]
     no_fix_text = str(no_fix)
     if no_fix is None:
@@ -143,8 +133,8 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("queue depth", f"{info['queue_depth']} unconfirmed "
                         f"(events {info['events']['pending']} pending / {info['events']['sent']} sent, "
                         f"coverage {info['coverage']['pending'] + info['coverage']['sent']})"),
-        ("oldest pending", _ago(info["oldest_pending_at"])),
-        ("last confirmed", _ago(info["last_confirmed_at"])),
+        ("oldest pending", ago_text(info["oldest_pending_at"])),
+        ("last confirmed", ago_text(info["last_confirmed_at"])),
         ("GNSS", gnss_text),
         ("last fix", fix_text),
         ("events without position", no_fix_text),
@@ -152,7 +142,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("disk", f"outbox {info['outbox_mb']:.1f} MB of {info['budget_mb']:.0f} MB, "
                  f"{info['disk_free_mb']:.0f} MB free"),
         ("dropped", ", ".join(f"{k} {v}" for k, v in info["dropped"].items()) or "none"),
-        ("status from", _ago(info["status_at"])),
+        ("status from", ago_text(info["status_at"])),
     ]
     for name, value in rows:
         table.add_row(name, value)

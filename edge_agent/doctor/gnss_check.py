@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
@@ -17,6 +18,23 @@ JUNK_SHARE = 0.1  # more of the bytes than this outside sentences: not NMEA at t
 MODE_NAMES = {0: "no fix", 2: "2D fix", 3: "3D fix"}
 SERIAL_HINT = ("check `ls -l /dev/serial/by-id/` for the receiver's port and set gnss.port to it; the user needs "
                "the 'dialout' group; a running agent holds the port: `sudo systemctl stop edge-agent` first")
+
+
+# (explanation, hint) of each "no usable NMEA" verdict, for a live receiver and for a recording (gnss.file).
+SILENT = ("the receiver is silent: unpowered, wrong port, or it talks on another interface", SERIAL_HINT)
+EMPTY = ("the recording holds not one byte, so the agent has no positions to give its detections",
+         "set gnss.file to the drive's NMEA recording (`ls -l` shows its size)")
+CHECKSUMS = ("the sentences are well formed, so the baud rate is right, but their checksums fail: a receiver or "
+             "firmware fault, or noise on the wiring",
+             "check the cable and its ground (shielded, short, away from power leads); try another receiver or "
+             "update its firmware")
+RECORDED_CHECKSUMS = ("the recording holds well-formed sentences whose checksums all fail: it was recorded through "
+                      "a faulty receiver or wiring, or altered since",
+                      "use another recording of the drive, or check the receiver that recorded it")
+NOT_NMEA = ("bytes without valid sentences: the baud rate is wrong, or the receiver sends only a binary protocol "
+            "(UBX, SiRF)", "try gnss.baud = 9600, 38400 or 115200; enable NMEA output in the receiver's tool")
+RECORDED_NOT_NMEA = ("the file holds no NMEA: a binary log (UBX, SiRF), another kind of file, or bytes recorded "
+                     "at a wrong baud rate", "set gnss.file to a text NMEA recording ($GPGGA/$GPRMC lines)")
 
 
 class _Silent(Exception):
@@ -84,24 +102,29 @@ def _only_checksums_fail(stats: dict[str, int], got: int) -> bool:
     return stats["bad_checksums"] > 0 and stats["junk_bytes"] <= JUNK_SHARE * got
 
 
-def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: bool, ctx: Context) -> CheckResult:
-    stats = decoder.summary()
+def _no_nmea(where: str, stats: dict[str, int], got: int, live: bool, ctx: Context) -> CheckResult | None:
+    """The red verdict when not one valid sentence came, else None. A recording gets the same verdicts as a
+    live receiver, with advice about the file instead of the port."""
     data = {"source": where, "bytes": got, **stats}
     if got == 0:
-        return CheckResult("gnss", Level.RED, f"{where}: opened, but not one byte in {ctx.options.gnss_seconds:.0f} s",
-                           "the receiver is silent: unpowered, wrong port, or it talks on another interface",
-                           SERIAL_HINT, data)
+        summary = (f"{where}: opened, but not one byte in {ctx.options.gnss_seconds:.0f} s" if live
+                   else f"{where}: empty recording")
+        return CheckResult("gnss", Level.RED, summary, *(SILENT if live else EMPTY), data)
     if stats["sentences"] == 0 and _only_checksums_fail(stats, got):
         return CheckResult("gnss", Level.RED, f"{where}: {stats['bad_checksums']} NMEA sentences, every checksum "
-                           "wrong", "the sentences are well formed, so the baud rate is right, but their "
-                           "checksums fail: a receiver or firmware fault, or noise on the wiring",
-                           "check the cable and its ground (shielded, short, away from power leads); try another "
-                           "receiver or update its firmware", data)
+                           "wrong", *(CHECKSUMS if live else RECORDED_CHECKSUMS), data)
     if stats["sentences"] == 0:
         return CheckResult("gnss", Level.RED, f"{where}: {got} bytes but no valid NMEA sentence",
-                           "bytes without valid sentences: the baud rate is wrong, or the receiver sends only a "
-                           "binary protocol (UBX, SiRF)",
-                           "try gnss.baud = 9600, 38400 or 115200; enable NMEA output in the receiver's tool", data)
+                           *(NOT_NMEA if live else RECORDED_NOT_NMEA), data)
+    return None
+
+
+def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: bool, ctx: Context) -> CheckResult:
+    stats = decoder.summary()
+    verdict = _no_nmea(where, stats, got, live, ctx)
+    if verdict is not None:
+        return verdict
+    data = {"source": where, "bytes": got, **stats}
     if not fixes:
         return CheckResult("gnss", Level.YELLOW, f"{where}: {stats['sentences']} NMEA sentences, no complete epoch",
                            "NMEA arrives, but no epoch with a time was seen yet", "wait a minute and run again", data)
@@ -134,10 +157,11 @@ def check_gnss(ctx: Context) -> CheckResult:
         try:
             decoder = NmeaDecoder(cfg, virtual_clock=True)
             fixes = list(fixes_from_file(cfg.file, cfg, decoder))
+            size = Path(cfg.file).stat().st_size  # every byte was read: the verdicts weigh junk against it
         except OSError as exc:
             return CheckResult("gnss", Level.RED, f"cannot read the NMEA recording {cfg.file!r}: {exc.strerror}",
                                "the agent has no positions to give its detections", "set gnss.file to a recording")
-        return _judge(f"recording {cfg.file}", decoder, fixes, 1 if decoder.summary()["sentences"] else 0, False, ctx)
+        return _judge(f"recording {cfg.file}", decoder, fixes, size, False, ctx)
     try:
         if cfg.source == "gpsd":
             where = f"gpsd {cfg.gpsd_host}:{cfg.gpsd_port}"

@@ -11,6 +11,7 @@ from edge_agent.doctor.calibration_check import check_calibration
 from edge_agent.doctor.camera_check import check_camera
 from edge_agent.doctor.clock_check import check_clock
 from edge_agent.doctor.config_check import check_config
+from edge_agent.doctor.delivery_check import check_agent, check_delivery
 from edge_agent.doctor.gnss_check import check_gnss
 from edge_agent.doctor.model_check import check_model
 from edge_agent.doctor.outbox_check import check_outbox
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 Check = Callable[[Context], CheckResult]
 
 # Order matters: GNSS leaves its UTC for the clock check, the camera its frame size for the calibration's
-# shape check and the model's timing.
+# shape check and the model's timing. Agent and delivery come last: they say whether the parts above, fine
+# one by one, get events confirmed.
 CHECKS: dict[str, Check] = {
     "config": check_config,
     "camera": check_camera,
@@ -31,6 +33,8 @@ CHECKS: dict[str, Check] = {
     "model": check_model,
     "outbox": check_outbox,
     "broker": check_broker,
+    "agent": check_agent,
+    "delivery": check_delivery,
 }
 NEEDS_CONFIG = set(CHECKS) - {"config", "clock"}
 

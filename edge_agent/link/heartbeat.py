@@ -68,6 +68,27 @@ def age_s(stamp: str | None) -> float | None:
     return round((datetime.now(UTC) - when).total_seconds(), 1)
 
 
+# A status file older than this many heartbeats means the agent is not running or hung (it rewrites the file
+# every heartbeat_s, also while offline); `edge-agent status` and doctor judge it the same way.
+STALE_HEARTBEATS = 3
+
+
+def is_stale(status: dict[str, Any], heartbeat_s: float) -> bool:
+    """STATUS (a status file) is older than STALE_HEARTBEATS heartbeats and not a clean stop's."""
+    age = age_s(status.get("sent_at"))
+    return status.get("state") != "stopped" and age is not None and age > STALE_HEARTBEATS * heartbeat_s
+
+
+def seconds_text(age: float) -> str:
+    return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h"
+
+
+def ago_text(stamp: str | None) -> str:
+    """'<stamp> (N min ago)', or '-' without a readable stamp."""
+    age = age_s(stamp)
+    return "-" if age is None else f"{stamp} ({seconds_text(age)} ago)"
+
+
 def write_status_file(path: Path, status: dict[str, Any]) -> None:
     """Atomically replace PATH with STATUS as JSON (a reader never sees half a file)."""
     try:

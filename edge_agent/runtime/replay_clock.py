@@ -1,9 +1,10 @@
 """Time of a recorded frame: frame k of a recording was captured at start_utc + k / fps.
 
-The start comes from an explicit --video-start (a technician correcting a wrong one wins), else from drive.json
-beside the video (the simulator and the recorder write it), else from the first NMEA epoch's UTC. Recorded GNSS fixes run on a
-virtual monotonic clock (seconds of UTC since 2000-01-01, edge_agent.gnss.epochs.virtual_mono), so a frame's time
-on that same clock says which fixes the position filter may have seen when the frame was taken.
+The start comes from an explicit --video-start (a technician correcting a wrong one wins), else from
+drive.json beside the video (the simulator and the recorder write it), else from the first NMEA epoch's UTC.
+Recorded GNSS fixes run on a virtual monotonic clock (seconds of UTC since 2000-01-01,
+edge_agent.gnss.epochs.virtual_mono), so a frame's time on that same clock says which fixes the position
+filter may have seen when the frame was taken.
 """
 
 from __future__ import annotations

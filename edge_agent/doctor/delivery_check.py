@@ -1,0 +1,175 @@
+"""Is the agent running, and does the fleet server confirm what it sends? The parts can each be fine (a valid
+config, a writable outbox, a broker that takes the login) while nothing reaches the server: the agent died,
+or the broker takes the messages but the server behind it never confirms them.
+
+Both checks only read: the status file the agent rewrites every heartbeat (the one `edge-agent status` reads)
+and the outbox, opened read-only beside a running agent.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentConfig
+from edge_agent.doctor.result import CheckResult, Context, Level
+from edge_agent.link.heartbeat import age_s, ago_text, is_stale, read_status_file
+from roadmon_contract import validate
+
+# A row the broker accepted (state 'sent') and the agent had to send this many times has outlived at least two
+# ack timeouts (uplink.ack_timeout_s, 60 s at first, doubling): one can be a busy server, two in a row are not.
+RESENT_ATTEMPTS = 3
+# An online box has its rows confirmed within seconds, and a dead zone on the road holds them a few minutes.
+# Ten minutes means something keeps them on the box; an hour means the fleet's map lacks this vehicle's work.
+PENDING_WARN_S = 10 * 60
+PENDING_FAIL_S = 60 * 60
+AGENT_HINT = "`systemctl status edge-agent`, `journalctl -u edge-agent`"
+
+
+def status_path(cfg: AgentConfig) -> Path:
+    """Where the uplink writes its status file: uplink.status_file, beside the outbox unless absolute."""
+    return cfg.outbox_path.parent / cfg.uplink.status_file
+
+
+def _when(stamp: str | None) -> str:
+    return ago_text(stamp) if stamp else "none yet"
+
+
+def _uplink_off(name: str, cfg: AgentConfig) -> CheckResult | None:
+    if cfg.uplink.enabled:
+        return None
+    return CheckResult(name, Level.SKIPPED, "uplink.enabled is false: the agent sends nothing and writes no status",
+                       "events stay on this box", "set uplink.enabled = true to send them")
+
+
+# ------------------------------------------------------------------------------------------------ agent
+def _no_status(path: Path, data: dict[str, Any]) -> CheckResult:
+    if not path.exists():  # amber: a fresh install checked before its first start has none either
+        return CheckResult("agent", Level.YELLOW, f"no status file {path}: the agent has not run with this config",
+                           "a running agent writes it as it starts and every heartbeat: without one it has never "
+                           "started here (a fresh install), or died before its first heartbeat", AGENT_HINT, data)
+    if not os.access(path, os.R_OK):
+        return CheckResult("agent", Level.YELLOW, f"the status file {path} cannot be read by this user",
+                           "whether the agent runs is unknown", "run doctor as root: `sudo edge-agent doctor`", data)
+    return CheckResult("agent", Level.RED, f"the status file {path} cannot be read: the agent is not running or hung",
+                       "the agent replaces it whole every heartbeat, so a damaged one is not being rewritten",
+                       f"{AGENT_HINT}; check the disk (`dmesg`), or delete the file", data)
+
+
+def check_agent(ctx: Context) -> CheckResult:
+    assert ctx.cfg is not None
+    off = _uplink_off("agent", ctx.cfg)
+    if off is not None:
+        return off
+    path = status_path(ctx.cfg)
+    heartbeat_s = ctx.cfg.uplink.heartbeat_s
+    data: dict[str, Any] = {"status_file": str(path), "heartbeat_s": heartbeat_s}
+    status = read_status_file(path)
+    if status is None:
+        return _no_status(path, data)
+    foreign = validate.errors("status", status)
+    if foreign:  # its fields cannot be trusted, and the agent would have replaced it by now
+        return CheckResult("agent", Level.RED, f"the status file {path} is not what the agent writes "
+                           f"({'; '.join(foreign[:3])}): the agent is not running or hung",
+                           "a running agent replaces it whole every heartbeat",
+                           f"{AGENT_HINT}; delete the file: a running agent writes it anew", data)
+    broker = (status.get("health") or {}).get("broker") or status.get("state", "unknown")
+    age = age_s(status.get("sent_at"))
+    data.update(broker=broker, status_at=status.get("sent_at"), age_s=age, queue_depth=status.get("queue_depth"))
+    when = ago_text(status.get("sent_at"))
+    if broker == "stopped":
+        return CheckResult("agent", Level.YELLOW, f"the agent stopped cleanly at {when}",
+                           "nothing is recorded or sent until it starts again",
+                           "`sudo systemctl start edge-agent`; if it stops again: `journalctl -u edge-agent`", data)
+    if is_stale(status, heartbeat_s):  # the rule `edge-agent status` applies, so both say the same
+        return CheckResult("agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the "
+                           "agent runs: the agent is not running or hung",
+                           "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
+    return CheckResult("agent", Level.GREEN, f"running: status {when}, broker {broker}", data=data)
+
+
+# --------------------------------------------------------------------------------------------- delivery
+@dataclass
+class _Finding:
+    level: Level
+    summary: str
+    explanation: str
+    hint: str
+
+
+def _unacked(conn: Any) -> tuple[int, str | None]:
+    """(rows the broker accepted but the agent sent RESENT_ATTEMPTS times or more, the oldest first PUBACK)."""
+    from edge_agent.link.outbox import TABLE
+
+    count, oldest = 0, []
+    for table in TABLE.values():
+        # state != 'confirmed' lets SQLite walk the queue's partial index instead of the whole table.
+        n, first = conn.execute(f"SELECT COUNT(*), MIN(sent_at) FROM {table} WHERE state != 'confirmed' AND "
+                                "state = 'sent' AND attempts >= ?", (RESENT_ATTEMPTS,)).fetchone()
+        count += n
+        oldest += [first] if first else []
+    return count, min(oldest, default=None)
+
+
+def _unacked_finding(count: int, oldest: str | None, last_confirmed: str | None) -> _Finding | None:
+    if not count:
+        return None
+    # Nothing confirmed since those rows first went out: the server confirms nothing at all, not just these.
+    silent = last_confirmed is None or (oldest is not None and last_confirmed < oldest)
+    return _Finding(Level.RED if silent else Level.YELLOW,
+                    f"{count} rows sent {RESENT_ATTEMPTS}+ times without the server's ack, the oldest accepted by "
+                    f"the broker at {ago_text(oldest)}"
+                    + ("" if silent else f"; last confirmation {_when(last_confirmed)}"),
+                    "the broker accepts them but the fleet server does not confirm: its ingest is down, "
+                    "stuck, or not subscribed to this broker",
+                    "check the server/ingest (on the fleet server: `systemctl status 'fleet-server-ingest@*'` and "
+                    "its log); the rows stay queued and are sent again")
+
+
+def _pending_finding(oldest: str | None, depth: int) -> _Finding | None:
+    age = age_s(oldest)
+    if age is None or age < PENDING_WARN_S:
+        return None
+    return _Finding(Level.RED if age >= PENDING_FAIL_S else Level.YELLOW,
+                    f"{depth} unconfirmed rows, the oldest stored at {ago_text(oldest)}",
+                    "rows wait when the agent is not running, the broker cannot be reached, or the server does "
+                    "not confirm: the agent and broker checks say which; when both are green, the server does not",
+                    "fix what those checks name; the rows are kept and sent once the way is clear")
+
+
+def _merge(findings: list[_Finding], green: str, data: dict[str, Any]) -> CheckResult:
+    if not findings:
+        return CheckResult("delivery", Level.GREEN, green, data=data)
+    level = Level.RED if any(f.level is Level.RED for f in findings) else Level.YELLOW
+    return CheckResult("delivery", level, "; ".join(f.summary for f in findings),
+                       "; ".join(f.explanation for f in findings), "; ".join(f.hint for f in findings), data)
+
+
+def check_delivery(ctx: Context) -> CheckResult:
+    from edge_agent.link.outbox import Outbox, OutboxUnavailable
+
+    assert ctx.cfg is not None
+    off = _uplink_off("delivery", ctx.cfg)
+    if off is not None:
+        return off
+    path = ctx.cfg.outbox_path
+    if not path.is_file():
+        return CheckResult("delivery", Level.SKIPPED, f"no queue file at {path}: nothing to deliver")
+    try:
+        with Outbox(path, ctx.cfg.outbox, agent=False, read_only=True) as ob:
+            stats = ob.stats()
+            count, oldest_sent = _unacked(ob.conn)
+    except (OutboxUnavailable, RuntimeError, sqlite3.DatabaseError) as exc:  # the outbox check says why
+        return CheckResult("delivery", Level.SKIPPED, f"not checked: the outbox cannot be read ({exc})",
+                           "see the outbox check")
+    data = {"queue_depth": stats["queue_depth"], "oldest_pending_at": stats["oldest_pending_at"],
+            "last_confirmed_at": stats["last_confirmed_at"], "resent_unacked": count,
+            "oldest_unacked_sent_at": oldest_sent}
+    findings = [f for f in (_unacked_finding(count, oldest_sent, stats["last_confirmed_at"]),
+                            _pending_finding(stats["oldest_pending_at"], stats["queue_depth"])) if f]
+    green = (f"{stats['queue_depth']} unconfirmed rows, none older than {PENDING_WARN_S // 60} min or sent "
+             f"{RESENT_ATTEMPTS}+ times; last confirmation {_when(stats['last_confirmed_at'])}")
+    return _merge(findings, green, data)

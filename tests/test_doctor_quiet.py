@@ -1,0 +1,291 @@
+"""`edge-agent doctor` answering "why is this box quiet?": recordings without NMEA, a dead agent, a server that
+never confirms, old rows, queues it cannot use and queues the agent moved aside. Real inputs throughout: NMEA
+bytes from pynmea2, outboxes made by the Outbox class, status files written by the agent's own uplink."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.config.outbox import OutboxConfig
+from edge_agent.doctor import Level, run_checks
+from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, move_aside
+from tests.test_doctor import EDGE_AGENT, FAST, by_name, nmea_epoch, write_config
+from tests.test_outbox import make_coverage, make_event
+
+
+def wait_for(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def fill(path: Path, events: int, coverage: int = 0) -> list[str]:
+    """EVENTS events and COVERAGE coverage records in the outbox at PATH, as the pipeline stores them (not as
+    the agent opens it: that would take back the queues a test moved aside)."""
+    with Outbox(path, OutboxConfig(synchronous="NORMAL"), agent=False) as ob:
+        ids = []
+        for _ in range(events):
+            event = make_event(ob)
+            assert ob.add_event(event)
+            ids.append(event["event_id"])
+        for _ in range(coverage):
+            assert ob.add_coverage(make_coverage())
+    return ids
+
+
+def uplink_config(tmp_path: Path, port: int, **uplink: Any) -> Path:
+    """An agent config whose uplink is on, towards 127.0.0.1:PORT, with a password file and quick timings."""
+    (tmp_path / "pw").write_text("pw-quiet\n")
+    return write_config(tmp_path, device={"id": "veh-quiet"}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": port, "tls": False, "password_file": str(tmp_path / "pw"),
+        "heartbeat_s": HEARTBEAT_S, "backoff_initial_s": 0.1, "backoff_max_s": 0.5, **uplink})
+
+
+# Short, so a status goes stale within seconds; not shorter, so a loaded test machine keeps a live one fresh.
+HEARTBEAT_S = 1.0
+PAST_STALE_S = 3 * HEARTBEAT_S + 0.3
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nobody listens there
+
+
+# -------------------------------------------------------------------------------------------- 1. GNSS file
+def broken_checksums(n: int) -> bytes:
+    start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    lines = b"".join(nmea_epoch(start + timedelta(seconds=i)) for i in range(n)).decode().split("\r\n")[:-1]
+    return b"".join(f"{line[:-2]}{(int(line[-2:], 16) ^ 0x5A):02X}\r\n".encode() for line in lines)
+
+
+@pytest.mark.parametrize(("content", "verdict"), [
+    (broken_checksums(20), "40 NMEA sentences, every checksum wrong"),
+    (bytes(np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8)), "3000 bytes but no valid NMEA"),
+    (b"", "empty recording"),
+], ids=["broken-checksums", "random-bytes", "empty"])
+def test_a_recording_without_valid_nmea_gets_the_serial_verdicts(tmp_path: Path, content: bytes,
+                                                                  verdict: str) -> None:
+    rec = tmp_path / "drive.nmea"
+    rec.write_bytes(content)
+    path = write_config(tmp_path, gnss={"source": "file", "file": str(rec)})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.RED and verdict in gnss.summary, gnss
+    assert "not one byte" not in gnss.summary and "dialout" not in gnss.hint and "gnss.baud" not in gnss.hint
+    assert gnss.data["bytes"] == len(content)
+
+
+# ------------------------------------------------------------------------------ 3, 4. queues it cannot use
+def test_a_queue_from_a_newer_agent_fails_in_the_words_run_uses(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    queue = tmp_path / "state" / "outbox.db"
+    fill(queue, 2)
+    with sqlite3.connect(queue) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError) as refused:  # what `run` and `replay` print when they open it
+        Outbox(queue, OutboxConfig())
+    ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert ob.level is Level.RED and str(refused.value) in ob.summary, ob
+    assert f"outbox schema version 99 is newer than this agent knows ({SCHEMA_VERSION})" in ob.summary
+    with sqlite3.connect(queue) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 99  # doctor changed nothing
+
+
+def test_an_outbox_file_that_is_a_folder(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    (tmp_path / "state" / "outbox.db").mkdir()
+    ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert ob.level is Level.RED and "is a folder, not a file" in ob.summary, ob
+    assert "damaged" not in ob.summary and "I/O" not in ob.summary and "outbox.file" in ob.hint
+
+
+# ------------------------------------------------------------------------------------ 5. queues moved aside
+def test_queues_the_agent_moved_aside_are_warned_about(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    queue = tmp_path / "state" / "outbox.db"
+    queue.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)  # damaged beyond reading
+    Outbox(queue, OutboxConfig()).close()                      # the agent's start moves it aside
+    [garbage] = queue.parent.glob("outbox.db.corrupt-*")
+    time.sleep(1.1)  # move_aside stamps to the second: the next one gets a name of its own
+    fill(queue, 2, coverage=1)
+    kept = move_aside(queue, "quick_check failed")             # a sound file an older agent moved aside
+    fill(queue, 1)
+    ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
+    assert ob.level is Level.YELLOW, ob  # the agent runs on a new queue: a warning, not a failure
+    assert f"{garbage.name} (3.9 KB, unreadable)" in ob.summary
+    assert f"{kept.name} (" in ob.summary and "3 unconfirmed rows)" in ob.summary
+    assert "1 unconfirmed rows" in ob.summary  # the live queue is still reported as before
+    assert {Path(m["path"]).name: m["unconfirmed"] for m in ob.data["moved_aside"]} == {garbage.name: None,
+                                                                                        kept.name: 3}
+    assert "never sent" in ob.explanation and "off the box" in ob.hint
+
+
+# ------------------------------------------------------------------------------------- 2b. is the agent up
+AGENT = """
+import sys, time
+from edge_agent import config
+from edge_agent.health import HealthBoard
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.uplink import Uplink
+
+cfg = config.load(sys.argv[1])
+Uplink(cfg.uplink, cfg.device.id, Outbox(cfg.outbox_path, cfg.outbox), HealthBoard()).start()
+time.sleep(120)
+"""
+
+
+def test_a_killed_agent_is_red_where_edge_agent_status_says_stale(tmp_path: Path) -> None:
+    from edge_agent.commands.status import collect
+
+    path = uplink_config(tmp_path, closed_port())
+    fill(tmp_path / "state" / "outbox.db", 7)
+    status_file = tmp_path / "state" / "agent-status.json"
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, str(path)])  # its uplink writes the status file
+    try:
+        wait_for(status_file.exists, 30, "the agent's first status")
+        alive = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+        assert alive.level is Level.GREEN and "running" in alive.summary, alive
+        assert "stale" not in collect(str(path), None)["broker"]
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+    time.sleep(PAST_STALE_S)
+    assert "stale" in collect(str(path), None)["broker"]
+    out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--json", "--only", "outbox,agent,delivery"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert checks["outbox"]["level"] == "green" and "7 unconfirmed rows" in checks["outbox"]["summary"]
+    dead = checks["agent"]
+    assert dead["level"] == "red" and "the agent is not running or hung" in dead["summary"], dead
+    assert "`systemctl status edge-agent`" in dead["hint"] and "`journalctl -u edge-agent`" in dead["hint"]
+
+
+def test_no_status_file_or_a_clean_stop(tmp_path: Path) -> None:
+    from edge_agent.commands.status import collect
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.uplink import Uplink
+
+    path = uplink_config(tmp_path, closed_port())
+    missing = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+    assert missing.level is Level.YELLOW and "has not run with this config" in missing.summary, missing
+    from edge_agent import config as agent_config
+
+    cfg = agent_config.load(str(path))
+    with Outbox(cfg.outbox_path, cfg.outbox) as ob:
+        uplink = Uplink(cfg.uplink, cfg.device.id, ob, HealthBoard())
+        uplink.start()
+        wait_for((tmp_path / "state" / "agent-status.json").exists, 30, "the first status")
+        uplink.stop()
+    time.sleep(PAST_STALE_S)  # older than 3 heartbeats, yet a clean stop is no hang, for `edge-agent status` either
+    assert collect(str(path), None)["broker"] == "stopped"
+    stopped = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+    assert stopped.level is Level.YELLOW and "stopped cleanly" in stopped.summary, stopped
+    assert "systemctl start edge-agent" in stopped.hint
+
+
+def test_a_status_file_the_agent_did_not_write(tmp_path: Path) -> None:
+    path = uplink_config(tmp_path, closed_port())
+    (tmp_path / "state" / "agent-status.json").write_text('{"health": 5, "sent_at": 7}')
+    agent = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+    assert agent.level is Level.RED and "not what the agent writes" in agent.summary, agent
+    assert "health" in agent.summary and "check itself failed" not in agent.summary
+
+
+def test_agent_and_delivery_are_skipped_with_the_uplink_off(tmp_path: Path) -> None:
+    path = write_config(tmp_path)  # uplink.enabled = false: no status file is written, nothing is sent
+    fill(tmp_path / "state" / "outbox.db", 1)
+    results = by_name(run_checks(str(path), only=["agent", "delivery"], options=FAST))
+    assert results["agent"].level is Level.SKIPPED and results["delivery"].level is Level.SKIPPED
+
+
+# --------------------------------------------------------------------------------- 2a. is it confirmed
+def send_without_ack(path: Path, times: int) -> None:
+    """Hand every row out TIMES times and record the broker's PUBACK, as the uplink does when acks never come."""
+    with Outbox(path, OutboxConfig(synchronous="NORMAL"), agent=False) as ob:
+        for _ in range(times):
+            ob.mark_sent((m.kind, m.id) for m in ob.due(100, resend_after_s=0))
+
+
+def test_rows_sent_again_and_again_without_an_ack(tmp_path: Path) -> None:
+    path = uplink_config(tmp_path, closed_port())
+    queue = tmp_path / "state" / "outbox.db"
+    fill(queue, 3, coverage=1)
+    send_without_ack(queue, 2)
+    twice = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert twice.level is Level.GREEN, twice  # one ack timeout can be a busy server
+    send_without_ack(queue, 1)
+    silent = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert silent.level is Level.RED, silent  # the server has confirmed nothing at all
+    assert "4 rows sent 3+ times without the server's ack" in silent.summary
+    assert "broker accepts them but the fleet server does not confirm" in silent.explanation
+    assert "server/ingest" in silent.hint and silent.data["resent_unacked"] == 4
+    oldest = silent.data["oldest_unacked_sent_at"]
+    assert oldest and oldest in silent.summary
+    time.sleep(0.01)
+    with Outbox(queue, OutboxConfig(), agent=False) as ob:  # the server confirms another row later on
+        event = make_event(ob)
+        ob.add_event(event)
+        ob.mark_confirmed([("event", event["event_id"])])
+    some = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert some.level is Level.YELLOW and "last confirmation" in some.summary, some
+
+
+@pytest.mark.parametrize(("age", "level"), [(timedelta(minutes=1), Level.GREEN),
+                                            (timedelta(minutes=25), Level.YELLOW),
+                                            (timedelta(hours=3), Level.RED)], ids=["fresh", "25min", "3h"])
+def test_old_pending_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, age: timedelta, level: Level) -> None:
+    from edge_agent.link import outbox as outbox_module
+
+    stamp = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    monkeypatch.setattr(outbox_module, "utc_now_iso", lambda: stamp)  # rows stored AGE ago
+    path = uplink_config(tmp_path, closed_port())
+    fill(tmp_path / "state" / "outbox.db", 2)
+    monkeypatch.undo()
+    delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert delivery.level is level, delivery
+    if level is not Level.GREEN:
+        assert f"2 unconfirmed rows, the oldest stored at {stamp}" in delivery.summary
+        assert ("25 min ago" if level is Level.YELLOW else "3.0 h ago") in delivery.summary
+
+
+@pytest.mark.services
+def test_broker_up_server_down_is_not_all_ok(private_broker: Any, tmp_path: Path) -> None:
+    """The field case: the broker takes every message (PUBACK), the fleet server never confirms one."""
+    from edge_agent import config as agent_config
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.uplink import Uplink
+
+    mq = private_broker()
+    mq.add_device("veh-quiet", "pw-quiet")
+    path = uplink_config(tmp_path, mq.port, ack_timeout_s=0.3, adaptive=False)
+    cfg = agent_config.load(str(path))
+    fill(cfg.outbox_path, 5)
+    with Outbox(cfg.outbox_path, cfg.outbox) as ob:
+        uplink = Uplink(cfg.uplink, cfg.device.id, ob, HealthBoard())
+        uplink.start()
+        try:
+            wait_for(lambda: all(r["state"] == "sent" and r["attempts"] >= 3 for r in ob.rows()), 30,
+                     "every row sent three times")
+            results = by_name(run_checks(str(path), only=["broker", "agent", "delivery"], options=FAST))
+        finally:
+            uplink.stop()
+    assert results["broker"].level is Level.GREEN, results["broker"]
+    assert results["agent"].level is Level.GREEN, results["agent"]
+    delivery = results["delivery"]
+    assert delivery.level is Level.RED and "5 rows sent 3+ times" in delivery.summary, delivery
+    assert "fleet server does not confirm" in delivery.explanation and "server/ingest" in delivery.hint
