@@ -44,6 +44,15 @@ def defect_feature(row: tuple) -> dict:
             "properties": props}
 
 
+def export_feature(row: tuple) -> dict:
+    """A defect for a GIS file: a crack's geometry is its line (QGIS and the like draw the geometry, not a
+    property); the map's feature keeps the point, where the marker goes. Both keep lon/lat and line."""
+    feature = defect_feature(row)
+    if feature["properties"]["line"]:
+        feature["geometry"] = {"type": "LineString", "coordinates": feature["properties"]["line"]}
+    return feature
+
+
 def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     """'min_lon,min_lat,max_lon,max_lat' -> floats, or 400."""
     if bbox is None:
@@ -140,7 +149,7 @@ def list_defects(request: Request, filters: Filters = Depends(), cursor: int | N
 def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
                    _who=Depends(require("viewer"))) -> Response:
     rows = query_defects(conn, filters.where, dict(filters.params), None, None)
-    body = json.dumps({"type": "FeatureCollection", "features": [defect_feature(r) for r in rows]})
+    body = json.dumps({"type": "FeatureCollection", "features": [export_feature(r) for r in rows]})
     return Response(body, media_type="application/geo+json",
                     headers={"Content-Disposition": 'attachment; filename="defects.geojson"'})
 

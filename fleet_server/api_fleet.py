@@ -36,10 +36,9 @@ class Health(BaseModel):
                                                        "still answers)")
 
 
-# HEAD too: uptime monitors probe with it by default.
-@router.api_route("/health", methods=["GET", "HEAD"],
-                  summary="Database, broker and ingest: ok, or degraded (503) with a short reason",
-                  response_model=Health, responses={
+@router.head("/health", include_in_schema=False)  # uptime monitors probe with HEAD by default
+@router.get("/health", summary="Database, broker and ingest: ok, or degraded (503) with a short reason",
+            response_model=Health, responses={
                 503: {"model": Health, "description": "Degraded: a check is not ok (the reason, never raw error "
                                                       "text)",
                       "content": {"application/json": {"example": {"status": "degraded", "database": "unreachable",

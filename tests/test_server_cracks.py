@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from fleet_server.api_defects import DEFECT_COLUMNS, defect_feature
+from fleet_server.api_defects import DEFECT_COLUMNS, defect_feature, export_feature
 from roadmon_contract.geodesy import enu_offset
 from tests.server_fixtures import make_cfg, make_event, offset
 from tests.test_server_aggregate import BASE, metres, store
@@ -63,6 +63,9 @@ def test_a_long_crack_seen_in_pieces_over_two_passes_is_one_defect(make_cfg) -> 
     assert 16.0 <= length <= 30.0, length                      # spans the crack (plus the sightings' noise)
     # Its position is on the crack, near the middle.
     assert metres((props["lat"], props["lon"]), offset(*start, 10.0, 0)) <= 3.0
+    # The map's feature is the marker's point; the GIS export draws the line itself.
+    assert feature["geometry"]["type"] == "Point"
+    assert export_feature(rows[0])["geometry"] == {"type": "LineString", "coordinates": props["line"]}
 
 
 def test_without_orientation_the_same_pieces_stay_apart(make_cfg) -> None:
