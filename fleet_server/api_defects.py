@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
@@ -35,7 +35,11 @@ PROPERTY_NAMES = ("id", "lon", "lat", "class", "status", "severity", "confidence
 
 
 def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+    """Times as the wire contract writes them (UTC, milliseconds, Z), whatever the session's time zone."""
+    if not isinstance(value, datetime):
+        return value
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def defect_feature(row: tuple) -> dict:
