@@ -138,13 +138,13 @@ def eval_sets(args: argparse.Namespace, split: dict) -> dict[str, Path]:
     return sets
 
 
-def validation_highways(survey: Path) -> Path:
+def validation_highways(survey: Path, dest: Path = CACHE / "survey_val") -> Path:
     """The bundle's vehicle-view validation frames (split.json) as a YOLO-layout folder, for the analysis
-    scripts (tile_eval, box_bias, error_breakdown)."""
+    scripts (tile_eval, box_bias, error_breakdown) and `python -m models.pipeline --out DIR`."""
     from models.masks import write_yolo_split
 
     names = json.loads((BUNDLE / "split.json").read_text())["survey_val"]
-    return write_yolo_split(survey, [n.rsplit(".", 1)[0] for n in names], CACHE / "survey_val")
+    return write_yolo_split(survey, [n.rsplit(".", 1)[0] for n in names], dest)
 
 
 def labelled_frames(detector, folder: Path, label: str, score_threshold: float | None = None):
@@ -342,3 +342,22 @@ def torch_arch(run_dir: Path) -> dict:
     import torch
 
     return torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False).get("arch", {})
+
+
+def main() -> None:
+    """`python -m models.pipeline --out DIR`: the vehicle-view validation highways (boxes from their masks) as
+    a YOLO-layout folder, so `edge-agent model eval -d DIR` scores any model on what the model card reports."""
+    from models.data import DEFAULT_SURVEY
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY, help="the vehicle-view data set's folder")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the YOLO-layout folder")
+    args = parser.parse_args()
+    folder = validation_highways(args.survey, args.out)
+    frames = len(list((folder / "images").iterdir()))
+    print(f"{frames} frames of the validation highways in {folder}; score a model with:\n"
+          f"  edge-agent model eval -m MODEL.onnx -d {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ blob) and the events."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -77,3 +78,37 @@ def test_without_the_image_a_crack_keeps_its_box_diagonal() -> None:
     # A plain road has no strokes to measure: the same fallback, not a made-up line.
     grey = np.full((360, 640, 3), 110, np.uint8)
     assert geo.line_box(box, grey, (300, 250, 360, 280)).axis_deg is None
+
+
+class RenamedTruth(TruthDetector):
+    """The simulator's boxes under a customer model's names: "crack" is called "Longitudinal crack"."""
+
+    NAMES = ("pothole", "Longitudinal crack")
+
+    def __init__(self, boxes_csv: Path) -> None:
+        super().__init__(boxes_csv)
+        self.info = dataclasses.replace(self.info, classes=self.NAMES)
+
+    def detect(self, image: np.ndarray) -> list:
+        return [dataclasses.replace(d, class_name=self.NAMES[d.class_id]) for d in super().detect(image)]
+
+
+@pytest.mark.parametrize("line_classes", [None, ["longitudinal crack"]])
+def test_a_models_own_crack_name_is_a_line_once_configured(drive: tuple[Path, list[dict]], tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture, line_classes) -> None:
+    # A customer's model with its own names: without tracker.line_classes its cracks were measured as blobs,
+    # and nothing said so.
+    out, _ = drive
+    cfg = agent_config.load(out / "agent.toml")
+    if line_classes:
+        cfg = cfg.model_copy(update={"tracker": cfg.tracker.model_copy(update={"line_classes": line_classes})})
+    with build_agent(cfg, outbox=tmp_path / "outbox.db", detector=RenamedTruth(out / "boxes.csv")) as agent:
+        replay_drive(agent, out / "video.mp4", out / "drive.nmea")
+        cracks = [e for _, e in agent.outbox.iter_events() if e["class"] == "Longitudinal crack"]
+    assert len(cracks) >= 4
+    warned = [r.getMessage() for r in caplog.records if "not in tracker.line_classes" in r.getMessage()]
+    if line_classes:
+        assert all("orientation_deg" in e["size_m"] for e in cracks) and not warned
+    else:
+        assert not any("orientation_deg" in e["size_m"] for e in cracks)
+        assert any("'Longitudinal crack'" in w for w in warned)

@@ -106,6 +106,16 @@ def test_end2end_layout_skips_nms(tmp_path):
         ("crack", 0.95, 110), ("crack", 0.85, 110), ("pothole", 0.6, 300)]
 
 
+def test_an_end2end_model_that_finds_nothing_is_not_refused_as_nan(tmp_path, caplog):
+    # NMS inside the model: no row above its own threshold on the probe images is "nothing", not NaN scores
+    # (it was refused as "outputs NaN/inf scores"); it loads, and the log says its scores went unchecked.
+    path = constant_model(tmp_path / "e2e-empty.onnx", np.zeros((1, 0, 6), np.float32),
+                          names="{0: 'pothole', 1: 'crack'}", meta={"end2end": "True"})
+    det = load_detector(DetectorConfig(model=str(path)))
+    assert det.detect(np.zeros((320, 320, 3), np.uint8)) == []
+    assert any("could not be checked" in r.getMessage() for r in caplog.records)
+
+
 def test_end2end_class_ids_outside_the_names_are_dropped_with_one_warning(tmp_path, caplog):
     out = np.zeros((1, 300, 6), np.float32)
     out[0, 0] = (10, 20, 110, 70, 0.95, 7)
@@ -124,6 +134,10 @@ def test_layout_recognition_rules():
     assert detect_layout((1, 25200, 85), 80, (640, 640)) is Layout.YOLOV5
     assert detect_layout((1, 25200, 6), 1, (640, 640)) is Layout.YOLOV5
     assert detect_layout((1, 300, 6), 80, (640, 640)) is Layout.END2END
+    # 600x400 is no multiple of 32: padded stride-2 convs round each level up (75x50 + 38x25 + 19x13 = 4947),
+    # unpadded ones down; a one-class v5 head of either kind is no end-to-end one.
+    assert detect_layout((1, 3 * 4947, 6), 1, (600, 400)) is Layout.YOLOV5
+    assert detect_layout((1, 3 * anchor_count(600, 400, round_up=False), 6), 1, (600, 400)) is Layout.YOLOV5
     with pytest.raises(LayoutError, match="3 class names"):
         detect_layout((1, 6, 8400), 3, (640, 640))
     with pytest.raises(LayoutError):
@@ -362,3 +376,16 @@ def test_a_real_network_converted_tensorflow_style_gives_the_same_detections(tmp
         assert want and [d.class_name for d in got] == [d.class_name for d in want]
         np.testing.assert_allclose([(d.score, d.x1, d.y1, d.x2, d.y2) for d in got],
                                    [(d.score, d.x1, d.y1, d.x2, d.y2) for d in want], atol=1e-2)
+
+
+def test_a_model_onnx_runtime_cannot_run_is_refused_with_its_cause(tmp_path, caplog):
+    # An opset newer than the runtime: the cause ("under development" / "not supported") came after 300
+    # characters of C++ signature and was cut off, behind a warning that the only provider "failed".
+    path = constant_model(tmp_path / "new-opset.onnx", np.zeros((1, 300, 6), np.float32), names="{0: 'pothole'}")
+    model = onnx.load(str(path))
+    model.opset_import[0].version = 99
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as refused:
+        load_detector(DetectorConfig(model=str(path)))
+    assert "under development" in str(refused.value).split("…")[-1], str(refused.value)
+    assert not [r for r in caplog.records if "trying the next one" in r.getMessage()]

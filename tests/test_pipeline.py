@@ -45,6 +45,7 @@ class Info:
     name: str = "truth"
     version: str = "0"
     sha256: str = "0" * 64
+    classes: tuple[str, ...] = ("pothole",)
 
 
 @dataclass

@@ -21,10 +21,11 @@ from edge_agent.lab.quantize import FORMATS, Trial, choose, prepare, quantize_mo
 SIZE = 64
 
 
-def tiny_detector(path, seed: int = 0, channels_last: bool = False):
+def tiny_detector(path, seed: int = 0, channels_last: bool = False, silu: bool = False, prescale: bool = False):
     """conv3x3+relu -> conv3x3 s2+relu -> conv1x1 (5 ch) -> reshape [1,5,N] -> sigmoid -> scale to pixels:
     the YOLOv8 layout with one class, like the bundled model's graph in miniature. channels_last: an NHWC
-    input transposed first, as models converted from TensorFlow have it."""
+    input transposed first, as models converted from TensorFlow have it. silu: x * sigmoid(x) for relu, as
+    PyTorch exports YOLOv5/v8's SiLU; prescale: a Mul by 1/255 on the input before anything else."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
@@ -48,7 +49,20 @@ def tiny_detector(path, seed: int = 0, channels_last: bool = False):
         helper.make_node("Mul", ["sig", "scale"], ["output0"]),
     ]
     if channels_last:
-        nodes.insert(0, helper.make_node("Transpose", ["images"], ["nchw"], perm=[0, 3, 1, 2]))
+        nodes.insert(0, helper.make_node("Transpose", ["scaled" if prescale else "images"], ["nchw"],
+                                         perm=[0, 3, 1, 2]))
+    if prescale:
+        inits.append(numpy_helper.from_array(np.array(1.0, np.float32), "unit"))
+        nodes.insert(0, helper.make_node("Mul", ["images", "unit"], ["scaled"]))
+        if not channels_last:
+            nodes[1].input[0] = "scaled"
+    if silu:
+        for i, node in enumerate(list(nodes)):
+            if node.op_type == "Relu":
+                x, y = node.input[0], node.output[0]
+                at = nodes.index(node)
+                nodes[at:at + 1] = [helper.make_node("Sigmoid", [x], [f"sg{i}"]),
+                                    helper.make_node("Mul", [x, f"sg{i}"], [y])]
     dims = [1, SIZE, SIZE, 3] if channels_last else [1, 3, SIZE, SIZE]
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1024])], inits)
@@ -100,6 +114,19 @@ def test_tail_detection_keeps_backbone_quantizable(tmp_path):
     for i, n in enumerate(model.graph.node):
         n.name = f"{n.op_type}_{i}"
     assert tail_nodes(model) == ["Mul_7", "Reshape_5", "Sigmoid_6"]
+
+
+@pytest.mark.parametrize(("silu", "channels_last", "prescale"), [(True, False, False), (False, True, True)],
+                         ids=["silu", "nhwc-after-a-mul"])
+def test_silu_and_late_layout_changes_do_not_keep_the_backbone_in_float(tmp_path, silu, channels_last, prescale):
+    # Every YOLOv5/v8 export has a Sigmoid (SiLU) before nearly every Conv, and some NHWC models scale the input
+    # before their Transpose: the tail started there and 65 of 66 Convs of such a model stayed float.
+    src = tiny_detector(tmp_path / "m.onnx", silu=silu, channels_last=channels_last, prescale=prescale)
+    pre, exclude = prepare(src, tmp_path, (SIZE, SIZE), channels_last=channels_last)
+    model = onnx.load(str(pre))
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    assert len(convs) == 3 and not convs & set(exclude)
+    assert {n.op_type for n in model.graph.node if n.name in exclude} >= {"Reshape", "Sigmoid"}  # the decoding
 
 
 def test_nhwc_model_quantizes_its_backbone_and_calibrates_on_nhwc_images(tmp_path, calib_dir):
@@ -180,3 +207,20 @@ def test_quantize_cli_without_images_fails_clearly(tmp_path):
     res = CliRunner().invoke(app, ["model", "quantize", str(src), str(tmp_path / "o.onnx"), "--calib",
                                    str(tmp_path / "empty")])
     assert res.exit_code == 2 and "no calibration images" in res.output
+
+
+def test_quantize_cli_refuses_what_it_cannot_quantize_in_one_line(tmp_path, calib_dir):
+    # Each was a traceback (a file that is no model) or "no INT8 format stayed within 1 AP50 point" after
+    # every format failed on the input type, with the float16 model then copied out as "FP32".
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    model = onnx.load(str(tiny_detector(tmp_path / "f.onnx")))
+    model.graph.node.insert(0, helper.make_node("Cast", ["images16"], ["images"], to=TensorProto.FLOAT))
+    model.graph.input[0].name = "images16"
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(model, str(tmp_path / "fp16-input.onnx"))
+    for src, says in ((junk, "junk.onnx"), (tmp_path / "fp16-input.onnx", "takes float16")):
+        res = CliRunner().invoke(app, ["model", "quantize", str(src), str(tmp_path / "o.onnx"), "--calib",
+                                       str(calib_dir)])
+        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "o.onnx").exists()

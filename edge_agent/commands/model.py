@@ -161,13 +161,14 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
              runs: int = typer.Option(30, "--runs", min=1, max=MAX_RUNS, help="Timed inferences per format"),
              as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object")) -> None:
     """Static INT8 quantization: try the formats, keep the fastest within --max-ap-drop AP50 of FP32."""
+    from edge_agent.detect.detector import ModelError
     from edge_agent.lab.quantize import quantize_model
 
     say = (lambda msg: None) if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]", highlight=False))
     try:
         report = quantize_model(src, dst, calib, eval_dir=eval_dir, max_ap_drop=max_ap_drop,
                                 calib_images=calib_images, threads=threads, runs=runs, progress=say)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ModelError) as exc:  # ModelError: the model itself does not load
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
@@ -240,8 +241,10 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
     out.print(table)
     if "speedup_vs_fp32" in result:
         s = result["speedup_vs_fp32"]
-        verdict = "use the INT8 model" if s >= MIN_SPEEDUP else "use the FP32 model (INT8 does not pay here)"
-        out.print(f"INT8 is {s:.2f}x FP32 speed here: {verdict}")
+        # Only a model the quantizer made is known to be INT8; another (an FP16 export, say) is "the model".
+        what = "INT8" if det.info.quantization else "the model"
+        verdict = (f"use {what}" if s >= MIN_SPEEDUP else f"use the FP32 model ({what} does not pay here)")
+        out.print(f"{what[0].upper() + what[1:]} is {s:.2f}x FP32 speed here: {verdict}")
 
 
 def _progress(quiet: bool) -> Progress:

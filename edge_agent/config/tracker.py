@@ -50,6 +50,12 @@ class TrackerConfig(Section):
         2.5, ge=0, le=50,
         description="Below this speed the filtered heading is mostly GNSS noise: the last heading from above it "
                     "is held (a stopped vehicle does not turn)")
+    line_classes: list[str] = Field(
+        default_factory=lambda: ["crack"],
+        description="Classes measured as lines along their long axis (length, width, orientation; the server "
+                    "merges their sightings along the line) rather than as blobs; case does not matter. A model "
+                    "with its own names lists its line-shaped ones here (e.g. \"longitudinal crack\"; an "
+                    "alligator-cracked area is a blob)")
     max_range_m: float = Field(25.0, gt=1, le=200,
                                description="Detections projecting farther than this (or above the horizon) are "
                                            "too uncertain to place and are ignored")

@@ -38,8 +38,12 @@ class Candidates:
     classes: np.ndarray
 
 
-def anchor_count(width: int, height: int, strides: tuple[int, ...] = (8, 16, 32)) -> int:
-    """Grid locations of a standard three-level YOLO head for this input size."""
+def anchor_count(width: int, height: int, strides: tuple[int, ...] = (8, 16, 32), round_up: bool = True) -> int:
+    """Grid locations of a standard three-level YOLO head for this input size. Stride-2 convolutions with
+    padding round each level's size up, so a size that is not a multiple of 32 (600x400) has ceil(w/s) x
+    ceil(h/s) locations per level (ROUND_UP false: floor, as unpadded ones do)."""
+    if round_up:
+        return sum(-(-width // s) * -(-height // s) for s in strides)
     return sum((width // s) * (height // s) for s in strides)
 
 
@@ -56,7 +60,8 @@ def detect_layout(shape: tuple[int, ...], num_classes: int | None, input_wh: tup
     if end2end_hint and b == 6:
         return Layout.END2END
     # [1, K, 6] is also a one-class YOLOv5 head; those have 3 anchors per location of a P5 or P6 head.
-    v5_rows = {3 * anchor_count(*input_wh), 3 * anchor_count(*input_wh, strides=(8, 16, 32, 64))}
+    v5_rows = {3 * anchor_count(*input_wh, strides=strides, round_up=up)
+               for strides in ((8, 16, 32), (8, 16, 32, 64)) for up in (True, False)}
     if b == 6 and a not in v5_rows:
         return Layout.END2END
     if a < b:

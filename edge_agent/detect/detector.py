@@ -307,8 +307,12 @@ def _box_units(outputs: list[np.ndarray], layout: Layout, path: Path, configured
 
 def _load_check(outputs: list[np.ndarray], layout: Layout, path: Path, enabled: bool) -> None:
     """With the check enabled, all-zero or non-finite scores on the probe images refuse the model."""
-    scores = [_max_score(out, layout) for out in outputs]
+    scores = [_max_score(out, layout) for out in outputs if candidates(out, layout).scores.size]
     if not enabled:
+        return
+    if not scores:  # an end-to-end head (NMS inside) may keep no row at all: nothing to judge its scores by
+        log.warning("%s returned no box at all on a test pattern and a sample road image, so its scores could not "
+                    "be checked; `edge-agent model eval` on your images shows whether it works", path)
         return
     if not all(np.isfinite(s) for s in scores):
         raise ModelError(f"{path}: the model outputs NaN/inf scores on a test pattern and a sample image")
@@ -318,8 +322,12 @@ def _load_check(outputs: list[np.ndarray], layout: Layout, path: Path, enabled: 
 
 
 def _max_score(output: np.ndarray, layout: Layout) -> float:
+    """The highest score of one output; 0 when it holds no box at all (an end-to-end head with NMS inside
+    returns 0 rows on an image with nothing above its own threshold: that is "nothing", not NaN scores)."""
     scores = candidates(output, layout).scores
-    return float(np.max(scores)) if scores.size and np.isfinite(scores).all() else float("nan")
+    if not scores.size:
+        return 0.0
+    return float(np.max(scores)) if np.isfinite(scores).all() else float("nan")
 
 
 def test_pattern(width: int, height: int) -> np.ndarray:

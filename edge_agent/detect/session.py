@@ -43,7 +43,8 @@ def open_session(path: Path, preferred: list[str], threads: int = 0) -> ort.Infe
             last = exc
             if _not_a_model(exc):
                 break
-            log.warning("execution provider %s failed to start (%s); trying the next one", provider, exc)
+            if i + 1 < len(chain):  # the last one failing is the model's problem, said once below
+                log.warning("execution provider %s failed to start (%s); trying the next one", provider, _short(exc))
             continue
         return session
     raise ModelError(f"{path} could not be loaded as an ONNX model: {_short(last)}")
@@ -55,5 +56,7 @@ def _not_a_model(exc: Exception) -> bool:
 
 
 def _short(exc: Exception | None) -> str:
+    """ONNX Runtime's first line, shortened in the middle: its cause comes last ("... Opset 30 is under
+    development"), after a long C++ signature."""
     text = str(exc).strip().splitlines()[0] if exc else "unknown error"
-    return text[:300]
+    return text if len(text) <= 520 else f"{text[:100]} … {text[-400:]}"

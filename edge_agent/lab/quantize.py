@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MIN_SPEEDUP = 1.05
 QUANT_OPS = {"QuantizeLinear", "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
 TAIL_START_OPS = {"Reshape", "Transpose", "Sigmoid", "Softplus", "Softmax", "Flatten"}
+CONV_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
 @dataclass(frozen=True)
@@ -110,15 +111,22 @@ class ImageReader(CalibrationDataReader):
 
 
 def tail_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of nodes downstream of the first decoding op on every path (kept in float)."""
+    """Names of nodes downstream of the first decoding op on every path (kept in float).
+
+    A decoding op is one of TAIL_START_OPS with no convolution after it: SiLU (x * Sigmoid(x), every YOLOv5/v8
+    export) puts a Sigmoid before nearly every Conv, and an NHWC model a Transpose before the first, so "the
+    first Sigmoid or Transpose anywhere" kept almost the whole network in float (1 of 66 Convs quantized)."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    # ONNX lists nodes in topological order, so walking it backwards meets every consumer before its producer.
+    conv_after: dict[str, bool] = {}
+    for node in reversed(model.graph.node):
+        nxt = [c for out in node.output for c in consumers.get(out, [])]
+        conv_after[node.name] = any(c.op_type in CONV_OPS or conv_after.get(c.name, False) for c in nxt)
     tail: set[str] = set()
-    # A Transpose fed by the image input itself is an NHWC model's layout change, not decoding.
-    inputs = {i.name for i in model.graph.input}
-    stack = [n for n in model.graph.node if n.op_type in TAIL_START_OPS and not inputs & set(n.input)]
+    stack = [n for n in model.graph.node if n.op_type in TAIL_START_OPS and not conv_after[n.name]]
     while stack:
         node = stack.pop()
         if node.name in tail:
@@ -172,6 +180,10 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
     fp32 = load_detector(base_cfg)
     size = fp32.info.input_size
     channels_last = fp32.info.input_layout == "NHWC"
+    input_type = onnx.load(str(src), load_external_data=False).graph.input[0].type.tensor_type.elem_type
+    if input_type != onnx.TensorProto.FLOAT:  # calibration feeds float32 images; each format would fail alike
+        raise ValueError(f"{src}: quantize takes a model with a float32 input, this one takes "
+                         f"{onnx.TensorProto.DataType.Name(input_type).lower()}: quantize its FP32 export")
 
     def accuracy(det: Detector) -> float | None:
         res = evaluate_dataset(det, eval_dir, pseudo_labels_from=None if has_labels else fp32)
@@ -182,7 +194,10 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
 
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
-        pre, exclude = prepare(src, Path(tmp), size, channels_last)
+        try:
+            pre, exclude = prepare(src, Path(tmp), size, channels_last)
+        except Exception as exc:  # onnx's checker and shape tools raise their own types (an unsorted graph)
+            raise ValueError(f"{src}: cannot prepare it for quantization: {str(exc).splitlines()[0][:300]}") from exc
         # FP32 is timed in the same fixed-shape, pre-processed form, so the comparison is like for like.
         fp32 = load_detector(base_cfg.model_copy(update={"model": str(pre)}))
         say(f"FP32: measuring accuracy ({accuracy_source}) and latency")

@@ -106,6 +106,7 @@ class Track:
     best_frame: np.ndarray | None = None             # only when full frames are configured
     class_scores: dict[int, float] = field(default_factory=dict)  # summed class_vote per class id
     class_names: dict[int, str] = field(default_factory=dict)
+    line_classes: frozenset[str] = LINE_CLASSES      # folded names measured as lines (tracker.line_classes)
 
     def vote(self, class_id: int, class_name: str, weight: float) -> None:
         """Count a detection's class with WEIGHT (class_vote); the track takes the class with the most."""
@@ -130,7 +131,7 @@ class Track:
 
     def ground_of(self, obs: Observation) -> GroundBox:
         """OBS's ground geometry for this track's class: measured as a line for a line class (a crack)."""
-        return obs.line if self.class_name in LINE_CLASSES and obs.line is not None else obs.ground
+        return obs.line if self.class_name.lower() in self.line_classes and obs.line is not None else obs.ground
 
     @property
     def hits(self) -> int:
@@ -257,6 +258,7 @@ class Tracker:
         """confirm_scores: per class id, the recent median a track needs (classes score on different scales);
         classes not in it use cfg.confirm_score."""
         self.cfg = cfg
+        self.line_classes = frozenset(name.strip().lower() for name in cfg.line_classes)
         self.confirm_scores = dict(confirm_scores or {})
         self.geo = geolocator
         self.projector = geolocator.projector
@@ -301,7 +303,7 @@ class Tracker:
         for di, (det, box) in enumerate(dets):
             if di not in matched_dets:
                 track = Track(id=next(self._ids), class_id=int(det.class_id), class_name=det.class_name,
-                              first_mono=t_mono)
+                              first_mono=t_mono, line_classes=self.line_classes)
                 self.tracks.append(track)
                 self.stats["tracks"] += 1
                 self._add(track, det, box, t_mono, image, pose, heading_deg, utc, votes[di])

@@ -145,6 +145,7 @@ def serve_model_updates(agent: Agent) -> ModelUpdater:
         detector = load_detector(cfg.detector.model_copy(update={"model": model}))
         ref = ModelRef.of(detector.info)
         pipeline.detector = detector  # one reference assignment: the next frame uses the new model
+        pipeline.say_unknown_classes()
         pipeline.model = ref
         pipeline.coverage.model_sha256 = ref.sha256
         health.update(detector="ok", model={"name": ref.name, "version": ref.version, "sha256": ref.sha256})

@@ -76,6 +76,7 @@ class Pipeline:
         self.health = health or HealthBoard()
         self.model = ModelRef.of(detector.info)
         self._use_projector(projector)
+        self.say_unknown_classes()
         footprint = footprint_summary(projector.footprint(cfg.events.coverage_footprint_m), projector.mount.lateral_m)
         self.coverage = CoverageRecorder(cfg.device.id, cfg.events, outbox.add_coverage, self.model.sha256, footprint)
         self.recent = RecentReports(cfg.tracker)
@@ -99,6 +100,17 @@ class Pipeline:
                                 getattr(self.detector, "thresholds", ()))
         self.tracker = Tracker(self.cfg.tracker, self.geo, thumbnail_px=self.cfg.events.thumbnail_max_px,
                                keep_full_frame=self.cfg.events.full_frame, confirm_scores=scores)
+
+    def say_unknown_classes(self) -> None:
+        """A model with its own class names (RDD2022's, "alligator crack"): name each that the config does not
+        know, so its severity weight and its shape are chosen, not silently defaulted."""
+        weights = {k.lower() for k in self.cfg.events.class_weights}
+        lines = {k.strip().lower() for k in self.cfg.tracker.line_classes}
+        for name in self.detector.info.classes:
+            if name.lower() not in weights and name.lower() not in lines:
+                log.warning("model class %r is not in events.class_weights (its severity is weighted %.2f, "
+                            "events.default_class_weight) and not in tracker.line_classes (it is measured as a "
+                            "blob); add it to either if that is wrong", name, self.cfg.events.default_class_weight)
 
     def _check_frame_size(self, image: np.ndarray) -> None:
         """On the first frame: a camera streaming another resolution than the calibration's gets the
