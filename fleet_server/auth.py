@@ -95,10 +95,12 @@ def rotate_token(conn: psycopg.Connection, token_id: int, overlap: timedelta, ex
     """A new token with TOKEN_ID's name, role and device; the old one keeps working for OVERLAP (so clients
     can switch over) and then expires. Returns (new token, its id); LookupError when TOKEN_ID is not active."""
     with conn.transaction():
-        row = conn.execute(f"SELECT name, role, device_id FROM api_tokens WHERE id = %s AND {ACTIVE} FOR UPDATE",
-                           (token_id,)).fetchone()
+        row = conn.execute(f"SELECT name, role, device_id, replaced_by FROM api_tokens WHERE id = %s AND {ACTIVE} "
+                           "FOR UPDATE", (token_id,)).fetchone()
         if row is None:
             raise LookupError(f"no active token {token_id}")
+        if row[3] is not None:  # a second rotation left two live replacements for one holder
+            raise LookupError(f"token {token_id} was already rotated: token {row[3]} replaces it (rotate that one)")
         token, new_id = insert_token(conn, row[1], row[0], row[2], expires_in)
         conn.execute("UPDATE api_tokens SET replaced_by = %s, expires_at = LEAST(coalesce(expires_at, 'infinity'), "
                      "now() + %s) WHERE id = %s", (new_id, overlap, token_id))

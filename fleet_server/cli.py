@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 import signal
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import psycopg
@@ -71,6 +70,10 @@ def _root(config: Path | None = ConfigOpt, verbose: bool = typer.Option(False, "
 def cfg() -> ServerConfig:
     assert state.cfg is not None
     return state.cfg
+
+
+# A token's lifetime in days at most: a century is "for ever" for a fleet, and 3,000,000 days overflowed the date.
+MAX_TOKEN_DAYS = 36500
 
 
 def _fail(message: str) -> None:
@@ -175,12 +178,18 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
     if mqtt_accounts.reserved(device_id, c.mqtt.username):
         _fail(f"device id {device_id!r} is reserved: {c.mqtt.username!r} and names beginning with "
               f"{mqtt_accounts.RESERVED_PREFIX!r} belong to the server")
-    password = secrets.token_urlsafe(24)
+    password = mqtt_accounts.new_password()
     with connect(c.database) as conn, conn.transaction():
         _add_or_reissue(conn, device_id, name, reissue)
         token = auth.create_token(conn, "device", f"device {device_id}", device_id=device_id,
                                   expires_in=timedelta(days=c.api.device_token_days))
-    broker_note = _write_broker_login(c, device_id, password)
+        # Before the commit: a broker login that cannot be written leaves no device behind (a row and a token
+        # without a login, whose re-try then said "already exists").
+        try:
+            broker_note = _write_broker_login(c, device_id, password)
+        except OSError as exc:
+            _fail(f"device {device_id!r} not added: cannot write the broker login to "
+                  f"{c.broker_files.passwd_file}: {exc.strerror or exc}")
     creds = {"device_id": device_id, "mqtt_host": c.mqtt.host, "mqtt_port": c.mqtt.port,
              "mqtt_username": device_id, "mqtt_password": password, "http_token": token}
     if as_json:
@@ -202,11 +211,11 @@ def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, 
             _fail(f"no device {device_id!r} to re-issue credentials for: add it without --reissue")
         conn.execute("INSERT INTO devices (id, name) VALUES (%s, %s)", (device_id, name))
         return
+    if row[0] is not None:
+        _fail(f"device {device_id!r} is revoked: a revoked id is not given credentials again")
     if not reissue:
         _fail(f"device {device_id!r} already exists: `device add --reissue {device_id}` gives it new credentials "
               "(its current ones stop working)")
-    if row[0] is not None:
-        _fail(f"device {device_id!r} is revoked: a revoked id is not given credentials again")
     if name is not None:
         conn.execute("UPDATE devices SET name = %s WHERE id = %s", (name, device_id))
     revoked = auth.revoke_tokens(conn, device_id=device_id)
@@ -311,7 +320,7 @@ def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 @token_app.command("create")
 def token_create(role: str = typer.Option(..., "--role", help="viewer, manager or admin"),
                  name: str = typer.Option(..., "--name", help="Who or what uses it"),
-                 days: int | None = typer.Option(None, "--days", min=1,
+                 days: int | None = typer.Option(None, "--days", min=1, max=MAX_TOKEN_DAYS,
                                                  help="Lifetime; api.user_token_days when not given"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Create an API token; it is printed once (only its hash is stored)."""
@@ -329,7 +338,7 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
 
 @token_app.command("rotate")
 def token_rotate(token_id: int,
-                 overlap_hours: float = typer.Option(24.0, "--overlap-hours", min=0,
+                 overlap_hours: float = typer.Option(24.0, "--overlap-hours", min=0, max=MAX_TOKEN_DAYS * 24,
                                                      help="How long the old token keeps working"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """A new token for TOKEN_ID's holder (same name, role, device); the old one expires after the overlap.
@@ -342,10 +351,14 @@ def token_rotate(token_id: int,
             token, new_id = auth.rotate_token(conn, token_id, timedelta(hours=overlap_hours), timedelta(days=days))
         except LookupError as exc:
             _fail(str(exc))
+        # The old token keeps its own expiry when that comes before the overlap ends.
+        old_until = conn.execute("SELECT expires_at FROM api_tokens WHERE id = %s", (token_id,)).fetchone()[0]
     if as_json:
-        print(json.dumps({"id": new_id, "replaces": token_id, "token": token}))
+        print(json.dumps({"id": new_id, "replaces": token_id, "token": token,
+                          "replaced_until": old_until.astimezone(UTC).isoformat()}))
     else:
-        console.print(f"token {new_id} replaces {token_id}, which stops working in {overlap_hours:g} h (shown once):")
+        console.print(f"token {new_id} replaces {token_id}, which stops working at "
+                      f"{old_until.astimezone(UTC):%Y-%m-%d %H:%M} UTC (shown once):")
         print(token)
 
 
@@ -431,8 +444,24 @@ def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir
 
 
 def main() -> None:
+    # What an operator gets wrong at start (a DSN file that is not there, a wrong password, PostgreSQL down, a
+    # database without PostGIS) is one line, not psycopg's traceback.
     try:
         app()
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         sys.exit(1)
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]cannot use the database: {_first_line(exc)}[/red]", highlight=False)
+        sys.exit(1)
+    except psycopg.Error as exc:
+        err.print(f"[red]the database refused: {_first_line(exc)}[/red]", highlight=False)
+        sys.exit(1)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        err.print(f"[red]cannot start:{where}: {exc.strerror or exc}[/red]", highlight=False)
+        sys.exit(1)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

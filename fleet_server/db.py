@@ -34,7 +34,10 @@ def make_pool(cfg: DatabaseConfig, dsn: Callable[[], str | None] | None = None,
     return ConnectionPool(dsn or cfg.resolve_dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
                           kwargs={"autocommit": True, "connect_timeout": int(cfg.connect_timeout_s),
                                   "options": SESSION_OPTIONS},
-                          timeout=cfg.connect_timeout_s, name=name)
+                          timeout=cfg.connect_timeout_s, name=name,
+                          # A pooled connection PostgreSQL closed (a restart, a failover) is found and replaced
+                          # when it is handed out, not reported to a client as a 503 (a cheap SELECT 1).
+                          check=ConnectionPool.check_connection)
 
 
 class Reconnecting:

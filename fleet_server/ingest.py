@@ -238,6 +238,7 @@ class IngestWorker:
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker's SUBACK came: from now on nothing published is missed
         self._subscribe_mid: int | None = None
+        self._connect_failures = 0  # connection attempts in a row that failed (logged now and then)
         self.unsubscribed = threading.Event()
         self._unsubscribe_mid: int | None = None
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
@@ -263,6 +264,7 @@ class IngestWorker:
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
@@ -280,12 +282,21 @@ class IngestWorker:
             log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         metrics.INGEST_BROKER_CONNECTS.inc()
+        self._connect_failures = 0
         # Retained messages are the devices' last statuses: PostGIS has them already, and a new worker would
         # otherwise get one per vehicle at every start (10,000 at 10k vehicles). Retain handling 2: do not send.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         _, self._subscribe_mid = client.subscribe([(f, options) for f in subscriptions(self.cfg)])
         self.connected.set()
         log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg)))
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho retries on its own; without this a broker down at start was silent until it came back.
+        self._connect_failures += 1
+        if self._connect_failures % 20 == 1:
+            m = self.cfg.mqtt
+            log.warning("%s: cannot reach the broker at %s:%s (attempt %d); retrying every %g-%g s", self.client_id,
+                        m.host, m.port, self._connect_failures, m.reconnect_min_s, m.reconnect_max_s)
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if mid == self._unsubscribe_mid:

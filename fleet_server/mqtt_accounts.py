@@ -1,18 +1,85 @@
 """Mosquitto password-file accounts: the one place that writes broker logins.
 
-Used by `fleet-server device add/revoke` and by the project's service script. Passwords are hashed
-by `mosquitto_passwd` (PBKDF2-SHA512), so the broker and this code always agree on the format.
+Used by `fleet-server device add/revoke/import` and by the project's service script. Passwords are hashed
+here in mosquitto_passwd's own format (a password on `mosquitto_passwd -b`'s command line was readable by any
+local user in /proc). Every writer holds one lock on the file and replaces it whole, so a revoke or an add
+during a bulk import is neither lost nor undone, and the broker never reads half a file.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
 import logging
 import os
+import secrets
 import signal
-import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# mosquitto_passwd 2.0's format: $7$<iterations>$<12-byte salt, base64>$<PBKDF2-SHA512, base64>. 101 iterations
+# is what mosquitto_passwd itself uses by default, so the broker checks a login at the same cost either way.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """PASSWORD hashed as `mosquitto_passwd` writes it (PBKDF2-SHA512)."""
+    salt = salt if salt is not None else os.urandom(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def new_password() -> str:
+    """A device's broker password (192 bits). Never one starting with "-": the credentials sheet goes to a
+    technician's spreadsheet, which reads such a cell as a formula and shows something else."""
+    while (password := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return password
+
+
+@contextmanager
+def locked(passwd_file: Path) -> Iterator[None]:
+    """Serialise writers of the password file (two imports, or an import and `device add`, at once)."""
+    passwd_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(passwd_file.with_name(passwd_file.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_new(path: Path, text: str, like: Path | None = None) -> Path:
+    """TEXT in a new mode-600 file next to PATH (fsynced); returns the temporary name to rename over PATH.
+    It takes LIKE's owner when it can (a broker running as its own user must still read it)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if like is not None and like.exists():
+            st = like.stat()
+            with suppress(PermissionError):
+                os.chown(tmp, st.st_uid, st.st_gid)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _lines(passwd_file: Path) -> list[str]:
+    return passwd_file.read_text().splitlines() if passwd_file.exists() else []
+
+
+def _replace(passwd_file: Path, lines: list[str]) -> None:
+    write_new(passwd_file, "".join(line + "\n" for line in lines), like=passwd_file).replace(passwd_file)
 
 
 # Broker logins a device may never take: the server's own (it reads every device's topics and publishes
@@ -28,24 +95,21 @@ def reserved(device_id: str, server_user: str) -> bool:
 
 def set_password(passwd_file: Path, user: str, password: str) -> None:
     """Create or update USER in the broker's password file."""
-    if ":" in user or not user:
+    if ":" in user or not user or "\n" in user:
         raise ValueError(f"invalid MQTT user name {user!r}")
-    passwd_file.parent.mkdir(parents=True, exist_ok=True)
-    args = ["mosquitto_passwd", "-b", str(passwd_file), user, password]
-    if not passwd_file.exists():
-        args.insert(1, "-c")
-    subprocess.run(args, check=True, capture_output=True)
+    with locked(passwd_file):
+        kept = [line for line in _lines(passwd_file) if line.split(":", 1)[0] != user]
+        _replace(passwd_file, [*kept, f"{user}:{mosquitto_hash(password)}"])
 
 
 def remove_user(passwd_file: Path, user: str) -> bool:
     """Remove USER from the password file; False when it was not there."""
-    if not passwd_file.exists():
-        return False
-    lines = passwd_file.read_text().splitlines()
-    kept = [line for line in lines if line.split(":", 1)[0] != user]
-    if len(kept) == len(lines):
-        return False
-    passwd_file.write_text("".join(line + "\n" for line in kept))
+    with locked(passwd_file):
+        lines = _lines(passwd_file)
+        kept = [line for line in lines if line.split(":", 1)[0] != user]
+        if len(kept) == len(lines):
+            return False
+        _replace(passwd_file, kept)
     return True
 
 

@@ -1,9 +1,9 @@
 """Bulk device provisioning: `fleet-server device import FILE.csv`.
 
-`device add` runs `mosquitto_passwd` and reloads the broker once per device (0.66 s each: 11 minutes for
+`device add` reloads the broker once per device (it ran `mosquitto_passwd`, 0.66 s each: 11 minutes for
 1,000 vehicles). An import checks every row first, hashes the passwords in-process in Mosquitto's own
-PBKDF2-SHA512 format, writes the password file once (a new file renamed over the old one, so the broker never
-reads half of it), inserts every device in one transaction and reloads the broker once.
+PBKDF2-SHA512 format (mqtt_accounts), writes the password file once (a new file renamed over the old one, so
+the broker never reads half of it), inserts every device in one transaction and reloads the broker once.
 
 Input: CSV, one device a row: its id, then optional group names (more cells, or one cell with `;` between
 them). Blank lines and lines starting with `#` are ignored; a first row whose first cell is `device_id` or `id`
@@ -17,17 +17,13 @@ technician hands to the installer. Passwords are not kept anywhere else.
 
 from __future__ import annotations
 
-import base64
 import csv
-import fcntl
-import hashlib
 import io
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,10 +35,6 @@ from fleet_server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
-# mosquitto_passwd 2.0's format: $7$<iterations>$<12-byte salt, base64>$<PBKDF2-SHA512, base64>. 101 iterations
-# is what mosquitto_passwd itself uses by default, so the broker checks a login at the same cost either way.
-PBKDF2_ITERATIONS = 101
-SALT_BYTES = 12
 HEADER_IDS = ("device_id", "id")
 OUT_COLUMNS = ("device_id", "groups", "mqtt_host", "mqtt_port", "mqtt_username", "mqtt_password")
 
@@ -69,13 +61,6 @@ class Imported:
     out_file: Path | None = None
     broker_reloaded: bool = False
     passwd_file: Path | None = None
-
-
-def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
-    """PASSWORD hashed as `mosquitto_passwd` writes it (PBKDF2-SHA512)."""
-    salt = salt if salt is not None else os.urandom(SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def parse_rows(text: str, id_pattern, server_user: str) -> list[Row]:
@@ -119,38 +104,6 @@ def _passwd_users(passwd_file: Path | None) -> set[str]:
     return {line.split(":", 1)[0] for line in passwd_file.read_text().splitlines() if ":" in line}
 
 
-@contextmanager
-def _locked(passwd_file: Path) -> Iterator[None]:
-    """Serialise writers of the password file (two imports, or an import and `device add`, at once)."""
-    passwd_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(passwd_file.with_name(passwd_file.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_new(path: Path, text: str, like: Path | None = None) -> Path:
-    """TEXT in a new mode-600 file next to PATH (fsynced); returns the temporary name to rename over PATH.
-    It takes LIKE's owner when it can (a broker running as its own user must still read it)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if like is not None and like.exists():
-            st = like.stat()
-            with suppress(PermissionError):
-                os.chown(tmp, st.st_uid, st.st_gid)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 def _credentials_csv(rows: list[Row], passwords: dict[str, str], tokens: dict[str, str], cfg: ServerConfig) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -182,7 +135,7 @@ def import_devices(conn: psycopg.Connection, cfg: ServerConfig, rows: list[Row],
     if not out_file.parent.is_dir():
         raise ImportRefused([f"{out_file.parent} is not a folder"])
     result = Imported(out_file=out_file, passwd_file=files.passwd_file)
-    lock = _locked(files.passwd_file) if files.passwd_file is not None else _nothing()
+    lock = mqtt_accounts.locked(files.passwd_file) if files.passwd_file is not None else _nothing()
     with lock:
         in_db = {r[0] for r in conn.execute("SELECT id FROM devices WHERE id = ANY(%s)",
                                             ([r.device_id for r in rows],))}
@@ -195,10 +148,10 @@ def import_devices(conn: psycopg.Connection, cfg: ServerConfig, rows: list[Row],
         rows = [r for r in rows if r.device_id not in existing]
         if not rows:
             return result
-        passwords = {r.device_id: secrets.token_urlsafe(24) for r in rows}
+        passwords = {r.device_id: mqtt_accounts.new_password() for r in rows}
         token_rows = _hash_tokens([r.device_id for r in rows]) if http_tokens else {}
         tokens = {d: t[0] for d, t in token_rows.items()}
-        creds_tmp = _write_new(out_file, _credentials_csv(rows, passwords, tokens, cfg))
+        creds_tmp = mqtt_accounts.write_new(out_file, _credentials_csv(rows, passwords, tokens, cfg))
         passwd_tmp: Path | None = None
         old_passwd: str | None = None
         replaced = out_written = False
@@ -206,8 +159,8 @@ def import_devices(conn: psycopg.Connection, cfg: ServerConfig, rows: list[Row],
             if files.passwd_file is not None:
                 old_passwd = files.passwd_file.read_text() if files.passwd_file.exists() else ""
                 head = old_passwd + ("\n" if old_passwd and not old_passwd.endswith("\n") else "")
-                passwd_tmp = _write_new(files.passwd_file, head + "".join(
-                    f"{d}:{mosquitto_hash(p)}\n" for d, p in passwords.items()), like=files.passwd_file)
+                passwd_tmp = mqtt_accounts.write_new(files.passwd_file, head + "".join(
+                    f"{d}:{mqtt_accounts.mosquitto_hash(p)}\n" for d, p in passwords.items()), like=files.passwd_file)
             with conn.transaction():
                 _insert(conn, rows, token_rows, cfg)
                 # Inside the transaction: a failed rename rolls the devices back; after the renames only the
@@ -222,7 +175,8 @@ def import_devices(conn: psycopg.Connection, cfg: ServerConfig, rows: list[Row],
             if passwd_tmp is not None and not replaced:
                 passwd_tmp.unlink(missing_ok=True)
             if replaced and files.passwd_file is not None and old_passwd is not None:
-                _write_new(files.passwd_file, old_passwd, like=files.passwd_file).replace(files.passwd_file)
+                back = mqtt_accounts.write_new(files.passwd_file, old_passwd, like=files.passwd_file)
+                back.replace(files.passwd_file)
             if out_written:
                 out_file.unlink(missing_ok=True)  # these logins do not exist: the sheet must not either
             raise

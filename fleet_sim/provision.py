@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from fleet_server import mqtt_accounts
-from fleet_server.provision import mosquitto_hash
+from fleet_server.mqtt_accounts import mosquitto_hash
 
 log = logging.getLogger(__name__)
 

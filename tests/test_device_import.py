@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fleet_server.cli import app
 from fleet_server.migrate import migrate
-from fleet_server.provision import mosquitto_hash
+from fleet_server.mqtt_accounts import mosquitto_hash
 from tests.server_fixtures import wait_for
 
 
@@ -135,3 +135,34 @@ def test_bad_rows_name_their_lines_and_write_nothing(fresh_db, service_info, bro
 def test_hash_is_mosquitto_passwd_format() -> None:
     salt = bytes(range(12))
     assert mosquitto_hash("pw", salt).startswith("$7$101$AAECAwQFBgcICQoL$")
+
+
+def test_broker_logins_are_written_in_process_under_the_import_lock(tmp_path, monkeypatch) -> None:
+    # `mosquitto_passwd -b FILE USER PASSWORD` showed every new password to any local user (/proc/*/cmdline);
+    # add and revoke wrote the file without the import's lock, so one during a bulk import was lost or undone.
+    import subprocess
+    import threading
+
+    from fleet_server import mqtt_accounts
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"no program is run: {a}"))
+    passwd = tmp_path / "passwd"
+    mqtt_accounts.set_password(passwd, "veh-1", "pw-1")
+    done = threading.Event()
+    with mqtt_accounts.locked(passwd):  # an import holds the file
+        threading.Thread(target=lambda: (mqtt_accounts.set_password(passwd, "veh-2", "pw-2"), done.set())).start()
+        assert not done.wait(0.3), "wrote while an import held the file"
+        # the import writes its own lines meanwhile (as import_devices does: a new file renamed over it)
+        mqtt_accounts.write_new(passwd, passwd.read_text() + "imp-1:x\n", like=passwd).replace(passwd)
+    assert done.wait(5)
+    users = [line.split(":", 1)[0] for line in passwd.read_text().splitlines()]
+    assert users == ["veh-1", "imp-1", "veh-2"] and passwd.stat().st_mode & 0o777 == 0o600
+    assert mqtt_accounts.remove_user(passwd, "veh-1") and not mqtt_accounts.remove_user(passwd, "veh-1")
+    assert passwd.read_text().splitlines()[1].startswith("veh-2:$7$101$")
+
+
+def test_broker_passwords_never_start_like_a_spreadsheet_formula() -> None:
+    from fleet_server import mqtt_accounts
+
+    passwords = [mqtt_accounts.new_password() for _ in range(3000)]  # ~1 in 64 began with "-" before
+    assert not [p for p in passwords if p.startswith("-")] and all(len(p) == 32 for p in passwords)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -145,6 +147,10 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
         who = auth.verify(conn, new["token"])
         assert who is not None and who.device_id == "cli-rot" and who.role == "device"
     assert cli.run("token", "rotate", str(device_token_id)).exit_code == 1
+    # A token rotated once is not rotated again (that left two live replacements for one holder).
+    first_rotation = json.loads(cli.run("token", "rotate", str(created["id"]), "--json").output)
+    again = cli.run("token", "rotate", str(created["id"]))
+    assert again.exit_code == 1 and f"token {first_rotation['id']} replaces it" in again.output
     listing = cli.run("token", "ls").output
     assert "expires" in listing and "replaced" in listing
     # The id printed at creation is the one `token ls`, `revoke` and `rotate` take; piped, no cell is cut short.
@@ -186,7 +192,8 @@ def test_cli_device_add_refuses_an_existing_id_unless_reissue(cli, fresh_db, bro
     assert cli.run("device", "revoke", device).exit_code == 0
     for args in ([], ["--reissue"]):
         refused = cli.run("device", "add", device, *args)
-        assert refused.exit_code == 1 and device in refused.output, refused.output
+        # Not "use --reissue", which would then be refused as well.
+        assert refused.exit_code == 1 and "is revoked" in refused.output and "gives it new" not in refused.output
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         assert conn.execute("SELECT revoked_at IS NOT NULL FROM devices WHERE id = %s", (device,)).fetchone()[0]
         assert auth.verify(conn, second["http_token"]) is None
@@ -234,3 +241,43 @@ def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, tmp_path)
 
     sent = cli.run("cmd", "send", live, "config-reload")
     assert sent.exit_code == 0 and "command_id" in sent.output and "expires" in sent.output, sent.output
+
+
+def test_device_add_that_cannot_write_the_broker_login_leaves_nothing_behind(cli, fresh_db, tmp_path) -> None:
+    # The row and token were committed first: the add failed with a traceback and its retry said "already
+    # exists".
+    (tmp_path / "a-file").write_text("")
+    conf = Path(cli.conf)
+    conf.write_text(re.sub(r'passwd_file = ".*"', f'passwd_file = "{tmp_path / "a-file" / "passwd"}"',
+                           conf.read_text()))
+    result = cli.run("device", "add", "half-1")
+    assert result.exit_code == 1 and "not added: cannot write the broker login" in result.output, result.output
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM devices WHERE id = 'half-1'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM api_tokens WHERE device_id = 'half-1'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ("wrong-password", "password authentication failed"),
+    ("nobody-listens", "cannot use the database"),
+])
+def test_start_up_faults_are_one_line(env: str, says: str, service_info, tmp_path) -> None:
+    # A wrong password or a database that is down ended in psycopg's traceback.
+    conf = tmp_path / "server.toml"
+    conf.write_text("[database]\nconnect_timeout_s = 3\n")
+    dsn = psycopg.conninfo.conninfo_to_dict(service_info.dsn)
+    dsn = dsn | ({"password": "wrong"} if env == "wrong-password" else {"port": "1"})
+    environ = {**os.environ, "ROADMON_DATABASE_DSN": psycopg.conninfo.make_conninfo(**dsn)}
+    done = subprocess.run([sys.executable, "-m", "fleet_server", "-c", str(conf), "token", "ls"], env=environ,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2
+
+
+def test_missing_dsn_file_is_one_line(tmp_path) -> None:
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[database]\ndsn_file = "{tmp_path / "nodsn"}"\n')
+    environ = {k: v for k, v in os.environ.items() if k != "ROADMON_DATABASE_DSN"}
+    done = subprocess.run([sys.executable, "-m", "fleet_server", "-c", str(conf), "migrate"], env=environ,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "nodsn" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -148,3 +148,23 @@ def test_status_last_will_and_command_results(make_cfg, workers, mqtt_device, se
     client.loop_stop()
     client.socket().close()
     assert wait_for(lambda: state()[0] == "offline", timeout_s=20), state()
+
+
+def test_api_connections_postgresql_closed_are_replaced_not_a_503(make_cfg) -> None:
+    # A PostgreSQL restart closes every pooled connection; the next requests got 503 "database unavailable"
+    # until each dead connection had been handed out once.
+    from fleet_server.db import make_pool
+
+    cfg = make_cfg()
+    pool = make_pool(cfg.database, name="restart-test")
+    try:
+        pool.wait(10)
+        with pool.connection() as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        for _ in range(3):
+            with pool.connection() as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()
