@@ -264,8 +264,7 @@ def bench_scale(info: services.ServiceInfo, n_events: int, n_devices: int, round
     broker = services.Mosquitto()
     devices = [f"scale-{secrets.token_hex(2)}-{i}" for i in range(n_devices)]
     passwords = {d: secrets.token_urlsafe(12) for d in devices}
-    for d, password in passwords.items():
-        mqtt_accounts.set_password(broker.passwd_file, d, password)
+    mqtt_accounts.set_passwords(broker.passwd_file, passwords)
     mqtt_accounts.reload_broker(broker.pid_file)
     time.sleep(0.5)
     results: dict[int, list[dict]] = {1: [], 2: []}

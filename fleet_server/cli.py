@@ -37,12 +37,9 @@ app.add_typer(model_app, name="model")
 console = Console(soft_wrap=True)  # paths and tokens in messages stay whole (copy-paste)
 err = Console(stderr=True, soft_wrap=True)
 
-
-def print_table(table: Table) -> None:
-    # Piped, a console is 80 columns wide and a table squeezes its cells ("demo-vi…"); a file gets them whole.
-    # (Console.print's width cannot exceed the console's own, hence a wider console.)
-    (console if console.is_terminal else Console(soft_wrap=True, width=250)).print(table)
 DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A token's lifetime in days at most: a century is "for ever" for a fleet, and 3,000,000 days overflowed the date.
+MAX_TOKEN_DAYS = 36500
 ConfigOpt = typer.Option(None, "--config", "-c", envvar="ROADMON_SERVER_CONFIG",
                          help="Server TOML config (defaults when absent; secrets come from files or env)")
 
@@ -72,13 +69,15 @@ def cfg() -> ServerConfig:
     return state.cfg
 
 
-# A token's lifetime in days at most: a century is "for ever" for a fleet, and 3,000,000 days overflowed the date.
-MAX_TOKEN_DAYS = 36500
-
-
 def _fail(message: str) -> None:
     err.print(f"[red]{message}[/red]")
     raise typer.Exit(1)
+
+
+def print_table(table: Table) -> None:
+    # Piped, a console is 80 columns wide and a table squeezes its cells ("demo-vi…"); a file gets them whole.
+    # (Console.print's width cannot exceed the console's own, hence a wider console.)
+    (console if console.is_terminal else Console(soft_wrap=True, width=250)).print(table)
 
 
 @app.command("migrate")

@@ -95,11 +95,17 @@ def reserved(device_id: str, server_user: str) -> bool:
 
 def set_password(passwd_file: Path, user: str, password: str) -> None:
     """Create or update USER in the broker's password file."""
-    if ":" in user or not user or "\n" in user:
-        raise ValueError(f"invalid MQTT user name {user!r}")
+    set_passwords(passwd_file, {user: password})
+
+
+def set_passwords(passwd_file: Path, logins: dict[str, str]) -> None:
+    """Create or update every user -> password of LOGINS in one write of the broker's password file."""
+    bad = [user for user in logins if ":" in user or not user or "\n" in user]
+    if bad:
+        raise ValueError(f"invalid MQTT user name {bad[0]!r}")
     with locked(passwd_file):
-        kept = [line for line in _lines(passwd_file) if line.split(":", 1)[0] != user]
-        _replace(passwd_file, [*kept, f"{user}:{mosquitto_hash(password)}"])
+        kept = [line for line in _lines(passwd_file) if line.split(":", 1)[0] not in logins]
+        _replace(passwd_file, kept + [f"{user}:{mosquitto_hash(pw)}" for user, pw in logins.items()])
 
 
 def remove_user(passwd_file: Path, user: str) -> bool:

@@ -11,7 +11,6 @@ from pathlib import Path
 import psycopg
 
 from fleet_server import mqtt_accounts
-from fleet_server.mqtt_accounts import mosquitto_hash
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,7 @@ def add_rows(dsn: str, device_ids: list[str]) -> None:
 def add_logins(passwd_file: Path, pid_file: Path | None, device_ids: list[str]) -> dict[str, str]:
     """Broker logins for DEVICE_IDS and one reload; returns device id -> MQTT password."""
     creds = {d: secrets.token_urlsafe(18) for d in device_ids}
-    # One write for all of them, in mosquitto_passwd's own format (as `fleet-server device import` does).
-    kept = [line for line in (passwd_file.read_text().splitlines() if passwd_file.exists() else [])
-            if line.split(":", 1)[0] not in creds]
-    lines = kept + [f"{d}:{mosquitto_hash(p)}" for d, p in creds.items()]
-    passwd_file.write_text("".join(line + "\n" for line in lines))
+    mqtt_accounts.set_passwords(passwd_file, creds)  # one write for all of them, as `device import` does
     if pid_file is not None and not mqtt_accounts.reload_broker(pid_file):
         log.warning("broker not reloaded: the new logins apply after its next reload")
     return creds

@@ -24,11 +24,11 @@ GNSS_STYLE = {"ok": "green", "starting": "yellow"}
 
 
 def collect(config: str, outbox: Path | None) -> dict[str, Any]:
-    from edge_agent.link.heartbeat import read_status_file
+    from edge_agent.config.uplink import UplinkConfig
+    from edge_agent.link.heartbeat import read_status_file, status_file_of
 
     path, cfg = resolve_paths(config, outbox)
-    status_name = Path(cfg.uplink.status_file if cfg else "agent-status.json")
-    status_path = status_name if status_name.is_absolute() else path.parent / status_name
+    status_path = status_file_of(path, (cfg.uplink if cfg else UplinkConfig()).status_file)
     agent = read_status_file(status_path)
     foreign = _not_a_status(agent)
     if foreign:
@@ -82,13 +82,10 @@ def _not_a_status(agent: dict[str, Any] | None) -> str | None:
 
 
 def _counter(agent: dict[str, Any] | None, name: str) -> int | None:
-    """A health-board counter from the status file (under "counters", or at the top level); None when the
-    file does not carry it (no agent, or an agent that does not write it)."""
-    if not agent:
-        return None
-    counters = agent.get("counters")
+    """A health-board counter from the status file's "counters"; None when the file does not carry it (no
+    agent, or an older agent that does not write them)."""
+    counters = (agent or {}).get("counters")
     value = counters.get(name) if isinstance(counters, dict) else None
-    value = agent.get(name) if value is None else value
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 

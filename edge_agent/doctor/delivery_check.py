@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_agent.config import AgentConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
-from edge_agent.link.heartbeat import age_s, ago_text, is_stale, read_status_file
+from edge_agent.link.heartbeat import age_s, ago_text, is_stale, read_status_file, status_file_of
 from roadmon_contract import validate
 
 # A row the broker accepted (state 'sent') and the agent had to send this many times has outlived at least two
@@ -27,11 +27,6 @@ RESENT_ATTEMPTS = 3
 PENDING_WARN_S = 10 * 60
 PENDING_FAIL_S = 60 * 60
 AGENT_HINT = "`systemctl status edge-agent`, `journalctl -u edge-agent`"
-
-
-def status_path(cfg: AgentConfig) -> Path:
-    """Where the uplink writes its status file: uplink.status_file, beside the outbox unless absolute."""
-    return cfg.outbox_path.parent / cfg.uplink.status_file
 
 
 def _when(stamp: str | None) -> str:
@@ -64,7 +59,7 @@ def check_agent(ctx: Context) -> CheckResult:
     off = _uplink_off("agent", ctx.cfg)
     if off is not None:
         return off
-    path = status_path(ctx.cfg)
+    path = status_file_of(ctx.cfg.outbox_path, ctx.cfg.uplink.status_file)
     heartbeat_s = ctx.cfg.uplink.heartbeat_s
     data: dict[str, Any] = {"status_file": str(path), "heartbeat_s": heartbeat_s}
     status = read_status_file(path)

@@ -180,10 +180,9 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
     fp32 = load_detector(base_cfg)
     size = fp32.info.input_size
     channels_last = fp32.info.input_layout == "NHWC"
-    input_type = onnx.load(str(src), load_external_data=False).graph.input[0].type.tensor_type.elem_type
-    if input_type != onnx.TensorProto.FLOAT:  # calibration feeds float32 images; each format would fail alike
+    if fp32.info.input_dtype != "float32":  # calibration feeds float32 images; each format would fail alike
         raise ValueError(f"{src}: quantize takes a model with a float32 input, this one takes "
-                         f"{onnx.TensorProto.DataType.Name(input_type).lower()}: quantize its FP32 export")
+                         f"{fp32.info.input_dtype}: quantize its FP32 export")
 
     def accuracy(det: Detector) -> float | None:
         res = evaluate_dataset(det, eval_dir, pseudo_labels_from=None if has_labels else fp32)

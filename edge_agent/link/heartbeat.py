@@ -68,6 +68,12 @@ def age_s(stamp: str | None) -> float | None:
     return round((datetime.now(UTC) - when).total_seconds(), 1)
 
 
+def status_file_of(outbox: Path, status_file: str) -> Path:
+    """Where the uplink writes its status: uplink.status_file beside the outbox OUTBOX (an absolute one stands
+    as it is). The uplink, `edge-agent status` and doctor all look here."""
+    return outbox.parent / status_file
+
+
 # A status file older than this many heartbeats means the agent is not running or hung (it rewrites the file
 # every heartbeat_s, also while offline); `edge-agent status` and doctor judge it the same way.
 STALE_HEARTBEATS = 3

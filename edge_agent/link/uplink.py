@@ -41,7 +41,7 @@ from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.flow import FlowControl
-from edge_agent.link.heartbeat import build_status, write_status_file
+from edge_agent.link.heartbeat import build_status, status_file_of, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
@@ -94,7 +94,7 @@ class Uplink:
         self.device_id = device_id
         self.outbox = outbox
         self.health = health
-        self.status_path = status_path or outbox.path.parent / cfg.status_file
+        self.status_path = status_path or status_file_of(outbox.path, cfg.status_file)
         self.state = "stopped"
         self.last_error: str | None = None
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,

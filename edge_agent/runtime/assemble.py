@@ -103,13 +103,9 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
     health = health or HealthBoard()
     path = Path(outbox or cfg.outbox_path)
     lock = WriterLock(path).acquire() if str(path) != ":memory:" else None
+    box: Outbox | None = None
     try:
         box = Outbox(path, cfg.outbox, health)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    try:
         fallback = None
         if detector is None:
             # A model installed by a remote update (models/current.onnx) supersedes "bundled".
@@ -128,7 +124,8 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
                 config_reload.register(agent.uplink)
             agent.uplink.start()
     except BaseException:
-        box.close()
+        if box is not None:
+            box.close()
         if lock is not None:
             lock.release()
         raise
