@@ -83,7 +83,7 @@ def severity(client: TestClient, headers: dict, defect_id: int) -> float:
 
 def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broker_port, tmp_path: Path) -> None:
     primary, replica = pair
-    client = api(primary, replica.dsn, tmp_path, broker_port, read_max_lag_s=60)
+    client = api(primary, replica.dsn, tmp_path, broker_port, read_max_lag_s=60, read_retry_s=0.3)
     viewer = {"Authorization": f"Bearer {token(primary.dsn, 'viewer', 'vera')}"}
     manager = {"Authorization": f"Bearer {token(primary.dsn, 'manager', 'maria')}"}
     device = {"Authorization": f"Bearer {token(primary.dsn, 'device', 'veh-r', device_id='veh-r')}"}
@@ -96,6 +96,11 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
         defect_id = features[0]["id"]
 
         caught_up(replica)
+        # The replica's pool opens in the background; on a loaded machine its first connection can take longer
+        # than a read waits for it (the primary answers then): wait until it serves.
+        deadline = time.monotonic() + 15
+        while client.get("/health").json()["read_replica"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.2)
         before = served("replica")
         assert severity(client, viewer, defect_id) == pytest.approx(0.4)
         assert served("replica") == before + 1
