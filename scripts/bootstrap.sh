@@ -27,8 +27,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Another apt (unattended-upgrades on a fresh machine, a second checkout's bootstrap) may hold the lock: wait.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
 fi
 # The packaged mosquitto service would take port 1883; ours runs on its own port, so leave it alone.
 

@@ -26,6 +26,7 @@ import numpy as np
 import psycopg
 import pytest
 import uvicorn
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -228,6 +229,17 @@ def sign_in(browser, server: Server, role: str) -> WebDriverWait:
     browser.find_element(By.ID, "login-button").click()
     wait.until(lambda d: d.execute_script("return document.body.dataset.shownDefects !== undefined"))
     return wait
+
+
+def signed_out(browser, wait: WebDriverWait) -> None:
+    """Wait for the login form saying the session ended; on a timeout, say what the page showed instead."""
+    try:
+        wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "session ended"))
+    except TimeoutException:
+        page = browser.execute_script("""const t = (id) => document.getElementById(id)?.textContent;
+            return {login_error: t('login-error'), status: t('status-line'), panel: t('panel-body'),
+                    app_hidden: document.getElementById('app')?.hidden, url: location.href};""")
+        pytest.fail(f"the page did not say the session ended: {page}; console: {browser.get_log('browser')}")
 
 
 def shown(browser) -> int:
@@ -458,7 +470,7 @@ def test_manager_confirms_and_the_page_says_when_it_lost_the_server_or_the_sessi
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = 'test-manager'")
         (button if act == "workflow" else browser.find_element(By.ID, "refresh")).click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "login-error"), "session ended"))
+        signed_out(browser, wait)
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute("UPDATE api_tokens SET revoked_at = NULL WHERE name = 'test-manager'")
         sign_in(browser, server, "manager")
