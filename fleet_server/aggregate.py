@@ -228,38 +228,57 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
     return set(ids)
 
 
+# The stated accuracy counts passes, not sightings: 100 posts of one phone at one spot, or a vehicle's repeats in
+# one pass, share one error and are no 10x better than one (they once made 11 m into 1.1 m). Longitudes are
+# averaged unwrapped: each sighting's within 180 degrees of its defect's latest one, so a pothole
+# on the antimeridian is not averaged to longitude 0 (179.99999 and -179.99999 once gave 0.0), and the result is
+# wrapped back into -180..180 (pos). Differences to the defect's longitude are wrapped the short way (span).
 REFRESH = """
-WITH s AS (
+WITH s0 AS (
     SELECT defect_id, ST_Y(geom::geometry) AS lat, ST_X(geom::geometry) AS lon, GREATEST(h_accuracy_m, 0.1) AS h,
            device_id, captured_at, severity, confidence, size_width_m, size_length_m, axis,
            (payload->'size_m'->>'orientation_deg')::float8 AS orientation,
-           row_number() OVER (PARTITION BY defect_id ORDER BY captured_at DESC) AS rn
+           row_number() OVER w AS rn, first_value(ST_X(geom::geometry)) OVER w AS ref_lon
     FROM sightings WHERE defect_id = ANY(%(ids)s)
+    WINDOW w AS (PARTITION BY defect_id ORDER BY captured_at DESC)
+), s1 AS (      -- a pass: one device's sightings with no gap longer than pass_gap_s; starts = 1 opens one
+    SELECT s0.*, lon - 360 * round((lon - ref_lon) / 360) AS ulon,
+           CASE WHEN captured_at - lag(captured_at) OVER (PARTITION BY defect_id, device_id ORDER BY captured_at)
+                     <= %(gap)s THEN 0 ELSE 1 END AS starts
+    FROM s0
+), s AS (
+    SELECT s1.*, sum(starts) OVER (PARTITION BY defect_id, device_id ORDER BY captured_at) AS pass_no FROM s1
 ), recent AS (SELECT * FROM s WHERE rn <= %(cap)s),
 first_mean AS (   -- weighted by 1/h^2
-    SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(lon / (h * h)) / sum(1 / (h * h)) AS lon,
-           1 / sqrt(sum(1 / (h * h))) AS acc, count(*) AS n
+    SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(ulon / (h * h)) / sum(1 / (h * h)) AS lon,
+           count(*) AS n
     FROM recent GROUP BY defect_id
 ), kept AS (      -- robust: leave out sightings far outside their own accuracy, then average again
     SELECT r.* FROM recent r JOIN first_mean m USING (defect_id)
-    WHERE sqrt(((r.lat - m.lat) * m_per_deg_lat(m.lat)) ^ 2 + ((r.lon - m.lon) * m_per_deg_lon(m.lat)) ^ 2)
+    WHERE sqrt(((r.lat - m.lat) * m_per_deg_lat(m.lat)) ^ 2 + ((r.ulon - m.lon) * m_per_deg_lon(m.lat)) ^ 2)
           <= %(sigma)s * GREATEST(r.h, 1)
 ), second_mean AS (
-    SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(lon / (h * h)) / sum(1 / (h * h)) AS lon,
-           1 / sqrt(sum(1 / (h * h))) AS acc, count(*) AS n
+    SELECT defect_id, sum(lat / (h * h)) / sum(1 / (h * h)) AS lat, sum(ulon / (h * h)) / sum(1 / (h * h)) AS lon,
+           count(*) AS n
     FROM kept GROUP BY defect_id
+), first_acc AS (  -- the sightings of one pass share its GNSS error (and a phone's its offset): one measurement
+    SELECT defect_id, 1 / sqrt(sum(1 / (h * h))) AS acc
+    FROM (SELECT defect_id, min(h) AS h FROM recent GROUP BY defect_id, device_id, pass_no) per_pass
+    GROUP BY defect_id
+), second_acc AS (
+    SELECT defect_id, 1 / sqrt(sum(1 / (h * h))) AS acc
+    FROM (SELECT defect_id, min(h) AS h FROM kept GROUP BY defect_id, device_id, pass_no) per_pass
+    GROUP BY defect_id
 ), pos AS (
-    SELECT f.defect_id,
-           CASE WHEN 2 * s2.n >= f.n THEN s2.lat ELSE f.lat END AS lat,
-           CASE WHEN 2 * s2.n >= f.n THEN s2.lon ELSE f.lon END AS lon,
-           CASE WHEN 2 * s2.n >= f.n THEN s2.acc ELSE f.acc END AS acc
-    FROM first_mean f LEFT JOIN second_mean s2 USING (defect_id)
-), gaps AS (      -- a pass: one device's sightings with no gap longer than pass_gap_s
-    SELECT defect_id, captured_at - lag(captured_at) OVER (PARTITION BY defect_id, device_id ORDER BY captured_at)
-           AS gap
-    FROM s
+    SELECT defect_id, lat, lon - 360 * floor((lon + 180) / 360) AS lon, acc FROM (
+        SELECT f.defect_id,
+               CASE WHEN 2 * s2.n >= f.n THEN s2.lat ELSE f.lat END AS lat,
+               CASE WHEN 2 * s2.n >= f.n THEN s2.lon ELSE f.lon END AS lon,
+               CASE WHEN 2 * s2.n >= f.n THEN a2.acc ELSE a1.acc END AS acc
+        FROM first_mean f JOIN first_acc a1 USING (defect_id) LEFT JOIN second_mean s2 USING (defect_id)
+             LEFT JOIN second_acc a2 USING (defect_id)) unwrapped
 ), passes AS (
-    SELECT defect_id, count(*) FILTER (WHERE gap IS NULL OR gap > %(gap)s) AS n FROM gaps GROUP BY defect_id
+    SELECT defect_id, sum(starts) AS n FROM s GROUP BY defect_id
 ), totals AS (
     SELECT defect_id, min(captured_at) AS first_seen, max(captured_at) AS last_seen, count(*) AS n,
            count(DISTINCT device_id) AS vehicles FROM s GROUP BY defect_id
@@ -273,14 +292,15 @@ first_mean AS (   -- weighted by 1/h^2
     SELECT defect_id, atan2(sum(sin(2 * radians(orientation))), sum(cos(2 * radians(orientation)))) / 2 AS theta
     FROM recent WHERE axis IS NOT NULL GROUP BY defect_id
 ), span AS (      -- how far its sightings' axes reach along that bearing, from its position
-    SELECT r.defect_id, o.theta,
-           min((ST_X(e.geom) - p.lon) * m_per_deg_lon(p.lat) * sin(o.theta)
-               + (ST_Y(e.geom) - p.lat) * m_per_deg_lat(p.lat) * cos(o.theta)) AS lo,
-           max((ST_X(e.geom) - p.lon) * m_per_deg_lon(p.lat) * sin(o.theta)
-               + (ST_Y(e.geom) - p.lat) * m_per_deg_lat(p.lat) * cos(o.theta)) AS hi
-    FROM recent r CROSS JOIN LATERAL ST_DumpPoints(r.axis::geometry) e JOIN orient o USING (defect_id)
-         JOIN pos p USING (defect_id)
-    WHERE r.axis IS NOT NULL GROUP BY r.defect_id, o.theta
+    SELECT defect_id, theta, min(east * sin(theta) + north * cos(theta)) AS lo,
+           max(east * sin(theta) + north * cos(theta)) AS hi
+    FROM (SELECT r.defect_id, o.theta,
+                 (ST_X(e.geom) - p.lon - 360 * round((ST_X(e.geom) - p.lon) / 360)) * m_per_deg_lon(p.lat) AS east,
+                 (ST_Y(e.geom) - p.lat) * m_per_deg_lat(p.lat) AS north
+          FROM recent r CROSS JOIN LATERAL ST_DumpPoints(r.axis::geometry) e JOIN orient o USING (defect_id)
+               JOIN pos p USING (defect_id)
+          WHERE r.axis IS NOT NULL) ends
+    GROUP BY defect_id, theta
 ), lines AS (     -- the line through its position along its bearing, over that reach
     SELECT s.defect_id, ST_MakeLine(
                ST_Project(c.g, abs(s.lo), CASE WHEN s.lo < 0 THEN s.theta + pi() ELSE s.theta END)::geometry,
@@ -417,9 +437,9 @@ def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: s
 
 def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig) -> set[int]:
     """Fold defects that lie within each other's gate (the merge radius, widened by their combined accuracy)
-    into the older one. Early sightings can start two defects for one pothole before the positions settle;
-    this undoes that.
-    Returns the surviving defects that changed.
+    into one: the one a manager acted on, else the older (`_ranks`); the other's id redirects to it (the API
+    answers it with the survivor's address). Early sightings can start two defects for one pothole before the
+    positions settle; this undoes that. Returns the surviving defects that changed.
     """
     changed: set[int] = set()
     pending = set(defect_ids)
@@ -446,21 +466,52 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
             break
         dropped: set[int] = set()
         pending = set()
-        for keep_id, drop_id in pairs:
-            if keep_id in dropped or drop_id in dropped:
+        ranks = _ranks(conn, {i for pair in pairs for i in pair})
+        for a, b in pairs:
+            if a in dropped or b in dropped:
                 continue
-            conn.execute("UPDATE sightings SET defect_id = %s WHERE defect_id = %s", (keep_id, drop_id))
-            conn.execute("""INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at,
-                                                       bearing_deg)
-                            SELECT %s, coverage_id, device_id, started_at, ended_at, bearing_deg
-                            FROM defect_misses WHERE defect_id = %s ON CONFLICT DO NOTHING""", (keep_id, drop_id))
-            conn.execute("DELETE FROM defects WHERE id = %s", (drop_id,))
-            log.info("defect %d merged into %d", drop_id, keep_id)
+            keep_id, drop_id = (a, b) if ranks[a] >= ranks[b] else (b, a)
+            _fold(conn, keep_id, drop_id, ranks)
             dropped.add(drop_id)
             pending.add(keep_id)
         refresh(conn, pending, cfg)
         changed |= pending
     return (changed | set(defect_ids)) - _deleted(conn, defect_ids | changed)
+
+
+# Which of two defects of one pothole survives a merge: the one a manager has acted on, so that the id on a work
+# order stays the defect's id (a merge once deleted a `scheduled` defect with its history). Scheduled first, then
+# any with a manager's entry in its history, then the older one.
+_MANAGED_FIRST = {"scheduled": 2}
+
+
+def _ranks(conn: psycopg.Connection, ids: set[int]) -> dict[int, tuple[int, int, int]]:
+    rows = conn.execute("""
+        SELECT d.id, d.status, EXISTS (SELECT 1 FROM defect_history h WHERE h.defect_id = d.id
+                                       AND h.actor <> 'aggregator')
+        FROM defects d WHERE d.id = ANY(%s)""", (sorted(ids),)).fetchall()
+    return {i: (_MANAGED_FIRST.get(status, 0), int(managed), -i) for i, status, managed in rows}
+
+
+def _fold(conn: psycopg.Connection, keep_id: int, drop_id: int, ranks: dict[int, tuple[int, int, int]]) -> None:
+    """Move DROP_ID's sightings, misses and history to KEEP_ID, note the merge in both, delete DROP_ID."""
+    conn.execute("UPDATE sightings SET defect_id = %s WHERE defect_id = %s", (keep_id, drop_id))
+    conn.execute("""INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at, bearing_deg)
+                    SELECT %s, coverage_id, device_id, started_at, ended_at, bearing_deg
+                    FROM defect_misses WHERE defect_id = %s ON CONFLICT DO NOTHING""", (keep_id, drop_id))
+    kept, gone = (conn.execute("SELECT status FROM defects WHERE id = %s", (i,)).fetchone()[0]
+                  for i in (keep_id, drop_id))
+    conn.execute("UPDATE defect_history SET defect_id = %s WHERE defect_id = %s", (keep_id, drop_id))
+    conn.execute("INSERT INTO defect_history (defect_id, actor, from_status, to_status, note) "
+                 "VALUES (%s, 'aggregator', %s, %s, %s)",
+                 (keep_id, kept, kept, f"defect {drop_id} ({gone}) merged into this one: the same defect"))
+    conn.execute("UPDATE defect_merges SET kept_id = %s WHERE kept_id = %s", (keep_id, drop_id))
+    conn.execute("INSERT INTO defect_merges (dropped_id, kept_id) VALUES (%s, %s) "
+                 "ON CONFLICT (dropped_id) DO UPDATE SET kept_id = excluded.kept_id", (drop_id, keep_id))
+    conn.execute("DELETE FROM defects WHERE id = %s", (drop_id,))
+    status, managed, age = ranks[keep_id]
+    ranks[keep_id] = (status, max(managed, ranks[drop_id][1]), age)  # the history it took over is a manager's too
+    log.info("defect %d merged into %d", drop_id, keep_id)
 
 
 def _deleted(conn: psycopg.Connection, ids: set[int]) -> set[int]:

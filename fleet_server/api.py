@@ -51,7 +51,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.state.cfg = cfg
     app.state.pool = make_pool(cfg.database)
     app.state.reads = Reads(cfg.database, app.state.pool)
-    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s, cfg.api.max_concurrent_verifications)
+    app.state.tokens = auth.TokenCache(cfg.api.token_cache_s, cfg.api.max_concurrent_verifications,
+                                       cfg.api.auth_failures_per_minute)
     app.state.auth_failures = auth.AuthFailures(cfg.api.auth_failures_per_minute)
     app.state.workers = workers or []
     app.state.audit = audit.AuditLog(app.state.pool, cfg.api.audit_flush_s)

@@ -8,9 +8,9 @@ import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 
 from fleet_server.api_defects import _jsonable
-from fleet_server.api_deps import QueryTime, read_db, require
+from fleet_server.api_deps import QueryTime, known_query_only, read_db, require
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 
 
 @router.get("/audit", summary="Who called what, when, and what came of it (every call that presented a token)")

@@ -15,10 +15,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleet_server import aggregate
-from fleet_server.api_deps import QueryTime, db, read_db, require
+from fleet_server.api_deps import QueryTime, db, known_query_only, read_db, require
 from fleet_server.validate import fold_class
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
+MAX_SIGHTINGS_LISTED = 1000  # a defect's own route lists its newest sightings, at most this many
 STATUSES = ("new", "confirmed", "scheduled", "likely_repaired", "repaired", "dismissed")
 OPEN_STATUSES = ("new", "confirmed", "scheduled", "likely_repaired")  # the dashboard's "open": `status=open`
 MANAGER_STATUSES = ("confirmed", "scheduled", "repaired", "dismissed")
@@ -58,34 +59,46 @@ def export_feature(row: tuple) -> dict:
 
 
 def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
-    """'min_lon,min_lat,max_lon,max_lat' -> floats, or 400."""
+    """'min_lon,min_lat,max_lon,max_lat' -> floats, or 400. As in GeoJSON (RFC 7946, 5.2) a min_lon greater than
+    max_lon is a box across the antimeridian."""
     if bbox is None:
         return None
     try:
         values = [float(v) for v in bbox.split(",")]
     except ValueError:
         raise HTTPException(400, "bbox: four numbers min_lon,min_lat,max_lon,max_lat") from None
-    if len(values) != 4 or not all(abs(v) <= 180 for v in values) or values[0] > values[2] or values[1] > values[3]:
-        raise HTTPException(400, "bbox: four numbers min_lon,min_lat,max_lon,max_lat within range")
-    return values[0], values[1], values[2], values[3]
+    if len(values) != 4:
+        raise HTTPException(400, "bbox: four numbers min_lon,min_lat,max_lon,max_lat")
+    lon1, lat1, lon2, lat2 = values
+    if not (abs(lon1) <= 180 and abs(lon2) <= 180 and abs(lat1) <= 90 and abs(lat2) <= 90):
+        raise HTTPException(400, "bbox: longitudes within -180..180, latitudes within -90..90")
+    if lat1 > lat2:
+        raise HTTPException(400, "bbox: min_lat is above max_lat")
+    return lon1, lat1, lon2, lat2
 
 
 def bbox_filter(column: str, bbox: str | None, where: list[str], params: dict) -> None:
     """Adds "COLUMN meets the box" to WHERE when a bbox was given (`column` is fixed SQL text, never input)."""
     box = parse_bbox(bbox)
-    if box is not None:
+    if box is None:
+        return
+    params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+    if box[0] <= box[2]:
         where.append(f"{column}::geometry && ST_MakeEnvelope(%(x1)s, %(y1)s, %(x2)s, %(y2)s, 4326)")
-        params.update(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
+    else:  # across the antimeridian: the part east of min_lon and the part west of max_lon
+        where.append(f"({column}::geometry && ST_MakeEnvelope(%(x1)s, %(y1)s, 180, %(y2)s, 4326) "
+                     f"OR {column}::geometry && ST_MakeEnvelope(-180, %(y1)s, %(x2)s, %(y2)s, 4326))")
 
 
 def defect_filters(bbox: str | None, klass: str | None, status: str | None, since: datetime | None,
                    min_severity: float | None, until: datetime | None = None) -> tuple[list[str], dict]:
     """WHERE clauses (fixed SQL text) and their bound values; user input only ever travels as a parameter."""
     where, params = [], {}
-    bbox_filter("d.geom", bbox, where, params)
+    bbox_filter("coalesce(d.line, d.geom)", bbox, where, params)  # a crack meets the box anywhere along it
     if klass is not None:
-        where.append("d.class = %(class)s")
-        params["class"] = fold_class(klass)  # classes are stored folded: Pothole finds pothole
+        where.append("d.class = ANY(%(class)s)")
+        # classes are stored folded: Pothole finds pothole
+        params["class"] = [fold_class(k.strip()) for k in klass.split(",") if k.strip()]
     if status is not None:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
         wanted = [w for s in wanted for w in (OPEN_STATUSES if s == "open" else (s,))]
@@ -127,7 +140,8 @@ class Filters:
     """The query parameters shared by the list and the exports."""
 
     def __init__(self, bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
-                 klass: str | None = Query(None, alias="class", max_length=64, description="Defect class"),
+                 klass: str | None = Query(None, alias="class", max_length=200,
+                                           description="Defect class, or several separated by commas"),
                  status: str | None = Query(None, max_length=200, description="Comma-separated statuses; open = "
                                             "new, confirmed, scheduled, likely_repaired (as the dashboard's filter)"),
                  since: QueryTime | None = Query(None, description="Last seen at or after this UTC time"),
@@ -185,23 +199,35 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def load_defect(conn: psycopg.Connection, defect_id: int) -> dict:
+def load_defect(conn: psycopg.Connection, defect_id: int, request: Request) -> dict:
     row = conn.execute(f"SELECT {DEFECT_COLUMNS} FROM defects d WHERE d.id = %s", (defect_id,)).fetchone()
     if row is None:
-        raise HTTPException(404, f"no defect {defect_id}")
+        raise missing(conn, defect_id, request)
     return defect_feature(row)
 
 
-@router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history")
-def get_defect(defect_id: int, conn: psycopg.Connection = Depends(read_db), primary: psycopg.Connection = Depends(db),
-               _who=Depends(require("viewer"))) -> dict:
+def missing(conn: psycopg.Connection, defect_id: int, request: Request) -> HTTPException:
+    """404, or for a defect merged into another (two defects of one pothole, aggregate.merge_neighbours) a
+    permanent redirect to the one that holds its sightings and history now: 308 keeps a PATCH a PATCH."""
+    row = conn.execute("SELECT kept_id FROM defect_merges WHERE dropped_id = %s", (defect_id,)).fetchone()
+    if row is None:
+        return HTTPException(404, f"no defect {defect_id}")
+    there = request.url.path.rsplit("/", 1)[0] + f"/{row[0]}"
+    return HTTPException(308, f"defect {defect_id} was merged into defect {row[0]}: the same defect",
+                         headers={"Location": there})
+
+
+@router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history",
+            responses={308: {"description": "The defect was merged into another: Location is the one to ask"}})
+def get_defect(defect_id: int, request: Request, conn: psycopg.Connection = Depends(read_db),
+               primary: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:
     try:
-        feature = load_defect(conn, defect_id)
+        feature = load_defect(conn, defect_id, request)
     except HTTPException:
         if conn is primary:
             raise
         conn = primary  # a defect made after the replica's last replay (a link from a fresher page): ask the primary
-        feature = load_defect(conn, defect_id)
+        feature = load_defect(conn, defect_id, request)
     sightings = [
         {"event_id": str(r[0]), "device_id": r[1], "captured_at": _jsonable(r[2]), "confidence": r[3],
          "severity": r[4], "lon": r[5], "lat": r[6], "h_accuracy_m": r[7], "source": r[8],
@@ -209,7 +235,8 @@ def get_defect(defect_id: int, conn: psycopg.Connection = Depends(read_db), prim
         for r in conn.execute("""
             SELECT event_id, device_id, captured_at, confidence, severity, ST_X(geom::geometry), ST_Y(geom::geometry),
                    h_accuracy_m, source, thumbnail IS NOT NULL
-            FROM sightings WHERE defect_id = %s ORDER BY captured_at DESC LIMIT 1000""", (defect_id,))]
+            FROM sightings WHERE defect_id = %s ORDER BY captured_at DESC LIMIT %s""",
+                            (defect_id, MAX_SIGHTINGS_LISTED))]
     vehicles = [{"device_id": r[0], "sightings": r[1], "first_seen": _jsonable(r[2]), "last_seen": _jsonable(r[3])}
                 for r in conn.execute("""SELECT device_id, count(*), min(captured_at), max(captured_at) FROM sightings
                                          WHERE defect_id = %s GROUP BY device_id ORDER BY 4 DESC""", (defect_id,))]
@@ -220,6 +247,8 @@ def get_defect(defect_id: int, conn: psycopg.Connection = Depends(read_db), prim
               for r in conn.execute("""SELECT coverage_id, device_id, started_at, ended_at FROM defect_misses
                                        WHERE defect_id = %s ORDER BY started_at""", (defect_id,))]
     feature["sightings"] = sightings
+    # The newest MAX_SIGHTINGS_LISTED; properties.sighting_count says how many there are in all.
+    feature["sightings_truncated"] = len(sightings) < feature["properties"]["sighting_count"]
     feature["vehicles"] = vehicles
     feature["history"] = history
     feature["misses"] = misses
@@ -232,16 +261,17 @@ class DefectPatch(BaseModel):
     note: str | None = Field(None, max_length=2000, description="Why (kept in the defect's history)")
 
 
-@router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm")
-def patch_defect(defect_id: int, change: DefectPatch, conn: psycopg.Connection = Depends(db),
+@router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm",
+              responses={308: {"description": "The defect was merged into another: send the change there"}})
+def patch_defect(defect_id: int, change: DefectPatch, request: Request, conn: psycopg.Connection = Depends(db),
                  who=Depends(require("manager"))) -> dict:
     with conn.transaction():
         row = conn.execute("SELECT status FROM defects WHERE id = %s FOR UPDATE", (defect_id,)).fetchone()
         if row is None:
-            raise HTTPException(404, f"no defect {defect_id}")
+            raise missing(conn, defect_id, request)
         if change.status != row[0] or change.note:  # the same status again, without a note, changes nothing
             aggregate.set_status(conn, defect_id, row[0], change.status, who.name, change.note)
-    return load_defect(conn, defect_id)
+    return load_defect(conn, defect_id, request)
 
 
 @router.get("/sightings/{event_id}/thumbnail.jpg", summary="The crop a vehicle sent with its sighting",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, HTTPException, Request
@@ -16,6 +16,26 @@ from fleet_server.validate import as_utc
 # A time in a query parameter: without a zone it is UTC (as the API documents); one outside what Python and
 # PostgreSQL can hold is a 400 naming the parameter, not a 500 from the database.
 QueryTime = Annotated[datetime, AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
+
+
+def known_query_only(request: Request) -> None:
+    """400 naming a query parameter the route does not take: `min_confidence=0.99` or `sort=-severity` once
+    answered 200 with every defect, unfiltered, and a client could not tell."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(400, f"unknown query parameter {unknown[0][:40]!r}; {request.url.path} takes "
+                                 f"{', '.join(sorted(known)) or 'none'}")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 def db(request: Request) -> Iterator[psycopg.Connection]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -16,12 +17,13 @@ from pydantic import BaseModel, Field
 
 from fleet_server import commands
 from fleet_server.api_defects import _jsonable, bbox_filter
-from fleet_server.api_deps import QueryTime, db, principal, read_db, require
+from fleet_server.api_deps import QueryTime, db, known_query_only, principal, read_db, require
 from fleet_server.auth import Principal
 from fleet_server.health import checks as health_checks
+from fleet_server.validate import as_utc
 
 router = APIRouter()
-api = APIRouter(prefix="/api/v1")
+api = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 _SHA256 = re.compile(r"^([0-9a-f]{64})\.onnx$")
 
 
@@ -86,10 +88,11 @@ def devices(request: Request, conn: psycopg.Connection = Depends(read_db), _who=
     return out
 
 
-@api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time")
+@api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time (paginated by cursor)")
 def coverage(request: Request, since: QueryTime | None = None, until: QueryTime | None = None,
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
+             cursor: str | None = Query(None, max_length=80, description="The previous page's next_cursor"),
              conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     cfg = request.app.state.cfg.api
     where, params = ["c.ended_at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}
@@ -100,14 +103,31 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryTime 
     if device is not None:
         where.append("c.device_id = %(device)s")
         params["device"] = device
-    params["limit"] = min(limit or cfg.max_page_size, cfg.max_page_size)
+    if cursor is not None:  # pages follow (started_at, coverage_id): a page once ended the list without a word
+        where.append("(c.started_at, c.coverage_id) > (%(after_at)s, %(after_id)s)")
+        params["after_at"], params["after_id"] = _coverage_cursor(cursor)
+    page = min(limit or cfg.max_page_size, cfg.max_page_size)
+    params["limit"] = page + 1
     rows = conn.execute(f"""
         SELECT c.coverage_id, c.device_id, c.started_at, c.ended_at, c.detector_active, ST_AsGeoJSON(c.line)
-        FROM coverage c WHERE {" AND ".join(where)} ORDER BY c.started_at LIMIT %(limit)s""", params).fetchall()
+        FROM coverage c WHERE {" AND ".join(where)} ORDER BY c.started_at, c.coverage_id LIMIT %(limit)s""",
+                        params).fetchall()
+    more = len(rows) > page
+    rows = rows[:page]
     features = [{"type": "Feature", "id": str(r[0]), "geometry": json.loads(r[5]),
                  "properties": {"coverage_id": str(r[0]), "device_id": r[1], "started_at": _jsonable(r[2]),
                                 "ended_at": _jsonable(r[3]), "detector_active": r[4]}} for r in rows]
-    return {"type": "FeatureCollection", "features": features}
+    last = rows[-1] if rows else None
+    return {"type": "FeatureCollection", "features": features,
+            "next_cursor": f"{last[2].astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}~{last[0]}" if more and last else None}
+
+
+def _coverage_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, _, coverage_id = cursor.partition("~")
+        return as_utc(datetime.fromisoformat(at)), uuid.UUID(coverage_id)
+    except (ValueError, TypeError):
+        raise HTTPException(400, "cursor: pass the next_cursor of the previous page as it came") from None
 
 
 @api.get("/models/{filename}", summary="Download a model offered to devices, by its sha256: with a bearer token, "

@@ -37,7 +37,8 @@ ACTIVE = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"  # 
 
 
 class Throttled(Exception):
-    """The caller's address failed authentication too often, and its token cannot be valid."""
+    """The caller's address failed authentication too often, and its token cannot be valid; or its token's
+    lookup was sent with a wrong secret too often (someone guessing one token's secret)."""
 
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"retry after {retry_after_s} s")
@@ -153,11 +154,16 @@ def still_active(conn: psycopg.Connection, who: Principal) -> bool:
 class TokenCache:
     """Verified tokens by SHA-256, for a few seconds, and the gate that bounds concurrent argon2 checks."""
 
-    def __init__(self, ttl_s: float, max_concurrent: int = 2) -> None:
+    def __init__(self, ttl_s: float, max_concurrent: int = 2, failures_per_minute: int = 20) -> None:
         self.ttl_s = ttl_s
         self._items: dict[bytes, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
         self.verifying = threading.BoundedSemaphore(max_concurrent)
+        # Wrong secrets per lookup, from any address. The throttle by address lets a token whose lookup is real
+        # through to argon2 (one phone's revoked token must not lock out a fleet behind one proxy), so whoever
+        # holds one token could send its lookup with endless wrong secrets: each an argon2 check, the checks
+        # queued behind the gate with their database connections until the API answered everyone 503.
+        self.guessed = AuthFailures(failures_per_minute)
 
     def verify(self, conn: psycopg.Connection, token: str, throttled_s: int = 0) -> Principal | None:
         """The principal of TOKEN: remembered (and checked for revocation and expiry), else verified with
@@ -171,10 +177,16 @@ class TokenCache:
             return None
         if throttled_s and not lookup_active(conn, token):
             raise Throttled(throttled_s)
+        lookup = _lookup(token)
+        guessed_s = self.guessed.retry_after(lookup) if lookup else 0
+        if guessed_s:
+            raise Throttled(guessed_s)
         with self.verifying:
             who = verify(conn, token)
         if who is not None:
             self.put(token, who)
+        elif lookup:
+            self.guessed.failed(lookup)
         return who
 
     def get(self, token: str) -> Principal | None:

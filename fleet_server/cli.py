@@ -76,8 +76,10 @@ def _fail(message: str) -> None:
 
 def print_table(table: Table) -> None:
     # Piped, a console is 80 columns wide and a table squeezes its cells ("demo-vi…"); a file gets them whole.
-    # (Console.print's width cannot exceed the console's own, hence a wider console.)
-    (console if console.is_terminal else Console(soft_wrap=True, width=250)).print(table)
+    # (Console.print's width cannot exceed the console's own, hence a wider console.) Cells are text as it is:
+    # device names and command results come from devices, and Rich markup in them ("[link=...]") must not run.
+    width = None if console.is_terminal else 250
+    Console(soft_wrap=True, width=width, markup=False, force_terminal=console.is_terminal or None).print(table)
 
 
 @app.command("migrate")

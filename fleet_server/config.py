@@ -6,6 +6,7 @@ Secrets never come from the command line: the database DSN and the MQTT password
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -112,8 +113,13 @@ class BrokerFilesConfig(Section):
 
 
 class IngestConfig(Section):
-    share_group: str = Field("ingest", pattern=r"^[A-Za-z0-9_-]+$",
-                             description="Shared-subscription group: workers in one group split the messages")
+    share_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
+                                    description="Shared-subscription group: workers in one group split the messages. "
+                                                "Unset: derived from the server's broker password, so every worker "
+                                                "of one server agrees and no device can guess it (Mosquitto does "
+                                                "not check subscriptions against the ACL: a device that joined the "
+                                                "group would be handed messages it may not read, which the broker "
+                                                "then drops). A name set here must be as hard to guess")
     devices: list[str] = Field(["+"], min_length=1, description="Device ids to subscribe to; '+' means all")
     batch_size: int = Field(5000, ge=1, le=20000, description="Most messages stored in one transaction")
     batch_wait_s: float = Field(0.1, ge=0, le=10, description="How long a batch waits to fill before it is stored")
@@ -236,7 +242,10 @@ class ApiConfig(Section):
                                                                 "they are read")
     auth_failures_per_minute: int = Field(20, ge=1, description="Failed authentications one source address may make "
                                                                 "per minute; then 429 with Retry-After for tokens "
-                                                                "that cannot be valid (valid ones still get in)")
+                                                                "that cannot be valid (valid ones still get in). "
+                                                                "Also the wrong secrets one token's lookup may come "
+                                                                "with per minute, from anywhere, before it is 429 "
+                                                                "too (its holder's remembered token still gets in)")
     max_concurrent_verifications: int = Field(2, ge=1, description="argon2 token checks running at once (each takes "
                                                                    "~20 MB and a core for ~25 ms)")
     static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")
@@ -285,6 +294,15 @@ class ServerConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
     commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Commands to devices")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
+
+    def share_group(self) -> str:
+        """`ingest.share_group`, else one derived from the broker password (the same in every worker)."""
+        if self.ingest.share_group:
+            return self.ingest.share_group
+        password = self.mqtt.resolve_password()
+        if not password:
+            return "ingest"
+        return "ingest-" + hashlib.sha256(b"roadmon share group\0" + password.encode()).hexdigest()[:16]
 
 
 def parse(data: dict, source: Path | str = "<config>") -> ServerConfig:

@@ -1,6 +1,8 @@
 """HTTP input limits in front of every route (an ASGI middleware): bodies larger than the cap are refused
 before they are read (Content-Length) or as soon as they pass it (chunked), and query parameters with NUL or
 invalid UTF-8 get 400. (Failed authentication is throttled where the token is checked: `api_deps.principal`.)
+Every answer carries the browser's safety headers: no content sniffing (a thumbnail is a device's bytes, served
+as image/jpeg), no framing of the dashboard by another site.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from urllib.parse import unquote_to_bytes
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
+SAFETY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                  (b"content-security-policy", b"frame-ancestors 'none'"), (b"referrer-policy", b"no-referrer")]
 
 
 def bad_query(query_string: bytes) -> str | None:
@@ -73,6 +77,7 @@ class HttpGuard:
                 return  # the 413 has been sent; whatever the route answers after the disconnect goes nowhere
             if message["type"] == "http.response.start":
                 started = True
+                message = {**message, "headers": [*message.get("headers", []), *SAFETY_HEADERS]}
             await send(message)
 
         try:
@@ -86,5 +91,6 @@ class HttpGuard:
 async def _answer(send: Any, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *SAFETY_HEADERS]})
     await send({"type": "http.response.body", "body": body})

@@ -49,8 +49,7 @@ class Incoming(NamedTuple):  # a tuple: one is made per message on the MQTT thre
     received_at: datetime
 
 
-def subscriptions(cfg: ServerConfig) -> list[str]:
-    group = cfg.ingest.share_group
+def subscriptions(cfg: ServerConfig, group: str) -> list[str]:
     out = []
     for device in cfg.ingest.devices:
         base = f"$share/{group}/{topics.PREFIX}/{device}"
@@ -226,8 +225,8 @@ class IngestWorker:
         """ROLE ('serve' or 'ingest') and INDEX keep client ids apart between the processes of one instance:
         two clients with one id take the broker's session from each other."""
         self.cfg = cfg
-        self.client_id = (f"{cfg.mqtt.client_id_prefix}-{role}-{cfg.mqtt.resolve_instance()}-"
-                          f"{cfg.ingest.share_group}-{index}")
+        self.group = cfg.share_group()  # in the client id too: a device that could guess it could take the session
+        self.client_id = f"{cfg.mqtt.client_id_prefix}-{role}-{cfg.mqtt.resolve_instance()}-{self.group}-{index}"
         self.reject_policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
@@ -286,9 +285,9 @@ class IngestWorker:
         # Retained messages are the devices' last statuses: PostGIS has them already, and a new worker would
         # otherwise get one per vehicle at every start (10,000 at 10k vehicles). Retain handling 2: do not send.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        _, self._subscribe_mid = client.subscribe([(f, options) for f in subscriptions(self.cfg)])
+        _, self._subscribe_mid = client.subscribe([(f, options) for f in subscriptions(self.cfg, self.group)])
         self.connected.set()
-        log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg)))
+        log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg, self.group)))
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho retries on its own; without this a broker down at start was silent until it came back.
@@ -362,7 +361,7 @@ class IngestWorker:
     def _drain(self, drain_s: float) -> None:
         deadline = time.monotonic() + drain_s
         self.unsubscribed.clear()
-        _, self._unsubscribe_mid = self.client.unsubscribe(subscriptions(self.cfg))
+        _, self._unsubscribe_mid = self.client.unsubscribe(subscriptions(self.cfg, self.group))
         if not self.unsubscribed.wait(max(0.0, deadline - time.monotonic())):
             log.warning("%s: no UNSUBACK within %.1f s; stopping anyway", self.client_id, drain_s)
             return

@@ -173,9 +173,11 @@ def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:
     thumb = obj.get("thumbnail_jpeg_b64")
     if thumb:
         try:
-            base64.b64decode(thumb, validate=True)
+            jpeg = base64.b64decode(thumb, validate=True)
         except (binascii.Error, ValueError):
             raise Invalid("thumbnail_jpeg_b64: not base64") from None
+        if not jpeg.startswith(b"\xff\xd8\xff"):  # served as image/jpeg to the dashboard: only a JPEG may be
+            raise Invalid("thumbnail_jpeg_b64: not a JPEG image (it must start with the JPEG marker FF D8 FF)")
 
 
 def check_coverage(obj: dict, now: datetime, cfg: IngestConfig) -> None:

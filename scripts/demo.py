@@ -254,7 +254,6 @@ def server_config(
         # production horizon for late data; the demo accepts it.
         "ingest": {
             "devices": [device_id],
-            "share_group": f"demo-{device_id}".replace(".", "-"),
             "batch_wait_s": 0.05,
             "horizon_days": 3650,
         },
@@ -576,6 +575,7 @@ def up(seed: int, port: int, model: Path | None = None) -> int:
     started = time.monotonic()
     paths = Paths()
     paths.root.mkdir(parents=True, exist_ok=True)
+    paths.root.chmod(0o700)  # its logs hold the tokens and the device password that provisioning printed
     background = Background(paths)
     timings: list[tuple[str, float]] = []
 

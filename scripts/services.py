@@ -139,6 +139,9 @@ class Postgres:
         require_free_port(self.port, self.port_env)
         self.base.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(parents=True, exist_ok=True)
+        # Local connections are trusted (the scripts' psql): only the cluster's owner may reach the socket, or
+        # any user of the machine would be the database superuser.
+        self.sock.chmod(0o700)
         if _as_root():
             shutil.chown(self.base, "postgres", "postgres")
             shutil.chown(self.sock, "postgres", "postgres")
@@ -157,7 +160,8 @@ class Postgres:
         if _as_root():
             subprocess.run(["touch", str(self.logfile)], check=True)
             shutil.chown(self.logfile, "postgres", "postgres")
-        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=on"
+        opts = (f"-p {self.port} -k {self.sock} -c unix_socket_permissions=0700 -c listen_addresses=127.0.0.1 "
+                "-c fsync=on")
         result = self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-o", opts,
             "-w", "-t", "60", "start", check=False,

@@ -475,3 +475,22 @@ def test_manager_confirms_and_the_page_says_when_it_lost_the_server_or_the_sessi
             conn.execute("UPDATE api_tokens SET revoked_at = NULL WHERE name = 'test-manager'")
         sign_in(browser, server, "manager")
     browser.get_log("browser")  # the failed fetches above were logged on purpose: not the next test's errors
+
+
+def test_a_defect_without_severity_is_shown_as_unknown_not_as_low(server: Server, browser) -> None:
+    """A phone's sighting measures nothing on the road: its defect's severity is null in the API. The page once
+    showed it as 0.00 and counted it in the low band."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        unmeasured = conn.execute("UPDATE defects SET severity = NULL WHERE id = (SELECT min(id) FROM defects) "
+                                  "RETURNING id").fetchone()[0]
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "updated"))
+    items = browser.find_elements(By.CSS_SELECTOR, "#defect-list li")
+    assert items[-1].get_attribute("data-defect-id") == str(unmeasured)  # sorted after every measured one
+    assert items[-1].find_element(By.CSS_SELECTOR, ".sev").text == "–"
+    assert "unknown" in browser.find_element(By.ID, "counts").text and "unknown" in browser.find_element(
+        By.ID, "legend").text
+    items[-1].click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "panel-body"), "– (unknown)"))
+    assert script_errors(browser) == []

@@ -127,6 +127,39 @@ def test_failed_authentication_is_throttled_without_locking_out_valid_tokens(api
     assert 'road_detection_submissions_total{code="429",status="failed"}' in metrics
 
 
+def test_guessing_one_tokens_secret_is_throttled_by_its_lookup_from_any_address(api, monkeypatch) -> None:
+    """Whoever holds one token knows its lookup; with wrong secrets it passes the address throttle (it names an
+    active token) and each costs an argon2 check. Past the limit per minute such a lookup is 429 without one, from
+    every address, while its holder (remembered) and every other token still get in."""
+    client, cfg, dsn = api
+    mine = bearer(token(dsn, "viewer", "holder"))
+    other = bearer(token(dsn, "viewer", "someone else"))
+    assert client.get("/api/v1/me", headers=mine).status_code == 200  # remembered from now on
+    checks = []
+    real = auth.verify
+    monkeypatch.setattr(auth, "verify", lambda conn, t: checks.append(t) or real(conn, t))
+    lookup = mine["Authorization"].split()[1].rsplit("_", 1)[0]
+    limit = cfg.api.auth_failures_per_minute
+    answers = []
+    for i in range(limit + 10):
+        address = (f"10.9.{i // 250}.{i % 250 + 1}", 4000)  # a new address each time: no address is throttled
+        guess = TestClient(client.app, client=address).get(
+            "/api/v1/me", headers={"Authorization": f"Bearer {lookup}_{secrets.token_urlsafe(32)}"})
+        answers.append(guess.status_code)
+    assert answers == [401] * limit + [429] * 10
+    assert len(checks) == limit
+    assert client.get("/api/v1/me", headers=mine).status_code == 200
+    assert client.get("/api/v1/me", headers=other).status_code == 200
+
+
+def test_answers_carry_the_browsers_safety_headers(api) -> None:
+    client, _cfg, _dsn = api
+    for r in (client.get("/"), client.get("/api/v1/me"), client.get("/api/v1/me?x=%00")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
 def test_the_client_address_comes_from_trusted_proxies_only(make_cfg) -> None:
     cfg = make_cfg(api={"auth_failures_per_minute": 3, "trusted_proxies": ["10.9.0.0/16"]})
     dsn = cfg.database.resolve_dsn()

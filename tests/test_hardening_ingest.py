@@ -280,3 +280,62 @@ def test_health_turns_degraded_when_ingest_stalls(make_cfg, workers, mqtt_device
     finally:
         dev.close()
         app.state.pool.close()
+
+
+def _group_joiners(host: str, port: int, device: str, password: str, filters: list[str], n: int) -> list:
+    """N connections of DEVICE, each subscribed to FILTERS (shared subscriptions of a group it guessed)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    clients = []
+    for i in range(n):
+        done = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device}-joiner-{i}", protocol=mqtt.MQTTv5)
+        c.username_pw_set(device, password)
+        c.on_subscribe = lambda *a, d=done: d.set()
+        c.connect(host, port)
+        c.loop_start()
+        c.subscribe([(f, 1) for f in filters])
+        assert done.wait(10), "the broker did not answer the joiner's subscription"
+        clients.append(c)
+    return clients
+
+
+@pytest.mark.services
+def test_a_device_cannot_join_the_ingest_group_and_make_the_broker_drop_others_events(
+        make_cfg, mqtt_device, service_info, fresh_db) -> None:
+    """Mosquitto grants any subscription and checks the ACL only when it delivers: a device in the workers'
+    shared group is handed its turn of every message, which the broker then drops. The group is therefore
+    derived from the server's broker password unless set, and a device cannot guess it."""
+    attacker, attacker_pw = mqtt_device()
+    victim, victim_pw = mqtt_device()
+    host, port = service_info.mqtt_host, service_info.mqtt_port
+
+    def send_and_count(cfg, guessed: str) -> int:
+        worker = IngestWorker(cfg).start()
+        assert worker.wait_subscribed(30)
+        guesses = [f"$share/{guessed}/roadmon/v1/+/event", f"$share/{guessed}/roadmon/v1/{victim}/event"]
+        joiners = _group_joiners(host, port, attacker, attacker_pw, guesses, 4)
+        dev = DeviceClient(host, port, victim, victim_pw)
+        events = [make_event(victim, 48.1, 11.5 + i * 1e-3) for i in range(8)]
+        try:
+            for e in events:
+                dev.publish("event", e)
+            wait_for(lambda: {e["event_id"] for e in events} <= dev.acked_events(), timeout_s=8)
+            return len({e["event_id"] for e in events} & dev.acked_events())
+        finally:
+            dev.close()
+            for c in joiners:
+                c.disconnect()
+                c.loop_stop()
+            worker.stop()
+
+    # A group a device can guess (the old default): most of the victim's events never reach the server.
+    assert send_and_count(make_cfg(devices=[victim], ingest={"share_group": "ingest"}), "ingest") < 8
+    # Unset, the group comes from the broker password: the same in every worker, not "ingest", and not guessed.
+    cfg = make_cfg(devices=[victim], ingest={"share_group": None})
+    group = cfg.share_group()
+    assert group.startswith("ingest-") and len(group) == len("ingest-") + 16
+    assert group == make_cfg(devices=[victim], ingest={"share_group": None}).share_group()
+    assert group in IngestWorker(cfg).client_id  # so a device cannot take a worker's session by its client id
+    assert send_and_count(cfg, "ingest") == 8

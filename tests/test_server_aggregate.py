@@ -259,6 +259,89 @@ def test_defects_that_settle_within_the_merge_radius_are_merged(make_cfg) -> Non
     assert metres((rows[0][1], rows[0][2]), offset(*BASE, 4.0, 0.0)) < 0.1
 
 
+def test_a_merge_keeps_the_defect_a_manager_scheduled_and_the_other_id_redirects_to_it(make_cfg) -> None:
+    """As above, but a manager scheduled the second defect: it survives the merge with its status, its history
+    and the first defect's history, and the first id answers with a permanent redirect to it (a work order that
+    names either id still finds the pothole). A merge once kept the older id and deleted the manager's decision."""
+    from fastapi.testclient import TestClient
+
+    from fleet_server.api import create_app
+    from tests.server_fixtures import token
+
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    at = datetime.now(UTC) - timedelta(hours=2)
+    store(cfg, [make_event("veh-a", *BASE, h=0.5, at=at),
+                make_event("veh-a", *offset(*BASE, 7.0, 0.0), h=0.5, at=at + timedelta(seconds=1), seq=1)])
+    first, second = (r[0] for r in defects(cfg))
+    with TestClient(create_app(cfg)) as api:
+        manager = {"Authorization": f"Bearer {token(dsn, 'manager', 'crew-planner')}"}
+        assert api.patch(f"/api/v1/defects/{first}", headers=manager, json={"status": "confirmed"}).status_code == 200
+        scheduled = api.patch(f"/api/v1/defects/{second}", headers=manager,
+                              json={"status": "scheduled", "note": "crew booked for Monday"})
+        assert scheduled.status_code == 200
+        for i in range(3):
+            store(cfg, [make_event("veh-b", *offset(*BASE, 4.0, 0.0), h=0.5, at=at + timedelta(hours=1, seconds=i),
+                                   seq=i)])
+        assert [(r[0], r[3], r[4]) for r in defects(cfg)] == [(second, "scheduled", 5)]
+
+        moved = api.get(f"/api/v1/defects/{first}", headers=manager, follow_redirects=False)
+        assert moved.status_code == 308 and moved.headers["location"] == f"/api/v1/defects/{second}"
+        assert f"merged into defect {second}" in moved.json()["detail"]
+        kept = api.get(f"/api/v1/defects/{first}", headers=manager).json()  # followed
+        assert kept["properties"]["id"] == second
+        history = [(h["actor"], h["to_status"], h["note"]) for h in kept["history"]]
+        assert ("crew-planner", "scheduled", "crew booked for Monday") in history
+        assert ("crew-planner", "confirmed", None) in history  # the first defect's history came along
+        assert ("aggregator", "scheduled", f"defect {first} (confirmed) merged into this one: the same defect") \
+            in history
+        # A change sent to the old id lands on the defect it became (308 keeps the method and body).
+        done = api.patch(f"/api/v1/defects/{first}", headers=manager, json={"status": "repaired", "note": "filled"})
+        assert done.status_code == 200 and done.json()["properties"]["id"] == second
+        assert done.json()["properties"]["status"] == "repaired"
+        assert api.get("/api/v1/defects/999999", headers=manager).status_code == 404
+
+
+def test_the_stated_accuracy_counts_passes_not_sightings(make_cfg) -> None:
+    """Ten sightings of one pass share its GNSS error: the defect is as accurate as one of them (3 m), not
+    3 / sqrt(10) = 0.95 m; two more passes by other vehicles make three independent measurements."""
+    cfg = make_cfg()
+    at = datetime.now(UTC) - timedelta(hours=3)
+    store(cfg, [make_event("veh-a", *BASE, h=3.0, at=at + timedelta(seconds=i), seq=i) for i in range(10)])
+    dsn = cfg.database.resolve_dsn()
+
+    def accuracy() -> float:
+        return count(dsn, "SELECT h_accuracy_m FROM defects")
+
+    assert accuracy() == pytest.approx(3.0)
+    store(cfg, [make_event("veh-b", *BASE, h=3.0, at=at + timedelta(hours=1)),
+                make_event("veh-c", *BASE, h=3.0, at=at + timedelta(hours=2))])
+    assert accuracy() == pytest.approx(3.0 / math.sqrt(3))
+    assert [r[4:7] for r in defects(cfg)] == [(12, 3, 3)]
+
+
+def test_a_defect_on_the_antimeridian_stays_there(make_cfg) -> None:
+    """Sightings 2 m apart on either side of longitude 180 are one pothole near 180 (an arithmetic mean of the
+    longitudes once put it at 0, 19,000 km away), and a crack across it is stored with its line (its ends once
+    made the line's reach 40,000 km, which PostGIS refused: the event was lost)."""
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    at = datetime.now(UTC) - timedelta(hours=2)
+    store(cfg, [make_event("veh-a", -16.0, 179.99999, h=1.0, at=at),
+                make_event("veh-a", -16.0, -179.99999, h=1.0, at=at + timedelta(seconds=100), seq=1)])
+    [row] = defects(cfg)
+    assert row[4] == 2 and abs(row[1] + 16.0) < 1e-6 and abs(row[2]) > 179.9999, row
+    crack = make_event("veh-a", -17.0, 179.999995, h=1.0, at=at, seq=2, cls="crack",
+                       size_m={"width": 0.05, "length": 3.0, "orientation_deg": 90.0})
+    store(cfg, [crack])
+    with psycopg.connect(dsn) as conn:
+        lon, line = conn.execute("""SELECT ST_X(geom::geometry), ST_AsText(line::geometry) FROM defects
+                                    WHERE class = 'crack'""").fetchone()
+        length = conn.execute("SELECT ST_Length(line) FROM defects WHERE class = 'crack'").fetchone()[0]
+    assert abs(lon) > 179.9999 and line.startswith("LINESTRING(") and 2.5 < length < 3.5, (lon, line, length)
+    assert count(dsn, "SELECT count(*) FROM rejected") == 0
+
+
 @pytest.mark.parametrize(("first_m", "second_m"), [(23.0, 25.0), (25.0, 23.0)], ids=["northward", "southward"])
 def test_a_batch_groups_new_sightings_across_its_grid_cells(make_cfg, caplog, first_m: float,
                                                              second_m: float) -> None:

@@ -313,3 +313,59 @@ def test_database_away_gives_503_not_500(tmp_path) -> None:
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
     finally:
         client.app.state.pool.close()
+
+
+@pytest.mark.services
+def test_what_an_analyst_filters_by_is_applied_or_refused_never_ignored(api) -> None:
+    """Found by an analyst loading the data into GIS tools: unknown filters were ignored (200, every defect),
+    bbox latitudes could be +-180, a box across the antimeridian was refused, a crack whose line reached into a
+    box was left out, a comma list of classes matched nothing, and coverage stopped at 5,000 lines silently."""
+    client, cfg, dsn = api
+    from datetime import UTC, datetime, timedelta
+
+    from fleet_server.store import Batch, store_batch
+    from tests.server_fixtures import make_coverage
+
+    _seed(client, dsn)
+    viewer = bearer(token(dsn, "viewer"))
+    for path, params in (("/api/v1/defects", {"min_confidence": "0.99"}), ("/api/v1/defects", {"sort": "-severity"}),
+                         ("/api/v1/defects.csv", {"limit": "5"}), ("/api/v1/coverage", {"devices": "veh-a"}),
+                         ("/api/v1/audit", {"bogus": "1"})):
+        r = client.get(path, params=params, headers=viewer)
+        assert r.status_code == 400 and f"unknown query parameter {next(iter(params))!r}" in r.json()["detail"], r.text
+    assert "bbox" in client.get("/api/v1/defects", params={"sort": "x"}, headers=viewer).json()["detail"]
+    # Latitudes within -90..90; a box with min_lon > max_lon crosses the antimeridian (RFC 7946, 5.2).
+    assert client.get("/api/v1/defects", params={"bbox": "-180,-180,180,180"}, headers=viewer).status_code == 400
+    assert client.get("/api/v1/defects", params={"bbox": "0,10,1,9"}, headers=viewer).status_code == 400
+    dev = bearer(token(dsn, "device", "veh-f", device_id="veh-f"))
+    for lon in (179.95, -179.95):
+        assert client.post("/api/v1/detections", json=make_event("veh-f", -16.5, lon), headers=dev).status_code == 202
+    across = client.get("/api/v1/defects", params={"bbox": "179.9,-17,-179.9,-16"}, headers=viewer).json()
+    assert sorted(f["geometry"]["coordinates"][0] for f in across["features"]) == [-179.95, 179.95]
+    # Several classes at once, as several statuses.
+    crack = make_event("veh-f", 48.15, 11.55, cls="crack", size_m={"width": 0.05, "length": 40.0, "orientation_deg": 0})
+    assert client.post("/api/v1/detections", json=crack, headers=dev).status_code == 202
+    both = client.get("/api/v1/defects", params={"class": "pothole,Crack"}, headers=viewer).json()["features"]
+    assert {f["properties"]["class"] for f in both} == {"pothole", "crack"} and len(both) == 6
+    # The crack's point lies outside this box; 20 m of its line reach into it.
+    north_end = offset(48.15, 11.55, 19.0, 0.0)
+    box = f"{north_end[1] - 1e-4},{north_end[0] - 1e-5},{north_end[1] + 1e-4},{north_end[0] + 1e-4}"
+    assert [f["properties"]["class"] for f in client.get("/api/v1/defects", params={"bbox": box},
+                                                         headers=viewer).json()["features"]] == ["crack"]
+    # Coverage in pages: every line once, in order, however many there are.
+    now = datetime.now(UTC)
+    records = [make_coverage("veh-c", [(48.1, 11.5 + i * 1e-4), (48.1, 11.5 + (i + 1) * 1e-4)],
+                             now - timedelta(minutes=30) + timedelta(seconds=i // 2), now - timedelta(minutes=29))
+               for i in range(7)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_batch(conn, Batch(coverage=[(c, now) for c in records]), cfg.aggregate)
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/api/v1/coverage", params=params, headers=viewer).json()
+        seen += [f["id"] for f in page["features"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(c["coverage_id"] for c in records) and len(seen) == 7
+    assert client.get("/api/v1/coverage", params={"cursor": "yesterday"}, headers=viewer).status_code == 400

@@ -281,3 +281,15 @@ def test_missing_dsn_file_is_one_line(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-m", "fleet_server", "-c", str(conf), "migrate"], env=environ,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "nodsn" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_tables_show_what_devices_sent_as_text_not_as_rich_markup(cli, fresh_db) -> None:
+    """A command result is written by the device: markup in it ("[link=...]", "[bold red]") is shown, not run."""
+    payload = {"status": "[bold red]done[/] [link=https://evil.example]click[/link]"}
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
+                     ("veh-9", "[blink]config-reload[/blink]", json.dumps(payload)))
+    out = cli.run("cmd", "results", "veh-9")
+    assert out.exit_code == 0, out.output
+    assert "[blink]config-reload[/blink]" in out.output
+    assert "[bold red]done[/] [link=https://evil.example]click[/link]" in out.output

@@ -6,6 +6,7 @@ here each rule is pinned exactly, so a check that drifts by one is caught withou
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -124,6 +125,9 @@ def test_a_thumbnail_must_be_base64() -> None:
     assert check("event", event(thumbnail_jpeg_b64="/9j/4AAQ"))
     with pytest.raises(Invalid, match="thumbnail_jpeg_b64: not base64"):
         check("event", event(thumbnail_jpeg_b64="not base64!"))
+    html = base64.b64encode(b"<html><script>alert(document.domain)</script></html>").decode()
+    with pytest.raises(Invalid, match="thumbnail_jpeg_b64: not a JPEG image"):
+        check("event", event(thumbnail_jpeg_b64=html))
 
 
 def test_unknown_kinds_and_schema_errors_say_why() -> None:

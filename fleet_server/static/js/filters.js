@@ -1,5 +1,5 @@
 // The filter form (class, status, severity, date range) and the list of defects sorted by severity.
-import { OPEN_STATUSES, severityBand, escapeHtml, markerSvg, formatTime } from "./model.js";
+import { OPEN_STATUSES, severityBand, severityText, escapeHtml, markerSvg, formatTime } from "./model.js";
 
 export function readFilters(form) {
   const value = (name) => form.elements[name].value;
@@ -62,7 +62,7 @@ export function renderList(element, defects, selectedId, onSelect) {
     element.replaceChildren(li);
     return;
   }
-  const sorted = [...defects].sort((a, b) => b.severity - a.severity || b.sightings - a.sightings);
+  const sorted = [...defects].sort((a, b) => (b.severity ?? -1) - (a.severity ?? -1) || b.sightings - a.sightings);
   element.replaceChildren(...sorted.map((d) => {
     const li = document.createElement("li");
     li.dataset.defectId = d.id;
@@ -70,7 +70,7 @@ export function renderList(element, defects, selectedId, onSelect) {
     li.innerHTML = `${markerSvg(d.className, d.severity, 18)}
       <div><div>${escapeHtml(d.className)} · <span class="badge badge-${escapeHtml(d.status)}">${escapeHtml(d.status)}</span></div>
       <div class="meta">${plural(d.sightings, "sighting")} · ${plural(d.vehicles, "vehicle")} · last ${formatTime(d.lastSeen)}</div></div>
-      <span class="sev" title="severity">${d.severity.toFixed(2)}</span>`;
+      <span class="sev" title="severity">${severityText(d.severity)}</span>`;
     li.addEventListener("click", () => onSelect(d.id));
     return li;
   }));

@@ -170,8 +170,21 @@ async function loadCoverage() {
       since: filters.since ? `${filters.since}T00:00:00Z` : defaultCoverageSince(),
       until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
     };
-    state.map.showCoverage(await getJson(`coverage${query(params)}`), true);
+    state.map.showCoverage(await allCoverage(params), true);
   });
+}
+
+// Coverage comes in pages too (a busy day of a fleet is more than one).
+async function allCoverage(params) {
+  const features = [];
+  let cursor = null;
+  for (let page = 0; page < 200; page += 1) {
+    const collection = await getJson(`coverage${query({ ...params, cursor })}`);
+    features.push(...(collection.features || []));
+    cursor = collection.next_cursor;
+    if (cursor === null || cursor === undefined) break;
+  }
+  return { type: "FeatureCollection", features };
 }
 
 // Without a date range: from a day before the latest sighting on, so that a fleet that did not drive today

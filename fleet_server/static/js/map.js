@@ -1,6 +1,6 @@
 // The Leaflet map: basemap, clustered defect markers, the coverage layer and the vehicles' last fixes.
 /* global L */
-import { markerSvg, severityBand, SEVERITY_BANDS, OPEN_STATUSES, escapeHtml } from "./model.js";
+import { markerSvg, severityBand, SEVERITY_BANDS, UNKNOWN_SEVERITY, OPEN_STATUSES, escapeHtml } from "./model.js";
 
 const DEFAULT_TILES = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png";
 const MAX_ZOOM = 22;
@@ -149,7 +149,7 @@ export class DefectMap {
 }
 
 export function legendHtml() {
-  const bands = SEVERITY_BANDS.map((b) =>
+  const bands = [...SEVERITY_BANDS, UNKNOWN_SEVERITY].map((b) =>
     `<span><svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="${b.colour}" stroke="#101828"/></svg>${b.name}</span>`);
   const shapes = [["pothole", "pothole"], ["crack", "crack"], ["other", "other"]].map(([cls, label]) =>
     `<span>${markerSvg(cls, 0.5, 13)}${label}</span>`);

@@ -17,9 +17,16 @@ const SHAPES = {
 };
 const FALLBACK_SHAPE = "diamond";
 
+// A phone's sighting has no severity (nothing was measured on the road): it is unknown, not low.
+export const UNKNOWN_SEVERITY = { name: "unknown", colour: "#98a2b3" };
+
 export function severityBand(severity) {
-  const s = Number.isFinite(severity) ? severity : 0;
-  return SEVERITY_BANDS.find((band) => s >= band.min);
+  if (!Number.isFinite(severity)) return UNKNOWN_SEVERITY;
+  return SEVERITY_BANDS.find((band) => severity >= band.min);
+}
+
+export function severityText(severity) {
+  return Number.isFinite(severity) ? severity.toFixed(2) : "–";
 }
 
 export function shapeOf(className) {
@@ -60,7 +67,7 @@ export function defectFromFeature(feature) {
     id: String(first(p, "id", "defect_id") ?? feature.id),
     className: first(p, "class", "class_name", "defect_class") || "unknown",
     status: first(p, "status") || "new",
-    severity: Number(first(p, "severity") ?? 0),
+    severity: first(p, "severity") === undefined ? null : Number(first(p, "severity")),
     firstSeen: first(p, "first_seen", "first_seen_at"),
     lastSeen: first(p, "last_seen", "last_seen_at"),
     sightings: Number(first(p, "sighting_count", "sightings_count", "sightings", "n_sightings") ?? 0),

@@ -2,7 +2,7 @@
 import { AuthError, describe, getJson, patchJson, imageUrl } from "./api.js";
 import {
   escapeHtml, formatTime, historyOf, sightingsOf, sightingTime, sightingDevice, sightingHasThumbnail,
-  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, sizeText, vehiclesOf,
+  WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, severityText, sizeText, vehiclesOf,
 } from "./model.js";
 
 const MAX_THUMBNAILS = 6;
@@ -68,7 +68,7 @@ export class DefectPanel {
       <h2 id="panel-title">${escapeHtml(defect.className)}
         <span class="badge badge-${escapeHtml(defect.status)}" id="panel-status">${escapeHtml(defect.status)}</span></h2>
       <dl>
-        <dt>Severity</dt><dd>${defect.severity.toFixed(2)} (${band.name})</dd>
+        <dt>Severity</dt><dd>${severityText(defect.severity)} (${band.name})</dd>
         <dt>Position</dt><dd>${defect.lat.toFixed(6)}, ${defect.lon.toFixed(6)}</dd>
         ${sizeText(defect) ? `<dt>Size</dt><dd id="panel-size">${sizeText(defect)}</dd>` : ""}
         <dt>First seen</dt><dd>${formatTime(defect.firstSeen)}</dd>
