@@ -9,6 +9,9 @@ broker can take (and acknowledge) this test's messages. Uses the bundled detecto
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import psycopg
@@ -136,3 +139,19 @@ def test_demo_messages_show_state_folders_inside_and_outside_the_checkout(tmp_pa
     """ROADMON_STATE may lie anywhere: a folder outside the checkout is shown as it is, not a traceback."""
     assert demo.shown(ROOT / ".state" / "demo") == ".state/demo"
     assert demo.shown(tmp_path / "demo") == str(tmp_path / "demo")
+
+
+def test_the_demo_starts_a_broker_that_died_on_reload_again(private_broker, monkeypatch) -> None:
+    """Debian's Mosquitto 2.0.11 segfaults now and then right after a reload (the demo reloads it when it
+    provisions its vehicle); the demo then waited two minutes for events no broker could carry, and said nothing."""
+    broker = private_broker()
+    os.kill(broker.pid(), signal.SIGKILL)
+    for _ in range(50):
+        if not broker.running():
+            break
+        time.sleep(0.1)
+    assert not broker.running()
+    monkeypatch.setattr(services, "running_broker_died", lambda: not broker.running())
+    monkeypatch.setattr(services, "Mosquitto", lambda: broker)
+    demo.ensure_broker()
+    assert broker.running()
