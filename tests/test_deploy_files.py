@@ -364,3 +364,14 @@ def test_github_workflow_runs_make_test() -> None:
     workflow = yaml.safe_load(path.read_text())
     steps = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]
     assert any(s.strip() == "make test" for s in steps)
+
+
+@pytest.mark.parametrize("path", ["deploy/certs/ca.key", "deploy/certs/server.key", "deploy/secrets/mqtt-password",
+                                  "deploy/secrets/database-dsn"])
+def test_deploy_secrets_and_keys_are_ignored_by_git(path: str) -> None:
+    """Section 1 of docs/deploy.md makes these in the checkout (the CA's private key, passwords): git must never
+    offer to commit them (.dockerignore alone kept them out of the image only)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, timeout=30)
+    assert result.returncode == 0, f"{path} is not ignored by .gitignore"
