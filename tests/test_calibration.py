@@ -283,3 +283,20 @@ def test_grid_overlay_lands_on_projected_points(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["calibrate", "check", "--image", str(img_path), "--out", str(tmp_path / "noext"),
                                    "--config", str(cfg_path)])
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and "'--out'" in res.output
+
+
+def test_grid_labels_every_5_m_line_that_has_room() -> None:
+    """The 5 m line ran out of the picture at its -half_width end and the 25 m label was crowded out, so both
+    went unlabelled: labels go beside the ends inside the image, the other end when one side is crowded."""
+    from calibration.grid import LABEL_FONT, LABEL_SCALE, grid_labels
+
+    cfg = agent_config.AgentConfig()
+    p = projector_from_config(cfg.calibration)
+    thick = max(1, round(p.intrinsics.width / 640))
+    labels = grid_labels(p, [5.0, 10.0, 15.0, 20.0, 25.0, 30.0], 5.0, thick)
+    assert [text for text, _ in labels][:5] == ["5 m", "10 m", "15 m", "20 m", "25 m"]
+    for text, (x, y) in labels:
+        (w, h), _ = cv2.getTextSize(text, LABEL_FONT, LABEL_SCALE * thick, thick)
+        assert x >= 0 and x + w <= p.intrinsics.width and h <= y <= p.intrinsics.height, (text, x, y)
+    rows = sorted(y for _, (_, y) in labels)
+    assert len(set(rows)) == len(rows)
