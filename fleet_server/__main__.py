@@ -1,5 +1,5 @@
 """`python -m fleet_server` = `fleet-server`."""
 
-from fleet_server.cli import main
+from fleet_server.entry import main
 
 main()

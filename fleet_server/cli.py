@@ -147,8 +147,13 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
                                              "so that MQTT client ids stay unique"),
            metrics_port: int = typer.Option(0, "--metrics-port", envvar="ROADMON_METRICS_PORT", min=0, max=65535,
                                             help="Serve this process's Prometheus metrics (road_ingest_*) on "
-                                                 "this port; 0 = off")) -> None:
+                                                 "this port; 0 = off"),
+           metrics_port_base: int = typer.Option(0, "--metrics-port-base", min=0, max=65535,
+                                                 help="Serve the metrics on this port + --instance (systemd "
+                                                      "instances 1, 2, ... get 9101, 9102, ... from 9100); "
+                                                      "instead of --metrics-port")) -> None:
     """Ingest workers only (no HTTP API)."""
+    metrics_port = _metrics_port(metrics_port, metrics_port_base, instance)
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -161,6 +166,17 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
     done.wait()
     for w in running:
         w.stop()
+
+
+def _metrics_port(port: int, base: int, instance: int) -> int:
+    """The ingest process's metrics port: PORT, or BASE + INSTANCE (a unit template cannot add numbers)."""
+    if port and base:
+        _fail("give --metrics-port or --metrics-port-base, not both")
+    if not base:
+        return port
+    if base + instance > 65535:
+        _fail(f"--metrics-port-base {base} + --instance {instance} is past the last port, 65535")
+    return base + instance
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -191,15 +207,27 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
         except OSError as exc:
             _fail(f"device {device_id!r} not added: cannot write the broker login to "
                   f"{c.broker_files.passwd_file}: {exc.strerror or exc}")
-    creds = {"device_id": device_id, "mqtt_host": c.mqtt.host, "mqtt_port": c.mqtt.port,
+    host, port, public = c.devices.vehicle_address(c.mqtt)
+    creds = {"device_id": device_id, "mqtt_host": host, "mqtt_port": port,
              "mqtt_username": device_id, "mqtt_password": password, "http_token": token}
     if as_json:
-        print(json.dumps(creds))
+        print(json.dumps(creds | {"mqtt_address_is_public": public}))
         return
     console.print(f"[bold]device {device_id}[/bold]: credentials shown once, store them now")
     for key, value in creds.items():
         print(f"  {key:14s} {value}")  # plain print: a secret must never be wrapped or cut by the terminal
     console.print(broker_note)
+    if not public:
+        _warn_internal_broker(c)
+
+
+def _warn_internal_broker(c: ServerConfig) -> None:
+    """Say that mqtt_host/mqtt_port are the server's own way to its broker (127.0.0.1, a compose service name),
+    which a vehicle cannot reach."""
+    console.print(f"note: mqtt_host/mqtt_port ({c.mqtt.host}:{c.mqtt.port}) are the server's own address of its "
+                  "broker (mqtt.host, mqtt.port), not necessarily what vehicles reach: give them the broker's "
+                  "public TLS address, and set it in server.toml as [devices] broker = \"mqtt.example.org:8883\" "
+                  "to have it printed here", style="yellow", markup=False, highlight=False)
 
 
 def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, reissue: bool) -> None:
@@ -274,6 +302,8 @@ def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
         return
     console.print(f"imported {len(done.created)} device(s) in {elapsed:.1f} s; credentials (shown nowhere else) "
                   f"in {target}")
+    if not c.devices.vehicle_address(c.mqtt)[2]:
+        _warn_internal_broker(c)
     if done.passwd_file is None:
         console.print("[yellow]broker_files.passwd_file not set: add the MQTT logins to the broker yourself[/yellow]")
     else:

@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet_server.config import ServerConfig, read_secret
+from fleet_server.config import ServerConfig
 from fleet_server.db import connect
 from roadmon_contract import topics
 from roadmon_contract.digest import sha256_file
@@ -117,7 +117,7 @@ def link_secret(cfg: ServerConfig) -> bytes:
     """The secret that signs model links: models.url_secret_file, else <models.dir>/.url-secret, made on first
     use. Made with link(2), so two processes making it at once end up with the same one."""
     if cfg.models.url_secret_file is not None:
-        return read_secret(cfg.models.url_secret_file).encode()
+        return cfg.models.read_secret(cfg.models.url_secret_file).encode()
     path = Path(cfg.models.dir) / SECRET_NAME
     with contextlib.suppress(FileNotFoundError):
         return path.read_bytes().strip()

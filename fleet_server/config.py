@@ -1,17 +1,20 @@
 """The fleet server's configuration: one TOML file, validated at start (unknown keys are errors).
 
 Secrets never come from the command line: the database DSN and the MQTT password are read from files
-(systemd `LoadCredential=`) or from the environment (`ROADMON_DATABASE_DSN`, `ROADMON_MQTT_PASSWORD`).
+(systemd `LoadCredential=`) or from the environment (`ROADMON_DATABASE_DSN`, `ROADMON_MQTT_PASSWORD`). A relative
+file name is a credential's: looked up in $CREDENTIALS_DIRECTORY, then in `credentials/` beside the config file
+(where systemd/install.sh keeps them), so the CLI finds them from a root shell too.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, IPvAnyNetwork
+from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator
 
 from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
 
@@ -23,17 +26,54 @@ MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
 INSTANCE_ENV = "ROADMON_INSTANCE"
 
 
-def read_secret(path: Path) -> str:
-    """The secret in PATH; a relative name is looked up in systemd's $CREDENTIALS_DIRECTORY first
-    (LoadCredential=), then relative to the working directory."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and creds and (Path(creds) / path).is_file():
-        path = Path(creds) / path
-    return path.read_text(encoding="utf-8").strip()
+# Where systemd/install.sh keeps the files that the units' LoadCredential= hands them, beside server.toml: the
+# CLI run from a root shell has no $CREDENTIALS_DIRECTORY, so it looks there itself (as `edge-agent doctor` does).
+CREDENTIALS_FOLDER = "credentials"
 
 
+def secret_places(path: Path, config_dirs: tuple[Path, ...] = ()) -> list[Path]:
+    """Where a secret file named PATH is looked for, in order. A relative name is a systemd credential's:
+    $CREDENTIALS_DIRECTORY (LoadCredential=), then the credentials folder beside the config, then the working
+    directory (the units run in their credentials directory)."""
+    if path.is_absolute():
+        return [path]
+    dirs = [Path(d) for d in (os.environ.get("CREDENTIALS_DIRECTORY"),) if d]
+    dirs += [d / CREDENTIALS_FOLDER for d in config_dirs]
+    return [d / path for d in dirs] + [path]
 
-class DatabaseConfig(Section):
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except PermissionError:  # a root-only credentials folder, as another user: reading it says so, by name
+        return True
+    except OSError:
+        return False
+
+
+def read_secret(path: Path, config_dirs: tuple[Path, ...] = ()) -> str:
+    """The secret in PATH, found as `secret_places` says; a missing one raises FileNotFoundError naming every
+    place looked in."""
+    places = secret_places(path, config_dirs)
+    found = next((p for p in places if _exists(p)), None)
+    if found is None:
+        looked = ", ".join(str(p if p.is_absolute() else Path.cwd() / p) for p in places)
+        unset = "" if os.environ.get("CREDENTIALS_DIRECTORY") or path.is_absolute() else \
+            " ($CREDENTIALS_DIRECTORY is not set)"
+        raise FileNotFoundError(errno.ENOENT, f"no such file; looked in {looked}{unset}", str(path))
+    return found.read_text(encoding="utf-8").strip()
+
+
+class SecretSection(Section):
+    """A section with secret files: it knows the folder of the config it came from, to find them there."""
+
+    _config_dirs: tuple[Path, ...] = PrivateAttr(default=())
+
+    def read_secret(self, path: Path) -> str:
+        return read_secret(path, self._config_dirs)
+
+
+class DatabaseConfig(SecretSection):
     dsn_file: Path | None = Field(None, description="File holding the PostGIS connection string (with password)")
     dsn: str | None = Field(None, description="Connection string without a secret (e.g. peer auth); prefer dsn_file "
                                               f"or the {DSN_ENV} environment variable when it holds a password")
@@ -52,7 +92,7 @@ class DatabaseConfig(Section):
 
     def resolve_dsn(self) -> str:
         if self.dsn_file is not None:
-            return read_secret(self.dsn_file)
+            return self.read_secret(self.dsn_file)
         if os.environ.get(DSN_ENV):
             return os.environ[DSN_ENV].strip()
         if self.dsn:
@@ -62,11 +102,11 @@ class DatabaseConfig(Section):
     def resolve_read_dsn(self) -> str | None:
         """The read replica's DSN, or None when reads go to the primary."""
         if self.read_dsn_file is not None:
-            return read_secret(self.read_dsn_file)
+            return self.read_secret(self.read_dsn_file)
         return os.environ.get(READ_DSN_ENV, "").strip() or self.read_dsn or None
 
 
-class MqttConfig(Section):
+class MqttConfig(SecretSection):
     host: str = Field("127.0.0.1", description="Broker host name")
     port: int = Field(1883, gt=0, lt=65536, description="Broker port")
     username: str = Field("roadmon-server", description="The server's broker login (reads/writes roadmon/#)")
@@ -101,7 +141,7 @@ class MqttConfig(Section):
 
     def resolve_password(self) -> str | None:
         if self.password_file is not None:
-            return read_secret(self.password_file)
+            return self.read_secret(self.password_file)
         return os.environ.get(MQTT_PASSWORD_ENV) or None
 
 
@@ -110,6 +150,34 @@ class BrokerFilesConfig(Section):
     acl_file: Path | None = Field(None, description="Mosquitto ACL file; `device add` makes sure the per-device "
                                                     "patterns are in it")
     pid_file: Path | None = Field(None, description="Mosquitto pid file, to reload the broker (SIGHUP) after a change")
+
+
+# The port a vehicle uses when devices.broker names none: the TLS listener (deploy/mosquitto.conf).
+VEHICLE_TLS_PORT = 8883
+
+
+class DevicesConfig(Section):
+    broker: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+                               description="The broker address handed to vehicles in the credentials that `device "
+                                           "add` and `device import` print, HOST[:PORT] (port 8883, TLS, when "
+                                           "left out): the broker's public TLS name, as `systemd/install.sh agent "
+                                           "--broker` takes it. Unset: they show mqtt.host and mqtt.port, the "
+                                           "server's own way to its broker, and say so")
+
+    @field_validator("broker")
+    @classmethod
+    def _port_in_range(cls, value: str | None) -> str | None:
+        port = (value or "").partition(":")[2]
+        if port and not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} is not 1-65535")
+        return value
+
+    def vehicle_address(self, mqtt: MqttConfig) -> tuple[str, int, bool]:
+        """(host, port, whether it is the public address set in devices.broker) for a vehicle's credentials."""
+        if self.broker is None:
+            return mqtt.host, mqtt.port, False
+        host, _, port = self.broker.partition(":")
+        return host, int(port or VEHICLE_TLS_PORT), True
 
 
 class IngestConfig(Section):
@@ -258,7 +326,7 @@ class DashboardConfig(Section):
     tile_max_zoom: int | None = Field(None, ge=1, le=24, description="Deepest zoom of the basemap (19 by default)")
 
 
-class ModelsConfig(Section):
+class ModelsConfig(SecretSection):
     dir: Path = Field(Path("/var/lib/fleet-server/models"), description="Folder of ONNX models offered to devices "
                                                                          "(<sha256>.onnx)")
     url_base: str = Field("", pattern=r"^(https?://[^?#\s]+)?$",
@@ -286,6 +354,8 @@ class ServerConfig(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The broker the ingest workers read")
     broker_files: BrokerFilesConfig = Field(default_factory=BrokerFilesConfig,
                                             description="Broker files written by device provisioning")
+    devices: DevicesConfig = Field(default_factory=DevicesConfig, description="What vehicles are handed when they "
+                                                                              "are provisioned")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="MQTT ingest workers")
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig, description="Sightings -> defects")
     retention: RetentionConfig = Field(default_factory=RetentionConfig,
@@ -294,6 +364,11 @@ class ServerConfig(Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
     commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Commands to devices")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
+
+    def find_secrets_beside(self, config_dir: Path) -> None:
+        """Let relative secret names also be found in CONFIG_DIR/credentials (where the installer puts them)."""
+        for section in (self.database, self.mqtt, self.models):
+            section._config_dirs = (config_dir,)
 
     def share_group(self) -> str:
         """`ingest.share_group`, else one derived from the broker password (the same in every worker)."""
@@ -311,4 +386,8 @@ def parse(data: dict, source: Path | str = "<config>") -> ServerConfig:
 
 def load(path: Path | str | None) -> ServerConfig:
     """Read and validate a TOML config (defaults when PATH is None); raises ConfigError naming every bad key."""
-    return ServerConfig() if path is None else load_toml(ServerConfig, path)
+    if path is None:
+        return ServerConfig()
+    cfg = load_toml(ServerConfig, path)
+    cfg.find_secrets_beside(Path(path).absolute().parent)
+    return cfg

@@ -108,8 +108,9 @@ def _credentials_csv(rows: list[Row], passwords: dict[str, str], tokens: dict[st
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(OUT_COLUMNS + (("http_token",) if tokens else ()))
+    host, port, _ = cfg.devices.vehicle_address(cfg.mqtt)
     for r in rows:
-        writer.writerow([r.device_id, ";".join(r.groups), cfg.mqtt.host, cfg.mqtt.port, r.device_id,
+        writer.writerow([r.device_id, ";".join(r.groups), host, port, r.device_id,
                          passwords[r.device_id]] + ([tokens[r.device_id]] if tokens else []))
     return buf.getvalue()
 

@@ -47,7 +47,7 @@ Options:
   --model FILE                agent: the .onnx model to place (default: the bundled model)
   --onnxruntime-wheel FILE    agent: an onnxruntime(-gpu) wheel to use instead of PyPI's (Jetson)
   --python PATH               Python 3.11+ for the venv (default: the newest python3.1x found)
-  --workers N                 server: ingest workers (default 2)
+  --workers N                 server: ingest workers, 1-64 (default 2); worker N serves metrics on 9100+N
   --database-dsn-file FILE    server: the PostGIS connection string (with its password)
   --url-base URL              server: public HTTPS address devices fetch models from
   --prefix DIR                where the venv and docs go (default /opt/road-monitor)
@@ -55,11 +55,27 @@ Options:
   --destdir DIR               write every file under DIR (building an image): no packages, users,
                               ownership or systemctl; the paths inside the files stay the real ones
   --no-venv                   skip the venv (with --destdir: build it on the box, or in the image chroot)
-  --dry-run                   print each step instead of doing it
+  --dry-run                   print each step instead of doing it (a step that would fail, such as a
+                              missing input file, is marked "! would fail" and the plan goes on; exit 2)
 EOF
 }
 
 die() { echo "install.sh: $*" >&2; exit 2; }
+
+# A step that cannot be done (an input file missing): a real run stops; a dry run says so and goes on, so the
+# whole plan is shown first, and exits 2 at the end.
+WOULD_FAIL=()
+fail_step() {
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "! would fail: $*"
+    WOULD_FAIL+=("$*")
+  else
+    die "$*"
+  fi
+}
+
+# Ingest workers on one host; each one's metrics port is 9100 + its number (fleet-server-ingest@.service).
+MAX_WORKERS=64
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -85,7 +101,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -n "$ROLE" ] || { usage >&2; die "say what to install: agent or server"; }
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, not '$WORKERS'"
+if ! [[ "$WORKERS" =~ ^[1-9][0-9]{0,2}$ ]] || [ "$WORKERS" -gt "$MAX_WORKERS" ]; then
+  die "--workers must be a number from 1 to $MAX_WORKERS (ingest processes on this host), not '$WORKERS'"
+fi
 if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
   die "run as root (sudo), or add --dry-run to see what it would do"
 fi
@@ -156,7 +174,7 @@ copy_secret() {
     echo "install.sh: WARNING: no secret given for $dest; the service will not authenticate until it exists" >&2
     return
   fi
-  [ -r "$src" ] || die "cannot read $src"
+  [ -r "$src" ] || { fail_step "cannot read $src (for $dest)"; return; }
   inst -m 0600 -o root -g root "$src" "$dest"
 }
 
@@ -250,8 +268,12 @@ place_model() {
   local state=/var/lib/edge-agent models sha manifest
   models="$state/models"
   [ -n "$MODEL" ] || MODEL="$ROOT/models/bundled/model.onnx"
-  [ -r "$MODEL" ] || die "model not found: $MODEL (build it with 'make model' or pass --model FILE)"
-  sha="$(sha256_of "$MODEL")"
+  if [ -r "$MODEL" ]; then
+    sha="$(sha256_of "$MODEL")"
+  else
+    fail_step "model not found: $MODEL (build it with 'make model' or pass --model FILE)"
+    sha="<sha256>"
+  fi
   inst -d -m 0750 -o edge-agent -g edge-agent "$state" "$models"
   # A model that came later by remote update stays; the installer only provides the first one.
   if exists "$models/current.onnx"; then
@@ -318,7 +340,11 @@ install_agent() {
   agent_config | KEEP=1 write_file /etc/edge-agent/agent.toml 0644 root:root
   copy_secret "$MQTT_PASSWORD_FILE" /etc/edge-agent/credentials/mqtt-password
   if [ -n "$CA_FILE" ]; then
-    inst -m 0644 -o root -g root "$CA_FILE" /etc/edge-agent/ca.pem
+    if [ -r "$CA_FILE" ]; then
+      inst -m 0644 -o root -g root "$CA_FILE" /etc/edge-agent/ca.pem
+    else
+      fail_step "cannot read $CA_FILE (for /etc/edge-agent/ca.pem)"
+    fi
   fi
   place_model
 
@@ -358,6 +384,10 @@ port = 1883
 username = "roadmon-server"
 password_file = "mqtt-password"
 
+[devices]
+# The broker's public TLS address, printed in the credentials that fleet-server device add shows:
+# broker = "mqtt.example.org:8883"
+
 [broker_files]
 passwd_file = "/etc/mosquitto/passwd"
 acl_file = "/etc/mosquitto/acl"
@@ -394,3 +424,8 @@ case "$ROLE" in
   agent) install_agent ;;
   server) install_server ;;
 esac
+if [ ${#WOULD_FAIL[@]} -gt 0 ]; then
+  printf 'install.sh: the dry run found %d step(s) that would fail:\n' "${#WOULD_FAIL[@]}" >&2
+  printf '  %s\n' "${WOULD_FAIL[@]}" >&2
+  exit 2
+fi

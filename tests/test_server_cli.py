@@ -293,3 +293,25 @@ def test_tables_show_what_devices_sent_as_text_not_as_rich_markup(cli, fresh_db)
     assert out.exit_code == 0, out.output
     assert "[blink]config-reload[/blink]" in out.output
     assert "[bold red]done[/] [link=https://evil.example]click[/link]" in out.output
+
+
+def test_device_credentials_name_the_public_broker_or_say_they_do_not(cli, tmp_path) -> None:
+    """`device add` handed vehicles mqtt.host (127.0.0.1, or `mosquitto` in compose), the server's own way to the
+    broker; [devices] broker is the public address, and without it the output says what it shows."""
+    internal = cli.run("device", "add", f"cli-{cli.port}")
+    assert internal.exit_code == 0, internal.output
+    assert re.search(r"mqtt_host\s+127\.0\.0\.1\n", internal.stdout)
+    said = " ".join(internal.stdout.split())
+    assert "the server's own address of its broker" in said and '[devices] broker = "mqtt.example.org:8883"' in said
+    conf = Path(cli.conf)
+    conf.write_text(conf.read_text() + '[devices]\nbroker = "mqtt.example.org"\n')
+    public = json.loads(cli.run("device", "add", f"cli-{cli.port}-b", "--json").stdout)
+    assert (public["mqtt_host"], public["mqtt_port"], public["mqtt_address_is_public"]) == ("mqtt.example.org",
+                                                                                            8883, True)
+    shown = cli.run("device", "add", f"cli-{cli.port}-c")
+    assert re.search(r"mqtt_host\s+mqtt\.example\.org\n", shown.stdout) and "server's own" not in shown.stdout
+    (tmp_path / "fleet.csv").write_text(f"cli-{cli.port}-d\n")
+    imported = cli.run("device", "import", str(tmp_path / "fleet.csv"))
+    assert imported.exit_code == 0, imported.output
+    sheet = (tmp_path / "fleet.credentials.csv").read_text().splitlines()
+    assert sheet[1].split(",")[2:4] == ["mqtt.example.org", "8883"]

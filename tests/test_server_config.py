@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -53,3 +58,56 @@ def test_secrets_from_files_env_and_credentials_directory(tmp_path, monkeypatch)
     cfg = config.parse({"database": {"dsn_file": "database-dsn"}, "mqtt": {"password_file": "mqtt-password"}})
     assert cfg.database.resolve_dsn() == "postgresql://from-credential/db"
     assert cfg.mqtt.resolve_password() == "s3cret"
+
+
+def test_relative_secrets_are_found_beside_the_config_from_a_root_shell(tmp_path, monkeypatch) -> None:
+    """The installer's server.toml names systemd credentials (dsn_file = "database-dsn"); run from a shell there
+    is no $CREDENTIALS_DIRECTORY, so <config dir>/credentials/ (where install.sh keeps them) is looked in."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    etc = tmp_path / "etc" / "fleet-server"
+    (etc / "credentials").mkdir(parents=True)
+    (etc / "credentials" / "database-dsn").write_text("postgresql://beside/db\n")
+    (etc / "server.toml").write_text('[database]\ndsn_file = "database-dsn"\n'
+                                     '[mqtt]\npassword_file = "mqtt-password"\n')
+    cfg = config.load(etc / "server.toml")
+    assert cfg.database.resolve_dsn() == "postgresql://beside/db"
+    with pytest.raises(FileNotFoundError) as missing:
+        cfg.mqtt.resolve_password()
+    looked = missing.value.strerror
+    assert str(etc / "credentials" / "mqtt-password") in looked and str(tmp_path / "mqtt-password") in looked
+    assert "$CREDENTIALS_DIRECTORY is not set" in looked and missing.value.filename == "mqtt-password"
+    # Under the unit, $CREDENTIALS_DIRECTORY comes first.
+    creds = tmp_path / "run-credentials"
+    creds.mkdir()
+    (creds / "database-dsn").write_text("postgresql://from-unit/db")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert cfg.database.resolve_dsn() == "postgresql://from-unit/db"
+    assert config.secret_places(Path("mqtt-password"), (etc,))[:2] == [creds / "mqtt-password",
+                                                                        etc / "credentials" / "mqtt-password"]
+
+
+def test_missing_credential_from_the_cli_names_where_it_looked(tmp_path) -> None:
+    etc = tmp_path / "fleet-server"
+    (etc / "credentials").mkdir(parents=True)
+    (etc / "server.toml").write_text('[database]\ndsn_file = "database-dsn"\n')
+    environ = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", config.DSN_ENV)}
+    done = subprocess.run([sys.executable, "-m", "fleet_server", "-c", str(etc / "server.toml"), "device", "ls"],
+                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "database-dsn" in done.stderr and str(etc / "credentials" / "database-dsn") in done.stderr
+
+
+@pytest.mark.parametrize(("broker", "address"), [(None, ("10.0.0.5", 1883, False)),
+                                                 ("mqtt.example.org", ("mqtt.example.org", 8883, True)),
+                                                 ("mqtt.example.org:18883", ("mqtt.example.org", 18883, True))])
+def test_vehicles_are_handed_the_public_broker(broker, address) -> None:
+    cfg = config.parse({"mqtt": {"host": "10.0.0.5"}, "devices": {"broker": broker}} if broker else
+                       {"mqtt": {"host": "10.0.0.5"}})
+    assert cfg.devices.vehicle_address(cfg.mqtt) == address
+
+
+@pytest.mark.parametrize("bad", ["mqtts://mqtt.example.org", "mqtt.example.org:99999", "host name", "h:"])
+def test_public_broker_must_be_host_and_port(bad: str) -> None:
+    with pytest.raises(config.ConfigError, match=r"devices\.broker"):
+        config.parse({"devices": {"broker": bad}})

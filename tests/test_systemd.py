@@ -105,6 +105,25 @@ def test_ingest_is_a_template_with_the_instance_in_the_command() -> None:
     assert s["Restart"] == ["always"]
 
 
+@pytest.mark.parametrize(("instance", "port"), [(1, 9101), (9, 9109), (10, 9110), (64, 9164)])
+def test_ingest_instances_get_valid_metrics_ports(instance: int, port: int) -> None:
+    """`--metrics-port 910%i` made 91010 for instance 10, past the last port: the unit gives a base that the
+    server adds the instance to."""
+    import typer
+
+    from fleet_server.cli import _metrics_port
+
+    command = unit_settings(UNITS / "fleet-server-ingest@.service")["ExecStart"][0].split()
+    assert "--metrics-port" not in command and "910%i" not in " ".join(command)
+    base = int(command[command.index("--metrics-port-base") + 1])
+    assert _metrics_port(0, base, instance) == port
+    assert _metrics_port(9200, 0, instance) == 9200, "a plain --metrics-port stays as given"
+    with pytest.raises(typer.Exit):
+        _metrics_port(0, 65500, 36)
+    with pytest.raises(typer.Exit):
+        _metrics_port(9200, 9100, instance)
+
+
 # ------------------------------------------------------------------------------------ notify protocol
 @pytest.fixture
 def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
@@ -217,6 +236,30 @@ def test_installer_ca_goes_to_uplink_and_model_update(tmp_path: Path) -> None:
     assert f"install -m 0644 -o root -g root {ca} /etc/edge-agent/ca.pem" in result.stdout
 
 
+def test_installer_dry_run_shows_every_step_past_a_missing_file(tmp_path: Path) -> None:
+    """A password file that is not there (yet) stopped the dry run at `cannot read`, before the steps after it;
+    now it is marked as a step that would fail, the plan goes on to the end, and the exit status says so."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    missing = tmp_path / "veh-042.password"
+    result = dry_run("agent", "--device-id", "veh-042", "--model", str(model), "--mqtt-password-file", str(missing),
+                     "--ca-file", str(tmp_path / "ca.crt"))
+    assert result.returncode == 2
+    plan = result.stdout
+    assert f"! would fail: cannot read {missing} (for /etc/edge-agent/credentials/mqtt-password)" in plan
+    assert f"! would fail: cannot read {tmp_path / 'ca.crt'}" in plan
+    assert "systemctl enable --now edge-agent.service" in plan, "the steps after the missing file are shown"
+    assert f"cannot read {missing}" in result.stderr and "2 step(s) that would fail" in result.stderr
+    server = dry_run("server", "--database-dsn-file", str(tmp_path / "dsn"))
+    assert server.returncode == 2 and "fleet-server-ingest@2.service" in server.stdout
+    assert f"! would fail: cannot read {tmp_path / 'dsn'}" in server.stdout
+    real = subprocess.run(["bash", str(UNITS / "install.sh"), "agent", "--destdir", str(tmp_path / "img"),
+                           "--no-venv", "--model", str(model), "--mqtt-password-file", str(missing)],
+                          capture_output=True, text=True, timeout=60)
+    assert real.returncode == 2 and f"cannot read {missing}" in real.stderr, "a real run still stops there"
+    assert "multi-user.target.wants" not in real.stdout
+
+
 def test_installer_dry_run_changes_nothing(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(b"x")
@@ -254,6 +297,9 @@ def test_installer_server_plan_enables_n_workers(tmp_path: Path) -> None:
     server_cfg = load_server_config(server_toml)
     assert server_cfg.models.url_base == "https://fleet.example.net"
     assert str(server_cfg.database.dsn_file) == "database-dsn"  # relative: the unit runs in its credentials dir
+    assert server_cfg.broker_files.passwd_file == Path("/etc/mosquitto/passwd")  # what docs/deploy.md sets up
+    assert server_cfg.broker_files.acl_file == Path("/etc/mosquitto/acl")
+    assert server_cfg.mqtt.username == "roadmon-server" and server_cfg.mqtt.port == 1883
     assert ("systemctl enable --now fleet-server.service fleet-server-ingest@1.service "
             "fleet-server-ingest@2.service fleet-server-ingest@3.service") in result.stdout
 
@@ -261,6 +307,10 @@ def test_installer_server_plan_enables_n_workers(tmp_path: Path) -> None:
 def test_installer_rejects_bad_input() -> None:
     assert dry_run("agent", "--device-id", "bad id!").returncode != 0
     assert dry_run("server", "--workers", "zero").returncode != 0
+    for workers in ("0", "65", "99999999999999999999999"):
+        refused = dry_run("server", "--workers", workers)
+        assert refused.returncode == 2 and "from 1 to 64" in refused.stderr, refused.stderr
+    assert dry_run("server", "--workers", "64").returncode == 0
     result = dry_run("frobnicate")
     assert result.returncode != 0 and "unknown argument" in result.stderr
 
