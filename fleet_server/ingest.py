@@ -89,6 +89,8 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
                   cfg: ServerConfig) -> None:
     if kind == "unknown" or device is None:
         raise Invalid(f"unexpected topic {msg.topic!r}")
+    if kind == "result" and name == topics.PROBE_COMMAND:
+        return  # a doctor's broker probe: acknowledged to the broker, never a command result (topics.probe)
     if kind == "result":
         payload = parse_json(msg.payload, cfg.ingest.max_result_bytes)
         if not isinstance(payload, dict):

@@ -31,6 +31,16 @@ def cmd_result(device_id: str, name: str) -> str:
     return f"{PREFIX}/{device_id}/cmd/{name}/result"
 
 
+# `edge-agent doctor` proves that a device may write under its id by publishing a "result" of this command,
+# the one topic pattern every device may write besides its data (the broker's ACL). The server never sends a
+# command of this name and ingest acknowledges such a message without storing it: it answers nothing.
+PROBE_COMMAND = "probe"
+
+
+def probe(device_id: str) -> str:
+    return cmd_result(device_id, PROBE_COMMAND)
+
+
 def shared(kind: str, group: str = "ingest") -> str:
     """Shared-subscription filter so several ingest workers split one kind of message."""
     return f"$share/{group}/{PREFIX}/+/{kind}"

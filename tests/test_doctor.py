@@ -193,6 +193,68 @@ def test_calibration_green_and_a_camera_of_another_shape_yellow(tmp_path: Path) 
     assert cal.level is Level.YELLOW and "another shape" in cal.summary
 
 
+def test_relative_paths_are_taken_beside_the_config_wherever_doctor_runs(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/calibration.md's own `intrinsics_file = "cam.toml"`: config check said ok, doctor (and run under
+    systemd, whose working folder is /) looked for cam.toml in the current folder."""
+    box = tmp_path / "etc"
+    box.mkdir()
+    (box / "cam.toml").write_text("width = 320\nheight = 240\nfx = 300.0\nfy = 300.0\ncx = 160.0\ncy = 120.0\n")
+    make_video(box / "road.mp4")
+    (box / "tiny.onnx").write_bytes(tiny_detector(0.6))
+    (box / "drive.nmea").write_bytes(b"".join(nmea_epoch(datetime(2026, 5, 1, 10, 0, i, tzinfo=UTC))
+                                              for i in range(3)))
+    path = write_config(box, device={"state_dir": "state"}, calibration={"intrinsics_file": "cam.toml"},
+                        camera={"source": "road.mp4"}, gnss={"source": "file", "file": "drive.nmea"},
+                        detector={"model": "tiny.onnx"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    results = by_name(run_checks(str(path), options=FAST,
+                                 only=["camera", "calibration", "gnss", "model", "outbox"]))
+    for name in ("camera", "calibration", "gnss", "model", "outbox"):
+        assert results[name].level is Level.GREEN, results[name]
+    assert str(box / "cam.toml") in results["calibration"].summary
+
+
+def test_load_resolves_every_relative_path_field_and_keeps_special_values(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent import config as agent_config
+
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("pw\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.chdir(tmp_path)
+    box = tmp_path / "etc"
+    box.mkdir()
+    path = write_config(box, device={"state_dir": "state"}, camera={"source": "v.mp4"},
+                        gnss={"file": "d.nmea", "port": "ttyX"}, calibration={"intrinsics_file": "cam.toml"},
+                        detector={"model": "m.onnx", "manifest": "m.json"},
+                        model_update={"models_dir": "models", "ca_file": "ca.pem", "public_key": "key.pem"},
+                        uplink={"ca_file": "broker-ca.pem", "cert_file": "c.pem", "key_file": "k.pem"})
+    cfg = agent_config.load(path)
+    beside = {f"{box / name}" for name in ("state", "v.mp4", "d.nmea", "ttyX", "cam.toml", "m.onnx", "m.json",
+                                           "models", "ca.pem", "key.pem", "broker-ca.pem", "c.pem", "k.pem")}
+    got = {cfg.device.state_dir, cfg.camera.source, cfg.gnss.file, cfg.gnss.port, cfg.calibration.intrinsics_file,
+           cfg.detector.model, cfg.detector.manifest, cfg.model_update.models_dir, cfg.model_update.ca_file,
+           cfg.model_update.public_key, cfg.uplink.ca_file, cfg.uplink.cert_file, cfg.uplink.key_file}
+    assert got == beside
+    assert cfg.outbox_path == box / "state" / "outbox.db"
+    assert cfg.uplink.password_file == "mqtt-password", "systemd's credential stays relative: read from there"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert agent_config.load(path).uplink.password_file == str(box / "mqtt-password")
+
+    pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+    for camera in ("0", "/dev/video0", "rtsp://cam.local/stream", "v4l2src ! videoconvert ! appsink"):
+        special = write_config(box, camera={"source": camera}, gnss={"port": "/dev/ttyUSB0"},
+                               model_update={"public_key": pem})
+        cfg = agent_config.load(special)
+        assert (cfg.camera.source, cfg.gnss.port, cfg.detector.model) == (camera, "/dev/ttyUSB0", "bundled")
+        assert cfg.model_update.public_key == pem and cfg.calibration.intrinsics_file == ""
+        assert cfg.model_update.models_dir == "" and cfg.detector.manifest is None
+
+
 # -------------------------------------------------------------------------------------------------- GNSS
 def test_gnss_on_a_pty_with_a_fix(tmp_path: Path, receiver: Any) -> None:
     rx = receiver(lambda i: nmea_epoch(datetime.now(UTC)))  # a receiver on true time, sending as it goes
@@ -216,6 +278,22 @@ def test_clock_far_from_gnss_time_is_red(tmp_path: Path, receiver: Any) -> None:
     assert clock.level is Level.RED
     assert clock.data["offset_vs_gnss_s"] == pytest.approx(3 * 3600, abs=5)
     assert "+3.0 h vs GNSS" in clock.summary
+
+
+def test_clock_says_why_a_recordings_fix_is_not_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GNSS line reported a 3D fix from a recording while the clock said "GNSS time needs a fix"."""
+    monkeypatch.setattr("edge_agent.doctor.clock_check.ntp_state", lambda: (False, "no NTP here"))
+    rec = tmp_path / "drive.nmea"
+    rec.write_bytes(b"".join(nmea_epoch(datetime(2026, 5, 1, 10, 0, i, tzinfo=UTC)) for i in range(3)))
+    path = write_config(tmp_path, gnss={"source": "file", "file": str(rec)})
+    results = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))
+    assert results["gnss"].level is Level.GREEN and "3D fix" in results["gnss"].summary
+    clock = results["clock"]
+    assert clock.level is Level.YELLOW and "offset_vs_gnss_s" not in clock.data
+    assert "recording" in clock.explanation and "not now" in clock.explanation, clock
+    assert "needs a fix" not in clock.explanation + clock.hint
+    alone = by_name(run_checks(str(path), only=["clock"], options=FAST))["clock"]
+    assert "GNSS was not checked" in alone.explanation
 
 
 def test_clock_offsets_read_in_units_a_person_reads():
@@ -388,6 +466,8 @@ def test_broker_wrong_password_is_red_with_a_clear_message(tmp_path: Path, servi
     assert broker["level"] == "red"
     assert "auth failed" in broker["summary"] and "refused" in broker["summary"]
     assert "password" in broker["hint"]
+    # The box's id is known to the server: a plain `device add` refuses it, --reissue prints new credentials.
+    assert f"fleet-server device add --reissue {device_id}" in broker["hint"]
 
 
 @pytest.mark.services
@@ -424,6 +504,24 @@ def test_model_loads_with_latency_and_provider(tmp_path: Path) -> None:
     assert m.data["provider"] == "CPUExecutionProvider" and m.data["version"] == "7"
     assert m.data["latency_ms_median"] > 0 and m.data["frame"] == [320, 240]  # timed at the camera's size
     assert "ms per 320x240 frame" in m.summary
+
+
+def test_model_is_timed_at_the_configured_frame_size_with_or_without_the_camera_check(tmp_path: Path) -> None:
+    """A full run timed the camera check's frames (640x360), `--only model` 1280x720: two figures for one box."""
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_detector(0.6))
+    video = make_video(tmp_path / "road.mp4")  # 320x240
+    path = write_config(tmp_path, detector={"model": str(model)}, camera={"source": str(video)})
+    full = by_name(run_checks(str(path), options=FAST))["model"]
+    alone = by_name(run_checks(str(path), only=["model"], options=FAST))["model"]
+    assert full.data["frame"] == alone.data["frame"] == [320, 240]
+    assert "ms per 320x240 frame" in alone.summary
+    sized = write_config(tmp_path, detector={"model": str(model)}, camera={"source": "0", "width": 640,
+                                                                              "height": 480})
+    assert by_name(run_checks(str(sized), only=["model"], options=FAST))["model"].data["frame"] == [640, 480]
+    calibrated = write_config(tmp_path, detector={"model": str(model)}, camera={"source": "0"},
+                              calibration={"width": 800, "height": 600})
+    assert by_name(run_checks(str(calibrated), only=["model"], options=FAST))["model"].data["frame"] == [800, 600]
 
 
 def test_model_that_fails_its_check_is_red(tmp_path: Path) -> None:

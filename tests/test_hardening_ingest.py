@@ -172,6 +172,37 @@ def test_poison_flood_from_one_device_never_stops_the_others(make_cfg, workers, 
         dev.close()
 
 
+def test_a_doctor_probe_is_no_command_result() -> None:
+    """`edge-agent doctor` proves the device may write under its id with a publish on cmd/probe/result; the
+    server never sent a `probe`, so it is neither a command result nor a dead letter."""
+    batch = classify([_msg(topics.probe("veh-1"), b'{"probe": true, "at": "2026-05-01T10:00:00Z"}'),
+                      _msg(topics.cmd_result("veh-1", "config-reload"), b'{"ok": true}')], parse({}))
+    assert batch.results == [("veh-1", "config-reload", {"ok": True})] and batch.rejected == []
+
+
+@pytest.mark.services
+def test_the_doctors_broker_probe_leaves_no_command_result(make_cfg, workers, mqtt_device, service_info, fresh_db,
+                                                           tmp_path) -> None:
+    from edge_agent.config.uplink import UplinkConfig
+    from edge_agent.link.broker_probe import probe_broker
+
+    device, password = mqtt_device()
+    workers(make_cfg(devices=[device]))
+    (tmp_path / "pw").write_text(password)
+    cfg = UplinkConfig(host=service_info.mqtt_host, port=service_info.mqtt_port, tls=False,
+                       password_file=str(tmp_path / "pw"))
+    steps = probe_broker(cfg, device)
+    assert [s.ok for s in steps if s.name in ("auth", "publish")] == [True, True], steps
+    dev = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, device, password)
+    try:  # a real result after the probe: once it is stored, the probe (published first) was handled too
+        dev.publish("result", b'{"ok": true}', topic=topics.cmd_result(device, "config-reload"))
+        assert wait_for(lambda: count(fresh_db, "SELECT count(*) FROM command_results") == 1)
+    finally:
+        dev.close()
+    assert count(fresh_db, "SELECT count(*) FROM command_results WHERE name = 'probe'") == 0
+    assert count(fresh_db, "SELECT count(*) FROM rejected WHERE topic = %s", (topics.probe(device),)) == 0
+
+
 @pytest.mark.services
 def test_results_reasons_conflicts_and_retention(make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
     device, password = mqtt_device()

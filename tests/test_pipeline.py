@@ -731,3 +731,49 @@ def test_an_outbox_path_that_is_a_folder_is_called_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
                                       str(drive / "drive.nmea"), "--config", str(config), "--outbox", str(tmp_path)])
     assert result.exit_code == 2 and f"outbox {tmp_path} is a folder, not a file" in " ".join(result.output.split())
+
+
+def test_run_on_a_recorded_drive_places_defects_where_replay_does(tmp_path: Path) -> None:
+    """`edge-agent sim drive`'s agent.toml: a video file as camera, its NMEA recording as GNSS, and drive.json
+    saying the NMEA starts before the video. `run` dates the frames from drive.json as replay does; playing the
+    two files side by side from their starts put every defect the NMEA's lead (here 2 s, 20 m) off."""
+    import threading
+
+    from edge_agent import config as agent_config
+    from edge_agent.runtime.assemble import build_agent
+    from edge_agent.runtime.live import LiveAgent
+    from edge_agent.runtime.replay import replay_drive
+
+    drive = write_recording(tmp_path / "drive", seconds=3)
+    model = toy_model(tmp_path / "toy.onnx")
+    replayed = tmp_path / "replayed"
+    replayed.mkdir()
+    with build_agent(agent_config.load(agent_toml(replayed, model)), outbox=replayed / "outbox.db") as agent:
+        replay_drive(agent, drive / "video.mp4", drive / "drive.nmea")
+    with Outbox(replayed / "outbox.db") as box:
+        (expected,) = [e for _, e in box.iter_events()]
+
+    live = tmp_path / "live"
+    live.mkdir()
+    config = agent_toml(live, model, camera=str(drive / "video.mp4"),
+                        extra='file_realtime = false\n'
+                              f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
+    health = HealthBoard()
+    agent = LiveAgent(agent_config.load(config), health=health)
+    runner = threading.Thread(target=agent.run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("signal.signal", lambda *a: None)  # signal handlers belong to the main thread only
+        runner.start()
+        deadline = time.monotonic() + 120
+        while health.snapshot().get("camera") != "ended" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    assert health.snapshot()["gnss"] == "ok"
+    with Outbox(live / "outbox.db") as box:
+        (event,) = [e for _, e in box.iter_events()]
+    got, want = event["position"], expected["position"]
+    north_m = (got["lat"] - want["lat"]) * 111_195.0
+    assert abs(north_m) < 0.5, f"{north_m:.1f} m north of where replay put it"
+    assert event["captured_at"] == expected["captured_at"]  # dated by drive.json, not the box's clock

@@ -15,7 +15,7 @@ from edge_agent.cli import app
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.heartbeat import build_status, write_status_file
-from edge_agent.link.outbox import Outbox
+from edge_agent.link.outbox import Outbox, utc_now_iso
 from roadmon_contract import validate
 from tests.test_outbox import make_coverage, make_event
 
@@ -97,9 +97,9 @@ def test_status_shows_queue_fix_and_broker(box) -> None:
     assert beat["queue_depth"] == 3 and beat["oldest_pending_age_s"] >= 0 and beat["disk_free_mb"] > 0
     info = json.loads(run("status", "--config", box["config"], "--json"))
     assert info["broker"] == "connected" and info["queue_depth"] == 3
-    assert info["last_fix"]["mode"] == 3 and info["last_confirmed_at"]
+    assert info["position"]["mode"] == 3 and info["last_confirmed_at"]
     table = run("status", "--config", box["config"])
-    for words in ("broker", "connected", "queue depth", "oldest pending", "last confirmed", "last fix"):
+    for words in ("broker", "connected", "queue depth", "oldest pending", "last confirmed", "position"):
         assert words in table
 
 
@@ -225,3 +225,33 @@ def test_status_shows_gnss_health_and_defects_without_a_position(box) -> None:
     assert info["events_no_fix"] is None
     table = status_table(box)
     assert re.search(r"GNSS │ ok, last fix \d+ s ago", table) and "- (not in this agent's status file)" in table
+
+
+def test_status_has_one_last_fix_and_a_stopped_agents_gnss_is_history(box) -> None:
+    """During `run` the status showed `GNSS │ ok, last fix 15 s ago` beside `last fix │ -` (the pipeline's
+    position at its last frame, with no frame processed yet); after a stop `GNSS ok` as if the receiver still
+    had a fix. One "last fix" figure; the position row says why it is empty; a stopped agent's GNSS is history."""
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", last_fix_mono=time.monotonic() - 3)  # no frame yet: no fps, no fix
+    write_beat(box, health)
+    table = status_table(box)
+    assert len(re.findall("last fix", table)) == 1, table
+    assert re.search(r"GNSS │ ok, last fix \d+ s ago", table)
+    assert "position │ - (no frame processed)" in table
+
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        beat = build_status("stopped", "veh-cli", ob, health, broker="stopped")
+    write_status_file(box["state"] / "agent-status.json", beat)
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["gnss"]["state"] == "stopped" and info["gnss"]["last_state"] == "ok"
+    assert 2 <= info["gnss"]["last_fix_age_s"] < 60
+    table = status_table(box)
+    assert "GNSS │ agent stopped (GNSS ok at its last status" in table and "last fix" in table
+    assert "GNSS │ ok" not in table
+
+    # An agent that died without a farewell: its status grows stale, and says so instead of "ok".
+    stale = beat | {"state": "online", "sent_at": utc_now_iso(3600)}
+    write_status_file(box["state"] / "agent-status.json", stale)
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["gnss"]["state"] == "unknown" and info["gnss"]["last_state"] == "ok"
+    assert "agent not running (status is stale)" in status_table(box)

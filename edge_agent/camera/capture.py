@@ -19,8 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.config.camera import CameraConfig
+from edge_agent.config.camera import CameraConfig, source_kind
 from edge_agent.health import HealthBoard
+
+# source_kind lives with the camera's config (the config resolves a relative video file by it); named here too.
+__all__ = ["Frame", "FrameSource", "open_capture", "source_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +35,6 @@ class Frame:
     image: np.ndarray   # BGR, as OpenCV delivers it
     t_mono: float       # time.monotonic() when the frame was grabbed
     index: int          # frames read from the source since it was (re)opened; for a file, the frame number
-
-
-def source_kind(source: str) -> str:
-    """'device' (V4L2 index or /dev path), 'url' (RTSP/HTTP), 'gstreamer' (a pipeline) or 'file'."""
-    text = source.strip()
-    if text.isdigit() or text.startswith("/dev/"):
-        return "device"
-    if "://" in text:
-        return "url"
-    if "!" in text:
-        return "gstreamer"
-    return "file"
 
 
 def open_capture(cfg: CameraConfig) -> cv2.VideoCapture:

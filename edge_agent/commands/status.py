@@ -51,10 +51,12 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "queue_depth": stats["queue_depth"],
         "oldest_pending_at": stats["oldest_pending_at"],
         "last_confirmed_at": stats["last_confirmed_at"],
-        "last_fix": (agent or {}).get("fix"),
+        # The filtered vehicle position at the last frame the pipeline took (not the receiver's last fix,
+        # whose age is gnss.last_fix_age_s): None before a frame, or when that frame had no position.
+        "position": (agent or {}).get("fix"),
         "fps": (agent or {}).get("fps"),
         "health": (agent or {}).get("health"),
-        "gnss": _gnss(agent),
+        "gnss": _gnss(agent, heartbeat_s),
         # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
         # sending junk this grows while no event is sent.
         "events_no_fix": _counter(agent, "events_no_fix"),
@@ -89,20 +91,50 @@ def _counter(agent: dict[str, Any] | None, name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _gnss(agent: dict[str, Any] | None) -> dict[str, Any]:
+def _gnss(agent: dict[str, Any] | None, heartbeat_s: float) -> dict[str, Any]:
     """The GNSS reader's state on the agent's health board and how old its last fix is. The age comes from
     the status file's last_fix_at when it has one; else, with the reader "ok" (its latest epoch had a fix),
-    the fix was current when the status was written, so it is as old as the status."""
+    the fix was current when the status was written, so it is as old as the status. The state is only now's
+    while the agent runs: a stopped agent's is "stopped", a silent one's "unknown", and `last_state` keeps what
+    its last status said."""
     health = (agent or {}).get("health") or {}
     state = health.get("gnss")
     fix_age = age_s(stamp) if isinstance(stamp := (agent or {}).get("last_fix_at"), str) else None
     if fix_age is None and state == "ok":
         fix_age = age_s((agent or {}).get("sent_at"))
-    return {"state": None if state is None else str(state), "last_fix_age_s": fix_age}
+    info: dict[str, Any] = {"state": None if state is None else str(state), "last_fix_age_s": fix_age}
+    if agent and state is not None and (agent.get("state") == "stopped" or is_stale(agent, heartbeat_s)):
+        info.update(state="stopped" if agent.get("state") == "stopped" else "unknown", last_state=str(state))
+    return info
+
+
+def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
+    """The GNSS row: the reader's state (or why there is none now) and the one "last fix" figure."""
+    if gnss["state"] is None:
+        return "-"
+    last_fix = "unknown" if gnss["last_fix_age_s"] is None else f"{seconds_text(gnss['last_fix_age_s'])} ago"
+    if "last_state" in gnss:  # the agent is not running: its last status is history, not the receiver now
+        why = "agent stopped" if gnss["state"] == "stopped" else "agent not running (status is stale)"
+        age = age_s(status_at)
+        when = "" if age is None else f" {seconds_text(age)} ago"
+        return (f"[yellow]{why}[/yellow] (GNSS {escape(gnss['last_state'])} at its last status{when}), "
+                f"last fix {last_fix}")
+    style = GNSS_STYLE.get(gnss["state"], "red")
+    return f"[{style}]{escape(gnss['state'])}[/{style}], last fix {last_fix}"
+
+
+def _position_text(info: dict[str, Any]) -> str:
+    """The filtered position at the last frame; '-' says why there is none."""
+    pos = info["position"]
+    if pos:
+        return ", ".join(f"{k} {v}" for k, v in pos.items() if v is not None)
+    if info["status_at"] is None:
+        return "-"
+    return "- (no frame processed)" if info["fps"] is None else "- (none at the last frame)"
 
 
 def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Queue depth, oldest pending, last confirmed, last fix and broker state."""
+    """Queue depth, oldest pending, last confirmed, GNSS and last fix, position and broker state."""
     info = collect(config, outbox)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -112,13 +144,6 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     table.add_column("value")
     broker = info["broker"]
     style = "green" if broker == "connected" else "yellow" if broker in ("connecting", "stopped") else "red"
-    fix = info["last_fix"]
-    fix_text = "-" if not fix else ", ".join(f"{k} {v}" for k, v in fix.items() if v is not None)
-    gnss = info["gnss"]
-    gnss_style = GNSS_STYLE.get(gnss["state"], "red")
-    gnss_text = "-" if gnss["state"] is None else (
-        f"[{gnss_style}]{escape(gnss['state'])}[/{gnss_style}], last fix "
-        + ("unknown" if gnss["last_fix_age_s"] is None else f"{seconds_text(gnss['last_fix_age_s'])} ago"))
     no_fix = info["events_no_fix"]
     no_fix_text = str(no_fix)
     if no_fix is None:
@@ -132,8 +157,8 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
                         f"coverage {info['coverage']['pending'] + info['coverage']['sent']})"),
         ("oldest pending", ago_text(info["oldest_pending_at"])),
         ("last confirmed", ago_text(info["last_confirmed_at"])),
-        ("GNSS", gnss_text),
-        ("last fix", fix_text),
+        ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
+        ("position", _position_text(info)),
         ("events without position", no_fix_text),
         ("fps", "-" if info["fps"] is None else f"{info['fps']:.1f}"),
         ("disk", f"outbox {info['outbox_mb']:.1f} MB of {info['budget_mb']:.0f} MB, "

@@ -2,6 +2,7 @@
 
 Each section lives in its own module beside this one; `AgentConfig` puts them together. Unknown keys are
 errors, and `load` reports every problem with its key path (`uplink.prot: Extra inputs are not permitted`).
+`load` also takes every relative file path in the file as relative to the file's own folder (`paths`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edge_agent.config.events import EventsConfig
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.config.outbox import OutboxConfig
+from edge_agent.config.paths import resolve_paths
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.config.uplink import UplinkConfig
 from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
@@ -52,5 +54,6 @@ def parse(data: dict, source: Path | str = "<config>") -> AgentConfig:
 
 
 def load(path: Path | str) -> AgentConfig:
-    """Read and validate a TOML config; raises ConfigError naming every bad key."""
-    return load_toml(AgentConfig, path)
+    """Read and validate a TOML config; raises ConfigError naming every bad key. Relative file paths in it
+    come back absolute, taken beside PATH (edge_agent/config/paths.py)."""
+    return resolve_paths(load_toml(AgentConfig, path), Path(path))

@@ -15,7 +15,8 @@ from roadmon_contract.config_base import Section
 
 class CalibrationConfig(Section):
     intrinsics_file: str = Field("", description="TOML/JSON written by `edge-agent calibrate intrinsics`; "
-                                                  "when set it replaces the inline fx/fy/cx/cy/width/height/dist")
+                                                  "when set it replaces the inline fx/fy/cx/cy/width/height/dist; "
+                                                  "a relative path is taken beside the config file")
     width: int = Field(1280, gt=0, le=16384, description="Image width the intrinsics belong to, pixels")
     height: int = Field(720, gt=0, le=16384, description="Image height the intrinsics belong to, pixels")
     fx: float = Field(0.0, ge=0, description="Focal length in x, pixels (0 = derive from hfov_deg)")

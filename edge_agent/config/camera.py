@@ -7,8 +7,21 @@ from pydantic import Field
 from roadmon_contract.config_base import Section
 
 
+def source_kind(source: str) -> str:
+    """'device' (V4L2 index or /dev path), 'url' (RTSP/HTTP), 'gstreamer' (a pipeline) or 'file'."""
+    text = source.strip()
+    if text.isdigit() or text.startswith("/dev/"):
+        return "device"
+    if "://" in text:
+        return "url"
+    if "!" in text:
+        return "gstreamer"
+    return "file"
+
+
 class CameraConfig(Section):
-    source: str = Field("0", description="V4L2 index or path, RTSP/HTTP URL, GStreamer pipeline, or video file")
+    source: str = Field("0", description="V4L2 index or path, RTSP/HTTP URL, GStreamer pipeline, or video file "
+                                         "(a relative video file is taken beside the config file)")
     width: int | None = Field(None, gt=0, description="Requested frame width in pixels (None: the source's own)")
     height: int | None = Field(None, gt=0, description="Requested frame height in pixels (None: the source's own)")
     fps: float | None = Field(None, gt=0, le=240, description="Requested frame rate (None: the source's own)")

@@ -14,9 +14,11 @@ DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "Open
 
 
 class DetectorConfig(Section):
-    model: str = Field("bundled", description="Path of the .onnx model, or 'bundled' for the shipped one")
+    model: str = Field("bundled", description="Path of the .onnx model (relative: beside the config file), "
+                                                   "or 'bundled' for the shipped one")
     manifest: str | None = Field(None, description="Sidecar manifest JSON (classes, sha256, card data); default: "
-                                                   "<model stem>.manifest.json beside the model, when present")
+                                                   "<model stem>.manifest.json beside the model, when present; "
+                                                   "a relative path is taken beside the config file")
     score_threshold: float = Field(0.35, ge=0, le=1,
                                    description="Minimum detection score kept, for classes without a working "
                                                "threshold of their own; set here, it overrides the model "

@@ -9,4 +9,5 @@ class DeviceConfig(Section):
     id: str = Field("veh-001", pattern=r"^[A-Za-z0-9._-]{1,64}$",
                     description="Device id: the MQTT login, client id and topic segment; unique in the fleet")
     state_dir: str = Field("/var/lib/edge-agent",
-                           description="Folder for the outbox and the agent's state (systemd StateDirectory)")
+                           description="Folder for the outbox and the agent's state (systemd StateDirectory); "
+                                       "a relative path is taken beside the config file")

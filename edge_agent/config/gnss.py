@@ -14,9 +14,11 @@ class GnssConfig(Section):
     # --- where NMEA comes from
     source: Literal["serial", "file", "stdin", "gpsd"] = Field(
         "serial", description="Where NMEA comes from: serial, file (a recording), stdin, or gpsd (its JSON stream)")
-    port: str = Field("/dev/ttyACM0", description="Serial device of the receiver (source=serial)")
+    port: str = Field("/dev/ttyACM0", description="Serial device of the receiver (source=serial); a relative "
+                                                    "path is taken beside the config file")
     baud: int = Field(9600, gt=0, description="Serial baud rate (source=serial)")
-    file: str = Field("", description="NMEA recording to replay (source=file)")
+    file: str = Field("", description="NMEA recording to replay (source=file); a relative path is taken "
+                                      "beside the config file")
     realtime: bool = Field(True, description="Replay a file at the pace of its UTC times (source=file)")
     gpsd_host: str = Field("127.0.0.1", description="gpsd host (source=gpsd)")
     gpsd_port: int = Field(2947, gt=0, lt=65536, description="gpsd TCP port (source=gpsd)")

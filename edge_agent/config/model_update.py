@@ -11,12 +11,14 @@ class ModelUpdateConfig(Section):
     enabled: bool = Field(True, description="Accept cmd/model-update from the fleet server")
     models_dir: str = Field(
         "", description="Where models live (current.onnx -> <sha256>.onnx, previous.onnx); "
-                        "empty: <device.state_dir>/models")
+                        "empty: <device.state_dir>/models; a relative path is taken beside the config file")
     ca_file: str | None = Field(
-        None, description="PEM CA bundle that signs the fleet server's HTTPS certificate (None: system CAs)")
+        None, description="PEM CA bundle that signs the fleet server's HTTPS certificate (None: system CAs); a "
+                          "relative path is taken beside the config file")
     public_key: str | None = Field(
         None, description="Ed25519 public key (PEM file path, or the PEM text) that must have signed every model; "
-                          "when set, an update without a valid signature is refused")
+                          "when set, an update without a valid signature is refused; a relative path is taken "
+                          "beside the config file")
     url_prefix: str = Field(
         "", description="Only download from URLs starting with this, e.g. 'https://fleet.example.org/api/v1/models/' "
                         "(empty: any https URL)")

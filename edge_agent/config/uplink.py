@@ -1,6 +1,6 @@
 """MQTT uplink settings (owned by the uplink module). Secrets are read from files, never from the config
 itself or the command line; a relative file name is looked up in systemd's $CREDENTIALS_DIRECTORY
-(LoadCredential=) when that is set."""
+(LoadCredential=) when that holds it, else beside the config file (edge_agent/config/paths.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,18 @@ class UplinkConfig(Section):
     host: str = Field("localhost", description="Broker host name")
     port: int = Field(8883, gt=0, lt=65536, description="Broker port (8883 = MQTT over TLS)")
     tls: bool = Field(True, description="Use TLS; false only for a broker on loopback or in a test")
-    ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate "
-                                                  "(PEM); unset = the system's CAs")
-    cert_file: str | None = Field(None, description="Client certificate (PEM) for certificate login")
-    key_file: str | None = Field(None, description="Private key of cert_file (PEM)")
+    ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate (PEM); unset = "
+                                                  "the system's CAs; relative: in $CREDENTIALS_DIRECTORY, else "
+                                                  "beside the config file")
+    cert_file: str | None = Field(None, description="Client certificate (PEM) for certificate login; relative: "
+                                                    "in $CREDENTIALS_DIRECTORY, else beside the config file")
+    key_file: str | None = Field(None, description="Private key of cert_file (PEM); relative: in "
+                                                   "$CREDENTIALS_DIRECTORY, else beside the config file")
     username: str | None = Field(None, description="MQTT user name; unset = the device id")
     password_file: str | None = Field("mqtt-password",
                                       description="File holding the MQTT password (first line); unset for "
-                                                  "certificate-only login")
+                                                  "certificate-only login; relative: in $CREDENTIALS_DIRECTORY, "
+                                                  "else beside the config file")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive, seconds")
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0,
                                   description="How long the broker keeps this device's session (its "

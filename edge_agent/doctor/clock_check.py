@@ -73,7 +73,17 @@ def check_clock(ctx: Context) -> CheckResult:
         return CheckResult("clock", Level.GREEN, summary, data=data)
     if synced:
         return CheckResult("clock", Level.GREEN, summary, data=data)
+    why = _no_gnss_time(ctx)
+    data["no_gnss_time"] = why
     return CheckResult("clock", Level.YELLOW, summary,
-                       "the clock cannot be confirmed: no NTP synchronisation and no GNSS time to compare with",
-                       "enable NTP (`timedatectl set-ntp true`) once the box has network; GNSS time needs a fix",
-                       data)
+                       f"the clock cannot be confirmed: no NTP synchronisation, and no GNSS time to compare with "
+                       f"({why})", "enable NTP (`timedatectl set-ntp true`) once the box has network", data)
+
+
+def _no_gnss_time(ctx: Context) -> str:
+    """Why there is no GNSS UTC to compare with, as the GNSS check found it (or why it did not look)."""
+    if ctx.gnss_no_time:
+        return ctx.gnss_no_time
+    if ctx.cfg is None:
+        return "the config did not load, so GNSS was not checked"
+    return "GNSS was not checked (run doctor with the gnss check too)"

@@ -125,6 +125,7 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
     if verdict is not None:
         return verdict
     data = {"source": where, "bytes": got, **stats}
+    ctx.gnss_no_time = "the GNSS check saw no complete epoch"
     if not fixes:
         return CheckResult("gnss", Level.YELLOW, f"{where}: {stats['sentences']} NMEA sentences, no complete epoch",
                            "NMEA arrives, but no epoch with a time was seen yet", "wait a minute and run again", data)
@@ -133,6 +134,10 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
                 utc=fix.utc.isoformat() if fix.utc else None)
     if live and fix.utc is not None:
         ctx.gnss_utc, ctx.gnss_utc_mono = fix.utc, fix.t_mono
+    elif not live:  # a recording's UTC is when it was recorded, not now: the clock check must not compare
+        ctx.gnss_no_time = f"GNSS is a recording ({where}), whose time is the drive's, not now"
+    else:
+        ctx.gnss_no_time = "the receiver's epochs carry no UTC yet"
     summary = f"{where}: {stats['sentences']} NMEA sentences, {_quality(fix)}"
     if stats["bad_checksums"]:
         summary += f", {stats['bad_checksums']} bad checksums"
@@ -150,6 +155,7 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
 def check_gnss(ctx: Context) -> CheckResult:
     assert ctx.cfg is not None
     cfg = ctx.cfg.gnss
+    ctx.gnss_no_time = "the GNSS check found no usable NMEA"  # until a verdict below says better
     if cfg.source == "stdin":
         return CheckResult("gnss", Level.YELLOW, "gnss.source is stdin: nothing to open",
                            "stdin is for piping a recording in by hand", "use source = serial, gpsd or file")

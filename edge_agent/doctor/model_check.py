@@ -5,12 +5,37 @@ from __future__ import annotations
 import statistics
 import time
 
+import cv2
 import numpy as np
 
+from calibration.config import intrinsics_from_config
+from edge_agent.config import AgentConfig
+from edge_agent.config.camera import source_kind
 from edge_agent.detect.model_update import effective_model
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 SLOW_MS = 1000.0  # slower than this per frame: under one look per second at each defect
+
+
+def frame_size(cfg: AgentConfig) -> tuple[int, int]:
+    """(width, height) of the frames the agent will run on, from the config alone, so that a full doctor and
+    `--only model` time the same size: camera.width/height when set, else a video file's own size, else the
+    size the camera was calibrated at."""
+    if cfg.camera.width and cfg.camera.height:
+        return cfg.camera.width, cfg.camera.height
+    if source_kind(cfg.camera.source) == "file":
+        cap = cv2.VideoCapture(cfg.camera.source)
+        try:
+            size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        finally:
+            cap.release()
+        if size[0] > 0 and size[1] > 0:
+            return size
+    try:
+        intr = intrinsics_from_config(cfg.calibration)
+    except (OSError, ValueError):  # the calibration check reports a bad intrinsics file
+        return cfg.calibration.width, cfg.calibration.height
+    return intr.width, intr.height
 
 
 def check_model(ctx: Context) -> CheckResult:
@@ -28,7 +53,7 @@ def check_model(ctx: Context) -> CheckResult:
                            "without a model the agent records nothing",
                            "reinstall the model (systemd/install.sh --model FILE) or roll back: point "
                            "current.onnx at previous.onnx in the models folder", {"model": model})
-    height, width = ctx.frame_shape or (720, 1280)
+    width, height = frame_size(cfg)
     frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     detector.detect(frame)  # warm-up: first runs allocate and, on GPUs, build kernels
     times = []

@@ -50,4 +50,5 @@ class Context:
     options: Options = field(default_factory=Options)
     gnss_utc: datetime | None = None       # newest UTC from a live receiver
     gnss_utc_mono: float | None = None     # time.monotonic() when it arrived
+    gnss_no_time: str | None = None        # why the GNSS check left no UTC to compare with (said by the clock)
     frame_shape: tuple[int, int] | None = None  # (height, width) the camera delivered

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 Check = Callable[[Context], CheckResult]
 
-# Order matters: GNSS leaves its UTC for the clock check, the camera its frame size for the calibration's
-# shape check and the model's timing. Agent and delivery come last: they say whether the parts above, fine
-# one by one, get events confirmed.
+# Order matters: GNSS leaves its UTC (or why there is none) for the clock check, the camera its frame size for
+# the calibration's shape check (the model is timed at the configured frame size, with or without the camera).
+# Agent and delivery come last: they say whether the parts above, fine one by one, get events confirmed.
 CHECKS: dict[str, Check] = {
     "config": check_config,
     "camera": check_camera,

@@ -1,6 +1,8 @@
 """Checks the way to the broker one step at a time (DNS, TCP, TLS handshake, MQTT login, a publish to the
 device's own topic) and says where it breaks. Used by `edge-agent doctor`; safe while the agent runs (it logs
-in with its own client id, `<device>-probe`, and a clean session, so it never takes over the agent's)."""
+in with its own client id, `<device>-probe`, and a clean session, so it never takes over the agent's). Its
+publish goes to topics.probe, which the server's ingest acknowledges without storing: a doctor run is no
+command result on the server."""
 
 from __future__ import annotations
 
@@ -125,12 +127,14 @@ def _mqtt(cfg: UplinkConfig, device_id: str, timeout_s: float, publish: bool) ->
         if code is None:
             raise _Failed("no CONNACK from the broker", "is this an MQTT port?")
         if code.is_failure:
+            # `device add` refuses an id the server knows (this box's, as a rule): --reissue prints new ones.
             raise _Failed(f"login of {cfg.username or device_id!r} refused: {code}",
-                          "check the device id and the password file; `fleet-server device add ID` prints "
-                          "fresh credentials")
+                          "check the device id and the password file; on the server, `fleet-server device add "
+                          f"--reissue {device_id}` prints fresh credentials for this device (the old ones stop "
+                          f"working; a device the server does not know yet: `fleet-server device add {device_id}`)")
         if not publish:
             return True, f"logged in as {cfg.username or device_id!r}"
-        topic = topics.cmd_result(device_id, "probe")
+        topic = topics.probe(device_id)  # a topic the device may write that the server does not store
         info = client.publish(topic, json.dumps({"probe": True, "at": utc_now_iso()}), qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise _Failed(f"publish failed: {mqtt.error_string(info.rc)}")

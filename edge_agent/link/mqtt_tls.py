@@ -2,6 +2,7 @@
 
 A relative file name is looked up in systemd's $CREDENTIALS_DIRECTORY (set by LoadCredential=) when that
 exists, else taken as given, so a unit file can hand secrets to the agent without them touching the config.
+A config read with `edge_agent.config.load` has made every other relative name absolute beside the config file.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ works and the outbox accepts writes, so a wedged camera or a full disk gets the 
 rather than running blind. SIGTERM/SIGINT end the loop; open tracks become events before the agent exits.
 So does a valid cmd/config-reload (runtime/config_reload.py): `reload_requested` is then set and the caller
 exits with EXIT_CONFIG_RELOAD for the service manager to start the agent again on the new config.
+
+A video file as camera with an NMEA recording as GNSS and drive.json beside the video (a simulated or recorded
+drive) is dated as `replay` dates it (runtime/replay.RecordedDrive) instead of reading the NMEA on its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from edge_agent.runtime import sdnotify
 from edge_agent.runtime.assemble import Agent, build_agent
 from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import Pipeline
+from edge_agent.runtime.replay import RecordedDrive, recordings_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class LiveAgent:
         self.stop_event = threading.Event()
         self.agent: Agent | None = None
         self.parts: dict[str, Any] = {}
+        self.recorded: RecordedDrive | None = None  # both inputs are recordings of one drive
         self._failures = 0
 
     def stop(self, *_: object) -> None:
@@ -62,8 +67,12 @@ class LiveAgent:
 
         reload = ConfigReload(self.config_path, self.cfg, self.request_reload) if self.config_path else None
         agent = self.agent = build_agent(self.cfg, health=self.health, uplink=self.use_uplink, config_reload=reload)
-        self.parts["gnss"] = GnssReader(self.cfg.gnss, agent.position_filter, self.health)
-        self.parts["gnss"].start()
+        recorded = recordings_of(self.cfg)
+        if recorded is not None:
+            self.recorded = RecordedDrive(agent, *recorded)
+        else:
+            self.parts["gnss"] = GnssReader(self.cfg.gnss, agent.position_filter, self.health)
+            self.parts["gnss"].start()
         self.parts["camera"] = FrameSource(self.cfg.camera, self.health).start()
         return agent.pipeline
 
@@ -107,7 +116,8 @@ class LiveAgent:
         """One frame; a failure is logged and counted, never the end of the agent (the watchdog notices a
         pipeline that keeps failing, because the health it checks stops being 'ok')."""
         try:
-            pipeline.process(frame.image, frame.t_mono)
+            t_mono, utc = (frame.t_mono, None) if self.recorded is None else self.recorded.frame_time(frame.index)
+            pipeline.process(frame.image, t_mono, utc=utc)
         except Exception:
             log.exception("pipeline failed on a frame")
             self.health.count("pipeline_errors")

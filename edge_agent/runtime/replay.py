@@ -4,6 +4,11 @@ Frame k's time is start_utc + k / fps (edge_agent.runtime.replay_clock); before 
 position filter gets every recorded fix up to that time, as a live GNSS reader would have delivered them.
 Frames come from the same FrameSource as a camera: as fast as the pipeline takes them (every frame,
 repeatable) or, with realtime, at the file's rate, dropping what the pipeline cannot keep up with.
+
+`edge-agent run` on a config whose camera is a video file and whose GNSS is an NMEA recording with drive.json
+beside the video (what `edge-agent sim drive` writes) times its frames the same way (`RecordedDrive`): played
+side by side from their starts, an NMEA recording that begins before the video (drive.json's nmea_lead_s)
+put every defect that many seconds of driving off.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 import cv2
 
 from edge_agent.camera.capture import FrameSource
-from edge_agent.config.camera import CameraConfig
+from edge_agent.config import AgentConfig
+from edge_agent.config.camera import CameraConfig, source_kind
 from edge_agent.runtime.assemble import Agent
 from edge_agent.runtime.replay_clock import SIDECAR, ClockError, ReplayClock, clock_for
 
@@ -61,6 +67,7 @@ class FixFeed:
         self._filter = position_filter
         self._next: Any = next(self._fixes, None)
         self.fed = 0
+        self.last_fed: Any = None                 # the newest fix handed to the filter
         self.first_utc: datetime | None = None   # the recording's time range, of the fixes read so far
         self.last_utc: datetime | None = None
         self._note(self._next)
@@ -73,6 +80,7 @@ class FixFeed:
         while self._next is not None and self._next.t_mono <= t_mono:
             self._filter.update(self._next)
             self.fed += 1
+            self.last_fed = self._next
             self._next = next(self._fixes, None)
             self._note(self._next)
 
@@ -150,4 +158,59 @@ def replay_drive(agent: Agent, video: Path, nmea: Path, *, realtime: bool = Fals
     return summary
 
 
-__all__ = ["FixFeed", "ReplayClock", "ReplayError", "probe_video", "replay_drive"]
+def recordings_of(cfg: AgentConfig) -> tuple[Path, Path] | None:
+    """(video, NMEA) when CFG's camera is a video file and its GNSS an NMEA recording with drive.json beside
+    the video, which dates the frames; None otherwise. Both recordings without drive.json: a warning, since
+    nothing says how the two line up."""
+    if source_kind(cfg.camera.source) != "file" or cfg.gnss.source != "file" or not cfg.gnss.file:
+        return None
+    video, nmea = Path(cfg.camera.source), Path(cfg.gnss.file)
+    if (video.parent / SIDECAR).exists():
+        return video, nmea
+    log.warning("camera and GNSS are both recordings but there is no %s beside %s: they play side by side from "
+                "their starts, so an NMEA recording that starts earlier or later than the video places every "
+                "defect off by that much; write %s (start_utc, fps) or use `edge-agent replay --video-start`",
+                SIDECAR, video, SIDECAR)
+    return None
+
+
+class RecordedDrive:
+    """`edge-agent run` on recordings: frame k is dated as in `replay_drive` (drive.json's start_utc + k / fps),
+    and before it the position filter gets every recorded fix up to that time, so defects land where replay
+    puts them whatever the pace of the camera. Takes the GNSS reader's place (and its health)."""
+
+    def __init__(self, agent: Agent, video: Path, nmea: Path) -> None:
+        from edge_agent.gnss.source import fixes_from_file
+
+        if not nmea.is_file():
+            raise ReplayError(f"{nmea}: no such NMEA file")
+        self.health = agent.health
+        self.feed = FixFeed(iter(fixes_from_file(nmea, agent.cfg.gnss)), agent.position_filter)
+        first = self.feed.first.utc if self.feed.first is not None else None
+        try:
+            self.clock = clock_for(video, probe_video(video).fps, None, first)
+        except ClockError as exc:
+            raise ReplayError(str(exc)) from None
+        log.info("camera and GNSS are recordings of one drive: frames dated from %s (%s), %.1f s after the "
+                 "NMEA's first fix", video.with_name(SIDECAR), _iso(self.clock.start_utc),
+                 (self.clock.start_utc - first).total_seconds() if first else float("nan"))
+        self.health.update(gnss="ok" if first is not None else "no_fix")
+
+    def frame_time(self, index: int) -> tuple[float, datetime]:
+        """(time on the filter's clock, UTC) of frame INDEX, after feeding the fixes up to it."""
+        t_frame = self.clock.frame_mono(index)
+        fed = self.feed.fed
+        self.feed.until(t_frame)
+        if self.feed.fed > fed:
+            self._report(self.feed.last_fed)
+        return t_frame, self.clock.frame_utc(index)
+
+    def _report(self, fix: Any) -> None:
+        """The GNSS state on the health board, as the live reader reports it (a real fix is 'ok')."""
+        if fix.mode > 0 and not fix.estimated:
+            self.health.update(gnss="ok", last_fix_mono=time.monotonic())
+        else:
+            self.health.update(gnss="no_fix")
+
+
+__all__ = ["FixFeed", "RecordedDrive", "ReplayClock", "ReplayError", "probe_video", "recordings_of", "replay_drive"]

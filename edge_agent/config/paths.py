@@ -1,0 +1,69 @@
+"""Relative file paths in the agent's config are taken beside the config file, never from the current folder.
+
+A technician's `edge-agent config check` runs in their shell, systemd starts `edge-agent run` in `/`: a path
+read against the working directory named one file for the one and another (or none) for the other. `load`
+therefore rewrites every relative path field against the config file's folder, once, so config check,
+doctor, run, replay and status all see the same files. Values that are not file paths stay as they are: the
+model "bundled", a V4L2 index, a URL or GStreamer pipeline as camera, PEM text as public key, unset fields.
+
+Broker credentials keep one more rule (systemd's LoadCredential=): a relative name found in
+$CREDENTIALS_DIRECTORY stays relative, so the uplink reads it from there (link/mqtt_tls.credential_path).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_agent.config.camera import source_kind
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig
+
+CREDENTIAL_FIELDS = ("ca_file", "cert_file", "key_file", "password_file")
+
+
+def beside(base: Path, value: str | None) -> str | None:
+    """VALUE taken relative to BASE when it is a relative path; empty and unset values stay as they are."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def _credential(base: Path, value: str | None) -> str | None:
+    """A credential file: left relative when $CREDENTIALS_DIRECTORY holds it (systemd's copy wins), else
+    beside the config like any other path."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if value and not Path(value).is_absolute() and creds and (Path(creds) / value).exists():
+        return value
+    return beside(base, value)
+
+
+def _is_pem(value: str | None) -> bool:
+    return bool(value) and "-----BEGIN" in str(value)
+
+
+def resolve_paths(cfg: AgentConfig, config_file: Path) -> AgentConfig:
+    """CFG with its relative file paths made absolute against CONFIG_FILE's folder (changed in place and
+    returned). Paths inside device.state_dir (outbox.file, uplink.status_file) follow state_dir itself."""
+    base = config_file.expanduser().resolve().parent
+    cfg.device.state_dir = beside(base, cfg.device.state_dir) or cfg.device.state_dir
+    if source_kind(cfg.camera.source) == "file":
+        cfg.camera.source = beside(base, cfg.camera.source) or cfg.camera.source
+    cfg.gnss.file = beside(base, cfg.gnss.file) or ""
+    if "://" not in cfg.gnss.port:  # pyserial URLs (socket://, rfc2217://) are not files
+        cfg.gnss.port = beside(base, cfg.gnss.port) or cfg.gnss.port
+    cfg.calibration.intrinsics_file = beside(base, cfg.calibration.intrinsics_file) or ""
+    if cfg.detector.model != "bundled":
+        cfg.detector.model = beside(base, cfg.detector.model) or cfg.detector.model
+    cfg.detector.manifest = beside(base, cfg.detector.manifest)
+    update = cfg.model_update
+    update.models_dir = beside(base, update.models_dir) or ""
+    update.ca_file = beside(base, update.ca_file)
+    if not _is_pem(update.public_key):
+        update.public_key = beside(base, update.public_key)
+    for name in CREDENTIAL_FIELDS:
+        setattr(cfg.uplink, name, _credential(base, getattr(cfg.uplink, name)))
+    return cfg
