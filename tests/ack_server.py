@@ -82,6 +82,11 @@ class AckServer:
         with self._lock:
             return sum(self.events.values())
 
+    def received_events(self) -> set[str]:
+        """A copy of the event ids received so far, safe to take while messages arrive."""
+        with self._lock:
+            return set(self.events)
+
     def status_states(self) -> list[str]:
         with self._lock:
             return [s.get("state") for s in self.statuses]

@@ -23,6 +23,7 @@ def counts(ob: Outbox) -> dict[str, int]:
         "low_pending_thumbs": "SELECT COUNT(*) FROM events WHERE state != 'confirmed' AND severity < 0.3"
                               " AND media IS NOT NULL",
         "pending": "SELECT COUNT(*) FROM events WHERE state != 'confirmed'",
+        "sent": "SELECT COUNT(*) FROM events WHERE state = 'sent'",
     }
     return {k: ob.conn.execute(sql).fetchone()[0] for k, sql in q.items()}
 
@@ -40,9 +41,11 @@ def test_budget_frees_space_in_policy_order_and_refuses_low_severity(tmp_path: P
     low = [make_event(ob, 0.1, thumbnail_jpeg_b64=THUMB) for _ in range(10)]
     for e in low:
         assert ob.add_event(e)
+    # Half of them are out with the broker (PUBACKed, not yet confirmed by the server): just as undeletable.
+    ob.mark_sent([("event", e["event_id"]) for e in low[:5]])
     start = counts(ob)
     assert start == {"confirmed_thumbs": 20, "old_confirmed": 10, "recent_confirmed": 10,
-                     "low_pending_thumbs": 10, "pending": 10}
+                     "low_pending_thumbs": 10, "pending": 10, "sent": 5}
 
     accepted_pending = 10
     history = []
@@ -66,6 +69,7 @@ def test_budget_frees_space_in_policy_order_and_refuses_low_severity(tmp_path: P
                for s in history)
     final = counts(ob)
     assert final["pending"] == accepted_pending, "no pending event was deleted"
+    assert final["sent"] == 5, "no sent-but-unconfirmed event was deleted"
     assert final["confirmed_thumbs"] == 0 and final["low_pending_thumbs"] == 0 and final["recent_confirmed"] == 0
 
     # Nothing left to free: new low-severity events and coverage are refused and counted; the agent goes on.

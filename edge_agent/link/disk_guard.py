@@ -7,8 +7,8 @@ When either limit is reached, space is freed in a fixed order, cheapest loss fir
 3. thumbnails of pending low-severity events (the event itself still goes out);
 4. confirmed rows of any age (already on the server; only local history is lost).
 
-A pending row is never deleted. When all of that is not enough, the outbox refuses new low-severity events
-and counts them (see Outbox.add_event).
+An unconfirmed row (pending or sent) is never deleted. When all of that is not enough, the outbox refuses new
+low-severity events and counts them (see Outbox.add_event).
 """
 
 from __future__ import annotations
