@@ -263,6 +263,53 @@ def test_old_pending_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, age: 
         assert ("25 min ago" if level is Level.YELLOW else "3.0 h ago") in delivery.summary
 
 
+def refuse(path: Path, ids: list[str], reason: str) -> None:
+    """Mark IDS as the uplink does when the server's ack lists them under `rejected` with REASON ('{i}' is
+    the row's number: the server names each event's own time)."""
+    with Outbox(path, OutboxConfig(synchronous="NORMAL"), agent=False) as ob:
+        assert ob.mark_rejected([(row, reason.format(i=i % 10)) for i, row in enumerate(ids)]) == len(ids)
+
+
+def test_rows_the_server_refused_are_amber_with_the_reason(tmp_path: Path) -> None:
+    """The field case: the server refused every event as too old; the queue is empty, so every other figure
+    looks fine."""
+    path = uplink_config(tmp_path, closed_port())
+    queue = tmp_path / "state" / "outbox.db"
+    ids = fill(queue, 13)
+    refuse(queue, ids[:12], "captured_at: 2026-10-0{i}T09:00:00+00:00 is older than 30 days")
+    refuse(queue, ids[12:], "bbox: [1, 2, 3, -4] is not a box")
+    delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert delivery.level is Level.YELLOW, delivery
+    assert delivery.summary == ("13 events refused by the server in the last 24 h, 12 of them for: captured_at: ... "
+                                "is older than 30 days (the server's ingest.horizon_days)"), delivery.summary
+    assert "ingest.horizon_days" in delivery.explanation and "1 for: bbox" in delivery.explanation
+    assert "queue ls --state rejected --json" in delivery.hint
+    out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--json", "--only", "delivery"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr  # amber, not red: the way to the server works
+    check = {c["name"]: c for c in json.loads(out.stdout)["checks"]}["delivery"]
+    assert check["level"] == "yellow" and check["summary"] == delivery.summary
+    data = check["data"]
+    assert (data["rejected"], data["rejected_recent"], data["rejected_recent_events"]) == (13, 13, 13)
+    assert data["rejected_reasons"][0] == {"reason": "captured_at: ... is older than 30 days", "count": 12}
+
+
+def test_rows_refused_more_than_a_day_ago_are_only_mentioned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.link import outbox as outbox_module
+
+    path = uplink_config(tmp_path, closed_port())
+    queue = tmp_path / "state" / "outbox.db"
+    ids = fill(queue, 2)
+    stamp = (datetime.now(UTC) - timedelta(hours=25)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    monkeypatch.setattr(outbox_module, "utc_now_iso", lambda: stamp)  # refused 25 h ago
+    refuse(queue, ids, "captured_at: 2026-10-0{i}T09:00:00+00:00 is in the future")
+    monkeypatch.undo()
+    delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert delivery.level is Level.GREEN, delivery
+    assert "2 rows refused by the server more than 24 h ago" in delivery.summary
+    assert (delivery.data["rejected"], delivery.data["rejected_recent"]) == (2, 0)
+
+
 @pytest.mark.services
 def test_broker_up_server_down_is_not_all_ok(private_broker: Any, tmp_path: Path) -> None:
     """The field case: the broker takes every message (PUBACK), the fleet server never confirms one."""

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import SCHEMA_VERSION, Outbox
+from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, utc_now_iso
 from roadmon_contract import validate
 from roadmon_contract.ids import uuid7
 
@@ -237,8 +237,46 @@ def test_rows_the_server_rejects_for_good_are_done_and_counted(outbox: Outbox) -
     assert outbox.mark_rejected([(bad["event_id"], "position/lat: 95 is greater than the maximum of 90")]) == 1
     assert [m.id for m in outbox.due(10, 0.0)] == [good["event_id"]]     # never sent again
     [row] = [r for r in outbox.rows("event") if r["id"] == bad["event_id"]]
-    assert row["state"] == "confirmed" and "lat" in row["rejected"]
-    assert outbox.stats()["dropped"] == {"rejected_by_server": 1}
+    assert row["state"] == "rejected" and "lat" in row["rejected"]
+    stats = outbox.stats()
+    assert stats["dropped"] == {"rejected_by_server": 1}
+    # Done, so not in the queue depth, and apart from what the server stored: 'confirmed' means on the map.
+    assert stats["events"] == {"pending": 1, "sent": 0, "confirmed": 0, "rejected": 1}
+    assert (stats["queue_depth"], stats["rejected"]) == (1, 1)
+    assert outbox.states()[bad["event_id"]] == "rejected"
+    assert [r["id"] for r in outbox.rows("event", "rejected")] == [bad["event_id"]]
+    assert outbox.rows("event", "confirmed") == []
+    assert [state for state, _ in outbox.iter_events()] == ["rejected", "pending"]
+
+
+def test_purging_confirmed_rows_keeps_the_rejected_ones(outbox: Outbox) -> None:
+    stored, refused = make_event(outbox), make_event(outbox)
+    for event in (stored, refused):
+        outbox.add_event(event)
+    outbox.mark_confirmed([("event", stored["event_id"])])
+    outbox.mark_rejected([(refused["event_id"], "bbox: not 4 numbers")])
+    assert outbox.purge_confirmed() == 1 and outbox.states() == {refused["event_id"]: "rejected"}
+    assert outbox.purge_rejected() == 1 and outbox.states() == {}
+
+
+def test_rejections_group_the_reasons_without_each_events_own_time(outbox: Outbox) -> None:
+    events = [make_event(outbox) for _ in range(4)]
+    coverage = make_coverage()
+    for event in events:
+        outbox.add_event(event)
+    outbox.add_coverage(coverage)
+    # What the server's validation writes: each event's own captured_at in the reason.
+    old = [(e["event_id"], f"captured_at: 2026-10-0{i + 1}T09:00:0{i}.5+00:00 is older than 30 days")
+           for i, e in enumerate(events[:3])]
+    outbox.mark_rejected([*old, (events[3]["event_id"], "bbox: [1, 2, 3, -4] is not a box"),
+                          (coverage["coverage_id"], "started_at: 2026-10-01T09:00:00Z is older than 30 days")])
+    found = outbox.rejections()
+    assert (found["count"], found["events"], found["coverage"]) == (5, 4, 1)
+    assert found["reasons"] == [{"reason": "captured_at: ... is older than 30 days", "count": 3},
+                                {"reason": "bbox: [1, 2, 3, -4] is not a box", "count": 1},
+                                {"reason": "started_at: ... is older than 30 days", "count": 1}]
+    assert found["last_at"] is not None and outbox.rejections(top=1)["reasons"][0]["count"] == 3
+    assert outbox.rejections(since=utc_now_iso(-60))["count"] == 0           # none refused after a minute from now
 
 
 def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
@@ -255,6 +293,9 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     db.conn.commit()
     db.conn.close()
     with Outbox(path) as ob:
-        assert ob.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 2
+        assert ob.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
         assert ob.states() == {"old-1": "pending"}
         assert ob.mark_rejected([("old-1", "test")]) == 1
+        # Counted through the index of refused rows (version 3), not by reading every row of the queue.
+        plan = ob.conn.execute("EXPLAIN QUERY PLAN SELECT COUNT(*) FROM events WHERE rejected IS NOT NULL").fetchall()
+        assert "events_rejected" in str(plan) and ob.stats()["rejected"] == 1

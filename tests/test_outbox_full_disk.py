@@ -204,7 +204,7 @@ def test_a_read_only_disk_is_refused_in_one_line_and_still_read(read_only_disk: 
                 Outbox(path, CFG, agent=agent)
             assert "remount" in refused.value.hint
     with Outbox(read_only_disk / "outbox.db", CFG, read_only=True) as ob:
-        assert ob.stats()["events"] == {"pending": 2, "sent": 0, "confirmed": 1}
+        assert ob.stats()["events"] == {"pending": 2, "sent": 0, "confirmed": 1, "rejected": 0}
     assert sorted(p.name for p in read_only_disk.iterdir()) == ["agent.toml", "outbox.db"]
 
 

@@ -494,8 +494,9 @@ def nmea_deg(value: float, width: int) -> str:
     return f"{deg:0{width}d}{(abs(value) - deg) * 60:07.4f}"
 
 
-def write_recording(folder: Path, seconds: int = 4, fps: float = 15.0, size=(320, 180)) -> Path:
-    """video.mp4 (+ drive.json) and drive.nmea of a vehicle driving north at 10 m/s."""
+def write_recording(folder: Path, seconds: int = 4, fps: float = 15.0, size=(320, 180),
+                    start: datetime = START) -> Path:
+    """video.mp4 (+ drive.json) and drive.nmea of a vehicle driving north at 10 m/s from START."""
     import cv2
     import pynmea2
 
@@ -504,11 +505,11 @@ def write_recording(folder: Path, seconds: int = 4, fps: float = 15.0, size=(320
     for k in range(int(seconds * fps)):
         writer.write(np.full((size[1], size[0], 3), 80 + k % 50, np.uint8))
     writer.release()
-    (folder / "drive.json").write_text(json.dumps({"start_utc": START.isoformat().replace("+00:00", "Z"),
+    (folder / "drive.json").write_text(json.dumps({"start_utc": start.isoformat().replace("+00:00", "Z"),
                                                    "fps": fps, "frames": int(seconds * fps)}))
     lines = []
     for k in range(-2, seconds + 3):
-        utc = START + timedelta(seconds=k)
+        utc = start + timedelta(seconds=k)
         lat, lon = offset_latlon(LAT0, LON0, 0.0, 10.0 * k)
         hms, dmy = utc.strftime("%H%M%S.00"), utc.strftime("%d%m%y")
         ll = (nmea_deg(lat, 2), "N", nmea_deg(lon, 3), "E")
@@ -518,9 +519,9 @@ def write_recording(folder: Path, seconds: int = 4, fps: float = 15.0, size=(320
     return folder
 
 
-def agent_toml(folder: Path, model: Path, camera: str = "0", extra: str = "") -> Path:
+def agent_toml(folder: Path, model: Path, camera: str = "0", extra: str = "", device: str = "veh-cli") -> Path:
     path = folder / "agent.toml"
-    path.write_text(f'[device]\nid = "veh-cli"\nstate_dir = "{folder}"\n'
+    path.write_text(f'[device]\nid = "{device}"\nstate_dir = "{folder}"\n'
                     f'[detector]\nmodel = "{model}"\n'
                     f'[calibration]\nwidth = 1280\nheight = 720\nhfov_deg = 90.0\npitch_deg = 12.0\n'
                     f'[camera]\nsource = "{camera}"\n' + extra)

@@ -46,7 +46,8 @@ def run(*args: str) -> str:
 
 def test_stats_and_ls(box) -> None:
     stats = json.loads(run("queue", "stats", "--config", box["config"], "--json"))
-    assert stats["queue_depth"] == 3 and stats["events"] == {"pending": 2, "sent": 0, "confirmed": 1}
+    assert stats["queue_depth"] == 3 and stats["events"] == {"pending": 2, "sent": 0, "confirmed": 1, "rejected": 0}
+    assert stats["rejected"] == 0
     table = run("queue", "stats", "--config", box["config"])
     assert "queue depth 3" in table and "events" in table
     rows = json.loads(run("queue", "ls", "--config", box["config"], "--json"))
@@ -73,6 +74,45 @@ def test_retry_purge_and_export(box, tmp_path: Path) -> None:
     feature = collection["features"][0]
     assert feature["geometry"] == {"type": "Point", "coordinates": [11.5, 48.1]}
     assert feature["properties"]["class"] == "pothole" and feature["properties"]["queue_state"] == "pending"
+
+
+def test_rows_the_server_rejected_are_not_called_confirmed(box, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The field case: the server refused events for good (too old for its horizon). `queue stats`, `queue ls`
+    and `status` say so instead of counting them as confirmed."""
+    from rich.console import Console
+
+    from edge_agent.commands import queue
+
+    refused = [box["events"][1]["event_id"], box["events"][2]["event_id"]]
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        ob.mark_rejected([(i, "captured_at: 2026-10-01T09:00:00+00:00 is older than 30 days") for i in refused])
+    stats = json.loads(run("queue", "stats", "--config", box["config"], "--json"))
+    assert stats["events"] == {"pending": 0, "sent": 0, "confirmed": 1, "rejected": 2}
+    assert (stats["queue_depth"], stats["rejected"]) == (1, 2)
+    screen = Console(width=120, record=True, file=io.StringIO())
+    monkeypatch.setattr(queue, "out", screen)
+    run("queue", "stats", "--config", box["config"])
+    monkeypatch.undo()
+    text = screen.export_text()
+    header = next(line for line in text.splitlines() if "pending" in line)
+    assert [c for c in re.split(r"[\s┃│]+", header) if c] == ["pending", "sent", "confirmed", "rejected"]
+    events_row = next(line for line in text.splitlines() if "events" in line)
+    assert [c for c in re.split(r"[\s┃│]+", events_row) if c] == ["events", "0", "0", "1", "2"]
+    assert "2 rows rejected by the server" in text and "queue ls --state rejected --json" in text
+    rows = json.loads(run("queue", "ls", "--config", box["config"], "--state", "rejected", "--json"))
+    assert sorted(r["id"] for r in rows) == sorted(refused)
+    assert all(r["state"] == "rejected" and "older than 30 days" in r["rejected"] for r in rows)
+    everything = json.loads(run("queue", "ls", "--config", box["config"], "--json"))
+    assert {r["id"]: r["state"] for r in everything}[box["events"][0]["event_id"]] == "confirmed"
+    confirmed = json.loads(run("queue", "ls", "--config", box["config"], "--state", "confirmed", "--json"))
+    assert [r["id"] for r in confirmed] == [box["events"][0]["event_id"]]
+    info = json.loads(run("status", "--config", box["config"], "--json"))
+    assert info["rejected"] == 2 and info["events"]["rejected"] == 2 and info["events"]["confirmed"] == 1
+    table = run("status", "--config", box["config"])
+    assert "rejected by server" in table and "2 rows" in table
+    assert "deleted 1 confirmed rows" in run("queue", "purge", "--confirmed", "--config", box["config"])
+    assert json.loads(run("queue", "stats", "--config", box["config"], "--json"))["rejected"] == 2
+    assert "deleted 2 rejected rows" in run("queue", "purge", "--rejected", "--config", box["config"])
 
 
 def test_missing_outbox_or_config_is_a_clear_error(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ again."""
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -51,3 +53,56 @@ def test_real_server_confirms_and_rejects(make_cfg, workers, mqtt_device, fresh_
         stored = {r[0] for r in conn.execute("SELECT event_id::text FROM sightings").fetchall()}
     assert stored == {e["event_id"] for e in good}
 
+
+
+def test_a_replayed_drive_the_server_refuses_is_reported_everywhere(make_cfg, workers, mqtt_device,  # noqa: F811
+                                                                    service_info, tmp_path: Path) -> None:
+    """The field case: a drive recorded 40 days ago, replayed with --uplink. The real server refuses what it
+    sends as older than its ingest.horizon_days (30): replay exits EXIT_REJECTED naming the
+    reason, and queue stats/ls, status and doctor call the rows rejected, not confirmed."""
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+    from edge_agent.commands.run import EXIT_REJECTED
+    from tests.test_pipeline import agent_toml, toy_model, write_recording
+
+    device, password = mqtt_device()
+    workers(make_cfg(devices=[device]), 1)
+    drive = write_recording(tmp_path / "drive", seconds=2, start=datetime.now(UTC).replace(microsecond=0)
+                            - timedelta(days=40))
+    (tmp_path / "pw").write_text(password + "\n")
+    config = str(agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), device=device,
+                            extra=f'[uplink]\nhost = "127.0.0.1"\nport = {service_info.mqtt_port}\ntls = false\n'
+                                  f'password_file = "{tmp_path / "pw"}"\n'))
+    args = ["replay", "--video", str(drive / "video.mp4"), "--nmea", str(drive / "drive.nmea"), "--config", config,
+            "--uplink", "--drain-s", "60"]
+    cli = CliRunner()
+    table = cli.invoke(app, args, env={"COLUMNS": "200"})
+    assert table.exit_code == EXIT_REJECTED, table.output
+    row = next(line for line in table.stdout.splitlines() if line.strip("│ ").startswith("uplink"))
+    assert "0 confirmed" in row and "rejected by the server, 0 unconfirmed" in row, row
+    assert "captured_at: ... is older than 30 days" in table.stdout and "rejected by the server" in table.stderr
+    stats = json.loads(cli.invoke(app, ["queue", "stats", "--config", config, "--json"]).stdout)
+    first = stats["rejected"]
+    assert first >= 1 and stats["queue_depth"] == 0
+    assert stats["events"]["rejected"] + stats["coverage"]["rejected"] == first
+    assert stats["events"]["confirmed"] == stats["coverage"]["confirmed"] == 0
+
+    again = cli.invoke(app, [*args, "--json"])             # the same drive once more: counted per replay
+    assert again.exit_code == EXIT_REJECTED, again.output
+    drained = json.loads(again.stdout.strip().splitlines()[-1])["uplink"]
+    assert (drained["unconfirmed"], drained["uplink"]["confirmed"], drained["rejected"]["count"]) == (0, 0, first)
+    reasons = {r["reason"]: r["count"] for r in drained["rejected"]["reasons"]}
+    assert reasons["captured_at: ... is older than 30 days"] == drained["rejected"]["events"] >= 1, reasons
+
+    listed = json.loads(cli.invoke(app, ["queue", "ls", "--config", config, "--state", "rejected", "--json",
+                                         "--kind", "event"]).stdout)
+    assert listed and all(r["state"] == "rejected" and "older than 30 days" in r["rejected"] for r in listed)
+    status = json.loads(cli.invoke(app, ["status", "--config", config, "--json"]).stdout)
+    assert status["rejected"] == 2 * first and status["queue_depth"] == 0
+    doctor = cli.invoke(app, ["doctor", "--config", config, "--json", "--only", "delivery"])
+    assert doctor.exit_code == 0, doctor.output
+    delivery = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["delivery"]
+    assert delivery["level"] == "yellow" and "refused by the server in the last 24 h" in delivery["summary"]
+    assert "older than 30 days (the server's ingest.horizon_days)" in delivery["summary"], delivery["summary"]
+    assert delivery["data"]["rejected_recent"] == 2 * first

@@ -1,4 +1,5 @@
-"""`edge-agent queue ls|stats|retry|purge --confirmed|export --geojson OUT`: look into the outbox and act on it.
+"""`edge-agent queue ls|stats|retry|purge --confirmed|--rejected|export --geojson OUT`: look into the outbox and act
+on it.
 
 Safe while the agent runs: SQLite's WAL lets this process read and make small changes beside it.
 """
@@ -83,13 +84,23 @@ def open_outbox(config: str, outbox: Path | None, *, read_only: bool = True) -> 
 
 
 def stats_table(stats: dict[str, Any]) -> Table:
+    from edge_agent.link.outbox import STATES
+
     table = Table(title=f"outbox {stats['path']}", show_header=True)
     table.add_column("")
-    for state in ("pending", "sent", "confirmed"):
-        table.add_column(state, justify="right")
+    for state in STATES:
+        table.add_column(state, justify="right", style="yellow" if state == "rejected" and stats["rejected"] else None)
     for kind in ("events", "coverage"):
-        table.add_row(kind, *(str(stats[kind][s]) for s in ("pending", "sent", "confirmed")))
+        table.add_row(kind, *(str(stats[kind][s]) for s in STATES))
     return table
+
+
+def rejected_line(count: int) -> str:
+    """One line on the rows the server refused for good, saying where to read why ('' when none)."""
+    if not count:
+        return ""
+    return (f"[yellow]{count} rows rejected by the server[/yellow] (never sent again; why: "
+            "`edge-agent queue ls --state rejected --json`)")
 
 
 @queue_app.command("stats")
@@ -103,6 +114,8 @@ def stats_cmd(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, 
     out.print(stats_table(stats))
     out.print(f"queue depth {stats['queue_depth']}, oldest pending {stats['oldest_pending_at'] or '-'}, "
               f"last confirmed {stats['last_confirmed_at'] or '-'}")
+    if stats["rejected"]:
+        out.print(rejected_line(stats["rejected"]), highlight=False)
     out.print(f"disk: outbox {stats['db_mb']:.1f} MB of {stats['budget_mb']:.0f} MB budget, "
               f"{stats['disk_free_mb']:.0f} MB free" + ("  [red]limit reached[/red]" if stats["disk_tight"] else ""))
     dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items()) or "none"
@@ -113,7 +126,8 @@ def stats_cmd(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, 
 def ls_cmd(
     config: str = CONFIG_OPTION,
     outbox: Path | None = OUTBOX_OPTION,
-    state: str | None = typer.Option(None, "--state", help="Only rows in this state: pending, sent, confirmed"),
+    state: str | None = typer.Option(None, "--state",
+                                     help="Only rows in this state: pending, sent, confirmed, rejected"),
     kind: str = typer.Option("event", "--kind", help="event or coverage"),
     limit: int = typer.Option(50, "--limit", min=1, max=MAX_LIST_ROWS, help="Most rows shown"),
     as_json: bool = JSON_OPTION,
@@ -133,7 +147,7 @@ def ls_cmd(
         typer.echo(json.dumps(rows, indent=2))
         return
     out.print(rows_table(rows, kind, state))
-    rejected = sum(1 for row in rows if row.get("rejected"))
+    rejected = sum(1 for row in rows if row["state"] == "rejected")
     if rejected:
         out.print(f"{rejected} rejected by the server (dead letters): --json shows why")
 
@@ -152,7 +166,6 @@ def rows_table(rows: list[dict[str, Any]], kind: str, state: str | None) -> Tabl
         table.add_column(header, no_wrap=True, min_width=min(width, len(header)), overflow="ellipsis")
     for row in rows:
         shown = dict(row, thumbnail="yes" if row.get("has_thumbnail") else "-",
-                     state="rejected" if row.get("rejected") else row["state"],
                      created_at=_short_time(row.get("created_at")))
         table.add_row(*("-" if shown.get(key) is None else str(shown[key]) for _, key, _ in columns))
     return table
@@ -176,16 +189,20 @@ def purge_cmd(
     config: str = CONFIG_OPTION,
     outbox: Path | None = OUTBOX_OPTION,
     confirmed: bool = typer.Option(False, "--confirmed", help="Delete the rows the server has confirmed"),
+    rejected: bool = typer.Option(False, "--rejected",
+                                  help="Delete the rows the server rejected for good, and their reasons"),
 ) -> None:
-    """Delete confirmed rows (they are on the server). Unconfirmed rows are never purged."""
-    if not confirmed:
-        err.print("[red]nothing to purge: pass --confirmed (unconfirmed rows are never deleted)[/red]")
+    """Delete confirmed rows (they are on the server) and/or rejected ones. Unconfirmed rows are never purged."""
+    if not (confirmed or rejected):
+        err.print("[red]nothing to purge: pass --confirmed and/or --rejected (unconfirmed rows are never "
+                  "deleted)[/red]")
         raise typer.Exit(2)
     from edge_agent.link.outbox import disk_refusal, disk_trouble
 
     with open_outbox(config, outbox, read_only=False) as ob:
         try:
-            n = ob.purge_confirmed()
+            n = ob.purge_confirmed() if confirmed else 0
+            n_rejected = ob.purge_rejected() if rejected else 0
         except sqlite3.OperationalError as exc:
             if not disk_trouble(exc):
                 raise
@@ -195,7 +212,8 @@ def purge_cmd(
             fail(f"nothing deleted: {refusal}; SQLite needs a little free space even to delete rows",
                  "free a few MB elsewhere (old logs: `journalctl --vacuum-size=100M`) and purge again; a "
                  "running agent also drops confirmed rows by itself when over its limits")
-    out.print(f"deleted {n} confirmed rows")
+    parts = ([f"{n} confirmed rows"] if confirmed else []) + ([f"{n_rejected} rejected rows"] if rejected else [])
+    out.print("deleted " + " and ".join(parts))
 
 
 @queue_app.command("export")

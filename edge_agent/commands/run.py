@@ -21,6 +21,9 @@ err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy
 STARTUP_ERRORS = (OSError, ValueError, RuntimeError, sqlite3.Error)
 # `replay --uplink` ran, but the server had not confirmed every row when --drain-s ran out.
 EXIT_UNCONFIRMED = 3
+# `replay --uplink` ran, and the server refused rows for good (they will never be delivered, however long one
+# waits); it wins over EXIT_UNCONFIRMED, since waiting longer does not help these.
+EXIT_REJECTED = 4
 # --drain-s: a link that confirms nothing within an hour will not in the next one, and the rows stay in the
 # outbox for the agent to send anyway; without a max, --drain-s inf waited for ever on a dead broker.
 MAX_DRAIN_S = 3600.0
@@ -58,25 +61,51 @@ def _summary_table(summary: dict[str, Any]) -> Table:
                 style = "yellow"
             table.add_row(key, str(summary[key]), style=style)
     if "uplink" in summary:
-        table.add_row("uplink", _uplink_text(summary["uplink"]),
-                      style="red" if summary["uplink"]["unconfirmed"] else None)
+        drained = summary["uplink"]
+        table.add_row("uplink", _uplink_text(drained),
+                      style="red" if drained["unconfirmed"] or drained["rejected"]["count"] else None)
+        if drained["rejected"]["count"]:
+            table.add_row("rejected because", _reasons_text(drained["rejected"]["reasons"]), style="red")
     return table
 
 
 def _uplink_text(drained: dict[str, Any]) -> str:
     link = drained["uplink"]
-    text = f"{link.get('confirmed', 0)} confirmed, {drained['unconfirmed']} unconfirmed, {link.get('state')}"
+    text = (f"{link.get('confirmed', 0)} confirmed, {drained['rejected']['count']} rejected by the server, "
+            f"{drained['unconfirmed']} unconfirmed, {link.get('state')}")
     return text + (f" ({link['last_error']})" if drained["unconfirmed"] and link.get("last_error") else "")
 
 
-def _drain(uplink: Any, outbox: Any, timeout_s: float) -> dict[str, Any]:
-    """Wait until the server has confirmed everything in the outbox (or TIMEOUT_S passed)."""
+def _reasons_text(reasons: list[dict[str, Any]]) -> str:
+    """The server's commonest reasons, each with how many rows it refused for it."""
+    return "; ".join(f"{r['reason']} ({r['count']} rows)" for r in reasons)
+
+
+def _drain(uplink: Any, outbox: Any, timeout_s: float, since: str) -> dict[str, Any]:
+    """Wait until the server has confirmed or refused everything in the outbox (or TIMEOUT_S passed); with
+    what it refused since the UTC stamp SINCE (this replay's start)."""
     deadline = time.monotonic() + timeout_s
     stats = outbox.stats()
     while stats["queue_depth"] and time.monotonic() < deadline:
         time.sleep(0.5)
         stats = outbox.stats()
-    return {"unconfirmed": stats["queue_depth"], "uplink": uplink.snapshot()}
+    return {"unconfirmed": stats["queue_depth"], "rejected": outbox.rejections(since=since),
+            "uplink": uplink.snapshot()}
+
+
+def _exit_unless_delivered(drained: dict[str, Any], drain_s: float) -> None:
+    """Say what the server did not take, and exit EXIT_REJECTED or EXIT_UNCONFIRMED; return when it took all."""
+    rejected = drained["rejected"]
+    if drained["unconfirmed"]:
+        err.print(f"[red]not delivered[/red]: {_uplink_text(drained)} after {drain_s:g} s; the rows "
+                  "stay in the outbox (`edge-agent doctor --only broker` checks the link)", highlight=False)
+    if rejected["count"]:
+        err.print(f"[red]rejected by the server[/red]: {rejected['count']} rows will never be delivered: "
+                  f"{_reasons_text(rejected['reasons'])}; `edge-agent queue ls --state rejected --json` lists "
+                  "each", highlight=False)
+        raise typer.Exit(EXIT_REJECTED)
+    if drained["unconfirmed"]:
+        raise typer.Exit(EXIT_UNCONFIRMED)
 
 
 def register(app: typer.Typer) -> None:
@@ -94,13 +123,15 @@ def register(app: typer.Typer) -> None:
         uplink: bool = typer.Option(False, "--uplink/--no-uplink", help="Also drain the outbox to the broker"),
         drain_s: float = typer.Option(60.0, "--drain-s", min=0, max=MAX_DRAIN_S, callback=finite,
                                       help="With --uplink: wait up to this long for the server to confirm "
-                                           f"everything; exit {EXIT_UNCONFIRMED} when rows are still unconfirmed"),
+                                           f"everything; exit {EXIT_UNCONFIRMED} when rows are still unconfirmed, "
+                                           f"{EXIT_REJECTED} when the server rejected rows"),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     ) -> None:
         """Run the agent's pipeline on a recorded drive: events and coverage go to the outbox."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from edge_agent.detect.detector import ModelError
+        from edge_agent.link.outbox import utc_now_iso
         from edge_agent.runtime.assemble import build_agent
         from edge_agent.runtime.replay import ReplayError, replay_drive
 
@@ -112,6 +143,7 @@ def register(app: typer.Typer) -> None:
             if not path.is_file():
                 err.print(f"[red]cannot replay[/red]: {what} file {path} not found")
                 raise typer.Exit(2)
+        started_at = utc_now_iso()  # rows the server refuses from now on were refused during this replay
         try:
             agent = build_agent(cfg, outbox=outbox, uplink=uplink)
         except ModelError as exc:
@@ -134,7 +166,7 @@ def register(app: typer.Typer) -> None:
                 summary = replay_drive(agent, video, nmea, realtime=realtime, video_start=video_start,
                                        progress=progress)
             if agent.uplink is not None:
-                summary["uplink"] = _drain(agent.uplink, agent.outbox, drain_s)
+                summary["uplink"] = _drain(agent.uplink, agent.outbox, drain_s, started_at)
         except ReplayError as exc:
             err.print(f"[red]cannot replay[/red]: {exc}")
             raise typer.Exit(2) from None
@@ -145,10 +177,8 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps(summary) + "\n")
         else:
             Console().print(_summary_table(summary))
-        if summary.get("uplink", {}).get("unconfirmed"):
-            err.print(f"[red]not delivered[/red]: {_uplink_text(summary['uplink'])} after {drain_s:g} s; the rows "
-                      "stay in the outbox (`edge-agent doctor --only broker` checks the link)", highlight=False)
-            raise typer.Exit(EXIT_UNCONFIRMED)
+        if "uplink" in summary:
+            _exit_unless_delivered(summary["uplink"], drain_s)
 
     @app.command("run")
     def run(

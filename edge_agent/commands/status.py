@@ -49,6 +49,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     return {
         "broker": broker,
         "queue_depth": stats["queue_depth"],
+        # Rows the server refused for good: done, so not in the queue depth, but never on the map either.
+        "rejected": stats["rejected"],
         "oldest_pending_at": stats["oldest_pending_at"],
         "last_confirmed_at": stats["last_confirmed_at"],
         # The filtered vehicle position at the last frame the pipeline took (not the receiver's last fix,
@@ -155,6 +157,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("queue depth", f"{info['queue_depth']} unconfirmed "
                         f"(events {info['events']['pending']} pending / {info['events']['sent']} sent, "
                         f"coverage {info['coverage']['pending'] + info['coverage']['sent']})"),
+        ("rejected by server", _rejected_text(info)),
         ("oldest pending", ago_text(info["oldest_pending_at"])),
         ("last confirmed", ago_text(info["last_confirmed_at"])),
         ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
@@ -169,6 +172,13 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+def _rejected_text(info: dict[str, Any]) -> str:
+    if not info["rejected"]:
+        return "none"
+    return (f"[yellow]{info['rejected']} rows (events {info['events']['rejected']}, coverage "
+            f"{info['coverage']['rejected']}) refused for good; why: `edge-agent doctor --only delivery`[/yellow]")
 
 
 def register(app: typer.Typer) -> None:

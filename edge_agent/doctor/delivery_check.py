@@ -1,6 +1,7 @@
 """Is the agent running, and does the fleet server confirm what it sends? The parts can each be fine (a valid
 config, a writable outbox, a broker that takes the login) while nothing reaches the server: the agent died,
-or the broker takes the messages but the server behind it never confirms them.
+the broker takes the messages but the server behind it never confirms them, or the server refuses them for
+good (its ack names each with a reason).
 
 Both checks only read: the status file the agent rewrites every heartbeat (the one `edge-agent status` reads)
 and the outbox, opened read-only beside a running agent.
@@ -27,6 +28,18 @@ RESENT_ATTEMPTS = 3
 PENDING_WARN_S = 10 * 60
 PENDING_FAIL_S = 60 * 60
 AGENT_HINT = "`systemctl status edge-agent`, `journalctl -u edge-agent`"
+# Rows the server refused stay a finding this long after they were refused: the technician who looks the next
+# morning still sees it, and the box turns green by itself a day after the cause is fixed (the rows stay).
+REJECTED_RECENT_S = 24 * 3600
+# (a phrase in the server's reason, a few words for the summary, what it means): the refusals of its
+# validation (fleet_server/validate.py) that a box can cause and a technician can act on.
+REJECTION_CAUSES = (
+    ("is older than", "the server's ingest.horizon_days",
+     "the server refuses events captured longer ago than its ingest.horizon_days: a recording replayed long "
+     "after the drive, a box that was offline that long, or a clock that was wrong when they were captured"),
+    ("is in the future", "the box's clock was ahead",
+     "the box's clock ran ahead of the server's when they were captured (the clock check says whether it still does)"),
+)
 
 
 def _when(stamp: str | None) -> str:
@@ -135,6 +148,37 @@ def _pending_finding(oldest: str | None, depth: int) -> _Finding | None:
                     "fix what those checks name; the rows are kept and sent once the way is clear")
 
 
+def _cause(reason: str) -> tuple[str, str]:
+    """(a few words, an explanation) for a reason of the server's that REJECTION_CAUSES knows; else ('', '')."""
+    return next(((short, meaning) for phrase, short, meaning in REJECTION_CAUSES if phrase in reason), ("", ""))
+
+
+def _rows_text(events: int, coverage: int) -> str:
+    if events and coverage:
+        return f"{events} events and {coverage} coverage records"
+    return f"{events} events" if events else f"{coverage} coverage records"
+
+
+def _rejected_finding(recent: dict[str, Any]) -> _Finding | None:
+    """Amber for rows the server refused within REJECTED_RECENT_S, naming the commonest reason: they are done on
+    the box (not in the queue depth), so nothing else here would say that they never reached the map."""
+    if not recent["count"]:
+        return None
+    top = recent["reasons"][0]
+    short, meaning = _cause(top["reason"])
+    reason = top["reason"] + (f" ({short})" if short else "")
+    many = "" if top["count"] == recent["count"] else f", {top['count']} of them for"
+    others = "; ".join(f"{r['count']} for: {r['reason']}" for r in recent["reasons"][1:])
+    return _Finding(Level.YELLOW,
+                    f"{_rows_text(recent['events'], recent['coverage'])} refused by the server in the last "
+                    f"{REJECTED_RECENT_S // 3600} h{many}: {reason}",
+                    "the server refused them for good and the agent never sends them again: they are not on the "
+                    "fleet's map" + (f"; {meaning}" if meaning else "") + (f"; also {others}" if others else ""),
+                    "`edge-agent queue ls --state rejected --json` lists each with the server's reason; fix the "
+                    "cause, then new events go through (the refused ones stay on the box until "
+                    "`edge-agent queue purge --rejected`)")
+
+
 def _merge(findings: list[_Finding], green: str, data: dict[str, Any]) -> CheckResult:
     if not findings:
         return CheckResult("delivery", Level.GREEN, green, data=data)
@@ -144,7 +188,7 @@ def _merge(findings: list[_Finding], green: str, data: dict[str, Any]) -> CheckR
 
 
 def check_delivery(ctx: Context) -> CheckResult:
-    from edge_agent.link.outbox import Outbox, OutboxUnavailable
+    from edge_agent.link.outbox import Outbox, OutboxUnavailable, utc_now_iso
 
     assert ctx.cfg is not None
     off = _uplink_off("delivery", ctx.cfg)
@@ -157,14 +201,21 @@ def check_delivery(ctx: Context) -> CheckResult:
         with Outbox(path, ctx.cfg.outbox, agent=False, read_only=True) as ob:
             stats = ob.stats()
             count, oldest_sent = _unacked(ob.conn)
+            recent = ob.rejections(since=utc_now_iso(REJECTED_RECENT_S))
     except (OutboxUnavailable, RuntimeError, sqlite3.DatabaseError) as exc:  # the outbox check says why
         return CheckResult("delivery", Level.SKIPPED, f"not checked: the outbox cannot be read ({exc})",
                            "see the outbox check")
     data = {"queue_depth": stats["queue_depth"], "oldest_pending_at": stats["oldest_pending_at"],
             "last_confirmed_at": stats["last_confirmed_at"], "resent_unacked": count,
-            "oldest_unacked_sent_at": oldest_sent}
+            "oldest_unacked_sent_at": oldest_sent, "rejected": stats["rejected"],
+            "rejected_recent": recent["count"], "rejected_recent_events": recent["events"],
+            "rejected_recent_coverage": recent["coverage"], "rejected_last_at": recent["last_at"],
+            "rejected_reasons": recent["reasons"], "rejected_window_s": REJECTED_RECENT_S}
     findings = [f for f in (_unacked_finding(count, oldest_sent, stats["last_confirmed_at"]),
-                            _pending_finding(stats["oldest_pending_at"], stats["queue_depth"])) if f]
+                            _pending_finding(stats["oldest_pending_at"], stats["queue_depth"]),
+                            _rejected_finding(recent)) if f]
     green = (f"{stats['queue_depth']} unconfirmed rows, none older than {PENDING_WARN_S // 60} min or sent "
-             f"{RESENT_ATTEMPTS}+ times; last confirmation {_when(stats['last_confirmed_at'])}")
+             f"{RESENT_ATTEMPTS}+ times; last confirmation {_when(stats['last_confirmed_at'])}"
+             + (f"; {stats['rejected']} rows refused by the server more than {REJECTED_RECENT_S // 3600} h ago"
+                if stats["rejected"] else ""))
     return _merge(findings, green, data)

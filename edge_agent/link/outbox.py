@@ -1,7 +1,8 @@
 """The outbox: every event and coverage record, on the box's disk, until the fleet server confirms it.
 
 SQLite in WAL mode (through sqlite-utils). A row moves pending -> sent (the broker's PUBACK) -> confirmed
-(the server's ack on roadmon/v1/<id>/ack). Rows are drained by priority (severity first), then age.
+(the server's ack on roadmon/v1/<id>/ack), or -> rejected when that ack refuses it for good. Rows are drained
+by priority (severity first), then age.
 Writes of new events use the configured synchronous mode (FULL by default: on disk when add_event returns);
 state changes always use NORMAL, since losing one to a power cut only means sending that row again and the
 server is idempotent on event_id.
@@ -16,6 +17,7 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -36,7 +38,15 @@ log = logging.getLogger(__name__)
 # Large optional fields kept apart from the row's payload, so the disk guard can drop them and keep the event.
 MEDIA_KEYS = ("thumbnail_jpeg_b64", "frame_jpeg_b64")
 KINDS = ("event", "coverage")
-STATES = ("pending", "sent", "confirmed")
+# What readers see. In the file a row the server refused keeps state 'confirmed' (done: never sent again, and
+# out of the drain's partial index) with the reason in `rejected`; every reader reports it as 'rejected', so
+# 'confirmed' always means "stored by the server".
+STATES = ("pending", "sent", "confirmed", "rejected")
+# The state a reader reports for a row (SQL over a table's columns).
+SHOWN_STATE = "CASE WHEN rejected IS NOT NULL THEN 'rejected' ELSE state END"
+# Where a reader's --state selects its rows.
+STATE_FILTER = {"pending": "state = 'pending'", "sent": "state = 'sent'",
+                "confirmed": "state = 'confirmed' AND rejected IS NULL", "rejected": "rejected IS NOT NULL"}
 TABLE = {"event": "events", "coverage": "coverage"}
 ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
 
@@ -108,8 +118,15 @@ def _v2(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE {table} ADD COLUMN rejected TEXT")
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    # stats() counts the rows the server refused on every heartbeat, and doctor asks for the recent ones: a
+    # partial index holds only those rows (nothing is added to it while rows are sent or confirmed).
+    for table in ("events", "coverage"):
+        db.execute(f"CREATE INDEX {table}_rejected ON {table} (confirmed_at) WHERE rejected IS NOT NULL")
+
+
 # Append only: the outbox's schema version is the number of migrations applied (PRAGMA user_version).
-MIGRATIONS = [_v1, _v2]
+MIGRATIONS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -452,7 +469,7 @@ class Outbox:
 
     def mark_rejected(self, items: Iterable[tuple[str, str]]) -> int:
         """The server refused these (id, reason) for good and keeps them as dead letters: the rows are done
-        (state confirmed, the reason in `rejected`) and counted as `rejected_by_server`. Returns how many."""
+        (state 'rejected' to readers; see STATES) and counted as `rejected_by_server`. Returns how many."""
         now = utc_now_iso()
         n = 0
         with self._lock:
@@ -476,11 +493,18 @@ class Outbox:
         return n
 
     def purge_confirmed(self) -> int:
-        """Delete every confirmed row (they are on the server); returns how many."""
+        """Delete every confirmed row (they are on the server); returns how many. Rows the server refused
+        stay: they are the only evidence of what it refused (purge_rejected deletes them)."""
+        return self._purge(STATE_FILTER["confirmed"])
+
+    def purge_rejected(self) -> int:
+        """Delete every row the server refused for good, with its reason; returns how many."""
+        return self._purge(STATE_FILTER["rejected"])
+
+    def _purge(self, where: str) -> int:
         with self._lock:
             with self._transaction("NORMAL"):
-                n = sum(self.conn.execute(f"DELETE FROM {t} WHERE state = 'confirmed'").rowcount
-                        for t in TABLE.values())
+                n = sum(self.conn.execute(f"DELETE FROM {t} WHERE {where}").rowcount for t in TABLE.values())
             self.conn.execute("PRAGMA incremental_vacuum")
         return n
 
@@ -493,6 +517,8 @@ class Outbox:
             for kind, table in TABLE.items():
                 by_state = dict(self.conn.execute(
                     f"SELECT state, COUNT(*) FROM {table} WHERE state != 'confirmed' GROUP BY state").fetchall())
+                by_state["rejected"] = self.conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE rejected IS NOT NULL").fetchone()[0]
                 total = self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                 by_state["confirmed"] = total - sum(by_state.values())
                 counts[kind] = {s: by_state.get(s, 0) for s in STATES}
@@ -505,6 +531,7 @@ class Outbox:
         unconfirmed = sum(c["pending"] + c["sent"] for c in counts.values())
         return {
             "queue_depth": unconfirmed,
+            "rejected": sum(c["rejected"] for c in counts.values()),
             "events": counts["event"],
             "coverage": counts["coverage"],
             "oldest_pending_at": min((r[0] for r in oldest if r), default=None),
@@ -520,29 +547,52 @@ class Outbox:
         }
 
     def rows(self, kind: str = "event", state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Rows for display (without their payload), in send order."""
+        """Rows for display (without their payload), in send order. STATE is one of STATES."""
         table = TABLE[kind]
-        cols = (f"{ID_COLUMN[kind]} AS id, state, priority, attempts, created_at, sent_at, confirmed_at, rejected"
+        cols = (f"{ID_COLUMN[kind]} AS id, {SHOWN_STATE} AS state, priority, attempts, created_at, sent_at, "
+                "confirmed_at, rejected"
                 + (", seq, severity, media IS NOT NULL AS has_thumbnail" if kind == "event" else ""))
-        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        where = f"WHERE {STATE_FILTER[state]}" if state else ""
         with self._lock:
             cur = self.conn.execute(
-                f"SELECT {cols} FROM {table} {where} ORDER BY state = 'confirmed', priority DESC, id LIMIT ?",
-                (*args, limit))
+                f"SELECT {cols} FROM {table} {where} ORDER BY {table}.state = 'confirmed', priority DESC, id LIMIT ?",
+                (limit,))
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def iter_events(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(state, event payload without media) for every stored event, oldest first."""
         with self._lock:
-            rows = self.conn.execute("SELECT state, payload FROM events ORDER BY id").fetchall()
+            rows = self.conn.execute(f"SELECT {SHOWN_STATE}, payload FROM events ORDER BY id").fetchall()
         for state, payload in rows:
             yield state, json.loads(payload)
 
     def states(self, kind: str = "event") -> dict[str, str]:
-        """id -> state for every row of KIND (tests and tools)."""
+        """id -> state (one of STATES) for every row of KIND (tests and tools)."""
         with self._lock:
-            return dict(self.conn.execute(f"SELECT {ID_COLUMN[kind]}, state FROM {TABLE[kind]}").fetchall())
+            return dict(self.conn.execute(f"SELECT {ID_COLUMN[kind]}, {SHOWN_STATE} FROM {TABLE[kind]}").fetchall())
+
+    def rejections(self, since: str | None = None, top: int = 3) -> dict[str, Any]:
+        """The rows the server refused for good (since the UTC stamp SINCE, when given): how many of each kind,
+        the latest refusal, and the TOP reasons with their counts, most common first. Reasons are grouped by
+        reason_kind(), since the server names each event's own time or id in them."""
+        counts: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        latest: list[str] = []
+        with self._lock:
+            for kind, table in TABLE.items():
+                rows = self.conn.execute(
+                    f"SELECT rejected, confirmed_at FROM {table} WHERE rejected IS NOT NULL AND confirmed_at >= ?",
+                    (since or "",)).fetchall()
+                counts[kind] = len(rows)
+                for reason, at in rows:
+                    key = reason_kind(reason)
+                    reasons[key] = reasons.get(key, 0) + 1
+                    latest.append(at)
+        ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:top]
+        return {"count": sum(counts.values()), "events": counts["event"], "coverage": counts["coverage"],
+                "last_at": max(latest, default=None),
+                "reasons": [{"reason": reason, "count": n} for reason, n in ranked]}
 
     def close(self) -> None:
         with self._lock:
@@ -721,6 +771,18 @@ class Outbox:
     def _count(self, name: str) -> None:
         if self.health is not None:
             self.health.count(name)
+
+
+# What the server writes into a reason that differs from event to event: a time or an id. Replaced by "...",
+# so that twelve events refused for being too old read as one reason, twelve times.
+_PARTICULARS = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def reason_kind(reason: str) -> str:
+    """REASON without the particulars of one event (its times and ids): what several refusals share."""
+    return _PARTICULARS.sub("...", reason)
 
 
 def _split_event(event: dict[str, Any]) -> tuple[str, float, str, str | None]:
