@@ -29,6 +29,7 @@ from fleet_server import (
 )
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
+from fleet_server.http_bulkhead import Bulkhead
 from fleet_server.http_guard import HttpGuard
 from fleet_server.http_observe import Observe
 from fleet_server.replica import NoteWrites, Reads
@@ -65,6 +66,9 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     # Each added layer wraps the ones before it. A write's position on the primary is noted before its answer
     # leaves, so that the client's next read includes it...
     app.add_middleware(NoteWrites, reads=app.state.reads)
+    # ...requests take turns for the database without holding a thread while they wait...
+    app.add_middleware(Bulkhead, limit=cfg.api.max_concurrent_requests or cfg.database.pool_max,
+                       wait_s=cfg.api.queue_wait_s)
     # ...limits apply before any other work is done for a request...
     app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes)
     # ...every answer, the guard's refusals and the 500 of an exception included, is measured and audited...

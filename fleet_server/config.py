@@ -314,6 +314,13 @@ class ApiConfig(Section):
                                                                 "Also the wrong secrets one token's lookup may come "
                                                                 "with per minute, from anywhere, before it is 429 "
                                                                 "too (its holder's remembered token still gets in)")
+    max_concurrent_requests: int | None = Field(None, ge=1, le=1000,
+                                                description="API requests (/api/, /v1/) in progress at once; the "
+                                                            "rest wait their turn without holding a thread. Unset: "
+                                                            "database.pool_max (each request may hold one "
+                                                            "connection)")
+    queue_wait_s: float = Field(10.0, gt=0, le=300, description="Longest wait for a turn; then 503 with "
+                                                                "Retry-After")
     max_concurrent_verifications: int = Field(2, ge=1, description="argon2 token checks running at once (each takes "
                                                                    "~20 MB and a core for ~25 ms)")
     static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")

@@ -47,11 +47,11 @@ class HttpGuard:
         problem = bad_query(scope.get("query_string", b"")) or ("the path contains a NUL character"
                                                                 if "\x00" in scope.get("path", "") else None)
         if problem:
-            await _answer(send, 400, problem)
+            await answer(send, 400, problem)
             return
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body_bytes:
-            await _answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
+            await answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
             return
         await self._forward(scope, receive, send, (scope.get("client") or ("?", 0))[0])
 
@@ -67,7 +67,7 @@ class HttpGuard:
             if read > self.max_body_bytes and not refused:
                 refused = True
                 if not started:
-                    await _answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
+                    await answer(send, 413, f"body larger than {self.max_body_bytes} bytes")
                 return {"type": "http.disconnect"}
             return message
 
@@ -88,9 +88,10 @@ class HttpGuard:
             log.info("request body over %d bytes from %s refused", self.max_body_bytes, source)
 
 
-async def _answer(send: Any, status: int, detail: str) -> None:
+async def answer(send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """An early JSON answer {"detail": DETAIL} from a middleware, with the safety headers."""
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *SAFETY_HEADERS]})
+                            *SAFETY_HEADERS, *headers]})
     await send({"type": "http.response.body", "body": body})

@@ -30,6 +30,8 @@ API_READ_REPLICA_UP = Gauge("road_api_read_replica_up", "1 while the read replic
                             "it is unreachable or lagging and the primary serves them", ["pool"])
 API_AUTH_THROTTLED = Counter("road_api_auth_throttled", "Requests refused (429) because their source address failed "
                              "authentication too often")
+API_BUSY = Counter("road_api_busy", "API requests refused (503) after waiting api.queue_wait_s for one of "
+                   "api.max_concurrent_requests slots")
 INGEST_MESSAGES = Counter("road_ingest_messages", "Messages handled by ingest workers", ["kind", "outcome"])
 INGEST_BATCH_SECONDS = Histogram("road_ingest_batch_seconds", "Time to store and commit one batch",
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

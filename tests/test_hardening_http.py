@@ -5,8 +5,10 @@ password, and a fuzz of the routes (never a 500)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import threading
 import time
 from datetime import timedelta
 from urllib.parse import quote_from_bytes
@@ -306,3 +308,42 @@ def api_tokens(dsn: str) -> dict:
         _tokens[dsn] = {"device": bearer(token(dsn, "device", "fuzz", device_id="fuzz")),
                         "viewer": bearer(token(dsn, "viewer"))}
     return _tokens[dsn]
+
+
+@pytest.mark.services
+def test_a_flood_without_tokens_leaves_the_api_answering_others(make_cfg) -> None:
+    """48 clients at once without a token made the API answer everyone 503: every request's dependencies took
+    a pooled database connection in one of the 40 worker threads, and once all threads waited for one, the
+    requests holding one could not get a thread to finish and give it back, until the pool's timeout (5 s).
+    Requests now wait for a turn in the event loop, which costs no thread."""
+    import httpx
+
+    from tests.server_fixtures import serve_api
+
+    cfg = make_cfg()
+    manager = bearer(token(cfg.database.resolve_dsn(), "manager", "day shift"))
+    stop = threading.Event()
+    flood: list[int] = []
+
+    def knock(client: httpx.Client) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                flood.append(client.get("/api/v1/defects").status_code)
+
+    with serve_api(cfg) as url, httpx.Client(base_url=url, timeout=30) as client:
+        threads = [threading.Thread(target=knock, args=(client,), daemon=True) for _ in range(64)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        answers, waits = [], []
+        try:
+            for _ in range(8):
+                t0 = time.monotonic()
+                answers.append(client.get("/api/v1/defects", headers=manager).status_code)
+                waits.append(time.monotonic() - t0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+    assert 503 not in flood and set(flood) <= {403}, sorted(set(flood))
+    assert answers == [200] * 8, (answers, [round(w, 2) for w in waits])
