@@ -1,3 +1,3 @@
 """road-monitor vehicle agent: camera + GNSS + detector -> geolocated defect events -> outbox -> MQTT."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

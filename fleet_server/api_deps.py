@@ -18,6 +18,9 @@ from fleet_server.validate import as_utc
 QueryTime = Annotated[datetime, AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 
+CACHE_BUSTERS = {"_"}  # jQuery's cache: false and similar clients add ?_=<time> to every GET: not a filter
+
+
 def known_query_only(request: Request) -> None:
     """400 naming a query parameter the route does not take: `min_confidence=0.99` or `sort=-severity` once
     answered 200 with every defect, unfiltered, and a client could not tell."""
@@ -25,7 +28,7 @@ def known_query_only(request: Request) -> None:
     if route is None or not hasattr(route, "dependant"):
         return
     known = _query_names(route.dependant)
-    unknown = sorted(set(request.query_params) - known)
+    unknown = sorted(set(request.query_params) - known - CACHE_BUSTERS)
     if unknown:
         raise HTTPException(400, f"unknown query parameter {unknown[0][:40]!r}; {request.url.path} takes "
                                  f"{', '.join(sorted(known)) or 'none'}")

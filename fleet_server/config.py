@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -24,6 +25,9 @@ DSN_ENV = "ROADMON_DATABASE_DSN"
 READ_DSN_ENV = "ROADMON_READ_DATABASE_DSN"
 MQTT_PASSWORD_ENV = "ROADMON_MQTT_PASSWORD"
 INSTANCE_ENV = "ROADMON_INSTANCE"
+OLD_DEFAULT_GROUP = "ingest"  # what example.toml set before the group's name became a secret
+
+log = logging.getLogger(__name__)
 
 
 # Where systemd/install.sh keeps the files that the units' LoadCredential= hands them, beside server.toml: the
@@ -379,7 +383,11 @@ class ServerConfig(Section):
 
     def share_group(self) -> str:
         """`ingest.share_group`, else one derived from the broker password (the same in every worker)."""
-        if self.ingest.share_group:
+        if self.ingest.share_group == OLD_DEFAULT_GROUP:
+            log.warning("ingest.share_group = %r is the old default, which any device can guess and join (the broker "
+                        "then drops its turn of the fleet's messages): using the name derived from the broker "
+                        "password instead; remove the line", OLD_DEFAULT_GROUP)
+        elif self.ingest.share_group:
             return self.ingest.share_group
         password = self.mqtt.resolve_password()
         if not password:

@@ -217,6 +217,35 @@ def test_relative_paths_are_taken_beside_the_config_wherever_doctor_runs(tmp_pat
     assert str(box / "cam.toml") in results["calibration"].summary
 
 
+def test_an_upgrade_does_not_leave_the_queue_of_a_relative_state_dir_behind(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents before the rule above took `state_dir = "state"` from the working folder. After the upgrade the
+    same config named a folder beside it, where `run` started an empty queue and left the old one's unsent
+    events behind, while status and doctor looked at the new, empty one: every command now refuses, naming
+    both folders."""
+    from edge_agent.link.outbox import Outbox
+
+    box, work = tmp_path / "etc", tmp_path / "work"
+    box.mkdir()
+    (work / "state").mkdir(parents=True)
+    with Outbox(work / "state" / "outbox.db") as old:
+        old.add_event({"schema": "roadmon.event/1", "event_id": "0190d7a2-0000-7000-8000-000000000001",
+                       "severity": 0.5})
+    path = write_config(box, device={"state_dir": "state"})
+    monkeypatch.chdir(work)
+    for command in (["config", "check", str(path)], ["status", "-c", str(path)], ["doctor", "-c", str(path), "--json"]):
+        result = subprocess.run([EDGE_AGENT, *command], capture_output=True, text=True,
+                                timeout=120)
+        said = result.stdout + result.stderr
+        assert result.returncode != 0, (command, said)
+        assert str(work / "state" / "outbox.db") in said and str(box / "state") in said, (command, said)
+    assert not (box / "state" / "outbox.db").exists()  # nothing started a second queue
+    (box / "agent.toml").write_text(path.read_text().replace('state_dir = "state"', f'state_dir = "{work / "state"}"'))
+    result = subprocess.run([EDGE_AGENT, "status", "-c", str(box / "agent.toml"), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert json.loads(result.stdout)["queue_depth"] == 1, result.stdout + result.stderr
+
+
 def test_load_resolves_every_relative_path_field_and_keeps_special_values(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent import config as agent_config

@@ -361,12 +361,14 @@ def test_a_device_cannot_join_the_ingest_group_and_make_the_broker_drop_others_e
                 c.loop_stop()
             worker.stop()
 
-    # A group a device can guess (the old default): most of the victim's events never reach the server.
-    assert send_and_count(make_cfg(devices=[victim], ingest={"share_group": "ingest"}), "ingest") < 8
+    # A group a device can guess: most of the victim's events never reach the server.
+    assert send_and_count(make_cfg(devices=[victim], ingest={"share_group": "fleet"}), "fleet") < 8
     # Unset, the group comes from the broker password: the same in every worker, not "ingest", and not guessed.
     cfg = make_cfg(devices=[victim], ingest={"share_group": None})
     group = cfg.share_group()
     assert group.startswith("ingest-") and len(group) == len("ingest-") + 16
     assert group == make_cfg(devices=[victim], ingest={"share_group": None}).share_group()
     assert group in IngestWorker(cfg).client_id  # so a device cannot take a worker's session by its client id
+    # The old default, copied into many a server.toml from the example, is not kept.
+    assert make_cfg(devices=[victim], ingest={"share_group": "ingest"}).share_group() == group
     assert send_and_count(cfg, "ingest") == 8

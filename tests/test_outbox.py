@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, utc_now_iso
+from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, OutboxUnavailable, utc_now_iso
 from roadmon_contract import validate
 from roadmon_contract.ids import uuid7
 
@@ -299,3 +299,31 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
         # Counted through the index of refused rows (version 3), not by reading every row of the queue.
         plan = ob.conn.execute("EXPLAIN QUERY PLAN SELECT COUNT(*) FROM events WHERE rejected IS NOT NULL").fetchall()
         assert "events_rejected" in str(plan) and ob.stats()["rejected"] == 1
+
+
+def test_a_version_2_queue_is_read_before_the_upgraded_agent_first_starts(tmp_path: Path) -> None:
+    """After an upgrade a technician runs status or doctor before starting the agent: version 3 only added an
+    index, so the old queue's rows are shown (they were refused with "start the agent once"), unchanged."""
+    import sqlite_utils
+
+    from edge_agent.link.outbox import MIGRATIONS
+
+    path = tmp_path / "v2.db"
+    db = sqlite_utils.Database(path)
+    MIGRATIONS[0](db)
+    MIGRATIONS[1](db)
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO events (event_id, priority, severity, created_at, payload) "
+               "VALUES ('old-1', 50, 0.5, '2026-01-01T00:00:00.000Z', '{\"event_id\":\"old-1\"}')")
+    db.conn.commit()
+    db.conn.close()
+    with Outbox(path, read_only=True) as reader:
+        assert reader.stats()["events"]["pending"] == 1
+    with Outbox(path) as agent:  # the agent's own start upgrades it
+        assert agent.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db = sqlite_utils.Database(path)
+    db.execute("PRAGMA user_version = 1")
+    db.conn.commit()
+    db.conn.close()
+    with pytest.raises(OutboxUnavailable, match="has schema version 1; this agent reads version"):
+        Outbox(path, read_only=True)

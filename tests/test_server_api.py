@@ -334,6 +334,8 @@ def test_what_an_analyst_filters_by_is_applied_or_refused_never_ignored(api) -> 
         r = client.get(path, params=params, headers=viewer)
         assert r.status_code == 400 and f"unknown query parameter {next(iter(params))!r}" in r.json()["detail"], r.text
     assert "bbox" in client.get("/api/v1/defects", params={"sort": "x"}, headers=viewer).json()["detail"]
+    # A cache-buster (jQuery's `cache: false` adds ?_=<time>) is no filter and no mistake.
+    assert client.get("/api/v1/defects", params={"_": "1733420000"}, headers=viewer).status_code == 200
     # Latitudes within -90..90; a box with min_lon > max_lon crosses the antimeridian (RFC 7946, 5.2).
     assert client.get("/api/v1/defects", params={"bbox": "-180,-180,180,180"}, headers=viewer).status_code == 400
     assert client.get("/api/v1/defects", params={"bbox": "0,10,1,9"}, headers=viewer).status_code == 400

@@ -14,7 +14,7 @@ from edge_agent.commands import config_option
 calibrate_app = typer.Typer(help="Camera calibration: intrinsics from a checkerboard, check the mount.",
                             no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 
 
 @calibrate_app.command("intrinsics")

@@ -10,7 +10,7 @@ from rich.console import Console
 from edge_agent import config as agent_config
 
 config_app = typer.Typer(help="Validate and show agent configuration files.", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 
 
 @config_app.command("check")

@@ -26,7 +26,7 @@ from edge_agent.gnss.source import GnssReader, NmeaDecoder, decode_stream, open_
 from edge_agent.health import HealthBoard
 
 gps_app = typer.Typer(help="GNSS: replay NMEA recordings, watch a live receiver.", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 # `monitor --seconds`: a day is longer than any technician's session at the receiver; watching for longer is
 # the agent's job (its status file and doctor), and an endless run is --seconds 0 and Ctrl-C.
 MAX_MONITOR_S = 86400.0

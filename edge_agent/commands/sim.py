@@ -14,7 +14,7 @@ from edge_agent.commands import finite
 sim_app = typer.Typer(help="Simulator: synthetic drives with ground truth for tests, demos and benchmarks.",
                       no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 # The classic 32-bit seed range: numpy would take any non-negative integer, but drive.json records the seed and
 # every tool that reads it back (and a person retyping it) handles this range.
 MAX_SEED = 2**32 - 1

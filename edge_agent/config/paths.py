@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.config.camera import source_kind
+from roadmon_contract.config_base import ConfigError
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
@@ -45,10 +46,26 @@ def _is_pem(value: str | None) -> bool:
     return bool(value) and "-----BEGIN" in str(value)
 
 
+def _refuse_a_queue_left_behind(cfg: AgentConfig, config_file: Path, base: Path) -> None:
+    """Agents before this rule took a relative state_dir from the working directory. After an upgrade the same
+    config names another folder, where the agent would start an empty queue and leave the old one's unsent
+    events behind, unseen by status and doctor: refuse, naming both, until the config says which."""
+    state = Path(cfg.device.state_dir).expanduser()
+    if state.is_absolute() or Path(cfg.outbox.file).is_absolute():
+        return
+    old, new = (Path.cwd() / state).resolve(), (base / state).resolve()
+    if old != new and (old / cfg.outbox.file).exists() and not (new / cfg.outbox.file).exists():
+        raise ConfigError(config_file, [
+            f"device.state_dir {cfg.device.state_dir!r}: relative paths are taken beside the config now ({new}), but "
+            f"the queue an earlier agent kept is at {old / cfg.outbox.file}, taken from the working directory: "
+            f"set state_dir = \"{old}\" (or move that folder to {new})"])
+
+
 def resolve_paths(cfg: AgentConfig, config_file: Path) -> AgentConfig:
     """CFG with its relative file paths made absolute against CONFIG_FILE's folder (changed in place and
     returned). Paths inside device.state_dir (outbox.file, uplink.status_file) follow state_dir itself."""
     base = config_file.expanduser().resolve().parent
+    _refuse_a_queue_left_behind(cfg, config_file, base)
     cfg.device.state_dir = beside(base, cfg.device.state_dir) or cfg.device.state_dir
     if source_kind(cfg.camera.source) == "file":
         cfg.camera.source = beside(base, cfg.camera.source) or cfg.camera.source

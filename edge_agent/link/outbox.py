@@ -128,6 +128,9 @@ def _v3(db: sqlite_utils.Database) -> None:
 # Append only: the outbox's schema version is the number of migrations applied (PRAGMA user_version).
 MIGRATIONS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
+# The oldest schema a reader (status, queue, doctor) can answer from: version 3 only added an index, so a
+# technician sees an upgraded box's old queue before its agent first starts (and upgrades it).
+READABLE_FROM = 2
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -355,10 +358,10 @@ class Outbox:
         self._seq = self._load_seq()
 
     def _check_readable_version(self) -> None:
-        # A reader cannot migrate: the queries here need the current schema, which the agent's next start
-        # writes.
+        # A reader cannot migrate: the queries here need a schema from READABLE_FROM on, which the agent's next
+        # start brings any older queue to.
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if not READABLE_FROM <= version <= SCHEMA_VERSION:
             raise OutboxUnavailable(
                 f"outbox {self.path} has schema version {version}; this agent reads version {SCHEMA_VERSION}",
                 "start the agent once (it upgrades the queue in place)" if version < SCHEMA_VERSION
