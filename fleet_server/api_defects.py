@@ -14,7 +14,7 @@ import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from fleet_server import aggregate
+from fleet_server import aggregate, spreadsheet
 from fleet_server.api_deps import QueryTime, db, known_query_only, read_db, require
 from fleet_server.validate import fold_class
 
@@ -185,18 +185,10 @@ def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(
                     headers={"Content-Disposition": 'attachment; filename="defects.csv"'})
 
 
-# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection"): such a text cell gets a leading
-# apostrophe, which the spreadsheet shows as text and does not run. Numbers are left as they are: a negative
-# longitude is a number, not a formula.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
 def csv_cell(value: Any) -> Any:
     """VALUE as a CSV cell: lists as JSON, times as ISO 8601, text that could run as a formula neutralised."""
     value = json.dumps(value) if isinstance(value, list) else _jsonable(value)
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    return spreadsheet.safe_text(value) if isinstance(value, str) else value
 
 
 def load_defect(conn: psycopg.Connection, defect_id: int, request: Request) -> dict:

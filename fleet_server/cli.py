@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import sys
 import threading
 import time
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -21,7 +20,7 @@ from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.migrate import migrate as run_migrations
-from roadmon_contract import topics
+from roadmon_contract import ids, topics
 
 log = logging.getLogger(__name__)
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
@@ -37,7 +36,6 @@ app.add_typer(model_app, name="model")
 console = Console(soft_wrap=True)  # paths and tokens in messages stay whole (copy-paste)
 err = Console(stderr=True, soft_wrap=True)
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A token's lifetime in days at most: a century is "for ever" for a fleet, and 3,000,000 days overflowed the date.
 MAX_TOKEN_DAYS = 36500
 ConfigOpt = typer.Option(None, "--config", "-c", envvar="ROADMON_SERVER_CONFIG",
@@ -189,8 +187,9 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
                as_json: bool = typer.Option(False, "--json", help="Print the credentials as JSON")) -> None:
     """Create a device: broker login (password file + ACL), HTTP device token. Credentials print ONCE. An id
     that exists is an error (as in `device import`), unless --reissue."""
-    if not DEVICE_ID.match(device_id):
-        _fail(f"invalid device id {device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
+    # --reissue takes an existing device's id as it is: ids given before the stricter rule stay usable.
+    if not (ids.new_device_id_ok(device_id) or (reissue and ids.DEVICE_ID.fullmatch(device_id))):
+        _fail(f"invalid device id {device_id!r}: {ids.NEW_DEVICE_ID_RULE}")
     c = cfg()
     if mqtt_accounts.reserved(device_id, c.mqtt.username):
         _fail(f"device id {device_id!r} is reserved: {c.mqtt.username!r} and names beginning with "
@@ -283,7 +282,7 @@ def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
     target = out or file.with_name(file.name.removesuffix(".csv") + ".credentials.csv")
     t0 = time.monotonic()
     try:
-        rows = provision.parse_rows(file.read_text(encoding="utf-8-sig"), DEVICE_ID, c.mqtt.username)
+        rows = provision.parse_rows(file.read_text(encoding="utf-8-sig"), c.mqtt.username)
         with connect(c.database) as conn:
             done = provision.import_devices(conn, c, rows, target, skip_existing=skip_existing,
                                             http_tokens=http_tokens)
@@ -371,26 +370,52 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
 def token_rotate(token_id: int,
                  overlap_hours: float = typer.Option(24.0, "--overlap-hours", min=0, max=MAX_TOKEN_DAYS * 24,
                                                      help="How long the old token keeps working"),
+                 days: int | None = typer.Option(None, "--days", min=1, max=MAX_TOKEN_DAYS,
+                                                 help="The new token's lifetime; default the old token's own "
+                                                      "(a device token's: api.device_token_days)"),
                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """A new token for TOKEN_ID's holder (same name, role, device); the old one expires after the overlap.
-    The new token is printed once."""
+    """A new token for TOKEN_ID's holder (same name, role, device and lifetime); the old one expires after the
+    overlap. The new token is printed once."""
     c = cfg()
     with connect(c.database) as conn:
-        role = conn.execute("SELECT role FROM api_tokens WHERE id = %s", (token_id,)).fetchone()
-        days = c.api.device_token_days if role and role[0] == "device" else c.api.user_token_days
-        try:
-            token, new_id = auth.rotate_token(conn, token_id, timedelta(hours=overlap_hours), timedelta(days=days))
-        except LookupError as exc:
-            _fail(str(exc))
+        with conn.transaction():
+            # Locked until the rotation commits: the lifetime is read from the row that is rotated.
+            row = conn.execute("SELECT role, expires_at - created_at FROM api_tokens WHERE id = %s FOR UPDATE",
+                               (token_id,)).fetchone()
+            lifetime = _rotated_lifetime(c, row, days)
+            try:
+                token, new_id = auth.rotate_token(conn, token_id, timedelta(hours=overlap_hours), lifetime)
+            except LookupError as exc:
+                _fail(str(exc))
         # The old token keeps its own expiry when that comes before the overlap ends.
-        old_until = conn.execute("SELECT expires_at FROM api_tokens WHERE id = %s", (token_id,)).fetchone()[0]
+        old_until, new_until = (conn.execute("SELECT expires_at FROM api_tokens WHERE id = %s", (i,)).fetchone()[0]
+                                for i in (token_id, new_id))
     if as_json:
         print(json.dumps({"id": new_id, "replaces": token_id, "token": token,
-                          "replaced_until": old_until.astimezone(UTC).isoformat()}))
+                          "replaced_until": old_until.astimezone(UTC).isoformat(),
+                          "expires_at": new_until.astimezone(UTC).isoformat() if new_until else None}))
     else:
         console.print(f"token {new_id} replaces {token_id}, which stops working at "
-                      f"{old_until.astimezone(UTC):%Y-%m-%d %H:%M} UTC (shown once):")
+                      f"{old_until.astimezone(UTC):%Y-%m-%d %H:%M} UTC; token {new_id} expires at "
+                      f"{_when(new_until)} (shown once):")
         print(token)
+
+
+def _rotated_lifetime(c: ServerConfig, row: tuple | None, days: int | None) -> timedelta:
+    """The replacement's lifetime: --days when given; a device token's is the device rule; a person's token
+    keeps its own (rotating a 1-day contractor token must not yield a year-long one). ROW: (role, expires_at -
+    created_at) of the old token, None when there is none (rotate_token then says so)."""
+    if days is not None:
+        return timedelta(days=days)
+    role, kept = row if row is not None else (None, None)
+    if role == "device":
+        return timedelta(days=c.api.device_token_days)
+    # A token without an expiry (made before tokens expired) gets the default rather than living for ever.
+    return kept if kept is not None and kept > timedelta(0) else timedelta(days=c.api.user_token_days)
+
+
+def _when(t: datetime | None) -> str:
+    return f"{t.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if t is not None else "never"
 
 
 @token_app.command("revoke")

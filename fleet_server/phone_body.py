@@ -26,6 +26,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleet_server.validate import Invalid, as_utc, class_name
+from roadmon_contract.ids import DEVICE_ID_PATTERN
 
 THUMBNAIL_PX = 640  # longest side of the thumbnail kept from a phone's photo (the agents send ~this size)
 THUMBNAIL_MAX_BYTES = 140_000  # base64 of it stays within the event schema's 200,000 characters
@@ -73,7 +74,7 @@ class PhoneDetection(_Strict):
 
 
 class PhoneSubmission(_Strict):
-    device_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="The submitting device's id")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="The submitting device's id")
     timestamp: datetime = Field(strict=False, description="ISO 8601 time of capture, with a zone (Z or +hh:mm)")
     gps: Gps = Field(description="Where the phone was")
     detections: list[PhoneDetection] = Field(min_length=1, max_length=100, description="What it saw in the image")

@@ -5,14 +5,16 @@
 PBKDF2-SHA512 format (mqtt_accounts), writes the password file once (a new file renamed over the old one, so
 the broker never reads half of it), inserts every device in one transaction and reloads the broker once.
 
-Input: CSV, one device a row: its id, then optional group names (more cells, or one cell with `;` between
-them). Blank lines and lines starting with `#` are ignored; a first row whose first cell is `device_id` or `id`
-is a header. Ids that already exist (in the database or in the broker's password file) are an error naming
-their lines, or are skipped with `skip_existing`. Any bad row fails the whole import before anything is written.
+Input: CSV, one device a row: its id (starting with a letter or digit), then optional group names (more cells,
+or one cell with `;` between them; none may start like a spreadsheet formula). Blank lines and lines starting
+with `#` are ignored; a first row whose first cell is `device_id` or `id` is a header. Ids that already exist
+(in the database or in the broker's password file) are an error naming their lines, or are skipped with
+`skip_existing`. Any bad row fails the whole import before anything is written.
 
 Output: a CSV of the issued credentials (device_id, groups, mqtt_host, mqtt_port, mqtt_username,
 mqtt_password, and http_token when asked for), mode 600, never overwriting an existing file: the sheet a
-technician hands to the installer. Passwords are not kept anywhere else.
+technician hands to the installer, its text cells neutralised as the API's CSV export does (spreadsheet.py).
+Passwords are not kept anywhere else.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pathlib import Path
 
 import psycopg
 
-from fleet_server import auth, mqtt_accounts
+from fleet_server import auth, mqtt_accounts, spreadsheet
 from fleet_server.config import ServerConfig
+from roadmon_contract.ids import NEW_DEVICE_ID_RULE, new_device_id_ok
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class Imported:
     passwd_file: Path | None = None
 
 
-def parse_rows(text: str, id_pattern, server_user: str) -> list[Row]:
+def parse_rows(text: str, server_user: str) -> list[Row]:
     """The rows of an import file; ImportRefused naming every bad line (all of them, not just the first)."""
     rows: list[Row] = []
     problems: list[str] = []
@@ -76,15 +79,15 @@ def parse_rows(text: str, id_pattern, server_user: str) -> list[Row]:
         if not rows and not problems and device_id.lower() in HEADER_IDS:
             continue  # a header row
         groups = tuple(g.strip() for cell in cells[1:] for g in cell.split(";") if g.strip())
-        if not id_pattern.match(device_id):
-            problems.append(f"line {line_no}: invalid device id {device_id!r} (1-64 of A-Z a-z 0-9 . _ -)")
+        if not new_device_id_ok(device_id):
+            problems.append(f"line {line_no}: invalid device id {device_id!r} ({NEW_DEVICE_ID_RULE})")
             continue
         if mqtt_accounts.reserved(device_id, server_user):
             problems.append(f"line {line_no}: device id {device_id!r} is reserved for the server")
             continue
-        bad_group = next((g for g in groups if len(g) > 64 or any(ord(ch) < 32 for ch in g)), None)
-        if bad_group is not None:
-            problems.append(f"line {line_no}: invalid group {bad_group!r} (at most 64 printable characters)")
+        group_problem = _group_problem(groups)
+        if group_problem:
+            problems.append(f"line {line_no}: {group_problem}")
             continue
         if device_id in first_line:
             problems.append(f"line {line_no}: device id {device_id!r} repeats line {first_line[device_id]}")
@@ -96,6 +99,17 @@ def parse_rows(text: str, id_pattern, server_user: str) -> list[Row]:
     if not rows:
         raise ImportRefused(["no devices in the file"])
     return rows
+
+
+def _group_problem(groups: tuple[str, ...]) -> str | None:
+    """Why GROUPS cannot be stored, or None. A group starting like a formula is refused outright, not only
+    neutralised in the sheet: the name would reach every later export and screen that shows groups."""
+    for g in groups:
+        if len(g) > 64 or any(ord(ch) < 32 for ch in g):
+            return f"invalid group {g!r} (at most 64 printable characters)"
+        if spreadsheet.starts_formula(g):
+            return f"invalid group {g!r}: a spreadsheet would run it as a formula (no group starts with =, +, - or @)"
+    return None
 
 
 def _passwd_users(passwd_file: Path | None) -> set[str]:
@@ -110,8 +124,11 @@ def _credentials_csv(rows: list[Row], passwords: dict[str, str], tokens: dict[st
     writer.writerow(OUT_COLUMNS + (("http_token",) if tokens else ()))
     host, port, _ = cfg.devices.vehicle_address(cfg.mqtt)
     for r in rows:
-        writer.writerow([r.device_id, ";".join(r.groups), host, port, r.device_id,
-                         passwords[r.device_id]] + ([tokens[r.device_id]] if tokens else []))
+        cells = [r.device_id, ";".join(r.groups), host, port, r.device_id,
+                 passwords[r.device_id]] + ([tokens[r.device_id]] if tokens else [])
+        # Installers open this sheet in a spreadsheet: no text cell may run there (a HYPERLINK in one cell can
+        # send another cell, the row's password, away). Ids, passwords and tokens never start so; the rest might.
+        writer.writerow([spreadsheet.safe_text(c) if isinstance(c, str) else c for c in cells])
     return buf.getvalue()
 
 

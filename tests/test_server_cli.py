@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from fleet_server.cli import app
+from roadmon_contract import ids
 from tests.conftest import free_port
 from tests.server_fixtures import DeviceClient, make_event, wait_for
 
@@ -156,6 +158,62 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     # The id printed at creation is the one `token ls`, `revoke` and `rotate` take; piped, no cell is cut short.
     row = next(line for line in listing.splitlines() if "weekly-viewer-of-the-city" in line)
     assert row.split()[1] == str(created["id"]) and "…" not in listing
+
+
+def test_new_device_ids_start_with_a_letter_or_digit(cli, fresh_db, broker) -> None:
+    # `-veh-9` was accepted, and then `device revoke -veh-9` failed as an unknown option; `..` is a path part.
+    logins = broker.passwd_file.read_text()
+    for bad in ("-veh-9", "..", ".", ".hidden", "_x"):
+        refused = cli.run("device", "add", "--", bad)
+        assert refused.exit_code == 1 and "starting with a letter or digit" in refused.output, (bad, refused.output)
+    assert broker.passwd_file.read_text() == logins
+    # The ids the demo, the docs and the tests use are still new ids (added here with unique ones only: the
+    # session's broker is shared).
+    assert all(ids.new_device_id_ok(d) for d in ("demo-veh-1", "veh-001", "test-0a1b2c", "imp-0a1b2c-7"))
+    for good in (f"veh-{cli.port}", f"test-{cli.port:x}", f"{cli.port}.a_b-c"):
+        assert cli.run("device", "add", good, "--json").exit_code == 0, good
+    # A device given such an id before the rule keeps working: re-issued and revoked by its id as it is.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id) VALUES ('-old-1')")
+    assert cli.run("device", "add", "--reissue", "--json", "--", "-old-1").exit_code == 0
+    revoked = cli.run("device", "revoke", "--", "-old-1")
+    assert revoked.exit_code == 0 and "revoked: 1 token(s)" in revoked.output, revoked.output
+
+
+def test_rotation_keeps_the_old_tokens_lifetime(cli, fresh_db) -> None:
+    def lifetime_days(token_id: int) -> float:
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            return conn.execute("SELECT extract(epoch FROM expires_at - created_at) / 86400 FROM api_tokens "
+                                "WHERE id = %s", (token_id,)).fetchone()[0]
+
+    contractor = json.loads(cli.run("token", "create", "--role", "viewer", "--name", "contractor", "--days", "1",
+                                    "--json").output)
+    rotated = cli.run("token", "rotate", str(contractor["id"]), "--json")
+    assert rotated.exit_code == 0, rotated.output
+    new = json.loads(rotated.output)
+    assert round(lifetime_days(new["id"]), 3) == 1  # not api.user_token_days (365)
+    expires = datetime.fromisoformat(new["expires_at"])
+    assert timedelta(hours=23) < expires - datetime.now(UTC) <= timedelta(days=1)
+    # --days says otherwise, bounded as in `token create`; the text output names the new expiry.
+    longer = cli.run("token", "rotate", str(new["id"]), "--days", "30")
+    assert longer.exit_code == 0 and "expires at" in longer.output, longer.output
+    newest = int(re.search(r"token (\d+) replaces", longer.output).group(1))
+    assert round(lifetime_days(newest)) == 30
+    for days in ("0", "36501"):
+        assert cli.run("token", "rotate", str(newest), "--days", days).exit_code == 2
+    # A device token gets the device rule; one from before tokens expired gets the default, not "never".
+    device = json.loads(cli.run("device", "add", "cli-life", "--json").output)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        device_token = conn.execute("SELECT id FROM api_tokens WHERE device_id = 'cli-life'").fetchone()[0]
+        conn.execute("UPDATE api_tokens SET expires_at = created_at + interval '5 days' WHERE id = %s",
+                     (device_token,))
+        old = conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role) VALUES ('oldlookup', 'x', "
+                           "'old', 'viewer') RETURNING id").fetchone()[0]
+    assert device["http_token"]
+    rotated_device = json.loads(cli.run("token", "rotate", str(device_token), "--json").output)
+    assert round(lifetime_days(rotated_device["id"])) == 90
+    rotated_old = json.loads(cli.run("token", "rotate", str(old), "--json").output)
+    assert round(lifetime_days(rotated_old["id"])) == 365
 
 
 def test_cli_device_add_refuses_an_existing_id_unless_reissue(cli, fresh_db, broker) -> None:
