@@ -30,7 +30,7 @@ from fleet_server import (
 from fleet_server.config import ServerConfig
 from fleet_server.db import make_pool
 from fleet_server.http_bulkhead import Bulkhead
-from fleet_server.http_guard import HttpGuard
+from fleet_server.http_guard import ClientAddress, HttpGuard
 from fleet_server.http_observe import Observe
 from fleet_server.replica import NoteWrites, Reads
 
@@ -73,6 +73,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.add_middleware(HttpGuard, max_body_bytes=cfg.api.max_body_bytes)
     # ...every answer, the guard's refusals and the 500 of an exception included, is measured and audited...
     app.add_middleware(Observe, audit_log=app.state.audit)
+    # ...the address is an IP address or "invalid"...
+    app.add_middleware(ClientAddress)
     # ...and the client is the address a trusted proxy names (X-Forwarded-For), else the connection's own.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(net) for net in cfg.api.trusted_proxies])
 

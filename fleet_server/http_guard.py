@@ -7,6 +7,7 @@ as image/jpeg), no framing of the dashboard by another site.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from typing import Any
@@ -30,6 +31,24 @@ def bad_query(query_string: bytes) -> str | None:
         except UnicodeDecodeError:
             return "a query parameter is not UTF-8"
     return None
+
+
+class ClientAddress:
+    """ASGI middleware, right inside the proxy-header one: a client address that is no IP address (a trusted
+    proxy passed on whatever X-Forwarded-For said, e.g. "<script>") becomes "invalid", so the audit log keeps no
+    attacker's text and every such request shares one failed-authentication count."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client:
+            try:
+                ipaddress.ip_address(client[0])
+            except ValueError:
+                scope = {**scope, "client": ("invalid", client[1] if len(client) > 1 else 0)}
+        await self.app(scope, receive, send)
 
 
 class HttpGuard:

@@ -176,8 +176,10 @@ def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:
             jpeg = base64.b64decode(thumb, validate=True)
         except (binascii.Error, ValueError):
             raise Invalid("thumbnail_jpeg_b64: not base64") from None
-        if not jpeg.startswith(b"\xff\xd8\xff"):  # served as image/jpeg to the dashboard: only a JPEG may be
-            raise Invalid("thumbnail_jpeg_b64: not a JPEG image (it must start with the JPEG marker FF D8 FF)")
+        # Served as image/jpeg to the dashboard: only a JPEG may be (its start and end markers; decoding every
+        # thumbnail at ingest would cost more than storing the event).
+        if not jpeg.startswith(b"\xff\xd8\xff") or not jpeg.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise Invalid("thumbnail_jpeg_b64: not a JPEG image (it must start with FF D8 FF and end with FF D9)")
 
 
 def check_coverage(obj: dict, now: datetime, cfg: IngestConfig) -> None:

@@ -27,6 +27,9 @@ from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.ids import uuid7
 
 SHA = "ab" * 32
+# The smallest thumbnail the server takes: a JPEG's start and end markers with nothing between (validate.py
+# checks the markers, not the picture).
+TINY_JPEG_B64 = "/9j/2Q=="
 
 
 def server_config(dsn: str, mqtt_host: str, mqtt_port: int, user: str, password: str, tmp: Path,

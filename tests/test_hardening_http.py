@@ -179,9 +179,13 @@ def test_the_client_address_comes_from_trusted_proxies_only(make_cfg) -> None:
         assert guess(ingress, "198.51.100.7") == 401
         # From elsewhere the header is not believed: the connection's own address is throttled.
         assert [guess(outsider, f"198.51.100.{i}") for i in range(4)] == [401, 401, 401, 429]
+        # Whatever else the proxy passes on is no address: one shared "invalid", throttled together, kept out of
+        # the audit log (a review stored "<script>alert(1)</script>" there).
+        assert [guess(ingress, f"<script>{i}</script>") for i in range(4)] == [401, 401, 401, 429]
         clients = {r["client"] for r in ingress.get("/api/v1/audit", headers=manager).json()}
-        assert {"203.0.113.5", "198.51.100.7", "192.0.2.50"} <= clients
+        assert {"203.0.113.5", "198.51.100.7", "192.0.2.50", "invalid"} <= clients
         assert not {"10.9.0.7", "198.51.100.0", "198.51.100.1"} & clients
+        assert not any("<" in c for c in clients)
     finally:
         app.state.pool.close()
 

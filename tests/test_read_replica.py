@@ -21,7 +21,7 @@ from fleet_server.migrate import migrate
 from fleet_server.store import Batch, store_batch
 from scripts import services
 from tests.conftest import free_port, on_a_free_port
-from tests.server_fixtures import make_event, server_config, token
+from tests.server_fixtures import TINY_JPEG_B64, make_event, server_config, token
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
             # Something stored elsewhere after the replica's last replay, linked from a fresher page: a defect
             # and a sighting's thumbnail the replica does not have yet are read from the primary, not a 404.
             with psycopg.connect(primary.dsn, autocommit=True) as conn:
-                fresh = make_event("veh-other", 48.3, 11.9, thumbnail_jpeg_b64="/9j/4AAQSkZJRg==")
+                fresh = make_event("veh-other", 48.3, 11.9, thumbnail_jpeg_b64=TINY_JPEG_B64)
                 store_batch(conn, Batch(events=[(fresh, datetime.now(UTC))]), AggregateConfig())
                 fresh_defect = conn.execute("SELECT defect_id FROM sightings WHERE event_id = %s",
                                             (fresh["event_id"],)).fetchone()[0]

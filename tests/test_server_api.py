@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from fleet_server.api import create_app
 from fleet_server.config import ServerConfig
 from roadmon_contract.geodesy import distance_m
-from tests.server_fixtures import count, make_cfg, make_event, offset, token
+from tests.server_fixtures import TINY_JPEG_B64, count, make_cfg, make_event, offset, token
 
 __all__ = ["make_cfg"]
 
@@ -78,7 +78,7 @@ def _seed(client: TestClient, dsn: str) -> dict:
     dev = bearer(token(dsn, "device", "veh-a", device_id="veh-a"))
     for i, (lat, lon) in enumerate([(48.1, 11.5), (48.2, 11.6), (48.3, 11.7)]):
         r = client.post("/api/v1/detections", json=make_event("veh-a", lat, lon, severity=0.2 + 0.3 * i,
-                                                              thumbnail_jpeg_b64="/9j/4AAQSkZJRg=="), headers=dev)
+                                                              thumbnail_jpeg_b64=TINY_JPEG_B64), headers=dev)
         assert r.status_code == 202
     return dev
 

@@ -122,12 +122,15 @@ def test_coverage_must_not_end_before_it_starts_and_its_line_is_checked() -> Non
 
 
 def test_a_thumbnail_must_be_base64() -> None:
-    assert check("event", event(thumbnail_jpeg_b64="/9j/4AAQ"))
+    assert check("event", event(thumbnail_jpeg_b64="/9j/2Q=="))  # FF D8 FF ... FF D9
     with pytest.raises(Invalid, match="thumbnail_jpeg_b64: not base64"):
         check("event", event(thumbnail_jpeg_b64="not base64!"))
     html = base64.b64encode(b"<html><script>alert(document.domain)</script></html>").decode()
     with pytest.raises(Invalid, match="thumbnail_jpeg_b64: not a JPEG image"):
         check("event", event(thumbnail_jpeg_b64=html))
+    behind_a_marker = base64.b64encode(b"\xff\xd8\xff<html><script>alert(1)</script></html>").decode()
+    with pytest.raises(Invalid, match="thumbnail_jpeg_b64: not a JPEG image"):
+        check("event", event(thumbnail_jpeg_b64=behind_a_marker))
 
 
 def test_unknown_kinds_and_schema_errors_say_why() -> None:
