@@ -47,6 +47,15 @@ class Incoming(NamedTuple):  # a tuple: one is made per message on the MQTT thre
     mid: int
     qos: int
     received_at: datetime
+    retain: bool = False  # as published: only the kinds in NEVER_RETAINED are subscribed so that it shows
+
+
+# Kinds on which a retained message is never legitimate: the agent retains only its status. Mosquitto 2.0
+# cannot refuse retain per topic, and a device may write cmd/<any name>/result, so a login could park any
+# number of messages of up to max_packet_size at the broker (150 x 2.9 MB grew it by 424 MB, persisted in
+# mosquitto.db). The workers see the flag on these kinds (retain as published) and clear such messages.
+NEVER_RETAINED = frozenset({"event", "coverage", "result"})
+RETAINED_LOG_EVERY_S = 60.0  # a device flooding retained messages must not flood the log as well
 
 
 def subscriptions(cfg: ServerConfig, group: str) -> list[str]:
@@ -55,6 +64,15 @@ def subscriptions(cfg: ServerConfig, group: str) -> list[str]:
         base = f"$share/{group}/{topics.PREFIX}/{device}"
         out += [f"{base}/event", f"{base}/coverage", f"{base}/status", f"{base}/cmd/+/result"]
     return out
+
+
+def subscribe_options(topic_filter: str) -> SubscribeOptions:
+    """Retain handling 2 (do not send) everywhere: the retained messages are the devices' last statuses,
+    which PostGIS has already, and a new worker would otherwise get one per vehicle at every start (10,000
+    at 10k vehicles). Retain as published on the kinds that must never be retained, so that the worker can
+    tell such a message from a live one; not on status, whose retain flag the agent always sets."""
+    rap = not topic_filter.endswith("/status")
+    return SubscribeOptions(qos=1, retainAsPublished=rap, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
 
 
 def kind_of(topic: str) -> tuple[str, str | None, str | None]:
@@ -89,6 +107,8 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
                   cfg: ServerConfig) -> None:
     if kind == "unknown" or device is None:
         raise Invalid(f"unexpected topic {msg.topic!r}")
+    if is_clearing(msg, kind):
+        return  # a retained message being deleted (a worker's _clear_retained): nothing to store, no dead letter
     if kind == "result" and name == topics.PROBE_COMMAND:
         return  # a doctor's broker probe: acknowledged to the broker, never a command result (topics.probe)
     if kind == "result":
@@ -108,6 +128,22 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
         batch.origin.setdefault(obj["coverage_id"], []).append(msg)
     else:
         batch.statuses.append((device, obj, msg.received_at))
+
+
+def is_clearing(msg: Incoming, kind: str) -> bool:
+    """An empty retained message on a never-retained kind: the broker deleting what was retained there,
+    delivered to subscribers too (the workers' own clears come back to the group this way)."""
+    return msg.retain and not msg.payload and kind in NEVER_RETAINED
+
+
+def to_clear(messages: list[Incoming]) -> dict[str, list[Incoming]]:
+    """The retained messages among MESSAGES that must not stay at the broker, by topic. An empty one is
+    itself a clear, and clearing it again would loop."""
+    out: dict[str, list[Incoming]] = {}
+    for msg in messages:
+        if msg.retain and msg.payload and kind_of(msg.topic)[0] in NEVER_RETAINED:
+            out.setdefault(msg.topic, []).append(msg)
+    return out
 
 
 def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
@@ -242,7 +278,10 @@ class IngestWorker:
         self._connect_failures = 0  # connection attempts in a row that failed (logged now and then)
         self.unsubscribed = threading.Event()
         self._unsubscribe_mid: int | None = None
-        self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0}
+        self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0,
+                      "retained_cleared": 0}
+        self._retained_logged_at = -RETAINED_LOG_EVERY_S
+        self._retained_unlogged = 0  # retained messages cleared since the last log line
         self._db = Reconnecting(cfg.database)
         # Two stages, so messages are parsed and validated while PostGIS stores the previous batch: the store
         # stage takes whatever was classified meanwhile as its next batch (group commit), at most batch_size.
@@ -284,10 +323,8 @@ class IngestWorker:
             return
         metrics.INGEST_BROKER_CONNECTS.inc()
         self._connect_failures = 0
-        # Retained messages are the devices' last statuses: PostGIS has them already, and a new worker would
-        # otherwise get one per vehicle at every start (10,000 at 10k vehicles). Retain handling 2: do not send.
-        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        _, self._subscribe_mid = client.subscribe([(f, options) for f in subscriptions(self.cfg, self.group)])
+        filters = subscriptions(self.cfg, self.group)
+        _, self._subscribe_mid = client.subscribe([(f, subscribe_options(f)) for f in filters])
         self.connected.set()
         log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg, self.group)))
 
@@ -319,7 +356,7 @@ class IngestWorker:
             log.warning("%s: disconnected from the broker (%s); reconnecting", self.client_id, reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        item = Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC))
+        item = Incoming(msg.topic, bytes(msg.payload), msg.mid, msg.qos, datetime.now(UTC), bool(msg.retain))
         # Blocking here when the worker lags is the back-pressure: the broker keeps the rest.
         while not self.stopping.is_set():
             try:
@@ -397,12 +434,43 @@ class IngestWorker:
             if not items:
                 continue
             try:
+                self._clear_retained(items)
+            except Exception:  # clearing is a clean-up: a bug in it must not keep the messages from ingest
+                log.exception("%s: clearing retained messages failed; ingesting them anyway", self.client_id)
+            try:
                 batch = classify(items, self.cfg)
             except Exception:  # a bug must not stop ingest; the messages stay un-PUBACKed and come back
                 log.exception("%s: classifying %d messages failed; continuing", self.client_id, len(items))
                 self.stopping.wait(1.0)
                 continue
             self._pending.add(items, batch)
+
+    def _clear_retained(self, items: list[Incoming]) -> None:
+        """Delete at the broker what a device published retained where nothing is ever retained: an empty
+        retained message on the same topic (the server's login may write under roadmon/#). One clear per topic
+        and chunk is enough: it deletes whatever is retained there by then, and a later retained message on
+        the topic arrives flagged in turn. The messages themselves go on to be classified as usual."""
+        found = to_clear(items)
+        if not found:
+            return
+        for topic, msgs in found.items():
+            self.client.publish(topic, b"", qos=1, retain=True)
+            metrics.INGEST_RETAINED_CLEARED.labels(kind_of(topic)[0]).inc(len(msgs))
+        self._log_retained(found)
+
+    def _log_retained(self, found: dict[str, list[Incoming]]) -> None:
+        n = sum(len(msgs) for msgs in found.values())
+        self.stats["retained_cleared"] += n
+        self._retained_unlogged += n
+        now = time.monotonic()
+        if now - self._retained_logged_at < RETAINED_LOG_EVERY_S:
+            return
+        devices = sorted({kind_of(topic)[1] or "?" for topic in found})
+        log.warning("%s: cleared %d retained messages at the broker since the last such line, on topics that are "
+                    "never retained (latest on %s, from %s): a device's agent or login misbehaves", self.client_id,
+                    self._retained_unlogged, next(iter(found)), ", ".join(devices[:5]))
+        self._retained_logged_at = now
+        self._retained_unlogged = 0
 
     def waiting(self) -> int:
         """Messages received and not yet committed (in the inbox or the pending batch)."""

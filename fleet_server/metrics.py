@@ -49,6 +49,9 @@ AGGREGATE_LOCKS = Counter("road_aggregate_area_locks", "Batches by the area-lock
 INGEST_DEFERRED = Counter("road_ingest_deferred", "Events and coverage records left for the next batch because "
                           "another worker held their map area")
 INGEST_BROKER_CONNECTS = Counter("road_ingest_broker_connects", "Ingest worker (re)connections to the broker")
+INGEST_RETAINED_CLEARED = Counter("road_ingest_retained_cleared", "Messages a device published retained on event, "
+                                  "coverage or command-result topics, which the ingest workers cleared at the "
+                                  "broker (they were still ingested as usual)", ["kind"])
 
 INFERENCE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SUBMISSION_STATUS = {202: "queued", 409: "duplicate"}

@@ -142,9 +142,9 @@ class DeviceClient:
         self.ack_qos.add(msg.qos)
         self.acks.append(json.loads(msg.payload))
 
-    def publish(self, kind: str, payload: bytes | dict, topic: str | None = None) -> None:
+    def publish(self, kind: str, payload: bytes | dict, topic: str | None = None, retain: bool = False) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        info = self.client.publish(topic or f"{topics.PREFIX}/{self.device_id}/{kind}", body, qos=1)
+        info = self.client.publish(topic or f"{topics.PREFIX}/{self.device_id}/{kind}", body, qos=1, retain=retain)
         info.wait_for_publish(10)
 
     def acked_events(self) -> set[str]:

@@ -372,3 +372,112 @@ def test_a_device_cannot_join_the_ingest_group_and_make_the_broker_drop_others_e
     # The old default, copied into many a server.toml from the example, is not kept.
     assert make_cfg(devices=[victim], ingest={"share_group": "ingest"}).share_group() == group
     assert send_and_count(cfg, "ingest") == 8
+
+
+def test_a_clearing_is_ignored_and_only_never_retained_kinds_are_cleared() -> None:
+    """An empty retained message on event, coverage or a result is the broker deleting what was retained
+    there (a worker's own clear comes back to the group): no dead letter, and never cleared again. Empty
+    without the flag is a device's bad message as before; a status is the agent's, retained by design."""
+    device = "veh-1"
+    clearing = [Incoming(t, b"", 1, 1, datetime.now(UTC), True)
+                for t in (topics.event(device), topics.coverage(device), topics.cmd_result(device, "x1"))]
+    batch = classify(clearing, parse({}))
+    assert batch.rejected == [] and batch.events == [] and batch.results == []
+    assert ingest.to_clear(clearing) == {}
+    empty_live = classify([_msg(topics.event(device), b"")], parse({}))
+    assert len(empty_live.rejected) == 1 and "not JSON" in empty_live.rejected[0].reason
+    event = json.dumps(make_event(device, 48.1, 11.5)).encode()
+    flagged = [Incoming(topics.event(device), event, 1, 1, datetime.now(UTC), True),
+               Incoming(topics.event(device), event, 2, 1, datetime.now(UTC), True),
+               Incoming(topics.status(device), b'{"state": "online"}', 3, 1, datetime.now(UTC), True),
+               Incoming(topics.cmd_result(device, "x2"), b"junk", 4, 1, datetime.now(UTC), True),
+               _msg(topics.coverage(device), b"{}")]
+    assert {t: len(m) for t, m in ingest.to_clear(flagged).items()} == {
+        topics.event(device): 2, topics.cmd_result(device, "x2"): 1}
+    assert len(classify(flagged[:1], parse({})).events) == 1  # still ingested as usual
+    status_filter = ingest.subscriptions(parse({}), "g")[2]
+    assert status_filter.endswith("/status") and not ingest.subscribe_options(status_filter).retainAsPublished
+    assert all(ingest.subscribe_options(f).retainAsPublished
+               for f in ingest.subscriptions(parse({}), "g") if f != status_filter)
+
+
+def _retained_at_broker(host: str, port: int, user: str, password: str, topic_filter: str) -> dict[str, bytes]:
+    """What a fresh subscriber to TOPIC_FILTER is sent as retained. Mosquitto queues the retained messages at
+    the subscription, before a marker this client publishes after its SUBACK, so the marker ends the list."""
+    import secrets
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    marker = topic_filter.rstrip("#") + f"marker-{secrets.token_hex(4)}"
+    retained: dict[str, bytes] = {}
+    subacked, done = threading.Event(), threading.Event()
+
+    def on_message(client, userdata, msg) -> None:
+        if msg.topic == marker:
+            done.set()
+        elif msg.retain:
+            retained[msg.topic] = bytes(msg.payload)
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"look-{secrets.token_hex(4)}", protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, password)
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: subacked.set()
+    c.connect(host, port)
+    c.loop_start()
+    try:
+        c.subscribe(topic_filter, qos=1)
+        assert subacked.wait(10), "no SUBACK for the look at the retained messages"
+        c.publish(marker, b"end", qos=1).wait_for_publish(10)
+        assert done.wait(10), "the marker never came back"
+        return retained
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _cleared(kind: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("road_ingest_retained_cleared_total", {"kind": kind}) or 0.0
+
+
+@pytest.mark.services
+def test_retained_messages_where_none_belong_are_cleared_at_the_broker_and_still_ingested(
+        make_cfg, workers, mqtt_device, service_info, fresh_db) -> None:
+    """A device login may publish retained on its own topics and Mosquitto 2.0 keeps them without limit
+    (cmd/+/result allows any number of topics): 150 x 2.9 MB grew the broker by 424 MB, kept across restarts.
+    The worker clears each one it is delivered on event, coverage and results, and ingests it as usual; the
+    agent's retained status stays."""
+    device, password = mqtt_device()
+    running = workers(make_cfg(devices=[device]))
+    host, port = service_info.mqtt_host, service_info.mqtt_port
+    n = 20
+    before = {kind: _cleared(kind) for kind in ("event", "result")}
+    dev = DeviceClient(host, port, device, password)
+    try:
+        events = [make_event(device, 48.1, 11.5 + i * 1e-3) for i in range(n)]
+        for i, event in enumerate(events):
+            dev.publish("event", event, retain=True)
+            # Half valid results, half junk (a dead letter as before): both retained on a topic of their own.
+            body = b'{"ok": true}' if i % 2 else b"x" * 3000
+            dev.publish("result", body, topic=topics.cmd_result(device, f"x{i}"), retain=True)
+        dev.publish("status", {"state": "online", "device_id": device}, retain=True)  # as the agent does
+        assert wait_for(lambda: {e["event_id"] for e in events} <= dev.acked_events(), timeout_s=30)
+        look = lambda: _retained_at_broker(host, port, service_info.server_user,  # noqa: E731
+                                           service_info.server_password, f"{topics.PREFIX}/{device}/#")
+        assert wait_for(lambda: set(look()) == {topics.status(device)}, timeout_s=15), look()
+        # A live event sent now reaches the worker after the clears' own empty messages came back to it: once it
+        # is acked, those were handled too (ignored, not dead letters, not cleared again).
+        last = make_event(device, 48.2, 11.5)
+        dev.publish("event", last)
+        assert wait_for(lambda: last["event_id"] in dev.acked_events(), timeout_s=30)
+    finally:
+        dev.close()
+    assert count(fresh_db, "SELECT count(*) FROM sightings WHERE device_id = %s", (device,)) == n + 1
+    assert count(fresh_db, "SELECT count(*) FROM command_results WHERE device_id = %s", (device,)) == n // 2
+    assert count(fresh_db, "SELECT count(*) FROM rejected WHERE device_id = %s", (device,)) == n // 2
+    assert count(fresh_db, "SELECT count(*) FROM rejected WHERE raw = ''::bytea") == 0
+    assert count(fresh_db, "SELECT count(*) FROM devices WHERE id = %s AND state = 'online'", (device,)) == 1
+    assert _cleared("event") - before["event"] == n and _cleared("result") - before["result"] == n
+    assert running[0].stats["retained_cleared"] == 2 * n

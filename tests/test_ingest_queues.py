@@ -108,7 +108,8 @@ def test_a_delivery_waits_for_room_in_a_full_inbox_instead_of_being_dropped() ->
 
     worker = IngestWorker(ServerConfig())
     worker.inbox = FullOnce()
-    delivery = type("Msg", (), {"topic": "roadmon/v1/veh-1/event", "payload": b"{}", "mid": 7, "qos": 1})()
+    delivery = type("Msg", (), {"topic": "roadmon/v1/veh-1/event", "payload": b"{}", "mid": 7, "qos": 1,
+                                "retain": False})()
     worker._on_message(None, None, delivery)
     assert worker.inbox.refused and worker.inbox.get_nowait().mid == 7
 
