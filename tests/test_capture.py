@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def test_source_kinds() -> None:
     assert source_kind("drive/video.mp4") == "file"
 
 
-def test_file_as_fast_as_possible_delivers_every_frame_in_order(video: Path) -> None:
+def test_file_as_fast_as_possible_delivers_every_frame_in_order(video: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.camera.capture")
     health = HealthBoard()
     cfg = CameraConfig(source=str(video), file_realtime=False)
     got = []
@@ -55,6 +57,8 @@ def test_file_as_fast_as_possible_delivers_every_frame_in_order(video: Path) -> 
     assert all(b.t_mono >= a.t_mono for a, b in itertools.pairwise(got))
     assert got[0].image.shape == (120, 160, 3)
     assert health.snapshot()["camera"] == "ended"
+    # `run` on a video file goes quiet when it ends: the log says why (it said nothing).
+    assert f"{video}: the video file ended after 45 frames" in caplog.text
 
 
 def test_file_at_file_rate_drops_frames_for_a_slow_consumer(video: Path) -> None:

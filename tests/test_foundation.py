@@ -45,6 +45,16 @@ def test_config_check_cli_exit_codes(tmp_path) -> None:
     assert good.exit_code == 0, good.output
     missing = CliRunner().invoke(app, ["config", "check", str(tmp_path / "nope.toml")])
     assert missing.exit_code == 1 and "file not found" in missing.output
+    # Files it names that are not here: valid (a config may be made for another box), but said, with the
+    # path a relative name now means (beside the config; an upgrade found it silently read elsewhere before).
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "agent.toml").write_text('[camera]\nsource = "road.mp4"\n[calibration]\nintrinsics_file = "cam.toml"\n')
+    (box / "cam.toml").write_text("")
+    named = CliRunner().invoke(app, ["config", "check", str(box / "agent.toml")])
+    assert named.exit_code == 0, named.output
+    assert f"not found here: camera.source: {box / 'road.mp4'}" in named.output
+    assert "cam.toml" not in named.output and "1 file(s) it names are not on this machine" in named.output
 
 
 def test_a_config_path_that_cannot_be_read_is_one_problem(tmp_path) -> None:

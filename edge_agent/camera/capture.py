@@ -168,6 +168,10 @@ class FrameSource:
                 self.finished = True
                 self._set_camera("ended")
             self._cond.notify_all()
+        if self.kind == "file" and not self._stop.is_set():
+            # The agent keeps running (GNSS, uplink) with no frames: say why the detector went quiet.
+            log.info("camera source %s: the video file ended after %d frames; no more frames will come",
+                     self.cfg.source, self.grabbed)
 
     def _read_until_broken(self, cap: cv2.VideoCapture) -> bool:
         """Read frames until the source fails, the file ends or stop(); True when at least one came."""

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from edge_agent import config as agent_config
+from edge_agent.config.paths import missing_files
 
 config_app = typer.Typer(help="Validate and show agent configuration files.", no_args_is_help=True)
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
@@ -17,13 +18,17 @@ err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy
 def check(path: Path = typer.Argument(..., help="TOML config file to validate")) -> None:
     """Validate FILE; print each problem with its key path; exit 1 when anything is wrong."""
     try:
-        agent_config.load(path)
+        cfg = agent_config.load(path)
     except agent_config.ConfigError as exc:
         err.print(f"[red]{exc.source}: {len(exc.problems)} problem(s)[/red]")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(1) from None
-    typer.echo(f"{path}: ok")
+    missing = missing_files(cfg)
+    for item in missing:  # a config made for another box may name its files: a warning, not an error
+        err.print(f"  not found here: {item}", markup=False, highlight=False)
+    typer.echo(f"{path}: ok" + (f" ({len(missing)} file(s) it names are not on this machine; relative names are "
+                                "taken beside the config)" if missing else ""))
 
 
 @config_app.command("example")

@@ -84,3 +84,17 @@ def resolve_paths(cfg: AgentConfig, config_file: Path) -> AgentConfig:
     for name in CREDENTIAL_FIELDS:
         setattr(cfg.uplink, name, _credential(base, getattr(cfg.uplink, name)))
     return cfg
+
+
+def missing_files(cfg: AgentConfig) -> list[str]:
+    """'key: path' for each file the config names that is not there (on this machine): `config check` says so,
+    since a relative name now means beside the config, which an earlier agent read from the working folder."""
+    wanted = [("calibration.intrinsics_file", cfg.calibration.intrinsics_file),
+              ("detector.manifest", cfg.detector.manifest)]
+    if source_kind(cfg.camera.source) == "file":
+        wanted.append(("camera.source", cfg.camera.source))
+    if cfg.gnss.source == "file":
+        wanted.append(("gnss.file", cfg.gnss.file))
+    if cfg.detector.model != "bundled":
+        wanted.append(("detector.model", cfg.detector.model))
+    return [f"{key}: {value}" for key, value in wanted if value and not Path(value).exists()]
