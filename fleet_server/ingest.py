@@ -326,7 +326,7 @@ class IngestWorker:
         filters = subscriptions(self.cfg, self.group)
         _, self._subscribe_mid = client.subscribe([(f, subscribe_options(f)) for f in filters])
         self.connected.set()
-        log.info("%s: connected, subscribed to %d filters", self.client_id, len(subscriptions(self.cfg, self.group)))
+        log.info("%s: connected, subscribed to %d filters", self.client_id, len(filters))
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho retries on its own; without this a broker down at start was silent until it came back.

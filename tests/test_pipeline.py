@@ -640,17 +640,22 @@ def test_replay_takes_the_config_from_the_environment(tmp_path: Path) -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1])["outbox"] == str(tmp_path / "outbox.db")
 
 
-def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> None:
+def recorded_drive_toml(folder: Path, model: Path, drive: Path) -> Path:
+    """An agent config that runs live on a recording: its video as camera, its NMEA as GNSS, no uplink.
+    file_realtime off: the file waits for the agent, so every frame is processed however loaded the machine."""
+    return agent_toml(folder, model, camera=str(drive / "video.mp4"),
+                      extra='file_realtime = false\n'
+                            f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
+
+
+def run_live_until_the_video_ends(config: Path) -> tuple[dict, HealthBoard, dict]:
+    """`edge-agent run` (LiveAgent) on CONFIG in a thread until its video file ended, then stopped: (its
+    summary, its health board, the board's snapshot just before the stop)."""
     import threading
 
     from edge_agent import config as agent_config
     from edge_agent.runtime.live import LiveAgent
 
-    drive = write_recording(tmp_path / "drive", seconds=3)
-    # file_realtime off: the file waits for the agent, so every frame is processed however loaded the machine
-    config = agent_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), camera=str(drive / "video.mp4"),
-                        extra='file_realtime = false\n'
-                              f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
     health = HealthBoard()
     agent = LiveAgent(agent_config.load(config), health=health)
     result: dict = {}
@@ -661,10 +666,18 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
         deadline = time.monotonic() + 120
         while health.snapshot().get("camera") != "ended" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert health.snapshot().get("camera") == "ended", health.snapshot()
+        before_stop = health.snapshot()
         agent.stop()
         runner.join(timeout=20)
     assert not runner.is_alive()
+    return result, health, before_stop
+
+
+def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> None:
+    drive = write_recording(tmp_path / "drive", seconds=3)
+    config = recorded_drive_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), drive)
+    result, health, before_stop = run_live_until_the_video_ends(config)
+    assert before_stop.get("camera") == "ended", before_stop
     assert result["frames"] > 10 and result["detections"] > 10
     snap = health.snapshot()
     assert snap["camera"] in ("ok", "ended") and snap["detector"] == "ok" and snap["fps"]
@@ -738,11 +751,8 @@ def test_run_on_a_recorded_drive_places_defects_where_replay_does(tmp_path: Path
     """`edge-agent sim drive`'s agent.toml: a video file as camera, its NMEA recording as GNSS, and drive.json
     saying the NMEA starts before the video. `run` dates the frames from drive.json as replay does; playing the
     two files side by side from their starts put every defect the NMEA's lead (here 2 s, 20 m) off."""
-    import threading
-
     from edge_agent import config as agent_config
     from edge_agent.runtime.assemble import build_agent
-    from edge_agent.runtime.live import LiveAgent
     from edge_agent.runtime.replay import replay_drive
 
     drive = write_recording(tmp_path / "drive", seconds=3)
@@ -756,21 +766,7 @@ def test_run_on_a_recorded_drive_places_defects_where_replay_does(tmp_path: Path
 
     live = tmp_path / "live"
     live.mkdir()
-    config = agent_toml(live, model, camera=str(drive / "video.mp4"),
-                        extra='file_realtime = false\n'
-                              f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
-    health = HealthBoard()
-    agent = LiveAgent(agent_config.load(config), health=health)
-    runner = threading.Thread(target=agent.run)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("signal.signal", lambda *a: None)  # signal handlers belong to the main thread only
-        runner.start()
-        deadline = time.monotonic() + 120
-        while health.snapshot().get("camera") != "ended" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        agent.stop()
-        runner.join(timeout=20)
-    assert not runner.is_alive()
+    _, health, _ = run_live_until_the_video_ends(recorded_drive_toml(live, model, drive))
     assert health.snapshot()["gnss"] == "ok"
     with Outbox(live / "outbox.db") as box:
         (event,) = [e for _, e in box.iter_events()]
