@@ -400,6 +400,9 @@ def test_broker_killed_and_restarted_mid_drain(private_broker, tmp_path: Path) -
     uplink.start()
     try:
         for k in range(1, 4):
+            # Confirmations are committed in batches, so the count can pass the next mark while the uplink is still
+            # reconnecting after the last kill: wait for the reconnect, or two kills make one outage (CI: 3 connects).
+            wait_for(lambda k=k: uplink.counters["connects"] >= k, 30, f"connected before kill {k}")
             wait_for(lambda k=k: confirmed(outbox) >= k * n // 5, 30, f"progress before kill {k}")
             assert confirmed(outbox) < n, "the drain finished before the broker could be killed"
             mq.kill()
