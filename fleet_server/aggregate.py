@@ -403,6 +403,7 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
     changes they call for, each with its defect_history row."""
     chances = still_there_chances(conn, [r[0] for r in rows if r[4] >= cfg.repair_misses
                                          and r[5] >= cfg.repair_vehicles], cfg)
+    scheduled = _scheduled_before_misses(conn, [r[0] for r in rows if r[1] == "likely_repaired"])
     changes: list[tuple[int, str, str, str]] = []
     for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
         repaired = chances.get(defect_id, 1.0) <= cfg.repair_chance
@@ -410,8 +411,8 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
         target = status
         if status in ("new", "confirmed", "scheduled") and repaired:
             target = "likely_repaired"
-        elif status == "likely_repaired" and not repaired:
-            target = "confirmed" if confirmed else "new"  # seen again
+        elif status == "likely_repaired" and not repaired:  # seen again
+            target = "scheduled" if defect_id in scheduled else "confirmed" if confirmed else "new"
         elif status == "new" and confirmed:
             target = "confirmed"
         if target != status:
@@ -427,10 +428,23 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
                      tuple(list(col) for col in zip(*changes, strict=True)))
 
 
+def _scheduled_before_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:
+    """Those of IDS that were `scheduled` when misses made them `likely_repaired`: seen again, they go back on the
+    schedule (they became `confirmed` and a crew's booking fell off the manager's scheduled list)."""
+    if not ids:
+        return set()
+    rows = conn.execute("""SELECT DISTINCT ON (defect_id) defect_id, from_status FROM defect_history
+                           WHERE defect_id = ANY(%s) AND to_status = 'likely_repaired'
+                           ORDER BY defect_id, at DESC, id DESC""", (ids,)).fetchall()
+    return {defect_id for defect_id, before in rows if before == "scheduled"}
+
+
 def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: str, actor: str,
                note: str | None) -> None:
-    conn.execute("UPDATE defects SET status = %s, status_changed_at = now(), updated_at = now() WHERE id = %s",
-                 (new, defect_id))
+    # A note on the same status (a crew moved to Thursday) is history, not a status change.
+    conn.execute("""UPDATE defects SET status = %(new)s, updated_at = now(),
+                    status_changed_at = CASE WHEN status = %(new)s THEN status_changed_at ELSE now() END
+                    WHERE id = %(id)s""", {"new": new, "id": defect_id})
     conn.execute("INSERT INTO defect_history (defect_id, actor, from_status, to_status, note) "
                  "VALUES (%s, %s, %s, %s, %s)", (defect_id, actor, old, new, note))
 

@@ -89,6 +89,10 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Malformed parameters are the client's mistake: 400 with every problem, as the issue asks.
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        kind = request.headers.get("content-type", "")
+        if any(e["loc"][:1] == ("body",) for e in exc.errors()) and "json" not in kind.lower():
+            # Without the header FastAPI reads a JSON body as text: "valid dictionary" misled curl users.
+            problems.insert(0, f"body: send it as JSON with Content-Type: application/json (got {kind[:60]!r})")
         return JSONResponse({"detail": problems}, status_code=400)
 
     app.openapi = _openapi_as_answered(app)
@@ -110,6 +114,11 @@ class Problem(BaseModel):
     detail: str | list[str] = Field(description="What is wrong, starting with the field it is about")
 
 
+# What a route behind a token answers besides its own codes (a generated client must expect them).
+AUTH_REFUSALS = {"401": "Invalid, expired or revoked token (WWW-Authenticate: Bearer)",
+                 "403": "No token, or the token's role may not do this"}
+
+
 def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
     """app.openapi, with FastAPI's 422 for validated routes replaced by the 400 (and its body) this server
     answers: the document is the contract for clients we do not ship."""
@@ -127,6 +136,12 @@ def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
                                                                          "field"})
                     answer.setdefault("content", {}).setdefault("application/json", {})["schema"] = {
                         "$ref": "#/components/schemas/Problem"}
+                refusals = dict(AUTH_REFUSALS) if "security" in operation else {}
+                if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+                    refusals["404"] = "No such item"
+                for code, description in refusals.items():
+                    responses.setdefault(code, {"description": description, "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from fleet_server import aggregate, spreadsheet
-from fleet_server.api_deps import QueryTime, db, known_query_only, read_db, require
+from fleet_server.api_deps import QueryTime, QueryUntil, db, known_query_only, read_db, require
 from fleet_server.validate import fold_class
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
@@ -24,15 +24,20 @@ STATUSES = ("new", "confirmed", "scheduled", "likely_repaired", "repaired", "dis
 OPEN_STATUSES = ("new", "confirmed", "scheduled", "likely_repaired")  # the dashboard's "open": `status=open`
 MANAGER_STATUSES = ("confirmed", "scheduled", "repaired", "dismissed")
 
-# Coordinates to 7 decimals (~1 cm), as the crack line: float noise (11.507596200000002) helps no one.
+# Coordinates to 7 decimals (~1 cm), as the crack line, and metres to cm: float noise (11.507596200000002,
+# an accuracy of 2.1433501 m beside 1.62 m after a recompute) helps no one.
 DEFECT_COLUMNS = """d.id, round(ST_X(d.geom::geometry)::numeric, 7)::float8,
     round(ST_Y(d.geom::geometry)::numeric, 7)::float8, d.class, d.status, d.severity, d.confidence,
-    d.sighting_count, d.vehicle_count, d.pass_count, d.miss_count, d.first_seen, d.last_seen, d.h_accuracy_m,
-    d.size_width_m, d.size_length_m, d.status_changed_at,
-    (ST_AsGeoJSON(d.line::geometry, 7)::jsonb -> 'coordinates')"""
+    d.sighting_count, d.vehicle_count, d.pass_count, d.miss_count, d.first_seen, d.last_seen,
+    round(d.h_accuracy_m::numeric, 2)::float8, round(d.size_width_m::numeric, 2)::float8,
+    round(d.size_length_m::numeric, 2)::float8, d.status_changed_at,
+    (ST_AsGeoJSON(d.line::geometry, 7)::jsonb -> 'coordinates'),
+    (SELECT h.note FROM defect_history h WHERE h.defect_id = d.id AND h.note IS NOT NULL
+     AND h.actor <> 'aggregator' ORDER BY h.at DESC, h.id DESC LIMIT 1)"""
 PROPERTY_NAMES = ("id", "lon", "lat", "class", "status", "severity", "confidence", "sighting_count", "vehicle_count",
                   "pass_count", "miss_count", "first_seen", "last_seen", "h_accuracy_m", "size_width_m",
-                  "size_length_m", "status_changed_at", "line")  # line: [[lon, lat], ...] of a crack, else null
+                  "size_length_m", "status_changed_at", "line",  # line: [[lon, lat], ...] of a crack, else null
+                  "note")  # the newest note a person wrote with a status (a work order's "crew B, Tuesday")
 
 
 def _jsonable(value: Any) -> Any:
@@ -99,8 +104,12 @@ def defect_filters(bbox: str | None, klass: str | None, status: str | None, sinc
         where.append("d.class = ANY(%(class)s)")
         # classes are stored folded: Pothole finds pothole
         params["class"] = [fold_class(k.strip()) for k in klass.split(",") if k.strip()]
+        if not params["class"]:  # `class=` from a form's "all" once exported an empty work order, answered 200
+            raise HTTPException(400, "class: empty; leave the parameter out for every class")
     if status is not None:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
+        if not wanted:
+            raise HTTPException(400, "status: empty; leave the parameter out for every status")
         wanted = [w for s in wanted for w in (OPEN_STATUSES if s == "open" else (s,))]
         unknown = [s for s in wanted if s not in STATUSES]
         if unknown:
@@ -145,7 +154,8 @@ class Filters:
                  status: str | None = Query(None, max_length=200, description="Comma-separated statuses; open = "
                                             "new, confirmed, scheduled, likely_repaired (as the dashboard's filter)"),
                  since: QueryTime | None = Query(None, description="Last seen at or after this UTC time"),
-                 until: QueryTime | None = Query(None, description="First seen at or before this UTC time"),
+                 until: QueryUntil | None = Query(None, description="First seen at or before this UTC time "
+                                                  "(a bare date: by the end of that day)"),
                  min_severity: float | None = Query(None, ge=0, le=1, description="Lowest severity")) -> None:
         self.where, self.params = defect_filters(bbox, klass, status, since, min_severity, until)
 
@@ -163,7 +173,13 @@ def list_defects(request: Request, filters: Filters = Depends(), cursor: int | N
             "next_cursor": rows[-1][0] if more else None}
 
 
-@router.get("/defects.geojson", summary="Every matching defect as a GeoJSON file")
+def download(media_type: str, what: str) -> dict:
+    """The OpenAPI answer of an export: its own media type (FastAPI would say application/json)."""
+    return {200: {"description": what, "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+@router.get("/defects.geojson", summary="Every matching defect as a GeoJSON file", response_class=Response,
+            responses=download("application/geo+json", "A GeoJSON FeatureCollection (RFC 7946) to save"))
 def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
                    _who=Depends(require("viewer"))) -> Response:
     rows = query_defects(conn, filters.where, dict(filters.params), None, None)
@@ -172,7 +188,8 @@ def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depe
                     headers={"Content-Disposition": 'attachment; filename="defects.geojson"'})
 
 
-@router.get("/defects.csv", summary="Every matching defect as CSV")
+@router.get("/defects.csv", summary="Every matching defect as CSV", response_class=Response,
+            responses=download("text/csv", "UTF-8, comma-separated, a header row, CRLF rows"))
 def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
                _who=Depends(require("viewer"))) -> Response:
     rows = query_defects(conn, filters.where, dict(filters.params), None, None)
@@ -267,7 +284,7 @@ def patch_defect(defect_id: int, change: DefectPatch, request: Request, conn: ps
 
 
 @router.get("/sightings/{event_id}/thumbnail.jpg", summary="The crop a vehicle sent with its sighting",
-            response_class=Response)
+            response_class=Response, responses=download("image/jpeg", "The JPEG crop"))
 def thumbnail(event_id: uuid.UUID, conn: psycopg.Connection = Depends(read_db),
               primary: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> Response:
     row = conn.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, HTTPException, Request
-from pydantic import AfterValidator
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BeforeValidator
 
 from fleet_server import auth, metrics
 from fleet_server.validate import as_utc
@@ -16,6 +18,22 @@ from fleet_server.validate import as_utc
 # A time in a query parameter: without a zone it is UTC (as the API documents); one outside what Python and
 # PostgreSQL can hold is a 400 naming the parameter, not a 500 from the database.
 QueryTime = Annotated[datetime, AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
+
+
+def _end_of_a_bare_date(value: Any) -> Any:
+    """'2026-05-12' as an upper bound means the whole of that day (UTC): read as its midnight, `since=D&until=D`
+    answered nothing for a day with defects."""
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        try:
+            return datetime.combine(date.fromisoformat(value.strip()), time.max)
+        except ValueError:
+            return value  # not a calendar date: the datetime check names it
+    return value
+
+
+# An upper bound: as QueryTime, but a date alone is the end of that day.
+QueryUntil = Annotated[datetime, BeforeValidator(_end_of_a_bare_date),
+                       AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 
 CACHE_BUSTERS = {"_"}  # jQuery's cache: false and similar clients add ?_=<time> to every GET: not a filter
@@ -62,7 +80,12 @@ def bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def principal(request: Request, conn: psycopg.Connection = Depends(db)) -> auth.Principal:
+# Declares the scheme in the OpenAPI document (generated clients send the header); `bearer` reads the token.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="An API token: rmt_<lookup>_<secret>")
+
+
+def principal(request: Request, conn: psycopg.Connection = Depends(db),
+              _declared: HTTPAuthorizationCredentials | None = Security(BEARER)) -> auth.Principal:
     """The caller. No credentials at all: 403, as FastAPI's HTTPBearer answers and the deployment guide's
     tests assert; a token that is present but unknown, revoked or expired: 401 with WWW-Authenticate (RFC 6750),
     so a client can tell "log in" from "your key is no longer valid"."""

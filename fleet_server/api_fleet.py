@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from fleet_server import commands
 from fleet_server.api_defects import _jsonable, bbox_filter
-from fleet_server.api_deps import QueryTime, db, known_query_only, principal, read_db, require
+from fleet_server.api_deps import QueryTime, QueryUntil, db, known_query_only, principal, read_db, require
 from fleet_server.auth import Principal
 from fleet_server.health import checks as health_checks
 from fleet_server.validate import as_utc
@@ -89,7 +89,7 @@ def devices(request: Request, conn: psycopg.Connection = Depends(read_db), _who=
 
 
 @api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time (paginated by cursor)")
-def coverage(request: Request, since: QueryTime | None = None, until: QueryTime | None = None,
+def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil | None = None,
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
              cursor: str | None = Query(None, max_length=80, description="The previous page's next_cursor"),

@@ -101,7 +101,13 @@ def rotate_token(conn: psycopg.Connection, token_id: int, overlap: timedelta, ex
         if row is None:
             raise LookupError(f"no active token {token_id}")
         if row[3] is not None:  # a second rotation left two live replacements for one holder
-            raise LookupError(f"token {token_id} was already rotated: token {row[3]} replaces it (rotate that one)")
+            newest = conn.execute("""WITH RECURSIVE chain(id, replaced_by) AS (
+                                         SELECT id, replaced_by FROM api_tokens WHERE id = %s
+                                         UNION ALL SELECT t.id, t.replaced_by FROM api_tokens t
+                                         JOIN chain c ON t.id = c.replaced_by)
+                                     SELECT id FROM chain WHERE replaced_by IS NULL""", (row[3],)).fetchone()
+            raise LookupError(f"token {token_id} was already rotated: token {newest[0] if newest else row[3]} "
+                              "replaces it now (rotate that one)")
         token, new_id = insert_token(conn, row[1], row[0], row[2], expires_in)
         conn.execute("UPDATE api_tokens SET replaced_by = %s, expires_at = LEAST(coalesce(expires_at, 'infinity'), "
                      "now() + %s) WHERE id = %s", (new_id, overlap, token_id))

@@ -273,7 +273,7 @@ def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                                           "refuse the whole import, naming their lines)"),
                   http_tokens: bool = typer.Option(False, "--http-tokens",
                                                    help="Also create an HTTP device token per device (argon2: "
-                                                        "~25 ms of CPU each)")) -> None:
+                                                        "~20 ms of CPU each)")) -> None:
     """Create many devices at once: one password-file write, one broker reload, one transaction. Nothing is
     written when any row is bad."""
     from fleet_server import provision

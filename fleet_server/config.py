@@ -326,7 +326,7 @@ class ApiConfig(Section):
     queue_wait_s: float = Field(10.0, gt=0, le=300, description="Longest wait for a turn; then 503 with "
                                                                 "Retry-After")
     max_concurrent_verifications: int = Field(2, ge=1, description="argon2 token checks running at once (each takes "
-                                                                   "~20 MB and a core for ~25 ms)")
+                                                                   "~20 MB and a core for ~20 ms)")
     static_dir: Path | None = Field(None, description="Dashboard files served at /; the bundled one when empty")
 
 

@@ -133,7 +133,7 @@ def _credentials_csv(rows: list[Row], passwords: dict[str, str], tokens: dict[st
 
 
 def _hash_tokens(devices: list[str]) -> dict[str, tuple[str, str, str]]:
-    """(token, lookup, argon2 hash) per device. argon2 (~25 ms each) dominates an import with tokens; it
+    """(token, lookup, argon2 hash) per device. argon2 (~20 ms of CPU each) dominates an import with tokens; it
     releases the GIL, so a thread per core hashes in parallel."""
     def one(device: str) -> tuple[str, str, str]:
         token, lookup = auth.new_token()

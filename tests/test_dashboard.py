@@ -416,6 +416,15 @@ def test_manager_status_change_persists(server: Server, browser) -> None:
     ).json()
     assert detail["properties"]["status"] == "scheduled"
     assert detail["history"][-1]["to_status"] == "scheduled"
+    # With "open" shown, marking it repaired takes it out of the list: its panel goes too (it stayed open on a
+    # defect the list no longer showed), and the status line says where it went.
+    set_date(browser, "f-status", "open")
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{defect_id}"]'))).click()
+    wait.until(ec.element_to_be_clickable((By.ID, "set-repaired"))).click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), "the filters hide it"))
+    assert f"defect {defect_id} is now repaired" in browser.find_element(By.ID, "status-line").text
+    assert not browser.find_element(By.ID, "panel").is_displayed()
+    assert not browser.find_elements(By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{defect_id}"]')
     assert script_errors(browser) == []
 
 

@@ -235,6 +235,17 @@ def test_openapi_says_what_the_server_answers(server) -> None:
     assert doc["components"]["schemas"]["Problem"]["required"] == ["detail"]
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     assert {"200", "503"} <= set(doc["paths"]["/health"]["get"]["responses"])
+    # Downloads say their own media type (a generated client parsed the CSV as JSON); token routes say 401/403,
+    # routes of one item 404.
+    paths = doc["paths"]
+    assert set(paths["/api/v1/defects.csv"]["get"]["responses"]["200"]["content"]) == {"text/csv"}
+    assert set(paths["/api/v1/defects.geojson"]["get"]["responses"]["200"]["content"]) == {"application/geo+json"}
+    thumbnail = paths["/api/v1/sightings/{event_id}/thumbnail.jpg"]["get"]["responses"]
+    assert set(thumbnail["200"]["content"]) == {"image/jpeg"}
+    assert {"401", "403", "404"} <= set(thumbnail) and {"401", "403", "404"} <= set(
+        paths["/api/v1/defects/{defect_id}"]["patch"]["responses"])
+    assert {"401", "403"} <= set(paths["/api/v1/defects"]["get"]["responses"])
+    assert "404" not in paths["/api/v1/defects"]["get"]["responses"]
     # What the document promises is what a malformed parameter gets.
     r = client.get("/api/v1/defects", params={"limit": "many"}, headers=bearer(token(_dsn, "viewer")))
     assert r.status_code == 400 and isinstance(r.json()["detail"], list)

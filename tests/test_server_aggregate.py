@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from fleet_server import aggregate
 from fleet_server.config import ServerConfig
 from fleet_server.store import Batch, store_batch
 from roadmon_contract.geodesy import distance_m
@@ -108,6 +109,35 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
                                "ORDER BY id", (defect_id,)).fetchall()
     assert history == [("aggregator", "new", "confirmed"), ("aggregator", "confirmed", "likely_repaired"),
                        ("aggregator", "likely_repaired", "confirmed")]
+
+
+def test_a_scheduled_defect_seen_again_after_misses_goes_back_on_the_schedule(make_cfg) -> None:
+    """Misses make a scheduled pothole likely_repaired (the crew may have come early); a sighting after that
+    once made it `confirmed`, and the crew's booking fell off the manager's scheduled list."""
+    cfg = make_cfg()
+    pothole = offset(*BASE, 100, 0)
+    line = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
+    start = datetime.now(UTC) - timedelta(days=1)
+
+    def pass_at(hours: float) -> tuple[datetime, datetime]:
+        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
+
+    for hours, dev in ((0, "veh-a"), (1, "veh-b")):
+        t0, t1 = pass_at(hours)
+        store(cfg, [make_event(dev, *pothole, at=t0 + timedelta(seconds=15))], [make_coverage(dev, line, t0, t1)])
+    [(defect_id, *_rest)] = defects(cfg)
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        aggregate.set_status(conn, defect_id, "confirmed", "scheduled", "maria", "crew A on Tuesday")
+    for hours, dev in ((2, "veh-a"), (3, "veh-b"), (4, "veh-a"), (5, "veh-b"), (6, "veh-a")):
+        store(cfg, coverage=[make_coverage(dev, line, *pass_at(hours))])
+    assert defects(cfg)[0][3] == "likely_repaired"
+    store(cfg, [make_event("veh-c", *pothole, at=pass_at(7)[0])])
+    assert defects(cfg)[0][3] == "scheduled"
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:
+        history = conn.execute("SELECT actor, from_status, to_status FROM defect_history WHERE defect_id = %s "
+                               "ORDER BY id", (defect_id,)).fetchall()
+    assert history[-3:] == [("maria", "confirmed", "scheduled"), ("aggregator", "scheduled", "likely_repaired"),
+                            ("aggregator", "likely_repaired", "scheduled")]
 
 
 def street_with_a_pothole():

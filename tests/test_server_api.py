@@ -111,12 +111,28 @@ def test_me_roles_and_defect_listing(api) -> None:
     assert not client.get("/api/v1/defects.csv", params={"until": past}, headers=viewer).text.strip().count("\n")
     assert len(client.get("/api/v1/defects.geojson", params={"until": "2999-01-01T00:00:00Z"},
                           headers=viewer).json()["features"]) == 3
+    # A bare date as `until` is the whole of that day (it was read as its midnight: since=D&until=D gave nothing).
+    day = fc["features"][0]["properties"]["first_seen"][:10]
+    assert len(client.get("/api/v1/defects", params={"since": day, "until": day}, headers=viewer)
+               .json()["features"]) == 3
+    assert client.get("/api/v1/defects.csv", params={"until": "2020-01-01"}, headers=viewer).text.count("\n") == 1
+    # An empty class or status (a form's "all") is no filter that matches nothing: it is refused, saying so.
+    for param in ("class", "status"):
+        for path in ("/api/v1/defects", "/api/v1/defects.csv"):
+            for empty in ("", " ", ","):
+                r = client.get(path, params={param: empty}, headers=viewer)
+                assert r.status_code == 400 and "leave the parameter out" in r.json()["detail"], (param, empty)
     # Coordinates are given to 7 decimals (~1 cm), not with float noise.
     dev = bearer(token(dsn, "device", "veh-b", device_id="veh-b"))
     assert client.post("/api/v1/detections", json=make_event("veh-b", 47.123456789123, 9.987654321987),
                        headers=dev).status_code == 202
     far = client.get("/api/v1/defects", params={"bbox": "9.9,47.1,10,47.2"}, headers=viewer).json()["features"]
     assert far[0]["geometry"]["coordinates"] == [9.9876543, 47.1234568]
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as a recompute leaves it
+        conn.execute("UPDATE defects SET h_accuracy_m = 2.1433501, size_width_m = 0.4029999 WHERE id = %s",
+                     (far[0]["id"],))
+    props = client.get(f"/api/v1/defects/{far[0]['id']}", headers=viewer).json()["properties"]
+    assert (props["h_accuracy_m"], props["size_width_m"]) == (2.14, 0.4)  # metres to the cm
 
 
 INJECTIONS = ["'; DROP TABLE defects; --", "1 OR 1=1", "pothole' OR '1'='1", "1); DELETE FROM sightings; --",
@@ -172,6 +188,10 @@ def test_defect_detail_workflow_and_exports(api) -> None:
     assert client.patch(f"/api/v1/defects/{first['id']}", json=change, headers=viewer).status_code == 403
     assert client.patch(f"/api/v1/defects/{first['id']}", json={"status": "gone"}, headers=manager).status_code == 400
     assert client.patch("/api/v1/defects/999999", json=change, headers=manager).status_code == 404
+    # curl -d without -H 'Content-Type: application/json': the answer says what to send.
+    bare = client.patch(f"/api/v1/defects/{first['id']}", content=b'{"status": "scheduled"}',
+                        headers={**manager, "Content-Type": "application/x-www-form-urlencoded"})
+    assert bare.status_code == 400 and "Content-Type: application/json" in bare.json()["detail"][0], bare.text
     done = client.patch(f"/api/v1/defects/{first['id']}", json=change, headers=manager)
     assert done.status_code == 200 and done.json()["properties"]["status"] == "scheduled"
     history = client.get(f"/api/v1/defects/{first['id']}", headers=viewer).json()["history"]
@@ -182,10 +202,19 @@ def test_defect_detail_workflow_and_exports(api) -> None:
     assert again.status_code == 200 and again.json()["properties"]["status_changed_at"] == \
         done.json()["properties"]["status_changed_at"]
     assert len(client.get(f"/api/v1/defects/{first['id']}", headers=viewer).json()["history"]) == len(history)
+    # A note on the same status is history and the work order's note, not a status change.
+    moved = client.patch(f"/api/v1/defects/{first['id']}", headers=manager,
+                         json={"status": "scheduled", "note": '=moved to Thursday, "urgent"\nask Müller'})
+    assert moved.json()["properties"]["status_changed_at"] == done.json()["properties"]["status_changed_at"]
+    assert moved.json()["properties"]["note"] == '=moved to Thursday, "urgent"\nask Müller'
     rows = list(csv.DictReader(io.StringIO(client.get("/api/v1/defects.csv", headers=viewer).text)))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"new", "scheduled"}
+    notes = {r["id"]: r["note"] for r in rows}
+    assert notes.pop(str(first["id"])) == '\'=moved to Thursday, "urgent"\nask Müller'  # neutralised, kept whole
+    assert set(notes.values()) == {""}
     gj = client.get("/api/v1/defects.geojson", params={"status": "scheduled"}, headers=viewer).json()
     assert [f["id"] for f in gj["features"]] == [first["id"]]
+    assert gj["features"][0]["properties"]["note"].startswith("=moved to Thursday")
 
 
 @pytest.mark.services

@@ -153,6 +153,10 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     first_rotation = json.loads(cli.run("token", "rotate", str(created["id"]), "--json").output)
     again = cli.run("token", "rotate", str(created["id"]))
     assert again.exit_code == 1 and f"token {first_rotation['id']} replaces it" in again.output
+    # Rotated twice (4 -> 6 -> 7): the hint names the live end, not 6 (already replaced too).
+    second_rotation = json.loads(cli.run("token", "rotate", str(first_rotation["id"]), "--json").output)
+    again = cli.run("token", "rotate", str(created["id"]))
+    assert again.exit_code == 1 and f"token {second_rotation['id']} replaces it now" in again.output
     listing = cli.run("token", "ls").output
     assert "expires" in listing and "replaced" in listing
     # The id printed at creation is the one `token ls`, `revoke` and `rotate` take; piped, no cell is cut short.

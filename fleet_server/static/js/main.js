@@ -228,9 +228,17 @@ function exportShown(kind) {
   guarded(() => download(`defects.${kind}${query(params)}`, `defects.${kind}`));
 }
 
+// A defect the new status takes out of the filters (repaired, with "open" shown) leaves the list and the panel,
+// as any filtered-away defect does; the status line says where it went.
 async function onStatusChanged(id) {
   await loadDefects();
-  selectDefect(id);
+  const shown = applyFilters(state.defects, readFilters($("filters")));
+  if (shown.some((d) => d.id === id)) {
+    selectDefect(id);
+    return;
+  }
+  const defect = state.defects.find((d) => d.id === id);
+  setStatus(`defect ${id} is now ${defect ? defect.status : "changed"}: the filters hide it (Clear filters shows it)`);
 }
 
 function boot() {
