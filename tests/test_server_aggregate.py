@@ -65,20 +65,26 @@ def test_three_vehicles_four_passes_give_ten_defects(make_cfg, seed: int) -> Non
     assert count(cfg.database.resolve_dsn(), "SELECT count(*) FROM sightings WHERE defect_id IS NULL") == 0
 
 
-def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
-    cfg = make_cfg()
-    dsn = cfg.database.resolve_dsn()
+def seen_by_two_vehicles(cfg: ServerConfig):
+    """A pothole 100 m up a street seen on passes 0 and 1 (hours after a day ago) by veh-a and veh-b: the
+    pothole, the street's line (right over it) and the time window of a 30 s pass H hours in."""
     pothole = offset(*BASE, 100, 0)
-    line = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]  # the road passes right over it
+    line = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
     start = datetime.now(UTC) - timedelta(days=1)
 
     def pass_at(hours: float) -> tuple[datetime, datetime]:
         return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
 
-    # Seen by two vehicles in two passes: confirmed.
     for hours, dev in ((0, "veh-a"), (1, "veh-b")):
         t0, t1 = pass_at(hours)
         store(cfg, [make_event(dev, *pothole, at=t0 + timedelta(seconds=15))], [make_coverage(dev, line, t0, t1)])
+    return pothole, line, pass_at
+
+
+def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
+    cfg = make_cfg()
+    dsn = cfg.database.resolve_dsn()
+    pothole, line, pass_at = seen_by_two_vehicles(cfg)  # seen by two vehicles in two passes: confirmed
     [(defect_id, *_rest, status, _s, _v, _p, misses)] = defects(cfg)
     assert status == "confirmed" and misses == 0
     # Passes with the detector off are no evidence; a coverage record off to the side neither.
@@ -115,16 +121,7 @@ def test_a_scheduled_defect_seen_again_after_misses_goes_back_on_the_schedule(ma
     """Misses make a scheduled pothole likely_repaired (the crew may have come early); a sighting after that
     once made it `confirmed`, and the crew's booking fell off the manager's scheduled list."""
     cfg = make_cfg()
-    pothole = offset(*BASE, 100, 0)
-    line = [offset(*BASE, 0, 0), offset(*BASE, 200, 0)]
-    start = datetime.now(UTC) - timedelta(days=1)
-
-    def pass_at(hours: float) -> tuple[datetime, datetime]:
-        return start + timedelta(hours=hours), start + timedelta(hours=hours, seconds=30)
-
-    for hours, dev in ((0, "veh-a"), (1, "veh-b")):
-        t0, t1 = pass_at(hours)
-        store(cfg, [make_event(dev, *pothole, at=t0 + timedelta(seconds=15))], [make_coverage(dev, line, t0, t1)])
+    pothole, line, pass_at = seen_by_two_vehicles(cfg)
     [(defect_id, *_rest)] = defects(cfg)
     with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
         aggregate.set_status(conn, defect_id, "confirmed", "scheduled", "maria", "crew A on Tuesday")
