@@ -406,7 +406,7 @@ def test_manager_status_change_persists(server: Server, browser) -> None:
     browser.refresh()  # the token survives a reload (sessionStorage); the status comes from the database
     wait = WebDriverWait(browser, 20)
     item = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{defect_id}"]')))
-    assert "scheduled" in item.text
+    assert "scheduled" in item.text and "note: crew A, Tuesday" in item.text  # the work order's note in the list
     item.click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "history"), "crew A, Tuesday"))
     assert "test-manager" in browser.find_element(By.ID, "history").text

@@ -69,7 +69,8 @@ export function renderList(element, defects, selectedId, onSelect) {
     li.className = d.id === selectedId ? "selected" : "";
     li.innerHTML = `${markerSvg(d.className, d.severity, 18)}
       <div><div>${escapeHtml(d.className)} · <span class="badge badge-${escapeHtml(d.status)}">${escapeHtml(d.status)}</span></div>
-      <div class="meta">${plural(d.sightings, "sighting")} · ${plural(d.vehicles, "vehicle")} · last ${formatTime(d.lastSeen)}</div></div>
+      <div class="meta">${plural(d.sightings, "sighting")} · ${plural(d.vehicles, "vehicle")} · last ${formatTime(d.lastSeen)}</div>${
+        d.note ? `<div class="meta note" title="${escapeHtml(d.note)}">note: ${escapeHtml(d.note.length > 80 ? `${d.note.slice(0, 79)}…` : d.note)}</div>` : ""}</div>
       <span class="sev" title="severity">${severityText(d.severity)}</span>`;
     li.addEventListener("click", () => onSelect(d.id));
     return li;

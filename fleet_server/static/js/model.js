@@ -73,6 +73,7 @@ export function defectFromFeature(feature) {
     sightings: Number(first(p, "sighting_count", "sightings_count", "sightings", "n_sightings") ?? 0),
     vehicles: Number(first(p, "vehicle_count", "vehicles_count", "n_vehicles") ?? 0),
     confidence: first(p, "confidence", "max_confidence"),
+    note: typeof p.note === "string" && p.note ? p.note : null, // the newest note a manager wrote
     widthM: Number(first(p, "size_width_m") ?? NaN),
     lengthM: Number(first(p, "size_length_m") ?? NaN),
     lat,
