@@ -448,6 +448,9 @@ def test_cli_json_and_exit_code(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert bad.returncode == 1
     assert "FAIL" in bad.stdout and "cannot open" in bad.stdout and "hint:" in bad.stdout
+    # The reason comes first, before the table (it was one row of ten, the last line a tally), with what to do.
+    first, second = bad.stdout.splitlines()[:2]
+    assert first.startswith("FAIL camera: cannot open file source") and second.strip().startswith("what to do:")
 
 
 def test_cli_refuses_a_listening_time_of_zero(tmp_path: Path) -> None:

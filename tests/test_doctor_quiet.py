@@ -89,6 +89,22 @@ def test_a_recording_without_valid_nmea_gets_the_serial_verdicts(tmp_path: Path,
     assert gnss.data["bytes"] == len(content)
 
 
+def test_a_receiver_losing_every_third_sentence_to_bad_checksums_is_amber(tmp_path: Path) -> None:
+    # A flaky cable: doctor stopped after two good fixes and said OK with "1 bad checksums".
+    start = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    lines = b"".join(nmea_epoch(start + timedelta(seconds=i)) for i in range(20)).decode().split("\r\n")[:-1]
+    flaky = b"".join((f"{line[:-2]}{(int(line[-2:], 16) ^ 0x5A):02X}" if i % 3 == 0 else line).encode() + b"\r\n"
+                     for i, line in enumerate(lines))
+    rec = tmp_path / "drive.nmea"
+    rec.write_bytes(flaky)
+    gnss = by_name(run_checks(str(write_config(tmp_path, gnss={"source": "file", "file": str(rec)})),
+                              only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.YELLOW and "14 bad checksums (35% of the sentences)" in gnss.summary, gnss
+    rec.write_bytes(b"".join(nmea_epoch(start + timedelta(seconds=i)) for i in range(20)))
+    assert by_name(run_checks(str(write_config(tmp_path, gnss={"source": "file", "file": str(rec)})),
+                              only=["gnss"], options=FAST))["gnss"].level is Level.GREEN
+
+
 # ------------------------------------------------------------------------------ 3, 4. queues it cannot use
 def test_a_queue_from_a_newer_agent_fails_in_the_words_run_uses(tmp_path: Path) -> None:
     path = write_config(tmp_path)
@@ -336,3 +352,95 @@ def test_broker_up_server_down_is_not_all_ok(private_broker: Any, tmp_path: Path
     delivery = results["delivery"]
     assert delivery.level is Level.RED and "5 rows sent 3+ times" in delivery.summary, delivery
     assert "fleet server does not confirm" in delivery.explanation and "server/ingest" in delivery.hint
+
+
+# ------------------------------------------------------------------ the running agent's own view (field test)
+def running_agent_config(tmp_path: Path, state: Path, **sections: Any) -> tuple[Path, Any]:
+    """A config whose state folder is STATE and whose uplink is on; (path, loaded config)."""
+    from edge_agent import config as agent_config
+
+    (tmp_path / "pw").write_text("pw-quiet\n")
+    path = write_config(tmp_path, device={"id": "veh-quiet", "state_dir": str(state)}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": closed_port(), "tls": False,
+        "password_file": str(tmp_path / "pw"), "heartbeat_s": HEARTBEAT_S}, **sections)
+    return path, agent_config.load(str(path))
+
+
+def status_of(cfg: Any, health: Any, age_s: float = 0.0) -> dict[str, Any]:
+    """What the agent's heartbeat writes, as if written AGE_S seconds ago."""
+    from edge_agent.link.heartbeat import build_status
+
+    status = build_status("offline", cfg.device.id, None, health)
+    status["sent_at"] = (datetime.now(UTC) - timedelta(seconds=age_s)).isoformat(timespec="milliseconds")
+    return status
+
+
+def test_an_agent_on_a_full_disk_keeps_its_status_current_and_is_not_called_dead(tmp_path: Path) -> None:
+    import os
+
+    from edge_agent.commands.status import collect
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import read_status_file, status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+    from tests.test_outbox_full_disk import fill_disk, tmpfs
+
+    with tmpfs(tmp_path / "disk") as disk:
+        path, cfg = running_agent_config(tmp_path, disk)
+        fill(cfg.outbox_path, 3)
+        status_file = status_file_of(cfg.outbox_path, cfg.uplink.status_file)
+        health = HealthBoard()
+        write_status_file(status_file, status_of(cfg, health, age_s=600))  # its last status before the disk filled
+        lock = WriterLock(cfg.outbox_path).acquire()  # the agent runs: it holds its outbox
+        try:
+            filler = fill_disk(disk)
+            # Its status is old: once "the agent is not running" from doctor and status, while it ran.
+            agent = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+            assert agent.level is Level.RED and f"the agent runs (pid {os.getpid()})" in agent.summary, agent
+            assert "the disk is full" in agent.summary and "not running" not in agent.summary
+            assert f"the agent (pid {os.getpid()}) runs but does not rewrite it: the disk is full" in \
+                collect(str(path), None)["broker"]
+            # ...and the agent's next heartbeat on the full disk is written (in place), refusals counted in it.
+            health.count("events_refused_disk_full", 12)
+            write_status_file(status_file, status_of(cfg, health))
+            assert read_status_file(status_file)["counters"]["events_refused_disk_full"] == 12
+            health.count("events_refused_disk_full", 1000)  # a longer status still fits
+            write_status_file(status_file, status_of(cfg, health))
+            assert read_status_file(status_file)["counters"]["events_refused_disk_full"] == 1012
+            assert by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"].level is Level.GREEN
+            filler.unlink()
+        finally:
+            lock.release()
+
+
+@pytest.mark.parametrize(("gnss", "level", "words"), [
+    ("ok", Level.GREEN, "ok, last fix"), ("lost", Level.RED, "gets no usable NMEA"),
+    ("no_fix", Level.YELLOW, "no position from it yet")])
+def test_a_receiver_and_camera_held_by_the_running_agent_are_judged_by_what_it_sees(
+        tmp_path: Path, gnss: str, level: Level, words: str) -> None:
+    # doctor opening the port beside the agent read "not one byte in 5 s", a dead receiver's words, for a sound
+    # one; the camera device streams to one reader. While the agent runs, doctor reports the agent's view.
+    import os
+
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE9"},
+                                     camera={"source": "/dev/video97"})
+    health = HealthBoard()
+    health.update(gnss=gnss, camera="ok" if gnss == "ok" else "no_frames", fps=9.5,
+                  last_fix_mono=time.monotonic() - 2 if gnss == "ok" else None)
+    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
+    alone = by_name(run_checks(str(path), only=["gnss", "camera"], options=FAST))
+    assert "held by the running agent" not in alone["gnss"].summary + alone["camera"].summary  # no agent: probed
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        checks = by_name(run_checks(str(path), only=["gnss", "camera"], options=FAST))
+    finally:
+        lock.release()
+    got = checks["gnss"]
+    assert got.level is level and f"held by the running agent (pid {os.getpid()})" in got.summary, got
+    assert words in got.summary + got.explanation, got
+    camera = checks["camera"]
+    assert camera.level is (Level.GREEN if gnss == "ok" else Level.RED), camera
+    assert "held by the running agent" in camera.summary and ("9.5 fps" in camera.summary) == (gnss == "ok")

@@ -255,6 +255,28 @@ def test_silent_port_is_reopened(receiver):
         reader.stop()
 
 
+def test_a_receiver_that_went_silent_stays_lost_while_its_port_is_reopened(receiver):
+    # A van's receiver dies mid-drive; the port (a USB adapter, a pty here) stays: the reader reopens it every few
+    # seconds, and each reopen once set "starting", so `edge-agent status` showed a dead receiver as starting.
+    cfg = serial_cfg(receiver.link, no_data_timeout_s=0.3)
+    health = HealthBoard()
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        assert feed_until(receiver, lambda: len(fixes) >= 3)
+        assert wait_for(lambda: health.snapshot()["gnss"] == "lost", timeout=5)
+        seen = set()
+        deadline = time.monotonic() + 5
+        while reader.reconnects < 3 and time.monotonic() < deadline:
+            seen.add(health.snapshot()["gnss"])
+            time.sleep(0.005)
+        assert reader.reconnects >= 3 and seen == {"lost"}, (reader.reconnects, seen)
+        assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")  # it talks again: ok at once
+    finally:
+        reader.stop()
+
+
 def test_a_port_that_sends_only_junk_is_lost_and_says_why(receiver, caplog):
     # A wrong baud rate reads as a steady stream of junk bytes: the health must not stay "starting" for ever.
     cfg = serial_cfg(receiver.link, no_data_timeout_s=0.6)

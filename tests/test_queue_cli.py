@@ -253,6 +253,15 @@ def test_status_shows_gnss_health_and_defects_without_a_position(box) -> None:
     assert info["gnss"]["state"] == "lost" and 89 <= info["gnss"]["last_fix_age_s"] < 150
     assert "GNSS │ lost, last fix" in status_table(box)
 
+    # A running agent that has not yet had a defect it could not place counts 0, not "not in its status file";
+    # the camera's state has a row of its own (with no camera only `fps -` said so).
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", camera="no_frames")
+    write_beat(box, health)
+    assert json.loads(run("status", "--config", box["config"], "--json"))["events_no_fix"] == 0
+    table = status_table(box)
+    assert "events without position │ 0" in table and "camera │ no_frames" in table
+
     # An older agent's status file (no counters, no last_fix_at): nothing made up.
     health = HealthBoard()
     health.update(uplink="connected", gnss="ok", fix={"lat": 48.1, "lon": 11.5, "h_std_m": 2.0})

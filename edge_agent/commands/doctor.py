@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import typer
 
@@ -55,6 +56,7 @@ def doctor(
         typer.echo(json.dumps({"ok": not failed, "config": config, "checks": [r.as_dict() for r in results]},
                               indent=2, default=str))
     else:
+        _print_verdict(console, results)
         table = Table(title=f"edge-agent doctor ({config})", show_lines=True, expand=True)
         table.add_column("check", style="bold", no_wrap=True)
         table.add_column("status", no_wrap=True)
@@ -69,6 +71,24 @@ def doctor(
                       f"{counts[Level.SKIPPED]} skipped")
     if failed:
         raise typer.Exit(1)
+
+
+def _print_verdict(console: Any, results: list) -> None:
+    """The failures first, each with what to do: in check order a quiet box's reason was the 8th of 10 rows, and
+    the last line only a tally."""
+    from rich.markup import escape
+
+    from edge_agent.doctor import Level
+
+    worst = [r for r in results if r.level is Level.RED] or [r for r in results if r.level is Level.YELLOW]
+    if not worst:
+        console.print("[green]every check passed[/green]")
+        return
+    for r in worst:
+        word = "FAIL" if r.level is Level.RED else "WARN"
+        console.print(f"[{STYLE[r.level.value]}]{word}[/] [bold]{r.name}[/bold]: {escape(r.summary)}")
+        if r.hint:
+            console.print(f"     what to do: {escape(r.hint)}")
 
 
 def register(app: typer.Typer) -> None:

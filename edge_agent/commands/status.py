@@ -45,7 +45,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
         if broker != "stopped" and is_stale(agent, heartbeat_s):
-            broker = f"{broker} (stale: status is {age_s(agent.get('sent_at')):.0f} s old; is the agent running?)"
+            why = _why_stale(path, stats["disk_free_mb"])
+            broker = f"{broker} (stale: status is {age_s(agent.get('sent_at')):.0f} s old; {why})"
     return {
         "broker": broker,
         "queue_depth": stats["queue_depth"],
@@ -74,6 +75,18 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     }
 
 
+def _why_stale(outbox: Path, disk_free_mb: float | None) -> str:
+    """Why a status file is old: no agent, or one that runs but cannot write it (a full disk) or hangs."""
+    from edge_agent.link.writer_lock import holder
+
+    pid = holder(outbox)
+    if pid is None:
+        return "is the agent running?"
+    full = disk_free_mb is not None and disk_free_mb < 1
+    cause = "the disk is full" if full else "it hangs, or cannot write there"
+    return f"the agent (pid {pid}) runs but does not rewrite it: {cause}"
+
+
 def _not_a_status(agent: dict[str, Any] | None) -> str | None:
     """What is wrong with a status file that parsed as a JSON object but is not a roadmon.status message (a
     foreign or hand-edited file, `{"health": 5}`); None when it is one, or when there is none."""
@@ -89,7 +102,9 @@ def _counter(agent: dict[str, Any] | None, name: str) -> int | None:
     """A health-board counter from the status file's "counters"; None when the file does not carry it (no
     agent, or an older agent that does not write them)."""
     counters = (agent or {}).get("counters")
-    value = counters.get(name) if isinstance(counters, dict) else None
+    if not isinstance(counters, dict):
+        return None
+    value = counters.get(name, 0)  # an agent that writes counters counts from 0 and writes those above it
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -123,6 +138,15 @@ def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
                 f"last fix {last_fix}")
     style = GNSS_STYLE.get(gnss["state"], "red")
     return f"[{style}]{escape(gnss['state'])}[/{style}], last fix {last_fix}"
+
+
+def _camera_text(info: dict[str, Any]) -> str:
+    """The camera's state on the agent's health board (no_frames, lost: nothing to detect on)."""
+    state = (info["health"] or {}).get("camera") if isinstance(info["health"], dict) else None
+    if state is None:
+        return "-"
+    style = {"ok": "green", "starting": "yellow"}.get(str(state), "red")
+    return f"[{style}]{escape(str(state))}[/{style}]"
 
 
 def _position_text(info: dict[str, Any]) -> str:
@@ -163,6 +187,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
         ("position", _position_text(info)),
         ("events without position", no_fix_text),
+        ("camera", _camera_text(info)),
         ("fps", "-" if info["fps"] is None else f"{info['fps']:.1f}"),
         ("disk", f"outbox {info['outbox_mb']:.1f} MB of {info['budget_mb']:.0f} MB, "
                  f"{info['disk_free_mb']:.0f} MB free"),

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 DARK_STD = 2.0  # a frame whose pixels vary less than this is black, covered or frozen grey
@@ -22,12 +23,31 @@ def _open_hint(kind: str, source: str) -> str:
     return "check the GStreamer pipeline with `gst-launch-1.0`; OpenCV must be built with GStreamer"
 
 
+def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
+    """The camera as the running agent reads it (a device streams to one reader: opening it here fails)."""
+    state = agent.health("camera")
+    fps = agent.status.get("fps")
+    data = {"source": source, "held_by_pid": agent.pid, "state": state, "fps": fps}
+    summary = f"{source}, held by the running agent (pid {agent.pid}): {state}" + (
+        f", {fps:.1f} fps through the detector" if state == "ok" and isinstance(fps, int | float) else "")
+    if state == "ok":
+        return CheckResult("camera", Level.GREEN, summary, data=data)
+    if state == "starting":
+        return CheckResult("camera", Level.YELLOW, summary, "the agent opened the camera; no frame yet",
+                           "run again in a minute", data)
+    return CheckResult("camera", Level.RED, summary, "the agent gets no frames from the camera: it detects nothing",
+                       "`journalctl -u edge-agent | grep -i camera`; check the cable and `v4l2-ctl --list-devices`",
+                       data)
+
+
 def check_camera(ctx: Context) -> CheckResult:
     from edge_agent.camera.capture import open_capture, source_kind
 
     assert ctx.cfg is not None
     cam = ctx.cfg.camera
     kind = source_kind(cam.source)
+    if kind in ("device", "gstreamer") and (agent := running_agent(ctx)) is not None:
+        return _as_the_agent_sees_it(agent, cam.source)
     opts = ctx.options
     cap = open_capture(cam)
     try:

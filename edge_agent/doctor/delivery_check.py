@@ -10,6 +10,7 @@ and the outbox, opened read-only beside a running agent.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from edge_agent.config import AgentConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.link.heartbeat import age_s, ago_text, is_stale, read_status_file, status_file_of
+from edge_agent.link.writer_lock import holder
 from roadmon_contract import validate
 
 # A row the broker accepted (state 'sent') and the agent had to send this many times has outlived at least two
@@ -67,6 +69,32 @@ def _no_status(path: Path, data: dict[str, Any]) -> CheckResult:
                        f"{AGENT_HINT}; check the disk (`dmesg`), or delete the file", data)
 
 
+def _runs_without_status(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,
+                         data: dict[str, Any]) -> CheckResult | None:
+    """The agent holds its outbox (so it runs) but its status is missing, unreadable or stale: it cannot write
+    the file (a full disk) or it hangs. Both once read "the agent is not running" while it was."""
+    if status is not None and (validate.errors("status", status) or status.get("state") == "stopped"
+                               or not is_stale(status, cfg.uplink.heartbeat_s)):
+        return None  # a foreign file is its own finding; a clean stop or a fresh status says enough
+    pid = holder(cfg.outbox_path)
+    if pid is None:
+        return None
+    data.update(pid=pid, status_at=(status or {}).get("sent_at"))
+    try:
+        free_mb = shutil.disk_usage(path.parent).free / 1e6
+    except OSError:
+        free_mb = None
+    when = ago_text((status or {}).get("sent_at")) if status else "never written"
+    if free_mb is not None and free_mb < 1:
+        return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but cannot write its status (last "
+                           f"{when}): the disk is full ({free_mb:.1f} MB free)",
+                           "it refuses new events while the disk is full (the outbox check says more)",
+                           f"free space on {path.parent}: `du -xsh /var/log/* {path.parent}/*`", data)
+    return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but has not rewritten its status since "
+                       f"{when}: it hangs", "a hung agent records and sends nothing",
+                       f"`sudo systemctl restart edge-agent`; {AGENT_HINT}", data)
+
+
 def check_agent(ctx: Context) -> CheckResult:
     assert ctx.cfg is not None
     off = _uplink_off("agent", ctx.cfg)
@@ -76,6 +104,9 @@ def check_agent(ctx: Context) -> CheckResult:
     heartbeat_s = ctx.cfg.uplink.heartbeat_s
     data: dict[str, Any] = {"status_file": str(path), "heartbeat_s": heartbeat_s}
     status = read_status_file(path)
+    running = _runs_without_status(ctx.cfg, path, status, data)
+    if running is not None:
+        return running
     if status is None:
         return _no_status(path, data)
     foreign = validate.errors("status", status)

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.config.gnss import GnssConfig
+from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.gnss.epochs import Fix
 from edge_agent.gnss.source import NmeaDecoder, fixes_from_file
 
 GOOD_HDOP = 2.5
 JUNK_SHARE = 0.1  # more of the bytes than this outside sentences: not NMEA at this baud rate
+BAD_CHECKSUM_SHARE = 0.05  # a sound cable loses hardly any sentence; more than this is noise on the wiring
 MODE_NAMES = {0: "no fix", 2: "2D fix", 3: "3D fix"}
 SERIAL_HINT = ("check `ls -l /dev/serial/by-id/` for the receiver's port and set gnss.port to it; the user needs "
                "the 'dialout' group; a running agent holds the port: `sudo systemctl stop edge-agent` first")
@@ -146,16 +148,46 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
                            "the receiver talks but has no position: no sky view, or a cold start (up to a minute, "
                            "longer indoors)", "put the antenna where it sees the sky (roof, windscreen) and wait",
                            data)
+    bad_share = stats["bad_checksums"] / max(1, stats["bad_checksums"] + stats["sentences"])
+    if bad_share > BAD_CHECKSUM_SHARE:  # a flaky cable passed as OK while it lost a sentence in two
+        return CheckResult("gnss", Level.YELLOW, summary + f" ({bad_share:.0%} of the sentences)",
+                           "sentences are lost to noise on the wiring: fixes go missing on the road",
+                           (CHECKSUMS if live else RECORDED_CHECKSUMS)[1], data)
     if fix.mode == 2 or (fix.hdop is not None and fix.hdop > GOOD_HDOP):
         return CheckResult("gnss", Level.YELLOW, summary,
                            "a weak fix places defects metres off", "give the antenna a clearer view of the sky", data)
     return CheckResult("gnss", Level.GREEN, summary, data=data)
 
 
+def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckResult:
+    """The receiver as the running agent reads it (it holds the port: opening it here would steal bytes)."""
+    state = agent.health("gnss")
+    ctx.gnss_no_time = f"the running agent (pid {agent.pid}) holds the receiver"
+    where = f"{port}, held by the running agent (pid {agent.pid})"
+    unplaced = agent.counter("events_no_fix")
+    data = {"source": "agent", "pid": agent.pid, "state": state, "last_fix_at": agent.status.get("last_fix_at"),
+            "events_no_fix": unplaced}
+    summary = f"{where}: {state}, last fix {agent.last_fix}" + (
+        f", {unplaced} defects seen but not placed" if unplaced else "")
+    if state == "ok":
+        return CheckResult("gnss", Level.GREEN, summary, data=data)
+    if state in ("lost", "unknown"):
+        return CheckResult("gnss", Level.RED, summary, "the agent gets no usable NMEA from the receiver: "
+                           f"{SILENT[0]}; detections made now go on no map",
+                           "`journalctl -u edge-agent | grep GNSS` says what the reader saw; check the antenna "
+                           "cable and `ls -l /dev/serial/by-id/`", data)
+    return CheckResult("gnss", Level.YELLOW, summary,
+                       "the receiver talks but the agent has no position from it yet (no sky view, a cold start, "
+                       "or a fix too old or uncertain to place a defect)",
+                       "put the antenna where it sees the sky and wait a minute", data)
+
+
 def check_gnss(ctx: Context) -> CheckResult:
     assert ctx.cfg is not None
     cfg = ctx.cfg.gnss
     ctx.gnss_no_time = "the GNSS check found no usable NMEA"  # until a verdict below says better
+    if cfg.source == "serial" and (agent := running_agent(ctx)) is not None:
+        return _as_the_agent_sees_it(agent, cfg.port, ctx)
     if cfg.source == "stdin":
         return CheckResult("gnss", Level.YELLOW, "gnss.source is stdin: nothing to open",
                            "stdin is for piping a recording in by hand", "use source = serial, gpsd or file")

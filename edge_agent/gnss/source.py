@@ -268,7 +268,7 @@ class GnssReader:
         last_data = last_sentence = time.monotonic()
         stats = self.decoder.parse_stats
         sentences, junk = stats.sentences, 0
-        self._set_health("starting")
+        self._set_health_opened()
         while not self._stop.is_set():
             try:
                 data = read()
@@ -323,7 +323,7 @@ class GnssReader:
             sock.settimeout(0.2)
             buffer = b""
             last_data = time.monotonic()
-            self._set_health("starting")
+            self._set_health_opened()
             while not self._stop.is_set():
                 try:
                     data = sock.recv(65536)
@@ -388,6 +388,12 @@ class GnssReader:
         self.health.count("gnss_epochs")
         if fix.mode > 0:
             self.health.count("gnss_fixes")
+
+    def _set_health_opened(self) -> None:
+        """The port (or gpsd) is open again: "starting" only until the first loss. A receiver that went silent
+        is reopened every few seconds; "starting" then hid, for minutes, that it was dead."""
+        if self.health is not None and self.health.snapshot().get("gnss") != "lost":
+            self.health.update(gnss="starting")
 
     def _set_health(self, state: str) -> None:
         if self.health is not None:

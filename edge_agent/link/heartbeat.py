@@ -4,6 +4,7 @@ roadmon/v1/<id>/status (schema roadmon.status/1) and written to a small file for
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -104,9 +105,28 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
             json.dump(status, f, indent=1)
         os.replace(tmp, path)
     except OSError as exc:  # a full disk must not stop the uplink
-        log.warning("could not write the status file %s: %s", path, exc)
         with contextlib.suppress(OSError, UnboundLocalError):
             os.unlink(tmp)
+        if exc.errno == errno.ENOSPC and _rewrite_in_place(path, status):
+            return
+        log.warning("could not write the status file %s: %s", path, exc)
+
+
+def _rewrite_in_place(path: Path, status: dict[str, Any]) -> bool:
+    """On a full disk a new file gets no block, but the old one has its own: overwrite it with the status,
+    compact and padded with blanks to its size, when it fits. Else `status` and doctor said "agent not running"
+    for a running agent, and the refusals the full disk causes (events_refused_disk_full) were nowhere to be
+    seen. A reader may catch it half written for a moment; it reads None then, as for a damaged file."""
+    text = json.dumps(status, separators=(",", ":")).encode()
+    try:
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            if len(text) > size:
+                return False
+            f.write(text + b" " * (size - len(text)))  # the size kept: the next, longer status fits too
+        return True
+    except OSError:
+        return False
 
 
 def read_status_file(path: Path) -> dict[str, Any] | None:

@@ -50,3 +50,22 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+def holder(outbox: Path) -> int | None:
+    """The pid of the process that writes OUTBOX now (an `edge-agent run` or a replay into it), or None when
+    none does. For doctor and status: a status file can be old while its agent runs (a full disk)."""
+    try:
+        fd = os.open(outbox.with_name(outbox.name + ".lock"), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1  # held; -1: by a process that could not write its pid
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the shared lock taken just now
+    return None
