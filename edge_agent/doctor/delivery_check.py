@@ -18,7 +18,7 @@ from typing import Any
 
 from edge_agent.config import AgentConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
-from edge_agent.link.heartbeat import age_s, ago_text, is_stale, read_status_file, status_file_of
+from edge_agent.link.heartbeat import FULL_DISK_MB, age_s, ago_text, is_stale, read_status_file, status_file_of
 from edge_agent.link.writer_lock import holder
 from roadmon_contract import validate
 
@@ -69,13 +69,10 @@ def _no_status(path: Path, data: dict[str, Any]) -> CheckResult:
                        f"{AGENT_HINT}; check the disk (`dmesg`), or delete the file", data)
 
 
-def _runs_without_status(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,
-                         data: dict[str, Any]) -> CheckResult | None:
-    """The agent holds its outbox (so it runs) but its status is missing, unreadable or stale: it cannot write
-    the file (a full disk) or it hangs. Both once read "the agent is not running" while it was."""
-    if status is not None and (validate.errors("status", status) or status.get("state") == "stopped"
-                               or not is_stale(status, cfg.uplink.heartbeat_s)):
-        return None  # a foreign file is its own finding; a clean stop or a fresh status says enough
+def _still_running(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,
+                   data: dict[str, Any]) -> CheckResult | None:
+    """The agent holds its outbox (so it runs) although its status is missing, unreadable or stale: it cannot
+    write the file (a full disk) or it hangs. Both once read "the agent is not running" while it was."""
     pid = holder(cfg.outbox_path)
     if pid is None:
         return None
@@ -85,7 +82,7 @@ def _runs_without_status(cfg: AgentConfig, path: Path, status: dict[str, Any] | 
     except OSError:
         free_mb = None
     when = ago_text((status or {}).get("sent_at")) if status else "never written"
-    if free_mb is not None and free_mb < 1:
+    if free_mb is not None and free_mb < FULL_DISK_MB:
         return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but cannot write its status (last "
                            f"{when}): the disk is full ({free_mb:.1f} MB free)",
                            "it refuses new events while the disk is full (the outbox check says more)",
@@ -104,11 +101,8 @@ def check_agent(ctx: Context) -> CheckResult:
     heartbeat_s = ctx.cfg.uplink.heartbeat_s
     data: dict[str, Any] = {"status_file": str(path), "heartbeat_s": heartbeat_s}
     status = read_status_file(path)
-    running = _runs_without_status(ctx.cfg, path, status, data)
-    if running is not None:
-        return running
     if status is None:
-        return _no_status(path, data)
+        return _still_running(ctx.cfg, path, None, data) or _no_status(path, data)
     foreign = validate.errors("status", status)
     if foreign:  # its fields cannot be trusted, and the agent would have replaced it by now
         return CheckResult("agent", Level.RED, f"the status file {path} is not what the agent writes "
@@ -124,9 +118,9 @@ def check_agent(ctx: Context) -> CheckResult:
                            "nothing is recorded or sent until it starts again",
                            "`sudo systemctl start edge-agent`; if it stops again: `journalctl -u edge-agent`", data)
     if is_stale(status, heartbeat_s):  # the rule `edge-agent status` applies, so both say the same
-        return CheckResult("agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the "
-                           "agent runs: the agent is not running or hung",
-                           "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
+        return _still_running(ctx.cfg, path, status, data) or CheckResult(
+            "agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the agent runs: the "
+            "agent is not running or hung", "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
     return CheckResult("agent", Level.GREEN, f"running: status {when}, broker {broker}", data=data)
 
 

@@ -80,6 +80,10 @@ def status_file_of(outbox: Path, status_file: str) -> Path:
 STALE_HEARTBEATS = 3
 
 
+# Less free space than this (MB) and a stale status file of a running agent is put down to a full disk.
+FULL_DISK_MB = 1.0
+
+
 def is_stale(status: dict[str, Any], heartbeat_s: float) -> bool:
     """STATUS (a status file) is older than STALE_HEARTBEATS heartbeats and not a clean stop's."""
     age = age_s(status.get("sent_at"))

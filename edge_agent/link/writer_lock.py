@@ -14,6 +14,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def lock_path(outbox: Path) -> Path:
+    return outbox.with_name(outbox.name + ".lock")
+
+
 class OutboxBusy(OSError):
     """Another process writes this outbox."""
 
@@ -21,7 +25,7 @@ class OutboxBusy(OSError):
 class WriterLock:
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
-        self.path = outbox.with_name(outbox.name + ".lock")
+        self.path = lock_path(outbox)
         self._fd: int | None = None
 
     def acquire(self) -> WriterLock:
@@ -56,7 +60,7 @@ def holder(outbox: Path) -> int | None:
     """The pid of the process that writes OUTBOX now (an `edge-agent run` or a replay into it), or None when
     none does. For doctor and status: a status file can be old while its agent runs (a full disk)."""
     try:
-        fd = os.open(outbox.with_name(outbox.name + ".lock"), os.O_RDONLY)
+        fd = os.open(lock_path(outbox), os.O_RDONLY)
     except OSError:
         return None
     try:
