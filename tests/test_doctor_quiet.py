@@ -444,3 +444,26 @@ def test_a_receiver_and_camera_held_by_the_running_agent_are_judged_by_what_it_s
     camera = checks["camera"]
     assert camera.level is (Level.GREEN if gnss == "ok" else Level.RED), camera
     assert "held by the running agent" in camera.summary and ("9.5 fps" in camera.summary) == (gnss == "ok")
+
+
+@pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
+def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
+    # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in
+    # 2 frames at most: the agent wrote no event and every check was green.
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", camera={"source": "/dev/video97"})
+    health = HealthBoard()
+    health.update(camera="ok", fps=3.4, m_per_frame=m_per_frame)
+    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        camera = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
+    finally:
+        lock.release()
+    assert camera.level is level, camera
+    assert camera.data["m_per_frame"] == m_per_frame
+    assert ("a frame every 7.5 m" in camera.summary and "fewer than two frames" in camera.explanation) \
+        == (level is Level.YELLOW)

@@ -79,6 +79,24 @@ def test_projection_sigma_grows_with_range_and_far_boxes_are_refused(projector: 
     assert geo.ground_box((100, 10, 200, 60)) is None  # above the horizon: not on the road
 
 
+def test_a_far_edge_beyond_range_measures_no_length(projector: GroundProjector) -> None:
+    """A box whose near edge is in range and far edge is not (a roof camera's box from 21 to 33 m became a 6 m
+    pothole centred beyond range; one whose top was above the horizon a 0 m one): the view stands on its near
+    edge and says nothing of the length; with no view of the far edge the defect is as long as it is wide."""
+    geo = Geolocator(projector, max_range_m=12.0)
+    far = geo.ground_box(box_of(projector, 13.0, 0.0, length=4.0, width=0.8))  # 11 m to 15 m
+    assert far is not None and not far.length_seen and far.length_m == 0.0
+    assert far.forward_m == pytest.approx(11.0, abs=0.1)   # its near edge, within range
+    assert far.width_m == pytest.approx(0.8, rel=0.05)
+    pose = Pose(LAT0, LON0)
+    alone = Geolocator.combine([(far, pose, 0.0)])
+    assert alone.length_m == pytest.approx(alone.width_m) and alone.length_m > 0.5
+    near = geo.ground_box(box_of(projector, 7.0, 0.0, length=0.6, width=0.8))
+    assert near.length_seen
+    both = Geolocator.combine([(far, pose, 0.0), (near, pose, 0.0)])
+    assert both.length_m == pytest.approx(0.6, rel=0.05)   # only the view that saw both edges measures it
+
+
 def test_views_combine_to_the_true_point(projector: GroundProjector) -> None:
     """A defect 30 m north of the start, seen from a vehicle driving north with exact poses."""
     geo = Geolocator(projector)

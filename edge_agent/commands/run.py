@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands import config_option, finite
+from edge_agent.config.tracker import SPARSE_FRAMES_M
 
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 
@@ -54,10 +55,12 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="replay summary", show_header=False)
     for key in ("frames", "dropped", "detections", "tracks", "events", "events_merged", "events_held",
                 "events_no_fix", "events_refused", "detector_errors", "coverage_records", "fixes", "fps",
-                "inference_ms", "wall_s", "clock", "start_utc", "outbox"):
+                "m_per_frame", "inference_ms", "wall_s", "clock", "start_utc", "outbox"):
         if key in summary:
             style = "red" if key in ("events_refused", "detector_errors") and summary[key] else None
             if key == "events_no_fix" and summary[key]:  # defects seen but not placed: GNSS gaps or a cold start
+                style = "yellow"
+            if key == "m_per_frame" and (summary[key] or 0) > SPARSE_FRAMES_M:
                 style = "yellow"
             table.add_row(key, str(summary[key]), style=style)
     if "uplink" in summary:
@@ -67,6 +70,14 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         if drained["rejected"]["count"]:
             table.add_row("rejected because", _reasons_text(drained["rejected"]["reasons"]), style="red")
     return table
+
+
+def _warn_if_sparse(m_per_frame: float | None) -> None:
+    """Say so when the frames processed were too far apart for the tracker (a raw survey sequence, a slow box)."""
+    if m_per_frame is not None and m_per_frame > SPARSE_FRAMES_M:
+        err.print(f"[yellow]warning[/yellow]: the vehicle drove {m_per_frame:.1f} m between processed frames; "
+                  f"beyond {SPARSE_FRAMES_M:g} m a defect is seen in fewer than two frames and is not reported "
+                  "(a faster detector, a lower speed or more frames per second)", highlight=False)
 
 
 def _uplink_text(drained: dict[str, Any]) -> str:
@@ -173,6 +184,7 @@ def register(app: typer.Typer) -> None:
         finally:
             agent.close()
         summary["outbox"] = str(outbox or cfg.outbox_path)
+        _warn_if_sparse(summary.get("m_per_frame"))
         if as_json:
             sys.stdout.write(json.dumps(summary) + "\n")
         else:

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
+from edge_agent.config.tracker import SPARSE_FRAMES_M
 from edge_agent.link.heartbeat import FULL_DISK_MB, age_s, ago_text, is_stale, seconds_text
 
 out = Console()
@@ -59,6 +60,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         # whose age is gnss.last_fix_age_s): None before a frame, or when that frame had no position.
         "position": (agent or {}).get("fix"),
         "fps": (agent or {}).get("fps"),
+        "m_per_frame": (agent or {}).get("m_per_frame"),
         "health": (agent or {}).get("health"),
         "gnss": _gnss(agent, heartbeat_s),
         # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
@@ -150,6 +152,18 @@ def _camera_text(info: dict[str, Any]) -> str:
     return f"[{style}]{escape(str(state))}[/{style}]"
 
 
+def _fps_text(info: dict[str, Any]) -> str:
+    """Frames through the detector a second and, while driving, metres between them (yellow when too far apart
+    for the tracker: config.tracker.SPARSE_FRAMES_M)."""
+    if info["fps"] is None:
+        return "-"
+    step = info.get("m_per_frame")
+    if step is None:
+        return f"{info['fps']:.1f}"
+    style = "yellow" if step > SPARSE_FRAMES_M else "green"
+    return f"{info['fps']:.1f} ([{style}]a frame every {step:.1f} m while driving[/{style}])"
+
+
 def _position_text(info: dict[str, Any]) -> str:
     """The filtered position at the last frame; '-' says why there is none."""
     pos = info["position"]
@@ -189,7 +203,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("position", _position_text(info)),
         ("events without position", no_fix_text),
         ("camera", _camera_text(info)),
-        ("fps", "-" if info["fps"] is None else f"{info['fps']:.1f}"),
+        ("fps", _fps_text(info)),
         ("disk", f"outbox {info['outbox_mb']:.1f} MB of {info['budget_mb']:.0f} MB, "
                  f"{info['disk_free_mb']:.0f} MB free"),
         ("dropped", ", ".join(f"{k} {v}" for k, v in info["dropped"].items()) or "none"),

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from edge_agent.config.tracker import SPARSE_FRAMES_M
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 
@@ -26,10 +27,16 @@ def _open_hint(kind: str, source: str) -> str:
 def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
     """The camera as the running agent reads it (a device streams to one reader: opening it here fails)."""
     state = agent.health("camera")
-    fps = agent.status.get("fps")
-    data = {"source": source, "held_by_pid": agent.pid, "state": state, "fps": fps}
+    fps, step = agent.status.get("fps"), agent.status.get("m_per_frame")
+    data = {"source": source, "held_by_pid": agent.pid, "state": state, "fps": fps, "m_per_frame": step}
     summary = f"{source}, held by the running agent (pid {agent.pid}): {state}" + (
         f", {fps:.1f} fps through the detector" if state == "ok" and isinstance(fps, int | float) else "")
+    if state == "ok" and isinstance(step, int | float) and step > SPARSE_FRAMES_M:
+        return CheckResult("camera", Level.YELLOW, summary + f", a frame every {step:.1f} m while driving",
+                           f"beyond {SPARSE_FRAMES_M:g} m between processed frames a defect is seen in fewer than "
+                           "two frames and is not reported",
+                           "a faster detector: `edge-agent model bench` (INT8, detector.threads, a smaller input); "
+                           "`detector.mirror_pass = false`", data)
     if state == "ok":
         return CheckResult("camera", Level.GREEN, summary, data=data)
     if state == "starting":

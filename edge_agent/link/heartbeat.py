@@ -45,6 +45,7 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "last_fix_at": None if snap.get("fix_age_s") is None else utc_now_iso(snap["fix_age_s"]),
         "fps": snap.get("fps"),
         "inference_ms": snap.get("inference_ms"),
+        "m_per_frame": snap.get("m_per_frame"),
         # Cumulative since start: the server's road_inference_latency_seconds_count{status="error"}.
         "inference_errors": snap.get("counters", {}).get("detector_errors", 0),
         "model": snap.get("model"),

@@ -6,11 +6,13 @@ The ground point is rotated by the filtered heading and added to the filtered ve
 time. A track's frames are combined with inverse-variance weights, so close, sharp views count more than far
 ones.
 
-Size. Its length is the forward distance between the near and the far edge. Its width is the across-track
-extent, not the box's bottom edge: an image column is a line on the road through the point below the camera,
-so a defect off to one side reaches the box's outer side with its near corner and its inner side with its far
-corner, and the bottom edge's projection (the old width) is too wide by the defect's lateral offset times
-(1 - near / far). Each side of the box is projected at both edges and the inner of the two taken; for a
+Size. Its length is the forward distance between the near and the far edge. A far edge above the horizon or
+beyond max_range_m is not measured: the view keeps its near edge (centre and width from there) and says nothing
+of the length; a defect no view saw the far edge of is given its width as its length (it was 0). Its width is
+the across-track extent, not the box's bottom edge: an image column is a line on the road through the point
+below the camera, so a defect off to one side reaches the box's outer side with its near corner and its inner
+side with its far corner, and the bottom edge's projection (the old width) is too wide by the defect's lateral
+offset times (1 - near / far). Each side of the box is projected at both edges and the inner of the two taken; for a
 rectangle aligned with the road this is its width exactly. Sizes are combined over a track's views with
 weights 1 / size_sigma², size_sigma being BOX_EDGE_SIGMA_PX of box edge on the road at the far edge: it grows
 with range², so the near views decide (a detector's box is a few pixels too large everywhere, which is
@@ -82,6 +84,7 @@ class GroundBox:
     truncated: bool = False   # the box touches the image border: part of the defect is outside the picture
     size_sigma_m: float = 0.0  # 1-sigma of width and length: a box edge's error on the road at the far edge
     axis_deg: float | None = None  # a line's long axis, degrees from forward towards the left, [0, 180)
+    length_seen: bool = True  # False: the far edge was above the horizon or beyond range, length_m is 0
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,14 @@ class Geolocator:
         if np.isnan(near).any() or near[0] > self.max_range_m or near[0] <= 0:
             return None
         far = pts[5]
-        if np.isnan(far).any() or far[0] - near[0] > self.max_range_m:
-            # The top edge touches the horizon: too little to tell the length, so keep the near edge only.
+        length_seen = not np.isnan(far).any() and far[0] <= self.max_range_m
+        if not length_seen:
+            # The top edge is above the horizon or beyond range (a roof camera's far box reached 33 m and made a
+            # 6 m pothole): its length is not measured here, so the box stands on its near edge.
             far = near
         corners = pts[:4].copy()
+        if not length_seen:
+            corners[2:] = corners[1::-1]  # top-right, top-left := bottom-right, bottom-left
         bad = np.isnan(corners).any(axis=1)
         for k in np.flatnonzero(bad):
             corners[k] = near if k < 2 else far
@@ -139,7 +146,7 @@ class Geolocator:
         return GroundBox(forward_m=float(centre[0]), left_m=float(centre[1]), width_m=width, length_m=length,
                          range_m=float(math.hypot(near[0], near[1] - self.projector.mount.lateral_m)),
                          sigma_m=self.sigma_m(xm, y2, float(centre[0])), corners=corners, truncated=truncated,
-                         size_sigma_m=float(size_sigma))
+                         size_sigma_m=float(size_sigma), length_seen=length_seen)
 
     def line_box(self, box: GroundBox, image: np.ndarray | None, bbox: Sequence[float]) -> GroundBox:
         """BOX measured as a line (a crack) from the strokes inside BBOX in IMAGE (module doc)."""
@@ -156,7 +163,7 @@ class Geolocator:
         along_lo, along_hi = np.percentile((points - mean) @ major, [1, 99])
         across_lo, across_hi = np.percentile((points - mean) @ minor, [1, 99])
         centre = mean + major * (along_lo + along_hi) / 2 + minor * (across_lo + across_hi) / 2
-        return replace(box, forward_m=float(centre[0]), left_m=float(centre[1]),
+        return replace(box, forward_m=float(centre[0]), left_m=float(centre[1]), length_seen=True,
                        length_m=float(along_hi - along_lo), width_m=float(across_hi - across_lo),
                        axis_deg=math.degrees(math.atan2(major[1], major[0])) % 180.0)
 
@@ -222,7 +229,7 @@ class Geolocator:
         if not views:
             return None
         lat0, lon0 = Geolocator.to_world(*views[0])
-        east = north = wsum = gnss = proj_w = width = length = size_w = 0.0
+        east = north = wsum = gnss = proj_w = width = length = size_w = length_w = 0.0
         axial = np.zeros(2)  # a line's orientation: doubled angles, so that 179° and 1° average to 0°
         for box, pose, heading in views:
             lat, lon = Geolocator.to_world(box, pose, heading)
@@ -236,15 +243,19 @@ class Geolocator:
             wsum += w
             ws = 1.0 / (box.size_sigma_m ** 2 + 1e-6)
             width += ws * box.width_m
-            length += ws * box.length_m
             size_w += ws
+            if box.length_seen:
+                length += ws * box.length_m
+                length_w += ws
             if box.axis_deg is not None:
                 bearing = math.radians(2 * (heading - box.axis_deg))  # the axis as a compass bearing, doubled
                 axial += ws * np.array([math.cos(bearing), math.sin(bearing)])
         lat, lon = offset_latlon(lat0, lon0, east / wsum, north / wsum)
         h_acc = math.sqrt((gnss / wsum) ** 2 + 1.0 / proj_w)
         orientation = math.degrees(math.atan2(axial[1], axial[0])) / 2 % 180.0 if axial.any() else None
-        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length / size_w,
+        # No view saw the far edge: a defect as long as it is wide (a pothole is roughly round) rather than 0 m.
+        length = length / length_w if length_w else width / size_w
+        return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length,
                        orientation_deg=orientation)
 
 

@@ -83,6 +83,7 @@ class Pipeline:
         self.motion = VehicleMotion(cfg.tracker.heading_min_speed_mps)
         self._prev_mono: float | None = None
         self._fps: float | None = None
+        self._m_per_frame: float | None = None
         self._inference_ms: float | None = None
         self._detect_s = 0.0
         self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
@@ -165,6 +166,7 @@ class Pipeline:
                 "coverage_records": self.coverage.records,
                 "detector_errors": self.counts["detector_errors"],
                 "fps": round(self.counts["frames"] / elapsed, 2),
+                "m_per_frame": None if self._m_per_frame is None else round(self._m_per_frame, 2),
                 "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
                 "detect_s": round(self._detect_s, 3)}
 
@@ -290,6 +292,11 @@ class Pipeline:
         if self._prev_mono is not None and t_mono > self._prev_mono:
             fps = 1.0 / (t_mono - self._prev_mono)
             self._fps = fps if self._fps is None else (1 - FPS_SMOOTHING) * self._fps + FPS_SMOOTHING * fps
+            speed = None if pose is None else pose.speed_mps
+            if speed is not None and speed >= self.cfg.tracker.heading_min_speed_mps:  # standing says nothing
+                step = speed * (t_mono - self._prev_mono)
+                self._m_per_frame = step if self._m_per_frame is None else \
+                    (1 - FPS_SMOOTHING) * self._m_per_frame + FPS_SMOOTHING * step
         self._prev_mono = t_mono
         fix = None
         if pose is not None and pose.lat is not None:
@@ -298,5 +305,6 @@ class Pipeline:
                    "heading_deg": None if pose.heading_deg is None else round(pose.heading_deg, 1),
                    "state": pose.state}
         self.health.update(fps=None if self._fps is None else round(self._fps, 2),
+                           m_per_frame=None if self._m_per_frame is None else round(self._m_per_frame, 2),
                            inference_ms=None if self._inference_ms is None else round(self._inference_ms, 2),
                            fix=fix)
