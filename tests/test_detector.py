@@ -129,6 +129,44 @@ def test_end2end_class_ids_outside_the_names_are_dropped_with_one_warning(tmp_pa
     assert len(said) == 2 and "class id 7" in said[0] and "class id -1" in said[1]  # once per id, not per frame
 
 
+def test_an_end2end_model_without_names_is_refused_until_named(tmp_path):
+    # Its class ids are numbers in each row: the count was guessed from a test image (1 + the largest id seen),
+    # so a 2-class model whose test image showed only class 0 loaded as 1 class and dropped every crack box.
+    out = np.zeros((1, 300, 6), np.float32)
+    out[0, 0] = (10, 20, 110, 70, 0.95, 0)
+    path = constant_model(tmp_path / "e2e.onnx", out)
+    with pytest.raises(ModelError, match=r"names no classes.*how many it has is unknown.*--names"):
+        load_detector(DetectorConfig(model=str(path)))
+    det = load_detector(DetectorConfig(model=str(path), class_names=["pothole", "crack"]))
+    assert det.info.classes == ("pothole", "crack")
+    unread = constant_model(tmp_path / "e2e-csv.onnx", out, names="pothole,crack")
+    with pytest.raises(ModelError, match="its 'names' metadata 'pothole,crack' is not a list"):
+        load_detector(DetectorConfig(model=str(unread)))
+
+
+def test_names_metadata_that_cannot_be_read_is_named_in_the_warning(tmp_path, caplog):
+    # "no 'names' in its ONNX metadata" was said of a model whose names were there in another format.
+    path = constant_model(tmp_path / "v8.onnx", v8_output(), names="pothole,crack")
+    det = load_detector(DetectorConfig(model=str(path)))
+    assert det.info.classes == ("0", "1")
+    assert any("its 'names' metadata 'pothole,crack' is not a list" in r.getMessage() for r in caplog.records)
+
+
+def test_the_detections_output_is_found_behind_mask_prototypes(tmp_path):
+    # A segmentation-style export with its mask prototypes (rank 4) as the first output was refused as
+    # "output shape [1, 32, 96, 160] is not [1, A, B]": only the first output was ever read.
+    path = constant_model(tmp_path / "v8.onnx", v8_output(), names="{0: 'pothole', 1: 'crack'}")
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.zeros((1, 32, 8, 8), np.float32), "protos_const"))
+    graph.node.append(helper.make_node("Identity", ["protos_const"], ["protos"]))
+    graph.output.insert(0, helper.make_tensor_value_info("protos", TensorProto.FLOAT, [1, 32, 8, 8]))
+    onnx.save(model, str(path))
+    det = load_detector(DetectorConfig(model=str(path), score_threshold=0.3))
+    assert det.info.layout == "yolov8"
+    assert [d.class_name for d in det.detect(np.zeros((320, 320, 3), np.uint8))] == ["pothole", "crack", "pothole"]
+
+
 def test_layout_recognition_rules():
     assert detect_layout((1, 84, 8400), 80, (640, 640)) is Layout.YOLOV8
     assert detect_layout((1, 25200, 85), 80, (640, 640)) is Layout.YOLOV5

@@ -121,6 +121,24 @@ def test_model_eval_cli_rejects_a_folder_without_labels(tmp_path):
     assert res.exit_code == 2
 
 
+@pytest.mark.parametrize(("make", "words"), [
+    (("images", "labels"), "images/ holds no pictures"),
+    (("images",), "no labels/ folder"),
+    ((), "no images/ and no labels/ folder"),
+])
+def test_model_eval_says_what_the_folder_lacks_before_loading_the_model(tmp_path, make, words):
+    # An empty images/ beside labels/ got "expected a YOLO-layout folder with images/ and labels/", and the
+    # model was loaded (seconds on a Pi) before the folder was looked at.
+    data = tmp_path / "set"
+    data.mkdir()
+    for name in make:
+        (data / name).mkdir()
+    res = CliRunner().invoke(app, ["model", "eval", "--model", str(tmp_path / "no-such-model.onnx"),
+                                   "--data", str(data)])
+    assert res.exit_code == 2 and words in res.output, res.output
+    assert "no-such-model" not in res.output
+
+
 def test_label_lines_that_are_not_boxes_are_skipped_with_the_file_and_line(tmp_path, caplog):
     from edge_agent.lab.evaluate import read_yolo_labels
 

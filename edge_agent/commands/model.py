@@ -86,6 +86,17 @@ def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
     out.print(table)
 
 
+def _not_a_dataset(data: Path, images: int) -> str | None:
+    """What keeps DATA (holding IMAGES images) from being a YOLO-layout folder, in words; None when it is one."""
+    missing = [name for name in ("images", "labels") if not (data / name).is_dir()]
+    if missing:
+        return (f"no {' and no '.join(f'{name}/' for name in missing)} folder; expected a YOLO-layout folder: "
+                "images/ with the pictures and labels/ with one 'class cx cy w h' .txt per picture")
+    if images == 0:
+        return "images/ holds no pictures (.jpg, .jpeg, .png, .bmp, .webp)"
+    return None
+
+
 @model_app.command("eval")
 def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
              data: Path = typer.Option(..., "--data", "-d", exists=True, file_okay=False,
@@ -109,12 +120,13 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
         raise typer.BadParameter(f"{plot}: give a file name ending in .png", param_hint="'--plot'")
     if plot is not None and not plot.parent.is_dir():  # found out now, not after minutes of evaluation
         raise typer.BadParameter(f"folder {plot.parent} does not exist", param_hint="'--plot'")
+    n = len(list_dataset_images(data))
+    problem = _not_a_dataset(data, n)
+    if problem:  # found out before the model loads
+        err.print(f"[red]{data}: {problem}[/red]", highlight=False)
+        raise typer.Exit(2)
     det = _load(model, threads, names, mirror_pass=mirror_pass)
     thr = threshold  # None: each class at its own working threshold
-    n = len(list_dataset_images(data))
-    if n == 0 or not (data / "labels").is_dir():
-        err.print(f"[red]{data}: expected a YOLO-layout folder with images/ and labels/[/red]")
-        raise typer.Exit(2)
     with _progress(as_json) as bar:
         task = bar.add_task("evaluating", total=n)
         try:

@@ -95,7 +95,7 @@ class Detector:
         # The decoding floor: detections under their own class's threshold are dropped after it.
         self.score_threshold = min(self.thresholds, default=cfg.score_threshold)
         self._input_name = session.get_inputs()[0].name
-        self._output_name = session.get_outputs()[0].name
+        self._output_name = detections_output(session)
         # Canvas and blob reused from frame to frame: one Detector serves one pipeline (one thread) at a time.
         self._preprocess = Preprocessor(*info.input_size, self.dtype, channels_last=info.input_layout == "NHWC")
         self._unknown_classes: set[int] = set()
@@ -257,13 +257,22 @@ def _input_size(path: Path, shape: list, channels_last: bool, meta: dict, manife
     return size or (DEFAULT_INPUT, DEFAULT_INPUT)
 
 
+def detections_output(session: Any) -> str:
+    """The output holding the detections: the first of rank 3, [1, A, B] (a segmentation export puts its mask
+    prototypes, rank 4, first), else the first."""
+    outputs = session.get_outputs()
+    ranked = [o for o in outputs if isinstance(o.shape, list | tuple) and len(o.shape) == 3]
+    return (ranked or outputs)[0].name
+
+
 def _layout_and_classes(session: Any, path: Path, input_size: tuple[int, int], dtype: Any, channels_last: bool,
                         names: list[str] | None, meta: dict, cfg: DetectorConfig) -> tuple[Layout, list[str]]:
     """Run the zero image once to see the concrete output shape (dynamic exports hide it in the graph)."""
     w, h = input_size
     blob = np.zeros(blob_shape(w, h, channels_last), dtype)
+    output = detections_output(session)
     try:
-        out = session.run(None, {session.get_inputs()[0].name: blob})[0]
+        out = session.run([output], {session.get_inputs()[0].name: blob})[0]
     except Exception as exc:
         raise ModelError(f"{path}: inference failed on a {w}x{h} input: {exc}") from None
     shape = tuple(int(d) for d in np.shape(out))
@@ -274,18 +283,24 @@ def _layout_and_classes(session: Any, path: Path, input_size: tuple[int, int], d
         else:
             layout = detect_layout(shape, len(names) if names else None, input_size, end2end)
     except LayoutError as exc:
-        raise ModelError(f"{path}: {exc}") from None
+        outputs = session.get_outputs()
+        which = f" (output '{output}', the first of {len(outputs)} with rank 3 or the first of all)" \
+            if len(outputs) > 1 else ""
+        raise ModelError(f"{path}: {exc}{which}") from None
     if names:
         return layout, names
-    if layout is Layout.YOLOV8:
-        nc = shape[1] - 4
-    elif layout is Layout.YOLOV5:
-        nc = shape[2] - 5
-    else:
-        nc = 1 + int(np.max(out[0][:, 5])) if out.size else 1
-    log.warning("%s names no classes (no 'names' in its ONNX metadata, no manifest 'classes'): its %d classes "
-                "are reported as %s; name them with --names on the command line or detector.class_names in the "
-                "config", path, nc, ", ".join(str(i) for i in range(min(nc, 3))) + (", ..." if nc > 3 else ""))
+    unread = f"its 'names' metadata {meta['names']!r} is not a list or an {{id: name}} map" if meta.get("names") \
+        else "no 'names' in its ONNX metadata"
+    if layout is Layout.END2END:
+        # The class id is a number in each row, so nothing says how many classes there are; guessing from a
+        # test image named 1 class of a 2-class model and dropped every crack box.
+        raise ModelError(f"{path}: an end-to-end model (NMS inside) gives class ids as numbers and this one names "
+                         f"no classes ({unread}, no manifest 'classes'), so how many it has is unknown; name them: "
+                         "--names pothole,crack on the command line or detector.class_names in the config")
+    nc = shape[1] - 4 if layout is Layout.YOLOV8 else shape[2] - 5
+    log.warning("%s names no classes (%s, no manifest 'classes'): its %d classes are reported as %s; name them "
+                "with --names on the command line or detector.class_names in the config", path, unread, nc,
+                ", ".join(str(i) for i in range(min(nc, 3))) + (", ..." if nc > 3 else ""))
     return layout, [str(i) for i in range(nc)]
 
 
