@@ -44,7 +44,7 @@ class Outbox:
             timeout = self.flow.timeout_s
             overdue = [r for r in self._rows.values() if r.sent_at is not None and now - r.sent_at >= timeout]
             if overdue:
-                self.flow.on_timeout()
+                self.flow.on_timeout(max(r.sent_at for r in overdue), now)
                 for r in overdue:
                     r.sent_at = -1.0  # due again; no longer in flight
             in_flight = sum(1 for r in self._rows.values() if r.sent_at is not None and r.sent_at >= 0)

@@ -104,3 +104,17 @@ def test_a_server_slower_than_the_timeout_gets_few_copies(service_info, mqtt_dev
     assert fixed_copies >= 60, (fixed, adaptive)
     assert adaptive_copies <= fixed_copies / 2, (fixed, adaptive)  # measured 21 against 80-100
     assert adaptive[2]["ack_timeout_s"] >= 2.0         # it learned the server's pace
+
+
+def test_one_outage_backs_off_once_however_many_sweeps_find_its_rows_overdue() -> None:
+    # The uplink sweeps for overdue rows every second; rows of one round, published over a few seconds, expire in
+    # several sweeps. Each sweep doubled the wait: a minute's server outage took it from 40 s to 1800 s in 17 s.
+    flow = FlowControl(max_window=1000, min_timeout_s=20.0, max_timeout_s=1800.0)
+    for sweep in range(10):            # rows sent at t = 0..9 s, each found overdue one sweep after the other
+        flow.on_timeout(newest_sent_s=float(sweep), now_s=20.0 + sweep)
+    assert flow.timeout_s == 40.0 and flow.window == MIN_WINDOW + 1   # one back-off: 10 -> 5 rows, 20 -> 40 s
+    flow.on_timeout(newest_sent_s=25.0, now_s=70.0)  # a row re-sent after that back-off expired too: the next one
+    assert flow.timeout_s == 80.0
+    flow.on_timeout()                  # callers that do not say when rows were sent back off every time
+    assert flow.timeout_s == 160.0
+    assert flow.timeouts == 12

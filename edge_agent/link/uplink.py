@@ -428,10 +428,11 @@ class Uplink:
 
     def _expire(self, now: float) -> None:
         overdue = [key for key, pending in self._outstanding.items() if pending.deadline <= now]
+        newest = max((self._outstanding[key].sent_at for key in overdue), default=None)
         for key in overdue:
             del self._outstanding[key]
         if overdue:
-            self.flow.on_timeout()
+            self.flow.on_timeout(newest, now)
             log.info("uplink: %d rows unconfirmed in time; sending them again (window now %d, timeout %.0f s)",
                      len(overdue), self.flow.window, self.flow.timeout_s)
         if len(self._mids) > 4 * self.cfg.window:  # PUBACKs that never came (a dead connection's messages)
