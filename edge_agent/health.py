@@ -18,7 +18,7 @@ class Health:
     uplink: str = "starting"          # connected | connecting | bad_credentials | not_authorised | offline
     fps: float | None = None
     inference_ms: float | None = None
-    m_per_frame: float | None = None  # metres driven per processed frame while moving (tracker.SPARSE_FRAMES_M)
+    m_per_frame: float | None = None  # metres driven per processed frame while moving (roadmon_contract.status)
     frames_dropped: int = 0
     last_frame_mono: float | None = None
     fix: dict[str, Any] | None = None

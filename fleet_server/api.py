@@ -58,7 +58,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.state.workers = workers or []
     app.state.audit = audit.AuditLog(app.state.pool, cfg.api.audit_flush_s)
     app.state.http_writer = http_writer.SubmissionWriter(cfg)
-    metrics.register_device_collector(_fetcher(app))
+    metrics.register_device_collector(_fetcher(app), cfg.ingest.stale_after_s)
 
     if cfg.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,

@@ -19,6 +19,7 @@ from fleet_server import commands
 from fleet_server.api_defects import _jsonable, bbox_filter
 from fleet_server.api_deps import QueryTime, QueryUntil, db, known_query_only, principal, read_db, require
 from fleet_server.auth import Principal
+from fleet_server.device_view import device_rows
 from fleet_server.health import checks as health_checks
 from fleet_server.validate import as_utc
 
@@ -64,27 +65,24 @@ def me(who: Principal = Depends(principal)) -> dict:
     return {"name": who.name, "role": who.role, "device_id": who.device_id}
 
 
-@api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix")
+@api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix, and why a "
+                             "box may be quiet (problems: its health, clock, refused messages)")
 def devices(request: Request, conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> list:
-    stale_s = request.app.state.cfg.ingest.stale_after_s
-    rows = conn.execute("""
-        SELECT id, name, state, last_seen, queue_depth, inference_ms, last_fix, last_status, created_at, revoked_at,
+    views = device_rows(conn, datetime.now(UTC), request.app.state.cfg.ingest.stale_after_s)
+    rows = {r[0]: r[1:] for r in conn.execute("""
+        SELECT id, inference_ms, last_fix, last_status, created_at,
                (SELECT count(*) FROM sightings s WHERE s.device_id = d.id) AS sightings
-        FROM devices d ORDER BY id""").fetchall()
-    now = datetime.now(UTC)
+        FROM devices d""").fetchall()}
     out = []
-    for r in rows:
-        state = r[2]
-        if r[9] is not None:
-            state = "revoked"
-        elif state == "online" and (r[3] is None or now - r[3] > timedelta(seconds=stale_s)):
-            state = "stale"
-        status = r[7] or {}
-        out.append({"id": r[0], "name": r[1], "state": state, "last_seen": _jsonable(r[3]), "queue_depth": r[4],
-                    "inference_ms": r[5], "last_fix": r[6], "fps": status.get("fps"), "model": status.get("model"),
-                    "version": status.get("version"), "disk_free_mb": status.get("disk_free_mb"),
-                    "oldest_pending_at": status.get("oldest_pending_at"), "created_at": _jsonable(r[8]),
-                    "sightings": r[10]})
+    for view in views:
+        inference_ms, last_fix, status, created_at, sightings = rows[view["id"]]
+        status = status or {}
+        out.append(view | {"last_seen": _jsonable(view["last_seen"]), "inference_ms": inference_ms,
+                           "last_fix": last_fix, "fps": status.get("fps"), "m_per_frame": status.get("m_per_frame"),
+                           "model": status.get("model"), "version": status.get("version"),
+                           "disk_free_mb": status.get("disk_free_mb"),
+                           "oldest_pending_at": status.get("oldest_pending_at"), "created_at": _jsonable(created_at),
+                           "sightings": sightings})
     return out
 
 

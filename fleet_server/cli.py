@@ -15,10 +15,12 @@ import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
+from fleet_server.device_view import device_rows
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 
@@ -331,18 +333,21 @@ def device_revoke(device_id: str) -> None:
 
 @device_app.command("ls")
 def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List devices with their last status."""
-    with connect(cfg().database) as conn:
-        rows = conn.execute("""SELECT id, name, state, last_seen, queue_depth, revoked_at FROM devices
-                               ORDER BY id""").fetchall()
+    """List devices: state (stale when silent), last seen, queue, and why a box may be quiet."""
+    c = cfg()
+    with connect(c.database) as conn:
+        rows = device_rows(conn, datetime.now(UTC), c.ingest.stale_after_s)
     if as_json:
-        print(json.dumps([{"id": r[0], "name": r[1], "state": "revoked" if r[5] else r[2],
-                           "last_seen": r[3].isoformat() if r[3] else None, "queue_depth": r[4]} for r in rows]))
+        print(json.dumps([r | {"last_seen": r["last_seen"].isoformat() if r["last_seen"] else None} for r in rows]))
         return
-    table = Table("id", "name", "state", "last seen (UTC)", "queue")
+    table = Table("id", "name", "state", "last seen (UTC)", "queue", "problems")
     for r in rows:
-        table.add_row(r[0], r[1] or "", "revoked" if r[5] else r[2], f"{r[3]:%Y-%m-%d %H:%M:%S}" if r[3] else "-",
-                      "" if r[4] is None else str(r[4]))
+        state = r["state"]
+        style = "green" if state == "online" and not r["problems"] else "yellow" if state == "online" else "red"
+        table.add_row(r["id"], r["name"] or "", Text(state, style=style),
+                      f"{r['last_seen']:%Y-%m-%d %H:%M:%S}" if r["last_seen"] else "-",
+                      "" if r["queue_depth"] is None else str(r["queue_depth"]),
+                      "; ".join(r["problems"]) or "-")
     print_table(table)
 
 

@@ -322,6 +322,7 @@ class IngestWorker:
             log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         metrics.INGEST_BROKER_CONNECTS.inc()
+        metrics.INGEST_BROKER_CONNECTED.labels(client=self.client_id).set(1)
         self._connect_failures = 0
         filters = subscriptions(self.cfg, self.group)
         _, self._subscribe_mid = client.subscribe([(f, subscribe_options(f)) for f in filters])
@@ -330,6 +331,7 @@ class IngestWorker:
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho retries on its own; without this a broker down at start was silent until it came back.
+        metrics.INGEST_BROKER_CONNECTED.labels(client=self.client_id).set(0)
         self._connect_failures += 1
         if self._connect_failures % 20 == 1:
             m = self.cfg.mqtt
@@ -351,6 +353,7 @@ class IngestWorker:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        metrics.INGEST_BROKER_CONNECTED.labels(client=self.client_id).set(0)
         self.subscribed.clear()
         if not self.stopping.is_set():
             log.warning("%s: disconnected from the broker (%s); reconnecting", self.client_id, reason_code)

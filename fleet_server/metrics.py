@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from fleet_server.device_view import state_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ AGGREGATE_LOCKS = Counter("road_aggregate_area_locks", "Batches by the area-lock
 INGEST_DEFERRED = Counter("road_ingest_deferred", "Events and coverage records left for the next batch because "
                           "another worker held their map area")
 INGEST_BROKER_CONNECTS = Counter("road_ingest_broker_connects", "Ingest worker (re)connections to the broker")
+INGEST_BROKER_CONNECTED = Gauge("road_ingest_broker_connected", "1 while the ingest worker is connected to the "
+                                "broker (a dead broker publishes no Last Will: nothing else moves)", ["client"])
 INGEST_RETAINED_CLEARED = Counter("road_ingest_retained_cleared", "Messages a device published retained on event, "
                                   "coverage or command-result topics, which the ingest workers cleared at the "
                                   "broker (they were still ingested as usual)", ["kind"])
@@ -75,14 +80,21 @@ def count_ingested(kind: str, outcome: str, n: int = 1) -> None:
 class DeviceCollector(Collector):
     """road_queue_depth, road_inference_latency_seconds and road_devices{state}, from the devices table."""
 
-    def __init__(self, fetch: Callable[[str], list[tuple]]) -> None:
+    def __init__(self, fetch: Callable[[str], list[tuple]], stale_after_s: float) -> None:
+        self.bind(fetch, stale_after_s)
+
+    def bind(self, fetch: Callable[[str], list[tuple]], stale_after_s: float) -> None:
+        """Read devices with FETCH; another database's devices start new baselines (see _new_errors)."""
         self.fetch = fetch
+        self.stale_after_s = stale_after_s
+        self._errors_seen: dict[str, float] = {}  # each device's inference_errors at the last scrape
+        self._errors_total = 0.0
 
     def collect(self) -> Iterator:
         try:
             rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen, "
                               "CASE WHEN jsonb_typeof(last_status->'inference_errors') = 'number' "
-                              "THEN (last_status->>'inference_errors')::float8 END FROM devices "
+                              "THEN (last_status->>'inference_errors')::float8 END, id FROM devices "
                               "WHERE revoked_at IS NULL")
         except Exception as exc:  # a scrape must not fail because PostGIS is away
             log.warning("device metrics unavailable: %s", exc)
@@ -90,10 +102,13 @@ class DeviceCollector(Collector):
         depth = GaugeMetricFamily("road_queue_depth", "Sum of the devices' outbox queue depths (last status)")
         depth.add_metric([], float(sum(r[1] or 0 for r in rows if r[0] != "offline")))
         yield depth
-        states = GaugeMetricFamily("road_devices", "Devices by last reported state", labels=["state"])
+        states = GaugeMetricFamily("road_devices", "Devices by state (stale: online by its last status but silent "
+                                   "for ingest.stale_after_s), as the API and `device ls` say it", labels=["state"])
         counts: dict[str, int] = {}
+        now = datetime.now(UTC)
         for r in rows:
-            counts[r[0]] = counts.get(r[0], 0) + 1
+            state = state_of(r[0], r[3], None, now, self.stale_after_s)
+            counts[state] = counts.get(state, 0) + 1
         for state, n in sorted(counts.items()):
             states.add_metric([state], n)
         yield states
@@ -106,19 +121,33 @@ class DeviceCollector(Collector):
                                      labels=["status"])
         hist.add_metric(["ok"], buckets, sum_value=sum(values))
         # Failures have no duration: every one falls in every bucket, so _count is the failure count.
-        errors = float(sum(r[4] or 0 for r in rows))
+        errors = self._new_errors({r[5]: r[4] for r in rows if r[4] is not None})
         hist.add_metric(["error"], [(b, errors) for b, _ in buckets], sum_value=0.0)
         yield hist
+
+
+    def _new_errors(self, counts: dict[str, float]) -> float:
+        """A counter of the failed inferences the devices reported while this process watched. Each device's
+        figure counts since its agent started, so their sum fell whenever a van restarted, and Prometheus took
+        each fall for a reset and the whole remaining sum for new failures (ModelInferenceFailed fired on a
+        fleet powering on). A device's first figure is its baseline; a figure below the last one is a restarted
+        agent's, all new."""
+        for device, count in counts.items():
+            before = self._errors_seen.get(device)
+            if before is not None:
+                self._errors_total += count - before if count >= before else count
+            self._errors_seen[device] = count
+        return self._errors_total
 
 
 _registered: DeviceCollector | None = None
 
 
-def register_device_collector(fetch: Callable[[str], list[tuple]]) -> None:
+def register_device_collector(fetch: Callable[[str], list[tuple]], stale_after_s: float) -> None:
     """Point the device collector at a database (the latest app wins; tests create several apps)."""
     global _registered
     if _registered is None:
-        _registered = DeviceCollector(fetch)
+        _registered = DeviceCollector(fetch, stale_after_s)
         REGISTRY.register(_registered)
     else:
-        _registered.fetch = fetch
+        _registered.bind(fetch, stale_after_s)

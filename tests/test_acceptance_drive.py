@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config.tracker import SPARSE_FRAMES_M
 from edge_agent.lab.drive_eval import TruthTrack, crack_truth, score, score_by_class, true_defects, without_gnss_error
 from roadmon_contract.geodesy import distance_m
+from roadmon_contract.status import SPARSE_FRAMES_M
 from roadmon_contract.validate import errors
 
 ROOT = Path(__file__).resolve().parent.parent

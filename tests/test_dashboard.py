@@ -150,7 +150,8 @@ def seed(dsn: str, cfg: ServerConfig) -> Seeded:
                 "fix": {"lat": fix_lat, "lon": fix_lon, "mode": 3},
             },
         ),
-        ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0}),
+        ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0,
+                   "health": {"camera": "ok", "gnss": "lost"}}),
     ]
     received = datetime.now(UTC)
     batch = Batch(
@@ -376,6 +377,8 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     states = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".state").text for r in rows}
     assert states == {"veh-a": "online", "veh-b": "offline"}
     assert "9.6" in rows[0].text and "test-detector" in rows[0].text
+    problems = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".problems").text for r in rows}
+    assert problems == {"veh-a": "–", "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}
     rows[0].click()  # centres the map on veh-a's last fix
     save_screenshot(browser, "dashboard-devices.png")
     assert script_errors(browser) == []

@@ -252,7 +252,7 @@ def exported_metric_names() -> set[str]:
     for metric in REGISTRY.collect():
         names.update(sample.name for sample in metric.samples)
         names.add(metric.name)
-    collector = m.DeviceCollector(lambda sql: [("online", 3, 120.0, None, 2.0)])
+    collector = m.DeviceCollector(lambda sql: [("online", 3, 120.0, None, 2.0, "veh-1")], 600.0)
     for metric in collector.collect():
         names.update(sample.name for sample in metric.samples)
     for counter in ("road_detection_submissions", "road_ingest_messages", "road_ingest_acks",

@@ -377,3 +377,50 @@ def test_device_credentials_name_the_public_broker_or_say_they_do_not(cli, tmp_p
     assert imported.exit_code == 0, imported.output
     sheet = (tmp_path / "fleet.credentials.csv").read_text().splitlines()
     assert sheet[1].split(",")[2:4] == ["mqtt.example.org", "8883"]
+
+
+def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_db) -> None:
+    """An on-call engineer's Monday: boxes quiet on the map. The box's last status said why (camera without
+    frames, a clock 5 h behind) and the server had refused its messages, but `device ls`, the API and the
+    metrics dropped all of it; `device ls` and road_devices said `online` where the API said `stale`."""
+    from fleet_server.config import AggregateConfig
+    from fleet_server.metrics import DeviceCollector
+    from fleet_server.store import Batch, store_batch
+
+    now = datetime.now(UTC)
+    behind = (now - timedelta(hours=5)).isoformat().replace("+00:00", "Z")
+    statuses = [("veh-cam", {"state": "online", "sent_at": behind, "queue_depth": 0,
+                             "health": {"camera": "no_frames", "gnss": "ok", "uplink": "connected"},
+                             "counters": {"events_no_fix": 0}}, now),
+                ("veh-ok", {"state": "online", "sent_at": now.isoformat(), "queue_depth": 0,
+                            "health": {"camera": "ok", "gnss": "ok"}, "m_per_frame": 7.2}, now),
+                ("veh-gone", {"state": "online", "queue_depth": 3}, now)]
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        store_batch(conn, Batch(statuses=statuses), AggregateConfig())
+        conn.execute("UPDATE devices SET last_seen = now() - interval '11 minutes' WHERE id = 'veh-gone'")
+        for _ in range(5):
+            conn.execute("INSERT INTO rejected (source, topic, device_id, reason, raw) VALUES "
+                         "('mqtt', 'roadmon/v1/veh-bad/event', 'veh-bad', 'not JSON', '\\x00')")
+    listed = {d["id"]: d for d in json.loads(cli.run("device", "ls", "--json").output)}
+    assert {k: d["state"] for k, d in listed.items()} == {
+        "veh-cam": "online", "veh-ok": "online", "veh-gone": "stale"}   # veh-bad: refused, never stored
+    cam = listed["veh-cam"]
+    assert cam["health"]["camera"] == "no_frames" and -5 * 3600 - 60 < cam["clock_offset_s"] < -5 * 3600 + 60
+    assert any("camera gives no frames" in p for p in cam["problems"])
+    assert any(p.startswith("clock 5.0 h behind") for p in cam["problems"])
+    assert listed["veh-ok"]["problems"] == ["a frame every 7.2 m while driving: too slow for its speed, defects "
+                                            "are missed"]
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id) VALUES ('veh-bad') ON CONFLICT DO NOTHING")
+    bad = {d["id"]: d for d in json.loads(cli.run("device", "ls", "--json").output)}["veh-bad"]
+    assert bad["refused_24h"] == 5 and bad["problems"] == ["5 messages refused in 24 h, most for: not JSON"]
+    table = cli.run("device", "ls").output
+    assert "stale" in table and "camera gives no frames" in table and "5 messages refused" in table
+
+    def fetch(sql: str) -> list[tuple]:
+        with psycopg.connect(fresh_db) as conn:
+            return conn.execute(sql).fetchall()
+
+    states = {sample.labels["state"]: sample.value for metric in DeviceCollector(fetch, 600.0).collect()
+              if metric.name == "road_devices" for sample in metric.samples}
+    assert states == {"online": 2.0, "stale": 1.0, "unknown": 1.0}

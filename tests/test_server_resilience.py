@@ -67,6 +67,7 @@ def test_worker_restart_loses_nothing(make_cfg, mqtt_device, service_info, fresh
 
 def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> None:
     from fleet_server.ingest import IngestWorker
+    from fleet_server.metrics import INGEST_BROKER_CONNECTED
     from fleet_server.migrate import migrate
 
     migrate(fresh_db)
@@ -82,10 +83,14 @@ def test_worker_survives_broker_restart(private_broker, fresh_db, tmp_path) -> N
         dev.publish("event", first)
         assert wait_for(lambda: first["event_id"] in dev.acked_events())
         dev.close()
-        mq.kill()
+        connected = INGEST_BROKER_CONNECTED.labels(client=worker.client_id)
+        assert connected._value.get() == 1
+        mq.kill()  # a dead broker sends no Last Will: this gauge is what the alert RoadIngestBrokerUnreachable sees
         assert wait_for(lambda: not worker.connected.is_set(), timeout_s=10)
+        assert connected._value.get() == 0
         mq.up()
         assert worker.wait_subscribed(30), "worker did not reconnect and subscribe again"
+        assert connected._value.get() == 1
         dev = DeviceClient("127.0.0.1", mq.port, "veh-r", "pw-r")
         second = make_event("veh-r", 48.2, 11.5)
         dev.publish("event", second)

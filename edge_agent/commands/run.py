@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands import config_option, finite
-from edge_agent.config.tracker import SPARSE_FRAMES_M
+from roadmon_contract.status import SPARSE_FRAMES_M
 
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 

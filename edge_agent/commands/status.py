@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
-from edge_agent.config.tracker import SPARSE_FRAMES_M
 from edge_agent.link.heartbeat import FULL_DISK_MB, age_s, ago_text, is_stale, seconds_text
+from roadmon_contract.status import SPARSE_FRAMES_M
 
 out = Console()
 # The GNSS reader's and the camera's states on the health board (edge_agent/health.py): anything but these two
@@ -154,7 +154,7 @@ def _camera_text(info: dict[str, Any]) -> str:
 
 def _fps_text(info: dict[str, Any]) -> str:
     """Frames through the detector a second and, while driving, metres between them (yellow when too far apart
-    for the tracker: config.tracker.SPARSE_FRAMES_M)."""
+    for the tracker: roadmon_contract.status.SPARSE_FRAMES_M)."""
     if info["fps"] is None:
         return "-"
     step = info.get("m_per_frame")

@@ -6,11 +6,6 @@ from pydantic import Field
 
 from roadmon_contract.config_base import Section
 
-# Metres driven per processed frame beyond which a pothole the model finds from ~15 m, and that passes under the
-# bonnet at ~4 m, is often boxed in fewer than two frames: a box too slow for its speed. A simulated drive (seed
-# 1, 7 potholes) processed a frame every 5.1 / 6.6 / 7.9 m gave 7 / 4 / 3 pothole events.
-SPARSE_FRAMES_M = 6.0
-
 
 class TrackerConfig(Section):
     min_frames: int = Field(3, ge=1, description="Frames a track needs before it may become an event; only boxes "

@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from edge_agent.config.tracker import SPARSE_FRAMES_M
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
+from roadmon_contract.status import SPARSE_FRAMES_M
 
 DARK_STD = 2.0  # a frame whose pixels vary less than this is black, covered or frozen grey
 

@@ -1,4 +1,4 @@
-// The devices view: each vehicle's state, last heartbeat, queue depth, model and fps.
+// The devices view: each vehicle's state, last heartbeat, queue depth, model, fps and why it may be quiet.
 import { escapeHtml, formatTime } from "./model.js";
 
 export function renderDevices(tbody, devices, onSelect) {
@@ -11,12 +11,13 @@ export function renderDevices(tbody, devices, onSelect) {
       <td>${formatTime(d.lastSeen)}</td>
       <td>${d.queueDepth ?? "–"}</td>
       <td>${escapeHtml(d.model || "–")}</td>
-      <td>${d.fps !== undefined && d.fps !== null ? Number(d.fps).toFixed(1) : "–"}</td>`;
+      <td>${d.fps !== undefined && d.fps !== null ? Number(d.fps).toFixed(1) : "–"}</td>
+      <td class="problems">${escapeHtml(d.problems.join("; ")) || "–"}</td>`;
     tr.title = d.fix ? "show the last fix on the map" : "no fix reported yet";
     tr.addEventListener("click", () => onSelect(d));
     return tr;
   }));
   if (!sorted.length) {
-    tbody.innerHTML = '<tr><td colspan="6" class="hint">no devices yet</td></tr>';
+    tbody.innerHTML = '<tr><td colspan="7" class="hint">no devices yet</td></tr>';
   }
 }

@@ -133,6 +133,7 @@ export function deviceFields(d) {
     lastSeen: first(d, "last_seen", "last_seen_at"),
     queueDepth: first(d, "queue_depth") ?? first(status, "queue_depth"),
     fps: first(d, "fps") ?? first(status, "fps"),
+    problems: Array.isArray(d.problems) ? d.problems : [],
     model: typeof model === "object" && model ? [model.name, model.version].filter(Boolean).join(" ") : model,
     fix: fix && Number.isFinite(Number(fix.lat)) && Number.isFinite(Number(fix.lon))
       ? { lat: Number(fix.lat), lon: Number(fix.lon) } : null,
