@@ -473,6 +473,8 @@ def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """A device's latest command results (stored by the ingest workers)."""
     with connect(cfg().database) as conn:
+        if conn.execute("SELECT 1 FROM devices WHERE id = %s", (device_id,)).fetchone() is None:
+            _fail(f"no device {device_id!r} (`fleet-server device ls` lists them)")  # an empty table said "none"
         rows = conn.execute("""SELECT received_at, name, payload FROM command_results WHERE device_id = %s
                                ORDER BY received_at DESC, id DESC LIMIT %s""", (device_id, limit)).fetchall()
     if as_json:

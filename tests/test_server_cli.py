@@ -349,8 +349,11 @@ def test_tables_show_what_devices_sent_as_text_not_as_rich_markup(cli, fresh_db)
     """A command result is written by the device: markup in it ("[link=...]", "[bold red]") is shown, not run."""
     payload = {"status": "[bold red]done[/] [link=https://evil.example]click[/link]"}
     with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id) VALUES ('veh-9')")
         conn.execute("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
                      ("veh-9", "[blink]config-reload[/blink]", json.dumps(payload)))
+    unknown = cli.run("cmd", "results", "veh-nope")   # was an empty table and exit 0, as if it had none
+    assert unknown.exit_code == 1 and "no device 'veh-nope'" in unknown.output
     out = cli.run("cmd", "results", "veh-9")
     assert out.exit_code == 0, out.output
     assert "[blink]config-reload[/blink]" in out.output
