@@ -9,6 +9,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -80,6 +81,29 @@ def test_without_the_image_a_crack_keeps_its_box_diagonal() -> None:
     assert geo.line_box(box, grey, (300, 250, 360, 280)).axis_deg is None
 
 
+def test_a_net_of_cells_is_an_area_and_a_stroke_is_a_line() -> None:
+    """Alligator cracking, most of the real survey frames' cracks, had its principal axis taken as a line: an
+    arbitrary diagonal across the lane on the map. A net of strokes about as wide as long is an area (no
+    orientation, measured along and across the road); one stroke stays a line."""
+    geo = Geolocator(drive_camera(640, 360))
+    bbox = (260, 240, 380, 300)
+    box = geo.ground_box(bbox)
+    net = np.full((360, 640, 3), 110, np.uint8)
+    for x in range(265, 380, 14):
+        cv2.line(net, (x, 242), (x + 4, 298), (60, 60, 60), 1)
+    for y in range(244, 300, 8):
+        cv2.line(net, (262, y), (378, y + 2), (60, 60, 60), 1)
+    area = geo.line_box(box, net, bbox)
+    assert area.area and area.axis_deg is None and area.length_m > 0.3 and area.width_m > 0.3
+    stroke = np.full((360, 640, 3), 110, np.uint8)
+    cv2.line(stroke, (265, 295), (375, 245), (60, 60, 60), 2)
+    line = geo.line_box(box, stroke, bbox)
+    assert not line.area and line.axis_deg is not None and line.width_m < 0.3 * line.length_m
+    pose = type("Pose", (), {"lat": 48.1, "lon": 11.5, "h_std_m": 0.5})()
+    assert Geolocator.combine([(area, pose, 0.0), (area, pose, 0.0), (line, pose, 0.0)]).orientation_deg is None
+    assert Geolocator.combine([(area, pose, 0.0), (line, pose, 0.0), (line, pose, 0.0)]).orientation_deg is not None
+
+
 class RenamedTruth(TruthDetector):
     """The simulator's boxes under a customer model's names: "crack" is called "Longitudinal crack"."""
 
@@ -107,8 +131,10 @@ def test_a_models_own_crack_name_is_a_line_once_configured(drive: tuple[Path, li
         cracks = [e for _, e in agent.outbox.iter_events() if e["class"] == "Longitudinal crack"]
     assert len(cracks) >= 4
     warned = [r.getMessage() for r in caplog.records if "not in tracker.line_classes" in r.getMessage()]
-    if line_classes:
-        assert all("orientation_deg" in e["size_m"] for e in cracks) and not warned
+    if line_classes:  # lines get an orientation; alligator patches are areas (test_a_net_of_cells_is_an_area)
+        lines = [e for e in cracks if "orientation_deg" in e["size_m"]]
+        assert len(lines) >= 3 and not warned
+        assert all(e["size_m"]["width"] >= 0.4 * e["size_m"]["length"] for e in cracks if e not in lines)
     else:
         assert not any("orientation_deg" in e["size_m"] for e in cracks)
         assert any("'Longitudinal crack'" in w for w in warned)

@@ -93,6 +93,26 @@ def test_model_eval_cli_on_a_set_with_known_ap(tmp_path):
     assert table.exit_code == 0 and "0.833" in table.output
 
 
+def test_model_eval_label_map_pairs_labels_with_a_model_numbered_otherwise(tmp_path):
+    """An RDD2022-style model (D00 cracks, D40 potholes) on a set whose pothole labels are class 0: matched by id
+    the potholes were scored as D00, AP near 0, without a word. --label-map 0=D40 pairs them."""
+    one = three_boxes()
+    out = np.zeros((1, 6, one.shape[2]), np.float32)
+    out[0, :4], out[0, 5] = one[0, :4], one[0, 4]   # every box is class 1, D40
+    model = constant_model(tmp_path / "rdd.onnx", out, names="{0: 'D00', 1: 'D40'}")
+    data = known_ap_set(tmp_path / "set")
+    base = ["model", "eval", "--model", str(model), "--data", str(data), "--json"]
+    by_id = json.loads(CliRunner().invoke(app, base).stdout.strip().splitlines()[-1])
+    assert by_id["per_class"]["D00"]["ap50"] == 0.0
+    mapped = CliRunner().invoke(app, [*base, "--label-map", "0=D40"])
+    assert mapped.exit_code == 0, mapped.output
+    result = json.loads(mapped.stdout.strip().splitlines()[-1])
+    assert result["per_class"]["D40"]["ap50"] == pytest.approx(KNOWN_AP) and result["per_class"]["D40"]["n_gt"] == 4
+    assert CliRunner().invoke(app, [*base, "--label-map", "1=D40"]).exit_code == 0   # label 0 left out
+    bad = CliRunner().invoke(app, [*base, "--label-map", "0=D99"])
+    assert bad.exit_code == 2 and "no class 'D99'" in bad.output
+
+
 def test_model_eval_cli_scores_a_tensorflow_style_model_like_its_pixel_twin(tmp_path):
     """NHWC input, boxes as fractions of the input, no class names: the AP is the pixel model's, not 0."""
     out = three_boxes()

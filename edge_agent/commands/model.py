@@ -110,11 +110,15 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
                                                                    "must exist)"),
              threads: int = _threads(),
              names: str | None = _names_option(),
+             label_map: str | None = typer.Option(
+                 None, "--label-map", help="Which model class each label id is, e.g. 0=D40,1=D00 (by the model's "
+                                           "class name or id); labels of ids not listed are left out. Default: "
+                                           "label id = model class id"),
              mirror_pass: bool = typer.Option(False, "--mirror-pass",
                                               help="Look at each image mirrored too and fuse the two passes "
                                                    "(detector.mirror_pass)")) -> None:
     """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
-    from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, plot_pr
+    from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, parse_label_map, plot_pr
 
     if plot is not None and plot.suffix.lower() != ".png":  # matplotlib would write PLOT.png and we'd say PLOT
         raise typer.BadParameter(f"{plot}: give a file name ending in .png", param_hint="'--plot'")
@@ -127,10 +131,14 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
         raise typer.Exit(2)
     det = _load(model, threads, names, mirror_pass=mirror_pass)
     thr = threshold  # None: each class at its own working threshold
+    try:
+        mapping = None if label_map is None else parse_label_map(label_map, list(det.info.classes))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--label-map'") from None
     with _progress(as_json) as bar:
         task = bar.add_task("evaluating", total=n)
         try:
-            result = evaluate_dataset(det, data, thr, progress=lambda: bar.advance(task))
+            result = evaluate_dataset(det, data, thr, progress=lambda: bar.advance(task), label_map=mapping)
         except ValueError as exc:
             err.print(f"[red]cannot evaluate:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None

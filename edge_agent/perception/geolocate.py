@@ -26,7 +26,11 @@ percentile, so a speck of noise does not stretch it), the position is the middle
 angle in the vehicle frame becomes, with the heading, the crack's compass orientation (0-180°). Views are
 combined as above, the orientation as a weighted axial mean. Without the image, or with too few stroke pixels,
 the view keeps the box's extent with its diagonal as the length (a crack's box is spanned by its ends) and no
-orientation.
+orientation. Strokes spread about as wide as long (AREA_ASPECT) are a net of cells, alligator or block cracking:
+an area with no axis to follow, measured like a blob along and across the road. On real survey frames, where most
+cracking is such nets, their principal axis was an arbitrary diagonal and the map drew each patch as a line
+across the lane. A track's orientation comes from its line views when they outweigh its area views; otherwise
+the crack is an area (no orientation: the server keeps it as a point defect with its size).
 
 Uncertainty of one view (1 sigma, metres), growing with range d from a camera at height h:
     sigma_proj = sqrt(projection_sigma_m² + (2 px · ground metres per pixel at the box's bottom)²
@@ -58,6 +62,7 @@ STROKE_KERNEL_PX = 9            # black-hat kernel: wider than a crack's stroke,
 STROKE_MIN_CONTRAST = 8.0       # grey levels a stroke pixel must be darker than its surroundings, at least
 STROKE_MIN_PIXELS = 8           # fewer stroke pixels than this measure nothing
 STROKE_MAX_PIXELS = 4000        # enough for the axis; more only costs time
+AREA_ASPECT = 0.5               # strokes at least this wide across their axis as along it are an area (module doc)
 
 
 class PoseLike(Protocol):
@@ -85,6 +90,7 @@ class GroundBox:
     size_sigma_m: float = 0.0  # 1-sigma of width and length: a box edge's error on the road at the far edge
     axis_deg: float | None = None  # a line's long axis, degrees from forward towards the left, [0, 180)
     length_seen: bool = True  # False: the far edge was above the horizon or beyond range, length_m is 0
+    area: bool = False        # a line class measured as a net of cells (alligator): an area, no axis
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,11 @@ class Geolocator:
         minor = np.array([-major[1], major[0]])
         along_lo, along_hi = np.percentile((points - mean) @ major, [1, 99])
         across_lo, across_hi = np.percentile((points - mean) @ minor, [1, 99])
+        if across_hi - across_lo >= AREA_ASPECT * (along_hi - along_lo):
+            lo, hi = np.percentile(points, [1, 99], axis=0)
+            return replace(box, forward_m=float(lo[0] + hi[0]) / 2, left_m=float(lo[1] + hi[1]) / 2,
+                           length_seen=True, length_m=float(hi[0] - lo[0]), width_m=float(hi[1] - lo[1]),
+                           axis_deg=None, area=True)
         centre = mean + major * (along_lo + along_hi) / 2 + minor * (across_lo + across_hi) / 2
         return replace(box, forward_m=float(centre[0]), left_m=float(centre[1]), length_seen=True,
                        length_m=float(along_hi - along_lo), width_m=float(across_hi - across_lo),
@@ -229,7 +240,7 @@ class Geolocator:
         if not views:
             return None
         lat0, lon0 = Geolocator.to_world(*views[0])
-        east = north = wsum = gnss = proj_w = width = length = size_w = length_w = 0.0
+        east = north = wsum = gnss = proj_w = width = length = size_w = length_w = line_w = area_w = 0.0
         axial = np.zeros(2)  # a line's orientation: doubled angles, so that 179° and 1° average to 0°
         for box, pose, heading in views:
             lat, lon = Geolocator.to_world(box, pose, heading)
@@ -247,12 +258,15 @@ class Geolocator:
             if box.length_seen:
                 length += ws * box.length_m
                 length_w += ws
+            area_w += ws if box.area else 0.0
             if box.axis_deg is not None:
                 bearing = math.radians(2 * (heading - box.axis_deg))  # the axis as a compass bearing, doubled
                 axial += ws * np.array([math.cos(bearing), math.sin(bearing)])
+                line_w += ws
         lat, lon = offset_latlon(lat0, lon0, east / wsum, north / wsum)
         h_acc = math.sqrt((gnss / wsum) ** 2 + 1.0 / proj_w)
-        orientation = math.degrees(math.atan2(axial[1], axial[0])) / 2 % 180.0 if axial.any() else None
+        line = axial.any() and line_w > area_w  # mostly seen as a net of cells: an area (module doc)
+        orientation = math.degrees(math.atan2(axial[1], axial[0])) / 2 % 180.0 if line else None
         # No view saw the far edge: a defect as long as it is wide (a pothole is roughly round) rather than 0 m.
         length = length / length_w if length_w else width / size_w
         return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length,
