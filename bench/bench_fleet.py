@@ -5,7 +5,11 @@ as its own process, provisions the simulated vehicles (devices rows and broker l
 simulated days (each vehicle with its own MQTT 5 login and outbox: re-sent until the server acks), reads the
 server's defects back after every simulated half hour, and prints the map-quality table (docs/fleet_sim.md).
 
+`--detector real-frames` gives the simulated vehicles the bundled model's per-pass recall and false events as
+measured on real survey frames (bench/bench_real_frames.py) instead of on rendered drives.
+
 Usage: python -m bench.bench_fleet [--vehicles 60] [--days 8] [--seed 1] [--quick] [--json-out FILE]
+                                  [--detector rendered|real-frames]
                                   [--set aggregate.repair_chance=0.005 ...]   (server settings for the run)
 Exit code 0 when it ran (goals are reported, not enforced), 1 when messages stayed unacked, 2 when it could not run.
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 import tomli_w
 
 from bench.bench_server import fresh_database
-from fleet_sim.calibration import DetectionParams
+from fleet_sim.calibration import REAL_FRAMES_FP_PER_KM, REAL_FRAMES_P_DETECT, DetectionParams
 from fleet_sim.defects import DAY_S
 from fleet_sim.provision import provision
 from fleet_sim.report import goals, print_report
@@ -82,6 +86,9 @@ def main() -> int:
     parser.add_argument("--footprint-half-width", type=float, default=None,
                         help="half width (m) the vehicles report in their coverage records' footprint_m; the "
                              "agent's own with the rendered drives' camera by default (14.43)")
+    parser.add_argument("--detector", choices=("rendered", "real-frames"), default="rendered",
+                        help="the detection model's per-pass recall and false events: as measured on rendered "
+                             "drives, or on real survey frames (fleet_sim.calibration)")
     parser.add_argument("--json-out", type=Path, help="write the result as JSON here")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a server setting for this run, e.g. aggregate.repair_chance=0.005 (repeatable)")
@@ -109,6 +116,9 @@ def main() -> int:
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(folder / "ingest.log", "w"))  # noqa: SIM115
     try:
         detection = DetectionParams()
+        if args.detector == "real-frames":
+            detection = replace(detection, p_detect=tuple(REAL_FRAMES_P_DETECT.items()),
+                                fp_per_km=tuple(REAL_FRAMES_FP_PER_KM.items()))
         if args.footprint_half_width is not None:
             detection = replace(detection, footprint_half_width_m=args.footprint_half_width)
         params = WorldParams(seed=args.seed, vehicles=args.vehicles, grid=(args.grid, args.grid),
@@ -126,6 +136,7 @@ def main() -> int:
         stats = runner.run(args.days, progress=sys.stderr.isatty())
         scorer = runner.scorer()
         result = {"bench": "fleet", "vehicles": args.vehicles, "days": args.days, "seed": args.seed,
+                  "detector": args.detector,
                   "server_settings": settings,
                   "city_km": round(world.net.length_km, 1), "defects_total": len(world.field.defects),
                   "k_passes": scorer.k_passes(), "confirmation": scorer.confirmation(world.truth.first_detected),
