@@ -150,3 +150,42 @@ def test_a_slow_box_at_speed_still_finds_the_potholes_or_says_why_not(tmp_path: 
         got = score_by_class(stored_events(drive / "outbox.db"), drive / "defects.geojson",
                              truth=TruthTrack(drive / "truth.csv"))["pothole"]
         assert got.precision >= 0.9 and got.recall >= 0.85, got
+
+
+def test_a_camera_that_repeats_frames_is_read_as_the_frames_it_really_took(tmp_path: Path) -> None:
+    """Each frame of a 5 fps drive written three times into a 15 fps video (a stalled camera; a video made
+    constant-rate by repeating frames): the repeats, seen while the vehicle drove on, are skipped, so the
+    metres per frame are the real ones and the events those of the drive itself."""
+    import cv2
+
+    if not BUNDLED.exists():
+        pytest.skip("the bundled model (models/bundled/model.onnx) is not there yet")
+    drive = tmp_path / "drive"
+    sim = edge_agent("sim", "drive", "--out", str(drive), "--seed", "1", "--minutes", "0.75", "--gps-noise-m", "0",
+                     "--defects", "10", "--potholes", "7", "--fps", "5")
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    stutter = tmp_path / "stutter"
+    stutter.mkdir()
+    cap = cv2.VideoCapture(str(drive / "video.mp4"))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    height, width = frames[0].shape[:2]
+    out = cv2.VideoWriter(str(stutter / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (width, height))
+    for frame in frames:
+        for _ in range(3):
+            out.write(frame)
+    out.release()
+    meta = json.loads((drive / "drive.json").read_text()) | {"fps": 15.0, "frames": 3 * len(frames)}
+    (stutter / "drive.json").write_text(json.dumps(meta))
+    summaries = {}
+    for folder in (drive, stutter):
+        done = edge_agent("replay", "--video", str(folder / "video.mp4"), "--nmea", str(drive / "drive.nmea"),
+                          "--config", str(drive / "agent.toml"), "--outbox", str(folder / "outbox.db"), "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        summaries[folder.name] = json.loads(done.stdout.strip().splitlines()[-1])
+    real, repeated = summaries["drive"], summaries["stutter"]
+    assert real["frames_repeated"] == 0
+    assert repeated["frames_repeated"] >= 0.4 * 2 * len(frames), repeated   # copies while driving 0.5 m or more
+    assert repeated["m_per_frame"] == pytest.approx(real["m_per_frame"], rel=0.2)   # not a third of it
+    assert repeated["events"] == real["events"] > 0

@@ -144,6 +144,12 @@ def projector() -> GroundProjector:
     return GroundProjector(Intrinsics.from_hfov(W, H, 90.0), Mount(height_m=1.4, pitch_deg=12.0))
 
 
+def frame(k: int) -> np.ndarray:
+    """Frame K of a drive: unlike the one before it, as a camera's are (a picture that repeats the last one while
+    the vehicle moves is skipped by the pipeline); the truth detectors here do not look at it."""
+    return np.full((H, W, 3), 80 + 20 * (k % 2), np.uint8)
+
+
 def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noise_m: float = 3.0, seed: int = 3,
           fail_frames: set[int] | None = None, path=route, defects: list | None = None,
           gnss_until_s: float | None = None, events_cfg: dict | None = None, miss: float = 0.15,
@@ -163,7 +169,6 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
                 and (gnss_gap_s is None or not (START + timedelta(seconds=gnss_gap_s[0]) < f.utc
                                                 < START + timedelta(seconds=gnss_gap_s[1])))]
     feed = FixFeed(iter(recorded), position_filter)
-    image = np.full((H, W, 3), 90, np.uint8)
     events = []
     for k in range(int(seconds * FPS)):
         utc = START + timedelta(seconds=k / FPS)
@@ -171,7 +176,7 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
         feed.until(t)
         east, north, heading, _ = path(k / FPS)
         detector.pose = (east, north, heading)
-        events += pipeline.process(image, t, utc=utc)
+        events += pipeline.process(frame(k), t, utc=utc)
     events += pipeline.finish()
     return events, defects, pipeline, outbox, health
 
@@ -245,7 +250,7 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         pipeline = Pipeline(cfg, detector, PositionFilter(cfg.gnss), projector, outbox)
         for k in range(60):
             detector.pose = (0.0, 12.0 * k / FPS, 0.0)
-            pipeline.process(np.zeros((H, W, 3), np.uint8), 1000.0 + k / FPS)
+            pipeline.process(frame(k), 1000.0 + k / FPS)
         assert pipeline.finish() == []
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
@@ -281,7 +286,7 @@ def test_a_defect_first_seen_before_the_first_fix_becomes_one_event(projector: G
             feed.until(virtual_mono(utc))
             east, north, heading, _ = route(k / FPS)
             detector.pose = (east, north, heading)
-            events += pipeline.process(np.zeros((H, W, 3), np.uint8), virtual_mono(utc), utc=utc)
+            events += pipeline.process(frame(k), virtual_mono(utc), utc=utc)
         events += pipeline.finish()
         assert len(events) == 1, pipeline.summary()
         event = events[0]
@@ -504,7 +509,7 @@ def write_recording(folder: Path, seconds: int = 4, fps: float = 15.0, size=(320
     folder.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(folder / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     for k in range(int(seconds * fps)):
-        writer.write(np.full((size[1], size[0], 3), 80 + k % 50, np.uint8))
+        writer.write(np.full((size[1], size[0], 3), 60 + 4 * (k % 30), np.uint8))
     writer.release()
     (folder / "drive.json").write_text(json.dumps({"start_utc": start.isoformat().replace("+00:00", "Z"),
                                                    "fps": fps, "frames": int(seconds * fps)}))

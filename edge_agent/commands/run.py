@@ -53,8 +53,8 @@ def _cannot_start(exc: BaseException) -> None:
 
 def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="replay summary", show_header=False)
-    for key in ("frames", "dropped", "detections", "tracks", "events", "events_merged", "events_held",
-                "events_no_fix", "events_refused", "detector_errors", "coverage_records", "fixes", "fps",
+    for key in ("frames", "frames_repeated", "dropped", "detections", "tracks", "events", "events_merged",
+                "events_held", "events_no_fix", "events_refused", "detector_errors", "coverage_records", "fixes", "fps",
                 "m_per_frame", "inference_ms", "wall_s", "clock", "start_utc", "outbox"):
         if key in summary:
             style = "red" if key in ("events_refused", "detector_errors") and summary[key] else None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from calibration.projector import GroundProjector
@@ -29,6 +30,10 @@ from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm
 log = logging.getLogger(__name__)
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
+# A frame whose 64x36 grey thumbnail differs from the last one's by less than this (mean grey levels) while the
+# vehicle drove REPEAT_MIN_MOVE_M repeats it: a stalled camera or a video made constant-rate by repeating frames.
+REPEAT_MAX_DIFF = 0.25
+REPEAT_MIN_MOVE_M = 0.5
 MAX_HELD_TRACKS = 32  # tracks waiting for a fix hold their crops (full frames too, when configured): bound the memory
 
 
@@ -84,12 +89,13 @@ class Pipeline:
         self._prev_mono: float | None = None
         self._fps: float | None = None
         self._m_per_frame: float | None = None
+        self._thumb: np.ndarray | None = None
         self._inference_ms: float | None = None
         self._detect_s = 0.0
         self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
         self._held_seen_fix: float | None = None  # the newest fix when the held tracks were last looked at
-        self.counts = {"frames": 0, "detections": 0, "events": 0, "events_merged": 0, "events_no_fix": 0,
-                       "events_held": 0, "events_refused": 0, "detector_errors": 0}
+        self.counts = {"frames": 0, "frames_repeated": 0, "detections": 0, "events": 0, "events_merged": 0,
+                       "events_no_fix": 0, "events_held": 0, "events_refused": 0, "detector_errors": 0}
         self.started = time.monotonic()
         self.health.update(model={"name": self.model.name, "version": self.model.version,
                                   "sha256": self.model.sha256})
@@ -132,8 +138,14 @@ class Pipeline:
         if self.counts["frames"] == 0:
             self._check_frame_size(image)
         self.counts["frames"] += 1
-        detections, detector_ok = self._detect(image)
         pose = self.filter.position_at(t_mono)
+        if self._repeats_last_frame(image, t_mono, pose):
+            # The same picture although the vehicle moved: fed to the tracker it contradicts the motion (a
+            # defect that stays put in the image while the road moved on) and split one pothole into two events.
+            self.counts["frames_repeated"] += 1
+            self.health.count("frames_repeated")
+            return []
+        detections, detector_ok = self._detect(image)
         if utc is None:
             utc = self.filter.utc_at(t_mono)
         heading, motion = self.motion.step(t_mono, pose)
@@ -158,7 +170,8 @@ class Pipeline:
     def summary(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         stats = self.tracker.stats
-        return {"frames": self.counts["frames"], "detections": self.counts["detections"],
+        return {"frames": self.counts["frames"], "frames_repeated": self.counts["frames_repeated"],
+                "detections": self.counts["detections"],
                 "tracks": stats["tracks"], "confirmed_tracks": stats["confirmed"],
                 "tracks_not_fixed": stats["not_fixed"], "events": self.counts["events"],
                 "events_merged": self.counts["events_merged"], "events_no_fix": self.counts["events_no_fix"],
@@ -287,6 +300,16 @@ class Pipeline:
             if pose is not None and pose.lat is not None:
                 return pose, obs.heading_deg
         return None, best.heading_deg
+
+    def _repeats_last_frame(self, image: np.ndarray, t_mono: float, pose: Pose | None) -> bool:
+        """Whether IMAGE is the last frame again while the vehicle drove on (REPEAT_MAX_DIFF)."""
+        small = cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32)
+        thumb = small.mean(axis=2) if small.ndim == 3 else small
+        last, self._thumb = self._thumb, thumb
+        if last is None or self._prev_mono is None or pose is None or pose.speed_mps is None:
+            return False
+        moved = pose.speed_mps * (t_mono - self._prev_mono)
+        return moved >= REPEAT_MIN_MOVE_M and float(np.abs(thumb - last).mean()) < REPEAT_MAX_DIFF
 
     def _note_frame(self, t_mono: float, pose: Pose | None) -> None:
         if self._prev_mono is not None and t_mono > self._prev_mono:
