@@ -30,8 +30,7 @@ HEALTH_WORDS = {
 }
 FINE = {"ok", "connected", "starting"}
 
-# The SELECT list device_rows reads (the order matters to DeviceRow.of).
-COLUMNS = "d.id, d.name, d.state, d.last_seen, d.revoked_at, d.state_at, d.last_status, d.queue_depth"
+DEVICES = "SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices ORDER BY id"
 REJECTED_24H = """
 SELECT device_id, count(*), mode() WITHIN GROUP (ORDER BY reason)
 FROM rejected WHERE received_at > now() - interval '24 hours' AND device_id IS NOT NULL GROUP BY device_id
@@ -93,10 +92,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def device_rows(conn: Any, now: datetime, stale_after_s: float, where: str = "") -> list[dict[str, Any]]:
-    """Every device (WHERE filters `d`) with its state and problems; keys as the API answers them."""
+def device_rows(conn: Any, now: datetime, stale_after_s: float) -> list[dict[str, Any]]:
+    """Every device with its state and problems; keys as the API answers them."""
     refused = {r[0]: (int(r[1]), str(r[2])) for r in conn.execute(REJECTED_24H).fetchall()}
-    rows = conn.execute(f"SELECT {COLUMNS} FROM devices d {where} ORDER BY d.id").fetchall()
+    rows = conn.execute(DEVICES).fetchall()
     out = []
     for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth in rows:
         status = status if isinstance(status, dict) else {}
