@@ -194,3 +194,21 @@ def test_bench_fleet_server_settings_reach_the_server_config(tmp_path):
     ServerConfig.model_validate(cfg)  # what the server will read
     with pytest.raises(ValueError, match=r"SECTION\.KEY=VALUE"):
         parse_settings(["repair_chance=0.005"])
+
+
+def test_map_bounds_judges_a_miss_by_each_rule():
+    """bench_map_bounds: the oracle uses the pass's true chance, per-way the way's record with one unseen miss,
+    lateral the chance blended with the record; a way that never found the pothole proves nothing."""
+    from bench.bench_map_bounds import LATERAL_WEIGHT, PotholePass, miss_factor
+
+    history = [PotholePass(0, 1, True, 0.9, True), PotholePass(10, 2, True, 0.9, True),
+               PotholePass(20, 3, True, 0.9, False), PotholePass(30, 4, False, 0.3, False)]
+    north = PotholePass(40, 5, True, 0.9, False)
+    south = PotholePass(50, 6, False, 0.3, False)
+    assert miss_factor("oracle", history, north) == pytest.approx(0.1)
+    assert miss_factor("oracle", history, south) == pytest.approx(0.7)
+    assert miss_factor("per-way", history, north) == pytest.approx(1 - 2 / 4)
+    assert miss_factor("per-way", history, south) == 1.0
+    assert miss_factor("lateral", history, north) == pytest.approx(
+        1 - (LATERAL_WEIGHT * 0.9 + 2) / (LATERAL_WEIGHT + 3))
+    assert miss_factor("lateral", history, south) == 1.0
