@@ -55,6 +55,9 @@ def server_config(folder: Path, dsn: str, info: dict, settings: dict[str, dict[s
                  "client_id_prefix": f"fleet-bench-{secrets.token_hex(3)}"},
         "ingest": {"share_group": f"fleetbench{secrets.token_hex(3)}"},
         "models": {"dir": str(folder / "models")},
+        # 8 simulated days pass in about a minute: the detection curve is learned again every wall second
+        # (a few simulated hours; the default 10 minutes of a real fleet would never come round here).
+        "aggregate": {"detection_curve_refresh_s": 1.0},
     }
     for section, values in (settings or {}).items():
         config.setdefault(section, {}).update(values)

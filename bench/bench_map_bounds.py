@@ -10,6 +10,8 @@ simulator's truth alone (no server: every sighting's true defect is known).
    - `oracle`: knows each pass's true chance of finding the pothole (the best any rule can do);
    - `lateral`: each way's chance from how far the pothole lies beside the path of the vehicles that saw it going
      that way (the simulator's recall-by-offset curve), blended with the pothole's own record;
+   - `learned`: the same with the curve learned from the run's own passes (up to each pothole's last sighting),
+     as a server could learn it from its fleet;
    - `per-way`: the server's rule (migration 016): the pothole's own record per way, one unseen miss assumed.
 
 Usage: python -m bench.bench_map_bounds [--seeds 1,2] [--days 8] [--vehicles 60] [--quick]
@@ -41,8 +43,10 @@ from fleet_sim.vehicles import EdgePass
 from fleet_sim.world import World, WorldParams
 
 CHANCES = (0.03, 0.01, 0.003, 0.001)
-RULES = ("oracle", "lateral", "per-way")
-LATERAL_WEIGHT = 4.0  # the `lateral` rule's prior counts as this many passes
+RULES = ("oracle", "lateral", "learned", "per-way")
+LATERAL_WEIGHT = 4.0  # the `lateral` and `learned` rules' prior counts as this many passes
+BIN_M = 0.5           # `learned`: the curve's bins of offset beside the path
+MIN_BIN_PASSES = 30   # `learned`: fewer passes in a bin and the rule falls back to per-way
 
 
 @dataclass
@@ -52,6 +56,7 @@ class PotholePass:
     forward: bool
     chance: float    # the true chance that this pass finds it
     found: bool
+    offset: float    # how far the pothole lies beside this vehicle's path, metres
 
 
 class RecordingModel(DetectionModel):
@@ -69,8 +74,9 @@ class RecordingModel(DetectionModel):
         for d in self._by_edge.get(p.edge, ()):
             t, _ = self._travel(p, d.s)
             if d.cls == "pothole" and d.appeared <= t:
-                chance = p_detect("pothole", sign * d.left + LANE_OFFSET_M, self.params)
-                self.passes[d.id].append(PotholePass(t, p.vehicle, p.forward, chance, d.id in found))
+                offset = abs(sign * d.left + LANE_OFFSET_M)
+                chance = p_detect("pothole", offset, self.params)
+                self.passes[d.id].append(PotholePass(t, p.vehicle, p.forward, chance, d.id in found, offset))
         self.sightings += [(p.vehicle, o) for o in out]
         return out
 
@@ -147,7 +153,28 @@ def position_table(world: World, rec: RecordingModel) -> dict[int, tuple[list[fl
 # ------------------------------------------------------------------------------------------------- repairs
 
 
-def miss_factor(rule: str, history: list[PotholePass], miss: PotholePass) -> float:
+Curve = dict[int, tuple[int, int]]  # offset bin -> (passes that found, passes)
+
+
+def learned_curve(rec: RecordingModel) -> Curve:
+    """How often a pass finds a pothole by its offset beside the path, learned as a server could: over every
+    pothole's passes up to its last sighting (it was there), those going a way some earlier pass going it found
+    it (the first finding of a way is what made the way known, so it does not count)."""
+    counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for passes in rec.passes.values():
+        ordered = sorted(passes, key=lambda p: p.t)
+        last = max((i for i, p in enumerate(ordered) if p.found), default=-1)
+        known: set[bool] = set()
+        for p in ordered[:last + 1]:
+            if p.forward in known:
+                counts[int(p.offset // BIN_M)][0] += p.found
+                counts[int(p.offset // BIN_M)][1] += 1
+            if p.found:
+                known.add(p.forward)
+    return {b: (f, n) for b, (f, n) in counts.items()}
+
+
+def miss_factor(rule: str, history: list[PotholePass], miss: PotholePass, curve: Curve | None = None) -> float:
     """The chance that MISS happens while the pothole is there, as RULE judges it from HISTORY (its passes up to
     its last sighting); 1.0: the miss proves nothing (no vehicle going its way has seen it)."""
     way = [p for p in history if p.forward == miss.forward]
@@ -156,15 +183,20 @@ def miss_factor(rule: str, history: list[PotholePass], miss: PotholePass) -> flo
         return 1 - miss.chance
     if found == 0:
         return 1.0
-    if rule == "per-way":
+    prior = miss.chance if rule == "lateral" else None
+    if rule == "learned":
+        f, n = (curve or {}).get(int(miss.offset // BIN_M), (0, 0))
+        prior = f / n if n >= MIN_BIN_PASSES else None
+    if prior is None:  # per-way, or too little learned at this offset
         return 1 - found / (len(way) + 1)
-    return 1 - (LATERAL_WEIGHT * miss.chance + found) / (LATERAL_WEIGHT + len(way))
+    return 1 - (LATERAL_WEIGHT * prior + found) / (LATERAL_WEIGHT + len(way))
 
 
 def judge(rule: str, chance: float, world: World, rec: RecordingModel) -> dict[str, float]:
     """Flag a pothole once the misses since its last sighting (>= 2, by >= 2 vehicles) are less likely than
     CHANCE for one still there; score as bench_fleet does."""
     truth = {d.id: d for d in world.field.defects}
+    curve = learned_curve(rec) if rule == "learned" else None
     mapped = false = eligible = within = 0
     for did, passes in rec.passes.items():
         passes.sort(key=lambda p: p.t)
@@ -181,7 +213,7 @@ def judge(rule: str, chance: float, world: World, rec: RecordingModel) -> dict[s
             if not seen:
                 continue
             since.append(p)
-            factors = [miss_factor(rule, history, m) for m in since]
+            factors = [miss_factor(rule, history, m, curve) for m in since]
             counted = [m for m, f in zip(since, factors, strict=True) if f < 1.0]
             if not flagged and math.prod(factors) <= chance and len(counted) >= 2 \
                     and len({m.vehicle for m in counted}) >= 2:

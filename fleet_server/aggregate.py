@@ -25,7 +25,7 @@ from datetime import timedelta
 
 import psycopg
 
-from fleet_server import metrics
+from fleet_server import metrics, repair_odds
 from fleet_server.config import AggregateConfig
 from roadmon_contract.geodesy import LocalFrame
 
@@ -337,7 +337,7 @@ def refresh(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig
 # miss_same_way_deg) has seen it. The footprint is the camera's view 20 m ahead: a pothole on a street crossed
 # at a junction or on the next street over is inside it but out of the detector's reach, and counting those
 # passes flagged sound defects `likely_repaired` (docs/fleet_sim.md). How much a miss proves is the business
-# of roadmon_still_there_chance (migration 016): passes going a way that rarely finds the defect prove little.
+# of repair_odds.still_there_chance: passes going a way that rarely finds the defect prove little.
 # A defect whose sightings carry no heading counts passes either way.
 RECORD_MISSES = """
 INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at, bearing_deg)
@@ -388,22 +388,14 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
     apply_transitions(conn, rows, cfg)
 
 
-def still_there_chances(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig) -> dict[int, float]:
-    """For each of IDS, how likely its misses since its last sighting are while it is still there (SQL
-    roadmon_still_there_chance, migration 016: each miss judged by how often passes going its way find it)."""
-    if not ids:
-        return {}
-    rows = conn.execute("""SELECT id, roadmon_still_there_chance(id, last_seen, %s, %s) FROM defects
-                           WHERE id = ANY(%s)""", (cfg.miss_same_way_deg, timedelta(seconds=cfg.pass_gap_s), ids))
-    return dict(rows.fetchall())
-
-
 def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: AggregateConfig) -> None:
     """ROWS: (id, status, sightings, passes, misses, miss vehicles) of fresh defects; write the automatic status
     changes they call for, each with its defect_history row."""
-    chances = still_there_chances(conn, [r[0] for r in rows if r[4] >= cfg.repair_misses
+    chances = repair_odds.chances(conn, [r[0] for r in rows if r[4] >= cfg.repair_misses
                                          and r[5] >= cfg.repair_vehicles], cfg)
-    scheduled = _scheduled_before_misses(conn, [r[0] for r in rows if r[1] == "likely_repaired"])
+    flagged = [r[0] for r in rows if r[1] == "likely_repaired"]
+    scheduled = _scheduled_before_misses(conn, flagged)
+    seen_again = _seen_since_flagged(conn, flagged)
     changes: list[tuple[int, str, str, str]] = []
     for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
         repaired = chances.get(defect_id, 1.0) <= cfg.repair_chance
@@ -411,7 +403,7 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
         target = status
         if status in ("new", "confirmed", "scheduled") and repaired:
             target = "likely_repaired"
-        elif status == "likely_repaired" and not repaired:  # seen again
+        elif status == "likely_repaired" and not repaired and defect_id in seen_again:
             target = "scheduled" if defect_id in scheduled else "confirmed" if confirmed else "new"
         elif status == "new" and confirmed:
             target = "confirmed"
@@ -426,6 +418,17 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
                         SELECT id, 'aggregator', old, new, note
                         FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS c(id, old, new, note)""",
                      tuple(list(col) for col in zip(*changes, strict=True)))
+
+
+def _seen_since_flagged(conn: psycopg.Connection, ids: list[int]) -> set[int]:
+    """Those of IDS with a sighting stored since they became `likely_repaired`. Only a sighting takes a defect
+    off that status: the detection curve is learned again as the fleet drives, and a later miss judged with a
+    newer curve must not undo the flag by itself."""
+    if not ids:
+        return set()
+    return {r[0] for r in conn.execute("""SELECT d.id FROM defects d WHERE d.id = ANY(%s) AND EXISTS (
+                                            SELECT 1 FROM sightings s WHERE s.defect_id = d.id
+                                            AND s.stored_at >= d.status_changed_at)""", (ids,))}
 
 
 def _scheduled_before_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:

@@ -234,11 +234,25 @@ class AggregateConfig(Section):
     confirm_sightings: int = Field(2, ge=1, description="Sightings needed for new -> confirmed")
     confirm_passes: int = Field(2, ge=1, description="Distinct passes needed for new -> confirmed")
     repair_misses: int = Field(2, ge=1, description="Fewest misses since the last sighting for -> likely_repaired")
-    repair_chance: float = Field(0.01, gt=0, le=1,
+    repair_chance: float = Field(0.001, gt=0, le=1,
                                  description="...and only once the misses are this unlikely for a defect still "
                                              "there, each judged by how often passes going its way found the "
-                                             "defect before; 1 = the miss counts alone")
+                                             "defect before and by the fleet's detection rate at its offset "
+                                             "beside the path; 1 = the miss counts alone")
     repair_vehicles: int = Field(2, ge=1, description="Distinct vehicles among those misses")
+    miss_prior_passes: float = Field(4.0, ge=0, le=100,
+                                     description="How many passes' worth the fleet's detection rate at a defect's "
+                                                 "offset beside the path counts for against the defect's own "
+                                                 "record when a miss is judged; 0 = its own record alone")
+    offset_bin_m: float = Field(0.5, gt=0, le=5, description="Width of the offset bins of the detection curve "
+                                                             "(metres beside the vehicle's path)")
+    offset_bin_min_passes: int = Field(30, ge=1, description="Fewest passes in an offset bin before the curve is "
+                                                             "used there (else the defect's own record alone)")
+    detection_curve_refresh_s: float = Field(600.0, ge=0,
+                                             description="How often an ingest worker learns the detection curve "
+                                                         "again from the stored sightings and misses; 0 = never")
+    detection_curve_days: float = Field(14.0, gt=0, le=365, description="The curve is learned from defects seen "
+                                                                        "within this many days")
     footprint_half_width_m: float = Field(3.5, gt=0, description="Half width of the camera's view on the road "
                                                                  "when a coverage record does not say")
     miss_reach_m: float = Field(6.0, gt=0, le=100,

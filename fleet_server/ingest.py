@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from fleet_server import metrics, partitions
+from fleet_server import metrics, partitions, repair_odds
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import Reconnecting
 from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
@@ -268,6 +268,7 @@ class IngestWorker:
         self.reject_policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
+        self._next_curve = 0.0
         self._storing = 0  # messages of the batch being stored now
         self._defer_pause_s = 0.0  # set when a batch left most of itself for later (areas busy elsewhere)
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
@@ -488,6 +489,7 @@ class IngestWorker:
         ing = self.cfg.ingest
         while not self.stopping.is_set():
             self._purge_when_due()
+            self._learn_curve_when_due()
             if self._defer_pause_s:  # before taking the next batch, so that it fills meanwhile
                 self.stopping.wait(self._defer_pause_s)
                 self._defer_pause_s = 0.0
@@ -554,6 +556,20 @@ class IngestWorker:
         if n:
             log.info("%s: deleted %d dead letters older than %g days", self.client_id, n,
                      self.cfg.ingest.rejected_retention_days)
+
+    def _learn_curve_when_due(self) -> None:
+        """Learn the detection curve (repair_odds) again every aggregate.detection_curve_refresh_s; a worker that
+        finds another at it leaves it to that one."""
+        every = self.cfg.aggregate.detection_curve_refresh_s
+        now = time.monotonic()
+        if every <= 0 or now < self._next_curve:
+            return
+        self._next_curve = now + every
+        try:
+            repair_odds.refresh_curve(self._db.get(), self.cfg.aggregate)
+        except (psycopg.Error, OSError, ConfigError) as exc:  # the last curve stays; the next round tries again
+            log.warning("%s: learning the detection curve failed: %s", self.client_id, exc)
+            self._db.drop()
 
     def _store_with_retry(self, batch: Batch) -> Stored | None:
         delay = 0.5

@@ -201,10 +201,10 @@ def test_map_bounds_judges_a_miss_by_each_rule():
     lateral the chance blended with the record; a way that never found the pothole proves nothing."""
     from bench.bench_map_bounds import LATERAL_WEIGHT, PotholePass, miss_factor
 
-    history = [PotholePass(0, 1, True, 0.9, True), PotholePass(10, 2, True, 0.9, True),
-               PotholePass(20, 3, True, 0.9, False), PotholePass(30, 4, False, 0.3, False)]
-    north = PotholePass(40, 5, True, 0.9, False)
-    south = PotholePass(50, 6, False, 0.3, False)
+    history = [PotholePass(0, 1, True, 0.9, True, 1.0), PotholePass(10, 2, True, 0.9, True, 1.0),
+               PotholePass(20, 3, True, 0.9, False, 1.0), PotholePass(30, 4, False, 0.3, False, 1.0)]
+    north = PotholePass(40, 5, True, 0.9, False, 1.0)
+    south = PotholePass(50, 6, False, 0.3, False, 1.0)
     assert miss_factor("oracle", history, north) == pytest.approx(0.1)
     assert miss_factor("oracle", history, south) == pytest.approx(0.7)
     assert miss_factor("per-way", history, north) == pytest.approx(1 - 2 / 4)

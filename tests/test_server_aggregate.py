@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from fleet_server import aggregate
+from fleet_server import aggregate, repair_odds
 from fleet_server.config import ServerConfig
 from fleet_server.store import Batch, store_batch
 from roadmon_contract.geodesy import distance_m
@@ -82,7 +82,7 @@ def seen_by_two_vehicles(cfg: ServerConfig):
 
 
 def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
-    cfg = make_cfg()
+    cfg = make_cfg(aggregate={"repair_chance": 0.01})  # the rule's arithmetic at 1 %
     dsn = cfg.database.resolve_dsn()
     pothole, line, pass_at = seen_by_two_vehicles(cfg)  # seen by two vehicles in two passes: confirmed
     [(defect_id, *_rest, status, _s, _v, _p, misses)] = defects(cfg)
@@ -120,7 +120,7 @@ def test_misses_make_a_defect_likely_repaired(make_cfg) -> None:
 def test_a_scheduled_defect_seen_again_after_misses_goes_back_on_the_schedule(make_cfg) -> None:
     """Misses make a scheduled pothole likely_repaired (the crew may have come early); a sighting after that
     once made it `confirmed`, and the crew's booking fell off the manager's scheduled list."""
-    cfg = make_cfg()
+    cfg = make_cfg(aggregate={"repair_chance": 0.01})  # the rule's arithmetic at 1 %
     pothole, line, pass_at = seen_by_two_vehicles(cfg)
     [(defect_id, *_rest)] = defects(cfg)
     with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
@@ -154,7 +154,7 @@ def test_misses_count_by_the_way_their_vehicles_went(make_cfg) -> None:
     proves as much as passes going that way find it (Laplace: one unseen miss more). Found on 2 of 2
     northbound passes and 1 of 1 southbound: a northbound miss is 1/3 likely while it is there, a southbound
     one 1/2. A pass across it proves nothing."""
-    cfg = make_cfg()
+    cfg = make_cfg(aggregate={"repair_chance": 0.01})  # the rule's arithmetic at 1 %
     dsn = cfg.database.resolve_dsn()
     pothole, (north, south, across), window = street_with_a_pothole()
 
@@ -165,9 +165,7 @@ def test_misses_count_by_the_way_their_vehicles_went(make_cfg) -> None:
 
     def chance() -> float:
         with psycopg.connect(dsn) as conn:
-            return conn.execute("SELECT roadmon_still_there_chance(id, last_seen, %s, %s) FROM defects",
-                                (cfg.aggregate.miss_same_way_deg, timedelta(seconds=cfg.aggregate.pass_gap_s))
-                                ).fetchone()[0]
+            return repair_odds.chances(conn, [defects(cfg)[0][0]], cfg.aggregate)[defects(cfg)[0][0]]
 
     store(cfg, [seen("veh-a", 0, 0.0), seen("veh-b", 1, 0.0), seen("veh-c", 2, 180.0)])
     assert defects(cfg)[0][3:] == ("confirmed", 3, 3, 3, 0)
