@@ -33,7 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fleet_server import metrics, partitions, repair_odds
 from fleet_server.config import ConfigError, ServerConfig
-from fleet_server.db import Reconnecting
+from fleet_server.db import Reconnecting, connect
 from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
 from fleet_server.validate import Invalid, Rejection, check_message, message_ref, parse_json
 from roadmon_contract import topics
@@ -269,6 +269,7 @@ class IngestWorker:
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
         self._next_curve = 0.0
+        self._curve_thread: threading.Thread | None = None
         self._storing = 0  # messages of the batch being stored now
         self._defer_pause_s = 0.0  # set when a batch left most of itself for later (areas busy elsewhere)
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
@@ -394,6 +395,8 @@ class IngestWorker:
         self.stopping.set()
         self._prepare_thread.join(timeout_s)
         self._thread.join(timeout_s)
+        if self._curve_thread is not None:
+            self._curve_thread.join(timeout_s)
         props = Properties(PacketTypes.DISCONNECT)
         if leave:
             props.SessionExpiryInterval = 0
@@ -558,18 +561,23 @@ class IngestWorker:
                      self.cfg.ingest.rejected_retention_days)
 
     def _learn_curve_when_due(self) -> None:
-        """Learn the detection curve (repair_odds) again every aggregate.detection_curve_refresh_s; a worker that
-        finds another at it leaves it to that one."""
+        """Learn the detection curve (repair_odds) again every aggregate.detection_curve_refresh_s, in a thread of
+        its own with its own connection (it reads the recent sightings: seconds on a big fleet, which must not
+        hold up the batches); a worker that finds another at it leaves it to that one."""
         every = self.cfg.aggregate.detection_curve_refresh_s
         now = time.monotonic()
-        if every <= 0 or now < self._next_curve:
+        if every <= 0 or now < self._next_curve or (self._curve_thread and self._curve_thread.is_alive()):
             return
         self._next_curve = now + every
+        self._curve_thread = threading.Thread(target=self._learn_curve, name=f"{self.client_id}-curve", daemon=True)
+        self._curve_thread.start()
+
+    def _learn_curve(self) -> None:
         try:
-            repair_odds.refresh_curve(self._db.get(), self.cfg.aggregate)
+            with connect(self.cfg.database) as conn:
+                repair_odds.refresh_curve(conn, self.cfg.aggregate)
         except (psycopg.Error, OSError, ConfigError) as exc:  # the last curve stays; the next round tries again
             log.warning("%s: learning the detection curve failed: %s", self.client_id, exc)
-            self._db.drop()
 
     def _store_with_retry(self, batch: Batch) -> Stored | None:
         delay = 0.5
