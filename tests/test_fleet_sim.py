@@ -189,7 +189,7 @@ def test_bench_fleet_server_settings_reach_the_server_config(tmp_path):
     settings = parse_settings(["aggregate.repair_chance=0.005", "ingest.batch_size = 200"])
     info = {"mqtt_host": "127.0.0.1", "mqtt_port": 1883, "server_user": "srv", "server_password": "pw"}
     cfg = tomllib.loads(server_config(tmp_path, "postgresql://x", info, settings).read_text())
-    assert cfg["aggregate"] == {"repair_chance": 0.005}
+    assert cfg["aggregate"] == {"repair_chance": 0.005, "detection_curve_refresh_s": 1.0}  # the bench's own, kept
     assert cfg["ingest"]["batch_size"] == 200 and cfg["ingest"]["share_group"].startswith("fleetbench")
     ServerConfig.model_validate(cfg)  # what the server will read
     with pytest.raises(ValueError, match=r"SECTION\.KEY=VALUE"):
