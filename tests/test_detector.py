@@ -427,3 +427,26 @@ def test_a_model_onnx_runtime_cannot_run_is_refused_with_its_cause(tmp_path, cap
         load_detector(DetectorConfig(model=str(path)))
     assert "under development" in str(refused.value).split("…")[-1], str(refused.value)
     assert not [r for r in caplog.records if "trying the next one" in r.getMessage()]
+
+
+def test_the_agent_keeps_onnx_runtime_from_phoning_home(tmp_path):
+    """ONNX Runtime 1.29+ keeps a device id under ~/.cache and uploads usage telemetry to Microsoft unless
+    ORT_DISABLE_TELEMETRY is set when it starts; the agent's package sets it. A session opened in a fresh
+    process with its own home leaves nothing there."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "tiny.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"} | {"HOME": str(home)}
+    env.pop("XDG_CACHE_HOME", None)
+    code = ("import sys; from pathlib import Path; from edge_agent.detect.session import open_session; "
+            "open_session(Path(sys.argv[1]), ['CPUExecutionProvider'])")
+    subprocess.run([sys.executable, "-c", code, str(model)], env=env, check=True, timeout=60)
+    assert list(home.rglob("*")) == []
