@@ -54,6 +54,23 @@ def test_real_server_confirms_and_rejects(make_cfg, workers, mqtt_device, fresh_
     assert stored == {e["event_id"] for e in good}
 
 
+def test_a_clean_stop_waits_for_the_servers_confirmation(make_cfg, workers, mqtt_device,  # noqa: F811
+                                                         service_info, tmp_path: Path) -> None:
+    """A stop closes the drive's last coverage record just before the uplink stops: it is sent and confirmed on the
+    way out, not left `sent` for `queue stats` and doctor to count until the next start."""
+    device, password = mqtt_device()
+    workers(make_cfg(devices=[device]), 1)
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device, outbox, HealthBoard())
+    uplink.start()
+    try:
+        wait_for(lambda: uplink.state == "connected", 30, "the uplink connected")
+        now = utc_now_iso()
+        assert outbox.add_coverage(make_coverage() | {"device_id": device, "started_at": now, "ended_at": now})
+    finally:
+        uplink.stop()
+    assert outbox.stats()["queue_depth"] == 0 and uplink.counters["confirmed"] == 1
+
 
 def test_a_replayed_drive_the_server_refuses_is_reported_everywhere(make_cfg, workers, mqtt_device,  # noqa: F811
                                                                     service_info, tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overd
 # many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
 WRITE_EVERY_S = 0.1
 SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
+SETTLE_S = 2.0          # stopping: how long the server may take to confirm what is in flight
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 # Called on the uplink thread (keep it quick) once the broker has a command's result (PUBACK).
@@ -460,6 +461,7 @@ class Uplink:
         if client is None or not self._connected:
             return
         try:
+            self._settle(client)
             self._publish_results(client)
             status = build_status("stopped", self.device_id, self.outbox, self.health, broker="stopped")
             info = client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
@@ -471,6 +473,16 @@ class Uplink:
             client.loop(0.1)
         except Exception:  # stopping must always finish
             log.exception("uplink: error while saying goodbye")
+
+    def _settle(self, client: mqtt.Client) -> None:
+        """Stopping: send what the last moments added (the coverage record a stop closes) and give the server up to
+        SETTLE_S to confirm what is in flight. Else a clean stop left that record `sent` every time: waiting in
+        `queue stats` and doctor until the next start sent it again."""
+        if self._room() > 0:
+            self._publish_due(client)
+        deadline = time.monotonic() + SETTLE_S
+        while self._outstanding and self._connected and time.monotonic() < deadline:
+            client.loop(0.05)
 
     def _drop_connection(self, client: mqtt.Client) -> None:
         self._connected = False
