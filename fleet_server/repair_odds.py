@@ -29,9 +29,9 @@ from fleet_server.config import AggregateConfig
 log = logging.getLogger(__name__)
 
 CURVE_LOCK = 0x726D_6375  # advisory lock: one worker refreshes the curve at a time
-# The curve is learned from the most recently seen defects only: a few thousand give every bin hundreds of
-# passes, and learning costs ~40 us per sighting (1.7 s for 45,000 sightings on the 2-core bench machine).
-CURVE_DEFECTS = 3000
+# The curve is learned from the most recently seen defects, up to this many sightings in all: that gives every
+# bin hundreds of passes, and learning costs ~40 us per sighting (1.7 s for 45,000 on the 2-core bench machine).
+CURVE_SIGHTINGS = 100_000
 
 # Passes that found each defect: a pass is one device's run of sightings with no gap over pass_gap_s, its way
 # and offset those of its first sighting. Offset: the defect's distance beside the line through the vehicle
@@ -164,15 +164,17 @@ def learn(records: list[Record], cfg: AggregateConfig) -> dict[tuple[str, int], 
 
 
 def refresh_curve(conn: psycopg.Connection, cfg: AggregateConfig) -> int | None:
-    """Learn the curve again from the defects seen in the last `detection_curve_days` (the CURVE_DEFECTS most
-    recent; not dismissed ones: those were never there) and replace the table's rows; None when another worker
-    is at it. Returns the bins kept."""
+    """Learn the curve again from the defects seen in the last `detection_curve_days` (the most recent, up to
+    CURVE_SIGHTINGS sightings; not dismissed ones: those were never there) and replace the table's rows; None
+    when another worker is at it. Returns the bins kept."""
     with conn.transaction():
         if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CURVE_LOCK,)).fetchone()[0]:
             return None
         ids = [r[0] for r in conn.execute(
-            """SELECT id FROM defects WHERE status <> 'dismissed' AND last_seen > now() - %s
-               ORDER BY last_seen DESC LIMIT %s""", (timedelta(days=cfg.detection_curve_days), CURVE_DEFECTS))]
+            """SELECT id FROM (
+                   SELECT id, sum(sighting_count) OVER (ORDER BY last_seen DESC, id) AS running FROM defects
+                   WHERE status <> 'dismissed' AND last_seen > now() - %s) d
+               WHERE running <= %s""", (timedelta(days=cfg.detection_curve_days), CURVE_SIGHTINGS))]
         bins = learn(list(load_records(conn, ids, cfg).values()), cfg)
         conn.execute("DELETE FROM detection_by_offset")
         if bins:
