@@ -307,9 +307,10 @@ first_mean AS (   -- weighted by 1/h^2
                ST_Project(c.g, abs(s.hi), CASE WHEN s.hi < 0 THEN s.theta + pi() ELSE s.theta END)::geometry) AS line
     FROM span s JOIN (SELECT defect_id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography AS g FROM pos) c
          USING (defect_id)
-), misses AS (    -- misses since the (new) last sighting
+), misses AS (    -- misses since the (new) last sighting or a manager's check
     SELECT m.defect_id, count(*) AS n, count(DISTINCT m.device_id) AS vehicles
-    FROM defect_misses m JOIN totals t USING (defect_id) WHERE m.started_at > t.last_seen GROUP BY m.defect_id
+    FROM defect_misses m JOIN totals t USING (defect_id) JOIN defects dd ON dd.id = m.defect_id
+    WHERE m.started_at > greatest(t.last_seen, dd.checked_at) GROUP BY m.defect_id
 )
 UPDATE defects d SET geom = ST_SetSRID(ST_MakePoint(pos.lon, pos.lat), 4326)::geography, h_accuracy_m = pos.acc,
        first_seen = t.first_seen, last_seen = t.last_seen, sighting_count = t.n, vehicle_count = t.vehicles,
@@ -353,7 +354,7 @@ CROSS JOIN LATERAL (   -- its sightings by vehicles going this way, any way
            count(*) AS with_heading
     FROM sightings s WHERE s.defect_id = d.id AND s.heading_deg IS NOT NULL) seen
 WHERE c.coverage_id = ANY(%(ids)s::uuid[]) AND c.detector_active
-  AND d.status = ANY(%(open)s) AND d.last_seen < c.started_at
+  AND d.status = ANY(%(open)s) AND d.first_seen < c.started_at
   AND NOT EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.device_id = c.device_id
                   AND s.captured_at BETWEEN c.started_at - %(slack)s AND c.ended_at + %(slack)s)
   AND (pass.bearing IS NULL OR seen.with_heading = 0 OR seen.same_way > 0)
@@ -381,7 +382,7 @@ def update_status(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig
         counted AS (
             SELECT d.id, count(m.coverage_id) AS misses, count(DISTINCT m.device_id) AS vehicles
             FROM defects d JOIN locked USING (id)
-            LEFT JOIN defect_misses m ON m.defect_id = d.id AND m.started_at > d.last_seen
+            LEFT JOIN defect_misses m ON m.defect_id = d.id AND m.started_at > greatest(d.last_seen, d.checked_at)
             GROUP BY d.id)
         UPDATE defects d SET miss_count = c.misses FROM counted c WHERE d.id = c.id
         RETURNING d.id, d.status, d.sighting_count, d.pass_count, c.misses, c.vehicles""", (ids,)).fetchall()
@@ -411,7 +412,10 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
             changes.append((defect_id, status, target,
                             f"{sightings} sightings in {passes} passes; {misses} misses from {miss_vehicles} vehicles"))
     if changes:
-        conn.execute("""UPDATE defects d SET status = c.status, status_changed_at = now(), updated_at = now()
+        conn.execute("""UPDATE defects d SET status = c.status, status_changed_at = now(), updated_at = now(),
+                               flag_misses_from = CASE WHEN c.status = 'likely_repaired' THEN (
+                                   SELECT min(m.started_at) FROM defect_misses m WHERE m.defect_id = d.id
+                                   AND m.started_at > greatest(d.last_seen, d.checked_at)) END
                         FROM unnest(%s::bigint[], %s::text[]) AS c(id, status) WHERE d.id = c.id""",
                      ([c[0] for c in changes], [c[2] for c in changes]))
         conn.execute("""INSERT INTO defect_history (defect_id, actor, from_status, to_status, note)
@@ -421,14 +425,17 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
 
 
 def _seen_since_flagged(conn: psycopg.Connection, ids: list[int]) -> set[int]:
-    """Those of IDS with a sighting stored since they became `likely_repaired`. Only a sighting takes a defect
-    off that status: the detection curve is learned again as the fleet drives, and a later miss judged with a
-    newer curve must not undo the flag by itself."""
+    """Those of IDS seen after the first of the misses that made them `likely_repaired` began (within MISS_SLACK:
+    the pass of a miss that turned out to have seen it). Only such a sighting takes a defect off that status: an
+    old sighting uploaded late is no evidence against the flag, and a miss judged with a detection curve learned
+    again since must not undo it by itself. Flags from before migration 021 go by any sighting stored since."""
     if not ids:
         return set()
-    return {r[0] for r in conn.execute("""SELECT d.id FROM defects d WHERE d.id = ANY(%s) AND EXISTS (
-                                            SELECT 1 FROM sightings s WHERE s.defect_id = d.id
-                                            AND s.stored_at >= d.status_changed_at)""", (ids,))}
+    return {r[0] for r in conn.execute("""
+        SELECT d.id FROM defects d WHERE d.id = ANY(%s) AND CASE
+            WHEN d.flag_misses_from IS NOT NULL THEN d.last_seen >= d.flag_misses_from - %s
+            ELSE EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.stored_at >= d.status_changed_at)
+        END""", (ids, MISS_SLACK))}
 
 
 def _scheduled_before_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:
@@ -445,8 +452,11 @@ def _scheduled_before_misses(conn: psycopg.Connection, ids: list[int]) -> set[in
 def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: str, actor: str,
                note: str | None) -> None:
     # A note on the same status (a crew moved to Thursday) is history, not a status change.
+    # A manager who sets a defect new or confirmed says it is there: misses before now no longer count.
     conn.execute("""UPDATE defects SET status = %(new)s, updated_at = now(),
-                    status_changed_at = CASE WHEN status = %(new)s THEN status_changed_at ELSE now() END
+                    status_changed_at = CASE WHEN status = %(new)s THEN status_changed_at ELSE now() END,
+                    checked_at = CASE WHEN %(new)s IN ('new', 'confirmed') THEN now() ELSE checked_at END,
+                    miss_count = CASE WHEN %(new)s IN ('new', 'confirmed') THEN 0 ELSE miss_count END
                     WHERE id = %(id)s""", {"new": new, "id": defect_id})
     conn.execute("INSERT INTO defect_history (defect_id, actor, from_status, to_status, note) "
                  "VALUES (%s, %s, %s, %s, %s)", (defect_id, actor, old, new, note))
@@ -516,6 +526,11 @@ def _fold(conn: psycopg.Connection, keep_id: int, drop_id: int, ranks: dict[int,
     conn.execute("""INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at, bearing_deg)
                     SELECT %s, coverage_id, device_id, started_at, ended_at, bearing_deg
                     FROM defect_misses WHERE defect_id = %s ON CONFLICT DO NOTHING""", (keep_id, drop_id))
+    # A pass that missed one of the two but saw the other saw the merged defect: no miss of it (as in assign()).
+    conn.execute("""DELETE FROM defect_misses m USING sightings s
+                    WHERE m.defect_id = %(id)s AND s.defect_id = %(id)s AND s.device_id = m.device_id
+                      AND s.captured_at BETWEEN m.started_at - %(slack)s AND m.ended_at + %(slack)s""",
+                 {"id": keep_id, "slack": MISS_SLACK})
     kept, gone = (conn.execute("SELECT status FROM defects WHERE id = %s", (i,)).fetchone()[0]
                   for i in (keep_id, drop_id))
     conn.execute("UPDATE defect_history SET defect_id = %s WHERE defect_id = %s", (keep_id, drop_id))

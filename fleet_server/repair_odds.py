@@ -1,17 +1,18 @@
-"""How likely a defect's misses since its last sighting are while it is still there: what flags it
-`likely_repaired` (issue 15, docs/server.md "Status").
+"""How likely a defect's misses since its last sighting (or a manager's check) are while it is still there: what
+flags it `likely_repaired` (issue 15, docs/server.md "Status").
 
 Each miss is judged by how often passes going its way find the defect. Two things say that: the defect's own
 record that way (the passes that found it against the misses before its last sighting), and how often the
 fleet's passes find a defect of its class lying as far beside their path as this one lies beside the path of
-the vehicles that found it going that way. The agent places a defect relative to itself to a few centimetres,
-so a sighting's offset beside the path (from its `position`, `vehicle` position and heading) is exact even
-where GNSS is metres off. The fleet's rate by offset (the detection curve) is learned from the server's own
-data: passes of defects up to their last sighting, when they surely were there (`learn`, kept in the table
-`detection_by_offset` and refreshed by the ingest workers). The record alone (Laplace: one unseen miss more)
-needs 5 or 6 misses for a defect found on two passes in three; with the curve a pothole in the wheel path is
-judged after 2, and one by the kerb, which passes find one time in three, waits as long as before
-(docs/fleet_sim.md, "How far the goals are from reach").
+the vehicles that found it going that way. The agent places a defect relative to itself, so a sighting's offset
+beside the path (from its `position`, `vehicle` position and heading, which share the GNSS error) is good to a
+few tenths of a metre (the heading's error times the distance ahead: 3 degrees at 6 m is 0.3 m) where GNSS is
+metres off. A phone's report is not a pass (it says the defect is there, not that vehicles in the lane see it).
+The fleet's rate by offset (the detection curve) is learned from the server's own data: passes of defects up to
+their last sighting, when they surely were there (`learn`, kept in the table `detection_by_offset` and refreshed
+by the ingest workers). The record alone (Laplace: one unseen miss more) needs 5 or 6 misses for a defect found
+on two passes in three; with the curve a pothole in the wheel path is judged after 2, and one by the kerb, which
+passes find one time in three, waits as long as before (docs/fleet_sim.md, "How far the goals are from reach").
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -33,9 +34,10 @@ CURVE_LOCK = 0x726D_6375  # advisory lock: one worker refreshes the curve at a t
 # bin hundreds of passes, and learning costs ~40 us per sighting (1.7 s for 45,000 on the 2-core bench machine).
 CURVE_SIGHTINGS = 100_000
 
-# Passes that found each defect: a pass is one device's run of sightings with no gap over pass_gap_s, its way
-# and offset those of its first sighting. Offset: the defect's distance beside the line through the vehicle
-# along its heading (ST_Azimuth: radians clockwise from north, as heading_deg).
+# Passes that found each defect (since SINCE): a pass is one device's run of sightings with no gap over
+# pass_gap_s, its way and offset those of its first sighting. Offset: the defect's distance beside the line
+# through the vehicle along its heading (ST_Azimuth: radians clockwise from north, as heading_deg). A phone's
+# report is no pass: it says the defect is there, not that vehicles in the lane see it (ground_projected false).
 PASSES = """
 SELECT defect_id, heading_deg, offset_m FROM (
     SELECT s.defect_id, s.captured_at, s.heading_deg,
@@ -43,13 +45,16 @@ SELECT defect_id, heading_deg, offset_m FROM (
                * sin(ST_Azimuth(s.vehicle_geom, s.geom) - radians(s.heading_deg))) AS offset_m,
            s.captured_at - lag(s.captured_at) OVER (PARTITION BY s.defect_id, s.device_id
                                                     ORDER BY s.captured_at) AS since
-    FROM sightings s WHERE s.defect_id = ANY(%(ids)s)) p
+    FROM sightings s WHERE s.defect_id = ANY(%(ids)s) AND s.captured_at > %(since)s
+      AND coalesce((s.payload->>'ground_projected')::boolean, true)) p
 WHERE since IS NULL OR since > %(gap)s
 ORDER BY defect_id, captured_at"""
 
+# Misses since SINCE, before or after the defect's last evidence (its last sighting, or a manager's check).
 MISSES = """
-SELECT m.defect_id, m.bearing_deg, m.started_at > d.last_seen AS after
-FROM defect_misses m JOIN defects d ON d.id = m.defect_id WHERE m.defect_id = ANY(%(ids)s)"""
+SELECT m.defect_id, m.bearing_deg, m.started_at > greatest(d.last_seen, d.checked_at) AS after
+FROM defect_misses m JOIN defects d ON d.id = m.defect_id
+WHERE m.defect_id = ANY(%(ids)s) AND m.started_at > %(since)s"""
 
 
 @dataclass
@@ -111,11 +116,13 @@ def still_there_chance(record: Record, curve: Curve | None, cfg: AggregateConfig
     return chance
 
 
-def load_records(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig) -> dict[int, Record]:
+def load_records(conn: psycopg.Connection, ids: list[int], cfg: AggregateConfig,
+                 since: datetime = datetime.min.replace(tzinfo=UTC)) -> dict[int, Record]:
+    """The evidence of IDS, from their passes and misses since SINCE (all of it by default)."""
     if not ids:
         return {}
     records = {i: Record(c) for i, c in conn.execute("SELECT id, class FROM defects WHERE id = ANY(%s)", (ids,))}
-    params = {"ids": ids, "gap": timedelta(seconds=cfg.pass_gap_s)}
+    params = {"ids": ids, "gap": timedelta(seconds=cfg.pass_gap_s), "since": since}
     for defect_id, heading, offset_m in conn.execute(PASSES, params):
         records[defect_id].passes.append((heading, offset_m))
     for defect_id, bearing, after in conn.execute(MISSES, params):
@@ -164,24 +171,28 @@ def learn(records: list[Record], cfg: AggregateConfig) -> dict[tuple[str, int], 
 
 
 def refresh_curve(conn: psycopg.Connection, cfg: AggregateConfig) -> int | None:
-    """Learn the curve again from the defects seen in the last `detection_curve_days` (the most recent, up to
-    CURVE_SIGHTINGS sightings; not dismissed ones: those were never there) and replace the table's rows; None
-    when another worker is at it. Returns the bins kept."""
+    """Learn the curve again from the passes and misses of the last `detection_curve_days` of the defects seen
+    then (the most recent, about CURVE_SIGHTINGS sightings by their all-time counts, at least one defect; not
+    dismissed ones: those were never there) and replace the table's rows. A round that learns nothing (a quiet
+    fortnight) keeps the last curve. None when another worker is at it; else the bins kept."""
     with conn.transaction():
         if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CURVE_LOCK,)).fetchone()[0]:
             return None
+        since = conn.execute("SELECT now() - %s", (timedelta(days=cfg.detection_curve_days),)).fetchone()[0]
         ids = [r[0] for r in conn.execute(
             """SELECT id FROM (
-                   SELECT id, sum(sighting_count) OVER (ORDER BY last_seen DESC, id) AS running FROM defects
-                   WHERE status <> 'dismissed' AND last_seen > now() - %s) d
-               WHERE running <= %s""", (timedelta(days=cfg.detection_curve_days), CURVE_SIGHTINGS))]
-        bins = learn(list(load_records(conn, ids, cfg).values()), cfg)
+                   SELECT id, sighting_count,
+                          sum(sighting_count) OVER (ORDER BY last_seen DESC, id) AS running FROM defects
+                   WHERE status <> 'dismissed' AND last_seen > %s) d
+               WHERE running - sighting_count < %s""", (since, CURVE_SIGHTINGS))]
+        bins = learn(list(load_records(conn, ids, cfg, since).values()), cfg)
+        if not bins:
+            return 0
         conn.execute("DELETE FROM detection_by_offset")
-        if bins:
-            keys = list(bins)
-            conn.execute("""INSERT INTO detection_by_offset (class, offset_bin, bin_m, found, passes)
-                            SELECT * FROM unnest(%s::text[], %s::int[], %s::real[], %s::bigint[], %s::bigint[])""",
-                         ([k[0] for k in keys], [k[1] for k in keys], [cfg.offset_bin_m] * len(keys),
-                          [bins[k][0] for k in keys], [bins[k][1] for k in keys]))
+        keys = list(bins)
+        conn.execute("""INSERT INTO detection_by_offset (class, offset_bin, bin_m, found, passes)
+                        SELECT * FROM unnest(%s::text[], %s::int[], %s::float8[], %s::bigint[], %s::bigint[])""",
+                     ([k[0] for k in keys], [k[1] for k in keys], [cfg.offset_bin_m] * len(keys),
+                      [bins[k][0] for k in keys], [bins[k][1] for k in keys]))
     log.debug("detection curve: %d bins from %d defects", len(bins), len(ids))
     return len(bins)

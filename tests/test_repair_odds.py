@@ -154,3 +154,136 @@ def test_a_running_ingest_worker_learns_the_curve(make_cfg, workers) -> None:
     while not curve_rows(cfg) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert curve_rows(cfg) == [("pothole", 2, 2, 2)]
+
+
+# ------------------------------------------------------------------- what a flag rests on (review findings)
+
+
+@pytest.mark.services
+def test_a_bin_width_a_float_cannot_hold_exactly_still_finds_its_curve(make_cfg) -> None:
+    cfg = make_cfg(aggregate={"offset_bin_m": 0.3, "offset_bin_min_passes": 1})
+    _north, _window, seen = street()
+    store(cfg, [seen("veh-a", 0, beside_m=1.35), seen("veh-b", 1, beside_m=1.35), seen("veh-c", 2, beside_m=1.35)])
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        repair_odds.refresh_curve(conn, cfg.aggregate)
+        assert repair_odds.load_curve(conn, cfg.aggregate).bins == {("pothole", 4): (2, 2)}
+
+
+@pytest.mark.services
+def test_a_defect_seen_very_often_does_not_empty_the_curve_and_a_quiet_round_keeps_it(make_cfg) -> None:
+    """The newest defect alone counts more sightings than the learning reads (a pothole at a depot gate): it is
+    learned from anyway. A round with nothing seen in the window keeps the last curve."""
+    cfg = make_cfg()
+    _north, _window, seen = street()
+    store(cfg, [seen("veh-a", 0), seen("veh-b", 1), seen("veh-c", 2)])
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        conn.execute("UPDATE defects SET sighting_count = %s", (repair_odds.CURVE_SIGHTINGS * 3,))
+        assert repair_odds.refresh_curve(conn, cfg.aggregate) == 1
+        assert curve_rows(cfg) == [("pothole", 2, 2, 2)]
+        conn.execute("UPDATE defects SET last_seen = now() - interval '30 days'")
+        assert repair_odds.refresh_curve(conn, cfg.aggregate) == 0
+    assert curve_rows(cfg) == [("pothole", 2, 2, 2)]
+
+
+@pytest.mark.services
+def test_an_old_sighting_uploaded_late_does_not_take_a_flag_back(make_cfg) -> None:
+    """A vehicle back from a day offline uploads a sighting from before the misses that made the flag: no
+    evidence against it, so a later miss judged with a curve learned lower since must not undo the flag."""
+    cfg = make_cfg()
+    set_curve(cfg, [("pothole", 2, 98, 100)])
+    north, window, seen = street()
+    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(2)), make_coverage("veh-d", north, *window(3))])
+    assert defects(cfg)[0][3] == "likely_repaired"
+    store(cfg, [seen("veh-x", 1.5)])
+    set_curve(cfg, [("pothole", 2, 5, 100)])
+    store(cfg, coverage=[make_coverage("veh-e", north, *window(4))])
+    assert defects(cfg)[0][3] == "likely_repaired"
+
+
+@pytest.mark.parametrize("order", ["in time order", "coverage after the later sighting"])
+@pytest.mark.services
+def test_a_miss_between_sightings_counts_whatever_order_it_arrives_in(make_cfg, order: str) -> None:
+    """veh-c drove by at 2 h without seeing the pothole found at 0, 1 and 3 h. A box that uploads at the depot
+    sends that coverage record after the 3 h sighting reached the server: the miss is the same miss."""
+    cfg = make_cfg()
+    north, window, seen = street()
+    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
+    late = make_coverage("veh-c", north, *window(2))
+    if order == "in time order":
+        store(cfg, coverage=[late])
+    store(cfg, [seen("veh-d", 3)])
+    if order != "in time order":
+        store(cfg, coverage=[late])
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        repair_odds.refresh_curve(conn, cfg.aggregate)
+    assert curve_rows(cfg) == [("pothole", 2, 2, 3)]
+    assert defects(cfg)[0][3:8:4] == ("confirmed", 0)  # a miss before the last sighting flags nothing
+
+
+@pytest.mark.services
+def test_phone_reports_are_no_passes(make_cfg) -> None:
+    """People on the pavement reporting a kerb pothole say it is there, not that vehicles in the lane see it:
+    their reports do not make the lane's misses weigh more."""
+    cfg = make_cfg()
+    north, window, seen = street()
+    store(cfg, [seen("veh-a", 0)])
+    phone = {"lat": 0.0, "lon": 0.0, "h_accuracy_m": 8.0}
+    reports = []
+    for i in range(5):
+        report = seen(f"phone-{i}", 0.1 * (i + 1))
+        report["vehicle"] = phone | {"lat": report["position"]["lat"], "lon": report["position"]["lon"] - 1e-5}
+        reports.append(report | {"ground_projected": False})
+    store(cfg, reports)
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(2))])
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:
+        [record] = repair_odds.load_records(conn, [defects(cfg)[0][0]], cfg.aggregate).values()
+    assert len(record.passes) == 1 and record.missed_after == [pytest.approx(0.0, abs=1.0)]
+
+
+@pytest.mark.services
+def test_two_defects_merged_keep_no_miss_from_a_pass_that_saw_either(make_cfg) -> None:
+    from fleet_server import aggregate
+
+    cfg = make_cfg()
+    north, window, seen = street()
+    near = offset(*BASE, 140, 0)
+    store(cfg, [seen("veh-a", 0), seen("veh-a", 0.01, near), seen("veh-b", 1), seen("veh-b", 1.01, near)])
+    store(cfg, [seen("veh-c", 2.005, near)])
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(2))])  # saw `near`, missed the first one
+    first, second = (r[0] for r in defects(cfg))
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT device_id FROM defect_misses WHERE defect_id = %s", (first,)).fetchall() \
+            == [("veh-c",)]
+        with conn.transaction():
+            aggregate._fold(conn, first, second, aggregate._ranks(conn, {first, second}))
+        assert conn.execute("SELECT count(*) FROM defect_misses WHERE defect_id = %s", (first,)).fetchone()[0] == 0
+
+
+@pytest.mark.services
+def test_a_managers_still_there_discounts_the_misses_before(make_cfg) -> None:
+    """A manager sends a crew, finds the pothole still there and sets it confirmed: one more miss must not flag
+    it again on the strength of the misses before the visit. Those misses happened while it was there: they
+    now say how often passes going north miss it (2 found, 2 missed: a miss is 26 % likely)."""
+    from fleet_server import aggregate
+
+    cfg = make_cfg()
+    set_curve(cfg, [("pothole", 2, 98, 100)])
+    north, window, seen = street()
+    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(2)), make_coverage("veh-d", north, *window(3))])
+    [(defect_id, *_rest)] = defects(cfg)
+    assert defects(cfg)[0][3] == "likely_repaired"
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        aggregate.set_status(conn, defect_id, "likely_repaired", "confirmed", "maria", "still there")
+        assert conn.execute("SELECT checked_at > now() - interval '1 minute', miss_count FROM defects").fetchone() \
+            == (True, 0)
+        # the visit between the misses of 3 h and 4 h of this street's made-up morning
+        conn.execute("UPDATE defects SET checked_at = %s WHERE id = %s", (window(3.5)[0], defect_id))
+    store(cfg, coverage=[make_coverage("veh-e", north, *window(4))])
+    assert defects(cfg)[0][3:8:4] == ("confirmed", 1)
+    store(cfg, coverage=[make_coverage("veh-f", north, *window(5))])
+    assert defects(cfg)[0][3:8:4] == ("confirmed", 2)
+    with psycopg.connect(cfg.database.resolve_dsn()) as conn:
+        odds = repair_odds.chances(conn, [defect_id], cfg.aggregate)[defect_id]
+    assert odds == pytest.approx((1 - (4 * 0.98 + 2) / (4 + 2 + 2)) ** 2, rel=1e-3)
