@@ -49,9 +49,16 @@ def test_existing_rows_migrate_and_new_months_land_in_their_partition(fresh_db) 
     old_cov["coverage_id"] = uuid7_at(old_at)
     agg = AggregateConfig()
     with psycopg.connect(fresh_db, autocommit=True) as conn:
-        store_batch(conn, Batch(events=[(old_event, now)], raw={}), agg)
-        # The coverage row as the server of that schema wrote it (today's store also records misses, with
-        # columns of later migrations).
+        # The rows as the server of that schema wrote them (today's store and aggregation use columns of later
+        # migrations).
+        [(defect_id,)] = conn.execute("""INSERT INTO defects (class, geom, h_accuracy_m, first_seen, last_seen,
+                                                               sighting_count, vehicle_count, pass_count)
+                                          VALUES ('pothole', ST_GeogFromText('POINT(11.5 48.1)'), 2.0, %s, %s, 1, 1, 1)
+                                          RETURNING id""", (old_at, old_at)).fetchall()
+        conn.execute("""INSERT INTO sightings (event_id, device_id, seq, captured_at, received_at, class, confidence,
+                                               geom, h_accuracy_m, payload, defect_id)
+                        VALUES (%s, 'veh-p', 0, %s, %s, 'pothole', 0.8, ST_GeogFromText('POINT(11.5 48.1)'), 2.0,
+                                %s, %s)""", (old_event["event_id"], old_at, now, Jsonb(old_event), defect_id))
         conn.execute("""INSERT INTO coverage (coverage_id, device_id, started_at, ended_at, received_at, line,
                                                detector_active, model_sha256, payload)
                         VALUES (%s, %s, %s, %s, now(), ST_GeogFromText('LINESTRING(11.49 48.1, 11.51 48.1)'),
