@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,8 @@ def main() -> int:
     print(f"confirmed on an agent but not stored: {confirmed_not_stored}")
     ok = lost == 0 and doubled == 0 and confirmed_not_stored == 0 and left == 0
     print("chaos: OK" if ok else f"chaos: FAILED (server log: {tmp / 'server.log'})")
+    if ok:  # the broker's state, the agents' queues and passwords; kept for a look when it failed
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
 
 

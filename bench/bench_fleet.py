@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,7 +154,11 @@ def main() -> int:
     print(json.dumps(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
-    return 1 if stats.unacked else 0
+    if stats.unacked:
+        print(f"bench_fleet: the ingest worker's log is kept in {folder / 'ingest.log'}", file=sys.stderr)
+        return 1
+    shutil.rmtree(folder, ignore_errors=True)  # it holds the database's and the broker's passwords
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -193,6 +194,7 @@ def main() -> int:
         if acker is not None and acker.poll() is None:
             acker.kill()
         mq.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
