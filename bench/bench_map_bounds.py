@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.lab.sim.gnss_noise import CORRELATED_SHARE, CORRELATION_S
+from fleet_server.repair_odds import Curve, found_share, offset_bin
 from fleet_sim import calibration as cal
 from fleet_sim.detection import DetectionModel, Observation, p_detect
 from fleet_sim.gnss import SMOOTH_S, ErrorTrack
@@ -153,9 +154,6 @@ def position_table(world: World, rec: RecordingModel) -> dict[int, tuple[list[fl
 # ------------------------------------------------------------------------------------------------- repairs
 
 
-Curve = dict[int, tuple[int, int]]  # offset bin -> (passes that found, passes)
-
-
 def learned_curve(rec: RecordingModel) -> Curve:
     """How often a pass finds a pothole by its offset beside the path, learned as a server could: over every
     pothole's passes up to its last sighting (it was there), those going a way some earlier pass going it found
@@ -167,29 +165,23 @@ def learned_curve(rec: RecordingModel) -> Curve:
         known: set[bool] = set()
         for p in ordered[:last + 1]:
             if p.forward in known:
-                counts[int(p.offset // BIN_M)][0] += p.found
-                counts[int(p.offset // BIN_M)][1] += 1
+                counts[offset_bin(p.offset, BIN_M)][0] += p.found
+                counts[offset_bin(p.offset, BIN_M)][1] += 1
             if p.found:
                 known.add(p.forward)
-    return {b: (f, n) for b, (f, n) in counts.items()}
+    return Curve({("pothole", b): (f, n) for b, (f, n) in counts.items()}, BIN_M, MIN_BIN_PASSES)
 
 
 def miss_factor(rule: str, history: list[PotholePass], miss: PotholePass, curve: Curve | None = None) -> float:
     """The chance that MISS happens while the pothole is there, as RULE judges it from HISTORY (its passes up to
-    its last sighting); 1.0: the miss proves nothing (no vehicle going its way has seen it)."""
-    way = [p for p in history if p.forward == miss.forward]
-    found = sum(p.found for p in way)
+    its last sighting), with the server's own blend (repair_odds.found_share); 1.0: the miss proves nothing (no
+    vehicle going its way has seen it)."""
     if rule == "oracle":
         return 1 - miss.chance
-    if found == 0:
-        return 1.0
-    prior = miss.chance if rule == "lateral" else None
-    if rule == "learned":
-        f, n = (curve or {}).get(int(miss.offset // BIN_M), (0, 0))
-        prior = f / n if n >= MIN_BIN_PASSES else None
-    if prior is None:  # per-way, or too little learned at this offset
-        return 1 - found / (len(way) + 1)
-    return 1 - (LATERAL_WEIGHT * prior + found) / (LATERAL_WEIGHT + len(way))
+    way = [p for p in history if p.forward == miss.forward]
+    found = sum(p.found for p in way)
+    prior = {"lateral": miss.chance, "learned": curve.rate("pothole", miss.offset) if curve else None}.get(rule)
+    return 1 - found_share(found, len(way) - found, prior, LATERAL_WEIGHT)
 
 
 def judge(rule: str, chance: float, world: World, rec: RecordingModel) -> dict[str, float]:

@@ -68,6 +68,10 @@ class Record:
     missed_after: list[float | None] = field(default_factory=list)
 
 
+def offset_bin(offset_m: float, bin_m: float) -> int:
+    return int(offset_m // bin_m)
+
+
 @dataclass
 class Curve:
     """The fleet's detection rate by class and offset bin: (class, bin) -> (passes that found, passes)."""
@@ -79,7 +83,7 @@ class Curve:
     def rate(self, cls: str, offset_m: float | None) -> float | None:
         if offset_m is None:
             return None
-        found, passes = self.bins.get((cls, int(offset_m // self.bin_m)), (0, 0))
+        found, passes = self.bins.get((cls, offset_bin(offset_m, self.bin_m)), (0, 0))
         return found / passes if passes >= self.min_passes else None
 
 
@@ -156,7 +160,7 @@ def learn(records: list[Record], cfg: AggregateConfig) -> dict[tuple[str, int], 
     def add(record: Record, bearing: float | None, found: bool) -> None:
         off = way_offset(record, bearing, tol)
         if off is not None:
-            cell = counts[(record.cls, int(off // cfg.offset_bin_m))]
+            cell = counts[(record.cls, offset_bin(off, cfg.offset_bin_m))]
             cell[0] += found
             cell[1] += 1
 

@@ -86,6 +86,17 @@ def set_curve(cfg: ServerConfig, rows: list[tuple[str, int, int, int]]) -> None:
                          "VALUES (%s, %s, 0.5, %s, %s)", (cls, b, found, passes))
 
 
+def flagged_street(cfg: ServerConfig):
+    """street() with its pothole found by two northbound vehicles, where the fleet finds potholes on 98 passes in
+    100, then missed by two: likely_repaired."""
+    set_curve(cfg, [("pothole", 2, 98, 100)])
+    north, window, seen = street()
+    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
+    store(cfg, coverage=[make_coverage("veh-c", north, *window(2)), make_coverage("veh-d", north, *window(3))])
+    assert defects(cfg)[0][3] == "likely_repaired"
+    return north, window, seen
+
+
 @pytest.mark.services
 def test_the_curve_is_learned_from_the_stored_sightings_and_misses(make_cfg) -> None:
     """Three northbound vehicles find the pothole 1.2 m beside their path, one misses it in between: the fleet
@@ -131,11 +142,7 @@ def test_only_a_sighting_takes_a_flag_back(make_cfg) -> None:
     """The curve is learned again as the fleet drives: a miss judged with a curve that now says passes rarely
     find such potholes must not turn a flagged one back to confirmed. A sighting does."""
     cfg = make_cfg()
-    set_curve(cfg, [("pothole", 2, 98, 100)])
-    north, window, seen = street()
-    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
-    store(cfg, coverage=[make_coverage("veh-c", north, *window(2)), make_coverage("veh-d", north, *window(3))])
-    assert defects(cfg)[0][3] == "likely_repaired"
+    north, window, seen = flagged_street(cfg)
     set_curve(cfg, [("pothole", 2, 5, 100)])
     store(cfg, coverage=[make_coverage("veh-e", north, *window(4))])
     assert defects(cfg)[0][3:8:4] == ("likely_repaired", 3)
@@ -190,11 +197,7 @@ def test_an_old_sighting_uploaded_late_does_not_take_a_flag_back(make_cfg) -> No
     """A vehicle back from a day offline uploads a sighting from before the misses that made the flag: no
     evidence against it, so a later miss judged with a curve learned lower since must not undo the flag."""
     cfg = make_cfg()
-    set_curve(cfg, [("pothole", 2, 98, 100)])
-    north, window, seen = street()
-    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
-    store(cfg, coverage=[make_coverage("veh-c", north, *window(2)), make_coverage("veh-d", north, *window(3))])
-    assert defects(cfg)[0][3] == "likely_repaired"
+    north, window, seen = flagged_street(cfg)
     store(cfg, [seen("veh-x", 1.5)])
     set_curve(cfg, [("pothole", 2, 5, 100)])
     store(cfg, coverage=[make_coverage("veh-e", north, *window(4))])
@@ -268,12 +271,8 @@ def test_a_managers_still_there_discounts_the_misses_before(make_cfg) -> None:
     from fleet_server import aggregate
 
     cfg = make_cfg()
-    set_curve(cfg, [("pothole", 2, 98, 100)])
-    north, window, seen = street()
-    store(cfg, [seen("veh-a", 0), seen("veh-b", 1)])
-    store(cfg, coverage=[make_coverage("veh-c", north, *window(2)), make_coverage("veh-d", north, *window(3))])
+    north, window, _seen = flagged_street(cfg)
     [(defect_id, *_rest)] = defects(cfg)
-    assert defects(cfg)[0][3] == "likely_repaired"
     with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
         aggregate.set_status(conn, defect_id, "likely_repaired", "confirmed", "maria", "still there")
         assert conn.execute("SELECT checked_at > now() - interval '1 minute', miss_count FROM defects").fetchone() \
