@@ -4,7 +4,9 @@ Devices answer on .../cmd/<name>/result; the ingest workers store those answers 
 
 Every command carries `command_id`, `issued_at` and `expires_at` (`commands.expire_after_h` later): the broker
 keeps a QoS 1 command for a vehicle that is off, and an agent answers `expired` to one that waited too long
-instead of acting on it. A model is offered with a signed download link (`model_link`): HMAC-SHA256 of
+instead of acting on it. The same expiry goes out as the MQTT 5 message expiry, which the broker enforces on its
+own clock: a Raspberry Pi without a clock chip runs days behind until NTP or GNSS sets it, and by its clock a
+week-old command is still fresh. A model is offered with a signed download link (`model_link`): HMAC-SHA256 of
 sha256, device and expiry under a server secret, so the agent needs no HTTP token to fetch it, the link works
 for that device only and stops working when the command expires.
 """
@@ -16,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -29,10 +32,13 @@ from urllib.parse import urlencode
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet_server.config import ServerConfig
 from fleet_server.db import connect
 from roadmon_contract import topics
+from roadmon_contract.commands import expires_at
 from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,18 @@ class CommandError(RuntimeError):
 
 
 def publish(cfg: ServerConfig, topic: str, payload: dict[str, Any], timeout_s: float = 10.0) -> None:
-    """Publish PAYLOAD on TOPIC with QoS 1 and wait for the broker's PUBACK."""
+    """Publish PAYLOAD on TOPIC with QoS 1, its expires_at as the message expiry, and wait for the broker's
+    PUBACK."""
+    properties = Properties(PacketTypes.PUBLISH)
+    try:
+        expiry = expires_at(payload)
+    except ValueError as exc:
+        raise CommandError(f"expires_at {payload.get('expires_at')!r} is not an RFC 3339 time: {exc}") from None
+    if expiry is not None:
+        left_s = math.ceil((expiry - datetime.now(UTC)).total_seconds())
+        if left_s <= 0:
+            raise CommandError(f"the command's expires_at {payload['expires_at']} has passed: nothing sent")
+        properties.MessageExpiryInterval = left_s
     m = cfg.mqtt
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.username_pw_set(m.username, m.resolve_password())
@@ -61,7 +78,7 @@ def publish(cfg: ServerConfig, topic: str, payload: dict[str, Any], timeout_s: f
         raise CommandError(f"broker {m.host}:{m.port} unreachable: {exc}") from None
     client.loop_start()
     try:
-        info = client.publish(topic, json.dumps(payload), qos=1)
+        info = client.publish(topic, json.dumps(payload), qos=1, properties=properties)
         info.wait_for_publish(timeout_s)
         if not info.is_published():
             raise CommandError(f"broker did not confirm the command within {timeout_s:g} s (login refused?)")

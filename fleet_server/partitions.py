@@ -5,6 +5,11 @@ partitions of the current month and `retention.premake_months` ahead (the ingest
 few minutes, so a missed job never sends rows to the default partition), and drops whole months older than
 `retention.sightings_months` / `retention.coverage_months` (0 keeps everything), with the default partition's
 rows of that age. Run it daily: `fleet-server partitions` (k8s/partitions-cronjob.yaml).
+
+The id's month is the box's clock when it wrote the row, and a Raspberry Pi has no clock chip: until NTP or GNSS
+sets it, it runs from its last shutdown's time (fake-hwclock) or an image's build date, months behind. So a
+month is dropped only when every row in it is past the retention by its own time (`captured_at`, `ended_at`);
+one that holds younger rows keeps them, loses the old ones, and is tried again the next day.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Report:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     default_rows_deleted: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)  # partition past retention -> its younger rows, kept
 
 
 def add_months(month: date, n: int) -> date:
@@ -79,16 +85,25 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
         if keep <= 0:
             continue
         cutoff = add_months(this, -keep)  # partitions ending on or before this day go
+        since = datetime(cutoff.year, cutoff.month, 1, tzinfo=UTC)
         for month, name in sorted(monthly(conn, table).items()):
-            if add_months(month, 1) <= cutoff:
-                report.dropped.append(name)
+            if add_months(month, 1) > cutoff:
+                continue
+            young = conn.execute(f'SELECT count(*) FROM "{name}" WHERE {aged_by} >= %s', (since,)).fetchone()[0]
+            if young:
+                report.kept[name] = young
+                log.warning("%s is past retention but holds %d rows with %s since %s (written by a box whose clock "
+                            "was behind): kept, its older rows deleted", name, young, aged_by, since.date())
                 if not dry_run:
-                    with conn.transaction():
-                        conn.execute(f'ALTER TABLE {table} DETACH PARTITION "{name}"')
-                        conn.execute(f'DROP TABLE "{name}"')
+                    conn.execute(f'DELETE FROM "{name}" WHERE {aged_by} < %s', (since,))
+                continue
+            report.dropped.append(name)
+            if not dry_run:
+                with conn.transaction():
+                    conn.execute(f'ALTER TABLE {table} DETACH PARTITION "{name}"')
+                    conn.execute(f'DROP TABLE "{name}"')
         if not dry_run:
-            n = conn.execute(f"DELETE FROM {table}_pdefault WHERE {aged_by} < %s",
-                             (datetime(cutoff.year, cutoff.month, 1, tzinfo=UTC),)).rowcount
+            n = conn.execute(f"DELETE FROM {table}_pdefault WHERE {aged_by} < %s", (since,)).rowcount
             if n:
                 report.default_rows_deleted[table] = n
     if report.dropped and not dry_run:
@@ -99,9 +114,7 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
 def maintain(conn: psycopg.Connection, retention: RetentionConfig, now: datetime | None = None,
              dry_run: bool = False) -> Report:
     """Upcoming partitions made, expired ones dropped (the daily job)."""
-    report = Report()
-    if not dry_run:
-        report.created = ensure_upcoming(conn, retention.premake_months, now)
-    expired = drop_expired(conn, retention, now, dry_run)
-    report.dropped, report.default_rows_deleted = expired.dropped, expired.default_rows_deleted
+    created = [] if dry_run else ensure_upcoming(conn, retention.premake_months, now)
+    report = drop_expired(conn, retention, now, dry_run)
+    report.created = created
     return report

@@ -191,6 +191,34 @@ def test_a_killed_agent_is_red_where_edge_agent_status_says_stale(tmp_path: Path
     assert "`systemctl status edge-agent`" in dead["hint"] and "`journalctl -u edge-agent`" in dead["hint"]
 
 
+def test_after_a_power_cut_with_the_clock_behind_a_dead_agent_is_not_called_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pi has no clock chip: after a power cut it boots with the time of its last shutdown (fake-hwclock), an
+    hour behind, so the dead agent's last status looked an hour in the future, never stale: `status` said
+    "broker connected" and doctor "running". The status file says which boot wrote it, on that boot's clock."""
+    from edge_agent.commands.status import collect
+    from edge_agent.link import heartbeat
+
+    path = uplink_config(tmp_path, closed_port())
+    status_file = tmp_path / "state" / "agent-status.json"
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, str(path)])
+    try:
+        wait_for(status_file.exists, 30, "the agent's first status")
+    finally:
+        agent.send_signal(signal.SIGKILL)  # the power cut
+        agent.wait(10)
+    status = json.loads(status_file.read_text())
+    status["sent_at"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat(timespec="milliseconds")
+    status_file.write_text(json.dumps(status))  # as the box's clock, set back an hour, now reads it
+    (tmp_path / "boot_id").write_text("a-later-boot\n")
+    monkeypatch.setattr(heartbeat, "BOOT_ID", tmp_path / "boot_id", raising=False)
+
+    assert "stale" in collect(str(path), None)["broker"]
+    dead = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+    assert dead.level is Level.RED and "not running" in dead.summary, dead
+    assert "before the box last started" in dead.summary, dead
+
+
 def test_no_status_file_or_a_clean_stop(tmp_path: Path) -> None:
     from edge_agent.commands.status import collect
     from edge_agent.health import HealthBoard

@@ -675,6 +675,59 @@ def test_push_downloads_from_the_servers_own_api_with_its_signed_link(tmp_path: 
         assert "sig=" not in json.dumps(result) + store.meta_path(sha).read_text(), "the capability stays private"
 
 
+@pytest.mark.services
+def test_the_broker_drops_a_command_that_expires_while_the_vehicle_is_off(service_info: Any, mqtt_device: Any,
+                                                                           make_cfg: Any) -> None:
+    """A van off overnight: the broker keeps its commands. Its Pi, without a clock chip, starts days behind, so
+    by its clock an expired command looks fresh and was carried out. The expiry also goes out as the MQTT 5
+    message expiry, which the broker enforces on its own clock: the expired command is never delivered."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from fleet_server import commands
+
+    device_id, password = mqtt_device()
+    server_cfg = make_cfg(devices=[device_id])
+    add_device(server_cfg, device_id)
+    got: list[dict] = []
+    subscribed = threading.Event()
+
+    def session() -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        client.username_pw_set(device_id, password)
+        client.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+        client.on_subscribe = lambda *a: subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        client.connect("127.0.0.1", service_info.mqtt_port, clean_start=False, properties=props)
+        client.loop_start()
+        return client
+
+    client = session()
+    client.subscribe(f"roadmon/v1/{device_id}/cmd/+", qos=1)
+    assert subscribed.wait(5), "no SUBACK"
+    client.disconnect()
+    client.loop_stop()
+
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    short = commands.send(server_cfg, device_id, "config-reload", {"expires_at": soon})
+    kept = commands.send(server_cfg, device_id, "config-reload", {})
+    time.sleep(2.5)
+    client = session()  # the vehicle back on: its session's queue is delivered
+    deadline = time.monotonic() + 5
+    while len(got) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    client.disconnect()
+    client.loop_stop()
+    assert [g["command_id"] for g in got] == [kept["command_id"]], (short["command_id"], got)
+
+    with pytest.raises(commands.CommandError, match="has passed"):
+        commands.send(server_cfg, device_id, "config-reload", {"expires_at": "2026-01-01T00:00:00Z"})
+
+
 # --------------------------------------------------------------------------- the newest push wins, expiry
 def test_a_push_during_an_update_is_queued_and_the_newest_wins(store: ModelStore,
                                                                 model_server: ModelServer) -> None:

@@ -136,6 +136,31 @@ def test_retention_drops_whole_old_months(fresh_db) -> None:
 
 
 @pytest.mark.services
+def test_retention_keeps_rows_a_box_with_its_clock_behind_wrote(fresh_db) -> None:
+    """A Pi without a clock chip runs from its image's build date until NTP or GNSS sets it: the ids it makes
+    (UUIDv7, the box's clock) fall in an old month while the rows were captured today (GNSS time). Dropping that
+    month by id deleted fresh sightings; now it keeps them, deletes the month's old rows and says so."""
+    migrate(fresh_db)
+    now = datetime.now(UTC)
+    old_month = datetime.combine(partitions.add_months(partitions.month_of(now), -5), datetime.min.time(), UTC)
+    truly_old = _event(old_month + timedelta(days=2), lat=48.10)
+    fresh = make_event("veh-p", 48.11, 11.5, at=now - timedelta(hours=1),
+                       event_id=uuid7_at(old_month + timedelta(days=3)))  # made by a clock months behind
+    retention = RetentionConfig(sightings_months=2, coverage_months=2)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        partitions.ensure_upcoming(conn, 6, now=old_month)
+        store_batch(conn, Batch(events=[(truly_old, now), (fresh, now)]), AggregateConfig())
+        name = where(conn, "sightings", "event_id", fresh["event_id"])
+        assert name == f"sightings_p{old_month:%Y_%m}"
+
+        report = partitions.maintain(conn, retention)
+        left = {r[0] for r in conn.execute("SELECT event_id::text FROM sightings")}
+        assert left == {fresh["event_id"]}
+        assert name not in report.dropped and report.kept == {name: 1}
+        assert partitions.maintain(conn, retention, dry_run=True).kept == {name: 1}  # until it ages out too
+
+
+@pytest.mark.services
 def test_partitions_command(make_cfg, monkeypatch) -> None:
     cfg = make_cfg()
     monkeypatch.setenv("ROADMON_DATABASE_DSN", cfg.database.resolve_dsn())

@@ -153,9 +153,12 @@ def frame(k: int) -> np.ndarray:
 def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noise_m: float = 3.0, seed: int = 3,
           fail_frames: set[int] | None = None, path=route, defects: list | None = None,
           gnss_until_s: float | None = None, events_cfg: dict | None = None, miss: float = 0.15,
-          false_alarm: float = 0.05, gnss_gap_s: tuple[float, float] | None = None):
+          false_alarm: float = 0.05, gnss_gap_s: tuple[float, float] | None = None, live: bool = False,
+          undated_until_s: float | None = None):
     """Run the pipeline over SECONDS of PATH; GNSS_UNTIL_S ends the fixes there (a dropout to the end),
-    GNSS_GAP_S = (a, b) leaves out the fixes strictly between a and b seconds (a tunnel, or a cold start from 0)."""
+    GNSS_GAP_S = (a, b) leaves out the fixes strictly between a and b seconds (a tunnel, or a cold start from 0).
+    LIVE hands frames without their time, as `edge-agent run` does (it comes from the fixes); UNDATED_UNTIL_S
+    takes the date off the fixes before it (a receiver's first minute after a cold start)."""
     rng = np.random.default_rng(seed)
     cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)},
                                       "events": events_cfg or {}})
@@ -168,6 +171,9 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
                 if (gnss_until_s is None or f.utc <= START + timedelta(seconds=gnss_until_s))
                 and (gnss_gap_s is None or not (START + timedelta(seconds=gnss_gap_s[0]) < f.utc
                                                 < START + timedelta(seconds=gnss_gap_s[1])))]
+    if undated_until_s is not None:
+        recorded = [replace(f, utc=None) if f.utc < START + timedelta(seconds=undated_until_s) else f
+                    for f in recorded]
     feed = FixFeed(iter(recorded), position_filter)
     events = []
     for k in range(int(seconds * FPS)):
@@ -176,7 +182,7 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
         feed.until(t)
         east, north, heading, _ = path(k / FPS)
         detector.pose = (east, north, heading)
-        events += pipeline.process(frame(k), t, utc=utc)
+        events += pipeline.process(frame(k), t, utc=None if live else utc)
     events += pipeline.finish()
     return events, defects, pipeline, outbox, health
 
@@ -415,6 +421,44 @@ def test_defects_seen_before_a_cold_start_fix_are_placed(projector: GroundProjec
     assert len(events) == 3 and all(e is not None and e < 3.0 for e in errs), (errs, pipeline.summary())
     assert pipeline.summary()["events_no_fix"] == 0
     assert outbox.stats()["events"]["pending"] == 3
+    outbox.close()
+
+
+def captured_s(event: dict) -> float:
+    """The event's captured_at in seconds into the drive."""
+    return (datetime.fromisoformat(event["captured_at"].replace("Z", "+00:00")) - START).total_seconds()
+
+
+def test_events_seen_before_the_receivers_date_are_dated_by_gnss_not_the_clock(projector: GroundProjector,
+                                                                              tmp_path: Path) -> None:
+    """A Pi has no clock chip: it boots days behind or in 1970, and its receiver sends positions for a minute
+    before its date. Events of that minute were stamped with the box's clock (misdated, or refused by the
+    server as too old); now they wait for the date and are carried back to their frames on the monotonic
+    clock."""
+    times = (3.0, 6.0, 14.0)
+    events, _, pipeline, outbox, health = drive(projector, tmp_path, seconds=20.0, noise_m=1.0, seed=4,
+                                                defects=[(*route(t)[:2], 0.6) for t in times], live=True,
+                                                undated_until_s=10.0, miss=0.0, false_alarm=0.0)
+    assert len(events) == 3, pipeline.summary()
+    # The best frame of a defect passed at T is a second or two before T (it is seen from 5-20 m ahead).
+    for seen, passed in zip(sorted(captured_s(e) for e in events), times, strict=True):
+        assert passed - 4.0 <= seen <= passed, (seen, passed)
+    assert health.snapshot()["counters"].get("events_clock_dated", 0) == 0
+    outbox.close()
+
+
+def test_a_receiver_that_never_sends_a_date_leaves_the_box_clock_and_says_so(projector: GroundProjector,
+                                                                             tmp_path: Path) -> None:
+    """GGA/VTG only: no GNSS date ever comes. After events.hold_for_fix_s the box's clock is all there is; the
+    counter events_clock_dated (in `edge-agent status`) tells a technician why times may be off."""
+    events, _, pipeline, outbox, health = drive(projector, tmp_path, seconds=12.0, noise_m=1.0, seed=4,
+                                                defects=[(*route(t)[:2], 0.6) for t in (3.0, 6.0)], live=True,
+                                                undated_until_s=99.0, miss=0.0, false_alarm=0.0,
+                                                events_cfg={"hold_for_fix_s": 5.0})
+    assert len(events) == 2, pipeline.summary()
+    now_s = (datetime.now(UTC) - START).total_seconds()
+    assert all(abs(captured_s(ev) - now_s) < 60 for ev in events), [ev["captured_at"] for ev in events]
+    assert health.snapshot()["counters"]["events_clock_dated"] == 2
     outbox.close()
 
 

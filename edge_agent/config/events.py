@@ -28,8 +28,9 @@ class EventsConfig(Section):
                                                 "does not place its defect; 'stale' positions never do")
     hold_for_fix_s: float = Field(60.0, ge=0, le=600,
                                   description="A finished track whose frames fall in a GNSS gap (a tunnel, a cold "
-                                              "start) waits up to this long for the first fix after it, which "
-                                              "places it from both sides of the gap; 0 places it at once")
+                                              "start) or before the receiver's first date waits up to this long "
+                                              "for the first fix after it, which places it from both sides of "
+                                              "the gap and dates it by GNSS time; 0 places it at once")
     projection_sigma_m: float = Field(0.15, ge=0, le=10,
                                       description="Projection error at zero range (pixel noise, box fit), metres")
     pitch_sigma_deg: float = Field(0.5, ge=0, le=10,

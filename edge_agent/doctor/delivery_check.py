@@ -9,6 +9,7 @@ and the outbox, opened read-only beside a running agent.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sqlite3
@@ -18,7 +19,16 @@ from typing import Any
 
 from edge_agent.config import AgentConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
-from edge_agent.link.heartbeat import FULL_DISK_MB, age_s, ago_text, is_stale, read_status_file, status_file_of
+from edge_agent.link.heartbeat import (
+    FULL_DISK_MB,
+    age_s,
+    ago_text,
+    is_stale,
+    read_status_file,
+    status_age_s,
+    status_ago_text,
+    status_file_of,
+)
 from edge_agent.link.writer_lock import holder
 from roadmon_contract import validate
 
@@ -81,7 +91,7 @@ def _still_running(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,
         free_mb = shutil.disk_usage(path.parent).free / 1e6
     except OSError:
         free_mb = None
-    when = ago_text((status or {}).get("sent_at")) if status else "never written"
+    when = status_ago_text(status) if status else "never written"
     if free_mb is not None and free_mb < FULL_DISK_MB:
         return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but cannot write its status (last "
                            f"{when}): the disk is full ({free_mb:.1f} MB free)",
@@ -110,9 +120,10 @@ def check_agent(ctx: Context) -> CheckResult:
                            "a running agent replaces it whole every heartbeat",
                            f"{AGENT_HINT}; delete the file: a running agent writes it anew", data)
     broker = (status.get("health") or {}).get("broker") or status.get("state", "unknown")
-    age = age_s(status.get("sent_at"))
-    data.update(broker=broker, status_at=status.get("sent_at"), age_s=age, queue_depth=status.get("queue_depth"))
-    when = ago_text(status.get("sent_at"))
+    age = status_age_s(status)
+    data.update(broker=broker, status_at=status.get("sent_at"), age_s=None if age == math.inf else age,
+                queue_depth=status.get("queue_depth"))
+    when = status_ago_text(status)
     if broker == "stopped":
         return CheckResult("agent", Level.YELLOW, f"the agent stopped cleanly at {when}",
                            "nothing is recorded or sent until it starts again",

@@ -7,8 +7,10 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,47 @@ STALE_HEARTBEATS = 3
 FULL_DISK_MB = 1.0
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_stamp() -> dict[str, Any]:
+    """Which boot of the box, and when on that boot's clock: written into the status file beside `sent_at`,
+    because a Pi without a clock chip boots with its last shutdown's time and NTP or GNSS moves it later, so
+    a wall-clock age can be negative (a dead agent's file looks fresh) or hours too large."""
+    try:
+        boot_id: str | None = BOOT_ID.read_text().strip() or None
+    except OSError:
+        boot_id = None
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return {"boot_id": boot_id, "boot_s": round(time.clock_gettime(clock), 3)}
+
+
+def status_age_s(status: dict[str, Any]) -> float | None:
+    """How long ago the agent wrote STATUS (a status file): on the boot clock when it was written in this boot,
+    infinite when in an earlier one (nothing wrote it since the box started: a power cut), else by the wall
+    clock (a file written before `written` existed, or a system without a boot id)."""
+    written = status.get("written")
+    if isinstance(written, dict) and isinstance(written.get("boot_s"), int | float) and written.get("boot_id"):
+        now = boot_stamp()
+        if now["boot_id"] == written["boot_id"]:
+            return round(now["boot_s"] - written["boot_s"], 1)
+        if now["boot_id"] is not None:
+            return math.inf
+    return age_s(status.get("sent_at"))
+
+
+def status_ago_text(status: dict[str, Any]) -> str:
+    """'<sent_at> (N min ago)' by status_age_s; '(before the box last started)' for an earlier boot's."""
+    age = status_age_s(status)
+    if age is None:
+        return "-"
+    when = "before the box last started" if math.isinf(age) else f"{seconds_text(age)} ago"
+    return f"{status.get('sent_at')} ({when})"
+
+
 def is_stale(status: dict[str, Any], heartbeat_s: float) -> bool:
     """STATUS (a status file) is older than STALE_HEARTBEATS heartbeats and not a clean stop's."""
-    age = age_s(status.get("sent_at"))
+    age = status_age_s(status)
     return status.get("state") != "stopped" and age is not None and age > STALE_HEARTBEATS * heartbeat_s
 
 

@@ -41,7 +41,7 @@ from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.flow import FlowControl
-from edge_agent.link.heartbeat import build_status, status_file_of, write_status_file
+from edge_agent.link.heartbeat import boot_stamp, build_status, status_file_of, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
@@ -246,7 +246,7 @@ class Uplink:
         if status is None:
             status = build_status("online" if self.state == "connected" else "offline", self.device_id,
                                   self.outbox, self.health, broker=self.state)
-        write_status_file(self.status_path, status | {"uplink": self.snapshot()})
+        write_status_file(self.status_path, status | {"uplink": self.snapshot(), "written": boot_stamp()})
         self._local_status_due = time.monotonic() + self.cfg.heartbeat_s
 
     def _connect(self) -> mqtt.Client:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import cv2
@@ -215,7 +215,7 @@ class Pipeline:
                 written.append(event)
         self._held.append((track, t_mono))
         self.counts["events_held"] += 1
-        log.info("track %d (%s) seen in a GNSS gap: waiting up to %.0f s for a fix to place it",
+        log.info("track %d (%s) seen in a GNSS gap or before a GNSS date: waiting up to %.0f s for a fix",
                  track.id, track.class_name, self.cfg.events.hold_for_fix_s)
         return written
 
@@ -238,7 +238,11 @@ class Pipeline:
 
     def _waits_for_fix(self, track: Track) -> bool:
         """Whether a fix yet to come would place TRACK better: none has come since its last frame, and some
-        frame of it is not within a fix's reach ('ok')."""
+        frame of it is not within a fix's reach ('ok'). Or date it: no GNSS time dates its frames yet (after a
+        cold start a receiver sends positions a minute before its date, and a Pi without a clock chip boots
+        with its clock days behind or in 1970, so the box's own clock would misdate the event)."""
+        if self._gnss_utc(track) is None:
+            return True
         newest = self.filter.newest_fix_mono()
         if newest is not None and track.observations and newest > track.observations[-1].t_mono:
             return False
@@ -272,7 +276,7 @@ class Pipeline:
         if self.recent.seen(track.class_name, located.lat, located.lon, t_mono):
             self.counts["events_merged"] += 1
             return None
-        captured = track.best.utc if track.best and track.best.utc else datetime.now(UTC)
+        captured = self._gnss_utc(track) or self._clock_utc(track, t_mono)
         vehicle, heading = self._vehicle_near_best(track)
         event = build_event(track, located, device_id=self.cfg.device.id, seq=self.outbox.next_seq(),
                             model=self.model, captured_at=captured, cfg=self.cfg.events, vehicle_pose=vehicle,
@@ -285,6 +289,24 @@ class Pipeline:
         self.health.count("events")
         self.recent.add(track.class_name, located.lat, located.lon, t_mono)
         return event
+
+    def _gnss_utc(self, track: Track) -> datetime | None:
+        """When TRACK's best frame was taken, by GNSS time: the frame's own, or carried to it on the monotonic
+        clock from a dated fix that came later."""
+        best = track.best or (track.observations[-1] if track.observations else None)
+        if best is None:
+            return None
+        return best.utc or self.filter.utc_at(best.t_mono)
+
+    def _clock_utc(self, track: Track, t_mono: float) -> datetime:
+        """The box's own clock at TRACK's best frame: only for a receiver that never sent a date while the
+        track waited (events.hold_for_fix_s). Counted, since that clock may be a Pi's without RTC."""
+        best = track.best or (track.observations[-1] if track.observations else None)
+        ago = max(0.0, t_mono - best.t_mono) if best is not None else 0.0
+        self.health.count("events_clock_dated")
+        log.warning("track %d (%s): no GNSS date within %.0f s; dated by the box's clock", track.id,
+                    track.class_name, self.cfg.events.hold_for_fix_s)
+        return datetime.now(UTC) - timedelta(seconds=ago)
 
     def _vehicle_near_best(self, track: Track) -> tuple[Pose | None, float | None]:
         """The vehicle's pose and heading at the track's best frame, asked of the filter again (later fixes
