@@ -54,6 +54,10 @@ function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
+// The list shows the worst LIST_LIMIT defects (and the selected one): a city's 100k list items took seconds to
+// build at every refresh and most of the page's memory. The map shows all of them.
+export const LIST_LIMIT = 500;
+
 export function renderList(element, defects, selectedId, onSelect) {
   if (!defects.length) {  // an empty page reads as broken; say why it is empty
     const li = document.createElement("li");
@@ -63,7 +67,10 @@ export function renderList(element, defects, selectedId, onSelect) {
     return;
   }
   const sorted = [...defects].sort((a, b) => (b.severity ?? -1) - (a.severity ?? -1) || b.sightings - a.sightings);
-  element.replaceChildren(...sorted.map((d) => {
+  const listed = sorted.slice(0, LIST_LIMIT);
+  const selected = sorted.findIndex((d) => d.id === selectedId);
+  if (selected >= LIST_LIMIT) listed.push(sorted[selected]);
+  const items = listed.map((d) => {
     const li = document.createElement("li");
     li.dataset.defectId = d.id;
     li.className = d.id === selectedId ? "selected" : "";
@@ -74,5 +81,12 @@ export function renderList(element, defects, selectedId, onSelect) {
       <span class="sev" title="severity">${severityText(d.severity)}</span>`;
     li.addEventListener("click", () => onSelect(d.id));
     return li;
-  }));
+  });
+  if (sorted.length > listed.length) {
+    const more = document.createElement("li");
+    more.className = "hint more";
+    more.textContent = `${sorted.length - listed.length} more, less severe: narrow the filters to list them (the map shows all)`;
+    items.push(more);
+  }
+  element.replaceChildren(...items);
 }

@@ -8,8 +8,9 @@ import { DefectPanel } from "./panel.js";
 import { renderDevices } from "./devices.js";
 import { defectFromFeature, deviceFields } from "./model.js";
 
-const REFRESH_MS = 30000;
+const REFRESH_MS = 30000; // from the end of one load to the start of the next: a slow load is never overlapped
 const PAGE_SIZE = 5000;
+const MAX_PAGES = 200;
 const DAY_MS = 24 * 3600 * 1000;
 const $ = (id) => document.getElementById(id);
 
@@ -19,6 +20,9 @@ const state = {
   me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null,
   failure: null, // the last error of the current load; the status line keeps it until a load succeeds
   loadedAt: null, // when every part last loaded: what the page shows is from then
+  loading: null, // the load in progress: a refresh or a click on Refresh meanwhile joins it
+  cut: [], // what the last load could not load whole (the pages ran out): the status line says so
+  coverageRun: 0, // the newest coverage load: an older one that ends later does not draw over it
 };
 
 function setStatus(text, isError = false) {
@@ -80,7 +84,14 @@ async function startApp() {
   $("export-geojson").addEventListener("click", () => exportShown("geojson"));
   document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showView(tab.dataset.view)));
   await loadAll();
-  state.timer = setInterval(() => loadAll(true), REFRESH_MS);
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  state.timer = setTimeout(async () => {
+    await loadAll(true);
+    scheduleRefresh();
+  }, REFRESH_MS);
 }
 
 function showView(view) {
@@ -90,7 +101,7 @@ function showView(view) {
 }
 
 function endSession() {
-  clearInterval(state.timer);
+  clearTimeout(state.timer);
   clearToken();
   sessionStorage.setItem(SIGNED_OUT_KEY, "1");
   location.reload(); // drop every piece of data from the page
@@ -111,9 +122,15 @@ async function guarded(work) {
   }
 }
 
-async function loadAll(quiet = false) {
+function loadAll(quiet = false) {
+  if (!state.loading) state.loading = loadAllOnce(quiet).finally(() => { state.loading = null; });
+  return state.loading;
+}
+
+async function loadAllOnce(quiet) {
   if (!quiet) setStatus("loading…");
   state.failure = null;
+  state.cut = [];
   await Promise.all([loadDefects(), loadDevices()]);
   await loadCoverage(); // its default period follows the defects
   state.map.fitOnce();
@@ -124,28 +141,34 @@ async function loadAll(quiet = false) {
     return;
   }
   state.loadedAt = new Date();
-  setStatus(`updated ${clock(state.loadedAt)}`);
+  // An answer cut short must not pass for the whole map (a server with a small api.max_page_size, years of
+  // coverage): say what is missing.
+  const cut = state.cut.length ? `; ${state.cut.join("; ")}` : "";
+  setStatus(`updated ${clock(state.loadedAt)}${cut}`, Boolean(cut));
 }
 
 async function loadDefects() {
   await guarded(async () => {
-    state.defects = (await allDefectFeatures()).map(defectFromFeature);
+    const { features, more } = await allPages("defects", { limit: PAGE_SIZE });
+    if (more) state.cut.push(`only the first ${features.length} defects loaded: the server has more than ${MAX_PAGES} pages`);
+    state.defects = features.map(defectFromFeature);
     fillClassOptions($("f-class"), state.defects);
     redraw();
   });
 }
 
-// The defect list is paginated by cursor; the map wants all of it.
-async function allDefectFeatures() {
+// Defects and coverage come in pages by cursor; the map wants all of them, up to MAX_PAGES pages. `more`: the
+// pages ran out before the data did.
+async function allPages(path, params) {
   const features = [];
   let cursor = null;
-  for (let page = 0; page < 200; page += 1) {
-    const collection = await getJson(`defects${query({ limit: PAGE_SIZE, cursor })}`);
-    features.push(...(collection.features || []));
+  for (let page = 0; page < MAX_PAGES; page += 1) {
+    const collection = await getJson(`${path}${query({ ...params, cursor })}`);
+    for (const feature of collection.features || []) features.push(feature); // no spread: a page can be 100k
     cursor = collection.next_cursor;
-    if (cursor === null || cursor === undefined) break;
+    if (cursor === null || cursor === undefined) return { features, more: false };
   }
-  return features;
+  return { features, more: true };
 }
 
 async function loadDevices() {
@@ -165,32 +188,28 @@ async function loadCoverage() {
     state.map.showCoverage(null, false);
     return;
   }
+  state.coverageRun += 1;
+  const run = state.coverageRun;
   await guarded(async () => {
     const params = {
       since: filters.since ? `${filters.since}T00:00:00Z` : defaultCoverageSince(),
       until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
     };
-    state.map.showCoverage(await allCoverage(params), true);
+    const { features, more } = await allPages("coverage", params);
+    if (run !== state.coverageRun) return; // the filters changed while it loaded: the newer load draws
+    if (more) {
+      state.cut.push(`only the first ${features.length} driven lines drawn: narrow the dates`);
+      if (!state.loading) setStatus(state.cut.at(-1), true); // a filter's reload: no load will say it
+    }
+    state.map.showCoverage({ type: "FeatureCollection", features }, true);
   });
-}
-
-// Coverage comes in pages too (a busy day of a fleet is more than one).
-async function allCoverage(params) {
-  const features = [];
-  let cursor = null;
-  for (let page = 0; page < 200; page += 1) {
-    const collection = await getJson(`coverage${query({ ...params, cursor })}`);
-    features.push(...(collection.features || []));
-    cursor = collection.next_cursor;
-    if (cursor === null || cursor === undefined) break;
-  }
-  return { type: "FeatureCollection", features };
 }
 
 // Without a date range: from a day before the latest sighting on, so that a fleet that did not drive today
 // still shows its roads, and a long history does not load years of lines.
 function defaultCoverageSince() {
-  const latest = Math.max(...state.defects.map((d) => Date.parse(d.lastSeen)).filter(Number.isFinite));
+  let latest = -Infinity; // a loop: spreading 120k+ values into Math.max overflows the call stack
+  for (const d of state.defects) latest = Math.max(latest, Date.parse(d.lastSeen) || -Infinity);
   const end = Number.isFinite(latest) ? latest : Date.now();
   return new Date(end - DAY_MS).toISOString();
 }

@@ -17,8 +17,11 @@ export class DefectMap {
       maxClusterRadius: 45,
       showCoverageOnHover: false,
       chunkedLoading: true, // a big fleet's thousands of markers go in without freezing the page
+      chunkProgress: (done, total) => { if (done === total) this.addingDone(); },
       iconCreateFunction: (cluster) => this.clusterIcon(cluster),
     });
+    this.adding = false; // markercluster is still adding the last call's markers, chunk by chunk
+    this.pending = null; // the defects asked for meanwhile
     this.coverage = L.geoJSON(null, { style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
     this.devices = L.layerGroup();
     this.lines = L.layerGroup(); // cracks: the line along each, under its marker
@@ -26,7 +29,7 @@ export class DefectMap {
     this.lines.addTo(this.map);
     this.clusters.addTo(this.map);
     this.devices.addTo(this.map);
-    this.markers = new Map();
+    this.markers = new Map(); // defect id -> {key, marker, line}
     this.fitted = false;
   }
 
@@ -49,8 +52,8 @@ export class DefectMap {
   }
 
   clusterIcon(cluster) {
-    const children = cluster.getAllChildMarkers();
-    const worst = Math.max(...children.map((m) => m.options.severity || 0));
+    let worst = 0; // a loop: spreading a city's 100k+ children into Math.max overflows the call stack
+    for (const m of cluster.getAllChildMarkers()) worst = Math.max(worst, m.options.severity || 0);
     const colour = severityBand(worst).colour;
     const n = cluster.getChildCount();
     const size = n < 10 ? 30 : n < 100 ? 36 : 44;
@@ -63,37 +66,69 @@ export class DefectMap {
     });
   }
 
+  // The map follows DEFECTS: only the defects that are new, changed or gone are touched, so a refresh of a city's
+  // 100k defects redraws what changed. A call while markercluster still adds the last call's markers waits for
+  // it: its chunks cannot be cancelled, and a clear in between let them add stale markers back (with 100k
+  // defects every 30 s refresh emptied the map, and a filter changed twice showed defects it hides).
   showDefects(defects) {
-    this.clusters.clearLayers();
-    this.lines.clearLayers();
-    this.markers.clear();
-    const markers = [];
-    for (const d of defects) {
-      if (!Number.isFinite(d.lat) || !Number.isFinite(d.lon)) continue;
-      const closed = !OPEN_STATUSES.includes(d.status);
-      if (d.line) {
-        const line = L.polyline(d.line, { color: severityBand(d.severity).colour, weight: 5, opacity: closed ? 0.4 : 0.9,
-          dashArray: "8 4", className: `defect-line defect-line-${d.className}` });
-        line.on("click", () => this.onSelect(d.id, false));
-        this.lines.addLayer(line);
-      }
-      const icon = L.divIcon({
-        html: markerSvg(d.className, d.severity),
-        className: `defect-icon defect-${d.className}${closed ? " closed" : ""}`,
-        iconSize: [22, 22],
-        iconAnchor: [11, 11],
-      });
-      const marker = L.marker([d.lat, d.lon], { icon, severity: d.severity, title: `${d.className} ${d.id}` });
-      // Tests and the list find a marker by its defect id.
-      marker.on("add", () => {
-        marker.getElement()?.setAttribute("data-defect-id", d.id);
-        marker.getElement()?.classList.toggle("selected", d.id === this.selectedId);
-      });
-      marker.on("click", () => this.onSelect(d.id, false)); // already in view: keep the map where it is
-      this.markers.set(d.id, marker);
-      markers.push(marker);
+    if (this.adding) {
+      this.pending = defects;
+      return;
     }
-    this.clusters.addLayers(markers);
+    const wanted = new Map();
+    for (const d of defects) if (Number.isFinite(d.lat) && Number.isFinite(d.lon)) wanted.set(d.id, d);
+    const gone = [];
+    for (const [id, entry] of this.markers) {
+      const d = wanted.get(id);
+      if (d && markerKey(d) === entry.key) continue;
+      gone.push(entry.marker);
+      if (entry.line) this.lines.removeLayer(entry.line);
+      this.markers.delete(id);
+    }
+    this.clusters.removeLayers(gone);
+    const added = [];
+    for (const d of wanted.values()) {
+      if (this.markers.has(d.id)) continue;
+      const entry = this.makeMarker(d);
+      this.markers.set(d.id, entry);
+      if (entry.line) this.lines.addLayer(entry.line);
+      added.push(entry.marker);
+    }
+    this.adding = true;
+    this.clusters.addLayers(added); // chunkProgress calls addingDone after the last chunk (at once when small)
+  }
+
+  addingDone() {
+    this.adding = false;
+    if (this.pending) {
+      const next = this.pending;
+      this.pending = null;
+      this.showDefects(next);
+    }
+  }
+
+  makeMarker(d) {
+    const closed = !OPEN_STATUSES.includes(d.status);
+    let line = null;
+    if (d.line) {
+      line = L.polyline(d.line, { color: severityBand(d.severity).colour, weight: 5, opacity: closed ? 0.4 : 0.9,
+        dashArray: "8 4", className: `defect-line defect-line-${d.className}` });
+      line.on("click", () => this.onSelect(d.id, false));
+    }
+    const icon = L.divIcon({
+      html: markerSvg(d.className, d.severity),
+      className: `defect-icon defect-${d.className}${closed ? " closed" : ""}`,
+      iconSize: [22, 22],
+      iconAnchor: [11, 11],
+    });
+    const marker = L.marker([d.lat, d.lon], { icon, severity: d.severity, title: `${d.className} ${d.id}` });
+    // Tests and the list find a marker by its defect id.
+    marker.on("add", () => {
+      marker.getElement()?.setAttribute("data-defect-id", d.id);
+      marker.getElement()?.classList.toggle("selected", d.id === this.selectedId);
+    });
+    marker.on("click", () => this.onSelect(d.id, false)); // already in view: keep the map where it is
+    return { key: markerKey(d), marker, line };
   }
 
   // Once, after the first load: everything there is to see (defects, roads driven, vehicles) in view.
@@ -114,12 +149,16 @@ export class DefectMap {
   // The picked defect's marker stands out (its element exists only while it is not in a cluster).
   highlight(id) {
     this.selectedId = id;
-    for (const [markerId, marker] of this.markers) marker.getElement()?.classList.toggle("selected", markerId === id);
+    for (const [markerId, entry] of this.markers) entry.marker.getElement()?.classList.toggle("selected", markerId === id);
   }
 
   focus(defect) {
-    const marker = this.markers.get(defect.id);
+    const marker = this.markers.get(defect.id)?.marker;
     if (!marker) return;
+    if (this.adding || !this.clusters.hasLayer(marker)) { // not in its cluster yet: zoomToShowLayer cannot find it
+      this.map.setView(marker.getLatLng(), Math.max(this.map.getZoom(), 18));
+      return;
+    }
     this.clusters.zoomToShowLayer(marker, () => this.map.panTo(marker.getLatLng()));
   }
 
@@ -146,6 +185,11 @@ export class DefectMap {
       if (layer.deviceId === device.id) layer.openTooltip();
     });
   }
+}
+
+// What a defect's marker and line are drawn from: a defect whose key changed is drawn anew.
+function markerKey(d) {
+  return `${d.status}|${d.severity}|${d.className}|${d.lat}|${d.lon}|${d.line ? JSON.stringify(d.line) : ""}`;
 }
 
 export function legendHtml() {
