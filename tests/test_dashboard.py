@@ -368,8 +368,9 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     browser.find_element(By.ID, "f-reset").click()
     wait.until(lambda d: shown(d) == total)
 
-    # The coverage layer draws the driven street (an SVG path in Leaflet's overlay pane).
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".leaflet-overlay-pane path"))
+    # The coverage layer draws the driven street (on a canvas in Leaflet's overlay pane: a day is thousands of lines).
+    wait.until(lambda d: int(d.execute_script("return document.body.dataset.coverageLines || '0'")) > 0)
+    assert browser.find_elements(By.CSS_SELECTOR, ".leaflet-overlay-pane canvas")
     save_screenshot(browser, "dashboard-defects.png")
 
     browser.find_element(By.ID, "tab-devices").click()

@@ -307,6 +307,28 @@ def test_old_pending_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, age: 
         assert ("25 min ago" if level is Level.YELLOW else "3.0 h ago") in delivery.summary
 
 
+def test_rows_stored_before_the_clock_was_set_are_not_56_years_old(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pi boots in 1970 until NTP or GNSS sets its clock: rows it stored then were "499037.4 h ago" in doctor,
+    `status` and the heartbeat the server alerts on. Their age is unknown; they still wait, which doctor says."""
+    from edge_agent.commands.status import collect
+    from edge_agent.link import outbox as outbox_module
+    from edge_agent.link.heartbeat import build_status
+
+    monkeypatch.setattr(outbox_module, "utc_now_iso", lambda: "1970-01-01T01:05:36.000Z")
+    path = uplink_config(tmp_path, closed_port())
+    fill(tmp_path / "state" / "outbox.db", 2)
+    monkeypatch.undo()
+    delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert delivery.level is Level.YELLOW, delivery
+    assert "2 unconfirmed rows, the oldest stored at 1970-01-01T01:05:36.000Z (before the box's clock was set)" \
+        in delivery.summary, delivery.summary
+    assert " h ago" not in delivery.summary
+    with Outbox(tmp_path / "state" / "outbox.db", OutboxConfig()) as ob:
+        assert build_status("online", "veh-x", ob, None)["oldest_pending_age_s"] is None
+    assert "h ago" not in json.dumps(collect(str(path), None), default=str)
+
+
 def refuse(path: Path, ids: list[str], reason: str) -> None:
     """Mark IDS as the uplink does when the server's ack lists them under `rejected` with REASON ('{i}' is
     the row's number: the server names each event's own time)."""
@@ -352,6 +374,23 @@ def test_rows_refused_more_than_a_day_ago_are_only_mentioned(tmp_path: Path, mon
     assert delivery.level is Level.GREEN, delivery
     assert "2 rows refused by the server more than 24 h ago" in delivery.summary
     assert (delivery.data["rejected"], delivery.data["rejected_recent"]) == (2, 0)
+
+
+def test_rows_refused_while_the_clock_was_unset_count_as_recent(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused minutes ago by a box whose clock read 1970 (set by NTP since): they were "refused more than 24 h
+    ago" and doctor was green. Their time is unknown, so they count as recent."""
+    from edge_agent.link import outbox as outbox_module
+
+    path = uplink_config(tmp_path, closed_port())
+    queue = tmp_path / "state" / "outbox.db"
+    ids = fill(queue, 2)
+    monkeypatch.setattr(outbox_module, "utc_now_iso", lambda: "1970-01-01T01:07:00.000Z")
+    refuse(queue, ids, "captured_at: 1970-01-01T01:0{i}:00+00:00 is older than the server keeps")
+    monkeypatch.undo()
+    delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert delivery.level is Level.YELLOW, delivery
+    assert (delivery.data["rejected"], delivery.data["rejected_recent"]) == (2, 2)
 
 
 @pytest.mark.services

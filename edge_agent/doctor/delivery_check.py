@@ -23,6 +23,7 @@ from edge_agent.link.heartbeat import (
     FULL_DISK_MB,
     age_s,
     ago_text,
+    clock_unset,
     is_stale,
     read_status_file,
     status_age_s,
@@ -175,6 +176,8 @@ def _unacked_finding(count: int, oldest: str | None, last_confirmed: str | None)
 
 def _pending_finding(oldest: str | None, depth: int) -> _Finding | None:
     age = age_s(oldest)
+    if clock_unset(oldest):  # stored while the clock read 1970: how long they wait is unknown, not 56 years
+        age = PENDING_WARN_S
     if age is None or age < PENDING_WARN_S:
         return None
     return _Finding(Level.RED if age >= PENDING_FAIL_S else Level.YELLOW,

@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import Outbox, utc_now_iso
+from edge_agent.link.outbox import CLOCK_SET_AFTER, Outbox, utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,29 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
     }
 
 
-def age_s(stamp: str | None) -> float | None:
+CLOCK_SET = datetime.fromisoformat(CLOCK_SET_AFTER.replace("Z", "+00:00"))
+
+
+def clock_unset(stamp: str | None) -> bool:
+    """STAMP was written while the box's clock was not set yet."""
+    when = _parse(stamp)
+    return when is not None and when < CLOCK_SET
+
+
+def _parse(stamp: str | None) -> datetime | None:
     if not stamp:
         return None
     try:
         when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def age_s(stamp: str | None) -> float | None:
+    """Seconds since STAMP by the wall clock; None without a readable stamp or for one the unset clock made."""
+    when = _parse(stamp)
+    if when is None or when < CLOCK_SET:
         return None
     return round((datetime.now(UTC) - when).total_seconds(), 1)
 
@@ -137,6 +154,8 @@ def seconds_text(age: float) -> str:
 
 def ago_text(stamp: str | None) -> str:
     """'<stamp> (N min ago)', or '-' without a readable stamp."""
+    if clock_unset(stamp):
+        return f"{stamp} (before the box's clock was set)"
     age = age_s(stamp)
     return "-" if age is None else f"{stamp} ({seconds_text(age)} ago)"
 

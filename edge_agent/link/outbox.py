@@ -51,6 +51,11 @@ TABLE = {"event": "events", "coverage": "coverage"}
 ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
 
 
+# A stamp before this was made by a clock nobody had set (a Raspberry Pi boots in 1970 or at its image's build
+# date until NTP or GNSS sets it): its age says nothing ("499037 h ago").
+CLOCK_SET_AFTER = "2024-01-01T00:00:00.000Z"
+
+
 def utc_now_iso(ago_s: float = 0.0) -> str:
     """Now (or AGO_S seconds before) in UTC, as the contract writes times."""
     return (datetime.now(UTC) - timedelta(seconds=ago_s)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -576,17 +581,18 @@ class Outbox:
             return dict(self.conn.execute(f"SELECT {ID_COLUMN[kind]}, {SHOWN_STATE} FROM {TABLE[kind]}").fetchall())
 
     def rejections(self, since: str | None = None, top: int = 3) -> dict[str, Any]:
-        """The rows the server refused for good (since the UTC stamp SINCE, when given): how many of each kind,
-        the latest refusal, and the TOP reasons with their counts, most common first. Reasons are grouped by
-        reason_kind(), since the server names each event's own time or id in them."""
+        """The rows the server refused for good (since the UTC stamp SINCE, when given, or while the clock was
+        unset, as their time is unknown): how many of each kind, the latest refusal, and the TOP reasons with
+        their counts, most common first. Reasons are grouped by reason_kind(), since the server names each
+        event's own time or id in them."""
         counts: dict[str, int] = {}
         reasons: dict[str, int] = {}
         latest: list[str] = []
         with self._lock:
             for kind, table in TABLE.items():
                 rows = self.conn.execute(
-                    f"SELECT rejected, confirmed_at FROM {table} WHERE rejected IS NOT NULL AND confirmed_at >= ?",
-                    (since or "",)).fetchall()
+                    f"SELECT rejected, confirmed_at FROM {table} WHERE rejected IS NOT NULL "
+                    "AND (confirmed_at >= ? OR confirmed_at < ?)", (since or "", CLOCK_SET_AFTER)).fetchall()
                 counts[kind] = len(rows)
                 for reason, at in rows:
                     key = reason_kind(reason)

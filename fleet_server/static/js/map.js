@@ -22,7 +22,9 @@ export class DefectMap {
     });
     this.adding = false; // markercluster is still adding the last call's markers, chunk by chunk
     this.pending = null; // the defects asked for meanwhile
-    this.coverage = L.geoJSON(null, { style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
+    // The roads driven: a fleet's day is tens of thousands of lines, one canvas rather than as many SVG elements.
+    this.coverage = L.geoJSON(null, { renderer: L.canvas({ padding: 0.3 }),
+      style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
     this.devices = L.layerGroup();
     this.lines = L.layerGroup(); // cracks: the line along each, under its marker
     this.coverage.addTo(this.map);
@@ -165,6 +167,7 @@ export class DefectMap {
   showCoverage(geojson, visible) {
     this.coverage.clearLayers();
     if (visible && geojson) this.coverage.addData(geojson);
+    document.body.dataset.coverageLines = String(this.coverage.getLayers().length);
   }
 
   showDevices(devices) {
