@@ -728,6 +728,20 @@ def test_the_broker_drops_a_command_that_expires_while_the_vehicle_is_off(servic
         commands.send(server_cfg, device_id, "config-reload", {"expires_at": "2026-01-01T00:00:00Z"})
 
 
+def test_the_journal_orders_commands_by_the_servers_time_not_the_boxs(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pushes across a power cut that set the box's clock back a day (no clock chip): by the box's clock the
+    newer one looked older, and a restart resumed the older push as the newest."""
+    from edge_agent.detect import model_update
+
+    journal = model_update.Journal(tmp_path / ".commands")
+    monkeypatch.setattr(model_update, "utc_now", lambda: "2026-12-06T10:00:00Z")
+    journal.write("older", {"command_id": "older", "issued_at": "2026-12-06T09:59:00Z"}, "queued")
+    monkeypatch.setattr(model_update, "utc_now", lambda: "2026-12-05T10:05:00Z")  # after the power cut
+    journal.write("newer", {"command_id": "newer", "issued_at": "2026-12-06T10:04:00Z"}, "queued")
+    assert [key for key, _ in journal.entries()] == ["older", "newer"]
+
+
 # --------------------------------------------------------------------------- the newest push wins, expiry
 def test_a_push_during_an_update_is_queued_and_the_newest_wins(store: ModelStore,
                                                                 model_server: ModelServer) -> None:

@@ -365,7 +365,9 @@ class Journal:
         self._path(key).unlink(missing_ok=True)
 
     def entries(self) -> list[tuple[str, dict[str, Any]]]:
-        """(key, entry) oldest first; unreadable files (a crash while writing one) are dropped."""
+        """(key, entry) oldest command first, by the server's issued_at (the box's own clock may have been set
+        back between two commands: a Pi without a clock chip after a power cut); unreadable files (a crash while
+        writing one) are dropped."""
         found = []
         for path in self.root.glob("*.json") if self.root.is_dir() else ():
             entry = self.get(path.stem)
@@ -374,7 +376,7 @@ class Journal:
                 path.unlink(missing_ok=True)
                 continue
             found.append((path.stem, entry))
-        return sorted(found, key=lambda item: str(item[1].get("since", "")))
+        return sorted(found, key=lambda item: str(item[1]["payload"].get("issued_at") or item[1].get("since", "")))
 
 
 # ------------------------------------------------------------------------------------------ updater
