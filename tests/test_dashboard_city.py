@@ -34,20 +34,26 @@ pytestmark = pytest.mark.services
 DEFECTS = 20_000
 STATUSES = ("new", "confirmed", "scheduled", "likely_repaired", "repaired", "dismissed")
 LIST_LIMIT = 500  # fleet_server/static/js/filters.js
+CRACK_EVERY = 10
 
 
 def seed_city(dsn: str, defects: int) -> None:
-    """DEFECTS potholes over 4 x 4 km, every status, written with COPY."""
+    """DEFECTS over 4 x 4 km, every status, one in CRACK_EVERY a 4 m crack with its line, written with COPY."""
     rng = random.Random(7)
     now = datetime.now(UTC)
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY defects (id, class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, "
+        with cur.copy("COPY defects (id, class, geom, line, h_accuracy_m, first_seen, last_seen, sighting_count, "
                       "vehicle_count, pass_count, severity, confidence, status) FROM STDIN") as copy:
             for i in range(1, defects + 1):
-                lat, lon = offset_latlon(48.137, 11.575, rng.uniform(-2000, 2000), rng.uniform(-2000, 2000))
+                north, east = rng.uniform(-2000, 2000), rng.uniform(-2000, 2000)
+                lat, lon = offset_latlon(48.137, 11.575, north, east)
+                line = None
+                if i % CRACK_EVERY == 0:
+                    (lat0, lon0), (lat1, lon1) = (offset_latlon(48.137, 11.575, north + d, east) for d in (-2, 2))
+                    line = f"SRID=4326;LINESTRING({lon0} {lat0}, {lon1} {lat1})"
                 seen = now - timedelta(days=rng.uniform(0, 300))
-                copy.write_row((i, "pothole", f"SRID=4326;POINT({lon} {lat})", 1.0, seen, seen, 2, 2, 2,
-                                rng.random(), 0.8, STATUSES[i % len(STATUSES)]))
+                copy.write_row((i, "crack" if line else "pothole", f"SRID=4326;POINT({lon} {lat})", line, 1.0,
+                                seen, seen, 2, 2, 2, rng.random(), 0.8, STATUSES[i % len(STATUSES)]))
         cur.execute("SELECT setval('defects_id_seq', %s)", (defects,))
 
 
@@ -160,6 +166,31 @@ def test_an_answer_the_page_cap_cuts_short_says_so(capped_city, tmp_path) -> Non
         browser.quit()
 
 
+def test_crack_lines_draw_when_zoomed_in_and_a_defect_picked_on_the_map_joins_the_list(city, tmp_path) -> None:
+    """A city's crack lines as SVG paths made every pan and zoom take a second while each was a pixel under its
+    marker: they draw from zoom 16 on. A defect picked on the map from beyond the list's worst 500 joins it."""
+    browser = open_dashboard(tmp_path, *city)
+    try:
+        lines = "return document.querySelectorAll('path.defect-line-crack').length"
+        assert browser.execute_script(lines) == 0  # the whole city in view
+        # Picked as soon as the list shows, while the first load still runs: the map goes to it and stays.
+        browser.execute_script("document.querySelector('#defect-list li[data-defect-id]').click()")
+        WebDriverWait(browser, 20).until(lambda d: d.execute_script(lines) > 0)  # zoomed in to it
+        listed = set(browser.execute_script(
+            "return [...document.querySelectorAll('#defect-list li[data-defect-id]')].map((li) => li.dataset.defectId)"
+        ))
+        on_map = browser.execute_script(
+            "return [...document.querySelectorAll('.defect-icon[data-defect-id]')].map((m) => m.dataset.defectId)")
+        other = next(i for i in on_map if i not in listed)
+        browser.execute_script("""document.querySelector(`.defect-icon[data-defect-id='${arguments[0]}']`)
+            .dispatchEvent(new MouseEvent('click', {bubbles: true}))""", other)
+        WebDriverWait(browser, 20).until(lambda d: d.execute_script(
+            "return document.querySelector(`#defect-list li.selected[data-defect-id='${arguments[0]}']`) !== null",
+            other))
+    finally:
+        browser.quit()
+
+
 def test_a_phone_keeps_the_map_and_the_panel_on_screen(city, tmp_path) -> None:
     browser = open_dashboard(tmp_path, *city, width=390, height=844)
     try:
@@ -168,9 +199,13 @@ def test_a_phone_keeps_the_map_and_the_panel_on_screen(city, tmp_path) -> None:
             "return [document.getElementById('map').getBoundingClientRect().width, "
             "document.documentElement.scrollWidth, window.innerWidth]")
         assert inner <= 760 and width >= inner - 20 and page <= inner, (width, page, inner)
-        browser.execute_script("document.querySelector('#defect-list li[data-defect-id]').click()")
+        # A defect far down the list: picking it brings the map, now at the defect, back on screen.
+        browser.execute_script("""const li = document.querySelectorAll('#defect-list li[data-defect-id]')[200];
+            li.scrollIntoView(); li.click();""")
         WebDriverWait(browser, 20).until(
             lambda d: not d.execute_script("return document.getElementById('panel').hidden"))
+        top = browser.execute_script("return document.getElementById('map').getBoundingClientRect().top")
+        assert abs(top) < 2, top
         panel = browser.execute_script("const r = document.getElementById('panel').getBoundingClientRect();"
                                        "return [r.left, r.right, r.bottom, window.innerWidth, window.innerHeight];")
         assert panel[0] >= 0 and panel[1] <= panel[3] and panel[2] <= panel[4], panel

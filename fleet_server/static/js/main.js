@@ -76,7 +76,12 @@ async function startApp() {
     state.map.highlight(null);
     redraw();
   });
-  $("filters").addEventListener("change", () => { redraw(); loadCoverage(); });
+  // Coverage depends on the dates and its checkbox only: a class or status change does not reload a day of lines.
+  const coverageInputs = new Set(["f-since", "f-until", "f-coverage"]);
+  $("filters").addEventListener("change", (event) => {
+    redraw();
+    if (coverageInputs.has(event.target.id)) loadCoverage();
+  });
   $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
   $("refresh").addEventListener("click", () => loadAll());
   $("fit-all").addEventListener("click", () => state.map.fitAll());
@@ -159,10 +164,11 @@ async function loadDefects() {
 
 // Defects and coverage come in pages by cursor; the map wants all of them, up to MAX_PAGES pages. `more`: the
 // pages ran out before the data did.
-async function allPages(path, params) {
+async function allPages(path, params, superseded = () => false) {
   const features = [];
   let cursor = null;
   for (let page = 0; page < MAX_PAGES; page += 1) {
+    if (superseded()) return { features, more: false }; // a newer load asks for other pages: stop fetching these
     const collection = await getJson(`${path}${query({ ...params, cursor })}`);
     for (const feature of collection.features || []) features.push(feature); // no spread: a page can be 100k
     cursor = collection.next_cursor;
@@ -195,8 +201,10 @@ async function loadCoverage() {
       since: filters.since ? `${filters.since}T00:00:00Z` : defaultCoverageSince(),
       until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
     };
-    const { features, more } = await allPages("coverage", params);
+    if (!state.loading) setStatus("loading the roads driven…");
+    const { features, more } = await allPages("coverage", params, () => run !== state.coverageRun);
     if (run !== state.coverageRun) return; // the filters changed while it loaded: the newer load draws
+    if (!state.loading && !more) setStatus(state.loadedAt ? `updated ${clock(state.loadedAt)}` : "");
     if (more) {
       state.cut.push(`only the first ${features.length} driven lines drawn: narrow the dates`);
       if (!state.loading) setStatus(state.cut.at(-1), true); // a filter's reload: no load will say it
@@ -232,9 +240,18 @@ function selectDefect(id, focusMap = true) {
   if (!defect) return;
   state.selected = id;
   state.map.highlight(id);
-  document.querySelectorAll("#defect-list li").forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
+  const items = [...document.querySelectorAll("#defect-list li[data-defect-id]")];
+  if (items.some((li) => li.dataset.defectId === id)) {
+    items.forEach((li) => li.classList.toggle("selected", li.dataset.defectId === id));
+  } else { // the list holds the worst LIST_LIMIT: one picked on the map from beyond them joins it, marked
+    renderList($("defect-list"), applyFilters(state.defects, readFilters($("filters"))), id, selectDefect);
+  }
   guarded(() => state.panel.open(defect));
-  if (focusMap) state.map.focus(defect);
+  if (focusMap) {
+    state.map.focus(defect);
+    // A phone stacks the map above a long list: bring the map, where the defect now is, on screen.
+    if (window.matchMedia("(max-width: 760px)").matches) $("map").scrollIntoView({ block: "start" });
+  }
 }
 
 // The export holds what the filters show, from the API (its CSV columns are documented for other tools).

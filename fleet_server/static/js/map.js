@@ -4,6 +4,7 @@ import { markerSvg, severityBand, SEVERITY_BANDS, UNKNOWN_SEVERITY, OPEN_STATUSE
 
 const DEFAULT_TILES = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png";
 const MAX_ZOOM = 22;
+const LINES_MIN_ZOOM = 16; // 1.6 m a pixel at 48° latitude
 const DEFAULT_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
 
 export class DefectMap {
@@ -28,7 +29,10 @@ export class DefectMap {
     this.devices = L.layerGroup();
     this.lines = L.layerGroup(); // cracks: the line along each, under its marker
     this.coverage.addTo(this.map);
-    this.lines.addTo(this.map);
+    // A crack is metres long: below LINES_MIN_ZOOM its line is a pixel or two under its marker, and a city's
+    // 30,000 of them as SVG paths made every pan and zoom take a second.
+    this.map.on("zoomend", () => this.showLines());
+    this.showLines();
     this.clusters.addTo(this.map);
     this.devices.addTo(this.map);
     this.markers = new Map(); // defect id -> {key, marker, line}
@@ -133,6 +137,15 @@ export class DefectMap {
     return { key: markerKey(d), marker, line };
   }
 
+  showLines() {
+    document.body.dataset.mapZoom = String(this.map.getZoom()); // for tests, as shownDefects
+    const wanted = this.map.getZoom() >= LINES_MIN_ZOOM;
+    if (wanted !== this.map.hasLayer(this.lines)) {
+      if (wanted) this.lines.addTo(this.map);
+      else this.map.removeLayer(this.lines);
+    }
+  }
+
   // Once, after the first load: everything there is to see (defects, roads driven, vehicles) in view.
   fitOnce() {
     if (!this.fitted) this.fitted = this.fitAll();
@@ -154,14 +167,16 @@ export class DefectMap {
     for (const [markerId, entry] of this.markers) entry.marker.getElement()?.classList.toggle("selected", markerId === id);
   }
 
+  // To the defect at street level (zoom 18 at least), then out of its cluster when it is still in one. Asking
+  // markercluster alone to show it did nothing while a city's markers were still going in.
   focus(defect) {
     const marker = this.markers.get(defect.id)?.marker;
     if (!marker) return;
-    if (this.adding || !this.clusters.hasLayer(marker)) { // not in its cluster yet: zoomToShowLayer cannot find it
-      this.map.setView(marker.getLatLng(), Math.max(this.map.getZoom(), 18));
-      return;
-    }
-    this.clusters.zoomToShowLayer(marker, () => this.map.panTo(marker.getLatLng()));
+    this.fitted = true; // a defect picked during the first load stays in view: the first fit does not undo it
+    this.map.once("moveend", () => {
+      if (!this.adding && this.clusters.hasLayer(marker) && !marker.getElement()) this.clusters.zoomToShowLayer(marker);
+    });
+    this.map.setView(marker.getLatLng(), Math.max(this.map.getZoom(), 18));
   }
 
   showCoverage(geojson, visible) {
@@ -183,6 +198,7 @@ export class DefectMap {
   }
 
   focusDevice(device) {
+    this.fitted = true;
     if (device.fix) this.map.setView([device.fix.lat, device.fix.lon], Math.max(this.map.getZoom(), 16));
     this.devices.eachLayer((layer) => {
       if (layer.deviceId === device.id) layer.openTooltip();
