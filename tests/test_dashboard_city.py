@@ -10,23 +10,20 @@ and a phone-sized window keeps the map and the defect's panel on screen.
 from __future__ import annotations
 
 import random
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-import uvicorn
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fleet_server import auth
-from fleet_server.api import create_app
 from fleet_server.config import ApiConfig, DatabaseConfig, ServerConfig
 from fleet_server.migrate import migrate
 from roadmon_contract.geodesy import offset_latlon
 from scripts import demo
+from tests.server_fixtures import serve_api
 from tests.test_dashboard import UNREACHABLE_TILES, markers_on_map, shown
 
 pytestmark = pytest.mark.services
@@ -57,34 +54,20 @@ def seed_city(dsn: str, defects: int) -> None:
         cur.execute("SELECT setval('defects_id_seq', %s)", (defects,))
 
 
-def serve(dsn: str, api: ApiConfig) -> Iterator[tuple[str, str]]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    cfg = ServerConfig(database=DatabaseConfig(dsn=dsn), api=api.model_copy(update={"port": port}))
+def served_city(dsn: str, monkeypatch: pytest.MonkeyPatch, api: ApiConfig) -> Iterator[tuple[str, str]]:
+    """DEFECTS seeded and the API serving them: (its base URL, a viewer's token)."""
+    monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
+    migrate(dsn)
+    seed_city(dsn, DEFECTS)
     with psycopg.connect(dsn, autocommit=True) as conn:
         viewer = auth.create_token(conn, "viewer", "test-city")
-    uv = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "the API server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", viewer
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_api(ServerConfig(database=DatabaseConfig(dsn=dsn), api=api)) as url:
+        yield url, viewer
 
 
 @pytest.fixture
 def city(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
-    migrate(fresh_db)
-    seed_city(fresh_db, DEFECTS)
-    yield from serve(fresh_db, ApiConfig())
+    yield from served_city(fresh_db, monkeypatch, ApiConfig())
 
 
 def open_dashboard(tmp_path, url: str, viewer: str, width: int = 1440, height: int = 900):
@@ -147,10 +130,7 @@ def test_filters_changed_while_markers_load_leave_exactly_the_shown_defects(city
 
 @pytest.fixture
 def capped_city(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
-    migrate(fresh_db)
-    seed_city(fresh_db, DEFECTS)
-    yield from serve(fresh_db, ApiConfig(max_page_size=50))  # 200 pages of 50: 10,000 of the 20,000 load
+    yield from served_city(fresh_db, monkeypatch, ApiConfig(max_page_size=50))  # 200 pages of 50: 10,000 load
 
 
 def test_an_answer_the_page_cap_cuts_short_says_so(capped_city, tmp_path) -> None:

@@ -138,7 +138,6 @@ export class DefectMap {
   }
 
   showLines() {
-    document.body.dataset.mapZoom = String(this.map.getZoom()); // for tests, as shownDefects
     const wanted = this.map.getZoom() >= LINES_MIN_ZOOM;
     if (wanted !== this.map.hasLayer(this.lines)) {
       if (wanted) this.lines.addTo(this.map);
