@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from fleet_server import aggregate, spreadsheet
-from fleet_server.api_deps import QueryTime, QueryUntil, db, known_query_only, read_db, require
+from fleet_server.api_deps import QueryTime, QueryUntil, as_of, db, known_query_only, read_db, require
 from fleet_server.validate import fold_class
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
@@ -165,15 +165,28 @@ class Filters:
 
 @router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
 def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
-                 limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(read_db),
-                 _who=Depends(require("viewer"))) -> dict:
+                 limit: int | None = Query(None, ge=1),
+                 changed_since: QueryTime | None = Query(
+                     None, description="Only defects changed (new, sighted, moved, status) at or after this UTC time, "
+                     "with `removed`: the ids merged into another since then (on the first page). Keep a copy in "
+                     "step by asking from an earlier answer's `as_of`, less a minute; filters apply to the changed "
+                     "defects, so a copy kept with filters does not hear of one that left them"),
+                 conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     api = request.app.state.cfg.api
     page = min(limit or api.page_size, api.max_page_size)
-    rows = query_defects(conn, filters.where, dict(filters.params), cursor, page + 1)
+    where, params = list(filters.where), dict(filters.params)
+    if changed_since is not None:
+        where.append("d.updated_at >= %(changed_since)s")
+        params["changed_since"] = changed_since
+    rows = query_defects(conn, where, params, cursor, page + 1)
     more = len(rows) > page
     rows = rows[:page]
-    return {"type": "FeatureCollection", "features": [defect_feature(r) for r in rows],
-            "next_cursor": rows[-1][0] if more else None}
+    answer = {"type": "FeatureCollection", "features": [defect_feature(r) for r in rows],
+              "next_cursor": rows[-1][0] if more else None, "as_of": _jsonable(as_of(conn))}
+    if changed_since is not None and cursor is None:
+        answer["removed"] = [r[0] for r in conn.execute(
+            "SELECT dropped_id FROM defect_merges WHERE merged_at >= %s ORDER BY dropped_id", (changed_since,))]
+    return answer
 
 
 def download(media_type: str, what: str) -> dict:

@@ -72,6 +72,16 @@ def read_db(request: Request, primary: psycopg.Connection = Depends(db)) -> Iter
         yield conn
 
 
+def as_of(conn: psycopg.Connection) -> datetime:
+    """When an answer read on CONN is current: its statement's time, or on a read replica the last change it has
+    replayed from the primary (rows are stamped with the primary's clock: the replica's would skip what it has
+    not replayed yet). A copy asking `changed_since` from here, less a margin for writes in progress then (their
+    stamp is their start), misses nothing the answer did not hold."""
+    return conn.execute("""SELECT CASE WHEN pg_is_in_recovery()
+        THEN least(statement_timestamp(), coalesce(pg_last_xact_replay_timestamp(), 'epoch'))
+        ELSE statement_timestamp() END""").fetchone()[0]
+
+
 def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

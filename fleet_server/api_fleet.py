@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from fleet_server import commands
 from fleet_server.api_defects import _jsonable, bbox_filter
-from fleet_server.api_deps import QueryTime, QueryUntil, db, known_query_only, principal, read_db, require
+from fleet_server.api_deps import QueryTime, QueryUntil, as_of, db, known_query_only, principal, read_db, require
 from fleet_server.auth import Principal
 from fleet_server.device_view import device_rows
 from fleet_server.health import checks as health_checks
@@ -91,9 +91,17 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
              cursor: str | None = Query(None, max_length=80, description="The previous page's next_cursor"),
+             changed_since: QueryTime | None = Query(
+                 None, description="Only the lines stored at or after this UTC time (coverage never changes once "
+                 "stored: these are the new ones, late uploads included); ask from an earlier answer's `as_of`, "
+                 "less a minute"),
              conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     cfg = request.app.state.cfg.api
+    stamp = as_of(conn)
     where, params = ["c.ended_at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}
+    if changed_since is not None:
+        where.append("c.stored_at >= %(changed_since)s")
+        params["changed_since"] = changed_since
     if until is not None:
         where.append("c.started_at <= %(until)s")
         params["until"] = until
@@ -117,7 +125,8 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
                                 "ended_at": _jsonable(r[3]), "detector_active": r[4]}} for r in rows]
     last = rows[-1] if rows else None
     return {"type": "FeatureCollection", "features": features,
-            "next_cursor": f"{last[2].astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}~{last[0]}" if more and last else None}
+            "next_cursor": f"{last[2].astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}~{last[0]}" if more and last else None,
+            "as_of": _jsonable(stamp)}
 
 
 def _coverage_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:

@@ -403,6 +403,59 @@ def test_only_a_date_or_the_roads_checkbox_reloads_the_roads_driven(server: Serv
     wait.until(lambda d: d.execute_script(fetched) > before)
 
 
+def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, browser) -> None:
+    """A city's year is 100,000 defects, ~100 MB of GeoJSON that every open tab fetched again every 30 s. A
+    refresh now asks for the defects changed since the last answer: a new one joins the map, a status change
+    shows, a defect merged into another leaves, a road driven since joins the roads; every defect and road is
+    fetched once, at sign-in."""
+    from fleet_server.aggregate import merge_neighbours
+
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    total = server.seeded.potholes + server.seeded.cracks
+    wait.until(lambda d: markers_on_map(d) == total)
+    roads = int(browser.execute_script("return document.body.dataset.coverageLines || '0'"))
+    assert roads > 0
+    cfg = ServerConfig(database=DatabaseConfig(dsn=server.dsn))
+    received = datetime.now(UTC)
+    new = event("veh-a", 100, "pothole", 400, 0, 0.7, received - timedelta(minutes=5))
+    drive = {"schema": "roadmon.coverage/1", "coverage_id": str(uuid7()), "device_id": "veh-a",
+             "started_at": (received - timedelta(minutes=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+             "ended_at": (received - timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+             "line": [list(reversed(offset(n, 0))) for n in (340, 380, 420)], "detector_active": True,
+             "model_sha256": MODEL["sha256"]}
+
+    def checked(kind: str, message: dict) -> tuple:
+        return check_message(kind, "veh-a", json.dumps(message).encode(), received, cfg.ingest), received
+
+    batch = Batch(events=[checked("event", new)], coverage=[checked("coverage", drive)])
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        store_batch(conn, batch, cfg.aggregate)
+        (added,), = conn.execute("SELECT defect_id FROM sightings WHERE event_id = %s", (new["event_id"],))
+        ids = [r[0] for r in conn.execute("SELECT id FROM defects WHERE class = 'pothole' AND id <> %s "
+                                          "ORDER BY ST_Y(geom::geometry)", (added,))]
+        conn.execute("UPDATE defects SET status = 'repaired' WHERE id = %s", (ids[0],))
+        lat, lon = offset(131, 1)  # the pothole at 180 m settles beside the one at 130 m: one pothole
+        conn.execute("UPDATE defects SET geom = %s::geography WHERE id = %s", (f"SRID=4326;POINT({lon} {lat})", ids[4]))
+        assert merge_neighbours(conn, {ids[3], ids[4]}, cfg.aggregate) == {ids[3]}
+
+    def listed(driver) -> dict[str, str]:  # in one script: the list is redrawn under a loop of element reads
+        return driver.execute_script("""return Object.fromEntries([...document.querySelectorAll(
+            '#defect-list li[data-defect-id]')].map((li) => [li.dataset.defectId, li.textContent]));""")
+
+    browser.find_element(By.ID, "refresh").click()
+    wait.until(lambda d: str(added) in listed(d) and str(ids[4]) not in listed(d))
+    assert "repaired" in listed(browser)[str(ids[0])]
+    wait.until(lambda d: markers_on_map(d) == total)  # one new, one merged away
+    wait.until(lambda d: int(d.execute_script("return document.body.dataset.coverageLines")) == roads + 1)
+    for path in ("/api/v1/defects?", "/api/v1/coverage?"):
+        requests = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)"
+                                          ".filter((n) => n.includes(arguments[0]))", path)
+        assert sum("changed_since" not in r for r in requests) == 1, requests  # everything: at sign-in only
+        assert any("changed_since" in r for r in requests), requests
+    assert script_errors(browser) == []
+
+
 def test_manager_status_change_persists(server: Server, browser) -> None:
     browser.execute_script("sessionStorage.clear()")
     wait = sign_in(browser, server, "viewer")

@@ -113,6 +113,13 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
             with psycopg.connect(primary.dsn, autocommit=True) as conn:
                 conn.execute("UPDATE defects SET severity = 0.9 WHERE id = %s", (defect_id,))
             assert severity(client, viewer, defect_id) == pytest.approx(0.4)
+            # The list's as_of is the replica's last replay, not its clock: a dashboard asking what changed
+            # since then hears of this change once it is replayed (the replica's now() would skip it).
+            stale = client.get("/api/v1/defects", headers=viewer).json()
+            assert stale["features"][0]["properties"]["severity"] == pytest.approx(0.4)
+            with psycopg.connect(primary.dsn, autocommit=True) as conn:
+                changed_at = conn.execute("SELECT updated_at FROM defects WHERE id = %s", (defect_id,)).fetchone()[0]
+            assert datetime.fromisoformat(stale["as_of"]) <= changed_at
 
             # Something stored elsewhere after the replica's last replay, linked from a fresher page: a defect
             # and a sighting's thumbnail the replica does not have yet are read from the primary, not a 404.
@@ -149,6 +156,8 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
         before = served("replica")
         assert severity(client, viewer, defect_id) == pytest.approx(0.9)
         assert served("replica") == before + 1
+        changes = client.get("/api/v1/defects", params={"changed_since": stale["as_of"]}, headers=viewer).json()
+        assert defect_id in [f["id"] for f in changes["features"]]
 
 
 def test_a_replica_that_is_down_leaves_the_api_answering(pair, broker_port, tmp_path: Path) -> None:

@@ -9,6 +9,11 @@ import { renderDevices } from "./devices.js";
 import { defectFromFeature, deviceFields } from "./model.js";
 
 const REFRESH_MS = 30000; // from the end of one load to the start of the next: a slow load is never overlapped
+// A refresh asks for the defects changed, and the roads driven stored, since the last answer's as_of, less a
+// margin: a write in progress then is stamped with its start. Every FULL_RELOAD_MS the page loads everything again
+// (a copy kept by changes alone would keep what they cannot say, such as a write slower than the margin).
+const CHANGES_MARGIN_MS = 60000;
+const FULL_RELOAD_MS = 10 * 60000;
 const PAGE_SIZE = 5000;
 const MAX_PAGES = 200;
 const DAY_MS = 24 * 3600 * 1000;
@@ -23,6 +28,9 @@ const state = {
   loading: null, // the load in progress: a refresh or a click on Refresh meanwhile joins it
   cut: [], // what the last load could not load whole (the pages ran out): the status line says so
   coverageRun: 0, // the newest coverage load: an older one that ends later does not draw over it
+  asOf: null, // the server's as_of of the defects loaded: the next refresh asks what changed since then
+  coverage: null, // the roads driven on the map: {since, until, asOf, loadedAt, lines: Map id -> feature}
+  fullAt: -Infinity, // when every defect was last loaded (performance.now())
 };
 
 function setStatus(text, isError = false) {
@@ -152,29 +160,66 @@ async function loadAllOnce(quiet) {
   setStatus(`updated ${clock(state.loadedAt)}${cut}`, Boolean(cut));
 }
 
+// A city's year is 100,000 defects (~50 MB of GeoJSON): a refresh loads only what changed since the last load,
+// and every defect only at sign-in, every FULL_RELOAD_MS, or when the changes cannot be trusted (cut short).
 async function loadDefects() {
   await guarded(async () => {
-    const { features, more } = await allPages("defects", { limit: PAGE_SIZE });
+    const full = !state.asOf || performance.now() - state.fullAt > FULL_RELOAD_MS;
+    if (!full && await loadChanges()) return;
+    const started = performance.now();
+    const { features, more, first } = await allPages("defects", { limit: PAGE_SIZE });
     if (more) state.cut.push(`only the first ${features.length} defects loaded: the server has more than ${MAX_PAGES} pages`);
     state.defects = features.map(defectFromFeature);
+    state.asOf = more ? null : first.as_of || null; // a cut list is no base for changes
+    state.fullAt = started;
     fillClassOptions($("f-class"), state.defects);
     redraw();
   });
 }
 
+// The defects changed since the last load, put in place of their old selves; those merged into another leave.
+// False when the changes are too many to page through: the caller loads everything instead.
+async function loadChanges() {
+  const ask = { limit: PAGE_SIZE, changed_since: marginBefore(state.asOf) };
+  const { features, more, first } = await allPages("defects", ask);
+  if (more) return false;
+  state.asOf = first.as_of || null;
+  const gone = new Set((first.removed || []).map(String));
+  if (!features.length && !gone.size) return true; // a quiet fleet: nothing to redraw
+  const changed = new Map();
+  for (const feature of features) {
+    const defect = defectFromFeature(feature);
+    changed.set(defect.id, defect);
+  }
+  const next = [];
+  for (const d of state.defects) {
+    if (gone.has(d.id)) continue;
+    const fresh = changed.get(d.id);
+    next.push(fresh || d);
+    changed.delete(d.id);
+  }
+  for (const d of changed.values()) next.push(d); // new since the last load
+  state.defects = next;
+  fillClassOptions($("f-class"), state.defects);
+  redraw();
+  return true;
+}
+
 // Defects and coverage come in pages by cursor; the map wants all of them, up to MAX_PAGES pages. `more`: the
-// pages ran out before the data did.
+// pages ran out before the data did; `first`: the first page's answer (as_of, removed).
 async function allPages(path, params, superseded = () => false) {
   const features = [];
   let cursor = null;
+  let first = null;
   for (let page = 0; page < MAX_PAGES; page += 1) {
-    if (superseded()) return { features, more: false }; // a newer load asks for other pages: stop fetching these
+    if (superseded()) return { features, more: false, first }; // a newer load wants other pages: stop these
     const collection = await getJson(`${path}${query({ ...params, cursor })}`);
+    first = first || collection;
     for (const feature of collection.features || []) features.push(feature); // no spread: a page can be 100k
     cursor = collection.next_cursor;
-    if (cursor === null || cursor === undefined) return { features, more: false };
+    if (cursor === null || cursor === undefined) return { features, more: false, first };
   }
-  return { features, more: true };
+  return { features, more: true, first };
 }
 
 async function loadDevices() {
@@ -191,6 +236,7 @@ async function loadCoverage() {
   const filters = readFilters($("filters"));
   const visible = $("f-coverage").checked;
   if (!visible) {
+    state.coverage = null;
     state.map.showCoverage(null, false);
     return;
   }
@@ -201,16 +247,34 @@ async function loadCoverage() {
       since: filters.since ? `${filters.since}T00:00:00Z` : defaultCoverageSince(),
       until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
     };
+    // A fleet's day is tens of thousands of lines: when the period only moved on (its default start follows the
+    // newest sighting), ask for the lines stored since the last load and drop those that ended before it.
+    const previous = state.coverage;
+    const changes = Boolean(previous && previous.asOf && previous.until === params.until
+      && Date.parse(params.since) >= Date.parse(previous.since)
+      && performance.now() - previous.loadedAt < FULL_RELOAD_MS);
+    const ask = changes ? { ...params, changed_since: marginBefore(previous.asOf) } : params;
     if (!state.loading) setStatus("loading the roads driven…");
-    const { features, more } = await allPages("coverage", params, () => run !== state.coverageRun);
+    const { features, more, first } = await allPages("coverage", ask, () => run !== state.coverageRun);
     if (run !== state.coverageRun) return; // the filters changed while it loaded: the newer load draws
     if (!state.loading && !more) setStatus(state.loadedAt ? `updated ${clock(state.loadedAt)}` : "");
     if (more) {
       state.cut.push(`only the first ${features.length} driven lines drawn: narrow the dates`);
       if (!state.loading) setStatus(state.cut.at(-1), true); // a filter's reload: no load will say it
     }
-    state.map.showCoverage({ type: "FeatureCollection", features }, true);
+    const lines = changes ? previous.lines : new Map();
+    for (const feature of features) lines.set(feature.id, feature);
+    const start = Date.parse(params.since);
+    if (changes) for (const [id, f] of lines) if (Date.parse(f.properties.ended_at) < start) lines.delete(id);
+    state.coverage = { ...params, asOf: more ? null : first.as_of || null, lines,
+      loadedAt: changes ? previous.loadedAt : performance.now() };
+    state.map.showCoverage(lines.values(), true);
   });
+}
+
+// An as_of less the margin for writes in progress then (stamped with their start), as the server takes it.
+function marginBefore(asOf) {
+  return new Date(Date.parse(asOf) - CHANGES_MARGIN_MS).toISOString();
 }
 
 // Without a date range: from a day before the latest sighting on, so that a fleet that did not drive today

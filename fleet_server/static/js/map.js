@@ -25,7 +25,9 @@ export class DefectMap {
     this.pending = null; // the defects asked for meanwhile
     // The roads driven: a fleet's day is tens of thousands of lines, one canvas rather than as many SVG elements.
     this.coverage = L.geoJSON(null, { renderer: L.canvas({ padding: 0.3 }),
-      style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false });
+      style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false,
+      onEachFeature: (feature, layer) => this.coverageLines.set(feature.id, layer) });
+    this.coverageLines = new Map(); // coverage id -> its line on the map
     this.devices = L.layerGroup();
     this.lines = L.layerGroup(); // cracks: the line along each, under its marker
     this.coverage.addTo(this.map);
@@ -178,10 +180,17 @@ export class DefectMap {
     this.map.setView(marker.getLatLng(), Math.max(this.map.getZoom(), 18));
   }
 
-  showCoverage(geojson, visible) {
-    this.coverage.clearLayers();
-    if (visible && geojson) this.coverage.addData(geojson);
-    document.body.dataset.coverageLines = String(this.coverage.getLayers().length);
+  // LINES: coverage features (an iterable); only those not on the map yet are drawn, those no longer wanted go.
+  showCoverage(lines, visible) {
+    const wanted = new Map();
+    if (visible && lines) for (const feature of lines) wanted.set(feature.id, feature);
+    for (const [id, layer] of this.coverageLines) {
+      if (wanted.has(id)) continue;
+      this.coverage.removeLayer(layer);
+      this.coverageLines.delete(id);
+    }
+    for (const [id, feature] of wanted) if (!this.coverageLines.has(id)) this.coverage.addData(feature);
+    document.body.dataset.coverageLines = String(this.coverageLines.size);
   }
 
   showDevices(devices) {
