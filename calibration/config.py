@@ -57,25 +57,29 @@ def _toml_value(v: object) -> str:
     return json.dumps(v)
 
 
-def write_intrinsics(path: Path, intr: Intrinsics, rms_px: float | None = None, images: int | None = None) -> None:
-    """Write TOML (a [calibration]-compatible table of keys) or JSON, by the file's suffix."""
+def intrinsics_text(path: Path, intr: Intrinsics, rms_px: float | None = None, images: int | None = None) -> str:
+    """The file's text: TOML (a [calibration]-compatible table of keys) or JSON, by PATH's suffix."""
     data = intrinsics_to_dict(intr, rms_px, images)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        return
+        return json.dumps(data, indent=2) + "\n"
     lines = ["# camera intrinsics written by `edge-agent calibrate intrinsics`"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in data.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "\n".join(lines) + "\n"
 
 
 def read_intrinsics(path: Path | str) -> Intrinsics:
-    """Read a file written by `write_intrinsics` (TOML or JSON)."""
+    """Read a file written from `intrinsics_text` (TOML or JSON)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise CalibrationError(f"{path}: empty (a write cut short by a power cut?): run `edge-agent calibrate "
+                                   "intrinsics` again, or copy the file back from the installation's records")
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise CalibrationError(f"{path}: intrinsics file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{path}: cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CalibrationError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
     missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy") if k not in data]

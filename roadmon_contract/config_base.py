@@ -36,12 +36,18 @@ def validate(model: type[M], data: dict, source: Path | str = "<config>") -> M:
         raise ConfigError(source, format_errors(exc)) from None
 
 
-def load_toml(model: type[M], path: Path | str) -> M:
+def load_toml(model: type[M], path: Path | str, allow_empty: bool = True) -> M:
     """Read and validate a TOML file as MODEL; raises ConfigError naming every bad key, or what is wrong with the
-    file itself (missing, a folder, unreadable, not UTF-8, not TOML)."""
+    file itself (missing, a folder, unreadable, not UTF-8, not TOML, or empty where ALLOW_EMPTY is false)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not allow_empty and not text.strip():
+            # A file written in place and cut short by a power cut reads as empty: all defaults, another
+            # box's identity (veh-001), and `config check` said ok.
+            raise ConfigError(path, ["is empty (a write cut short by a power cut?): reinstall it, e.g. with "
+                                     "systemd/install.sh, or start from `edge-agent config example`"])
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
     except IsADirectoryError:

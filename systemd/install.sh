@@ -163,7 +163,10 @@ write_file() {
   printf '%s\n' "$content" >"$tmp"
   chmod "$mode" "$tmp"
   [ -n "$DESTDIR" ] || chown "$owner" "$tmp"
+  # On the disk before its name is: an installer's power cut left an empty agent.toml (hardening row 28).
+  sync "$tmp"
   mv -f "$tmp" "$DESTDIR$path"
+  sync "$(dirname "$DESTDIR$path")"
 }
 
 # copy_secret SRC DEST: root-only file that systemd hands to the service with LoadCredential=.
@@ -424,6 +427,8 @@ case "$ROLE" in
   agent) install_agent ;;
   server) install_server ;;
 esac
+# A technician often powers the box off right after installing: everything installed is on the disk first.
+[ "$DRY_RUN" = 1 ] || sync
 if [ ${#WOULD_FAIL[@]} -gt 0 ]; then
   printf 'install.sh: the dry run found %d step(s) that would fail:\n' "${#WOULD_FAIL[@]}" >&2
   printf '  %s\n' "${WOULD_FAIL[@]}" >&2

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from calibration import GroundProjector, Intrinsics, Mount, projector_from_config
 from calibration.checkerboard import calibrate_images, parse_board
-from calibration.config import CalibrationError, read_intrinsics, write_intrinsics
+from calibration.config import CalibrationError, intrinsics_text, read_intrinsics
 from calibration.grid import draw_ground_grid
 from edge_agent import config as agent_config
 from edge_agent.cli import app
+from edge_agent.durable import write_durably
 
 CAM = Intrinsics.from_hfov(640, 360, 70)
 
@@ -231,7 +232,7 @@ def test_calibrate_intrinsics_fails_clearly(tmp_path: Path) -> None:
 def test_intrinsics_file_round_trip_and_errors(tmp_path: Path) -> None:
     intr = Intrinsics(500.5, 501.0, 320.2, 240.1, 640, 480, (-0.1, 0.01, 0.0, 0.0, 0.0))
     for name in ("a.toml", "a.json"):
-        write_intrinsics(tmp_path / name, intr, 0.3, 12)
+        write_durably(tmp_path / name, intrinsics_text(tmp_path / name, intr, 0.3, 12))
         assert read_intrinsics(tmp_path / name) == intr
     (tmp_path / "bad.json").write_text(json.dumps({"fx": 1}))
     with pytest.raises(CalibrationError, match="missing"):

@@ -144,6 +144,17 @@ def test_config_path_that_is_a_folder_or_binary(tmp_path: Path) -> None:
         assert cfg.level is Level.RED and words in cfg.summary and "check itself failed" not in cfg.summary
 
 
+def test_a_queue_a_power_cut_can_empty_and_an_empty_config_are_called_so(tmp_path: Path) -> None:
+    """outbox.synchronous = NORMAL fsyncs nothing until a checkpoint (~550 events): a power-cut emulation lost a
+    whole drive. A config a power cut emptied ran as veh-001 with every default."""
+    path = write_config(tmp_path, outbox={"synchronous": "NORMAL"})
+    cfg = by_name(run_checks(str(path), only=["config"], options=FAST))["config"]
+    assert cfg.level is Level.YELLOW and "outbox.synchronous is NORMAL" in cfg.summary and "power cut" in cfg.summary
+    path.write_text("")
+    cfg = by_name(run_checks(str(path), only=["config"], options=FAST))["config"]
+    assert cfg.level is Level.RED and "is empty" in cfg.summary
+
+
 # ------------------------------------------------------------------------------------------------ camera
 def test_camera_from_a_video_file_delivers_frames(tmp_path: Path) -> None:
     video = make_video(tmp_path / "road.mp4")

@@ -534,3 +534,27 @@ def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: floa
     assert camera.data["m_per_frame"] == m_per_frame
     assert ("a frame every 7.5 m" in camera.summary and "fewer than two frames" in camera.explanation) \
         == (level is Level.YELLOW)
+
+
+def test_a_status_write_a_power_cut_interrupted_leaves_no_file_for_good(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cut between writing the next status and renaming it over the old one left `agent-status.json*` temp
+    files in the state folder for good; the uplink removes them as it starts."""
+    import os
+
+    from edge_agent.link import heartbeat
+
+    path = tmp_path / "agent-status.json"
+    heartbeat.write_status_file(path, {"state": "online"})
+
+    def cut(*_args: Any) -> None:
+        raise OSError(5, "Input/output error")  # the power went before the rename
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", cut)
+        m.setattr(os, "unlink", lambda *_a: None)  # nor did anything clean up after it
+        heartbeat.write_status_file(path, {"state": "offline"})
+    assert len(list(tmp_path.iterdir())) == 2
+    heartbeat.remove_leftovers(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["agent-status.json"]
+    assert json.loads(path.read_text()) == {"state": "online"}

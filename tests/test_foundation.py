@@ -50,11 +50,27 @@ def test_config_check_cli_exit_codes(tmp_path) -> None:
     box = tmp_path / "box"
     box.mkdir()
     (box / "agent.toml").write_text('[camera]\nsource = "road.mp4"\n[calibration]\nintrinsics_file = "cam.toml"\n')
-    (box / "cam.toml").write_text("")
+    (box / "cam.toml").write_text("width = 1280\nheight = 720\nfx = 900.0\nfy = 900.0\ncx = 640.0\ncy = 360.0\n")
     named = CliRunner().invoke(app, ["config", "check", str(box / "agent.toml")])
     assert named.exit_code == 0, named.output
     assert f"not found here: camera.source: {box / 'road.mp4'}" in named.output
     assert "cam.toml" not in named.output and "1 file(s) it names are not on this machine" in named.output
+
+
+def test_files_a_power_cut_left_empty_are_not_ok(tmp_path) -> None:
+    """A file written in place and cut short by a power cut reads as empty. An empty agent.toml passed `config
+    check` as ok and ran as veh-001 with every default; an empty intrinsics file passed it too, and `run` then
+    refused to start ("missing width, height, fx..."): the box recorded nothing until a technician came."""
+    empty = tmp_path / "agent.toml"
+    empty.write_text("\n")
+    result = CliRunner().invoke(app, ["config", "check", str(empty)])
+    assert result.exit_code == 1 and "is empty" in result.output and "power cut" in result.output
+    with pytest.raises(agent_config.ConfigError, match="is empty"):
+        agent_config.load(empty)
+    empty.write_text('[device]\nid = "veh-7"\n[calibration]\nintrinsics_file = "cam.toml"\n')
+    (tmp_path / "cam.toml").write_bytes(b"")
+    result = CliRunner().invoke(app, ["config", "check", str(empty)])
+    assert result.exit_code == 1 and "calibration.intrinsics_file" in result.output and "empty" in result.output
 
 
 def test_a_config_path_that_cannot_be_read_is_one_problem(tmp_path) -> None:

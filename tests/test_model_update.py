@@ -885,3 +885,38 @@ def test_a_damaged_current_model_falls_back_to_previous_at_start(tmp_path: Path)
     pinned = cfg.model_copy(update={"detector": cfg.detector.model_copy(update={"model": str(store.path_of(damaged))})})
     with pytest.raises(ModelError, match="sha256 mismatch"):
         build_agent(pinned)
+
+
+def test_a_pushed_models_manifest_and_journal_are_durable_before_their_names(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power-cut review found the manifest beside a pushed model renamed in without an fsync: under a new name
+    ext4 does not flush it first, it came back empty, and the agent fell back to the old model and told the
+    server the push failed. Each file is now fsynced before its rename and the folder after it."""
+    import os
+
+    from edge_agent.detect.model_update import Journal, ModelStore
+
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(("replace", f"{src} -> {dst}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = ModelStore(tmp_path / "models")
+    store.ensure()
+    store.write_meta("ab" * 32, {"name": "pushed", "version": "2"})
+    Journal(store.root / ".commands").write("model-update", {"sha256": "ab" * 32}, "running")
+    for written in (store.meta_path("ab" * 32), store.root / ".commands"):
+        [at] = [i for i, (kind, what) in enumerate(calls)
+                if kind == "replace" and str(written) in what.split(" -> ")[1]]
+        source = calls[at][1].split(" -> ")[0]
+        assert ("fsync", source) in calls[:at], calls  # the content first
+        assert ("fsync", str(written.parent if written.suffix else written)) in calls[at:], calls  # then its name
+    assert json.loads(store.meta_path("ab" * 32).read_text())["version"] == "2"

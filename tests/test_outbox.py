@@ -226,8 +226,37 @@ def test_damaged_pages_fail_quick_check_and_are_moved_aside(tmp_path: Path) -> N
     path.write_bytes(bytes(data))
     with Outbox(path) as ob:
         assert ob.moved_aside is not None
-        assert ob.stats()["queue_depth"] == 0
+        assert ob.stats()["queue_depth"] < 300  # what the damaged b-tree still reaches is salvaged (below)
         assert ob.add_event(make_event(ob))
+
+
+def test_rows_of_a_damaged_queue_are_salvaged_and_its_numbers_go_on(tmp_path: Path, caplog) -> None:
+    """A torn write on a card that ignores flushes damaged the queue's `meta` page: quick_check fails and the
+    queue is moved aside. Its unsent events were stranded there (the agent went on with an empty queue from seq
+    1, and `status` said 0 unconfirmed); every row SQLite can still read now comes back."""
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as ob:
+        sent = [make_event(ob) for _ in range(17)]
+        waiting = [make_event(ob, thumbnail_jpeg_b64="A" * 3000) for _ in range(17)]
+        for event in sent + waiting:
+            assert ob.add_event(event)
+        ob.mark_confirmed([("event", e["event_id"]) for e in sent])
+        ob.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        meta_page = ob.conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    data[(meta_page - 1) * 4096:meta_page * 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    health = HealthBoard()
+    with caplog.at_level(logging.ERROR), Outbox(path, health=health) as ob:
+        assert ob.moved_aside is not None
+        assert set(ob.states()) == {e["event_id"] for e in waiting}
+        assert ob.stats()["queue_depth"] == 17
+        assert make_event(ob)["seq"] == 35  # on from the moved queue's highest, not 1 again
+    assert not ob.moved_aside.exists() and list(tmp_path.glob("outbox.db.salvaged-*"))
+    assert "salvaged 17 unconfirmed rows" in caplog.text
+    assert health.snapshot()["counters"]["outbox_salvaged"] == 1
+    with Outbox(path) as ob:  # salvaged once only
+        assert ob.stats()["queue_depth"] == 17
 
 
 def test_rows_the_server_rejects_for_good_are_done_and_counted(outbox: Outbox) -> None:

@@ -28,7 +28,8 @@ def intrinsics(
 ) -> None:
     """Find the board in every image, run cv2.calibrateCamera, report the reprojection error, write the file."""
     from calibration.checkerboard import calibrate_images, list_images, parse_board
-    from calibration.config import CalibrationError, write_intrinsics
+    from calibration.config import CalibrationError, intrinsics_text
+    from edge_agent.durable import write_durably
 
     if output.suffix.lower() not in (".toml", ".json"):  # the format follows the name; cam.yaml got TOML
         raise typer.BadParameter(f"{output}: give a .toml or .json file name", param_hint="'--out'")
@@ -55,7 +56,8 @@ def intrinsics(
     if result.rms_px > 1.0:
         err.print("[yellow]RMS above 1 px: retake blurred images or check --board/--square-mm[/yellow]")
     try:
-        write_intrinsics(output, intr, result.rms_px, len(result.per_image_px))
+        # In place, a power cut left an empty file: the agent then refused to start (hardening row 28).
+        write_durably(output, intrinsics_text(output, intr, result.rms_px, len(result.per_image_px)))
     except OSError as exc:
         err.print(f"[red]could not write {output}:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -27,8 +27,27 @@ def check(path: Path = typer.Argument(..., help="TOML config file to validate"))
     missing = missing_files(cfg)
     for item in missing:  # a config made for another box may name its files: a warning, not an error
         err.print(f"  not found here: {item}", markup=False, highlight=False)
+    problem = intrinsics_problem(cfg)
+    if problem:  # there but unreadable (an empty file after a power cut): `run` refuses to start on it
+        err.print(f"[red]{path}: calibration.intrinsics_file: {problem}[/red]", highlight=False)
+        raise typer.Exit(1)
     typer.echo(f"{path}: ok" + (f" ({len(missing)} file(s) it names are not on this machine; relative names are "
                                 "taken beside the config)" if missing else ""))
+
+
+def intrinsics_problem(cfg: agent_config.AgentConfig) -> str | None:
+    """Why the intrinsics file the config names cannot be read, as `run` would find it; None when it reads or is
+    not on this machine (a warning above)."""
+    from calibration.config import CalibrationError, read_intrinsics
+
+    path = cfg.calibration.intrinsics_file
+    if not path or not Path(path).exists():
+        return None
+    try:
+        read_intrinsics(path)
+    except CalibrationError as exc:
+        return str(exc)
+    return None
 
 
 @config_app.command("example")

@@ -42,8 +42,9 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     if foreign:
         broker = (f"unknown (the status file {status_path} is not what the agent writes: {foreign}; delete it, "
                   "a running agent writes it anew)")
-    elif agent is None and status_path.exists():  # the agent replaces it atomically: damage means the disk
-        broker = f"unknown (the status file {status_path} cannot be read: check the disk, or delete it)"
+    elif agent is None and status_path.exists():  # replaced whole every heartbeat, but not fsynced (card wear)
+        broker = (f"unknown (the status file {status_path} cannot be read: empty or half-written, as a power cut "
+                  "leaves it; a running agent rewrites it every heartbeat, so it is not running or has not started)")
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
         if broker != "stopped" and is_stale(agent, heartbeat_s):

@@ -56,4 +56,4 @@ def parse(data: dict, source: Path | str = "<config>") -> AgentConfig:
 def load(path: Path | str) -> AgentConfig:
     """Read and validate a TOML config; raises ConfigError naming every bad key. Relative file paths in it
     come back absolute, taken beside PATH (edge_agent/config/paths.py)."""
-    return resolve_paths(load_toml(AgentConfig, path), Path(path))
+    return resolve_paths(load_toml(AgentConfig, path, allow_empty=False), Path(path))

@@ -44,6 +44,7 @@ from typing import Any
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
+from edge_agent.durable import fsync_dir, write_durably
 from edge_agent.health import HealthBoard
 from roadmon_contract.commands import expired_reason
 from roadmon_contract.digest import sha256_file
@@ -85,14 +86,6 @@ def utc_now() -> str:
 def shown(url: str) -> str:
     """URL for logs, results and manifests: without its query, which holds the server's signed capability."""
     return url.split("?", 1)[0]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------- the store
@@ -144,7 +137,7 @@ class ModelStore:
             os.fsync(f.fileno())
         os.replace(downloaded, final)
         self.write_meta(sha, meta)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return final
 
     def meta_path(self, sha: str) -> Path:
@@ -157,10 +150,7 @@ class ModelStore:
             return {}
 
     def write_meta(self, sha: str, meta: dict[str, Any]) -> None:
-        path = self.meta_path(sha)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_durably(self.meta_path(sha), json.dumps(meta, indent=2, sort_keys=True))
 
     def swap(self, sha: str) -> str | None:
         """Make SHA current and the old current previous; returns the old current sha."""
@@ -168,14 +158,14 @@ class ModelStore:
         if old and old != sha:
             self._set_link(self.previous_link, old)
         self._set_link(self.current_link, sha)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return old
 
     def restore(self, current: str | None, previous: str | None) -> None:
         """Put both links back as they were (a rollback)."""
         self._set_link(self.current_link, current)
         self._set_link(self.previous_link, previous)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def prune(self, keep: int) -> list[str]:
         """Delete the oldest model files beyond KEEP, never current or previous; returns the removed shas."""
@@ -352,14 +342,7 @@ class Journal:
         attempts = int(before.get("attempts", 0)) + (state == "running")
         entry = {"payload": payload, "state": state, "attempts": attempts, "since": before.get("since", utc_now())}
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as f:
-            json.dump(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.root)
+        write_durably(self._path(key), json.dumps(entry))
 
     def remove(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -38,6 +38,9 @@ def check_config(ctx: Context) -> CheckResult:
         warnings.append("model_update.allow_http is on: models could be replaced in transit")
     if not cfg.uplink.enabled:
         warnings.append("uplink.enabled is false: events stay on this box")
+    if cfg.outbox.synchronous != "FULL":
+        warnings.append("outbox.synchronous is NORMAL: a power cut (the ignition) can lose every event since the "
+                        "queue's last checkpoint, up to thousands")
     update = cfg.model_update
     for key, value in (("model_update.ca_file", update.ca_file), ("model_update.public_key", update.public_key)):
         if value and "-----BEGIN" not in value and not os.access(value, os.R_OK):

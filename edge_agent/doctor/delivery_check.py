@@ -76,8 +76,9 @@ def _no_status(path: Path, data: dict[str, Any]) -> CheckResult:
         return CheckResult("agent", Level.YELLOW, f"the status file {path} cannot be read by this user",
                            "whether the agent runs is unknown", "run doctor as root: `sudo edge-agent doctor`", data)
     return CheckResult("agent", Level.RED, f"the status file {path} cannot be read: the agent is not running or hung",
-                       "the agent replaces it whole every heartbeat, so a damaged one is not being rewritten",
-                       f"{AGENT_HINT}; check the disk (`dmesg`), or delete the file", data)
+                       "the agent replaces it whole every heartbeat, so a damaged one is not being rewritten (a power "
+                       "cut leaves it empty or half-written: the agent's next start rewrites it)",
+                       f"{AGENT_HINT}; if the disk is suspect, `dmesg`", data)
 
 
 def _still_running(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,

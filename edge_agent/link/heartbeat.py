@@ -164,7 +164,7 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
     """Atomically replace PATH with STATUS as JSON (a reader never sees half a file)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(status, f, indent=1)
         os.replace(tmp, path)
@@ -174,6 +174,14 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
         if exc.errno == errno.ENOSPC and _rewrite_in_place(path, status):
             return
         log.warning("could not write the status file %s: %s", path, exc)
+
+
+def remove_leftovers(path: Path) -> None:
+    """The temporary files a power cut left between writing a status and renaming it over PATH (the status is
+    not fsynced: it is rewritten every heartbeat, and a card's writes are worth more than its last copy)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _rewrite_in_place(path: Path, status: dict[str, Any]) -> bool:

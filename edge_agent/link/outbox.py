@@ -207,6 +207,9 @@ def disk_trouble(exc: BaseException) -> bool:
     return code is not None and (code & 0xFF) in _TROUBLE
 
 
+SALVAGE_CHUNK = 64  # rows read at a time from a damaged queue: a bad page costs about its own rows
+
+
 def _quick_check(path: Path) -> str | None:
     """None when PATH is a sound SQLite file (or absent), else what is wrong with it. Disk trouble (full,
     I/O errors) is raised, not returned: it says nothing about the file."""
@@ -734,44 +737,107 @@ class Outbox:
             self._stored_due_stale = True  # their due_at is another process's monotonic clock
 
     def _import_moved_aside(self) -> None:
-        """Take back the unconfirmed rows of queues an earlier run moved aside although they are sound (older
-        agents moved a queue aside on a full disk), then rename them *.imported-<stamp>."""
+        """Take back the unconfirmed rows of queues moved aside: whole from a sound file (older agents moved a
+        queue aside on a full disk), then renamed *.imported-<stamp>; from a damaged one (a torn write on a card
+        that ignores flushes) every row still readable, then renamed *.salvaged-<stamp>. A file SQLite cannot
+        open at all stays *.corrupt-* for a person (doctor lists it)."""
         for old in sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*")):
             if old.name.endswith(("-wal", "-shm")):
                 continue
             try:
-                if _quick_check(old) is not None:
-                    continue  # really damaged: left for a person to look at
-                n = self._import_rows(old)
-            except sqlite3.DatabaseError as exc:
-                log.warning("outbox: could not re-import %s (%s); trying again at the next start", old, exc)
+                damage = _quick_check(old)
+            except sqlite3.DatabaseError as exc:  # disk trouble: says nothing about the file
+                log.warning("outbox: could not check %s (%s); trying again at the next start", old, exc)
                 continue
-            target = old.with_name(old.name.replace(".corrupt-", ".imported-"))
+            try:
+                n, unreadable = self._import_rows(old, damaged=damage is not None)
+            except sqlite3.DatabaseError as exc:
+                if damage is None or disk_trouble(exc):
+                    log.warning("outbox: could not re-import %s (%s); trying again at the next start", old, exc)
+                continue  # damaged beyond opening: left for a person to look at
+            kind = "imported" if damage is None else "salvaged"
+            target = old.with_name(old.name.replace(".corrupt-", f".{kind}-"))
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{old}{suffix}")
                 if src.exists():
                     src.rename(Path(f"{target}{suffix}"))
-            log.warning("outbox: re-imported %d unconfirmed rows from %s (sound, moved aside by an earlier run)",
-                        n, old)
-            self._count("outbox_reimported")
+            if damage is None:
+                log.warning("outbox: re-imported %d unconfirmed rows from %s (sound, moved aside by an earlier run)",
+                            n, old)
+            else:
+                log.error("outbox: salvaged %d unconfirmed rows from the damaged %s (%s); %s", n, old, damage,
+                          f"{unreadable} stretches of rows could not be read: kept as {target}" if unreadable
+                          else f"every row read; kept as {target}")
+            self._count(f"outbox_{'reimported' if damage is None else 'salvaged'}")
 
-    def _import_rows(self, old: Path) -> int:
+    def _import_rows(self, old: Path, damaged: bool = False) -> tuple[int, int]:
+        """Copy OLD's unconfirmed rows in; returns (rows, stretches that could not be read). From a DAMAGED file
+        a table that cannot be read whole is read SALVAGE_CHUNK rows at a time (by rowid), so one bad page loses
+        its own rows only. Sequence numbers go on from the highest OLD still shows, confirmed rows included."""
         # Columns of the first schema version, so any older sound file can be read.
         events = ("event_id, seq, state, priority, severity, attempts, created_at, sent_at, confirmed_at, payload, "
                   "media")
         coverage = "coverage_id, state, priority, attempts, created_at, sent_at, confirmed_at, payload"
-        n = 0
+        n = unreadable = 0
         self.conn.execute("ATTACH DATABASE ? AS moved", (str(old),))
         try:
-            with self._transaction("NORMAL"):
-                for table, cols in (("events", events), ("coverage", coverage)):
-                    n += self.conn.execute(f"INSERT OR IGNORE INTO main.{table} ({cols}) SELECT {cols} "
-                                           f"FROM moved.{table} WHERE state != 'confirmed'").rowcount
+            self.conn.execute("SELECT count(*) FROM moved.sqlite_master").fetchone()  # raises: beyond opening
+            for table, cols in (("events", events), ("coverage", coverage)):
+                copy = (f"INSERT OR IGNORE INTO main.{table} ({cols}) SELECT {cols} FROM moved.{table} "
+                        "WHERE state != 'confirmed'")
+                try:
+                    with self._transaction("NORMAL"):
+                        n += self.conn.execute(copy).rowcount
+                    continue
+                except sqlite3.DatabaseError:
+                    if not damaged:
+                        raise
+                got, lost = self._copy_in_chunks(copy, table)
+                n, unreadable = n + got, unreadable + lost
+            self._carry_seq(damaged)
         finally:
             self.conn.execute("DETACH DATABASE moved")
         self._seq = self._load_seq()
         self.changed.set()
-        return n
+        return n, unreadable
+
+    # The sqlite3 shell's .recover reads every page rather than the b-tree, but the one of Debian 12 and Raspberry
+    # Pi OS (3.40) fails with "SQL logic error" on this schema, sound or not: rows are read by rowid ranges, so a
+    # bad leaf page loses its own rows and a bad interior page those below it.
+    def _copy_in_chunks(self, copy: str, table: str) -> tuple[int, int]:
+        try:
+            last = self.conn.execute(f"SELECT max(rowid) FROM moved.{table}").fetchone()[0] or 0
+        except sqlite3.DatabaseError:
+            return 0, 1  # not even the table's right edge reads: nothing of it can be found
+        got = lost = 0
+        for start in range(0, last + 1, SALVAGE_CHUNK):
+            try:
+                with self._transaction("NORMAL"):
+                    got += self.conn.execute(f"{copy} AND rowid BETWEEN ? AND ?",
+                                             (start, start + SALVAGE_CHUNK - 1)).rowcount
+            except sqlite3.DatabaseError as exc:
+                if disk_trouble(exc):
+                    raise
+                lost += 1
+        return got, lost
+
+    def _carry_seq(self, damaged: bool) -> None:
+        """The new queue numbers on from the moved one: its stored counter or its highest row, whichever reads."""
+        highest = 0
+        for query in ("SELECT CAST(value AS INTEGER) FROM moved.meta WHERE key = 'seq'",
+                      "SELECT max(seq) FROM moved.events"):
+            try:
+                row = self.conn.execute(query).fetchone()
+            except sqlite3.DatabaseError:
+                if not damaged:
+                    raise
+                continue
+            highest = max(highest, int(row[0] or 0) if row else 0)
+        if highest:
+            with self._transaction("NORMAL"):
+                self.conn.execute("INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT (key) DO UPDATE"
+                                  " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                                  (str(highest),))
 
     def _set_health(self, state: str) -> None:
         if self.health is not None:

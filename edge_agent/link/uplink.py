@@ -41,7 +41,7 @@ from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.flow import FlowControl
-from edge_agent.link.heartbeat import boot_stamp, build_status, status_file_of, write_status_file
+from edge_agent.link.heartbeat import boot_stamp, build_status, remove_leftovers, status_file_of, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
@@ -131,6 +131,7 @@ class Uplink:
             return
         self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="uplink-cmd")
         self._stop.clear()
+        remove_leftovers(self.status_path)
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self._thread.start()
 
