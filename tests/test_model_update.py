@@ -920,3 +920,25 @@ def test_a_pushed_models_manifest_and_journal_are_durable_before_their_names(tmp
         assert ("fsync", source) in calls[:at], calls  # the content first
         assert ("fsync", str(written.parent if written.suffix else written)) in calls[at:], calls  # then its name
     assert json.loads(store.meta_path("ab" * 32).read_text())["version"] == "2"
+
+
+def test_a_command_is_journaled_before_the_broker_hears_it_arrived(store: ModelStore, model_server: ModelServer,
+                                                                    tmp_path: Path) -> None:
+    """paho PUBACKs a command when the message callback returns; the journal was written later, in the worker.
+    A power cut between the two left a command the broker had deleted and the box had forgotten: never
+    answered. Now the uplink's callback journals it first, so the next start carries it out."""
+    from edge_agent.config.uplink import UplinkConfig
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.link.uplink import Uplink
+
+    url, sha = model_server.publish(tiny_onnx(45.0))
+    first = updater(store, model_server)
+    with Outbox(tmp_path / "outbox.db") as ob:
+        uplink = Uplink(UplinkConfig(), "veh-t", ob)  # not started: no worker runs the handler (the cut)
+        first.register(uplink)
+        uplink._on_cmd("model-update", json.dumps({"url": url, "sha256": sha, "command_id": "cut"}).encode())
+    assert [entry["state"] for _key, entry in first.journal.entries()] == ["received"]
+    up, out = publishing(store, model_server)  # the next start
+    up.recover()
+    assert out.wait("installed")["command_id"] == "cut" and store.current_sha() == sha
+    assert up.journal.entries() == []

@@ -409,7 +409,7 @@ class ModelUpdater:
         return cls(agent_cfg.model_update, store, detector_sanity_check(agent_cfg.detector), activate, health, pinned)
 
     def register(self, uplink: Any) -> None:
-        uplink.on_command(COMMAND, self.handle, on_published=self.published)
+        uplink.on_command(COMMAND, self.handle, on_published=self.published, accept=self.accept)
         self.publish = lambda result: uplink.publish_result(COMMAND, result)
 
     # -------------------------------------------------------------------------------- entry points
@@ -430,6 +430,18 @@ class ModelUpdater:
         self._start_next()
         self._settled(result)
         return result
+
+    def accept(self, payload: dict[str, Any]) -> None:
+        """Journal PAYLOAD as it arrives, before the broker is told it did: a power cut between the PUBACK and
+        `handle` left a command the broker had deleted and nothing on the box remembered (never answered).
+        `recover` resumes a `received` entry like a queued one."""
+        try:
+            self._check_command(payload)
+        except UpdateRefused:
+            return  # refused at once by `handle`: nothing to remember
+        key = self._key(payload)
+        if key and self.journal.get(key) is None:
+            self.journal.write(key, payload, "received")
 
     def published(self, result: dict[str, Any]) -> None:
         """The broker has RESULT: its command is answered for good, so it leaves the journal."""

@@ -66,6 +66,8 @@ SETTLE_S = 2.0          # stopping: how long the server may take to confirm what
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 # Called on the uplink thread (keep it quick) once the broker has a command's result (PUBACK).
 ResultPublished = Callable[[dict[str, Any]], None]
+# Records a command on disk before the broker learns it arrived (model updates: their journal).
+CommandAccepted = Callable[[dict[str, Any]], None]
 
 
 class InFlight(NamedTuple):
@@ -104,6 +106,7 @@ class Uplink:
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
         self._on_published: dict[str, ResultPublished] = {}
+        self._on_accept: dict[str, CommandAccepted] = {}
         self._result_mids: dict[int, tuple[str, dict[str, Any]]] = {}  # results the broker has not PUBACKed
         self._workers: ThreadPoolExecutor | None = None   # command handlers run here, from start() to stop()
         self._results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -146,15 +149,20 @@ class Uplink:
             self._workers.shutdown(wait=False, cancel_futures=True)
             self._workers = None
 
-    def on_command(self, name: str, handler: CommandHandler, on_published: ResultPublished | None = None) -> None:
+    def on_command(self, name: str, handler: CommandHandler, on_published: ResultPublished | None = None,
+                   accept: CommandAccepted | None = None) -> None:
         """Call HANDLER(payload) in a worker thread for each message on roadmon/v1/<id>/cmd/<NAME>; the dict it
         returns is published on .../cmd/<NAME>/result. A command whose expires_at has passed gets an `expired`
-        result without reaching HANDLER. ON_PUBLISHED(result) runs once the broker has each result of NAME."""
+        result without reaching HANDLER. ON_PUBLISHED(result) runs once the broker has each result of NAME.
+        ACCEPT(payload) runs before the broker is told the message arrived (paho sends the PUBACK when the
+        message callback returns): what it writes to disk is there if the power goes before HANDLER runs."""
         if not name or "/" in name or "+" in name or "#" in name:
             raise ValueError(f"invalid command name {name!r}")
         self._handlers[name] = handler
         if on_published is not None:
             self._on_published[name] = on_published
+        if accept is not None:
+            self._on_accept[name] = accept
 
     def publish_result(self, name: str, result: dict[str, Any]) -> None:
         """Publish RESULT on .../cmd/<NAME>/result although no message asked for it now (an update that was
@@ -599,6 +607,12 @@ class Uplink:
             log.warning("uplink: command %s not carried out: %s", name, expired)
             self._results.put((name, _with_id({"ok": False, "status": "expired", "reason": expired}, args)))
             return
+        accept = self._on_accept.get(name)
+        if accept is not None:
+            try:
+                accept(args)
+            except Exception:  # the handler still runs: a journal that could not be written is only less safe
+                log.exception("uplink: command %s could not be recorded before it was acknowledged", name)
         workers = self._workers
         if workers is None:
             return  # stopping: no result is sent, so the server sees the command unanswered and may repeat it
