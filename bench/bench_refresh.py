@@ -1,9 +1,9 @@
-"""A dashboard's refresh at a city's scale: everything again against only what changed (`changed_since`).
+"""A dashboard's refresh at a city's scale: everything again against only what changed (`since_token`).
 
 A city's year is ~100,000 defects and a fleet's day tens of thousands of driven lines; every open dashboard
-refreshes every 30 s. The bench seeds that map, lets a busy fleet write for a while (defects sighted again, new
-ones, lines driven), and times and weighs what a tab fetches: the whole map, as at sign-in, against the changes
-since the last answer's `as_of` less the dashboard's minute of margin, as each refresh now asks.
+refreshes every 30 s. The bench seeds that map, lets a busy fleet write for a while (defects sighted again, lines
+driven), and times and weighs what a tab fetches: the whole map, as at sign-in, against what was written since the
+last answer's `sync_token`, as each refresh now asks.
 
     python -m bench.bench_refresh [--defects 100000] [--lines 20000] [--quick]
 """
@@ -30,22 +30,21 @@ from tests.server_fixtures import offset, server_config, token
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = 5000  # the dashboard's page size
-MARGIN = timedelta(seconds=60)  # the dashboard's CHANGES_MARGIN_MS
 
 
 def seed_lines(dsn: str, lines: int, rng: random.Random) -> None:
-    """LINES driven stretches of ~200 m over the last day, stored an hour ago."""
+    """LINES driven stretches of ~200 m over the last day."""
     now = datetime.now(UTC)
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         with cur.copy("COPY coverage (coverage_id, device_id, started_at, ended_at, received_at, line, "
-                      "detector_active, payload, stored_at) FROM STDIN") as copy:
+                      "detector_active, payload) FROM STDIN") as copy:
             for i in range(lines):
                 north, east = rng.uniform(-30_000, 30_000), rng.uniform(-30_000, 30_000)
                 points = [offset(*CENTRE, north + 20 * k, east) for k in range(11)]
                 line = "SRID=4326;LINESTRING(" + ", ".join(f"{lon} {lat}" for lat, lon in points) + ")"
                 ended = now - timedelta(hours=23 * i / lines + 1)
                 copy.write_row((uuid7(), f"veh-{i % 500}", ended - timedelta(seconds=30), ended, ended, line, True,
-                                "{}", now - timedelta(hours=1)))
+                                "{}"))
         conn.execute("ANALYZE coverage")
 
 
@@ -65,18 +64,18 @@ def busy_fleet(dsn: str, sighted: int, new_lines: int, rng: random.Random) -> No
 
 
 def fetch(client: httpx.Client, path: str, params: dict) -> tuple[float, int, int, str]:
-    """Every page of PATH, as the dashboard pages: seconds, bytes, features, and the first page's as_of."""
-    t0, size, count, cursor, as_of = time.monotonic(), 0, 0, None, None
+    """Every page of PATH, as the dashboard pages: seconds, bytes, features, and the smallest sync_token."""
+    t0, size, count, cursor, token = time.monotonic(), 0, 0, None, None
     while True:
         answer = client.get(path, params={**params, **({"cursor": cursor} if cursor is not None else {})})
         answer.raise_for_status()
         body = answer.json()
         size += len(answer.content)
         count += len(body["features"])
-        as_of = as_of or body["as_of"]
+        token = min(token or body["sync_token"], body["sync_token"], key=int)
         cursor = body["next_cursor"]
         if cursor is None:
-            return time.monotonic() - t0, size, count, as_of
+            return time.monotonic() - t0, size, count, token
 
 
 def main() -> None:
@@ -120,10 +119,9 @@ def main() -> None:
             print(f"between two refreshes: {args.sighted} defects sighted again, {args.sighted} lines driven")
             print(f"{'what a tab fetches':<26} {'whole: s':>9} {'MB':>7} {'items':>7} {'changes: s':>11} {'MB':>7} "
                   f"{'items':>7} {'bytes':>7}")
-            for what, (seconds, size, count, as_of) in whole.items():
-                changed_since = (datetime.fromisoformat(as_of) - MARGIN).isoformat()
+            for what, (seconds, size, count, sync) in whole.items():
                 path, params = ("/defects", {"limit": PAGE}) if what == "defects" else ("/coverage", {"since": since})
-                c_seconds, c_size, c_count, _ = fetch(client, path, {**params, "changed_since": changed_since})
+                c_seconds, c_size, c_count, _ = fetch(client, path, {**params, "since_token": sync})
                 print(f"{what:<26} {seconds:9.2f} {size / 1e6:7.1f} {count:7d} {c_seconds:11.3f} {c_size / 1e6:7.2f} "
                       f"{c_count:7d} {size / max(c_size, 1):6.0f}x")
     finally:

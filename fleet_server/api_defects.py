@@ -18,7 +18,16 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from fleet_server import aggregate, spreadsheet
-from fleet_server.api_deps import QueryTime, QueryUntil, as_of, db, known_query_only, read_db, require
+from fleet_server.api_deps import (
+    TOKEN_PATTERN,
+    QueryTime,
+    QueryUntil,
+    db,
+    known_query_only,
+    read_db,
+    require,
+    sync_token,
+)
 from fleet_server.validate import fold_class
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
@@ -166,27 +175,39 @@ class Filters:
 @router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
 def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
                  limit: int | None = Query(None, ge=1),
-                 changed_since: QueryTime | None = Query(
-                     None, description="Only defects changed (new, sighted, moved, status) at or after this UTC time, "
-                     "with `removed`: the ids merged into another since then (on the first page). Keep a copy in "
-                     "step by asking from an earlier answer's `as_of`, less a minute; filters apply to the changed "
-                     "defects, so a copy kept with filters does not hear of one that left them"),
+                 since_token: str | None = Query(
+                     None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (the smallest of its "
+                     "pages'): only the defects written since it was read (new, sighted, moved, status, note), and "
+                     "in `removed` (first page) those merged into another or no longer matching the filters"),
                  conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     api = request.app.state.cfg.api
     page = min(limit or api.page_size, api.max_page_size)
+    token = sync_token(conn)  # before the rows: what they cannot show is at or above it
     where, params = list(filters.where), dict(filters.params)
-    if changed_since is not None:
-        where.append("d.updated_at >= %(changed_since)s")
-        params["changed_since"] = changed_since
+    if since_token is not None:
+        where.append("d.change_xid >= %(since_token)s::xid8")
+        params["since_token"] = since_token
     rows = query_defects(conn, where, params, cursor, page + 1)
     more = len(rows) > page
     rows = rows[:page]
     answer = {"type": "FeatureCollection", "features": [defect_feature(r) for r in rows],
-              "next_cursor": rows[-1][0] if more else None, "as_of": _jsonable(as_of(conn))}
-    if changed_since is not None and cursor is None:
-        answer["removed"] = [r[0] for r in conn.execute(
-            "SELECT dropped_id FROM defect_merges WHERE merged_at >= %s ORDER BY dropped_id", (changed_since,))]
+              "next_cursor": rows[-1][0] if more else None, "sync_token": token}
+    if since_token is not None and cursor is None:
+        answer["removed"] = removed_since(conn, since_token, filters)
     return answer
+
+
+def removed_since(conn: psycopg.Connection, since_token: str, filters: Filters) -> list[int]:
+    """Ids a copy kept by FILTERS must drop: merged into another since the token, or written since and no longer
+    matching (a copy of the open defects heard nothing of one dismissed)."""
+    ids = {r[0] for r in conn.execute("SELECT dropped_id FROM defect_merges WHERE merged_xid >= %s::xid8",
+                                      (since_token,))}
+    if filters.where:
+        matching = " AND ".join(f"({w})" for w in filters.where)
+        ids |= {r[0] for r in conn.execute(
+            f"SELECT d.id FROM defects d WHERE d.change_xid >= %(since_token)s::xid8 "
+            f"AND NOT coalesce({matching}, false)", {**filters.params, "since_token": since_token})}
+    return sorted(ids)
 
 
 def download(media_type: str, what: str) -> dict:

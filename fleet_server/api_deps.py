@@ -72,14 +72,15 @@ def read_db(request: Request, primary: psycopg.Connection = Depends(db)) -> Iter
         yield conn
 
 
-def as_of(conn: psycopg.Connection) -> datetime:
-    """When an answer read on CONN is current: its statement's time, or on a read replica the last change it has
-    replayed from the primary (rows are stamped with the primary's clock: the replica's would skip what it has
-    not replayed yet). A copy asking `changed_since` from here, less a margin for writes in progress then (their
-    stamp is their start), misses nothing the answer did not hold."""
-    return conn.execute("""SELECT CASE WHEN pg_is_in_recovery()
-        THEN least(statement_timestamp(), coalesce(pg_last_xact_replay_timestamp(), 'epoch'))
-        ELSE statement_timestamp() END""").fetchone()[0]
+def sync_token(conn: psycopg.Connection) -> str:
+    """An answer's sync_token, read before its rows: the oldest transaction still running then (its snapshot's
+    xmin). Anything the rows could not show was written by a transaction at or above it, committed later however
+    long it waited; a copy that asks `since_token` with it misses nothing. On a read replica it is the replica's
+    own view (what it has not replayed counts as running)."""
+    return conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[0]
+
+
+TOKEN_PATTERN = r"^[0-9]{1,20}$"  # a sync_token as a client sends it back: a transaction id
 
 
 def bearer(request: Request) -> str | None:

@@ -17,7 +17,17 @@ from pydantic import BaseModel, Field
 
 from fleet_server import commands
 from fleet_server.api_defects import _jsonable, bbox_filter
-from fleet_server.api_deps import QueryTime, QueryUntil, as_of, db, known_query_only, principal, read_db, require
+from fleet_server.api_deps import (
+    TOKEN_PATTERN,
+    QueryTime,
+    QueryUntil,
+    db,
+    known_query_only,
+    principal,
+    read_db,
+    require,
+    sync_token,
+)
 from fleet_server.auth import Principal
 from fleet_server.device_view import device_rows
 from fleet_server.health import checks as health_checks
@@ -91,17 +101,18 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
              cursor: str | None = Query(None, max_length=80, description="The previous page's next_cursor"),
-             changed_since: QueryTime | None = Query(
-                 None, description="Only the lines stored at or after this UTC time (coverage never changes once "
-                 "stored: these are the new ones, late uploads included); ask from an earlier answer's `as_of`, "
-                 "less a minute"),
+             since_token: str | None = Query(
+                 None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (the smallest of its "
+                 "pages'): only the lines stored since it was read (coverage never changes once stored: these are "
+                 "the new ones, late uploads of old drives included)"),
              conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     cfg = request.app.state.cfg.api
-    stamp = as_of(conn)
-    where, params = ["c.ended_at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}
-    if changed_since is not None:
-        where.append("c.stored_at >= %(changed_since)s")
-        params["changed_since"] = changed_since
+    token = sync_token(conn)  # before the rows: what they cannot show is at or above it
+    since = since or datetime.now(UTC) - timedelta(days=1)
+    where, params = ["c.ended_at >= %(since)s"], {"since": since}
+    if since_token is not None:
+        where.append("c.stored_xid >= %(since_token)s::xid8")
+        params["since_token"] = since_token
     if until is not None:
         where.append("c.started_at <= %(until)s")
         params["until"] = until
@@ -126,7 +137,7 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
     last = rows[-1] if rows else None
     return {"type": "FeatureCollection", "features": features,
             "next_cursor": f"{last[2].astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}~{last[0]}" if more and last else None,
-            "as_of": _jsonable(stamp)}
+            "sync_token": token, "since": _jsonable(since)}  # since: the window's start, the default one too
 
 
 def _coverage_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:

@@ -416,6 +416,12 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
     wait.until(lambda d: markers_on_map(d) == total)
     roads = int(browser.execute_script("return document.body.dataset.coverageLines || '0'"))
     assert roads > 0
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM defects WHERE class = 'pothole' "
+                                          "ORDER BY ST_Y(geom::geometry)")]
+    # The manager has the pothole at 180 m open when it is merged into the one at 130 m (below).
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{ids[4]}"]'))).click()
+    wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
     cfg = ServerConfig(database=DatabaseConfig(dsn=server.dsn))
     received = datetime.now(UTC)
     new = event("veh-a", 100, "pothole", 400, 0, 0.7, received - timedelta(minutes=5))
@@ -432,8 +438,6 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         store_batch(conn, batch, cfg.aggregate)
         (added,), = conn.execute("SELECT defect_id FROM sightings WHERE event_id = %s", (new["event_id"],))
-        ids = [r[0] for r in conn.execute("SELECT id FROM defects WHERE class = 'pothole' AND id <> %s "
-                                          "ORDER BY ST_Y(geom::geometry)", (added,))]
         conn.execute("UPDATE defects SET status = 'repaired' WHERE id = %s", (ids[0],))
         lat, lon = offset(131, 1)  # the pothole at 180 m settles beside the one at 130 m: one pothole
         conn.execute("UPDATE defects SET geom = %s::geography WHERE id = %s", (f"SRID=4326;POINT({lon} {lat})", ids[4]))
@@ -446,13 +450,17 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
     browser.find_element(By.ID, "refresh").click()
     wait.until(lambda d: str(added) in listed(d) and str(ids[4]) not in listed(d))
     assert "repaired" in listed(browser)[str(ids[0])]
+    # The open panel followed its defect into the one it was merged into, and the status line says so.
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status-line"), f"merged into defect {ids[3]}"))
+    assert browser.find_element(By.ID, "panel").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, f'#defect-list li.selected[data-defect-id="{ids[3]}"]')
     wait.until(lambda d: markers_on_map(d) == total)  # one new, one merged away
     wait.until(lambda d: int(d.execute_script("return document.body.dataset.coverageLines")) == roads + 1)
     for path in ("/api/v1/defects?", "/api/v1/coverage?"):
         requests = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)"
                                           ".filter((n) => n.includes(arguments[0]))", path)
-        assert sum("changed_since" not in r for r in requests) == 1, requests  # everything: at sign-in only
-        assert any("changed_since" in r for r in requests), requests
+        assert sum("since_token" not in r for r in requests) == 1, requests  # everything: at sign-in only
+        assert any("since_token" in r for r in requests), requests
     assert script_errors(browser) == []
 
 

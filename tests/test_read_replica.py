@@ -113,13 +113,10 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
             with psycopg.connect(primary.dsn, autocommit=True) as conn:
                 conn.execute("UPDATE defects SET severity = 0.9 WHERE id = %s", (defect_id,))
             assert severity(client, viewer, defect_id) == pytest.approx(0.4)
-            # The list's as_of is the replica's last replay, not its clock: a dashboard asking what changed
-            # since then hears of this change once it is replayed (the replica's now() would skip it).
+            # The list's sync_token is the replica's view: a dashboard asking what was written since hears of
+            # this change once it is replayed.
             stale = client.get("/api/v1/defects", headers=viewer).json()
             assert stale["features"][0]["properties"]["severity"] == pytest.approx(0.4)
-            with psycopg.connect(primary.dsn, autocommit=True) as conn:
-                changed_at = conn.execute("SELECT updated_at FROM defects WHERE id = %s", (defect_id,)).fetchone()[0]
-            assert datetime.fromisoformat(stale["as_of"]) <= changed_at
 
             # Something stored elsewhere after the replica's last replay, linked from a fresher page: a defect
             # and a sighting's thumbnail the replica does not have yet are read from the primary, not a 404.
@@ -156,7 +153,7 @@ def test_reads_come_from_the_replica_and_include_this_process_writes(pair, broke
         before = served("replica")
         assert severity(client, viewer, defect_id) == pytest.approx(0.9)
         assert served("replica") == before + 1
-        changes = client.get("/api/v1/defects", params={"changed_since": stale["as_of"]}, headers=viewer).json()
+        changes = client.get("/api/v1/defects", params={"since_token": stale["sync_token"]}, headers=viewer).json()
         assert defect_id in [f["id"] for f in changes["features"]]
 
 
@@ -199,6 +196,37 @@ def test_a_replica_that_is_down_leaves_the_api_answering(pair, broker_port, tmp_
             time.sleep(0.2)
         assert served("replica") == before + 1, "reads did not return to the replica"
         assert replica_up() == 1
+
+
+def test_a_replica_cut_off_from_its_primary_is_not_called_caught_up(pair, broker_port, tmp_path: Path) -> None:
+    """A replica whose WAL receiver is gone has replayed all it received: it read as 0 s behind and served
+    frozen data for as long as it stayed cut off (an outside test of the dashboard's changes). Without a
+    receiver its lag is the age of its last replayed change, and past read_max_lag_s the primary serves."""
+    primary, replica = pair
+    viewer = {"Authorization": f"Bearer {token(primary.dsn, 'viewer', 'cut')}"}
+    conninfo = replica._psql("SHOW primary_conninfo")
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        store_batch(conn, Batch(events=[(make_event("veh-cut", 47.9, 11.1, severity=0.3), datetime.now(UTC))]),
+                    AggregateConfig())
+        defect_id = conn.execute("SELECT max(id) FROM defects").fetchone()[0]
+    caught_up(replica)
+    client = api(primary, replica.dsn, tmp_path, broker_port, read_max_lag_s=1, read_retry_s=0.3)
+    with client:
+        replica._psql("ALTER SYSTEM SET primary_conninfo = ''")
+        replica._psql("SELECT pg_reload_conf()")
+        try:
+            deadline = time.monotonic() + 15
+            while replica._psql("SELECT count(*) FROM pg_stat_wal_receiver") != "0" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with psycopg.connect(primary.dsn, autocommit=True) as conn:
+                conn.execute("UPDATE defects SET severity = 0.8 WHERE id = %s", (defect_id,))
+            time.sleep(1.5)  # its last replayed change is now older than read_max_lag_s
+            assert severity(client, viewer, defect_id) == pytest.approx(0.8)  # the primary answered
+            assert client.get("/health").json()["read_replica"].startswith("lagging")
+        finally:
+            replica._psql(f"ALTER SYSTEM SET primary_conninfo = '{conninfo.replace(chr(39), chr(39) * 2)}'")
+            replica._psql("SELECT pg_reload_conf()")
+        caught_up(replica)
 
 
 def test_write_positions_compare_as_numbers_not_text() -> None:

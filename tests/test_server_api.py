@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -219,10 +220,14 @@ def test_defect_detail_workflow_and_exports(api) -> None:
 
 
 @pytest.mark.services
-def test_changed_since_answers_what_changed_and_what_was_merged_away(api) -> None:
-    """A dashboard with a city's defects open fetched every one of them every 30 s (~100 MB a tab at 100,000):
-    `changed_since` answers only the defects written since, whichever way (a manager, a recount, a merge), and
-    the ids merged away; a write that changes nothing is not a change."""
+def test_since_token_answers_what_was_written_since_and_what_left(api) -> None:
+    """A dashboard with a city's defects open fetched every one of them every 30 s (~50 MB a tab at 100,000):
+    `since_token` answers only the defects written since an earlier answer, whichever way (a manager, a recount,
+    a merge), and in `removed` the ids merged away or no longer matching the filters; a write that changes
+    nothing is not a change. Tokens are transaction ids, not times: a write that waited on a lock past any margin
+    is still seen (an outside test held a row for 90 s and the copy never heard of the write)."""
+    import threading
+
     from fleet_server.aggregate import merge_neighbours
 
     client, cfg, dsn = api
@@ -236,43 +241,69 @@ def test_changed_since_answers_what_changed_and_what_was_merged_away(api) -> Non
     full = client.get("/api/v1/defects", headers=viewer).json()
     first, second, far = (f["id"] for f in full["features"])
 
-    def changes(since: str) -> tuple[list[int], list[int]]:
-        answer = client.get("/api/v1/defects", params={"changed_since": since}, headers=viewer).json()
+    def changes(since: str, **filters: str) -> tuple[list[int], list[int]]:
+        answer = client.get("/api/v1/defects", params={"since_token": since, **filters}, headers=viewer).json()
         return [f["id"] for f in answer["features"]], answer["removed"]
 
-    assert changes(full["as_of"]) == ([], [])
-    assert changes("2020-01-01T00:00:00Z") == ([first, second, far], [])
+    def latest() -> str:
+        return client.get("/api/v1/defects", headers=viewer).json()["sync_token"]
+
+    assert changes(full["sync_token"]) == ([], [])
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE defects SET miss_count = miss_count")  # a recount to the same number
-        assert changes(full["as_of"]) == ([], [])
+        assert changes(full["sync_token"]) == ([], [])
         conn.execute("UPDATE defects SET miss_count = 2 WHERE id = %s", (far,))  # the recount sets no stamp itself
-    after_recount = client.get("/api/v1/defects", params={"changed_since": full["as_of"]}, headers=viewer).json()
+    after_recount = client.get("/api/v1/defects", params={"since_token": full["sync_token"]}, headers=viewer).json()
     assert [f["id"] for f in after_recount["features"]] == [far]
     assert after_recount["features"][0]["properties"]["miss_count"] == 2
     booked = client.patch(f"/api/v1/defects/{far}", json={"status": "scheduled"}, headers=manager)
     assert booked.status_code == 200
-    latest = client.get("/api/v1/defects", headers=viewer).json()["as_of"]
-    assert changes(latest) == ([], [])
+    mark = latest()
+    assert changes(mark) == ([], [])
     note = client.patch(f"/api/v1/defects/{far}", json={"status": "scheduled", "note": "crew B, Tuesday"},
                         headers=manager)  # a note alone: the list shows it, so it is a change
     assert note.status_code == 200
-    assert changes(latest) == ([far], [])
+    assert changes(mark) == ([far], [])
+
+    # A write that began before an answer was read and committed after it, however long it waited: seen.
+    mark = latest()
+    with psycopg.connect(dsn) as slow:
+        slow.execute("UPDATE defects SET severity = 0.99 WHERE id = %s", (first,))  # holds the row, uncommitted
+        during = latest()
+        assert changes(during) == ([], [])
+        patched = threading.Thread(target=lambda: client.patch(  # waits on the row lock
+            f"/api/v1/defects/{first}", json={"status": "confirmed", "note": "seen from the pavement"},
+            headers=manager))
+        patched.start()
+        time.sleep(0.5)
+        after = latest()
+    patched.join(10)
+    assert changes(during) == ([first], []) and changes(after) == ([first], [])
+    assert client.get(f"/api/v1/defects/{first}", headers=viewer).json()["properties"]["severity"] == 0.99
+
+    # Merged away: in `removed`, with the survivor among the changes.
+    mark = latest()
     with psycopg.connect(dsn) as conn:  # the second settles 4 m from the first: one pothole
         lat, lon = offset(*base, 4.0, 0.0)
         conn.execute("UPDATE defects SET geom = %s::geography WHERE id = %s", (f"SRID=4326;POINT({lon} {lat})", second))
         assert merge_neighbours(conn, {first, second}, cfg.aggregate) == {first}
-    assert changes(latest) == ([first, far], [second])
-    # Filters apply to the changed defects; a later cursor page does not repeat the removed ids.
-    assert client.get("/api/v1/defects", params={"changed_since": latest, "bbox": "11.49,48.09,11.51,48.1001"},
-                      headers=viewer).json()["features"][0]["id"] == first
-    paged = client.get("/api/v1/defects", params={"changed_since": latest, "limit": 1}, headers=viewer).json()
-    rest = client.get("/api/v1/defects", params={"changed_since": latest, "limit": 1, "cursor": paged["next_cursor"]},
-                      headers=viewer).json()
-    assert paged["removed"] == [second] and "removed" not in rest and rest["features"][0]["id"] == far
-    bad = client.get("/api/v1/defects", params={"changed_since": "yesterday"}, headers=viewer)
-    assert bad.status_code == 400 and "changed_since" in bad.text
+    assert changes(mark) == ([first], [second])
+    # A copy kept with filters hears of a defect that left them (a copy of the open ones kept a dismissed one).
+    mark = latest()
+    assert client.patch(f"/api/v1/defects/{far}", json={"status": "dismissed"}, headers=manager).status_code == 200
+    assert changes(mark, status="open") == ([], [far])
+    assert changes(mark) == ([far], [])
+    # Pages: `removed` once, on the first; each page has its own sync_token (a replica may answer one of them).
+    paged = client.get("/api/v1/defects", params={"since_token": full["sync_token"], "limit": 1}, headers=viewer).json()
+    rest = client.get("/api/v1/defects", params={"since_token": full["sync_token"], "limit": 1,
+                                                 "cursor": paged["next_cursor"]}, headers=viewer).json()
+    assert paged["removed"] == [second] and "removed" not in rest and "sync_token" in rest
+    for bad in ("yesterday", "-1", "1" * 21):
+        refused = client.get("/api/v1/defects", params={"since_token": bad}, headers=viewer)
+        assert refused.status_code == 400 and "since_token" in refused.text
 
-    # Coverage never changes: what is new since a time is what was stored since, a late upload of an old drive too.
+    # Coverage never changes: what is new since a token is what was stored since, a late upload of an old drive
+    # too; the answer says which window it used (its default start is the API host's clock less a day).
     from fleet_server.store import Batch, store_batch
     from tests.server_fixtures import make_coverage
 
@@ -282,11 +313,11 @@ def test_changed_since_answers_what_changed_and_what_was_merged_away(api) -> Non
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, Batch(coverage=[(make_coverage("veh-a", line, now - timedelta(hours=2), now), now)]),
                     cfg.aggregate)
-        roads = client.get("/api/v1/coverage", params={"since": "2020-01-01"}, headers=viewer).json()
+        roads = client.get("/api/v1/coverage", headers=viewer).json()
         assert len(roads["features"]) == 1
+        assert abs(datetime.fromisoformat(roads["since"]) - (now - timedelta(days=1))) < timedelta(minutes=1)
         store_batch(conn, Batch(coverage=[(old_drive, now)]), cfg.aggregate)
-    late = client.get("/api/v1/coverage", params={"since": "2020-01-01", "changed_since": roads["as_of"]},
-                      headers=viewer).json()
+    late = client.get("/api/v1/coverage", params={"since_token": roads["sync_token"]}, headers=viewer).json()
     assert [f["id"] for f in late["features"]] == [old_drive["coverage_id"]]
 
 

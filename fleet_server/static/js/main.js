@@ -9,10 +9,9 @@ import { renderDevices } from "./devices.js";
 import { defectFromFeature, deviceFields } from "./model.js";
 
 const REFRESH_MS = 30000; // from the end of one load to the start of the next: a slow load is never overlapped
-// A refresh asks for the defects changed, and the roads driven stored, since the last answer's as_of, less a
-// margin: a write in progress then is stamped with its start. Every FULL_RELOAD_MS the page loads everything again
-// (a copy kept by changes alone would keep what they cannot say, such as a write slower than the margin).
-const CHANGES_MARGIN_MS = 60000;
+// A refresh asks for the defects written, and the roads driven stored, since the last answer (its sync_token).
+// Every FULL_RELOAD_MS the page loads everything again: what changes cannot say (coverage that retention deleted)
+// goes then.
 const FULL_RELOAD_MS = 10 * 60000;
 const PAGE_SIZE = 5000;
 const MAX_PAGES = 200;
@@ -27,9 +26,10 @@ const state = {
   loadedAt: null, // when every part last loaded: what the page shows is from then
   loading: null, // the load in progress: a refresh or a click on Refresh meanwhile joins it
   cut: [], // what the last load could not load whole (the pages ran out): the status line says so
+  notice: null, // news of this load for the status line (a defect whose panel is open was merged)
   coverageRun: 0, // the newest coverage load: an older one that ends later does not draw over it
-  asOf: null, // the server's as_of of the defects loaded: the next refresh asks what changed since then
-  coverage: null, // the roads driven on the map: {since, until, asOf, loadedAt, lines: Map id -> feature}
+  syncToken: null, // of the defects loaded: the next refresh asks what was written since
+  coverage: null, // the roads driven on the map: {since, until, syncToken, loadedAt, lines: Map id -> feature}
   fullAt: -Infinity, // when every defect was last loaded (performance.now())
 };
 
@@ -157,20 +157,22 @@ async function loadAllOnce(quiet) {
   // An answer cut short must not pass for the whole map (a server with a small api.max_page_size, years of
   // coverage): say what is missing.
   const cut = state.cut.length ? `; ${state.cut.join("; ")}` : "";
-  setStatus(`updated ${clock(state.loadedAt)}${cut}`, Boolean(cut));
+  const notice = state.notice ? `; ${state.notice}` : "";
+  state.notice = null;
+  setStatus(`updated ${clock(state.loadedAt)}${cut}${notice}`, Boolean(cut));
 }
 
 // A city's year is 100,000 defects (~50 MB of GeoJSON): a refresh loads only what changed since the last load,
 // and every defect only at sign-in, every FULL_RELOAD_MS, or when the changes cannot be trusted (cut short).
 async function loadDefects() {
   await guarded(async () => {
-    const full = !state.asOf || performance.now() - state.fullAt > FULL_RELOAD_MS;
+    const full = !state.syncToken || performance.now() - state.fullAt > FULL_RELOAD_MS;
     if (!full && await loadChanges()) return;
     const started = performance.now();
-    const { features, more, first } = await allPages("defects", { limit: PAGE_SIZE });
+    const { features, more, token } = await allPages("defects", { limit: PAGE_SIZE });
     if (more) state.cut.push(`only the first ${features.length} defects loaded: the server has more than ${MAX_PAGES} pages`);
     state.defects = features.map(defectFromFeature);
-    state.asOf = more ? null : first.as_of || null; // a cut list is no base for changes
+    state.syncToken = more ? null : token; // a cut list is no base for changes
     state.fullAt = started;
     fillClassOptions($("f-class"), state.defects);
     redraw();
@@ -180,10 +182,10 @@ async function loadDefects() {
 // The defects changed since the last load, put in place of their old selves; those merged into another leave.
 // False when the changes are too many to page through: the caller loads everything instead.
 async function loadChanges() {
-  const ask = { limit: PAGE_SIZE, changed_since: marginBefore(state.asOf) };
-  const { features, more, first } = await allPages("defects", ask);
+  const ask = { limit: PAGE_SIZE, since_token: state.syncToken };
+  const { features, more, first, token } = await allPages("defects", ask);
   if (more) return false;
-  state.asOf = first.as_of || null;
+  state.syncToken = token;
   const gone = new Set((first.removed || []).map(String));
   if (!features.length && !gone.size) return true; // a quiet fleet: nothing to redraw
   const changed = new Map();
@@ -200,26 +202,51 @@ async function loadChanges() {
   }
   for (const d of changed.values()) next.push(d); // new since the last load
   state.defects = next;
+  const open = state.selected && gone.has(state.selected) ? state.selected : null;
   fillClassOptions($("f-class"), state.defects);
   redraw();
+  if (open) await followMerge(open);
   return true;
 }
 
+// A defect merged into another while its panel was open: the panel follows it to the one that remains (the API
+// answers the old id with a redirect there). One that only left the filters stays closed, as any filtered away.
+async function followMerge(id) {
+  const detail = await getJson(`defects/${id}`);
+  const kept = String(detail.properties?.id ?? detail.id);
+  if (kept === id || !state.defects.some((d) => d.id === kept)) return;
+  selectDefect(kept, false);
+  state.notice = `defect ${id} was merged into defect ${kept}: the same defect, seen twice before its position settled`;
+  if (!state.loading) { // a manager's own change, not a load: no load will say it
+    setStatus(state.notice);
+    state.notice = null;
+  }
+}
+
 // Defects and coverage come in pages by cursor; the map wants all of them, up to MAX_PAGES pages. `more`: the
-// pages ran out before the data did; `first`: the first page's answer (as_of, removed).
+// pages ran out before the data did; `first`: the first page's answer (removed); `token`: the smallest of the
+// pages' sync_tokens (each page may be read from another database, a read replica behind the primary), or null.
 async function allPages(path, params, superseded = () => false) {
   const features = [];
   let cursor = null;
   let first = null;
+  let token = null;
   for (let page = 0; page < MAX_PAGES; page += 1) {
-    if (superseded()) return { features, more: false, first }; // a newer load wants other pages: stop these
+    if (superseded()) return { features, more: false, first, token }; // a newer load wants other pages: stop these
     const collection = await getJson(`${path}${query({ ...params, cursor })}`);
     first = first || collection;
+    token = smallerToken(token, collection.sync_token);
     for (const feature of collection.features || []) features.push(feature); // no spread: a page can be 100k
     cursor = collection.next_cursor;
-    if (cursor === null || cursor === undefined) return { features, more: false, first };
+    if (cursor === null || cursor === undefined) return { features, more: false, first, token };
   }
-  return { features, more: true, first };
+  return { features, more: true, first, token };
+}
+
+// Tokens are transaction ids, 64-bit decimal strings: compared as BigInt (a Number loses digits past 2^53).
+function smallerToken(a, b) {
+  if (!a || !b) return a || b || null;
+  return BigInt(b) < BigInt(a) ? b : a;
 }
 
 async function loadDevices() {
@@ -250,12 +277,12 @@ async function loadCoverage() {
     // A fleet's day is tens of thousands of lines: when the period only moved on (its default start follows the
     // newest sighting), ask for the lines stored since the last load and drop those that ended before it.
     const previous = state.coverage;
-    const changes = Boolean(previous && previous.asOf && previous.until === params.until
+    const changes = Boolean(previous && previous.syncToken && previous.until === params.until
       && Date.parse(params.since) >= Date.parse(previous.since)
       && performance.now() - previous.loadedAt < FULL_RELOAD_MS);
-    const ask = changes ? { ...params, changed_since: marginBefore(previous.asOf) } : params;
+    const ask = changes ? { ...params, since_token: previous.syncToken } : params;
     if (!state.loading) setStatus("loading the roads driven…");
-    const { features, more, first } = await allPages("coverage", ask, () => run !== state.coverageRun);
+    const { features, more, token } = await allPages("coverage", ask, () => run !== state.coverageRun);
     if (run !== state.coverageRun) return; // the filters changed while it loaded: the newer load draws
     if (!state.loading && !more) setStatus(state.loadedAt ? `updated ${clock(state.loadedAt)}` : "");
     if (more) {
@@ -266,15 +293,10 @@ async function loadCoverage() {
     for (const feature of features) lines.set(feature.id, feature);
     const start = Date.parse(params.since);
     if (changes) for (const [id, f] of lines) if (Date.parse(f.properties.ended_at) < start) lines.delete(id);
-    state.coverage = { ...params, asOf: more ? null : first.as_of || null, lines,
+    state.coverage = { ...params, syncToken: more ? null : token, lines,
       loadedAt: changes ? previous.loadedAt : performance.now() };
     state.map.showCoverage(lines.values(), true);
   });
-}
-
-// An as_of less the margin for writes in progress then (stamped with their start), as the server takes it.
-function marginBefore(asOf) {
-  return new Date(Date.parse(asOf) - CHANGES_MARGIN_MS).toISOString();
 }
 
 // Without a date range: from a day before the latest sighting on, so that a fleet that did not drive today

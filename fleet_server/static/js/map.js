@@ -5,6 +5,7 @@ import { markerSvg, severityBand, SEVERITY_BANDS, UNKNOWN_SEVERITY, OPEN_STATUSE
 const DEFAULT_TILES = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png";
 const MAX_ZOOM = 22;
 const LINES_MIN_ZOOM = 16; // 1.6 m a pixel at 48° latitude
+const FOCUS_WAIT_MS = 3000; // the longest markercluster's zoom to a marker may take before defects redraw anyway
 const DEFAULT_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
 
 export class DefectMap {
@@ -22,6 +23,7 @@ export class DefectMap {
       iconCreateFunction: (cluster) => this.clusterIcon(cluster),
     });
     this.adding = false; // markercluster is still adding the last call's markers, chunk by chunk
+    this.focusing = false; // markercluster is zooming to show a picked marker (zoomToShowLayer)
     this.pending = null; // the defects asked for meanwhile
     // The roads driven: a fleet's day is tens of thousands of lines, one canvas rather than as many SVG elements.
     this.coverage = L.geoJSON(null, { renderer: L.canvas({ padding: 0.3 }),
@@ -79,7 +81,7 @@ export class DefectMap {
   // it: its chunks cannot be cancelled, and a clear in between let them add stale markers back (with 100k
   // defects every 30 s refresh emptied the map, and a filter changed twice showed defects it hides).
   showDefects(defects) {
-    if (this.adding) {
+    if (this.adding || this.focusing) {
       this.pending = defects;
       return;
     }
@@ -108,11 +110,14 @@ export class DefectMap {
 
   addingDone() {
     this.adding = false;
-    if (this.pending) {
-      const next = this.pending;
-      this.pending = null;
-      this.showDefects(next);
-    }
+    this.showPending();
+  }
+
+  showPending() {
+    if (!this.pending || this.adding || this.focusing) return;
+    const next = this.pending;
+    this.pending = null;
+    this.showDefects(next);
   }
 
   makeMarker(d) {
@@ -175,7 +180,17 @@ export class DefectMap {
     if (!marker) return;
     this.fitted = true; // a defect picked during the first load stays in view: the first fit does not undo it
     this.map.once("moveend", () => {
-      if (!this.adding && this.clusters.hasLayer(marker) && !marker.getElement()) this.clusters.zoomToShowLayer(marker);
+      if (this.adding || !this.clusters.hasLayer(marker) || marker.getElement()) return;
+      // Until it is shown, removing the marker (a refresh that finds it merged away) broke markercluster's
+      // pending step ("'_leaflet_id' in undefined"): defects wait as they do for markers still going in.
+      this.focusing = true;
+      const done = () => {
+        if (!this.focusing) return;
+        this.focusing = false;
+        this.showPending();
+      };
+      this.clusters.zoomToShowLayer(marker, done);
+      setTimeout(done, FOCUS_WAIT_MS); // its callback never comes when the marker went meanwhile
     });
     this.map.setView(marker.getLatLng(), Math.max(this.map.getZoom(), 18));
   }
