@@ -701,6 +701,9 @@ def print_summary(
     paths = Paths()
     console.print(f"Tokens are in {paths.tokens}; logs in {paths.root}/*.log; stop with `make demo-down`"
                   " (with the same ROADMON_* settings).", soft_wrap=True)
+    # Without --config, status and doctor look for a real box's /etc/edge-agent/agent.toml.
+    console.print(f"The demo's box: .venv/bin/edge-agent status --config {paths.agent_toml} (or doctor)",
+                  soft_wrap=True)
 
 
 def down(keep_services: bool) -> int:

@@ -243,6 +243,15 @@ make_venv() {
   run "$DESTDIR$venv/bin/python" -m pip install -q "${ROOT}[${extra}]"
 }
 
+# link_command NAME: the venv's NAME on PATH, so that `sudo edge-agent doctor` as the docs write it works (sudo's
+# secure_path has /usr/local/bin; the venv's bin is on no one's PATH).
+link_command() {
+  local name="$1"
+  [ "$NO_VENV" = 1 ] && return
+  inst -d -m 0755 /usr/local/bin
+  run ln -sfn "$PREFIX/venv/bin/$name" "$DESTDIR/usr/local/bin/$name"
+}
+
 install_unit() {
   local name="$1"
   inst -D -m 0644 -o root -g root "$ROOT/systemd/$name" "$UNIT_DIR/$name"
@@ -337,6 +346,7 @@ install_agent() {
   inst -D -m 0644 -o root -g root "$ROOT/systemd/edge-agent.sysusers.conf" /etc/sysusers.d/edge-agent.conf
   sys_run systemd-sysusers /etc/sysusers.d/edge-agent.conf
   make_venv edge
+  link_command edge-agent
 
   inst -d -m 0755 -o root -g root /etc/edge-agent
   inst -d -m 0700 -o root -g root /etc/edge-agent/credentials
@@ -368,7 +378,7 @@ EOF
     run "$DESTDIR$PREFIX/venv/bin/edge-agent" config check "$DESTDIR/etc/edge-agent/agent.toml"
   fi
   enable_units edge-agent.service
-  echo "done: check the box with: sudo $PREFIX/venv/bin/edge-agent doctor --config /etc/edge-agent/agent.toml"
+  echo "done: check the box with: sudo edge-agent doctor"
 }
 
 # ------------------------------------------------------------------------------------------ server
@@ -409,6 +419,7 @@ EOF
 install_server() {
   install_debian_packages python3-venv python3-pip
   make_venv server
+  link_command fleet-server
   inst -d -m 0755 -o root -g root /etc/fleet-server
   inst -d -m 0700 -o root -g root /etc/fleet-server/credentials
   server_config | KEEP=1 write_file /etc/fleet-server/server.toml 0644 root:root

@@ -380,6 +380,14 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     assert "9.6" in rows[0].text and "test-detector" in rows[0].text
     problems = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".problems").text for r in rows}
     assert problems == {"veh-a": "–", "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}
+    # Every column on screen within the side (Problems was cut off by the defects' 330 px, and could not be
+    # scrolled to), and the map beside it still there.
+    cut = browser.execute_script("""const side = document.querySelector('.sidebar').getBoundingClientRect();
+        return [...document.querySelectorAll('#device-table th')].filter((th) => {
+            const r = th.getBoundingClientRect(); return r.right > side.right + 1 || r.width < 20; })
+            .map((th) => th.textContent);""")
+    assert cut == []
+    assert browser.find_element(By.ID, "map").size["width"] > 500
     rows[0].click()  # centres the map on veh-a's last fix
     save_screenshot(browser, "dashboard-devices.png")
     assert script_errors(browser) == []
@@ -462,6 +470,16 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
         assert sum("since_token" not in r for r in requests) == 1, requests  # everything: at sign-in only
         assert any("since_token" in r for r in requests), requests
     assert script_errors(browser) == []
+
+
+def test_a_link_with_another_token_pasted_into_the_tab_signs_in_with_it(server: Server, browser) -> None:
+    """The demo prints a viewer and a manager link (/#token=...). Pasted into a tab already signed in, a link
+    changes only the fragment: the page stayed the viewer's, the manager's token left in the address bar."""
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    browser.get(f"{server.url}/#token={server.tokens['manager']}")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "whoami"), "(manager)"))
+    assert "token=" not in browser.current_url
 
 
 def test_manager_status_change_persists(server: Server, browser) -> None:

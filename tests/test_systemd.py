@@ -208,6 +208,9 @@ def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     assert "= platform: raspberry-pi" in plan
     assert "systemd-sysusers /etc/sysusers.d/edge-agent.conf" in plan
     assert "-m venv /opt/road-monitor/venv" in plan
+    # On PATH, so that `sudo edge-agent doctor` as the README writes it works (it was "command not found").
+    assert "ln -sfn /opt/road-monitor/venv/bin/edge-agent /usr/local/bin/edge-agent" in plan
+    assert "check the box with: sudo edge-agent doctor" in plan
     assert "/etc/systemd/system/edge-agent.service" in plan
     assert "systemctl enable --now edge-agent.service" in plan
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
@@ -300,6 +303,7 @@ def test_installer_server_plan_enables_n_workers(tmp_path: Path) -> None:
     assert server_cfg.broker_files.passwd_file == Path("/etc/mosquitto/passwd")  # what docs/deploy.md sets up
     assert server_cfg.broker_files.acl_file == Path("/etc/mosquitto/acl")
     assert server_cfg.mqtt.username == "roadmon-server" and server_cfg.mqtt.port == 1883
+    assert "ln -sfn /opt/road-monitor/venv/bin/fleet-server /usr/local/bin/fleet-server" in result.stdout
     assert ("systemctl enable --now fleet-server.service fleet-server-ingest@1.service "
             "fleet-server-ingest@2.service fleet-server-ingest@3.service") in result.stdout
 

@@ -41,7 +41,8 @@ def resolve_paths(config: str, outbox: Path | None) -> tuple[Path, Any]:
             cfg = agent_config.load(config)
         except agent_config.ConfigError as exc:
             if outbox is None:
-                err.print(f"[red]{exc}[/red]\n(pass --outbox PATH to read a queue file directly)")
+                err.print(f"[red]{exc}[/red]\n(pass --config FILE or set $EDGE_AGENT_CONFIG for another box's "
+                          "config, or --outbox PATH to read a queue file directly)")
                 raise typer.Exit(2) from None
     if outbox is None:
         outbox = cfg.outbox_path

@@ -111,6 +111,8 @@ function showView(view) {
   document.querySelectorAll(".tab").forEach((tab) => tab.classList.toggle("active", tab.dataset.view === view));
   $("view-defects").hidden = view !== "defects";
   $("view-devices").hidden = view !== "devices";
+  $("app").classList.toggle("devices-view", view === "devices");
+  state.map.map.invalidateSize(); // the side's width changed: Leaflet measures its box again
 }
 
 function endSession() {
@@ -372,6 +374,13 @@ function boot() {
     signIn();
   });
   $("logout").addEventListener("click", () => { clearToken(); location.reload(); });
+  // A link with another token pasted into this tab changes only the fragment, which loads nothing: sign in
+  // with it (the manager's link over the viewer's kept the viewer signed in, the token left in the address bar).
+  window.addEventListener("hashchange", () => {
+    if (!/(?:^|[#&])token=/.test(location.hash)) return;
+    adoptTokenFromUrl();
+    location.reload();
+  });
   if (getToken()) signIn();
   else showLogin(endedNotice());
 }
