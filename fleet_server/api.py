@@ -20,6 +20,7 @@ from fleet_server import (
     api_audit,
     api_defects,
     api_detections,
+    api_docs,
     api_fleet,
     audit,
     auth,
@@ -48,7 +49,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
         app.state.pool.close()
 
     app = FastAPI(title="road-monitor fleet server", version=__version__, lifespan=lifespan,
-                  description="Road defects merged from a fleet's sightings; devices; coverage; workflow.")
+                  description="Road defects merged from a fleet's sightings; devices; coverage; workflow.",
+                  docs_url=None, redoc_url=None)  # /docs from local files (api_docs.py), not a CDN
     app.state.cfg = cfg
     app.state.pool = make_pool(cfg.database)
     app.state.reads = Reads(cfg.database, app.state.pool)
@@ -102,6 +104,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.include_router(api_detections.router)
     app.include_router(api_audit.router)
     app.include_router(api_defects.router)
+    api_docs.add_docs(app)
     app.include_router(dashboard.dashboard_router(cfg))  # /dashboard-config.json (basemap tiles)
     # Last: the dashboard's static mount at `/` matches every path, so routes added after it are unreachable.
     dashboard.mount_dashboard(app, cfg, cfg.api.static_dir)

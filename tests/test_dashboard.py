@@ -613,3 +613,15 @@ def test_a_defect_without_severity_is_shown_as_unknown_not_as_low(server: Server
     items[-1].click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "panel-body"), "– (unknown)"))
     assert script_errors(browser) == []
+
+
+def test_the_api_docs_work_without_the_internet(server: Server, browser) -> None:
+    """FastAPI's /docs loads Swagger UI from a CDN: offline (a closed fleet network, this machine) it was a blank
+    page. It is served from the swagger-ui-bundle package now."""
+    browser.get(server.url + "/docs")
+    title = WebDriverWait(browser, 20).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title")))
+    assert "road-monitor fleet server" in title.text
+    assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/api/v1/defects']")
+    assert "cdn." not in httpx.get(server.url + "/docs").text
+    assert script_errors(browser) == []
