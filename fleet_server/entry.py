@@ -10,7 +10,7 @@ import sys
 # checks that every one of them is listed.
 SERVER_EXTRA_MODULES = frozenset({
     "fastapi", "starlette", "uvicorn", "psycopg", "psycopg_binary", "psycopg_pool", "paho", "tenacity",
-    "prometheus_client", "argon2", "jsonschema_rs", "onnx", "PIL",
+    "prometheus_client", "argon2", "jsonschema_rs", "onnx", "PIL", "fastapi_swagger",
 })
 MISSING_EXTRA = "fleet-server needs the server extra: pip install road-monitor[server]"
 

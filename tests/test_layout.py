@@ -19,7 +19,7 @@ AGENT_RULES = {
     "config": {"roadmon_contract"},
     "gnss": {"edge_agent.config", "edge_agent.health", "roadmon_contract"},
     "camera": {"edge_agent.config", "edge_agent.health"},
-    "detect": {"edge_agent.config", "edge_agent.health", "roadmon_contract"},
+    "detect": {"edge_agent.config", "edge_agent.health", "edge_agent.durable", "roadmon_contract"},
     "perception": {"edge_agent.config", "edge_agent.health", "edge_agent.gnss", "calibration", "roadmon_contract"},
     "link": {"edge_agent", "edge_agent.__version__", "edge_agent.config", "edge_agent.health", "roadmon_contract"},
 }
