@@ -72,7 +72,7 @@ def fetch(client: httpx.Client, path: str, params: dict) -> tuple[float, int, in
         body = answer.json()
         size += len(answer.content)
         count += len(body["features"])
-        token = min(token or body["sync_token"], body["sync_token"], key=int)
+        token = min(token or body["sync_token"], body["sync_token"], key=lambda t: int(t.rsplit(".", 1)[1]))
         cursor = body["next_cursor"]
         if cursor is None:
             return time.monotonic() - t0, size, count, token

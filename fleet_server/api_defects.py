@@ -26,7 +26,7 @@ from fleet_server.api_deps import (
     known_query_only,
     read_db,
     require,
-    sync_token,
+    sync_point,
 )
 from fleet_server.validate import fold_class
 
@@ -176,37 +176,38 @@ class Filters:
 def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
                  limit: int | None = Query(None, ge=1),
                  since_token: str | None = Query(
-                     None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (the smallest of its "
-                     "pages'): only the defects written since it was read (new, sighted, moved, status, note), and "
+                     None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (of its pages, the one "
+                     "whose last part, a transaction id, is smallest; 410: load everything again): only the defects "
+                     "written since it was read (new, sighted, moved, status, note), and "
                      "in `removed` (first page) those merged into another or no longer matching the filters"),
                  conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     api = request.app.state.cfg.api
     page = min(limit or api.page_size, api.max_page_size)
-    token = sync_token(conn)  # before the rows: what they cannot show is at or above it
+    token, since_xid = sync_point(conn, since_token)  # before the rows: what they cannot show is at or above it
     where, params = list(filters.where), dict(filters.params)
-    if since_token is not None:
-        where.append("d.change_xid >= %(since_token)s::xid8")
-        params["since_token"] = since_token
+    if since_xid is not None:
+        where.append("d.change_xid >= %(since_xid)s::xid8")
+        params["since_xid"] = since_xid
     rows = query_defects(conn, where, params, cursor, page + 1)
     more = len(rows) > page
     rows = rows[:page]
     answer = {"type": "FeatureCollection", "features": [defect_feature(r) for r in rows],
               "next_cursor": rows[-1][0] if more else None, "sync_token": token}
-    if since_token is not None and cursor is None:
-        answer["removed"] = removed_since(conn, since_token, filters)
+    if since_xid is not None and cursor is None:
+        answer["removed"] = removed_since(conn, since_xid, filters)
     return answer
 
 
-def removed_since(conn: psycopg.Connection, since_token: str, filters: Filters) -> list[int]:
-    """Ids a copy kept by FILTERS must drop: merged into another since the token, or written since and no longer
-    matching (a copy of the open defects heard nothing of one dismissed)."""
+def removed_since(conn: psycopg.Connection, since_xid: str, filters: Filters) -> list[int]:
+    """Ids a copy kept by FILTERS must drop: merged into another since the transaction SINCE_XID, or written
+    since and no longer matching (a copy of the open defects heard nothing of one dismissed)."""
     ids = {r[0] for r in conn.execute("SELECT dropped_id FROM defect_merges WHERE merged_xid >= %s::xid8",
-                                      (since_token,))}
+                                      (since_xid,))}
     if filters.where:
         matching = " AND ".join(f"({w})" for w in filters.where)
         ids |= {r[0] for r in conn.execute(
-            f"SELECT d.id FROM defects d WHERE d.change_xid >= %(since_token)s::xid8 "
-            f"AND NOT coalesce({matching}, false)", {**filters.params, "since_token": since_token})}
+            f"SELECT d.id FROM defects d WHERE d.change_xid >= %(since_xid)s::xid8 "
+            f"AND NOT coalesce({matching}, false)", {**filters.params, "since_xid": since_xid})}
     return sorted(ids)
 
 

@@ -72,15 +72,31 @@ def read_db(request: Request, primary: psycopg.Connection = Depends(db)) -> Iter
         yield conn
 
 
-def sync_token(conn: psycopg.Connection) -> str:
-    """An answer's sync_token, read before its rows: the oldest transaction still running then (its snapshot's
-    xmin). Anything the rows could not show was written by a transaction at or above it, committed later however
-    long it waited; a copy that asks `since_token` with it misses nothing. On a read replica it is the replica's
-    own view (what it has not replayed counts as running)."""
-    return conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[0]
+# The database's history: its cluster (a restore from pg_dump is another) and timeline (a failover starts a new
+# one; a replica reads it from its last restartpoint). Transaction ids mean nothing across histories.
+_SYNC_POINT = """SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' ||
+        CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+    pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text,
+    pg_is_in_recovery()"""
+TOKEN_PATTERN = r"^[0-9]{1,20}\.[0-9]{1,10}\.[0-9]{1,19}$"  # <cluster>.<timeline>.<transaction id>
 
 
-TOKEN_PATTERN = r"^[0-9]{1,20}$"  # a sync_token as a client sends it back: a transaction id
+def sync_point(conn: psycopg.Connection, since_token: str | None) -> tuple[str, str | None]:
+    """(this answer's sync_token, the transaction id to ask changes from). Read before the answer's rows: the
+    token's id is the oldest transaction still running then (its snapshot's xmin), so anything the rows cannot
+    show was written by a transaction at or above it, committed later however long it waited. SINCE_TOKEN from
+    another history (a restore, a failover), or from beyond this primary's transactions, is 410: its ids would
+    silently skip changes (an outside test restored the documented pg_dump and the copy heard of nothing)."""
+    history, xmin, xmax, replica = conn.execute(_SYNC_POINT).fetchone()
+    token = f"{history}.{xmin}"
+    if since_token is None:
+        return token, None
+    their_history, _, xid = since_token.rpartition(".")
+    if their_history != history or (not replica and int(xid) > int(xmax)):
+        raise HTTPException(410, "since_token: not from this database's history (a restore or a failover since) "
+                                 "or not a token it gave: load everything again, without since_token")
+    return token, xid
 
 
 def bearer(request: Request) -> str | None:

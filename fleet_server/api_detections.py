@@ -128,6 +128,11 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
     except OverRate:
         raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))}) from None
+    except TimeoutError:
+        # The writer is held up (a lock on a defect, held by someone else for a minute): the submission stays in
+        # its queue and is stored when it moves; a 500 told the phone its data was lost, and its retry got 409.
+        raise HTTPException(503, "the database is busy: the submission is queued and will be stored; sending it "
+                                 "again is safe (a stored one answers 409)", headers={"Retry-After": "30"}) from None
     ids = [e["event_id"] for e in events]
     if not stored:  # with its id, so that a client retrying after a lost answer learns it
         return JSONResponse({"detail": f"submission {submission_id} was already received",

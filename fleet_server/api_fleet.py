@@ -26,7 +26,7 @@ from fleet_server.api_deps import (
     principal,
     read_db,
     require,
-    sync_token,
+    sync_point,
 )
 from fleet_server.auth import Principal
 from fleet_server.device_view import device_rows
@@ -102,17 +102,18 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
              cursor: str | None = Query(None, max_length=80, description="The previous page's next_cursor"),
              since_token: str | None = Query(
-                 None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (the smallest of its "
-                 "pages'): only the lines stored since it was read (coverage never changes once stored: these are "
+                 None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (of its pages, the one "
+                 "whose last part, a transaction id, is smallest; 410: load everything again): only the lines "
+                 "stored since it was read (coverage never changes once stored: these are "
                  "the new ones, late uploads of old drives included)"),
              conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     cfg = request.app.state.cfg.api
-    token = sync_token(conn)  # before the rows: what they cannot show is at or above it
+    token, since_xid = sync_point(conn, since_token)  # before the rows: what they cannot show is at or above it
     since = since or datetime.now(UTC) - timedelta(days=1)
     where, params = ["c.ended_at >= %(since)s"], {"since": since}
-    if since_token is not None:
-        where.append("c.stored_xid >= %(since_token)s::xid8")
-        params["since_token"] = since_token
+    if since_xid is not None:
+        where.append("c.stored_xid >= %(since_xid)s::xid8")
+        params["since_xid"] = since_xid
     if until is not None:
         where.append("c.started_at <= %(until)s")
         params["until"] = until

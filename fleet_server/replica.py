@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 # Caught up is: everything received is replayed, and the receiver is there to receive more. A replica cut off
 # from its primary has replayed all it received too, and served frozen data as "0 s behind" for as long as it
 # stayed cut off (an outside test of the dashboard's changes): without a receiver its lag is the age of its
-# last replayed change (an idle primary then reads as lagging: the primary serves, which is only safe).
+# last replayed change (an idle primary then reads as lagging: the primary serves, which is only safe), and
+# one restarted while cut off, which has replayed nothing since its start (no timestamp), is behind without end.
 _STATE = """
     SELECT pg_is_in_recovery(),
            CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
                      AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver) THEN 0.0
-                ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+                ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
+                              'Infinity') END,
            %(lsn)s::pg_lsn IS NULL OR NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn"""
 # A request to a replica that is down waits this long for a connection, once per read_retry_s.
 _PROBE_TIMEOUT_S = 1.0

@@ -298,9 +298,16 @@ def test_since_token_answers_what_was_written_since_and_what_left(api) -> None:
     rest = client.get("/api/v1/defects", params={"since_token": full["sync_token"], "limit": 1,
                                                  "cursor": paged["next_cursor"]}, headers=viewer).json()
     assert paged["removed"] == [second] and "removed" not in rest and "sync_token" in rest
-    for bad in ("yesterday", "-1", "1" * 21):
+    for bad in ("yesterday", "-1", "0", "1" * 21, "1.1." + "9" * 20):
         refused = client.get("/api/v1/defects", params={"since_token": bad}, headers=viewer)
-        assert refused.status_code == 400 and "since_token" in refused.text
+        assert refused.status_code == 400 and "since_token" in refused.text, bad
+    # A token from another history of the database (restored from pg_dump: another cluster; a failover: another
+    # timeline) or beyond this primary's transactions: ids there mean other writes, so the copy reloads whole.
+    history = full["sync_token"].rsplit(".", 1)[0]
+    for foreign in ("1.1.5", f"{history.split('.')[0]}.2.5", f"{history}.99999999999"):
+        for path in ("/api/v1/defects", "/api/v1/coverage"):
+            gone = client.get(path, params={"since_token": foreign}, headers=viewer)
+            assert gone.status_code == 410 and "load everything again" in gone.json()["detail"], (foreign, path)
 
     # Coverage never changes: what is new since a token is what was stored since, a late upload of an old drive
     # too; the answer says which window it used (its default start is the API host's clock less a day).
@@ -533,3 +540,28 @@ def test_what_an_analyst_filters_by_is_applied_or_refused_never_ignored(api) -> 
             break
     assert sorted(seen) == sorted(c["coverage_id"] for c in records) and len(seen) == 7
     assert client.get("/api/v1/coverage", params={"cursor": "yesterday"}, headers=viewer).status_code == 400
+
+
+@pytest.mark.services
+def test_a_submission_held_up_by_a_lock_is_503_and_stored_later_not_500(api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session holding a defect's row for a minute made every phone post wait for the writer and end in 500,
+    though the submission was stored afterwards (its retry got 409): the phone was told its data was lost."""
+    import functools
+
+    client, _cfg, dsn = api
+    dev = bearer(token(dsn, "device", "phone-7", device_id="phone-7"))
+    first = make_event("phone-7", 48.1, 11.5, seq=1)
+    assert client.post("/api/v1/detections", json=first, headers=dev).status_code == 202
+    writer = client.app.state.http_writer
+    monkeypatch.setattr(writer, "store", functools.partial(writer.store, timeout_s=1.0))
+    held = make_event("phone-7", 48.1, 11.5, seq=2)  # the same pothole: its defect is written
+    with psycopg.connect(dsn) as locker:
+        locker.execute("SELECT 1 FROM defects FOR UPDATE")
+        busy = client.post("/api/v1/detections", json=held, headers=dev)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "30", busy.text
+        assert "queued" in busy.json()["detail"]
+    deadline = time.monotonic() + 10
+    while count(dsn, "SELECT count(*) FROM sightings WHERE event_id = %s", (held["event_id"],)) == 0:
+        assert time.monotonic() < deadline, "the held submission was not stored once the lock went"
+        time.sleep(0.1)
+    assert client.post("/api/v1/detections", json=held, headers=dev).status_code == 409

@@ -37,7 +37,8 @@ async function request(path, options = {}) {
   }
   if (!response.ok) {
     const text = await response.text();
-    throw new Error(`${options.method || "GET"} ${path}: ${response.status} ${text.slice(0, 200)}`);
+    throw Object.assign(new Error(`${options.method || "GET"} ${path}: ${response.status} ${text.slice(0, 200)}`),
+      { status: response.status });
   }
   return response;
 }

@@ -182,10 +182,18 @@ async function loadDefects() {
 }
 
 // The defects changed since the last load, put in place of their old selves; those merged into another leave.
-// False when the changes are too many to page through: the caller loads everything instead.
+// False when the changes are too many to page through, or the server asks for a whole load (410: a restore
+// or a failover since the last answer): the caller loads everything instead.
 async function loadChanges() {
   const ask = { limit: PAGE_SIZE, since_token: state.syncToken };
-  const { features, more, first, token } = await allPages("defects", ask);
+  let answer;
+  try {
+    answer = await allPages("defects", ask);
+  } catch (err) {
+    if (reloadWhole(err)) return false;
+    throw err;
+  }
+  const { features, more, first, token } = answer;
   if (more) return false;
   state.syncToken = token;
   const gone = new Set((first.removed || []).map(String));
@@ -193,7 +201,7 @@ async function loadChanges() {
   const changed = new Map();
   for (const feature of features) {
     const defect = defectFromFeature(feature);
-    changed.set(defect.id, defect);
+    if (!gone.has(defect.id)) changed.set(defect.id, defect); // merged after its row was read: gone
   }
   const next = [];
   for (const d of state.defects) {
@@ -245,10 +253,17 @@ async function allPages(path, params, superseded = () => false) {
   return { features, more: true, first, token };
 }
 
-// Tokens are transaction ids, 64-bit decimal strings: compared as BigInt (a Number loses digits past 2^53).
+// A token is <cluster>.<timeline>.<transaction id>; the ids, 64-bit, compare as BigInt (a Number loses digits
+// past 2^53).
 function smallerToken(a, b) {
   if (!a || !b) return a || b || null;
-  return BigInt(b) < BigInt(a) ? b : a;
+  const id = (token) => BigInt(token.split(".").pop());
+  return id(b) < id(a) ? b : a;
+}
+
+// What the server answers a token from another history of its database (a restore, a failover): load whole.
+function reloadWhole(err) {
+  return err && err.status === 410;
 }
 
 async function loadDevices() {
@@ -284,7 +299,16 @@ async function loadCoverage() {
       && performance.now() - previous.loadedAt < FULL_RELOAD_MS);
     const ask = changes ? { ...params, since_token: previous.syncToken } : params;
     if (!state.loading) setStatus("loading the roads driven…");
-    const { features, more, token } = await allPages("coverage", ask, () => run !== state.coverageRun);
+    let answer;
+    try {
+      answer = await allPages("coverage", ask, () => run !== state.coverageRun);
+    } catch (err) {
+      if (!changes || !reloadWhole(err)) throw err;
+      state.coverage = null; // another history of the database: every line again
+      await loadCoverage();
+      return;
+    }
+    const { features, more, token } = answer;
     if (run !== state.coverageRun) return; // the filters changed while it loaded: the newer load draws
     if (!state.loading && !more) setStatus(state.loadedAt ? `updated ${clock(state.loadedAt)}` : "");
     if (more) {
