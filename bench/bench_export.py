@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import random
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -59,21 +61,10 @@ def write_config(cfg, path: Path) -> None:
     path.write_bytes(tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True)).encode())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--defects", type=int, default=100_000)
-    parser.add_argument("--quick", action="store_true", help="20,000 defects")
-    args = parser.parse_args()
-    if args.quick:
-        args.defects = 20_000
-    info = services.up()
-    tmp = ROOT / ".state" / "bench-export"
-    shutil.rmtree(tmp, ignore_errors=True)
-    dsn = fresh_database("bench_export")
-    migrate(dsn)
-    t0 = time.monotonic()
-    seed_map(dsn, args.defects, 1, random.Random(5))
-    print(f"seeded {args.defects} defects in {time.monotonic() - t0:.1f} s")
+@contextlib.contextmanager
+def api_process(dsn: str, info: services.ServiceInfo, tmp: Path) -> Iterator[tuple[str, dict, subprocess.Popen]]:
+    """The API over DSN as its own process (as `fleet-server serve`): (its /api/v1 URL, a viewer's headers, the
+    process), once it answers; stopped afterwards."""
     cfg = server_config(dsn, info.mqtt_host, info.mqtt_port, info.server_user, info.server_password, tmp)
     write_config(cfg, tmp / "server.toml")
     port = free_port()
@@ -90,6 +81,28 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        yield base, headers, api
+    finally:
+        api.terminate()
+        api.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--defects", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="20,000 defects")
+    args = parser.parse_args()
+    if args.quick:
+        args.defects = 20_000
+    info = services.up()
+    tmp = ROOT / ".state" / "bench-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dsn = fresh_database("bench_export")
+    migrate(dsn)
+    t0 = time.monotonic()
+    seed_map(dsn, args.defects, 1, random.Random(5))
+    print(f"seeded {args.defects} defects in {time.monotonic() - t0:.1f} s")
+    with api_process(dsn, info, tmp) as (base, headers, api):
         print(f"{'export':<28} {'s':>6} {'MB':>7} {'API peak RSS +MB':>17}")
         for label, path, parallel in (("GeoJSON", "defects.geojson", 1), ("CSV", "defects.csv", 1),
                                       ("GeoJSON, 4 at once", "defects.geojson", 4)):
@@ -103,9 +116,6 @@ def main() -> None:
             elapsed = time.monotonic() - t0
             peak = memory_mb(api.pid, "VmHWM") - base_mb
             print(f"{label:<28} {elapsed:6.2f} {sizes[0] / 1e6:7.1f} {peak:17.0f}")
-    finally:
-        api.terminate()
-        api.wait(10)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

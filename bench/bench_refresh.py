@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,11 +20,11 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.bench_export import SERVE, free_port, write_config
+from bench.bench_export import api_process
 from bench.bench_server import CENTRE, fresh_database, seed_map
 from roadmon_contract.ids import uuid7
 from scripts import services
-from tests.server_fixtures import offset, server_config, token
+from tests.server_fixtures import offset
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = 5000  # the dashboard's page size
@@ -96,37 +94,20 @@ def main() -> None:
     seed_map(dsn, args.defects, 1, rng)
     seed_lines(dsn, args.lines, rng)
     print(f"seeded {args.defects} defects and {args.lines} driven lines in {time.monotonic() - t0:.1f} s")
-    cfg = server_config(dsn, info.mqtt_host, info.mqtt_port, info.server_user, info.server_password, tmp)
-    write_config(cfg, tmp / "server.toml")
-    port = free_port()
-    api = subprocess.Popen([sys.executable, "-c", SERVE, str(tmp / "server.toml"), str(port)], cwd=ROOT)
-    headers = {"Authorization": f"Bearer {token(dsn, 'viewer', 'bench')}"}
     since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers=headers, timeout=300) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    client.get("/defects", params={"limit": 1}).raise_for_status()
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            whole = {"defects": fetch(client, "/defects", {"limit": PAGE}),
-                     "roads driven": fetch(client, "/coverage", {"since": since})}
-            busy_fleet(dsn, args.sighted, args.sighted, rng)
-            print(f"between two refreshes: {args.sighted} defects sighted again, {args.sighted} lines driven")
-            print(f"{'what a tab fetches':<26} {'whole: s':>9} {'MB':>7} {'items':>7} {'changes: s':>11} {'MB':>7} "
-                  f"{'items':>7} {'bytes':>7}")
-            for what, (seconds, size, count, sync) in whole.items():
-                path, params = ("/defects", {"limit": PAGE}) if what == "defects" else ("/coverage", {"since": since})
-                c_seconds, c_size, c_count, _ = fetch(client, path, {**params, "since_token": sync})
-                print(f"{what:<26} {seconds:9.2f} {size / 1e6:7.1f} {count:7d} {c_seconds:11.3f} {c_size / 1e6:7.2f} "
-                      f"{c_count:7d} {size / max(c_size, 1):6.0f}x")
-    finally:
-        api.terminate()
-        api.wait(10)
+    with api_process(dsn, info, tmp) as (base, headers, _api), \
+            httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        whole = {"defects": fetch(client, "/defects", {"limit": PAGE}),
+                 "roads driven": fetch(client, "/coverage", {"since": since})}
+        busy_fleet(dsn, args.sighted, args.sighted, rng)
+        print(f"between two refreshes: {args.sighted} defects sighted again, {args.sighted} lines driven")
+        print(f"{'what a tab fetches':<26} {'whole: s':>9} {'MB':>7} {'items':>7} {'changes: s':>11} {'MB':>7} "
+              f"{'items':>7} {'bytes':>7}")
+        for what, (seconds, size, count, sync) in whole.items():
+            path, params = ("/defects", {"limit": PAGE}) if what == "defects" else ("/coverage", {"since": since})
+            c_seconds, c_size, c_count, _ = fetch(client, path, {**params, "since_token": sync})
+            print(f"{what:<26} {seconds:9.2f} {size / 1e6:7.1f} {count:7d} {c_seconds:11.3f} {c_size / 1e6:7.2f} "
+                  f"{c_count:7d} {size / max(c_size, 1):6.0f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -342,12 +342,11 @@ def seed_map(dsn: str, defects: int, per_defect: int, rng: random.Random) -> Non
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy("COPY defects (id, class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, "
-                          "vehicle_count, pass_count, severity, confidence, status, updated_at) FROM STDIN") as copy:
+                          "vehicle_count, pass_count, severity, confidence, status) FROM STDIN") as copy:
                 for i in range(1, defects + 1):
                     lat, lon = offset(*CENTRE, rng.uniform(-30_000, 30_000), rng.uniform(-30_000, 30_000))
-                    status = rng.choice(["new", "confirmed", "scheduled"])
                     copy.write_row((i, "pothole", f"SRID=4326;POINT({lon} {lat})", 1.0, start, start, per_defect, 3,
-                                    per_defect, rng.random(), 0.8, status, start))
+                                    per_defect, rng.random(), 0.8, rng.choice(["new", "confirmed", "scheduled"])))
             buf = io.StringIO()
             with cur.copy("COPY sightings (event_id, device_id, seq, captured_at, received_at, class, confidence, "
                           "geom, h_accuracy_m, payload, defect_id) FROM STDIN") as copy:

@@ -19,13 +19,13 @@ from pydantic import BaseModel, Field
 
 from fleet_server import aggregate, spreadsheet
 from fleet_server.api_deps import (
-    TOKEN_PATTERN,
     QueryTime,
     QueryUntil,
     db,
     known_query_only,
     read_db,
     require,
+    since_token_query,
     sync_point,
 )
 from fleet_server.validate import fold_class
@@ -175,11 +175,9 @@ class Filters:
 @router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
 def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
                  limit: int | None = Query(None, ge=1),
-                 since_token: str | None = Query(
-                     None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (of its pages, the one "
-                     "whose last part, a transaction id, is smallest; 410: load everything again): only the defects "
-                     "written since it was read (new, sighted, moved, status, note), and "
-                     "in `removed` (first page) those merged into another or no longer matching the filters"),
+                 since_token: str | None = since_token_query(
+                     "the defects written since it was read (new, sighted, moved, status, note), and in `removed` "
+                     "(first page) those merged into another or no longer matching the filters"),
                  conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     api = request.app.state.cfg.api
     page = min(limit or api.page_size, api.max_page_size)

@@ -8,7 +8,7 @@ from datetime import date, datetime, time
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BeforeValidator
 
@@ -80,6 +80,12 @@ _SYNC_POINT = """SELECT (SELECT system_identifier FROM pg_control_system())::tex
     pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text,
     pg_is_in_recovery()"""
 TOKEN_PATTERN = r"^[0-9]{1,20}\.[0-9]{1,10}\.[0-9]{1,19}$"  # <cluster>.<timeline>.<transaction id>
+
+
+def since_token_query(only: str) -> Any:
+    """The `since_token` parameter of a route whose answers carry a sync_token; ONLY says what it then answers."""
+    return Query(None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (of its pages, the one "
+                 f"whose last part, a transaction id, is smallest; 410: load everything again): only {only}")
 
 
 def sync_point(conn: psycopg.Connection, since_token: str | None) -> tuple[str, str | None]:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field
 from fleet_server import commands
 from fleet_server.api_defects import _jsonable, bbox_filter
 from fleet_server.api_deps import (
-    TOKEN_PATTERN,
     QueryTime,
     QueryUntil,
     db,
@@ -26,6 +25,7 @@ from fleet_server.api_deps import (
     principal,
     read_db,
     require,
+    since_token_query,
     sync_point,
 )
 from fleet_server.auth import Principal
@@ -101,11 +101,9 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),
              cursor: str | None = Query(None, max_length=80, description="The previous page's next_cursor"),
-             since_token: str | None = Query(
-                 None, pattern=TOKEN_PATTERN, description="An earlier answer's sync_token (of its pages, the one "
-                 "whose last part, a transaction id, is smallest; 410: load everything again): only the lines "
-                 "stored since it was read (coverage never changes once stored: these are "
-                 "the new ones, late uploads of old drives included)"),
+             since_token: str | None = since_token_query(
+                 "the lines stored since it was read (coverage never changes once stored: these are the new ones, "
+                 "late uploads of old drives included)"),
              conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
     cfg = request.app.state.cfg.api
     token, since_xid = sync_point(conn, since_token)  # before the rows: what they cannot show is at or above it
