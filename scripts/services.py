@@ -417,6 +417,13 @@ def purge(state: Path = STATE) -> list[Path]:
     return outside + ([state] if existed else [])
 
 
+def status(state: Path = STATE) -> dict[str, dict]:
+    """Each service's state and port: a second checkout's services on other ports are told apart by it."""
+    primary = Postgres(state)
+    services = {"postgis": primary, "mosquitto": Mosquitto(state), "read replica": Replica(primary)}
+    return {name: {"running": s.running(), "port": s.port} for name, s in services.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status", "replica", "purge"])
@@ -441,10 +448,9 @@ def main() -> int:
             print(f"stopped {' and '.join(was_running)}" if was_running else
                   f"nothing was running for the state folder {STATE}")
         else:
-            state = {"postgis": Postgres().running(), "mosquitto": Mosquitto().running(),
-                     "read replica": Replica().running()}
-            print(json.dumps(state) if args.json else
-                  "\n".join(f"{k:10s} {'running' if v else 'stopped'}" for k, v in state.items()))
+            print(json.dumps(status()) if args.json else "\n".join(
+                f"{name:12s} {'running' if s['running'] else 'stopped'}  127.0.0.1:{s['port']}"
+                for name, s in status().items()))
     except ServiceError as exc:
         print(f"services: {exc}", file=sys.stderr)
         return 1

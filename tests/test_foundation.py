@@ -185,6 +185,19 @@ def test_services_up_is_idempotent_and_names_taken_port(service_info, tmp_path) 
     assert port in clash.stderr and "taken" in clash.stderr
 
 
+@pytest.mark.services
+def test_services_status_names_each_port(service_info) -> None:
+    """A second checkout runs its own services on other ports: status says which ports are whose."""
+    shown = subprocess.run([sys.executable, "-m", "scripts.services", "status"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split(None, 1) for line in shown.stdout.splitlines() if not line.startswith("read"))
+    assert lines["postgis"].split() == ["running", f"127.0.0.1:{services.PG_PORT}"]
+    assert lines["mosquitto"].split() == ["running", f"127.0.0.1:{service_info.mqtt_port}"]
+    as_json = json.loads(subprocess.run([sys.executable, "-m", "scripts.services", "status", "--json"],
+                                        capture_output=True, text=True).stdout)
+    assert as_json["read replica"]["port"] == services.PG_REPLICA_PORT
+
+
 def test_postgres_data_is_keyed_by_the_state_folder(tmp_path) -> None:
     """Two state folders the postgres user cannot traverse still get two clusters (not one per checkout)."""
     a, b = tmp_path / "a", tmp_path / "b"
