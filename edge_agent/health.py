@@ -11,7 +11,7 @@ from typing import Any
 
 @dataclass
 class Health:
-    camera: str = "starting"          # ok | no_frames | lost | starting
+    camera: str = "starting"          # ok | frozen | blank | no_frames | lost | starting
     gnss: str = "starting"            # ok | no_fix | stale | lost | starting
     detector: str = "starting"        # ok | failed | starting
     outbox: str = "starting"          # ok | degraded | full | starting
@@ -33,11 +33,25 @@ class HealthBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._health = Health()
+        self._picture_fault: str | None = None  # frozen | blank, judged by the pipeline (camera.picture)
 
     def update(self, **changes: Any) -> None:
         with self._lock:
             for key, value in changes.items():
                 setattr(self._health, key, value)
+
+    def frame_arrived(self, t_mono: float) -> None:
+        """The capture got a frame: the camera works, unless its picture is frozen or blank."""
+        with self._lock:
+            self._health.last_frame_mono = t_mono
+            self._health.camera = self._picture_fault or "ok"
+
+    def picture(self, fault: str | None) -> None:
+        """The pipeline's verdict on the picture (None: alive); the capture's own states (lost...) stay first."""
+        with self._lock:
+            self._picture_fault = fault
+            if self._health.camera in ("ok", "frozen", "blank"):
+                self._health.camera = fault or "ok"
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -205,7 +205,7 @@ class FrameSource:
             self._last_frame_mono = frame.t_mono
             self._cond.notify_all()
         if self.health:
-            self.health.update(camera="ok", last_frame_mono=frame.t_mono)
+            self.health.frame_arrived(frame.t_mono)
 
     def _set_camera(self, state: str) -> None:
         if self.health:

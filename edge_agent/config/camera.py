@@ -28,6 +28,7 @@ class CameraConfig(Section):
     file_realtime: bool = Field(
         True, description="Video files: pace frames at the file's rate (true) or read them as fast as possible")
     no_frame_after_s: float = Field(
-        3.0, gt=0, le=600, description="Seconds without a frame before the camera counts as 'no_frames' on health")
+        3.0, gt=0, le=600, description="Seconds without a frame before the camera counts as 'no_frames' on health, "
+                                   "and of one repeated picture while driving ('frozen') or a black one ('blank')")
     reopen_initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reopening a lost camera, s")
     reopen_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reopen attempts, s")

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
+from edge_agent.camera.picture import BLANK, FROZEN, is_blank, thumbnail
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 from roadmon_contract.status import SPARSE_FRAMES_M
 
-DARK_STD = 2.0  # a frame whose pixels vary less than this is black, covered or frozen grey
+
+def _picture_faults(source: str) -> dict[str, tuple[str, str]]:
+    """What each verdict on the picture (edge_agent.camera.picture) means, and what to do."""
+    look = f"save a frame and look at it: `ffmpeg -i {source} -frames:v 1 frame.jpg` (a USB camera: agent stopped)"
+    return {
+        FROZEN: ("the camera repeats one picture while the vehicle drives: frames arrive, nothing new is detected",
+                 "the camera's stream is stuck: power-cycle the camera (an IP camera: reboot it), then "
+                 f"`sudo systemctl restart edge-agent`; {look}"),
+        BLANK: ("the camera's picture is black or flat: a lens cap, a covered or dirty lens, no light, or a dead "
+                "sensor", look),
+    }
 
 
 def _open_hint(kind: str, source: str) -> str:
@@ -42,9 +51,10 @@ def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
     if state == "starting":
         return CheckResult("camera", Level.YELLOW, summary, "the agent opened the camera; no frame yet",
                            "run again in a minute", data)
-    return CheckResult("camera", Level.RED, summary, "the agent gets no frames from the camera: it detects nothing",
-                       "`journalctl -u edge-agent | grep -i camera`; check the cable and `v4l2-ctl --list-devices`",
-                       data)
+    why, fix = _picture_faults(source).get(str(state), (
+        "the agent gets no frames from the camera: it detects nothing",
+        "`journalctl -u edge-agent | grep -i camera`; check the cable and `v4l2-ctl --list-devices`"))
+    return CheckResult("camera", Level.RED, summary, why, fix, data)
 
 
 def check_camera(ctx: Context) -> CheckResult:
@@ -53,7 +63,10 @@ def check_camera(ctx: Context) -> CheckResult:
     assert ctx.cfg is not None
     cam = ctx.cfg.camera
     kind = source_kind(cam.source)
-    if kind in ("device", "gstreamer") and (agent := running_agent(ctx)) is not None:
+    agent = running_agent(ctx)
+    # A device streams to one reader, so doctor asks the agent; and only the agent, watching while the vehicle
+    # drives, can tell a frozen stream (a URL camera's too) from a still scene.
+    if agent is not None and (kind in ("device", "gstreamer") or agent.health("camera") in (FROZEN, BLANK)):
         return _as_the_agent_sees_it(agent, cam.source)
     opts = ctx.options
     cap = open_capture(cam)
@@ -84,15 +97,16 @@ def check_camera(ctx: Context) -> CheckResult:
     height, width = last.shape[:2]
     ctx.frame_shape = (height, width)
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
-    std = float(np.asarray(last, dtype=np.float32).std())
-    data.update(width=width, height=height, fps=round(fps, 2) if fps else None, pixel_std=round(std, 2))
+    thumb = thumbnail(last)
+    std = float(thumb.std())
+    data.update(width=width, height=height, fps=round(fps, 2) if fps else None, grey_std=round(std, 2))
     summary = f"{width}x{height}, {len(stamps)} frames" + (f" at {fps:.1f} fps" if fps else "")
     if kind == "file":
         summary += f" (video file, nominal {nominal:.1f} fps)" if nominal else " (video file)"
-    if std < DARK_STD:
-        return CheckResult("camera", Level.YELLOW, summary + f"; the image is uniform (pixel std {std:.1f})",
-                           "a black or flat image: lens cap, a covered lens, night without light, or a dead sensor",
-                           "look at a frame: `edge-agent calibrate` or `ffplay` on the device", data)
+    if is_blank(thumb):
+        why, fix = _picture_faults(cam.source)[BLANK]
+        return CheckResult("camera", Level.RED, summary + f"; the picture is uniform (grey std {std:.1f})", why, fix,
+                           data)
     wanted = cam.fps or (nominal if kind != "file" else None)
     if kind != "file" and fps and wanted and fps < 0.5 * wanted:
         return CheckResult("camera", Level.YELLOW, summary + f", below half the expected {wanted:.0f} fps",

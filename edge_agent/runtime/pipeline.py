@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
 from calibration.projector import GroundProjector
+from edge_agent.camera.picture import PictureWatch
 from edge_agent.config import AgentConfig
 from edge_agent.detect.detector import Detection, ModelInfo
 from edge_agent.gnss.kalman import Pose
@@ -30,10 +30,6 @@ from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm
 log = logging.getLogger(__name__)
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
-# A frame whose 64x36 grey thumbnail differs from the last one's by less than this (mean grey levels) while the
-# vehicle drove REPEAT_MIN_MOVE_M repeats it: a stalled camera or a video made constant-rate by repeating frames.
-REPEAT_MAX_DIFF = 0.25
-REPEAT_MIN_MOVE_M = 0.5
 MAX_HELD_TRACKS = 32  # tracks waiting for a fix hold their crops (full frames too, when configured): bound the memory
 
 
@@ -89,7 +85,7 @@ class Pipeline:
         self._prev_mono: float | None = None
         self._fps: float | None = None
         self._m_per_frame: float | None = None
-        self._thumb: np.ndarray | None = None
+        self.picture = PictureWatch(self.health, cfg.camera.no_frame_after_s)
         self._inference_ms: float | None = None
         self._detect_s = 0.0
         self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
@@ -139,7 +135,7 @@ class Pipeline:
             self._check_frame_size(image)
         self.counts["frames"] += 1
         pose = self.filter.position_at(t_mono)
-        if self._repeats_last_frame(image, t_mono, pose):
+        if self.picture.look(image, t_mono, self._moved_m(t_mono, pose)):
             # The same picture although the vehicle moved: fed to the tracker it contradicts the motion (a
             # defect that stays put in the image while the road moved on) and split one pothole into two events.
             self.counts["frames_repeated"] += 1
@@ -323,15 +319,11 @@ class Pipeline:
                 return pose, obs.heading_deg
         return None, best.heading_deg
 
-    def _repeats_last_frame(self, image: np.ndarray, t_mono: float, pose: Pose | None) -> bool:
-        """Whether IMAGE is the last frame again while the vehicle drove on (REPEAT_MAX_DIFF)."""
-        small = cv2.resize(image, (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32)
-        thumb = small.mean(axis=2) if small.ndim == 3 else small
-        last, self._thumb = self._thumb, thumb
-        if last is None or self._prev_mono is None or pose is None or pose.speed_mps is None:
-            return False
-        moved = pose.speed_mps * (t_mono - self._prev_mono)
-        return moved >= REPEAT_MIN_MOVE_M and float(np.abs(thumb - last).mean()) < REPEAT_MAX_DIFF
+    def _moved_m(self, t_mono: float, pose: Pose | None) -> float | None:
+        """Metres driven since the last frame, by the filter's speed (None: unknown)."""
+        if self._prev_mono is None or pose is None or pose.speed_mps is None:
+            return None
+        return pose.speed_mps * (t_mono - self._prev_mono)
 
     def _note_frame(self, t_mono: float, pose: Pose | None) -> None:
         if self._prev_mono is not None and t_mono > self._prev_mono:
