@@ -513,6 +513,40 @@ def test_a_receiver_and_camera_held_by_the_running_agent_are_judged_by_what_it_s
     assert "held by the running agent" in camera.summary and ("9.5 fps" in camera.summary) == (gnss == "ok")
 
 
+@pytest.mark.parametrize(("link", "level", "words"), [
+    ({"state": "connected", "trouble": "another client logs in as 'veh-quiet' and takes the session over"},
+     Level.RED, "takes the session over"),
+    ({"state": "offline", "last_error": "[Errno 111] Connection refused", "trouble": None}, Level.GREEN,
+     "offline ([Errno 111] Connection refused)"),
+    ({"state": "connected", "last_error": "disconnected: 7", "trouble": None}, Level.GREEN, "broker offline")])
+def test_doctor_and_status_say_why_the_agents_broker_link_fails(tmp_path: Path, link: dict, level: Level,
+                                                                words: str) -> None:
+    # Two agents with one device id (a second config on the box, a copied card) took the session from each other
+    # every few seconds: the agent logged why, but doctor was green ("running, broker offline") and status said
+    # "offline" without a reason.
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state")
+    with Outbox(cfg.outbox_path, OutboxConfig()):
+        pass  # the agent made its queue; `status` reads it
+    health = HealthBoard()
+    health.update(uplink=link["state"])
+    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file),
+                      status_of(cfg, health) | {"uplink": link})
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        agent = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+    finally:
+        lock.release()
+    assert agent.level is level and words in agent.summary + agent.explanation, agent
+    shown = subprocess.run([EDGE_AGENT, "status", "--config", str(path), "--json"], capture_output=True, text=True)
+    broker = json.loads(shown.stdout)["broker"]
+    assert (words in broker) == (level is Level.RED or "offline (" in words), broker
+    assert "disconnected: 7" not in broker  # an old error of a link that came back is history
+
+
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
 def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in

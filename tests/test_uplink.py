@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.heartbeat import read_status_file
+from edge_agent.link.heartbeat import read_status_file, uplink_trouble
 from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
 from roadmon_contract import topics, validate
@@ -538,6 +538,10 @@ def test_two_boxes_with_one_login_are_named_and_backed_off(service_info, mqtt_de
         try:
             wait_for(lambda: any("takes the session over" in (u.last_error or "") for u in uplinks), 20,
                      "the takeover named")
+            # ...and in the status file doctor and `status` read: the state flips between connected and offline,
+            # so neither state said why (doctor was green: "running, broker offline").
+            wait_for(lambda: all("takes the session over" in (uplink_trouble(read_status_file(u.status_path) or {})
+                                                               or "") for u in uplinks), 20, "the trouble in status")
             time.sleep(6)
             connects = sum(u.counters["connects"] for u in uplinks)
             assert connects <= 20, f"{connects} connections in ~6 s: not backed off"

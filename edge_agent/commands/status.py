@@ -16,7 +16,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
-from edge_agent.link.heartbeat import FULL_DISK_MB, age_s, ago_text, is_stale, seconds_text, status_ago_text
+from edge_agent.link.heartbeat import (
+    FULL_DISK_MB,
+    age_s,
+    ago_text,
+    is_stale,
+    seconds_text,
+    status_ago_text,
+    uplink_trouble,
+)
 from roadmon_contract.status import SPARSE_FRAMES_M
 
 out = Console()
@@ -50,6 +58,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         if broker != "stopped" and is_stale(agent, heartbeat_s):
             why = _why_stale(path, stats["disk_free_mb"])
             broker = f"{broker} (stale: status from {status_ago_text(agent)}; {why})"
+        elif trouble := uplink_trouble(agent):
+            broker = f"{broker} ({trouble})"
     return {
         "broker": broker,
         "queue_depth": stats["queue_depth"],

@@ -29,6 +29,7 @@ from edge_agent.link.heartbeat import (
     status_age_s,
     status_ago_text,
     status_file_of,
+    uplink_trouble,
 )
 from edge_agent.link.writer_lock import holder
 from roadmon_contract import validate
@@ -134,7 +135,15 @@ def check_agent(ctx: Context) -> CheckResult:
         return _still_running(ctx.cfg, path, status, data) or CheckResult(
             "agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the agent runs: the "
             "agent is not running or hung", "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
-    return CheckResult("agent", Level.GREEN, f"running: status {when}, broker {broker}", data=data)
+    trouble = uplink_trouble(status)
+    data["uplink_trouble"] = trouble
+    if trouble and (status.get("uplink") or {}).get("trouble"):
+        return CheckResult("agent", Level.RED, f"running: status {when}, but its broker link keeps failing",
+                           trouble, "find the other client: `pgrep -af edge-agent` here (another config or "
+                           "state_dir), the broker's log for this id; a box copied from another's card needs its own "
+                           "id and password (`fleet-server device add` on the server, then `edge-agent config`)", data)
+    return CheckResult("agent", Level.GREEN, f"running: status {when}, broker {broker}" + (
+        f" ({trouble})" if trouble else ""), data=data)
 
 
 # --------------------------------------------------------------------------------------------- delivery

@@ -160,6 +160,18 @@ def ago_text(stamp: str | None) -> str:
     return "-" if age is None else f"{stamp} ({seconds_text(age)} ago)"
 
 
+def uplink_trouble(status: dict[str, Any]) -> str | None:
+    """Why the agent's broker link fails, from its status: the repeated failure (a session taken over), else the
+    last error while it is not connected (an old error of a link that came back is history)."""
+    link = status.get("uplink")
+    if not isinstance(link, dict):
+        return None
+    if isinstance(link.get("trouble"), str):
+        return link["trouble"]
+    error = link.get("last_error")
+    return error if isinstance(error, str) and error and link.get("state") != "connected" else None
+
+
 def write_status_file(path: Path, status: dict[str, Any]) -> None:
     """Atomically replace PATH with STATUS as JSON (a reader never sees half a file)."""
     try:

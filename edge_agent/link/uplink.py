@@ -124,6 +124,8 @@ class Uplink:
         self._connected = False
         self._disconnect_code: int | None = None
         self._short_lived = 0  # connections in a row that ended within SHORT_LIVED_S
+        self._trouble: str | None = None  # why connections keep ending right after login (a taken-over session)
+        self._connected_at: float | None = None
         self._mark_failures = 0  # outbox writes of acks in a row that failed (a full disk)
         self._refused: LoginRefused | None = None
         self._client: mqtt.Client | None = None
@@ -178,8 +180,14 @@ class Uplink:
         return self.cfg.username or self.device_id
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state, "last_error": self.last_error, "outstanding": len(self._outstanding),
-                **self.counters, "flow": self.flow.snapshot()}
+        return {"state": self.state, "last_error": self.last_error, "trouble": self.trouble(),
+                "outstanding": len(self._outstanding), **self.counters, "flow": self.flow.snapshot()}
+
+    def trouble(self) -> str | None:
+        """Why the link keeps failing although the broker takes the login (None once a connection holds): in a
+        session taken over again and again the state flips between connected and offline, so neither says it."""
+        held = self._connected_at is not None and time.monotonic() - self._connected_at >= SHORT_LIVED_S
+        return None if self.state == "connected" and held else self._trouble
 
     # -------------------------------------------------------------------------------------- the thread
     def _run(self) -> None:
@@ -199,10 +207,10 @@ class Uplink:
                 self._client = None
                 self._wait(self.cfg.backoff_max_s)
                 continue
-            connected_at = time.monotonic()
+            self._connected_at = time.monotonic()
             try:
                 self._serve(client)
-                self._pause_after_short_connection(time.monotonic() - connected_at)
+                self._pause_after_short_connection(time.monotonic() - self._connected_at)
             except LoginRefused as exc:
                 self._set_state(exc.state, str(exc))
                 client.disconnect()
@@ -230,6 +238,7 @@ class Uplink:
                       "card); the broker's log says 'already connected, closing old connection'")
         else:
             reason = None
+        self._trouble = reason
         if reason:
             self._set_state("offline", reason)
             if self._short_lived in (1, 3, 10) or self._short_lived % 100 == 0:  # now and then, not per retry
