@@ -166,11 +166,12 @@ def test_camera_from_a_video_file_delivers_frames(tmp_path: Path) -> None:
     assert "320x240" in cam.summary
 
 
-def test_black_camera_is_yellow(tmp_path: Path) -> None:
+def test_black_camera_is_red(tmp_path: Path) -> None:
+    # Nothing can be detected on it: red (it was amber, and doctor's exit code said all was well).
     video = make_video(tmp_path / "black.mp4", flat=True)
     path = write_config(tmp_path, camera={"source": str(video)})
     cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
-    assert cam.level is Level.YELLOW and "uniform" in cam.summary
+    assert cam.level is Level.RED and "uniform" in cam.summary
 
 
 def test_camera_that_does_not_open_is_red(tmp_path: Path) -> None:
@@ -318,6 +319,21 @@ def test_clock_far_from_gnss_time_is_red(tmp_path: Path, receiver: Any) -> None:
     assert clock.level is Level.RED
     assert clock.data["offset_vs_gnss_s"] == pytest.approx(3 * 3600, abs=5)
     assert "+3.0 h vs GNSS" in clock.summary
+
+
+@pytest.mark.parametrize("floor", [None, "2000-01-01"])
+def test_a_receiver_past_its_week_rollover_is_corrected_or_named(tmp_path: Path, receiver: Any,
+                                                                 floor: str | None) -> None:
+    # An old receiver whose 1024-week window has passed says 2007 in 2026: every event was refused as too old,
+    # and doctor told the technician to set the (right) system clock, from this receiver.
+    rx = receiver(lambda i: nmea_epoch(datetime.now(UTC) - timedelta(weeks=1024)))
+    gnss = {"source": "serial", "port": rx.port} | ({"date_floor": floor} if floor else {})
+    clock = by_name(run_checks(str(write_config(tmp_path, gnss=gnss)), only=["gnss", "clock"], options=FAST))["clock"]
+    if floor is None:  # the default floor for a live receiver is this release: the date is put right
+        assert abs(clock.data["offset_vs_gnss_s"]) < 5, clock
+    else:  # an operator's own floor is kept; doctor names the rollover and the setting
+        assert clock.level is Level.RED and "1024 weeks behind" in clock.explanation, clock
+        assert "gnss.date_floor" in clock.hint and "set the clock" not in clock.hint, clock
 
 
 def test_clock_says_why_a_recordings_fix_is_not_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

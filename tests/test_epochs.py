@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.config.gnss import GnssConfig
+from edge_agent.config.gnss import RECORDED_DATE_FLOOR, GnssConfig
 from edge_agent.gnss.epochs import KNOT_MPS, EpochAssembler, Fix, virtual_mono
 from edge_agent.gnss.nmea import checksum
 from edge_agent.gnss.source import NmeaDecoder
@@ -20,7 +20,9 @@ def sentence(body: str) -> str:
 
 
 def epochs(*bodies: str, virtual: bool = False, **cfg) -> tuple[list[Fix], NmeaDecoder]:
-    decoder = NmeaDecoder(GnssConfig(**cfg), virtual_clock=virtual)
+    # The dates these tests write are judged against the historical floor unless a test sets its own (a live
+    # receiver's default floor is this release: test_a_live_receiver_is_floored_at_this_release...).
+    decoder = NmeaDecoder(GnssConfig(**({"date_floor": RECORDED_DATE_FLOOR} | cfg)), virtual_clock=virtual)
     data = "".join(sentence(b) + "\r\n" for b in bodies).encode()
     return decoder.feed(data) + decoder.flush(), decoder
 
@@ -357,3 +359,20 @@ def test_coordinates_without_decimal_minutes():
     assert latitude("4807", "N") == pytest.approx(48 + 7 / 60)
     assert longitude("01131", "W") == pytest.approx(-(11 + 31 / 60))
     assert latitude("4860", "N") is None  # 60 minutes is the next degree
+
+
+def test_a_live_receiver_is_floored_at_this_release_and_a_recording_is_not():
+    from edge_agent.config.gnss import LIVE_DATE_FLOOR, GnssConfig
+    from edge_agent.gnss.source import NmeaDecoder
+
+    assert dt.date.today() >= LIVE_DATE_FLOOR  # a floor after a true date would move that date 1024 weeks ahead
+    rolled = (dt.date.today() - dt.timedelta(weeks=1024)).strftime("%d%m%y")
+    line = (sentence(rmc(date=rolled)) + "\r\n").encode()
+
+    def date_of(decoder: NmeaDecoder) -> dt.date:
+        return (decoder.feed(line) + decoder.close_epoch())[0].utc.date()
+
+    assert date_of(NmeaDecoder(GnssConfig())) == dt.date.today()  # the rollover put right
+    old = dt.date.today() - dt.timedelta(weeks=1024)
+    assert date_of(NmeaDecoder(GnssConfig(), virtual_clock=True)) == old  # an old recording stays old
+    assert date_of(NmeaDecoder(GnssConfig(date_floor=dt.date(2000, 1, 1)))) == old  # the operator's floor wins

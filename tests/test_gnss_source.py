@@ -41,7 +41,7 @@ def epoch_text(t: dt.datetime, east_m: float = 0.0) -> str:
             + sentence("GPGSA,A,3,04,05,09,12,24,,,,,,,,1.8,0.9,1.5"))
 
 
-T_START = dt.datetime(2026, 6, 1, 8, 0, 0, tzinfo=dt.UTC)
+T_START = dt.datetime(2026, 11, 20, 8, 0, 0, tzinfo=dt.UTC)  # after the live floor (LIVE_DATE_FLOOR)
 
 
 def recording(path: Path, epochs: int, step_s: float = 1.0) -> Path:
@@ -328,7 +328,7 @@ def test_reopen_backoff_doubles_up_to_the_limit(tmp_path, caplog):
 
 
 def test_fix_from_tpv():
-    fix = fix_from_tpv({"class": "TPV", "mode": 3, "time": "2026-06-01T08:00:01.000Z", "lat": 48.1, "lon": 11.5,
+    fix = fix_from_tpv({"class": "TPV", "mode": 3, "time": "2026-11-20T08:00:01.000Z", "lat": 48.1, "lon": 11.5,
                         "altMSL": 520.0, "speed": 12.5, "track": 91.0, "epx": 3.0, "epy": 4.0}, 5.0)
     assert fix.mode == 3 and fix.lat == 48.1 and fix.eph_m == pytest.approx(5.0)
     assert fix.utc == T_START + dt.timedelta(seconds=1)
@@ -395,7 +395,7 @@ def test_gps_replay_json_format(tmp_path):
     assert len(records) == 3
     assert set(records[0]) == {"time", "mode", "lat", "lon", "speed_mps", "track_deg", "eph_m", "sats", "filtered"}
     assert set(records[0]["filtered"]) == {"lat", "lon", "speed_mps", "heading_deg", "h_std_m", "state"}
-    assert records[0]["time"] == "2026-06-01T08:00:00.000Z"
+    assert records[0]["time"] == "2026-11-20T08:00:00.000Z"
     assert records[2]["filtered"]["state"] == "ok" and records[2]["mode"] == 3
     assert "sentences=9" in res.stderr and "epochs=3" in res.stderr and "fixes=3" in res.stderr
 
@@ -417,7 +417,7 @@ def test_gps_replay_unreadable_path_exits_nonzero_with_one_line(tmp_path):
 def test_gps_replay_text_output(tmp_path):
     res = run_cli("replay", str(recording(tmp_path / "d.nmea", 2)))
     assert res.exit_code == 0
-    assert "2026-06-01 08:00:01.000" in res.stdout and "ok" in res.stdout
+    assert "2026-11-20 08:00:01.000" in res.stdout and "ok" in res.stdout
 
 
 def test_gps_replay_realtime_paces(tmp_path):

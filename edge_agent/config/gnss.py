@@ -9,6 +9,12 @@ from pydantic import Field
 
 from roadmon_contract.config_base import Section
 
+# A live receiver's date before this release is a GPS week rollover: an old receiver's 1024-week window passed,
+# and it said 2007 in 2026 (every event refused as too old, and doctor blamed the box's clock). Never later than
+# the release itself: a true date before the floor would be moved 1024 weeks into the future.
+LIVE_DATE_FLOOR = dt.date(2026, 11, 1)
+RECORDED_DATE_FLOOR = dt.date(2000, 1, 1)
+
 
 class GnssConfig(Section):
     # --- where NMEA comes from
@@ -30,10 +36,11 @@ class GnssConfig(Section):
     max_sentence_chars: int = Field(
         160, ge=82, le=4096,
         description="Longest accepted sentence from '$' to checksum; NMEA says 82 but receivers send longer ones")
-    date_floor: dt.date = Field(
-        dt.date(2000, 1, 1),
-        description="Dates before this are a GPS week rollover (1024 weeks are added until they are not); set it "
-                    "to the receiver's installation date to catch receivers whose rollover window has passed")
+    date_floor: dt.date | Literal["auto"] = Field(
+        "auto",
+        description="Dates before this are a GPS week rollover (1024 weeks are added until they are not); auto: "
+                    f"{LIVE_DATE_FLOOR} (this release) for a live receiver, which cannot be living before it, and "
+                    f"{RECORDED_DATE_FLOOR} for recordings, which may be old")
     epoch_idle_s: float = Field(
         0.25, gt=0, description="Live sources: an epoch is complete when no sentence arrived for this long")
     receiver_latency_s: float = Field(
@@ -79,3 +86,9 @@ class GnssConfig(Section):
         5000.0, gt=0, description="Move the filter's local ENU frame when the vehicle is this far from its origin")
     history_s: float = Field(
         120.0, gt=0, description="How far back position_at can look (filtered states kept for interpolation)")
+
+    def date_floor_for(self, live: bool) -> dt.date:
+        """The rollover floor for a live receiver or a recording (see date_floor)."""
+        if isinstance(self.date_floor, dt.date):
+            return self.date_floor
+        return LIVE_DATE_FLOOR if live else RECORDED_DATE_FLOOR

@@ -9,10 +9,12 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from edge_agent.doctor.result import CheckResult, Context, Level
+from edge_agent.gnss.epochs import GPS_ROLLOVER
 
 EARLIEST = datetime(2025, 1, 1, tzinfo=UTC)  # a clock before this was never set
 AGREE_S = 2.0          # system clock and GNSS UTC further apart than this: yellow
 BROKEN_S = 3600.0      # this far apart: red (certificates may be "not yet valid")
+ROLLOVER_S = GPS_ROLLOVER.total_seconds()
 
 
 def _run(*args: str) -> str | None:
@@ -47,6 +49,12 @@ def _offset_text(offset_s: float) -> str:
     return f"{offset_s / 86400:+.1f} days"
 
 
+def _rollover_weeks(offset_s: float) -> int | None:
+    """1024, 2048... when the clock is that many weeks (within two days) ahead of the receiver's date."""
+    periods = round(offset_s / ROLLOVER_S)
+    return periods * 1024 if periods >= 1 and abs(offset_s - periods * ROLLOVER_S) < 2 * 86400 else None
+
+
 def check_clock(ctx: Context) -> CheckResult:
     now = datetime.now(UTC)
     synced, source = ntp_state()
@@ -64,6 +72,11 @@ def check_clock(ctx: Context) -> CheckResult:
     summary = f"{now:%Y-%m-%d %H:%M:%S} UTC, {ntp_text} ({source})"
     if offset is not None:
         summary += f", {_offset_text(offset)} vs GNSS"
+        if weeks := _rollover_weeks(offset):
+            return CheckResult("clock", Level.RED, summary, f"the GNSS receiver's date is {weeks} weeks behind the "
+                               "clock: a GPS week rollover (an old receiver's date window has passed), so every "
+                               "event is dated years back and refused", f"set `gnss.date_floor = {now:%Y-%m-%d}` in "
+                               "the agent config (the system clock is right: leave it)", data)
         if abs(offset) > BROKEN_S:
             return CheckResult("clock", Level.RED, summary, "the system clock is far from GNSS time",
                                "set the clock (`timedatectl set-ntp true`, or chrony with a GNSS refclock)", data)

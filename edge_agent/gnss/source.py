@@ -41,7 +41,8 @@ class NmeaDecoder:
         self.parse_stats = ParseStats()
         self._splitter = LineSplitter(self.parse_stats)
         self._parser = NmeaParser(cfg.max_sentence_chars, self.parse_stats)
-        self.assembler = EpochAssembler(uere_m=cfg.uere_m, date_floor=cfg.date_floor, virtual_clock=virtual_clock)
+        self.assembler = EpochAssembler(uere_m=cfg.uere_m, date_floor=cfg.date_floor_for(live=not virtual_clock),
+                                        virtual_clock=virtual_clock)
 
     def feed(self, data: bytes, t_arrival: float = 0.0) -> list[Fix]:
         fixes = []
