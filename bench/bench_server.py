@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -341,20 +340,22 @@ def seed_map(dsn: str, defects: int, per_defect: int, rng: random.Random) -> Non
     start = datetime.now(UTC) - timedelta(days=20)
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction(), conn.cursor() as cur:
+            # Each sighting where its defect is: a defect sighted again is placed from its sightings, and with
+            # them all at the centre it moved there and merged with others kilometres away (an outside test).
+            points = [f"SRID=4326;POINT({lon} {lat})" for lat, lon in
+                      (offset(*CENTRE, rng.uniform(-30_000, 30_000), rng.uniform(-30_000, 30_000))
+                       for _ in range(defects))]
             with cur.copy("COPY defects (id, class, geom, h_accuracy_m, first_seen, last_seen, sighting_count, "
                           "vehicle_count, pass_count, severity, confidence, status) FROM STDIN") as copy:
-                for i in range(1, defects + 1):
-                    lat, lon = offset(*CENTRE, rng.uniform(-30_000, 30_000), rng.uniform(-30_000, 30_000))
-                    copy.write_row((i, "pothole", f"SRID=4326;POINT({lon} {lat})", 1.0, start, start, per_defect, 3,
+                for i, point in enumerate(points, start=1):
+                    copy.write_row((i, "pothole", point, 1.0, start, start, per_defect, 3,
                                     per_defect, rng.random(), 0.8, rng.choice(["new", "confirmed", "scheduled"])))
-            buf = io.StringIO()
             with cur.copy("COPY sightings (event_id, device_id, seq, captured_at, received_at, class, confidence, "
                           "geom, h_accuracy_m, payload, defect_id) FROM STDIN") as copy:
-                for i in range(1, defects + 1):
+                for i, point in enumerate(points, start=1):
                     for k in range(per_defect):
                         copy.write_row((str(uuid4_like(rng)), f"veh-{k % 7}", i * per_defect + k, start, start,
-                                        "pothole", 0.8, f"SRID=4326;POINT({CENTRE[1]} {CENTRE[0]})", 3.0, "{}", i))
-            del buf
+                                        "pothole", 0.8, point, 3.0, "{}", i))
         conn.execute("SELECT setval('defects_id_seq', %s)", (defects,))
         conn.execute("ANALYZE defects")
         conn.execute("ANALYZE sightings")

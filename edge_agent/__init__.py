@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # ONNX Runtime 1.29+ sends usage telemetry to Microsoft from Linux too (a persistent device id in ~/.cache and
 # uploads of process, model and inference figures; onnxruntime PR 27379): a vehicle box on a metered, often

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +44,11 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        # Here, not after uvicorn.run returns: on SIGTERM uvicorn raises the signal again once it has shut down
+        # (uvicorn 0.29+), so the process ended before `serve` could stop its workers, whose sessions then kept
+        # taking their share of the fleet's messages until they expired (lost to all but the agents' re-send).
+        for worker in app.state.workers:
+            await asyncio.to_thread(worker.stop)
         app.state.http_writer.close()
         app.state.audit.close()
         app.state.reads.close()

@@ -72,14 +72,19 @@ def read_db(request: Request, primary: psycopg.Connection = Depends(db)) -> Iter
         yield conn
 
 
-# The database's history: its cluster (a restore from pg_dump is another) and timeline (a failover starts a new
-# one; a replica reads it from its last restartpoint). Transaction ids mean nothing across histories.
+# The database's history, across which transaction ids mean nothing: its cluster (a restore into another), its
+# timeline (a failover starts a new one; a replica reads it from its last restartpoint) and its defects table (a
+# restore of the documented pg_dump creates it anew, into the same cluster too, where transaction ids go on
+# counting: open tabs kept defects the restore had removed). A read replica has its primary's three.
 _SYNC_POINT = """SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' ||
         CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
-             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END || '.' ||
+        'defects'::regclass::oid::text,
     pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text,
     pg_is_in_recovery()"""
-TOKEN_PATTERN = r"^[0-9]{1,20}\.[0-9]{1,10}\.[0-9]{1,19}$"  # <cluster>.<timeline>.<transaction id>
+# <cluster>.<timeline>.<table>.<transaction id>. Tokens of servers before 0.3.0 (without the table part) are taken,
+# to be answered 410 (load everything again) rather than 400.
+TOKEN_PATTERN = r"^[0-9]{1,20}\.[0-9]{1,10}(\.[0-9]{1,10})?\.[0-9]{1,19}$"
 
 
 def since_token_query(only: str) -> Any:

@@ -21,6 +21,7 @@ from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.device_view import device_rows
+from fleet_server.migrate import MigrationError
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 
@@ -86,11 +87,20 @@ def print_table(table: Table) -> None:
 def migrate_cmd() -> None:
     """Apply pending database migrations."""
     try:
-        done = run_migrations(cfg().database.resolve_dsn())
+        dsn = cfg().database.resolve_dsn()
     except ConfigError as exc:
         _fail(str(exc))
+    done = _migrate_or_fail(dsn)
     console.print(f"applied {len(done)} migration(s)" + (": " + ", ".join(f"{m.version:03d}_{m.name}" for m in done)
                                                           if done else " (schema up to date)"))
+
+
+def _migrate_or_fail(dsn: str) -> list:
+    try:
+        return run_migrations(dsn)
+    except MigrationError as exc:
+        _fail(f"migration stopped: {exc}")
+        raise
 
 
 @app.command("partitions")
@@ -132,12 +142,16 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
     from fleet_server.api import create_app
 
     c = cfg()
-    run_migrations(c.database.resolve_dsn())
-    running = _start_workers(workers, "serve")
+    _migrate_or_fail(c.database.resolve_dsn())
+    port = port or c.api.port
+    # The port in the client id: a second `serve` started on this host beside the first (a new version on another
+    # port) took the first's broker session once a second.
+    running = _start_workers(workers, f"serve{port}")
     try:
         # proxy_headers off: the app itself takes X-Forwarded-For from api.trusted_proxies only (create_app).
-        uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port or c.api.port,
-                    log_level="info", proxy_headers=False)
+        # The app stops the workers at its shutdown (see create_app); this is for a start that failed.
+        uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port, log_level="info",
+                    proxy_headers=False)
     finally:
         for w in running:
             w.stop()

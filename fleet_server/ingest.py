@@ -274,6 +274,7 @@ class IngestWorker:
         self._defer_pause_s = 0.0  # set when a batch left most of itself for later (areas busy elsewhere)
         self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=cfg.ingest.queue_max)
         self.stopping = threading.Event()
+        self._stopped = False
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker's SUBACK came: from now on nothing published is missed
         self._subscribe_mid: int | None = None
@@ -388,6 +389,9 @@ class IngestWorker:
         disconnect (MQTT 5 session expiry 0). A session kept after a worker is gone for good keeps taking its
         share of new messages until it expires; the messages still unacknowledged then are re-sent by the
         agents. Without it, the session stays for mqtt.session_expiry_s, for a restart under the same name."""
+        if self._stopped:  # `serve` stops its workers at the API's shutdown, and again on its way out
+            return
+        self._stopped = True
         _live.discard(self)
         leave = self.cfg.mqtt.leave_group_on_stop
         if leave and self.connected.is_set() and self.cfg.ingest.drain_s > 0:
@@ -403,6 +407,8 @@ class IngestWorker:
         self.client.disconnect(properties=props)
         self.client.loop_stop()
         self._db.drop()
+        log.info("%s stopped%s", self.client_id, ", left the group and ended its session" if leave else
+                 ", its session kept for a restart")
 
     def _drain(self, drain_s: float) -> None:
         deadline = time.monotonic() + drain_s

@@ -1,13 +1,21 @@
 """Schema migrations: numbered SQL files in fleet_server/migrations, applied once each, in order.
 
-`schema_version` records what ran. Each file runs in its own transaction under an advisory lock, so two
+`schema_version` records what ran, with each file's sha256: a released migration is never edited (022 once was,
+and servers that had applied the first text never got the second's columns), so a file that differs from what
+was applied stops the migration, naming it. Each file runs in its own transaction under an advisory lock, so two
 servers starting at once do not apply the same file twice.
+
+A migration waits for its table locks at most LOCK_TIMEOUT_S at a time: every API read and ingest write queues
+behind a waiting ALTER TABLE, so a report left open in a transaction (or a nightly pg_dump) stalled the whole
+API for as long as it lasted. It tries again, LOCK_ATTEMPTS times, and then stops naming the sessions in the way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -16,6 +24,19 @@ import psycopg
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x526D4D67  # any constant shared by every server of this schema
+LOCK_TIMEOUT_S = 3.0
+LOCK_ATTEMPTS = 20  # a minute and more of trying, between which the API and ingest go on
+RETRY_PAUSE_S = 2.0
+BLOCKERS = """
+SELECT pid, usename, application_name, state, round(extract(epoch FROM now() - xact_start)), left(query, 80)
+FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND datname = current_database() AND xact_start < now() - interval '1 second'
+ORDER BY xact_start LIMIT 5
+"""
+
+
+class MigrationError(RuntimeError):
+    """A migration cannot run: an applied file was edited, or its tables stayed locked."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +44,10 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
 def available() -> list[Migration]:
@@ -34,10 +59,45 @@ def available() -> list[Migration]:
     return sorted(out, key=lambda m: m.version)
 
 
-def applied(conn: psycopg.Connection) -> set[int]:
+def applied(conn: psycopg.Connection) -> dict[int, str | None]:
+    """Applied versions and the sha256 of the text applied (None: applied before hashes were kept)."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, name text NOT NULL, "
                  "applied_at timestamptz NOT NULL DEFAULT now())")
-    return {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+    conn.execute("ALTER TABLE schema_version ADD COLUMN IF NOT EXISTS sha256 text")
+    return dict(conn.execute("SELECT version, sha256 FROM schema_version").fetchall())
+
+
+def _check_unchanged(have: dict[int, str | None], migrations: list[Migration]) -> None:
+    for mig in migrations:
+        if have.get(mig.version) not in (None, mig.sha256):
+            raise MigrationError(
+                f"migration {mig.version:03d}_{mig.name}.sql differs from the text this database applied: a "
+                "migration is never edited once released (a database that ran the first text would not get the "
+                "second); put the change in a new migration, or restore the file")
+
+
+def _apply(conn: psycopg.Connection, mig: Migration) -> None:
+    """Run MIG in one transaction, waiting LOCK_TIMEOUT_S at a time for its locks."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
+                conn.execute(mig.sql)
+                conn.execute("INSERT INTO schema_version (version, name, sha256) VALUES (%s, %s, %s)",
+                             (mig.version, mig.name, mig.sha256))
+            return
+        except psycopg.errors.LockNotAvailable:
+            blockers = "; ".join(f"pid {pid} ({user}, {app or 'no application name'}, {state}, in a transaction "
+                                 f"for {age} s: {query!r})" for pid, user, app, state, age, query
+                                 in conn.execute(BLOCKERS).fetchall()) or "none left"
+            if attempt == LOCK_ATTEMPTS:
+                raise MigrationError(
+                    f"migration {mig.version:03d}_{mig.name} could not take its table locks in {LOCK_ATTEMPTS} "
+                    f"tries of {LOCK_TIMEOUT_S:g} s; sessions in long transactions: {blockers}. End them "
+                    "(pg_terminate_backend(pid)) or wait for them, then migrate again") from None
+            log.warning("migration %03d_%s waits for table locks (try %d of %d); long transactions: %s",
+                        mig.version, mig.name, attempt, LOCK_ATTEMPTS, blockers)
+            time.sleep(RETRY_PAUSE_S)
 
 
 def migrate(dsn: str, up_to: int | None = None) -> list[Migration]:
@@ -47,14 +107,13 @@ def migrate(dsn: str, up_to: int | None = None) -> list[Migration]:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             have = applied(conn)
-            for mig in available():
+            migrations = available()
+            _check_unchanged(have, migrations)
+            for mig in migrations:
                 if mig.version in have or (up_to is not None and mig.version > up_to):
                     continue
                 log.info("applying migration %03d_%s", mig.version, mig.name)
-                with conn.transaction():
-                    conn.execute(mig.sql)
-                    conn.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)",
-                                 (mig.version, mig.name))
+                _apply(conn, mig)
                 done.append(mig)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

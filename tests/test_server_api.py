@@ -33,6 +33,34 @@ def bearer(tok: str) -> dict:
 
 
 @pytest.mark.services
+def test_a_token_read_before_a_restore_into_the_same_cluster_is_gone(fresh_db: str, postgres) -> None:
+    # The documented pg_dump restored into the same PostgreSQL: its cluster and timeline stay, transaction ids go
+    # on counting, so a copy's token read before the restore was taken and answered "nothing changed" while the
+    # copy kept defects the restore had removed. The restore creates the tables anew: the token names them.
+    import subprocess
+
+    from fastapi import HTTPException
+
+    from fleet_server.api_deps import sync_point
+    from fleet_server.migrate import migrate
+
+    migrate(fresh_db)
+    dump = subprocess.run([str(postgres.bindir / "pg_dump"), "-Fc", fresh_db], capture_output=True, check=True).stdout
+    with psycopg.connect(fresh_db) as conn:
+        token, _ = sync_point(conn, None)
+        assert sync_point(conn, token)[1] == token.rsplit(".", 1)[1]  # the same history: changes since it
+    restored = postgres.create_database(fresh_db.rsplit("/", 1)[1] + "_restored")
+    # Errors about the PostGIS extension only (it exists in the new database, owned by the cluster's superuser).
+    subprocess.run([str(postgres.bindir / "pg_restore"), "--no-owner", "-d", restored], input=dump,
+                   capture_output=True)
+    assert count(restored, "SELECT count(*) FROM schema_version") == count(fresh_db, "SELECT count(*) FROM "
+                                                                              "schema_version") > 10
+    with psycopg.connect(restored) as conn, pytest.raises(HTTPException) as gone:
+        sync_point(conn, token)
+    assert gone.value.status_code == 410
+
+
+@pytest.mark.services
 def test_detection_status_codes(api) -> None:
     client, _cfg, dsn = api
     dev = bearer(token(dsn, "device", "phone-1", device_id="phone-1"))
@@ -304,7 +332,9 @@ def test_since_token_answers_what_was_written_since_and_what_left(api) -> None:
     # A token from another history of the database (restored from pg_dump: another cluster; a failover: another
     # timeline) or beyond this primary's transactions: ids there mean other writes, so the copy reloads whole.
     history = full["sync_token"].rsplit(".", 1)[0]
-    for foreign in ("1.1.5", f"{history.split('.')[0]}.2.5", f"{history}.99999999999"):
+    cluster, timeline, table = history.split(".")
+    for foreign in ("1.1.5", f"{cluster}.{timeline}.5", f"{cluster}.2.{table}.5", f"{cluster}.{timeline}.1.5",
+                    f"{history}.99999999999"):
         for path in ("/api/v1/defects", "/api/v1/coverage"):
             gone = client.get(path, params={"since_token": foreign}, headers=viewer)
             assert gone.status_code == 410 and "load everything again" in gone.json()["detail"], (foreign, path)

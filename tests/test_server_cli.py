@@ -113,9 +113,16 @@ def test_cli_provisions_a_device_that_can_publish(cli, fresh_db, service_info, b
         revoked = cli.run("device", "revoke", device)
         assert revoked.exit_code == 0 and "removed" in revoked.output
         assert device not in broker.passwd_file.read_text()
-    finally:
+        # SIGTERM (what systemd, compose and k8s send): the worker leaves the group and ends its session. uvicorn
+        # raised the signal again after its shutdown, so the session stayed, taking its share of the fleet's
+        # messages until it expired; and its client id names the port, so a second serve beside it differs.
         server.terminate()
-        server.wait(15)
+        out = server.communicate(timeout=30)[0].decode()
+        assert re.search(rf"-serve{port}-\S+ stopped, left the group and ended its session", out), out[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(15)
 
 
 def _ok(url: str) -> bool:

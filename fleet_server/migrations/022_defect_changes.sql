@@ -1,37 +1,23 @@
--- What changed since an earlier answer (GET /api/v1/defects?since_token=...): a dashboard with a city's 100,000
--- defects open fetched all of them every 30 s (~50 MB a tab).
---
--- Changes are marked with the id of the transaction that wrote them (xid8: 64 bits, never wraps), not a time:
--- a time is the transaction's start, so a write that waited on a lock for longer than any margin committed
--- with a stamp older than the copy's last answer and was never seen (an outside test, with a session holding a
--- defect's row for 90 s). An answer's sync_token is the oldest transaction still running when it was read
--- (pg_snapshot_xmin): whatever it could not see has an id at or above it.
---
--- Existing rows keep NULL: a copy that holds them loaded them whole. Nullable columns with a default added
--- separately rewrite nothing (a volatile default in ADD COLUMN would rewrite a year of coverage).
-ALTER TABLE defects ADD COLUMN change_xid xid8;
-ALTER TABLE defects ALTER COLUMN change_xid SET DEFAULT pg_current_xact_id();
-
--- Every write that changes a defect is marked, whichever statement makes it (the miss recount and several
--- status paths set no stamp of their own); a write that changes nothing (a recount to the same number) is not.
--- Rows compare as text: geography's `=` need not see a small move.
-CREATE FUNCTION defects_mark_change() RETURNS trigger LANGUAGE plpgsql AS $$
+-- What changed since a time (GET /api/v1/defects?changed_since=...): a dashboard with a city's 100,000 defects
+-- open fetched all of them every 30 s (~100 MB a tab). updated_at is now stamped by the database on every write
+-- that changes a defect, whichever statement makes it (the miss count and several status paths did not set it);
+-- a write that changes nothing (the miss count recounted to the same number) leaves it alone. Rows compare as
+-- text: geography's `=` compares bounding boxes, so a small move of a defect would not count as a change.
+CREATE FUNCTION defects_stamp_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.change_xid := pg_current_xact_id();
     NEW.updated_at := now();
     RETURN NEW;
 END $$;
 
-CREATE TRIGGER defects_mark_change BEFORE UPDATE ON defects FOR EACH ROW
-    WHEN (OLD::text IS DISTINCT FROM NEW::text) EXECUTE FUNCTION defects_mark_change();
-CREATE INDEX defects_change_xid ON defects (change_xid);
+CREATE TRIGGER defects_stamp_change BEFORE UPDATE ON defects FOR EACH ROW
+    WHEN (OLD::text IS DISTINCT FROM NEW::text) EXECUTE FUNCTION defects_stamp_change();
 
--- Defects leave the map only by a merge (aggregate._fold): a changes answer lists those from here.
-ALTER TABLE defect_merges ADD COLUMN merged_xid xid8;
-ALTER TABLE defect_merges ALTER COLUMN merged_xid SET DEFAULT pg_current_xact_id();
-CREATE INDEX defect_merges_merged_xid ON defect_merges (merged_xid);
+CREATE INDEX defects_updated_at ON defects (updated_at);
+-- Defects leave the map only by a merge (aggregate._fold): the changes list them from here.
+CREATE INDEX defect_merges_merged_at ON defect_merges (merged_at);
 
--- Coverage never changes once stored, but arrives late (a van offline for a day sends yesterday's drive).
-ALTER TABLE coverage ADD COLUMN stored_xid xid8;
-ALTER TABLE coverage ALTER COLUMN stored_xid SET DEFAULT pg_current_xact_id();
-CREATE INDEX coverage_stored_xid ON coverage (stored_xid);
+-- Coverage never changes once stored, but arrives late (a van offline for a day sends yesterday's drive): what
+-- is new since a time is what was stored since, by the database's clock (received_at is the ingest worker's).
+-- now() is evaluated once here, so the column is added without rewriting a year of coverage.
+ALTER TABLE coverage ADD COLUMN stored_at timestamptz NOT NULL DEFAULT now();
+CREATE INDEX coverage_stored_at ON coverage (stored_at);

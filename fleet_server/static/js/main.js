@@ -235,35 +235,42 @@ async function followMerge(id) {
 
 // Defects and coverage come in pages by cursor; the map wants all of them, up to MAX_PAGES pages. `more`: the
 // pages ran out before the data did; `first`: the first page's answer (removed); `token`: the smallest of the
-// pages' sync_tokens (each page may be read from another database, a read replica behind the primary), or null.
+// pages' sync_tokens (each page may be read from another database, a read replica behind the primary), or null
+// when a page had none (an API server of an older version, during a rolling upgrade: the other pages' tokens
+// would skip what was written before that page was read).
 async function allPages(path, params, superseded = () => false) {
   const features = [];
   let cursor = null;
   let first = null;
   let token = null;
+  let untokened = false;
+  const done = (more) => ({ features, more, first, token: untokened ? null : token });
   for (let page = 0; page < MAX_PAGES; page += 1) {
-    if (superseded()) return { features, more: false, first, token }; // a newer load wants other pages: stop these
+    if (superseded()) return done(false); // a newer load wants other pages: stop these
     const collection = await getJson(`${path}${query({ ...params, cursor })}`);
     first = first || collection;
+    untokened = untokened || !collection.sync_token;
     token = smallerToken(token, collection.sync_token);
     for (const feature of collection.features || []) features.push(feature); // no spread: a page can be 100k
     cursor = collection.next_cursor;
-    if (cursor === null || cursor === undefined) return { features, more: false, first, token };
+    if (cursor === null || cursor === undefined) return done(false);
   }
-  return { features, more: true, first, token };
+  return done(true);
 }
 
-// A token is <cluster>.<timeline>.<transaction id>; the ids, 64-bit, compare as BigInt (a Number loses digits
-// past 2^53).
+// A token is <cluster>.<timeline>.<table>.<transaction id>; the ids, 64-bit, compare as BigInt (a Number loses
+// digits past 2^53).
 function smallerToken(a, b) {
   if (!a || !b) return a || b || null;
   const id = (token) => BigInt(token.split(".").pop());
   return id(b) < id(a) ? b : a;
 }
 
-// What the server answers a token from another history of its database (a restore, a failover): load whole.
+// What the server answers a token from another history of its database (a restore, a failover): load whole. So
+// too when the answer is a 400 about since_token: an API server of an older version, met during a rolling
+// upgrade, does not know the parameter (and a token it cannot read is no base for changes either).
 function reloadWhole(err) {
-  return err && err.status === 410;
+  return Boolean(err) && (err.status === 410 || (err.status === 400 && /since_token/.test(err.message)));
 }
 
 async function loadDevices() {
