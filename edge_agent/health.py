@@ -13,6 +13,7 @@ from typing import Any
 class Health:
     camera: str = "starting"          # ok | frozen | blank | no_frames | lost | starting
     gnss: str = "starting"            # ok | no_fix | stale | lost | starting
+    gnss_problem: str | None = None   # why the reader last lost the receiver (junk bytes, silence, unplugged)
     detector: str = "starting"        # ok | failed | starting
     outbox: str = "starting"          # ok | degraded | full | starting
     uplink: str = "starting"          # connected | connecting | bad_credentials | not_authorised | offline

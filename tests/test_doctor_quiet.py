@@ -547,6 +547,29 @@ def test_doctor_and_status_say_why_the_agents_broker_link_fails(tmp_path: Path, 
     assert "disconnected: 7" not in broker  # an old error of a link that came back is history
 
 
+def test_doctor_and_status_quote_why_the_running_agent_lost_its_receiver(tmp_path: Path) -> None:
+    # A wrong baud rate (junk bytes) read as "the receiver is silent: unpowered, wrong port": the agent knew better.
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE8"})
+    with Outbox(cfg.outbox_path, OutboxConfig()):
+        pass
+    why = "1201 bytes in 5 s but not one valid NMEA sentence: wrong baud rate (gnss.baud 9600), or not NMEA?"
+    health = HealthBoard()
+    health.update(gnss="lost", gnss_problem=why)
+    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    finally:
+        lock.release()
+    assert gnss.level is Level.RED and why in gnss.explanation and "unpowered" not in gnss.explanation, gnss
+    shown = subprocess.run([EDGE_AGENT, "status", "--config", str(path), "--json"], capture_output=True, text=True)
+    assert json.loads(shown.stdout)["gnss"]["problem"] == why
+
+
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
 def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in

@@ -290,10 +290,26 @@ def test_a_port_that_sends_only_junk_is_lost_and_says_why(receiver, caplog):
                 os.write(receiver.master, bytes(range(128, 256)) + b"$GPGGA,junk*00\r\n")
                 time.sleep(0.05)
             assert health.snapshot()["gnss"] == "lost"
+            # ...and why, on the health board doctor and status read (they said "silent: unpowered, wrong port").
+            assert "wrong baud rate" in (health.snapshot()["gnss_problem"] or "")
+            # Then only satellites in view (GSV, no fix: no sky view yet): the receiver talks, it is not lost.
+            gsv = b"$GPGSV,1,1,02,04,12,077,,05,34,155,*" + b"%02X" % _xor(b"GPGSV,1,1,02,04,12,077,,05,34,155,")
+            deadline = time.monotonic() + 5
+            while health.snapshot()["gnss"] == "lost" and time.monotonic() < deadline:
+                os.write(receiver.master, gsv + b"\r\n")
+                time.sleep(0.05)
+            assert health.snapshot()["gnss"] == "no_fix" and health.snapshot()["gnss_problem"] is None
         finally:
             reader.stop()
     assert any("not one valid NMEA sentence" in r.getMessage() and "wrong baud rate" in r.getMessage()
                for r in caplog.records)
+
+
+def _xor(body: bytes) -> int:
+    checksum = 0
+    for byte in body:
+        checksum ^= byte
+    return checksum
 
 
 def test_missing_port_keeps_retrying_without_crashing(tmp_path):

@@ -133,7 +133,8 @@ def _gnss(agent: dict[str, Any] | None, heartbeat_s: float) -> dict[str, Any]:
     fix_age = age_s(stamp) if isinstance(stamp := (agent or {}).get("last_fix_at"), str) else None
     if fix_age is None and state == "ok":
         fix_age = age_s((agent or {}).get("sent_at"))
-    info: dict[str, Any] = {"state": None if state is None else str(state), "last_fix_age_s": fix_age}
+    info: dict[str, Any] = {"state": None if state is None else str(state), "last_fix_age_s": fix_age,
+                            "problem": health.get("gnss_problem") if state == "lost" else None}
     if agent and state is not None and (agent.get("state") == "stopped" or is_stale(agent, heartbeat_s)):
         info.update(state="stopped" if agent.get("state") == "stopped" else "unknown", last_state=str(state))
     return info
@@ -151,7 +152,8 @@ def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
         return (f"[yellow]{why}[/yellow] (GNSS {escape(gnss['last_state'])} at its last status{when}), "
                 f"last fix {last_fix}")
     style = STATE_STYLE.get(gnss["state"], "red")
-    return f"[{style}]{escape(gnss['state'])}[/{style}], last fix {last_fix}"
+    problem = f" ({escape(gnss['problem'])})" if gnss.get("problem") else ""
+    return f"[{style}]{escape(gnss['state'])}[/{style}]{problem}, last fix {last_fix}"
 
 
 def _camera_text(info: dict[str, Any]) -> str:

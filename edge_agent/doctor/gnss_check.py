@@ -171,9 +171,11 @@ def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckRes
         f", {unplaced} defects seen but not placed" if unplaced else "")
     if state == "ok":
         return CheckResult("gnss", Level.GREEN, summary, data=data)
+    problem = (agent.status.get("health") or {}).get("gnss_problem")
+    data["problem"] = problem
     if state in ("lost", "unknown"):
         return CheckResult("gnss", Level.RED, summary, "the agent gets no usable NMEA from the receiver: "
-                           f"{SILENT[0]}; detections made now go on no map",
+                           f"{problem or SILENT[0]}; detections made now go on no map",
                            "`journalctl -u edge-agent | grep GNSS` says what the reader saw; check the antenna "
                            "cable and `ls -l /dev/serial/by-id/`", data)
     return CheckResult("gnss", Level.YELLOW, summary,

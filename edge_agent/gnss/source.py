@@ -215,6 +215,8 @@ class GnssReader:
                 source()
             except Exception as exc:  # a reader must outlive any source failure
                 self._set_health("lost")
+                if self.health is not None:  # what doctor and status quote: junk bytes are not silence
+                    self.health.update(gnss_problem=str(exc))
                 self._count("gnss_source_errors")
                 if self._session_had_data:  # it worked for a while: start the backoff over
                     delay, failures = self.cfg.reconnect_min_s, 0
@@ -281,6 +283,8 @@ class GnssReader:
                 self._emit(self.decoder.feed(data, now - cfg.receiver_latency_s))
                 if stats.sentences > sentences:
                     sentences, junk, last_sentence = stats.sentences, 0, now
+                    if not self._session_had_data:
+                        self._heard()
                     self._session_had_data = True
                 else:
                     junk += len(data)
@@ -395,6 +399,13 @@ class GnssReader:
         is reopened every few seconds; "starting" then hid, for minutes, that it was dead."""
         if self.health is not None and self.health.snapshot().get("gnss") != "lost":
             self.health.update(gnss="starting")
+
+    def _heard(self) -> None:
+        """Valid sentences again: the receiver is not lost, though it may have no fix (only satellites in view,
+        GSV/GSA: 'lost' stayed until a fix and doctor called a receiver without sky view dead)."""
+        if self.health is not None:
+            lost = self.health.snapshot().get("gnss") == "lost"
+            self.health.update(gnss_problem=None, **({"gnss": "no_fix"} if lost else {}))
 
     def _set_health(self, state: str) -> None:
         if self.health is not None:
