@@ -570,6 +570,25 @@ def test_doctor_and_status_quote_why_the_running_agent_lost_its_receiver(tmp_pat
     assert json.loads(shown.stdout)["gnss"]["problem"] == why
 
 
+def test_a_clock_days_off_is_red_while_the_agent_holds_the_receiver(tmp_path: Path) -> None:
+    # The box's clock 2 days ahead while the agent ran: doctor said "NTP state unknown", as for a sound box, and
+    # exit 0; only the server saw it. The agent compares the clock with its receiver at each fix.
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE7"})
+    health = HealthBoard()
+    health.update(gnss="ok", last_fix_mono=time.monotonic(), clock_offset_s=2 * 86400.0)
+    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        clock = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))["clock"]
+    finally:
+        lock.release()
+    assert clock.level is Level.RED and "+48.0 h vs GNSS" in clock.summary, clock
+
+
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
 def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in

@@ -222,6 +222,23 @@ def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
         assert sent - 1.0 <= fix.t_mono <= sent - 1.0 + 0.5
 
 
+def test_a_live_receiver_tells_how_far_the_system_clock_is_from_it(receiver):
+    # While the agent holds the receiver doctor cannot compare the clock with it (a box 2 days ahead read "NTP
+    # state unknown", as a sound one): the reader compares at each fix and the status file carries it.
+    cfg = serial_cfg(receiver.link)
+    health = HealthBoard()
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        assert feed_until(receiver, lambda: len(fixes) >= 2)
+    finally:
+        reader.stop()
+    behind = (dt.datetime.now(dt.UTC) - fixes[-1].utc).total_seconds()  # the fake receiver's time is T_START on
+    assert health.snapshot()["clock_offset_s"] == pytest.approx(behind, abs=2.0)
+    assert behind > 86400
+
+
 def test_the_reader_holds_the_port_exclusively(receiver):
     import serial
 

@@ -243,7 +243,7 @@ def test_status_shows_gnss_health_and_defects_without_a_position(box) -> None:
     health.count("events_no_fix", 4)
     write_beat(box, health)
     info = json.loads(run("status", "--config", box["config"], "--json"))
-    assert info["gnss"] == {"state": "no_fix", "last_fix_age_s": None} and info["events_no_fix"] == 4
+    assert info["gnss"] == {"state": "no_fix", "last_fix_age_s": None, "problem": None} and info["events_no_fix"] == 4
     table = status_table(box)
     assert "GNSS │ no_fix, last fix unknown" in table
     assert "events without position │ 4 defects seen but not placed (no usable GNSS position)" in table

@@ -58,7 +58,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         if broker != "stopped" and is_stale(agent, heartbeat_s):
             why = _why_stale(path, stats["disk_free_mb"])
             broker = f"{broker} (stale: status from {status_ago_text(agent)}; {why})"
-        elif trouble := uplink_trouble(agent):
+        elif broker != "stopped" and (trouble := uplink_trouble(agent)):
             broker = f"{broker} ({trouble})"
     return {
         "broker": broker,

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge_agent.config.gnss import GnssConfig
@@ -162,7 +163,11 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
 def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckResult:
     """The receiver as the running agent reads it (it holds the port: opening it here would steal bytes)."""
     state = agent.health("gnss")
-    ctx.gnss_no_time = f"the running agent (pid {agent.pid}) holds the receiver"
+    offset = agent.status.get("clock_offset_vs_gnss_s")
+    if isinstance(offset, int | float):  # the agent compared the clock with the receiver: the clock check judges it
+        ctx.gnss_utc, ctx.gnss_utc_mono = datetime.now(UTC) - timedelta(seconds=offset), time.monotonic()
+    else:
+        ctx.gnss_no_time = f"the running agent (pid {agent.pid}) holds the receiver and has no fix to compare with"
     where = f"{port}, held by the running agent (pid {agent.pid})"
     unplaced = agent.counter("events_no_fix")
     data = {"source": "agent", "pid": agent.pid, "state": state, "last_fix_at": agent.status.get("last_fix_at"),

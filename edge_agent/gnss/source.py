@@ -385,6 +385,10 @@ class GnssReader:
         if fix.mode > 0 and not fix.estimated:
             state = "ok"
             self.health.update(last_fix_mono=time.monotonic())
+            if fix.utc is not None and not self.decoder.assembler.virtual_clock:
+                # While the agent holds the receiver doctor cannot compare the clock with it: the agent does.
+                taken = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - fix.t_mono)
+                self.health.update(clock_offset_s=round((taken - fix.utc).total_seconds(), 2))
         elif pose is not None and pose.state == "stale":
             state = "stale"
         else:

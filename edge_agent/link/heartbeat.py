@@ -45,6 +45,8 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "last_confirmed_at": stats.get("last_confirmed_at"),
         "fix": snap.get("fix"),
         "last_fix_at": None if snap.get("fix_age_s") is None else utc_now_iso(snap["fix_age_s"]),
+        # System clock minus the live receiver's UTC at its last fix (doctor cannot open the receiver beside us).
+        "clock_offset_vs_gnss_s": snap.get("clock_offset_s"),
         "fps": snap.get("fps"),
         "inference_ms": snap.get("inference_ms"),
         "m_per_frame": snap.get("m_per_frame"),
