@@ -174,6 +174,23 @@ def test_black_camera_is_red(tmp_path: Path) -> None:
     assert cam.level is Level.RED and "uniform" in cam.summary
 
 
+def test_a_url_camera_that_never_answers_is_red_within_the_look_not_ffmpegs_30_s(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []  # accepted and never answered, as a hung IP camera's web server
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    path = write_config(tmp_path, camera={"source": f"http://127.0.0.1:{listener.getsockname()[1]}/video"})
+    started = time.monotonic()
+    cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
+    assert cam.level is Level.RED, cam
+    assert time.monotonic() - started < 15  # FFmpeg's own timeout is 30 s; the look is FAST's 2 s
+    listener.close()
+
+
 def test_camera_that_does_not_open_is_red(tmp_path: Path) -> None:
     path = write_config(tmp_path, camera={"source": str(tmp_path / "missing.mp4")})
     cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]

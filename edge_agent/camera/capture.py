@@ -37,8 +37,10 @@ class Frame:
     index: int          # frames read from the source since it was (re)opened; for a file, the frame number
 
 
-def open_capture(cfg: CameraConfig) -> cv2.VideoCapture:
-    """Open cfg.source with the backend its kind needs; the caller checks isOpened()."""
+def open_capture(cfg: CameraConfig, timeout_s: float | None = None) -> cv2.VideoCapture:
+    """Open cfg.source with the backend its kind needs; the caller checks isOpened(). A URL camera that accepts
+    the connection and never answers blocks FFmpeg's open and reads TIMEOUT_S at most (default twice
+    no_frame_after_s; FFmpeg's own is 30 s, which doctor's 3-s look at the camera used to wait out)."""
     kind = source_kind(cfg.source)
     if kind == "device":
         target: int | str = int(cfg.source) if cfg.source.strip().isdigit() else cfg.source
@@ -47,6 +49,10 @@ def open_capture(cfg: CameraConfig) -> cv2.VideoCapture:
         if "GStreamer:                   YES" not in cv2.getBuildInformation():
             log.error("camera source is a GStreamer pipeline, but this OpenCV build has no GStreamer support")
         cap = cv2.VideoCapture(cfg.source, cv2.CAP_GSTREAMER)
+    elif kind == "url":
+        ms = int(1000 * (timeout_s or 2 * cfg.no_frame_after_s))
+        cap = cv2.VideoCapture(cfg.source, cv2.CAP_FFMPEG,
+                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
     else:
         cap = cv2.VideoCapture(cfg.source, cv2.CAP_FFMPEG)
     if cap.isOpened() and kind in ("device", "url"):

@@ -69,7 +69,7 @@ def check_camera(ctx: Context) -> CheckResult:
     if agent is not None and (kind in ("device", "gstreamer") or agent.health("camera") in (FROZEN, BLANK)):
         return _as_the_agent_sees_it(agent, cam.source)
     opts = ctx.options
-    cap = open_capture(cam)
+    cap = open_capture(cam, timeout_s=ctx.options.camera_seconds)
     try:
         if not cap.isOpened():
             return CheckResult("camera", Level.RED, f"cannot open {kind} source {cam.source!r}",
