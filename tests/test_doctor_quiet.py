@@ -336,14 +336,23 @@ def refuse(path: Path, ids: list[str], reason: str) -> None:
         assert ob.mark_rejected([(row, reason.format(i=i % 10)) for i, row in enumerate(ids)]) == len(ids)
 
 
-def test_rows_the_server_refused_are_amber_with_the_reason(tmp_path: Path) -> None:
+def test_rows_the_server_refused_are_amber_with_the_reason_and_red_when_nothing_else_goes_through(
+        tmp_path: Path) -> None:
     """The field case: the server refused every event as too old; the queue is empty, so every other figure
-    looks fine."""
+    looks fine. Nothing confirmed in the same day: every finding of the box is refused, red (it was amber and
+    doctor's exit 0 said all was well, for a receiver that dated every event 2007)."""
     path = uplink_config(tmp_path, closed_port())
     queue = tmp_path / "state" / "outbox.db"
-    ids = fill(queue, 13)
+    ids = fill(queue, 14)
     refuse(queue, ids[:12], "captured_at: 2026-10-0{i}T09:00:00+00:00 is older than 30 days")
-    refuse(queue, ids[12:], "bbox: [1, 2, 3, -4] is not a box")
+    refuse(queue, ids[12:13], "bbox: [1, 2, 3, -4] is not a box")
+    delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
+    assert delivery.level is Level.RED, delivery
+    everything = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--only", "delivery"],
+                                capture_output=True, text=True, timeout=60)
+    assert everything.returncode == 1, everything.stdout + everything.stderr
+    with Outbox(queue, OutboxConfig(synchronous="NORMAL"), agent=False) as ob:  # one event went through since
+        assert ob.mark_confirmed([("event", ids[13])]) == 1
     delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
     assert delivery.level is Level.YELLOW, delivery
     assert delivery.summary == ("13 events refused by the server in the last 24 h, 12 of them for: captured_at: ... "
@@ -389,7 +398,7 @@ def test_rows_refused_while_the_clock_was_unset_count_as_recent(tmp_path: Path,
     refuse(queue, ids, "captured_at: 1970-01-01T01:0{i}:00+00:00 is older than the server keeps")
     monkeypatch.undo()
     delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
-    assert delivery.level is Level.YELLOW, delivery
+    assert delivery.level is Level.RED, delivery  # recent, and nothing went through since
     assert (delivery.data["rejected"], delivery.data["rejected_recent"]) == (2, 2)
 
 

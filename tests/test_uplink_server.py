@@ -118,8 +118,8 @@ def test_a_replayed_drive_the_server_refuses_is_reported_everywhere(make_cfg, wo
     status = json.loads(cli.invoke(app, ["status", "--config", config, "--json"]).stdout)
     assert status["rejected"] == 2 * first and status["queue_depth"] == 0
     doctor = cli.invoke(app, ["doctor", "--config", config, "--json", "--only", "delivery"])
-    assert doctor.exit_code == 0, doctor.output
+    assert doctor.exit_code == 1, doctor.output  # every event of the box refused, none through: red
     delivery = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["delivery"]
-    assert delivery["level"] == "yellow" and "refused by the server in the last 24 h" in delivery["summary"]
+    assert delivery["level"] == "red" and "refused by the server in the last 24 h" in delivery["summary"]
     assert "older than 30 days (the server's ingest.horizon_days)" in delivery["summary"], delivery["summary"]
     assert delivery["data"]["rejected_recent"] == 2 * first

@@ -208,17 +208,19 @@ def _rows_text(events: int, coverage: int) -> str:
     return f"{events} events" if events else f"{coverage} coverage records"
 
 
-def _rejected_finding(recent: dict[str, Any]) -> _Finding | None:
+def _rejected_finding(recent: dict[str, Any], last_confirmed: str | None, since: str) -> _Finding | None:
     """Amber for rows the server refused within REJECTED_RECENT_S, naming the commonest reason: they are done on
-    the box (not in the queue depth), so nothing else here would say that they never reached the map."""
+    the box (not in the queue depth), so nothing else here would say that they never reached the map. Red when
+    nothing was confirmed in that time: every finding of the box is refused (a receiver dating them 2007)."""
     if not recent["count"]:
         return None
+    nothing_through = recent["events"] and (last_confirmed is None or last_confirmed < since)
     top = recent["reasons"][0]
     short, meaning = _cause(top["reason"])
     reason = top["reason"] + (f" ({short})" if short else "")
     many = "" if top["count"] == recent["count"] else f", {top['count']} of them for"
     others = "; ".join(f"{r['count']} for: {r['reason']}" for r in recent["reasons"][1:])
-    return _Finding(Level.YELLOW,
+    return _Finding(Level.RED if nothing_through else Level.YELLOW,
                     f"{_rows_text(recent['events'], recent['coverage'])} refused by the server in the last "
                     f"{REJECTED_RECENT_S // 3600} h{many}: {reason}",
                     "the server refused them for good and the agent never sends them again: they are not on the "
@@ -250,7 +252,8 @@ def check_delivery(ctx: Context) -> CheckResult:
         with Outbox(path, ctx.cfg.outbox, agent=False, read_only=True) as ob:
             stats = ob.stats()
             count, oldest_sent = _unacked(ob.conn)
-            recent = ob.rejections(since=utc_now_iso(REJECTED_RECENT_S))
+            since = utc_now_iso(REJECTED_RECENT_S)
+            recent = ob.rejections(since=since)
     except (OutboxUnavailable, RuntimeError, sqlite3.DatabaseError) as exc:  # the outbox check says why
         return CheckResult("delivery", Level.SKIPPED, f"not checked: the outbox cannot be read ({exc})",
                            "see the outbox check")
@@ -262,7 +265,7 @@ def check_delivery(ctx: Context) -> CheckResult:
             "rejected_reasons": recent["reasons"], "rejected_window_s": REJECTED_RECENT_S}
     findings = [f for f in (_unacked_finding(count, oldest_sent, stats["last_confirmed_at"]),
                             _pending_finding(stats["oldest_pending_at"], stats["queue_depth"]),
-                            _rejected_finding(recent)) if f]
+                            _rejected_finding(recent, stats["last_confirmed_at"], since)) if f]
     green = (f"{stats['queue_depth']} unconfirmed rows, none older than {PENDING_WARN_S // 60} min or sent "
              f"{RESENT_ATTEMPTS}+ times; last confirmation {_when(stats['last_confirmed_at'])}"
              + (f"; {stats['rejected']} rows refused by the server more than {REJECTED_RECENT_S // 3600} h ago"
