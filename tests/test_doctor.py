@@ -582,6 +582,30 @@ def test_model_loads_with_latency_and_provider(tmp_path: Path) -> None:
     assert "ms per 320x240 frame" in m.summary
 
 
+@pytest.mark.parametrize(("detector", "words"), [
+    ({}, None),
+    ({"copy_without_manifest": True}, "no manifest beside the model"),
+    ({"score_threshold": 0.95}, "pothole, crack cut at 0.9 or more"),
+    ({"class_names": ["D40", "D00"]}, "classes D40, D00 are in neither events.class_weights"),
+])
+def test_settings_that_make_the_model_find_less_are_amber(tmp_path: Path, detector: dict, words: str | None) -> None:
+    # The bundled model copied without its manifest fell from 0.21 / 0.10 to 0.35 for both classes and found half
+    # as many defects on a drive; a score threshold of 0.95 found none; RDD names got default severities: green.
+    import shutil
+
+    bundled = Path(__file__).resolve().parent.parent / "models" / "bundled" / "model.onnx"
+    settings = dict(detector)
+    if settings.pop("copy_without_manifest", False):
+        shutil.copy(bundled, tmp_path / "other.onnx")
+        settings["model"] = str(tmp_path / "other.onnx")
+    path = write_config(tmp_path, detector=settings, camera={"width": 320, "height": 192})
+    model = by_name(run_checks(str(path), only=["model"], options=FAST))["model"]
+    if words is None:
+        assert model.level is Level.GREEN and "pothole at 0.2" in model.summary, model
+    else:
+        assert model.level is Level.YELLOW and words in model.explanation, model
+
+
 def test_model_is_timed_at_the_configured_frame_size_with_or_without_the_camera_check(tmp_path: Path) -> None:
     """A full run timed the camera check's frames (640x360), `--only model` 1280x720: two figures for one box."""
     model = tmp_path / "tiny.onnx"

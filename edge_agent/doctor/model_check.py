@@ -15,6 +15,7 @@ from edge_agent.detect.model_update import effective_model
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 SLOW_MS = 1000.0  # slower than this per frame: under one look per second at each defect
+HIGH_CUT = 0.9  # a class cut this high passes almost nothing
 
 
 def frame_size(cfg: AgentConfig) -> tuple[int, int]:
@@ -66,10 +67,39 @@ def check_model(ctx: Context) -> CheckResult:
     data = {"model": model, "name": info.name, "version": info.version, "sha256": info.sha256,
             "provider": info.provider, "load_s": round(load_s, 3), "latency_ms_median": round(median, 1),
             "latency_ms_max": round(max(times), 1), "frame": [width, height], "input_size": info.input_size}
+    cuts = dict(zip(info.classes, detector.thresholds, strict=True))
+    data.update(classes=list(info.classes), thresholds=cuts, manifest=bool(info.manifest))
     summary = (f"{info.name} {info.version} ({info.sha256[:12]}) on {info.provider}: {median:.0f} ms per "
-               f"{width}x{height} frame (median of {len(times)}), loaded in {load_s:.1f} s")
+               f"{width}x{height} frame (median of {len(times)}), loaded in {load_s:.1f} s; "
+               + ", ".join(f"{name} at {cut:.2f}" for name, cut in cuts.items()))
+    weak = _weak_settings(cfg, info.classes, cuts, bool(info.manifest))
+    if weak:
+        return CheckResult("model", Level.YELLOW, summary, weak[0], weak[1], data)
     if median > SLOW_MS:
         return CheckResult("model", Level.YELLOW, summary,
                            "slower than one frame a second: each defect is seen only once or twice",
                            "use the INT8 model, a smaller input size, or a GPU execution provider", data)
     return CheckResult("model", Level.GREEN, summary, data=data)
+
+
+def _weak_settings(cfg: AgentConfig, classes: tuple[str, ...], cuts: dict[str, float],
+                   manifest: bool) -> tuple[str, str] | None:
+    """(why, what to do) when the settings make the model find less than it can: a model swapped in without its
+    manifest fell from its working thresholds (0.21 / 0.10) to 0.35 for every class and found half as much,
+    and a score threshold of 0.95 found nothing; both passed as green."""
+    high = [name for name, cut in cuts.items() if cut >= HIGH_CUT]
+    if high:
+        return (f"{', '.join(high)} cut at {HIGH_CUT:g} or more: few detections pass, the box stays quiet",
+                "lower detector.score_threshold or detector.class_thresholds (the model card gives each class's "
+                "working threshold)")
+    chosen = cfg.detector.class_thresholds or "score_threshold" in cfg.detector.model_fields_set
+    if not manifest and len(classes) > 1 and not chosen:  # classes score on their own scales (docs/model.md)
+        return (f"no manifest beside the model: no per-class working thresholds, every class is cut at the "
+                f"default detector.score_threshold {cfg.detector.score_threshold:g}",
+                "copy the model's .manifest.json beside it, or set detector.class_thresholds")
+    unknown = [c for c in classes if c not in cfg.events.class_weights and c not in cfg.tracker.line_classes]
+    if unknown:
+        return (f"classes {', '.join(unknown)} are in neither events.class_weights nor tracker.line_classes: "
+                "their severity is a default and a crack among them is measured as a blob",
+                "add each class to events.class_weights, and the line-like ones to tracker.line_classes")
+    return None
