@@ -180,7 +180,7 @@ def test_status_file_of_the_wrong_shape_says_so(outbox: Path, content: dict) -> 
     assert result.exit_code == 0, result.output  # as a status file of random bytes: the queue is still shown
     info = json.loads(result.stdout)
     assert f"the status file {status_file} is not what the agent writes" in info["broker"]
-    assert info["queue_depth"] == 0 and info["gnss"] == {"state": None, "last_fix_age_s": None}
+    assert info["queue_depth"] == 0 and info["gnss"] == {"state": None, "last_fix_age_s": None, "problem": None}
     table = invoke(*args)
     assert table.exit_code == 0 and table.exception is None, table.output
     assert "not what the agent writes" in " ".join(table.output.split())
