@@ -1,7 +1,8 @@
 """Prometheus metrics: the names agreed in DESIGN.md plus the ingest counters.
 
 Device-reported figures (queue depth, inference time) live in PostGIS, so they are read at scrape time
-and every API process reports the same numbers.
+and every API process reports the same numbers: the alerts and panels take their max across processes, not
+their sum (two replicas doubled the fleet's failed inferences and paged at half the threshold).
 """
 
 from __future__ import annotations
@@ -99,8 +100,11 @@ class DeviceCollector(Collector):
         except Exception as exc:  # a scrape must not fail because PostGIS is away
             log.warning("device metrics unavailable: %s", exc)
             return
-        depth = GaugeMetricFamily("road_queue_depth", "Sum of the devices' outbox queue depths (last status)")
-        depth.add_metric([], float(sum(r[1] or 0 for r in rows if r[0] != "offline")))
+        # Devices that can deliver only: a parked van's last status (stopped) kept the final coverage record it
+        # sent as it stopped, acked a moment later, so RoadIngestStalled paged every night the fleet was parked.
+        depth = GaugeMetricFamily("road_queue_depth", "Sum of the outbox queue depths (last status) of the devices "
+                                  "that are online")
+        depth.add_metric([], float(sum(r[1] or 0 for r in rows if r[0] not in ("offline", "stopped"))))
         yield depth
         states = GaugeMetricFamily("road_devices", "Devices by state (stale: online by its last status but silent "
                                    "for ingest.stale_after_s), as the API and `device ls` say it", labels=["state"])
@@ -112,11 +116,13 @@ class DeviceCollector(Collector):
         for state, n in sorted(counts.items()):
             states.add_metric([state], n)
         yield states
-        values = [r[2] / 1000.0 for r in rows if r[2] is not None]
+        # The latest figure of each device that runs: a parked van's last one is not the fleet's now.
+        values = [r[2] / 1000.0 for r in rows if r[2] is not None and r[0] not in ("offline", "stopped")]
         buckets = [(str(b), float(sum(v <= b for v in values))) for b in INFERENCE_BUCKETS_S]
         buckets.append(("+Inf", float(len(values))))
         hist = HistogramMetricFamily("road_inference_latency_seconds",
-                                     "Detector inference time per frame: status ok = latest of each device; "
+                                     "Detector inference time per frame: status ok = latest of each device "
+                                     "not offline or stopped; "
                                      "status error = failed inferences the devices counted since they started",
                                      labels=["status"])
         hist.add_metric(["ok"], buckets, sum_value=sum(values))

@@ -433,12 +433,13 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, Batch(coverage=[(cov, now)]), cfg.aggregate)
         conn.execute("UPDATE devices SET state = 'online', last_seen = now() - interval '11 minutes'")
-    statuses = [(d, {"state": "online", "queue_depth": q, "inference_ms": ms, "inference_errors": n}, now)
-                for d, q, ms, n in (("veh-x", 7, 40.0, 3), ("veh-y", 5, 120.0, 4))]
+    statuses = [(d, {"state": state, "queue_depth": q, "inference_ms": ms, "inference_errors": n}, now)
+                for d, state, q, ms, n in (("veh-x", "online", 7, 40.0, 3), ("veh-y", "online", 5, 120.0, 4),
+                                           ("veh-p", "stopped", 1, 50.0, 0))]  # a parked van's last record
     with psycopg.connect(dsn, autocommit=True) as conn:
         store_batch(conn, Batch(statuses=statuses), cfg.aggregate)
     text = client.get("/metrics").text
-    assert "road_queue_depth 12.0" in text
+    assert "road_queue_depth 12.0" in text  # the parked van's queue is not a backlog (it paged every night)
     assert 'road_inference_latency_seconds_bucket{le="0.05",status="ok"} 1.0' in text
     assert 'road_inference_latency_seconds_bucket{le="0.25",status="ok"} 2.0' in text
     # The devices' own counts of failed inferences (the guide's ModelInferenceFailed alert reads this): counted
@@ -460,7 +461,7 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     inside = client.get("/api/v1/coverage", params={"bbox": "11.4,48.0,11.6,48.2"}, headers=viewer).json()
     assert [f["properties"]["device_id"] for f in inside["features"]] == ["veh-c"]
     states = {d["id"]: d["state"] for d in client.get("/api/v1/devices", headers=viewer).json()}
-    assert states == {"veh-c": "stale", "veh-x": "online", "veh-y": "online"}
+    assert states == {"veh-c": "stale", "veh-x": "online", "veh-y": "online", "veh-p": "stopped"}
     # Model download: any valid token, by sha256 only.
     model = cfg.database.dsn_file.parent / "m.onnx"
     model.write_bytes(b"onnx-bytes")
