@@ -698,9 +698,10 @@ def recorded_drive_toml(folder: Path, model: Path, drive: Path) -> Path:
                             f'[gnss]\nsource = "file"\nfile = "{drive / "drive.nmea"}"\n[uplink]\nenabled = false\n')
 
 
-def run_live_until_the_video_ends(config: Path) -> tuple[dict, HealthBoard, dict]:
-    """`edge-agent run` (LiveAgent) on CONFIG in a thread until its video file ended, then stopped: (its
-    summary, its health board, the board's snapshot just before the stop)."""
+def run_live_until_the_video_ends(config: Path, then_wait_s: float = 0.0) -> tuple[dict, HealthBoard, dict]:
+    """`edge-agent run` (LiveAgent) on CONFIG in a thread until its video file ended (and THEN_WAIT_S more),
+    then stopped: (its summary with `_ended_at`, when the end was seen; its health board; the board's snapshot
+    just before the stop)."""
     import threading
 
     from edge_agent import config as agent_config
@@ -716,11 +717,13 @@ def run_live_until_the_video_ends(config: Path) -> tuple[dict, HealthBoard, dict
         deadline = time.monotonic() + 120
         while health.snapshot().get("camera") != "ended" and time.monotonic() < deadline:
             time.sleep(0.05)
+        ended_at = time.monotonic()
+        time.sleep(then_wait_s)
         before_stop = health.snapshot()
         agent.stop()
         runner.join(timeout=20)
     assert not runner.is_alive()
-    return result, health, before_stop
+    return result | {"_ended_at": ended_at}, health, before_stop
 
 
 def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> None:
@@ -731,6 +734,26 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     assert result["frames"] > 10 and result["detections"] > 10
     snap = health.snapshot()
     assert snap["camera"] in ("ok", "ended") and snap["detector"] == "ok" and snap["fps"]
+
+
+def test_live_agent_waits_quietly_once_its_video_file_ended(tmp_path: Path, monkeypatch) -> None:
+    # The main loop asked the finished source for a frame in a tight loop: 60-70 % of a core until stopped.
+    from edge_agent.camera.capture import FrameSource
+
+    asked: list[float] = []
+    real = FrameSource.latest
+
+    def counted(self, timeout: float = 1.0):
+        asked.append(time.monotonic())
+        return real(self, timeout)
+
+    monkeypatch.setattr(FrameSource, "latest", counted)
+    drive = write_recording(tmp_path / "drive", seconds=1)
+    config = recorded_drive_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), drive)
+    result, _, _ = run_live_until_the_video_ends(config, then_wait_s=1.5)
+    after = [t for t in asked if t > result["_ended_at"]]
+    assert result["frames"] > 5
+    assert len(after) <= 10, f"{len(after)} asks for a frame in the 1.5 s after the video ended"
 
 
 def test_run_command_refuses_a_missing_model_clearly(tmp_path: Path) -> None:

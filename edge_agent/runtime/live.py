@@ -94,6 +94,8 @@ class LiveAgent:
                 frame = camera.latest(timeout=0.5)
                 if frame is not None:
                     self.process(pipeline, frame)
+                elif camera.finished:  # a video file ended: latest() no longer waits, and the loop spun a core
+                    self.stop_event.wait(0.5)
                 now = time.monotonic()
                 if not ready_sent and (frame is not None or now - started > STARTUP_WAIT_S):
                     sdnotify.ready(self.status_line())
