@@ -88,7 +88,7 @@ def _responses() -> dict:
             409: {"description": "this submission was already received", "content": {"application/json": {
                 "example": {"detail": "submission ... was already received", **GUIDE_RESPONSE,
                             "status": "duplicate"}}}},
-            429: text("more than 100 detections within the hour")}
+            429: text("more than 100 posts from this device within the hour")}
 
 
 async def submit(request: Request, who: Principal = Depends(principal),
@@ -111,14 +111,17 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
     # Accepted and duplicate posts count (the writer records them): a device at its hourly rate is turned away
     # before its body is read. Refused ones do not: their dead letters are capped per device and hour instead.
     if _posts_this_hour(conn, who.device_id) >= cfg.api.rate_limit_per_hour:
-        raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
+        raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} posts from this device within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))})
     try:
         body = parse_json(raw, cfg.api.max_body_bytes)  # the HTTP cap; ingest.max_message_bytes is MQTT's
         if not isinstance(body, dict):
             raise Invalid("(root): not a JSON object")
+        # The body is wrong, not the token: 400, so a client drops this body and goes on (a 403 read as a refused
+        # token held a phone's whole queue behind it, as the guide's samples send the platform's own id here).
         if body.get("device_id", who.device_id) != who.device_id:
-            raise HTTPException(403, f"this token belongs to device {who.device_id!r}")
+            raise Invalid(f"device_id: this token is device {who.device_id!r}'s; send that (GET /api/v1/me says "
+                          "it) or leave device_id out")
         submission_id, events = _events(body, who, raw, cfg)
         stored = request.app.state.http_writer.store(who.device_id, events)
     except Invalid as exc:
@@ -126,7 +129,7 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
     except (psycopg.DataError, psycopg.IntegrityError) as exc:  # valid JSON that PostgreSQL still refuses
         _reject(conn, cfg, who, f"database refused: {exc}", raw)
     except OverRate:
-        raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} detections within the hour",
+        raise HTTPException(429, f"more than {cfg.api.rate_limit_per_hour} posts from this device within the hour",
                             headers={"Retry-After": str(_retry_after(conn, who.device_id))}) from None
     except TimeoutError:
         # The writer is held up (a lock on a defect, held by someone else for a minute): the submission stays in

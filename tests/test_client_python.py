@@ -121,6 +121,14 @@ def test_submit_resend_and_refusals(live, tmp_path: Path) -> None:
         assert api.queue.requeue_refused() == 1 and len(api.queue) == 1 and api.queue.refused() == []
         assert api.flush() == {"queued": 0, "duplicate": 0, "refused": 1, "waiting": 0}
     assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-1'") == 1
+    # The platform's own id in device_id, as the guide's samples send it: that body is refused and set aside,
+    # and the posts after it go through (a 403 kept it at the head of the queue, every later post behind it).
+    with RoadMonitorAPI(key, f"{url}/v1", queue_path=tmp_path / "q3.db") as api:
+        with pytest.raises(Refused) as platform_id:
+            api.submit_detections("TP1A.220624.014", GPS, POTHOLE)
+        assert platform_id.value.status_code == 400 and "device_id" in str(platform_id.value.detail)
+        assert api.submit_detections("phone-1", (48.3, 11.5, 4.0), POTHOLE).status == "queued"
+        assert len(api.queue) == 0
     # A wrong token is not the body's fault: the body stays queued for a client with a good token.
     with RoadMonitorAPI("rmt_00_wrong", f"{url}/v1", queue_path=tmp_path / "q2.db") as api:
         with pytest.raises(CredentialsRefused) as unauthorised:
