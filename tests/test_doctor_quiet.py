@@ -451,6 +451,22 @@ def status_of(cfg: Any, health: Any, age_s: float = 0.0) -> dict[str, Any]:
     return status
 
 
+def checks_while_the_agent_runs(path: Path, cfg: Any, health: Any, only: list[str],
+                                status_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Doctor's ONLY checks on the config at PATH while an agent runs: this process holds the outbox's writer lock
+    and has written HEALTH's status (with STATUS_EXTRA) as the agent's heartbeat does."""
+    from edge_agent.link.heartbeat import status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+
+    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file),
+                      status_of(cfg, health) | (status_extra or {}))
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        return by_name(run_checks(str(path), only=only, options=FAST))
+    finally:
+        lock.release()
+
+
 def test_an_agent_on_a_full_disk_keeps_its_status_current_and_is_not_called_dead(tmp_path: Path) -> None:
     import os
 
@@ -534,21 +550,13 @@ def test_doctor_and_status_say_why_the_agents_broker_link_fails(tmp_path: Path, 
     # every few seconds: the agent logged why, but doctor was green ("running, broker offline") and status said
     # "offline" without a reason.
     from edge_agent.health import HealthBoard
-    from edge_agent.link.heartbeat import status_file_of, write_status_file
-    from edge_agent.link.writer_lock import WriterLock
 
     path, cfg = running_agent_config(tmp_path, tmp_path / "state")
     with Outbox(cfg.outbox_path, OutboxConfig()):
         pass  # the agent made its queue; `status` reads it
     health = HealthBoard()
     health.update(uplink=link["state"])
-    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file),
-                      status_of(cfg, health) | {"uplink": link})
-    lock = WriterLock(cfg.outbox_path).acquire()
-    try:
-        agent = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
-    finally:
-        lock.release()
+    agent = checks_while_the_agent_runs(path, cfg, health, ["agent"], {"uplink": link})["agent"]
     assert agent.level is level and words in agent.summary + agent.explanation, agent
     shown = subprocess.run([EDGE_AGENT, "status", "--config", str(path), "--json"], capture_output=True, text=True)
     broker = json.loads(shown.stdout)["broker"]
@@ -559,8 +567,6 @@ def test_doctor_and_status_say_why_the_agents_broker_link_fails(tmp_path: Path, 
 def test_doctor_and_status_quote_why_the_running_agent_lost_its_receiver(tmp_path: Path) -> None:
     # A wrong baud rate (junk bytes) read as "the receiver is silent: unpowered, wrong port": the agent knew better.
     from edge_agent.health import HealthBoard
-    from edge_agent.link.heartbeat import status_file_of, write_status_file
-    from edge_agent.link.writer_lock import WriterLock
 
     path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE8"})
     with Outbox(cfg.outbox_path, OutboxConfig()):
@@ -568,12 +574,7 @@ def test_doctor_and_status_quote_why_the_running_agent_lost_its_receiver(tmp_pat
     why = "1201 bytes in 5 s but not one valid NMEA sentence: wrong baud rate (gnss.baud 9600), or not NMEA?"
     health = HealthBoard()
     health.update(gnss="lost", gnss_problem=why)
-    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
-    lock = WriterLock(cfg.outbox_path).acquire()
-    try:
-        gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
-    finally:
-        lock.release()
+    gnss = checks_while_the_agent_runs(path, cfg, health, ["gnss"])["gnss"]
     assert gnss.level is Level.RED and why in gnss.explanation and "unpowered" not in gnss.explanation, gnss
     shown = subprocess.run([EDGE_AGENT, "status", "--config", str(path), "--json"], capture_output=True, text=True)
     assert json.loads(shown.stdout)["gnss"]["problem"] == why
@@ -583,18 +584,11 @@ def test_a_clock_days_off_is_red_while_the_agent_holds_the_receiver(tmp_path: Pa
     # The box's clock 2 days ahead while the agent ran: doctor said "NTP state unknown", as for a sound box, and
     # exit 0; only the server saw it. The agent compares the clock with its receiver at each fix.
     from edge_agent.health import HealthBoard
-    from edge_agent.link.heartbeat import status_file_of, write_status_file
-    from edge_agent.link.writer_lock import WriterLock
 
     path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE7"})
     health = HealthBoard()
     health.update(gnss="ok", last_fix_mono=time.monotonic(), clock_offset_s=2 * 86400.0)
-    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
-    lock = WriterLock(cfg.outbox_path).acquire()
-    try:
-        clock = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))["clock"]
-    finally:
-        lock.release()
+    clock = checks_while_the_agent_runs(path, cfg, health, ["gnss", "clock"])["clock"]
     assert clock.level is Level.RED and "+48.0 h vs GNSS" in clock.summary, clock
 
 
@@ -603,18 +597,11 @@ def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: floa
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in
     # 2 frames at most: the agent wrote no event and every check was green.
     from edge_agent.health import HealthBoard
-    from edge_agent.link.heartbeat import status_file_of, write_status_file
-    from edge_agent.link.writer_lock import WriterLock
 
     path, cfg = running_agent_config(tmp_path, tmp_path / "state", camera={"source": "/dev/video97"})
     health = HealthBoard()
     health.update(camera="ok", fps=3.4, m_per_frame=m_per_frame)
-    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
-    lock = WriterLock(cfg.outbox_path).acquire()
-    try:
-        camera = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
-    finally:
-        lock.release()
+    camera = checks_while_the_agent_runs(path, cfg, health, ["camera"])["camera"]
     assert camera.level is level, camera
     assert camera.data["m_per_frame"] == m_per_frame
     assert ("a frame every 7.5 m" in camera.summary and "fewer than two frames" in camera.explanation) \

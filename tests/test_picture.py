@@ -71,23 +71,14 @@ def test_a_black_or_covered_picture_is_blank_and_the_capture_keeps_its_own_state
 
 @pytest.mark.parametrize("state", ["frozen", "blank"])
 def test_doctor_and_the_server_name_a_dead_picture(tmp_path: Path, state: str) -> None:
-    from edge_agent.doctor import run_checks
     from edge_agent.doctor.result import Level
-    from edge_agent.link.heartbeat import status_file_of, write_status_file
-    from edge_agent.link.writer_lock import WriterLock
     from fleet_server.device_view import HEALTH_WORDS
-    from tests.test_doctor import FAST, by_name
-    from tests.test_doctor_quiet import running_agent_config, status_of
+    from tests.test_doctor_quiet import checks_while_the_agent_runs, running_agent_config
 
     path, cfg = running_agent_config(tmp_path, tmp_path / "state", camera={"source": "rtsp://cam.local/stream"})
     health = HealthBoard()
     health.update(camera=state, fps=12.0, last_frame_mono=time.monotonic())
-    write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
-    lock = WriterLock(cfg.outbox_path).acquire()
-    try:
-        camera = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
-    finally:
-        lock.release()
+    camera = checks_while_the_agent_runs(path, cfg, health, ["camera"])["camera"]
     assert camera.level is Level.RED and state in camera.summary, camera
     words = {"frozen": "repeats one picture while the vehicle drives", "blank": "black or flat"}[state]
     assert words in camera.explanation and "ffmpeg -i rtsp://cam.local/stream" in camera.hint, camera
