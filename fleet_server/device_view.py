@@ -68,9 +68,11 @@ def problems(status: dict[str, Any], received_at: datetime | None, refused: tupl
     out = []
     health = status.get("health") if isinstance(status.get("health"), dict) else {}
     for part, value in health.items():
-        if part == "broker" or value in FINE:
+        if part in ("broker", "gnss_problem") or value is None or value in FINE:
             continue
-        out.append(HEALTH_WORDS.get((part, value), f"{part} {value}"))
+        words = HEALTH_WORDS.get((part, value), f"{part} {value}")
+        why = health.get("gnss_problem") if part == "gnss" else None  # the reader's reason: junk is not silence
+        out.append(f"{words} ({why})" if isinstance(why, str) and why else words)
     offset = clock_offset_s(status, received_at)
     if offset is not None and abs(offset) > CLOCK_OFF_S:
         out.append(f"clock {_duration(abs(offset))} {'ahead of' if offset > 0 else 'behind'} the server's: "

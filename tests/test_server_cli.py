@@ -403,7 +403,10 @@ def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_
                              "health": {"camera": "no_frames", "gnss": "ok", "uplink": "connected"},
                              "counters": {"events_no_fix": 0}}, now),
                 ("veh-ok", {"state": "online", "sent_at": now.isoformat(), "queue_depth": 0,
-                            "health": {"camera": "ok", "gnss": "ok"}, "m_per_frame": 7.2}, now),
+                            "health": {"camera": "ok", "gnss": "ok", "gnss_problem": None}, "m_per_frame": 7.2}, now),
+                ("veh-gps", {"state": "online", "sent_at": now.isoformat(), "queue_depth": 0,
+                             "health": {"camera": "frozen", "gnss": "lost",
+                                        "gnss_problem": "900 bytes in 5 s but not one valid NMEA sentence"}}, now),
                 ("veh-gone", {"state": "online", "queue_depth": 3}, now)]
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         store_batch(conn, Batch(statuses=statuses), AggregateConfig())
@@ -413,7 +416,10 @@ def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_
                          "('mqtt', 'roadmon/v1/veh-bad/event', 'veh-bad', 'not JSON', '\\x00')")
     listed = {d["id"]: d for d in json.loads(cli.run("device", "ls", "--json").output)}
     assert {k: d["state"] for k, d in listed.items()} == {
-        "veh-cam": "online", "veh-ok": "online", "veh-gone": "stale"}   # veh-bad: refused, never stored
+        "veh-cam": "online", "veh-ok": "online", "veh-gps": "online", "veh-gone": "stale"}  # veh-bad: never stored
+    assert sorted(listed["veh-gps"]["problems"]) == [
+        "GNSS receiver sends nothing usable: defects cannot be placed (900 bytes in 5 s but not one valid NMEA "
+        "sentence)", "camera repeats one picture while driving (stream stuck): nothing new is detected"]
     cam = listed["veh-cam"]
     assert cam["health"]["camera"] == "no_frames" and -5 * 3600 - 60 < cam["clock_offset_s"] < -5 * 3600 + 60
     assert any("camera gives no frames" in p for p in cam["problems"])
@@ -433,4 +439,4 @@ def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_
 
     states = {sample.labels["state"]: sample.value for metric in DeviceCollector(fetch, 600.0).collect()
               if metric.name == "road_devices" for sample in metric.samples}
-    assert states == {"online": 2.0, "stale": 1.0, "unknown": 1.0}
+    assert states == {"online": 3.0, "stale": 1.0, "unknown": 1.0}
