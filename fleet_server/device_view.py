@@ -21,7 +21,8 @@ CLOCK_OFF_S = 120.0
 HEALTH_WORDS = {
     ("camera", "no_frames"): "camera gives no frames: nothing is detected",
     ("camera", "lost"): "camera lost: nothing is detected",
-    ("camera", "frozen"): "camera repeats one picture while driving (stream stuck): nothing new is detected",
+    ("camera", "frozen"): "camera shows one picture while driving (stream stuck, or aimed off the road): nothing "
+                          "new is detected",
     ("camera", "blank"): "camera picture black or flat (lens covered, no light): nothing is detected",
     ("gnss", "lost"): "GNSS receiver sends nothing usable: defects cannot be placed",
     ("gnss", "no_fix"): "GNSS has no fix: defects cannot be placed",

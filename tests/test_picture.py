@@ -46,6 +46,28 @@ def test_one_picture_repeated_while_driving_is_frozen_after_the_set_time_and_ali
     assert seen[-1] == "ok"  # a new picture: alive again
 
 
+@pytest.mark.parametrize(("fps", "kmh"), [(30, 40), (15, 10), (10, 60)])
+def test_a_stuck_camera_is_frozen_at_any_speed_and_frame_rate(fps: int, kmh: int) -> None:
+    # Judged frame pair by frame pair (0.5 m each), a stuck 30-fps camera passed as live below 54 km/h.
+    picture = road_frames(1)[0]
+    moved = kmh / 3.6 / fps
+    seconds = max(4.0, 2 * 5.0 / (kmh / 3.6))  # the set time and FROZEN_MIN_M driven, twice over
+    board = HealthBoard()
+    watch_ = PictureWatch(board, after_s=3.0)
+    for i in range(int(seconds * fps)):
+        board.frame_arrived(100.0 + i / fps)
+        watch_.look(picture, 100.0 + i / fps, moved)
+    assert board.snapshot()["camera"] == "frozen"
+
+
+def test_a_black_picture_is_blank_not_frozen_and_a_crawl_with_a_live_camera_stays_ok() -> None:
+    # A lens cap: black frames are identical too, and "power-cycle the camera" was the wrong advice.
+    black = [np.zeros((360, 640, 3), np.uint8)] * 50
+    assert watch(black, moved_m=1.4)[1][-1] == "blank"
+    crawl = road_frames(80)  # 1 m/s at 10 fps, a live picture
+    assert set(watch(crawl, moved_m=0.1)[1]) == {"ok"}
+
+
 def test_a_parked_vehicle_a_stuttering_video_and_a_live_drive_stay_ok() -> None:
     live = road_frames(60)
     assert set(watch([live[0]] * 60, moved_m=0.0)[1]) == {"ok"}  # parked: the same picture is the truth
@@ -80,7 +102,7 @@ def test_doctor_and_the_server_name_a_dead_picture(tmp_path: Path, state: str) -
     health.update(camera=state, fps=12.0, last_frame_mono=time.monotonic())
     camera = checks_while_the_agent_runs(path, cfg, health, ["camera"])["camera"]
     assert camera.level is Level.RED and state in camera.summary, camera
-    words = {"frozen": "repeats one picture while the vehicle drives", "blank": "black or flat"}[state]
+    words = {"frozen": "shows one picture while the vehicle drives", "blank": "black or flat"}[state]
     assert words in camera.explanation and "ffmpeg -i rtsp://cam.local/stream" in camera.hint, camera
     assert "nothing" in HEALTH_WORDS[("camera", state)]
 

@@ -419,7 +419,8 @@ def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_
         "veh-cam": "online", "veh-ok": "online", "veh-gps": "online", "veh-gone": "stale"}  # veh-bad: never stored
     assert sorted(listed["veh-gps"]["problems"]) == [
         "GNSS receiver sends nothing usable: defects cannot be placed (900 bytes in 5 s but not one valid NMEA "
-        "sentence)", "camera repeats one picture while driving (stream stuck): nothing new is detected"]
+        "sentence)", "camera shows one picture while driving (stream stuck, or aimed off the road): nothing new is "
+        "detected"]
     cam = listed["veh-cam"]
     assert cam["health"]["camera"] == "no_frames" and -5 * 3600 - 60 < cam["clock_offset_s"] < -5 * 3600 + 60
     assert any("camera gives no frames" in p for p in cam["problems"])

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 # vehicle drove REPEAT_MIN_MOVE_M repeats it: a stalled camera or a video made constant-rate by repeating frames.
 REPEAT_MAX_DIFF = 0.25
 REPEAT_MIN_MOVE_M = 0.5
+# One picture while the vehicle drove this far (and for the set time) is a frozen stream, at any speed: judged
+# against the run's first picture, since frame to frame a crawl moves too little to tell (at 30 fps a stuck
+# camera passed as live below 54 km/h when each frame pair had to be 0.5 m apart).
+FROZEN_MIN_M = 5.0
 # A thumbnail whose grey levels vary less than this is black or flat (sensor noise averages out in the thumbnail:
 # a covered lens with noise of std 3 in the full frame is under 1 here; a road scene, even at dusk, is above 10).
 BLANK_STD = 2.0
@@ -43,7 +47,9 @@ class PictureWatch:
         self.health = health
         self.after_s = after_s
         self._thumb: np.ndarray | None = None
-        self._frozen_since: float | None = None  # first repeat of the current run of identical pictures
+        self._still: np.ndarray | None = None  # the first picture of the current run of identical ones
+        self._still_since = 0.0
+        self._still_m = 0.0  # metres driven since
         self._blank_since: float | None = None
         self._fault: str | None = None
         health.picture(None)  # a pipeline built anew (a model update) must not keep its predecessor's verdict
@@ -52,12 +58,11 @@ class PictureWatch:
         """Judge IMAGE taken at T_MONO after the vehicle drove MOVED_M (None: unknown); True if it is a repeat."""
         thumb = thumbnail(image)
         last, self._thumb = self._thumb, thumb
-        same = last is not None and float(np.abs(thumb - last).mean()) < REPEAT_MAX_DIFF
-        repeated = same and moved_m is not None and moved_m >= REPEAT_MIN_MOVE_M
-        if not same:
-            self._frozen_since = None
-        elif repeated and self._frozen_since is None:
-            self._frozen_since = t_mono  # a parked vehicle's identical frames start no run: nothing proves a freeze
+        repeated = _same(thumb, last) and moved_m is not None and moved_m >= REPEAT_MIN_MOVE_M
+        if _same(thumb, self._still):
+            self._still_m += moved_m or 0.0  # a parked vehicle drives no metres: its still view proves nothing
+        else:
+            self._still, self._still_since, self._still_m = thumb, t_mono, 0.0
         if not is_blank(thumb):
             self._blank_since = None
         elif self._blank_since is None:
@@ -66,16 +71,17 @@ class PictureWatch:
         return repeated
 
     def _judge(self, t_mono: float) -> None:
-        fault = (FROZEN if self._lasted(self._frozen_since, t_mono) else
-                 BLANK if self._lasted(self._blank_since, t_mono) else None)
+        # Blank first: a black picture repeats too, and a lens cap is not a stuck stream.
+        frozen = self._still_m >= FROZEN_MIN_M and t_mono - self._still_since >= self.after_s
+        fault = BLANK if self._lasted(self._blank_since, t_mono) else FROZEN if frozen else None
         if fault == self._fault:
             return
         if fault == FROZEN:
-            log.warning("the camera repeats one picture while the vehicle drives (%.0f s): nothing new is detected",
-                        t_mono - self._frozen_since)
+            log.warning("the camera shows one picture while the vehicle drove %.0f m: a stuck stream, or a camera "
+                        "that sees nothing that changes (the sky); nothing new is detected", self._still_m)
         elif fault == BLANK:
             log.warning("the camera's picture is black or flat (%.0f s): lens cap, covered lens or no light",
-                        t_mono - self._blank_since)
+                        t_mono - (self._blank_since or t_mono))
         else:
             log.info("the camera's picture is alive again")
         self._fault = fault
@@ -83,3 +89,7 @@ class PictureWatch:
 
     def _lasted(self, since: float | None, t_mono: float) -> bool:
         return since is not None and t_mono - since >= self.after_s
+
+
+def _same(thumb: np.ndarray, other: np.ndarray | None) -> bool:
+    return other is not None and float(np.abs(thumb - other).mean()) < REPEAT_MAX_DIFF

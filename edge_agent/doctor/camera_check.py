@@ -14,9 +14,10 @@ def _picture_faults(source: str) -> dict[str, tuple[str, str]]:
     """What each verdict on the picture (edge_agent.camera.picture) means, and what to do."""
     look = f"save a frame and look at it: `ffmpeg -i {source} -frames:v 1 frame.jpg` (a USB camera: agent stopped)"
     return {
-        FROZEN: ("the camera repeats one picture while the vehicle drives: frames arrive, nothing new is detected",
-                 "the camera's stream is stuck: power-cycle the camera (an IP camera: reboot it), then "
-                 f"`sudo systemctl restart edge-agent`; {look}"),
+        FROZEN: ("the camera shows one picture while the vehicle drives: frames arrive, nothing new is detected "
+                 "(a stuck stream, or a camera that sees nothing that changes: knocked up towards the sky)",
+                 f"{look}; a road in it: the stream is stuck, power-cycle the camera (an IP camera: reboot it) and "
+                 "`sudo systemctl restart edge-agent`; no road: re-aim the mount, then `edge-agent calibrate check`"),
         BLANK: ("the camera's picture is black or flat: a lens cap, a covered or dirty lens, no light, or a dead "
                 "sensor", look),
     }
