@@ -322,6 +322,28 @@ def test_a_port_that_sends_only_junk_is_lost_and_says_why(receiver, caplog):
                for r in caplog.records)
 
 
+def test_a_receiver_that_talks_without_a_fix_stays_no_fix_while_the_last_fix_ages(receiver):
+    # It flapped no_fix -> stale -> no_fix as the filter's last fix aged (doctor then said "stale", amber).
+    cfg = serial_cfg(receiver.link, stale_after_s=0.5)
+    health = HealthBoard()
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    seen = set()
+    try:
+        assert feed_until(receiver, lambda: len(fixes) >= 3)
+        deadline = time.monotonic() + 2.0  # four times stale_after_s
+        while time.monotonic() < deadline:
+            for body in (b"GPGGA,120000.00,,,,,0,00,,,,,,,", b"GPRMC,120000.00,V,,,,,,,201126,,,N"):
+                os.write(receiver.master, b"$" + body + b"*%02X\r\n" % _xor(body))
+            time.sleep(0.1)
+            if health.snapshot()["gnss"] != "ok":
+                seen.add(health.snapshot()["gnss"])
+    finally:
+        reader.stop()
+    assert seen == {"no_fix"}, seen
+
+
 def _xor(body: bytes) -> int:
     checksum = 0
     for byte in body:

@@ -389,7 +389,7 @@ class GnssReader:
                 # While the agent holds the receiver doctor cannot compare the clock with it: the agent does.
                 taken = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - fix.t_mono)
                 self.health.update(clock_offset_s=round((taken - fix.utc).total_seconds(), 2))
-        elif pose is not None and pose.state == "stale":
+        elif fix.mode > 0 and pose is not None and pose.state == "stale":  # an estimated fix, too old to use
             state = "stale"
         else:
             state = "no_fix"
