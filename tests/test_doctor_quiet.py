@@ -343,7 +343,7 @@ def test_rows_the_server_refused_are_amber_with_the_reason_and_red_when_nothing_
     doctor's exit 0 said all was well, for a receiver that dated every event 2007)."""
     path = uplink_config(tmp_path, closed_port())
     queue = tmp_path / "state" / "outbox.db"
-    ids = fill(queue, 14)
+    ids = fill(queue, 16)
     refuse(queue, ids[:12], "captured_at: 2026-10-0{i}T09:00:00+00:00 is older than 30 days")
     refuse(queue, ids[12:13], "bbox: [1, 2, 3, -4] is not a box")
     delivery = by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"]
@@ -367,6 +367,10 @@ def test_rows_the_server_refused_are_amber_with_the_reason_and_red_when_nothing_
     data = check["data"]
     assert (data["rejected"], data["rejected_recent"], data["rejected_recent_events"]) == (13, 13, 13)
     assert data["rejected_reasons"][0] == {"reason": "captured_at: ... is older than 30 days", "count": 12}
+    # ...and every event since that one refused again: red, whatever went through that morning.
+    time.sleep(0.01)
+    refuse(queue, ids[14:16], "captured_at: 2007-04-2{i}T09:00:00+00:00 is older than 3650 days")
+    assert by_name(run_checks(str(path), only=["delivery"], options=FAST))["delivery"].level is Level.RED
 
 
 def test_rows_refused_more_than_a_day_ago_are_only_mentioned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,7 @@ RESENT_ATTEMPTS = 3
 PENDING_WARN_S = 10 * 60
 PENDING_FAIL_S = 60 * 60
 AGENT_HINT = "`systemctl status edge-agent`, `journalctl -u edge-agent`"
+REFUSED_IN_A_ROW = 2  # events refused since the last confirmed one: red (a lone refusal is a bad row, amber)
 # Rows the server refused stay a finding this long after they were refused: the technician who looks the next
 # morning still sees it, and the box turns green by itself a day after the cause is fixed (the rows stay).
 REJECTED_RECENT_S = 24 * 3600
@@ -208,13 +209,14 @@ def _rows_text(events: int, coverage: int) -> str:
     return f"{events} events" if events else f"{coverage} coverage records"
 
 
-def _rejected_finding(recent: dict[str, Any], last_confirmed: str | None, since: str) -> _Finding | None:
+def _rejected_finding(recent: dict[str, Any], refused_since_confirmed: int) -> _Finding | None:
     """Amber for rows the server refused within REJECTED_RECENT_S, naming the commonest reason: they are done on
     the box (not in the queue depth), so nothing else here would say that they never reached the map. Red when
-    nothing was confirmed in that time: every finding of the box is refused (a receiver dating them 2007)."""
+    every event since the last confirmed one was refused, REFUSED_IN_A_ROW or more: every finding of the box is
+    refused now (a receiver dating them 2007), whatever went through that morning."""
     if not recent["count"]:
         return None
-    nothing_through = recent["events"] and (last_confirmed is None or last_confirmed < since)
+    nothing_through = recent["events"] and refused_since_confirmed >= REFUSED_IN_A_ROW
     top = recent["reasons"][0]
     short, meaning = _cause(top["reason"])
     reason = top["reason"] + (f" ({short})" if short else "")
@@ -254,6 +256,9 @@ def check_delivery(ctx: Context) -> CheckResult:
             count, oldest_sent = _unacked(ob.conn)
             since = utc_now_iso(REJECTED_RECENT_S)
             recent = ob.rejections(since=since)
+            last_confirmed = stats["last_confirmed_at"]
+            refused_since_confirmed = (recent["events"] if last_confirmed is None or last_confirmed < since
+                                       else ob.rejections(since=last_confirmed)["events"])
     except (OutboxUnavailable, RuntimeError, sqlite3.DatabaseError) as exc:  # the outbox check says why
         return CheckResult("delivery", Level.SKIPPED, f"not checked: the outbox cannot be read ({exc})",
                            "see the outbox check")
@@ -265,7 +270,7 @@ def check_delivery(ctx: Context) -> CheckResult:
             "rejected_reasons": recent["reasons"], "rejected_window_s": REJECTED_RECENT_S}
     findings = [f for f in (_unacked_finding(count, oldest_sent, stats["last_confirmed_at"]),
                             _pending_finding(stats["oldest_pending_at"], stats["queue_depth"]),
-                            _rejected_finding(recent, stats["last_confirmed_at"], since)) if f]
+                            _rejected_finding(recent, refused_since_confirmed)) if f]
     green = (f"{stats['queue_depth']} unconfirmed rows, none older than {PENDING_WARN_S // 60} min or sent "
              f"{RESENT_ATTEMPTS}+ times; last confirmation {_when(stats['last_confirmed_at'])}"
              + (f"; {stats['rejected']} rows refused by the server more than {REJECTED_RECENT_S // 3600} h ago"
