@@ -596,6 +596,25 @@ def test_a_clock_days_off_is_red_while_the_agent_holds_the_receiver(tmp_path: Pa
     assert clock.level is Level.RED and "+48.0 h vs GNSS" in clock.summary, clock
 
 
+def test_a_model_that_does_not_load_is_amber_while_the_agent_detects_with_its_fallback(tmp_path: Path) -> None:
+    # A pushed model cut short: the agent fell back to the bundled model and kept detecting, while doctor's first
+    # line said "does not load ... the agent records nothing" and told to use a previous.onnx that was not there.
+    from edge_agent.health import HealthBoard
+
+    broken = tmp_path / "models" / "current.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a model")
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", detector={"model": str(broken)})
+    alone = by_name(run_checks(str(path), only=["model"], options=FAST))["model"]
+    assert alone.level is Level.RED and "previous.onnx" not in alone.hint and f"remove {broken}" in alone.hint
+    health = HealthBoard()
+    health.update(model={"name": "bundled", "version": "2", "sha256": "8e3401853551" + "0" * 52,
+                         "fallback": "current.onnx does not load: INVALID_PROTOBUF"})
+    model = checks_while_the_agent_runs(path, cfg, health, ["model"])["model"]
+    assert model.level is Level.YELLOW and "fell back to bundled 2 (8e3401853551) and detects" in model.summary, model
+    assert "INVALID_PROTOBUF" in model.explanation
+
+
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
 def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in

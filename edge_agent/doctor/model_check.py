@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,10 +13,33 @@ from calibration.config import intrinsics_from_config
 from edge_agent.config import AgentConfig
 from edge_agent.config.camera import source_kind
 from edge_agent.detect.model_update import effective_model
+from edge_agent.doctor.agent_view import running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 SLOW_MS = 1000.0  # slower than this per frame: under one look per second at each defect
 HIGH_CUT = 0.9  # a class cut this high passes almost nothing
+
+
+def _does_not_load(ctx: Context, model: str, exc: Exception) -> CheckResult:
+    """Red, unless the running agent fell back to another model at its start and detects with that: then amber
+    with what it runs (doctor said "the agent records nothing" while events kept coming)."""
+    assert ctx.cfg is not None
+    data: dict = {"model": model}
+    previous = Path(model).with_name("previous.onnx")
+    undo = ("point current.onnx at previous.onnx in the models folder" if previous.exists() else
+            f"remove {model} (the agent then runs {ctx.cfg.detector.model})")
+    fix = f"push the model again (`fleet-server model push`), or {undo}"
+    agent = running_agent(ctx)
+    running = (agent.status.get("model") or {}) if agent is not None else {}
+    if isinstance(running, dict) and running.get("fallback"):
+        data["running"] = running
+        return CheckResult("model", Level.YELLOW, f"model {model!r} does not load ({exc}); the running agent fell "
+                           f"back to {running.get('name')} {running.get('version')} "
+                           f"({str(running.get('sha256'))[:12]}) and detects with it",
+                           f"it falls back at every start, and the server was told: {running['fallback']}", fix, data)
+    return CheckResult("model", Level.RED, f"model {model!r} does not load: {exc}",
+                       "without a model the agent records nothing", f"reinstall the model (systemd/install.sh "
+                       f"--model FILE), {fix}", data)
 
 
 def frame_size(cfg: AgentConfig) -> tuple[int, int]:
@@ -50,10 +74,7 @@ def check_model(ctx: Context) -> CheckResult:
         detector = load_detector(cfg.detector.model_copy(update={"model": model}))
         load_s = time.monotonic() - t0
     except ModelError as exc:
-        return CheckResult("model", Level.RED, f"model {model!r} does not load: {exc}",
-                           "without a model the agent records nothing",
-                           "reinstall the model (systemd/install.sh --model FILE) or roll back: point "
-                           "current.onnx at previous.onnx in the models folder", {"model": model})
+        return _does_not_load(ctx, model, exc)
     width, height = frame_size(cfg)
     frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     detector.detect(frame)  # warm-up: first runs allocate and, on GPUs, build kernels
