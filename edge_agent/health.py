@@ -15,6 +15,7 @@ class Health:
     gnss: str = "starting"            # ok | no_fix | stale | lost | starting
     gnss_problem: str | None = None   # why the reader last lost the receiver (junk bytes, silence, unplugged)
     clock_offset_s: float | None = None  # system clock minus a live receiver's UTC at its last fix
+    config_sha256: str | None = None  # of the config file the agent started from
     detector: str = "starting"        # ok | failed | starting
     outbox: str = "starting"          # ok | degraded | full | starting
     uplink: str = "starting"          # connected | connecting | bad_credentials | not_authorised | offline

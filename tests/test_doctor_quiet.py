@@ -615,6 +615,21 @@ def test_a_model_that_does_not_load_is_amber_while_the_agent_detects_with_its_fa
     assert "INVALID_PROTOBUF" in model.explanation
 
 
+def test_a_config_edited_while_the_agent_runs_is_named(tmp_path: Path) -> None:
+    # Doctor judged the edited file (a camera address that did not open, a threshold of 0.95) while the agent ran
+    # fine on the old one, and nothing said the two differ.
+    from edge_agent.config import file_sha256
+    from edge_agent.health import HealthBoard
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state")
+    health = HealthBoard()
+    health.update(config_sha256=file_sha256(path))
+    assert checks_while_the_agent_runs(path, cfg, health, ["config"])["config"].level is Level.GREEN
+    path.write_text(path.read_text() + "\n# edited while the agent runs\n")
+    config = checks_while_the_agent_runs(path, cfg, health, ["config"])["config"]
+    assert config.level is Level.YELLOW and "started from another version of this file" in config.summary, config
+
+
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
 def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in

@@ -7,6 +7,7 @@ tests/test_acceptance_drive.py on rendered video; this test pins down what the p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -708,7 +709,7 @@ def run_live_until_the_video_ends(config: Path, then_wait_s: float = 0.0) -> tup
     from edge_agent.runtime.live import LiveAgent
 
     health = HealthBoard()
-    agent = LiveAgent(agent_config.load(config), health=health)
+    agent = LiveAgent(agent_config.load(config), health=health, config_path=config)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(agent.run()))
     with pytest.MonkeyPatch.context() as mp:
@@ -731,6 +732,7 @@ def test_live_agent_runs_on_a_file_camera_and_stops_cleanly(tmp_path: Path) -> N
     config = recorded_drive_toml(tmp_path, toy_model(tmp_path / "toy.onnx"), drive)
     result, health, before_stop = run_live_until_the_video_ends(config)
     assert before_stop.get("camera") == "ended", before_stop
+    assert before_stop["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()  # doctor compares
     assert result["frames"] > 10 and result["detections"] > 10
     snap = health.snapshot()
     assert snap["camera"] in ("ok", "ended") and snap["detector"] == "ok" and snap["fps"]

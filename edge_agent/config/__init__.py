@@ -7,6 +7,7 @@ errors, and `load` reports every problem with its key path (`uplink.prot: Extra 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from pydantic import Field
@@ -25,7 +26,7 @@ from edge_agent.config.uplink import UplinkConfig
 from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
 
 EXAMPLE = Path(__file__).with_name("example.toml")
-__all__ = ["EXAMPLE", "AgentConfig", "ConfigError", "load", "parse"]
+__all__ = ["EXAMPLE", "AgentConfig", "ConfigError", "file_sha256", "load", "parse"]
 
 
 class AgentConfig(Section):
@@ -57,3 +58,12 @@ def load(path: Path | str) -> AgentConfig:
     """Read and validate a TOML config; raises ConfigError naming every bad key. Relative file paths in it
     come back absolute, taken beside PATH (edge_agent/config/paths.py)."""
     return resolve_paths(load_toml(AgentConfig, path, allow_empty=False), Path(path))
+
+
+def file_sha256(path: Path | str) -> str | None:
+    """The config file's digest: the running agent keeps its start's in its status, so doctor can tell that the
+    file was edited since (it judged the file while the agent ran the old one); None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None

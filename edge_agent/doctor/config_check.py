@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from edge_agent import config as agent_config
+from edge_agent.doctor.agent_view import running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -32,6 +33,12 @@ def check_config(ctx: Context) -> CheckResult:
             _hint(Path(ctx.config_path)), data={"path": ctx.config_path, "problems": exc.problems})
     ctx.cfg = cfg
     warnings = []
+    agent = running_agent(ctx)
+    started_from = agent.status.get("config_sha256") if agent is not None else None
+    if agent is not None and started_from and started_from != agent_config.file_sha256(ctx.config_path):
+        warnings.append(f"the running agent (pid {agent.pid}) started from another version of this file: doctor "
+                        "judges the file, the agent runs the old one until `sudo systemctl restart edge-agent` (or "
+                        "the server's config-reload)")
     if cfg.uplink.enabled and not cfg.uplink.tls and cfg.uplink.host not in LOOPBACK:
         warnings.append(f"uplink.tls is off for a remote broker ({cfg.uplink.host}): the password travels in clear")
     if cfg.model_update.allow_http:

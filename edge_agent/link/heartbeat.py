@@ -47,6 +47,7 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "last_fix_at": None if snap.get("fix_age_s") is None else utc_now_iso(snap["fix_age_s"]),
         # System clock minus the live receiver's UTC at its last fix (doctor cannot open the receiver beside us).
         "clock_offset_vs_gnss_s": snap.get("clock_offset_s"),
+        "config_sha256": snap.get("config_sha256"),
         "fps": snap.get("fps"),
         "inference_ms": snap.get("inference_ms"),
         "m_per_frame": snap.get("m_per_frame"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.camera.capture import FrameSource
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, file_sha256
 from edge_agent.health import HealthBoard
 from edge_agent.runtime import sdnotify
 from edge_agent.runtime.assemble import Agent, build_agent
@@ -46,6 +46,8 @@ class LiveAgent:
         self.health = health or HealthBoard()
         self.use_uplink = cfg.uplink.enabled if uplink is None else uplink
         self.config_path = config_path  # where cmd/config-reload reads the config again (None: not served)
+        if config_path is not None:
+            self.health.update(config_sha256=file_sha256(config_path))
         self.reload_requested = False
         self.stop_event = threading.Event()
         self.agent: Agent | None = None
