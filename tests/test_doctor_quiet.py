@@ -630,6 +630,21 @@ def test_a_config_edited_while_the_agent_runs_is_named(tmp_path: Path) -> None:
     assert config.level is Level.YELLOW and "started from another version of this file" in config.summary, config
 
 
+def test_a_receiver_without_dates_is_amber_while_the_agent_dates_events_by_its_clock(tmp_path: Path) -> None:
+    # A receiver sending GGA only: GNSS "ok", yet every event waited a minute for a date and was dated by the
+    # box's clock; only a counter in the status file said so.
+    from edge_agent.health import HealthBoard
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE6"})
+    health = HealthBoard()
+    health.update(gnss="ok", last_fix_mono=time.monotonic())
+    assert checks_while_the_agent_runs(path, cfg, health, ["gnss"])["gnss"].level is Level.GREEN
+    health.count("events_clock_dated", 3)
+    gnss = checks_while_the_agent_runs(path, cfg, health, ["gnss"])["gnss"]
+    assert gnss.level is Level.YELLOW and "3 events dated by the box's clock" in gnss.summary, gnss
+    assert "RMC" in gnss.hint
+
+
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
 def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in

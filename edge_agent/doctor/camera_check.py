@@ -108,7 +108,8 @@ def check_camera(ctx: Context) -> CheckResult:
         why, fix = _picture_faults(cam.source)[BLANK]
         return CheckResult("camera", Level.RED, summary + f"; the picture is uniform (grey std {std:.1f})", why, fix,
                            data)
-    wanted = cam.fps or (nominal if kind != "file" else None)
+    # A device's own frame rate; a URL's "nominal" rate is FFmpeg's default 25 for MJPEG, not the camera's.
+    wanted = cam.fps or (nominal if kind not in ("file", "url") else None)
     if kind != "file" and fps and wanted and fps < 0.5 * wanted:
         return CheckResult("camera", Level.YELLOW, summary + f", below half the expected {wanted:.0f} fps",
                            "a slow camera means fewer looks at each defect",

@@ -174,6 +174,14 @@ def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckRes
             "events_no_fix": unplaced}
     summary = f"{where}: {state}, last fix {agent.last_fix}" + (
         f", {unplaced} defects seen but not placed" if unplaced else "")
+    undated = agent.counter("events_clock_dated")
+    data["events_clock_dated"] = undated
+    if state == "ok" and undated:
+        return CheckResult("gnss", Level.YELLOW, summary + f", {undated} events dated by the box's clock",
+                           "the receiver sends positions without a date (GGA only: no RMC or ZDA), so each event "
+                           "waits events.hold_for_fix_s for one and is then dated by the system clock",
+                           "enable RMC (or ZDA) output on the receiver (u-center, or its PMTK/UBX setup command)",
+                           data)
     if state == "ok":
         return CheckResult("gnss", Level.GREEN, summary, data=data)
     problem = (agent.status.get("health") or {}).get("gnss_problem")
