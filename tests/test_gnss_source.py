@@ -310,10 +310,10 @@ def test_a_port_that_sends_only_junk_is_lost_and_says_why(receiver, caplog):
             # ...and why, on the health board doctor and status read (they said "silent: unpowered, wrong port").
             assert "wrong baud rate" in (health.snapshot()["gnss_problem"] or "")
             # Then only satellites in view (GSV, no fix: no sky view yet): the receiver talks, it is not lost.
-            gsv = b"$GPGSV,1,1,02,04,12,077,,05,34,155,*" + b"%02X" % _xor(b"GPGSV,1,1,02,04,12,077,,05,34,155,")
+            gsv = sentence("GPGSV,1,1,02,04,12,077,,05,34,155,").encode()
             deadline = time.monotonic() + 5
             while health.snapshot()["gnss"] == "lost" and time.monotonic() < deadline:
-                os.write(receiver.master, gsv + b"\r\n")
+                os.write(receiver.master, gsv)
                 time.sleep(0.05)
             assert health.snapshot()["gnss"] == "no_fix" and health.snapshot()["gnss_problem"] is None
         finally:
@@ -334,21 +334,14 @@ def test_a_receiver_that_talks_without_a_fix_stays_no_fix_while_the_last_fix_age
         assert feed_until(receiver, lambda: len(fixes) >= 3)
         deadline = time.monotonic() + 2.0  # four times stale_after_s
         while time.monotonic() < deadline:
-            for body in (b"GPGGA,120000.00,,,,,0,00,,,,,,,", b"GPRMC,120000.00,V,,,,,,,201126,,,N"):
-                os.write(receiver.master, b"$" + body + b"*%02X\r\n" % _xor(body))
+            for body in ("GPGGA,120000.00,,,,,0,00,,,,,,,", "GPRMC,120000.00,V,,,,,,,201126,,,N"):
+                os.write(receiver.master, sentence(body).encode())
             time.sleep(0.1)
             if health.snapshot()["gnss"] != "ok":
                 seen.add(health.snapshot()["gnss"])
     finally:
         reader.stop()
     assert seen == {"no_fix"}, seen
-
-
-def _xor(body: bytes) -> int:
-    checksum = 0
-    for byte in body:
-        checksum ^= byte
-    return checksum
 
 
 def test_missing_port_keeps_retrying_without_crashing(tmp_path):
