@@ -31,6 +31,7 @@ from fleet_server.api_deps import (
 from fleet_server.auth import Principal
 from fleet_server.device_view import device_rows
 from fleet_server.health import checks as health_checks
+from fleet_server.metrics_auth import CHALLENGE, REFUSED, scrape_allowed
 from fleet_server.validate import as_utc
 
 router = APIRouter()
@@ -65,8 +66,11 @@ def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def prometheus_metrics() -> Response:
+@router.get("/metrics", summary="Prometheus metrics (with metrics.token_file set: only for its bearer token)",
+            response_class=Response)
+def prometheus_metrics(request: Request) -> Response:
+    if not scrape_allowed(request.app.state.cfg.metrics, request.headers.get("authorization")):
+        return Response(REFUSED, status_code=401, media_type="text/plain", headers=dict([CHALLENGE]))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

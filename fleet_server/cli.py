@@ -143,6 +143,7 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
 
     c = cfg()
     _migrate_or_fail(c.database.resolve_dsn())
+    c.metrics.resolve_token()  # a token file that is not there stops the start, not every scrape later
     port = port or c.api.port
     # The port in the client id: a second `serve` started on this host beside the first (a new version on another
     # port) took the first's broker session once a second.
@@ -168,13 +169,16 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
            metrics_port_base: int = typer.Option(0, "--metrics-port-base", min=0, max=65535,
                                                  help="Serve the metrics on this port + --instance (systemd "
                                                       "instances 1, 2, ... get 9101, 9102, ... from 9100); "
-                                                      "instead of --metrics-port")) -> None:
+                                                      "instead of --metrics-port"),
+           metrics_addr: str = typer.Option("0.0.0.0", "--metrics-addr",
+                                            help="Address the metrics listen on (127.0.0.1: this host only)")) -> None:
     """Ingest workers only (no HTTP API)."""
     metrics_port = _metrics_port(metrics_port, metrics_port_base, instance)
     if metrics_port:
-        from prometheus_client import start_http_server
+        from fleet_server.metrics_auth import serve_metrics
 
-        start_http_server(metrics_port)
+        cfg().metrics.resolve_token()  # a token file that is not there stops the start, not every scrape later
+        serve_metrics(cfg().metrics, metrics_port, metrics_addr)
     running = _start_workers(workers, "ingest", first=instance * workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

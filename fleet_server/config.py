@@ -366,6 +366,23 @@ class ModelsConfig(SecretSection):
                                                         "download over their model_update.max_size_mb, also 500)")
 
 
+class MetricsConfig(SecretSection):
+    token_file: Path | None = Field(None, description="File holding the bearer token a scraper must send for /metrics "
+                                                      "(the API's and the ingest processes' --metrics-port): "
+                                                      "Prometheus's authorization.credentials_file. Read at each "
+                                                      "scrape, so a new token needs no restart. Unset: /metrics "
+                                                      "answers anyone who can reach it (keep it off the Ingress)")
+
+    def resolve_token(self) -> str | None:
+        """The scrape token, None when /metrics is open; raises FileNotFoundError or ConfigError (an empty file)."""
+        if self.token_file is None:
+            return None
+        token = self.read_secret(self.token_file)
+        if not token:
+            raise ConfigError("metrics", [f"metrics.token_file {self.token_file} is empty"])
+        return token
+
+
 class CommandsConfig(Section):
     expire_after_h: float = Field(24.0, gt=0, le=8760,
                                   description="Commands carry an expires_at this many hours after they are sent: an "
@@ -388,11 +405,12 @@ class ServerConfig(Section):
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Remote model updates")
     commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Commands to devices")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Who may scrape the Prometheus metrics")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
 
     def find_secrets_beside(self, config_dir: Path) -> None:
         """Let relative secret names also be found in CONFIG_DIR/credentials (where the installer puts them)."""
-        for section in (self.database, self.mqtt, self.models):
+        for section in (self.database, self.mqtt, self.models, self.metrics):
             section._config_dirs = (config_dir,)
 
     def share_group(self) -> str:
