@@ -11,26 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from roadmon_contract.status import SPARSE_FRAMES_M
+from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M
 
 # A status whose sent_at is this far from when the server received it comes from a box whose clock is wrong:
 # its events are dated wrongly (and refused once older than ingest.horizon_days). Transit takes seconds.
 CLOCK_OFF_S = 120.0
 
-# What a part of the box's health board says when it is not fine, for someone who cannot walk to the van.
-HEALTH_WORDS = {
-    ("camera", "no_frames"): "camera gives no frames: nothing is detected",
-    ("camera", "lost"): "camera lost: nothing is detected",
-    ("camera", "frozen"): "camera shows one picture while driving (stream stuck, or aimed off the road): nothing "
-                          "new is detected",
-    ("camera", "blank"): "camera picture black or flat (lens covered, no light): nothing is detected",
-    ("gnss", "lost"): "GNSS receiver sends nothing usable: defects cannot be placed",
-    ("gnss", "no_fix"): "GNSS has no fix: defects cannot be placed",
-    ("gnss", "stale"): "GNSS fix is stale: defects cannot be placed",
-    ("detector", "failed"): "detector fails: nothing is detected",
-    ("outbox", "full"): "outbox full (disk): new findings are refused",
-    ("outbox", "degraded"): "outbox degraded (disk errors)",
-}
 FINE = {"ok", "connected", "starting"}
 
 DEVICES = "SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices ORDER BY id"

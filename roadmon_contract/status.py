@@ -5,3 +5,19 @@ that judges them."""
 # passes under the bonnet at ~4 m, is often boxed in fewer than two frames: a box too slow for its speed. A
 # simulated drive (seed 1, 7 potholes) processed a frame every 5.1 / 6.6 / 7.9 m gave 7 / 4 / 3 pothole events.
 SPARSE_FRAMES_M = 6.0
+
+# What a part of the box's health board says when it is not fine, in words: the server's device problems (for
+# someone who cannot walk to the van) and `edge-agent status` (for the technician beside it).
+HEALTH_WORDS = {
+    ("camera", "no_frames"): "camera gives no frames: nothing is detected",
+    ("camera", "lost"): "camera lost: nothing is detected",
+    ("camera", "frozen"): "camera shows one picture while driving (stream stuck, or aimed off the road): nothing "
+                          "new is detected",
+    ("camera", "blank"): "camera picture black or flat (lens covered, no light): nothing is detected",
+    ("gnss", "lost"): "GNSS receiver sends nothing usable: defects cannot be placed",
+    ("gnss", "no_fix"): "GNSS has no fix: defects cannot be placed",
+    ("gnss", "stale"): "GNSS fix is stale: defects cannot be placed",
+    ("detector", "failed"): "detector fails: nothing is detected",
+    ("outbox", "full"): "outbox full (disk): new findings are refused",
+    ("outbox", "degraded"): "outbox degraded (disk errors)",
+}

@@ -278,6 +278,18 @@ def test_status_shows_gnss_health_and_defects_without_a_position(box) -> None:
     assert re.search(r"GNSS │ ok, last fix \d+ s ago", table) and "- (not in this agent's status file)" in table
 
 
+def test_status_opens_with_the_camera_and_says_what_its_state_means(box) -> None:
+    """A frozen picture or a failing detector is why a box is quiet: the table opens with what the box sees (the
+    camera was a row under the queue figures) and says in words what each state means."""
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", camera="frozen", detector="failed", fps=8.0)
+    write_beat(box, health)
+    table = status_table(box)
+    assert table.split("│")[1].strip() == "camera", table  # the first row
+    assert "frozen (camera shows one picture while driving" in table
+    assert "detector │ failed (detector fails: nothing is detected)" in table
+
+
 def test_status_has_one_last_fix_and_a_stopped_agents_gnss_is_history(box) -> None:
     """During `run` the status showed `GNSS │ ok, last fix 15 s ago` beside `last fix │ -` (the pipeline's
     position at its last frame, with no frame processed yet); after a stop `GNSS ok` as if the receiver still

@@ -25,7 +25,7 @@ from edge_agent.link.heartbeat import (
     status_ago_text,
     uplink_trouble,
 )
-from roadmon_contract.status import SPARSE_FRAMES_M
+from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M
 
 out = Console()
 # The GNSS reader's and the camera's states on the health board (edge_agent/health.py): anything but these two
@@ -156,13 +156,14 @@ def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
     return f"[{style}]{escape(gnss['state'])}[/{style}]{problem}, last fix {last_fix}"
 
 
-def _camera_text(info: dict[str, Any]) -> str:
-    """The camera's state on the agent's health board (no_frames, lost: nothing to detect on)."""
-    state = info["health"].get("camera") if isinstance(info["health"], dict) else None
+def _part_text(info: dict[str, Any], part: str) -> str:
+    """A part's state on the agent's health board (camera, detector), with what it means when it is not fine."""
+    state = info["health"].get(part) if isinstance(info["health"], dict) else None
     if state is None:
         return "-"
     style = STATE_STYLE.get(str(state), "red")
-    return f"[{style}]{escape(str(state))}[/{style}]"
+    words = HEALTH_WORDS.get((part, str(state)))
+    return f"[{style}]{escape(str(state))}[/{style}]" + (f" ({words})" if words else "")
 
 
 def _fps_text(info: dict[str, Any]) -> str:
@@ -204,7 +205,14 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         no_fix_text = "-" if info["status_at"] is None else "- (not in this agent's status file)"
     if no_fix:  # seen but not placed: the antenna, a cold start, or a receiver sending junk
         no_fix_text = f"[yellow]{no_fix} defects seen but not placed (no usable GNSS position)[/yellow]"
+    # In the pipeline's order, seeing -> placing -> sending: the camera was mid-table, under the queue figures.
     rows = [
+        ("camera", _part_text(info, "camera")),
+        ("fps", _fps_text(info)),
+        ("detector", _part_text(info, "detector")),
+        ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
+        ("position", _position_text(info)),
+        ("events without position", no_fix_text),
         ("broker", f"[{style}]{broker}[/{style}]"),
         ("queue depth", f"{info['queue_depth']} unconfirmed "
                         f"(events {info['events']['pending']} pending / {info['events']['sent']} sent, "
@@ -212,11 +220,6 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("rejected by server", _rejected_text(info)),
         ("oldest pending", ago_text(info["oldest_pending_at"])),
         ("last confirmed", ago_text(info["last_confirmed_at"])),
-        ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
-        ("position", _position_text(info)),
-        ("events without position", no_fix_text),
-        ("camera", _camera_text(info)),
-        ("fps", _fps_text(info)),
         ("disk", f"outbox {info['outbox_mb']:.1f} MB of {info['budget_mb']:.0f} MB, "
                  f"{info['disk_free_mb']:.0f} MB free"),
         ("dropped", ", ".join(f"{k} {v}" for k, v in info["dropped"].items()) or "none"),
