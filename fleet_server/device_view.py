@@ -16,6 +16,8 @@ from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M
 # A status whose sent_at is this far from when the server received it comes from a box whose clock is wrong:
 # its events are dated wrongly (and refused once older than ingest.horizon_days). Transit takes seconds.
 CLOCK_OFF_S = 120.0
+# Defects the box could not place count as a problem while the last one is this recent (seconds before the status).
+UNPLACED_RECENT_S = 3600.0
 
 FINE = {"ok", "connected", "starting"}
 
@@ -38,20 +40,21 @@ def state_of(state: str | None, last_seen: datetime | None, revoked_at: datetime
 
 def clock_offset_s(status: dict[str, Any], received_at: datetime | None) -> float | None:
     """How far the box's clock was ahead (+) or behind (-) when it sent its last status; None if unknown."""
-    sent = status.get("sent_at")
-    if not isinstance(sent, str) or received_at is None:
-        return None
-    try:
-        sent_at = datetime.fromisoformat(sent.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if sent_at.tzinfo is None:
+    sent_at = _time(status.get("sent_at"))
+    if sent_at is None or received_at is None:
         return None
     return round((sent_at - received_at).total_seconds(), 1)
 
 
 def problems(status: dict[str, Any], received_at: datetime | None, refused: tuple[int, str] | None) -> list[str]:
     """Why the box may be quiet, in words, from its last status and the messages refused from it in 24 h."""
+    return [words for _, words in coded_problems(status, received_at, refused)]
+
+
+def coded_problems(status: dict[str, Any], received_at: datetime | None,
+                   refused: tuple[int, str] | None) -> list[tuple[str, str]]:
+    """`problems` with a code each (the health part: camera, gnss, detector, outbox; or clock, sparse_frames,
+    unplaced, refused), for scripts and the road_device_problems metric."""
     out = []
     health = status.get("health") if isinstance(status.get("health"), dict) else {}
     for part, value in health.items():
@@ -59,25 +62,64 @@ def problems(status: dict[str, Any], received_at: datetime | None, refused: tupl
             continue
         words = HEALTH_WORDS.get((part, value), f"{part} {value}")
         why = health.get("gnss_problem") if part == "gnss" else None  # the reader's reason: junk is not silence
-        out.append(f"{words} ({why})" if isinstance(why, str) and why else words)
+        out.append((str(part), f"{words} ({why})" if isinstance(why, str) and why else words))
     offset = clock_offset_s(status, received_at)
     if offset is not None and abs(offset) > CLOCK_OFF_S:
-        out.append(f"clock {_duration(abs(offset))} {'ahead of' if offset > 0 else 'behind'} the server's: "
-                   "its findings are dated wrongly (NTP on the box)")
+        side = "ahead of" if offset > 0 else "behind"
+        if isinstance(status.get("clock_offset_vs_gnss_s"), int | float):
+            # Its receiver sends dates, and the agent dates findings by GNSS: they are right (a box 3 h behind
+            # was said to date them wrongly while every captured_at was GNSS time).
+            out.append(("clock", f"clock {_duration(abs(offset))} {side} the server's: its findings are dated by "
+                                 "GNSS and are right, its logs and status times are not (NTP on the box)"))
+        else:
+            out.append(("clock", f"clock {_duration(abs(offset))} {side} the server's: its findings are dated "
+                                 "wrongly (NTP on the box)"))
     step = status.get("m_per_frame")
     if isinstance(step, int | float) and step > SPARSE_FRAMES_M:
-        out.append(f"a frame every {step:.1f} m while driving: too slow for its speed, defects are missed")
-    counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
-    unplaced = counters.get("events_no_fix")
-    if isinstance(unplaced, int) and unplaced > 0:
-        out.append(f"{unplaced} defects seen without a usable position since the agent started")
+        out.append(("sparse_frames", f"a frame every {step:.1f} m while driving: too slow for its speed, defects "
+                                     "are missed"))
+    if (unplaced := _unplaced(status)) is not None:
+        out.append(("unplaced", unplaced))
     if refused:
         count, reason = refused
-        out.append(f"{count} messages refused in 24 h, most for: {reason[:160]}")
+        out.append(("refused", f"{count} messages refused in 24 h, most for: {reason[:160]}"))
     return out
 
 
+def _unplaced(status: dict[str, Any]) -> str | None:
+    """Defects seen without a usable position, while that is recent: the count is the agent's since it started,
+    and said "no position" for hours after the receiver was back. Judged on the box's own clock (the last one's
+    time against the status's), which may be off; an agent before `last_unplaced` is judged on its count."""
+    counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
+    count = counters.get("events_no_fix")
+    if not isinstance(count, int) or count <= 0:
+        return None
+    text = f"{count} defects seen without a usable position since the agent started"
+    if "last_unplaced" not in status:
+        return text
+    last = status.get("last_unplaced") if isinstance(status.get("last_unplaced"), dict) else {}
+    at, sent = _time(last.get("at")), _time(status.get("sent_at"))
+    if at is None or sent is None or (sent - at).total_seconds() > UNPLACED_RECENT_S:
+        return None
+    age_s = (sent - at).total_seconds()
+    why = last.get("why")
+    return (f"{text}, the last {'under a minute' if age_s < 60 else _duration(age_s)} before its status"
+            + (f": {why}" if isinstance(why, str) and why else ""))
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
 def _duration(seconds: float) -> str:
+    if seconds >= 48 * 3600:
+        return f"{seconds / 86400:.1f} days"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 60:.0f} min"
@@ -95,5 +137,9 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float) -> list[dict[str
                     "health": {k: v for k, v in (status.get("health") or {}).items() if k != "broker"},
                     "status_sent_at": status.get("sent_at"), "clock_offset_s": clock_offset_s(status, state_at),
                     "refused_24h": refused.get(dev_id, (0, ""))[0],
-                    "problems": problems(status, state_at, refused.get(dev_id))})
+                    **_problem_fields(coded_problems(status, state_at, refused.get(dev_id)))})
     return out
+
+
+def _problem_fields(coded: list[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"problems": [words for _, words in coded], "problem_codes": [code for code, _ in coded]}

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from fleet_server.device_view import state_of
+from fleet_server.device_view import REJECTED_24H, coded_problems, state_of
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def count_ingested(kind: str, outcome: str, n: int = 1) -> None:
 
 
 class DeviceCollector(Collector):
-    """road_queue_depth, road_inference_latency_seconds and road_devices{state}, from the devices table."""
+    """road_queue_depth, road_inference_latency_seconds, road_devices{state} and road_device_problems, from the
+    devices table."""
 
     def __init__(self, fetch: Callable[[str], list[tuple]], stale_after_s: float) -> None:
         self.bind(fetch, stale_after_s)
@@ -95,8 +96,9 @@ class DeviceCollector(Collector):
         try:
             rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen, "
                               "CASE WHEN jsonb_typeof(last_status->'inference_errors') = 'number' "
-                              "THEN (last_status->>'inference_errors')::float8 END, id FROM devices "
-                              "WHERE revoked_at IS NULL")
+                              "THEN (last_status->>'inference_errors')::float8 END, id, last_status, state_at "
+                              "FROM devices WHERE revoked_at IS NULL")
+            refused = {r[0]: (int(r[1]), str(r[2])) for r in self.fetch(REJECTED_24H)}
         except Exception as exc:  # a scrape must not fail because PostGIS is away
             log.warning("device metrics unavailable: %s", exc)
             return
@@ -130,6 +132,19 @@ class DeviceCollector(Collector):
         errors = self._new_errors({r[5]: r[4] for r in rows if r[4] is not None})
         hist.add_metric(["error"], [(b, errors) for b, _ in buckets], sum_value=0.0)
         yield hist
+        # Per device and problem, for the vans that are online only (the silent ones are road_devices' to count):
+        # a frozen camera on a driving van fired no alert at all. Only the devices with a problem have series.
+        troubled = GaugeMetricFamily("road_device_problems", "1 for each problem an online device's last status "
+                                     "or its refused messages show (codes as the API's problem_codes: camera, "
+                                     "gnss, detector, outbox, clock, sparse_frames, unplaced, refused)",
+                                     labels=["device", "problem"])
+        for r in rows:
+            if state_of(r[0], r[3], None, now, self.stale_after_s) != "online":
+                continue
+            status = r[6] if isinstance(r[6], dict) else {}
+            for code in dict.fromkeys(code for code, _ in coded_problems(status, r[7], refused.get(r[5]))):
+                troubled.add_metric([r[5], code], 1.0)
+        yield troubled
 
 
     def _new_errors(self, counts: dict[str, float]) -> float:

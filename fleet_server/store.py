@@ -184,9 +184,16 @@ FROM (SELECT id FROM devices WHERE id = ANY(%s) AND (last_seen IS NULL OR last_s
 WHERE d.id = s.id
 """
 
+# A Last Will (the broker's "offline" for a box that vanished: {state, device_id, version}, no sent_at) replaced
+# the box's last status whole, so an offline van lost its last known problems and position. It now only
+# changes the state; state_at, the last status's time of arrival (its clock offset is judged on it), stays.
 UPDATE_STATUS = """
-UPDATE devices SET state = %(state)s, state_at = now(), last_seen = now(), last_status = %(status)s,
-       queue_depth = %(queue_depth)s, inference_ms = %(inference_ms)s, last_fix = %(fix)s
+UPDATE devices SET state = %(state)s, last_seen = now(),
+       state_at = CASE WHEN %(will)s THEN state_at ELSE now() END,
+       last_status = CASE WHEN %(will)s THEN coalesce(last_status, '{}'::jsonb) || %(status)s ELSE %(status)s END,
+       queue_depth = CASE WHEN %(will)s THEN queue_depth ELSE %(queue_depth)s END,
+       inference_ms = CASE WHEN %(will)s THEN inference_ms ELSE %(inference_ms)s END,
+       last_fix = CASE WHEN %(will)s THEN last_fix ELSE %(fix)s END
 WHERE id = %(device)s
 """
 
@@ -432,5 +439,6 @@ def drop_revoked(conn: psycopg.Connection, batch: Batch, devices: list[str]) -> 
 
 def _status_params(device: str, status: dict) -> dict:
     return {"device": device, "state": status["state"], "status": Jsonb(status),
+            "will": status["state"] == "offline" and "sent_at" not in status,
             "queue_depth": status.get("queue_depth"), "inference_ms": status.get("inference_ms"),
             "fix": Jsonb(status["fix"]) if status.get("fix") is not None else None}

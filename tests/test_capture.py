@@ -14,6 +14,7 @@ import pytest
 from edge_agent.camera.capture import FrameSource, source_kind
 from edge_agent.config.camera import CameraConfig
 from edge_agent.health import HealthBoard
+from tests.mjpeg import mjpeg_camera
 
 
 def write_video(path: Path, frames: int, fps: float = 30.0, size: tuple[int, int] = (160, 120)) -> Path:
@@ -108,3 +109,19 @@ def test_stalled_source_reports_no_frames(tmp_path: Path) -> None:
         frame = src.latest(timeout=3)
         assert frame is not None and frame.index == 0
         assert health.snapshot()["camera"] in ("ok", "ended")
+
+
+def test_stopping_a_live_camera_does_not_call_it_lost() -> None:
+    """`run` stopping (SIGTERM at shutdown, ignition-off) closed the stream and the grabber said "lost": every
+    cleanly stopped van's last status showed a camera fault on the fleet's dashboard."""
+    ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(2).integers(0, 255, (120, 160, 3)).astype(np.uint8))
+    assert ok
+    health = HealthBoard()
+    with mjpeg_camera(jpeg, fps=10, frames=600) as url:
+        src = FrameSource(CameraConfig(source=url), health).start()
+        try:
+            assert src.latest(timeout=20) is not None
+            assert health.snapshot()["camera"] == "ok"
+        finally:
+            src.stop()
+        assert health.snapshot()["camera"] == "ok"

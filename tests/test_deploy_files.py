@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,9 @@ def exported_metric_names() -> set[str]:
     for metric in REGISTRY.collect():
         names.update(sample.name for sample in metric.samples)
         names.add(metric.name)
-    collector = m.DeviceCollector(lambda sql: [("online", 3, 120.0, None, 2.0, "veh-1")], 600.0)
+    frozen = {"health": {"camera": "frozen"}}
+    collector = m.DeviceCollector(lambda sql: [] if "rejected" in sql else
+                                  [("online", 3, 120.0, datetime.now(UTC), 2.0, "veh-1", frozen, None)], 600.0)
     for metric in collector.collect():
         names.update(sample.name for sample in metric.samples)
     for counter in ("road_detection_submissions", "road_ingest_messages", "road_ingest_acks",

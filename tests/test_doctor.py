@@ -21,6 +21,7 @@ import pytest
 
 from edge_agent.doctor import Level, run_checks
 from edge_agent.doctor.result import Options
+from tests.mjpeg import mjpeg_camera
 from tests.onnx_models import tiny_detector
 
 EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
@@ -194,35 +195,11 @@ def test_a_url_camera_that_never_answers_is_red_within_the_look_not_ffmpegs_30_s
 def test_a_url_cameras_rate_is_not_judged_against_ffmpegs_default(tmp_path: Path) -> None:
     # An MJPEG camera streaming 6 fps was "below half the expected 25 fps": 25 is FFmpeg's default for MJPEG,
     # not the camera's (USB and exposure hints followed, for an IP camera).
-    import http.server
-    import threading
-
     ok, jpeg = cv2.imencode(".jpg", (np.random.default_rng(1).integers(0, 255, (120, 160, 3))).astype(np.uint8))
     assert ok
-
-    class Mjpeg(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
-            try:
-                for _ in range(60):
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                     + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg.tobytes() + b"\r\n")
-                    time.sleep(1 / 6)
-            except OSError:
-                pass
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mjpeg)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        path = write_config(tmp_path, camera={"source": f"http://127.0.0.1:{server.server_port}/video.mjpg"})
+    with mjpeg_camera(jpeg, fps=6, frames=60) as url:
+        path = write_config(tmp_path, camera={"source": url})
         cam = by_name(run_checks(str(path), only=["camera"], options=FAST))["camera"]
-    finally:
-        server.shutdown()
     assert cam.level is Level.GREEN and "expected 25 fps" not in cam.summary, cam
 
 

@@ -261,6 +261,7 @@ def test_without_a_fix_tracks_make_no_events(projector: GroundProjector, tmp_pat
         assert pipeline.finish() == []
         assert pipeline.summary()["events_no_fix"] == 1
         assert outbox.stats()["events"]["pending"] == 0
+        assert pipeline.health.snapshot()["last_unplaced"]["why"] == "no GNSS fix"  # the server says when and why
 
 
 @dataclass
@@ -849,3 +850,46 @@ def test_run_on_a_recorded_drive_places_defects_where_replay_does(tmp_path: Path
     north_m = (got["lat"] - want["lat"]) * 111_195.0
     assert abs(north_m) < 0.5, f"{north_m:.1f} m north of where replay put it"
     assert event["captured_at"] == expected["captured_at"]  # dated by drive.json, not the box's clock
+
+
+def test_a_frozen_or_absent_picture_still_reports_where_the_van_is(projector: GroundProjector,
+                                                                   tmp_path: Path) -> None:
+    """With one picture repeated (a stuck camera) or no frames at all, the status carried no position, so the van
+    vanished from the fleet's map while its GNSS was fine (a manager could not tell where, or whether it drove)."""
+    rng = np.random.default_rng(5)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    detector = TruthDetector(projector, [], rng, miss=0.0, false_alarm=0.0)
+    agent = build_agent(cfg, outbox=tmp_path / "outbox.db", detector=detector, projector=projector)
+    feed = FixFeed(iter(fixes(20.0, 1.0, rng)), agent.position_filter)
+    stuck = frame(0)
+    for k in range(int(10 * FPS)):  # a stuck camera from the start: every frame after the first repeats it
+        t = virtual_mono(START + timedelta(seconds=k / FPS))
+        feed.until(t)
+        agent.pipeline.process(stuck, t)
+    at_10s = agent.health.snapshot()["fix"]
+    assert agent.pipeline.summary()["frames_repeated"] > 100
+    assert at_10s is not None and at_10s["speed_mps"] > 10
+    assert 100 < distance_m(LAT0, LON0, at_10s["lat"], at_10s["lon"]) < 140  # ~120 m up the road at 12 m/s
+    t = virtual_mono(START + timedelta(seconds=15))  # then no frames at all: `run` asks for the position itself
+    feed.until(t)
+    agent.pipeline.note_position(t)
+    at_15s = agent.health.snapshot()["fix"]
+    assert 160 < distance_m(LAT0, LON0, at_15s["lat"], at_15s["lon"]) < 200
+    agent.close()
+
+
+def test_a_pause_in_the_frames_is_not_read_as_a_slow_frame_rate(projector: GroundProjector, tmp_path: Path) -> None:
+    """The first frame after a 15 s freeze was measured across the gap: "a frame every 180 m while driving: too
+    slow for its speed" stood on the dashboard for up to a minute after the camera was fine again."""
+    rng = np.random.default_rng(6)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    detector = TruthDetector(projector, [], rng, miss=0.0, false_alarm=0.0)
+    agent = build_agent(cfg, outbox=tmp_path / "outbox.db", detector=detector, projector=projector)
+    feed = FixFeed(iter(fixes(30.0, 1.0, rng)), agent.position_filter)
+    for k in [*range(int(5 * FPS)), *range(int(20 * FPS), int(21 * FPS))]:  # no frames from 5 s to 20 s
+        t = virtual_mono(START + timedelta(seconds=k / FPS))
+        feed.until(t)
+        agent.pipeline.process(frame(k), t)
+    step = agent.health.snapshot()["m_per_frame"]
+    assert step is not None and step < 1.5, step  # 12 m/s at 15 fps: 0.8 m
+    agent.close()

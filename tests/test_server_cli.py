@@ -438,6 +438,27 @@ def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_
         with psycopg.connect(fresh_db) as conn:
             return conn.execute(sql).fetchall()
 
-    states = {sample.labels["state"]: sample.value for metric in DeviceCollector(fetch, 600.0).collect()
+    collected = list(DeviceCollector(fetch, 600.0).collect())
+    states = {sample.labels["state"]: sample.value for metric in collected
               if metric.name == "road_devices" for sample in metric.samples}
     assert states == {"online": 3.0, "stale": 1.0, "unknown": 1.0}
+    # One series per online device and problem: a frozen camera on a driving van fired no alert at all.
+    troubled = {(s.labels["device"], s.labels["problem"]) for metric in collected
+                if metric.name == "road_device_problems" for s in metric.samples}
+    assert troubled == {("veh-cam", "camera"), ("veh-cam", "clock"), ("veh-ok", "sparse_frames"),
+                        ("veh-gps", "camera"), ("veh-gps", "gnss")}
+    assert sorted(listed["veh-gps"]["problem_codes"]) == ["camera", "gnss"]
+
+    # The broker's Last Will for veh-gps (it vanished): offline, and what it last said stays (it replaced the
+    # whole status, so an offline van lost its last known problems and its place on the map).
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET last_fix = '{\"lat\": 48.1, \"lon\": 11.5}' WHERE id = 'veh-gps'")
+        will = {"state": "offline", "device_id": "veh-gps", "version": "0.3.0"}
+        store_batch(conn, Batch(statuses=[("veh-gps", will, now)]), AggregateConfig())
+        last_fix = conn.execute("SELECT last_fix FROM devices WHERE id = 'veh-gps'").fetchone()[0]
+    gone = {d["id"]: d for d in json.loads(cli.run("device", "ls", "--json").output)}["veh-gps"]
+    assert gone["state"] == "offline" and sorted(gone["problem_codes"]) == ["camera", "gnss"]
+    assert last_fix == {"lat": 48.1, "lon": 11.5}
+    troubled = {(s.labels["device"], s.labels["problem"]) for metric in DeviceCollector(fetch, 600.0).collect()
+                if metric.name == "road_device_problems" for s in metric.samples}
+    assert ("veh-gps", "camera") not in troubled  # offline: RoadDevicesOffline's to count, not a problem alert

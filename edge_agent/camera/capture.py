@@ -161,8 +161,8 @@ class FrameSource:
                     self.health.count("camera_reopens")
             got_any = self._read_until_broken(cap)
             cap.release()
-            if self.kind == "file":
-                break
+            if self.kind == "file" or self._stop.is_set():
+                break  # a stop is not a lost camera: every clean stop's last status said "camera lost"
             if got_any:
                 backoff = self.cfg.reopen_initial_s
             self._set_camera("lost")

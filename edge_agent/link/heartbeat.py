@@ -61,6 +61,8 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         # The health board's counters (events_no_fix, gnss_fixes, detector_errors, ...): `edge-agent status`
         # shows from them why tracks made no events.
         "counters": dict(snap.get("counters", {})),
+        # The last defect seen that could not be placed, when and why: the server names it while it is recent.
+        "last_unplaced": snap.get("last_unplaced"),
         "health": {k: snap.get(k) for k in HEALTH_KEYS if k in snap} | ({"broker": broker} if broker else {}),
     }
 

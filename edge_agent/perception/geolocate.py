@@ -220,9 +220,18 @@ class Geolocator:
         """Whether POSE may place a defect. A 'stale' pose (a long GNSS dropout) is a frozen position while the
         vehicle drove on: it would put the defect wherever the outage began. A pose whose 1-sigma exceeds
         events.max_pose_h_std_m is too uncertain to tell one defect from the next."""
-        if pose is None or pose.lat is None or getattr(pose, "state", None) == "stale":
-            return False
-        return float(pose.h_std_m) <= self.cfg.max_pose_h_std_m
+        return self.unplaceable_why(pose) is None
+
+    def unplaceable_why(self, pose: PoseLike | None) -> str | None:
+        """Why POSE may not place a defect, in words for the fleet's dashboard; None when it may."""
+        if pose is None or pose.lat is None:
+            return "no GNSS fix"
+        if getattr(pose, "state", None) == "stale":
+            return "GNSS fix stale (a dropout)"
+        if float(pose.h_std_m) > self.cfg.max_pose_h_std_m:
+            return (f"position too uncertain ({float(pose.h_std_m):.0f} m, events.max_pose_h_std_m "
+                    f"{self.cfg.max_pose_h_std_m:g})")
+        return None
 
     @staticmethod
     def to_world(box: GroundBox, pose: PoseLike, heading_deg: float) -> tuple[float, float]:

@@ -99,6 +99,8 @@ class LiveAgent:
                 elif camera.finished:  # a video file ended: latest() no longer waits, and the loop spun a core
                     self.stop_event.wait(0.5)
                 now = time.monotonic()
+                if frame is None and self.recorded is None:
+                    pipeline.note_position(now)  # no frames: the status still says where the van is
                 if not ready_sent and (frame is not None or now - started > STARTUP_WAIT_S):
                     sdnotify.ready(self.status_line())
                     ready_sent = True

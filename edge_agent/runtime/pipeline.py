@@ -22,6 +22,7 @@ from edge_agent.detect.detector import Detection, ModelInfo
 from edge_agent.gnss.kalman import Pose
 from edge_agent.gnss.motion import VehicleMotion
 from edge_agent.health import HealthBoard
+from edge_agent.link.outbox import utc_now_iso
 from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
 from edge_agent.perception.events import ModelRef, build_event
 from edge_agent.perception.geolocate import Geolocator, GroundBox
@@ -140,6 +141,7 @@ class Pipeline:
             # defect that stays put in the image while the road moved on) and split one pothole into two events.
             self.counts["frames_repeated"] += 1
             self.health.count("frames_repeated")
+            self.note_position(t_mono)
             return []
         detections, detector_ok = self._detect(image)
         if utc is None:
@@ -265,6 +267,11 @@ class Pipeline:
         if located is None:
             self.counts["events_no_fix"] += 1
             self.health.count("events_no_fix")
+            # When and why: the count alone stays for the agent's life, and said "no position" long after the
+            # receiver was back (and gave no reason while GNSS read ok but too uncertain).
+            last = track.observations[-1] if track.observations else None
+            pose = None if last is None else self.filter.position_at(last.t_mono) or last.pose
+            self.health.update(last_unplaced={"at": utc_now_iso(), "why": self.geo.unplaceable_why(pose)})
             # A defect the camera saw that cannot go on the map: worth a technician's eye (GNSS antenna, cold start).
             log.warning("track %d (%s, %d frames) had no usable position (no fix, stale or too uncertain); no event",
                         track.id, track.class_name, track.hits)
@@ -326,7 +333,9 @@ class Pipeline:
         return pose.speed_mps * (t_mono - self._prev_mono)
 
     def _note_frame(self, t_mono: float, pose: Pose | None) -> None:
-        if self._prev_mono is not None and t_mono > self._prev_mono:
+        # A pause longer than camera.no_frame_after_s is the camera's fault (no_frames, frozen), not the frame rate:
+        # the first frame after a 15 s freeze read "a frame every 180 m while driving" on the dashboard.
+        if self._prev_mono is not None and 0 < t_mono - self._prev_mono <= self.cfg.camera.no_frame_after_s:
             fps = 1.0 / (t_mono - self._prev_mono)
             self._fps = fps if self._fps is None else (1 - FPS_SMOOTHING) * self._fps + FPS_SMOOTHING * fps
             speed = None if pose is None else pose.speed_mps
@@ -335,13 +344,21 @@ class Pipeline:
                 self._m_per_frame = step if self._m_per_frame is None else \
                     (1 - FPS_SMOOTHING) * self._m_per_frame + FPS_SMOOTHING * step
         self._prev_mono = t_mono
-        fix = None
-        if pose is not None and pose.lat is not None:
-            fix = {"lat": round(pose.lat, 7), "lon": round(pose.lon, 7), "h_std_m": round(pose.h_std_m, 2),
-                   "speed_mps": None if pose.speed_mps is None else round(pose.speed_mps, 2),
-                   "heading_deg": None if pose.heading_deg is None else round(pose.heading_deg, 1),
-                   "state": pose.state}
         self.health.update(fps=None if self._fps is None else round(self._fps, 2),
                            m_per_frame=None if self._m_per_frame is None else round(self._m_per_frame, 2),
                            inference_ms=None if self._inference_ms is None else round(self._inference_ms, 2),
-                           fix=fix)
+                           fix=_fix_of(pose))
+
+    def note_position(self, t_mono: float) -> None:
+        """The vehicle's position at T_MONO on the health board although no frame was processed: with the camera
+        frozen, black or gone, the status carried no position, and the van vanished from the fleet's map."""
+        self.health.update(fix=_fix_of(self.filter.position_at(t_mono)))
+
+
+def _fix_of(pose: Pose | None) -> dict[str, Any] | None:
+    """The status's `fix`: the filtered position, None without one."""
+    if pose is None or pose.lat is None:
+        return None
+    return {"lat": round(pose.lat, 7), "lon": round(pose.lon, 7), "h_std_m": round(pose.h_std_m, 2),
+            "speed_mps": None if pose.speed_mps is None else round(pose.speed_mps, 2),
+            "heading_deg": None if pose.heading_deg is None else round(pose.heading_deg, 1), "state": pose.state}

@@ -1,0 +1,62 @@
+"""What the server says of a box from its last status (fleet_server.device_view): defects it could not place only
+while that is recent and with the reason, a clock that is off without blaming findings GNSS dated, long offsets
+in days; and what the agent sends for it (last_unplaced)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from edge_agent.config import AgentConfig
+from edge_agent.perception.geolocate import Geolocator
+from fleet_server.device_view import coded_problems, problems
+from roadmon_contract.validate import errors
+
+NOW = datetime(2026, 12, 6, 15, 0, tzinfo=UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def status(**fields: object) -> dict:
+    return {"state": "online", "sent_at": iso(NOW), **fields}
+
+
+def test_defects_without_a_position_are_a_problem_while_recent_and_say_why() -> None:
+    """The count is the agent's since it started: "43 defects seen without a usable position" stood for hours
+    after the receiver was back, and with GNSS ok but 98 m uncertain nothing said why."""
+    why = "position too uncertain (98 m, events.max_pose_h_std_m 10)"
+    recent = status(counters={"events_no_fix": 43}, last_unplaced={"at": iso(NOW - timedelta(minutes=4)), "why": why})
+    assert errors("status", recent) == []
+    assert problems(recent, NOW, None) == [f"43 defects seen without a usable position since the agent started, "
+                                           f"the last 4 min before its status: {why}"]
+    old = status(counters={"events_no_fix": 43}, last_unplaced={"at": iso(NOW - timedelta(hours=2)), "why": why})
+    assert problems(old, NOW, None) == []
+    older_agent = status(counters={"events_no_fix": 2})  # no last_unplaced: judged on its count, as before
+    assert coded_problems(older_agent, NOW, None) == [
+        ("unplaced", "2 defects seen without a usable position since the agent started")]
+
+
+def test_the_geolocator_says_why_a_pose_cannot_place_a_defect() -> None:
+    geo = Geolocator(AgentConfig().events)
+
+    class Pose:
+        def __init__(self, lat: float | None, h_std_m: float = 2.0, state: str = "ok") -> None:
+            self.lat, self.lon, self.h_std_m, self.state = lat, 11.0, h_std_m, state
+
+    assert geo.unplaceable_why(None) == "no GNSS fix"
+    assert geo.unplaceable_why(Pose(None)) == "no GNSS fix"
+    assert geo.unplaceable_why(Pose(48.0, state="stale")).startswith("GNSS fix stale")
+    assert geo.unplaceable_why(Pose(48.0, h_std_m=98.0)).startswith("position too uncertain (98 m")
+    assert geo.unplaceable_why(Pose(48.0)) is None and geo.placeable(Pose(48.0))
+
+
+def test_a_clock_that_is_off_blames_the_findings_only_when_gnss_does_not_date_them() -> None:
+    """Boxes 3 h behind, 40 days behind and 2 days ahead all read "its findings are dated wrongly" while every
+    captured_at was GNSS time; only a receiver without dates (GGA only) leaves the findings on the box's clock."""
+    behind = status(sent_at=iso(NOW - timedelta(hours=3)), clock_offset_vs_gnss_s=-10800.0)
+    [(code, words)] = coded_problems(behind, NOW, None)
+    assert code == "clock" and words.startswith("clock 3.0 h behind") and "dated by GNSS and are right" in words
+    undated = status(sent_at=iso(NOW - timedelta(days=40)))
+    [(_, words)] = coded_problems(undated, NOW, None)
+    assert words.startswith("clock 40.0 days behind") and "dated wrongly" in words
