@@ -377,17 +377,30 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#device-table tbody tr[data-device-id]"))
     states = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".state").text for r in rows}
     assert states == {"veh-a": "online", "veh-b": "offline"}
-    assert "9.6" in rows[0].text and "test-detector" in rows[0].text
-    problems = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".problems").text for r in rows}
-    assert problems == {"veh-a": "–", "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}
-    # Every column on screen within the side (Problems was cut off by the defects' 330 px, and could not be
-    # scrolled to), and the map beside it still there.
-    cut = browser.execute_script("""const side = document.querySelector('.sidebar').getBoundingClientRect();
-        return [...document.querySelectorAll('#device-table th')].filter((th) => {
-            const r = th.getBoundingClientRect(); return r.right > side.right + 1 || r.width < 20; })
-            .map((th) => th.textContent);""")
-    assert cut == []
+    assert "9.6" in rows[0].text
+    detail = {r.get_attribute("data-device-id"): browser.find_element(
+        By.CSS_SELECTOR, f'tr[data-detail-of="{r.get_attribute("data-device-id")}"]') for r in rows}
+    assert "test-detector" in detail["veh-a"].text
+    problems = {k: row.find_element(By.CSS_SELECTOR, ".problems").text for k, row in detail.items()}
+    assert problems == {"veh-a": "no problem reported",
+                        "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}
+    assert "1 of 2 boxes show a problem" in browser.find_element(By.ID, "device-summary").text
+    # Every column and every problem on screen within the side, down to an 800 px window (Problems, a column of
+    # its own, was cut off at 1024 px and narrower; scrolled to, the vehicle's name went out of sight), and the
+    # map beside it still there.
+    outside = """const side = document.querySelector('.sidebar').getBoundingClientRect();
+        return [...document.querySelectorAll('#device-table th, #device-table .problems')].filter((el) => {
+            const r = el.getBoundingClientRect(); return r.right > side.right + 1 || r.width < 20; })
+            .map((el) => el.textContent);"""
+    assert browser.execute_script(outside) == []
     assert browser.find_element(By.ID, "map").size["width"] > 500
+    size = browser.get_window_size()
+    try:
+        browser.set_window_size(800, size["height"])
+        wait.until(lambda d: d.execute_script("return window.innerWidth") <= 800)
+        assert browser.execute_script(outside) == []
+    finally:
+        browser.set_window_size(size["width"], size["height"])
     rows[0].click()  # centres the map on veh-a's last fix
     save_screenshot(browser, "dashboard-devices.png")
     assert script_errors(browser) == []

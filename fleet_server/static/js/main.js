@@ -278,7 +278,8 @@ async function loadDevices() {
     const body = await getJson("devices");
     const list = Array.isArray(body) ? body : body.devices || body.items || [];
     state.devices = list.map(deviceFields);
-    renderDevices($("device-table").tBodies[0], state.devices, (d) => state.map.focusDevice(d));
+    renderDevices($("device-table").tBodies[0], state.devices, (d) => state.map.focusDevice(d),
+      $("device-summary"));
     state.map.showDevices(state.devices);
   });
 }
