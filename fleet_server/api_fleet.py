@@ -29,7 +29,7 @@ from fleet_server.api_deps import (
     sync_point,
 )
 from fleet_server.auth import Principal
-from fleet_server.device_view import device_rows
+from fleet_server.device_view import PROBLEM_CODES, device_rows
 from fleet_server.health import checks as health_checks
 from fleet_server.metrics_auth import CHALLENGE, REFUSED, scrape_allowed
 from fleet_server.validate import as_utc
@@ -79,9 +79,42 @@ def me(who: Principal = Depends(principal)) -> dict:
     return {"name": who.name, "role": who.role, "device_id": who.device_id}
 
 
-@api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix, and why a "
-                             "box may be quiet (problems: its health, clock, refused messages)")
-def devices(request: Request, conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> list:
+STATES = ("online", "stale", "offline", "stopped", "revoked", "unknown")
+
+
+class Device(BaseModel):
+    id: str = Field(description="Device id (its MQTT login)")
+    name: str | None = Field(description="Display name, when given at `device add`")
+    state: Literal["online", "stale", "offline", "stopped", "revoked", "unknown"] = Field(
+        description="online: heartbeat recent; stale: online by its last status but silent for "
+                    "ingest.stale_after_s; offline: its connection dropped without a clean stop (the broker's Last "
+                    "Will: power cut at ignition-off, no network, the agent died); stopped: its agent stopped "
+                    "cleanly; revoked: credentials withdrawn; unknown: no status yet")
+    last_seen: str | None = Field(description="When the server last heard from it (UTC)")
+    queue_depth: int | None = Field(description="Unconfirmed records in its outbox, by its last status")
+    health: dict = Field(description="Its health board by its last status: camera (ok, frozen, blank, no_frames, "
+                                     "lost, ended, starting), gnss (ok, no_fix, stale, lost, starting) and "
+                                     "gnss_problem, detector (ok, failed), outbox (ok, degraded, full), uplink")
+    status_sent_at: str | None = Field(description="Its last status's sent_at, by the box's clock")
+    clock_offset_s: float | None = Field(description="Box clock minus the server's when that status arrived, s")
+    refused_24h: int = Field(description="Its messages the server refused in the last 24 h")
+    problems: list[str] = Field(description="Why the box may be quiet, in words (what its last status said for an "
+                                            "offline box)")
+    problem_codes: list[str] = Field(description="The same, one code each: camera, gnss, detector, outbox, clock, "
+                                                 "sparse_frames, unplaced, refused")
+    inference_ms: float | None = Field(description="Detector time per frame, by its last status")
+    last_fix: dict | None = Field(description="Its last known position: lat, lon, h_std_m, speed_mps, heading_deg")
+    fps: float | None = Field(description="Frames through the detector per second")
+    m_per_frame: float | None = Field(description="Metres driven per processed frame while moving")
+    model: dict | str | None = Field(description="The model it runs: name, version, sha256")
+    version: str | None = Field(description="Agent version")
+    disk_free_mb: float | None = Field(description="Free disk on the box, MB")
+    oldest_pending_at: str | None = Field(description="Its oldest unconfirmed record (UTC)")
+    created_at: str | None = Field(description="When it was added")
+    sightings: int = Field(description="Sightings it contributed")
+
+
+def _devices(request: Request, conn: psycopg.Connection) -> list[dict]:
     views = device_rows(conn, datetime.now(UTC), request.app.state.cfg.ingest.stale_after_s)
     rows = {r[0]: r[1:] for r in conn.execute("""
         SELECT id, inference_ms, last_fix, last_status, created_at,
@@ -98,6 +131,40 @@ def devices(request: Request, conn: psycopg.Connection = Depends(read_db), _who=
                            "oldest_pending_at": status.get("oldest_pending_at"), "created_at": _jsonable(created_at),
                            "sightings": sightings})
     return out
+
+
+@api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix, and why a "
+                             "box may be quiet (problems: its health, clock, refused messages)",
+         response_model=list[Device])
+def devices(request: Request,
+            state: str | None = Query(None, max_length=100, description="Comma list of states, e.g. "
+                                                                        "`offline,stale`"),
+            problem: str | None = Query(None, max_length=200, description="Comma list of problem codes: devices "
+                                                                          "with any of them, e.g. `camera,gnss`"),
+            conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> list[dict]:
+    states = _comma_list(state, "state", STATES)
+    codes = _comma_list(problem, "problem", PROBLEM_CODES)
+    return [d for d in _devices(request, conn)
+            if (states is None or d["state"] in states) and (codes is None or codes & set(d["problem_codes"]))]
+
+
+@api.get("/devices/{device_id}", summary="One device, as in the list", response_model=Device,
+         responses={404: {"description": "No such device"}})
+def device(request: Request, device_id: str, conn: psycopg.Connection = Depends(read_db),
+           _who=Depends(require("viewer"))) -> dict:
+    found = next((d for d in _devices(request, conn) if d["id"] == device_id), None)
+    if found is None:
+        raise HTTPException(404, f"no device {device_id[:64]!r}")
+    return found
+
+
+def _comma_list(value: str | None, name: str, allowed: tuple[str, ...]) -> set[str] | None:
+    if value is None:
+        return None
+    items = {v.strip() for v in value.split(",")}
+    if not items or not all(items) or not items <= set(allowed):
+        raise HTTPException(400, f"{name} takes a comma list of {', '.join(allowed)}")
+    return items
 
 
 @api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time (paginated by cursor)")

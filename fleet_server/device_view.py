@@ -20,6 +20,7 @@ CLOCK_OFF_S = 120.0
 UNPLACED_RECENT_S = 3600.0
 
 FINE = {"ok", "connected", "starting"}
+PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames", "unplaced", "refused")
 
 DEVICES = "SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices ORDER BY id"
 REJECTED_24H = """

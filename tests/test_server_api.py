@@ -464,6 +464,16 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     assert [f["properties"]["device_id"] for f in inside["features"]] == ["veh-c"]
     states = {d["id"]: d["state"] for d in client.get("/api/v1/devices", headers=viewer).json()}
     assert states == {"veh-c": "stale", "veh-x": "online", "veh-y": "online", "veh-p": "stopped"}
+    # A script asks for the devices in some states, or one device (a 400 named the state parameter unknown).
+    quiet = client.get("/api/v1/devices", params={"state": "stale,stopped"}, headers=viewer).json()
+    assert sorted(d["id"] for d in quiet) == ["veh-c", "veh-p"]
+    assert client.get("/api/v1/devices", params={"state": "asleep"}, headers=viewer).status_code == 400
+    assert client.get("/api/v1/devices", params={"problem": "camera"}, headers=viewer).json() == []
+    one = client.get("/api/v1/devices/veh-p", headers=viewer)
+    assert one.status_code == 200 and one.json()["state"] == "stopped" and one.json()["problem_codes"] == []
+    assert client.get("/api/v1/devices/veh-none", headers=viewer).status_code == 404
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Device"]["properties"]
+    assert {"state", "problems", "problem_codes", "last_fix", "health"} <= set(schema)  # was an untyped array
     # Model download: any valid token, by sha256 only.
     model = cfg.database.dsn_file.parent / "m.onnx"
     model.write_bytes(b"onnx-bytes")
