@@ -385,6 +385,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     assert problems == {"veh-a": "no problem reported",
                         "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}
     assert "1 of 2 boxes show a problem" in browser.find_element(By.ID, "device-summary").text
+    assert "vehicle with a problem" in browser.find_element(By.ID, "legend").text
     # Every column and every problem on screen within the side, down to an 800 px window (Problems, a column of
     # its own, was cut off at 1024 px and narrower; scrolled to, the vehicle's name went out of sight), and the
     # map beside it still there.

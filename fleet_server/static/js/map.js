@@ -212,9 +212,11 @@ export class DefectMap {
     this.devices.clearLayers();
     for (const d of devices) {
       if (!d.fix) continue;
+      // A vehicle with a problem is drawn red and its tooltip says what (every van was the same black dot).
+      const trouble = d.problems.length ? `<br>${d.problems.map(escapeHtml).join("<br>")}` : "";
       const marker = L.circleMarker([d.fix.lat, d.fix.lon], {
-        radius: 7, color: "#fff", weight: 2, fillColor: "#101828", fillOpacity: 0.9,
-      }).bindTooltip(`${escapeHtml(d.name)} · ${escapeHtml(d.state)}`);
+        radius: 7, color: "#fff", weight: 2, fillColor: d.problems.length ? "#d92d20" : "#101828", fillOpacity: 0.9,
+      }).bindTooltip(`${escapeHtml(d.name)} · ${escapeHtml(d.state)}${trouble}`);
       marker.deviceId = d.id;
       this.devices.addLayer(marker);
     }
@@ -234,6 +236,11 @@ function markerKey(d) {
   return `${d.status}|${d.severity}|${d.className}|${d.lat}|${d.lon}|${d.line ? JSON.stringify(d.line) : ""}`;
 }
 
+function vehicle(fill, label) {
+  return `<span><svg width="14" height="14"><circle cx="7" cy="7" r="5.5" fill="${fill}" stroke="#fff"
+    stroke-width="1.5"/></svg>${label}</span>`;
+}
+
 export function legendHtml() {
   const bands = [...SEVERITY_BANDS, UNKNOWN_SEVERITY].map((b) =>
     `<span><svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="${b.colour}" stroke="#101828"/></svg>${b.name}</span>`);
@@ -241,5 +248,6 @@ export function legendHtml() {
     `<span>${markerSvg(cls, 0.5, 13)}${label}</span>`);
   return `${bands.join("")}<br>${shapes.join("")}<span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
     stroke="#101828" stroke-width="3" stroke-dasharray="5 2"/></svg>crack line</span><span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
-    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span>`;
+    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span><br>${vehicle("#101828", "vehicle")}${
+    vehicle("#d92d20", "vehicle with a problem")}`;
 }
