@@ -98,6 +98,9 @@ class Device(BaseModel):
     status_sent_at: str | None = Field(description="Its last status's sent_at, by the box's clock")
     clock_offset_s: float | None = Field(description="Box clock minus the server's when that status arrived, s")
     refused_24h: int = Field(description="Its messages the server refused in the last 24 h")
+    last_speed_mps: float | None = Field(description="Its speed at its last status: for an offline or stale box, "
+                                                     "whether it went silent standing (ignition-off, likely) or "
+                                                     "driving (power or network lost on the road)")
     problems: list[str] = Field(description="Why the box may be quiet, in words (what its last status said for an "
                                             "offline box)")
     problem_codes: list[str] = Field(description="The same, one code each: camera, gnss, detector, outbox, clock, "

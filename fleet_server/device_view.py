@@ -137,10 +137,18 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float) -> list[dict[str
                     "last_seen": last_seen, "queue_depth": queue_depth,
                     "health": {k: v for k, v in (status.get("health") or {}).items() if k != "broker"},
                     "status_sent_at": status.get("sent_at"), "clock_offset_s": clock_offset_s(status, state_at),
-                    "refused_24h": refused.get(dev_id, (0, ""))[0],
+                    "refused_24h": refused.get(dev_id, (0, ""))[0], "last_speed_mps": _speed(status),
                     **_problem_fields(coded_problems(status, state_at, refused.get(dev_id)))})
     return out
 
 
 def _problem_fields(coded: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {"problems": [words for _, words in coded], "problem_codes": [code for code, _ in coded]}
+
+
+def _speed(status: dict[str, Any]) -> float | None:
+    """The vehicle's speed at its last status: a van that went silent standing was likely switched off at
+    ignition-off; one that went silent driving lost its power or its network on the road."""
+    fix = status.get("fix") if isinstance(status.get("fix"), dict) else {}
+    speed = fix.get("speed_mps")
+    return float(speed) if isinstance(speed, int | float) and not isinstance(speed, bool) else None

@@ -151,7 +151,8 @@ def seed(dsn: str, cfg: ServerConfig) -> Seeded:
             },
         ),
         ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0,
-                   "health": {"camera": "ok", "gnss": "lost"}}),
+                   "health": {"camera": "ok", "gnss": "lost"},
+                   "fix": {"lat": fix_lat, "lon": fix_lon, "speed_mps": 13.9}}),
     ]
     received = datetime.now(UTC)
     batch = Batch(
@@ -381,6 +382,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     detail = {r.get_attribute("data-device-id"): browser.find_element(
         By.CSS_SELECTOR, f'tr[data-detail-of="{r.get_attribute("data-device-id")}"]') for r in rows}
     assert "test-detector" in detail["veh-a"].text
+    assert "went silent driving at 50 km/h" in detail["veh-b"].text  # not a van switched off while parked
     problems = {k: row.find_element(By.CSS_SELECTOR, ".problems").text for k, row in detail.items()}
     assert problems == {"veh-a": "no problem reported",
                         "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}

@@ -19,7 +19,7 @@ export function renderDevices(tbody, devices, onSelect, summary) {
     detail.dataset.detailOf = d.id;
     detail.className = troubled ? "detail has-problems" : "detail";
     const problems = troubled ? d.problems.map((p) => `<div>${escapeHtml(p)}</div>`).join("") : "no problem reported";
-    detail.innerHTML = `<td colspan="5"><div class="problems">${problems}</div>
+    detail.innerHTML = `<td colspan="5">${silence(d)}<div class="problems">${problems}</div>
       <div class="model">${escapeHtml(d.model || "model –")}</div></td>`;
     for (const row of [tr, detail]) {
       row.title = d.fix ? "show the last known position on the map" : "no position reported yet";
@@ -36,6 +36,14 @@ export function renderDevices(tbody, devices, onSelect, summary) {
       `${sorted.length} boxes, none shows a problem`;
     summary.classList.toggle("has-problems", troubled > 0);
   }
+}
+
+// A silent van: standing at its last status is most likely switched off at ignition-off; driving, it lost its
+// power or its network on the road. Both read "offline" alike.
+function silence(d) {
+  if (!["offline", "stale"].includes(d.state) || d.lastSpeed === null) return "";
+  const how = d.lastSpeed < 1 ? "standing (ignition-off?)" : `driving at ${Math.round(d.lastSpeed * 3.6)} km/h`;
+  return `<div class="silence">went silent ${how}</div>`;
 }
 
 // "15:47" today, "12-05 15:47" before (UTC, as every time on the dashboard): the full stamp took four lines.

@@ -134,6 +134,8 @@ export function deviceFields(d) {
     queueDepth: first(d, "queue_depth") ?? first(status, "queue_depth"),
     fps: first(d, "fps") ?? first(status, "fps"),
     problems: Array.isArray(d.problems) ? d.problems : [],
+    lastSpeed: Number.isFinite(Number(d.last_speed_mps)) && d.last_speed_mps !== null ? Number(d.last_speed_mps)
+      : null,
     model: typeof model === "object" && model ? [model.name, model.version].filter(Boolean).join(" ") : model,
     fix: fix && Number.isFinite(Number(fix.lat)) && Number.isFinite(Number(fix.lon))
       ? { lat: Number(fix.lat), lon: Number(fix.lon) } : null,
