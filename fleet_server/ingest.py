@@ -150,6 +150,10 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
     """Per device: the committed ids, plus `rejected` [{id, reason}] for its messages that will never be
     accepted (they are kept in the dead-letter table), so an agent may stop re-sending them."""
     out = {device: dict(ids) for device, ids in stored.acks.items()}
+    for device, status, _ in batch.statuses:
+        if status.get("awaiting_server") is True:  # an agent backing off learns that the server is back
+            message = out.setdefault(device, {"event_ids": [], "coverage_ids": []})
+            message["status_seen"] = status.get("sent_at")  # the key is what counts; sent_at names the status
     for r in batch.rejected + stored.conflicts:
         if r.ref is None or r.device_id is None:
             continue

@@ -893,3 +893,23 @@ def test_a_pause_in_the_frames_is_not_read_as_a_slow_frame_rate(projector: Groun
     step = agent.health.snapshot()["m_per_frame"]
     assert step is not None and step < 1.5, step  # 12 m/s at 15 fps: 0.8 m
     agent.close()
+
+
+def test_a_freeze_is_judged_on_the_metres_really_driven(projector: GroundProjector, tmp_path: Path) -> None:
+    """The metres since the last kept frame were summed per repeated frame, so a freeze of 30 m read 300 m, and at
+    a crawl the 5 m rule fired after 3.6 m."""
+    rng = np.random.default_rng(7)
+    cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)}})
+    detector = TruthDetector(projector, [], rng, miss=0.0, false_alarm=0.0)
+    agent = build_agent(cfg, outbox=tmp_path / "outbox.db", detector=detector, projector=projector)
+    feed = FixFeed(iter(fixes(12.0, 0.3, rng, path=lambda t: (0.0, 1.2 * t, 0.0, 1.2))), agent.position_filter)
+    seen, stuck = {}, rng.integers(0, 255, (H, W, 3)).astype(np.uint8)  # a picture, not a black frame
+    for k in range(2, 2 * 8):  # 2 fps of one picture (0.6 m apart: each a repeat) while the van rolls at 1.2 m/s
+        t = virtual_mono(START + timedelta(seconds=k / 2))
+        feed.until(t)
+        agent.health.frame_arrived(t)  # as the capture does
+        agent.pipeline.process(stuck, t)
+        seen[k / 2] = agent.health.snapshot()["camera"]
+    assert seen[4.5] != "frozen", seen  # 4.2 m since the first picture (the old sum: over 12 m)
+    assert seen[6.0] == "frozen", seen  # past 5 m and camera.no_frame_after_s
+    agent.close()

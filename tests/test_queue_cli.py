@@ -290,6 +290,18 @@ def test_status_opens_with_the_camera_and_says_what_its_state_means(box) -> None
     assert "detector │ failed (detector fails: nothing is detected)" in table
 
 
+def test_status_shows_the_uplinks_window_and_a_backed_off_timeout(box) -> None:
+    """docs/store-and-forward.md said `status` showed the flow control; it was only in the status file, while a
+    technician asked why a box's rows waited minutes after the server came back."""
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", camera="ok")
+    flow = {"window": 4, "ack_timeout_s": 320.0, "backed_off": True, "ack_latency_s": 0.21, "timeouts": 6}
+    write_beat(box, health, uplink={"flow": flow})
+    assert json.loads(run("status", "--config", box["config"], "--json"))["flow"] == flow
+    assert ("uplink │ 4 rows in flight at most, ack timeout 5 min, acks take 0.2 s (backed off: the server has "
+            "not answered)") in status_table(box)
+
+
 def test_status_has_one_last_fix_and_a_stopped_agents_gnss_is_history(box) -> None:
     """During `run` the status showed `GNSS │ ok, last fix 15 s ago` beside `last fix │ -` (the pipeline's
     position at its last frame, with no frame processed yet); after a stop `GNSS ok` as if the receiver still

@@ -123,3 +123,31 @@ def test_a_replayed_drive_the_server_refuses_is_reported_everywhere(make_cfg, wo
     assert delivery["level"] == "red" and "refused by the server in the last 24 h" in delivery["summary"]
     assert "older than 30 days (the server's ingest.horizon_days)" in delivery["summary"], delivery["summary"]
     assert delivery["data"]["rejected_recent"] == 2 * first
+
+
+def test_an_agent_backing_off_resumes_as_soon_as_the_server_is_back(make_cfg, workers, mqtt_device,  # noqa: F811
+                                                                     service_info, tmp_path: Path) -> None:
+    """The fleet server away for 6 minutes: the agent's wait for an ack had doubled round after round, and its rows
+    reached the map 4.5 minutes after the server was back (up to ack_timeout_max_s, 30 minutes, after a longer
+    maintenance), fresh defects queued behind them. Its heartbeat now asks, and the server's ack says it is back."""
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device])
+    [worker] = workers(cfg, 1)
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), ack_timeout_s=0.5,
+                               heartbeat_s=0.5), device, outbox, HealthBoard())
+    uplink.start()
+    try:
+        wait_for(lambda: uplink.state == "connected", 30, "the uplink connected")
+        worker.stop()  # the server goes away: what the agent sends now is lost
+        for i in range(5):
+            assert outbox.add_event(make_event(outbox, severity=i / 10, device_id=device, captured_at=utc_now_iso()))
+        wait_for(lambda: uplink.flow.timeout_s >= 16, 60, "the agent backed off round after round")
+        workers(cfg, 1)  # the server is back
+        back = time.monotonic()
+        wait_for(lambda: outbox.stats()["queue_depth"] == 0, 60, "the server confirmed everything")
+        took = time.monotonic() - back
+    finally:
+        uplink.stop()
+    assert took < 8, f"{took:.1f} s after the server was back (the backed-off wait was 16 s or more)"
+    assert uplink.counters["server_back"] >= 1

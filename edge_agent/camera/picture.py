@@ -54,13 +54,17 @@ class PictureWatch:
         self._fault: str | None = None
         health.picture(None)  # a pipeline built anew (a model update) must not keep its predecessor's verdict
 
-    def look(self, image: np.ndarray, t_mono: float, moved_m: float | None) -> bool:
-        """Judge IMAGE taken at T_MONO after the vehicle drove MOVED_M (None: unknown); True if it is a repeat."""
+    def look(self, image: np.ndarray, t_mono: float, moved_m: float | None, step_m: float | None = None) -> bool:
+        """Judge IMAGE taken at T_MONO after the vehicle drove MOVED_M since the last frame the pipeline kept and
+        STEP_M since the last frame of all (the same unless frames were dropped as repeats; None: unknown); True
+        if it is a repeat."""
         thumb = thumbnail(image)
         last, self._thumb = self._thumb, thumb
         repeated = _same(thumb, last) and moved_m is not None and moved_m >= REPEAT_MIN_MOVE_M
         if _same(thumb, self._still):
-            self._still_m += moved_m or 0.0  # a parked vehicle drives no metres: its still view proves nothing
+            # Per frame: summing the distance since the last kept frame counted 30 m of a freeze as 300 m.
+            # A parked vehicle drives no metres: its still view proves nothing.
+            self._still_m += (moved_m if step_m is None else step_m) or 0.0
         else:
             self._still, self._still_since, self._still_m = thumb, t_mono, 0.0
         if not is_blank(thumb):

@@ -78,6 +78,9 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         # sending junk this grows while no event is sent.
         "events_no_fix": _counter(agent, "events_no_fix"),
         "status_at": (agent or {}).get("sent_at"),
+        # The uplink's flow control: window, ack timeout (doubled per round while the server does not answer)
+        # and measured ack latency; docs/store-and-forward.md said status showed them, and it did not.
+        "flow": ((agent or {}).get("uplink") or {}).get("flow"),
         "disk_free_mb": stats["disk_free_mb"],
         "outbox_mb": stats["db_mb"],
         "budget_mb": stats["budget_mb"],
@@ -214,6 +217,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("position", _position_text(info)),
         ("events without position", no_fix_text),
         ("broker", f"[{style}]{broker}[/{style}]"),
+        ("uplink", _flow_text(info["flow"])),
         ("queue depth", f"{info['queue_depth']} unconfirmed "
                         f"(events {info['events']['pending']} pending / {info['events']['sent']} sent, "
                         f"coverage {info['coverage']['pending'] + info['coverage']['sent']})"),
@@ -228,6 +232,16 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+def _flow_text(flow: dict[str, Any] | None) -> str:
+    """Window and ack timeout; yellow while the timeout is backed off past its usual value (the server silent)."""
+    if not isinstance(flow, dict) or flow.get("ack_timeout_s") is None:
+        return "-"
+    latency = flow.get("ack_latency_s")
+    text = (f"{flow.get('window')} rows in flight at most, ack timeout {seconds_text(flow['ack_timeout_s'])}"
+            + ("" if latency is None else f", acks take {latency:.1f} s"))
+    return f"[yellow]{text} (backed off: the server has not answered)[/yellow]" if flow.get("backed_off") else text
 
 
 def _rejected_text(info: dict[str, Any]) -> str:

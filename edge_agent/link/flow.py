@@ -87,5 +87,5 @@ class FlowControl:
         self.backoff = 1
 
     def snapshot(self) -> dict[str, float | int | None]:
-        return {"window": self.window, "ack_timeout_s": round(self.timeout_s, 2),
+        return {"window": self.window, "ack_timeout_s": round(self.timeout_s, 2), "backed_off": self.backoff > 1,
                 "ack_latency_s": None if self.srtt is None else round(self.srtt, 3), "timeouts": self.timeouts}

@@ -101,7 +101,7 @@ class Uplink:
         self.state = "stopped"
         self.last_error: str | None = None
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
-                         "bad_acks": 0, "connects": 0, "refused_logins": 0, "rejected": 0}
+                         "bad_acks": 0, "connects": 0, "refused_logins": 0, "rejected": 0, "server_back": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
@@ -460,6 +460,10 @@ class Uplink:
 
     def _publish_status(self, client: mqtt.Client, state: str) -> dict[str, Any]:
         status = build_status(state, self.device_id, self.outbox, self.health, broker=self.state)
+        # Backing off (rows went unconfirmed): the server answers a status that asks with `status_seen` in an ack,
+        # the sign that it is back (a 6-minute server outage took 4.5 minutes more to resume, and the wait doubles
+        # with every round, up to ack_timeout_max_s).
+        status["awaiting_server"] = self.flow.backoff > 1
         client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
         self._write_local_status(status)
         return status
@@ -588,6 +592,8 @@ class Uplink:
             return
         self._confirmed.extend(items)
         now = time.monotonic()
+        if "status_seen" in ack and self.flow.backoff > 1:
+            self._server_back()
         for key in items:  # the window opens at once; the rows are marked in the next write (<= WRITE_EVERY_S)
             pending = self._outstanding.pop(key, None)
             if pending is not None:
@@ -598,6 +604,18 @@ class Uplink:
                 log.warning("uplink: the server rejected %s for good: %s", item_id, reason)
                 self._outstanding.pop(("event", item_id), None)
                 self._outstanding.pop(("coverage", item_id), None)
+
+    def _server_back(self) -> None:
+        """The server answered while rows waited out a backed-off timeout: it is back (a restart, PostGIS back).
+        What it has not confirmed is sent again now, as after a reconnect, instead of after the doubled wait."""
+        log.info("uplink: the server answers again; sending the %d rows it has not confirmed", len(self._outstanding))
+        self.flow.on_reconnect()
+        self._outstanding.clear()
+        try:
+            self.outbox.retry()  # every unconfirmed row due now (each waited for its backed-off due time)
+        except sqlite3.OperationalError as exc:  # the rows come due at their own time instead
+            log.warning("uplink: could not make the unconfirmed rows due: %s", exc)
+        self.counters["server_back"] += 1
 
     def _on_cmd(self, name: str, payload: bytes) -> None:
         handler = self._handlers.get(name)

@@ -83,7 +83,8 @@ class Pipeline:
         self.coverage = CoverageRecorder(cfg.device.id, cfg.events, outbox.add_coverage, self.model.sha256, footprint)
         self.recent = RecentReports(cfg.tracker)
         self.motion = VehicleMotion(cfg.tracker.heading_min_speed_mps)
-        self._prev_mono: float | None = None
+        self._prev_mono: float | None = None    # the last processed frame's time
+        self._looked_mono: float | None = None  # the last frame's, repeated or not
         self._fps: float | None = None
         self._m_per_frame: float | None = None
         self.picture = PictureWatch(self.health, cfg.camera.no_frame_after_s)
@@ -136,7 +137,9 @@ class Pipeline:
             self._check_frame_size(image)
         self.counts["frames"] += 1
         pose = self.filter.position_at(t_mono)
-        if self.picture.look(image, t_mono, self._moved_m(t_mono, pose)):
+        looked, self._looked_mono = self._looked_mono, t_mono
+        if self.picture.look(image, t_mono, self._moved_m(t_mono, pose, self._prev_mono),
+                             step_m=self._moved_m(t_mono, pose, looked)):
             # The same picture although the vehicle moved: fed to the tracker it contradicts the motion (a
             # defect that stays put in the image while the road moved on) and split one pothole into two events.
             self.counts["frames_repeated"] += 1
@@ -326,11 +329,12 @@ class Pipeline:
                 return pose, obs.heading_deg
         return None, best.heading_deg
 
-    def _moved_m(self, t_mono: float, pose: Pose | None) -> float | None:
-        """Metres driven since the last frame, by the filter's speed (None: unknown)."""
-        if self._prev_mono is None or pose is None or pose.speed_mps is None:
+    @staticmethod
+    def _moved_m(t_mono: float, pose: Pose | None, since: float | None) -> float | None:
+        """Metres driven since SINCE, by the filter's speed (None: unknown)."""
+        if since is None or pose is None or pose.speed_mps is None:
             return None
-        return pose.speed_mps * (t_mono - self._prev_mono)
+        return pose.speed_mps * (t_mono - since)
 
     def _note_frame(self, t_mono: float, pose: Pose | None) -> None:
         # A pause longer than camera.no_frame_after_s is the camera's fault (no_frames, frozen), not the frame rate:
