@@ -33,7 +33,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from fleet_server import auth
 from fleet_server.api import create_app
-from fleet_server.config import ApiConfig, DatabaseConfig, ServerConfig
+from fleet_server.config import ApiConfig, DatabaseConfig, MqttConfig, ServerConfig
 from fleet_server.dashboard import dashboard_router, dashboard_settings
 from fleet_server.migrate import migrate
 from fleet_server.store import Batch, store_batch
@@ -192,13 +192,15 @@ UNREACHABLE_TILES = "http://127.0.0.1:9/{z}/{x}/{y}.png"
 
 
 @pytest.fixture
-def server(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+def server(fresh_db: str, service_info, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
     migrate(fresh_db)
     sock = socket.socket()  # bound here and handed to uvicorn: the port the OS chose stays ours
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    cfg = ServerConfig(database=DatabaseConfig(dsn=fresh_db), api=ApiConfig(port=port))
+    # The local broker: /health checks it, and a server that cannot reach one says so on the page.
+    cfg = ServerConfig(database=DatabaseConfig(dsn=fresh_db), api=ApiConfig(port=port),
+                       mqtt=MqttConfig(host=service_info.mqtt_host, port=service_info.mqtt_port))
     seeded = seed(fresh_db, cfg)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         tokens = {role: auth.create_token(conn, role, f"test-{role}") for role in ("viewer", "manager")}
@@ -486,6 +488,26 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
         assert sum("since_token" not in r for r in requests) == 1, requests  # everything: at sign-in only
         assert any("since_token" in r for r in requests), requests
     assert script_errors(browser) == []
+
+
+def test_a_degraded_server_says_the_vehicles_states_are_as_last_heard(server: Server, browser) -> None:
+    """With the broker killed every van read "online, no problems" on the dashboard while /health said ingest was
+    disconnected: what the server last heard passed for what the fleet does now."""
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    wait.until(lambda d: "updated" in d.find_element(By.ID, "status-line").text)
+    assert "degraded" not in browser.find_element(By.ID, "status-line").text
+    browser.execute_script("""
+        const real = window.fetch;
+        window.fetch = async (url, options) => String(url) === 'health'
+          ? new Response(JSON.stringify({status: 'degraded', database: 'ok', broker: '1 of 1 workers disconnected',
+                                         ingest: 'ok'}), {status: 503, headers: {'Content-Type': 'application/json'}})
+          : real(url, options);""")
+    browser.find_element(By.ID, "refresh").click()
+    wait.until(lambda d: "degraded" in d.find_element(By.ID, "status-line").text)
+    line = browser.find_element(By.ID, "status-line").text
+    assert "server degraded (broker: 1 of 1 workers disconnected): vehicles' states are as last heard" in line
+    assert "error" in browser.find_element(By.ID, "status-line").get_attribute("class")
 
 
 def test_an_older_api_server_met_in_a_rolling_upgrade_makes_a_whole_load_not_an_error(server: Server,

@@ -19,7 +19,7 @@ import pytest
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fleet_server import auth
-from fleet_server.config import ApiConfig, DatabaseConfig, ServerConfig
+from fleet_server.config import ApiConfig, DatabaseConfig, MqttConfig, ServerConfig
 from fleet_server.migrate import migrate
 from roadmon_contract.geodesy import offset_latlon
 from scripts import demo
@@ -54,20 +54,21 @@ def seed_city(dsn: str, defects: int) -> None:
         cur.execute("SELECT setval('defects_id_seq', %s)", (defects,))
 
 
-def served_city(dsn: str, monkeypatch: pytest.MonkeyPatch, api: ApiConfig) -> Iterator[tuple[str, str]]:
+def served_city(dsn: str, monkeypatch: pytest.MonkeyPatch, api: ApiConfig, broker) -> Iterator[tuple[str, str]]:
     """DEFECTS seeded and the API serving them: (its base URL, a viewer's token)."""
     monkeypatch.setenv("ROADMON_TILE_URL", UNREACHABLE_TILES)
     migrate(dsn)
     seed_city(dsn, DEFECTS)
     with psycopg.connect(dsn, autocommit=True) as conn:
         viewer = auth.create_token(conn, "viewer", "test-city")
-    with serve_api(ServerConfig(database=DatabaseConfig(dsn=dsn), api=api)) as url:
+    mqtt = MqttConfig(host=broker.mqtt_host, port=broker.mqtt_port)  # /health checks it; the page says when it fails
+    with serve_api(ServerConfig(database=DatabaseConfig(dsn=dsn), api=api, mqtt=mqtt)) as url:
         yield url, viewer
 
 
 @pytest.fixture
-def city(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    yield from served_city(fresh_db, monkeypatch, ApiConfig())
+def city(fresh_db: str, service_info, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    yield from served_city(fresh_db, monkeypatch, ApiConfig(), service_info)
 
 
 def open_dashboard(tmp_path, url: str, viewer: str, width: int = 1440, height: int = 900):
@@ -129,8 +130,9 @@ def test_filters_changed_while_markers_load_leave_exactly_the_shown_defects(city
 
 
 @pytest.fixture
-def capped_city(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    yield from served_city(fresh_db, monkeypatch, ApiConfig(max_page_size=50))  # 200 pages of 50: 10,000 load
+def capped_city(fresh_db: str, service_info, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    # 200 pages of 50: 10,000 load
+    yield from served_city(fresh_db, monkeypatch, ApiConfig(max_page_size=50), service_info)
 
 
 def test_an_answer_the_page_cap_cuts_short_says_so(capped_city, tmp_path) -> None:

@@ -92,3 +92,15 @@ export async function dashboardConfig() {
   }
   return {};
 }
+
+// The server's own /health (no token): "ok", or what is degraded. Null when it cannot be read (an older server,
+// a proxy that keeps /health private): then nothing is said.
+export async function serverHealth() {
+  try {
+    const response = await fetch("health", { cache: "no-store" });
+    const body = await response.json();
+    return body && typeof body === "object" ? body : null;
+  } catch {
+    return null;
+  }
+}

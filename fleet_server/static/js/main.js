@@ -1,6 +1,7 @@
 // Entry point: sign in with a token, then load defects, coverage and devices and keep the views in step.
 import {
-  AuthError, adoptTokenFromUrl, clearToken, dashboardConfig, describe, download, getJson, getToken, query, setToken,
+  AuthError, adoptTokenFromUrl, clearToken, dashboardConfig, describe, download, getJson, getToken, query,
+  serverHealth, setToken,
 } from "./api.js";
 import { DefectMap, legendHtml } from "./map.js";
 import { applyFilters, fillClassOptions, readFilters, renderCounts, renderList } from "./filters.js";
@@ -146,7 +147,7 @@ async function loadAllOnce(quiet) {
   if (!quiet) setStatus("loading…");
   state.failure = null;
   state.cut = [];
-  await Promise.all([loadDefects(), loadDevices()]);
+  const [health] = await Promise.all([serverHealth(), loadDefects(), loadDevices()]);
   await loadCoverage(); // its default period follows the defects
   state.map.fitOnce();
   if (state.failure) {
@@ -161,7 +162,12 @@ async function loadAllOnce(quiet) {
   const cut = state.cut.length ? `; ${state.cut.join("; ")}` : "";
   const notice = state.notice ? `; ${state.notice}` : "";
   state.notice = null;
-  setStatus(`updated ${clock(state.loadedAt)}${cut}${notice}`, Boolean(cut));
+  // With the broker down (or ingest stalled) every van still read "online, no problems": what the server last
+  // heard is not what the fleet does now.
+  const degraded = health && health.status === "degraded" ? `; server degraded (${Object.entries(health)
+    .filter(([k, v]) => k !== "status" && v && v !== "ok").map(([k, v]) => `${k}: ${v}`).join(", ")
+  }): vehicles' states are as last heard` : "";
+  setStatus(`updated ${clock(state.loadedAt)}${cut}${notice}${degraded}`, Boolean(cut) || Boolean(degraded));
 }
 
 // A city's year is 100,000 defects (~50 MB of GeoJSON): a refresh loads only what changed since the last load,
