@@ -17,9 +17,13 @@ from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M
 # its events are dated wrongly (and refused once older than ingest.horizon_days). Transit takes seconds.
 CLOCK_OFF_S = 120.0
 # Defects the box could not place count as a problem while the last one is this recent (seconds before the status).
-UNPLACED_RECENT_S = 3600.0
+# Under RoadDeviceProblem's 15 minutes: one tunnel never pages, a receiver that keeps failing does (an hour paged
+# for an hour after a single dropout, with nothing left to fix).
+UNPLACED_RECENT_S = 600.0
 
-FINE = {"ok", "connected", "starting"}
+# "ended": a video file as the camera (a replay, the demo) came to its end, as it should.
+FINE = {"ok", "connected", "starting", "ended"}
+HEALTH_PARTS = ("camera", "gnss", "detector", "outbox")
 PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames", "unplaced", "refused")
 
 DEVICES = "SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices ORDER BY id"
@@ -58,12 +62,15 @@ def coded_problems(status: dict[str, Any], received_at: datetime | None,
     unplaced, refused), for scripts and the road_device_problems metric."""
     out = []
     health = status.get("health") if isinstance(status.get("health"), dict) else {}
-    for part, value in health.items():
-        if part in ("broker", "gnss_problem") or value is None or value in FINE:
+    for part in HEALTH_PARTS:
+        value = health.get(part)
+        # Only the parts an agent reports, by their string states: a status with {"camera": {"a": 1}} took the
+        # devices API, /metrics and `device ls` down (unhashable), and any name became a metric label.
+        if not isinstance(value, str) or value in FINE:
             continue
-        words = HEALTH_WORDS.get((part, value), f"{part} {value}")
+        words = HEALTH_WORDS.get((part, value), f"{part} {value[:40]}")
         why = health.get("gnss_problem") if part == "gnss" else None  # the reader's reason: junk is not silence
-        out.append((str(part), f"{words} ({why})" if isinstance(why, str) and why else words))
+        out.append((part, f"{words} ({why[:300]})" if isinstance(why, str) and why else words))
     offset = clock_offset_s(status, received_at)
     if offset is not None and abs(offset) > CLOCK_OFF_S:
         side = "ahead of" if offset > 0 else "behind"
@@ -93,7 +100,7 @@ def _unplaced(status: dict[str, Any]) -> str | None:
     time against the status's), which may be off; an agent before `last_unplaced` is judged on its count."""
     counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
     count = counters.get("events_no_fix")
-    if not isinstance(count, int) or count <= 0:
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
         return None
     text = f"{count} defects seen without a usable position since the agent started"
     if "last_unplaced" not in status:
@@ -133,9 +140,10 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float) -> list[dict[str
     out = []
     for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth in rows:
         status = status if isinstance(status, dict) else {}
+        health = status.get("health") if isinstance(status.get("health"), dict) else {}
         out.append({"id": dev_id, "name": name, "state": state_of(state, last_seen, revoked_at, now, stale_after_s),
                     "last_seen": last_seen, "queue_depth": queue_depth,
-                    "health": {k: v for k, v in (status.get("health") or {}).items() if k != "broker"},
+                    "health": {k: v for k, v in health.items() if k != "broker" and (v is None or isinstance(v, str))},
                     "status_sent_at": status.get("sent_at"), "clock_offset_s": clock_offset_s(status, state_at),
                     "refused_24h": refused.get(dev_id, (0, ""))[0], "last_speed_mps": _speed(status),
                     **_problem_fields(coded_problems(status, state_at, refused.get(dev_id)))})
@@ -150,5 +158,7 @@ def _speed(status: dict[str, Any]) -> float | None:
     """The vehicle's speed at its last status: a van that went silent standing was likely switched off at
     ignition-off; one that went silent driving lost its power or its network on the road."""
     fix = status.get("fix") if isinstance(status.get("fix"), dict) else {}
+    if fix.get("state") == "stale":  # the filter coasting on its last speed through a GNSS outage
+        return None
     speed = fix.get("speed_mps")
     return float(speed) if isinstance(speed, int | float) and not isinstance(speed, bool) else None

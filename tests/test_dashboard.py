@@ -150,7 +150,7 @@ def seed(dsn: str, cfg: ServerConfig) -> Seeded:
                 "fix": {"lat": fix_lat, "lon": fix_lon, "mode": 3},
             },
         ),
-        ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0,
+        ("veh-b", {"state": "offline", "device_id": "veh-b", "queue_depth": 0, "sent_at": now.isoformat(),
                    "health": {"camera": "ok", "gnss": "lost"},
                    "fix": {"lat": fix_lat, "lon": fix_lon, "speed_mps": 13.9}}),
     ]
@@ -406,7 +406,17 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
         assert browser.execute_script(outside) == []
     finally:
         browser.set_window_size(size["width"], size["height"])
+    # A vehicle's tooltip with its problems stays on the map (one line of 600 px ran off both edges), one at a time.
+    rows[1].click()
+    tip = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip.vehicle-tip"))
+    assert "GNSS receiver sends nothing usable" in tip[0].text
+    inside = browser.execute_script("""const map = document.getElementById('map').getBoundingClientRect();
+        return [...document.querySelectorAll('.leaflet-tooltip.vehicle-tip')].every((t) => {
+            const r = t.getBoundingClientRect();
+            return r.left >= map.left && r.right <= map.right && r.top >= map.top; });""")
+    assert inside
     rows[0].click()  # centres the map on veh-a's last fix
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip.vehicle-tip")) == 1)
     save_screenshot(browser, "dashboard-devices.png")
     assert script_errors(browser) == []
 

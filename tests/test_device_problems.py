@@ -30,7 +30,7 @@ def test_defects_without_a_position_are_a_problem_while_recent_and_say_why() -> 
     assert errors("status", recent) == []
     assert problems(recent, NOW, None) == [f"43 defects seen without a usable position since the agent started, "
                                            f"the last 4 min before its status: {why}"]
-    old = status(counters={"events_no_fix": 43}, last_unplaced={"at": iso(NOW - timedelta(hours=2)), "why": why})
+    old = status(counters={"events_no_fix": 43}, last_unplaced={"at": iso(NOW - timedelta(minutes=11)), "why": why})
     assert problems(old, NOW, None) == []
     older_agent = status(counters={"events_no_fix": 2})  # no last_unplaced: judged on its count, as before
     assert coded_problems(older_agent, NOW, None) == [
@@ -46,7 +46,7 @@ def test_the_geolocator_says_why_a_pose_cannot_place_a_defect() -> None:
 
     assert geo.unplaceable_why(None) == "no GNSS fix"
     assert geo.unplaceable_why(Pose(None)) == "no GNSS fix"
-    assert geo.unplaceable_why(Pose(48.0, state="stale")).startswith("GNSS fix stale")
+    assert geo.unplaceable_why(Pose(48.0, state="stale")).startswith("no GNSS fix for a while")
     assert geo.unplaceable_why(Pose(48.0, h_std_m=98.0)).startswith("position too uncertain (98 m")
     assert geo.unplaceable_why(Pose(48.0)) is None and geo.placeable(Pose(48.0))
 
@@ -60,3 +60,14 @@ def test_a_clock_that_is_off_blames_the_findings_only_when_gnss_does_not_date_th
     undated = status(sent_at=iso(NOW - timedelta(days=40)))
     [(_, words)] = coded_problems(undated, NOW, None)
     assert words.startswith("clock 40.0 days behind") and "dated wrongly" in words
+
+
+def test_a_status_with_odd_health_values_names_no_problem_of_them_and_breaks_nothing() -> None:
+    """{"camera": {"a": 1}} in one box's health took the devices API, /metrics and `device ls` down (unhashable),
+    and revoking the box did not bring them back; any part name became a problem code and a metric label; a
+    video file that ended (the demo's box) read as a camera fault."""
+    odd = status(health={"camera": {"a": 1}, "gnss": [1], "lidar": "<img>", "Camera ": "x", "detector": "failed"},
+                 counters={"events_no_fix": True})
+    assert errors("status", odd) != []  # the server refuses such a status now
+    assert coded_problems(odd, NOW, None) == [("detector", "detector fails: nothing is detected")]
+    assert problems(status(health={"camera": "ended", "gnss": "ok"}), NOW, None) == []

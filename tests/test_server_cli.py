@@ -462,3 +462,26 @@ def test_device_ls_says_why_a_box_is_quiet_as_the_api_and_metrics_do(cli, fresh_
     troubled = {(s.labels["device"], s.labels["problem"]) for metric in DeviceCollector(fetch, 600.0).collect()
                 if metric.name == "road_device_problems" for s in metric.samples}
     assert ("veh-gps", "camera") not in troubled  # offline: RoadDevicesOffline's to count, not a problem alert
+
+
+def test_one_box_with_odd_health_values_does_not_take_the_fleet_view_down(cli, fresh_db) -> None:
+    """A status stored with {"camera": {"a": 1}} (before the schema said a health value is a string) made
+    `device ls`, the devices API and /metrics fail for the whole fleet, and revoking the box did not help."""
+    from fleet_server.metrics import DeviceCollector
+
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("""INSERT INTO devices (id, state, last_seen, state_at, last_status) VALUES
+            ('v-odd', 'online', now(), now(), '{"state": "online", "health": {"camera": {"a": 1}, "gnss": [1]},
+              "counters": {"events_no_fix": true}, "fix": {"lat": 48, "lon": 11, "speed_mps": "fast"}}'),
+            ('v-ok', 'online', now(), now(), '{"state": "online", "health": {"camera": "frozen"}}')""")
+    listed = cli.run("device", "ls", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = {d["id"]: d for d in json.loads(listed.output)}
+    assert rows["v-odd"]["problems"] == [] and rows["v-ok"]["problem_codes"] == ["camera"]
+
+    def fetch(sql: str) -> list[tuple]:
+        with psycopg.connect(fresh_db) as conn:
+            return conn.execute(sql).fetchall()
+
+    names = {m.name for m in DeviceCollector(fetch, 600.0).collect()}
+    assert "road_device_problems" in names

@@ -227,7 +227,7 @@ class Geolocator:
         if pose is None or pose.lat is None:
             return "no GNSS fix"
         if getattr(pose, "state", None) == "stale":
-            return "GNSS fix stale (a dropout)"
+            return "no GNSS fix for a while (the last position is stale)"
         if float(pose.h_std_m) > self.cfg.max_pose_h_std_m:
             return (f"position too uncertain ({float(pose.h_std_m):.0f} m, events.max_pose_h_std_m "
                     f"{self.cfg.max_pose_h_std_m:g})")

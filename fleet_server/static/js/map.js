@@ -30,6 +30,8 @@ export class DefectMap {
       style: { color: "#1f6feb", weight: 4, opacity: 0.45 }, interactive: false,
       onEachFeature: (feature, layer) => this.coverageLines.set(feature.id, layer) });
     this.coverageLines = new Map(); // coverage id -> its line on the map
+    // Vehicles above the defects' markers and clusters (under them, 5 of 7 vans could not be seen).
+    this.map.createPane("vehicles").style.zIndex = 640;
     this.devices = L.layerGroup();
     this.lines = L.layerGroup(); // cracks: the line along each, under its marker
     this.coverage.addTo(this.map);
@@ -212,11 +214,14 @@ export class DefectMap {
     this.devices.clearLayers();
     for (const d of devices) {
       if (!d.fix) continue;
-      // A vehicle with a problem is drawn red and its tooltip says what (every van was the same black dot).
+      // A vehicle with a problem is drawn in its own colour (not a severity's) and its tooltip, wrapped to stay on
+      // the map, says what (every van was the same black dot).
       const trouble = d.problems.length ? `<br>${d.problems.map(escapeHtml).join("<br>")}` : "";
       const marker = L.circleMarker([d.fix.lat, d.fix.lon], {
-        radius: 7, color: "#fff", weight: 2, fillColor: d.problems.length ? "#d92d20" : "#101828", fillOpacity: 0.9,
-      }).bindTooltip(`${escapeHtml(d.name)} · ${escapeHtml(d.state)}${trouble}`);
+        pane: "vehicles", radius: 7, color: "#fff", weight: 2, fillOpacity: 0.95,
+        fillColor: d.problems.length ? VEHICLE_PROBLEM : VEHICLE,
+      }).bindTooltip(`<b>${escapeHtml(d.name)}</b> · ${escapeHtml(d.state)}${trouble}`,
+        { className: "vehicle-tip", direction: "top" });
       marker.deviceId = d.id;
       this.devices.addLayer(marker);
     }
@@ -225,8 +230,9 @@ export class DefectMap {
   focusDevice(device) {
     this.fitted = true;
     if (device.fix) this.map.setView([device.fix.lat, device.fix.lon], Math.max(this.map.getZoom(), 16));
-    this.devices.eachLayer((layer) => {
+    this.devices.eachLayer((layer) => {  // one at a time: each click left the last one open
       if (layer.deviceId === device.id) layer.openTooltip();
+      else layer.closeTooltip();
     });
   }
 }
@@ -235,6 +241,9 @@ export class DefectMap {
 function markerKey(d) {
   return `${d.status}|${d.severity}|${d.className}|${d.lat}|${d.lon}|${d.line ? JSON.stringify(d.line) : ""}`;
 }
+
+const VEHICLE = "#101828";
+const VEHICLE_PROBLEM = "#9e3ff0"; // not --sev-high: a red van beside red clusters could not be told apart
 
 function vehicle(fill, label) {
   return `<span><svg width="14" height="14"><circle cx="7" cy="7" r="5.5" fill="${fill}" stroke="#fff"
@@ -248,6 +257,6 @@ export function legendHtml() {
     `<span>${markerSvg(cls, 0.5, 13)}${label}</span>`);
   return `${bands.join("")}<br>${shapes.join("")}<span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
     stroke="#101828" stroke-width="3" stroke-dasharray="5 2"/></svg>crack line</span><span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
-    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span><br>${vehicle("#101828", "vehicle")}${
-    vehicle("#d92d20", "vehicle with a problem")}`;
+    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span><br>${vehicle(VEHICLE, "vehicle")}${
+    vehicle(VEHICLE_PROBLEM, "vehicle with a problem")}`;
 }
