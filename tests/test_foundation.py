@@ -45,6 +45,11 @@ def test_config_check_cli_exit_codes(tmp_path) -> None:
     assert good.exit_code == 0, good.output
     missing = CliRunner().invoke(app, ["config", "check", str(tmp_path / "nope.toml")])
     assert missing.exit_code == 1 and "file not found" in missing.output
+    # --config as every other command takes it (it was "No such option"), and the environment's.
+    assert CliRunner().invoke(app, ["config", "check", "--config", str(bad)]).exit_code == 1
+    assert CliRunner().invoke(app, ["config", "check"], env={"EDGE_AGENT_CONFIG": str(bad)}).exit_code == 1
+    unnamed = CliRunner().invoke(app, ["config", "check"], env={"EDGE_AGENT_CONFIG": ""})
+    assert unnamed.exit_code == 2 and "give the config file" in unnamed.output
     # Files it names that are not here: valid (a config may be made for another box), but said, with the
     # path a relative name now means (beside the config; an upgrade found it silently read elsewhere before).
     box = tmp_path / "box"

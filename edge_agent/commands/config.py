@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from edge_agent import config as agent_config
+from edge_agent.commands import config_option
 from edge_agent.config.paths import missing_files
 
 config_app = typer.Typer(help="Validate and show agent configuration files.", no_args_is_help=True)
@@ -15,8 +16,14 @@ err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy
 
 
 @config_app.command("check")
-def check(path: Path = typer.Argument(..., help="TOML config file to validate")) -> None:
-    """Validate FILE; print each problem with its key path; exit 1 when anything is wrong."""
+def check(path: Path | None = typer.Argument(None, help="TOML config file to validate"),
+          config: str | None = config_option(None, "The same, as every other command takes it")) -> None:
+    """Validate FILE (or --config, or $EDGE_AGENT_CONFIG); print each problem with its key path; exit 1 when
+    anything is wrong."""
+    # `config check --config FILE` was refused (no such option) although every other command takes --config.
+    if path is None and config is None:
+        raise typer.BadParameter("give the config file: `config check FILE` or --config FILE", param_hint="FILE")
+    path = path if path is not None else Path(config)
     try:
         cfg = agent_config.load(path)
     except agent_config.ConfigError as exc:
