@@ -357,6 +357,11 @@ class Pipeline:
         """The vehicle's position at T_MONO on the health board although no frame was processed: with the camera
         frozen, black or gone, the status carried no position, and the van vanished from the fleet's map."""
         self.health.update(fix=_fix_of(self.filter.position_at(t_mono)))
+        if self._prev_mono is not None and t_mono - self._prev_mono > self.cfg.camera.no_frame_after_s:
+            # No frame through the detector for a while: the last rate is history (a box without frames showed
+            # 4.9 fps), and the next one starts afresh.
+            self._fps = self._m_per_frame = None
+            self.health.update(fps=None, m_per_frame=None)
 
 
 def _fix_of(pose: Pose | None) -> dict[str, Any] | None:
