@@ -50,6 +50,11 @@ def known_query_only(request: Request) -> None:
     if unknown:
         raise HTTPException(400, f"unknown query parameter {unknown[0][:40]!r}; {request.url.path} takes "
                                  f"{', '.join(sorted(known)) or 'none'}")
+    # Every parameter takes one value (lists are comma lists): `state=online&state=stopped` used the last alone.
+    names = [name for name, _ in request.query_params.multi_items() if name not in CACHE_BUSTERS]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise HTTPException(400, f"query parameter {twice[0][:40]!r} given more than once; give a comma list "
+                                 "where it takes several values")
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -468,6 +468,8 @@ def test_coverage_stale_devices_models_and_cors(api) -> None:
     quiet = client.get("/api/v1/devices", params={"state": "stale,stopped"}, headers=viewer).json()
     assert sorted(d["id"] for d in quiet) == ["veh-c", "veh-p"]
     assert client.get("/api/v1/devices", params={"state": "asleep"}, headers=viewer).status_code == 400
+    twice = client.get("/api/v1/devices?state=stale&state=stopped", headers=viewer)  # used the last one alone
+    assert twice.status_code == 400 and "more than once" in twice.json()["detail"]
     assert client.get("/api/v1/devices", params={"problem": "camera"}, headers=viewer).json() == []
     one = client.get("/api/v1/devices/veh-p", headers=viewer)
     assert one.status_code == 200 and one.json()["state"] == "stopped" and one.json()["problem_codes"] == []
