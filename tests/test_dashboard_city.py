@@ -98,7 +98,11 @@ def settles_at(browser, expected: int, timeout_s: float = 60.0) -> int:
     deadline, last, same = time.monotonic() + timeout_s, -1, 0
     while time.monotonic() < deadline:
         now = markers_on_map(browser)
-        same = same + 1 if now == last else 0
+        # A load or a chunked redraw in progress is not settled, however long the count stays (with the CPU
+        # throttled 20 times, a refresh's parse outlasted ten looks and the old filter's count passed for settled).
+        busy = browser.execute_script("return document.body.dataset.loading === '1' || "
+                                      "document.body.dataset.mapBusy === '1'")
+        same = same + 1 if now == last and not busy else 0
         last = now
         if now == expected or same >= 10:  # ten looks a quarter second apart without a change: settled
             return now

@@ -139,7 +139,13 @@ async function guarded(work) {
 }
 
 function loadAll(quiet = false) {
-  if (!state.loading) state.loading = loadAllOnce(quiet).finally(() => { state.loading = null; });
+  if (!state.loading) {
+    document.body.dataset.loading = "1";
+    state.loading = loadAllOnce(quiet).finally(() => {
+      state.loading = null;
+      document.body.dataset.loading = "0";
+    });
+  }
   return state.loading;
 }
 
