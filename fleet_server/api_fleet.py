@@ -7,7 +7,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -79,13 +79,14 @@ def me(who: Principal = Depends(principal)) -> dict:
     return {"name": who.name, "role": who.role, "device_id": who.device_id}
 
 
-STATES = ("online", "stale", "offline", "stopped", "revoked", "unknown")
+State = Literal["online", "stale", "offline", "stopped", "revoked", "unknown"]
+STATES: tuple[str, ...] = get_args(State)
 
 
 class Device(BaseModel):
     id: str = Field(description="Device id (its MQTT login)")
     name: str | None = Field(description="Display name, when given at `device add`")
-    state: Literal["online", "stale", "offline", "stopped", "revoked", "unknown"] = Field(
+    state: State = Field(
         description="online: heartbeat recent; stale: online by its last status but silent for "
                     "ingest.stale_after_s; offline: its connection dropped without a clean stop (the broker's Last "
                     "Will: power cut at ignition-off, no network, the agent died); stopped: its agent stopped "
@@ -117,12 +118,12 @@ class Device(BaseModel):
     sightings: int = Field(description="Sightings it contributed")
 
 
-def _devices(request: Request, conn: psycopg.Connection) -> list[dict]:
-    views = device_rows(conn, datetime.now(UTC), request.app.state.cfg.ingest.stale_after_s)
+def _devices(request: Request, conn: psycopg.Connection, one: str | None = None) -> list[dict]:
+    views = device_rows(conn, datetime.now(UTC), request.app.state.cfg.ingest.stale_after_s, one)
     rows = {r[0]: r[1:] for r in conn.execute("""
         SELECT id, inference_ms, last_fix, last_status, created_at,
                (SELECT count(*) FROM sightings s WHERE s.device_id = d.id) AS sightings
-        FROM devices d""").fetchall()}
+        FROM devices d WHERE %(one)s::text IS NULL OR id = %(one)s""", {"one": one}).fetchall()}
     out = []
     for view in views:
         inference_ms, last_fix, status, created_at, sightings = rows[view["id"]]
@@ -155,10 +156,10 @@ def devices(request: Request,
          responses={404: {"description": "No such device"}})
 def device(request: Request, device_id: str, conn: psycopg.Connection = Depends(read_db),
            _who=Depends(require("viewer"))) -> dict:
-    found = next((d for d in _devices(request, conn) if d["id"] == device_id), None)
-    if found is None:
+    found = _devices(request, conn, device_id)
+    if not found:
         raise HTTPException(404, f"no device {device_id[:64]!r}")
-    return found
+    return found[0]
 
 
 def _comma_list(value: str | None, name: str, allowed: tuple[str, ...]) -> set[str] | None:

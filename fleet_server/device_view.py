@@ -26,7 +26,11 @@ FINE = {"ok", "connected", "starting", "ended"}
 HEALTH_PARTS = ("camera", "gnss", "detector", "outbox")
 PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames", "unplaced", "refused")
 
-DEVICES = "SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices ORDER BY id"
+# %(one)s is NULL for every device, or one device's id (`/devices/{id}` used to build all 10,000 to return one).
+DEVICES = """
+SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices
+WHERE %(one)s::text IS NULL OR id = %(one)s ORDER BY id
+"""
 REJECTED_24H = """
 SELECT device_id, count(*), mode() WITHIN GROUP (ORDER BY reason)
 FROM rejected WHERE received_at > now() - interval '24 hours' AND device_id IS NOT NULL GROUP BY device_id
@@ -133,10 +137,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def device_rows(conn: Any, now: datetime, stale_after_s: float) -> list[dict[str, Any]]:
-    """Every device with its state and problems; keys as the API answers them."""
+def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None = None) -> list[dict[str, Any]]:
+    """Every device (or only device ONE) with its state and problems; keys as the API answers them."""
     refused = {r[0]: (int(r[1]), str(r[2])) for r in conn.execute(REJECTED_24H).fetchall()}
-    rows = conn.execute(DEVICES).fetchall()
+    rows = conn.execute(DEVICES, {"one": one}).fetchall()
     out = []
     for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth in rows:
         status = status if isinstance(status, dict) else {}

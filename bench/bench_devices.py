@@ -1,0 +1,83 @@
+"""The fleet view at fleet scale: `GET /api/v1/devices` (what the dashboard's Devices tab loads on each refresh)
+and `GET /api/v1/devices/{id}` (one box, what an on-call engineer or a script asks) over 10,000 devices and a
+year's sightings.
+
+    python -m bench.bench_devices [--devices 10000] [--sightings 1500000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from bench.bench_export import api_process
+from bench.bench_server import fresh_database, seed_map
+from scripts import services
+
+ROOT = Path(__file__).resolve().parents[1]
+STATUS = json.dumps({"health": {"camera": "ok", "gnss": "ok", "detector": "ok", "outbox": "ok"},
+                     "sent_at": "2026-12-06T00:00:00Z", "fps": 5.0, "fix": {"speed_mps": 10.0, "state": "ok"}})
+
+
+def seed_devices(dsn: str, devices: int) -> None:
+    """DEVICES online boxes, the seeded sightings dealt among them."""
+    now = datetime.now(UTC)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor().copy("COPY devices (id, state, last_seen, state_at, last_status, queue_depth) "
+                                "FROM STDIN") as copy:
+            for i in range(devices):
+                copy.write_row((f"veh-{i:05d}", "online", now, now, STATUS, 0))
+        conn.execute("UPDATE sightings SET device_id = 'veh-' || lpad((seq %% %s)::text, 5, '0')", (devices,))
+        conn.execute("VACUUM ANALYZE sightings")
+        conn.execute("ANALYZE devices")
+
+
+def timed(client: httpx.Client, path: str, runs: int) -> tuple[float, int]:
+    """Median milliseconds of RUNS answers to PATH, and the answer's size in bytes."""
+    times, size = [], 0
+    for _ in range(runs):
+        t0 = time.monotonic()
+        answer = client.get(path)
+        answer.raise_for_status()
+        times.append((time.monotonic() - t0) * 1000)
+        size = len(answer.content)
+    return statistics.median(times), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--sightings", type=int, default=1_500_000)
+    parser.add_argument("--quick", action="store_true", help="2,000 devices, 200,000 sightings")
+    args = parser.parse_args()
+    if args.quick:
+        args.devices, args.sightings = 2_000, 200_000
+    info = services.up()
+    tmp = ROOT / ".state" / "bench-devices"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dsn = fresh_database("bench_devices")
+    t0 = time.monotonic()
+    seed_map(dsn, args.sightings // 15, 15, random.Random(3))
+    seed_devices(dsn, args.devices)
+    print(f"seeded {args.devices} devices and {args.sightings} sightings in {time.monotonic() - t0:.0f} s")
+    with api_process(dsn, info, tmp) as (base, headers, _api), \
+            httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        every, every_size = timed(client, "/devices", 5)
+        one, _ = timed(client, f"/devices/veh-{args.devices // 2:05d}", 20)
+        filtered, _ = timed(client, "/devices?state=offline", 5)
+    print(f"GET /devices (all {args.devices}): {every:.0f} ms, {every_size / 1e6:.1f} MB")
+    print(f"GET /devices?state=offline (none): {filtered:.0f} ms")
+    print(f"GET /devices/{{id}}: {one:.1f} ms, {every / one:.0f}x faster than the whole list")
+
+
+if __name__ == "__main__":
+    main()
