@@ -11,6 +11,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, make_wsgi_app
@@ -37,8 +38,17 @@ def scrape_allowed(cfg: MetricsConfig, authorization: str | None) -> bool:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # s per read: a client that connects and sends nothing is dropped, not waited on for ever
+
     def log_message(self, format: str, *args: object) -> None:
         pass  # a line per scrape every 15 s is noise
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection: on the one-at-a-time server, a single connection left half-open (a stalled
+    scrape, a port scanner) held /health until the kubelet's liveness probe restarted the ingest process."""
+
+    daemon_threads = True
 
 
 def serve_metrics(cfg: MetricsConfig, port: int, addr: str = "0.0.0.0") -> WSGIServer:
@@ -55,6 +65,6 @@ def serve_metrics(cfg: MetricsConfig, port: int, addr: str = "0.0.0.0") -> WSGIS
             return [REFUSED.encode()]
         return metrics(environ, start_response)
 
-    server = make_server(addr, port, guarded, handler_class=_QuietHandler)
+    server = make_server(addr, port, guarded, server_class=_ThreadingServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

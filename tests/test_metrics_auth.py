@@ -89,6 +89,21 @@ def test_an_ingest_metrics_port_needs_the_token_but_its_probe_does_not(tmp_path:
         server.shutdown()
 
 
+def test_a_half_open_connection_does_not_hold_the_probe(tmp_path: Path) -> None:
+    """One connection that sends half a request and waits (a stalled scrape, a scanner) held the one-at-a-time
+    server: /health timed out until the kubelet restarted the ingest process."""
+    port = _free_port()
+    server = serve_metrics(MetricsConfig(), port, "127.0.0.1")
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        stalled.sendall(b"GET /metr")
+        assert _get(f"http://127.0.0.1:{port}/health") == (200, "ok\n")
+        assert _get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    finally:
+        stalled.close()
+        server.shutdown()
+
+
 def test_an_ingest_process_whose_token_file_is_missing_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "server.toml"
     conf.write_text('[metrics]\ntoken_file = "no-such-token"\n')
