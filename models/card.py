@@ -128,6 +128,11 @@ def write_card(path: Path, m: dict, state: dict) -> Path:
         "AP50 is all-point interpolated (`edge_agent/lab/evaluate.py`, checked against a hand-worked case in "
         "tests/test_evaluate.py). PR curves on the vehicle view: `pr_curve.png`.",
         "",
+        "To score it on highways of the same survey kept apart from this checkout (images/ and masks/ as in the "
+        "data set): `python -m models.pipeline --survey FOLDER --highways all --out DIR` writes their boxes by "
+        "the rules above, then `edge-agent model eval -m models/bundled/model.onnx -d DIR` (without `--survey`, "
+        "the validation highways of this table).",
+        "",
     ]
     if m.get("sweep"):
         lines += [

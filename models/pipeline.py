@@ -344,18 +344,62 @@ def torch_arch(run_dir: Path) -> dict:
     return torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False).get("arch", {})
 
 
+def survey_frames(survey: Path, highways: str) -> list[str]:
+    """The frames of SURVEY to judge a model on: `validation` (the bundle's validation highways, split.json),
+    `all` (every frame: a set of highways kept apart, such as the ones the card's figures will be checked on),
+    or a comma list of highways (`DF_010,ES_101`)."""
+    if not (survey / "images").is_dir():
+        raise SystemExit(f"{survey}: no images/ folder (the survey set holds images/ and masks/)")
+    stems = sorted(p.stem for p in (survey / "images").iterdir() if p.suffix.lower() == ".jpg")
+    if highways == "validation":
+        wanted = {n.rsplit(".", 1)[0] for n in json.loads((BUNDLE / "split.json").read_text())["survey_val"]}
+        chosen = [s for s in stems if s in wanted]
+        if not chosen:
+            raise SystemExit(f"{survey}: none of the bundle's validation frames is there; for highways of your own "
+                             "pass --highways all (or a comma list of highways)")
+        return chosen
+    if highways == "all":
+        chosen = stems
+    else:
+        names = {h.strip() for h in highways.split(",") if h.strip()}
+        chosen = [s for s in stems if _highway_or_none(s) in names]
+    if not chosen:
+        raise SystemExit(f"{survey}: no .jpg frame of {highways!r} in images/")
+    # A frame without its masks would be judged as a road without defects, every box on it a false one.
+    unmasked = [s for s in chosen if not all((survey / "masks" / c / f"{s}.png").is_file() for c in CLASSES)]
+    if unmasked:
+        raise SystemExit(f"{survey}: {len(unmasked)} of {len(chosen)} frames lack masks/pothole or masks/crack "
+                         f"(first: {unmasked[0]}.png)")
+    return chosen
+
+
+def _highway_or_none(stem: str) -> str | None:
+    from models.masks import highway_of
+
+    try:
+        return highway_of(stem)
+    except ValueError:
+        return None
+
+
 def main() -> None:
-    """`python -m models.pipeline --out DIR`: the vehicle-view validation highways (boxes from their masks) as
-    a YOLO-layout folder, so `edge-agent model eval -d DIR` scores any model on what the model card reports."""
+    """`python -m models.pipeline --out DIR`: vehicle-view frames with boxes from their masks as a YOLO-layout
+    folder, so `edge-agent model eval -d DIR` scores any model as the model card does (by default on its
+    validation highways; `--highways all` on every frame of `--survey`, such as highways kept apart)."""
     from models.data import DEFAULT_SURVEY
+    from models.masks import write_yolo_split
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY, help="the vehicle-view data set's folder")
+    parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY,
+                        help="the vehicle-view data set's folder (images/, masks/pothole, masks/crack, masks/lane)")
+    parser.add_argument("--highways", default="validation",
+                        help="validation (the card's validation highways), all (every frame of --survey), or a "
+                             "comma list such as DF_010,ES_101")
     parser.add_argument("--out", type=Path, required=True, help="where to write the YOLO-layout folder")
     args = parser.parse_args()
-    folder = validation_highways(args.survey, args.out)
-    frames = len(list((folder / "images").iterdir()))
-    print(f"{frames} frames of the validation highways in {folder}; score a model with:\n"
+    stems = survey_frames(args.survey, args.highways)
+    folder = write_yolo_split(args.survey, stems, args.out)
+    print(f"{len(stems)} frames ({args.highways}) in {folder}; score a model with:\n"
           f"  edge-agent model eval -m MODEL.onnx -d {folder}")
 
 

@@ -90,3 +90,38 @@ def test_the_survey_set_gives_the_documented_box_counts_and_a_yolo_split(shared_
 
 
 GOLDEN_COUNTS = [959, 2668]  # potholes, cracks
+
+
+def _survey_frame(root, stem: str, pothole: bool = True, masks: tuple[str, ...] = ("pothole", "crack", "lane")):
+    for sub in ("images", "masks/pothole", "masks/crack", "masks/lane"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / "images" / f"{stem}.jpg"), np.full((100, 200, 3), 90, np.uint8))
+    for name in masks:
+        m = np.zeros((100, 200), np.uint8)
+        if name == "pothole" and pothole:
+            m[40:60, 50:80] = 255
+        cv2.imwrite(str(root / "masks" / name / f"{stem}.png"), m)
+
+
+def test_highways_kept_apart_become_a_yolo_folder_for_model_eval(tmp_path):
+    """The card's figures are to be checked on highways this checkout does not have: `python -m models.pipeline
+    --highways all` writes any survey folder, and the validation highways it does not hold are named as such."""
+    from models.pipeline import survey_frames
+
+    root = tmp_path / "kept-apart"
+    _survey_frame(root, "1_SC_101_a_00001")
+    _survey_frame(root, "2_SC_101_a_00002", pothole=False)
+    _survey_frame(root, "3_PR_277_a_00001")
+    with pytest.raises(SystemExit, match="--highways all"):
+        survey_frames(root, "validation")  # it used to crash on the first validation frame it did not find
+    assert survey_frames(root, "all") == ["1_SC_101_a_00001", "2_SC_101_a_00002", "3_PR_277_a_00001"]
+    assert survey_frames(root, "SC_101") == ["1_SC_101_a_00001", "2_SC_101_a_00002"]
+    folder = write_yolo_split(root, survey_frames(root, "SC_101"), tmp_path / "yolo")
+    assert (folder / "labels" / "1_SC_101_a_00001.txt").read_text().split() == \
+        ["0", "0.325000", "0.500000", "0.150000", "0.200000"]
+    assert (folder / "labels" / "2_SC_101_a_00002.txt").read_text() == ""
+    with pytest.raises(SystemExit, match="no .jpg frame of 'DF_010'"):
+        survey_frames(root, "DF_010")
+    _survey_frame(root, "4_PR_277_a_00002", masks=("lane",))  # a frame without its masks is no defect-free road
+    with pytest.raises(SystemExit, match="1 of 2 frames lack masks"):
+        survey_frames(root, "PR_277")
