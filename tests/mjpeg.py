@@ -12,8 +12,9 @@ import numpy as np
 
 
 @contextmanager
-def mjpeg_camera(jpeg: np.ndarray, fps: float, frames: int) -> Iterator[str]:
-    """Serve JPEG (encoded bytes) FRAMES times at FPS to each client; yields the stream's URL."""
+def mjpeg_camera(jpeg: np.ndarray, fps: float, frames: int, port: int = 0) -> Iterator[str]:
+    """Serve JPEG (encoded bytes) FRAMES times at FPS to each client (on PORT, 0: any free one); yields the
+    stream's URL."""
 
     class Mjpeg(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -31,7 +32,7 @@ def mjpeg_camera(jpeg: np.ndarray, fps: float, frames: int) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mjpeg)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Mjpeg)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/video.mjpg"

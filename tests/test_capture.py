@@ -125,3 +125,48 @@ def test_stopping_a_live_camera_does_not_call_it_lost() -> None:
         finally:
             src.stop()
         assert health.snapshot()["camera"] == "ok"
+
+
+def test_a_camera_that_comes_back_is_reopened_at_once_not_after_the_backoff(monkeypatch) -> None:
+    """A replugged USB camera (its /dev node back) and an IP camera back on its port were reopened only when the
+    backoff ran out, up to reopen_max_s (30 s) later: 600 m of road unseen at 20 m/s."""
+    import uuid
+
+    import edge_agent.camera.capture as capture
+
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm to stand in for a camera's device node")
+    node = Path(f"/dev/shm/roadmon-cam-{uuid.uuid4().hex}")
+    opens: list[float] = []
+    real_open = capture.open_capture
+    monkeypatch.setattr(capture, "open_capture", lambda cfg, *a: opens.append(time.monotonic()) or real_open(cfg, *a))
+    cfg = CameraConfig(source=str(node), reopen_initial_s=30, reopen_max_s=60)
+    with FrameSource(cfg):
+        deadline = time.monotonic() + 5
+        while not opens and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(opens) == 1  # the first attempt failed: no such node
+        time.sleep(1.0)
+        assert len(opens) == 1  # a camera still gone is not hammered
+        node.touch()  # plugged in again (a plain file: the open fails again, but it is tried now)
+        try:
+            deadline = time.monotonic() + 5
+            while len(opens) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(opens) == 2, "the node came back but the reopen waited for the 30-s backoff"
+        finally:
+            node.unlink()
+
+
+def test_an_ip_camera_back_on_its_port_is_reopened_at_once() -> None:
+    import socket
+
+    _, jpeg = cv2.imencode(".jpg", np.full((120, 160, 3), 128, np.uint8))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = CameraConfig(source=f"http://127.0.0.1:{port}/video.mjpg", reopen_initial_s=30, reopen_max_s=60)
+    with FrameSource(cfg) as src:
+        time.sleep(1.0)  # refused: the source waits out its first backoff
+        with mjpeg_camera(jpeg, fps=10, frames=600, port=port):
+            assert src.latest(timeout=8) is not None, "the IP camera was back but not reopened"

@@ -120,7 +120,7 @@ def test_highways_kept_apart_become_a_yolo_folder_for_model_eval(tmp_path):
     assert (folder / "labels" / "1_SC_101_a_00001.txt").read_text().split() == \
         ["0", "0.325000", "0.500000", "0.150000", "0.200000"]
     assert (folder / "labels" / "2_SC_101_a_00002.txt").read_text() == ""
-    with pytest.raises(SystemExit, match="no .jpg frame of 'DF_010'"):
+    with pytest.raises(SystemExit, match=r"no \.jpg frame of 'DF_010'"):
         survey_frames(root, "DF_010")
     _survey_frame(root, "4_PR_277_a_00002", masks=("lane",))  # a frame without its masks is no defect-free road
     with pytest.raises(SystemExit, match="1 of 2 frames lack masks"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.camera.presence import presence_probe
 from edge_agent.config.camera import CameraConfig, source_kind
 from edge_agent.health import HealthBoard
 
@@ -28,6 +29,7 @@ __all__ = ["Frame", "FrameSource", "open_capture", "source_kind"]
 log = logging.getLogger(__name__)
 
 FILE_PREFETCH = 4  # frames a file read flat out may decode ahead, to ride out slow frames (keyframes)
+PROBE_EVERY_S = 0.5  # how often a gone camera is looked for while a reopen waits
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class FrameSource:
         self._thread: threading.Thread | None = None
         self._last_frame_mono: float | None = None
         self._started_mono = time.monotonic()
+        self._present = presence_probe(cfg.source)
 
     # -- consumer side -------------------------------------------------------------------------------------
     def start(self) -> FrameSource:
@@ -152,7 +155,7 @@ class FrameSource:
                 else:
                     log.warning("camera source %s did not open; retrying in %.1f s", self.cfg.source, backoff)
                 self._set_camera("lost")
-                self._stop.wait(backoff)
+                self._wait_before_reopen(backoff)
                 backoff = min(backoff * 2, self.cfg.reopen_max_s)
                 continue
             if self.grabbed or self.reopens:
@@ -167,7 +170,7 @@ class FrameSource:
                 backoff = self.cfg.reopen_initial_s
             self._set_camera("lost")
             log.warning("camera source %s stopped delivering; reopening in %.1f s", self.cfg.source, backoff)
-            self._stop.wait(backoff)
+            self._wait_before_reopen(backoff)
             backoff = min(backoff * 2, self.cfg.reopen_max_s)
         with self._cond:
             if self.kind == "file":
@@ -178,6 +181,19 @@ class FrameSource:
             # The agent keeps running (GNSS, uplink) with no frames: say why the detector went quiet.
             log.info("camera source %s: the video file ended after %d frames; no more frames will come",
                      self.cfg.source, self.grabbed)
+
+    def _wait_before_reopen(self, backoff: float) -> None:
+        """BACKOFF seconds, or less when a camera that was gone (no device node, no open port) is back."""
+        if self._present is None or self._present():
+            self._stop.wait(backoff)
+            return
+        deadline = time.monotonic() + backoff
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(PROBE_EVERY_S, left)):
+                return
+            if self._present():
+                log.info("camera source %s is there again; reopening now", self.cfg.source)
+                return
 
     def _read_until_broken(self, cap: cv2.VideoCapture) -> bool:
         """Read frames until the source fails, the file ends or stop(); True when at least one came."""
