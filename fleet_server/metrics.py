@@ -8,6 +8,7 @@ their sum (two replicas doubled the fleet's failed inferences and paged at half 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -91,6 +92,7 @@ class DeviceCollector(Collector):
         self.stale_after_s = stale_after_s
         self._errors_seen: dict[str, float] = {}  # each device's inference_errors at the last scrape
         self._errors_total = 0.0
+        self._last_read: tuple[list[tuple], dict, datetime, float] | None = None  # rows, refused, read at (UTC, mono)
 
     def collect(self) -> Iterator:
         try:
@@ -99,9 +101,21 @@ class DeviceCollector(Collector):
                               "THEN (last_status->>'inference_errors')::float8 END, id, last_status, state_at "
                               "FROM devices WHERE revoked_at IS NULL")
             refused = {r[0]: (int(r[1]), str(r[2])) for r in self.fetch(REJECTED_24H)}
+            self._last_read = (rows, refused, datetime.now(UTC), time.monotonic())
+            fresh = True
         except Exception as exc:  # a scrape must not fail because PostGIS is away
-            log.warning("device metrics unavailable: %s", exc)
-            return
+            if self._last_read is None:
+                log.warning("device metrics unavailable: %s", exc)
+                return
+            log.warning("device metrics unavailable (%s): exporting the last figures read", exc)
+            fresh = False
+        # While PostGIS is away, the last figures read, states judged as of then: the series vanished, so every
+        # RoadDeviceProblem resolved during a database outage and paged again 15 minutes after it.
+        rows, refused, now, read_mono = self._last_read
+        age = GaugeMetricFamily("road_device_metrics_age_seconds", "Seconds since the device figures were read "
+                                "from the database (0 while it answers; while it is away they are its last answer)")
+        age.add_metric([], 0.0 if fresh else time.monotonic() - read_mono)
+        yield age
         # Devices that can deliver only: a parked van's last status (stopped) kept the final coverage record it
         # sent as it stopped, acked a moment later, so RoadIngestStalled paged every night the fleet was parked.
         depth = GaugeMetricFamily("road_queue_depth", "Sum of the outbox queue depths (last status) of the devices "
@@ -111,7 +125,6 @@ class DeviceCollector(Collector):
         states = GaugeMetricFamily("road_devices", "Devices by state (stale: online by its last status but silent "
                                    "for ingest.stale_after_s), as the API and `device ls` say it", labels=["state"])
         counts: dict[str, int] = {}
-        now = datetime.now(UTC)
         for r in rows:
             state = state_of(r[0], r[3], None, now, self.stale_after_s)
             counts[state] = counts.get(state, 0) + 1

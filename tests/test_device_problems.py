@@ -1,6 +1,6 @@
 """What the server says of a box from its last status (fleet_server.device_view): defects it could not place only
 while that is recent and with the reason, a clock that is off without blaming findings GNSS dated, long offsets
-in days; and what the agent sends for it (last_unplaced)."""
+in days; what the agent sends for it (last_unplaced); and the metrics over a database outage."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from edge_agent.config import AgentConfig
 from edge_agent.perception.geolocate import Geolocator
 from fleet_server.device_view import coded_problems, problems
+from fleet_server.metrics import DeviceCollector
 from roadmon_contract.validate import errors
 
 NOW = datetime(2026, 12, 6, 15, 0, tzinfo=UTC)
@@ -71,3 +72,30 @@ def test_a_status_with_odd_health_values_names_no_problem_of_them_and_breaks_not
     assert errors("status", odd) != []  # the server refuses such a status now
     assert coded_problems(odd, NOW, None) == [("detector", "detector fails: nothing is detected")]
     assert problems(status(health={"camera": "ended", "gnss": "ok"}), NOW, None) == []
+
+
+def test_device_figures_outlive_a_database_outage() -> None:
+    """With PostGIS away the device series vanished, so every RoadDeviceProblem resolved during the outage and
+    paged again 15 minutes after it; now the last rows read are exported, with their age."""
+    now = datetime.now(UTC)
+    row = ("online", 3, 40.0, now, None, "veh-cam", {"health": {"camera": "frozen"}}, now)
+    database_up = True
+
+    def fetch(sql: str) -> list[tuple]:
+        if not database_up:
+            raise OSError("connection refused")
+        return [] if "rejected" in sql else [row]
+
+    def scrape(collector: DeviceCollector) -> dict:
+        return {(m.name, tuple(sorted(s.labels.items()))): s.value for m in collector.collect() for s in m.samples}
+
+    assert scrape(DeviceCollector(lambda sql: (_ for _ in ()).throw(OSError("down")), 600.0)) == {}
+    collector = DeviceCollector(fetch, 600.0)
+    before = scrape(collector)
+    assert before[("road_device_problems", (("device", "veh-cam"), ("problem", "camera")))] == 1.0
+    assert before[("road_device_metrics_age_seconds", ())] == 0.0
+    database_up = False
+    during = scrape(collector)
+    assert during.pop(("road_device_metrics_age_seconds", ())) > 0
+    before.pop(("road_device_metrics_age_seconds", ()))
+    assert during == before
