@@ -13,6 +13,7 @@ import numpy as np
 
 from calibration.camera import Intrinsics
 from calibration.config import CalibrationError
+from calibration.intrinsics_quality import calibration_problems
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class CalibrationResult:
     rms_px: float                                    # cv2.calibrateCamera's RMS reprojection error
     per_image_px: dict[str, float]                   # RMS reprojection error of each used image
     rejected: list[str] = field(default_factory=list)  # images where the board was not found
+    problems: list[str] = field(default_factory=list)  # why the fit may be wrong despite its RMS (intrinsics_quality)
 
 
 def parse_board(text: str) -> tuple[int, int]:
@@ -61,6 +63,16 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def other_files(folder: Path) -> list[str]:
+    """Files of FOLDER that are not images calibration reads (a phone's .heic photos were skipped unsaid)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES)
+
+
+def _listed(items: list[str], most: int = 5) -> str:
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 def common_size(paths: list[Path]) -> tuple[int, int] | None:
     """The (width, height) most of the images have: one photo from another camera or setting must not decide
     against all the others. Read from the headers only."""
@@ -76,8 +88,10 @@ def common_size(paths: list[Path]) -> tuple[int, int] | None:
     return sizes.most_common(1)[0][0] if sizes else None
 
 
-def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: float) -> CalibrationResult:
-    """Intrinsics (with k1, k2, p1, p2, k3) from photos of a board with `board` inner corners of `square_mm`."""
+def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: float,
+                     fit_k3: bool = False) -> CalibrationResult:
+    """Intrinsics (k1, k2, p1, p2; k3 only with FIT_K3, for wide-angle lenses: free, it ran off on a few
+    photos) from photos of a board with `board` inner corners of `square_mm`."""
     paths = list(paths)
     obj = board_points(board, square_mm)
     object_points, image_points, used, rejected = [], [], [], []
@@ -100,9 +114,14 @@ def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: f
         image_points.append(corners)
         used.append(path.name)
     if len(used) < MIN_VIEWS or size is None:
+        hint = ""
+        if not used and sum("board not found" in r for r in rejected) == len(rejected) > 0:
+            hint = ("; --board counts the inner corners, where four squares meet (a board of 10x7 squares is "
+                    f"--board 9x6): --board {board[0]}x{board[1]} wants one of {board[0] + 1}x{board[1] + 1} squares")
         raise CalibrationError(f"the board was found in {len(used)} image(s); at least {MIN_VIEWS} are needed "
-                               f"(rejected: {', '.join(rejected) or 'none'})")
-    rms, k, dist, rvecs, tvecs = cv2.calibrateCamera(object_points, image_points, size, None, None)
+                               f"(rejected: {_listed(rejected) or 'none'}){hint}")
+    flags = 0 if fit_k3 else cv2.CALIB_FIX_K3
+    rms, k, dist, rvecs, tvecs = cv2.calibrateCamera(object_points, image_points, size, None, None, flags=flags)
     per_image = {}
     for name, o, i, r, t in zip(used, object_points, image_points, rvecs, tvecs, strict=True):
         proj, _ = cv2.projectPoints(o, r, t, k, dist)
@@ -111,5 +130,6 @@ def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: f
         per_image[name] = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - i.reshape(-1, 2)) ** 2, axis=1))))
     intr = Intrinsics(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), size[0], size[1],
                       tuple(float(c) for c in dist.ravel()))
-    log.info("calibrated from %d images: rms %.3f px", len(used), rms)
-    return CalibrationResult(intr, float(rms), per_image, rejected)
+    log.debug("calibrated from %d images: rms %.3f px", len(used), rms)
+    return CalibrationResult(intr, float(rms), per_image, rejected,
+                             calibration_problems(intr, image_points, list(rvecs), float(rms)))

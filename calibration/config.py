@@ -39,13 +39,16 @@ class CalibrationError(ValueError):
     """A calibration that cannot be used (missing or malformed intrinsics file, nonsense values)."""
 
 
-def intrinsics_to_dict(intr: Intrinsics, rms_px: float | None = None, images: int | None = None) -> dict:
+def intrinsics_to_dict(intr: Intrinsics, rms_px: float | None = None, images: int | None = None,
+                       problems: list[str] | None = None) -> dict:
     out: dict = {"width": intr.width, "height": intr.height, "fx": intr.fx, "fy": intr.fy, "cx": intr.cx,
                  "cy": intr.cy, "dist": list(intr.dist)}
     if rms_px is not None:
         out["rms_reprojection_px"] = rms_px
     if images is not None:
         out["images"] = images
+    if problems:
+        out["problems"] = problems  # doctor repeats them for as long as the file is in use
     return out
 
 
@@ -57,9 +60,10 @@ def _toml_value(v: object) -> str:
     return json.dumps(v)
 
 
-def intrinsics_text(path: Path, intr: Intrinsics, rms_px: float | None = None, images: int | None = None) -> str:
+def intrinsics_text(path: Path, intr: Intrinsics, rms_px: float | None = None, images: int | None = None,
+                    problems: list[str] | None = None) -> str:
     """The file's text: TOML (a [calibration]-compatible table of keys) or JSON, by PATH's suffix."""
-    data = intrinsics_to_dict(intr, rms_px, images)
+    data = intrinsics_to_dict(intr, rms_px, images, problems)
     if path.suffix.lower() == ".json":
         return json.dumps(data, indent=2) + "\n"
     lines = ["# camera intrinsics written by `edge-agent calibrate intrinsics`"]
@@ -93,6 +97,22 @@ def read_intrinsics(path: Path | str) -> Intrinsics:
     if intr.fx <= 0 or intr.fy <= 0 or intr.width <= 0 or intr.height <= 0:
         raise CalibrationError(f"{path}: focal lengths and image size must be positive")
     return intr
+
+
+def intrinsics_file_problems(path: Path | str) -> list[str]:
+    """What `calibrate intrinsics` found wrong with the fit it wrote to PATH (its `problems`, and its RMS where a
+    file predates them); empty for a sound fit or a file written by hand."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError):
+        return []  # read_intrinsics says what is wrong with the file itself
+    problems = [str(p) for p in data.get("problems", []) if isinstance(p, str)]
+    rms = data.get("rms_reprojection_px")
+    if not problems and isinstance(rms, int | float) and rms > 1.0:
+        problems.append(f"RMS reprojection error {rms:.2f} px (above 1 px)")
+    return problems
 
 
 def intrinsics_from_config(cfg: CalibrationConfig) -> Intrinsics:

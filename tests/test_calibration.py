@@ -301,3 +301,55 @@ def test_grid_labels_every_5_m_line_that_has_room() -> None:
         assert x >= 0 and x + w <= p.intrinsics.width and h <= y <= p.intrinsics.height, (text, x, y)
     rows = sorted(y for _, (_, y) in labels)
     assert len(set(rows)) == len(rows)
+
+
+def test_a_low_rms_from_photos_that_pin_nothing_down_is_called_doubtful(tmp_path: Path) -> None:
+    """An installer's 6 photos of a board facing the camera fitted fx 1108 px (true 900) at RMS 0.30 px, and the
+    file was used without a word; so was a distortion that folds back before the image's corners."""
+    from calibration.intrinsics_quality import distortion_folds
+
+    truth = Intrinsics(900.0, 900.0, 640.0, 360.0, 1280, 720, (-0.3, 0.1, 0.0, 0.0, 0.0))
+    for i, (x, y) in enumerate([(0, 0), (0.02, 0.01), (-0.02, 0.01), (0.01, -0.02), (-0.01, -0.01), (0, 0.02)]):
+        tvec = np.array([x - 0.1, y - 0.06, 0.8 + 0.05 * i])  # centred, 0.8-1.05 m away, face-on
+        rvec = np.array([0.02 * i, -0.02 * i, 0.01])
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), _render_board_distorted(truth, (9, 6), 0.025, rvec, tvec))
+    result = calibrate_images(sorted(tmp_path.glob("*.png")), (9, 6), 25.0)
+    assert result.rms_px < 0.5  # the RMS alone says "good"
+    said = " | ".join(result.problems)
+    assert "nearly face-on" in said and "bottom-left" in said and "bottom-right" in said, said
+    out = tmp_path / "cam.toml"
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 0 and "check:" in res.output and "face-on" in res.output
+    assert read_intrinsics(out).fx > 0  # written: the installer decides, doctor keeps saying it (test_doctor)
+
+    # The installer's fit of 10 tilted photos that kept to the middle of the image:
+    assert "folds back" in distortion_folds(Intrinsics(900.8, 900.8, 640, 360, 1280, 720,
+                                                       (-0.3432, 1.7322, 0.0, 0.0, -15.4405)))
+    assert distortion_folds(truth) is None
+    assert distortion_folds(Intrinsics(400, 400, 640, 360, 1280, 720, (-0.25, 0.06, 0, 0, 0))) is None  # 116° wide
+
+
+def test_calibrate_intrinsics_refuses_an_rms_above_1_px_and_hints_the_board_count(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    import calibration.checkerboard as checkerboard
+    from calibration.checkerboard import CalibrationResult
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"v{i}.png"), _render_board(CAM, (9, 6), 0.025, np.array([0.2, 0.1, 0.0]),
+                                                               np.array([-0.1, -0.06, 0.5])))
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"heic")
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--board", "10x7",
+                                   "--out", str(tmp_path / "x.toml")])
+    assert res.exit_code == 1 and "a board of 10x7 squares is --board 9x6" in res.output, res.output
+    assert "IMG_0001.HEIC" in res.output and "convert phone HEIC" in res.output
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--square-mm", "inf"])
+    assert res.exit_code == 2
+
+    bad = CalibrationResult(CAM, 1.7, {"v0.png": 1.7}, [], ["RMS reprojection error 1.70 px (above 1 px)"])
+    monkeypatch.setattr(checkerboard, "calibrate_images", lambda *a, **k: bad)
+    out = tmp_path / "cam.toml"
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 1 and "not written" in res.output and not out.exists()
+    res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--out", str(out),
+                                   "--force"])
+    assert res.exit_code == 0 and out.exists()

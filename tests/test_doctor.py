@@ -712,3 +712,20 @@ def test_config_warns_about_unreadable_update_files(tmp_path: Path) -> None:
                         model_update={"ca_file": str(tmp_path / "no-ca.pem")})
     cfg = by_name(run_checks(str(path), only=["config"], options=FAST))["config"]
     assert cfg.level is Level.YELLOW and "model_update.ca_file" in cfg.summary
+
+
+def test_an_intrinsics_file_with_a_doubtful_fit_is_yellow(tmp_path: Path) -> None:
+    """`calibrate intrinsics` writes what its photos could not pin down into the file; doctor was green on a fit
+    that placed potholes metres off (RMS 0.30 px from photos facing the camera)."""
+    from calibration import Intrinsics
+    from calibration.config import intrinsics_text
+
+    cam = tmp_path / "cam.toml"
+    cam.write_text(intrinsics_text(cam, Intrinsics.from_hfov(1280, 720, 70), 0.3, 6,
+                                   ["every photo shows the board nearly face-on (largest tilt 4 deg)"]))
+    path = write_config(tmp_path, calibration={"intrinsics_file": str(cam)})
+    cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
+    assert cal.level is Level.YELLOW and "doubtful" in cal.summary and "face-on" in cal.explanation, cal
+    cam.write_text(intrinsics_text(cam, Intrinsics.from_hfov(1280, 720, 70), 0.3, 16))
+    cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
+    assert cal.level is Level.GREEN, cal

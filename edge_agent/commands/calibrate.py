@@ -21,23 +21,34 @@ err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy
 def intrinsics(
     images: Path = typer.Option(..., "--images", help="Folder of checkerboard photos (jpg/png), one camera"),
     board: str = typer.Option("9x6", "--board", help="Inner corners per row x per column, e.g. 9x6"),
-    square_mm: float = typer.Option(25.0, "--square-mm", min=0.1, help="Side of one board square, mm"),
+    square_mm: float = typer.Option(25.0, "--square-mm", min=0.1, max=1000,
+                                    help="Side of one board square, mm (scales only the board's poses)"),
     output: Path = typer.Option(Path("intrinsics.toml"), "--out",
                                 help="Where to write the intrinsics (.toml or .json); point "
                                      "calibration.intrinsics_file at it"),
+    fit_k3: bool = typer.Option(False, "--k3", help="Fit the third radial term too (wide-angle lenses, with photos "
+                                                     "covering every corner)"),
+    force: bool = typer.Option(False, "--force", help="Write the file even when the RMS is above 1 px"),
 ) -> None:
-    """Find the board in every image, run cv2.calibrateCamera, report the reprojection error, write the file."""
-    from calibration.checkerboard import calibrate_images, list_images, parse_board
+    """Find the board in every image, run cv2.calibrateCamera, report the reprojection error and what the photos
+    could not pin down, write the file."""
+    from calibration.checkerboard import calibrate_images, list_images, other_files, parse_board
     from calibration.config import CalibrationError, intrinsics_text
+    from calibration.intrinsics_quality import RMS_BAD_PX
     from edge_agent.durable import write_durably
 
     if output.suffix.lower() not in (".toml", ".json"):  # the format follows the name; cam.yaml got TOML
         raise typer.BadParameter(f"{output}: give a .toml or .json file name", param_hint="'--out'")
     try:
         paths = list_images(images)
-        result = calibrate_images(paths, parse_board(board), square_mm)
+        skipped = other_files(images)
+        if skipped:
+            err.print(f"[yellow]not read[/yellow] {len(skipped)} file(s) that are not .jpg, .png, .bmp or .tif: "
+                      f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''} (convert phone HEIC photos to "
+                      "JPEG)", highlight=False)
+        result = calibrate_images(paths, parse_board(board), square_mm, fit_k3)
     except CalibrationError as exc:
-        err.print(f"[red]calibration failed:[/red] {exc}")
+        err.print(f"[red]calibration failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     intr = result.intrinsics
     table = Table(title=f"Intrinsics from {len(result.per_image_px)} of {len(paths)} images")
@@ -52,12 +63,16 @@ def intrinsics(
     worst = sorted(result.per_image_px.items(), key=lambda kv: -kv[1])[:3]
     out.print("worst images: " + ", ".join(f"{n} {e:.2f} px" for n, e in worst))
     for name in result.rejected:
-        err.print(f"[yellow]skipped[/yellow] {name}")
-    if result.rms_px > 1.0:
-        err.print("[yellow]RMS above 1 px: retake blurred images or check --board/--square-mm[/yellow]")
+        err.print(f"[yellow]skipped[/yellow] {name}", highlight=False)
+    for problem in result.problems:
+        err.print(f"[yellow]check:[/yellow] {problem}", highlight=False)
+    if result.rms_px > RMS_BAD_PX and not force:
+        err.print(f"[red]not written:[/red] the RMS is above {RMS_BAD_PX:g} px (--force writes it anyway)")
+        raise typer.Exit(1)
     try:
         # In place, a power cut left an empty file: the agent then refused to start (hardening row 28).
-        write_durably(output, intrinsics_text(output, intr, result.rms_px, len(result.per_image_px)))
+        write_durably(output, intrinsics_text(output, intr, result.rms_px, len(result.per_image_px),
+                                              result.problems))
     except OSError as exc:
         err.print(f"[red]could not write {output}:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -41,4 +41,14 @@ def check_calibration(ctx: Context) -> CheckResult:
                                "same aspect ratio: positions will be off",
                                "set camera.width/height to the calibrated shape, or calibrate at this resolution",
                                data)
+    if cal.intrinsics_file:
+        from calibration.config import intrinsics_file_problems
+
+        problems = intrinsics_file_problems(cal.intrinsics_file)
+        if problems:
+            data["problems"] = problems
+            return CheckResult("calibration", Level.YELLOW, summary + "; the intrinsics fit is doubtful",
+                               "; ".join(problems) + ": positions on the map may be off by metres",
+                               "take the checkerboard photos again as docs/calibration.md says, and rerun "
+                               "`edge-agent calibrate intrinsics`", data)
     return CheckResult("calibration", Level.GREEN, summary, data=data)

@@ -1,0 +1,76 @@
+"""Is a checkerboard calibration trustworthy? A low RMS is not enough: an outside installer test fitted 6
+photos of a board facing the camera to fx 1108 px (true 900) at RMS 0.30 px, and 10 tilted photos that kept
+away from the image's corners to a distortion polynomial that folds back before the corner, at RMS 0.28 px.
+Both went on to place potholes metres off. These checks look at what the photos could pin down.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from calibration.camera import Intrinsics
+
+MIN_TILT_DEG = 15.0  # the largest board tilt a set of photos needs for the focal length to be told from distance
+RMS_GOOD_PX = 0.5
+RMS_BAD_PX = 1.0
+CORNERS = {(0, 0): "top-left", (2, 0): "top-right", (0, 2): "bottom-left", (2, 2): "bottom-right"}
+
+
+def calibration_problems(intr: Intrinsics, image_points: list[np.ndarray], rvecs: list[np.ndarray],
+                         rms_px: float) -> list[str]:
+    """What is wrong with a calibration from these views, in words (empty when nothing is)."""
+    problems = []
+    if rms_px > RMS_BAD_PX:
+        problems.append(f"RMS reprojection error {rms_px:.2f} px (above {RMS_BAD_PX:g} px): blurred photos, or a "
+                        "wrong --board count; retake or drop the worst images")
+    elif rms_px > RMS_GOOD_PX:
+        problems.append(f"RMS reprojection error {rms_px:.2f} px (good is below {RMS_GOOD_PX:g} px): drop the worst "
+                        "images or retake them sharper")
+    empty = uncovered_corners(intr, image_points)
+    if empty:
+        problems.append(f"no board corner in the image's {', '.join(empty)} ninth{'s' if len(empty) > 1 else ''}: "
+                        "the lens distortion is not measured where potholes pass the frame's lower corners; add "
+                        "photos with the board there")
+    tilt = max_tilt_deg(rvecs)
+    if tilt < MIN_TILT_DEG:
+        problems.append(f"every photo shows the board nearly face-on (largest tilt {tilt:.0f} deg): the focal length "
+                        "cannot be told apart from the board's distance; add photos with the board tilted 30-45 deg")
+    fold = distortion_folds(intr)
+    if fold:
+        problems.append(fold)
+    return problems
+
+
+def uncovered_corners(intr: Intrinsics, image_points: list[np.ndarray]) -> list[str]:
+    """The corner ninths of the image (3 x 3 grid) where no photo showed a board corner."""
+    pts = np.concatenate([p.reshape(-1, 2) for p in image_points]) if image_points else np.zeros((0, 2))
+    cells = {(min(int(3 * u / intr.width), 2), min(int(3 * v / intr.height), 2)) for u, v in pts}
+    return [name for cell, name in CORNERS.items() if cell not in cells]
+
+
+def max_tilt_deg(rvecs: list[np.ndarray]) -> float:
+    """The largest angle between a board's normal and the optical axis over the views."""
+    tilts = [math.degrees(math.acos(min(1.0, abs(float(cv2.Rodrigues(np.asarray(r, np.float64))[0][2, 2])))))
+             for r in rvecs]
+    return max(tilts, default=0.0)
+
+
+def distortion_folds(intr: Intrinsics) -> str | None:
+    """Why the fitted radial distortion cannot be right out to the image's corners (it stops growing before it
+    reaches them, so two rays would land on one pixel), or None."""
+    k = list(intr.dist) + [0.0] * 5
+    k1, k2, k3 = k[0], k[1], k[4]
+    corner = max(math.hypot((u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy)
+                 for u in (0, intr.width) for v in (0, intr.height))
+    r = np.linspace(0.0, 3.0, 3001)
+    r2 = r * r
+    d = r * (1 + k1 * r2 + k2 * r2 * r2 + k3 * r2 * r2 * r2)
+    reach = np.nonzero(d >= corner)[0]
+    end = int(reach[0]) if len(reach) else len(r) - 1
+    if len(reach) and np.all(np.diff(d[: end + 1]) > 0):
+        return None
+    return (f"the fitted lens distortion (k1 {k1:.3f}, k2 {k2:.3f}, k3 {k3:.3f}) folds back before the image's "
+            "corners: positions there would be wrong; add photos with the board in the corners")
