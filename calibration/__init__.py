@@ -5,6 +5,8 @@
 - `config`: `projector_from_config(cfg.calibration)` and the intrinsics file format.
 - `checkerboard`: intrinsics from checkerboard photos with cv2.calibrateCamera.
 - `grid`: a projected metre grid drawn over an image, to check a mount by eye.
+- `intrinsics_quality`: what a set of checkerboard photos could not pin down.
+- `mount_fit`: pitch, yaw and height from the lane markings of road frames.
 """
 
 from calibration.camera import Intrinsics, Mount

@@ -353,3 +353,49 @@ def test_calibrate_intrinsics_refuses_an_rms_above_1_px_and_hints_the_board_coun
     res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path), "--out", str(out),
                                    "--force"])
     assert res.exit_code == 0 and out.exists()
+
+
+def test_calibrate_mount_finds_the_pitch_yaw_and_height_of_a_drive(tmp_path: Path) -> None:
+    """A rendered drive (known mount: 2.0 m, pitch 14, yaw -1, roll 0.5) through a config whose pitch and yaw are
+    off by 3 and 2 degrees: the lane markings give them back, and the lane's width the height."""
+    from edge_agent.lab.sim.drive import _streams
+    from edge_agent.lab.sim.surface import random_style
+
+    drive = tmp_path / "drive"
+    res = CliRunner().invoke(app, ["sim", "drive", "--out", str(drive), "--seed", "3", "--duration", "4",
+                                   "--defects", "0"])
+    assert res.exit_code == 0, res.output
+    text = (drive / "agent.toml").read_text()
+    assert "pitch_deg = 14.0" in text and "yaw_deg = -1.0" in text and "height_m = 2.0" in text
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(text.replace("pitch_deg = 14.0", "pitch_deg = 11.0").replace("yaw_deg = -1.0", "yaw_deg = 1.0"))
+    lane = random_style(_streams(3)["style"]).lane_width  # the drive's own lane
+    picture = tmp_path / "mount.png"
+    res = CliRunner().invoke(app, ["calibrate", "mount", "--images", str(drive / "video.mp4"), "--config",
+                                   str(wrong), "--lane-width", f"{lane:.3f}", "--frames", "10", "--out",
+                                   str(picture)])
+    assert res.exit_code == 0, res.output
+    fitted = dict(line.split(" = ") for line in res.output.split("set in [calibration]: ")[1].split("\n")[0]
+                  .split(", "))
+    assert float(fitted["pitch_deg"]) == pytest.approx(14.0, abs=0.3)
+    assert float(fitted["yaw_deg"]) == pytest.approx(-1.0, abs=0.5)  # the vehicle's heading in its lane wanders
+    assert float(fitted["height_m"]) == pytest.approx(2.0, rel=0.03)
+    assert "placed" in res.output and cv2.imread(str(picture)) is not None
+
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((360, 640, 3), 110, np.uint8))
+    res = CliRunner().invoke(app, ["calibrate", "mount", "--images", str(grey), "--config", str(wrong)])
+    assert res.exit_code == 1 and "no lane markings" in res.output
+
+
+@pytest.mark.shared
+def test_the_vanishing_point_of_real_survey_frames_agrees_with_their_lane_masks(shared_survey) -> None:
+    """Real frames of a survey vehicle's camera: the point where the painted markings meet against the one where
+    the annotated lane's edges meet (python -m calibration.mount_eval has the figures for docs/calibration.md)."""
+    from calibration.mount_eval import compare
+
+    r = compare(shared_survey, step=25)
+    vp = np.abs(r["vp_error_px"])
+    assert len(vp) >= 0.9 * (r["frames"] - r["no_mask_lane"])
+    assert np.median(vp[:, 0]) < 6 and np.median(vp[:, 1]) < 6  # ~0.7 deg at this camera's ~460 px focal length
+    assert abs(np.median(r["vp_error_px"][:, 1])) < 3  # no bias in pitch

@@ -1,8 +1,9 @@
-"""`edge-agent calibrate intrinsics|check`: camera intrinsics from checkerboard photos, and a projected metre
-grid over a road image to check the mount by eye."""
+"""`edge-agent calibrate intrinsics|mount|check`: camera intrinsics from checkerboard photos, the mount from the
+lane markings of road frames, and a projected metre grid over a road image to check the mount by eye."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -122,6 +123,125 @@ def check(
     m = projector.mount
     out.print(f"wrote {output} (height {m.height_m} m, pitch {m.pitch_deg} deg, roll {m.roll_deg} deg, "
               f"yaw {m.yaw_deg} deg, horizon at row {projector.horizon_v():.0f})")
+
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".mjpg", ".mjpeg", ".h264"}
+
+
+def read_frames(paths: list[Path], per_video: int) -> list[tuple[str, object]]:
+    """(name, image) of every image file, every image in a folder, and PER_VIDEO frames spread over a video."""
+    import cv2
+
+    from calibration.checkerboard import IMAGE_SUFFIXES
+
+    frames: list[tuple[str, object]] = []
+    for path in paths:
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        for file in files:
+            if file.suffix.lower() in VIDEO_SUFFIXES:
+                cap = cv2.VideoCapture(str(file))
+                count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+                for k in range(per_video):
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, int((k + 0.5) * count / per_video))
+                    ok, image = cap.read()
+                    if ok:
+                        frames.append((f"{file.name}#{k}", image))
+                cap.release()
+                continue
+            image = cv2.imread(str(file))
+            if image is None:
+                err.print(f"[yellow]not read[/yellow] {file}: not an image or video file", highlight=False)
+            else:
+                frames.append((file.name, image))
+    return frames
+
+
+@calibrate_app.command("mount")
+def mount(
+    images: list[Path] = typer.Option(..., "--images", help="Road frames from the mounted camera: image files, "
+                                                             "folders of them, or a video; repeat for more"),
+    config: Path | None = config_option(None, "Agent config whose [calibration] to start from"),
+    lane_width: float | None = typer.Option(None, "--lane-width", min=2.0, max=6.0,
+                                            help="Width of the lane driven in, metres (between the middles of its "
+                                                 "lines): also fits the camera height"),
+    per_video: int = typer.Option(30, "--frames", min=1, max=500, help="Frames taken from each video"),
+    output: Path = typer.Option(Path("mount.png"), "--out", help="Picture of the markings used and the grid"),
+) -> None:
+    """Pitch and yaw (and, with --lane-width, the height) from where the lane markings meet: frames of a straight,
+    flat road with painted lines, driving in the middle of the lane."""
+    import cv2
+    from rich.progress import track
+
+    from calibration import GroundProjector
+    from calibration.checkerboard import IMAGE_SUFFIXES
+    from calibration.config import CalibrationError, intrinsics_from_config, mount_from_config
+    from calibration.grid import draw_ground_grid
+    from calibration.mount_fit import draw_fit, fit_frame, fit_mount
+    from edge_agent import config as agent_config
+
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise typer.BadParameter(f"{output}: give an image file name", param_hint="'--out'")
+    missing = [p for p in images if not p.exists()]
+    if missing:
+        raise typer.BadParameter(f"{missing[0]}: no such file or folder", param_hint="'--images'")
+    try:
+        cfg = agent_config.load(config) if config else agent_config.AgentConfig()
+        intr, configured = intrinsics_from_config(cfg.calibration), mount_from_config(cfg.calibration)
+    except (agent_config.ConfigError, CalibrationError) as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    frames = read_frames(images, per_video)
+    if not frames:
+        err.print("[red]no frames to fit:[/red] give road images or a video")
+        raise typer.Exit(1)
+    h, w = frames[0][1].shape[:2]
+    same = [(name, img) for name, img in frames if img.shape[:2] == (h, w)]
+    if len(same) < len(frames):
+        err.print(f"[yellow]left out[/yellow] {len(frames) - len(same)} frame(s) of another size than {w}x{h}")
+    mismatch = intr.aspect_mismatch(w, h)
+    if mismatch:
+        err.print(f"[yellow]{mismatch}[/yellow]", highlight=False)
+    intr = intr.scaled(w, h)
+    fits = [(name, img, fit_frame(img)) for name, img in track(same, description="lane markings", console=err)]
+    found = [(name, img, f) for name, img, f in fits if f is not None]
+    if not found:
+        err.print("[red]no lane markings met in any frame:[/red] use frames of a straight road with painted lines "
+                  "on both sides of the vehicle's path")
+        raise typer.Exit(1)
+    result = fit_mount([f for _, _, f in found], intr, configured, lane_width)
+    fitted = result.mount
+    table = Table(title=f"Mount from the lane markings of {result.frames_used} of {len(same)} frames")
+    for column in ("", "config", "fitted"):
+        table.add_column(column, justify="right")
+    table.add_row("pitch_deg", f"{configured.pitch_deg:.2f}", f"{fitted.pitch_deg:.2f}")
+    table.add_row("yaw_deg", f"{configured.yaw_deg:.2f}", f"{fitted.yaw_deg:.2f}")
+    table.add_row("height_m", f"{configured.height_m:.2f}",
+                  f"{fitted.height_m:.2f}" if result.height_from_lane else "(give --lane-width)")
+    table.add_row("roll_deg", f"{configured.roll_deg:.2f}", "(kept)")
+    out.print(table)
+    out.print(f"vanishing point ({result.vp[0]:.1f}, {result.vp[1]:.1f}) px, frames within "
+              f"{result.vp_spread_px:.1f} px of it (median)")
+    now, then = GroundProjector(intr, configured), GroundProjector(intr, fitted)
+    for ahead in (8.0, 15.0):
+        pixel = then.ground_to_pixel(ahead, 0.0)
+        placed = now.pixel_to_ground(*pixel) if pixel is not None else None
+        if placed is not None:
+            out.print(f"a defect {ahead:.0f} m ahead is placed {math.dist(placed, (ahead, 0.0)):.2f} m off with "
+                      "the config's mount")
+    keys = [f"pitch_deg = {fitted.pitch_deg:.2f}", f"yaw_deg = {fitted.yaw_deg:.2f}"]
+    if result.height_from_lane:
+        keys.append(f"height_m = {fitted.height_m:.2f}")
+    out.print("set in \\[calibration]: " + ", ".join(keys), highlight=False)
+    if not cfg.calibration.intrinsics_file and not cfg.calibration.fx:
+        err.print("[yellow]note:[/yellow] the focal length is derived from hfov_deg: pitch, and the distances "
+                  "ahead, are only as right as that guess (`edge-agent calibrate intrinsics`, or check a mark at a "
+                  "measured distance on the grid)", highlight=False)
+    name, image, best = max(found, key=lambda item: item[2].support_px)
+    picture = draw_ground_grid(draw_fit(image, best, result.vp), GroundProjector(intr, fitted))
+    if not cv2.imwrite(str(output), picture):
+        err.print(f"[red]could not write {output}[/red]")
+        raise typer.Exit(1)
+    out.print(f"wrote {output} ({name}: markings used in magenta, the grid of the fitted mount)")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,84 @@
+"""How well `calibrate mount` finds the vanishing point and the lane on real frames: the survey vehicle's frames
+(Passos et al. 2020) come with a mask of the lane driven in, whose two edges meet at the vanishing point of the
+road ahead. Each frame's point from its painted markings is compared with the one from its mask.
+
+    python -m calibration.mount_eval [--survey DIR] [--step 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rich.progress import track
+
+from calibration.mount_fit import REF_ROW, fit_frame
+
+
+def mask_lane(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The vanishing point where the lane mask's left and right edges meet, and their columns at REF_ROW; None
+    when the mask does not show both edges over enough rows."""
+    h, w = mask.shape
+    rows, left, right = [], [], []
+    for v in range(int(0.15 * h), int(0.97 * h)):
+        cols = np.nonzero(mask[v])[0]
+        if len(cols) >= 5 and cols[0] > 1 and cols[-1] < w - 2:  # an edge cut by the frame is no edge
+            rows.append(v)
+            left.append(cols[0])
+            right.append(cols[-1])
+    if len(rows) < 30:
+        return None
+    al, bl = np.polyfit(rows, left, 1)
+    ar, br = np.polyfit(rows, right, 1)
+    if abs(al - ar) < 1e-6:
+        return None
+    v0 = (br - bl) / (al - ar)
+    row = REF_ROW * h
+    return (float(al * v0 + bl), float(v0)), (float(al * row + bl), float(ar * row + br))
+
+
+def compare(survey: Path, step: int) -> dict:
+    """Per frame, the markings' vanishing point and lane columns against the mask's."""
+    stems = sorted(p.stem for p in (survey / "images").iterdir())[::step]
+    d_vp, d_lane, no_mask, no_fit = [], [], 0, 0
+    for stem in track(stems, description="frames"):
+        mask = cv2.imread(str(survey / "masks" / "lane" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        truth = mask_lane(mask > 127) if mask is not None else None
+        if truth is None:
+            no_mask += 1
+            continue
+        fit = fit_frame(cv2.imread(str(survey / "images" / f"{stem}.jpg")))
+        if fit is None:
+            no_fit += 1
+            continue
+        d_vp.append((fit.vp[0] - truth[0][0], fit.vp[1] - truth[0][1]))
+        if fit.boundaries is not None:
+            d_lane.append((fit.boundaries[0] - truth[1][0], fit.boundaries[1] - truth[1][1]))
+    return {"frames": len(stems), "no_mask_lane": no_mask, "no_markings": no_fit,
+            "vp_error_px": np.array(d_vp).reshape(-1, 2), "lane_error_px": np.array(d_lane).reshape(-1, 2)}
+
+
+def main() -> None:
+    from models.data import DEFAULT_SURVEY
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY)
+    parser.add_argument("--step", type=int, default=4, help="every STEP-th frame")
+    args = parser.parse_args()
+    r = compare(args.survey, args.step)
+    vp, lane = np.abs(r["vp_error_px"]), np.abs(r["lane_error_px"])
+    judged = len(vp) + r["no_markings"]
+    print(f"{r['frames']} frames, {judged} with both lane edges in the mask; markings met in {len(vp)} "
+          f"({len(vp) / max(judged, 1):.0%})")
+    print(f"vanishing point, markings vs mask: median |du| {np.median(vp[:, 0]):.1f} px, |dv| "
+          f"{np.median(vp[:, 1]):.1f} px; 90th percentile {np.percentile(vp[:, 0], 90):.1f} / "
+          f"{np.percentile(vp[:, 1], 90):.1f} px; mean dv {np.mean(r['vp_error_px'][:, 1]):+.1f} px")
+    if len(lane):
+        print(f"lane lines at {REF_ROW:.0%} of the height ({len(lane)} frames): median |error| left "
+              f"{np.median(lane[:, 0]):.1f} px, right {np.median(lane[:, 1]):.1f} px")
+
+
+if __name__ == "__main__":
+    main()
