@@ -42,7 +42,7 @@ def mask_lane(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, float
 def compare(survey: Path, step: int) -> dict:
     """Per frame, the markings' vanishing point and lane columns against the mask's."""
     stems = sorted(p.stem for p in (survey / "images").iterdir())[::step]
-    d_vp, d_lane, no_mask, no_fit = [], [], 0, 0
+    d_vp, d_lane, no_mask, no_fit, by_road = [], [], 0, 0, {}
     for stem in track(stems, description="frames"):
         mask = cv2.imread(str(survey / "masks" / "lane" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
         truth = mask_lane(mask > 127) if mask is not None else None
@@ -54,10 +54,15 @@ def compare(survey: Path, step: int) -> dict:
             no_fit += 1
             continue
         d_vp.append((fit.vp[0] - truth[0][0], fit.vp[1] - truth[0][1]))
+        by_road.setdefault(stem.split("_")[1] + "_" + stem.split("_")[2], []).append((fit.vp, truth[0]))
         if fit.boundaries is not None:
             d_lane.append((fit.boundaries[0] - truth[1][0], fit.boundaries[1] - truth[1][1]))
+    # What an installer gets from a stretch of road: the median of many frames' points, against the masks' median.
+    per_road = {road: np.median([f for f, _ in pairs], axis=0) - np.median([t for _, t in pairs], axis=0)
+                for road, pairs in by_road.items() if len(pairs) >= 10}
     return {"frames": len(stems), "no_mask_lane": no_mask, "no_markings": no_fit,
-            "vp_error_px": np.array(d_vp).reshape(-1, 2), "lane_error_px": np.array(d_lane).reshape(-1, 2)}
+            "vp_error_px": np.array(d_vp).reshape(-1, 2), "lane_error_px": np.array(d_lane).reshape(-1, 2),
+            "per_road_px": per_road}
 
 
 def main() -> None:
@@ -74,7 +79,11 @@ def main() -> None:
           f"({len(vp) / max(judged, 1):.0%})")
     print(f"vanishing point, markings vs mask: median |du| {np.median(vp[:, 0]):.1f} px, |dv| "
           f"{np.median(vp[:, 1]):.1f} px; 90th percentile {np.percentile(vp[:, 0], 90):.1f} / "
-          f"{np.percentile(vp[:, 1], 90):.1f} px; mean dv {np.mean(r['vp_error_px'][:, 1]):+.1f} px")
+          f"{np.percentile(vp[:, 1], 90):.1f} px; median dv {np.median(r['vp_error_px'][:, 1]):+.1f} px (pitch bias)")
+    f = 320 / np.tan(np.radians(35))  # these 640-px frames at a 70 deg lens: degrees of pitch per pixel
+    for road, (du, dv) in sorted(r["per_road_px"].items()):
+        print(f"  {road}: median of the frames' points against the masks' median: du {du:+.1f} px, dv {dv:+.1f} px "
+              f"({np.degrees(np.arctan(dv / f)):+.2f} deg of pitch at a 70 deg lens)")
     if len(lane):
         print(f"lane lines at {REF_ROW:.0%} of the height ({len(lane)} frames): median |error| left "
               f"{np.median(lane[:, 0]):.1f} px, right {np.median(lane[:, 1]):.1f} px")

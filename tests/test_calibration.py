@@ -382,6 +382,16 @@ def test_calibrate_mount_finds_the_pitch_yaw_and_height_of_a_drive(tmp_path: Pat
     assert float(fitted["height_m"]) == pytest.approx(2.0, rel=0.03)
     assert "placed" in res.output and cv2.imread(str(picture)) is not None
 
+    # Straight from the box's camera (an IP camera here), frames 0.5 s apart:
+    from tests.mjpeg import mjpeg_camera
+
+    ok, frame = cv2.VideoCapture(str(drive / "video.mp4")).read()
+    assert ok
+    with mjpeg_camera(cv2.imencode(".jpg", frame)[1], fps=10, frames=600) as url:
+        res = CliRunner().invoke(app, ["calibrate", "mount", "--camera", url, "--frames", "3", "--config", str(wrong),
+                                       "--out", str(picture)])
+    assert res.exit_code == 0 and "of 3 frames" in res.output, res.output
+
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), np.full((360, 640, 3), 110, np.uint8))
     res = CliRunner().invoke(app, ["calibrate", "mount", "--images", str(grey), "--config", str(wrong)])

@@ -91,7 +91,8 @@ def check(
     """Draw the projected metre grid (forward lines every metre, labels every 5 m) over IMAGE."""
     import cv2
 
-    from calibration.config import CalibrationError, intrinsics_from_config, projector_from_config
+    from calibration import GroundProjector
+    from calibration.config import CalibrationError, intrinsics_from_config, mount_from_config
     from calibration.grid import draw_ground_grid
     from edge_agent import config as agent_config
 
@@ -110,8 +111,9 @@ def check(
         err.print(f"[red]{image}: not a readable image[/red]")
         raise typer.Exit(1)
     try:
-        mismatch = intrinsics_from_config(cfg.calibration).aspect_mismatch(frame.shape[1], frame.shape[0])
-        projector = projector_from_config(cfg.calibration, (frame.shape[1], frame.shape[0]))
+        intr = intrinsics_from_config(cfg.calibration)
+        mismatch = intr.aspect_mismatch(frame.shape[1], frame.shape[0])
+        projector = GroundProjector(intr.scaled(frame.shape[1], frame.shape[0]), mount_from_config(cfg.calibration))
     except CalibrationError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -156,10 +158,41 @@ def read_frames(paths: list[Path], per_video: int) -> list[tuple[str, object]]:
     return frames
 
 
+def grab_frames(source: str, count: int, every_s: float = 0.5) -> list[tuple[str, object]]:
+    """COUNT frames from a live camera SOURCE, EVERY_S apart (so a drive shows the lane along some road)."""
+    import time
+
+    from rich.progress import track
+
+    from edge_agent.camera.capture import open_capture
+    from edge_agent.config.camera import CameraConfig
+
+    cap = open_capture(CameraConfig(source=source))
+    if not cap.isOpened():
+        err.print(f"[red]camera {source} did not open[/red] (is the agent running and holding it?)",
+                  highlight=False)
+        raise typer.Exit(1)
+    frames: list[tuple[str, object]] = []
+    try:
+        for k in track(range(count), description="camera frames", console=err):
+            next_at = time.monotonic() + every_s
+            ok, image = cap.read()
+            if ok and image is not None:
+                frames.append((f"camera#{k}", image))
+            while time.monotonic() < next_at:
+                cap.grab()  # keep the driver's queue fresh: the next read is a frame of now
+    finally:
+        cap.release()
+    return frames
+
+
 @calibrate_app.command("mount")
 def mount(
-    images: list[Path] = typer.Option(..., "--images", help="Road frames from the mounted camera: image files, "
-                                                             "folders of them, or a video; repeat for more"),
+    images: list[Path] = typer.Option([], "--images", help="Road frames from the mounted camera: image files, "
+                                                            "folders of them, or a video; repeat for more"),
+    camera: str | None = typer.Option(None, "--camera", help="Or take --frames frames, one every 0.5 s, from this "
+                                                              "camera source (as camera.source; stop the agent "
+                                                              "first) while driving straight in the lane"),
     config: Path | None = config_option(None, "Agent config whose [calibration] to start from"),
     lane_width: float | None = typer.Option(None, "--lane-width", min=2.0, max=6.0,
                                             help="Width of the lane driven in, metres (between the middles of its "
@@ -184,13 +217,15 @@ def mount(
     missing = [p for p in images if not p.exists()]
     if missing:
         raise typer.BadParameter(f"{missing[0]}: no such file or folder", param_hint="'--images'")
+    if not images and camera is None:
+        raise typer.BadParameter("give --images (frames, folders, a video) or --camera", param_hint="'--images'")
     try:
         cfg = agent_config.load(config) if config else agent_config.AgentConfig()
         intr, configured = intrinsics_from_config(cfg.calibration), mount_from_config(cfg.calibration)
     except (agent_config.ConfigError, CalibrationError) as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(1) from None
-    frames = read_frames(images, per_video)
+    frames = read_frames(images, per_video) + (grab_frames(camera, per_video) if camera is not None else [])
     if not frames:
         err.print("[red]no frames to fit:[/red] give road images or a video")
         raise typer.Exit(1)
@@ -210,7 +245,7 @@ def mount(
         raise typer.Exit(1)
     result = fit_mount([f for _, _, f in found], intr, configured, lane_width)
     fitted = result.mount
-    table = Table(title=f"Mount from the lane markings of {result.frames_used} of {len(same)} frames")
+    table = Table(title=f"Mount from {result.frames_used} of {len(same)} frames")
     for column in ("", "config", "fitted"):
         table.add_column(column, justify="right")
     table.add_row("pitch_deg", f"{configured.pitch_deg:.2f}", f"{fitted.pitch_deg:.2f}")
