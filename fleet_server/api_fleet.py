@@ -32,6 +32,7 @@ from fleet_server.auth import Principal
 from fleet_server.device_view import PROBLEM_CODES, device_rows
 from fleet_server.health import checks as health_checks
 from fleet_server.metrics_auth import CHALLENGE, REFUSED, scrape_allowed
+from fleet_server.sighting_counts import sighting_counts
 from fleet_server.validate import as_utc
 
 router = APIRouter()
@@ -115,25 +116,25 @@ class Device(BaseModel):
     disk_free_mb: float | None = Field(description="Free disk on the box, MB")
     oldest_pending_at: str | None = Field(description="Its oldest unconfirmed record (UTC)")
     created_at: str | None = Field(description="When it was added")
-    sightings: int = Field(description="Sightings it contributed")
+    sightings: int = Field(description="Sightings it contributed (in the list as counted within the last minute)")
 
 
 def _devices(request: Request, conn: psycopg.Connection, one: str | None = None) -> list[dict]:
     views = device_rows(conn, datetime.now(UTC), request.app.state.cfg.ingest.stale_after_s, one)
+    # The status's few keys, not the whole document again (device_rows read it for the health and problems).
     rows = {r[0]: r[1:] for r in conn.execute("""
-        SELECT id, inference_ms, last_fix, last_status, created_at,
-               (SELECT count(*) FROM sightings s WHERE s.device_id = d.id) AS sightings
-        FROM devices d WHERE %(one)s::text IS NULL OR id = %(one)s""", {"one": one}).fetchall()}
+        SELECT id, inference_ms, last_fix, created_at, last_status->'fps', last_status->'m_per_frame',
+               last_status->'model', last_status->'version', last_status->'disk_free_mb',
+               last_status->'oldest_pending_at'
+        FROM devices WHERE %(one)s::text IS NULL OR id = %(one)s""", {"one": one}).fetchall()}
+    counts = sighting_counts(conn, one)
     out = []
     for view in views:
-        inference_ms, last_fix, status, created_at, sightings = rows[view["id"]]
-        status = status or {}
+        inference_ms, last_fix, created_at, fps, m_per_frame, model, version, disk_free, oldest = rows[view["id"]]
         out.append(view | {"last_seen": _jsonable(view["last_seen"]), "inference_ms": inference_ms,
-                           "last_fix": last_fix, "fps": status.get("fps"), "m_per_frame": status.get("m_per_frame"),
-                           "model": status.get("model"), "version": status.get("version"),
-                           "disk_free_mb": status.get("disk_free_mb"),
-                           "oldest_pending_at": status.get("oldest_pending_at"), "created_at": _jsonable(created_at),
-                           "sightings": sightings})
+                           "last_fix": last_fix, "fps": fps, "m_per_frame": m_per_frame, "model": model,
+                           "version": version, "disk_free_mb": disk_free, "oldest_pending_at": oldest,
+                           "created_at": _jsonable(created_at), "sightings": counts.get(view["id"], 0)})
     return out
 
 

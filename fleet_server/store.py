@@ -441,4 +441,10 @@ def _status_params(device: str, status: dict) -> dict:
     return {"device": device, "state": status["state"], "status": Jsonb(status),
             "will": status["state"] == "offline" and "sent_at" not in status,
             "queue_depth": status.get("queue_depth"), "inference_ms": status.get("inference_ms"),
-            "fix": Jsonb(status["fix"]) if status.get("fix") is not None else None}
+            "fix": Jsonb(status["fix"]) if status.get("fix") is not None and not _null_island(status["fix"]) else None}
+
+
+def _null_island(fix: object) -> bool:
+    """(0, 0): a receiver's placeholder before its first fix, not a place. One such van zoomed every manager's
+    first map view out to the whole world (events there are refused; a status's position is only dropped)."""
+    return isinstance(fix, dict) and fix.get("lat") == 0 and fix.get("lon") == 0

@@ -380,7 +380,9 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#device-table tbody tr[data-device-id]"))
     states = {r.get_attribute("data-device-id"): r.find_element(By.CSS_SELECTOR, ".state").text for r in rows}
     assert states == {"veh-a": "online", "veh-b": "offline"}
-    assert "9.6" in rows[0].text
+    by_id = {r.get_attribute("data-device-id"): r for r in rows}
+    assert rows[0] == by_id["veh-b"]  # a box with a problem first
+    assert "9.6" in by_id["veh-a"].text
     detail = {r.get_attribute("data-device-id"): browser.find_element(
         By.CSS_SELECTOR, f'tr[data-detail-of="{r.get_attribute("data-device-id")}"]') for r in rows}
     assert "test-detector" in detail["veh-a"].text
@@ -388,7 +390,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     problems = {k: row.find_element(By.CSS_SELECTOR, ".problems").text for k, row in detail.items()}
     assert problems == {"veh-a": "no problem reported",
                         "veh-b": "GNSS receiver sends nothing usable: defects cannot be placed"}
-    assert "1 of 2 boxes show a problem" in browser.find_element(By.ID, "device-summary").text
+    assert "1 of 2 boxes show a problem · 1 online, 1 offline" in browser.find_element(By.ID, "device-summary").text
     assert "vehicle with a problem" in browser.find_element(By.ID, "legend").text
     # Every column and every problem on screen within the side, down to an 800 px window (Problems, a column of
     # its own, was cut off at 1024 px and narrower; scrolled to, the vehicle's name went out of sight), and the
@@ -407,7 +409,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     finally:
         browser.set_window_size(size["width"], size["height"])
     # A vehicle's tooltip with its problems stays on the map (one line of 600 px ran off both edges), one at a time.
-    rows[1].click()
+    by_id["veh-b"].click()
     tip = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip.vehicle-tip"))
     assert "GNSS receiver sends nothing usable" in tip[0].text
     inside = browser.execute_script("""const map = document.getElementById('map').getBoundingClientRect();
@@ -415,7 +417,7 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
             const r = t.getBoundingClientRect();
             return r.left >= map.left && r.right <= map.right && r.top >= map.top; });""")
     assert inside
-    rows[0].click()  # centres the map on veh-a's last fix
+    by_id["veh-a"].click()  # centres the map on veh-a's last fix
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".leaflet-tooltip.vehicle-tip")) == 1)
     save_screenshot(browser, "dashboard-devices.png")
     assert script_errors(browser) == []

@@ -485,3 +485,20 @@ def test_one_box_with_odd_health_values_does_not_take_the_fleet_view_down(cli, f
 
     names = {m.name for m in DeviceCollector(fetch, 600.0).collect()}
     assert "road_device_problems" in names
+
+
+def test_a_status_at_null_island_leaves_no_position(cli, fresh_db) -> None:
+    """A status whose fix is (0, 0), a receiver's placeholder, put the van off Africa: the dashboard's first view
+    and "show all" zoomed out to the whole world for every manager."""
+    from fleet_server.config import AggregateConfig
+    from fleet_server.store import Batch, store_batch
+
+    now = datetime.now(UTC)
+    status = {"state": "online", "sent_at": now.isoformat(), "queue_depth": 0,
+              "fix": {"lat": 48.1, "lon": 11.5, "h_std_m": 3.0}}
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        store_batch(conn, Batch(statuses=[("veh-island", status, now)]), AggregateConfig())
+        assert conn.execute("SELECT last_fix->>'lat' FROM devices WHERE id = 'veh-island'").fetchone()[0] == "48.1"
+        store_batch(conn, Batch(statuses=[("veh-island", status | {"fix": {"lat": 0, "lon": 0, "h_std_m": 3.0}},
+                                           now)]), AggregateConfig())
+        assert conn.execute("SELECT last_fix FROM devices WHERE id = 'veh-island'").fetchone()[0] is None

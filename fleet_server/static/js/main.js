@@ -6,10 +6,14 @@ import {
 import { DefectMap, legendHtml } from "./map.js";
 import { applyFilters, fillClassOptions, readFilters, renderCounts, renderList } from "./filters.js";
 import { DefectPanel } from "./panel.js";
-import { renderDevices } from "./devices.js";
+import { ROWS_SHOWN, renderDevices } from "./devices.js";
 import { defectFromFeature, deviceFields } from "./model.js";
 
 const REFRESH_MS = 30000; // from the end of one load to the start of the next: a slow load is never overlapped
+// With the Devices tab hidden the vehicles on the map are refreshed less often: at 10,000 vehicles the list is
+// ~1 s of the API's time and 7 MB per tab, and 20 tabs opened together got 503s.
+const DEVICES_HIDDEN_MS = 120000;
+const MAP_ALL_VEHICLES_UP_TO = 500; // beyond, the map shows only the vehicles with a problem unless asked
 // A refresh asks for the defects written, and the roads driven stored, since the last answer (its sync_token).
 // Every FULL_RELOAD_MS the page loads everything again: what changes cannot say (coverage that retention deleted)
 // goes then.
@@ -32,6 +36,9 @@ const state = {
   syncToken: null, // of the defects loaded: the next refresh asks what was written since
   coverage: null, // the roads driven on the map: {since, until, syncToken, loadedAt, lines: Map id -> feature}
   fullAt: -Infinity, // when every defect was last loaded (performance.now())
+  devicesAt: -Infinity, // when the devices were last loaded (performance.now())
+  deviceRows: ROWS_SHOWN, // how many the Devices tab draws ("show more" adds)
+  focusedDevice: null, // the vehicle last picked in the list: on the map whatever the map's choice
 };
 
 function setStatus(text, isError = false) {
@@ -93,6 +100,9 @@ async function startApp() {
   });
   $("filters").addEventListener("reset", () => setTimeout(() => { redraw(); loadCoverage(); }));
   $("refresh").addEventListener("click", () => loadAll());
+  $("device-search").addEventListener("input", () => { state.deviceRows = ROWS_SHOWN; drawDevices(); });
+  $("device-show").addEventListener("change", () => { state.deviceRows = ROWS_SHOWN; drawDevices(); });
+  $("map-vehicles").addEventListener("change", () => { $("map-vehicles").dataset.chosen = "1"; drawVehicles(); });
   $("fit-all").addEventListener("click", () => state.map.fitAll());
   $("export-csv").addEventListener("click", () => exportShown("csv"));
   $("export-geojson").addEventListener("click", () => exportShown("geojson"));
@@ -102,10 +112,11 @@ async function startApp() {
 }
 
 function scheduleRefresh() {
+  // +-10 %: tabs opened together (a wall of screens) drift apart instead of asking the server all at once.
   state.timer = setTimeout(async () => {
     await loadAll(true);
     scheduleRefresh();
-  }, REFRESH_MS);
+  }, REFRESH_MS * (0.9 + 0.2 * Math.random()));
 }
 
 function showView(view) {
@@ -114,6 +125,7 @@ function showView(view) {
   $("view-devices").hidden = view !== "devices";
   $("app").classList.toggle("devices-view", view === "devices");
   state.map.map.invalidateSize(); // the side's width changed: Leaflet measures its box again
+  if (view === "devices" && performance.now() - state.devicesAt > REFRESH_MS) loadDevices(true);
 }
 
 function endSession() {
@@ -153,7 +165,7 @@ async function loadAllOnce(quiet) {
   if (!quiet) setStatus("loading…");
   state.failure = null;
   state.cut = [];
-  const [health] = await Promise.all([serverHealth(), loadDefects(), loadDevices()]);
+  const [health] = await Promise.all([serverHealth(), loadDefects(), loadDevices(!quiet)]);
   await loadCoverage(); // its default period follows the defects
   state.map.fitOnce();
   if (state.failure) {
@@ -285,15 +297,42 @@ function reloadWhole(err) {
   return Boolean(err) && (err.status === 410 || (err.status === 400 && /since_token/.test(err.message)));
 }
 
-async function loadDevices() {
+async function loadDevices(now = false) {
+  if (!now && $("view-devices").hidden && performance.now() - state.devicesAt < DEVICES_HIDDEN_MS) return;
   await guarded(async () => {
     const body = await getJson("devices");
     const list = Array.isArray(body) ? body : body.devices || body.items || [];
     state.devices = list.map(deviceFields);
-    renderDevices($("device-table").tBodies[0], state.devices, (d) => state.map.focusDevice(d),
-      $("device-summary"));
-    state.map.showDevices(state.devices);
+    state.devicesAt = performance.now();
+    const mapChoice = $("map-vehicles");
+    if (!mapChoice.dataset.chosen) mapChoice.value = state.devices.length > MAP_ALL_VEHICLES_UP_TO ? "problems" : "all";
+    drawDevices();
+    drawVehicles();
   });
+}
+
+function drawDevices() {
+  renderDevices($("device-table").tBodies[0], state.devices, focusVehicle, $("device-summary"), {
+    query: $("device-search").value, show: $("device-show").value, limit: state.deviceRows,
+    onMore: () => { state.deviceRows += ROWS_SHOWN; drawDevices(); },
+  });
+}
+
+// 10,000 vehicle dots buried every defect: a large fleet's map shows the vehicles with a problem, or as chosen,
+// and the one last picked in the list.
+function drawVehicles() {
+  const choice = $("map-vehicles").value;
+  const wanted = (d) => d.id === state.focusedDevice
+    || (choice === "all" || (choice === "problems" && d.problems.length > 0));
+  state.map.showDevices(state.devices.filter(wanted));
+}
+
+function focusVehicle(device) {
+  if (state.focusedDevice !== device.id) {
+    state.focusedDevice = device.id;
+    drawVehicles();
+  }
+  state.map.focusDevice(device);
 }
 
 async function loadCoverage() {

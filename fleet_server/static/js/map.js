@@ -37,7 +37,10 @@ export class DefectMap {
     this.coverage.addTo(this.map);
     // A crack is metres long: below LINES_MIN_ZOOM its line is a pixel or two under its marker, and a city's
     // 30,000 of them as SVG paths made every pan and zoom take a second.
-    this.map.on("zoomend", () => this.showLines());
+    this.map.on("zoomend", () => {
+      this.map.getContainer().dataset.zoom = this.map.getZoom(); // for scripts and tests: what the view shows
+      this.showLines();
+    });
     this.showLines();
     this.clusters.addTo(this.map);
     this.devices.addTo(this.map);

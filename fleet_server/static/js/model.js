@@ -137,8 +137,9 @@ export function deviceFields(d) {
     lastSpeed: Number.isFinite(Number(d.last_speed_mps)) && d.last_speed_mps !== null ? Number(d.last_speed_mps)
       : null,
     model: typeof model === "object" && model ? [model.name, model.version].filter(Boolean).join(" ") : model,
+    // (0, 0) is a receiver's placeholder, not a place: one such van zoomed the first view out to the world.
     fix: fix && Number.isFinite(Number(fix.lat)) && Number.isFinite(Number(fix.lon))
-      ? { lat: Number(fix.lat), lon: Number(fix.lon) } : null,
+      && (Number(fix.lat) !== 0 || Number(fix.lon) !== 0) ? { lat: Number(fix.lat), lon: Number(fix.lon) } : null,
   };
 }
 
