@@ -7,7 +7,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -29,7 +29,7 @@ from fleet_server.api_deps import (
     sync_point,
 )
 from fleet_server.auth import Principal
-from fleet_server.device_view import PROBLEM_CODES, device_rows
+from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
 from fleet_server.health import checks as health_checks
 from fleet_server.metrics_auth import CHALLENGE, REFUSED, scrape_allowed
 from fleet_server.sighting_counts import sighting_counts
@@ -80,8 +80,7 @@ def me(who: Principal = Depends(principal)) -> dict:
     return {"name": who.name, "role": who.role, "device_id": who.device_id}
 
 
-State = Literal["online", "stale", "offline", "stopped", "revoked", "unknown"]
-STATES: tuple[str, ...] = get_args(State)
+State = Literal[STATES]  # device_view's one list of states, in OpenAPI as an enum
 
 
 class Device(BaseModel):
@@ -147,10 +146,11 @@ def devices(request: Request,
             problem: str | None = Query(None, max_length=200, description="Comma list of problem codes: devices "
                                                                           "with any of them, e.g. `camera,gnss`"),
             conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> list[dict]:
-    states = _comma_list(state, "state", STATES)
-    codes = _comma_list(problem, "problem", PROBLEM_CODES)
-    return [d for d in _devices(request, conn)
-            if (states is None or d["state"] in states) and (codes is None or codes & set(d["problem_codes"]))]
+    try:
+        states, codes = choices(state, "state", STATES), choices(problem, "problem", PROBLEM_CODES)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return [d for d in _devices(request, conn) if wanted(d, states, codes)]
 
 
 @api.get("/devices/{device_id}", summary="One device, as in the list", response_model=Device,
@@ -161,15 +161,6 @@ def device(request: Request, device_id: str, conn: psycopg.Connection = Depends(
     if not found:
         raise HTTPException(404, f"no device {device_id[:64]!r}")
     return found[0]
-
-
-def _comma_list(value: str | None, name: str, allowed: tuple[str, ...]) -> set[str] | None:
-    if value is None:
-        return None
-    items = {v.strip() for v in value.split(",")}
-    if not items or not all(items) or not items <= set(allowed):
-        raise HTTPException(400, f"{name} takes a comma list of {', '.join(allowed)}")
-    return items
 
 
 @api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time (paginated by cursor)")

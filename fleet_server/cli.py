@@ -20,7 +20,7 @@ from rich.text import Text
 from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
-from fleet_server.device_view import device_rows
+from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
 from fleet_server.migrate import MigrationError
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
@@ -353,11 +353,21 @@ def device_revoke(device_id: str) -> None:
 
 
 @device_app.command("ls")
-def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List devices: state (stale when silent), last seen, queue, and why a box may be quiet."""
+def device_ls(as_json: bool = typer.Option(False, "--json"),
+              state: str | None = typer.Option(None, "--state", help=f"Comma list of {', '.join(STATES)}"),
+              problem: str | None = typer.Option(None, "--problem",
+                                                 help=f"Comma list of problem codes: {', '.join(PROBLEM_CODES)}")
+              ) -> None:
+    """List devices: state (stale when silent), last seen, queue, and why a box may be quiet (with --state or
+    --problem, only those: a fleet of 10,000 was 10,000 lines to grep)."""
+    try:
+        states, codes = choices(state, "--state", STATES), choices(problem, "--problem", PROBLEM_CODES)
+    except ValueError as exc:
+        _fail(str(exc))
     c = cfg()
     with connect(c.database) as conn:
-        rows = device_rows(conn, datetime.now(UTC), c.ingest.stale_after_s)
+        every = device_rows(conn, datetime.now(UTC), c.ingest.stale_after_s)
+    rows = [r for r in every if wanted(r, states, codes)]
     if as_json:
         print(json.dumps([r | {"last_seen": r["last_seen"].isoformat() if r["last_seen"] else None} for r in rows]))
         return
@@ -370,6 +380,9 @@ def device_ls(as_json: bool = typer.Option(False, "--json")) -> None:
                       "" if r["queue_depth"] is None else str(r["queue_depth"]),
                       "; ".join(r["problems"]) or "-")
     print_table(table)
+    counts = ", ".join(f"{n} {name}" for name in STATES if (n := sum(r["state"] == name for r in every)))
+    troubled = sum(bool(r["problems"]) for r in every)
+    console.print(f"{len(rows)} of {len(every)} devices listed; {troubled} with a problem; {counts or 'none'}")
 
 
 # -------------------------------------------------------------------------------------------- tokens

@@ -137,6 +137,25 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+STATES = ("online", "stale", "offline", "stopped", "revoked", "unknown")
+
+
+def choices(value: str | None, name: str, allowed: tuple[str, ...]) -> set[str] | None:
+    """A comma list of ALLOWED words (the API's `state=`/`problem=`, `device ls --state/--problem`), None when
+    not given; ValueError naming NAME and the allowed words otherwise."""
+    if value is None:
+        return None
+    items = {v.strip() for v in value.split(",")}
+    if not items or not all(items) or not items <= set(allowed):
+        raise ValueError(f"{name} takes a comma list of {', '.join(allowed)}")
+    return items
+
+
+def wanted(row: dict[str, Any], states: set[str] | None, codes: set[str] | None) -> bool:
+    """ROW in one of STATES (None: any) with one of the problem CODES (None: any)."""
+    return (states is None or row["state"] in states) and (codes is None or bool(codes & set(row["problem_codes"])))
+
+
 def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None = None) -> list[dict[str, Any]]:
     """Every device (or only device ONE) with its state and problems; keys as the API answers them."""
     refused = {r[0]: (int(r[1]), str(r[2])) for r in conn.execute(REJECTED_24H).fetchall()}
