@@ -401,8 +401,8 @@ def test_calibrate_mount_finds_the_pitch_yaw_and_height_of_a_drive(tmp_path: Pat
 @pytest.mark.shared
 def test_the_vanishing_point_of_real_survey_frames_agrees_with_their_lane_masks(shared_survey) -> None:
     """Real frames of a survey vehicle's camera: the point where the painted markings meet against the one where
-    the annotated lane's edges meet (python -m calibration.mount_eval has the figures for docs/calibration.md)."""
-    from calibration.mount_eval import compare
+    the annotated lane's edges meet (python -m models.mount_eval has the figures for docs/calibration.md)."""
+    from models.mount_eval import compare
 
     r = compare(shared_survey, step=25)
     vp = np.abs(r["vp_error_px"])

@@ -2,7 +2,7 @@
 (Passos et al. 2020) come with a mask of the lane driven in, whose two edges meet at the vanishing point of the
 road ahead. Each frame's point from its painted markings is compared with the one from its mask.
 
-    python -m calibration.mount_eval [--survey DIR] [--step 4]
+    python -m models.mount_eval [--survey DIR] [--step 4]
 """
 
 from __future__ import annotations
