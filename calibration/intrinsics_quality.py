@@ -13,7 +13,8 @@ import numpy as np
 
 from calibration.camera import Intrinsics
 
-MIN_TILT_DEG = 15.0  # the largest board tilt a set of photos needs for the focal length to be told from distance
+MIN_TILT_DEG = 15.0  # the board tilt a set of photos needs for the focal length to be told from distance
+MIN_TILTED = 2  # photos at that tilt at least (and a fifth of them)
 RMS_GOOD_PX = 0.5
 RMS_BAD_PX = 1.0
 CORNERS = {(0, 0): "top-left", (2, 0): "top-right", (0, 2): "bottom-left", (2, 2): "bottom-right"}
@@ -31,13 +32,15 @@ def calibration_problems(intr: Intrinsics, image_points: list[np.ndarray], rvecs
                         "images or retake them sharper")
     empty = uncovered_corners(intr, image_points)
     if empty:
-        problems.append(f"no board corner in the image's {', '.join(empty)} ninth{'s' if len(empty) > 1 else ''}: "
+        problems.append(f"(almost) no board corner in the image's {', '.join(empty)} "
+                        f"ninth{'s' if len(empty) > 1 else ''}: "
                         "the lens distortion is not measured where potholes pass the frame's lower corners; add "
                         "photos with the board there")
     tilt = max_tilt_deg(rvecs)
     if tilt < MIN_TILT_DEG:
-        problems.append(f"every photo shows the board nearly face-on (largest tilt {tilt:.0f} deg): the focal length "
-                        "cannot be told apart from the board's distance; add photos with the board tilted 30-45 deg")
+        problems.append(f"too few photos show the board tilted (a fifth of them reach {tilt:.0f} deg): the focal "
+                        "length cannot be told apart from the board's distance; add photos with the board tilted "
+                        "30-45 deg")
     fold = distortion_folds(intr)
     if fold:
         problems.append(fold)
@@ -45,17 +48,22 @@ def calibration_problems(intr: Intrinsics, image_points: list[np.ndarray], rvecs
 
 
 def uncovered_corners(intr: Intrinsics, image_points: list[np.ndarray]) -> list[str]:
-    """The corner ninths of the image (3 x 3 grid) where no photo showed a board corner."""
+    """The corner ninths of the image (3 x 3 grid) holding fewer than a quarter of one board's corners over all
+    photos (one corner grazing each ninth silenced a re-test's check on a lens 36-47 px off there)."""
     pts = np.concatenate([p.reshape(-1, 2) for p in image_points]) if image_points else np.zeros((0, 2))
-    cells = {(min(int(3 * u / intr.width), 2), min(int(3 * v / intr.height), 2)) for u, v in pts}
-    return [name for cell, name in CORNERS.items() if cell not in cells]
+    need = max(4, len(image_points[0].reshape(-1, 2)) // 4) if image_points else 1
+    cells = [(min(int(3 * u / intr.width), 2), min(int(3 * v / intr.height), 2)) for u, v in pts]
+    return [name for cell, name in CORNERS.items() if cells.count(cell) < need]
 
 
 def max_tilt_deg(rvecs: list[np.ndarray]) -> float:
-    """The largest angle between a board's normal and the optical axis over the views."""
-    tilts = [math.degrees(math.acos(min(1.0, abs(float(cv2.Rodrigues(np.asarray(r, np.float64))[0][2, 2])))))
-             for r in rvecs]
-    return max(tilts, default=0.0)
+    """The tilt (angle between a board's normal and the optical axis) that MIN_TILTED of the views reach: one
+    photo tilted 16° among face-on ones silenced a re-test's check on a focal length 4 % off."""
+    tilts = sorted((math.degrees(math.acos(min(1.0, abs(float(cv2.Rodrigues(np.asarray(r, np.float64))[0][2, 2])))))
+                    for r in rvecs), reverse=True)
+    if not tilts:
+        return 0.0
+    return tilts[min(len(tilts), max(MIN_TILTED, math.ceil(0.2 * len(tilts)))) - 1]
 
 
 def distortion_folds(intr: Intrinsics) -> str | None:

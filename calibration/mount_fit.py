@@ -120,6 +120,15 @@ def lane_boundaries(segments: np.ndarray, vp: tuple[float, float], width: int, h
     return sides[0], sides[1]
 
 
+def ideal_view(image: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, Intrinsics]:
+    """IMAGE as an ideal lens of INTR's focal length would show it, and that lens: lane lines are straight
+    only there (found in the distorted picture, the pitch came out 0.8° off with the right intrinsics file)."""
+    if not intr.has_distortion:
+        return image, intr
+    ideal = Intrinsics(intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
+    return cv2.undistort(image, intr.matrix, intr.dist_coeffs), ideal
+
+
 def mount_from_vanishing_point(intr: Intrinsics, vp: tuple[float, float], base: Mount) -> Mount:
     """BASE with the pitch and yaw whose straight-ahead direction vanishes at VP (roll kept)."""
     ideal = cv2.undistortPoints(np.array([[vp]], np.float64), intr.matrix, intr.dist_coeffs).reshape(2)
@@ -151,17 +160,24 @@ def _homogeneous(segments: np.ndarray) -> np.ndarray:
 
 
 def _supports(segments: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Segments that point at POINT and lie wholly below it: markings on the road are below its vanishing
+    point (a point on one edge line, with that line's pieces above and below it, took a re-test's fit 1° off)."""
     mids = (segments[:, :2] + segments[:, 2:]) / 2
     seg_dir = segments[:, 2:] - segments[:, :2]
     to_point = np.asarray(point) - mids
     cos = np.abs((seg_dir * to_point).sum(1)) / np.maximum(
         np.linalg.norm(seg_dir, axis=1) * np.linalg.norm(to_point, axis=1), 1e-9)
-    return cos >= math.cos(math.radians(AGREE_DEG))
+    below = np.minimum(segments[:, 1], segments[:, 3]) > point[1] + 2
+    return (cos >= math.cos(math.radians(AGREE_DEG))) & below
 
 
 def _both_sides(segments: np.ndarray, point: np.ndarray) -> bool:
     mids_u = (segments[:, 0] + segments[:, 2]) / 2
     return bool((mids_u < point[0]).any() and (mids_u > point[0]).any())
+
+
+MIN_FRAMES = 5
+MAX_SPREAD = 0.015  # of the image width: frames whose points scatter more do not show one straight road
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,21 @@ class MountFit:
     vp_spread_px: float  # median absolute deviation of the frames' vanishing points
     frames_used: int
     height_from_lane: bool
+
+    def doubts(self, width: int) -> list[str]:
+        """Why this fit should not be used (a re-test got pitch 65° and height 13 m from frames in heavy rain,
+        printed as the values to set)."""
+        out = []
+        if self.frames_used < MIN_FRAMES:
+            out.append(f"markings met in {self.frames_used} frame(s); at least {MIN_FRAMES} are needed")
+        if self.vp_spread_px > MAX_SPREAD * width:
+            out.append(f"the frames' vanishing points scatter {self.vp_spread_px:.0f} px (at most "
+                       f"{MAX_SPREAD * width:.0f}): not one straight road, or markings mistaken")
+        m = self.mount
+        if not (-10 <= m.pitch_deg <= 60 and abs(m.yaw_deg) <= 45 and 0 < m.height_m <= 5):
+            out.append(f"pitch {m.pitch_deg:.1f}°, yaw {m.yaw_deg:.1f}°, height {m.height_m:.2f} m is no camera "
+                       "mount (pitch -10..60, yaw -45..45, height 0..5 m)")
+        return out
 
 
 def fit_mount(fits: list[FrameFit], intr: Intrinsics, base: Mount, lane_width_m: float | None) -> MountFit:

@@ -32,6 +32,7 @@ from fleet_server.auth import Principal
 from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
 from fleet_server.health import checks as health_checks
 from fleet_server.metrics_auth import CHALLENGE, REFUSED, scrape_allowed
+from fleet_server.shared_answer import SharedAnswer
 from fleet_server.sighting_counts import sighting_counts
 from fleet_server.validate import as_utc
 
@@ -118,7 +119,17 @@ class Device(BaseModel):
     sightings: int = Field(description="Sightings it contributed (in the list as counted within the last minute)")
 
 
+DEVICE_LISTS = SharedAnswer()
+
+
 def _devices(request: Request, conn: psycopg.Connection, one: str | None = None) -> list[dict]:
+    if one is None:  # tabs that ask together share one read of the whole fleet
+        return DEVICE_LISTS.get((conn.info.host, conn.info.port, conn.info.dbname),
+                               lambda: _read_devices(request, conn, None))
+    return _read_devices(request, conn, one)
+
+
+def _read_devices(request: Request, conn: psycopg.Connection, one: str | None) -> list[dict]:
     views = device_rows(conn, datetime.now(UTC), request.app.state.cfg.ingest.stale_after_s, one)
     # The status's few keys, not the whole document again (device_rows read it for the health and problems).
     rows = {r[0]: r[1:] for r in conn.execute("""

@@ -169,7 +169,9 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None 
                     "health": {k: v for k, v in health.items() if k != "broker" and (v is None or isinstance(v, str))},
                     "status_sent_at": status.get("sent_at"), "clock_offset_s": clock_offset_s(status, state_at),
                     "refused_24h": refused.get(dev_id, (0, ""))[0], "last_speed_mps": _speed(status),
-                    **_problem_fields(coded_problems(status, state_at, refused.get(dev_id)))})
+                    # A withdrawn box is no one's to fix: its last words led the list and the problem count.
+                    **_problem_fields([] if revoked_at is not None else
+                                      coded_problems(status, state_at, refused.get(dev_id)))})
     return out
 
 

@@ -193,7 +193,7 @@ UPDATE devices SET state = %(state)s, last_seen = now(),
        last_status = CASE WHEN %(will)s THEN coalesce(last_status, '{}'::jsonb) || %(status)s ELSE %(status)s END,
        queue_depth = CASE WHEN %(will)s THEN queue_depth ELSE %(queue_depth)s END,
        inference_ms = CASE WHEN %(will)s THEN inference_ms ELSE %(inference_ms)s END,
-       last_fix = CASE WHEN %(will)s THEN last_fix ELSE %(fix)s END
+       last_fix = CASE WHEN %(will)s OR %(island)s THEN last_fix ELSE %(fix)s END
 WHERE id = %(device)s
 """
 
@@ -441,10 +441,11 @@ def _status_params(device: str, status: dict) -> dict:
     return {"device": device, "state": status["state"], "status": Jsonb(status),
             "will": status["state"] == "offline" and "sent_at" not in status,
             "queue_depth": status.get("queue_depth"), "inference_ms": status.get("inference_ms"),
-            "fix": Jsonb(status["fix"]) if status.get("fix") is not None and not _null_island(status["fix"]) else None}
+            "fix": Jsonb(status["fix"]) if status.get("fix") is not None else None,
+            "island": _null_island(status.get("fix"))}
 
 
 def _null_island(fix: object) -> bool:
     """(0, 0): a receiver's placeholder before its first fix, not a place. One such van zoomed every manager's
-    first map view out to the whole world (events there are refused; a status's position is only dropped)."""
+    first map view out to the whole world (events there are refused; such a status keeps the last position)."""
     return isinstance(fix, dict) and fix.get("lat") == 0 and fix.get("lon") == 0

@@ -496,7 +496,7 @@ def test_one_box_with_odd_health_values_does_not_take_the_fleet_view_down(cli, f
     assert "road_device_problems" in names
 
 
-def test_a_status_at_null_island_leaves_no_position(cli, fresh_db) -> None:
+def test_a_status_at_null_island_keeps_the_last_position(cli, fresh_db) -> None:
     """A status whose fix is (0, 0), a receiver's placeholder, put the van off Africa: the dashboard's first view
     and "show all" zoomed out to the whole world for every manager."""
     from fleet_server.config import AggregateConfig
@@ -510,4 +510,17 @@ def test_a_status_at_null_island_leaves_no_position(cli, fresh_db) -> None:
         assert conn.execute("SELECT last_fix->>'lat' FROM devices WHERE id = 'veh-island'").fetchone()[0] == "48.1"
         store_batch(conn, Batch(statuses=[("veh-island", status | {"fix": {"lat": 0, "lon": 0, "h_std_m": 3.0}},
                                            now)]), AggregateConfig())
-        assert conn.execute("SELECT last_fix FROM devices WHERE id = 'veh-island'").fetchone()[0] is None
+        assert conn.execute("SELECT last_fix->>'lat' FROM devices WHERE id = 'veh-island'").fetchone()[0] == "48.1"
+
+
+def test_a_revoked_box_is_no_problem_of_the_fleet(cli, fresh_db) -> None:
+    """A withdrawn box's last words (a clock 5 h off) led the Devices list and counted as a fleet problem."""
+    from fleet_server.device_view import device_rows
+
+    behind = (datetime.now(UTC) - timedelta(hours=5)).isoformat()
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id, state, last_seen, state_at, last_status, revoked_at) VALUES "
+                     "('veh-gone', 'online', now(), now(), %s, now())",
+                     (json.dumps({"state": "online", "sent_at": behind, "health": {"camera": "frozen"}}),))
+        (row,) = device_rows(conn, datetime.now(UTC), 600)
+    assert row["state"] == "revoked" and row["problems"] == [] and row["problem_codes"] == []

@@ -143,8 +143,9 @@ def read_frames(paths: list[Path], per_video: int) -> list[tuple[str, object]]:
             if file.suffix.lower() in VIDEO_SUFFIXES:
                 cap = cv2.VideoCapture(str(file))
                 count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-                for k in range(per_video):
-                    cap.set(cv2.CAP_PROP_POS_FRAMES, int((k + 0.5) * count / per_video))
+                take = min(per_video, count) if count > 0 else per_video
+                for k in range(take):
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, int((k + 0.5) * count / take))
                     ok, image = cap.read()
                     if ok:
                         frames.append((f"{file.name}#{k}", image))
@@ -169,8 +170,8 @@ def grab_frames(source: str, count: int, every_s: float = 0.5) -> list[tuple[str
 
     cap = open_capture(CameraConfig(source=source))
     if not cap.isOpened():
-        err.print(f"[red]camera {source} did not open[/red] (is the agent running and holding it?)",
-                  highlight=False)
+        err.print(f"[red]camera {source} did not open[/red] (no such camera or file, or the running agent "
+                  "holds it: stop it first)", highlight=False)
         raise typer.Exit(1)
     frames: list[tuple[str, object]] = []
     try:
@@ -209,7 +210,7 @@ def mount(
     from calibration.checkerboard import IMAGE_SUFFIXES
     from calibration.config import CalibrationError, intrinsics_from_config, mount_from_config
     from calibration.grid import draw_ground_grid
-    from calibration.mount_fit import draw_fit, fit_frame, fit_mount
+    from calibration.mount_fit import draw_fit, fit_frame, fit_mount, ideal_view
     from edge_agent import config as agent_config
 
     if output.suffix.lower() not in IMAGE_SUFFIXES:
@@ -229,15 +230,25 @@ def mount(
     if not frames:
         err.print("[red]no frames to fit:[/red] give road images or a video")
         raise typer.Exit(1)
-    h, w = frames[0][1].shape[:2]
+    from collections import Counter
+
+    h, w = Counter(img.shape[:2] for _, img in frames).most_common(1)[0][0]  # one odd file must not decide
     same = [(name, img) for name, img in frames if img.shape[:2] == (h, w)]
     if len(same) < len(frames):
         err.print(f"[yellow]left out[/yellow] {len(frames) - len(same)} frame(s) of another size than {w}x{h}")
     mismatch = intr.aspect_mismatch(w, h)
     if mismatch:
         err.print(f"[yellow]{mismatch}[/yellow]", highlight=False)
+    if cfg.calibration.intrinsics_file:
+        from calibration.config import intrinsics_file_problems
+
+        for problem in intrinsics_file_problems(cfg.calibration.intrinsics_file):
+            err.print(f"[yellow]the intrinsics file is doubtful:[/yellow] {problem}: the pitch fitted here is only "
+                      "as right as its focal length", highlight=False)
     intr = intr.scaled(w, h)
-    fits = [(name, img, fit_frame(img)) for name, img in track(same, description="lane markings", console=err)]
+    views = [(name, *ideal_view(img, intr)) for name, img in same]  # lane lines are straight without distortion
+    intr = views[0][2]
+    fits = [(name, img, fit_frame(img)) for name, img, _ in track(views, description="lane markings", console=err)]
     found = [(name, img, f) for name, img, f in fits if f is not None]
     if not found:
         err.print("[red]no lane markings met in any frame:[/red] use frames of a straight road with painted lines "
@@ -263,10 +274,17 @@ def mount(
         if placed is not None:
             out.print(f"a defect {ahead:.0f} m ahead is placed {math.dist(placed, (ahead, 0.0)):.2f} m off with "
                       "the config's mount")
+    doubts = result.doubts(w)
+    if result.height_from_lane and abs(fitted.height_m / configured.height_m - 1) > 0.1:
+        err.print(f"[yellow]height:[/yellow] the config's height_m {configured.height_m:.2f} m means a lane "
+                  f"{lane_width * configured.height_m / fitted.height_m:.2f} m wide, not {lane_width:g}: measure "
+                  "the lane at the roadside (between the middles of its lines) or the camera height with a tape; "
+                  "the height fitted here is only as right as --lane-width", highlight=False)
     keys = [f"pitch_deg = {fitted.pitch_deg:.2f}", f"yaw_deg = {fitted.yaw_deg:.2f}"]
     if result.height_from_lane:
         keys.append(f"height_m = {fitted.height_m:.2f}")
-    out.print("set in \\[calibration]: " + ", ".join(keys), highlight=False)
+    if not doubts:
+        out.print("set in \\[calibration]:\n" + "\n".join(keys), highlight=False)
     if not cfg.calibration.intrinsics_file and not cfg.calibration.fx:
         err.print("[yellow]note:[/yellow] the focal length is derived from hfov_deg: pitch, and the distances "
                   "ahead, are only as right as that guess (`edge-agent calibrate intrinsics`, or check a mark at a "
@@ -277,6 +295,11 @@ def mount(
         err.print(f"[red]could not write {output}[/red]")
         raise typer.Exit(1)
     out.print(f"wrote {output} ({name}: markings used in magenta, the grid of the fitted mount)")
+    if doubts:
+        for doubt in doubts:
+            err.print(f"[red]not usable:[/red] {doubt}", highlight=False)
+        err.print("drive a straight, flat road with painted lines on both sides, in daylight, and try again")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,8 @@ import { escapeHtml, formatTime } from "./model.js";
 export const ROWS_SHOWN = 200;
 const STATES = ["online", "stale", "offline", "stopped", "revoked", "unknown"];
 const SILENT = new Set(["offline", "stale"]);
+// One collator: localeCompare with options builds one per call (282 ms against 11 ms for 10,000 names).
+const BY_NAME = new Intl.Collator(undefined, { numeric: true });
 
 export function renderDevices(tbody, devices, onSelect, summary, view = {}) {
   const { query = "", show = "all", limit = ROWS_SHOWN, onMore = null } = view;
@@ -39,13 +41,15 @@ function shown(d, show) {
 function matches(d, query) {
   const q = query.trim().toLowerCase();
   if (!q) return true;
-  return [d.id, d.name, d.state, d.model || "", ...d.problems].some((text) => String(text).toLowerCase().includes(q));
+  // The health words too: a manager searches "frozen", the problem reads "camera shows one picture".
+  return [d.id, d.name, d.state, d.model || "", ...d.problems, ...d.healthWords]
+    .some((text) => String(text).toLowerCase().includes(q));
 }
 
 // Problems first, then the vans gone silent, then the rest; by name within each.
 function byUrgency(a, b) {
   const rank = (d) => (d.problems.length ? 0 : SILENT.has(d.state) ? 1 : 2);
-  return rank(a) - rank(b) || a.name.localeCompare(b.name, undefined, { numeric: true });
+  return rank(a) - rank(b) || BY_NAME.compare(a.name, b.name);
 }
 
 function deviceRows(d, onSelect) {

@@ -102,7 +102,11 @@ async function startApp() {
   $("refresh").addEventListener("click", () => loadAll());
   $("device-search").addEventListener("input", () => { state.deviceRows = ROWS_SHOWN; drawDevices(); });
   $("device-show").addEventListener("change", () => { state.deviceRows = ROWS_SHOWN; drawDevices(); });
-  $("map-vehicles").addEventListener("change", () => { $("map-vehicles").dataset.chosen = "1"; drawVehicles(); });
+  $("map-vehicles").addEventListener("change", () => {
+    $("map-vehicles").dataset.chosen = "1";
+    state.focusedDevice = null; // a choice made now is what the map shows, the last pick included
+    drawVehicles();
+  });
   $("fit-all").addEventListener("click", () => state.map.fitAll());
   $("export-csv").addEventListener("click", () => exportShown("csv"));
   $("export-geojson").addEventListener("click", () => exportShown("geojson"));

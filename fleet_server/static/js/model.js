@@ -134,6 +134,9 @@ export function deviceFields(d) {
     queueDepth: first(d, "queue_depth") ?? first(status, "queue_depth"),
     fps: first(d, "fps") ?? first(status, "fps"),
     problems: Array.isArray(d.problems) ? d.problems : [],
+    healthWords: d.health && typeof d.health === "object"
+      ? Object.entries(d.health).filter(([, v]) => typeof v === "string" && v !== "ok").map(([k, v]) => `${k} ${v}`)
+      : [],
     lastSpeed: Number.isFinite(Number(d.last_speed_mps)) && d.last_speed_mps !== null ? Number(d.last_speed_mps)
       : null,
     model: typeof model === "object" && model ? [model.name, model.version].filter(Boolean).join(" ") : model,
