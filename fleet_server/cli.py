@@ -382,7 +382,8 @@ def device_ls(as_json: bool = typer.Option(False, "--json"),
     print_table(table)
     counts = ", ".join(f"{n} {name}" for name in STATES if (n := sum(r["state"] == name for r in every)))
     troubled = sum(bool(r["problems"]) for r in every)
-    console.print(f"{len(rows)} of {len(every)} devices listed; {troubled} with a problem; {counts or 'none'}")
+    console.print(f"{len(rows)} of {len(every)} devices listed (the whole fleet: {troubled} with a problem; "
+                  f"{counts or 'none'})")
 
 
 # -------------------------------------------------------------------------------------------- tokens
