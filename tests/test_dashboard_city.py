@@ -84,6 +84,9 @@ def open_dashboard(tmp_path, url: str, viewer: str, width: int = 1440, height: i
 
 def set_statuses(browser, *values: str, gap_ms: int = 150) -> None:
     """Pick each status filter in turn, GAP_MS apart: the next change comes while the map still draws the last."""
+    # Under a 20x CPU throttle each change's redraw holds the page for seconds: five of them outlasted selenium's
+    # default 30-s script timeout once on a busy machine (the test's subject is the end state, not the speed).
+    browser.set_script_timeout(240)
     browser.execute_async_script("""const done = arguments[arguments.length - 1];
         const [values, gap] = [arguments[0], arguments[1]];
         const el = document.getElementById('f-status');
