@@ -27,6 +27,7 @@ class Health:
     fix: dict[str, Any] | None = None
     last_fix_mono: float | None = None  # when the receiver last gave a real fix (the pipeline's `fix` is per frame)
     model: dict[str, Any] | None = None
+    mount: dict[str, Any] | None = None  # what the lane markings say of the camera mount (perception.mount_watch)
     last_unplaced: dict[str, Any] | None = None  # {"at": UTC, "why": ...} of the last defect that had no position
     counters: dict[str, int] = field(default_factory=dict)
 

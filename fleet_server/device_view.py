@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M
+from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words
 
 # A status whose sent_at is this far from when the server received it comes from a box whose clock is wrong:
 # its events are dated wrongly (and refused once older than ingest.horizon_days). Transit takes seconds.
@@ -24,7 +24,8 @@ UNPLACED_RECENT_S = 600.0
 # "ended": a video file as the camera (a replay, the demo) came to its end, as it should.
 FINE = {"ok", "connected", "starting", "ended"}
 HEALTH_PARTS = ("camera", "gnss", "detector", "outbox")
-PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames", "unplaced", "refused")
+PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames", "mount", "unplaced",
+                 "refused")
 
 # %(one)s is NULL for every device, or one device's id (`/devices/{id}` used to build all 10,000 to return one).
 DEVICES = """
@@ -62,7 +63,7 @@ def problems(status: dict[str, Any], received_at: datetime | None, refused: tupl
 
 def coded_problems(status: dict[str, Any], received_at: datetime | None,
                    refused: tuple[int, str] | None) -> list[tuple[str, str]]:
-    """`problems` with a code each (the health part: camera, gnss, detector, outbox; or clock, sparse_frames,
+    """`problems` with a code each (the health part: camera, gnss, detector, outbox; or clock, sparse_frames, mount,
     unplaced, refused), for scripts and the road_device_problems metric."""
     out = []
     health = status.get("health") if isinstance(status.get("health"), dict) else {}
@@ -90,6 +91,8 @@ def coded_problems(status: dict[str, Any], received_at: datetime | None,
     if isinstance(step, int | float) and step > SPARSE_FRAMES_M:
         out.append(("sparse_frames", f"a frame every {step:.1f} m while driving: too slow for its speed, defects "
                                      "are missed"))
+    if (moved := mount_moved_words(status.get("mount"))) is not None:
+        out.append(("mount", moved))
     if (unplaced := _unplaced(status)) is not None:
         out.append(("unplaced", unplaced))
     if refused:

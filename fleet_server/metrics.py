@@ -149,7 +149,7 @@ class DeviceCollector(Collector):
         # a frozen camera on a driving van fired no alert at all. Only the devices with a problem have series.
         troubled = GaugeMetricFamily("road_device_problems", "1 for each problem an online device's last status "
                                      "or its refused messages show (codes as the API's problem_codes: camera, "
-                                     "gnss, detector, outbox, clock, sparse_frames, unplaced, refused)",
+                                     "gnss, detector, outbox, clock, sparse_frames, mount, unplaced, refused)",
                                      labels=["device", "problem"])
         for r in rows:
             if state_of(r[0], r[3], None, now, self.stale_after_s) != "online":

@@ -3,6 +3,10 @@
 road ahead. Each frame's point from its painted markings is compared with the one from its mask.
 
     python -m models.mount_eval [--survey DIR] [--step 4]
+
+`--watch` asks instead what the agent's mount watch (edge_agent.perception.mount_watch) would say on each highway:
+windows of frames read against the mount the masks show (it should say ok) and against that mount with the pitch
+or yaw changed (it should say moved once a defect 15 m ahead is misplaced by more than the limit).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import cv2
 import numpy as np
 from rich.progress import track
 
-from calibration.mount_fit import REF_ROW, fit_frame
+from calibration.camera import Intrinsics, Mount
+from calibration.mount_fit import REF_ROW, fit_frame, mount_from_vanishing_point
 
 
 def mask_lane(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -65,13 +70,60 @@ def compare(survey: Path, step: int) -> dict:
             "per_road_px": per_road}
 
 
+SURVEY_LENS = Intrinsics.from_hfov(640, 360, 70)  # the survey's camera is unknown: a 70 deg lens, as above
+CHANGES = {"as the masks show": (0.0, 0.0), "pitch +1°": (1.0, 0.0), "pitch +2°": (2.0, 0.0),
+           "pitch -2°": (-2.0, 0.0), "yaw +3°": (0.0, 3.0)}
+
+
+def watch(survey: Path, step: int, window: int, moved_m: float) -> dict[str, dict[str, int]]:
+    """Per change of the configured mount, how many windows of WINDOW frames (every STEP-th of a highway, in
+    order) the mount watch judged ok, moved or unclear."""
+    from edge_agent.perception.mount_watch import read_mount
+
+    by_road: dict[str, list[str]] = {}
+    for stem in sorted(p.stem for p in (survey / "images").iterdir()):
+        by_road.setdefault("_".join(stem.split("_")[1:3]), []).append(stem)
+    counts = {name: {"ok": 0, "moved": 0, "unclear": 0} for name in CHANGES}
+    for stems in track([s[::step] for s in by_road.values() if len(s[::step]) >= window], description="highways"):
+        fits, truths = [], []
+        for stem in stems:
+            image = cv2.imread(str(survey / "images" / f"{stem}.jpg"))
+            mask = cv2.imread(str(survey / "masks" / "lane" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+            truth = mask_lane(mask > 127) if mask is not None else None
+            if truth is not None:
+                truths.append(truth[0])
+            fits.append(fit_frame(image))
+        if len(truths) < window:
+            continue
+        intr = SURVEY_LENS.scaled(image.shape[1], image.shape[0])
+        vp = np.median(np.array(truths), axis=0)
+        shown = mount_from_vanishing_point(intr, (float(vp[0]), float(vp[1])), Mount(height_m=2.0))
+        found = [f for f in fits if f is not None]
+        for start in range(0, len(found) - window + 1, window):
+            for name, (d_pitch, d_yaw) in CHANGES.items():
+                configured = Mount(height_m=2.0, pitch_deg=shown.pitch_deg + d_pitch, yaw_deg=shown.yaw_deg + d_yaw)
+                counts[name][read_mount(found[start:start + window], intr, configured, moved_m).state] += 1
+    return counts
+
+
 def main() -> None:
     from models.data import DEFAULT_SURVEY
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY)
     parser.add_argument("--step", type=int, default=4, help="every STEP-th frame")
+    parser.add_argument("--watch", action="store_true", help="judge the agent's mount watch instead")
+    parser.add_argument("--window", type=int, default=10, help="with --watch: frames per judgement")
+    parser.add_argument("--moved-m", type=float, default=1.5, help="with --watch: calibration.mount_moved_m")
     args = parser.parse_args()
+    if args.watch:
+        counts = watch(args.survey, args.step, args.window, args.moved_m)
+        print(f"windows of {args.window} frames (every {args.step}. of a highway), mount_moved_m {args.moved_m}:")
+        for name, c in counts.items():
+            total = max(sum(c.values()), 1)
+            print(f"  config {name:>18}: ok {c['ok']:3d}, moved {c['moved']:3d}, unclear {c['unclear']:3d} "
+                  f"(moved {c['moved'] / total:.0%})")
+        return
     r = compare(args.survey, args.step)
     vp, lane = np.abs(r["vp_error_px"]), np.abs(r["lane_error_px"])
     judged = len(vp) + r["no_markings"]

@@ -21,3 +21,20 @@ HEALTH_WORDS = {
     ("outbox", "full"): "outbox full (disk): new findings are refused",
     ("outbox", "degraded"): "outbox degraded (disk errors)",
 }
+
+
+def mount_moved_words(mount: object) -> str | None:
+    """The status's `mount` (edge_agent.perception.mount_watch) in words when the road says the camera moved: the
+    server's device problem and `edge-agent status`; None while it is fine, unclear or not judged yet."""
+    if not isinstance(mount, dict) or mount.get("state") != "moved":
+        return None
+    try:
+        pitch, yaw = float(mount["pitch_deg"]), float(mount["yaw_deg"])
+        config_pitch, config_yaw = float(mount["config_pitch_deg"]), float(mount["config_yaw_deg"])
+    except (KeyError, TypeError, ValueError):
+        return "camera mount moved: defects are misplaced (edge-agent calibrate mount)"
+    off = mount.get("off_m")
+    where = (f"a defect {float(mount.get('ahead_m') or 15):.0f} m ahead is placed {float(off):.1f} m off"
+             if isinstance(off, int | float) else "defects ahead are misplaced")
+    return (f"camera mount moved: the lane markings show pitch {pitch:.1f}° and yaw {yaw:.1f}°, the config says "
+            f"{config_pitch:.1f}° and {config_yaw:.1f}°; {where} (edge-agent calibrate mount)")

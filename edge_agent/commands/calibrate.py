@@ -3,7 +3,6 @@ lane markings of road frames, and a projected metre grid over a road image to ch
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -210,7 +209,7 @@ def mount(
     from calibration.checkerboard import IMAGE_SUFFIXES
     from calibration.config import CalibrationError, intrinsics_from_config, mount_from_config
     from calibration.grid import draw_ground_grid
-    from calibration.mount_fit import draw_fit, fit_frame, fit_mount, ideal_view
+    from calibration.mount_fit import draw_fit, fit_frame, fit_mount, ideal_view, misplaced_m
     from edge_agent import config as agent_config
 
     if output.suffix.lower() not in IMAGE_SUFFIXES:
@@ -267,13 +266,9 @@ def mount(
     out.print(table)
     out.print(f"vanishing point ({result.vp[0]:.1f}, {result.vp[1]:.1f}) px, frames within "
               f"{result.vp_spread_px:.1f} px of it (median)")
-    now, then = GroundProjector(intr, configured), GroundProjector(intr, fitted)
     for ahead in (8.0, 15.0):
-        pixel = then.ground_to_pixel(ahead, 0.0)
-        placed = now.pixel_to_ground(*pixel) if pixel is not None else None
-        if placed is not None:
-            out.print(f"a defect {ahead:.0f} m ahead is placed {math.dist(placed, (ahead, 0.0)):.2f} m off with "
-                      "the config's mount")
+        if (off := misplaced_m(intr, configured, fitted, ahead)) is not None:
+            out.print(f"a defect {ahead:.0f} m ahead is placed {off:.2f} m off with the config's mount")
     doubts = result.doubts(w)
     if result.height_from_lane and abs(fitted.height_m / configured.height_m - 1) > 0.1:
         err.print(f"[yellow]height:[/yellow] the config's height_m {configured.height_m:.2f} m means a lane "

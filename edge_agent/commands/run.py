@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands import config_option, finite
-from roadmon_contract.status import SPARSE_FRAMES_M
+from roadmon_contract.status import SPARSE_FRAMES_M, mount_moved_words
 
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
 
@@ -63,6 +63,10 @@ def _summary_table(summary: dict[str, Any]) -> Table:
             if key == "m_per_frame" and (summary[key] or 0) > SPARSE_FRAMES_M:
                 style = "yellow"
             table.add_row(key, str(summary[key]), style=style)
+    if isinstance(mount := summary.get("mount"), dict):
+        table.add_row("mount", f"{mount['state']}: pitch {mount['pitch_deg']}°, yaw {mount['yaw_deg']}° on the road "
+                               f"(config {mount['config_pitch_deg']}°, {mount['config_yaw_deg']}°)",
+                      style="yellow" if mount["state"] == "moved" else None)
     if "uplink" in summary:
         drained = summary["uplink"]
         table.add_row("uplink", _uplink_text(drained),
@@ -185,6 +189,8 @@ def register(app: typer.Typer) -> None:
             agent.close()
         summary["outbox"] = str(outbox or cfg.outbox_path)
         _warn_if_sparse(summary.get("m_per_frame"))
+        if (moved := mount_moved_words(summary.get("mount"))) is not None:
+            err.print(f"[yellow]warning[/yellow]: {moved}", highlight=False)
         if as_json:
             sys.stdout.write(json.dumps(summary) + "\n")
         else:

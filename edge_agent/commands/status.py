@@ -25,7 +25,7 @@ from edge_agent.link.heartbeat import (
     status_ago_text,
     uplink_trouble,
 )
-from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M
+from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words
 
 out = Console()
 # The GNSS reader's and the camera's states on the health board (edge_agent/health.py): anything but these two
@@ -73,6 +73,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "fps": (agent or {}).get("fps"),
         "m_per_frame": (agent or {}).get("m_per_frame"),
         "health": (agent or {}).get("health"),
+        "mount": (agent or {}).get("mount"),
         "gnss": _gnss(agent, heartbeat_s),
         # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
         # sending junk this grows while no event is sent.
@@ -181,6 +182,19 @@ def _fps_text(info: dict[str, Any]) -> str:
     return f"{info['fps']:.1f} ([{style}]a frame every {step:.1f} m while driving[/{style}])"
 
 
+def _mount_text(info: dict[str, Any]) -> str:
+    """What the lane markings say of the camera's aim (edge_agent.perception.mount_watch)."""
+    mount = info.get("mount")
+    if not isinstance(mount, dict):
+        return "-" if info["status_at"] is None else "- (not judged yet: needs straight driving on marked roads)"
+    if (moved := mount_moved_words(mount)) is not None:
+        return f"[red]{escape(moved)}[/red]"
+    if mount.get("state") == "unclear":
+        return f"[yellow]unclear[/yellow] ({escape(str(mount.get('why') or 'the markings disagree'))})"
+    return (f"[green]ok[/green] (the lane markings show pitch {mount.get('pitch_deg')}° and yaw "
+            f"{mount.get('yaw_deg')}°, over {mount.get('frames')} frames)")
+
+
 def _position_text(info: dict[str, Any]) -> str:
     """The filtered position at the last frame; '-' says why there is none."""
     pos = info["position"]
@@ -212,6 +226,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     rows = [
         ("camera", _part_text(info, "camera")),
         ("fps", _fps_text(info)),
+        ("camera mount", _mount_text(info)),
         ("detector", _part_text(info, "detector")),
         ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
         ("position", _position_text(info)),

@@ -33,6 +33,16 @@ class CalibrationConfig(Section):
     yaw_deg: float = Field(0.0, ge=-45, le=45,
                            description="Optical axis turned left of the vehicle's straight ahead, degrees")
     lateral_m: float = Field(0.0, ge=-3, le=3, description="Camera left of the vehicle's centre line, metres")
+    mount_check_every_s: float = Field(30.0, ge=0, le=3600,
+                                       description="While driving straight, look this often for where the lane "
+                                                   "markings meet, to notice a knocked or re-aimed camera, seconds "
+                                                   "(0 = never)")
+    mount_check_frames: int = Field(10, ge=5, le=100, description="Frames whose median vanishing point judges "
+                                                                  "the mount (the most recent ones)")
+    mount_moved_m: float = Field(1.5, gt=0, le=20,
+                                 description="Report the mount as moved when the markings' vanishing point puts a "
+                                             "defect 15 m ahead this far from where the configured mount places "
+                                             "it, metres")
 
     @model_validator(mode="after")
     def _principal_point_inside(self) -> CalibrationConfig:

@@ -63,6 +63,8 @@ def build_status(state: str, device_id: str, outbox: Outbox | None, health: Heal
         "counters": dict(snap.get("counters", {})),
         # The last defect seen that could not be placed, when and why: the server names it while it is recent.
         "last_unplaced": snap.get("last_unplaced"),
+        # Pitch and yaw the lane markings show against the config's (perception.mount_watch); None until judged.
+        "mount": snap.get("mount"),
         "health": {k: snap.get(k) for k in HEALTH_KEYS if k in snap} | ({"broker": broker} if broker else {}),
     }
 

@@ -26,6 +26,7 @@ from edge_agent.link.outbox import utc_now_iso
 from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
 from edge_agent.perception.events import ModelRef, build_event
 from edge_agent.perception.geolocate import Geolocator, GroundBox
+from edge_agent.perception.mount_watch import MountWatch
 from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm_scores
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Pipeline:
         self._fps: float | None = None
         self._m_per_frame: float | None = None
         self.picture = PictureWatch(self.health, cfg.camera.no_frame_after_s)
+        self.mount_watch = MountWatch(cfg.calibration)
         self._inference_ms: float | None = None
         self._detect_s = 0.0
         self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
@@ -150,6 +152,8 @@ class Pipeline:
         if utc is None:
             utc = self.filter.utc_at(t_mono)
         heading, motion = self.motion.step(t_mono, pose)
+        if (reading := self.mount_watch.look(image, t_mono, pose, self.projector)) is not None:
+            self.health.update(mount=reading.as_status())
         finished = self.tracker.step(t_mono, detections, motion, image=image, pose=pose, heading_deg=heading,
                                      utc=utc)
         events = self._release_held(t_mono)
@@ -182,7 +186,8 @@ class Pipeline:
                 "fps": round(self.counts["frames"] / elapsed, 2),
                 "m_per_frame": None if self._m_per_frame is None else round(self._m_per_frame, 2),
                 "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
-                "detect_s": round(self._detect_s, 3)}
+                "detect_s": round(self._detect_s, 3),
+                "mount": None if self.mount_watch.reading is None else self.mount_watch.reading.as_status()}
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _detect(self, image: np.ndarray) -> tuple[list[Detection], bool]:

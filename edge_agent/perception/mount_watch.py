@@ -1,0 +1,122 @@
+"""Whether the camera still looks where its calibration says. A camera knocked by a wash brush or re-aimed after a
+windscreen repair moves every defect it places (1° of pitch: 1.3 m at 8-15 m ahead, and some split into two
+events), and nothing else on the box notices: frames, detections and events all look healthy.
+
+While the vehicle drives straight, a frame every `calibration.mount_check_every_s` goes through the same fit as
+`edge-agent calibrate mount` (where the lane markings meet). The median of the last `mount_check_frames` points
+gives the pitch and yaw the road shows; when the configured mount would place a defect 15 m ahead more than
+`mount_moved_m` from where that mount places it, the health board says `moved`, the status carries it, and the
+server lists it among the device's problems. The agent does not re-aim itself: a changed mount is the
+technician's to confirm (`calibrate mount`), and a fit fooled by a road without markings must not move the map.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from calibration.camera import Intrinsics, Mount
+from calibration.mount_fit import FrameFit, fit_frame, fit_mount, ideal_view, misplaced_m
+from calibration.projector import GroundProjector
+from edge_agent.config.calibration import CalibrationConfig
+from edge_agent.gnss.motion import PoseLike
+from edge_agent.perception.events import iso_utc
+
+log = logging.getLogger(__name__)
+
+JUDGED_AHEAD_M = 15.0  # where the misplacement is judged: the far end of where the tracker places potholes
+STRAIGHT_SPEED_MPS = 8.0  # slower than this a vehicle is in town, turning or queueing: markings curve or hide
+STRAIGHT_FOR_S = 5.0  # the heading must have held this long: a curve's markings meet somewhere else
+STRAIGHT_WITHIN_DEG = 2.0
+
+
+@dataclass(frozen=True)
+class MountReading:
+    """What the road says of the mount: STATE ok | moved | unclear, for the health board and the status."""
+
+    state: str
+    pitch_deg: float
+    yaw_deg: float
+    config_pitch_deg: float
+    config_yaw_deg: float
+    off_m: float | None  # where the configured mount places a defect JUDGED_AHEAD_M ahead, metres from the truth
+    frames: int
+    why: str | None = None  # for `unclear`: the fit's doubts
+
+    def as_status(self) -> dict[str, Any]:
+        return {"state": self.state, "pitch_deg": round(self.pitch_deg, 2), "yaw_deg": round(self.yaw_deg, 2),
+                "config_pitch_deg": round(self.config_pitch_deg, 2), "config_yaw_deg": round(self.config_yaw_deg, 2),
+                "off_m": None if self.off_m is None else round(self.off_m, 2), "ahead_m": JUDGED_AHEAD_M,
+                "frames": self.frames, "why": self.why, "at": iso_utc(datetime.now(UTC))}
+
+
+class MountWatch:
+    """Feed it every frame with `look`; it fits one now and then and answers a reading once it has enough."""
+
+    def __init__(self, cfg: CalibrationConfig) -> None:
+        self.cfg = cfg
+        self._fits: deque[FrameFit] = deque(maxlen=cfg.mount_check_frames)
+        self._headings: deque[tuple[float, float]] = deque()
+        self._last_try: float | None = None
+        self._size: tuple[int, int] | None = None
+        self.reading: MountReading | None = None
+
+    def look(self, image: np.ndarray, t_mono: float, pose: PoseLike | None, projector: GroundProjector
+             ) -> MountReading | None:
+        """A new reading when this frame was fitted and enough frames are in; else None."""
+        if self.cfg.mount_check_every_s <= 0 or not self._straight(t_mono, pose):
+            return None
+        if self._last_try is not None and t_mono - self._last_try < self.cfg.mount_check_every_s:
+            return None
+        self._last_try = t_mono
+        size = (image.shape[1], image.shape[0])
+        if size != self._size:  # another resolution: the points found so far are in other pixels
+            self._fits.clear()
+            self._size = size
+        view, ideal = ideal_view(image, projector.intrinsics)
+        fit = fit_frame(view)
+        if fit is None:
+            return None
+        self._fits.append(fit)
+        if len(self._fits) < self._fits.maxlen:
+            return None
+        self.reading = self._judge(ideal, projector.mount)
+        return self.reading
+
+    def _straight(self, t_mono: float, pose: PoseLike | None) -> bool:
+        heading = getattr(pose, "heading_deg", None)
+        if pose is None or heading is None or (pose.speed_mps or 0.0) < STRAIGHT_SPEED_MPS:
+            self._headings.clear()
+            return False
+        self._headings.append((t_mono, float(heading)))
+        while t_mono - self._headings[0][0] > STRAIGHT_FOR_S:
+            self._headings.popleft()
+        if len(self._headings) < 2 or t_mono - self._headings[0][0] < STRAIGHT_FOR_S * 0.8:
+            return False
+        first = self._headings[0][1]
+        return all(abs((h - first + 180.0) % 360.0 - 180.0) <= STRAIGHT_WITHIN_DEG for _, h in self._headings)
+
+    def _judge(self, intr: Intrinsics, configured: Mount) -> MountReading:
+        reading = read_mount(list(self._fits), intr, configured, self.cfg.mount_moved_m)
+        if reading.state == "moved" and (self.reading is None or self.reading.state != "moved"):
+            log.warning("the camera mount looks moved: the lane markings give pitch %.1f° and yaw %.1f°, the config "
+                        "says %.1f° and %.1f°; defects %.0f m ahead are placed %s m off (edge-agent calibrate mount)",
+                        reading.pitch_deg, reading.yaw_deg, configured.pitch_deg, configured.yaw_deg, JUDGED_AHEAD_M,
+                        "?" if reading.off_m is None else f"{reading.off_m:.1f}")
+        return reading
+
+
+def read_mount(fits: list[FrameFit], intr: Intrinsics, configured: Mount, moved_m: float) -> MountReading:
+    """The mount FITS (frames of one camera, in INTR's ideal view) show, judged against CONFIGURED."""
+    result = fit_mount(fits, intr, configured, None)
+    road = result.mount
+    off = misplaced_m(intr, configured, road, JUDGED_AHEAD_M)
+    doubts = result.doubts(intr.width)
+    moved = off is None or off > moved_m
+    return MountReading("unclear" if doubts else "moved" if moved else "ok", road.pitch_deg, road.yaw_deg,
+                        configured.pitch_deg, configured.yaw_deg, off, result.frames_used, "; ".join(doubts) or None)
