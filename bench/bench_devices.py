@@ -42,16 +42,17 @@ def seed_devices(dsn: str, devices: int) -> None:
         conn.execute("ANALYZE devices")
 
 
-def timed(client: httpx.Client, path: str, runs: int) -> tuple[float, int]:
-    """Median milliseconds of RUNS answers to PATH, and the answer's size in bytes."""
-    times, size = [], 0
+def timed(client: httpx.Client, path: str, runs: int, encoding: str = "identity") -> tuple[float, int, int]:
+    """Median milliseconds of RUNS answers to PATH asked with Accept-Encoding ENCODING, the answer's size in bytes
+    and the bytes that came over the wire."""
+    times, size, wire = [], 0, 0
     for _ in range(runs):
         t0 = time.monotonic()
-        answer = client.get(path)
+        answer = client.get(path, headers={"Accept-Encoding": encoding})
         answer.raise_for_status()
         times.append((time.monotonic() - t0) * 1000)
-        size = len(answer.content)
-    return statistics.median(times), size
+        size, wire = len(answer.content), answer.num_bytes_downloaded
+    return statistics.median(times), size, wire
 
 
 def together(base: str, headers: dict, tabs: int) -> tuple[dict[int, int], float]:
@@ -84,11 +85,20 @@ def main() -> None:
     print(f"seeded {args.devices} devices and {args.sightings} sightings in {time.monotonic() - t0:.0f} s")
     with api_process(dsn, info, tmp) as (base, headers, _api), \
             httpx.Client(base_url=base, headers=headers, timeout=300) as client:
-        every, every_size = timed(client, "/devices", 5)
-        one, _ = timed(client, f"/devices/veh-{args.devices // 2:05d}", 20)
-        filtered, _ = timed(client, "/devices?state=offline", 5)
+        every, every_size, _ = timed(client, "/devices", 5)
+        packed, _, packed_size = timed(client, "/devices", 5, "gzip")
+        # The seeded boxes share one status, which packs better than a real fleet's: defects are all different.
+        defects, defects_size, _ = timed(client, "/defects?limit=5000", 5)
+        defects_packed, _, defects_wire = timed(client, "/defects?limit=5000", 5, "gzip")
+        one, _, _ = timed(client, f"/devices/veh-{args.devices // 2:05d}", 20)
+        filtered, _, _ = timed(client, "/devices?state=offline", 5)
         burst = together(base, headers, 20)
     print(f"GET /devices (all {args.devices}): {every:.0f} ms, {every_size / 1e6:.1f} MB")
+    print(f"  gzipped (api.compress_min_bytes; browsers ask for it): {packed:.0f} ms ({packed / every:.2f}x), "
+          f"{packed_size / 1e6:.2f} MB over the wire ({every_size / packed_size:.0f}x smaller)")
+    print(f"GET /defects?limit=5000: {defects:.0f} ms, {defects_size / 1e6:.1f} MB; gzipped {defects_packed:.0f} ms "
+          f"({defects_packed / defects:.2f}x), {defects_wire / 1e6:.2f} MB "
+          f"({defects_size / defects_wire:.1f}x smaller)")
     print(f"GET /devices?state=offline (none): {filtered:.0f} ms")
     print(f"GET /devices/{{id}}: {one:.1f} ms, {every / one:.0f}x faster than the whole list")
     codes, slowest = burst

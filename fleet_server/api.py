@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fleet_server import (
@@ -85,6 +86,12 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.add_middleware(ClientAddress)
     # ...and the client is the address a trusted proxy names (X-Forwarded-For), else the connection's own.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(net) for net in cfg.api.trusted_proxies])
+    if cfg.api.compress_min_bytes:
+        # Outermost, after the bulkhead let the database slot go. A 10,000-vehicle device list is megabytes of
+        # JSON every refresh of every open tab. Models are left alone (they hardly compress, and agents resume
+        # their downloads by byte ranges), as are pictures.
+        app.add_middleware(GZipMiddleware, minimum_size=cfg.api.compress_min_bytes, compresslevel=5,
+                           exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"))
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)

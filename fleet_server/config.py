@@ -326,6 +326,9 @@ class ApiConfig(Section):
                                                          "(revocation still takes effect at once)")
     max_body_bytes: int = Field(9_000_000, ge=1024, description="Larger request bodies are refused (413) before "
                                                                 "they are read")
+    compress_min_bytes: int = Field(1400, ge=0, description="Answers at least this long go gzip-compressed to "
+                                                            "clients that accept it (JSON, GeoJSON, CSV, the "
+                                                            "dashboard's files; not pictures or models); 0 = never")
     auth_failures_per_minute: int = Field(20, ge=1, description="Failed authentications one source address may make "
                                                                 "per minute; then 429 with Retry-After for tokens "
                                                                 "that cannot be valid (valid ones still get in). "

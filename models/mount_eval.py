@@ -70,7 +70,7 @@ def compare(survey: Path, step: int) -> dict:
             "per_road_px": per_road}
 
 
-SURVEY_LENS = Intrinsics.from_hfov(640, 360, 70)  # the survey's camera is unknown: a 70 deg lens, as above
+SURVEY_HFOV_DEG = 70.0  # the survey's camera is unknown: a 70 deg lens, as above (frames are 640x394 or 640x400)
 CHANGES = {"as the masks show": (0.0, 0.0), "pitch +1째": (1.0, 0.0), "pitch +2째": (2.0, 0.0),
            "pitch -2째": (-2.0, 0.0), "yaw +3째": (0.0, 3.0)}
 
@@ -78,7 +78,10 @@ CHANGES = {"as the masks show": (0.0, 0.0), "pitch +1째": (1.0, 0.0), "pitch +2�
 def watch(survey: Path, step: int, window: int, moved_m: float) -> dict[str, dict[str, int]]:
     """Per change of the configured mount, how many windows of WINDOW frames (every STEP-th of a highway, in
     order) the mount watch judged ok, moved or unclear."""
+    from edge_agent.config.calibration import CalibrationConfig
     from edge_agent.perception.mount_watch import read_mount
+
+    judge = CalibrationConfig(mount_moved_m=moved_m)
 
     by_road: dict[str, list[str]] = {}
     for stem in sorted(p.stem for p in (survey / "images").iterdir()):
@@ -95,14 +98,14 @@ def watch(survey: Path, step: int, window: int, moved_m: float) -> dict[str, dic
             fits.append(fit_frame(image))
         if len(truths) < window:
             continue
-        intr = SURVEY_LENS.scaled(image.shape[1], image.shape[0])
+        intr = Intrinsics.from_hfov(image.shape[1], image.shape[0], SURVEY_HFOV_DEG)  # square pixels
         vp = np.median(np.array(truths), axis=0)
         shown = mount_from_vanishing_point(intr, (float(vp[0]), float(vp[1])), Mount(height_m=2.0))
         found = [f for f in fits if f is not None]
         for start in range(0, len(found) - window + 1, window):
             for name, (d_pitch, d_yaw) in CHANGES.items():
                 configured = Mount(height_m=2.0, pitch_deg=shown.pitch_deg + d_pitch, yaw_deg=shown.yaw_deg + d_yaw)
-                counts[name][read_mount(found[start:start + window], intr, configured, moved_m).state] += 1
+                counts[name][read_mount(found[start:start + window], intr, configured, judge).state] += 1
     return counts
 
 

@@ -24,17 +24,29 @@ HEALTH_WORDS = {
 
 
 def mount_moved_words(mount: object) -> str | None:
-    """The status's `mount` (edge_agent.perception.mount_watch) in words when the road says the camera moved: the
-    server's device problem and `edge-agent status`; None while it is fine, unclear or not judged yet."""
+    """The status's `mount` (edge_agent.perception.mount_watch) in words when the road says the camera aims
+    elsewhere than its calibration: the server's device problem, `edge-agent status` and doctor; None while it is
+    fine, unclear or not judged yet. A wrong focal length shows the same way as a moved camera (an outside test
+    configured an 80° lens on a 70° camera and read pitch 16.6° for 14°), so the words name both."""
     if not isinstance(mount, dict) or mount.get("state") != "moved":
         return None
+    fix = ("the camera was moved, or its lens calibration is wrong: `edge-agent calibrate mount` on a straight "
+           "marked road (and `calibrate intrinsics` if the lens was never calibrated)")
     try:
-        pitch, yaw = float(mount["pitch_deg"]), float(mount["yaw_deg"])
-        config_pitch, config_yaw = float(mount["config_pitch_deg"]), float(mount["config_yaw_deg"])
+        road = [f"pitch {float(mount['pitch_deg']):.1f}°", f"yaw {float(mount['yaw_deg']):.1f}°"]
+        config = [f"{float(mount['config_pitch_deg']):.1f}°", f"{float(mount['config_yaw_deg']):.1f}°"]
+        if isinstance(mount.get("height_m"), int | float) and isinstance(mount.get("config_height_m"), int | float):
+            road.append(f"height {float(mount['height_m']):.2f} m")
+            config.append(f"{float(mount['config_height_m']):.2f} m")
     except (KeyError, TypeError, ValueError):
-        return "camera mount moved: defects are misplaced (edge-agent calibrate mount)"
-    off = mount.get("off_m")
-    where = (f"a defect {float(mount.get('ahead_m') or 15):.0f} m ahead is placed {float(off):.1f} m off"
+        return f"camera aim off: defects are misplaced; {fix}"
+    off, ahead = mount.get("off_m"), mount.get("ahead_m")
+    ahead = float(ahead) if isinstance(ahead, int | float) and 0 < ahead < 1000 else 15.0
+    where = (f"a defect {ahead:.0f} m ahead is placed {float(off):.1f} m off"
              if isinstance(off, int | float) else "defects ahead are misplaced")
-    return (f"camera mount moved: the lane markings show pitch {pitch:.1f}° and yaw {yaw:.1f}°, the config says "
-            f"{config_pitch:.1f}° and {config_yaw:.1f}°; {where} (edge-agent calibrate mount)")
+    return (f"camera aim off: the lane markings show {_listed(road)}, the config says {_listed(config)}; {where}; "
+            f"{fix}")
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + " and " + items[-1]

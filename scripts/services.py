@@ -187,12 +187,19 @@ class Postgres:
             self._psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
         self._psql("CREATE EXTENSION IF NOT EXISTS postgis", db=DB_NAME)
 
-    def create_database(self, name: str) -> str:
-        """A fresh, empty database with PostGIS for one test module; returns its DSN."""
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A fresh database for a test or a bench: empty with PostGIS, or a copy of TEMPLATE (which no one may be
+        connected to; a copy takes ~0.15 s where PostGIS and the migrations take 1.3-2 s); returns its DSN."""
         self._psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        self._psql(f"CREATE DATABASE {name} OWNER {DB_USER}")
-        self._psql("CREATE EXTENSION IF NOT EXISTS postgis", db=name)
+        if template is not None:
+            self._psql(f"CREATE DATABASE {name} TEMPLATE {template} OWNER {DB_USER}")
+        else:
+            self._psql(f"CREATE DATABASE {name} OWNER {DB_USER}")
+            self._psql("CREATE EXTENSION IF NOT EXISTS postgis", db=name)
         return f"postgresql://{DB_USER}:{self.password}@127.0.0.1:{self.port}/{name}"
+
+    def drop_database(self, name: str) -> None:
+        self._psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def down(self) -> None:
         if self.running():

@@ -21,7 +21,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleet_server import auth
 from fleet_server.config import ServerConfig, parse
 from fleet_server.ingest import IngestWorker
-from fleet_server.migrate import migrate
 from roadmon_contract import topics
 from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.ids import uuid7
@@ -52,12 +51,11 @@ def server_config(dsn: str, mqtt_host: str, mqtt_port: int, user: str, password:
 
 
 @pytest.fixture
-def make_cfg(fresh_db: str, service_info, tmp_path: Path) -> Callable[..., ServerConfig]:
-    """make_cfg(devices=[...], api={...}, ...) -> a migrated config on this test's own database."""
-    migrate(fresh_db)
+def make_cfg(migrated_db: str, service_info, tmp_path: Path) -> Callable[..., ServerConfig]:
+    """make_cfg(devices=[...], api={...}, ...) -> a migrated config on this test's own database (`fresh_db`)."""
 
     def make(devices: list[str] | None = None, **sections: dict) -> ServerConfig:
-        return server_config(fresh_db, service_info.mqtt_host, service_info.mqtt_port, service_info.server_user,
+        return server_config(migrated_db, service_info.mqtt_host, service_info.mqtt_port, service_info.server_user,
                              service_info.server_password, tmp_path / "server", devices, **sections)
 
     return make

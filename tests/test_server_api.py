@@ -420,6 +420,42 @@ def test_devices_health_openapi_and_metrics(api) -> None:
 
 
 @pytest.mark.services
+def test_long_answers_are_gzipped_for_clients_that_accept_it_pictures_and_models_are_not(make_cfg) -> None:
+    """A 10,000-vehicle device list was megabytes of JSON every refresh of every open tab."""
+    from fleet_server.commands import stage_model
+
+    cfg = make_cfg()
+    client = TestClient(create_app(cfg))
+    try:
+        dsn = cfg.database.resolve_dsn()
+        _seed(client, dsn)
+        viewer = bearer(token(dsn, "viewer"))
+        plain = client.get("/api/v1/defects?limit=5000", headers={**viewer, "Accept-Encoding": "identity"})
+        packed = client.get("/api/v1/defects?limit=5000", headers={**viewer, "Accept-Encoding": "gzip"})
+        assert "content-encoding" not in plain.headers and len(plain.content) > cfg.api.compress_min_bytes
+        assert packed.headers["content-encoding"] == "gzip"
+        assert packed.json()["features"] == plain.json()["features"]
+        assert int(packed.headers["content-length"]) < len(plain.content) / 2
+        detail = client.get(f"/api/v1/defects/{plain.json()['features'][0]['id']}", headers=viewer).json()
+        thumb = client.get(detail["sightings"][0]["thumbnail_url"], headers={**viewer, "Accept-Encoding": "gzip"})
+        assert thumb.status_code == 200 and "content-encoding" not in thumb.headers
+        model = cfg.database.dsn_file.parent / "big.onnx"
+        model.write_bytes(bytes(200_000))  # would shrink a thousandfold: left alone all the same
+        sha = stage_model(cfg, model)
+        device = bearer(token(dsn, "device", "veh-c", device_id="veh-c"))
+        got = client.get(f"/api/v1/models/{sha}.onnx", headers={**device, "Accept-Encoding": "gzip"})
+        assert got.status_code == 200 and "content-encoding" not in got.headers and len(got.content) == 200_000
+    finally:
+        client.app.state.pool.close()
+    off = TestClient(create_app(cfg.model_copy(update={"api": cfg.api.model_copy(update={"compress_min_bytes": 0})})))
+    try:
+        assert "content-encoding" not in off.get("/api/v1/defects?limit=5000",
+                                                 headers={**viewer, "Accept-Encoding": "gzip"}).headers
+    finally:
+        off.app.state.pool.close()
+
+
+@pytest.mark.services
 def test_coverage_stale_devices_models_and_cors(api) -> None:
     client, cfg, dsn = api
     from datetime import UTC, datetime, timedelta

@@ -67,6 +67,9 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         table.add_row("mount", f"{mount['state']}: pitch {mount['pitch_deg']}°, yaw {mount['yaw_deg']}° on the road "
                                f"(config {mount['config_pitch_deg']}°, {mount['config_yaw_deg']}°)",
                       style="yellow" if mount["state"] == "moved" else None)
+    elif "mount" in summary:
+        table.add_row("mount", "not judged (too little straight driving on marked roads, or "
+                               "calibration.mount_check_every_s = 0)")
     if "uplink" in summary:
         drained = summary["uplink"]
         table.add_row("uplink", _uplink_text(drained),

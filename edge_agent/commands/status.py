@@ -183,16 +183,18 @@ def _fps_text(info: dict[str, Any]) -> str:
 
 
 def _mount_text(info: dict[str, Any]) -> str:
-    """What the lane markings say of the camera's aim (edge_agent.perception.mount_watch)."""
+    """What the lane markings say of the camera's aim (edge_agent.perception.mount_watch), and how long ago."""
     mount = info.get("mount")
     if not isinstance(mount, dict):
         return "-" if info["status_at"] is None else "- (not judged yet: needs straight driving on marked roads)"
+    when = f"judged {ago_text(mount.get('at'))}" if isinstance(mount.get("at"), str) else "judged"
     if (moved := mount_moved_words(mount)) is not None:
-        return f"[red]{escape(moved)}[/red]"
+        return f"[red]{escape(moved)}[/red] ({when})"
     if mount.get("state") == "unclear":
-        return f"[yellow]unclear[/yellow] ({escape(str(mount.get('why') or 'the markings disagree'))})"
-    return (f"[green]ok[/green] (the lane markings show pitch {mount.get('pitch_deg')}° and yaw "
-            f"{mount.get('yaw_deg')}°, over {mount.get('frames')} frames)")
+        return f"[yellow]unclear[/yellow] ({escape(str(mount.get('why') or 'the markings disagree'))}; {when})"
+    judged = "pitch, yaw and height" if mount.get("height_m") is not None else "pitch and yaw"
+    return (f"[green]ok[/green]: {judged} as configured (pitch {mount.get('pitch_deg')}°, yaw "
+            f"{mount.get('yaw_deg')}° on the road; roll is not checked; {when} over {mount.get('frames')} frames)")
 
 
 def _position_text(info: dict[str, Any]) -> str:

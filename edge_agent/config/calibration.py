@@ -39,6 +39,11 @@ class CalibrationConfig(Section):
                                                    "(0 = never)")
     mount_check_frames: int = Field(10, ge=5, le=100, description="Frames whose median vanishing point judges "
                                                                   "the mount (the most recent ones)")
+    mount_lane_width_m: float = Field(0.0, ge=0, le=6,
+                                      description="Width of the lanes this vehicle mostly drives (between the "
+                                                  "middles of their lines), metres: the mount check then judges "
+                                                  "the camera height too; 0 = pitch and yaw only (a guessed width "
+                                                  "0.5 m off misjudges the height by 15 %)")
     mount_moved_m: float = Field(1.5, gt=0, le=20,
                                  description="Report the mount as moved when the markings' vanishing point puts a "
                                              "defect 15 m ahead this far from where the configured mount places "

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from calibration.camera import Mount
 from edge_agent.doctor.result import CheckResult, Context, Level
+from edge_agent.link.heartbeat import ago_text
 from roadmon_contract.status import mount_moved_words
 
 
@@ -52,25 +54,26 @@ def check_calibration(ctx: Context) -> CheckResult:
                                "; ".join(problems) + ": positions on the map may be off by metres",
                                "take the checkerboard photos again as docs/calibration.md says, and rerun "
                                "`edge-agent calibrate intrinsics`", data)
-    moved = _moved_on_the_road(ctx, mount.pitch_deg, mount.yaw_deg)
+    moved = _moved_on_the_road(ctx, mount)
     if moved is not None:
         data["mount"] = moved
-        return CheckResult("calibration", Level.YELLOW, summary + "; the running agent finds the mount moved",
-                           mount_moved_words(moved) or "", "drive a straight marked road and run `edge-agent "
-                           "calibrate mount`, then set the pitch and yaw it gives (docs/calibration.md)", data)
+        return CheckResult("calibration", Level.YELLOW, summary + "; the agent finds the camera aimed elsewhere",
+                           f"{mount_moved_words(moved)} (the agent's status, judged {ago_text(moved.get('at'))})",
+                           "drive a straight marked road and run `edge-agent calibrate mount`, then set the pitch "
+                           "and yaw it gives (docs/calibration.md)", data)
     return CheckResult("calibration", Level.GREEN, summary, data=data)
 
 
-def _moved_on_the_road(ctx: Context, pitch_deg: float, yaw_deg: float) -> dict | None:
-    """The running agent's mount reading (perception.mount_watch) when it says moved and judged the mount this
-    config has (a config just corrected is not what the agent compared with)."""
-    from edge_agent.doctor.agent_view import running_agent
+def _moved_on_the_road(ctx: Context, mount: Mount) -> dict | None:
+    """The agent's last mount reading (perception.mount_watch) when it says moved and judged the mount this config
+    has (a config just corrected is not what the agent compared with). Read from its status file whether or not
+    it runs now: a technician stops the service before working on the van."""
+    from edge_agent.link.heartbeat import read_status_file, status_file_of
+    from edge_agent.perception.mount_watch import judged_this_mount
 
-    agent = running_agent(ctx)
-    reading = agent.status.get("mount") if agent is not None else None
+    assert ctx.cfg is not None
+    status = read_status_file(status_file_of(ctx.cfg.outbox_path, ctx.cfg.uplink.status_file)) or {}
+    reading = status.get("mount")
     if mount_moved_words(reading) is None or not isinstance(reading, dict):
         return None
-    judged = (reading.get("config_pitch_deg"), reading.get("config_yaw_deg"))
-    if not all(isinstance(v, int | float) for v in judged):
-        return None
-    return reading if abs(judged[0] - pitch_deg) < 0.05 and abs(judged[1] - yaw_deg) < 0.05 else None
+    return reading if judged_this_mount(reading, mount) else None

@@ -26,6 +26,7 @@ from calibration.projector import GroundProjector
 from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.gnss.motion import PoseLike
 from edge_agent.perception.events import iso_utc
+from roadmon_contract.status import mount_moved_words
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,28 @@ class MountReading:
     state: str
     pitch_deg: float
     yaw_deg: float
-    config_pitch_deg: float
-    config_yaw_deg: float
+    height_m: float | None  # from the lane's width (calibration.mount_lane_width_m); None when not judged
+    configured: Mount
     off_m: float | None  # where the configured mount places a defect JUDGED_AHEAD_M ahead, metres from the truth
     frames: int
     why: str | None = None  # for `unclear`: the fit's doubts
 
     def as_status(self) -> dict[str, Any]:
+        c = self.configured
         return {"state": self.state, "pitch_deg": round(self.pitch_deg, 2), "yaw_deg": round(self.yaw_deg, 2),
-                "config_pitch_deg": round(self.config_pitch_deg, 2), "config_yaw_deg": round(self.config_yaw_deg, 2),
+                "height_m": None if self.height_m is None else round(self.height_m, 2),
+                "config_pitch_deg": round(c.pitch_deg, 2), "config_yaw_deg": round(c.yaw_deg, 2),
+                "config_height_m": round(c.height_m, 2), "config_roll_deg": round(c.roll_deg, 2),
                 "off_m": None if self.off_m is None else round(self.off_m, 2), "ahead_m": JUDGED_AHEAD_M,
                 "frames": self.frames, "why": self.why, "at": iso_utc(datetime.now(UTC))}
+
+
+def judged_this_mount(reading: dict[str, Any], mount: Mount) -> bool:
+    """Whether READING (a status's `mount`) was judged against MOUNT: a reading kept over a restart counts only
+    while the config says what it was compared with (a corrected config is judged afresh)."""
+    keys = {"config_pitch_deg": mount.pitch_deg, "config_yaw_deg": mount.yaw_deg,
+            "config_height_m": mount.height_m, "config_roll_deg": mount.roll_deg}
+    return all(isinstance(reading.get(k), int | float) and abs(reading[k] - v) < 0.006 for k, v in keys.items())
 
 
 class MountWatch:
@@ -64,11 +76,19 @@ class MountWatch:
         self._headings: deque[tuple[float, float]] = deque()
         self._last_try: float | None = None
         self._size: tuple[int, int] | None = None
-        self.reading: MountReading | None = None
+        self.reading: dict[str, Any] | None = None  # the last reading, as the status carries it
+
+    def restore(self, reading: dict[str, Any], mount: Mount) -> bool:
+        """Take READING, kept from before a restart, as the last one when it judged MOUNT (a box switched off
+        every night lost a knocked camera's alarm every morning until it had driven straight for minutes)."""
+        if reading.get("state") not in ("ok", "moved", "unclear") or not judged_this_mount(reading, mount):
+            return False
+        self.reading = reading
+        return True
 
     def look(self, image: np.ndarray, t_mono: float, pose: PoseLike | None, projector: GroundProjector
-             ) -> MountReading | None:
-        """A new reading when this frame was fitted and enough frames are in; else None."""
+             ) -> dict[str, Any] | None:
+        """A new reading (as the status carries it) when this frame was fitted and enough frames are in."""
         if self.cfg.mount_check_every_s <= 0 or not self._straight(t_mono, pose):
             return None
         if self._last_try is not None and t_mono - self._last_try < self.cfg.mount_check_every_s:
@@ -85,7 +105,10 @@ class MountWatch:
         self._fits.append(fit)
         if len(self._fits) < self._fits.maxlen:
             return None
-        self.reading = self._judge(ideal, projector.mount)
+        reading = read_mount(list(self._fits), ideal, projector.mount, self.cfg)
+        if reading.state == "moved" and (self.reading is None or self.reading.get("state") != "moved"):
+            log.warning("the camera aim looks off: %s", mount_moved_words(reading.as_status()))
+        self.reading = reading.as_status()
         return self.reading
 
     def _straight(self, t_mono: float, pose: PoseLike | None) -> bool:
@@ -101,22 +124,16 @@ class MountWatch:
         first = self._headings[0][1]
         return all(abs((h - first + 180.0) % 360.0 - 180.0) <= STRAIGHT_WITHIN_DEG for _, h in self._headings)
 
-    def _judge(self, intr: Intrinsics, configured: Mount) -> MountReading:
-        reading = read_mount(list(self._fits), intr, configured, self.cfg.mount_moved_m)
-        if reading.state == "moved" and (self.reading is None or self.reading.state != "moved"):
-            log.warning("the camera mount looks moved: the lane markings give pitch %.1f° and yaw %.1f°, the config "
-                        "says %.1f° and %.1f°; defects %.0f m ahead are placed %s m off (edge-agent calibrate mount)",
-                        reading.pitch_deg, reading.yaw_deg, configured.pitch_deg, configured.yaw_deg, JUDGED_AHEAD_M,
-                        "?" if reading.off_m is None else f"{reading.off_m:.1f}")
-        return reading
 
-
-def read_mount(fits: list[FrameFit], intr: Intrinsics, configured: Mount, moved_m: float) -> MountReading:
-    """The mount FITS (frames of one camera, in INTR's ideal view) show, judged against CONFIGURED."""
-    result = fit_mount(fits, intr, configured, None)
+def read_mount(fits: list[FrameFit], intr: Intrinsics, configured: Mount, cfg: CalibrationConfig) -> MountReading:
+    """The mount FITS (frames of one camera, in INTR's ideal view) show, judged against CONFIGURED: pitch and yaw
+    from where the markings meet, and the height too when the lane's width is configured."""
+    lane = cfg.mount_lane_width_m or None
+    result = fit_mount(fits, intr, configured, lane)
     road = result.mount
     off = misplaced_m(intr, configured, road, JUDGED_AHEAD_M)
     doubts = result.doubts(intr.width)
-    moved = off is None or off > moved_m
+    moved = off is None or off > cfg.mount_moved_m
     return MountReading("unclear" if doubts else "moved" if moved else "ok", road.pitch_deg, road.yaw_deg,
-                        configured.pitch_deg, configured.yaw_deg, off, result.frames_used, "; ".join(doubts) or None)
+                        road.height_m if result.height_from_lane else None, configured, off, result.frames_used,
+                        "; ".join(doubts) or None)

@@ -33,6 +33,7 @@ from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import FrameDetector, Pipeline
 
 log = logging.getLogger(__name__)
+MOUNT_SUFFIX = ".mount.json"  # the last camera mount reading (perception.mount_watch), beside its outbox
 
 
 @dataclass
@@ -112,7 +113,8 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
             detector, fallback = load_start_model(cfg)
         health.update(detector="ok")
         position_filter = PositionFilter(cfg.gnss)
-        pipeline = Pipeline(cfg, detector, position_filter, projector or load_projector(cfg), box, health)
+        pipeline = Pipeline(cfg, detector, position_filter, projector or load_projector(cfg), box, health,
+                            mount_file=path.with_name(path.stem + MOUNT_SUFFIX) if lock is not None else None)
         if fallback:
             ref = pipeline.model
             health.update(model={"name": ref.name, "version": ref.version, "sha256": ref.sha256, "fallback": fallback})

@@ -7,10 +7,12 @@ clock; everything after that is the same code.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +21,7 @@ from calibration.projector import GroundProjector
 from edge_agent.camera.picture import PictureWatch
 from edge_agent.config import AgentConfig
 from edge_agent.detect.detector import Detection, ModelInfo
+from edge_agent.durable import write_durably
 from edge_agent.gnss.kalman import Pose
 from edge_agent.gnss.motion import VehicleMotion
 from edge_agent.health import HealthBoard
@@ -32,6 +35,7 @@ from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm
 log = logging.getLogger(__name__)
 
 FPS_SMOOTHING = 0.1  # weight of the newest frame in the smoothed fps / inference figures
+MOUNT_KEEP_S = 600.0  # an unchanged mount reading is written to the state folder this often
 MAX_HELD_TRACKS = 32  # tracks waiting for a fix hold their crops (full frames too, when configured): bound the memory
 
 
@@ -70,7 +74,8 @@ class Pipeline:
     motion in gnss.motion); the pipeline only hands results from one to the next."""
 
     def __init__(self, cfg: AgentConfig, detector: FrameDetector, position_filter: PositionSource,
-                 projector: GroundProjector, outbox: EventSink, health: HealthBoard | None = None) -> None:
+                 projector: GroundProjector, outbox: EventSink, health: HealthBoard | None = None,
+                 mount_file: Path | None = None) -> None:
         self.cfg = cfg
         self.detector = detector
         self.filter = position_filter
@@ -90,6 +95,9 @@ class Pipeline:
         self._m_per_frame: float | None = None
         self.picture = PictureWatch(self.health, cfg.camera.no_frame_after_s)
         self.mount_watch = MountWatch(cfg.calibration)
+        self.mount_file = mount_file  # the last mount reading, kept over restarts
+        self._mount_kept: tuple[str, float] | None = None  # (state, when) last written there
+        self._restore_mount()
         self._inference_ms: float | None = None
         self._detect_s = 0.0
         self._held: list[tuple[Track, float]] = []  # finished tracks waiting for a fix, with when they finished
@@ -153,7 +161,8 @@ class Pipeline:
             utc = self.filter.utc_at(t_mono)
         heading, motion = self.motion.step(t_mono, pose)
         if (reading := self.mount_watch.look(image, t_mono, pose, self.projector)) is not None:
-            self.health.update(mount=reading.as_status())
+            self.health.update(mount=reading)
+            self._keep_mount(reading)
         finished = self.tracker.step(t_mono, detections, motion, image=image, pose=pose, heading_deg=heading,
                                      utc=utc)
         events = self._release_held(t_mono)
@@ -187,7 +196,34 @@ class Pipeline:
                 "m_per_frame": None if self._m_per_frame is None else round(self._m_per_frame, 2),
                 "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
                 "detect_s": round(self._detect_s, 3),
-                "mount": None if self.mount_watch.reading is None else self.mount_watch.reading.as_status()}
+                "mount": self.mount_watch.reading}
+
+    # -- the camera mount ----------------------------------------------------------------------------------
+    def _restore_mount(self) -> None:
+        if self.mount_file is None or not self.mount_file.exists():
+            return
+        try:
+            reading = json.loads(self.mount_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("the last camera mount reading (%s) cannot be read, judging afresh: %s", self.mount_file, exc)
+            return
+        if isinstance(reading, dict) and self.mount_watch.restore(reading, self.projector.mount):
+            self.health.update(mount=reading)
+            log.info("camera mount as last judged (%s): %s", reading.get("at"), reading.get("state"))
+
+    def _keep_mount(self, reading: dict[str, Any]) -> None:
+        """Write READING when its state changed, and every MOUNT_KEEP_S (a fit every 30 s must not wear the card)."""
+        if self.mount_file is None:
+            return
+        now = time.monotonic()
+        if self._mount_kept is not None and self._mount_kept[0] == reading["state"] \
+                and now - self._mount_kept[1] < MOUNT_KEEP_S:
+            return
+        try:
+            write_durably(self.mount_file, json.dumps(reading))
+            self._mount_kept = (reading["state"], now)
+        except OSError as exc:  # a full or read-only disk: the reading still goes out in the status
+            log.warning("cannot keep the camera mount reading in %s: %s", self.mount_file, exc)
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _detect(self, image: np.ndarray) -> tuple[list[Detection], bool]:
