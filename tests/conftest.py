@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import secrets
 import socket
 import warnings
@@ -24,9 +25,20 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A port the OS just handed out on loopback. It is free again once this returns, so another program may
-    take it before the caller binds it: callers that start a server on it use `on_a_free_port`."""
-    with socket.socket() as s:
+    """A free port on loopback, below the kernel's ephemeral range: a client reconnecting in a loop to a killed
+    broker's ephemeral port now and then got that very number for its own end and connected to itself, and the
+    broker could not start there again ("taken by another program", test_broker_killed_and_restarted_mid_drain).
+    Another program may still take it before the caller binds it: callers that start a server use
+    `on_a_free_port`."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = random.randint(max(1024, low - 12000), max(1025, low - 1))
+        if services.port_is_free(port):
+            return port
+    with socket.socket() as s:  # nothing free below the range: the OS's choice, as before
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
