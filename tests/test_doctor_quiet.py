@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,15 @@ def test_a_queue_from_a_newer_agent_fails_in_the_words_run_uses(tmp_path: Path) 
     path = write_config(tmp_path)
     queue = tmp_path / "state" / "outbox.db"
     fill(queue, 2)
-    with sqlite3.connect(queue) as conn:
+    with closing(sqlite3.connect(queue)) as conn:  # `with connect()` alone left it open, locking out the refusal 10 s
         conn.execute("PRAGMA user_version = 99")
+        conn.commit()
     with pytest.raises(RuntimeError) as refused:  # what `run` and `replay` print when they open it
         Outbox(queue, OutboxConfig())
     ob = by_name(run_checks(str(path), only=["outbox"], options=FAST))["outbox"]
     assert ob.level is Level.RED and str(refused.value) in ob.summary, ob
     assert f"outbox schema version 99 is newer than this agent knows ({SCHEMA_VERSION})" in ob.summary
-    with sqlite3.connect(queue) as conn:
+    with closing(sqlite3.connect(queue)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 99  # doctor changed nothing
 
 

@@ -142,12 +142,13 @@ def test_an_agent_backing_off_resumes_as_soon_as_the_server_is_back(make_cfg, wo
         worker.stop()  # the server goes away: what the agent sends now is lost
         for i in range(5):
             assert outbox.add_event(make_event(outbox, severity=i / 10, device_id=device, captured_at=utc_now_iso()))
-        wait_for(lambda: uplink.flow.timeout_s >= 16, 60, "the agent backed off round after round")
+        wait_for(lambda: uplink.flow.timeout_s >= 8, 60, "the agent backed off round after round")
         workers(cfg, 1)  # the server is back
         back = time.monotonic()
         wait_for(lambda: outbox.stats()["queue_depth"] == 0, 60, "the server confirmed everything")
         took = time.monotonic() - back
     finally:
         uplink.stop()
-    assert took < 8, f"{took:.1f} s after the server was back (the backed-off wait was 16 s or more)"
+    print(f"confirmed {took:.1f} s after the server was back")
+    assert took < 4, f"{took:.1f} s after the server was back (the backed-off wait was 8 s or more)"
     assert uplink.counters["server_back"] >= 1
