@@ -115,6 +115,18 @@ def test_with_the_lane_width_a_camera_refitted_lower_is_moved(frames: list[np.nd
     assert watch_drive(lanes, many(frames), TRUE).reading["state"] == "ok"
 
 
+def test_frames_that_disagree_are_unclear_and_do_not_erase_a_clear_reading(frames: list[np.ndarray]) -> None:
+    scattered = [lane_frame(replace(TRUE, yaw_deg=yaw), k) for k, yaw in enumerate((-8, -4, 0, 4, 8))]
+    fresh = watch_drive(CFG, many(scattered), TRUE)
+    assert fresh.reading is not None and fresh.reading["state"] == "unclear" and "scatter" in fresh.reading["why"]
+    moved = watch_drive(CFG, many(frames), replace(TRUE, pitch_deg=8.0))
+    assert moved.reading["state"] == "moved"
+    projector = GroundProjector(LENS, replace(TRUE, pitch_deg=8.0))
+    for i, image in enumerate(many(scattered)):  # then a stretch whose frames scatter
+        moved.look(image, 200.0 + i * 0.5, Pose(), projector)
+    assert moved.reading["state"] == "moved"
+
+
 def test_nothing_is_judged_in_a_turn_slowly_without_markings_or_when_switched_off(frames: list[np.ndarray]) -> None:
     wrong = replace(TRUE, pitch_deg=8.0)
     assert watch_drive(CFG, many(frames), wrong, turning=True).reading is None

@@ -106,6 +106,8 @@ class MountWatch:
         if len(self._fits) < self._fits.maxlen:
             return None
         reading = read_mount(list(self._fits), ideal, projector.mount, self.cfg)
+        if reading.state == "unclear" and self.reading is not None and self.reading.get("state") != "unclear":
+            return None  # a bendy stretch says nothing new: a knocked camera's `moved` must not vanish with it
         if reading.state == "moved" and (self.reading is None or self.reading.get("state") != "moved"):
             log.warning("the camera aim looks off: %s", mount_moved_words(reading.as_status()))
         self.reading = reading.as_status()
