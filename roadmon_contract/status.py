@@ -32,6 +32,8 @@ def mount_moved_words(mount: object) -> str | None:
         return None
     fix = ("the camera was moved, or its lens calibration is wrong: `edge-agent calibrate mount` on a straight "
            "marked road (and `calibrate intrinsics` if the lens was never calibrated)")
+    if mount.get("height_m") is not None:
+        fix += "; the height is read against calibration.mount_lane_width_m: check that width too"
     try:
         road = [f"pitch {float(mount['pitch_deg']):.1f}°", f"yaw {float(mount['yaw_deg']):.1f}°"]
         config = [f"{float(mount['config_pitch_deg']):.1f}°", f"{float(mount['config_yaw_deg']):.1f}°"]

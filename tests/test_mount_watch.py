@@ -196,24 +196,39 @@ def test_a_moved_mount_reaches_the_status_the_server_status_and_doctor(frames: l
     odd = status["mount"] | {"ahead_m": -5}
     assert errors("status", status | {"mount": odd}) and "15 m ahead" in mount_moved_words(odd)
 
-    # Switched off and on (every night): the knocked camera is still reported before it has driven straight...
-    again = HealthBoard()
-    build_agent(cfg, outbox=tmp_path / "outbox.db", detector=Blind(), health=again).close()
-    assert again.snapshot()["mount"]["state"] == "moved"
-    # ...unless the config was corrected since: that mount is judged afresh.
+    # Switched off and on (every night): the knocked camera is still reported before it has driven straight; the
+    # frames kept are judged by the config of the day, so a corrected roll or height does not clear it...
+    def started(calibration: dict) -> dict | None:
+        changed = cfg.model_copy(update={"calibration": cfg.calibration.model_copy(update=calibration)})
+        board = HealthBoard()
+        build_agent(changed, outbox=tmp_path / "outbox.db", detector=Blind(), health=board).close()
+        return board.snapshot()["mount"]
+
+    assert started({})["state"] == "moved" and started({})["at"] <= status["mount"]["at"]  # when its frames were judged
+    assert started({"roll_deg": 2.0})["state"] == "moved" and started({"height_m": 1.61})["state"] == "moved"
+    # ...a corrected pitch clears it at once, and a check switched off says nothing.
+    assert started({"pitch_deg": 11.0})["state"] == "ok"
+    assert started({"mount_check_every_s": 0.0}) is None
+    kept = tmp_path / "outbox.db.mount.json"
+    good = kept.read_text()
+    kept.write_text(good.replace('"vp": [', '"vp": ["16", '))  # damaged: judged afresh, never sent on
+    assert started({}) is None
+    kept.write_text(good)
     fixed = cfg.model_copy(update={"calibration": cfg.calibration.model_copy(update={"pitch_deg": 11.0})})
-    afresh = HealthBoard()
-    build_agent(fixed, outbox=tmp_path / "outbox.db", detector=Blind(), health=afresh).close()
-    assert afresh.snapshot()["mount"] is None
 
     write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status)
     config = tmp_path / "agent.toml"
-    config.write_text(f'[device]\nid = "veh-mount"\nstate_dir = "{tmp_path}"\n[uplink]\nenabled = false\n')
+    config.write_text(f'[device]\nid = "veh-mount"\nstate_dir = "{tmp_path}"\n[uplink]\nenabled = false\n'
+                      f'[calibration]\nwidth = {W}\nheight = {H}\nhfov_deg = 80\nheight_m = 1.6\npitch_deg = 8.5\n'
+                      'yaw_deg = 1.0\nmount_check_every_s = 1.0\nmount_check_frames = 5\n')
     res = CliRunner().invoke(app, ["status", "--config", str(config), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["mount"]["state"] == "moved"
     res = CliRunner().invoke(app, ["status", "--config", str(config)], env={"COLUMNS": "200"})
     assert "camera mount" in res.output and "camera aim off" in res.output and "judged" in res.output
+    status_file_of(cfg.outbox_path, cfg.uplink.status_file).unlink()  # a box without the uplink writes none
+    res = CliRunner().invoke(app, ["status", "--config", str(config)], env={"COLUMNS": "200"})
+    assert "camera aim off" in res.output, res.output
 
     # doctor, with the agent stopped (a technician stops the service before working on the van):
     from edge_agent.doctor.calibration_check import check_calibration

@@ -73,7 +73,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "fps": (agent or {}).get("fps"),
         "m_per_frame": (agent or {}).get("m_per_frame"),
         "health": (agent or {}).get("health"),
-        "mount": (agent or {}).get("mount"),
+        "mount": _mount(path, cfg, agent),
         "gnss": _gnss(agent, heartbeat_s),
         # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
         # sending junk this grows while no event is sent.
@@ -91,6 +91,22 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "outbox": stats["path"],
         "status_file": str(status_path),
     }
+
+
+def _mount(outbox: Path, cfg: Any, agent: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The camera mount as the agent would report it after a start with this config (its kept frames judged now):
+    running or not, with the uplink or without; else what its last status said."""
+    if cfg is not None:
+        from edge_agent.perception.mount_watch import mount_file_of, reading_from_file
+        from edge_agent.runtime.assemble import load_projector
+
+        try:
+            reading = reading_from_file(mount_file_of(outbox), cfg.calibration, load_projector(cfg))
+        except (OSError, ValueError):  # a calibration the agent cannot start with: doctor says why
+            reading = None
+        if reading is not None:
+            return reading
+    return (agent or {}).get("mount")
 
 
 def _why_stale(outbox: Path, disk_free_mb: float | None) -> str:
@@ -192,9 +208,12 @@ def _mount_text(info: dict[str, Any]) -> str:
         return f"[red]{escape(moved)}[/red] ({when})"
     if mount.get("state") == "unclear":
         return f"[yellow]unclear[/yellow] ({escape(str(mount.get('why') or 'the markings disagree'))}; {when})"
+    seen = f"pitch {mount.get('pitch_deg')}°, yaw {mount.get('yaw_deg')}°"
+    if mount.get("height_m") is not None:
+        seen += f", height {mount.get('height_m')} m"
     judged = "pitch, yaw and height" if mount.get("height_m") is not None else "pitch and yaw"
-    return (f"[green]ok[/green]: {judged} as configured (pitch {mount.get('pitch_deg')}°, yaw "
-            f"{mount.get('yaw_deg')}° on the road; roll is not checked; {when} over {mount.get('frames')} frames)")
+    return (f"[green]ok[/green]: {judged} as configured ({seen} on the road; roll is not checked; {when} over "
+            f"{mount.get('frames')} frames)")
 
 
 def _position_text(info: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from calibration.camera import Mount
+from calibration.projector import GroundProjector
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.link.heartbeat import ago_text
 from roadmon_contract.status import mount_moved_words
@@ -15,7 +15,7 @@ def check_calibration(ctx: Context) -> CheckResult:
 
     assert ctx.cfg is not None
     cal = ctx.cfg.calibration
-    source = f"intrinsics file {cal.intrinsics_file}" if cal.intrinsics_file else "inline [calibration]"
+    source = f"intrinsics file {cal.intrinsics_file}" if cal.intrinsics_file else "inline calibration"
     data: dict = {"source": source}
     try:
         projector = load_projector(ctx.cfg)
@@ -54,26 +54,23 @@ def check_calibration(ctx: Context) -> CheckResult:
                                "; ".join(problems) + ": positions on the map may be off by metres",
                                "take the checkerboard photos again as docs/calibration.md says, and rerun "
                                "`edge-agent calibrate intrinsics`", data)
-    moved = _moved_on_the_road(ctx, mount)
+    moved = _moved_on_the_road(ctx, projector)
     if moved is not None:
         data["mount"] = moved
-        return CheckResult("calibration", Level.YELLOW, summary + "; the agent finds the camera aimed elsewhere",
-                           f"{mount_moved_words(moved)} (the agent's status, judged {ago_text(moved.get('at'))})",
-                           "drive a straight marked road and run `edge-agent calibrate mount`, then set the pitch "
-                           "and yaw it gives (docs/calibration.md)", data)
+        return CheckResult("calibration", Level.YELLOW, summary + "; the lane markings say the camera aims elsewhere",
+                           f"{mount_moved_words(moved)} (judged {ago_text(moved.get('at'))})",
+                           "on a straight marked road run `edge-agent calibrate mount` and set what it gives; when "
+                           "the lens was never calibrated, `calibrate intrinsics` first; with "
+                           "calibration.mount_lane_width_m set, check that width too (docs/calibration.md)", data)
     return CheckResult("calibration", Level.GREEN, summary, data=data)
 
 
-def _moved_on_the_road(ctx: Context, mount: Mount) -> dict | None:
-    """The agent's last mount reading (perception.mount_watch) when it says moved and judged the mount this config
-    has (a config just corrected is not what the agent compared with). Read from its status file whether or not
-    it runs now: a technician stops the service before working on the van."""
-    from edge_agent.link.heartbeat import read_status_file, status_file_of
-    from edge_agent.perception.mount_watch import judged_this_mount
+def _moved_on_the_road(ctx: Context, projector: GroundProjector) -> dict | None:
+    """The mount the agent's kept frames show, judged against this config (perception.mount_watch), when the
+    camera aims elsewhere: with the agent running or stopped (a technician stops the service before working on
+    the van), with the uplink or without."""
+    from edge_agent.perception.mount_watch import mount_file_of, reading_from_file
 
     assert ctx.cfg is not None
-    status = read_status_file(status_file_of(ctx.cfg.outbox_path, ctx.cfg.uplink.status_file)) or {}
-    reading = status.get("mount")
-    if mount_moved_words(reading) is None or not isinstance(reading, dict):
-        return None
-    return reading if judged_this_mount(reading, mount) else None
+    reading = reading_from_file(mount_file_of(ctx.cfg.outbox_path), ctx.cfg.calibration, projector)
+    return reading if mount_moved_words(reading) is not None else None

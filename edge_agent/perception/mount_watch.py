@@ -12,10 +12,13 @@ technician's to confirm (`calibrate mount`), and a fit fooled by a road without 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,22 +52,20 @@ class MountReading:
     frames: int
     why: str | None = None  # for `unclear`: the fit's doubts
 
-    def as_status(self) -> dict[str, Any]:
+    def as_status(self, at: str | None = None) -> dict[str, Any]:
+        """The status's `mount`; AT is when its frames were judged (now, unless restored)."""
         c = self.configured
         return {"state": self.state, "pitch_deg": round(self.pitch_deg, 2), "yaw_deg": round(self.yaw_deg, 2),
                 "height_m": None if self.height_m is None else round(self.height_m, 2),
                 "config_pitch_deg": round(c.pitch_deg, 2), "config_yaw_deg": round(c.yaw_deg, 2),
                 "config_height_m": round(c.height_m, 2), "config_roll_deg": round(c.roll_deg, 2),
                 "off_m": None if self.off_m is None else round(self.off_m, 2), "ahead_m": JUDGED_AHEAD_M,
-                "frames": self.frames, "why": self.why, "at": iso_utc(datetime.now(UTC))}
+                "frames": self.frames, "why": self.why, "at": at or iso_utc(datetime.now(UTC))}
 
 
-def judged_this_mount(reading: dict[str, Any], mount: Mount) -> bool:
-    """Whether READING (a status's `mount`) was judged against MOUNT: a reading kept over a restart counts only
-    while the config says what it was compared with (a corrected config is judged afresh)."""
-    keys = {"config_pitch_deg": mount.pitch_deg, "config_yaw_deg": mount.yaw_deg,
-            "config_height_m": mount.height_m, "config_roll_deg": mount.roll_deg}
-    return all(isinstance(reading.get(k), int | float) and abs(reading[k] - v) < 0.006 for k, v in keys.items())
+def mount_file_of(outbox: Path) -> Path:
+    """Where the agent keeps the frames its last reading was judged on: beside its outbox."""
+    return outbox.with_name(outbox.name + ".mount.json")
 
 
 class MountWatch:
@@ -77,13 +78,33 @@ class MountWatch:
         self._last_try: float | None = None
         self._size: tuple[int, int] | None = None
         self.reading: dict[str, Any] | None = None  # the last reading, as the status carries it
+        self._judged: tuple[tuple[int, int], list[FrameFit]] | None = None  # the frame size and fits behind it
 
-    def restore(self, reading: dict[str, Any], mount: Mount) -> bool:
-        """Take READING, kept from before a restart, as the last one when it judged MOUNT (a box switched off
-        every night lost a knocked camera's alarm every morning until it had driven straight for minutes)."""
-        if reading.get("state") not in ("ok", "moved", "unclear") or not judged_this_mount(reading, mount):
+    def snapshot(self) -> dict[str, Any] | None:
+        """What `restore` takes after a restart: the fits the last reading was judged on, not the verdict, so that
+        the config of the day judges them (a corrected roll, lens or lane width must not keep or clear an alarm
+        on its own, and a damaged verdict once made the server refuse every status)."""
+        if self._judged is None or self.reading is None:
+            return None
+        size, fits = self._judged
+        return {"size": list(size), "at": self.reading["at"],
+                "fits": [{"vp": list(f.vp), "lane": None if f.boundaries is None else list(f.boundaries)}
+                         for f in fits]}
+
+    def restore(self, kept: Any, projector: GroundProjector) -> bool:
+        """Judge the fits KEPT by `snapshot` against PROJECTOR's mount and lens (a box switched off every night lost
+        a knocked camera's alarm every morning, until it had driven straight for minutes). False when there is
+        nothing usable to judge, or the check is switched off."""
+        if self.cfg.mount_check_every_s <= 0:
             return False
-        self.reading = reading
+        parsed = _parse_kept(kept, self._fits.maxlen or 0)
+        if parsed is None:
+            return False
+        size, at, fits = parsed
+        self._size = size
+        self._fits.extend(fits)
+        reading = read_mount(fits, _ideal(projector.intrinsics, size), projector.mount, self.cfg)
+        self.reading, self._judged = reading.as_status(at), (size, list(self._fits))
         return True
 
     def look(self, image: np.ndarray, t_mono: float, pose: PoseLike | None, projector: GroundProjector
@@ -98,19 +119,19 @@ class MountWatch:
         if size != self._size:  # another resolution: the points found so far are in other pixels
             self._fits.clear()
             self._size = size
-        view, ideal = ideal_view(image, projector.intrinsics)
+        view, _ = ideal_view(image, projector.intrinsics)
         fit = fit_frame(view)
         if fit is None:
             return None
         self._fits.append(fit)
         if len(self._fits) < self._fits.maxlen:
             return None
-        reading = read_mount(list(self._fits), ideal, projector.mount, self.cfg)
+        reading = read_mount(list(self._fits), _ideal(projector.intrinsics, size), projector.mount, self.cfg)
         if reading.state == "unclear" and self.reading is not None and self.reading.get("state") != "unclear":
             return None  # a bendy stretch says nothing new: a knocked camera's `moved` must not vanish with it
         if reading.state == "moved" and (self.reading is None or self.reading.get("state") != "moved"):
             log.warning("the camera aim looks off: %s", mount_moved_words(reading.as_status()))
-        self.reading = reading.as_status()
+        self.reading, self._judged = reading.as_status(), (size, list(self._fits))
         return self.reading
 
     def _straight(self, t_mono: float, pose: PoseLike | None) -> bool:
@@ -139,3 +160,47 @@ def read_mount(fits: list[FrameFit], intr: Intrinsics, configured: Mount, cfg: C
     return MountReading("unclear" if doubts else "moved" if moved else "ok", road.pitch_deg, road.yaw_deg,
                         road.height_m if result.height_from_lane else None, configured, off, result.frames_used,
                         "; ".join(doubts) or None)
+
+
+def _ideal(intr: Intrinsics, size: tuple[int, int]) -> Intrinsics:
+    """The distortion-free lens the fits are in (calibration.mount_fit.ideal_view), at the frames' SIZE."""
+    if (intr.width, intr.height) != size:
+        intr = intr.scaled(*size)
+    return Intrinsics(intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
+
+
+def _parse_kept(kept: Any, frames: int) -> tuple[tuple[int, int], str | None, list[FrameFit]] | None:
+    """SIZE, AT and the last FRAMES fits of a `snapshot`; None when it is not one, or holds fewer fits."""
+    try:
+        w, h = (int(v) for v in kept["size"])
+        at = kept.get("at") if isinstance(kept.get("at"), str) and _utc_stamp(kept["at"]) else None
+        fits = []
+        for item in kept["fits"][-frames:]:
+            vp = tuple(float(v) for v in item["vp"])
+            lane = None if item.get("lane") is None else tuple(float(v) for v in item["lane"])
+            if len(vp) != 2 or (lane is not None and len(lane) != 2) or not all(map(math.isfinite, vp)):
+                return None
+            fits.append(FrameFit(vp, np.zeros((0, 4)), 0.0, lane))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if w <= 0 or h <= 0 or len(fits) < frames:
+        return None
+    return (w, h), at, fits
+
+
+def _utc_stamp(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def reading_from_file(path: Path, cfg: CalibrationConfig, projector: GroundProjector) -> dict[str, Any] | None:
+    """What the agent would report of its mount after a start with this config: its kept fits judged now
+    (`edge-agent status` and doctor, with the agent running or not, uplink or not)."""
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    watch = MountWatch(cfg)
+    return watch.reading if watch.restore(kept, projector) else None

@@ -29,11 +29,11 @@ from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
 from edge_agent.link.writer_lock import WriterLock
 from edge_agent.perception.events import ModelRef
+from edge_agent.perception.mount_watch import mount_file_of
 from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import FrameDetector, Pipeline
 
 log = logging.getLogger(__name__)
-MOUNT_SUFFIX = ".mount.json"  # the last camera mount reading (perception.mount_watch), beside its outbox
 
 
 @dataclass
@@ -114,7 +114,7 @@ def build_agent(cfg: AgentConfig, *, health: HealthBoard | None = None, outbox: 
         health.update(detector="ok")
         position_filter = PositionFilter(cfg.gnss)
         pipeline = Pipeline(cfg, detector, position_filter, projector or load_projector(cfg), box, health,
-                            mount_file=path.with_name(path.stem + MOUNT_SUFFIX) if lock is not None else None)
+                            mount_file=mount_file_of(path) if lock is not None else None)
         if fallback:
             ref = pipeline.model
             health.update(model={"name": ref.name, "version": ref.version, "sha256": ref.sha256, "fallback": fallback})

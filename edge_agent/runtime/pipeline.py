@@ -203,27 +203,31 @@ class Pipeline:
         if self.mount_file is None or not self.mount_file.exists():
             return
         try:
-            reading = json.loads(self.mount_file.read_text(encoding="utf-8"))
+            kept = json.loads(self.mount_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            log.warning("the last camera mount reading (%s) cannot be read, judging afresh: %s", self.mount_file, exc)
+            log.warning("the camera mount's kept frames (%s) cannot be read, judging afresh: %s", self.mount_file, exc)
             return
-        if isinstance(reading, dict) and self.mount_watch.restore(reading, self.projector.mount):
+        if self.mount_watch.restore(kept, self.projector):
+            reading = self.mount_watch.reading
             self.health.update(mount=reading)
-            log.info("camera mount as last judged (%s): %s", reading.get("at"), reading.get("state"))
+            log.info("camera mount from the frames kept before the start (%s): %s", reading["at"], reading["state"])
+        elif self.cfg.calibration.mount_check_every_s > 0:
+            log.warning("the camera mount's kept frames (%s) are not usable, judging afresh", self.mount_file)
 
     def _keep_mount(self, reading: dict[str, Any]) -> None:
-        """Write READING when its state changed, and every MOUNT_KEEP_S (a fit every 30 s must not wear the card)."""
-        if self.mount_file is None:
+        """Keep the frames behind READING when its state changed, and every MOUNT_KEEP_S (a fit every 30 s must
+        not wear the card)."""
+        if self.mount_file is None or (kept := self.mount_watch.snapshot()) is None:
             return
         now = time.monotonic()
         if self._mount_kept is not None and self._mount_kept[0] == reading["state"] \
                 and now - self._mount_kept[1] < MOUNT_KEEP_S:
             return
         try:
-            write_durably(self.mount_file, json.dumps(reading))
+            write_durably(self.mount_file, json.dumps(kept))
             self._mount_kept = (reading["state"], now)
         except OSError as exc:  # a full or read-only disk: the reading still goes out in the status
-            log.warning("cannot keep the camera mount reading in %s: %s", self.mount_file, exc)
+            log.warning("cannot keep the camera mount's frames in %s: %s", self.mount_file, exc)
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _detect(self, image: np.ndarray) -> tuple[list[Detection], bool]:
