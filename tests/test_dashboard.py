@@ -650,8 +650,10 @@ def test_manager_confirms_and_the_page_says_when_it_lost_the_server_or_the_sessi
     first.click()
     wait.until(ec.element_to_be_clickable((By.ID, "set-confirmed"))).click()  # a new defect confirmed by hand
     wait.until(ec.text_to_be_present_in_element((By.ID, "panel-status"), "confirmed"))
-    # width x length, as measured; read in one script: the panel may be redrawn by the status change's reload
-    assert " x " in browser.execute_script("return document.getElementById('panel-size').textContent")
+    # width x length, as measured; read in one script, and waited for: the status change's reload redraws the
+    # panel, and a look in between found no size element at all (once in CI)
+    wait.until(lambda d: " x " in (d.execute_script("return document.getElementById('panel-size')?.textContent")
+                                   or ""))
     detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
                        headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
     assert detail["properties"]["status"] == "confirmed"
