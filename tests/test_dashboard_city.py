@@ -126,9 +126,10 @@ def test_filters_changed_while_markers_load_leave_exactly_the_shown_defects(city
         assert settles_at(browser, DEFECTS) == DEFECTS
         # A slower computer (an office laptop; here the map draws 20,000 in a fraction of a second): the chunks
         # markercluster adds them in span the filter changes below, as a city's 100,000 do on any machine.
-        browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": 6})
-        # The premise: changes come while the map still draws the last one (6x does it; 20x took a minute).
-        assert set_statuses(browser, "open", "", "repaired", "", "open", gap_ms=40) >= 3
+        browser.execute_cdp_cmd("Emulation.setCPUThrottlingRate", {"rate": 8})
+        # The premise: changes come while the map still draws the last one (at 8x 1-4 of the 4 later ones do; 20x
+        # took a minute).
+        assert set_statuses(browser, "open", "", "repaired", "", "open", gap_ms=40) >= 1
         open_now = shown(browser)
         assert open_now == sum(1 for i in range(1, DEFECTS + 1) if STATUSES[i % 6] in STATUSES[:4])
         assert settles_at(browser, open_now) == open_now
