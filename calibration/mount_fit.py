@@ -71,13 +71,13 @@ def vanishing_point(segments: np.ndarray) -> tuple[tuple[float, float], np.ndarr
     crossings = np.cross(lines[i[keep]], lines[j[keep]])
     crossings = crossings[np.abs(crossings[:, 2]) >= 1e-9]
     points = crossings[:, :2] / crossings[:, 2:]
+    mids_u = (segments[:, 0] + segments[:, 2]) / 2
     best, best_score = None, 0.0
     # Every pair's crossing judged at once (a loop over the ~11,000 pairs of 150 segments took 0.6 s a frame),
     # in chunks that bound the memory on a Pi.
     for start in range(0, len(points), 2048):
         chunk = points[start:start + 2048]
         inliers = _supports_many(segments, chunk)
-        mids_u = (segments[:, 0] + segments[:, 2]) / 2
         both = ((inliers & (mids_u < chunk[:, :1])).any(1)) & ((inliers & (mids_u > chunk[:, :1])).any(1))
         scores = np.where(both, inliers @ lengths, 0.0)
         k = int(np.argmax(scores))
@@ -127,8 +127,12 @@ def ideal_view(image: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, Intrins
     only there (found in the distorted picture, the pitch came out 0.8° off with the right intrinsics file)."""
     if not intr.has_distortion:
         return image, intr
-    ideal = Intrinsics(intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
-    return cv2.undistort(image, intr.matrix, intr.dist_coeffs), ideal
+    return cv2.undistort(image, intr.matrix, intr.dist_coeffs), ideal_lens(intr)
+
+
+def ideal_lens(intr: Intrinsics) -> Intrinsics:
+    """INTR without its distortion: the lens `ideal_view`'s pictures are taken with."""
+    return Intrinsics(intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
 
 
 def mount_from_vanishing_point(intr: Intrinsics, vp: tuple[float, float], base: Mount) -> Mount:

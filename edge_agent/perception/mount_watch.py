@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from calibration.camera import Intrinsics, Mount
-from calibration.mount_fit import FrameFit, fit_frame, fit_mount, ideal_view, misplaced_m
+from calibration.mount_fit import FrameFit, fit_frame, fit_mount, ideal_lens, ideal_view, misplaced_m
 from calibration.projector import GroundProjector
 from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.gnss.motion import PoseLike
@@ -164,9 +164,7 @@ def read_mount(fits: list[FrameFit], intr: Intrinsics, configured: Mount, cfg: C
 
 def _ideal(intr: Intrinsics, size: tuple[int, int]) -> Intrinsics:
     """The distortion-free lens the fits are in (calibration.mount_fit.ideal_view), at the frames' SIZE."""
-    if (intr.width, intr.height) != size:
-        intr = intr.scaled(*size)
-    return Intrinsics(intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
+    return ideal_lens(intr.scaled(*size) if (intr.width, intr.height) != size else intr)
 
 
 def _parse_kept(kept: Any, frames: int) -> tuple[tuple[int, int], str | None, list[FrameFit]] | None:
@@ -195,11 +193,16 @@ def _utc_stamp(text: str) -> bool:
         return False
 
 
+def read_kept(path: Path) -> Any:
+    """The JSON a `snapshot` was written as; raises OSError or ValueError when it cannot be read."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def reading_from_file(path: Path, cfg: CalibrationConfig, projector: GroundProjector) -> dict[str, Any] | None:
     """What the agent would report of its mount after a start with this config: its kept fits judged now
     (`edge-agent status` and doctor, with the agent running or not, uplink or not)."""
     try:
-        kept = json.loads(path.read_text(encoding="utf-8"))
+        kept = read_kept(path)
     except (OSError, ValueError):
         return None
     watch = MountWatch(cfg)

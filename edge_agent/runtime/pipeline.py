@@ -29,7 +29,7 @@ from edge_agent.link.outbox import utc_now_iso
 from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
 from edge_agent.perception.events import ModelRef, build_event
 from edge_agent.perception.geolocate import Geolocator, GroundBox
-from edge_agent.perception.mount_watch import MountWatch
+from edge_agent.perception.mount_watch import MountWatch, read_kept
 from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm_scores
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class Pipeline:
         if self.mount_file is None or not self.mount_file.exists():
             return
         try:
-            kept = json.loads(self.mount_file.read_text(encoding="utf-8"))
+            kept = read_kept(self.mount_file)
         except (OSError, ValueError) as exc:
             log.warning("the camera mount's kept frames (%s) cannot be read, judging afresh: %s", self.mount_file, exc)
             return
