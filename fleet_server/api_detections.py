@@ -146,6 +146,8 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
 def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict]]:
     """(the id to answer with, the events of BODY), each checked as an MQTT event would be."""
     now = datetime.now(UTC)
+    # Either body may leave out the device: the token names it (the 400 for another device's id says so).
+    body.setdefault("device_id", who.device_id)
     if phone_body.is_phone_body(body):
         sub, image = phone_body.parse_submission(body, cfg.api.max_image_bytes)
         check_window("timestamp", sub.timestamp, now, cfg.ingest)
@@ -157,7 +159,6 @@ def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict
     # Our own event; a client may leave out what the server can fill in.
     body.setdefault("schema", "roadmon.event/1")
     body.setdefault("event_id", str(uuid7()))
-    body.setdefault("device_id", who.device_id)
     body.setdefault("seq", 0)
     event = check_message("event", who.device_id, json.dumps(body).encode(), now, cfg.ingest)
     return event["event_id"], [event]

@@ -74,7 +74,8 @@ class PhoneDetection(_Strict):
 
 
 class PhoneSubmission(_Strict):
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="The submitting device's id")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN,
+                           description="The submitting device's id (left out: the token's device)")
     timestamp: datetime = Field(strict=False, description="ISO 8601 time of capture, with a zone (Z or +hh:mm)")
     gps: Gps = Field(description="Where the phone was")
     detections: list[PhoneDetection] = Field(min_length=1, max_length=100, description="What it saw in the image")

@@ -67,6 +67,18 @@ def test_both_urls_one_sighting_per_detection_and_resends(server) -> None:
     assert count(dsn, "SELECT count(*) FROM sightings") == 4
 
 
+def test_a_body_without_device_id_is_the_tokens_device(server) -> None:
+    """The 400 for another device's id says "or leave device_id out": a body that does is the token's."""
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-5", device_id="phone-5"))
+    named = body("phone-5")
+    anonymous = {k: v for k, v in named.items() if k != "device_id"}
+    ok = client.post("/v1/detections", json=anonymous, headers=dev)
+    assert ok.status_code == 202, ok.text
+    assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'phone-5'") == 1
+    assert client.post("/v1/detections", json=named, headers=dev).status_code == 409  # the same submission
+
+
 def test_image_becomes_the_thumbnail_and_bad_images_are_refused(server) -> None:
     client, dsn = server
     dev = bearer(token(dsn, "device", "phone-2", device_id="phone-2"))
