@@ -18,7 +18,10 @@ subprocess.run([sys.executable, '-m', 'pip', 'install', *p['dependencies'], *p['
 # The server and the contract only: the server imports nothing of the agent (tests/test_layout.py).
 COPY fleet_server fleet_server
 COPY roadmon_contract roadmon_contract
-RUN pip install --no-deps . \
+# pyproject's data-files are the agent's bundled model, which is not in this context (.dockerignore): setuptools
+# refuses a missing data file, and the server never loads the model.
+RUN sed -i '/^\[tool.setuptools.data-files\]/,/^$/d' pyproject.toml \
+ && pip install --no-deps . \
  && fleet-server --help >/dev/null
 
 # ---- runtime: the venv only, no compilers, no source tree, not root

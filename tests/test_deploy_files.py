@@ -345,6 +345,22 @@ def test_k8s_has_what_the_issue_asks() -> None:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+def test_k8s_runs_this_version_of_the_server_image() -> None:
+    """The manifests pulled 0.1.0 while the code was 0.3.0: a cluster ran a server without its migrations."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    kustom = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert [i["newTag"] for i in kustom["images"] if i["name"] == "road-monitor/fleet-server"] == [version]
+    images = [c["image"] for p in k8s_files() for d in load_all_yaml(p) if isinstance(d, dict)
+              for c in _containers(d)]
+    assert images and all(i == f"road-monitor/fleet-server:{version}" for i in images), images
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    pod = spec.get("jobTemplate", {}).get("spec", spec).get("template", {}).get("spec", {})
+    return pod.get("containers", []) + pod.get("initContainers", [])
+
+
 # ------------------------------------------------------------------------------------- Dockerfile and CI
 def test_dockerfile_is_multi_stage_and_not_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
@@ -358,6 +374,25 @@ def test_dockerfile_is_multi_stage_and_not_root() -> None:
     assert {".git", ".venv", "tests"} <= set(ignored)
     for path in re.findall(r"^COPY\s+(?!--)(\S+)", text, flags=re.M):
         assert (ROOT / path).exists(), f"Dockerfile copies {path}, which does not exist"
+
+
+def test_the_server_image_builds_from_what_it_copies(tmp_path) -> None:
+    """`pip install .` in the build stage sees only what the Dockerfile copies: every data file pyproject names
+    must be there once the Dockerfile's own edits ran (the agent's bundled model was not, and the image never
+    built)."""
+    text = (ROOT / "Dockerfile").read_text()
+    build = text[:text.rfind("\nFROM ")]
+    copied = [p for line in re.findall(r"^COPY\s+(?!--)(.+)$", build, flags=re.M) for p in line.split()[:-1]]
+    for path in copied:
+        (shutil.copytree if (ROOT / path).is_dir() else shutil.copy)(ROOT / path, tmp_path / path)
+    for edit in re.findall(r"(sed -i '[^']*' pyproject\.toml)", build):
+        subprocess.run(edit, shell=True, cwd=tmp_path, check=True, timeout=30)
+    project = tomllib.loads((tmp_path / "pyproject.toml").read_text())
+    data_files = project.get("tool", {}).get("setuptools", {}).get("data-files", {})
+    missing = [f for files in data_files.values() for f in files if not (tmp_path / f).exists()]
+    assert not missing, f"pip install . in the image would fail: {missing} not copied"
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert any((tmp_path / pattern.rstrip("*")).is_dir() for pattern in packages)
 
 
 def test_github_workflow_runs_make_test() -> None:
