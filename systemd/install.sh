@@ -6,7 +6,7 @@
 #   sudo systemd/install.sh server --workers 2
 #   systemd/install.sh agent --dry-run ...      # print every step, change nothing (no root needed)
 #
-# Agent (Raspberry Pi OS bookworm, Jetson with JetPack 5/6, or any Debian/Ubuntu with systemd):
+# Agent (Raspberry Pi OS bookworm, Jetson with JetPack 6, or any Debian/Ubuntu with systemd and Python 3.11+):
 #   Debian packages, a system user `edge-agent` (sysusers.d; groups dialout, video), a venv under /opt/road-monitor,
 #   /etc/edge-agent/agent.toml (written once, never overwritten), the MQTT password as a systemd credential,
 #   the model under /var/lib/edge-agent/models (current.onnx -> <sha256>.onnx, what remote updates swap),

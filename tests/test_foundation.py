@@ -26,6 +26,22 @@ def test_example_config_is_valid() -> None:
     assert cfg.device.id
 
 
+def test_example_config_shows_every_key_and_runs_as_the_defaults() -> None:
+    """`config example` "lists every key"; a technician copies blocks of it. Its detector block set
+    score_threshold = 0.35, which overrides the model's own per-class cuts: cracks were cut at 0.35, not 0.10."""
+    from edge_agent.config.detector import DetectorConfig
+    from edge_agent.detect.detector import working_thresholds
+    from edge_agent.detect.manifest import bundled_model_path, manifest_path_for, read_manifest
+    from tests.example_keys import undocumented
+
+    assert undocumented(agent_config.AgentConfig, agent_config.EXAMPLE.read_text()) == []
+    example = agent_config.load(agent_config.EXAMPLE).detector
+    manifest = read_manifest(manifest_path_for(bundled_model_path()))
+    classes = ("pothole", "crack")
+    assert working_thresholds(classes, manifest, example) == working_thresholds(classes, manifest, DetectorConfig())
+    assert working_thresholds(classes, manifest, example)[1] < 0.2
+
+
 def test_misspelt_key_is_named(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[uplink]\nprot = 1\n[device]\nid = "has space"\n')

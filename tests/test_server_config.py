@@ -20,6 +20,9 @@ def test_example_is_valid_and_documents_every_section() -> None:
     for name in config.ServerConfig.model_fields:
         assert f"[{name}]" in text, name
     assert cfg.ingest.batch_size == 5000 and cfg.api.rate_limit_per_hour == 100
+    from tests.example_keys import undocumented
+
+    assert undocumented(config.ServerConfig, text) == []  # docs/server.md: "every key with its default"
 
 
 def test_every_field_has_a_description() -> None:
