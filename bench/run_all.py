@@ -6,6 +6,7 @@ Pass --quick to ask each benchmark for a short run.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -15,9 +16,22 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    extra = sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Other options are passed to every benchmark.")
+    parser.add_argument("--quick", action="store_true", help="ask each benchmark for a short run")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="just these benchmarks (bench_storm or storm)")
+    args, extra = parser.parse_known_args()
+    if args.quick:
+        extra = ["--quick", *extra]
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        wanted = {n.removeprefix("bench_").removesuffix(".py") for n in args.only}
+        unknown = wanted - {s.stem.removeprefix("bench_") for s in scripts}
+        if unknown:
+            parser.error(f"no such benchmark: {', '.join(sorted(unknown))}")
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
     failed = []
-    for script in sorted(HERE.glob("bench_*.py")):
+    for script in scripts:
         print(f"\n=== {script.name} ===", flush=True)
         t0 = time.monotonic()
         rc = subprocess.run([sys.executable, "-m", f"bench.{script.stem}", *extra], cwd=HERE.parent).returncode

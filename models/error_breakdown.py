@@ -1,7 +1,7 @@
 """Where the detector goes wrong on the validation highways: every box and every true defect at the working
 thresholds, sorted into kinds, and a picture of the worst of each.
 
-    python -m models.error_breakdown [--model bundled] [--out models/bundled/errors.jpg]
+    python -m models.error_breakdown [--model bundled] [--out models/bundled/errors.jpg | FOLDER]
 
 A box that is not a match at IoU 0.5 is one of: `misplaced` (it overlaps a true defect of its class: a second
 box on it, or one too small or shifted: on the road the same object), `other
@@ -152,8 +152,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--survey", type=Path, default=DEFAULT_SURVEY)
-    parser.add_argument("--out", type=Path, default=BUNDLE / "errors.jpg")
+    parser.add_argument("--out", type=Path, default=BUNDLE / "errors.jpg",
+                        help="the picture (.jpg); a folder gets errors.jpg, and errors.json beside it either way")
     args = parser.parse_args()
+    if args.out.suffix.lower() not in (".jpg", ".jpeg"):  # a folder: cv2 found no writer for a name without one
+        args.out = args.out / "errors.jpg"
     detector = load_detector(DetectorConfig(model=args.model))
     result, examples = breakdown(detector, validation_highways(args.survey))
     report(result)
