@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -127,9 +128,18 @@ def _committed(state: Path) -> set[str]:
 
 
 def _check_db(db: Path) -> tuple[set[str], dict[str, str]]:
-    """quick_check must pass; returns the stored event ids and the log of deleted ones (id -> state). Opened
-    read-only so nothing is repaired."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    """quick_check must pass; returns the stored event ids and the log of deleted ones (id -> state). Judged on a
+    copy of the file and its write-ahead log, so that nothing is repaired where the next round opens it (a
+    read-only open cannot replay a log whose index a kill left behind: "attempt to write a readonly database")."""
+    copy = db.parent / "checked" / db.name
+    copy.parent.mkdir(exist_ok=True)
+    for suffix in ("", "-wal"):
+        source, target = Path(f"{db}{suffix}"), Path(f"{copy}{suffix}")
+        target.unlink(missing_ok=True)
+        if source.exists():
+            shutil.copyfile(source, target)
+    Path(f"{copy}-shm").unlink(missing_ok=True)
+    conn = sqlite3.connect(copy)
     try:
         assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)], "outbox corrupt after a kill"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
