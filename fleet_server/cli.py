@@ -503,6 +503,32 @@ def cmd_send(device_id: str,
                   f"expires {sent['expires_at']}", markup=False)
 
 
+@cmd_app.command("resend")
+def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send again what the server confirmed from "
+                                                "this time on (RFC 3339, e.g. 2026-12-06T02:00:00Z): the backup's "
+                                                "time, less a margin for the boxes' clocks"),
+               rejected: bool = typer.Option(False, "--rejected", help="Also what the server refused for good"),
+               device: list[str] = typer.Option([], "--device", help="Only these devices (repeat); default every "
+                                                                      "device not revoked"),
+               days: float = typer.Option(7.0, "--days", min=0.01, help="Boxes off longer than this no longer act "
+                                                                      "on it (outbox.retention_days: 7)")) -> None:
+    """After the database was restored from a backup: every box sends again what the server confirmed since the
+    backup (it still keeps it for outbox.retention_days); the server stores each event once. Answers come in
+    `cmd results DEVICE`."""
+    when = None
+    if since is not None:
+        try:
+            when = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            _fail(f"--since {since!r} is not an RFC 3339 time (2026-12-06T02:00:00Z)")
+    try:
+        sent = commands.resend(cfg(), when, rejected, device or None, expire_after_h=days * 24)
+    except commands.CommandError as exc:
+        _fail(str(exc))
+    console.print(f"cmd/resend sent to {len(sent)} devices; their answers: `fleet-server cmd results DEVICE`",
+                  markup=False)
+
+
 @cmd_app.command("results")
 def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
                 as_json: bool = typer.Option(False, "--json")) -> None:

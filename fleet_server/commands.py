@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import ssl
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 MODEL_UPDATE = "model-update"
 # The commands an agent answers (edge_agent/detect/model_update.py, edge_agent/runtime/config_reload.py): any
 # other name would only come back as "unknown command", and '/', '+' or '#' would not even be one topic.
-KNOWN_COMMANDS = (MODEL_UPDATE, "config-reload")
+RESEND = "resend"
+KNOWN_COMMANDS = (MODEL_UPDATE, "config-reload", RESEND)  # edge_agent/link/resend.py too
 SECRET_NAME = ".url-secret"
 
 
@@ -57,6 +59,10 @@ class CommandError(RuntimeError):
 def publish(cfg: ServerConfig, topic: str, payload: dict[str, Any], timeout_s: float = 10.0) -> None:
     """Publish PAYLOAD on TOPIC with QoS 1, its expires_at as the message expiry, and wait for the broker's
     PUBACK."""
+    publish_all(cfg, [(topic, payload)], timeout_s)
+
+
+def _properties(payload: dict[str, Any]) -> Properties:
     properties = Properties(PacketTypes.PUBLISH)
     try:
         expiry = expires_at(payload)
@@ -67,6 +73,12 @@ def publish(cfg: ServerConfig, topic: str, payload: dict[str, Any], timeout_s: f
         if left_s <= 0:
             raise CommandError(f"the command's expires_at {payload['expires_at']} has passed: nothing sent")
         properties.MessageExpiryInterval = left_s
+    return properties
+
+
+def publish_all(cfg: ServerConfig, messages: list[tuple[str, dict[str, Any]]], timeout_s: float = 10.0) -> None:
+    """`publish` for each (topic, payload) of MESSAGES over one connection (a fleet of 10,000 is one login)."""
+    properties = [_properties(payload) for _, payload in messages]
     m = cfg.mqtt
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.username_pw_set(m.username, m.resolve_password())
@@ -78,10 +90,15 @@ def publish(cfg: ServerConfig, topic: str, payload: dict[str, Any], timeout_s: f
         raise CommandError(f"broker {m.host}:{m.port} unreachable: {exc}") from None
     client.loop_start()
     try:
-        info = client.publish(topic, json.dumps(payload), qos=1, properties=properties)
-        info.wait_for_publish(timeout_s)
-        if not info.is_published():
-            raise CommandError(f"broker did not confirm the command within {timeout_s:g} s (login refused?)")
+        infos = [client.publish(topic, json.dumps(payload), qos=1, properties=props)
+                 for (topic, payload), props in zip(messages, properties, strict=True)]
+        deadline = time.monotonic() + timeout_s
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        unconfirmed = sum(not info.is_published() for info in infos)
+        if unconfirmed:
+            raise CommandError(f"broker did not confirm {unconfirmed} of {len(infos)} commands within "
+                               f"{timeout_s:g} s (login refused?)")
     finally:
         client.disconnect()
         client.loop_stop()
@@ -127,6 +144,31 @@ def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) 
     body = stamp(cfg) | payload
     publish(cfg, topics.cmd(device_id, name), body)
     return body
+
+
+def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,
+           expire_after_h: float | None = None) -> list[str]:
+    """cmd/resend to DEVICES (each checked), or to every device that is not revoked: each box sends again what
+    the server confirmed since SINCE (and with REJECTED what it refused). Returns the devices sent to."""
+    if since is None and not rejected:
+        raise CommandError("give --since (what the boxes should send again from) and/or --rejected")
+    if since is not None and since.tzinfo is None:
+        raise CommandError("--since needs a zone (2026-12-06T02:00:00Z)")
+    if devices:
+        for device_id in devices:
+            check_device(cfg, device_id)
+    else:
+        try:
+            with connect(cfg.database) as conn:
+                devices = [r[0] for r in conn.execute("SELECT id FROM devices WHERE revoked_at IS NULL ORDER BY id")]
+        except psycopg.OperationalError as exc:
+            raise CommandError(f"cannot list the devices: database unreachable ({exc})") from None
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {"rejected": rejected} | ({"since": utc_iso(since)} if since is not None else {})
+    if expire_after_h is not None:
+        body["expires_at"] = utc_iso(now + timedelta(hours=expire_after_h))
+    publish_all(cfg, [(topics.cmd(d, RESEND), stamp(cfg, now) | body) for d in devices], timeout_s=30.0)
+    return devices
 
 
 # ----------------------------------------------------------------------------------------- models

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,29 @@ def test_retry_and_purge(outbox: Outbox) -> None:
     assert [m.id for m in outbox.due(10, 3600)] == [b["event_id"]]
     assert outbox.purge_confirmed() == 1
     assert set(outbox.states()) == {b["event_id"]}
+
+
+def test_resend_puts_back_what_was_confirmed_since_a_time_and_what_was_refused(outbox: Outbox) -> None:
+    old, new, unset, refused, waiting = (make_event(outbox) for _ in range(5))
+    for event in (old, new, unset, refused, waiting):
+        outbox.add_event(event)
+    outbox.due(10, 3600)
+    outbox.mark_confirmed([("event", e["event_id"]) for e in (old, new, unset)])
+    outbox.mark_rejected([(refused["event_id"], "database refused: duplicate key")])
+    stamps = {old["event_id"]: "2026-12-05T23:59:59.000Z", new["event_id"]: "2026-12-06T02:00:00.000Z",
+              unset["event_id"]: "1970-01-01T00:05:00.000Z"}  # confirmed before the clock was set: kept
+    for event_id, stamp in stamps.items():
+        outbox.conn.execute("UPDATE events SET confirmed_at = ? WHERE event_id = ?", (stamp, event_id))
+    since = datetime(2026, 12, 6, 3, 0, tzinfo=timezone(timedelta(hours=1)))  # 02:00 UTC
+    assert outbox.resend(since) == {"event": 2, "coverage": 0}
+    states = outbox.states()
+    assert states[new["event_id"]] == states[unset["event_id"]] == "pending"
+    assert states[old["event_id"]] == "confirmed" and states[refused["event_id"]] == "rejected"
+    assert outbox.resend(None, rejected=True) == {"event": 1, "coverage": 0}
+    assert outbox.states()[refused["event_id"]] == "pending"
+    assert outbox.resend(None) == {"event": 0, "coverage": 0}
+    assert {m.id for m in outbox.due(10, 3600)} == {new["event_id"], unset["event_id"], refused["event_id"]}
+    assert outbox.states()[waiting["event_id"]] == "pending"  # in flight, never confirmed: left to its ack timeout
 
 
 def test_garbage_file_is_moved_aside_and_a_new_one_started(tmp_path: Path, caplog) -> None:

@@ -62,15 +62,20 @@ def test_stats_and_ls(box) -> None:
 
 def test_retry_purge_and_export(box, tmp_path: Path) -> None:
     assert "3 unconfirmed rows are due now" in run("queue", "retry", "--config", box["config"])
+    bad = runner.invoke(app, ["queue", "retry", "--confirmed-since", "2026-12-06 02:00", "--config", box["config"]])
+    assert bad.exit_code == 2 and "with its zone" in bad.output
     refused = runner.invoke(app, ["queue", "purge", "--config", box["config"]])
     assert refused.exit_code == 2 and "--confirmed" in refused.output
-    assert "deleted 1 confirmed rows" in run("queue", "purge", "--confirmed", "--config", box["config"])
+    again = run("queue", "retry", "--confirmed-since", "2000-01-01T00:00:00Z", "--config", box["config"])
+    assert "1 events and 0 coverage records go to the server again" in again  # the server lost it: sent again
+    assert "4 unconfirmed rows are due now" in again
+    assert "deleted 0 confirmed rows" in run("queue", "purge", "--confirmed", "--config", box["config"])
     out = tmp_path / "events.geojson"
     # --outbox alone is enough, even without a config file.
     run("queue", "export", "--geojson", str(out), "--outbox", str(box["state"] / "outbox.db"),
         "--config", str(tmp_path / "none.toml"))
     collection = json.loads(out.read_text())
-    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 2
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 3
     feature = collection["features"][0]
     assert feature["geometry"] == {"type": "Point", "coordinates": [11.5, 48.1]}
     assert feature["properties"]["class"] == "pothole" and feature["properties"]["queue_state"] == "pending"

@@ -296,6 +296,12 @@ def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, tmp_path)
     refused(["cmd", "send", "+", "config-reload"], "no device '+'")
     refused(["cmd", "send", live, "a/b"], "unknown command 'a/b'")
     refused(["cmd", "send", live, "#"], "unknown command '#'")
+    refused(["cmd", "resend"], "give --since")
+    refused(["cmd", "resend", "--since", "yesterday"], "not an RFC 3339 time")
+    refused(["cmd", "resend", "--since", "2026-12-06T01:00:00"], "needs a zone")
+    refused(["cmd", "resend", "--rejected", "--device", gone], "is revoked")
+    sent = cli.run("cmd", "resend", "--since", "2026-12-06T01:00:00Z", "--device", live)
+    assert sent.exit_code == 0 and "cmd/resend sent to 1 devices" in sent.output, sent.output
     push = ["model", "push", "--url-base", "https://fleet.example.org"]
     refused([*push, "ghost-99", str(model)], "no device 'ghost-99'")
     refused([*push, gone, str(model)], "is revoked")

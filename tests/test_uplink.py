@@ -550,3 +550,19 @@ def test_two_boxes_with_one_login_are_named_and_backed_off(service_info, mqtt_de
                 uplink.stop()
     assert any("a copied SD card" in r.getMessage() for r in caplog.records)
     assert len([r for r in caplog.records if "takes the session over" in r.getMessage()]) <= 4
+
+
+def test_the_server_sends_only_commands_an_agent_answers(tmp_path: Path) -> None:
+    """`fleet-server cmd send` refuses names no agent answers; each name it allows has its agent handler."""
+    from edge_agent.detect import model_update
+    from edge_agent.link import resend
+    from edge_agent.runtime import config_reload
+    from fleet_server.commands import KNOWN_COMMANDS
+
+    assert set(KNOWN_COMMANDS) == {model_update.COMMAND, config_reload.COMMAND, resend.COMMAND}
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        uplink = Uplink(UplinkConfig(enabled=False), "veh-1", outbox)
+        assert resend.COMMAND in uplink._handlers  # every uplink answers it: it only needs the outbox
+        assert resend.handle(outbox, {})["status"] == "invalid"
+        assert "no zone" in resend.handle(outbox, {"since": "2026-12-06T02:00:00"})["reason"]
+        assert resend.handle(outbox, {"since": "2026-12-06T02:00:00Z"})["events"] == 0

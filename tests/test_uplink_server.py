@@ -152,3 +152,50 @@ def test_an_agent_backing_off_resumes_as_soon_as_the_server_is_back(make_cfg, wo
     print(f"confirmed {took:.1f} s after the server was back")
     assert took < 4, f"{took:.1f} s after the server was back (the backed-off wait was 8 s or more)"
     assert uplink.counters["server_back"] >= 1
+
+
+def test_a_server_restored_from_a_backup_gets_back_what_it_had_confirmed(make_cfg, workers,  # noqa: F811
+                                                                         mqtt_device, fresh_db, service_info,
+                                                                         tmp_path: Path) -> None:
+    """The database restored from last night's dump has lost what the boxes sent since, while each box still keeps
+    it, confirmed: `fleet-server cmd resend --since` had no counterpart, and the events were gone for good. Now
+    every box sends again what was confirmed since; the server stores each event once."""
+    from fleet_server import commands
+
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device])
+    workers(cfg, 1)
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    backup = datetime.now(UTC) - timedelta(seconds=1)
+    now = utc_now_iso()
+    events = [make_event(outbox, device_id=device, captured_at=now) for _ in range(12)]
+    for event in events:
+        assert outbox.add_event(event)
+    assert outbox.add_coverage(make_coverage() | {"device_id": device, "started_at": now, "ended_at": now})
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device, outbox, HealthBoard())
+    uplink.start()
+
+    def stored() -> int:
+        with psycopg.connect(fresh_db) as conn:
+            return conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
+
+    try:
+        wait_for(lambda: outbox.stats()["queue_depth"] == 0, 30, "the server confirmed everything")
+        with psycopg.connect(fresh_db, autocommit=True) as conn:  # the restore: the dump held none of it
+            conn.execute("TRUNCATE sightings, coverage, defects CASCADE")
+        assert stored() == 0
+        assert commands.resend(cfg, backup - timedelta(minutes=5), rejected=False) == [device]
+        wait_for(lambda: stored() == 12 and outbox.stats()["queue_depth"] == 0, 30, "the events stored again")
+        commands.resend(cfg, backup - timedelta(minutes=5), rejected=False)  # twice: still each once
+        wait_for(lambda: uplink.counters["confirmed"] >= 39, 30, "the second resend confirmed")
+    finally:
+        uplink.stop()
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 12
+        assert conn.execute("SELECT count(DISTINCT event_id) FROM sightings").fetchone()[0] == 12
+        assert conn.execute("SELECT count(*) FROM coverage").fetchone()[0] == 1
+        results = [r[0] for r in conn.execute("SELECT payload FROM command_results WHERE device_id = %s AND "
+                                              "name = 'resend'", (device,))]
+    assert sorted(r["events"] for r in results) == [12, 12] and all(r["status"] == "queued" for r in results)
+    with pytest.raises(commands.CommandError, match="--since"):
+        commands.resend(cfg, None, rejected=False)

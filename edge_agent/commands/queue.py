@@ -10,6 +10,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +179,33 @@ def _short_time(stamp: str | None) -> str | None:
 
 
 @queue_app.command("retry")
-def retry_cmd(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION) -> None:
-    """Make every unconfirmed row due now (the running agent sends them at its next step)."""
+def retry_cmd(
+    config: str = CONFIG_OPTION,
+    outbox: Path | None = OUTBOX_OPTION,
+    confirmed_since: str | None = typer.Option(
+        None, "--confirmed-since", help="Also send again what the server confirmed from this time on (RFC 3339, "
+                                        "this box's clock): the server's database was restored from a backup"),
+    rejected: bool = typer.Option(False, "--rejected", help="Also send again what the server refused for good "
+                                                             "(a fault of the server's, fixed since)"),
+) -> None:
+    """Make every unconfirmed row due now (the running agent sends them at its next step); with --confirmed-since
+    or --rejected, rows the server confirmed or refused go back in the queue too (`fleet-server cmd resend` asks
+    every box at once)."""
+    since = None
+    if confirmed_since is not None:
+        try:
+            since = datetime.fromisoformat(confirmed_since.replace("Z", "+00:00"))
+        except ValueError:
+            since = None
+        if since is None or since.tzinfo is None:
+            err.print(f"[red]--confirmed-since {confirmed_since!r}: give an RFC 3339 time with its zone "
+                      "(2026-12-06T02:00:00Z)[/red]")
+            raise typer.Exit(2)
     with open_outbox(config, outbox, read_only=False) as ob:
+        again = ob.resend(since, rejected)
         n = ob.retry()
+    if since is not None or rejected:
+        out.print(f"{again['event']} events and {again['coverage']} coverage records go to the server again")
     out.print(f"{n} unconfirmed rows are due now")
 
 

@@ -58,7 +58,12 @@ CLOCK_SET_AFTER = "2024-01-01T00:00:00.000Z"
 
 def utc_now_iso(ago_s: float = 0.0) -> str:
     """Now (or AGO_S seconds before) in UTC, as the contract writes times."""
-    return (datetime.now(UTC) - timedelta(seconds=ago_s)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return utc_iso(datetime.now(UTC) - timedelta(seconds=ago_s))
+
+
+def utc_iso(t: datetime) -> str:
+    """T in UTC as the contract writes times (and the outbox's stamps compare as text)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def priority_of(severity: float) -> int:
@@ -502,6 +507,31 @@ class Outbox:
                     for t in TABLE.values())
         self.changed.set()
         return n
+
+    def resend(self, confirmed_since: datetime | None = None, rejected: bool = False) -> dict[str, int]:
+        """Send again the rows the server confirmed at or after CONFIRMED_SINCE (by this box's clock; rows
+        confirmed while the clock was unset too), and with REJECTED those it refused: after the server's database
+        was restored from a backup older than them, or a fault of the server's own refused them. The server
+        stores each event once (by its id), so a row it still has is only confirmed again. Rows confirmed
+        longer ago than outbox.retention_days may be gone already. Returns how many of each kind."""
+        where = []
+        params: list[str] = []
+        if confirmed_since is not None:
+            where.append(f"({STATE_FILTER['confirmed']} AND (confirmed_at >= ? OR confirmed_at < ?))")
+            params += [utc_iso(confirmed_since), CLOCK_SET_AFTER]
+        if rejected:
+            where.append(STATE_FILTER["rejected"])
+        if not where:
+            return dict.fromkeys(KINDS, 0)
+        with self._lock, self._transaction("NORMAL"):
+            counts = {kind: self.conn.execute(
+                f"UPDATE {TABLE[kind]} SET state = 'pending', sent_at = NULL, confirmed_at = NULL, rejected = NULL, "
+                f"due_at = 0 WHERE {' OR '.join(where)}", params).rowcount for kind in KINDS}
+        self.changed.set()
+        if any(counts.values()):
+            log.warning("sending again %d events and %d coverage records the server had confirmed%s",
+                        counts["event"], counts["coverage"], " or refused" if rejected else "")
+        return counts
 
     def purge_confirmed(self) -> int:
         """Delete every confirmed row (they are on the server); returns how many. Rows the server refused

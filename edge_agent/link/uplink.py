@@ -15,6 +15,7 @@ backlog on the server does not turn into a storm of copies.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -40,6 +41,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, wait_random_
 from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.health import HealthBoard
+from edge_agent.link import resend
 from edge_agent.link.flow import FlowControl
 from edge_agent.link.heartbeat import boot_stamp, build_status, remove_leftovers, status_file_of, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
@@ -116,6 +118,8 @@ class Uplink:
                                 cfg.adaptive)
         self._outstanding: dict[tuple[str, str], InFlight] = {}
         self._acked: deque[tuple[float, tuple[str, str]]] = deque()  # (when, key) of PUBACKs not yet written
+        # cmd/resend: what the server confirmed since a time goes out again (its database restored from a backup).
+        self.on_command(resend.COMMAND, functools.partial(resend.handle, outbox))
         self._next_write = 0.0
         self._local_status_due = 0.0  # when the status file is next rewritten (also while offline)
         self._confirmed: list[tuple[str, str]] = []
