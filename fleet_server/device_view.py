@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words
+from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words, sparse_frames_words
 
 # A status whose sent_at is this far from when the server received it comes from a box whose clock is wrong:
 # its events are dated wrongly (and refused once older than ingest.horizon_days). Transit takes seconds.
@@ -89,8 +89,7 @@ def coded_problems(status: dict[str, Any], received_at: datetime | None,
                                  "wrongly (NTP on the box)"))
     step = status.get("m_per_frame")
     if isinstance(step, int | float) and step > SPARSE_FRAMES_M:
-        out.append(("sparse_frames", f"a frame every {step:.1f} m while driving: too slow for its speed, defects "
-                                     "are missed"))
+        out.append(("sparse_frames", sparse_frames_words(step)))
     if (moved := mount_moved_words(status.get("mount"))) is not None:
         out.append(("mount", moved))
     if (unplaced := _unplaced(status)) is not None:

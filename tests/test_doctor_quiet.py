@@ -647,20 +647,33 @@ def test_a_receiver_without_dates_is_amber_while_the_agent_dates_events_by_its_c
     assert "RMC" in gnss.hint
 
 
+@pytest.mark.parametrize("ip_camera", [False, True])
 @pytest.mark.parametrize(("m_per_frame", "level"), [(2.0, Level.GREEN), (7.5, Level.YELLOW)])
-def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level) -> None:
+def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: float, level: Level,
+                                               ip_camera: bool) -> None:
     # Frames processed 5 m or more apart (a Pi at highway speed, a survey sequence replayed raw) saw potholes in
-    # 2 frames at most: the agent wrote no event and every check was green.
-    from edge_agent.health import HealthBoard
+    # 2 frames at most: the agent wrote no event and every check was green. An IP camera, which doctor opens
+    # itself, stayed green after that: its own probe of a 20 fps stream said nothing of the agent's rate.
+    import contextlib
 
-    path, cfg = running_agent_config(tmp_path, tmp_path / "state", camera={"source": "/dev/video97"})
-    health = HealthBoard()
-    health.update(camera="ok", fps=3.4, m_per_frame=m_per_frame)
-    camera = checks_while_the_agent_runs(path, cfg, health, ["camera"])["camera"]
+    import cv2
+
+    from edge_agent.health import HealthBoard
+    from tests.mjpeg import mjpeg_camera
+
+    ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (120, 160, 3)).astype(np.uint8))
+    assert ok
+    with mjpeg_camera(jpeg, fps=10, frames=60) if ip_camera else contextlib.nullcontext("/dev/video97") as source:
+        path, cfg = running_agent_config(tmp_path, tmp_path / "state", camera={"source": source})
+        health = HealthBoard()
+        health.update(camera="ok", fps=3.4, m_per_frame=m_per_frame, inference_ms=240.0)
+        camera = checks_while_the_agent_runs(path, cfg, health, ["camera"])["camera"]
     assert camera.level is level, camera
-    assert camera.data["m_per_frame"] == m_per_frame
+    assert camera.data["m_per_frame" if not ip_camera or level is Level.YELLOW else "fps"] is not None
     assert ("a frame every 7.5 m" in camera.summary and "fewer than two frames" in camera.explanation) \
         == (level is Level.YELLOW)
+    if level is Level.YELLOW:
+        assert "240 ms" in camera.explanation and "camera.fps" in camera.hint and "mirror_pass" in camera.hint
 
 
 def test_a_status_write_a_power_cut_interrupted_leaves_no_file_for_good(tmp_path: Path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import statistics
 import time
@@ -916,3 +917,22 @@ def test_a_freeze_is_judged_on_the_metres_really_driven(projector: GroundProject
     assert seen[4.5] != "frozen", seen  # 4.2 m since the first picture (the old sum: over 12 m)
     assert seen[6.0] == "frozen", seen  # past 5 m and camera.no_frame_after_s
     agent.close()
+
+
+def test_a_live_box_too_slow_for_its_speed_says_so_in_its_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Only `status` and the server told of a box that looked at a frame every 8 m; its journal was silent."""
+    from edge_agent import config as agent_config
+    from edge_agent.runtime.live import SLOW_SAID_EVERY_S, LiveAgent
+
+    health = HealthBoard()
+    agent = LiveAgent(agent_config.AgentConfig(uplink={"enabled": False}), health=health)
+    health.update(fps=2.1, m_per_frame=4.0, inference_ms=450.0)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.runtime.live"):
+        agent.say_if_too_slow(100.0)
+        assert not caplog.records
+        health.update(m_per_frame=8.3)
+        agent.say_if_too_slow(110.0)
+        agent.say_if_too_slow(120.0)  # once every SLOW_SAID_EVERY_S while it lasts
+        agent.say_if_too_slow(110.0 + SLOW_SAID_EVERY_S)
+    assert len(caplog.records) == 2
+    assert "a frame every 8.3 m" in caplog.text and "450 ms" in caplog.text and "camera.fps" in caplog.text

@@ -295,6 +295,22 @@ def test_status_opens_with_the_camera_and_says_what_its_state_means(box) -> None
     assert "detector │ failed (detector fails: nothing is detected)" in table
 
 
+def test_status_says_a_box_is_too_slow_for_its_speed_in_words(box) -> None:
+    """The fps row was only coloured ("2.2 (a frame every 8.1 m while driving)"), with the detector's time in
+    --json alone."""
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", camera="ok", detector="ok", fps=2.2, m_per_frame=8.1,
+                  inference_ms=452.0)
+    write_beat(box, health)
+    table = status_table(box)
+    assert "2.2, detector 452 ms a frame (a frame every 8.1 m while driving: too slow for its speed" in table
+    assert "edge-agent doctor" in table
+    assert json.loads(run("status", "--config", box["config"], "--json"))["inference_ms"] == 452.0
+    health.update(m_per_frame=3.0)
+    write_beat(box, health)
+    assert "(a frame every 3.0 m while driving)" in status_table(box)
+
+
 def test_status_shows_the_uplinks_window_and_a_backed_off_timeout(box) -> None:
     """docs/store-and-forward.md said `status` showed the flow control; it was only in the status file, while a
     technician asked why a box's rows waited minutes after the server came back."""

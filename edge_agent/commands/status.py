@@ -25,7 +25,7 @@ from edge_agent.link.heartbeat import (
     status_ago_text,
     uplink_trouble,
 )
-from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words
+from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words, sparse_frames_words
 
 out = Console()
 # The GNSS reader's and the camera's states on the health board (edge_agent/health.py): anything but these two
@@ -72,6 +72,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "position": (agent or {}).get("fix"),
         "fps": (agent or {}).get("fps"),
         "m_per_frame": (agent or {}).get("m_per_frame"),
+        "inference_ms": (agent or {}).get("inference_ms"),
         "health": (agent or {}).get("health"),
         "mount": _mount(path, cfg, agent),
         "gnss": _gnss(agent, heartbeat_s),
@@ -187,15 +188,19 @@ def _part_text(info: dict[str, Any], part: str) -> str:
 
 
 def _fps_text(info: dict[str, Any]) -> str:
-    """Frames through the detector a second and, while driving, metres between them (yellow when too far apart
-    for the tracker: roadmon_contract.status.SPARSE_FRAMES_M)."""
+    """Frames through the detector a second, the detector's time for one and, while driving, metres between them
+    (yellow and in words when too far apart for the tracker: roadmon_contract.status.SPARSE_FRAMES_M)."""
     if info["fps"] is None:
         return "-"
+    ms = info.get("inference_ms")
+    detector = f", detector {ms:.0f} ms a frame" if isinstance(ms, int | float) else ""
     step = info.get("m_per_frame")
     if step is None:
-        return f"{info['fps']:.1f}"
-    style = "yellow" if step > SPARSE_FRAMES_M else "green"
-    return f"{info['fps']:.1f} ([{style}]a frame every {step:.1f} m while driving[/{style}])"
+        return f"{info['fps']:.1f}{detector}"
+    if step > SPARSE_FRAMES_M:
+        return (f"{info['fps']:.1f}{detector} ([yellow]{sparse_frames_words(step)}[/yellow]; `edge-agent doctor` "
+                "says what to change)")
+    return f"{info['fps']:.1f}{detector} ([green]a frame every {step:.1f} m while driving[/green])"
 
 
 def _mount_text(info: dict[str, Any]) -> str:

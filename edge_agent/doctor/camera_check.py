@@ -7,7 +7,7 @@ import time
 from edge_agent.camera.picture import BLANK, FROZEN, is_blank, thumbnail
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
-from roadmon_contract.status import SPARSE_FRAMES_M
+from roadmon_contract.status import SPARSE_FRAMES_FIX, SPARSE_FRAMES_M, sparse_frames_words
 
 
 def _picture_faults(source: str) -> dict[str, tuple[str, str]]:
@@ -41,12 +41,8 @@ def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
     data = {"source": source, "held_by_pid": agent.pid, "state": state, "fps": fps, "m_per_frame": step}
     summary = f"{source}, held by the running agent (pid {agent.pid}): {state}" + (
         f", {fps:.1f} fps through the detector" if state == "ok" and isinstance(fps, int | float) else "")
-    if state == "ok" and isinstance(step, int | float) and step > SPARSE_FRAMES_M:
-        return CheckResult("camera", Level.YELLOW, summary + f", a frame every {step:.1f} m while driving",
-                           f"beyond {SPARSE_FRAMES_M:g} m between processed frames a defect is seen in fewer than "
-                           "two frames and is not reported",
-                           "a faster detector: `edge-agent model bench` (INT8, detector.threads, a smaller input); "
-                           "`detector.mirror_pass = false`", data)
+    if state == "ok" and (sparse := _too_sparse(agent, summary, data)) is not None:
+        return sparse
     if state == "ok":
         return CheckResult("camera", Level.GREEN, summary, data=data)
     if state == "starting":
@@ -56,6 +52,21 @@ def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
         "the agent gets no frames from the camera: it detects nothing",
         "`journalctl -u edge-agent | grep -i camera`; check the cable and `v4l2-ctl --list-devices`"))
     return CheckResult("camera", Level.RED, summary, why, fix, data)
+
+
+def _too_sparse(agent: AgentView | None, summary: str, data: dict) -> CheckResult | None:
+    """Yellow when the running agent processes frames too far apart for the tracker, however well the camera
+    streams (an IP camera at 20 fps read green while the agent looked at a frame every 12 m)."""
+    step = None if agent is None else agent.status.get("m_per_frame")
+    if agent is None or not isinstance(step, int | float) or step <= SPARSE_FRAMES_M:
+        return None
+    fps, ms = agent.status.get("fps"), agent.status.get("inference_ms")
+    rate = (f"{fps:.1f} frames a second through the detector" if isinstance(fps, int | float) else "") + (
+        f", {ms:.0f} ms each" if isinstance(ms, int | float) else "")
+    return CheckResult("camera", Level.YELLOW, f"{summary}; the running agent: {sparse_frames_words(step)}",
+                       f"beyond {SPARSE_FRAMES_M:g} m between processed frames a defect is seen in fewer than two "
+                       f"frames and is not reported" + (f" ({rate})" if rate else ""), SPARSE_FRAMES_FIX,
+                       data | {"m_per_frame": step, "agent_fps": fps, "inference_ms": ms})
 
 
 def check_camera(ctx: Context) -> CheckResult:
@@ -115,4 +126,4 @@ def check_camera(ctx: Context) -> CheckResult:
                            "a slow camera means fewer looks at each defect",
                            "check the USB bus (USB 3 port), exposure (long exposure in the dark caps fps) and "
                            "camera.width/height/fps", data)
-    return CheckResult("camera", Level.GREEN, summary, data=data)
+    return _too_sparse(agent, summary, data) or CheckResult("camera", Level.GREEN, summary, data=data)

@@ -28,12 +28,14 @@ from edge_agent.runtime.assemble import Agent, build_agent
 from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.runtime.replay import RecordedDrive, recordings_of
+from roadmon_contract.status import SPARSE_FRAMES_FIX, SPARSE_FRAMES_M, sparse_frames_words
 
 log = logging.getLogger(__name__)
 
 STARTUP_WAIT_S = 30.0    # longest wait for the first frame before READY is sent anyway (health says why)
 STATUS_EVERY_S = 10.0
 MAX_FAILURES_IN_A_ROW = 25  # frames the pipeline may fail on in a row before the watchdog is starved
+SLOW_SAID_EVERY_S = 600.0  # a box too slow for its speed says so in its log this often while it lasts
 
 
 class LiveAgent:
@@ -54,6 +56,7 @@ class LiveAgent:
         self.parts: dict[str, Any] = {}
         self.recorded: RecordedDrive | None = None  # both inputs are recordings of one drive
         self._failures = 0
+        self._slow_said: float | None = None
 
     def stop(self, *_: object) -> None:
         self.stop_event.set()
@@ -109,6 +112,7 @@ class LiveAgent:
                     last_ping = now
                 if now - last_status >= STATUS_EVERY_S:
                     sdnotify.status(self.status_line())
+                    self.say_if_too_slow(now)
                     last_status = now
         finally:
             sdnotify.stopping()
@@ -136,6 +140,19 @@ class LiveAgent:
         snap = self.health.snapshot()
         return camera.healthy() and snap["detector"] == "ok" and snap["outbox"] in ("ok", "degraded") \
             and self._failures < MAX_FAILURES_IN_A_ROW
+
+    def say_if_too_slow(self, now: float) -> None:
+        """Log a box that processes frames too far apart for its speed (only `status` and the server said so: the
+        journal of a box missing a third of its potholes was silent)."""
+        snap = self.health.snapshot()
+        step, fps, ms = snap.get("m_per_frame"), snap.get("fps"), snap.get("inference_ms")
+        if not isinstance(step, int | float) or step <= SPARSE_FRAMES_M:
+            return
+        if self._slow_said is not None and now - self._slow_said < SLOW_SAID_EVERY_S:
+            return
+        self._slow_said = now
+        log.warning("%s (%s frames a second through the detector, %s ms each); %s", sparse_frames_words(step),
+                    "-" if fps is None else f"{fps:.1f}", "-" if ms is None else f"{ms:.0f}", SPARSE_FRAMES_FIX)
 
     def status_line(self) -> str:
         snap = self.health.snapshot()
