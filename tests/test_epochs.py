@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 
 import pytest
@@ -376,3 +377,21 @@ def test_a_live_receiver_is_floored_at_this_release_and_a_recording_is_not():
     old = dt.date.today() - dt.timedelta(weeks=1024)
     assert date_of(NmeaDecoder(GnssConfig(), virtual_clock=True)) == old  # an old recording stays old
     assert date_of(NmeaDecoder(GnssConfig(date_floor=dt.date(2000, 1, 1)))) == old  # the operator's floor wins
+
+
+def test_a_live_date_a_rollover_would_move_past_the_boxs_clock_is_not_used(caplog):
+    """A receiver sending a date months before this release, live (a wrong date after a cold start; a recording
+    fed in through a serial port), was moved 1024 weeks on, to 2045, and the server refused every event as from
+    the future. Now the date goes unused and the agent dates events by its own clock."""
+    from edge_agent.config.gnss import LIVE_DATE_FLOOR, GnssConfig
+    from edge_agent.gnss.source import NmeaDecoder
+
+    before = (LIVE_DATE_FLOOR - dt.timedelta(days=173)).strftime("%d%m%y")
+    decoder = NmeaDecoder(GnssConfig())
+    with caplog.at_level(logging.WARNING, logger="edge_agent.gnss.epochs"):
+        fixes = decoder.feed((sentence(rmc(date=before)) + "\r\n").encode()) + decoder.close_epoch()
+    assert fixes and fixes[0].utc is None, fixes[0].utc
+    assert decoder.assembler.stats.future_dates == 1 and "after this box's clock" in caplog.text
+    recorded = NmeaDecoder(GnssConfig(), virtual_clock=True)  # a recording keeps its own date
+    fix = (recorded.feed((sentence(rmc(date=before)) + "\r\n").encode()) + recorded.close_epoch())[0]
+    assert fix.utc.date() == LIVE_DATE_FLOOR - dt.timedelta(days=173)

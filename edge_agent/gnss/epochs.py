@@ -193,6 +193,7 @@ class EpochStats:
     time_backwards: int = 0
     midnight_rollovers: int = 0
     week_rollovers: int = 0
+    future_dates: int = 0  # live dates a rollover would move past the box's clock: not used
 
 
 class EpochAssembler:
@@ -316,8 +317,8 @@ class EpochAssembler:
         ddmmyy = data[8]
         if ddmmyy != self._ddmmyy_text and len(ddmmyy) == 6 and ddmmyy.isdigit():  # a new date: parse it once
             year = two_digit_year(int(ddmmyy[4:6]))
-            self._ddmmyy_text, self._ddmmyy_date = ddmmyy, make_date(int(ddmmyy[0:2]), int(ddmmyy[2:4]), year,
-                                                                     self.date_floor)
+            date = make_date(int(ddmmyy[0:2]), int(ddmmyy[2:4]), year, self.date_floor)
+            self._ddmmyy_text, self._ddmmyy_date = ddmmyy, self._believable(date, year)
             self._note_rollover(self._ddmmyy_date, year)
         if ddmmyy == self._ddmmyy_text:
             self._set_date(epoch, self._ddmmyy_date)
@@ -326,9 +327,26 @@ class EpochAssembler:
         day, month, year = to_int(data[1]), to_int(data[2]), to_int(data[3])
         if day is None or month is None or year is None or len(data[3]) != 4:
             return
-        date = make_date(day, month, year, self.date_floor)
+        date = self._believable(make_date(day, month, year, self.date_floor), year)
         self._note_rollover(date, year)
         self._set_date(epoch, date)
+
+    def _believable(self, date: dt.date | None, year: int) -> dt.date | None:
+        """DATE, unless the week-rollover rule moved a live receiver's date past the box's own clock while that
+        clock is past the floor itself (a true date is never later than tomorrow). A receiver sending a date
+        months before this release (a wrong date after a cold start, a recording fed in as live) was moved 1024
+        weeks on, to 2045, and the server refused every event as from the future; without a date the agent dates
+        events by its clock instead (pipeline: events_clock_dated)."""
+        if date is None or self.virtual_clock or date.year - year <= 1:
+            return date
+        today = dt.datetime.now(dt.UTC).date()
+        if today < self.date_floor or date <= today + dt.timedelta(days=1):
+            return date
+        self.stats.future_dates += 1
+        if self.stats.future_dates == 1:
+            log.warning("the receiver's date (in %d) would be %s as a GPS week rollover, after this box's clock "
+                        "(%s): not used (a receiver set wrong, or a recording fed in as live?)", year, date, today)
+        return None
 
     def _note_rollover(self, date: dt.date | None, year: int) -> None:
         if date is not None and date.year - year > 1:
