@@ -667,7 +667,11 @@ def test_a_box_too_slow_for_its_speed_is_amber(tmp_path: Path, m_per_frame: floa
         path, cfg = running_agent_config(tmp_path, tmp_path / "state", camera={"source": source})
         health = HealthBoard()
         health.update(camera="ok", fps=3.4, m_per_frame=m_per_frame, inference_ms=240.0)
-        camera = checks_while_the_agent_runs(path, cfg, health, ["camera"])["camera"]
+        with_model = level is Level.YELLOW and not ip_camera
+        checks = checks_while_the_agent_runs(path, cfg, health, ["camera", "model"] if with_model else ["camera"])
+    camera = checks["camera"]
+    if with_model:  # doctor times the model beside the agent: the agent's own figure is the one that counts
+        assert "the running agent: 240 ms a frame" in checks["model"].summary, checks["model"]
     assert camera.level is level, camera
     assert camera.data["m_per_frame" if not ip_camera or level is Level.YELLOW else "fps"] is not None
     assert ("a frame every 7.5 m" in camera.summary and "fewer than two frames" in camera.explanation) \
