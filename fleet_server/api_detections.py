@@ -120,7 +120,7 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         # The body is wrong, not the token: 400, so a client drops this body and goes on (a 403 read as a refused
         # token held a phone's whole queue behind it, as the guide's samples send the platform's own id here).
         if body.get("device_id", who.device_id) != who.device_id:
-            raise Invalid(f"device_id: this token is device {who.device_id!r}'s; send that (GET /api/v1/me says "
+            raise Invalid(f"device_id: this token belongs to device {who.device_id!r}; send that (GET /api/v1/me says "
                           "it) or leave device_id out")
         submission_id, events = _events(body, who, raw, cfg)
         stored = request.app.state.http_writer.store(who.device_id, events)

@@ -521,12 +521,21 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
             when = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             _fail(f"--since {since!r} is not an RFC 3339 time (2026-12-06T02:00:00Z)")
+    c = cfg()
     try:
-        sent = commands.resend(cfg(), when, rejected, device or None, expire_after_h=days * 24)
+        sent, broker_only = commands.resend(c, when, rejected, device or None, expire_after_h=days * 24)
     except commands.CommandError as exc:
         _fail(str(exc))
     console.print(f"cmd/resend sent to {len(sent)} devices; their answers: `fleet-server cmd results DEVICE`",
                   markup=False)
+    if broker_only:
+        console.print(f"{len(broker_only)} of them only the broker's password file knows (added after the "
+                      f"database's backup?): {', '.join(broker_only[:10])}" + (" ..." if len(broker_only) > 10
+                                                                                else ""), markup=False)
+    if c.broker_files.passwd_file is None:
+        console.print("broker_files.passwd_file is not set: devices added after the backup are not in the "
+                      "database and were not reached; name them with --device once they sent a status",
+                      markup=False)
 
 
 @cmd_app.command("results")

@@ -36,8 +36,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fleet_server import mqtt_accounts
 from fleet_server.config import ServerConfig
 from fleet_server.db import connect
+from fleet_server.device_view import device_rows
 from roadmon_contract import topics
 from roadmon_contract.commands import expires_at
 from roadmon_contract.digest import sha256_file
@@ -147,28 +149,47 @@ def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) 
 
 
 def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,
-           expire_after_h: float | None = None) -> list[str]:
-    """cmd/resend to DEVICES (each checked), or to every device that is not revoked: each box sends again what
-    the server confirmed since SINCE (and with REJECTED what it refused). Returns the devices sent to."""
+           expire_after_h: float | None = None) -> tuple[list[str], list[str]]:
+    """cmd/resend to DEVICES, or to every device that is not revoked: each box sends again what the server
+    confirmed since SINCE (and with REJECTED what it refused). A restored database does not know the devices
+    added after its dump, so the broker's password file (broker_files.passwd_file) names devices too. Returns
+    (the devices sent to, those of them only the broker's password file knows)."""
+    now = datetime.now(UTC)
     if since is None and not rejected:
         raise CommandError("give --since (what the boxes should send again from) and/or --rejected")
     if since is not None and since.tzinfo is None:
         raise CommandError("--since needs a zone (2026-12-06T02:00:00Z)")
-    if devices:
-        for device_id in devices:
-            check_device(cfg, device_id)
-    else:
-        try:
-            with connect(cfg.database) as conn:
-                devices = [r[0] for r in conn.execute("SELECT id FROM devices WHERE revoked_at IS NULL ORDER BY id")]
-        except psycopg.OperationalError as exc:
-            raise CommandError(f"cannot list the devices: database unreachable ({exc})") from None
-    now = datetime.now(UTC)
-    body: dict[str, Any] = {"rejected": rejected} | ({"since": utc_iso(since)} if since is not None else {})
+    if since is not None and since > now + timedelta(hours=1):
+        raise CommandError(f"--since {utc_iso(since)} is in the future: no box has confirmed anything since")
+    try:
+        with connect(cfg.database) as conn:
+            rows = device_rows(conn, now, stale_after_s=0)
+    except psycopg.OperationalError as exc:
+        raise CommandError(f"cannot list the devices: database unreachable ({exc})") from None
+    known = {r["id"]: r["state"] == "revoked" for r in rows}
+    # A box whose clock ran behind stamped its confirmations early by as much (a Pi without a clock chip runs
+    # hours or days off until NTP sets it): its window opens that much earlier.
+    behind_s = {r["id"]: max(0.0, -(r["clock_offset_s"] or 0.0)) for r in rows}
+    passwd = cfg.broker_files.passwd_file
+    logins = mqtt_accounts.device_logins(passwd, cfg.mqtt.username) if passwd is not None else set()
+    reachable = {d for d, revoked in known.items() if not revoked} | {d for d in logins if d not in known}
+    for device_id in devices or ():
+        if known.get(device_id):
+            raise CommandError(f"device {device_id!r} is revoked: it takes no commands")
+        if device_id not in reachable:
+            raise CommandError(f"no device {device_id!r} in the database or the broker's password file")
+    devices = sorted(devices or reachable)
+    body: dict[str, Any] = {"rejected": rejected}
     if expire_after_h is not None:
         body["expires_at"] = utc_iso(now + timedelta(hours=expire_after_h))
-    publish_all(cfg, [(topics.cmd(d, RESEND), stamp(cfg, now) | body) for d in devices], timeout_s=30.0)
-    return devices
+
+    def for_device(device_id: str) -> dict[str, Any]:
+        if since is None:
+            return body
+        return body | {"since": utc_iso(since - timedelta(seconds=behind_s.get(device_id, 0.0)))}
+
+    publish_all(cfg, [(topics.cmd(d, RESEND), stamp(cfg, now) | for_device(d)) for d in devices], timeout_s=30.0)
+    return devices, [d for d in devices if d not in known]
 
 
 # ----------------------------------------------------------------------------------------- models

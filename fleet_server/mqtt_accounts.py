@@ -87,6 +87,12 @@ def _replace(passwd_file: Path, lines: list[str]) -> None:
 RESERVED_PREFIX = "roadmon"
 
 
+def device_logins(passwd_file: Path, server_user: str) -> set[str]:
+    """The device logins in the broker's password file (not the server's own, nor any reserved name)."""
+    users = {line.split(":", 1)[0] for line in _lines(passwd_file) if ":" in line}
+    return {user for user in users if user and not reserved(user, server_user)}
+
+
 def reserved(device_id: str, server_user: str) -> bool:
     """Whether DEVICE_ID would take (or could later clash with) a login the server needs."""
     name = device_id.lower()

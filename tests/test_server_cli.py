@@ -269,7 +269,7 @@ def test_cli_device_add_refuses_an_existing_id_unless_reissue(cli, fresh_db, bro
     assert device not in broker.passwd_file.read_text()
 
 
-def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, tmp_path) -> None:
+def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, fresh_db, tmp_path) -> None:
     """`cmd send` and `model push` to a revoked, unknown or malformed device, an unknown command or one with
     topic characters, or a file that is no ONNX model: one line saying so, exit 1, nothing published or
     staged (a wildcard used to end in a traceback, the rest in a false "sent")."""
@@ -300,8 +300,21 @@ def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, tmp_path)
     refused(["cmd", "resend", "--since", "yesterday"], "not an RFC 3339 time")
     refused(["cmd", "resend", "--since", "2026-12-06T01:00:00"], "needs a zone")
     refused(["cmd", "resend", "--rejected", "--device", gone], "is revoked")
+    refused(["cmd", "resend", "--since", "2099-01-01T00:00:00Z"], "is in the future")
+    refused(["cmd", "resend", "--rejected", "--device", "ghost-99"], "no device 'ghost-99'")
     sent = cli.run("cmd", "resend", "--since", "2026-12-06T01:00:00Z", "--device", live)
     assert sent.exit_code == 0 and "cmd/resend sent to 1 devices" in sent.output, sent.output
+    # A database restored from a dump older than a device knows it not; the broker's password file does.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM api_tokens WHERE device_id = %s", (live,))
+        conn.execute("DELETE FROM devices WHERE id = %s", (live,))
+    again = cli.run("cmd", "resend", "--since", "2026-12-06T01:00:00Z", "--device", live)
+    assert again.exit_code == 0 and f"only the broker's password file knows (added after the database's " \
+        f"backup?): {live}" in again.output.replace("\n", " "), again.output
+    everyone = cli.run("cmd", "resend", "--since", "2026-12-06T01:00:00Z")  # the shared test broker's every login
+    assert everyone.exit_code == 0 and "only the broker's password file knows" in everyone.output
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # back, as its next status would bring it
+        conn.execute("INSERT INTO devices (id) VALUES (%s)", (live,))
     push = ["model", "push", "--url-base", "https://fleet.example.org"]
     refused([*push, "ghost-99", str(model)], "no device 'ghost-99'")
     refused([*push, gone, str(model)], "is revoked")

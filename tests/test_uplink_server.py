@@ -184,9 +184,14 @@ def test_a_server_restored_from_a_backup_gets_back_what_it_had_confirmed(make_cf
         with psycopg.connect(fresh_db, autocommit=True) as conn:  # the restore: the dump held none of it
             conn.execute("TRUNCATE sightings, coverage, defects CASCADE")
         assert stored() == 0
-        assert commands.resend(cfg, backup - timedelta(minutes=5), rejected=False) == [device]
+        assert commands.resend(cfg, backup - timedelta(minutes=5), rejected=False) == ([device], [])
         wait_for(lambda: stored() == 12 and outbox.stats()["queue_depth"] == 0, 30, "the events stored again")
-        commands.resend(cfg, backup - timedelta(minutes=5), rejected=False)  # twice: still each once
+        # Twice: still each once. Its last status says its clock runs 3 h behind, so its window opens 3 h earlier.
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("UPDATE devices SET state_at = now(), last_status = jsonb_build_object('sent_at', "
+                         "to_char((now() - interval '3 hours') AT TIME ZONE 'UTC', "
+                         "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')) WHERE id = %s", (device,))
+        commands.resend(cfg, backup - timedelta(minutes=5), rejected=False)
         wait_for(lambda: uplink.counters["confirmed"] >= 39, 30, "the second resend confirmed")
     finally:
         uplink.stop()
@@ -197,5 +202,7 @@ def test_a_server_restored_from_a_backup_gets_back_what_it_had_confirmed(make_cf
         results = [r[0] for r in conn.execute("SELECT payload FROM command_results WHERE device_id = %s AND "
                                               "name = 'resend'", (device,))]
     assert sorted(r["events"] for r in results) == [12, 12] and all(r["status"] == "queued" for r in results)
+    earliest = min(datetime.fromisoformat(r["reason"].split(" since ")[1].split(" ")[0]) for r in results)
+    assert backup - timedelta(hours=3, minutes=6) < earliest < backup - timedelta(hours=3, minutes=4)
     with pytest.raises(commands.CommandError, match="--since"):
         commands.resend(cfg, None, rejected=False)
