@@ -5,12 +5,22 @@ that judges them."""
 # passes under the bonnet at ~4 m, is often boxed in fewer than two frames: a box too slow for its speed. A
 # simulated drive (seed 1, 7 potholes) processed a frame every 5.1 / 6.6 / 7.9 m gave 7 / 4 / 3 pothole events.
 SPARSE_FRAMES_M = 6.0
-# What to do about it, for the technician (doctor, the agent's log, `status`). A camera sending more frames than
-# the detector looks at costs the box their decoding too: at 20 % of a core, 1280x720 at 20 fps left the detector
-# 4 frames a second, at 10 fps 6.
-SPARSE_FRAMES_FIX = ("a faster detector (`edge-agent model bench`: INT8, detector.threads, a smaller input), "
-                     "`detector.mirror_pass = false`, or camera.fps near the rate the detector keeps (frames it "
-                     "cannot look at are still decoded)")
+
+
+def sparse_frames_fix(fps: float | None, inference_ms: float | None, mirror_pass: bool | None = None) -> str:
+    """What to change on a box whose processed frames are too far apart, for the technician (doctor, the agent's
+    log): the camera's rate when the detector waits for frames (it takes under half the time between them), else
+    the detector's time. A camera sending more frames than the detector looks at costs their decoding too: at
+    20 % of a core, 1280x720 at 20 fps left the detector 4 frames a second, at 10 fps 6."""
+    numbers = isinstance(fps, int | float) and fps > 0 and isinstance(inference_ms, int | float)
+    if numbers and inference_ms < 0.5 * 1000 / fps:
+        return (f"the detector takes {inference_ms:.0f} ms of the {1000 / fps:.0f} ms between frames: the camera "
+                "gives too few; raise camera.fps (and check the camera's own rate: exposure, USB bus)")
+    steps = ["a faster detector (`edge-agent model bench`: INT8, detector.threads, a smaller input)"]
+    if mirror_pass is not False:
+        steps.append("`detector.mirror_pass = false`" + (" (it doubles the detector's time)" if mirror_pass else ""))
+    steps.append("camera.fps near the rate the detector keeps (frames it cannot look at are still decoded)")
+    return ", ".join(steps[:-1]) + ", or " + steps[-1]
 
 
 def sparse_frames_words(step_m: float) -> str:

@@ -925,14 +925,42 @@ def test_a_live_box_too_slow_for_its_speed_says_so_in_its_log(caplog: pytest.Log
     from edge_agent.runtime.live import SLOW_SAID_EVERY_S, LiveAgent
 
     health = HealthBoard()
-    agent = LiveAgent(agent_config.AgentConfig(uplink={"enabled": False}), health=health)
-    health.update(fps=2.1, m_per_frame=4.0, inference_ms=450.0)
+    agent = LiveAgent(agent_config.AgentConfig(uplink={"enabled": False}, detector={"mirror_pass": True}),
+                      health=health)
+    health.update(fps=2.1, m_per_frame=4.0, inference_ms=450.0, fix={"lat": 48.1, "lon": 11.5, "speed_mps": 17.0})
     with caplog.at_level(logging.WARNING, logger="edge_agent.runtime.live"):
         agent.say_if_too_slow(100.0)
         assert not caplog.records
         health.update(m_per_frame=8.3)
         agent.say_if_too_slow(110.0)
         agent.say_if_too_slow(120.0)  # once every SLOW_SAID_EVERY_S while it lasts
-        agent.say_if_too_slow(110.0 + SLOW_SAID_EVERY_S)
+        health.update(fix={"lat": 48.1, "lon": 11.5, "speed_mps": 0.0})
+        agent.say_if_too_slow(110.0 + SLOW_SAID_EVERY_S)  # parked: the rate measured while driving is history
+        health.update(fix={"lat": 48.1, "lon": 11.5, "speed_mps": 17.0})
+        agent.say_if_too_slow(111.0 + SLOW_SAID_EVERY_S)
     assert len(caplog.records) == 2
-    assert "a frame every 8.3 m" in caplog.text and "450 ms" in caplog.text and "camera.fps" in caplog.text
+    assert "a frame every 8.3 m" in caplog.text and "450 ms" in caplog.text
+    assert "faster detector" in caplog.text and "mirror_pass = false" in caplog.text and "camera.fps" in caplog.text
+    caplog.clear()
+    waits = LiveAgent(agent_config.AgentConfig(uplink={"enabled": False}), health=health)  # the camera is the limit
+    health.update(fps=2.0, inference_ms=30.0)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.runtime.live"):
+        waits.say_if_too_slow(100.0)
+    assert "takes 30 ms of the 500 ms between frames" in caplog.text and "raise camera.fps" in caplog.text
+    assert "faster detector" not in caplog.text
+
+
+def test_replay_warns_of_a_drive_too_sparse_until_it_slowed_down(capsys: pytest.CaptureFixture[str]) -> None:
+    """The smoothed figure is the last minute's: a drive at ~7 m a frame that slowed to a stop ended at 4.1 m and
+    replay said nothing. Replayed frame by frame the recording is the cause, in real time maybe the detector."""
+    from edge_agent.commands.run import _warn_if_sparse
+
+    _warn_if_sparse({"m_per_frame": 4.1, "sparse_share": 0.9, "fps": 30.0, "inference_ms": 25.0}, False, False)
+    said = capsys.readouterr().err
+    assert "90% of the frames processed while driving were more than 6 m apart" in said
+    assert "record more frames a second" in said
+    _warn_if_sparse({"m_per_frame": 7.0, "sparse_share": 0.5, "fps": 2.0, "inference_ms": 450.0}, True, True)
+    said = capsys.readouterr().err
+    assert "faster detector" in said and "mirror_pass = false" in said
+    _warn_if_sparse({"m_per_frame": 4.1, "sparse_share": 0.5}, False, False)
+    assert capsys.readouterr().err == ""

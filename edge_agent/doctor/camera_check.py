@@ -7,7 +7,7 @@ import time
 from edge_agent.camera.picture import BLANK, FROZEN, is_blank, thumbnail
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
-from roadmon_contract.status import SPARSE_FRAMES_FIX, SPARSE_FRAMES_M, sparse_frames_words
+from roadmon_contract.status import SPARSE_FRAMES_M, sparse_frames_fix, sparse_frames_words
 
 
 def _picture_faults(source: str) -> dict[str, tuple[str, str]]:
@@ -34,14 +34,14 @@ def _open_hint(kind: str, source: str) -> str:
     return "check the GStreamer pipeline with `gst-launch-1.0`; OpenCV must be built with GStreamer"
 
 
-def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
+def _as_the_agent_sees_it(agent: AgentView, source: str, mirror_pass: bool) -> CheckResult:
     """The camera as the running agent reads it (a device streams to one reader: opening it here fails)."""
     state = agent.health("camera")
     fps, step = agent.status.get("fps"), agent.status.get("m_per_frame")
     data = {"source": source, "held_by_pid": agent.pid, "state": state, "fps": fps, "m_per_frame": step}
     summary = f"{source}, held by the running agent (pid {agent.pid}): {state}" + (
         f", {fps:.1f} fps through the detector" if state == "ok" and isinstance(fps, int | float) else "")
-    if state == "ok" and (sparse := _too_sparse(agent, summary, data)) is not None:
+    if state == "ok" and (sparse := _too_sparse(agent, summary, data, mirror_pass)) is not None:
         return sparse
     if state == "ok":
         return CheckResult("camera", Level.GREEN, summary, data=data)
@@ -54,7 +54,7 @@ def _as_the_agent_sees_it(agent: AgentView, source: str) -> CheckResult:
     return CheckResult("camera", Level.RED, summary, why, fix, data)
 
 
-def _too_sparse(agent: AgentView | None, summary: str, data: dict) -> CheckResult | None:
+def _too_sparse(agent: AgentView | None, summary: str, data: dict, mirror_pass: bool) -> CheckResult | None:
     """Yellow when the running agent processes frames too far apart for the tracker, however well the camera
     streams (an IP camera at 20 fps read green while the agent looked at a frame every 12 m)."""
     step = None if agent is None else agent.status.get("m_per_frame")
@@ -65,7 +65,8 @@ def _too_sparse(agent: AgentView | None, summary: str, data: dict) -> CheckResul
         f", {ms:.0f} ms each" if isinstance(ms, int | float) else "")
     return CheckResult("camera", Level.YELLOW, f"{summary}; the running agent: {sparse_frames_words(step)}",
                        f"beyond {SPARSE_FRAMES_M:g} m between processed frames a defect is seen in fewer than two "
-                       f"frames and is not reported" + (f" ({rate})" if rate else ""), SPARSE_FRAMES_FIX,
+                       f"frames and is not reported" + (f" ({rate})" if rate else ""),
+                       sparse_frames_fix(fps, ms, mirror_pass),
                        data | {"m_per_frame": step, "agent_fps": fps, "inference_ms": ms})
 
 
@@ -79,7 +80,7 @@ def check_camera(ctx: Context) -> CheckResult:
     # A device streams to one reader, so doctor asks the agent; and only the agent, watching while the vehicle
     # drives, can tell a frozen stream (a URL camera's too) from a still scene.
     if agent is not None and (kind in ("device", "gstreamer") or agent.health("camera") in (FROZEN, BLANK)):
-        return _as_the_agent_sees_it(agent, cam.source)
+        return _as_the_agent_sees_it(agent, cam.source, ctx.cfg.detector.mirror_pass)
     opts = ctx.options
     cap = open_capture(cam, timeout_s=ctx.options.camera_seconds)
     try:
@@ -126,4 +127,5 @@ def check_camera(ctx: Context) -> CheckResult:
                            "a slow camera means fewer looks at each defect",
                            "check the USB bus (USB 3 port), exposure (long exposure in the dark caps fps) and "
                            "camera.width/height/fps", data)
-    return _too_sparse(agent, summary, data) or CheckResult("camera", Level.GREEN, summary, data=data)
+    sparse = _too_sparse(agent, summary, data, ctx.cfg.detector.mirror_pass)
+    return sparse or CheckResult("camera", Level.GREEN, summary, data=data)

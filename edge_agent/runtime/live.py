@@ -28,7 +28,7 @@ from edge_agent.runtime.assemble import Agent, build_agent
 from edge_agent.runtime.config_reload import ConfigReload
 from edge_agent.runtime.pipeline import Pipeline
 from edge_agent.runtime.replay import RecordedDrive, recordings_of
-from roadmon_contract.status import SPARSE_FRAMES_FIX, SPARSE_FRAMES_M, sparse_frames_words
+from roadmon_contract.status import SPARSE_FRAMES_M, sparse_frames_fix, sparse_frames_words
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +146,17 @@ class LiveAgent:
         journal of a box missing a third of its potholes was silent)."""
         snap = self.health.snapshot()
         step, fps, ms = snap.get("m_per_frame"), snap.get("fps"), snap.get("inference_ms")
+        speed = (snap.get("fix") or {}).get("speed_mps")
         if not isinstance(step, int | float) or step <= SPARSE_FRAMES_M:
             return
+        if not isinstance(speed, int | float) or speed < self.cfg.tracker.heading_min_speed_mps:
+            return  # parked or without a fix: the rate measured while driving is history, not news
         if self._slow_said is not None and now - self._slow_said < SLOW_SAID_EVERY_S:
             return
         self._slow_said = now
         log.warning("%s (%s frames a second through the detector, %s ms each); %s", sparse_frames_words(step),
-                    "-" if fps is None else f"{fps:.1f}", "-" if ms is None else f"{ms:.0f}", SPARSE_FRAMES_FIX)
+                    "-" if fps is None else f"{fps:.1f}", "-" if ms is None else f"{ms:.0f}",
+                    sparse_frames_fix(fps, ms, self.cfg.detector.mirror_pass))
 
     def status_line(self) -> str:
         snap = self.health.snapshot()

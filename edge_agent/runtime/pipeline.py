@@ -31,6 +31,7 @@ from edge_agent.perception.events import ModelRef, build_event
 from edge_agent.perception.geolocate import Geolocator, GroundBox
 from edge_agent.perception.mount_watch import MountWatch, read_kept
 from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm_scores
+from roadmon_contract.status import SPARSE_FRAMES_M
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Pipeline:
         self._looked_mono: float | None = None  # the last frame's, repeated or not
         self._fps: float | None = None
         self._m_per_frame: float | None = None
+        self._driving_steps = self._sparse_steps = 0  # frames processed while driving, and those too far apart
         self.picture = PictureWatch(self.health, cfg.camera.no_frame_after_s)
         self.mount_watch = MountWatch(cfg.calibration)
         self.mount_file = mount_file  # the last mount reading, kept over restarts
@@ -194,6 +196,7 @@ class Pipeline:
                 "detector_errors": self.counts["detector_errors"],
                 "fps": round(self.counts["frames"] / elapsed, 2),
                 "m_per_frame": None if self._m_per_frame is None else round(self._m_per_frame, 2),
+                "sparse_share": round(self._sparse_steps / self._driving_steps, 3) if self._driving_steps else None,
                 "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
                 "detect_s": round(self._detect_s, 3),
                 "mount": self.mount_watch.reading}
@@ -392,6 +395,10 @@ class Pipeline:
                 step = speed * (t_mono - self._prev_mono)
                 self._m_per_frame = step if self._m_per_frame is None else \
                     (1 - FPS_SMOOTHING) * self._m_per_frame + FPS_SMOOTHING * step
+                # The smoothed figure is the last minute's: a drive too sparse until it slowed to a stop ended at
+                # 4.1 m and said nothing. The share of sparse steps speaks for the whole drive.
+                self._driving_steps += 1
+                self._sparse_steps += step > SPARSE_FRAMES_M
         self._prev_mono = t_mono
         self.health.update(fps=None if self._fps is None else round(self._fps, 2),
                            m_per_frame=None if self._m_per_frame is None else round(self._m_per_frame, 2),
