@@ -38,6 +38,7 @@ HEALTH_WORDS = {
     ("gnss", "lost"): "GNSS receiver sends nothing usable: defects cannot be placed",
     ("gnss", "no_fix"): "GNSS has no fix: defects cannot be placed",
     ("gnss", "stale"): "GNSS fix is stale: defects cannot be placed",
+    ("gnss", "frozen"): "GNSS receiver repeats one fix (its output is stuck): defects cannot be placed",
     ("detector", "failed"): "detector fails: nothing is detected",
     ("outbox", "full"): "outbox full (disk): new findings are refused",
     ("outbox", "degraded"): "outbox degraded (disk errors)",

@@ -106,8 +106,8 @@ class FakeReceiver:
 def receiver() -> Iterator[Any]:
     made: list[FakeReceiver] = []
 
-    def make(payload: Any) -> FakeReceiver:
-        r = FakeReceiver(payload)
+    def make(payload: Any, every_s: float = 0.2) -> FakeReceiver:
+        r = FakeReceiver(payload, every_s)
         r.thread.start()
         made.append(r)
         return r
@@ -395,11 +395,43 @@ def test_gnss_without_a_fix_is_yellow(tmp_path: Path, receiver: Any) -> None:
     assert gnss.level is Level.YELLOW and "no fix" in gnss.summary and "sky" in gnss.hint
 
 
+def test_gnss_in_demo_mode_is_yellow(tmp_path: Path, receiver: Any) -> None:
+    """A receiver in its simulator mode (GGA quality 8, RMC mode S) passed green as "3D fix": none of it is used."""
+    start = datetime.now(UTC).replace(microsecond=0)
+
+    def demo(i: int) -> bytes:
+        text = nmea_epoch(start + timedelta(seconds=i)).decode()
+        lines = [pynmea2.parse(line) for line in text.split()]
+        lines[0].data[5], lines[1].data[11] = "8", "S"  # GGA quality, RMC FAA mode
+        return "".join(f"{line}\r\n" for line in lines).encode()
+
+    rx = receiver(demo)
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.YELLOW and "not measured" in gnss.summary and "demo" in gnss.hint, gnss
+
+
+def test_a_frozen_receiver_is_red_and_its_clock_is_not_judged(tmp_path: Path, receiver: Any) -> None:
+    """A receiver repeating one fix: doctor said amber "weak fix" and the clock check "+42 s: follow the
+    receiver with chrony"."""
+    stuck = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=42)
+    rx = receiver(lambda i: nmea_epoch(stuck), every_s=0.5)  # pauses between epochs, as a receiver's
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    checks = by_name(run_checks(str(path), only=["gnss", "clock"], options=FAST))
+    gnss, clock = checks["gnss"], checks["clock"]
+    assert gnss.level is Level.RED and "repeats one fix" in gnss.summary and "power-cycle" in gnss.hint, gnss
+    assert "chrony" not in clock.hint and "42" not in clock.summary, clock
+
+
 def test_gnss_garbage_means_wrong_baud(tmp_path: Path, receiver: Any) -> None:
     rx = receiver(lambda i: bytes(np.random.default_rng(i).integers(0, 256, 120, dtype=np.uint8)))
     path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
     gnss = by_name(run_checks(str(path), only=["gnss"], options=Options(gnss_seconds=1.5)))["gnss"]
     assert gnss.level is Level.RED and "no valid NMEA" in gnss.summary and "baud" in gnss.explanation
+    from edge_agent import config as agent_config
+
+    baud = agent_config.load(str(path)).gnss.baud  # the rate that failed is not advised again; 4800 is
+    assert f"{baud}," not in gnss.hint and f"or {baud} " not in gnss.hint and "4800" in gnss.hint, gnss.hint
 
 
 def test_gnss_sentences_with_wrong_checksums_are_not_called_a_baud_problem(tmp_path: Path, receiver: Any) -> None:

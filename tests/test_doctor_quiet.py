@@ -703,3 +703,15 @@ def test_a_status_write_a_power_cut_interrupted_leaves_no_file_for_good(tmp_path
     heartbeat.remove_leftovers(path)
     assert [p.name for p in tmp_path.iterdir()] == ["agent-status.json"]
     assert json.loads(path.read_text()) == {"state": "online"}
+
+
+def test_a_frozen_receiver_is_red_with_what_to_do(tmp_path: Path) -> None:
+    """A receiver repeating one fix read green ("ok"), and the clock check advised following it with chrony."""
+    from edge_agent.health import HealthBoard
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE7"})
+    health = HealthBoard()
+    health.update(gnss="frozen", gnss_problem="the receiver repeats one fix, its time standing at 12:00:07 UTC: "
+                                              "power-cycle it")
+    gnss = checks_while_the_agent_runs(path, cfg, health, ["gnss"])["gnss"]
+    assert gnss.level is Level.RED and "12:00:07" in gnss.explanation and "power-cycle" in gnss.hint, gnss

@@ -395,3 +395,12 @@ def test_a_live_date_a_rollover_would_move_past_the_boxs_clock_is_not_used(caplo
     recorded = NmeaDecoder(GnssConfig(), virtual_clock=True)  # a recording keeps its own date
     fix = (recorded.feed((sentence(rmc(date=before)) + "\r\n").encode()) + recorded.close_epoch())[0]
     assert fix.utc.date() == LIVE_DATE_FLOOR - dt.timedelta(days=173)
+
+
+@pytest.mark.parametrize(("quality", "faa"), [("7", "M"), ("8", "S"), ("6", "E")])
+def test_manual_and_simulated_fixes_are_not_measurements(quality, faa):
+    """A receiver's demo mode (a Garmin Geko sends RMC mode S and GGA quality 8) or a position typed in (7, M)
+    passed as a 3-D fix the filter used, and doctor was green."""
+    fix = epochs(rmc(faa=faa), gga(quality=quality))[0][0]
+    assert fix.estimated
+    assert not epochs(rmc(faa="A"), gga(quality="4"))[0][0].estimated  # RTK is measured

@@ -533,3 +533,48 @@ def test_gps_replay_takes_filter_settings_from_an_agent_config(tmp_path):
     conf.write_text('[gnss]\nbogus = 1\n')
     res = run_cli("replay", "--config", str(conf), str(tmp_path / "d.nmea"))
     assert res.exit_code == 1 and "gnss.bogus" in res.stderr
+
+
+def test_a_receiver_that_loses_its_fix_without_a_time_goes_no_fix(receiver):
+    """Receivers losing the fix send empty sentences without a time (`$GPRMC,,V,...`: the Regensburg Garmin, a
+    u-blox cold start), which make no epoch: the state stayed "ok" for as long as they talked."""
+    cfg = serial_cfg(receiver.link, no_data_timeout_s=0.6)
+    health = HealthBoard()
+    reader = GnssReader(cfg, PositionFilter(cfg), health)
+    reader.start()
+    try:
+        assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and health.snapshot()["gnss"] == "ok":
+            for body in ("GPRMC,,V,,,,,,,110410,,,N", "GPGGA,,,,,,0,00,99.99,,,,,,"):
+                os.write(receiver.master, sentence(body).encode())
+            time.sleep(0.1)
+        assert health.snapshot()["gnss"] == "no_fix"
+        assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")  # and back with the fix
+    finally:
+        reader.stop()
+
+
+def test_a_receiver_repeating_one_fix_is_frozen_and_not_used(receiver):
+    """A receiver repeating its last fix (hung firmware) read "ok"; the filter reset on it every few seconds and
+    doctor blamed the box's clock."""
+    cfg = serial_cfg(receiver.link)
+    health = HealthBoard()
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        assert feed_until(receiver, lambda: len(fixes) >= 2)
+        stuck = epoch_text(T_START + dt.timedelta(seconds=receiver.sent * 0.1), 1.4 * receiver.sent).encode()
+        used = len(fixes)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and health.snapshot()["gnss"] != "frozen":
+            os.write(receiver.master, stuck)
+            time.sleep(0.12)
+        assert health.snapshot()["gnss"] == "frozen"
+        assert "repeats one fix" in health.snapshot()["gnss_problem"]
+        assert len(fixes) - used <= 2  # the repeats after the second go nowhere
+        assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")
+        assert health.snapshot()["gnss_problem"] is None
+    finally:
+        reader.stop()

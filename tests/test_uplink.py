@@ -22,6 +22,7 @@ from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
 from roadmon_contract import topics, validate
 from tests.ack_server import AckServer
+from tests.conftest import free_port
 from tests.test_outbox import make_coverage, make_event
 
 pytestmark = pytest.mark.services
@@ -566,3 +567,26 @@ def test_the_server_sends_only_commands_an_agent_answers(tmp_path: Path) -> None
         assert resend.handle(outbox, {})["status"] == "invalid"
         assert "no zone" in resend.handle(outbox, {"since": "2026-12-06T02:00:00"})["reason"]
         assert resend.handle(outbox, {"since": "2026-12-06T02:00:00Z"})["events"] == 0
+
+
+@pytest.mark.parametrize("connected", [False, True])
+def test_the_status_file_follows_a_part_that_changed_state_at_once(private_broker, tmp_path: Path,
+                                                                    connected: bool) -> None:
+    """A receiver unplugged read "ok" in `status` and doctor for up to uplink.heartbeat_s (30 s): the file was
+    rewritten only with the heartbeat."""
+    mq = private_broker()
+    mq.add_device("veh-quick", "pw-quick")
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    health = HealthBoard()
+    health.update(gnss="ok", camera="ok")
+    port = mq.port if connected else free_port()  # nobody listens there
+    uplink = Uplink(uplink_cfg(port, login(tmp_path, "pw-quick"), heartbeat_s=60), "veh-quick", outbox, health)
+    uplink.start()
+    status = tmp_path / "agent-status.json"
+    try:
+        wait_for(lambda: health.snapshot()["uplink"] == ("connected" if connected else "offline"), 10, "the link")
+        wait_for(lambda: status.exists() and read_status_file(status)["health"]["gnss"] == "ok", 10, "a first file")
+        health.update(gnss="lost")
+        wait_for(lambda: read_status_file(status)["health"]["gnss"] == "lost", 3, "the file saying lost")
+    finally:
+        uplink.stop()

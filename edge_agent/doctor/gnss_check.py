@@ -13,7 +13,7 @@ from edge_agent.config.gnss import GnssConfig
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.gnss.epochs import Fix
-from edge_agent.gnss.source import NmeaDecoder, fixes_from_file
+from edge_agent.gnss.source import FROZEN_AFTER, NmeaDecoder, fixes_from_file
 
 GOOD_HDOP = 2.5
 JUNK_SHARE = 0.1  # more of the bytes than this outside sentences: not NMEA at this baud rate
@@ -35,9 +35,11 @@ RECORDED_CHECKSUMS = ("the recording holds well-formed sentences whose checksums
                       "a faulty receiver or wiring, or altered since",
                       "use another recording of the drive, or check the receiver that recorded it")
 NOT_NMEA = ("bytes without valid sentences: the baud rate is wrong, or the receiver sends only a binary protocol "
-            "(UBX, SiRF)", "try gnss.baud = 9600, 38400 or 115200; enable NMEA output in the receiver's tool")
+            "(UBX, SiRF)", "try gnss.baud = {others} (4800: older Garmin, SiRF and BU-353 units; 9600: most "
+            "u-blox and MediaTek); enable NMEA output in the receiver's tool")
 RECORDED_NOT_NMEA = ("the file holds no NMEA: a binary log (UBX, SiRF), another kind of file, or bytes recorded "
                      "at a wrong baud rate", "set gnss.file to a text NMEA recording ($GPGGA/$GPRMC lines)")
+COMMON_BAUDS = (4800, 9600, 38400, 115200)
 
 
 class _Silent(Exception):
@@ -58,8 +60,10 @@ def _listen(read: Callable[[], bytes], cfg: GnssConfig, seconds: float) -> tuple
             fixes += decoder.feed(data, now)
         else:
             fixes += decoder.close_epoch()
-        if (len(fixes) >= 2 and fixes[-1].mode >= 2) or (len(fixes) >= 3 and all(f.mode < 2 for f in fixes)):
-            break  # a located fix, or three epochs in a row without one: a snapshot is all doctor gives
+        if (len(fixes) >= FROZEN_AFTER and fixes[-1].mode >= 2) or (len(fixes) >= 3 and all(f.mode < 2 for f in fixes)):
+            # A located fix (seen as often as it takes to tell a frozen receiver), or three epochs in a row
+            # without one: a snapshot is all doctor gives.
+            break
     fixes += decoder.close_epoch()
     return decoder, fixes, got
 
@@ -99,6 +103,12 @@ def _quality(fix: Fix) -> str:
     return ", ".join(parts)
 
 
+def _not_nmea(baud: int) -> tuple[str, str]:
+    """NOT_NMEA with the common rates other than BAUD, the one that failed."""
+    others = [b for b in COMMON_BAUDS if b != baud]
+    return NOT_NMEA[0], NOT_NMEA[1].format(others=", ".join(map(str, others[:-1])) + f" or {others[-1]}")
+
+
 def _only_checksums_fail(stats: dict[str, int], got: int) -> bool:
     """Sentences arrive ($...*hh lines) and little else, yet no checksum matches. A wrong baud rate gives
     mostly junk instead: lines without a '$', which the parser counts as junk bytes."""
@@ -118,7 +128,7 @@ def _no_nmea(where: str, stats: dict[str, int], got: int, live: bool, ctx: Conte
                            "wrong", *(CHECKSUMS if live else RECORDED_CHECKSUMS), data)
     if stats["sentences"] == 0:
         return CheckResult("gnss", Level.RED, f"{where}: {got} bytes but no valid NMEA sentence",
-                           *(NOT_NMEA if live else RECORDED_NOT_NMEA), data)
+                           *(_not_nmea(ctx.cfg.gnss.baud) if live else RECORDED_NOT_NMEA), data)
     return None
 
 
@@ -135,6 +145,15 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
     fix = fixes[-1]
     data.update(mode=fix.mode, sats=fix.sats, hdop=fix.hdop, eph_m=fix.eph_m, lat=fix.lat, lon=fix.lon,
                 utc=fix.utc.isoformat() if fix.utc else None)
+    last = fixes[-FROZEN_AFTER:]
+    if live and len(last) == FROZEN_AFTER and fix.mode > 0 and fix.utc is not None and \
+            all(f.utc == fix.utc for f in last):
+        # Its clock is not the receiver's to judge either: the clock check said "42 s off, follow the receiver".
+        ctx.gnss_no_time = "the receiver's output is frozen"
+        return CheckResult("gnss", Level.RED, f"{where}: the receiver repeats one fix, its time standing at "
+                           f"{fix.utc:%H:%M:%S} UTC", "its output is stuck: the agent uses none of it, and "
+                           "detections made now go on no map", "power-cycle the receiver (unplug its USB cable); "
+                           "if it comes back frozen, its firmware or the USB adapter is at fault", data)
     if live and fix.utc is not None:
         ctx.gnss_utc, ctx.gnss_utc_mono = fix.utc, fix.t_mono
     elif not live:  # a recording's UTC is when it was recorded, not now: the clock check must not compare
@@ -149,6 +168,12 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
                            "the receiver talks but has no position: no sky view, or a cold start (up to a minute, "
                            "longer indoors)", "put the antenna where it sees the sky (roof, windscreen) and wait",
                            data)
+    if fix.estimated:  # dead reckoning, a position typed in, or a receiver's demo mode: the filter uses none
+        return CheckResult("gnss", Level.YELLOW, summary + ", not measured (dead reckoning, manual or simulator "
+                           "mode)", "the receiver sends positions it did not measure, which the agent does not use: "
+                           "defects seen now wait for a real fix",
+                           "give the antenna a view of the sky; a receiver left in demo/simulator mode (a Garmin's "
+                           "setup menu) must be set back to normal", data)
     bad_share = stats["bad_checksums"] / max(1, stats["bad_checksums"] + stats["sentences"])
     if bad_share > BAD_CHECKSUM_SHARE:  # a flaky cable passed as OK while it lost a sentence in two
         return CheckResult("gnss", Level.YELLOW, summary + f" ({bad_share:.0%} of the sentences)",
@@ -186,6 +211,11 @@ def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckRes
         return CheckResult("gnss", Level.GREEN, summary, data=data)
     problem = (agent.status.get("health") or {}).get("gnss_problem")
     data["problem"] = problem
+    if state == "frozen":
+        return CheckResult("gnss", Level.RED, summary, f"{problem or 'the receiver repeats one fix'}: its output is "
+                           "stuck, so the agent uses none of it and detections made now go on no map",
+                           "power-cycle the receiver (unplug its USB cable); if it comes back frozen, its firmware "
+                           "or the USB adapter is at fault", data)
     if state in ("lost", "unknown"):
         return CheckResult("gnss", Level.RED, summary, "the agent gets no usable NMEA from the receiver: "
                            f"{problem or SILENT[0]}; detections made now go on no map",

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 KNOT_MPS = 1852.0 / 3600.0
 GPS_ROLLOVER = dt.timedelta(weeks=1024)
+NOT_MEASURED_FAA = frozenset("EMS")  # FAA modes: estimated (dead reckoning), manual input, simulator
+NOT_MEASURED_QUALITY = frozenset({6, 7, 8})  # GGA qualities: the same three
 UTC_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _DAY_S = 86400.0
 MAX_SPEED_MPS = 600.0  # faster than any road vehicle by far; beyond it a speed field is garbage
@@ -51,7 +53,8 @@ class Fix:
     eph_m: float | None  # horizontal 1-sigma (DRMS) error estimate in metres
     hdop: float | None
     sats: int | None
-    # Dead reckoning (FAA mode E, GGA quality 6): the receiver's own guess, not a measurement.
+    # Not measured: dead reckoning (FAA mode E, GGA quality 6), manual input (M, 7) or a simulator (S, 8; a
+    # receiver's demo mode sends these, as a Garmin Geko does).
     estimated: bool = False
 
 
@@ -306,7 +309,7 @@ class EpochAssembler:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
-            epoch.estimated |= faa == "E"
+            epoch.estimated |= faa in NOT_MEASURED_FAA
             self._position(epoch, data[2], data[3], data[4], data[5])
         speed = speed_mps(to_float(data[6]), 1 / KNOT_MPS)
         if speed is not None:
@@ -354,11 +357,12 @@ class EpochAssembler:
 
     def _apply_GGA(self, epoch: _Epoch, data: list[str]) -> None:
         quality = to_int(data[5])
-        self._apply_fix_fields(epoch, data, has_fix=bool(quality), estimated=quality == 6, hdop_wins=True)
+        self._apply_fix_fields(epoch, data, has_fix=bool(quality), estimated=quality in NOT_MEASURED_QUALITY,
+                               hdop_wins=True)
 
     def _apply_GNS(self, epoch: _Epoch, data: list[str]) -> None:
         modes = set(data[5])
-        self._apply_fix_fields(epoch, data, has_fix=bool(modes - {"N"}), estimated=modes <= {"E", "N"},
+        self._apply_fix_fields(epoch, data, has_fix=bool(modes - {"N"}), estimated=modes <= NOT_MEASURED_FAA | {"N"},
                                hdop_wins=False)
 
     def _apply_fix_fields(self, epoch: _Epoch, data: list[str], has_fix: bool, estimated: bool,
@@ -385,7 +389,7 @@ class EpochAssembler:
             epoch.no_fix = True
         else:
             epoch.seen_fix = True
-            epoch.estimated |= data[6] == "E"
+            epoch.estimated |= data[6] in NOT_MEASURED_FAA
             self._position(epoch, data[0], data[1], data[2], data[3])
 
     def _apply_GSA(self, epoch: _Epoch, data: list[str]) -> None:

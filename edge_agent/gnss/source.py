@@ -31,6 +31,7 @@ from edge_agent.health import HealthBoard
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
+FROZEN_AFTER = 3  # epochs in a row with one UTC: the receiver repeats its last fix (a hung firmware, a stuck mux)
 
 
 class NmeaDecoder:
@@ -187,6 +188,9 @@ class GnssReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session_had_data = False
+        self._good_fix_at: float | None = None  # monotonic time of the last fix that made the state "ok"
+        self._last_utc: dt.datetime | None = None
+        self._same_utc = 0  # epochs in a row that repeated the last one's UTC
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
@@ -286,6 +290,7 @@ class GnssReader:
                     if not self._session_had_data:
                         self._heard()
                     self._session_had_data = True
+                    self._fix_gone(now)
                 else:
                     junk += len(data)
                 # Bytes that never make a sentence (a wrong baud rate, another protocol) are no better than
@@ -361,8 +366,34 @@ class GnssReader:
 
     # --- results
 
+    def _fix_gone(self, now: float) -> None:
+        """Sentences keep coming but no fix has for no_data_timeout_s: "no_fix". Receivers that lose the fix send
+        their empty sentences without a time (`$GPRMC,,V,...`), which make no epoch, so the state stayed "ok"
+        for as long as they talked."""
+        if self.health is None or self._good_fix_at is None or now - self._good_fix_at < self.cfg.no_data_timeout_s:
+            return
+        if self.health.snapshot().get("gnss") == "ok":
+            log.warning("GNSS: the receiver talks but has had no fix for %.0f s", now - self._good_fix_at)
+            self.health.update(gnss="no_fix")
+
+    def _repeated(self, fix: Fix) -> bool:
+        """Whether FIX is the FROZEN_AFTER-th (or later) epoch in a row with the same UTC: a receiver repeating
+        its last fix read "ok", the filter reset on it every few seconds, and doctor blamed the box's clock."""
+        same = fix.mode > 0 and fix.utc is not None and fix.utc == self._last_utc  # no fix: "no_fix" says enough
+        self._same_utc = self._same_utc + 1 if same else 0
+        self._last_utc = fix.utc
+        return self._same_utc >= FROZEN_AFTER - 1
+
     def _emit(self, fixes: list[Fix]) -> None:
         for fix in fixes:
+            if self._repeated(fix):
+                self._count("gnss_frozen_epochs")
+                if self.health is not None and self.health.snapshot().get("gnss") != "frozen":
+                    log.warning("GNSS: the receiver repeats one fix (UTC %s) %d times in a row: its output is "
+                                "frozen; not used", fix.utc, self._same_utc + 1)
+                    self.health.update(gnss="frozen", gnss_problem=f"the receiver repeats one fix, its time "
+                                       f"standing at {fix.utc:%H:%M:%S} UTC: power-cycle it")
+                continue
             try:
                 pose = self.filter.update(fix)
             except Exception:  # a filter bug must not take the receiver down with it
@@ -384,7 +415,10 @@ class GnssReader:
             return
         if fix.mode > 0 and not fix.estimated:
             state = "ok"
-            self.health.update(last_fix_mono=time.monotonic())
+            self._good_fix_at = time.monotonic()
+            self.health.update(last_fix_mono=self._good_fix_at)
+            if self.health.snapshot().get("gnss") == "frozen":
+                self.health.update(gnss_problem=None)
             if fix.utc is not None and not self.decoder.assembler.virtual_clock:
                 # While the agent holds the receiver doctor cannot compare the clock with it: the agent does.
                 taken = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - fix.t_mono)

@@ -64,6 +64,8 @@ EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overd
 WRITE_EVERY_S = 0.1
 SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
 SETTLE_S = 2.0          # stopping: how long the server may take to confirm what is in flight
+STATUS_PARTS = ("camera", "gnss", "detector", "outbox")  # a change of one rewrites the status file at once
+LOCAL_STATUS_LOOK_S = 1.0  # offline: how often the wait looks for such a change
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 # Called on the uplink thread (keep it quick) once the broker has a command's result (PUBACK).
@@ -122,6 +124,7 @@ class Uplink:
         self.on_command(resend.COMMAND, functools.partial(resend.handle, outbox))
         self._next_write = 0.0
         self._local_status_due = 0.0  # when the status file is next rewritten (also while offline)
+        self._written_states: tuple[Any, ...] | None = None  # STATUS_PARTS as the status file last had them
         self._confirmed: list[tuple[str, str]] = []
         self._rejected: list[tuple[str, str]] = []   # (id, reason) the server will never accept
         self._connack: ReasonCode | None = None
@@ -257,17 +260,28 @@ class Uplink:
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
             now = time.monotonic()
-            if now >= self._local_status_due:
+            if self._local_status_stale(now):
                 self._write_local_status()
             if now >= deadline:
                 return False
-            self._stop.wait(min(deadline, self._local_status_due) - now)
+            self._stop.wait(min(deadline, self._local_status_due, now + LOCAL_STATUS_LOOK_S) - now)
         return True
+
+    def _local_status_stale(self, now: float) -> bool:
+        """Whether the status file is due: every heartbeat, and at once when a part of the box changed state (a
+        receiver unplugged read "ok" in `status` and doctor for up to heartbeat_s, 30 s)."""
+        states = self._states()
+        return now >= self._local_status_due or states != self._written_states
+
+    def _states(self) -> tuple[Any, ...]:
+        snap = self.health.snapshot() if self.health is not None else {}
+        return tuple(snap.get(part) for part in STATUS_PARTS)
 
     def _write_local_status(self, status: dict[str, Any] | None = None) -> None:
         if status is None:
             status = build_status("online" if self.state == "connected" else "offline", self.device_id,
                                   self.outbox, self.health, broker=self.state)
+        self._written_states = self._states()
         write_status_file(self.status_path, status | {"uplink": self.snapshot(), "written": boot_stamp()})
         self._local_status_due = time.monotonic() + self.cfg.heartbeat_s
 
@@ -377,6 +391,8 @@ class Uplink:
             if now >= next_beat:
                 self._publish_status(client, "online")
                 next_beat = now + self.cfg.heartbeat_s
+            elif self._local_status_stale(now):
+                self._write_local_status()
         if not self._stop.is_set():
             self._set_state("offline", self.last_error or "connection lost")
 
