@@ -715,3 +715,19 @@ def test_a_frozen_receiver_is_red_with_what_to_do(tmp_path: Path) -> None:
                                               "power-cycle it")
     gnss = checks_while_the_agent_runs(path, cfg, health, ["gnss"])["gnss"]
     assert gnss.level is Level.RED and "12:00:07" in gnss.explanation and "power-cycle" in gnss.hint, gnss
+
+
+def test_doctor_leaves_the_port_of_an_agent_without_a_status_alone(tmp_path: Path) -> None:
+    """With uplink.enabled = false the agent writes no status file: doctor opened the receiver beside it (as
+    root the port's exclusive lock does not hold) and took sentences from its stream."""
+    from edge_agent import config as agent_config
+    from edge_agent.link.writer_lock import WriterLock
+
+    path = write_config(tmp_path, gnss={"source": "serial", "port": "/dev/ttyNONE8"})
+    cfg = agent_config.load(str(path))
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    finally:
+        lock.release()
+    assert gnss.level is Level.YELLOW and "writes no status" in gnss.summary and "does not open" in gnss.explanation

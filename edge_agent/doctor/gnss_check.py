@@ -14,6 +14,7 @@ from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.gnss.epochs import Fix
 from edge_agent.gnss.source import FROZEN_AFTER, NmeaDecoder, fixes_from_file
+from edge_agent.link.writer_lock import holder
 
 GOOD_HDOP = 2.5
 JUNK_SHARE = 0.1  # more of the bytes than this outside sentences: not NMEA at this baud rate
@@ -233,6 +234,14 @@ def check_gnss(ctx: Context) -> CheckResult:
     ctx.gnss_no_time = "the GNSS check found no usable NMEA"  # until a verdict below says better
     if cfg.source == "serial" and (agent := running_agent(ctx)) is not None:
         return _as_the_agent_sees_it(agent, cfg.port, ctx)
+    if cfg.source == "serial" and (pid := holder(ctx.cfg.outbox_path)) is not None:
+        # The agent runs but writes no status (its uplink is off): opening the port beside it (as root the
+        # port's exclusive lock does not hold) would take sentences from it.
+        ctx.gnss_no_time = f"the running agent (pid {pid}) holds the receiver"
+        return CheckResult("gnss", Level.YELLOW, f"{cfg.port}, held by the running agent (pid {pid}), which "
+                           "writes no status (uplink.enabled = false)", "doctor cannot see what the agent reads, "
+                           "and does not open the port beside it", "stop the agent for this check (`sudo "
+                           "systemctl stop edge-agent`), or enable the uplink: its status then says", {"pid": pid})
     if cfg.source == "stdin":
         return CheckResult("gnss", Level.YELLOW, "gnss.source is stdin: nothing to open",
                            "stdin is for piping a recording in by hand", "use source = serial, gpsd or file")
