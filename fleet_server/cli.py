@@ -24,6 +24,7 @@ from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows
 from fleet_server.migrate import MigrationError
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
+from roadmon_contract.commands import zoned_time
 
 log = logging.getLogger(__name__)
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
@@ -518,9 +519,9 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
     when = None
     if since is not None:
         try:
-            when = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
-            _fail(f"--since {since!r} is not an RFC 3339 time (2026-12-06T02:00:00Z)")
+            when = zoned_time(since)
+        except ValueError as exc:
+            _fail(f"--since {exc}")
     c = cfg()
     try:
         sent, broker_only = commands.resend(c, when, rejected, device or None, expire_after_h=days * 24)

@@ -20,6 +20,18 @@ def expires_at(payload: dict[str, Any]) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def zoned_time(text: Any) -> datetime:
+    """TEXT as an RFC 3339 time with its zone (a command's `since`, which a box compares with its own UTC stamps);
+    ValueError saying what is wrong."""
+    try:
+        when = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 time (2026-12-06T02:00:00Z)") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no zone; an RFC 3339 time needs a zone (Z or +hh:mm)")
+    return when
+
+
 def expired_reason(payload: dict[str, Any], now: datetime | None = None) -> str | None:
     """Why the command in PAYLOAD must no longer be carried out, or None; ValueError for an unreadable
     expires_at."""

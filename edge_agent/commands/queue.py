@@ -10,7 +10,6 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands import config_option
+from roadmon_contract.commands import zoned_time
 
 queue_app = typer.Typer(help="Inspect and manage the outbox (the store-and-forward queue).", no_args_is_help=True)
 out = Console()
@@ -194,13 +194,11 @@ def retry_cmd(
     since = None
     if confirmed_since is not None:
         try:
-            since = datetime.fromisoformat(confirmed_since.replace("Z", "+00:00"))
+            since = zoned_time(confirmed_since)
         except ValueError:
-            since = None
-        if since is None or since.tzinfo is None:
             err.print(f"[red]--confirmed-since {confirmed_since!r}: give an RFC 3339 time with its zone "
                       "(2026-12-06T02:00:00Z)[/red]")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     with open_outbox(config, outbox, read_only=False) as ob:
         again = ob.resend(since, rejected)
         n = ob.retry()

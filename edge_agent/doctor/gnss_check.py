@@ -41,6 +41,9 @@ NOT_NMEA = ("bytes without valid sentences: the baud rate is wrong, or the recei
 RECORDED_NOT_NMEA = ("the file holds no NMEA: a binary log (UBX, SiRF), another kind of file, or bytes recorded "
                      "at a wrong baud rate", "set gnss.file to a text NMEA recording ($GPGGA/$GPRMC lines)")
 COMMON_BAUDS = (4800, 9600, 38400, 115200)
+FROZEN = ("its output is stuck: the agent uses none of it, and detections made now go on no map",
+          "power-cycle the receiver (unplug its USB cable); if it comes back frozen, its firmware or the USB adapter "
+          "is at fault")
 
 
 class _Silent(Exception):
@@ -152,9 +155,7 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
         # Its clock is not the receiver's to judge either: the clock check said "42 s off, follow the receiver".
         ctx.gnss_no_time = "the receiver's output is frozen"
         return CheckResult("gnss", Level.RED, f"{where}: the receiver repeats one fix, its time standing at "
-                           f"{fix.utc:%H:%M:%S} UTC", "its output is stuck: the agent uses none of it, and "
-                           "detections made now go on no map", "power-cycle the receiver (unplug its USB cable); "
-                           "if it comes back frozen, its firmware or the USB adapter is at fault", data)
+                           f"{fix.utc:%H:%M:%S} UTC", *FROZEN, data)
     if live and fix.utc is not None:
         ctx.gnss_utc, ctx.gnss_utc_mono = fix.utc, fix.t_mono
     elif not live:  # a recording's UTC is when it was recorded, not now: the clock check must not compare
@@ -213,10 +214,8 @@ def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckRes
     problem = (agent.status.get("health") or {}).get("gnss_problem")
     data["problem"] = problem
     if state == "frozen":
-        return CheckResult("gnss", Level.RED, summary, f"{problem or 'the receiver repeats one fix'}: its output is "
-                           "stuck, so the agent uses none of it and detections made now go on no map",
-                           "power-cycle the receiver (unplug its USB cable); if it comes back frozen, its firmware "
-                           "or the USB adapter is at fault", data)
+        return CheckResult("gnss", Level.RED, summary, f"{problem or 'the receiver repeats one fix'}; {FROZEN[0]}",
+                           FROZEN[1], data)
     if state in ("lost", "unknown"):
         return CheckResult("gnss", Level.RED, summary, "the agent gets no usable NMEA from the receiver: "
                            f"{problem or SILENT[0]}; detections made now go on no map",

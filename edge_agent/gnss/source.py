@@ -386,14 +386,18 @@ class GnssReader:
 
     def _emit(self, fixes: list[Fix]) -> None:
         for fix in fixes:
+            was_frozen = self._same_utc >= FROZEN_AFTER - 1
             if self._repeated(fix):
                 self._count("gnss_frozen_epochs")
-                if self.health is not None and self.health.snapshot().get("gnss") != "frozen":
+                if not was_frozen:
                     log.warning("GNSS: the receiver repeats one fix (UTC %s) %d times in a row: its output is "
-                                "frozen; not used", fix.utc, self._same_utc + 1)
-                    self.health.update(gnss="frozen", gnss_problem=f"the receiver repeats one fix, its time "
-                                       f"standing at {fix.utc:%H:%M:%S} UTC: power-cycle it")
+                                "frozen; not used", fix.utc, FROZEN_AFTER)
+                    if self.health is not None:
+                        self.health.update(gnss="frozen", gnss_problem=f"the receiver repeats one fix, its time "
+                                           f"standing at {fix.utc:%H:%M:%S} UTC: power-cycle it")
                 continue
+            if was_frozen and self.health is not None:  # moving again: _report sets the state
+                self.health.update(gnss_problem=None)
             try:
                 pose = self.filter.update(fix)
             except Exception:  # a filter bug must not take the receiver down with it
@@ -417,8 +421,6 @@ class GnssReader:
             state = "ok"
             self._good_fix_at = time.monotonic()
             self.health.update(last_fix_mono=self._good_fix_at)
-            if self.health.snapshot().get("gnss") == "frozen":
-                self.health.update(gnss_problem=None)
             if fix.utc is not None and not self.decoder.assembler.virtual_clock:
                 # While the agent holds the receiver doctor cannot compare the clock with it: the agent does.
                 taken = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - fix.t_mono)

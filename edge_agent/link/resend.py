@@ -10,10 +10,10 @@ refused for good, once a fault of the server's own that refused it is fixed.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from edge_agent.link.outbox import Outbox
+from roadmon_contract.commands import zoned_time
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,9 @@ def handle(outbox: Outbox, payload: dict[str, Any]) -> dict[str, Any]:
         problem = "give since (an RFC 3339 time, e.g. 2026-12-06T02:00:00Z) and/or rejected: true"
     elif since is not None:
         try:
-            since = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
-        except ValueError:
-            problem = f"since: {payload['since']!r} is not an RFC 3339 time"
-        else:
-            if since.tzinfo is None:
-                problem = f"since: {payload['since']!r} has no zone (Z or +hh:mm)"
+            since = zoned_time(since)
+        except ValueError as exc:
+            problem = f"since: {exc}"
     if problem:
         return {"ok": False, "status": "invalid", "reason": problem}
     counts = outbox.resend(since, rejected)

@@ -65,7 +65,7 @@ WRITE_EVERY_S = 0.1
 SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the server has not confirmed it by then
 SETTLE_S = 2.0          # stopping: how long the server may take to confirm what is in flight
 STATUS_PARTS = ("camera", "gnss", "detector", "outbox")  # a change of one rewrites the status file at once
-LOCAL_STATUS_LOOK_S = 1.0  # offline: how often the wait looks for such a change
+LOCAL_STATUS_LOOK_S = 1.0  # how often to look for such a change (not at every turn of the send loop)
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 # Called on the uplink thread (keep it quick) once the broker has a command's result (PUBACK).
@@ -125,6 +125,7 @@ class Uplink:
         self._next_write = 0.0
         self._local_status_due = 0.0  # when the status file is next rewritten (also while offline)
         self._written_states: tuple[Any, ...] | None = None  # STATUS_PARTS as the status file last had them
+        self._states_looked = 0.0  # when _local_status_stale last compared them
         self._confirmed: list[tuple[str, str]] = []
         self._rejected: list[tuple[str, str]] = []   # (id, reason) the server will never accept
         self._connack: ReasonCode | None = None
@@ -270,8 +271,12 @@ class Uplink:
     def _local_status_stale(self, now: float) -> bool:
         """Whether the status file is due: every heartbeat, and at once when a part of the box changed state (a
         receiver unplugged read "ok" in `status` and doctor for up to heartbeat_s, 30 s)."""
-        states = self._states()
-        return now >= self._local_status_due or states != self._written_states
+        if now >= self._local_status_due:
+            return True
+        if now < self._states_looked + LOCAL_STATUS_LOOK_S:
+            return False
+        self._states_looked = now
+        return self._states() != self._written_states
 
     def _states(self) -> tuple[Any, ...]:
         snap = self.health.snapshot() if self.health is not None else {}
