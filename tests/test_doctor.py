@@ -411,6 +411,22 @@ def test_gnss_in_demo_mode_is_yellow(tmp_path: Path, receiver: Any) -> None:
     assert gnss.level is Level.YELLOW and "not measured" in gnss.summary and "demo" in gnss.hint, gnss
 
 
+def test_an_rtk_receiver_is_named_with_its_centimetres(tmp_path: Path, receiver: Any) -> None:
+    """An RTK receiver (GGA quality 4, RMC mode R) showed as "3D fix, ±3.6 m": HDOP x uere_m."""
+    start = datetime.now(UTC).replace(microsecond=0)
+
+    def rtk(i: int) -> bytes:
+        lines = [pynmea2.parse(line) for line in nmea_epoch(start + timedelta(seconds=i)).decode().split()]
+        lines[0].data[5], lines[1].data[11] = "4", "R"
+        return "".join(f"{line}\r\n" for line in lines).encode()
+
+    rx = receiver(rtk)
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.GREEN and "RTK fixed" in gnss.summary and gnss.data["rtk"] == "rtk_fixed", gnss
+    assert gnss.data["eph_m"] < 0.1
+
+
 def test_a_frozen_receiver_is_red_and_its_clock_is_not_judged(tmp_path: Path, receiver: Any) -> None:
     """A receiver repeating one fix: doctor said amber "weak fix" and the clock check "+42 s: follow the
     receiver with chrony"."""

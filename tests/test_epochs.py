@@ -404,3 +404,18 @@ def test_manual_and_simulated_fixes_are_not_measurements(quality, faa):
     fix = epochs(rmc(faa=faa), gga(quality=quality))[0][0]
     assert fix.estimated
     assert not epochs(rmc(faa="A"), gga(quality="4"))[0][0].estimated  # RTK is measured
+
+
+@pytest.mark.parametrize(("bodies", "rtk", "uere"), [
+    ((rmc(faa="R"), gga(quality="4")), "rtk_fixed", 0.03),
+    ((rmc(faa="F"), gga(quality="5")), "rtk_float", 0.5),
+    ((gga(quality="4"),), "rtk_fixed", 0.03),  # a GGA-only receiver
+    (("GNGNS,123519.00,4807.038,N,01131.000,E,RRN,12,0.9,545.4,46.9,,",), "rtk_fixed", 0.03),
+    ((rmc(faa="D"), gga(quality="2")), None, 4.0),  # DGPS/SBAS: metres still, HDOP x uere_m
+])
+def test_an_rtk_fix_states_centimetres_not_hdop_times_uere(bodies, rtk, uere):
+    """An RTK receiver (GGA quality 4/5, FAA R/F) was taken for a plain 3-D fix and stated HDOP x 4 m, a
+    hundred times its error: its positions weighed no more than a phone's on the map."""
+    fix = epochs(*bodies)[0][0]
+    assert fix.rtk == rtk and fix.mode == 3
+    assert fix.eph_m == pytest.approx(0.9 * uere)

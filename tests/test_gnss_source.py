@@ -389,6 +389,17 @@ def test_fix_from_tpv():
     assert bad.mode == 0 and bad.utc is None
 
 
+@pytest.mark.parametrize(("status", "estimated", "rtk"), [
+    (1, False, None), (2, False, None), (3, False, "rtk_fixed"), (4, False, "rtk_float"),
+    (5, True, None), (6, False, None), (8, True, None),
+])
+def test_gpsd_status_says_rtk_dead_reckoning_and_simulation(status, estimated, rtk):
+    """gpsd's status 6 is GNSS fused with dead reckoning (measured) and was dropped as estimated, while 5
+    (dead reckoning only) and 8 (simulated) were used as measurements; RTK (3, 4) was a plain fix."""
+    fix = fix_from_tpv({"class": "TPV", "mode": 3, "status": status, "lat": 48.1, "lon": 11.5, "eph": 0.02}, 0.0)
+    assert (fix.estimated, fix.rtk) == (estimated, rtk)
+
+
 def tpv(k: int) -> bytes:
     t = (T_START + dt.timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
     return (json.dumps({"class": "TPV", "mode": 3, "time": t, "lat": 48.1, "lon": 11.5 + k * 1e-4, "speed": 7.4,

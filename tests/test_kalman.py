@@ -440,3 +440,22 @@ def test_a_turn_at_half_a_hertz_is_not_an_outlier():
     assert pf.stats.outliers == 0
     assert not pf.stats.resets
     assert pose.state == "ok" and error_m(pose, corner_e + radius, -radius - speed * step * 4) < 2.0
+
+
+def test_an_rtk_drive_is_placed_to_decimetres_and_says_so():
+    """An RTK fixed receiver's positions (2 cm) came out with an h_std of metres: HDOP x uere_m stated for
+    every fix, so the filter neither trusted them nor said how good they were."""
+    from tests.test_epochs import epochs, gga, rmc
+
+    bodies = []
+    for k in range(30):  # 10 m/s due east at 1 Hz, RTK fixed
+        lon = f"{1131.0 + k * 10 / (60 * 111320 * math.cos(math.radians(48.1173))) * 60:010.5f}"
+        stamp = f"1235{k:02d}.00"
+        bodies += [rmc(time=stamp, lon=lon, speed=f"{10 / 0.514444:.2f}", course="90.0", faa="R",
+                       date="230326"),
+                   gga(time=stamp, quality="4", lon=lon)]
+    fixes, _ = epochs(*bodies)
+    pf = PositionFilter()
+    poses = [pf.update(fix) for fix in fixes]
+    assert all(f.rtk == "rtk_fixed" for f in fixes)
+    assert poses[-1].state == "ok" and poses[-1].h_std_m < 0.2

@@ -20,7 +20,7 @@ from rich.table import Table
 from edge_agent import config as agent_config
 from edge_agent.commands import config_option, finite
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss.epochs import Fix
+from edge_agent.gnss.epochs import Fix, fix_kind
 from edge_agent.gnss.kalman import Pose, PositionFilter
 from edge_agent.gnss.source import GnssReader, NmeaDecoder, decode_stream, open_input
 from edge_agent.health import HealthBoard
@@ -146,8 +146,7 @@ def _monitor_table(reader: GnssReader, health: HealthBoard, fix: Fix | None, pos
     summary = reader.decoder.summary()
     rows = [
         ("UTC", fix.utc.isoformat(timespec="milliseconds") if fix and fix.utc else "-"),
-        ("mode", {0: "no fix", 2: "2D", 3: "3D"}.get(fix.mode, "?") + (" (dead reckoning)" if fix and fix.estimated
-                                                                    else "") if fix else "-"),
+        ("mode", fix_kind(fix) + (" (dead reckoning)" if fix.estimated else "") if fix else "-"),
         ("satellites / HDOP", f"{num(fix.sats if fix else None, 'd')} / {num(fix.hdop if fix else None, '.1f')}"),
         ("receiver lat, lon", f"{num(fix.lat if fix else None, '.7f')}, {num(fix.lon if fix else None, '.7f')}"),
         ("receiver ±m (eph)", num(fix.eph_m if fix else None, ".1f")),

@@ -12,14 +12,13 @@ from pathlib import Path
 from edge_agent.config.gnss import GnssConfig
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
-from edge_agent.gnss.epochs import Fix
+from edge_agent.gnss.epochs import Fix, fix_kind
 from edge_agent.gnss.source import FROZEN_AFTER, NmeaDecoder, fixes_from_file
 from edge_agent.link.writer_lock import holder
 
 GOOD_HDOP = 2.5
 JUNK_SHARE = 0.1  # more of the bytes than this outside sentences: not NMEA at this baud rate
 BAD_CHECKSUM_SHARE = 0.05  # a sound cable loses hardly any sentence; more than this is noise on the wiring
-MODE_NAMES = {0: "no fix", 2: "2D fix", 3: "3D fix"}
 SERIAL_HINT = ("check `ls -l /dev/serial/by-id/` for the receiver's port and set gnss.port to it; the user needs "
                "the 'dialout' group; a running agent holds the port: `sudo systemctl stop edge-agent` first")
 
@@ -97,13 +96,13 @@ def _read_gpsd(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
 
 
 def _quality(fix: Fix) -> str:
-    parts = [MODE_NAMES.get(fix.mode, f"mode {fix.mode}")]
+    parts = [fix_kind(fix)]
     if fix.sats is not None:
         parts.append(f"{fix.sats} sats")
     if fix.hdop is not None:
         parts.append(f"HDOP {fix.hdop:.1f}")
     if fix.eph_m is not None:
-        parts.append(f"±{fix.eph_m:.1f} m")
+        parts.append(f"±{fix.eph_m:.{2 if fix.eph_m < 1 else 1}f} m")
     return ", ".join(parts)
 
 
@@ -147,7 +146,7 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
         return CheckResult("gnss", Level.YELLOW, f"{where}: {stats['sentences']} NMEA sentences, no complete epoch",
                            "NMEA arrives, but no epoch with a time was seen yet", "wait a minute and run again", data)
     fix = fixes[-1]
-    data.update(mode=fix.mode, sats=fix.sats, hdop=fix.hdop, eph_m=fix.eph_m, lat=fix.lat, lon=fix.lon,
+    data.update(mode=fix.mode, rtk=fix.rtk, sats=fix.sats, hdop=fix.hdop, eph_m=fix.eph_m, lat=fix.lat, lon=fix.lon,
                 utc=fix.utc.isoformat() if fix.utc else None)
     last = fixes[-FROZEN_AFTER:]
     if live and len(last) == FROZEN_AFTER and fix.mode > 0 and fix.utc is not None and \

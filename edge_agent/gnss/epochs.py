@@ -26,6 +26,11 @@ KNOT_MPS = 1852.0 / 3600.0
 GPS_ROLLOVER = dt.timedelta(weeks=1024)
 NOT_MEASURED_FAA = frozenset("EMS")  # FAA modes: estimated (dead reckoning), manual input, simulator
 NOT_MEASURED_QUALITY = frozenset({6, 7, 8})  # GGA qualities: the same three
+# Carrier-phase (RTK) fixes are centimetres to decimetres, not HDOP x uere_m's metres: without GST, their stated
+# error is HDOP x these (a ZED-F9P's RTK fixed is ~0.01 m + 1 ppm, float 0.2-1 m). GGA quality 4/5, FAA R/F.
+RTK_UERE_M = {"rtk_fixed": 0.03, "rtk_float": 0.5}
+RTK_QUALITY = {4: "rtk_fixed", 5: "rtk_float"}
+RTK_FAA = {"R": "rtk_fixed", "F": "rtk_float"}
 UTC_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _DAY_S = 86400.0
 MAX_SPEED_MPS = 600.0  # faster than any road vehicle by far; beyond it a speed field is garbage
@@ -56,6 +61,14 @@ class Fix:
     # Not measured: dead reckoning (FAA mode E, GGA quality 6), manual input (M, 7) or a simulator (S, 8; a
     # receiver's demo mode sends these, as a Garmin Geko does).
     estimated: bool = False
+    rtk: str | None = None  # "rtk_fixed" or "rtk_float": a carrier-phase fix (GGA quality 4/5, FAA mode R/F)
+
+
+def fix_kind(fix: Fix) -> str:
+    """How a technician names the fix: "no fix", "2D fix", "3D fix", "RTK fixed" or "RTK float"."""
+    if fix.mode and fix.rtk:
+        return {"rtk_fixed": "RTK fixed", "rtk_float": "RTK float"}[fix.rtk]
+    return {0: "no fix", 2: "2D fix", 3: "3D fix"}.get(fix.mode, f"mode {fix.mode}")
 
 
 def virtual_mono(utc: dt.datetime) -> float:
@@ -185,6 +198,7 @@ class _Epoch:
     no_fix: bool = False
     seen_fix: bool = False
     estimated: bool = False
+    rtk: str | None = None
     types: set[str] = field(default_factory=set)
 
 
@@ -310,6 +324,7 @@ class EpochAssembler:
         else:
             epoch.seen_fix = True
             epoch.estimated |= faa in NOT_MEASURED_FAA
+            epoch.rtk = epoch.rtk or RTK_FAA.get(faa)
             self._position(epoch, data[2], data[3], data[4], data[5])
         speed = speed_mps(to_float(data[6]), 1 / KNOT_MPS)
         if speed is not None:
@@ -359,11 +374,14 @@ class EpochAssembler:
         quality = to_int(data[5])
         self._apply_fix_fields(epoch, data, has_fix=bool(quality), estimated=quality in NOT_MEASURED_QUALITY,
                                hdop_wins=True)
+        if quality in RTK_QUALITY:
+            epoch.rtk = RTK_QUALITY[quality]
 
     def _apply_GNS(self, epoch: _Epoch, data: list[str]) -> None:
         modes = set(data[5])
         self._apply_fix_fields(epoch, data, has_fix=bool(modes - {"N"}), estimated=modes <= NOT_MEASURED_FAA | {"N"},
                                hdop_wins=False)
+        epoch.rtk = epoch.rtk or RTK_FAA.get(data[5][:1])  # GNS's first mode letter is the GPS system's
 
     def _apply_fix_fields(self, epoch: _Epoch, data: list[str], has_fix: bool, estimated: bool,
                           hdop_wins: bool) -> None:
@@ -390,6 +408,7 @@ class EpochAssembler:
         else:
             epoch.seen_fix = True
             epoch.estimated |= data[6] in NOT_MEASURED_FAA
+            epoch.rtk = epoch.rtk or RTK_FAA.get(data[6])
             self._position(epoch, data[0], data[1], data[2], data[3])
 
     def _apply_GSA(self, epoch: _Epoch, data: list[str]) -> None:
@@ -450,7 +469,7 @@ class EpochAssembler:
         if epoch.sigma_lat is not None:
             eph = math.hypot(epoch.sigma_lat, epoch.sigma_lon)
         else:
-            eph = hdop * self.uere_m if hdop is not None else None
+            eph = hdop * RTK_UERE_M.get(epoch.rtk or "", self.uere_m) if hdop is not None else None
         t_mono = epoch.t_arrival
         if self.virtual_clock:
             t_mono = virtual_mono(utc) if utc is not None else math.nan
@@ -460,4 +479,5 @@ class EpochAssembler:
             alt_m=epoch.alt if has_fix else None,
             speed_mps=epoch.speed if has_fix else None, track_deg=epoch.track if has_fix else None,
             eph_m=eph if has_fix else None, hdop=hdop, sats=epoch.sats, estimated=has_fix and epoch.estimated,
+            rtk=epoch.rtk if has_fix else None,
         )

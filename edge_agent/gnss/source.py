@@ -120,6 +120,12 @@ def fixes_from_file(path: str | Path, cfg: GnssConfig | None = None,
 # --- gpsd
 
 
+# gpsd's TPV `status` (gps.h STATUS_*): 3 RTK fixed, 4 RTK float, 5 dead reckoning only, 6 GNSS + dead
+# reckoning (measured: the receiver fuses both), 8 simulated.
+GPSD_RTK = {3: "rtk_fixed", 4: "rtk_float"}
+GPSD_NOT_MEASURED = frozenset({5, 8})
+
+
 def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
     """A gpsd TPV report -> Fix (None for other classes). eph: gpsd's eph, else epx/epy combined."""
     if report.get("class") != "TPV":
@@ -156,7 +162,7 @@ def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
         alt_m=altitude if mode == 3 else None,
         speed_mps=number("speed", 0, 600) if mode else None, track_deg=track % 360 if mode and track is not None
         else None, eph_m=eph if mode else None, hdop=None, sats=None,
-        estimated=report.get("status") == 6,
+        estimated=report.get("status") in GPSD_NOT_MEASURED, rtk=GPSD_RTK.get(report.get("status")) if mode else None,
     )
 
 
