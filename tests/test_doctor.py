@@ -59,12 +59,14 @@ def make_video(path: Path, frames: int = 20, flat: bool = False, size: tuple[int
 
 
 def nmea_epoch(utc: datetime, fix: bool = True, hdop: float = 0.9) -> bytes:
-    """One receiver epoch (GGA + RMC) at UTC, rendered and checksummed by pynmea2."""
+    """One receiver epoch (GGA + RMC) at UTC, rendered and checksummed by pynmea2: a vehicle going east at its
+    stated 22.4 kn (a receiver repeating one position at that speed is stuck), back at the start every 10 min."""
     hms = utc.strftime("%H%M%S.") + f"{utc.microsecond // 10000:02d}"
     if fix:
-        gga = pynmea2.GGA("GP", "GGA", (hms, "4807.0380", "N", "01131.0000", "E", "1", "09", f"{hdop:.1f}",
+        lon = f"011{31.0 + (utc.timestamp() % 600) * 22.4 * 1852 / 3600 / 1236.6:07.4f}"  # 1' of lon: 1236.6 m
+        gga = pynmea2.GGA("GP", "GGA", (hms, "4807.0380", "N", lon, "E", "1", "09", f"{hdop:.1f}",
                                         "545.4", "M", "46.9", "M", "", ""))
-        rmc = pynmea2.RMC("GP", "RMC", (hms, "A", "4807.0380", "N", "01131.0000", "E", "22.4", "84.4",
+        rmc = pynmea2.RMC("GP", "RMC", (hms, "A", "4807.0380", "N", lon, "E", "22.4", "90.0",
                                         utc.strftime("%d%m%y"), "", "", "A"))
     else:
         gga = pynmea2.GGA("GP", "GGA", (hms, "", "", "", "", "0", "00", "", "", "", "", "", "", ""))
@@ -409,6 +411,25 @@ def test_gnss_in_demo_mode_is_yellow(tmp_path: Path, receiver: Any) -> None:
     path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
     gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
     assert gnss.level is Level.YELLOW and "not measured" in gnss.summary and "demo" in gnss.hint, gnss
+
+
+def test_a_receiver_stuck_on_one_position_while_moving_is_red(tmp_path: Path, receiver: Any) -> None:
+    """A receiver repeating one position with a fresh time and 22 kn: doctor said green, and every detection of
+    those seconds was placed where it stuck."""
+    start = datetime.now(UTC).replace(microsecond=0)
+    stuck = nmea_epoch(start).decode()
+    rx = receiver(lambda i: _restamped(stuck, start + timedelta(seconds=i)), every_s=0.5)
+    path = write_config(tmp_path, gnss={"source": "serial", "port": rx.port})
+    gnss = by_name(run_checks(str(path), only=["gnss"], options=FAST))["gnss"]
+    assert gnss.level is Level.RED and "repeats one position" in gnss.summary, gnss
+
+
+def _restamped(epoch_text: str, utc: datetime) -> bytes:
+    """EPOCH_TEXT's sentences with UTC's time of day, checksummed again."""
+    lines = [pynmea2.parse(line) for line in epoch_text.split()]
+    for line in lines:
+        line.data[0] = utc.strftime("%H%M%S.00")
+    return "".join(f"{line}\r\n" for line in lines).encode()
 
 
 def test_an_rtk_receiver_is_named_with_its_centimetres(tmp_path: Path, receiver: Any) -> None:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from edge_agent.cli import app
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss.epochs import virtual_mono
+from edge_agent.gnss.epochs import Fix, virtual_mono
 from edge_agent.gnss.kalman import PositionFilter
 from edge_agent.gnss.nmea import checksum
 from edge_agent.gnss.source import GnssReader, fix_from_tpv, fixes_from_file
@@ -589,3 +589,41 @@ def test_a_receiver_repeating_one_fix_is_frozen_and_not_used(receiver):
         assert health.snapshot()["gnss_problem"] is None
     finally:
         reader.stop()
+
+
+def test_a_receiver_stuck_on_one_position_with_a_fresh_time_is_frozen(receiver):
+    """A receiver repeating one position with a ticking time and its speed (10 m/s) read "ok": every detection
+    of those seconds was placed where it stuck. At walking pace a coarse receiver repeats positions honestly."""
+    cfg = serial_cfg(receiver.link)
+    health = HealthBoard()
+    fixes = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        assert feed_until(receiver, lambda: len(fixes) >= 2)
+        where = 1.4 * receiver.sent
+        deadline = time.monotonic() + 6.0
+        k = 0
+        while time.monotonic() < deadline and health.snapshot()["gnss"] != "frozen":
+            k += 1
+            os.write(receiver.master, epoch_text(T_START + dt.timedelta(seconds=receiver.sent * 0.1 + k), where)
+                     .encode())
+            time.sleep(0.12)
+        assert health.snapshot()["gnss"] == "frozen"
+        assert "repeats one position" in health.snapshot()["gnss_problem"]
+        assert 0.8 < k * 0.12 * 10.0 / 20.0 < 2  # judged after about 20 m of stated motion, not at once
+        assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")
+    finally:
+        reader.stop()
+
+
+def test_frozen_output_leaves_a_slow_coarse_receiver_alone():
+    from edge_agent.gnss.source import frozen_output
+
+    def at(k: int, speed: float) -> Fix:
+        return Fix(utc=T_START + dt.timedelta(seconds=k), t_mono=float(k), mode=3, lat=48.1, lon=11.5, alt_m=None,
+                   speed_mps=speed, track_deg=90.0, eph_m=3.0, hdop=1.0, sats=9)
+
+    assert frozen_output([at(k, 1.5) for k in range(10)]) is None  # 13.5 m at walking pace: 1.8 m digits
+    assert frozen_output([at(k, 0.0) for k in range(60)]) is None  # parked
+    assert "moved 30 m" in frozen_output([at(k, 10.0) for k in range(4)])

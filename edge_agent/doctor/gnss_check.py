@@ -13,7 +13,7 @@ from edge_agent.config.gnss import GnssConfig
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.gnss.epochs import Fix, fix_kind
-from edge_agent.gnss.source import FROZEN_AFTER, NmeaDecoder, fixes_from_file
+from edge_agent.gnss.source import FROZEN_AFTER, NmeaDecoder, fixes_from_file, frozen_output
 from edge_agent.link.writer_lock import holder
 
 GOOD_HDOP = 2.5
@@ -63,12 +63,20 @@ def _listen(read: Callable[[], bytes], cfg: GnssConfig, seconds: float) -> tuple
             fixes += decoder.feed(data, now)
         else:
             fixes += decoder.close_epoch()
-        if (len(fixes) >= FROZEN_AFTER and fixes[-1].mode >= 2) or (len(fixes) >= 3 and all(f.mode < 2 for f in fixes)):
+        if (len(fixes) >= FROZEN_AFTER and fixes[-1].mode >= 2 and not _maybe_stuck(fixes)) or \
+                (len(fixes) >= 3 and all(f.mode < 2 for f in fixes)):
             # A located fix (seen as often as it takes to tell a frozen receiver), or three epochs in a row
             # without one: a snapshot is all doctor gives.
             break
     fixes += decoder.close_epoch()
     return decoder, fixes, got
+
+
+def _maybe_stuck(fixes: list[Fix]) -> bool:
+    """The last fix repeats the one before at speed, and not yet for long enough to call it stuck: read on."""
+    last, before = fixes[-1], fixes[-2]
+    return (last.lat, last.lon) == (before.lat, before.lon) and (last.speed_mps or 0.0) >= 0.5 and \
+        frozen_output(fixes) is None
 
 
 def _read_serial(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
@@ -148,13 +156,11 @@ def _judge(where: str, decoder: NmeaDecoder, fixes: list[Fix], got: int, live: b
     fix = fixes[-1]
     data.update(mode=fix.mode, rtk=fix.rtk, sats=fix.sats, hdop=fix.hdop, eph_m=fix.eph_m, lat=fix.lat, lon=fix.lon,
                 utc=fix.utc.isoformat() if fix.utc else None)
-    last = fixes[-FROZEN_AFTER:]
-    if live and len(last) == FROZEN_AFTER and fix.mode > 0 and fix.utc is not None and \
-            all(f.utc == fix.utc for f in last):
+    frozen = frozen_output(fixes) if live else None
+    if frozen is not None:
         # Its clock is not the receiver's to judge either: the clock check said "42 s off, follow the receiver".
         ctx.gnss_no_time = "the receiver's output is frozen"
-        return CheckResult("gnss", Level.RED, f"{where}: the receiver repeats one fix, its time standing at "
-                           f"{fix.utc:%H:%M:%S} UTC", *FROZEN, data)
+        return CheckResult("gnss", Level.RED, f"{where}: {frozen}", *FROZEN, data)
     if live and fix.utc is not None:
         ctx.gnss_utc, ctx.gnss_utc_mono = fix.utc, fix.t_mono
     elif not live:  # a recording's UTC is when it was recorded, not now: the clock check must not compare

@@ -17,8 +17,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from itertools import pairwise, takewhile
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 FROZEN_AFTER = 3  # epochs in a row with one UTC: the receiver repeats its last fix (a hung firmware, a stuck mux)
+# A receiver repeating one position while its speed says it moved this far since: stuck (a coarse receiver's
+# 3-decimal minutes are 1.8 m, so one position over a few epochs at walking pace is no fault).
+STUCK_M = 20.0
 
 
 class NmeaDecoder:
@@ -120,6 +125,23 @@ def fixes_from_file(path: str | Path, cfg: GnssConfig | None = None,
 # --- gpsd
 
 
+def frozen_output(last: Sequence[Fix]) -> str | None:
+    """Why the receiver's last FROZEN_AFTER fixes are a frozen output, else None. Repeating one fix read "ok",
+    the filter reset on it every few seconds and doctor blamed the box's clock; repeating one position with a
+    fresh time and a speed placed every detection of those seconds on the spot where it stuck."""
+    newest_first = list(reversed(last))
+    if len(newest_first) < FROZEN_AFTER or any(f.mode == 0 for f in newest_first[:FROZEN_AFTER]):
+        return None  # no fix: "no_fix" says it
+    fix = newest_first[0]
+    if fix.utc is not None and all(f.utc == fix.utc for f in newest_first[:FROZEN_AFTER]):
+        return f"the receiver repeats one fix, its time standing at {fix.utc:%H:%M:%S} UTC"
+    run = list(takewhile(lambda f: f.mode > 0 and (f.lat, f.lon) == (fix.lat, fix.lon), newest_first))
+    moved = sum((earlier.speed_mps or 0.0) * (later.t_mono - earlier.t_mono) for later, earlier in pairwise(run))
+    if len(run) >= FROZEN_AFTER and moved >= STUCK_M:
+        return f"the receiver repeats one position while its speed says it moved {moved:.0f} m"
+    return None
+
+
 # gpsd's TPV `status` (gps.h STATUS_*): 3 RTK fixed, 4 RTK float, 5 dead reckoning only, 6 GNSS + dead
 # reckoning (measured: the receiver fuses both), 8 simulated.
 GPSD_RTK = {3: "rtk_fixed", 4: "rtk_float"}
@@ -195,8 +217,8 @@ class GnssReader:
         self._thread: threading.Thread | None = None
         self._session_had_data = False
         self._good_fix_at: float | None = None  # monotonic time of the last fix that made the state "ok"
-        self._last_utc: dt.datetime | None = None
-        self._same_utc = 0  # epochs in a row that repeated the last one's UTC
+        self._recent: deque[Fix] = deque(maxlen=100)  # 10 s of a 10 Hz receiver
+        self._frozen = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gnss-reader", daemon=True)
@@ -382,25 +404,18 @@ class GnssReader:
             log.warning("GNSS: the receiver talks but has had no fix for %.0f s", now - self._good_fix_at)
             self.health.update(gnss="no_fix")
 
-    def _repeated(self, fix: Fix) -> bool:
-        """Whether FIX is the FROZEN_AFTER-th (or later) epoch in a row with the same UTC: a receiver repeating
-        its last fix read "ok", the filter reset on it every few seconds, and doctor blamed the box's clock."""
-        same = fix.mode > 0 and fix.utc is not None and fix.utc == self._last_utc  # no fix: "no_fix" says enough
-        self._same_utc = self._same_utc + 1 if same else 0
-        self._last_utc = fix.utc
-        return self._same_utc >= FROZEN_AFTER - 1
-
     def _emit(self, fixes: list[Fix]) -> None:
         for fix in fixes:
-            was_frozen = self._same_utc >= FROZEN_AFTER - 1
-            if self._repeated(fix):
+            was_frozen = self._frozen
+            self._recent.append(fix)
+            frozen = frozen_output(self._recent)
+            self._frozen = frozen is not None
+            if frozen is not None:
                 self._count("gnss_frozen_epochs")
                 if not was_frozen:
-                    log.warning("GNSS: the receiver repeats one fix (UTC %s) %d times in a row: its output is "
-                                "frozen; not used", fix.utc, FROZEN_AFTER)
+                    log.warning("GNSS: %s: its output is frozen; not used", frozen)
                     if self.health is not None:
-                        self.health.update(gnss="frozen", gnss_problem=f"the receiver repeats one fix, its time "
-                                           f"standing at {fix.utc:%H:%M:%S} UTC: power-cycle it")
+                        self.health.update(gnss="frozen", gnss_problem=f"{frozen}: power-cycle it")
                 continue
             if was_frozen and self.health is not None:  # moving again: _report sets the state
                 self.health.update(gnss_problem=None)
