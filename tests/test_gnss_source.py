@@ -3,6 +3,7 @@ stream over a real socket, and the `edge-agent gps replay` command."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import itertools
@@ -14,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,20 @@ def serial_cfg(port: Path, **extra) -> GnssConfig:
     return GnssConfig(**{**settings, **extra})
 
 
+@contextlib.contextmanager
+def live_reader(receiver: FakeReceiver) -> Iterator[tuple[HealthBoard, list[Fix]]]:
+    """A GnssReader on RECEIVER's port with a health board; yields the board and the fixes it passed on."""
+    cfg = serial_cfg(receiver.link)
+    health = HealthBoard()
+    fixes: list[Fix] = []
+    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
+    reader.start()
+    try:
+        yield health, fixes
+    finally:
+        reader.stop()
+
+
 def feed_until(receiver: FakeReceiver, condition, pace_s: float = 0.1, timeout: float = 10.0) -> bool:
     """Send epochs at the pace of a receiver until CONDITION holds: whatever went out before the reader had
     the port open is lost, as with a real receiver, and the next epochs arrive."""
@@ -225,15 +241,8 @@ def test_serial_fixes_are_stamped_on_arrival_minus_latency(receiver):
 def test_a_live_receiver_tells_how_far_the_system_clock_is_from_it(receiver):
     # While the agent holds the receiver doctor cannot compare the clock with it (a box 2 days ahead read "NTP
     # state unknown", as a sound one): the reader compares at each fix and the status file carries it.
-    cfg = serial_cfg(receiver.link)
-    health = HealthBoard()
-    fixes = []
-    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
-    reader.start()
-    try:
+    with live_reader(receiver) as (health, fixes):
         assert feed_until(receiver, lambda: len(fixes) >= 2)
-    finally:
-        reader.stop()
     behind = (dt.datetime.now(dt.UTC) - fixes[-1].utc).total_seconds()  # the fake receiver's time is T_START on
     assert health.snapshot()["clock_offset_s"] == pytest.approx(behind, abs=2.0)
     assert behind > 86400
@@ -569,12 +578,7 @@ def test_a_receiver_that_loses_its_fix_without_a_time_goes_no_fix(receiver):
 def test_a_receiver_repeating_one_fix_is_frozen_and_not_used(receiver):
     """A receiver repeating its last fix (hung firmware) read "ok"; the filter reset on it every few seconds and
     doctor blamed the box's clock."""
-    cfg = serial_cfg(receiver.link)
-    health = HealthBoard()
-    fixes = []
-    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
-    reader.start()
-    try:
+    with live_reader(receiver) as (health, fixes):
         assert feed_until(receiver, lambda: len(fixes) >= 2)
         stuck = epoch_text(T_START + dt.timedelta(seconds=receiver.sent * 0.1), 1.4 * receiver.sent).encode()
         used = len(fixes)
@@ -587,19 +591,12 @@ def test_a_receiver_repeating_one_fix_is_frozen_and_not_used(receiver):
         assert len(fixes) - used <= 2  # the repeats after the second go nowhere
         assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")
         assert health.snapshot()["gnss_problem"] is None
-    finally:
-        reader.stop()
 
 
 def test_a_receiver_stuck_on_one_position_with_a_fresh_time_is_frozen(receiver):
     """A receiver repeating one position with a ticking time and its speed (10 m/s) read "ok": every detection
     of those seconds was placed where it stuck. At walking pace a coarse receiver repeats positions honestly."""
-    cfg = serial_cfg(receiver.link)
-    health = HealthBoard()
-    fixes = []
-    reader = GnssReader(cfg, PositionFilter(cfg), health, on_fix=lambda fix, pose: fixes.append(fix))
-    reader.start()
-    try:
+    with live_reader(receiver) as (health, fixes):
         assert feed_until(receiver, lambda: len(fixes) >= 2)
         where = 1.4 * receiver.sent
         deadline = time.monotonic() + 6.0
@@ -613,8 +610,6 @@ def test_a_receiver_stuck_on_one_position_with_a_fresh_time_is_frozen(receiver):
         assert "repeats one position" in health.snapshot()["gnss_problem"]
         assert 0.8 < k * 0.12 * 10.0 / 20.0 < 2  # judged after about 20 m of stated motion, not at once
         assert feed_until(receiver, lambda: health.snapshot()["gnss"] == "ok")
-    finally:
-        reader.stop()
 
 
 def test_frozen_output_leaves_a_slow_coarse_receiver_alone():
