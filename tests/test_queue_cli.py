@@ -323,6 +323,24 @@ def test_status_shows_the_uplinks_window_and_a_backed_off_timeout(box) -> None:
             "not answered)") in status_table(box)
 
 
+def test_a_running_agents_last_fix_is_as_old_as_at_its_status_not_since(box) -> None:
+    """With fixes every second, `status` and doctor read "last fix 26 s ago": the age was counted from the fix
+    the status file named to now, and the file is written every 30 s (a change of state rewrites it at once)."""
+    from edge_agent.doctor.agent_view import AgentView
+
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", last_fix_mono=time.monotonic() - 0.5)
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        beat = build_status("online", "veh-cli", ob, health, broker="connected")
+    beat |= {"sent_at": utc_now_iso(25), "last_fix_at": utc_now_iso(25.5)}
+    write_status_file(box["state"] / "agent-status.json", beat)
+    assert json.loads(run("status", "--config", box["config"], "--json"))["gnss"]["last_fix_age_s"] < 2
+    assert "(0 s ago)" in AgentView(1, beat).last_fix or "(1 s ago)" in AgentView(1, beat).last_fix
+    lost = beat | {"health": beat["health"] | {"gnss": "lost"}}  # no fix since: counted to now
+    write_status_file(box["state"] / "agent-status.json", lost)
+    assert json.loads(run("status", "--config", box["config"], "--json"))["gnss"]["last_fix_age_s"] >= 25
+
+
 def test_status_has_one_last_fix_and_a_stopped_agents_gnss_is_history(box) -> None:
     """During `run` the status showed `GNSS │ ok, last fix 15 s ago` beside `last fix │ -` (the pipeline's
     position at its last frame, with no frame processed yet); after a stop `GNSS ok` as if the receiver still

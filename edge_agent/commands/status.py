@@ -21,6 +21,7 @@ from edge_agent.link.heartbeat import (
     age_s,
     ago_text,
     is_stale,
+    last_fix_age_s,
     seconds_text,
     status_ago_text,
     uplink_trouble,
@@ -144,16 +145,17 @@ def _counter(agent: dict[str, Any] | None, name: str) -> int | None:
 
 
 def _gnss(agent: dict[str, Any] | None, heartbeat_s: float) -> dict[str, Any]:
-    """The GNSS reader's state on the agent's health board and how old its last fix is. The age comes from
-    the status file's last_fix_at when it has one; else, with the reader "ok" (its latest epoch had a fix),
-    the fix was current when the status was written, so it is as old as the status. The state is only now's
+    """The GNSS reader's state on the agent's health board and how old its last fix is (`last_fix_age_s`:
+    with a running agent's reader "ok", as old as at the status's writing; without last_fix_at in the file, the
+    fix was current then). The state is only now's
     while the agent runs: a stopped agent's is "stopped", a silent one's "unknown", and `last_state` keeps what
     its last status said."""
     health = (agent or {}).get("health") or {}
     state = health.get("gnss")
-    fix_age = age_s(stamp) if isinstance(stamp := (agent or {}).get("last_fix_at"), str) else None
+    live = bool(agent) and agent.get("state") != "stopped" and not is_stale(agent, heartbeat_s)
+    fix_age = last_fix_age_s(agent or {}, live)
     if fix_age is None and state == "ok":
-        fix_age = age_s((agent or {}).get("sent_at"))
+        fix_age = 0.0 if live else age_s((agent or {}).get("sent_at"))
     info: dict[str, Any] = {"state": None if state is None else str(state), "last_fix_age_s": fix_age,
                             "problem": health.get("gnss_problem") if state == "lost" else None}
     if agent and state is not None and (agent.get("state") == "stopped" or is_stale(agent, heartbeat_s)):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.doctor.result import Context
-from edge_agent.link.heartbeat import ago_text, is_stale, read_status_file, status_file_of
+from edge_agent.link.heartbeat import is_stale, last_fix_age_s, read_status_file, seconds_text, status_file_of
 from edge_agent.link.writer_lock import holder
 
 
@@ -23,7 +23,8 @@ class AgentView:
 
     @property
     def last_fix(self) -> str:
-        return ago_text(self.status.get("last_fix_at")) if self.status.get("last_fix_at") else "none yet"
+        age = last_fix_age_s(self.status, live=True)  # a running agent's, by construction
+        return "none yet" if age is None else f"{self.status['last_fix_at']} ({seconds_text(age)} ago)"
 
     def counter(self, name: str) -> int:
         value = (self.status.get("counters") or {}).get(name, 0)

@@ -159,6 +159,18 @@ def seconds_text(age: float) -> str:
     return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h"
 
 
+def last_fix_age_s(status: dict[str, Any], live: bool) -> float | None:
+    """How old the receiver's last fix is, by a status file. While the agent runs (LIVE) with its reader "ok",
+    fixes keep coming: a change of state rewrites the file at once, so the age is the one at its writing. Counted
+    to now instead, a file written 25 s ago read "last fix 25 s ago" with a fix every second."""
+    stamp = status.get("last_fix_at")
+    age = age_s(stamp) if isinstance(stamp, str) else None
+    written = age_s(status.get("sent_at"))
+    if age is not None and written is not None and live and (status.get("health") or {}).get("gnss") == "ok":
+        return round(max(0.0, age - written), 1)
+    return age
+
+
 def ago_text(stamp: str | None) -> str:
     """'<stamp> (N min ago)', or '-' without a readable stamp."""
     if clock_unset(stamp):
