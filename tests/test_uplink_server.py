@@ -54,10 +54,12 @@ def test_real_server_confirms_and_rejects(make_cfg, workers, mqtt_device, fresh_
     assert stored == {e["event_id"] for e in good}
 
 
-def test_a_clean_stop_waits_for_the_servers_confirmation(make_cfg, workers, mqtt_device,  # noqa: F811
+def test_a_clean_stop_waits_for_the_servers_confirmation(make_cfg, workers, mqtt_device, fresh_db,  # noqa: F811
                                                          service_info, tmp_path: Path) -> None:
     """A stop closes the drive's last coverage record just before the uplink stops: it is sent and confirmed on the
-    way out, not left `sent` for `queue stats` and doctor to count until the next start."""
+    way out, not left `sent` for `queue stats` and doctor to count until the next start. The farewell status says
+    so too: it was built before the last ack was written, and the server showed the stopped box with 1 row
+    queued for good."""
     device, password = mqtt_device()
     workers(make_cfg(devices=[device]), 1)
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
@@ -70,6 +72,14 @@ def test_a_clean_stop_waits_for_the_servers_confirmation(make_cfg, workers, mqtt
     finally:
         uplink.stop()
     assert outbox.stats()["queue_depth"] == 0 and uplink.counters["confirmed"] == 1
+
+    def stopped_row() -> tuple | None:
+        with psycopg.connect(fresh_db) as conn:
+            return conn.execute("SELECT state, queue_depth FROM devices WHERE id = %s AND state = 'stopped'",
+                                (device,)).fetchone()
+
+    wait_for(lambda: stopped_row() is not None, 30, "the server stored the farewell status")
+    assert stopped_row() == ("stopped", 0)
 
 
 def test_a_replayed_drive_the_server_refuses_is_reported_everywhere(make_cfg, workers, mqtt_device,  # noqa: F811
@@ -163,8 +173,7 @@ def test_a_server_restored_from_a_backup_gets_back_what_it_had_confirmed(make_cf
     from fleet_server import commands
 
     device, password = mqtt_device()
-    cfg = make_cfg(devices=[device])
-    workers(cfg, 1)
+    workers(make_cfg(devices=[device]), 1)
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
     backup = datetime.now(UTC) - timedelta(seconds=1)
     now = utc_now_iso()

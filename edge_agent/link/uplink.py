@@ -510,6 +510,7 @@ class Uplink:
         try:
             self._settle(client)
             self._publish_results(client)
+            self._apply_marks()  # the server's last acks: the farewell status counted those rows as still queued
             status = build_status("stopped", self.device_id, self.outbox, self.health, broker="stopped")
             info = client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
             deadline = time.monotonic() + 2
