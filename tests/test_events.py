@@ -20,7 +20,7 @@ from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
 from edge_agent.perception.events import ModelRef, build_event, iso_utc, jpeg_b64
 from edge_agent.perception.geolocate import Geolocator, Located, severity
 from edge_agent.perception.tracker import Tracker
-from roadmon_contract.geodesy import offset_latlon
+from roadmon_contract.geodesy import distance_m, offset_latlon
 from roadmon_contract.validate import errors
 from tests.detections import Det
 
@@ -38,6 +38,7 @@ class Pose:
     h_std_m: float = 1.2
     state: str = "ok"
     t_mono: float = 0.0
+    segment: int = 0
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,21 @@ def test_coverage_stops_at_a_gap_in_position() -> None:
     assert len(records) == 2
     assert len(records[0]["line"]) == 10 and len(records[1]["line"]) == 15
     assert all(errors("coverage", r) == [] for r in records)
+
+
+def test_coverage_stops_at_a_jump_of_the_position() -> None:
+    """A filter reset on a jump of the receiver's position drew an 11 km straight line, detector on, across it:
+    road nobody drove, taken by the server as looked at."""
+    records: list[dict] = []
+    rec = CoverageRecorder("veh-042", EventsConfig(coverage_point_s=1.0), records.append, None)
+    for k in range(30):
+        lat, lon = offset_latlon(48.1, 11.5, 0.0, 10.0 * k + (11_000.0 if k >= 12 else 0.0))
+        rec.update(float(k), T0 + timedelta(seconds=k), Pose(lat, lon, segment=int(k >= 12)),
+                   detector_active=True)
+    rec.flush()
+    assert [len(r["line"]) for r in records] == [12, 18]
+    longest = max(distance_m(a[1], a[0], b[1], b[0]) for r in records for a, b in itertools.pairwise(r["line"]))
+    assert longest < 11.0
 
 
 def test_event_numbers_are_rounded_and_clamped_to_the_contract(projector: GroundProjector) -> None:

@@ -24,6 +24,7 @@ class Pose:
     speed_mps: float = 10.0
     heading_deg: float | None = 0.0
     h_std_m: float = 0.5
+    segment: int = 0
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +245,15 @@ def test_a_box_at_the_image_border_is_truncated(projector: GroundProjector) -> N
         assert geo.ground_box(box).truncated, box
     for box in ((2.5, 500.0, 100.0, 560.0), (600.0, 500.0, 1276.5, 560.0), (600.0, 500.0, 700.0, 716.5)):
         assert not geo.ground_box(box).truncated, box
+
+
+def test_a_track_across_a_filter_reset_is_placed_by_the_poses_after_it(projector: GroundProjector) -> None:
+    """A defect in view while the receiver's position jumped 11 km (the filter reset on it) was placed from the
+    poses of both sides, 90-390 m from either; the filter takes the newer side as the truth."""
+    geo = Geolocator(projector)
+    box = geo.ground_box(box_of(projector, 8.0, 0.0, length=0.6, width=0.6))
+    before = Pose(*offset_latlon(LAT0, LON0, 0.0, -11_000.0), h_std_m=0.4, segment=3)
+    after = Pose(LAT0, LON0, h_std_m=2.0, segment=4)
+    located = Geolocator.combine([(box, before, 0.0)] * 30 + [(box, after, 0.0)] * 2)
+    assert located.segment == 4
+    assert distance_m(located.lat, located.lon, *offset_latlon(LAT0, LON0, 0.0, 8.0)) < 0.5

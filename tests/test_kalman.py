@@ -140,6 +140,8 @@ def test_a_lone_jump_is_a_glitch_and_two_in_the_same_place_reset():
     assert pose.state == "reset" and error_m(pose, 250.0, 705.0) < 1e-6
     assert pf.stats.resets == {"jump": 1}
     assert pf.update(fix_at(T0 + 26, 260.0, 705.0, 10.0, 0.0)).state == "ok"
+    # Poses on either side of the reset say so: geolocation places one defect from one side's poses.
+    assert pf.position_at(T0 + 20).segment + 1 == pf.position_at(T0 + 25.5).segment == pose.segment
 
 
 def test_outliers_in_a_row_reset():

@@ -173,7 +173,8 @@ def test_a_server_restored_from_a_backup_gets_back_what_it_had_confirmed(make_cf
     from fleet_server import commands
 
     device, password = mqtt_device()
-    workers(make_cfg(devices=[device]), 1)
+    cfg = make_cfg(devices=[device])
+    workers(cfg, 1)
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
     backup = datetime.now(UTC) - timedelta(seconds=1)
     now = utc_now_iso()

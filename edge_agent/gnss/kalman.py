@@ -53,6 +53,9 @@ class Pose:
     h_std_m: float  # horizontal 1-sigma (DRMS) uncertainty in metres
     state: PoseState
     t_mono: float
+    # Which stretch between filter resets the pose belongs to: poses of two segments disagree by whatever made
+    # the reset (a jump of the receiver's position), so one defect is placed from one segment's poses.
+    segment: int = 0
 
 
 @dataclass(slots=True)
@@ -399,7 +402,7 @@ class PositionFilter:
             self._history.popleft()
             self._times.popleft()
         self._smoothed.clear()
-        return self._pose(post.lat, post.lon, post.ve, post.vn, post.h_std, state, t)
+        return self._pose(post.lat, post.lon, post.ve, post.vn, post.h_std, state, t, post.segment)
 
     # --- queries
 
@@ -414,7 +417,7 @@ class PositionFilter:
             return self._extrapolate(self._smoothed_at(0) if smoothed else self._history[0], t)
         a = self._smoothed_at(i - 1) if smoothed else self._history[i - 1]
         if t == a.t:
-            return self._pose(a.lat, a.lon, a.ve, a.vn, a.h_std, a.state, t)
+            return self._pose(a.lat, a.lon, a.ve, a.vn, a.h_std, a.state, t, a.segment)
         if i == len(self._history):
             return self._extrapolate(a, t)
         b = self._smoothed_at(i) if smoothed else self._history[i]
@@ -477,7 +480,7 @@ class PositionFilter:
         sign = 1.0 if dt_s >= 0 else -1.0
         east, north = (Axis(0.0, 0.0, axis.a, sign * axis.b, axis.c).predicted(span_s, q) for axis in (a.east, a.north))
         h_std = math.sqrt(max(east.a + north.a + 2.0 * a.slow_var, 0.0))
-        return self._pose(lat, lon, a.ve, a.vn, h_std, self._state_after(span_s), t)
+        return self._pose(lat, lon, a.ve, a.vn, h_std, self._state_after(span_s), t, a.segment)
 
     def _interpolate(self, a: _Posterior, b: _Posterior, t: float) -> Pose:
         span = b.t - a.t
@@ -494,10 +497,11 @@ class PositionFilter:
         lat, lon = frame.to_geodetic(east, north)
         h_std = (1 - s) * a.h_std + s * b.h_std
         state = self._state_after(min(t - a.t, b.t - t))
-        return self._pose(lat, lon, ve, vn, h_std, state, t)
+        return self._pose(lat, lon, ve, vn, h_std, state, t, a.segment)
 
     def _pose(self, lat: float, lon: float, ve: float, vn: float, h_std: float,
-              state: PoseState, t: float) -> Pose:
+              state: PoseState, t: float, segment: int) -> Pose:
         speed = math.hypot(ve, vn)
         heading = compass_deg(math.degrees(math.atan2(ve, vn))) if speed > self.cfg.heading_min_speed_mps else None
-        return Pose(lat=lat, lon=lon, speed_mps=speed, heading_deg=heading, h_std_m=h_std, state=state, t_mono=t)
+        return Pose(lat=lat, lon=lon, speed_mps=speed, heading_deg=heading, h_std_m=h_std, state=state, t_mono=t,
+                    segment=segment)

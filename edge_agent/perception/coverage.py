@@ -2,8 +2,9 @@
 
 A record is a polyline of filtered vehicle positions, one every coverage_point_s, for at most
 coverage_record_s, plus whether the detector was running and which model it was. A record closes early when
-the detector starts or stops, or when the position is lost; the next record starts at the last point of the
-previous one so that the line has no holes.
+the detector starts or stops, or when the position is lost or jumps (the position filter reset: a new
+segment); the next record starts at the last point of the previous one so that the line has no holes, except
+after a lost or jumped position, where a line across the gap would claim road nobody drove.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class CoverageRecorder:
         self._active: bool | None = None
         self._last_point_mono: float | None = None
         self._started_mono: float | None = None
+        self._segment: int | None = None
 
     def update(self, t_mono: float, utc: datetime | None, pose: Any, detector_active: bool) -> None:
         if self._active is not None and detector_active != self._active:
@@ -59,6 +61,10 @@ class CoverageRecorder:
             if self._points:
                 self.flush(keep_last=False)  # no position: the line stops here instead of jumping the gap
             return
+        segment = getattr(pose, "segment", 0)
+        if segment != self._segment and self._points:
+            self.flush(keep_last=False)  # a jump reset the filter: an 11 km straight line was "driven" across it
+        self._segment = segment
         if self._last_point_mono is not None and t_mono - self._last_point_mono < self.cfg.coverage_point_s:
             return
         point = (float(pose.lon), float(pose.lat))

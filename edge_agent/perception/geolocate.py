@@ -101,6 +101,7 @@ class Located:
     width_m: float
     length_m: float
     orientation_deg: float | None = None  # a line's long axis, compass degrees [0, 180); None for blobs
+    segment: int = 0  # the position filter's segment whose poses placed it (Pose.segment)
 
 
 def vehicle_to_enu(forward_m: float, left_m: float, heading_deg: float) -> tuple[float, float]:
@@ -248,6 +249,11 @@ class Geolocator:
         views = whole or views
         if not views:
             return None
+        # A track seen across a filter reset: the poses before it disagree with those after by the jump that
+        # made it (mixed, a defect in view at a jump of 11 km was placed 90-390 m from both), and the filter
+        # took the newer ones as the truth.
+        segment = max(getattr(pose, "segment", 0) for _, pose, _ in views)
+        views = [v for v in views if getattr(v[1], "segment", 0) == segment]
         lat0, lon0 = Geolocator.to_world(*views[0])
         east = north = wsum = gnss = proj_w = width = length = size_w = length_w = line_w = area_w = 0.0
         axial = np.zeros(2)  # a line's orientation: doubled angles, so that 179° and 1° average to 0°
@@ -279,7 +285,7 @@ class Geolocator:
         # No view saw the far edge: a defect as long as it is wide (a pothole is roughly round) rather than 0 m.
         length = length / length_w if length_w else width / size_w
         return Located(lat=lat, lon=lon, h_accuracy_m=h_acc, width_m=width / size_w, length_m=length,
-                       orientation_deg=orientation)
+                       orientation_deg=orientation, segment=segment)
 
 
 def severity(class_name: str, width_m: float, length_m: float, cfg: EventsConfig) -> float:

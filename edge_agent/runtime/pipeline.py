@@ -331,7 +331,7 @@ class Pipeline:
             self.counts["events_merged"] += 1
             return None
         captured = self._gnss_utc(track) or self._clock_utc(track, t_mono)
-        vehicle, heading = self._vehicle_near_best(track)
+        vehicle, heading = self._vehicle_near_best(track, located.segment)
         event = build_event(track, located, device_id=self.cfg.device.id, seq=self.outbox.next_seq(),
                             model=self.model, captured_at=captured, cfg=self.cfg.events, vehicle_pose=vehicle,
                             vehicle_heading_deg=heading)
@@ -362,18 +362,19 @@ class Pipeline:
                     track.class_name, self.cfg.events.hold_for_fix_s)
         return datetime.now(UTC) - timedelta(seconds=ago)
 
-    def _vehicle_near_best(self, track: Track) -> tuple[Pose | None, float | None]:
+    def _vehicle_near_best(self, track: Track, segment: int) -> tuple[Pose | None, float | None]:
         """The vehicle's pose and heading at the track's best frame, asked of the filter again (later fixes
         interpolate, and before a first fix it is carried back). A best frame the filter has no position for
-        (older than its history_s, as when the vehicle stood minutes with the defect in view) is replaced by the
-        frame nearest to it in time that has one, so the event still says where the vehicle was."""
+        (older than its history_s, as when the vehicle stood minutes with the defect in view), or one from
+        another filter SEGMENT than the defect was placed with (before a jump), is replaced by the frame
+        nearest to it in time that has one, so the event says where the vehicle was by the same positions."""
         best = track.best
         if best is None:
             return None, None
         nearest = sorted(track.observations, key=lambda o: abs(o.t_mono - best.t_mono))
         for obs in [best, *nearest]:
             pose = self.filter.position_at(obs.t_mono) or obs.pose
-            if pose is not None and pose.lat is not None:
+            if pose is not None and pose.lat is not None and getattr(pose, "segment", 0) == segment:
                 return pose, obs.heading_deg
         return None, best.heading_deg
 
