@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -316,3 +317,22 @@ def _rows(dsn: str, sql: str) -> list[tuple]:
 
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql).fetchall()
+
+
+@pytest.mark.parametrize("tz", ["Australia/Sydney", "America/Sao_Paulo", "UTC"])
+def test_a_naive_timestamp_is_utc_whatever_the_phones_zone(tz: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's sample passes `datetime.utcnow()`; the client took a naive time for local time and moved a
+    Sydney phone's sightings 11 h back, a Sao Paulo one's 3 h into the future, all accepted."""
+    from road_monitor_client.client import _encode
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        naive = datetime(2026, 12, 7, 5, 34, 58, 126000)
+        body = json.loads(_encode("phone-1", GPS, POTHOLE, None, naive))
+        assert body["timestamp"] == "2026-12-07T05:34:58.126Z"
+        zoned = datetime(2026, 12, 7, 16, 34, 58, 126000, tzinfo=ZoneInfo("Australia/Sydney"))
+        assert json.loads(_encode("phone-1", GPS, POTHOLE, None, zoned))["timestamp"] == "2026-12-07T05:34:58.126Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -89,8 +89,9 @@ class RoadMonitorAPI:
     def submit_detections(self, device_id: str, gps: Sequence[float], detections: list[dict[str, Any]],
                           image_bytes: bytes | None = None, timestamp: datetime | None = None) -> Receipt:
         """Queue one submission and send it, after what waits before it. GPS is (lat, lon, accuracy_m);
-        DETECTIONS are {bbox: [x1, y1, x2, y2], class, confidence}. Raises Refused when the server refuses
-        this body for good, CredentialsRefused when it refuses the token (the body stays queued)."""
+        DETECTIONS are {bbox: [x1, y1, x2, y2], class, confidence}. TIMESTAMP (default now) is read as UTC when
+        it has no zone, as `datetime.utcnow()` in the deployment guide's sample gives it. Raises Refused when the
+        server refuses this body for good, CredentialsRefused when it refuses the token (the body stays queued)."""
         row_id = self.queue.put(_encode(device_id, gps, detections, image_bytes, timestamp))
         not_before = self.queue.not_before()
         if not_before is not None:  # the server asked to wait: no request before then
@@ -192,7 +193,10 @@ def _encode(device_id: str, gps: Sequence[float], detections: list[dict[str, Any
             timestamp: datetime | None) -> str:
     """The guide's body, as compact JSON."""
     lat, lon, accuracy = gps
-    when = (timestamp or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    when = timestamp or datetime.now(timezone.utc)
+    # A naive time is UTC (the guide's `datetime.utcnow()`): astimezone() took it for the phone's local time and
+    # moved a Sydney phone's sightings 11 h back, a Sao Paulo one's 3 h into the future.
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
     body: dict[str, Any] = {
         "device_id": device_id,
         "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
