@@ -15,9 +15,19 @@ from pydantic import AfterValidator, BeforeValidator
 from fleet_server import auth, metrics
 from fleet_server.validate import as_utc
 
+def _plus_sent_as_a_space(value: Any) -> Any:
+    """`since=2026-12-06T06:00:00+03:00` typed into a URL: its '+' arrives as a space (form encoding), which
+    gave a 400 "unexpected extra characters" to every east-of-UTC manager. A space before an offset can only
+    have been a '+'."""
+    if isinstance(value, str) and (m := re.fullmatch(r"(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s(\d{2}(?::?\d{2})?)", value.strip())):
+        return f"{m[1]}+{m[2]}"
+    return value
+
+
 # A time in a query parameter: without a zone it is UTC (as the API documents); one outside what Python and
 # PostgreSQL can hold is a 400 naming the parameter, not a 500 from the database.
-QueryTime = Annotated[datetime, AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
+QueryTime = Annotated[datetime, BeforeValidator(_plus_sent_as_a_space),
+                      AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 
 def _end_of_a_bare_date(value: Any) -> Any:
@@ -32,7 +42,7 @@ def _end_of_a_bare_date(value: Any) -> Any:
 
 
 # An upper bound: as QueryTime, but a date alone is the end of that day.
-QueryUntil = Annotated[datetime, BeforeValidator(_end_of_a_bare_date),
+QueryUntil = Annotated[datetime, BeforeValidator(_end_of_a_bare_date), BeforeValidator(_plus_sent_as_a_space),
                        AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 

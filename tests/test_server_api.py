@@ -148,6 +148,15 @@ def test_me_roles_and_defect_listing(api) -> None:
     assert len(client.get("/api/v1/defects", params={"since": day, "until": day}, headers=viewer)
                .json()["features"]) == 3
     assert client.get("/api/v1/defects.csv", params={"until": "2020-01-01"}, headers=viewer).text.count("\n") == 1
+    # A '+' offset typed into a URL arrives as a space: east-of-UTC managers got "unexpected extra characters".
+    # Nine hours ahead of the first sighting is the same instant, nine hours later than since={first}+00:00.
+    first = fc["features"][0]["properties"]["first_seen"][:19]
+    for query in (f"since={first}+09:00", f"since={first}%2B09:00", f"until={first}+14:00"):
+        r = client.get(f"/api/v1/defects?{query}", headers=viewer)
+        assert r.status_code == 200, (query, r.text)
+    late = client.get(f"/api/v1/defects?since={first}-09:00", headers=viewer).json()["features"]
+    early = client.get(f"/api/v1/defects?since={first}+09:00", headers=viewer).json()["features"]
+    assert len(early) == 3 and not late
     # An empty class or status (a form's "all") is no filter that matches nothing: it is refused, saying so.
     for param in ("class", "status"):
         for path in ("/api/v1/defects", "/api/v1/defects.csv"):

@@ -102,5 +102,6 @@ function shortTime(iso) {
   if (full === "–" || !iso) return full;
   const today = new Date().toISOString().slice(0, 10);
   const day = full.slice(0, 10);
-  return day === today ? full.slice(11, 16) : `${full.slice(5, 10)} ${full.slice(11, 16)}`;
+  // Another day with its year: "12-05" reads as 12 May to most of the world.
+  return day === today ? full.slice(11, 16) : `${day} ${full.slice(11, 16)}`;
 }

@@ -389,11 +389,13 @@ async function loadCoverage() {
 }
 
 // Without a date range: from a day before the latest sighting on, so that a fleet that did not drive today
-// still shows its roads, and a long history does not load years of lines.
+// still shows its roads, and a long history does not load years of lines. Never from later than a day before
+// now: one phone whose clock ran hours ahead (the server takes up to ingest.future_tolerance_s) hid today's
+// drives from every manager's map.
 function defaultCoverageSince() {
   let latest = -Infinity; // a loop: spreading 120k+ values into Math.max overflows the call stack
   for (const d of state.defects) latest = Math.max(latest, Date.parse(d.lastSeen) || -Infinity);
-  const end = Number.isFinite(latest) ? latest : Date.now();
+  const end = Number.isFinite(latest) ? Math.min(latest, Date.now()) : Date.now();
   return new Date(end - DAY_MS).toISOString();
 }
 

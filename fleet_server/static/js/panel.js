@@ -83,7 +83,7 @@ export class DefectPanel {
       <h3>Sightings</h3>
       <ol class="timeline" id="sightings">${sightings.map((s) => `<li>${formatTime(sightingTime(s))} ·
         ${escapeHtml(sightingDevice(s) || "?")} · conf ${Number(s.confidence ?? 0).toFixed(2)}
-        ${s.severity !== undefined ? `· sev ${Number(s.severity).toFixed(2)}` : ""}</li>`).join("")
+        ${s.severity != null ? `· sev ${Number(s.severity).toFixed(2)}` : ""}</li>`).join("")
         || '<li class="hint">none listed</li>'}</ol>
       <h3>Status history</h3>
       <ol class="timeline" id="history">${history.map(historyItem).join("")
