@@ -15,11 +15,14 @@ from pydantic import AfterValidator, BeforeValidator
 from fleet_server import auth, metrics
 from fleet_server.validate import as_utc
 
+_SPACED_OFFSET = re.compile(r"(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s(\d{2}(?::?\d{2})?)")  # a time, " 03:00"
+
+
 def _plus_sent_as_a_space(value: Any) -> Any:
     """`since=2026-12-06T06:00:00+03:00` typed into a URL: its '+' arrives as a space (form encoding), which
     gave a 400 "unexpected extra characters" to every east-of-UTC manager. A space before an offset can only
     have been a '+'."""
-    if isinstance(value, str) and (m := re.fullmatch(r"(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s(\d{2}(?::?\d{2})?)", value.strip())):
+    if isinstance(value, str) and (m := _SPACED_OFFSET.fullmatch(value.strip())):
         return f"{m[1]}+{m[2]}"
     return value
 
