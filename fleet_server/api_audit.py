@@ -8,24 +8,31 @@ import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 
 from fleet_server.api_defects import _jsonable
-from fleet_server.api_deps import QueryTime, known_query_only, read_db, require
+from fleet_server.api_deps import QueryTime, QueryUntil, known_query_only, read_db, require
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 
 
 @router.get("/audit", summary="Who called what, when, and what came of it (every call that presented a token)")
 def audit_log(request: Request, since: QueryTime | None = None,
+              until: QueryUntil | None = Query(None, description="At or before this UTC time (a date alone: the "
+                                                                 "end of that day)"),
               who: str | None = Query(None, max_length=200, description="a token's name"),
-              limit: int | None = Query(None, ge=1), conn: psycopg.Connection = Depends(read_db),
-              _who=Depends(require("manager"))) -> list[dict]:
+              cursor: int | None = Query(None, ge=1, description="Rows older than this row `id`: the next page is "
+                                                                 "cursor = the last row's id"),
+              limit: int | None = Query(None, ge=1, description="Rows per page (at most api.max_page_size)"),
+              conn: psycopg.Connection = Depends(read_db), _who=Depends(require("manager"))) -> list[dict]:
+    # Newest first. Without `until` and `cursor` a past night could not be read once more calls than a page
+    # had been made since: the dashboard alone writes a few rows per refresh.
     request.app.state.audit.flush()  # what is still queued belongs in the answer
     where, params = ["at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}
-    if who is not None:
-        where.append("who = %(who)s")
-        params["who"] = who
+    for column, op, value in (("at", "<=", until), ("id", "<", cursor), ("who", "=", who)):
+        if value is not None:
+            where.append(f"{column} {op} %({column})s")
+            params[column] = value
     params["limit"] = min(limit or request.app.state.cfg.api.page_size, request.app.state.cfg.api.max_page_size)
-    rows = conn.execute(f"""SELECT at, token_id, who, role, method, path, status, client FROM audit_log
-                            WHERE {" AND ".join(where)} ORDER BY at DESC, id DESC LIMIT %(limit)s""",
+    rows = conn.execute(f"""SELECT id, at, token_id, who, role, method, path, status, client FROM audit_log
+                            WHERE {" AND ".join(where)} ORDER BY id DESC LIMIT %(limit)s""",
                         params).fetchall()
-    keys = ("at", "token_id", "who", "role", "method", "path", "status", "client")
-    return [dict(zip(keys, (_jsonable(r[0]), *r[1:]), strict=True)) for r in rows]
+    keys = ("id", "at", "token_id", "who", "role", "method", "path", "status", "client")
+    return [dict(zip(keys, (r[0], _jsonable(r[1]), *r[2:]), strict=True)) for r in rows]

@@ -85,6 +85,30 @@ def test_times_in_query_parameters_are_read_or_refused_by_name(api) -> None:
         assert client.get("/api/v1/defects", params={"since": value}, headers=viewer).status_code == 200
 
 
+def test_a_past_period_of_the_audit_log_can_be_read_page_by_page(api) -> None:
+    """The audit log took `since` only, newest first, one page: a night's rows were out of reach once more calls
+    than a page had been made since (the dashboard writes a few per refresh)."""
+    client, _cfg, dsn = api
+    manager = bearer(token(dsn, "manager", "back-office"))
+    for _ in range(5):
+        assert client.get("/api/v1/me", headers=manager).status_code == 200
+    every = client.get("/api/v1/audit", params={"who": "back-office"}, headers=manager).json()
+    assert len(every) >= 5 and [r["id"] for r in every] == sorted((r["id"] for r in every), reverse=True)
+    pages, cursor = [], None
+    while True:
+        page = client.get("/api/v1/audit", params={"who": "back-office", "limit": 2}
+                          | ({"cursor": cursor} if cursor else {}), headers=manager).json()
+        if not page:
+            break
+        pages += page
+        cursor = page[-1]["id"]
+    newest = every[0]["id"]  # the audit calls since are audited too
+    assert [r["id"] for r in pages if r["id"] <= newest] == [r["id"] for r in every]
+    middle = every[len(every) // 2]["at"]
+    until = client.get("/api/v1/audit", params={"who": "back-office", "until": middle}, headers=manager).json()
+    assert until and all(r["at"] <= middle for r in until) and len(until) < len(every)
+
+
 def test_refused_bodies_do_not_use_up_the_hourly_rate(api) -> None:
     # A device with a bug must not lose an hour of valid uploads: 400s are kept as dead letters (capped per
     # device and hour on their own), accepted and duplicate posts count towards api.rate_limit_per_hour (5).
