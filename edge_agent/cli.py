@@ -9,6 +9,7 @@ import sys
 import typer
 
 from edge_agent.commands import calibrate, config, doctor, gps, model, queue, run, sim, status
+from roadmon_contract.logs import log_in_utc
 
 app = typer.Typer(
     name="edge-agent",
@@ -24,7 +25,7 @@ for module in (config, gps, model, sim, calibrate, run, queue, status, doctor):
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level")) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("EDGE_AGENT_LOG", "INFO").upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_in_utc(level)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from fleet_server.migrate import MigrationError
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 from roadmon_contract.commands import zoned_time
+from roadmon_contract.logs import log_in_utc
 
 log = logging.getLogger(__name__)
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
@@ -55,8 +56,7 @@ state = _State()
 
 @app.callback()
 def _root(config: Path | None = ConfigOpt, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_in_utc(logging.DEBUG if verbose else logging.INFO)
     try:
         state.cfg = load(config)
     except ConfigError as exc:
@@ -475,10 +475,13 @@ def token_ls() -> None:
     with connect(cfg().database) as conn:
         rows = conn.execute("SELECT id, name, role, device_id, created_at, revoked_at, expires_at, replaced_by "
                             "FROM api_tokens ORDER BY id").fetchall()
-    table = Table("id", "name", "role", "device", "created", "revoked", "expires", "replaced by")
+    table = Table("id", "name", "role", "device", "created (UTC)", "revoked (UTC)", "expires (UTC)", "replaced by")
+
+    def utc(when: datetime | None, none: str = "") -> str:
+        return f"{when.astimezone(UTC):%Y-%m-%d %H:%M}" if when else none
+
     for r in rows:
-        table.add_row(str(r[0]), r[1], r[2], r[3] or "", f"{r[4]:%Y-%m-%d %H:%M}",
-                      f"{r[5]:%Y-%m-%d %H:%M}" if r[5] else "", f"{r[6]:%Y-%m-%d %H:%M}" if r[6] else "never",
+        table.add_row(str(r[0]), r[1], r[2], r[3] or "", utc(r[4]), utc(r[5]), utc(r[6], "never"),
                       "" if r[7] is None else str(r[7]))
     print_table(table)
 

@@ -165,7 +165,7 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     again = cli.run("token", "rotate", str(created["id"]))
     assert again.exit_code == 1 and f"token {second_rotation['id']} replaces it now" in again.output
     listing = cli.run("token", "ls").output
-    assert "expires" in listing and "replaced" in listing
+    assert "expires (UTC)" in listing and "replaced" in listing  # times are UTC, and say so
     # The id printed at creation is the one `token ls`, `revoke` and `rotate` take; piped, no cell is cut short.
     row = next(line for line in listing.splitlines() if "weekly-viewer-of-the-city" in line)
     assert row.split()[1] == str(created["id"]) and "…" not in listing
