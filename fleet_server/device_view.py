@@ -29,7 +29,8 @@ PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames
 
 # %(one)s is NULL for every device, or one device's id (`/devices/{id}` used to build all 10,000 to return one).
 DEVICES = """
-SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth FROM devices
+SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth, dated_ahead_s, dated_ahead_at
+FROM devices
 WHERE %(one)s::text IS NULL OR id = %(one)s ORDER BY id
 """
 REJECTED_24H = """
@@ -61,10 +62,15 @@ def problems(status: dict[str, Any], received_at: datetime | None, refused: tupl
     return [words for _, words in coded_problems(status, received_at, refused)]
 
 
+def dated_ahead(seconds: float | None, at: datetime | None, now: datetime) -> float | None:
+    """How far ahead of their arrival the device's sightings were dated, if that was in the last 24 h."""
+    return seconds if seconds is not None and at is not None and now - at < timedelta(hours=24) else None
+
+
 def coded_problems(status: dict[str, Any], received_at: datetime | None,
-                   refused: tuple[int, str] | None) -> list[tuple[str, str]]:
+                   refused: tuple[int, str] | None, ahead_s: float | None = None) -> list[tuple[str, str]]:
     """`problems` with a code each (the health part: camera, gnss, detector, outbox; or clock, sparse_frames, mount,
-    unplaced, refused), for scripts and the road_device_problems metric."""
+    unplaced, refused), for scripts and the road_device_problems metric. AHEAD_S: `dated_ahead`."""
     out = []
     health = status.get("health") if isinstance(status.get("health"), dict) else {}
     for part in HEALTH_PARTS:
@@ -87,6 +93,9 @@ def coded_problems(status: dict[str, Any], received_at: datetime | None,
         else:
             out.append(("clock", f"clock {_duration(abs(offset))} {side} the server's: its findings are dated "
                                  "wrongly (NTP on the box)"))
+    elif ahead_s is not None:  # a phone: no status, only its sightings' dates
+        out.append(("clock", f"sightings dated up to {_duration(ahead_s)} after they arrived (in 24 h): its clock "
+                             "or time zone is wrong, and they show in the future on the map"))
     step = status.get("m_per_frame")
     if isinstance(step, int | float) and step > SPARSE_FRAMES_M:
         out.append(("sparse_frames", sparse_frames_words(step)))
@@ -163,7 +172,7 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None 
     refused = {r[0]: (int(r[1]), str(r[2])) for r in conn.execute(REJECTED_24H).fetchall()}
     rows = conn.execute(DEVICES, {"one": one}).fetchall()
     out = []
-    for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth in rows:
+    for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth, ahead_s, ahead_at in rows:
         status = status if isinstance(status, dict) else {}
         health = status.get("health") if isinstance(status.get("health"), dict) else {}
         out.append({"id": dev_id, "name": name, "state": state_of(state, last_seen, revoked_at, now, stale_after_s),
@@ -173,7 +182,8 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None 
                     "refused_24h": refused.get(dev_id, (0, ""))[0], "last_speed_mps": _speed(status),
                     # A withdrawn box is no one's to fix: its last words led the list and the problem count.
                     **_problem_fields([] if revoked_at is not None else
-                                      coded_problems(status, state_at, refused.get(dev_id)))})
+                                      coded_problems(status, state_at, refused.get(dev_id),
+                                                     dated_ahead(ahead_s, ahead_at, now)))})
     return out
 
 

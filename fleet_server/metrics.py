@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from fleet_server.device_view import REJECTED_24H, coded_problems, state_of
+from fleet_server.device_view import REJECTED_24H, coded_problems, dated_ahead, state_of
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ class DeviceCollector(Collector):
         try:
             rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen, "
                               "CASE WHEN jsonb_typeof(last_status->'inference_errors') = 'number' "
-                              "THEN (last_status->>'inference_errors')::float8 END, id, last_status, state_at "
-                              "FROM devices WHERE revoked_at IS NULL")
+                              "THEN (last_status->>'inference_errors')::float8 END, id, last_status, state_at, "
+                              "dated_ahead_s, dated_ahead_at FROM devices WHERE revoked_at IS NULL")
             refused = {r[0]: (int(r[1]), str(r[2])) for r in self.fetch(REJECTED_24H)}
             self._last_read = (rows, refused, datetime.now(UTC), time.monotonic())
             fresh = True
@@ -155,7 +155,8 @@ class DeviceCollector(Collector):
             if state_of(r[0], r[3], None, now, self.stale_after_s) != "online":
                 continue
             status = r[6] if isinstance(r[6], dict) else {}
-            for code in dict.fromkeys(code for code, _ in coded_problems(status, r[7], refused.get(r[5]))):
+            coded = coded_problems(status, r[7], refused.get(r[5]), dated_ahead(r[8], r[9], now))
+            for code in dict.fromkeys(code for code, _ in coded):
                 troubled.add_metric([r[5], code], 1.0)
         yield troubled
 

@@ -20,7 +20,8 @@ from psycopg.types.json import Jsonb
 
 from fleet_server import aggregate, metrics
 from fleet_server.config import AggregateConfig
-from fleet_server.validate import Rejection, class_name
+from fleet_server.device_view import CLOCK_OFF_S
+from fleet_server.validate import Rejection, class_name, parse_utc
 
 
 @dataclass
@@ -292,6 +293,8 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]
             out.conflicts = _conflicting(conn, batch, out.new_events)
+            if ahead := _dated_ahead(batch, out.new_events):
+                conn.execute(DATED_AHEAD, (list(ahead), list(ahead.values())))
             clashing = {r.ref for r in out.conflicts}
             for e, _ in batch.events:
                 if e["event_id"] not in clashing:
@@ -315,6 +318,23 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
 
 
 CLASH = "event_id already used by an event with other content"
+DATED_AHEAD = """
+UPDATE devices d SET dated_ahead_s = a.s, dated_ahead_at = now()
+FROM unnest(%s::text[], %s::real[]) AS a(id, s) WHERE d.id = a.id
+"""
+
+
+def _dated_ahead(batch: Batch, new_events: set[str]) -> dict[str, float]:
+    """Devices whose new sightings were dated more than device_view.CLOCK_OFF_S after their arrival, with the
+    most: a clock or a time zone set wrong (rare, so their rows are written only then)."""
+    ahead: dict[str, float] = {}
+    for event, received_at in batch.events:
+        if event["event_id"] not in new_events:
+            continue
+        seconds = (parse_utc(event["captured_at"]) - received_at).total_seconds()  # validated: it parses
+        if seconds > CLOCK_OFF_S:
+            ahead[event["device_id"]] = max(seconds, ahead.get(event["device_id"], 0.0))
+    return ahead
 
 
 def _first_of_each(batch: Batch) -> tuple[Batch, list[Rejection]]:

@@ -349,3 +349,19 @@ def test_a_body_postgresql_refuses_fails_alone_in_a_shared_commit(make_cfg) -> N
     assert codes == [202] * 7 + [400] + [202] * 8
     assert count(dsn, "SELECT count(*) FROM sightings WHERE device_id = 'veh-11'") == 15
     assert count(dsn, "SELECT count(*) FROM rejected WHERE reason LIKE 'database refused%%'") == 1
+
+
+def test_a_phone_dating_its_sightings_hours_ahead_is_a_device_problem(server) -> None:
+    """A Sydney phone posting local time labelled Z (11 h ahead) was taken without a word anywhere: `device ls`,
+    the devices API and the dashboard showed no problem while its sightings sat in the future on the map."""
+    client, dsn = server
+    dev = bearer(token(dsn, "device", "phone-syd", device_id="phone-syd"))
+    manager = bearer(token(dsn, "manager"))
+    assert client.post("/api/v1/detections", json=body("phone-syd"), headers=dev).status_code == 202
+    assert client.get("/api/v1/devices/phone-syd", headers=manager).json()["problems"] == []
+    ahead = iso(datetime.now(UTC) + timedelta(hours=11))
+    assert client.post("/api/v1/detections", json=body("phone-syd", lat=48.2, timestamp=ahead),
+                       headers=dev).status_code == 202
+    device = client.get("/api/v1/devices/phone-syd", headers=manager).json()
+    assert device["problem_codes"] == ["clock"], device
+    assert "11.0 h" in device["problems"][0] and "time zone" in device["problems"][0]
