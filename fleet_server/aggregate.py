@@ -184,11 +184,21 @@ def _gate(h: float, cfg: AggregateConfig) -> float:
     return min(max(cfg.merge_radius_m, cfg.accuracy_gate * h), max(cfg.max_gate_m, cfg.merge_radius_m))
 
 
+def _seen_apart(views: list[tuple], viewer: str | None, t: float, x: float, y: float, cfg: AggregateConfig) -> bool:
+    """SEEN_APART for a batch's new sightings: VIEWER (None: not a projected point) saw this one at (X, Y) and,
+    within same_view_s, one of VIEWS farther than same_view_split_m from it."""
+    return viewer is not None and cfg.same_view_s > 0 and any(
+        device == viewer and abs(seen - t) <= cfg.same_view_s and math.hypot(vx - x, vy - y) > cfg.same_view_split_m
+        for device, seen, vx, vy in views)
+
+
 def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> set[int]:
     """New defects for the batch's sightings that matched none: grouped in capture order, so the first
     sighting of a new pothole starts it and the batch's later ones within its gate join it."""
     loose = conn.execute("""SELECT event_id, class, ST_Y(geom::geometry), ST_X(geom::geometry), h_accuracy_m,
-                                   CASE WHEN axis IS NULL THEN 0 ELSE size_length_m / 2 END
+                                   CASE WHEN axis IS NULL THEN 0 ELSE size_length_m / 2 END,
+                                   CASE WHEN axis IS NULL AND size_width_m IS NOT NULL THEN device_id END,
+                                   extract(epoch FROM captured_at)
                             FROM sightings WHERE event_id = ANY(%s::uuid[]) AND defect_id IS NULL
                             ORDER BY captured_at""", (event_ids,)).fetchall()
     if not loose:
@@ -197,8 +207,9 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
     frame = LocalFrame(loose[0][2], loose[0][3])  # metres around the batch's first sighting
     cells: dict[tuple, list[int]] = {}
     leaders: list[tuple] = []  # (event_id, x, y, half length) of the sighting that starts each new defect
+    views: list[list[tuple]] = []  # per leader, its point sightings' (device, time, x, y): SEEN_APART's rule
     member_of: list[int] = []  # index into leaders, per loose sighting
-    for event_id, klass, lat, lon, h, half in loose:
+    for event_id, klass, lat, lon, h, half, viewer, t in loose:
         x, y = frame.to_enu(lat, lon)
         cx, cy = int(x // cell_m), int(y // cell_m)
         best, best_d = None, _gate(h, cfg)
@@ -207,12 +218,15 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
                 for i in cells.get((klass, cx + dx, cy + dy), ()):
                     # Lines reach half their length from their centre (merge_neighbours measures them exactly).
                     d = max(0.0, math.hypot(leaders[i][1] - x, leaders[i][2] - y) - leaders[i][3] - half)
-                    if d <= best_d:
+                    if d <= best_d and not _seen_apart(views[i], viewer, float(t), x, y, cfg):
                         best, best_d = i, d
         if best is None:
             best = len(leaders)
             leaders.append((event_id, x, y, half))
+            views.append([])
             cells.setdefault((klass, cx, cy), []).append(best)
+        if viewer is not None:
+            views[best].append((viewer, float(t), x, y))
         member_of.append(best)
     ids = [r[0] for r in conn.execute("SELECT nextval('defects_id_seq') FROM generate_series(1, %s)",
                                       (len(leaders),))]
@@ -462,6 +476,35 @@ def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: s
                  "VALUES (%s, %s, %s, %s, %s)", (defect_id, actor, old, new, note))
 
 
+# Two point sightings that one device made within same_view_s of each other, ground-projected (a phone's photo
+# position is the phone's), farther apart than same_view_split_m: two potholes 4.6 m apart in one view were one
+# defect, since the gate (5 m or more) is sized for the GNSS error between passes, which one view does not have.
+SEEN_APART = """
+    x.device_id = y.device_id AND x.event_id <> y.event_id AND x.axis IS NULL AND y.axis IS NULL
+    AND x.size_width_m IS NOT NULL AND y.size_width_m IS NOT NULL
+    AND y.captured_at BETWEEN x.captured_at - make_interval(secs => %(view_s)s)
+                          AND x.captured_at + make_interval(secs => %(view_s)s)
+    AND NOT ST_DWithin(x.geom, y.geom, %(split_m)s, false)"""
+
+
+def split_views(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> list[str]:
+    """Take the batch's new sightings out of a defect that holds one seen apart from them in one view
+    (SEEN_APART): returns them, loose again, for `create_defects` (a batch's sightings all matched on insert
+    against the defects as they were before it, so one vehicle's two potholes in one batch joined one)."""
+    if not event_ids or cfg.same_view_s <= 0:
+        return []
+    rows = conn.execute(f"""
+        UPDATE sightings s SET defect_id = NULL
+        WHERE s.event_id = ANY(%(ids)s::uuid[]) AND s.defect_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM sightings x, sightings y
+            WHERE x.event_id = s.event_id AND y.defect_id = s.defect_id AND {SEEN_APART}
+              -- of two new ones, the later leaves
+              AND (y.event_id <> ALL(%(ids)s::uuid[]) OR (y.captured_at, y.event_id) < (x.captured_at, x.event_id)))
+        RETURNING s.event_id::text""", {"ids": event_ids, "view_s": cfg.same_view_s,
+                                         "split_m": cfg.same_view_split_m}).fetchall()
+    return [r[0] for r in rows]
+
+
 def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig) -> set[int]:
     """Fold defects that lie within each other's gate (the merge radius, widened by their combined accuracy)
     into one: the one a manager acted on, else the older (`_ranks`); the other's id redirects to it (the API
@@ -473,7 +516,7 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
     for _ in range(10):
         if not pending:
             break
-        pairs = conn.execute("""
+        pairs = conn.execute(f"""
             SELECT DISTINCT ON (drop_id) keep_id, drop_id FROM (
                 SELECT LEAST(a.id, b.id) AS keep_id, GREATEST(a.id, b.id) AS drop_id,
                        coalesce(a.line, a.geom) <-> coalesce(b.line, b.geom) AS dist
@@ -485,10 +528,14 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
                      %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
                      GREATEST(%(max_gate)s, %(radius)s)), false)
                 WHERE a.id = ANY(%(ids)s) AND a.status NOT IN ('repaired', 'dismissed')
-                  AND b.status NOT IN ('repaired', 'dismissed')) p
+                  AND b.status NOT IN ('repaired', 'dismissed')
+                  AND (%(view_s)s <= 0 OR a.line IS NOT NULL OR NOT EXISTS (
+                      SELECT 1 FROM sightings x JOIN sightings y ON y.defect_id = b.id
+                      WHERE x.defect_id = a.id AND {SEEN_APART}))) p
             ORDER BY drop_id, dist""", {"radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
                                         "max_gate": cfg.max_gate_m, "max_line": cfg.max_line_m,
-                                        "ids": sorted(pending)}).fetchall()
+                                        "ids": sorted(pending), "view_s": cfg.same_view_s,
+                                        "split_m": cfg.same_view_split_m}).fetchall()
         if not pairs:
             break
         dropped: set[int] = set()
@@ -559,7 +606,8 @@ def aggregate_new(conn: psycopg.Connection, event_ids: list[str], matched: set[i
     new coverage records."""
     if not event_ids and not coverage_ids:
         return
-    touched = matched | assign(conn, event_ids, loose, cfg)
+    split = split_views(conn, event_ids, cfg)
+    touched = matched | assign(conn, event_ids, loose + split, cfg)
     refresh(conn, touched, cfg)
     merge_neighbours(conn, touched, cfg)
     record_misses(conn, coverage_ids, cfg)

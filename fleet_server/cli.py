@@ -527,11 +527,16 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
             _fail(f"--since {exc}")
     c = cfg()
     try:
-        sent, broker_only = commands.resend(c, when, rejected, device or None, expire_after_h=days * 24)
+        sent, broker_only, no_login = commands.resend(c, when, rejected, device or None, expire_after_h=days * 24)
     except commands.CommandError as exc:
         _fail(str(exc))
     console.print(f"cmd/resend sent to {len(sent)} devices; their answers: `fleet-server cmd results DEVICE`",
                   markup=False)
+    if no_login:
+        console.print(f"not sent to {len(no_login)} devices the database lists but the broker has no login for "
+                      f"(revoked since the backup?): {', '.join(no_login[:10])}" + (" ..." if len(no_login) > 10
+                                                                                     else "")
+                      + "; revoke them again: `fleet-server device revoke DEVICE`", markup=False)
     if broker_only:
         console.print(f"{len(broker_only)} of them only the broker's password file knows (added after the "
                       f"database's backup?): {', '.join(broker_only[:10])}" + (" ..." if len(broker_only) > 10

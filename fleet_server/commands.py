@@ -27,7 +27,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import paho.mqtt.client as mqtt
@@ -148,18 +148,24 @@ def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) 
     return body
 
 
+class Resent(NamedTuple):
+    sent: list[str]         # the devices cmd/resend went to
+    broker_only: list[str]  # of those, the ones only the broker's password file knows (added after the backup)
+    no_login: list[str]     # not sent: the database lists them, the broker has no login for them (revoked since)
+
+
 def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,
-           expire_after_h: float | None = None) -> tuple[list[str], list[str]]:
+           expire_after_h: float | None = None) -> Resent:
     """cmd/resend to DEVICES, or to every device that is not revoked: each box sends again what the server
     confirmed since SINCE (and with REJECTED what it refused). A restored database does not know the devices
-    added after its dump, so the broker's password file (broker_files.passwd_file) names devices too. Returns
-    (the devices sent to, those of them only the broker's password file knows)."""
+    added after its dump, so the broker's password file (broker_files.passwd_file) names devices too; nor the
+    revocations since, so a device the file has no login for is not counted as reached."""
     now = datetime.now(UTC)
     if since is None and not rejected:
         raise CommandError("give --since (what the boxes should send again from) and/or --rejected")
     if since is not None and since.tzinfo is None:
         raise CommandError("--since needs a zone (2026-12-06T02:00:00Z)")
-    if since is not None and since > now + timedelta(hours=1):
+    if since is not None and since > now + timedelta(minutes=5):  # a few minutes: the operator's clock
         raise CommandError(f"--since {utc_iso(since)} is in the future: no box has confirmed anything since")
     try:
         with connect(cfg.database) as conn:
@@ -173,11 +179,18 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     passwd = cfg.broker_files.passwd_file
     logins = mqtt_accounts.device_logins(passwd, cfg.mqtt.username) if passwd is not None else set()
     reachable = {d for d, revoked in known.items() if not revoked} | {d for d in logins if d not in known}
+    # Revoked after the backup: the restored database lists the box, the broker no longer lets it in.
+    no_login = sorted(d for d in reachable - logins if d in known) if passwd is not None else []
+    reachable -= set(no_login)
     for device_id in devices or ():
         if known.get(device_id):
             raise CommandError(f"device {device_id!r} is revoked: it takes no commands")
+        if device_id in no_login:
+            raise CommandError(f"device {device_id!r} has no broker login (revoked since the backup?): "
+                               f"`fleet-server device revoke {device_id}` again")
         if device_id not in reachable:
             raise CommandError(f"no device {device_id!r} in the database or the broker's password file")
+    no_login = [] if devices else no_login
     devices = sorted(devices or reachable)
     body: dict[str, Any] = {"rejected": rejected}
     if expire_after_h is not None:
@@ -189,7 +202,7 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
         return body | {"since": utc_iso(since - timedelta(seconds=behind_s.get(device_id, 0.0)))}
 
     publish_all(cfg, [(topics.cmd(d, RESEND), stamp(cfg, now) | for_device(d)) for d in devices], timeout_s=30.0)
-    return devices, [d for d in devices if d not in known]
+    return Resent(devices, [d for d in devices if d not in known], no_login)
 
 
 # ----------------------------------------------------------------------------------------- models

@@ -231,6 +231,13 @@ class AggregateConfig(Section):
     max_gate_m: float = Field(12.0, gt=0, le=200, description="Upper bound of the accuracy-widened radius")
     pass_gap_s: float = Field(600.0, gt=0, description="Sightings of one device further apart than this are "
                                                        "separate passes")
+    same_view_s: float = Field(20.0, ge=0, le=3600,
+                               description="Two pothole-like (point, ground-projected) sightings of one device "
+                                           "this close in time share their GNSS error, so their distance is "
+                                           "measured to a metre: farther apart than same_view_split_m they are "
+                                           "two defects, however near the gate would call them (0: off)")
+    same_view_split_m: float = Field(2.0, gt=0, le=20,
+                                     description="See same_view_s: the agent's own tracker.merge_radius_m")
     confirm_sightings: int = Field(2, ge=1, description="Sightings needed for new -> confirmed")
     confirm_passes: int = Field(2, ge=1, description="Distinct passes needed for new -> confirmed")
     repair_misses: int = Field(2, ge=1, description="Fewest misses since the last sighting for -> likely_repaired")

@@ -315,6 +315,19 @@ def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, fresh_db,
     assert everyone.exit_code == 0 and "only the broker's password file knows" in everyone.output
     with psycopg.connect(fresh_db, autocommit=True) as conn:  # back, as its next status would bring it
         conn.execute("INSERT INTO devices (id) VALUES (%s)", (live,))
+    # Revoked after the backup: the restored database lists it unrevoked, the broker has no login for it. It was
+    # counted as reached, and its events since the backup were lost without a word.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET revoked_at = NULL WHERE id = %s", (gone,))
+    restored = cli.run("cmd", "resend", "--since", "2026-12-06T01:00:00Z")
+    assert restored.exit_code == 0 and gone in restored.output.replace("\n", " ").split("not sent to")[1], \
+        restored.output
+    assert "revoke them again" in restored.output.replace("\n", " ")
+    refused(["cmd", "resend", "--rejected", "--device", gone], "has no broker login")
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET revoked_at = now() WHERE id = %s", (gone,))
+    soon = (datetime.now(UTC) + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    refused(["cmd", "resend", "--since", soon], "is in the future")  # within the hour was taken, did nothing
     push = ["model", "push", "--url-base", "https://fleet.example.org"]
     refused([*push, "ghost-99", str(model)], "no device 'ghost-99'")
     refused([*push, gone, str(model)], "is revoked")
