@@ -12,6 +12,8 @@ while workers storing sightings in different areas do not wait for each other. D
   measured between the two lines, so the pieces of a long crack and the passes over it make one defect. The
   defect's line runs through its position along the mean orientation of its sightings, as far as their axes
   reach (so its ends carry the sightings' GNSS error); its length stays the median measured length;
+- two point sightings one device made within `same_view_s` and farther apart than `same_view_split_m` are two
+  defects (SEEN_APART: they share one GNSS error, which the gate is sized for);
 - a pass is a run of one device's sightings with no gap longer than `pass_gap_s`;
 - a miss is a coverage record (detector active) whose footprint covered the defect after its last sighting
   while the same device reported no sighting of it in that time.
