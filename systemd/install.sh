@@ -54,7 +54,7 @@ Options:
   --no-start                  enable the units but do not start them now
   --destdir DIR               write every file under DIR (building an image): no packages, users,
                               ownership or systemctl; the paths inside the files stay the real ones
-  --no-venv                   skip the venv (with --destdir: build it on the box, or in the image chroot)
+  --no-venv                   skip the venv (needed with --destdir: make it in the image's chroot or on the box)
   --dry-run                   print each step instead of doing it (a step that would fail, such as a
                               missing input file, is marked "! would fail" and the plan goes on; exit 2)
 EOF
@@ -103,6 +103,11 @@ done
 [ -n "$ROLE" ] || { usage >&2; die "say what to install: agent or server"; }
 if ! [[ "$WORKERS" =~ ^[1-9][0-9]{0,2}$ ]] || [ "$WORKERS" -gt "$MAX_WORKERS" ]; then
   die "--workers must be a number from 1 to $MAX_WORKERS (ingest processes on this host), not '$WORKERS'"
+fi
+if [ -n "$DESTDIR" ] && [ "$NO_VENV" = 0 ]; then
+  # A venv is bound to where it was made: its scripts start with "#!<destdir>/opt/...", and its python is this
+  # host's interpreter. Built into an image it ran nowhere, after a "done".
+  die "--destdir needs --no-venv: a venv made here does not run in the image (make it in the image's chroot or on the box)"
 fi
 if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
   die "run as root (sudo), or add --dry-run to see what it would do"
@@ -225,7 +230,8 @@ make_venv() {
   inst -d -m 0755 "$PREFIX" "$PREFIX/docs"
   run cp -r "$ROOT/docs/." "$DESTDIR$PREFIX/docs/"
   if [ "$NO_VENV" = 1 ]; then
-    echo "= no venv (--no-venv): create $venv with the [$extra] extra before starting the service"
+    echo "= no venv (--no-venv): before the service starts, in the image's chroot or on the box, from a copy of"
+    echo "  this checkout (or its wheel): python3 -m venv $venv && $venv/bin/pip install '<checkout>[$extra]'"
     return
   fi
   python="$(pick_python)"
@@ -240,21 +246,30 @@ make_venv() {
   if [ -n "$ORT_WHEEL" ]; then
     run "$DESTDIR$venv/bin/python" -m pip install -q "$ORT_WHEEL"
   fi
+  # pip builds in the checkout's build/: a module deleted since the last install came back from there.
+  run rm -rf "$ROOT/build"
   run "$DESTDIR$venv/bin/python" -m pip install -q "${ROOT}[${extra}]"
 }
 
 # link_command NAME: the venv's NAME on PATH, so that `sudo edge-agent doctor` as the docs write it works (sudo's
 # secure_path has /usr/local/bin; the venv's bin is on no one's PATH).
 link_command() {
-  local name="$1"
-  [ "$NO_VENV" = 1 ] && return
+  local name="$1"  # with --no-venv too: the link points where the venv will be
   inst -d -m 0755 /usr/local/bin
   run ln -sfn "$PREFIX/venv/bin/$name" "$DESTDIR/usr/local/bin/$name"
 }
 
 install_unit() {
-  local name="$1"
-  inst -D -m 0644 -o root -g root "$ROOT/systemd/$name" "$UNIT_DIR/$name"
+  local name="$1" unit
+  if [ "$PREFIX" = /opt/road-monitor ]; then
+    inst -D -m 0644 -o root -g root "$ROOT/systemd/$name" "$UNIT_DIR/$name"
+    return
+  fi
+  # The units name the default prefix: with --prefix they ran a venv that is not there.
+  unit="$(mktemp)"
+  sed "s#/opt/road-monitor/#$PREFIX/#g" "$ROOT/systemd/$name" > "$unit"
+  inst -D -m 0644 -o root -g root "$unit" "$UNIT_DIR/$name"
+  rm -f "$unit"
 }
 
 enable_units() {
@@ -335,6 +350,10 @@ install_agent() {
   local platform
   platform="$(detect_platform)"
   echo "= platform: $platform"
+  if [ -z "$DEVICE_ID" ] && [ -n "$DESTDIR" ]; then
+    # This host's name would be every box's id: one broker login, sessions taken over all day.
+    die "--destdir needs --device-id (an image is one box's; docs/deploy.md, many boxes from one image)"
+  fi
   [ -n "$DEVICE_ID" ] || DEVICE_ID="$(hostname -s)"
   [[ "$DEVICE_ID" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "device id '$DEVICE_ID': use letters, digits, . _ - (max 64)"
 

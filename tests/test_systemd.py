@@ -257,7 +257,8 @@ def test_installer_dry_run_shows_every_step_past_a_missing_file(tmp_path: Path) 
     assert server.returncode == 2 and "fleet-server-ingest@2.service" in server.stdout
     assert f"! would fail: cannot read {tmp_path / 'dsn'}" in server.stdout
     real = subprocess.run(["bash", str(UNITS / "install.sh"), "agent", "--destdir", str(tmp_path / "img"),
-                           "--no-venv", "--model", str(model), "--mqtt-password-file", str(missing)],
+                           "--no-venv", "--device-id", "veh-042", "--model", str(model), "--mqtt-password-file",
+                           str(missing)],
                           capture_output=True, text=True, timeout=60)
     assert real.returncode == 2 and f"cannot read {missing}" in real.stderr, "a real run still stops there"
     assert "multi-user.target.wants" not in real.stdout
@@ -440,6 +441,32 @@ def test_installer_destdir_stages_a_box_and_is_safe_to_rerun(tmp_path: Path) -> 
     assert agent_config.load(root / "etc/edge-agent/agent.toml").camera.source == "/dev/video2"
     assert store.current_sha() == sha, "a model already in place (maybe remotely updated) is never replaced"
     assert secret.read_text() == "s3cret"
+    # `sudo edge-agent doctor` as the docs write it: the link was left out with --no-venv ("command not found").
+    assert os.readlink(root / "usr/local/bin/edge-agent") == "/opt/road-monitor/venv/bin/edge-agent"
+
+
+def test_installer_refuses_images_that_would_not_run_and_honours_prefix(tmp_path: Path) -> None:
+    """An image's venv made on the build host (its scripts start with #!<destdir>/opt/...) ran nowhere, after a
+    "done"; an image without --device-id took the build host's name for every box; --prefix was left out of the
+    units, which started a venv that was not there."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+
+    def install(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(UNITS / "install.sh"), "agent", "--destdir", str(tmp_path / "img"),
+                               "--model", str(model), "--broker", "mqtt.example.org", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    venv = install("--device-id", "veh-1")
+    assert venv.returncode == 2 and "--destdir needs --no-venv" in venv.stderr
+    nameless = install("--no-venv")
+    assert nameless.returncode == 2 and "--destdir needs --device-id" in nameless.stderr
+    assert not (tmp_path / "img").exists()
+    moved = install("--no-venv", "--device-id", "veh-1", "--prefix", "/srv/roadmon")
+    assert moved.returncode == 0, moved.stderr
+    unit = (tmp_path / "img/etc/systemd/system/edge-agent.service").read_text()
+    assert "ExecStart=/srv/roadmon/venv/bin/edge-agent" in unit and "/opt/road-monitor" not in unit
+    assert os.readlink(tmp_path / "img/usr/local/bin/edge-agent") == "/srv/roadmon/venv/bin/edge-agent"
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing (Debian package shellcheck; "
