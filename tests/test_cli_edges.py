@@ -101,6 +101,22 @@ def test_sim_drive_refuses_a_negative_seed(tmp_path: Path) -> None:
     assert not (tmp_path / "drive").exists()
 
 
+def test_sim_drive_starts_now_when_asked(tmp_path: Path) -> None:
+    """Every drive was dated 2026-05-12, which a server with the default ingest.horizon_days (30) refuses: the
+    README's replay --uplink of a fresh drive exited 4."""
+    import json
+    from datetime import UTC, datetime
+
+    refused(invoke("sim", "drive", "--out", str(tmp_path / "bad"), "--start", "2026-12-07T08:00:00"), 2, "no zone")
+    before = datetime.now(UTC)
+    made = invoke("sim", "drive", "--out", str(tmp_path / "drive"), "--duration", "3", "--start", "now")
+    assert made.exit_code == 0, made.output
+    start = datetime.fromisoformat(json.loads((tmp_path / "drive" / "drive.json").read_text())["start_utc"])
+    assert abs((start - before).total_seconds()) < 60
+    first_rmc = next(line for line in (tmp_path / "drive" / "drive.nmea").read_text().splitlines() if "RMC" in line)
+    assert start.strftime("%d%m%y") in first_rmc
+
+
 # --- 6. a folder where a file belongs says so, not "not found"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edge_agent.commands import finite
+from roadmon_contract.commands import zoned_time
 
 sim_app = typer.Typer(help="Simulator: synthetic drives with ground truth for tests, demos and benchmarks.",
                       no_args_is_help=True)
@@ -43,6 +45,10 @@ def drive(
     fps: float = typer.Option(15.0, "--fps", min=1, max=60, callback=finite, help="Video frame rate"),
     width: int = typer.Option(640, "--width", min=64, max=3840, help="Frame width, pixels"),
     height: int = typer.Option(360, "--height", min=48, max=2160, help="Frame height, pixels"),
+    start: str | None = typer.Option(None, "--start",
+                                     help="The first frame's time: 'now' or RFC 3339 with a zone. Default: a fixed "
+                                          "date per seed (2026-05-12), which a server refuses as older than its "
+                                          "ingest.horizon_days: use --start now for `replay --uplink`"),
 ) -> None:
     """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, boxes.csv, agent.toml, drive.json."""
     from edge_agent.lab.sim.drive import DriveSpec, simulate_drive
@@ -51,9 +57,14 @@ def drive(
     if gps_noise_model not in NOISE_MODELS:
         err.print(f"[red]--gps-noise-model {gps_noise_model!r}:[/red] expected one of {', '.join(NOISE_MODELS)}")
         raise typer.Exit(2)
+    try:
+        first = None if start is None else datetime.now(UTC) if start.strip().lower() == "now" else zoned_time(start)
+    except ValueError as exc:
+        err.print(f"[red]--start:[/red] {exc}")
+        raise typer.Exit(2) from None
     spec = DriveSpec(out=out_dir, seed=seed, minutes=(duration / 60.0) if duration else minutes,
                      gps_noise_m=gps_noise_m, gps_noise_model=gps_noise_model, nmea_hz=nmea_hz, defects=defects,
-                     potholes=potholes, fps=fps, width=width, height=height)
+                     potholes=potholes, fps=fps, width=width, height=height, start=first)
     columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:

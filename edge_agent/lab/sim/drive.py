@@ -64,6 +64,7 @@ class DriveSpec:
     fps: float = 15.0
     width: int = 640
     height: int = 360
+    start: dt.datetime | None = None  # the first frame's UTC; None: a fixed date per seed (byte-for-byte drives)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
     out = spec.out
     out.mkdir(parents=True, exist_ok=True)
     rngs = _streams(spec.seed)
-    t0 = start_utc(spec.seed)
+    t0 = spec.start.astimezone(dt.UTC) if spec.start is not None else start_utc(spec.seed)
     duration = spec.minutes * 60.0
     frames = round(duration * spec.fps)
     lat0, lon0 = GEO_ORIGIN
