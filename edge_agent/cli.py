@@ -22,8 +22,18 @@ for module in (config, gps, model, sim, calibrate, run, queue, status, doctor):
     module.register(app)
 
 
+def _version(shown: bool) -> None:
+    if shown:  # a technician asked which release a box runs: neither --version nor status said it
+        from edge_agent import __version__
+
+        typer.echo(f"edge-agent {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level"),
+          _shown: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit")) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("EDGE_AGENT_LOG", "INFO").upper())
     log_in_utc(level)
 

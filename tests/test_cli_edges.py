@@ -138,6 +138,24 @@ def test_model_commands_say_a_folder_is_a_folder(tmp_path: Path, command: list[s
     assert "not found" not in result.output
 
 
+def test_model_bench_times_an_installed_model_without_its_twin(tmp_path: Path) -> None:
+    """install.sh places the INT8 model alone as models/<sha256>.onnx: `model bench` on it exited 2, "model file
+    not found: .../model-fp32.onnx", the manifest's twin that was never copied."""
+    import json
+    import shutil
+
+    bundled = Path(__file__).resolve().parents[1] / "models" / "bundled"
+    placed = tmp_path / "models" / "abc.onnx"
+    placed.parent.mkdir()
+    shutil.copy(bundled / "model.onnx", placed)
+    shutil.copy(bundled / "model.manifest.json", placed.with_suffix(".manifest.json"))
+    result = invoke("model", "bench", "-m", str(placed), "--runs", "1", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert "timing it alone" in result.output
+    timed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "fp32" not in timed and next(iter(timed.values()))["median_ms"] > 0
+
+
 # --- 7. a receiver that cannot be reached ends monitor with the reason, exit 1
 
 
@@ -200,3 +218,11 @@ def test_status_file_of_the_wrong_shape_says_so(outbox: Path, content: dict) -> 
     table = invoke(*args)
     assert table.exit_code == 0 and table.exception is None, table.output
     assert "not what the agent writes" in " ".join(table.output.split())
+
+
+def test_the_version_is_one_option_away() -> None:
+    """`edge-agent --version` was "No such option", and nothing else on the box said which release ran."""
+    from edge_agent import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"edge-agent {__version__}"

@@ -226,8 +226,13 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
     if ref and "fp32" in models:
         err.print("the model is FP32 itself (INT8 was not faster where it was built); timing it alone")
         ref = None
-    if ref:
-        ref_path = Path(ref) if Path(ref).is_absolute() or fp32 else Path(det.info.path).parent / ref
+    ref_path = None if not ref else Path(ref) if Path(ref).is_absolute() or fp32 else Path(det.info.path).parent / ref
+    if ref_path is not None and not fp32 and not ref_path.is_file():
+        # The installer places the INT8 model alone (models/<sha256>.onnx): its manifest's twin is not beside it.
+        err.print(f"the manifest's FP32 twin {ref!r} is not beside the model; timing it alone (--fp32 FILE "
+                  "compares with one)", highlight=False)
+        ref_path = None
+    if ref_path is not None:
         models["fp32"] = _load(str(ref_path), threads, names, canvas=det.info.input_size)
         if models["fp32"].info.input_size != det.info.input_size:
             err.print(f"[yellow]the FP32 model's input is fixed at {models['fp32'].info.input_size}, the model's is "
