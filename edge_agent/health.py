@@ -14,6 +14,7 @@ class Health:
     camera: str = "starting"          # ok | frozen | blank | no_frames | lost | starting
     gnss: str = "starting"            # ok | no_fix | stale | lost | starting
     gnss_problem: str | None = None   # why the reader last lost the receiver (junk bytes, silence, unplugged)
+    gnss_fix: str | None = None       # the kind of its last measured fix: "3D fix", "RTK fixed" (epochs.fix_kind)
     clock_offset_s: float | None = None  # system clock minus a live receiver's UTC at its last fix
     config_sha256: str | None = None  # of the config file the agent started from
     detector: str = "starting"        # ok | failed | starting

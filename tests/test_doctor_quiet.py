@@ -511,7 +511,7 @@ def test_an_agent_on_a_full_disk_keeps_its_status_current_and_is_not_called_dead
 
 
 @pytest.mark.parametrize(("gnss", "level", "words"), [
-    ("ok", Level.GREEN, "ok, last fix"), ("lost", Level.RED, "gets no usable NMEA"),
+    ("ok", Level.GREEN, "ok (RTK fixed), last fix"), ("lost", Level.RED, "gets no usable NMEA"),
     ("no_fix", Level.YELLOW, "no position from it yet")])
 def test_a_receiver_and_camera_held_by_the_running_agent_are_judged_by_what_it_sees(
         tmp_path: Path, gnss: str, level: Level, words: str) -> None:
@@ -526,8 +526,8 @@ def test_a_receiver_and_camera_held_by_the_running_agent_are_judged_by_what_it_s
     path, cfg = running_agent_config(tmp_path, tmp_path / "state", gnss={"source": "serial", "port": "/dev/ttyNONE9"},
                                      camera={"source": "/dev/video97"})
     health = HealthBoard()
-    health.update(gnss=gnss, camera="ok" if gnss == "ok" else "no_frames", fps=9.5,
-                  last_fix_mono=time.monotonic() - 2 if gnss == "ok" else None)
+    health.update(gnss=gnss, camera="ok" if gnss == "ok" else "no_frames", fps=9.5, gnss_fix="RTK fixed",
+                  last_fix_mono=time.monotonic() - 2 if gnss == "ok" else None)  # RTK: named (it said "ok")
     write_status_file(status_file_of(cfg.outbox_path, cfg.uplink.status_file), status_of(cfg, health))
     alone = by_name(run_checks(str(path), only=["gnss", "camera"], options=FAST))
     assert "held by the running agent" not in alone["gnss"].summary + alone["camera"].summary  # no agent: probed

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -580,6 +581,7 @@ def test_a_receiver_repeating_one_fix_is_frozen_and_not_used(receiver):
     doctor blamed the box's clock."""
     with live_reader(receiver) as (health, fixes):
         assert feed_until(receiver, lambda: len(fixes) >= 2)
+        assert health.snapshot()["gnss_fix"] == "3D fix"  # what doctor names beside "ok" while the agent runs
         stuck = epoch_text(T_START + dt.timedelta(seconds=receiver.sent * 0.1), 1.4 * receiver.sent).encode()
         used = len(fixes)
         deadline = time.monotonic() + 5.0
@@ -621,4 +623,6 @@ def test_frozen_output_leaves_a_slow_coarse_receiver_alone():
 
     assert frozen_output([at(k, 1.5) for k in range(10)]) is None  # 13.5 m at walking pace: 1.8 m digits
     assert frozen_output([at(k, 0.0) for k in range(60)]) is None  # parked
+    noise = np.random.default_rng(1)  # parked, the receiver's speed noise (the iTrek capture: 0.33 kn on average)
+    assert frozen_output([at(k, abs(noise.normal(0, 0.35))) for k in range(100)]) is None  # summed to 21 m
     assert "moved 30 m" in frozen_output([at(k, 10.0) for k in range(4)])

@@ -169,6 +169,9 @@ def test_a_moved_mount_reaches_the_status_the_server_status_and_doctor(frames: l
         def newest_fix_mono(self) -> float | None:
             return None
 
+        def unsettled(self) -> bool:
+            return False
+
         def utc_at(self, t_mono: float) -> datetime | None:
             return None
 

@@ -156,11 +156,12 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
           fail_frames: set[int] | None = None, path=route, defects: list | None = None,
           gnss_until_s: float | None = None, events_cfg: dict | None = None, miss: float = 0.15,
           false_alarm: float = 0.05, gnss_gap_s: tuple[float, float] | None = None, live: bool = False,
-          undated_until_s: float | None = None):
+          undated_until_s: float | None = None, jump: tuple[float, float, float] | None = None):
     """Run the pipeline over SECONDS of PATH; GNSS_UNTIL_S ends the fixes there (a dropout to the end),
     GNSS_GAP_S = (a, b) leaves out the fixes strictly between a and b seconds (a tunnel, or a cold start from 0).
     LIVE hands frames without their time, as `edge-agent run` does (it comes from the fixes); UNDATED_UNTIL_S
-    takes the date off the fixes before it (a receiver's first minute after a cold start)."""
+    takes the date off the fixes before it (a receiver's first minute after a cold start); JUMP = (s, east,
+    north) moves every fix from s seconds on by that many metres."""
     rng = np.random.default_rng(seed)
     cfg = AgentConfig.model_validate({"device": {"id": "veh-test", "state_dir": str(tmp_path)},
                                       "events": events_cfg or {}})
@@ -175,6 +176,10 @@ def drive(projector: GroundProjector, tmp_path: Path, seconds: float = 36.0, noi
                                                 < START + timedelta(seconds=gnss_gap_s[1])))]
     if undated_until_s is not None:
         recorded = [replace(f, utc=None) if f.utc < START + timedelta(seconds=undated_until_s) else f
+                    for f in recorded]
+    if jump is not None:
+        recorded = [f if f.utc < START + timedelta(seconds=jump[0]) else
+                    replace(f, **dict(zip(("lat", "lon"), offset_latlon(f.lat, f.lon, jump[1], jump[2]), strict=True)))
                     for f in recorded]
     feed = FixFeed(iter(recorded), position_filter)
     events = []
@@ -410,6 +415,25 @@ def test_a_gap_that_resets_the_filter_places_what_its_ends_can_reach(projector: 
     assert pipeline.summary()["events_no_fix"] == 1
     (carried,) = [ev for ev in events if gap_errors([ev], (33.0,))[0] is not None]
     assert errs[2] < 2 * carried["position"]["h_accuracy_m"]  # its stated accuracy covers the longer carry
+    outbox.close()
+
+
+def test_a_defect_seen_as_the_position_jumps_is_placed_with_the_positions_after_it(projector: GroundProjector,
+                                                                                   tmp_path: Path) -> None:
+    """The receiver's position jumps 2 km at 20 s: the fix then is taken for a glitch, the next (21 s) confirms
+    it and resets the filter. A defect whose track ended between the two was placed from the old positions, a
+    whole jump from the events after it; now it waits for the second fix, and the new positions run from the
+    jump's first fix."""
+    times = (10.0, 20.6, 30.0)
+    events, _, pipeline, outbox, _ = drive(projector, tmp_path, seconds=36.0, noise_m=0.5, seed=4,
+                                           defects=[(*route(t)[:2], 0.6) for t in times], miss=0.0,
+                                           false_alarm=0.0, jump=(20.0, 2000.0, 0.0))
+    moved = [(*route(t)[:2],) for t in times]
+    moved = [(e + 2000.0, n) if t >= 20.0 else (e, n) for (e, n), t in zip(moved, times, strict=True)]
+    assert len(events) == 3, pipeline.summary()
+    for event, (east, north) in zip(sorted(events, key=captured_s), moved, strict=True):
+        assert distance_m(event["position"]["lat"], event["position"]["lon"],
+                          *offset_latlon(LAT0, LON0, east, north)) < 3.0, (captured_s(event), event["position"])
     outbox.close()
 
 

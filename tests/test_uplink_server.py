@@ -72,6 +72,7 @@ def test_a_clean_stop_waits_for_the_servers_confirmation(make_cfg, workers, mqtt
     finally:
         uplink.stop()
     assert outbox.stats()["queue_depth"] == 0 and uplink.counters["confirmed"] == 1
+    assert json.loads(uplink.status_path.read_text())["state"] == "stopped"  # the box's own file says so too
 
     def stopped_row() -> tuple | None:
         with psycopg.connect(fresh_db) as conn:

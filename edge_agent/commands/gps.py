@@ -75,7 +75,7 @@ def fix_record(fix: Fix, pose: Pose | None) -> dict[str, Any]:
         }
     return {
         "time": fix.utc.isoformat(timespec="milliseconds").replace("+00:00", "Z") if fix.utc else None,
-        "mode": fix.mode, "lat": _round(fix.lat, 8), "lon": _round(fix.lon, 8),
+        "mode": fix.mode, "rtk": fix.rtk, "lat": _round(fix.lat, 8), "lon": _round(fix.lon, 8),
         "speed_mps": _round(fix.speed_mps, 3), "track_deg": _round(fix.track_deg, 2),
         "eph_m": _round(fix.eph_m, 2), "sats": fix.sats, "filtered": filtered,
     }
@@ -96,13 +96,17 @@ def replay_records(stream, cfg: GnssConfig, decoder: NmeaDecoder, realtime: bool
         yield fix, position_filter.update(fix) if placed else None
 
 
+def _rtk(fix: Fix) -> str:
+    return f" ({fix_kind(fix)})" if fix.rtk and fix.mode else ""
+
+
 def _text_line(fix: Fix, pose: Pose | None) -> str:
     when = fix.utc.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if fix.utc else "(no date)".ljust(23)
     raw = f"{fix.lat:11.6f} {fix.lon:11.6f}" if fix.lat is not None else " " * 23
     if pose is None:
-        return f"{when}  mode {fix.mode}  {raw}"
+        return f"{when}  mode {fix.mode}{_rtk(fix)}  {raw}"
     heading = f"{pose.heading_deg:5.1f}" if pose.heading_deg is not None else "  -  "
-    return (f"{when}  mode {fix.mode}  {raw}  -> {pose.lat:11.6f} {pose.lon:11.6f} "
+    return (f"{when}  mode {fix.mode}{_rtk(fix)}  {raw}  -> {pose.lat:11.6f} {pose.lon:11.6f} "
             f"{pose.speed_mps:6.2f} m/s {heading} deg ±{pose.h_std_m:6.1f} m {pose.state}")
 
 

@@ -204,8 +204,9 @@ def _as_the_agent_sees_it(agent: AgentView, port: str, ctx: Context) -> CheckRes
     unplaced = agent.counter("events_no_fix")
     data = {"source": "agent", "pid": agent.pid, "state": state, "last_fix_at": agent.status.get("last_fix_at"),
             "events_no_fix": unplaced}
-    summary = f"{where}: {state}, last fix {agent.last_fix}" + (
-        f", {unplaced} defects seen but not placed" if unplaced else "")
+    kind = agent.health("gnss_fix") if state == "ok" else "unknown"  # RTK fixed, 3D fix...
+    summary = f"{where}: {state}" + (f" ({kind})" if kind != "unknown" else "") + \
+        f", last fix {agent.last_fix}" + (f", {unplaced} defects seen but not placed" if unplaced else "")
     undated = agent.counter("events_clock_dated")
     data["events_clock_dated"] = undated
     if state == "ok" and undated:

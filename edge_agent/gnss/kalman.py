@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edge_agent.config.gnss import GnssConfig
@@ -188,7 +188,7 @@ class PositionFilter:
         self._last_utc: dt.datetime | None = None
         self._utc_ref: tuple[float, dt.datetime] | None = None
         self._rejections = 0
-        self._jumped_to: tuple[float, float] | None = None  # the last far fix (lat, lon), until one confirms it
+        self._jumped_to: Fix | None = None  # the last far fix, until the next confirms it (a jump) or not (a glitch)
         self._started = False
         self._noise = FixNoiseScale(self.cfg.fix_noise_window)
         self._slow_var = 0.0
@@ -341,9 +341,16 @@ class PositionFilter:
             north.update_velocity(velocity[1], rv)
         y_east, y_north = z_east - east.p, z_north - north.p
         if math.hypot(y_east, y_north) > self.cfg.reset_jump_m:
-            if self._jump_confirmed(fix, z_east, z_north):
+            if (first := self._jump_confirmed(fix, z_east, z_north)) is not None:
+                # The new segment starts at the jump's first fix: the frames between it and this one were
+                # taken there, not on the prediction the glitch rule gave them (a defect in view then was placed
+                # a whole jump away). That prediction is dropped from the history.
+                if self._times and self._times[-1] == first.t_mono:
+                    self._history.pop()
+                    self._times.pop()
                 self._reset("jump")
-                return self._start(fix, "reset")
+                self._start(first, "reset")
+                return replace(self._measure(fix), state="reset")
             # A lone jump is a glitch (one bad solution 500 m off) until the next fix lands near it: the
             # track goes on from the prediction, where restarting at the glitch put a defect there.
             self.stats.outliers += 1
@@ -376,14 +383,20 @@ class PositionFilter:
         self._axes = (east, north)
         return self._commit(fix.t_mono, "ok", prior)
 
-    def _jump_confirmed(self, fix: Fix, z_east: float, z_north: float) -> bool:
-        """True when this far fix is the second in a row near the same place: the receiver (or the vehicle, off a
-        ferry or out of a garage) really is there."""
-        before, self._jumped_to = self._jumped_to, (fix.lat, fix.lon)
+    def _jump_confirmed(self, fix: Fix, z_east: float, z_north: float) -> Fix | None:
+        """The jump's first fix when this far fix is the second in a row near the same place: the receiver (or
+        the vehicle, off a ferry or out of a garage) really is there. None otherwise."""
+        before, self._jumped_to = self._jumped_to, fix
         if before is None:
-            return False
-        b_east, b_north = self._frame.to_enu(*before)
-        return math.hypot(z_east - b_east, z_north - b_north) <= self.cfg.reset_jump_m
+            return None
+        b_east, b_north = self._frame.to_enu(before.lat, before.lon)
+        return before if math.hypot(z_east - b_east, z_north - b_north) <= self.cfg.reset_jump_m else None
+
+    def unsettled(self) -> bool:
+        """Whether the newest fix lies a jump away and the next decides: a glitch, or where the vehicle is. A
+        defect placed meanwhile could be placed a whole jump from where the filter will say it was."""
+        with self._lock:
+            return self._jumped_to is not None
 
     def _commit(self, t: float, state: PoseState, prior: tuple[Axis, Axis] | None = None) -> Pose:
         east, north = self._axes

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss.epochs import EpochAssembler, Fix
+from edge_agent.gnss.epochs import EpochAssembler, Fix, fix_kind
 from edge_agent.gnss.kalman import Pose, PositionFilter
 from edge_agent.gnss.nmea import LineSplitter, NmeaParser, ParseStats
 from edge_agent.health import HealthBoard
@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 FROZEN_AFTER = 3  # epochs in a row with one UTC: the receiver repeats its last fix (a hung firmware, a stuck mux)
-# A receiver repeating one position while its speed says it moved this far since: stuck (a coarse receiver's
-# 3-decimal minutes are 1.8 m, so one position over a few epochs at walking pace is no fault).
+# A receiver repeating one position while its speed says it moved this far since, at MOVING_MPS or more at
+# every epoch: stuck. A coarse receiver's 3-decimal minutes are 1.8 m (one position over a few epochs at walking
+# pace is no fault), and a parked one reports a speed of noise (0.1-0.5 m/s) that summed to 20 m in a minute.
 STUCK_M = 20.0
+MOVING_MPS = 1.0
 
 
 class NmeaDecoder:
@@ -135,7 +137,8 @@ def frozen_output(last: Sequence[Fix]) -> str | None:
     fix = newest_first[0]
     if fix.utc is not None and all(f.utc == fix.utc for f in newest_first[:FROZEN_AFTER]):
         return f"the receiver repeats one fix, its time standing at {fix.utc:%H:%M:%S} UTC"
-    run = list(takewhile(lambda f: f.mode > 0 and (f.lat, f.lon) == (fix.lat, fix.lon), newest_first))
+    run = list(takewhile(lambda f: f.mode > 0 and (f.lat, f.lon) == (fix.lat, fix.lon)
+                         and (f.speed_mps or 0.0) >= MOVING_MPS, newest_first))
     moved = sum((earlier.speed_mps or 0.0) * (later.t_mono - earlier.t_mono) for later, earlier in pairwise(run))
     if len(run) >= FROZEN_AFTER and moved >= STUCK_M:
         return f"the receiver repeats one position while its speed says it moved {moved:.0f} m"
@@ -441,7 +444,7 @@ class GnssReader:
         if fix.mode > 0 and not fix.estimated:
             state = "ok"
             self._good_fix_at = time.monotonic()
-            self.health.update(last_fix_mono=self._good_fix_at)
+            self.health.update(last_fix_mono=self._good_fix_at, gnss_fix=fix_kind(fix))
             if fix.utc is not None and not self.decoder.assembler.virtual_clock:
                 # While the agent holds the receiver doctor cannot compare the clock with it: the agent does.
                 taken = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - fix.t_mono)

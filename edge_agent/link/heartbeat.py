@@ -21,7 +21,7 @@ from edge_agent.link.outbox import CLOCK_SET_AFTER, Outbox, utc_now_iso
 
 log = logging.getLogger(__name__)
 
-HEALTH_KEYS = ("camera", "gnss", "gnss_problem", "detector", "outbox", "uplink")
+HEALTH_KEYS = ("camera", "gnss", "gnss_problem", "gnss_fix", "detector", "outbox", "uplink")
 
 
 def build_status(state: str, device_id: str, outbox: Outbox | None, health: HealthBoard | None,

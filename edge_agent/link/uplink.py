@@ -284,8 +284,10 @@ class Uplink:
 
     def _write_local_status(self, status: dict[str, Any] | None = None) -> None:
         if status is None:
-            status = build_status("online" if self.state == "connected" else "offline", self.device_id,
-                                  self.outbox, self.health, broker=self.state)
+            # A clean stop is "stopped" here too: the file said "offline", and `status` read the stopped agent's
+            # last words as live ("GNSS ok, last fix 0 s ago") until they went stale.
+            state = {"connected": "online", "stopped": "stopped"}.get(self.state, "offline")
+            status = build_status(state, self.device_id, self.outbox, self.health, broker=self.state)
         self._written_states = self._states()
         write_status_file(self.status_path, status | {"uplink": self.snapshot(), "written": boot_stamp()})
         self._local_status_due = time.monotonic() + self.cfg.heartbeat_s

@@ -56,6 +56,8 @@ class PositionSource(Protocol):
 
     def newest_fix_mono(self) -> float | None: ...
 
+    def unsettled(self) -> bool: ...
+
     def utc_at(self, t_mono: float) -> datetime | None: ...
 
 
@@ -287,11 +289,12 @@ class Pipeline:
 
     def _waits_for_fix(self, track: Track) -> bool:
         """Whether a fix yet to come would place TRACK better: none has come since its last frame, and some
-        frame of it is not within a fix's reach ('ok'). Or date it: no GNSS time dates its frames yet (after a
-        cold start a receiver sends positions a minute before its date, and a Pi without a clock chip boots
-        with its clock days behind or in 1970, so the box's own clock would misdate the event)."""
-        if self._gnss_utc(track) is None:
-            return True
+        frame of it is not within a fix's reach ('ok'), or the filter waits to tell a jump from a glitch. Or
+        date it: no GNSS time dates its frames yet (after a cold start a receiver sends positions a minute
+        before its date, and a Pi without a clock chip boots with its clock days behind or in 1970, so the
+        box's own clock would misdate the event)."""
+        if self._gnss_utc(track) is None or self.filter.unsettled():
+            return True  # unsettled: the newest fix lies a jump away, and the next tells where the frames were
         newest = self.filter.newest_fix_mono()
         if newest is not None and track.observations and newest > track.observations[-1].t_mono:
             return False
