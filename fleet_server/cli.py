@@ -152,8 +152,10 @@ def serve(workers: int = typer.Option(1, "--workers", "-w", min=0, help="Ingest 
     try:
         # proxy_headers off: the app itself takes X-Forwarded-For from api.trusted_proxies only (create_app).
         # The app stops the workers at its shutdown (see create_app); this is for a start that failed.
+        # log_config None: uvicorn's lines (each HTTP access among them) go through the root logger's UTC stamp;
+        # its own format had no time at all.
         uvicorn.run(create_app(c, workers=running), host=host or c.api.host, port=port, log_level="info",
-                    proxy_headers=False)
+                    proxy_headers=False, log_config=None)
     finally:
         for w in running:
             w.stop()

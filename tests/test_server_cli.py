@@ -119,6 +119,8 @@ def test_cli_provisions_a_device_that_can_publish(cli, fresh_db, service_info, b
         server.terminate()
         out = server.communicate(timeout=30)[0].decode()
         assert re.search(rf"-serve{port}-\S+ stopped, left the group and ended its session", out), out[-3000:]
+        # Every line stamped in UTC, uvicorn's access lines too (they had no time at all).
+        assert re.search(r"\d\d\.\d{3}Z INFO uvicorn.access: .*POST /api/v1/detections", out), out[-3000:]
     finally:
         if server.poll() is None:
             server.kill()
