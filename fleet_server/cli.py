@@ -400,12 +400,16 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
     if role not in auth.ROLES:
         _fail(f"unknown role {role!r}: use one of {', '.join(auth.ROLES)}")
     c = cfg()
+    lifetime = timedelta(days=days or c.api.user_token_days)
     with connect(c.database) as conn:
-        token, token_id = auth.insert_token(conn, role, name, None, timedelta(days=days or c.api.user_token_days))
+        token, token_id = auth.insert_token(conn, role, name, None, lifetime)
+    # Its expiry, so that whoever hands it out knows when it stops (it said nothing of it).
+    expires = (datetime.now(UTC) + lifetime).strftime("%Y-%m-%dT%H:%M:%SZ")
     if as_json:
-        print(json.dumps({"id": token_id, "name": name, "role": role, "token": token}))
+        print(json.dumps({"id": token_id, "name": name, "role": role, "token": token, "expires_at": expires}))
     else:
-        console.print(f"[bold]{role}[/bold] token {token_id} for {name} (shown once):")
+        console.print(f"[bold]{role}[/bold] token {token_id} for {name}, expires {expires} (shown once):",
+                      markup=True, highlight=False)
         print(token)
 
 

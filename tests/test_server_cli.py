@@ -143,6 +143,8 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     created = json.loads(cli.run("token", "create", "--role", "viewer", "--name", "weekly-viewer-of-the-city",
                                  "--days", "7", "--json").output)
     weekly = created["token"]
+    in_a_week = datetime.fromisoformat(created["expires_at"]) - datetime.now(UTC)  # said at creation now
+    assert timedelta(days=6, hours=23) < in_a_week <= timedelta(days=7)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         days = dict(conn.execute("SELECT role, round(extract(epoch FROM expires_at - created_at) / 86400) "
                                  "FROM api_tokens").fetchall())
