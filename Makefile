@@ -27,7 +27,7 @@ bench: install
 	$(PY) -m bench.run_all
 
 model:
-	EXTRAS=edge,server,dev,train bash scripts/bootstrap.sh
+	EXTRAS=edge,lab,server,dev,train bash scripts/bootstrap.sh
 	$(PY) -m models.train --all
 
 services-up: install

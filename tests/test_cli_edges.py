@@ -226,3 +226,16 @@ def test_the_version_is_one_option_away() -> None:
 
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.strip() == f"edge-agent {__version__}"
+
+
+def test_lab_commands_name_the_extra_a_box_lacks(monkeypatch, tmp_path: Path) -> None:
+    """onnx, sympy and matplotlib (~220 MB) left the box's [edge] extra for [lab]: the commands that need them
+    say so instead of an ImportError traceback."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("onnx", "sympy", "matplotlib")
+                        else real(name, *a))
+    (tmp_path / "calib").mkdir()
+    refused(invoke("model", "quantize", str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--calib",
+                   str(tmp_path / "calib")), 2, "needs onnx, sympy", "[edge,lab]")

@@ -47,6 +47,17 @@ def _names_option() -> Any:
                              "(overrides its metadata and manifest)")
 
 
+def _need_lab(what: str, *modules: str) -> None:
+    """Exit 2 naming the `lab` extra when one of MODULES is not installed (a box gets `edge` only)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        err.print(f"{what} needs {', '.join(missing)}: install the lab extra, pip install '<checkout>[edge,lab]' "
+                  "(a box gets [edge] only; run it on a workstation)", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+
+
 def _load(model: str, threads: int = 0, names: str | None = None, canvas: tuple[int, int] | None = None,
           **overrides: object):
     from edge_agent.detect.detector import ModelError, load_detector
@@ -120,6 +131,8 @@ def evaluate(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HE
     """AP50 per class and overall (all-point, IoU 0.5), P/R/F1 at the threshold, latency median/p95."""
     from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, parse_label_map, plot_pr
 
+    if plot is not None:
+        _need_lab("model eval --plot", "matplotlib")
     if plot is not None and plot.suffix.lower() != ".png":  # matplotlib would write PLOT.png and we'd say PLOT
         raise typer.BadParameter(f"{plot}: give a file name ending in .png", param_hint="'--plot'")
     if plot is not None and not plot.parent.is_dir():  # found out now, not after minutes of evaluation
@@ -182,6 +195,8 @@ def quantize(src: Path = typer.Argument(..., help="FP32 .onnx model"),
              as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object")) -> None:
     """Static INT8 quantization: try the formats, keep the fastest within --max-ap-drop AP50 of FP32."""
     from edge_agent.detect.detector import ModelError
+
+    _need_lab("model quantize", "onnx", "sympy")
     from edge_agent.lab.quantize import quantize_model
 
     say = (lambda msg: None) if as_json else (lambda msg: err.print(f"[dim]{msg}[/dim]", highlight=False))
@@ -218,7 +233,7 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
           as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """FP32 vs INT8 latency of a model on this box, so an installer picks whichever is faster here."""
     from edge_agent.detect.detector import sample_road_image
-    from edge_agent.lab.quantize import MIN_SPEEDUP
+    from edge_agent.lab import MIN_SPEEDUP
 
     det = _load(model, threads, names)
     models = {det.info.quantization or "model": det}

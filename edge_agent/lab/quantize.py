@@ -35,12 +35,11 @@ from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_sha
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detect.detector import Detector, load_detector
 from edge_agent.detect.letterbox import blob_shape, letterbox, to_blob
+from edge_agent.lab import MIN_SPEEDUP
 from edge_agent.lab.evaluate import evaluate_dataset, list_dataset_images, read_image
 
 log = logging.getLogger(__name__)
 
-# INT8 has to beat FP32 by more than timing noise to be worth its accuracy risk (also `model bench`'s verdict).
-MIN_SPEEDUP = 1.05
 QUANT_OPS = {"QuantizeLinear", "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
 TAIL_START_OPS = {"Reshape", "Transpose", "Sigmoid", "Softplus", "Softmax", "Flatten"}
 CONV_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
