@@ -571,6 +571,47 @@ def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
     print_table(table)
 
 
+@cmd_app.command("summary")
+def cmd_summary(name: str = typer.Argument(..., help=f"One of {', '.join(commands.KNOWN_COMMANDS)}"),
+                since: str = typer.Option(..., "--since", help="Answers from this time on (RFC 3339): when the "
+                                                               "command was sent"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """The fleet's answers to command NAME since a time: how many devices answered, with what status, the rows
+    they send again (resend), and the devices not revoked that have not answered yet (off, or still busy). After
+    a restore, `cmd results DEVICE` was the only view: one device at a time among thousands."""
+    try:
+        when = zoned_time(since)
+    except ValueError as exc:
+        _fail(f"--since {exc}")
+    with connect(cfg().database) as conn:
+        rows = conn.execute("""
+            SELECT DISTINCT ON (device_id) device_id, payload FROM command_results
+            WHERE name = %s AND received_at >= %s ORDER BY device_id, received_at DESC, id DESC""",
+                            (name, when)).fetchall()
+        waiting = [r[0] for r in conn.execute(
+            """SELECT id FROM devices d WHERE revoked_at IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM command_results c WHERE c.device_id = d.id AND c.name = %s
+                                                     AND c.received_at >= %s) ORDER BY id""", (name, when))]
+    statuses: dict[str, int] = {}
+    for _, payload in rows:
+        key = str(payload.get("status") or ("ok" if payload.get("ok") else "failed"))
+        statuses[key] = statuses.get(key, 0) + 1
+    resent = {k: sum(int(p.get(k) or 0) for _, p in rows if isinstance(p.get(k), int)) for k in ("events", "coverage")}
+    summary = {"command": name, "since": commands.utc_iso(when), "answered": len(rows), "statuses": statuses,
+               "resent": resent, "not_answered": len(waiting), "not_answered_devices": waiting}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console.print(f"{name} since {summary['since']}: {len(rows)} devices answered "
+                  f"({', '.join(f'{v} {k}' for k, v in sorted(statuses.items())) or 'none'})", markup=False)
+    if name == "resend":
+        console.print(f"rows they send again: {resent['events']} events, {resent['coverage']} coverage records "
+                      "(`device ls` shows each box's queue draining)", markup=False)
+    console.print(f"{len(waiting)} devices not revoked have not answered yet" +
+                  (f": {', '.join(waiting[:10])}" + (" ..." if len(waiting) > 10 else "") if waiting else ""),
+                  markup=False)
+
+
 @model_app.command("push")
 def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir_okay=False),
                url_base: str | None = typer.Option(None, "--url-base", help="Public base URL of this server"),

@@ -388,6 +388,32 @@ def test_missing_dsn_file_is_one_line(tmp_path) -> None:
     assert done.returncode == 1 and "nodsn" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_cmd_summary_says_how_the_fleet_answered_a_resend(cli, fresh_db) -> None:
+    """After a restore `cmd results DEVICE` was the only view of a resend's progress: one device at a time."""
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    answers = {"veh-a": [{"ok": True, "status": "queued", "events": 3, "coverage": 1}],
+               "veh-b": [{"ok": True, "status": "queued", "events": 5, "coverage": 0},  # twice: its latest counts
+                         {"ok": True, "status": "queued", "events": 0, "coverage": 0}],
+               "veh-c": [{"ok": False, "status": "expired", "reason": "expired"}]}
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        for device in ("veh-a", "veh-b", "veh-c", "veh-d", "veh-gone"):
+            conn.execute("INSERT INTO devices (id) VALUES (%s)", (device,))
+        conn.execute("UPDATE devices SET revoked_at = now() WHERE id = 'veh-gone'")
+        conn.execute("INSERT INTO command_results (device_id, name, payload, received_at) VALUES "
+                     "('veh-d', 'resend', '{\"ok\": true, \"events\": 9}', now() - interval '1 day')")
+        for device, payloads in answers.items():
+            for i, payload in enumerate(payloads):
+                conn.execute("INSERT INTO command_results (device_id, name, payload, received_at) VALUES "
+                             "(%s, 'resend', %s, now() + %s * interval '1 second')", (device, json.dumps(payload), i))
+    since = before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    got = json.loads(cli.run("cmd", "summary", "resend", "--since", since, "--json").output)
+    assert got["answered"] == 3 and got["statuses"] == {"queued": 2, "expired": 1}
+    assert got["resent"] == {"events": 3, "coverage": 1}  # veh-b's latest answer: nothing more to send
+    assert got["not_answered_devices"] == ["veh-d"]  # its answer is older; veh-gone is revoked
+    text = cli.run("cmd", "summary", "resend", "--since", since).output
+    assert "3 devices answered (1 expired, 2 queued)" in text and "1 devices not revoked have not answered" in text
+
+
 def test_tables_show_what_devices_sent_as_text_not_as_rich_markup(cli, fresh_db) -> None:
     """A command result is written by the device: markup in it ("[link=...]", "[bold red]") is shown, not run."""
     payload = {"status": "[bold red]done[/] [link=https://evil.example]click[/link]"}
