@@ -478,7 +478,9 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
         (added,), = conn.execute("SELECT defect_id FROM sightings WHERE event_id = %s", (new["event_id"],))
         conn.execute("UPDATE defects SET status = 'repaired' WHERE id = %s", (ids[0],))
         lat, lon = offset(131, 1)  # the pothole at 180 m settles beside the one at 130 m: one pothole
-        conn.execute("UPDATE defects SET geom = %s::geography WHERE id = %s", (f"SRID=4326;POINT({lon} {lat})", ids[4]))
+        for table, column in (("defects", "id"), ("sightings", "defect_id")):  # seen there too: one view's two
+            conn.execute(f"UPDATE {table} SET geom = %s::geography WHERE {column} = %s",  # sightings 50 m apart
+                         (f"SRID=4326;POINT({lon} {lat})", ids[4]))          # are two potholes, never merged
         assert merge_neighbours(conn, {ids[3], ids[4]}, cfg.aggregate) == {ids[3]}
 
     def listed(driver) -> dict[str, str]:  # in one script: the list is redrawn under a loop of element reads

@@ -78,7 +78,7 @@ def test_device_figures_outlive_a_database_outage() -> None:
     """With PostGIS away the device series vanished, so every RoadDeviceProblem resolved during the outage and
     paged again 15 minutes after it; now the last rows read are exported, with their age."""
     now = datetime.now(UTC)
-    row = ("online", 3, 40.0, now, None, "veh-cam", {"health": {"camera": "frozen"}}, now)
+    row = ("online", 3, 40.0, now, None, "veh-cam", {"health": {"camera": "frozen"}}, now, None, None)
     database_up = True
 
     def fetch(sql: str) -> list[tuple]:
