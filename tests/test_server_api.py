@@ -273,7 +273,9 @@ def test_since_token_answers_what_was_written_since_and_what_left(api) -> None:
     dev = bearer(token(dsn, "device", "veh-a", device_id="veh-a"))
     base = (48.1, 11.5)
     for i, north in enumerate((0.0, 7.0, 500.0)):  # precise: 7 m apart are two defects until they settle
-        event = make_event("veh-a", *offset(*base, north, 0.0), h=0.5, seq=i)
+        # A minute apart: two passes (one view's two sightings 7 m apart would be two potholes for good).
+        event = make_event("veh-a", *offset(*base, north, 0.0), h=0.5, seq=i,
+                           at=datetime.now(UTC) - timedelta(minutes=3 - i))
         assert client.post("/api/v1/detections", json=event, headers=dev).status_code == 202
     viewer = bearer(token(dsn, "viewer", "vera"))
     manager = bearer(token(dsn, "manager", "maria"))
