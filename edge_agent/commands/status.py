@@ -157,7 +157,7 @@ def _gnss(agent: dict[str, Any] | None, heartbeat_s: float) -> dict[str, Any]:
     if fix_age is None and state == "ok":
         fix_age = 0.0 if live else age_s((agent or {}).get("sent_at"))
     info: dict[str, Any] = {"state": None if state is None else str(state), "last_fix_age_s": fix_age,
-                            "problem": health.get("gnss_problem") if state == "lost" else None}
+                            "problem": health.get("gnss_problem") if state in ("lost", "frozen") else None}
     if agent and state is not None and (agent.get("state") == "stopped" or is_stale(agent, heartbeat_s)):
         info.update(state="stopped" if agent.get("state") == "stopped" else "unknown", last_state=str(state))
     return info

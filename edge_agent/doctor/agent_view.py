@@ -23,8 +23,10 @@ class AgentView:
 
     @property
     def last_fix(self) -> str:
+        # The age alone: the stamp in the file is the last fix at its writing, up to a heartbeat old beside a
+        # "0 s ago" that is right.
         age = last_fix_age_s(self.status, live=True)  # a running agent's, by construction
-        return "none yet" if age is None else f"{self.status['last_fix_at']} ({seconds_text(age)} ago)"
+        return "none yet" if age is None else f"{seconds_text(age)} ago"
 
     def counter(self, name: str) -> int:
         value = (self.status.get("counters") or {}).get(name, 0)
