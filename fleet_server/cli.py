@@ -372,7 +372,8 @@ def device_ls(as_json: bool = typer.Option(False, "--json"),
         every = device_rows(conn, datetime.now(UTC), c.ingest.stale_after_s)
     rows = [r for r in every if wanted(r, states, codes)]
     if as_json:
-        print(json.dumps([r | {"last_seen": r["last_seen"].isoformat() if r["last_seen"] else None} for r in rows]))
+        print(json.dumps([r | {"last_seen": commands.utc_iso(r["last_seen"]) if r["last_seen"] else None}
+                          for r in rows]))
         return
     table = Table("id", "name", "state", "last seen (UTC)", "queue", "problems")
     for r in rows:
@@ -404,7 +405,7 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
     with connect(c.database) as conn:
         token, token_id = auth.insert_token(conn, role, name, None, lifetime)
     # Its expiry, so that whoever hands it out knows when it stops (it said nothing of it).
-    expires = (datetime.now(UTC) + lifetime).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = commands.utc_iso(datetime.now(UTC) + lifetime)
     if as_json:
         print(json.dumps({"id": token_id, "name": name, "role": role, "token": token, "expires_at": expires}))
     else:
@@ -439,8 +440,8 @@ def token_rotate(token_id: int,
                                 for i in (token_id, new_id))
     if as_json:
         print(json.dumps({"id": new_id, "replaces": token_id, "token": token,
-                          "replaced_until": old_until.astimezone(UTC).isoformat(),
-                          "expires_at": new_until.astimezone(UTC).isoformat() if new_until else None}))
+                          "replaced_until": commands.utc_iso(old_until),
+                          "expires_at": commands.utc_iso(new_until) if new_until else None}))
     else:
         console.print(f"token {new_id} replaces {token_id}, which stops working at "
                       f"{old_until.astimezone(UTC):%Y-%m-%d %H:%M} UTC; token {new_id} expires at "
@@ -539,10 +540,10 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
     console.print(f"cmd/resend sent to {len(sent)} devices; their answers: `fleet-server cmd results DEVICE`",
                   markup=False)
     if no_login:
-        console.print(f"not sent to {len(no_login)} devices the database lists but the broker has no login for "
-                      f"(revoked since the backup?): {', '.join(no_login[:10])}" + (" ..." if len(no_login) > 10
-                                                                                     else "")
-                      + "; revoke them again: `fleet-server device revoke DEVICE`", markup=False)
+        console.print(f"{len(no_login)} of them the database lists but the broker's password file has no login for "
+                      f"(revoked since the backup? revoke them again: `fleet-server device revoke DEVICE`; or they "
+                      f"log in with a certificate): {', '.join(no_login[:10])}" + (" ..." if len(no_login) > 10
+                                                                                  else ""), markup=False)
     if broker_only:
         console.print(f"{len(broker_only)} of them only the broker's password file knows (added after the "
                       f"database's backup?): {', '.join(broker_only[:10])}" + (" ..." if len(broker_only) > 10
@@ -563,7 +564,7 @@ def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
         rows = conn.execute("""SELECT received_at, name, payload FROM command_results WHERE device_id = %s
                                ORDER BY received_at DESC, id DESC LIMIT %s""", (device_id, limit)).fetchall()
     if as_json:
-        print(json.dumps([{"received_at": r[0].isoformat(), "name": r[1], "payload": r[2]} for r in rows]))
+        print(json.dumps([{"received_at": commands.utc_iso(r[0]), "name": r[1], "payload": r[2]} for r in rows]))
         return
     table = Table("received (UTC)", "command", "result")
     for r in rows:

@@ -151,7 +151,8 @@ def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) 
 class Resent(NamedTuple):
     sent: list[str]         # the devices cmd/resend went to
     broker_only: list[str]  # of those, the ones only the broker's password file knows (added after the backup)
-    no_login: list[str]     # not sent: the database lists them, the broker has no login for them (revoked since)
+    no_login: list[str]     # of those, the ones the password file has no login for: revoked since the backup (or
+                            # logging in with a client certificate), their answer will likely not come
 
 
 def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,
@@ -177,21 +178,20 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     # hours or days off until NTP sets it): its window opens that much earlier.
     behind_s = {r["id"]: max(0.0, -(r["clock_offset_s"] or 0.0)) for r in rows}
     passwd = cfg.broker_files.passwd_file
+    if passwd is not None and not passwd.is_file():
+        # Read as empty, it made every device look revoked since the backup.
+        raise CommandError(f"broker_files.passwd_file {passwd} does not exist: fix the setting (or leave it out)")
     logins = mqtt_accounts.device_logins(passwd, cfg.mqtt.username) if passwd is not None else set()
     reachable = {d for d, revoked in known.items() if not revoked} | {d for d in logins if d not in known}
-    # Revoked after the backup: the restored database lists the box, the broker no longer lets it in.
-    no_login = sorted(d for d in reachable - logins if d in known) if passwd is not None else []
-    reachable -= set(no_login)
     for device_id in devices or ():
         if known.get(device_id):
             raise CommandError(f"device {device_id!r} is revoked: it takes no commands")
-        if device_id in no_login:
-            raise CommandError(f"device {device_id!r} has no broker login (revoked since the backup?): "
-                               f"`fleet-server device revoke {device_id}` again")
         if device_id not in reachable:
             raise CommandError(f"no device {device_id!r} in the database or the broker's password file")
-    no_login = [] if devices else no_login
     devices = sorted(devices or reachable)
+    # Revoked after the backup: the restored database lists the box, the broker no longer lets it in. Sent to
+    # all the same (a box that logs in with a client certificate has no line there either), and named.
+    no_login = [d for d in devices if d in known and d not in logins] if logins else []
     body: dict[str, Any] = {"rejected": rejected}
     if expire_after_h is not None:
         body["expires_at"] = utc_iso(now + timedelta(hours=expire_after_h))

@@ -23,6 +23,7 @@ ROLE=""
 DRY_RUN=0
 START=1
 DEVICE_ID=""
+DEVICE_ID_GIVEN=""
 BROKER=""
 MQTT_PASSWORD_FILE=""
 CA_FILE=""
@@ -40,7 +41,7 @@ usage() {
   sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Options:
-  --device-id ID              agent: the device id (its MQTT login); default: the host name
+  --device-id ID              agent: the device id (its MQTT login); default: the host name (not with --destdir)
   --broker HOST[:PORT]        agent: the fleet's MQTT broker (default port 8883, TLS)
   --mqtt-password-file FILE   agent/server: the MQTT password (from `fleet-server device add`)
   --ca-file FILE              agent: CA certificate of the broker and of the fleet server's HTTPS
@@ -80,7 +81,7 @@ MAX_WORKERS=64
 while [ $# -gt 0 ]; do
   case "$1" in
     agent|server) ROLE="$1" ;;
-    --device-id) DEVICE_ID="$2"; shift ;;
+    --device-id) DEVICE_ID="$2"; DEVICE_ID_GIVEN=1; shift ;;
     --broker) BROKER="$2"; shift ;;
     --mqtt-password-file) MQTT_PASSWORD_FILE="$2"; shift ;;
     --ca-file) CA_FILE="$2"; shift ;;
@@ -90,7 +91,9 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS="$2"; shift ;;
     --database-dsn-file) DSN_FILE="$2"; shift ;;
     --url-base) URL_BASE="$2"; shift ;;
-    --prefix) PREFIX="$2"; shift ;;
+    --prefix) PREFIX="$2"; shift
+              # Absolute and plain: the units name it (a relative one failed halfway; "&" broke the rewrite).
+              [[ "$PREFIX" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--prefix must be an absolute path of letters, digits, . _ - /" ;;
     --no-start) START=0 ;;
     --destdir) DESTDIR="$(realpath -m "$2")"; shift ;;
     --no-venv) NO_VENV=1 ;;
@@ -230,8 +233,8 @@ make_venv() {
   inst -d -m 0755 "$PREFIX" "$PREFIX/docs"
   run cp -r "$ROOT/docs/." "$DESTDIR$PREFIX/docs/"
   if [ "$NO_VENV" = 1 ]; then
-    echo "= no venv (--no-venv): before the service starts, in the image's chroot or on the box, from a copy of"
-    echo "  this checkout (or its wheel): python3 -m venv $venv && $venv/bin/pip install '<checkout>[$extra]'"
+    echo "= no venv (--no-venv): before the service starts, in the image's chroot or on the box, from a fresh copy"
+    echo "  of this checkout (no build/ folder) or its wheel: python3 -m venv $venv && $venv/bin/pip install '<copy>[$extra]'"
     return
   fi
   python="$(pick_python)"
@@ -369,6 +372,19 @@ install_agent() {
 
   inst -d -m 0755 -o root -g root /etc/edge-agent
   inst -d -m 0700 -o root -g root /etc/edge-agent/credentials
+  local kept_id
+  kept_id=""
+  if [ -f "$DESTDIR/etc/edge-agent/agent.toml" ]; then
+    kept_id="$(sed -n 's/^id = "\(.*\)"$/\1/p' "$DESTDIR/etc/edge-agent/agent.toml" | head -1)"
+  fi
+  if [ -n "$kept_id" ] && [ -n "$DEVICE_ID_GIVEN" ] && [ "$kept_id" != "$DEVICE_ID" ]; then
+    # The config is kept as it is: its id and this run's password would not match (a common image's
+    # placeholder id with the box's own login at first boot).
+    die "/etc/edge-agent/agent.toml names device '$kept_id', not '$DEVICE_ID': set device.id in it (or remove it) first"
+  fi
+  if [ -n "$DESTDIR" ] && [ -z "$MQTT_PASSWORD_FILE" ] && ! exists /etc/edge-agent/credentials/mqtt-password; then
+    die "--destdir needs --mqtt-password-file: an image's box cannot log in to the broker without it"
+  fi
   agent_config | KEEP=1 write_file /etc/edge-agent/agent.toml 0644 root:root
   copy_secret "$MQTT_PASSWORD_FILE" /etc/edge-agent/credentials/mqtt-password
   if [ -n "$CA_FILE" ]; then

@@ -324,10 +324,14 @@ def test_cli_commands_go_only_to_known_devices_and_known_commands(cli, fresh_db,
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("UPDATE devices SET revoked_at = NULL WHERE id = %s", (gone,))
     restored = cli.run("cmd", "resend", "--since", "2026-12-06T01:00:00Z")
-    assert restored.exit_code == 0 and gone in restored.output.replace("\n", " ").split("not sent to")[1], \
-        restored.output
-    assert "revoke them again" in restored.output.replace("\n", " ")
-    refused(["cmd", "resend", "--rejected", "--device", gone], "has no broker login")
+    said = restored.output.replace("\n", " ")
+    assert restored.exit_code == 0 and gone in said.split("has no login for")[1], restored.output
+    assert "revoke them again" in said
+    # A password file that is not where the config says read as empty: every device "revoked since the backup".
+    moved = Path(cli.conf).with_name("moved.toml")
+    moved.write_text(Path(cli.conf).read_text().replace('passwd_file = "', 'passwd_file = "/nonexistent'))
+    wrong = cli.runner.invoke(app, ["-c", str(moved), "cmd", "resend", "--since", "2026-12-06T01:00:00Z"])
+    assert wrong.exit_code == 1 and "does not exist" in wrong.output and "revoke" not in wrong.output
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("UPDATE devices SET revoked_at = now() WHERE id = %s", (gone,))
     soon = (datetime.now(UTC) + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -457,16 +457,26 @@ def test_installer_refuses_images_that_would_not_run_and_honours_prefix(tmp_path
                                "--model", str(model), "--broker", "mqtt.example.org", *args], capture_output=True,
                               text=True, timeout=60)
 
+    (tmp_path / "pw").write_text("s3cret")
     venv = install("--device-id", "veh-1")
     assert venv.returncode == 2 and "--destdir needs --no-venv" in venv.stderr
     nameless = install("--no-venv")
     assert nameless.returncode == 2 and "--destdir needs --device-id" in nameless.stderr
+    for prefix in ("opt/rel", "/opt/r&d"):  # relative: failed halfway; "&": broke the units' rewrite
+        bad = install("--no-venv", "--device-id", "veh-1", "--prefix", prefix)
+        assert bad.returncode == 2 and "--prefix must be an absolute path" in bad.stderr
     assert not (tmp_path / "img").exists()
-    moved = install("--no-venv", "--device-id", "veh-1", "--prefix", "/srv/roadmon")
+    mute = install("--no-venv", "--device-id", "veh-1")  # a box that could never log in, after a "done"
+    assert mute.returncode == 2 and "--destdir needs --mqtt-password-file" in mute.stderr
+    moved = install("--no-venv", "--device-id", "veh-1", "--prefix", "/srv/roadmon", "--mqtt-password-file",
+                    str(tmp_path / "pw"))
     assert moved.returncode == 0, moved.stderr
     unit = (tmp_path / "img/etc/systemd/system/edge-agent.service").read_text()
     assert "ExecStart=/srv/roadmon/venv/bin/edge-agent" in unit and "/opt/road-monitor" not in unit
     assert os.readlink(tmp_path / "img/usr/local/bin/edge-agent") == "/srv/roadmon/venv/bin/edge-agent"
+    # The kept config names veh-1: another id with its password would never log in (it said "keep", "done").
+    other = install("--no-venv", "--device-id", "veh-77", "--mqtt-password-file", str(tmp_path / "pw"))
+    assert other.returncode == 2 and "names device 'veh-1', not 'veh-77'" in other.stderr
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing (Debian package shellcheck; "
