@@ -462,7 +462,8 @@ def test_gps_replay_json_format(tmp_path):
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(records) == 3
-    assert set(records[0]) == {"time", "mode", "lat", "lon", "speed_mps", "track_deg", "eph_m", "sats", "filtered"}
+    assert set(records[0]) == {"time", "mode", "rtk", "lat", "lon", "speed_mps", "track_deg", "eph_m", "sats",
+                               "filtered"}
     assert set(records[0]["filtered"]) == {"lat", "lon", "speed_mps", "heading_deg", "h_std_m", "state"}
     assert records[0]["time"] == "2026-11-20T08:00:00.000Z"
     assert records[2]["filtered"]["state"] == "ok" and records[2]["mode"] == 3
