@@ -22,8 +22,13 @@ def database_check(pool: Any) -> str:
 
 def broker_check(workers: list, host: str, port: int) -> str:
     if workers:
-        up = sum(w.connected.is_set() for w in workers)
-        return "ok" if up == len(workers) else f"{len(workers) - up} of {len(workers)} workers disconnected"
+        # Up once the broker acknowledged the subscriptions: a message published between the connection and
+        # the SUBACK reached no worker (a resend right after a restore's start did; a test's first event too).
+        down = sum(not w.connected.is_set() for w in workers)
+        waiting = sum(w.connected.is_set() and not w.subscribed.is_set() for w in workers)
+        if down:
+            return f"{down} of {len(workers)} workers disconnected"
+        return "ok" if not waiting else f"{waiting} of {len(workers)} workers not subscribed yet"
     try:
         with socket.create_connection((host, port), timeout=1):
             return "ok"

@@ -20,3 +20,4 @@ def test_a_log_line_is_stamped_in_utc_with_a_z() -> None:
     assert stamp, out
     logged = datetime.fromisoformat(stamp[1]).replace(tzinfo=UTC)
     assert abs((logged - before).total_seconds()) < 30
+

@@ -173,3 +173,25 @@ def test_api_connections_postgresql_closed_are_replaced_not_a_503(make_cfg) -> N
                 assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         pool.close()
+
+
+def test_health_calls_a_worker_up_once_its_subscriptions_are_acknowledged() -> None:
+    """/health said ok between a worker's connection and the broker's SUBACK: what arrived then reached no worker
+    (a resend sent as a restored server's health turned ok; a test's first event, once, in a loaded run)."""
+    import threading
+    from types import SimpleNamespace
+
+    from fleet_server.health import broker_check
+
+    def worker(connected: bool, subscribed: bool) -> SimpleNamespace:
+        w = SimpleNamespace(connected=threading.Event(), subscribed=threading.Event())
+        if connected:
+            w.connected.set()
+        if subscribed:
+            w.subscribed.set()
+        return w
+
+    assert broker_check([worker(True, True), worker(True, True)], "127.0.0.1", 1) == "ok"
+    assert broker_check([worker(True, True), worker(True, False)], "127.0.0.1", 1) == \
+        "1 of 2 workers not subscribed yet"
+    assert broker_check([worker(False, False), worker(True, False)], "127.0.0.1", 1) == "1 of 2 workers disconnected"
