@@ -13,7 +13,7 @@ from edge_agent.config.gnss import GnssConfig
 from edge_agent.doctor.agent_view import AgentView, running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.gnss.epochs import Fix, fix_kind
-from edge_agent.gnss.source import FROZEN_AFTER, NmeaDecoder, fixes_from_file, frozen_output
+from edge_agent.gnss.source import FROZEN_AFTER, MOVING_MPS, NmeaDecoder, fixes_from_file, frozen_output
 from edge_agent.link.writer_lock import holder
 
 GOOD_HDOP = 2.5
@@ -75,7 +75,7 @@ def _listen(read: Callable[[], bytes], cfg: GnssConfig, seconds: float) -> tuple
 def _maybe_stuck(fixes: list[Fix]) -> bool:
     """The last fix repeats the one before at speed, and not yet for long enough to call it stuck: read on."""
     last, before = fixes[-1], fixes[-2]
-    return (last.lat, last.lon) == (before.lat, before.lon) and (last.speed_mps or 0.0) >= 0.5 and \
+    return (last.lat, last.lon) == (before.lat, before.lon) and (last.speed_mps or 0.0) >= MOVING_MPS and \
         frozen_output(fixes) is None
 
 

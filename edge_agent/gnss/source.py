@@ -128,7 +128,7 @@ def fixes_from_file(path: str | Path, cfg: GnssConfig | None = None,
 
 
 def frozen_output(last: Sequence[Fix]) -> str | None:
-    """Why the receiver's last FROZEN_AFTER fixes are a frozen output, else None. Repeating one fix read "ok",
+    """Why the receiver's latest fixes (oldest first) are a frozen output, else None. Repeating one fix read "ok",
     the filter reset on it every few seconds and doctor blamed the box's clock; repeating one position with a
     fresh time and a speed placed every detection of those seconds on the spot where it stuck."""
     newest_first = list(reversed(last))
