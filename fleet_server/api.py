@@ -71,7 +71,8 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
 
     if cfg.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"])
+                           allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["X-Next-Cursor", "Link"])  # /devices pages: readable by a web client
     # Each added layer wraps the ones before it. A write's position on the primary is noted before its answer
     # leaves, so that the client's next read includes it...
     app.add_middleware(NoteWrites, reads=app.state.reads)

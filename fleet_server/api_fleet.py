@@ -151,17 +151,31 @@ def _read_devices(request: Request, conn: psycopg.Connection, one: str | None) -
 @api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix, and why a "
                              "box may be quiet (problems: its health, clock, refused messages)",
          response_model=list[Device])
-def devices(request: Request,
+def devices(request: Request, response: Response,
             state: str | None = Query(None, max_length=100, description="Comma list of states, e.g. "
                                                                         "`offline,stale`"),
             problem: str | None = Query(None, max_length=200, description="Comma list of problem codes: devices "
                                                                           "with any of them, e.g. `camera,gnss`"),
+            limit: int | None = Query(None, ge=1, description="At most this many devices (capped at the server's "
+                                                              "`api.max_page_size`); without it, every device"),
+            cursor: str | None = Query(None, max_length=64, description="The previous page's `X-Next-Cursor`: "
+                                                                         "the devices after that id"),
             conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> list[dict]:
     try:
         states, codes = choices(state, "state", STATES), choices(problem, "problem", PROBLEM_CODES)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
-    return [d for d in _devices(request, conn) if wanted(d, states, codes)]
+    found = [d for d in _devices(request, conn) if wanted(d, states, codes)]
+    if limit is None and cursor is None:
+        return found  # the whole fleet in one list, as clients written before paging expect
+    # Pages follow ids in code-point order (the database's collation may sort "Box-2" and "box-10" otherwise).
+    rest = sorted((d for d in found if cursor is None or d["id"] > cursor), key=lambda d: d["id"])
+    page = min(limit or request.app.state.cfg.api.max_page_size, request.app.state.cfg.api.max_page_size)
+    if len(rest) > page:
+        last = rest[page - 1]["id"]
+        response.headers["X-Next-Cursor"] = last
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=last)}>; rel="next"'
+    return rest[:page]
 
 
 @api.get("/devices/{device_id}", summary="One device, as in the list", response_model=Device,

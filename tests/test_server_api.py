@@ -431,6 +431,33 @@ def test_devices_health_openapi_and_metrics(api) -> None:
 
 
 @pytest.mark.services
+def test_devices_page_by_cursor_in_code_point_order_and_whole_without_paging(api) -> None:
+    """A 10,000-vehicle fleet was one list of megabytes: a client had no way to read it a page at a time."""
+    client, _cfg, dsn = api
+    ids = ["Box-2", "box-10", "box-9", "van.1", "van_1", "Z-1", "a"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for device_id in ids:
+            conn.execute("INSERT INTO devices (id) VALUES (%s)", (device_id,))
+    viewer = bearer(token(dsn, "viewer"))
+    whole = client.get("/api/v1/devices", headers=viewer)
+    assert "x-next-cursor" not in whole.headers and sorted(d["id"] for d in whole.json()) == sorted(ids)
+    seen, url, pages = [], "/api/v1/devices?limit=3", 0
+    while url:
+        got = client.get(url, headers=viewer)
+        assert got.status_code == 200 and len(got.json()) <= 3
+        seen += [d["id"] for d in got.json()]
+        pages += 1
+        nxt = got.headers.get("x-next-cursor")
+        assert (nxt is None) == ("link" not in got.headers)
+        url = f"/api/v1/devices?limit=3&cursor={nxt}" if nxt else None
+        if nxt:
+            assert f"cursor={nxt}" in got.headers["link"] and got.headers["link"].endswith('rel="next"')
+    assert seen == sorted(ids) and pages == 3
+    assert [d["id"] for d in client.get("/api/v1/devices?cursor=box-9", headers=viewer).json()] == ["van.1", "van_1"]
+    assert client.get("/api/v1/devices?limit=0", headers=viewer).status_code == 400
+
+
+@pytest.mark.services
 def test_long_answers_are_gzipped_for_clients_that_accept_it_pictures_and_models_are_not(make_cfg) -> None:
     """A 10,000-vehicle device list was megabytes of JSON every refresh of every open tab."""
     from fleet_server.commands import stage_model

@@ -53,7 +53,9 @@ def tls_broker(private_broker, tmp_path: Path):
         return mq, pw_port, cert_port
 
     mq, pw_port, cert_port = on_a_free_port(broker_on, ports=2)
-    server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-tls").start()
+    # 30 s: a TLS broker on a loaded 2-core machine once took over 10 s to take the first subscription
+    server = AckServer("127.0.0.1", mq.port, "roadmon-server", mq.server_password, client_id="ack-tls")
+    server.start(timeout_s=30)
     yield {"pki": pki, "pw_port": pw_port, "cert_port": cert_port}
     server.stop()
 
