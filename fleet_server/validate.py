@@ -18,8 +18,8 @@ from typing import Any
 import jsonschema_rs
 
 from fleet_server.config import IngestConfig
-from fleet_server.decode import Invalid, Limits, decode_json
 from roadmon_contract import validate as contract
+from roadmon_contract.decode import Invalid, Limits, decode_json
 
 KINDS = ("event", "coverage", "status")
 

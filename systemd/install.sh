@@ -27,6 +27,8 @@ DEVICE_ID_GIVEN=""
 BROKER=""
 MQTT_PASSWORD_FILE=""
 CA_FILE=""
+MODEL_KEY=""
+MODEL_URL_PREFIX=""
 MODEL=""
 PYTHON=""
 ORT_WHEEL=""
@@ -46,6 +48,10 @@ Options:
   --mqtt-password-file FILE   agent/server: the MQTT password (from `fleet-server device add`)
   --ca-file FILE              agent: CA certificate of the broker and of the fleet server's HTTPS
   --model FILE                agent: the .onnx model to place (default: the bundled model)
+  --model-public-key FILE     agent: Ed25519 public key (PEM) that must have signed every pushed model;
+                              without it a model update is trusted on the broker login alone
+  --model-url-prefix URL      agent: download models only from URLs under this https prefix, e.g.
+                              https://fleet.example.org/api/v1/models/ (redirects included)
   --onnxruntime-wheel FILE    agent: an onnxruntime(-gpu) wheel to use instead of PyPI's (Jetson)
   --python PATH               Python 3.11+ for the venv (default: the newest python3.1x found)
   --workers N                 server: ingest workers, 1-64 (default 2); worker N serves metrics on 9100+N
@@ -86,6 +92,10 @@ while [ $# -gt 0 ]; do
     --mqtt-password-file) MQTT_PASSWORD_FILE="$2"; shift ;;
     --ca-file) CA_FILE="$2"; shift ;;
     --model) MODEL="$2"; shift ;;
+    --model-public-key) MODEL_KEY="$2"; shift ;;
+    --model-url-prefix) MODEL_URL_PREFIX="$2"; shift
+                        [[ "$MODEL_URL_PREFIX" =~ ^https://[A-Za-z0-9._:/-]+/$ ]] \
+                          || die "--model-url-prefix must be an https URL ending in / (letters, digits, . _ : - /)" ;;
     --onnxruntime-wheel) ORT_WHEEL="$2"; shift ;;
     --python) PYTHON="$2"; shift ;;
     --workers) WORKERS="$2"; shift ;;
@@ -326,6 +336,11 @@ agent_config() {
   [ -n "$host" ] || host="localhost"
   local ca_line="# ca_file = \"/etc/edge-agent/ca.pem\""
   [ -n "$CA_FILE" ] && ca_line="ca_file = \"/etc/edge-agent/ca.pem\""
+  # Without a key, whoever holds the server's broker login can install any model on every box (docs/deploy.md).
+  local key_line="# public_key = \"/etc/edge-agent/model-signing.pub.pem\"   (install.sh --model-public-key)"
+  [ -n "$MODEL_KEY" ] && key_line="public_key = \"/etc/edge-agent/model-signing.pub.pem\""
+  local prefix_line="# url_prefix = \"https://fleet.example.org/api/v1/models/\"   (install.sh --model-url-prefix)"
+  [ -n "$MODEL_URL_PREFIX" ] && prefix_line="url_prefix = \"$MODEL_URL_PREFIX\""
   cat <<EOF
 # road-monitor edge agent. Written by systemd/install.sh; edit freely, it is never overwritten.
 # All keys: edge-agent config example. Check: edge-agent config check /etc/edge-agent/agent.toml
@@ -346,6 +361,8 @@ $ca_line
 
 [model_update]
 $ca_line
+$key_line
+$prefix_line
 EOF
 }
 
@@ -393,6 +410,15 @@ install_agent() {
     else
       fail_step "cannot read $CA_FILE (for /etc/edge-agent/ca.pem)"
     fi
+  fi
+  if [ -n "$MODEL_KEY" ]; then
+    if [ -r "$MODEL_KEY" ] && grep -q "BEGIN PUBLIC KEY" "$MODEL_KEY"; then
+      inst -m 0644 -o root -g root "$MODEL_KEY" /etc/edge-agent/model-signing.pub.pem
+    else
+      fail_step "cannot read a PEM public key from $MODEL_KEY (for /etc/edge-agent/model-signing.pub.pem)"
+    fi
+  else
+    echo "install.sh: WARNING: no --model-public-key: this box installs any model the server's broker login sends it (docs/deploy.md, signing)" >&2
   fi
   place_model
 

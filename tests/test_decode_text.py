@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_server.decode import Invalid, decode_json
+from roadmon_contract.decode import Invalid, decode_json
 
 
 @pytest.mark.parametrize(("raw", "reason"), [

@@ -426,7 +426,8 @@ def test_gpsd_json_stream_and_reconnect():
             conn, _ = server.accept()
             with conn:
                 watches.append(conn.recv(1024))
-                conn.sendall(b'{"class":"VERSION","release":"3.25"}\nnot json\n')
+                # nested 5,000 deep: json.loads raised RecursionError, which ended the session's reading
+                conn.sendall(b'{"class":"VERSION","release":"3.25"}\nnot json\n' + b"[" * 5000 + b"\n")
                 for k in range(3):
                     conn.sendall(tpv(session * 10 + k))
                     time.sleep(0.02)
@@ -447,7 +448,7 @@ def test_gpsd_json_stream_and_reconnect():
     assert b"WATCH" in watches[0] and b'"json":true' in watches[0]
     assert reader.reconnects >= 1
     assert fixes[-1].utc == T_START + dt.timedelta(seconds=12)
-    assert health.snapshot()["counters"]["gpsd_bad_json"] >= 1
+    assert health.snapshot()["counters"]["gpsd_bad_json"] >= 2
 
 
 # --- CLI

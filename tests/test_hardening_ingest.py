@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from fleet_server import ingest
 from fleet_server.api import create_app
 from fleet_server.config import parse
-from fleet_server.decode import Invalid, Limits, decode_json
 from fleet_server.ingest import Incoming, IngestWorker, ack_messages, classify
 from fleet_server.store import CLASH, store_batch
 from roadmon_contract import topics
+from roadmon_contract.decode import Invalid, Limits, decode_json
 from tests.server_fixtures import DeviceClient, count, make_cfg, make_event, wait_for, workers
 
 __all__ = ["make_cfg", "workers"]

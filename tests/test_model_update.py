@@ -102,6 +102,7 @@ class ModelServer:
     requests: list[str | None] = field(default_factory=list)
     stall_at: int | None = None
     release: threading.Event = field(default_factory=threading.Event)
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302
 
     def publish(self, data: bytes) -> tuple[str, str]:
         sha = hashlib.sha256(data).hexdigest()
@@ -120,6 +121,12 @@ def model_server(tmp_path: Path) -> Iterator[ModelServer]:
 
         def do_GET(self) -> None:
             state.requests.append(self.headers.get("Range"))
+            if (location := state.redirects.get(self.path.split("?")[0])) is not None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             data = state.files.get(self.path.split("?")[0])
             if data is None:
                 self.send_error(404)
@@ -390,6 +397,22 @@ def test_url_prefix_and_pinned_model(store: ModelStore, model_server: ModelServe
     pinned = ModelUpdater(ModelUpdateConfig(), store, ort_sanity_check, pinned_model="/opt/m.onnx")
     result = pinned.handle({"url": url, "sha256": sha})
     assert result["status"] == "refused" and "pinned" in result["reason"]
+
+
+def test_a_redirect_must_keep_to_https_and_the_url_prefix(store: ModelStore, model_server: ModelServer) -> None:
+    """urllib followed any redirect: a 302 under url_prefix took the download to plain http or another host."""
+    url, sha = model_server.publish(tiny_onnx(9.0))
+    prefix = f"{model_server.base}/api/v1/models/"
+    model_server.redirects["/api/v1/models/to-http.onnx"] = url.replace("https://", "http://")
+    model_server.redirects["/api/v1/models/to-elsewhere.onnx"] = f"{model_server.base}/elsewhere/{sha}.onnx"
+    model_server.redirects["/api/v1/models/inside.onnx"] = url
+    before = store.current_sha()
+    for name, what in (("to-http", "https"), ("to-elsewhere", "url_prefix")):
+        result = updater(store, model_server, url_prefix=prefix).handle({"url": f"{prefix}{name}.onnx", "sha256": sha})
+        assert result["status"] == "refused" and "redirected" in result["reason"] and what in result["reason"]
+        assert store.current_sha() == before != sha
+    result = updater(store, model_server, url_prefix=prefix).handle({"url": f"{prefix}inside.onnx", "sha256": sha})
+    assert result["status"] == "installed" and store.current_sha() == sha
 
 
 def test_old_models_are_pruned_but_current_and_previous_stay(store: ModelStore, model_server: ModelServer) -> None:

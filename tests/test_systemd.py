@@ -239,6 +239,29 @@ def test_installer_ca_goes_to_uplink_and_model_update(tmp_path: Path) -> None:
     assert f"install -m 0644 -o root -g root {ca} /etc/edge-agent/ca.pem" in result.stdout
 
 
+def test_installer_sets_the_model_signing_key_and_url_prefix(tmp_path: Path) -> None:
+    """The installer had no way to set model_update.public_key or url_prefix: every installed box took any model
+    the server's broker login sent it, from any https host its CA trusts, and nothing said so."""
+    model, key = tmp_path / "model.onnx", tmp_path / "signing.pub.pem"
+    model.write_bytes(b"x")
+    key.write_text("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n")
+    prefix = "https://fleet.example.org/api/v1/models/"
+    result = dry_run("agent", "--model", str(model), "--model-public-key", str(key), "--model-url-prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    cfg = agent_config.parse(tomllib.loads(written_file(result.stdout, "/etc/edge-agent/agent.toml")))
+    assert cfg.model_update.public_key == "/etc/edge-agent/model-signing.pub.pem"
+    assert cfg.model_update.url_prefix == prefix
+    assert f"install -m 0644 -o root -g root {key} /etc/edge-agent/model-signing.pub.pem" in result.stdout
+    assert "WARNING" not in result.stderr
+    bare = dry_run("agent", "--model", str(model))
+    assert "no --model-public-key" in bare.stderr
+    assert agent_config.parse(tomllib.loads(written_file(bare.stdout, "/etc/edge-agent/agent.toml"))) \
+        .model_update.public_key is None
+    assert dry_run("agent", "--model-url-prefix", "http://fleet.example.org/").returncode == 2
+    not_a_key = dry_run("agent", "--model", str(model), "--model-public-key", str(model))
+    assert not_a_key.returncode == 2 and "cannot read a PEM public key" in not_a_key.stdout
+
+
 def test_installer_dry_run_shows_every_step_past_a_missing_file(tmp_path: Path) -> None:
     """A password file that is not there (yet) stopped the dry run at `cannot read`, before the steps after it;
     now it is marked as a step that would fail, the plan goes on to the end, and the exit status says so."""

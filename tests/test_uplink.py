@@ -143,6 +143,37 @@ def test_drain_confirms_beats_and_answers_commands(service_info, mqtt_device, tm
     assert errors == [], errors  # the farewell (and everything before it) went without an error
 
 
+def test_a_deeply_nested_command_or_ack_is_answered_and_the_uplink_stays_connected(service_info, mqtt_device,
+                                                                                   tmp_path: Path) -> None:
+    """JSON nested 200,000 deep on a box's command or ack topic raised RecursionError into paho's loop: the
+    uplink reconnected, the broker delivered the same message again, and the box sent nothing for minutes."""
+    device, password = mqtt_device()
+    server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user,
+                       service_info.server_password, client_id=f"ack-{device}", devices=[device]).start()
+    watcher = ServerClient(service_info.mqtt_port, service_info.server_password)
+    watcher.client.subscribe([(topics.cmd_result(device, "echo"), 1)])
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password)), device, outbox, HealthBoard())
+    uplink.on_command("echo", lambda payload: {"ok": True, "echo": payload})
+    deep = b"[" * 200_000
+    try:
+        uplink.start()
+        wait_for(lambda: uplink.state == "connected", what="connected")
+        watcher.client.publish(topics.ack(device), deep, qos=1)
+        watcher.client.publish(topics.cmd(device, "echo"), deep, qos=1)
+        wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")) is not None, 10, "the deep command's answer")
+        answer = watcher.last(topics.cmd_result(device, "echo"))
+        assert answer["ok"] is False and "nested too deep" in answer["error"]
+        ids = fill(outbox, 20)
+        wait_for(lambda: outbox.stats()["queue_depth"] == 0, what="rows confirmed after the deep messages")
+        assert set(ids) <= set(server.events)
+        assert uplink.counters["connects"] == 1 and uplink.counters["bad_acks"] == 1
+    finally:
+        uplink.stop()
+        server.stop()
+        watcher.close()
+
+
 def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:
     """A server that never confirms: a window of 30 in batches of 10 puts exactly 30 events in flight, and no
     more while heartbeats show the uplink's loop still turning (nothing is resent before ack_timeout_s)."""

@@ -266,6 +266,32 @@ def _ssl_context(cfg: ModelUpdateConfig) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cfg.ca_file) if cfg.ca_file else ssl.create_default_context()
 
 
+def url_refusal(url: str, cfg: ModelUpdateConfig) -> str | None:
+    """Why the box will not fetch a model from URL (https only unless allow_http, under url_prefix), or None.
+    The same rule for the command's URL and for every redirect the download follows."""
+    if not (url.startswith("https://") or (cfg.allow_http and url.startswith("http://"))):
+        return (f"refusing {url.split('://')[0]}:// download: models come over https (for a lab server without "
+                "TLS, set model_update.allow_http = true on the device)")
+    if cfg.url_prefix and not url.startswith(cfg.url_prefix):
+        return f"url is outside model_update.url_prefix ({cfg.url_prefix})"
+    return None
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL the command itself could have named: urllib followed any, so a 302 took
+    a download under url_prefix to plain http or another host."""
+
+    def __init__(self, cfg: ModelUpdateConfig) -> None:
+        self.cfg = cfg
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        why = url_refusal(newurl, self.cfg)
+        if why is not None:
+            raise UpdateRefused(f"the model server redirected to {shown(newurl)}: {why}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def download(url: str, dest: Path, cfg: ModelUpdateConfig) -> int:
     """Fetch URL into DEST, resuming a broken transfer with HTTP Range; returns the size in bytes.
 
@@ -273,13 +299,14 @@ def download(url: str, dest: Path, cfg: ModelUpdateConfig) -> int:
     restarts the file. Raises UpdateFailed after cfg.attempts broken attempts.
     """
     limit = int(cfg.max_size_mb * 1e6)
-    context = _ssl_context(cfg) if url.startswith("https://") else None
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=_ssl_context(cfg)),
+                                         _CheckedRedirects(cfg))
     last_error = ""
     for attempt in range(1, cfg.attempts + 1):
         have = dest.stat().st_size if dest.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            with urllib.request.urlopen(request, timeout=cfg.timeout_s, context=context) as resp:
+            with opener.open(request, timeout=cfg.timeout_s) as resp:
                 resuming = resp.status == 206
                 length = resp.headers.get("Content-Length")
                 total = (have if resuming else 0) + int(length) if length else None
@@ -602,12 +629,9 @@ class ModelUpdater:
             raise UpdateRefused("missing 'url'")
         if not isinstance(sha, str) or not SHA256_RE.match(sha.lower()):
             raise UpdateRefused("'sha256' must be 64 hex digits")
-        scheme = url.split("://")[0]
-        if not (url.startswith("https://") or (self.cfg.allow_http and url.startswith("http://"))):
-            raise UpdateRefused(f"refusing {scheme}:// download: models come over https (for a lab server without "
-                                "TLS, set model_update.allow_http = true on the device)")
-        if self.cfg.url_prefix and not url.startswith(self.cfg.url_prefix):
-            raise UpdateRefused(f"url is outside model_update.url_prefix ({self.cfg.url_prefix})")
+        why = url_refusal(url, self.cfg)
+        if why is not None:
+            raise UpdateRefused(why)
         if self._public_key is not None and not payload.get("signature"):  # before megabytes are fetched for nothing
             raise UpdateRefused("a signature is required (model_update.public_key is set) but the command has none")
         return url, sha.lower()

@@ -9,7 +9,6 @@ arrival of the epoch's first sentence, minus the configured receiver latency.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import select
@@ -29,6 +28,7 @@ from edge_agent.gnss.epochs import EpochAssembler, Fix, fix_kind
 from edge_agent.gnss.kalman import Pose, PositionFilter
 from edge_agent.gnss.nmea import LineSplitter, NmeaParser, ParseStats
 from edge_agent.health import HealthBoard
+from roadmon_contract.decode import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class GnssReader:
 
     def _gpsd_line(self, line: bytes, t_mono: float) -> None:
         try:
-            report = json.loads(line)
+            report = decode_json(line)  # bounded: a line nested 1,000 deep raised RecursionError
         except ValueError:
             self._count("gpsd_bad_json")
             return

@@ -48,6 +48,7 @@ from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
 from roadmon_contract.commands import expired_reason
+from roadmon_contract.decode import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class Uplink:
         self.state = "stopped"
         self.last_error: str | None = None
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
-                         "bad_acks": 0, "connects": 0, "refused_logins": 0, "rejected": 0, "server_back": 0}
+                         "bad_acks": 0, "bad_messages": 0, "connects": 0, "refused_logins": 0, "rejected": 0,
+                         "server_back": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
@@ -603,14 +605,18 @@ class Uplink:
         kind, device, command = topics.parse(msg.topic)
         if device != self.device_id:
             return
-        if kind == "ack":
-            self._on_ack(msg.payload)
-        elif kind == "cmd" and command:
-            self._on_cmd(command, msg.payload)
+        try:
+            if kind == "ack":
+                self._on_ack(msg.payload)
+            elif kind == "cmd" and command:
+                self._on_cmd(command, msg.payload)
+        except Exception:  # raised into paho's loop, one message took the uplink down until the broker dropped it
+            self.counters["bad_messages"] += 1
+            log.exception("uplink: a message on %s could not be handled; it is dropped", msg.topic)
 
     def _on_ack(self, payload: bytes) -> None:
         try:
-            ack = json.loads(payload)
+            ack = decode_json(payload)
             items = [("event", str(i)) for i in ack.get("event_ids", [])]
             items += [("coverage", str(i)) for i in ack.get("coverage_ids", [])]
             rejected = [(str(r["id"]), str(r.get("reason", ""))) for r in ack.get("rejected", [])]
@@ -651,7 +657,7 @@ class Uplink:
             self._results.put((name, {"ok": False, "error": f"unknown command {name!r}"}))
             return
         try:
-            args = json.loads(payload or b"{}")
+            args = decode_json(payload or b"{}")  # bounded: JSON nested 1,000 deep raised RecursionError
             if not isinstance(args, dict):
                 raise ValueError("the payload must be a JSON object")
             expired = expired_reason(args)

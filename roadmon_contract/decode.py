@@ -1,4 +1,5 @@
-"""The one bounded JSON decoder for everything a device or client sends (MQTT payloads, HTTP bodies).
+"""The one bounded JSON decoder for everything that arrives over the network: what a device or client sends the
+server (MQTT payloads, HTTP bodies) and what the server sends a box (acks, commands).
 
 `json.loads` alone is not safe on hostile input: JSON nested 10,000 deep raises RecursionError and a
 5,000-digit integer raises ValueError, neither of which is a JSONDecodeError, and a NUL character passes
