@@ -121,7 +121,8 @@ def partitions_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Only s
     console.print(f"created {len(report.created)}: {', '.join(report.created) or '-'}")
     console.print(f"{'would drop' if dry_run else 'dropped'} {len(report.dropped)}: {', '.join(report.dropped) or '-'}")
     for table, n in report.default_rows_deleted.items():
-        console.print(f"deleted {n} rows past retention from {table}'s default partition")
+        console.print(f"{'would delete' if dry_run else 'deleted'} {n} rows past retention from {table}'s default "
+                      "partition")
     for name, n in report.kept.items():
         console.print(f"kept {name}: past retention, but {n} of its rows are younger (ids made by a box whose "
                       "clock was behind); its older rows deleted")

@@ -13,9 +13,10 @@ import hashlib
 import logging
 import os
 import socket
+from datetime import date
 from pathlib import Path
 
-from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator
+from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
 
 from roadmon_contract.config_base import ConfigError, Section, load_toml, validate
 
@@ -418,6 +419,21 @@ class ServerConfig(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Who may scrape the Prometheus metrics")
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The browser dashboard at /")
 
+    @model_validator(mode="after")
+    def _retention_keeps_what_ingest_accepts(self) -> ServerConfig:
+        # An event inside the horizon but in a month retention had dropped was stored, acked to the box, and
+        # deleted by the next `partitions` run: lost without a word (after February, even with the defaults' 30
+        # days against 1 month).
+        for key, months in (("sightings_months", self.retention.sightings_months),
+                            ("coverage_months", self.retention.coverage_months)):
+            if months and self.ingest.horizon_days > fewest_days_kept(months):
+                raise ValueError(
+                    f"ingest.horizon_days ({self.ingest.horizon_days:g}) is longer than retention.{key} ({months}) "
+                    f"keeps at the least ({fewest_days_kept(months)} days, on the first of a month): events the "
+                    f"ingest accepts would be deleted by the next `fleet-server partitions`; lower horizon_days to "
+                    f"{fewest_days_kept(months)} or keep {months + 1} months")
+        return self
+
     def find_secrets_beside(self, config_dir: Path) -> None:
         """Let relative secret names also be found in CONFIG_DIR/credentials (where the installer puts them)."""
         for section in (self.database, self.mqtt, self.models, self.metrics):
@@ -435,6 +451,13 @@ class ServerConfig(Section):
         if not password:
             return "ingest"
         return "ingest-" + hashlib.sha256(b"roadmon share group\0" + password.encode()).hexdigest()[:16]
+
+
+def fewest_days_kept(months: int) -> int:
+    """Days back to the oldest day `retention` keeps MONTHS whole months before the current one, at its fewest: on
+    the first of a month, the shortest run of MONTHS calendar months (February's 28 days for 1)."""
+    firsts = [date(2025 + k // 12, k % 12 + 1, 1) for k in range(12 + months)]  # 2025-26: no leap day
+    return min((firsts[k + months] - firsts[k]).days for k in range(12))
 
 
 def parse(data: dict, source: Path | str = "<config>") -> ServerConfig:

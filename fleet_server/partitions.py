@@ -102,10 +102,11 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
                 with conn.transaction():
                     conn.execute(f'ALTER TABLE {table} DETACH PARTITION "{name}"')
                     conn.execute(f'DROP TABLE "{name}"')
-        if not dry_run:
-            n = conn.execute(f"DELETE FROM {table}_pdefault WHERE {aged_by} < %s", (since,)).rowcount
-            if n:
-                report.default_rows_deleted[table] = n
+        # A dry run counts them: it said nothing of rows a real run then deleted.
+        n = (conn.execute(f"SELECT count(*) FROM {table}_pdefault WHERE {aged_by} < %s", (since,)).fetchone()[0]
+             if dry_run else conn.execute(f"DELETE FROM {table}_pdefault WHERE {aged_by} < %s", (since,)).rowcount)
+        if n:
+            report.default_rows_deleted[table] = n
     if report.dropped and not dry_run:
         log.info("dropped partitions past retention: %s", ", ".join(report.dropped))
     return report

@@ -118,15 +118,19 @@ def test_retention_drops_whole_old_months(fresh_db) -> None:
         cov["coverage_id"] = uuid7_at(at[5])
         store_batch(conn, Batch(coverage=[(cov, now)]), AggregateConfig())
         assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 4
+        stray = _event(at[5] - timedelta(days=100), lat=48.2)  # a month without a partition: the default one
+        store_batch(conn, Batch(events=[(stray, now)]), AggregateConfig())
+        assert where(conn, "sightings", "event_id", stray["event_id"]) == "sightings_pdefault"
 
         # Keep everything by default.
         assert partitions.maintain(conn, agg).dropped == []
         # Keep 2 whole months before this one: the month 5 back goes (and everything older), 2 back stays.
         dry = partitions.maintain(conn, RetentionConfig(sightings_months=2, coverage_months=2), dry_run=True)
         assert f"sightings_p{partitions.add_months(this, -5):%Y_%m}" in dry.dropped
-        assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 4
+        assert dry.default_rows_deleted == {"sightings": 1}  # a dry run said nothing of them
+        assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 5
         report = partitions.maintain(conn, RetentionConfig(sightings_months=2, coverage_months=2))
-        assert report.dropped == dry.dropped
+        assert report.dropped == dry.dropped and report.default_rows_deleted == {"sightings": 1}
         assert all(partitions.add_months(m, 1) <= partitions.add_months(this, -2)
                    for m in (date(int(n[-7:-3]), int(n[-2:]), 1) for n in report.dropped))
         left = {r[0] for r in conn.execute("SELECT event_id::text FROM sightings")}
@@ -168,3 +172,20 @@ def test_partitions_command(make_cfg, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["dropped"] == [] and out["dry_run"] is False
+
+
+def test_a_server_refuses_a_horizon_its_retention_would_delete() -> None:
+    """With horizon_days 30 and one month kept, a box back on 1 March delivered January's events: stored, acked,
+    and deleted by the next daily run (its queue said confirmed). Such a config now fails at start."""
+    from fleet_server.config import parse
+    from roadmon_contract.config_base import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        parse({"ingest": {"horizon_days": 30}, "retention": {"coverage_months": 1}})
+    assert "ingest.horizon_days (30)" in str(refused.value) and "retention.coverage_months (1)" in str(refused.value)
+    assert "28 days" in str(refused.value)
+    parse({"ingest": {"horizon_days": 28}, "retention": {"sightings_months": 1, "coverage_months": 1}})
+    parse({"ingest": {"horizon_days": 30}, "retention": {"sightings_months": 2, "coverage_months": 2}})
+    parse({"ingest": {"horizon_days": 3650}})  # keeps everything: any horizon
+    with pytest.raises(ConfigError):
+        parse({"ingest": {"horizon_days": 60}, "retention": {"sightings_months": 2, "coverage_months": 3}})

@@ -271,3 +271,23 @@ def test_a_folded_track_brings_its_best_view_when_it_scored_higher() -> None:
     weaker.best, weaker.class_scores, weaker.class_names = view(0.2), {1: 0.5}, {1: "crack"}
     host.absorb(weaker)
     assert host.best is other.best
+
+
+def test_the_merge_window_keeps_defects_seen_in_the_same_frames_apart() -> None:
+    """Three real potholes in a row 2.3 m apart, all in one frame: the third was dropped as 'the same defect seen
+    again' in a pass whose GNSS noise placed it within merge_radius_m of its neighbour. Only a track that ended
+    before another began (a split track) can be the same defect."""
+    from edge_agent.perception.tracker import RecentReports
+    from roadmon_contract.geodesy import offset_latlon as offset
+
+    recent = RecentReports(TrackerConfig(merge_radius_m=2.5, merge_window_s=20))
+    recent.add("pothole", 48.1, 11.5, t_mono=10.0, seen_from=2.0, seen_to=6.0)
+    lat, lon = offset(48.1, 11.5, 2.3, 0.0)
+    assert not recent.seen("pothole", lat, lon, 11.0, seen_from=2.5, seen_to=6.5), "side by side in frames 2.5-6"
+    assert recent.seen("pothole", lat, lon, 11.0, seen_from=7.0, seen_to=9.0), "a split track: after the first"
+    assert not recent.seen("crack", lat, lon, 11.0, seen_from=7.0, seen_to=9.0)
+    far_lat, far_lon = offset(48.1, 11.5, 3.0, 0.0)
+    assert not recent.seen("pothole", far_lat, far_lon, 11.0, seen_from=7.0, seen_to=9.0)
+    crack = RecentReports(TrackerConfig(merge_radius_m=2.5, merge_window_s=20))
+    crack.add("crack", 48.1, 11.5, t_mono=10.0, seen_from=2.0, seen_to=6.0)
+    assert crack.seen("crack", lat, lon, 11.0, seen_from=2.5, seen_to=6.5), "one crack's pieces share frames"

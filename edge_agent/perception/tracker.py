@@ -234,25 +234,34 @@ class Reported:
     lat: float
     lon: float
     t_mono: float
+    seen_from: float = math.inf  # the reporting track's first and last observation (monotonic seconds); the
+    seen_to: float = -math.inf   # defaults, an empty span, overlap no other
 
 
 class RecentReports:
     """The merge window: a track whose defect was reported within merge_radius_m and merge_window_s by an
-    earlier track of the same class (a track split by an occlusion or a missed stretch) reports nothing."""
+    earlier track of the same class (a track split by an occlusion or a missed stretch) reports nothing.
+    Point defects (not line_classes) seen by tracks in the same frames are two defects however close: a row of
+    potholes 2 m apart lost one to the window, depending on each pass's GNSS noise. A crack's boxes coexist all
+    along it, so for cracks the window stays as it was."""
 
     def __init__(self, cfg: TrackerConfig) -> None:
         self.cfg = cfg
         self._recent: deque[Reported] = deque()
 
-    def seen(self, class_name: str, lat: float, lon: float, t_mono: float) -> bool:
+    def seen(self, class_name: str, lat: float, lon: float, t_mono: float, seen_from: float = math.inf,
+             seen_to: float = -math.inf) -> bool:
         window, radius = self.cfg.merge_window_s, self.cfg.merge_radius_m
         while self._recent and t_mono - self._recent[0].t_mono > window:
             self._recent.popleft()
         return radius > 0 and any(r.class_name == class_name and distance_m(r.lat, r.lon, lat, lon) <= radius
+                                  and (class_name in self.cfg.line_classes  # one crack's pieces coexist
+                                       or not (r.seen_from <= seen_to and seen_from <= r.seen_to))
                                   for r in self._recent)
 
-    def add(self, class_name: str, lat: float, lon: float, t_mono: float) -> None:
-        self._recent.append(Reported(class_name, lat, lon, t_mono))
+    def add(self, class_name: str, lat: float, lon: float, t_mono: float, seen_from: float = math.inf,
+            seen_to: float = -math.inf) -> None:
+        self._recent.append(Reported(class_name, lat, lon, t_mono, seen_from, seen_to))
 
 
 class Tracker:

@@ -330,7 +330,8 @@ class Pipeline:
             log.warning("track %d (%s, %d frames) had no usable position (no fix, stale or too uncertain); no event",
                         track.id, track.class_name, track.hits)
             return None
-        if self.recent.seen(track.class_name, located.lat, located.lon, t_mono):
+        span = (track.observations[0].t_mono, track.observations[-1].t_mono) if track.observations else ()
+        if self.recent.seen(track.class_name, located.lat, located.lon, t_mono, *span):
             self.counts["events_merged"] += 1
             return None
         captured = self._gnss_utc(track) or self._clock_utc(track, t_mono)
@@ -344,7 +345,7 @@ class Pipeline:
             return None
         self.counts["events"] += 1
         self.health.count("events")
-        self.recent.add(track.class_name, located.lat, located.lon, t_mono)
+        self.recent.add(track.class_name, located.lat, located.lon, t_mono, *span)
         return event
 
     def _gnss_utc(self, track: Track) -> datetime | None:
