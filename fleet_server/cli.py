@@ -488,8 +488,10 @@ def token_ls() -> None:
     def utc(when: datetime | None, none: str = "") -> str:
         return f"{when.astimezone(UTC):%Y-%m-%d %H:%M}" if when else none
 
+    now = datetime.now(UTC)
     for r in rows:
-        table.add_row(str(r[0]), r[1], r[2], r[3] or "", utc(r[4]), utc(r[5]), utc(r[6], "never"),
+        expires = utc(r[6], "never") + (" (expired)" if r[6] is not None and r[6] <= now else "")
+        table.add_row(str(r[0]), r[1], r[2], r[3] or "", utc(r[4]), utc(r[5]), expires,
                       "" if r[7] is None else str(r[7]))
     print_table(table)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,15 @@ def test_lab_commands_name_the_extra_a_box_lacks(monkeypatch, tmp_path: Path) ->
     (tmp_path / "calib").mkdir()
     refused(invoke("model", "quantize", str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--calib",
                    str(tmp_path / "calib")), 2, "needs onnx, sympy", "[edge,lab]")
+
+
+def test_a_status_file_from_ahead_of_the_clock_says_so(outbox: Path) -> None:
+    """A box whose clock was stepped back (NTP, a fake-hwclock restored) showed its own status file as
+    '(-7254528 s ago)'."""
+    ahead = (datetime.now(UTC) + timedelta(days=84)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    (outbox.parent / "agent-status.json").write_text(json.dumps({"state": "online", "sent_at": ahead}))
+    result = runner.invoke(app, ["status", "--outbox", str(outbox), "--config", str(outbox.parent / "none.toml")],
+                           env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "84 days ahead of this box's clock" in text, text
+    assert "-7" not in text and "s ago" not in text

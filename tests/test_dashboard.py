@@ -441,6 +441,24 @@ def test_only_a_date_or_the_roads_checkbox_reloads_the_roads_driven(server: Serv
     wait.until(lambda d: d.execute_script(fetched) > before)
 
 
+def test_only_until_set_to_a_past_day_asks_for_roads_before_it(server: Server, browser) -> None:
+    """With only "until" set to a past day, the roads' window began a day before the newest sighting, after
+    "until": the layer was empty without a word."""
+    from urllib.parse import parse_qs, urlparse
+
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "viewer")
+    wait.until(lambda d: int(d.execute_script("return document.body.dataset.coverageLines || '0'")) > 0)
+    asked = ("return performance.getEntriesByType('resource').map((e) => e.name)"
+             ".filter((n) => n.includes('/api/v1/coverage') && n.includes('until='))")
+    until = (datetime.now(UTC) - timedelta(days=3)).date()
+    set_date(browser, "f-until", until.isoformat())
+    wait.until(lambda d: d.execute_script(asked))
+    query = parse_qs(urlparse(browser.execute_script(asked)[-1]).query)
+    since, end = (datetime.fromisoformat(query[k][0].replace("Z", "+00:00")) for k in ("since", "until"))
+    assert since < end and end.date() == until and end - since <= timedelta(days=1, seconds=1), (since, end)
+
+
 def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, browser) -> None:
     """A city's year is 100,000 defects, ~100 MB of GeoJSON that every open tab fetched again every 30 s. A
     refresh now asks for the defects changed since the last answer: a new one joins the map, a status change

@@ -419,3 +419,19 @@ def test_an_rtk_fix_states_centimetres_not_hdop_times_uere(bodies, rtk, uere):
     fix = epochs(*bodies)[0][0]
     assert fix.rtk == rtk and fix.mode == 3
     assert fix.eph_m == pytest.approx(0.9 * uere)
+
+
+def test_a_date_that_turns_seconds_after_midnight_keeps_the_rolled_date():
+    """A receiver whose RMC still said 31 December at 00:00:00 and 00:00:02 had those fixes dated a day back,
+    and the filter reset twice (time went backwards). Yesterday's date in the first seconds is late, not true."""
+    fixes, decoder = epochs(rmc(time="235958", date="311226"), rmc(time="000000", date="311226"),
+                            rmc(time="000002", date="311226"), rmc(time="000004", date="010127"),
+                            rmc(time="000006", date="010127"))
+    assert [f.utc.isoformat()[:19] for f in fixes] == [
+        "2026-12-31T23:59:58", "2027-01-01T00:00:00", "2027-01-01T00:00:02", "2027-01-01T00:00:04",
+        "2027-01-01T00:00:06"]
+    assert decoder.assembler.stats.time_backwards == 0 and decoder.assembler.stats.late_dates == 2
+    # Outside those seconds a date is believed as before: a receiver set back a day at noon is dated back.
+    noon, _ = epochs(rmc(time="235958", date="311226"), rmc(time="000000", date="010127"),
+                     rmc(time="120000", date="311226"))
+    assert noon[-1].utc.date() == dt.date(2026, 12, 31)

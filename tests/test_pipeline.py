@@ -702,6 +702,15 @@ def test_replay_warns_when_the_nmea_is_from_another_time(tmp_path: Path) -> None
     assert summary["events"] == 0 and summary["events_no_fix"] == 1
     (warning,) = summary["warnings"]
     assert "does not overlap" in warning and "2026-11-29T09:00:00Z" in warning and "2026-11-28T08:59:58Z" in warning
+    assert "rollover" not in warning
+
+    # A receiver with the GPS week rollover bug: its recording is 1024 weeks behind the video, to the day.
+    sidecar["start_utc"] = (START + timedelta(weeks=1024)).isoformat().replace("+00:00", "Z")
+    (drive / "drive.json").write_text(json.dumps(sidecar))
+    result = CliRunner().invoke(app, ["replay", "--video", str(drive / "video.mp4"), "--nmea",
+                                      str(drive / "drive.nmea"), "--config", str(config), "--json"])
+    (warning,) = json.loads(result.stdout.strip().splitlines()[-1])["warnings"]
+    assert "1024 weeks" in warning and "GPS week rollover" in warning and "gnss.date_floor" in warning
 
 
 def test_replay_takes_the_config_from_the_environment(tmp_path: Path) -> None:

@@ -168,8 +168,12 @@ def test_cli_tokens_expire_and_rotate(cli, fresh_db) -> None:
     second_rotation = json.loads(cli.run("token", "rotate", str(first_rotation["id"]), "--json").output)
     again = cli.run("token", "rotate", str(created["id"]))
     assert again.exit_code == 1 and f"token {second_rotation['id']} replaces it now" in again.output
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # a token past its expiry looked as live as any
+        conn.execute("UPDATE api_tokens SET expires_at = now() - interval '1 day' WHERE id = %s", (device_token_id,))
     listing = cli.run("token", "ls").output
     assert "expires (UTC)" in listing and "replaced" in listing  # times are UTC, and say so
+    expired = [line for line in listing.splitlines() if "(expired)" in line]
+    assert len(expired) == 1 and expired[0].split()[1] == str(device_token_id), listing
     # The id printed at creation is the one `token ls`, `revoke` and `rotate` take; piped, no cell is cut short.
     row = next(line for line in listing.splitlines() if "weekly-viewer-of-the-city" in line)
     assert row.split()[1] == str(created["id"]) and "…" not in listing

@@ -20,6 +20,7 @@ from edge_agent.link.heartbeat import (
     FULL_DISK_MB,
     age_s,
     ago_text,
+    ago_words,
     is_stale,
     last_fix_age_s,
     seconds_text,
@@ -167,11 +168,11 @@ def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
     """The GNSS row: the reader's state (or why there is none now) and the one "last fix" figure."""
     if gnss["state"] is None:
         return "-"
-    last_fix = "unknown" if gnss["last_fix_age_s"] is None else f"{seconds_text(gnss['last_fix_age_s'])} ago"
+    last_fix = "unknown" if gnss["last_fix_age_s"] is None else ago_words(gnss["last_fix_age_s"])
     if "last_state" in gnss:  # the agent is not running: its last status is history, not the receiver now
         why = "agent stopped" if gnss["state"] == "stopped" else "agent not running (status is stale)"
         age = age_s(status_at)
-        when = "" if age is None else f" {seconds_text(age)} ago"
+        when = "" if age is None else f" {ago_words(age)}"
         return (f"[yellow]{why}[/yellow] (GNSS {escape(gnss['last_state'])} at its last status{when}), "
                 f"last fix {last_fix}")
     style = STATE_STYLE.get(gnss["state"], "red")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.doctor.result import Context
-from edge_agent.link.heartbeat import is_stale, last_fix_age_s, read_status_file, seconds_text, status_file_of
+from edge_agent.link.heartbeat import ago_words, is_stale, last_fix_age_s, read_status_file, status_file_of
 from edge_agent.link.writer_lock import holder
 
 
@@ -26,7 +26,7 @@ class AgentView:
         # The age alone: the stamp in the file is the last fix at its writing, up to a heartbeat old beside a
         # "0 s ago" that is right.
         age = last_fix_age_s(self.status, live=True)  # a running agent's, by construction
-        return "none yet" if age is None else f"{seconds_text(age)} ago"
+        return "none yet" if age is None else ago_words(age)
 
     def counter(self, name: str) -> int:
         value = (self.status.get("counters") or {}).get(name, 0)

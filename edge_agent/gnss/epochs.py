@@ -31,6 +31,7 @@ NOT_MEASURED_QUALITY = frozenset({6, 7, 8})  # GGA qualities: the same three
 RTK_UERE_M = {"rtk_fixed": 0.03, "rtk_float": 0.5}
 RTK_QUALITY = {4: "rtk_fixed", 5: "rtk_float"}
 RTK_FAA = {"R": "rtk_fixed", "F": "rtk_float"}
+LATE_DATE_S = 10.0  # seconds after UTC midnight in which a sentence may still carry yesterday's date
 UTC_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _DAY_S = 86400.0
 MAX_SPEED_MPS = 600.0  # faster than any road vehicle by far; beyond it a speed field is garbage
@@ -209,6 +210,7 @@ class EpochStats:
     no_date: int = 0
     time_backwards: int = 0
     midnight_rollovers: int = 0
+    late_dates: int = 0  # yesterday's date in the first LATE_DATE_S after midnight: kept rolled
     week_rollovers: int = 0
     future_dates: int = 0  # live dates a rollover would move past the box's clock: not used
 
@@ -227,6 +229,7 @@ class EpochAssembler:
         self._pending: list[tuple[str, list[str]]] = []
         self._last_types: set[str] = set()
         self._date: dt.date | None = None
+        self._rolled = False  # _date came from a midnight rollover that no sentence has dated yet
         self._last_tod: float | None = None
         self._last_utc: dt.datetime | None = None
         self._gsa_recent: tuple[int | None, float | None, int] = (None, None, _GSA_KEEP_EPOCHS)
@@ -293,6 +296,7 @@ class EpochAssembler:
         epoch = _Epoch(tod=tod, t_arrival=t_arrival)
         if self._date is not None and self._last_tod is not None and tod < self._last_tod - _DAY_S / 2:
             self._date += dt.timedelta(days=1)  # UTC midnight; an RMC/ZDA of this epoch may still correct it
+            self._rolled = True
             self.stats.midnight_rollovers += 1
         epoch.date = self._date
         self._last_tod = tod
@@ -301,6 +305,13 @@ class EpochAssembler:
     def _set_date(self, epoch: _Epoch, date: dt.date | None) -> None:
         if date is None:
             return
+        if (self._rolled and self._date is not None and date == self._date - dt.timedelta(days=1)
+                and epoch.tod < LATE_DATE_S):
+            # A receiver whose RMC date turns a second or two after its time: those fixes were dated a day back
+            # (the filter reset twice, "time went backwards"). Yesterday's date just after midnight is late.
+            self.stats.late_dates += 1
+            return
+        self._rolled = False
         epoch.date = date
         self._date = date
 

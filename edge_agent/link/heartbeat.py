@@ -145,7 +145,7 @@ def status_ago_text(status: dict[str, Any]) -> str:
     age = status_age_s(status)
     if age is None:
         return "-"
-    when = "before the box last started" if math.isinf(age) else f"{seconds_text(age)} ago"
+    when = "before the box last started" if math.isinf(age) else ago_words(age)
     return f"{status.get('sent_at')} ({when})"
 
 
@@ -156,7 +156,17 @@ def is_stale(status: dict[str, Any], heartbeat_s: float) -> bool:
 
 
 def seconds_text(age: float) -> str:
+    if age >= 2 * 86400:
+        return f"{age / 86400:.0f} days"
     return f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h"
+
+
+def ago_words(age: float) -> str:
+    """'N min ago'; a time ahead of this box's clock (it was stepped back since) said as such: it read
+    '(-7254528 s ago)'."""
+    if age < -5:
+        return f"{seconds_text(-age)} ahead of this box's clock: the clock was set back since"
+    return f"{seconds_text(max(age, 0.0))} ago"
 
 
 def last_fix_age_s(status: dict[str, Any], live: bool) -> float | None:
@@ -176,7 +186,7 @@ def ago_text(stamp: str | None) -> str:
     if clock_unset(stamp):
         return f"{stamp} (before the box's clock was set)"
     age = age_s(stamp)
-    return "-" if age is None else f"{stamp} ({seconds_text(age)} ago)"
+    return "-" if age is None else f"{stamp} ({ago_words(age)})"
 
 
 def uplink_trouble(status: dict[str, Any]) -> str | None:

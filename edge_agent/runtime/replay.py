@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import cv2
 from edge_agent.camera.capture import FrameSource
 from edge_agent.config import AgentConfig
 from edge_agent.config.camera import CameraConfig, source_kind
+from edge_agent.gnss.epochs import GPS_ROLLOVER
 from edge_agent.runtime.assemble import Agent
 from edge_agent.runtime.replay_clock import SIDECAR, ClockError, ReplayClock, clock_for
 
@@ -103,9 +104,14 @@ def overlap_warning(video_utc: tuple[datetime, datetime], feed: FixFeed, nmea: P
     start, end = video_utc
     if feed.first_utc <= end and feed.last_utc >= start:
         return None
-    return (f"the NMEA does not overlap the video's time: video {_iso(start)} .. {_iso(end)}, "
-            f"NMEA {nmea.name} {_iso(feed.first_utc)} .. {_iso(feed.last_utc)}; no frame had a position "
-            f"(another drive's recording, or a wrong --video-start or {SIDECAR})")
+    text = (f"the NMEA does not overlap the video's time: video {_iso(start)} .. {_iso(end)}, "
+            f"NMEA {nmea.name} {_iso(feed.first_utc)} .. {_iso(feed.last_utc)}; no frame had a position ")
+    behind = start - feed.first_utc
+    if abs(behind - GPS_ROLLOVER) < timedelta(days=2):
+        # A receiver counting weeks from an old 1024-week window: its dates are 19.6 years back, to the day.
+        return text + (f"(the NMEA is {behind.days} days, 1024 weeks, behind: a GPS week rollover; set "
+                       f"gnss.date_floor to a date before the drive, e.g. {start.date().replace(day=1)})")
+    return text + f"(another drive's recording, or a wrong --video-start or {SIDECAR})"
 
 
 def _iso(when: datetime) -> str:

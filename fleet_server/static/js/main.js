@@ -351,7 +351,8 @@ async function loadCoverage() {
   const run = state.coverageRun;
   await guarded(async () => {
     const params = {
-      since: filters.since ? `${filters.since}T00:00:00Z` : defaultCoverageSince(),
+      since: filters.since ? `${filters.since}T00:00:00Z`
+        : defaultCoverageSince(filters.until ? Date.parse(`${filters.until}T23:59:59Z`) : Infinity),
       until: filters.until ? `${filters.until}T23:59:59Z` : undefined,
     };
     // A fleet's day is tens of thousands of lines: when the period only moved on (its default start follows the
@@ -392,10 +393,12 @@ async function loadCoverage() {
 // still shows its roads, and a long history does not load years of lines. Never from later than a day before
 // now: one phone whose clock ran hours ahead (the server takes up to ingest.future_tolerance_s) hid today's
 // drives from every manager's map.
-function defaultCoverageSince() {
+// The day before the newest sighting, now, or the chosen "until", whichever is first: with only "until" set to a
+// past day, the window started after it and the roads layer was empty.
+function defaultCoverageSince(until) {
   let latest = -Infinity; // a loop: spreading 120k+ values into Math.max overflows the call stack
   for (const d of state.defects) latest = Math.max(latest, Date.parse(d.lastSeen) || -Infinity);
-  const end = Number.isFinite(latest) ? Math.min(latest, Date.now()) : Date.now();
+  const end = Math.min(Number.isFinite(latest) ? latest : Date.now(), Date.now(), until);
   return new Date(end - DAY_MS).toISOString();
 }
 
