@@ -92,3 +92,23 @@ def test_separate_cracks_and_a_pothole_on_a_crack_stay_apart(make_cfg) -> None:
     assert len(rows) == 2, [(r[0], r[7], r[-1]) for r in rows]
     with psycopg.connect(cfg.database.resolve_dsn()) as conn:
         assert conn.execute("SELECT count(*), count(line) FROM defects WHERE class = 'pothole'").fetchone() == (1, 0)
+
+
+def test_area_cracks_beside_a_long_cracks_end_join_it(make_cfg) -> None:
+    """Alligator cracking seen as an area (no orientation) 2-4 m beside a 60 m crack's far end, 25 m and more
+    from its marker, became defects of their own: a sighting joined, and two defects merged, only when their
+    markers were close. The line is what counts, whichever way the sightings arrive."""
+    cfg = make_cfg()
+    rng = random.Random(7)
+    start = offset(*BASE, 0, 2.0)
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    store(cfg, crack_pieces(start, 60.0, 12, rng, "veh-a", t0, noise_m=0.3))
+    (line,) = crack_defects(cfg)
+    patches = [make_event("veh-b", *offset(*start, north, 2.5), at=t0 + timedelta(hours=1, seconds=k), seq=k,
+                          cls="crack", h=2.0, severity=0.4, size_m={"width": 1.5, "length": 1.5})
+               for k, north in enumerate((52.0, 57.0))]
+    store(cfg, patches[:1])  # alone: joins the line it lies beside
+    store(cfg, patches[1:])
+    rows = crack_defects(cfg)
+    assert [r[0] for r in rows] == [line[0]], [(r[0], r[7], r[-1]) for r in rows]
+    assert defect_feature(rows[0])["properties"]["sighting_count"] == 14
