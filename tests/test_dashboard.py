@@ -12,6 +12,7 @@ import base64
 import csv
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -352,6 +353,10 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
     # A crack's panel open (its marker stands out), then the class filter hides it: the panel goes with it.
     items[0].click()
     wait.until(lambda d: d.find_element(By.ID, "panel").is_displayed())
+    # Its line's length first: the size alone is one piece's, and read "1.09 x 3.85 m" under a 71 m line.
+    wait.until(lambda d: d.find_elements(By.ID, "panel-size"))
+    size = re.match(r"line (\d+\.\d) m long; pieces seen ", browser.find_element(By.ID, "panel-size").text)
+    assert size and 3.0 <= float(size[1]) <= 5.0, browser.find_element(By.ID, "panel-size").text
     picked = items[0].get_attribute("data-defect-id")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'.defect-icon.selected[data-defect-id="{picked}"]'))
     Select(browser.find_element(By.ID, "f-class")).select_by_value("pothole")

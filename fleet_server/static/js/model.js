@@ -84,11 +84,26 @@ export function defectFromFeature(feature) {
   };
 }
 
-// "0.45 x 1.20 m" (width x length, as sightings measured it on the road), or null when unknown.
+// "0.45 x 1.20 m" (width x length, as sightings measured it on the road), or null when unknown. A crack's line
+// comes first: its size alone is one piece's (the median sighting), and read "1.09 x 3.85 m" under a 71 m line.
 export function sizeText(defect) {
   const w = defect.widthM, l = defect.lengthM;
-  if (!Number.isFinite(w) || !Number.isFinite(l)) return null;
-  return `${w.toFixed(2)} x ${l.toFixed(2)} m (width x length)`;
+  const along = defect.line ? `line ${lineLengthM(defect.line).toFixed(1)} m long` : null;
+  if (!Number.isFinite(w) || !Number.isFinite(l)) return along;
+  const size = `${w.toFixed(2)} x ${l.toFixed(2)} m (width x length)`;
+  return along ? `${along}; pieces seen ${size}` : size;
+}
+
+// Metres along LINE ([lat, lon] points): an equirectangular step per segment, exact enough over metres.
+export function lineLengthM(line) {
+  const R = 6371008.8, rad = Math.PI / 180;
+  let total = 0;
+  for (let i = 1; i < line.length; i += 1) {
+    const [lat1, lon1] = line[i - 1], [lat2, lon2] = line[i];
+    const x = (lon2 - lon1) * rad * Math.cos(((lat1 + lat2) / 2) * rad), y = (lat2 - lat1) * rad;
+    total += R * Math.hypot(x, y);
+  }
+  return total;
 }
 
 export function sightingsOf(detail) {
