@@ -490,21 +490,33 @@ SEEN_APART = """
 
 
 def split_views(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> list[str]:
-    """Take the batch's new sightings out of a defect that holds one seen apart from them in one view
-    (SEEN_APART): returns them, loose again, for `create_defects` (a batch's sightings all matched on insert
-    against the defects as they were before it, so one vehicle's two potholes in one batch joined one)."""
+    """Take a sighting out of a defect that holds two seen apart in one view (SEEN_APART): returns them, loose
+    again, for `create_defects` (a batch's sightings all matched on insert against the defects as they were
+    before it, so one vehicle's two potholes in one batch joined one). Of a new sighting and one the defect held
+    already, the one farther from the defect's other sightings leaves: a pothole's sighting that had joined its
+    neighbour 6 m on (within the gate) kept its place there and pushed that neighbour's own sighting out, so one
+    pothole had no marker and the other two. Of two new ones, the later leaves."""
     if not event_ids or cfg.same_view_s <= 0:
         return []
-    rows = conn.execute(f"""
-        UPDATE sightings s SET defect_id = NULL
-        WHERE s.event_id = ANY(%(ids)s::uuid[]) AND s.defect_id IS NOT NULL AND EXISTS (
-            SELECT 1 FROM sightings x, sightings y
-            WHERE x.event_id = s.event_id AND y.defect_id = s.defect_id AND {SEEN_APART}
-              -- of two new ones, the later leaves
-              AND (y.event_id <> ALL(%(ids)s::uuid[]) OR (y.captured_at, y.event_id) < (x.captured_at, x.event_id)))
-        RETURNING s.event_id::text""", {"ids": event_ids, "view_s": cfg.same_view_s,
-                                         "split_m": cfg.same_view_split_m}).fetchall()
-    return [r[0] for r in rows]
+    pairs = conn.execute(f"""
+        SELECT x.event_id::text, y.event_id::text, y.event_id = ANY(%(ids)s::uuid[]), r.dx, r.dy
+        FROM sightings x JOIN sightings y ON y.defect_id = x.defect_id
+        LEFT JOIN LATERAL (  -- mean distances to the defect's other sightings (none: NULL)
+            SELECT avg(ST_Distance(x.geom, z.geom, false)) AS dx, avg(ST_Distance(y.geom, z.geom, false)) AS dy
+            FROM sightings z WHERE z.defect_id = x.defect_id AND z.event_id NOT IN (x.event_id, y.event_id)) r ON true
+        WHERE x.event_id = ANY(%(ids)s::uuid[]) AND x.defect_id IS NOT NULL AND {SEEN_APART}
+          AND (y.event_id <> ALL(%(ids)s::uuid[]) OR (y.captured_at, y.event_id) < (x.captured_at, x.event_id))
+        ORDER BY x.captured_at, x.event_id""", {"ids": event_ids, "view_s": cfg.same_view_s,
+                                                 "split_m": cfg.same_view_split_m}).fetchall()
+    leaving: list[str] = []
+    for new, held, held_is_new, new_off, held_off in pairs:
+        if new in leaving or held in leaving:
+            continue
+        closer = not held_is_new and new_off is not None and held_off is not None and new_off < held_off
+        leaving.append(held if closer else new)
+    if leaving:
+        conn.execute("UPDATE sightings SET defect_id = NULL WHERE event_id = ANY(%s::uuid[])", (leaving,))
+    return leaving
 
 
 def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: AggregateConfig) -> set[int]:

@@ -91,6 +91,27 @@ def test_two_potholes_one_vehicle_saw_apart_in_one_view_stay_two(make_cfg) -> No
     assert len(defects(cfg)) == 4
 
 
+def test_of_two_sightings_seen_apart_the_one_farther_from_the_defect_leaves_it(make_cfg) -> None:
+    """Two potholes 6 m apart on one road; three passes saw only the second. On a fourth, the vehicle's sighting
+    of the first arrived first and joined the second's defect (6 m is inside the gate); its sighting of the second,
+    a second later, was then pushed out as 'seen apart in one view': the first pothole had no marker of its own,
+    the second two."""
+    cfg = make_cfg()
+    start = datetime.now(UTC) - timedelta(hours=5)
+    first, second = offset(*BASE, 0.0, 0.0), offset(*BASE, 6.0, 0.0)
+    for p, (north, east) in enumerate(((0.6, -0.4), (-0.5, 0.3), (0.2, 0.5))):
+        store(cfg, [make_event(f"veh-{p}", *offset(*second, north, east), h=2.7, at=start + timedelta(hours=p))])
+    t4 = start + timedelta(hours=4)
+    store(cfg, [make_event("veh-a", *offset(*first, 0.3, 0.0), h=2.7, at=t4, seq=1)])
+    store(cfg, [make_event("veh-a", *offset(*second, 0.3, 0.0), h=2.7, at=t4 + timedelta(seconds=1), seq=2)])
+    found = defects(cfg)
+    assert len(found) == 2, found
+    by_truth = {min((0, 1), key=lambda k: metres((first, second)[k], (row[1], row[2]))): row for row in found}
+    assert sorted(by_truth) == [0, 1] and by_truth[1][4] == 4 and by_truth[0][4] == 1, found
+    for k, truth in enumerate((first, second)):
+        assert metres(truth, (by_truth[k][1], by_truth[k][2])) < 1.0, found
+
+
 def seen_by_two_vehicles(cfg: ServerConfig):
     """A pothole 100 m up a street seen on passes 0 and 1 (hours after a day ago) by veh-a and veh-b: the
     pothole, the street's line (right over it) and the time window of a 30 s pass H hours in."""
