@@ -1,8 +1,10 @@
 """Can this box reach its broker: DNS, TCP, TLS, login, and a publish under its own id? The steps come from
-edge_agent/link/broker_probe.py, which logs in with its own client id so a running agent is not disturbed."""
+edge_agent/link/broker_probe.py; while the agent runs logged in, its status stands for the login (the broker may
+bind the client id to the login, so a second login would take the agent's session)."""
 
 from __future__ import annotations
 
+from edge_agent.doctor.agent_view import running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
 
 WHY = {
@@ -23,7 +25,10 @@ def check_broker(ctx: Context) -> CheckResult:
     if not cfg.enabled:
         return CheckResult("broker", Level.SKIPPED, f"uplink.enabled is false: {where} not checked",
                            "events stay on this box", "set uplink.enabled = true to send them")
-    steps = probe_broker(cfg, ctx.cfg.device.id)
+    agent = running_agent(ctx)
+    logged_in = (f"the running agent (pid {agent.pid}) is logged in" if agent is not None
+                 and agent.health("broker") == "connected" else None)
+    steps = probe_broker(cfg, ctx.cfg.device.id, agent_logged_in=logged_in)
     data = {"broker": where, "tls": cfg.tls, "steps": [s.as_dict() for s in steps]}
     failed = next((s for s in steps if s.ok is False), None)
     if failed is not None:

@@ -1,8 +1,13 @@
 """Checks the way to the broker one step at a time (DNS, TCP, TLS handshake, MQTT login, a publish to the
-device's own topic) and says where it breaks. Used by `edge-agent doctor`; safe while the agent runs (it logs
-in with its own client id, `<device>-probe`, and a clean session, so it never takes over the agent's). Its
-publish goes to topics.probe, which the server's ingest acknowledges without storing: a doctor run is no
-command result on the server."""
+device's own topic) and says where it breaks. Used by `edge-agent doctor`. Its publish goes to topics.probe,
+which the server's ingest acknowledges without storing: a doctor run is no command result on the server.
+
+It never costs the agent its session. The fleet's broker binds client ids to logins on the vehicles' listener
+(`use_username_as_clientid`, deploy/mosquitto.conf: one vehicle's login took another's session by its id), so
+the probe's own id, `<device>-probe`, may become the agent's there. Hence: while the agent runs and is logged
+in, the probe does not log in (the agent's status proves it); otherwise it resumes rather than clears a session
+(clean start off, the agent's expiry) and acknowledges nothing delivered to it, which the broker then keeps for
+the agent."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.link.mqtt_tls import CredentialError, apply_login, tls_context
@@ -42,15 +49,19 @@ class _Failed(Exception):
         self.hint = hint
 
 
-def probe_broker(cfg: UplinkConfig, device_id: str, timeout_s: float = 5.0) -> list[ProbeStep]:
-    """Run every step in order; after the first failure the rest are reported as skipped."""
+def probe_broker(cfg: UplinkConfig, device_id: str, timeout_s: float = 5.0,
+                 agent_logged_in: str | None = None) -> list[ProbeStep]:
+    """Run every step in order; after the first failure the rest are reported as skipped. AGENT_LOGGED_IN (what
+    says so: the running agent's status) stands for the login and publish steps."""
     host, port = cfg.host, cfg.port
     checks = [
         ("dns", lambda: _dns(host, port)),
         ("tcp", lambda: _tcp(host, port, timeout_s)),
         ("tls", lambda: _tls(cfg, timeout_s)),
-        ("auth", lambda: _mqtt(cfg, device_id, timeout_s, publish=False)),
-        ("publish", lambda: _mqtt(cfg, device_id, timeout_s, publish=True)),
+        ("auth", lambda: (True, agent_logged_in) if agent_logged_in
+         else _mqtt(cfg, device_id, timeout_s, publish=False)),
+        ("publish", lambda: (True, "the running agent sends under this id") if agent_logged_in
+         else _mqtt(cfg, device_id, timeout_s, publish=True)),
     ]
     out: list[ProbeStep] = []
     failed = False
@@ -111,6 +122,7 @@ def _tls(cfg: UplinkConfig, timeout_s: float) -> tuple[bool | None, str]:
 def _mqtt(cfg: UplinkConfig, device_id: str, timeout_s: float, publish: bool) -> tuple[bool, str]:
     result: dict[str, Any] = {}
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}-probe", protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)  # a resumed agent session's commands and acks stay the broker's to redeliver
     client.on_connect = lambda c, u, f, rc, p: result.__setitem__("connack", rc)
     client.on_publish = lambda c, u, mid, rc, p: result.__setitem__("puback", rc)
     try:
@@ -118,7 +130,9 @@ def _mqtt(cfg: UplinkConfig, device_id: str, timeout_s: float, publish: bool) ->
     except CredentialError as exc:
         raise _Failed(str(exc), "put the password in the file named by uplink.password_file") from None
     try:
-        client.connect(cfg.host, cfg.port, keepalive=10, clean_start=True)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s  # a resumed agent session keeps the agent's expiry
+        client.connect(cfg.host, cfg.port, keepalive=10, clean_start=False, properties=props)
     except (OSError, ssl.SSLError) as exc:
         raise _Failed(f"MQTT connect failed: {exc}") from None
     try:
