@@ -276,9 +276,9 @@ class AggregateConfig(Section):
     outlier_sigma: float = Field(3.0, gt=0, description="Sightings further than this many accuracies from the "
                                                         "mean are left out of a defect's position")
     max_sightings_for_position: int = Field(500, ge=10, description="Newest sightings used for the position")
-    max_line_m: float = Field(50.0, gt=0, le=500, description="Longest line defect (a crack) looked for along its "
-                                                             "line: a sighting this far from a crack defect's "
-                                                             "centre can still join it")
+    max_line_m: float = Field(50.0, gt=0, le=500, description="How far along its line from a crack defect's centre "
+                                                             "a sighting may join it, as the area a batch locks is "
+                                                             "sized (joining itself measures the whole line)")
     lock_cell_m: float = Field(2000.0, ge=50, le=100_000,
                                description="Side of the map cells that concurrent batches lock before they aggregate "
                                            "(raised to twice the reach of one sighting, 3 x (max_gate_m + "
