@@ -29,7 +29,10 @@ def zoned_time(text: Any) -> datetime:
         raise ValueError(f"{text!r} is not an RFC 3339 time (2026-12-06T02:00:00Z)") from None
     if when.tzinfo is None:
         raise ValueError(f"{text!r} has no zone; an RFC 3339 time needs a zone (Z or +hh:mm)")
-    return when
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past year 9999 in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def expired_reason(payload: dict[str, Any], now: datetime | None = None) -> str | None:

@@ -11,6 +11,7 @@ a short reason, so one bad message never becomes an exception in the caller.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,10 @@ def _number(limit: int, convert: type) -> Any:
     def parse(text: str) -> Any:
         if len(text) > limit:
             raise Invalid(f"number too long: {len(text)} characters > {limit}")
-        return convert(text)
+        value = convert(text)
+        if convert is float and not math.isfinite(value):  # 1e999 is valid JSON and overflows to infinity
+            raise Invalid("not finite: a number overflows")
+        return value
 
     return parse
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config.outbox import OutboxConfig
@@ -114,3 +116,45 @@ def test_the_doctors_probe_leaves_a_stopped_agents_commands_queued(private_broke
             second.outbox.close()
     finally:
         watcher.close()
+
+
+@pytest.mark.services
+def test_the_doctor_never_logs_in_beside_a_running_agent(service_info, mqtt_device, tmp_path: Path) -> None:
+    """Beside a logged-in agent a second login takes its session where the broker binds ids to logins. The
+    probe skipped only an agent whose fresh status said so; one whose status had gone stale (a full disk stops
+    its writes) got a second login all the same."""
+    from edge_agent import config as agent_config
+    from edge_agent.doctor import run_checks
+    from edge_agent.health import HealthBoard
+    from edge_agent.link.heartbeat import build_status, status_file_of, write_status_file
+    from edge_agent.link.writer_lock import WriterLock
+    from tests.test_doctor import FAST, by_name, write_config
+
+    device, password = mqtt_device()
+    (tmp_path / "pw").write_text(password + "\n")
+    path = write_config(tmp_path, device={"id": device, "state_dir": str(tmp_path / "state")}, uplink={
+        "enabled": True, "host": "127.0.0.1", "port": service_info.mqtt_port, "tls": False,
+        "password_file": str(tmp_path / "pw"), "heartbeat_s": 1.0})
+    cfg = agent_config.load(str(path))
+
+    def broker_steps() -> dict[str, tuple]:
+        result = by_name(run_checks(str(path), only=["broker"], options=FAST))["broker"]
+        return {s["name"]: (s["ok"], s["detail"]) for s in result.data["steps"]}
+
+    alone = broker_steps()
+    assert alone["auth"][0] is True and "logged in as" in alone["auth"][1]  # no agent: the probe logs in
+    status_path = status_file_of(cfg.outbox_path, cfg.uplink.status_file)
+    lock = WriterLock(cfg.outbox_path).acquire()
+    try:
+        status_path.parent.mkdir(parents=True, exist_ok=True)
+        stale = build_status("online", device, None, HealthBoard())
+        stale["sent_at"] = (datetime.now(UTC) - timedelta(minutes=10)).isoformat(timespec="milliseconds")
+        write_status_file(status_path, stale)
+        beside_stale = broker_steps()
+        assert beside_stale["auth"][0] is None and "no second login" in beside_stale["auth"][1], beside_stale
+        assert beside_stale["publish"][0] is None
+        write_status_file(status_path, build_status("online", device, None, HealthBoard(), broker="connected"))
+        beside_live = broker_steps()
+        assert beside_live["auth"][0] is True and "is logged in" in beside_live["auth"][1], beside_live
+    finally:
+        lock.release()

@@ -41,6 +41,7 @@ LONG_INT = b'{"seq": ' + b"7" * 5000 + b"}"  # ValueError: exceeds the integer s
     (b'{"class": "pot\x00hole"}', "NUL"),
     (b'{"class": "\xff\xfe"}', "not UTF-8"),
     (b'{"confidence": NaN}', "not finite"),
+    (b'{"x": {"a": [1e999]}}', "not finite"),  # valid JSON overflowing to infinity: a box echoed it as Infinity
     (b"x" * 30_000, "too large"),
     (b"{nope", "not JSON"),
 ])

@@ -415,6 +415,30 @@ def test_a_redirect_must_keep_to_https_and_the_url_prefix(store: ModelStore, mod
     assert result["status"] == "installed" and store.current_sha() == sha
 
 
+def test_the_url_prefix_is_a_folder_on_one_host_not_a_text_prefix(tmp_path: Path) -> None:
+    """As a text prefix, '../' steps (plain or encoded), a longer host name and a login passed it."""
+    from edge_agent.detect.model_update import url_refusal
+    from roadmon_contract.config_base import ConfigError, validate
+
+    cfg = ModelUpdateConfig(url_prefix="https://fleet.example.org/api/v1/models/")
+    good = "https://fleet.example.org/api/v1/models/" + "a" * 64 + ".onnx?sig=x"
+    assert url_refusal(good, cfg) is None
+    assert url_refusal(good.replace("fleet.example.org", "FLEET.example.org"), cfg) is None
+    for bad in ("https://fleet.example.org/api/v1/models/../../private/m.onnx",
+                "https://fleet.example.org/api/v1/models/%2e%2e/%2e%2e/private/m.onnx",
+                "https://fleet.example.org/api/v1/models/..%2f..%2fprivate/m.onnx",
+                "https://fleet.example.org/api/v1/models/\\..\\..\\m.onnx",
+                "https://fleet.example.org@evil.net/api/v1/models/m.onnx",
+                "https://fleet.example.org.evil.net/api/v1/models/m.onnx",
+                "https://fleet.example.org:8443/api/v1/models/m.onnx",
+                "https://fleet.example.org:x/api/v1/models/m.onnx"):
+        assert url_refusal(bad, cfg) is not None, bad
+    for prefix in ("https://fleet.example.org", "https://fleet.example.org/api/v1/models",
+                   "https://u@fleet.example.org/m/", "ftp://fleet.example.org/m/"):
+        with pytest.raises(ConfigError, match="url_prefix"):
+            validate(ModelUpdateConfig, {"url_prefix": prefix})
+
+
 def test_old_models_are_pruned_but_current_and_previous_stay(store: ModelStore, model_server: ModelServer) -> None:
     shas = []
     for scale in (10.0, 11.0, 12.0, 13.0):

@@ -174,6 +174,38 @@ def test_a_deeply_nested_command_or_ack_is_answered_and_the_uplink_stays_connect
         watcher.close()
 
 
+def test_a_retained_command_is_never_carried_out(service_info, mqtt_device, tmp_path: Path) -> None:
+    """A command published retained (a mistaken `mosquitto_pub -r`, or a server login stolen once) was carried
+    out again at every reconnect of the box, through broker restarts and password changes."""
+    device, password = mqtt_device()
+    watcher = ServerClient(service_info.mqtt_port, service_info.server_password)
+    watcher.client.subscribe([(topics.cmd_result(device, "echo"), 1)])
+    runs: list[dict] = []
+    cfg = uplink_cfg(service_info.mqtt_port, login(tmp_path, password))
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    watcher.client.publish(topics.cmd(device, "echo"), json.dumps({"n": 1}), qos=1, retain=True).wait_for_publish(5)
+    try:
+        for _ in range(2):  # two connections, each subscribing anew
+            uplink = Uplink(cfg, device, outbox, HealthBoard())
+            uplink.on_command("echo", lambda payload: runs.append(payload) or {"ok": True})
+            uplink.start()
+            wait_for(lambda up=uplink: up.state == "connected", what="connected")
+            time.sleep(1.0)
+            uplink.stop()
+        assert runs == []
+        uplink = Uplink(cfg, device, outbox, HealthBoard())
+        uplink.on_command("echo", lambda payload: runs.append(payload) or {"ok": True})
+        uplink.start()
+        wait_for(lambda: uplink.state == "connected", what="connected")
+        watcher.client.publish(topics.cmd(device, "echo"), json.dumps({"n": 2}), qos=1)  # a live one still runs
+        wait_for(lambda: watcher.last(topics.cmd_result(device, "echo")) is not None, 10, "the live command's answer")
+        assert [r["n"] for r in runs] == [2]
+        uplink.stop()
+    finally:
+        watcher.client.publish(topics.cmd(device, "echo"), b"", qos=1, retain=True).wait_for_publish(5)
+        watcher.close()
+
+
 def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:
     """A server that never confirms: a window of 30 in batches of 10 puts exactly 30 events in flight, and no
     more while heartbeats show the uplink's loop still turning (nothing is resent before ack_timeout_s)."""
@@ -597,6 +629,8 @@ def test_the_server_sends_only_commands_an_agent_answers(tmp_path: Path) -> None
         assert resend.COMMAND in uplink._handlers  # every uplink answers it: it only needs the outbox
         assert resend.handle(outbox, {})["status"] == "invalid"
         assert "no zone" in resend.handle(outbox, {"since": "2026-12-06T02:00:00"})["reason"]
+        far = resend.handle(outbox, {"since": "9999-12-31T23:59:59-23:59"})  # past year 9999 in UTC: OverflowError
+        assert far["status"] == "invalid" and "out of range" in far["reason"]
         assert resend.handle(outbox, {"since": "2026-12-06T02:00:00Z"})["events"] == 0
 
 

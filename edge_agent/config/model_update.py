@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 
 from roadmon_contract.config_base import Section
 
@@ -22,6 +24,18 @@ class ModelUpdateConfig(Section):
     url_prefix: str = Field(
         "", description="Only download from URLs starting with this, e.g. 'https://fleet.example.org/api/v1/models/' "
                         "(empty: any https URL)")
+    @field_validator("url_prefix")
+    @classmethod
+    def _a_whole_folder(cls, value: str) -> str:
+        # A text prefix without its host's end and a folder's "/" let https://fleet.example.org.evil.net/ and
+        # https://fleet.example.org@evil.net/ through.
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc
+                      or not parts.path.endswith("/") or parts.query or parts.fragment):
+            raise ValueError(f"{value!r} must be an https URL of a folder on one host, ending in '/', e.g. "
+                             "'https://fleet.example.org/api/v1/models/'")
+        return value
+
     allow_http: bool = Field(False, description="Allow plain http:// downloads (never in the field; for lab setups)")
     max_size_mb: float = Field(500, gt=0, description="Refuse a download larger than this, MB")
     timeout_s: float = Field(30, gt=0, le=600, description="Network timeout per connect/read, seconds")

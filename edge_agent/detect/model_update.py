@@ -41,6 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
@@ -272,9 +273,28 @@ def url_refusal(url: str, cfg: ModelUpdateConfig) -> str | None:
     if not (url.startswith("https://") or (cfg.allow_http and url.startswith("http://"))):
         return (f"refusing {url.split('://')[0]}:// download: models come over https (for a lab server without "
                 "TLS, set model_update.allow_http = true on the device)")
-    if cfg.url_prefix and not url.startswith(cfg.url_prefix):
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        return "url carries a login (user@host)"
+    # As a text prefix, .../models/../../private/m (or %2e%2e, ..%2f, \) passed; a front end that tidies paths
+    # then served a file from outside the prefix.
+    path = unquote(parts.path)
+    if "\\" in path or any(step in (".", "..") for step in path.split("/")):
+        return "url path has '.' or '..' steps"
+    if cfg.url_prefix and (_origin(url) != _origin(cfg.url_prefix)
+                           or not parts.path.startswith(urlsplit(cfg.url_prefix).path)):
         return f"url is outside model_update.url_prefix ({cfg.url_prefix})"
     return None
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of URL, compared whole: as text, a prefix without its host's end let
+    https://fleet.example.org.evil.net/ through; None for an unreadable port."""
+    parts = urlsplit(url)
+    try:
+        return parts.scheme, (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return None
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from edge_agent.doctor.agent_view import running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
+from edge_agent.link.writer_lock import holder
 
 WHY = {
     "dns": "the broker's name does not resolve: no network, or a wrong uplink.host",
@@ -25,10 +26,8 @@ def check_broker(ctx: Context) -> CheckResult:
     if not cfg.enabled:
         return CheckResult("broker", Level.SKIPPED, f"uplink.enabled is false: {where} not checked",
                            "events stay on this box", "set uplink.enabled = true to send them")
-    agent = running_agent(ctx)
-    logged_in = (f"the running agent (pid {agent.pid}) is logged in" if agent is not None
-                 and agent.health("broker") == "connected" else None)
-    steps = probe_broker(cfg, ctx.cfg.device.id, agent_logged_in=logged_in)
+    logged_in, running = _beside_the_agent(ctx)
+    steps = probe_broker(cfg, ctx.cfg.device.id, agent_logged_in=logged_in, agent_running=running)
     data = {"broker": where, "tls": cfg.tls, "steps": [s.as_dict() for s in steps]}
     failed = next((s for s in steps if s.ok is False), None)
     if failed is not None:
@@ -40,3 +39,16 @@ def check_broker(ctx: Context) -> CheckResult:
         return CheckResult("broker", Level.YELLOW, summary, "works, but without TLS the password travels in clear",
                            "set uplink.tls = true and port 8883", data)
     return CheckResult("broker", Level.GREEN, summary, data=data)
+
+
+def _beside_the_agent(ctx: Context) -> tuple[str | None, str | None]:
+    """(what says the agent is logged in, why the login cannot be tried): the probe must not log in beside a
+    logged-in agent, wherever the broker binds client ids to logins a second login takes its session. An agent
+    process whose status is stale or unreadable (a full disk stops its writes) may be logged in too."""
+    assert ctx.cfg is not None
+    agent = running_agent(ctx)
+    if agent is not None:
+        connected = agent.health("broker") == "connected"
+        return (f"the running agent (pid {agent.pid}) is logged in" if connected else None), None
+    pid = holder(ctx.cfg.outbox_path)
+    return None, (None if pid is None else f"the agent (pid {pid}) runs, its status is stale: no second login")

@@ -50,9 +50,10 @@ class _Failed(Exception):
 
 
 def probe_broker(cfg: UplinkConfig, device_id: str, timeout_s: float = 5.0,
-                 agent_logged_in: str | None = None) -> list[ProbeStep]:
+                 agent_logged_in: str | None = None, agent_running: str | None = None) -> list[ProbeStep]:
     """Run every step in order; after the first failure the rest are reported as skipped. AGENT_LOGGED_IN (what
-    says so: the running agent's status) stands for the login and publish steps."""
+    says so: the running agent's status) stands for the login and publish steps; AGENT_RUNNING (why they cannot
+    be tried: an agent runs whose state is unknown) skips them."""
     host, port = cfg.host, cfg.port
     checks = [
         ("dns", lambda: _dns(host, port)),
@@ -68,6 +69,9 @@ def probe_broker(cfg: UplinkConfig, device_id: str, timeout_s: float = 5.0,
     for name, check in checks:
         if failed:
             out.append(ProbeStep(name, None, "skipped: an earlier step failed"))
+            continue
+        if agent_running and name in ("auth", "publish"):
+            out.append(ProbeStep(name, None, f"skipped: {agent_running}"))
             continue
         t0 = time.monotonic()
         try:

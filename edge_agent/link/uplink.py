@@ -106,8 +106,8 @@ class Uplink:
         self.state = "stopped"
         self.last_error: str | None = None
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
-                         "bad_acks": 0, "bad_messages": 0, "connects": 0, "refused_logins": 0, "rejected": 0,
-                         "server_back": 0}
+                         "bad_acks": 0, "bad_messages": 0, "retained_ignored": 0, "connects": 0, "refused_logins": 0,
+                         "rejected": 0, "server_back": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
@@ -368,7 +368,9 @@ class Uplink:
         """Drain, confirm and beat while the connection lasts."""
         self.counters["connects"] += 1
         self.flow.on_reconnect()
-        sub_opts = SubscribeOptions(qos=1, noLocal=True)
+        # retainHandling 2: a retained command (a mistaken `mosquitto_pub -r`, or a login stolen once) was carried
+        # out again at every reconnect, surviving broker restarts and password changes
+        sub_opts = SubscribeOptions(qos=1, noLocal=True, retainHandling=2)
         client.subscribe([(topics.ack(self.device_id), sub_opts),
                           (topics.cmd(self.device_id, "+"), sub_opts)])
         self._set_state("connected")
@@ -604,6 +606,10 @@ class Uplink:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         kind, device, command = topics.parse(msg.topic)
         if device != self.device_id:
+            return
+        if msg.retain:  # kept by the broker from before: a command or ack is an event, never a state to replay
+            self.counters["retained_ignored"] += 1
+            log.warning("uplink: ignoring a retained message on %s (commands are never retained)", msg.topic)
             return
         try:
             if kind == "ack":
