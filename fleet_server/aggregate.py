@@ -536,10 +536,9 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
                        coalesce(a.line, a.geom) <-> coalesce(b.line, b.geom) AS dist
                 FROM defects a JOIN defects b
                   ON b.class = a.class AND b.id <> a.id
-                 -- constant: the extents' index (migration 017) serves it; on the markers alone, an area crack
-                 -- near a long crack's end stayed its own defect (its marker 20-40 m from the line's)
-                 AND ST_DWithin(coalesce(b.line, b.geom), coalesce(a.line, a.geom), GREATEST(%(max_gate)s,
-                                %(radius)s), false)
+                 -- by the extents (an area crack near a long crack's end stayed its own defect, its marker
+                 -- 20-40 m from the line's), with the markers within max_line_m (else lines chain without end)
+                 AND ST_DWithin(a.geom, b.geom, GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s, false)
                  AND ST_DWithin(coalesce(a.line, a.geom), coalesce(b.line, b.geom), LEAST(GREATEST(%(radius)s,
                      %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
                      GREATEST(%(max_gate)s, %(radius)s)), false)
@@ -549,7 +548,8 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
                       SELECT 1 FROM sightings x JOIN sightings y ON y.defect_id = b.id
                       WHERE x.defect_id = a.id AND {SEEN_APART}))) p
             ORDER BY drop_id, dist""", {"radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
-                                        "max_gate": cfg.max_gate_m, "ids": sorted(pending), "view_s": cfg.same_view_s,
+                                        "max_gate": cfg.max_gate_m, "max_line": cfg.max_line_m,
+                                        "ids": sorted(pending), "view_s": cfg.same_view_s,
                                         "split_m": cfg.same_view_split_m}).fetchall()
         if not pairs:
             break

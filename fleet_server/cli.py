@@ -118,7 +118,8 @@ def partitions_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Only s
         print(json.dumps({"created": report.created, "dropped": report.dropped, "dry_run": dry_run,
                           "default_rows_deleted": report.default_rows_deleted, "kept": report.kept}))
         return
-    console.print(f"created {len(report.created)}: {', '.join(report.created) or '-'}")
+    console.print(f"{'would create' if dry_run else 'created'} {len(report.created)}: "
+                  f"{', '.join(report.created) or '-'}")
     console.print(f"{'would drop' if dry_run else 'dropped'} {len(report.dropped)}: {', '.join(report.dropped) or '-'}")
     for table, n in report.default_rows_deleted.items():
         console.print(f"{'would delete' if dry_run else 'deleted'} {n} rows past retention from {table}'s default "
@@ -222,8 +223,11 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
         _fail(f"device id {device_id!r} is reserved: {c.mqtt.username!r} and names beginning with "
               f"{mqtt_accounts.RESERVED_PREFIX!r} belong to the server")
     password = mqtt_accounts.new_password()
+    from fleet_server.provision import has_login
+
+    orphan_login = has_login(c.broker_files.passwd_file, device_id)
     with connect(c.database) as conn, conn.transaction():
-        _add_or_reissue(conn, device_id, name, reissue)
+        added = _add_or_reissue(conn, device_id, name, reissue)
         token = auth.create_token(conn, "device", f"device {device_id}", device_id=device_id,
                                   expires_in=timedelta(days=c.api.device_token_days))
         # Before the commit: a broker login that cannot be written leaves no device behind (a row and a token
@@ -233,12 +237,18 @@ def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login
         except OSError as exc:
             _fail(f"device {device_id!r} not added: cannot write the broker login to "
                   f"{c.broker_files.passwd_file}: {exc.strerror or exc}")
+    # A restore from a backup older than the device, or a recreated database: the login was replaced unsaid.
+    replaced = (f"{device_id!r} had a broker login but no database row (a database restored or recreated without "
+                "the broker's password file?): its login is replaced, and a box using the old password needs the "
+                "new one") if added and orphan_login else None
     host, port, public = c.devices.vehicle_address(c.mqtt)
     creds = {"device_id": device_id, "mqtt_host": host, "mqtt_port": port,
              "mqtt_username": device_id, "mqtt_password": password, "http_token": token}
     if as_json:
-        print(json.dumps(creds | {"mqtt_address_is_public": public}))
+        print(json.dumps(creds | {"mqtt_address_is_public": public} | ({"warning": replaced} if replaced else {})))
         return
+    if replaced:
+        err.print(f"warning: {replaced}", style="yellow", markup=False, highlight=False)
     console.print(f"[bold]device {device_id}[/bold]: credentials shown once, store them now")
     for key, value in creds.items():
         print(f"  {key:14s} {value}")  # plain print: a secret must never be wrapped or cut by the terminal
@@ -256,16 +266,17 @@ def _warn_internal_broker(c: ServerConfig) -> None:
                   "to have it printed here", style="yellow", markup=False, highlight=False)
 
 
-def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, reissue: bool) -> None:
-    """Insert DEVICE_ID, or with REISSUE revoke the existing device's tokens. Fails (exit 1) for a device the
-    server knows without REISSUE, for REISSUE of an unknown one, and for a revoked one: resetting a device's
-    broker password unasked locks the vehicle out, and re-adding a revoked id would undo its revocation."""
+def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, reissue: bool) -> bool:
+    """Insert DEVICE_ID (True), or with REISSUE revoke the existing device's tokens (False). Fails (exit 1) for a
+    device the server knows without REISSUE, for REISSUE of an unknown one, and for a revoked one: resetting a
+    device's broker password unasked locks the vehicle out, and re-adding a revoked id would undo its
+    revocation."""
     row = conn.execute("SELECT revoked_at FROM devices WHERE id = %s FOR UPDATE", (device_id,)).fetchone()
     if row is None:
         if reissue:
             _fail(f"no device {device_id!r} to re-issue credentials for: add it without --reissue")
         conn.execute("INSERT INTO devices (id, name) VALUES (%s, %s)", (device_id, name))
-        return
+        return True
     if row[0] is not None:
         _fail(f"device {device_id!r} is revoked: a revoked id is not given credentials again")
     if not reissue:
@@ -275,6 +286,7 @@ def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, 
         conn.execute("UPDATE devices SET name = %s WHERE id = %s", (name, device_id))
     revoked = auth.revoke_tokens(conn, device_id=device_id)
     log.info("device %s: credentials re-issued, %d old token(s) revoked", device_id, revoked)
+    return False
 
 
 def _write_broker_login(c: ServerConfig, device_id: str, password: str) -> str:

@@ -58,16 +58,18 @@ def monthly(conn: psycopg.Connection, table: str) -> dict[date, str]:
     return out
 
 
-def ensure_upcoming(conn: psycopg.Connection, premake_months: int, now: datetime | None = None) -> list[str]:
-    """Make the partitions of this month and PREMAKE_MONTHS ahead that are missing; returns their names."""
+def ensure_upcoming(conn: psycopg.Connection, premake_months: int, now: datetime | None = None,
+                    dry_run: bool = False) -> list[str]:
+    """Make the partitions of this month and PREMAKE_MONTHS ahead that are missing; returns their names (with
+    DRY_RUN, the names it would make: a dry run said "created 0" before a real one made six)."""
     this = month_of(now or datetime.now(UTC))
     created = []
     for table in TABLES:
         have = monthly(conn, table)
         for k in range(premake_months + 1):
             month = add_months(this, k)
-            if month not in have and conn.execute("SELECT roadmon_create_month_partition(%s, %s)",
-                                                  (table, month)).fetchone()[0]:
+            if month not in have and (dry_run or conn.execute("SELECT roadmon_create_month_partition(%s, %s)",
+                                                              (table, month)).fetchone()[0]):
                 created.append(f"{table}_p{month:%Y_%m}")
     if created:
         log.info("created partitions %s", ", ".join(created))
@@ -115,7 +117,7 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
 def maintain(conn: psycopg.Connection, retention: RetentionConfig, now: datetime | None = None,
              dry_run: bool = False) -> Report:
     """Upcoming partitions made, expired ones dropped (the daily job)."""
-    created = [] if dry_run else ensure_upcoming(conn, retention.premake_months, now)
+    created = ensure_upcoming(conn, retention.premake_months, now, dry_run)
     report = drop_expired(conn, retention, now, dry_run)
     report.created = created
     return report

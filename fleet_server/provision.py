@@ -118,6 +118,11 @@ def _passwd_users(passwd_file: Path | None) -> set[str]:
     return {line.split(":", 1)[0] for line in passwd_file.read_text().splitlines() if ":" in line}
 
 
+def has_login(passwd_file: Path | None, device_id: str) -> bool:
+    """Whether the broker's password file holds a login for DEVICE_ID."""
+    return device_id in _passwd_users(passwd_file)
+
+
 def _credentials_csv(rows: list[Row], passwords: dict[str, str], tokens: dict[str, str], cfg: ServerConfig) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -159,7 +164,9 @@ def import_devices(conn: psycopg.Connection, cfg: ServerConfig, rows: list[Row],
                                             ([r.device_id for r in rows],))}
         existing = in_db | (_passwd_users(files.passwd_file) & {r.device_id for r in rows})
         if existing and not skip_existing:
-            clash = [f"line {r.line}: device {r.device_id!r} already exists" for r in rows if r.device_id in existing]
+            clash = [f"line {r.line}: device {r.device_id!r} " + ("already exists" if r.device_id in in_db else
+                     "has a broker login but is not in the database (restored or recreated without the password "
+                     "file?)") for r in rows if r.device_id in existing]
             raise ImportRefused(clash[:20] + ([f"... and {len(clash) - 20} more"] if len(clash) > 20 else [])
                                + ["(use --skip-existing to leave existing devices as they are)"])
         result.skipped = [r.device_id for r in rows if r.device_id in existing]

@@ -141,11 +141,12 @@ SELECT r.event_id, r.device_id, r.seq, r.captured_at, r.received_at, %(source)s,
        r.thumbnail, r.payload, r.axis, m.id
 FROM r_axis r LEFT JOIN LATERAL (
     -- A sighting joins a defect within its gate of the defect's extent: its point, or anywhere along its line
-    -- (a crack). The radius depends on the sighting alone, so the extent's index (migration 017) serves it. A
-    -- condition on the defect's marker alone kept an area crack (no orientation) off a long crack whose marker
-    -- lay 20-40 m away, however close to the line it was.
+    -- (a crack). A gate on the markers alone kept an area crack (no orientation) off a long crack whose marker
+    -- lay 20-40 m away, however close to the line; with no bound on them, pieces 8 m apart grew one line to
+    -- 1 km with its marker 500 m from either end. So: the extent within the gate, the marker within max_line_m.
     SELECT d.id FROM defects d
     WHERE d.class = r.class AND d.status <> 'repaired'
+      AND ST_DWithin(d.geom, r.geog, GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s, false)
       AND ST_DWithin(coalesce(d.line, d.geom), coalesce(r.axis, r.geog),
                      LEAST(GREATEST(%(radius)s, %(gate)s * r.h), GREATEST(%(max_gate)s, %(radius)s)), false)
     ORDER BY coalesce(d.line, d.geom) <-> coalesce(r.axis, r.geog) LIMIT 1) m ON true
@@ -286,7 +287,8 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             inserted = conn.execute(INSERT_EVENTS, {
                 "events": "[" + ",".join(texts) + "]", "received": _timestamp_array([at for _, at in batch.events]),
                 "classes": [class_name(e["class"]) for e, _ in batch.events], "source": batch.source,
-                "radius": agg.merge_radius_m, "gate": agg.accuracy_gate, "max_gate": agg.max_gate_m}).fetchall()
+                "radius": agg.merge_radius_m, "gate": agg.accuracy_gate, "max_gate": agg.max_gate_m,
+                "max_line": agg.max_line_m}).fetchall()
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]

@@ -376,6 +376,10 @@ install_agent() {
   fi
   [ -n "$DEVICE_ID" ] || DEVICE_ID="$(hostname -s)"
   [[ "$DEVICE_ID" =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "device id '$DEVICE_ID': use letters, digits, . _ - (max 64)"
+  if [ -z "$BROKER" ] && ! exists /etc/edge-agent/agent.toml; then
+    # An image built without it looked for its broker at localhost, after a "done".
+    echo "install.sh: WARNING: no --broker: the box's config names localhost:8883 as its broker (uplink.host)" >&2
+  fi
 
   local packages=(python3-venv python3-pip libgl1 v4l-utils gpsd-clients)
   [ "$platform" = jetson ] && packages+=(python3.11 python3.11-venv)

@@ -76,6 +76,12 @@ def test_config_check_cli_exit_codes(tmp_path) -> None:
     assert named.exit_code == 0, named.output
     assert f"not found here: camera.source: {box / 'road.mp4'}" in named.output
     assert "cam.toml" not in named.output and "1 file(s) it names are not on this machine" in named.output
+    # The model signing key and the model server's CA too: a missing key said ok, and every update then failed.
+    (box / "agent.toml").write_text('[model_update]\npublic_key = "keys/signing.pub.pem"\nca_file = "ca.pem"\n')
+    (box / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    keyless = CliRunner().invoke(app, ["config", "check", str(box / "agent.toml")])
+    assert f"not found here: model_update.public_key: {box / 'keys' / 'signing.pub.pem'}" in keyless.output
+    assert "ca.pem" not in keyless.output
 
 
 def test_files_a_power_cut_left_empty_are_not_ok(tmp_path) -> None:

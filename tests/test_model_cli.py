@@ -80,3 +80,27 @@ def test_errors_are_one_unwrapped_line_when_stderr_is_not_a_terminal(tmp_path):
     missing = edge_agent("model", "info", "--model", str(deep))
     assert missing.returncode == 2
     assert f"model not usable: model file not found: {deep}" in missing.stderr.splitlines()
+
+
+def test_model_info_describes_the_model_the_box_runs(tmp_path):
+    """`model info` took no --config: on a box it described the bundled model, not the update it runs."""
+    import hashlib
+    import json
+    import shutil
+
+    from edge_agent.detect.model_update import ModelStore
+
+    state = tmp_path / "state"
+    store = ModelStore(state / "models")  # as a pushed update leaves it: <sha256>.onnx and current.onnx
+    pushed = constant_model(tmp_path / "pushed.onnx", v8_output())
+    sha = hashlib.sha256(pushed.read_bytes()).hexdigest()
+    store.root.mkdir(parents=True)
+    shutil.copy(pushed, store.root / f"{sha}.onnx")
+    store.current_link.symlink_to(f"{sha}.onnx")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[device]\nstate_dir = "{state}"\n')
+    got = CliRunner().invoke(app, ["model", "info", "--config", str(config), "--json"])
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.output)["sha256"] == sha
+    bundled = CliRunner().invoke(app, ["model", "info", "--json"], env={"EDGE_AGENT_CONFIG": ""})
+    assert json.loads(bundled.output)["sha256"] != sha

@@ -125,7 +125,10 @@ def test_retention_drops_whole_old_months(fresh_db) -> None:
         # Keep everything by default.
         assert partitions.maintain(conn, agg).dropped == []
         # Keep 2 whole months before this one: the month 5 back goes (and everything older), 2 back stays.
-        dry = partitions.maintain(conn, RetentionConfig(sightings_months=2, coverage_months=2), dry_run=True)
+        dry = partitions.maintain(conn, RetentionConfig(sightings_months=2, coverage_months=2, premake_months=5),
+                                  dry_run=True)
+        far = f"sightings_p{partitions.add_months(this, 5):%Y_%m}"
+        assert far in dry.created and far not in partitions.monthly(conn, "sightings").values()  # said, not made
         assert f"sightings_p{partitions.add_months(this, -5):%Y_%m}" in dry.dropped
         assert dry.default_rows_deleted == {"sightings": 1}  # a dry run said nothing of them
         assert conn.execute("SELECT count(*) FROM sightings").fetchone()[0] == 5

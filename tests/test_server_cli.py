@@ -199,6 +199,27 @@ def test_new_device_ids_start_with_a_letter_or_digit(cli, fresh_db, broker) -> N
     assert revoked.exit_code == 0 and "revoked: 1 token(s)" in revoked.output, revoked.output
 
 
+def test_a_login_without_a_database_row_is_named_as_such(cli, fresh_db, broker, tmp_path) -> None:
+    """After a restore from a backup older than a device (or the demo's database recreated), its broker login
+    was still there: `device add` replaced it without a word (the box using it then locked out), while `device
+    import` called the id 'already exists' though `device ls` did not list it."""
+    from fleet_server.mqtt_accounts import set_password
+
+    orphan = f"orphan-{cli.port}"
+    set_password(broker.passwd_file, orphan, "the-box-still-uses-this")
+    (tmp_path / "fleet.csv").write_text(f"device_id\n{orphan}\n")
+    imported = cli.run("device", "import", str(tmp_path / "fleet.csv"))
+    assert imported.exit_code == 1 and "has a broker login but is not in the database" in imported.output
+    before = broker.passwd_file.read_text()
+    added = json.loads(cli.run("device", "add", orphan, "--json").output)
+    assert added["device_id"] == orphan and "had a broker login but no database row" in added["warning"]
+    assert broker.passwd_file.read_text() != before
+    again = cli.run("device", "add", "--reissue", orphan, "--json")
+    assert again.exit_code == 0 and "warning" not in json.loads(again.output)
+    shown = cli.run("device", "add", f"{orphan}-2")
+    assert shown.exit_code == 0 and "warning" not in shown.output
+
+
 def test_rotation_keeps_the_old_tokens_lifetime(cli, fresh_db) -> None:
     def lifetime_days(token_id: int) -> float:
         with psycopg.connect(fresh_db, autocommit=True) as conn:

@@ -112,3 +112,21 @@ def test_area_cracks_beside_a_long_cracks_end_join_it(make_cfg) -> None:
     rows = crack_defects(cfg)
     assert [r[0] for r in rows] == [line[0]], [(r[0], r[7], r[-1]) for r in rows]
     assert defect_feature(rows[0])["properties"]["sighting_count"] == 14
+
+
+def test_a_crack_line_does_not_grow_without_bound(make_cfg) -> None:
+    """Joining by the whole line, with no bound on the markers, chained pieces 8 m apart along a road into one
+    defect 1 km long, its marker 500 m from either end: where would a crew go? The marker must stay within
+    max_line_m of what joins it, so a line stays about two of those long."""
+    cfg = make_cfg()
+    agg = cfg.aggregate
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    for i in range(40):  # 3 m pieces, 5 m gaps, arriving one by one along the road
+        lat, lon = offset(*BASE, 8.0 * i, 0.0)
+        store(cfg, [make_event("veh-a", lat, lon, at=t0 + timedelta(seconds=i), seq=i, cls="crack", h=2.0,
+                               severity=0.2, size_m={"width": 0.1, "length": 3.0, "orientation_deg": 0.0})])
+    rows = crack_defects(cfg)
+    lengths = [line_bearing_and_length(defect_feature(r)["properties"]["line"])[1] for r in rows]
+    bound = 2 * (max(agg.max_gate_m, agg.merge_radius_m) + agg.max_line_m) + 3.0
+    assert len(rows) >= 3 and max(lengths) <= bound, lengths
+    assert sum(defect_feature(r)["properties"]["sighting_count"] for r in rows) == 40

@@ -246,7 +246,8 @@ def test_installer_sets_the_model_signing_key_and_url_prefix(tmp_path: Path) -> 
     model.write_bytes(b"x")
     key.write_text("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n")
     prefix = "https://fleet.example.org/api/v1/models/"
-    result = dry_run("agent", "--model", str(model), "--model-public-key", str(key), "--model-url-prefix", prefix)
+    result = dry_run("agent", "--model", str(model), "--model-public-key", str(key), "--model-url-prefix", prefix,
+                     "--broker", "mqtt.example.org")
     assert result.returncode == 0, result.stderr
     cfg = agent_config.parse(tomllib.loads(written_file(result.stdout, "/etc/edge-agent/agent.toml")))
     assert cfg.model_update.public_key == "/etc/edge-agent/model-signing.pub.pem"
@@ -255,6 +256,7 @@ def test_installer_sets_the_model_signing_key_and_url_prefix(tmp_path: Path) -> 
     assert "WARNING" not in result.stderr
     bare = dry_run("agent", "--model", str(model))
     assert "no --model-public-key" in bare.stderr
+    assert "no --broker" in bare.stderr and "no --broker" not in result.stderr  # localhost, for an image too
     assert agent_config.parse(tomllib.loads(written_file(bare.stdout, "/etc/edge-agent/agent.toml"))) \
         .model_update.public_key is None
     assert dry_run("agent", "--model-url-prefix", "http://fleet.example.org/").returncode == 2

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edge_agent.commands import finite
+from edge_agent.commands import config_option, finite
 from edge_agent.config.detector import MAX_THREADS, DetectorConfig
 from roadmon_contract.config_base import format_errors
 
@@ -79,11 +79,20 @@ def _load(model: str, threads: int = 0, names: str | None = None, canvas: tuple[
 
 
 @model_app.command("info")
-def info(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP),
+def info(model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " (default: the one --config "
+                                                                               "runs, else bundled)"),
+         config: str | None = config_option(None, help="Agent config: describe the model the box runs (an update "
+                                                      "it installed, else detector.model)"),
          names: str | None = _names_option(),
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """Load a model (with its load checks) and show what it is."""
-    det = _load(model, names=names)
+    if model is None and config:  # on a box, the update it installed (current.onnx) is what runs, not `bundled`
+        from edge_agent.commands.run import _load_config
+        from edge_agent.detect.model_update import effective_model
+
+        cfg = _load_config(config)
+        model = effective_model(cfg.detector, cfg.model_update, cfg.device.state_dir)
+    det = _load(model or "bundled", names=names)
     i = det.info
     data = {"name": i.name, "version": i.version, "path": i.path, "sha256": i.sha256, "classes": list(i.classes),
             "input_size": list(i.input_size), "input_dtype": i.input_dtype, "input_layout": i.input_layout,

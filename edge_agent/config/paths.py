@@ -97,4 +97,9 @@ def missing_files(cfg: AgentConfig) -> list[str]:
         wanted.append(("gnss.file", cfg.gnss.file))
     if cfg.detector.model != "bundled":
         wanted.append(("detector.model", cfg.detector.model))
+    # A missing signing key or CA left `config check` saying ok, and every model update failing. (The uplink's
+    # credential files are left out: systemd hands them over in $CREDENTIALS_DIRECTORY only when it runs.)
+    wanted.append(("model_update.ca_file", cfg.model_update.ca_file))
+    if not _is_pem(cfg.model_update.public_key):
+        wanted.append(("model_update.public_key", cfg.model_update.public_key))
     return [f"{key}: {value}" for key, value in wanted if value and not Path(value).exists()]
