@@ -150,7 +150,12 @@ def _read_devices(request: Request, conn: psycopg.Connection, one: str | None) -
 
 @api.get("/devices", summary="Devices: state (stale when silent), last seen, queue depth, last fix, and why a "
                              "box may be quiet (problems: its health, clock, refused messages)",
-         response_model=list[Device])
+         response_model=list[Device],
+         responses={200: {"headers": {
+             "X-Next-Cursor": {"description": "With `limit`, when more follow: the `cursor` of the next page",
+                               "schema": {"type": "string"}},
+             "Link": {"description": "With `limit`, when more follow: `<next page URL>; rel=\"next\"`",
+                      "schema": {"type": "string"}}}}})
 def devices(request: Request, response: Response,
             state: str | None = Query(None, max_length=100, description="Comma list of states, e.g. "
                                                                         "`offline,stale`"),

@@ -443,7 +443,8 @@ EOF
     run "$DESTDIR$PREFIX/venv/bin/edge-agent" config check "$DESTDIR/etc/edge-agent/agent.toml"
   fi
   enable_units edge-agent.service
-  echo "done: check the box with: sudo edge-agent doctor"
+  # A dry run with steps that would fail says so at the end instead (it said "done" just before).
+  [ ${#WOULD_FAIL[@]} -gt 0 ] || echo "done: check the box with: sudo edge-agent doctor"
 }
 
 # ------------------------------------------------------------------------------------------ server

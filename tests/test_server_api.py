@@ -455,6 +455,8 @@ def test_devices_page_by_cursor_in_code_point_order_and_whole_without_paging(api
     assert seen == sorted(ids) and pages == 3
     assert [d["id"] for d in client.get("/api/v1/devices?cursor=box-9", headers=viewer).json()] == ["van.1", "van_1"]
     assert client.get("/api/v1/devices?limit=0", headers=viewer).status_code == 400
+    headers = client.get("/openapi.json").json()["paths"]["/api/v1/devices"]["get"]["responses"]["200"]["headers"]
+    assert set(headers) == {"X-Next-Cursor", "Link"}  # a generated client knows they are there
 
 
 @pytest.mark.services

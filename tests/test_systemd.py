@@ -278,6 +278,7 @@ def test_installer_dry_run_shows_every_step_past_a_missing_file(tmp_path: Path) 
     assert f"! would fail: cannot read {tmp_path / 'ca.crt'}" in plan
     assert "systemctl enable --now edge-agent.service" in plan, "the steps after the missing file are shown"
     assert f"cannot read {missing}" in result.stderr and "2 step(s) that would fail" in result.stderr
+    assert "done:" not in result.stdout  # it said "done" just before the steps that would fail
     server = dry_run("server", "--database-dsn-file", str(tmp_path / "dsn"))
     assert server.returncode == 2 and "fleet-server-ingest@2.service" in server.stdout
     assert f"! would fail: cannot read {tmp_path / 'dsn'}" in server.stdout

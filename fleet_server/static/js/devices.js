@@ -83,7 +83,7 @@ function summarise(summary, devices) {
   const counts = STATES.map((s) => [s, devices.filter((d) => d.state === s).length]).filter(([, n]) => n);
   const states = counts.map(([s, n]) => `${n} ${s}`).join(", ");
   const head = troubled ? `${troubled} of ${devices.length} boxes show a problem` :
-    `${devices.length} boxes, none shows a problem`;
+    `${devices.length} ${devices.length === 1 ? "box" : "boxes"}, none shows a problem`;
   summary.textContent = states ? `${head} · ${states}` : head;
   summary.classList.toggle("has-problems", troubled > 0);
 }
