@@ -45,11 +45,15 @@ DEFECT_COLUMNS = """d.id, round(ST_X(d.geom::geometry)::numeric, 7)::float8,
     round(d.size_length_m::numeric, 2)::float8, d.status_changed_at,
     (ST_AsGeoJSON(d.line::geometry, 7)::jsonb -> 'coordinates'),
     (SELECT h.note FROM defect_history h WHERE h.defect_id = d.id AND h.note IS NOT NULL
-     AND h.actor <> 'aggregator' ORDER BY h.at DESC, h.id DESC LIMIT 1)"""
+     AND h.actor <> 'aggregator' ORDER BY h.at DESC, h.id DESC LIMIT 1),
+    round(ST_Length(d.line)::numeric, 1)::float8"""
 PROPERTY_NAMES = ("id", "lon", "lat", "class", "status", "severity", "confidence", "sighting_count", "vehicle_count",
                   "pass_count", "miss_count", "first_seen", "last_seen", "h_accuracy_m", "size_width_m",
                   "size_length_m", "status_changed_at", "line",  # line: [[lon, lat], ...] of a crack, else null
-                  "note")  # the newest note a person wrote with a status (a work order's "crew B, Tuesday")
+                  "note",  # the newest note a person wrote with a status (a work order's "crew B, Tuesday")
+                  # a crack's line in metres: size_length_m is one piece's (the median sighting), and a CSV of a
+                  # 95 m crack said 3.35
+                  "line_length_m")
 
 
 def _jsonable(value: Any) -> Any:

@@ -61,6 +61,7 @@ def test_a_long_crack_seen_in_pieces_over_two_passes_is_one_defect(make_cfg) -> 
     bearing, length = line_bearing_and_length(props["line"])
     assert min(bearing, 180 - bearing) <= 15, bearing          # runs north-south, as the crack does
     assert 16.0 <= length <= 30.0, length                      # spans the crack (plus the sightings' noise)
+    assert props["line_length_m"] == pytest.approx(length, abs=0.2)  # exports gave one piece's length alone
     # Its position is on the crack, near the middle.
     assert metres((props["lat"], props["lon"]), offset(*start, 10.0, 0)) <= 3.0
     # The map's feature is the marker's point; the GIS export draws the line itself.
