@@ -194,13 +194,54 @@ def _seen_apart(views: list[tuple], viewer: str | None, t: float, x: float, y: f
         for device, seen, vx, vy in views)
 
 
+Segment = tuple[tuple[float, float], tuple[float, float]]  # (x, y) ends in metres; a point is both ends
+
+
+def _segment(x: float, y: float, half: float, bearing: float | None) -> Segment:
+    """A sighting's extent: its axis, HALF metres either way along BEARING (clockwise from north), or its point."""
+    if not half or bearing is None:
+        return (x, y), (x, y)
+    dx, dy = half * math.sin(math.radians(bearing)), half * math.cos(math.radians(bearing))
+    return (x - dx, y - dy), (x + dx, y + dy)
+
+
+def _to_segment(p: tuple[float, float], s: Segment) -> float:
+    (ax, ay), (bx, by) = s
+    vx, vy = bx - ax, by - ay
+    span = vx * vx + vy * vy
+    t = 0.0 if span == 0 else max(0.0, min(1.0, ((p[0] - ax) * vx + (p[1] - ay) * vy) / span))
+    return math.hypot(p[0] - ax - t * vx, p[1] - ay - t * vy)
+
+
+def _crosses(a: Segment, b: Segment) -> bool:
+    def side(p: tuple[float, float], q: tuple[float, float], r: tuple[float, float]) -> float:
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    return (side(*a, b[0]) * side(*a, b[1]) < 0) and (side(*b, a[0]) * side(*b, a[1]) < 0)
+
+
+def segments_apart(a: Segment, b: Segment) -> float:
+    """Metres between two extents, as PostGIS measures lines: grouping a batch by centre distance less both
+    half-lengths took two cracks side by side, 12-20 m apart, for touching."""
+    if _crosses(a, b):
+        return 0.0
+    return min(_to_segment(a[0], b), _to_segment(a[1], b), _to_segment(b[0], a), _to_segment(b[1], a))
+
+
+def axial_turn(a: float, b: float) -> float:
+    """Degrees between two orientations taken as axes (0-90): 10 and 190 are one line."""
+    turn = abs(a - b) % 180.0
+    return min(turn, 180.0 - turn)
+
+
 def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: AggregateConfig) -> set[int]:
     """New defects for the batch's sightings that matched none: grouped in capture order, so the first
     sighting of a new pothole starts it and the batch's later ones within its gate join it."""
     loose = conn.execute("""SELECT event_id, class, ST_Y(geom::geometry), ST_X(geom::geometry), h_accuracy_m,
                                    CASE WHEN axis IS NULL THEN 0 ELSE size_length_m / 2 END,
                                    CASE WHEN axis IS NULL AND size_width_m IS NOT NULL THEN device_id END,
-                                   extract(epoch FROM captured_at)
+                                   extract(epoch FROM captured_at),
+                                   CASE WHEN axis IS NOT NULL THEN (payload->'size_m'->>'orientation_deg')::float8 END
                             FROM sightings WHERE event_id = ANY(%s::uuid[]) AND defect_id IS NULL
                             ORDER BY captured_at""", (event_ids,)).fetchall()
     if not loose:
@@ -208,23 +249,27 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
     cell_m = max(cfg.max_gate_m, cfg.merge_radius_m)
     frame = LocalFrame(loose[0][2], loose[0][3])  # metres around the batch's first sighting
     cells: dict[tuple, list[int]] = {}
-    leaders: list[tuple] = []  # (event_id, x, y, half length) of the sighting that starts each new defect
+    leaders: list[tuple] = []  # (event_id, x, y, half length, extent, bearing) of each new defect's first
     views: list[list[tuple]] = []  # per leader, its point sightings' (device, time, x, y): SEEN_APART's rule
     member_of: list[int] = []  # index into leaders, per loose sighting
-    for event_id, klass, lat, lon, h, half, viewer, t in loose:
+    for event_id, klass, lat, lon, h, half, viewer, t, bearing in loose:
         x, y = frame.to_enu(lat, lon)
+        extent = _segment(x, y, half, bearing)
         cx, cy = int(x // cell_m), int(y // cell_m)
         best, best_d = None, _gate(h, cfg)
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
                 for i in cells.get((klass, cx + dx, cy + dy), ()):
-                    # Lines reach half their length from their centre (merge_neighbours measures them exactly).
-                    d = max(0.0, math.hypot(leaders[i][1] - x, leaders[i][2] - y) - leaders[i][3] - half)
+                    lead_bearing = leaders[i][5]
+                    if bearing is not None and lead_bearing is not None and \
+                            axial_turn(bearing, lead_bearing) > cfg.max_crack_turn_deg:
+                        continue  # a crack crossing another is a crack of its own
+                    d = segments_apart(leaders[i][4], extent)
                     if d <= best_d and not _seen_apart(views[i], viewer, float(t), x, y, cfg):
                         best, best_d = i, d
         if best is None:
             best = len(leaders)
-            leaders.append((event_id, x, y, half))
+            leaders.append((event_id, x, y, half, extent, bearing))
             views.append([])
             cells.setdefault((klass, cx, cy), []).append(best)
         if viewer is not None:
@@ -539,6 +584,11 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
                  -- by the extents (an area crack near a long crack's end stayed its own defect, its marker
                  -- 20-40 m from the line's), with the markers within max_line_m (else lines chain without end)
                  AND ST_DWithin(a.geom, b.geom, GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s, false)
+                 AND (a.line IS NULL OR b.line IS NULL OR roadmon_axial_turn(
+                      degrees(ST_Azimuth(ST_StartPoint(a.line::geometry)::geography,
+                                         ST_EndPoint(a.line::geometry)::geography)),
+                      degrees(ST_Azimuth(ST_StartPoint(b.line::geometry)::geography,
+                                         ST_EndPoint(b.line::geometry)::geography))) <= %(max_turn)s)
                  AND ST_DWithin(coalesce(a.line, a.geom), coalesce(b.line, b.geom), LEAST(GREATEST(%(radius)s,
                      %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
                      GREATEST(%(max_gate)s, %(radius)s)), false)
@@ -549,6 +599,7 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
                       WHERE x.defect_id = a.id AND {SEEN_APART}))) p
             ORDER BY drop_id, dist""", {"radius": cfg.merge_radius_m, "gate": cfg.accuracy_gate,
                                         "max_gate": cfg.max_gate_m, "max_line": cfg.max_line_m,
+                                        "max_turn": cfg.max_crack_turn_deg,
                                         "ids": sorted(pending), "view_s": cfg.same_view_s,
                                         "split_m": cfg.same_view_split_m}).fetchall()
         if not pairs:

@@ -276,6 +276,10 @@ class AggregateConfig(Section):
     outlier_sigma: float = Field(3.0, gt=0, description="Sightings further than this many accuracies from the "
                                                         "mean are left out of a defect's position")
     max_sightings_for_position: int = Field(500, ge=10, description="Newest sightings used for the position")
+    max_crack_turn_deg: float = Field(45.0, gt=0, le=90,
+                                      description="A crack sighting joins a crack defect (and two crack defects "
+                                                  "merge) only when their orientations differ by at most this, "
+                                                  "degrees: a transverse crack across a longitudinal one is its own")
     max_line_m: float = Field(50.0, gt=0, le=500, description="How far along its line from a crack defect's centre "
                                                              "a sighting may join it, as the area a batch locks is "
                                                              "sized (joining itself measures the whole line)")

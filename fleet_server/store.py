@@ -147,6 +147,9 @@ FROM r_axis r LEFT JOIN LATERAL (
     SELECT d.id FROM defects d
     WHERE d.class = r.class AND d.status <> 'repaired'
       AND ST_DWithin(d.geom, r.geog, GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s, false)
+      -- a crack crossing a crack defect is its own (a transverse one took a longitudinal one's line over)
+      AND (r.axis IS NULL OR d.line IS NULL OR roadmon_axial_turn(r.p_orient, degrees(ST_Azimuth(
+           ST_StartPoint(d.line::geometry)::geography, ST_EndPoint(d.line::geometry)::geography))) <= %(max_turn)s)
       AND ST_DWithin(coalesce(d.line, d.geom), coalesce(r.axis, r.geog),
                      LEAST(GREATEST(%(radius)s, %(gate)s * r.h), GREATEST(%(max_gate)s, %(radius)s)), false)
     ORDER BY coalesce(d.line, d.geom) <-> coalesce(r.axis, r.geog) LIMIT 1) m ON true
@@ -288,7 +291,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
                 "events": "[" + ",".join(texts) + "]", "received": _timestamp_array([at for _, at in batch.events]),
                 "classes": [class_name(e["class"]) for e, _ in batch.events], "source": batch.source,
                 "radius": agg.merge_radius_m, "gate": agg.accuracy_gate, "max_gate": agg.max_gate_m,
-                "max_line": agg.max_line_m}).fetchall()
+                "max_line": agg.max_line_m, "max_turn": agg.max_crack_turn_deg}).fetchall()
             out.new_events = {r[0] for r in inserted}
             matched = {r[1] for r in inserted if r[1] is not None}
             loose = [r[0] for r in inserted if r[1] is None]

@@ -131,3 +131,31 @@ def test_a_crack_line_does_not_grow_without_bound(make_cfg) -> None:
     bound = 2 * (max(agg.max_gate_m, agg.merge_radius_m) + agg.max_line_m) + 3.0
     assert len(rows) >= 3 and max(lengths) <= bound, lengths
     assert sum(defect_feature(r)["properties"]["sighting_count"] for r in rows) == 40
+
+
+def test_side_by_side_cracks_in_one_batch_stay_two(make_cfg) -> None:
+    """A batch's new sightings were grouped by centre distance less both half-lengths: two parallel cracks
+    12-20 m apart, in one batch, read as touching and became one defect with its line down the middle."""
+    cfg = make_cfg()
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    store(cfg, [make_event("veh-a", *offset(*BASE, 0.0, east), at=t0 + timedelta(seconds=i), seq=i, cls="crack",
+                           h=2.0, severity=0.2, size_m={"width": 0.1, "length": 20.0, "orientation_deg": 0.0})
+                for i, east in enumerate((0.0, 15.0))])
+    rows = crack_defects(cfg)
+    assert len(rows) == 2, [(r[0], r[1], r[2]) for r in rows]
+
+
+def test_a_crack_crossing_another_is_its_own_defect(make_cfg) -> None:
+    """A transverse crack across a longitudinal one joined it, and with as many sightings the defect's line
+    turned across the road: the 10 m longitudinal crack was gone from the map."""
+    cfg = make_cfg()
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    for p in range(3):
+        at = t0 + timedelta(hours=p)
+        store(cfg, [make_event(f"veh-{p}", *BASE, at=at, seq=1, cls="crack", h=2.0, severity=0.2,
+                               size_m={"width": 0.1, "length": 10.0, "orientation_deg": 0.0}),
+                    make_event(f"veh-{p}", *BASE, at=at + timedelta(seconds=1), seq=2, cls="crack", h=2.0,
+                               severity=0.2, size_m={"width": 0.1, "length": 7.0, "orientation_deg": 90.0})])
+    bearings = sorted(round(line_bearing_and_length(defect_feature(r)["properties"]["line"])[0]) % 180
+                      for r in crack_defects(cfg))
+    assert len(bearings) == 2 and bearings[0] <= 5 and 85 <= bearings[1] <= 95, bearings
