@@ -265,7 +265,9 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
     for the caller's next batch, until the first of them has been deferred that long (then the transaction
     waits for the areas, so none waits forever); 0: the transaction waits for busy areas."""
     out = Stored()
-    acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": []})
+    # command_ids always, even empty: it tells an agent this server acks results, so it may send them again
+    acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": [],
+                                                                 "command_ids": []})
     matched: set[int] = set()
     loose: list[str] = []
     batch, repeats = _first_of_each(batch)
@@ -312,8 +314,15 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
             if batch.statuses:
                 cur.executemany(UPDATE_STATUS, [_status_params(d, s) for d, s, _ in batch.statuses])
             if batch.results:
-                cur.executemany("INSERT INTO command_results (device_id, name, payload) VALUES (%s, %s, %s)",
-                                [(d, n, Jsonb(p)) for d, n, p in batch.results])
+                # A box sends a result again until the server acks its command_id (one sent while no ingest
+                # worker was connected was lost): the same result twice is stored once.
+                cur.executemany("""INSERT INTO command_results (device_id, name, payload) SELECT %(d)s, %(n)s, %(p)s
+                                   WHERE NOT EXISTS (SELECT 1 FROM command_results
+                                                     WHERE device_id = %(d)s AND name = %(n)s AND payload = %(p)s)""",
+                                [{"d": d, "n": n, "p": Jsonb(p)} for d, n, p in batch.results])
+                for d, _, p in batch.results:
+                    if isinstance(p, dict) and isinstance(p.get("command_id"), str):
+                        acks[d]["command_ids"].append(p["command_id"])
         store_rejected(conn, batch.rejected + out.conflicts, reject)
         aggregate.aggregate_new(conn, sorted(out.new_events), matched, loose, sorted(out.new_coverage), agg)
     out.acks = {d: {k: list(dict.fromkeys(v)) for k, v in a.items()} for d, a in acks.items()}

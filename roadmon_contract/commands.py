@@ -20,6 +20,11 @@ def expires_at(payload: dict[str, Any]) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+# A command result after which the command is still to be answered (a model update waiting in a queue): the
+# final one follows. The box re-sends final results until acked; the server's `cmd results` shows both.
+INTERIM = ("queued",)
+
+
 def zoned_time(text: Any) -> datetime:
     """TEXT as an RFC 3339 time with its zone (a command's `since`, which a box compares with its own UTC stamps);
     ValueError saying what is wrong."""

@@ -217,3 +217,50 @@ def test_a_server_restored_from_a_backup_gets_back_what_it_had_confirmed(make_cf
     assert backup - timedelta(hours=3, minutes=6) < earliest < backup - timedelta(hours=3, minutes=4)
     with pytest.raises(commands.CommandError, match="--since"):
         commands.resend(cfg, None, rejected=False)
+
+
+def test_a_command_answered_while_no_ingest_worker_listens_reaches_the_server_once(
+        make_cfg, workers, mqtt_device, service_info, tmp_path: Path) -> None:  # noqa: F811
+    """Results travel only through the workers' shared subscription, which keeps nothing for a group with no
+    member connected: a soak with broker and server restarts left 7 of 28 commands answered on the box and never
+    on the server. The box now sends a final result again until the server acks its command_id; the server
+    stores a repeat once."""
+    from roadmon_contract import topics
+    from tests.test_uplink import ServerClient
+
+    device, password = mqtt_device()
+    cfg = make_cfg(devices=[device])
+    [worker] = workers(cfg, 1)
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), ack_timeout_s=0.5,
+                               heartbeat_s=0.5), device, outbox, HealthBoard())
+    uplink.on_command("echo", lambda payload: {"ok": True, "echo": payload.get("n")})
+    sender = ServerClient(service_info.mqtt_port, service_info.server_password)
+    dsn = cfg.database.resolve_dsn()
+
+    def stored(command_id: str) -> int:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute("SELECT count(*) FROM command_results WHERE device_id = %s "
+                                "AND payload->>'command_id' = %s", (device, command_id)).fetchone()[0]
+
+    uplink.start()
+    try:
+        wait_for(lambda: uplink.state == "connected", 30, "the uplink connected")
+        assert outbox.add_event(make_event(outbox, device_id=device, captured_at=utc_now_iso()))
+        wait_for(lambda: outbox.stats()["queue_depth"] == 0, 30, "an ack from this server")
+        worker.stop()  # no worker in the group: the result published now is lost at the broker
+        sender.client.subscribe([(topics.cmd_result(device, "echo"), 1)])
+        sender.client.publish(topics.cmd(device, "echo"), json.dumps({"n": 7, "command_id": "cmd-lost-1"}), qos=1)
+        wait_for(lambda: sender.last(topics.cmd_result(device, "echo")) is not None, 10, "the box answered")
+        time.sleep(1.0)
+        assert stored("cmd-lost-1") == 0
+        workers(cfg, 1)  # the server is back
+        wait_for(lambda: stored("cmd-lost-1") == 1, 30, "the result, sent again, stored")
+        time.sleep(1.0)
+        sent = len([t for t, _ in sender.messages if t == topics.cmd_result(device, "echo")])
+        time.sleep(3.0)  # ack timeouts more: acked, so nothing is sent, or stored, again
+        assert stored("cmd-lost-1") == 1
+        assert len([t for t, _ in sender.messages if t == topics.cmd_result(device, "echo")]) == sent
+    finally:
+        uplink.stop()
+        sender.close()

@@ -47,7 +47,7 @@ from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.durable import fsync_dir, write_durably
 from edge_agent.health import HealthBoard
-from roadmon_contract.commands import expired_reason
+from roadmon_contract.commands import INTERIM, expired_reason
 from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ COMMAND = "model-update"
 CHUNK = 1 << 20
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-INTERIM = ("queued",)  # statuses after which the command is still to be answered
 MAX_ATTEMPTS = 3       # restarts that may cut one update off before it is given up as `interrupted`
 
 # Loads the model at a path and raises when it is unusable; returns what it learnt (name, provider...).

@@ -47,7 +47,7 @@ from edge_agent.link.heartbeat import boot_stamp, build_status, remove_leftovers
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
-from roadmon_contract.commands import expired_reason
+from roadmon_contract.commands import INTERIM, expired_reason
 from roadmon_contract.decode import decode_json
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ SESSION_TAKEN_OVER = 142  # another client connected with our client id (= devic
 # a tight loop that floods the log and the broker.
 SHORT_LIVED_S = 10.0
 EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overdue
+MAX_UNANSWERED = 200    # final command results kept for sending again until the server acks them
+RESULT_ATTEMPTS = 20    # sends of one result before giving up (a server that stores but never says so)
 # State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
 # many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
 WRITE_EVERY_S = 0.1
@@ -108,6 +110,10 @@ class Uplink:
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
                          "bad_acks": 0, "bad_messages": 0, "retained_ignored": 0, "connects": 0, "refused_logins": 0,
                          "rejected": 0, "server_back": 0}
+        # Final command results the server has not acked yet: command_id -> (name, result, sent at, attempts).
+        # A result sent while no ingest worker was connected was lost (7 of 28 in a soak with restarts).
+        self._unanswered: dict[str, list] = {}
+        self._server_acks_results = False  # an older server never acks them: then nothing is sent again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, CommandHandler] = {}
@@ -391,6 +397,7 @@ class Uplink:
                 self._next_write = now + WRITE_EVERY_S
             if now >= next_expiry:
                 self._expire(now)
+                self._results_again(now)
                 next_expiry = now + EXPIRE_EVERY_S
                 more = True
             if self.outbox.changed.is_set():
@@ -508,6 +515,25 @@ class Uplink:
             info = client.publish(topics.cmd_result(self.device_id, name), json.dumps(result, default=str), qos=1)
             if name in self._on_published:
                 self._result_mids[info.mid] = (name, result)
+            command_id = result.get("command_id") if isinstance(result, dict) else None
+            if isinstance(command_id, str) and result.get("status") not in INTERIM:
+                attempts = self._unanswered.get(command_id, [None, None, 0.0, 0])[3]
+                self._unanswered[command_id] = [name, result, time.monotonic(), attempts + 1]
+                while len(self._unanswered) > MAX_UNANSWERED:
+                    self._unanswered.pop(next(iter(self._unanswered)))
+
+    def _results_again(self, now: float) -> None:
+        """Send again the final results the server has not acked within the ack timeout, up to
+        RESULT_ATTEMPTS times (it stores a repeat once)."""
+        if not self._server_acks_results:
+            return
+        for command_id, (name, result, sent_at, attempts) in list(self._unanswered.items()):
+            if attempts >= RESULT_ATTEMPTS:
+                log.warning("uplink: the result of command %s was never acknowledged; giving up", command_id)
+                del self._unanswered[command_id]
+            elif now - sent_at >= self.flow.timeout_s:
+                del self._unanswered[command_id]  # re-registered as it is published
+                self._results.put((name, result))
 
     def _farewell(self) -> None:
         client = self._client
@@ -626,11 +652,16 @@ class Uplink:
             items = [("event", str(i)) for i in ack.get("event_ids", [])]
             items += [("coverage", str(i)) for i in ack.get("coverage_ids", [])]
             rejected = [(str(r["id"]), str(r.get("reason", ""))) for r in ack.get("rejected", [])]
+            answered = [str(c) for c in ack.get("command_ids", [])]
         except (ValueError, AttributeError, TypeError, KeyError) as exc:
             self.counters["bad_acks"] += 1
             log.warning("uplink: ignoring an ack that is not {event_ids, coverage_ids, rejected}: %s", exc)
             return
         self._confirmed.extend(items)
+        if "command_ids" in ack:
+            self._server_acks_results = True
+            for command_id in answered:
+                self._unanswered.pop(command_id, None)
         now = time.monotonic()
         if "status_seen" in ack and self.flow.backoff > 1:
             self._server_back()
