@@ -159,8 +159,10 @@ from edge_agent import config
 from edge_agent.health import HealthBoard
 from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
+from edge_agent.link.writer_lock import WriterLock
 
 cfg = config.load(sys.argv[1])
+WriterLock(cfg.outbox_path).acquire()  # as `edge-agent run` holds its outbox while it runs
 Uplink(cfg.uplink, cfg.device.id, Outbox(cfg.outbox_path, cfg.outbox), HealthBoard()).start()
 time.sleep(120)
 """
@@ -178,9 +180,15 @@ def test_a_killed_agent_is_red_where_edge_agent_status_says_stale(tmp_path: Path
         alive = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
         assert alive.level is Level.GREEN and "running" in alive.summary, alive
         assert "stale" not in collect(str(path), None)["broker"]
-    finally:
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
+        # At once, long before its status goes stale: it read "running ... broker connected" in green for ~20 s.
+        killed = by_name(run_checks(str(path), only=["agent"], options=FAST))["agent"]
+        assert killed.level is Level.RED and "no agent holds its outbox" in killed.summary, killed
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGKILL)
+            agent.wait(10)
     time.sleep(PAST_STALE_S)
     assert "stale" in collect(str(path), None)["broker"]
     out = subprocess.run([EDGE_AGENT, "doctor", "--config", str(path), "--json", "--only", "outbox,agent,delivery"],
@@ -420,7 +428,10 @@ def test_broker_up_server_down_is_not_all_ok(private_broker: Any, tmp_path: Path
     path = uplink_config(tmp_path, mq.port, ack_timeout_s=0.3, adaptive=False)
     cfg = agent_config.load(str(path))
     fill(cfg.outbox_path, 5)
+    from edge_agent.link.writer_lock import WriterLock
+
     with Outbox(cfg.outbox_path, cfg.outbox) as ob:
+        lock = WriterLock(cfg.outbox_path).acquire()  # as `edge-agent run` holds its outbox while it runs
         uplink = Uplink(cfg.uplink, cfg.device.id, ob, HealthBoard())
         uplink.start()
         try:
@@ -429,6 +440,7 @@ def test_broker_up_server_down_is_not_all_ok(private_broker: Any, tmp_path: Path
             results = by_name(run_checks(str(path), only=["broker", "agent", "delivery"], options=FAST))
         finally:
             uplink.stop()
+            lock.release()
     assert results["broker"].level is Level.GREEN, results["broker"]
     assert results["agent"].level is Level.GREEN, results["agent"]
     delivery = results["delivery"]

@@ -136,6 +136,12 @@ def check_agent(ctx: Context) -> CheckResult:
         return _still_running(ctx.cfg, path, status, data) or CheckResult(
             "agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the agent runs: the "
             "agent is not running or hung", "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
+    if holder(ctx.cfg.outbox_path) is None:
+        # A fresh status outlives the process by up to a few heartbeats: 11 s after a kill -9 this read
+        # "running ... broker connected" in green, beside a broker check that had already seen it gone.
+        return CheckResult("agent", Level.RED, f"not running: its last status ({when}) said {broker}, but no agent "
+                           "holds its outbox any more: it stopped without a word (killed, crashed, power cut)",
+                           "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
     trouble = uplink_trouble(status)
     data["uplink_trouble"] = trouble
     if trouble and (status.get("uplink") or {}).get("trouble"):
