@@ -136,17 +136,25 @@ def test_a_replayed_drive_the_server_refuses_is_reported_everywhere(make_cfg, wo
     assert delivery["data"]["rejected_recent"] == 2 * first
 
 
-def test_an_agent_backing_off_resumes_as_soon_as_the_server_is_back(make_cfg, workers, mqtt_device,  # noqa: F811
-                                                                     service_info, tmp_path: Path) -> None:
-    """The fleet server away for 6 minutes: the agent's wait for an ack had doubled round after round, and its rows
-    reached the map 4.5 minutes after the server was back (up to ack_timeout_max_s, 30 minutes, after a longer
-    maintenance), fresh defects queued behind them. Its heartbeat now asks, and the server's ack says it is back."""
+def quick_agent_and_worker(make_cfg, workers, mqtt_device, service_info, tmp_path: Path) -> tuple:  # noqa: F811
+    """(device, server config, its one ingest worker, outbox, uplink not started) with half-second ack timeouts and
+    heartbeats, for tests that take the server away and bring it back."""
     device, password = mqtt_device()
     cfg = make_cfg(devices=[device])
     [worker] = workers(cfg, 1)
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
     uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), ack_timeout_s=0.5,
                                heartbeat_s=0.5), device, outbox, HealthBoard())
+    return device, cfg, worker, outbox, uplink
+
+
+def test_an_agent_backing_off_resumes_as_soon_as_the_server_is_back(make_cfg, workers, mqtt_device,  # noqa: F811
+                                                                     service_info, tmp_path: Path) -> None:
+    """The fleet server away for 6 minutes: the agent's wait for an ack had doubled round after round, and its rows
+    reached the map 4.5 minutes after the server was back (up to ack_timeout_max_s, 30 minutes, after a longer
+    maintenance), fresh defects queued behind them. Its heartbeat now asks, and the server's ack says it is back."""
+    device, cfg, worker, outbox, uplink = quick_agent_and_worker(make_cfg, workers, mqtt_device, service_info,
+                                                                 tmp_path)
     uplink.start()
     try:
         wait_for(lambda: uplink.state == "connected", 30, "the uplink connected")
@@ -228,12 +236,8 @@ def test_a_command_answered_while_no_ingest_worker_listens_reaches_the_server_on
     from roadmon_contract import topics
     from tests.test_uplink import ServerClient
 
-    device, password = mqtt_device()
-    cfg = make_cfg(devices=[device])
-    [worker] = workers(cfg, 1)
-    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
-    uplink = Uplink(uplink_cfg(service_info.mqtt_port, login(tmp_path, password), ack_timeout_s=0.5,
-                               heartbeat_s=0.5), device, outbox, HealthBoard())
+    device, cfg, worker, outbox, uplink = quick_agent_and_worker(make_cfg, workers, mqtt_device, service_info,
+                                                                 tmp_path)
     uplink.on_command("echo", lambda payload: {"ok": True, "echo": payload.get("n")})
     sender = ServerClient(service_info.mqtt_port, service_info.server_password)
     dsn = cfg.database.resolve_dsn()
