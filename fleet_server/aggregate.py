@@ -249,7 +249,7 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
     cell_m = max(cfg.max_gate_m, cfg.merge_radius_m)
     frame = LocalFrame(loose[0][2], loose[0][3])  # metres around the batch's first sighting
     cells: dict[tuple, list[int]] = {}
-    leaders: list[tuple] = []  # (event_id, x, y, half length, extent, bearing) of each new defect's first
+    leaders: list[tuple] = []  # (event_id, extent, bearing) of the sighting that starts each new defect
     views: list[list[tuple]] = []  # per leader, its point sightings' (device, time, x, y): SEEN_APART's rule
     member_of: list[int] = []  # index into leaders, per loose sighting
     for event_id, klass, lat, lon, h, half, viewer, t, bearing in loose:
@@ -260,16 +260,16 @@ def create_defects(conn: psycopg.Connection, event_ids: list[str], cfg: Aggregat
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
                 for i in cells.get((klass, cx + dx, cy + dy), ()):
-                    lead_bearing = leaders[i][5]
+                    _, lead_extent, lead_bearing = leaders[i]
                     if bearing is not None and lead_bearing is not None and \
                             axial_turn(bearing, lead_bearing) > cfg.max_crack_turn_deg:
                         continue  # a crack crossing another is a crack of its own
-                    d = segments_apart(leaders[i][4], extent)
+                    d = segments_apart(lead_extent, extent)
                     if d <= best_d and not _seen_apart(views[i], viewer, float(t), x, y, cfg):
                         best, best_d = i, d
         if best is None:
             best = len(leaders)
-            leaders.append((event_id, x, y, half, extent, bearing))
+            leaders.append((event_id, extent, bearing))
             views.append([])
             cells.setdefault((klass, cx, cy), []).append(best)
         if viewer is not None:
@@ -585,10 +585,7 @@ def merge_neighbours(conn: psycopg.Connection, defect_ids: set[int], cfg: Aggreg
                  -- 20-40 m from the line's), with the markers within max_line_m (else lines chain without end)
                  AND ST_DWithin(a.geom, b.geom, GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s, false)
                  AND (a.line IS NULL OR b.line IS NULL OR roadmon_axial_turn(
-                      degrees(ST_Azimuth(ST_StartPoint(a.line::geometry)::geography,
-                                         ST_EndPoint(a.line::geometry)::geography)),
-                      degrees(ST_Azimuth(ST_StartPoint(b.line::geometry)::geography,
-                                         ST_EndPoint(b.line::geometry)::geography))) <= %(max_turn)s)
+                      roadmon_line_bearing(a.line), roadmon_line_bearing(b.line)) <= %(max_turn)s)
                  AND ST_DWithin(coalesce(a.line, a.geom), coalesce(b.line, b.geom), LEAST(GREATEST(%(radius)s,
                      %(gate)s * sqrt(coalesce(a.h_accuracy_m, 0) ^ 2 + coalesce(b.h_accuracy_m, 0) ^ 2)),
                      GREATEST(%(max_gate)s, %(radius)s)), false)

@@ -175,7 +175,8 @@ def devices(request: Request, response: Response,
         return found  # the whole fleet in one list, as clients written before paging expect
     # Pages follow ids in code-point order (the database's collation may sort "Box-2" and "box-10" otherwise).
     rest = sorted((d for d in found if cursor is None or d["id"] > cursor), key=lambda d: d["id"])
-    page = min(limit or request.app.state.cfg.api.max_page_size, request.app.state.cfg.api.max_page_size)
+    most = request.app.state.cfg.api.max_page_size
+    page = min(limit or most, most)
     if len(rest) > page:
         last = rest[page - 1]["id"]
         response.headers["X-Next-Cursor"] = last

@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from fleet_server import metrics, partitions, repair_odds
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import Reconnecting, connect
-from fleet_server.store import Batch, RejectPolicy, Stored, purge_rejected, store_batch
+from fleet_server.store import Batch, RejectPolicy, Stored, empty_ack, purge_rejected, store_batch
 from fleet_server.validate import Invalid, Rejection, check_message, message_ref, parse_json
 from roadmon_contract import topics
 
@@ -152,12 +152,12 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
     out = {device: dict(ids) for device, ids in stored.acks.items()}
     for device, status, _ in batch.statuses:
         if status.get("awaiting_server") is True:  # an agent backing off learns that the server is back
-            message = out.setdefault(device, {"event_ids": [], "coverage_ids": [], "command_ids": []})
+            message = out.setdefault(device, empty_ack())
             message["status_seen"] = status.get("sent_at")  # the key is what counts; sent_at names the status
     for r in batch.rejected + stored.conflicts:
         if r.ref is None or r.device_id is None:
             continue
-        message = out.setdefault(r.device_id, {"event_ids": [], "coverage_ids": [], "command_ids": []})
+        message = out.setdefault(r.device_id, empty_ack())
         message.setdefault("rejected", []).append({"id": r.ref, "reason": r.reason[:300]})
     return out
 

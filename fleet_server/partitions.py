@@ -71,7 +71,7 @@ def ensure_upcoming(conn: psycopg.Connection, premake_months: int, now: datetime
             if month not in have and (dry_run or conn.execute("SELECT roadmon_create_month_partition(%s, %s)",
                                                               (table, month)).fetchone()[0]):
                 created.append(f"{table}_p{month:%Y_%m}")
-    if created:
+    if created and not dry_run:
         log.info("created partitions %s", ", ".join(created))
     return created
 

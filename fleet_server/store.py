@@ -148,8 +148,8 @@ FROM r_axis r LEFT JOIN LATERAL (
     WHERE d.class = r.class AND d.status <> 'repaired'
       AND ST_DWithin(d.geom, r.geog, GREATEST(%(max_gate)s, %(radius)s) + %(max_line)s, false)
       -- a crack crossing a crack defect is its own (a transverse one took a longitudinal one's line over)
-      AND (r.axis IS NULL OR d.line IS NULL OR roadmon_axial_turn(r.p_orient, degrees(ST_Azimuth(
-           ST_StartPoint(d.line::geometry)::geography, ST_EndPoint(d.line::geometry)::geography))) <= %(max_turn)s)
+      AND (r.axis IS NULL OR d.line IS NULL
+           OR roadmon_axial_turn(r.p_orient, roadmon_line_bearing(d.line)) <= %(max_turn)s)
       AND ST_DWithin(coalesce(d.line, d.geom), coalesce(r.axis, r.geog),
                      LEAST(GREATEST(%(radius)s, %(gate)s * r.h), GREATEST(%(max_gate)s, %(radius)s)), false)
     ORDER BY coalesce(d.line, d.geom) <-> coalesce(r.axis, r.geog) LIMIT 1) m ON true
@@ -265,9 +265,7 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
     for the caller's next batch, until the first of them has been deferred that long (then the transaction
     waits for the areas, so none waits forever); 0: the transaction waits for busy areas."""
     out = Stored()
-    # command_ids always, even empty: it tells an agent this server acks results, so it may send them again
-    acks: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"event_ids": [], "coverage_ids": [],
-                                                                 "command_ids": []})
+    acks: dict[str, dict[str, list[str]]] = defaultdict(empty_ack)
     matched: set[int] = set()
     loose: list[str] = []
     batch, repeats = _first_of_each(batch)
@@ -330,6 +328,12 @@ def store_batch(conn: psycopg.Connection, batch: Batch, agg: AggregateConfig,
 
 
 CLASH = "event_id already used by an event with other content"
+
+
+def empty_ack() -> dict[str, list[str]]:
+    """A device's ack before ids are added. command_ids always, even empty: it tells an agent that this server
+    acks command results, so that the agent may send one again until it is acked."""
+    return {"event_ids": [], "coverage_ids": [], "command_ids": []}
 DATED_AHEAD = """
 UPDATE devices d SET dated_ahead_s = a.s, dated_ahead_at = now()
 FROM unnest(%s::text[], %s::real[]) AS a(id, s) WHERE d.id = a.id

@@ -206,6 +206,33 @@ def test_a_retained_command_is_never_carried_out(service_info, mqtt_device, tmp_
         watcher.close()
 
 
+def test_an_unacked_result_is_sent_again_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """A server that stores results but never acks them: each repeat counts, and after RESULT_ATTEMPTS sends the
+    box gives up instead of sending it every ack timeout for ever."""
+    from types import SimpleNamespace
+
+    from edge_agent.link.uplink import RESULT_ATTEMPTS
+
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-res",
+                    Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
+    sent: list[str] = []
+    client = SimpleNamespace(publish=lambda topic, payload, qos: sent.append(topic) or SimpleNamespace(mid=len(sent)))
+    uplink._on_ack(json.dumps({"event_ids": [], "command_ids": []}).encode())  # a server that acks results
+    uplink._results.put(("echo", {"ok": True, "command_id": "c-1"}))
+    now = time.monotonic()
+    for step in range(3 * RESULT_ATTEMPTS):
+        uplink._publish_results(client)
+        uplink._results_again(now + (step + 1) * 3600.0)  # always past the ack timeout
+    assert len(sent) == RESULT_ATTEMPTS and "c-1" not in uplink._unanswered
+    uplink._on_ack(json.dumps({"event_ids": [], "command_ids": ["c-2"]}).encode())
+    uplink._results.put(("echo", {"ok": True, "command_id": "c-2"}))
+    uplink._publish_results(client)
+    uplink._on_ack(json.dumps({"event_ids": [], "command_ids": ["c-2"]}).encode())  # acked: never sent again
+    uplink._results_again(now + 10 * 3600.0)
+    uplink._publish_results(client)
+    assert len(sent) == RESULT_ATTEMPTS + 1
+
+
 def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:
     """A server that never confirms: a window of 30 in batches of 10 puts exactly 30 events in flight, and no
     more while heartbeats show the uplink's loop still turning (nothing is resent before ack_timeout_s)."""

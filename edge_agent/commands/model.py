@@ -87,10 +87,10 @@ def info(model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object")) -> None:
     """Load a model (with its load checks) and show what it is."""
     if model is None and config:  # on a box, the update it installed (current.onnx) is what runs, not `bundled`
-        from edge_agent.commands.run import _load_config
+        from edge_agent.commands.run import load_config
         from edge_agent.detect.model_update import effective_model
 
-        cfg = _load_config(config)
+        cfg = load_config(config)
         model = effective_model(cfg.detector, cfg.model_update, cfg.device.state_dir)
     det = _load(model or "bundled", names=names)
     i = det.info

@@ -30,7 +30,8 @@ EXIT_REJECTED = 4
 MAX_DRAIN_S = 3600.0
 
 
-def _load_config(path: str | None) -> Any:
+def load_config(path: str | None) -> Any:
+    """The agent config at PATH (the built-in defaults without one); a bad one is printed, key by key, and exit 2."""
     from edge_agent import config as agent_config
 
     try:
@@ -166,7 +167,7 @@ def register(app: typer.Typer) -> None:
         from edge_agent.runtime.assemble import build_agent
         from edge_agent.runtime.replay import ReplayError, replay_drive
 
-        cfg = _load_config(config)
+        cfg = load_config(config)
         for what, path in (("video", video), ("NMEA", nmea)):
             if path.is_dir():  # it exists: "not found" sent the technician looking for the wrong thing
                 err.print(f"[red]cannot replay[/red]: {what} {path} is a folder, not a file")
@@ -225,7 +226,7 @@ def register(app: typer.Typer) -> None:
         from edge_agent.runtime.config_reload import EXIT_CONFIG_RELOAD
         from edge_agent.runtime.live import LiveAgent
 
-        cfg = _load_config(config)
+        cfg = load_config(config)
         agent = LiveAgent(cfg, uplink=uplink, config_path=config)
         try:
             summary = agent.run()

@@ -532,7 +532,7 @@ class Uplink:
                 log.warning("uplink: the result of command %s was never acknowledged; giving up", command_id)
                 del self._unanswered[command_id]
             elif now - sent_at >= self.flow.timeout_s:
-                del self._unanswered[command_id]  # re-registered as it is published
+                self._unanswered[command_id][2] = now  # not queued twice while it waits to go out
                 self._results.put((name, result))
 
     def _farewell(self) -> None:
