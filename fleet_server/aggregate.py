@@ -523,6 +523,13 @@ def set_status(conn: psycopg.Connection, defect_id: int, old: str | None, new: s
                  "VALUES (%s, %s, %s, %s, %s)", (defect_id, actor, old, new, note))
 
 
+def add_note(conn: psycopg.Connection, defect_id: int, status: str, actor: str, note: str) -> None:
+    """A note alone (a crew moved to Thursday): history, and nothing the repair rule reads changes."""
+    conn.execute("UPDATE defects SET updated_at = now() WHERE id = %s", (defect_id,))
+    conn.execute("INSERT INTO defect_history (defect_id, actor, from_status, to_status, note) "
+                 "VALUES (%s, %s, %s, %s, %s)", (defect_id, actor, status, status, note))
+
+
 # Two point sightings that one device made within same_view_s of each other, ground-projected (a phone's photo
 # position is the phone's), farther apart than same_view_split_m: two potholes 4.6 m apart in one view were one
 # defect, since the gate (5 m or more) is sized for the GNSS error between passes, which one view does not have.

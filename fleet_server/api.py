@@ -27,6 +27,7 @@ from fleet_server import (
     audit,
     auth,
     dashboard,
+    health,
     http_writer,
     metrics,
 )
@@ -69,10 +70,6 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.state.http_writer = http_writer.SubmissionWriter(cfg)
     metrics.register_device_collector(_fetcher(app), cfg.ingest.stale_after_s)
 
-    if cfg.api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "PATCH"], allow_headers=["Authorization", "Content-Type"],
-                           expose_headers=["X-Next-Cursor", "Link"])  # /devices pages: readable by a web client
     # Each added layer wraps the ones before it. A write's position on the primary is noted before its answer
     # leaves, so that the client's next read includes it...
     app.add_middleware(NoteWrites, reads=app.state.reads)
@@ -87,6 +84,14 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
     app.add_middleware(ClientAddress)
     # ...and the client is the address a trusted proxy names (X-Forwarded-For), else the connection's own.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(net) for net in cfg.api.trusted_proxies])
+    if cfg.api.cors_origins:
+        # Around every other layer, so that the guard's 413 and the bulkhead's 503 reach a web client as what they
+        # are (without the header a browser reports a network error). What a client reads from an answer: the
+        # /devices pages, Retry-After of a 429 or 503, why a token was refused, and a defect's version for If-Match.
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.api.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PATCH"],
+                           allow_headers=["Authorization", "Content-Type", "If-Match"],
+                           expose_headers=["X-Next-Cursor", "Link", "Retry-After", "WWW-Authenticate", "ETag"])
     if cfg.api.compress_min_bytes:
         # Outermost, after the bulkhead let the database slot go. A 10,000-vehicle device list is megabytes of
         # JSON every refresh of every open tab. Models are left alone (they hardly compress, and agents resume
@@ -115,6 +120,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
 
     app.include_router(api_fleet.router)
     app.include_router(api_fleet.api)
+    app.include_router(api_fleet.downloads)
     app.include_router(api_detections.router)
     app.include_router(api_audit.router)
     app.include_router(api_defects.router)
@@ -136,6 +142,9 @@ AUTH_REFUSALS = {"401": "Invalid, expired or revoked token (WWW-Authenticate: Be
                  "403": "No token, or the token's role may not do this"}
 
 
+THROTTLED = "Too many failed authentications from this address (or a device's hourly posts): wait Retry-After"
+
+
 def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
     """app.openapi, with FastAPI's 422 for validated routes replaced by the 400 (and its body) this server
     answers: the document is the contract for clients we do not ship."""
@@ -154,11 +163,23 @@ def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
                     answer.setdefault("content", {}).setdefault("application/json", {})["schema"] = {
                         "$ref": "#/components/schemas/Problem"}
                 refusals = dict(AUTH_REFUSALS) if "security" in operation else {}
-                if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+                parameters = {p.get("name"): p.get("in") for p in operation.get("parameters", [])}
+                if "path" in parameters.values():
                     refusals["404"] = "No such item"
+                if "since_token" in parameters:
+                    refusals["410"] = "since_token is not from this database's history: load everything again"
+                if "security" in operation:
+                    refusals["429"] = THROTTLED
+                refusals["503"] = "The database is unavailable or busy: try again after Retry-After"
                 for code, description in refusals.items():
-                    responses.setdefault(code, {"description": description, "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+                    responses.setdefault(code, {"description": description})
+                for code, answer in responses.items():
+                    if code in ("429", "503"):
+                        answer.setdefault("headers", {})["Retry-After"] = {
+                            "description": "Seconds to wait", "schema": {"type": "integer"}}
+                    if code >= "400":  # every refusal's body is a Problem (a 409 of a duplicate adds fields)
+                        media = answer.setdefault("content", {}).setdefault("application/json", {})
+                        media.setdefault("schema", {"$ref": "#/components/schemas/Problem"})
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
@@ -169,8 +190,11 @@ def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
 
 
 def _fetcher(app: FastAPI):
-    def fetch(sql: str) -> list[tuple]:
-        with app.state.pool.connection(timeout=2) as conn:
+    def query(sql: str) -> list[tuple]:
+        with app.state.pool.connection(timeout=health.PROBE_S) as conn:
             return conn.execute(sql).fetchall()
+
+    def fetch(sql: str) -> list[tuple]:  # bounded: a scrape answers with the last figures when PostGIS is frozen
+        return health.within(lambda: query(sql))
 
     return fetch

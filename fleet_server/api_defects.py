@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleet_server import aggregate, spreadsheet
 from fleet_server.api_deps import (
@@ -29,6 +29,7 @@ from fleet_server.api_deps import (
     sync_point,
 )
 from fleet_server.validate import fold_class
+from roadmon_contract.decode import text_fault
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 MAX_SIGHTINGS_LISTED = 1000  # a defect's own route lists its newest sightings, at most this many
@@ -215,7 +216,8 @@ def removed_since(conn: psycopg.Connection, since_xid: str, filters: Filters) ->
 
 def download(media_type: str, what: str) -> dict:
     """The OpenAPI answer of an export: its own media type (FastAPI would say application/json)."""
-    return {200: {"description": what, "content": {media_type: {"schema": {"type": "string"}}}}}
+    shape = {"type": "object"} if media_type.endswith("json") else {"type": "string"}
+    return {200: {"description": what, "content": {media_type: {"schema": shape}}}}
 
 
 # Exports stream page by page: a whole city's GeoJSON built in one string took 300 MB of the API's memory, and
@@ -305,8 +307,11 @@ def missing(conn: psycopg.Connection, defect_id: int, request: Request) -> HTTPE
 
 
 @router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history",
-            responses={308: {"description": "The defect was merged into another: Location is the one to ask"}})
-def get_defect(defect_id: int, request: Request, conn: psycopg.Connection = Depends(read_db),
+            responses={200: {"headers": {"ETag": {"description": "Its version, for PATCH's If-Match",
+                                                  "schema": {"type": "string"}}}},
+                       308: {"description": "The defect was merged into another: Location is the one to ask",
+                             "headers": {"Location": {"schema": {"type": "string"}}}}})
+def get_defect(defect_id: int, request: Request, response: Response, conn: psycopg.Connection = Depends(read_db),
                primary: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:
     try:
         feature = load_defect(conn, defect_id, request)
@@ -339,25 +344,70 @@ def get_defect(defect_id: int, request: Request, conn: psycopg.Connection = Depe
     feature["vehicles"] = vehicles
     feature["history"] = history
     feature["misses"] = misses
+    response.headers["ETag"] = version_tag(conn, defect_id) or ""  # for PATCH's If-Match
     return feature
 
 
 class DefectPatch(BaseModel):
-    status: Literal["confirmed", "scheduled", "repaired", "dismissed"] = Field(
-        description="The manager's decision")
+    # Strict, as every other body: `{"status": "scheduled", "nots": "crew B"}` dropped the note without a word.
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["confirmed", "scheduled", "repaired", "dismissed"] | None = Field(
+        None, description="The manager's decision; left out, the note is added to the history and the status stays")
     note: str | None = Field(None, max_length=2000, description="Why (kept in the defect's history)")
 
+    @field_validator("note")
+    @classmethod
+    def _storable(cls, note: str | None) -> str | None:
+        if note is not None and (fault := text_fault(note)):  # PostgreSQL refuses NUL in text: it was a 500
+            raise ValueError(fault)
+        return note
 
-@router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm",
-              responses={308: {"description": "The defect was merged into another: send the change there"}})
-def patch_defect(defect_id: int, change: DefectPatch, request: Request, conn: psycopg.Connection = Depends(db),
-                 who=Depends(require("manager"))) -> dict:
+    @model_validator(mode="after")
+    def _something(self) -> DefectPatch:
+        if self.status is None and not self.note:
+            raise ValueError("send a status, a note, or both")
+        return self
+
+
+def version_tag(conn: psycopg.Connection, defect_id: int) -> str | None:
+    """The ETag of a defect's manager-visible state: its status and its newest history entry. A new sighting
+    does not change it, so a manager's If-Match fails only when someone (or the server's repair rule) decided
+    something about the defect since it was read."""
+    row = conn.execute("SELECT d.status, (SELECT max(id) FROM defect_history WHERE defect_id = d.id) FROM defects d "
+                       "WHERE d.id = %s", (defect_id,)).fetchone()
+    return None if row is None else f'"{row[0]}-{row[1] or 0}"'
+
+
+def _matches(if_match: str, tag: str) -> bool:
+    wanted = [t.strip().removeprefix("W/") for t in if_match.split(",")]
+    return "*" in wanted or tag in wanted
+
+
+@router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm, note",
+              responses={308: {"description": "The defect was merged into another: send the change there",
+                               "headers": {"Location": {"schema": {"type": "string"}}}},
+                         412: {"description": "If-Match named a version the defect no longer has: read it again"}})
+def patch_defect(defect_id: int, change: DefectPatch, request: Request, response: Response,
+                 conn: psycopg.Connection = Depends(db), who=Depends(require("manager")),
+                 if_match: str | None = Header(None, description="The ETag of GET /defects/{id}: the change is made "
+                                               "only if nobody changed the defect's status or history since "
+                                               "(412 otherwise); left out, the last write wins")) -> dict:
     with conn.transaction():
         row = conn.execute("SELECT status FROM defects WHERE id = %s FOR UPDATE", (defect_id,)).fetchone()
         if row is None:
             raise missing(conn, defect_id, request)
-        if change.status != row[0] or change.note:  # the same status again, without a note, changes nothing
+        if if_match is not None and not _matches(if_match, tag := version_tag(conn, defect_id)):
+            last = conn.execute("SELECT actor, at, to_status FROM defect_history WHERE defect_id = %s "
+                                "ORDER BY id DESC LIMIT 1", (defect_id,)).fetchone()
+            since = f": {last[0]} set it {last[2]} at {_jsonable(last[1])}" if last else ""
+            raise HTTPException(412, f"defect {defect_id} changed since it was read (now {row[0]}{since}); read it "
+                                     "again and send its new ETag", headers={"ETag": tag})
+        if change.status is None:
+            aggregate.add_note(conn, defect_id, row[0], who.name, change.note)
+        elif change.status != row[0] or change.note:  # the same status again, without a note, changes nothing
             aggregate.set_status(conn, defect_id, row[0], change.status, who.name, change.note)
+        response.headers["ETag"] = version_tag(conn, defect_id)
     return load_defect(conn, defect_id, request)
 
 

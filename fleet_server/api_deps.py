@@ -27,9 +27,17 @@ def _plus_sent_as_a_space(value: Any) -> Any:
     return value
 
 
+def _not_a_number(value: Any) -> Any:
+    """`until=2026` (the year) was read as 2026 seconds after 1970 and answered 200 with nothing: pydantic reads a
+    number as Unix time (and a large one as milliseconds). The API takes ISO 8601 dates and times only."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", value):
+        raise ValueError("a date or date-time such as 2026-12-06 or 2026-12-06T06:00:00Z, not a number")
+    return value
+
+
 # A time in a query parameter: without a zone it is UTC (as the API documents); one outside what Python and
 # PostgreSQL can hold is a 400 naming the parameter, not a 500 from the database.
-QueryTime = Annotated[datetime, BeforeValidator(_plus_sent_as_a_space),
+QueryTime = Annotated[datetime, BeforeValidator(_plus_sent_as_a_space), BeforeValidator(_not_a_number),
                       AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 
@@ -46,13 +54,13 @@ def _end_of_a_bare_date(value: Any) -> Any:
 
 # An upper bound: as QueryTime, but a date alone is the end of that day.
 QueryUntil = Annotated[datetime, BeforeValidator(_end_of_a_bare_date), BeforeValidator(_plus_sent_as_a_space),
-                       AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
+                       BeforeValidator(_not_a_number), AfterValidator(lambda value: as_utc(value, naive_is_utc=True))]
 
 
 CACHE_BUSTERS = {"_"}  # jQuery's cache: false and similar clients add ?_=<time> to every GET: not a filter
 
 
-def known_query_only(request: Request) -> None:
+def query_check(request: Request) -> None:
     """400 naming a query parameter the route does not take: `min_confidence=0.99` or `sort=-severity` once
     answered 200 with every defect, unfiltered, and a client could not tell."""
     route = request.scope.get("route")
@@ -171,6 +179,12 @@ def _authenticate(request: Request, conn: psycopg.Connection, token: str) -> aut
     if who is None:
         failures.failed(source)
     return who
+
+
+def known_query_only(request: Request, _who: auth.Principal = Depends(principal)) -> None:
+    """query_check after the caller is known: a call without a token is refused as such (403, not 400), and a
+    bad parameter in a call with a token is audited under that token (it read "unchecked token")."""
+    query_check(request)
 
 
 def require(role: str) -> Callable[..., auth.Principal]:

@@ -28,7 +28,7 @@ from fleet_server.api_deps import db, principal
 from fleet_server.auth import Principal
 from fleet_server.config import ServerConfig
 from fleet_server.http_writer import OverRate
-from fleet_server.store import RejectPolicy, store_rejected
+from fleet_server.store import CLASH, RejectPolicy, store_rejected
 from fleet_server.validate import Invalid, Rejection, check_message, check_window, parse_json
 from roadmon_contract import validate as contract
 from roadmon_contract.ids import uuid7
@@ -69,12 +69,28 @@ def _inline(schema: dict) -> dict:
     return walk(schema)
 
 
+class Duplicate(BaseModel):
+    detail: str = Field(description="What happened, in words")
+    event_id: str = Field(description="The submission's id, as in the 202 it got before")
+    status: str = Field(description="Always 'duplicate'")
+    event_ids: list[str] = Field(description="The sightings stored before, one per detection")
+
+
+# What a client may leave out of either body: the token names the device, the server fills in the rest.
+FILLED_IN = {"device_id", "schema", "event_id", "seq"}
+
+
 def _request_body() -> dict:
     phone = _inline(phone_body.PhoneSubmission.model_json_schema(by_alias=True))
     event = {k: v for k, v in contract.schema("event").items() if k not in ("$schema", "$id")}
+    for body in (phone, event):
+        body["required"] = [name for name in body.get("required", []) if name not in FILLED_IN]
+    # The guide's sample names its own device id, which only a token of a device of that id may send.
+    example = {k: v for k, v in GUIDE_REQUEST.items() if k != "device_id"}
     return {"required": True, "content": {"application/json": {
         "schema": {"oneOf": [phone, {**_inline(event), "title": "roadmon.event/1"}]},
-        "examples": {"guide": {"summary": "The deployment guide's SDK body", "value": GUIDE_REQUEST}}}}}
+        "examples": {"guide": {"summary": "The deployment guide's SDK body (device_id left out: the token says "
+                                          "it; another device's id is a 400)", "value": example}}}}}
 
 
 def _responses() -> dict:
@@ -86,9 +102,12 @@ def _responses() -> dict:
             401: text("invalid, expired or revoked token"),
             403: text("Not authenticated: send Authorization: Bearer <token>"),
             409: {"description": "this submission was already received", "content": {"application/json": {
+                "schema": Duplicate.model_json_schema(),
                 "example": {"detail": "submission ... was already received", **GUIDE_RESPONSE,
                             "status": "duplicate"}}}},
-            429: text("more than 100 posts from this device within the hour")}
+            413: text("body larger than api.max_body_bytes"),
+            429: {**text("more than 100 posts from this device within the hour"),
+                  "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}}}
 
 
 async def submit(request: Request, who: Principal = Depends(principal),
@@ -137,7 +156,10 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
         raise HTTPException(503, "the database is busy: the submission is queued and will be stored; sending it "
                                  "again is safe (a stored one answers 409)", headers={"Retry-After": "30"}) from None
     ids = [e["event_id"] for e in events]
-    if not stored:  # with its id, so that a client retrying after a lost answer learns it
+    if stored.clashing:  # kept as a dead letter by the store; a 409 said "stored before" and the client dropped it
+        raise HTTPException(400, f"event_id {', '.join(sorted(stored.clashing))}: {CLASH} (another device's, or "
+                                 "this one's with other fields): give each new event its own id")
+    if not stored.new:  # with its id, so that a client retrying after a lost answer learns it
         return JSONResponse({"detail": f"submission {submission_id} was already received",
                              "event_id": submission_id, "status": "duplicate", "event_ids": ids}, status_code=409)
     return Accepted(event_id=submission_id, status="queued", event_ids=ids)

@@ -23,6 +23,7 @@ from fleet_server.api_deps import (
     db,
     known_query_only,
     principal,
+    query_check,
     read_db,
     require,
     since_token_query,
@@ -38,6 +39,8 @@ from fleet_server.validate import as_utc
 
 router = APIRouter()
 api = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
+# Model downloads: a signed link works without a token, so the caller is checked by the route itself.
+downloads = APIRouter(prefix="/api/v1", dependencies=[Depends(query_check)])
 _SHA256 = re.compile(r"^([0-9a-f]{64})\.onnx$")
 
 
@@ -245,9 +248,11 @@ def _coverage_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise HTTPException(400, "cursor: pass the next_cursor of the previous page as it came") from None
 
 
-@api.get("/models/{filename}", summary="Download a model offered to devices, by its sha256: with a bearer token, "
-                                     "or with the signed link `model push` sent (device, expires, sig)",
-         response_class=FileResponse)
+@downloads.get("/models/{filename}", summary="Download a model offered to devices, by its sha256: with a bearer "
+                                           "token, or with the signed link `model push` sent (device, expires, sig)",
+               response_class=FileResponse, openapi_extra={"security": [{"bearer": []}, {}]},
+               responses={401: {"description": "Invalid, expired or revoked token"},
+                          403: {"description": "No token and no signed link, or the link is not valid for this model"}})
 def model_file(filename: str, request: Request,
                device: str | None = Query(None, max_length=64, description="Signed link: the device it was made for"),
                expires: int | None = Query(None, description="Signed link: its expiry (Unix seconds)"),

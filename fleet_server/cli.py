@@ -21,7 +21,7 @@ from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
-from fleet_server.migrate import MigrationError
+from fleet_server.migrate import MigrationError, align_sequences
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 from roadmon_contract.commands import zoned_time
@@ -84,24 +84,55 @@ def print_table(table: Table) -> None:
     Console(soft_wrap=True, width=width, markup=False, force_terminal=console.is_terminal or None).print(table)
 
 
+# After a restore, ids continue this far past the largest the dump holds: the defects and tokens made after the
+# dump (lost with it) had ids that work orders and notes still name, and a new one must not answer to them.
+RESTORE_ID_GAP = 100_000
+
+
 @app.command("migrate")
-def migrate_cmd() -> None:
-    """Apply pending database migrations."""
+def migrate_cmd(after_restore: bool = typer.Option(
+        False, "--after-restore", help="After restoring a dump: also move defect and token ids past any the lost "
+                                       "ones had, and say which --since `cmd resend` needs")) -> None:
+    """Apply pending database migrations (and put every id sequence past the ids its table holds)."""
     try:
         dsn = cfg().database.resolve_dsn()
     except ConfigError as exc:
         _fail(str(exc))
-    done = _migrate_or_fail(dsn)
+    done = _migrate_or_fail(dsn, ahead={"defects": RESTORE_ID_GAP, "api_tokens": RESTORE_ID_GAP}
+                            if after_restore else None)
     console.print(f"applied {len(done)} migration(s)" + (": " + ", ".join(f"{m.version:03d}_{m.name}" for m in done)
                                                           if done else " (schema up to date)"))
+    if after_restore:
+        with connect(cfg().database) as conn:
+            newest = conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0]
+        if newest is None:
+            console.print("the database holds no sightings: `fleet-server cmd resend --since` the dump's time, less "
+                          "a day", markup=False)
+        else:
+            since = commands.utc_iso(newest - timedelta(days=1))
+            console.print(f"newest sighting in the database: received {commands.utc_iso(newest)}; once the ingest "
+                          f"workers are up (their /health answers 200): fleet-server cmd resend --since {since}",
+                          markup=False)
 
 
-def _migrate_or_fail(dsn: str) -> list:
+def _migrate_or_fail(dsn: str, ahead: dict[str, int] | None = None) -> list:
+    timeout_s = cfg().database.connect_timeout_s
     try:
-        return run_migrations(dsn)
+        done = run_migrations(dsn, connect_timeout_s=timeout_s)
+        moves = align_sequences(dsn, ahead, connect_timeout_s=timeout_s)
     except MigrationError as exc:
         _fail(f"migration stopped: {exc}")
         raise
+    for move in moves:
+        if ahead and move.table in ahead:
+            console.print(f"{move.table} ids continue after {move.now} (past any the lost ones had)", markup=False)
+        else:
+            err.print(f"warning: {move.sequence} gave ids up to {move.was} while {move.table} holds higher ones: moved "
+                      f"on to {move.now}. A dump restored into a database that still had its tables does this (and "
+                      "pg_restore then reports far more than the two harmless errors): rows refused meanwhile are "
+                      "in `rejected`; `fleet-server cmd resend --rejected --since ...` asks the boxes for them",
+                      markup=False)
+    return done
 
 
 @app.command("partitions")
@@ -179,12 +210,15 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
                                             help="Address the metrics listen on (127.0.0.1: this host only)")) -> None:
     """Ingest workers only (no HTTP API)."""
     metrics_port = _metrics_port(metrics_port, metrics_port_base, instance)
+    running: list = []
     if metrics_port:
+        from fleet_server.health import ingest_process_problem
         from fleet_server.metrics_auth import serve_metrics
 
         cfg().metrics.resolve_token()  # a token file that is not there stops the start, not every scrape later
-        serve_metrics(cfg().metrics, metrics_port, metrics_addr)
-    running = _start_workers(workers, "ingest", first=instance * workers)
+        serve_metrics(cfg().metrics, metrics_port, metrics_addr,
+                      problem=lambda: ingest_process_problem(running, cfg().ingest.stall_after_s))
+    running.extend(_start_workers(workers, "ingest", first=instance * workers))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -549,16 +583,28 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
             _fail(f"--since {exc}")
     c = cfg()
     try:
-        sent, broker_only, no_login = commands.resend(c, when, rejected, device or None, expire_after_h=days * 24)
+        sent, broker_only, no_login, newest = commands.resend(c, when, rejected, device or None,
+                                                              expire_after_h=days * 24)
     except commands.CommandError as exc:
         _fail(str(exc))
     console.print(f"cmd/resend sent to {len(sent)} devices; their answers: `fleet-server cmd results DEVICE`",
                   markup=False)
+    if when is not None and newest is not None and when > newest:
+        # The time of the loss typed for the dump's: the boxes answer "0 rows" and the gap stays, unnoticed.
+        err.print(f"warning: --since {commands.utc_iso(when)} is after the newest sighting this database "
+                          f"holds (received {commands.utc_iso(newest)}): what the boxes sent between the two does "
+                          f"not come back. After a restore, send it again with the dump's time less a day, e.g. "
+                          f"--since {commands.utc_iso(newest - timedelta(days=1))} (what the server has is only "
+                          "confirmed again)", markup=False)
     if no_login:
+        most = len(no_login) > len(sent) / 2
+        why = ("most of the fleet: is the broker's password file older than the database (restored from an old "
+               "copy, or rebuilt)? Check it before revoking anyone; devices revoked since the backup are revoked "
+               "again with `fleet-server device revoke DEVICE`" if most else
+               "revoked since the backup? revoke them again: `fleet-server device revoke DEVICE`; or they log in "
+               "with a certificate")
         console.print(f"{len(no_login)} of them the database lists but the broker's password file has no login for "
-                      f"(revoked since the backup? revoke them again: `fleet-server device revoke DEVICE`; or they "
-                      f"log in with a certificate): {', '.join(no_login[:10])}" + (" ..." if len(no_login) > 10
-                                                                                  else ""), markup=False)
+                      f"({why}): {', '.join(no_login[:10])}" + (" ..." if len(no_login) > 10 else ""), markup=False)
     if broker_only:
         console.print(f"{len(broker_only)} of them only the broker's password file knows (added after the "
                       f"database's backup?): {', '.join(broker_only[:10])}" + (" ..." if len(broker_only) > 10

@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import ssl
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -86,14 +87,27 @@ def publish_all(cfg: ServerConfig, messages: list[tuple[str, dict[str, Any]]], t
     client.username_pw_set(m.username, m.resolve_password())
     if m.tls:
         client.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    answered = threading.Event()
+    connack: list = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: (connack.append(reason), answered.set())
     try:
         client.connect(m.host, m.port, keepalive=30)
     except OSError as exc:
         raise CommandError(f"broker {m.host}:{m.port} unreachable: {exc}") from None
     client.loop_start()
     try:
-        infos = [client.publish(topic, json.dumps(payload), qos=1, properties=props)
-                 for (topic, payload), props in zip(messages, properties, strict=True)]
+        # The login's answer first: publishing into a refused connection raised a traceback ("not currently
+        # connected") or, by the timing, waited 30 s to say "login refused?".
+        if not answered.wait(timeout_s):
+            raise CommandError(f"broker {m.host}:{m.port} did not answer the server's login within {timeout_s:g} s")
+        if connack[0].is_failure:
+            raise CommandError(f"broker {m.host}:{m.port} refused the server's login ({connack[0]}): check "
+                               "mqtt.username and mqtt.password_file")
+        try:
+            infos = [client.publish(topic, json.dumps(payload), qos=1, properties=props)
+                     for (topic, payload), props in zip(messages, properties, strict=True)]
+        except RuntimeError as exc:  # the broker closed the connection meanwhile
+            raise CommandError(f"broker {m.host}:{m.port} closed the connection: {exc}") from None
         deadline = time.monotonic() + timeout_s
         for info in infos:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))
@@ -153,6 +167,7 @@ class Resent(NamedTuple):
     broker_only: list[str]  # of those, the ones only the broker's password file knows (added after the backup)
     no_login: list[str]     # of those, the ones the password file has no login for: revoked since the backup (or
                             # logging in with a client certificate), their answer will likely not come
+    newest: datetime | None = None  # when the newest sighting this database holds was received
 
 
 def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,
@@ -171,6 +186,7 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     try:
         with connect(cfg.database) as conn:
             rows = device_rows(conn, now, stale_after_s=0)
+            newest = conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0]
     except psycopg.OperationalError as exc:
         raise CommandError(f"cannot list the devices: database unreachable ({exc})") from None
     known = {r["id"]: r["state"] == "revoked" for r in rows}
@@ -191,7 +207,8 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     devices = sorted(devices or reachable)
     # Revoked after the backup: the restored database lists the box, the broker no longer lets it in. Sent to
     # all the same (a box that logs in with a client certificate has no line there either), and named.
-    no_login = [d for d in devices if d in known and d not in logins] if logins else []
+    # With the file set, however few logins it holds (one holding only the server's named nobody).
+    no_login = [d for d in devices if d in known and d not in logins] if passwd is not None else []
     body: dict[str, Any] = {"rejected": rejected}
     if expire_after_h is not None:
         body["expires_at"] = utc_iso(now + timedelta(hours=expire_after_h))
@@ -202,7 +219,7 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
         return body | {"since": utc_iso(since - timedelta(seconds=behind_s.get(device_id, 0.0)))}
 
     publish_all(cfg, [(topics.cmd(d, RESEND), stamp(cfg, now) | for_device(d)) for d in devices], timeout_s=30.0)
-    return Resent(devices, [d for d in devices if d not in known], no_login)
+    return Resent(devices, [d for d in devices if d not in known], no_login, newest)
 
 
 # ----------------------------------------------------------------------------------------- models

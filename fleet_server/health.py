@@ -5,15 +5,35 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as Late
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Few threads: while PostgreSQL is frozen each probe's thread waits on its socket; later probes queue and time out.
+_PROBES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="db-probe")
+PROBE_S = 2.0
+
+
+def within(fn: Callable[[], T], timeout_s: float = PROBE_S) -> T:
+    """FN's result, or TimeoutError after TIMEOUT_S. A database that stops answering on a connection already open
+    (a frozen host, a partition) is waited on by the socket for ever: /health and /metrics gave no answer at all,
+    so the probe restarted the pod and the scrape failure paged as "API down" instead of "database"."""
+    try:
+        return _PROBES.submit(fn).result(timeout_s)
+    except Late:
+        raise TimeoutError(f"no answer within {timeout_s:g} s") from None
 
 
 def database_check(pool: Any) -> str:
-    try:
-        with pool.connection(timeout=2) as conn:
+    def select_one() -> None:
+        with pool.connection(timeout=PROBE_S) as conn:
             conn.execute("SELECT 1")
+
+    try:
+        within(select_one)
     except Exception as exc:  # any failure means "not healthy"
         log.warning("health: database unreachable: %s", exc)
         return "unreachable"
@@ -53,3 +73,15 @@ def checks(app_state: Any) -> dict[str, str]:
     if workers:
         out["ingest"] = ingest_check(workers, cfg.ingest.stall_after_s)
     return out
+
+
+def ingest_process_problem(workers: list, stall_after_s: float) -> str | None:
+    """Why an ingest process is not ready (its /health), or None: no worker started yet, one not subscribed
+    (the broker down or refusing its login), or one stalled on the database."""
+    if not workers:
+        return "starting: no worker yet"
+    broker = broker_check(workers, "", 0)
+    if broker != "ok":
+        return f"broker: {broker}"
+    ingest = ingest_check(workers, stall_after_s)
+    return None if ingest == "ok" else f"ingest: {ingest}"

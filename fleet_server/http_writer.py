@@ -30,10 +30,16 @@ class OverRate(Exception):
 
 
 @dataclass
+class Outcome:
+    new: set[str]  # this submission's event ids that were stored now
+    clashing: set[str]  # its event ids already stored with other content (another device's, or changed fields)
+
+
+@dataclass
 class Submission:
     device_id: str
     events: list[dict]
-    done: Future = field(default_factory=Future)  # the set of this submission's event ids that were new
+    done: Future = field(default_factory=Future)  # its Outcome
 
 
 class SubmissionWriter:
@@ -45,8 +51,8 @@ class SubmissionWriter:
         self._thread = threading.Thread(target=self._run, name="http-writer", daemon=True)
         self._thread.start()
 
-    def store(self, device_id: str, events: list[dict], timeout_s: float = 60.0) -> set[str]:
-        """The ids of EVENTS that were new, once committed. Raises OverRate, or the database's error."""
+    def store(self, device_id: str, events: list[dict], timeout_s: float = 60.0) -> Outcome:
+        """What became of EVENTS, once committed. Raises OverRate, or the database's error."""
         sub = Submission(device_id, events)
         self._inbox.put(sub)
         return sub.done.result(timeout_s)
@@ -119,9 +125,11 @@ class SubmissionWriter:
                 conn.execute("INSERT INTO http_submissions (device_id) SELECT unnest(%s::text[])",
                              ([s.device_id for s in accepted],))
         new = set(stored.new_events) if stored else set()
+        clashes = {r.ref for r in stored.conflicts} if stored else set()
         for sub in accepted:  # the same body twice in one batch: the first one stored it, the second is a repeat
-            mine = {e["event_id"] for e in sub.events} & new
+            ids = {e["event_id"] for e in sub.events}
+            mine = ids & new
             new -= mine
-            sub.done.set_result(mine)
+            sub.done.set_result(Outcome(mine, (ids - mine) & clashes))
         for sub in over:
             sub.done.set_exception(OverRate())

@@ -51,15 +51,25 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-def serve_metrics(cfg: MetricsConfig, port: int, addr: str = "0.0.0.0") -> WSGIServer:
-    """An ingest process's metrics on ADDR:PORT in a daemon thread. /health answers without the token: it is the
-    liveness probe's path (a kubelet probe cannot send a secret) and tells nothing but that the process lives."""
+def serve_metrics(cfg: MetricsConfig, port: int, addr: str = "0.0.0.0",
+                  problem: Callable[[], str | None] = lambda: None) -> WSGIServer:
+    """An ingest process's metrics on ADDR:PORT in a daemon thread. Two paths answer without the token (a probe
+    cannot send a secret): /live, 200 while the process lives (the liveness probe: a broker outage must not
+    restart the workers), and /health, 200 once every worker is subscribed and committing, else 503 with
+    PROBLEM's reason (readiness, and what `docker compose up --wait` waits for before a restore's resend: it
+    answered 200 from the start, for a worker whose broker login was refused too)."""
     metrics = make_wsgi_app(REGISTRY)
 
     def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/health":
+        path = environ.get("PATH_INFO")
+        if path == "/live":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
+        if path == "/health":
+            reason = problem()
+            start_response("200 OK" if reason is None else "503 Service Unavailable",
+                           [("Content-Type", "text/plain")])
+            return [b"ok\n" if reason is None else f"degraded: {reason}\n".encode()]
         if not scrape_allowed(cfg, environ.get("HTTP_AUTHORIZATION")):
             start_response("401 Unauthorized", [("Content-Type", "text/plain"), CHALLENGE])
             return [REFUSED.encode()]

@@ -100,10 +100,11 @@ def _apply(conn: psycopg.Connection, mig: Migration) -> None:
             time.sleep(RETRY_PAUSE_S)
 
 
-def migrate(dsn: str, up_to: int | None = None) -> list[Migration]:
+def migrate(dsn: str, up_to: int | None = None, connect_timeout_s: float = 5.0) -> list[Migration]:
     """Apply every pending migration (up to version UP_TO when given); returns those applied now."""
     done: list[Migration] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    # connect_timeout: a database host that accepts and never answers held `migrate` (and `serve`'s start) for ever.
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             have = applied(conn)
@@ -123,3 +124,41 @@ def migrate(dsn: str, up_to: int | None = None) -> list[Migration]:
 def current_version(conn: psycopg.Connection) -> int | None:
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return row[0] if row else None
+
+
+# Each table's id sequence, with the column it numbers (every one has an index: max() is a lookup).
+_OWNED_SEQUENCES = """
+SELECT s.oid::regclass::text, t.oid::regclass::text, quote_ident(a.attname)
+FROM pg_class s
+JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                 AND d.deptype IN ('a', 'i')
+JOIN pg_class t ON t.oid = d.refobjid
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+WHERE s.relkind = 'S' AND t.relkind IN ('r', 'p') ORDER BY 1"""
+
+
+@dataclass(frozen=True)
+class SequenceMove:
+    sequence: str
+    table: str
+    was: int  # the last id it gave
+    now: int  # the last id it gives from now on (the next is one more)
+
+
+def align_sequences(dsn: str, ahead: dict[str, int] | None = None,
+                    connect_timeout_s: float = 5.0) -> list[SequenceMove]:
+    """Move each table's id sequence past the largest id the table holds, plus AHEAD[table] ids; returns the
+    moves. A dump restored into a database that still had its tables rewinds every sequence (the dump's setval
+    runs, its rows do not load): new rows then took ids in use, and the database refused a manager's change and
+    the boxes' re-sent sightings for good, with nothing saying why. A sequence already past is left alone."""
+    moves: list[SequenceMove] = []
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as conn:
+        for sequence, table, column in conn.execute(_OWNED_SEQUENCES).fetchall():
+            top = conn.execute(f"SELECT max({column}) FROM {table}").fetchone()[0] or 0
+            last, called = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+            was = last if called else last - 1
+            want = top + (ahead or {}).get(table, 0)
+            if want > was:
+                conn.execute("SELECT setval(%s, %s)", (sequence, want))
+                moves.append(SequenceMove(sequence, table, was, want))
+    return moves

@@ -92,7 +92,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
-def _text_fault(text: str) -> str | None:
+def text_fault(text: str) -> str | None:
     if "\x00" in text:
         return "NUL character"
     return "lone surrogate (not Unicode)" if _SURROGATES.search(text) else None
@@ -101,12 +101,12 @@ def _text_fault(text: str) -> str | None:
 def _bad_text_path(value: Any, path: str = "") -> tuple[str, str] | None:
     """(dotted path, fault) of the first string or key that PostgreSQL cannot store, or None."""
     if isinstance(value, str):
-        fault = _text_fault(value)
+        fault = text_fault(value)
         return (path, fault) if fault else None
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         here = f"{path}.{key}" if path else str(key)
-        fault = _text_fault(key) if isinstance(key, str) else None
+        fault = text_fault(key) if isinstance(key, str) else None
         found = (here, fault) if fault else _bad_text_path(item, here)
         if found is not None:
             return found

@@ -482,3 +482,43 @@ def test_retained_messages_where_none_belong_are_cleared_at_the_broker_and_still
     assert count(fresh_db, "SELECT count(*) FROM devices WHERE id = %s AND state = 'online'", (device,)) == 1
     assert _cleared("event") - before["event"] == n and _cleared("result") - before["result"] == n
     assert running[0].stats["retained_cleared"] == 2 * n
+
+
+@pytest.mark.services
+def test_an_ingest_process_is_ready_only_once_its_workers_are_subscribed(make_cfg) -> None:
+    """The ingest process's /health answered 200 from its start, for a worker whose broker login was refused too,
+    so the documented restore (`up --wait`, then `cmd resend`) could send into a group nobody had joined."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from fleet_server.health import ingest_process_problem
+    from fleet_server.metrics_auth import serve_metrics
+
+    def get(port: int, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    for password, ready in (("not-the-password", False), (None, True)):
+        cfg = make_cfg()
+        if password:
+            cfg.mqtt.password_file.write_text(password)
+        running: list = []
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = serve_metrics(cfg.metrics, port, "127.0.0.1",
+                               problem=lambda r=running, c=cfg: ingest_process_problem(r, c.ingest.stall_after_s))
+        try:
+            assert get(port, "/health") == (503, "degraded: starting: no worker yet\n")
+            running.append(IngestWorker(cfg, index=0).start())
+            assert running[0].wait_subscribed(10 if ready else 3) == ready
+            refused = (503, "degraded: broker: 1 of 1 workers disconnected\n")
+            assert get(port, "/health") == ((200, "ok\n") if ready else refused)
+            assert get(port, "/live") == (200, "ok\n")  # the liveness probe: a broker outage restarts nothing
+        finally:
+            server.shutdown()
+            running[-1].stop()

@@ -373,3 +373,42 @@ def test_status_has_one_last_fix_and_a_stopped_agents_gnss_is_history(box) -> No
     info = json.loads(run("status", "--config", box["config"], "--json"))
     assert info["gnss"]["state"] == "unknown" and info["gnss"]["last_state"] == "ok"
     assert "agent not running (status is stale)" in status_table(box)
+
+
+def test_status_says_in_one_word_whether_the_agent_runs(box, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A monitoring script had only prose in `broker` to tell a hung agent from a running one, `health` turned
+    null on a box without a status (d["health"]["uplink"] raised), and as a non-root user a running agent read
+    "cannot be read: empty or half-written" in status and "it hangs" (red) in doctor. An operator's finding."""
+    import os
+
+    from edge_agent.config import load
+    from edge_agent.doctor.delivery_check import check_agent
+    from edge_agent.doctor.result import Context, Level
+    from edge_agent.link.writer_lock import WriterLock
+
+    def state() -> dict:
+        return json.loads(run("status", "--config", box["config"], "--json"))
+
+    info = state()
+    assert info["agent"] == "not running" and info["health"] == {} and info["flow"] == {}
+    status_file = box["state"] / "agent-status.json"
+    with Outbox(box["state"] / "outbox.db", agent=False) as ob:
+        beat = build_status("online", "veh-cli", ob, HealthBoard())
+    write_status_file(status_file, beat)
+    lock = WriterLock(box["state"] / "outbox.db").acquire()  # what a running agent holds
+    try:
+        assert state()["agent"] == "running"
+        write_status_file(status_file, beat | {"sent_at": utc_now_iso(3600)})
+        assert state()["agent"] == "hung"
+        assert "agent hung" in status_table(box)
+        write_status_file(status_file, beat)
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == status_file else real_access(p, mode))
+        info = state()
+        assert info["agent"] == "unknown" and "cannot be read by this user" in info["broker"], info["broker"]
+        result = check_agent(Context(box["config"], cfg=load(box["config"])))
+        assert result.level == Level.YELLOW and "cannot be read by this user" in result.summary, result
+    finally:
+        monkeypatch.undo()
+        lock.release()
+    assert state()["agent"] == "not running"

@@ -615,3 +615,59 @@ def test_a_revoked_box_is_no_problem_of_the_fleet(cli, fresh_db) -> None:
                      (json.dumps({"state": "online", "sent_at": behind, "health": {"camera": "frozen"}}),))
         (row,) = device_rows(conn, datetime.now(UTC), 600)
     assert row["state"] == "revoked" and row["problems"] == [] and row["problem_codes"] == []
+
+
+def test_migrate_puts_sequences_a_restore_rewound_past_the_ids_in_use(cli, fresh_db) -> None:
+    """A dump restored into a database that still had its tables rewinds every sequence (its setval runs, its
+    rows do not load): a manager's change and the boxes' re-sent sightings were refused for good (duplicate key),
+    with `migrate` and /health saying all was well. An outside disaster-recovery drill."""
+    for name in ("a", "b", "c"):
+        assert cli.run("token", "create", "--role", "viewer", "--name", name).exit_code == 0
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("SELECT setval('api_tokens_id_seq', 1)")  # what the dump's setval leaves
+    moved = cli.run("migrate")
+    assert moved.exit_code == 0, moved.output
+    assert "api_tokens_id_seq gave ids up to 1 while api_tokens holds higher ones: moved on to 3" in moved.output
+    assert cli.run("token", "create", "--role", "viewer", "--name", "d").exit_code == 0  # was: duplicate key
+    assert "moved on" not in cli.run("migrate").output  # nothing behind: nothing said
+    # The documented step after a restore: ids past any the lost rows had, and the window the resend needs.
+    after = cli.run("migrate", "--after-restore")
+    assert after.exit_code == 0, after.output
+    assert "api_tokens ids continue after 100004" in after.output
+    assert "defects ids continue after 100000" in after.output
+    assert "holds no sightings" in after.output
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        assert conn.execute("SELECT nextval('defects_id_seq')").fetchone()[0] == 100001
+
+
+def test_resend_says_when_its_window_leaves_a_gap_or_the_logins_look_old(cli, fresh_db, tmp_path,
+                                                                         service_info) -> None:
+    """A drill's operator mistakes: --since the time of the loss instead of the dump's ("sent", "0 rows", and
+    the gap stayed unnoticed); a broker password file holding only the server's login named nobody."""
+    event = make_event(f"cli-{cli.port}", 48.1, 11.5)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        for device in ("veh-a", "veh-b"):
+            conn.execute("INSERT INTO devices (id) VALUES (%s)", (device,))
+        conn.execute("INSERT INTO sightings (event_id, device_id, seq, captured_at, received_at, class, confidence, "
+                     "geom, h_accuracy_m, payload) VALUES (%s, 'veh-a', 0, now() - interval '3 hours', "
+                     "now() - interval '2 hours', 'pothole', 0.8, ST_GeogFromText('POINT(11.5 48.1)'), 2.0, %s)",
+                     (event["event_id"], json.dumps(event)))
+    late = (datetime.now(UTC) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    only_server = tmp_path / "passwd-server-only"
+    only_server.write_text(f"{service_info.server_user}:$7$101$x$y\n")
+    conf = Path(cli.conf)
+    conf.write_text(re.sub(r'passwd_file = ".*"', f'passwd_file = "{only_server}"', conf.read_text()))
+    sent = cli.run("cmd", "resend", "--since", late)
+    assert sent.exit_code == 0, sent.output
+    said = " ".join(sent.output.split())
+    assert "is after the newest sighting this database holds" in said and "--since " in said
+    assert "2 of them the database lists but the broker's password file has no login for" in said
+    assert "older than the database" in said  # not "revoke them" for the whole fleet
+
+
+def test_resend_with_a_refused_server_login_says_so_in_one_line(cli, monkeypatch) -> None:
+    monkeypatch.setenv("ROADMON_MQTT_PASSWORD", "not-the-password")
+    started = time.monotonic()
+    done = cli.run("cmd", "resend", "--since", "2026-12-01T00:00:00Z")
+    assert done.exit_code == 1 and "refused the server's login" in done.output, done.output
+    assert time.monotonic() - started < 20 and "Traceback" not in done.output

@@ -7,6 +7,7 @@ change; the queue figures are read from the outbox itself, so they are current e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
 
     path, cfg = resolve_paths(config, outbox)
     status_path = status_file_of(path, (cfg.uplink if cfg else UplinkConfig()).status_file)
-    agent = read_status_file(status_path)
+    unreadable = status_path.exists() and not os.access(status_path, os.R_OK)  # mode 0600: the agent's user's
+    agent = None if unreadable else read_status_file(status_path)
     foreign = _not_a_status(agent)
     if foreign:
         agent = None  # parsed, but not the agent's: reading it would fail (or mislead) field by field
@@ -52,6 +54,9 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     if foreign:
         broker = (f"unknown (the status file {status_path} is not what the agent writes: {foreign}; delete it, "
                   "a running agent writes it anew)")
+    elif unreadable:
+        broker = (f"unknown (the status file {status_path} cannot be read by this user: run as root or as the "
+                  "agent's user, e.g. `sudo edge-agent status`)")
     elif agent is None and status_path.exists():  # replaced whole every heartbeat, but not fsynced (card wear)
         broker = (f"unknown (the status file {status_path} cannot be read: empty or half-written, as a power cut "
                   "leaves it; a running agent rewrites it every heartbeat, so it is not running or has not started)")
@@ -63,6 +68,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         elif broker != "stopped" and (trouble := uplink_trouble(agent)):
             broker = f"{broker} ({trouble})"
     return {
+        "agent": _agent_state(path, status_path, agent, heartbeat_s),
         "broker": broker,
         "queue_depth": stats["queue_depth"],
         # Rows the server refused for good: done, so not in the queue depth, but never on the map either.
@@ -75,7 +81,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "fps": (agent or {}).get("fps"),
         "m_per_frame": (agent or {}).get("m_per_frame"),
         "inference_ms": (agent or {}).get("inference_ms"),
-        "health": (agent or {}).get("health"),
+        "health": (agent or {}).get("health") or {},  # always an object: scripts index it
         "mount": _mount(path, cfg, agent),
         "gnss": _gnss(agent, heartbeat_s),
         # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
@@ -84,7 +90,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "status_at": (agent or {}).get("sent_at"),
         # The uplink's flow control: window, ack timeout (doubled per round while the server does not answer)
         # and measured ack latency; docs/store-and-forward.md said status showed them, and it did not.
-        "flow": ((agent or {}).get("uplink") or {}).get("flow"),
+        "flow": ((agent or {}).get("uplink") or {}).get("flow") or {},
         "disk_free_mb": stats["disk_free_mb"],
         "outbox_mb": stats["db_mb"],
         "budget_mb": stats["budget_mb"],
@@ -94,6 +100,21 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "outbox": stats["path"],
         "status_file": str(status_path),
     }
+
+
+def _agent_state(outbox: Path, status_path: Path, agent: dict[str, Any] | None, heartbeat_s: float) -> str:
+    """One word a script can test (the broker text says why): running, hung (it holds its outbox but its status
+    is stale or unreadable), stopped (cleanly), not running (no process holds the outbox), or unknown (this user
+    cannot read the status file). The rule doctor's agent check applies."""
+    from edge_agent.link.writer_lock import holder
+
+    if status_path.exists() and not os.access(status_path, os.R_OK):
+        return "unknown"
+    if agent is not None and agent.get("state") == "stopped":
+        return "stopped"
+    if holder(outbox) is None:
+        return "not running"
+    return "hung" if agent is None or is_stale(agent, heartbeat_s) else "running"
 
 
 def _mount(outbox: Path, cfg: Any, agent: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -164,13 +185,13 @@ def _gnss(agent: dict[str, Any] | None, heartbeat_s: float) -> dict[str, Any]:
     return info
 
 
-def _gnss_text(gnss: dict[str, Any], status_at: str | None) -> str:
+def _gnss_text(gnss: dict[str, Any], status_at: str | None, agent: str = "not running") -> str:
     """The GNSS row: the reader's state (or why there is none now) and the one "last fix" figure."""
     if gnss["state"] is None:
         return "-"
     last_fix = "unknown" if gnss["last_fix_age_s"] is None else ago_words(gnss["last_fix_age_s"])
     if "last_state" in gnss:  # the agent is not running: its last status is history, not the receiver now
-        why = "agent stopped" if gnss["state"] == "stopped" else "agent not running (status is stale)"
+        why = "agent stopped" if gnss["state"] == "stopped" else f"agent {agent} (status is stale)"
         age = age_s(status_at)
         when = "" if age is None else f" {ago_words(age)}"
         return (f"[yellow]{why}[/yellow] (GNSS {escape(gnss['last_state'])} at its last status{when}), "
@@ -257,9 +278,10 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("fps", _fps_text(info)),
         ("camera mount", _mount_text(info)),
         ("detector", _part_text(info, "detector")),
-        ("GNSS", _gnss_text(info["gnss"], info["status_at"])),
+        ("GNSS", _gnss_text(info["gnss"], info["status_at"], info["agent"])),
         ("position", _position_text(info)),
         ("events without position", no_fix_text),
+        ("agent", _agent_text(info["agent"])),
         ("broker", f"[{style}]{broker}[/{style}]"),
         ("uplink", _flow_text(info["flow"])),
         ("queue depth", f"{info['queue_depth']} unconfirmed "
@@ -276,6 +298,16 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+AGENT_WORDS = {"running": "[green]running[/green]", "stopped": "[yellow]stopped (cleanly)[/yellow]",
+               "not running": "[red]not running[/red] (no process holds its outbox)",
+               "hung": "[red]hung[/red] (it holds its outbox but does not rewrite its status)",
+               "unknown": "[yellow]unknown[/yellow] (this user cannot read its status file)"}
+
+
+def _agent_text(state: str) -> str:
+    return AGENT_WORDS.get(state, escape(state))
 
 
 def _flow_text(flow: dict[str, Any] | None) -> str:

@@ -95,7 +95,8 @@ def _still_running(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,
         free_mb = shutil.disk_usage(path.parent).free / 1e6
     except OSError:
         free_mb = None
-    when = status_ago_text(status) if status else "never written"
+    when = status_ago_text(status) if status else ("its start (there is none)" if not path.exists()
+                                                  else "the file became unreadable")
     if free_mb is not None and free_mb < FULL_DISK_MB:
         return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but cannot write its status (last "
                            f"{when}): the disk is full ({free_mb:.1f} MB free)",
@@ -114,6 +115,8 @@ def check_agent(ctx: Context) -> CheckResult:
     path = status_file_of(ctx.cfg.outbox_path, ctx.cfg.uplink.status_file)
     heartbeat_s = ctx.cfg.uplink.heartbeat_s
     data: dict[str, Any] = {"status_file": str(path), "heartbeat_s": heartbeat_s}
+    if path.exists() and not os.access(path, os.R_OK):
+        return _no_status(path, data)  # not "it hangs": this user cannot tell (the file is the agent user's)
     status = read_status_file(path)
     if status is None:
         return _still_running(ctx.cfg, path, None, data) or _no_status(path, data)

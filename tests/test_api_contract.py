@@ -1,0 +1,157 @@
+"""The API as clients written by others meet it (an outside integrator's fuzzing of the OpenAPI document, a typed
+TypeScript client generated from it, and the deployment guide's tests): manager notes and PATCH bodies checked
+like every other body, concurrent managers told apart with ETag / If-Match, times that must be times, a reused
+event id refused rather than called a duplicate, the caller known before its parameters are judged, CORS on
+every refusal, and a document that declares what the server answers."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet_server.api import create_app
+from tests.server_fixtures import count, make_cfg, make_event, token
+
+__all__ = ["make_cfg"]
+
+pytestmark = pytest.mark.services
+ORIGIN = "https://fleet.example.org"
+
+
+@pytest.fixture
+def api(make_cfg):
+    cfg = make_cfg(api={"cors_origins": [ORIGIN], "max_body_bytes": 100_000})
+    client = TestClient(create_app(cfg))
+    yield client, cfg.database.resolve_dsn()
+    client.app.state.pool.close()
+
+
+def bearer(tok: str) -> dict:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def a_defect(client: TestClient, dsn: str) -> tuple[int, dict]:
+    device = bearer(token(dsn, "device", "van-1", device_id="van-1"))
+    r = client.post("/api/v1/detections", json=make_event("van-1", 46.2, 6.1), headers=device)
+    assert r.status_code == 202, r.text
+    return count(dsn, "SELECT max(id) FROM defects"), device
+
+
+def test_a_patch_body_is_checked_like_every_other_body(api) -> None:
+    client, dsn = api
+    defect, _ = a_defect(client, dsn)
+    manager = bearer(token(dsn, "manager", "Ana"))
+    r = client.patch(f"/api/v1/defects/{defect}", json={"status": "scheduled", "note": "crew\u0000B"}, headers=manager)
+    assert r.status_code == 400 and "note" in r.text and "NUL" in r.text, (r.status_code, r.text)  # was a 500
+    r = client.patch(f"/api/v1/defects/{defect}", json={"status": "scheduled", "nots": "crew B"}, headers=manager)
+    assert r.status_code == 400 and "nots" in r.text, r.text  # the misspelt note was dropped silently
+    r = client.patch(f"/api/v1/defects/{defect}", json={}, headers=manager)
+    assert r.status_code == 400 and "status, a note, or both" in r.text, r.text
+    assert count(dsn, "SELECT count(*) FROM defect_history WHERE defect_id = %s", (defect,)) == 0
+
+
+def test_a_note_alone_is_history_and_changes_no_status(api) -> None:
+    client, dsn = api
+    defect, _ = a_defect(client, dsn)
+    manager = bearer(token(dsn, "manager", "Ana"))
+    r = client.patch(f"/api/v1/defects/{defect}", json={"note": "seen from the bus stop"}, headers=manager)
+    assert r.status_code == 200, r.text
+    assert r.json()["properties"]["status"] == "new"  # a `new` defect could get no note at all before
+    history = client.get(f"/api/v1/defects/{defect}", headers=manager).json()["history"]
+    assert [(h["from_status"], h["to_status"], h["note"], h["actor"]) for h in history] == [
+        ("new", "new", "seen from the bus stop", "Ana")]
+
+
+def test_a_stale_if_match_is_412_and_changes_nothing(api) -> None:
+    client, dsn = api
+    defect, _ = a_defect(client, dsn)
+    ana, ben = bearer(token(dsn, "manager", "Ana")), bearer(token(dsn, "manager", "Ben"))
+    read = client.get(f"/api/v1/defects/{defect}", headers=ana)
+    tag = read.headers["etag"]
+    r = client.patch(f"/api/v1/defects/{defect}", json={"status": "repaired"}, headers={**ben, "If-Match": tag})
+    assert r.status_code == 200 and r.headers["etag"] != tag, (r.status_code, r.headers)
+    # Ana still holds the view from before Ben's repair: last write no longer wins.
+    r = client.patch(f"/api/v1/defects/{defect}", json={"status": "scheduled"}, headers={**ana, "If-Match": tag})
+    assert r.status_code == 412 and "Ben set it repaired" in r.json()["detail"], (r.status_code, r.text)
+    now = client.get(f"/api/v1/defects/{defect}", headers=ana)
+    assert now.json()["properties"]["status"] == "repaired" and r.headers["etag"] == now.headers["etag"]
+    r = client.patch(f"/api/v1/defects/{defect}", json={"status": "scheduled"},
+                     headers={**ana, "If-Match": now.headers["etag"]})
+    assert r.status_code == 200 and r.json()["properties"]["status"] == "scheduled"
+    # Without If-Match, as before: the last write wins.
+    assert client.patch(f"/api/v1/defects/{defect}", json={"status": "confirmed"}, headers=ben).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["2026", "0.5", "99999999999", "1e9", " 17 "])
+def test_a_number_is_no_time(api, value: str) -> None:
+    client, dsn = api
+    manager = bearer(token(dsn, "manager"))
+    for path in ("/api/v1/defects", "/api/v1/defects.geojson", "/api/v1/coverage", "/api/v1/audit"):
+        for name in ("since", "until"):
+            r = client.get(path, params={name: value}, headers=manager)
+            assert r.status_code == 400 and f"query.{name}" in r.text and "not a number" in r.text, (
+                path, name, r.status_code, r.text)
+
+
+def test_an_event_id_reused_with_other_content_is_refused_not_called_a_duplicate(api) -> None:
+    client, dsn = api
+    first = make_event("van-1", 46.2, 6.1)
+    van = bearer(token(dsn, "device", "van-1", device_id="van-1"))
+    assert client.post("/api/v1/detections", json=first, headers=van).status_code == 202
+    assert client.post("/api/v1/detections", json=first, headers=van).status_code == 409  # a true repeat
+    changed = {**first, "confidence": 0.31}
+    r = client.post("/api/v1/detections", json=changed, headers=van)
+    assert r.status_code == 400 and first["event_id"] in r.json()["detail"], (r.status_code, r.text)
+    other = bearer(token(dsn, "device", "bus-2", device_id="bus-2"))
+    r = client.post("/api/v1/detections", json={**first, "device_id": "bus-2"}, headers=other)
+    assert r.status_code == 400 and "its own id" in r.json()["detail"], (r.status_code, r.text)
+    assert count(dsn, "SELECT count(*) FROM rejected WHERE reason LIKE 'event_id already used%%'") == 2
+    assert count(dsn, "SELECT count(*) FROM sightings") == 1
+
+
+def test_the_caller_is_known_before_its_parameters_are_judged(api) -> None:
+    client, dsn = api
+    assert client.get("/api/v1/audit", params={"bogus": "1"}).status_code == 403  # no token: that first
+    admin = bearer(token(dsn, "admin", "Ops"))
+    r = client.get("/api/v1/defects", params={"bogus": "1"}, headers=admin)
+    assert r.status_code == 400 and "bogus" in r.text
+    client.app.state.audit.flush()
+    who = count(dsn, "SELECT count(*) FROM audit_log WHERE who = 'Ops' AND status = 400")
+    assert who == 1  # it read "unchecked token"
+    # A signed model link needs no token; its parameters are still checked.
+    assert client.get("/api/v1/models/" + "a" * 64 + ".onnx", params={"bogus": "1"}).status_code == 400
+
+
+def test_every_refusal_reaches_a_web_client(api) -> None:
+    client, dsn = api
+    device = bearer(token(dsn, "device", "van-1", device_id="van-1"))
+    r = client.post("/api/v1/detections", content=b"{" + b" " * 200_000 + b"}",
+                    headers={**device, "Origin": ORIGIN, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.headers.get("access-control-allow-origin") == ORIGIN, r.headers
+    r = client.get("/api/v1/defects", headers={"Origin": ORIGIN, "Authorization": "Bearer rmt_x_y"})
+    assert r.status_code == 401
+    exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+    assert {"retry-after", "www-authenticate", "etag", "x-next-cursor"} <= exposed
+
+
+def test_the_document_declares_what_the_server_answers(api) -> None:
+    client, _dsn = api
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            answers = op["responses"]
+            assert "503" in answers, (method, path)
+            if "security" in op:
+                assert "429" in answers and "Retry-After" in answers["429"].get("headers", {}), (method, path)
+            if any(p["name"] == "since_token" for p in op.get("parameters", [])):
+                assert "410" in answers, (method, path)
+            for code, answer in answers.items():
+                if code >= "400":
+                    assert "schema" in answer["content"]["application/json"], (method, path, code)
+    post = doc["paths"]["/api/v1/detections"]["post"]
+    phone, event = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert "device_id" not in phone["required"] and not {"event_id", "seq", "schema"} & set(event["required"])
+    assert "event_ids" in post["responses"]["409"]["content"]["application/json"]["schema"]["properties"]
+    assert {} in doc["paths"]["/api/v1/models/{filename}"]["get"]["security"]  # a signed link needs no token
+    geojson = doc["paths"]["/api/v1/defects.geojson"]["get"]["responses"]["200"]["content"]
+    assert geojson["application/geo+json"]["schema"]["type"] == "object"
