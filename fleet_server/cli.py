@@ -305,6 +305,9 @@ def _add_or_reissue(conn: psycopg.Connection, device_id: str, name: str | None, 
     device the server knows without REISSUE, for REISSUE of an unknown one, and for a revoked one: resetting a
     device's broker password unasked locks the vehicle out, and re-adding a revoked id would undo its
     revocation."""
+    # Two `device add` of one new id at once (two cron jobs): FOR UPDATE locks no row that is not there yet, and
+    # the second died on "duplicate key" instead of being told the device exists.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('device ' || %s))", (device_id,))
     row = conn.execute("SELECT revoked_at FROM devices WHERE id = %s FOR UPDATE", (device_id,)).fetchone()
     if row is None:
         if reissue:
@@ -524,17 +527,23 @@ def token_revoke(token_id: int) -> None:
 
 
 @token_app.command("ls")
-def token_ls() -> None:
+def token_ls(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (times UTC, RFC 3339)")) -> None:
     """List tokens (never their secrets)."""
     with connect(cfg().database) as conn:
         rows = conn.execute("SELECT id, name, role, device_id, created_at, revoked_at, expires_at, replaced_by "
                             "FROM api_tokens ORDER BY id").fetchall()
+    now = datetime.now(UTC)
+    if as_json:  # a cron job that warns of tokens about to expire read a box-drawn table
+        print(json.dumps([{"id": r[0], "name": r[1], "role": r[2], "device_id": r[3],
+                           "created_at": commands.utc_iso(r[4]), "revoked_at": r[5] and commands.utc_iso(r[5]),
+                           "expires_at": r[6] and commands.utc_iso(r[6]),
+                           "expired": r[6] is not None and r[6] <= now, "replaced_by": r[7]} for r in rows]))
+        return
     table = Table("id", "name", "role", "device", "created (UTC)", "revoked (UTC)", "expires (UTC)", "replaced by")
 
     def utc(when: datetime | None, none: str = "") -> str:
         return f"{when.astimezone(UTC):%Y-%m-%d %H:%M}" if when else none
 
-    now = datetime.now(UTC)
     for r in rows:
         expires = utc(r[6], "never") + (" (expired)" if r[6] is not None and r[6] <= now else "")
         table.add_row(str(r[0]), r[1], r[2], r[3] or "", utc(r[4]), utc(r[5]), expires,

@@ -671,3 +671,36 @@ def test_resend_with_a_refused_server_login_says_so_in_one_line(cli, monkeypatch
     done = cli.run("cmd", "resend", "--since", "2026-12-01T00:00:00Z")
     assert done.exit_code == 1 and "refused the server's login" in done.output, done.output
     assert time.monotonic() - started < 20 and "Traceback" not in done.output
+
+
+def test_token_ls_json_is_what_a_cron_job_reads(cli) -> None:
+    made = json.loads(cli.run("token", "create", "--role", "viewer", "--name", "wall", "--json").output)
+    listed = cli.run("token", "ls", "--json")
+    assert listed.exit_code == 0, listed.output
+    (row,) = [t for t in json.loads(listed.output) if t["name"] == "wall"]
+    assert row["id"] == made["id"] and row["role"] == "viewer" and row["expired"] is False
+    assert row["created_at"].endswith("Z") and row["revoked_at"] is None
+
+
+def test_two_device_adds_of_one_id_at_once_tell_the_second_it_exists(cli, fresh_db) -> None:
+    """Two cron jobs adding one device: the loser died on the database's "duplicate key" message."""
+    import threading
+
+    conf = cli.conf
+    env = {**os.environ}
+    results: list[subprocess.CompletedProcess] = []
+    with psycopg.connect(fresh_db, autocommit=True) as conn, conn.transaction():
+        # Hold the new id's lock so that both commands reach it together.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('device ' || %s))", ("veh-race",))
+        threads = [threading.Thread(target=lambda: results.append(subprocess.run(
+            [sys.executable, "-m", "fleet_server", "-c", conf, "device", "add", "veh-race"], env=env,
+            capture_output=True, text=True, timeout=120))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+    for t in threads:
+        t.join()
+    codes = sorted(r.returncode for r in results)
+    assert codes == [0, 1], [(r.returncode, r.stderr) for r in results]
+    loser = next(r for r in results if r.returncode == 1)
+    assert "already exists" in loser.stderr and "duplicate key" not in loser.stderr, loser.stderr
