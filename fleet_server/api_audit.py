@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from fleet_server.api_defects import _jsonable
 from fleet_server.api_deps import QueryTime, QueryUntil, known_query_only, read_db, require
+from fleet_server.api_shapes import AuditRow
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 
 
-@router.get("/audit", summary="Who called what, when, and what came of it (every call that presented a token)")
+@router.get("/audit", summary="Who called what, when, and what came of it (every call that presented a token)",
+            response_model=None, responses={200: {"description": "Rows, newest first", "model": list[AuditRow]}})
 def audit_log(request: Request, since: QueryTime | None = None,
               until: QueryUntil | None = Query(None, description="At or before this UTC time (a date alone: the "
                                                                  "end of that day)"),

@@ -28,6 +28,7 @@ from fleet_server.api_deps import (
     since_token_query,
     sync_point,
 )
+from fleet_server.api_shapes import DefectDetail, DefectFeature, DefectPage, answer
 from fleet_server.validate import fold_class
 from roadmon_contract.decode import text_fault
 
@@ -177,7 +178,8 @@ class Filters:
         self.where, self.params = defect_filters(bbox, klass, status, since, min_severity, until)
 
 
-@router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)")
+@router.get("/defects", summary="Defects as a GeoJSON FeatureCollection (filtered, paginated by cursor)",
+            response_model=None, responses=answer(DefectPage, "A page of defects"))
 def list_defects(request: Request, filters: Filters = Depends(), cursor: int | None = Query(None, ge=0),
                  limit: int | None = Query(None, ge=1),
                  since_token: str | None = since_token_query(
@@ -307,7 +309,9 @@ def missing(conn: psycopg.Connection, defect_id: int, request: Request) -> HTTPE
 
 
 @router.get("/defects/{defect_id}", summary="One defect with its sightings, vehicles, misses and status history",
-            responses={200: {"headers": {"ETag": {"description": "Its version, for PATCH's If-Match",
+            response_model=None,
+            responses={200: {"description": "The defect", "model": DefectDetail,
+                             "headers": {"ETag": {"description": "Its version, for PATCH's If-Match",
                                                   "schema": {"type": "string"}}}},
                        308: {"description": "The defect was merged into another: Location is the one to ask",
                              "headers": {"Location": {"schema": {"type": "string"}}}}})
@@ -385,7 +389,10 @@ def _matches(if_match: str, tag: str) -> bool:
 
 
 @router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm, note",
-              responses={308: {"description": "The defect was merged into another: send the change there",
+              response_model=None,
+              responses={200: {"description": "The defect as changed", "model": DefectFeature,
+                               "headers": {"ETag": {"description": "Its new version", "schema": {"type": "string"}}}},
+                         308: {"description": "The defect was merged into another: send the change there",
                                "headers": {"Location": {"schema": {"type": "string"}}}},
                          412: {"description": "If-Match named a version the defect no longer has: read it again"}})
 def patch_defect(defect_id: int, change: DefectPatch, request: Request, response: Response,

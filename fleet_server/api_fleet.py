@@ -29,6 +29,7 @@ from fleet_server.api_deps import (
     since_token_query,
     sync_point,
 )
+from fleet_server.api_shapes import CoveragePage, Me, answer
 from fleet_server.auth import Principal
 from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
 from fleet_server.health import checks as health_checks
@@ -79,7 +80,7 @@ def prometheus_metrics(request: Request) -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-@api.get("/me", summary="The caller's name and role")
+@api.get("/me", summary="The caller's name and role", response_model=None, responses=answer(Me))
 def me(who: Principal = Depends(principal)) -> dict:
     return {"name": who.name, "role": who.role, "device_id": who.device_id}
 
@@ -197,7 +198,8 @@ def device(request: Request, device_id: str, conn: psycopg.Connection = Depends(
     return found[0]
 
 
-@api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time (paginated by cursor)")
+@api.get("/coverage", summary="Driven stretches as GeoJSON LineStrings with device and time (paginated by cursor)",
+         response_model=None, responses=answer(CoveragePage, "A page of driven stretches"))
 def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil | None = None,
              bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
              device: str | None = Query(None, max_length=64), limit: int | None = Query(None, ge=1),

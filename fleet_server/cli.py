@@ -527,7 +527,8 @@ def token_revoke(token_id: int) -> None:
 
 
 @token_app.command("ls")
-def token_ls(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (times UTC, RFC 3339)")) -> None:
+def token_ls(as_json: bool = typer.Option(False, "--json",
+                                          help="Print the list as JSON (times UTC, RFC 3339)")) -> None:
     """List tokens (never their secrets)."""
     with connect(cfg().database) as conn:
         rows = conn.execute("SELECT id, name, role, device_id, created_at, revoked_at, expires_at, replaced_by "

@@ -155,3 +155,60 @@ def test_the_document_declares_what_the_server_answers(api) -> None:
     assert {} in doc["paths"]["/api/v1/models/{filename}"]["get"]["security"]  # a signed link needs no token
     geojson = doc["paths"]["/api/v1/defects.geojson"]["get"]["responses"]["200"]["content"]
     assert geojson["application/geo+json"]["schema"]["type"] == "object"
+
+
+def test_real_answers_match_the_shapes_the_document_declares(api) -> None:
+    """Every defect, page, coverage line and audit row was `{[key: string]: unknown}` to a generated client; the
+    document now types them, and real answers (a point defect, a crack with its line, a note, a miss, a page with
+    `removed`) are validated against it here, so the two cannot drift apart."""
+    from datetime import UTC, datetime, timedelta
+
+    import jsonschema
+    import psycopg
+
+    from fleet_server.config import AggregateConfig
+    from fleet_server.store import Batch, store_batch
+    from tests.server_fixtures import make_coverage, offset
+
+    client, dsn = api
+    doc = client.get("/openapi.json").json()
+
+    def check(body: object, path: str, method: str = "get") -> None:
+        schema = doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        jsonschema.validate(body, {**schema, "components": doc["components"]},
+                            format_checker=jsonschema.FormatChecker())
+
+    van = bearer(token(dsn, "device", "van-1", device_id="van-1"))
+    crack = make_event("van-1", *offset(46.2, 6.1, 30, 0), cls="crack",
+                       size_m={"width": 0.1, "length": 3.0, "orientation_deg": 10.0})
+    for event in (make_event("van-1", 46.2, 6.1), crack):
+        r = client.post("/api/v1/detections", json=event, headers=van)
+        assert r.status_code == 202, r.text
+    now = datetime.now(UTC)
+    drive = make_coverage("van-1", [offset(46.2, 6.1, -50, 0), offset(46.2, 6.1, 80, 0)], now - timedelta(seconds=20),
+                          now)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_batch(conn, Batch(coverage=[(drive, now)]), AggregateConfig())
+    manager = bearer(token(dsn, "manager", "Ana"))
+    page = client.get("/api/v1/defects", headers=manager).json()
+    assert len(page["features"]) == 2
+    assert sorted(f["properties"]["line"] is None for f in page["features"]) == [False, True]  # a crack's line
+    first = page["features"][0]["id"]
+    patched = client.patch(f"/api/v1/defects/{first}", json={"status": "scheduled", "note": "crew B"}, headers=manager)
+    check(patched.json(), "/api/v1/defects/{defect_id}", "patch")
+    check(client.get("/api/v1/defects", headers=manager).json(), "/api/v1/defects")
+    changed = client.get("/api/v1/defects", params={"since_token": page["sync_token"], "status": "new"},
+                         headers=manager).json()
+    assert changed["removed"] == [first]  # the first page of a since_token answer
+    check(changed, "/api/v1/defects")
+    for feature in page["features"]:
+        check(client.get(f"/api/v1/defects/{feature['id']}", headers=manager).json(), "/api/v1/defects/{defect_id}")
+    check(client.get("/api/v1/coverage", headers=manager).json(), "/api/v1/coverage")
+    check(client.get("/api/v1/me", headers=manager).json(), "/api/v1/me")
+    check(client.get("/api/v1/me", headers=van).json(), "/api/v1/me")
+    client.app.state.audit.flush()
+    rows = client.get("/api/v1/audit", headers=manager).json()
+    assert rows
+    check(rows, "/api/v1/audit")
+    with pytest.raises(jsonschema.ValidationError):  # the shapes are strict enough to catch a drift
+        check({**page, "next_cursor": "12"}, "/api/v1/defects")
