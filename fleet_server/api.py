@@ -154,10 +154,11 @@ def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = generate()
-        for operations in schema.get("paths", {}).values():
+        for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.get("responses", {})
-                if responses.pop("422", None) is not None or "400" in responses:
+                # Every /api/v1 route refuses a query parameter it does not take (known_query_only, query_check).
+                if responses.pop("422", None) is not None or "400" in responses or path.startswith("/api/v1/"):
                     answer = responses.setdefault("400", {"description": "Invalid input: the detail names the "
                                                                          "field"})
                     answer.setdefault("content", {}).setdefault("application/json", {})["schema"] = {
@@ -166,6 +167,8 @@ def _openapi_as_answered(app: FastAPI) -> Callable[[], dict]:
                 parameters = {p.get("name"): p.get("in") for p in operation.get("parameters", [])}
                 if "path" in parameters.values():
                     refusals["404"] = "No such item"
+                if "requestBody" in operation:
+                    refusals["413"] = "The body is larger than api.max_body_bytes"
                 if "since_token" in parameters:
                     refusals["410"] = "since_token is not from this database's history: load everything again"
                 if "security" in operation:

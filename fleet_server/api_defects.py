@@ -7,6 +7,7 @@ import csv
 import io
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -79,6 +80,10 @@ def export_feature(row: tuple) -> dict:
     if feature["properties"]["line"]:
         feature["geometry"] = {"type": "LineString", "coordinates": feature["properties"]["line"]}
     return feature
+
+
+NUMBER = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
+BBOX_PATTERN = rf"^{NUMBER},{NUMBER},{NUMBER},{NUMBER}$"  # in the document; parse_bbox says what is wrong
 
 
 def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
@@ -166,7 +171,8 @@ def query_defects(conn: psycopg.Connection, where: list[str], params: dict, afte
 class Filters:
     """The query parameters shared by the list and the exports."""
 
-    def __init__(self, bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat"),
+    def __init__(self, bbox: str | None = Query(None, description="min_lon,min_lat,max_lon,max_lat",
+                                                json_schema_extra={"pattern": BBOX_PATTERN}),
                  klass: str | None = Query(None, alias="class", max_length=200,
                                            description="Defect class, or several separated by commas"),
                  status: str | None = Query(None, max_length=200, description="Comma-separated statuses; open = "
@@ -352,20 +358,33 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
     return feature
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+NOTE_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"  # the same, for the document
+_BLANKS = " \t\r\n\u00a0\u200b\u200c\u200d\u2060\ufeff"
+
+
 class DefectPatch(BaseModel):
     # Strict, as every other body: `{"status": "scheduled", "nots": "crew B"}` dropped the note without a word.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [{"required": ["status"]},
+                                                                          {"required": ["note"]}]})
 
     status: Literal["confirmed", "scheduled", "repaired", "dismissed"] | None = Field(
         None, description="The manager's decision; left out, the note is added to the history and the status stays")
-    note: str | None = Field(None, max_length=2000, description="Why (kept in the defect's history)")
+    note: str | None = Field(None, max_length=2000, description="Why (kept in the defect's history); no control "
+                             "characters but tab and line breaks", json_schema_extra={"pattern": NOTE_PATTERN})
 
     @field_validator("note")
     @classmethod
     def _storable(cls, note: str | None) -> str | None:
-        if note is not None and (fault := text_fault(note)):  # PostgreSQL refuses NUL in text: it was a 500
+        if note is None:
+            return None
+        if fault := text_fault(note):  # PostgreSQL refuses NUL in text: it was a 500
             raise ValueError(fault)
-        return note
+        # Escapes and other controls reach every terminal and spreadsheet that shows the history; tab and line
+        # breaks are a note's own.
+        if bad := _CONTROLS.search(note):
+            raise ValueError(f"control character U+{ord(bad.group()):04X}")
+        return note if note.strip(_BLANKS) else None  # a blank note is none (alone, the body then asks for one)
 
     @model_validator(mode="after")
     def _something(self) -> DefectPatch:
@@ -380,11 +399,14 @@ def version_tag(conn: psycopg.Connection, defect_id: int) -> str | None:
     something about the defect since it was read."""
     row = conn.execute("SELECT d.status, (SELECT max(id) FROM defect_history WHERE defect_id = d.id) FROM defects d "
                        "WHERE d.id = %s", (defect_id,)).fetchone()
-    return None if row is None else f'"{row[0]}-{row[1] or 0}"'
+    # The id in it: every defect without history was "new-0", so a tag read from a defect merged away passed on the
+    # survivor its PATCH was redirected to.
+    return None if row is None else f'"{defect_id}-{row[0]}-{row[1] or 0}"'
 
 
 def _matches(if_match: str, tag: str) -> bool:
-    wanted = [t.strip().removeprefix("W/") for t in if_match.split(",")]
+    """If-Match compares strongly (RFC 9110 13.1.1): a weak tag never matches."""
+    wanted = [t.strip() for t in if_match.split(",")]
     return "*" in wanted or tag in wanted
 
 
@@ -394,7 +416,8 @@ def _matches(if_match: str, tag: str) -> bool:
                                "headers": {"ETag": {"description": "Its new version", "schema": {"type": "string"}}}},
                          308: {"description": "The defect was merged into another: send the change there",
                                "headers": {"Location": {"schema": {"type": "string"}}}},
-                         412: {"description": "If-Match named a version the defect no longer has: read it again"}})
+                         412: {"description": "If-Match named a version the defect no longer has: read it again",
+                               "headers": {"ETag": {"description": "Its version now", "schema": {"type": "string"}}}}})
 def patch_defect(defect_id: int, change: DefectPatch, request: Request, response: Response,
                  conn: psycopg.Connection = Depends(db), who=Depends(require("manager")),
                  if_match: str | None = Header(None, description="The ETag of GET /defects/{id}: the change is made "
@@ -405,9 +428,10 @@ def patch_defect(defect_id: int, change: DefectPatch, request: Request, response
         if row is None:
             raise missing(conn, defect_id, request)
         if if_match is not None and not _matches(if_match, tag := version_tag(conn, defect_id)):
-            last = conn.execute("SELECT actor, at, to_status FROM defect_history WHERE defect_id = %s "
+            last = conn.execute("SELECT actor, at, to_status, from_status FROM defect_history WHERE defect_id = %s "
                                 "ORDER BY id DESC LIMIT 1", (defect_id,)).fetchone()
-            since = f": {last[0]} set it {last[2]} at {_jsonable(last[1])}" if last else ""
+            did = f"set it {last[2]}" if last and last[2] != last[3] else "added a note"
+            since = f": {last[0]} {did} at {_jsonable(last[1])}" if last else ""
             raise HTTPException(412, f"defect {defect_id} changed since it was read (now {row[0]}{since}); read it "
                                      "again and send its new ETag", headers={"ETag": tag})
         if change.status is None:

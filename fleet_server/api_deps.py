@@ -181,10 +181,25 @@ def _authenticate(request: Request, conn: psycopg.Connection, token: str) -> aut
     return who
 
 
-def known_query_only(request: Request, _who: auth.Principal = Depends(principal)) -> None:
-    """query_check after the caller is known: a call without a token is refused as such (403, not 400), and a
-    bad parameter in a call with a token is audited under that token (it read "unchecked token")."""
+def known_query_only(request: Request, who: auth.Principal = Depends(principal)) -> None:
+    """query_check once the caller is known and allowed: a call without a token is refused as such (403, not
+    400), a token without the route's role too (a device token's `?x=1` on a viewer's route was a 400 naming
+    the parameter), and a bad parameter in a call that may be made is audited under its token (it read
+    "unchecked token"). Runs before the route's own parameters are read (FastAPI runs a router's dependencies
+    first), so the role is taken from the route's `require` here."""
+    route = request.scope.get("route")
+    role = _required_role(route.dependant) if route is not None and hasattr(route, "dependant") else None
+    if role is not None and not who.at_least(role):
+        raise HTTPException(403, f"needs the {role} role")
     query_check(request)
+
+
+def _required_role(dependant: Any) -> str | None:
+    for sub in dependant.dependencies:
+        role = getattr(sub.call, "required_role", None) or _required_role(sub)
+        if role is not None:
+            return role
+    return None
 
 
 def require(role: str) -> Callable[..., auth.Principal]:
@@ -195,4 +210,13 @@ def require(role: str) -> Callable[..., auth.Principal]:
             raise HTTPException(403, f"needs the {role} role")
         return who
 
+    check.required_role = role  # type: ignore[attr-defined]  # read by known_query_only
     return check
+
+
+def token_if_any(request: Request, conn: psycopg.Connection = Depends(db)) -> None:
+    """For a route a signed link opens without a token: a token that is there is checked first, so that a bad
+    parameter is audited under it (as on every other route), then the parameters."""
+    if bearer(request) is not None:
+        principal(request, conn, None)
+    query_check(request)

@@ -29,7 +29,7 @@ from fleet_server.auth import Principal
 from fleet_server.config import ServerConfig
 from fleet_server.http_writer import OverRate
 from fleet_server.store import CLASH, RejectPolicy, store_rejected
-from fleet_server.validate import Invalid, Rejection, check_message, check_window, parse_json
+from fleet_server.validate import Invalid, Rejection, check_message, check_window, parse_json, parse_utc
 from roadmon_contract import validate as contract
 from roadmon_contract.ids import uuid7
 
@@ -179,11 +179,22 @@ def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict
             check_message("event", who.device_id, json.dumps(event).encode(), now, cfg.ingest)
         return submission_id, events
     # Our own event; a client may leave out what the server can fill in.
+    if "event_id" not in body:
+        body["event_id"] = _event_id_of(body)
     body.setdefault("schema", "roadmon.event/1")
-    body.setdefault("event_id", str(uuid7()))
     body.setdefault("seq", 0)
     event = check_message("event", who.device_id, json.dumps(body).encode(), now, cfg.ingest)
     return event["event_id"], [event]
+
+
+def _event_id_of(body: dict) -> str:
+    """The id of an event sent without one, from its content (as a phone body's): a client's retry after a lost
+    answer is a 409, not a second sighting of the pothole (an outside re-test stored one twice)."""
+    try:
+        ms = int(parse_utc(body["captured_at"]).timestamp() * 1000)
+    except (KeyError, AttributeError, TypeError, ValueError):  # Invalid is a ValueError
+        return str(uuid7())  # the event's check names what is wrong with its time
+    return phone_body.stable_uuid7(ms, b"event\0" + phone_body.submission_key(body))
 
 
 def _retry_after(conn: psycopg.Connection, device_id: str) -> int:

@@ -23,11 +23,11 @@ from fleet_server.api_deps import (
     db,
     known_query_only,
     principal,
-    query_check,
     read_db,
     require,
     since_token_query,
     sync_point,
+    token_if_any,
 )
 from fleet_server.api_shapes import CoveragePage, Me, answer
 from fleet_server.auth import Principal
@@ -41,7 +41,7 @@ from fleet_server.validate import as_utc
 router = APIRouter()
 api = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 # Model downloads: a signed link works without a token, so the caller is checked by the route itself.
-downloads = APIRouter(prefix="/api/v1", dependencies=[Depends(query_check)])
+downloads = APIRouter(prefix="/api/v1", dependencies=[Depends(token_if_any)])
 _SHA256 = re.compile(r"^([0-9a-f]{64})\.onnx$")
 
 
