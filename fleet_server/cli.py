@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -21,7 +22,7 @@ from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
-from fleet_server.migrate import MigrationError, align_sequences
+from fleet_server.migrate import MigrationError, align_sequences, database_origin, mark_origin
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 from roadmon_contract.commands import zoned_time
@@ -86,51 +87,59 @@ def print_table(table: Table) -> None:
 
 # After a restore, ids continue this far past the largest the dump holds: the defects and tokens made after the
 # dump (lost with it) had ids that work orders and notes still name, and a new one must not answer to them.
-RESTORE_ID_GAP = 100_000
+RESTORED_AHEAD = {"defects": 100_000, "api_tokens": 100_000}
 
 
 @app.command("migrate")
 def migrate_cmd(after_restore: bool = typer.Option(
-        False, "--after-restore", help="After restoring a dump: also move defect and token ids past any the lost "
-                                       "ones had, and say which --since `cmd resend` needs")) -> None:
-    """Apply pending database migrations (and put every id sequence past the ids its table holds)."""
+        False, "--after-restore", help="After restoring a dump of a database older than migration 027 (a newer "
+                                       "one is recognised): move defect and token ids past any the lost ones had")
+) -> None:
+    """Apply pending database migrations, put every id sequence past the ids its table holds, and after a restore
+    from a dump move defect and token ids past the lost ones."""
     try:
         dsn = cfg().database.resolve_dsn()
     except ConfigError as exc:
         _fail(str(exc))
-    done = _migrate_or_fail(dsn, ahead={"defects": RESTORE_ID_GAP, "api_tokens": RESTORE_ID_GAP}
-                            if after_restore else None)
+    done = _migrate_or_fail(dsn, after_restore)
     console.print(f"applied {len(done)} migration(s)" + (": " + ", ".join(f"{m.version:03d}_{m.name}" for m in done)
                                                           if done else " (schema up to date)"))
-    if after_restore:
-        with connect(cfg().database) as conn:
-            newest = conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0]
-        if newest is None:
-            console.print("the database holds no sightings: `fleet-server cmd resend --since` the dump's time, less "
-                          "a day", markup=False)
-        else:
-            since = commands.utc_iso(newest - timedelta(days=1))
-            console.print(f"newest sighting in the database: received {commands.utc_iso(newest)}; once the ingest "
-                          f"workers are up (their /health answers 200): fleet-server cmd resend --since {since}",
-                          markup=False)
 
 
-def _migrate_or_fail(dsn: str, ahead: dict[str, int] | None = None) -> list:
+def _migrate_or_fail(dsn: str, after_restore: bool = False) -> list:
     timeout_s = cfg().database.connect_timeout_s
     try:
         done = run_migrations(dsn, connect_timeout_s=timeout_s)
-        moves = align_sequences(dsn, ahead, connect_timeout_s=timeout_s)
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_s))) as conn:
+            origin = database_origin(conn)
+        restored = origin == "restored" or (after_restore and origin == "unknown")
+        moves = align_sequences(dsn, RESTORED_AHEAD if restored else None, connect_timeout_s=timeout_s)
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_s))) as conn:
+            mark_origin(conn)
+            newest = conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0] if restored else None
     except MigrationError as exc:
         _fail(f"migration stopped: {exc}")
         raise
+    if after_restore and not restored:
+        console.print("this database's tables are the ones it was last migrated with (no restore since, or its ids "
+                      "were moved already): ids left as they are", markup=False)
+    rewound = [m for m in moves if not (restored and m.table in RESTORED_AHEAD)]
     for move in moves:
-        if ahead and move.table in ahead:
+        if restored and move.table in RESTORED_AHEAD:
             console.print(f"{move.table} ids continue after {move.now} (past any the lost ones had)", markup=False)
-        else:
-            err.print(f"warning: {move.sequence} gave ids up to {move.was} while {move.table} holds higher ones: moved "
-                      f"on to {move.now}. A dump restored into a database that still had its tables does this (and "
-                      "pg_restore then reports far more than the two harmless errors): rows refused meanwhile are "
-                      "in `rejected`; `fleet-server cmd resend --rejected --since ...` asks the boxes for them",
+    for move in rewound:
+        gave = f"gave ids up to {move.was}" if move.was > 0 else "had given no id"
+        err.print(f"warning: {move.sequence} {gave} while {move.table} holds higher ones: moved on to {move.now}",
+                  markup=False)
+    if rewound:
+        err.print("A dump restored into a database that still had its tables does this (pg_restore then reports far "
+                  "more than the two harmless errors): events refused meanwhile are in `rejected`, and "
+                  "`fleet-server cmd resend --rejected --since ...` asks the boxes for them", markup=False)
+    if restored:
+        since = "the dump's time, less a day" if newest is None else commands.utc_iso(newest - timedelta(days=1))
+        console.print("this database was restored from a dump: once the ingest workers are up (their /health "
+                      f"answers 200), `fleet-server cmd resend --since {since}` asks the boxes for what it lost"
+                      + ("" if newest is None else f" (its newest sighting was received {commands.utc_iso(newest)})"),
                       markup=False)
     return done
 
@@ -592,6 +601,10 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
         except ValueError as exc:
             _fail(f"--since {exc}")
     c = cfg()
+    with contextlib.suppress(psycopg.Error), connect(c.database) as conn:
+        if database_origin(conn) == "restored":  # `migrate` (or a `serve` start) has not run since the restore
+            err.print("warning: this database was restored from a dump and not migrated since: run `fleet-server "
+                      "migrate` first, so that new defects and tokens do not take the ids of lost ones", markup=False)
     try:
         sent, broker_only, no_login, newest = commands.resend(c, when, rejected, device or None,
                                                               expire_after_h=days * 24)

@@ -47,7 +47,8 @@ def broker_check(workers: list, host: str, port: int) -> str:
         down = sum(not w.connected.is_set() for w in workers)
         waiting = sum(w.connected.is_set() and not w.subscribed.is_set() for w in workers)
         if down:
-            return f"{down} of {len(workers)} workers disconnected"
+            why = next((w.trouble for w in workers if not w.connected.is_set() and getattr(w, "trouble", None)), None)
+            return f"{down} of {len(workers)} workers disconnected" + (f": {why}" if why else "")
         return "ok" if not waiting else f"{waiting} of {len(workers)} workers not subscribed yet"
     try:
         with socket.create_connection((host, port), timeout=1):

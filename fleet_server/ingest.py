@@ -283,6 +283,7 @@ class IngestWorker:
         self.subscribed = threading.Event()  # the broker's SUBACK came: from now on nothing published is missed
         self._subscribe_mid: int | None = None
         self._connect_failures = 0  # connection attempts in a row that failed (logged now and then)
+        self.trouble: str | None = None  # why it is not connected, for /health: a refused login read "disconnected"
         self.unsubscribed = threading.Event()
         self._unsubscribe_mid: int | None = None
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0,
@@ -327,7 +328,9 @@ class IngestWorker:
     def _on_connect(self, client: mqtt.Client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
+            self.trouble = f"the broker refused the login ({reason_code}): mqtt.username / password_file"
             return
+        self.trouble = None
         metrics.INGEST_BROKER_CONNECTS.inc()
         metrics.INGEST_BROKER_CONNECTED.labels(client=self.client_id).set(1)
         self._connect_failures = 0
@@ -340,6 +343,7 @@ class IngestWorker:
         # paho retries on its own; without this a broker down at start was silent until it came back.
         metrics.INGEST_BROKER_CONNECTED.labels(client=self.client_id).set(0)
         self._connect_failures += 1
+        self.trouble = "the broker cannot be reached"
         if self._connect_failures % 20 == 1:
             m = self.cfg.mqtt
             log.warning("%s: cannot reach the broker at %s:%s (attempt %d); retrying every %g-%g s", self.client_id,
@@ -362,7 +366,7 @@ class IngestWorker:
         self.connected.clear()
         metrics.INGEST_BROKER_CONNECTED.labels(client=self.client_id).set(0)
         self.subscribed.clear()
-        if not self.stopping.is_set():
+        if not self.stopping.is_set() and self.trouble is None:  # after a refused login paho says "Protocol error"
             log.warning("%s: disconnected from the broker (%s); reconnecting", self.client_id, reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:

@@ -162,3 +162,20 @@ def align_sequences(dsn: str, ahead: dict[str, int] | None = None,
                 conn.execute("SELECT setval(%s, %s)", (sequence, want))
                 moves.append(SequenceMove(sequence, table, was, want))
     return moves
+
+
+def database_origin(conn: psycopg.Connection) -> str:
+    """`restored` when the tables are not the ones the database was last migrated with (a pg_dump restored since),
+    `unknown` when that is not recorded yet (before migration 027, or a dump of such a database), else `same`."""
+    try:
+        row = conn.execute("SELECT defects_table = 'defects'::regclass::oid FROM database_origin").fetchone()
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return "unknown"
+    if row is None or row[0] is None:
+        return "unknown"
+    return "same" if row[0] else "restored"
+
+
+def mark_origin(conn: psycopg.Connection) -> None:
+    conn.execute("UPDATE database_origin SET defects_table = 'defects'::regclass::oid, marked_at = now()")

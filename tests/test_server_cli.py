@@ -630,14 +630,34 @@ def test_migrate_puts_sequences_a_restore_rewound_past_the_ids_in_use(cli, fresh
     assert "api_tokens_id_seq gave ids up to 1 while api_tokens holds higher ones: moved on to 3" in moved.output
     assert cli.run("token", "create", "--role", "viewer", "--name", "d").exit_code == 0  # was: duplicate key
     assert "moved on" not in cli.run("migrate").output  # nothing behind: nothing said
-    # The documented step after a restore: ids past any the lost rows had, and the window the resend needs.
-    after = cli.run("migrate", "--after-restore")
-    assert after.exit_code == 0, after.output
-    assert "api_tokens ids continue after 100004" in after.output
-    assert "defects ids continue after 100000" in after.output
-    assert "holds no sightings" in after.output
+    never = cli.run("migrate", "--after-restore")  # on a database that was not restored: nothing moves
+    assert never.exit_code == 0 and "ids left as they are" in never.output, never.output
+
+
+def test_migrate_recognises_a_restored_database_and_moves_ids_past_the_lost_ones(cli, fresh_db) -> None:
+    """An operator who forgot `migrate --after-restore` got the ids of lost defects and tokens for new ones (a work
+    order's defect 15 opened another pothole) and nothing said so (a restore drill's finding)."""
+    for name in ("a", "b"):
+        assert cli.run("token", "create", "--role", "viewer", "--name", name).exit_code == 0
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        # What pg_restore leaves: new tables, and the origin row as the dump had it (the old table's oid).
+        conn.execute("UPDATE database_origin SET defects_table = 1")
+    warned = cli.run("cmd", "resend", "--since", "2026-12-01T00:00:00Z")
+    assert "restored from a dump and not migrated since" in warned.output, warned.output
+    moved = cli.run("migrate")
+    assert moved.exit_code == 0, moved.output
+    said = " ".join(moved.output.split())
+    assert "api_tokens ids continue after 100002" in said and "defects ids continue after 100000" in said
+    assert "this database was restored from a dump" in said and "cmd resend --since the dump's time" in said
+    again = cli.run("migrate")  # once per restore: a second run moves nothing
+    assert "ids continue" not in again.output and "restored" not in again.output
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         assert conn.execute("SELECT nextval('defects_id_seq')").fetchone()[0] == 100001
+        # A dump of a database before 027, restored: its origin unknown, its sequences where the dump left them.
+        conn.execute("UPDATE database_origin SET defects_table = NULL")
+        conn.execute("SELECT setval('api_tokens_id_seq', 2)")
+    older = cli.run("migrate", "--after-restore")
+    assert "api_tokens ids continue after 100002" in " ".join(older.output.split()), older.output
 
 
 def test_resend_says_when_its_window_leaves_a_gap_or_the_logins_look_old(cli, fresh_db, tmp_path,
