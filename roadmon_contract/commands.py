@@ -20,9 +20,15 @@ def expires_at(payload: dict[str, Any]) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-# A command result after which the command is still to be answered (a model update waiting in a queue): the
-# final one follows. The box re-sends final results until acked; the server's `cmd results` shows both.
-INTERIM = ("queued",)
+# Results after which a command is still to be answered (a model update waiting in a queue): the final one follows.
+# The box re-sends final results until acked; the server's `cmd results` shows both. Per command: a resend's
+# "queued" (its rows queued again) is its final answer, and as an interim one it was never sent again, so a box
+# that answered while no ingest worker was connected was listed by `cmd summary` as never answering.
+INTERIM = {"model-update": ("queued",)}
+
+
+def is_interim(name: str, result: Any) -> bool:
+    return isinstance(result, dict) and result.get("status") in INTERIM.get(name, ())
 
 
 def zoned_time(text: Any) -> datetime:

@@ -233,6 +233,43 @@ def test_an_unacked_result_is_sent_again_a_bounded_number_of_times(tmp_path: Pat
     assert len(sent) == RESULT_ATTEMPTS + 1
 
 
+def test_an_unacked_result_outlives_the_agent_that_sent_it(tmp_path: Path) -> None:
+    """A box answered a resend while no ingest worker was connected, then stopped (a power cut, a replay's end):
+    the answer was never sent again (a resend's "queued" was taken for a model update's interim one) and was in
+    memory only, so `cmd summary` listed the box as never answering (a restore drill)."""
+    from types import SimpleNamespace
+
+    from edge_agent.link.uplink import UNANSWERED_FILE
+
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+
+    def agent() -> Uplink:
+        return Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-res", outbox, HealthBoard())
+
+    sent: list[dict] = []
+    client = SimpleNamespace(publish=lambda topic, payload, qos: sent.append(json.loads(payload))
+                             or SimpleNamespace(mid=len(sent)))
+    first = agent()
+    first._results.put(("resend", {"ok": True, "status": "queued", "events": 5, "command_id": "c-9"}))
+    first._results.put(("model-update", {"ok": True, "status": "queued", "command_id": "m-1"}))  # interim
+    first._publish_results(client)
+    assert (tmp_path / UNANSWERED_FILE).exists()
+    second = agent()  # the next start, sent nothing yet
+    assert list(second._unanswered) == ["c-9"]
+    second._results_again(time.monotonic())
+    second._publish_results(client)
+    assert len(sent) == 2  # not before the server is known to ack results
+    second._on_ack(json.dumps({"event_ids": [], "command_ids": []}).encode())
+    second._results_again(time.monotonic())
+    second._publish_results(client)
+    assert [r.get("events") for r in sent] == [5, None, 5]
+    second._on_ack(json.dumps({"event_ids": [], "command_ids": ["c-9"]}).encode())
+    assert not (tmp_path / UNANSWERED_FILE).exists() and agent()._unanswered == {}
+    (tmp_path / UNANSWERED_FILE).write_text("{not json")
+    assert agent()._unanswered == {}  # a damaged file is ignored, not a crash
+    outbox.close()
+
+
 def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:
     """A server that never confirms: a window of 30 in batches of 10 puts exactly 30 events in flight, and no
     more while heartbeats show the uplink's loop still turning (nothing is resent before ack_timeout_s)."""

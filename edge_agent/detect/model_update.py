@@ -47,7 +47,7 @@ from edge_agent.config.detector import DetectorConfig
 from edge_agent.config.model_update import ModelUpdateConfig
 from edge_agent.durable import fsync_dir, write_durably
 from edge_agent.health import HealthBoard
-from roadmon_contract.commands import INTERIM, expired_reason
+from roadmon_contract.commands import expired_reason, is_interim
 from roadmon_contract.digest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -491,7 +491,7 @@ class ModelUpdater:
 
     def published(self, result: dict[str, Any]) -> None:
         """The broker has RESULT: its command is answered for good, so it leaves the journal."""
-        if result.get("status") in INTERIM:
+        if is_interim(COMMAND, result):
             return
         key = self._key(result)
         if key:

@@ -40,6 +40,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, wait_random_
 
 from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
+from edge_agent.durable import write_durably
 from edge_agent.health import HealthBoard
 from edge_agent.link import resend
 from edge_agent.link.flow import FlowControl
@@ -47,7 +48,7 @@ from edge_agent.link.heartbeat import boot_stamp, build_status, remove_leftovers
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
-from roadmon_contract.commands import INTERIM, expired_reason
+from roadmon_contract.commands import expired_reason, is_interim
 from roadmon_contract.decode import decode_json
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ SHORT_LIVED_S = 10.0
 EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overdue
 MAX_UNANSWERED = 200    # final command results kept for sending again until the server acks them
 RESULT_ATTEMPTS = 20    # sends of one result before giving up (a server that stores but never says so)
+UNANSWERED_FILE = "unanswered-results.json"  # beside the outbox
 # State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
 # many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
 WRITE_EVERY_S = 0.1
@@ -111,8 +113,10 @@ class Uplink:
                          "bad_acks": 0, "bad_messages": 0, "retained_ignored": 0, "connects": 0, "refused_logins": 0,
                          "rejected": 0, "server_back": 0}
         # Final command results the server has not acked yet: command_id -> (name, result, sent at, attempts).
-        # A result sent while no ingest worker was connected was lost (7 of 28 in a soak with restarts).
-        self._unanswered: dict[str, list] = {}
+        # A result sent while no ingest worker was connected was lost (7 of 28 in a soak with restarts). Kept in a
+        # file too: a box restarted before the server stored its answer to a resend had lost it for good.
+        self._answers_path = outbox.path.with_name(UNANSWERED_FILE)
+        self._unanswered: dict[str, list] = _load_unanswered(self._answers_path)
         self._server_acks_results = False  # an older server never acks them: then nothing is sent again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -516,11 +520,24 @@ class Uplink:
             if name in self._on_published:
                 self._result_mids[info.mid] = (name, result)
             command_id = result.get("command_id") if isinstance(result, dict) else None
-            if isinstance(command_id, str) and result.get("status") not in INTERIM:
+            if isinstance(command_id, str) and not is_interim(name, result):
                 attempts = self._unanswered.get(command_id, [None, None, 0.0, 0])[3]
                 self._unanswered[command_id] = [name, result, time.monotonic(), attempts + 1]
                 while len(self._unanswered) > MAX_UNANSWERED:
                     self._unanswered.pop(next(iter(self._unanswered)))
+                if attempts == 0:
+                    self._save_unanswered()
+
+    def _save_unanswered(self) -> None:
+        kept = {command_id: [name, result, attempts] for command_id, (name, result, _, attempts)
+                in self._unanswered.items()}
+        try:
+            if kept:
+                write_durably(self._answers_path, json.dumps(kept, default=str))
+            else:
+                self._answers_path.unlink(missing_ok=True)
+        except OSError as exc:  # a full or read-only disk: the answers stay in memory, as before
+            log.warning("uplink: cannot keep the unanswered command results in %s: %s", self._answers_path, exc)
 
     def _results_again(self, now: float) -> None:
         """Send again the final results the server has not acked within the ack timeout, up to
@@ -531,6 +548,7 @@ class Uplink:
             if attempts >= RESULT_ATTEMPTS:
                 log.warning("uplink: the result of command %s was never acknowledged; giving up", command_id)
                 del self._unanswered[command_id]
+                self._save_unanswered()
             elif now - sent_at >= self.flow.timeout_s:
                 self._unanswered[command_id][2] = now  # not queued twice while it waits to go out
                 self._results.put((name, result))
@@ -660,8 +678,8 @@ class Uplink:
         self._confirmed.extend(items)
         if "command_ids" in ack:
             self._server_acks_results = True
-            for command_id in answered:
-                self._unanswered.pop(command_id, None)
+            if any([self._unanswered.pop(command_id, None) for command_id in answered]):
+                self._save_unanswered()
         now = time.monotonic()
         if "status_seen" in ack and self.flow.backoff > 1:
             self._server_back()
@@ -732,3 +750,18 @@ def _result_of(name: str, future: Future) -> dict[str, Any]:
         log.exception("command %s failed", name)
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     return result if isinstance(result, dict) else {"ok": True, "result": result}
+
+
+def _load_unanswered(path: Path) -> dict[str, list]:
+    """The final command results a stopped agent had sent and the server had not acked, due again at once (once
+    the server is known to ack results); a damaged or foreign file is ignored (the answers are bookkeeping: the
+    rows a resend asked for are in the outbox)."""
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        return {str(command_id): [str(name), result, 0.0, int(attempts)]
+                for command_id, (name, result, attempts) in kept.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("uplink: ignoring %s: %s", path, exc)
+        return {}
