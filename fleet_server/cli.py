@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -221,12 +222,13 @@ def ingest(workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker
     metrics_port = _metrics_port(metrics_port, metrics_port_base, instance)
     running: list = []
     if metrics_port:
-        from fleet_server.health import ingest_process_problem
+        from fleet_server.health import DatabaseProbe, ingest_process_problem
         from fleet_server.metrics_auth import serve_metrics
 
         cfg().metrics.resolve_token()  # a token file that is not there stops the start, not every scrape later
+        database = DatabaseProbe(cfg().database)
         serve_metrics(cfg().metrics, metrics_port, metrics_addr,
-                      problem=lambda: ingest_process_problem(running, cfg().ingest.stall_after_s))
+                      problem=lambda: ingest_process_problem(running, cfg().ingest.stall_after_s, database))
     running.extend(_start_workers(workers, "ingest", first=instance * workers))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -717,9 +719,42 @@ def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir
                   "(lab only): set models.url_base to the API's https address", markup=False)
 
 
+class ReaderMayLeave:
+    """stdout for `device ls | head -1`: once the reader has gone, the rest of the output is dropped and the command
+    ends as it would have (click turned the broken pipe into exit 1 without a word, which a `set -o pipefail` cron
+    job read as "could not"). stdout then points at /dev/null, so the interpreter's last flush does not fail."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_left()
+
+    def _reader_left(self) -> None:
+        self._gone = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     # What an operator gets wrong at start (a DSN file that is not there, a wrong password, PostgreSQL down, a
     # database without PostGIS) is one line, not psycopg's traceback.
+    sys.stdout = ReaderMayLeave(sys.stdout)
     try:
         app()
     except ConfigError as exc:

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as Late
 from typing import Any, TypeVar
+
+import psycopg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,13 +80,45 @@ def checks(app_state: Any) -> dict[str, str]:
     return out
 
 
-def ingest_process_problem(workers: list, stall_after_s: float) -> str | None:
+class DatabaseProbe:
+    """Whether the database answers a new connection, asked at most every EVERY_S: an ingest process whose database
+    was unreachable or frozen answered its /health "ok" as long as no message came to fail on."""
+
+    def __init__(self, cfg: Any, every_s: float = 10.0) -> None:
+        self.cfg = cfg
+        self.every_s = every_s
+        self._asked = -math.inf
+        self._answer: str | None = None
+
+    def problem(self) -> str | None:
+        if time.monotonic() - self._asked >= self.every_s:
+            self._asked = time.monotonic()
+            self._answer = self._ask()
+        return self._answer
+
+    def _ask(self) -> str | None:
+        def select_one() -> None:
+            with psycopg.connect(self.cfg.resolve_dsn(), autocommit=True,
+                                 connect_timeout=max(1, round(PROBE_S))) as conn:
+                conn.execute("SELECT 1")
+
+        try:
+            within(select_one, PROBE_S + 1)
+        except Exception as exc:  # any failure means "not ready"
+            log.warning("health: database unreachable: %s", exc)
+            return "unreachable"
+        return None
+
+
+def ingest_process_problem(workers: list, stall_after_s: float, database: DatabaseProbe | None = None) -> str | None:
     """Why an ingest process is not ready (its /health), or None: no worker started yet, one not subscribed
-    (the broker down or refusing its login), or one stalled on the database."""
+    (the broker down or refusing its login), the database not answering, or a worker stalled on it."""
     if not workers:
         return "starting: no worker yet"
     broker = broker_check(workers, "", 0)
     if broker != "ok":
         return f"broker: {broker}"
+    if database is not None and (db := database.problem()):
+        return f"database: {db}"
     ingest = ingest_check(workers, stall_after_s)
     return None if ingest == "ok" else f"ingest: {ingest}"

@@ -197,7 +197,7 @@ def test_a_killed_agent_is_red_where_edge_agent_status_says_stale(tmp_path: Path
     checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
     assert checks["outbox"]["level"] == "green" and "7 unconfirmed rows" in checks["outbox"]["summary"]
     dead = checks["agent"]
-    assert dead["level"] == "red" and "the agent is not running or hung" in dead["summary"], dead
+    assert dead["level"] == "red" and "the agent is not running (no process holds its outbox)" in dead["summary"], dead
     assert "`systemctl status edge-agent`" in dead["hint"] and "`journalctl -u edge-agent`" in dead["hint"]
 
 

@@ -87,3 +87,29 @@ def test_migrate_gives_up_on_a_database_that_accepts_and_never_answers(tmp_path:
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert time.monotonic() - started < 30 and "timeout" in done.stderr.lower(), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.services
+def test_an_ingest_process_is_not_ready_while_its_database_does_not_answer(make_cfg) -> None:
+    """An ingest process's /health said "ok" with its database unreachable or frozen, as long as no message came
+    to fail on (an operator's re-test)."""
+    from fleet_server.health import DatabaseProbe, ingest_process_problem
+
+    cfg = make_cfg()
+    real = cfg.database.resolve_dsn()
+    where = urlsplit(real)
+    proxy = FreezingProxy(where.hostname, where.port)
+    cfg.database.dsn_file.write_text(real.replace(f"{where.hostname}:{where.port}", f"127.0.0.1:{proxy.port}"))
+    subscribed = type("Worker", (), {"connected": threading.Event(), "subscribed": threading.Event(),
+                                     "stalled_s": lambda self: 0.0, "waiting": lambda self: 0})()
+    subscribed.connected.set()
+    subscribed.subscribed.set()
+    assert ingest_process_problem([subscribed], 60.0, DatabaseProbe(cfg.database, every_s=0)) is None
+    proxy.freeze()
+    try:
+        started = time.monotonic()
+        assert ingest_process_problem([subscribed], 60.0, DatabaseProbe(cfg.database, every_s=0)) == \
+            "database: unreachable"
+        assert time.monotonic() - started < 6
+    finally:
+        proxy.frozen.clear()

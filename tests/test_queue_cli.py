@@ -140,10 +140,16 @@ def test_status_shows_queue_fix_and_broker(box) -> None:
         write_status_file(box["state"] / "agent-status.json", beat)
     assert validate.errors("status", beat) == []
     assert beat["queue_depth"] == 3 and beat["oldest_pending_age_s"] >= 0 and beat["disk_free_mb"] > 0
-    info = json.loads(run("status", "--config", box["config"], "--json"))
-    assert info["broker"] == "connected" and info["queue_depth"] == 3
+    from edge_agent.link.writer_lock import WriterLock
+
+    lock = WriterLock(box["state"] / "outbox.db").acquire()  # a running agent holds its outbox
+    try:
+        info = json.loads(run("status", "--config", box["config"], "--json"))
+        table = run("status", "--config", box["config"])
+    finally:
+        lock.release()
+    assert info["broker"] == "connected" and info["broker_state"] == "connected" and info["queue_depth"] == 3
     assert info["position"]["mode"] == 3 and info["last_confirmed_at"]
-    table = run("status", "--config", box["config"])
     for words in ("broker", "connected", "queue depth", "oldest pending", "last confirmed", "position"):
         assert words in table
 
@@ -391,13 +397,19 @@ def test_status_says_in_one_word_whether_the_agent_runs(box, monkeypatch: pytest
 
     info = state()
     assert info["agent"] == "not running" and info["health"] == {} and info["flow"] == {}
+    assert info["broker_state"] == "unknown"
     status_file = box["state"] / "agent-status.json"
     with Outbox(box["state"] / "outbox.db", agent=False) as ob:
         beat = build_status("online", "veh-cli", ob, HealthBoard())
     write_status_file(status_file, beat)
+    killed = state()  # a fresh status, but no agent holds the outbox: killed a moment ago
+    assert killed["agent"] == "not running" and killed["broker_state"] == "unknown"
+    assert killed["broker"].endswith("(at its last status; no agent runs now)"), killed["broker"]
     lock = WriterLock(box["state"] / "outbox.db").acquire()  # what a running agent holds
     try:
-        assert state()["agent"] == "running"
+        running = state()
+        assert running["agent"] == "running" and running["broker_state"] == "online"
+        assert set(running) == set(info)  # one set of keys in every state
         write_status_file(status_file, beat | {"sent_at": utc_now_iso(3600)})
         assert state()["agent"] == "hung"
         assert "agent hung" in status_table(box)
@@ -412,3 +424,14 @@ def test_status_says_in_one_word_whether_the_agent_runs(box, monkeypatch: pytest
         monkeypatch.undo()
         lock.release()
     assert state()["agent"] == "not running"
+
+
+def test_status_json_of_a_box_whose_agent_never_started(tmp_path: Path) -> None:
+    """A fresh install gave a monitoring script no JSON at all (exit 2): it gets the same keys, empty."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[device]\nid = "veh-new"\nstate_dir = "{tmp_path / "state"}"\n')
+    info = json.loads(run("status", "--config", str(config), "--json"))
+    assert info["agent"] == "never started" and info["queue_depth"] == 0 and info["broker_state"] == "unknown"
+    assert info["events"] == {"pending": 0, "sent": 0, "confirmed": 0, "rejected": 0}
+    people = runner.invoke(app, ["status", "--config", str(config)])
+    assert people.exit_code == 2 and "no outbox" in people.output  # a person is told in one line

@@ -724,3 +724,15 @@ def test_two_device_adds_of_one_id_at_once_tell_the_second_it_exists(cli, fresh_
     assert codes == [0, 1], [(r.returncode, r.stderr) for r in results]
     loser = next(r for r in results if r.returncode == 1)
     assert "already exists" in loser.stderr and "duplicate key" not in loser.stderr, loser.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_is_no_failure(cli, fresh_db) -> None:
+    """`device ls | head -1` exited 1 without a word, which a `set -o pipefail` cron job read as "could not"."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (id) SELECT 'veh-' || n FROM generate_series(1, 300) n")
+    for args in (["device", "ls"], ["device", "ls", "--json"], ["token", "ls"]):
+        proc = subprocess.Popen([sys.executable, "-m", "fleet_server", "-c", cli.conf, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+        proc.stdout.close()  # the reader went away before the first line
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and b"Traceback" not in stderr, (args, proc.returncode, stderr[-400:])

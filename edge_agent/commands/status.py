@@ -48,8 +48,12 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     if foreign:
         agent = None  # parsed, but not the agent's: reading it would fail (or mislead) field by field
     heartbeat_s = cfg.uplink.heartbeat_s if cfg else 30.0
-    with open_outbox(config, outbox) as ob:
-        stats = ob.stats()
+    if not path.exists() and cfg is not None:  # installed, never started: a monitoring script still gets its keys
+        stats = _no_outbox_yet(path, cfg)
+    else:
+        with open_outbox(config, outbox) as ob:
+            stats = ob.stats()
+    state = "never started" if not path.exists() else _agent_state(path, status_path, agent, heartbeat_s)
     broker = "unknown (no status file: is the agent running?)"
     if foreign:
         broker = (f"unknown (the status file {status_path} is not what the agent writes: {foreign}; delete it, "
@@ -67,8 +71,13 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
             broker = f"{broker} (stale: status from {status_ago_text(agent)}; {why})"
         elif broker != "stopped" and (trouble := uplink_trouble(agent)):
             broker = f"{broker} ({trouble})"
+        elif broker != "stopped" and state == "not running":  # killed a moment ago: its last words read "connected"
+            broker = f"{broker} (at its last status; no agent runs now)"
     return {
-        "agent": _agent_state(path, status_path, agent, heartbeat_s),
+        "agent": state,
+        # One word for scripts: the broker link's state while the agent runs, else stopped or unknown.
+        "broker_state": (str((agent.get("health") or {}).get("broker") or agent.get("state") or "unknown")
+                         if agent and state == "running" else "stopped" if state == "stopped" else "unknown"),
         "broker": broker,
         "queue_depth": stats["queue_depth"],
         # Rows the server refused for good: done, so not in the queue depth, but never on the map either.
@@ -100,6 +109,20 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         "outbox": stats["path"],
         "status_file": str(status_path),
     }
+
+
+def _no_outbox_yet(path: Path, cfg: Any) -> dict[str, Any]:
+    """The queue figures of a box whose agent has not started yet: empty."""
+    import shutil
+
+    rows = {"pending": 0, "sent": 0, "confirmed": 0, "rejected": 0}
+    try:
+        free_mb: float | None = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 1e6
+    except (OSError, StopIteration):
+        free_mb = None
+    return {"queue_depth": 0, "rejected": 0, "events": dict(rows), "coverage": dict(rows), "oldest_pending_at": None,
+            "last_confirmed_at": None, "db_mb": 0.0, "disk_free_mb": free_mb, "budget_mb": cfg.outbox.budget_mb,
+            "dropped": {}, "path": str(path)}
 
 
 def _agent_state(outbox: Path, status_path: Path, agent: dict[str, Any] | None, heartbeat_s: float) -> str:
@@ -257,6 +280,9 @@ def _position_text(info: dict[str, Any]) -> str:
 
 def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Queue depth, oldest pending, last confirmed, GNSS and last fix, position and broker state."""
+    if not as_json:
+        with open_outbox(config, outbox):  # a person is told in one line that the agent has not started here
+            pass
     info = collect(config, outbox)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -300,7 +326,8 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
     out.print(table)
 
 
-AGENT_WORDS = {"running": "[green]running[/green]", "stopped": "[yellow]stopped (cleanly)[/yellow]",
+AGENT_WORDS = {"never started": "[yellow]never started here[/yellow]", "running": "[green]running[/green]",
+               "stopped": "[yellow]stopped (cleanly)[/yellow]",
                "not running": "[red]not running[/red] (no process holds its outbox)",
                "hung": "[red]hung[/red] (it holds its outbox but does not rewrite its status)",
                "unknown": "[yellow]unknown[/yellow] (this user cannot read its status file)"}

@@ -136,9 +136,11 @@ def check_agent(ctx: Context) -> CheckResult:
                            "nothing is recorded or sent until it starts again",
                            "`sudo systemctl start edge-agent`; if it stops again: `journalctl -u edge-agent`", data)
     if is_stale(status, heartbeat_s):  # the rule `edge-agent status` applies, so both say the same
+        # _still_running says "hung" when a process holds the outbox; without one it is not running (as status says).
         return _still_running(ctx.cfg, path, status, data) or CheckResult(
             "agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the agent runs: the "
-            "agent is not running or hung", "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
+            "agent is not running (no process holds its outbox)", "nothing is recorded or sent; rows wait in the "
+            "outbox", AGENT_HINT, data)
     if holder(ctx.cfg.outbox_path) is None:
         # A fresh status outlives the process by up to a few heartbeats: 11 s after a kill -9 this read
         # "running ... broker connected" in green, beside a broker check that had already seen it gone.
