@@ -644,6 +644,36 @@ def test_manager_status_change_persists(server: Server, browser) -> None:
     assert script_errors(browser) == []
 
 
+def test_a_manager_does_not_overwrite_another_managers_change_unseen(server: Server, browser) -> None:
+    """Two managers with one defect open: the second click overwrote the first manager's decision without a word
+    (an integrator's finding: no ETag). The panel sends the version it showed and, refused, shows the defect as it
+    is now. A note alone goes into the history without a status change."""
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "manager")
+    first = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li")))
+    defect_id = first.get_attribute("data-defect-id")
+    first.click()
+    wait.until(ec.element_to_be_clickable((By.ID, "set-scheduled")))
+    other = httpx.patch(f"{server.url}/api/v1/defects/{defect_id}", json={"status": "dismissed", "note": "a patch"},
+                        headers={"Authorization": f"Bearer {server.tokens['manager']}"})
+    assert other.status_code == 200
+    browser.find_element(By.ID, "set-scheduled").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "workflow-error"), "Not changed"))
+    assert "changed since it was read" in browser.find_element(By.ID, "workflow-error").text
+    wait.until(ec.text_to_be_present_in_element((By.ID, "panel-status"), "dismissed"))
+    detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
+                       headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    assert detail["properties"]["status"] == "dismissed"  # the other manager's decision stands
+    # Now it shows the current version: a note alone is taken, and the status stays.
+    browser.find_element(By.ID, "status-note").send_keys("seen from the bus stop")
+    browser.find_element(By.ID, "add-note").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "history"), "seen from the bus stop"))
+    detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
+                       headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
+    assert detail["properties"]["status"] == "dismissed" and detail["history"][-1]["note"] == "seen from the bus stop"
+    assert script_errors(browser) == []
+
+
 def test_dashboard_settings_come_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient

@@ -37,8 +37,10 @@ async function request(path, options = {}) {
   }
   if (!response.ok) {
     const text = await response.text();
+    let detail = null;
+    try { detail = JSON.parse(text).detail; } catch { /* not a Problem body */ }
     throw Object.assign(new Error(`${options.method || "GET"} ${path}: ${response.status} ${text.slice(0, 200)}`),
-      { status: response.status });
+      { status: response.status, detail });
   }
   return response;
 }
@@ -47,12 +49,17 @@ export async function getJson(path) {
   return (await request(path)).json();
 }
 
-export async function patchJson(path, body) {
-  const response = await request(path, {
-    method: "PATCH",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+// The body and its ETag (a defect's version): a change sent with it is refused (412) if someone changed the
+// defect since, instead of overwriting what the other manager did unseen.
+export async function getJsonTagged(path) {
+  const response = await request(path);
+  return { body: await response.json(), etag: response.headers.get("ETag") };
+}
+
+export async function patchJson(path, body, etag = null) {
+  const headers = { "Content-Type": "application/json" };
+  if (etag) headers["If-Match"] = etag;
+  const response = await request(path, { method: "PATCH", headers, body: JSON.stringify(body) });
   return response.json();
 }
 

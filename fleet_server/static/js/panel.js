@@ -1,5 +1,5 @@
 // The defect panel: thumbnails, sightings timeline, vehicles, status history and, for managers, the workflow.
-import { AuthError, describe, getJson, patchJson, imageUrl } from "./api.js";
+import { AuthError, describe, getJsonTagged, patchJson, imageUrl } from "./api.js";
 import {
   escapeHtml, formatTime, historyOf, sightingsOf, sightingTime, sightingDevice, sightingHasThumbnail,
   WORKFLOW_STATUSES, MANAGER_ROLES, severityBand, severityText, sizeText, vehiclesOf,
@@ -48,7 +48,9 @@ export class DefectPanel {
     this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="hint">loading…</p>`;
     let detail;
     try {
-      detail = await getJson(`defects/${encodeURIComponent(defect.id)}`);
+      const answer = await getJsonTagged(`defects/${encodeURIComponent(defect.id)}`);
+      detail = answer.body;
+      this.etag = answer.etag;
     } catch (err) {
       if (err instanceof AuthError) return this.onAuthLost();
       this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="error">${escapeHtml(describe(err))}</p>`;
@@ -89,6 +91,9 @@ export class DefectPanel {
       <ol class="timeline" id="history">${history.map(historyItem).join("")
         || '<li class="hint">no changes yet</li>'}</ol>`;
     this.wireWorkflow(defect);
+    const notice = this.body.querySelector("#workflow-error");
+    if (this.notice && notice) notice.textContent = this.notice;
+    this.notice = null;
     this.loadThumbnails(sightings.filter(sightingHasThumbnail).slice(0, MAX_THUMBNAILS));
   }
 
@@ -98,25 +103,42 @@ export class DefectPanel {
       `<button type="button" data-status="${s}" id="set-${s}" class="${defect.status === s ? "current" : ""}">${s}</button>`);
     return `<h3>Workflow</h3><div class="workflow" id="workflow">
       <input id="status-note" placeholder="note (optional)" maxlength="500">${buttons.join("")}
+      <button type="button" id="add-note" title="Add the note to the history; the status stays">note only</button>
       <span class="error" id="workflow-error"></span></div>`;
   }
 
   wireWorkflow(defect) {
     const box = this.body.querySelector("#workflow");
     if (!box) return;
-    box.querySelectorAll("button[data-status]").forEach((button) => {
-      button.addEventListener("click", async () => {
-        const note = box.querySelector("#status-note").value.trim();
-        box.querySelectorAll("button").forEach((b) => { b.disabled = true; });
-        try {
-          await patchJson(`defects/${encodeURIComponent(defect.id)}`, { status: button.dataset.status, note: note || null });
+    const send = async (change) => {
+      box.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+      try {
+        await patchJson(`defects/${encodeURIComponent(defect.id)}`, change, this.etag);
+        await this.onChanged(defect.id);
+      } catch (err) {
+        if (err instanceof AuthError) return this.onAuthLost();
+        if (err.status === 412) {
+          // Another manager (or the server's repair rule) changed it since this panel was opened: show it as it is
+          // now (the list and the panel load again, as after a change), and say so, rather than overwrite their
+          // change unseen.
+          this.notice = `Not changed: ${err.detail || "the defect changed meanwhile"}. This is it now.`;
           await this.onChanged(defect.id);
-        } catch (err) {
-          if (err instanceof AuthError) return this.onAuthLost();
-          box.querySelector("#workflow-error").textContent = describe(err);
-          box.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+          return;
         }
-      });
+        box.querySelector("#workflow-error").textContent = describe(err);
+        box.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+      }
+    };
+    const noteText = () => box.querySelector("#status-note").value.trim();
+    box.querySelectorAll("button[data-status]").forEach((button) => {
+      button.addEventListener("click", () => send({ status: button.dataset.status, note: noteText() || null }));
+    });
+    box.querySelector("#add-note").addEventListener("click", () => {
+      if (!noteText()) {
+        box.querySelector("#workflow-error").textContent = "Write the note first.";
+        return;
+      }
+      send({ note: noteText() });
     });
   }
 
