@@ -358,8 +358,10 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
     return feature
 
 
-_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-NOTE_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"  # the same, for the document
+# Controls, and the bidirectional overrides and isolates that make a note read otherwise than it is stored.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+NOTE_PATTERN = ("^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f\\u202a-\\u202e"
+                "\\u2066-\\u2069]*$")  # the same, for the document
 _BLANKS = " \t\r\n\u00a0\u200b\u200c\u200d\u2060\ufeff"
 
 
@@ -404,10 +406,41 @@ def version_tag(conn: psycopg.Connection, defect_id: int) -> str | None:
     return None if row is None else f'"{defect_id}-{row[0]}-{row[1] or 0}"'
 
 
-def _matches(if_match: str, tag: str) -> bool:
-    """If-Match compares strongly (RFC 9110 13.1.1): a weak tag never matches."""
-    wanted = [t.strip() for t in if_match.split(",")]
-    return "*" in wanted or tag in wanted
+_TAG = re.compile(r'(W/)?"[^"]*"')
+
+
+def if_match_tags(request: Request) -> list[str] | None:
+    """The tags of every If-Match line (only the first was read), or None without one; a tag that is not quoted,
+    or `*` in a list, is a 400 (it was a 412 "changed since it was read" for a defect nobody had changed)."""
+    lines = request.headers.getlist("if-match")
+    if not lines:
+        return None
+    tags = [t.strip() for line in lines for t in line.split(",")]
+    if tags == ["*"]:
+        return tags
+    if not all(_TAG.fullmatch(t) for t in tags):
+        raise HTTPException(400, "If-Match: the ETag of GET /api/v1/defects/{id} as it came (in quotes), several "
+                                 "separated by commas, or * alone")
+    return tags
+
+
+def _refused(conn: psycopg.Connection, defect_id: int, status: str, tags: list[str], tag: str) -> HTTPException:
+    """412 naming what changed: who set what (or noted), or the merge that made another defect's tag this one's."""
+    named = {int(m[1]) for t in tags if (m := re.match(r'"(\d+)-', t))}
+    merged = named and defect_id not in named and conn.execute(
+        "SELECT 1 FROM defect_merges WHERE dropped_id = ANY(%s) AND kept_id = %s", (sorted(named), defect_id)
+    ).fetchone()
+    if merged:
+        first = min(named)
+        return HTTPException(412, f"defect {first} was merged into defect {defect_id} since it was read (the same "
+                                  f"defect: its sightings and history are {defect_id}'s now); read defect {defect_id} "
+                                  "and decide again", headers={"ETag": tag})
+    last = conn.execute("SELECT actor, at, to_status, from_status FROM defect_history WHERE defect_id = %s "
+                        "ORDER BY id DESC LIMIT 1", (defect_id,)).fetchone()
+    did = f"set it {last[2]}" if last and last[2] != last[3] else "added a note"
+    since = f": {last[0]} {did} at {_jsonable(last[1])}" if last else ""
+    return HTTPException(412, f"defect {defect_id} changed since it was read (now {status}{since}); read it again: "
+                              "this answer's ETag is its version now", headers={"ETag": tag})
 
 
 @router.patch("/defects/{defect_id}", summary="Manager workflow: schedule, mark repaired, dismiss, re-confirm, note",
@@ -420,20 +453,17 @@ def _matches(if_match: str, tag: str) -> bool:
                                "headers": {"ETag": {"description": "Its version now", "schema": {"type": "string"}}}}})
 def patch_defect(defect_id: int, change: DefectPatch, request: Request, response: Response,
                  conn: psycopg.Connection = Depends(db), who=Depends(require("manager")),
-                 if_match: str | None = Header(None, description="The ETag of GET /defects/{id}: the change is made "
-                                               "only if nobody changed the defect's status or history since "
-                                               "(412 otherwise); left out, the last write wins")) -> dict:
+                 _if_match: str | None = Header(None, alias="If-Match", description="The ETag of GET /defects/{id}: "
+                                                "the change is made only if nobody changed the defect's status or "
+                                                "history since (412 otherwise); left out, the last write wins")
+                 ) -> dict:
     with conn.transaction():
         row = conn.execute("SELECT status FROM defects WHERE id = %s FOR UPDATE", (defect_id,)).fetchone()
         if row is None:
             raise missing(conn, defect_id, request)
-        if if_match is not None and not _matches(if_match, tag := version_tag(conn, defect_id)):
-            last = conn.execute("SELECT actor, at, to_status, from_status FROM defect_history WHERE defect_id = %s "
-                                "ORDER BY id DESC LIMIT 1", (defect_id,)).fetchone()
-            did = f"set it {last[2]}" if last and last[2] != last[3] else "added a note"
-            since = f": {last[0]} {did} at {_jsonable(last[1])}" if last else ""
-            raise HTTPException(412, f"defect {defect_id} changed since it was read (now {row[0]}{since}); read it "
-                                     "again and send its new ETag", headers={"ETag": tag})
+        tags = if_match_tags(request)
+        if tags is not None and "*" not in tags and (tag := version_tag(conn, defect_id)) not in tags:
+            raise _refused(conn, defect_id, row[0], tags, tag)
         if change.status is None:
             aggregate.add_note(conn, defect_id, row[0], who.name, change.note)
         elif change.status != row[0] or change.note:  # the same status again, without a note, changes nothing

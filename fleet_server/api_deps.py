@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, time
 from typing import Annotated, Any
@@ -72,8 +73,8 @@ def query_check(request: Request) -> None:
         raise HTTPException(400, f"unknown query parameter {unknown[0][:40]!r}; {request.url.path} takes "
                                  f"{', '.join(sorted(known)) or 'none'}")
     # Every parameter takes one value (lists are comma lists): `state=online&state=stopped` used the last alone.
-    names = [name for name, _ in request.query_params.multi_items() if name not in CACHE_BUSTERS]
-    if twice := sorted({name for name in names if names.count(name) > 1}):
+    names = Counter(name for name, _ in request.query_params.multi_items() if name not in CACHE_BUSTERS)
+    if twice := sorted(name for name, n in names.items() if n > 1):  # a Counter: list.count made 7,000 repeats 0.9 s
         raise HTTPException(400, f"query parameter {twice[0][:40]!r} given more than once; give a comma list "
                                  "where it takes several values")
 

@@ -260,15 +260,18 @@ def model_file(filename: str, request: Request,
                expires: int | None = Query(None, description="Signed link: its expiry (Unix seconds)"),
                sig: str | None = Query(None, max_length=128, description="Signed link: HMAC-SHA256, hex"),
                conn: psycopg.Connection = Depends(db)) -> FileResponse:
-    match = _SHA256.match(filename)
+    match = _SHA256.fullmatch(filename)  # match() let "<sha>.onnx\n" through to the file lookup
     if not match:
         raise HTTPException(404, "models are named <sha256>.onnx")
     if sig is None:
         principal(request, conn)  # any valid token, as before links were signed
     else:
         _check_link(request, conn, match.group(1), device, expires, sig)
-    path = Path(request.app.state.cfg.models.dir) / filename
-    if not path.is_file():
+    folder = Path(request.app.state.cfg.models.dir).resolve()
+    path = folder / filename
+    # Only a file `model push` staged there: a link (to /etc/passwd, to the demo's token file) was served as a model
+    # to any device token.
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != folder:
         raise HTTPException(404, "no such model")
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 

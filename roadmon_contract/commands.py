@@ -50,6 +50,9 @@ def expired_reason(payload: dict[str, Any], now: datetime | None = None) -> str 
     """Why the command in PAYLOAD must no longer be carried out, or None; ValueError for an unreadable
     expires_at."""
     expiry = expires_at(payload)
-    if expiry is not None and expiry <= (now or datetime.now(UTC)):
-        return f"the command expired at {payload['expires_at']} (issued {payload.get('issued_at', '?')})"
+    now = now or datetime.now(UTC)
+    if expiry is not None and expiry <= now:
+        # The box's clock said so: one a day ahead called every fresh command expired, and nothing said whose clock.
+        return (f"the command expired at {payload['expires_at']} (issued {payload.get('issued_at', '?')}) by this "
+                f"box's clock, which says {now.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')}")
     return None

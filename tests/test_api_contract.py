@@ -6,6 +6,9 @@ every refusal, and a document that declares what the server answers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -275,3 +278,42 @@ def test_notes_are_text_a_screen_can_show_and_tags_name_their_defect(api) -> Non
     r = client.patch(f"/api/v1/defects/{ids[1]}", json={"status": "scheduled"},
                      headers={**manager, "If-Match": f"W/{tags[1]}"})
     assert r.status_code == 412  # If-Match compares strongly
+
+
+def test_if_match_is_read_as_written_and_a_merge_is_named(api) -> None:
+    """An attacker's and a second manager's findings: a malformed If-Match read "changed since it was read" for a
+    defect nobody had changed, only the first If-Match line counted, and a tag from a defect merged away gave a
+    412 that did not say so."""
+    client, dsn = api
+    defect, _ = a_defect(client, dsn)
+    manager = bearer(token(dsn, "manager", "Ana"))
+    tag = client.get(f"/api/v1/defects/{defect}", headers=manager).headers["etag"]
+    for bad in ("garbage", tag.strip('"'), ",", '"x", *'):
+        r = client.patch(f"/api/v1/defects/{defect}", json={"note": "n"}, headers={**manager, "If-Match": bad})
+        assert r.status_code == 400 and "If-Match" in r.text, (bad, r.status_code, r.text)
+    # Two header lines, the stale one first: both are read.
+    r = client.patch(f"/api/v1/defects/{defect}", json={"note": "n"},
+                     headers=[*manager.items(), ("If-Match", '"0-new-0"'), ("If-Match", tag)])
+    assert r.status_code == 200, r.text
+    with psycopg.connect(dsn, autocommit=True) as conn:  # as aggregate.merge_neighbours leaves a merge
+        conn.execute("INSERT INTO defect_merges (dropped_id, kept_id) VALUES (%s, %s)", (defect + 1000, defect))
+    r = client.patch(f"/api/v1/defects/{defect}", json={"note": "n"},
+                     headers={**manager, "If-Match": f'"{defect + 1000}-new-0"'})
+    assert r.status_code == 412 and f"was merged into defect {defect}" in r.json()["detail"], r.text
+    r = client.patch(f"/api/v1/defects/{defect}", json={"note": "a\u202eb"}, headers=manager)
+    assert r.status_code == 400 and "U+202E" in r.text  # a bidirectional override reads otherwise than stored
+
+
+def test_the_model_route_serves_only_files_staged_in_its_folder(api, tmp_path) -> None:
+    client, dsn = api
+    folder = Path(client.app.state.cfg.models.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a model")
+    (folder / ("a" * 64 + ".onnx")).symlink_to(secret)
+    (folder / ("b" * 64 + ".onnx")).write_bytes(b"onnx")
+    device = bearer(token(dsn, "device", "van-1", device_id="van-1"))
+    assert client.get("/api/v1/models/" + "a" * 64 + ".onnx", headers=device).status_code == 404
+    assert client.get("/api/v1/models/" + "b" * 64 + ".onnx", headers=device).content == b"onnx"
+    r = client.get("/api/v1/models/" + "b" * 64 + ".onnx%0a", headers=device)
+    assert r.status_code == 404 and "named <sha256>.onnx" in r.text

@@ -21,7 +21,8 @@ AGENT_RULES = {
     "camera": {"edge_agent.config", "edge_agent.health"},
     "detect": {"edge_agent.config", "edge_agent.health", "edge_agent.durable", "roadmon_contract"},
     "perception": {"edge_agent.config", "edge_agent.health", "edge_agent.gnss", "calibration", "roadmon_contract"},
-    "link": {"edge_agent", "edge_agent.__version__", "edge_agent.config", "edge_agent.health", "roadmon_contract"},
+    "link": {"edge_agent", "edge_agent.__version__", "edge_agent.config", "edge_agent.health", "edge_agent.durable",
+             "roadmon_contract"},
 }
 NEVER_FROM = {  # subsystems that only the top of the agent (commands, doctor, the CLI) may use
     "runtime": {"lab"},

@@ -618,11 +618,15 @@ def test_what_an_analyst_filters_by_is_applied_or_refused_never_ignored(api) -> 
 
     _seed(client, dsn)
     viewer = bearer(token(dsn, "viewer"))
-    for path, params in (("/api/v1/defects", {"min_confidence": "0.99"}), ("/api/v1/defects", {"sort": "-severity"}),
-                         ("/api/v1/defects.csv", {"limit": "5"}), ("/api/v1/coverage", {"devices": "veh-a"}),
-                         ("/api/v1/audit", {"bogus": "1"})):
-        r = client.get(path, params=params, headers=viewer)
+    manager = bearer(token(dsn, "manager"))
+    for path, params, who in (("/api/v1/defects", {"min_confidence": "0.99"}, viewer),
+                              ("/api/v1/defects", {"sort": "-severity"}, viewer),
+                              ("/api/v1/defects.csv", {"limit": "5"}, viewer),
+                              ("/api/v1/coverage", {"devices": "veh-a"}, viewer),
+                              ("/api/v1/audit", {"bogus": "1"}, manager)):
+        r = client.get(path, params=params, headers=who)
         assert r.status_code == 400 and f"unknown query parameter {next(iter(params))!r}" in r.json()["detail"], r.text
+    assert client.get("/api/v1/audit", params={"bogus": "1"}, headers=viewer).status_code == 403  # the role first
     assert "bbox" in client.get("/api/v1/defects", params={"sort": "x"}, headers=viewer).json()["detail"]
     # A cache-buster (jQuery's `cache: false` adds ?_=<time>) is no filter and no mistake.
     assert client.get("/api/v1/defects", params={"_": "1733420000"}, headers=viewer).status_code == 200

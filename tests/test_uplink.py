@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -268,6 +269,57 @@ def test_an_unacked_result_outlives_the_agent_that_sent_it(tmp_path: Path) -> No
     (tmp_path / UNANSWERED_FILE).write_text("{not json")
     assert agent()._unanswered == {}  # a damaged file is ignored, not a crash
     outbox.close()
+
+
+def test_a_command_is_carried_out_once_and_an_answer_sent_again_only_reports(tmp_path: Path) -> None:
+    """A field engineer's findings: a config-reload's "restarting" sent again after the restart stopped the agent
+    a second time; one command id delivered twice ran twice (a resend's second run answered "0 rows"); a parked
+    box never got the ack that lets it send kept answers."""
+    from types import SimpleNamespace
+
+    outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
+    sent: list[dict] = []
+    statuses: list[dict] = []
+
+    def publish(topic: str, payload: str, qos: int, **_: object) -> SimpleNamespace:
+        (statuses if topic.endswith("/status") else sent).append(json.loads(payload))
+        return SimpleNamespace(mid=len(sent) + len(statuses))
+
+    client = SimpleNamespace(publish=publish)
+    uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-once", outbox, HealthBoard())
+    runs: list[dict] = []
+    restarts: list[dict] = []
+    uplink._workers = ThreadPoolExecutor(1)
+    try:
+        uplink.on_command("resend", lambda payload: runs.append(payload) or {"ok": True, "status": "queued",
+                                                                          "events": 5 - 5 * (len(runs) - 1)})
+        uplink.on_command("config-reload", lambda payload: {"ok": True, "status": "restarting"},
+                          on_published=restarts.append)
+        for _ in range(2):  # one `cmd send`, delivered twice: the repeat gets the same answer, nothing runs again
+            uplink._on_cmd("resend", json.dumps({"command_id": "dup-1"}).encode())
+            wait_for(lambda: not uplink._results.empty(), 5, "the answer")
+            uplink._publish_results(client)
+        assert len(runs) == 1 and [r["events"] for r in sent] == [5, 5]
+        uplink._on_cmd("config-reload", json.dumps({"command_id": "cr-1"}).encode())
+        wait_for(lambda: not uplink._results.empty(), 5, "the answer")
+        uplink._publish_results(client)
+        for mid in list(uplink._result_mids):
+            uplink._result_published(mid, SimpleNamespace(is_failure=False))
+        assert len(restarts) == 1
+        # The next start: the kept "restarting" goes again (once the server is known to ack results), and only reports.
+        again = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-once", outbox, HealthBoard())
+        again.on_command("config-reload", lambda payload: {"ok": True, "status": "restarting"},
+                         on_published=restarts.append)
+        status = again._publish_status(client, "online")
+        assert status["awaiting_server"] is True  # asks for the ack a parked box otherwise never gets
+        again._on_ack(json.dumps({"event_ids": [], "command_ids": [], "status_seen": status["sent_at"]}).encode())
+        again._results_again(time.monotonic())
+        again._publish_results(client)
+        assert sent[-1]["status"] == "restarting" and again._result_mids == {}
+        assert len(restarts) == 1
+    finally:
+        uplink._workers.shutdown()
+        outbox.close()
 
 
 def test_the_in_flight_window_is_never_overrun(service_info, mqtt_device, tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         # The uplink's flow control: window, ack timeout (doubled per round while the server does not answer)
         # and measured ack latency; docs/store-and-forward.md said status showed them, and it did not.
         "flow": ((agent or {}).get("uplink") or {}).get("flow") or {},
+        # Final command answers the server has not acked yet (kept beside the outbox, sent again until acked).
+        "answers_waiting": ((agent or {}).get("uplink") or {}).get("answers_waiting"),
         "disk_free_mb": stats["disk_free_mb"],
         "outbox_mb": stats["db_mb"],
         "budget_mb": stats["budget_mb"],

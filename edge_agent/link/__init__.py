@@ -1,5 +1,6 @@
 """Store and forward: `outbox` keeps every event and coverage record in SQLite until the server acknowledges
 it, `disk_guard` keeps the disk from filling, `uplink` sends over MQTT 5 (`mqtt_tls` for its TLS settings),
 `heartbeat` publishes the device status, `broker_probe` checks a broker for the doctor.
-May import: edge_agent.config, edge_agent.health, roadmon_contract. Nothing else of the agent.
+May import: edge_agent.config, edge_agent.health, edge_agent.durable (unanswered command results kept across a power
+cut), roadmon_contract. Nothing else of the agent.
 """

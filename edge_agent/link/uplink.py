@@ -24,7 +24,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +64,7 @@ EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overd
 MAX_UNANSWERED = 200    # final command results kept for sending again until the server acks them
 RESULT_ATTEMPTS = 20    # sends of one result before giving up (a server that stores but never says so)
 UNANSWERED_FILE = "unanswered-results.json"  # beside the outbox
+MAX_HANDLED = 500       # command ids remembered as carried out (a repeat delivery is not run twice)
 # State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
 # many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
 WRITE_EVERY_S = 0.1
@@ -117,6 +118,7 @@ class Uplink:
         # file too: a box restarted before the server stored its answer to a resend had lost it for good.
         self._answers_path = outbox.path.with_name(UNANSWERED_FILE)
         self._unanswered: dict[str, list] = _load_unanswered(self._answers_path)
+        self._handled: OrderedDict[str, dict | None] = OrderedDict()  # command ids run in this process: their answer
         self._server_acks_results = False  # an older server never acks them: then nothing is sent again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -201,7 +203,8 @@ class Uplink:
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": self.state, "last_error": self.last_error, "trouble": self.trouble(),
-                "outstanding": len(self._outstanding), **self.counters, "flow": self.flow.snapshot()}
+                "outstanding": len(self._outstanding), "answers_waiting": len(self._unanswered), **self.counters,
+                "flow": self.flow.snapshot()}
 
     def trouble(self) -> str | None:
         """Why the link keeps failing although the broker takes the login (None once a connection holds): in a
@@ -505,7 +508,9 @@ class Uplink:
         # Backing off (rows went unconfirmed): the server answers a status that asks with `status_seen` in an ack,
         # the sign that it is back (a 6-minute server outage took 4.5 minutes more to resume, and the wait doubles
         # with every round, up to ack_timeout_max_s).
-        status["awaiting_server"] = self.flow.backoff > 1
+        # Kept answers of an earlier run wait for an ack that says the server acks results: a parked box that sent
+        # nothing else never got one, so its answers waited until the van drove again.
+        status["awaiting_server"] = self.flow.backoff > 1 or (bool(self._unanswered) and not self._server_acks_results)
         client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
         self._write_local_status(status)
         return status
@@ -517,16 +522,18 @@ class Uplink:
             except queue.Empty:
                 return
             info = client.publish(topics.cmd_result(self.device_id, name), json.dumps(result, default=str), qos=1)
-            if name in self._on_published:
-                self._result_mids[info.mid] = (name, result)
             command_id = result.get("command_id") if isinstance(result, dict) else None
+            again = isinstance(command_id, str) and command_id in self._unanswered
+            if name in self._on_published and not again:
+                # A result sent again only reports: a config-reload's "restarting" sent again after the restart
+                # stopped the agent a second time, on the config it already ran.
+                self._result_mids[info.mid] = (name, result)
             if isinstance(command_id, str) and not is_interim(name, result):
                 attempts = self._unanswered.get(command_id, [None, None, 0.0, 0])[3]
                 self._unanswered[command_id] = [name, result, time.monotonic(), attempts + 1]
                 while len(self._unanswered) > MAX_UNANSWERED:
                     self._unanswered.pop(next(iter(self._unanswered)))
-                if attempts == 0:
-                    self._save_unanswered()
+                self._save_unanswered()  # with its count: the limit of RESULT_ATTEMPTS holds across restarts
 
     def _save_unanswered(self) -> None:
         kept = {command_id: [name, result, attempts] for command_id, (name, result, _, attempts)
@@ -723,6 +730,9 @@ class Uplink:
             log.warning("uplink: command %s not carried out: %s", name, expired)
             self._results.put((name, _with_id({"ok": False, "status": "expired", "reason": expired}, args)))
             return
+        command_id = args.get("command_id")
+        if isinstance(command_id, str) and self._repeat(name, command_id):
+            return
         accept = self._on_accept.get(name)
         if accept is not None:
             try:
@@ -733,7 +743,29 @@ class Uplink:
         if workers is None:
             return  # stopping: no result is sent, so the server sees the command unanswered and may repeat it
         future = workers.submit(handler, args)
-        future.add_done_callback(lambda f: self._results.put((name, _with_id(_result_of(name, f), args))))
+        if isinstance(command_id, str):
+            self._handled[command_id] = None
+            while len(self._handled) > MAX_HANDLED:
+                self._handled.popitem(last=False)
+        future.add_done_callback(lambda f: self._done(name, command_id, _with_id(_result_of(name, f), args)))
+
+    def _done(self, name: str, command_id: Any, result: dict[str, Any]) -> None:
+        if isinstance(command_id, str) and command_id in self._handled:
+            self._handled[command_id] = result
+        self._results.put((name, result))
+
+    def _repeat(self, name: str, command_id: str) -> bool:
+        """True for a command id this agent has carried out or is carrying out (one `cmd send` delivered twice
+        ran twice: a resend's second run answered "0 rows" and the summary counted that): its answer is sent
+        again, if there is one yet, and nothing is done."""
+        kept = self._unanswered.get(command_id)
+        result = kept[1] if kept else self._handled.get(command_id)
+        if kept is None and command_id not in self._handled:
+            return False
+        log.warning("uplink: command %s (%s) was delivered again; not carried out twice", command_id, name)
+        if result is not None:
+            self._results.put((name, result))
+        return True
 
 
 def _with_id(result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:

@@ -77,7 +77,7 @@ export function renderList(element, defects, selectedId, onSelect) {
     li.innerHTML = `${markerSvg(d.className, d.severity, 18)}
       <div><div>${escapeHtml(d.className)} · <span class="badge badge-${escapeHtml(d.status)}">${escapeHtml(d.status)}</span></div>
       <div class="meta">${plural(d.sightings, "sighting")} · ${plural(d.vehicles, "vehicle")} · last ${formatTime(d.lastSeen)}</div>${
-        d.note ? `<div class="meta note" title="${escapeHtml(d.note)}">note: ${escapeHtml(d.note.length > 80 ? `${d.note.slice(0, 79)}…` : d.note)}</div>` : ""}</div>
+        d.note ? `<div class="meta note" title="${escapeHtml(d.note)}">note: ${escapeHtml(shorten(d.note, 80))}</div>` : ""}</div>
       <span class="sev" title="severity">${severityText(d.severity)}</span>`;
     li.addEventListener("click", () => onSelect(d.id));
     return li;
@@ -89,4 +89,10 @@ export function renderList(element, defects, selectedId, onSelect) {
     items.push(more);
   }
   element.replaceChildren(...items);
+}
+
+// At most MAX characters as people count them: slicing UTF-16 units cut an emoji in half.
+function shorten(text, max) {
+  const chars = Array.from(text);
+  return chars.length > max ? `${chars.slice(0, max - 1).join("")}…` : text;
 }

@@ -446,15 +446,19 @@ function exportShown(kind) {
 
 // A defect the new status takes out of the filters (repaired, with "open" shown) leaves the list and the panel,
 // as any filtered-away defect does; the status line says where it went.
-async function onStatusChanged(id) {
+// REFUSED: why a change was not made (412: changed meanwhile), said where the manager will see it.
+async function onStatusChanged(id, refused = null) {
   await loadDefects();
   const shown = applyFilters(state.defects, readFilters($("filters")));
   if (shown.some((d) => d.id === id)) {
     selectDefect(id);
     return;
   }
+  state.panel.notice = null;  // not for whichever defect opens next
   const defect = state.defects.find((d) => d.id === id);
-  setStatus(`defect ${id} is now ${defect ? defect.status : "changed"}: the filters hide it (Clear filters shows it)`);
+  const where = defect ? `defect ${id} is now ${defect.status}: the filters hide it (Clear filters shows it)`
+    : `defect ${id} is no longer on the map (merged into another, or gone)`;
+  setStatus(refused ? `${refused}; ${where}` : where, Boolean(refused));
 }
 
 function boot() {

@@ -25,6 +25,7 @@ export class DefectPanel {
     this.role = role;
     this.onChanged = onChanged;
     this.current = null;
+    this.notice = null; // why the last change was refused: {id, text, note}, shown when that defect renders
     this.objectUrls = [];
   }
 
@@ -91,8 +92,12 @@ export class DefectPanel {
       <ol class="timeline" id="history">${history.map(historyItem).join("")
         || '<li class="hint">no changes yet</li>'}</ol>`;
     this.wireWorkflow(defect);
+    // A refusal's notice belongs to the defect it was about (a merge shows it on the survivor, which this opens).
     const notice = this.body.querySelector("#workflow-error");
-    if (this.notice && notice) notice.textContent = this.notice;
+    if (this.notice && notice && this.notice.id === this.current) {
+      notice.textContent = this.notice.text;
+      this.body.querySelector("#status-note").value = this.notice.note;
+    }
     this.notice = null;
     this.loadThumbnails(sightings.filter(sightingHasThumbnail).slice(0, MAX_THUMBNAILS));
   }
@@ -102,7 +107,7 @@ export class DefectPanel {
     const buttons = WORKFLOW_STATUSES.map((s) =>
       `<button type="button" data-status="${s}" id="set-${s}" class="${defect.status === s ? "current" : ""}">${s}</button>`);
     return `<h3>Workflow</h3><div class="workflow" id="workflow">
-      <input id="status-note" placeholder="note (optional)" maxlength="500">${buttons.join("")}
+      <input id="status-note" placeholder="note (optional)" maxlength="2000">${buttons.join("")}
       <button type="button" id="add-note" title="Add the note to the history; the status stays">note only</button>
       <span class="error" id="workflow-error"></span></div>`;
   }
@@ -118,11 +123,12 @@ export class DefectPanel {
       } catch (err) {
         if (err instanceof AuthError) return this.onAuthLost();
         if (err.status === 412) {
-          // Another manager (or the server's repair rule) changed it since this panel was opened: show it as it is
-          // now (the list and the panel load again, as after a change), and say so, rather than overwrite their
-          // change unseen.
-          this.notice = `Not changed: ${err.detail || "the defect changed meanwhile"}. This is it now.`;
-          await this.onChanged(defect.id);
+          // Another manager (or the server's repair rule, or a merge) changed it since this panel was opened: show
+          // it as it is now (the list and the panel load again, as after a change) and say so, rather than
+          // overwrite their change unseen. The note typed stays in its field.
+          const why = String(err.detail || "the defect changed meanwhile").split("; read it again")[0];
+          this.notice = { id: defect.id, text: `Not changed: ${why}. This is it now.`, note: change.note || "" };
+          await this.onChanged(defect.id, `Not changed: ${why}`);
           return;
         }
         box.querySelector("#workflow-error").textContent = describe(err);
