@@ -396,9 +396,9 @@ class DefectPatch(BaseModel):
 
 
 def version_tag(conn: psycopg.Connection, defect_id: int) -> str | None:
-    """The ETag of a defect's manager-visible state: its status and its newest history entry. A new sighting
-    does not change it, so a manager's If-Match fails only when someone (or the server's repair rule) decided
-    something about the defect since it was read."""
+    """The ETag of a defect's manager-visible state: its id, status and newest history entry. A new sighting
+    changes it only when it changes the status (the aggregator confirms the defect), so a manager's If-Match fails
+    only when someone (a person, or the server's rules) decided something about the defect since it was read."""
     row = conn.execute("SELECT d.status, (SELECT max(id) FROM defect_history WHERE defect_id = d.id) FROM defects d "
                        "WHERE d.id = %s", (defect_id,)).fetchone()
     # The id in it: every defect without history was "new-0", so a tag read from a defect merged away passed on the

@@ -105,9 +105,7 @@ def _responses() -> dict:
                 "schema": Duplicate.model_json_schema(),
                 "example": {"detail": "submission ... was already received", **GUIDE_RESPONSE,
                             "status": "duplicate"}}}},
-            413: text("body larger than api.max_body_bytes"),
-            429: {**text("more than 100 posts from this device within the hour"),
-                  "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}}}
+            429: text("more than 100 posts from this device within the hour")}  # 413 and Retry-After: api.py adds them
 
 
 async def submit(request: Request, who: Principal = Depends(principal),

@@ -23,7 +23,7 @@ from fleet_server import auth, commands, mqtt_accounts
 from fleet_server.config import ConfigError, ServerConfig, load
 from fleet_server.db import connect
 from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
-from fleet_server.migrate import MigrationError, align_sequences, database_origin, mark_origin
+from fleet_server.migrate import RESTORED_AHEAD, MigrationError, database_origin, settle_ids
 from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 from roadmon_contract.commands import zoned_time
@@ -86,11 +86,6 @@ def print_table(table: Table) -> None:
     Console(soft_wrap=True, width=width, markup=False, force_terminal=console.is_terminal or None).print(table)
 
 
-# After a restore, ids continue this far past the largest the dump holds: the defects and tokens made after the
-# dump (lost with it) had ids that work orders and notes still name, and a new one must not answer to them.
-RESTORED_AHEAD = {"defects": 100_000, "api_tokens": 100_000}
-
-
 @app.command("migrate")
 def migrate_cmd(after_restore: bool = typer.Option(
         False, "--after-restore", help="After restoring a dump of a database older than migration 027 (a newer "
@@ -111,23 +106,17 @@ def _migrate_or_fail(dsn: str, after_restore: bool = False) -> list:
     timeout_s = cfg().database.connect_timeout_s
     try:
         done = run_migrations(dsn, connect_timeout_s=timeout_s)
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_s))) as conn:
-            origin = database_origin(conn)
-        restored = origin == "restored" or (after_restore and origin == "unknown")
-        moves = align_sequences(dsn, RESTORED_AHEAD if restored else None, connect_timeout_s=timeout_s)
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_s))) as conn:
-            mark_origin(conn)
-            newest = conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0] if restored else None
+        ids = settle_ids(dsn, after_restore, connect_timeout_s=timeout_s)
     except MigrationError as exc:
         _fail(f"migration stopped: {exc}")
         raise
-    if after_restore and not restored:
+    if after_restore and not ids.restored:
         console.print("this database's tables are the ones it was last migrated with (no restore since, or its ids "
                       "were moved already): ids left as they are", markup=False)
-    rewound = [m for m in moves if not (restored and m.table in RESTORED_AHEAD)]
-    for move in moves:
-        if restored and move.table in RESTORED_AHEAD:
-            console.print(f"{move.table} ids continue after {move.now} (past any the lost ones had)", markup=False)
+    moved_on = [m for m in ids.moves if ids.restored and m.table in RESTORED_AHEAD]
+    for move in moved_on:
+        console.print(f"{move.table} ids continue after {move.now} (past any the lost ones had)", markup=False)
+    rewound = [m for m in ids.moves if m not in moved_on]
     for move in rewound:
         gave = f"gave ids up to {move.was}" if move.was > 0 else "had given no id"
         err.print(f"warning: {move.sequence} {gave} while {move.table} holds higher ones: moved on to {move.now}",
@@ -136,7 +125,9 @@ def _migrate_or_fail(dsn: str, after_restore: bool = False) -> list:
         err.print("A dump restored into a database that still had its tables does this (pg_restore then reports far "
                   "more than the two harmless errors): events refused meanwhile are in `rejected`, and "
                   "`fleet-server cmd resend --rejected --since ...` asks the boxes for them", markup=False)
-    if restored:
+    if ids.restored:
+        with connect(cfg().database) as conn:
+            newest = commands.newest_sighting(conn)
         since = "the dump's time, less a day" if newest is None else commands.utc_iso(newest - timedelta(days=1))
         console.print("this database was restored from a dump: once the ingest workers are up (their /health "
                       f"answers 200), `fleet-server cmd resend --since {since}` asks the boxes for what it lost"
@@ -616,11 +607,11 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
                   markup=False)
     if when is not None and newest is not None and when > newest:
         # The time of the loss typed for the dump's: the boxes answer "0 rows" and the gap stays, unnoticed.
-        err.print(f"warning: --since {commands.utc_iso(when)} is after the newest sighting this database "
-                          f"holds (received {commands.utc_iso(newest)}): what the boxes sent between the two does "
-                          f"not come back. After a restore, send it again with the dump's time less a day, e.g. "
-                          f"--since {commands.utc_iso(newest - timedelta(days=1))} (what the server has is only "
-                          "confirmed again)", markup=False)
+        err.print(f"warning: --since {commands.utc_iso(when)} is after the newest sighting this database holds "
+                  f"(received {commands.utc_iso(newest)}): what the boxes sent between the two does not come back. "
+                  f"After a restore, send it again with the dump's time less a day, e.g. --since "
+                  f"{commands.utc_iso(newest - timedelta(days=1))} (what the server has is only confirmed again)",
+                  markup=False)
     if no_login:
         most = len(no_login) > len(sent) / 2
         why = ("most of the fleet: is the broker's password file older than the database (restored from an old "

@@ -170,6 +170,11 @@ class Resent(NamedTuple):
     newest: datetime | None = None  # when the newest sighting this database holds was received
 
 
+def newest_sighting(conn: psycopg.Connection) -> datetime | None:
+    """When the newest sighting the database holds was received: after a restore, the dump's time."""
+    return conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0]
+
+
 def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,
            expire_after_h: float | None = None) -> Resent:
     """cmd/resend to DEVICES, or to every device that is not revoked: each box sends again what the server
@@ -186,7 +191,7 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     try:
         with connect(cfg.database) as conn:
             rows = device_rows(conn, now, stale_after_s=0)
-            newest = conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0]
+            newest = newest_sighting(conn)
     except psycopg.OperationalError as exc:
         raise CommandError(f"cannot list the devices: database unreachable ({exc})") from None
     known = {r["id"]: r["state"] == "revoked" for r in rows}

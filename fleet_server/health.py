@@ -31,13 +31,15 @@ def within(fn: Callable[[], T], timeout_s: float = PROBE_S) -> T:
         raise TimeoutError(f"no answer within {timeout_s:g} s") from None
 
 
-def database_check(pool: Any) -> str:
+def database_check(connection: Callable[[], Any], timeout_s: float = PROBE_S) -> str:
+    """"ok", or "unreachable" when a connection from CONNECTION() (a context manager) does not answer SELECT 1
+    within TIMEOUT_S."""
     def select_one() -> None:
-        with pool.connection(timeout=PROBE_S) as conn:
+        with connection() as conn:
             conn.execute("SELECT 1")
 
     try:
-        within(select_one)
+        within(select_one, timeout_s)
     except Exception as exc:  # any failure means "not healthy"
         log.warning("health: database unreachable: %s", exc)
         return "unreachable"
@@ -74,7 +76,8 @@ def ingest_check(workers: list, stall_after_s: float) -> str:
 def checks(app_state: Any) -> dict[str, str]:
     cfg = app_state.cfg
     workers = getattr(app_state, "workers", None) or []
-    out = {"database": database_check(app_state.pool), "broker": broker_check(workers, cfg.mqtt.host, cfg.mqtt.port)}
+    out = {"database": database_check(lambda: app_state.pool.connection(timeout=PROBE_S)),
+           "broker": broker_check(workers, cfg.mqtt.host, cfg.mqtt.port)}
     if workers:
         out["ingest"] = ingest_check(workers, cfg.ingest.stall_after_s)
     return out
@@ -93,21 +96,11 @@ class DatabaseProbe:
     def problem(self) -> str | None:
         if time.monotonic() - self._asked >= self.every_s:
             self._asked = time.monotonic()
-            self._answer = self._ask()
+            # A new connection each time (the workers' own are theirs), given a second more than the pool's.
+            answer = database_check(lambda: psycopg.connect(self.cfg.resolve_dsn(), autocommit=True,
+                                                            connect_timeout=max(1, round(PROBE_S))), PROBE_S + 1)
+            self._answer = None if answer == "ok" else answer
         return self._answer
-
-    def _ask(self) -> str | None:
-        def select_one() -> None:
-            with psycopg.connect(self.cfg.resolve_dsn(), autocommit=True,
-                                 connect_timeout=max(1, round(PROBE_S))) as conn:
-                conn.execute("SELECT 1")
-
-        try:
-            within(select_one, PROBE_S + 1)
-        except Exception as exc:  # any failure means "not ready"
-            log.warning("health: database unreachable: %s", exc)
-            return "unreachable"
-        return None
 
 
 def ingest_process_problem(workers: list, stall_after_s: float, database: DatabaseProbe | None = None) -> str | None:

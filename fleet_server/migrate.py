@@ -100,11 +100,15 @@ def _apply(conn: psycopg.Connection, mig: Migration) -> None:
             time.sleep(RETRY_PAUSE_S)
 
 
+def _connect(dsn: str, connect_timeout_s: float) -> psycopg.Connection:
+    # connect_timeout: a database host that accepts and never answers held `migrate` (and `serve`'s start) for ever.
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s)))
+
+
 def migrate(dsn: str, up_to: int | None = None, connect_timeout_s: float = 5.0) -> list[Migration]:
     """Apply every pending migration (up to version UP_TO when given); returns those applied now."""
     done: list[Migration] = []
-    # connect_timeout: a database host that accepts and never answers held `migrate` (and `serve`'s start) for ever.
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as conn:
+    with _connect(dsn, connect_timeout_s) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             have = applied(conn)
@@ -145,23 +149,43 @@ class SequenceMove:
     now: int  # the last id it gives from now on (the next is one more)
 
 
-def align_sequences(dsn: str, ahead: dict[str, int] | None = None,
-                    connect_timeout_s: float = 5.0) -> list[SequenceMove]:
+def align_sequences(conn: psycopg.Connection, ahead: dict[str, int] | None = None) -> list[SequenceMove]:
     """Move each table's id sequence past the largest id the table holds, plus AHEAD[table] ids; returns the
     moves. A dump restored into a database that still had its tables rewinds every sequence (the dump's setval
     runs, its rows do not load): new rows then took ids in use, and the database refused a manager's change and
     the boxes' re-sent sightings for good, with nothing saying why. A sequence already past is left alone."""
     moves: list[SequenceMove] = []
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s))) as conn:
-        for sequence, table, column in conn.execute(_OWNED_SEQUENCES).fetchall():
-            top = conn.execute(f"SELECT max({column}) FROM {table}").fetchone()[0] or 0
-            last, called = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
-            was = last if called else last - 1
-            want = top + (ahead or {}).get(table, 0)
-            if want > was:
-                conn.execute("SELECT setval(%s, %s)", (sequence, want))
-                moves.append(SequenceMove(sequence, table, was, want))
+    for sequence, table, column in conn.execute(_OWNED_SEQUENCES).fetchall():
+        top = conn.execute(f"SELECT max({column}) FROM {table}").fetchone()[0] or 0
+        last, called = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        was = last if called else last - 1
+        want = top + (ahead or {}).get(table, 0)
+        if want > was:
+            conn.execute("SELECT setval(%s, %s)", (sequence, want))
+            moves.append(SequenceMove(sequence, table, was, want))
     return moves
+
+
+@dataclass(frozen=True)
+class IdCheck:
+    restored: bool  # a restored database, whose defect and token ids were moved past the lost ones now
+    moves: list[SequenceMove]
+
+
+# After a restore, ids continue this far past the largest the dump holds: the defects and tokens made after the
+# dump (lost with it) had ids that work orders and notes still name, and a new one must not answer to them.
+RESTORED_AHEAD = {"defects": 100_000, "api_tokens": 100_000}
+
+
+def settle_ids(dsn: str, after_restore: bool = False, connect_timeout_s: float = 5.0) -> IdCheck:
+    """After the migrations: every sequence past its table's ids, and for a restored database (recognised, or
+    AFTER_RESTORE for a dump older than migration 027) defect and token ids RESTORED_AHEAD on, once."""
+    with _connect(dsn, connect_timeout_s) as conn:
+        origin = database_origin(conn)
+        restored = origin == "restored" or (after_restore and origin == "unknown")
+        moves = align_sequences(conn, RESTORED_AHEAD if restored else None)
+        mark_origin(conn)
+    return IdCheck(restored, moves)
 
 
 def database_origin(conn: psycopg.Connection) -> str:

@@ -334,6 +334,8 @@ def empty_ack() -> dict[str, list[str]]:
     """A device's ack before ids are added. command_ids always, even empty: it tells an agent that this server
     acks command results, so that the agent may send one again until it is acked."""
     return {"event_ids": [], "coverage_ids": [], "command_ids": []}
+
+
 DATED_AHEAD = """
 UPDATE devices d SET dated_ahead_s = a.s, dated_ahead_at = now()
 FROM unnest(%s::text[], %s::real[]) AS a(id, s) WHERE d.id = a.id

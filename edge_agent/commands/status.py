@@ -53,7 +53,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     else:
         with open_outbox(config, outbox) as ob:
             stats = ob.stats()
-    state = "never started" if not path.exists() else _agent_state(path, status_path, agent, heartbeat_s)
+    state = "never started" if not path.exists() else _agent_state(path, agent, heartbeat_s, unreadable)
     broker = "unknown (no status file: is the agent running?)"
     if foreign:
         broker = (f"unknown (the status file {status_path} is not what the agent writes: {foreign}; delete it, "
@@ -127,13 +127,13 @@ def _no_outbox_yet(path: Path, cfg: Any) -> dict[str, Any]:
             "dropped": {}, "path": str(path)}
 
 
-def _agent_state(outbox: Path, status_path: Path, agent: dict[str, Any] | None, heartbeat_s: float) -> str:
+def _agent_state(outbox: Path, agent: dict[str, Any] | None, heartbeat_s: float, unreadable: bool) -> str:
     """One word a script can test (the broker text says why): running, hung (it holds its outbox but its status
     is stale or unreadable), stopped (cleanly), not running (no process holds the outbox), or unknown (this user
     cannot read the status file). The rule doctor's agent check applies."""
     from edge_agent.link.writer_lock import holder
 
-    if status_path.exists() and not os.access(status_path, os.R_OK):
+    if unreadable:
         return "unknown"
     if agent is not None and agent.get("state") == "stopped":
         return "stopped"

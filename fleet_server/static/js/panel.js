@@ -92,7 +92,7 @@ export class DefectPanel {
       <ol class="timeline" id="history">${history.map(historyItem).join("")
         || '<li class="hint">no changes yet</li>'}</ol>`;
     this.wireWorkflow(defect);
-    // A refusal's notice belongs to the defect it was about (a merge shows it on the survivor, which this opens).
+    // A refusal's notice belongs to the defect it was about (a hidden or merged one is told in the status line).
     const notice = this.body.querySelector("#workflow-error");
     if (this.notice && notice && this.notice.id === this.current) {
       notice.textContent = this.notice.text;
