@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 def route_path(scope: Scope) -> str:
     """The route template of the request (the metrics' `route` label), 'other' when no route takes it."""
@@ -28,6 +30,13 @@ def route_path(scope: Scope) -> str:
         # fixed paths and are named; anything else stays 'other', so that clients cannot invent labels.
         return scope["path"] if scope["path"] in api_detections.PATHS else "other"
     return getattr(route, "path", None) or "other"
+
+
+def request_method(scope: Scope) -> str:
+    """The metrics' `method` label: HTTP's methods by name, 'other' for any other token a client sends (the server
+    answers them 405; as labels they would make a new series per request)."""
+    method = scope["method"]
+    return method if method in HTTP_METHODS else "other"
 
 
 class Observe:
@@ -56,8 +65,9 @@ class Observe:
             self._record(scope, status, time.monotonic() - t0)
 
     def _record(self, scope: Scope, status: int, elapsed_s: float) -> None:
-        method, path = scope["method"], route_path(scope)
+        method, path = request_method(scope), route_path(scope)
         metrics.API_LATENCY.labels(method, path).observe(elapsed_s)
+        metrics.API_RESPONSES.labels(method, path, str(status)).inc()
         if method == "POST" and path in api_detections.PATHS:
             metrics.count_submission(status)
         if any(name.lower() == b"authorization" for name, _ in scope.get("headers", [])):

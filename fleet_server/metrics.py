@@ -27,6 +27,9 @@ SUBMISSIONS = Counter("road_detection_submissions", "Detections submitted: statu
                       "status of POST /detections, or mqtt for events from the vehicles", ["status", "code"])
 API_LATENCY = Histogram("road_api_latency_seconds", "HTTP API latency", ["method", "route"],
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+# The guide's "API Availability 99.9 %" KPI: the share of answers that are not 5xx (deploy/alerts.yml records it).
+API_RESPONSES = Counter("road_api_responses", "HTTP API answers by route template and status code",
+                        ["method", "route", "code"])
 API_READS = Counter("road_api_reads", "API reads by the database that served them: replica, or primary (no replica "
                     "configured, or it was lagging, unreachable or without this process's latest write)",
                     ["served_by"])

@@ -258,7 +258,7 @@ def exported_metric_names() -> set[str]:
     collector = m.DeviceCollector(lambda sql: [] if "rejected" in sql else [row], 600.0)
     for metric in collector.collect():
         names.update(sample.name for sample in metric.samples)
-    for counter in ("road_detection_submissions", "road_ingest_messages", "road_ingest_acks",
+    for counter in ("road_detection_submissions", "road_api_responses", "road_ingest_messages", "road_ingest_acks",
                     "road_ingest_db_errors", "road_ingest_broker_connects"):
         names.add(f"{counter}_total")  # a labelled counter has no samples until first used
     for histogram in ("road_api_latency_seconds", "road_ingest_batch_seconds"):
@@ -281,6 +281,10 @@ def test_alerts_and_dashboard_use_real_metric_names() -> None:
     assert {"road_detection_submissions_total", "road_api_latency_seconds_bucket",
             "road_inference_latency_seconds_bucket", "road_queue_depth"} <= used, "DESIGN.md's names are all shown"
     assert used <= known, f"unknown metric names: {sorted(used - known)}"
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    assert {"road:api_availability:ratio_30d", "road:api_latency_seconds:p95_5m"} <= recorded  # the guide's KPIs
+    shown = set().union(*(re.findall(r"\broad:[a-z0-9_:]+", e) for e in exprs))
+    assert shown and shown <= recorded, f"recording rules not in alerts.yml: {sorted(shown - recorded)}"
 
 
 GUIDE_ALERTS = ("HighLatency", "HighErrorRate", "QueueBacklog", "ModelInferenceFailed")
@@ -288,7 +292,8 @@ GUIDE_PANELS = ("Detections Per Hour", "API Latency P95", "Inference Latency", "
 
 
 def test_the_deployment_guides_alerts_and_panels_exist_and_each_alert_is_fired_by_a_test() -> None:
-    rules = {r["alert"]: r for g in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    rules = {r["alert"]: r for g in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"] for r in g["rules"]
+             if "alert" in r}
     assert set(GUIDE_ALERTS) <= set(rules)
     assert 'status="failed"' in rules["HighErrorRate"]["expr"]
     assert 'status="error"' in rules["ModelInferenceFailed"]["expr"]

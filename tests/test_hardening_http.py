@@ -228,6 +228,7 @@ def test_server_errors_and_early_refusals_are_measured(api, monkeypatch) -> None
                                          {"method": "POST", "route": "/api/v1/detections"}) or 0
 
     before = {code: failed(code) for code in ("413", "500")}
+    before_500 = answered("POST", "/api/v1/detections", "500")
     calls = timed()
     r = client.post("/api/v1/detections", content=b"x" * 200_000, headers=dev)
     assert r.status_code == 413
@@ -236,8 +237,25 @@ def test_server_errors_and_early_refusals_are_measured(api, monkeypatch) -> None
     assert crashing.post("/api/v1/detections", json={}, headers=dev).status_code == 500
     assert failed("413") == before["413"] + 1 and failed("500") == before["500"] + 1
     assert timed() == calls + 2
+    assert answered("POST", "/api/v1/detections", "500") == before_500 + 1  # the availability KPI's 5xx
     rows = client.get("/api/v1/audit", headers=bearer(token(dsn, "manager", "m"))).json()
     assert {("phone-5", 500), ("unchecked token", 413)} <= {(r["who"], r["status"]) for r in rows}
+
+
+def answered(method: str, route: str, code: str) -> float:
+    return REGISTRY.get_sample_value("road_api_responses_total", {"method": method, "route": route, "code": code}) or 0
+
+
+def test_clients_cannot_invent_metric_labels_with_methods(api) -> None:
+    # Any token is a method to the HTTP server; as a label each made a new series in every scrape for good.
+    client = api[0]
+    others = answered("other", "other", "405")  # a method no route takes: no route template either
+    for i in range(3):
+        assert client.request(f"FROB{i}", "/api/v1/defects").status_code == 405
+    assert answered("other", "other", "405") == others + 3
+    methods = {s.labels["method"] for m in REGISTRY.collect()
+               if m.name in ("road_api_responses", "road_api_latency_seconds") for s in m.samples}
+    assert not any(m.startswith("FROB") for m in methods)
 
 
 def test_expired_and_rotated_tokens_stop_working_at_once_although_remembered(api) -> None:
