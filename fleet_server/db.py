@@ -4,6 +4,7 @@ group-commit writer)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -18,9 +19,15 @@ from fleet_server.config import DatabaseConfig
 SESSION_OPTIONS = "-c TimeZone=UTC -c jit=off"
 
 
+def libpq_timeout(seconds: float) -> int:
+    """libpq's connect_timeout for SECONDS: whole seconds, at least 1. Truncated, a configured 0.5 s became 0,
+    which libpq reads as "wait for ever": `device ls` hung on a host that accepts and never answers."""
+    return max(1, math.ceil(seconds))
+
+
 @contextmanager
 def connect(cfg: DatabaseConfig) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(cfg.resolve_dsn(), autocommit=True, connect_timeout=int(cfg.connect_timeout_s),
+    with psycopg.connect(cfg.resolve_dsn(), autocommit=True, connect_timeout=libpq_timeout(cfg.connect_timeout_s),
                          options=SESSION_OPTIONS) as conn:
         yield conn
 
@@ -32,7 +39,7 @@ def make_pool(cfg: DatabaseConfig, dsn: Callable[[], str | None] | None = None,
     # The DSN is a callable, read again for every new connection: a rotated password (dsn_file) is used from
     # the next connection on, without a restart.
     return ConnectionPool(dsn or cfg.resolve_dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open=True,
-                          kwargs={"autocommit": True, "connect_timeout": int(cfg.connect_timeout_s),
+                          kwargs={"autocommit": True, "connect_timeout": libpq_timeout(cfg.connect_timeout_s),
                                   "options": SESSION_OPTIONS},
                           timeout=cfg.connect_timeout_s, name=name,
                           # A pooled connection PostgreSQL closed (a restart, a failover) is found and replaced
@@ -51,7 +58,7 @@ class Reconnecting:
     def get(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(self.cfg.resolve_dsn(), autocommit=True, options=SESSION_OPTIONS,
-                                         connect_timeout=int(self.cfg.connect_timeout_s))
+                                         connect_timeout=libpq_timeout(self.cfg.connect_timeout_s))
         return self._conn
 
     def drop(self) -> None:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from fleet_server.db import libpq_timeout
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Few threads: while PostgreSQL is frozen each probe's thread waits on its socket; later probes queue and time out.
@@ -98,7 +100,7 @@ class DatabaseProbe:
             self._asked = time.monotonic()
             # A new connection each time (the workers' own are theirs), given a second more than the pool's.
             answer = database_check(lambda: psycopg.connect(self.cfg.resolve_dsn(), autocommit=True,
-                                                            connect_timeout=max(1, round(PROBE_S))), PROBE_S + 1)
+                                                            connect_timeout=libpq_timeout(PROBE_S)), PROBE_S + 1)
             self._answer = None if answer == "ok" else answer
         return self._answer
 

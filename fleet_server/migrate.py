@@ -21,6 +21,8 @@ from importlib import resources
 
 import psycopg
 
+from fleet_server.db import libpq_timeout
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x526D4D67  # any constant shared by every server of this schema
@@ -102,7 +104,7 @@ def _apply(conn: psycopg.Connection, mig: Migration) -> None:
 
 def _connect(dsn: str, connect_timeout_s: float) -> psycopg.Connection:
     # connect_timeout: a database host that accepts and never answers held `migrate` (and `serve`'s start) for ever.
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s)))
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=libpq_timeout(connect_timeout_s))
 
 
 def migrate(dsn: str, up_to: int | None = None, connect_timeout_s: float = 5.0) -> list[Migration]:

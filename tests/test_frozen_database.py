@@ -74,16 +74,25 @@ def test_health_and_metrics_answer_while_the_database_is_frozen(make_cfg) -> Non
         client.app.state.pool.close()
 
 
-def test_migrate_gives_up_on_a_database_that_accepts_and_never_answers(tmp_path: Path) -> None:
+def silent_database(tmp_path: Path, connect_timeout_s: float) -> Path:
+    """A server config whose database accepts connections and never answers."""
     silent = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.extend(iter(lambda: silent.accept()[0], None)), daemon=True).start()
     (tmp_path / "dsn").write_text(f"postgresql://roadmon:x@127.0.0.1:{silent.getsockname()[1]}/roadmon")
     conf = tmp_path / "server.toml"
-    conf.write_text(f'[database]\ndsn_file = "{tmp_path / "dsn"}"\nconnect_timeout_s = 2\n')
+    conf.write_text(f'[database]\ndsn_file = "{tmp_path / "dsn"}"\nconnect_timeout_s = {connect_timeout_s}\n')
+    return conf
+
+
+@pytest.mark.parametrize(("command", "connect_timeout_s"), [("migrate", 2), ("migrate", 0.5), ("device ls", 0.5)])
+def test_commands_give_up_on_a_database_that_accepts_and_never_answers(tmp_path: Path, command: str,
+                                                                        connect_timeout_s: float) -> None:
+    # 0.5 s: truncated to libpq's whole seconds it was 0, "wait for ever" (an outside review's finding).
+    conf = silent_database(tmp_path, connect_timeout_s)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "fleet_server", "-c", str(conf), "migrate"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "fleet_server", "-c", str(conf), *command.split()],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
     assert time.monotonic() - started < 30 and "timeout" in done.stderr.lower(), done.stderr
     assert "Traceback" not in done.stderr
