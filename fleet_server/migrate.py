@@ -127,11 +127,6 @@ def migrate(dsn: str, up_to: int | None = None, connect_timeout_s: float = 5.0) 
     return done
 
 
-def current_version(conn: psycopg.Connection) -> int | None:
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    return row[0] if row else None
-
-
 # Each table's id sequence, with the column it numbers (every one has an index: max() is a lookup).
 _OWNED_SEQUENCES = """
 SELECT s.oid::regclass::text, t.oid::regclass::text, quote_ident(a.attname)

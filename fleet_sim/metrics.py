@@ -132,7 +132,7 @@ class Scorer:
     """Scores SNAPSHOTS (in time order) against TRUTHS, given who passed what when."""
 
     def __init__(self, truths: list[TruthDefect], snapshots: list[Snapshot],
-                 defect_passes: list[tuple[int, float, int]], street_of: dict[int, int] | None = None,
+                 defect_passes: list[tuple[int, float, int]],
                  street_passes: list[tuple[int, float]] | None = None,
                  map_street: dict[int, int] | None = None) -> None:
         """DEFECT_PASSES: (true defect id, time, vehicle) of every drive along its street, whether or not it

@@ -102,10 +102,6 @@ def latency_table(model: Path, fp32: Path, threads: tuple[int, ...] = (1, 2), ru
     return rows
 
 
-def logit(p: float) -> float:
-    return float(np.log(p / (1 - p)))
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

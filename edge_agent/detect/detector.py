@@ -155,10 +155,6 @@ class Detector:
             dets.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score), int(cls), names[cls]))
         return dets
 
-    def max_score(self, frame_bgr: np.ndarray) -> float:
-        out, _ = self.infer(frame_bgr)
-        return _max_score(out, self.layout)
-
 
 def working_thresholds(classes: tuple[str, ...], manifest: dict, cfg: DetectorConfig) -> tuple[float, ...]:
     """Per class: detector.class_thresholds, else the manifest's class_thresholds (unless the operator set

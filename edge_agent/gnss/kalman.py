@@ -226,10 +226,6 @@ class PositionFilter:
             except OverflowError:  # a time millennia away from the last fix has no calendar date
                 return None
 
-    def reset(self, reason: str = "manual") -> None:
-        with self._lock:
-            self._reset(reason)
-
     # --- update
 
     def _update(self, fix: Fix) -> Pose | None:
