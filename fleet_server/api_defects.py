@@ -32,6 +32,7 @@ from fleet_server.api_deps import (
 from fleet_server.api_shapes import DefectDetail, DefectFeature, DefectPage, answer
 from fleet_server.validate import fold_class
 from roadmon_contract.decode import text_fault
+from roadmon_contract.times import utc_iso
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(known_query_only)])
 MAX_SIGHTINGS_LISTED = 1000  # a defect's own route lists its newest sightings, at most this many
@@ -64,7 +65,7 @@ def _jsonable(value: Any) -> Any:
     if not isinstance(value, datetime):
         return value
     value = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(value)
 
 
 def defect_feature(row: tuple) -> dict:

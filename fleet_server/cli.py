@@ -28,6 +28,7 @@ from fleet_server.migrate import migrate as run_migrations
 from roadmon_contract import ids, topics
 from roadmon_contract.commands import zoned_time
 from roadmon_contract.logs import log_in_utc
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 app = typer.Typer(name="fleet-server", help="road-monitor fleet server.", no_args_is_help=True,
@@ -128,10 +129,10 @@ def _migrate_or_fail(dsn: str, after_restore: bool = False) -> list:
     if ids.restored:
         with connect(cfg().database) as conn:
             newest = commands.newest_sighting(conn)
-        since = "the dump's time, less a day" if newest is None else commands.utc_iso(newest - timedelta(days=1))
+        since = "the dump's time, less a day" if newest is None else utc_iso(newest - timedelta(days=1), "seconds")
         console.print("this database was restored from a dump: once the ingest workers are up (their /health "
                       f"answers 200), `fleet-server cmd resend --since {since}` asks the boxes for what it lost"
-                      + ("" if newest is None else f" (its newest sighting was received {commands.utc_iso(newest)})"),
+                      + ("" if newest is None else f" (its newest sighting was received {utc_iso(newest, 'seconds')})"),
                       markup=False)
     return done
 
@@ -424,7 +425,7 @@ def device_ls(as_json: bool = typer.Option(False, "--json"),
         every = device_rows(conn, datetime.now(UTC), c.ingest.stale_after_s)
     rows = [r for r in every if wanted(r, states, codes)]
     if as_json:
-        print(json.dumps([r | {"last_seen": commands.utc_iso(r["last_seen"]) if r["last_seen"] else None}
+        print(json.dumps([r | {"last_seen": utc_iso(r["last_seen"], "seconds") if r["last_seen"] else None}
                           for r in rows]))
         return
     table = Table("id", "name", "state", "last seen (UTC)", "queue", "problems")
@@ -457,7 +458,7 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
     with connect(c.database) as conn:
         token, token_id = auth.insert_token(conn, role, name, None, lifetime)
     # Its expiry, so that whoever hands it out knows when it stops (it said nothing of it).
-    expires = commands.utc_iso(datetime.now(UTC) + lifetime)
+    expires = utc_iso(datetime.now(UTC) + lifetime, "seconds")
     if as_json:
         print(json.dumps({"id": token_id, "name": name, "role": role, "token": token, "expires_at": expires}))
     else:
@@ -492,8 +493,8 @@ def token_rotate(token_id: int,
                                 for i in (token_id, new_id))
     if as_json:
         print(json.dumps({"id": new_id, "replaces": token_id, "token": token,
-                          "replaced_until": commands.utc_iso(old_until),
-                          "expires_at": commands.utc_iso(new_until) if new_until else None}))
+                          "replaced_until": utc_iso(old_until, "seconds"),
+                          "expires_at": utc_iso(new_until, "seconds") if new_until else None}))
     else:
         console.print(f"token {new_id} replaces {token_id}, which stops working at "
                       f"{old_until.astimezone(UTC):%Y-%m-%d %H:%M} UTC; token {new_id} expires at "
@@ -538,8 +539,8 @@ def token_ls(as_json: bool = typer.Option(False, "--json",
     now = datetime.now(UTC)
     if as_json:  # a cron job that warns of tokens about to expire read a box-drawn table
         print(json.dumps([{"id": r[0], "name": r[1], "role": r[2], "device_id": r[3],
-                           "created_at": commands.utc_iso(r[4]), "revoked_at": r[5] and commands.utc_iso(r[5]),
-                           "expires_at": r[6] and commands.utc_iso(r[6]),
+                           "created_at": utc_iso(r[4], "seconds"), "revoked_at": r[5] and utc_iso(r[5], "seconds"),
+                           "expires_at": r[6] and utc_iso(r[6], "seconds"),
                            "expired": r[6] is not None and r[6] <= now, "replaced_by": r[7]} for r in rows]))
         return
     table = Table("id", "name", "role", "device", "created (UTC)", "revoked (UTC)", "expires (UTC)", "replaced by")
@@ -607,10 +608,10 @@ def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send agai
                   markup=False)
     if when is not None and newest is not None and when > newest:
         # The time of the loss typed for the dump's: the boxes answer "0 rows" and the gap stays, unnoticed.
-        err.print(f"warning: --since {commands.utc_iso(when)} is after the newest sighting this database holds "
-                  f"(received {commands.utc_iso(newest)}): what the boxes sent between the two does not come back. "
+        err.print(f"warning: --since {utc_iso(when, 'seconds')} is after the newest sighting this database holds "
+                  f"(received {utc_iso(newest, 'seconds')}): what the boxes sent between the two does not come back. "
                   f"After a restore, send it again with the dump's time less a day, e.g. --since "
-                  f"{commands.utc_iso(newest - timedelta(days=1))} (what the server has is only confirmed again)",
+                  f"{utc_iso(newest - timedelta(days=1), 'seconds')} (what the server has is only confirmed again)",
                   markup=False)
     if no_login:
         most = len(no_login) > len(sent) / 2
@@ -641,7 +642,7 @@ def cmd_results(device_id: str, limit: int = typer.Option(20, min=1),
         rows = conn.execute("""SELECT received_at, name, payload FROM command_results WHERE device_id = %s
                                ORDER BY received_at DESC, id DESC LIMIT %s""", (device_id, limit)).fetchall()
     if as_json:
-        print(json.dumps([{"received_at": commands.utc_iso(r[0]), "name": r[1], "payload": r[2]} for r in rows]))
+        print(json.dumps([{"received_at": utc_iso(r[0], "seconds"), "name": r[1], "payload": r[2]} for r in rows]))
         return
     table = Table("received (UTC)", "command", "result")
     for r in rows:
@@ -675,7 +676,7 @@ def cmd_summary(name: str = typer.Argument(..., help=f"One of {', '.join(command
         key = str(payload.get("status") or ("ok" if payload.get("ok") else "failed"))
         statuses[key] = statuses.get(key, 0) + 1
     resent = {k: sum(int(p.get(k) or 0) for _, p in rows if isinstance(p.get(k), int)) for k in ("events", "coverage")}
-    summary = {"command": name, "since": commands.utc_iso(when), "answered": len(rows), "statuses": statuses,
+    summary = {"command": name, "since": utc_iso(when, "seconds"), "answered": len(rows), "statuses": statuses,
                "resent": resent, "not_answered": len(waiting), "not_answered_devices": waiting}
     if as_json:
         print(json.dumps(summary))

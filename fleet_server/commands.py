@@ -44,6 +44,7 @@ from fleet_server.device_view import device_rows
 from roadmon_contract import topics
 from roadmon_contract.commands import expires_at
 from roadmon_contract.digest import sha256_file
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,12 @@ def check_device(cfg: ServerConfig, device_id: str) -> None:
         raise CommandError(f"device {device_id!r} is revoked: it takes no commands")
 
 
-def utc_iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def stamp(cfg: ServerConfig, now: datetime | None = None) -> dict[str, str]:
     """The envelope every command carries: a unique id (echoed in the result), when it was sent, and when the
     agent must no longer act on it."""
     now = now or datetime.now(UTC)
-    return {"command_id": uuid.uuid4().hex, "issued_at": utc_iso(now),
-            "expires_at": utc_iso(now + timedelta(hours=cfg.commands.expire_after_h))}
+    return {"command_id": uuid.uuid4().hex, "issued_at": utc_iso(now, "seconds"),
+            "expires_at": utc_iso(now + timedelta(hours=cfg.commands.expire_after_h), "seconds")}
 
 
 def send(cfg: ServerConfig, device_id: str, name: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +184,7 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     if since is not None and since.tzinfo is None:
         raise CommandError("--since needs a zone (2026-12-06T02:00:00Z)")
     if since is not None and since > now + timedelta(minutes=5):  # a few minutes: the operator's clock
-        raise CommandError(f"--since {utc_iso(since)} is in the future: no box has confirmed anything since")
+        raise CommandError(f"--since {utc_iso(since, 'seconds')} is in the future: no box has confirmed anything since")
     try:
         with connect(cfg.database) as conn:
             rows = device_rows(conn, now, stale_after_s=0)
@@ -216,12 +213,12 @@ def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: l
     no_login = [d for d in devices if d in known and d not in logins] if passwd is not None else []
     body: dict[str, Any] = {"rejected": rejected}
     if expire_after_h is not None:
-        body["expires_at"] = utc_iso(now + timedelta(hours=expire_after_h))
+        body["expires_at"] = utc_iso(now + timedelta(hours=expire_after_h), "seconds")
 
     def for_device(device_id: str) -> dict[str, Any]:
         if since is None:
             return body
-        return body | {"since": utc_iso(since - timedelta(seconds=behind_s.get(device_id, 0.0)))}
+        return body | {"since": utc_iso(since - timedelta(seconds=behind_s.get(device_id, 0.0)), "seconds")}
 
     publish_all(cfg, [(topics.cmd(d, RESEND), stamp(cfg, now) | for_device(d)) for d in devices], timeout_s=30.0)
     return Resent(devices, [d for d in devices if d not in known], no_login, newest)

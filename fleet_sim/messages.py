@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from edge_agent.config.events import EventsConfig
-from edge_agent.perception.events import iso_utc
 from edge_agent.perception.geolocate import severity
 from fleet_sim import calibration as cal
 from fleet_sim.detection import Observation
 from roadmon_contract.geodesy import LocalFrame
 from roadmon_contract.ids import uuid7
+from roadmon_contract.times import utc_iso
 
 EVENTS = EventsConfig()  # the agent's defaults: class weights and severe_area_m2
 
@@ -40,7 +40,7 @@ def build_event(obs: Observation, *, device_id: str, seq: int, frame: LocalFrame
         "event_id": str(uuid7()),
         "device_id": device_id,
         "seq": int(seq),
-        "captured_at": iso_utc(epoch + timedelta(seconds=obs.t)),
+        "captured_at": utc_iso(epoch + timedelta(seconds=obs.t)),
         "class": obs.cls,
         "confidence": round(min(max(obs.confidence, 0.0), 1.0), 3),
         "position": {"lat": round(lat, 7), "lon": round(lon, 7), "h_accuracy_m": round(obs.h_accuracy_m, 2)},
@@ -66,8 +66,8 @@ def build_coverage(device_id: str, points: list[tuple[float, float, float]], fra
         "schema": "roadmon.coverage/1",
         "coverage_id": str(uuid7()),
         "device_id": device_id,
-        "started_at": iso_utc(epoch + timedelta(seconds=points[0][0])),
-        "ended_at": iso_utc(epoch + timedelta(seconds=points[-1][0])),
+        "started_at": utc_iso(epoch + timedelta(seconds=points[0][0])),
+        "ended_at": utc_iso(epoch + timedelta(seconds=points[-1][0])),
         "line": line,
         "detector_active": detector_active,
         "model_sha256": MODEL["sha256"],

@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from roadmon_contract.times import utc_iso
+
 
 def expires_at(payload: dict[str, Any]) -> datetime | None:
     """The command's expiry, None when it has none (an older server); ValueError when it is not a time."""
@@ -54,5 +56,5 @@ def expired_reason(payload: dict[str, Any], now: datetime | None = None) -> str 
     if expiry is not None and expiry <= now:
         # The box's clock said so: one a day ahead called every fresh command expired, and nothing said whose clock.
         return (f"the command expired at {payload['expires_at']} (issued {payload.get('issued_at', '?')}) by this "
-                f"box's clock, which says {now.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')}")
+                f"box's clock, which says {utc_iso(now, 'seconds')}")
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import cv2
 import numpy as np
@@ -17,10 +17,11 @@ from edge_agent.config.events import EventsConfig
 from edge_agent.config.tracker import TrackerConfig
 from edge_agent.gnss.motion import Motion
 from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
-from edge_agent.perception.events import ModelRef, build_event, iso_utc, jpeg_b64
+from edge_agent.perception.events import ModelRef, build_event, jpeg_b64
 from edge_agent.perception.geolocate import Geolocator, Located, severity
 from edge_agent.perception.tracker import Tracker
 from roadmon_contract.geodesy import distance_m, offset_latlon
+from roadmon_contract.times import utc_iso
 from roadmon_contract.validate import errors
 from tests.detections import Det
 
@@ -103,8 +104,10 @@ def test_full_frame_only_when_configured(projector: GroundProjector) -> None:
     assert frame.shape[:2] == (360, 640)
 
 
-def test_iso_utc_is_milliseconds_with_z() -> None:
-    assert iso_utc(datetime(2026, 1, 2, 3, 4, 5, 678999, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
+def test_utc_iso_is_milliseconds_with_z_truncated() -> None:
+    assert utc_iso(datetime(2026, 1, 2, 3, 4, 5, 678999, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
+    assert utc_iso(datetime(2026, 1, 2, 4, 4, 5, 999999, tzinfo=timezone(timedelta(hours=1))), "seconds") == \
+        "2026-01-02T03:04:05Z"
 
 
 def test_coverage_records_follow_the_schema_and_split_on_detector_state(projector: GroundProjector) -> None:

@@ -783,9 +783,9 @@ def test_the_journal_orders_commands_by_the_servers_time_not_the_boxs(tmp_path: 
     from edge_agent.detect import model_update
 
     journal = model_update.Journal(tmp_path / ".commands")
-    monkeypatch.setattr(model_update, "utc_now", lambda: "2026-12-06T10:00:00Z")
+    monkeypatch.setattr(model_update, "utc_now_iso", lambda: "2026-12-06T10:00:00Z")
     journal.write("older", {"command_id": "older", "issued_at": "2026-12-06T09:59:00Z"}, "queued")
-    monkeypatch.setattr(model_update, "utc_now", lambda: "2026-12-05T10:05:00Z")  # after the power cut
+    monkeypatch.setattr(model_update, "utc_now_iso", lambda: "2026-12-05T10:05:00Z")  # after the power cut
     journal.write("newer", {"command_id": "newer", "issued_at": "2026-12-06T10:04:00Z"}, "queued")
     assert [key for key, _ in journal.entries()] == ["older", "newer"]
 

@@ -12,9 +12,10 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, OutboxUnavailable, utc_now_iso
+from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, OutboxUnavailable
 from roadmon_contract import validate
 from roadmon_contract.ids import uuid7
+from roadmon_contract.times import utc_now_iso
 
 
 def make_event(outbox: Outbox, severity: float = 0.5, **extra) -> dict:

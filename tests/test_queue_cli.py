@@ -15,8 +15,9 @@ from edge_agent.cli import app
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.heartbeat import build_status, write_status_file
-from edge_agent.link.outbox import Outbox, utc_now_iso
+from edge_agent.link.outbox import Outbox
 from roadmon_contract import validate
+from roadmon_contract.times import utc_now_iso
 from tests.test_outbox import make_coverage, make_event
 
 runner = CliRunner()

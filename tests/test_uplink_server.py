@@ -14,8 +14,9 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import Outbox, utc_now_iso
+from edge_agent.link.outbox import Outbox
 from edge_agent.link.uplink import Uplink
+from roadmon_contract.times import utc_now_iso
 from tests.server_fixtures import make_cfg, workers  # noqa: F401  (fixtures)
 from tests.test_outbox import make_coverage, make_event
 from tests.test_uplink import login, uplink_cfg, wait_for

@@ -24,6 +24,7 @@ from edge_agent.gnss.epochs import Fix, fix_kind
 from edge_agent.gnss.kalman import Pose, PositionFilter
 from edge_agent.gnss.source import GnssReader, NmeaDecoder, decode_stream, open_input
 from edge_agent.health import HealthBoard
+from roadmon_contract.times import utc_iso
 
 gps_app = typer.Typer(help="GNSS: replay NMEA recordings, watch a live receiver.", no_args_is_help=True)
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole (copy-paste)
@@ -74,7 +75,7 @@ def fix_record(fix: Fix, pose: Pose | None) -> dict[str, Any]:
             "heading_deg": _round(pose.heading_deg, 2), "h_std_m": round(pose.h_std_m, 2), "state": pose.state,
         }
     return {
-        "time": fix.utc.isoformat(timespec="milliseconds").replace("+00:00", "Z") if fix.utc else None,
+        "time": utc_iso(fix.utc) if fix.utc else None,
         "mode": fix.mode, "rtk": fix.rtk, "lat": _round(fix.lat, 8), "lon": _round(fix.lon, 8),
         "speed_mps": _round(fix.speed_mps, 3), "track_deg": _round(fix.track_deg, 2),
         "eph_m": _round(fix.eph_m, 2), "sats": fix.sats, "filtered": filtered,

@@ -163,9 +163,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from edge_agent.detect.detector import ModelError
-        from edge_agent.link.outbox import utc_now_iso
         from edge_agent.runtime.assemble import build_agent
         from edge_agent.runtime.replay import ReplayError, replay_drive
+        from roadmon_contract.times import utc_now_iso
 
         cfg = load_config(config)
         for what, path in (("video", video), ("NMEA", nmea)):

@@ -38,7 +38,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -49,6 +48,7 @@ from edge_agent.durable import fsync_dir, write_durably
 from edge_agent.health import HealthBoard
 from roadmon_contract.commands import expired_reason, is_interim
 from roadmon_contract.digest import sha256_file
+from roadmon_contract.times import utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ class UpdateExpired(UpdateRefused):
 
 class UpdateFailed(Exception):
     """Download, verification or sanity check failed: the current model was not touched."""
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def shown(url: str) -> str:
@@ -386,7 +382,7 @@ class Journal:
     def write(self, key: str, payload: dict[str, Any], state: str) -> None:
         before = self.get(key) or {}
         attempts = int(before.get("attempts", 0)) + (state == "running")
-        entry = {"payload": payload, "state": state, "attempts": attempts, "since": before.get("since", utc_now())}
+        entry = {"payload": payload, "state": state, "attempts": attempts, "since": before.get("since", utc_now_iso())}
         self.root.mkdir(parents=True, exist_ok=True)
         write_durably(self._path(key), json.dumps(entry))
 
@@ -606,7 +602,7 @@ class ModelUpdater:
         out = {"ok": ok, "status": status, "sha256": payload.get("sha256") if isinstance(payload, dict) else None,
                "name": payload.get("name") if isinstance(payload, dict) else None,
                "version": payload.get("version") if isinstance(payload, dict) else None,
-               "current_sha256": self.store.current_sha(), "finished_at": utc_now(),
+               "current_sha256": self.store.current_sha(), "finished_at": utc_now_iso(),
                "duration_s": round(time.monotonic() - t0, 3)}
         for echoed in ("request_id", "command_id"):
             if isinstance(payload, dict) and echoed in payload:
@@ -682,7 +678,7 @@ class ModelUpdater:
             raise UpdateFailed(f"model failed the load sanity check: {exc}") from None
 
         meta = {"sha256": sha, "name": payload.get("name"), "version": payload.get("version"), "url": shown(url),
-                "installed_at": utc_now(), "check": info}
+                "installed_at": utc_now_iso(), "check": info}
         if downloaded:
             self.store.add(candidate, sha, meta)
         else:
@@ -727,7 +723,7 @@ class ModelUpdater:
                    meta: dict[str, Any], exc: Exception) -> dict[str, Any]:
         log.error("new model %s failed to start (%s); rolling back to %s", sha, exc, before[0])
         self.store.restore(*before)
-        self.store.write_meta(sha, {**meta, "failed_at": utc_now(), "failure": str(exc)})
+        self.store.write_meta(sha, {**meta, "failed_at": utc_now_iso(), "failure": str(exc)})
         reason = f"new model failed to start: {exc}"
         if self.activate:
             back = str(self.store.current_link) if before[0] else self.fallback_model

@@ -25,8 +25,8 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.link.mqtt_tls import CredentialError, apply_login, tls_context
-from edge_agent.link.outbox import utc_now_iso
 from roadmon_contract import topics
+from roadmon_contract.times import utc_now_iso
 
 STEPS = ("dns", "tcp", "tls", "auth", "publish")
 

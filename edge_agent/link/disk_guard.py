@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge_agent.config.outbox import OutboxConfig
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,6 @@ def write_trouble(exc: OSError) -> tuple[str, str]:
                                               "check the disk (`dmesg`, `df -h`) and the folder's owner"))
 
 
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 class DiskGuard:
     """Measures the outbox's disk use and frees space in policy order. The caller holds the outbox's lock."""
 
@@ -123,7 +120,7 @@ class DiskGuard:
         return done
 
     def _steps(self) -> list[tuple[str, str, tuple]]:
-        cutoff = _iso(datetime.now(UTC) - timedelta(days=self.cfg.retention_days))
+        cutoff = utc_iso(datetime.now(UTC) - timedelta(days=self.cfg.retention_days))
         return [
             ("dropped thumbnails of confirmed events",
              "UPDATE events SET media = NULL WHERE state = 'confirmed' AND media IS NOT NULL", ()),

@@ -17,7 +17,8 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import CLOCK_SET_AFTER, Outbox, utc_now_iso
+from edge_agent.link.outbox import CLOCK_SET_AFTER, Outbox
+from roadmon_contract.times import utc_now_iso
 
 log = logging.getLogger(__name__)
 

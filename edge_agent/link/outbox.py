@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import sqlite_utils
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.disk_guard import FULL_ERRNOS, DiskGuard, write_probe, write_trouble
+from roadmon_contract.times import utc_iso, utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,6 @@ ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
 # A stamp before this was made by a clock nobody had set (a Raspberry Pi boots in 1970 or at its image's build
 # date until NTP or GNSS sets it): its age says nothing ("499037 h ago").
 CLOCK_SET_AFTER = "2024-01-01T00:00:00.000Z"
-
-
-def utc_now_iso(ago_s: float = 0.0) -> str:
-    """Now (or AGO_S seconds before) in UTC, as the contract writes times."""
-    return utc_iso(datetime.now(UTC) - timedelta(seconds=ago_s))
-
-
-def utc_iso(t: datetime) -> str:
-    """T in UTC as the contract writes times (and the outbox's stamps compare as text)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def priority_of(severity: float) -> int:

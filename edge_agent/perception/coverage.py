@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from edge_agent.config.events import EventsConfig
-from edge_agent.perception.events import iso_utc
 from roadmon_contract.geodesy import distance_m
 from roadmon_contract.ids import uuid7
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ class CoverageRecorder:
                 "schema": SCHEMA,
                 "coverage_id": str(uuid7()),
                 "device_id": self.device_id,
-                "started_at": iso_utc(self._times[0]),
-                "ended_at": iso_utc(self._times[-1]),
+                "started_at": utc_iso(self._times[0]),
+                "ended_at": utc_iso(self._times[-1]),
                 "line": [[round(lon, 7), round(lat, 7)] for lon, lat in self._points],
                 "detector_active": bool(self._active),
                 "model_sha256": self.model_sha256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import cv2
@@ -16,6 +16,7 @@ from edge_agent.perception.geolocate import Located, severity
 from edge_agent.perception.tracker import Track
 from roadmon_contract.geodesy import compass_deg
 from roadmon_contract.ids import uuid7
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,6 @@ class ModelRef:
     @classmethod
     def of(cls, info: Any) -> ModelRef:
         return cls(name=str(info.name), version=str(info.version), sha256=str(info.sha256).lower())
-
-
-def iso_utc(when: datetime) -> str:
-    """2026-11-28T13:45:32.120Z: millisecond UTC with a Z, as the wire contract wants."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.astimezone(UTC).microsecond // 1000:03d}Z"
 
 
 def jpeg_b64(image: np.ndarray, quality: int, max_px: int | None = None) -> str | None:
@@ -85,7 +81,7 @@ def build_event(track: Track, located: Located, *, device_id: str, seq: int, mod
         "event_id": str(uuid7()),
         "device_id": device_id,
         "seq": int(seq),
-        "captured_at": iso_utc(captured_at),
+        "captured_at": utc_iso(captured_at),
         "class": track.class_name,
         "confidence": round(_clamp(track.score, 0, 1), 3),
         "position": {"lat": round(located.lat, 7), "lon": round(located.lon, 7),

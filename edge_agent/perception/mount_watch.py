@@ -28,8 +28,8 @@ from calibration.mount_fit import FrameFit, fit_frame, fit_mount, ideal_lens, id
 from calibration.projector import GroundProjector
 from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.gnss.motion import PoseLike
-from edge_agent.perception.events import iso_utc
 from roadmon_contract.status import mount_moved_words
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class MountReading:
                 "config_pitch_deg": round(c.pitch_deg, 2), "config_yaw_deg": round(c.yaw_deg, 2),
                 "config_height_m": round(c.height_m, 2), "config_roll_deg": round(c.roll_deg, 2),
                 "off_m": None if self.off_m is None else round(self.off_m, 2), "ahead_m": JUDGED_AHEAD_M,
-                "frames": self.frames, "why": self.why, "at": at or iso_utc(datetime.now(UTC))}
+                "frames": self.frames, "why": self.why, "at": at or utc_iso(datetime.now(UTC))}
 
 
 def mount_file_of(outbox: Path) -> Path:

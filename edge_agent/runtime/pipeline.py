@@ -25,13 +25,13 @@ from edge_agent.durable import write_durably
 from edge_agent.gnss.kalman import Pose
 from edge_agent.gnss.motion import VehicleMotion
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import utc_now_iso
 from edge_agent.perception.coverage import CoverageRecorder, footprint_summary
 from edge_agent.perception.events import ModelRef, build_event
 from edge_agent.perception.geolocate import Geolocator, GroundBox
 from edge_agent.perception.mount_watch import MountWatch, read_kept
 from edge_agent.perception.tracker import RecentReports, Track, Tracker, confirm_scores
 from roadmon_contract.status import SPARSE_FRAMES_M
+from roadmon_contract.times import utc_now_iso
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from edge_agent.config.camera import CameraConfig, source_kind
 from edge_agent.gnss.epochs import GPS_ROLLOVER
 from edge_agent.runtime.assemble import Agent
 from edge_agent.runtime.replay_clock import SIDECAR, ClockError, ReplayClock, clock_for
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,16 @@ def overlap_warning(video_utc: tuple[datetime, datetime], feed: FixFeed, nmea: P
     start, end = video_utc
     if feed.first_utc <= end and feed.last_utc >= start:
         return None
-    text = (f"the NMEA does not overlap the video's time: video {_iso(start)} .. {_iso(end)}, "
-            f"NMEA {nmea.name} {_iso(feed.first_utc)} .. {_iso(feed.last_utc)}; no frame had a position ")
+    video, fixes = (" .. ".join(utc_iso(t, "seconds") for t in pair)
+                    for pair in ((start, end), (feed.first_utc, feed.last_utc)))
+    text = (f"the NMEA does not overlap the video's time: video {video}, NMEA {nmea.name} {fixes}; "
+            "no frame had a position ")
     behind = start - feed.first_utc
     if abs(behind - GPS_ROLLOVER) < timedelta(days=2):
         # A receiver counting weeks from an old 1024-week window: its dates are 19.6 years back, to the day.
         return text + (f"(the NMEA is {behind.days} days, 1024 weeks, behind: a GPS week rollover; set "
                        f"gnss.date_floor to a date before the drive, e.g. {start.date().replace(day=1)})")
     return text + f"(another drive's recording, or a wrong --video-start or {SIDECAR})"
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def replay_drive(agent: Agent, video: Path, nmea: Path, *, realtime: bool = False, video_start: str | None = None,
@@ -198,7 +197,7 @@ class RecordedDrive:
         except ClockError as exc:
             raise ReplayError(str(exc)) from None
         log.info("camera and GNSS are recordings of one drive: frames dated from %s (%s), %.1f s after the "
-                 "NMEA's first fix", video.with_name(SIDECAR), _iso(self.clock.start_utc),
+                 "NMEA's first fix", video.with_name(SIDECAR), utc_iso(self.clock.start_utc, "seconds"),
                  (self.clock.start_utc - first).total_seconds() if first else float("nan"))
         self.health.update(gnss="ok" if first is not None else "no_fix")
 

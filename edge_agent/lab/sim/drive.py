@@ -36,6 +36,7 @@ from edge_agent.lab.sim.route import (
 )
 from edge_agent.lab.sim.surface import RoadStyle, random_style
 from roadmon_contract.geodesy import LocalFrame
+from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -303,5 +304,5 @@ def _write_truth(path: Path, geo: LocalFrame, truth_at: Callable, t0: dt.datetim
         w = csv.writer(fh)
         w.writerow(["t", "utc", "lat", "lon", "speed", "heading"])
         for i, t in enumerate(times):
-            utc = (t0 + dt.timedelta(seconds=float(t))).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            utc = utc_iso(t0 + dt.timedelta(seconds=float(t)))
             w.writerow([f"{t:.3f}", utc, f"{lat[i]:.8f}", f"{lon[i]:.8f}", f"{speed[i]:.3f}", f"{course[i]:.2f}"])
