@@ -29,7 +29,15 @@ from fleet_server.auth import Principal
 from fleet_server.config import ServerConfig
 from fleet_server.http_writer import OverRate
 from fleet_server.store import CLASH, RejectPolicy, store_rejected
-from fleet_server.validate import Invalid, Rejection, check_message, check_window, parse_json, parse_utc
+from fleet_server.validate import (
+    Invalid,
+    Rejection,
+    check_message,
+    check_window,
+    drop_camera_metadata,
+    parse_json,
+    parse_utc,
+)
 from roadmon_contract import validate as contract
 from roadmon_contract.ids import uuid7
 
@@ -182,6 +190,7 @@ def _events(body: dict, who: Principal, raw: bytes, cfg) -> tuple[str, list[dict
     body.setdefault("schema", "roadmon.event/1")
     body.setdefault("seq", 0)
     event = check_message("event", who.device_id, json.dumps(body).encode(), now, cfg.ingest)
+    drop_camera_metadata(event)
     return event["event_id"], [event]
 
 

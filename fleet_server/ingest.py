@@ -35,7 +35,7 @@ from fleet_server import metrics, partitions, repair_odds
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import Reconnecting, connect
 from fleet_server.store import Batch, RejectPolicy, Stored, empty_ack, purge_rejected, store_batch
-from fleet_server.validate import Invalid, Rejection, check_message, message_ref, parse_json
+from fleet_server.validate import Invalid, Rejection, check_message, drop_camera_metadata, message_ref, parse_json
 from roadmon_contract import topics
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,9 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
     obj = check_message(kind, device, msg.payload, now, cfg.ingest)
     if kind == "event":
         batch.events.append((obj, msg.received_at))
-        # The first message of an id keeps its text: a later one is a repeat or a clash (store._first_of_each).
-        batch.raw.setdefault(obj["event_id"], msg.payload.decode("utf-8-sig"))  # the decoder checked the UTF-8
+        if not drop_camera_metadata(obj):  # else stored as changed, not as received
+            # The first message of an id keeps its text: a later one is a repeat or a clash (store._first_of_each).
+            batch.raw.setdefault(obj["event_id"], msg.payload.decode("utf-8-sig"))  # the decoder checked the UTF-8
         batch.origin.setdefault(obj["event_id"], []).append(msg)
     elif kind == "coverage":
         batch.coverage.append((obj, msg.received_at))

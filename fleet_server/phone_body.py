@@ -25,8 +25,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleet_server.jpeg_strip import without_metadata
 from fleet_server.validate import Invalid, as_utc, class_name
 from roadmon_contract.ids import DEVICE_ID_PATTERN
+from roadmon_contract.times import utc_iso
 
 THUMBNAIL_PX = 640  # longest side of the thumbnail kept from a phone's photo (the agents send ~this size)
 THUMBNAIL_MAX_BYTES = 140_000  # base64 of it stays within the event schema's 200,000 characters
@@ -127,13 +129,14 @@ def _image(text: str | None, max_bytes: int) -> bytes | None:
 
 def thumbnail(data: bytes) -> bytes:
     """DATA (JPEG, PNG or WebP) as a JPEG no larger than THUMBNAIL_PX and THUMBNAIL_MAX_BYTES (the event schema's
-    thumbnail); a JPEG within both already is kept as sent."""
+    thumbnail), never with the camera's metadata (EXIF: where, with which camera, whose); a JPEG within both
+    keeps its picture as sent."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG" and max(img.size) <= THUMBNAIL_PX and len(data) <= THUMBNAIL_MAX_BYTES:
-                return data
+                return without_metadata(data)
             if img.format not in ("JPEG", "PNG", "WEBP"):
                 raise Invalid(f"image_base64: a {img.format} image; send JPEG, PNG or WebP")
             img.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # a JPEG decodes at 1/2-1/8 scale: fast, little memory
@@ -169,7 +172,7 @@ def to_events(sub: PhoneSubmission, image: bytes | None, key: bytes, unprojected
     """(submission id, one roadmon.event/1 per detection)."""
     ms = int(sub.timestamp.timestamp() * 1000)
     submission_id = stable_uuid7(ms, b"submission\0" + key)
-    captured = sub.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    captured = utc_iso(sub.timestamp)
     h = round(math.hypot(sub.gps.accuracy, unprojected_sigma_m), 3)
     phone = {"lat": sub.gps.lat, "lon": sub.gps.lon}
     thumb = base64.b64encode(image).decode("ascii") if image else None

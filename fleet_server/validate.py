@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema_rs
 
 from fleet_server.config import IngestConfig
+from fleet_server.jpeg_strip import without_metadata
 from roadmon_contract import validate as contract
 from roadmon_contract.decode import Invalid, Limits, decode_json
 
@@ -180,6 +181,20 @@ def check_event(obj: dict, now: datetime, cfg: IngestConfig) -> None:
         # thumbnail at ingest would cost more than storing the event).
         if not jpeg.startswith(b"\xff\xd8\xff") or not jpeg.rstrip(b"\x00").endswith(b"\xff\xd9"):
             raise Invalid("thumbnail_jpeg_b64: not a JPEG image (it must start with FF D8 FF and end with FF D9)")
+
+
+def drop_camera_metadata(event: dict) -> bool:
+    """Takes EXIF (a position, a serial number, an owner's name), comments and appended pictures out of a checked
+    EVENT's thumbnail; True when it had any. The agent's own crops have none; another client's may."""
+    thumb = event.get("thumbnail_jpeg_b64")
+    if not thumb:
+        return False
+    jpeg = base64.b64decode(thumb)
+    clean = without_metadata(jpeg)
+    if clean == jpeg:
+        return False
+    event["thumbnail_jpeg_b64"] = base64.b64encode(clean).decode("ascii")
+    return True
 
 
 def check_coverage(obj: dict, now: datetime, cfg: IngestConfig) -> None:
