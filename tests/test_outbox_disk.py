@@ -4,12 +4,14 @@ counts what it refuses, visibly."""
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
 from edge_agent.link.heartbeat import build_status
 from edge_agent.link.outbox import Outbox
+from roadmon_contract.times import utc_iso
 from tests.test_outbox import make_coverage, make_event
 
 THUMB = "Q" * 40_000   # a 40 kB thumbnail
@@ -122,3 +124,61 @@ def test_a_really_full_disk_refuses_without_crashing_or_losing(tmp_path: Path) -
         assert health.snapshot()["outbox"] == "full"
         assert set(kept) <= set(ob.states())
         assert ob.conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+def test_confirmed_rows_past_the_retention_go_whatever_the_space(tmp_path: Path, monkeypatch) -> None:
+    """Only a tight disk used to delete them: a box with room kept years of where its vehicle went (a
+    data-protection review). Unconfirmed rows and rows the unset clock stamped stay."""
+    from edge_agent.link import outbox as outbox_module
+
+    cfg = OutboxConfig(retention_days=7, free_floor_mb=0)
+    ob = Outbox(tmp_path / "o.db", cfg)
+    events = [make_event(ob, 0.9) for _ in range(5)]
+    cover = [make_coverage() for _ in range(2)]
+    for e in events:
+        assert ob.add_event(e)
+    for c in cover:
+        assert ob.add_coverage(c)
+    ob.mark_confirmed([("event", e["event_id"]) for e in events[:4]] + [("coverage", c["coverage_id"]) for c in cover])
+    month_ago = utc_iso(datetime.now(UTC) - timedelta(days=30))
+    ob.conn.execute("UPDATE events SET confirmed_at = ? WHERE event_id = ?", (month_ago, events[0]["event_id"]))
+    ob.conn.execute("UPDATE events SET confirmed_at = '1970-01-01T00:05:00.000Z' WHERE event_id = ?",
+                    (events[1]["event_id"],))
+    ob.conn.execute("UPDATE coverage SET confirmed_at = ? WHERE coverage_id = ?", (month_ago, cover[0]["coverage_id"]))
+    ob.conn.execute("UPDATE events SET created_at = ? WHERE event_id = ?", (month_ago, events[4]["event_id"]))
+
+    def kept() -> tuple[set[str], set[str]]:
+        return ({r[0] for r in ob.conn.execute("SELECT event_id FROM events")},
+                {r[0] for r in ob.conn.execute("SELECT coverage_id FROM coverage")})
+
+    everything = ({e["event_id"] for e in events}, {c["coverage_id"] for c in cover})
+    assert ob.add_event(make_event(ob, 0.9)) and kept()[0] >= everything[0]  # not at every write
+    monkeypatch.setattr(outbox_module, "EXPIRE_EVERY_S", 0.0)
+    assert ob.add_event(make_event(ob, 0.9))
+    events_left, coverage_left = kept()
+    assert events[0]["event_id"] not in events_left and cover[0]["coverage_id"] not in coverage_left
+    assert {e["event_id"] for e in events[1:]} <= events_left and cover[1]["coverage_id"] in coverage_left
+    ob.close()
+    # And at the agent's start, with the disk as roomy as ever.
+    monkeypatch.setattr(outbox_module, "EXPIRE_EVERY_S", 600.0)
+    ob = Outbox(tmp_path / "o.db", OutboxConfig(retention_days=0, free_floor_mb=0))
+    events_left, coverage_left = kept()
+    assert events[2]["event_id"] not in events_left and not coverage_left
+    assert {events[1]["event_id"], events[4]["event_id"]} <= events_left  # no age; not confirmed
+    ob.close()
+
+
+def test_a_new_queue_is_not_readable_by_every_user(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        ob = Outbox(tmp_path / "o.db", OutboxConfig(free_floor_mb=0))
+        assert ob.add_event(make_event(ob, 0.9))
+        for name in ("o.db", "o.db-wal", "o.db-shm"):
+            mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+            assert mode & 0o007 == 0, f"{name}: {oct(mode)}"
+        ob.close()
+    finally:
+        os.umask(old)

@@ -24,8 +24,9 @@ class OutboxConfig(Section):
                                  description="Free space to leave on the outbox's filesystem, MB; below it the "
                                              "outbox frees space as if the budget were reached")
     retention_days: float = Field(7, ge=0,
-                                  description="Confirmed rows are kept this long for inspection, then may be "
-                                              "dropped when space is needed")
+                                  description="Confirmed rows are kept this long (for `fleet-server cmd resend` "
+                                              "after a server restore, and for inspection), then deleted; "
+                                              "sooner when space is needed")
     low_severity: float = Field(0.3, ge=0, le=1,
                                 description="Events with severity below this are 'low severity': their thumbnails "
                                             "go first and new ones are refused when the disk can hold no more")

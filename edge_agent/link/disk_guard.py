@@ -1,6 +1,9 @@
-"""Keeps the outbox inside its disk budget and above the filesystem's free-space floor.
+"""Keeps the outbox inside its disk budget and above the filesystem's free-space floor, and no confirmed row past
+its retention.
 
-When either limit is reached, space is freed in a fixed order, cheapest loss first:
+Confirmed rows older than `retention_days` are deleted whatever the space (the queue is where the vehicle went:
+it was kept for years on a box with room). When either limit is reached, space is freed in a fixed order, cheapest
+loss first:
 
 1. thumbnails of confirmed events (the server already has them);
 2. confirmed rows older than the retention;
@@ -119,8 +122,25 @@ class DiskGuard:
                 log.warning("outbox over its disk limits: %s (%d rows)", name, n)
         return done
 
+    def expire(self, clock_set_after: str) -> int:
+        """Delete the confirmed rows past the retention; how many. A row confirmed while the box's clock was not
+        set (stamped before CLOCK_SET_AFTER) has no age: it goes when space is needed."""
+        cutoff = self._retention_cutoff()
+        n = sum(self.conn.execute(f"DELETE FROM {table} WHERE state = 'confirmed' AND confirmed_at < ? "
+                                  "AND confirmed_at >= ?", (cutoff, clock_set_after)).rowcount
+                for table in ("events", "coverage"))
+        self.conn.commit()
+        if n:
+            self.conn.execute("PRAGMA incremental_vacuum")
+            self.conn.commit()
+            log.info("outbox: deleted %d confirmed rows older than %g days", n, self.cfg.retention_days)
+        return n
+
+    def _retention_cutoff(self) -> str:
+        return utc_iso(datetime.now(UTC) - timedelta(days=self.cfg.retention_days))
+
     def _steps(self) -> list[tuple[str, str, tuple]]:
-        cutoff = utc_iso(datetime.now(UTC) - timedelta(days=self.cfg.retention_days))
+        cutoff = self._retention_cutoff()
         return [
             ("dropped thumbnails of confirmed events",
              "UPDATE events SET media = NULL WHERE state = 'confirmed' AND media IS NOT NULL", ()),

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -55,6 +56,8 @@ ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
 # A stamp before this was made by a clock nobody had set (a Raspberry Pi boots in 1970 or at its image's build
 # date until NTP or GNSS sets it): its age says nothing ("499037 h ago").
 CLOCK_SET_AFTER = "2024-01-01T00:00:00.000Z"
+# How often a running agent deletes the confirmed rows past outbox.retention_days (also at each start), s.
+EXPIRE_EVERY_S = 600.0
 
 
 def priority_of(severity: float) -> int:
@@ -160,6 +163,11 @@ URI_QUERY = {"rw": "", "ro": "?mode=ro", "immutable": "?mode=ro&immutable=1"}
 
 def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
     target: str | Path = path.absolute().as_uri() + URI_QUERY[mode] if mode != "rw" else path
+    if mode == "rw" and not path.exists():
+        # The queue is where the vehicle went and what its camera saw: not for every user of the box (it was
+        # 0644 under the usual umask outside systemd). Its -wal and -shm files take this mode from it.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
     conn = sqlite3.connect(target, check_same_thread=False, timeout=10, isolation_level=None, uri=mode != "rw")
     conn.execute("PRAGMA busy_timeout = 10000")
     return conn
@@ -282,6 +290,7 @@ class Outbox:
         if agent:
             self._requeue_in_flight()
             self._import_moved_aside()
+            self._expire()
         self._set_sync(self.cfg.synchronous)
         self._set_health("full" if self.exclusive else "ok")
 
@@ -356,6 +365,7 @@ class Outbox:
             migrate(self.db)
         self.guard = DiskGuard(conn, self.path, self.cfg)
         self._writes = 0
+        self._expired_at = time.monotonic()
         self._tight = False
         self.dropped: dict[str, int] = self._load_counters()
         self._unsaved_drops: set[str] = set()
@@ -693,9 +703,18 @@ class Outbox:
                 self._unsaved_confirmed -= keys
         return n
 
+    def _expire(self) -> None:
+        self._expired_at = time.monotonic()
+        try:
+            self.guard.expire(CLOCK_SET_AFTER)
+        except sqlite3.OperationalError as exc:  # a full or read-only disk: the next write's turn tries again
+            log.warning("outbox: confirmed rows past their retention not deleted: %s", exc)
+
     def _room_for(self, low_severity: bool, counter: str) -> bool:
         """Run the disk guard when due; False when a low-severity row must be refused."""
         self._writes += 1
+        if self._agent and time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
+            self._expire()
         if not self._tight and self._writes % self.cfg.guard_every:
             return True
         use = self.guard.measure()
