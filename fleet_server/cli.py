@@ -149,7 +149,8 @@ def partitions_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Only s
         report = partitions.maintain(conn, c.retention, dry_run=dry_run)
     if as_json:
         print(json.dumps({"created": report.created, "dropped": report.dropped, "dry_run": dry_run,
-                          "default_rows_deleted": report.default_rows_deleted, "kept": report.kept}))
+                          "default_rows_deleted": report.default_rows_deleted, "kept": report.kept,
+                          "rows_deleted": report.rows_deleted}))
         return
     console.print(f"{'would create' if dry_run else 'created'} {len(report.created)}: "
                   f"{', '.join(report.created) or '-'}")
@@ -157,6 +158,8 @@ def partitions_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="Only s
     for table, n in report.default_rows_deleted.items():
         console.print(f"{'would delete' if dry_run else 'deleted'} {n} rows past retention from {table}'s default "
                       "partition")
+    for table, n in report.rows_deleted.items():
+        console.print(f"{'would delete' if dry_run else 'deleted'} {n} rows past retention from {table}")
     for name, n in report.kept.items():
         console.print(f"kept {name}: past retention, but {n} of its rows are younger (ids made by a box whose "
                       "clock was behind); its older rows deleted")

@@ -302,8 +302,13 @@ class RetentionConfig(Section):
                                               "0 keeps every sighting. A defect touched later is recounted from "
                                               "the sightings kept, so keep them longer than defects stay open")
     coverage_months: int = Field(0, ge=0, le=1200,
-                                 description="The same for coverage (driven stretches; the misses they caused "
-                                             "stay); 0 keeps all")
+                                 description="The same for coverage (where and when each vehicle drove), and for "
+                                             "the misses it caused (a vehicle's pass by a defect, with its time); "
+                                             "0 keeps all")
+    audit_days: float = Field(365, ge=0, description="API audit-log rows (who called what, from which address) "
+                                                     "older than this are deleted; 0 keeps all")
+    command_results_days: float = Field(90, ge=0, description="Boxes' answers to remote commands older than this "
+                                                              "are deleted; 0 keeps all")
     premake_months: int = Field(3, ge=0, le=36, description="Monthly partitions made ahead of the current month")
 
 

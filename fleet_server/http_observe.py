@@ -39,6 +39,13 @@ def request_method(scope: Scope) -> str:
     return method if method in HTTP_METHODS else "other"
 
 
+def path_and_query(scope: Scope) -> str:
+    """The audit log's path: with the query, which says whose tracks, which days or which area a call read (the
+    path alone could not tell a data-protection officer what an export held)."""
+    query = scope.get("query_string", b"")
+    return scope["path"] + ("?" + query.decode("latin-1") if query else "")
+
+
 class Observe:
     """ASGI middleware: records each HTTP request's outcome once its answer has started (or it failed)."""
 
@@ -74,4 +81,4 @@ class Observe:
             # Every call that presented a token, whatever came of it.
             principal = scope.get("state", {}).get("principal", audit.UNCHECKED)
             client = scope["client"][0] if scope.get("client") else None
-            self.audit_log.add(audit.entry(principal, method, scope["path"], status, client))
+            self.audit_log.add(audit.entry(principal, method, path_and_query(scope), status, client))

@@ -165,6 +165,7 @@ def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
 
 PREPARE_CHUNK = 200  # messages classified at a time; small, so the store stage never waits long for them
 PURGE_EVERY_S = 600.0  # how often a worker deletes dead letters past their retention
+RETENTION_EVERY_S = 86400.0  # how often (and at its start) a worker applies [retention] unless another is at it
 BATCH_MAX_BYTES = 64 * 1024 * 1024  # a batch also closes at this much payload (thumbnails make messages large)
 
 
@@ -273,6 +274,7 @@ class IngestWorker:
         self.reject_policy = RejectPolicy(cfg.ingest.rejected_keep_bytes, cfg.ingest.rejected_per_device_hour)
         self.last_progress = time.monotonic()  # when a batch was last committed or nothing was waiting
         self._next_purge = 0.0
+        self._next_retention = 0.0
         self._next_curve = 0.0
         self._curve_thread: threading.Thread | None = None
         self._storing = 0  # messages of the batch being stored now
@@ -555,8 +557,11 @@ class IngestWorker:
 
     def _purge_when_due(self) -> None:
         """Dead letters past their retention go, and the coming months' partitions are made, every
-        PURGE_EVERY_S (each worker; both are idempotent)."""
+        PURGE_EVERY_S (each worker; both are idempotent); [retention] is applied every RETENTION_EVERY_S."""
         now = time.monotonic()
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_EVERY_S
+            self._apply_retention()
         if now < self._next_purge:
             return
         self._next_purge = now + PURGE_EVERY_S
@@ -574,6 +579,15 @@ class IngestWorker:
         if n:
             log.info("%s: deleted %d dead letters older than %g days", self.client_id, n,
                      self.cfg.ingest.rejected_retention_days)
+
+    def _apply_retention(self) -> None:
+        # `fleet-server partitions` does the same as a daily job; a host without one (systemd, Compose) kept every
+        # vehicle's tracks, passes and audit rows for ever whatever [retention] said (a data-protection review).
+        try:
+            partitions.maintain_if_free(self._db.get(), self.cfg.retention)
+        except (psycopg.Error, OSError, ConfigError) as exc:  # PostGIS away: tried again the next day or start
+            log.warning("%s: applying the retention failed: %s", self.client_id, exc)
+            self._db.drop()
 
     def _learn_curve_when_due(self) -> None:
         """Learn the detection curve (repair_odds) again every aggregate.detection_curve_refresh_s, in a thread of

@@ -4,7 +4,9 @@ A month's partition holds the rows whose id (UUIDv7) was made in that month (UTC
 partitions of the current month and `retention.premake_months` ahead (the ingest workers do that too, every
 few minutes, so a missed job never sends rows to the default partition), and drops whole months older than
 `retention.sightings_months` / `retention.coverage_months` (0 keeps everything), with the default partition's
-rows of that age. Run it daily: `fleet-server partitions` (k8s/partitions-cronjob.yaml).
+rows of that age, and deletes the misses, audit rows and command results past theirs. Run it daily: `fleet-server
+partitions` (k8s/partitions-cronjob.yaml); the ingest workers run it once a day too, so that a host without the
+job (systemd, Compose) deletes what its retention says.
 
 The id's month is the box's clock when it wrote the row, and a Raspberry Pi has no clock chip: until NTP or GNSS
 sets it, it runs from its last shutdown's time (fake-hwclock) or an image's build date, months behind. So a
@@ -17,13 +19,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
 from fleet_server.config import RetentionConfig
 
 log = logging.getLogger(__name__)
+MAINTAIN_LOCK = 0x726D_7265  # advisory lock: one process applies the retention at a time
 TABLES = {"sightings": "captured_at", "coverage": "ended_at"}  # table -> the time its default rows age by
 _MONTHLY = re.compile(r"^(?P<table>[a-z]+)_p(?P<year>\d{4})_(?P<month>\d{2})$")
 
@@ -34,6 +37,7 @@ class Report:
     dropped: list[str] = field(default_factory=list)
     default_rows_deleted: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)  # partition past retention -> its younger rows, kept
+    rows_deleted: dict[str, int] = field(default_factory=dict)  # other tables' rows past their retention
 
 
 def add_months(month: date, n: int) -> date:
@@ -111,7 +115,42 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
             report.default_rows_deleted[table] = n
     if report.dropped and not dry_run:
         log.info("dropped partitions past retention: %s", ", ".join(report.dropped))
+    report.rows_deleted = delete_expired_rows(conn, retention, now or datetime.now(UTC), dry_run)
     return report
+
+
+def delete_expired_rows(conn: psycopg.Connection, retention: RetentionConfig, now: datetime,
+                        dry_run: bool = False) -> dict[str, int]:
+    """Rows of the tables that are not partitioned, past their retention, by table. A miss is a vehicle's pass by a
+    defect with its time, so it goes with the coverage of its month (the defects' states it led to stay)."""
+    cutoffs: dict[str, tuple[str, datetime]] = {}
+    if retention.coverage_months > 0:
+        month = add_months(month_of(now), -retention.coverage_months)
+        cutoffs["defect_misses"] = ("ended_at", datetime(month.year, month.month, 1, tzinfo=UTC))
+    if retention.audit_days > 0:
+        cutoffs["audit_log"] = ("at", now - timedelta(days=retention.audit_days))
+    if retention.command_results_days > 0:
+        cutoffs["command_results"] = ("received_at", now - timedelta(days=retention.command_results_days))
+    out = {}
+    for table, (column, cutoff) in cutoffs.items():
+        sql = f"{'SELECT count(*)' if dry_run else 'DELETE'} FROM {table} WHERE {column} < %s"
+        cur = conn.execute(sql, (cutoff,))
+        n = cur.fetchone()[0] if dry_run else cur.rowcount
+        if n:
+            out[table] = n
+            if not dry_run:
+                log.info("deleted %d rows of %s older than %s", n, table, cutoff.isoformat())
+    return out
+
+
+def maintain_if_free(conn: psycopg.Connection, retention: RetentionConfig) -> Report | None:
+    """maintain(), unless another process is at it (then None)."""
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTAIN_LOCK,)).fetchone()[0]:
+        return None
+    try:
+        return maintain(conn, retention)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTAIN_LOCK,))
 
 
 def maintain(conn: psycopg.Connection, retention: RetentionConfig, now: datetime | None = None,

@@ -18,9 +18,9 @@ from fleet_server.cli import app
 from fleet_server.config import AggregateConfig, RetentionConfig
 from fleet_server.migrate import migrate
 from fleet_server.store import Batch, store_batch
-from tests.server_fixtures import make_cfg, make_coverage, make_event
+from tests.server_fixtures import make_cfg, make_coverage, make_event, wait_for, workers
 
-__all__ = ["make_cfg"]
+__all__ = ["make_cfg", "workers"]
 
 
 def uuid7_at(t: datetime) -> str:
@@ -192,3 +192,36 @@ def test_a_server_refuses_a_horizon_its_retention_would_delete() -> None:
     parse({"ingest": {"horizon_days": 3650}})  # keeps everything: any horizon
     with pytest.raises(ConfigError):
         parse({"ingest": {"horizon_days": 60}, "retention": {"sightings_months": 2, "coverage_months": 3}})
+
+
+@pytest.mark.services
+def test_passes_audit_rows_and_answers_past_their_retention_go(make_cfg, workers) -> None:
+    """A miss (a vehicle's pass by a defect, with its time) outlived the coverage it came from, and the audit log
+    and the boxes' answers were never deleted; a host without the daily job (systemd, Compose) deleted nothing at
+    all (a data-protection review). The ingest workers apply the retention too."""
+    cfg = make_cfg(retention={"coverage_months": 2, "audit_days": 30, "command_results_days": 7})
+    dsn = cfg.database.resolve_dsn()
+    now = datetime.now(UTC)
+    old_pass = datetime.combine(partitions.add_months(partitions.month_of(now), -4), datetime.min.time(), UTC)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_batch(conn, Batch(events=[(_event(now - timedelta(hours=1)), now)]), AggregateConfig())
+        defect = conn.execute("SELECT id FROM defects").fetchone()[0]
+        for at in (old_pass, now - timedelta(days=1)):
+            conn.execute("INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at) "
+                         "VALUES (%s, %s, 'veh-p', %s, %s)", (defect, uuid7_at(at), at, at + timedelta(seconds=20)))
+        for days in (40, 1):
+            conn.execute("INSERT INTO audit_log (at, who, method, path, status) VALUES (%s, 'viewer v', 'GET', "
+                         "'/api/v1/coverage', 200)", (now - timedelta(days=days),))
+            conn.execute("INSERT INTO command_results (device_id, name, received_at, payload) VALUES "
+                         "('veh-p', 'resend', %s, '{}')", (now - timedelta(days=days),))
+
+        def left() -> dict[str, int]:
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("defect_misses", "audit_log", "command_results")}
+
+        dry = partitions.maintain(conn, cfg.retention, dry_run=True)
+        assert dry.rows_deleted == {"defect_misses": 1, "audit_log": 1, "command_results": 1}
+        assert left() == {"defect_misses": 2, "audit_log": 2, "command_results": 2}
+        workers(cfg)  # a worker applies [retention] as it starts
+        assert wait_for(lambda: left() == {"defect_misses": 1, "audit_log": 1, "command_results": 1}), left()
+        assert conn.execute("SELECT ended_at > now() - interval '2 days' FROM defect_misses").fetchone()[0]

@@ -292,10 +292,15 @@ def test_audit_log_records_every_call_with_a_token(server) -> None:
     assert client.post("/v1/detections", json=body("phone-8", gps={}), headers=dev).status_code == 400
     assert client.get("/api/v1/me", headers=bearer("rmt_00_forged")).status_code == 401
     assert client.get("/api/v1/audit", headers=bearer(token(dsn, "viewer", "v"))).status_code == 403
+    # Which tracks a call read is in its query: the path alone could not say (a data-protection review).
+    tracks = client.get("/api/v1/coverage", params={"since": "2000-01-01T00:00:00Z"},
+                        headers=bearer(token(dsn, "viewer", "w")))
+    assert tracks.status_code == 200
     rows = client.get("/api/v1/audit", headers=bearer(token(dsn, "manager", "boss"))).json()
     seen = {(r["who"], r["method"], r["path"], r["status"]) for r in rows}
     assert {("device phone-8", "POST", "/v1/detections", 202), ("device phone-8", "POST", "/v1/detections", 400),
-            ("invalid token", "GET", "/api/v1/me", 401), ("v", "GET", "/api/v1/audit", 403)} <= seen
+            ("invalid token", "GET", "/api/v1/me", 401), ("v", "GET", "/api/v1/audit", 403),
+            ("w", "GET", "/api/v1/coverage?since=2000-01-01T00%3A00%3A00Z", 200)} <= seen
     assert all(r["at"] and r["client"] for r in rows)
     assert client.get("/api/v1/audit", params={"who": "nobody"},
                       headers=bearer(token(dsn, "manager", "boss2"))).json() == []
