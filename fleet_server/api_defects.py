@@ -211,10 +211,11 @@ def list_defects(request: Request, filters: Filters = Depends(), cursor: int | N
 
 
 def removed_since(conn: psycopg.Connection, since_xid: str, filters: Filters) -> list[int]:
-    """Ids a copy kept by FILTERS must drop: merged into another since the transaction SINCE_XID, or written
-    since and no longer matching (a copy of the open defects heard nothing of one dismissed)."""
-    ids = {r[0] for r in conn.execute("SELECT dropped_id FROM defect_merges WHERE merged_xid >= %s::xid8",
-                                      (since_xid,))}
+    """Ids a copy kept by FILTERS must drop: merged into another or erased (`device erase`) since the transaction
+    SINCE_XID, or written since and no longer matching (a copy of the open defects heard nothing of one dismissed)."""
+    ids = {r[0] for r in conn.execute("SELECT dropped_id FROM defect_merges WHERE merged_xid >= %(x)s::xid8 UNION "
+                                      "SELECT defect_id FROM defect_removals WHERE removed_xid >= %(x)s::xid8",
+                                      {"x": since_xid})}
     if filters.where:
         matching = " AND ".join(f"({w})" for w in filters.where)
         ids |= {r[0] for r in conn.execute(

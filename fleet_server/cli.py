@@ -394,7 +394,7 @@ def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
 
 @device_app.command("revoke")
 def device_revoke(device_id: str) -> None:
-    """Remove a device's broker login and revoke its tokens (its data stays)."""
+    """Remove a device's broker login and revoke its tokens (its data stays: `device erase` deletes it)."""
     c = cfg()
     with connect(c.database) as conn, conn.transaction():
         found = conn.execute("UPDATE devices SET revoked_at = now() WHERE id = %s RETURNING id",
@@ -402,13 +402,62 @@ def device_revoke(device_id: str) -> None:
         tokens = auth.revoke_tokens(conn, device_id=device_id)
     if found is None:
         _fail(f"no device {device_id!r}")
-    removed = False
-    if c.broker_files.passwd_file is not None:
-        removed = mqtt_accounts.remove_user(c.broker_files.passwd_file, device_id)
-        if c.broker_files.pid_file is not None:
-            mqtt_accounts.reload_broker(c.broker_files.pid_file)
+    removed = _remove_broker_login(c, device_id)
     console.print(f"device {device_id} revoked: {tokens} token(s), broker login "
                   f"{'removed' if removed else 'not found in the password file'}")
+
+
+def _remove_broker_login(c: ServerConfig, device_id: str) -> bool:
+    """Take DEVICE_ID out of the broker's password file (and have the broker read it again); whether it was in."""
+    if c.broker_files.passwd_file is None:
+        return False
+    removed = mqtt_accounts.remove_user(c.broker_files.passwd_file, device_id)
+    if c.broker_files.pid_file is not None:
+        mqtt_accounts.reload_broker(c.broker_files.pid_file)
+    return removed
+
+
+@device_app.command("erase")
+def device_erase(device_id: str,
+                 yes: bool = typer.Option(False, "--yes", help="Delete; without it, only say what would go"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Delete everything the server holds about a device (a right-to-erasure request): sightings, tracks, passes,
+    command answers, refused messages, tokens and their audit rows, the device, its broker login and the status
+    retained at the broker. Defects only it saw are deleted; those others saw too are recounted. Stop the box first
+    (a connected box keeps its session until it disconnects)."""
+    from fleet_server.erase import erase_device
+
+    if not ids.DEVICE_ID.fullmatch(device_id):
+        _fail(f"invalid device id {device_id!r}")
+    c = cfg()
+    if yes:
+        _remove_broker_login(c, device_id)
+    try:
+        with connect(c.database) as conn:
+            erased = erase_device(conn, device_id, c.aggregate, dry_run=not yes)
+    except LookupError as exc:
+        _fail(str(exc))
+    problem = None
+    if yes:
+        try:
+            commands.clear_retained(c, topics.status(device_id))
+        except commands.CommandError as exc:
+            problem = (f"the status the broker keeps for it (its last position) was not cleared: {exc}; clear it "
+                       f"with: mosquitto_pub -r -n -t {topics.status(device_id)} (as the server's broker user)")
+    if as_json:
+        print(json.dumps({"device_id": device_id, "erased": yes, "rows": erased.rows,
+                          "defects_deleted": erased.defects_deleted, "defects_recounted": erased.defects_recounted,
+                          "problem": problem}))
+    else:
+        rows = ", ".join(f"{n} {table}" for table, n in erased.rows.items())
+        console.print(f"{'erased' if yes else 'would erase'} {device_id}: {rows}; defects "
+                      f"{'deleted' if yes else 'to delete'} {len(erased.defects_deleted)}, "
+                      f"{'recounted' if yes else 'to recount'} {len(erased.defects_recounted)}", markup=False)
+        if not yes:
+            console.print("nothing deleted: add --yes to delete")
+    if problem:
+        err.print(f"warning: {problem}", markup=False)
+        raise typer.Exit(1)
 
 
 @device_app.command("ls")

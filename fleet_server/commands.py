@@ -26,6 +26,8 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -83,6 +85,21 @@ def _properties(payload: dict[str, Any]) -> Properties:
 def publish_all(cfg: ServerConfig, messages: list[tuple[str, dict[str, Any]]], timeout_s: float = 10.0) -> None:
     """`publish` for each (topic, payload) of MESSAGES over one connection (a fleet of 10,000 is one login)."""
     properties = [_properties(payload) for _, payload in messages]
+    with _logged_in(cfg, timeout_s) as client:
+        infos = [client.publish(topic, json.dumps(payload), qos=1, properties=props)
+                 for (topic, payload), props in zip(messages, properties, strict=True)]
+        _confirmed(infos, timeout_s, "commands")
+
+
+def clear_retained(cfg: ServerConfig, topic: str, timeout_s: float = 10.0) -> None:
+    """Delete what is retained at the broker on TOPIC (an empty retained message)."""
+    with _logged_in(cfg, timeout_s) as client:
+        _confirmed([client.publish(topic, b"", qos=1, retain=True)], timeout_s, "clears")
+
+
+@contextmanager
+def _logged_in(cfg: ServerConfig, timeout_s: float) -> Iterator[mqtt.Client]:
+    """A connection to the broker with the server's login, once the broker has accepted it; CommandError else."""
     m = cfg.mqtt
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.username_pw_set(m.username, m.resolve_password())
@@ -105,20 +122,24 @@ def publish_all(cfg: ServerConfig, messages: list[tuple[str, dict[str, Any]]], t
             raise CommandError(f"broker {m.host}:{m.port} refused the server's login ({connack[0]}): check "
                                "mqtt.username and mqtt.password_file")
         try:
-            infos = [client.publish(topic, json.dumps(payload), qos=1, properties=props)
-                     for (topic, payload), props in zip(messages, properties, strict=True)]
+            yield client
+        except CommandError:
+            raise
         except RuntimeError as exc:  # the broker closed the connection meanwhile
             raise CommandError(f"broker {m.host}:{m.port} closed the connection: {exc}") from None
-        deadline = time.monotonic() + timeout_s
-        for info in infos:
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-        unconfirmed = sum(not info.is_published() for info in infos)
-        if unconfirmed:
-            raise CommandError(f"broker did not confirm {unconfirmed} of {len(infos)} commands within "
-                               f"{timeout_s:g} s (login refused?)")
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _confirmed(infos: list[mqtt.MQTTMessageInfo], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    for info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+    unconfirmed = sum(not info.is_published() for info in infos)
+    if unconfirmed:
+        raise CommandError(f"broker did not confirm {unconfirmed} of {len(infos)} {what} within {timeout_s:g} s "
+                           "(login refused?)")
 
 
 # ------------------------------------------------------------------------------------------ checks

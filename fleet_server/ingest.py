@@ -132,9 +132,10 @@ def _classify_one(batch: Batch, msg: Incoming, kind: str, device: str | None, na
 
 
 def is_clearing(msg: Incoming, kind: str) -> bool:
-    """An empty retained message on a never-retained kind: the broker deleting what was retained there,
-    delivered to subscribers too (the workers' own clears come back to the group this way)."""
-    return msg.retain and not msg.payload and kind in NEVER_RETAINED
+    """The broker deleting what was retained on a topic (an empty message, delivered to subscribers too): a
+    worker's own clear of a never-retained kind comes back to the group this way, and `device erase`'s clear of an
+    erased device's status (no status is empty; stored as refused, it named the erased device again)."""
+    return not msg.payload and ((msg.retain and kind in NEVER_RETAINED) or kind == "status")
 
 
 def to_clear(messages: list[Incoming]) -> dict[str, list[Incoming]]:

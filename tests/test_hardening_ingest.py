@@ -387,6 +387,11 @@ def test_a_clearing_is_ignored_and_only_never_retained_kinds_are_cleared() -> No
     assert ingest.to_clear(clearing) == {}
     empty_live = classify([_msg(topics.event(device), b"")], parse({}))
     assert len(empty_live.rejected) == 1 and "not JSON" in empty_live.rejected[0].reason
+    # `device erase` clears the erased device's retained status; status is subscribed without retain-as-published,
+    # so the clear comes flagged or not: stored as refused, it named the erased device again.
+    erased = classify([_msg(topics.status(device), b""), Incoming(topics.status(device), b"", 2, 1,
+                                                                  datetime.now(UTC), True)], parse({}))
+    assert erased.rejected == [] and erased.statuses == []
     event = json.dumps(make_event(device, 48.1, 11.5)).encode()
     flagged = [Incoming(topics.event(device), event, 1, 1, datetime.now(UTC), True),
                Incoming(topics.event(device), event, 2, 1, datetime.now(UTC), True),

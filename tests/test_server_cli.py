@@ -736,3 +736,97 @@ def test_a_reader_that_closes_the_pipe_early_is_no_failure(cli, fresh_db) -> Non
         proc.stdout.close()  # the reader went away before the first line
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0 and b"Traceback" not in stderr, (args, proc.returncode, stderr[-400:])
+
+
+def test_device_erase_deletes_what_the_server_holds_about_one_device(cli, fresh_db, service_info, broker) -> None:
+    """A right-to-erasure request: nothing could find and delete one device's data; `revoke` keeps it all (a
+    data-protection review). Another device's data and the defects it saw stay, recounted."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from fleet_server.config import AggregateConfig
+    from fleet_server.store import Batch, store_batch
+    from roadmon_contract import topics
+    from tests.server_fixtures import make_coverage
+
+    gone, stays = f"cli-{cli.port}", f"other-{cli.port}"
+    creds = json.loads(cli.run("device", "add", gone, "--json").output)
+    assert cli.run("device", "add", stays).exit_code == 0
+    now = datetime.now(UTC)
+    shared = [make_event(d, 48.1, 11.5, at=now - timedelta(minutes=m)) for d, m in ((gone, 30), (stays, 20))]
+    alone = make_event(gone, 48.2, 11.6, at=now - timedelta(minutes=25))
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        store_batch(conn, Batch(events=[(e, now) for e in shared]), AggregateConfig())
+        store_batch(conn, Batch(events=[(alone, now)]), AggregateConfig())
+        cov = make_coverage(gone, [(48.0, 11.5), (48.01, 11.5)], now - timedelta(minutes=5), now)
+        store_batch(conn, Batch(coverage=[(cov, now)]), AggregateConfig())
+        solo, both = (conn.execute("SELECT defect_id FROM sightings WHERE event_id = %s",
+                                   (e["event_id"],)).fetchone()[0] for e in (alone, shared[1]))
+        token_id = conn.execute("SELECT id FROM api_tokens WHERE device_id = %s", (gone,)).fetchone()[0]
+        conn.execute("INSERT INTO defect_misses (defect_id, coverage_id, device_id, started_at, ended_at) "
+                     "VALUES (%s, %s, %s, now(), now())", (both, cov["coverage_id"], gone))
+        conn.execute("INSERT INTO audit_log (token_id, who, method, path, status) VALUES (%s, %s, 'POST', "
+                     "'/v1/detections', 202)", (token_id, f"device {gone}"))
+        conn.execute("INSERT INTO command_results (device_id, name, payload) VALUES (%s, 'resend', '{}')", (gone,))
+        conn.execute("INSERT INTO rejected (source, device_id, reason, raw) VALUES ('mqtt', %s, 'x', '\\x00')", (gone,))
+        conn.execute("INSERT INTO http_submissions (device_id) VALUES (%s)", (gone,))
+    from fastapi.testclient import TestClient
+
+    from fleet_server.api import create_app
+    from fleet_server.config import load
+
+    viewer = {"Authorization": "Bearer " + json.loads(cli.run("token", "create", "--role", "viewer", "--name", "gis",
+                                                                "--json").output)["token"]}
+    api = TestClient(create_app(load(Path(cli.conf))))
+    copy = api.get("/api/v1/defects", headers=viewer).json()  # a GIS copy, kept in step with its sync_token
+    assert {f["id"] for f in copy["features"]} == {solo, both}
+    box = DeviceClient(service_info.mqtt_host, service_info.mqtt_port, gone, creds["mqtt_password"])
+    box.publish("status", {"state": "online", "fix": {"lat": 48.1, "lon": 11.5}}, retain=True)
+    box.close()
+
+    def held() -> dict[str, int]:
+        with psycopg.connect(fresh_db) as conn:
+            return {t: conn.execute(f"SELECT count(*) FROM {t} WHERE {w}", (gone,)).fetchone()[0] for t, w in (
+                ("sightings", "device_id = %s"), ("coverage", "device_id = %s"), ("defect_misses", "device_id = %s"),
+                ("command_results", "device_id = %s"), ("rejected", "device_id = %s"),
+                ("http_submissions", "device_id = %s"), ("api_tokens", "device_id = %s"), ("devices", "id = %s"),
+                ("audit_log", "who = 'device ' || %s"))}
+
+    everything = {"sightings": 2, "coverage": 1, "defect_misses": 1, "command_results": 1, "rejected": 1,
+                  "http_submissions": 1, "api_tokens": 1, "devices": 1, "audit_log": 1}
+    assert held() == everything
+    dry = cli.run("device", "erase", gone, "--json")
+    assert dry.exit_code == 0, dry.output
+    said = json.loads(dry.output)
+    assert said["erased"] is False and said["rows"] == everything
+    assert said["defects_deleted"] == [solo] and said["defects_recounted"] == [both]
+    assert held() == everything  # a dry run by default
+    erased = cli.run("device", "erase", gone, "--yes")
+    assert erased.exit_code == 0, erased.output
+    assert "erased" in erased.output and held() == dict.fromkeys(everything, 0)
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT count(*) FROM defects WHERE id = %s", (solo,)).fetchone()[0] == 0
+        assert conn.execute("SELECT sighting_count, vehicle_count FROM defects WHERE id = %s",
+                            (both,)).fetchone() == (1, 1)
+        assert conn.execute("SELECT count(*) FROM sightings WHERE device_id = %s", (stays,)).fetchone()[0] == 1
+    assert gone + ":" not in broker.passwd_file.read_text() and stays + ":" in broker.passwd_file.read_text()
+    # The copy drops the deleted defect and hears of the recounted one.
+    page = api.get("/api/v1/defects", params={"since_token": copy["sync_token"]}, headers=viewer).json()
+    api.app.state.pool.close()
+    assert page["removed"] == [solo] and [f["id"] for f in page["features"]] == [both]
+    # The broker no longer hands anyone its last status (its last position).
+    seen: list[bytes] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.username_pw_set(service_info.server_user, service_info.server_password)
+    sub.on_message = lambda _c, _u, msg: seen.append(msg.payload)
+    sub.connect(service_info.mqtt_host, service_info.mqtt_port)
+    sub.loop_start()
+    try:
+        sub.subscribe(topics.status(gone), qos=1)
+        time.sleep(1.5)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert seen == []
+    again = cli.run("device", "erase", gone, "--yes")
+    assert again.exit_code == 1 and "holds nothing" in again.output

@@ -12,7 +12,9 @@ class EventsConfig(Section):
     thumbnail_max_px: int = Field(160, ge=16, le=1024, description="Longest side of the thumbnail crop, pixels")
     thumbnail_quality: int = Field(80, ge=10, le=100, description="JPEG quality of thumbnails (and full frames)")
     full_frame: bool = Field(False,
-                             description="Also attach the whole best frame (privacy: shows people and plates)")
+                             description="Also attach the whole best frame (privacy: shows people and plates); it "
+                                         "stays in the box's queue for a local look: the fleet server does not "
+                                         "store it")
     full_frame_max_px: int = Field(1280, ge=64, le=4096, description="Longest side of an attached full frame")
     class_weights: dict[str, float] = Field(
         default_factory=lambda: {"pothole": 1.0, "crack": 0.6},
