@@ -192,6 +192,7 @@ def test_the_default_queue_is_a_file_per_server_that_outlives_the_app(data_dir: 
         assert Path(api.queue.path).parent == data_dir and api.queue.path.endswith(".db")
     with RoadMonitorAPI("rmt_any", url + "/") as restarted:  # the app restarts: the submission is there
         assert len(restarted.queue) == 1
+    assert Path(api.queue.path).stat().st_mode & 0o077 == 0  # positions and photos: this user's only
     with RoadMonitorAPI("rmt_any", "http://127.0.0.1:9/other/v1") as other_server:
         assert len(other_server.queue) == 0 and other_server.queue.path != restarted.queue.path
     with RoadMonitorAPI("rmt_any", url, queue_path=":memory:") as in_memory:  # only when asked for

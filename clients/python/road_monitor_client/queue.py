@@ -47,7 +47,13 @@ class OfflineQueue:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != MEMORY:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Queued bodies are positions and photos: this user's only (0644 under the usual umask before).
+            # SQLite gives its -wal and -shm files the mode of the database.
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         if self.path != MEMORY:
