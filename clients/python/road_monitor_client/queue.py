@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -50,10 +51,8 @@ class OfflineQueue:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Queued bodies are positions and photos: this user's only (0644 under the usual umask before).
             # SQLite gives its -wal and -shm files the mode of the database.
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except FileExistsError:
-                pass
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         if self.path != MEMORY:
