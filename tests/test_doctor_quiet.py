@@ -20,7 +20,9 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.doctor import Level, run_checks
-from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, move_aside
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.outbox_file import move_aside
+from edge_agent.link.outbox_schema import SCHEMA_VERSION
 from tests.test_doctor import EDGE_AGENT, FAST, by_name, nmea_epoch, write_config
 from tests.test_outbox import make_coverage, make_event
 

@@ -984,7 +984,7 @@ def test_a_command_is_journaled_before_the_broker_hears_it_arrived(store: ModelS
     with Outbox(tmp_path / "outbox.db") as ob:
         uplink = Uplink(UplinkConfig(), "veh-t", ob)  # not started: no worker runs the handler (the cut)
         first.register(uplink)
-        uplink._on_cmd("model-update", json.dumps({"url": url, "sha256": sha, "command_id": "cut"}).encode())
+        uplink.desk.receive("model-update", json.dumps({"url": url, "sha256": sha, "command_id": "cut"}).encode())
     assert [entry["state"] for _key, entry in first.journal.entries()] == ["received"]
     up, out = publishing(store, model_server)  # the next start
     up.recover()

@@ -12,7 +12,9 @@ import pytest
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.outbox import SCHEMA_VERSION, Outbox, OutboxUnavailable
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.outbox_file import OutboxUnavailable
+from edge_agent.link.outbox_schema import SCHEMA_VERSION
 from roadmon_contract import validate
 from roadmon_contract.ids import uuid7
 from roadmon_contract.times import utc_now_iso
@@ -336,7 +338,7 @@ def test_rejections_group_the_reasons_without_each_events_own_time(outbox: Outbo
 def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     import sqlite_utils
 
-    from edge_agent.link.outbox import MIGRATIONS
+    from edge_agent.link.outbox_schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(path)
@@ -360,7 +362,7 @@ def test_a_version_2_queue_is_read_before_the_upgraded_agent_first_starts(tmp_pa
     index, so the old queue's rows are shown (they were refused with "start the agent once"), unchanged."""
     import sqlite_utils
 
-    from edge_agent.link.outbox import MIGRATIONS
+    from edge_agent.link.outbox_schema import MIGRATIONS
 
     path = tmp_path / "v2.db"
     db = sqlite_utils.Database(path)

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from edge_agent.cli import app
 from edge_agent.config.outbox import OutboxConfig
-from edge_agent.link.outbox import Outbox, OutboxUnavailable, disk_trouble
+from edge_agent.link.outbox import Outbox
+from edge_agent.link.outbox_file import OutboxUnavailable, disk_trouble
 from tests.ack_server import AckServer
 from tests.test_outbox import make_event
 from tests.test_uplink import login, uplink_cfg, wait_for

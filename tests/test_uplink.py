@@ -212,24 +212,24 @@ def test_an_unacked_result_is_sent_again_a_bounded_number_of_times(tmp_path: Pat
     box gives up instead of sending it every ack timeout for ever."""
     from types import SimpleNamespace
 
-    from edge_agent.link.uplink import RESULT_ATTEMPTS
+    from edge_agent.link.command_desk import RESULT_ATTEMPTS
 
     uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-res",
                     Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")), HealthBoard())
     sent: list[str] = []
     client = SimpleNamespace(publish=lambda topic, payload, qos: sent.append(topic) or SimpleNamespace(mid=len(sent)))
     uplink._on_ack(json.dumps({"event_ids": [], "command_ids": []}).encode())  # a server that acks results
-    uplink._results.put(("echo", {"ok": True, "command_id": "c-1"}))
+    uplink.desk.publish_result("echo", {"ok": True, "command_id": "c-1"})
     now = time.monotonic()
     for step in range(3 * RESULT_ATTEMPTS):
         uplink._publish_results(client)
-        uplink._results_again(now + (step + 1) * 3600.0)  # always past the ack timeout
-    assert len(sent) == RESULT_ATTEMPTS and "c-1" not in uplink._unanswered
+        uplink.desk.results_again(now + (step + 1) * 3600.0, uplink.flow.timeout_s)  # always past the ack timeout
+    assert len(sent) == RESULT_ATTEMPTS and "c-1" not in uplink.desk._unanswered
     uplink._on_ack(json.dumps({"event_ids": [], "command_ids": ["c-2"]}).encode())
-    uplink._results.put(("echo", {"ok": True, "command_id": "c-2"}))
+    uplink.desk.publish_result("echo", {"ok": True, "command_id": "c-2"})
     uplink._publish_results(client)
     uplink._on_ack(json.dumps({"event_ids": [], "command_ids": ["c-2"]}).encode())  # acked: never sent again
-    uplink._results_again(now + 10 * 3600.0)
+    uplink.desk.results_again(now + 10 * 3600.0, uplink.flow.timeout_s)
     uplink._publish_results(client)
     assert len(sent) == RESULT_ATTEMPTS + 1
 
@@ -240,7 +240,7 @@ def test_an_unacked_result_outlives_the_agent_that_sent_it(tmp_path: Path) -> No
     memory only, so `cmd summary` listed the box as never answering (a restore drill)."""
     from types import SimpleNamespace
 
-    from edge_agent.link.uplink import UNANSWERED_FILE
+    from edge_agent.link.command_desk import UNANSWERED_FILE
 
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
 
@@ -251,24 +251,50 @@ def test_an_unacked_result_outlives_the_agent_that_sent_it(tmp_path: Path) -> No
     client = SimpleNamespace(publish=lambda topic, payload, qos: sent.append(json.loads(payload))
                              or SimpleNamespace(mid=len(sent)))
     first = agent()
-    first._results.put(("resend", {"ok": True, "status": "queued", "events": 5, "command_id": "c-9"}))
-    first._results.put(("model-update", {"ok": True, "status": "queued", "command_id": "m-1"}))  # interim
+    first.desk.publish_result("resend", {"ok": True, "status": "queued", "events": 5, "command_id": "c-9"})
+    first.desk.publish_result("model-update", {"ok": True, "status": "queued", "command_id": "m-1"})  # interim
     first._publish_results(client)
     assert (tmp_path / UNANSWERED_FILE).exists()
     second = agent()  # the next start, sent nothing yet
-    assert list(second._unanswered) == ["c-9"]
-    second._results_again(time.monotonic())
+    assert list(second.desk._unanswered) == ["c-9"]
+    second.desk.results_again(time.monotonic(), second.flow.timeout_s)
     second._publish_results(client)
     assert len(sent) == 2  # not before the server is known to ack results
     second._on_ack(json.dumps({"event_ids": [], "command_ids": []}).encode())
-    second._results_again(time.monotonic())
+    second.desk.results_again(time.monotonic(), second.flow.timeout_s)
     second._publish_results(client)
     assert [r.get("events") for r in sent] == [5, None, 5]
     second._on_ack(json.dumps({"event_ids": [], "command_ids": ["c-9"]}).encode())
-    assert not (tmp_path / UNANSWERED_FILE).exists() and agent()._unanswered == {}
+    assert not (tmp_path / UNANSWERED_FILE).exists() and agent().desk._unanswered == {}
     (tmp_path / UNANSWERED_FILE).write_text("{not json")
-    assert agent()._unanswered == {}  # a damaged file is ignored, not a crash
+    assert agent().desk._unanswered == {}  # a damaged file is ignored, not a crash
     outbox.close()
+
+
+def test_the_unanswered_results_file_keeps_the_shape_boxes_in_the_field_have(tmp_path: Path) -> None:
+    """A box upgraded in the field has a journal {command_id: [name, result, attempts]}: it is read, and written
+    back in that shape."""
+    from types import SimpleNamespace
+
+    from edge_agent.link.command_desk import UNANSWERED_FILE
+
+    journal = tmp_path / UNANSWERED_FILE
+    journal.write_text(json.dumps({"c-old": ["resend", {"ok": True, "events": 3, "command_id": "c-old"}, 4]}))
+    with Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL")) as outbox:
+        uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-old", outbox, HealthBoard())
+        kept = uplink.desk._unanswered["c-old"]
+        assert (kept.name, kept.result, kept.attempts) == ("resend", {"ok": True, "events": 3, "command_id": "c-old"},
+                                                           4)
+        assert uplink.snapshot()["answers_waiting"] == 1
+        sent: list[dict] = []
+        client = SimpleNamespace(publish=lambda topic, payload, qos: sent.append(json.loads(payload))
+                                 or SimpleNamespace(mid=len(sent)))
+        uplink._on_ack(json.dumps({"event_ids": [], "command_ids": []}).encode())
+        uplink.desk.results_again(time.monotonic(), uplink.flow.timeout_s)  # read back due at once
+        uplink._publish_results(client)
+        assert sent == [{"ok": True, "events": 3, "command_id": "c-old"}]
+        assert json.loads(journal.read_text()) == {"c-old": ["resend", {"ok": True, "events": 3, "command_id": "c-old"},
+                                                             5]}
 
 
 def test_a_command_is_carried_out_once_and_an_answer_sent_again_only_reports(tmp_path: Path) -> None:
@@ -289,22 +315,22 @@ def test_a_command_is_carried_out_once_and_an_answer_sent_again_only_reports(tmp
     uplink = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-once", outbox, HealthBoard())
     runs: list[dict] = []
     restarts: list[dict] = []
-    uplink._workers = ThreadPoolExecutor(1)
+    uplink.desk._workers = ThreadPoolExecutor(1)
     try:
         uplink.on_command("resend", lambda payload: runs.append(payload) or {"ok": True, "status": "queued",
                                                                           "events": 5 - 5 * (len(runs) - 1)})
         uplink.on_command("config-reload", lambda payload: {"ok": True, "status": "restarting"},
                           on_published=restarts.append)
         for _ in range(2):  # one `cmd send`, delivered twice: the repeat gets the same answer, nothing runs again
-            uplink._on_cmd("resend", json.dumps({"command_id": "dup-1"}).encode())
-            wait_for(lambda: not uplink._results.empty(), 5, "the answer")
+            uplink.desk.receive("resend", json.dumps({"command_id": "dup-1"}).encode())
+            wait_for(lambda: not uplink.desk._results.empty(), 5, "the answer")
             uplink._publish_results(client)
         assert len(runs) == 1 and [r["events"] for r in sent] == [5, 5]
-        uplink._on_cmd("config-reload", json.dumps({"command_id": "cr-1"}).encode())
-        wait_for(lambda: not uplink._results.empty(), 5, "the answer")
+        uplink.desk.receive("config-reload", json.dumps({"command_id": "cr-1"}).encode())
+        wait_for(lambda: not uplink.desk._results.empty(), 5, "the answer")
         uplink._publish_results(client)
-        for mid in list(uplink._result_mids):
-            uplink._result_published(mid, SimpleNamespace(is_failure=False))
+        for mid in list(uplink.desk._result_mids):
+            uplink._on_publish(client, None, mid, SimpleNamespace(is_failure=False), None)
         assert len(restarts) == 1
         # The next start: the kept "restarting" goes again (once the server is known to ack results), and only reports.
         again = Uplink(uplink_cfg(1, login(tmp_path, "x")), "veh-once", outbox, HealthBoard())
@@ -313,12 +339,12 @@ def test_a_command_is_carried_out_once_and_an_answer_sent_again_only_reports(tmp
         status = again._publish_status(client, "online")
         assert status["awaiting_server"] is True  # asks for the ack a parked box otherwise never gets
         again._on_ack(json.dumps({"event_ids": [], "command_ids": [], "status_seen": status["sent_at"]}).encode())
-        again._results_again(time.monotonic())
+        again.desk.results_again(time.monotonic(), again.flow.timeout_s)
         again._publish_results(client)
-        assert sent[-1]["status"] == "restarting" and again._result_mids == {}
+        assert sent[-1]["status"] == "restarting" and again.desk._result_mids == {}
         assert len(restarts) == 1
     finally:
-        uplink._workers.shutdown()
+        uplink.desk._workers.shutdown()
         outbox.close()
 
 
@@ -463,7 +489,7 @@ def test_stopping_an_uplink_that_never_started_or_twice_is_harmless(tmp_path: Pa
     assert set(uplink.counters.values()) == {0}
     uplink.stop()
     uplink.stop()
-    assert uplink._thread is None and uplink._workers is None
+    assert uplink._thread is None and uplink.desk._workers is None
 
 
 def test_no_row_is_sent_while_the_window_is_smaller_than_what_is_in_flight(tmp_path: Path) -> None:
@@ -742,7 +768,7 @@ def test_the_server_sends_only_commands_an_agent_answers(tmp_path: Path) -> None
     assert set(KNOWN_COMMANDS) == {model_update.COMMAND, config_reload.COMMAND, resend.COMMAND}
     with Outbox(tmp_path / "outbox.db") as outbox:
         uplink = Uplink(UplinkConfig(enabled=False), "veh-1", outbox)
-        assert resend.COMMAND in uplink._handlers  # every uplink answers it: it only needs the outbox
+        assert resend.COMMAND in uplink.desk._handlers  # every uplink answers it: it only needs the outbox
         assert resend.handle(outbox, {})["status"] == "invalid"
         assert "no zone" in resend.handle(outbox, {"since": "2026-12-06T02:00:00"})["reason"]
         far = resend.handle(outbox, {"since": "9999-12-31T23:59:59-23:59"})  # past year 9999 in UTC: OverflowError

@@ -63,7 +63,8 @@ def open_outbox(config: str, outbox: Path | None, *, read_only: bool = True) -> 
     """The outbox, opened read-only unless the command changes it (a reader then works on a read-only disk
     and never writes beside a running agent). The disk refusing, or a damaged file, ends the command with one
     line: a refusal inside the block too (a full disk refusing a purge)."""
-    from edge_agent.link.outbox import Outbox, OutboxUnavailable, disk_refusal, disk_trouble
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.link.outbox_file import OutboxUnavailable, disk_refusal, disk_trouble
 
     path, cfg = resolve_paths(config, outbox)
     if not path.exists():
@@ -220,7 +221,7 @@ def purge_cmd(
         err.print("[red]nothing to purge: pass --confirmed and/or --rejected (unconfirmed rows are never "
                   "deleted)[/red]")
         raise typer.Exit(2)
-    from edge_agent.link.outbox import disk_refusal, disk_trouble
+    from edge_agent.link.outbox_file import disk_refusal, disk_trouble
 
     with open_outbox(config, outbox, read_only=False) as ob:
         try:

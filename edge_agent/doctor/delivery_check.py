@@ -252,7 +252,8 @@ def _merge(findings: list[_Finding], green: str, data: dict[str, Any]) -> CheckR
 
 
 def check_delivery(ctx: Context) -> CheckResult:
-    from edge_agent.link.outbox import Outbox, OutboxUnavailable
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.link.outbox_file import OutboxUnavailable
     from roadmon_contract.times import utc_now_iso
 
     assert ctx.cfg is not None

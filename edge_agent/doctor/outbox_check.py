@@ -26,9 +26,9 @@ def outbox_file(ctx: Context) -> Path:
 
 def _read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
     # SQLite's mode=ro: doctor cannot change a queue, not even by mistake, and a running agent goes on with it.
-    from edge_agent.link.outbox import _connect
+    from edge_agent.link.outbox_file import connect
 
-    return contextlib.closing(_connect(path, "ro"))
+    return contextlib.closing(connect(path, "ro"))
 
 
 def _depth(conn: sqlite3.Connection) -> dict[str, int]:
@@ -59,7 +59,7 @@ def _too_new(path: Path) -> str | None:
     """The refusal `run` and `replay` print for a queue a newer agent wrote, in their words; None otherwise."""
     import sqlite_utils
 
-    from edge_agent.link.outbox import SCHEMA_VERSION, migrate
+    from edge_agent.link.outbox_schema import SCHEMA_VERSION, migrate
 
     with _read_only(path) as conn:
         if conn.execute("PRAGMA user_version").fetchone()[0] <= SCHEMA_VERSION:
@@ -72,7 +72,7 @@ def _too_new(path: Path) -> str | None:
 
 
 def _moved_aside(path: Path) -> list[dict[str, Any]]:
-    """Queues the agent found corrupt and renamed <outbox>.corrupt-<stamp> (see link/outbox.py's move_aside):
+    """Queues the agent found corrupt and renamed <outbox>.corrupt-<stamp> (see link/outbox_file.py's move_aside):
     name, size and unconfirmed rows (None: unreadable) of each. They may hold events never delivered."""
     found = []
     for old in sorted(path.parent.glob(f"{path.name}.corrupt-*")):

@@ -9,6 +9,10 @@ server is idempotent on event_id.
 
 One connection guarded by a lock serves the pipeline (writes) and the uplink (drain, marks); other processes
 (the CLI) open their own connection, which WAL allows while the agent runs.
+
+The tables and their migrations are in outbox_schema; opening the file, telling disk trouble from damage and
+moving a damaged file aside in outbox_file. Salvaging a moved-aside queue's rows stays here: it copies them
+into this queue, through its connection and transactions.
 """
 
 from __future__ import annotations
@@ -17,14 +21,13 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,17 @@ import sqlite_utils
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
-from edge_agent.link.disk_guard import FULL_ERRNOS, DiskGuard, write_probe, write_trouble
+from edge_agent.link.disk_guard import FULL_ERRNOS, DiskGuard, write_probe
+from edge_agent.link.outbox_file import (
+    OutboxUnavailable,
+    connect,
+    disk_refusal,
+    disk_trouble,
+    folder_refusal,
+    move_aside,
+    quick_check,
+)
+from edge_agent.link.outbox_schema import READABLE_FROM, SCHEMA_VERSION, migrate
 from roadmon_contract.times import utc_iso, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -58,6 +71,7 @@ ID_COLUMN = {"event": "event_id", "coverage": "coverage_id"}
 CLOCK_SET_AFTER = "2024-01-01T00:00:00.000Z"
 # How often a running agent deletes the confirmed rows past outbox.retention_days (also at each start), s.
 EXPIRE_EVERY_S = 600.0
+SALVAGE_CHUNK = 64  # rows read at a time from a damaged queue: a bad page costs about its own rows
 
 
 def priority_of(severity: float) -> int:
@@ -73,177 +87,6 @@ class Message:
     id: str
     body: bytes
     attempts: int
-
-
-# ------------------------------------------------------------------------------------------ migrations
-def _v1(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY,
-            event_id TEXT NOT NULL UNIQUE,
-            seq INTEGER,
-            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'confirmed')),
-            priority INTEGER NOT NULL,
-            severity REAL NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL,
-            sent_at TEXT,
-            confirmed_at TEXT,
-            due_at REAL NOT NULL DEFAULT 0,
-            payload TEXT NOT NULL,
-            media TEXT)"""
-    )
-    db.execute(
-        """CREATE TABLE coverage (
-            id INTEGER PRIMARY KEY,
-            coverage_id TEXT NOT NULL UNIQUE,
-            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'confirmed')),
-            priority INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL,
-            sent_at TEXT,
-            confirmed_at TEXT,
-            due_at REAL NOT NULL DEFAULT 0,
-            payload TEXT NOT NULL)"""
-    )
-    for table in ("events", "coverage"):
-        # The drain walks this partial index: only unconfirmed rows, already in send order; due_at in the index
-        # lets it skip the rows in flight without reading them.
-        # No index on state: every state change would move an entry in it, which costs more than the drain
-        # itself; stats() counts through the queue index instead.
-        db.execute(f"CREATE INDEX {table}_queue ON {table} (priority DESC, id, due_at) WHERE state != 'confirmed'")
-
-
-def _v2(db: sqlite_utils.Database) -> None:
-    # The server's ack may reject a message for good (it keeps it as a dead letter): the row is done, and
-    # carries the reason instead of being sent again forever.
-    for table in ("events", "coverage"):
-        db.execute(f"ALTER TABLE {table} ADD COLUMN rejected TEXT")
-
-
-def _v3(db: sqlite_utils.Database) -> None:
-    # stats() counts the rows the server refused on every heartbeat, and doctor asks for the recent ones: a
-    # partial index holds only those rows (nothing is added to it while rows are sent or confirmed).
-    for table in ("events", "coverage"):
-        db.execute(f"CREATE INDEX {table}_rejected ON {table} (confirmed_at) WHERE rejected IS NOT NULL")
-
-
-# Append only: the outbox's schema version is the number of migrations applied (PRAGMA user_version).
-MIGRATIONS = [_v1, _v2, _v3]
-SCHEMA_VERSION = len(MIGRATIONS)
-# The oldest schema a reader (status, queue, doctor) can answer from: version 3 only added an index, so a
-# technician sees an upgraded box's old queue before its agent first starts (and upgrades it).
-READABLE_FROM = 2
-
-
-def migrate(db: sqlite_utils.Database) -> int:
-    """Apply the migrations this file has not seen yet, each in its own transaction."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"outbox schema version {version} is newer than this agent knows ({SCHEMA_VERSION})")
-    for number in range(version, SCHEMA_VERSION):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[number](db)
-            db.execute(f"PRAGMA user_version = {number + 1}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        log.info("outbox schema migrated to version %d", number + 1)
-    return SCHEMA_VERSION
-
-
-# ------------------------------------------------------------------------------------- open and check
-# How a connection opens the file: read-write; SQLite's mode=ro (it cannot write, not even by mistake);
-# immutable (read-only without locks: only right where nobody can change the file, a read-only mount).
-URI_QUERY = {"rw": "", "ro": "?mode=ro", "immutable": "?mode=ro&immutable=1"}
-
-
-def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
-    target: str | Path = path.absolute().as_uri() + URI_QUERY[mode] if mode != "rw" else path
-    if mode == "rw" and not path.exists():
-        # The queue is where the vehicle went and what its camera saw: not for every user of the box (it was
-        # 0644 under the usual umask outside systemd). Its -wal and -shm files take this mode from it.
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
-    conn = sqlite3.connect(target, check_same_thread=False, timeout=10, isolation_level=None, uri=mode != "rw")
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
-
-
-class OutboxUnavailable(RuntimeError):
-    """The outbox cannot be opened the way this process needs it (a read-only or full disk, no permission):
-    str() is one line saying why, `hint` what to do about it."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
-def _unavailable(path: Path, exc: OSError) -> OutboxUnavailable:
-    what, hint = write_trouble(exc)
-    return OutboxUnavailable(f"outbox folder {path.parent} {what}", hint)
-
-
-def disk_refusal(path: Path, exc: sqlite3.Error, problem: OSError | None = None) -> OutboxUnavailable:
-    """One line, and what to do, for EXC: SQLite failing on the outbox PATH because of the disk. SQLite's
-    codes do not tell a read-only disk from a permission problem, so the folder's own write error (PROBLEM,
-    probed when not given) names the cause."""
-    if problem is None and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL:
-        problem = OSError(errno.ENOSPC, "No space left on device")
-    problem = problem or write_probe(path.parent)
-    if problem is not None:
-        return _unavailable(path, problem)
-    return OutboxUnavailable(f"cannot use the outbox {path}: {exc}", "check the disk (`dmesg`, `df -h`)")
-
-
-# Result codes that say the disk or the system is in trouble (full, I/O error, locked, no memory), not that
-# the file is damaged: such a queue is healthy and must never be moved aside.
-_TROUBLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_BUSY,
-            sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM}
-
-
-def disk_trouble(exc: BaseException) -> bool:
-    """Whether EXC is SQLite failing because of the disk or the system rather than the file's contents."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) in _TROUBLE
-
-
-SALVAGE_CHUNK = 64  # rows read at a time from a damaged queue: a bad page costs about its own rows
-
-
-def _quick_check(path: Path) -> str | None:
-    """None when PATH is a sound SQLite file (or absent), else what is wrong with it. Disk trouble (full,
-    I/O errors) is raised, not returned: it says nothing about the file."""
-    if not path.exists():
-        return None
-    try:
-        conn = _connect(path)
-        try:
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # no -shm file needed: works on a full disk
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        if disk_trouble(exc):
-            raise
-        return str(exc)
-    verdict = "; ".join(str(r[0]) for r in rows)
-    return None if verdict == "ok" else verdict
-
-
-def move_aside(path: Path, why: str) -> Path:
-    """Rename a corrupt outbox (and its WAL/SHM) to <name>.corrupt-<UTC stamp> and return the new name."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            src.rename(Path(f"{target}{suffix}"))
-    log.error("outbox %s is corrupt (%s); moved it aside to %s and started a new one", path, why, target)
-    return target
 
 
 class Outbox:
@@ -271,7 +114,7 @@ class Outbox:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise _unavailable(self.path, exc) from None
+                raise folder_refusal(self.path, exc) from None
         self.moved_aside: Path | None = None
         # Rows handed out or confirmed while the disk refused to record it: kept in memory, so a full disk
         # never stops the uplink (which is what frees space) and is written once the disk has room again.
@@ -321,12 +164,12 @@ class Outbox:
         the disk is only full: that one the outbox works around."""
         problem = write_probe(self.path.parent)
         if problem is not None and problem.errno not in FULL_ERRNOS and not self.read_only:
-            raise _unavailable(self.path, problem) from None
+            raise folder_refusal(self.path, problem) from None
         return problem
 
     def _check_integrity(self) -> None:
         try:
-            problem = _quick_check(self.path)
+            problem = quick_check(self.path)
         except sqlite3.DatabaseError as exc:
             self._probe_disk()
             log.error("outbox %s could not be checked (%s); keeping it: a full or failing disk is not corruption",
@@ -337,7 +180,7 @@ class Outbox:
             self._count("outbox_corrupt_moved_aside")
 
     def _open(self) -> None:
-        conn = _connect(self.path, self._mode)
+        conn = connect(self.path, self._mode)
         try:
             self._set_up(conn)
         except BaseException:
@@ -776,6 +619,15 @@ class Outbox:
             log.warning("outbox: could not make earlier in-flight rows due (%s); ignoring their stored times", exc)
             self._stored_due_stale = True  # their due_at is another process's monotonic clock
 
+    def _set_health(self, state: str) -> None:
+        if self.health is not None:
+            self.health.update(outbox=state)
+
+    def _count(self, name: str) -> None:
+        if self.health is not None:
+            self.health.count(name)
+
+    # ----------------------------------------------------------------------------------------- salvage
     def _import_moved_aside(self) -> None:
         """Take back the unconfirmed rows of queues moved aside: whole from a sound file (older agents moved a
         queue aside on a full disk), then renamed *.imported-<stamp>; from a damaged one (a torn write on a card
@@ -785,7 +637,7 @@ class Outbox:
             if old.name.endswith(("-wal", "-shm")):
                 continue
             try:
-                damage = _quick_check(old)
+                damage = quick_check(old)
             except sqlite3.DatabaseError as exc:  # disk trouble: says nothing about the file
                 log.warning("outbox: could not check %s (%s); trying again at the next start", old, exc)
                 continue
@@ -878,14 +730,6 @@ class Outbox:
                 self.conn.execute("INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT (key) DO UPDATE"
                                   " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                                   (str(highest),))
-
-    def _set_health(self, state: str) -> None:
-        if self.health is not None:
-            self.health.update(outbox=state)
-
-    def _count(self, name: str) -> None:
-        if self.health is not None:
-            self.health.count(name)
 
 
 # What the server writes into a reason that differs from event to event: a time or an id. Replaced by "...",

@@ -2,9 +2,11 @@
 
 One thread owns the paho client (MQTT 5, callback API v2) and does everything in turn: network I/O, reading
 due rows from the outbox, publishing them, applying PUBACKs (-> sent) and server acks (-> confirmed), the
-retained heartbeat and command results. Keeping it on one thread means no locks around paho's callbacks and
-no hidden reconnect logic: connecting is a tenacity loop (exponential backoff with jitter, capped), and a
-broker that refuses the login (bad credentials, not authorised) is asked again only after `auth_retry_s`.
+retained heartbeat, and handing commands to the command desk (edge_agent/link/command_desk.py) and publishing
+the results it queues: the desk runs the commands and keeps their answers until the server acks them. Keeping it
+on one thread means no locks around paho's callbacks and no hidden reconnect logic: connecting is a tenacity
+loop (exponential backoff with jitter, capped), and a broker that refuses the login (bad credentials, not
+authorised) is asked again only after `auth_retry_s`.
 
 At most the flow control's window of rows are out at once (sent, not yet confirmed). A row the server has
 not confirmed within its ack timeout becomes due again and is sent again; the server is idempotent on
@@ -18,15 +20,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import queue
 import random
 import sqlite3
 import ssl
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,15 +39,14 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, wait_random_
 
 from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
-from edge_agent.durable import write_durably
 from edge_agent.health import HealthBoard
 from edge_agent.link import resend
+from edge_agent.link.command_desk import UNANSWERED_FILE, CommandAccepted, CommandDesk, CommandHandler, ResultPublished
 from edge_agent.link.flow import FlowControl
 from edge_agent.link.heartbeat import boot_stamp, build_status, remove_leftovers, status_file_of, write_status_file
 from edge_agent.link.mqtt_tls import CredentialError, apply_login
 from edge_agent.link.outbox import Outbox
 from roadmon_contract import topics
-from roadmon_contract.commands import expired_reason, is_interim
 from roadmon_contract.decode import decode_json
 
 log = logging.getLogger(__name__)
@@ -61,10 +59,6 @@ SESSION_TAKEN_OVER = 142  # another client connected with our client id (= devic
 # a tight loop that floods the log and the broker.
 SHORT_LIVED_S = 10.0
 EXPIRE_EVERY_S = 1.0    # how often to look for rows whose confirmation is overdue
-MAX_UNANSWERED = 200    # final command results kept for sending again until the server acks them
-RESULT_ATTEMPTS = 20    # sends of one result before giving up (a server that stores but never says so)
-UNANSWERED_FILE = "unanswered-results.json"  # beside the outbox
-MAX_HANDLED = 500       # command ids remembered as carried out (a repeat delivery is not run twice)
 # State changes are written in one transaction per interval: SQLite's cost is per transaction and page, so
 # many small commits (and the WAL checkpoints they trigger) cost more than the drain itself.
 WRITE_EVERY_S = 0.1
@@ -72,12 +66,6 @@ SENT_AFTER_S = 1.0      # a PUBACKed row is stored as 'sent' only when the serve
 SETTLE_S = 2.0          # stopping: how long the server may take to confirm what is in flight
 STATUS_PARTS = ("camera", "gnss", "detector", "outbox")  # a change of one rewrites the status file at once
 LOCAL_STATUS_LOOK_S = 1.0  # how often to look for such a change (not at every turn of the send loop)
-
-CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
-# Called on the uplink thread (keep it quick) once the broker has a command's result (PUBACK).
-ResultPublished = Callable[[dict[str, Any]], None]
-# Records a command on disk before the broker learns it arrived (model updates: their journal).
-CommandAccepted = Callable[[dict[str, Any]], None]
 
 
 class InFlight(NamedTuple):
@@ -113,21 +101,12 @@ class Uplink:
         self.counters = {"published": 0, "resent": 0, "sent": 0, "confirmed": 0, "publish_refused": 0,
                          "bad_acks": 0, "bad_messages": 0, "retained_ignored": 0, "connects": 0, "refused_logins": 0,
                          "rejected": 0, "server_back": 0}
-        # Final command results the server has not acked yet: command_id -> (name, result, sent at, attempts).
-        # A result sent while no ingest worker was connected was lost (7 of 28 in a soak with restarts). Kept in a
-        # file too: a box restarted before the server stored its answer to a resend had lost it for good.
-        self._answers_path = outbox.path.with_name(UNANSWERED_FILE)
-        self._unanswered: dict[str, list] = _load_unanswered(self._answers_path)
-        self._handled: OrderedDict[str, dict | None] = OrderedDict()  # command ids run in this process: their answer
-        self._server_acks_results = False  # an older server never acks them: then nothing is sent again
+        # Final command results the server has not acked are kept beside the outbox: a result sent while no ingest
+        # worker was connected was lost (7 of 28 in a soak with restarts), and one only in memory died with a box
+        # restarted before the server stored its answer to a resend.
+        self.desk = CommandDesk(outbox.path.with_name(UNANSWERED_FILE))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._handlers: dict[str, CommandHandler] = {}
-        self._on_published: dict[str, ResultPublished] = {}
-        self._on_accept: dict[str, CommandAccepted] = {}
-        self._result_mids: dict[int, tuple[str, dict[str, Any]]] = {}  # results the broker has not PUBACKed
-        self._workers: ThreadPoolExecutor | None = None   # command handlers run here, from start() to stop()
-        self._results: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         # Filled by paho callbacks, which run on the uplink thread inside client.loop().
         self._mids: dict[int, tuple[str, str]] = {}
         self.flow = FlowControl(cfg.window, cfg.ack_timeout_s, cfg.ack_timeout_max_s, cfg.window_initial,
@@ -156,7 +135,7 @@ class Uplink:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="uplink-cmd")
+        self.desk.start()
         self._stop.clear()
         remove_leftovers(self.status_path)
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
@@ -169,9 +148,7 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        if self._workers is not None:
-            self._workers.shutdown(wait=False, cancel_futures=True)
-            self._workers = None
+        self.desk.stop()
 
     def on_command(self, name: str, handler: CommandHandler, on_published: ResultPublished | None = None,
                    accept: CommandAccepted | None = None) -> None:
@@ -180,18 +157,12 @@ class Uplink:
         result without reaching HANDLER. ON_PUBLISHED(result) runs once the broker has each result of NAME.
         ACCEPT(payload) runs before the broker is told the message arrived (paho sends the PUBACK when the
         message callback returns): what it writes to disk is there if the power goes before HANDLER runs."""
-        if not name or "/" in name or "+" in name or "#" in name:
-            raise ValueError(f"invalid command name {name!r}")
-        self._handlers[name] = handler
-        if on_published is not None:
-            self._on_published[name] = on_published
-        if accept is not None:
-            self._on_accept[name] = accept
+        self.desk.on_command(name, handler, on_published, accept)
 
     def publish_result(self, name: str, result: dict[str, Any]) -> None:
         """Publish RESULT on .../cmd/<NAME>/result although no message asked for it now (an update that was
         queued, resumed after a restart, or a report from start-up); kept until the broker is reachable."""
-        self._results.put((name, result))
+        self.desk.publish_result(name, result)
 
     def auth_pause_s(self) -> float:
         """How long to wait after a refused login: auth_retry_s plus up to 20 % jitter, never less (a fleet with
@@ -203,7 +174,7 @@ class Uplink:
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": self.state, "last_error": self.last_error, "trouble": self.trouble(),
-                "outstanding": len(self._outstanding), "answers_waiting": len(self._unanswered), **self.counters,
+                "outstanding": len(self._outstanding), "answers_waiting": self.desk.answers_waiting(), **self.counters,
                 "flow": self.flow.snapshot()}
 
     def trouble(self) -> str | None:
@@ -404,7 +375,7 @@ class Uplink:
                 self._next_write = now + WRITE_EVERY_S
             if now >= next_expiry:
                 self._expire(now)
-                self._results_again(now)
+                self.desk.results_again(now, self.flow.timeout_s)
                 next_expiry = now + EXPIRE_EVERY_S
                 more = True
             if self.outbox.changed.is_set():
@@ -508,57 +479,16 @@ class Uplink:
         # Backing off (rows went unconfirmed): the server answers a status that asks with `status_seen` in an ack,
         # the sign that it is back (a 6-minute server outage took 4.5 minutes more to resume, and the wait doubles
         # with every round, up to ack_timeout_max_s).
-        # Kept answers of an earlier run wait for an ack that says the server acks results: a parked box that sent
-        # nothing else never got one, so its answers waited until the van drove again.
-        status["awaiting_server"] = self.flow.backoff > 1 or (bool(self._unanswered) and not self._server_acks_results)
+        # Kept answers of an earlier run ask for one too (CommandDesk.awaiting_server).
+        status["awaiting_server"] = self.flow.backoff > 1 or self.desk.awaiting_server()
         client.publish(topics.status(self.device_id), json.dumps(status), qos=1, retain=True)
         self._write_local_status(status)
         return status
 
     def _publish_results(self, client: mqtt.Client) -> None:
-        while True:
-            try:
-                name, result = self._results.get_nowait()
-            except queue.Empty:
-                return
+        for name, result in self.desk.results_to_send():
             info = client.publish(topics.cmd_result(self.device_id, name), json.dumps(result, default=str), qos=1)
-            command_id = result.get("command_id") if isinstance(result, dict) else None
-            again = isinstance(command_id, str) and command_id in self._unanswered
-            if name in self._on_published and not again:
-                # A result sent again only reports: a config-reload's "restarting" sent again after the restart
-                # stopped the agent a second time, on the config it already ran.
-                self._result_mids[info.mid] = (name, result)
-            if isinstance(command_id, str) and not is_interim(name, result):
-                attempts = self._unanswered.get(command_id, [None, None, 0.0, 0])[3]
-                self._unanswered[command_id] = [name, result, time.monotonic(), attempts + 1]
-                while len(self._unanswered) > MAX_UNANSWERED:
-                    self._unanswered.pop(next(iter(self._unanswered)))
-                self._save_unanswered()  # with its count: the limit of RESULT_ATTEMPTS holds across restarts
-
-    def _save_unanswered(self) -> None:
-        kept = {command_id: [name, result, attempts] for command_id, (name, result, _, attempts)
-                in self._unanswered.items()}
-        try:
-            if kept:
-                write_durably(self._answers_path, json.dumps(kept, default=str))
-            else:
-                self._answers_path.unlink(missing_ok=True)
-        except OSError as exc:  # a full or read-only disk: the answers stay in memory, as before
-            log.warning("uplink: cannot keep the unanswered command results in %s: %s", self._answers_path, exc)
-
-    def _results_again(self, now: float) -> None:
-        """Send again the final results the server has not acked within the ack timeout, up to
-        RESULT_ATTEMPTS times (it stores a repeat once)."""
-        if not self._server_acks_results:
-            return
-        for command_id, (name, result, sent_at, attempts) in list(self._unanswered.items()):
-            if attempts >= RESULT_ATTEMPTS:
-                log.warning("uplink: the result of command %s was never acknowledged; giving up", command_id)
-                del self._unanswered[command_id]
-                self._save_unanswered()
-            elif now - sent_at >= self.flow.timeout_s:
-                self._unanswered[command_id][2] = now  # not queued twice while it waits to go out
-                self._results.put((name, result))
+            self.desk.sent(name, result, info.mid)
 
     def _farewell(self) -> None:
         client = self._client
@@ -626,7 +556,7 @@ class Uplink:
                     properties: Any) -> None:
         key = self._mids.pop(mid, None)
         if key is None:
-            self._result_published(mid, reason_code)
+            self.desk.result_published(mid, reason_code.is_failure)
             return
         if reason_code.is_failure:
             # The broker refused this message (ACL): the row stays pending; stop and ask again slowly.
@@ -636,16 +566,6 @@ class Uplink:
                                          f"{reason_code}; the broker's ACL does not let this login write there")
             return
         self._acked.append((time.monotonic(), key))
-
-    def _result_published(self, mid: int, reason_code: ReasonCode) -> None:
-        done = self._result_mids.pop(mid, None)
-        if done is None or reason_code.is_failure:
-            return
-        name, result = done
-        try:
-            self._on_published[name](result)
-        except Exception:  # a handler's bookkeeping must not end the uplink
-            log.exception("uplink: after-publish step of command %s failed", name)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Any) -> None:
@@ -666,7 +586,7 @@ class Uplink:
             if kind == "ack":
                 self._on_ack(msg.payload)
             elif kind == "cmd" and command:
-                self._on_cmd(command, msg.payload)
+                self.desk.receive(command, msg.payload)
         except Exception:  # raised into paho's loop, one message took the uplink down until the broker dropped it
             self.counters["bad_messages"] += 1
             log.exception("uplink: a message on %s could not be handled; it is dropped", msg.topic)
@@ -684,9 +604,7 @@ class Uplink:
             return
         self._confirmed.extend(items)
         if "command_ids" in ack:
-            self._server_acks_results = True
-            if any([self._unanswered.pop(command_id, None) for command_id in answered]):
-                self._save_unanswered()
+            self.desk.server_acked(answered)
         now = time.monotonic()
         if "status_seen" in ack and self.flow.backoff > 1:
             self._server_back()
@@ -712,88 +630,3 @@ class Uplink:
         except sqlite3.OperationalError as exc:  # the rows come due at their own time instead
             log.warning("uplink: could not make the unconfirmed rows due: %s", exc)
         self.counters["server_back"] += 1
-
-    def _on_cmd(self, name: str, payload: bytes) -> None:
-        handler = self._handlers.get(name)
-        if handler is None:
-            self._results.put((name, {"ok": False, "error": f"unknown command {name!r}"}))
-            return
-        try:
-            args = decode_json(payload or b"{}")  # bounded: JSON nested 1,000 deep raised RecursionError
-            if not isinstance(args, dict):
-                raise ValueError("the payload must be a JSON object")
-            expired = expired_reason(args)
-        except ValueError as exc:
-            self._results.put((name, {"ok": False, "error": f"bad payload: {exc}"}))
-            return
-        if expired:
-            log.warning("uplink: command %s not carried out: %s", name, expired)
-            self._results.put((name, _with_id({"ok": False, "status": "expired", "reason": expired}, args)))
-            return
-        command_id = args.get("command_id")
-        if isinstance(command_id, str) and self._repeat(name, command_id):
-            return
-        accept = self._on_accept.get(name)
-        if accept is not None:
-            try:
-                accept(args)
-            except Exception:  # the handler still runs: a journal that could not be written is only less safe
-                log.exception("uplink: command %s could not be recorded before it was acknowledged", name)
-        workers = self._workers
-        if workers is None:
-            return  # stopping: no result is sent, so the server sees the command unanswered and may repeat it
-        future = workers.submit(handler, args)
-        if isinstance(command_id, str):
-            self._handled[command_id] = None
-            while len(self._handled) > MAX_HANDLED:
-                self._handled.popitem(last=False)
-        future.add_done_callback(lambda f: self._done(name, command_id, _with_id(_result_of(name, f), args)))
-
-    def _done(self, name: str, command_id: Any, result: dict[str, Any]) -> None:
-        if isinstance(command_id, str) and command_id in self._handled:
-            self._handled[command_id] = result
-        self._results.put((name, result))
-
-    def _repeat(self, name: str, command_id: str) -> bool:
-        """True for a command id this agent has carried out or is carrying out (one `cmd send` delivered twice
-        ran twice: a resend's second run answered "0 rows" and the summary counted that): its answer is sent
-        again, if there is one yet, and nothing is done."""
-        kept = self._unanswered.get(command_id)
-        result = kept[1] if kept else self._handled.get(command_id)
-        if kept is None and command_id not in self._handled:
-            return False
-        log.warning("uplink: command %s (%s) was delivered again; not carried out twice", command_id, name)
-        if result is not None:
-            self._results.put((name, result))
-        return True
-
-
-def _with_id(result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """RESULT naming the command it answers (the server's command_id), so `cmd results` can pair them."""
-    if "command_id" in payload and "command_id" not in result:
-        result["command_id"] = payload["command_id"]
-    return result
-
-
-def _result_of(name: str, future: Future) -> dict[str, Any]:
-    try:
-        result = future.result()
-    except Exception as exc:
-        log.exception("command %s failed", name)
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    return result if isinstance(result, dict) else {"ok": True, "result": result}
-
-
-def _load_unanswered(path: Path) -> dict[str, list]:
-    """The final command results a stopped agent had sent and the server had not acked, due again at once (once
-    the server is known to ack results); a damaged or foreign file is ignored (the answers are bookkeeping: the
-    rows a resend asked for are in the outbox)."""
-    try:
-        kept = json.loads(path.read_text(encoding="utf-8"))
-        return {str(command_id): [str(name), result, 0.0, int(attempts)]
-                for command_id, (name, result, attempts) in kept.items()}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        log.warning("uplink: ignoring %s: %s", path, exc)
-        return {}
