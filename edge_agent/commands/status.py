@@ -18,11 +18,12 @@ from rich.table import Table
 
 from edge_agent.commands.queue import CONFIG_OPTION, JSON_OPTION, OUTBOX_OPTION, open_outbox, resolve_paths
 from edge_agent.link.heartbeat import (
-    FULL_DISK_MB,
+    AgentVerdict,
     age_s,
     ago_text,
     ago_words,
     is_stale,
+    judge_agent,
     last_fix_age_s,
     seconds_text,
     status_ago_text,
@@ -53,7 +54,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     else:
         with open_outbox(config, outbox) as ob:
             stats = ob.stats()
-    state = "never started" if not path.exists() else _agent_state(path, agent, heartbeat_s, unreadable)
+    verdict = judge_agent(path, agent, heartbeat_s, unreadable)
+    state = "never started" if not path.exists() else verdict.state
     broker = "unknown (no status file: is the agent running?)"
     if foreign:
         broker = (f"unknown (the status file {status_path} is not what the agent writes: {foreign}; delete it, "
@@ -67,7 +69,7 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
     if agent:
         broker = (agent.get("health") or {}).get("broker") or agent.get("state", "unknown")
         if broker != "stopped" and is_stale(agent, heartbeat_s):
-            why = _why_stale(path, stats["disk_free_mb"])
+            why = _why_stale(verdict)
             broker = f"{broker} (stale: status from {status_ago_text(agent)}; {why})"
         elif broker != "stopped" and (trouble := uplink_trouble(agent)):
             broker = f"{broker} ({trouble})"
@@ -127,21 +129,6 @@ def _no_outbox_yet(path: Path, cfg: Any) -> dict[str, Any]:
             "dropped": {}, "path": str(path)}
 
 
-def _agent_state(outbox: Path, agent: dict[str, Any] | None, heartbeat_s: float, unreadable: bool) -> str:
-    """One word a script can test (the broker text says why): running, hung (it holds its outbox but its status
-    is stale or unreadable), stopped (cleanly), not running (no process holds the outbox), or unknown (this user
-    cannot read the status file). The rule doctor's agent check applies."""
-    from edge_agent.link.writer_lock import holder
-
-    if unreadable:
-        return "unknown"
-    if agent is not None and agent.get("state") == "stopped":
-        return "stopped"
-    if holder(outbox) is None:
-        return "not running"
-    return "hung" if agent is None or is_stale(agent, heartbeat_s) else "running"
-
-
 def _mount(outbox: Path, cfg: Any, agent: dict[str, Any] | None) -> dict[str, Any] | None:
     """The camera mount as the agent would report it after a start with this config (its kept frames judged now):
     running or not, with the uplink or without; else what its last status said."""
@@ -158,16 +145,12 @@ def _mount(outbox: Path, cfg: Any, agent: dict[str, Any] | None) -> dict[str, An
     return (agent or {}).get("mount")
 
 
-def _why_stale(outbox: Path, disk_free_mb: float | None) -> str:
+def _why_stale(verdict: AgentVerdict) -> str:
     """Why a status file is old: no agent, or one that runs but cannot write it (a full disk) or hangs."""
-    from edge_agent.link.writer_lock import holder
-
-    pid = holder(outbox)
-    if pid is None:
+    if verdict.pid is None:
         return "is the agent running?"
-    full = disk_free_mb is not None and disk_free_mb < FULL_DISK_MB
-    cause = "the disk is full" if full else "it hangs, or cannot write there"
-    return f"the agent (pid {pid}) runs but does not rewrite it: {cause}"
+    cause = "the disk is full" if verdict.disk_full else "it hangs, or cannot write there"
+    return f"the agent (pid {verdict.pid}) runs but does not rewrite it: {cause}"
 
 
 def _not_a_status(agent: dict[str, Any] | None) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,18 @@ from typing import Any
 from edge_agent.config import AgentConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.link.heartbeat import (
-    FULL_DISK_MB,
+    AgentVerdict,
     age_s,
     ago_text,
     clock_unset,
     is_stale,
+    judge_agent,
     read_status_file,
     status_age_s,
     status_ago_text,
     status_file_of,
     uplink_trouble,
 )
-from edge_agent.link.writer_lock import holder
 from roadmon_contract import validate
 
 # A row the broker accepted (state 'sent') and the agent had to send this many times has outlived at least two
@@ -83,27 +82,19 @@ def _no_status(path: Path, data: dict[str, Any]) -> CheckResult:
                        f"{AGENT_HINT}; if the disk is suspect, `dmesg`", data)
 
 
-def _still_running(cfg: AgentConfig, path: Path, status: dict[str, Any] | None,
-                   data: dict[str, Any]) -> CheckResult | None:
+def _hung(verdict: AgentVerdict, path: Path, status: dict[str, Any] | None, data: dict[str, Any]) -> CheckResult:
     """The agent holds its outbox (so it runs) although its status is missing, unreadable or stale: it cannot
     write the file (a full disk) or it hangs. Both once read "the agent is not running" while it was."""
-    pid = holder(cfg.outbox_path)
-    if pid is None:
-        return None
-    data.update(pid=pid, status_at=(status or {}).get("sent_at"))
-    try:
-        free_mb = shutil.disk_usage(path.parent).free / 1e6
-    except OSError:
-        free_mb = None
+    data.update(pid=verdict.pid, status_at=(status or {}).get("sent_at"))
     when = status_ago_text(status) if status else ("its start (there is none)" if not path.exists()
                                                   else "the file became unreadable")
-    if free_mb is not None and free_mb < FULL_DISK_MB:
-        return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but cannot write its status (last "
-                           f"{when}): the disk is full ({free_mb:.1f} MB free)",
+    if verdict.disk_full:
+        return CheckResult("agent", Level.RED, f"the agent runs (pid {verdict.pid}) but cannot write its status "
+                           f"(last {when}): the disk is full ({verdict.free_mb:.1f} MB free)",
                            "it refuses new events while the disk is full (the outbox check says more)",
                            f"free space on {path.parent}: `du -xsh /var/log/* {path.parent}/*`", data)
-    return CheckResult("agent", Level.RED, f"the agent runs (pid {pid}) but has not rewritten its status since "
-                       f"{when}: it hangs", "a hung agent records and sends nothing",
+    return CheckResult("agent", Level.RED, f"the agent runs (pid {verdict.pid}) but has not rewritten its status "
+                       f"since {when}: it hangs", "a hung agent records and sends nothing",
                        f"`sudo systemctl restart edge-agent`; {AGENT_HINT}", data)
 
 
@@ -119,7 +110,8 @@ def check_agent(ctx: Context) -> CheckResult:
         return _no_status(path, data)  # not "it hangs": this user cannot tell (the file is the agent user's)
     status = read_status_file(path)
     if status is None:
-        return _still_running(ctx.cfg, path, None, data) or _no_status(path, data)
+        verdict = judge_agent(ctx.cfg.outbox_path, None, heartbeat_s)
+        return _hung(verdict, path, None, data) if verdict.state == "hung" else _no_status(path, data)
     foreign = validate.errors("status", status)
     if foreign:  # its fields cannot be trusted, and the agent would have replaced it by now
         return CheckResult("agent", Level.RED, f"the status file {path} is not what the agent writes "
@@ -131,17 +123,18 @@ def check_agent(ctx: Context) -> CheckResult:
     data.update(broker=broker, status_at=status.get("sent_at"), age_s=None if age == math.inf else age,
                 queue_depth=status.get("queue_depth"))
     when = status_ago_text(status)
-    if broker == "stopped":
+    verdict = judge_agent(ctx.cfg.outbox_path, status, heartbeat_s)  # the rule `edge-agent status` applies
+    if verdict.state == "stopped":
         return CheckResult("agent", Level.YELLOW, f"the agent stopped cleanly at {when}",
                            "nothing is recorded or sent until it starts again",
                            "`sudo systemctl start edge-agent`; if it stops again: `journalctl -u edge-agent`", data)
-    if is_stale(status, heartbeat_s):  # the rule `edge-agent status` applies, so both say the same
-        # _still_running says "hung" when a process holds the outbox; without one it is not running (as status says).
-        return _still_running(ctx.cfg, path, status, data) or CheckResult(
-            "agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the agent runs: the "
-            "agent is not running (no process holds its outbox)", "nothing is recorded or sent; rows wait in the "
-            "outbox", AGENT_HINT, data)
-    if holder(ctx.cfg.outbox_path) is None:
+    if verdict.state == "hung":
+        return _hung(verdict, path, status, data)
+    if verdict.state == "not running" and is_stale(status, heartbeat_s):
+        return CheckResult("agent", Level.RED, f"last status {when}, rewritten every {heartbeat_s:g} s when the "
+                           "agent runs: the agent is not running (no process holds its outbox)",
+                           "nothing is recorded or sent; rows wait in the outbox", AGENT_HINT, data)
+    if verdict.state == "not running":
         # A fresh status outlives the process by up to a few heartbeats: 11 s after a kill -9 this read
         # "running ... broker connected" in green, beside a broker check that had already seen it gone.
         return CheckResult("agent", Level.RED, f"not running: its last status ({when}) said {broker}, but no agent "

@@ -9,11 +9,12 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_agent import __version__
 from edge_agent.health import HealthBoard
@@ -154,6 +155,43 @@ def is_stale(status: dict[str, Any], heartbeat_s: float) -> bool:
     """STATUS (a status file) is older than STALE_HEARTBEATS heartbeats and not a clean stop's."""
     age = status_age_s(status)
     return status.get("state") != "stopped" and age is not None and age > STALE_HEARTBEATS * heartbeat_s
+
+
+class AgentVerdict(NamedTuple):
+    """What the status file and the outbox's lock say of the agent. STATE is one word: running, hung (a process
+    holds the outbox but its status is missing, unreadable or stale), stopped (cleanly), not running (no process
+    holds the outbox), unknown (this user cannot read the status file). PID holds the outbox; FREE_MB is the free
+    space beside it, which tells a hung agent from one that cannot write its status (FULL_DISK_MB)."""
+
+    state: str
+    pid: int | None = None
+    free_mb: float | None = None
+
+    @property
+    def disk_full(self) -> bool:
+        return self.free_mb is not None and self.free_mb < FULL_DISK_MB
+
+
+def judge_agent(outbox: Path, status: dict[str, Any] | None, heartbeat_s: float,
+                unreadable: bool = False) -> AgentVerdict:
+    """The one rule `edge-agent status` and doctor's agent check apply (they were two, kept in step by hand).
+    STATUS: the status file's content, None when there is none or it cannot be read."""
+    from edge_agent.link.writer_lock import holder
+
+    if unreadable:
+        return AgentVerdict("unknown")
+    if status is not None and status.get("state") == "stopped":  # a clean stop's last status (is_stale's rule)
+        return AgentVerdict("stopped")
+    pid = holder(outbox)
+    if pid is None:
+        return AgentVerdict("not running")
+    if status is not None and not is_stale(status, heartbeat_s):
+        return AgentVerdict("running", pid)
+    try:
+        free_mb: float | None = shutil.disk_usage(outbox.parent).free / 1e6
+    except OSError:
+        free_mb = None
+    return AgentVerdict("hung", pid, free_mb)
 
 
 def seconds_text(age: float) -> str:
