@@ -336,18 +336,15 @@ def test_rejections_group_the_reasons_without_each_events_own_time(outbox: Outbo
 
 
 def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
-    import sqlite_utils
-
     from edge_agent.link.outbox_schema import MIGRATIONS
 
     path = tmp_path / "old.db"
-    db = sqlite_utils.Database(path)
+    db = sqlite3.connect(path, isolation_level=None)
     MIGRATIONS[0](db)
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO events (event_id, priority, severity, created_at, payload) "
                "VALUES ('old-1', 50, 0.5, '2026-01-01T00:00:00.000Z', '{\"event_id\":\"old-1\"}')")
-    db.conn.commit()
-    db.conn.close()
+    db.close()
     with Outbox(path) as ob:
         assert ob.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 3
         assert ob.states() == {"old-1": "pending"}
@@ -360,26 +357,22 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
 def test_a_version_2_queue_is_read_before_the_upgraded_agent_first_starts(tmp_path: Path) -> None:
     """After an upgrade a technician runs status or doctor before starting the agent: version 3 only added an
     index, so the old queue's rows are shown (they were refused with "start the agent once"), unchanged."""
-    import sqlite_utils
-
     from edge_agent.link.outbox_schema import MIGRATIONS
 
     path = tmp_path / "v2.db"
-    db = sqlite_utils.Database(path)
+    db = sqlite3.connect(path, isolation_level=None)
     MIGRATIONS[0](db)
     MIGRATIONS[1](db)
     db.execute("PRAGMA user_version = 2")
     db.execute("INSERT INTO events (event_id, priority, severity, created_at, payload) "
                "VALUES ('old-1', 50, 0.5, '2026-01-01T00:00:00.000Z', '{\"event_id\":\"old-1\"}')")
-    db.conn.commit()
-    db.conn.close()
+    db.close()
     with Outbox(path, read_only=True) as reader:
         assert reader.stats()["events"]["pending"] == 1
     with Outbox(path) as agent:  # the agent's own start upgrades it
         assert agent.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    db = sqlite_utils.Database(path)
+    db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA user_version = 1")
-    db.conn.commit()
-    db.conn.close()
+    db.close()
     with pytest.raises(OutboxUnavailable, match="has schema version 1; this agent reads version"):
         Outbox(path, read_only=True)

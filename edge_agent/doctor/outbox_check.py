@@ -57,15 +57,13 @@ def _queue(path: Path) -> tuple[str | None, dict[str, int]]:
 
 def _too_new(path: Path) -> str | None:
     """The refusal `run` and `replay` print for a queue a newer agent wrote, in their words; None otherwise."""
-    import sqlite_utils
-
     from edge_agent.link.outbox_schema import SCHEMA_VERSION, migrate
 
     with _read_only(path) as conn:
         if conn.execute("PRAGMA user_version").fetchone()[0] <= SCHEMA_VERSION:
             return None  # an older queue is fine: the agent upgrades it at its next start
         try:
-            migrate(sqlite_utils.Database(conn))  # refuses a newer version before it runs a single statement
+            migrate(conn)  # refuses a newer version before it runs a single statement
         except RuntimeError as exc:
             return str(exc)
     return None

@@ -1,6 +1,7 @@
 """The outbox: every event and coverage record, on the box's disk, until the fleet server confirms it.
 
-SQLite in WAL mode (through sqlite-utils). A row moves pending -> sent (the broker's PUBACK) -> confirmed
+SQLite in WAL mode, through the standard library (the queue is partial indexes, pragmas and a few statements:
+a wrapper added nothing). A row moves pending -> sent (the broker's PUBACK) -> confirmed
 (the server's ack on roadmon/v1/<id>/ack), or -> rejected when that ack refuses it for good. Rows are drained
 by priority (severity first), then age.
 Writes of new events use the configured synchronous mode (FULL by default: on disk when add_event returns);
@@ -30,8 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.health import HealthBoard
@@ -191,21 +190,20 @@ class Outbox:
         self.conn = conn
         if self.exclusive:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        self.db = sqlite_utils.Database(conn)
         if self.read_only:
             self._check_readable_version()
         else:
             if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
                 # Must precede the first table: lets the disk guard hand freed pages back to the filesystem.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            self.db.enable_wal()
+            conn.execute("PRAGMA journal_mode = WAL")
             # A larger WAL means fewer checkpoints (each one copies pages back and fsyncs) while draining.
             conn.execute("PRAGMA wal_autocheckpoint = 4000")
             conn.execute("PRAGMA journal_size_limit = 16777216")
         conn.execute("PRAGMA cache_size = -16000")  # 16 MB: the drain's index walks stay in memory
         self._set_sync(self.cfg.synchronous)
         if not self.read_only:
-            migrate(self.db)
+            migrate(conn)
         self.guard = DiskGuard(conn, self.path, self.cfg)
         self._writes = 0
         self._expired_at = time.monotonic()

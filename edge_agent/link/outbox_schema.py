@@ -6,13 +6,12 @@ The version is SQLite's PRAGMA user_version: the number of migrations applied to
 from __future__ import annotations
 
 import logging
-
-import sqlite_utils
+import sqlite3
 
 log = logging.getLogger(__name__)
 
 
-def _v1(db: sqlite_utils.Database) -> None:
+def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     db.execute(
         """CREATE TABLE events (
@@ -51,14 +50,14 @@ def _v1(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX {table}_queue ON {table} (priority DESC, id, due_at) WHERE state != 'confirmed'")
 
 
-def _v2(db: sqlite_utils.Database) -> None:
+def _v2(db: sqlite3.Connection) -> None:
     # The server's ack may reject a message for good (it keeps it as a dead letter): the row is done, and
     # carries the reason instead of being sent again forever.
     for table in ("events", "coverage"):
         db.execute(f"ALTER TABLE {table} ADD COLUMN rejected TEXT")
 
 
-def _v3(db: sqlite_utils.Database) -> None:
+def _v3(db: sqlite3.Connection) -> None:
     # stats() counts the rows the server refused on every heartbeat, and doctor asks for the recent ones: a
     # partial index holds only those rows (nothing is added to it while rows are sent or confirmed).
     for table in ("events", "coverage"):
@@ -73,7 +72,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 READABLE_FROM = 2
 
 
-def migrate(db: sqlite_utils.Database) -> int:
+def migrate(db: sqlite3.Connection) -> int:
     """Apply the migrations this file has not seen yet, each in its own transaction."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
