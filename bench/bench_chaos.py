@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.common import description
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.config.uplink import UplinkConfig
 from edge_agent.link.outbox import Outbox
@@ -77,7 +78,7 @@ def agent_events(device: str, n: int) -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="a smaller backlog")
     parser.add_argument("--events", type=int, default=None, help="backlog per agent (default 2000, quick 300)")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import tomli_w
 
+from bench.common import description
 from fleet_server.migrate import migrate
 from scripts import services
 from tests.server_fixtures import iso, token
@@ -77,7 +78,7 @@ def client(url: str, key: str, device: str, posts: int, lat: float, out: list[fl
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--quick", action="store_true", help="25 posts per client")
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--posts", type=int, default=100, help="posts per client")

@@ -15,16 +15,15 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import psycopg
 
 from bench.bench_export import api_process
 from bench.bench_server import fresh_database, seed_map
+from bench.common import description
 from scripts import services
 
-ROOT = Path(__file__).resolve().parents[1]
 STATUS = json.dumps({"health": {"camera": "ok", "gnss": "ok", "detector": "ok", "outbox": "ok"},
                      "sent_at": "2026-12-06T00:00:00Z", "fps": 5.0, "fix": {"speed_mps": 10.0, "state": "ok"}})
 
@@ -68,7 +67,7 @@ def together(base: str, headers: dict, tabs: int) -> tuple[dict[int, int], float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--sightings", type=int, default=1_500_000)
     parser.add_argument("--quick", action="store_true", help="2,000 devices, 200,000 sightings")
@@ -76,7 +75,7 @@ def main() -> None:
     if args.quick:
         args.devices, args.sightings = 2_000, 200_000
     info = services.up()
-    tmp = ROOT / ".state" / "bench-devices"
+    tmp = services.STATE / "bench-devices"
     shutil.rmtree(tmp, ignore_errors=True)
     dsn = fresh_database("bench_devices")
     t0 = time.monotonic()

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.bench_server import fresh_database, seed_map
+from bench.common import description
 from fleet_server.migrate import migrate
 from scripts import services
 from tests.server_fixtures import server_config, token
@@ -88,14 +89,14 @@ def api_process(dsn: str, info: services.ServiceInfo, tmp: Path) -> Iterator[tup
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--defects", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="20,000 defects")
     args = parser.parse_args()
     if args.quick:
         args.defects = 20_000
     info = services.up()
-    tmp = ROOT / ".state" / "bench-export"
+    tmp = services.STATE / "bench-export"
     shutil.rmtree(tmp, ignore_errors=True)
     dsn = fresh_database("bench_export")
     migrate(dsn)

@@ -33,9 +33,10 @@ from pathlib import Path
 import tomli_w
 
 from bench.bench_server import fresh_database
+from bench.common import description
 from fleet_sim.calibration import REAL_FRAMES_FP_PER_KM, REAL_FRAMES_P_DETECT, DetectionParams
 from fleet_sim.defects import DAY_S
-from fleet_sim.provision import provision
+from fleet_sim.provision import provision, remove_logins
 from fleet_sim.report import goals, print_report
 from fleet_sim.runner import Runner
 from fleet_sim.world import World, WorldParams
@@ -81,7 +82,7 @@ def parse_settings(items: list[str]) -> dict[str, dict[str, object]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--vehicles", type=int, default=60)
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
@@ -118,6 +119,7 @@ def main() -> int:
     cfg = server_config(folder, dsn, info, settings)
     server = subprocess.Popen([str(Path(sys.executable).with_name("fleet-server")), "-c", str(cfg), "ingest"],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(folder / "ingest.log", "w"))  # noqa: SIM115
+    devices: list[str] = []  # whose broker logins this run added (a fresh prefix each run): removed at the end
     try:
         detection = DetectionParams()
         if args.detector == "real-frames":
@@ -133,7 +135,8 @@ def main() -> int:
         print(f"city {world.net.length_km:.0f} km of streets, {len(world.field.defects)} defects at the start, "
               f"{args.vehicles} vehicles, {args.days} days", flush=True)
         t0 = time.monotonic()
-        creds = provision(dsn, Path(info["passwd_file"]), Path(info["broker_pid_file"]), world.device_ids)
+        devices = list(world.device_ids)
+        creds = provision(dsn, Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
         print(f"provisioned {len(creds)} devices in {time.monotonic() - t0:.1f} s", flush=True)
         time.sleep(0.5)  # the broker re-reads its password file on the reload signal
         runner = Runner(world, info["mqtt_host"], info["mqtt_port"], creds, dsn)
@@ -150,6 +153,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(30)
+        remove_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
     print_report(result)
     print(json.dumps(result))
     if args.json_out:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.bench_seeds import BUNDLED, EDGE_AGENT, run, seed_list
+from bench.common import description
 
 WINDOWS = {"tunnel": (15.0, 23.0), "cold": (-60.0, 8.0)}  # seconds of video time without any NMEA epoch
 SEE_BEFORE_S = 2.0  # a defect is in view a second or two before the vehicle passes it
@@ -89,7 +90,7 @@ def passed_in(folder: Path, window: tuple[float, float]) -> list[tuple[float, fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--seeds", default="1-4", help="seeds, '1-4' or '1,3'")
     args = parser.parse_args()
     if not BUNDLED.exists():

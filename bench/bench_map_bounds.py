@@ -34,6 +34,7 @@ import scipy.sparse.linalg as spla
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import description
 from edge_agent.lab.sim.gnss_noise import CORRELATED_SHARE, CORRELATION_S
 from fleet_server.repair_odds import Curve, found_share, offset_bin
 from fleet_sim import calibration as cal
@@ -229,7 +230,7 @@ def judge(rule: str, chance: float, world: World, rec: RecordingModel) -> dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--vehicles", type=int, default=60)

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.common import description
 from calibration.mount_fit import fit_frame
 
 SIZES = ((640, 360), (1280, 720), (1920, 1080))
@@ -54,7 +55,7 @@ def ms_per_call(fn, items: list) -> tuple[float, float]:
 def main() -> None:
     from models.data import DEFAULT_SURVEY
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--frames", type=int, default=20)
     args = parser.parse_args()
     cv2.setNumThreads(1)

@@ -33,6 +33,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import description
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 TARGET = 0.80
@@ -232,7 +234,7 @@ def measure(module: Module, sample: int, seed: int, work: Path) -> Score:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="10 mutants per module")
     parser.add_argument("--sample", type=int, default=40, help="mutants run per module (default 40)")
     parser.add_argument("--modules", default="", help="comma-separated names (default: all core modules)")

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import description
 from edge_agent.config.outbox import OutboxConfig
 from edge_agent.link.outbox import Outbox
 from tests.test_outbox import make_event
@@ -31,7 +32,7 @@ def insert_rate(path: Path, mode: str, events: list[dict]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="fewer events and kills")
     parser.add_argument("--events", type=int, default=None)
     parser.add_argument("--kills", type=int, default=None)

@@ -16,10 +16,13 @@
    `replay` (the whole pipeline) against `decode+detect` (read the video with OpenCV, `detect` each frame: the
    bare detector on a video) and against `detect` (frames decoded beforehand: the model with its pre- and
    post-processing alone). --speed-repeats interleaved repeats (order alternating), so each repeat's ratio
-   compares runs seconds apart; the median ratio is the figure. Target: replay / decode+detect >= 0.85 (the
-   pipeline around the model costs at most 15 %). Replay / detect-only is printed as well (the gap is mostly
-   video decoding), and so are CPU milliseconds per frame of each (process CPU time over all threads), which do
-   not depend on other load; the CPU ratios are the load-free cross-check.
+   compares runs seconds apart; the median ratio is printed. Replay / detect-only is printed as well (the gap is
+   mostly video decoding), and so are CPU milliseconds per frame of each (process CPU time over all threads),
+   which do not depend on other load. Target, on the CPU ratio (load-free; the wall-clock ratio swings with
+   whatever else the shared machine runs): replay / decode+detect >= 0.85 in CPU time per frame (the pipeline
+   around the model costs at most 15 %).
+
+Progress: a progress bar on a terminal, otherwise a line as each step (render, replay, speed run) starts.
 
 Usage: python -m bench.bench_pipeline [--quick] [--minutes M] [--seed N] [--models white,drift] [--keep DIR]
        [--speed-frames 300] [--speed-repeats 5]
@@ -36,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.common import Steps, description
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_AGENT = Path(sys.executable).with_name("edge-agent")
@@ -104,7 +109,7 @@ def _timed(work) -> tuple[int, float, float]:
     return frames, time.perf_counter() - w0, time.process_time() - c0
 
 
-def speed_runs(drive: Path, work_dir: Path, frames: int, repeats: int) -> dict:
+def speed_runs(drive: Path, work_dir: Path, frames: int, repeats: int, steps: Steps | None = None) -> dict:
     """Interleaved repeats of three runs over the same clip, one detector (so one warm ONNX Runtime session):
 
     - detect: `Detector.detect` on frames decoded beforehand (the model and its pre/post-processing alone);
@@ -112,6 +117,7 @@ def speed_runs(drive: Path, work_dir: Path, frames: int, repeats: int) -> dict:
     - replay: `replay_drive`, the whole pipeline (capture thread, GNSS feed, tracker, geolocation, outbox).
     Each repeat gives ratios of runs made seconds apart, so load on the shared machine mostly cancels; the median
     over repeats is the figure. CPU time per frame (whole process) is printed too: it does not depend on load.
+    STEPS, when given, is told as each run begins (3 warm-ups, then 3 per repeat).
     """
     from edge_agent import config as agent_config
     from edge_agent.detect.detector import load_detector
@@ -148,12 +154,16 @@ def speed_runs(drive: Path, work_dir: Path, frames: int, repeats: int) -> dict:
             return replay_drive(agent, clip, drive / "drive.nmea")["frames"]
 
     runs = {"detect": detect_only, "decode+detect": decode_detect, "replay": replay}
-    for work in runs.values():
+    for name, work in runs.items():
+        if steps is not None:
+            steps.step(f"speed: warm-up {name}")
         work()  # warm-up: first-call costs (imports, allocator, page cache) stay out of the figures
     got: dict[str, list[tuple[int, float, float]]] = {name: [] for name in runs}
     for i in range(repeats):
         order = list(runs) if i % 2 == 0 else list(reversed(runs))  # alternate, so no run always goes first
         for name in order:
+            if steps is not None:  # between the timed runs: the line or the redraw is not timed
+                steps.step(f"speed: repeat {i + 1}/{repeats}, {name}")
             got[name].append(_timed(runs[name]))
 
     def fps(name: str, i: int) -> float:
@@ -185,12 +195,16 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def replay_drive(drive: Path, args: argparse.Namespace, minutes: float, defects: int, model: str) -> dict | None:
-    """Render the drive with noise MODEL into DRIVE, replay it; the replay's summary, peak RSS and accuracy."""
+def replay_drive(drive: Path, args: argparse.Namespace, minutes: float, defects: int, model: str,
+                 steps: Steps | None = None) -> dict | None:
+    """Render the drive with noise MODEL into DRIVE, replay it; the replay's summary, peak RSS and accuracy. STEPS,
+    when given, is told when each of the two begins."""
     from edge_agent.lab.drive_eval import TruthTrack, score, score_by_class, true_defects, without_gnss_error
     from edge_agent.link.outbox import Outbox
 
     drive.mkdir(parents=True, exist_ok=True)
+    if steps is not None:
+        steps.step(f"{model}: sim drive ({minutes:g} min)")
     t0 = time.monotonic()
     sim = run([str(EDGE_AGENT), "sim", "drive", "--out", str(drive), "--seed", str(args.seed), "--minutes",
                str(minutes), "--gps-noise-m", "3", "--gps-noise-model", model, "--nmea-hz", "1", "--defects",
@@ -199,9 +213,11 @@ def replay_drive(drive: Path, args: argparse.Namespace, minutes: float, defects:
         print(sim.stderr[-3000:])
         return None
     print(f"sim drive ({model}): {minutes:g} min, {defects} defects, seed {args.seed}, "
-          f"{time.monotonic() - t0:.0f} s")
+          f"{time.monotonic() - t0:.0f} s", flush=True)
     outbox = drive / "outbox.db"
     outbox.unlink(missing_ok=True)
+    if steps is not None:
+        steps.step(f"{model}: edge-agent replay")
     replay = run([sys.executable, "-c", RSS_WRAPPER, str(EDGE_AGENT), "replay", "--video",
                   str(drive / "video.mp4"), "--nmea", str(drive / "drive.nmea"), "--config",
                   str(drive / "agent.toml"), "--outbox", str(outbox), "--json"], timeout=3600)
@@ -220,7 +236,7 @@ def replay_drive(drive: Path, args: argparse.Namespace, minutes: float, defects:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="a 1-minute drive instead of 3")
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--seed", type=int, default=11)
@@ -239,12 +255,14 @@ def main() -> int:
 
     figures: dict = {}
     targets: dict[str, bool] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    # No refresh thread: the speed runs time this process's CPU over all its threads.
+    with tempfile.TemporaryDirectory() as tmp, \
+            Steps("pipeline", 2 * len(models) + 3 + 3 * args.speed_repeats, auto_refresh=False) as steps:
         root = args.keep or Path(tmp)
         first: Path | None = None
         for model in models:
             drive = root / model
-            got = replay_drive(drive, args, minutes, defects, model)
+            got = replay_drive(drive, args, minutes, defects, model, steps)
             if got is None:
                 return 2
             first = first or drive
@@ -280,7 +298,7 @@ def main() -> int:
                 camera.precision >= 0.9 and camera.recall >= 0.85 \
                 and camera.median_error_m is not None and camera.median_error_m <= 1.0
             targets[f"{model}: peak RSS of edge-agent replay <= 300 MB"] = got["peak_mb"] <= 300
-        speed = speed_runs(first, root / "speed", args.speed_frames, args.speed_repeats)
+        speed = speed_runs(first, root / "speed", args.speed_frames, args.speed_repeats, steps)
     figures["speed"] = speed
     print(f"speed, {speed['frames']} frames x {speed['repeats']} interleaved repeats (median): "
           f"replay {speed['fps']['replay']} fps, decode+detect {speed['fps']['decode+detect']} fps, "
@@ -289,7 +307,9 @@ def main() -> int:
           f"(fastest runs {speed['ratio_replay_vs_decode_detect_best']}) "
           f"(CPU {speed['cpu_ratio_replay_vs_decode_detect']}); replay / detect only = "
           f"{speed['ratio_replay_vs_detect_only']} (CPU {speed['cpu_ratio_replay_vs_detect_only']})")
-    targets["replay fps / bare (decode+detect) fps >= 0.85"] = speed["ratio_replay_vs_decode_detect"] >= 0.85
+    # The gate is the CPU ratio: the wall-clock one (printed above) swings with the load of the shared machine.
+    targets["replay / bare (decode+detect), CPU time per frame, >= 0.85"] = \
+        speed["cpu_ratio_replay_vs_decode_detect"] >= 0.85
     print(json.dumps(figures))
     for name, ok in targets.items():
         print(f"  {'PASS' if ok else 'MISS'}  {name}")

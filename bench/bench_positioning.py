@@ -19,6 +19,7 @@ import itertools
 import sys
 from pathlib import Path
 
+from bench.common import description
 from edge_agent.lab.gnss_eval import evaluate, evaluate_gaps, recorded_fixes, thinned, with_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ CASES = [(model, sigma, True) for model in ("white", "drift") for sigma in (1.0,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="3 m only, one noise draw")
     parser.add_argument("--seeds", type=int, default=3, help="noise draws per case, averaged")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.common import description
 from fleet_server.migrate import migrate
 from scripts import services
 
@@ -57,11 +58,13 @@ def _logs_in(port: int, user: str, password: str) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--devices", type=int, default=10_000, help="devices imported")
     parser.add_argument("--add-sample", type=int, default=5, help="devices added one by one with `device add`")
     parser.add_argument("--http-tokens", action="store_true", help="import with --http-tokens too")
-    parser.add_argument("--quick", action="store_true", help="1,000 devices (`make bench` passes it to every bench)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 devices (`python -m bench.run_all --quick` passes it to every bench; "
+                             "`make bench` does not)")
     args = parser.parse_args()
     if args.quick:
         args.devices = 1_000

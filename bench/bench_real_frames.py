@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from bench.bench_seeds import BUNDLED, EDGE_AGENT, ROOT
+from bench.common import description
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.lab.sim.nmea_writer import Epoch, epoch_sentences
@@ -260,11 +261,12 @@ def score(events: list[dict], truth: list[Defect], road_km: float) -> dict[str, 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--survey", type=Path, default=SURVEY)
     parser.add_argument("--native", action="store_true", help="only the real frames, at their own spacing")
     parser.add_argument("--keep", type=Path, help="keep the drive in this folder")
-    parser.add_argument("--quick", action="store_true", help="the same run (about a minute; for `make bench`)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the same run (about a minute; for `python -m bench.run_all --quick`)")
     args = parser.parse_args()
     if not (args.survey / "images").is_dir():
         print(f"bench_real_frames: the survey set is not at {args.survey} (../shared/datasets)", file=sys.stderr)

@@ -15,18 +15,17 @@ import random
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import psycopg
 
 from bench.bench_export import api_process
 from bench.bench_server import CENTRE, fresh_database, seed_map
+from bench.common import description
 from roadmon_contract.ids import uuid7
 from scripts import services
 from tests.server_fixtures import offset
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGE = 5000  # the dashboard's page size
 
 
@@ -77,7 +76,7 @@ def fetch(client: httpx.Client, path: str, params: dict) -> tuple[float, int, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--defects", type=int, default=100_000)
     parser.add_argument("--lines", type=int, default=20_000, help="driven lines in the last day")
     parser.add_argument("--sighted", type=int, default=300, help="defects sighted again between two refreshes")
@@ -86,7 +85,7 @@ def main() -> None:
     if args.quick:
         args.defects, args.lines = 20_000, 5_000
     info = services.up()
-    tmp = ROOT / ".state" / "bench-refresh"
+    tmp = services.STATE / "bench-refresh"
     shutil.rmtree(tmp, ignore_errors=True)
     dsn = fresh_database("bench_refresh")
     rng = random.Random(7)

@@ -27,7 +27,8 @@ The GNSS noise model is `white` by default; `--noise-model drift` gives the rece
 Usage: python -m bench.bench_seeds [--seeds 1-8] [--quick] [--keep DIR] [--truth-boxes] [--noise-model white|drift]
        [--fps F]
 Exit code 1 when the summed pothole precision < 0.9 or recall < 0.85, 2 when the bench cannot run (no bundled
-model).
+model). Without --keep the drives go to a temporary folder, removed at the end. Progress: a progress bar on a
+terminal, otherwise a line as each drive and replay starts.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench.common import Steps, description
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_AGENT = Path(sys.executable).with_name("edge-agent")
@@ -59,17 +63,21 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def drive_and_replay(seed: int, folder: Path, truth_boxes: bool = False, noise_model: str = "white",
-                     fps: float = 15.0) -> list[dict]:
+                     fps: float = 15.0, steps: Steps | None = None) -> list[dict]:
     """Render seed's drive into FOLDER, replay it (with the bundled model, or the drive's own boxes); the events
-    written."""
+    written. STEPS, when given, is told when each of the two begins."""
     from edge_agent.link.outbox import Outbox
 
+    if steps is not None:
+        steps.step(f"seed {seed}: sim drive")
     sim = run([str(EDGE_AGENT), "sim", "drive", "--out", str(folder), "--seed", str(seed), "--minutes", "0.75",
                "--defects", "10", "--potholes", "7", "--gps-noise-m", "3", "--gps-noise-model", noise_model,
                "--fps", str(fps)])
     if sim.returncode != 0:
         raise RuntimeError(f"sim drive seed {seed}: {sim.stderr[-2000:]}")
     (folder / "outbox.db").unlink(missing_ok=True)  # a kept folder's earlier run would add its events
+    if steps is not None:
+        steps.step(f"seed {seed}: replay{' (truth boxes)' if truth_boxes else ''}")
     if truth_boxes:
         return replay_truth_boxes(folder)
     replay = run([str(EDGE_AGENT), "replay", "--video", str(folder / "video.mp4"), "--nmea", str(folder / "drive.nmea"),
@@ -137,7 +145,7 @@ def model_classes() -> tuple[str, ...]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--seeds", default="1-8", help="seeds, '1-8' or '1,3,5'")
     parser.add_argument("--quick", action="store_true", help="seeds 1-3 only")
     parser.add_argument("--keep", type=Path, help="keep the drives in this folder")
@@ -151,29 +159,40 @@ def main() -> int:
     if not BUNDLED.exists() and not args.truth_boxes:
         print("bench_seeds: no bundled model (models/bundled/model.onnx)", file=sys.stderr)
         return 2
-    from edge_agent.lab.drive_eval import score_by_class
 
     seeds = [1, 2, 3] if args.quick else seed_list(args.seeds)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_seeds_"))
+    try:
+        return measure(args, seeds, work)
+    finally:
+        if args.keep is None:  # ~15 MB of video and outbox per seed
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, seeds: list[int], work: Path) -> int:
+    """Drive, replay and score every seed in WORK; prints the table and the summary, returns the exit code."""
+    from edge_agent.lab.drive_eval import score_by_class
+
     classes = ("pothole", "crack")
     total = {cls: {"events": 0, "defects": 0, "matched": 0} for cls in classes}
     errors: dict[str, list[float]] = {cls: [] for cls in classes}
     ratios: list[tuple[float, float, float]] = []
     looks: list[tuple[float, float, float]] = []
     print(f"{'seed':>4} {'class':>7} {'events':>6} {'defects':>7} {'matched':>7} {'precision':>9} {'recall':>6} "
-          f"{'median m':>8}")
-    for seed in seeds:
-        folder = work / f"seed{seed}"
-        events = drive_and_replay(seed, folder, args.truth_boxes, args.noise_model, args.fps)
-        for cls, result in score_by_class(events, folder / "defects.geojson", classes, radius_m=5.0).items():
-            for key in total[cls]:
-                total[cls][key] += getattr(result, key)
-            errors[cls] += result.errors_m
-            median = "-" if result.median_error_m is None else f"{result.median_error_m:.2f}"
-            print(f"{seed:>4} {cls:>7} {result.events:>6} {result.defects:>7} {result.matched:>7} "
-                  f"{result.precision:>9.2f} {result.recall:>6.2f} {median:>8}", flush=True)
-        ratios += size_ratios(events, folder)
-        looks += crack_looks(events, folder)
+          f"{'median m':>8}", flush=True)
+    with Steps("seeds", 2 * len(seeds)) as steps:
+        for seed in seeds:
+            folder = work / f"seed{seed}"
+            events = drive_and_replay(seed, folder, args.truth_boxes, args.noise_model, args.fps, steps)
+            for cls, result in score_by_class(events, folder / "defects.geojson", classes, radius_m=5.0).items():
+                for key in total[cls]:
+                    total[cls][key] += getattr(result, key)
+                errors[cls] += result.errors_m
+                median = "-" if result.median_error_m is None else f"{result.median_error_m:.2f}"
+                print(f"{seed:>4} {cls:>7} {result.events:>6} {result.defects:>7} {result.matched:>7} "
+                      f"{result.precision:>9.2f} {result.recall:>6.2f} {median:>8}", flush=True)
+            ratios += size_ratios(events, folder)
+            looks += crack_looks(events, folder)
     summary: dict[str, dict] = {}
     for cls in classes:
         t = total[cls]

@@ -13,6 +13,8 @@
     python -m bench.bench_server [--quick] [--part ingest|map|scale] [--events N] [--batch-size N]
                                  [--workers N] [--processes N] [--defects N] [--queries N] [--devices N]
                                  [--rounds N] [--replica]
+
+Exit code 1 when a target is missed (a "MISS: ..." line names it).
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ from pathlib import Path
 
 import psycopg
 
+from bench.common import description, verdict
 from fleet_server import mqtt_accounts
 from fleet_server.config import ServerConfig
 from fleet_server.migrate import migrate
 from fleet_server.store import event_row
+from fleet_sim.provision import remove_logins
 from roadmon_contract.geodesy import enu_offset, metres_per_degree
 from scripts import services
 from tests.server_fixtures import DeviceClient, make_event, offset, server_config, token
-
-ROOT = Path(__file__).resolve().parent.parent
 
 CENTRE = (48.137, 11.575)
 
@@ -120,8 +122,17 @@ def ingest_rate(dsn: str, info: services.ServiceInfo, events: list[dict], device
     as `fleet-server ingest` in a process of their own, as in production."""
     broker = services.Mosquitto()
     passwords = {d: secrets.token_urlsafe(12) for d in devices}
-    for d, password in passwords.items():
-        broker.add_device(d, password)
+    try:
+        for d, password in passwords.items():
+            broker.add_device(d, password)
+        return _timed_ingest(dsn, info, events, devices, passwords, workers, tmp, batch_size, processes)
+    finally:  # a fresh prefix each run: the project's password file would keep every run's logins
+        remove_logins(broker.passwd_file, broker.pid_file, devices)
+
+
+def _timed_ingest(dsn: str, info: services.ServiceInfo, events: list[dict], devices: list[str],
+                  passwords: dict[str, str], workers: int, tmp: Path, batch_size: int | None,
+                  processes: int) -> tuple[float, dict]:
     conf = ingest_config(tmp / "ingest.toml", info, devices, batch_size)
     env = ingest_env(dsn, info)
     # The workers' logs go to files: an unread pipe would stall them once full.
@@ -258,13 +269,25 @@ def scale_run(dsn: str, info: services.ServiceInfo, events: list[dict], devices:
 
 
 def bench_scale(info: services.ServiceInfo, n_events: int, n_devices: int, rounds: int, rng: random.Random,
-                tmp: Path, batch_size: int | None, local_km: float | None = None, region_km: float = 20.0) -> None:
-    """Ingest CPU per 1,000 events and lock waits with 1 and 2 ingest processes, alternating, in one run."""
+                tmp: Path, batch_size: int | None, local_km: float | None = None,
+                region_km: float = 20.0) -> list[str]:
+    """Ingest CPU per 1,000 events and lock waits with 1 and 2 ingest processes, alternating, in one run; the
+    targets missed."""
     broker = services.Mosquitto()
     devices = [f"scale-{secrets.token_hex(2)}-{i}" for i in range(n_devices)]
     passwords = {d: secrets.token_urlsafe(12) for d in devices}
-    mqtt_accounts.set_passwords(broker.passwd_file, passwords)
-    mqtt_accounts.reload_broker(broker.pid_file)
+    try:
+        mqtt_accounts.set_passwords(broker.passwd_file, passwords)
+        mqtt_accounts.reload_broker(broker.pid_file)
+        return _scale_rounds(info, n_events, devices, passwords, rounds, rng, tmp, batch_size, local_km, region_km)
+    finally:  # a fresh prefix each run: the project's password file would keep every run's logins
+        remove_logins(broker.passwd_file, broker.pid_file, devices)
+
+
+def _scale_rounds(info: services.ServiceInfo, n_events: int, devices: list[str], passwords: dict[str, str],
+                  rounds: int, rng: random.Random, tmp: Path, batch_size: int | None, local_km: float | None,
+                  region_km: float) -> list[str]:
+    n_devices = len(devices)
     time.sleep(0.5)
     results: dict[int, list[dict]] = {1: [], 2: []}
     for r in range(rounds):
@@ -291,6 +314,12 @@ def bench_scale(info: services.ServiceInfo, n_events: int, n_devices: int, round
           f"1 process {one:.2f} s, 2 processes {two:.2f} s (ratio {two / one:.2f}, target <= 1.15 "
           f"{'PASS' if two / one <= 1.15 else 'FAIL'}); lock waits with 2: {100 * lock2:.1f} % (target < 5 % "
           f"{'PASS' if lock2 < 0.05 else 'FAIL'})")
+    misses = []
+    if two / one > 1.15:
+        misses.append(f"scale: CPU per 1,000 events, 2 processes / 1 = {two / one:.2f} (target <= 1.15)")
+    if lock2 >= 0.05:
+        misses.append(f"scale: lock waits with 2 processes {100 * lock2:.1f} % (target < 5 %)")
+    return misses
 
 
 def _stop_all(clients: dict, servers: list, logs: list, wait_s: float) -> None:
@@ -402,7 +431,7 @@ def map_query_latency(dsn: str, info: services.ServiceInfo, queries: int, rng: r
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--quick", action="store_true", help="small numbers (a minute)")
     parser.add_argument("--events", type=int, help="sightings sent through MQTT (default 20000, quick 3000)")
     parser.add_argument("--workers", type=int, default=1, help="ingest workers (threads) per process")
@@ -426,21 +455,23 @@ def main() -> int:
     n_queries = args.queries or (100 if args.quick else 300)
     rng = random.Random(7)
     info = services.up()
-    tmp = ROOT / ".state" / "bench-server"
+    tmp = services.STATE / "bench-server"
     tmp.mkdir(parents=True, exist_ok=True)
 
+    misses: list[str] = []
     if args.part in ("ingest", "both"):
-        bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size, args.processes)
+        misses += bench_ingest(info, n_events, args.workers, rng, tmp, args.batch_size, args.processes)
     if args.part in ("map", "both"):
-        bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp, replica=args.replica)
+        misses += bench_map(info, n_defects, args.per_defect, n_queries, rng, tmp, replica=args.replica)
     if args.part == "scale":
-        bench_scale(info, n_events, args.devices, args.rounds, rng, tmp, args.batch_size, args.local_km,
-                    args.region_km)
-    return 0
+        misses += bench_scale(info, n_events, args.devices, args.rounds, rng, tmp, args.batch_size, args.local_km,
+                              args.region_km)
+    return verdict(misses)
 
 
 def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: random.Random, tmp: Path,
-                 batch_size: int | None, processes: int = 1) -> None:
+                 batch_size: int | None, processes: int = 1) -> list[str]:
+    """The ingest part; the targets missed."""
     devices = [f"bench-{secrets.token_hex(3)}-{i}" for i in range(5)]
     events = synthetic_events(n_events, devices, max(10, n_events // 12), rng)
     dsn = fresh_database("bench_server_ingest")
@@ -460,10 +491,12 @@ def bench_ingest(info: services.ServiceInfo, n_events: int, workers: int, rng: r
     print(f"  bare COPY of the same rows:       {copy_rate:,.0f} rows/s")
     ratio = rate / copy_rate
     print(f"  ratio {ratio:.2f} (target >= 0.3) {'PASS' if ratio >= 0.3 else 'FAIL'}")
+    return [] if ratio >= 0.3 else [f"ingest: MQTT -> PostGIS -> ack / bare COPY = {ratio:.2f} (target >= 0.3)"]
 
 
 def bench_map(info: services.ServiceInfo, n_defects: int, per_defect: int, n_queries: int, rng: random.Random,
-              tmp: Path, replica: bool = False) -> None:
+              tmp: Path, replica: bool = False) -> list[str]:
+    """The map part; the targets missed."""
     dsn = fresh_database("bench_server_map")
     t0 = time.monotonic()
     seed_map(dsn, n_defects, per_defect, rng)
@@ -486,6 +519,7 @@ def bench_map(info: services.ServiceInfo, n_defects: int, per_defect: int, n_que
             standby.stop()
         print(f"  the same from the read replica: p50 {r50 * 1000:.1f} ms, p95 {r95 * 1000:.1f} ms "
               f"(replica/primary p50 {r50 / p50:.2f}, p95 {r95 / p95:.2f}; the replica shares this machine's cores)")
+    return [] if p95 <= 0.050 else [f"map: GET /api/v1/defects p95 {p95 * 1000:.1f} ms (target <= 50 ms)"]
 
 
 if __name__ == "__main__":

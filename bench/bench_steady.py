@@ -44,7 +44,8 @@ from rich.table import Table
 
 from bench.bench_fleet import server_config
 from bench.bench_server import CENTRE, _proc_cpu_s, fresh_database, seed_map
-from bench.bench_storm import local_fleet
+from bench.bench_storm import drop_fleet, local_fleet
+from bench.common import description
 from edge_agent.link.heartbeat import build_status
 from fleet_sim.client import Swarm, VehicleLink
 from fleet_sim.outbox import Outbox
@@ -260,7 +261,7 @@ COLUMNS = ("vehicles", "processes", "offered_per_s", "ack_p50_ms", "ack_p95_ms",
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--vehicles", default="1000,3000,10000", help="comma-separated fleet sizes")
     parser.add_argument("--processes", default="1,2", help="comma-separated numbers of ingest processes")
     parser.add_argument("--seconds", type=float, default=60.0, help="load time per run")
@@ -278,11 +279,14 @@ def main() -> int:
         args.seconds = 20.0
     info, devices, creds = local_fleet("steady", max(sizes))
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            for processes in process_counts:
-                results.append(one_run(info, creds, devices[:n], processes, args, Path(tmp)))
-                print(json.dumps(results[-1]), flush=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in sizes:
+                for processes in process_counts:
+                    results.append(one_run(info, creds, devices[:n], processes, args, Path(tmp)))
+                    print(json.dumps(results[-1]), flush=True)
+    finally:
+        drop_fleet(info, devices)
     table = Table(title=f"steady load: per vehicle an event every {args.event_every_s:g} s, a coverage record every "
                         f"{args.coverage_every_s:g} s, a status every {args.status_every_s:g} s; map in use "
                         f"({args.map_rps:g} requests/s)")

@@ -34,10 +34,11 @@ from rich.table import Table
 
 from bench.bench_fleet import server_config
 from bench.bench_server import fresh_database, synthetic_events
+from bench.common import description
 from edge_agent.link.flow import FlowControl
 from fleet_sim.client import Swarm
 from fleet_sim.outbox import Outbox
-from fleet_sim.provision import add_logins, add_rows
+from fleet_sim.provision import add_logins, add_rows, remove_logins
 from scripts import services
 from tests.server_fixtures import iso
 
@@ -122,8 +123,15 @@ def local_fleet(prefix: str, n: int) -> tuple[dict, list[str], dict[str, str]]:
     return info, devices, creds
 
 
+def drop_fleet(info: dict, devices: list[str]) -> None:
+    """Remove the broker logins local_fleet added, so the project's password file does not keep them."""
+    t0 = time.monotonic()
+    removed = remove_logins(Path(info["passwd_file"]), Path(info["broker_pid_file"]), devices)
+    print(f"{removed} broker logins removed in {time.monotonic() - t0:.0f} s", flush=True)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--vehicles", default="1000,3000", help="comma-separated fleet sizes")
     parser.add_argument("--events", type=int, default=50, help="events queued per vehicle")
     parser.add_argument("--modes", default="adaptive,fixed")
@@ -135,14 +143,17 @@ def main() -> int:
     events = 20 if args.quick else args.events
     info, devices, creds = local_fleet("storm", max(sizes))
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            for processes in (int(p) for p in args.processes.split(",")):
-                for mode in args.modes.split(","):
-                    print(f"storm: {n} vehicles x {events} events, {mode} flow control, {processes} ingest "
-                          f"process(es)", flush=True)
-                    results.append(one_storm(info, creds, devices[:n], events, mode, Path(tmp), processes))
-                    print(json.dumps(results[-1]), flush=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in sizes:
+                for processes in (int(p) for p in args.processes.split(",")):
+                    for mode in args.modes.split(","):
+                        print(f"storm: {n} vehicles x {events} events, {mode} flow control, {processes} ingest "
+                              f"process(es)", flush=True)
+                        results.append(one_storm(info, creds, devices[:n], events, mode, Path(tmp), processes))
+                        print(json.dumps(results[-1]), flush=True)
+    finally:
+        drop_fleet(info, devices)
     table = Table(title="reconnect storm: every vehicle back at once")
     columns = ("vehicles", "mode", "processes", "events", "drain_s", "resent", "lost", "broker_drops",
                "ingest_cpu_s_per_1k")
@@ -150,7 +161,9 @@ def main() -> int:
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(*(str(r[c]) for c in columns))
-    Console().print(table)
+    console = Console()
+    # Piped (a log, bench.run_all's output) a console is 80 columns and cuts the headers: print the table whole.
+    (console if console.is_terminal else Console(width=200)).print(table)
     return 1 if any(r["lost"] or r["unacked"] or r["rejected"] for r in results) else 0
 
 

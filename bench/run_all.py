@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import description
+
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=description(__doc__),
                                      epilog="Other options are passed to every benchmark.")
     parser.add_argument("--quick", action="store_true", help="ask each benchmark for a short run")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="just these benchmarks (bench_storm or storm)")

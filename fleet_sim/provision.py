@@ -1,6 +1,7 @@
 """Provisioning the simulated vehicles the way `fleet-server device add` does: a devices row and a broker login
 in the broker's password file (fleet_server.mqtt_accounts), then one broker reload for all of them. HTTP
-tokens are left out: the vehicles only speak MQTT."""
+tokens are left out: the vehicles only speak MQTT. `remove_logins` takes the logins out again when a run ends, so
+that the project's password file does not grow with every run."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def add_logins(passwd_file: Path, pid_file: Path | None, device_ids: list[str]) 
     if pid_file is not None and not mqtt_accounts.reload_broker(pid_file):
         log.warning("broker not reloaded: the new logins apply after its next reload")
     return creds
+
+
+def remove_logins(passwd_file: Path, pid_file: Path | None, device_ids: list[str]) -> int:
+    """Remove the broker logins of DEVICE_IDS (those add_logins wrote) in one write of the password file, under
+    the lock every writer of it holds, and reload the broker once; returns how many were there."""
+    gone = set(device_ids)
+    if not gone or not passwd_file.exists():
+        return 0
+    with mqtt_accounts.locked(passwd_file):
+        lines = passwd_file.read_text().splitlines()
+        kept = [line for line in lines if line.split(":", 1)[0] not in gone]
+        removed = len(lines) - len(kept)
+        if removed:
+            text = "".join(line + "\n" for line in kept)
+            mqtt_accounts.write_new(passwd_file, text, like=passwd_file).replace(passwd_file)
+    if removed and pid_file is not None and not mqtt_accounts.reload_broker(pid_file):
+        log.warning("broker not reloaded: the removed logins still work until its next reload")
+    return removed
