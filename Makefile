@@ -16,6 +16,7 @@ sdk-kotlin: install
 
 lint: install
 	.venv/bin/ruff check .
+	.venv/bin/mypy roadmon_contract fleet_server
 
 demo: install
 	$(PY) -m scripts.demo up

@@ -29,6 +29,7 @@ import psycopg
 
 from fleet_server import metrics, repair_odds
 from fleet_server.config import AggregateConfig
+from fleet_server.db import one_row
 from roadmon_contract.geodesy import LocalFrame
 
 log = logging.getLogger(__name__)
@@ -648,7 +649,7 @@ def _fold(conn: psycopg.Connection, keep_id: int, drop_id: int, ranks: dict[int,
                     WHERE m.defect_id = %(id)s AND s.defect_id = %(id)s AND s.device_id = m.device_id
                       AND s.captured_at BETWEEN m.started_at - %(slack)s AND m.ended_at + %(slack)s""",
                  {"id": keep_id, "slack": MISS_SLACK})
-    kept, gone = (conn.execute("SELECT status FROM defects WHERE id = %s", (i,)).fetchone()[0]
+    kept, gone = (one_row(conn.execute("SELECT status FROM defects WHERE id = %s", (i,)))[0]
                   for i in (keep_id, drop_id))
     conn.execute("UPDATE defect_history SET defect_id = %s WHERE defect_id = %s", (keep_id, drop_id))
     conn.execute("INSERT INTO defect_history (defect_id, actor, from_status, to_status, note) "

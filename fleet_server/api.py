@@ -116,7 +116,7 @@ def create_app(cfg: ServerConfig, workers: list | None = None) -> FastAPI:
             problems.insert(0, f"body: send it as JSON with Content-Type: application/json (got {kind[:60]!r})")
         return JSONResponse({"detail": problems}, status_code=400)
 
-    app.openapi = _openapi_as_answered(app)
+    app.openapi = _openapi_as_answered(app)  # type: ignore[method-assign]  # FastAPI's documented way to replace it
 
     app.include_router(api_fleet.router)
     app.include_router(api_fleet.api)

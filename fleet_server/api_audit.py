@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from fastapi import APIRouter, Depends, Query, Request
@@ -27,7 +28,8 @@ def audit_log(request: Request, since: QueryTime | None = None,
     # Newest first. Without `until` and `cursor` a past night could not be read once more calls than a page
     # had been made since: the dashboard alone writes a few rows per refresh.
     request.app.state.audit.flush()  # what is still queued belongs in the answer
-    where, params = ["at >= %(since)s"], {"since": since or datetime.now(UTC) - timedelta(days=1)}
+    where: list[str] = ["at >= %(since)s"]
+    params: dict[str, Any] = {"since": since or datetime.now(UTC) - timedelta(days=1)}
     for column, op, value in (("at", "<=", until), ("id", "<", cursor), ("who", "=", who)):
         if value is not None:
             where.append(f"{column} {op} %({column})s")

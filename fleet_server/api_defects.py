@@ -120,9 +120,10 @@ def bbox_filter(column: str, bbox: str | None, where: list[str], params: dict) -
 
 
 def defect_filters(bbox: str | None, klass: str | None, status: str | None, since: datetime | None,
-                   min_severity: float | None, until: datetime | None = None) -> tuple[list[str], dict]:
+                   min_severity: float | None, until: datetime | None = None) -> tuple[list[str], dict[str, Any]]:
     """WHERE clauses (fixed SQL text) and their bound values; user input only ever travels as a parameter."""
-    where, params = [], {}
+    where: list[str] = []
+    params: dict[str, Any] = {}
     bbox_filter("coalesce(d.line, d.geom)", bbox, where, params)  # a crack meets the box anywhere along it
     if klass is not None:
         where.append("d.class = ANY(%(class)s)")
@@ -465,12 +466,16 @@ def patch_defect(defect_id: int, change: DefectPatch, request: Request, response
             raise missing(conn, defect_id, request)
         tags = if_match_tags(request)
         if tags is not None and "*" not in tags and (tag := version_tag(conn, defect_id)) not in tags:
+            assert tag is not None  # the defect's row is locked above: it is there
             raise _refused(conn, defect_id, row[0], tags, tag)
         if change.status is None:
+            assert change.note is not None  # DefectPatch: without a status, a note
             aggregate.add_note(conn, defect_id, row[0], who.name, change.note)
         elif change.status != row[0] or change.note:  # the same status again, without a note, changes nothing
             aggregate.set_status(conn, defect_id, row[0], change.status, who.name, change.note)
-        response.headers["ETag"] = version_tag(conn, defect_id)
+        etag = version_tag(conn, defect_id)
+        assert etag is not None  # the defect's row is locked above: it is there
+        response.headers["ETag"] = etag
     return load_defect(conn, defect_id, request)
 
 

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BeforeValidator
 
 from fleet_server import auth, metrics
+from fleet_server.db import one_row
 from fleet_server.validate import as_utc
 
 _SPACED_OFFSET = re.compile(r"(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s(\d{2}(?::?\d{2})?)")  # a time, " 03:00"
@@ -126,7 +127,7 @@ def sync_point(conn: psycopg.Connection, since_token: str | None) -> tuple[str, 
     show was written by a transaction at or above it, committed later however long it waited. SINCE_TOKEN from
     another history (a restore, a failover), or from beyond this primary's transactions, is 410: its ids would
     silently skip changes (an outside test restored the documented pg_dump and the copy heard of nothing)."""
-    history, xmin, xmax, replica = conn.execute(_SYNC_POINT).fetchone()
+    history, xmin, xmax, replica = one_row(conn.execute(_SYNC_POINT))
     token = f"{history}.{xmin}"
     if since_token is None:
         return token, None

@@ -27,6 +27,7 @@ from fleet_server import phone_body
 from fleet_server.api_deps import db, principal
 from fleet_server.auth import Principal
 from fleet_server.config import ServerConfig
+from fleet_server.db import one_row
 from fleet_server.http_writer import OverRate
 from fleet_server.store import CLASH, RejectPolicy, store_rejected
 from fleet_server.validate import (
@@ -133,6 +134,7 @@ def _submit(request: Request, who: Principal, conn: psycopg.Connection, raw: byt
     cfg = request.app.state.cfg
     if who.role != "device":
         raise HTTPException(403, "detections need a device token")
+    assert who.device_id is not None  # api_tokens' CHECK: a device token names its device
     # Accepted and duplicate posts count (the writer records them): a device at its hourly rate is turned away
     # before its body is read. Refused ones do not: their dead letters are capped per device and hour instead.
     if _posts_this_hour(conn, who.device_id) >= cfg.api.rate_limit_per_hour:
@@ -206,14 +208,15 @@ def _event_id_of(body: dict) -> str:
 
 def _retry_after(conn: psycopg.Connection, device_id: str) -> int:
     """Seconds until the device's oldest submission of the hour leaves the window."""
-    row = conn.execute("SELECT extract(epoch FROM min(at) + interval '1 hour' - now()) FROM http_submissions "
-                       "WHERE device_id = %s AND at > now() - interval '1 hour'", (device_id,)).fetchone()
+    row = one_row(conn.execute("SELECT extract(epoch FROM min(at) + interval '1 hour' - now()) "
+                               "FROM http_submissions WHERE device_id = %s AND at > now() - interval '1 hour'",
+                               (device_id,)))
     return max(1, int(row[0] or 0) + 1)
 
 
 def _posts_this_hour(conn: psycopg.Connection, device_id: str) -> int:
-    return conn.execute("SELECT count(*) FROM http_submissions WHERE device_id = %s AND at > now() - interval "
-                        "'1 hour'", (device_id,)).fetchone()[0]
+    return one_row(conn.execute("SELECT count(*) FROM http_submissions WHERE device_id = %s "
+                                "AND at > now() - interval '1 hour'", (device_id,)))[0]
 
 
 def _reject(conn: psycopg.Connection, cfg: ServerConfig, who: Principal, reason: str, raw: bytes) -> None:

@@ -7,7 +7,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -31,7 +31,7 @@ from fleet_server.api_deps import (
 )
 from fleet_server.api_shapes import CoveragePage, Me, answer
 from fleet_server.auth import Principal
-from fleet_server.device_view import PROBLEM_CODES, STATES, choices, device_rows, wanted
+from fleet_server.device_view import PROBLEM_CODES, STATES, State, choices, device_rows, wanted
 from fleet_server.health import checks as health_checks
 from fleet_server.metrics_auth import CHALLENGE, REFUSED, scrape_allowed
 from fleet_server.shared_answer import SharedAnswer
@@ -83,9 +83,6 @@ def prometheus_metrics(request: Request) -> Response:
 @api.get("/me", summary="The caller's name and role", response_model=None, responses=answer(Me))
 def me(who: Principal = Depends(principal)) -> dict:
     return {"name": who.name, "role": who.role, "device_id": who.device_id}
-
-
-State = Literal[STATES]  # device_view's one list of states, in OpenAPI as an enum
 
 
 class Device(BaseModel):
@@ -211,7 +208,8 @@ def coverage(request: Request, since: QueryTime | None = None, until: QueryUntil
     cfg = request.app.state.cfg.api
     token, since_xid = sync_point(conn, since_token)  # before the rows: what they cannot show is at or above it
     since = since or datetime.now(UTC) - timedelta(days=1)
-    where, params = ["c.ended_at >= %(since)s"], {"since": since}
+    where: list[str] = ["c.ended_at >= %(since)s"]
+    params: dict[str, Any] = {"since": since}
     if since_xid is not None:
         where.append("c.stored_xid >= %(since_xid)s::xid8")
         params["since_xid"] = since_xid

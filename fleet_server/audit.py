@@ -86,6 +86,7 @@ class AuditLog:
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("audit log: %d rows wait, PostGIS refused: %s", len(items), exc)
             with self._cond:
+                assert self._pending.maxlen is not None  # made with maxlen=max_pending
                 room = self._pending.maxlen - len(self._pending)
                 AUDIT_DROPPED.inc(max(0, len(items) - room))
                 self._pending.extendleft(reversed(items[-room:] if room else []))

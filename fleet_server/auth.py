@@ -25,6 +25,8 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from fleet_server.db import one_row
+
 ROLES = ("viewer", "manager", "admin")
 RANK = {"device": 0, "viewer": 1, "manager": 2, "admin": 3}
 PREFIX = "rmt"
@@ -85,9 +87,9 @@ def insert_token(conn: psycopg.Connection, role: str, name: str, device_id: str 
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     token, lookup = new_token()
     expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
-    row = conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role, device_id, expires_at) "
-                       "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                       (lookup, hash_token(token), name, role, device_id, expires_at)).fetchone()
+    row = one_row(conn.execute("INSERT INTO api_tokens (lookup, token_hash, name, role, device_id, expires_at) "
+                               "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                               (lookup, hash_token(token), name, role, device_id, expires_at)))
     return token, row[0]
 
 
@@ -132,8 +134,8 @@ def _lookup(token: str) -> str:
 
 def lookup_active(conn: psycopg.Connection, token: str) -> bool:
     """Whether TOKEN's lookup names a token that may be used now (an index hit, no hashing)."""
-    return conn.execute(f"SELECT EXISTS (SELECT 1 FROM api_tokens WHERE lookup = %s AND {ACTIVE})",
-                        (_lookup(token),)).fetchone()[0]
+    return one_row(conn.execute(f"SELECT EXISTS (SELECT 1 FROM api_tokens WHERE lookup = %s AND {ACTIVE})",
+                                (_lookup(token),)))[0]
 
 
 def verify(conn: psycopg.Connection, token: str) -> Principal | None:

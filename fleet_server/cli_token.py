@@ -12,7 +12,7 @@ from rich.table import Table
 from fleet_server import auth
 from fleet_server.cli_common import cfg, console, fail, print_table
 from fleet_server.config import ServerConfig
-from fleet_server.db import connect
+from fleet_server.db import connect, one_row
 from roadmon_contract.times import utc_iso
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def token_rotate(token_id: int,
             except LookupError as exc:
                 fail(str(exc))
         # The old token keeps its own expiry when that comes before the overlap ends.
-        old_until, new_until = (conn.execute("SELECT expires_at FROM api_tokens WHERE id = %s", (i,)).fetchone()[0]
+        old_until, new_until = (one_row(conn.execute("SELECT expires_at FROM api_tokens WHERE id = %s", (i,)))[0]
                                 for i in (token_id, new_id))
     if as_json:
         print(json.dumps({"id": new_id, "replaces": token_id, "token": token,

@@ -41,7 +41,7 @@ from paho.mqtt.properties import Properties
 
 from fleet_server import mqtt_accounts
 from fleet_server.config import ServerConfig
-from fleet_server.db import connect
+from fleet_server.db import connect, one_row
 from fleet_server.device_view import device_rows
 from roadmon_contract import topics
 from roadmon_contract.commands import expires_at
@@ -107,7 +107,12 @@ def _logged_in(cfg: ServerConfig, timeout_s: float) -> Iterator[mqtt.Client]:
         client.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     answered = threading.Event()
     connack: list = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: (connack.append(reason), answered.set())
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        connack.append(reason)
+        answered.set()
+
+    client.on_connect = on_connect
     try:
         client.connect(m.host, m.port, keepalive=30)
     except OSError as exc:
@@ -190,7 +195,7 @@ class Resent(NamedTuple):
 
 def newest_sighting(conn: psycopg.Connection) -> datetime | None:
     """When the newest sighting the database holds was received: after a restore, the dump's time."""
-    return conn.execute("SELECT max(received_at) FROM sightings").fetchone()[0]
+    return one_row(conn.execute("SELECT max(received_at) FROM sightings"))[0]
 
 
 def resend(cfg: ServerConfig, since: datetime | None, rejected: bool, devices: list[str] | None = None,

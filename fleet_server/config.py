@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from datetime import date
+from ipaddress import ip_network
 from pathlib import Path
 
 from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
@@ -321,7 +322,7 @@ class ApiConfig(Section):
                                                             "their dead letters have their own cap, "
                                                             "ingest.rejected_per_device_hour)")
     trusted_proxies: list[IPvAnyNetwork] = Field(
-        ["127.0.0.1", "::1"],
+        [ip_network("127.0.0.1"), ip_network("::1")],
         description="Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client: the "
                     "audit log and the failed-authentication throttle then see the client's address, not the "
                     "proxy's. A request from any other address is taken at its own address (the header would "

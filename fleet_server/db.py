@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import psycopg
+from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from fleet_server.config import DatabaseConfig
@@ -32,7 +33,16 @@ def connect(cfg: DatabaseConfig) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def make_pool(cfg: DatabaseConfig, dsn: Callable[[], str | None] | None = None,
+def one_row(cur: psycopg.Cursor[TupleRow]) -> TupleRow:
+    """The row of a query that always gives one (an aggregate, a function's value, INSERT ... RETURNING, a row
+    the caller knows is there); a query that gave none is a bug, said as such."""
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError("the query gave no row")
+    return row
+
+
+def make_pool(cfg: DatabaseConfig, dsn: Callable[[], str] | None = None,
               name: str = "fleet-api") -> ConnectionPool:
     """The pool for DSN (default: the primary's). It opens in the background: a database that is down does not
     keep the API from starting."""

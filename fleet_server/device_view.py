@@ -9,7 +9,7 @@ the server refused from it, which were only in the `rejected` table before.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words, sparse_frames_words
 
@@ -72,7 +72,7 @@ def coded_problems(status: dict[str, Any], received_at: datetime | None,
     """`problems` with a code each (the health part: camera, gnss, detector, outbox; or clock, sparse_frames, mount,
     unplaced, refused), for scripts and the road_device_problems metric. AHEAD_S: `dated_ahead`."""
     out = []
-    health = status.get("health") if isinstance(status.get("health"), dict) else {}
+    health = raw if isinstance(raw := status.get("health"), dict) else {}
     for part in HEALTH_PARTS:
         value = health.get(part)
         # Only the parts an agent reports, by their string states: a status with {"camera": {"a": 1}} took the
@@ -113,14 +113,14 @@ def _unplaced(status: dict[str, Any]) -> str | None:
     """Defects seen without a usable position, while that is recent: the count is the agent's since it started,
     and said "no position" for hours after the receiver was back. Judged on the box's own clock (the last one's
     time against the status's), which may be off; an agent before `last_unplaced` is judged on its count."""
-    counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
+    counters = raw if isinstance(raw := status.get("counters"), dict) else {}
     count = counters.get("events_no_fix")
     if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
         return None
     text = f"{count} defects seen without a usable position since the agent started"
     if "last_unplaced" not in status:
         return text
-    last = status.get("last_unplaced") if isinstance(status.get("last_unplaced"), dict) else {}
+    last = raw_last if isinstance(raw_last := status.get("last_unplaced"), dict) else {}
     at, sent = _time(last.get("at")), _time(status.get("sent_at"))
     if at is None or sent is None or (sent - at).total_seconds() > UNPLACED_RECENT_S:
         return None
@@ -148,7 +148,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-STATES = ("online", "stale", "offline", "stopped", "revoked", "unknown")
+# The one list of states: the API's (an enum in OpenAPI), `device ls --state`'s and the metric's.
+State = Literal["online", "stale", "offline", "stopped", "revoked", "unknown"]
+STATES: tuple[str, ...] = get_args(State)
 
 
 def choices(value: str | None, name: str, allowed: tuple[str, ...]) -> set[str] | None:
@@ -174,7 +176,7 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None 
     out = []
     for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth, ahead_s, ahead_at in rows:
         status = status if isinstance(status, dict) else {}
-        health = status.get("health") if isinstance(status.get("health"), dict) else {}
+        health = raw if isinstance(raw := status.get("health"), dict) else {}
         out.append({"id": dev_id, "name": name, "state": state_of(state, last_seen, revoked_at, now, stale_after_s),
                     "last_seen": last_seen, "queue_depth": queue_depth,
                     "health": {k: v for k, v in health.items() if k != "broker" and (v is None or isinstance(v, str))},
@@ -194,7 +196,7 @@ def _problem_fields(coded: list[tuple[str, str]]) -> dict[str, list[str]]:
 def _speed(status: dict[str, Any]) -> float | None:
     """The vehicle's speed at its last status: a van that went silent standing was likely switched off at
     ignition-off; one that went silent driving lost its power or its network on the road."""
-    fix = status.get("fix") if isinstance(status.get("fix"), dict) else {}
+    fix = raw if isinstance(raw := status.get("fix"), dict) else {}
     if fix.get("state") == "stale":  # the filter coasting on its last speed through a GNSS outage
         return None
     speed = fix.get("speed_mps")

@@ -16,6 +16,7 @@ import psycopg
 
 from fleet_server import aggregate
 from fleet_server.config import AggregateConfig
+from fleet_server.db import one_row
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def erase_device(conn: psycopg.Connection, device_id: str, cfg: AggregateConfig,
         out.defects_deleted = [d for d, alone in touched if alone]
         out.defects_recounted = [d for d, alone in touched if not alone]
         for table, where in ROWS:
-            n = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0]
+            n = one_row(conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params))[0]
             if n:
                 out.rows[table] = n
         if not out.rows:

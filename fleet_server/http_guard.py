@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -107,7 +108,7 @@ class HttpGuard:
             log.info("request body over %d bytes from %s refused", self.max_body_bytes, source)
 
 
-async def answer(send: Any, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def answer(send: Any, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """An early JSON answer {"detail": DETAIL} from a middleware, with the safety headers."""
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,

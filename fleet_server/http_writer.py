@@ -107,8 +107,9 @@ class SubmissionWriter:
             # API process), so concurrent requests cannot race past the limit.
             for device in devices:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (device,))
-            used = dict(conn.execute("SELECT device_id, count(*) FROM http_submissions WHERE device_id = ANY(%s) "
-                                     "AND at > now() - interval '1 hour' GROUP BY device_id", (devices,)).fetchall())
+            used: dict[str, int] = dict(conn.execute(
+                "SELECT device_id, count(*) FROM http_submissions WHERE device_id = ANY(%s) "
+                "AND at > now() - interval '1 hour' GROUP BY device_id", (devices,)).fetchall())
             fresh = [d for d in devices if d not in used]  # their windows restart: old rows can go
             accepted, over = [], []
             for sub in subs:

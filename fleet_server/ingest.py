@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import deque
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -148,10 +148,10 @@ def to_clear(messages: list[Incoming]) -> dict[str, list[Incoming]]:
     return out
 
 
-def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict]:
+def ack_messages(stored: Stored, batch: Batch) -> dict[str, dict[str, Any]]:
     """Per device: the committed ids, plus `rejected` [{id, reason}] for its messages that will never be
     accepted (they are kept in the dead-letter table), so an agent may stop re-sending them."""
-    out = {device: dict(ids) for device, ids in stored.acks.items()}
+    out: dict[str, dict[str, Any]] = {device: dict(ids) for device, ids in stored.acks.items()}
     for device, status, _ in batch.statuses:
         if status.get("awaiting_server") is True:  # an agent backing off learns that the server is back
             message = out.setdefault(device, empty_ack())

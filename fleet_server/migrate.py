@@ -21,7 +21,7 @@ from importlib import resources
 
 import psycopg
 
-from fleet_server.db import libpq_timeout
+from fleet_server.db import libpq_timeout, one_row
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -153,8 +153,8 @@ def align_sequences(conn: psycopg.Connection, ahead: dict[str, int] | None = Non
     the boxes' re-sent sightings for good, with nothing saying why. A sequence already past is left alone."""
     moves: list[SequenceMove] = []
     for sequence, table, column in conn.execute(_OWNED_SEQUENCES).fetchall():
-        top = conn.execute(f"SELECT max({column}) FROM {table}").fetchone()[0] or 0
-        last, called = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        top = one_row(conn.execute(f"SELECT max({column}) FROM {table}"))[0] or 0
+        last, called = one_row(conn.execute(f"SELECT last_value, is_called FROM {sequence}"))
         was = last if called else last - 1
         want = top + (ahead or {}).get(table, 0)
         if want > was:

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 
 from fleet_server.config import RetentionConfig
+from fleet_server.db import one_row
 
 log = logging.getLogger(__name__)
 MAINTAIN_LOCK = 0x726D_7265  # advisory lock: one process applies the retention at a time
@@ -72,8 +73,8 @@ def ensure_upcoming(conn: psycopg.Connection, premake_months: int, now: datetime
         have = monthly(conn, table)
         for k in range(premake_months + 1):
             month = add_months(this, k)
-            if month not in have and (dry_run or conn.execute("SELECT roadmon_create_month_partition(%s, %s)",
-                                                              (table, month)).fetchone()[0]):
+            if month not in have and (dry_run or one_row(conn.execute(
+                    "SELECT roadmon_create_month_partition(%s, %s)", (table, month)))[0]):
                 created.append(f"{table}_p{month:%Y_%m}")
     if created and not dry_run:
         log.info("created partitions %s", ", ".join(created))
@@ -95,7 +96,7 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
         for month, name in sorted(monthly(conn, table).items()):
             if add_months(month, 1) > cutoff:
                 continue
-            young = conn.execute(f'SELECT count(*) FROM "{name}" WHERE {aged_by} >= %s', (since,)).fetchone()[0]
+            young = one_row(conn.execute(f'SELECT count(*) FROM "{name}" WHERE {aged_by} >= %s', (since,)))[0]
             if young:
                 report.kept[name] = young
                 log.warning("%s is past retention but holds %d rows with %s since %s (written by a box whose clock "
@@ -109,7 +110,7 @@ def drop_expired(conn: psycopg.Connection, retention: RetentionConfig, now: date
                     conn.execute(f'ALTER TABLE {table} DETACH PARTITION "{name}"')
                     conn.execute(f'DROP TABLE "{name}"')
         # A dry run counts them: it said nothing of rows a real run then deleted.
-        n = (conn.execute(f"SELECT count(*) FROM {table}_pdefault WHERE {aged_by} < %s", (since,)).fetchone()[0]
+        n = (one_row(conn.execute(f"SELECT count(*) FROM {table}_pdefault WHERE {aged_by} < %s", (since,)))[0]
              if dry_run else conn.execute(f"DELETE FROM {table}_pdefault WHERE {aged_by} < %s", (since,)).rowcount)
         if n:
             report.default_rows_deleted[table] = n
@@ -135,7 +136,7 @@ def delete_expired_rows(conn: psycopg.Connection, retention: RetentionConfig, no
     for table, (column, cutoff) in cutoffs.items():
         sql = f"{'SELECT count(*)' if dry_run else 'DELETE'} FROM {table} WHERE {column} < %s"
         cur = conn.execute(sql, (cutoff,))
-        n = cur.fetchone()[0] if dry_run else cur.rowcount
+        n = one_row(cur)[0] if dry_run else cur.rowcount
         if n:
             out[table] = n
             if not dry_run:
@@ -145,7 +146,7 @@ def delete_expired_rows(conn: psycopg.Connection, retention: RetentionConfig, no
 
 def maintain_if_free(conn: psycopg.Connection, retention: RetentionConfig) -> Report | None:
     """maintain(), unless another process is at it (then None)."""
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTAIN_LOCK,)).fetchone()[0]:
+    if not one_row(conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTAIN_LOCK,)))[0]:
         return None
     try:
         return maintain(conn, retention)

@@ -191,6 +191,7 @@ def import_devices(conn: psycopg.Connection, cfg: ServerConfig, rows: list[Row],
                 # Inside the transaction: a failed rename rolls the devices back; after the renames only the
                 # commit can fail, and then the old password file is put back below.
                 if passwd_tmp is not None:
+                    assert files.passwd_file is not None  # passwd_tmp is only written when there is one
                     os.replace(passwd_tmp, files.passwd_file)
                     replaced = True
                 os.replace(creds_tmp, out_file)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from fleet_server.config import AggregateConfig
+from fleet_server.db import one_row
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,9 @@ def refresh_curve(conn: psycopg.Connection, cfg: AggregateConfig) -> int | None:
     dismissed ones: those were never there) and replace the table's rows. A round that learns nothing (a quiet
     fortnight) keeps the last curve. None when another worker is at it; else the bins kept."""
     with conn.transaction():
-        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CURVE_LOCK,)).fetchone()[0]:
+        if not one_row(conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CURVE_LOCK,)))[0]:
             return None
-        since = conn.execute("SELECT now() - %s", (timedelta(days=cfg.detection_curve_days),)).fetchone()[0]
+        since = one_row(conn.execute("SELECT now() - %s", (timedelta(days=cfg.detection_curve_days),)))[0]
         ids = [r[0] for r in conn.execute(
             """SELECT id FROM (
                    SELECT id, sighting_count,

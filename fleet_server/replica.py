@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import psycopg
@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fleet_server import metrics
 from fleet_server.config import DatabaseConfig
-from fleet_server.db import make_pool
+from fleet_server.db import make_pool, one_row
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class Reads:
     def __init__(self, cfg: DatabaseConfig, primary: ConnectionPool) -> None:
         self.cfg = cfg
         self.primary = primary
-        self.replica = make_pool(cfg, cfg.resolve_read_dsn, "fleet-api-read") if cfg.resolve_read_dsn() else None
+        # Made only when the config names a replica: its DSN then is never None.
+        self.replica = (make_pool(cfg, cast(Callable[[], str], cfg.resolve_read_dsn), "fleet-api-read")
+                        if cfg.resolve_read_dsn() else None)
         self.state = "none" if self.replica is None else "starting"
         self._written_lsn: str | None = None
         self._lock = threading.Lock()
@@ -72,7 +74,7 @@ class Reads:
             return
         try:
             with self.primary.connection() as conn:
-                lsn = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+                lsn = one_row(conn.execute("SELECT pg_current_wal_insert_lsn()::text"))[0]
             with self._lock:  # two writes' answers may come back in either order: keep the later position
                 if self._written_lsn is None or _lsn_value(lsn) > _lsn_value(self._written_lsn):
                     self._written_lsn = lsn
@@ -99,7 +101,7 @@ class Reads:
         attempt = ExitStack()
         try:
             conn = attempt.enter_context(self.replica.connection(timeout=_PROBE_TIMEOUT_S))
-            in_recovery, behind_s, has_writes = conn.execute(_STATE, {"lsn": self._written_lsn}).fetchone()
+            in_recovery, behind_s, has_writes = one_row(conn.execute(_STATE, {"lsn": self._written_lsn}))
         except (psycopg.Error, PoolTimeout) as exc:
             attempt.close()
             self._down_until = time.monotonic() + self.cfg.read_retry_s
@@ -124,6 +126,7 @@ class Reads:
         if state != self.state:
             (log.info if state == "ok" else log.warning)(message)
         self.state = state
+        assert self.replica is not None  # only _from_replica notes, and only with a replica
         metrics.API_READ_REPLICA_UP.labels(self.replica.name).set(serving)
 
 

@@ -26,6 +26,7 @@ class SharedAnswer:
             mine = flight is None
             if mine:
                 flight = self._flights[key] = Future()
+        assert flight is not None  # another request's flight, or the one made above
         if not mine:
             return flight.result()
         try:

@@ -12,6 +12,8 @@ import time
 
 import psycopg
 
+from fleet_server.db import one_row
+
 CACHE_S = 60.0
 
 _lock = threading.Lock()
@@ -21,12 +23,13 @@ _cache: dict[tuple, tuple[float, dict[str, int]]] = {}  # per database: (monoton
 def sighting_counts(conn: psycopg.Connection, one: str | None = None) -> dict[str, int]:
     """{device id: sightings}: device ONE's exact, or every device's as counted within the last CACHE_S."""
     if one is not None:
-        return {one: conn.execute("SELECT count(*) FROM sightings WHERE device_id = %s", (one,)).fetchone()[0]}
+        return {one: one_row(conn.execute("SELECT count(*) FROM sightings WHERE device_id = %s", (one,)))[0]}
     key = (conn.info.host, conn.info.port, conn.info.dbname)
     with _lock:  # one counter at a time: tabs refreshing together wait for its answer instead of each counting
         cached = _cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]
-        counts = dict(conn.execute("SELECT device_id, count(*) FROM sightings GROUP BY device_id").fetchall())
+        counts: dict[str, int] = dict(
+            conn.execute("SELECT device_id, count(*) FROM sightings GROUP BY device_id").fetchall())
         _cache[key] = (time.monotonic(), counts)
         return counts

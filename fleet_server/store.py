@@ -226,7 +226,7 @@ def store_rejected(conn: psycopg.Connection, rejected: list[Rejection], policy: 
     if not rejected:
         return 0
     devices = sorted({r.device_id for r in rejected if r.device_id is not None})
-    used = dict(conn.execute(
+    used: dict[str | None, int] = dict(conn.execute(
         "SELECT device_id, count(*) FROM rejected WHERE (device_id = ANY(%s) OR device_id IS NULL) "
         "AND received_at > now() - interval '1 hour' GROUP BY device_id", (devices,)).fetchall())
     kept: list[Rejection] = []

@@ -12,8 +12,8 @@ def sparse_frames_fix(fps: float | None, inference_ms: float | None, mirror_pass
     log): the camera's rate when the detector waits for frames (it takes under half the time between them), else
     the detector's time. A camera sending more frames than the detector looks at costs their decoding too: at
     20 % of a core, 1280x720 at 20 fps left the detector 4 frames a second, at 10 fps 6."""
-    numbers = isinstance(fps, int | float) and fps > 0 and isinstance(inference_ms, int | float)
-    if numbers and inference_ms < 0.5 * 1000 / fps:
+    if (isinstance(fps, int | float) and fps > 0 and isinstance(inference_ms, int | float)
+            and inference_ms < 0.5 * 1000 / fps):
         return (f"the detector takes {inference_ms:.0f} ms of the {1000 / fps:.0f} ms between frames: the camera "
                 "gives too few; raise camera.fps (and check the camera's own rate: exposure, USB bus)")
     steps = ["a faster detector (`edge-agent model bench`: INT8, detector.threads, a smaller input)"]
