@@ -225,8 +225,12 @@ def test_missing_intrinsics_file_is_red_as_run_refuses_it(tmp_path: Path) -> Non
     assert run.exit_code == 2 and "intrinsics file not found" in run.output  # the same start-up step
 
 
+# A mount someone measured (calibrate mount's figures, set in the config).
+MOUNT = {"height_m": 1.45, "pitch_deg": 9.2}
+
+
 def test_calibration_green_and_a_camera_of_another_shape_yellow(tmp_path: Path) -> None:
-    path = write_config(tmp_path)
+    path = write_config(tmp_path, calibration={"hfov_deg": 72.0, **MOUNT})
     cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
     assert cal.level is Level.GREEN and "sees the road" in cal.summary, cal
     assert cal.data["footprint"]["far"] > cal.data["footprint"]["near"] > 0
@@ -234,6 +238,19 @@ def test_calibration_green_and_a_camera_of_another_shape_yellow(tmp_path: Path) 
     path = write_config(tmp_path, camera={"source": str(video)})
     cal = by_name(run_checks(str(path), options=FAST, only=["camera", "calibration"]))["calibration"]
     assert cal.level is Level.YELLOW and "another shape" in cal.summary
+
+
+def test_a_box_never_calibrated_is_not_green(tmp_path: Path) -> None:
+    """A fresh install following the deploy docs has no [calibration]: doctor read "inline calibration: 1280x720,
+    fx 914 px, camera 1.40 m high, pitched 10.0 deg down ... OK" in green, the built-in defaults (an outside install
+    on an arm64 box), and a technician could skip calibrating."""
+    for calibration, guessed in (({}, ["lens (fx, hfov_deg)", "camera height_m", "camera pitch_deg"]),
+                                 ({"fx": 900.0}, ["camera height_m", "camera pitch_deg"]),
+                                 ({"hfov_deg": 72.0, "pitch_deg": 8.0}, ["camera height_m"])):
+        path = write_config(tmp_path, calibration=calibration)
+        cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
+        assert cal.level is Level.YELLOW and "built-in defaults" in cal.summary, cal
+        assert cal.data["defaults"] == guessed and "calibrate mount" in cal.hint
 
 
 def test_relative_paths_are_taken_beside_the_config_wherever_doctor_runs(tmp_path: Path,
@@ -247,7 +264,7 @@ def test_relative_paths_are_taken_beside_the_config_wherever_doctor_runs(tmp_pat
     (box / "tiny.onnx").write_bytes(tiny_detector(0.6))
     (box / "drive.nmea").write_bytes(b"".join(nmea_epoch(datetime(2026, 5, 1, 10, 0, i, tzinfo=UTC))
                                               for i in range(3)))
-    path = write_config(box, device={"state_dir": "state"}, calibration={"intrinsics_file": "cam.toml"},
+    path = write_config(box, device={"state_dir": "state"}, calibration={"intrinsics_file": "cam.toml", **MOUNT},
                         camera={"source": "road.mp4"}, gnss={"source": "file", "file": "drive.nmea"},
                         detector={"model": "tiny.onnx"})
     elsewhere = tmp_path / "elsewhere"
@@ -794,7 +811,7 @@ def test_an_intrinsics_file_with_a_doubtful_fit_is_yellow(tmp_path: Path) -> Non
     cam = tmp_path / "cam.toml"
     cam.write_text(intrinsics_text(cam, Intrinsics.from_hfov(1280, 720, 70), 0.3, 6,
                                    ["every photo shows the board nearly face-on (largest tilt 4 deg)"]))
-    path = write_config(tmp_path, calibration={"intrinsics_file": str(cam)})
+    path = write_config(tmp_path, calibration={"intrinsics_file": str(cam), **MOUNT})
     cal = by_name(run_checks(str(path), options=FAST, only=["calibration"]))["calibration"]
     assert cal.level is Level.YELLOW and "doubtful" in cal.summary and "face-on" in cal.explanation, cal
     cam.write_text(intrinsics_text(cam, Intrinsics.from_hfov(1280, 720, 70), 0.3, 16))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from calibration.projector import GroundProjector
+from edge_agent.config.calibration import CalibrationConfig
 from edge_agent.doctor.result import CheckResult, Context, Level
 from edge_agent.link.heartbeat import ago_text
 from roadmon_contract.status import mount_moved_words
@@ -54,6 +55,14 @@ def check_calibration(ctx: Context) -> CheckResult:
                                "; ".join(problems) + ": positions on the map may be off by metres",
                                "take the checkerboard photos again as docs/calibration.md says, and rerun "
                                "`edge-agent calibrate intrinsics`", data)
+    guessed = never_measured(cal)
+    if guessed:
+        data["defaults"] = guessed
+        return CheckResult("calibration", Level.YELLOW, summary + f"; {', '.join(guessed)}: the built-in defaults",
+                           "this box's camera was never calibrated: the defaults are a guess, and a degree of pitch "
+                           "moves a pothole a metre or more on the map",
+                           "`edge-agent calibrate intrinsics` (checkerboard photos), then `edge-agent calibrate "
+                           "mount` on a straight marked road, and set what they give (docs/calibration.md)", data)
     moved = _moved_on_the_road(ctx, projector)
     if moved is not None:
         data["mount"] = moved
@@ -63,6 +72,15 @@ def check_calibration(ctx: Context) -> CheckResult:
                            "the lens was never calibrated, `calibrate intrinsics` first; with "
                            "calibration.mount_lane_width_m set, check that width too (docs/calibration.md)", data)
     return CheckResult("calibration", Level.GREEN, summary, data=data)
+
+
+def never_measured(cal: CalibrationConfig) -> list[str]:
+    """What of the calibration is the built-in default rather than a value someone set: the lens (no intrinsics
+    file, no fx or field of view) and the mount's height and pitch. A fresh install's doctor read "inline
+    calibration: ... OK" in green (an outside install on a Pi)."""
+    given = cal.model_fields_set
+    guessed = [] if cal.intrinsics_file or {"fx", "hfov_deg"} & given else ["lens (fx, hfov_deg)"]
+    return guessed + [f"camera {key}" for key in ("height_m", "pitch_deg") if key not in given]
 
 
 def _moved_on_the_road(ctx: Context, projector: GroundProjector) -> dict | None:
