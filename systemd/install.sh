@@ -381,7 +381,10 @@ install_agent() {
     echo "install.sh: WARNING: no --broker: the box's config names localhost:8883 as its broker (uplink.host)" >&2
   fi
 
-  local packages=(python3-venv python3-pip libgl1 v4l-utils gpsd-clients)
+  # Only what the agent uses: v4l-utils for the camera hints doctor prints (v4l2-ctl). gpsd-clients pulled in
+  # ~950 MB on a Pi OS Lite box (GTK, matplotlib, gcc) for tools nothing runs; libgl1 is for OpenCV builds with a
+  # GUI, and the box's is headless.
+  local packages=(python3-venv python3-pip v4l-utils)
   [ "$platform" = jetson ] && packages+=(python3.11 python3.11-venv)
   install_debian_packages "${packages[@]}"
 

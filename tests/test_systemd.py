@@ -206,6 +206,9 @@ def test_installer_dry_run_agent_plan(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     plan = result.stdout
     assert "= platform: raspberry-pi" in plan
+    # Only what the agent uses: gpsd-clients took ~950 MB of a Pi OS Lite card (GTK, matplotlib, gcc).
+    apt = next(line for line in plan.splitlines() if "apt-get install" in line)
+    assert "v4l-utils" in apt and "gpsd-clients" not in apt and "libgl1" not in apt, apt
     assert "systemd-sysusers /etc/sysusers.d/edge-agent.conf" in plan
     assert "-m venv /opt/road-monitor/venv" in plan
     # On PATH, so that `sudo edge-agent doctor` as the README writes it works (it was "command not found").
