@@ -882,7 +882,9 @@ def test_run_on_a_recorded_drive_places_defects_where_replay_does(tmp_path: Path
         (event,) = [e for _, e in box.iter_events()]
     got, want = event["position"], expected["position"]
     north_m = (got["lat"] - want["lat"]) * 111_195.0
-    assert abs(north_m) < 0.5, f"{north_m:.1f} m north of where replay put it"
+    # The bug put it 20 m off (the NMEA's 2 s lead). A live run on a loaded machine skips frames that replay
+    # takes, so a track averages other frames: 0.64 m apart once in CI, hence 2 m, not 0.5.
+    assert abs(north_m) < 2.0, f"{north_m:.1f} m north of where replay put it"
     assert event["captured_at"] == expected["captured_at"]  # dated by drive.json, not the box's clock
 
 
