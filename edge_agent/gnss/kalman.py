@@ -323,7 +323,7 @@ class PositionFilter:
     def _measure(self, fix: Fix) -> Pose:
         dt_s = fix.t_mono - self._last_fix_t
         q = self.cfg.process_accel_mps2**2
-        east, north = (axis.predicted(dt_s, q) for axis in self._axes)
+        east, north = self._axes[0].predicted(dt_s, q), self._axes[1].predicted(dt_s, q)
         prior = (Axis(east.p, east.v, east.a, east.b, east.c), Axis(north.p, north.v, north.a, north.b, north.c))
         z_east, z_north = self._frame.to_enu(fix.lat, fix.lon)
         velocity = self._receiver_velocity(fix)
