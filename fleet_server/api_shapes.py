@@ -150,10 +150,10 @@ class AuditRow(Shape):
     token_id: int | None
     who: str
     role: str | None
-    method: str
-    path: str
-    status: int
-    client: str | None
+    method: str = Field(description="The HTTP method; `CLI` for a server command that changed data")
+    path: str = Field(description="The path with its query; for `CLI`, the command as given")
+    status: int = Field(description="The HTTP status; for `CLI`, the command's exit code (0: done)")
+    client: str | None = Field(description="The caller's address; for `CLI`, the host's name")
 
 
 def answer(model: type[BaseModel], description: str = "OK") -> dict:

@@ -1,4 +1,5 @@
-"""The audit log: every API call that presented a token (who, what, when, outcome), in PostGIS's `audit_log`.
+"""The audit log: every API call that presented a token (who, what, when, outcome), in PostGIS's `audit_log`
+(and the server commands that change data, fleet_server.cli_audit).
 
 Rows are queued by the request and written by one thread in batches, so a call does not wait for the insert.
 A write that fails (PostGIS away) keeps the rows and tries again; at `max_pending` rows the oldest are dropped
@@ -47,6 +48,13 @@ def entry(principal: Principal | object | None, method: str, path: str, status: 
                  client)
 
 
+def write(conn: psycopg.Connection, items: list[Entry]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO audit_log (at, token_id, who, role, method, path, status, client) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [(e.at, e.token_id, e.who, e.role, e.method, e.path, e.status, e.client) for e in items])
+
+
 class AuditLog:
     def __init__(self, pool: ConnectionPool, flush_s: float = 0.5, max_pending: int = 100_000) -> None:
         self.pool = pool
@@ -78,11 +86,8 @@ class AuditLog:
         if not items:
             return True
         try:
-            with self.pool.connection(timeout=2) as conn, conn.cursor() as cur:
-                cur.executemany("INSERT INTO audit_log (at, token_id, who, role, method, path, status, client) "
-                                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                                [(e.at, e.token_id, e.who, e.role, e.method, e.path, e.status, e.client)
-                                 for e in items])
+            with self.pool.connection(timeout=2) as conn:
+                write(conn, items)
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("audit log: %d rows wait, PostGIS refused: %s", len(items), exc)
             with self._cond:

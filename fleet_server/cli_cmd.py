@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from fleet_server import commands
+from fleet_server.cli_audit import audited
 from fleet_server.cli_common import cfg, console, err, fail, print_table
 from fleet_server.db import connect
 from fleet_server.migrate import database_origin
@@ -26,6 +27,7 @@ model_app = typer.Typer(help="Remote model updates.", no_args_is_help=True)
 
 
 @cmd_app.command("send")
+@audited
 def cmd_send(device_id: str,
              name: str = typer.Argument(..., help=f"One of {', '.join(commands.KNOWN_COMMANDS)}"),
              payload: str = typer.Argument("{}", help="JSON object")) -> None:
@@ -46,6 +48,7 @@ def cmd_send(device_id: str,
 
 
 @cmd_app.command("resend")
+@audited
 def cmd_resend(since: str | None = typer.Option(None, "--since", help="Send again what the server confirmed from "
                                                 "this time on (RFC 3339, e.g. 2026-12-06T02:00:00Z): the backup's "
                                                 "time, less a margin for the boxes' clocks"),
@@ -161,6 +164,7 @@ def cmd_summary(name: str = typer.Argument(..., help=f"One of {', '.join(command
 
 
 @model_app.command("push")
+@audited
 def model_push(device_id: str, file: Path = typer.Argument(..., exists=True, dir_okay=False),
                url_base: str | None = typer.Option(None, "--url-base", help="Public base URL of this server"),
                name: str | None = typer.Option(None), version: str | None = typer.Option(None),

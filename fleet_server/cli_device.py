@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet_server import auth, commands, mqtt_accounts
+from fleet_server.cli_audit import audited
 from fleet_server.cli_common import cfg, console, err, fail, print_table
 from fleet_server.config import ServerConfig
 from fleet_server.db import connect
@@ -26,6 +27,7 @@ device_app = typer.Typer(help="Provision and revoke devices.", no_args_is_help=T
 
 
 @device_app.command("add")
+@audited
 def device_add(device_id: str = typer.Argument(..., help="Device id = MQTT login = topic segment"),
                name: str | None = typer.Option(None, help="Display name"),
                reissue: bool = typer.Option(False, "--reissue",
@@ -124,6 +126,7 @@ def _write_broker_login(c: ServerConfig, device_id: str, password: str) -> str:
 
 
 @device_app.command("import")
+@audited
 def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                              help="CSV: device id, then optional group(s) (more cells or a;b)"),
                   out: Path | None = typer.Option(None, "--out", "-o",
@@ -172,6 +175,7 @@ def device_import(file: Path = typer.Argument(..., exists=True, dir_okay=False,
 
 
 @device_app.command("revoke")
+@audited
 def device_revoke(device_id: str) -> None:
     """Remove a device's broker login and revoke its tokens (its data stays: `device erase` deletes it)."""
     c = cfg()
@@ -197,6 +201,7 @@ def _remove_broker_login(c: ServerConfig, device_id: str) -> bool:
 
 
 @device_app.command("erase")
+@audited
 def device_erase(device_id: str,
                  yes: bool = typer.Option(False, "--yes", help="Delete; without it, only say what would go"),
                  as_json: bool = typer.Option(False, "--json")) -> None:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from fleet_server import auth
+from fleet_server.cli_audit import audited
 from fleet_server.cli_common import cfg, console, fail, print_table
 from fleet_server.config import ServerConfig
 from fleet_server.db import connect, one_row
@@ -22,6 +23,7 @@ token_app = typer.Typer(help="API tokens for people and programs.", no_args_is_h
 
 
 @token_app.command("create")
+@audited
 def token_create(role: str = typer.Option(..., "--role", help="viewer, manager or admin"),
                  name: str = typer.Option(..., "--name", help="Who or what uses it"),
                  days: int | None = typer.Option(None, "--days", min=1, max=MAX_TOKEN_DAYS,
@@ -45,6 +47,7 @@ def token_create(role: str = typer.Option(..., "--role", help="viewer, manager o
 
 
 @token_app.command("rotate")
+@audited
 def token_rotate(token_id: int,
                  overlap_hours: float = typer.Option(24.0, "--overlap-hours", min=0, max=MAX_TOKEN_DAYS * 24,
                                                      help="How long the old token keeps working"),
@@ -98,6 +101,7 @@ def minute(when: datetime | None, none: str = "") -> str:
 
 
 @token_app.command("revoke")
+@audited
 def token_revoke(token_id: int) -> None:
     """Revoke a token by its id (see `token ls`)."""
     with connect(cfg().database) as conn:

@@ -830,3 +830,43 @@ def test_device_erase_deletes_what_the_server_holds_about_one_device(cli, fresh_
     assert seen == []
     again = cli.run("device", "erase", gone, "--yes")
     assert again.exit_code == 1 and "holds nothing" in again.output
+
+
+def test_commands_that_change_data_are_in_the_audit_log(cli, fresh_db, monkeypatch) -> None:
+    """A data-protection review: the API's calls were audited, the CLI's were not, so "who erased this device, who
+    issued that token" had no answer. Each changing command leaves one row with its outcome; reads leave none."""
+    box = f"cli-{cli.port}"
+    monkeypatch.setenv("SUDO_USER", "alice")  # root alone says nothing about who
+    assert cli.run("device", "add", box, "--name", "Van 7").exit_code == 0
+    assert cli.run("token", "create", "--role", "viewer", "--name", "gis").exit_code == 0
+    assert cli.run("device", "revoke", "nobody").exit_code == 1
+    assert cli.run("device", "erase", box).exit_code == 0  # a dry run: what would go
+    assert cli.run("device", "erase", box, "--yes").exit_code == 0
+    assert cli.run("device", "ls").exit_code == 0
+    assert cli.run("token", "ls").exit_code == 0
+    with psycopg.connect(fresh_db) as conn:
+        rows = conn.execute("SELECT who, role, path, status, client, token_id FROM audit_log WHERE method = 'CLI' "
+                            "ORDER BY id").fetchall()
+    assert [(path, status) for _, _, path, status, _, _ in rows] == [
+        (f"device add {box} '--name=Van 7'", 0),
+        ("token create --role=viewer --name=gis", 0),
+        ("device revoke nobody", 1),
+        (f"device erase {box}", 0),
+        (f"device erase {box} --yes", 0),  # outlives the erasure: the record that it was done
+    ]
+    user = rows[0][0]
+    assert user.startswith("alice as ") or user == "alice"
+    assert {(who, role, token_id) for who, role, _, _, _, token_id in rows} == {(user, "cli", None)}
+    assert all(client for *_, client, _ in rows)
+
+
+def test_a_command_still_ends_as_it_did_when_the_audit_log_refuses(cli, fresh_db) -> None:
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_log RENAME TO audit_log_away")  # every insert fails
+    try:
+        done = cli.run("device", "add", f"cli-{cli.port}")
+        assert done.exit_code == 0
+        assert "audit log did not take this command" in done.stderr
+    finally:
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE audit_log_away RENAME TO audit_log")
