@@ -30,6 +30,7 @@ from fleet_server.api_deps import (
     sync_point,
 )
 from fleet_server.api_shapes import DefectDetail, DefectFeature, DefectPage, answer
+from fleet_server.auth import Principal
 from fleet_server.validate import fold_class
 from roadmon_contract.decode import text_fault
 from roadmon_contract.times import utc_iso
@@ -193,7 +194,7 @@ def list_defects(request: Request, filters: Filters = Depends(), cursor: int | N
                  since_token: str | None = since_token_query(
                      "the defects written since it was read (new, sighted, moved, status, note), and in `removed` "
                      "(first page) those merged into another or no longer matching the filters"),
-                 conn: psycopg.Connection = Depends(read_db), _who=Depends(require("viewer"))) -> dict:
+                 conn: psycopg.Connection = Depends(read_db), _who=Depends(require("map"))) -> dict:
     api = request.app.state.cfg.api
     page = min(limit or api.page_size, api.max_page_size)
     token, since_xid = sync_point(conn, since_token)  # before the rows: what they cannot show is at or above it
@@ -260,7 +261,7 @@ def streamed(chunks: Iterator[str], media_type: str, filename: str) -> Streaming
 @router.get("/defects.geojson", summary="Every matching defect as a GeoJSON file", response_class=Response,
             responses=download("application/geo+json", "A GeoJSON FeatureCollection (RFC 7946) to save"))
 def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
-                   _who=Depends(require("viewer"))) -> Response:
+                   _who=Depends(require("map"))) -> Response:
     pages = export_pages(conn, filters)
 
     def chunks() -> Iterator[str]:
@@ -277,7 +278,7 @@ def export_geojson(filters: Filters = Depends(), conn: psycopg.Connection = Depe
 @router.get("/defects.csv", summary="Every matching defect as CSV", response_class=Response,
             responses=download("text/csv", "UTF-8, comma-separated, a header row, CRLF rows"))
 def export_csv(filters: Filters = Depends(), conn: psycopg.Connection = Depends(read_db),
-               _who=Depends(require("viewer"))) -> Response:
+               _who=Depends(require("map"))) -> Response:
     pages = export_pages(conn, filters)
 
     def chunks() -> Iterator[str]:
@@ -325,7 +326,7 @@ def missing(conn: psycopg.Connection, defect_id: int, request: Request) -> HTTPE
                        308: {"description": "The defect was merged into another: Location is the one to ask",
                              "headers": {"Location": {"schema": {"type": "string"}}}}})
 def get_defect(defect_id: int, request: Request, response: Response, conn: psycopg.Connection = Depends(read_db),
-               primary: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> dict:
+               primary: psycopg.Connection = Depends(db), who: Principal = Depends(require("map"))) -> dict:
     try:
         feature = load_defect(conn, defect_id, request)
     except HTTPException:
@@ -351,6 +352,10 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
     misses = [{"coverage_id": str(r[0]), "device_id": r[1], "started_at": _jsonable(r[2]), "ended_at": _jsonable(r[3])}
               for r in conn.execute("""SELECT coverage_id, device_id, started_at, ended_at FROM defect_misses
                                        WHERE defect_id = %s ORDER BY started_at""", (defect_id,))]
+    if not who.at_least("viewer"):  # a map token: the defect, not which vehicle was there when
+        vehicles = []
+        for row in (*sightings, *misses):
+            row["device_id"] = None
     feature["sightings"] = sightings
     # The newest MAX_SIGHTINGS_LISTED; properties.sighting_count says how many there are in all.
     feature["sightings_truncated"] = len(sightings) < feature["properties"]["sighting_count"]
@@ -482,7 +487,7 @@ def patch_defect(defect_id: int, change: DefectPatch, request: Request, response
 @router.get("/sightings/{event_id}/thumbnail.jpg", summary="The crop a vehicle sent with its sighting",
             response_class=Response, responses=download("image/jpeg", "The JPEG crop"))
 def thumbnail(event_id: uuid.UUID, conn: psycopg.Connection = Depends(read_db),
-              primary: psycopg.Connection = Depends(db), _who=Depends(require("viewer"))) -> Response:
+              primary: psycopg.Connection = Depends(db), _who=Depends(require("map"))) -> Response:
     row = conn.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()
     if row is None and conn is not primary:  # stored after the replica's last replay
         row = primary.execute("SELECT thumbnail FROM sightings WHERE event_id = %s", (event_id,)).fetchone()

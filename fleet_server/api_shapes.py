@@ -69,7 +69,7 @@ class DefectPage(Shape):
 
 class Sighting(Shape):
     event_id: str
-    device_id: str
+    device_id: str | None = Field(description="The vehicle; null for a map token")
     captured_at: str = Field(**_time())
     confidence: float
     severity: float | None
@@ -97,7 +97,7 @@ class HistoryEntry(Shape):
 
 class Miss(Shape):
     coverage_id: str
-    device_id: str
+    device_id: str | None = Field(description="The vehicle; null for a map token")
     started_at: str = Field(**_time())
     ended_at: str = Field(**_time())
 
@@ -105,7 +105,7 @@ class Miss(Shape):
 class DefectDetail(DefectFeature):
     sightings: list[Sighting] = Field(description="Newest first, at most 1,000")
     sightings_truncated: bool
-    vehicles: list[Vehicle]
+    vehicles: list[Vehicle] = Field(description="Empty for a map token (properties.vehicle_count says how many)")
     history: list[HistoryEntry]
     misses: list[Miss]
 
@@ -140,7 +140,7 @@ class CoveragePage(Shape):
 
 class Me(Shape):
     name: str
-    role: Literal["device", "viewer", "manager", "admin"]
+    role: Literal["device", "map", "viewer", "manager", "admin"]
     device_id: str | None
 
 

@@ -1,4 +1,5 @@
-"""Bearer tokens: roles viewer < manager < admin, plus per-device tokens for POST /detections.
+"""Bearer tokens: roles map < viewer < manager < admin, plus per-device tokens for POST /detections. A map token
+reads the defects without the vehicles (who drove where and when); a viewer reads those too (docs/privacy.md).
 
 A token reads `rmt_<lookup>_<secret>`. Only an argon2id hash is stored; `lookup` (not secret) finds the row
 and argon2 compares in constant time. Verified tokens are remembered for `api.token_cache_s` under the
@@ -27,8 +28,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from fleet_server.db import one_row
 
-ROLES = ("viewer", "manager", "admin")
-RANK = {"device": 0, "viewer": 1, "manager": 2, "admin": 3}
+ROLES = ("map", "viewer", "manager", "admin")
+RANK = {"device": 0, "map": 1, "viewer": 2, "manager": 3, "admin": 4}
 PREFIX = "rmt"
 # OWASP's minimum argon2id settings: the tokens are long random strings, a slow hash only guards a stolen table.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)

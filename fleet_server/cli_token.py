@@ -24,7 +24,8 @@ token_app = typer.Typer(help="API tokens for people and programs.", no_args_is_h
 
 @token_app.command("create")
 @audited
-def token_create(role: str = typer.Option(..., "--role", help="viewer, manager or admin"),
+def token_create(role: str = typer.Option(..., "--role",
+                                          help="map (defects only, no vehicles), viewer, manager or admin"),
                  name: str = typer.Option(..., "--name", help="Who or what uses it"),
                  days: int | None = typer.Option(None, "--days", min=1, max=MAX_TOKEN_DAYS,
                                                  help="Lifetime; api.user_token_days when not given"),

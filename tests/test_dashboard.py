@@ -204,7 +204,7 @@ def server(fresh_db: str, service_info, monkeypatch: pytest.MonkeyPatch) -> Iter
                        mqtt=MqttConfig(host=service_info.mqtt_host, port=service_info.mqtt_port))
     seeded = seed(fresh_db, cfg)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
-        tokens = {role: auth.create_token(conn, role, f"test-{role}") for role in ("viewer", "manager")}
+        tokens = {role: auth.create_token(conn, role, f"test-{role}") for role in ("map", "viewer", "manager")}
     app = create_app(cfg)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -772,4 +772,43 @@ def test_the_api_docs_work_without_the_internet(server: Server, browser) -> None
     assert "road-monitor fleet server" in title.text
     assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/api/v1/defects']")
     assert "cdn." not in httpx.get(server.url + "/docs").text
+    assert script_errors(browser) == []
+
+
+def test_a_map_token_sees_the_defects_without_the_vehicles(server: Server, browser) -> None:
+    """A data-protection review: every token that could read the map also read where each vehicle drove and is
+    (the devices with their last position, the roads driven, the vehicle of each sighting). A map token, for the
+    people who plan road work, reads the defects, their sightings and pictures, and nothing of who was there."""
+    as_map, as_viewer = ({"Authorization": f"Bearer {server.tokens[role]}"} for role in ("map", "viewer"))
+    total = server.seeded.potholes + server.seeded.cracks
+    features = httpx.get(server.url + "/api/v1/defects", headers=as_map).json()["features"]
+    assert len(features) == total
+    assert httpx.get(server.url + "/api/v1/defects.csv", headers=as_map).status_code == 200
+    for path in ("devices", f"devices/{server.seeded.online_device}", "coverage"):
+        assert httpx.get(f"{server.url}/api/v1/{path}", headers=as_map).status_code == 403, path
+        assert httpx.get(f"{server.url}/api/v1/{path}", headers=as_viewer).status_code == 200, path
+    both = next(f["id"] for f in features if f["properties"]["vehicle_count"] == 2)
+    seen, full = (httpx.get(f"{server.url}/api/v1/defects/{both}", headers=h).json() for h in (as_map, as_viewer))
+    assert {s["device_id"] for s in full["sightings"]} == {"veh-a", "veh-b"} and full["vehicles"]
+    assert [s["event_id"] for s in seen["sightings"]] == [s["event_id"] for s in full["sightings"]]
+    assert {s["device_id"] for s in seen["sightings"]} == {None} and seen["vehicles"] == []
+    assert all(m["device_id"] is None for m in seen["misses"])
+    assert seen["properties"]["vehicle_count"] == 2  # how many, not which
+    picture = next(s["thumbnail_url"] for s in seen["sightings"] if s["thumbnail_url"])
+    assert httpx.get(server.url + picture, headers=as_map).status_code == 200
+
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "map")
+    wait.until(lambda d: markers_on_map(d) == total)
+    assert browser.find_element(By.ID, "whoami").text == "test-map (map)"
+    assert not browser.find_element(By.ID, "tab-devices").is_displayed()
+    assert not browser.find_element(By.ID, "f-coverage").is_displayed()
+    browser.find_element(By.ID, "f-reset").click()  # clearing the filters ticks the roads layer's box again
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{both}"]'))).click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sightings li")) == len(seen["sightings"]))
+    panel = browser.find_element(By.ID, "panel-body").text
+    assert "veh-a" not in panel and "veh-b" not in panel
+    assert browser.execute_script("return document.body.dataset.coverageLines || '0'") == "0"
+    assert not browser.find_elements(By.CSS_SELECTOR, ".vehicle-tip, .leaflet-marker-pane .vehicle-icon")
+    assert browser.find_element(By.ID, "app").is_displayed()  # a refused request would have ended the session
     assert script_errors(browser) == []

@@ -27,6 +27,7 @@ const SIGNED_OUT_KEY = "roadmon.signedOut";
 
 const state = {
   me: null, defects: [], devices: [], selected: null, map: null, panel: null, timer: null,
+  seesVehicles: true, // false for a map token: devices and roads driven are not its to read
   failure: null, // the last error of the current load; the status line keeps it until a load succeeds
   loadedAt: null, // when every part last loaded: what the page shows is from then
   loading: null, // the load in progress: a refresh or a click on Refresh meanwhile joins it
@@ -81,6 +82,14 @@ async function signIn() {
 
 async function startApp() {
   $("whoami").textContent = `${state.me.name} (${state.me.role})`;
+  // A map token reads the defects without the vehicles (who drove where, when): no Devices tab, no roads layer,
+  // and nothing asked that the server would refuse (a 403 ends the session).
+  state.seesVehicles = state.me.role !== "map";
+  if (!state.seesVehicles) {
+    $("tab-devices").hidden = true;
+    $("f-coverage").checked = false;
+    $("f-coverage").closest("label").hidden = true;
+  }
   const config = await dashboardConfig();
   state.map = new DefectMap($("map"), config, selectDefect);
   $("legend").innerHTML = legendHtml();
@@ -302,6 +311,7 @@ function reloadWhole(err) {
 }
 
 async function loadDevices(now = false) {
+  if (!state.seesVehicles) return;
   if (!now && $("view-devices").hidden && performance.now() - state.devicesAt < DEVICES_HIDDEN_MS) return;
   await guarded(async () => {
     const body = await getJson("devices");
@@ -341,7 +351,7 @@ function focusVehicle(device) {
 
 async function loadCoverage() {
   const filters = readFilters($("filters"));
-  const visible = $("f-coverage").checked;
+  const visible = state.seesVehicles && $("f-coverage").checked; // Clear filters ticks the box again
   if (!visible) {
     state.coverage = null;
     state.map.showCoverage(null, false);

@@ -85,7 +85,7 @@ export class DefectPanel {
       <div>${vehicles.map((v) => `<span class="chip">${escapeHtml(v)}</span>`).join("") || '<span class="hint">–</span>'}</div>
       <h3>Sightings</h3>
       <ol class="timeline" id="sightings">${sightings.map((s) => `<li>${formatTime(sightingTime(s))} ·
-        ${escapeHtml(sightingDevice(s) || "?")} · conf ${Number(s.confidence ?? 0).toFixed(2)}
+        ${sightingDevice(s) ? `${escapeHtml(sightingDevice(s))} ·` : ""} conf ${Number(s.confidence ?? 0).toFixed(2)}
         ${s.severity != null ? `· sev ${Number(s.severity).toFixed(2)}` : ""}</li>`).join("")
         || '<li class="hint">none listed</li>'}</ol>
       <h3>Status history</h3>
