@@ -38,15 +38,19 @@ def audited(command: Callable[P, None]) -> Callable[P, None]:
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> None:
         line = command_line(words, command, kwargs)
-        code = 1  # an exception on its way out: the command failed
+        code: int | None = 1  # an exception on its way out: the command failed
         try:
             command(*args, **kwargs)
             code = 0
         except typer.Exit as exc:
             code = exc.exit_code
             raise
+        except psycopg.OperationalError:
+            code = None  # no database: no change, and no row either (asking again would double the wait)
+            raise
         finally:
-            record(line, code)
+            if code is not None:
+                record(line, code)
 
     return run
 
