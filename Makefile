@@ -16,7 +16,7 @@ sdk-kotlin: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/mypy roadmon_contract fleet_server
+	.venv/bin/mypy roadmon_contract fleet_server edge_agent
 
 demo: install
 	$(PY) -m scripts.demo up

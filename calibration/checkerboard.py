@@ -103,6 +103,9 @@ def calibrate_images(paths: Iterable[Path], board: tuple[int, int], square_mm: f
         if gray is None:
             rejected.append(f"{path.name} (unreadable)")
             continue
+        if size is None:  # OpenCV reads it, but no image's header could be read to agree on a size
+            rejected.append(f"{path.name} (format not recognised)")
+            continue
         if size != (gray.shape[1], gray.shape[0]):
             rejected.append(f"{path.name} (size {gray.shape[1]}x{gray.shape[0]}, expected {size[0]}x{size[1]})")
             continue

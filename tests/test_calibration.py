@@ -214,6 +214,17 @@ def test_calibrate_camera_on_rendered_boards(tmp_path: Path) -> None:
     assert p.mount.height_m == 1.3
 
 
+def test_images_only_opencv_reads_are_rejected_not_a_crash(tmp_path: Path) -> None:
+    """The sizes are read from the headers (PIL), the pictures by OpenCV: files whose format only OpenCV knows
+    (Radiance HDR under a .png name) left no size to compare with, and indexing it raised TypeError."""
+    for i in range(3):
+        hdr = tmp_path / f"v{i}.hdr"
+        cv2.imwrite(str(hdr), np.full((120, 160, 3), 0.5, np.float32))
+        hdr.rename(tmp_path / f"v{i}.png")
+    with pytest.raises(CalibrationError, match=r"v0\.png \(format not recognised\)"):
+        calibrate_images(sorted(tmp_path.glob("*.png")), (9, 6), 25.0)
+
+
 def test_calibrate_intrinsics_fails_clearly(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "x.png"), np.zeros((100, 100), np.uint8))
     res = CliRunner().invoke(app, ["calibrate", "intrinsics", "--images", str(tmp_path)])

@@ -410,6 +410,14 @@ def test_gpsd_status_says_rtk_dead_reckoning_and_simulation(status, estimated, r
     assert (fix.estimated, fix.rtk) == (estimated, rtk)
 
 
+@pytest.mark.parametrize("status", [[3], {"rtk": 3}, "3", True, None])
+def test_gpsd_status_that_is_not_a_number_is_ignored(status):
+    """A list or object as the status is unhashable: its lookups raised TypeError, which ended the gpsd session
+    (and its connection) over one bad line. Junk is no status: the fix stays, measured and not RTK."""
+    fix = fix_from_tpv({"class": "TPV", "mode": 3, "status": status, "lat": 48.1, "lon": 11.5, "eph": 2.0}, 0.0)
+    assert (fix.mode, fix.estimated, fix.rtk) == (3, False, None)
+
+
 def tpv(k: int) -> bytes:
     t = (T_START + dt.timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
     return (json.dumps({"class": "TPV", "mode": 3, "time": t, "lat": 48.1, "lon": 11.5 + k * 1e-4, "speed": 7.4,

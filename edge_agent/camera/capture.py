@@ -199,12 +199,13 @@ class FrameSource:
         """Read frames until the source fails, the file ends or stop(); True when at least one came."""
         fps = cap.get(cv2.CAP_PROP_FPS) if self.kind == "file" else 0.0
         self.file_fps = fps if fps and fps > 0 else None
-        pace = self.kind == "file" and self.cfg.file_realtime and self.file_fps
+        # A file played in real time waits for each frame's moment; one without a frame rate is read flat out.
+        pace_fps = self.file_fps if self.kind == "file" and self.cfg.file_realtime else None
         t0 = time.monotonic()
         index = 0
         while not self._stop.is_set():
-            if pace:
-                self._stop.wait(max(0.0, t0 + index / self.file_fps - time.monotonic()))
+            if pace_fps is not None:
+                self._stop.wait(max(0.0, t0 + index / pace_fps - time.monotonic()))
             ok, image = cap.read()
             if not ok or image is None:
                 return index > 0

@@ -33,9 +33,10 @@ def presence_probe(source: str) -> Callable[[], bool] | None:
             port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
         except ValueError:  # a port that is not a number: the open itself says what is wrong
             return None
-        if not parts.hostname or port is None:
+        host = parts.hostname
+        if not host or port is None:
             return None
-        return lambda: _accepts(parts.hostname, port)
+        return lambda: _accepts(host, port)
     return None
 
 

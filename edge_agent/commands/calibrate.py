@@ -4,12 +4,16 @@ lane markings of road frames, and a projected metre grid over a road image to ch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from edge_agent.commands import config_option
+
+if TYPE_CHECKING:  # numpy, like OpenCV, is imported inside the commands that use it
+    import numpy as np
 
 calibrate_app = typer.Typer(help="Camera calibration: intrinsics from a checkerboard, check the mount.",
                             no_args_is_help=True)
@@ -129,13 +133,13 @@ def check(
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".mjpg", ".mjpeg", ".h264"}
 
 
-def read_frames(paths: list[Path], per_video: int) -> list[tuple[str, object]]:
+def read_frames(paths: list[Path], per_video: int) -> list[tuple[str, np.ndarray]]:
     """(name, image) of every image file, every image in a folder, and PER_VIDEO frames spread over a video."""
     import cv2
 
     from calibration.checkerboard import IMAGE_SUFFIXES
 
-    frames: list[tuple[str, object]] = []
+    frames: list[tuple[str, np.ndarray]] = []
     for path in paths:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         for file in files:
@@ -150,15 +154,15 @@ def read_frames(paths: list[Path], per_video: int) -> list[tuple[str, object]]:
                         frames.append((f"{file.name}#{k}", image))
                 cap.release()
                 continue
-            image = cv2.imread(str(file))
-            if image is None:
+            still = cv2.imread(str(file))
+            if still is None:
                 err.print(f"[yellow]not read[/yellow] {file}: not an image or video file", highlight=False)
             else:
-                frames.append((file.name, image))
+                frames.append((file.name, still))
     return frames
 
 
-def grab_frames(source: str, count: int, every_s: float = 0.5) -> list[tuple[str, object]]:
+def grab_frames(source: str, count: int, every_s: float = 0.5) -> list[tuple[str, np.ndarray]]:
     """COUNT frames from a live camera SOURCE, EVERY_S apart (so a drive shows the lane along some road)."""
     import time
 
@@ -172,7 +176,7 @@ def grab_frames(source: str, count: int, every_s: float = 0.5) -> list[tuple[str
         err.print(f"[red]camera {source} did not open[/red] (no such camera or file, or the running agent "
                   "holds it: stop it first)", highlight=False)
         raise typer.Exit(1)
-    frames: list[tuple[str, object]] = []
+    frames: list[tuple[str, np.ndarray]] = []
     try:
         for k in track(range(count), description="camera frames", console=err):
             next_at = time.monotonic() + every_s
@@ -270,7 +274,8 @@ def mount(
         if (off := misplaced_m(intr, configured, fitted, ahead)) is not None:
             out.print(f"a defect {ahead:.0f} m ahead is placed {off:.2f} m off with the config's mount")
     doubts = result.doubts(w)
-    if result.height_from_lane and abs(fitted.height_m / configured.height_m - 1) > 0.1:
+    # A height is fitted from the lane only when --lane-width gave one.
+    if result.height_from_lane and lane_width is not None and abs(fitted.height_m / configured.height_m - 1) > 0.1:
         err.print(f"[yellow]height:[/yellow] the config's height_m {configured.height_m:.2f} m means a lane "
                   f"{lane_width * configured.height_m / fitted.height_m:.2f} m wide, not {lane_width:g}: measure "
                   "the lane at the roadside (between the middles of its lines) or the camera height with a tape; "

@@ -21,9 +21,10 @@ def check(path: Path | None = typer.Argument(None, help="TOML config file to val
     """Validate FILE (or --config, or $EDGE_AGENT_CONFIG); print each problem with its key path; exit 1 when
     anything is wrong."""
     # `config check --config FILE` was refused (no such option) although every other command takes --config.
-    if path is None and config is None:
-        raise typer.BadParameter("give the config file: `config check FILE` or --config FILE", param_hint="FILE")
-    path = path if path is not None else Path(config)
+    if path is None:
+        if config is None:
+            raise typer.BadParameter("give the config file: `config check FILE` or --config FILE", param_hint="FILE")
+        path = Path(config)
     try:
         cfg = agent_config.load(path)
     except agent_config.ConfigError as exc:
@@ -34,9 +35,9 @@ def check(path: Path | None = typer.Argument(None, help="TOML config file to val
     missing = missing_files(cfg)
     for item in missing:  # a config made for another box may name its files: a warning, not an error
         err.print(f"  not found here: {item}", markup=False, highlight=False)
-    problem = intrinsics_problem(cfg)
-    if problem:  # there but unreadable (an empty file after a power cut): `run` refuses to start on it
-        err.print(f"[red]{path}: calibration.intrinsics_file: {problem}[/red]", highlight=False)
+    unreadable = intrinsics_problem(cfg)
+    if unreadable:  # there but unreadable (an empty file after a power cut): `run` refuses to start on it
+        err.print(f"[red]{path}: calibration.intrinsics_file: {unreadable}[/red]", highlight=False)
         raise typer.Exit(1)
     typer.echo(f"{path}: ok" + (f" ({len(missing)} file(s) it names are not on this machine; relative names are "
                                 "taken beside the config)" if missing else ""))

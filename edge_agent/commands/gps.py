@@ -85,12 +85,13 @@ def fix_record(fix: Fix, pose: Pose | None) -> dict[str, Any]:
 def replay_records(stream, cfg: GnssConfig, decoder: NmeaDecoder, realtime: bool = False):
     """(fix, pose) per epoch of a recording, on the virtual UTC clock; paced by UTC when realtime."""
     position_filter = PositionFilter(cfg)
-    wall0 = virtual0 = None
+    start: tuple[float, float] | None = None  # (monotonic clock, the recording's clock) at the first fix
     for fix in decode_stream(stream, decoder):
         placed = math.isfinite(fix.t_mono)
         if realtime and placed:
-            if wall0 is None:
-                wall0, virtual0 = time.monotonic(), fix.t_mono
+            if start is None:
+                start = time.monotonic(), fix.t_mono
+            wall0, virtual0 = start
             delay = (fix.t_mono - virtual0) - (time.monotonic() - wall0)
             if 0 < delay < 60:
                 time.sleep(delay)

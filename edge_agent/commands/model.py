@@ -275,25 +275,24 @@ def bench(model: str = typer.Option("bundled", "--model", "-m", help=MODEL_HELP)
             bar.advance(task)
     result = {name: {"median_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
                      "path": models[name].info.path} for name, t in times.items()}
+    speedup = None
     if "fp32" in result and len(result) == 2:
         other = next(k for k in result if k != "fp32")
-        result["speedup_vs_fp32"] = result["fp32"]["median_ms"] / result[other]["median_ms"]
-    if as_json:
-        typer.echo(json.dumps(result))
+        speedup = result["fp32"]["median_ms"] / result[other]["median_ms"]
+    if as_json:  # the models' times, and beside them the speedup when there is one
+        typer.echo(json.dumps(result if speedup is None else result | {"speedup_vs_fp32": speedup}))
         return
     table = Table(title=f"latency on this machine, {det.info.input_size[0]}x{det.info.input_size[1]} input")
     for col in ("model", "median ms", "p95 ms", "file"):
         table.add_column(col)
     for name, r in result.items():
-        if isinstance(r, dict):
-            table.add_row(name, f"{r['median_ms']:.1f}", f"{r['p95_ms']:.1f}", r["path"])
+        table.add_row(name, f"{r['median_ms']:.1f}", f"{r['p95_ms']:.1f}", r["path"])
     out.print(table)
-    if "speedup_vs_fp32" in result:
-        s = result["speedup_vs_fp32"]
+    if speedup is not None:
         # Only a model the quantizer made is known to be INT8; another (an FP16 export, say) is "the model".
         what = "INT8" if det.info.quantization else "the model"
-        verdict = (f"use {what}" if s >= MIN_SPEEDUP else f"use the FP32 model ({what} does not pay here)")
-        out.print(f"{what[0].upper() + what[1:]} is {s:.2f}x FP32 speed here: {verdict}")
+        verdict = (f"use {what}" if speedup >= MIN_SPEEDUP else f"use the FP32 model ({what} does not pay here)")
+        out.print(f"{what[0].upper() + what[1:]} is {speedup:.2f}x FP32 speed here: {verdict}")
 
 
 def _progress(quiet: bool) -> Progress:

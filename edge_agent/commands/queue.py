@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from edge_agent.commands import config_option
 from roadmon_contract.commands import zoned_time
+
+if TYPE_CHECKING:  # at run time resolve_paths imports the config itself, when a command needs it
+    from edge_agent.config import AgentConfig
 
 queue_app = typer.Typer(help="Inspect and manage the outbox (the store-and-forward queue).", no_args_is_help=True)
 out = Console()
@@ -32,25 +35,27 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table"
 MAX_LIST_ROWS = 10_000_000
 
 
-def resolve_paths(config: str, outbox: Path | None) -> tuple[Path, Any]:
+def resolve_paths(config: str, outbox: Path | None) -> tuple[Path, AgentConfig | None]:
     """(outbox file, agent config or None). Exits 2 with a clear message when neither can be found."""
     from edge_agent import config as agent_config
 
-    cfg = None
-    if outbox is None or Path(config).exists():
+    if outbox is not None:  # the config is optional then: used when it is there and loads
+        if not Path(config).exists():
+            return outbox, None
         try:
-            cfg = agent_config.load(config)
-        except agent_config.ConfigError as exc:
-            if outbox is None:
-                err.print(f"[red]{exc}[/red]\n(pass --config FILE or set $EDGE_AGENT_CONFIG for another box's "
-                          "config, or --outbox PATH to read a queue file directly)")
-                raise typer.Exit(2) from None
-    if outbox is None:
-        outbox = cfg.outbox_path
-    return outbox, cfg
+            return outbox, agent_config.load(config)
+        except agent_config.ConfigError:
+            return outbox, None
+    try:
+        cfg = agent_config.load(config)
+    except agent_config.ConfigError as exc:
+        err.print(f"[red]{exc}[/red]\n(pass --config FILE or set $EDGE_AGENT_CONFIG for another box's "
+                  "config, or --outbox PATH to read a queue file directly)")
+        raise typer.Exit(2) from None
+    return cfg.outbox_path, cfg
 
 
-def fail(message: str, hint: str = "", code: int = 1) -> None:
+def fail(message: str, hint: str = "", code: int = 1) -> NoReturn:
     """One line saying what went wrong (and one with what to do), then exit CODE."""
     err.print(f"[red]{message}[/red]", highlight=False)
     if hint:

@@ -52,9 +52,9 @@ def drive(
 ) -> None:
     """Render a drive: video.mp4, drive.nmea, truth.csv, defects.geojson, boxes.csv, agent.toml, drive.json."""
     from edge_agent.lab.sim.drive import DriveSpec, simulate_drive
-    from edge_agent.lab.sim.gnss_noise import NOISE_MODELS
+    from edge_agent.lab.sim.gnss_noise import NOISE_MODELS, is_noise_model
 
-    if gps_noise_model not in NOISE_MODELS:
+    if not is_noise_model(gps_noise_model):
         err.print(f"[red]--gps-noise-model {gps_noise_model!r}:[/red] expected one of {', '.join(NOISE_MODELS)}")
         raise typer.Exit(2)
     try:

@@ -182,7 +182,7 @@ def _gnss(agent: dict[str, Any] | None, heartbeat_s: float) -> dict[str, Any]:
     its last status said."""
     health = (agent or {}).get("health") or {}
     state = health.get("gnss")
-    live = bool(agent) and agent.get("state") != "stopped" and not is_stale(agent, heartbeat_s)
+    live = bool(agent and agent.get("state") != "stopped" and not is_stale(agent, heartbeat_s))
     fix_age = last_fix_age_s(agent or {}, live)
     if fix_age is None and state == "ok":
         fix_age = 0.0 if live else age_s((agent or {}).get("sent_at"))

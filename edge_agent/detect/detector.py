@@ -18,6 +18,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import DTypeLike
 
 from edge_agent.config.detector import DetectorConfig
 from edge_agent.detect.decode import (
@@ -85,7 +86,8 @@ class ModelInfo:
 
 
 class Detector:
-    def __init__(self, session: Any, info: ModelInfo, layout: Layout, dtype: np.dtype, cfg: DetectorConfig) -> None:
+    def __init__(self, session: Any, info: ModelInfo, layout: Layout, dtype: DTypeLike, cfg: DetectorConfig
+                 ) -> None:
         self.session = session
         self.info = info
         self.layout = layout

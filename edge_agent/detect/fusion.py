@@ -46,7 +46,7 @@ def fuse(passes: Sequence[Sequence[Detection]], iou_threshold: float) -> list[De
         taken |= group
         weights = scores[group]
         x1, y1, x2, y2 = (boxes[group] * weights[:, None]).sum(axis=0) / weights.sum()
-        best = {}
+        best: dict[int, float] = {}  # per pass, its best score in the group
         for k in np.flatnonzero(group):
             best[members[k][0]] = max(best.get(members[k][0], 0.0), scores[k])
         fused.append(replace(top, x1=float(x1), y1=float(y1), x2=float(x2), y2=float(y2),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numpy.typing import DTypeLike
 
 PAD_VALUE = 114
 
@@ -74,7 +75,7 @@ def blob_shape(width: int, height: int, channels_last: bool = False) -> tuple[in
     return (1, height, width, 3) if channels_last else (1, 3, height, width)
 
 
-def to_blob(canvas_bgr: np.ndarray, dtype: np.dtype, channels_last: bool = False) -> np.ndarray:
+def to_blob(canvas_bgr: np.ndarray, dtype: DTypeLike, channels_last: bool = False) -> np.ndarray:
     """HxWx3 BGR uint8 -> a new RGB blob (1x3xHxW, or 1xHxWx3 channels-last), 0..1 for float inputs, raw 0..255
     for uint8 inputs."""
     blob = np.empty(blob_shape(canvas_bgr.shape[1], canvas_bgr.shape[0], channels_last), dtype)

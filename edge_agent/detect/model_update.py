@@ -238,10 +238,13 @@ def verify_signature(public_key: Any, path: Path, signature_b64: str | None) -> 
 def sign_file(private_key_pem: bytes, path: Path) -> str:
     """Base64 Ed25519 signature of a model file (for the release side; same as
     `openssl pkeyutl -sign -rawin -inkey key.pem -in model.onnx | base64 -w0`)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     key = load_pem_private_key(private_key_pem, password=None)
-    return base64.b64encode(key.sign(path.read_bytes())).decode()  # type: ignore[union-attr]
+    if not isinstance(key, Ed25519PrivateKey):  # the agent verifies Ed25519 only (load_public_key)
+        raise ValueError("the release key is not an Ed25519 private key")
+    return base64.b64encode(key.sign(path.read_bytes())).decode()
 
 
 def detector_sanity_check(detector: DetectorConfig) -> SanityCheck:
@@ -539,7 +542,7 @@ class ModelUpdater:
     def _queue(self, payload: dict[str, Any], t0: float) -> dict[str, Any]:
         """Called with the mutex held: PAYLOAD runs after the update in progress, in place of any waiting one."""
         older, self._next = self._next, payload
-        self.journal.write(self._key(payload), payload, "queued")
+        self.journal.write(self._checked_key(payload), payload, "queued")
         if older is not None and self._key(older) != self._key(payload):
             self._emit(self._superseded(older, payload))
         log.info("model update %s queued behind the one in progress", payload.get("sha256"))
@@ -579,7 +582,7 @@ class ModelUpdater:
         """One update, journalled first; never raises."""
         try:
             self._check_command(payload)  # again: a queued or resumed command may have expired meanwhile
-            self.journal.write(self._key(payload), payload, "running")
+            self.journal.write(self._checked_key(payload), payload, "running")
             result = self._update(payload, t0)
         except UpdateRefused as exc:
             result = self._refusal(payload, t0, exc)
@@ -609,6 +612,14 @@ class ModelUpdater:
                 out[echoed] = payload[echoed]
         out.update(extra)
         return out
+
+    @classmethod
+    def _checked_key(cls, payload: dict[str, Any]) -> str:
+        """The journal's name for a command _check_command passed: its valid sha256 alone gives one."""
+        key = cls._key(payload)
+        if key is None:
+            raise UpdateRefused("'sha256' must be 64 hex digits")
+        return key
 
     @staticmethod
     def _key(payload: dict[str, Any]) -> str | None:

@@ -88,7 +88,8 @@ def check_camera(ctx: Context) -> CheckResult:
             return CheckResult("camera", Level.RED, f"cannot open {kind} source {cam.source!r}",
                                "without frames the agent detects nothing", _open_hint(kind, cam.source),
                                {"source": cam.source, "kind": kind})
-        stamps, last = [], None
+        stamps: list[float] = []
+        last = None
         deadline = time.monotonic() + opts.camera_seconds
         while len(stamps) < opts.camera_frames and time.monotonic() < deadline:
             ok, frame = cap.read()

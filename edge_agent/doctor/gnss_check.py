@@ -79,16 +79,14 @@ def _maybe_stuck(fixes: list[Fix]) -> bool:
         frozen_output(fixes) is None
 
 
-def _read_serial(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
+def _read_serial(cfg: GnssConfig, seconds: float) -> tuple[NmeaDecoder, list[Fix], int]:
     import serial
 
-    cfg = ctx.cfg.gnss  # type: ignore[union-attr]
     with serial.serial_for_url(cfg.port, cfg.baud, timeout=0.2) as port:
-        return _listen(lambda: port.read(4096), cfg, ctx.options.gnss_seconds)
+        return _listen(lambda: port.read(4096), cfg, seconds)
 
 
-def _read_gpsd(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
-    cfg = ctx.cfg.gnss  # type: ignore[union-attr]
+def _read_gpsd(cfg: GnssConfig, seconds: float) -> tuple[NmeaDecoder, list[Fix], int]:
     with socket.create_connection((cfg.gpsd_host, cfg.gpsd_port), timeout=3) as sock:
         # gpsd relays the receiver's raw NMEA when asked, so the same decoder judges it.
         sock.sendall(b'?WATCH=' + json.dumps({"enable": True, "nmea": True}).encode() + b";\n")
@@ -100,7 +98,7 @@ def _read_gpsd(ctx: Context) -> tuple[NmeaDecoder, list[Fix], int]:
             except TimeoutError:
                 return b""
 
-        return _listen(read, cfg, ctx.options.gnss_seconds)
+        return _listen(read, cfg, seconds)
 
 
 def _quality(fix: Fix) -> str:
@@ -138,6 +136,7 @@ def _no_nmea(where: str, stats: dict[str, int], got: int, live: bool, ctx: Conte
         return CheckResult("gnss", Level.RED, f"{where}: {stats['bad_checksums']} NMEA sentences, every checksum "
                            "wrong", *(CHECKSUMS if live else RECORDED_CHECKSUMS), data)
     if stats["sentences"] == 0:
+        assert ctx.cfg is not None  # check_gnss runs with a config, like every check after the config's
         return CheckResult("gnss", Level.RED, f"{where}: {got} bytes but no valid NMEA sentence",
                            *(_not_nmea(ctx.cfg.gnss.baud) if live else RECORDED_NOT_NMEA), data)
     return None
@@ -262,10 +261,10 @@ def check_gnss(ctx: Context) -> CheckResult:
     try:
         if cfg.source == "gpsd":
             where = f"gpsd {cfg.gpsd_host}:{cfg.gpsd_port}"
-            decoder, fixes, got = _read_gpsd(ctx)
+            decoder, fixes, got = _read_gpsd(cfg, ctx.options.gnss_seconds)
         else:
             where = f"{cfg.port} @ {cfg.baud} baud"
-            decoder, fixes, got = _read_serial(ctx)
+            decoder, fixes, got = _read_serial(cfg, ctx.options.gnss_seconds)
     except OSError as exc:  # serial.SerialException is an OSError too
         hint = "start gpsd (`systemctl status gpsd`) or check gnss.gpsd_host/port" if cfg.source == "gpsd" else (
             SERIAL_HINT)

@@ -65,6 +65,13 @@ class Fix:
     rtk: str | None = None  # "rtk_fixed" or "rtk_float": a carrier-phase fix (GGA quality 4/5, FAA mode R/F)
 
 
+def fix_position(fix: Fix) -> tuple[float, float]:
+    """A fix's (lat, lon), for code that takes only fixes with a position (raises ValueError for one without)."""
+    if fix.lat is None or fix.lon is None:
+        raise ValueError(f"a fix without a position (mode {fix.mode}) where one with a position was needed")
+    return fix.lat, fix.lon
+
+
 def fix_kind(fix: Fix) -> str:
     """How a technician names the fix: "no fix", "2D fix", "3D fix", "RTK fixed" or "RTK float"."""
     if fix.mode and fix.rtk:
@@ -233,10 +240,12 @@ class EpochAssembler:
         self._last_tod: float | None = None
         self._last_utc: dt.datetime | None = None
         self._gsa_recent: tuple[int | None, float | None, int] = (None, None, _GSA_KEEP_EPOCHS)
-        self._tod_text, self._tod_value = "", None
+        self._tod_text = ""
+        self._tod_value: float | None = None
         self._position_key: tuple[str, ...] = ()
         self._position_value: tuple[float | None, float | None] = (None, None)
-        self._ddmmyy_text, self._ddmmyy_date = "", None
+        self._ddmmyy_text = ""
+        self._ddmmyy_date: dt.date | None = None
         self._appliers = {"RMC": self._apply_RMC, "GGA": self._apply_GGA, "GLL": self._apply_GLL,
                           "GNS": self._apply_GNS, "GSA": self._apply_GSA, "VTG": self._apply_VTG,
                           "ZDA": self._apply_ZDA, "GST": self._apply_GST}
@@ -477,7 +486,8 @@ class EpochAssembler:
             mode = gsa_mode if gsa_mode in (2, 3) else (3 if epoch.alt is not None else 2)
             self.stats.fixes += 1
         hdop = epoch.hdop if epoch.hdop is not None else gsa_hdop
-        if epoch.sigma_lat is not None:
+        eph: float | None
+        if epoch.sigma_lat is not None and epoch.sigma_lon is not None:  # GST sets both or neither
             eph = math.hypot(epoch.sigma_lat, epoch.sigma_lon)
         else:
             eph = hdop * RTK_UERE_M.get(epoch.rtk or "", self.uere_m) if hdop is not None else None

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss.epochs import Fix
+from edge_agent.gnss.epochs import Fix, fix_position
 from edge_agent.gnss.fix_noise import FixNoiseScale
 from roadmon_contract.geodesy import LocalFrame, compass_deg
 
@@ -247,14 +247,15 @@ class PositionFilter:
             self.stats.estimated += 1  # the receiver coasting: our own prediction is as good
             return self._position_at(t)
         self.stats.fixes += 1
-        if self._axes is not None and self._last_fix_t is not None:
-            if t <= self._last_fix_t:
-                return self._position_at(t)  # the same epoch twice
-            if t - self._last_fix_t > self.cfg.reset_gap_s:
-                self._reset("gap")
-        if self._axes is None:
+        last_fix_t = self._last_fix_t
+        if self._axes is None or last_fix_t is None:
             return self._start(fix, "reset" if self._started else "ok")
-        return self._measure(fix)
+        if t <= last_fix_t:
+            return self._position_at(t)  # the same epoch twice
+        if t - last_fix_t > self.cfg.reset_gap_s:
+            self._reset("gap")
+            return self._start(fix, "reset")
+        return self._measure(fix, t - last_fix_t)
 
     def _went_backwards(self, fix: Fix) -> bool:
         if self._last_t is not None and fix.t_mono < self._last_t:
@@ -277,15 +278,16 @@ class PositionFilter:
             self._last_t = None
             self._last_utc = None
 
-    def _variance(self, fix: Fix, velocity: tuple[float, float] | None) -> tuple[float, float]:
-        """Per-axis variances of a fix's position: (the part that scatters from fix to fix, the receiver's stated
-        total). The first is the stated figure times the scale learned so far (this fix with its VELOCITY
-        included); it is what the filter can average away. The rest of the stated error, when the scale is
+    def _variance(self, fix: Fix, lat: float, lon: float, frame: LocalFrame, velocity: tuple[float, float] | None
+                  ) -> tuple[float, float]:
+        """Per-axis variances of a fix's position (at LAT, LON): (the part that scatters from fix to fix, the
+        receiver's stated total). The first is the stated figure times the scale learned so far (this fix with its
+        VELOCITY included); it is what the filter can average away. The rest of the stated error, when the scale is
         below 1, changes too slowly to show between fixes (multipath, atmosphere): no filtering removes it,
         so it stays in h_std and widens the gate (a receiver's slow error does step when satellites change)."""
         stated = self._sigma_m(fix) ** 2
         if self.cfg.adapt_fix_noise:
-            self._noise.observe(fix.t_mono, fix.lat, fix.lon, velocity, stated, self._frame.to_enu)
+            self._noise.observe(fix.t_mono, lat, lon, velocity, stated, frame.to_enu)
         return stated * self._noise.scale, stated
 
     def _sigma_m(self, fix: Fix) -> float:
@@ -306,9 +308,10 @@ class PositionFilter:
         return fix.speed_mps * math.sin(heading), fix.speed_mps * math.cos(heading)
 
     def _start(self, fix: Fix, state: PoseState) -> Pose:
-        self._frame = LocalFrame(fix.lat, fix.lon)
+        lat, lon = fix_position(fix)
+        frame = self._frame = LocalFrame(lat, lon)
         velocity = self._receiver_velocity(fix)
-        r, stated = self._variance(fix, velocity)
+        r, stated = self._variance(fix, lat, lon, frame, velocity)
         self._slow_var = max(stated - r, 0.0)
         if velocity is None:
             east, north = Axis(0.0, 0.0, r, 0.0, _UNKNOWN_SPEED_VAR), Axis(0.0, 0.0, r, 0.0, _UNKNOWN_SPEED_VAR)
@@ -320,14 +323,16 @@ class PositionFilter:
         self._segment += 1
         return self._commit(fix.t_mono, state)
 
-    def _measure(self, fix: Fix) -> Pose:
-        dt_s = fix.t_mono - self._last_fix_t
+    def _measure(self, fix: Fix, dt_s: float) -> Pose:
+        """Take in FIX, DT_S after the segment's last one."""
+        axes, frame = self._running()
         q = self.cfg.process_accel_mps2**2
-        east, north = self._axes[0].predicted(dt_s, q), self._axes[1].predicted(dt_s, q)
+        east, north = axes[0].predicted(dt_s, q), axes[1].predicted(dt_s, q)
         prior = (Axis(east.p, east.v, east.a, east.b, east.c), Axis(north.p, north.v, north.a, north.b, north.c))
-        z_east, z_north = self._frame.to_enu(fix.lat, fix.lon)
+        lat, lon = fix_position(fix)
+        z_east, z_north = frame.to_enu(lat, lon)
         velocity = self._receiver_velocity(fix)
-        r, stated = self._variance(fix, velocity)
+        r, stated = self._variance(fix, lat, lon, frame, velocity)
         # The same epoch's velocity first (the order of two independent updates does not change the result):
         # it carries the turn or the braking since the last fix into the predicted position, so the position
         # is judged against where the vehicle went, not where a constant velocity would have taken it.
@@ -337,7 +342,7 @@ class PositionFilter:
             north.update_velocity(velocity[1], rv)
         y_east, y_north = z_east - east.p, z_north - north.p
         if math.hypot(y_east, y_north) > self.cfg.reset_jump_m:
-            if (first := self._jump_confirmed(fix, z_east, z_north)) is not None:
+            if (first := self._jump_confirmed(fix, frame, z_east, z_north)) is not None:
                 # The new segment starts at the jump's first fix: the frames between it and this one were
                 # taken there, not on the prediction the glitch rule gave them (a defect in view then was placed
                 # a whole jump away). That prediction is dropped from the history.
@@ -346,7 +351,7 @@ class PositionFilter:
                     self._times.pop()
                 self._reset("jump")
                 self._start(first, "reset")
-                return replace(self._measure(fix), state="reset")
+                return replace(self._measure(fix, fix.t_mono - first.t_mono), state="reset")
             # A lone jump is a glitch (one bad solution 500 m off) until the next fix lands near it: the
             # track goes on from the prediction, where restarting at the glitch put a defect there.
             self.stats.outliers += 1
@@ -379,13 +384,13 @@ class PositionFilter:
         self._axes = (east, north)
         return self._commit(fix.t_mono, "ok", prior)
 
-    def _jump_confirmed(self, fix: Fix, z_east: float, z_north: float) -> Fix | None:
+    def _jump_confirmed(self, fix: Fix, frame: LocalFrame, z_east: float, z_north: float) -> Fix | None:
         """The jump's first fix when this far fix is the second in a row near the same place: the receiver (or
         the vehicle, off a ferry or out of a garage) really is there. None otherwise."""
         before, self._jumped_to = self._jumped_to, fix
         if before is None:
             return None
-        b_east, b_north = self._frame.to_enu(before.lat, before.lon)
+        b_east, b_north = frame.to_enu(*fix_position(before))
         return before if math.hypot(z_east - b_east, z_north - b_north) <= self.cfg.reset_jump_m else None
 
     def unsettled(self) -> bool:
@@ -394,10 +399,16 @@ class PositionFilter:
         with self._lock:
             return self._jumped_to is not None
 
+    def _running(self) -> tuple[tuple[Axis, Axis], LocalFrame]:
+        """The running segment's axes and frame (_start sets both, _reset clears both)."""
+        if self._axes is None or self._frame is None:
+            raise RuntimeError("the position filter has no running segment")
+        return self._axes, self._frame
+
     def _commit(self, t: float, state: PoseState, prior: tuple[Axis, Axis] | None = None) -> Pose:
-        east, north = self._axes
+        (east, north), frame = self._running()
         self._last_fix_t = t
-        lat, lon = self._frame.to_geodetic(east.p, north.p)
+        lat, lon = frame.to_geodetic(east.p, north.p)
         if prior is not None:  # relative to this posterior, like its axes (the prior is _measure's own copy)
             prior[0].p -= east.p
             prior[1].p -= north.p
@@ -441,8 +452,8 @@ class PositionFilter:
         if not self._smoothed:
             self._smoothed = [None] * len(self._history)
         cache = self._smoothed
-        if cache[i] is not None:
-            return cache[i]
+        if (cached := cache[i]) is not None:
+            return cached
         newest = self._history[-1]
         frame = LocalFrame(newest.lat, newest.lon)
         k = i
@@ -452,13 +463,14 @@ class PositionFilter:
         for j in range(k, i - 1, -1):
             post = self._history[j]
             later = cache[j + 1] if j + 1 < len(cache) else None
-            if later is None or later.segment != post.segment or later.prior is None:
+            prior = self._history[j + 1].prior if later is not None else None  # a smoothed state keeps its prior
+            if later is None or later.segment != post.segment or prior is None:
                 cache[j] = post  # the newest state of its segment: nothing after it to learn from
                 continue
             e0, n0 = frame.to_enu(post.lat, post.lon)
             e1, n1 = frame.to_enu(self._history[j + 1].lat, self._history[j + 1].lon)
             es, ns = frame.to_enu(later.lat, later.lon)
-            prior_e, prior_n = self._history[j + 1].prior
+            prior_e, prior_n = prior
             dt_s = later.t - post.t
             east = Axis(e0, post.east.v, post.east.a, post.east.b, post.east.c).smoothed(
                 Axis(e1 + prior_e.p, prior_e.v, prior_e.a, prior_e.b, prior_e.c), Axis(es, *_cov(later.east)), dt_s)
@@ -470,7 +482,9 @@ class PositionFilter:
             lat, lon = frame.to_geodetic(east.p, north.p)
             cache[j] = _Posterior(post.t, lat, lon, east.relative(), north.relative(), post.state, post.segment,
                                   post.prior, post.slow_var)
-        return cache[i]
+        if (smoothed := cache[i]) is None:  # the walk back ends at i: it is filled
+            raise RuntimeError(f"smoothing left state {i} of the history empty")
+        return smoothed
 
     def _state_after(self, since_fix_s: float) -> PoseState:
         if since_fix_s <= self.cfg.ok_window_s:

@@ -16,8 +16,12 @@ YAW_WINDOW_S = 1.0  # the turn rate is the heading change over this long (the fi
 
 
 class PoseLike(Protocol):
-    speed_mps: float | None
-    heading_deg: float | None
+    """What the motion needs of a pose (the filter's frozen Pose): read-only."""
+
+    @property
+    def speed_mps(self) -> float | None: ...
+    @property
+    def heading_deg(self) -> float | None: ...
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
         value = float(value)
         return value if math.isfinite(value) and low <= value <= high else None
 
-    mode = report.get("mode") if report.get("mode") in (2, 3) else 0
+    mode = int(report["mode"]) if report.get("mode") in (2, 3) else 0
     lat, lon = number("lat", -90, 90), number("lon", -180, 180)
     if lat is None or lon is None:
         mode = 0
@@ -182,13 +182,21 @@ def fix_from_tpv(report: dict[str, Any], t_mono: float) -> Fix | None:
     altitude = number("altMSL", -1000, 1e5)
     if altitude is None:
         altitude = number("alt", -1000, 1e5)  # gpsd before 3.20 only sends alt
+    status = _tpv_status(report)
     return Fix(
         utc=utc, t_mono=t_mono, mode=mode, lat=lat if mode else None, lon=lon if mode else None,
         alt_m=altitude if mode == 3 else None,
         speed_mps=number("speed", 0, 600) if mode else None, track_deg=track % 360 if mode and track is not None
         else None, eph_m=eph if mode else None, hdop=None, sats=None,
-        estimated=report.get("status") in GPSD_NOT_MEASURED, rtk=GPSD_RTK.get(report.get("status")) if mode else None,
+        estimated=status in GPSD_NOT_MEASURED, rtk=GPSD_RTK.get(status) if mode and status is not None else None,
     )
+
+
+def _tpv_status(report: dict[str, Any]) -> int | None:
+    """gpsd's TPV status code, or None. Anything but an integer is junk: a list or object there (unhashable)
+    raised TypeError in the lookups and dropped the whole gpsd connection over one line."""
+    status = report.get("status")
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
 
 
 # --- live reader
@@ -341,13 +349,14 @@ class GnssReader:
     def _file_session(self) -> None:
         decoder = NmeaDecoder(self.cfg, virtual_clock=True)
         self.decoder = decoder
-        wall0 = virtual0 = None
+        start: tuple[float, float] | None = None  # (monotonic clock, the file's clock) at the first fix
         for fix in fixes_from_file(self.cfg.file, self.cfg, decoder):
             if self._stop.is_set():
                 return
             if self.cfg.realtime:
-                if wall0 is None:
-                    wall0, virtual0 = time.monotonic(), fix.t_mono
+                if start is None:
+                    start = time.monotonic(), fix.t_mono
+                wall0, virtual0 = start
                 if self._stop.wait(max(0.0, (fix.t_mono - virtual0) - (time.monotonic() - wall0))):
                     return
                 fix = replace(fix, t_mono=time.monotonic())

@@ -23,12 +23,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
 from edge_agent.config.gnss import GnssConfig
-from edge_agent.gnss.epochs import Fix
-from edge_agent.gnss.kalman import LocalFrame, PositionFilter
+from edge_agent.gnss.epochs import Fix, fix_position
+from edge_agent.gnss.kalman import LocalFrame, Pose, PositionFilter
 from edge_agent.gnss.source import fixes_from_file
 from edge_agent.lab.sim.gnss_noise import NoiseModel, gnss_errors
 
@@ -89,7 +90,7 @@ def with_error(fixes: Sequence[Fix], sigma_m: float, model: NoiseModel, seed: in
         if not is_measurement(fix):
             out.append(fix)
             continue
-        frame = LocalFrame(fix.lat, fix.lon)
+        frame = LocalFrame(*fix_position(fix))
         lat, lon = frame.to_geodetic(float(err.east_m[k]), float(err.north_m[k]))
         eph = sigma_m * math.sqrt(2.0) if stated else fix.eph_m
         out.append(dataclasses.replace(fix, lat=lat, lon=lon, eph_m=eph))
@@ -119,7 +120,7 @@ def evaluate(truth: Sequence[Fix], noisy: Sequence[Fix], cfg: GnssConfig | None 
             ask(pending.popleft())
         if not is_measurement(fix) or pose is None:
             continue
-        raw.append(_error_m(true, fix.lat, fix.lon))
+        raw.append(_error_m(true, *fix_position(fix)))
         filtered.append(_error_m(true, pose.lat, pose.lon))
         filtered_h.append(pose.h_std_m)
         pending.append(true)
@@ -131,7 +132,7 @@ def evaluate(truth: Sequence[Fix], noisy: Sequence[Fix], cfg: GnssConfig | None 
 
 
 def _error_m(true: Fix, lat: float, lon: float) -> float:
-    return math.hypot(*LocalFrame(true.lat, true.lon).to_enu(lat, lon))
+    return math.hypot(*LocalFrame(*fix_position(true)).to_enu(lat, lon))
 
 
 def _rms(errors: Sequence[float]) -> float:
@@ -175,7 +176,7 @@ def evaluate_gaps(truth: Sequence[Fix], noisy: Sequence[Fix], gap_s: float, ever
     held_h: list[float] = []
     points = 0
 
-    def placed(pose: object) -> bool:
+    def placed(pose: Pose | None) -> TypeGuard[Pose]:
         return pose is not None and pose.state != "stale" and pose.h_std_m <= max_h_std_m
 
     for true, fix in zip(truth, noisy, strict=True):

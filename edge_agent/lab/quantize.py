@@ -183,9 +183,9 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
         raise ValueError(f"{src}: quantize takes a model with a float32 input, this one takes "
                          f"{fp32.info.input_dtype}: quantize its FP32 export")
 
-    def accuracy(det: Detector) -> float | None:
+    def accuracy(det: Detector) -> float:  # a Trial's ap50 is None only for a format that failed to build
         res = evaluate_dataset(det, eval_dir, pseudo_labels_from=None if has_labels else fp32)
-        return res["ap50"]
+        return float(res["ap50"])
 
     has_labels = (eval_dir / "labels").is_dir()
     accuracy_source = f"AP50 on {eval_dir}" if has_labels else f"AP50 against FP32 detections on {eval_dir}"
@@ -199,8 +199,9 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
         # FP32 is timed in the same fixed-shape, pre-processed form, so the comparison is like for like.
         fp32 = load_detector(base_cfg.model_copy(update={"model": str(pre)}))
         say(f"FP32: measuring accuracy ({accuracy_source}) and latency")
-        fp32_trial = Trial("fp32", accuracy(fp32), float("nan"), size_bytes=src.stat().st_size)
-        say(f"FP32: AP50 {fp32_trial.ap50:.3f}")
+        fp32_ap50 = accuracy(fp32)
+        fp32_trial = Trial("fp32", fp32_ap50, float("nan"), size_bytes=src.stat().st_size)
+        say(f"FP32: AP50 {fp32_ap50:.3f}")
         detectors = {"fp32": fp32}
         for spec in formats:
             out = Path(tmp) / f"{spec.name}.onnx"
@@ -212,12 +213,13 @@ def quantize_model(src: Path, dst: Path, calib_dir: Path, *, eval_dir: Path | No
                 trials.append(Trial(spec.name, None, float("nan"), note=f"failed: {exc}"[:300]))
                 say(f"{spec.name}: failed ({exc})")
                 continue
-            trial = Trial(spec.name, accuracy(det), float("nan"), size_bytes=out.stat().st_size)
-            trial.accepted = trial.ap50 is not None and trial.ap50 >= fp32_trial.ap50 - max_ap_drop
-            trial.note = "within tolerance" if trial.accepted else f"AP50 drop {fp32_trial.ap50 - trial.ap50:.3f}"
+            ap50 = accuracy(det)
+            trial = Trial(spec.name, ap50, float("nan"), size_bytes=out.stat().st_size)
+            trial.accepted = ap50 >= fp32_ap50 - max_ap_drop
+            trial.note = "within tolerance" if trial.accepted else f"AP50 drop {fp32_ap50 - ap50:.3f}"
             trials.append(trial)
             detectors[spec.name] = det
-            say(f"{spec.name}: AP50 {trial.ap50:.3f}")
+            say(f"{spec.name}: AP50 {ap50:.3f}")
         say(f"timing {len(detectors)} models, {runs} runs each, taking turns")
         latency = measure_latencies(detectors, runs)
         fp32_trial.latency_ms = latency["fp32"]

@@ -119,8 +119,15 @@ def _tls(cfg: UplinkConfig, timeout_s: float) -> tuple[bool | None, str]:
                       "set uplink.ca_file to the CA that signed it; check the box's clock (doctor clock)") from None
     except (OSError, ssl.SSLError) as exc:
         raise _Failed(f"TLS handshake failed: {exc}", "is this port TLS? 8883 is, 1883 is not") from None
-    subject = dict(x[0] for x in cert.get("subject", ())).get("commonName", "?")
+    subject = _common_name(cert.get("subject", ()))
     return True, f"{version}, certificate for {subject}, valid until {cert.get('notAfter', '?')}"
+
+
+def _common_name(subject: object) -> str:
+    """The commonName in a peer certificate's subject: a tuple of RDNs, each a tuple of (name, value) pairs."""
+    if not isinstance(subject, tuple):  # getpeercert types its values loosely; a subject is never a bare string
+        return "?"
+    return str(dict(rdn[0] for rdn in subject).get("commonName", "?"))
 
 
 def _mqtt(cfg: UplinkConfig, device_id: str, timeout_s: float, publish: bool) -> tuple[bool, str]:

@@ -35,7 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from tenacity import RetryError, Retrying, retry_if_exception_type, wait_random_exponential
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, wait_random_exponential
 
 from edge_agent import __version__
 from edge_agent.config.uplink import UplinkConfig
@@ -84,6 +84,12 @@ class LoginRefused(Exception):
     def __init__(self, state: str, detail: str) -> None:
         super().__init__(detail)
         self.state = state
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """tenacity's before_sleep: which attempt failed how, and the wait before the next."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.info("uplink: %s; retrying in %.1f s", error, state.next_action.sleep if state.next_action else 0)
 
 
 class Uplink:
@@ -241,6 +247,10 @@ class Uplink:
             pause = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** min(self._short_lived - 1, 16))
             self._wait(pause * random.uniform(0.5, 1.0))
 
+    def _pause(self, seconds: float) -> None:
+        """_wait as tenacity's sleep, which wants nothing back (it asks `stop` whether to go on)."""
+        self._wait(seconds)
+
     def _wait(self, seconds: float) -> bool:
         """Wait between connection attempts (True once stopping). The local status file stays current meanwhile:
         `edge-agent status` reads it, and a box out of network for hours is offline, not "not running"."""
@@ -283,9 +293,8 @@ class Uplink:
             wait=wait_random_exponential(multiplier=self.cfg.backoff_initial_s, max=self.cfg.backoff_max_s),
             retry=retry_if_exception_type(ConnectFailed),
             stop=lambda _state: self._stop.is_set(),
-            sleep=self._wait,
-            before_sleep=lambda rs: log.info("uplink: %s; retrying in %.1f s", rs.outcome.exception(),
-                                             rs.next_action.sleep if rs.next_action else 0),
+            sleep=self._pause,
+            before_sleep=_log_retry,
             reraise=True,
         )
         return retrying(self._connect_once)
@@ -582,11 +591,12 @@ class Uplink:
             self.counters["retained_ignored"] += 1
             log.warning("uplink: ignoring a retained message on %s (commands are never retained)", msg.topic)
             return
+        payload = bytes(msg.payload)  # paho types it bytes or bytearray; bytes() of bytes is the same object
         try:
             if kind == "ack":
-                self._on_ack(msg.payload)
+                self._on_ack(payload)
             elif kind == "cmd" and command:
-                self.desk.receive(command, msg.payload)
+                self.desk.receive(command, payload)
         except Exception:  # raised into paho's loop, one message took the uplink down until the broker dropped it
             self.counters["bad_messages"] += 1
             log.exception("uplink: a message on %s could not be handled; it is dropped", msg.topic)

@@ -66,13 +66,18 @@ AREA_ASPECT = 0.5               # strokes at least this wide across their axis a
 
 
 class PoseLike(Protocol):
-    """What geolocation needs of the filter's Pose (edge_agent.gnss.kalman.Pose)."""
+    """What geolocation needs of the filter's Pose (edge_agent.gnss.kalman.Pose). Read-only: the Pose is frozen."""
 
-    lat: float
-    lon: float
-    speed_mps: float
-    heading_deg: float | None
-    h_std_m: float
+    @property
+    def lat(self) -> float: ...
+    @property
+    def lon(self) -> float: ...
+    @property
+    def speed_mps(self) -> float: ...
+    @property
+    def heading_deg(self) -> float | None: ...
+    @property
+    def h_std_m(self) -> float: ...
 
 
 @dataclass(frozen=True)

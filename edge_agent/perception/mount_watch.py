@@ -73,7 +73,8 @@ class MountWatch:
 
     def __init__(self, cfg: CalibrationConfig) -> None:
         self.cfg = cfg
-        self._fits: deque[FrameFit] = deque(maxlen=cfg.mount_check_frames)
+        self._enough = cfg.mount_check_frames  # fits kept, and needed for a reading
+        self._fits: deque[FrameFit] = deque(maxlen=self._enough)
         self._headings: deque[tuple[float, float]] = deque()
         self._last_try: float | None = None
         self._size: tuple[int, int] | None = None
@@ -97,7 +98,7 @@ class MountWatch:
         nothing usable to judge, or the check is switched off."""
         if self.cfg.mount_check_every_s <= 0:
             return False
-        parsed = _parse_kept(kept, self._fits.maxlen or 0)
+        parsed = _parse_kept(kept, self._enough)
         if parsed is None:
             return False
         size, at, fits = parsed
@@ -124,7 +125,7 @@ class MountWatch:
         if fit is None:
             return None
         self._fits.append(fit)
-        if len(self._fits) < self._fits.maxlen:
+        if len(self._fits) < self._enough:
             return None
         reading = read_mount(list(self._fits), _ideal(projector.intrinsics, size), projector.mount, self.cfg)
         if reading.state == "unclear" and self.reading is not None and self.reading.get("state") != "unclear":
@@ -174,16 +175,22 @@ def _parse_kept(kept: Any, frames: int) -> tuple[tuple[int, int], str | None, li
         at = kept.get("at") if isinstance(kept.get("at"), str) and _utc_stamp(kept["at"]) else None
         fits = []
         for item in kept["fits"][-frames:]:
-            vp = tuple(float(v) for v in item["vp"])
-            lane = None if item.get("lane") is None else tuple(float(v) for v in item["lane"])
-            if len(vp) != 2 or (lane is not None and len(lane) != 2) or not all(map(math.isfinite, vp)):
+            vp = _pair(item["vp"])
+            lane = None if item.get("lane") is None else _pair(item["lane"])
+            if not all(map(math.isfinite, vp)):
                 return None
-            fits.append(FrameFit(vp, np.zeros((0, 4)), 0.0, lane))  # type: ignore[arg-type]
+            fits.append(FrameFit(vp, np.zeros((0, 4)), 0.0, lane))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     if w <= 0 or h <= 0 or len(fits) < frames:
         return None
     return (w, h), at, fits
+
+
+def _pair(values: Any) -> tuple[float, float]:
+    """Two numbers of a kept file; ValueError unless there are exactly two (unpacking says so)."""
+    first, second = (float(v) for v in values)
+    return first, second
 
 
 def _utc_stamp(text: str) -> bool:

@@ -113,6 +113,12 @@ class Track:
     class_names: dict[int, str] = field(default_factory=dict)
     line_classes: frozenset[str] = LINE_CLASSES      # folded names measured as lines (tracker.line_classes)
 
+    def predicted(self) -> np.ndarray:
+        """The predicted ground corners. Every track the tracker holds has them: its first detection sets them."""
+        if self.pred is None:
+            raise ValueError(f"track {self.id} has no predicted position: it was never given a detection")
+        return self.pred
+
     def vote(self, class_id: int, class_name: str, weight: float) -> None:
         """Count a detection's class with WEIGHT (class_vote); the track takes the class with the most."""
         self.class_scores[class_id] = self.class_scores.get(class_id, 0.0) + weight
@@ -296,7 +302,7 @@ class Tracker:
         self._gate_scale = self.cfg.coast_gate_factor if motion.coasting else 1.0
         self._odometer_m += motion.forward_m
         for track in self.tracks:
-            track.pred = move(track.pred, motion)
+            track.pred = move(track.predicted(), motion)
         dets = []
         for det in detections:
             box = self.geo.ground_box((det.x1, det.y1, det.x2, det.y2))
@@ -432,8 +438,9 @@ class Tracker:
             return [], []
         cost = np.full((len(self.tracks), len(dets)), _NO_PAIR)
         for ti, track in enumerate(self.tracks):
-            pred_centre = track.pred.mean(axis=0)
-            pred_box = self._pixel_box(track.pred)
+            pred = track.predicted()
+            pred_centre = pred.mean(axis=0)
+            pred_box = self._pixel_box(pred)
             for di, (det, box) in enumerate(dets):
                 switch = 0.0 if int(det.class_id) == track.class_id else CLASS_SWITCH_COST
                 gate = (self.cfg.gate_m + self.cfg.gate_per_m * box.range_m) * self._gate_scale
@@ -485,4 +492,4 @@ class Tracker:
         if track.misses == 0:
             return False
         # Passed under the camera: even the prediction's far edge is nearer than the image's bottom row sees.
-        return float(track.pred[:, 0].max()) < self._bottom_forward_m
+        return float(track.predicted()[:, 0].max()) < self._bottom_forward_m

@@ -44,7 +44,9 @@ class FrameDetector(Protocol):
     """What the pipeline needs of a detector (edge_agent.detect.detector.Detector, or a test's stand-in)."""
 
     info: ModelInfo
-    thresholds: Sequence[float]
+
+    @property
+    def thresholds(self) -> Sequence[float]: ...  # read only: the detector's own tuple
 
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]: ...
 
@@ -212,8 +214,8 @@ class Pipeline:
         except (OSError, ValueError) as exc:
             log.warning("the camera mount's kept frames (%s) cannot be read, judging afresh: %s", self.mount_file, exc)
             return
-        if self.mount_watch.restore(kept, self.projector):
-            reading = self.mount_watch.reading
+        # A restore that takes the frames leaves their reading.
+        if self.mount_watch.restore(kept, self.projector) and (reading := self.mount_watch.reading) is not None:
             self.health.update(mount=reading)
             log.info("camera mount from the frames kept before the start (%s): %s", reading["at"], reading["state"])
         elif self.cfg.calibration.mount_check_every_s > 0:

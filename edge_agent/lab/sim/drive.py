@@ -211,7 +211,7 @@ def simulate_drive(spec: DriveSpec, progress: Callable[[int, int], None] | None 
                         noise_sigma=float(rngs["style"].uniform(1.5, 3.0)))
     renderer = DriveRenderer(projector, style, route, rngs["render"], exposure)
 
-    writer = cv2.VideoWriter(str(out / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), spec.fps,
+    writer = cv2.VideoWriter(str(out / "video.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), spec.fps,
                              (spec.width, spec.height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write mp4v video to {out / 'video.mp4'}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypeGuard, get_args
 
 import numpy as np
 
@@ -21,6 +21,11 @@ NoiseModel = Literal["white", "drift"]
 NOISE_MODELS: tuple[str, ...] = get_args(NoiseModel)
 CORRELATION_S = 45.0     # drift: time constant of the wandering part
 CORRELATED_SHARE = 0.75  # drift: share of the variance that wanders; the rest is white
+
+
+def is_noise_model(name: str) -> TypeGuard[NoiseModel]:
+    """Whether NAME (from a command line, say) names one of the noise models."""
+    return name in NOISE_MODELS
 
 
 @dataclass

@@ -165,7 +165,7 @@ def paint_sprite(planes: list[np.ndarray], sprite: Sprite, ground_h: np.ndarray,
     shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1.0]])
     hh = shift @ h
     size = (x1 - x0, y1 - y0)
-    w_shade = cv2.warpPerspective(shade, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    w_shade: np.ndarray = cv2.warpPerspective(shade, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     w_alpha = cv2.warpPerspective(alpha, hh, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     ys, xs = np.nonzero(w_alpha > _BOX_ALPHA)
     if len(xs) == 0:

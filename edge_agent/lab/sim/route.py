@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -37,8 +38,14 @@ class Route:
     def length(self) -> float:
         return float(self.s[-1])
 
-    def at(self, s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(east, north, theta) at arc length(s), interpolated."""
+    @overload
+    def at(self, s: float) -> tuple[float, float, float]: ...
+
+    @overload
+    def at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def at(self, s: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float, np.ndarray | float]:
+        """(east, north, theta) at arc length(s), interpolated: floats for one s, arrays for an array."""
         theta = np.interp(s, self.s, np.unwrap(self.theta))
         return np.interp(s, self.s, self.east), np.interp(s, self.s, self.north), theta
 

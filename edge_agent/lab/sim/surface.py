@@ -20,7 +20,7 @@ _WHITE = np.array([235, 235, 235], np.float32)
 
 def _tileable_noise(rng: np.random.Generator, size: int, blur_px: float) -> np.ndarray:
     """Zero-mean, unit-std noise that wraps at its edges (blurred with a wrapping border)."""
-    noise = rng.standard_normal((size, size)).astype(np.float32)
+    noise: np.ndarray = rng.standard_normal((size, size)).astype(np.float32)  # a float32 blur result replaces it
     if blur_px > 0:
         pad = math.ceil(blur_px * 4)
         wrapped = np.pad(noise, pad, mode="wrap")
