@@ -353,8 +353,10 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
               for r in conn.execute("""SELECT coverage_id, device_id, started_at, ended_at FROM defect_misses
                                        WHERE defect_id = %s ORDER BY started_at""", (defect_id,))]
     if not who.at_least("viewer"):  # a map token: the defect, not which vehicle was there when
-        vehicles = []
-        for row in (*sightings, *misses):
+        # A miss names the drive (its coverage id and times), which ties every defect it passed, and any sighting
+        # made in its window, to one vehicle's route: what /coverage refuses. properties.miss_count stays.
+        vehicles, misses = [], []
+        for row in sightings:
             row["device_id"] = None
     feature["sightings"] = sightings
     # The newest MAX_SIGHTINGS_LISTED; properties.sighting_count says how many there are in all.

@@ -97,7 +97,7 @@ class HistoryEntry(Shape):
 
 class Miss(Shape):
     coverage_id: str
-    device_id: str | None = Field(description="The vehicle; null for a map token")
+    device_id: str
     started_at: str = Field(**_time())
     ended_at: str = Field(**_time())
 
@@ -107,7 +107,7 @@ class DefectDetail(DefectFeature):
     sightings_truncated: bool
     vehicles: list[Vehicle] = Field(description="Empty for a map token (properties.vehicle_count says how many)")
     history: list[HistoryEntry]
-    misses: list[Miss]
+    misses: list[Miss] = Field(description="Empty for a map token (properties.miss_count says how many)")
 
 
 class Line(Shape):

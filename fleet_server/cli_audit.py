@@ -3,8 +3,8 @@ boxes) leave a row in the API's audit log, so that "who erased this device, who 
 an answer in one place (`GET /api/v1/audit`, docs/privacy.md).
 
 A row: who = the operating-system user (and the one who ran sudo), role `cli`, method `CLI`, path = the command
-as parsed (no secret is ever given on a command line), status = the exit code (0 done), client = the
-host's name. A database that refuses the row costs a warning, not the command's outcome.
+as parsed (a payload's values and a URL's password left out, control characters escaped), status = the exit code
+(0 done), client = the host's name. A database that refuses the row costs a warning, not the command's outcome.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import getpass
 import inspect
+import json
 import os
+import re
 import shlex
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import typer
@@ -45,6 +48,9 @@ def audited(command: Callable[P, None]) -> Callable[P, None]:
         except typer.Exit as exc:
             code = exc.exit_code
             raise
+        except KeyboardInterrupt:
+            code = 130  # what a shell reports for Ctrl-C
+            raise
         except psycopg.OperationalError:
             code = None  # no database: no change, and no row either (asking again would double the wait)
             raise
@@ -61,13 +67,39 @@ def command_line(words: list[str], command: Callable[..., None], values: dict[st
     words = list(words)
     for name, param in inspect.signature(command).parameters.items():
         value, declared = values.get(name), param.default
+        shown = _SHOWN.get(name, str)
         if not isinstance(declared, OptionInfo):  # an argument, with or without typer.Argument(...)
-            words.append(str(value))
+            words.append(shown(value))
         elif value not in (None, False, declared.default) and value != []:
             flag = next((d for d in declared.param_decls or () if d.startswith("--")), f"--{name.replace('_', '-')}")
             many = value if isinstance(value, list) else [value]
-            words += [flag] if value is True else [f"{flag}={v}" for v in many]
-    return shlex.join(words)
+            words += [flag] if value is True else [f"{flag}={shown(v)}" for v in many]
+    # Control characters as escapes: a name with ESC sequences would run in the terminal of whoever reads the log.
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", shlex.join(words))
+
+
+def _payload_keys(payload: object) -> str:
+    """A command's JSON payload with its values left out: a config-reload may carry a password."""
+    try:
+        parsed = json.loads(str(payload))
+    except ValueError:
+        return "(not JSON)"
+    if not isinstance(parsed, dict):
+        return "(not an object)"
+    return json.dumps(dict.fromkeys(parsed, "…"), ensure_ascii=False)
+
+
+def _without_userinfo(url: object) -> str:
+    parts = urlsplit(str(url))
+    if parts.username is None and parts.password is None:
+        return str(url)
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
+# What a command line may carry that the audit log must not keep: a payload's values, a URL's user and password.
+_SHOWN: dict[str, Callable[[Any], str]] = {"payload": _payload_keys, "url_base": _without_userinfo}
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def record(line: str, exit_code: int) -> None:

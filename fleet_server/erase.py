@@ -33,6 +33,16 @@ ROWS = (
     ("devices", "id = %(id)s"),
 )
 
+# The server commands that named the device (fleet_server.cli_audit) keep their row, who did what to it and when,
+# but not what else was given: a display name is often the driver's, a payload may hold anything.
+NAMING_COMMANDS = ("device add", "device revoke", "device erase", "cmd send", "model push")
+SCRUB_COMMANDS = """
+    UPDATE audit_log SET path = split_part(path, ' ', 1) || ' ' || split_part(path, ' ', 2) || ' ' || %(id)s
+                                || ' (the rest erased with the device)'
+    WHERE method = 'CLI' AND split_part(path, ' ', 3) = %(id)s
+      AND split_part(path, ' ', 1) || ' ' || split_part(path, ' ', 2) = ANY(%(commands)s)
+      AND split_part(path, ' ', 4) <> ''"""
+
 
 @dataclass
 class Erased:
@@ -64,11 +74,12 @@ def erase_device(conn: psycopg.Connection, device_id: str, cfg: AggregateConfig,
             return out
         for table, where in ROWS:
             conn.execute(f"DELETE FROM {table} WHERE {where}", params)
+        scrubbed = conn.execute(SCRUB_COMMANDS, {**params, "commands": list(NAMING_COMMANDS)}).rowcount
         if out.defects_deleted:
             conn.execute("DELETE FROM defects WHERE id = ANY(%s)", (out.defects_deleted,))  # history cascades
             conn.execute("INSERT INTO defect_removals (defect_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
                          (out.defects_deleted,))
         aggregate.refresh(conn, set(out.defects_recounted), cfg)
-    log.warning("erased device %s: %s; defects deleted %s, recounted %s", device_id, out.rows, out.defects_deleted,
-                out.defects_recounted)
+    log.warning("erased device %s: %s; defects deleted %s, recounted %s; %d server commands' details dropped",
+                device_id, out.rows, out.defects_deleted, out.defects_recounted, scrubbed)
     return out

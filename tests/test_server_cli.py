@@ -839,10 +839,14 @@ def test_commands_that_change_data_are_in_the_audit_log(cli, fresh_db, monkeypat
     issued that token" had no answer. Each changing command leaves one row with its outcome; reads leave none."""
     box = f"cli-{cli.port}"
     monkeypatch.setenv("SUDO_USER", "alice")  # root alone says nothing about who
-    assert cli.run("device", "add", box, "--name", "Van 7").exit_code == 0
-    assert cli.run("token", "create", "--role", "viewer", "--name", "gis").exit_code == 0
+    assert cli.run("device", "add", box, "--name", "Jane Doe's van").exit_code == 0
+    assert cli.run("token", "create", "--role", "viewer", "--name", "gis\x1b[2J").exit_code == 0
     assert cli.run("device", "revoke", "nobody").exit_code == 1
+    assert cli.run("cmd", "send", box, "config-reload", '{"password": "hunter2", "fps": 5}').exit_code == 0
     assert cli.run("device", "erase", box).exit_code == 0  # a dry run: what would go
+    with psycopg.connect(fresh_db) as conn:
+        before = conn.execute("SELECT path FROM audit_log WHERE method = 'CLI' ORDER BY id").fetchall()
+    assert "Jane Doe" in before[0][0] and len(before) == 5  # until the erasure
     assert cli.run("device", "erase", box, "--yes").exit_code == 0
     assert cli.run("device", "ls").exit_code == 0
     assert cli.run("token", "ls").exit_code == 0
@@ -850,9 +854,11 @@ def test_commands_that_change_data_are_in_the_audit_log(cli, fresh_db, monkeypat
         rows = conn.execute("SELECT who, role, path, status, client, token_id FROM audit_log WHERE method = 'CLI' "
                             "ORDER BY id").fetchall()
     assert [(path, status) for _, _, path, status, _, _ in rows] == [
-        (f"device add {box} '--name=Van 7'", 0),
-        ("token create --role=viewer --name=gis", 0),
+        # The erasure keeps who added the device and when, not its display name (often the driver's).
+        (f"device add {box} (the rest erased with the device)", 0),
+        ("token create --role=viewer '--name=gis\\x1b[2J'", 0),  # an escape sequence stays text
         ("device revoke nobody", 1),
+        (f"cmd send {box} (the rest erased with the device)", 0),  # a payload may hold anything
         (f"device erase {box}", 0),
         (f"device erase {box} --yes", 0),  # outlives the erasure: the record that it was done
     ]
@@ -872,3 +878,16 @@ def test_a_command_still_ends_as_it_did_when_the_audit_log_refuses(cli, fresh_db
     finally:
         with psycopg.connect(fresh_db, autocommit=True) as conn:
             conn.execute("ALTER TABLE audit_log_away RENAME TO audit_log")
+
+
+def test_the_audit_log_keeps_no_secret_a_command_was_given() -> None:
+    from fleet_server.cli_audit import command_line
+    from fleet_server.cli_cmd import cmd_send, model_push
+
+    payload = '{"password": "hunter2", "url": "https://u:p@x.example"}'
+    assert command_line(["cmd", "send"], cmd_send, {"device_id": "veh-1", "name": "config-reload",
+                                                     "payload": payload}) == \
+        "cmd send veh-1 config-reload '{\"password\": \"…\", \"url\": \"…\"}'"
+    line = command_line(["model", "push"], model_push, {"device_id": "veh-1", "file": Path("m.onnx"),
+                                                         "url_base": "https://ops:pa55word@fleet.example:8443/x"})
+    assert line == "model push veh-1 m.onnx --url-base=https://fleet.example:8443/x" and "pa55word" not in line
