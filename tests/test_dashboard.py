@@ -226,8 +226,16 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     driver.quit()
 
 
+def open_page(browser, url: str) -> None:
+    """URL in the tab, with a log of its own. The last test's page refreshes every 30 s until it is left, its server
+    gone: 30 s between two tests' pages put its "Failed to fetch" into the next test's script errors."""
+    browser.get("about:blank")
+    browser.get_log("browser")
+    browser.get(url)
+
+
 def sign_in(browser, server: Server, role: str) -> WebDriverWait:
-    browser.get(server.url + "/")
+    open_page(browser, server.url + "/")
     wait = WebDriverWait(browser, 20)
     field = wait.until(ec.visibility_of_element_located((By.ID, "token")))
     field.send_keys(server.tokens[role])
@@ -253,6 +261,11 @@ def signed_out(browser, wait: WebDriverWait) -> None:
             return {login_error: t('login-error'), status: t('status-line'), panel: t('panel-body'),
                     app_hidden: document.getElementById('app')?.hidden, url: location.href};""")
         pytest.fail(f"the page did not say the session ended: {page}; console: {browser.get_log('browser')}")
+
+
+def loaded(browser, wait: WebDriverWait) -> None:
+    """Wait for the page's load to end: a Refresh clicked meanwhile joins it and asks nothing of its own."""
+    wait.until(lambda d: d.execute_script("return document.body.dataset.loading") == "0")
 
 
 def shown(browser) -> int:
@@ -292,7 +305,7 @@ def save_screenshot(browser, name: str) -> Path:
 # -------------------------------------------------------------------------------------------- tests
 def test_nothing_visible_without_a_token(server: Server, browser) -> None:
     browser.execute_script("sessionStorage.clear()")
-    browser.get(server.url + "/")
+    open_page(browser, server.url + "/")
     wait = WebDriverWait(browser, 20)
     wait.until(ec.visibility_of_element_located((By.ID, "login-form")))
     assert not browser.find_element(By.ID, "app").is_displayed()
@@ -475,6 +488,7 @@ def test_a_refresh_loads_only_what_changed_since_the_last_load(server: Server, b
     wait = sign_in(browser, server, "viewer")
     total = server.seeded.potholes + server.seeded.cracks
     wait.until(lambda d: markers_on_map(d) == total)
+    loaded(browser, wait)  # the roads come after the defects
     roads = int(browser.execute_script("return document.body.dataset.coverageLines || '0'"))
     assert roads > 0
     with psycopg.connect(server.dsn, autocommit=True) as conn:
@@ -557,6 +571,7 @@ def test_an_older_api_server_met_in_a_rolling_upgrade_makes_a_whole_load_not_an_
     wait = sign_in(browser, server, "viewer")
     total = server.seeded.potholes + server.seeded.cracks
     wait.until(lambda d: markers_on_map(d) == total)
+    loaded(browser, wait)
     browser.execute_script("""
         window.__asked = [];
         const real = window.fetch;
@@ -746,7 +761,6 @@ def test_manager_confirms_and_the_page_says_when_it_lost_the_server_or_the_sessi
 def test_a_defect_without_severity_is_shown_as_unknown_not_as_low(server: Server, browser) -> None:
     """A phone's sighting measures nothing on the road: its defect's severity is null in the API. The page once
     showed it as 0.00 and counted it in the low band."""
-    browser.get_log("browser")  # what earlier tests left in the log is not this page's
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         unmeasured = conn.execute("UPDATE defects SET severity = NULL WHERE id = (SELECT min(id) FROM defects) "
                                   "RETURNING id").fetchone()[0]
@@ -766,7 +780,7 @@ def test_a_defect_without_severity_is_shown_as_unknown_not_as_low(server: Server
 def test_the_api_docs_work_without_the_internet(server: Server, browser) -> None:
     """FastAPI's /docs loads Swagger UI from a CDN: offline (a closed fleet network, this machine) it was a blank
     page. It is served from the swagger-ui-bundle package now."""
-    browser.get(server.url + "/docs")
+    open_page(browser, server.url + "/docs")
     title = WebDriverWait(browser, 20).until(
         ec.visibility_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title")))
     assert "road-monitor fleet server" in title.text
