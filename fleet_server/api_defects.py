@@ -327,12 +327,17 @@ def missing(conn: psycopg.Connection, defect_id: int, request: Request) -> HTTPE
                              "headers": {"Location": {"schema": {"type": "string"}}}}})
 def get_defect(defect_id: int, request: Request, response: Response, conn: psycopg.Connection = Depends(read_db),
                primary: psycopg.Connection = Depends(db), who: Principal = Depends(require("map"))) -> dict:
+    # The version before the data: a change committed in between makes the tag older than what is shown (the
+    # manager's PATCH is refused and the panel reads again), never newer (a change the manager did not see would
+    # be overwritten). The statements are not one snapshot.
+    tag = version_tag(conn, defect_id)
     try:
         feature = load_defect(conn, defect_id, request)
     except HTTPException:
         if conn is primary:
             raise
         conn = primary  # a defect made after the replica's last replay (a link from a fresher page): ask the primary
+        tag = version_tag(conn, defect_id)
         feature = load_defect(conn, defect_id, request)
     sightings = [
         {"event_id": str(r[0]), "device_id": r[1], "captured_at": _jsonable(r[2]), "confidence": r[3],
@@ -364,7 +369,7 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
     feature["vehicles"] = vehicles
     feature["history"] = history
     feature["misses"] = misses
-    response.headers["ETag"] = version_tag(conn, defect_id) or ""  # for PATCH's If-Match
+    response.headers["ETag"] = tag or ""  # for PATCH's If-Match
     return feature
 
 

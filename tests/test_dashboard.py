@@ -618,6 +618,7 @@ def test_manager_status_change_persists(server: Server, browser) -> None:
     wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#defect-list li"))).click()
     wait.until(ec.presence_of_element_located((By.ID, "panel-title")))
     assert browser.find_elements(By.ID, "workflow") == []  # a viewer gets no workflow buttons
+    assert script_errors(browser) == []  # signing in again starts a new log
 
     browser.find_element(By.ID, "logout").click()
     wait = sign_in(browser, server, "manager")
@@ -686,6 +687,34 @@ def test_a_manager_does_not_overwrite_another_managers_change_unseen(server: Ser
     detail = httpx.get(f"{server.url}/api/v1/defects/{defect_id}",
                        headers={"Authorization": f"Bearer {server.tokens['viewer']}"}).json()
     assert detail["properties"]["status"] == "dismissed" and detail["history"][-1]["note"] == "seen from the bus stop"
+    assert script_errors(browser) == []
+
+
+def test_a_slow_answer_for_the_defect_picked_before_does_not_become_the_panels_version(server: Server,
+                                                                                     browser) -> None:
+    """A manager clicks one defect, then another before the first answered: the first's late answer left its
+    ETag on the panel showing the second, whose change was then refused as "changed since it was read"."""
+    browser.execute_script("sessionStorage.clear()")
+    wait = sign_in(browser, server, "manager")
+    loaded(browser, wait)
+    items = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#defect-list li[data-defect-id]"))
+    slow, picked = items[0].get_attribute("data-defect-id"), items[1].get_attribute("data-defect-id")
+    browser.execute_script("""
+        const real = window.fetch, slow = `/api/v1/defects/${arguments[0]}`;
+        window.fetch = async (url, options) => {
+          const answer = await real(url, options);
+          if (new URL(String(url), location.href).pathname === slow) await new Promise((r) => setTimeout(r, 1500));
+          return answer;
+        };""", slow)
+    items[0].click()
+    browser.find_element(By.CSS_SELECTOR, f'#defect-list li[data-defect-id="{picked}"]').click()
+    wait.until(ec.element_to_be_clickable((By.ID, "set-scheduled")))
+    time.sleep(2)  # the slow answer arrives (and must change nothing)
+    assert picked in browser.find_element(By.ID, "panel-body").text
+    browser.find_element(By.ID, "set-scheduled").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "panel-status"), "scheduled"))
+    assert browser.find_elements(By.ID, "workflow-error") == [] or \
+        browser.find_element(By.ID, "workflow-error").text == ""
     assert script_errors(browser) == []
 
 

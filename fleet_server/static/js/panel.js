@@ -47,18 +47,20 @@ export class DefectPanel {
     this.root.hidden = false;
     if (wasHidden) this.onResize();
     this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="hint">loading…</p>`;
-    let detail;
+    let answer;
     try {
-      const answer = await getJsonTagged(`defects/${encodeURIComponent(defect.id)}`);
-      detail = answer.body;
-      this.etag = answer.etag;
+      answer = await getJsonTagged(`defects/${encodeURIComponent(defect.id)}`);
     } catch (err) {
       if (err instanceof AuthError) return this.onAuthLost();
+      if (this.current !== defect.id) return; // another defect was picked meanwhile: its panel, not this error
       this.body.innerHTML = `<h2>${escapeHtml(defect.className)}</h2><p class="error">${escapeHtml(describe(err))}</p>`;
       return;
     }
-    if (this.current !== defect.id) return; // another defect was picked meanwhile
-    this.render(defect, detail);
+    // Another defect picked meanwhile: this slow answer's version must not become the one the panel sends (its
+    // change would be refused as "changed since", or worse, carry another defect's tag).
+    if (this.current !== defect.id) return;
+    this.etag = answer.etag;
+    this.render(defect, answer.body);
   }
 
   render(defect, detail) {
