@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 USED_TYPES = frozenset({"RMC", "GGA", "GLL", "GNS", "GSA", "VTG", "ZDA", "GST"})
 DEFAULT_MAX_CHARS = 160
 _MAX_BUFFER = 8192  # a line longer than this without a newline is binary junk: keep only its tail
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+# Two hex digits (either case) -> their value: one lookup, where int(digits, 16) alone would also take " 7" or "+7".
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+_HEX_PAIRS = {f"{a}{b}".encode(): int(f"{a}{b}", 16) for a in _HEX_DIGITS for b in _HEX_DIGITS}
 
 
 @dataclass
@@ -111,12 +113,12 @@ class NmeaParser:
         if star - start + 3 > self.max_chars:
             stats.too_long += 1
             return None
-        digits = line[star + 1:star + 3]
-        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX or line[star + 3:].strip():
+        stated = _HEX_PAIRS.get(line[star + 1:star + 3])
+        if stated is None or line[star + 3:].strip():
             stats.bad_checksum += 1  # missing, cut short or not hex
             return None
         body = line[start + 1:star]
-        if checksum(body) != int(digits, 16):
+        if checksum(body) != stated:
             stats.bad_checksum += 1
             return None
         if not body.isascii():
