@@ -9,6 +9,8 @@ import os
 import random
 import secrets
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,3 +214,20 @@ def shared_survey() -> Path:
     if not path.is_dir():
         pytest.skip("real survey-vehicle frames not available: ../shared/datasets/cracks-potholes-passos2020 is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def seed7_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The simulated drive of seed 7 (45 s at 15 fps, 10 potholes and 5 cracks, 3 m of white GNSS noise at 1 Hz),
+    rendered once a session by `edge-agent sim drive`: test_acceptance_drive replays it with the bundled model,
+    test_crack_events with the simulator's own boxes. Each rendered the same bytes (a drive is fixed by its seed
+    and settings) for itself. Readers write their outboxes beside it, never into it."""
+    out = tmp_path_factory.mktemp("drive-seed7")
+    sim = subprocess.run([str(Path(sys.executable).with_name("edge-agent")), "sim", "drive", "--out", str(out),
+                          "--seed", "7", "--minutes", "0.75", "--gps-noise-m", "3", "--gps-noise-model", "white",
+                          "--nmea-hz", "1", "--defects", "15", "--potholes", "10", "--fps", "15"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if sim.returncode != 0 and "No such command" in sim.stderr + sim.stdout:
+        pytest.skip("`edge-agent sim drive` is not there yet")
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    return out

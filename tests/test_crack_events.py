@@ -15,7 +15,7 @@ import pytest
 
 from edge_agent import config as agent_config
 from edge_agent.lab.drive_eval import TruthTrack, crack_truth, score_by_class, without_gnss_error
-from edge_agent.lab.sim.drive import DriveSpec, drive_camera, simulate_drive
+from edge_agent.lab.sim.drive import drive_camera
 from edge_agent.lab.sim.truth_detector import TruthDetector
 from edge_agent.perception.geolocate import Geolocator
 from edge_agent.runtime.assemble import build_agent
@@ -25,11 +25,13 @@ from roadmon_contract.validate import errors
 
 
 @pytest.fixture(scope="module")
-def drive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("cracks")
-    simulate_drive(DriveSpec(out=out, seed=7, minutes=0.75, defects=15, potholes=10, gps_noise_m=3.0))
+def drive(seed7_drive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """The seed-7 drive (tests/conftest.py: 45 s, 10 potholes and 5 cracks, 3 m GNSS noise; the one
+    test_acceptance_drive replays with the bundled model) replayed with the simulator's own boxes."""
+    out = seed7_drive
     cfg = agent_config.load(out / "agent.toml")
-    with build_agent(cfg, outbox=out / "outbox.db", detector=TruthDetector(out / "boxes.csv")) as agent:
+    with build_agent(cfg, outbox=tmp_path_factory.mktemp("cracks") / "outbox.db",
+                     detector=TruthDetector(out / "boxes.csv")) as agent:
         replay_drive(agent, out / "video.mp4", out / "drive.nmea")
         events = [event for _, event in agent.outbox.iter_events()]
     return out, events

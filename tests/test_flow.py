@@ -4,6 +4,7 @@ than the ack timeout gets far fewer copies from an adaptive uplink than from a f
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,10 @@ def test_the_window_doubles_per_round_trip_then_grows_by_one_and_halves_on_a_tim
 EVENTS = 40  # two windows' worth and some: 60 took 13 s a run
 
 
-def copies_against_a_slow_server(service_info, mqtt_device, tmp_path: Path, **flow) -> tuple[int, int, dict]:
+def copies_against_a_slow_server(service_info, device: str, password: str, tmp_path: Path,
+                                 **flow) -> tuple[int, int, dict]:
     """(distinct events, deliveries, flow snapshot) for EVENTS events through a server that acks 2 s late while
     the uplink's shortest ack timeout is 0.5 s."""
-    device, password = mqtt_device()
     server = AckServer("127.0.0.1", service_info.mqtt_port, service_info.server_user, service_info.server_password,
                        client_id=f"ack-{device}", devices=[device], ack_after_s=2.0).start()
     outbox = Outbox(tmp_path / "outbox.db", OutboxConfig(synchronous="NORMAL"))
@@ -99,8 +100,15 @@ def copies_against_a_slow_server(service_info, mqtt_device, tmp_path: Path, **fl
 
 @pytest.mark.services
 def test_a_server_slower_than_the_timeout_gets_few_copies(service_info, mqtt_device, tmp_path: Path) -> None:
-    fixed = copies_against_a_slow_server(service_info, mqtt_device, tmp_path / "fixed", adaptive=False)
-    adaptive = copies_against_a_slow_server(service_info, mqtt_device, tmp_path / "adaptive")
+    # The two uplinks run side by side (own device, own ack server, own outbox): each run is mostly waiting for the
+    # server's late acks, and one after the other took twice the wall time for the same two measurements. The
+    # logins are added first, one at a time (each rewrites the broker's password file).
+    fixed_login, adaptive_login = mqtt_device(), mqtt_device()
+    with ThreadPoolExecutor(2) as pool:
+        fixed_run = pool.submit(copies_against_a_slow_server, service_info, *fixed_login, tmp_path / "fixed",
+                                adaptive=False)
+        adaptive_run = pool.submit(copies_against_a_slow_server, service_info, *adaptive_login, tmp_path / "adaptive")
+        fixed, adaptive = fixed_run.result(), adaptive_run.result()
     assert fixed[0] == adaptive[0] == EVENTS            # nothing lost either way
     fixed_copies, adaptive_copies = fixed[1] - EVENTS, adaptive[1] - EVENTS
     # Fixed: a row goes out again every 0.5 s until its ack 2 s later, as far as the window of 20 lets it.

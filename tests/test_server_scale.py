@@ -262,6 +262,9 @@ def test_a_crashed_workers_share_returns_after_the_session_expiry(make_cfg, work
         leaving.stopping.set()  # as after a crash: no drain, no DISCONNECT, the TCP connection just goes
         leaving.client.loop_stop()
         leaving.client.socket().close()
+        # Its network loop, which would have noticed the lost connection, is stopped: say so, or the fixture's
+        # stop() at teardown drains it, waiting ingest.drain_s (5 s) for an UNSUBACK a closed socket never brings.
+        leaving.connected.clear()
         gone_at = time.monotonic()
         sent: list[tuple[float, str]] = []
         while time.monotonic() - gone_at < 7.0:
