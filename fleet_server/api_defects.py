@@ -339,9 +339,13 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
         conn = primary  # a defect made after the replica's last replay (a link from a fresher page): ask the primary
         tag = version_tag(conn, defect_id)
         feature = load_defect(conn, defect_id, request)
+    # A map token reads the defect, not which vehicle was there when: no device ids, no vehicles, and no misses (a
+    # miss names the drive, its coverage id and times, which ties every defect it passed, and any sighting made in
+    # its window, to one vehicle's route: what /coverage refuses). properties.vehicle_count and miss_count stay.
+    sees_vehicles = who.at_least("viewer")
     sightings = [
-        {"event_id": str(r[0]), "device_id": r[1], "captured_at": _jsonable(r[2]), "confidence": r[3],
-         "severity": r[4], "lon": r[5], "lat": r[6], "h_accuracy_m": r[7], "source": r[8],
+        {"event_id": str(r[0]), "device_id": r[1] if sees_vehicles else None, "captured_at": _jsonable(r[2]),
+         "confidence": r[3], "severity": r[4], "lon": r[5], "lat": r[6], "h_accuracy_m": r[7], "source": r[8],
          "thumbnail_url": f"/api/v1/sightings/{r[0]}/thumbnail.jpg" if r[9] else None}
         for r in conn.execute("""
             SELECT event_id, device_id, captured_at, confidence, severity, ST_X(geom::geometry), ST_Y(geom::geometry),
@@ -350,19 +354,15 @@ def get_defect(defect_id: int, request: Request, response: Response, conn: psyco
                             (defect_id, MAX_SIGHTINGS_LISTED))]
     vehicles = [{"device_id": r[0], "sightings": r[1], "first_seen": _jsonable(r[2]), "last_seen": _jsonable(r[3])}
                 for r in conn.execute("""SELECT device_id, count(*), min(captured_at), max(captured_at) FROM sightings
-                                         WHERE defect_id = %s GROUP BY device_id ORDER BY 4 DESC""", (defect_id,))]
+                                         WHERE defect_id = %s GROUP BY device_id ORDER BY 4 DESC""", (defect_id,))
+                ] if sees_vehicles else []
     history = [{"at": _jsonable(r[0]), "actor": r[1], "from_status": r[2], "to_status": r[3], "note": r[4]}
                for r in conn.execute("""SELECT at, actor, from_status, to_status, note FROM defect_history
                                         WHERE defect_id = %s ORDER BY at, id""", (defect_id,))]
     misses = [{"coverage_id": str(r[0]), "device_id": r[1], "started_at": _jsonable(r[2]), "ended_at": _jsonable(r[3])}
               for r in conn.execute("""SELECT coverage_id, device_id, started_at, ended_at FROM defect_misses
-                                       WHERE defect_id = %s ORDER BY started_at""", (defect_id,))]
-    if not who.at_least("viewer"):  # a map token: the defect, not which vehicle was there when
-        # A miss names the drive (its coverage id and times), which ties every defect it passed, and any sighting
-        # made in its window, to one vehicle's route: what /coverage refuses. properties.miss_count stays.
-        vehicles, misses = [], []
-        for row in sightings:
-            row["device_id"] = None
+                                       WHERE defect_id = %s ORDER BY started_at""", (defect_id,))
+              ] if sees_vehicles else []
     feature["sightings"] = sightings
     # The newest MAX_SIGHTINGS_LISTED; properties.sighting_count says how many there are in all.
     feature["sightings_truncated"] = len(sightings) < feature["properties"]["sighting_count"]

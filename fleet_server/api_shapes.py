@@ -151,7 +151,7 @@ class AuditRow(Shape):
     who: str
     role: str | None
     method: str = Field(description="The HTTP method; `CLI` for a server command that changed data")
-    path: str = Field(description="The path with its query; for `CLI`, the command as given")
+    path: str = Field(description="The path with its query; for `CLI`, the command as parsed, without secrets")
     status: int = Field(description="The HTTP status; for `CLI`, the command's exit code (0: done)")
     client: str | None = Field(description="The caller's address; for `CLI`, the host's name")
 

@@ -62,7 +62,7 @@ def audited(command: Callable[P, None]) -> Callable[P, None]:
 
 
 def command_line(words: list[str], command: Callable[..., None], values: dict[str, Any]) -> str:
-    """The command as given, e.g. `device erase veh-042 --yes`: WORDS, its arguments, and its options not left
+    """The command as parsed, e.g. `device erase veh-042 --yes`: WORDS, its arguments, and its options not left
     at their default (the root's config file option is not repeated)."""
     words = list(words)
     for name, param in inspect.signature(command).parameters.items():

@@ -27,14 +27,6 @@ def test_valid_sentence_is_parsed_with_its_fields():
     assert parser.stats.sentences == 1 and parser.stats.used == 1
 
 
-@given(st.binary(max_size=600))
-def test_checksum_is_the_xor_of_every_byte(body):
-    expected = 0
-    for byte in body:
-        expected ^= byte
-    assert checksum(body) == expected
-
-
 def test_checksum_of_a_real_sentence():
     assert checksum(RMC.encode()) == 0x6A  # the textbook sentence, as receivers send it: *6A
 
