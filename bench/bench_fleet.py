@@ -81,6 +81,16 @@ def parse_settings(items: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
+def named_blind(runner: Runner, blind: list[str]) -> dict[str, object]:
+    """Which vehicles the server named `finds_nothing` during the run: the BLIND ones (after how many simulated
+    days) and any healthy one (a false alarm)."""
+    named = runner.named_blind
+    return {"blind": len(blind), "named": sum(d in named for d in blind),
+            "days_to_name": sorted(round(named[d] / DAY_S, 2) for d in blind if d in named),
+            "healthy_named": sorted(d for d in named if d not in blind),
+            "healthy": len(runner.world.device_ids) - len(blind)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--vehicles", type=int, default=60)
@@ -94,6 +104,9 @@ def main() -> int:
     parser.add_argument("--detector", choices=("rendered", "real-frames"), default="rendered",
                         help="the detection model's per-pass recall and false events: as measured on rendered "
                              "drives, or on real survey frames (fleet_sim.calibration)")
+    parser.add_argument("--blind", type=int, default=0,
+                        help="this many vehicles find nothing (coverage only, no events): how soon the server "
+                             "names them `finds_nothing`, and whether it names a healthy one")
     parser.add_argument("--json-out", type=Path, help="write the result as JSON here")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a server setting for this run, e.g. aggregate.repair_chance=0.005 (repeatable)")
@@ -128,7 +141,7 @@ def main() -> int:
         if args.footprint_half_width is not None:
             detection = replace(detection, footprint_half_width_m=args.footprint_half_width)
         params = WorldParams(seed=args.seed, vehicles=args.vehicles, grid=(args.grid, args.grid),
-                             detection=detection, device_prefix=f"fsim{secrets.token_hex(2)}")
+                             detection=detection, device_prefix=f"fsim{secrets.token_hex(2)}", blind=args.blind)
         # Simulated time ends before today's midnight UTC, so every message is within the server's horizon.
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         world = World(params, today - timedelta(seconds=args.days * DAY_S))
@@ -148,6 +161,7 @@ def main() -> int:
                   "city_km": round(world.net.length_km, 1), "defects_total": len(world.field.defects),
                   "k_passes": scorer.k_passes(), "confirmation": scorer.confirmation(world.truth.first_detected),
                   "repairs": scorer.repairs(), "long_cracks": scorer.long_cracks(),
+                  "finds_nothing": named_blind(runner, devices[:args.blind]),
                   "run": {k: v for k, v in asdict(replace(stats, ack_wait_s=[])).items() if k != "ack_wait_s"}}
         result["goals"] = goals(result)
     finally:

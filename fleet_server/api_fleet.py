@@ -107,7 +107,7 @@ class Device(BaseModel):
     problems: list[str] = Field(description="Why the box may be quiet, in words (what its last status said for an "
                                             "offline box)")
     problem_codes: list[str] = Field(description="The same, one code each: camera, gnss, detector, outbox, clock, "
-                                                 "sparse_frames, mount, unplaced, refused")
+                                                 "sparse_frames, mount, unplaced, finds_nothing, refused")
     inference_ms: float | None = Field(description="Detector time per frame, by its last status")
     last_fix: dict | None = Field(description="Its last known position: lat, lon, h_std_m, speed_mps, heading_deg")
     fps: float | None = Field(description="Frames through the detector per second")

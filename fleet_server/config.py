@@ -262,6 +262,15 @@ class AggregateConfig(Section):
                                                          "again from the stored sightings and misses; 0 = never")
     detection_curve_days: float = Field(14.0, gt=0, le=365, description="The curve is learned from defects seen "
                                                                         "within this many days")
+    blind_days: float = Field(7.0, gt=0, le=90, description="A box's misses since its last finding are counted "
+                                                            "over at most this many days (problem "
+                                                            "`finds_nothing`; judged with the detection curve)")
+    blind_share: float = Field(0.5, gt=0, le=1, description="`finds_nothing` when the box's misses since its last "
+                                                            "finding would be unlikely for a box finding this "
+                                                            "share of what the fleet finds...")
+    blind_chance: float = Field(0.001, gt=0, lt=1, description="...less likely than this")
+    blind_min_defects: int = Field(5, ge=1, description="...and they were misses of at least this many defects "
+                                                        "(one pothole by the kerb missed every day proves little)")
     footprint_half_width_m: float = Field(3.5, gt=0, description="Half width of the camera's view on the road "
                                                                  "when a coverage record does not say")
     miss_reach_m: float = Field(6.0, gt=0, le=100,

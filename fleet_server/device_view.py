@@ -25,11 +25,12 @@ UNPLACED_RECENT_S = 600.0
 FINE = {"ok", "connected", "starting", "ended"}
 HEALTH_PARTS = ("camera", "gnss", "detector", "outbox")
 PROBLEM_CODES = ("camera", "gnss", "detector", "outbox", "clock", "sparse_frames", "mount", "unplaced",
-                 "refused")
+                 "finds_nothing", "refused")
 
 # %(one)s is NULL for every device, or one device's id (`/devices/{id}` used to build all 10,000 to return one).
 DEVICES = """
-SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth, dated_ahead_s, dated_ahead_at
+SELECT id, name, state, last_seen, revoked_at, state_at, last_status, queue_depth, dated_ahead_s, dated_ahead_at,
+       finds_nothing
 FROM devices
 WHERE %(one)s::text IS NULL OR id = %(one)s ORDER BY id
 """
@@ -68,9 +69,11 @@ def dated_ahead(seconds: float | None, at: datetime | None, now: datetime) -> fl
 
 
 def coded_problems(status: dict[str, Any], received_at: datetime | None,
-                   refused: tuple[int, str] | None, ahead_s: float | None = None) -> list[tuple[str, str]]:
+                   refused: tuple[int, str] | None, ahead_s: float | None = None,
+                   blind: Any = None) -> list[tuple[str, str]]:
     """`problems` with a code each (the health part: camera, gnss, detector, outbox; or clock, sparse_frames, mount,
-    unplaced, refused), for scripts and the road_device_problems metric. AHEAD_S: `dated_ahead`."""
+    unplaced, finds_nothing, refused), for scripts and the road_device_problems metric. AHEAD_S: `dated_ahead`;
+    BLIND: `devices.finds_nothing` (fleet_server/blind_boxes.py)."""
     out = []
     health = raw if isinstance(raw := status.get("health"), dict) else {}
     for part in HEALTH_PARTS:
@@ -103,6 +106,8 @@ def coded_problems(status: dict[str, Any], received_at: datetime | None,
         out.append(("mount", moved))
     if (unplaced := _unplaced(status)) is not None:
         out.append(("unplaced", unplaced))
+    if (nothing := _finds_nothing(blind)) is not None:
+        out.append(("finds_nothing", nothing))
     if refused:
         count, reason = refused
         out.append(("refused", f"{count} messages refused in 24 h, most for: {reason[:160]}"))
@@ -128,6 +133,20 @@ def _unplaced(status: dict[str, Any]) -> str | None:
     why = last.get("why")
     return (f"{text}, the last {'under a minute' if age_s < 60 else _duration(age_s)} before its status"
             + (f": {why}" if isinstance(why, str) and why else ""))
+
+
+def _finds_nothing(blind: Any) -> str | None:
+    """The words for a box that passed defects the fleet finds and reported none (blind_boxes.judge)."""
+    if not isinstance(blind, dict) or not isinstance(misses := blind.get("misses"), int):
+        return None
+    last, judged = _time(blind.get("last_found_at")), _time(blind.get("judged_at"))
+    when = (f"since its last finding {_duration((judged - last).total_seconds())} before"
+            if last is not None and judged is not None else f"in {blind.get('days', 7):g} days")
+    rate = blind.get("fleet_rate")
+    fleet = f" (the fleet finds {100 * rate:.0f} % of the defects it passes)" if isinstance(rate, int | float) else ""
+    return (f"drove past {blind.get('defects')} defects other vehicles found, {misses} times {when}, and reported "
+            f"none of them{fleet}: check what the camera sees (`edge-agent doctor` on the box), the windscreen, "
+            "the focus and the model")
 
 
 def _time(value: Any) -> datetime | None:
@@ -174,7 +193,7 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None 
     refused = {r[0]: (int(r[1]), str(r[2])) for r in conn.execute(REJECTED_24H).fetchall()}
     rows = conn.execute(DEVICES, {"one": one}).fetchall()
     out = []
-    for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth, ahead_s, ahead_at in rows:
+    for dev_id, name, state, last_seen, revoked_at, state_at, status, queue_depth, ahead_s, ahead_at, blind in rows:
         status = status if isinstance(status, dict) else {}
         health = raw if isinstance(raw := status.get("health"), dict) else {}
         out.append({"id": dev_id, "name": name, "state": state_of(state, last_seen, revoked_at, now, stale_after_s),
@@ -185,7 +204,7 @@ def device_rows(conn: Any, now: datetime, stale_after_s: float, one: str | None 
                     # A withdrawn box is no one's to fix: its last words led the list and the problem count.
                     **_problem_fields([] if revoked_at is not None else
                                       coded_problems(status, state_at, refused.get(dev_id),
-                                                     dated_ahead(ahead_s, ahead_at, now)))})
+                                                     dated_ahead(ahead_s, ahead_at, now), blind))})
     return out
 
 

@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from fleet_server import metrics, partitions, repair_odds
+from fleet_server import blind_boxes, metrics, partitions, repair_odds
 from fleet_server.config import ConfigError, ServerConfig
 from fleet_server.db import Reconnecting, connect
 from fleet_server.store import Batch, RejectPolicy, Stored, empty_ack, purge_rejected, store_batch
@@ -591,9 +591,10 @@ class IngestWorker:
             self._db.drop()
 
     def _learn_curve_when_due(self) -> None:
-        """Learn the detection curve (repair_odds) again every aggregate.detection_curve_refresh_s, in a thread of
-        its own with its own connection (it reads the recent sightings: seconds on a big fleet, which must not
-        hold up the batches); a worker that finds another at it leaves it to that one."""
+        """Learn the detection curve (repair_odds) again every aggregate.detection_curve_refresh_s and judge which
+        boxes find nothing the fleet finds (blind_boxes), in a thread of its own with its own connection (it reads
+        the recent sightings: seconds on a big fleet, which must not hold up the batches); a worker that finds
+        another at it leaves it to that one."""
         every = self.cfg.aggregate.detection_curve_refresh_s
         now = time.monotonic()
         if every <= 0 or now < self._next_curve or (self._curve_thread and self._curve_thread.is_alive()):
@@ -605,7 +606,8 @@ class IngestWorker:
     def _learn_curve(self) -> None:
         try:
             with connect(self.cfg.database) as conn:
-                repair_odds.refresh_curve(conn, self.cfg.aggregate)
+                if repair_odds.refresh_curve(conn, self.cfg.aggregate) is not None:  # None: another worker's turn
+                    blind_boxes.judge(conn, self.cfg.aggregate)
         except (psycopg.Error, OSError, ConfigError) as exc:  # the last curve stays; the next round tries again
             log.warning("%s: learning the detection curve failed: %s", self.client_id, exc)
 

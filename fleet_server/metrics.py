@@ -102,7 +102,7 @@ class DeviceCollector(Collector):
             rows = self.fetch("SELECT state, queue_depth, inference_ms, last_seen, "
                               "CASE WHEN jsonb_typeof(last_status->'inference_errors') = 'number' "
                               "THEN (last_status->>'inference_errors')::float8 END, id, last_status, state_at, "
-                              "dated_ahead_s, dated_ahead_at FROM devices WHERE revoked_at IS NULL")
+                              "dated_ahead_s, dated_ahead_at, finds_nothing FROM devices WHERE revoked_at IS NULL")
             refused = {r[0]: (int(r[1]), str(r[2])) for r in self.fetch(REJECTED_24H)}
             self._last_read = (rows, refused, datetime.now(UTC), time.monotonic())
             fresh = True
@@ -152,13 +152,14 @@ class DeviceCollector(Collector):
         # a frozen camera on a driving van fired no alert at all. Only the devices with a problem have series.
         troubled = GaugeMetricFamily("road_device_problems", "1 for each problem an online device's last status "
                                      "or its refused messages show (codes as the API's problem_codes: camera, "
-                                     "gnss, detector, outbox, clock, sparse_frames, mount, unplaced, refused)",
+                                     "gnss, detector, outbox, clock, sparse_frames, mount, unplaced, finds_nothing, "
+                                     "refused)",
                                      labels=["device", "problem"])
         for r in rows:
             if state_of(r[0], r[3], None, now, self.stale_after_s) != "online":
                 continue
             status = r[6] if isinstance(r[6], dict) else {}
-            coded = coded_problems(status, r[7], refused.get(r[5]), dated_ahead(r[8], r[9], now))
+            coded = coded_problems(status, r[7], refused.get(r[5]), dated_ahead(r[8], r[9], now), r[10])
             for code in dict.fromkeys(code for code, _ in coded):
                 troubled.add_metric([r[5], code], 1.0)
         yield troubled

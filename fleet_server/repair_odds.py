@@ -51,11 +51,13 @@ SELECT defect_id, heading_deg, offset_m FROM (
 WHERE since IS NULL OR since > %(gap)s
 ORDER BY defect_id, captured_at"""
 
-# Misses since SINCE, before or after the defect's last evidence (its last sighting, or a manager's check).
+# Misses since SINCE, before or after the defect's last evidence (its last sighting, or a manager's check). Not
+# those of a box the server names as finding nothing the fleet finds (blind_boxes): they prove nothing.
 MISSES = """
 SELECT m.defect_id, m.bearing_deg, m.started_at > greatest(d.last_seen, d.checked_at) AS after
 FROM defect_misses m JOIN defects d ON d.id = m.defect_id
-WHERE m.defect_id = ANY(%(ids)s) AND m.started_at > %(since)s"""
+WHERE m.defect_id = ANY(%(ids)s) AND m.started_at > %(since)s
+  AND NOT EXISTS (SELECT 1 FROM devices dv WHERE dv.id = m.device_id AND dv.finds_nothing IS NOT NULL)"""
 
 
 @dataclass

@@ -59,6 +59,11 @@ def print_report(result: dict, console: Console | None = None) -> None:
     console.print(f"long cracks (>= 6 m): {lc.get('long_cracks', 0)}; one map defect each: {lc.get('one_defect', 0)}, "
                   f"several: {lc.get('several', 0)}, missing: {lc.get('missing', 0)}; map line / true length "
                   f"median {_f(lc.get('median_line_over_true'), '{:.2f}')}")
+    fn = result.get("finds_nothing")
+    if fn:
+        console.print(f"boxes named finds_nothing: {fn['named']} of {fn['blind']} blind ones (after "
+                      f"{', '.join(f'{d:.1f}' for d in fn['days_to_name']) or '-'} simulated days), "
+                      f"{len(fn['healthy_named'])} of {fn['healthy']} healthy ones")
     s = result["run"]
     console.print(f"run: {s['events']} events, {s['coverage']} coverage records, re-sent {s['resent']}, rejected "
                   f"{s['rejected']}, unacked {s['unacked']}, {s['wall_s']:.0f} s wall")

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = """SELECT id, class, status, ST_Y(geom::geometry), ST_X(geom::geometry),
                      coalesce(ST_Length(line), 0) FROM defects"""
+NAMED_BLIND = "SELECT id FROM devices WHERE finds_nothing IS NOT NULL"  # fleet_server.blind_boxes
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Runner:
         self.links = [VehicleLink(mqtt_host, mqtt_port, d, credentials[d], box)
                       for d, box in zip(world.device_ids, self.outboxes, strict=True)]
         self.snapshots: list[Snapshot] = []
+        self.named_blind: dict[str, float] = {}  # device -> simulated time the server first said it finds nothing
         self.map_street: dict[int, int] = {}
         self.stats = RunStats()
         self.end_t = 0.0
@@ -121,6 +123,8 @@ class Runner:
         self.stats.steps += 1
 
     def _snapshot(self, conn: psycopg.Connection, t: float) -> Snapshot:
+        for (device,) in conn.execute(NAMED_BLIND).fetchall():
+            self.named_blind.setdefault(device, t)
         frame = self.world.frame
         out = []
         for did, cls, status, lat, lon, line_m in conn.execute(SNAPSHOT).fetchall():

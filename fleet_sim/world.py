@@ -37,6 +37,7 @@ class WorldParams:
     fleet: FleetParams = field(default_factory=FleetParams)
     detection: cal.DetectionParams = field(default_factory=cal.DetectionParams)
     device_prefix: str = "fsim"
+    blind: int = 0      # the first this many vehicles find nothing (a smeared lens): coverage only, no events
 
 
 @dataclass
@@ -98,7 +99,9 @@ class World:
             for d in self.detector._by_edge.get(p.edge, ()):
                 if d.appeared <= p.t_in:  # after a repair too: those passes should flag it likely_repaired
                     self.truth.defect_passes.append((d.id, p.t_in, vi))
-            for obs in self.detector.observe(p, errors):
+            for obs in self.detector.observe(p, errors):  # drawn for the blind too: the others' draws stay the same
+                if vi < self.params.blind:
+                    continue
                 self.seq[vi] += 1
                 event = build_event(obs, device_id=device, seq=self.seq[vi], frame=self.frame, epoch=self.epoch)
                 self.truth.detections[event["event_id"]] = obs.truth

@@ -78,7 +78,8 @@ def test_device_figures_outlive_a_database_outage() -> None:
     """With PostGIS away the device series vanished, so every RoadDeviceProblem resolved during the outage and
     paged again 15 minutes after it; now the last rows read are exported, with their age."""
     now = datetime.now(UTC)
-    row = ("online", 3, 40.0, now, None, "veh-cam", {"health": {"camera": "frozen"}}, now, None, None)
+    blind = {"misses": 30, "defects": 6, "fleet_rate": 0.5, "days": 7.0, "judged_at": now.isoformat()}
+    row = ("online", 3, 40.0, now, None, "veh-cam", {"health": {"camera": "frozen"}}, now, None, None, blind)
     database_up = True
 
     def fetch(sql: str) -> list[tuple]:
@@ -93,6 +94,7 @@ def test_device_figures_outlive_a_database_outage() -> None:
     collector = DeviceCollector(fetch, 600.0)
     before = scrape(collector)
     assert before[("road_device_problems", (("device", "veh-cam"), ("problem", "camera")))] == 1.0
+    assert before[("road_device_problems", (("device", "veh-cam"), ("problem", "finds_nothing")))] == 1.0
     assert before[("road_device_metrics_age_seconds", ())] == 0.0
     database_up = False
     during = scrape(collector)
