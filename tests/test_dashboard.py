@@ -341,6 +341,15 @@ def test_markers_filters_list_devices_and_coverage(server: Server, browser) -> N
         server.url + "/api/v1/defects", headers={"Authorization": f"Bearer {server.tokens['viewer']}"}
     ).json()
     assert sorted(f["properties"]["vehicle_count"] for f in collection["features"]) == [1] * (total - 3) + [2] * 3
+    # Defects seen on one pass (new) are drawn apart from confirmed ones, and the legend says what they are.
+    unconfirmed = sum(f["properties"]["status"] == "new" for f in collection["features"])
+    assert 0 < unconfirmed < total
+    status = {str(f["id"]): f["properties"]["status"] for f in collection["features"]}
+    singles = browser.execute_script("""return [...document.querySelectorAll('.leaflet-marker-pane .defect-icon')]
+        .map((el) => [el.dataset.defectId, el.classList.contains('unconfirmed')])""")  # the rest are in clusters
+    assert singles and any(hollow for _, hollow in singles)
+    assert all(hollow == (status[defect] == "new") for defect, hollow in singles), (singles, status)
+    assert "not yet confirmed" in browser.find_element(By.ID, "legend").text
 
     # Cracks are drawn distinctly: a line along each, besides its marker, and in the legend.
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.defect-line-crack")) == server.seeded.cracks)

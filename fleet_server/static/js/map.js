@@ -136,6 +136,7 @@ export class DefectMap {
 
   makeMarker(d) {
     const closed = !OPEN_STATUSES.includes(d.status);
+    const unconfirmed = d.status === "new";
     let line = null;
     if (d.line) {
       line = L.polyline(d.line, { color: severityBand(d.severity).colour, weight: 5, opacity: closed ? 0.4 : 0.9,
@@ -143,8 +144,8 @@ export class DefectMap {
       line.on("click", () => this.onSelect(d.id, false));
     }
     const icon = L.divIcon({
-      html: markerSvg(d.className, d.severity),
-      className: `defect-icon defect-${d.className}${closed ? " closed" : ""}`,
+      html: markerSvg(d.className, d.severity, 22, unconfirmed),
+      className: `defect-icon defect-${d.className}${closed ? " closed" : ""}${unconfirmed ? " unconfirmed" : ""}`,
       iconSize: [22, 22],
       iconAnchor: [11, 11],
     });
@@ -269,6 +270,7 @@ export function legendHtml() {
     `<span>${markerSvg(cls, 0.5, 13)}${label}</span>`);
   return `${bands.join("")}<br>${shapes.join("")}<span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
     stroke="#101828" stroke-width="3" stroke-dasharray="5 2"/></svg>crack line</span><span><svg width="18" height="8"><line x1="0" y1="4" x2="18" y2="4"
-    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span><br>${vehicle(VEHICLE, "vehicle")}${
+    stroke="#1f6feb" stroke-width="4" opacity=".45"/></svg>driven</span><br><span>${markerSvg("pothole", 0.5, 13, true)
+    }new: seen on one pass, not yet confirmed</span><br>${vehicle(VEHICLE, "vehicle")}${
     vehicle(VEHICLE_PROBLEM, "vehicle with a problem")}`;
 }
