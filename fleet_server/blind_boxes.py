@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from fleet_server import repair_odds
 from fleet_server.config import AggregateConfig
 from fleet_server.db import one_row
 
@@ -43,6 +45,28 @@ CROSS JOIN LATERAL (SELECT count(*) AS misses, count(DISTINCT m.defect_id) AS de
                       AND m.started_at < d.last_seen AND d.status <> 'dismissed') r
 WHERE dv.revoked_at IS NULL AND r.misses >= %(fewest)s AND r.defects >= %(defects)s"""
 
+# The misses of RUNS, one row each, of the boxes that may be named (each after its last finding).
+RUN_MISSES = """
+SELECT m.device_id, m.defect_id, m.bearing_deg
+FROM unnest(%(devs)s::text[], %(after)s::timestamptz[]) AS r(dev, after)
+JOIN defect_misses m ON m.device_id = r.dev AND m.started_at > r.after
+JOIN defects d ON d.id = m.defect_id
+WHERE m.started_at < d.last_seen AND d.status <> 'dismissed'"""
+
+# A verdict cleared (the box found something, or was revoked): its misses from its first counted one up to its
+# next finding (or to now) stay marked, so they prove nothing later either.
+MARK_CLEARED = """
+WITH old AS (      -- RETURNING gives the new row: the verdict is read before it goes
+    SELECT id, (finds_nothing->>'first_miss')::timestamptz AS first_miss FROM devices
+    WHERE finds_nothing IS NOT NULL AND NOT id = ANY(%(flagged)s) ORDER BY id FOR UPDATE
+), cleared AS (
+    UPDATE devices dv SET finds_nothing = NULL FROM old WHERE dv.id = old.id RETURNING dv.id, old.first_miss)
+UPDATE defect_misses m SET blind = true
+FROM cleared c
+WHERE m.device_id = c.id AND m.started_at >= c.first_miss AND NOT m.blind
+  AND m.started_at < coalesce((SELECT min(s.captured_at) FROM sightings s
+                               WHERE s.device_id = c.id AND s.captured_at >= c.first_miss), 'infinity')"""
+
 
 def fewest_misses(rate: float, cfg: AggregateConfig) -> int | None:
     """How many misses in a row are less likely than blind_chance for a box finding blind_share of what the
@@ -53,25 +77,60 @@ def fewest_misses(rate: float, cfg: AggregateConfig) -> int | None:
     return math.floor(math.log(cfg.blind_chance) / math.log(1.0 - found)) + 1
 
 
+def _miss_rates(conn: psycopg.Connection, runs: dict[str, datetime], pooled: float,
+                cfg: AggregateConfig) -> dict[str, list[float]]:
+    """For each box of RUNS (id -> the time after which its misses count), the fleet's rate at each of its
+    misses: the detection curve's at the defect's class and offset beside that way's path (repair_odds), or
+    POOLED where the curve has too few passes there."""
+    rows = conn.execute(RUN_MISSES, {"devs": list(runs), "after": list(runs.values())}).fetchall()
+    since = one_row(conn.execute("SELECT now() - %s", (timedelta(days=cfg.detection_curve_days),)))[0]
+    records = repair_odds.load_records(conn, sorted({r[1] for r in rows}), cfg, since)
+    curve = repair_odds.load_curve(conn, cfg)
+    out: dict[str, list[float]] = {dev: [] for dev in runs}
+    for dev, defect_id, bearing in rows:
+        record = records[defect_id]
+        rate = curve.rate(record.cls, repair_odds.way_offset(record, bearing, cfg.miss_same_way_deg)) \
+            if curve is not None else None
+        out[dev].append(pooled if rate is None else rate)
+    return out
+
+
 def judge(conn: psycopg.Connection, cfg: AggregateConfig) -> int:
     """Write each box's `devices.finds_nothing` (a dict, or NULL while it finds what it should) and return how
-    many boxes find nothing. A fleet whose curve has fewer than offset_bin_min_passes passes is not judged."""
+    many boxes find nothing. A fleet whose curve has fewer than offset_bin_min_passes passes is not judged.
+
+    Each miss is judged at the fleet's rate for that defect (its class and offset beside the path: the curve),
+    not at the fleet's rate over all passes: a healthy box whose route has only defects by the kerb, which
+    every vehicle finds one pass in three, was named after 16 misses at the wheel paths' pooled 72 %."""
     found, passes = one_row(conn.execute(FLEET_RATE))
-    fewest = fewest_misses(found / passes, cfg) if passes >= cfg.offset_bin_min_passes else None
+    pooled = found / passes if passes >= cfg.offset_bin_min_passes else None
+    best = one_row(conn.execute("SELECT max(found::float8 / passes) FROM detection_by_offset WHERE passes >= %s",
+                                (cfg.offset_bin_min_passes,)))[0]
+    # The fewest misses that can name a box: at the highest rate of any bin (a box passing only such defects).
+    top = max(pooled or 0.0, best or 0.0)
+    fewest = None if pooled is None else fewest_misses(min(top, 0.999 / cfg.blind_share), cfg)
     now: datetime = one_row(conn.execute("SELECT now()"))[0]
+    since = now - timedelta(days=cfg.blind_days)
     flagged: dict[str, dict[str, Any]] = {}
-    if fewest is not None:
-        params = {"since": now - timedelta(days=cfg.blind_days), "fewest": fewest, "defects": cfg.blind_min_defects}
-        for dev, misses, defects, first_miss, last_found in conn.execute(RUNS, params):
+    if fewest is not None and pooled is not None:
+        params = {"since": since, "fewest": fewest, "defects": cfg.blind_min_defects}
+        runs = {r[0]: r for r in conn.execute(RUNS, params).fetchall()}
+        rates = _miss_rates(conn, {dev: r[4] or since for dev, r in runs.items()}, pooled, cfg) if runs else {}
+        for dev, misses, defects, first_miss, last_found in runs.values():
+            chance = math.prod(max(1.0 - cfg.blind_share * rate, 0.0) for rate in rates[dev])
+            if chance >= cfg.blind_chance:
+                continue
             flagged[dev] = {"misses": misses, "defects": defects, "first_miss": first_miss.isoformat(),
                             "last_found_at": last_found.isoformat() if last_found else None,
-                            "fleet_rate": round(found / passes, 3), "days": cfg.blind_days,
+                            "fleet_rate": round(statistics.fmean(rates[dev]), 3), "days": cfg.blind_days,
                             "judged_at": now.isoformat()}
     with conn.transaction():
-        conn.execute("UPDATE devices SET finds_nothing = NULL WHERE finds_nothing IS NOT NULL AND NOT id = ANY(%s)",
-                     (list(flagged),))
-        for dev, verdict in flagged.items():
+        conn.execute(MARK_CLEARED, {"flagged": list(flagged)})
+        for dev, verdict in sorted(flagged.items()):  # one order for every worker: two judging at once
             conn.execute("UPDATE devices SET finds_nothing = %s WHERE id = %s", (Jsonb(verdict), dev))
+            # Its misses while named prove nothing, now and after it is fixed or revoked (repair_odds.MISSES).
+            conn.execute("UPDATE defect_misses SET blind = true WHERE device_id = %s AND started_at >= %s "
+                         "AND NOT blind", (dev, datetime.fromisoformat(verdict["first_miss"])))
     if flagged:
         log.info("boxes that find nothing the fleet finds: %s", ", ".join(sorted(flagged)))
     return len(flagged)

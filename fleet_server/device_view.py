@@ -8,7 +8,7 @@ the server refused from it, which were only in the `rejected` table before.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words, sparse_frames_words
@@ -136,14 +136,22 @@ def _unplaced(status: dict[str, Any]) -> str | None:
 
 
 def _finds_nothing(blind: Any) -> str | None:
-    """The words for a box that passed defects the fleet finds and reported none (blind_boxes.judge)."""
+    """The words for a box that passed defects the fleet finds and reported none (blind_boxes.judge). They name
+    when its misses began: "30 times in 7 days" (the window) read as a week of blindness for misses of 8 hours,
+    and "since its last finding 47.8 h before" left the technician asking before what."""
     if not isinstance(blind, dict) or not isinstance(misses := blind.get("misses"), int):
         return None
-    last, judged = _time(blind.get("last_found_at")), _time(blind.get("judged_at"))
-    when = (f"since its last finding {_duration((judged - last).total_seconds())} before"
-            if last is not None and judged is not None else f"in {blind.get('days', 7):g} days")
+    first, last = _time(blind.get("first_miss")), _time(blind.get("last_found_at"))
+    stamp = "%Y-%m-%d %H:%M UTC"
+    if first is not None:
+        when = f"since {first.astimezone(UTC).strftime(stamp)} (" + (
+            f"its last finding {last.astimezone(UTC).strftime(stamp)}" if last is not None
+            else f"no finding in the last {blind.get('days', 7):g} days") + ")"
+    else:
+        when = f"in the last {blind.get('days', 7):g} days"
     rate = blind.get("fleet_rate")
-    fleet = f" (the fleet finds {100 * rate:.0f} % of the defects it passes)" if isinstance(rate, int | float) else ""
+    fleet = (f" (other vehicles find such defects on {100 * rate:.0f} % of their passes)"
+             if isinstance(rate, int | float) else "")
     return (f"drove past {blind.get('defects')} defects other vehicles found, {misses} times {when}, and reported "
             f"none of them{fleet}: check what the camera sees (`edge-agent doctor` on the box), the windscreen, "
             "the focus and the model")

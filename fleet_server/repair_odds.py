@@ -52,11 +52,13 @@ WHERE since IS NULL OR since > %(gap)s
 ORDER BY defect_id, captured_at"""
 
 # Misses since SINCE, before or after the defect's last evidence (its last sighting, or a manager's check). Not
-# those of a box the server names as finding nothing the fleet finds (blind_boxes): they prove nothing.
+# those of a box the server names as finding nothing the fleet finds (blind_boxes), nor those it missed while
+# named: they prove nothing.
 MISSES = """
 SELECT m.defect_id, m.bearing_deg, m.started_at > greatest(d.last_seen, d.checked_at) AS after
 FROM defect_misses m JOIN defects d ON d.id = m.defect_id
 WHERE m.defect_id = ANY(%(ids)s) AND m.started_at > %(since)s
+  AND NOT m.blind   -- marked while its box was named, kept after it was fixed or revoked (migration 031)
   AND NOT EXISTS (SELECT 1 FROM devices dv WHERE dv.id = m.device_id AND dv.finds_nothing IS NOT NULL)"""
 
 
