@@ -458,7 +458,7 @@ def apply_transitions(conn: psycopg.Connection, rows: list[tuple], cfg: Aggregat
                                          and r[5] >= cfg.repair_vehicles], cfg)
     flagged = [r[0] for r in rows if r[1] == "likely_repaired"]
     scheduled = _scheduled_before_misses(conn, flagged)
-    seen_again = _seen_since_flagged(conn, flagged)
+    seen_again = _seen_since_flagged(conn, flagged) | _flagged_on_blind_misses(conn, flagged)
     changes: list[tuple[int, str, str, str]] = []
     for defect_id, status, sightings, passes, misses, miss_vehicles in rows:
         repaired = chances.get(defect_id, 1.0) <= cfg.repair_chance
@@ -498,6 +498,18 @@ def _seen_since_flagged(conn: psycopg.Connection, ids: list[int]) -> set[int]:
             WHEN d.flag_misses_from IS NOT NULL THEN d.last_seen >= d.flag_misses_from - %s
             ELSE EXISTS (SELECT 1 FROM sightings s WHERE s.defect_id = d.id AND s.stored_at >= d.status_changed_at)
         END""", (ids, MISS_SLACK))}
+
+
+def _flagged_on_blind_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:
+    """Those of IDS whose misses since their last evidence include one of a box named as finding nothing
+    (blind_boxes: marked `blind`). Their flag is judged again without those misses, as if seen again: a blind box
+    proved nothing by missing them."""
+    if not ids:
+        return set()
+    return {r[0] for r in conn.execute("""
+        SELECT d.id FROM defects d WHERE d.id = ANY(%s) AND EXISTS (
+            SELECT 1 FROM defect_misses m WHERE m.defect_id = d.id AND m.blind
+              AND m.started_at > greatest(d.last_seen, d.checked_at))""", (ids,))}
 
 
 def _scheduled_before_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:

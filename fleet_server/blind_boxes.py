@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fleet_server import repair_odds
+from fleet_server import aggregate, repair_odds
 from fleet_server.config import AggregateConfig
 from fleet_server.db import one_row
 
@@ -133,4 +133,22 @@ def judge(conn: psycopg.Connection, cfg: AggregateConfig) -> int:
                          "AND NOT blind", (dev, datetime.fromisoformat(verdict["first_miss"])))
     if flagged:
         log.info("boxes that find nothing the fleet finds: %s", ", ".join(sorted(flagged)))
+    _judge_flags_again(conn, cfg)
     return len(flagged)
+
+
+# Defects flagged likely_repaired whose misses since their last evidence include a blind box's.
+FLAGGED_ON_BLIND = """
+SELECT d.id FROM defects d WHERE d.status = 'likely_repaired' AND EXISTS (
+    SELECT 1 FROM defect_misses m WHERE m.defect_id = d.id AND m.blind
+      AND m.started_at > greatest(d.last_seen, d.checked_at))"""
+
+
+def _judge_flags_again(conn: psycopg.Connection, cfg: AggregateConfig) -> None:
+    """A blind box's misses can flag defects `likely_repaired` before the box is named (the naming takes its
+    misses of defects others see again, the flag comes from those no one has passed since). Once they are marked,
+    such a flag is judged again without them, and goes back (aggregate.apply_transitions) if the rest does not
+    bear it out. Its own transaction: one that loses a deadlock with a batch tries again next round."""
+    with conn.transaction():
+        ids = [r[0] for r in conn.execute(FLAGGED_ON_BLIND)]
+        aggregate.update_status(conn, ids, cfg)

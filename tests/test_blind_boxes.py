@@ -108,3 +108,40 @@ def test_an_ingest_worker_judges_the_boxes_when_it_learns_the_curve(make_cfg, wo
         return "finds_nothing" in rows["veh-z"]["problem_codes"]
 
     assert wait_for(named, 20)
+
+
+def test_a_flag_that_rested_on_blind_misses_goes_back_once_the_boxes_are_named(make_cfg) -> None:
+    """Two blind vans miss a pothole on a side street that nobody passes after them: their misses flag it
+    likely_repaired before they are named (the naming rests on the main street, which others drive after
+    them). Once named, the flag is judged without their misses and goes back."""
+    cfg = make_cfg(aggregate={"offset_bin_min_passes": 5, "repair_chance": 0.1})
+    side = [offset(*BASE, 0, 1000), offset(*BASE, 200, 1000)]
+    pothole = offset(*BASE, 100, 1000)
+
+    def side_pass(device: str, hour: float, finds: bool) -> None:
+        t0 = START + timedelta(hours=hour)
+        events = [make_event(device, *pothole, at=t0 + timedelta(seconds=10))] if finds else []
+        store(cfg, events, [make_coverage(device, side, t0, t0 + timedelta(seconds=30))])
+
+    side_pass("veh-a", 0.2, finds=True)
+    side_pass("veh-b", 0.4, finds=True)
+    for k in range(8):
+        drive(cfg, "veh-z", 1 + 3 * k, finds=False)
+        drive(cfg, "veh-y", 2 + 3 * k, finds=False)
+        drive(cfg, "veh-b" if k % 2 else "veh-a", 3 + 3 * k, finds=True)
+        if k < 2:
+            side_pass("veh-z", 1.5 + 3 * k, finds=False)
+            side_pass("veh-y", 2.5 + 3 * k, finds=False)
+    dsn = cfg.database.resolve_dsn()
+    with psycopg.connect(dsn) as conn:
+        [(side_id, status)] = conn.execute("SELECT id, status FROM defects WHERE ST_X(geom::geometry) > %s",
+                                           (BASE[1] + 0.005,)).fetchall()
+    assert status == "likely_repaired"  # 4 misses by 2 vans of a pothole found on 2 of 2 passes: (1/3)^4
+    rows = judged(cfg)
+    assert {d for d, r in rows.items() if "finds_nothing" in r["problem_codes"]} == {"veh-y", "veh-z"}
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT status FROM defects WHERE id = %s", (side_id,)).fetchone() == ("confirmed",)
+        history = conn.execute("SELECT actor, from_status, to_status FROM defect_history WHERE defect_id = %s "
+                               "ORDER BY id", (side_id,)).fetchall()
+    assert history[-2:] == [("aggregator", "confirmed", "likely_repaired"),
+                            ("aggregator", "likely_repaired", "confirmed")]
