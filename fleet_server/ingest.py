@@ -290,6 +290,7 @@ class IngestWorker:
         self.trouble: str | None = None  # why it is not connected, for /health: a refused login read "disconnected"
         self.unsubscribed = threading.Event()
         self._unsubscribe_mid: int | None = None
+        self._unsubacked: set[int] = set()  # mids of the UNSUBACKs received (see _drain)
         self.stats = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0, "db_errors": 0,
                       "retained_cleared": 0}
         self._retained_logged_at = -RETAINED_LOG_EVERY_S
@@ -354,6 +355,7 @@ class IngestWorker:
                         m.host, m.port, self._connect_failures, m.reconnect_min_s, m.reconnect_max_s)
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._unsubacked.add(mid)
         if mid == self._unsubscribe_mid:
             self.unsubscribed.set()
 
@@ -425,7 +427,16 @@ class IngestWorker:
     def _drain(self, drain_s: float) -> None:
         deadline = time.monotonic() + drain_s
         self.unsubscribed.clear()
-        _, self._unsubscribe_mid = self.client.unsubscribe(subscriptions(self.cfg, self.group))
+        rc, mid = self.client.unsubscribe(subscriptions(self.cfg, self.group))
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:  # the connection went meanwhile: no UNSUBACK will come
+            log.warning("%s: could not unsubscribe (%s); stopping without a drain", self.client_id, rc)
+            return
+        self._unsubscribe_mid = mid
+        # The network thread may have handled the UNSUBACK already, before unsubscribe() returned the mid here (a
+        # local broker answers within a millisecond): then _on_unsubscribe saw no mid to match, and waiting for
+        # it here took all of drain_s and skipped the drain itself.
+        if mid in self._unsubacked:
+            self.unsubscribed.set()
         if not self.unsubscribed.wait(max(0.0, deadline - time.monotonic())):
             log.warning("%s: no UNSUBACK within %.1f s; stopping anyway", self.client_id, drain_s)
             return

@@ -8,6 +8,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import paho.mqtt.client as mqtt
+
 from fleet_server import ingest
 from fleet_server.config import ServerConfig
 from fleet_server.ingest import Incoming, IngestWorker, _ByDevice, _Pending
@@ -121,6 +123,30 @@ def test_leaving_the_group_counts_only_its_own_unsuback() -> None:
     assert not worker.unsubscribed.is_set()
     worker._on_unsubscribe(None, None, int("40000"), [], None)
     assert worker.unsubscribed.is_set()
+
+
+def test_an_unsuback_handled_before_unsubscribe_returns_still_ends_the_wait(caplog) -> None:
+    """The network thread may handle the UNSUBACK before unsubscribe() has returned its mid to the stopping
+    thread (a broker nearby answers within a millisecond): the drain must not then wait all of drain_s for it."""
+    worker = IngestWorker(ServerConfig())
+
+    def unsubscribe_answered_at_once(topics: list[str]) -> tuple[mqtt.MQTTErrorCode, int]:
+        worker._on_unsubscribe(None, None, 41, [], None)  # on the network thread, before the mid is known
+        return mqtt.MQTT_ERR_SUCCESS, 41
+
+    worker.client.unsubscribe = unsubscribe_answered_at_once  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    worker._drain(3.0)
+    assert time.monotonic() - t0 < 1.5 and worker.unsubscribed.is_set()
+    assert "no UNSUBACK" not in caplog.text
+
+
+def test_a_drain_does_not_wait_for_an_unsubscribe_that_could_not_be_sent(caplog) -> None:
+    worker = IngestWorker(ServerConfig())
+    worker.client.unsubscribe = lambda topics: (mqtt.MQTT_ERR_NO_CONN, None)  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    worker._drain(3.0)
+    assert time.monotonic() - t0 < 0.5 and "could not unsubscribe" in caplog.text
 
 
 def test_a_worker_is_stalled_for_as_long_as_messages_wait_without_a_commit() -> None:
