@@ -63,6 +63,11 @@ class HealthBoard:
         with self._lock:
             self._health.counters[name] = self._health.counters.get(name, 0) + n
 
+    def set_count(self, name: str, n: int) -> None:
+        """A counter that is a level rather than a sum (e.g. driven_m_since_event, which an event resets)."""
+        with self._lock:
+            self._health.counters[name] = n
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             snap = asdict(self._health)

@@ -5,6 +5,10 @@ that judges them."""
 # passes under the bonnet at ~4 m, is often boxed in fewer than two frames: a box too slow for its speed. A
 # simulated drive (seed 1, 7 potholes) processed a frame every 5.1 / 6.6 / 7.9 m gave 7 / 4 / 3 pothole events.
 SPARSE_FRAMES_M = 6.0
+# Metres driven with the detector looking and no event (`counters.driven_m_since_event`) past which doctor and
+# `status` are amber: on roads with any damage a working box finds something every few km (the fleet simulator's
+# city: 2 defects a km), a smeared windscreen or a lens out of focus finds nothing; a new road can be sound longer.
+QUIET_DRIVE_M = 20_000
 
 
 def sparse_frames_fix(fps: float | None, inference_ms: float | None, mirror_pass: bool | None = None) -> str:

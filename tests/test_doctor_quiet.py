@@ -745,3 +745,21 @@ def test_doctor_leaves_the_port_of_an_agent_without_a_status_alone(tmp_path: Pat
     finally:
         lock.release()
     assert gnss.level is Level.YELLOW and "writes no status" in gnss.summary and "does not open" in gnss.explanation
+
+
+def test_a_box_that_drove_far_and_found_nothing_is_amber(tmp_path: Path) -> None:
+    # A smeared windscreen: camera, receiver and model all green, 23 km driven with the detector looking and not
+    # one event; only the fleet server could tell, days later.
+    from edge_agent.health import HealthBoard
+
+    path, cfg = running_agent_config(tmp_path, tmp_path / "state")
+    health = HealthBoard()
+    health.set_count("driven_m_since_event", 12_000)
+    assert checks_while_the_agent_runs(path, cfg, health, ["model"])["model"].level is Level.GREEN
+    health.set_count("driven_m_since_event", 23_400)
+    model = checks_while_the_agent_runs(path, cfg, health, ["model"])["model"]
+    assert model.level is Level.YELLOW and "drove 23 km since it started and found nothing" in model.summary, model
+    assert "windscreen" in model.hint and "finds_nothing" in model.hint
+    health.count("events", 4)
+    model = checks_while_the_agent_runs(path, cfg, health, ["model"])["model"]
+    assert "since its last finding" in model.summary, model

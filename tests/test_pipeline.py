@@ -914,6 +914,20 @@ def test_a_frozen_or_absent_picture_still_reports_where_the_van_is(projector: Gr
     agent.close()
 
 
+def test_the_metres_driven_since_the_last_event_count_up_and_an_event_resets_them(projector: GroundProjector,
+                                                                                  tmp_path: Path) -> None:
+    """Doctor's "drove 23 km and found nothing" rests on this counter: 36 s at 12 m/s is 432 m (the filter's speed,
+    from the first fix on); the events of a drive with potholes reset it."""
+    _, _, pipeline, outbox, health = drive(projector, tmp_path / "empty", defects=[], false_alarm=0.0)
+    driven = health.snapshot()["counters"]["driven_m_since_event"]
+    assert 380 < driven < 450, driven
+    assert pipeline.summary()["driven_m_since_event"] == pytest.approx(driven, abs=1)
+    outbox.close()
+    events, _, pipeline, outbox, health = drive(projector, tmp_path / "potholes", miss=0.0, false_alarm=0.0)
+    assert events and health.snapshot()["counters"]["driven_m_since_event"] < 150  # the last pothole near the end
+    outbox.close()
+
+
 def test_a_pause_in_the_frames_is_not_read_as_a_slow_frame_rate(projector: GroundProjector, tmp_path: Path) -> None:
     """The first frame after a 15 s freeze was measured across the gap: "a frame every 180 m while driving: too
     slow for its speed" stood on the dashboard for up to a minute after the camera was fine again."""

@@ -247,6 +247,18 @@ def write_beat(box: dict, health: HealthBoard, **extra: object) -> None:
     write_status_file(box["state"] / "agent-status.json", beat)
 
 
+def test_status_says_how_far_the_box_drove_without_a_finding(box) -> None:
+    health = HealthBoard()
+    health.update(uplink="connected", gnss="ok", camera="ok")
+    health.set_count("driven_m_since_event", 3_200)
+    write_beat(box, health)
+    assert json.loads(run("status", "--config", box["config"], "--json"))["driven_m_since_event"] == 3_200
+    assert "driven since a finding │ 3.2 km" in status_table(box)
+    health.set_count("driven_m_since_event", 23_400)  # a smeared windscreen: doctor is amber too
+    write_beat(box, health)
+    assert "driven since a finding │ 23.4 km: nothing found that far (see doctor)" in status_table(box)
+
+
 def test_status_shows_gnss_health_and_defects_without_a_position(box) -> None:
     """GNSS sending junk: the reader says no_fix, tracks end without a position and no event is sent. The
     status says both, beside the queue that stays empty (the heartbeat carries the board's counters)."""

@@ -29,7 +29,7 @@ from edge_agent.link.heartbeat import (
     status_ago_text,
     uplink_trouble,
 )
-from roadmon_contract.status import HEALTH_WORDS, SPARSE_FRAMES_M, mount_moved_words, sparse_frames_words
+from roadmon_contract.status import HEALTH_WORDS, QUIET_DRIVE_M, SPARSE_FRAMES_M, mount_moved_words, sparse_frames_words
 
 out = Console()
 # The GNSS reader's and the camera's states on the health board (edge_agent/health.py): anything but these two
@@ -98,6 +98,8 @@ def collect(config: str, outbox: Path | None) -> dict[str, Any]:
         # Defects the camera saw that could not go on the map (no fix, stale, too uncertain): with GNSS
         # sending junk this grows while no event is sent.
         "events_no_fix": _counter(agent, "events_no_fix"),
+        # Metres driven with the detector looking since its last event (or its start): doctor is amber past 20 km.
+        "driven_m_since_event": _counter(agent, "driven_m_since_event"),
         "status_at": (agent or {}).get("sent_at"),
         # The uplink's flow control: window, ack timeout (doubled per round while the server does not answer)
         # and measured ack latency; docs/store-and-forward.md said status showed them, and it did not.
@@ -162,6 +164,13 @@ def _not_a_status(agent: dict[str, Any] | None) -> str | None:
 
     problems = validate.errors("status", agent)
     return "; ".join(problems[:3]) or None  # a few name the file well enough; all of them could fill a screen
+
+
+def _quiet_text(driven_m: int | None) -> str:
+    if driven_m is None:
+        return "-"
+    text = f"{driven_m / 1000:.1f} km"
+    return f"[yellow]{text}: nothing found that far (see doctor)[/yellow]" if driven_m >= QUIET_DRIVE_M else text
 
 
 def _counter(agent: dict[str, Any] | None, name: str) -> int | None:
@@ -289,6 +298,7 @@ def status(config: str = CONFIG_OPTION, outbox: Path | None = OUTBOX_OPTION, as_
         ("fps", _fps_text(info)),
         ("camera mount", _mount_text(info)),
         ("detector", _part_text(info, "detector")),
+        ("driven since a finding", _quiet_text(info["driven_m_since_event"])),
         ("GNSS", _gnss_text(info["gnss"], info["status_at"], info["agent"])),
         ("position", _position_text(info)),
         ("events without position", no_fix_text),

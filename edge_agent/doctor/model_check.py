@@ -15,6 +15,7 @@ from edge_agent.config.camera import source_kind
 from edge_agent.detect.model_update import effective_model
 from edge_agent.doctor.agent_view import running_agent
 from edge_agent.doctor.result import CheckResult, Context, Level
+from roadmon_contract.status import QUIET_DRIVE_M
 
 SLOW_MS = 1000.0  # slower than this per frame: under one look per second at each defect
 HIGH_CUT = 0.9  # a class cut this high passes almost nothing
@@ -103,11 +104,31 @@ def check_model(ctx: Context) -> CheckResult:
     weak = _weak_settings(cfg, info.classes, cuts, bool(info.manifest))
     if weak:
         return CheckResult("model", Level.YELLOW, summary, weak[0], weak[1], data)
+    quiet = _quiet_drive(agent.status if agent is not None else {})
+    if quiet is not None:
+        data["driven_m_since_event"] = quiet[0]
+        return CheckResult("model", Level.YELLOW, f"{summary}; {quiet[1]}",
+                           "on roads with any damage a working box finds something every few km; a smeared "
+                           "windscreen, a lens out of focus or a model that does not suit these roads finds nothing",
+                           f"save a frame and look at it (`ffmpeg -i {cfg.camera.source} -frames:v 1 frame.jpg`; a "
+                           "USB camera: agent stopped), clean the windscreen, check the focus; the fleet server "
+                           "compares the box with the others (`fleet-server device ls --problem finds_nothing`)", data)
     if median > SLOW_MS:
         return CheckResult("model", Level.YELLOW, summary,
                            "slower than one frame a second: each defect is seen only once or twice",
                            "use the INT8 model, a smaller input size, or a GPU execution provider", data)
     return CheckResult("model", Level.GREEN, summary, data=data)
+
+
+def _quiet_drive(status: dict) -> tuple[int, str] | None:
+    """(metres, words) when the running agent drove QUIET_DRIVE_M or more with the detector looking and made no
+    event since its last one (or its start)."""
+    counters = status.get("counters") or {}
+    driven, events = counters.get("driven_m_since_event"), counters.get("events", 0)
+    if not isinstance(driven, int) or driven < QUIET_DRIVE_M:
+        return None
+    since = "its last finding" if isinstance(events, int) and events > 0 else "it started"
+    return driven, f"the running agent drove {driven / 1000:.0f} km since {since} and found nothing"
 
 
 def _weak_settings(cfg: AgentConfig, classes: tuple[str, ...], cuts: dict[str, float],

@@ -99,6 +99,9 @@ class Pipeline:
         self._fps: float | None = None
         self._m_per_frame: float | None = None
         self._driving_steps = self._sparse_steps = 0  # frames processed while driving, and those too far apart
+        # Metres driven with the detector looking since the last event (or the start): doctor's "drove 23 km and
+        # found nothing" for a box whose picture reads fine but finds nothing (a smeared windscreen).
+        self._driven_m_since_event = 0.0
         self.picture = PictureWatch(self.health, cfg.camera.no_frame_after_s)
         self.mount_watch = MountWatch(cfg.calibration)
         self.mount_file = mount_file  # the last mount reading, kept over restarts
@@ -201,6 +204,7 @@ class Pipeline:
                 "fps": round(self.counts["frames"] / elapsed, 2),
                 "m_per_frame": None if self._m_per_frame is None else round(self._m_per_frame, 2),
                 "sparse_share": round(self._sparse_steps / self._driving_steps, 3) if self._driving_steps else None,
+                "driven_m_since_event": round(self._driven_m_since_event),
                 "inference_ms": None if self._inference_ms is None else round(self._inference_ms, 2),
                 "detect_s": round(self._detect_s, 3),
                 "mount": self.mount_watch.reading}
@@ -347,6 +351,8 @@ class Pipeline:
             return None
         self.counts["events"] += 1
         self.health.count("events")
+        self._driven_m_since_event = 0.0
+        self.health.set_count("driven_m_since_event", 0)
         self.recent.add(track.class_name, located.lat, located.lon, t_mono, *span)
         return event
 
@@ -406,6 +412,8 @@ class Pipeline:
                 # 4.1 m and said nothing. The share of sparse steps speaks for the whole drive.
                 self._driving_steps += 1
                 self._sparse_steps += step > SPARSE_FRAMES_M
+                self._driven_m_since_event += step
+                self.health.set_count("driven_m_since_event", int(self._driven_m_since_event))
         self._prev_mono = t_mono
         self.health.update(fps=None if self._fps is None else round(self._fps, 2),
                            m_per_frame=None if self._m_per_frame is None else round(self._m_per_frame, 2),
