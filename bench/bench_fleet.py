@@ -33,7 +33,7 @@ from pathlib import Path
 import tomli_w
 
 from bench.bench_server import fresh_database
-from bench.common import description
+from bench.common import description, parse_settings
 from fleet_sim.calibration import REAL_FRAMES_FP_PER_KM, REAL_FRAMES_P_DETECT, DetectionParams
 from fleet_sim.defects import DAY_S
 from fleet_sim.provision import provision, remove_logins
@@ -66,19 +66,6 @@ def server_config(folder: Path, dsn: str, info: dict, settings: dict[str, dict[s
     cfg = folder / "server.toml"
     cfg.write_text(tomli_w.dumps(config))
     return cfg
-
-
-def parse_settings(items: list[str]) -> dict[str, dict[str, object]]:
-    """SECTION.KEY=VALUE (VALUE in TOML: 0.005, true, "text") -> {section: {key: value}}; the server's own
-    config validation names a misspelt key when it starts."""
-    out: dict[str, dict[str, object]] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        section, dot, key = name.strip().partition(".")
-        if not (sep and dot and section and key):
-            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. aggregate.repair_chance=0.005")
-        out.setdefault(section, {})[key] = tomllib.loads(f"v = {value.strip()}")["v"]
-    return out
 
 
 def named_blind(runner: Runner, blind: list[str]) -> dict[str, object]:

@@ -18,6 +18,7 @@ on any true defect is not a false one. The masks mark the driven lane only, so a
 a false event here. An event matches a defect of its class within 3 m (cracks 6 m).
 
 Usage: python -m bench.bench_real_frames [--survey DIR] [--native] [--keep DIR] [--quick]
+                                         [--set SECTION.KEY=VALUE ...]  (agent settings, e.g. tracker.min_frames=5)
 Exit code 2 when the survey set or the bundled model is absent.
 """
 
@@ -30,15 +31,17 @@ import math
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
+import tomli_w
 
 from bench.bench_seeds import BUNDLED, EDGE_AGENT, ROOT
-from bench.common import description
+from bench.common import description, parse_settings
 from calibration.camera import Intrinsics, Mount
 from calibration.projector import GroundProjector
 from edge_agent.lab.sim.nmea_writer import Epoch, epoch_sentences
@@ -267,7 +270,15 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the drive in this folder")
     parser.add_argument("--quick", action="store_true",
                         help="the same run (about a minute; for `python -m bench.run_all --quick`)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an agent setting for this run, e.g. tracker.confirm_score=0.55 (repeatable; not the "
+                             "calibration, which the bench sets)")
     args = parser.parse_args()
+    try:
+        settings = parse_settings(args.set)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"bench_real_frames: {exc}", file=sys.stderr)
+        return 2
     if not (args.survey / "images").is_dir():
         print(f"bench_real_frames: the survey set is not at {args.survey} (../shared/datasets)", file=sys.stderr)
         return 2
@@ -277,6 +288,9 @@ def main() -> int:
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench_real_frames_"))
     runs = runs_of(args.survey)
     truth, road_m, _ = build_drive(runs, args.survey, out, args.native)
+    if settings:
+        with (out / "agent.toml").open("a", encoding="utf-8") as f:
+            f.write("\n" + tomli_w.dumps(settings))
     (out / "outbox.db").unlink(missing_ok=True)
     done = subprocess.run([str(EDGE_AGENT), "replay", "--video", str(out / "video.mp4"), "--nmea",
                            str(out / "drive.nmea"), "--config", str(out / "agent.toml"), "--outbox",
@@ -298,8 +312,8 @@ def main() -> int:
     for cls, r in result.items():
         print(f"{cls:>8} {r['defects']:>7} {r['events']:>6} {r['found']:>5} {r['recall'] or 0:>6.2f} "
               f"{r['defects_with_two_events']:>8} {r['events_on_no_defect']:>9} {r['false_per_km'] or 0:>6.1f}")
-    print(json.dumps({"bench": "real_frames", "native": args.native, "road_m": round(road_m), "runs": len(runs),
-                      "per_class": result, "m_per_frame": summary.get("m_per_frame")}))
+    print(json.dumps({"bench": "real_frames", "native": args.native, "settings": settings, "road_m": round(road_m),
+                      "runs": len(runs), "per_class": result, "m_per_frame": summary.get("m_per_frame")}))
     return 0
 
 

@@ -5,6 +5,8 @@ Not a benchmark itself (bench.run_all runs bench_*.py only).
 
 from __future__ import annotations
 
+import tomllib
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -13,6 +15,19 @@ def description(doc: str | None) -> str:
     """A bench's --help description: its docstring's first paragraph, whole (the first line of a docstring often
     stops mid-sentence)."""
     return " ".join((doc or "").strip().split("\n\n", 1)[0].split())
+
+
+def parse_settings(items: list[str]) -> dict[str, dict[str, object]]:
+    """SECTION.KEY=VALUE (VALUE in TOML: 0.005, true, "text") -> {section: {key: value}}; the config
+    validation of the process given them names a misspelt key when it starts."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not (sep and dot and section and key):
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. aggregate.repair_chance=0.005")
+        out.setdefault(section, {})[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+    return out
 
 
 def verdict(misses: list[str]) -> int:

@@ -183,7 +183,8 @@ def test_small_fleet_against_the_real_server(make_cfg, workers, mqtt_device) -> 
 def test_bench_fleet_server_settings_reach_the_server_config(tmp_path):
     import tomllib
 
-    from bench.bench_fleet import parse_settings, server_config
+    from bench.bench_fleet import server_config
+    from bench.common import parse_settings
     from fleet_server.config import ServerConfig
 
     settings = parse_settings(["aggregate.repair_chance=0.005", "ingest.batch_size = 200"])
