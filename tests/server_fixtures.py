@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleet_server import auth
 from fleet_server.config import ServerConfig, parse
 from fleet_server.ingest import IngestWorker
+from fleet_server.store import Batch, store_batch
 from roadmon_contract import topics
 from roadmon_contract.geodesy import offset_latlon
 from roadmon_contract.ids import uuid7
@@ -111,6 +112,14 @@ def make_coverage(device: str, line: list[tuple[float, float]], start: datetime,
     if half_width is not None:
         cov["footprint_m"] = {"near": 3.0, "far": 25.0, "half_width": half_width}
     return cov
+
+
+def store(cfg: ServerConfig, events: list[dict] = (), coverage: list[dict] = ()) -> None:
+    """EVENTS and COVERAGE stored in one batch as an ingest worker stores them (no broker), received now."""
+    now = datetime.now(UTC)
+    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
+        store_batch(conn, Batch(events=[(e, now) for e in events], coverage=[(c, now) for c in coverage]),
+                    cfg.aggregate)
 
 
 def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:

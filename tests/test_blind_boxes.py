@@ -11,8 +11,7 @@ import pytest
 from fleet_server import blind_boxes, repair_odds
 from fleet_server.config import AggregateConfig, ServerConfig
 from fleet_server.device_view import device_rows
-from fleet_server.store import Batch, store_batch
-from tests.server_fixtures import make_cfg, make_coverage, make_event, offset, wait_for, workers
+from tests.server_fixtures import make_cfg, make_coverage, make_event, offset, store, wait_for, workers
 
 pytestmark = pytest.mark.services
 
@@ -21,13 +20,6 @@ BASE = (48.137, 11.575)
 POTHOLES = [offset(*BASE, 100.0 * (i + 1), 0.0) for i in range(6)]
 STREET = [offset(*BASE, 0, 0), offset(*BASE, 700, 0)]
 START = datetime.now(UTC) - timedelta(days=2)
-
-
-def store(cfg: ServerConfig, events: list[dict] = (), coverage: list[dict] = ()) -> None:
-    now = datetime.now(UTC)
-    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
-        store_batch(conn, Batch(events=[(e, now) for e in events], coverage=[(c, now) for c in coverage]),
-                    cfg.aggregate)
 
 
 def drive(cfg: ServerConfig, device: str, hour: float, finds: bool) -> None:

@@ -8,24 +8,16 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from fleet_server import blind_boxes, repair_odds
+from fleet_server import repair_odds
 from fleet_server.config import ServerConfig
-from fleet_server.device_view import device_rows
-from fleet_server.store import Batch, store_batch
-from tests.server_fixtures import make_cfg, make_coverage, make_event, offset
+from tests.server_fixtures import make_cfg, make_coverage, make_event, offset, store
+from tests.test_blind_boxes import judged
 
 pytestmark = pytest.mark.services
 
 __all__ = ["make_cfg"]
 BASE = (48.137, 11.575)
 START = datetime.now(UTC) - timedelta(days=2)
-
-
-def store(cfg: ServerConfig, events: list[dict] = (), coverage: list[dict] = ()) -> None:
-    now = datetime.now(UTC)
-    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
-        store_batch(conn, Batch(events=[(e, now) for e in events], coverage=[(c, now) for c in coverage]),
-                    cfg.aggregate)
 
 
 def street(east_m: float) -> list[tuple[float, float]]:
@@ -48,13 +40,6 @@ def drive(cfg: ServerConfig, device: str, hour: float, finds: bool, east_m: floa
                                  vehicle={"lat": vlat, "lon": vlon, "h_accuracy_m": 1.5, "speed_mps": 10.0,
                                           "heading_deg": 0.0}))
     store(cfg, events if finds else [], [make_coverage(device, street(east_m), t0, t0 + timedelta(seconds=60))])
-
-
-def judged(cfg: ServerConfig) -> dict[str, dict]:
-    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
-        repair_odds.refresh_curve(conn, cfg.aggregate)
-        blind_boxes.judge(conn, cfg.aggregate)
-        return {r["id"]: r for r in device_rows(conn, datetime.now(UTC), 600.0)}
 
 
 def name_blind_box(cfg: ServerConfig) -> None:

@@ -13,22 +13,14 @@ import pytest
 
 from fleet_server import aggregate, repair_odds
 from fleet_server.config import ServerConfig
-from fleet_server.store import Batch, store_batch
 from roadmon_contract.geodesy import distance_m
 from roadmon_contract.ids import uuid7
-from tests.server_fixtures import count, make_cfg, make_coverage, make_event, offset
+from tests.server_fixtures import count, make_cfg, make_coverage, make_event, offset, store
 
 pytestmark = pytest.mark.services  # every test here runs against the local PostGIS/Mosquitto
 
 __all__ = ["make_cfg"]
 BASE = (48.137, 11.575)
-
-
-def store(cfg: ServerConfig, events: list[dict] = (), coverage: list[dict] = ()) -> None:
-    now = datetime.now(UTC)
-    with psycopg.connect(cfg.database.resolve_dsn(), autocommit=True) as conn:
-        store_batch(conn, Batch(events=[(e, now) for e in events], coverage=[(c, now) for c in coverage]),
-                    cfg.aggregate)
 
 
 def defects(cfg: ServerConfig) -> list[tuple]:
