@@ -254,7 +254,7 @@ def exported_metric_names() -> set[str]:
         names.update(sample.name for sample in metric.samples)
         names.add(metric.name)
     frozen = {"health": {"camera": "frozen"}}
-    row = ("online", 3, 120.0, datetime.now(UTC), 2.0, "veh-1", frozen, None, None, None)
+    row = ("online", 3, 120.0, datetime.now(UTC), 2.0, "veh-1", frozen, None, None, None, None)
     collector = m.DeviceCollector(lambda sql: [] if "rejected" in sql else [row], 600.0)
     for metric in collector.collect():
         names.update(sample.name for sample in metric.samples)
