@@ -5,10 +5,11 @@ a lens out of focus, a model that sees nothing on these roads. It drove, sent it
 a word anywhere (docs/hardening.md row 30, "left"). The evidence is the server's own: the box's misses (a pass
 that came within reach of an open defect going a way that finds it, and saw nothing: aggregate.record_misses)
 of defects that a vehicle found after the miss, so they were there, counted since the box's last finding.
-A box that finds defects half as often as the fleet does (the detection curve's overall rate: repair_odds)
-misses n in a row with chance (1 - rate/2)^n; below `aggregate.blind_chance` that is a problem, code
-`finds_nothing`. Judged by the ingest worker that learns the curve, in the same round: the box's first finding
-after a fix clears it at the next round.
+A box that finds defects half as often as the fleet does misses them with chance the product of (1 - rate/2),
+each miss at the fleet's rate for that defect's class and offset beside the path (the detection curve:
+repair_odds); below `aggregate.blind_chance` that is a problem, code `finds_nothing`. Judged by the ingest worker
+that learns the curve, in the same round: the box's first finding after a fix clears it at the next round. Its
+misses while named are marked `blind` for good: they count neither toward `likely_repaired` nor in the curve.
 """
 
 from __future__ import annotations
