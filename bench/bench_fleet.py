@@ -92,7 +92,7 @@ def main() -> int:
                         help="the detection model's per-pass recall and false events: as measured on rendered "
                              "drives, or on real survey frames (fleet_sim.calibration)")
     parser.add_argument("--blind", type=int, default=0,
-                        help="this many vehicles find nothing (coverage only, no events): how soon the server "
+                        help="this many vehicles find no defect (their false events stay): how soon the server "
                              "names them `finds_nothing`, and whether it names a healthy one")
     parser.add_argument("--json-out", type=Path, help="write the result as JSON here")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

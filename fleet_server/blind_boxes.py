@@ -32,13 +32,21 @@ log = logging.getLogger(__name__)
 # Of the passes within reach of a defect that was there, the share that found it: the curve's bins together.
 FLEET_RATE = "SELECT coalesce(sum(found), 0)::float8, coalesce(sum(passes), 0)::float8 FROM detection_by_offset"
 
+# A finding is a sighting of a defect another vehicle saw too: a box that finds nothing real but boxes a shadow now
+# and then (a defect no one else sees) made a "finding" of it, and its run of misses started again each time.
+# Newest first, so a healthy box's latest sighting ends the look.
+LAST_FINDING = """
+    SELECT s.captured_at AS at FROM sightings s
+    WHERE s.device_id = dv.id AND s.captured_at > %(since)s
+      AND EXISTS (SELECT 1 FROM sightings o WHERE o.defect_id = s.defect_id AND o.device_id <> s.device_id)
+    ORDER BY s.captured_at DESC LIMIT 1"""
+
 # Each box's misses since its last finding (within the window) of defects a vehicle found after the miss.
 # Dismissed defects were never there.
-RUNS = """
+RUNS = f"""
 SELECT dv.id, r.misses, r.defects, r.first_miss, lf.at
 FROM devices dv
-CROSS JOIN LATERAL (SELECT max(s.captured_at) AS at FROM sightings s
-                    WHERE s.device_id = dv.id AND s.captured_at > %(since)s) lf
+LEFT JOIN LATERAL ({LAST_FINDING}) lf ON true
 CROSS JOIN LATERAL (SELECT count(*) AS misses, count(DISTINCT m.defect_id) AS defects,
                            min(m.started_at) AS first_miss
                     FROM defect_misses m JOIN defects d ON d.id = m.defect_id
@@ -66,7 +74,9 @@ UPDATE defect_misses m SET blind = true
 FROM cleared c
 WHERE m.device_id = c.id AND m.started_at >= c.first_miss AND NOT m.blind
   AND m.started_at < coalesce((SELECT min(s.captured_at) FROM sightings s
-                               WHERE s.device_id = c.id AND s.captured_at >= c.first_miss), 'infinity')"""
+                               WHERE s.device_id = c.id AND s.captured_at >= c.first_miss
+                                 AND EXISTS (SELECT 1 FROM sightings o WHERE o.defect_id = s.defect_id
+                                             AND o.device_id <> s.device_id)), 'infinity')"""
 
 
 def fewest_misses(rate: float, cfg: AggregateConfig) -> int | None:

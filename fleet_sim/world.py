@@ -37,7 +37,7 @@ class WorldParams:
     fleet: FleetParams = field(default_factory=FleetParams)
     detection: cal.DetectionParams = field(default_factory=cal.DetectionParams)
     device_prefix: str = "fsim"
-    blind: int = 0      # the first this many vehicles find nothing (a smeared lens): coverage only, no events
+    blind: int = 0      # the first this many vehicles find no defect (a smeared lens), only their stray boxes
 
 
 @dataclass
@@ -100,7 +100,7 @@ class World:
                 if d.appeared <= p.t_in:  # after a repair too: those passes should flag it likely_repaired
                     self.truth.defect_passes.append((d.id, p.t_in, vi))
             for obs in self.detector.observe(p, errors):  # drawn for the blind too: the others' draws stay the same
-                if vi < self.params.blind:
+                if vi < self.params.blind and obs.truth is not None:  # a smeared lens still boxes a stray shadow
                     continue
                 self.seq[vi] += 1
                 event = build_event(obs, device_id=device, seq=self.seq[vi], frame=self.frame, epoch=self.epoch)

@@ -137,3 +137,19 @@ def test_a_flag_that_rested_on_blind_misses_goes_back_once_the_boxes_are_named(m
                                "ORDER BY id", (side_id,)).fetchall()
     assert history[-2:] == [("aggregator", "confirmed", "likely_repaired"),
                             ("aggregator", "likely_repaired", "confirmed")]
+
+
+def test_a_stray_box_of_its_own_is_no_finding(make_cfg) -> None:
+    """A blind van that boxes one shadow on every drive (a 'defect' no other vehicle sees) made a finding of it, and
+    its run of misses started again each time: it was never named. A finding is a defect another vehicle saw too."""
+    cfg = make_cfg(aggregate={"offset_bin_min_passes": 5})
+    shadow = offset(*BASE, 650, 0)
+    drive(cfg, "veh-a", 0, finds=True)
+    for k in range(5):
+        t0 = START + timedelta(hours=1 + 2 * k)
+        store(cfg, [make_event("veh-z", *shadow, at=t0 + timedelta(seconds=55))],
+              [make_coverage("veh-z", STREET, t0, t0 + timedelta(seconds=60))])
+        drive(cfg, "veh-b" if k % 2 else "veh-a", 2 + 2 * k, finds=True)
+    blind = judged(cfg)["veh-z"]
+    assert "finds_nothing" in blind["problem_codes"], blind["problems"]
+    assert "no finding in the last 7 days" in " ".join(blind["problems"])

@@ -96,13 +96,15 @@ def test_a_named_box_revoked_leaves_its_blind_misses_proving_nothing(make_cfg) -
 
 
 def test_a_named_box_fixed_leaves_its_blind_misses_proving_nothing(make_cfg) -> None:
-    """The same after the fix: veh-z's windscreen cleaned, it finds a pothole on another street. Its misses of
-    the first street's potholes from while it was blind still prove nothing."""
+    """The same after the fix: veh-z's windscreen cleaned, it finds the potholes of another street that veh-a
+    found too (a finding is a defect another vehicle saw as well). Its misses of the first street's potholes from
+    while it was blind still prove nothing."""
     cfg = make_cfg(aggregate={"offset_bin_min_passes": 5})
     name_blind_box(cfg)
     for k in range(3):
         drive(cfg, "veh-z", 12 + k, finds=False)
     assert chances(cfg) == {1.0}
+    drive(cfg, "veh-a", 15.5, finds=True, east_m=2000)
     drive(cfg, "veh-z", 16, finds=True, east_m=2000)
     assert judged(cfg)["veh-z"]["problem_codes"] == []
     assert chances(cfg) == {1.0}
