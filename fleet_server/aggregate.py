@@ -500,16 +500,19 @@ def _seen_since_flagged(conn: psycopg.Connection, ids: list[int]) -> set[int]:
         END""", (ids, MISS_SLACK))}
 
 
+# Defect d's misses since its last evidence include one of a box named as finding nothing (blind_boxes: `blind`).
+BLIND_MISS_SINCE_EVIDENCE = """EXISTS (
+    SELECT 1 FROM defect_misses m WHERE m.defect_id = d.id AND m.blind
+      AND m.started_at > greatest(d.last_seen, d.checked_at))"""
+
+
 def _flagged_on_blind_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:
-    """Those of IDS whose misses since their last evidence include one of a box named as finding nothing
-    (blind_boxes: marked `blind`). Their flag is judged again without those misses, as if seen again: a blind box
-    proved nothing by missing them."""
+    """Those of IDS whose misses since their last evidence include one of a box named as finding nothing. Their
+    flag is judged again without those misses, as if seen again: a blind box proved nothing by missing them."""
     if not ids:
         return set()
-    return {r[0] for r in conn.execute("""
-        SELECT d.id FROM defects d WHERE d.id = ANY(%s) AND EXISTS (
-            SELECT 1 FROM defect_misses m WHERE m.defect_id = d.id AND m.blind
-              AND m.started_at > greatest(d.last_seen, d.checked_at))""", (ids,))}
+    return {r[0] for r in conn.execute(
+        f"SELECT d.id FROM defects d WHERE d.id = ANY(%s) AND {BLIND_MISS_SINCE_EVIDENCE}", (ids,))}
 
 
 def _scheduled_before_misses(conn: psycopg.Connection, ids: list[int]) -> set[int]:

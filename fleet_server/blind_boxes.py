@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 # Of the passes within reach of a defect that was there, the share that found it: the curve's bins together.
 FLEET_RATE = "SELECT coalesce(sum(found), 0)::float8, coalesce(sum(passes), 0)::float8 FROM detection_by_offset"
 
-# A finding is a sighting of a defect another vehicle saw too: a box that finds nothing real but boxes a shadow now
-# and then (a defect no one else sees) made a "finding" of it, and its run of misses started again each time.
+# A finding is a sighting s of a defect another vehicle saw too: a box that finds nothing real but boxes a shadow
+# now and then (a defect no one else sees) made a "finding" of it, and its run of misses started again each time.
+A_FINDING = "EXISTS (SELECT 1 FROM sightings o WHERE o.defect_id = s.defect_id AND o.device_id <> s.device_id)"
+
 # Newest first, so a healthy box's latest sighting ends the look.
-LAST_FINDING = """
+LAST_FINDING = f"""
     SELECT s.captured_at AS at FROM sightings s
-    WHERE s.device_id = dv.id AND s.captured_at > %(since)s
-      AND EXISTS (SELECT 1 FROM sightings o WHERE o.defect_id = s.defect_id AND o.device_id <> s.device_id)
+    WHERE s.device_id = dv.id AND s.captured_at > %(since)s AND {A_FINDING}
     ORDER BY s.captured_at DESC LIMIT 1"""
 
 # Each box's misses since its last finding (within the window) of defects a vehicle found after the miss.
@@ -64,7 +65,7 @@ WHERE m.started_at < d.last_seen AND d.status <> 'dismissed'"""
 
 # A verdict cleared (the box found something, or was revoked): its misses from its first counted one up to its
 # next finding (or to now) stay marked, so they prove nothing later either.
-MARK_CLEARED = """
+MARK_CLEARED = f"""
 WITH old AS (      -- RETURNING gives the new row: the verdict is read before it goes
     SELECT id, (finds_nothing->>'first_miss')::timestamptz AS first_miss FROM devices
     WHERE finds_nothing IS NOT NULL AND NOT id = ANY(%(flagged)s) ORDER BY id FOR UPDATE
@@ -74,9 +75,8 @@ UPDATE defect_misses m SET blind = true
 FROM cleared c
 WHERE m.device_id = c.id AND m.started_at >= c.first_miss AND NOT m.blind
   AND m.started_at < coalesce((SELECT min(s.captured_at) FROM sightings s
-                               WHERE s.device_id = c.id AND s.captured_at >= c.first_miss
-                                 AND EXISTS (SELECT 1 FROM sightings o WHERE o.defect_id = s.defect_id
-                                             AND o.device_id <> s.device_id)), 'infinity')"""
+                               WHERE s.device_id = c.id AND s.captured_at >= c.first_miss AND {A_FINDING}),
+                              'infinity')"""
 
 
 def fewest_misses(rate: float, cfg: AggregateConfig) -> int | None:
@@ -149,10 +149,8 @@ def judge(conn: psycopg.Connection, cfg: AggregateConfig) -> int:
 
 
 # Defects flagged likely_repaired whose misses since their last evidence include a blind box's.
-FLAGGED_ON_BLIND = """
-SELECT d.id FROM defects d WHERE d.status = 'likely_repaired' AND EXISTS (
-    SELECT 1 FROM defect_misses m WHERE m.defect_id = d.id AND m.blind
-      AND m.started_at > greatest(d.last_seen, d.checked_at))"""
+FLAGGED_ON_BLIND = (f"SELECT d.id FROM defects d WHERE d.status = 'likely_repaired' "
+                    f"AND {aggregate.BLIND_MISS_SINCE_EVIDENCE}")
 
 
 def _judge_flags_again(conn: psycopg.Connection, cfg: AggregateConfig) -> None:
